@@ -1,0 +1,88 @@
+//! The one error type of frostheap. Every variant carries the numbers a
+//! caller needs (requested, limit, in use, ...) through accessors, and its
+//! message says what happened, the value, and what to do about it.
+
+use core::fmt;
+
+use crate::os::OsError;
+
+/// Everything that can go wrong in frostheap.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Error {
+    /// An allocation would take the heap past its hard `max`.
+    OutOfMemory {
+        /// Bytes asked for (the size of the allocation that failed).
+        requested: usize,
+        /// The heap's limit (`max`) in bytes.
+        limit: usize,
+        /// Bytes in use in the heap when the allocation failed.
+        in_use: usize,
+    },
+    /// A configuration value is not acceptable.
+    InvalidConfig {
+        /// What was configured: an environment variable or builder option.
+        name: &'static str,
+        /// The value given, as text.
+        value: String,
+        /// What is accepted instead.
+        expected: String,
+    },
+    /// A system call failed.
+    Os {
+        /// What frostheap was doing.
+        context: &'static str,
+        /// The failing call and its errno.
+        source: OsError,
+    },
+}
+
+impl Error {
+    /// Bytes requested, for [`Error::OutOfMemory`].
+    pub fn requested(&self) -> Option<usize> {
+        match self {
+            Error::OutOfMemory { requested, .. } => Some(*requested),
+            _ => None,
+        }
+    }
+
+    /// The limit in force, for [`Error::OutOfMemory`].
+    pub fn limit(&self) -> Option<usize> {
+        match self {
+            Error::OutOfMemory { limit, .. } => Some(*limit),
+            _ => None,
+        }
+    }
+
+    /// Bytes in use when the error happened, for [`Error::OutOfMemory`].
+    pub fn in_use(&self) -> Option<usize> {
+        match self {
+            Error::OutOfMemory { in_use, .. } => Some(*in_use),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn invalid(name: &'static str, value: impl fmt::Display, expected: impl Into<String>) -> Error {
+        Error::InvalidConfig { name, value: value.to_string(), expected: expected.into() }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::OutOfMemory { requested, limit, in_use } => write!(
+                f,
+                "out of memory: {} requested, {} in use, limit {}; raise max (FROSTHEAP_MAX) or free memory first",
+                crate::size::Bytes(*requested),
+                crate::size::Bytes(*in_use),
+                crate::size::Bytes(*limit),
+            ),
+            Error::InvalidConfig { name, value, expected } => {
+                write!(f, "invalid {name}={value:?}: expected {expected}")
+            }
+            Error::Os { context, source } => write!(f, "{context}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

@@ -1,0 +1,1251 @@
+//! The allocator proper: one [`HeapCore`] per heap.
+//!
+//! **Algorithm.** Small requests (up to 128 KiB) are served from spans of
+//! same-size blocks, one queue of spans per size class, in the style of
+//! mimalloc's free-list sharding: each span has its own free list, so
+//! allocation pops from the current span and freeing pushes onto the span
+//! the pointer belongs to (found with one shift). Fresh spans are carved
+//! lazily (`extend`), 32 blocks at a time.
+//!
+//! **Threads.** A heap has an *owner* thread (the one that built it; for
+//! the main heap, the thread of the first allocation: `main`). The owner's
+//! allocations and frees touch only plain fields: no atomic read-modify-
+//! write, no lock. Other threads allocate from a second class state behind
+//! a lock ("shared"), and free owner blocks by pushing them on the span's
+//! atomic `remote` list, which the owner collects when the span runs dry.
+//! A span that ran dry and left its queue is marked `FULL`; the first
+//! remote free into it pushes it on the heap's `pending` stack so the owner
+//! finds it again — without that, memory freed remotely into full spans
+//! would never be reused.
+//!
+//! **Large** requests take whole spans from the span allocator
+//! ([`super::page`]), which commits the region's prefix on demand and gives
+//! memory back with hysteresis: the top of the region is decommitted when
+//! 8 MiB or more are free there, and free spans elsewhere are purged
+//! (`MADV_DONTNEED`) once free resident memory passes
+//! max(32 MiB, committed / 4).
+//!
+//! **Accounting.** `in_use` counts usable bytes (the block or span size),
+//! which is what the limit is about. The owner's counters are relaxed
+//! atomics written with plain loads and stores; frees by other threads of
+//! owner blocks are counted in `foreign_*` and subtracted when reporting.
+
+use core::alloc::Layout;
+use core::cell::Cell;
+use core::cell::UnsafeCell;
+use core::ptr;
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use super::class::{class_for, span_pages, CLASS_SIZE, N_CLASSES};
+use super::page::{
+    bin_of, Block, Kind, PageMeta, Spans, DIRTY, EMPTY, FULL, IN_QUEUE, NONE, OWNER_LOCAL, OWNER_SHARED,
+    PENDING,
+};
+use crate::os::{self, OsError};
+use crate::region::{round_up, Region, RegionConfig, PAGE_SHIFT, PAGE_SIZE};
+use crate::sync::{thread_token, RawLock};
+
+/// Decommit the region's top once this much is free there.
+const SHRINK_AT: usize = 8 << 20;
+/// ... keeping this much committed above the last live span.
+const KEEP_ON_TOP: usize = 2 << 20;
+/// Purge free spans once free resident memory passes max(this, committed/4).
+const PURGE_RETAIN: usize = 32 << 20;
+/// Blocks linked per lazy extension of a fresh span.
+const EXTEND_BATCH: u32 = 32;
+
+/// The allocation statistics of one class state.
+struct Counters {
+    /// Bytes allocated minus bytes freed through this state.
+    net_bytes: AtomicUsize,
+    /// Live blocks allocated through this state.
+    net_count: AtomicUsize,
+    /// Highest `net_bytes - foreign_seen` observed.
+    peak: AtomicUsize,
+    /// Allocations ever made through this state.
+    total: AtomicU64,
+}
+
+impl Counters {
+    const fn new() -> Counters {
+        Counters {
+            net_bytes: AtomicUsize::new(0),
+            net_count: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            total: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One set of class queues: the owner's (`local`) or the locked one.
+pub(crate) struct ClassState {
+    /// Head span of each class queue, or the empty meta.
+    current: [Cell<*const PageMeta>; N_CLASSES],
+    /// Queue heads and tails (page indices).
+    head: [Cell<u32>; N_CLASSES],
+    tail: [Cell<u32>; N_CLASSES],
+    counters: Counters,
+    /// The owner's last reading of `foreign_freed_bytes` (local only).
+    foreign_seen: Cell<usize>,
+    /// [`OWNER_LOCAL`] or [`OWNER_SHARED`].
+    kind: u8,
+}
+
+impl ClassState {
+    fn new(kind: u8) -> ClassState {
+        ClassState {
+            current: core::array::from_fn(|_| Cell::new(&EMPTY.0 as *const PageMeta)),
+            head: core::array::from_fn(|_| Cell::new(NONE)),
+            tail: core::array::from_fn(|_| Cell::new(NONE)),
+            counters: Counters::new(),
+            foreign_seen: Cell::new(0),
+            kind,
+        }
+    }
+
+    /// Counts an allocation of `size` usable bytes.
+    #[inline]
+    fn on_alloc(&self, size: usize) {
+        let c = &self.counters;
+        if self.kind == OWNER_LOCAL {
+            // Only the owner writes these: plain load + store.
+            let net = c.net_bytes.load(Ordering::Relaxed) + size;
+            c.net_bytes.store(net, Ordering::Relaxed);
+            c.net_count.store(c.net_count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            c.total.store(c.total.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            let live = net.saturating_sub(self.foreign_seen.get());
+            if live > c.peak.load(Ordering::Relaxed) {
+                c.peak.store(live, Ordering::Relaxed);
+            }
+        } else {
+            let net = c.net_bytes.fetch_add(size, Ordering::Relaxed) + size;
+            c.net_count.fetch_add(1, Ordering::Relaxed);
+            c.total.fetch_add(1, Ordering::Relaxed);
+            c.peak.fetch_max(net, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a free of `size` usable bytes.
+    #[inline]
+    fn on_free(&self, size: usize) {
+        let c = &self.counters;
+        if self.kind == OWNER_LOCAL {
+            c.net_bytes.store(c.net_bytes.load(Ordering::Relaxed) - size, Ordering::Relaxed);
+            c.net_count.store(c.net_count.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+        } else {
+            c.net_bytes.fetch_sub(size, Ordering::Relaxed);
+            c.net_count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a change in a live block's usable size (large realloc).
+    fn on_resize(&self, old: usize, new: usize) {
+        let c = &self.counters;
+        if self.kind == OWNER_LOCAL {
+            let net = c.net_bytes.load(Ordering::Relaxed) + new - old;
+            c.net_bytes.store(net, Ordering::Relaxed);
+            let live = net.saturating_sub(self.foreign_seen.get());
+            if live > c.peak.load(Ordering::Relaxed) {
+                c.peak.store(live, Ordering::Relaxed);
+            }
+        } else if new >= old {
+            let net = c.net_bytes.fetch_add(new - old, Ordering::Relaxed) + new - old;
+            c.peak.fetch_max(net, Ordering::Relaxed);
+        } else {
+            c.net_bytes.fetch_sub(old - new, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Statistics of one heap. `in_use <= committed <= reserved`, and
+/// `committed <= limit`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Bytes of address space reserved.
+    pub reserved: usize,
+    /// Bytes committed (readable and writable).
+    pub committed: usize,
+    /// Usable bytes of live allocations.
+    pub in_use: usize,
+    /// The highest `in_use` seen. Exact for single-threaded use; frees by
+    /// other threads are taken into account when the owner next collects
+    /// them, so it may overstate by those.
+    pub peak: usize,
+    /// The hard cap (`max`).
+    pub limit: usize,
+    /// Live allocations.
+    pub allocations: usize,
+    /// Allocations ever made.
+    pub total_allocations: u64,
+    /// Allocations refused because of the limit.
+    pub refused: u64,
+    /// Bytes held outside the heap but charged against its limit
+    /// (see [`crate::Heap::charge_external`]); not part of `in_use`.
+    pub external: usize,
+}
+
+/// How a heap is laid out and named.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CoreConfig {
+    pub min: usize,
+    pub max: usize,
+    pub huge_pages: bool,
+}
+
+/// One heap: region, page table, class states, span allocator.
+pub(crate) struct HeapCore {
+    /// `region.base()` as an integer (hot).
+    base: usize,
+    region: Region,
+    metas: *mut PageMeta,
+    meta_bytes: usize,
+    /// The hard cap as configured.
+    limit: usize,
+    /// Thread token of the owner (see [`thread_token`]).
+    owner: AtomicUsize,
+    local: ClassState,
+    shared_lock: RawLock,
+    shared: ClassState,
+    span_lock: RawLock,
+    spans: UnsafeCell<Spans>,
+    /// Bytes and count of owner blocks freed by other threads.
+    foreign_freed_bytes: AtomicUsize,
+    foreign_freed_count: AtomicUsize,
+    /// Stack of FULL spans that received remote frees (page indices).
+    pending: AtomicU32,
+    refused: AtomicU64,
+    /// Bytes charged to this heap from outside it (the C ABI charges other
+    /// threads' system allocations here): counted against the limit.
+    external: AtomicUsize,
+}
+
+// SAFETY: the fields behind Cells obey the discipline documented on
+// `PageMeta` and `ClassState`: `local` is touched only by the owner thread,
+// `shared` only under `shared_lock`, `spans` only under `span_lock`; all
+// cross-thread communication goes through atomics.
+unsafe impl Sync for HeapCore {}
+// SAFETY: as above; the raw pointers point into mappings the core owns.
+unsafe impl Send for HeapCore {}
+
+impl HeapCore {
+    /// Reserves the region and page table. The calling thread becomes the
+    /// owner.
+    pub(crate) fn new(config: CoreConfig) -> Result<HeapCore, OsError> {
+        let region = Region::new_unchecked_config(RegionConfig {
+            min: config.min,
+            max: config.max,
+            huge_pages: config.huge_pages,
+        })?;
+        let n_pages = region.reserved() >> PAGE_SHIFT;
+        let meta_bytes = round_up(n_pages * core::mem::size_of::<PageMeta>(), os::page_size());
+        let metas = os::map_table(meta_bytes)?.cast::<PageMeta>();
+        let core = HeapCore {
+            base: region.base() as usize,
+            region,
+            metas,
+            meta_bytes,
+            limit: config.max,
+            owner: AtomicUsize::new(thread_token()),
+            local: ClassState::new(OWNER_LOCAL),
+            shared_lock: RawLock::new(),
+            shared: ClassState::new(OWNER_SHARED),
+            span_lock: RawLock::new(),
+            spans: UnsafeCell::new(Spans::new()),
+            foreign_freed_bytes: AtomicUsize::new(0),
+            foreign_freed_count: AtomicUsize::new(0),
+            pending: AtomicU32::new(NONE),
+            refused: AtomicU64::new(0),
+            external: AtomicUsize::new(0),
+        };
+        // The pre-committed minimum becomes one free span.
+        let pages = core.region.committed() >> PAGE_SHIFT;
+        if pages > 0 {
+            let _g = core.span_lock.lock();
+            // SAFETY: we hold the span lock; the pages are committed and free.
+            unsafe { core.span_insert(0, pages, false) };
+        }
+        Ok(core)
+    }
+
+    /// The region.
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Whether `addr` is inside this heap's reservation.
+    #[inline]
+    pub(crate) fn owns(&self, addr: usize) -> bool {
+        addr.wrapping_sub(self.base) < self.region.reserved()
+    }
+
+    /// Whether the calling thread is the owner.
+    #[inline]
+    pub(crate) fn is_owner(&self) -> bool {
+        thread_token() == self.owner.load(Ordering::Relaxed)
+    }
+
+    /// Makes the calling thread the owner.
+    ///
+    /// # Safety
+    /// 1. The previous owner never uses the heap again without another
+    ///    `set_owner` handing it back, with a happens-before edge between
+    ///    the two (the owner's plain fields move with it).
+    pub(crate) unsafe fn set_owner(&self) {
+        self.owner.store(thread_token(), Ordering::Release);
+    }
+
+    #[inline]
+    fn meta(&self, idx: usize) -> &PageMeta {
+        debug_assert!(idx < self.region.reserved() >> PAGE_SHIFT, "page {idx} outside the heap");
+        // SAFETY: idx is inside the page table, which lives as long as self.
+        unsafe { &*self.metas.add(idx) }
+    }
+
+    #[inline]
+    fn idx_of(&self, m: &PageMeta) -> usize {
+        (m as *const PageMeta as usize - self.metas as usize) / core::mem::size_of::<PageMeta>()
+    }
+
+    #[inline]
+    fn page_addr(&self, idx: usize) -> usize {
+        self.base + (idx << PAGE_SHIFT)
+    }
+
+    // -----------------------------------------------------------------
+    // Allocation.
+
+    /// Allocates; null when the limit would be exceeded.
+    #[inline]
+    pub(crate) fn alloc(&self, layout: Layout) -> *mut u8 {
+        if let Some(c) = class_for(layout.size(), layout.align()) {
+            if self.is_owner() {
+                return self.alloc_small(&self.local, c);
+            }
+            let _g = self.shared_lock.lock();
+            return self.alloc_small(&self.shared, c);
+        }
+        self.alloc_large(layout).0
+    }
+
+    /// [`HeapCore::alloc`] for a caller that knows it is the owner.
+    ///
+    /// # Safety
+    /// 1. The calling thread is the owner ([`HeapCore::is_owner`]).
+    #[inline]
+    pub(crate) unsafe fn alloc_as_owner(&self, layout: Layout) -> *mut u8 {
+        debug_assert!(self.is_owner(), "alloc_as_owner called by another thread");
+        if let Some(c) = class_for(layout.size(), layout.align()) {
+            return self.alloc_small(&self.local, c);
+        }
+        self.alloc_large(layout).0
+    }
+
+    /// Allocates zeroed memory; null when the limit would be exceeded.
+    pub(crate) fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if class_for(layout.size(), layout.align()).is_some() {
+            let p = self.alloc(layout);
+            if !p.is_null() {
+                // SAFETY: p points to at least layout.size() writable bytes.
+                unsafe { ptr::write_bytes(p, 0, layout.size()) };
+            }
+            return p;
+        }
+        let (p, zeroed) = self.alloc_large(layout);
+        if !p.is_null() && !zeroed {
+            // SAFETY: as above.
+            unsafe { ptr::write_bytes(p, 0, layout.size()) };
+        }
+        p
+    }
+
+    #[inline]
+    fn alloc_small(&self, st: &ClassState, c: usize) -> *mut u8 {
+        // SAFETY: `current` always points at a live meta or at EMPTY.
+        let m = unsafe { &*st.current[c].get() };
+        let b = m.free.get();
+        if !b.is_null() {
+            // SAFETY: b is a free block of this span; its first word is the
+            // link written when it was freed or carved.
+            m.free.set(unsafe { (*b).next });
+            m.used.set(m.used.get() + 1);
+            st.on_alloc(CLASS_SIZE[c] as usize);
+            return b.cast();
+        }
+        self.alloc_small_slow(st, c)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_small_slow(&self, st: &ClassState, c: usize) -> *mut u8 {
+        loop {
+            let cur = st.current[c].get();
+            if !ptr::eq(cur, &EMPTY.0) {
+                // SAFETY: cur is a live meta of a span in this queue.
+                let m = unsafe { &*cur };
+                let b = m.free.get();
+                if !b.is_null() {
+                    // SAFETY: as in alloc_small.
+                    m.free.set(unsafe { (*b).next });
+                    m.used.set(m.used.get() + 1);
+                    st.on_alloc(CLASS_SIZE[c] as usize);
+                    return b.cast();
+                }
+                let idx = self.idx_of(m);
+                if m.extend.get() < m.capacity.get() {
+                    self.extend_free(m, idx);
+                    continue;
+                }
+                if self.collect_remote(m) > 0 {
+                    continue;
+                }
+                // Dry: leave the queue until a free brings it back.
+                self.queue_unlink(st, c, idx);
+                if st.kind == OWNER_LOCAL {
+                    m.state.store(FULL, Ordering::SeqCst);
+                    if !m.remote.load(Ordering::SeqCst).is_null()
+                        && m.state.compare_exchange(FULL, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+                    {
+                        // A remote free raced with us and did not see FULL.
+                        self.collect_remote(m);
+                        self.queue_push_back(st, c, idx);
+                    }
+                } else {
+                    m.state.store(FULL, Ordering::Relaxed);
+                }
+                continue;
+            }
+            if st.kind == OWNER_LOCAL {
+                st.foreign_seen.set(self.foreign_freed_bytes.load(Ordering::Relaxed));
+                if self.collect_pending() && !ptr::eq(st.current[c].get(), &EMPTY.0) {
+                    continue;
+                }
+            }
+            match self.new_small_span(st, c) {
+                Some(idx) => self.queue_push_back(st, c, idx),
+                None => return ptr::null_mut(),
+            }
+        }
+    }
+
+    /// Links the next batch of never-used blocks into the free list.
+    fn extend_free(&self, m: &PageMeta, idx: usize) {
+        let size = m.block_size.get() as usize;
+        let first = m.extend.get();
+        let n = (m.capacity.get() - first).min(EXTEND_BATCH);
+        let start = self.page_addr(idx) + first as usize * size;
+        let mut next = m.free.get();
+        // Link backwards so the list hands out ascending addresses.
+        for i in (0..n as usize).rev() {
+            let b = (start + i * size) as *mut Block;
+            // SAFETY: b is a never-used block inside this committed span.
+            unsafe { (*b).next = next };
+            next = b;
+        }
+        m.free.set(next);
+        m.extend.set(first + n);
+    }
+
+    /// Moves the span's remote frees onto its free list; returns how many.
+    fn collect_remote(&self, m: &PageMeta) -> u32 {
+        let list = m.remote.swap(ptr::null_mut(), Ordering::Acquire);
+        if list.is_null() {
+            return 0;
+        }
+        let mut n = 1;
+        let mut tail = list;
+        // SAFETY: the remote list is a chain of freed blocks of this span,
+        // published with Release by their freers.
+        unsafe {
+            while !(*tail).next.is_null() {
+                tail = (*tail).next;
+                n += 1;
+            }
+            (*tail).next = m.free.get();
+        }
+        m.free.set(list);
+        debug_assert!(m.used.get() >= n, "collected more remote frees than blocks in use");
+        m.used.set(m.used.get() - n);
+        n
+    }
+
+    /// Brings back spans that received remote frees while FULL.
+    fn collect_pending(&self) -> bool {
+        let mut idx = self.pending.swap(NONE, Ordering::Acquire);
+        let mut any = false;
+        while idx != NONE {
+            let m = self.meta(idx as usize);
+            let next = m.pending_next.load(Ordering::Relaxed);
+            m.state.store(0, Ordering::SeqCst);
+            self.collect_remote(m);
+            let c = m.class.get() as usize;
+            if m.used.get() == 0 {
+                self.retire_span(idx as usize);
+            } else {
+                self.queue_push_back(&self.local, c, idx as usize);
+                any = true;
+            }
+            idx = next;
+        }
+        any
+    }
+
+    fn new_small_span(&self, st: &ClassState, c: usize) -> Option<usize> {
+        let pages = span_pages(c);
+        let _g = self.span_lock.lock();
+        // SAFETY: we hold the span lock.
+        let (idx, _) = match unsafe { self.span_alloc(pages) } {
+            Some(s) => s,
+            None => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        };
+        let m = self.meta(idx);
+        let size = CLASS_SIZE[c];
+        m.set_kind(Kind::Small);
+        m.class.set(c as u8);
+        m.owner.set(st.kind);
+        m.block_size.set(size);
+        m.capacity.set(((pages * PAGE_SIZE) / size as usize) as u32);
+        m.extend.set(0);
+        m.used.set(0);
+        m.free.set(ptr::null_mut());
+        m.span_pages.set(pages as u32);
+        m.flags.set(0);
+        m.remote.store(ptr::null_mut(), Ordering::Relaxed);
+        m.state.store(0, Ordering::Relaxed);
+        self.mark_cont(idx, pages);
+        Some(idx)
+    }
+
+    fn mark_cont(&self, idx: usize, pages: usize) {
+        for i in idx + 1..idx + pages {
+            let m = self.meta(i);
+            m.set_kind(Kind::Cont);
+            m.head.set(idx as u32);
+        }
+    }
+
+    /// Allocates a large block; returns it and whether it is known zeroed.
+    fn alloc_large(&self, layout: Layout) -> (*mut u8, bool) {
+        let align = layout.align();
+        let extra = align.saturating_sub(PAGE_SIZE);
+        let bytes = match layout.size().max(1).checked_add(extra) {
+            Some(b) if b <= self.region.reserved() => b,
+            _ => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return (ptr::null_mut(), false);
+            }
+        };
+        let pages = bytes.div_ceil(PAGE_SIZE);
+        let owner = self.is_owner();
+        let (idx, zeroed) = {
+            let _g = self.span_lock.lock();
+            // SAFETY: we hold the span lock.
+            match unsafe { self.span_alloc(pages) } {
+                Some(s) => s,
+                None => {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    return (ptr::null_mut(), false);
+                }
+            }
+        };
+        let start = self.page_addr(idx);
+        let aligned = round_up(start, align.max(PAGE_SIZE));
+        let offset = aligned - start;
+        let m = self.meta(idx);
+        m.set_kind(Kind::Large);
+        m.span_pages.set(pages as u32);
+        m.offset.set(offset as u32);
+        m.owner.set(if owner { OWNER_LOCAL } else { OWNER_SHARED });
+        m.block_size.set(0);
+        self.mark_cont(idx, pages);
+        let usable = pages * PAGE_SIZE - offset;
+        if owner {
+            self.local.on_alloc(usable);
+        } else {
+            self.shared.on_alloc(usable);
+        }
+        (aligned as *mut u8, zeroed)
+    }
+
+    // -----------------------------------------------------------------
+    // Freeing.
+
+    /// Frees a block of this heap.
+    ///
+    /// # Safety
+    /// 1. `p` was returned by this heap's allocation functions and has not
+    ///    been freed since.
+    #[inline]
+    pub(crate) unsafe fn free(&self, p: *mut u8) {
+        let idx = (p as usize - self.base) >> PAGE_SHIFT;
+        let m = self.meta(idx);
+        if m.kind.get() == Kind::Small as u8 && m.owner.get() == OWNER_LOCAL && self.is_owner() {
+            let b = p.cast::<Block>();
+            // SAFETY: by (1) p is a live block of this span; it becomes free.
+            unsafe { (*b).next = m.free.get() };
+            m.free.set(b);
+            let used = m.used.get() - 1;
+            m.used.set(used);
+            self.local.on_free(m.block_size.get() as usize);
+            if used == 0 || m.state.load(Ordering::Relaxed) != 0 {
+                self.after_local_free(&self.local, m, idx);
+            }
+            return;
+        }
+        // SAFETY: forwarded precondition (1).
+        unsafe { self.free_slow(idx, p) }
+    }
+
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_slow(&self, idx: usize, p: *mut u8) {
+        let mut head = idx;
+        let mut m = self.meta(idx);
+        if m.kind() == Kind::Cont {
+            head = m.head.get() as usize;
+            m = self.meta(head);
+        }
+        match m.kind() {
+            Kind::Small => {
+                if m.owner.get() == OWNER_SHARED {
+                    let _g = self.shared_lock.lock();
+                    let b = p.cast::<Block>();
+                    // SAFETY: p is a live block of this shared span; we hold
+                    // the shared lock, which owns the span's free list.
+                    unsafe { (*b).next = m.free.get() };
+                    m.free.set(b);
+                    m.used.set(m.used.get() - 1);
+                    self.shared.on_free(m.block_size.get() as usize);
+                    if m.used.get() == 0 || m.state.load(Ordering::Relaxed) != 0 {
+                        self.after_local_free(&self.shared, m, head);
+                    }
+                } else if self.is_owner() {
+                    // A block in a later page of a multi-page span.
+                    let b = p.cast::<Block>();
+                    // SAFETY: as in `free`.
+                    unsafe { (*b).next = m.free.get() };
+                    m.free.set(b);
+                    m.used.set(m.used.get() - 1);
+                    self.local.on_free(m.block_size.get() as usize);
+                    if m.used.get() == 0 || m.state.load(Ordering::Relaxed) != 0 {
+                        self.after_local_free(&self.local, m, head);
+                    }
+                } else {
+                    self.free_remote(m, head, p);
+                }
+            }
+            Kind::Large => self.free_large(m, head),
+            _ => invalid_free(p),
+        }
+    }
+
+    /// After an owner free that emptied the span or hit a FULL span.
+    fn after_local_free(&self, st: &ClassState, m: &PageMeta, idx: usize) {
+        let c = m.class.get() as usize;
+        let state = m.state.load(Ordering::SeqCst);
+        if state & PENDING != 0 {
+            // On the pending stack: collect_pending will relink it.
+            return;
+        }
+        if state & FULL != 0 {
+            if m.state.compare_exchange(FULL, 0, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+                return; // a remote freer pushed it on the pending stack
+            }
+            self.queue_push_back(st, c, idx);
+        }
+        if m.used.get() == 0 && !ptr::eq(st.current[c].get(), m) {
+            self.queue_unlink(st, c, idx);
+            self.retire_span(idx);
+        }
+    }
+
+    fn free_remote(&self, m: &PageMeta, idx: usize, p: *mut u8) {
+        let b = p.cast::<Block>();
+        let mut head = m.remote.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: p is a live block we are giving up; only we write it.
+            unsafe { (*b).next = head };
+            match m.remote.compare_exchange_weak(head, b, Ordering::SeqCst, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(h) => head = h,
+            }
+        }
+        self.foreign_freed_bytes.fetch_add(m.block_size.get() as usize, Ordering::Relaxed);
+        self.foreign_freed_count.fetch_add(1, Ordering::Relaxed);
+        if m.state.load(Ordering::SeqCst) == FULL
+            && m.state.compare_exchange(FULL, FULL | PENDING, Ordering::SeqCst, Ordering::Relaxed).is_ok()
+        {
+            let mut top = self.pending.load(Ordering::Relaxed);
+            loop {
+                m.pending_next.store(top, Ordering::Relaxed);
+                match self.pending.compare_exchange_weak(top, idx as u32, Ordering::Release, Ordering::Relaxed) {
+                    Ok(_) => break,
+                    Err(t) => top = t,
+                }
+            }
+        }
+    }
+
+    fn free_large(&self, m: &PageMeta, idx: usize) {
+        let pages = m.span_pages.get() as usize;
+        let usable = pages * PAGE_SIZE - m.offset.get() as usize;
+        self.account_large_free(m, usable);
+        let _g = self.span_lock.lock();
+        // SAFETY: we hold the span lock and the span is no longer in use.
+        unsafe { self.span_free(idx, pages) };
+    }
+
+    fn account_large_free(&self, m: &PageMeta, usable: usize) {
+        if m.owner.get() == OWNER_SHARED {
+            self.shared.on_free(usable);
+        } else if self.is_owner() {
+            self.local.on_free(usable);
+        } else {
+            self.foreign_freed_bytes.fetch_add(usable, Ordering::Relaxed);
+            self.foreign_freed_count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Returns an empty small span to the span allocator.
+    fn retire_span(&self, idx: usize) {
+        let m = self.meta(idx);
+        debug_assert!(m.used.get() == 0, "retiring a span with live blocks");
+        let pages = m.span_pages.get() as usize;
+        let _g = self.span_lock.lock();
+        // SAFETY: we hold the span lock; the span has no live block.
+        unsafe { self.span_free(idx, pages) };
+    }
+
+    // -----------------------------------------------------------------
+    // Reallocation.
+
+    /// Resizes a block, in place when it can.
+    ///
+    /// # Safety
+    /// 1. `p` is a live block of this heap allocated with `old`'s alignment
+    ///    and a size of at least `old.size()`.
+    pub(crate) unsafe fn realloc(&self, p: *mut u8, old: Layout, new_size: usize) -> *mut u8 {
+        let align = old.align();
+        let idx = (p as usize - self.base) >> PAGE_SHIFT;
+        let mut head = idx;
+        let mut m = self.meta(idx);
+        if m.kind() == Kind::Cont {
+            head = m.head.get() as usize;
+            m = self.meta(head);
+        }
+        match (m.kind(), class_for(new_size, align)) {
+            (Kind::Small, Some(_)) => {
+                let cur = m.block_size.get() as usize;
+                if new_size <= cur && (new_size >= cur / 2 || cur <= 64) {
+                    return p;
+                }
+            }
+            (Kind::Large, None) if align <= PAGE_SIZE => {
+                if self.resize_large_in_place(m, head, new_size) {
+                    return p;
+                }
+            }
+            _ => {}
+        }
+        // SAFETY: new_size is non-zero or a valid zero-size layout; align is
+        // a power of two taken from a valid layout.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, align) };
+        let q = self.alloc(new_layout);
+        if !q.is_null() {
+            // SAFETY: both blocks are live, distinct, and at least this long.
+            unsafe {
+                ptr::copy_nonoverlapping(p, q, old.size().min(new_size));
+                self.free(p);
+            }
+        }
+        q
+    }
+
+    fn resize_large_in_place(&self, m: &PageMeta, idx: usize, new_size: usize) -> bool {
+        let pages = m.span_pages.get() as usize;
+        let new_pages = new_size.max(1).div_ceil(PAGE_SIZE);
+        if new_pages == pages {
+            return true;
+        }
+        let _g = self.span_lock.lock();
+        if new_pages < pages {
+            m.span_pages.set(new_pages as u32);
+            // SAFETY: we hold the span lock; the tail pages are past the
+            // shrunk block and hold nothing live.
+            unsafe { self.span_free(idx + new_pages, pages - new_pages) };
+        } else {
+            let need = new_pages - pages;
+            // SAFETY: we hold the span lock.
+            if !unsafe { self.take_following(idx + pages, need) } {
+                return false;
+            }
+            m.span_pages.set(new_pages as u32);
+            for i in idx + pages..idx + new_pages {
+                let c = self.meta(i);
+                c.set_kind(Kind::Cont);
+                c.head.set(idx as u32);
+            }
+        }
+        let (old_usable, new_usable) = (pages * PAGE_SIZE, new_pages * PAGE_SIZE);
+        if m.owner.get() == OWNER_SHARED {
+            self.shared.on_resize(old_usable, new_usable);
+        } else if self.is_owner() {
+            self.local.on_resize(old_usable, new_usable);
+        } else if new_usable < old_usable {
+            self.foreign_freed_bytes.fetch_add(old_usable - new_usable, Ordering::Relaxed);
+        } else {
+            // A growth by a foreign thread of an owner block: count it as
+            // shared so the owner's plain counters stay untouched.
+            self.shared.on_resize(0, new_usable - old_usable);
+        }
+        true
+    }
+
+    // -----------------------------------------------------------------
+    // The span allocator. Every function below requires the span lock.
+
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn spans(&self) -> &mut Spans {
+        // SAFETY: callers hold the span lock, which owns `spans`.
+        unsafe { &mut *self.spans.get() }
+    }
+
+    /// Takes a run of `pages` free pages, committing more if needed.
+    /// Returns the first page and whether its contents are known zero.
+    unsafe fn span_alloc(&self, pages: usize) -> Option<(usize, bool)> {
+        // SAFETY: the caller holds the span lock.
+        if let Some(found) = unsafe { self.span_find(pages) } {
+            return Some(found);
+        }
+        // SAFETY: as above.
+        unsafe {
+            if !self.grow(pages) {
+                return None;
+            }
+            self.span_find(pages)
+        }
+    }
+
+    unsafe fn span_find(&self, pages: usize) -> Option<(usize, bool)> {
+        // SAFETY: the caller holds the span lock.
+        let spans = unsafe { self.spans() };
+        let b = bin_of(pages);
+        let mut mask = spans.nonempty & !((1u64 << b) - 1);
+        while mask != 0 {
+            let bin = mask.trailing_zeros() as usize;
+            let mut idx = spans.bins[bin];
+            while idx != NONE {
+                let m = self.meta(idx as usize);
+                let n = m.span_pages.get() as usize;
+                if n >= pages {
+                    let dirty = m.flags.get() & DIRTY != 0;
+                    // SAFETY: we hold the span lock; idx heads a free span.
+                    unsafe {
+                        self.span_remove(idx as usize);
+                        if n > pages {
+                            self.span_insert(idx as usize + pages, n - pages, dirty);
+                        }
+                    }
+                    return Some((idx as usize, !dirty));
+                }
+                idx = m.next.get();
+            }
+            mask &= mask - 1;
+        }
+        None
+    }
+
+    /// Commits enough to hold a span of `pages` at the top of the region.
+    unsafe fn grow(&self, pages: usize) -> bool {
+        let committed = self.region.committed();
+        let top = committed >> PAGE_SHIFT;
+        // A free span touching the top counts towards the request.
+        let mut top_free = 0;
+        if top > 0 {
+            let last = self.meta(top - 1);
+            top_free = match last.kind() {
+                Kind::FreeTail => self.meta(last.head.get() as usize).span_pages.get() as usize,
+                Kind::FreeSpan => last.span_pages.get() as usize,
+                _ => 0,
+            };
+        }
+        let cap = self.limit.min(self.region.reserved()) & !(PAGE_SIZE - 1);
+        let want = committed + (pages - top_free.min(pages)) * PAGE_SIZE;
+        if want.saturating_add(self.external.load(Ordering::Relaxed)) > cap {
+            return false;
+        }
+        let chunk = if self.region.huge_pages() { crate::os::HUGE_PAGE_SIZE } else { 1 << 20 };
+        let chunk = chunk.max(round_up(committed / 8, chunk));
+        let target = round_up(want, chunk).min(cap);
+        if self.region.grow_to(target).is_err() {
+            return false;
+        }
+        // SAFETY: the new pages are committed, free and ours.
+        unsafe { self.span_free_clean(top, (target - committed) >> PAGE_SHIFT) };
+        true
+    }
+
+    /// Adds a free run `[idx, idx + pages)` to its bin (no coalescing).
+    unsafe fn span_insert(&self, idx: usize, pages: usize, dirty: bool) {
+        // SAFETY: the caller holds the span lock.
+        let spans = unsafe { self.spans() };
+        let m = self.meta(idx);
+        m.set_kind(Kind::FreeSpan);
+        m.span_pages.set(pages as u32);
+        m.flags.set(if dirty { DIRTY } else { 0 });
+        if pages > 1 {
+            let t = self.meta(idx + pages - 1);
+            t.set_kind(Kind::FreeTail);
+            t.head.set(idx as u32);
+        }
+        let b = bin_of(pages);
+        let first = spans.bins[b];
+        m.prev.set(NONE);
+        m.next.set(first);
+        if first != NONE {
+            self.meta(first as usize).prev.set(idx as u32);
+        }
+        spans.bins[b] = idx as u32;
+        spans.nonempty |= 1 << b;
+        spans.free_pages += pages;
+        if dirty {
+            spans.dirty_pages += pages;
+        }
+    }
+
+    /// Removes the free span headed at `idx` from its bin.
+    unsafe fn span_remove(&self, idx: usize) {
+        // SAFETY: the caller holds the span lock.
+        let spans = unsafe { self.spans() };
+        let m = self.meta(idx);
+        let pages = m.span_pages.get() as usize;
+        let b = bin_of(pages);
+        let (prev, next) = (m.prev.get(), m.next.get());
+        if prev == NONE {
+            spans.bins[b] = next;
+            if next == NONE {
+                spans.nonempty &= !(1 << b);
+            }
+        } else {
+            self.meta(prev as usize).next.set(next);
+        }
+        if next != NONE {
+            self.meta(next as usize).prev.set(prev);
+        }
+        spans.free_pages -= pages;
+        if m.flags.get() & DIRTY != 0 {
+            spans.dirty_pages -= pages;
+        }
+        m.set_kind(Kind::Unused);
+    }
+
+    unsafe fn span_free(&self, idx: usize, pages: usize) {
+        // SAFETY: forwarded.
+        unsafe { self.span_free_with(idx, pages, true) }
+    }
+
+    unsafe fn span_free_clean(&self, idx: usize, pages: usize) {
+        // SAFETY: forwarded.
+        unsafe { self.span_free_with(idx, pages, false) }
+    }
+
+    /// Frees `[idx, idx + pages)`, coalescing with free neighbours, then
+    /// gives memory back to the OS if the hysteresis thresholds are passed.
+    unsafe fn span_free_with(&self, idx: usize, pages: usize, dirty: bool) {
+        let mut start = idx;
+        let mut n = pages;
+        let mut dirty = dirty;
+        if start > 0 {
+            let left = self.meta(start - 1);
+            let head = match left.kind() {
+                Kind::FreeTail => Some(left.head.get() as usize),
+                Kind::FreeSpan => Some(start - 1),
+                _ => None,
+            };
+            if let Some(h) = head {
+                let hm = self.meta(h);
+                dirty |= hm.flags.get() & DIRTY != 0;
+                n += hm.span_pages.get() as usize;
+                // SAFETY: the caller holds the span lock.
+                unsafe { self.span_remove(h) };
+                start = h;
+            }
+        }
+        let top = self.region.committed() >> PAGE_SHIFT;
+        let right = idx + pages;
+        if right < top && self.meta(right).kind() == Kind::FreeSpan {
+            let rm = self.meta(right);
+            dirty |= rm.flags.get() & DIRTY != 0;
+            n += rm.span_pages.get() as usize;
+            // SAFETY: as above.
+            unsafe { self.span_remove(right) };
+        }
+        // Give the top back to the OS when enough of it is free.
+        if start + n == top && n * PAGE_SIZE >= SHRINK_AT && self.region.committed() > self.region.min_committed() {
+            let keep_end = (start + (KEEP_ON_TOP >> PAGE_SHIFT)).max(self.region.min_committed() >> PAGE_SHIFT);
+            if keep_end < top {
+                // SAFETY: the caller holds the span lock; [keep_end, top) is
+                // part of a free span, so nothing live is there.
+                if unsafe { self.region.shrink_to(keep_end << PAGE_SHIFT) }.is_ok() {
+                    n = keep_end.saturating_sub(start);
+                }
+            }
+        }
+        if n > 0 {
+            // SAFETY: as above.
+            unsafe { self.span_insert(start, n, dirty) };
+        }
+        // SAFETY: as above.
+        unsafe { self.maybe_purge() };
+    }
+
+    /// Purges free spans (largest first) once too much free memory is
+    /// resident, down to half the threshold.
+    unsafe fn maybe_purge(&self) {
+        // SAFETY: the caller holds the span lock.
+        let spans = unsafe { self.spans() };
+        let retain = PURGE_RETAIN.max(self.region.committed() / 4);
+        if spans.dirty_pages * PAGE_SIZE <= retain {
+            return;
+        }
+        let target = retain / 2;
+        for bin in (0..spans.bins.len()).rev() {
+            let mut idx = spans.bins[bin];
+            while idx != NONE {
+                let m = self.meta(idx as usize);
+                let n = m.span_pages.get() as usize;
+                if m.flags.get() & DIRTY != 0 {
+                    // SAFETY: the span is free and committed.
+                    if unsafe { os::purge(self.page_addr(idx as usize) as *mut u8, n * PAGE_SIZE) }.is_ok() {
+                        m.flags.set(m.flags.get() & !DIRTY);
+                        spans.dirty_pages -= n;
+                        if spans.dirty_pages * PAGE_SIZE <= target {
+                            return;
+                        }
+                    }
+                }
+                idx = m.next.get();
+            }
+        }
+    }
+
+    /// Takes `need` pages starting at `idx` if they are free (or can be
+    /// committed at the top).
+    unsafe fn take_following(&self, idx: usize, need: usize) -> bool {
+        let top = self.region.committed() >> PAGE_SHIFT;
+        if idx == top {
+            // SAFETY: the caller holds the span lock.
+            if !unsafe { self.grow(need) } {
+                return false;
+            }
+        }
+        if idx >= self.region.committed() >> PAGE_SHIFT {
+            return false;
+        }
+        let m = self.meta(idx);
+        if m.kind() != Kind::FreeSpan {
+            return false;
+        }
+        let n = m.span_pages.get() as usize;
+        if n < need {
+            // The free span may end at the top: grow and retry once.
+            if idx + n == self.region.committed() >> PAGE_SHIFT {
+                // SAFETY: as above.
+                if unsafe { self.grow(need) } {
+                    let m = self.meta(idx);
+                    if m.kind() == Kind::FreeSpan && m.span_pages.get() as usize >= need {
+                        // SAFETY: as above.
+                        return unsafe { self.take_following(idx, need) };
+                    }
+                }
+            }
+            return false;
+        }
+        let dirty = m.flags.get() & DIRTY != 0;
+        // SAFETY: as above.
+        unsafe {
+            self.span_remove(idx);
+            if n > need {
+                self.span_insert(idx + need, n - need, dirty);
+            }
+        }
+        true
+    }
+
+    // -----------------------------------------------------------------
+    // Class queues (doubly linked through page indices).
+
+    fn queue_push_back(&self, st: &ClassState, c: usize, idx: usize) {
+        let m = self.meta(idx);
+        if m.flags.get() & IN_QUEUE != 0 {
+            return;
+        }
+        m.flags.set(m.flags.get() | IN_QUEUE);
+        let tail = st.tail[c].get();
+        m.prev.set(tail);
+        m.next.set(NONE);
+        if tail == NONE {
+            st.head[c].set(idx as u32);
+            st.current[c].set(m);
+        } else {
+            self.meta(tail as usize).next.set(idx as u32);
+        }
+        st.tail[c].set(idx as u32);
+    }
+
+    fn queue_unlink(&self, st: &ClassState, c: usize, idx: usize) {
+        let m = self.meta(idx);
+        if m.flags.get() & IN_QUEUE == 0 {
+            return;
+        }
+        m.flags.set(m.flags.get() & !IN_QUEUE);
+        let (prev, next) = (m.prev.get(), m.next.get());
+        if prev == NONE {
+            st.head[c].set(next);
+            let cur: *const PageMeta = if next == NONE { &EMPTY.0 } else { self.meta(next as usize) };
+            st.current[c].set(cur);
+        } else {
+            self.meta(prev as usize).next.set(next);
+        }
+        if next == NONE {
+            st.tail[c].set(prev);
+        } else {
+            self.meta(next as usize).prev.set(prev);
+        }
+    }
+
+    // -----------------------------------------------------------------
+    // Queries.
+
+    /// Usable size of a live block.
+    ///
+    /// # Safety
+    /// 1. `p` is a live block of this heap.
+    pub(crate) unsafe fn usable_size(&self, p: *mut u8) -> usize {
+        let idx = (p as usize - self.base) >> PAGE_SHIFT;
+        let mut m = self.meta(idx);
+        if m.kind() == Kind::Cont {
+            m = self.meta(m.head.get() as usize);
+        }
+        match m.kind() {
+            Kind::Small => m.block_size.get() as usize,
+            Kind::Large => m.span_pages.get() as usize * PAGE_SIZE - m.offset.get() as usize,
+            _ => 0,
+        }
+    }
+
+    /// The block containing `addr`: its base and size, in O(1). Reads the
+    /// page table only, so the fault handler may call it.
+    pub(crate) fn allocation_containing(&self, addr: usize) -> Option<(usize, usize)> {
+        if !self.owns(addr) || addr >= self.base + self.region.committed() {
+            return None;
+        }
+        let idx = (addr - self.base) >> PAGE_SHIFT;
+        let mut head = idx;
+        let mut m = self.meta(idx);
+        if m.kind() == Kind::Cont {
+            head = m.head.get() as usize;
+            m = self.meta(head);
+        }
+        let start = self.page_addr(head);
+        match m.kind() {
+            Kind::Small => {
+                let size = m.block_size.get() as usize;
+                let i = (addr - start) / size;
+                if i >= m.capacity.get() as usize {
+                    return None;
+                }
+                Some((start + i * size, size))
+            }
+            Kind::Large => {
+                let base = start + m.offset.get() as usize;
+                let end = start + m.span_pages.get() as usize * PAGE_SIZE;
+                (addr >= base && addr < end).then_some((base, end - base))
+            }
+            _ => None,
+        }
+    }
+
+    /// A snapshot of the statistics.
+    pub(crate) fn stats(&self) -> Stats {
+        let l = &self.local.counters;
+        let s = &self.shared.counters;
+        let foreign = self.foreign_freed_bytes.load(Ordering::Relaxed);
+        let in_use = (l.net_bytes.load(Ordering::Relaxed) + s.net_bytes.load(Ordering::Relaxed)).saturating_sub(foreign);
+        let allocations = (l.net_count.load(Ordering::Relaxed) + s.net_count.load(Ordering::Relaxed))
+            .saturating_sub(self.foreign_freed_count.load(Ordering::Relaxed));
+        let peak = l.peak.load(Ordering::Relaxed).max(s.peak.load(Ordering::Relaxed)).max(in_use);
+        Stats {
+            reserved: self.region.reserved(),
+            committed: self.region.committed(),
+            in_use,
+            peak,
+            limit: self.limit,
+            allocations,
+            total_allocations: l.total.load(Ordering::Relaxed) + s.total.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            external: self.external.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Charges `bytes` of memory held outside the heap against its limit;
+    /// false (and nothing charged) if committed + external would pass it.
+    pub(crate) fn charge_external(&self, bytes: usize) -> bool {
+        let cap = self.limit;
+        let mut cur = self.external.load(Ordering::Relaxed);
+        loop {
+            let next = match cur.checked_add(bytes) {
+                Some(n) if n.saturating_add(self.region.committed()) <= cap => n,
+                _ => {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+            };
+            match self.external.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(c) => cur = c,
+            }
+        }
+    }
+
+    /// Releases bytes charged with [`HeapCore::charge_external`].
+    pub(crate) fn release_external(&self, bytes: usize) {
+        let prev = self.external.fetch_sub(bytes, Ordering::Relaxed);
+        debug_assert!(prev >= bytes, "released more external bytes than charged");
+    }
+
+    /// Bytes of free spans (committed, not in use by any block's span).
+    pub(crate) fn free_span_bytes(&self) -> usize {
+        let _g = self.span_lock.lock();
+        // SAFETY: we hold the span lock.
+        unsafe { self.spans() }.free_pages * PAGE_SIZE
+    }
+
+    /// Locks used by the heap, for `fork` handlers (C ABI).
+    pub(crate) fn locks(&self) -> [&RawLock; 2] {
+        [&self.shared_lock, &self.span_lock]
+    }
+}
+
+impl Drop for HeapCore {
+    fn drop(&mut self) {
+        // SAFETY: the page table was mapped in `new` with this length and
+        // nothing refers to it once the core is dropped. The region unmaps
+        // itself.
+        unsafe { os::unmap(self.metas.cast(), self.meta_bytes) };
+    }
+}
+
+#[cold]
+fn invalid_free(p: *mut u8) -> ! {
+    let mut buf = [0u8; 96];
+    let msg = crate::fmt_buf::Buf::new(&mut buf)
+        .str("frostheap: free of an invalid or already freed pointer 0x")
+        .hex(p as usize)
+        .str("\n")
+        .finish();
+    os::write_stderr(msg);
+    std::process::abort();
+}

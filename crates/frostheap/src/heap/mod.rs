@@ -1,0 +1,379 @@
+//! Heaps: [`Heap`], a cheap cloneable handle to a size-classed allocator
+//! inside one reserved region with a hard `max`.
+//!
+//! ```
+//! use allocator_api2::vec::Vec;
+//! let heap = frostheap::Heap::builder().name("index").max(64 << 20).build()?;
+//! let mut v = Vec::new_in(heap.clone());
+//! v.extend_from_slice(&[1u64, 2, 3]);
+//! assert!(heap.owns(v.as_ptr()));
+//! assert!(heap.stats().in_use >= 24);
+//! # Ok::<(), frostheap::Error>(())
+//! ```
+//!
+//! The algorithm is in [`core`] (class queues, remote frees) and [`page`]
+//! (page table, span allocator); the size classes in [`class`].
+
+pub(crate) mod class;
+pub(crate) mod core;
+pub(crate) mod page;
+
+use ::core::alloc::Layout;
+use ::core::fmt;
+use ::core::ptr::NonNull;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use allocator_api2::alloc::{AllocError, Allocator};
+
+pub use self::core::Stats;
+use self::core::{CoreConfig, HeapCore};
+use crate::config::HugePages;
+use crate::region::{self, RegionKind, PAGE_SIZE};
+use crate::Error;
+
+/// A heap and its name, registered in the region table while alive.
+pub(crate) struct HeapInner {
+    pub(crate) core: HeapCore,
+    pub(crate) name: Cow<'static, str>,
+    slot: Option<usize>,
+}
+
+impl HeapInner {
+    pub(crate) fn new(name: Cow<'static, str>, config: CoreConfig) -> Result<HeapInner, crate::os::OsError> {
+        let core = HeapCore::new(config)?;
+        Ok(HeapInner { core, name, slot: None })
+    }
+
+    /// Registers the heap's region in the region table. Call once the
+    /// inner value is at its final address.
+    pub(crate) fn register(&mut self) {
+        let r = self.core.region();
+        let start = r.base() as usize;
+        self.slot = region::register(start, start + r.reserved(), RegionKind::Heap, self as *const HeapInner as *const ());
+    }
+}
+
+impl Drop for HeapInner {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot {
+            region::unregister(slot);
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Handle {
+    Shared(Arc<HeapInner>),
+    Static(&'static HeapInner),
+}
+
+/// A heap: a cheap, cloneable handle (`Arc`-like) to an allocator living
+/// in one reserved address range.
+///
+/// The thread that builds a heap is its *owner*: its allocations and frees
+/// take a fast path with no atomic read-modify-write and no lock. Any other
+/// thread may allocate (through a locked path) and free (through a
+/// lock-free remote list) as well.
+#[derive(Clone)]
+pub struct Heap {
+    handle: Handle,
+}
+
+impl Heap {
+    /// Starts building a heap.
+    pub fn builder() -> HeapBuilder {
+        HeapBuilder::default()
+    }
+
+    pub(crate) fn from_static(inner: &'static HeapInner) -> Heap {
+        Heap { handle: Handle::Static(inner) }
+    }
+
+    #[inline]
+    pub(crate) fn inner(&self) -> &HeapInner {
+        match &self.handle {
+            Handle::Shared(a) => a,
+            Handle::Static(s) => s,
+        }
+    }
+
+    #[inline]
+    fn core(&self) -> &HeapCore {
+        &self.inner().core
+    }
+
+    /// The heap's name (for reports).
+    pub fn name(&self) -> &str {
+        &self.inner().name
+    }
+
+    /// A snapshot of the heap's statistics.
+    pub fn stats(&self) -> Stats {
+        self.core().stats()
+    }
+
+    /// The hard cap in bytes (`max`).
+    pub fn limit(&self) -> usize {
+        self.stats().limit
+    }
+
+    /// First address of the heap's region.
+    pub fn base(&self) -> *const u8 {
+        self.core().region().base()
+    }
+
+    /// Whether `ptr` points into this heap's region. O(1): two compares.
+    #[inline]
+    pub fn owns<T: ?Sized>(&self, ptr: *const T) -> bool {
+        self.core().owns(ptr as *const u8 as usize)
+    }
+
+    /// The allocation containing `addr`, as (base address, usable size),
+    /// in O(1) from the page table. `None` outside any block's geometry.
+    /// The answer describes the block slot; it does not say whether the
+    /// slot is currently allocated.
+    pub fn allocation_containing(&self, addr: usize) -> Option<(usize, usize)> {
+        self.core().allocation_containing(addr)
+    }
+
+    /// Allocates memory for `layout`, or reports why it cannot.
+    pub fn try_alloc(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
+        NonNull::new(self.core().alloc(layout)).ok_or_else(|| self.oom(layout.size()))
+    }
+
+    /// Like [`Heap::try_alloc`], with the memory zeroed.
+    pub fn try_alloc_zeroed(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
+        NonNull::new(self.core().alloc_zeroed(layout)).ok_or_else(|| self.oom(layout.size()))
+    }
+
+    /// Frees memory from [`Heap::try_alloc`].
+    ///
+    /// # Safety
+    /// 1. `ptr` was allocated by this heap and not freed since.
+    pub unsafe fn dealloc(&self, ptr: NonNull<u8>) {
+        // SAFETY: forwarded (1).
+        unsafe { self.core().free(ptr.as_ptr()) }
+    }
+
+    /// Resizes a block to `new_size` bytes, in place when possible.
+    ///
+    /// # Safety
+    /// 1. `ptr` was allocated by this heap with `old` and not freed since.
+    pub unsafe fn try_realloc(&self, ptr: NonNull<u8>, old: Layout, new_size: usize) -> Result<NonNull<u8>, Error> {
+        // SAFETY: forwarded (1).
+        let p = unsafe { self.core().realloc(ptr.as_ptr(), old, new_size) };
+        NonNull::new(p).ok_or_else(|| self.oom(new_size))
+    }
+
+    /// Usable size of a live block (at least the size it was asked with).
+    ///
+    /// # Safety
+    /// 1. `ptr` is a live block of this heap.
+    pub unsafe fn usable_size(&self, ptr: NonNull<u8>) -> usize {
+        // SAFETY: forwarded (1).
+        unsafe { self.core().usable_size(ptr.as_ptr()) }
+    }
+
+    /// The usable size a request for `layout` gets (what `in_use` counts).
+    pub fn block_size(layout: Layout) -> usize {
+        match class::class_for(layout.size(), layout.align()) {
+            Some(c) => class::CLASS_SIZE[c] as usize,
+            None => {
+                let extra = layout.align().saturating_sub(PAGE_SIZE);
+                let pages = (layout.size().max(1) + extra).div_ceil(PAGE_SIZE);
+                // Large blocks are page-aligned; an over-aligned one starts
+                // at an offset into its span that depends on its address, so
+                // only an upper bound is known in advance.
+                pages * PAGE_SIZE
+            }
+        }
+    }
+
+    /// Charges `bytes` held elsewhere (another allocator, a cache) against
+    /// this heap's limit: afterwards `committed + external <= limit` still
+    /// holds for every allocation. Fails with [`Error::OutOfMemory`] and
+    /// charges nothing if the bytes do not fit.
+    pub fn charge_external(&self, bytes: usize) -> Result<(), Error> {
+        if self.core().charge_external(bytes) {
+            Ok(())
+        } else {
+            Err(self.oom(bytes))
+        }
+    }
+
+    /// Releases bytes charged with [`Heap::charge_external`].
+    pub fn release_external(&self, bytes: usize) {
+        self.core().release_external(bytes)
+    }
+
+    /// Bytes committed but held by no span (free pages the heap keeps).
+    pub fn free_bytes(&self) -> usize {
+        self.core().free_span_bytes()
+    }
+
+    /// Makes the calling thread this heap's owner (its fast path moves
+    /// here).
+    ///
+    /// # Safety
+    /// 1. No other thread uses the heap's owner path concurrently: the
+    ///    previous owner has stopped allocating from it, and its last
+    ///    operations happen-before this call (for example, it sent the
+    ///    handle over a channel and then stopped using the heap).
+    pub unsafe fn adopt(&self) {
+        // SAFETY: forwarded (1).
+        unsafe { self.core().set_owner() }
+    }
+
+    fn oom(&self, requested: usize) -> Error {
+        let s = self.stats();
+        Error::OutOfMemory { requested, limit: s.limit, in_use: s.in_use }
+    }
+}
+
+impl fmt::Debug for Heap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Heap")
+            .field("name", &self.name())
+            .field("base", &self.base())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl PartialEq for Heap {
+    fn eq(&self, other: &Heap) -> bool {
+        ::core::ptr::eq(self.inner(), other.inner())
+    }
+}
+impl Eq for Heap {}
+
+// SAFETY: blocks come from `HeapCore::alloc`, which returns memory valid for
+// the layout until freed; `deallocate` frees only what `allocate` returned;
+// clones of a Heap refer to the same allocator, so memory from one clone can
+// be freed through another.
+unsafe impl Allocator for Heap {
+    #[inline]
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        let p = NonNull::new(self.core().alloc(layout)).ok_or(AllocError)?;
+        Ok(NonNull::slice_from_raw_parts(p, layout.size()))
+    }
+
+    fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        let p = NonNull::new(self.core().alloc_zeroed(layout)).ok_or(AllocError)?;
+        Ok(NonNull::slice_from_raw_parts(p, layout.size()))
+    }
+
+    #[inline]
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, _layout: Layout) {
+        // SAFETY: the Allocator contract: ptr is currently allocated by us.
+        unsafe { self.core().free(ptr.as_ptr()) }
+    }
+
+    unsafe fn grow(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        // SAFETY: the Allocator contract (ptr allocated with `old`).
+        unsafe { self.resize(ptr, old, new) }
+    }
+
+    unsafe fn grow_zeroed(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        // SAFETY: the Allocator contract.
+        let p = unsafe { self.resize(ptr, old, new)? };
+        // SAFETY: the new block has new.size() bytes, the first old.size()
+        // of which were copied; the rest must be zeroed.
+        unsafe { p.cast::<u8>().as_ptr().add(old.size()).write_bytes(0, new.size() - old.size()) };
+        Ok(p)
+    }
+
+    unsafe fn shrink(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        // SAFETY: the Allocator contract.
+        unsafe { self.resize(ptr, old, new) }
+    }
+}
+
+impl Heap {
+    unsafe fn resize(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        let p = if new.align() <= old.align() {
+            // SAFETY: the caller's Allocator contract.
+            unsafe { self.core().realloc(ptr.as_ptr(), old, new.size()) }
+        } else {
+            let q = self.core().alloc(new);
+            if !q.is_null() {
+                // SAFETY: both live; copy the common prefix, then free.
+                unsafe {
+                    ::core::ptr::copy_nonoverlapping(ptr.as_ptr(), q, old.size().min(new.size()));
+                    self.core().free(ptr.as_ptr());
+                }
+            }
+            q
+        };
+        let p = NonNull::new(p).ok_or(AllocError)?;
+        Ok(NonNull::slice_from_raw_parts(p, new.size()))
+    }
+}
+
+/// Builds a [`Heap`].
+#[derive(Clone, Debug)]
+pub struct HeapBuilder {
+    name: Cow<'static, str>,
+    min: usize,
+    max: Option<usize>,
+    huge_pages: HugePages,
+}
+
+impl Default for HeapBuilder {
+    fn default() -> Self {
+        HeapBuilder { name: Cow::Borrowed("heap"), min: 0, max: None, huge_pages: HugePages::Auto }
+    }
+}
+
+impl HeapBuilder {
+    /// The name reports use.
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Bytes committed up front (default 0).
+    pub fn min(mut self, bytes: usize) -> Self {
+        self.min = bytes;
+        self
+    }
+
+    /// The hard cap: the size of the reservation (default: physical memory).
+    /// Committed memory never exceeds `max` rounded down to 64 KiB.
+    pub fn max(mut self, bytes: usize) -> Self {
+        self.max = Some(bytes);
+        self
+    }
+
+    /// Huge-page policy (default [`HugePages::Auto`]).
+    pub fn huge_pages(mut self, policy: HugePages) -> Self {
+        self.huge_pages = policy;
+        self
+    }
+
+    /// Reserves the region. The calling thread becomes the heap's owner.
+    pub fn build(self) -> Result<Heap, Error> {
+        let max = self.max.unwrap_or_else(crate::os::physical_memory);
+        if max < PAGE_SIZE {
+            return Err(Error::invalid(
+                "max",
+                crate::size::Bytes(max),
+                format!("at least {} (one heap page)", crate::size::Bytes(PAGE_SIZE)),
+            ));
+        }
+        if self.min > max {
+            return Err(Error::invalid(
+                "min",
+                crate::size::Bytes(self.min),
+                format!("at most max ({})", crate::size::Bytes(max)),
+            ));
+        }
+        let config = CoreConfig { min: self.min, max, huge_pages: self.huge_pages.enabled() };
+        let inner = HeapInner::new(self.name, config)
+            .map_err(|source| Error::Os { context: "reserving a heap region", source })?;
+        let mut arc = Arc::new(inner);
+        Arc::get_mut(&mut arc).expect("fresh Arc is unique").register();
+        Ok(Heap { handle: Handle::Shared(arc) })
+    }
+}

@@ -1,0 +1,206 @@
+//! The page table and the span allocator.
+//!
+//! A heap's region is cut into 64 KiB pages. Each page has a 64-byte
+//! [`PageMeta`] in a side table (its own `MAP_NORESERVE` mapping, touched
+//! only as the heap grows), so the region holds nothing but user data and
+//! a page's geometry is found from any address with one shift.
+//!
+//! A *span* is a run of pages: free, a small-object span (blocks of one
+//! size class), or a large allocation. Free spans live in 44 segregated
+//! bins (exact for 1..=16 pages, then one per power of two) with a bitmap
+//! of non-empty bins, and coalesce with their neighbours through boundary
+//! tags (the head page records the length, the tail page points at the
+//! head) — Doug Lea's layout, kept outside the user's memory.
+
+use core::cell::Cell;
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicU32};
+
+/// "No page": the end of a list.
+pub const NONE: u32 = u32::MAX;
+
+/// What a page is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// Never part of a span (beyond the committed prefix, or zeroed meta).
+    Unused = 0,
+    /// Head of a free span.
+    FreeSpan = 1,
+    /// Last page of a free span of two or more pages; `head` points back.
+    FreeTail = 2,
+    /// Head of a small-object span.
+    Small = 3,
+    /// Head of a large allocation.
+    Large = 4,
+    /// A later page of a small or large span; `head` points at its head.
+    Cont = 5,
+}
+
+/// Which class state allocates from a small span.
+pub const OWNER_LOCAL: u8 = 0;
+/// The span belongs to the lock-protected shared state.
+pub const OWNER_SHARED: u8 = 1;
+
+/// `state` bit: the span had no free block and left its queue.
+pub const FULL: u32 = 1;
+/// `state` bit: the span is on the heap's pending stack.
+pub const PENDING: u32 = 2;
+
+/// `flags` bit: the span is linked in its class queue.
+pub const IN_QUEUE: u8 = 1;
+/// `flags` bit (free spans): contents may be non-zero / resident.
+pub const DIRTY: u8 = 2;
+
+/// A free block's link.
+#[repr(C)]
+pub struct Block {
+    /// Next free block.
+    pub next: *mut Block,
+}
+
+/// Metadata for one 64 KiB page. Only head pages carry span data.
+///
+/// Field discipline:
+/// - `free`, `used`, `extend`, `next`/`prev` (for small spans), `flags`:
+///   the span's owner only — the heap's owner thread for `OWNER_LOCAL`
+///   spans, the holder of the shared lock for `OWNER_SHARED` spans.
+/// - `kind`, `class`, `owner`, `block_size`, `capacity`, `span_pages`,
+///   `head`, `offset`, and `next`/`prev`/`flags` of free spans: under the
+///   span lock; stable while any block of the span is live, so any thread
+///   holding a block may read them.
+/// - `remote`, `state`, `pending_next`: atomics, any thread.
+///
+/// Invariants (small head): `used <= extend <= capacity`;
+/// `capacity == span_pages * PAGE_SIZE / block_size`; `used` counts blocks
+/// handed out and neither freed by the owner nor collected from `remote`.
+#[repr(C, align(64))]
+pub struct PageMeta {
+    /// Small: the owner's free list.
+    pub free: Cell<*mut Block>,
+    /// Small: blocks handed out and not returned to `free`.
+    pub used: Cell<u32>,
+    /// Small: blocks in the span.
+    pub capacity: Cell<u32>,
+    /// Small: the class size; large: 0.
+    pub block_size: Cell<u32>,
+    /// Small: index of the first block never handed out.
+    pub extend: Cell<u32>,
+    /// Span length in pages (heads).
+    pub span_pages: Cell<u32>,
+    /// Cont / FreeTail: the head page's index.
+    pub head: Cell<u32>,
+    /// Queue or bin links (page indices).
+    pub next: Cell<u32>,
+    /// Queue or bin links (page indices).
+    pub prev: Cell<u32>,
+    /// Large: offset of the allocation from the span start (over-alignment).
+    pub offset: Cell<u32>,
+    /// [`Kind`] as a byte.
+    pub kind: Cell<u8>,
+    /// Small: size class.
+    pub class: Cell<u8>,
+    /// [`OWNER_LOCAL`] or [`OWNER_SHARED`].
+    pub owner: Cell<u8>,
+    /// [`IN_QUEUE`], [`DIRTY`].
+    pub flags: Cell<u8>,
+    /// Blocks freed by threads other than the owner (a Treiber stack the
+    /// owner takes whole).
+    pub remote: AtomicPtr<Block>,
+    /// [`FULL`] and [`PENDING`].
+    pub state: AtomicU32,
+    /// Link in the heap's pending stack.
+    pub pending_next: AtomicU32,
+}
+
+const _: () = assert!(core::mem::size_of::<PageMeta>() == 64);
+
+impl PageMeta {
+    /// The page's [`Kind`].
+    #[inline]
+    pub fn kind(&self) -> Kind {
+        match self.kind.get() {
+            1 => Kind::FreeSpan,
+            2 => Kind::FreeTail,
+            3 => Kind::Small,
+            4 => Kind::Large,
+            5 => Kind::Cont,
+            _ => Kind::Unused,
+        }
+    }
+
+    /// Sets the kind.
+    #[inline]
+    pub fn set_kind(&self, kind: Kind) {
+        self.kind.set(kind as u8);
+    }
+}
+
+/// A `PageMeta` that is always empty: class queues point at it when they
+/// have no span, so the allocation fast path needs a single null test.
+pub struct EmptyMeta(pub PageMeta);
+// SAFETY: nothing ever writes to the empty meta: the slow path recognises
+// it by address before touching any field.
+unsafe impl Sync for EmptyMeta {}
+
+/// The shared empty meta.
+pub static EMPTY: EmptyMeta = EmptyMeta(PageMeta {
+    free: Cell::new(ptr::null_mut()),
+    used: Cell::new(0),
+    capacity: Cell::new(0),
+    block_size: Cell::new(0),
+    extend: Cell::new(0),
+    span_pages: Cell::new(0),
+    head: Cell::new(NONE),
+    next: Cell::new(NONE),
+    prev: Cell::new(NONE),
+    offset: Cell::new(0),
+    kind: Cell::new(0),
+    class: Cell::new(0),
+    owner: Cell::new(0),
+    flags: Cell::new(0),
+    remote: AtomicPtr::new(ptr::null_mut()),
+    state: AtomicU32::new(0),
+    pending_next: AtomicU32::new(NONE),
+});
+
+/// Number of free-span bins.
+pub const N_BINS: usize = 44;
+
+/// The bin for a free span of `n` pages.
+#[inline]
+pub fn bin_of(n: usize) -> usize {
+    debug_assert!(n > 0, "bin_of(0)");
+    if n <= 16 {
+        n - 1
+    } else {
+        let log = (usize::BITS - 1 - n.leading_zeros()) as usize;
+        (16 + log - 4).min(N_BINS - 1)
+    }
+}
+
+/// The span allocator's state. Lives in the heap core; every method
+/// requires the heap's span lock.
+pub struct Spans {
+    /// Head page of each bin's list.
+    pub bins: [u32; N_BINS],
+    /// Bit `b` set iff `bins[b] != NONE`.
+    pub nonempty: u64,
+    /// Pages of free spans that may be resident (not yet purged).
+    pub dirty_pages: usize,
+    /// Pages of all free spans.
+    pub free_pages: usize,
+}
+
+impl Spans {
+    /// No free spans.
+    pub const fn new() -> Spans {
+        Spans { bins: [NONE; N_BINS], nonempty: 0, dirty_pages: 0, free_pages: 0 }
+    }
+}
+
+impl Default for Spans {
+    fn default() -> Self {
+        Self::new()
+    }
+}

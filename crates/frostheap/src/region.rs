@@ -1,0 +1,282 @@
+//! A region: one contiguous range of virtual addresses, reserved once and
+//! committed on demand as a single prefix `[base, base + committed)`.
+//!
+//! Keeping the committed part one (base, length) pair is what lets a freeze
+//! protect a whole heap with one `mprotect` call. The region never moves and
+//! never grows past its reservation, which is the heap's hard `max`.
+//!
+//! Also here: the **region table**, a fixed, lock-free array in which every
+//! live region is registered, so "which heap owns this address" is a scan
+//! of a few slots with two compares each, safe to run in a signal handler.
+
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+use crate::os::{self, OsError};
+use crate::Error;
+
+/// The unit of commitment and of the heap's page table: 64 KiB.
+pub const PAGE_SHIFT: u32 = 16;
+/// `1 << PAGE_SHIFT`.
+pub const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
+
+/// How a region should be laid out.
+#[derive(Clone, Copy, Debug)]
+pub struct RegionConfig {
+    /// Bytes committed at creation (rounded up to [`PAGE_SIZE`]).
+    pub min: usize,
+    /// Bytes reserved; the hard cap on commitment.
+    pub max: usize,
+    /// Align to 2 MiB and advise `MADV_HUGEPAGE`.
+    pub huge_pages: bool,
+}
+
+/// A reserved range of address space with a committed prefix.
+///
+/// Invariants: `base % align == 0`; `committed % PAGE_SIZE == 0`;
+/// `min_committed <= committed <= reserved`; `[base, base + committed)` is
+/// readable and writable unless a freeze has protected it;
+/// `[base + committed, base + reserved)` is `PROT_NONE`.
+#[derive(Debug)]
+pub struct Region {
+    base: *mut u8,
+    reserved: usize,
+    min_committed: usize,
+    huge_pages: bool,
+    /// Written only by the region's owner under its heap's span lock;
+    /// read by anyone (stats, freeze).
+    committed: AtomicUsize,
+}
+
+// SAFETY: a Region is an address range plus atomics; the memory it
+// describes is managed by its heap, which provides the synchronisation.
+unsafe impl Send for Region {}
+// SAFETY: as above; `committed` is atomic and only mutated under the heap's
+// span lock.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Reserves `config.max` bytes and commits `config.min` of them.
+    pub fn new(config: RegionConfig) -> Result<Region, Error> {
+        if config.max < PAGE_SIZE {
+            return Err(Error::invalid(
+                "max",
+                crate::size::Bytes(config.max),
+                format!("at least {} (one heap page)", crate::size::Bytes(PAGE_SIZE)),
+            ));
+        }
+        if config.min > config.max {
+            return Err(Error::invalid(
+                "min",
+                crate::size::Bytes(config.min),
+                format!("at most max ({})", crate::size::Bytes(config.max)),
+            ));
+        }
+        Self::new_unchecked_config(config).map_err(|source| Error::Os { context: "reserving a heap region", source })
+    }
+
+    /// [`Region::new`] without the friendly checks, returning the raw OS
+    /// error (used by the global allocator before `main`).
+    pub(crate) fn new_unchecked_config(config: RegionConfig) -> Result<Region, OsError> {
+        let align = if config.huge_pages { os::HUGE_PAGE_SIZE } else { PAGE_SIZE };
+        let reserved = round_up(config.max, PAGE_SIZE);
+        let base = os::reserve(round_up(reserved, align), align)?;
+        let region = Region {
+            base,
+            reserved,
+            min_committed: round_up(config.min, PAGE_SIZE).min(reserved),
+            huge_pages: config.huge_pages,
+            committed: AtomicUsize::new(0),
+        };
+        if config.huge_pages {
+            // SAFETY: the whole reservation is ours and page-aligned.
+            // A refusal only costs performance, so it is ignored.
+            let _ = unsafe { os::advise_huge_pages(base, round_up(reserved, align)) };
+        }
+        if region.min_committed > 0 {
+            region.grow_to(region.min_committed)?;
+        }
+        Ok(region)
+    }
+
+    /// First address of the region.
+    #[inline]
+    pub fn base(&self) -> *mut u8 {
+        self.base
+    }
+
+    /// Bytes reserved (the heap's hard cap, rounded up to a page).
+    #[inline]
+    pub fn reserved(&self) -> usize {
+        self.reserved
+    }
+
+    /// Bytes committed now.
+    #[inline]
+    pub fn committed(&self) -> usize {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// Bytes committed at creation, below which the region never shrinks.
+    pub fn min_committed(&self) -> usize {
+        self.min_committed
+    }
+
+    /// Whether the region is laid out for transparent huge pages.
+    pub fn huge_pages(&self) -> bool {
+        self.huge_pages
+    }
+
+    /// Whether `addr` lies in the reservation.
+    #[inline]
+    pub fn contains(&self, addr: usize) -> bool {
+        addr.wrapping_sub(self.base as usize) < self.reserved
+    }
+
+    /// Commits the prefix up to `new_committed` bytes.
+    ///
+    /// Precondition: the caller holds the heap's span lock (one writer);
+    /// `new_committed` is page-aligned and `<= reserved`.
+    pub(crate) fn grow_to(&self, new_committed: usize) -> Result<(), OsError> {
+        let old = self.committed.load(Ordering::Relaxed);
+        debug_assert!(new_committed % PAGE_SIZE == 0, "grow_to: {new_committed} not page-aligned");
+        debug_assert!(new_committed <= self.reserved, "grow_to: past the reservation");
+        if new_committed <= old {
+            return Ok(());
+        }
+        // SAFETY: [base+old, base+new) is page-aligned, non-empty and inside
+        // our reservation.
+        unsafe { os::commit(self.base.add(old), new_committed - old)? };
+        self.committed.store(new_committed, Ordering::Release);
+        Ok(())
+    }
+
+    /// Decommits the tail above `new_committed` (never below the minimum).
+    ///
+    /// # Safety
+    /// 1. The caller holds the heap's span lock and no live allocation lies
+    ///    at or above `new_committed`.
+    pub(crate) unsafe fn shrink_to(&self, new_committed: usize) -> Result<(), OsError> {
+        let new_committed = new_committed.max(self.min_committed);
+        let old = self.committed.load(Ordering::Relaxed);
+        if new_committed >= old {
+            return Ok(());
+        }
+        // Publish the smaller size first so a concurrent freeze never
+        // protects pages that are being decommitted.
+        self.committed.store(new_committed, Ordering::Release);
+        // SAFETY: by (1) the tail is free; it is page-aligned and ours.
+        unsafe { os::decommit(self.base.add(new_committed), old - new_committed) }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        let align = if self.huge_pages { os::HUGE_PAGE_SIZE } else { PAGE_SIZE };
+        // SAFETY: the reservation was made by `new` with this length, and a
+        // Region is dropped only when its heap (and every allocation in it)
+        // is gone.
+        unsafe { os::unmap(self.base, round_up(self.reserved, align)) };
+    }
+}
+
+/// Rounds `n` up to a multiple of the power of two `align`.
+#[inline]
+pub const fn round_up(n: usize, align: usize) -> usize {
+    (n + align - 1) & !(align - 1)
+}
+
+// ---------------------------------------------------------------------------
+// The region table.
+
+/// What kind of heap a registered region belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum RegionKind {
+    /// A heap built with [`crate::Heap::builder`] or the main heap.
+    Heap = 1,
+    /// A worker's context heap.
+    Context = 2,
+}
+
+/// Maximum number of live regions.
+pub const MAX_REGIONS: usize = 256;
+
+struct Slot {
+    /// 0 when the slot is free. Written last on registration (Release) and
+    /// first on removal, so a reader that sees a non-zero start sees the
+    /// rest of the slot.
+    start: AtomicUsize,
+    end: AtomicUsize,
+    kind: AtomicUsize,
+    owner: AtomicPtr<()>,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_SLOT: Slot = Slot {
+    start: AtomicUsize::new(0),
+    end: AtomicUsize::new(0),
+    kind: AtomicUsize::new(0),
+    owner: AtomicPtr::new(core::ptr::null_mut()),
+};
+
+static TABLE: [Slot; MAX_REGIONS] = [EMPTY_SLOT; MAX_REGIONS];
+/// One past the highest slot ever used: lookups scan `[0, HIGH)`.
+static HIGH: AtomicUsize = AtomicUsize::new(0);
+
+/// A registered region as the table reports it.
+#[derive(Clone, Copy, Debug)]
+pub struct Registered {
+    /// First address.
+    pub start: usize,
+    /// One past the last address.
+    pub end: usize,
+    /// Heap or context.
+    pub kind: RegionKind,
+    /// The owning heap's core, as an opaque pointer.
+    pub owner: *const (),
+}
+
+/// Registers `[start, end)`; returns the slot index for [`unregister`].
+pub fn register(start: usize, end: usize, kind: RegionKind, owner: *const ()) -> Option<usize> {
+    for (i, slot) in TABLE.iter().enumerate() {
+        // Claim a free slot by moving `end` from 0 to our end; `start`
+        // stays 0 (invisible to lookups) until the slot is filled.
+        if slot.end.compare_exchange(0, end, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            slot.kind.store(kind as usize, Ordering::Relaxed);
+            slot.owner.store(owner as *mut (), Ordering::Relaxed);
+            slot.start.store(start, Ordering::Release);
+            HIGH.fetch_max(i + 1, Ordering::AcqRel);
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// Removes the region registered in `slot`.
+pub fn unregister(slot: usize) {
+    let s = &TABLE[slot];
+    s.start.store(0, Ordering::Release);
+    s.owner.store(core::ptr::null_mut(), Ordering::Relaxed);
+    s.end.store(0, Ordering::Release);
+}
+
+/// The registered region containing `addr`, if any. Lock-free and
+/// async-signal-safe.
+pub fn lookup(addr: usize) -> Option<Registered> {
+    let high = HIGH.load(Ordering::Acquire);
+    for slot in &TABLE[..high] {
+        let start = slot.start.load(Ordering::Acquire);
+        if start == 0 || addr < start {
+            continue;
+        }
+        let end = slot.end.load(Ordering::Relaxed);
+        if addr < end {
+            let kind = match slot.kind.load(Ordering::Relaxed) {
+                2 => RegionKind::Context,
+                _ => RegionKind::Heap,
+            };
+            return Some(Registered { start, end, kind, owner: slot.owner.load(Ordering::Relaxed) });
+        }
+    }
+    None
+}

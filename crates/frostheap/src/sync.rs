@@ -1,0 +1,92 @@
+//! The concurrency shim: the lock and atomics the allocator uses.
+//!
+//! `RawLock` is a test-and-test-and-set lock that never allocates, can live
+//! in a `static`, and (unlike `std::sync::Mutex`) can be taken and released
+//! from `fork` handlers: the C ABI locks every heap before `fork` and
+//! releases the locks in both parent and child.
+
+use core::sync::atomic::{AtomicBool, Ordering};
+
+/// A small non-allocating lock for slow paths (span allocation, the shared
+/// class state). Contention is rare by design: owner threads take the fast
+/// path without it.
+pub struct RawLock {
+    locked: AtomicBool,
+}
+
+impl RawLock {
+    /// An unlocked lock.
+    pub const fn new() -> RawLock {
+        RawLock { locked: AtomicBool::new(false) }
+    }
+
+    /// Takes the lock, spinning briefly and then yielding the CPU.
+    #[inline]
+    pub fn lock(&self) -> LockGuard<'_> {
+        if self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            self.lock_contended();
+        }
+        LockGuard { lock: self }
+    }
+
+    #[cold]
+    fn lock_contended(&self) {
+        let mut spins = 0u32;
+        loop {
+            while self.locked.load(Ordering::Relaxed) {
+                if spins < 64 {
+                    core::hint::spin_loop();
+                    spins += 1;
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+            if self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                return;
+            }
+        }
+    }
+
+    /// Takes the lock without a guard (for `fork` handlers).
+    pub fn lock_raw(&self) {
+        core::mem::forget(self.lock());
+    }
+
+    /// Releases a lock taken with [`RawLock::lock_raw`].
+    ///
+    /// # Safety
+    /// 1. The lock is held by this thread (or, in a `fork` child, was held by
+    ///    the thread that forked) and no guard for it exists.
+    pub unsafe fn unlock_raw(&self) {
+        self.locked.store(false, Ordering::Release);
+    }
+}
+
+impl Default for RawLock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Releases the lock when dropped.
+pub struct LockGuard<'a> {
+    lock: &'a RawLock,
+}
+
+impl Drop for LockGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.lock.locked.store(false, Ordering::Release);
+    }
+}
+
+/// A per-thread token: the address of a thread-local byte. Unique among
+/// live threads, free to read (one TLS-relative address computation), and
+/// never allocates (a `const` thread-local with no destructor).
+#[inline]
+pub fn thread_token() -> usize {
+    thread_local! {
+        static TOKEN: u8 = const { 0 };
+    }
+    TOKEN.with(|t| t as *const u8 as usize)
+}
