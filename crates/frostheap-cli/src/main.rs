@@ -1,1 +1,39 @@
-fn main() {}
+//! The `frostheap` command: `tour` (the default), `info`, and the tools
+//! built on the library. This is the only crate that knows clap.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod info;
+mod tour;
+
+#[derive(Parser)]
+#[command(name = "frostheap", version, about = "A memory runtime for parallel programs: heaps with hard limits, frozen by the MMU during parallel phases.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A guided demonstration of frostheap (the default).
+    Tour,
+    /// Page sizes, huge pages, protection keys and the limits in force.
+    Info,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Tour) {
+        Command::Tour => tour::run(),
+        Command::Info => info::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("frostheap: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

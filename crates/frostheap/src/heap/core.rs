@@ -941,19 +941,22 @@ impl HeapCore {
         m.set_kind(Kind::Unused);
     }
 
+    /// Frees a span that held data, then gives memory back if due.
     unsafe fn span_free(&self, idx: usize, pages: usize) {
         // SAFETY: forwarded.
-        unsafe { self.span_free_with(idx, pages, true) }
+        unsafe { self.span_free_with(idx, pages, true, true) }
     }
 
+    /// Adds freshly committed pages: never gives anything back (that would
+    /// undo the growth that is about to be used).
     unsafe fn span_free_clean(&self, idx: usize, pages: usize) {
         // SAFETY: forwarded.
-        unsafe { self.span_free_with(idx, pages, false) }
+        unsafe { self.span_free_with(idx, pages, false, false) }
     }
 
     /// Frees `[idx, idx + pages)`, coalescing with free neighbours, then
     /// gives memory back to the OS if the hysteresis thresholds are passed.
-    unsafe fn span_free_with(&self, idx: usize, pages: usize, dirty: bool) {
+    unsafe fn span_free_with(&self, idx: usize, pages: usize, dirty: bool, give_back: bool) {
         let mut start = idx;
         let mut n = pages;
         let mut dirty = dirty;
@@ -983,7 +986,11 @@ impl HeapCore {
             unsafe { self.span_remove(right) };
         }
         // Give the top back to the OS when enough of it is free.
-        if start + n == top && n * PAGE_SIZE >= SHRINK_AT && self.region.committed() > self.region.min_committed() {
+        if give_back
+            && start + n == top
+            && n * PAGE_SIZE >= SHRINK_AT
+            && self.region.committed() > self.region.min_committed()
+        {
             let keep_end = (start + (KEEP_ON_TOP >> PAGE_SHIFT)).max(self.region.min_committed() >> PAGE_SHIFT);
             if keep_end < top {
                 // SAFETY: the caller holds the span lock; [keep_end, top) is
@@ -997,8 +1004,10 @@ impl HeapCore {
             // SAFETY: as above.
             unsafe { self.span_insert(start, n, dirty) };
         }
-        // SAFETY: as above.
-        unsafe { self.maybe_purge() };
+        if give_back {
+            // SAFETY: as above.
+            unsafe { self.maybe_purge() };
+        }
     }
 
     /// Purges free spans (largest first) once too much free memory is
