@@ -7,19 +7,37 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
     let cfg = frostheap::config::from_env()?;
     println!("frostheap {}", env!("CARGO_PKG_VERSION"));
     println!("page size            {}", Bytes(os::page_size()));
-    println!("heap page            {}", Bytes(frostheap::region::PAGE_SIZE));
+    println!(
+        "heap page            {}",
+        Bytes(frostheap::region::PAGE_SIZE)
+    );
     let thp = match os::thp_mode() {
         os::ThpMode::Always => "always",
         os::ThpMode::Madvise => "madvise (frostheap advises MADV_HUGEPAGE)",
         os::ThpMode::Never => "never (not available)",
     };
-    println!("transparent huge     {thp}, {} pages", Bytes(os::HUGE_PAGE_SIZE));
-    println!("huge pages in use    {} (FROSTHEAP_HUGE_PAGES={:?})", if cfg.huge_pages.enabled() { "yes" } else { "no" }, cfg.huge_pages);
+    println!(
+        "transparent huge     {thp}, {} pages",
+        Bytes(os::HUGE_PAGE_SIZE)
+    );
+    println!(
+        "huge pages in use    {} (FROSTHEAP_HUGE_PAGES={:?})",
+        if cfg.huge_pages.enabled() {
+            "yes"
+        } else {
+            "no"
+        },
+        cfg.huge_pages
+    );
     println!("physical memory      {}", Bytes(os::physical_memory()));
     println!(
         "main heap max        {}{}",
         Bytes(cfg.max),
-        if cfg.max_from_env { " (FROSTHEAP_MAX)" } else { " (physical memory; set FROSTHEAP_MAX to cap it)" }
+        if cfg.max_from_env {
+            " (FROSTHEAP_MAX)"
+        } else {
+            " (physical memory; set FROSTHEAP_MAX to cap it)"
+        }
     );
     println!("main heap min        {}", Bytes(cfg.min));
     Ok(())

@@ -6,10 +6,16 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod info;
+mod run;
+mod serve;
 mod tour;
 
 #[derive(Parser)]
-#[command(name = "frostheap", version, about = "A memory runtime for parallel programs: heaps with hard limits, frozen by the MMU during parallel phases.")]
+#[command(
+    name = "frostheap",
+    version,
+    about = "A memory runtime for parallel programs: heaps with hard limits, frozen by the MMU during parallel phases."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -21,6 +27,12 @@ enum Command {
     Tour,
     /// Page sizes, huge pages, protection keys and the limits in force.
     Info,
+    /// Run any program (Python, C, C++) on a frostheap heap with a hard
+    /// limit: `frostheap run --max-memory 1G -- python3 app.py`.
+    Run(run::RunArgs),
+    /// An HTTP/1.1 server that derives its capacity from a memory budget:
+    /// `frostheap serve --max-memory 256M --listen 127.0.0.1:8080`.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +40,8 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Tour) {
         Command::Tour => tour::run(),
         Command::Info => info::run(),
+        Command::Run(args) => run::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -30,15 +30,26 @@ fn print_stats(heap: &Heap) {
 fn chapter_limits() -> Result<(), Box<dyn std::error::Error>> {
     println!("1. A heap with hard limits");
     println!("   One reserved address range (min committed up front, max is a hard cap).\n");
-    let heap = Heap::builder().name("index").min(4 << 20).max(64 << 20).build()?;
+    let heap = Heap::builder()
+        .name("index")
+        .min(4 << 20)
+        .max(64 << 20)
+        .build()?;
     println!("   built: min 4 MiB, max 64 MiB");
     print_stats(&heap);
 
-    let mut index: allocator_api2::vec::Vec<u64, Heap> = allocator_api2::vec::Vec::new_in(heap.clone());
+    let mut index: allocator_api2::vec::Vec<u64, Heap> =
+        allocator_api2::vec::Vec::new_in(heap.clone());
     index.extend(0..1_000_000u64);
-    println!("\n   filled a Vec<u64, Heap> with 1,000,000 entries ({}):", Bytes(index.len() * 8));
+    println!(
+        "\n   filled a Vec<u64, Heap> with 1,000,000 entries ({}):",
+        Bytes(index.len() * 8)
+    );
     print_stats(&heap);
-    println!("   heap.owns(index.as_ptr()) = {}", heap.owns(index.as_ptr()));
+    println!(
+        "   heap.owns(index.as_ptr()) = {}",
+        heap.owns(index.as_ptr())
+    );
 
     let big = Layout::from_size_align(80 << 20, 8)?;
     match heap.try_alloc(big) {

@@ -28,6 +28,17 @@ pub enum Error {
         /// What is accepted instead.
         expected: String,
     },
+    /// A parallel task wrote a guarded (frozen) heap.
+    Violation(Box<crate::trap::Violation>),
+    /// A task panicked; the other tasks finished or were skipped, the heaps
+    /// were thawed, and the runtime is still usable.
+    TaskPanicked {
+        /// Index of the input item whose task panicked (`None` for scope
+        /// tasks without an index).
+        item_index: Option<usize>,
+        /// The panic message.
+        message: String,
+    },
     /// A system call failed.
     Os {
         /// What frostheap was doing.
@@ -62,8 +73,24 @@ impl Error {
         }
     }
 
-    pub(crate) fn invalid(name: &'static str, value: impl fmt::Display, expected: impl Into<String>) -> Error {
-        Error::InvalidConfig { name, value: value.to_string(), expected: expected.into() }
+    /// The violation, for [`Error::Violation`].
+    pub fn violation(&self) -> Option<&crate::trap::Violation> {
+        match self {
+            Error::Violation(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn invalid(
+        name: &'static str,
+        value: impl fmt::Display,
+        expected: impl Into<String>,
+    ) -> Error {
+        Error::InvalidConfig {
+            name,
+            value: value.to_string(),
+            expected: expected.into(),
+        }
     }
 }
 
@@ -80,6 +107,9 @@ impl fmt::Display for Error {
             Error::InvalidConfig { name, value, expected } => {
                 write!(f, "invalid {name}={value:?}: expected {expected}")
             }
+            Error::Violation(v) => write!(f, "{v}"),
+            Error::TaskPanicked { item_index: Some(i), message } => write!(f, "task for item #{i} panicked: {message}"),
+            Error::TaskPanicked { item_index: None, message } => write!(f, "task panicked: {message}"),
             Error::Os { context, source } => write!(f, "{context}: {source}"),
         }
     }

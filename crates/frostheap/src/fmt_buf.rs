@@ -73,7 +73,15 @@ mod tests {
     #[test]
     fn formats_and_truncates() {
         let mut b = [0u8; 64];
-        assert_eq!(Buf::new(&mut b).str("x=").dec(1234).str(" 0x").hex(0xbeef).finish(), b"x=1234 0xbeef");
+        assert_eq!(
+            Buf::new(&mut b)
+                .str("x=")
+                .dec(1234)
+                .str(" 0x")
+                .hex(0xbeef)
+                .finish(),
+            b"x=1234 0xbeef"
+        );
         let mut small = [0u8; 4];
         assert_eq!(Buf::new(&mut small).str("abcdef").finish(), b"abcd");
         let mut z = [0u8; 8];

@@ -12,13 +12,14 @@
 //! bad value prints one line and exits with status 2 before `main` runs.
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::cell::UnsafeCell;
+use core::cell::{Cell, UnsafeCell};
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::alloc::System;
 use std::borrow::Cow;
 
 use crate::config;
+use crate::context::{self, ContextHeap};
 use crate::heap::core::CoreConfig;
 use crate::heap::{Heap, HeapInner};
 use crate::os;
@@ -75,7 +76,11 @@ pub fn main_heap() -> Option<Heap> {
 #[cold]
 #[inline(never)]
 fn init() {
-    if MAIN.state.compare_exchange(UNINIT, INITIALIZING, Ordering::Acquire, Ordering::Relaxed).is_err() {
+    if MAIN
+        .state
+        .compare_exchange(UNINIT, INITIALIZING, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
         return; // another thread is initialising or has: we are not main
     }
     let cfg = match config::from_env() {
@@ -86,7 +91,11 @@ fn init() {
             os::exit_now(2);
         }
     };
-    let core = CoreConfig { min: cfg.min, max: cfg.max, huge_pages: cfg.huge_pages.enabled() };
+    let core = CoreConfig {
+        min: cfg.min,
+        max: cfg.max,
+        huge_pages: cfg.huge_pages.enabled(),
+    };
     let inner = match HeapInner::new(Cow::Borrowed("main"), core) {
         Ok(i) => i,
         Err(e) => {
@@ -113,12 +122,141 @@ fn init() {
     MAIN.base.store(region.base() as usize, Ordering::Relaxed);
     MAIN.len.store(region.reserved(), Ordering::Relaxed);
     MAIN.owner.store(thread_token(), Ordering::Relaxed);
+    if cfg.track_allocs {
+        crate::track::enable();
+    }
     MAIN.state.store(READY, Ordering::Release);
 }
 
 #[inline]
 fn main_owns(p: *mut u8) -> bool {
     (p as usize).wrapping_sub(MAIN.base.load(Ordering::Relaxed)) < MAIN.len.load(Ordering::Relaxed)
+}
+
+/// Where the calling thread's allocations go.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub(crate) enum Route {
+    /// Not decided yet (first allocation of this thread).
+    Unknown = 0,
+    /// The main heap (the main thread).
+    Main = 1,
+    /// The system allocator (other threads, `unguarded` scopes).
+    System = 2,
+    /// The worker's context heap (runtime workers inside a phase).
+    Context = 3,
+}
+
+thread_local! {
+    static ROUTE: Cell<Route> = const { Cell::new(Route::Unknown) };
+    static CONTEXT: Cell<*const ContextHeap> = const { Cell::new(core::ptr::null()) };
+}
+
+/// The calling thread's route.
+#[inline]
+fn route() -> Route {
+    let r = ROUTE.with(|r| r.get());
+    if r != Route::Unknown {
+        return r;
+    }
+    let r = if on_main_thread() {
+        Route::Main
+    } else {
+        Route::System
+    };
+    // Cache the answer only once the main heap exists: allocations made
+    // while it is being set up go to the system without deciding anything.
+    if MAIN.state.load(Ordering::Acquire) == READY {
+        ROUTE.with(|c| c.set(r));
+    }
+    r
+}
+
+/// Runs before `main` (an `.init_array` constructor): creates std's stdout
+/// (its line buffer) in system memory, so that `println!` inside parallel
+/// tasks writes outside every guarded heap even if main printed first.
+extern "C" fn stdout_in_system_memory() {
+    ROUTE.with(|c| c.set(Route::System));
+    let _ = std::io::stdout();
+    ROUTE.with(|c| c.set(Route::Unknown));
+}
+
+#[used]
+#[link_section = ".init_array"]
+static STDOUT_CTOR: extern "C" fn() = stdout_in_system_memory;
+
+/// Sets the calling thread's route, returning the previous one.
+pub(crate) fn set_route(r: Route) -> Route {
+    let prev = route();
+    ROUTE.with(|c| c.set(r));
+    prev
+}
+
+/// Makes a worker's allocations go to `ctx` (null: back to the system).
+pub(crate) fn set_context(ctx: *const ContextHeap) {
+    CONTEXT.with(|c| c.set(ctx));
+    set_route(if ctx.is_null() {
+        Route::System
+    } else {
+        Route::Context
+    });
+}
+
+/// Runs `f` with the calling thread's allocations going to system memory:
+/// outside every guarded heap, so parallel tasks may write them. The
+/// runtime builds its queues and result slots this way; use it for state
+/// you mean to share with tasks (channels, buffers), or use [`Shared`].
+pub fn unguarded<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(Route);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ROUTE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(set_route(Route::System));
+    f()
+}
+
+/// A value in system memory, outside guarded heaps: parallel tasks may
+/// write it (atomics, locks, channels) while the main heap is frozen.
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// let done = frostheap::Shared::new(AtomicUsize::new(0));
+/// done.fetch_add(1, Ordering::Relaxed);
+/// assert_eq!(done.load(Ordering::Relaxed), 1);
+/// ```
+pub struct Shared<T>(Box<T>);
+
+impl<T> Shared<T> {
+    /// Moves `value` into system memory.
+    pub fn new(value: T) -> Shared<T> {
+        Shared(unguarded(|| Box::new(value)))
+    }
+
+    /// Moves the value back out.
+    pub fn into_inner(self) -> T {
+        *self.0
+    }
+}
+
+impl<T> core::ops::Deref for Shared<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> core::ops::DerefMut for Shared<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
+}
+
+impl<T: core::fmt::Debug> core::fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 #[inline]
@@ -131,34 +269,76 @@ fn on_main_thread() -> bool {
     MAIN.owner.load(Ordering::Relaxed) == thread_token()
 }
 
-// SAFETY: main-heap blocks come from HeapCore, which returns memory valid
-// for the layout or null; everything else is delegated to `System`. Frees
-// and reallocs are routed by address to the allocator that made the block.
+#[cold]
+#[inline(never)]
+fn context_alloc(layout: Layout, zeroed: bool) -> *mut u8 {
+    let ctx = CONTEXT.with(|c| c.get());
+    // SAFETY: a worker's context pointer is set by its own thread and the
+    // context outlives the phase; only this (owner) thread allocates.
+    if let Some(ctx) = unsafe { ctx.as_ref() } {
+        // SAFETY: we are the owning worker.
+        let p = unsafe { ctx.alloc(layout.size(), layout.align()) };
+        if !p.is_null() {
+            if zeroed {
+                // SAFETY: p has layout.size() writable bytes. Reused chunks
+                // are not zeroed.
+                unsafe { core::ptr::write_bytes(p, 0, layout.size()) };
+            }
+            return p;
+        }
+    }
+    // Slot exhausted (or no context): system memory.
+    // SAFETY: GlobalAlloc contract, forwarded.
+    unsafe {
+        if zeroed {
+            System.alloc_zeroed(layout)
+        } else {
+            System.alloc(layout)
+        }
+    }
+}
+
+// SAFETY: main-heap blocks come from HeapCore and context blocks from
+// ContextHeap, which return memory valid for the layout or null;
+// everything else is delegated to `System`. Frees and reallocs are routed
+// by address to the allocator that made the block.
 unsafe impl GlobalAlloc for Global {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if on_main_thread() {
-            // SAFETY: on_main_thread() means we are the main heap's owner.
-            return unsafe { main_inner().core.alloc_as_owner(layout) };
+        match route() {
+            Route::Main => {
+                // SAFETY: the Main route is set only on the main heap's owner.
+                let p = unsafe { main_inner().core.alloc_as_owner(layout) };
+                if crate::track::enabled() && !p.is_null() {
+                    crate::track::record(p as usize);
+                }
+                p
+            }
+            Route::Context => context_alloc(layout, false),
+            // SAFETY: GlobalAlloc contract, forwarded.
+            _ => unsafe { System.alloc(layout) },
         }
-        // SAFETY: GlobalAlloc contract, forwarded.
-        unsafe { System.alloc(layout) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if on_main_thread() {
-            return main_inner().core.alloc_zeroed(layout);
+        match route() {
+            Route::Main => main_inner().core.alloc_zeroed(layout),
+            Route::Context => context_alloc(layout, true),
+            // SAFETY: GlobalAlloc contract, forwarded.
+            _ => unsafe { System.alloc_zeroed(layout) },
         }
-        // SAFETY: GlobalAlloc contract, forwarded.
-        unsafe { System.alloc_zeroed(layout) }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if main_owns(ptr) {
             // SAFETY: ptr is a live main-heap block (GlobalAlloc contract).
+            // A worker inside a phase has the free deferred by the core.
             unsafe { main_inner().core.free(ptr) }
+        } else if context::owns(ptr as usize) {
+            // SAFETY: a live context block.
+            unsafe { context::free(ptr) }
         } else {
             // SAFETY: not ours, so System made it.
             unsafe { System.dealloc(ptr, layout) }
@@ -167,29 +347,47 @@ unsafe impl GlobalAlloc for Global {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if main_owns(ptr) {
-            let core = &main_inner().core;
-            if core.is_owner() {
-                // SAFETY: ptr is a live main-heap block allocated with layout.
-                return unsafe { core.realloc(ptr, layout, new_size) };
-            }
-            // Another thread resizes a main-heap block: move it to System.
-            // SAFETY: new_size with layout's align is a valid layout (the
-            // GlobalAlloc::realloc contract).
-            let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-            // SAFETY: GlobalAlloc contract.
-            let q = unsafe { System.alloc(new_layout) };
-            if !q.is_null() {
-                // SAFETY: both live and distinct; then free the old block.
-                unsafe {
-                    core::ptr::copy_nonoverlapping(ptr, q, layout.size().min(new_size));
-                    core.free(ptr);
+        let r = route();
+        if r == Route::Main && main_owns(ptr) {
+            // SAFETY: ptr is a live main-heap block allocated with layout,
+            // and we are its owner.
+            return unsafe { main_inner().core.realloc(ptr, layout, new_size) };
+        }
+        if r == Route::Context && context::owns(ptr as usize) {
+            let ctx = CONTEXT.with(|c| c.get());
+            // SAFETY: our own context (see context_alloc); grow in place
+            // only applies to our latest block.
+            if let Some(ctx) = unsafe { ctx.as_ref() } {
+                // SAFETY: we are the owner and ptr is a live block of
+                // layout.size() bytes if it lies in our slot (checked by
+                // grow_in_place through the cursor equality).
+                if unsafe { ctx.grow_in_place(ptr, layout.size(), new_size) } {
+                    return ptr;
                 }
             }
-            return q;
         }
-        // SAFETY: a System block (GlobalAlloc contract).
-        unsafe { System.realloc(ptr, layout, new_size) }
+        if !main_owns(ptr)
+            && !context::owns(ptr as usize)
+            && r != Route::Context
+            && r != Route::Main
+        {
+            // SAFETY: a System block resized by a System-routed thread.
+            return unsafe { System.realloc(ptr, layout, new_size) };
+        }
+        // Move the block to wherever this thread allocates now.
+        // SAFETY: new_size with layout's align is a valid layout (the
+        // GlobalAlloc::realloc contract).
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // SAFETY: GlobalAlloc contract.
+        let q = unsafe { self.alloc(new_layout) };
+        if !q.is_null() {
+            // SAFETY: both live and distinct; then free the old block.
+            unsafe {
+                core::ptr::copy_nonoverlapping(ptr, q, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
+            }
+        }
+        q
     }
 }
 

@@ -34,23 +34,36 @@
 //!
 //! ## Crate features
 //!
-//! None yet: the default build is the whole library.
+//! The default build has no optional features.
+//!
+//! - `tower`: `budget::tower`, a tower middleware that admits HTTP
+//!   requests by memory from a [`Budget`] — waiting for a permit through
+//!   `poll_ready`, or shedding with 503. Adds tower-service, tower-layer,
+//!   http, http-body and pin-project-lite.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
+pub mod budget;
 pub mod config;
+pub mod context;
 mod error;
 pub mod fmt_buf;
 pub mod global;
 pub mod heap;
 pub mod os;
 pub mod region;
+pub mod runtime;
 pub mod size;
 pub mod sync;
+pub mod track;
+pub mod trap;
 
+pub use budget::{Budget, Permit};
 pub use config::HugePages;
 pub use error::Error;
-pub use global::{main_heap, Global};
+pub use global::{main_heap, unguarded, Global, Shared};
 pub use heap::{Heap, HeapBuilder, Stats};
+pub use runtime::{Arena, Runtime, RuntimeBuilder, RuntimeStats, Scope, TaskContext};
 pub use size::{parse_size, Bytes};
+pub use trap::{OnViolation, Protect, Violation};

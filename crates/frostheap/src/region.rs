@@ -45,6 +45,9 @@ pub struct Region {
     /// Written only by the region's owner under its heap's span lock;
     /// read by anyone (stats, freeze).
     committed: AtomicUsize,
+    /// Protected read-only by an mprotect freeze: pages committed while it
+    /// is set are committed read-only too. Written under the span lock.
+    frozen: core::sync::atomic::AtomicBool,
 }
 
 // SAFETY: a Region is an address range plus atomics; the memory it
@@ -71,13 +74,20 @@ impl Region {
                 format!("at most max ({})", crate::size::Bytes(config.max)),
             ));
         }
-        Self::new_unchecked_config(config).map_err(|source| Error::Os { context: "reserving a heap region", source })
+        Self::new_unchecked_config(config).map_err(|source| Error::Os {
+            context: "reserving a heap region",
+            source,
+        })
     }
 
     /// [`Region::new`] without the friendly checks, returning the raw OS
     /// error (used by the global allocator before `main`).
     pub(crate) fn new_unchecked_config(config: RegionConfig) -> Result<Region, OsError> {
-        let align = if config.huge_pages { os::HUGE_PAGE_SIZE } else { PAGE_SIZE };
+        let align = if config.huge_pages {
+            os::HUGE_PAGE_SIZE
+        } else {
+            PAGE_SIZE
+        };
         let reserved = round_up(config.max, PAGE_SIZE);
         let base = os::reserve(round_up(reserved, align), align)?;
         let region = Region {
@@ -86,6 +96,7 @@ impl Region {
             min_committed: round_up(config.min, PAGE_SIZE).min(reserved),
             huge_pages: config.huge_pages,
             committed: AtomicUsize::new(0),
+            frozen: core::sync::atomic::AtomicBool::new(false),
         };
         if config.huge_pages {
             // SAFETY: the whole reservation is ours and page-aligned.
@@ -138,16 +149,48 @@ impl Region {
     /// `new_committed` is page-aligned and `<= reserved`.
     pub(crate) fn grow_to(&self, new_committed: usize) -> Result<(), OsError> {
         let old = self.committed.load(Ordering::Relaxed);
-        debug_assert!(new_committed % PAGE_SIZE == 0, "grow_to: {new_committed} not page-aligned");
-        debug_assert!(new_committed <= self.reserved, "grow_to: past the reservation");
+        debug_assert!(
+            new_committed % PAGE_SIZE == 0,
+            "grow_to: {new_committed} not page-aligned"
+        );
+        debug_assert!(
+            new_committed <= self.reserved,
+            "grow_to: past the reservation"
+        );
         if new_committed <= old {
             return Ok(());
         }
         // SAFETY: [base+old, base+new) is page-aligned, non-empty and inside
         // our reservation.
         unsafe { os::commit(self.base.add(old), new_committed - old)? };
+        if self.frozen.load(Ordering::Acquire) {
+            // SAFETY: the same range, just committed; nothing lives there.
+            unsafe { os::protect(self.base.add(old), new_committed - old, os::Access::Read)? };
+        }
         self.committed.store(new_committed, Ordering::Release);
         Ok(())
+    }
+
+    /// Protects the committed prefix read-only (`frozen`) or read-write,
+    /// with one `mprotect` call; returns the length protected.
+    ///
+    /// Precondition: the caller holds the heap's span lock, so the
+    /// committed length cannot change meanwhile.
+    pub(crate) fn set_frozen(&self, frozen: bool) -> Result<usize, OsError> {
+        self.frozen.store(frozen, Ordering::Release);
+        let committed = self.committed.load(Ordering::Acquire);
+        if committed > 0 {
+            let access = if frozen {
+                os::Access::Read
+            } else {
+                os::Access::ReadWrite
+            };
+            // SAFETY: [base, base + committed) is our committed prefix; the
+            // runtime accounts for every thread that may write it (workers
+            // are in a phase, other writers wait in the fault handler).
+            unsafe { os::protect(self.base, committed, access)? };
+        }
+        Ok(committed)
     }
 
     /// Decommits the tail above `new_committed` (never below the minimum).
@@ -171,7 +214,11 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
-        let align = if self.huge_pages { os::HUGE_PAGE_SIZE } else { PAGE_SIZE };
+        let align = if self.huge_pages {
+            os::HUGE_PAGE_SIZE
+        } else {
+            PAGE_SIZE
+        };
         // SAFETY: the reservation was made by `new` with this length, and a
         // Region is dropped only when its heap (and every allocation in it)
         // is gone.
@@ -241,7 +288,11 @@ pub fn register(start: usize, end: usize, kind: RegionKind, owner: *const ()) ->
     for (i, slot) in TABLE.iter().enumerate() {
         // Claim a free slot by moving `end` from 0 to our end; `start`
         // stays 0 (invisible to lookups) until the slot is filled.
-        if slot.end.compare_exchange(0, end, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+        if slot
+            .end
+            .compare_exchange(0, end, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
             slot.kind.store(kind as usize, Ordering::Relaxed);
             slot.owner.store(owner as *mut (), Ordering::Relaxed);
             slot.start.store(start, Ordering::Release);
@@ -275,7 +326,12 @@ pub fn lookup(addr: usize) -> Option<Registered> {
                 2 => RegionKind::Context,
                 _ => RegionKind::Heap,
             };
-            return Some(Registered { start, end, kind, owner: slot.owner.load(Ordering::Relaxed) });
+            return Some(Registered {
+                start,
+                end,
+                kind,
+                owner: slot.owner.load(Ordering::Relaxed),
+            });
         }
     }
     None

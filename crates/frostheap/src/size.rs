@@ -31,7 +31,10 @@ pub fn parse_size(text: &str) -> Result<usize, SizeError> {
 /// [`parse_size`] on raw bytes (environment values before `main`).
 pub fn parse_size_bytes(text: &[u8]) -> Result<usize, SizeError> {
     let text = trim(text);
-    let digits_end = text.iter().position(|&c| !(c.is_ascii_digit() || c == b'.')).unwrap_or(text.len());
+    let digits_end = text
+        .iter()
+        .position(|&c| !(c.is_ascii_digit() || c == b'.'))
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(digits_end);
     let unit = trim(unit);
     if number.is_empty() || number.iter().filter(|&&c| c == b'.').count() > 1 {
@@ -139,10 +142,15 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_size() {
-        for bad in ["", "M", "12Q", "1.2.3G", "-5M", "1.5B", "0.1K", "abc", "1e9"] {
+        for bad in [
+            "", "M", "12Q", "1.2.3G", "-5M", "1.5B", "0.1K", "abc", "1e9",
+        ] {
             assert_eq!(parse_size(bad), Err(SizeError::Malformed), "{bad:?}");
         }
-        assert_eq!(parse_size("99999999999999999999T"), Err(SizeError::TooLarge));
+        assert_eq!(
+            parse_size("99999999999999999999T"),
+            Err(SizeError::TooLarge)
+        );
     }
 
     #[test]

@@ -40,9 +40,16 @@ pub(crate) struct HeapInner {
 }
 
 impl HeapInner {
-    pub(crate) fn new(name: Cow<'static, str>, config: CoreConfig) -> Result<HeapInner, crate::os::OsError> {
+    pub(crate) fn new(
+        name: Cow<'static, str>,
+        config: CoreConfig,
+    ) -> Result<HeapInner, crate::os::OsError> {
         let core = HeapCore::new(config)?;
-        Ok(HeapInner { core, name, slot: None })
+        Ok(HeapInner {
+            core,
+            name,
+            slot: None,
+        })
     }
 
     /// Registers the heap's region in the region table. Call once the
@@ -50,7 +57,12 @@ impl HeapInner {
     pub(crate) fn register(&mut self) {
         let r = self.core.region();
         let start = r.base() as usize;
-        self.slot = region::register(start, start + r.reserved(), RegionKind::Heap, self as *const HeapInner as *const ());
+        self.slot = region::register(
+            start,
+            start + r.reserved(),
+            RegionKind::Heap,
+            self as *const HeapInner as *const (),
+        );
     }
 }
 
@@ -87,7 +99,9 @@ impl Heap {
     }
 
     pub(crate) fn from_static(inner: &'static HeapInner) -> Heap {
-        Heap { handle: Handle::Static(inner) }
+        Heap {
+            handle: Handle::Static(inner),
+        }
     }
 
     #[inline]
@@ -160,7 +174,12 @@ impl Heap {
     ///
     /// # Safety
     /// 1. `ptr` was allocated by this heap with `old` and not freed since.
-    pub unsafe fn try_realloc(&self, ptr: NonNull<u8>, old: Layout, new_size: usize) -> Result<NonNull<u8>, Error> {
+    pub unsafe fn try_realloc(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new_size: usize,
+    ) -> Result<NonNull<u8>, Error> {
         // SAFETY: forwarded (1).
         let p = unsafe { self.core().realloc(ptr.as_ptr(), old, new_size) };
         NonNull::new(p).ok_or_else(|| self.oom(new_size))
@@ -227,7 +246,11 @@ impl Heap {
 
     fn oom(&self, requested: usize) -> Error {
         let s = self.stats();
-        Error::OutOfMemory { requested, limit: s.limit, in_use: s.in_use }
+        Error::OutOfMemory {
+            requested,
+            limit: s.limit,
+            in_use: s.in_use,
+        }
     }
 }
 
@@ -270,28 +293,53 @@ unsafe impl Allocator for Heap {
         unsafe { self.core().free(ptr.as_ptr()) }
     }
 
-    unsafe fn grow(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
+    unsafe fn grow(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
         // SAFETY: the Allocator contract (ptr allocated with `old`).
         unsafe { self.resize(ptr, old, new) }
     }
 
-    unsafe fn grow_zeroed(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
+    unsafe fn grow_zeroed(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
         // SAFETY: the Allocator contract.
         let p = unsafe { self.resize(ptr, old, new)? };
         // SAFETY: the new block has new.size() bytes, the first old.size()
         // of which were copied; the rest must be zeroed.
-        unsafe { p.cast::<u8>().as_ptr().add(old.size()).write_bytes(0, new.size() - old.size()) };
+        unsafe {
+            p.cast::<u8>()
+                .as_ptr()
+                .add(old.size())
+                .write_bytes(0, new.size() - old.size())
+        };
         Ok(p)
     }
 
-    unsafe fn shrink(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
+    unsafe fn shrink(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
         // SAFETY: the Allocator contract.
         unsafe { self.resize(ptr, old, new) }
     }
 }
 
 impl Heap {
-    unsafe fn resize(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
+    unsafe fn resize(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
         let p = if new.align() <= old.align() {
             // SAFETY: the caller's Allocator contract.
             unsafe { self.core().realloc(ptr.as_ptr(), old, new.size()) }
@@ -322,7 +370,12 @@ pub struct HeapBuilder {
 
 impl Default for HeapBuilder {
     fn default() -> Self {
-        HeapBuilder { name: Cow::Borrowed("heap"), min: 0, max: None, huge_pages: HugePages::Auto }
+        HeapBuilder {
+            name: Cow::Borrowed("heap"),
+            min: 0,
+            max: None,
+            huge_pages: HugePages::Auto,
+        }
     }
 }
 
@@ -369,11 +422,21 @@ impl HeapBuilder {
                 format!("at most max ({})", crate::size::Bytes(max)),
             ));
         }
-        let config = CoreConfig { min: self.min, max, huge_pages: self.huge_pages.enabled() };
-        let inner = HeapInner::new(self.name, config)
-            .map_err(|source| Error::Os { context: "reserving a heap region", source })?;
+        let config = CoreConfig {
+            min: self.min,
+            max,
+            huge_pages: self.huge_pages.enabled(),
+        };
+        let inner = HeapInner::new(self.name, config).map_err(|source| Error::Os {
+            context: "reserving a heap region",
+            source,
+        })?;
         let mut arc = Arc::new(inner);
-        Arc::get_mut(&mut arc).expect("fresh Arc is unique").register();
-        Ok(Heap { handle: Handle::Shared(arc) })
+        Arc::get_mut(&mut arc)
+            .expect("fresh Arc is unique")
+            .register();
+        Ok(Heap {
+            handle: Handle::Shared(arc),
+        })
     }
 }

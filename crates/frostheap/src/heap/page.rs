@@ -195,7 +195,12 @@ pub struct Spans {
 impl Spans {
     /// No free spans.
     pub const fn new() -> Spans {
-        Spans { bins: [NONE; N_BINS], nonempty: 0, dirty_pages: 0, free_pages: 0 }
+        Spans {
+            bins: [NONE; N_BINS],
+            nonempty: 0,
+            dirty_pages: 0,
+            free_pages: 0,
+        }
     }
 }
 

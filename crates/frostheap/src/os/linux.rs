@@ -92,13 +92,7 @@ pub fn read_small_file(path: &CStr, buf: &mut [u8]) -> usize {
     let mut total = 0;
     while total < buf.len() {
         // SAFETY: the destination is the unfilled tail of `buf`.
-        let n = unsafe {
-            libc::read(
-                fd,
-                buf[total..].as_mut_ptr().cast(),
-                buf.len() - total,
-            )
-        };
+        let n = unsafe { libc::read(fd, buf[total..].as_mut_ptr().cast(), buf.len() - total) };
         if n <= 0 {
             break;
         }
@@ -126,9 +120,18 @@ pub fn physical_memory() -> usize {
 /// `align` is a power of two. Postcondition: the range is inaccessible until
 /// [`commit`]; the excess taken for alignment is unmapped again.
 pub fn reserve(len: usize, align: usize) -> Result<*mut u8, OsError> {
-    debug_assert!(len > 0 && len % page_size() == 0, "reserve: len {len} not page-aligned");
-    debug_assert!(align.is_power_of_two() && align >= page_size(), "reserve: bad align {align}");
-    let padded = len.checked_add(align - page_size()).ok_or(OsError { call: "mmap", errno: libc::ENOMEM })?;
+    debug_assert!(
+        len > 0 && len % page_size() == 0,
+        "reserve: len {len} not page-aligned"
+    );
+    debug_assert!(
+        align.is_power_of_two() && align >= page_size(),
+        "reserve: bad align {align}"
+    );
+    let padded = len.checked_add(align - page_size()).ok_or(OsError {
+        call: "mmap",
+        errno: libc::ENOMEM,
+    })?;
     // SAFETY: an anonymous PROT_NONE mapping at a kernel-chosen address
     // cannot alias any existing memory.
     let raw = unsafe {
@@ -355,4 +358,230 @@ pub fn write_stderr(bytes: &[u8]) {
 pub fn exit_now(status: i32) -> ! {
     // SAFETY: _exit has no preconditions.
     unsafe { libc::_exit(status) }
+}
+
+// ---------------------------------------------------------------------------
+// Threads, futexes, signals, protection keys.
+
+/// The kernel thread id of the caller. Async-signal-safe.
+pub fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
+/// Blocks while `*word == expected` (spurious wake-ups happen: re-check).
+/// `timeout_ns` of `None` waits forever. Async-signal-safe.
+pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32, timeout_ns: Option<u64>) {
+    let ts;
+    let tsp = match timeout_ns {
+        Some(ns) => {
+            ts = libc::timespec {
+                tv_sec: (ns / 1_000_000_000) as libc::time_t,
+                tv_nsec: (ns % 1_000_000_000) as _,
+            };
+            &ts as *const libc::timespec
+        }
+        None => ptr::null(),
+    };
+    // SAFETY: word is a valid, aligned u32 for the duration of the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            tsp,
+        )
+    };
+}
+
+/// Wakes up to `n` waiters on `word`. Async-signal-safe.
+pub fn futex_wake(word: &core::sync::atomic::AtomicU32, n: i32) {
+    // SAFETY: word is a valid, aligned u32.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            n,
+        )
+    };
+}
+
+/// A signal handler with `SA_SIGINFO`.
+pub type SigAction = unsafe extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+
+/// Installs `handler` for `sig` with `SA_SIGINFO | SA_ONSTACK | SA_NODEFER`
+/// (and `SA_RESTART`), returning the previous action.
+///
+/// # Safety
+/// 1. `handler` is async-signal-safe and chains to the returned action for
+///    signals it does not claim.
+pub unsafe fn install_handler(
+    sig: libc::c_int,
+    handler: SigAction,
+) -> Result<libc::sigaction, OsError> {
+    // SAFETY: sigaction structs are plain data; zeroed is a valid start.
+    let mut new: libc::sigaction = unsafe { core::mem::zeroed() };
+    new.sa_sigaction = handler as usize;
+    new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART | libc::SA_NODEFER;
+    // SAFETY: a valid sigset pointer.
+    unsafe { libc::sigemptyset(&mut new.sa_mask) };
+    // SAFETY: as above.
+    let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
+    // SAFETY: both pointers are valid; by (1) the handler is sound.
+    if unsafe { libc::sigaction(sig, &new, &mut old) } != 0 {
+        return Err(last_error("sigaction"));
+    }
+    Ok(old)
+}
+
+/// Restores the default action for `sig`. Async-signal-safe.
+pub fn reset_to_default(sig: libc::c_int) {
+    // SAFETY: zeroed sigaction with SIG_DFL is valid.
+    unsafe {
+        let mut act: libc::sigaction = core::mem::zeroed();
+        act.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut act.sa_mask);
+        libc::sigaction(sig, &act, ptr::null_mut());
+    }
+}
+
+/// Minimum signal stack size the kernel asks for (AT_MINSIGSTKSZ, which
+/// grows with AVX-512/AMX state), never below `libc::SIGSTKSZ`.
+pub fn min_signal_stack() -> usize {
+    // SAFETY: getauxval has no preconditions.
+    let v = unsafe { libc::getauxval(libc::AT_MINSIGSTKSZ) } as usize;
+    v.max(libc::SIGSTKSZ)
+}
+
+/// An alternate signal stack mapped for the calling thread.
+pub struct AltStack {
+    base: *mut u8,
+    len: usize,
+}
+
+impl AltStack {
+    /// Maps `size` bytes (plus a guard page) and installs them as the
+    /// calling thread's alternate signal stack.
+    pub fn install(size: usize) -> Result<AltStack, OsError> {
+        let page = page_size();
+        let len = (size + page - 1) / page * page + page;
+        // SAFETY: an anonymous mapping at a kernel-chosen address.
+        let base = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(last_error("mmap"));
+        }
+        // SAFETY: the first page of our mapping becomes the guard page.
+        unsafe { libc::mprotect(base, page, libc::PROT_NONE) };
+        let st = libc::stack_t {
+            // SAFETY: page < len, inside the mapping.
+            ss_sp: unsafe { base.cast::<u8>().add(page) }.cast(),
+            ss_flags: 0,
+            ss_size: len - page,
+        };
+        // SAFETY: st describes memory we own for the life of the thread
+        // (the AltStack is kept by the thread until it exits).
+        if unsafe { libc::sigaltstack(&st, ptr::null_mut()) } != 0 {
+            let e = last_error("sigaltstack");
+            // SAFETY: the mapping is ours and unused.
+            unsafe { libc::munmap(base, len) };
+            return Err(e);
+        }
+        Ok(AltStack {
+            base: base.cast(),
+            len,
+        })
+    }
+}
+
+impl Drop for AltStack {
+    fn drop(&mut self) {
+        // SAFETY: disable the alternate stack before unmapping it; the
+        // thread is not running a handler (we are in ordinary code).
+        unsafe {
+            let st = libc::stack_t {
+                ss_sp: ptr::null_mut(),
+                ss_flags: libc::SS_DISABLE,
+                ss_size: 0,
+            };
+            libc::sigaltstack(&st, ptr::null_mut());
+            libc::munmap(self.base.cast(), self.len);
+        }
+    }
+}
+
+/// Allocates a protection key with every access allowed, or the reason
+/// there is none (EINVAL: the CPU or kernel lacks pkeys; ENOSPC: all 15
+/// keys are taken).
+pub fn pkey_alloc() -> Result<u32, OsError> {
+    // SAFETY: pkey_alloc has no memory preconditions.
+    let k = unsafe { libc::syscall(libc::SYS_pkey_alloc, 0usize, 0usize) };
+    if k < 0 {
+        Err(last_error("pkey_alloc"))
+    } else {
+        Ok(k as u32)
+    }
+}
+
+/// Tags `[addr, addr + len)` with protection key `key`, keeping `PROT_NONE`.
+///
+/// # Safety
+/// 1. The range is page-aligned, non-empty and inside one of our mappings.
+pub unsafe fn pkey_tag(addr: *mut u8, len: usize, key: u32, access: Access) -> Result<(), OsError> {
+    let prot = match access {
+        Access::None => libc::PROT_NONE,
+        Access::Read => libc::PROT_READ,
+        Access::ReadWrite => libc::PROT_READ | libc::PROT_WRITE,
+    };
+    // SAFETY: by (1).
+    let r = unsafe { libc::syscall(libc::SYS_pkey_mprotect, addr, len, prot, key as usize) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(last_error("pkey_mprotect"))
+    }
+}
+
+/// Reads the calling thread's PKRU register.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn rdpkru() -> u32 {
+    let pkru: u32;
+    // SAFETY: RDPKRU reads a register (ecx must be 0); it faults only
+    // where pkeys are disabled, and callers use it only after a successful
+    // pkey_alloc.
+    unsafe {
+        core::arch::asm!("rdpkru", in("ecx") 0u32, out("eax") pkru, out("edx") _, options(nostack, preserves_flags));
+    }
+    pkru
+}
+
+/// Writes the calling thread's PKRU register. Not `nomem`: it changes
+/// which memory the following instructions may access.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn wrpkru(pkru: u32) {
+    // SAFETY: WRPKRU needs ecx = edx = 0; it only changes this thread's
+    // access rights, and callers use it only after a successful pkey_alloc.
+    unsafe {
+        core::arch::asm!("wrpkru", in("eax") pkru, in("ecx") 0u32, in("edx") 0u32, options(nostack, preserves_flags));
+    }
+}
+
+/// Offset of the PKRU component in the XSAVE area (CPUID 0xD, sub-leaf 9,
+/// EBX), or `None` without pkeys.
+#[cfg(target_arch = "x86_64")]
+pub fn xsave_pkru_offset() -> Option<usize> {
+    let r = core::arch::x86_64::__cpuid_count(0xD, 9);
+    (r.eax != 0 && r.ebx != 0).then_some(r.ebx as usize)
 }

@@ -1,0 +1,66 @@
+//! `FROSTHEAP_STATS=1`: the main heap's statistics on standard error when
+//! the process exits.
+//!
+//! The printer is a `.fini_array` entry of the library, which ld.so runs
+//! at `exit` after the program's `atexit` handlers and destructors (a
+//! preloaded library is finalised after the objects that depend on it). It
+//! formats into a stack buffer and writes with `write(2)`: no allocation,
+//! so it works while libc is being torn down.
+
+use frostheap::fmt_buf::Buf;
+use frostheap::os;
+
+#[used]
+#[link_section = ".fini_array"]
+static PRINT_AT_EXIT: extern "C" fn() = print_at_exit;
+
+extern "C" fn print_at_exit() {
+    if matches!(
+        os::getenv(c"FROSTHEAP_STATS"),
+        None | Some(b"") | Some(b"0")
+    ) {
+        return;
+    }
+    let Some(heap) = frostheap::main_heap() else {
+        return;
+    };
+    let s = heap.stats();
+    let mut buf = [0u8; 512];
+    let b = Buf::new(&mut buf).str("frostheap: main heap: in use ");
+    let b = human(b, s.in_use as u64).str(", peak ");
+    let b = human(b, s.peak as u64).str(", committed ");
+    let b = human(b, s.committed as u64).str(", other threads (glibc) ");
+    let b = human(b, s.external as u64).str(", limit ");
+    let b = human(b, s.limit as u64)
+        .str("; ")
+        .dec(s.allocations as u64)
+        .str(" live allocations, ")
+        .dec(s.total_allocations)
+        .str(" in total, ")
+        .dec(s.refused)
+        .str(" refused\n");
+    os::write_stderr(b.finish());
+}
+
+/// Appends `n` bytes as `12.3 MiB` (binary units, one decimal).
+fn human(b: Buf<'_>, n: u64) -> Buf<'_> {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut unit = 0;
+    let mut scaled = n;
+    while scaled >= 1024 * 10 && unit + 1 < UNITS.len() {
+        scaled >>= 10;
+        unit += 1;
+    }
+    if unit == 0 && n < 1024 {
+        return b.dec(n).str(" B");
+    }
+    // Recompute with one decimal from the exact value.
+    let unit = if unit == 0 { 1 } else { unit };
+    let div = 1u64 << (10 * unit);
+    let tenths = (n as u128 * 10 / div as u128) as u64;
+    b.dec(tenths / 10)
+        .str(".")
+        .dec(tenths % 10)
+        .str(" ")
+        .str(UNITS[unit])
+}

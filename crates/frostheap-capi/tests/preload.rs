@@ -1,0 +1,244 @@
+//! Real, unmodified programs on `libfrostheap.so` through `LD_PRELOAD`:
+//! C programs compiled here (every exported function and its edge cases,
+//! cross-thread frees, fork), CPython hitting its limit, and CPython
+//! running some of its own standard-library tests.
+//!
+//! The library is the cdylib cargo builds next to this test's executable
+//! (`target/<profile>/deps/`, or one level up). Nothing here measures
+//! time: every check is about behaviour.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// `libfrostheap.so` of this build.
+fn lib() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        let dir = exe.parent().expect("test executable directory");
+        let candidates = [dir.join("libfrostheap.so"), dir.parent().unwrap_or(dir).join("libfrostheap.so")];
+        candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
+            panic!("libfrostheap.so not found at {candidates:?}: cargo builds it with this test (cargo test -p frostheap-capi)")
+        })
+    })
+}
+
+/// Compiles `tests/c/NAME.c` once into the test scratch directory.
+fn c_program(name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/c")
+        .join(format!("{name}.c"));
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("capi-{name}"));
+    let status = Command::new("cc")
+        .args([
+            "-O1",
+            "-fno-builtin",
+            "-Wall",
+            "-Wno-use-after-free",
+            "-pthread",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("a C compiler `cc` is needed for these tests");
+    assert!(status.success(), "cc failed on {}", src.display());
+    out
+}
+
+/// The real Python interpreter (not a pyenv shim script, which would run
+/// bash and friends under the library too).
+fn python() -> PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 is needed for these tests");
+        assert!(out.status.success(), "python3 -c failed");
+        PathBuf::from(String::from_utf8(out.stdout).expect("utf-8 path").trim())
+    })
+    .clone()
+}
+
+/// Runs `cmd` with the library preloaded and `env` set.
+fn preloaded(cmd: &mut Command, env: &[(&str, &str)]) -> Output {
+    cmd.env("LD_PRELOAD", lib())
+        .env_remove("FROSTHEAP_MIN")
+        .env_remove("FROSTHEAP_STATS");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("spawn")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The statistics line FROSTHEAP_STATS=1 prints at exit.
+fn stats_line(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.lines()
+        .find(|l| l.starts_with("frostheap: main heap:"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn api_program_passes_on_glibc_alone() {
+    // The C checks themselves are right: they pass on the system allocator.
+    let out = Command::new(c_program("api"))
+        .arg("glibc")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn api_program_passes_on_frostheap() {
+    let out = preloaded(
+        Command::new(c_program("api")).arg("frostheap"),
+        &[("FROSTHEAP_MAX", "1G"), ("FROSTHEAP_STATS", "1")],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(", 0 failures"),
+        "{}",
+        text(&out)
+    );
+    // The main thread's blocks really came from the main heap.
+    let stats = stats_line(&out);
+    assert!(stats.contains("limit 1024.0 MiB"), "{stats}");
+    assert!(!stats.contains(" 0 in total"), "{stats}");
+}
+
+#[test]
+fn limit_counts_main_heap_and_other_threads() {
+    let out = preloaded(
+        Command::new(c_program("api")).args(["limits", "256"]),
+        &[("FROSTHEAP_MAX", "256M")],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("7 checks, 0 failures"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn cross_thread_frees() {
+    let out = preloaded(
+        &mut Command::new(c_program("threads")),
+        &[("FROSTHEAP_STATS", "1")],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // Every glibc block charged to the limit was released again.
+    let stats = stats_line(&out);
+    assert!(stats.contains("other threads (glibc) 0 B"), "{stats}");
+}
+
+#[test]
+fn fork_then_allocate_in_the_child() {
+    let out = preloaded(&mut Command::new(c_program("fork")), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("fork: 0 failures"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn bad_environment_stops_with_one_line() {
+    let out = preloaded(
+        &mut Command::new(c_program("fork")),
+        &[("FROSTHEAP_MAX", "lots")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("FROSTHEAP_MAX=\"lots\""), "{err}");
+}
+
+#[test]
+fn python_raises_memory_error_at_the_limit() {
+    let script = "try:\n    x = bytearray(10**9)\n    print('allocated')\nexcept MemoryError:\n    print('MemoryError')\n";
+    let out = preloaded(
+        Command::new(python()).args(["-c", script]),
+        &[("FROSTHEAP_MAX", "256M"), ("FROSTHEAP_STATS", "1")],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "MemoryError",
+        "{}",
+        text(&out)
+    );
+    let stats = stats_line(&out);
+    assert!(
+        stats.contains("limit 256.0 MiB") && !stats.contains(" 0 refused"),
+        "{stats}"
+    );
+}
+
+#[test]
+fn python_under_the_limit_allocates() {
+    // The same request passes with room: the refusal above is the limit.
+    let script = "x = bytearray(10**8); x[-1] = 1; print(sum(x))";
+    let out = preloaded(
+        Command::new(python()).args(["-c", script]),
+        &[("FROSTHEAP_MAX", "256M")],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+}
+
+#[test]
+fn python_standard_library_tests_pass() {
+    // Modules that exercise dicts, lists, strings, bytes, pickling, GC,
+    // weak references, threads and fork. test_import_from_another_thread
+    // fails on this machine without the library (its site imports
+    // threading first), so it is ignored.
+    let modules = [
+        "test_dict",
+        "test_list",
+        "test_set",
+        "test_unicode",
+        "test_bytes",
+        "test_json",
+        "test_re",
+        "test_collections",
+        "test_itertools",
+        "test_gc",
+        "test_weakref",
+        "test_threading",
+        "test_thread",
+        "test_fork1",
+        "test_array",
+        "test_struct",
+        "test_deque",
+        "test_sort",
+        "test_long",
+        "test_pickle",
+    ];
+    let mut cmd = Command::new(python());
+    cmd.args(["-m", "test", "--ignore", "test_import_from_another_thread"])
+        .args(modules);
+    let out = preloaded(&mut cmd, &[("FROSTHEAP_MAX", "4G")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout.contains("Result: SUCCESS"), "{}", text(&out));
+    assert!(
+        stdout.contains(&format!("All {} tests OK", modules.len())),
+        "{}",
+        text(&out)
+    );
+}

@@ -1,0 +1,118 @@
+//! `frostheap run --max-memory 1G -- CMD ARGS…`: runs any program on a
+//! frostheap main heap with a hard limit — an `-Xmx` for Python, C and C++.
+//!
+//! It validates the sizes, sets `FROSTHEAP_MAX` / `FROSTHEAP_MIN`, prepends
+//! `libfrostheap.so` (built by `frostheap-capi`, found next to this binary:
+//! both land in `target/<profile>/`) to `LD_PRELOAD`, and `exec`s the
+//! command, which keeps this process's id, so signals and exit status pass
+//! through untouched.
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use frostheap::size::SIZE_SYNTAX;
+use frostheap::{parse_size, Bytes};
+
+/// The library's file name.
+pub const LIB_NAME: &str = "libfrostheap.so";
+
+/// Arguments of `frostheap run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Hard cap of the main heap (FROSTHEAP_MAX), e.g. 512M, 1G, 1.5GiB.
+    #[arg(long, value_name = "SIZE")]
+    max_memory: String,
+    /// Memory committed up front (FROSTHEAP_MIN).
+    #[arg(long, value_name = "SIZE")]
+    min: Option<String>,
+    /// Print the main heap's statistics at exit (FROSTHEAP_STATS=1).
+    #[arg(long)]
+    stats: bool,
+    /// The command and its arguments (after `--`).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    command: Vec<OsString>,
+}
+
+fn size_arg(flag: &str, text: &str) -> Result<usize, String> {
+    parse_size(text).map_err(|_| format!("invalid {flag} \"{text}\": expected {SIZE_SYNTAX}"))
+}
+
+/// Where the library is looked for: next to the running binary, and one
+/// directory up when the binary is in `deps/` (test harnesses).
+fn candidates() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
+        out.push(dir.join(LIB_NAME));
+        if dir.file_name().is_some_and(|n| n == "deps") {
+            if let Some(up) = dir.parent() {
+                out.push(up.join(LIB_NAME));
+            }
+        }
+    }
+    out
+}
+
+/// Runs `frostheap run`: returns only on error.
+pub fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let max = size_arg("--max-memory", &args.max_memory)?;
+    if max < frostheap::region::PAGE_SIZE {
+        return Err(format!(
+            "invalid --max-memory \"{}\": expected at least {} (one heap page)",
+            args.max_memory,
+            Bytes(frostheap::region::PAGE_SIZE)
+        )
+        .into());
+    }
+    let min = match &args.min {
+        Some(text) => {
+            let min = size_arg("--min", text)?;
+            if min > max {
+                return Err(format!(
+                    "invalid --min \"{text}\": expected at most --max-memory ({})",
+                    Bytes(max)
+                )
+                .into());
+            }
+            Some(min)
+        }
+        None => None,
+    };
+    let searched = candidates();
+    let lib = searched.iter().find(|p| p.is_file()).ok_or_else(|| {
+        let paths: Vec<String> = searched.iter().map(|p| p.display().to_string()).collect();
+        format!(
+            "{LIB_NAME} not found (looked for {}); build it next to this binary with `cargo build --release -p frostheap-capi` (or without --release for a debug frostheap)",
+            if paths.is_empty() { "nothing: the binary's location is unknown".to_string() } else { paths.join(" and ") }
+        )
+    })?;
+
+    let mut preload = OsString::from(lib.as_os_str());
+    if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+        preload.push(":");
+        preload.push(old);
+    }
+    let (program, rest) = args.command.split_first().expect("clap requires a command");
+    let mut cmd = Command::new(program);
+    cmd.args(rest)
+        .env("LD_PRELOAD", preload)
+        .env("FROSTHEAP_MAX", max.to_string());
+    match min {
+        Some(min) => cmd.env("FROSTHEAP_MIN", min.to_string()),
+        None => cmd.env_remove("FROSTHEAP_MIN"),
+    };
+    if args.stats {
+        cmd.env("FROSTHEAP_STATS", "1");
+    }
+    let err = cmd.exec();
+    Err(format!("cannot run {}: {err}", Path::new(program).display()).into())
+}

@@ -1,0 +1,409 @@
+//! `frostheap serve` end to end: the binary on a loopback port, clients
+//! held open up to and past capacity, the refusals, the waiting, and the
+//! statistics adding up; bad configuration ending with one line and exit
+//! status 2.
+//!
+//! A client is "held" by sending a request head that declares a body and
+//! only half of the body: the handler waits for the rest while its bytes
+//! stay charged. No test depends on timing: each waits (bounded, a few
+//! seconds at most) for the state it needs, read from `/stats`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Server {
+    child: Child,
+    addr: String,
+    banner: String,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_frostheap"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--threads", "2"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start frostheap serve");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let banner = lines.next().expect("a capacity line").unwrap();
+        let listening = lines.next().expect("a listening line").unwrap();
+        let addr = listening
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected line {listening:?}"))
+            .to_owned();
+        Server {
+            child,
+            addr,
+            banner,
+        }
+    }
+
+    fn stats(&self) -> Value {
+        let (status, body) = request(&self.addr, "GET", "/stats", b"");
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).expect("/stats is JSON")
+    }
+
+    /// Polls `/stats` until `ready` holds (at most 5 s).
+    fn wait_for(&self, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let s = self.stats();
+            if ready(&s) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "timed out waiting for {what}: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect to the server");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// Reads one response to the end (the requests say `Connection: close`).
+fn read_response(mut s: TcpStream) -> (u16, Vec<u8>) {
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read the response");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    (status, raw[split + 4..].to_vec())
+}
+
+fn head(method: &str, path: &str, len: usize) -> String {
+    format!("{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n")
+}
+
+fn request(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = connect(addr);
+    s.write_all(head(method, path, body.len()).as_bytes())
+        .unwrap();
+    s.write_all(body).unwrap();
+    read_response(s)
+}
+
+/// A request whose body is half sent: the server holds it until `finish`.
+struct Held {
+    stream: TcpStream,
+    rest: Vec<u8>,
+}
+
+fn hold(addr: &str, body: &[u8]) -> Held {
+    let mut stream = connect(addr);
+    stream
+        .write_all(head("POST", "/transform?op=upper", body.len()).as_bytes())
+        .unwrap();
+    let half = body.len() / 2;
+    stream.write_all(&body[..half]).unwrap();
+    Held {
+        stream,
+        rest: body[half..].to_vec(),
+    }
+}
+
+impl Held {
+    fn finish(mut self) -> (u16, Vec<u8>) {
+        // The server may already have answered (and closed) if it shed us.
+        let _ = self.stream.write_all(&self.rest);
+        read_response(self.stream)
+    }
+}
+
+fn n(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("/stats has no number {key:?}: {v}"))
+}
+
+const BODY: &[u8] = b"frostheap holds this body while half of it is in flight";
+
+#[test]
+fn shed_mode_admits_up_to_capacity_and_sheds_the_rest_with_503() {
+    let server = Server::start(&[
+        "--max-memory",
+        "8M",
+        "--per-client",
+        "1M",
+        "--fixed-per-client",
+        "--overload",
+        "shed",
+    ]);
+    assert!(
+        server.banner.contains("8 MiB: 8 clients at ≈1 MiB each"),
+        "{}",
+        server.banner
+    );
+    let capacity = n(&server.stats(), "capacity");
+    assert_eq!(capacity, 8);
+
+    let held: Vec<Held> = (0..capacity).map(|_| hold(&server.addr, BODY)).collect();
+    let full = server.wait_for("capacity clients in flight", |s| {
+        n(s, "clients") == capacity
+    });
+    assert_eq!(
+        n(&full, "in_use"),
+        n(&full, "budget"),
+        "connections + requests fill the budget exactly"
+    );
+
+    // Past capacity: refused with 503 at once, both of them.
+    let extra = 4;
+    for _ in 0..extra {
+        let (status, body) = request(&server.addr, "POST", "/transform", BODY);
+        assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains("memory budget"));
+    }
+    // The held ones complete normally.
+    for h in held {
+        let (status, body) = h.finish();
+        assert_eq!(status, 200);
+        assert_eq!(body, BODY.to_ascii_uppercase());
+    }
+    let s = server.wait_for("everything released", |s| {
+        n(s, "in_use") == 0 && n(s, "clients") == 0
+    });
+    assert!(
+        n(&s, "peak_clients") <= capacity,
+        "admitted at once ≤ capacity: {s}"
+    );
+    assert_eq!(n(&s, "peak_clients"), capacity);
+    assert_eq!(n(&s, "admitted"), capacity);
+    assert_eq!(n(&s, "shed"), extra);
+    assert_eq!(
+        n(&s, "admitted") + n(&s, "shed"),
+        capacity + extra,
+        "every request was admitted or shed"
+    );
+    assert_eq!(
+        n(&s, "requests") + n(&s, "shed_connections"),
+        capacity + extra
+    );
+    assert_eq!(n(&s, "completed"), capacity);
+    assert!(n(&s, "peak_in_use") <= n(&s, "budget"));
+}
+
+#[test]
+fn wait_mode_queues_past_capacity_and_serves_when_memory_returns() {
+    let server = Server::start(&[
+        "--max-memory",
+        "4M",
+        "--per-client",
+        "1M",
+        "--fixed-per-client",
+        "--overload",
+        "wait",
+    ]);
+    let capacity = n(&server.stats(), "capacity");
+    assert_eq!(capacity, 4);
+    let mut held: Vec<Held> = (0..capacity).map(|_| hold(&server.addr, BODY)).collect();
+    server.wait_for("capacity clients in flight", |s| {
+        n(s, "clients") == capacity
+    });
+
+    // Two more: they wait instead of failing.
+    let addr = server.addr.clone();
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || request(&addr, "POST", "/transform?op=reverse", BODY))
+        })
+        .collect();
+    let s = server.wait_for("two waiters", |s| n(s, "waiting") == 2);
+    assert_eq!(
+        n(&s, "clients"),
+        capacity,
+        "nobody past capacity was admitted: {s}"
+    );
+    assert_eq!(n(&s, "shed"), 0);
+
+    // Each finished client lets one waiter in.
+    for h in held.drain(..) {
+        assert_eq!(h.finish().0, 200);
+    }
+    let reversed: Vec<u8> = BODY.iter().rev().copied().collect();
+    for w in waiting {
+        let (status, body) = w.join().unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body, reversed);
+    }
+    let s = server.wait_for("everything released", |s| n(s, "in_use") == 0);
+    assert_eq!(n(&s, "admitted"), capacity + 2);
+    assert_eq!(n(&s, "shed"), 0);
+    assert_eq!(n(&s, "waiting"), 0);
+    assert!(n(&s, "peak_clients") <= capacity, "{s}");
+}
+
+#[test]
+fn endpoints_work_and_measurement_refines_the_per_client_cost() {
+    let server = Server::start(&["--max-memory", "64M"]);
+    assert!(
+        server
+            .banner
+            .contains("64 MiB: 512 clients at ≈128 KiB each"),
+        "{}",
+        server.banner
+    );
+    let doc = serde_json::json!({"name": "frostheap", "list": [1, 2.5, null, true], "nested": {"s": "x".repeat(300)}});
+    let rounds = 20;
+    for _ in 0..rounds {
+        let (status, body) = request(&server.addr, "POST", "/echo", doc.to_string().as_bytes());
+        assert_eq!(status, 200);
+        assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), doc);
+    }
+    let (status, body) = request(
+        &server.addr,
+        "POST",
+        "/transform?op=words",
+        b"to be or not to be",
+    );
+    assert_eq!(status, 200);
+    let words: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(words["distinct"], 4);
+    assert_eq!(request(&server.addr, "POST", "/echo", b"{not json").0, 400);
+    assert_eq!(request(&server.addr, "GET", "/nope", b"").0, 404);
+
+    let s = server.wait_for("all measured", |s| n(s, "samples") == rounds + 3);
+    // Small requests measured well under the declared 128 KiB: capacity grows.
+    assert!(n(&s, "per_client") < 128 << 10, "{s}");
+    assert_eq!(n(&s, "capacity"), n(&s, "budget") / n(&s, "per_client"));
+    assert_eq!(n(&s, "admitted"), rounds + 3);
+    assert_eq!(n(&s, "requests"), rounds + 3);
+    assert_eq!(n(&s, "shed"), 0);
+    assert!(s["per_client_measured"].as_bool().unwrap());
+
+    let (status, metrics) = request(&server.addr, "GET", "/metrics", b"");
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8(metrics).unwrap();
+    for name in [
+        "frostheap_budget_bytes",
+        "frostheap_in_use_bytes",
+        "frostheap_admitted_total",
+        "frostheap_shed_total",
+        "frostheap_per_client_bytes",
+        "frostheap_capacity_clients",
+    ] {
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "{name} has no HELP line"
+        );
+        assert!(
+            metrics.contains(&format!("# TYPE {name} ")),
+            "{name} has no TYPE line"
+        );
+    }
+    assert!(metrics.contains(&format!("frostheap_budget_bytes {}\n", 64 << 20)));
+}
+
+#[test]
+fn a_request_larger_than_max_body_gets_413() {
+    let server = Server::start(&["--max-memory", "8M", "--max-body", "1K"]);
+    let (status, _) = request(&server.addr, "POST", "/transform", &[b'a'; 2000]);
+    assert_eq!(status, 413);
+}
+
+#[test]
+fn no_budget_serves_the_same_endpoints() {
+    let server = Server::start(&["--no-budget"]);
+    assert!(server.banner.contains("no budget"), "{}", server.banner);
+    let (status, body) = request(&server.addr, "POST", "/transform?op=upper", b"abc");
+    assert_eq!((status, body.as_slice()), (200, &b"ABC"[..]));
+    let s = server.stats();
+    assert_eq!((n(&s, "budget"), n(&s, "requests")), (0, 1));
+}
+
+/// Runs `frostheap serve` with `args` and expects exit status 2 and one
+/// line on stderr containing `expected`.
+fn bad_config(args: &[&str], expected: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_frostheap"))
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            panic!("`frostheap serve {}` did not exit", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line, got {stderr:?}");
+    assert!(
+        stderr.contains(expected),
+        "{stderr:?} should mention {expected:?}"
+    );
+}
+
+#[test]
+fn bad_configuration_gives_one_line_and_exit_status_2() {
+    bad_config(
+        &["--max-memory", "lots", "--listen", "127.0.0.1:0"],
+        "invalid --max-memory \"lots\"",
+    );
+    bad_config(
+        &["--max-memory", "64K", "--listen", "127.0.0.1:0"],
+        "smaller than one client",
+    );
+    bad_config(
+        &[
+            "--max-memory",
+            "8M",
+            "--per-client",
+            "9M",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "smaller than one client",
+    );
+    bad_config(
+        &["--per-client", "1.5B", "--listen", "127.0.0.1:0"],
+        "invalid --per-client",
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    bad_config(
+        &["--max-memory", "8M", "--listen", &addr],
+        "cannot listen on",
+    );
+    bad_config(&["--listen", "not-an-address"], "cannot listen on");
+}

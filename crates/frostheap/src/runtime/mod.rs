@@ -1,0 +1,856 @@
+//! The runtime: workers, phases, `map` / `for_each` / `scope`.
+//!
+//! **The phase protocol** (DESIGN.md): main calls `map`; the runtime
+//! applies deferred frees, freezes every guarded heap, publishes the job
+//! and wakes the workers (a futex on the phase epoch); workers claim items
+//! in chunks from an atomic cursor and run them with their context heap as
+//! the allocation target; when every worker has reported (or been parked
+//! by the fault handler), main thaws, applies the frees the tasks made of
+//! guarded memory, turns violation records into reports, replaces parked
+//! workers, and returns results in input order or the first error.
+//!
+//! Everything a task legitimately writes lives outside guarded heaps: the
+//! runtime allocates its shared state, item and result slots inside
+//! [`crate::unguarded`].
+//!
+//! **Memory-aware batching.** With a memory budget, `map` pulls its input
+//! in batches: the first batch has one item per worker; every later batch
+//! has `budget / bytes_per_item` items, where `bytes_per_item` is the
+//! largest exact per-item consumption measured so far from the context
+//! heaps' bump counters. An item larger than the budget runs alone.
+
+mod worker;
+
+use core::cell::UnsafeCell;
+use core::mem::MaybeUninit;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use allocator_api2::alloc::{AllocError, Allocator};
+
+use crate::context::{self, ContextHeap};
+use crate::global::unguarded;
+use crate::heap::Heap;
+use crate::os;
+use crate::region;
+use crate::trap::{self, Access, Backend, GuardSlot, OnViolation, Protect, Violation, AUDIT_RING};
+use crate::Error;
+use worker::{Worker, WorkerEnv};
+
+/// Default cap on threads parked by the cancel policy; past it the process
+/// stops with a message (each costs ≈ 40 KB and 6 mappings).
+pub const DEFAULT_MAX_PARKED: usize = 1024;
+
+/// A job as workers see it.
+pub(crate) struct JobRef<'a>(&'a (dyn Fn(&WorkerEnv<'_>) + Sync));
+
+/// State shared by main and the workers (system memory, never moves).
+pub(crate) struct Shared {
+    pub backend: Backend,
+    pub policy: OnViolation,
+    pub epoch: AtomicU32,
+    pub job: AtomicPtr<JobRef<'static>>,
+    pub remaining: AtomicU32,
+    pub events: AtomicU32,
+    pub parked: AtomicU32,
+    pub shutdown: AtomicBool,
+}
+
+/// Statistics of a runtime.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeStats {
+    /// Phases run.
+    pub phases: u64,
+    /// Items (or scope tasks) run.
+    pub items: u64,
+    /// The largest memory one item consumed, measured exactly from its
+    /// context heap's bump counter.
+    pub bytes_per_item: usize,
+    /// Mean bytes consumed per item.
+    pub mean_bytes_per_item: usize,
+    /// Batch sizes chosen by `map`, in order (the last 64).
+    pub batch_sizes: Vec<usize>,
+    /// The most bytes the items of one phase consumed together.
+    pub peak_phase_bytes: usize,
+    /// Items larger than the memory budget (each ran alone).
+    pub oversized_items: u64,
+    /// Violations reported.
+    pub violations: u64,
+    /// Worker threads parked by the cancel policy (replaced).
+    pub parked_workers: u64,
+    /// The memory budget, if any.
+    pub memory_budget: Option<usize>,
+    /// Worker threads.
+    pub workers: usize,
+    /// The protection backend in force.
+    pub backend: &'static str,
+}
+
+/// Builds a [`Runtime`].
+#[derive(Clone, Debug)]
+pub struct RuntimeBuilder {
+    workers: Option<usize>,
+    guards: Vec<Heap>,
+    guard_main: bool,
+    protect: Option<Protect>,
+    on_violation: Option<OnViolation>,
+    memory_budget: Option<usize>,
+    max_parked: usize,
+}
+
+impl Default for RuntimeBuilder {
+    fn default() -> Self {
+        RuntimeBuilder {
+            workers: None,
+            guards: Vec::new(),
+            guard_main: true,
+            protect: None,
+            on_violation: None,
+            memory_budget: None,
+            max_parked: DEFAULT_MAX_PARKED,
+        }
+    }
+}
+
+impl RuntimeBuilder {
+    /// Number of worker threads (default: available parallelism).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// Freezes `heap` during phases.
+    pub fn guard(mut self, heap: &Heap) -> Self {
+        self.guards.push(heap.clone());
+        self
+    }
+
+    /// Whether to guard the main heap when `Global` is the global
+    /// allocator (default: yes).
+    pub fn guard_main_heap(mut self, yes: bool) -> Self {
+        self.guard_main = yes;
+        self
+    }
+
+    /// The protection backend (default: `FROSTHEAP_PROTECT`, else `auto`).
+    pub fn protect(mut self, protect: Protect) -> Self {
+        self.protect = Some(protect);
+        self
+    }
+
+    /// The violation policy (default: `FROSTHEAP_ON_VIOLATION`, else
+    /// `cancel`).
+    pub fn on_violation(mut self, policy: OnViolation) -> Self {
+        self.on_violation = Some(policy);
+        self
+    }
+
+    /// Sizes `map` batches so the memory of in-flight items stays within
+    /// `bytes`.
+    pub fn memory_budget(mut self, bytes: usize) -> Self {
+        self.memory_budget = Some(bytes);
+        self
+    }
+
+    /// Parked threads tolerated before the process stops (default 1024).
+    pub fn max_parked(mut self, n: usize) -> Self {
+        self.max_parked = n;
+        self
+    }
+
+    /// Starts the workers.
+    pub fn build(self) -> Result<Runtime, Error> {
+        let env = crate::config::from_env().map_err(|e| Error::InvalidConfig {
+            name: e.var,
+            value: String::from_utf8_lossy(e.value).into_owned(),
+            expected: e.expected.to_string(),
+        })?;
+        let workers = match self.workers {
+            Some(0) => return Err(Error::invalid("workers", 0, "at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        };
+        if self.memory_budget == Some(0) {
+            return Err(Error::invalid(
+                "memory_budget",
+                0,
+                "a budget of at least 1 byte",
+            ));
+        }
+        let protect = self.protect.unwrap_or(env.protect);
+        let policy = self.on_violation.unwrap_or(env.on_violation);
+        let backend = trap::resolve(protect)?;
+        if backend != Backend::Off {
+            trap::install()?;
+        }
+        unguarded(|| {
+            let mut heaps = self.guards;
+            if self.guard_main {
+                if let Some(main) = crate::main_heap() {
+                    if !heaps.contains(&main) {
+                        heaps.push(main);
+                    }
+                }
+            }
+            let mut guards = Vec::with_capacity(heaps.len());
+            if backend != Backend::Off {
+                for h in &heaps {
+                    guards.push(trap::guard(h.inner(), backend)?);
+                }
+            }
+            let shared: &'static Shared = Box::leak(Box::new(Shared {
+                backend,
+                policy,
+                epoch: AtomicU32::new(0),
+                job: AtomicPtr::new(core::ptr::null_mut()),
+                remaining: AtomicU32::new(0),
+                events: AtomicU32::new(0),
+                parked: AtomicU32::new(0),
+                shutdown: AtomicBool::new(false),
+            }));
+            let rt = Runtime {
+                shared,
+                heaps,
+                guards,
+                workers: Mutex::new(Vec::with_capacity(workers)),
+                n_workers: workers,
+                memory_budget: self.memory_budget,
+                max_parked: self.max_parked,
+                next_worker_id: AtomicUsize::new(0),
+                stats: Mutex::new(RuntimeStats {
+                    memory_budget: self.memory_budget,
+                    workers,
+                    backend: backend.name(),
+                    ..RuntimeStats::default()
+                }),
+                audit_log: Mutex::new(Vec::new()),
+                bytes_total: AtomicUsize::new(0),
+                in_phase: AtomicBool::new(false),
+            };
+            for _ in 0..workers {
+                rt.add_worker()?;
+            }
+            Ok(rt)
+        })
+    }
+}
+
+/// A pool of workers that run parallel phases over frozen heaps.
+///
+/// ```
+/// let rt = frostheap::Runtime::builder().workers(2).build()?;
+/// let squares = rt.map(0..100u64, |x| x * x)?;
+/// assert_eq!(squares[7], 49);
+/// # Ok::<(), frostheap::Error>(())
+/// ```
+pub struct Runtime {
+    shared: &'static Shared,
+    heaps: Vec<Heap>,
+    guards: Vec<&'static GuardSlot>,
+    /// Main thread only (a Mutex so `&self` methods can replace workers).
+    workers: Mutex<Vec<Worker>>,
+    n_workers: usize,
+    memory_budget: Option<usize>,
+    max_parked: usize,
+    next_worker_id: AtomicUsize,
+    stats: Mutex<RuntimeStats>,
+    audit_log: Mutex<Vec<Violation>>,
+    bytes_total: AtomicUsize,
+    in_phase: AtomicBool,
+}
+
+/// A task's view of its worker: the item index and the context arena.
+pub struct TaskContext<'a> {
+    ctx: &'a ContextHeap,
+    item_index: Option<usize>,
+    worker: usize,
+}
+
+impl<'a> TaskContext<'a> {
+    /// The worker's arena, as an allocator: bump allocation in the
+    /// worker's context heap, freed from any thread.
+    pub fn arena(&self) -> Arena<'a> {
+        Arena { ctx: self.ctx }
+    }
+    /// Index of the input item (for `map` / `for_each`).
+    pub fn item_index(&self) -> Option<usize> {
+        self.item_index
+    }
+    /// Index of the worker running the task.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+}
+
+/// A worker's context heap as an [`Allocator`]. Allocate only from the
+/// task that received it; free from anywhere.
+#[derive(Clone, Copy)]
+pub struct Arena<'a> {
+    ctx: &'a ContextHeap,
+}
+
+// SAFETY: blocks come from the context heap's bump allocator (valid for
+// the layout until freed); deallocate routes to the owning chunk. Arena is
+// !Send (it holds a reference to a !Sync-by-use owner API), so allocation
+// happens on the owning worker only.
+unsafe impl Allocator for Arena<'_> {
+    fn allocate(
+        &self,
+        layout: core::alloc::Layout,
+    ) -> Result<core::ptr::NonNull<[u8]>, AllocError> {
+        // SAFETY: an Arena is handed only to tasks running on the owning
+        // worker, and it is not Send.
+        let p = unsafe { self.ctx.alloc(layout.size(), layout.align()) };
+        let p = core::ptr::NonNull::new(p).ok_or(AllocError)?;
+        Ok(core::ptr::NonNull::slice_from_raw_parts(p, layout.size()))
+    }
+
+    unsafe fn deallocate(&self, ptr: core::ptr::NonNull<u8>, _layout: core::alloc::Layout) {
+        // SAFETY: the Allocator contract: ptr is a live block of a context.
+        unsafe { context::free(ptr.as_ptr()) }
+    }
+}
+
+/// Per-item state in a batch.
+const PENDING: u8 = 0;
+const TAKEN: u8 = 1;
+const DONE: u8 = 2;
+
+/// Outcome of one phase.
+struct PhaseResult {
+    violations: Vec<Violation>,
+}
+
+impl Runtime {
+    /// Starts building a runtime.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
+    /// A snapshot of the statistics.
+    pub fn stats(&self) -> RuntimeStats {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Violations recorded under the audit policy (all phases so far).
+    pub fn audit_log(&self) -> Vec<Violation> {
+        self.audit_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The protection backend in force.
+    pub fn backend(&self) -> Backend {
+        self.shared.backend
+    }
+
+    /// Worker threads.
+    pub fn workers(&self) -> usize {
+        self.n_workers
+    }
+
+    /// The guarded heaps.
+    pub fn guarded(&self) -> &[Heap] {
+        &self.heaps
+    }
+
+    fn lock_workers(&self) -> std::sync::MutexGuard<'_, Vec<Worker>> {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add_worker(&self) -> Result<(), Error> {
+        let id = self.next_worker_id.fetch_add(1, Ordering::Relaxed);
+        let w = unguarded(|| worker::spawn(self.shared, id, format!("frostheap-worker-{id}")))?;
+        unguarded(|| self.lock_workers().push(w));
+        Ok(())
+    }
+
+    /// Maps `f` over `items` in parallel; results in input order.
+    ///
+    /// `items` is any `IntoIterator` of `Send` items — a `Vec` (items moved
+    /// into tasks), a slice by reference (`&T` items), a range, a
+    /// streaming iterator. The first panic or violation becomes the error;
+    /// the other tasks finish or are skipped, and the runtime stays usable.
+    pub fn map<I, F, R>(&self, items: I, f: F) -> Result<Vec<R>, Error>
+    where
+        I: IntoIterator,
+        I::Item: Send,
+        F: Fn(I::Item) -> R + Sync,
+        R: Send,
+    {
+        self.map_with(items, |_, x| f(x))
+    }
+
+    /// [`Runtime::map`] whose closure also receives the [`TaskContext`]
+    /// (item index, worker, and the arena allocator).
+    pub fn map_with<I, F, R>(&self, items: I, f: F) -> Result<Vec<R>, Error>
+    where
+        I: IntoIterator,
+        I::Item: Send,
+        F: Fn(&TaskContext<'_>, I::Item) -> R + Sync,
+        R: Send,
+    {
+        let mut iter = items.into_iter();
+        let mut out: Vec<R> = unguarded(Vec::new);
+        let mut base = 0usize;
+        let mut first = true;
+        loop {
+            let batch_len = self.next_batch_len(first);
+            first = false;
+            let batch: Vec<MaybeUninit<I::Item>> = unguarded(|| {
+                let mut v = Vec::new();
+                for x in iter.by_ref().take(batch_len) {
+                    v.push(MaybeUninit::new(x));
+                }
+                v
+            });
+            if batch.is_empty() {
+                break;
+            }
+            let n = batch.len();
+            self.record_batch(n);
+            unguarded(|| out.reserve(n));
+            let result = self.run_batch(batch, base, &f, &mut out);
+            base += n;
+            result?;
+            if batch_len == usize::MAX {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` on every item in parallel.
+    pub fn for_each<I, F>(&self, items: I, f: F) -> Result<(), Error>
+    where
+        I: IntoIterator,
+        I::Item: Send,
+        F: Fn(I::Item) + Sync,
+    {
+        self.map(items, f).map(|_| ())
+    }
+
+    /// Runs heterogeneous tasks in one phase: `scope.spawn(task)` for each.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// let rt = frostheap::Runtime::builder().workers(2).build()?;
+    /// let total = frostheap::Shared::new(AtomicU64::new(0));
+    /// rt.scope(|s| {
+    ///     s.spawn(|| { total.fetch_add(1, Ordering::Relaxed); });
+    ///     s.spawn(|| { total.fetch_add(41, Ordering::Relaxed); });
+    /// })?;
+    /// assert_eq!(total.load(Ordering::Relaxed), 42);
+    /// # Ok::<(), frostheap::Error>(())
+    /// ```
+    pub fn scope<'s, F>(&self, build: F) -> Result<(), Error>
+    where
+        F: FnOnce(&mut Scope<'s>),
+    {
+        let mut scope = Scope {
+            tasks: unguarded(Vec::new),
+        };
+        build(&mut scope);
+        let tasks = scope.tasks;
+        self.map(tasks, |task| task()).map(|_| ())
+    }
+
+    /// Runs two closures in parallel and returns both results.
+    pub fn join<A, B, RA, RB>(&self, a: A, b: B) -> Result<(RA, RB), Error>
+    where
+        A: FnOnce() -> RA + Send,
+        B: FnOnce() -> RB + Send,
+        RA: Send,
+        RB: Send,
+    {
+        enum Either<A, B> {
+            A(A),
+            B(B),
+        }
+        let tasks = unguarded(|| vec![Either::A(a), Either::B(b)]);
+        let mut out = self.map(tasks, |t| match t {
+            Either::A(a) => Either::A(a()),
+            Either::B(b) => Either::B(b()),
+        })?;
+        let (Some(Either::B(rb)), Some(Either::A(ra))) = (out.pop(), out.pop()) else {
+            unreachable!("join: map returns results in input order")
+        };
+        Ok((ra, rb))
+    }
+
+    fn next_batch_len(&self, first: bool) -> usize {
+        let Some(budget) = self.memory_budget else {
+            return usize::MAX;
+        };
+        if first {
+            return self.n_workers;
+        }
+        let per_item = self
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bytes_per_item
+            .max(1);
+        (budget / per_item).max(1)
+    }
+
+    fn record_batch(&self, n: usize) {
+        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        unguarded(|| {
+            if s.batch_sizes.len() == 64 {
+                s.batch_sizes.remove(0);
+            }
+            s.batch_sizes.push(n);
+        });
+    }
+
+    fn run_batch<T, R, F>(
+        &self,
+        batch: Vec<MaybeUninit<T>>,
+        base: usize,
+        f: &F,
+        out: &mut Vec<R>,
+    ) -> Result<(), Error>
+    where
+        T: Send,
+        R: Send,
+        F: Fn(&TaskContext<'_>, T) -> R + Sync,
+    {
+        let n = batch.len();
+        let items: Vec<UnsafeCell<MaybeUninit<T>>> =
+            unguarded(|| batch.into_iter().map(UnsafeCell::new).collect());
+        let results: Vec<UnsafeCell<MaybeUninit<R>>> = unguarded(|| {
+            (0..n)
+                .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
+                .collect()
+        });
+        let state: Vec<AtomicU8> = unguarded(|| (0..n).map(|_| AtomicU8::new(PENDING)).collect());
+        let cursor = AtomicUsize::new(0);
+        let cancel = AtomicBool::new(false);
+        let panic: Mutex<Option<(usize, String)>> = Mutex::new(None);
+        let max_item = AtomicUsize::new(0);
+        let sum_bytes = AtomicUsize::new(0);
+        let oversized = AtomicUsize::new(0);
+        let budget = self.memory_budget.unwrap_or(usize::MAX);
+        let chunk = (n / (self.n_workers * 32)).clamp(1, 4096);
+        let sync_items = SyncSlice(&items);
+        let sync_results = SyncSlice(&results);
+
+        let job = |env: &WorkerEnv<'_>| loop {
+            if cancel.load(Ordering::Relaxed) {
+                return;
+            }
+            let start = cursor.fetch_add(chunk, Ordering::Relaxed);
+            if start >= n {
+                return;
+            }
+            for i in start..(start + chunk).min(n) {
+                if cancel.load(Ordering::Relaxed) {
+                    return;
+                }
+                env.slot.item.store(base + i, Ordering::Relaxed);
+                state[i].store(TAKEN, Ordering::Relaxed);
+                // SAFETY: index i was claimed by this worker alone (cursor),
+                // and the slot holds an initialised item (PENDING).
+                let item = unsafe { (*sync_items.get(i)).assume_init_read() };
+                let before = env.ctx.allocated();
+                let tc = TaskContext {
+                    ctx: env.ctx,
+                    item_index: Some(base + i),
+                    worker: env.index,
+                };
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&tc, item))) {
+                    Ok(r) => {
+                        // SAFETY: slot i is written by this worker only.
+                        unsafe { (*sync_results.get(i)).write(r) };
+                        state[i].store(DONE, Ordering::Release);
+                    }
+                    Err(payload) => {
+                        let msg = panic_message(&*payload);
+                        let mut p = panic.lock().unwrap_or_else(|e| e.into_inner());
+                        if p.is_none() {
+                            *p = Some((base + i, msg));
+                        }
+                        cancel.store(true, Ordering::Relaxed);
+                    }
+                }
+                let used = env.ctx.allocated() - before;
+                max_item.fetch_max(used, Ordering::Relaxed);
+                sum_bytes.fetch_add(used, Ordering::Relaxed);
+                if used > budget {
+                    oversized.fetch_add(1, Ordering::Relaxed);
+                }
+                env.slot.item.store(usize::MAX, Ordering::Relaxed);
+            }
+        };
+        let phase = self.run_phase(&job);
+
+        // Collect: results in order, or drop what was made and report.
+        let mut error = phase
+            .violations
+            .into_iter()
+            .next()
+            .map(|v| Error::Violation(Box::new(v)));
+        if error.is_none() {
+            if let Some((i, message)) = panic.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                error = Some(Error::TaskPanicked {
+                    item_index: Some(i),
+                    message,
+                });
+            }
+        }
+        {
+            let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            s.items += n as u64;
+            s.bytes_per_item = s.bytes_per_item.max(max_item.load(Ordering::Relaxed));
+            let total = self
+                .bytes_total
+                .fetch_add(sum_bytes.load(Ordering::Relaxed), Ordering::Relaxed)
+                + sum_bytes.load(Ordering::Relaxed);
+            s.mean_bytes_per_item = total / (s.items.max(1) as usize);
+            s.peak_phase_bytes = s.peak_phase_bytes.max(sum_bytes.load(Ordering::Relaxed));
+            s.oversized_items += oversized.load(Ordering::Relaxed) as u64;
+        }
+        let mut results = results;
+        let mut items = items;
+        if error.is_none() {
+            unguarded(|| {
+                for r in results.drain(..) {
+                    // SAFETY: no error means every item reached DONE.
+                    out.push(unsafe { r.into_inner().assume_init() });
+                }
+            });
+            return Ok(());
+        }
+        for (i, st) in state.iter().enumerate() {
+            match st.load(Ordering::Acquire) {
+                // SAFETY: PENDING items were never read out of their slot.
+                PENDING => unsafe { items[i].get_mut().assume_init_drop() },
+                // SAFETY: DONE slots hold an initialised result.
+                DONE => unsafe { results[i].get_mut().assume_init_drop() },
+                _ => {} // consumed by a task that panicked or was parked
+            }
+        }
+        Err(error.expect("checked above"))
+    }
+
+    /// The phase protocol around one job.
+    fn run_phase(&self, job: &(dyn Fn(&WorkerEnv<'_>) + Sync)) -> PhaseResult {
+        assert!(
+            !self.in_phase.swap(true, Ordering::AcqRel),
+            "frostheap: a phase was started from inside a phase (nested map/scope on the same runtime)"
+        );
+        let sh = self.shared;
+        let mprotect = sh.backend == Backend::Mprotect;
+        // Freeze.
+        for (g, h) in self.guards.iter().zip(&self.heaps) {
+            if mprotect {
+                match h.inner().core.set_frozen(true) {
+                    Ok(len) => g
+                        .frozen_end
+                        .store(g.start.load(Ordering::Relaxed) + len, Ordering::Release),
+                    Err(e) => panic!("frostheap: cannot freeze heap \"{}\": {e}", h.name()),
+                }
+                trap::MPROTECT_FROZEN.fetch_add(1, Ordering::AcqRel);
+            } else {
+                g.frozen_end
+                    .store(g.end.load(Ordering::Relaxed), Ordering::Release);
+            }
+            g.frozen.store(true, Ordering::Release);
+        }
+        let job_ref = JobRef(job);
+        let parked_before = sh.parked.load(Ordering::Acquire);
+        let active = self.lock_workers().len() as u32;
+        sh.remaining.store(active, Ordering::Release);
+        // SAFETY (lifetime): job_ref outlives the phase: we wait below
+        // until every worker has finished or been parked.
+        sh.job.store(
+            &job_ref as *const JobRef<'_> as *mut JobRef<'static>,
+            Ordering::Release,
+        );
+        sh.epoch.fetch_add(1, Ordering::AcqRel);
+        os::futex_wake(&sh.epoch, i32::MAX);
+        loop {
+            let ev = sh.events.load(Ordering::Acquire);
+            let newly_parked = sh.parked.load(Ordering::Acquire) - parked_before;
+            if sh.remaining.load(Ordering::Acquire) <= newly_parked {
+                break;
+            }
+            os::futex_wait(&sh.events, ev, None);
+        }
+        sh.job.store(core::ptr::null_mut(), Ordering::Release);
+        // Thaw.
+        for (g, h) in self.guards.iter().zip(&self.heaps) {
+            g.frozen.store(false, Ordering::Release);
+            if mprotect {
+                if let Err(e) = h.inner().core.set_frozen(false) {
+                    panic!("frostheap: cannot thaw heap \"{}\": {e}", h.name());
+                }
+                trap::MPROTECT_FROZEN.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        trap::THAW_EPOCH.fetch_add(1, Ordering::AcqRel);
+        os::futex_wake(&trap::THAW_EPOCH, i32::MAX);
+        self.in_phase.store(false, Ordering::Release);
+        // Deferred frees, now that the heaps are writable again.
+        for w in self.lock_workers().iter() {
+            w.slot.deferred.drain(free_anywhere);
+        }
+        let result = self.collect_violations();
+        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        s.phases += 1;
+        s.violations += result.violations.len() as u64;
+        result
+    }
+
+    fn collect_violations(&self) -> PhaseResult {
+        let backend = self.shared.backend;
+        let policy = self.shared.policy;
+        let mut violations = Vec::new();
+        let mut workers = self.lock_workers();
+        // Audit records: every worker's ring since the last phase.
+        for w in workers.iter() {
+            let count = w.slot.audit_count.swap(0, Ordering::AcqRel) as usize;
+            for rec in w.slot.audit.iter().take(count.min(AUDIT_RING)) {
+                let v = Violation::from_raw(
+                    rec.addr.load(Ordering::Relaxed),
+                    rec.ip.load(Ordering::Relaxed),
+                    0,
+                    w.thread
+                        .as_ref()
+                        .and_then(|t| t.thread().name().map(str::to_string)),
+                    rec.item.load(Ordering::Relaxed),
+                    Access::Write,
+                    backend,
+                    policy,
+                );
+                self.audit_log
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(v);
+            }
+        }
+        // Cancel records: parked workers not yet reported.
+        let mut replaced = 0;
+        for w in workers.iter_mut() {
+            if w.reported || !w.slot.is_parked.load(Ordering::Acquire) {
+                continue;
+            }
+            w.reported = true;
+            replaced += 1;
+            let r = &w.slot.record;
+            let v = Violation::from_raw(
+                r.addr.load(Ordering::Relaxed),
+                r.ip.load(Ordering::Relaxed),
+                r.tid.load(Ordering::Relaxed),
+                w.thread
+                    .as_ref()
+                    .and_then(|t| t.thread().name().map(str::to_string)),
+                r.item.load(Ordering::Relaxed),
+                Access::Write,
+                backend,
+                policy,
+            );
+            violations.push(v);
+            // The parked thread never finishes: forget its handle.
+            if let Some(t) = w.thread.take() {
+                core::mem::forget(t);
+            }
+        }
+        if replaced > 0 {
+            workers.retain(|w| !w.reported);
+            drop(workers);
+            let parked = self.shared.parked.load(Ordering::Acquire) as usize;
+            if parked > self.max_parked {
+                let msg = format!(
+                    "frostheap: {parked} worker threads are parked after violations (the cap is {}); stopping the process. \
+                     Fix the tasks that write frozen memory, or raise Runtime::builder().max_parked(..).\n",
+                    self.max_parked
+                );
+                os::write_stderr(msg.as_bytes());
+                std::process::abort();
+            }
+            for _ in 0..replaced {
+                if let Err(e) = self.add_worker() {
+                    os::write_stderr(
+                        format!("frostheap: cannot start a replacement worker: {e}\n").as_bytes(),
+                    );
+                }
+            }
+            let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            s.parked_workers += replaced as u64;
+        }
+        PhaseResult { violations }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        let sh = self.shared;
+        sh.shutdown.store(true, Ordering::Release);
+        sh.epoch.fetch_add(1, Ordering::AcqRel);
+        os::futex_wake(&sh.epoch, i32::MAX);
+        for w in self.lock_workers().iter_mut() {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+        for g in &self.guards {
+            trap::unguard(g);
+        }
+    }
+}
+
+/// Frees `p` through whichever allocator owns it (deferred frees).
+fn free_anywhere(p: usize) {
+    if let Some(r) = region::lookup(p) {
+        if r.kind == region::RegionKind::Heap {
+            // SAFETY: registered heap regions point at their live HeapInner;
+            // p was a live block freed by a task (deferred).
+            unsafe {
+                (*(r.owner as *const crate::heap::HeapInner))
+                    .core
+                    .free(p as *mut u8)
+            };
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(a panic payload that is not a string)".to_string()
+    }
+}
+
+struct SyncSlice<'a, T>(&'a [UnsafeCell<T>]);
+
+impl<T> SyncSlice<'_, T> {
+    /// The cell of index `i` (a method, so closures capture the wrapper
+    /// rather than the slice inside it).
+    fn get(&self, i: usize) -> *mut T {
+        self.0[i].get()
+    }
+}
+// SAFETY: each index is accessed by exactly one worker (claimed through the
+// atomic cursor), so sharing the slice of cells across workers is sound.
+unsafe impl<T: Send> Sync for SyncSlice<'_, T> {}
+
+/// Heterogeneous tasks for [`Runtime::scope`].
+pub struct Scope<'s> {
+    tasks: Vec<Box<dyn FnOnce() + Send + 's>>,
+}
+
+impl<'s> Scope<'s> {
+    /// Adds a task to the phase.
+    pub fn spawn<F: FnOnce() + Send + 's>(&mut self, task: F) {
+        let b: Box<dyn FnOnce() + Send + 's> = unguarded(|| Box::new(task));
+        unguarded(|| self.tasks.push(b));
+    }
+}

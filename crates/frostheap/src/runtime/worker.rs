@@ -1,0 +1,121 @@
+//! Worker threads.
+//!
+//! A worker is a std thread spawned inside `unguarded` (so its `Thread`
+//! handle, name and channels live in system memory) that owns an
+//! alternate signal stack of at least 64 KiB, a [`WorkerSlot`] the fault
+//! handler reads, and a context heap. It sleeps on the runtime's phase
+//! epoch (a futex), runs the published job when the epoch moves, and
+//! reports completion through the runtime's event word.
+
+use core::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+
+use super::{JobRef, Shared as RtShared};
+use crate::context::ContextHeap;
+use crate::trap::{self, Backend, WorkerSlot};
+use crate::{global, os};
+
+/// What the runtime keeps of a worker.
+pub(crate) struct Worker {
+    pub slot: &'static WorkerSlot,
+    pub thread: Option<JoinHandle<()>>,
+    pub reported: bool,
+}
+
+/// What a task sees of its worker.
+pub(crate) struct WorkerEnv<'a> {
+    pub index: usize,
+    pub slot: &'a WorkerSlot,
+    pub ctx: &'a ContextHeap,
+}
+
+pub(crate) fn spawn(
+    rt: &'static RtShared,
+    index: usize,
+    name: String,
+) -> Result<Worker, crate::Error> {
+    let slot: &'static WorkerSlot = Box::leak(Box::new(WorkerSlot::new(rt.policy)));
+    slot.deferred.prepare().map_err(|source| crate::Error::Os {
+        context: "mapping a deferred-free list",
+        source,
+    })?;
+    slot.events
+        .store(&rt.events as *const _ as *mut _, Ordering::Release);
+    slot.parked
+        .store(&rt.parked as *const _ as *mut _, Ordering::Release);
+    let start_epoch = rt.epoch.load(Ordering::Acquire);
+    let ctx = ContextHeap::new()?;
+    let thread = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || run(rt, index, slot, ctx, start_epoch))
+        .map_err(|e| crate::Error::Os {
+            context: "spawning a worker thread",
+            source: os::OsError {
+                call: "pthread_create",
+                errno: e.raw_os_error().unwrap_or(0),
+            },
+        })?;
+    // Wait until the thread has finished starting: std's thread start-up
+    // writes shared bookkeeping (its thread-info map) that may live in a
+    // guarded heap, so no phase may begin before it is done.
+    while slot.started.load(Ordering::Acquire) == 0 {
+        os::futex_wait(&slot.started, 0, None);
+    }
+    Ok(Worker {
+        slot,
+        thread: Some(thread),
+        reported: false,
+    })
+}
+
+fn run(
+    rt: &'static RtShared,
+    index: usize,
+    slot: &'static WorkerSlot,
+    ctx: Box<ContextHeap>,
+    mut seen: u32,
+) {
+    // The handler must never run on a small stack: AVX-512 state alone
+    // takes several KiB of the signal frame.
+    let _alt = os::AltStack::install(trap::alt_stack_size());
+    trap::set_current_worker(slot);
+    global::set_context(core::ptr::null());
+    slot.started.store(1, Ordering::Release);
+    os::futex_wake(&slot.started, 1);
+    loop {
+        while rt.epoch.load(Ordering::Acquire) == seen {
+            os::futex_wait(&rt.epoch, seen, None);
+        }
+        seen = rt.epoch.load(Ordering::Acquire);
+        if rt.shutdown.load(Ordering::Acquire) {
+            break;
+        }
+        let job = rt.job.load(Ordering::Acquire);
+        if !job.is_null() {
+            slot.in_phase.store(true, Ordering::Release);
+            if let Backend::Pkey(key) = rt.backend {
+                // Deny writes to the guarded key for this thread only.
+                os::wrpkru(os::rdpkru() | (1 << (2 * key + 1)));
+            }
+            global::set_context(&*ctx);
+            // SAFETY: main keeps the job alive until every worker has
+            // reported the end of this phase (see Runtime::run_phase).
+            let job: &JobRef = unsafe { &*job };
+            (job.0)(&WorkerEnv {
+                index,
+                slot,
+                ctx: &ctx,
+            });
+            global::set_context(core::ptr::null());
+            if let Backend::Pkey(key) = rt.backend {
+                os::wrpkru(os::rdpkru() & !(3 << (2 * key)));
+            }
+            slot.in_phase.store(false, Ordering::Release);
+        }
+        rt.remaining.fetch_sub(1, Ordering::AcqRel);
+        rt.events.fetch_add(1, Ordering::AcqRel);
+        os::futex_wake(&rt.events, i32::MAX);
+    }
+    trap::set_current_worker(core::ptr::null());
+    ctx.retire();
+}

@@ -1,0 +1,169 @@
+//! `frostheap::Global`, tested through example programs that install it,
+//! run as child processes (a test binary cannot usefully swap its own
+//! global allocator): routing by thread and by address, limits from the
+//! environment, start-up errors, and the allocation-failure path.
+
+use std::os::unix::process::ExitStatusExt;
+
+use crate::check::{describe, run_example, MIB};
+
+#[test]
+fn routing_main_heap_other_threads_and_remote_frees() {
+    let out = run_example("global_routing", &[], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("global_routing: ok"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn limits_come_from_the_environment() {
+    let out = run_example(
+        "global_routing",
+        &[],
+        &[("FROSTHEAP_MAX", "1.5GiB"), ("FROSTHEAP_MIN", "32M")],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("limit={} ", 3 << 29)),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        stdout.contains("min_committed_ok=true"),
+        "{}",
+        describe(&out)
+    );
+
+    let out = run_example(
+        "global_alloc",
+        &["32M"],
+        &[("FROSTHEAP_MAX", "64M"), ("FROSTHEAP_HUGE_PAGES", "off")],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("limit={}", 64 * MIB)),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        stdout.contains(&format!("allocated={}", 32 * MIB)),
+        "{}",
+        describe(&out)
+    );
+}
+
+/// A bad value stops start-up: status 2, one stderr line naming the
+/// variable, the value and what is accepted, and `main` never runs.
+fn assert_startup_error(env: &[(&str, &str)], var: &str, value: &str, accepted: &str) {
+    let out = run_example("global_alloc", &["1M"], env);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        out.stdout.is_empty(),
+        "main ran despite a bad configuration: {}",
+        describe(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "not one line: {}",
+        describe(&out)
+    );
+    assert!(stderr.ends_with('\n'));
+    let line = stderr.trim_end();
+    assert!(line.contains(var), "line does not name {var}: {line}");
+    assert!(
+        line.contains(&format!("\"{value}\"")),
+        "line does not quote {value}: {line}"
+    );
+    assert!(
+        line.contains(accepted),
+        "line does not say what is accepted ({accepted}): {line}"
+    );
+}
+
+#[test]
+fn malformed_max_stops_startup() {
+    assert_startup_error(
+        &[("FROSTHEAP_MAX", "12Q")],
+        "FROSTHEAP_MAX",
+        "12Q",
+        "e.g. 64M, 1G",
+    );
+}
+
+#[test]
+fn malformed_min_stops_startup() {
+    assert_startup_error(
+        &[("FROSTHEAP_MIN", "lots")],
+        "FROSTHEAP_MIN",
+        "lots",
+        "e.g. 64M, 1G",
+    );
+}
+
+#[test]
+fn unknown_huge_pages_policy_stops_startup() {
+    assert_startup_error(
+        &[("FROSTHEAP_HUGE_PAGES", "maybe")],
+        "FROSTHEAP_HUGE_PAGES",
+        "maybe",
+        "auto, on or off",
+    );
+}
+
+#[test]
+fn min_above_max_stops_startup() {
+    assert_startup_error(
+        &[("FROSTHEAP_MIN", "128M"), ("FROSTHEAP_MAX", "64M")],
+        "FROSTHEAP_MIN",
+        "128M",
+        "no larger than FROSTHEAP_MAX",
+    );
+}
+
+#[test]
+fn max_below_one_page_stops_startup() {
+    assert_startup_error(
+        &[("FROSTHEAP_MAX", "4K")],
+        "FROSTHEAP_MAX",
+        "4K",
+        "at least 64K",
+    );
+}
+
+/// Past `FROSTHEAP_MAX`, `GlobalAlloc` returns null and Rust's
+/// allocation-failure path reports and aborts.
+#[test]
+fn allocation_past_max_takes_the_alloc_error_path() {
+    let out = run_example("global_alloc", &["100M"], &[("FROSTHEAP_MAX", "64M")]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        out.status.signal(),
+        Some(libc_sigabrt()),
+        "{}",
+        describe(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("memory allocation of {} bytes failed", 100 * MIB)),
+        "{}",
+        describe(&out)
+    );
+    // main ran up to the allocation.
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("limit={}", 64 * MIB)),
+        "{}",
+        describe(&out)
+    );
+}
+
+fn libc_sigabrt() -> i32 {
+    6
+}

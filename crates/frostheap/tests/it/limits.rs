@@ -1,0 +1,283 @@
+//! The hard cap: past `max`, allocations fail with the numbers a caller
+//! needs, nothing aborts, and freed memory fits the same requests again.
+//! Also: configurations the builder must refuse.
+
+use std::alloc::Layout;
+use std::ptr::NonNull;
+
+use frostheap::{Error, Heap, HugePages};
+
+use crate::check::MIB;
+use crate::ops::{fill, verify};
+
+const MAX: usize = 64 * MIB;
+
+fn capped_heap(huge_pages: HugePages) -> Heap {
+    Heap::builder()
+        .name("capped")
+        .max(MAX)
+        .huge_pages(huge_pages)
+        .build()
+        .expect("a 64 MiB heap")
+}
+
+/// Allocates `layout` until the heap refuses; returns the blocks and the
+/// refusal.
+fn fill_until_refused(heap: &Heap, layout: Layout) -> (Vec<NonNull<u8>>, Error) {
+    let mut blocks = Vec::new();
+    loop {
+        match heap.try_alloc(layout) {
+            Ok(p) => {
+                // SAFETY: p holds layout.size() bytes.
+                unsafe { fill(p, layout.size(), (blocks.len() % 251) as u8) };
+                blocks.push(p);
+            }
+            Err(e) => return (blocks, e),
+        }
+        assert!(
+            blocks.len() * layout.size() <= MAX,
+            "{} blocks of {layout:?} exceed the cap",
+            blocks.len()
+        );
+    }
+}
+
+fn free_all(heap: &Heap, blocks: Vec<NonNull<u8>>, len: usize) {
+    for (i, p) in blocks.into_iter().enumerate() {
+        // SAFETY: p is live and holds len bytes with seed i % 251.
+        unsafe {
+            verify(p, len, (i % 251) as u8, "capped heap block");
+            heap.dealloc(p);
+        }
+    }
+}
+
+fn assert_refusal(heap: &Heap, e: &Error, requested: usize) {
+    let s = heap.stats();
+    match *e {
+        Error::OutOfMemory {
+            requested: r,
+            limit,
+            in_use,
+        } => {
+            assert_eq!(r, requested, "requested, in {e}");
+            assert_eq!(limit, MAX, "limit, in {e}");
+            assert_eq!(in_use, s.in_use, "in_use, in {e}");
+        }
+        ref other => panic!("expected OutOfMemory, got {other:?}"),
+    }
+    assert_eq!(
+        (e.requested(), e.limit(), e.in_use()),
+        (Some(requested), Some(MAX), Some(s.in_use))
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("64 MiB") && msg.contains("FROSTHEAP_MAX"),
+        "message: {msg}"
+    );
+    assert!(s.committed <= MAX, "committed past the cap: {s:?}");
+}
+
+fn large_blocks_fill_the_cap_and_fit_again(huge_pages: HugePages) {
+    let heap = capped_heap(huge_pages);
+    let layout = Layout::from_size_align(MIB, 8).unwrap();
+    let (blocks, e) = fill_until_refused(&heap, layout);
+    assert_refusal(&heap, &e, MIB);
+    // Large blocks waste nothing: the whole cap is usable.
+    assert_eq!(blocks.len(), MAX / MIB, "1 MiB blocks that fit in 64 MiB");
+    assert_eq!(heap.stats().refused, 1);
+
+    // Still usable: a bigger request fails with its own numbers; a freed
+    // block's room is found again.
+    let e = heap
+        .try_alloc(Layout::from_size_align(100 * MIB, 8).unwrap())
+        .unwrap_err();
+    assert_refusal(&heap, &e, 100 * MIB);
+    let mut blocks = blocks;
+    let last = blocks.pop().unwrap();
+    // SAFETY: last is live, from this heap.
+    unsafe { heap.dealloc(last) };
+    let again = heap.try_alloc(layout).expect("a freed 1 MiB fits again");
+    // SAFETY: again holds 1 MiB.
+    unsafe { fill(again, MIB, ((blocks.len()) % 251) as u8) };
+    blocks.push(again);
+
+    // After freeing everything, the same sizes fit again, as many as before.
+    let n = blocks.len();
+    free_all(&heap, blocks, MIB);
+    assert_eq!((heap.stats().in_use, heap.stats().allocations), (0, 0));
+    let (blocks, e) = fill_until_refused(&heap, layout);
+    assert_refusal(&heap, &e, MIB);
+    assert_eq!(blocks.len(), n, "1 MiB blocks after freeing everything");
+    free_all(&heap, blocks, MIB);
+}
+
+#[test]
+fn large_blocks_fill_the_cap_and_fit_again_after_frees() {
+    large_blocks_fill_the_cap_and_fit_again(HugePages::Auto);
+}
+
+#[test]
+fn large_blocks_fill_the_cap_and_fit_again_without_huge_pages() {
+    large_blocks_fill_the_cap_and_fit_again(HugePages::Off);
+}
+
+/// Small blocks up to the cap, then large ones in the memory they gave
+/// back, then small ones again: spans freed by one kind serve the other.
+#[test]
+fn small_blocks_fill_the_cap_and_their_memory_serves_large_ones() {
+    let heap = capped_heap(HugePages::Auto);
+    let small = Layout::from_size_align(4000, 16).unwrap();
+    let (blocks, e) = fill_until_refused(&heap, small);
+    assert_refusal(&heap, &e, 4000);
+    let n_small = blocks.len();
+    let usable = Heap::block_size(small);
+    // Small spans carry little waste: at least 90% of the cap is in use.
+    assert!(
+        n_small * usable >= MAX / 10 * 9,
+        "{n_small} blocks of {usable} in a 64 MiB heap"
+    );
+    // A large request fails too, and the small class still works after
+    // one free (the freed block is reused).
+    let e = heap
+        .try_alloc(Layout::from_size_align(MIB, 8).unwrap())
+        .unwrap_err();
+    assert_refusal(&heap, &e, MIB);
+    let mut blocks = blocks;
+    // SAFETY: live block from this heap.
+    unsafe { heap.dealloc(blocks.pop().unwrap()) };
+    let p = heap
+        .try_alloc(small)
+        .expect("a freed small block fits again");
+    // SAFETY: p holds 4000 bytes.
+    unsafe { fill(p, 4000, (blocks.len() % 251) as u8) };
+    blocks.push(p);
+    free_all(&heap, blocks, 4000);
+    assert_eq!((heap.stats().in_use, heap.stats().allocations), (0, 0));
+
+    // The freed small spans coalesce into room for large blocks: all but
+    // the one span a size class keeps as its current span.
+    let large = Layout::from_size_align(MIB, 8).unwrap();
+    let (blocks, e) = fill_until_refused(&heap, large);
+    assert_refusal(&heap, &e, MIB);
+    assert!(
+        blocks.len() >= MAX / MIB - 1,
+        "only {} MiB of large blocks fit after small frees",
+        blocks.len()
+    );
+    free_all(&heap, blocks, MIB);
+
+    // And back to small blocks: as many fit as the first time.
+    let (blocks, e) = fill_until_refused(&heap, small);
+    assert_refusal(&heap, &e, 4000);
+    assert_eq!(
+        blocks.len(),
+        n_small,
+        "small blocks after a round of large ones"
+    );
+    free_all(&heap, blocks, 4000);
+}
+
+/// A realloc past the cap fails without touching the block.
+#[test]
+fn realloc_past_the_cap_fails_and_keeps_the_block() {
+    let heap = capped_heap(HugePages::Auto);
+    let old = Layout::from_size_align(16 * MIB, 64).unwrap();
+    let p = heap.try_alloc(old).unwrap();
+    // SAFETY: p holds 16 MiB... of which the pattern covers the first MiB.
+    unsafe { fill(p, MIB, 7) };
+    let filler = heap
+        .try_alloc(Layout::from_size_align(40 * MIB, 8).unwrap())
+        .unwrap();
+    let before = heap.stats();
+    // SAFETY: p is live, allocated with `old`.
+    let e = unsafe { heap.try_realloc(p, old, 32 * MIB) }.unwrap_err();
+    assert_refusal(&heap, &e, 32 * MIB);
+    assert_eq!(
+        heap.stats().in_use,
+        before.in_use,
+        "a failed realloc changes nothing"
+    );
+    // SAFETY: p is still live (the realloc failed).
+    unsafe { verify(p, MIB, 7, "block after a refused realloc") };
+    // SAFETY: live blocks from this heap.
+    unsafe {
+        heap.dealloc(filler);
+        let q = heap
+            .try_realloc(p, old, 32 * MIB)
+            .expect("fits once the filler is gone");
+        verify(q, MIB, 7, "block after realloc");
+        heap.dealloc(q);
+    }
+    assert_eq!(heap.stats().in_use, 0);
+}
+
+/// A single request larger than the whole reservation (or than the
+/// address space) is refused cleanly, not overflowed.
+#[test]
+fn absurd_requests_are_refused() {
+    let heap = capped_heap(HugePages::Auto);
+    for size in [MAX + 1, 1 << 40, isize::MAX as usize - 4096] {
+        let e = heap
+            .try_alloc(Layout::from_size_align(size, 8).unwrap())
+            .unwrap_err();
+        assert_refusal(&heap, &e, size);
+        let e = heap
+            .try_alloc(Layout::from_size_align(size, 4096).unwrap())
+            .unwrap_err();
+        assert_refusal(&heap, &e, size);
+    }
+    let p = heap
+        .try_alloc(Layout::new::<u64>())
+        .expect("small allocations still work");
+    // SAFETY: live block from this heap.
+    unsafe { heap.dealloc(p) };
+}
+
+#[test]
+fn min_above_max_is_an_invalid_config_naming_min() {
+    let e = Heap::builder().min(128 * MIB).max(MAX).build().unwrap_err();
+    match &e {
+        Error::InvalidConfig { name, .. } => assert_eq!(*name, "min"),
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    }
+    let msg = e.to_string();
+    assert!(
+        msg.contains("min") && msg.contains("128 MiB") && msg.contains("64 MiB"),
+        "message: {msg}"
+    );
+}
+
+#[test]
+fn max_below_one_page_is_an_invalid_config_naming_max() {
+    for max in [0, 4096, (64 << 10) - 1] {
+        let e = Heap::builder().max(max).build().unwrap_err();
+        match &e {
+            Error::InvalidConfig { name, .. } => assert_eq!(*name, "max"),
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+        let msg = e.to_string();
+        assert!(
+            msg.contains("max") && msg.contains("64 KiB"),
+            "message: {msg}"
+        );
+    }
+    // One page is enough.
+    let heap = Heap::builder()
+        .max(64 << 10)
+        .huge_pages(HugePages::Off)
+        .build()
+        .unwrap();
+    let p = heap.try_alloc(Layout::new::<[u8; 100]>()).unwrap();
+    // SAFETY: live block from this heap.
+    unsafe { heap.dealloc(p) };
+}
+
+/// `min` is committed up front and counts against nothing else.
+#[test]
+fn min_is_committed_up_front() {
+    let heap = Heap::builder().min(8 * MIB).max(MAX).build().unwrap();
+    let s = heap.stats();
+    assert!(s.committed >= 8 * MIB, "{s:?}");
+    assert_eq!((s.in_use, s.reserved >= MAX, s.limit), (0, true, MAX));
+}
