@@ -51,6 +51,7 @@ mod error;
 pub mod fmt_buf;
 pub mod global;
 pub mod heap;
+pub mod io;
 pub mod os;
 pub mod region;
 pub mod runtime;

@@ -37,6 +37,8 @@ pub(crate) struct HeapInner {
     pub(crate) core: HeapCore,
     pub(crate) name: Cow<'static, str>,
     slot: Option<usize>,
+    /// Sealed read-only for good: frees become no-ops.
+    pub(crate) sealed: ::core::sync::atomic::AtomicBool,
 }
 
 impl HeapInner {
@@ -49,6 +51,7 @@ impl HeapInner {
             core,
             name,
             slot: None,
+            sealed: ::core::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -161,13 +164,52 @@ impl Heap {
         NonNull::new(self.core().alloc_zeroed(layout)).ok_or_else(|| self.oom(layout.size()))
     }
 
-    /// Frees memory from [`Heap::try_alloc`].
+    /// Frees memory from [`Heap::try_alloc`]. A no-op on a sealed heap.
     ///
     /// # Safety
     /// 1. `ptr` was allocated by this heap and not freed since.
     pub unsafe fn dealloc(&self, ptr: NonNull<u8>) {
+        if self.is_sealed() {
+            return;
+        }
         // SAFETY: forwarded (1).
         unsafe { self.core().free(ptr.as_ptr()) }
+    }
+
+    /// Makes the heap permanently read-only: its committed memory is
+    /// protected with `mprotect(PROT_READ)` and the whole reservation is
+    /// sealed with `mseal(2)`, so no thread — and no later `mprotect` — can
+    /// make it writable again for the life of the process.
+    ///
+    /// Afterwards allocation fails with [`Error::OutOfMemory`], frees are
+    /// no-ops (the memory is never reused), and a write by any thread is a
+    /// crash (or, by a runtime task, a violation report). Hardening for
+    /// data that must never change after start-up.
+    pub fn seal(&self) -> Result<(), Error> {
+        let inner = self.inner();
+        inner
+            .sealed
+            .store(true, ::core::sync::atomic::Ordering::Release);
+        inner.core.set_frozen(true).map_err(|source| Error::Os {
+            context: "protecting a heap before sealing it",
+            source,
+        })?;
+        crate::trap::mark_sealed(inner)?;
+        let r = inner.core.region();
+        // SAFETY: the reservation is ours; after this the heap never changes
+        // its protection or unmaps it (Region::drop's munmap fails with
+        // EPERM and the range is simply kept).
+        unsafe { crate::os::seal(r.base(), r.reserved()) }.map_err(|source| Error::Os {
+            context: "sealing a heap with mseal",
+            source,
+        })
+    }
+
+    /// Whether [`Heap::seal`] was called.
+    pub fn is_sealed(&self) -> bool {
+        self.inner()
+            .sealed
+            .load(::core::sync::atomic::Ordering::Acquire)
     }
 
     /// Resizes a block to `new_size` bytes, in place when possible.
@@ -289,6 +331,9 @@ unsafe impl Allocator for Heap {
 
     #[inline]
     unsafe fn deallocate(&self, ptr: NonNull<u8>, _layout: Layout) {
+        if self.is_sealed() {
+            return;
+        }
         // SAFETY: the Allocator contract: ptr is currently allocated by us.
         unsafe { self.core().free(ptr.as_ptr()) }
     }

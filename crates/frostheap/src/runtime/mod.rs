@@ -733,6 +733,24 @@ impl Runtime {
                     .push(v);
             }
         }
+        // Kernel writes found by the io helpers (the task got an error).
+        for w in workers.iter() {
+            let r = &w.slot.kernel;
+            if r.state.swap(0, Ordering::AcqRel) == 1 {
+                violations.push(Violation::from_raw(
+                    r.addr.load(Ordering::Relaxed),
+                    0,
+                    r.tid.load(Ordering::Relaxed),
+                    w.thread
+                        .as_ref()
+                        .and_then(|t| t.thread().name().map(str::to_string)),
+                    r.item.load(Ordering::Relaxed),
+                    Access::KernelWrite,
+                    backend,
+                    policy,
+                ));
+            }
+        }
         // Cancel records: parked workers not yet reported.
         let mut replaced = 0;
         for w in workers.iter_mut() {

@@ -337,6 +337,9 @@ pub(crate) struct WorkerSlot {
     pub deferred: DeferList,
     /// 1 once the worker thread has finished starting (a futex word).
     pub started: AtomicU32,
+    /// A kernel write into frozen memory found by [`crate::io`] helpers
+    /// (not parked: the task got an error back).
+    pub kernel: RawRecord,
 }
 
 /// Audit records kept per worker per phase (older ones are counted but
@@ -368,6 +371,7 @@ impl WorkerSlot {
             park_word: AtomicU32::new(0),
             deferred: DeferList::new(),
             started: AtomicU32::new(0),
+            kernel: RawRecord::default(),
         }
     }
 }
@@ -466,6 +470,21 @@ impl Drop for DeferList {
             unsafe { os::unmap(buf.cast(), DEFER_CAP * core::mem::size_of::<usize>()) };
         }
     }
+}
+
+/// Whether `[addr, addr + len)` touches a heap that is frozen now.
+pub(crate) fn frozen_in(addr: usize, len: usize) -> Option<usize> {
+    let page = os::page_size();
+    let mut a = addr & !(page - 1);
+    while a < addr + len.max(1) {
+        if let Some(g) = guard_of(a) {
+            if g.frozen.load(Ordering::Acquire) || g.sealed.load(Ordering::Acquire) {
+                return Some(a.max(addr));
+            }
+        }
+        a += page;
+    }
+    None
 }
 
 /// Installs the fault handlers (once per process).

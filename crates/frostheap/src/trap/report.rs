@@ -81,17 +81,29 @@ impl Violation {
         let mut location = None;
         if ip != 0 {
             // The handler saw the address of the faulting instruction
-            // itself (not a return address), so resolve it as is.
+            // itself (not a return address), so resolve it as is. Inlining
+            // yields several frames, innermost first: report the innermost
+            // one that is the program's own code (not std's or a registry
+            // crate's), falling back to the innermost.
+            let mut frames: Vec<(Option<String>, Option<(String, u32)>)> = Vec::new();
             backtrace::resolve(ip as *mut core::ffi::c_void, |sym| {
-                if function.is_none() {
-                    function = sym.name().map(|n| format!("{n:#}"));
-                }
-                if location.is_none() {
-                    if let (Some(file), Some(line)) = (sym.filename(), sym.lineno()) {
-                        location = Some((file.display().to_string(), line));
-                    }
-                }
+                let name = sym.name().map(|n| format!("{n:#}"));
+                let loc = match (sym.filename(), sym.lineno()) {
+                    (Some(file), Some(line)) => Some((file.display().to_string(), line)),
+                    _ => None,
+                };
+                frames.push((name, loc));
             });
+            let is_own = |loc: &Option<(String, u32)>| {
+                loc.as_ref().is_some_and(|(f, _)| {
+                    !f.starts_with("/rustc/") && !f.contains("/.cargo/registry/")
+                })
+            };
+            let pick = frames.iter().position(|(_, l)| is_own(l)).unwrap_or(0);
+            if let Some((name, loc)) = frames.get(pick).cloned() {
+                function = name;
+                location = loc;
+            }
         }
         let allocated_at = allocation
             .map(|(base, _)| crate::track::site_of(base))
