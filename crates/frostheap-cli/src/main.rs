@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The command is itself a frostheap program: the main thread's data lives
+/// in the main heap, which the tour's parallel phases freeze.
+#[global_allocator]
+static GLOBAL: frostheap::Global = frostheap::Global;
+
 mod info;
 mod run;
 mod serve;

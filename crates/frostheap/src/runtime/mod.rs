@@ -16,8 +16,9 @@
 //! **Memory-aware batching.** With a memory budget, `map` pulls its input
 //! in batches: the first batch has one item per worker; every later batch
 //! has `budget / bytes_per_item` items, where `bytes_per_item` is the
-//! largest exact per-item consumption measured so far from the context
-//! heaps' bump counters. An item larger than the budget runs alone.
+//! largest exact per-item consumption measured so far in this `map` from
+//! the context heaps' bump counters (each `map` measures its own items).
+//! An item larger than the budget runs alone.
 
 mod worker;
 
@@ -84,6 +85,9 @@ pub struct RuntimeStats {
     pub workers: usize,
     /// The protection backend in force.
     pub backend: &'static str,
+    /// Bytes committed now by the context heaps of the current workers
+    /// (read when the snapshot is taken).
+    pub context_committed: usize,
 }
 
 /// Builds a [`Runtime`].
@@ -331,7 +335,19 @@ impl Runtime {
 
     /// A snapshot of the statistics.
     pub fn stats(&self) -> RuntimeStats {
-        self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let context_committed = self
+            .lock_workers()
+            .iter()
+            .map(|w| {
+                // SAFETY: a listed worker's context heap lives until its
+                // thread exits, which happens only in `Runtime::drop` (see
+                // `Worker::ctx_addr`); `committed` reads an atomic.
+                unsafe { (*(w.ctx_addr as *const ContextHeap)).committed() }
+            })
+            .sum();
+        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        s.context_committed = context_committed;
+        s
     }
 
     /// Violations recorded under the audit policy (all phases so far).
@@ -397,8 +413,11 @@ impl Runtime {
         let mut out: Vec<R> = unguarded(Vec::new);
         let mut base = 0usize;
         let mut first = true;
+        // The largest bytes one item of *this* map consumed: batches are
+        // sized from the items of this map, not from earlier maps.
+        let mut per_item = 0usize;
         loop {
-            let batch_len = self.next_batch_len(first);
+            let batch_len = self.next_batch_len(first, per_item);
             first = false;
             let batch: Vec<MaybeUninit<I::Item>> = unguarded(|| {
                 let mut v = Vec::new();
@@ -413,7 +432,7 @@ impl Runtime {
             let n = batch.len();
             self.record_batch(n);
             unguarded(|| out.reserve(n));
-            let result = self.run_batch(batch, base, &f, &mut out);
+            let result = self.run_batch(batch, base, &f, &mut out, &mut per_item);
             base += n;
             result?;
             if batch_len == usize::MAX {
@@ -481,20 +500,14 @@ impl Runtime {
         Ok((ra, rb))
     }
 
-    fn next_batch_len(&self, first: bool) -> usize {
+    fn next_batch_len(&self, first: bool, per_item: usize) -> usize {
         let Some(budget) = self.memory_budget else {
             return usize::MAX;
         };
         if first {
             return self.n_workers;
         }
-        let per_item = self
-            .stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .bytes_per_item
-            .max(1);
-        (budget / per_item).max(1)
+        (budget / per_item.max(1)).max(1)
     }
 
     fn record_batch(&self, n: usize) {
@@ -513,6 +526,7 @@ impl Runtime {
         base: usize,
         f: &F,
         out: &mut Vec<R>,
+        per_item: &mut usize,
     ) -> Result<(), Error>
     where
         T: Send,
@@ -605,6 +619,7 @@ impl Runtime {
         {
             let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
             s.items += n as u64;
+            *per_item = (*per_item).max(max_item.load(Ordering::Relaxed));
             s.bytes_per_item = s.bytes_per_item.max(max_item.load(Ordering::Relaxed));
             let total = self
                 .bytes_total

@@ -20,6 +20,11 @@ pub(crate) struct Worker {
     pub slot: &'static WorkerSlot,
     pub thread: Option<JoinHandle<()>>,
     pub reported: bool,
+    /// Address of the worker's context heap (a `Box<ContextHeap>` the
+    /// thread owns and retires only when it exits, which happens after
+    /// the runtime has stopped reading it: at `Runtime::drop`, or never
+    /// for a parked worker). An address, so `Worker` stays `Send`.
+    pub ctx_addr: usize,
 }
 
 /// What a task sees of its worker.
@@ -45,6 +50,7 @@ pub(crate) fn spawn(
         .store(&rt.parked as *const _ as *mut _, Ordering::Release);
     let start_epoch = rt.epoch.load(Ordering::Acquire);
     let ctx = ContextHeap::new()?;
+    let ctx_addr = &*ctx as *const ContextHeap as usize;
     let thread = std::thread::Builder::new()
         .name(name)
         .spawn(move || run(rt, index, slot, ctx, start_epoch))
@@ -65,6 +71,7 @@ pub(crate) fn spawn(
         slot,
         thread: Some(thread),
         reported: false,
+        ctx_addr,
     })
 }
 
