@@ -43,15 +43,26 @@ fn print_stats(heap: &Heap) {
 fn chapter_limits() -> Result<(), Box<dyn std::error::Error>> {
     println!("1. A heap with hard limits");
     println!("   One reserved address range: min committed up front, max a hard cap (-Xms/-Xmx for Rust).\n");
-    let heap = Heap::builder().name("index").min(4 << 20).max(64 << 20).build()?;
+    let heap = Heap::builder()
+        .name("index")
+        .min(4 << 20)
+        .max(64 << 20)
+        .build()?;
     println!("   built: min 4 MiB, max 64 MiB");
     print_stats(&heap);
 
-    let mut index: allocator_api2::vec::Vec<u64, Heap> = allocator_api2::vec::Vec::new_in(heap.clone());
+    let mut index: allocator_api2::vec::Vec<u64, Heap> =
+        allocator_api2::vec::Vec::new_in(heap.clone());
     index.extend(0..1_000_000u64);
-    println!("\n   filled a Vec<u64, Heap> with 1,000,000 entries ({}):", Bytes(index.len() * 8));
+    println!(
+        "\n   filled a Vec<u64, Heap> with 1,000,000 entries ({}):",
+        Bytes(index.len() * 8)
+    );
     print_stats(&heap);
-    println!("   heap.owns(index.as_ptr()) = {}   (an O(1) range check)", heap.owns(index.as_ptr()));
+    println!(
+        "   heap.owns(index.as_ptr()) = {}   (an O(1) range check)",
+        heap.owns(index.as_ptr())
+    );
 
     let big = Layout::from_size_align(80 << 20, 8)?;
     match heap.try_alloc(big) {
@@ -113,9 +124,15 @@ fn chapter_freeze() -> Result<(), Box<dyn std::error::Error>> {
 
     let sums = rt.map(0..4u64, |q| {
         let chunk = data.len() / 4;
-        data[q as usize * chunk..(q as usize + 1) * chunk].iter().map(|x| x.load(Ordering::Relaxed)).sum::<u64>()
+        data[q as usize * chunk..(q as usize + 1) * chunk]
+            .iter()
+            .map(|x| x.load(Ordering::Relaxed))
+            .sum::<u64>()
     })?;
-    println!("   reading is free: 4 tasks summed the quarters -> {:?}", sums);
+    println!(
+        "   reading is free: 4 tasks summed the quarters -> {:?}",
+        sums
+    );
 
     println!("\n   a) a task writes through an atomic (interior mutability, no `unsafe`):");
     show(rt.map(0..8u64, |i| {
@@ -149,7 +166,11 @@ fn chapter_freeze() -> Result<(), Box<dyn std::error::Error>> {
     let after = checksum(&data);
     println!(
         "\n   checksum before {before:#018x}, after {after:#018x}: {}",
-        if before == after { "the data is intact" } else { "CHANGED" }
+        if before == after {
+            "the data is intact"
+        } else {
+            "CHANGED"
+        }
     );
     let again = rt.map(0..4u64, |i| i * 10)?;
     let s = rt.stats();
@@ -169,7 +190,10 @@ fn chapter_map() -> Result<(), Box<dyn std::error::Error>> {
     // Boxed: the Mutex (its lock word) and the Vec's header live in the
     // main heap, like any shared state main builds.
     let seen: Box<Mutex<Vec<String>>> = Box::new(Mutex::new(Vec::with_capacity(16)));
-    let rt = Runtime::builder().workers(2).memory_budget(8 << 20).build()?;
+    let rt = Runtime::builder()
+        .workers(2)
+        .memory_budget(8 << 20)
+        .build()?;
     println!("   main built 20,000 strings in the main heap; the runtime has a budget of 8 MiB");
 
     let lens = rt.map(&words, |w| {
@@ -184,13 +208,21 @@ fn chapter_map() -> Result<(), Box<dyn std::error::Error>> {
         counts.len() as u64 + letters.len() as u64
     })?;
     let s = rt.stats();
-    println!("   mapped 20,000 items -> {} results, first {:?}", lens.len(), &lens[..4]);
+    println!(
+        "   mapped 20,000 items -> {} results, first {:?}",
+        lens.len(),
+        &lens[..4]
+    );
     println!(
         "   measured exactly from the arenas: {} per item (max), batches sized to the budget: {:?}",
         Bytes(s.bytes_per_item),
         &s.batch_sizes[..s.batch_sizes.len().min(6)]
     );
-    println!("   peak bytes of one phase: {} (budget {})", Bytes(s.peak_phase_bytes), Bytes(8 << 20));
+    println!(
+        "   peak bytes of one phase: {} (budget {})",
+        Bytes(s.peak_phase_bytes),
+        Bytes(8 << 20)
+    );
 
     let main = frostheap::main_heap().ok_or("no main heap")?;
     let in_use = main.stats().in_use;
@@ -210,7 +242,10 @@ fn chapter_map() -> Result<(), Box<dyn std::error::Error>> {
         w.len() as u64
     });
     show(r)?;
-    println!("   shared Vec after the phase: {} entries (the append never happened)", seen.lock().unwrap().len());
+    println!(
+        "   shared Vec after the phase: {} entries (the append never happened)",
+        seen.lock().unwrap().len()
+    );
     let ok = rt.map(0..3u64, |i| i + 1)?;
     println!("   and the runtime goes on: {ok:?}\n");
     Ok(())
@@ -234,7 +269,10 @@ fn chapter_budget() -> Result<(), Box<dyn std::error::Error>> {
         Bytes(budget.available())
     );
     drop(permits);
-    println!("   permits return their bytes when dropped: {} available again", Bytes(budget.available()));
+    println!(
+        "   permits return their bytes when dropped: {} available again",
+        Bytes(budget.available())
+    );
     println!("   `frostheap serve --max-memory 256M` derives its client capacity the same way.\n");
     Ok(())
 }
@@ -243,6 +281,8 @@ fn chapter_run() {
     println!("5. Any program on a frostheap heap");
     println!("   Python has no -Xmx. With the LD_PRELOAD library it gets one:");
     println!("     cargo build --release -p frostheap-capi");
-    println!("     target/release/frostheap run --max-memory 256M -- python3 -c \"bytearray(10**9)\"");
+    println!(
+        "     target/release/frostheap run --max-memory 256M -- python3 -c \"bytearray(10**9)\""
+    );
     println!("   raises MemoryError instead of being killed.\n");
 }

@@ -20,28 +20,28 @@ pub fn read(fd: &impl AsRawFd, buf: &mut [u8]) -> Result<usize, Error> {
     let addr = buf.as_mut_ptr() as usize;
     let pkey_frozen =
         trap::pkeys_available() && in_phase() && trap::frozen_in(addr, buf.len()).is_some();
-    let n = if pkey_frozen {
-        -1
-    } else {
-        // SAFETY: buf is a valid, writable slice of buf.len() bytes.
-        unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) }
-    };
-    if n >= 0 {
-        return Ok(n as usize);
-    }
-    let err = std::io::Error::last_os_error();
-    if pkey_frozen || err.raw_os_error() == Some(libc::EFAULT) {
-        if let Some(at) = trap::frozen_in(addr, buf.len()) {
-            return Err(kernel_violation(at));
-        }
-    }
-    Err(Error::Os {
-        context: "read(2)",
-        source: crate::os::OsError {
+    let result = if pkey_frozen {
+        Err(crate::os::OsError {
             call: "read",
-            errno: err.raw_os_error().unwrap_or(0),
+            errno: libc::EFAULT,
+        })
+    } else {
+        crate::os::read(fd.as_raw_fd(), buf)
+    };
+    match result {
+        Ok(n) => Ok(n),
+        Err(e) if e.errno == libc::EFAULT => match trap::frozen_in(addr, buf.len()) {
+            Some(at) => Err(kernel_violation(at)),
+            None => Err(Error::Os {
+                context: "read(2)",
+                source: e,
+            }),
         },
-    })
+        Err(source) => Err(Error::Os {
+            context: "read(2)",
+            source,
+        }),
+    }
 }
 
 fn in_phase() -> bool {

@@ -585,3 +585,14 @@ pub fn xsave_pkru_offset() -> Option<usize> {
     let r = core::arch::x86_64::__cpuid_count(0xD, 9);
     (r.eax != 0 && r.ebx != 0).then_some(r.ebx as usize)
 }
+
+/// `read(2)` into `buf`: the byte count, or the call's errno.
+pub fn read(fd: libc::c_int, buf: &mut [u8]) -> Result<usize, OsError> {
+    // SAFETY: buf is a valid, writable slice of buf.len() bytes.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(last_error("read"))
+    } else {
+        Ok(n as usize)
+    }
+}

@@ -1,0 +1,696 @@
+//! The runtime (issue 4): `map` / `for_each` / `scope` / `join` against
+//! their sequential meaning, panics, violations, memory-aware batching and
+//! context heaps.
+//!
+//! This binary does not install `frostheap::Global`, so the tests here use
+//! the explicit mode: guarded heaps are handed to the runtime with
+//! `guard(&heap)`, and tasks allocate in their context heap through
+//! `ctx.arena()`. The global mode (main heap frozen, every task allocation
+//! in a context heap, deferred frees, `println!` inside tasks) is checked
+//! by the example `runtime_global`, run as a child process per scenario.
+
+use std::alloc::Layout;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use allocator_api2::vec::Vec as AVec;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+use frostheap::{Error, Heap, Runtime, Shared};
+
+use crate::check::{describe, run_example, MIB};
+
+const WORKERS: usize = 2;
+
+fn runtime(budget: Option<usize>) -> Runtime {
+    let mut b = Runtime::builder().workers(WORKERS);
+    if let Some(bytes) = budget {
+        b = b.memory_budget(bytes);
+    }
+    b.build().expect("a 2-worker runtime starts")
+}
+
+/// The function every map test applies: a few dozen integer operations.
+fn mix(x: u64) -> u64 {
+    let mut h = x ^ 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..4 {
+        h = (h ^ (h >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    }
+    h
+}
+
+// ---------------------------------------------------------------- map = sequential map
+
+/// One runtime per budget, shared by every proptest case (building a
+/// runtime spawns threads).
+struct Runtimes {
+    none: Runtime,
+    small: Runtime,
+    large: Runtime,
+}
+
+impl Runtimes {
+    fn pick(&self, which: u8) -> &Runtime {
+        match which % 3 {
+            0 => &self.none,
+            1 => &self.small,
+            _ => &self.large,
+        }
+    }
+}
+
+#[test]
+fn map_equals_the_sequential_map_for_vecs_slices_and_streams() {
+    let rts = Runtimes {
+        none: runtime(None),
+        small: runtime(Some(256)),
+        large: runtime(Some(64 << 10)),
+    };
+    let mut runner = TestRunner::new(Config {
+        cases: 64,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let strategy = (
+        proptest::collection::vec(any::<u64>(), 0..3000),
+        any::<u8>(),
+    );
+    runner
+        .run(&strategy, |(input, which)| {
+            let rt = rts.pick(which);
+            let expected: Vec<u64> = input.iter().map(|&x| mix(x)).collect();
+
+            // A Vec: items moved into tasks.
+            let got = rt.map(input.clone(), mix).expect("map over a Vec");
+            prop_assert_eq!(&got, &expected);
+
+            // A slice by reference.
+            let got = rt.map(&input, |x: &u64| mix(*x)).expect("map over &[u64]");
+            prop_assert_eq!(&got, &expected);
+
+            // A streaming iterator (no length known up front).
+            let mut i = 0;
+            let stream = std::iter::from_fn(|| {
+                let x = input.get(i).copied();
+                i += 1;
+                x
+            });
+            let got = rt.map(stream, mix).expect("map over iter::from_fn");
+            prop_assert_eq!(&got, &expected);
+
+            // A mapped range, each task allocating `x % 200` bytes in its
+            // arena so batches are sized from real measurements.
+            let n = input.len() as u64;
+            let got = rt
+                .map_with((0..n).map(|k| input[k as usize]), |ctx, x| {
+                    let mut v = AVec::with_capacity_in((x % 200) as usize, ctx.arena());
+                    v.extend((0..x % 200).map(|b| b as u8));
+                    mix(x) ^ v.iter().map(|&b| b as u64).sum::<u64>()
+                })
+                .expect("map_with over a mapped range");
+            let expected_arena: Vec<u64> = input
+                .iter()
+                .map(|&x| mix(x) ^ (0..x % 200).map(|b| (b as u8) as u64).sum::<u64>())
+                .collect();
+            prop_assert_eq!(&got, &expected_arena);
+
+            // for_each visits every item exactly once.
+            let visits = Shared::new((0..input.len()).map(|_| AtomicUsize::new(0)).collect::<Vec<_>>());
+            rt.for_each(0..input.len(), |i| {
+                visits[i].fetch_add(1, Ordering::Relaxed);
+            })
+            .expect("for_each");
+            prop_assert!(visits.iter().all(|v| v.load(Ordering::Relaxed) == 1));
+            Ok(())
+        })
+        .unwrap();
+    // The budgeted runtimes really did batch.
+    let small = rts.small.stats();
+    assert!(
+        small.batch_sizes.iter().any(|&b| b < 3000 && b > 0),
+        "budget 256 never batched: {small:?}"
+    );
+}
+
+// ---------------------------------------------------------------- empty input, scope, join
+
+#[test]
+fn empty_input_returns_empty_without_a_phase() {
+    for budget in [None, Some(1024)] {
+        let rt = runtime(budget);
+        let before = rt.stats().phases;
+        let out: Vec<u64> = rt.map(Vec::<u64>::new(), mix).unwrap();
+        assert!(out.is_empty());
+        let out: Vec<u64> = rt.map(&[] as &[u64], |x| *x).unwrap();
+        assert!(out.is_empty());
+        rt.for_each(std::iter::empty::<u8>(), |_| panic!("no item"))
+            .unwrap();
+        assert_eq!(
+            rt.stats().phases,
+            before,
+            "an empty map ran a phase (budget {budget:?})"
+        );
+    }
+}
+
+#[test]
+fn scope_runs_heterogeneous_tasks_and_join_returns_both() {
+    let rt = runtime(None);
+    let sum = Shared::new(AtomicU64::new(0));
+    let words = Shared::new(Mutex::new(Vec::<String>::new()));
+    let data: Vec<u64> = (1..=100).collect();
+    rt.scope(|s| {
+        s.spawn(|| {
+            sum.fetch_add(data.iter().sum::<u64>(), Ordering::Relaxed);
+        });
+        s.spawn(|| words.lock().unwrap().push("second".to_string()));
+        for k in 0..10u64 {
+            let sum = &sum;
+            s.spawn(move || {
+                sum.fetch_add(k, Ordering::Relaxed);
+            });
+        }
+    })
+    .unwrap();
+    assert_eq!(sum.load(Ordering::Relaxed), 5050 + 45);
+    assert_eq!(*words.lock().unwrap(), vec!["second".to_string()]);
+
+    let (a, b) = rt
+        .join(|| data.iter().map(|&x| mix(x)).max(), || "right".len())
+        .unwrap();
+    assert_eq!(a, data.iter().map(|&x| mix(x)).max());
+    assert_eq!(b, 5);
+
+    // A panicking scope task is an error and the runtime goes on.
+    let r = rt.scope(|s| {
+        s.spawn(|| panic!("scope task fails"));
+    });
+    match r {
+        Err(Error::TaskPanicked { message, .. }) => assert_eq!(message, "scope task fails"),
+        other => panic!("expected TaskPanicked, got {other:?}"),
+    }
+    assert_eq!(rt.map(0..3u64, |x| x + 1).unwrap(), vec![1, 2, 3]);
+}
+
+// ---------------------------------------------------------------- panics
+
+static ITEMS_MADE: AtomicUsize = AtomicUsize::new(0);
+static ITEMS_DROPPED: AtomicUsize = AtomicUsize::new(0);
+static RESULTS_MADE: AtomicUsize = AtomicUsize::new(0);
+static RESULTS_DROPPED: AtomicUsize = AtomicUsize::new(0);
+/// The panic tests share the counters above: one at a time.
+static PANIC_TESTS: Mutex<()> = Mutex::new(());
+
+struct Item(usize);
+impl Item {
+    fn new(i: usize) -> Item {
+        ITEMS_MADE.fetch_add(1, Ordering::Relaxed);
+        Item(i)
+    }
+}
+impl Drop for Item {
+    fn drop(&mut self) {
+        ITEMS_DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+struct Out(#[allow(dead_code)] usize);
+impl Out {
+    fn new(i: usize) -> Out {
+        RESULTS_MADE.fetch_add(1, Ordering::Relaxed);
+        Out(i)
+    }
+}
+impl Drop for Out {
+    fn drop(&mut self) {
+        RESULTS_DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn reset_counters() {
+    for c in [&ITEMS_MADE, &ITEMS_DROPPED, &RESULTS_MADE, &RESULTS_DROPPED] {
+        c.store(0, Ordering::Relaxed);
+    }
+}
+
+fn check_panic_of(rt: &Runtime, n: usize, bad: usize, streaming: bool) {
+    reset_counters();
+    let ran = Shared::new(AtomicUsize::new(0));
+    let task = |it: Item| {
+        ran.fetch_add(1, Ordering::Relaxed);
+        if it.0 == bad {
+            panic!("item {} is bad", it.0);
+        }
+        Out::new(it.0)
+    };
+    let r = if streaming {
+        rt.map((0..n).map(Item::new), task)
+    } else {
+        let items: Vec<Item> = (0..n).map(Item::new).collect();
+        rt.map(items, task)
+    };
+    match r {
+        Err(Error::TaskPanicked {
+            item_index,
+            message,
+        }) => {
+            assert_eq!(item_index, Some(bad));
+            assert_eq!(message, format!("item {bad} is bad"));
+        }
+        Err(e) => panic!("expected TaskPanicked, got {e}"),
+        Ok(v) => panic!("expected TaskPanicked, got {} results", v.len()),
+    }
+    let made = ITEMS_MADE.load(Ordering::Relaxed);
+    assert!(made <= n && made > bad, "made {made} of {n} items");
+    // Every item made was dropped exactly once: by its task, or by the
+    // runtime when it was skipped, or with the rest of the iterator.
+    assert_eq!(ITEMS_DROPPED.load(Ordering::Relaxed), made);
+    assert!(ran.load(Ordering::Relaxed) <= made);
+    // Results made before the error were dropped, none leaked.
+    assert_eq!(
+        RESULTS_DROPPED.load(Ordering::Relaxed),
+        RESULTS_MADE.load(Ordering::Relaxed)
+    );
+    // The runtime is usable afterwards.
+    let again = rt.map(0..1000u64, mix).unwrap();
+    assert_eq!(again, (0..1000u64).map(mix).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_panicking_task_is_reported_with_its_index_and_the_rest_is_dropped() {
+    let _one = PANIC_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime(None);
+    check_panic_of(&rt, 2000, 777, false);
+    check_panic_of(&rt, 2000, 0, false);
+    check_panic_of(&rt, 2000, 1999, true);
+    check_panic_of(&rt, 1, 0, false);
+    // With a budget the input is pulled in batches: later batches are
+    // never pulled out of the iterator once one fails.
+    let rt = runtime(Some(100));
+    check_panic_of(&rt, 2000, 333, true);
+    check_panic_of(&rt, 2000, 1, false);
+    assert_eq!(rt.stats().violations, 0);
+}
+
+#[test]
+fn a_panic_with_a_non_string_payload_is_reported() {
+    let rt = runtime(None);
+    let r = rt.map(0..10usize, |i| {
+        if i == 4 {
+            std::panic::panic_any(42u32);
+        }
+        i
+    });
+    match r {
+        Err(Error::TaskPanicked {
+            item_index: Some(4),
+            message,
+        }) => assert!(message.contains("not a string"), "{message}"),
+        other => panic!("expected TaskPanicked at 4, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------- violations (explicit heap)
+
+/// Runs `f` with a deadline (a guard against hangs, not a timing test).
+fn spin_until(mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > Duration::from_secs(20) {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+    true
+}
+
+#[test]
+fn a_write_to_a_guarded_heap_is_a_violation_and_the_worker_is_replaced() {
+    let heap = Heap::builder()
+        .name("rt-guarded")
+        .max(64 * MIB)
+        .build()
+        .unwrap();
+    let mut data = AVec::new_in(heap.clone());
+    data.extend((0..1000).map(AtomicU64::new));
+    let rt = Runtime::builder()
+        .workers(WORKERS)
+        .guard(&heap)
+        .build()
+        .unwrap();
+    assert_eq!(rt.guarded(), &[heap.clone()]);
+
+    // Reading the guarded heap is fine.
+    let sums = rt
+        .map(0..100usize, |i| data[i].load(Ordering::Relaxed))
+        .unwrap();
+    assert_eq!(sums, (0..100u64).collect::<Vec<_>>());
+
+    let r = rt.map(0..64usize, |i| {
+        if i == 37 {
+            data[3].fetch_add(1, Ordering::Relaxed);
+        }
+        i
+    });
+    let v = match r {
+        Err(Error::Violation(v)) => v,
+        other => panic!("expected a violation, got {other:?}"),
+    };
+    assert_eq!(v.heap_name(), "rt-guarded");
+    assert_eq!(v.item_index(), Some(37));
+    assert_eq!(v.address(), &data[3] as *const AtomicU64 as usize);
+    assert_eq!(
+        data[3].load(Ordering::Relaxed),
+        3,
+        "the store must not happen"
+    );
+    let s = rt.stats();
+    assert_eq!(s.violations, 1);
+    assert_eq!(s.parked_workers, 1);
+
+    // The runtime is usable, and the next phase runs on `workers()`
+    // distinct threads (the parked one replaced).
+    let out = rt.map(0..1000u64, mix).unwrap();
+    assert_eq!(out, (0..1000u64).map(mix).collect::<Vec<_>>());
+    let arrived = Shared::new(AtomicUsize::new(0));
+    let ids = rt
+        .map_with(0..WORKERS, |ctx, _| {
+            arrived.fetch_add(1, Ordering::SeqCst);
+            // Hold the item until every worker holds one (or give up).
+            spin_until(|| arrived.load(Ordering::SeqCst) >= WORKERS);
+            (ctx.worker(), std::thread::current().name().map(str::to_string))
+        })
+        .unwrap();
+    let distinct: HashSet<usize> = ids.iter().map(|(w, _)| *w).collect();
+    assert_eq!(distinct.len(), rt.workers(), "workers seen: {ids:?}");
+    assert!(
+        ids.iter().all(|(_, n)| n
+            .as_deref()
+            .is_some_and(|n| n.starts_with("frostheap-worker-"))),
+        "{ids:?}"
+    );
+    assert!(
+        !distinct.contains(&v_worker(&v)),
+        "the parked worker ran again: {ids:?}, violation on {:?}",
+        v.thread_name()
+    );
+    // The main context may write the heap again after the thaw.
+    data[3].fetch_add(1, Ordering::Relaxed);
+    data.push(AtomicU64::new(7));
+    assert_eq!(data[3].load(Ordering::Relaxed), 4);
+}
+
+/// The worker index in a violation's thread name ("frostheap-worker-N").
+fn v_worker(v: &frostheap::Violation) -> usize {
+    v.thread_name()
+        .and_then(|n| n.strip_prefix("frostheap-worker-"))
+        .and_then(|n| n.parse().ok())
+        .expect("a violation names its worker thread")
+}
+
+/// Items moved into tasks that own guarded memory: their frees are
+/// deferred to the thaw (a free into a frozen heap would be a write), and
+/// the heap's `in_use` returns to its starting value.
+#[test]
+fn frees_of_guarded_memory_in_tasks_are_deferred_to_the_thaw() {
+    let heap = Heap::builder()
+        .name("rt-deferred")
+        .max(256 * MIB)
+        .build()
+        .unwrap();
+    let rt = Runtime::builder()
+        .workers(WORKERS)
+        .guard(&heap)
+        .memory_budget(8 * MIB)
+        .build()
+        .unwrap();
+    let start = heap.stats().in_use;
+    let mut items = Vec::new();
+    for i in 0..2000usize {
+        // Small blocks and, every 100th item, a large one.
+        let len = if i % 100 == 0 { 300 << 10 } else { 24 + i % 200 };
+        let mut v = AVec::with_capacity_in(len, heap.clone());
+        v.resize(len, (i % 251) as u8);
+        items.push(v);
+    }
+    assert!(heap.stats().in_use > start + 2000 * 24);
+    let lens = rt
+        .map(items, |v| {
+            assert!(v.iter().all(|&b| b == v[0]));
+            v.len()
+        })
+        .unwrap();
+    assert_eq!(lens.len(), 2000);
+    assert_eq!(rt.stats().violations, 0);
+    assert_eq!(heap.stats().in_use, start, "{:?}", heap.stats());
+}
+
+// ---------------------------------------------------------------- budgets and arenas
+
+/// Bytes a task consumes in its arena when it asks for `k` bytes.
+const K: usize = 64 << 10;
+
+#[test]
+fn batches_are_sized_from_the_measured_bytes_per_item() {
+    let budget = 16 * K;
+    let rt = runtime(Some(budget));
+    let n = 200;
+    let out = rt
+        .map_with(0..n, |ctx, i| {
+            let mut v = AVec::<u8, _>::with_capacity_in(K, ctx.arena());
+            v.resize(K, i as u8);
+            v.iter().map(|&b| b as usize).sum::<usize>()
+        })
+        .unwrap();
+    assert_eq!(out, (0..n).map(|i| (i as u8) as usize * K).collect::<Vec<_>>());
+    let s = rt.stats();
+    // Exact bump counts: at least K, at most K plus alignment.
+    assert!(
+        s.bytes_per_item >= K && s.bytes_per_item <= K + 64,
+        "{s:?}"
+    );
+    assert!(s.mean_bytes_per_item >= K && s.mean_bytes_per_item <= K + 64);
+    // First batch: one item per worker; then budget / bytes_per_item.
+    assert_eq!(s.batch_sizes[0], WORKERS, "{s:?}");
+    let per_batch = budget / s.bytes_per_item;
+    assert!(per_batch >= 15 && per_batch <= 16);
+    let (last, middle) = s.batch_sizes[1..].split_last().unwrap();
+    assert!(middle.iter().all(|&b| b == per_batch), "{s:?}");
+    assert!(*last <= per_batch && *last >= 1);
+    assert_eq!(s.batch_sizes.iter().sum::<usize>(), n);
+    // The items of one phase never held more than the budget (the first
+    // batch holds one item per worker).
+    assert!(
+        s.peak_phase_bytes <= budget.max(WORKERS * s.bytes_per_item),
+        "{s:?}"
+    );
+    assert!(s.peak_phase_bytes >= per_batch * K);
+    assert_eq!(s.oversized_items, 0);
+    assert_eq!(s.items, n as u64);
+}
+
+#[test]
+fn an_item_larger_than_the_budget_runs_alone() {
+    let budget = 256 << 10;
+    let rt = runtime(Some(budget));
+    // One item, larger than the budget.
+    let big = 3 * MIB;
+    let out = rt
+        .map_with(vec![big], |ctx, n| {
+            let mut v = AVec::<u8, _>::with_capacity_in(n, ctx.arena());
+            v.resize(n, 1);
+            v.len()
+        })
+        .unwrap();
+    assert_eq!(out, vec![big]);
+    let s = rt.stats();
+    assert_eq!(s.oversized_items, 1, "{s:?}");
+    assert_eq!(s.batch_sizes, vec![1], "{s:?}");
+    assert!(s.bytes_per_item >= big, "{s:?}");
+
+    // Many such items: after the first batch (one per worker, sizes not
+    // yet known) every batch holds one item.
+    let rt = runtime(Some(budget));
+    let out = rt
+        .map_with(vec![big; 6], |ctx, n| {
+            let v = AVec::<u8, _>::with_capacity_in(n, ctx.arena());
+            v.capacity()
+        })
+        .unwrap();
+    assert_eq!(out, vec![big; 6]);
+    let s = rt.stats();
+    assert_eq!(s.oversized_items, 6, "{s:?}");
+    assert_eq!(s.batch_sizes, vec![WORKERS, 1, 1, 1, 1], "{s:?}");
+
+    // A later map on the same runtime sizes its batches from its own
+    // items, not from the large ones before.
+    let out = rt
+        .map_with(0..100usize, |ctx, i| {
+            let v = AVec::<u8, _>::with_capacity_in(1024, ctx.arena());
+            v.capacity() + i
+        })
+        .unwrap();
+    assert_eq!(out[99], 1024 + 99);
+    let s = rt.stats();
+    let tail = &s.batch_sizes[5..];
+    assert_eq!(tail[0], WORKERS, "{s:?}");
+    assert!(tail[1] >= 98, "batches of the small map: {tail:?}");
+}
+
+/// Results allocated in a context heap escape their task: they stay valid
+/// after the map and after many later phases (their chunk is kept), while
+/// chunks whose blocks were all freed are reused, so the context heaps'
+/// committed memory stays bounded.
+#[test]
+fn context_chunks_are_reused_and_escaping_blocks_stay_valid() {
+    let rt = runtime(None);
+    // Escaping blocks: raw arena blocks handed back as addresses.
+    let kept = rt
+        .map_with(0..64usize, |ctx, i| {
+            let layout = Layout::from_size_align(256, 8).unwrap();
+            let block = allocator_api2::alloc::Allocator::allocate(&ctx.arena(), layout)
+                .expect("arena block");
+            let p = block.as_ptr() as *mut u8;
+            // SAFETY: a fresh 256-byte block of this arena.
+            unsafe { core::ptr::write_bytes(p, i as u8, 256) };
+            p as usize
+        })
+        .unwrap();
+    for &p in &kept {
+        assert!(frostheap::context::owns(p));
+    }
+    let after_first = rt.stats().context_committed;
+    assert!(after_first > 0);
+    // Many phases, each allocating and freeing far more than a chunk.
+    for round in 0..200u64 {
+        let out = rt
+            .map_with(0..8u64, |ctx, x| {
+                let mut v = AVec::<u64, _>::with_capacity_in(16 << 10, ctx.arena());
+                v.extend((0..16 << 10).map(|k| k ^ x));
+                v.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+            })
+            .unwrap();
+        assert_eq!(out.len(), 8, "round {round}");
+    }
+    let s = rt.stats();
+    // 200 × 8 × 128 KiB = 200 MiB allocated in total; committed stays at a
+    // few 4 MiB chunks per worker.
+    assert!(
+        s.context_committed <= after_first + WORKERS * 3 * frostheap::context::CHUNK_SIZE,
+        "context heaps grew: {} -> {} ({s:?})",
+        after_first,
+        s.context_committed
+    );
+    // The escaped blocks are intact.
+    for (i, &p) in kept.iter().enumerate() {
+        // SAFETY: each block is live (never freed) and 256 bytes long.
+        let bytes = unsafe { core::slice::from_raw_parts(p as *const u8, 256) };
+        assert!(bytes.iter().all(|&b| b == i as u8), "block {i} changed");
+    }
+    for &p in &kept {
+        // SAFETY: live context blocks, freed once.
+        unsafe { frostheap::context::free(p as *mut u8) };
+    }
+}
+
+/// 10,000 phases in a row: neither the guarded heap nor the context heaps
+/// commit more memory than after a warm-up.
+#[test]
+fn ten_thousand_phases_do_not_grow_committed_memory() {
+    let heap = Heap::builder()
+        .name("rt-phases")
+        .max(64 * MIB)
+        .build()
+        .unwrap();
+    let mut data = AVec::new_in(heap.clone());
+    data.extend(0..10_000u64);
+    let rt = Runtime::builder()
+        .workers(WORKERS)
+        .guard(&heap)
+        .build()
+        .unwrap();
+    let phase = |round: u64| {
+        let out = rt
+            .map_with(0..4u64, |ctx, x| {
+                let mut v = AVec::<u64, _>::with_capacity_in(512, ctx.arena());
+                v.extend((0..512).map(|k| data[k as usize] ^ x));
+                v.iter().sum::<u64>()
+            })
+            .unwrap();
+        assert_eq!(out.len(), 4, "round {round}");
+        assert_eq!(out[0], (0..512).sum::<u64>());
+    };
+    for round in 0..1000 {
+        phase(round);
+    }
+    let heap_before = heap.stats();
+    let ctx_before = rt.stats().context_committed;
+    for round in 0..10_000 {
+        phase(round);
+    }
+    let heap_after = heap.stats();
+    let s = rt.stats();
+    assert!(s.phases >= 11_000);
+    assert_eq!(heap_after.committed, heap_before.committed);
+    assert_eq!(heap_after.in_use, heap_before.in_use);
+    assert!(
+        s.context_committed <= ctx_before + WORKERS * frostheap::context::CHUNK_SIZE,
+        "context heaps grew over 10,000 phases: {ctx_before} -> {} bytes",
+        s.context_committed
+    );
+}
+
+// ---------------------------------------------------------------- global mode (child processes)
+
+fn global_scenario(name: &str) {
+    let out = run_example("runtime_global", &[name], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("runtime_global {name}: ok")),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn global_tasks_print_name_threads_send_on_channels_and_count_shared() {
+    global_scenario("basics");
+    // The tasks' own lines reached stdout.
+    let out = run_example("runtime_global", &["basics"], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("task ")).count(),
+        8,
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn global_results_escape_and_stay_valid_across_later_phases() {
+    global_scenario("escape");
+}
+
+#[test]
+fn global_main_heap_is_guarded_during_phases() {
+    global_scenario("violation");
+}
+
+#[test]
+fn global_frees_of_main_heap_items_are_deferred() {
+    global_scenario("deferred");
+}
+
+#[test]
+fn global_an_item_larger_than_the_budget_runs_alone() {
+    global_scenario("oversized");
+}
+
+#[test]
+fn global_ten_thousand_phases_do_not_grow_memory() {
+    global_scenario("phases");
+}
