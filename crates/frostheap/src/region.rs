@@ -177,20 +177,44 @@ impl Region {
     /// Precondition: the caller holds the heap's span lock, so the
     /// committed length cannot change meanwhile.
     pub(crate) fn set_frozen(&self, frozen: bool) -> Result<usize, OsError> {
+        self.mark_frozen(frozen);
+        self.protect_prefix(frozen)
+    }
+
+    /// Records whether the region is frozen: pages committed while it is
+    /// set are committed read-only. Precondition: the span lock is held.
+    pub(crate) fn mark_frozen(&self, frozen: bool) {
         self.frozen.store(frozen, Ordering::Release);
+    }
+
+    /// `mprotect`s `[base, base + committed)` read-only or read-write and
+    /// returns the length. Writes nothing but the page tables: safe to
+    /// call while the memory holding this Region is itself frozen.
+    pub(crate) fn protect_prefix(&self, frozen: bool) -> Result<usize, OsError> {
         let committed = self.committed.load(Ordering::Acquire);
-        if committed > 0 {
+        self.protect_range(0, committed, frozen)?;
+        Ok(committed)
+    }
+
+    /// `mprotect`s `[base + from, base + to)` (no-op when empty).
+    pub(crate) fn protect_range(
+        &self,
+        from: usize,
+        to: usize,
+        frozen: bool,
+    ) -> Result<(), OsError> {
+        if to > from {
             let access = if frozen {
                 os::Access::Read
             } else {
                 os::Access::ReadWrite
             };
-            // SAFETY: [base, base + committed) is our committed prefix; the
-            // runtime accounts for every thread that may write it (workers
-            // are in a phase, other writers wait in the fault handler).
-            unsafe { os::protect(self.base, committed, access)? };
+            // SAFETY: the range is inside our committed prefix; the runtime
+            // accounts for every thread that may write it (workers are in a
+            // phase, other writers wait in the fault handler).
+            unsafe { os::protect(self.base.add(from), to - from, access)? };
         }
-        Ok(committed)
+        Ok(())
     }
 
     /// Decommits the tail above `new_committed` (never below the minimum).

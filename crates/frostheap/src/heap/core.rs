@@ -1422,6 +1422,29 @@ impl HeapCore {
         f(self.region.committed())
     }
 
+    /// Freeze, step 1 (writes this core): mark the region frozen so pages
+    /// committed from now on are committed read-only.
+    pub(crate) fn freeze_mark(&self) {
+        let _g = self.span_lock.lock();
+        self.region.mark_frozen(true);
+    }
+
+    /// Freeze step 2 / thaw step 1: `mprotect` the committed prefix. Writes
+    /// nothing in this core, so it works even when the core itself lives in
+    /// a heap that is frozen. Returns the length protected.
+    pub(crate) fn protect_committed(&self, frozen: bool) -> Result<usize, OsError> {
+        self.region.protect_prefix(frozen)
+    }
+
+    /// Thaw, step 2 (writes this core, so after every heap is writable):
+    /// clear the mark, and open pages committed since step 1 (`thawed`).
+    pub(crate) fn thaw_unmark(&self, thawed: usize) -> Result<(), OsError> {
+        let _g = self.span_lock.lock();
+        self.region.mark_frozen(false);
+        self.region
+            .protect_range(thawed, self.region.committed(), false)
+    }
+
     /// Freezes (mprotect read-only) or thaws the committed prefix; returns
     /// the length protected.
     pub(crate) fn set_frozen(&self, frozen: bool) -> Result<usize, OsError> {

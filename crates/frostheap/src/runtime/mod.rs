@@ -561,9 +561,12 @@ impl Runtime {
             if start >= n {
                 return;
             }
+            // Per-chunk tallies, published once per chunk: no contended
+            // read-modify-write per item.
+            let (mut chunk_max, mut chunk_sum, mut chunk_oversized) = (0usize, 0usize, 0usize);
             for i in start..(start + chunk).min(n) {
                 if cancel.load(Ordering::Relaxed) {
-                    return;
+                    break;
                 }
                 env.slot.item.store(base + i, Ordering::Relaxed);
                 state[i].store(TAKEN, Ordering::Relaxed);
@@ -592,12 +595,15 @@ impl Runtime {
                     }
                 }
                 let used = env.ctx.allocated() - before;
-                max_item.fetch_max(used, Ordering::Relaxed);
-                sum_bytes.fetch_add(used, Ordering::Relaxed);
-                if used > budget {
-                    oversized.fetch_add(1, Ordering::Relaxed);
-                }
+                chunk_max = chunk_max.max(used);
+                chunk_sum += used;
+                chunk_oversized += usize::from(used > budget);
                 env.slot.item.store(usize::MAX, Ordering::Relaxed);
+            }
+            max_item.fetch_max(chunk_max, Ordering::Relaxed);
+            sum_bytes.fetch_add(chunk_sum, Ordering::Relaxed);
+            if chunk_oversized > 0 {
+                oversized.fetch_add(chunk_oversized, Ordering::Relaxed);
             }
         };
         let phase = self.run_phase(&job);
@@ -660,14 +666,26 @@ impl Runtime {
         );
         let sh = self.shared;
         let mprotect = sh.backend == Backend::Mprotect;
-        // Freeze.
+        // Everything main needs from `self` is read before the freeze: the
+        // Runtime value itself may live in a guarded heap, and main must
+        // not write frozen memory (it would wait for its own thaw).
+        let parked_before = sh.parked.load(Ordering::Acquire);
+        let active = self.lock_workers().len() as u32;
+        // Freeze, in two passes: a guarded heap's own bookkeeping may live
+        // in another guarded heap (a Heap built on main lives in the main
+        // heap), so every core is written (marked) before any is protected.
+        if mprotect {
+            for h in &self.heaps {
+                h.inner().core.freeze_mark();
+            }
+        }
         for (g, h) in self.guards.iter().zip(&self.heaps) {
             if mprotect {
-                match h.inner().core.set_frozen(true) {
+                match h.inner().core.protect_committed(true) {
                     Ok(len) => g
                         .frozen_end
                         .store(g.start.load(Ordering::Relaxed) + len, Ordering::Release),
-                    Err(e) => panic!("frostheap: cannot freeze heap \"{}\": {e}", h.name()),
+                    Err(_) => fatal(b"frostheap: mprotect failed while freezing a guarded heap\n"),
                 }
                 trap::MPROTECT_FROZEN.fetch_add(1, Ordering::AcqRel);
             } else {
@@ -677,8 +695,6 @@ impl Runtime {
             g.frozen.store(true, Ordering::Release);
         }
         let job_ref = JobRef(job);
-        let parked_before = sh.parked.load(Ordering::Acquire);
-        let active = self.lock_workers().len() as u32;
         sh.remaining.store(active, Ordering::Release);
         // SAFETY (lifetime): job_ref outlives the phase: we wait below
         // until every worker has finished or been parked.
@@ -697,12 +713,22 @@ impl Runtime {
             os::futex_wait(&sh.events, ev, None);
         }
         sh.job.store(core::ptr::null_mut(), Ordering::Release);
-        // Thaw.
-        for (g, h) in self.guards.iter().zip(&self.heaps) {
+        // Thaw, mirroring the freeze: open every heap (no writes), then
+        // clear the marks. Nothing here allocates.
+        let mut thawed = [0usize; trap::MAX_GUARDED];
+        for (i, (g, h)) in self.guards.iter().zip(&self.heaps).enumerate() {
             g.frozen.store(false, Ordering::Release);
             if mprotect {
-                if let Err(e) = h.inner().core.set_frozen(false) {
-                    panic!("frostheap: cannot thaw heap \"{}\": {e}", h.name());
+                match h.inner().core.protect_committed(false) {
+                    Ok(len) => thawed[i] = len,
+                    Err(_) => fatal(b"frostheap: mprotect failed while thawing a guarded heap\n"),
+                }
+            }
+        }
+        if mprotect {
+            for (i, h) in self.heaps.iter().enumerate() {
+                if h.inner().core.thaw_unmark(thawed[i]).is_err() {
+                    fatal(b"frostheap: mprotect failed while thawing a guarded heap\n");
                 }
                 trap::MPROTECT_FROZEN.fetch_sub(1, Ordering::AcqRel);
             }
@@ -835,6 +861,13 @@ impl Drop for Runtime {
             trap::unguard(g);
         }
     }
+}
+
+/// Stops the process with a message, without allocating (used while a
+/// heap may be frozen, where formatting a panic message could not).
+fn fatal(msg: &[u8]) -> ! {
+    os::write_stderr(msg);
+    std::process::abort()
 }
 
 /// Frees `p` through whichever allocator owns it (deferred frees).

@@ -9,6 +9,7 @@
 //! | `remote` | millions of blocks crossing threads: remote frees, the locked shared path |
 //! | `collections` | `allocator_api2::vec::Vec` and hashbrown maps in a heap |
 //! | `global_mode` | `frostheap::Global` in example programs run as child processes |
+//! | `runtime` | `map` / `for_each` / `scope` against sequential code, panics, violations, budgets, context heaps; global mode through the `runtime_global` example |
 
 mod check;
 mod collections;
@@ -18,3 +19,4 @@ mod heap_model;
 mod limits;
 mod ops;
 mod remote;
+mod runtime;

@@ -118,7 +118,11 @@ fn map_equals_the_sequential_map_for_vecs_slices_and_streams() {
             prop_assert_eq!(&got, &expected_arena);
 
             // for_each visits every item exactly once.
-            let visits = Shared::new((0..input.len()).map(|_| AtomicUsize::new(0)).collect::<Vec<_>>());
+            let visits = Shared::new(
+                (0..input.len())
+                    .map(|_| AtomicUsize::new(0))
+                    .collect::<Vec<_>>(),
+            );
             rt.for_each(0..input.len(), |i| {
                 visits[i].fetch_add(1, Ordering::Relaxed);
             })
@@ -381,7 +385,10 @@ fn a_write_to_a_guarded_heap_is_a_violation_and_the_worker_is_replaced() {
             arrived.fetch_add(1, Ordering::SeqCst);
             // Hold the item until every worker holds one (or give up).
             spin_until(|| arrived.load(Ordering::SeqCst) >= WORKERS);
-            (ctx.worker(), std::thread::current().name().map(str::to_string))
+            (
+                ctx.worker(),
+                std::thread::current().name().map(str::to_string),
+            )
         })
         .unwrap();
     let distinct: HashSet<usize> = ids.iter().map(|(w, _)| *w).collect();
@@ -431,7 +438,11 @@ fn frees_of_guarded_memory_in_tasks_are_deferred_to_the_thaw() {
     let mut items = Vec::new();
     for i in 0..2000usize {
         // Small blocks and, every 100th item, a large one.
-        let len = if i % 100 == 0 { 300 << 10 } else { 24 + i % 200 };
+        let len = if i % 100 == 0 {
+            300 << 10
+        } else {
+            24 + i % 200
+        };
         let mut v = AVec::with_capacity_in(len, heap.clone());
         v.resize(len, (i % 251) as u8);
         items.push(v);
@@ -465,13 +476,13 @@ fn batches_are_sized_from_the_measured_bytes_per_item() {
             v.iter().map(|&b| b as usize).sum::<usize>()
         })
         .unwrap();
-    assert_eq!(out, (0..n).map(|i| (i as u8) as usize * K).collect::<Vec<_>>());
+    assert_eq!(
+        out,
+        (0..n).map(|i| (i as u8) as usize * K).collect::<Vec<_>>()
+    );
     let s = rt.stats();
     // Exact bump counts: at least K, at most K plus alignment.
-    assert!(
-        s.bytes_per_item >= K && s.bytes_per_item <= K + 64,
-        "{s:?}"
-    );
+    assert!(s.bytes_per_item >= K && s.bytes_per_item <= K + 64, "{s:?}");
     assert!(s.mean_bytes_per_item >= K && s.mean_bytes_per_item <= K + 64);
     // First batch: one item per worker; then budget / bytes_per_item.
     assert_eq!(s.batch_sizes[0], WORKERS, "{s:?}");
