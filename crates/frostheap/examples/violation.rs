@@ -6,7 +6,7 @@ static GLOBAL: frostheap::Global = frostheap::Global;
 
 fn main() {
     println!("main prints first");
-    let data: Vec<AtomicU64> = (0..1000).map(AtomicU64::new).collect();
+    let data: Vec<AtomicU64> = build_data();
     let rt = frostheap::Runtime::builder().workers(2).build().unwrap();
     println!("backend {:?}", rt.backend());
     let out = rt.map(0..8u64, |i| {
@@ -28,4 +28,9 @@ fn main() {
     println!("data[3] = {}", data[3].load(Ordering::Relaxed));
     let again = rt.map(0..4u32, |i| i * 2).unwrap();
     println!("again {again:?} stats {:?}", rt.stats());
+}
+
+#[inline(never)]
+fn build_data() -> Vec<AtomicU64> {
+    (0..1000).map(AtomicU64::new).collect()
 }

@@ -13,7 +13,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use crate::os;
 
 /// Return addresses kept per block.
-pub const FRAMES: usize = 8;
+pub const FRAMES: usize = 16;
 const SLOTS: usize = 1 << 20;
 
 #[repr(C)]
@@ -53,7 +53,7 @@ pub(crate) fn record(block: usize) {
     if table.is_null() {
         return;
     }
-    let mut frames = [0usize; FRAMES + 3];
+    let mut frames = [0usize; FRAMES + 1];
     let mut n = 0;
     // SAFETY: trace_unsynchronized walks this thread's stack without
     // allocating; we only copy instruction pointers out.
@@ -64,8 +64,9 @@ pub(crate) fn record(block: usize) {
             n < frames.len()
         });
     }
-    // Skip record, the allocator's own frames (alloc, GlobalAlloc::alloc).
-    let skip = 3.min(n);
+    // Skip `record` itself; the allocator's other frames (inlined or not)
+    // are dropped by name when the site is symbolised (see `site_of`).
+    let skip = 1.min(n);
     let i = slot(block);
     for probe in 0..16 {
         // SAFETY: the index is below SLOTS, inside the table.
@@ -105,17 +106,27 @@ pub(crate) fn site_of(block: usize) -> Vec<String> {
                 if ip == 0 {
                     break;
                 }
+                let mut name = String::new();
                 let mut line = format!("{ip:#x}");
                 // Return addresses point after the call: resolve ip - 1.
                 backtrace::resolve((ip - 1) as *mut core::ffi::c_void, |sym| {
-                    if let Some(name) = sym.name() {
-                        line = format!("{ip:#x} in {name:#}");
+                    if let Some(n) = sym.name() {
+                        name = format!("{n:#}");
+                        line = format!("{ip:#x} in {name}");
                     }
                     if let (Some(file), Some(l)) = (sym.filename(), sym.lineno()) {
                         line.push_str(&format!(" at {}:{l}", file.display()));
                     }
                 });
+                // The allocator's own frames say nothing about the site.
+                let machinery = ["frostheap::heap", "frostheap::track", "frostheap::global", "alloc::", "__rust", "<frostheap::", "backtrace::", "std::rt::", "core::ops::function"];
+                if out.is_empty() && machinery.iter().any(|m| name.starts_with(m)) {
+                    continue;
+                }
                 out.push(line);
+                if out.len() == 6 {
+                    break;
+                }
             }
             return out;
         }

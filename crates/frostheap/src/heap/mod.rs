@@ -156,7 +156,11 @@ impl Heap {
 
     /// Allocates memory for `layout`, or reports why it cannot.
     pub fn try_alloc(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
-        NonNull::new(self.core().alloc(layout)).ok_or_else(|| self.oom(layout.size()))
+        let p = NonNull::new(self.core().alloc(layout)).ok_or_else(|| self.oom(layout.size()))?;
+        if crate::track::enabled() {
+            crate::track::record(p.as_ptr() as usize);
+        }
+        Ok(p)
     }
 
     /// Like [`Heap::try_alloc`], with the memory zeroed.
@@ -321,6 +325,9 @@ unsafe impl Allocator for Heap {
     #[inline]
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         let p = NonNull::new(self.core().alloc(layout)).ok_or(AllocError)?;
+        if crate::track::enabled() {
+            crate::track::record(p.as_ptr() as usize);
+        }
         Ok(NonNull::slice_from_raw_parts(p, layout.size()))
     }
 

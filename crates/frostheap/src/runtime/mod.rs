@@ -183,6 +183,12 @@ impl RuntimeBuilder {
                 "a budget of at least 1 byte",
             ));
         }
+        if env.track_allocs {
+            // Global mode turned tracking on at the first allocation; for
+            // explicit heaps it starts here (blocks allocated earlier have
+            // no recorded site).
+            crate::track::enable();
+        }
         let protect = self.protect.unwrap_or(env.protect);
         let policy = self.on_violation.unwrap_or(env.on_violation);
         let backend = trap::resolve(protect)?;

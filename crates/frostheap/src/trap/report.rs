@@ -81,12 +81,16 @@ impl Violation {
         let mut location = None;
         if ip != 0 {
             // The handler saw the address of the faulting instruction
-            // itself (not a return address), so resolve it as is. Inlining
-            // yields several frames, innermost first: report the innermost
-            // one that is the program's own code (not std's or a registry
-            // crate's), falling back to the innermost.
+            // itself, not a return address. `backtrace::resolve` treats
+            // every address as a return address and looks up `addr - 1`
+            // (the previous instruction: another line, no line at all, or
+            // the previous function when the store is a function's first
+            // instruction), so hand it `ip + 1`. Inlining yields several
+            // frames, innermost first: report the innermost one that is
+            // the program's own code (not std's or a registry crate's),
+            // falling back to the innermost.
             let mut frames: Vec<(Option<String>, Option<(String, u32)>)> = Vec::new();
-            backtrace::resolve(ip as *mut core::ffi::c_void, |sym| {
+            backtrace::resolve((ip + 1) as *mut core::ffi::c_void, |sym| {
                 let name = sym.name().map(|n| format!("{n:#}"));
                 let loc = match (sym.filename(), sym.lineno()) {
                     (Some(file), Some(line)) => Some((file.display().to_string(), line)),

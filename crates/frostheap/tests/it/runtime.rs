@@ -345,7 +345,7 @@ fn a_write_to_a_guarded_heap_is_a_violation_and_the_worker_is_replaced() {
         .guard(&heap)
         .build()
         .unwrap();
-    assert_eq!(rt.guarded(), &[heap.clone()]);
+    assert!(rt.guarded().contains(&heap));
 
     // Reading the guarded heap is fine.
     let sums = rt
