@@ -454,13 +454,3 @@ pub unsafe fn free(p: *mut u8) {
         unsafe { h.free(p) }
     }
 }
-
-/// The context heap whose slot holds `p`.
-pub(crate) fn heap_of(p: usize) -> Option<&'static ContextHeap> {
-    if !owns(p) {
-        return None;
-    }
-    let slot = (p - SPACE_BASE.load(Ordering::Relaxed)) >> SLOT_SHIFT;
-    // SAFETY: see `free`.
-    unsafe { SLOT_HEAP[slot].load(Ordering::Acquire).as_ref() }
-}

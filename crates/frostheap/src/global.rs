@@ -406,6 +406,37 @@ pub mod raw {
         super::on_main_thread()
     }
 
+    /// Whether the calling thread is the main heap's owner, without
+    /// initialising anything: false before the first allocation (call
+    /// [`on_main_thread`] then). One load and one compare, for fast paths.
+    #[inline(always)]
+    pub fn is_main_thread() -> bool {
+        // Thread tokens are never 0, so an unset owner matches nobody.
+        MAIN.owner.load(Ordering::Relaxed) == thread_token()
+    }
+
+    /// C `malloc` on the main heap: `size` bytes aligned to
+    /// [`MALLOC_ALIGN`]; null past the limit.
+    ///
+    /// # Safety
+    /// 1. The caller is the main thread ([`is_main_thread`] or
+    ///    [`on_main_thread`] returned true).
+    #[inline(always)]
+    pub unsafe fn malloc(size: usize) -> *mut u8 {
+        // SAFETY: forwarded (1).
+        unsafe { main_inner().core.alloc_c_as_owner::<false>(size) }
+    }
+
+    /// C `calloc` on the main heap: like [`malloc`], zeroed.
+    ///
+    /// # Safety
+    /// 1. As [`malloc`].
+    #[inline(always)]
+    pub unsafe fn calloc(size: usize) -> *mut u8 {
+        // SAFETY: forwarded (1).
+        unsafe { main_inner().core.alloc_c_as_owner::<true>(size) }
+    }
+
     /// Whether `p` points into the main heap.
     #[inline]
     pub fn owns(p: *const u8) -> bool {

@@ -119,7 +119,17 @@ pub(crate) fn site_of(block: usize) -> Vec<String> {
                     }
                 });
                 // The allocator's own frames say nothing about the site.
-                let machinery = ["frostheap::heap", "frostheap::track", "frostheap::global", "alloc::", "__rust", "<frostheap::", "backtrace::", "std::rt::", "core::ops::function"];
+                let machinery = [
+                    "frostheap::heap",
+                    "frostheap::track",
+                    "frostheap::global",
+                    "alloc::",
+                    "__rust",
+                    "<frostheap::",
+                    "backtrace::",
+                    "std::rt::",
+                    "core::ops::function",
+                ];
                 if out.is_empty() && machinery.iter().any(|m| name.starts_with(m)) {
                     continue;
                 }

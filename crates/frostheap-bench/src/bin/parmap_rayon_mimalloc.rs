@@ -2,6 +2,8 @@
 //! as the global allocator. Run by `parmap` as a child process; see
 //! `src/parmap/work.rs` for the protocol.
 
+// The driver's own items (the budget) are unused here.
+#[allow(dead_code)]
 #[path = "../parmap/work.rs"]
 mod work;
 

@@ -57,7 +57,7 @@ static SMALL_LOOKUP: [u8; LOOKUP_MAX / 16 + 1] = {
 const fn class_of_computed(size: usize) -> usize {
     if size <= 128 {
         let s = if size == 0 { 1 } else { size };
-        (s + 15) / 16 - 1
+        s.div_ceil(16) - 1
     } else {
         let k = (usize::BITS - 1 - (size - 1).leading_zeros()) as usize;
         let step = 1 << (k - 2);

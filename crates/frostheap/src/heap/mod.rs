@@ -156,6 +156,9 @@ impl Heap {
 
     /// Allocates memory for `layout`, or reports why it cannot.
     pub fn try_alloc(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
+        if self.is_sealed() {
+            return Err(self.oom(layout.size()));
+        }
         let p = NonNull::new(self.core().alloc(layout)).ok_or_else(|| self.oom(layout.size()))?;
         if crate::track::enabled() {
             crate::track::record(p.as_ptr() as usize);
@@ -165,6 +168,9 @@ impl Heap {
 
     /// Like [`Heap::try_alloc`], with the memory zeroed.
     pub fn try_alloc_zeroed(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
+        if self.is_sealed() {
+            return Err(self.oom(layout.size()));
+        }
         NonNull::new(self.core().alloc_zeroed(layout)).ok_or_else(|| self.oom(layout.size()))
     }
 
@@ -199,6 +205,10 @@ impl Heap {
             source,
         })?;
         crate::trap::mark_sealed(inner)?;
+        // The guard table keeps a pointer to this heap for reports, and the
+        // sealed range can never be unmapped: keep the heap alive for the
+        // life of the process so that pointer never dangles.
+        ::core::mem::forget(self.clone());
         let r = inner.core.region();
         // SAFETY: the reservation is ours; after this the heap never changes
         // its protection or unmaps it (Region::drop's munmap fails with
@@ -226,6 +236,9 @@ impl Heap {
         old: Layout,
         new_size: usize,
     ) -> Result<NonNull<u8>, Error> {
+        if self.is_sealed() {
+            return Err(self.oom(new_size));
+        }
         // SAFETY: forwarded (1).
         let p = unsafe { self.core().realloc(ptr.as_ptr(), old, new_size) };
         NonNull::new(p).ok_or_else(|| self.oom(new_size))
@@ -324,6 +337,9 @@ impl Eq for Heap {}
 unsafe impl Allocator for Heap {
     #[inline]
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        if self.is_sealed() {
+            return Err(AllocError);
+        }
         let p = NonNull::new(self.core().alloc(layout)).ok_or(AllocError)?;
         if crate::track::enabled() {
             crate::track::record(p.as_ptr() as usize);
@@ -332,6 +348,9 @@ unsafe impl Allocator for Heap {
     }
 
     fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        if self.is_sealed() {
+            return Err(AllocError);
+        }
         let p = NonNull::new(self.core().alloc_zeroed(layout)).ok_or(AllocError)?;
         Ok(NonNull::slice_from_raw_parts(p, layout.size()))
     }
@@ -392,6 +411,11 @@ impl Heap {
         old: Layout,
         new: Layout,
     ) -> Result<NonNull<[u8]>, AllocError> {
+        // A sealed heap neither hands out nor moves blocks (its free lists
+        // still name free blocks, but nothing may be written there).
+        if self.is_sealed() {
+            return Err(AllocError);
+        }
         let p = if new.align() <= old.align() {
             // SAFETY: the caller's Allocator contract.
             unsafe { self.core().realloc(ptr.as_ptr(), old, new.size()) }

@@ -436,6 +436,17 @@ pub unsafe fn install_handler(
     Ok(old)
 }
 
+/// The action currently installed for `sig`.
+pub fn current_handler(sig: libc::c_int) -> Result<libc::sigaction, OsError> {
+    // SAFETY: sigaction structs are plain data; zeroed is a valid start.
+    let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
+    // SAFETY: a null new action only queries; `old` is a valid pointer.
+    if unsafe { libc::sigaction(sig, ptr::null(), &mut old) } != 0 {
+        return Err(last_error("sigaction"));
+    }
+    Ok(old)
+}
+
 /// Restores the default action for `sig`. Async-signal-safe.
 pub fn reset_to_default(sig: libc::c_int) {
     // SAFETY: zeroed sigaction with SIG_DFL is valid.
@@ -466,7 +477,7 @@ impl AltStack {
     /// calling thread's alternate signal stack.
     pub fn install(size: usize) -> Result<AltStack, OsError> {
         let page = page_size();
-        let len = (size + page - 1) / page * page + page;
+        let len = size.div_ceil(page) * page + page;
         // SAFETY: an anonymous mapping at a kernel-chosen address.
         let base = unsafe {
             libc::mmap(

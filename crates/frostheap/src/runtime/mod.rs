@@ -570,6 +570,9 @@ impl Runtime {
             // Per-chunk tallies, published once per chunk: no contended
             // read-modify-write per item.
             let (mut chunk_max, mut chunk_sum, mut chunk_oversized) = (0usize, 0usize, 0usize);
+            // Indexing by `i` is the point: item, result and state slots
+            // share the index the cursor handed out.
+            #[allow(clippy::needless_range_loop)]
             for i in start..(start + chunk).min(n) {
                 if cancel.load(Ordering::Relaxed) {
                     break;

@@ -19,7 +19,7 @@
 use core::cell::{Cell, UnsafeCell};
 use core::mem::MaybeUninit;
 use core::sync::atomic::Ordering;
-use std::sync::Once;
+use std::sync::OnceLock;
 
 use super::{
     current_worker, guard_of, report, OnViolation, WorkerSlot, MPROTECT_FROZEN, PKEY, THAW_EPOCH,
@@ -32,42 +32,33 @@ const TRAP_TRACE: i32 = 2;
 const EFLAGS_TF: i64 = 0x100;
 
 struct Prev(UnsafeCell<MaybeUninit<libc::sigaction>>);
-// SAFETY: written once inside `INSTALL.call_once` before the handler that
-// reads it is installed; read-only afterwards.
+// SAFETY: written once inside `install` before the handler that reads it
+// is installed; read-only afterwards.
 unsafe impl Sync for Prev {}
 
 static PREV_SEGV: Prev = Prev(UnsafeCell::new(MaybeUninit::zeroed()));
 static PREV_TRAP: Prev = Prev(UnsafeCell::new(MaybeUninit::zeroed()));
-static INSTALL: Once = Once::new();
-static mut INSTALL_ERROR: Option<OsError> = None;
+static INSTALL: OnceLock<Result<(), OsError>> = OnceLock::new();
 
 /// Installs the handlers once per process, after std's.
+///
+/// The previous action is read and saved *before* ours is installed, so a
+/// fault in another thread at any moment finds a valid action to chain to.
 pub(crate) fn install() -> Result<(), OsError> {
-    INSTALL.call_once(|| {
-        // SAFETY: the handlers below are async-signal-safe and chain to the
-        // previous action, which is saved before they can run.
-        unsafe {
-            match os::install_handler(libc::SIGSEGV, on_segv) {
-                Ok(old) => (*PREV_SEGV.0.get()).write(old),
-                Err(e) => {
-                    INSTALL_ERROR = Some(e);
-                    return;
-                }
-            };
-            match os::install_handler(libc::SIGTRAP, on_trap) {
-                Ok(old) => (*PREV_TRAP.0.get()).write(old),
-                Err(e) => {
-                    INSTALL_ERROR = Some(e);
-                    return;
-                }
-            };
+    *INSTALL.get_or_init(|| {
+        for (sig, prev, handler) in [
+            (libc::SIGSEGV, &PREV_SEGV, on_segv as os::SigAction),
+            (libc::SIGTRAP, &PREV_TRAP, on_trap as os::SigAction),
+        ] {
+            let old = os::current_handler(sig)?;
+            // SAFETY: our handler for `sig` is not installed yet, so nothing
+            // reads `prev` concurrently; it is written once.
+            unsafe { (*prev.0.get()).write(old) };
+            // SAFETY: the handler is async-signal-safe and chains to `prev`.
+            unsafe { os::install_handler(sig, handler)? };
         }
-    });
-    // SAFETY: written only inside call_once, which has completed.
-    match unsafe { *core::ptr::addr_of!(INSTALL_ERROR) } {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+        Ok(())
+    })
 }
 
 thread_local! {

@@ -47,6 +47,7 @@ pub struct Violation {
 impl Violation {
     /// Builds a report from the handler's numbers, looking up the heap and
     /// block and symbolising the instruction.
+    #[allow(clippy::too_many_arguments)] // one per field the handler records
     pub(crate) fn from_raw(
         address: usize,
         ip: usize,
@@ -89,7 +90,8 @@ impl Violation {
             // frames, innermost first: report the innermost one that is
             // the program's own code (not std's or a registry crate's),
             // falling back to the innermost.
-            let mut frames: Vec<(Option<String>, Option<(String, u32)>)> = Vec::new();
+            type Frame = (Option<String>, Option<(String, u32)>);
+            let mut frames: Vec<Frame> = Vec::new();
             backtrace::resolve((ip + 1) as *mut core::ffi::c_void, |sym| {
                 let name = sym.name().map(|n| format!("{n:#}"));
                 let loc = match (sym.filename(), sym.lineno()) {

@@ -22,5 +22,5 @@ mod heap_model;
 mod limits;
 mod ops;
 mod remote;
-mod violations;
 mod runtime;
+mod violations;
