@@ -33,6 +33,13 @@
 //! handler run last and the parent and child handlers first, so other
 //! libraries' handlers may allocate. glibc locks its own arenas itself.
 //!
+//! **Fast paths.** `malloc`, `calloc` and `free` on the main thread are
+//! one owner compare (the owner's thread token against `%fs:0`) and the
+//! heap's small-block pop or push; everything else — the first allocation
+//! (which builds the heap and registers the fork handlers), other
+//! threads, `errno` — is out of line. In the preload benchmark's C loop
+//! this took `malloc` from 67 to ≈ 30 instructions a call (callgrind).
+//!
 //! `FROSTHEAP_STATS=1` prints the main heap's statistics when the library
 //! is unloaded at exit (a `.fini_array` entry, so `_exit` prints nothing).
 
@@ -55,6 +62,15 @@ const MALLOC_ALIGN: usize = raw::MALLOC_ALIGN;
 fn set_errno(e: c_int) {
     // SAFETY: __errno_location returns the calling thread's errno slot.
     unsafe { *libc::__errno_location() = e };
+}
+
+/// Sets `ENOMEM` and returns null: the failure of every allocation
+/// function (kept out of line, off the fast paths).
+#[cold]
+#[inline(never)]
+fn out_of_memory() -> *mut c_void {
+    set_errno(libc::ENOMEM);
+    core::ptr::null_mut()
 }
 
 /// The base page size, for `valloc` and `pvalloc`.
@@ -170,9 +186,24 @@ fn is_pow2(align: usize) -> bool {
 /// Callable from C at any time, from any thread.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    if raw::is_main_thread() {
+        // SAFETY: we are the owner.
+        let p = unsafe { raw::malloc(size) };
+        return if p.is_null() { out_of_memory() } else { p.cast() };
+    }
+    malloc_elsewhere(size)
+}
+
+/// `malloc` when the caller is not known to be the main heap's owner: the
+/// process's first allocation (which builds the main heap and registers
+/// the fork handlers) or another thread's (glibc, charged).
+#[inline(never)]
+fn malloc_elsewhere(size: usize) -> *mut c_void {
     if raw::on_main_thread() {
-        // SAFETY: we are the owner; 16 is a power of two.
-        return unsafe { main_alloc(size, MALLOC_ALIGN) };
+        ensure_atfork();
+        // SAFETY: we are the owner.
+        let p = unsafe { raw::malloc(size) };
+        return if p.is_null() { out_of_memory() } else { p.cast() };
     }
     foreign::malloc(size)
 }
@@ -199,21 +230,25 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
 #[no_mangle]
 pub unsafe extern "C" fn calloc(nmemb: usize, size: usize) -> *mut c_void {
     let Some(total) = nmemb.checked_mul(size) else {
-        set_errno(libc::ENOMEM);
-        return core::ptr::null_mut();
+        return out_of_memory();
     };
+    if raw::is_main_thread() {
+        // SAFETY: we are the owner.
+        let p = unsafe { raw::calloc(total) };
+        return if p.is_null() { out_of_memory() } else { p.cast() };
+    }
+    calloc_elsewhere(nmemb, size, total)
+}
+
+/// `calloc` when the caller is not known to be the owner (see
+/// [`malloc_elsewhere`]); `total` is `nmemb * size`, checked.
+#[inline(never)]
+fn calloc_elsewhere(nmemb: usize, size: usize, total: usize) -> *mut c_void {
     if raw::on_main_thread() {
         ensure_atfork();
-        let Ok(layout) = Layout::from_size_align(total, MALLOC_ALIGN) else {
-            set_errno(libc::ENOMEM);
-            return core::ptr::null_mut();
-        };
-        // SAFETY: raw::on_main_thread() initialised the main heap.
-        let p = unsafe { raw::alloc_zeroed(layout) };
-        if p.is_null() {
-            set_errno(libc::ENOMEM);
-        }
-        return p.cast();
+        // SAFETY: we are the owner.
+        let p = unsafe { raw::calloc(total) };
+        return if p.is_null() { out_of_memory() } else { p.cast() };
     }
     foreign::calloc(nmemb, size, total)
 }
@@ -236,10 +271,10 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
         return core::ptr::null_mut();
     }
     if raw::owns(ptr.cast()) {
-        if raw::on_main_thread() {
+        // A main-heap block exists, so the main heap and its owner do.
+        if raw::is_main_thread() {
             if size > isize::MAX as usize - MALLOC_ALIGN {
-                set_errno(libc::ENOMEM);
-                return core::ptr::null_mut();
+                return out_of_memory();
             }
             // SAFETY: (1): a live main-heap block; we are the owner. Its
             // alignment is at least 16, and realloc need not keep more.

@@ -219,6 +219,29 @@ impl Heap {
         })
     }
 
+    /// Freezes (`true`) or thaws (`false`) this heap the way a phase of an
+    /// `mprotect` runtime does — mark, then one `mprotect` of the committed
+    /// prefix; thaw in the mirror order — without running a phase. For the
+    /// freeze benchmark (crates/frostheap-bench, `freeze`) only: nothing
+    /// else may write the heap while it is frozen this way. Returns the
+    /// length protected.
+    #[doc(hidden)]
+    pub fn bench_freeze(&self, frozen: bool) -> Result<usize, Error> {
+        let core = self.core();
+        let to_error = |source| Error::Os {
+            context: "freezing or thawing a heap (benchmark hook)",
+            source,
+        };
+        if frozen {
+            core.freeze_mark();
+            core.protect_committed(true).map_err(to_error)
+        } else {
+            let len = core.protect_committed(false).map_err(to_error)?;
+            core.thaw_unmark(len).map_err(to_error)?;
+            Ok(len)
+        }
+    }
+
     /// Whether [`Heap::seal`] was called.
     pub fn is_sealed(&self) -> bool {
         self.inner()

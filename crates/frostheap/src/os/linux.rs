@@ -216,27 +216,25 @@ pub unsafe fn commit(addr: *mut u8, len: usize) -> Result<(), OsError> {
 /// Returns `[addr, addr + len)` to the reserved state: inaccessible, its
 /// physical pages released. A later [`commit`] sees zeroes.
 ///
+/// `madvise(MADV_DONTNEED)` then `mprotect(PROT_NONE)` rather than a fresh
+/// `MAP_FIXED` mapping: the mapping keeps its flags — its protection key
+/// and its `MADV_HUGEPAGE` advice — so a later commit needs no re-tagging.
+///
 /// # Safety
 /// 1. The range is page-aligned, non-empty and inside a reservation made
 ///    by [`reserve`]; no live object lies in it.
 pub unsafe fn decommit(addr: *mut u8, len: usize) -> Result<(), OsError> {
-    // SAFETY: by (1) replacing the range with a fresh PROT_NONE mapping
-    // discards only memory we own and no longer use.
-    let raw = unsafe {
-        libc::mmap(
-            addr.cast(),
-            len,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-            -1,
-            0,
-        )
-    };
-    if raw == libc::MAP_FAILED {
-        Err(last_error("mmap"))
-    } else {
-        Ok(())
+    // SAFETY: by (1) dropping the contents and access loses nothing anyone
+    // needs.
+    unsafe {
+        if libc::madvise(addr.cast(), len, libc::MADV_DONTNEED) != 0 {
+            return Err(last_error("madvise"));
+        }
+        if libc::mprotect(addr.cast(), len, libc::PROT_NONE) != 0 {
+            return Err(last_error("mprotect"));
+        }
     }
+    Ok(())
 }
 
 /// Releases the physical pages behind `[addr, addr + len)` but keeps the

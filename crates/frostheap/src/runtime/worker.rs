@@ -101,8 +101,10 @@ fn run(
         if !job.is_null() {
             slot.in_phase.store(true, Ordering::Release);
             if let Backend::Pkey(key) = rt.backend {
-                // Deny writes to the guarded key for this thread only.
-                os::wrpkru(os::rdpkru() | (1 << (2 * key + 1)));
+                // Reads allowed, writes denied, for this thread only: set
+                // both bits explicitly (a thread spawned by one that never
+                // had the key would otherwise inherit access-disable too).
+                os::wrpkru((os::rdpkru() & !(3 << (2 * key))) | (2 << (2 * key)));
             }
             global::set_context(&*ctx);
             // SAFETY: main keeps the job alive until every worker has
