@@ -189,7 +189,11 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     if raw::is_main_thread() {
         // SAFETY: we are the owner.
         let p = unsafe { raw::malloc(size) };
-        return if p.is_null() { out_of_memory() } else { p.cast() };
+        return if p.is_null() {
+            out_of_memory()
+        } else {
+            p.cast()
+        };
     }
     malloc_elsewhere(size)
 }
@@ -203,7 +207,11 @@ fn malloc_elsewhere(size: usize) -> *mut c_void {
         ensure_atfork();
         // SAFETY: we are the owner.
         let p = unsafe { raw::malloc(size) };
-        return if p.is_null() { out_of_memory() } else { p.cast() };
+        return if p.is_null() {
+            out_of_memory()
+        } else {
+            p.cast()
+        };
     }
     foreign::malloc(size)
 }
@@ -235,7 +243,11 @@ pub unsafe extern "C" fn calloc(nmemb: usize, size: usize) -> *mut c_void {
     if raw::is_main_thread() {
         // SAFETY: we are the owner.
         let p = unsafe { raw::calloc(total) };
-        return if p.is_null() { out_of_memory() } else { p.cast() };
+        return if p.is_null() {
+            out_of_memory()
+        } else {
+            p.cast()
+        };
     }
     calloc_elsewhere(nmemb, size, total)
 }
@@ -248,7 +260,11 @@ fn calloc_elsewhere(nmemb: usize, size: usize, total: usize) -> *mut c_void {
         ensure_atfork();
         // SAFETY: we are the owner.
         let p = unsafe { raw::calloc(total) };
-        return if p.is_null() { out_of_memory() } else { p.cast() };
+        return if p.is_null() {
+            out_of_memory()
+        } else {
+            p.cast()
+        };
     }
     foreign::calloc(nmemb, size, total)
 }

@@ -25,12 +25,62 @@
 //! static GLOBAL: frostheap::Global = frostheap::Global;
 //! ```
 //!
+//! ## Parallel phases over frozen data
+//!
+//! A [`Runtime`] runs parallel phases. While a phase runs, every guarded
+//! heap (the main heap in global mode, and any heap passed to
+//! [`RuntimeBuilder::guard`]) is frozen by the MMU: tasks read it, and a task
+//! that writes it is cancelled with a [`Violation`] report while the data
+//! stays intact. Tasks allocate from their worker's context heap.
+//!
+//! ```
+//! use frostheap::{Error, Heap, Runtime};
+//! let heap = Heap::builder().name("index").max(64 << 20).build()?;
+//! let mut index = allocator_api2::vec::Vec::new_in(heap.clone());
+//! index.extend(0..1000u64);
+//! let rt = Runtime::builder().workers(2).guard(&heap).build()?;
+//!
+//! let doubled = rt.map(0..10usize, |i| index[i] * 2)?;
+//! assert_eq!(doubled[3], 6);
+//!
+//! let bad = rt.map(0..4usize, |i| {
+//!     if i == 2 {
+//!         // A write through a shared reference: the bug frostheap catches.
+//!         unsafe { (&index[7] as *const u64 as *mut u64).write_volatile(0) };
+//!     }
+//!     i
+//! });
+//! match bad {
+//!     Err(Error::Violation(v)) => {
+//!         assert_eq!(v.heap_name(), "index");
+//!         assert_eq!(v.item_index(), Some(2));
+//!     }
+//!     other => panic!("expected a violation, got {other:?}"),
+//! }
+//! assert_eq!(index[7], 7); // the store never happened
+//! assert_eq!(rt.map(0..3u32, |x| x + 1)?, vec![1, 2, 3]); // and the runtime goes on
+//! # Ok::<(), frostheap::Error>(())
+//! ```
+//!
+//! State that tasks are meant to write lives outside guarded heaps:
+//! [`Shared<T>`] values and anything built inside [`unguarded`].
+//!
+//! ## Capacity from bytes
+//!
+//! [`Budget`] turns a byte count into a client capacity and admission
+//! permits; [`RuntimeBuilder::memory_budget`] sizes `map` batches the same
+//! way, from per-item costs measured in the context heaps.
+//!
 //! ## Layers
 //!
 //! `os` (the only code that makes system calls) → `region` (reserve,
-//! commit, the region table) → `heap` (size classes, spans, stats, limits)
-//! → `global` (the `GlobalAlloc`). See ARCHITECTURE.md for the code map
-//! and invariants.
+//! commit, protect, the region table) → `heap` (size classes, spans,
+//! stats, limits) → `context` (bump arenas) and `trap` (fault handler,
+//! reports) → `runtime` (phases, map) → `budget` and `global`. See
+//! ARCHITECTURE.md for the code map and invariants.
+//!
+//! Neither protection backend is a security boundary: writes through
+//! `/proc/self/mem` or `ptrace` succeed against both.
 //!
 //! ## Crate features
 //!
