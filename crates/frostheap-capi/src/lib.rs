@@ -227,8 +227,19 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
         unsafe { raw::free(ptr.cast()) };
     } else if !ptr.is_null() {
         // SAFETY: (1): not ours, so glibc made it.
-        unsafe { foreign::free(ptr) };
+        unsafe { free_elsewhere(ptr) };
     }
+}
+
+/// `free` of a glibc block, out of line so that the main heap's path
+/// saves no registers for it.
+///
+/// # Safety
+/// 1. `ptr` is a live glibc block (non-null).
+#[inline(never)]
+unsafe fn free_elsewhere(ptr: *mut c_void) {
+    // SAFETY: (1).
+    unsafe { foreign::free(ptr) };
 }
 
 /// `calloc(3)`: zeroed; `ENOMEM` when `nmemb * size` overflows.
@@ -294,11 +305,12 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
             }
             // SAFETY: (1): a live main-heap block; we are the owner. Its
             // alignment is at least 16, and realloc need not keep more.
-            let q = unsafe { raw::realloc(ptr.cast(), MALLOC_ALIGN, size) };
-            if q.is_null() {
-                set_errno(libc::ENOMEM);
-            }
-            return q.cast();
+            let q = unsafe { raw::realloc_c(ptr.cast(), size) };
+            return if q.is_null() {
+                out_of_memory()
+            } else {
+                q.cast()
+            };
         }
         // Another thread resizes a main-heap block: it moves to glibc.
         let q = foreign::malloc(size);

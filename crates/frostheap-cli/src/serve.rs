@@ -483,8 +483,9 @@ fn query<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
-async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<hyper::body::Bytes>> {
-    let permit = req.extensions().get::<Permit>().cloned();
+async fn handle(state: &State, mut req: Request<Incoming>) -> Response<Full<hyper::body::Bytes>> {
+    // Taken, not cloned: the response body holds the layer's own handle.
+    let permit = req.extensions_mut().remove::<Permit>();
     if let Some(p) = &permit {
         // Its share of the connection counts: a client is both.
         p.record_usage(CONNECTION_BYTES + REQUEST_BYTES);

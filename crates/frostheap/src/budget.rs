@@ -370,6 +370,16 @@ fn check_fits(bytes: usize, per_client: PerClient) -> Result<(), Error> {
     Ok(())
 }
 
+/// Raises `peak` to `now` if that is higher. A plain load first: below
+/// the peak (the steady state of a server) this costs no locked
+/// instruction, where `fetch_max` always takes the cache line exclusively.
+#[inline]
+fn raise_peak(peak: &AtomicUsize, now: usize) {
+    if now > peak.load(Ordering::Relaxed) {
+        peak.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
 impl Inner {
     /// Adds `bytes` to `in_use` if the result stays within `total`.
     fn try_take(&self, bytes: usize) -> bool {
@@ -385,7 +395,7 @@ impl Inner {
                 .compare_exchange_weak(cur, next, Ordering::SeqCst, Ordering::Relaxed)
             {
                 Ok(_) => {
-                    self.peak_in_use.fetch_max(next, Ordering::Relaxed);
+                    raise_peak(&self.peak_in_use, next);
                     return true;
                 }
                 Err(actual) => cur = actual,
@@ -481,7 +491,7 @@ impl Permit {
                 i.waited.fetch_add(1, Ordering::Relaxed);
             }
             let now = i.clients.fetch_add(1, Ordering::Relaxed) + 1;
-            i.peak_clients.fetch_max(now, Ordering::Relaxed);
+            raise_peak(&i.peak_clients, now);
         }
         Permit {
             shared: Arc::new(PermitShared {
@@ -501,7 +511,7 @@ impl Permit {
             let i = &self.shared.budget.inner;
             i.admitted.fetch_add(1, Ordering::Relaxed);
             let now = i.clients.fetch_add(1, Ordering::Relaxed) + 1;
-            i.peak_clients.fetch_max(now, Ordering::Relaxed);
+            raise_peak(&i.peak_clients, now);
         }
     }
 
@@ -785,6 +795,10 @@ impl Estimator {
                 (mean + err / 8, dev + (err.abs() - dev) / 4)
             };
             let next = pack(new_mean.max(0) as u64, new_dev.max(0) as u64);
+            if next == cur {
+                // Converged (the integer steps round to zero): no write.
+                return;
+            }
             match self
                 .packed
                 .compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)

@@ -504,6 +504,18 @@ pub mod raw {
         }
     }
 
+    /// C `realloc` of a main-heap block on the main thread, to
+    /// `new_size > 0` bytes aligned to [`MALLOC_ALIGN`]; null (and `p`
+    /// untouched) past the limit.
+    ///
+    /// # Safety
+    /// 1. `p` is a live main-heap block and the caller is the main thread.
+    #[inline]
+    pub unsafe fn realloc_c(p: *mut u8, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded (1).
+        unsafe { main_inner().core.realloc_c_as_owner(p, new_size) }
+    }
+
     /// `pthread_atfork` prepare handler: takes the main heap's locks.
     pub fn fork_prepare() {
         if MAIN.state.load(Ordering::Acquire) == READY {

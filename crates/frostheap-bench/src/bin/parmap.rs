@@ -205,13 +205,13 @@ fn report(case: Case, reps: usize, runs: usize) {
         .collect();
     println!(
         "  {:<16} {:>11} {:>21} {:>13} {:>16} {:>14}",
-        "variant", "median ms", "p10-p90 ms", "M items/s", "frostheap/this", "peak RSS MiB"
+        "variant", "median ms", "p10-p90 ms", "k items/s", "frostheap/this", "peak RSS MiB"
     );
     for (i, v) in VARIANTS.iter().enumerate() {
         let s = &samples[i];
         let med = medians[i];
         println!(
-            "  {:<16} {:>11.1} {:>21} {:>13.2} {:>15.2}x {:>14.1}",
+            "  {:<16} {:>11.1} {:>21} {:>13.1} {:>15.2}x {:>14.1}",
             v,
             med / 1e6,
             format!(
@@ -219,7 +219,7 @@ fn report(case: Case, reps: usize, runs: usize) {
                 percentile(&s.ns, 0.1) / 1e6,
                 percentile(&s.ns, 0.9) / 1e6
             ),
-            case.items() as f64 / med * 1e3,
+            case.items() as f64 / med * 1e6,
             // Ratio of throughputs = inverse ratio of times.
             med / medians[0],
             s.maxrss_kb as f64 / 1024.0

@@ -17,6 +17,13 @@
 //! 3. The same overload against `--no-budget`: what the budget prevents.
 //!
 //! Every address used is `127.0.0.1`. The servers are killed at the end.
+//!
+//! Options: `--rounds N` and `--secs S` (part 1's rounds and their
+//! length; default 3 × 3 s), `--throughput-only` (skip parts 2 and 3),
+//! `--compare PATH` (in part 1, also a budgeted server from another
+//! `frostheap` binary, say an earlier build, interleaved with the others).
+//! The load average is printed at the start and the end of part 1: on a
+//! shared machine the ratio is only as good as the conditions.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -41,7 +48,10 @@ struct Server {
 impl Server {
     fn start(args: &[&str]) -> Server {
         let exe = std::env::current_exe().expect("own path");
-        let bin = exe.with_file_name("frostheap");
+        Server::start_bin(&exe.with_file_name("frostheap"), args)
+    }
+
+    fn start_bin(bin: &std::path::Path, args: &[&str]) -> Server {
         let mut child = Command::new(&bin)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
@@ -85,6 +95,22 @@ impl Server {
 
     fn rss(&self) -> usize {
         self.status_kb("VmRSS:") * 1024
+    }
+
+    /// CPU time the server has used so far, all threads (the sum of
+    /// `/proc/PID/task/*/schedstat`'s first field: nanoseconds on a CPU).
+    fn cpu_secs(&self) -> f64 {
+        let dir = format!("/proc/{}/task", self.child.id());
+        let mut ns = 0u64;
+        for task in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            ns += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        ns as f64 / 1e9
     }
 
     fn alive(&mut self) -> bool {
@@ -138,8 +164,9 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<
     Ok(status)
 }
 
-/// Keep-alive `/echo` requests from `conns` connections for `secs`: req/s.
-async fn throughput(addr: &str, conns: usize, secs: u64) -> f64 {
+/// Keep-alive `/echo` requests from `conns` connections for `secs`: req/s
+/// and the number of requests.
+async fn throughput(addr: &str, conns: usize, secs: u64) -> (f64, u64) {
     let body = br#"{"user":"frostheap","items":[1,2,3,4,5],"nested":{"ok":true,"name":"budget"}}"#;
     let request = format!("POST /echo HTTP/1.1\r\nhost: load\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
     let mut request = request.into_bytes();
@@ -166,7 +193,8 @@ async fn throughput(addr: &str, conns: usize, secs: u64) -> f64 {
     for t in tasks {
         t.await.unwrap();
     }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    let n = done.load(Ordering::Relaxed);
+    (n as f64 / start.elapsed().as_secs_f64(), n)
 }
 
 #[derive(Default)]
@@ -267,41 +295,155 @@ fn stats(addr: &str) -> String {
     out.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_owned()
 }
 
+/// The first three fields of /proc/loadavg.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+struct Options {
+    rounds: usize,
+    secs: u64,
+    throughput_only: bool,
+    compare: Option<std::path::PathBuf>,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        rounds: ROUNDS,
+        secs: ROUND_SECS,
+        throughput_only: false,
+        compare: None,
+    };
+    let usage = || -> ! {
+        eprintln!(
+            "usage: frostheap-load [--rounds N] [--secs S] [--throughput-only] [--compare PATH]"
+        );
+        std::process::exit(2)
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--rounds" => {
+                o.rounds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n| n > 0)
+                    .unwrap_or_else(|| usage())
+            }
+            "--secs" => {
+                o.secs = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n| n > 0)
+                    .unwrap_or_else(|| usage())
+            }
+            "--throughput-only" => o.throughput_only = true,
+            "--compare" => o.compare = Some(args.next().unwrap_or_else(|| usage()).into()),
+            _ => usage(),
+        }
+    }
+    o
+}
+
 fn main() {
+    let opts = options();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let (rounds, secs) = (opts.rounds, opts.secs);
 
-    println!("frostheap-load: loopback only, bounded ({ROUNDS}×{ROUND_SECS} s per server, {OVERLOAD_SECS} s per overload run)\n");
+    println!("frostheap-load: loopback only, bounded ({rounds}×{secs} s per server, {OVERLOAD_SECS} s per overload run)\n");
     println!("1. Below capacity: 16 keep-alive connections, POST /echo (80-byte JSON), server on 1 thread");
-    let budgeted = Server::start(&["--max-memory", "256M", "--threads", "1"]);
+    println!("   load average at start: {}", loadavg());
+    let budgeted_args = ["--max-memory", "256M", "--threads", "1"];
+    let budgeted = Server::start(&budgeted_args);
     let plain = Server::start(&["--no-budget", "--threads", "1"]);
+    let compared = opts
+        .compare
+        .as_ref()
+        .map(|bin| Server::start_bin(bin, &budgeted_args));
     println!("   budgeted: {}", budgeted.banner);
-    let (mut with, mut without) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        without.push(rt.block_on(throughput(&plain.addr, 16, ROUND_SECS)));
-        with.push(rt.block_on(throughput(&budgeted.addr, 16, ROUND_SECS)));
+    let (mut with, mut without, mut other) = (Vec::new(), Vec::new(), Vec::new());
+    // Server CPU microseconds per request, per round: what the layer costs,
+    // much less disturbed by other load on the machine than requests/s.
+    let (mut cpu_with, mut cpu_without, mut cpu_other) = (Vec::new(), Vec::new(), Vec::new());
+    let measure = |server: &Server, rps: &mut Vec<f64>, cpu: &mut Vec<f64>| {
+        let before = server.cpu_secs();
+        let (r, n) = rt.block_on(throughput(&server.addr, 16, secs));
+        rps.push(r);
+        cpu.push((server.cpu_secs() - before) * 1e6 / n.max(1) as f64);
+    };
+    for _ in 0..rounds {
+        measure(&plain, &mut without, &mut cpu_without);
+        measure(&budgeted, &mut with, &mut cpu_with);
+        if let Some(c) = &compared {
+            measure(c, &mut other, &mut cpu_other);
+        }
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
     };
     let spread = |v: &Vec<f64>| format!("{:.0}–{:.0}", v[0], v[v.len() - 1]);
+    // Per round, budgeted ÷ the plain run just before it: drift in machine
+    // load cancels better than in the ratio of medians.
+    let mut paired: Vec<f64> = with.iter().zip(&without).map(|(w, p)| w / p).collect();
     let (m_with, m_without) = (median(&mut with), median(&mut without));
     println!(
-        "   plain hyper (--no-budget): {m_without:>8.0} req/s (median of {ROUNDS}; range {})",
+        "   plain hyper (--no-budget): {m_without:>8.0} req/s (median of {rounds}; range {})",
         spread(&without)
     );
     println!(
-        "   with the budget layer:     {m_with:>8.0} req/s (median of {ROUNDS}; range {})",
+        "   with the budget layer:     {m_with:>8.0} req/s (median of {rounds}; range {})",
         spread(&with)
     );
+    if let Some(bin) = &opts.compare {
+        let m_other = median(&mut other);
+        println!(
+            "   budgeted, {}: {m_other:>8.0} req/s (median of {rounds}; range {}; {:.3}× plain)",
+            bin.display(),
+            spread(&other),
+            m_other / m_without
+        );
+    }
+    let m_paired = median(&mut paired);
     println!(
-        "   ratio: {:.3}× plain hyper (target ≥ 0.9×)\n",
-        m_with / m_without
+        "   ratio: {:.3}× plain hyper (target ≥ 0.9×); per-round ratios: median {m_paired:.3}, range {:.3}–{:.3}",
+        m_with / m_without,
+        paired[0],
+        paired[paired.len() - 1]
     );
-    drop((budgeted, plain));
+    let (c_with, c_without) = (median(&mut cpu_with), median(&mut cpu_without));
+    println!(
+        "   server CPU per request: plain {c_without:.2} µs (range {:.2}–{:.2}), budgeted {c_with:.2} µs (range {:.2}–{:.2}): {:.3}× plain's requests per CPU-second",
+        cpu_without[0],
+        cpu_without[cpu_without.len() - 1],
+        cpu_with[0],
+        cpu_with[cpu_with.len() - 1],
+        c_without / c_with
+    );
+    if !cpu_other.is_empty() {
+        let c_other = median(&mut cpu_other);
+        println!(
+            "   server CPU per request, compared binary: {c_other:.2} µs (range {:.2}–{:.2}): {:.3}× plain's",
+            cpu_other[0],
+            cpu_other[cpu_other.len() - 1],
+            c_without / c_other
+        );
+    }
+    println!("   load average at end: {}\n", loadavg());
+    drop((budgeted, plain, compared));
+    if opts.throughput_only {
+        return;
+    }
 
     let budget = 32usize << 20;
     let capacity = 256;

@@ -119,23 +119,32 @@ impl<S> Layer<S> for MemoryLimitLayer {
     fn layer(&self, inner: S) -> MemoryLimit<S> {
         MemoryLimit {
             inner,
-            budget: self.budget.clone(),
-            overload: self.overload,
-            cost: self.cost.clone(),
-            prepaid: self.prepaid,
+            config: Arc::new(Config {
+                budget: self.budget.clone(),
+                overload: self.overload,
+                cost: self.cost.clone(),
+                prepaid: self.prepaid,
+            }),
             ready: None,
             acquiring: None,
         }
     }
 }
 
-/// The middleware: see the [module documentation](self).
-pub struct MemoryLimit<S> {
-    inner: S,
+/// What every clone of one [`MemoryLimit`] shares, behind one `Arc`: a
+/// clone per request (tower's usual pattern, and `frostheap serve`'s)
+/// then costs one reference count instead of one per field.
+struct Config {
     budget: Budget,
     overload: Overload,
     cost: CostFn,
     prepaid: usize,
+}
+
+/// The middleware: see the [module documentation](self).
+pub struct MemoryLimit<S> {
+    inner: S,
+    config: Arc<Config>,
     /// Wait mode: bytes reserved by `poll_ready` for the next `call`.
     ready: Option<Permit>,
     /// Wait mode: the reservation in progress.
@@ -147,10 +156,7 @@ impl<S: Clone> Clone for MemoryLimit<S> {
     fn clone(&self) -> Self {
         MemoryLimit {
             inner: self.inner.clone(),
-            budget: self.budget.clone(),
-            overload: self.overload,
-            cost: self.cost.clone(),
-            prepaid: self.prepaid,
+            config: self.config.clone(),
             ready: None,
             acquiring: None,
         }
@@ -161,15 +167,16 @@ impl<S> MemoryLimit<S> {
     /// The smallest charge of a request: the per-client cost less what is
     /// prepaid, at least 1 byte, at most the budget.
     fn floor(&self) -> usize {
-        self.budget
+        let budget = &self.config.budget;
+        budget
             .per_client()
-            .saturating_sub(self.prepaid)
-            .clamp(1, self.budget.total().max(1))
+            .saturating_sub(self.config.prepaid)
+            .clamp(1, budget.total().max(1))
     }
 
     /// The budget requests are charged to.
     pub fn budget(&self) -> &Budget {
-        &self.budget
+        &self.config.budget
     }
 }
 
@@ -184,9 +191,9 @@ where
     type Future = ResponseFuture<S::Future, S, Request<ReqB>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.overload == Overload::Wait && self.ready.is_none() {
+        if self.config.overload == Overload::Wait && self.ready.is_none() {
             let floor = self.floor();
-            let budget = &self.budget;
+            let budget = &self.config.budget;
             let acquire = self.acquiring.get_or_insert_with(|| budget.reserve(floor));
             match Pin::new(acquire).poll(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -202,10 +209,10 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let (parts, body) = req.into_parts();
-        let cost = (self.cost)(&parts).max(self.floor());
+        let cost = (self.config.cost)(&parts).max(self.floor());
         let req = Request::from_parts(parts, body);
-        let permit = match self.overload {
-            Overload::Shed => match self.budget.try_acquire(cost) {
+        let permit = match self.config.overload {
+            Overload::Shed => match self.config.budget.try_acquire(cost) {
                 Some(p) => p,
                 None => {
                     return ResponseFuture::new(State::Refused {
@@ -224,7 +231,7 @@ where
                     let svc = self.inner.clone();
                     let svc = std::mem::replace(&mut self.inner, svc);
                     return ResponseFuture::new(State::Waiting {
-                        acquire: self.budget.acquire(cost),
+                        acquire: self.config.budget.acquire(cost),
                         svc: Some(svc),
                         req: Some(req),
                     });

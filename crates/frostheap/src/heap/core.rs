@@ -944,9 +944,58 @@ impl HeapCore {
         q
     }
 
+    /// C `realloc` of a live block by the owner, to `new_size > 0` bytes
+    /// aligned to 16: in place when the block still fits (or, for a large
+    /// one, can grow or shrink where it is), otherwise moved, copying the
+    /// old usable size (C does not tell the old request). One page-table
+    /// lookup, where `usable_size` followed by [`HeapCore::realloc`] made
+    /// two; null (and `p` untouched) past the limit.
+    ///
+    /// # Safety
+    /// 1. `p` is a live block of this heap, and the calling thread is the
+    ///    owner.
+    pub(crate) unsafe fn realloc_c_as_owner(&self, p: *mut u8, new_size: usize) -> *mut u8 {
+        let idx = (p as usize - self.base) >> PAGE_SHIFT;
+        let mut head = idx;
+        let mut m = self.meta(idx);
+        if m.kind() == Kind::Cont {
+            head = m.head.get() as usize;
+            m = self.meta(head);
+        }
+        let old_size = match m.kind() {
+            Kind::Small => {
+                let cur = m.block_size.get() as usize;
+                if new_size <= cur && (new_size >= cur / 2 || cur <= 64) {
+                    return p;
+                }
+                cur
+            }
+            Kind::Large => {
+                if class_of(new_size).is_none() && self.resize_large_in_place(m, head, new_size) {
+                    return p;
+                }
+                m.span_pages.get() as usize * PAGE_SIZE - m.offset.get() as usize
+            }
+            _ => invalid_free(p),
+        };
+        // SAFETY: (1): we are the owner.
+        let q = unsafe { self.alloc_c_as_owner::<false>(new_size) };
+        if !q.is_null() {
+            // SAFETY: both blocks are live and distinct; p has old_size
+            // usable bytes and q at least new_size; then p is freed once.
+            unsafe {
+                ptr::copy_nonoverlapping(p, q, old_size.min(new_size));
+                self.free(p);
+            }
+        }
+        q
+    }
+
     fn resize_large_in_place(&self, m: &PageMeta, idx: usize, new_size: usize) -> bool {
         let pages = m.span_pages.get() as usize;
-        let new_pages = new_size.max(1).div_ceil(PAGE_SIZE);
+        // The block starts `offset` bytes into its span (non-zero only for
+        // alignments above a page, which C `realloc` does not know about).
+        let new_pages = (m.offset.get() as usize + new_size.max(1)).div_ceil(PAGE_SIZE);
         if new_pages == pages {
             return true;
         }

@@ -22,8 +22,6 @@
 
 mod worker;
 
-use core::cell::UnsafeCell;
-use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -238,6 +236,9 @@ impl RuntimeBuilder {
                 audit_log: Mutex::new(Vec::new()),
                 bytes_total: AtomicUsize::new(0),
                 in_phase: AtomicBool::new(false),
+                phase_lock: Mutex::new(()),
+                scratch: Mutex::new(Scratch::default()),
+                missing_workers: AtomicUsize::new(0),
             };
             for _ in 0..workers {
                 rt.add_worker()?;
@@ -269,6 +270,12 @@ pub struct Runtime {
     audit_log: Mutex<Vec<Violation>>,
     bytes_total: AtomicUsize,
     in_phase: AtomicBool,
+    /// Serialises maps from different threads (one phase at a time).
+    phase_lock: Mutex<()>,
+    /// Batch buffers kept across maps.
+    scratch: Mutex<Scratch>,
+    /// Workers parked since the last phase, replaced when the next starts.
+    missing_workers: AtomicUsize,
 }
 
 /// A task's view of its worker: the item index and the context arena.
@@ -415,6 +422,12 @@ impl Runtime {
         F: Fn(&TaskContext<'_>, I::Item) -> R + Sync,
         R: Send,
     {
+        assert!(
+            trap::current_worker().is_null(),
+            "frostheap: Runtime::map called from inside a parallel task; nested phases are not supported"
+        );
+        // One phase at a time per runtime; other threads wait their turn.
+        let _turn = self.phase_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut iter = items.into_iter();
         let mut out: Vec<R> = unguarded(Vec::new);
         let mut base = 0usize;
@@ -422,23 +435,42 @@ impl Runtime {
         // The largest bytes one item of *this* map consumed: batches are
         // sized from the items of this map, not from earlier maps.
         let mut per_item = 0usize;
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let batch_len = self.next_batch_len(first, per_item);
             first = false;
-            let batch: Vec<MaybeUninit<I::Item>> = unguarded(|| {
-                let mut v = Vec::new();
+            // Pull the batch into the runtime's scratch buffer (system
+            // memory, kept across maps: a 10 M-item map does not fault in
+            // 80 MB of fresh pages every time). Items are produced inside
+            // `unguarded`, so memory they own is not frozen and tasks may
+            // write it.
+            let n = unguarded(|| {
+                let hint = iter.size_hint().0.min(batch_len);
+                let mut cap = scratch.items.reserve::<I::Item>(hint.max(64));
+                let mut n = 0usize;
                 for x in iter.by_ref().take(batch_len) {
-                    v.push(MaybeUninit::new(x));
+                    if n == cap {
+                        cap = scratch.items.grow::<I::Item>(n, n * 2);
+                    }
+                    // SAFETY: n < cap, inside the scratch buffer, which is
+                    // aligned for any T of alignment up to a page.
+                    unsafe { scratch.items.ptr::<I::Item>().add(n).write(x) };
+                    n += 1;
                 }
-                v
+                n
             });
-            if batch.is_empty() {
+            if n == 0 {
                 break;
             }
-            let n = batch.len();
             self.record_batch(n);
             unguarded(|| out.reserve(n));
-            let result = self.run_batch(batch, base, &f, &mut out, &mut per_item);
+            let items = scratch.items.ptr::<I::Item>();
+            let state = scratch.state.zeroed_bytes(n);
+            // SAFETY: `items` holds n initialised items that run_batch takes
+            // ownership of; `state` is n zeroed bytes; both stay valid and
+            // unaliased until run_batch returns (we hold the scratch lock).
+            let result =
+                unsafe { self.run_batch(items, state, n, base, &f, &mut out, &mut per_item) };
             base += n;
             result?;
             if batch_len == usize::MAX {
@@ -526,9 +558,17 @@ impl Runtime {
         });
     }
 
-    fn run_batch<T, R, F>(
+    /// Runs one batch as one phase.
+    ///
+    /// # Safety
+    /// 1. `items` points to `n` initialised items this call takes ownership
+    ///    of; `state` to `n` zeroed bytes; both valid until it returns.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run_batch<T, R, F>(
         &self,
-        batch: Vec<MaybeUninit<T>>,
+        items: *mut T,
+        state: *mut u8,
+        n: usize,
         base: usize,
         f: &F,
         out: &mut Vec<R>,
@@ -539,15 +579,22 @@ impl Runtime {
         R: Send,
         F: Fn(&TaskContext<'_>, T) -> R + Sync,
     {
-        let n = batch.len();
-        let items: Vec<UnsafeCell<MaybeUninit<T>>> =
-            unguarded(|| batch.into_iter().map(UnsafeCell::new).collect());
-        let results: Vec<UnsafeCell<MaybeUninit<R>>> = unguarded(|| {
-            (0..n)
-                .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
-                .collect()
-        });
-        let state: Vec<AtomicU8> = unguarded(|| (0..n).map(|_| AtomicU8::new(PENDING)).collect());
+        // Results are written straight into `out`'s spare capacity (the
+        // caller reserved `n` slots, in system memory): no second buffer
+        // and no copy.
+        debug_assert!(
+            out.capacity() - out.len() >= n,
+            "map_with reserves n result slots"
+        );
+        // SAFETY: `out.len() + n <= out.capacity()` (reserved by map_with),
+        // so the slots lie inside the allocation.
+        let results = SyncPtr(unsafe { out.as_mut_ptr().add(out.len()) });
+        // SAFETY: by (1), n zeroed bytes; AtomicU8 has u8's layout and
+        // PENDING is 0.
+        const _: () = assert!(PENDING == 0);
+        let state: &[AtomicU8] =
+            unsafe { core::slice::from_raw_parts(state.cast::<AtomicU8>(), n) };
+        let sync_items = SyncPtr(items);
         let cursor = AtomicUsize::new(0);
         let cancel = AtomicBool::new(false);
         let panic: Mutex<Option<(usize, String)>> = Mutex::new(None);
@@ -556,8 +603,7 @@ impl Runtime {
         let oversized = AtomicUsize::new(0);
         let budget = self.memory_budget.unwrap_or(usize::MAX);
         let chunk = (n / (self.n_workers * 32)).clamp(1, 4096);
-        let sync_items = SyncSlice(&items);
-        let sync_results = SyncSlice(&results);
+        let sync_results = &results;
 
         let job = |env: &WorkerEnv<'_>| loop {
             if cancel.load(Ordering::Relaxed) {
@@ -581,7 +627,7 @@ impl Runtime {
                 state[i].store(TAKEN, Ordering::Relaxed);
                 // SAFETY: index i was claimed by this worker alone (cursor),
                 // and the slot holds an initialised item (PENDING).
-                let item = unsafe { (*sync_items.get(i)).assume_init_read() };
+                let item = unsafe { sync_items.get(i).read() };
                 let before = env.ctx.allocated();
                 let tc = TaskContext {
                     ctx: env.ctx,
@@ -590,8 +636,9 @@ impl Runtime {
                 };
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&tc, item))) {
                     Ok(r) => {
-                        // SAFETY: slot i is written by this worker only.
-                        unsafe { (*sync_results.get(i)).write(r) };
+                        // SAFETY: slot i (< n, inside the reserved spare
+                        // capacity) is written by this worker only.
+                        unsafe { sync_results.get(i).write(r) };
                         state[i].store(DONE, Ordering::Release);
                     }
                     Err(payload) => {
@@ -644,23 +691,20 @@ impl Runtime {
             s.peak_phase_bytes = s.peak_phase_bytes.max(sum_bytes.load(Ordering::Relaxed));
             s.oversized_items += oversized.load(Ordering::Relaxed) as u64;
         }
-        let mut results = results;
-        let mut items = items;
         if error.is_none() {
-            unguarded(|| {
-                for r in results.drain(..) {
-                    // SAFETY: no error means every item reached DONE.
-                    out.push(unsafe { r.into_inner().assume_init() });
-                }
-            });
+            // SAFETY: no error means every item reached DONE: slots
+            // [len, len + n) are initialised.
+            unsafe { out.set_len(out.len() + n) };
             return Ok(());
         }
         for (i, st) in state.iter().enumerate() {
             match st.load(Ordering::Acquire) {
-                // SAFETY: PENDING items were never read out of their slot.
-                PENDING => unsafe { items[i].get_mut().assume_init_drop() },
-                // SAFETY: DONE slots hold an initialised result.
-                DONE => unsafe { results[i].get_mut().assume_init_drop() },
+                // SAFETY: PENDING items were never read out of their slot
+                // (by (1) we own them).
+                PENDING => unsafe { core::ptr::drop_in_place(items.add(i)) },
+                // SAFETY: DONE slots hold an initialised result, which
+                // `out` does not own (its length was not advanced).
+                DONE => unsafe { core::ptr::drop_in_place(results.get(i)) },
                 _ => {} // consumed by a task that panicked or was parked
             }
         }
@@ -673,6 +717,15 @@ impl Runtime {
             !self.in_phase.swap(true, Ordering::AcqRel),
             "frostheap: a phase was started from inside a phase (nested map/scope on the same runtime)"
         );
+        // Replace workers parked by earlier violations (before the freeze:
+        // spawning a thread writes memory that may be guarded).
+        for _ in 0..self.missing_workers.swap(0, Ordering::AcqRel) {
+            if let Err(e) = self.add_worker() {
+                os::write_stderr(
+                    format!("frostheap: cannot start a replacement worker: {e}\n").as_bytes(),
+                );
+            }
+        }
         let sh = self.shared;
         let mprotect = sh.backend == Backend::Mprotect;
         // Everything main needs from `self` is read before the freeze: the
@@ -680,28 +733,35 @@ impl Runtime {
         // not write frozen memory (it would wait for its own thaw).
         let parked_before = sh.parked.load(Ordering::Acquire);
         let active = self.lock_workers().len() as u32;
-        // Freeze, in two passes: a guarded heap's own bookkeeping may live
-        // in another guarded heap (a Heap built on main lives in the main
-        // heap), so every core is written (marked) before any is protected.
+        // Freeze. Order matters twice over:
+        // - a guarded heap's own bookkeeping may live in another guarded
+        //   heap (a Heap built on main lives in the main heap), so every
+        //   core is written (marked) before any heap is protected;
+        // - the guard flags are raised before the first mprotect, so a
+        //   bystander thread that faults on a freshly protected page always
+        //   finds its heap marked frozen and waits for the thaw.
         if mprotect {
             for h in &self.heaps {
                 h.inner().core.freeze_mark();
             }
         }
-        for (g, h) in self.guards.iter().zip(&self.heaps) {
+        for g in &self.guards {
+            g.frozen_end
+                .store(g.end.load(Ordering::Relaxed), Ordering::Release);
+            g.frozen.store(true, Ordering::Release);
             if mprotect {
+                trap::MPROTECT_FROZEN.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        if mprotect {
+            for (g, h) in self.guards.iter().zip(&self.heaps) {
                 match h.inner().core.protect_committed(true) {
                     Ok(len) => g
                         .frozen_end
                         .store(g.start.load(Ordering::Relaxed) + len, Ordering::Release),
                     Err(_) => fatal(b"frostheap: mprotect failed while freezing a guarded heap\n"),
                 }
-                trap::MPROTECT_FROZEN.fetch_add(1, Ordering::AcqRel);
-            } else {
-                g.frozen_end
-                    .store(g.end.load(Ordering::Relaxed), Ordering::Release);
             }
-            g.frozen.store(true, Ordering::Release);
         }
         let job_ref = JobRef(job);
         sh.remaining.store(active, Ordering::Release);
@@ -723,22 +783,26 @@ impl Runtime {
         }
         sh.job.store(core::ptr::null_mut(), Ordering::Release);
         // Thaw, mirroring the freeze: open every heap (no writes), then
-        // clear the marks. Nothing here allocates.
+        // clear the marks, and only then lower the guard flags (a bystander
+        // that faulted while frozen is still waiting; one that faults now
+        // cannot, the pages are writable). Nothing here allocates.
         let mut thawed = [0usize; trap::MAX_GUARDED];
-        for (i, (g, h)) in self.guards.iter().zip(&self.heaps).enumerate() {
-            g.frozen.store(false, Ordering::Release);
-            if mprotect {
+        if mprotect {
+            for (i, h) in self.heaps.iter().enumerate() {
                 match h.inner().core.protect_committed(false) {
                     Ok(len) => thawed[i] = len,
                     Err(_) => fatal(b"frostheap: mprotect failed while thawing a guarded heap\n"),
                 }
             }
-        }
-        if mprotect {
             for (i, h) in self.heaps.iter().enumerate() {
                 if h.inner().core.thaw_unmark(thawed[i]).is_err() {
                     fatal(b"frostheap: mprotect failed while thawing a guarded heap\n");
                 }
+            }
+        }
+        for g in &self.guards {
+            g.frozen.store(false, Ordering::Release);
+            if mprotect {
                 trap::MPROTECT_FROZEN.fetch_sub(1, Ordering::AcqRel);
             }
         }
@@ -768,7 +832,7 @@ impl Runtime {
                 let v = Violation::from_raw(
                     rec.addr.load(Ordering::Relaxed),
                     rec.ip.load(Ordering::Relaxed),
-                    0,
+                    rec.tid.load(Ordering::Relaxed),
                     w.thread
                         .as_ref()
                         .and_then(|t| t.thread().name().map(str::to_string)),
@@ -841,13 +905,9 @@ impl Runtime {
                 os::write_stderr(msg.as_bytes());
                 std::process::abort();
             }
-            for _ in 0..replaced {
-                if let Err(e) = self.add_worker() {
-                    os::write_stderr(
-                        format!("frostheap: cannot start a replacement worker: {e}\n").as_bytes(),
-                    );
-                }
-            }
+            // Replacements start at the next phase, not here: the caller
+            // gets the error as soon as the phase is over.
+            self.missing_workers.fetch_add(replaced, Ordering::AcqRel);
             let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
             s.parked_workers += replaced as u64;
         }
@@ -904,18 +964,114 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-struct SyncSlice<'a, T>(&'a [UnsafeCell<T>]);
+/// The result slots of a batch: `out`'s spare capacity.
+struct SyncPtr<T>(*mut T);
 
-impl<T> SyncSlice<'_, T> {
-    /// The cell of index `i` (a method, so closures capture the wrapper
-    /// rather than the slice inside it).
+impl<T> SyncPtr<T> {
+    /// Slot `i` (a method, so closures capture the wrapper).
     fn get(&self, i: usize) -> *mut T {
-        self.0[i].get()
+        self.0.wrapping_add(i)
     }
 }
-// SAFETY: each index is accessed by exactly one worker (claimed through the
-// atomic cursor), so sharing the slice of cells across workers is sound.
-unsafe impl<T: Send> Sync for SyncSlice<'_, T> {}
+// SAFETY: each index is written by exactly one worker (claimed through the
+// atomic cursor) and read by main only after the phase.
+unsafe impl<T: Send> Sync for SyncPtr<T> {}
+
+/// A buffer in system memory that a runtime keeps across maps: mapped
+/// directly (page-aligned, huge-page advised), grown by doubling, never
+/// shrunk until the runtime is dropped. Holding the runtime's scratch lock
+/// gives exclusive use.
+#[derive(Default)]
+struct ScratchBuf {
+    ptr: usize,
+    bytes: usize,
+}
+
+impl ScratchBuf {
+    /// The buffer as `*mut T` (page-aligned: fits any `T` aligned to at
+    /// most a page).
+    fn ptr<T>(&self) -> *mut T {
+        debug_assert!(
+            core::mem::align_of::<T>() <= os::page_size(),
+            "scratch item over-aligned"
+        );
+        if core::mem::size_of::<T>() == 0 {
+            return core::ptr::NonNull::dangling().as_ptr();
+        }
+        self.ptr as *mut T
+    }
+
+    /// Makes room for `items` values of `T`; returns the capacity in items.
+    fn reserve<T>(&mut self, items: usize) -> usize {
+        let size = core::mem::size_of::<T>();
+        if size == 0 {
+            return usize::MAX;
+        }
+        let need = items.saturating_mul(size);
+        if need > self.bytes {
+            self.remap(need, 0);
+        }
+        self.bytes / size
+    }
+
+    /// Grows to hold `items` values of `T`, keeping the first `keep`.
+    fn grow<T>(&mut self, keep: usize, items: usize) -> usize {
+        let size = core::mem::size_of::<T>();
+        if size == 0 {
+            return usize::MAX;
+        }
+        self.remap(items.max(64).saturating_mul(size), keep * size);
+        self.bytes / size
+    }
+
+    /// `n` zeroed bytes.
+    fn zeroed_bytes(&mut self, n: usize) -> *mut u8 {
+        if n > self.bytes {
+            self.remap(n, 0);
+        }
+        // SAFETY: n <= bytes, inside our mapping.
+        unsafe { core::ptr::write_bytes(self.ptr as *mut u8, 0, n) };
+        self.ptr as *mut u8
+    }
+
+    fn remap(&mut self, need: usize, keep: usize) {
+        let bytes = crate::region::round_up(need.max(1 << 16), 1 << 21);
+        let new = match os::map_table(bytes) {
+            Ok(p) => p,
+            Err(_) => fatal(
+                b"frostheap: cannot map the runtime's scratch buffer (out of address space)\n",
+            ),
+        };
+        // SAFETY: a fresh mapping of `bytes`; THP advice is a hint.
+        let _ = unsafe { os::advise_huge_pages(new, bytes) };
+        if self.ptr != 0 {
+            // SAFETY: `keep` bytes are initialised in the old buffer and fit
+            // in the new one (need >= keep); the old mapping is ours.
+            unsafe {
+                core::ptr::copy_nonoverlapping(self.ptr as *const u8, new, keep.min(bytes));
+                os::unmap(self.ptr as *mut u8, self.bytes);
+            }
+        }
+        self.ptr = new as usize;
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for ScratchBuf {
+    fn drop(&mut self) {
+        if self.ptr != 0 {
+            // SAFETY: mapped by remap with this length; nothing uses it now.
+            unsafe { os::unmap(self.ptr as *mut u8, self.bytes) };
+        }
+    }
+}
+
+/// The runtime's scratch buffers: batch items and per-item states.
+#[derive(Default)]
+struct Scratch {
+    items: ScratchBuf,
+    state: ScratchBuf,
+}
 
 /// Heterogeneous tasks for [`Runtime::scope`].
 pub struct Scope<'s> {

@@ -128,6 +128,7 @@ unsafe fn violation(w: &WorkerSlot, addr: usize, code: i32, ctx: *mut libc::c_vo
             let rec = &w.audit[(n as usize) % super::AUDIT_RING];
             rec.addr.store(addr, Ordering::Relaxed);
             rec.ip.store(ip, Ordering::Relaxed);
+            rec.tid.store(os::gettid(), Ordering::Relaxed);
             rec.item.store(item, Ordering::Release);
             if code == SEGV_PKUERR {
                 let key = PKEY.load(Ordering::Relaxed);

@@ -352,6 +352,7 @@ pub(crate) struct RawRecordPlain {
     pub addr: AtomicUsize,
     pub ip: AtomicUsize,
     pub item: AtomicUsize,
+    pub tid: AtomicU32,
 }
 
 impl WorkerSlot {

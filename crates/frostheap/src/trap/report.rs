@@ -37,47 +37,23 @@ pub struct Violation {
     pub(crate) thread_name: Option<String>,
     pub(crate) item_index: Option<usize>,
     pub(crate) ip: usize,
-    pub(crate) function: Option<String>,
-    pub(crate) location: Option<(String, u32)>,
     pub(crate) backend: Backend,
     pub(crate) policy: OnViolation,
-    pub(crate) allocated_at: Vec<String>,
+    /// Symbols, resolved on first use (reading debug info costs far more
+    /// than everything else in a report; the caller gets the error first).
+    pub(crate) resolved: std::sync::OnceLock<Resolved>,
 }
 
-impl Violation {
-    /// Builds a report from the handler's numbers, looking up the heap and
-    /// block and symbolising the instruction.
-    #[allow(clippy::too_many_arguments)] // one per field the handler records
-    pub(crate) fn from_raw(
-        address: usize,
-        ip: usize,
-        thread_id: u32,
-        thread_name: Option<String>,
-        item: usize,
-        access: Access,
-        backend: Backend,
-        policy: OnViolation,
-    ) -> Violation {
-        let (heap_name, heap_base, allocation) = match guard_of(address) {
-            Some(g) => {
-                let heap = g.heap.load(core::sync::atomic::Ordering::Acquire);
-                // SAFETY: a guard slot's heap stays alive while the slot is
-                // registered (the runtime holds a handle to it).
-                match unsafe { heap.as_ref() } {
-                    Some(h) => (
-                        h.name.to_string(),
-                        h.core.region().base() as usize,
-                        h.core.allocation_containing(address),
-                    ),
-                    None => (
-                        "?".into(),
-                        g.start.load(core::sync::atomic::Ordering::Relaxed),
-                        None,
-                    ),
-                }
-            }
-            None => ("(unknown)".into(), 0, None),
-        };
+/// The symbolised parts of a report.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Resolved {
+    function: Option<String>,
+    location: Option<(String, u32)>,
+    allocated_at: Vec<String>,
+}
+
+impl Resolved {
+    fn of(ip: usize, allocation: Option<(usize, usize)>) -> Resolved {
         let mut function = None;
         let mut location = None;
         if ip != 0 {
@@ -114,6 +90,48 @@ impl Violation {
         let allocated_at = allocation
             .map(|(base, _)| crate::track::site_of(base))
             .unwrap_or_default();
+        Resolved {
+            function,
+            location,
+            allocated_at,
+        }
+    }
+}
+
+impl Violation {
+    /// Builds a report from the handler's numbers, looking up the heap and
+    /// block and symbolising the instruction.
+    #[allow(clippy::too_many_arguments)] // one per field the handler records
+    pub(crate) fn from_raw(
+        address: usize,
+        ip: usize,
+        thread_id: u32,
+        thread_name: Option<String>,
+        item: usize,
+        access: Access,
+        backend: Backend,
+        policy: OnViolation,
+    ) -> Violation {
+        let (heap_name, heap_base, allocation) = match guard_of(address) {
+            Some(g) => {
+                let heap = g.heap.load(core::sync::atomic::Ordering::Acquire);
+                // SAFETY: a guard slot's heap stays alive while the slot is
+                // registered (the runtime holds a handle to it).
+                match unsafe { heap.as_ref() } {
+                    Some(h) => (
+                        h.name.to_string(),
+                        h.core.region().base() as usize,
+                        h.core.allocation_containing(address),
+                    ),
+                    None => (
+                        "?".into(),
+                        g.start.load(core::sync::atomic::Ordering::Relaxed),
+                        None,
+                    ),
+                }
+            }
+            None => ("(unknown)".into(), 0, None),
+        };
         Violation {
             address,
             heap_name,
@@ -124,11 +142,9 @@ impl Violation {
             thread_name,
             item_index: (item != usize::MAX).then_some(item),
             ip,
-            function,
-            location,
             backend,
             policy,
-            allocated_at,
+            resolved: std::sync::OnceLock::new(),
         }
     }
 
@@ -164,13 +180,20 @@ impl Violation {
     pub fn instruction(&self) -> usize {
         self.ip
     }
+    fn resolved(&self) -> &Resolved {
+        self.resolved
+            .get_or_init(|| Resolved::of(self.ip, self.allocation))
+    }
     /// The function containing the faulting instruction, if symbols allow.
     pub fn function(&self) -> Option<&str> {
-        self.function.as_deref()
+        self.resolved().function.as_deref()
     }
     /// Source file and line of the faulting instruction.
     pub fn location(&self) -> Option<(&str, u32)> {
-        self.location.as_ref().map(|(f, l)| (f.as_str(), *l))
+        self.resolved()
+            .location
+            .as_ref()
+            .map(|(f, l)| (f.as_str(), *l))
     }
     /// How the memory was written.
     pub fn access(&self) -> Access {
@@ -186,7 +209,7 @@ impl Violation {
     }
     /// Where the violated block was allocated (`FROSTHEAP_TRACK_ALLOCS=1`).
     pub fn allocated_at(&self) -> &[String] {
-        &self.allocated_at
+        &self.resolved().allocated_at
     }
 }
 
@@ -236,17 +259,17 @@ impl fmt::Display for Violation {
         }
         if self.ip != 0 {
             write!(f, "  at       {:#x}", self.ip)?;
-            if let Some(func) = &self.function {
+            if let Some(func) = self.function() {
                 write!(f, " in {func}")?;
             }
-            if let Some((file, line)) = &self.location {
+            if let Some((file, line)) = self.location() {
                 write!(f, " at {file}:{line}")?;
             }
             writeln!(f)?;
         }
-        if !self.allocated_at.is_empty() {
+        if !self.allocated_at().is_empty() {
             writeln!(f, "  allocated at:")?;
-            for frame in &self.allocated_at {
+            for frame in self.allocated_at() {
                 writeln!(f, "    {frame}")?;
             }
         }
