@@ -185,6 +185,12 @@ extern "C" fn stdout_in_system_memory() {
 #[link_section = ".init_array"]
 static STDOUT_CTOR: extern "C" fn() = stdout_in_system_memory;
 
+/// Whether the calling thread's allocations go to the main heap now (the
+/// main thread, outside `unguarded`).
+pub(crate) fn on_main_route() -> bool {
+    route() == Route::Main
+}
+
 /// Sets the calling thread's route, returning the previous one.
 pub(crate) fn set_route(r: Route) -> Route {
     let prev = route();

@@ -36,6 +36,10 @@ use crate::trap::{self, Access, Backend, GuardSlot, OnViolation, Protect, Violat
 use crate::Error;
 use worker::{Worker, WorkerEnv};
 
+/// Result vectors of at least this many bytes live in the main heap (in
+/// global mode) with their pages exempted from the freeze.
+pub const RESULTS_IN_HEAP_MIN: usize = 256 << 10;
+
 /// Default cap on threads parked by the cancel policy; past it the process
 /// stops with a message (each costs ≈ 40 KB and 6 mappings).
 pub const DEFAULT_MAX_PARKED: usize = 1024;
@@ -463,7 +467,7 @@ impl Runtime {
                 break;
             }
             self.record_batch(n);
-            unguarded(|| out.reserve(n));
+            self.reserve_results(&mut out, n);
             let items = scratch.items.ptr::<I::Item>();
             let state = scratch.state.zeroed_bytes(n);
             // SAFETY: `items` holds n initialised items that run_batch takes
@@ -662,7 +666,11 @@ impl Runtime {
                 oversized.fetch_add(chunk_oversized, Ordering::Relaxed);
             }
         };
-        let phase = self.run_phase(&job);
+        // The result slots are written by workers: exempt them from the
+        // freeze when they live in a guarded heap (see reserve_results).
+        let window =
+            self.results_window(sync_results.get(0) as usize, n * core::mem::size_of::<R>());
+        let phase = self.run_phase(&job, window);
 
         // Collect: results in order, or drop what was made and report.
         let mut error = phase
@@ -712,7 +720,46 @@ impl Runtime {
     }
 
     /// The phase protocol around one job.
-    fn run_phase(&self, job: &(dyn Fn(&WorkerEnv<'_>) + Sync)) -> PhaseResult {
+    /// Makes room for `n` more results. Large result vectors (at least
+    /// [`RESULTS_IN_HEAP_MIN`] bytes) in global mode live in the main heap,
+    /// like anything else main owns: its freed spans are reused without
+    /// page faults, where fresh system memory would fault in every page on
+    /// every map. Their pages are exempted from the freeze during the phase
+    /// ([`Runtime::results_window`]). Smaller ones live in system memory.
+    fn reserve_results<R>(&self, out: &mut Vec<R>, n: usize) {
+        let bytes = (out.len() + n).saturating_mul(core::mem::size_of::<R>());
+        let main_guarded = crate::main_heap().is_some_and(|m| self.heaps.contains(&m));
+        if bytes >= RESULTS_IN_HEAP_MIN && main_guarded && crate::global::on_main_route() {
+            out.reserve(n);
+        } else {
+            unguarded(|| out.reserve(n));
+        }
+    }
+
+    /// The pages of `[ptr, ptr + len)` if they lie in a guarded heap; they
+    /// must fall inside one block whose pages belong to it alone, so
+    /// exempting them from the freeze exposes nothing else.
+    fn results_window(&self, ptr: usize, len: usize) -> Option<(usize, usize)> {
+        if len == 0 {
+            return None;
+        }
+        let page = os::page_size();
+        let heap = self.heaps.iter().find(|h| h.owns(ptr as *const u8))?;
+        let (base, size) = heap.allocation_containing(ptr)?;
+        let lo = ptr & !(page - 1);
+        let hi = (ptr + len + page - 1) & !(page - 1);
+        if lo >= base && hi <= base + size && base % page == 0 {
+            Some((lo, hi - lo))
+        } else {
+            fatal(b"frostheap: result slots in a guarded heap share pages with other data\n")
+        }
+    }
+
+    fn run_phase(
+        &self,
+        job: &(dyn Fn(&WorkerEnv<'_>) + Sync),
+        window: Option<(usize, usize)>,
+    ) -> PhaseResult {
         assert!(
             !self.in_phase.swap(true, Ordering::AcqRel),
             "frostheap: a phase was started from inside a phase (nested map/scope on the same runtime)"
@@ -763,6 +810,20 @@ impl Runtime {
                 }
             }
         }
+        if let Some((lo, len)) = window {
+            // SAFETY: the window is the result slots' own pages, inside one
+            // block of a guarded heap (checked by results_window).
+            let r = unsafe {
+                match sh.backend {
+                    Backend::Mprotect => os::protect(lo as *mut u8, len, os::Access::ReadWrite),
+                    Backend::Pkey(_) => os::pkey_tag(lo as *mut u8, len, 0, os::Access::ReadWrite),
+                    Backend::Off => Ok(()),
+                }
+            };
+            if r.is_err() {
+                fatal(b"frostheap: cannot exempt the result slots from the freeze\n");
+            }
+        }
         let job_ref = JobRef(job);
         sh.remaining.store(active, Ordering::Release);
         // SAFETY (lifetime): job_ref outlives the phase: we wait below
@@ -798,6 +859,12 @@ impl Runtime {
                 if h.inner().core.thaw_unmark(thawed[i]).is_err() {
                     fatal(b"frostheap: mprotect failed while thawing a guarded heap\n");
                 }
+            }
+        }
+        if let (Some((lo, len)), Backend::Pkey(key)) = (window, sh.backend) {
+            // SAFETY: as when exempting: the result slots' own pages.
+            if unsafe { os::pkey_tag(lo as *mut u8, len, key, os::Access::ReadWrite) }.is_err() {
+                fatal(b"frostheap: cannot re-tag the result slots after the phase\n");
             }
         }
         for g in &self.guards {
