@@ -47,5 +47,29 @@ fn main() {
     let e = r.expect_err("the write to the explicit heap must be caught");
     assert_eq!(e.violation().unwrap().heap_name(), "index");
     assert_eq!(v[10], 10);
+
+    // Large result vectors live in the main heap with their own pages
+    // exempted from the freeze: results are written, other main-heap data
+    // stays frozen in the same phase.
+    let main_data: Vec<u64> = (0..1000).collect();
+    for _ in 0..3 {
+        let big: Vec<u64> = rt.map(0..200_000u64, |i| i * 3).unwrap();
+        assert!(
+            main.owns(big.as_ptr()),
+            "a 1.6 MB result vector lives in the main heap"
+        );
+        assert!(big.iter().enumerate().all(|(i, &x)| x == i as u64 * 3));
+    }
+    let r = rt.map(0..200_000u64, |i| {
+        if i == 77_777 {
+            let p = &main_data[5] as *const u64 as *mut u64;
+            unsafe { p.write_volatile(0) };
+        }
+        i
+    });
+    let e = r.expect_err("main-heap data stays frozen while the results are written");
+    assert_eq!(e.violation().unwrap().heap_name(), "main");
+    assert_eq!(e.violation().unwrap().item_index(), Some(77_777));
+    assert_eq!(main_data[5], 5);
     println!("nested guards: ok ({} phases)", rt.stats().phases);
 }

@@ -705,3 +705,21 @@ fn global_an_item_larger_than_the_budget_runs_alone() {
 fn global_ten_thousand_phases_do_not_grow_memory() {
     global_scenario("phases");
 }
+
+/// Regression (global mode): a heap built on main lives in the main heap,
+/// the runtime itself is boxed there, and large result vectors live there
+/// with their pages exempted from the freeze; freezing, thawing and the
+/// exemption never write frozen memory, and other main-heap data stays
+/// frozen while results are written.
+#[test]
+fn nested_guards_and_results_in_the_main_heap() {
+    let out = crate::check::run_example("nested_guards", &[], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "nested_guards failed: {}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("nested guards: ok"), "{stdout}");
+}
