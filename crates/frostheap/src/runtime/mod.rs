@@ -342,6 +342,8 @@ const DONE: u8 = 2;
 /// Outcome of one phase.
 struct PhaseResult {
     violations: Vec<Violation>,
+    /// Items whose tasks were running on workers parked in this phase.
+    parked_items: Vec<usize>,
 }
 
 impl Runtime {
@@ -627,8 +629,10 @@ impl Runtime {
                 if cancel.load(Ordering::Relaxed) {
                     break;
                 }
+                // The item in progress, for violation reports and for
+                // knowing, should this worker be parked, which item its
+                // task consumed. (Per item: this store and DONE below.)
                 env.slot.item.store(base + i, Ordering::Relaxed);
-                state[i].store(TAKEN, Ordering::Relaxed);
                 // SAFETY: index i was claimed by this worker alone (cursor),
                 // and the slot holds an initialised item (PENDING).
                 let item = unsafe { sync_items.get(i).read() };
@@ -646,6 +650,8 @@ impl Runtime {
                         state[i].store(DONE, Ordering::Release);
                     }
                     Err(payload) => {
+                        // The task consumed the item (it unwound with it).
+                        state[i].store(TAKEN, Ordering::Relaxed);
                         let msg = panic_message(&*payload);
                         let mut p = panic.lock().unwrap_or_else(|e| e.into_inner());
                         if p.is_none() {
@@ -658,8 +664,8 @@ impl Runtime {
                 chunk_max = chunk_max.max(used);
                 chunk_sum += used;
                 chunk_oversized += usize::from(used > budget);
-                env.slot.item.store(usize::MAX, Ordering::Relaxed);
             }
+            env.slot.item.store(usize::MAX, Ordering::Relaxed);
             max_item.fetch_max(chunk_max, Ordering::Relaxed);
             sum_bytes.fetch_add(chunk_sum, Ordering::Relaxed);
             if chunk_oversized > 0 {
@@ -675,8 +681,8 @@ impl Runtime {
         // Collect: results in order, or drop what was made and report.
         let mut error = phase
             .violations
-            .into_iter()
-            .next()
+            .first()
+            .cloned()
             .map(|v| Error::Violation(Box::new(v)));
         if error.is_none() {
             if let Some((i, message)) = panic.into_inner().unwrap_or_else(|e| e.into_inner()) {
@@ -707,8 +713,11 @@ impl Runtime {
         }
         for (i, st) in state.iter().enumerate() {
             match st.load(Ordering::Acquire) {
-                // SAFETY: PENDING items were never read out of their slot
-                // (by (1) we own them).
+                // An item a parked worker's task was running: it lives on
+                // that parked thread's stack now (never dropped twice).
+                PENDING if phase.parked_items.contains(&(base + i)) => {}
+                // SAFETY: other PENDING items were never read out of their
+                // slot (by (1) we own them).
                 PENDING => unsafe { core::ptr::drop_in_place(items.add(i)) },
                 // SAFETY: DONE slots hold an initialised result, which
                 // `out` does not own (its length was not advanced).
@@ -891,6 +900,7 @@ impl Runtime {
         let backend = self.shared.backend;
         let policy = self.shared.policy;
         let mut violations = Vec::new();
+        let mut parked_items = Vec::new();
         let mut workers = self.lock_workers();
         // Audit records: every worker's ring since the last phase.
         for w in workers.iter() {
@@ -941,6 +951,7 @@ impl Runtime {
             w.reported = true;
             replaced += 1;
             let r = &w.slot.record;
+            parked_items.push(r.item.load(Ordering::Relaxed));
             let v = Violation::from_raw(
                 r.addr.load(Ordering::Relaxed),
                 r.ip.load(Ordering::Relaxed),
@@ -978,7 +989,10 @@ impl Runtime {
             let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
             s.parked_workers += replaced as u64;
         }
-        PhaseResult { violations }
+        PhaseResult {
+            violations,
+            parked_items,
+        }
     }
 }
 

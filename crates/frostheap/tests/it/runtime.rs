@@ -723,3 +723,63 @@ fn nested_guards_and_results_in_the_main_heap() {
     );
     assert!(stdout.contains("nested guards: ok"), "{stdout}");
 }
+
+/// After a violation, every item is dropped exactly once — except the one
+/// the parked task holds, which is never dropped (its copy lives on the
+/// parked thread's stack; dropping ours could free what the task already
+/// moved out) — and every result made before the error is dropped.
+#[test]
+fn a_violation_drops_every_item_but_the_parked_one() {
+    static MADE: AtomicUsize = AtomicUsize::new(0);
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    static RESULTS: AtomicUsize = AtomicUsize::new(0);
+    struct Item(usize);
+    impl Drop for Item {
+        fn drop(&mut self) {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    struct Res;
+    impl Drop for Res {
+        fn drop(&mut self) {
+            RESULTS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let heap = Heap::builder().name("drops").max(16 * MIB).build().unwrap();
+    let mut data = AVec::new_in(heap.clone());
+    data.extend((0..64).map(AtomicU64::new));
+    let rt = Runtime::builder()
+        .workers(WORKERS)
+        .guard(&heap)
+        .build()
+        .unwrap();
+    let n = 5000;
+    let items: Vec<Item> = (0..n)
+        .map(|i| {
+            MADE.fetch_add(1, Ordering::Relaxed);
+            Item(i)
+        })
+        .collect();
+    let made_results = Shared::new(AtomicUsize::new(0));
+    let r = rt.map(items, |item| {
+        if item.0 == 1234 {
+            data[1].fetch_add(1, Ordering::Relaxed);
+        }
+        made_results.fetch_add(1, Ordering::Relaxed);
+        Res
+    });
+    let e = r.err().expect("a violation");
+    assert_eq!(e.violation().map(|v| v.item_index()), Some(Some(1234)));
+    assert_eq!(MADE.load(Ordering::Relaxed), n);
+    assert_eq!(
+        DROPPED.load(Ordering::Relaxed),
+        n - 1,
+        "every item but the parked task's is dropped once"
+    );
+    assert_eq!(
+        RESULTS.load(Ordering::Relaxed),
+        made_results.load(Ordering::Relaxed),
+        "every result made is dropped"
+    );
+    assert_eq!(data[1].load(Ordering::Relaxed), 1);
+}
