@@ -20,10 +20,17 @@
 //!
 //! **Large** requests take whole spans from the span allocator
 //! ([`super::page`]), which commits the region's prefix on demand and gives
-//! memory back with hysteresis: the top of the region is decommitted when
-//! 8 MiB or more are free there, and free spans elsewhere are purged
-//! (`MADV_DONTNEED`) once free resident memory passes
-//! max(32 MiB, committed / 4).
+//! memory back with hysteresis, in the spirit of the JVM's
+//! `MaxHeapFreeRatio`: free memory is returned only when it clearly
+//! outweighs what is live. The free top of the region is decommitted when
+//! it is at least 8 MiB *and* more than twice everything live below it
+//! (free > 2/3 of committed; the JVM's default is 70%), keeping
+//! max(2 MiB, live/2) as headroom; free spans elsewhere are purged
+//! (`MADV_DONTNEED`) once free resident memory passes max(32 MiB, 2 × live),
+//! down to half that. A program
+//! that frees everything gets its memory back; one that frees and reuses a
+//! large buffer every round (a result vector, a batch) keeps it resident
+//! instead of zero-filling it again each time.
 //!
 //! **Accounting.** `in_use` counts usable bytes (the block or span size),
 //! which is what the limit is about. The owner's counters are relaxed
@@ -45,11 +52,12 @@ use crate::os::{self, OsError};
 use crate::region::{round_up, Region, RegionConfig, PAGE_SHIFT, PAGE_SIZE};
 use crate::sync::{thread_token, RawLock};
 
-/// Decommit the region's top once this much is free there.
+/// Decommit the region's top once at least this much, and more than twice
+/// what is live below it, is free there.
 const SHRINK_AT: usize = 8 << 20;
-/// ... keeping this much committed above the last live span.
+/// ... keeping max(this, live / 2) committed above the last live span.
 const KEEP_ON_TOP: usize = 2 << 20;
-/// Purge free spans once free resident memory passes max(this, committed/4).
+/// Purge free spans once free resident memory passes max(this, 2 × live).
 const PURGE_RETAIN: usize = 32 << 20;
 /// Blocks linked per lazy extension of a fresh span.
 const EXTEND_BATCH: u32 = 32;
@@ -1221,13 +1229,19 @@ impl HeapCore {
             unsafe { self.span_remove(right) };
         }
         // Give the top back to the OS when enough of it is free.
+        // "Live" here is everything committed below the free top that is not
+        // itself a free span.
+        // SAFETY: the caller holds the span lock.
+        let free_below = unsafe { self.spans() }.free_pages;
+        let live_pages = start.saturating_sub(free_below);
         if give_back
             && start + n == top
             && n * PAGE_SIZE >= SHRINK_AT
+            && n > 2 * live_pages
             && self.region.committed() > self.region.min_committed()
         {
-            let keep_end = (start + (KEEP_ON_TOP >> PAGE_SHIFT))
-                .max(self.region.min_committed() >> PAGE_SHIFT);
+            let keep = (KEEP_ON_TOP >> PAGE_SHIFT).max(live_pages / 2);
+            let keep_end = (start + keep).max(self.region.min_committed() >> PAGE_SHIFT);
             if keep_end < top {
                 // SAFETY: the caller holds the span lock; [keep_end, top) is
                 // part of a free span, so nothing live is there.
@@ -1251,7 +1265,9 @@ impl HeapCore {
     unsafe fn maybe_purge(&self) {
         // SAFETY: the caller holds the span lock.
         let spans = unsafe { self.spans() };
-        let retain = PURGE_RETAIN.max(self.region.committed() / 4);
+        let committed_pages = self.region.committed() >> PAGE_SHIFT;
+        let live = committed_pages.saturating_sub(spans.free_pages) * PAGE_SIZE;
+        let retain = PURGE_RETAIN.max(2 * live);
         if spans.dirty_pages * PAGE_SIZE <= retain {
             return;
         }

@@ -454,16 +454,26 @@ impl Runtime {
                 let hint = iter.size_hint().0.min(batch_len);
                 let mut cap = scratch.items.reserve::<I::Item>(hint.max(64));
                 let mut n = 0usize;
-                for x in iter.by_ref().take(batch_len) {
-                    if n == cap {
-                        cap = scratch.items.grow::<I::Item>(n, n * 2);
+                loop {
+                    // A tight inner loop over the room known to be there (no
+                    // capacity check per item, so copies of plain items
+                    // vectorise), then grow if the iterator has more.
+                    let room = cap.min(batch_len) - n;
+                    let dst = scratch.items.ptr::<I::Item>();
+                    let mut filled = 0usize;
+                    for x in iter.by_ref().take(room) {
+                        // SAFETY: n + filled < cap, inside the scratch
+                        // buffer, which is aligned for any T of alignment up
+                        // to a page.
+                        unsafe { dst.add(n + filled).write(x) };
+                        filled += 1;
                     }
-                    // SAFETY: n < cap, inside the scratch buffer, which is
-                    // aligned for any T of alignment up to a page.
-                    unsafe { scratch.items.ptr::<I::Item>().add(n).write(x) };
-                    n += 1;
+                    n += filled;
+                    if filled < room || n == batch_len {
+                        break n;
+                    }
+                    cap = scratch.items.grow::<I::Item>(n, n * 2);
                 }
-                n
             });
             if n == 0 {
                 break;
