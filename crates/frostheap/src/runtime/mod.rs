@@ -907,49 +907,44 @@ impl Runtime {
     }
 
     fn collect_violations(&self) -> PhaseResult {
-        let backend = self.shared.backend;
-        let policy = self.shared.policy;
+        let (backend, policy) = (self.shared.backend, self.shared.policy);
+        // One report from one record of worker `w`.
+        let report = |w: &Worker, addr: usize, ip: usize, tid: u32, item: usize, access: Access| {
+            let name = w
+                .thread
+                .as_ref()
+                .and_then(|t| t.thread().name().map(str::to_string));
+            Violation::from_raw(addr, ip, tid, name, item, access, backend, policy)
+        };
         let mut violations = Vec::new();
         let mut parked_items = Vec::new();
         let mut workers = self.lock_workers();
-        // Audit records: every worker's ring since the last phase.
         for w in workers.iter() {
+            // Audit records: the worker's ring since the last phase.
             let count = w.slot.audit_count.swap(0, Ordering::AcqRel) as usize;
             for rec in w.slot.audit.iter().take(count.min(AUDIT_RING)) {
-                let v = Violation::from_raw(
+                let v = report(
+                    w,
                     rec.addr.load(Ordering::Relaxed),
                     rec.ip.load(Ordering::Relaxed),
                     rec.tid.load(Ordering::Relaxed),
-                    w.thread
-                        .as_ref()
-                        .and_then(|t| t.thread().name().map(str::to_string)),
                     rec.item.load(Ordering::Relaxed),
                     Access::Write,
-                    backend,
-                    policy,
                 );
                 self.audit_log
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(v);
             }
-        }
-        // Kernel writes found by the io helpers (the task got an error).
-        for w in workers.iter() {
+            // A kernel write found by the io helpers (the task got an error).
             let r = &w.slot.kernel;
             if r.state.swap(0, Ordering::AcqRel) == 1 {
-                violations.push(Violation::from_raw(
+                let (addr, tid, item) = (
                     r.addr.load(Ordering::Relaxed),
-                    0,
                     r.tid.load(Ordering::Relaxed),
-                    w.thread
-                        .as_ref()
-                        .and_then(|t| t.thread().name().map(str::to_string)),
                     r.item.load(Ordering::Relaxed),
-                    Access::KernelWrite,
-                    backend,
-                    policy,
-                ));
+                );
+                violations.push(report(w, addr, 0, tid, item, Access::KernelWrite));
             }
         }
         // Cancel records: parked workers not yet reported.
@@ -961,20 +956,14 @@ impl Runtime {
             w.reported = true;
             replaced += 1;
             let r = &w.slot.record;
-            parked_items.push(r.item.load(Ordering::Relaxed));
-            let v = Violation::from_raw(
+            let item = r.item.load(Ordering::Relaxed);
+            parked_items.push(item);
+            let (addr, ip, tid) = (
                 r.addr.load(Ordering::Relaxed),
                 r.ip.load(Ordering::Relaxed),
                 r.tid.load(Ordering::Relaxed),
-                w.thread
-                    .as_ref()
-                    .and_then(|t| t.thread().name().map(str::to_string)),
-                r.item.load(Ordering::Relaxed),
-                Access::Write,
-                backend,
-                policy,
             );
-            violations.push(v);
+            violations.push(report(w, addr, ip, tid, item, Access::Write));
             // The parked thread never finishes: forget its handle.
             if let Some(t) = w.thread.take() {
                 core::mem::forget(t);
