@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// `libfrostheap.so` of this build.
 fn lib() -> &'static Path {
@@ -24,12 +24,22 @@ fn lib() -> &'static Path {
     })
 }
 
-/// Compiles `tests/c/NAME.c` once into the test scratch directory.
+/// Compiles `tests/c/NAME.c` once per test process into the test scratch
+/// directory. Tests run in parallel and several use the same program: it is
+/// compiled under a lock, to a private name, and renamed into place, so no
+/// test ever executes a file a linker is still writing (ETXTBSY).
 fn c_program(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = built.iter().find(|(n, _)| n == name) {
+        return path.clone();
+    }
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/c")
         .join(format!("{name}.c"));
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("capi-{name}"));
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("capi-{name}.{}.tmp", std::process::id()));
     let status = Command::new("cc")
         .args([
             "-O1",
@@ -39,11 +49,13 @@ fn c_program(name: &str) -> PathBuf {
             "-pthread",
             "-o",
         ])
-        .arg(&out)
+        .arg(&tmp)
         .arg(&src)
         .status()
         .expect("a C compiler `cc` is needed for these tests");
     assert!(status.success(), "cc failed on {}", src.display());
+    std::fs::rename(&tmp, &out).expect("renaming the compiled test program into place");
+    built.push((name.to_string(), out.clone()));
     out
 }
 
