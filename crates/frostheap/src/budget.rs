@@ -516,7 +516,8 @@ impl Permit {
     }
 
     /// Like [`Permit::try_grow`], without counting a refusal (for callers
-    /// that will wait instead).
+    /// that will wait instead). Used by the tower layer.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn try_grow_quiet(&self, extra: usize) -> bool {
         if self.shared.budget.inner.try_take(extra) {
             self.shared.charged.fetch_add(extra, Ordering::Relaxed);

@@ -104,9 +104,11 @@ pub fn thread_token() -> usize {
         let tp: usize;
         // SAFETY: on x86_64 Linux, %fs points at the thread control block,
         // whose first word is a pointer to itself (the TLS ABI); reading it
-        // has no side effects.
+        // has no side effects. `pure, nomem`: the TCB is not memory Rust
+        // code can write, and for the thread running a function the value
+        // never changes during that call, so the compiler may reuse it.
         unsafe {
-            core::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly, preserves_flags))
+            core::arch::asm!("mov {}, fs:0", out(reg) tp, options(pure, nomem, nostack, preserves_flags))
         };
         tp
     }

@@ -46,7 +46,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use super::class::{class_for, class_of, span_pages, CLASS_SIZE, N_CLASSES};
 use super::page::{
     bin_of, Block, Kind, PageMeta, Spans, DIRTY, EMPTY, FULL, IN_QUEUE, NONE, OWNER_LOCAL,
-    OWNER_SHARED, PENDING,
+    OWNER_SEALED, OWNER_SHARED, PENDING,
 };
 use crate::os::{self, OsError};
 use crate::region::{round_up, Region, RegionConfig, PAGE_SHIFT, PAGE_SIZE};
@@ -310,6 +310,9 @@ pub(crate) struct HeapCore {
     /// Bytes charged to this heap from outside it (the C ABI charges other
     /// threads' system allocations here): counted against the limit.
     external: AtomicUsize,
+    /// Sealed for good: allocation fails and frees are ignored. Checked on
+    /// slow paths only; `seal` diverts every fast path into them.
+    sealed: core::sync::atomic::AtomicBool,
 }
 
 // SAFETY: the fields behind Cells obey the discipline documented on
@@ -349,6 +352,7 @@ impl HeapCore {
             pending: AtomicU32::new(NONE),
             refused: AtomicU64::new(0),
             external: AtomicUsize::new(0),
+            sealed: core::sync::atomic::AtomicBool::new(false),
         };
         // The pre-committed minimum becomes one free span.
         let pages = core.region.committed() >> PAGE_SHIFT;
@@ -529,6 +533,9 @@ impl HeapCore {
     #[cold]
     #[inline(never)]
     fn alloc_small_slow(&self, st: &ClassState, c: usize) -> *mut u8 {
+        if self.is_sealed() {
+            return ptr::null_mut();
+        }
         loop {
             let cur = st.current[c].get();
             if !ptr::eq(cur, &EMPTY.0) {
@@ -685,6 +692,9 @@ impl HeapCore {
 
     /// Allocates a large block; returns it and whether it is known zeroed.
     fn alloc_large(&self, layout: Layout) -> (*mut u8, bool) {
+        if self.is_sealed() {
+            return (ptr::null_mut(), false);
+        }
         let align = layout.align();
         let extra = align.saturating_sub(PAGE_SIZE);
         let bytes = match layout.size().max(1).checked_add(extra) {
@@ -765,6 +775,9 @@ impl HeapCore {
     #[cold]
     #[inline(never)]
     unsafe fn free_slow(&self, idx: usize, p: *mut u8) {
+        if self.is_sealed() {
+            return; // nothing may be written in a sealed heap
+        }
         let mut head = idx;
         let mut m = self.meta(idx);
         if m.kind() == Kind::Cont {
@@ -916,6 +929,9 @@ impl HeapCore {
     /// 1. `p` is a live block of this heap allocated with `old`'s alignment
     ///    and a size of at least `old.size()`.
     pub(crate) unsafe fn realloc(&self, p: *mut u8, old: Layout, new_size: usize) -> *mut u8 {
+        if self.is_sealed() {
+            return ptr::null_mut();
+        }
         let align = old.align();
         let idx = (p as usize - self.base) >> PAGE_SHIFT;
         let mut head = idx;
@@ -1553,6 +1569,36 @@ impl HeapCore {
     pub(crate) fn set_frozen(&self, frozen: bool) -> Result<usize, OsError> {
         let _g = self.span_lock.lock();
         self.region.set_frozen(frozen)
+    }
+
+    /// Whether [`HeapCore::seal_allocation`] ran.
+    #[inline]
+    pub(crate) fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::Acquire)
+    }
+
+    /// Stops all allocation and freeing, for a heap about to be sealed
+    /// read-only: raises the flag the slow paths check, and diverts every
+    /// fast path into them (empty class queues; small spans marked
+    /// `OWNER_SEALED`, which the free fast path does not accept). The fast
+    /// paths themselves carry no extra check.
+    ///
+    /// Precondition: called by the owner thread, with no other thread
+    /// allocating from the heap meanwhile.
+    pub(crate) fn seal_allocation(&self) {
+        self.sealed.store(true, Ordering::Release);
+        let _s = self.shared_lock.lock();
+        let _g = self.span_lock.lock();
+        for c in 0..N_CLASSES {
+            self.local.current[c].set(&EMPTY.0);
+            self.shared.current[c].set(&EMPTY.0);
+        }
+        for idx in 0..self.region.committed() >> PAGE_SHIFT {
+            let m = self.meta(idx);
+            if m.kind() == Kind::Small {
+                m.owner.set(OWNER_SEALED);
+            }
+        }
     }
 
     /// Locks used by the heap, for `fork` handlers (C ABI).

@@ -37,8 +37,6 @@ pub(crate) struct HeapInner {
     pub(crate) core: HeapCore,
     pub(crate) name: Cow<'static, str>,
     slot: Option<usize>,
-    /// Sealed read-only for good: frees become no-ops.
-    pub(crate) sealed: ::core::sync::atomic::AtomicBool,
 }
 
 impl HeapInner {
@@ -51,7 +49,6 @@ impl HeapInner {
             core,
             name,
             slot: None,
-            sealed: ::core::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -156,9 +153,6 @@ impl Heap {
 
     /// Allocates memory for `layout`, or reports why it cannot.
     pub fn try_alloc(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
-        if self.is_sealed() {
-            return Err(self.oom(layout.size()));
-        }
         let p = NonNull::new(self.core().alloc(layout)).ok_or_else(|| self.oom(layout.size()))?;
         if crate::track::enabled() {
             crate::track::record(p.as_ptr() as usize);
@@ -168,9 +162,6 @@ impl Heap {
 
     /// Like [`Heap::try_alloc`], with the memory zeroed.
     pub fn try_alloc_zeroed(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
-        if self.is_sealed() {
-            return Err(self.oom(layout.size()));
-        }
         NonNull::new(self.core().alloc_zeroed(layout)).ok_or_else(|| self.oom(layout.size()))
     }
 
@@ -179,9 +170,6 @@ impl Heap {
     /// # Safety
     /// 1. `ptr` was allocated by this heap and not freed since.
     pub unsafe fn dealloc(&self, ptr: NonNull<u8>) {
-        if self.is_sealed() {
-            return;
-        }
         // SAFETY: forwarded (1).
         unsafe { self.core().free(ptr.as_ptr()) }
     }
@@ -195,11 +183,19 @@ impl Heap {
     /// no-ops (the memory is never reused), and a write by any thread is a
     /// crash (or, by a runtime task, a violation report). Hardening for
     /// data that must never change after start-up.
+    ///
+    /// Call it from the heap's owner thread, while no other thread
+    /// allocates from the heap.
     pub fn seal(&self) -> Result<(), Error> {
         let inner = self.inner();
-        inner
-            .sealed
-            .store(true, ::core::sync::atomic::Ordering::Release);
+        if !inner.core.is_owner() {
+            return Err(Error::invalid(
+                "seal",
+                inner.name.as_ref(),
+                "a call from the heap's owner thread (the one that built it, or adopted it)",
+            ));
+        }
+        inner.core.seal_allocation();
         inner.core.set_frozen(true).map_err(|source| Error::Os {
             context: "protecting a heap before sealing it",
             source,
@@ -243,10 +239,9 @@ impl Heap {
     }
 
     /// Whether [`Heap::seal`] was called.
+    #[inline]
     pub fn is_sealed(&self) -> bool {
-        self.inner()
-            .sealed
-            .load(::core::sync::atomic::Ordering::Acquire)
+        self.core().is_sealed()
     }
 
     /// Resizes a block to `new_size` bytes, in place when possible.
@@ -259,9 +254,6 @@ impl Heap {
         old: Layout,
         new_size: usize,
     ) -> Result<NonNull<u8>, Error> {
-        if self.is_sealed() {
-            return Err(self.oom(new_size));
-        }
         // SAFETY: forwarded (1).
         let p = unsafe { self.core().realloc(ptr.as_ptr(), old, new_size) };
         NonNull::new(p).ok_or_else(|| self.oom(new_size))
@@ -360,9 +352,6 @@ impl Eq for Heap {}
 unsafe impl Allocator for Heap {
     #[inline]
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        if self.is_sealed() {
-            return Err(AllocError);
-        }
         let p = NonNull::new(self.core().alloc(layout)).ok_or(AllocError)?;
         if crate::track::enabled() {
             crate::track::record(p.as_ptr() as usize);
@@ -371,18 +360,12 @@ unsafe impl Allocator for Heap {
     }
 
     fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        if self.is_sealed() {
-            return Err(AllocError);
-        }
         let p = NonNull::new(self.core().alloc_zeroed(layout)).ok_or(AllocError)?;
         Ok(NonNull::slice_from_raw_parts(p, layout.size()))
     }
 
     #[inline]
     unsafe fn deallocate(&self, ptr: NonNull<u8>, _layout: Layout) {
-        if self.is_sealed() {
-            return;
-        }
         // SAFETY: the Allocator contract: ptr is currently allocated by us.
         unsafe { self.core().free(ptr.as_ptr()) }
     }
@@ -434,11 +417,6 @@ impl Heap {
         old: Layout,
         new: Layout,
     ) -> Result<NonNull<[u8]>, AllocError> {
-        // A sealed heap neither hands out nor moves blocks (its free lists
-        // still name free blocks, but nothing may be written there).
-        if self.is_sealed() {
-            return Err(AllocError);
-        }
         let p = if new.align() <= old.align() {
             // SAFETY: the caller's Allocator contract.
             unsafe { self.core().realloc(ptr.as_ptr(), old, new.size()) }

@@ -41,6 +41,9 @@ pub enum Kind {
 pub const OWNER_LOCAL: u8 = 0;
 /// The span belongs to the lock-protected shared state.
 pub const OWNER_SHARED: u8 = 1;
+/// The heap is sealed: no fast path applies (frees and allocations take
+/// the slow path, which refuses them).
+pub const OWNER_SEALED: u8 = 2;
 
 /// `state` bit: the span had no free block and left its queue.
 pub const FULL: u32 = 1;

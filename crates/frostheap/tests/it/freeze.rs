@@ -563,3 +563,54 @@ fn null_pointer_write_inside_a_task_still_crashes_with_sigsegv() {
         describe(&out)
     );
 }
+
+/// Regression: after `seal`, frees are no-ops on every path — the owner's
+/// fast path (a `Vec` dropped on the sealed heap), another thread's remote
+/// path, and large blocks — and allocation fails on every size class,
+/// while the data stays readable. (`seal` diverts the fast paths instead
+/// of checking a flag on them.)
+#[test]
+fn frees_after_seal_are_no_ops_on_every_path() {
+    use std::alloc::Layout;
+    let heap = frostheap::Heap::builder()
+        .name("sealed-frees")
+        .max(64 << 20)
+        .build()
+        .unwrap();
+    let mut small = allocator_api2::vec::Vec::new_in(heap.clone());
+    small.extend(0..100u32);
+    let mut large = allocator_api2::vec::Vec::new_in(heap.clone());
+    large.extend(0..100_000u64);
+    let other = heap
+        .try_alloc(Layout::from_size_align(48, 8).unwrap())
+        .unwrap();
+    let before = heap.stats();
+    heap.seal().expect("mseal works on this kernel");
+    assert!(heap.is_sealed());
+    assert_eq!(small[42], 42);
+    assert_eq!(large[99_999], 99_999);
+    for size in [16, 48, 1000, 4096, 100 << 10, 1 << 20] {
+        let e = heap
+            .try_alloc(Layout::from_size_align(size, 8).unwrap())
+            .unwrap_err();
+        assert!(
+            matches!(e, frostheap::Error::OutOfMemory { .. }),
+            "size {size}: {e}"
+        );
+    }
+    drop(small); // the owner's fast path
+    drop(large); // a large block
+    let h = heap.clone();
+    let addr = other.as_ptr() as usize;
+    std::thread::spawn(move || {
+        // SAFETY: `other` was allocated by `h` and is freed once, here.
+        unsafe { h.dealloc(std::ptr::NonNull::new(addr as *mut u8).unwrap()) }
+    })
+    .join()
+    .expect("a remote free on a sealed heap is a no-op, not a crash");
+    let after = heap.stats();
+    assert_eq!(
+        after.in_use, before.in_use,
+        "nothing is freed (or written) in a sealed heap"
+    );
+}
