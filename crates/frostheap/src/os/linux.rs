@@ -393,6 +393,31 @@ pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32, timeout_n
     };
 }
 
+/// Waits while `*word == expected`: first spinning briefly (yielding the
+/// CPU between checks, so a thread that has work gets it), then sleeping
+/// in the kernel. Returns once the word has changed. For waits that are
+/// usually short (a phase ending, the next phase starting): a futex wake
+/// of an idle virtual CPU costs tens of microseconds, a short spin none.
+pub fn wait_while_eq(word: &core::sync::atomic::AtomicU32, expected: u32) {
+    use core::sync::atomic::Ordering;
+    for round in 0..64u32 {
+        if word.load(Ordering::Acquire) != expected {
+            return;
+        }
+        if round < 16 {
+            for _ in 0..64 {
+                core::hint::spin_loop();
+            }
+        } else {
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
+        }
+    }
+    while word.load(Ordering::Acquire) == expected {
+        futex_wait(word, expected, None);
+    }
+}
+
 /// Wakes up to `n` waiters on `word`. Async-signal-safe.
 pub fn futex_wake(word: &core::sync::atomic::AtomicU32, n: i32) {
     // SAFETY: word is a valid, aligned u32.

@@ -859,7 +859,7 @@ impl Runtime {
             if sh.remaining.load(Ordering::Acquire) <= newly_parked {
                 break;
             }
-            os::futex_wait(&sh.events, ev, None);
+            os::wait_while_eq(&sh.events, ev);
         }
         sh.job.store(core::ptr::null_mut(), Ordering::Release);
         // Thaw, mirroring the freeze: open every heap (no writes), then

@@ -90,9 +90,7 @@ fn run(
     slot.started.store(1, Ordering::Release);
     os::futex_wake(&slot.started, 1);
     loop {
-        while rt.epoch.load(Ordering::Acquire) == seen {
-            os::futex_wait(&rt.epoch, seen, None);
-        }
+        os::wait_while_eq(&rt.epoch, seen);
         seen = rt.epoch.load(Ordering::Acquire);
         if rt.shutdown.load(Ordering::Acquire) {
             break;
