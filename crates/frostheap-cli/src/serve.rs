@@ -507,7 +507,9 @@ async fn handle(state: &State, mut req: Request<Incoming>) -> Response<Full<hype
                 Err(e) => text(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
                 Ok(value) => {
                     let out = serde_json::to_vec(&value).expect("a Value serializes");
-                    if let Some(p) = &permit {
+                    // Walking the document costs; only a measuring budget
+                    // uses the figure.
+                    if let Some(p) = permit.as_ref().filter(|p| p.measuring()) {
                         p.record_usage(json_bytes(&value) + out.capacity());
                     }
                     hold(hold_ms).await;

@@ -558,6 +558,14 @@ impl Permit {
         self.shared.used.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// Whether the budget measures the per-client cost (so recorded usage
+    /// is used). Callers whose measurement costs something (walking a
+    /// parsed document) can skip it when this is false.
+    #[inline]
+    pub fn measuring(&self) -> bool {
+        self.shared.budget.inner.measured.load(Ordering::Relaxed)
+    }
+
     /// The usage recorded so far.
     pub fn used(&self) -> usize {
         self.shared.used.load(Ordering::Relaxed)
