@@ -1,0 +1,70 @@
+//! The README's first command runs the tour: it must keep working and keep
+//! showing what it claims (a refused allocation at the cap, three caught
+//! violations with the data intact, a caught append, the program going on).
+
+use std::process::Command;
+
+#[test]
+fn the_tour_runs_and_shows_what_it_claims() {
+    let out = Command::new(env!("CARGO_BIN_EXE_frostheap"))
+        .arg("tour")
+        .output()
+        .expect("run the tour");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the tour failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("out of memory: 80 MiB requested"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("==frostheap== VIOLATION").count(),
+        4,
+        "{stdout}"
+    );
+    assert!(stdout.contains("the data is intact"), "{stdout}");
+    assert!(
+        stdout.contains("3 violations reported, 3 parked workers replaced"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(the append never happened)"), "{stdout}");
+    assert!(stdout.contains("End of the tour."), "{stdout}");
+    // Every report points at the tour's own source line.
+    assert!(stdout.matches("tour.rs:").count() >= 4, "{stdout}");
+}
+
+#[test]
+fn no_subcommand_means_the_tour() {
+    let out = Command::new(env!("CARGO_BIN_EXE_frostheap"))
+        .output()
+        .expect("run frostheap");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("frostheap tour"));
+}
+
+#[test]
+fn info_names_the_limits_and_a_bad_environment_value_stops_with_one_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_frostheap"))
+        .arg("info")
+        .env("FROSTHEAP_MAX", "1G")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("main heap max        1 GiB (FROSTHEAP_MAX)"),
+        "{stdout}"
+    );
+    let bad = Command::new(env!("CARGO_BIN_EXE_frostheap"))
+        .arg("info")
+        .env("FROSTHEAP_MAX", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("FROSTHEAP_MAX") && err.contains("lots"),
+        "{err}"
+    );
+}
