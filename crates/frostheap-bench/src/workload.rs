@@ -146,7 +146,7 @@ fn backoff(spins: &mut u32) {
 /// `n` must be a multiple of the batch size (64).
 #[inline(never)]
 pub fn remote<S: Subject>(s: &S, n: usize) -> Duration {
-    assert!(n % BATCH == 0, "n must be a multiple of {BATCH}");
+    assert!(n.is_multiple_of(BATCH), "n must be a multiple of {BATCH}");
     let ring = Ring {
         slots: (0..RING)
             .map(|_| AtomicPtr::new(std::ptr::null_mut()))

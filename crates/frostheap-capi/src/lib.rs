@@ -358,7 +358,7 @@ pub unsafe extern "C" fn posix_memalign(
     alignment: usize,
     size: usize,
 ) -> c_int {
-    if !is_pow2(alignment) || alignment % core::mem::size_of::<*mut c_void>() != 0 {
+    if !is_pow2(alignment) || !alignment.is_multiple_of(core::mem::size_of::<*mut c_void>()) {
         return libc::EINVAL;
     }
     // SAFETY: __errno_location is always valid for the calling thread.

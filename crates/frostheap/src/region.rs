@@ -150,7 +150,7 @@ impl Region {
     pub(crate) fn grow_to(&self, new_committed: usize) -> Result<(), OsError> {
         let old = self.committed.load(Ordering::Relaxed);
         debug_assert!(
-            new_committed % PAGE_SIZE == 0,
+            new_committed.is_multiple_of(PAGE_SIZE),
             "grow_to: {new_committed} not page-aligned"
         );
         debug_assert!(

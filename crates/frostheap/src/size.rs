@@ -75,7 +75,7 @@ pub fn parse_size_bytes(text: &[u8]) -> Result<usize, SizeError> {
         return Err(SizeError::Malformed);
     }
     let frac_scaled = frac_num << shift;
-    if frac_scaled % frac_den != 0 {
+    if !frac_scaled.is_multiple_of(frac_den) {
         // Not a whole number of bytes (e.g. "1.5B" or "0.1K").
         return Err(SizeError::Malformed);
     }
@@ -117,7 +117,7 @@ impl fmt::Display for Bytes {
             return write!(f, "{n} B");
         }
         let scale = 1usize << (10 * unit);
-        if n % scale == 0 {
+        if n.is_multiple_of(scale) {
             write!(f, "{} {}", n / scale, UNITS[unit])
         } else {
             write!(f, "{:.1} {}", n as f64 / scale as f64, UNITS[unit])

@@ -136,7 +136,7 @@ fn cell(s: &Summary) -> String {
 }
 
 fn size_name(bytes: usize) -> String {
-    if bytes >= GIB && bytes % GIB == 0 {
+    if bytes >= GIB && bytes.is_multiple_of(GIB) {
         format!("{} GiB", bytes / GIB)
     } else {
         format!("{} MiB", bytes / MIB)

@@ -249,7 +249,7 @@ fn allocators() -> Vec<Allocator> {
 fn workloads(opts: &Options) -> Result<Vec<Workload>, String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("preload");
     let mut out = Vec::new();
-    let want = |w: &str| opts.only.as_deref().map_or(true, |only| only == w);
+    let want = |w: &str| opts.only.as_deref().is_none_or(|only| only == w);
     // The real interpreter, not a pyenv shim (whose bash would be timed).
     match Command::new("python3")
         .args(["-c", "import sys; print(sys.executable)"])

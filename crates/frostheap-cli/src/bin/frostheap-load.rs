@@ -52,7 +52,7 @@ impl Server {
     }
 
     fn start_bin(bin: &std::path::Path, args: &[&str]) -> Server {
-        let mut child = Command::new(&bin)
+        let mut child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())

@@ -121,7 +121,7 @@ pub fn physical_memory() -> usize {
 /// [`commit`]; the excess taken for alignment is unmapped again.
 pub fn reserve(len: usize, align: usize) -> Result<*mut u8, OsError> {
     debug_assert!(
-        len > 0 && len % page_size() == 0,
+        len > 0 && len.is_multiple_of(page_size()),
         "reserve: len {len} not page-aligned"
     );
     debug_assert!(

@@ -605,9 +605,9 @@ impl Runtime {
         // SAFETY: `out.len() + n <= out.capacity()` (reserved by map_with),
         // so the slots lie inside the allocation.
         let results = SyncPtr(unsafe { out.as_mut_ptr().add(out.len()) });
+        const _: () = assert!(PENDING == 0);
         // SAFETY: by (1), n zeroed bytes; AtomicU8 has u8's layout and
         // PENDING is 0.
-        const _: () = assert!(PENDING == 0);
         let state: &[AtomicU8] =
             unsafe { core::slice::from_raw_parts(state.cast::<AtomicU8>(), n) };
         let sync_items = SyncPtr(items);

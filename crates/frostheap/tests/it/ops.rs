@@ -351,7 +351,7 @@ impl<'h> Replayer<'h> {
     /// empty.
     pub fn finish(mut self) {
         while !self.live.is_empty() {
-            let api = if self.live.len() % 2 == 0 {
+            let api = if self.live.len().is_multiple_of(2) {
                 Api::Heap
             } else {
                 Api::Allocator

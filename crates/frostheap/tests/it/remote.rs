@@ -178,7 +178,7 @@ fn both_directions_at_once_with_large_blocks() {
     let (to_other, from_owner) = sync_channel::<Vec<Sent>>(IN_FLIGHT);
     let (to_owner, from_other) = sync_channel::<Vec<Sent>>(IN_FLIGHT);
     let size_of = |i: usize| {
-        if i % 997 == 0 {
+        if i.is_multiple_of(997) {
             150_000 + i % 300_000
         } else {
             small_size(i)

@@ -487,7 +487,7 @@ fn batches_are_sized_from_the_measured_bytes_per_item() {
     // First batch: one item per worker; then budget / bytes_per_item.
     assert_eq!(s.batch_sizes[0], WORKERS, "{s:?}");
     let per_batch = budget / s.bytes_per_item;
-    assert!(per_batch >= 15 && per_batch <= 16);
+    assert!((15..=16).contains(&per_batch));
     let (last, middle) = s.batch_sizes[1..].split_last().unwrap();
     assert!(middle.iter().all(|&b| b == per_batch), "{s:?}");
     assert!(*last <= per_batch && *last >= 1);
