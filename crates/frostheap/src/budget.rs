@@ -621,6 +621,16 @@ struct WaitSlot {
     waker: Mutex<Option<Waker>>,
 }
 
+impl WaitSlot {
+    /// Takes a grant made by dispatch (GRANTED → TAKEN); true if there was
+    /// one.
+    fn take_grant(&self) -> bool {
+        self.state
+            .compare_exchange(GRANTED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
 /// The future of [`Budget::acquire`]: resolves to a [`Permit`] once the
 /// bytes fit.
 #[must_use = "futures do nothing unless polled"]
@@ -649,20 +659,12 @@ impl Future for Acquire {
         let this = &mut *self;
         let inner = &this.budget.inner;
         if let Some(slot) = &this.slot {
-            if slot
-                .state
-                .compare_exchange(GRANTED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
+            if slot.take_grant() {
                 return Poll::Ready(Ok(this.permit(true)));
             }
             *slot.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
             // The grant may have come between the check and the store.
-            if slot
-                .state
-                .compare_exchange(GRANTED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
+            if slot.take_grant() {
                 return Poll::Ready(Ok(this.permit(true)));
             }
             return Poll::Pending;
@@ -703,11 +705,7 @@ impl Future for Acquire {
         // front did not fit; a dispatch now serves whoever fits in order.
         inner.dispatch();
         if let Some(slot) = &this.slot {
-            if slot
-                .state
-                .compare_exchange(GRANTED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
+            if slot.take_grant() {
                 return Poll::Ready(Ok(this.permit(true)));
             }
         }
