@@ -233,6 +233,12 @@ impl ContextHeap {
 
     /// A dedicated run of fresh chunks for a large request.
     fn alloc_run(&self, size: usize, align: usize) -> *mut u8 {
+        // Runs start chunk-aligned; a block aligned beyond a chunk could
+        // start past the run's first chunk, where a free would not find the
+        // run's counts. Such rare requests go to system memory.
+        if align > CHUNK_SIZE {
+            return core::ptr::null_mut();
+        }
         let Some(bytes) = size.checked_add(align.saturating_sub(1)) else {
             return core::ptr::null_mut();
         };
@@ -389,10 +395,16 @@ impl ContextHeap {
     /// Grows the most recent allocation in place when it is at the cursor.
     ///
     /// # Safety
-    /// 1. Owner thread only; `p` is a live block of this heap of `old` bytes.
+    /// 1. Owner thread only; `p` is a live context block of `old` bytes (of
+    ///    this heap or another; another's is never grown).
     pub unsafe fn grow_in_place(&self, p: *mut u8, old: usize, new: usize) -> bool {
         let p = p as usize;
-        if p + old == self.cursor.get() && p + new <= self.limit.get() && new >= old {
+        let cur = self.current.get();
+        // Only the latest block of the current chunk may grow, and only
+        // within that chunk (its counts cover exactly the chunk).
+        // (Wrapping: `p` may belong to another worker's slot.)
+        let in_current = cur != NONE && p.wrapping_sub(self.base) >> CHUNK_SHIFT == cur as usize;
+        if in_current && p + old == self.cursor.get() && p + new <= self.limit.get() && new >= old {
             self.cursor.set(p + new);
             self.allocated.store(
                 self.allocated.load(Ordering::Relaxed) + (new - old),
