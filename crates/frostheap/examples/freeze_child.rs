@@ -162,6 +162,22 @@ fn unrelated_fault(mode: &str, with_runtime: bool) {
                 }
             });
         }
+        "oob-read" => {
+            // A read past the committed part of the main heap (PROT_NONE):
+            // a real crash, never a violation, with or without a phase.
+            let heap = frostheap::main_heap().expect("Global is installed");
+            let addr = heap.base() as usize + heap.stats().reserved - 64;
+            let read = move || {
+                // SAFETY: none: the read is the crash under test.
+                unsafe { (addr as *const u64).read_volatile() }
+            };
+            match rt.as_ref() {
+                Some(rt) => {
+                    let _ = rt.map(0..2u64, |i| if i == 1 { read() } else { i });
+                }
+                None => println!("{}", read()),
+            }
+        }
         "protnone-write" => {
             // SAFETY: a fresh anonymous PROT_NONE mapping; the store into
             // it is the crash under test.

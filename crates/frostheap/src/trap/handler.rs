@@ -70,7 +70,12 @@ thread_local! {
 unsafe extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for SIGSEGV.
     let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
-    if code == SEGV_ACCERR || code == SEGV_PKUERR {
+    // A read that faults with SEGV_ACCERR cannot be ours: frozen pages stay
+    // readable, so it is an out-of-bounds read into the uncommitted part of
+    // a region (or anywhere else) — a real crash, for the previous handler.
+    // (Key faults on reads are ours: a thread lacking the key entirely.)
+    let ours = code == SEGV_PKUERR || (code == SEGV_ACCERR && is_write(ctx));
+    if ours {
         if let Some(g) = guard_of(addr) {
             let w = current_worker();
             // SAFETY: a registered worker slot outlives its thread.
@@ -111,6 +116,14 @@ unsafe extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
     }
     // SAFETY: forwarding the kernel's arguments to the previous handler.
     unsafe { chain(&PREV_SEGV, sig, info, ctx) }
+}
+
+/// Whether the faulting access was a write: bit 1 of the x86 page-fault
+/// error code the kernel saves in the signal frame.
+fn is_write(ctx: *mut libc::c_void) -> bool {
+    // SAFETY: ctx is the ucontext_t the kernel passed for this signal.
+    let uc = unsafe { &*(ctx as *const libc::ucontext_t) };
+    uc.uc_mcontext.gregs[libc::REG_ERR as usize] & 2 != 0
 }
 
 /// Handles a worker's write to a frozen heap according to its policy.

@@ -614,3 +614,12 @@ fn frees_after_seal_are_no_ops_on_every_path() {
         "nothing is freed (or written) in a sealed heap"
     );
 }
+
+/// A task that *reads* past the committed part of a frozen heap (its
+/// PROT_NONE tail) crashes like any out-of-bounds read: the handler claims
+/// only writes (the page-fault error code says which), so no violation is
+/// reported and the previous handler's SIGSEGV stands.
+#[test]
+fn an_out_of_bounds_read_in_a_task_is_a_crash_not_a_violation() {
+    same_with_and_without("oob-read", libc::SIGSEGV, &[]);
+}
