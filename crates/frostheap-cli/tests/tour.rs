@@ -29,8 +29,25 @@ fn the_tour_runs_and_shows_what_it_claims() {
     );
     assert!(stdout.contains("(the append never happened)"), "{stdout}");
     assert!(stdout.contains("End of the tour."), "{stdout}");
-    // Every report points at the tour's own source line.
-    assert!(stdout.matches("tour.rs:").count() >= 4, "{stdout}");
+    // Every report names the faulting instruction's location. In optimized
+    // builds the stores are inlined into the tour's closures, so reports
+    // point at the tour's own lines; in debug builds an atomic or memset is
+    // a real function call, and only the faulting instruction (inside
+    // core or libc) is symbolised.
+    let at_lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("at "))
+        .collect();
+    assert_eq!(at_lines.len(), 4, "{stdout}");
+    assert!(
+        at_lines
+            .iter()
+            .all(|l| l.contains(" in ") && l.contains(':')),
+        "{stdout}"
+    );
+    if !cfg!(debug_assertions) {
+        assert!(at_lines.iter().all(|l| l.contains("tour.rs:")), "{stdout}");
+    }
 }
 
 #[test]
