@@ -29,6 +29,18 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
         },
         cfg.huge_pages
     );
+    let pkeys = match frostheap::trap::pkey() {
+        Ok(k) => format!("available (key {k} allocated)"),
+        Err(e) => format!("not available ({e})"),
+    };
+    println!("protection keys      {pkeys}");
+    let backend = frostheap::trap::resolve(cfg.protect)?;
+    println!(
+        "freeze backend       {} (FROSTHEAP_PROTECT={:?}), policy {:?} (FROSTHEAP_ON_VIOLATION)",
+        backend.name(),
+        cfg.protect,
+        cfg.on_violation
+    );
     println!("physical memory      {}", Bytes(os::physical_memory()));
     println!(
         "main heap max        {}{}",

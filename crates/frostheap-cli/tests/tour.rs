@@ -72,6 +72,14 @@ fn info_names_the_limits_and_a_bad_environment_value_stops_with_one_line() {
         stdout.contains("main heap max        1 GiB (FROSTHEAP_MAX)"),
         "{stdout}"
     );
+    for line in [
+        "page size",
+        "transparent huge",
+        "protection keys",
+        "freeze backend",
+    ] {
+        assert!(stdout.contains(line), "`info` reports {line}:\n{stdout}");
+    }
     let bad = Command::new(env!("CARGO_BIN_EXE_frostheap"))
         .arg("info")
         .env("FROSTHEAP_MAX", "lots")
