@@ -123,12 +123,15 @@ pub(crate) fn site_of(block: usize) -> Vec<String> {
                     "frostheap::heap",
                     "frostheap::track",
                     "frostheap::global",
-                    "alloc::",
-                    "__rust",
                     "<frostheap::",
+                    "alloc::",
+                    "<alloc::",
+                    "core::",
+                    "<core::",
+                    "std::",
+                    "<std::",
+                    "__rust",
                     "backtrace::",
-                    "std::rt::",
-                    "core::ops::function",
                 ];
                 if out.is_empty() && machinery.iter().any(|m| name.starts_with(m)) {
                     continue;

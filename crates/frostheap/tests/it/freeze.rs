@@ -623,3 +623,31 @@ fn frees_after_seal_are_no_ops_on_every_path() {
 fn an_out_of_bounds_read_in_a_task_is_a_crash_not_a_violation() {
     same_with_and_without("oob-read", libc::SIGSEGV, &[]);
 }
+
+/// `FROSTHEAP_TRACK_ALLOCS=1`: the report says where the violated block was
+/// allocated (the example's `build_data`); without it, no site is shown.
+#[test]
+fn track_allocs_names_where_the_violated_block_was_allocated() {
+    let out = run_example("violation", &[], &[("FROSTHEAP_TRACK_ALLOCS", "1")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stdout.contains("violation example: ok"),
+        "{}",
+        describe(&out)
+    );
+    let site = stdout
+        .split("allocated at:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no allocation site:\n{stdout}"));
+    let first = site.lines().nth(1).unwrap_or("");
+    assert!(
+        first.contains("build_data"),
+        "the first site frame is the program's own: {first}\n{stdout}"
+    );
+
+    let plain = run_example("violation", &[], &[]);
+    let stdout = String::from_utf8_lossy(&plain.stdout);
+    assert!(plain.status.success(), "{}", describe(&plain));
+    assert!(!stdout.contains("allocated at:"), "{stdout}");
+}
