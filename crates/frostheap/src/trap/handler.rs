@@ -82,7 +82,10 @@ unsafe extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
             let worker = unsafe { w.as_ref() }.filter(|w| w.in_phase.load(Ordering::Acquire));
             let frozen = g.frozen.load(Ordering::Acquire);
             if let Some(w) = worker {
-                if frozen || g.sealed.load(Ordering::Acquire) {
+                // A key fault from a worker in a phase is a violation even if
+                // this heap's own runtime is idle: every guarded heap carries
+                // the one key the worker's PKRU denies.
+                if frozen || g.sealed.load(Ordering::Acquire) || code == SEGV_PKUERR {
                     // SAFETY: ctx is the ucontext the kernel passed.
                     unsafe { violation(w, addr, code, ctx) };
                     return;
