@@ -749,13 +749,9 @@ impl HeapCore {
         let idx = (p as usize - self.base) >> PAGE_SHIFT;
         let m = self.meta(idx);
         if m.kind.get() == Kind::Small as u8 && m.owner.get() == OWNER_LOCAL && self.is_owner() {
-            let b = p.cast::<Block>();
-            // SAFETY: by (1) p is a live block of this span; it becomes free.
-            unsafe { (*b).next = m.free.get() };
-            m.free.set(b);
-            let used = m.used.get() - 1;
-            m.used.set(used);
-            self.local.on_free_as::<true>(m.block_size.get() as usize);
+            // SAFETY: by (1) p is a live block of this span; we are the
+            // owner, who owns the local state.
+            let used = unsafe { self.push_free::<true>(&self.local, m, p) };
             // `after_local_free` has work only for a FULL/PENDING span or an
             // empty span that is not its queue's current one (an empty
             // current span stays, so alloc+free pairs never leave this
@@ -785,37 +781,53 @@ impl HeapCore {
             m = self.meta(head);
         }
         match m.kind() {
-            Kind::Small => {
-                if m.owner.get() == OWNER_SHARED {
-                    let _g = self.shared_lock.lock();
-                    let b = p.cast::<Block>();
-                    // SAFETY: p is a live block of this shared span; we hold
-                    // the shared lock, which owns the span's free list.
-                    unsafe { (*b).next = m.free.get() };
-                    m.free.set(b);
-                    m.used.set(m.used.get() - 1);
-                    self.shared.on_free(m.block_size.get() as usize);
-                    if m.used.get() == 0 || m.state.load(Ordering::Relaxed) != 0 {
-                        self.after_local_free(&self.shared, m, head);
-                    }
-                } else if self.is_owner() {
-                    // A block in a later page of a multi-page span.
-                    let b = p.cast::<Block>();
-                    // SAFETY: as in `free`.
-                    unsafe { (*b).next = m.free.get() };
-                    m.free.set(b);
-                    m.used.set(m.used.get() - 1);
-                    self.local.on_free(m.block_size.get() as usize);
-                    if m.used.get() == 0 || m.state.load(Ordering::Relaxed) != 0 {
-                        self.after_local_free(&self.local, m, head);
-                    }
-                } else {
-                    self.free_remote(m, head, p);
+            Kind::Small if m.owner.get() == OWNER_SHARED => {
+                let _g = self.shared_lock.lock();
+                // SAFETY: p is a live block of this shared span; we hold
+                // the shared lock, which owns the shared state.
+                let used = unsafe { self.push_free::<false>(&self.shared, m, p) };
+                if used == 0 || m.state.load(Ordering::Relaxed) != 0 {
+                    self.after_local_free(&self.shared, m, head);
                 }
             }
+            Kind::Small if self.is_owner() => {
+                // A block in a later page of a multi-page span.
+                // SAFETY: as in `free`.
+                let used = unsafe { self.push_free::<true>(&self.local, m, p) };
+                if used == 0 || m.state.load(Ordering::Relaxed) != 0 {
+                    self.after_local_free(&self.local, m, head);
+                }
+            }
+            Kind::Small => self.free_remote(m, head, p),
             Kind::Large => self.free_large(m, head),
             _ => invalid_free(p),
         }
+    }
+
+    /// Pushes `p` on the free list of the small span headed by `m` and
+    /// counts the free in `st` (`LOCAL` iff `st` is the owner's state);
+    /// returns the span's blocks still in use.
+    ///
+    /// # Safety
+    /// 1. `p` is a live block of that span, and the caller owns `st` (is
+    ///    the owner thread for the local state, holds the shared lock for
+    ///    the shared one).
+    #[inline(always)]
+    unsafe fn push_free<const LOCAL: bool>(
+        &self,
+        st: &ClassState,
+        m: &PageMeta,
+        p: *mut u8,
+    ) -> u32 {
+        let b = p.cast::<Block>();
+        // SAFETY: by (1) p is a live block; it becomes free, and its first
+        // word the free-list link.
+        unsafe { (*b).next = m.free.get() };
+        m.free.set(b);
+        let used = m.used.get() - 1;
+        m.used.set(used);
+        st.on_free_as::<LOCAL>(m.block_size.get() as usize);
+        used
     }
 
     /// After an owner free that emptied the span or hit a FULL span.
