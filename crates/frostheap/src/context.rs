@@ -96,6 +96,18 @@ struct ChunkMeta {
     committed: AtomicBool,
 }
 
+impl ChunkMeta {
+    /// Starts a new use of this chunk (or run head): `run` chunks,
+    /// `allocs` allocations made, none freed, in `state`. The state is
+    /// stored last (SeqCst) so a freer that sees it sees the counts.
+    fn restart(&self, run: u32, allocs: u32, state: u32) {
+        self.run.store(run, Ordering::Relaxed);
+        self.allocs.store(allocs, Ordering::Relaxed);
+        self.frees.store(0, Ordering::Relaxed);
+        self.state.store(state, Ordering::SeqCst);
+    }
+}
+
 /// One worker's bump arena.
 pub struct ContextHeap {
     slot: usize,
@@ -243,24 +255,12 @@ impl ContextHeap {
             return core::ptr::null_mut();
         };
         let k = bytes.div_ceil(CHUNK_SIZE).max(1);
-        let first = self.frontier.get() as usize;
-        if first + k > CHUNKS_PER_SLOT {
+        let Some(first) = self.take_fresh(k) else {
             return core::ptr::null_mut();
-        }
+        };
         let start = self.base + (first << CHUNK_SHIFT);
-        // SAFETY: the run lies in our slot of the context space, unused.
-        if unsafe { os::commit(start as *mut u8, k * CHUNK_SIZE) }.is_err() {
-            return core::ptr::null_mut();
-        }
-        self.frontier.set((first + k) as u32);
-        self.committed_chunks.fetch_add(k, Ordering::Relaxed);
-        let c = &self.chunks[first];
-        c.committed.store(true, Ordering::Relaxed);
-        c.resident.store(true, Ordering::Relaxed);
-        c.run.store(k as u32, Ordering::Relaxed);
-        c.frees.store(0, Ordering::Relaxed);
-        c.allocs.store(1, Ordering::Relaxed);
-        c.state.store(SEALED, Ordering::SeqCst);
+        // One allocation, sealed at once: its free empties the run.
+        self.chunks[first].restart(k as u32, 1, SEALED);
         self.allocated.store(
             self.allocated.load(Ordering::Relaxed) + k * CHUNK_SIZE,
             Ordering::Relaxed,
@@ -312,35 +312,36 @@ impl ContextHeap {
                         rest.state.store(REUSABLE, Ordering::Relaxed);
                         self.push_reuse(top + 1);
                     }
-                    c.run.store(1, Ordering::Relaxed);
-                    c.allocs.store(0, Ordering::Relaxed);
-                    c.frees.store(0, Ordering::Relaxed);
                     c.resident.store(true, Ordering::Relaxed);
-                    c.state.store(ACTIVE, Ordering::Release);
+                    c.restart(1, 0, ACTIVE);
                     return Some(top);
                 }
                 Err(t) => top = t,
             }
         }
-        let idx = self.frontier.get();
-        if idx as usize >= CHUNKS_PER_SLOT {
+        let idx = self.take_fresh(1)?;
+        self.chunks[idx].restart(1, 0, ACTIVE);
+        Some(idx as u32)
+    }
+
+    /// Commits the next `k` never-used chunks of the slot; returns the
+    /// first, marked committed and resident. `None` when the slot is full.
+    fn take_fresh(&self, k: usize) -> Option<usize> {
+        let first = self.frontier.get() as usize;
+        if first + k > CHUNKS_PER_SLOT {
             return None;
         }
-        let start = self.base + ((idx as usize) << CHUNK_SHIFT);
-        // SAFETY: the chunk lies in our slot, never used.
-        if unsafe { os::commit(start as *mut u8, CHUNK_SIZE) }.is_err() {
+        let start = self.base + (first << CHUNK_SHIFT);
+        // SAFETY: the chunks lie in our slot of the context space, unused.
+        if unsafe { os::commit(start as *mut u8, k * CHUNK_SIZE) }.is_err() {
             return None;
         }
-        self.frontier.set(idx + 1);
-        self.committed_chunks.fetch_add(1, Ordering::Relaxed);
-        let c = &self.chunks[idx as usize];
+        self.frontier.set((first + k) as u32);
+        self.committed_chunks.fetch_add(k, Ordering::Relaxed);
+        let c = &self.chunks[first];
         c.committed.store(true, Ordering::Relaxed);
         c.resident.store(true, Ordering::Relaxed);
-        c.run.store(1, Ordering::Relaxed);
-        c.allocs.store(0, Ordering::Relaxed);
-        c.frees.store(0, Ordering::Relaxed);
-        c.state.store(ACTIVE, Ordering::Release);
-        Some(idx)
+        Some(first)
     }
 
     fn make_reusable(&self, idx: u32) {
