@@ -322,23 +322,13 @@ fn options() -> Options {
         );
         std::process::exit(2)
     };
+    // A flag's value: a whole number above zero.
+    let positive = |v: Option<String>| v.and_then(|v| v.parse::<u64>().ok()).filter(|&n| n > 0);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--rounds" => {
-                o.rounds = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|&n| n > 0)
-                    .unwrap_or_else(|| usage())
-            }
-            "--secs" => {
-                o.secs = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|&n| n > 0)
-                    .unwrap_or_else(|| usage())
-            }
+            "--rounds" => o.rounds = positive(args.next()).unwrap_or_else(|| usage()) as usize,
+            "--secs" => o.secs = positive(args.next()).unwrap_or_else(|| usage()),
             "--throughput-only" => o.throughput_only = true,
             "--compare" => o.compare = Some(args.next().unwrap_or_else(|| usage()).into()),
             _ => usage(),
