@@ -13,8 +13,12 @@
 //!
 //! **Variants.** `frostheap`: this binary, whose global allocator is
 //! `frostheap::Global`, so the main heap holds the input and each task
-//! allocates in its worker's context heap; `rt.map(&items, f)` on a
-//! `Runtime` with the default worker count. `rayon+system` and
+//! allocates in its worker's context heap; `rt.map_slice(&items, f)` on
+//! a `Runtime` with the default worker count — like rayon's `par_iter`, a
+//! slice-indexed path. `frostheap map`: the same binary calling the
+//! generic `rt.map(&items, f)`, which accepts any iterator and therefore
+//! collects the item references on main before the workers start (shown
+//! so the cost of that serial step is on record). `rayon+system` and
 //! `rayon+mimalloc`: `items.par_iter().map(f).collect::<Vec<_>>()` in the
 //! sibling binaries `parmap_rayon_system` / `parmap_rayon_mimalloc`.
 //!
@@ -28,7 +32,8 @@
 //! RSS (`getrusage` `ru_maxrss`, the maximum over its processes). The
 //! children's result checksums must agree.
 //!
-//! Targets (issue 4): (a) frostheap ≥ 0.95× rayon's throughput; (b)
+//! Targets (issue 4): (a) frostheap ≥ 0.95× the throughput of the faster
+//! rayon; (b)
 //! faster than rayon with the system allocator and with mimalloc; (c)
 //! peak memory within 1.25× of the 64 MiB budget. No timing is asserted:
 //! this is a report.
@@ -44,12 +49,19 @@ use work::{Case, MEMORY_BUDGET, MIB};
 #[global_allocator]
 static GLOBAL: frostheap::Global = frostheap::Global;
 
-const VARIANTS: [&str; 3] = ["frostheap", "rayon+system", "rayon+mimalloc"];
+const VARIANTS: [&str; 4] = [
+    "frostheap",
+    "frostheap map",
+    "rayon+system",
+    "rayon+mimalloc",
+];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("child") {
-        return child(&args[1..]);
+    match args.first().map(String::as_str) {
+        Some("child") => return child(&args[1..], Path::Slice),
+        Some("child-iter") => return child(&args[1..], Path::Iter),
+        _ => {}
     }
     let mut reps = 5usize;
     let mut runs = 3usize;
@@ -86,8 +98,18 @@ fn usage(msg: &str) -> ! {
     std::process::exit(2)
 }
 
-/// The frostheap child: `rt.map(&items, f)` in global mode.
-fn child(args: &[String]) {
+/// Which frostheap entry point a child uses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// `rt.map_slice(&items, f)`: workers index the slice directly.
+    Slice,
+    /// `rt.map(&items, f)`: the generic iterator path (main collects the
+    /// item references before the workers start).
+    Iter,
+}
+
+/// The frostheap child, in global mode.
+fn child(args: &[String], path: Path) {
     let case = args.first().and_then(|s| Case::parse(s));
     let mut b = frostheap::Runtime::builder();
     if case == Some(Case::Memory) {
@@ -95,7 +117,11 @@ fn child(args: &[String]) {
     }
     let rt = b.build().expect("the runtime starts");
     work::child_main(args, &|items, f| {
-        rt.map(items, f).expect("the parallel map succeeds")
+        match path {
+            Path::Slice => rt.map_slice(items, f),
+            Path::Iter => rt.map(items, f),
+        }
+        .expect("the parallel map succeeds")
     });
     if case == Some(Case::Memory) {
         let s = rt.stats();
@@ -122,10 +148,11 @@ struct Samples {
 }
 
 fn run_child(variant: &str, case: Case, runs: usize, into: &mut Samples) {
-    let exe = match variant {
-        "frostheap" => std::env::current_exe().expect("current_exe"),
-        "rayon+system" => sibling("parmap_rayon_system"),
-        _ => sibling("parmap_rayon_mimalloc"),
+    let (exe, mode) = match variant {
+        "frostheap" => (std::env::current_exe().expect("current_exe"), "child"),
+        "frostheap map" => (std::env::current_exe().expect("current_exe"), "child-iter"),
+        "rayon+system" => (sibling("parmap_rayon_system"), "child"),
+        _ => (sibling("parmap_rayon_mimalloc"), "child"),
     };
     if !exe.exists() {
         usage(&format!(
@@ -134,7 +161,7 @@ fn run_child(variant: &str, case: Case, runs: usize, into: &mut Samples) {
         ));
     }
     let out = Command::new(&exe)
-        .args(["child", case.name(), &runs.to_string()])
+        .args([mode, case.name(), &runs.to_string()])
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", exe.display()));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -226,17 +253,19 @@ fn report(case: Case, reps: usize, runs: usize) {
         );
     }
     let fh = medians[0];
+    let (sys, mi) = (medians[2], medians[3]);
     match case {
         Case::Cpu => println!(
-            "  target (a) frostheap >= 0.95x rayon+system: {:.2}x -> {}",
-            medians[1] / fh,
-            verdict(medians[1] / fh >= 0.95)
+            "  target (a) frostheap >= 0.95x the faster rayon: {:.2}x -> {} (generic `map` path: {:.2}x)",
+            sys.min(mi) / fh,
+            verdict(sys.min(mi) / fh >= 0.95),
+            sys.min(mi) / medians[1]
         ),
         Case::Alloc => println!(
             "  target (b) faster than rayon+system ({:.2}x) and rayon+mimalloc ({:.2}x) -> {}",
-            medians[1] / fh,
-            medians[2] / fh,
-            verdict(medians[1] > fh && medians[2] > fh)
+            sys / fh,
+            mi / fh,
+            verdict(sys > fh && mi > fh)
         ),
         Case::Memory => {
             let peak = samples[0].maxrss_kb as f64 * 1024.0;

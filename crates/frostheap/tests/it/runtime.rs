@@ -91,6 +91,17 @@ fn map_equals_the_sequential_map_for_vecs_slices_and_streams() {
             let got = rt.map(&input, |x: &u64| mix(*x)).expect("map over &[u64]");
             prop_assert_eq!(&got, &expected);
 
+            // The same slice, indexed directly by the workers.
+            let got = rt.map_slice(&input, |x| mix(*x)).expect("map_slice");
+            prop_assert_eq!(&got, &expected);
+            let got = rt
+                .map_slice_with(&input, |ctx, x| {
+                    (ctx.item_index().expect("map items have an index"), mix(*x))
+                })
+                .expect("map_slice_with");
+            prop_assert!(got.iter().enumerate().all(|(i, &(k, _))| i == k));
+            prop_assert!(got.iter().map(|&(_, v)| v).eq(expected.iter().copied()));
+
             // A streaming iterator (no length known up front).
             let mut i = 0;
             let stream = std::iter::from_fn(|| {
@@ -297,6 +308,78 @@ fn a_panicking_task_is_reported_with_its_index_and_the_rest_is_dropped() {
     check_panic_of(&rt, 2000, 333, true);
     check_panic_of(&rt, 2000, 1, false);
     assert_eq!(rt.stats().violations, 0);
+}
+
+/// Several tasks panic, on both workers at once: the error names one of
+/// them, and every item is still dropped exactly once (each panicking
+/// task consumed its own item) and every result made is dropped.
+#[test]
+fn concurrent_panics_each_consume_their_own_item_once() {
+    let _one = PANIC_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    for budget in [None, Some(64)] {
+        let rt = runtime(budget);
+        for round in 0..20 {
+            reset_counters();
+            let n = 3000;
+            let items: Vec<Item> = (0..n).map(Item::new).collect();
+            let r = rt.map(items, |it: Item| {
+                if it.0 % 97 == round % 7 {
+                    panic!("item {} is bad", it.0);
+                }
+                Out::new(it.0)
+            });
+            match r {
+                Err(Error::TaskPanicked {
+                    item_index: Some(i),
+                    ..
+                }) => assert_eq!(i % 97, round % 7),
+                other => panic!("expected TaskPanicked, got {:?}", other.map(|v| v.len())),
+            }
+            assert_eq!(ITEMS_MADE.load(Ordering::Relaxed), n);
+            assert_eq!(ITEMS_DROPPED.load(Ordering::Relaxed), n, "round {round}");
+            assert_eq!(
+                RESULTS_DROPPED.load(Ordering::Relaxed),
+                RESULTS_MADE.load(Ordering::Relaxed),
+                "round {round}"
+            );
+        }
+    }
+}
+
+/// `map_slice`: a panic is reported with its index, the results made
+/// before it are dropped, and the borrowed items are untouched.
+#[test]
+fn a_panic_in_map_slice_drops_the_results_made() {
+    let _one = PANIC_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    for budget in [None, Some(64)] {
+        let rt = runtime(budget);
+        for bad in [0usize, 1, 777, 4999] {
+            reset_counters();
+            let input: Vec<usize> = (0..5000).collect();
+            let r = rt.map_slice(&input, |&x| {
+                if x == bad {
+                    panic!("element {x} is bad");
+                }
+                Out::new(x)
+            });
+            match r {
+                Err(Error::TaskPanicked {
+                    item_index,
+                    message,
+                }) => {
+                    assert_eq!(item_index, Some(bad));
+                    assert_eq!(message, format!("element {bad} is bad"));
+                }
+                other => panic!("expected TaskPanicked, got {:?}", other.map(|v| v.len())),
+            }
+            assert_eq!(
+                RESULTS_DROPPED.load(Ordering::Relaxed),
+                RESULTS_MADE.load(Ordering::Relaxed)
+            );
+            assert_eq!(input, (0..5000).collect::<Vec<_>>());
+            assert_eq!(rt.map_slice(&input, |&x| x + 1).unwrap()[4999], 5000);
+        }
+    }
 }
 
 #[test]
@@ -782,4 +865,68 @@ fn a_violation_drops_every_item_but_the_parked_one() {
         "every result made is dropped"
     );
     assert_eq!(data[1].load(Ordering::Relaxed), 1);
+}
+
+/// `map_slice` over a slice that lives in a guarded heap: reading the
+/// elements is fine; a task that writes one through a shared reference
+/// (interior mutability) is a violation naming that element and item, the
+/// write does not happen, and every result made is dropped.
+#[test]
+fn map_slice_over_a_guarded_slice_catches_a_write_through_a_shared_reference() {
+    static RESULTS: AtomicUsize = AtomicUsize::new(0);
+    struct Res;
+    impl Drop for Res {
+        fn drop(&mut self) {
+            RESULTS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let heap = Heap::builder()
+        .name("slice-guarded")
+        .max(16 * MIB)
+        .build()
+        .unwrap();
+    let mut data = AVec::new_in(heap.clone());
+    data.extend((0..20_000u64).map(AtomicU64::new));
+    let rt = Runtime::builder()
+        .workers(WORKERS)
+        .guard(&heap)
+        .build()
+        .unwrap();
+    let sum: u64 = rt
+        .map_slice(&data, |a| a.load(Ordering::Relaxed))
+        .unwrap()
+        .iter()
+        .sum();
+    assert_eq!(sum, (0..20_000u64).sum::<u64>());
+
+    let made = Shared::new(AtomicUsize::new(0));
+    let r = rt.map_slice_with(&data, |ctx, a| {
+        if ctx.item_index() == Some(12_345) {
+            a.fetch_add(1, Ordering::Relaxed);
+        }
+        made.fetch_add(1, Ordering::Relaxed);
+        Res
+    });
+    let v = match r {
+        Err(Error::Violation(v)) => v,
+        other => panic!("expected a violation, got {:?}", other.map(|v| v.len())),
+    };
+    assert_eq!(v.item_index(), Some(12_345));
+    assert_eq!(v.address(), &data[12_345] as *const AtomicU64 as usize);
+    assert_eq!(v.heap_name(), "slice-guarded");
+    assert_eq!(
+        data[12_345].load(Ordering::Relaxed),
+        12_345,
+        "the store must not happen"
+    );
+    assert_eq!(
+        RESULTS.load(Ordering::Relaxed),
+        made.load(Ordering::Relaxed),
+        "every result made is dropped"
+    );
+    // The runtime goes on, over the same slice.
+    assert_eq!(
+        rt.map_slice(&data, |a| a.load(Ordering::Relaxed)).unwrap()[12_345],
+        12_345
+    );
 }
