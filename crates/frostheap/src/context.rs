@@ -28,6 +28,7 @@ use std::sync::Once;
 
 use crate::os;
 use crate::region::round_up;
+use crate::sync::thread_token;
 
 /// Bytes per context slot (virtual).
 pub const SLOT_SHIFT: u32 = 30;
@@ -80,11 +81,17 @@ fn reserve_space() -> Result<(), os::OsError> {
 }
 
 /// Per-chunk counters. `allocs` is written by the owner only (plain
-/// store); `frees` by anyone (atomic add). Empty iff sealed and
-/// `frees == allocs`.
+/// store); `frees` by anyone (atomic add); `owner_frees` by the owner
+/// only, and only while the chunk is its current one (plain store: most
+/// frees are a task's own temporaries, and a locked add per free cost more
+/// than the rest of the free). Empty iff sealed and
+/// `frees + owner_frees == allocs`; `owner_frees` is final before the
+/// chunk is sealed (the owner stops using it with the SeqCst store of
+/// SEALED), so whoever sees SEALED sees its last value.
 struct ChunkMeta {
     allocs: AtomicU32,
     frees: AtomicU32,
+    owner_frees: AtomicU32,
     state: AtomicU32,
     /// Chunks in this run (on the run's first chunk).
     run: AtomicU32,
@@ -104,7 +111,13 @@ impl ChunkMeta {
         self.run.store(run, Ordering::Relaxed);
         self.allocs.store(allocs, Ordering::Relaxed);
         self.frees.store(0, Ordering::Relaxed);
+        self.owner_frees.store(0, Ordering::Relaxed);
         self.state.store(state, Ordering::SeqCst);
+    }
+
+    /// Frees counted so far, by anyone.
+    fn freed(&self) -> u32 {
+        self.frees.load(Ordering::SeqCst) + self.owner_frees.load(Ordering::Relaxed)
     }
 }
 
@@ -112,6 +125,8 @@ impl ChunkMeta {
 pub struct ContextHeap {
     slot: usize,
     base: usize,
+    /// The owning worker's [`thread_token`] (0 until it starts).
+    owner: AtomicUsize,
     // Owner-only state.
     cursor: Cell<usize>,
     limit: Cell<usize>,
@@ -159,6 +174,7 @@ impl ContextHeap {
             .map(|_| ChunkMeta {
                 allocs: AtomicU32::new(0),
                 frees: AtomicU32::new(0),
+                owner_frees: AtomicU32::new(0),
                 state: AtomicU32::new(ACTIVE),
                 run: AtomicU32::new(1),
                 next: AtomicU32::new(NONE),
@@ -169,6 +185,7 @@ impl ContextHeap {
         let heap = Box::new(ContextHeap {
             slot,
             base,
+            owner: AtomicUsize::new(0),
             cursor: Cell::new(0),
             limit: Cell::new(0),
             current: Cell::new(NONE),
@@ -184,6 +201,12 @@ impl ContextHeap {
             Ordering::Release,
         );
         Ok(heap)
+    }
+
+    /// Makes the calling thread the owner: the worker calls this once, on
+    /// its own thread, before its first task.
+    pub fn set_owner(&self) {
+        self.owner.store(thread_token(), Ordering::Relaxed);
     }
 
     /// Bytes handed out since creation (the bump counter).
@@ -279,7 +302,7 @@ impl ContextHeap {
         self.limit.set(0);
         let c = &self.chunks[cur as usize];
         c.state.store(SEALED, Ordering::SeqCst);
-        if c.frees.load(Ordering::SeqCst) == c.allocs.load(Ordering::Relaxed) {
+        if c.freed() == c.allocs.load(Ordering::Relaxed) {
             self.make_reusable(cur);
         }
     }
@@ -384,11 +407,36 @@ impl ContextHeap {
     ///
     /// # Safety
     /// 1. `p` was allocated by this heap and not freed since.
+    #[inline]
     pub unsafe fn free(&self, p: *mut u8) {
         let idx = ((p as usize - self.base) >> CHUNK_SHIFT) as u32;
         let c = &self.chunks[idx as usize];
+        // The owner freeing into its current chunk: a plain count (only the
+        // owner seals a chunk, so it is still unsealed after this store).
+        // `current` is read only once the owner check passed (it is the
+        // owner's Cell).
+        if self.owner.load(Ordering::Relaxed) == thread_token() && self.current.get() == idx {
+            let owner_frees = c.owner_frees.load(Ordering::Relaxed) + 1;
+            // Every block of the current chunk freed (a task that dropped
+            // its temporaries): start the chunk over, so the next task
+            // reuses the same, cache-hot bytes instead of walking through
+            // the whole chunk. No live block is left, so no other thread
+            // can still count a free here (a stale `frees` read only
+            // misses a reset).
+            if owner_frees + c.frees.load(Ordering::Relaxed) == c.allocs.load(Ordering::Relaxed) {
+                c.frees.store(0, Ordering::Relaxed);
+                c.owner_frees.store(0, Ordering::Relaxed);
+                c.allocs.store(0, Ordering::Relaxed);
+                self.cursor.set(self.base + ((idx as usize) << CHUNK_SHIFT));
+            } else {
+                c.owner_frees.store(owner_frees, Ordering::Relaxed);
+            }
+            return;
+        }
         let frees = c.frees.fetch_add(1, Ordering::SeqCst) + 1;
-        if c.state.load(Ordering::SeqCst) == SEALED && frees == c.allocs.load(Ordering::Acquire) {
+        if c.state.load(Ordering::SeqCst) == SEALED
+            && frees + c.owner_frees.load(Ordering::Relaxed) == c.allocs.load(Ordering::Acquire)
+        {
             self.make_reusable(idx);
         }
     }
@@ -421,7 +469,7 @@ impl ContextHeap {
         self.chunks.iter().all(|c| {
             c.state.load(Ordering::Acquire) == REUSABLE
                 || !c.committed.load(Ordering::Relaxed)
-                || c.frees.load(Ordering::Acquire) == c.allocs.load(Ordering::Acquire)
+                || c.freed() == c.allocs.load(Ordering::Acquire)
         })
     }
 }

@@ -287,8 +287,9 @@ fn on_main_thread() -> bool {
     MAIN.owner.load(Ordering::Relaxed) == thread_token()
 }
 
-#[cold]
-#[inline(never)]
+/// A worker's allocation: bump allocation in its context heap (the hot
+/// path of allocation-heavy tasks, so inlined into `alloc`).
+#[inline]
 fn context_alloc(layout: Layout, zeroed: bool) -> *mut u8 {
     let ctx = CONTEXT.with(|c| c.get());
     // SAFETY: a worker's context pointer is set by its own thread and the
@@ -305,7 +306,13 @@ fn context_alloc(layout: Layout, zeroed: bool) -> *mut u8 {
             return p;
         }
     }
-    // Slot exhausted (or no context): system memory.
+    context_fallback(layout, zeroed)
+}
+
+/// Slot exhausted (or no context): system memory.
+#[cold]
+#[inline(never)]
+fn context_fallback(layout: Layout, zeroed: bool) -> *mut u8 {
     // SAFETY: GlobalAlloc contract, forwarded.
     unsafe {
         if zeroed {
@@ -371,16 +378,39 @@ unsafe impl GlobalAlloc for Global {
             // and we are its owner.
             return unsafe { main_inner().core.realloc(ptr, layout, new_size) };
         }
-        if r == Route::Context && context::owns(ptr as usize) {
-            let ctx = CONTEXT.with(|c| c.get());
-            // SAFETY: our own context (see context_alloc); grow in place
-            // only applies to our latest block.
-            if let Some(ctx) = unsafe { ctx.as_ref() } {
-                // SAFETY: we are the owner and ptr is a live block of
-                // layout.size() bytes if it lies in our slot (checked by
-                // grow_in_place through the cursor equality).
-                if unsafe { ctx.grow_in_place(ptr, layout.size(), new_size) } {
-                    return ptr;
+        if context::owns(ptr as usize) {
+            // A context block keeps its bytes until its chunk empties, so
+            // shrinking is free: keep the block (no copy, no write).
+            if new_size <= layout.size() {
+                return ptr;
+            }
+            if r == Route::Context {
+                let ctx = CONTEXT.with(|c| c.get());
+                // SAFETY: our own context (see context_alloc); grow in
+                // place only applies to our latest block.
+                if let Some(ctx) = unsafe { ctx.as_ref() } {
+                    // SAFETY: we are the owner and ptr is a live block of
+                    // layout.size() bytes if it lies in our slot (checked
+                    // by grow_in_place through the cursor equality).
+                    if unsafe { ctx.grow_in_place(ptr, layout.size(), new_size) } {
+                        return ptr;
+                    }
+                    // Move it within the context: no second routing.
+                    // SAFETY: new_size with layout's align is a valid
+                    // layout (the GlobalAlloc::realloc contract).
+                    let new_layout =
+                        unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+                    let q = context_alloc(new_layout, false);
+                    if !q.is_null() {
+                        // SAFETY: both live and distinct (q is fresh, of
+                        // new_size > layout.size() bytes); then free the
+                        // old context block.
+                        unsafe {
+                            core::ptr::copy_nonoverlapping(ptr, q, layout.size());
+                            context::free(ptr);
+                        }
+                    }
+                    return q;
                 }
             }
         }

@@ -86,6 +86,7 @@ fn run(
     // takes several KiB of the signal frame.
     let _alt = os::AltStack::install(trap::alt_stack_size());
     trap::set_current_worker(slot);
+    ctx.set_owner();
     global::set_context(core::ptr::null());
     slot.started.store(1, Ordering::Release);
     os::futex_wake(&slot.started, 1);

@@ -690,6 +690,58 @@ fn context_chunks_are_reused_and_escaping_blocks_stay_valid() {
     }
 }
 
+/// A task that frees everything it allocated leaves its worker's current
+/// chunk empty, and the chunk starts over: the next task's first block is
+/// at the same address (cache-hot memory), however many tasks run. A block
+/// that escapes keeps the chunk from starting over, so it stays intact.
+#[test]
+fn a_chunk_emptied_by_its_owner_starts_over() {
+    let rt = runtime(None);
+    let layout = Layout::from_size_align(1000, 8).unwrap();
+    let first_blocks = rt
+        .map_with(0..5000u64, |ctx, x| {
+            let mut v = AVec::<u64, _>::with_capacity_in(100, ctx.arena());
+            v.extend((0..100).map(|k| k * x));
+            let b = allocator_api2::alloc::Allocator::allocate(&ctx.arena(), layout).unwrap();
+            let addr = v.as_ptr() as usize;
+            // SAFETY: b is a live block of this arena, freed once.
+            unsafe { allocator_api2::alloc::Allocator::deallocate(&ctx.arena(), b.cast(), layout) };
+            assert_eq!(v.iter().sum::<u64>(), 4950 * x);
+            addr
+        })
+        .unwrap();
+    let distinct: HashSet<usize> = first_blocks.iter().copied().collect();
+    assert!(
+        distinct.len() <= 2 * WORKERS,
+        "{} distinct first-block addresses over 5000 tasks",
+        distinct.len()
+    );
+    // An escaping block: later tasks allocate past it, never over it.
+    let kept = rt
+        .map_with(0..1usize, |ctx, _| {
+            let mut v = AVec::<u8, _>::with_capacity_in(64, ctx.arena());
+            v.extend(std::iter::repeat_n(0xAB, 64));
+            let p = v.as_ptr() as usize;
+            core::mem::forget(v);
+            p
+        })
+        .unwrap()[0];
+    rt.map_with(0..5000u64, |ctx, x| {
+        let mut v = AVec::<u8, _>::with_capacity_in(64, ctx.arena());
+        v.extend(std::iter::repeat_n(x as u8, 64));
+        v.len()
+    })
+    .unwrap();
+    // SAFETY: the escaped block is live (forgotten, never freed), 64 bytes.
+    let bytes = unsafe { core::slice::from_raw_parts(kept as *const u8, 64) };
+    assert!(
+        bytes.iter().all(|&b| b == 0xAB),
+        "the escaped block was overwritten"
+    );
+    // SAFETY: a live context block, freed once.
+    unsafe { frostheap::context::free(kept as *mut u8) };
+}
+
 /// 10,000 phases in a row: neither the guarded heap nor the context heaps
 /// commit more memory than after a warm-up.
 #[test]
