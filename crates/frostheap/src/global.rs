@@ -20,6 +20,7 @@ use std::borrow::Cow;
 
 use crate::config;
 use crate::context::{self, ContextHeap};
+use crate::heap::class::class_for;
 use crate::heap::core::CoreConfig;
 use crate::heap::{Heap, HeapInner};
 use crate::os;
@@ -330,19 +331,22 @@ fn context_fallback(layout: Layout, zeroed: bool) -> *mut u8 {
 unsafe impl GlobalAlloc for Global {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        match route() {
-            Route::Main => {
-                // SAFETY: the Main route is set only on the main heap's owner.
-                let p = unsafe { main_inner().core.alloc_as_owner(layout) };
-                if crate::track::enabled() && !p.is_null() {
-                    crate::track::record(p as usize);
+        // The main thread's small allocation, inlined: the route byte, the
+        // class, a pop from the current span. Everything else (a refill,
+        // large blocks, tracking, other routes) is one call away, so this
+        // path needs no stack frame.
+        if ROUTE.with(|r| r.get()) == Route::Main && !crate::track::enabled() {
+            if let Some(c) = class_for(layout.size(), layout.align()) {
+                // SAFETY: the Main route is set only on the main heap's
+                // owner thread.
+                let p = unsafe { main_inner().core.try_alloc_small_as_owner(c) };
+                if !p.is_null() {
+                    return p;
                 }
-                p
             }
-            Route::Context => context_alloc(layout, false),
-            // SAFETY: GlobalAlloc contract, forwarded.
-            _ => unsafe { System.alloc(layout) },
         }
+        // SAFETY: forwarded (GlobalAlloc contract).
+        unsafe { self.alloc_routed(layout) }
     }
 
     #[inline]
@@ -436,6 +440,29 @@ unsafe impl GlobalAlloc for Global {
             }
         }
         q
+    }
+}
+
+impl Global {
+    /// Every allocation but the main thread's inlined fast path.
+    ///
+    /// # Safety
+    /// 1. The `GlobalAlloc::alloc` contract.
+    #[inline(never)]
+    unsafe fn alloc_routed(&self, layout: Layout) -> *mut u8 {
+        match route() {
+            Route::Main => {
+                // SAFETY: the Main route is set only on the main heap's owner.
+                let p = unsafe { main_inner().core.alloc_as_owner(layout) };
+                if crate::track::enabled() && !p.is_null() {
+                    crate::track::record(p as usize);
+                }
+                p
+            }
+            Route::Context => context_alloc(layout, false),
+            // SAFETY: GlobalAlloc contract, forwarded.
+            _ => unsafe { System.alloc(layout) },
+        }
     }
 }
 
