@@ -179,9 +179,7 @@ fn route() -> Route {
     };
     // Cache the answer only once the main heap exists: allocations made
     // while it is being set up go to the system without deciding anything.
-    if MAIN.state.load(Ordering::Acquire) == READY {
-        ROUTE.with(|c| c.set(r));
-    }
+    cache_route(r);
     r
 }
 
@@ -207,8 +205,20 @@ pub(crate) fn on_main_route() -> bool {
 /// Sets the calling thread's route, returning the previous one.
 pub(crate) fn set_route(r: Route) -> Route {
     let prev = route();
-    ROUTE.with(|c| c.set(r));
+    ROUTE.with(|c| c.set(Route::Unknown));
+    cache_route(r);
     prev
+}
+
+/// Caches `r` as the calling thread's route, once the main heap exists.
+/// Main is not cached while allocation tracking is on: `Global::alloc`'s
+/// inlined fast path applies to the cached Main route only, and tracked
+/// allocations must take the path that records them.
+fn cache_route(r: Route) {
+    if MAIN.state.load(Ordering::Acquire) == READY && !(r == Route::Main && crate::track::enabled())
+    {
+        ROUTE.with(|c| c.set(r));
+    }
 }
 
 /// Makes a worker's allocations go to `ctx` (null: back to the system).
@@ -335,7 +345,9 @@ unsafe impl GlobalAlloc for Global {
         // class, a pop from the current span. Everything else (a refill,
         // large blocks, tracking, other routes) is one call away, so this
         // path needs no stack frame.
-        if ROUTE.with(|r| r.get()) == Route::Main && !crate::track::enabled() {
+        // (With allocation tracking on, the main thread's route is never
+        // cached as Main, so tracked allocations take `alloc_routed`.)
+        if ROUTE.with(|r| r.get()) == Route::Main {
             if let Some(c) = class_for(layout.size(), layout.align()) {
                 // SAFETY: the Main route is set only on the main heap's
                 // owner thread.
@@ -361,10 +373,13 @@ unsafe impl GlobalAlloc for Global {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if main_owns(ptr) {
-            // SAFETY: ptr is a live main-heap block (GlobalAlloc contract).
-            // A worker inside a phase has the free deferred by the core.
-            unsafe { main_inner().core.free(ptr) }
+        let offset = (ptr as usize).wrapping_sub(MAIN.base.load(Ordering::Relaxed));
+        if offset < MAIN.len.load(Ordering::Relaxed) {
+            // SAFETY: ptr is a live main-heap block (GlobalAlloc contract),
+            // `offset` bytes into its region (the main heap's region starts
+            // at MAIN.base). A worker inside a phase has the free deferred
+            // by the core.
+            unsafe { main_inner().core.free_at(ptr, offset) }
         } else if context::owns(ptr as usize) {
             // SAFETY: a live context block.
             unsafe { context::free(ptr) }

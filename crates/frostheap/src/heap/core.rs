@@ -45,7 +45,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use super::class::{class_for, class_of, span_pages, CLASS_SIZE, N_CLASSES};
 use super::page::{
-    bin_of, Block, Kind, PageMeta, Spans, DIRTY, EMPTY, FULL, IN_QUEUE, NONE, OWNER_LOCAL,
+    bin_of, Block, Kind, PageMeta, Spans, CURRENT, DIRTY, EMPTY, FULL, IN_QUEUE, NONE, OWNER_LOCAL,
     OWNER_SEALED, OWNER_SHARED, PENDING,
 };
 use crate::os::{self, OsError};
@@ -780,9 +780,22 @@ impl HeapCore {
     ///    been freed since.
     #[inline(always)]
     pub(crate) unsafe fn free(&self, p: *mut u8) {
-        let idx = (p as usize - self.base) >> PAGE_SHIFT;
+        // SAFETY: forwarded (1); p lies in the region.
+        unsafe { self.free_at(p, p as usize - self.base) }
+    }
+
+    /// [`HeapCore::free`] for a caller that has already computed
+    /// `offset = p - base` (the global allocator's ownership test does).
+    ///
+    /// # Safety
+    /// 1. As for [`HeapCore::free`], and `offset == p as usize - base`.
+    #[inline(always)]
+    pub(crate) unsafe fn free_at(&self, p: *mut u8, offset: usize) {
+        let idx = offset >> PAGE_SHIFT;
         let m = self.meta(idx);
-        if m.kind.get() == Kind::Small as u8 && m.owner.get() == OWNER_LOCAL && self.is_owner() {
+        // `kind` and `owner` are adjacent bytes: one 16-bit compare.
+        let kind_owner = u16::from_le_bytes([m.kind.get(), m.owner.get()]);
+        if kind_owner == u16::from_le_bytes([Kind::Small as u8, OWNER_LOCAL]) && self.is_owner() {
             // SAFETY: by (1) p is a live block of this span; we are the
             // owner, who owns the local state.
             unsafe { self.push_free::<true>(&self.local, m, idx, p) };
@@ -852,7 +865,7 @@ impl HeapCore {
         // spans at random would mispredict it half the time (it doubled
         // the cost of a free in the 1600-block churn benchmark). The
         // current span is in its queue (not FULL) and is never retired.
-        let other = !ptr::eq(st.current[m.class.get() as usize].get(), m);
+        let other = m.flags.get() & CURRENT == 0;
         let used = m.used.get().wrapping_sub(u32::from(other));
         m.used.set(used);
         // Only the owner of `st` moves `state` away from 0, so a relaxed 0
@@ -1411,11 +1424,28 @@ impl HeapCore {
         m.next.set(NONE);
         if tail == NONE {
             st.head[c].set(idx as u32);
-            st.current[c].set(m);
+            Self::set_current(st, c, m);
         } else {
             self.meta(tail as usize).next.set(idx as u32);
         }
         st.tail[c].set(idx as u32);
+    }
+
+    /// Makes `new` class `c`'s current span in `st`, moving the
+    /// [`CURRENT`] flag (the empty meta is never written).
+    fn set_current(st: &ClassState, c: usize, new: *const PageMeta) {
+        let old = st.current[c].get();
+        if !ptr::eq(old, &EMPTY.0) {
+            // SAFETY: a non-empty current is a live meta of this heap.
+            let m = unsafe { &*old };
+            m.flags.set(m.flags.get() & !CURRENT);
+        }
+        if !ptr::eq(new, &EMPTY.0) {
+            // SAFETY: as above.
+            let m = unsafe { &*new };
+            m.flags.set(m.flags.get() | CURRENT);
+        }
+        st.current[c].set(new);
     }
 
     fn queue_unlink(&self, st: &ClassState, c: usize, idx: usize) {
@@ -1432,7 +1462,7 @@ impl HeapCore {
             } else {
                 self.meta(next as usize)
             };
-            st.current[c].set(cur);
+            Self::set_current(st, c, cur);
         } else {
             self.meta(prev as usize).next.set(next);
         }
@@ -1634,8 +1664,8 @@ impl HeapCore {
         let _s = self.shared_lock.lock();
         let _g = self.span_lock.lock();
         for c in 0..N_CLASSES {
-            self.local.current[c].set(&EMPTY.0);
-            self.shared.current[c].set(&EMPTY.0);
+            Self::set_current(&self.local, c, &EMPTY.0);
+            Self::set_current(&self.shared, c, &EMPTY.0);
         }
         for idx in 0..self.region.committed() >> PAGE_SHIFT {
             let m = self.meta(idx);

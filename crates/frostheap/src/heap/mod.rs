@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use allocator_api2::alloc::{AllocError, Allocator};
 
+use self::class::class_for;
 pub use self::core::Stats;
 use self::core::{CoreConfig, HeapCore};
 use crate::config::HugePages;
@@ -352,11 +353,19 @@ impl Eq for Heap {}
 unsafe impl Allocator for Heap {
     #[inline]
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        let p = NonNull::new(self.core().alloc(layout)).ok_or(AllocError)?;
-        if crate::track::enabled() {
-            crate::track::record(p.as_ptr() as usize);
+        // The owner's small allocation, inlined as a leaf: a pop from the
+        // current span. Refills, large blocks, other threads and tracked
+        // allocations take `allocate_slow`.
+        let core = self.core();
+        if let Some(c) = class_for(layout.size(), layout.align()) {
+            if core.is_owner() && !crate::track::enabled() {
+                // SAFETY: we are the owner.
+                if let Some(p) = NonNull::new(unsafe { core.try_alloc_small_as_owner(c) }) {
+                    return Ok(NonNull::slice_from_raw_parts(p, layout.size()));
+                }
+            }
         }
-        Ok(NonNull::slice_from_raw_parts(p, layout.size()))
+        self.allocate_slow(layout)
     }
 
     fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
@@ -411,6 +420,16 @@ unsafe impl Allocator for Heap {
 }
 
 impl Heap {
+    /// Every allocation but the owner's inlined fast path.
+    #[inline(never)]
+    fn allocate_slow(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        let p = NonNull::new(self.core().alloc(layout)).ok_or(AllocError)?;
+        if crate::track::enabled() {
+            crate::track::record(p.as_ptr() as usize);
+        }
+        Ok(NonNull::slice_from_raw_parts(p, layout.size()))
+    }
+
     unsafe fn resize(
         &self,
         ptr: NonNull<u8>,

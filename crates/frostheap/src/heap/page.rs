@@ -54,6 +54,9 @@ pub const PENDING: u32 = 2;
 pub const IN_QUEUE: u8 = 1;
 /// `flags` bit (free spans): contents may be non-zero / resident.
 pub const DIRTY: u8 = 2;
+/// `flags` bit (small spans): the span is its class queue's current one
+/// (see [`PageMeta::used`]).
+pub const CURRENT: u8 = 4;
 
 /// A free block's link.
 #[repr(C)]
@@ -108,11 +111,12 @@ pub struct PageMeta {
     pub offset: Cell<u32>,
     /// [`Kind`] as a byte.
     pub kind: Cell<u8>,
+    /// [`OWNER_LOCAL`] or [`OWNER_SHARED`] (next to `kind`: the free
+    /// fast path tests both with one compare).
+    pub owner: Cell<u8>,
     /// Small: size class.
     pub class: Cell<u8>,
-    /// [`OWNER_LOCAL`] or [`OWNER_SHARED`].
-    pub owner: Cell<u8>,
-    /// [`IN_QUEUE`], [`DIRTY`].
+    /// [`IN_QUEUE`], [`DIRTY`], [`CURRENT`].
     pub flags: Cell<u8>,
     /// Blocks freed by threads other than the owner (a Treiber stack the
     /// owner takes whole).
@@ -166,8 +170,8 @@ pub static EMPTY: EmptyMeta = EmptyMeta(PageMeta {
     prev: Cell::new(NONE),
     offset: Cell::new(0),
     kind: Cell::new(0),
-    class: Cell::new(0),
     owner: Cell::new(0),
+    class: Cell::new(0),
     flags: Cell::new(0),
     remote: AtomicPtr::new(ptr::null_mut()),
     state: AtomicU32::new(0),
