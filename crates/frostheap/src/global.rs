@@ -351,9 +351,8 @@ unsafe impl GlobalAlloc for Global {
             if let Some(c) = class_for(layout.size(), layout.align()) {
                 // SAFETY: the Main route is set only on the main heap's
                 // owner thread.
-                let p = unsafe { main_inner().core.try_alloc_small_as_owner(c) };
-                if !p.is_null() {
-                    return p;
+                if let Some(p) = unsafe { main_inner().core.try_alloc_small_as_owner(c) } {
+                    return p.as_ptr();
                 }
             }
         }

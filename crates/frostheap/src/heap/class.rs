@@ -92,7 +92,11 @@ pub fn class_for(size: usize, align: usize) -> Option<usize> {
     }
     let s = size.max(1).checked_add(align - 1)? & !(align - 1);
     let c = class_of(s)?;
-    if (CLASS_SIZE[c] as usize).is_multiple_of(align) {
+    // (`get`: no bounds-check panic, so inlined fast paths stay leaves.)
+    if CLASS_SIZE
+        .get(c)
+        .is_some_and(|&size| (size as usize).is_multiple_of(align))
+    {
         return Some(c);
     }
     // Powers of two are classes, and a power of two >= align is a

@@ -360,7 +360,7 @@ unsafe impl Allocator for Heap {
         if let Some(c) = class_for(layout.size(), layout.align()) {
             if core.is_owner() && !crate::track::enabled() {
                 // SAFETY: we are the owner.
-                if let Some(p) = NonNull::new(unsafe { core.try_alloc_small_as_owner(c) }) {
+                if let Some(p) = unsafe { core.try_alloc_small_as_owner(c) } {
                     return Ok(NonNull::slice_from_raw_parts(p, layout.size()));
                 }
             }
