@@ -763,7 +763,8 @@ impl Runtime {
 
     /// Runs one batch as one phase.
     ///
-    /// Workers claim chunks of items from an atomic cursor. The only
+    /// Workers claim runs of chunks from an atomic cursor (guided: a share
+    /// of what is left). The only
     /// per-item bookkeeping is the store of the item index into the
     /// worker's slot (which violation reports and parked-item accounting
     /// need); completion is published once per chunk into `progress`, so
@@ -824,94 +825,123 @@ impl Runtime {
         let (cursor, cancel, panic_slot) = (&cursor, &cancel, &panic);
         let (max_item, sum_bytes, oversized) = (&max_item, &sum_bytes, &oversized);
         let job_results = results;
+        let workers = self.n_workers.max(1);
         let job = move |env: &WorkerEnv<'_>| loop {
             if cancel.load(Ordering::Relaxed) {
                 return;
             }
-            let start = cursor.fetch_add(chunk, Ordering::Relaxed);
-            if start >= n {
-                return;
-            }
-            let end = (start + chunk).min(n);
-            let chunk_before = env.ctx.allocated();
-            let (ctx, worker, item_slot) = (env.ctx, env.index, &env.slot.item);
-            // One task per item, in one unwinding scope per chunk: a panic
-            // ends the chunk, and the worker's slot says which item it was
-            // (`slot.item` is stored before each task, for violation
-            // reports and parked-item accounting too).
-            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                // Per-chunk tallies, published once per chunk: no
-                // contended read-modify-write per item.
-                let (mut chunk_max, mut chunk_oversized) = (0usize, 0usize);
-                if !per_item_bytes {
-                    let chunk = Chunk {
-                        ctx,
-                        worker,
-                        item_slot,
-                        base,
-                        start,
-                        end,
-                    };
-                    // SAFETY: [start, end) was claimed by this worker alone
-                    // through the cursor (each item taken once), and its
-                    // result slots lie in the reserved spare capacity.
-                    unsafe { run_chunk(&chunk, src, f, job_results.0) };
-                    return (end, 0, 0);
+            // Guided claims, in chunks: a worker takes a share of what is
+            // left (1 / (2 × workers) of the remaining chunks, at least
+            // one), so it starts on a long contiguous run and the tail is
+            // split finely for balance. Claiming fixed 4096-item chunks in
+            // turn made a 10 M-item map of a cheap function run 6% slower.
+            let mut first = cursor.load(Ordering::Relaxed);
+            let claimed = loop {
+                if first >= n_chunks {
+                    return;
                 }
-                for i in start..end {
-                    item_slot.store(base + i, Ordering::Relaxed);
-                    let tc = TaskContext {
-                        ctx,
-                        item_index: Some(base + i),
-                        worker,
-                    };
-                    let before = ctx.allocated();
-                    // SAFETY: as above.
-                    let r = f(&tc, unsafe { src.take(i) });
-                    let used = ctx.allocated() - before;
-                    chunk_max = chunk_max.max(used);
-                    chunk_oversized += usize::from(used > budget);
-                    // SAFETY: as above.
-                    unsafe { job_results.get(i).write(r) };
-                    if cancel.load(Ordering::Relaxed) {
-                        return (i + 1, chunk_max, chunk_oversized);
-                    }
-                }
-                (end, chunk_max, chunk_oversized)
-            }));
-            let chunk_sum = env.ctx.allocated() - chunk_before;
-            let (done, chunk_max, chunk_oversized) = match run {
-                Ok((done, max, over)) => {
-                    // Results [start, done) are written.
-                    progress[start / chunk].store((done - start) as u32, Ordering::Release);
-                    // Without a budget, items are measured per chunk.
-                    let max = if per_item_bytes {
-                        max
-                    } else {
-                        chunk_sum.div_ceil(done - start)
-                    };
-                    (done, max, over)
-                }
-                Err(payload) => {
-                    // The task of the item in the slot unwound with its
-                    // item: results before it are written, it is consumed.
-                    let i = env.slot.item.load(Ordering::Relaxed) - base;
-                    progress[start / chunk].store((i - start) as u32 | CONSUMED, Ordering::Release);
-                    let msg = panic_message(&*payload);
-                    let mut p = panic_slot.lock().unwrap_or_else(|e| e.into_inner());
-                    if p.is_none() {
-                        *p = Some((base + i, msg));
-                    }
-                    cancel.store(true, Ordering::Relaxed);
-                    (i, 0, 0)
+                let k = ((n_chunks - first) / (2 * workers)).max(1);
+                match cursor.compare_exchange_weak(
+                    first,
+                    first + k,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break k,
+                    Err(now) => first = now,
                 }
             };
-            let _ = done;
+            // Tallies of the claim, published once: no contended
+            // read-modify-write per chunk or item.
+            let (mut claim_max, mut claim_sum, mut claim_oversized) = (0usize, 0usize, 0usize);
+            // Indexing by `unit` is the point: the chunk's items, result
+            // slots and progress word share it.
+            #[allow(clippy::needless_range_loop)]
+            for unit in first..first + claimed {
+                if cancel.load(Ordering::Relaxed) {
+                    break;
+                }
+                let start = unit * chunk;
+                let end = (start + chunk).min(n);
+                let chunk_before = env.ctx.allocated();
+                let (ctx, worker, item_slot) = (env.ctx, env.index, &env.slot.item);
+                // One task per item, in one unwinding scope per chunk: a
+                // panic ends the chunk, and the worker's slot says which
+                // item it was (`slot.item` is stored before each task, for
+                // violation reports and parked-item accounting too).
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let (mut chunk_max, mut chunk_oversized) = (0usize, 0usize);
+                    if !per_item_bytes {
+                        let c = Chunk {
+                            ctx,
+                            worker,
+                            item_slot,
+                            base,
+                            start,
+                            end,
+                        };
+                        // SAFETY: [start, end) was claimed by this worker
+                        // alone through the cursor (each item taken once),
+                        // and its result slots lie in the reserved spare
+                        // capacity.
+                        unsafe { run_chunk(&c, src, f, job_results.0) };
+                        return (end, 0, 0);
+                    }
+                    for i in start..end {
+                        item_slot.store(base + i, Ordering::Relaxed);
+                        let tc = TaskContext {
+                            ctx,
+                            item_index: Some(base + i),
+                            worker,
+                        };
+                        let before = ctx.allocated();
+                        // SAFETY: as above.
+                        let r = f(&tc, unsafe { src.take(i) });
+                        let used = ctx.allocated() - before;
+                        chunk_max = chunk_max.max(used);
+                        chunk_oversized += usize::from(used > budget);
+                        // SAFETY: as above.
+                        unsafe { job_results.get(i).write(r) };
+                        if cancel.load(Ordering::Relaxed) {
+                            return (i + 1, chunk_max, chunk_oversized);
+                        }
+                    }
+                    (end, chunk_max, chunk_oversized)
+                }));
+                let chunk_sum = env.ctx.allocated() - chunk_before;
+                claim_sum += chunk_sum;
+                match run {
+                    Ok((done, max, over)) => {
+                        // Results [start, done) are written.
+                        progress[unit].store((done - start) as u32, Ordering::Release);
+                        // Without a budget, items are measured per chunk.
+                        claim_max = claim_max.max(if per_item_bytes {
+                            max
+                        } else {
+                            chunk_sum.div_ceil(done - start)
+                        });
+                        claim_oversized += over;
+                    }
+                    Err(payload) => {
+                        // The task of the item in the slot unwound with its
+                        // item: results before it are written, it is
+                        // consumed.
+                        let i = env.slot.item.load(Ordering::Relaxed) - base;
+                        progress[unit].store((i - start) as u32 | CONSUMED, Ordering::Release);
+                        let msg = panic_message(&*payload);
+                        let mut p = panic_slot.lock().unwrap_or_else(|e| e.into_inner());
+                        if p.is_none() {
+                            *p = Some((base + i, msg));
+                        }
+                        cancel.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
             env.slot.item.store(usize::MAX, Ordering::Relaxed);
-            max_item.fetch_max(chunk_max, Ordering::Relaxed);
-            sum_bytes.fetch_add(chunk_sum, Ordering::Relaxed);
-            if chunk_oversized > 0 {
-                oversized.fetch_add(chunk_oversized, Ordering::Relaxed);
+            max_item.fetch_max(claim_max, Ordering::Relaxed);
+            sum_bytes.fetch_add(claim_sum, Ordering::Relaxed);
+            if claim_oversized > 0 {
+                oversized.fetch_add(claim_oversized, Ordering::Relaxed);
             }
         };
         // The result slots are written by workers: exempt them from the
