@@ -196,7 +196,7 @@ fn chapter_map() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     println!("   main built 20,000 strings in the main heap; the runtime has a budget of 8 MiB");
 
-    let lens = rt.map(&words, |w| {
+    let lens = rt.map_slice(&words, |w| {
         // Every allocation here goes to the worker's context heap (a bump
         // arena): a String, a Vec, a HashMap per item.
         let upper = w.to_uppercase();

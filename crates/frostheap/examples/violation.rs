@@ -8,8 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 static GLOBAL: frostheap::Global = frostheap::Global;
 
 fn main() {
-    let data: Vec<AtomicU64> = build_data();
+    // The runtime first: building it routes allocations through
+    // `unguarded`, after which tracked allocations must still be recorded —
+    // including those the allocator's fast path could serve (a block of the
+    // same size freed just before).
     let rt = frostheap::Runtime::builder().workers(2).build().unwrap();
+    drop(std::hint::black_box(vec![0u64; 1000]));
+    let data: Vec<AtomicU64> = build_data();
     let r = rt.map(0..8usize, |i| {
         if i == 5 {
             data[3].fetch_add(1, Ordering::Relaxed);

@@ -177,8 +177,6 @@ fn route() -> Route {
     } else {
         Route::System
     };
-    // Cache the answer only once the main heap exists: allocations made
-    // while it is being set up go to the system without deciding anything.
     cache_route(r);
     r
 }
@@ -205,19 +203,29 @@ pub(crate) fn on_main_route() -> bool {
 /// Sets the calling thread's route, returning the previous one.
 pub(crate) fn set_route(r: Route) -> Route {
     let prev = route();
-    ROUTE.with(|c| c.set(Route::Unknown));
-    cache_route(r);
+    store_route(r);
     prev
 }
 
-/// Caches `r` as the calling thread's route, once the main heap exists.
-/// Main is not cached while allocation tracking is on: `Global::alloc`'s
-/// inlined fast path applies to the cached Main route only, and tracked
-/// allocations must take the path that records them.
+/// Stores `r` as the calling thread's route, except that Main is never
+/// stored while allocation tracking is on: `Global::alloc`'s inlined fast
+/// path applies to a stored Main route only, and tracked allocations must
+/// take the path that records them (`route` then recomputes Main).
+fn store_route(r: Route) {
+    let r = if r == Route::Main && crate::track::enabled() {
+        Route::Unknown
+    } else {
+        r
+    };
+    ROUTE.with(|c| c.set(r));
+}
+
+/// Caches the route `route` computed, once the main heap exists
+/// (allocations made while it is being set up go to the system without
+/// deciding anything).
 fn cache_route(r: Route) {
-    if MAIN.state.load(Ordering::Acquire) == READY && !(r == Route::Main && crate::track::enabled())
-    {
-        ROUTE.with(|c| c.set(r));
+    if MAIN.state.load(Ordering::Acquire) == READY {
+        store_route(r);
     }
 }
 
@@ -239,7 +247,7 @@ pub fn unguarded<R>(f: impl FnOnce() -> R) -> R {
     struct Restore(Route);
     impl Drop for Restore {
         fn drop(&mut self) {
-            ROUTE.with(|c| c.set(self.0));
+            store_route(self.0);
         }
     }
     let _restore = Restore(set_route(Route::System));

@@ -56,7 +56,7 @@ fn kernel_violation(addr: usize) -> Error {
     // SAFETY: as above.
     let (item, policy, backend) = match unsafe { w.as_ref() } {
         Some(w) => {
-            let item = w.item.load(Ordering::Relaxed);
+            let item = trap::current_item();
             let r = &w.kernel;
             r.addr.store(addr, Ordering::Relaxed);
             r.tid.store(tid, Ordering::Relaxed);

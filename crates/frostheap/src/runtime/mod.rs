@@ -361,7 +361,6 @@ fn progress_bytes(n: usize, workers: usize) -> usize {
 struct Chunk<'a> {
     ctx: &'a ContextHeap,
     worker: usize,
-    item_slot: &'a AtomicUsize,
     base: usize,
     start: usize,
     end: usize,
@@ -385,15 +384,23 @@ where
     S: Source,
     F: Fn(&TaskContext<'_>, S::Item) -> R,
 {
-    for i in c.start..c.end {
-        c.item_slot.store(c.base + i, Ordering::Relaxed);
+    // Pointers that advance with the index, so the loop carries six values
+    // (the function, the slot, two pointers, the index and its end) and
+    // keeps them all in registers across the calls of `f`.
+    let mut item = src.slots().wrapping_add(c.start);
+    let mut out = results.wrapping_add(c.start);
+    for idx in c.base + c.start..c.base + c.end {
+        trap::set_current_item(idx);
         let tc = TaskContext {
             ctx: c.ctx,
-            item_index: Some(c.base + i),
+            item_index: Some(idx),
             worker: c.worker,
         };
-        // SAFETY: by (1), item i is ours to take and slot i is writable.
-        unsafe { results.add(i).write(f(&tc, src.take(i))) };
+        // SAFETY: by (1), the item at `item` (index idx - base) is ours to
+        // take and `out` is its writable result slot.
+        unsafe { out.write(f(&tc, S::take_slot(item))) };
+        item = item.wrapping_add(1);
+        out = out.wrapping_add(1);
     }
 }
 
@@ -405,12 +412,24 @@ where
 /// both may be called from any worker thread (hence `Sync`).
 unsafe trait Source: Sync {
     type Item;
+    /// What the batch holds per item, contiguously from [`Source::slots`].
+    type Slot;
+    /// The first item's slot.
+    fn slots(&self) -> *mut Self::Slot;
+    /// The item in slot `p`.
+    ///
+    /// # Safety
+    /// 1. `p` is the slot of an item below the batch length, taken at most
+    ///    once and never also passed to `drop_untaken`.
+    unsafe fn take_slot(p: *mut Self::Slot) -> Self::Item;
     /// Item `i`.
     ///
     /// # Safety
-    /// 1. `i` is below the batch length and is taken at most once, and
-    ///    never also passed to `drop_untaken`.
-    unsafe fn take(&self, i: usize) -> Self::Item;
+    /// 1. As for `take_slot`, for the slot of item `i`.
+    unsafe fn take(&self, i: usize) -> Self::Item {
+        // SAFETY: forwarded (1).
+        unsafe { Self::take_slot(self.slots().wrapping_add(i)) }
+    }
     /// Drops item `i`, which was never taken.
     ///
     /// # Safety
@@ -429,9 +448,13 @@ unsafe impl<T: Send> Sync for OwnedItems<T> {}
 // each is read or dropped once, as the trait requires of callers.
 unsafe impl<T: Send> Source for OwnedItems<T> {
     type Item = T;
-    unsafe fn take(&self, i: usize) -> T {
-        // SAFETY: by (1), item i is initialised and not yet moved out.
-        unsafe { self.0.add(i).read() }
+    type Slot = T;
+    fn slots(&self) -> *mut T {
+        self.0
+    }
+    unsafe fn take_slot(p: *mut T) -> T {
+        // SAFETY: by (1), the item is initialised and not yet moved out.
+        unsafe { p.read() }
     }
     unsafe fn drop_untaken(&self, i: usize) {
         // SAFETY: as in take.
@@ -446,9 +469,15 @@ struct BorrowedItems<'a, T>(&'a [T]);
 // nothing is owned, so nothing is dropped.
 unsafe impl<'a, T: Sync> Source for BorrowedItems<'a, T> {
     type Item = &'a T;
-    unsafe fn take(&self, i: usize) -> &'a T {
-        // SAFETY: by (1), i is below the batch length, the slice's length.
-        unsafe { self.0.get_unchecked(i) }
+    type Slot = T;
+    fn slots(&self) -> *mut T {
+        // Never written through: items are handed out as `&T`.
+        self.0.as_ptr().cast_mut()
+    }
+    unsafe fn take_slot(p: *mut T) -> &'a T {
+        // SAFETY: by (1), p points at an element of the slice, borrowed
+        // for 'a.
+        unsafe { &*p }
     }
     unsafe fn drop_untaken(&self, _i: usize) {}
 }
@@ -864,10 +893,10 @@ impl Runtime {
                 let start = unit * chunk;
                 let end = (start + chunk).min(n);
                 let chunk_before = env.ctx.allocated();
-                let (ctx, worker, item_slot) = (env.ctx, env.index, &env.slot.item);
+                let (ctx, worker) = (env.ctx, env.index);
                 // One task per item, in one unwinding scope per chunk: a
                 // panic ends the chunk, and the worker's slot says which
-                // item it was (`slot.item` is stored before each task, for
+                // item it was (its current item is stored before each task, for
                 // violation reports and parked-item accounting too).
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let (mut chunk_max, mut chunk_oversized) = (0usize, 0usize);
@@ -875,7 +904,6 @@ impl Runtime {
                         let c = Chunk {
                             ctx,
                             worker,
-                            item_slot,
                             base,
                             start,
                             end,
@@ -888,7 +916,7 @@ impl Runtime {
                         return (end, 0, 0);
                     }
                     for i in start..end {
-                        item_slot.store(base + i, Ordering::Relaxed);
+                        trap::set_current_item(base + i);
                         let tc = TaskContext {
                             ctx,
                             item_index: Some(base + i),
@@ -926,7 +954,7 @@ impl Runtime {
                         // The task of the item in the slot unwound with its
                         // item: results before it are written, it is
                         // consumed.
-                        let i = env.slot.item.load(Ordering::Relaxed) - base;
+                        let i = trap::current_item() - base;
                         progress[unit].store((i - start) as u32 | CONSUMED, Ordering::Release);
                         let msg = panic_message(&*payload);
                         let mut p = panic_slot.lock().unwrap_or_else(|e| e.into_inner());
@@ -937,7 +965,7 @@ impl Runtime {
                     }
                 }
             }
-            env.slot.item.store(usize::MAX, Ordering::Relaxed);
+            trap::set_current_item(usize::MAX);
             max_item.fetch_max(claim_max, Ordering::Relaxed);
             sum_bytes.fetch_add(claim_sum, Ordering::Relaxed);
             if claim_oversized > 0 {

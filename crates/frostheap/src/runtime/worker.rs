@@ -30,7 +30,6 @@ pub(crate) struct Worker {
 /// What a task sees of its worker.
 pub(crate) struct WorkerEnv<'a> {
     pub index: usize,
-    pub slot: &'a WorkerSlot,
     pub ctx: &'a ContextHeap,
 }
 
@@ -109,11 +108,7 @@ fn run(
             // SAFETY: main keeps the job alive until every worker has
             // reported the end of this phase (see Runtime::run_phase).
             let job: &JobRef = unsafe { &*job };
-            (job.0)(&WorkerEnv {
-                index,
-                slot,
-                ctx: &ctx,
-            });
+            (job.0)(&WorkerEnv { index, ctx: &ctx });
             global::set_context(core::ptr::null());
             if let Backend::Pkey(key) = rt.backend {
                 os::wrpkru(os::rdpkru() & !(3 << (2 * key)));

@@ -137,7 +137,8 @@ unsafe fn violation(w: &WorkerSlot, addr: usize, code: i32, ctx: *mut libc::c_vo
     // SAFETY: by (1).
     let uc = unsafe { &mut *(ctx as *mut libc::ucontext_t) };
     let ip = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as usize;
-    let item = w.item.load(Ordering::Relaxed);
+    // The handler runs on the faulting worker: its own current item.
+    let item = super::current_item();
     match w.policy.load(Ordering::Relaxed) {
         p if p == OnViolation::Audit as u32 => {
             let n = w.audit_count.fetch_add(1, Ordering::Relaxed);

@@ -310,8 +310,6 @@ pub(crate) struct RawRecord {
 /// What the handler and the runtime share about one worker thread. Lives
 /// in system memory, never moves, and is leaked if its thread is parked.
 pub(crate) struct WorkerSlot {
-    /// Index of the item the worker is running (`usize::MAX` if none).
-    pub item: AtomicUsize,
     /// Inside a phase (the guarded heaps are frozen for this worker).
     pub in_phase: AtomicBool,
     /// The cancel-policy record.
@@ -358,7 +356,6 @@ pub(crate) struct RawRecordPlain {
 impl WorkerSlot {
     pub(crate) fn new(policy: OnViolation) -> WorkerSlot {
         WorkerSlot {
-            item: AtomicUsize::new(usize::MAX),
             in_phase: AtomicBool::new(false),
             record: RawRecord::default(),
             audit_page: AtomicUsize::new(0),
@@ -380,6 +377,27 @@ impl WorkerSlot {
 thread_local! {
     /// The calling thread's worker slot (null on non-worker threads).
     static WORKER: Cell<*const WorkerSlot> = const { Cell::new(core::ptr::null()) };
+    /// Index of the item the calling worker is running (`usize::MAX` if
+    /// none). A thread-local rather than a slot field: it is stored before
+    /// every task and read only on the worker's own thread (by the fault
+    /// handler, the I/O helpers and the runtime's panic path), and a
+    /// thread-local store needs no register to hold the slot's address,
+    /// which a tight map loop would otherwise reload from the stack on
+    /// every item.
+    static CURRENT_ITEM: AtomicUsize = const { AtomicUsize::new(usize::MAX) };
+}
+
+/// Records the item the calling worker is about to run.
+#[inline(always)]
+pub(crate) fn set_current_item(index: usize) {
+    CURRENT_ITEM.with(|c| c.store(index, Ordering::Relaxed));
+}
+
+/// The item the calling worker is running (`usize::MAX` if none).
+/// Async-signal-safe.
+#[inline]
+pub(crate) fn current_item() -> usize {
+    CURRENT_ITEM.with(|c| c.load(Ordering::Relaxed))
 }
 
 /// The calling thread's worker slot, if it is a runtime worker.
