@@ -97,6 +97,8 @@ fn run(
         }
         let job = rt.job.load(Ordering::Acquire);
         if !job.is_null() {
+            // Pass the wake-up on (see Runtime::run_phase).
+            os::futex_wake(&rt.epoch, 2);
             slot.in_phase.store(true, Ordering::Release);
             if let Backend::Pkey(key) = rt.backend {
                 // Reads allowed, writes denied, for this thread only: set

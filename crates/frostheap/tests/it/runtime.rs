@@ -251,6 +251,30 @@ fn reset_counters() {
     }
 }
 
+/// `r` is the error of the task of item `bad`, which panicked with
+/// `message`.
+fn assert_panicked<T>(r: Result<Vec<T>, Error>, bad: usize, message: &str) {
+    match r {
+        Err(Error::TaskPanicked {
+            item_index,
+            message: m,
+        }) => {
+            assert_eq!(item_index, Some(bad));
+            assert_eq!(m, message);
+        }
+        Err(e) => panic!("expected TaskPanicked, got {e}"),
+        Ok(v) => panic!("expected TaskPanicked, got {} results", v.len()),
+    }
+}
+
+/// Every result made before an error was dropped: none leaked.
+fn assert_results_dropped() {
+    assert_eq!(
+        RESULTS_DROPPED.load(Ordering::Relaxed),
+        RESULTS_MADE.load(Ordering::Relaxed)
+    );
+}
+
 fn check_panic_of(rt: &Runtime, n: usize, bad: usize, streaming: bool) {
     reset_counters();
     let ran = Shared::new(AtomicUsize::new(0));
@@ -267,28 +291,14 @@ fn check_panic_of(rt: &Runtime, n: usize, bad: usize, streaming: bool) {
         let items: Vec<Item> = (0..n).map(Item::new).collect();
         rt.map(items, task)
     };
-    match r {
-        Err(Error::TaskPanicked {
-            item_index,
-            message,
-        }) => {
-            assert_eq!(item_index, Some(bad));
-            assert_eq!(message, format!("item {bad} is bad"));
-        }
-        Err(e) => panic!("expected TaskPanicked, got {e}"),
-        Ok(v) => panic!("expected TaskPanicked, got {} results", v.len()),
-    }
+    assert_panicked(r, bad, &format!("item {bad} is bad"));
     let made = ITEMS_MADE.load(Ordering::Relaxed);
     assert!(made <= n && made > bad, "made {made} of {n} items");
     // Every item made was dropped exactly once: by its task, or by the
     // runtime when it was skipped, or with the rest of the iterator.
     assert_eq!(ITEMS_DROPPED.load(Ordering::Relaxed), made);
     assert!(ran.load(Ordering::Relaxed) <= made);
-    // Results made before the error were dropped, none leaked.
-    assert_eq!(
-        RESULTS_DROPPED.load(Ordering::Relaxed),
-        RESULTS_MADE.load(Ordering::Relaxed)
-    );
+    assert_results_dropped();
     // The runtime is usable afterwards.
     let again = rt.map(0..1000u64, mix).unwrap();
     assert_eq!(again, (0..1000u64).map(mix).collect::<Vec<_>>());
@@ -337,11 +347,7 @@ fn concurrent_panics_each_consume_their_own_item_once() {
             }
             assert_eq!(ITEMS_MADE.load(Ordering::Relaxed), n);
             assert_eq!(ITEMS_DROPPED.load(Ordering::Relaxed), n, "round {round}");
-            assert_eq!(
-                RESULTS_DROPPED.load(Ordering::Relaxed),
-                RESULTS_MADE.load(Ordering::Relaxed),
-                "round {round}"
-            );
+            assert_results_dropped();
         }
     }
 }
@@ -362,20 +368,8 @@ fn a_panic_in_map_slice_drops_the_results_made() {
                 }
                 Out::new(x)
             });
-            match r {
-                Err(Error::TaskPanicked {
-                    item_index,
-                    message,
-                }) => {
-                    assert_eq!(item_index, Some(bad));
-                    assert_eq!(message, format!("element {bad} is bad"));
-                }
-                other => panic!("expected TaskPanicked, got {:?}", other.map(|v| v.len())),
-            }
-            assert_eq!(
-                RESULTS_DROPPED.load(Ordering::Relaxed),
-                RESULTS_MADE.load(Ordering::Relaxed)
-            );
+            assert_panicked(r, bad, &format!("element {bad} is bad"));
+            assert_results_dropped();
             assert_eq!(input, (0..5000).collect::<Vec<_>>());
             assert_eq!(rt.map_slice(&input, |&x| x + 1).unwrap()[4999], 5000);
         }
