@@ -351,5 +351,14 @@ fn render(o: &Options, sections: &[(&str, &str, Vec<Case>)], load0: &str, load1:
         let _ = writeln!(s);
     }
     let _ = writeln!(s, "Ratios are of medians; below 1.00 frostheap is faster.");
+    let _ = writeln!(
+        s,
+        "\nThe baselines keep no statistics in these builds (tikv-jemallocator's `stats` \
+         feature is off, so jemalloc is configured with `--disable-stats`; mimalloc \
+         compiles its statistics out of release builds). frostheap keeps exact \
+         per-operation statistics (bytes in use, peak, live and total allocations): \
+         four counter updates and a peak check, about 1 ns of an alloc+free pair on \
+         this machine (3.0 ns without them, measured by disabling them in a scratch build)."
+    );
     s
 }
