@@ -1041,7 +1041,6 @@ impl Runtime {
         Err(error.expect("checked above"))
     }
 
-    /// The phase protocol around one job.
     /// Makes room for `n` more results. Large result vectors (at least
     /// [`RESULTS_IN_HEAP_MIN`] bytes) in global mode live in the main heap,
     /// like anything else main owns: its freed spans are reused without
@@ -1077,6 +1076,7 @@ impl Runtime {
         }
     }
 
+    /// The phase protocol around one job.
     fn run_phase(
         &self,
         job: &(dyn Fn(&WorkerEnv<'_>) + Sync),
