@@ -608,14 +608,16 @@ impl Runtime {
                     // vectorise), then grow if the iterator has more.
                     let room = cap.min(batch_len) - n;
                     let dst = scratch.items.ptr::<I::Item>();
+                    // Internal iteration (`for_each`): adapters and slice
+                    // iterators drive it with their own tight loops.
                     let mut filled = 0usize;
-                    for x in iter.by_ref().take(room) {
+                    iter.by_ref().take(room).for_each(|x| {
                         // SAFETY: n + filled < cap, inside the scratch
                         // buffer, which is aligned for any T of alignment up
                         // to a page.
                         unsafe { dst.add(n + filled).write(x) };
                         filled += 1;
-                    }
+                    });
                     n += filled;
                     if filled < room || n == batch_len {
                         break n;
