@@ -158,13 +158,7 @@ impl ClassState {
         );
         let c = &self.counters;
         if LOCAL {
-            // Only the owner writes these: plain load + store.
-            let allocated = c.alloc_bytes.load(Ordering::Relaxed) + size;
-            c.alloc_bytes.store(allocated, Ordering::Relaxed);
-            c.total
-                .store(c.total.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-            let net = allocated.wrapping_sub(c.freed_bytes.load(Ordering::Relaxed));
-            if net > self.peak_mark.get() {
+            if let Some(net) = self.count_local_alloc(size) {
                 self.raise_peak(net);
             }
         } else {
@@ -173,6 +167,46 @@ impl ClassState {
             let net = allocated.saturating_sub(c.freed_bytes.load(Ordering::Acquire));
             c.peak.fetch_max(net, Ordering::Relaxed);
         }
+    }
+
+    /// The owner's counting of an allocation of `size` usable bytes (only
+    /// the owner writes these: plain load + store). Returns the new net
+    /// bytes when they pass the peak mark: the caller then raises the peak
+    /// (a plain call, or a tail call on the leaf fast path).
+    #[inline(always)]
+    fn count_local_alloc(&self, size: usize) -> Option<usize> {
+        let c = &self.counters;
+        let allocated = c.alloc_bytes.load(Ordering::Relaxed) + size;
+        c.alloc_bytes.store(allocated, Ordering::Relaxed);
+        c.total
+            .store(c.total.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        let net = allocated.wrapping_sub(c.freed_bytes.load(Ordering::Relaxed));
+        (net > self.peak_mark.get()).then_some(net)
+    }
+
+    /// Pops a block of class `c` from this state's current span, with its
+    /// size; `None` when that free list is empty. The caller owns the state
+    /// (the owner thread, or the holder of the shared lock) and counts the
+    /// allocation.
+    #[inline(always)]
+    fn pop_current(&self, c: usize) -> Option<(NonNull<u8>, usize)> {
+        debug_assert!(c < N_CLASSES, "class out of range");
+        // SAFETY: `current` always points at a live meta or at EMPTY (whose
+        // free list is null); c < N_CLASSES.
+        let m = unsafe { &*self.current.get_unchecked(c).get() };
+        let b = NonNull::new(m.free.get())?;
+        // SAFETY: b is a free block of this span; its first word is the link
+        // written when it was freed or carved. (No `used` count: the current
+        // span's is not kept, see PageMeta::used.)
+        m.free.set(unsafe { b.as_ref() }.next);
+        // A span in class c's queue has block_size == CLASS_SIZE[c];
+        // reading it from the meta's line saves a table load.
+        debug_assert_eq!(
+            m.block_size.get(),
+            CLASS_SIZE[c],
+            "span in the wrong class queue"
+        );
+        Some((b.cast(), m.block_size.get() as usize))
     }
 
     /// The owner's live bytes reached a new high of `net - foreign_seen`.
@@ -483,26 +517,13 @@ impl HeapCore {
             self.is_owner(),
             "try_alloc_small_as_owner called by another thread"
         );
-        debug_assert!(c < N_CLASSES, "class out of range");
-        // SAFETY: `current` always points at a live meta or at EMPTY (whose
-        // free list is null); c < N_CLASSES.
-        let m = unsafe { &*self.local.current.get_unchecked(c).get() };
-        let b = NonNull::new(m.free.get())?;
-        // SAFETY: as in alloc_small.
-        m.free.set(unsafe { b.as_ref() }.next);
-        // The counting of on_alloc_as, with the rare peak raise as a tail
-        // call (so this path saves no register around it).
-        let st = &self.local;
-        let c = &st.counters;
-        let allocated = c.alloc_bytes.load(Ordering::Relaxed) + m.block_size.get() as usize;
-        c.alloc_bytes.store(allocated, Ordering::Relaxed);
-        c.total
-            .store(c.total.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        let net = allocated.wrapping_sub(c.freed_bytes.load(Ordering::Relaxed));
-        if net > st.peak_mark.get() {
-            return Some(st.raise_peak_returning(net, b.cast()));
+        let (b, size) = self.local.pop_current(c)?;
+        // The rare peak raise as a tail call, so this path saves no
+        // register around it.
+        if let Some(net) = self.local.count_local_alloc(size) {
+            return Some(self.local.raise_peak_returning(net, b));
         }
-        Some(b.cast())
+        Some(b)
     }
 
     /// C `malloc` (`ZERO = false`) and `calloc` (`ZERO = true`) for a
@@ -566,27 +587,18 @@ impl HeapCore {
     /// holds the shared lock (the shared state).
     #[inline(always)]
     fn alloc_small<const LOCAL: bool>(&self, c: usize) -> *mut u8 {
-        let st = if LOCAL { &self.local } else { &self.shared };
-        // SAFETY: `current` always points at a live meta or at EMPTY.
-        let m = unsafe { &*st.current[c].get() };
-        let b = m.free.get();
-        if !b.is_null() {
-            // SAFETY: b is a free block of this span; its first word is the
-            // link written when it was freed or carved.
-            // (No `used` count: the current span's is not kept, see
-            // PageMeta::used.)
-            m.free.set(unsafe { (*b).next });
-            // A span in class c's queue has block_size == CLASS_SIZE[c];
-            // reading it from the meta's line saves a table load.
-            debug_assert_eq!(
-                m.block_size.get(),
-                CLASS_SIZE[c],
-                "span in the wrong class queue"
-            );
-            st.on_alloc_as::<LOCAL>(m.block_size.get() as usize);
-            return b.cast();
+        if LOCAL {
+            // SAFETY: LOCAL callers are the owner.
+            if let Some(p) = unsafe { self.try_alloc_small_as_owner(c) } {
+                return p.as_ptr();
+            }
+            return self.alloc_small_slow(&self.local, c);
         }
-        self.alloc_small_slow(st, c)
+        if let Some((b, size)) = self.shared.pop_current(c) {
+            self.shared.on_alloc_as::<false>(size);
+            return b.as_ptr();
+        }
+        self.alloc_small_slow(&self.shared, c)
     }
 
     #[cold]
@@ -596,17 +608,14 @@ impl HeapCore {
             return ptr::null_mut();
         }
         loop {
+            if let Some((b, size)) = st.pop_current(c) {
+                st.on_alloc(size);
+                return b.as_ptr();
+            }
             let cur = st.current[c].get();
             if !ptr::eq(cur, &EMPTY.0) {
                 // SAFETY: cur is a live meta of a span in this queue.
                 let m = unsafe { &*cur };
-                let b = m.free.get();
-                if !b.is_null() {
-                    // SAFETY: as in alloc_small.
-                    m.free.set(unsafe { (*b).next });
-                    st.on_alloc(CLASS_SIZE[c] as usize);
-                    return b.cast();
-                }
                 let idx = self.idx_of(m);
                 if m.extend.get() < m.capacity.get() {
                     self.extend_free(m, idx);
