@@ -12,7 +12,7 @@
 //! (about 2 s in a debug build).
 
 use std::alloc::Layout;
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::thread;
 
 use frostheap::Heap;
@@ -65,6 +65,25 @@ fn stress_heap() -> Heap {
     Heap::builder().name("remote").max(1 << 30).build().unwrap()
 }
 
+/// Allocates `n_blocks` small tagged blocks in batches of [`BATCH`] and
+/// sends each batch to the freeing thread; returns the bytes allocated and
+/// the most the heap had committed.
+fn produce(heap: &Heap, n_blocks: usize, tx: &SyncSender<Vec<Sent>>) -> (usize, usize) {
+    let (mut bytes, mut max_committed) = (0, 0);
+    for first in (0..n_blocks).step_by(BATCH) {
+        let batch: Vec<Sent> = (first..first + BATCH)
+            .map(|i| {
+                let size = small_size(i);
+                bytes += size;
+                alloc_tagged(heap, size, i)
+            })
+            .collect();
+        tx.send(batch).unwrap();
+        max_committed = max_committed.max(heap.stats().committed);
+    }
+    (bytes, max_committed)
+}
+
 fn assert_empty_and_bounded(heap: &Heap, n_blocks: usize, bytes: usize, max_committed: usize) {
     let s = heap.stats();
     assert_eq!(s.in_use, 0, "in_use after every block was freed: {s:?}");
@@ -100,19 +119,7 @@ fn owner_allocates_other_thread_frees_millions() {
             n
         })
     };
-    let mut bytes = 0;
-    let mut max_committed = 0;
-    for first in (0..n_blocks).step_by(BATCH) {
-        let batch: Vec<Sent> = (first..first + BATCH)
-            .map(|i| {
-                let size = small_size(i);
-                bytes += size;
-                alloc_tagged(&heap, size, i)
-            })
-            .collect();
-        tx.send(batch).unwrap();
-        max_committed = max_committed.max(heap.stats().committed);
-    }
+    let (bytes, max_committed) = produce(&heap, n_blocks, &tx);
     drop(tx);
     assert_eq!(freer.join().unwrap(), n_blocks);
     assert_empty_and_bounded(&heap, n_blocks, bytes, max_committed);
@@ -139,21 +146,7 @@ fn other_thread_allocates_owner_frees_millions() {
     let (tx, rx) = sync_channel::<Vec<Sent>>(IN_FLIGHT);
     let allocator = {
         let heap = heap.clone();
-        thread::spawn(move || {
-            let (mut bytes, mut max_committed) = (0, 0);
-            for first in (0..n_blocks).step_by(BATCH) {
-                let batch: Vec<Sent> = (first..first + BATCH)
-                    .map(|i| {
-                        let size = small_size(i);
-                        bytes += size;
-                        alloc_tagged(&heap, size, i)
-                    })
-                    .collect();
-                tx.send(batch).unwrap();
-                max_committed = max_committed.max(heap.stats().committed);
-            }
-            (bytes, max_committed)
-        })
+        thread::spawn(move || produce(&heap, n_blocks, &tx))
     };
     let mut n = 0;
     for batch in rx {
