@@ -13,7 +13,7 @@
 //!   through a bounded single-producer single-consumer ring to a second
 //!   thread, which frees them. The ring publishes in batches so that the
 //!   cost measured is the allocator's (for frostheap: the owner's fast
-//!   path plus the remote-free list), not a cache-line round trip per
+//!   path plus the remote-free bitmap), not a cache-line round trip per
 //!   block. The time runs from the consumer being ready to the last free.
 
 use std::alloc::Layout;

@@ -6,6 +6,9 @@
 //! Run: `cargo run -p frostheap --example global_routing`. The integration
 //! tests run it as a child process (tests/it/global_mode.rs); it checks
 //! itself and prints one `ok` line with the main heap's limits.
+//!
+//! `global_routing remote-double-free` instead frees one main-heap block
+//! twice from another thread, which must stop the process with a report.
 
 use std::sync::mpsc;
 use std::thread;
@@ -16,6 +19,9 @@ static GLOBAL: frostheap::Global = frostheap::Global;
 const MIB: usize = 1 << 20;
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("remote-double-free") {
+        remote_double_free();
+    }
     let heap = frostheap::main_heap().expect("Global is the global allocator and has started");
 
     // 1. Main-thread allocations land in the main heap, small and large.
@@ -164,4 +170,27 @@ fn main() {
                 .unwrap_or(0),
         s.in_use
     );
+}
+
+/// Frees one main-heap block twice from another thread: the second free
+/// finds the block's bit already set in the remote-free bitmap and aborts
+/// with a report naming the pointer.
+fn remote_double_free() {
+    let layout = std::alloc::Layout::new::<[u64; 4]>();
+    // SAFETY: non-zero size.
+    let p = unsafe { std::alloc::alloc(layout) } as usize;
+    assert!(frostheap::main_heap().unwrap().owns(p as *const u8));
+    println!("freeing 0x{p:x} twice");
+    thread::spawn(move || {
+        // SAFETY: deliberately not: the second free is the error under
+        // test, which frostheap must catch before it corrupts anything.
+        unsafe {
+            std::alloc::dealloc(p as *mut u8, layout);
+            std::alloc::dealloc(p as *mut u8, layout);
+        }
+    })
+    .join()
+    .unwrap();
+    println!("survived a double free");
+    std::process::exit(0);
 }

@@ -11,12 +11,18 @@
 //! the main heap, the thread of the first allocation: `main`). The owner's
 //! allocations and frees touch only plain fields: no atomic read-modify-
 //! write, no lock. Other threads allocate from a second class state behind
-//! a lock ("shared"), and free owner blocks by pushing them on the span's
-//! atomic `remote` list, which the owner collects when the span runs dry.
-//! A span that ran dry and left its queue is marked `FULL`; the first
-//! remote free into it pushes it on the heap's `pending` stack so the owner
-//! finds it again — without that, memory freed remotely into full spans
-//! would never be reused.
+//! a lock ("shared"), and free owner blocks by setting the block's bit in
+//! the heap's *remote-free bitmap* (one bit per 16 bytes of the region, in
+//! a side table), which the owner collects when the span runs dry. A
+//! remote free writes neither the block nor the span's hot meta line: the
+//! owner keeps the block's cache line, and the freer's cost is one atomic
+//! OR (plus, for the first block of a 1 KiB stretch, one on the page's
+//! summary word). An intrusive list, which every remote free wrote into
+//! the block and the owner then walked, cost two cross-core cache-line
+//! transfers per block. A span that ran dry and left its queue is marked
+//! `FULL`; the first remote free into it pushes it on the heap's `pending`
+//! stack so the owner finds it again — without that, memory freed remotely
+//! into full spans would never be reused.
 //!
 //! **Large** requests take whole spans from the span allocator
 //! ([`super::page`]), which commits the region's prefix on demand and gives
@@ -71,6 +77,12 @@ const PURGE_RETAIN: usize = 32 << 20;
 const META_SKEW: usize = 33 * 64;
 /// Blocks linked per lazy extension of a fresh span.
 const EXTEND_BATCH: u32 = 32;
+/// Bytes of region one remote-free bitmap bit stands for (every block
+/// starts on such a boundary).
+const GRANULE_SHIFT: usize = 4;
+/// Remote-free bitmap words per page: one summary bit each.
+const REMOTE_WORDS: usize = PAGE_SIZE >> (GRANULE_SHIFT + 6);
+const _: () = assert!(REMOTE_WORDS == 64, "a page's summary is one u64");
 
 /// The allocation statistics of one class state.
 ///
@@ -343,7 +355,13 @@ pub(crate) struct HeapCore {
     base: usize,
     region: Region,
     metas: *mut PageMeta,
-    meta_bytes: usize,
+    /// The remote-free bitmap: [`REMOTE_WORDS`] words per page, bit `g` of
+    /// the region's 16-byte granules set while the block starting there is
+    /// freed by another thread and not yet collected. Same mapping as
+    /// `metas`, after them.
+    remote_bits: *const AtomicU64,
+    /// Length of the side-table mapping (page table and bitmap).
+    table_bytes: usize,
     /// The hard cap as configured.
     limit: usize,
     /// Thread token of the owner (see [`thread_token`]).
@@ -385,17 +403,24 @@ impl HeapCore {
             huge_pages: config.huge_pages,
         })?;
         let n_pages = region.reserved() >> PAGE_SHIFT;
-        let meta_bytes = round_up(
-            n_pages * core::mem::size_of::<PageMeta>() + META_SKEW,
-            os::page_size(),
-        );
-        // SAFETY: the mapping has META_SKEW spare bytes before the table.
-        let metas = unsafe { os::map_table(meta_bytes)?.add(META_SKEW) }.cast::<PageMeta>();
+        let meta_end = n_pages * core::mem::size_of::<PageMeta>() + META_SKEW;
+        let table_bytes = round_up(meta_end + n_pages * REMOTE_WORDS * 8, os::page_size());
+        let table = os::map_table(table_bytes)?;
+        // SAFETY: the mapping has META_SKEW spare bytes before the page
+        // table and the bitmap's n_pages * REMOTE_WORDS words after it
+        // (meta_end is a multiple of 64, so the words are aligned).
+        let (metas, remote_bits) = unsafe {
+            (
+                table.add(META_SKEW).cast::<PageMeta>(),
+                table.add(meta_end).cast::<AtomicU64>().cast_const(),
+            )
+        };
         let core = HeapCore {
             base: region.base() as usize,
             region,
             metas,
-            meta_bytes,
+            remote_bits,
+            table_bytes,
             limit: config.max,
             owner: AtomicUsize::new(thread_token()),
             local: ClassState::new(OWNER_LOCAL),
@@ -621,7 +646,7 @@ impl HeapCore {
                     self.extend_free(m, idx);
                     continue;
                 }
-                if self.collect_remote(m, false) > 0 {
+                if self.collect_remote(m, idx, false) > 0 {
                     continue;
                 }
                 // Dry: leave the queue until a free brings it back. Every
@@ -631,13 +656,13 @@ impl HeapCore {
                 self.queue_unlink(st, c, idx);
                 if st.kind == OWNER_LOCAL {
                     m.state.store(FULL, Ordering::SeqCst);
-                    if !m.remote.load(Ordering::SeqCst).is_null()
+                    if self.has_remote(idx, m)
                         && m.state
                             .compare_exchange(FULL, 0, Ordering::SeqCst, Ordering::SeqCst)
                             .is_ok()
                     {
                         // A remote free raced with us and did not see FULL.
-                        self.collect_remote(m, true);
+                        self.collect_remote(m, idx, true);
                         self.queue_push_back(st, c, idx);
                     }
                 } else {
@@ -676,24 +701,57 @@ impl HeapCore {
         m.extend.set(first + n);
     }
 
-    /// Moves the span's remote frees onto its free list; returns how many.
-    /// `account`: the span is not its queue's current one, so its `used`
-    /// count is kept and drops by that many.
-    fn collect_remote(&self, m: &PageMeta, account: bool) -> u32 {
-        let list = m.remote.swap(ptr::null_mut(), Ordering::Acquire);
-        if list.is_null() {
-            return 0;
-        }
-        let mut n = 1;
-        let mut tail = list;
-        // SAFETY: the remote list is a chain of freed blocks of this span,
-        // published with Release by their freers.
-        unsafe {
-            while !(*tail).next.is_null() {
-                tail = (*tail).next;
-                n += 1;
+    /// The remote-free bitmap word `w` (counted from the region's start).
+    #[inline]
+    fn remote_word(&self, w: usize) -> &AtomicU64 {
+        debug_assert!(
+            w < (self.region.reserved() >> PAGE_SHIFT) * REMOTE_WORDS,
+            "bitmap word {w} outside the heap"
+        );
+        // SAFETY: w is inside the bitmap, which lives as long as self.
+        unsafe { &*self.remote_bits.add(w) }
+    }
+
+    /// Whether any page of the small span headed by `m` (page `idx`) has
+    /// remote frees not yet collected.
+    fn has_remote(&self, idx: usize, m: &PageMeta) -> bool {
+        (idx..idx + m.span_pages.get() as usize)
+            .any(|page| self.meta(page).remote.load(Ordering::SeqCst) != 0)
+    }
+
+    /// Moves the remote frees of the small span headed by `m` (page `idx`)
+    /// onto its free list; returns how many. `account`: the span is not its
+    /// queue's current one, so its `used` count is kept and drops by that
+    /// many.
+    ///
+    /// Each page's summary is taken first, then the words it names: a freer
+    /// that sets a bit in a word the owner has already taken finds the word
+    /// zero and sets the summary bit again, so no bit is left unannounced.
+    fn collect_remote(&self, m: &PageMeta, idx: usize, account: bool) -> u32 {
+        let mut n = 0;
+        let mut list = m.free.get();
+        // Pages, words and bits from the top down, each pushed on the
+        // front: the list hands out ascending addresses.
+        for page in (idx..idx + m.span_pages.get() as usize).rev() {
+            let mut summary = self.meta(page).remote.swap(0, Ordering::Acquire);
+            while summary != 0 {
+                let w = 63 - summary.leading_zeros() as usize;
+                summary &= !(1 << w);
+                let word = page * REMOTE_WORDS + w;
+                let mut bits = self.remote_word(word).swap(0, Ordering::Acquire);
+                n += bits.count_ones();
+                while bits != 0 {
+                    let g = 63 - bits.leading_zeros() as usize;
+                    bits &= !(1 << g);
+                    let b = (self.base + ((word << 6 | g) << GRANULE_SHIFT)) as *mut Block;
+                    // SAFETY: the bit was set by a thread that gave up the
+                    // live block starting there (the Acquire swap orders its
+                    // use of the block before this write); the block is ours
+                    // again and on no list.
+                    unsafe { (*b).next = list };
+                    list = b;
+                }
             }
-            (*tail).next = m.free.get();
         }
         m.free.set(list);
         if account {
@@ -714,7 +772,7 @@ impl HeapCore {
             let m = self.meta(idx as usize);
             let next = m.pending_next.load(Ordering::Relaxed);
             m.state.store(0, Ordering::SeqCst);
-            self.collect_remote(m, true);
+            self.collect_remote(m, idx as usize, true);
             let c = m.class.get() as usize;
             if m.used.get() == 0 {
                 self.retire_span(idx as usize);
@@ -750,7 +808,10 @@ impl HeapCore {
         m.free.set(ptr::null_mut());
         m.span_pages.set(pages as u32);
         m.flags.set(0);
-        m.remote.store(ptr::null_mut(), Ordering::Relaxed);
+        // Every bit of a span's pages is collected before the span can be
+        // retired (`used` counts uncollected remote frees), so a new span
+        // starts with none.
+        debug_assert!(!self.has_remote(idx, m), "new span with remote frees");
         m.state.store(0, Ordering::Relaxed);
         self.mark_cont(idx, pages);
         Some(idx)
@@ -938,24 +999,34 @@ impl HeapCore {
         }
     }
 
+    /// A free by a thread other than the owner of a block of the owner's
+    /// small span headed by `m` (page `idx`): sets the block's bit in the
+    /// remote-free bitmap, announces the word in its page's summary if the
+    /// word was empty, and brings the span back to the owner if it is FULL.
     fn free_remote(&self, m: &PageMeta, idx: usize, p: *mut u8) {
         // A runtime worker inside a phase must not write a guarded heap:
         // its frees are queued and applied at the thaw.
         if crate::trap::defer_free(p) {
             return;
         }
-        let b = p.cast::<Block>();
-        let mut head = m.remote.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: p is a live block we are giving up; only we write it.
-            unsafe { (*b).next = head };
-            match m
+        let granule = (p as usize - self.base) >> GRANULE_SHIFT;
+        let bit = 1u64 << (granule & 63);
+        let word = granule >> 6;
+        if p as usize & ((1 << GRANULE_SHIFT) - 1) != 0 {
+            invalid_free(p);
+        }
+        // SeqCst, like the summary and `state` accesses below: the owner
+        // stores FULL and then looks for remote frees, the freer announces
+        // its free and then looks for FULL, and one of them must see the
+        // other (see alloc_small_slow).
+        let old = self.remote_word(word).fetch_or(bit, Ordering::SeqCst);
+        if old & bit != 0 {
+            invalid_free(p); // freed twice without being collected
+        }
+        if old == 0 {
+            self.meta(word / REMOTE_WORDS)
                 .remote
-                .compare_exchange_weak(head, b, Ordering::SeqCst, Ordering::Relaxed)
-            {
-                Ok(_) => break,
-                Err(h) => head = h,
-            }
+                .fetch_or(1 << (word % REMOTE_WORDS), Ordering::SeqCst);
         }
         self.foreign_freed_bytes
             .fetch_add(m.block_size.get() as usize, Ordering::Relaxed);
@@ -1723,10 +1794,10 @@ impl HeapCore {
 
 impl Drop for HeapCore {
     fn drop(&mut self) {
-        // SAFETY: the page table was mapped in `new` with this length and
+        // SAFETY: the side table was mapped in `new` with this length and
         // nothing refers to it once the core is dropped. The region unmaps
         // itself.
-        unsafe { os::unmap(self.metas.cast::<u8>().sub(META_SKEW), self.meta_bytes) };
+        unsafe { os::unmap(self.metas.cast::<u8>().sub(META_SKEW), self.table_bytes) };
     }
 }
 

@@ -87,7 +87,7 @@ enum Handle {
 /// The thread that builds a heap is its *owner*: its allocations and frees
 /// take a fast path with no atomic read-modify-write and no lock. Any other
 /// thread may allocate (through a locked path) and free (through a
-/// lock-free remote list) as well.
+/// lock-free remote-free bitmap, which the owner collects) as well.
 #[derive(Clone)]
 pub struct Heap {
     handle: Handle,

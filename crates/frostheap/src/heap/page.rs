@@ -14,7 +14,7 @@
 
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU32};
+use core::sync::atomic::{AtomicU32, AtomicU64};
 
 /// "No page": the end of a list.
 pub const NONE: u32 = u32::MAX;
@@ -79,7 +79,8 @@ pub struct Block {
 ///
 /// Invariants (small head): `used <= extend <= capacity`;
 /// `capacity == span_pages * PAGE_SIZE / block_size`; `used` counts blocks
-/// handed out and neither freed by the owner nor collected from `remote`.
+/// handed out and neither freed by the owner nor collected from the
+/// remote-free bitmap.
 #[repr(C, align(64))]
 pub struct PageMeta {
     /// Small: the owner's free list.
@@ -118,9 +119,12 @@ pub struct PageMeta {
     pub class: Cell<u8>,
     /// [`IN_QUEUE`], [`DIRTY`], [`CURRENT`].
     pub flags: Cell<u8>,
-    /// Blocks freed by threads other than the owner (a Treiber stack the
-    /// owner takes whole).
-    pub remote: AtomicPtr<Block>,
+    /// Summary of this page's slice of the heap's remote-free bitmap (any
+    /// page of a small span, not only its head): bit `w` is set when word
+    /// `w` of the page's 64 bitmap words may hold blocks freed by other
+    /// threads. Set by the freer that made the word non-zero; the owner
+    /// takes it whole, then the words it names.
+    pub remote: AtomicU64,
     /// [`FULL`] and [`PENDING`].
     pub state: AtomicU32,
     /// Link in the heap's pending stack.
@@ -173,7 +177,7 @@ pub static EMPTY: EmptyMeta = EmptyMeta(PageMeta {
     owner: Cell::new(0),
     class: Cell::new(0),
     flags: Cell::new(0),
-    remote: AtomicPtr::new(ptr::null_mut()),
+    remote: AtomicU64::new(0),
     state: AtomicU32::new(0),
     pending_next: AtomicU32::new(NONE),
 });

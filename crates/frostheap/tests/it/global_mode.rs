@@ -167,3 +167,32 @@ fn allocation_past_max_takes_the_alloc_error_path() {
 fn libc_sigabrt() -> i32 {
     6
 }
+
+#[test]
+fn remote_double_free_stops_the_process_with_a_report() {
+    let out = run_example("global_routing", &["remote-double-free"], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let p = stdout
+        .strip_prefix("freeing 0x")
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no pointer printed\n{}", describe(&out)));
+    assert_eq!(
+        out.status.signal(),
+        Some(6),
+        "SIGABRT expected\n{}",
+        describe(&out)
+    );
+    assert!(
+        !stdout.contains("survived"),
+        "the double free went unnoticed\n{}",
+        describe(&out)
+    );
+    assert!(
+        stderr.contains(&format!(
+            "free of an invalid or already freed pointer 0x{p}"
+        )),
+        "{}",
+        describe(&out)
+    );
+}

@@ -1,5 +1,5 @@
 //! Blocks crossing threads. The owner allocates millions of small blocks
-//! that another thread frees (the lock-free remote list), and the reverse:
+//! that another thread frees (the remote-free bitmap), and the reverse:
 //! a non-owner thread allocates (the locked shared path) and the owner
 //! frees. Each block carries tags at both ends, written by its allocator
 //! and checked by its freer, so a block handed out twice is caught. At the
@@ -227,4 +227,62 @@ fn both_directions_at_once_with_large_blocks() {
     let s = heap.stats();
     assert_eq!((s.in_use, s.allocations), (0, 0), "{s:?}");
     assert_eq!(s.total_allocations, 2 * n_each as u64);
+}
+
+/// Remote frees of every size class, including the classes whose spans
+/// are several pages long (blocks above 8 KiB): the freeing thread frees
+/// the first half of each round while the owner still holds the second,
+/// so both the owner's current spans and spans that ran dry (`FULL`)
+/// receive remote frees. Every round fits in the memory of the first:
+/// remotely freed blocks of every class are collected and reused.
+#[test]
+fn every_class_freed_remotely_is_reused() {
+    let sizes: Vec<usize> = [16, 48, 112, 640, 1000, 4096, 8200, 20_000, 65_536, 131_072]
+        .into_iter()
+        .collect();
+    let heap = stress_heap();
+    let mut committed_first = 0;
+    for round in 0..6 {
+        let blocks: Vec<Sent> = sizes
+            .iter()
+            .flat_map(|&size| {
+                // Enough blocks of each size to fill a few spans.
+                let n = (256 * 1024 / size).clamp(24, 512);
+                (0..n).map(move |j| (size, j))
+            })
+            .enumerate()
+            .map(|(i, (size, _))| alloc_tagged(&heap, size, i + (round << 32)))
+            .collect();
+        let (first, second) = blocks.split_at(blocks.len() / 2);
+        let first = first.to_vec();
+        let freer = {
+            let heap = heap.clone();
+            thread::spawn(move || first.into_iter().for_each(|b| free_tagged(&heap, b)))
+        };
+        freer.join().unwrap();
+        let remote = heap.stats();
+        assert_eq!(
+            remote.allocations,
+            second.len(),
+            "round {round}: remote frees not counted: {remote:?}"
+        );
+        let second = second.to_vec();
+        thread::spawn({
+            let heap = heap.clone();
+            move || second.into_iter().for_each(|b| free_tagged(&heap, b))
+        })
+        .join()
+        .unwrap();
+        let s = heap.stats();
+        assert_eq!((s.in_use, s.allocations), (0, 0), "round {round}: {s:?}");
+        if round == 0 {
+            committed_first = s.committed;
+        } else {
+            assert!(
+                s.committed <= committed_first,
+                "round {round}: committed {} after round 0's {committed_first}: remote frees not reused",
+                s.committed
+            );
+        }
+    }
 }
