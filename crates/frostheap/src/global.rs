@@ -387,12 +387,9 @@ unsafe impl GlobalAlloc for Global {
             // at MAIN.base). A worker inside a phase has the free deferred
             // by the core.
             unsafe { main_inner().core.free_at(ptr, offset) }
-        } else if context::owns(ptr as usize) {
-            // SAFETY: a live context block.
-            unsafe { context::free(ptr) }
         } else {
-            // SAFETY: not ours, so System made it.
-            unsafe { System.dealloc(ptr, layout) }
+            // SAFETY: forwarded (GlobalAlloc contract); not a main-heap block.
+            unsafe { self.dealloc_elsewhere(ptr, layout) }
         }
     }
 
@@ -466,6 +463,24 @@ unsafe impl GlobalAlloc for Global {
 }
 
 impl Global {
+    /// Frees a block that is not the main heap's: a context block or
+    /// system memory. Out of line, so that `dealloc` is the main heap's
+    /// free alone and inlines like `alloc`.
+    ///
+    /// # Safety
+    /// 1. The `GlobalAlloc::dealloc` contract, and `ptr` is not in the main
+    ///    heap.
+    #[inline(never)]
+    unsafe fn dealloc_elsewhere(&self, ptr: *mut u8, layout: Layout) {
+        if context::owns(ptr as usize) {
+            // SAFETY: a live context block.
+            unsafe { context::free(ptr) }
+        } else {
+            // SAFETY: not ours, so System made it.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
     /// Every allocation but the main thread's inlined fast path.
     ///
     /// # Safety
