@@ -362,6 +362,13 @@ pub(crate) struct HeapCore {
     remote_bits: *const AtomicU64,
     /// Length of the side-table mapping (page table and bitmap).
     table_bytes: usize,
+    /// Offset of the bitmap in the side-table mapping.
+    bits_offset: usize,
+    /// Pages whose page-table entries and bitmap words are writable (span
+    /// lock): the side table is mapped read-only (zeros: `Kind::Unused`, no
+    /// remote frees) and opened as the region's committed prefix grows, so
+    /// it is charged in proportion to committed memory, not to `max`.
+    tables_open: Cell<usize>,
     /// The hard cap as configured.
     limit: usize,
     /// Thread token of the owner (see [`thread_token`]).
@@ -387,8 +394,8 @@ pub(crate) struct HeapCore {
 
 // SAFETY: the fields behind Cells obey the discipline documented on
 // `PageMeta` and `ClassState`: `local` is touched only by the owner thread,
-// `shared` only under `shared_lock`, `spans` only under `span_lock`; all
-// cross-thread communication goes through atomics.
+// `shared` only under `shared_lock`, `spans` and `tables_open` only under
+// `span_lock`; all cross-thread communication goes through atomics.
 unsafe impl Sync for HeapCore {}
 // SAFETY: as above; the raw pointers point into mappings the core owns.
 unsafe impl Send for HeapCore {}
@@ -405,7 +412,7 @@ impl HeapCore {
         let n_pages = region.reserved() >> PAGE_SHIFT;
         let meta_end = n_pages * core::mem::size_of::<PageMeta>() + META_SKEW;
         let table_bytes = round_up(meta_end + n_pages * REMOTE_WORDS * 8, os::page_size());
-        let table = os::map_table(table_bytes)?;
+        let table = os::map_table_closed(table_bytes)?;
         // SAFETY: the mapping has META_SKEW spare bytes before the page
         // table and the bitmap's n_pages * REMOTE_WORDS words after it
         // (meta_end is a multiple of 64, so the words are aligned).
@@ -421,6 +428,8 @@ impl HeapCore {
             metas,
             remote_bits,
             table_bytes,
+            bits_offset: meta_end,
+            tables_open: Cell::new(0),
             limit: config.max,
             owner: AtomicUsize::new(thread_token()),
             local: ClassState::new(OWNER_LOCAL),
@@ -439,6 +448,8 @@ impl HeapCore {
         let pages = core.region.committed() >> PAGE_SHIFT;
         if pages > 0 {
             let _g = core.span_lock.lock();
+            // SAFETY: we hold the span lock.
+            unsafe { core.open_tables(pages)? };
             // SAFETY: we hold the span lock; the pages are committed and free.
             unsafe { core.span_insert(0, pages, false) };
         }
@@ -1306,12 +1317,47 @@ impl HeapCore {
         };
         let chunk = chunk.max(round_up(committed / 8, chunk));
         let target = round_up(want, chunk).min(cap);
-        if self.region.grow_to(target).is_err() {
+        // SAFETY: the caller holds the span lock.
+        if unsafe { self.open_tables(target >> PAGE_SHIFT) }.is_err()
+            || self.region.grow_to(target).is_err()
+        {
             return false;
         }
         // SAFETY: the new pages are committed, free and ours.
         unsafe { self.span_free_clean(top, (target - committed) >> PAGE_SHIFT) };
         true
+    }
+
+    /// Makes the page-table entries and bitmap words of pages `0..pages`
+    /// writable (they only ever open: a shrunk region keeps them).
+    ///
+    /// # Safety
+    /// 1. The caller holds the span lock.
+    unsafe fn open_tables(&self, pages: usize) -> Result<(), OsError> {
+        let open = self.tables_open.get();
+        if pages <= open {
+            return Ok(());
+        }
+        let ps = os::page_size();
+        let table = self.metas.cast::<u8>().wrapping_sub(META_SKEW);
+        let meta = core::mem::size_of::<PageMeta>();
+        for (first, each) in [(META_SKEW, meta), (self.bits_offset, REMOTE_WORDS * 8)] {
+            let start = (first + open * each) & !(ps - 1);
+            let end = round_up(first + pages * each, ps).min(self.table_bytes);
+            if end > start {
+                // SAFETY: [start, end) is page-aligned, non-empty and inside
+                // the side-table mapping; opening takes no access away.
+                unsafe {
+                    os::protect(
+                        table.wrapping_add(start),
+                        end - start,
+                        os::Access::ReadWrite,
+                    )?
+                };
+            }
+        }
+        self.tables_open.set(pages);
+        Ok(())
     }
 
     /// Adds a free run `[idx, idx + pages)` to its bin (no coalescing).
@@ -1811,4 +1857,72 @@ fn invalid_free(p: *mut u8) -> ! {
         .finish();
     os::write_stderr(msg);
     std::process::abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The permissions (`rw-p`, `r--p`, ...) of the mapping holding `addr`.
+    fn perms_at(addr: usize) -> String {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
+        for line in maps.lines() {
+            let mut fields = line.split_whitespace();
+            let range = fields.next().expect("range");
+            let (lo, hi) = range.split_once('-').expect("lo-hi");
+            let lo = usize::from_str_radix(lo, 16).expect("hex");
+            let hi = usize::from_str_radix(hi, 16).expect("hex");
+            if (lo..hi).contains(&addr) {
+                return fields.next().expect("perms").to_string();
+            }
+        }
+        panic!("0x{addr:x} is not mapped");
+    }
+
+    #[test]
+    fn side_tables_open_as_the_region_grows() {
+        let core = HeapCore::new(CoreConfig {
+            min: 0,
+            max: 64 << 30,
+            huge_pages: false,
+        })
+        .expect("a 64 GiB reservation");
+        let n_pages = core.region.reserved() >> PAGE_SHIFT;
+        let meta_of = |idx: usize| core.metas as usize + idx * core::mem::size_of::<PageMeta>();
+        let bits_of = |idx: usize| core.remote_bits as usize + idx * REMOTE_WORDS * 8;
+        // Nothing committed: the whole 64 GiB worth of side table (8.5 MiB
+        // of page table and bitmap per GiB) is mapped read-only.
+        for addr in [
+            meta_of(0),
+            bits_of(0),
+            meta_of(n_pages - 1),
+            bits_of(n_pages - 1),
+        ] {
+            assert_eq!(perms_at(addr), "r--p", "0x{addr:x} before any allocation");
+        }
+        assert_eq!(core.meta(n_pages - 1).kind(), Kind::Unused);
+        let p = core.alloc(Layout::from_size_align(100, 8).unwrap());
+        assert!(!p.is_null());
+        let committed = core.region.committed() >> PAGE_SHIFT;
+        assert!(committed > 0 && committed < n_pages / 2);
+        for addr in [
+            meta_of(0),
+            bits_of(0),
+            meta_of(committed - 1),
+            bits_of(committed - 1),
+        ] {
+            assert_eq!(perms_at(addr), "rw-p", "0x{addr:x} of a committed page");
+        }
+        // (The page table's last page shares a page with the bitmap's
+        // first words, so look further in.)
+        for addr in [
+            meta_of(n_pages / 2),
+            bits_of(n_pages / 2),
+            bits_of(n_pages - 1),
+        ] {
+            assert_eq!(perms_at(addr), "r--p", "0x{addr:x} of an uncommitted page");
+        }
+        // SAFETY: p is a live block of this heap.
+        unsafe { core.free(p) };
+    }
 }

@@ -1,9 +1,10 @@
 //! The page table and the span allocator.
 //!
 //! A heap's region is cut into 64 KiB pages. Each page has a 64-byte
-//! [`PageMeta`] in a side table (its own `MAP_NORESERVE` mapping, touched
-//! only as the heap grows), so the region holds nothing but user data and
-//! a page's geometry is found from any address with one shift.
+//! [`PageMeta`] in a side table (its own `MAP_NORESERVE` mapping, shared
+//! with the remote-free bitmap, mapped read-only and made writable as the
+//! region's committed prefix grows), so the region holds nothing but user
+//! data and a page's geometry is found from any address with one shift.
 //!
 //! A *span* is a run of pages: free, a small-object span (blocks of one
 //! size class), or a large allocation. Free spans live in 44 segregated

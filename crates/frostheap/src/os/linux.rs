@@ -187,7 +187,33 @@ pub fn map_table(len: usize) -> Result<*mut u8, OsError> {
     }
 }
 
-/// Unmaps a range made by [`reserve`] or [`map_table`].
+/// Maps `len` bytes of zeroed memory that is only readable until parts of
+/// it are opened with [`protect`] (`MAP_NORESERVE`): a side table whose
+/// size follows a reservation, charged (even under strict overcommit) only
+/// as far as it is opened.
+///
+/// Precondition: `len` is a non-zero multiple of the page size.
+pub fn map_table_closed(len: usize) -> Result<*mut u8, OsError> {
+    // SAFETY: an anonymous mapping at a kernel-chosen address.
+    let raw = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        Err(last_error("mmap"))
+    } else {
+        Ok(raw.cast())
+    }
+}
+
+/// Unmaps a range made by [`reserve`], [`map_table`] or
+/// [`map_table_closed`].
 ///
 /// # Safety
 /// 1. `[addr, addr + len)` was mapped by this module and nothing refers to
