@@ -51,8 +51,8 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use super::class::{class_for, class_of, span_pages, CLASS_SIZE, N_CLASSES};
 use super::page::{
-    bin_of, Block, Kind, PageMeta, Spans, CURRENT, DIRTY, EMPTY, FULL, IN_QUEUE, NONE, OWNER_LOCAL,
-    OWNER_SEALED, OWNER_SHARED, PENDING,
+    bin_of, Block, Kind, PageMeta, Spans, CURRENT_USED, DIRTY, EMPTY, FULL, IN_QUEUE, NONE,
+    OWNER_LOCAL, OWNER_SEALED, OWNER_SHARED, PENDING,
 };
 use crate::os::{self, OsError};
 use crate::region::{round_up, Region, RegionConfig, PAGE_SHIFT, PAGE_SIZE};
@@ -971,18 +971,16 @@ impl HeapCore {
         unsafe { (*b).next = m.free.get() };
         m.free.set(b);
         st.on_free_as::<LOCAL>(m.block_size.get() as usize);
-        // The current span keeps no `used` count (PageMeta::used): its
-        // allocations do not count, so its frees do not either. Without a
-        // branch on "current or not": a program freeing blocks of many
-        // spans at random would mispredict it half the time (it doubled
-        // the cost of a free in the 1600-block churn benchmark). The
-        // current span is in its queue (not FULL) and is never retired.
-        let other = m.flags.get() & CURRENT == 0;
-        let used = m.used.get().wrapping_sub(u32::from(other));
+        // The current span keeps no `used` count (PageMeta::used): it
+        // counts down from CURRENT_USED, so this needs no branch on
+        // "current or not" (a program freeing blocks of many spans at
+        // random would mispredict it half the time: it doubled the cost of
+        // a free in the 1600-block churn benchmark) and no test of a flag.
+        let used = m.used.get().wrapping_sub(1);
         m.used.set(used);
         // Only the owner of `st` moves `state` away from 0, so a relaxed 0
         // read here is exact.
-        if (other & (used == 0)) | (m.state.load(Ordering::Relaxed) != 0) {
+        if (used == 0) | (m.state.load(Ordering::Relaxed) != 0) {
             self.after_local_free(st, m, idx);
         }
     }
@@ -1588,19 +1586,14 @@ impl HeapCore {
         st.tail[c].set(idx as u32);
     }
 
-    /// Makes `new` class `c`'s current span in `st`, moving the
-    /// [`CURRENT`] flag (the empty meta is never written).
+    /// Makes `new` class `c`'s current span in `st`, its `used` count
+    /// [`CURRENT_USED`] (the empty meta is never written). The span it
+    /// replaces is dry, its count already exact, or the heap is being
+    /// sealed.
     fn set_current(st: &ClassState, c: usize, new: *const PageMeta) {
-        let old = st.current[c].get();
-        if !ptr::eq(old, &EMPTY.0) {
-            // SAFETY: a non-empty current is a live meta of this heap.
-            let m = unsafe { &*old };
-            m.flags.set(m.flags.get() & !CURRENT);
-        }
         if !ptr::eq(new, &EMPTY.0) {
-            // SAFETY: as above.
-            let m = unsafe { &*new };
-            m.flags.set(m.flags.get() | CURRENT);
+            // SAFETY: a non-empty current is a live meta of this heap.
+            unsafe { &*new }.used.set(CURRENT_USED);
         }
         st.current[c].set(new);
     }

@@ -55,9 +55,10 @@ pub const PENDING: u32 = 2;
 pub const IN_QUEUE: u8 = 1;
 /// `flags` bit (free spans): contents may be non-zero / resident.
 pub const DIRTY: u8 = 2;
-/// `flags` bit (small spans): the span is its class queue's current one
-/// (see [`PageMeta::used`]).
-pub const CURRENT: u8 = 4;
+/// `used` of a class queue's current span: far from zero, so that the
+/// frees into it, which count down without asking whether the span is
+/// current, do not reach zero in practice (see [`PageMeta::used`]).
+pub const CURRENT_USED: u32 = 1 << 31;
 
 /// A free block's link.
 #[repr(C)]
@@ -91,9 +92,14 @@ pub struct PageMeta {
     /// is the one allocations pop from and most frees go back to; keeping
     /// a count there made every alloc+free pair two dependent
     /// read-modify-writes of this word (about a fifth of the pair's time).
-    /// The count is exact again whenever the span stops being current: it
-    /// stops only when dry (every block carved and handed out, so
-    /// `used = capacity`), and it is exact when it becomes current.
+    /// A span that becomes current gets [`CURRENT_USED`] instead, and every
+    /// free into a span counts down, current or not: no test of "current"
+    /// on the free path. The count is exact again whenever the span stops
+    /// being current: it stops only when dry (every block carved and handed
+    /// out, so `used = capacity`) or when the heap is sealed (no free
+    /// counts any more). Should 2^31 frees into one current span bring it
+    /// to zero, the free takes the slow path once, which leaves a current
+    /// span alone.
     pub used: Cell<u32>,
     /// Small: blocks in the span.
     pub capacity: Cell<u32>,
@@ -118,7 +124,7 @@ pub struct PageMeta {
     pub owner: Cell<u8>,
     /// Small: size class.
     pub class: Cell<u8>,
-    /// [`IN_QUEUE`], [`DIRTY`], [`CURRENT`].
+    /// [`IN_QUEUE`], [`DIRTY`].
     pub flags: Cell<u8>,
     /// Summary of this page's slice of the heap's remote-free bitmap (any
     /// page of a small span, not only its head): bit `w` is set when word
