@@ -1872,6 +1872,47 @@ mod tests {
         panic!("0x{addr:x} is not mapped");
     }
 
+    /// The current span's count runs down from CURRENT_USED with every
+    /// free; if it ever reached zero (2^31 frees into one current span),
+    /// the slow path must leave the span in place, not retire it.
+    #[test]
+    fn a_current_span_counted_down_to_zero_stays_current() {
+        let core = HeapCore::new(CoreConfig {
+            min: 0,
+            max: 64 << 20,
+            huge_pages: false,
+        })
+        .expect("a 64 MiB heap");
+        let layout = Layout::from_size_align(48, 8).unwrap();
+        let p = core.alloc(layout);
+        let q = core.alloc(layout);
+        let idx = (p as usize - core.base) >> PAGE_SHIFT;
+        let m = core.meta(idx);
+        let c = m.class.get() as usize;
+        assert!(ptr::eq(core.local.current[c].get(), m));
+        assert_eq!(m.used.get(), CURRENT_USED);
+        // Two frees left before the count wraps to zero.
+        m.used.set(2);
+        // SAFETY: p and q are live blocks of this heap.
+        unsafe { core.free(p) };
+        unsafe { core.free(q) };
+        assert_eq!(m.used.get(), 0);
+        assert!(
+            ptr::eq(core.local.current[c].get(), m),
+            "span left its queue"
+        );
+        assert_eq!(m.kind(), Kind::Small, "current span retired");
+        assert_eq!(core.stats().in_use, 0);
+        // The span goes on serving its blocks (last freed first).
+        assert_eq!(core.alloc(layout), q);
+        assert_eq!(core.alloc(layout), p);
+        assert_eq!(
+            m.used.get(),
+            0,
+            "allocations from the current span do not count"
+        );
+    }
+
     #[test]
     fn side_tables_open_as_the_region_grows() {
         let core = HeapCore::new(CoreConfig {
