@@ -51,8 +51,8 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use super::class::{class_for, class_of, span_pages, CLASS_SIZE, N_CLASSES};
 use super::page::{
-    bin_of, Block, Kind, PageMeta, Spans, CURRENT_USED, DIRTY, EMPTY, FULL, IN_QUEUE, NONE,
-    OWNER_LOCAL, OWNER_SEALED, OWNER_SHARED, PENDING,
+    bin_of, Block, Kind, PageMeta, Spans, CURRENT_USED, DIRTY, EMPTY, FULL, GENERATION,
+    GENERATION_STEP, IN_QUEUE, NONE, OWNER_LOCAL, OWNER_SEALED, OWNER_SHARED, PENDING,
 };
 use crate::os::{self, OsError};
 use crate::region::{round_up, Region, RegionConfig, PAGE_SHIFT, PAGE_SIZE};
@@ -657,7 +657,8 @@ impl HeapCore {
                     self.extend_free(m, idx);
                     continue;
                 }
-                if self.collect_remote(m, idx, false) > 0 {
+                // (Only the owner's spans receive remote frees.)
+                if st.kind == OWNER_LOCAL && self.collect_remote(m, idx, false) > 0 {
                     continue;
                 }
                 // Dry: leave the queue until a free brings it back. Every
@@ -665,11 +666,18 @@ impl HeapCore {
                 // the count the span did not keep while current is exact.
                 m.used.set(m.capacity.get());
                 self.queue_unlink(st, c, idx);
+                // Only the state's owner moves it away from "not FULL".
+                let generation = m.state.load(Ordering::Relaxed) & GENERATION;
                 if st.kind == OWNER_LOCAL {
-                    m.state.store(FULL, Ordering::SeqCst);
+                    m.state.store(generation | FULL, Ordering::SeqCst);
                     if self.has_remote(idx, m)
                         && m.state
-                            .compare_exchange(FULL, 0, Ordering::SeqCst, Ordering::SeqCst)
+                            .compare_exchange(
+                                generation | FULL,
+                                generation,
+                                Ordering::SeqCst,
+                                Ordering::SeqCst,
+                            )
                             .is_ok()
                     {
                         // A remote free raced with us and did not see FULL.
@@ -677,7 +685,7 @@ impl HeapCore {
                         self.queue_push_back(st, c, idx);
                     }
                 } else {
-                    m.state.store(FULL, Ordering::Relaxed);
+                    m.state.store(generation | FULL, Ordering::Relaxed);
                 }
                 continue;
             }
@@ -782,7 +790,9 @@ impl HeapCore {
         while idx != NONE {
             let m = self.meta(idx as usize);
             let next = m.pending_next.load(Ordering::Relaxed);
-            m.state.store(0, Ordering::SeqCst);
+            // PENDING: no freer writes the state until this store.
+            let generation = m.state.load(Ordering::Relaxed) & GENERATION;
+            m.state.store(generation, Ordering::SeqCst);
             self.collect_remote(m, idx as usize, true);
             let c = m.class.get() as usize;
             if m.used.get() == 0 {
@@ -823,7 +833,11 @@ impl HeapCore {
         // retired (`used` counts uncollected remote frees), so a new span
         // starts with none.
         debug_assert!(!self.has_remote(idx, m), "new span with remote frees");
-        m.state.store(0, Ordering::Relaxed);
+        // A new incarnation: a delayed freer of the span's previous one
+        // (see free_remote) finds another generation and leaves it alone.
+        let generation = m.state.load(Ordering::Relaxed) & GENERATION;
+        m.state
+            .store(generation.wrapping_add(GENERATION_STEP), Ordering::Relaxed);
         self.mark_cont(idx, pages);
         Some(idx)
     }
@@ -980,7 +994,7 @@ impl HeapCore {
         m.used.set(used);
         // Only the owner of `st` moves `state` away from 0, so a relaxed 0
         // read here is exact.
-        if (used == 0) | (m.state.load(Ordering::Relaxed) != 0) {
+        if (used == 0) | (m.state.load(Ordering::Relaxed) & !GENERATION != 0) {
             self.after_local_free(st, m, idx);
         }
     }
@@ -995,7 +1009,12 @@ impl HeapCore {
         }
         if state & FULL != 0 {
             if m.state
-                .compare_exchange(FULL, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .compare_exchange(
+                    state,
+                    state & GENERATION,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                )
                 .is_err()
             {
                 return; // a remote freer pushed it on the pending stack
@@ -1018,31 +1037,68 @@ impl HeapCore {
         if crate::trap::defer_free(p) {
             return;
         }
-        let granule = (p as usize - self.base) >> GRANULE_SHIFT;
-        let bit = 1u64 << (granule & 63);
-        let word = granule >> 6;
+        if let Some(generation) = self.publish_remote_free(m, p) {
+            self.bring_back_if_full(m, idx, generation);
+        }
+    }
+
+    /// The first half of [`HeapCore::free_remote`]: counts the free, sets
+    /// the block's bit and, if that made the word non-zero, the word's
+    /// summary bit. Returns the span's generation in that case: this freer
+    /// must then look for FULL ([`HeapCore::bring_back_if_full`]). A freer
+    /// that found the word non-zero needs not: the one that made it so
+    /// looks after setting the summary, and the owner takes both bits with
+    /// the word.
+    fn publish_remote_free(&self, m: &PageMeta, p: *mut u8) -> Option<u32> {
         if p as usize & ((1 << GRANULE_SHIFT) - 1) != 0 {
             invalid_free(p);
         }
-        // SeqCst, like the summary and `state` accesses below: the owner
-        // stores FULL and then looks for remote frees, the freer announces
-        // its free and then looks for FULL, and one of them must see the
-        // other (see alloc_small_slow).
-        let old = self.remote_word(word).fetch_or(bit, Ordering::SeqCst);
+        // Everything read from the span's meta is read now, while the block
+        // is live: once the summary bit is visible the owner may collect
+        // the free, retire the span and hand its pages out again.
+        let size = m.block_size.get() as usize;
+        let generation = m.state.load(Ordering::Relaxed) & GENERATION;
+        self.foreign_freed_bytes.fetch_add(size, Ordering::Relaxed);
+        self.foreign_freed_count.fetch_add(1, Ordering::Relaxed);
+        let granule = (p as usize - self.base) >> GRANULE_SHIFT;
+        let (word, bit) = (granule >> 6, 1u64 << (granule & 63));
+        // Release: the owner's Acquire swap of the word orders our last use
+        // of the block before its reuse.
+        let old = self.remote_word(word).fetch_or(bit, Ordering::Release);
         if old & bit != 0 {
             invalid_free(p); // freed twice without being collected
         }
-        if old == 0 {
-            self.meta(word / REMOTE_WORDS)
-                .remote
-                .fetch_or(1 << (word % REMOTE_WORDS), Ordering::SeqCst);
+        if old != 0 {
+            return None;
         }
-        self.foreign_freed_bytes
-            .fetch_add(m.block_size.get() as usize, Ordering::Relaxed);
-        self.foreign_freed_count.fetch_add(1, Ordering::Relaxed);
-        if m.state.load(Ordering::SeqCst) == FULL
+        // SeqCst, with the `state` load in bring_back_if_full and the
+        // owner's store of FULL and look at the summaries
+        // (alloc_small_slow): the owner stores FULL and then looks for
+        // remote frees, the freer announces its free and then looks for
+        // FULL, and one of them sees the other.
+        self.meta(word / REMOTE_WORDS)
+            .remote
+            .fetch_or(1 << (word % REMOTE_WORDS), Ordering::SeqCst);
+        Some(generation)
+    }
+
+    /// The second half of [`HeapCore::free_remote`], by a freer that
+    /// announced a word of the span headed by `m` (page `idx`) while the
+    /// span was of generation `generation`: if the span is FULL, puts it on
+    /// the pending stack for the owner.
+    fn bring_back_if_full(&self, m: &PageMeta, idx: usize, generation: u32) {
+        // The span may be another incarnation by now: act only on FULL of
+        // the generation the block belonged to. A span that is PENDING is
+        // retired only after collect_pending takes it off the stack, so
+        // the meta stays ours until the push below is done.
+        if m.state.load(Ordering::SeqCst) == generation | FULL
             && m.state
-                .compare_exchange(FULL, FULL | PENDING, Ordering::SeqCst, Ordering::Relaxed)
+                .compare_exchange(
+                    generation | FULL,
+                    generation | FULL | PENDING,
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
         {
             let mut top = self.pending.load(Ordering::Relaxed);
@@ -1600,6 +1656,15 @@ impl HeapCore {
 
     fn queue_unlink(&self, st: &ClassState, c: usize, idx: usize) {
         let m = self.meta(idx);
+        // The current span leaves only when dry, its `used` count then set
+        // exact by the caller (PageMeta::used).
+        debug_assert!(
+            !ptr::eq(st.current[c].get(), m)
+                || (m.free.get().is_null()
+                    && m.extend.get() == m.capacity.get()
+                    && m.used.get() == m.capacity.get()),
+            "current span unlinked before it ran dry"
+        );
         if m.flags.get() & IN_QUEUE == 0 {
             return;
         }
@@ -1893,9 +1958,11 @@ mod tests {
         assert_eq!(m.used.get(), CURRENT_USED);
         // Two frees left before the count wraps to zero.
         m.used.set(2);
-        // SAFETY: p and q are live blocks of this heap.
-        unsafe { core.free(p) };
-        unsafe { core.free(q) };
+        // SAFETY: p and q are live blocks of this heap, freed once each.
+        unsafe {
+            core.free(p);
+            core.free(q);
+        }
         assert_eq!(m.used.get(), 0);
         assert!(
             ptr::eq(core.local.current[c].get(), m),
@@ -1911,6 +1978,277 @@ mod tests {
             0,
             "allocations from the current span do not count"
         );
+    }
+
+    /// A remote freer delayed between publishing its free and looking for
+    /// FULL must not act on the span's next incarnation. Here: the owner
+    /// collects the free, retires the span, another thread's shared state
+    /// takes the pages as a new span and fills it (FULL); the delayed freer
+    /// then resumes. It must leave the new span alone: pushed on the
+    /// owner's pending stack, the shared span would be linked into the
+    /// owner's queue and popped without the shared lock.
+    #[test]
+    fn a_delayed_remote_freer_leaves_the_next_incarnation_alone() {
+        let core = HeapCore::new(CoreConfig {
+            min: 0,
+            max: 64 << 20,
+            huge_pages: false,
+        })
+        .expect("a 64 MiB heap");
+        let layout = Layout::from_size_align(4096, 8).unwrap(); // 16 a span
+        let first = core.alloc(layout);
+        let s = (first as usize - core.base) >> PAGE_SHIFT;
+        let m = core.meta(s);
+        let capacity = m.capacity.get() as usize;
+        let mut blocks = vec![first as usize];
+        blocks.extend((1..capacity).map(|_| core.alloc(layout) as usize));
+        // One more: the span goes dry and is FULL.
+        let extra = core.alloc(layout);
+        assert_eq!(m.state.load(Ordering::SeqCst) & !GENERATION, FULL);
+        let old_generation = m.state.load(Ordering::SeqCst) & GENERATION;
+        // Another thread frees one block (pushing the span on the pending
+        // stack), and publishes the free of a second, then stalls before it
+        // looks for FULL.
+        let stalled = std::thread::scope(|sc| {
+            sc.spawn(|| {
+                // SAFETY: a live block of this heap, freed once.
+                unsafe { core.free(blocks[0] as *mut u8) };
+                core.publish_remote_free(core.meta(s), blocks[8] as *mut u8)
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(m.state.load(Ordering::SeqCst) & !GENERATION, FULL | PENDING);
+        assert_eq!(
+            stalled,
+            Some(old_generation),
+            "the stalled freer made its word non-zero"
+        );
+        // The owner frees the rest; its next refill collects the pending
+        // span, finds it empty and retires it.
+        for &p in blocks.iter().filter(|&&p| p != blocks[0] && p != blocks[8]) {
+            // SAFETY: live blocks of this heap, freed once.
+            unsafe { core.free(p as *mut u8) };
+        }
+        let other = core.alloc(Layout::from_size_align(9000, 8).unwrap());
+        assert_eq!(m.kind(), Kind::FreeSpan, "the empty span was not retired");
+        // Another thread's allocations (the shared state) take the pages
+        // for a new span of the same class and fill it.
+        let shared: Vec<usize> = std::thread::scope(|sc| {
+            sc.spawn(|| {
+                (0..=capacity)
+                    .map(|_| core.alloc(layout) as usize)
+                    .collect()
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(m.owner.get(), OWNER_SHARED, "the pages were not reused");
+        assert_eq!(m.state.load(Ordering::SeqCst) & !GENERATION, FULL);
+        // The stalled freer resumes: the span is FULL, but of another
+        // generation.
+        std::thread::scope(|sc| {
+            sc.spawn(|| core.bring_back_if_full(core.meta(s), s, old_generation));
+        });
+        assert_eq!(
+            m.state.load(Ordering::SeqCst) & !GENERATION,
+            FULL,
+            "the delayed freer acted on the new incarnation"
+        );
+        assert_eq!(core.pending.load(Ordering::SeqCst), NONE);
+        assert_ne!(m.state.load(Ordering::SeqCst) & GENERATION, old_generation);
+        // The owner's next refill finds nothing to bring back.
+        let again = core.alloc(Layout::from_size_align(20_000, 8).unwrap());
+        let c = m.class.get() as usize;
+        assert!(
+            core.local.head[c].get() as usize != s && core.local.tail[c].get() as usize != s,
+            "a shared span in the owner's queue"
+        );
+        // SAFETY: live blocks of this heap, freed once each (the shared
+        // blocks by another thread, the state that made them).
+        unsafe {
+            for p in [extra, other, again] {
+                core.free(p);
+            }
+        }
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                for &p in &shared {
+                    // SAFETY: as above.
+                    unsafe { core.free(p as *mut u8) };
+                }
+            });
+        });
+        assert_eq!(core.stats().in_use, 0, "{:?}", core.stats());
+    }
+
+    /// Checks every small span of `core` against `live` (the blocks the
+    /// test holds): each carved block is exactly one of live, on the free
+    /// list, or in the remote-free bitmap; every non-zero bitmap word has
+    /// its summary bit; pages outside small spans have no bits; `used` is
+    /// exact for spans that are not current. Call when no free is in
+    /// flight.
+    fn check_blocks(core: &HeapCore, live: &std::collections::HashSet<usize>) {
+        let top = core.region.committed() >> PAGE_SHIFT;
+        let mut seen = std::collections::HashSet::new();
+        let mut idx = 0;
+        while idx < top {
+            let m = core.meta(idx);
+            let pages = match m.kind() {
+                Kind::Small | Kind::Large | Kind::FreeSpan => m.span_pages.get() as usize,
+                _ => 1,
+            };
+            let words = |p: usize| (0..REMOTE_WORDS).map(move |w| (w, p * REMOTE_WORDS + w));
+            if m.kind() != Kind::Small {
+                for p in idx..idx + pages {
+                    assert_eq!(
+                        core.meta(p).remote.load(Ordering::SeqCst),
+                        0,
+                        "summary on page {p}"
+                    );
+                    for (_, w) in words(p) {
+                        assert_eq!(
+                            core.remote_word(w).load(Ordering::SeqCst),
+                            0,
+                            "bits on page {p}"
+                        );
+                    }
+                }
+                idx += pages;
+                continue;
+            }
+            let (size, start) = (m.block_size.get() as usize, core.page_addr(idx));
+            let in_span = |a: usize| {
+                a >= start && a < start + pages * PAGE_SIZE && (a - start).is_multiple_of(size)
+            };
+            let mut on_list = 0;
+            let mut b = m.free.get();
+            while !b.is_null() {
+                let a = b as usize;
+                assert!(in_span(a), "free-list block 0x{a:x} outside span {idx}");
+                assert!(!live.contains(&a), "live block 0x{a:x} on a free list");
+                assert!(seen.insert(a), "block 0x{a:x} twice");
+                on_list += 1;
+                // SAFETY: a free block; its first word is the link.
+                b = unsafe { (*b).next };
+            }
+            let mut in_bitmap = 0;
+            for p in idx..idx + pages {
+                let summary = core.meta(p).remote.load(Ordering::SeqCst);
+                for (w, word) in words(p) {
+                    let mut bits = core.remote_word(word).load(Ordering::SeqCst);
+                    assert!(
+                        bits == 0 || summary & (1 << w) != 0,
+                        "word {word} without summary"
+                    );
+                    while bits != 0 {
+                        let g = bits.trailing_zeros() as usize;
+                        bits &= bits - 1;
+                        let a = core.base + ((word << 6 | g) << GRANULE_SHIFT);
+                        assert!(in_span(a), "bitmap block 0x{a:x} not a block of span {idx}");
+                        assert!(!live.contains(&a), "live block 0x{a:x} in the bitmap");
+                        assert!(seen.insert(a), "block 0x{a:x} twice (bitmap)");
+                        in_bitmap += 1;
+                    }
+                }
+            }
+            let st = if m.owner.get() == OWNER_LOCAL {
+                &core.local
+            } else {
+                &core.shared
+            };
+            if !ptr::eq(st.current[m.class.get() as usize].get(), m) {
+                assert_eq!(m.used.get(), m.extend.get() - on_list, "used of span {idx}");
+            }
+            let n_live = live.iter().filter(|&&a| in_span(a)).count() as u32;
+            assert_eq!(
+                n_live + on_list + in_bitmap,
+                m.extend.get(),
+                "blocks lost in span {idx}"
+            );
+            idx += pages;
+        }
+    }
+
+    /// The owner allocates blocks of 16 B to 128 KiB (spans of 1 to 16
+    /// pages), frees some itself, keeps some and hands some to another
+    /// thread that frees them; every ten rounds, with no free in flight,
+    /// every block is accounted for exactly once.
+    #[test]
+    fn remote_frees_keep_every_block_accounted_for() {
+        let core = HeapCore::new(CoreConfig {
+            min: 0,
+            max: 1 << 30,
+            huge_pages: false,
+        })
+        .expect("a 1 GiB heap");
+        let sizes = [
+            16, 48, 256, 3000, 9000, 17_000, 40_000, 70_000, 100_000, 131_072,
+        ];
+        let mut rng = 0x1234_5678u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut live = std::collections::HashSet::new();
+        let mut held = Vec::new();
+        let free = |p: usize| {
+            // SAFETY: every block the test frees is live and freed once.
+            unsafe { core.free(p as *mut u8) }
+        };
+        std::thread::scope(|sc| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<usize>>(4);
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+            sc.spawn(move || {
+                for batch in rx {
+                    if batch.is_empty() {
+                        done_tx.send(()).unwrap();
+                    }
+                    batch.into_iter().for_each(free);
+                }
+            });
+            for round in 0..150 {
+                let mut batch = Vec::new();
+                for _ in 0..200 {
+                    let r = next();
+                    let size = sizes[(r % sizes.len() as u64) as usize];
+                    let p = core.alloc(Layout::from_size_align(size, 8).unwrap()) as usize;
+                    assert_ne!(p, 0);
+                    match (r >> 8) % 4 {
+                        0 => batch.push(p),
+                        1 => free(p),
+                        _ => {
+                            live.insert(p);
+                            held.push(p);
+                        }
+                    }
+                    if ((r >> 12) % 3 == 0 || held.len() > 1500) && !held.is_empty() {
+                        let q = held.swap_remove((r >> 20) as usize % held.len());
+                        live.remove(&q);
+                        if (r >> 30) % 2 == 0 {
+                            batch.push(q)
+                        } else {
+                            free(q)
+                        }
+                    }
+                }
+                tx.send(batch).unwrap();
+                if round % 10 == 9 {
+                    tx.send(Vec::new()).unwrap();
+                    done_rx.recv().unwrap();
+                    check_blocks(&core, &live);
+                }
+            }
+            live.clear();
+            tx.send(std::mem::take(&mut held)).unwrap();
+            tx.send(Vec::new()).unwrap();
+            done_rx.recv().unwrap();
+            check_blocks(&core, &live);
+        });
+        let s = core.stats();
+        assert_eq!((s.in_use, s.allocations), (0, 0), "{s:?}");
     }
 
     #[test]

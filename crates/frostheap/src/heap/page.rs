@@ -50,6 +50,14 @@ pub const OWNER_SEALED: u8 = 2;
 pub const FULL: u32 = 1;
 /// `state` bit: the span is on the heap's pending stack.
 pub const PENDING: u32 = 2;
+/// The bits of `state` above [`FULL`] and [`PENDING`]: the span's
+/// generation, advanced each time its pages become a new small span, so a
+/// remote freer that was delayed after publishing its free (when the owner
+/// may have collected it and retired the span) never acts on the span's
+/// next incarnation.
+pub const GENERATION: u32 = !(FULL | PENDING);
+/// One step of [`GENERATION`] (it wraps after 2^30 incarnations).
+pub const GENERATION_STEP: u32 = (FULL | PENDING) + 1;
 
 /// `flags` bit: the span is linked in its class queue.
 pub const IN_QUEUE: u8 = 1;
@@ -132,7 +140,7 @@ pub struct PageMeta {
     /// threads. Set by the freer that made the word non-zero; the owner
     /// takes it whole, then the words it names.
     pub remote: AtomicU64,
-    /// [`FULL`] and [`PENDING`].
+    /// [`FULL`] and [`PENDING`], and the [`GENERATION`] above them.
     pub state: AtomicU32,
     /// Link in the heap's pending stack.
     pub pending_next: AtomicU32,
