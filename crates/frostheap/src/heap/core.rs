@@ -75,6 +75,8 @@ const PURGE_RETAIN: usize = 32 << 20;
 /// Skewing the table by an odd number of lines moves that coincidence to
 /// spans at page 31 mod 64.
 const META_SKEW: usize = 33 * 64;
+/// `state` of a FULL span on (or on its way to) the pending stack.
+const PENDING_FULL: u32 = FULL | PENDING;
 /// Blocks linked per lazy extension of a fresh span.
 const EXTEND_BATCH: u32 = 32;
 /// Bytes of region one remote-free bitmap bit stands for (every block
@@ -1890,6 +1892,67 @@ impl HeapCore {
         }
     }
 
+    /// In a `fork` child, before anything else uses the heap: completes the
+    /// remote frees that `fork` cut in half. A parent thread that had set a
+    /// block's bit but not yet its word's summary bit, or not yet looked
+    /// for FULL, does not exist in the child; without this, that word's
+    /// blocks (and every later remote free into it, which finds the word
+    /// non-zero) would never be collected, and a FULL span would never come
+    /// back. Reads the page table and the bitmap of the small spans once.
+    ///
+    /// # Safety
+    /// 1. The calling thread is the only thread of the process (a `fork`
+    ///    child), and no remote free is in progress on it.
+    pub(crate) unsafe fn repair_remote_frees_after_fork(&self) {
+        if self.foreign_freed_count.load(Ordering::Relaxed) == 0 {
+            return; // no remote free ever began (single-threaded programs)
+        }
+        // Whether span `idx` is on the pending stack (it allocates nothing:
+        // this runs inside `fork`).
+        let on_stack = |idx: u32| {
+            let mut at = self.pending.load(Ordering::Relaxed);
+            while at != NONE && at != idx {
+                at = self.meta(at as usize).pending_next.load(Ordering::Relaxed);
+            }
+            at == idx
+        };
+        let top = self.region.committed() >> PAGE_SHIFT;
+        let mut idx = 0;
+        while idx < top {
+            let m = self.meta(idx);
+            let pages = match m.kind() {
+                Kind::Small | Kind::Large | Kind::FreeSpan => m.span_pages.get() as usize,
+                _ => 1,
+            };
+            if m.kind() == Kind::Small && m.owner.get() == OWNER_LOCAL {
+                for page in idx..idx + pages {
+                    for w in 0..REMOTE_WORDS {
+                        if self
+                            .remote_word(page * REMOTE_WORDS + w)
+                            .load(Ordering::Relaxed)
+                            != 0
+                        {
+                            self.meta(page).remote.fetch_or(1 << w, Ordering::Relaxed);
+                        }
+                    }
+                }
+                let state = m.state.load(Ordering::Relaxed);
+                let stranded = match state & !GENERATION {
+                    FULL => self.has_remote(idx, m),
+                    PENDING_FULL => !on_stack(idx as u32),
+                    _ => false,
+                };
+                if stranded {
+                    m.state.store(state | PENDING, Ordering::Relaxed);
+                    m.pending_next
+                        .store(self.pending.load(Ordering::Relaxed), Ordering::Relaxed);
+                    self.pending.store(idx as u32, Ordering::Release);
+                }
+            }
+            idx += pages;
+        }
+    }
+
     /// Locks used by the heap, for `fork` handlers (C ABI).
     pub(crate) fn locks(&self) -> [&RawLock; 2] {
         [&self.shared_lock, &self.span_lock]
@@ -2249,6 +2312,114 @@ mod tests {
         });
         let s = core.stats();
         assert_eq!((s.in_use, s.allocations), (0, 0), "{s:?}");
+    }
+
+    /// What `fork` can leave behind in the child, repaired: a remote free
+    /// whose bit is set but whose word was never announced in the summary
+    /// (span FULL, so the freer had not pushed it yet either), and a span
+    /// marked PENDING that never reached the pending stack.
+    #[test]
+    fn remote_frees_cut_by_fork_are_completed_in_the_child() {
+        let core = HeapCore::new(CoreConfig {
+            min: 0,
+            max: 64 << 20,
+            huge_pages: false,
+        })
+        .expect("a 64 MiB heap");
+        let fill = |size: usize| {
+            let layout = Layout::from_size_align(size, 8).unwrap();
+            let first = core.alloc(layout) as usize;
+            let idx = (first - core.base) >> PAGE_SHIFT;
+            let mut blocks = vec![first];
+            let n = core.meta(idx).capacity.get() as usize;
+            blocks.extend((1..n).map(|_| core.alloc(layout) as usize));
+            // One more: the span goes dry, FULL.
+            blocks.push(core.alloc(layout) as usize);
+            assert_eq!(
+                core.meta(idx).state.load(Ordering::SeqCst) & !GENERATION,
+                FULL
+            );
+            (idx, blocks)
+        };
+        let (a, a_blocks) = fill(4096);
+        let (b, b_blocks) = fill(2048);
+        // Span a: a freer set block 3's bit, then the fork came.
+        let p = a_blocks[3];
+        let (ma, mb) = (core.meta(a), core.meta(b));
+        core.foreign_freed_bytes.fetch_add(4096, Ordering::SeqCst);
+        core.foreign_freed_count.fetch_add(1, Ordering::SeqCst);
+        let granule = (p - core.base) >> GRANULE_SHIFT;
+        core.remote_word(granule >> 6)
+            .fetch_or(1 << (granule & 63), Ordering::SeqCst);
+        // Span b: a freer announced block 5 and marked the span PENDING,
+        // then the fork came before it pushed the span.
+        let q = b_blocks[5];
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let m = core.meta(b);
+                let generation = core.publish_remote_free(m, q as *mut u8).unwrap();
+                m.state
+                    .compare_exchange(
+                        generation | FULL,
+                        generation | FULL | PENDING,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    )
+                    .unwrap();
+            });
+        });
+        assert!(!core.has_remote(a, ma), "the bit was announced");
+        assert_eq!(core.pending.load(Ordering::SeqCst), NONE);
+        // SAFETY: no other thread uses the heap now.
+        unsafe { core.repair_remote_frees_after_fork() };
+        assert!(core.has_remote(a, ma), "the word was not announced");
+        assert_eq!(
+            ma.state.load(Ordering::SeqCst) & !GENERATION,
+            FULL | PENDING
+        );
+        assert_eq!(
+            mb.state.load(Ordering::SeqCst) & !GENERATION,
+            FULL | PENDING
+        );
+        let pending_stack = || {
+            let mut stack = vec![];
+            let mut at = core.pending.load(Ordering::SeqCst);
+            while at != NONE {
+                stack.push(at as usize);
+                at = core.meta(at as usize).pending_next.load(Ordering::SeqCst);
+            }
+            stack.sort();
+            stack
+        };
+        assert_eq!(
+            pending_stack(),
+            [a.min(b), a.max(b)],
+            "both spans on the stack once"
+        );
+        // A second repair changes nothing.
+        // SAFETY: as above.
+        unsafe { core.repair_remote_frees_after_fork() };
+        assert_eq!(pending_stack(), [a.min(b), a.max(b)], "a span pushed twice");
+        // The owner's next refill brings both back to their queues, each
+        // with its remotely freed block on its free list.
+        let fresh = core.alloc(Layout::from_size_align(9000, 8).unwrap());
+        for (m, block) in [(ma, p), (mb, q)] {
+            assert_eq!(m.state.load(Ordering::SeqCst) & !GENERATION, 0);
+            assert_ne!(m.flags.get() & IN_QUEUE, 0, "span not back in its queue");
+            assert_eq!(m.free.get() as usize, block, "freed block not collected");
+        }
+        let s = core.stats();
+        assert_eq!(s.allocations, a_blocks.len() + b_blocks.len() - 1, "{s:?}");
+        // SAFETY: live blocks of this heap, freed once each.
+        unsafe {
+            for &x in a_blocks.iter().chain(&b_blocks) {
+                if x != p && x != q {
+                    core.free(x as *mut u8);
+                }
+            }
+            core.free(fresh);
+        }
+        assert_eq!(core.stats().in_use, 0);
     }
 
     #[test]
