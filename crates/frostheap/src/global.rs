@@ -39,14 +39,19 @@ const UNINIT: u8 = 0;
 const INITIALIZING: u8 = 1;
 const READY: u8 = 2;
 
+/// `repr(C)`: the heap first, so that the fast paths address its hot
+/// fields (see `HeapCore`) with one-byte displacements from the slot's
+/// address; the routing words, which every thread reads, after it on a
+/// line of their own.
+#[repr(C)]
 struct MainSlot {
-    state: AtomicU8,
-    /// Thread token of the main thread (0 before initialisation).
-    owner: AtomicUsize,
+    inner: UnsafeCell<MaybeUninit<HeapInner>>,
     /// The main heap's region, for routing frees with two compares.
     base: AtomicUsize,
     len: AtomicUsize,
-    inner: UnsafeCell<MaybeUninit<HeapInner>>,
+    /// Thread token of the main thread (0 before initialisation).
+    owner: AtomicUsize,
+    state: AtomicU8,
 }
 
 // SAFETY: `inner` is written once, by the initialising thread, before

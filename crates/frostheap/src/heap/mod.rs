@@ -34,6 +34,8 @@ use crate::region::{self, RegionKind, PAGE_SIZE};
 use crate::Error;
 
 /// A heap and its name, registered in the region table while alive.
+/// (`repr(C)`: the core, whose hot fields lead, first.)
+#[repr(C)]
 pub(crate) struct HeapInner {
     pub(crate) core: HeapCore,
     pub(crate) name: Cow<'static, str>,
