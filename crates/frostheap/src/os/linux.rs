@@ -132,22 +132,7 @@ pub fn reserve(len: usize, align: usize) -> Result<*mut u8, OsError> {
         call: "mmap",
         errno: libc::ENOMEM,
     })?;
-    // SAFETY: an anonymous PROT_NONE mapping at a kernel-chosen address
-    // cannot alias any existing memory.
-    let raw = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            padded,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if raw == libc::MAP_FAILED {
-        return Err(last_error("mmap"));
-    }
-    let raw = raw as usize;
+    let raw = map_anonymous(padded, libc::PROT_NONE)? as usize;
     let base = (raw + align - 1) & !(align - 1);
     let head = base - raw;
     let tail = padded - head - len;
@@ -164,17 +149,16 @@ pub fn reserve(len: usize, align: usize) -> Result<*mut u8, OsError> {
     Ok(base as *mut u8)
 }
 
-/// Maps `len` bytes of zeroed, readable and writable memory that is charged
-/// only when touched (`MAP_NORESERVE`): used for side tables.
-///
-/// Precondition: `len` is a non-zero multiple of the page size.
-pub fn map_table(len: usize) -> Result<*mut u8, OsError> {
-    // SAFETY: an anonymous mapping at a kernel-chosen address.
+/// A private anonymous `MAP_NORESERVE` mapping of `len` bytes with
+/// protection `prot`, at a kernel-chosen address.
+fn map_anonymous(len: usize, prot: libc::c_int) -> Result<*mut u8, OsError> {
+    // SAFETY: an anonymous mapping at a kernel-chosen address cannot alias
+    // any existing memory.
     let raw = unsafe {
         libc::mmap(
             ptr::null_mut(),
             len,
-            libc::PROT_READ | libc::PROT_WRITE,
+            prot,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             -1,
             0,
@@ -187,6 +171,14 @@ pub fn map_table(len: usize) -> Result<*mut u8, OsError> {
     }
 }
 
+/// Maps `len` bytes of zeroed, readable and writable memory that is charged
+/// only when touched (`MAP_NORESERVE`): used for side tables.
+///
+/// Precondition: `len` is a non-zero multiple of the page size.
+pub fn map_table(len: usize) -> Result<*mut u8, OsError> {
+    map_anonymous(len, libc::PROT_READ | libc::PROT_WRITE)
+}
+
 /// Maps `len` bytes of zeroed memory that is only readable until parts of
 /// it are opened with [`protect`] (`MAP_NORESERVE`): a side table whose
 /// size follows a reservation, charged (even under strict overcommit) only
@@ -194,22 +186,7 @@ pub fn map_table(len: usize) -> Result<*mut u8, OsError> {
 ///
 /// Precondition: `len` is a non-zero multiple of the page size.
 pub fn map_table_closed(len: usize) -> Result<*mut u8, OsError> {
-    // SAFETY: an anonymous mapping at a kernel-chosen address.
-    let raw = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if raw == libc::MAP_FAILED {
-        Err(last_error("mmap"))
-    } else {
-        Ok(raw.cast())
-    }
+    map_anonymous(len, libc::PROT_READ)
 }
 
 /// Unmaps a range made by [`reserve`], [`map_table`] or
