@@ -125,7 +125,7 @@ struct Counters {
     freed_bytes: AtomicUsize,
     /// Owner's state: odd while the owner moves `peak`, `foreign_seen` and
     /// `slack` together.
-    seq: AtomicU32,
+    seq: AtomicUsize,
 }
 
 // The words every owner operation writes (`slack`, `total`, `freed_count`)
@@ -150,14 +150,17 @@ impl Counters {
             freed_count: AtomicU64::new(0),
             peak: AtomicUsize::new(0),
             foreign_seen: AtomicUsize::new(0),
-            seq: AtomicU32::new(0),
+            seq: AtomicUsize::new(0),
             alloc_bytes: AtomicUsize::new(0),
             freed_bytes: AtomicUsize::new(0),
         }
     }
 
     /// Owner only: runs `f`, which moves `peak`, `foreign_seen` and
-    /// `slack`, with `seq` odd (a sequence lock: readers retry).
+    /// `slack`, with `seq` odd (a sequence lock: readers retry). `f` stores
+    /// `slack` first, so that an update cut short (a `fork` in the middle,
+    /// see [`Counters::after_fork`], or a reader that gave up waiting)
+    /// leaves the owner's live bytes understated, never overstated.
     #[cold]
     fn owner_update(&self, f: impl FnOnce()) {
         let seq = self.seq.load(Ordering::Relaxed);
@@ -167,26 +170,38 @@ impl Counters {
         self.seq.store(seq.wrapping_add(2), Ordering::Release);
     }
 
-    /// The owner's state's `(peak, net bytes)`, consistent unless the owner
-    /// kept moving them for 1000 tries (a signal handler on the owner's
-    /// thread that interrupted an update: then the last, possibly mixed,
-    /// reading).
-    fn owner_peak_and_net(&self) -> (usize, usize) {
-        let mut last = (0, 0);
-        for _ in 0..1000 {
+    /// In a `fork` child: an update the fork cut in half stays as it is
+    /// (understating, see [`Counters::owner_update`]), and the sequence
+    /// counter becomes even again, or every reader would wait on it and
+    /// the next update would invert it.
+    fn after_fork(&self) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(seq & 1), Ordering::Relaxed);
+    }
+
+    /// The owner's state's `(peak, slack, foreign_seen)`, read together.
+    /// Spins, then yields, while an update is in progress; after 100
+    /// yields (the owner stopped mid-update, or a signal handler on its
+    /// thread interrupted one) it takes the last reading, which an update
+    /// in progress can only make understate the live bytes.
+    fn owner_snapshot(&self) -> (usize, isize, usize) {
+        let mut last = (0, 0, 0);
+        for attempt in 0..200 {
             let seq = self.seq.load(Ordering::Acquire);
-            let peak = self.peak.load(Ordering::Relaxed);
-            let seen = self.foreign_seen.load(Ordering::Relaxed);
-            let slack = self.slack.load(Ordering::Relaxed);
+            last = (
+                self.peak.load(Ordering::Relaxed),
+                self.slack.load(Ordering::Relaxed),
+                self.foreign_seen.load(Ordering::Relaxed),
+            );
             core::sync::atomic::fence(Ordering::Acquire);
-            let net = (peak.wrapping_add(seen) as isize)
-                .wrapping_sub(slack)
-                .max(0) as usize;
-            last = (peak, net);
             if seq & 1 == 0 && self.seq.load(Ordering::Relaxed) == seq {
                 break;
             }
-            core::hint::spin_loop();
+            if attempt < 100 {
+                core::hint::spin_loop();
+            } else {
+                crate::os::yield_now();
+            }
         }
         last
     }
@@ -300,11 +315,11 @@ impl ClassState {
         let slack = c.slack.load(Ordering::Relaxed);
         if slack < 0 {
             c.owner_update(|| {
+                c.slack.store(0, Ordering::Relaxed);
                 c.peak.store(
                     c.peak.load(Ordering::Relaxed) + slack.unsigned_abs(),
                     Ordering::Relaxed,
                 );
-                c.slack.store(0, Ordering::Relaxed);
             });
         }
     }
@@ -329,13 +344,13 @@ impl ClassState {
         let seen = c.foreign_seen.load(Ordering::Relaxed);
         if foreign > seen {
             c.owner_update(|| {
-                c.foreign_seen.store(foreign, Ordering::Relaxed);
                 c.slack.store(
                     c.slack
                         .load(Ordering::Relaxed)
                         .wrapping_add((foreign - seen) as isize),
                     Ordering::Relaxed,
                 );
+                c.foreign_seen.store(foreign, Ordering::Relaxed);
             });
         }
     }
@@ -1854,14 +1869,16 @@ impl HeapCore {
             l.freed_count.load(Ordering::Acquire),
             s.freed_count.load(Ordering::Acquire),
         );
-        let (l_peak, l_net) = l.owner_peak_and_net();
-        let net_bytes = l_net
-            + s.alloc_bytes
-                .load(Ordering::Relaxed)
-                .saturating_sub(s_freed);
+        let (l_peak, slack, seen) = l.owner_snapshot();
+        // Signed and wide: the owner's live bytes (peak - slack) less the
+        // foreign frees it has not taken into account yet, plus the shared
+        // state's net, which may be negative (another thread grew an
+        // owner block in place, counted as shared, and the owner freed it).
+        let live = (l_peak as i128 - slack as i128) - (foreign as i128 - seen as i128)
+            + (s.alloc_bytes.load(Ordering::Relaxed) as i128 - s_freed as i128);
+        let in_use = live.clamp(0, usize::MAX as i128) as usize;
         let net_count = l.total.load(Ordering::Relaxed).saturating_sub(l_frees)
             + s.total.load(Ordering::Relaxed).saturating_sub(s_frees);
-        let in_use = net_bytes.saturating_sub(foreign);
         let allocations =
             (net_count as usize).saturating_sub(self.others.freed_count.load(Ordering::Relaxed));
         let peak = l_peak.max(s.peak.load(Ordering::Relaxed)).max(in_use);
@@ -1995,6 +2012,7 @@ impl HeapCore {
     /// 1. The calling thread is the only thread of the process (a `fork`
     ///    child), and no remote free is in progress on it.
     pub(crate) unsafe fn repair_remote_frees_after_fork(&self) {
+        self.local.counters.after_fork();
         if self.others.freed_count.load(Ordering::Relaxed) == 0 {
             return; // no remote free ever began (single-threaded programs)
         }
@@ -2543,6 +2561,78 @@ mod tests {
         // SAFETY: p is a live block of this heap.
         unsafe { core.free(p) };
         assert_eq!(core.stats().in_use, 0);
+    }
+
+    /// A fork in the middle of an owner update leaves the sequence counter
+    /// odd in the child; the child's repair makes it even, so readers do
+    /// not wait on it and later updates keep the lock's sense. The cut
+    /// update's bytes stay understated, never overstated.
+    #[test]
+    fn a_fork_child_repairs_a_cut_owner_update() {
+        let core = HeapCore::new(CoreConfig {
+            min: 0,
+            max: 64 << 20,
+            huge_pages: false,
+        })
+        .expect("a 64 MiB heap");
+        let p = core.alloc(Layout::from_size_align(100, 8).unwrap());
+        let q = core.alloc(Layout::from_size_align(3000, 8).unwrap());
+        assert_eq!(core.stats().in_use, 112 + 3072);
+        // Replay q's peak raise cut by a fork after its first store
+        // (slack = 0) and before its second (peak += 3072).
+        let c = &core.local.counters;
+        let seq = c.seq.load(Ordering::Relaxed);
+        c.seq.store(seq + 1, Ordering::Relaxed);
+        c.peak.store(112, Ordering::Relaxed);
+        assert_eq!(core.stats().in_use, 112, "a cut update understates");
+        // SAFETY: this thread is the only one using the heap.
+        unsafe { core.repair_remote_frees_after_fork() };
+        assert_eq!(
+            c.seq.load(Ordering::Relaxed) & 1,
+            0,
+            "sequence counter still odd"
+        );
+        // Later updates run as usual and are read whole.
+        let r = core.alloc(Layout::from_size_align(20_000, 8).unwrap());
+        assert_eq!(c.seq.load(Ordering::Relaxed) & 1, 0);
+        let s = core.stats();
+        assert_eq!((s.in_use, s.peak), (112 + 20_480, 112 + 20_480), "{s:?}");
+        // SAFETY: live blocks of this heap, freed once each.
+        unsafe {
+            for b in [p, q, r] {
+                core.free(b);
+            }
+        }
+        assert_eq!(core.stats().in_use, 0);
+    }
+
+    /// Another thread grows the owner's large block in place (counted in
+    /// the shared state), then the owner frees it (counted in its own):
+    /// the two states' nets are summed signed, so nothing stays in use.
+    #[test]
+    fn a_block_grown_by_another_thread_and_freed_by_the_owner_leaves_nothing() {
+        let core = HeapCore::new(CoreConfig {
+            min: 0,
+            max: 64 << 20,
+            huge_pages: false,
+        })
+        .expect("a 64 MiB heap");
+        let old = Layout::from_size_align(200_000, 8).unwrap();
+        let p = core.alloc(old) as usize;
+        let grown = std::thread::scope(|sc| {
+            sc.spawn(|| {
+                // SAFETY: p is a live block of `old`'s layout.
+                unsafe { core.realloc(p as *mut u8, old, 900_000) as usize }
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(grown, p, "grown in place");
+        assert!(core.stats().in_use >= 900_000);
+        // SAFETY: the live (grown) block.
+        unsafe { core.free(p as *mut u8) };
+        let s = core.stats();
+        assert_eq!((s.in_use, s.allocations), (0, 0), "{s:?}");
     }
 
     #[test]

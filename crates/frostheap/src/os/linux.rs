@@ -396,6 +396,12 @@ pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32, timeout_n
     };
 }
 
+/// Gives the CPU to another runnable thread, if any. Async-signal-safe.
+pub fn yield_now() {
+    // SAFETY: sched_yield has no preconditions.
+    unsafe { libc::sched_yield() };
+}
+
 /// Waits while `*word == expected`: first spinning briefly (yielding the
 /// CPU between checks, so a thread that has work gets it), then sleeping
 /// in the kernel. Returns once the word has changed. For waits that are
@@ -412,8 +418,7 @@ pub fn wait_while_eq(word: &core::sync::atomic::AtomicU32, expected: u32) {
                 core::hint::spin_loop();
             }
         } else {
-            // SAFETY: sched_yield has no preconditions.
-            unsafe { libc::sched_yield() };
+            yield_now();
         }
     }
     while word.load(Ordering::Acquire) == expected {
