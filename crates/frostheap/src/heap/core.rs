@@ -2095,6 +2095,16 @@ fn invalid_free(p: *mut u8) -> ! {
 mod tests {
     use super::*;
 
+    /// A heap of `max` bytes, nothing pre-committed, no huge pages.
+    fn heap_of(max: usize) -> HeapCore {
+        HeapCore::new(CoreConfig {
+            min: 0,
+            max,
+            huge_pages: false,
+        })
+        .expect("a heap reservation")
+    }
+
     /// The permissions (`rw-p`, `r--p`, ...) of the mapping holding `addr`.
     fn perms_at(addr: usize) -> String {
         let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
@@ -2116,12 +2126,7 @@ mod tests {
     /// the slow path must leave the span in place, not retire it.
     #[test]
     fn a_current_span_counted_down_to_zero_stays_current() {
-        let core = HeapCore::new(CoreConfig {
-            min: 0,
-            max: 64 << 20,
-            huge_pages: false,
-        })
-        .expect("a 64 MiB heap");
+        let core = heap_of(64 << 20);
         let layout = Layout::from_size_align(48, 8).unwrap();
         let p = core.alloc(layout);
         let q = core.alloc(layout);
@@ -2163,12 +2168,7 @@ mod tests {
     /// owner's queue and popped without the shared lock.
     #[test]
     fn a_delayed_remote_freer_leaves_the_next_incarnation_alone() {
-        let core = HeapCore::new(CoreConfig {
-            min: 0,
-            max: 64 << 20,
-            huge_pages: false,
-        })
-        .expect("a 64 MiB heap");
+        let core = heap_of(64 << 20);
         let layout = Layout::from_size_align(4096, 8).unwrap(); // 16 a span
         let first = core.alloc(layout);
         let s = (first as usize - core.base) >> PAGE_SHIFT;
@@ -2350,12 +2350,7 @@ mod tests {
     /// every block is accounted for exactly once.
     #[test]
     fn remote_frees_keep_every_block_accounted_for() {
-        let core = HeapCore::new(CoreConfig {
-            min: 0,
-            max: 1 << 30,
-            huge_pages: false,
-        })
-        .expect("a 1 GiB heap");
+        let core = heap_of(1 << 30);
         let sizes = [
             16, 48, 256, 3000, 9000, 17_000, 40_000, 70_000, 100_000, 131_072,
         ];
@@ -2431,12 +2426,7 @@ mod tests {
     /// marked PENDING that never reached the pending stack.
     #[test]
     fn remote_frees_cut_by_fork_are_completed_in_the_child() {
-        let core = HeapCore::new(CoreConfig {
-            min: 0,
-            max: 64 << 20,
-            huge_pages: false,
-        })
-        .expect("a 64 MiB heap");
+        let core = heap_of(64 << 20);
         let fill = |size: usize| {
             let layout = Layout::from_size_align(size, 8).unwrap();
             let first = core.alloc(layout) as usize;
@@ -2539,12 +2529,7 @@ mod tests {
     /// bytes exactly otherwise.
     #[test]
     fn stats_return_during_an_owner_update() {
-        let core = HeapCore::new(CoreConfig {
-            min: 0,
-            max: 64 << 20,
-            huge_pages: false,
-        })
-        .expect("a 64 MiB heap");
+        let core = heap_of(64 << 20);
         let p = core.alloc(Layout::from_size_align(100, 8).unwrap());
         let q = core.alloc(Layout::from_size_align(3000, 8).unwrap());
         let exact = core.stats();
@@ -2569,12 +2554,7 @@ mod tests {
     /// update's bytes stay understated, never overstated.
     #[test]
     fn a_fork_child_repairs_a_cut_owner_update() {
-        let core = HeapCore::new(CoreConfig {
-            min: 0,
-            max: 64 << 20,
-            huge_pages: false,
-        })
-        .expect("a 64 MiB heap");
+        let core = heap_of(64 << 20);
         let p = core.alloc(Layout::from_size_align(100, 8).unwrap());
         let q = core.alloc(Layout::from_size_align(3000, 8).unwrap());
         assert_eq!(core.stats().in_use, 112 + 3072);
@@ -2611,12 +2591,7 @@ mod tests {
     /// the two states' nets are summed signed, so nothing stays in use.
     #[test]
     fn a_block_grown_by_another_thread_and_freed_by_the_owner_leaves_nothing() {
-        let core = HeapCore::new(CoreConfig {
-            min: 0,
-            max: 64 << 20,
-            huge_pages: false,
-        })
-        .expect("a 64 MiB heap");
+        let core = heap_of(64 << 20);
         let old = Layout::from_size_align(200_000, 8).unwrap();
         let p = core.alloc(old) as usize;
         let grown = std::thread::scope(|sc| {
@@ -2637,12 +2612,7 @@ mod tests {
 
     #[test]
     fn side_tables_open_as_the_region_grows() {
-        let core = HeapCore::new(CoreConfig {
-            min: 0,
-            max: 64 << 30,
-            huge_pages: false,
-        })
-        .expect("a 64 GiB reservation");
+        let core = heap_of(64 << 30);
         let n_pages = core.region.reserved() >> PAGE_SHIFT;
         let meta_of = |idx: usize| core.metas as usize + idx * core::mem::size_of::<PageMeta>();
         let bits_of = |idx: usize| core.remote_bits as usize + idx * REMOTE_WORDS * 8;
