@@ -422,9 +422,12 @@ pub struct Stats {
     pub committed: usize,
     /// Usable bytes of live allocations.
     pub in_use: usize,
-    /// The highest `in_use` seen. Exact for single-threaded use; frees by
+    /// The highest `in_use` seen. Exact for single-threaded use. Frees by
     /// other threads are taken into account when the owner next collects
-    /// them, so it may overstate by those.
+    /// them, so it may overstate by those; allocations by other threads
+    /// keep a peak of their own, and the value is the larger of the two
+    /// peaks and the current `in_use`, so it may understate a high that
+    /// both reached together.
     pub peak: usize,
     /// The hard cap (`max`).
     pub limit: usize,
