@@ -87,9 +87,10 @@ pub struct Block {
 ///   holding a block may read them.
 /// - `remote`, `state`, `pending_next`: atomics, any thread.
 ///
-/// Invariants (small head): `used <= extend <= capacity`;
-/// `capacity == span_pages * PAGE_SIZE / block_size`; `used` counts blocks
-/// handed out and neither freed by the owner nor collected from the
+/// Invariants (small head): `extend <= capacity`;
+/// `capacity == span_pages * PAGE_SIZE / block_size`; unless the span is
+/// its queue's current one (see `used`), `used <= extend` and `used` counts
+/// blocks handed out and neither freed by the owner nor collected from the
 /// remote-free bitmap.
 #[repr(C, align(64))]
 pub struct PageMeta {
