@@ -661,12 +661,13 @@ pub mod raw {
     /// if it was not the main heap's owner, it becomes the owner now (the
     /// old owner does not exist in the child).
     pub fn fork_child_adopt() {
-        if MAIN.state.load(Ordering::Acquire) == READY {
-            // SAFETY: in the child this is the only thread, and it is in
-            // the fork handler, not in a free.
-            unsafe { main_inner().core.repair_remote_frees_after_fork() };
+        if MAIN.state.load(Ordering::Acquire) != READY {
+            return;
         }
-        if MAIN.state.load(Ordering::Acquire) == READY && !super::on_main_thread() {
+        // SAFETY: in the child this is the only thread, and it is in the
+        // fork handler, not in a free.
+        unsafe { main_inner().core.repair_remote_frees_after_fork() };
+        if !super::on_main_thread() {
             // SAFETY: in the child no other thread exists, so nobody else
             // can be on the owner path.
             unsafe { main_inner().core.set_owner() };

@@ -2003,6 +2003,27 @@ impl HeapCore {
         }
     }
 
+    /// The committed pages as spans, in address order: `(head page, its
+    /// meta, pages)` for small, large and free spans; pages in no span one
+    /// at a time. Allocates nothing (the fork repair uses it). The caller
+    /// keeps the spans still (the span lock, or the only thread).
+    fn spans_in_order(&self) -> impl Iterator<Item = (usize, &PageMeta, usize)> + '_ {
+        let top = self.region.committed() >> PAGE_SHIFT;
+        let mut idx = 0;
+        core::iter::from_fn(move || {
+            (idx < top).then(|| {
+                let m = self.meta(idx);
+                let pages = match m.kind() {
+                    Kind::Small | Kind::Large | Kind::FreeSpan => m.span_pages.get() as usize,
+                    _ => 1,
+                };
+                let head = idx;
+                idx += pages;
+                (head, m, pages)
+            })
+        })
+    }
+
     /// In a `fork` child, before anything else uses the heap: completes the
     /// remote frees that `fork` cut in half. A parent thread that had set a
     /// block's bit but not yet its word's summary bit, or not yet looked
@@ -2028,14 +2049,7 @@ impl HeapCore {
             }
             at == idx
         };
-        let top = self.region.committed() >> PAGE_SHIFT;
-        let mut idx = 0;
-        while idx < top {
-            let m = self.meta(idx);
-            let pages = match m.kind() {
-                Kind::Small | Kind::Large | Kind::FreeSpan => m.span_pages.get() as usize,
-                _ => 1,
-            };
+        for (idx, m, pages) in self.spans_in_order() {
             if m.kind() == Kind::Small && m.owner.get() == OWNER_LOCAL {
                 for page in idx..idx + pages {
                     for w in 0..REMOTE_WORDS {
@@ -2063,7 +2077,6 @@ impl HeapCore {
                     self.others.pending.store(idx as u32, Ordering::Release);
                 }
             }
-            idx += pages;
         }
     }
 
@@ -2266,15 +2279,8 @@ mod tests {
     /// exact for spans that are not current. Call when no free is in
     /// flight.
     fn check_blocks(core: &HeapCore, live: &std::collections::HashSet<usize>) {
-        let top = core.region.committed() >> PAGE_SHIFT;
         let mut seen = std::collections::HashSet::new();
-        let mut idx = 0;
-        while idx < top {
-            let m = core.meta(idx);
-            let pages = match m.kind() {
-                Kind::Small | Kind::Large | Kind::FreeSpan => m.span_pages.get() as usize,
-                _ => 1,
-            };
+        for (idx, m, pages) in core.spans_in_order() {
             let words = |p: usize| (0..REMOTE_WORDS).map(move |w| (w, p * REMOTE_WORDS + w));
             if m.kind() != Kind::Small {
                 for p in idx..idx + pages {
@@ -2291,7 +2297,6 @@ mod tests {
                         );
                     }
                 }
-                idx += pages;
                 continue;
             }
             let (size, start) = (m.block_size.get() as usize, core.page_addr(idx));
@@ -2343,7 +2348,6 @@ mod tests {
                 m.extend.get(),
                 "blocks lost in span {idx}"
             );
-            idx += pages;
         }
     }
 
