@@ -2,11 +2,12 @@
 //!
 //! A [`LogLogChart`] has lines (solid or dashed, each with its points
 //! marked), tick marks at the x values given and at every power of ten on
-//! the y axis, a legend, and optional horizontal reference lines (a
-//! target). A line with no points still appears in the legend, with its
-//! note saying why (a backend the machine lacks). plotters is built
-//! without its `ttf` feature, so it needs no system fonts: it estimates
-//! text widths itself and leaves the font to the SVG viewer.
+//! the y axis, optional horizontal reference lines (a target, dotted), and
+//! a legend to the right of the plot, where it covers no line. A line with
+//! no points still appears in the legend, with its note saying why (a
+//! backend the machine lacks). plotters is built without its `ttf`
+//! feature, so it needs no system fonts: it estimates text widths itself
+//! and leaves the font to the SVG viewer.
 
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
@@ -68,7 +69,7 @@ impl LogLogChart {
     pub fn to_svg(&self) -> Result<String, String> {
         let (x0, x1) = self.x_range().ok_or("the chart has no positive x tick")?;
         let (y0, y1) = self.y_range().ok_or("the chart has no positive y value")?;
-        let y_ticks: Vec<f64> = (y0.log10().round() as i32..=y1.log10().round() as i32)
+        let y_ticks: Vec<f64> = (y0.log10().ceil() as i32..=y1.log10().floor() as i32)
             .map(|d| 10f64.powi(d))
             .collect();
         let mut svg = String::new();
@@ -76,7 +77,9 @@ impl LogLogChart {
             let root = SVGBackend::with_string(&mut svg, self.size).into_drawing_area();
             let e = |e| format!("drawing the chart: {e:?}");
             root.fill(&WHITE).map_err(e)?;
-            let mut chart = ChartBuilder::on(&root)
+            let (plot_area, legend_area) =
+                root.split_horizontally(self.size.0.saturating_sub(LEGEND_WIDTH));
+            let mut chart = ChartBuilder::on(&plot_area)
                 .caption(&self.title, ("sans-serif", 16))
                 .margin(12)
                 .x_label_area_size(48)
@@ -100,47 +103,62 @@ impl LogLogChart {
                 let style = rgb(m.color).stroke_width(1);
                 chart
                     .draw_series(DashedLineSeries::new([(x0, m.y), (x1, m.y)], 2, 4, style))
-                    .map_err(e)?
-                    .label(&m.label)
-                    .legend(move |(x, y)| {
-                        DashedPathElement::new(vec![(x, y), (x + 24, y)], 2, 4, style)
-                    });
+                    .map_err(e)?;
             }
             for l in &self.lines {
                 let style = rgb(l.color).stroke_width(2);
-                let label = if l.points.is_empty() {
-                    format!("{}: {}", l.name, l.note)
-                } else {
-                    l.name.clone()
-                };
                 let points = l.points.iter().copied();
-                let anno = if l.dashed {
+                if l.dashed {
                     chart.draw_series(DashedLineSeries::new(points, 7, 5, style))
                 } else {
                     chart.draw_series(LineSeries::new(points, style))
                 }
                 .map_err(e)?;
-                let dashed = l.dashed;
-                anno.label(label).legend(move |(x, y)| {
-                    let pts = vec![(x, y), (x + 24, y)];
-                    if dashed {
-                        DashedPathElement::new(pts, 7, 5, style).into_dyn()
-                    } else {
-                        PathElement::new(pts, style).into_dyn()
-                    }
-                });
                 chart
                     .draw_series(l.points.iter().map(|p| Circle::new(*p, 3, style.filled())))
                     .map_err(e)?;
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
-                .background_style(WHITE.mix(0.9))
-                .border_style(RGBColor(0x99, 0x99, 0x99))
-                .label_font(("sans-serif", 12))
-                .draw()
+            // The legend, beside the plot: marks first, then the lines.
+            let top = chart.plotting_area().get_pixel_range().1.start;
+            let mut y = top + 8;
+            let entries = self
+                .marks
+                .iter()
+                .map(|m| (m.label.clone(), String::new(), m.color, (2, 4), 1))
+                .chain(self.lines.iter().map(|l| {
+                    let note = if l.points.is_empty() {
+                        l.note.clone()
+                    } else {
+                        String::new()
+                    };
+                    let dash = if l.dashed { (7, 5) } else { (24, 0) };
+                    (l.name.clone(), note, l.color, dash, 2)
+                }));
+            for (label, note, color, (dash, gap), width) in entries {
+                let style = rgb(color).stroke_width(width);
+                let pts = vec![(8, y), (32, y)];
+                if gap == 0 {
+                    legend_area.draw(&PathElement::new(pts, style))
+                } else {
+                    legend_area.draw(&DashedPathElement::new(pts, dash, gap, style))
+                }
                 .map_err(e)?;
+                legend_area
+                    .draw(&Text::new(label, (38, y - 6), ("sans-serif", 12)))
+                    .map_err(e)?;
+                y += 18;
+                for part in wrap(&note, 34) {
+                    legend_area
+                        .draw(&Text::new(
+                            part,
+                            (38, y - 6),
+                            ("sans-serif", 11).into_font().color(&rgb(0x555555)),
+                        ))
+                        .map_err(e)?;
+                    y += 15;
+                }
+                y += 4;
+            }
             root.present().map_err(e)?;
         }
         Ok(svg)
@@ -155,7 +173,8 @@ impl LogLogChart {
         (hi > 0.0).then(|| (lo / 2f64.powf(0.25), hi * 2f64.powf(0.25)))
     }
 
-    /// The y values' range, out to whole powers of ten.
+    /// The y values' range, widened by a fifth of a power of ten at each
+    /// end (a mark on a decade stays off the frame).
     fn y_range(&self) -> Option<(f64, f64)> {
         let ys = self
             .lines
@@ -166,13 +185,27 @@ impl LogLogChart {
         let (lo, hi) = ys.fold((f64::INFINITY, 0.0f64), |(lo, hi), y| {
             (lo.min(y), hi.max(y))
         });
-        (hi > 0.0).then(|| {
-            (
-                10f64.powf(lo.log10().floor()),
-                10f64.powf(hi.log10().ceil().max(lo.log10().floor() + 1.0)),
-            )
-        })
+        let pad = 10f64.powf(0.2);
+        (hi > 0.0).then(|| (lo / pad, hi * pad))
     }
+}
+
+/// The legend's width in pixels, to the right of the plot.
+const LEGEND_WIDTH: u32 = 250;
+
+/// `text` in lines of at most about `width` characters, broken at spaces.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(l) if l.chars().count() + 1 + word.chars().count() <= width => {
+                l.push(' ');
+                l.push_str(word);
+            }
+            _ => lines.push(word.to_string()),
+        }
+    }
+    lines
 }
 
 fn rgb(c: u32) -> RGBColor {
@@ -225,7 +258,8 @@ mod tests {
         for text in [
             "cost against size",
             "measured",
-            "absent: unavailable here",
+            "absent",
+            "unavailable here",
             "target 100 ns",
             "64 B",
             "1000 ns",
@@ -235,6 +269,15 @@ mod tests {
         }
         // Three points marked with circles.
         assert_eq!(svg.matches("<circle").count(), 3, "{svg}");
+    }
+
+    #[test]
+    fn notes_wrap_at_spaces() {
+        assert_eq!(
+            wrap("unavailable on this machine (pkey_alloc failed)", 20),
+            ["unavailable on this", "machine (pkey_alloc", "failed)"]
+        );
+        assert!(wrap("", 20).is_empty());
     }
 
     #[test]
