@@ -26,6 +26,13 @@ use std::time::{Duration, Instant};
 
 use crate::stats::{self, Summary};
 
+/// Runs `f` once and returns the time it took, in ns.
+pub fn time_ns(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_nanos() as f64
+}
+
 /// When a case stops running rounds.
 #[derive(Clone, Copy, Debug)]
 pub enum Stop {

@@ -5,7 +5,7 @@
 //!
 //! | module | what it gives |
 //! |---|---|
-//! | [`interleave`] | [`Plan`]: run the variants of a case in rotating rounds, warm-up dropped; [`Rounds`] → [`Samples`] |
+//! | [`interleave`] | [`Plan`]: run the variants of a case in rotating rounds, warm-up dropped; [`Rounds`] → [`Samples`]; [`time_ns`](interleave::time_ns) |
 //! | [`stats`] | the one percentile definition, [`Summary`] (median, p10–p90), [`ratio`](stats::ratio) (per-round ratios) |
 //! | [`child`] | [`child::run`]: a variant in its own process, with its wall time, CPU time and peak RSS (`wait4`); the `sample <value>` protocol |
 //! | [`table`] | [`Table`] (markdown) and the cell formats: [`table::time`], [`table::ratio`], [`table::number`] |
@@ -13,6 +13,7 @@
 //! | [`machine`] | the report's opening line: CPUs, model, load before and after |
 //! | [`cli`] | value parsers for `clap` (`size`, `count`, `positive`) and writing a report file |
 //! | [`allocators`] | the allocators under test behind one trait, and the allocation workloads |
+//! | [`regions`] | a frostheap heap and a raw `mmap` region committed to a size, on huge or 4 KiB pages (freeze and violation costs) |
 //! | [`parmap`] | the parallel-map workloads and the child protocol of `parmap` and its rayon baselines |
 //!
 //! The binaries: `frostheap-bench` (`src/main.rs`, the allocators),
@@ -91,6 +92,7 @@ pub mod interleave;
 pub mod machine;
 pub mod parmap;
 pub mod plot;
+pub mod regions;
 pub mod stats;
 pub mod table;
 

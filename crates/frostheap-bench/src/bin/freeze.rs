@@ -9,7 +9,7 @@
 //!
 //! 1. Freeze + thaw against committed size (16 MiB … 4 GiB) for each
 //!    backend: `pkey` (a PKRU write pair; size-independent), frostheap's
-//!    `mprotect` on transparent huge pages (a [`Heap`] built with
+//!    `mprotect` on transparent huge pages (a `frostheap::Heap` built with
 //!    `HugePages::On`) and on 4 KiB pages (`HugePages::Off`). Each
 //!    frostheap figure sits beside the raw system call on the same amount
 //!    of memory of the same page type: `mprotect(PROT_READ)` then
@@ -48,15 +48,15 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use frostheap::{Error, Heap, HugePages, OnViolation, Protect, Runtime};
+use frostheap::{Error, OnViolation, Protect, Runtime};
+use frostheap_bench::interleave::time_ns;
 use frostheap_bench::plot::{Line, LogLogChart, Mark};
+use frostheap_bench::regions::{huge_backed, GrownHeap, RawRegion};
 use frostheap_bench::table::{human_bytes, human_ns};
 use frostheap_bench::{cli, table, Machine, Plan, Summary, Table};
 
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
-const HUGE: usize = 2 * MIB;
-const PAGE: usize = 4096;
 
 /// What freezing guarded heaps costs, against the raw system call.
 #[derive(Parser)]
@@ -84,191 +84,6 @@ impl Options {
 /// Samples `f` alone under the plan of `o`, in ns.
 fn sample(o: &Options, f: impl Fn() -> f64) -> Summary {
     o.plan().run(&[()], |_| f()).samples(|ns| *ns).summary(0)
-}
-
-fn time_ns(f: impl FnOnce()) -> f64 {
-    let t = Instant::now();
-    f();
-    t.elapsed().as_nanos() as f64
-}
-
-// ---------------------------------------------------------------------------
-// The raw baseline: a plain mmap reservation, committed prefix, mprotect.
-
-struct RawRegion {
-    map: *mut u8,
-    map_len: usize,
-    base: *mut u8,
-    reserved: usize,
-    committed: usize,
-}
-
-impl RawRegion {
-    /// Reserves `len` bytes (PROT_NONE), 2 MiB aligned, advised for huge
-    /// pages when `huge`.
-    fn new(len: usize, huge: bool) -> RawRegion {
-        let map_len = len + HUGE;
-        // SAFETY: a fresh anonymous reservation; no existing memory is
-        // touched.
-        let map = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                map_len,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(map, libc::MAP_FAILED, "mmap of {len} bytes");
-        let map = map as *mut u8;
-        let base = ((map as usize + HUGE - 1) & !(HUGE - 1)) as *mut u8;
-        let advice = if huge {
-            libc::MADV_HUGEPAGE
-        } else {
-            libc::MADV_NOHUGEPAGE
-        };
-        // SAFETY: [base, base + len) lies inside the reservation.
-        let rc = unsafe { libc::madvise(base.cast(), len, advice) };
-        assert_eq!(rc, 0, "madvise");
-        RawRegion {
-            map,
-            map_len,
-            base,
-            reserved: len,
-            committed: 0,
-        }
-    }
-
-    /// Commits (read-write) and touches the prefix up to `len`.
-    fn grow_to(&mut self, len: usize) {
-        assert!(len <= self.reserved);
-        if len <= self.committed {
-            return;
-        }
-        // SAFETY: [base + committed, base + len) is inside the reservation,
-        // page aligned.
-        let rc = unsafe {
-            libc::mprotect(
-                self.base.add(self.committed).cast(),
-                len - self.committed,
-                libc::PROT_READ | libc::PROT_WRITE,
-            )
-        };
-        assert_eq!(rc, 0, "mprotect commit");
-        touch(self.base as usize + self.committed, len - self.committed);
-        self.committed = len;
-    }
-
-    /// One freeze + thaw of the committed prefix, in ns.
-    fn freeze_thaw(&self) -> f64 {
-        time_ns(|| {
-            // SAFETY: the committed prefix is ours; nothing else uses it.
-            unsafe {
-                let rc = libc::mprotect(self.base.cast(), self.committed, libc::PROT_READ);
-                debug_assert_eq!(rc, 0);
-                let rc = libc::mprotect(
-                    self.base.cast(),
-                    self.committed,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                );
-                debug_assert_eq!(rc, 0);
-            }
-        })
-    }
-}
-
-impl Drop for RawRegion {
-    fn drop(&mut self) {
-        // SAFETY: the whole mapping made in `new`.
-        unsafe { libc::munmap(self.map.cast(), self.map_len) };
-    }
-}
-
-/// Writes one byte per 4 KiB page of `[addr, addr + len)`.
-fn touch(addr: usize, len: usize) {
-    let mut a = addr;
-    while a < addr + len {
-        // SAFETY: callers pass committed, writable memory they own.
-        unsafe { (a as *mut u8).write_volatile(1) };
-        a += PAGE;
-    }
-}
-
-/// Bytes of `[addr, addr + len)` backed by huge pages, from
-/// /proc/self/smaps (mappings overlapping the range, counted whole).
-fn huge_backed(addr: usize, len: usize) -> usize {
-    let Ok(text) = std::fs::read_to_string("/proc/self/smaps") else {
-        return 0;
-    };
-    let mut total = 0;
-    let mut inside = false;
-    for line in text.lines() {
-        if let Some((range, _)) = line.split_once(' ') {
-            if let Some((s, e)) = range.split_once('-') {
-                if let (Ok(s), Ok(e)) = (usize::from_str_radix(s, 16), usize::from_str_radix(e, 16))
-                {
-                    inside = s < addr + len && e > addr;
-                    continue;
-                }
-            }
-        }
-        if inside {
-            if let Some(rest) = line.strip_prefix("AnonHugePages:") {
-                let kb: usize = rest
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse()
-                    .unwrap_or(0);
-                total += kb * 1024;
-            }
-        }
-    }
-    total
-}
-
-// ---------------------------------------------------------------------------
-// frostheap: a heap committed by allocating and touching.
-
-struct GrownHeap {
-    heap: Heap,
-    blocks: usize,
-}
-
-impl GrownHeap {
-    fn new(max: usize, huge: bool) -> GrownHeap {
-        let heap = Heap::builder()
-            .name(if huge { "bench-thp" } else { "bench-4k" })
-            .max(max + 256 * MIB)
-            .huge_pages(if huge { HugePages::On } else { HugePages::Off })
-            .build()
-            .expect("a benchmark heap");
-        GrownHeap { heap, blocks: 0 }
-    }
-
-    fn committed(&self) -> usize {
-        self.heap.stats().committed
-    }
-
-    /// Allocates and touches blocks until at least `target` bytes are
-    /// committed. Blocks are never freed (the heap is dropped whole).
-    fn grow_to(&mut self, target: usize) {
-        while self.committed() < target {
-            let want = (target - self.committed()).clamp(MIB, 64 * MIB);
-            let layout = Layout::from_size_align(want, PAGE).expect("layout");
-            let p = self.heap.try_alloc(layout).expect("growing the heap");
-            touch(p.as_ptr() as usize, want);
-            self.blocks += 1;
-        }
-    }
-
-    fn freeze_thaw(&self) -> f64 {
-        time_ns(|| {
-            self.heap.bench_freeze(true).expect("freeze");
-            self.heap.bench_freeze(false).expect("thaw");
-        })
-    }
 }
 
 // ---------------------------------------------------------------------------
