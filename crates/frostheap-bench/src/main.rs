@@ -6,10 +6,11 @@
 //! cargo run --release -p frostheap-bench -- --rounds 3 --warmup 1 --scale 0.1   # brief
 //! ```
 //!
-//! **What it measures** (see `frostheap_bench::allocators::workload`): (a) alloc+free pairs at 16,
-//! 64, 256, 1024 and 4096 bytes; (b) a live set of 25/100/400/1600 blocks
-//! of 16..=1024 bytes, replacing a random one each step; (c) 64-byte
-//! blocks allocated on the main thread and freed on another.
+//! **What it measures** (see `frostheap_bench::allocators::workload`): (a)
+//! alloc+free pairs at 16, 64, 256, 1024 and 4096 bytes; (b) a live set of
+//! 25/100/400/1600 blocks of 16..=1024 bytes, replacing a random one each
+//! step; (c) 64-byte blocks allocated on the main thread and freed on
+//! another.
 //!
 //! **How.** Every allocator is called through its own interface directly:
 //! `GlobalAlloc` for `System`, `MiMalloc`, `Jemalloc` and
@@ -131,6 +132,8 @@ fn scaled(o: &Options, n: usize, multiple: usize) -> usize {
 
 fn main() {
     let o = Options::parse();
+    // The one benchmark of this binary; a new one adds a variant and a
+    // match here.
     let Bench::Alloc = o.bench;
     assert!(
         frostheap::main_heap().is_some(),
