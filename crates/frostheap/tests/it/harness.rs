@@ -33,7 +33,7 @@
 //!   libtest); one over `FROSTHEAP_TEST_TIMEOUT` seconds (default 900)
 //!   stops the binary with a failure naming it, because a thread cannot be
 //!   killed and a hung CI job is worse than a lost run. Child processes
-//!   have their own, shorter limit (`check::run_example`).
+//!   have their own, shorter limit (`check::run_fixture`).
 //!
 //! Output is not captured (libtest-mimic cannot): a test's prints and a
 //! panic's message appear as they happen, and a failed test's panic message
@@ -589,4 +589,25 @@ fn order_arguments_are_taken_out_before_libtest_mimic() {
     assert_eq!(order.shuffle_seed, None);
     let e = split_order_args(args(&["it", "--shuffle-seed", "x"])).expect_err("bad seed");
     assert!(e.contains("\"x\""), "{e}");
+}
+
+crate::test!(every_fixture_program_is_declared, needs: [SourceTree]);
+/// A program under tests/fixtures that `fixtures!` (check.rs) does not
+/// list cannot be run by a test; one listed but not there fails to build.
+fn every_fixture_program_is_declared() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut undeclared = Vec::new();
+    for e in std::fs::read_dir(&dir).expect("reading tests/fixtures").flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "rs") {
+            let stem = p.file_stem().expect("a file name").to_string_lossy();
+            if !crate::check::FIXTURES.iter().any(|(n, _)| *n == stem) {
+                undeclared.push(stem.into_owned());
+            }
+        }
+    }
+    assert!(
+        undeclared.is_empty(),
+        "fixture programs without a [[bin]] in Cargo.toml and an entry in `fixtures!` (tests/it/check.rs): {undeclared:?}"
+    );
 }
