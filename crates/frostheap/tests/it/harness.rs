@@ -244,6 +244,9 @@ struct Skip {
 
 static SKIPS: Mutex<Vec<Skip>> = Mutex::new(Vec::new());
 
+/// How long each test that ran took, for the closing list of the slowest.
+static TIMES: Mutex<Vec<(String, Duration)>> = Mutex::new(Vec::new());
+
 // ---------------------------------------------------------------------------
 // Time limit.
 
@@ -262,7 +265,11 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        lock(&RUNNING).retain(|(n, _, _)| *n != self.0);
+        let mut running = lock(&RUNNING);
+        if let Some(i) = running.iter().position(|(n, _, _)| *n == self.0) {
+            let (name, started, _) = running.swap_remove(i);
+            lock(&TIMES).push((name, started.elapsed()));
+        }
     }
 }
 
@@ -404,6 +411,8 @@ fn run() -> Result<ExitCode, String> {
     }
     let required = required_needs()?;
     let limit = seconds_from_env("FROSTHEAP_TEST_TIMEOUT", 900)?;
+    // Our own lines would spoil a listing or JSON output.
+    let plain = !args.list && !matches!(args.format, Some(libtest_mimic::FormatSetting::Json));
 
     let mut tests: Vec<&'static Test> = inventory::iter::<Test>.into_iter().collect();
     tests.sort_by_key(|t| t.full_name());
@@ -412,11 +421,11 @@ fn run() -> Result<ExitCode, String> {
     }
     if let Some(seed) = order.shuffle_seed {
         fastrand::Rng::with_seed(seed).shuffle(&mut tests);
-        if !args.list {
+        if plain {
             println!("shuffled with seed {seed} (replay this order with --shuffle-seed {seed})");
         }
     }
-    if !args.list {
+    if plain {
         let probed: Vec<String> = Need::ALL
             .iter()
             .map(|n| match n.missing() {
@@ -464,7 +473,10 @@ fn run() -> Result<ExitCode, String> {
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
-    print_skips();
+    if plain {
+        print_skips();
+        print_slowest();
+    }
     Ok(conclusion.exit_code())
 }
 
@@ -491,6 +503,22 @@ fn print_skips() {
         }
     }
     println!();
+}
+
+/// The ten slowest tests of the run (CI's emulated guest is slow; this
+/// says where its time goes).
+fn print_slowest() {
+    let mut times = lock(&TIMES).clone();
+    if times.len() < 2 {
+        return;
+    }
+    times.sort_by(|a, b| b.1.cmp(&a.1));
+    let list: Vec<String> = times
+        .iter()
+        .take(10)
+        .map(|(n, d)| format!("{n} {:.1}s", d.as_secs_f64()))
+        .collect();
+    println!("slowest: {}", list.join(", "));
 }
 
 // ---------------------------------------------------------------------------
