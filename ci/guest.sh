@@ -21,9 +21,10 @@
 #   3. every other test binary of the workspace, except those listed in
 #      NOT_IN_GUEST below with the reason;
 #   4. `FROSTHEAP_PROTECT=pkey frostheap tour`;
-#   5. the freeze benchmark in a short mode, reporting pkey against
-#      mprotect as ratios measured within the guest (its absolute timings
-#      are emulated and mean nothing).
+#   5. the freeze benchmark in a short mode (16, 64 and 256 MiB): its
+#      `pkey vs mprotect (...)` lines give mprotect/pkey freeze + thaw cost
+#      as ratios measured within the guest (its absolute timings are
+#      emulated and mean nothing).
 # Then ci/guest_report.py reads the console log and fails the job on any
 # failed command or test, a timeout, a guest without pku/ospke, or a pkey
 # case that did not run.

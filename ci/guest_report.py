@@ -9,8 +9,8 @@ happened, briefly, after the full log:
   one was skipped, or none ran, or the guest had no pku/ospke;
 - the tests skipped for another need (mseal, AVX-512F, the source tree)
   with the reason, and the shuffle seed;
-- the freeze benchmark's pkey and mprotect freeze + thaw medians as ratios
-  within the guest (its absolute timings are emulated).
+- the freeze benchmark's mprotect/pkey freeze + thaw ratios, measured within
+  the guest (its absolute timings are emulated).
 
 usage: guest_report.py LOG VM_EXIT BUILD_SECONDS VM_SECONDS [NOT_RUN ...]
 Exit status 0 only if everything ran and passed.
@@ -20,15 +20,6 @@ import re
 import sys
 
 FAIL_LINES = 12
-
-
-def parse_time_ns(cell):
-    """The first duration in a table cell ("2.1 µs (1.9 µs–2.4 µs)"), in ns."""
-    m = re.search(r"([0-9]+(?:\.[0-9]+)?)\s*(ns|µs|us|ms|s)\b", cell)
-    if not m:
-        return None
-    scale = {"ns": 1, "µs": 1e3, "us": 1e3, "ms": 1e6, "s": 1e9}[m.group(2)]
-    return float(m.group(1)) * scale
 
 
 def sections(lines):
@@ -86,36 +77,22 @@ def failures(sec):
     return names, messages
 
 
+PKEY_LINE = re.compile(
+    r"pkey vs mprotect \((huge pages|4 KiB pages)\): (\S+ \S+): mprotect/pkey = ([0-9.]+)x(.*)$")
+
+
 def freeze_ratios(lines):
-    """Rows of the freeze benchmark's size table: (size, pkey, thp, 4k) ns."""
-    header, rows = None, []
+    """The freeze benchmark's `pkey vs mprotect (<pages>): <size>: mprotect/pkey
+    = <r>x (p10–p90 <a>–<b>)` lines, as (pages, size, ratio, spread); and its
+    `not measurable` line, if any."""
+    rows, unmeasurable = [], None
     for line in lines:
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if header is None:
-            if line.startswith("|") and any(c.startswith("pkey") for c in cells):
-                header = cells
-            continue
-        if not line.startswith("|"):
-            if rows:
-                break
-            continue
-        if set(line.replace("|", "").strip()) <= set("-: "):
-            continue
-        rows.append(dict(zip(header, cells)))
-    if header is None:
-        return None
-
-    def col(prefix):
-        return next((h for h in header if h.startswith(prefix)), None)
-
-    pk, thp, small = col("pkey"), col("frostheap mprotect, huge"), col("frostheap mprotect, 4")
-    out = []
-    for r in rows:
-        out.append((r.get(header[0], "?"),
-                    parse_time_ns(r.get(pk, "")) if pk else None,
-                    parse_time_ns(r.get(thp, "")) if thp else None,
-                    parse_time_ns(r.get(small, "")) if small else None))
-    return out
+        m = PKEY_LINE.search(line)
+        if m:
+            rows.append((m.group(1), m.group(2), float(m.group(3)), m.group(4).strip()))
+        elif "pkey vs mprotect: not measurable" in line:
+            unmeasurable = line.strip("- ").strip()
+    return rows, unmeasurable
 
 
 def main():
@@ -212,20 +189,16 @@ def main():
     # The freeze benchmark.
     bench = [s for s in secs if "--budget-ms" in s["cmd"]]
     if bench:
-        rows = freeze_ratios(bench[0]["lines"])
-        if not rows:
-            problems.append("the freeze benchmark printed no size table with a pkey column")
+        rows, unmeasurable = freeze_ratios(bench[0]["lines"])
+        if unmeasurable:
+            problems.append(f"the freeze benchmark in the guest: {unmeasurable}")
+        elif not rows:
+            problems.append("the freeze benchmark printed no `pkey vs mprotect (...): ...` line")
         else:
-            print("\n  freeze + thaw in the guest (medians; TCG timings: only the ratios mean something):")
-            print(f"    {'committed':<24} {'pkey pair':>10} {'mprotect THP':>13} {'mprotect 4K':>12}"
-                  f" {'THP/pkey':>9} {'4K/pkey':>8}")
-            fmt = lambda ns: "-" if ns is None else (f"{ns/1e3:.1f} µs" if ns < 1e6 else f"{ns/1e6:.2f} ms")
-            ratio = lambda a, b: "-" if a is None or not b else f"{a/b:.1f}x"
-            for size, pk, thp, small in rows:
-                print(f"    {size:<24} {fmt(pk):>10} {fmt(thp):>13} {fmt(small):>12}"
-                      f" {ratio(thp, pk):>9} {ratio(small, pk):>8}")
-                if pk is None:
-                    problems.append(f"the freeze benchmark measured no pkey figure at {size}")
+            print("\n  freeze + thaw in the guest, mprotect over pkey, median of per-round ratios"
+                  " (TCG timings: only ratios within this run mean something):")
+            for pages, size, ratio, spread in rows:
+                print(f"    mprotect ({pages}) / pkey at {size}: {ratio:.2f}x {spread}")
 
     if vm_rc == 3 and not any("pku" in p for p in problems):
         problems.append("the guest has no pku/ospke")
