@@ -21,6 +21,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use frostheap::{Bytes, Error, Heap};
 use tokio::sync::Semaphore;
@@ -80,10 +81,17 @@ pub struct BudgetStats {
     pub per_client: usize,
     /// Whether `per_client` is measured (true) or declared.
     pub measured: bool,
-    /// Measurements fed to the estimator.
+    /// Measurements fed to the estimator since it started (or was reset).
     pub samples: u64,
     /// `budget / per_client`: how many clients fit.
     pub capacity: usize,
+    /// The time window the measured estimate looks at (see
+    /// [`Budget::set_estimate_window`]).
+    pub window: Duration,
+    /// Measurements in the window now.
+    pub window_samples: u64,
+    /// The largest measurement in the window now (0 when empty).
+    pub window_max: usize,
 }
 
 /// A memory budget: a cheap, cloneable handle (an `Arc` inside).
@@ -195,6 +203,24 @@ impl Budget {
         Ok(())
     }
 
+    /// Sets the window of the measured estimate (default
+    /// [`DEFAULT_WINDOW`](crate::DEFAULT_WINDOW), 10 s): the estimate is
+    /// the [95th percentile](crate::QUANTILE) of the usage recorded in the
+    /// last `window`. Samples recorded so far are forgotten; the estimate
+    /// in force stays until new ones arrive. Fails with
+    /// [`Error::InvalidConfig`] for a zero window.
+    pub fn set_estimate_window(&self, window: Duration) -> Result<(), Error> {
+        if window.is_zero() {
+            return Err(Error::InvalidConfig {
+                name: "estimate window",
+                value: "0s".into(),
+                expected: "a window longer than zero, such as 10s".into(),
+            });
+        }
+        self.inner.estimator.set_window(window);
+        Ok(())
+    }
+
     /// The budget in bytes.
     pub fn total(&self) -> usize {
         self.inner.total
@@ -212,8 +238,9 @@ impl Budget {
         self.inner.total / per_client_bytes.max(1)
     }
 
-    /// The per-client cost in force: the declared bytes, or the running
-    /// estimate of measured usage.
+    /// The per-client cost in force: the declared bytes, or the estimate
+    /// from measured usage (the 95th percentile of the window: see
+    /// [`Budget::set_estimate_window`]).
     pub fn per_client(&self) -> usize {
         self.inner.estimator.estimate()
     }
@@ -266,6 +293,11 @@ impl Budget {
         Acquire::new(self.clone(), bytes, true)
     }
 
+    /// Callers waiting in [`Budget::acquire`] now.
+    pub fn waiting(&self) -> usize {
+        self.inner.waiting.load(Ordering::Relaxed)
+    }
+
     /// Counts a refusal made outside the budget (a caller that sheds load
     /// for its own reasons but wants it in the same statistics).
     pub fn count_refusal(&self) {
@@ -276,6 +308,7 @@ impl Budget {
     pub fn stats(&self) -> BudgetStats {
         let i = &self.inner;
         let per_client = self.per_client();
+        let window = i.estimator.window_stats();
         BudgetStats {
             budget: i.total,
             in_use: i.in_use.load(Ordering::Relaxed),
@@ -290,6 +323,9 @@ impl Budget {
             measured: i.measured.load(Ordering::Relaxed),
             samples: i.estimator.samples(),
             capacity: self.capacity(per_client),
+            window: window.window,
+            window_samples: window.samples,
+            window_max: window.max,
         }
     }
 }
@@ -360,10 +396,16 @@ pub(crate) fn raise_peak(peak: &AtomicUsize, now: usize) {
 }
 
 impl Inner {
-    /// Granules that cover `bytes`, or `None` past what one acquisition
-    /// may take (more than the whole budget).
+    /// Granules that cover `bytes`, or `None` for more than the whole
+    /// budget. Capped at all of them: a request of the whole budget (not a
+    /// multiple of the granule) takes every granule and is alone, so the
+    /// bytes held never exceed the budget.
     pub(crate) fn granules(&self, bytes: usize) -> Option<u32> {
-        u32::try_from(bytes.div_ceil(self.granule)).ok()
+        if bytes > self.total {
+            return None;
+        }
+        let all = self.total / self.granule;
+        u32::try_from(bytes.div_ceil(self.granule).min(all)).ok()
     }
 
     /// Takes `bytes` if they are free now (no waiting); the granules taken.
@@ -474,6 +516,23 @@ mod tests {
         );
         drop((r, p));
         assert_eq!(b.stats().in_use, 0);
+    }
+
+    #[test]
+    fn a_budget_past_4_gib_is_still_one_acquisition() {
+        let b = Budget::new((8 << 30) + 5);
+        let all = b.try_acquire((8 << 30) + 5).expect("the whole budget fits");
+        assert!(b.try_acquire(1).is_none());
+        drop(all);
+        let (p, q) = (b.try_acquire(3).unwrap(), b.try_acquire(1 << 30).unwrap());
+        assert_eq!(b.stats().in_use, (1 << 30) + 3);
+        assert!(b.try_acquire(8 << 30).is_none());
+        drop((p, q));
+        assert_eq!(
+            b.available(),
+            b.total() - b.total() % 3,
+            "granules of 3 bytes"
+        );
     }
 
     #[test]

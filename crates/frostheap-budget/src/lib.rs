@@ -48,4 +48,5 @@ mod permit;
 pub mod tower;
 
 pub use budget::{Budget, BudgetStats, PerClient, Thousands, DEFAULT_PER_CLIENT};
+pub use estimator::{DEFAULT_WINDOW, QUANTILE};
 pub use permit::{Acquire, Permit};
