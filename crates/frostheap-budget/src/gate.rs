@@ -7,15 +7,27 @@
 //! that, a connection costs its buffers and its task but no client place;
 //! if nothing bounded such connections, 2,000 clients sending one header
 //! byte a second would hold the server's memory (and, had they held client
-//! places, all of its capacity). The gate holds at most `capacity` of them.
-//! When it is full, the newcomer takes the place of the connection that
-//! has waited longest, if that one has waited at least `grace`: a client
-//! that sends its request at once spends microseconds at the gate, so the
-//! oldest waiter is the slowest one — a slow-header attacker or a
-//! forgotten keep-alive connection. If even the oldest is younger than
-//! `grace` (a burst of new connections), the newcomer is refused instead.
-//! Either way the server should tell the connection it drops why (a 503
-//! with `Retry-After`), which is its business, not the gate's.
+//! places, all of its capacity), and a burst of 2,560 clients would each
+//! hold a parser's buffers before the budget could refuse them. The gate
+//! holds at most `capacity` of them. When it is full:
+//!
+//! - a newcomer whose request head has all arrived ([`Waiting::Ready`])
+//!   takes the place of the oldest waiter still sending its head
+//!   ([`Waiting::Head`]), however young: that one is slower, a
+//!   slow-header attacker most likely; failing that, of the oldest idle
+//!   keep-alive connection ([`Waiting::Idle`]) that has waited `grace`;
+//! - any other newcomer takes the place of the oldest waiter that is not
+//!   ready if it has waited `grace` (a client that sends its request at
+//!   once spends microseconds here);
+//! - otherwise (a burst of ready newcomers) the newcomer is refused.
+//!
+//! Ready waiters are never evicted: they are about to be served. An idle
+//! keep-alive connection is evicted only after `grace`, because its client
+//! may be sending its next request just as the server closes it (the race
+//! every keep-alive timeout has): a young one is likelier to be in use.
+//!
+//! The server should tell every connection it drops why (a 503 with
+//! `Retry-After`), which is its business, not the gate's.
 //!
 //! This is Envoy's overload action "reduce timeouts" taken to its end: the
 //! longer the gate is full, the shorter the wait it allows. Timeouts (for
@@ -26,18 +38,22 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use frostheap_budget::gate::{ConnectionGate, Entered};
+//! use frostheap_budget::gate::{ConnectionGate, Entered, Waiting};
 //! let gate = ConnectionGate::new(2, Duration::ZERO);
-//! let a = gate.enter().ticket().unwrap();
-//! let _b = gate.enter().ticket().unwrap();
-//! // Full: the third takes the oldest's place, which is told to go.
-//! let Entered::Evicting(_c) = gate.enter() else { panic!() };
-//! assert!(a.is_evicted());
-//! assert_eq!(gate.stats().evicted, 1);
+//! let gate = ConnectionGate::new(2, Duration::from_secs(1));
+//! let slow = gate.enter(Waiting::Head).ticket().unwrap();
+//! let _served = gate.enter(Waiting::Ready).ticket().unwrap();
+//! // Full: a newcomer whose request has arrived takes the slow one's place,
+//! // and the slow one is told to go.
+//! let Entered::Evicting(_c) = gate.enter(Waiting::Ready) else { panic!() };
+//! assert!(slow.is_evicted());
+//! // Full of ready connections: refused.
+//! assert!(matches!(gate.enter(Waiting::Ready), Entered::Refused));
+//! assert_eq!((gate.stats().evicted, gate.stats().refused), (1, 1));
 //! ```
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,11 +80,25 @@ struct GateInner {
 
 struct Entry {
     since: Instant,
+    /// A `Waiting`, as its discriminant.
+    kind: AtomicU8,
     /// Set by the ticket's drop or by eviction, under the queue lock; the
     /// one that sets it first takes the entry out of `live`.
     gone: AtomicBool,
     evicted: AtomicBool,
     notify: Arc<Notify>,
+}
+
+/// Why a connection waits at the gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Waiting {
+    /// Its request head has not all arrived.
+    Head,
+    /// Its request head has arrived; it waits to be admitted or refused.
+    Ready,
+    /// A kept-alive connection between two requests.
+    Idle,
 }
 
 /// What [`ConnectionGate::enter`] decided.
@@ -129,14 +159,16 @@ impl ConnectionGate {
     }
 
     /// A place for a connection that starts (or goes back to) waiting.
-    pub fn enter(&self) -> Entered {
-        self.enter_notifying(Arc::new(Notify::new()))
+    pub fn enter(&self, kind: Waiting) -> Entered {
+        self.enter_notifying(kind, Arc::new(Notify::new()))
     }
 
     /// Like [`ConnectionGate::enter`], with the `Notify` an eviction
     /// signals (`notify_one`): a connection that waits at the gate several
     /// times (between keep-alive requests) can listen on one.
-    pub fn enter_notifying(&self, notify: Arc<Notify>) -> Entered {
+    ///
+    /// A full gate makes room as the [module documentation](self) says.
+    pub fn enter_notifying(&self, kind: Waiting, notify: Arc<Notify>) -> Entered {
         let g = &self.inner;
         let now = Instant::now();
         let mut queue = g.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -148,12 +180,28 @@ impl ConnectionGate {
             {
                 queue.pop_front();
             }
-            let oldest = queue.front().expect("a full gate has a live entry");
-            if now.duration_since(oldest.since) < g.grace {
+            let waited = |e: &Entry| now.duration_since(e.since) >= g.grace;
+            let live = |e: &Entry, k: Waiting| {
+                !e.gone.load(Ordering::Relaxed) && e.kind.load(Ordering::Relaxed) == k as u8
+            };
+            let victim = match kind {
+                Waiting::Ready => queue
+                    .iter()
+                    .position(|e| live(e, Waiting::Head))
+                    .or_else(|| {
+                        queue
+                            .iter()
+                            .position(|e| live(e, Waiting::Idle) && waited(e))
+                    }),
+                Waiting::Head | Waiting::Idle => queue
+                    .iter()
+                    .position(|e| (live(e, Waiting::Head) || live(e, Waiting::Idle)) && waited(e)),
+            };
+            let Some(victim) = victim else {
                 g.refused.fetch_add(1, Ordering::Relaxed);
                 return Entered::Refused;
-            }
-            let oldest = queue.pop_front().expect("checked");
+            };
+            let oldest = queue.remove(victim).expect("found");
             oldest.gone.store(true, Ordering::Relaxed);
             oldest.evicted.store(true, Ordering::Release);
             oldest.notify.notify_one();
@@ -168,6 +216,7 @@ impl ConnectionGate {
         }
         let entry = Arc::new(Entry {
             since: now,
+            kind: AtomicU8::new(kind as u8),
             gone: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
             notify,
@@ -226,6 +275,14 @@ impl Ticket {
         }
     }
 
+    /// Marks the connection's request head as arrived: it is no longer
+    /// evicted to make room.
+    pub fn set_ready(&self) {
+        self.entry
+            .kind
+            .store(Waiting::Ready as u8, Ordering::Relaxed);
+    }
+
     /// How long this connection has waited.
     pub fn waited(&self) -> Duration {
         self.entry.since.elapsed()
@@ -250,11 +307,11 @@ mod tests {
     #[test]
     fn a_full_gate_refuses_while_its_waiters_are_young_and_evicts_the_oldest_after() {
         let gate = ConnectionGate::new(2, Duration::from_millis(50));
-        let a = gate.enter().ticket().unwrap();
-        let b = gate.enter().ticket().unwrap();
-        assert!(matches!(gate.enter(), Entered::Refused));
+        let a = gate.enter(Waiting::Head).ticket().unwrap();
+        let b = gate.enter(Waiting::Head).ticket().unwrap();
+        assert!(matches!(gate.enter(Waiting::Head), Entered::Refused));
         std::thread::sleep(Duration::from_millis(60));
-        let Entered::Evicting(c) = gate.enter() else {
+        let Entered::Evicting(c) = gate.enter(Waiting::Head) else {
             panic!("the oldest waiter should make room")
         };
         assert!(a.is_evicted() && !b.is_evicted() && !c.is_evicted());
@@ -267,17 +324,38 @@ mod tests {
         assert_eq!(gate.stats().waiting, 2);
         drop(b);
         assert_eq!(gate.stats().waiting, 1);
-        assert!(matches!(gate.enter(), Entered::Admitted(_)));
+        assert!(matches!(gate.enter(Waiting::Head), Entered::Admitted(_)));
         drop(c);
         assert_eq!(gate.stats().waiting, 0);
     }
 
     #[test]
+    fn a_ready_newcomer_evicts_the_oldest_slow_waiter_and_never_a_ready_one() {
+        let gate = ConnectionGate::new(3, Duration::from_secs(60));
+        let ready = gate.enter(Waiting::Ready).ticket().unwrap();
+        let slow = gate.enter(Waiting::Head).ticket().unwrap();
+        let later = gate.enter(Waiting::Head).ticket().unwrap();
+        assert!(
+            matches!(gate.enter(Waiting::Head), Entered::Refused),
+            "within grace"
+        );
+        let Entered::Evicting(_n) = gate.enter(Waiting::Ready) else {
+            panic!("a ready newcomer makes room")
+        };
+        assert!(!ready.is_evicted() && slow.is_evicted() && !later.is_evicted());
+        later.set_ready();
+        assert!(
+            matches!(gate.enter(Waiting::Ready), Entered::Refused),
+            "all ready"
+        );
+    }
+
+    #[test]
     fn dropped_tickets_do_not_pile_up() {
         let gate = ConnectionGate::new(4, Duration::ZERO);
-        let keep = gate.enter().ticket().unwrap();
+        let keep = gate.enter(Waiting::Head).ticket().unwrap();
         for _ in 0..10_000 {
-            drop(gate.enter().ticket().unwrap());
+            drop(gate.enter(Waiting::Head).ticket().unwrap());
         }
         assert!(gate.inner.queue.lock().unwrap().len() <= 2 * 4 + 65);
         assert_eq!(gate.stats().waiting, 1);
@@ -287,11 +365,11 @@ mod tests {
     #[test]
     fn eviction_wakes_the_waiter() {
         let gate = ConnectionGate::new(1, Duration::ZERO);
-        let a = gate.enter().ticket().unwrap();
+        let a = gate.enter(Waiting::Head).ticket().unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let _b = gate.enter().ticket().unwrap();
+        let _b = gate.enter(Waiting::Head).ticket().unwrap();
         rt.block_on(a.evicted());
         assert!(a.is_evicted());
     }

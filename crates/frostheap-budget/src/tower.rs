@@ -30,11 +30,15 @@
 //!   waiting request holds its connection's buffers, which no budget
 //!   counts, so the queue must be bounded too).
 //!
-//! ```ignore
-//! let budget = frostheap::Budget::new(256 << 20);
-//! let svc = tower::ServiceBuilder::new()
-//!     .layer(MemoryLimitLayer::new(budget.clone()).overload(Overload::Shed))
-//!     .service(app);
+//! ```
+//! use frostheap_budget::tower::{MemoryLimitLayer, Overload};
+//! use frostheap_budget::Budget;
+//! use tower_layer::Layer;
+//! # #[derive(Clone)] struct App;
+//! let budget = Budget::new(256 << 20);
+//! let svc = MemoryLimitLayer::new(budget.clone())
+//!     .overload(Overload::Shed)
+//!     .layer(App);
 //! ```
 
 use std::future::Future;

@@ -451,12 +451,28 @@ fn try_request(addr: &str, head: &str, body: &[u8]) -> Result<u16, String> {
         .map_err(|e| format!("write: {e}"))?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
-    let line = raw.split(|&b| b == b'\n').next().unwrap_or_default();
-    String::from_utf8_lossy(line)
+    // A whole response: a status, and the body its content-length says
+    // (a client that gets less counts the response as lost).
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("no response head in {} bytes", raw.len()))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status in {} bytes", raw.len()))
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no content-length in {head:?}"))?;
+    let body = raw.len() - split - 4;
+    if body != length {
+        return Err(format!("{status} with {body} of {length} body bytes"));
+    }
+    Ok(status)
 }
 
 #[test]

@@ -55,7 +55,8 @@ pub(super) enum Phase {
 pub(super) struct ConnClock {
     phase: Mutex<Phase>,
     /// The gate's ticket while the connection has no admitted request
-    /// (sending its head, idle between requests).
+    /// (sending its head, idle between requests, parsed but not yet
+    /// admitted or shed).
     ticket: Mutex<Option<Ticket>>,
     /// Signalled by the gate when it evicts this connection.
     pub(super) evict: Arc<Notify>,
@@ -78,11 +79,13 @@ impl ConnClock {
         *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
     }
 
-    /// A request head arrived: the connection leaves the gate (its request
-    /// is charged to the budget from now on); its body, if it has one, is
-    /// timed.
+    /// A request head arrived: the connection is about to be served (its
+    /// place at the gate is no longer evictable); its body, if it has one,
+    /// is timed.
     pub(super) fn request(&self, has_body: bool) {
-        self.ticket.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = &*self.ticket.lock().unwrap_or_else(|e| e.into_inner()) {
+            t.set_ready();
+        }
         self.set(if has_body {
             Phase::Body {
                 since: Instant::now(),
@@ -91,6 +94,12 @@ impl ConnClock {
         } else {
             Phase::Busy
         });
+    }
+
+    /// The request was admitted: the budget charges it from now on, and
+    /// the connection leaves the gate.
+    pub(super) fn admitted(&self) {
+        self.ticket.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// The request body was read to its end.
@@ -105,9 +114,15 @@ impl ConnClock {
         });
     }
 
-    /// Holds `ticket` until the next request arrives.
+    /// Holds `ticket` until the next request is admitted (giving back the
+    /// one held, if any).
     pub(super) fn wait_at_gate(&self, ticket: Ticket) {
         *self.ticket.lock().unwrap_or_else(|e| e.into_inner()) = Some(ticket);
+    }
+
+    /// Gives back the place held at the gate, if any.
+    pub(super) fn leave_gate(&self) {
+        self.ticket.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Whether the gate told this connection to go.

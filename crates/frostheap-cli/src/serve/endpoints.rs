@@ -22,6 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use frostheap::Bytes;
+use frostheap_budget::gate::Waiting;
 use frostheap_budget::tower::{BudgetBody, MemoryLimit};
 use frostheap_budget::Permit;
 use http_body_util::{BodyExt, Full};
@@ -110,8 +111,14 @@ fn finish(
             .headers()
             .get(CONNECTION)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        // The place held for this request (a monitoring one, or one not
+        // admitted) goes back; the idle wait takes a new one.
+        clock.leave_gate();
         if !closing {
-            match gate.enter_notifying(clock.evict.clone()).ticket() {
+            match gate
+                .enter_notifying(Waiting::Idle, clock.evict.clone())
+                .ticket()
+            {
                 Some(ticket) => clock.wait_at_gate(ticket),
                 None => close(&mut response),
             }
@@ -163,8 +170,9 @@ impl Body for ConnBody {
 /// Longest `/hold` or `hold_ms` accepted.
 const MAX_HOLD_MS: u64 = 10_000;
 
-/// The bytes a request declares from its head: fixed overhead plus what the
-/// endpoint builds from its body.
+/// The bytes a request declares from its head: its connection's buffers
+/// and fixed overhead, plus what the endpoint builds from its body (the
+/// charge is at least the per-client cost).
 pub(super) fn request_cost(parts: &hyper::http::request::Parts) -> usize {
     let body = frostheap_budget::tower::content_length(parts);
     let factor = match parts.uri.path() {
@@ -172,7 +180,7 @@ pub(super) fn request_cost(parts: &hyper::http::request::Parts) -> usize {
         "/transform" => 2,
         _ => 1,
     };
-    REQUEST_BYTES.saturating_add(body.saturating_mul(factor))
+    (CONNECTION_BYTES + REQUEST_BYTES).saturating_add(body.saturating_mul(factor))
 }
 
 /// The endpoints, as a tower service for the layer.
@@ -230,6 +238,9 @@ pub(super) async fn handle(
 ) -> Response<Full<hyper::body::Bytes>> {
     // Taken, not cloned: the response body holds the layer's own handle.
     let permit = req.extensions_mut().remove::<Permit>();
+    if let (Some(_), Some(clock)) = (&permit, req.extensions().get::<Arc<ConnClock>>()) {
+        clock.admitted();
+    }
     if let Some(p) = &permit {
         // Its share of the connection counts: a client is both.
         p.record_usage(CONNECTION_BYTES + REQUEST_BYTES);
