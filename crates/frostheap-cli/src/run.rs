@@ -2,10 +2,16 @@
 //! frostheap main heap with a hard limit — an `-Xmx` for Python, C and C++.
 //!
 //! It validates the sizes, sets `FROSTHEAP_MAX` / `FROSTHEAP_MIN`, prepends
-//! `libfrostheap.so` (built by `frostheap-capi`, found next to this binary:
-//! both land in `target/<profile>/`) to `LD_PRELOAD`, and `exec`s the
-//! command, which keeps this process's id, so signals and exit status pass
-//! through untouched.
+//! `libfrostheap.so` (built by `frostheap-capi`) to `LD_PRELOAD`, and `exec`s
+//! the command, which keeps this process's id, so signals and exit status
+//! pass through untouched.
+//!
+//! The library is looked for, in order: the file `FROSTHEAP_LIB` names (set
+//! but missing is an error, never a silent fallback); next to this binary
+//! (`cargo build --release` at the workspace root builds both into
+//! `target/release/`); `../lib/frostheap/` from this binary (an installed
+//! layout: `cargo install --path crates/frostheap-cli` puts the command in
+//! `~/.cargo/bin`, and the library is copied to `~/.cargo/lib/frostheap/`).
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -44,8 +50,12 @@ fn size_arg(flag: &str, text: &str) -> Result<usize, String> {
     parse_size(text).map_err(|_| format!("invalid {flag} \"{text}\": expected {SIZE_SYNTAX}"))
 }
 
-/// Where the library is looked for: next to the running binary, and one
-/// directory up when the binary is in `deps/` (test harnesses).
+/// The environment variable that names the library explicitly.
+pub const LIB_VAR: &str = "FROSTHEAP_LIB";
+
+/// Where the library is looked for when `FROSTHEAP_LIB` is unset: next to
+/// the running binary (one directory up when the binary is in `deps/`, as
+/// test harnesses run it), then the installed layout `../lib/frostheap/`.
 fn candidates() -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Some(dir) = std::env::current_exe()
@@ -58,8 +68,46 @@ fn candidates() -> Vec<PathBuf> {
                 out.push(up.join(LIB_NAME));
             }
         }
+        if let Some(up) = dir.parent() {
+            out.push(up.join("lib").join("frostheap").join(LIB_NAME));
+        }
     }
     out
+}
+
+/// Finds the library: the file `FROSTHEAP_LIB` names, or the first of
+/// [`candidates`] that exists; the error names every place it looked and
+/// how to build or install the library.
+fn find_library() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os(LIB_VAR).filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!(
+                "invalid {LIB_VAR} \"{}\": expected the path of an existing {LIB_NAME}",
+                path.display()
+            ))
+        };
+    }
+    let searched = candidates();
+    searched
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            let paths: Vec<String> = searched.iter().map(|p| p.display().to_string()).collect();
+            format!(
+            "{LIB_NAME} not found (looked for {}). In a checkout, `cargo build --release` at the \
+             workspace root builds it next to this binary; for an installed command, copy \
+             target/release/{LIB_NAME} to ../lib/frostheap/ beside the binary, or set {LIB_VAR}",
+            if paths.is_empty() {
+                "nothing: the binary's location is unknown".to_string()
+            } else {
+                paths.join(", ")
+            }
+        )
+        })
 }
 
 /// Runs `frostheap run`: returns only on error.
@@ -87,14 +135,7 @@ pub fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         None => None,
     };
-    let searched = candidates();
-    let lib = searched.iter().find(|p| p.is_file()).ok_or_else(|| {
-        let paths: Vec<String> = searched.iter().map(|p| p.display().to_string()).collect();
-        format!(
-            "{LIB_NAME} not found (looked for {}); build it next to this binary with `cargo build --release -p frostheap-capi` (or without --release for a debug frostheap)",
-            if paths.is_empty() { "nothing: the binary's location is unknown".to_string() } else { paths.join(" and ") }
-        )
-    })?;
+    let lib = find_library()?;
 
     let mut preload = OsString::from(lib.as_os_str());
     if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {

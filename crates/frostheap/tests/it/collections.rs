@@ -46,7 +46,7 @@ fn check_map(
     );
 }
 
-#[test]
+test!(hashbrown_map_lives_in_the_heap_and_gives_everything_back);
 fn hashbrown_map_lives_in_the_heap_and_gives_everything_back() {
     let heap = roomy_heap("map");
     let n: u64 = 20_000;
@@ -74,7 +74,7 @@ fn hashbrown_map_lives_in_the_heap_and_gives_everything_back() {
     assert_eq!((heap.stats().in_use, heap.stats().allocations), (0, 0));
 }
 
-#[test]
+test!(map_built_on_another_thread_dropped_on_the_owner);
 fn map_built_on_another_thread_dropped_on_the_owner() {
     let heap = roomy_heap("map-shared");
     let map = {
@@ -93,7 +93,7 @@ fn map_built_on_another_thread_dropped_on_the_owner() {
     assert_eq!((heap.stats().in_use, heap.stats().allocations), (0, 0));
 }
 
-#[test]
+test!(vec_grows_shrinks_and_keeps_contents);
 fn vec_grows_shrinks_and_keeps_contents() {
     let heap = roomy_heap("vec");
     let mut v: HeapVec<u32, Heap> = HeapVec::new_in(heap.clone());

@@ -15,7 +15,7 @@ use frostheap::trap::{Access, Backend};
 use frostheap::{Error, Heap, OnViolation, Protect, Runtime};
 
 use crate::check::{describe, run_example};
-use crate::violations::{backend_available, backend_name};
+use crate::violations::backend_name;
 
 fn guarded_heap(name: &'static str) -> Heap {
     Heap::builder()
@@ -39,7 +39,7 @@ fn runtime(heap: &Heap, protect: Protect, policy: OnViolation) -> Runtime {
 // ---------------------------------------------------------------------------
 // Backends.
 
-#[test]
+test!(auto_resolves_to_a_backend_this_machine_has);
 fn auto_resolves_to_a_backend_this_machine_has() {
     let heap = guarded_heap("auto");
     let rt = runtime(&heap, Protect::Auto, OnViolation::Cancel);
@@ -56,7 +56,7 @@ fn auto_resolves_to_a_backend_this_machine_has() {
     assert_eq!(rt.stats().backend, backend_name(Protect::Auto));
 }
 
-#[test]
+test!(pkey_without_protection_keys_is_an_invalid_config_that_says_what_to_use);
 fn pkey_without_protection_keys_is_an_invalid_config_that_says_what_to_use() {
     let heap = guarded_heap("pkey-request");
     let built = Runtime::builder()
@@ -102,7 +102,7 @@ fn pkey_without_protection_keys_is_an_invalid_config_that_says_what_to_use() {
     assert!(text.starts_with("invalid protect=\"pkey\""), "{text}");
 }
 
-#[test]
+test!(off_lets_writes_through_unreported);
 fn off_lets_writes_through_unreported() {
     let heap = guarded_heap("off");
     let mut data: HeapVec<u64, Heap> = HeapVec::new_in(heap.clone());
@@ -125,10 +125,10 @@ fn off_lets_writes_through_unreported() {
 // ---------------------------------------------------------------------------
 // Threads that are not workers.
 
+test!(non_worker_thread_waits_for_the_thaw_and_its_write_lands);
 /// A plain std thread writes the guarded heap while a phase is running:
 /// under mprotect it waits in the fault handler until the thaw, and then
 /// its store lands — it is never reported and never lost.
-#[test]
 fn non_worker_thread_waits_for_the_thaw_and_its_write_lands() {
     let protect = Protect::Mprotect;
     let heap = guarded_heap("bystander");
@@ -177,9 +177,6 @@ fn non_worker_thread_waits_for_the_thaw_and_its_write_lands() {
 // Kernel writes.
 
 fn kernel_write_case(protect: Protect) {
-    if !backend_available(protect, "kernel write") {
-        return;
-    }
     let heap = guarded_heap("kernel");
     let mut buf: HeapVec<u8, Heap> = HeapVec::new_in(heap.clone());
     buf.resize(4096, 0xEE);
@@ -234,12 +231,12 @@ fn kernel_write_case(protect: Protect) {
     );
 }
 
-#[test]
+test!(kernel_write_mprotect);
 fn kernel_write_mprotect() {
     kernel_write_case(Protect::Mprotect);
 }
 
-#[test]
+test!(kernel_write_pkey, needs: [Pkey]);
 fn kernel_write_pkey() {
     kernel_write_case(Protect::Pkey);
 }
@@ -247,7 +244,7 @@ fn kernel_write_pkey() {
 // ---------------------------------------------------------------------------
 // Sealed heaps.
 
-#[test]
+test!(sealed_heap_is_readable_refuses_allocation_and_reports_task_writes, needs: [Mseal]);
 fn sealed_heap_is_readable_refuses_allocation_and_reports_task_writes() {
     let heap = Heap::builder()
         .name("sealed")
@@ -301,7 +298,7 @@ fn sealed_heap_is_readable_refuses_allocation_and_reports_task_writes() {
     assert_eq!(rt.map(0..2u8, |x| x).expect("next phase"), vec![0, 1]);
 }
 
-#[test]
+test!(sealed_heap_write_from_main_kills_the_process, needs: [Mseal]);
 fn sealed_heap_write_from_main_kills_the_process() {
     let out = run_example("freeze_child", &["seal-write"], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -324,7 +321,7 @@ fn env_case(var: &str, value: &str) -> std::process::Output {
     run_example("freeze_env", &[], &[(var, value)])
 }
 
-#[test]
+test!(bad_protect_value_is_an_invalid_config_naming_the_variable);
 fn bad_protect_value_is_an_invalid_config_naming_the_variable() {
     let out = env_case("FROSTHEAP_PROTECT", "sometimes");
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
@@ -342,7 +339,7 @@ fn bad_protect_value_is_an_invalid_config_naming_the_variable() {
     }
 }
 
-#[test]
+test!(bad_on_violation_value_is_an_invalid_config_naming_the_variable);
 fn bad_on_violation_value_is_an_invalid_config_naming_the_variable() {
     let out = env_case("FROSTHEAP_ON_VIOLATION", "explode");
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
@@ -359,7 +356,7 @@ fn bad_on_violation_value_is_an_invalid_config_naming_the_variable() {
     }
 }
 
-#[test]
+test!(good_environment_values_are_obeyed);
 fn good_environment_values_are_obeyed() {
     let out = run_example(
         "freeze_env",
@@ -385,7 +382,7 @@ fn good_environment_values_are_obeyed() {
     );
 }
 
-#[test]
+test!(bad_protect_value_stops_a_global_mode_program_at_startup);
 fn bad_protect_value_stops_a_global_mode_program_at_startup() {
     let out = run_example(
         "freeze_child",
@@ -403,10 +400,10 @@ fn bad_protect_value_stops_a_global_mode_program_at_startup() {
 // ---------------------------------------------------------------------------
 // Child processes: the cap, the abort policy, faults that are not ours.
 
+test!(thousand_violations_all_reported_then_the_cap_stops_the_process);
 /// 1000 violations in a row under cancel, each reported (the child checks
 /// address, item and data before printing `reported k`); the 1001st
 /// exceeds `max_parked(1000)` and stops the process with a clear message.
-#[test]
 fn thousand_violations_all_reported_then_the_cap_stops_the_process() {
     let out = run_example("freeze_child", &["cap", "1000"], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -443,7 +440,7 @@ fn thousand_violations_all_reported_then_the_cap_stops_the_process() {
     );
 }
 
-#[test]
+test!(abort_policy_writes_the_report_and_dies_with_sigsegv);
 fn abort_policy_writes_the_report_and_dies_with_sigsegv() {
     let out = run_example("freeze_child", &["abort"], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -507,7 +504,7 @@ fn same_with_and_without(mode: &str, signal: i32, stderr_needles: &[&str]) {
     }
 }
 
-#[test]
+test!(stack_overflow_in_a_thread_is_still_rusts_message_and_sigabrt);
 fn stack_overflow_in_a_thread_is_still_rusts_message_and_sigabrt() {
     same_with_and_without(
         "overflow-thread",
@@ -516,7 +513,7 @@ fn stack_overflow_in_a_thread_is_still_rusts_message_and_sigabrt() {
     );
 }
 
-#[test]
+test!(stack_overflow_in_main_is_still_rusts_message_and_sigabrt);
 fn stack_overflow_in_main_is_still_rusts_message_and_sigabrt() {
     same_with_and_without(
         "overflow-main",
@@ -525,7 +522,7 @@ fn stack_overflow_in_main_is_still_rusts_message_and_sigabrt() {
     );
 }
 
-#[test]
+test!(stack_overflow_inside_a_task_is_still_rusts_message_and_sigabrt);
 fn stack_overflow_inside_a_task_is_still_rusts_message_and_sigabrt() {
     let out = run_example("freeze_child", &["overflow-task", "runtime"], &[]);
     assert_eq!(
@@ -542,17 +539,17 @@ fn stack_overflow_inside_a_task_is_still_rusts_message_and_sigabrt() {
     );
 }
 
-#[test]
+test!(null_pointer_write_still_crashes_with_sigsegv);
 fn null_pointer_write_still_crashes_with_sigsegv() {
     same_with_and_without("null-write", libc::SIGSEGV, &[]);
 }
 
-#[test]
+test!(write_to_a_prot_none_page_outside_any_heap_still_crashes_with_sigsegv);
 fn write_to_a_prot_none_page_outside_any_heap_still_crashes_with_sigsegv() {
     same_with_and_without("protnone-write", libc::SIGSEGV, &[]);
 }
 
-#[test]
+test!(null_pointer_write_inside_a_task_still_crashes_with_sigsegv);
 fn null_pointer_write_inside_a_task_still_crashes_with_sigsegv() {
     let out = run_example("freeze_child", &["null-write-task", "runtime"], &[]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("survived"));
@@ -564,12 +561,12 @@ fn null_pointer_write_inside_a_task_still_crashes_with_sigsegv() {
     );
 }
 
+test!(frees_after_seal_are_no_ops_on_every_path, needs: [Mseal]);
 /// Regression: after `seal`, frees are no-ops on every path — the owner's
 /// fast path (a `Vec` dropped on the sealed heap), another thread's remote
 /// path, and large blocks — and allocation fails on every size class,
 /// while the data stays readable. (`seal` diverts the fast paths instead
 /// of checking a flag on them.)
-#[test]
 fn frees_after_seal_are_no_ops_on_every_path() {
     use std::alloc::Layout;
     let heap = frostheap::Heap::builder()
@@ -615,18 +612,18 @@ fn frees_after_seal_are_no_ops_on_every_path() {
     );
 }
 
+test!(an_out_of_bounds_read_in_a_task_is_a_crash_not_a_violation);
 /// A task that *reads* past the committed part of a frozen heap (its
 /// PROT_NONE tail) crashes like any out-of-bounds read: the handler claims
 /// only writes (the page-fault error code says which), so no violation is
 /// reported and the previous handler's SIGSEGV stands.
-#[test]
 fn an_out_of_bounds_read_in_a_task_is_a_crash_not_a_violation() {
     same_with_and_without("oob-read", libc::SIGSEGV, &[]);
 }
 
+test!(track_allocs_names_where_the_violated_block_was_allocated);
 /// `FROSTHEAP_TRACK_ALLOCS=1`: the report says where the violated block was
 /// allocated (the example's `build_data`); without it, no site is shown.
-#[test]
 fn track_allocs_names_where_the_violated_block_was_allocated() {
     let out = run_example("violation", &[], &[("FROSTHEAP_TRACK_ALLOCS", "1")]);
     let stdout = String::from_utf8_lossy(&out.stdout);

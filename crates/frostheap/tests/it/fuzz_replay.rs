@@ -51,7 +51,7 @@ fn env_or<T: std::str::FromStr>(var: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-#[test]
+test!(random_byte_strings_replay_cleanly);
 fn random_byte_strings_replay_cleanly() {
     let sequences = env_or("FROSTHEAP_IT_SEQUENCES", SEQUENCES);
     let mut rng = SplitMix(env_or("FROSTHEAP_IT_SEED", 0x0f05_7ea9));
@@ -78,7 +78,7 @@ fn random_byte_strings_replay_cleanly() {
     assert!(n_ops > sequences * 20, "only {n_ops} ops decoded");
 }
 
-#[test]
+test!(decoding_is_total_and_bounded);
 fn decoding_is_total_and_bounded() {
     assert!(decode(&[]).is_empty());
     // An op cut short by the end of input is dropped, never misread.
@@ -88,9 +88,9 @@ fn decoding_is_total_and_bounded() {
     assert_eq!(decode(&long).len(), MAX_OPS);
 }
 
+test!(edge_inputs_replay_cleanly);
 /// The edge inputs a fuzzer starts from: all zeros (allocate 0-byte
 /// blocks), all ones, a strictly increasing byte ramp.
-#[test]
 fn edge_inputs_replay_cleanly() {
     replay(&[0u8; 4096]);
     replay(&[0xffu8; 4096]);

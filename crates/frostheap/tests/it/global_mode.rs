@@ -7,7 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 
 use crate::check::{describe, run_example, MIB};
 
-#[test]
+test!(routing_main_heap_other_threads_and_remote_frees);
 fn routing_main_heap_other_threads_and_remote_frees() {
     let out = run_example("global_routing", &[], &[]);
     assert!(out.status.success(), "{}", describe(&out));
@@ -19,7 +19,7 @@ fn routing_main_heap_other_threads_and_remote_frees() {
     );
 }
 
-#[test]
+test!(limits_come_from_the_environment);
 fn limits_come_from_the_environment() {
     let out = run_example(
         "global_routing",
@@ -88,7 +88,7 @@ fn assert_startup_error(env: &[(&str, &str)], var: &str, value: &str, accepted: 
     );
 }
 
-#[test]
+test!(malformed_max_stops_startup);
 fn malformed_max_stops_startup() {
     assert_startup_error(
         &[("FROSTHEAP_MAX", "12Q")],
@@ -98,7 +98,7 @@ fn malformed_max_stops_startup() {
     );
 }
 
-#[test]
+test!(malformed_min_stops_startup);
 fn malformed_min_stops_startup() {
     assert_startup_error(
         &[("FROSTHEAP_MIN", "lots")],
@@ -108,7 +108,7 @@ fn malformed_min_stops_startup() {
     );
 }
 
-#[test]
+test!(unknown_huge_pages_policy_stops_startup);
 fn unknown_huge_pages_policy_stops_startup() {
     assert_startup_error(
         &[("FROSTHEAP_HUGE_PAGES", "maybe")],
@@ -118,7 +118,7 @@ fn unknown_huge_pages_policy_stops_startup() {
     );
 }
 
-#[test]
+test!(min_above_max_stops_startup);
 fn min_above_max_stops_startup() {
     assert_startup_error(
         &[("FROSTHEAP_MIN", "128M"), ("FROSTHEAP_MAX", "64M")],
@@ -128,7 +128,7 @@ fn min_above_max_stops_startup() {
     );
 }
 
-#[test]
+test!(max_below_one_page_stops_startup);
 fn max_below_one_page_stops_startup() {
     assert_startup_error(
         &[("FROSTHEAP_MAX", "4K")],
@@ -138,9 +138,9 @@ fn max_below_one_page_stops_startup() {
     );
 }
 
+test!(allocation_past_max_takes_the_alloc_error_path);
 /// Past `FROSTHEAP_MAX`, `GlobalAlloc` returns null and Rust's
 /// allocation-failure path reports and aborts.
-#[test]
 fn allocation_past_max_takes_the_alloc_error_path() {
     let out = run_example("global_alloc", &["100M"], &[("FROSTHEAP_MAX", "64M")]);
     assert!(!out.status.success(), "{}", describe(&out));
@@ -168,7 +168,7 @@ fn libc_sigabrt() -> i32 {
     6
 }
 
-#[test]
+test!(remote_double_free_stops_the_process_with_a_report);
 fn remote_double_free_stops_the_process_with_a_report() {
     let out = run_example("global_routing", &["remote-double-free"], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -36,22 +36,22 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+test!(random_op_sequences_match_the_model);
 proptest! {
     // Bounded so the suite stays fast in debug builds; raise with a local
     // edit when hunting (the fuzz target covers the long runs).
     #![proptest_config(ProptestConfig { cases: 100, failure_persistence: None, ..ProptestConfig::default() })]
 
-    #[test]
     fn random_op_sequences_match_the_model(ops in vec(op(), 1..200)) {
         let heap = roomy_heap("model");
         Replayer::new(&heap).run(&ops);
     }
 }
 
+test!(realloc_across_small_and_large_keeps_contents_and_stats);
 /// Realloc across every kind boundary keeps the prefix: small -> small
 /// (in place and moved), small -> large, large -> large (grow and shrink in
 /// place), large -> small, with the stats exact at each step.
-#[test]
 fn realloc_across_small_and_large_keeps_contents_and_stats() {
     let heap = roomy_heap("realloc");
     let mut r = Replayer::new(&heap);
@@ -84,8 +84,8 @@ fn realloc_across_small_and_large_keeps_contents_and_stats() {
     r.finish();
 }
 
+test!(zero_size_allocations_are_distinct_blocks);
 /// Zero-size requests get a real, distinct, aligned block.
-#[test]
 fn zero_size_allocations_are_distinct_blocks() {
     let heap = roomy_heap("zero");
     let mut r = Replayer::new(&heap);
@@ -103,9 +103,9 @@ fn zero_size_allocations_are_distinct_blocks() {
     r.finish();
 }
 
+test!(block_size_predicts_usable_size);
 /// `block_size` is what `usable_size` reports, for every alignment the
 /// model uses and sizes around each class and page boundary.
-#[test]
 fn block_size_predicts_usable_size() {
     let heap = roomy_heap("block_size");
     let mut sizes: Vec<usize> = (0..=1024).step_by(7).collect();
@@ -136,10 +136,10 @@ fn block_size_predicts_usable_size() {
     assert_eq!(heap.stats().in_use, 0);
 }
 
+test!(alignments_up_to_one_mebibyte);
 /// Alignments past 4096 (where the model's exact accounting stops):
 /// blocks are aligned, hold their size, `block_size` bounds their usable
 /// size from above, and resizing keeps the alignment and the contents.
-#[test]
 fn alignments_up_to_one_mebibyte() {
     use crate::ops::{fill, verify};
     let heap = roomy_heap("aligned");

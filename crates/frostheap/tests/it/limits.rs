@@ -112,19 +112,19 @@ fn large_blocks_fill_the_cap_and_fit_again(huge_pages: HugePages) {
     free_all(&heap, blocks, MIB);
 }
 
-#[test]
+test!(large_blocks_fill_the_cap_and_fit_again_after_frees);
 fn large_blocks_fill_the_cap_and_fit_again_after_frees() {
     large_blocks_fill_the_cap_and_fit_again(HugePages::Auto);
 }
 
-#[test]
+test!(large_blocks_fill_the_cap_and_fit_again_without_huge_pages);
 fn large_blocks_fill_the_cap_and_fit_again_without_huge_pages() {
     large_blocks_fill_the_cap_and_fit_again(HugePages::Off);
 }
 
+test!(small_blocks_fill_the_cap_and_their_memory_serves_large_ones);
 /// Small blocks up to the cap, then large ones in the memory they gave
 /// back, then small ones again: spans freed by one kind serve the other.
-#[test]
 fn small_blocks_fill_the_cap_and_their_memory_serves_large_ones() {
     let heap = capped_heap(HugePages::Auto);
     let small = Layout::from_size_align(4000, 16).unwrap();
@@ -178,8 +178,8 @@ fn small_blocks_fill_the_cap_and_their_memory_serves_large_ones() {
     free_all(&heap, blocks, 4000);
 }
 
+test!(realloc_past_the_cap_fails_and_keeps_the_block);
 /// A realloc past the cap fails without touching the block.
-#[test]
 fn realloc_past_the_cap_fails_and_keeps_the_block() {
     let heap = capped_heap(HugePages::Auto);
     let old = Layout::from_size_align(16 * MIB, 64).unwrap();
@@ -212,9 +212,9 @@ fn realloc_past_the_cap_fails_and_keeps_the_block() {
     assert_eq!(heap.stats().in_use, 0);
 }
 
+test!(absurd_requests_are_refused);
 /// A single request larger than the whole reservation (or than the
 /// address space) is refused cleanly, not overflowed.
-#[test]
 fn absurd_requests_are_refused() {
     let heap = capped_heap(HugePages::Auto);
     for size in [MAX + 1, 1 << 40, isize::MAX as usize - 4096] {
@@ -234,7 +234,7 @@ fn absurd_requests_are_refused() {
     unsafe { heap.dealloc(p) };
 }
 
-#[test]
+test!(min_above_max_is_an_invalid_config_naming_min);
 fn min_above_max_is_an_invalid_config_naming_min() {
     let e = Heap::builder().min(128 * MIB).max(MAX).build().unwrap_err();
     match &e {
@@ -248,7 +248,7 @@ fn min_above_max_is_an_invalid_config_naming_min() {
     );
 }
 
-#[test]
+test!(max_below_one_page_is_an_invalid_config_naming_max);
 fn max_below_one_page_is_an_invalid_config_naming_max() {
     for max in [0, 4096, (64 << 10) - 1] {
         let e = Heap::builder().max(max).build().unwrap_err();
@@ -273,8 +273,8 @@ fn max_below_one_page_is_an_invalid_config_naming_max() {
     unsafe { heap.dealloc(p) };
 }
 
+test!(min_is_committed_up_front);
 /// `min` is committed up front and counts against nothing else.
-#[test]
 fn min_is_committed_up_front() {
     let heap = Heap::builder().min(8 * MIB).max(MAX).build().unwrap();
     let s = heap.stats();

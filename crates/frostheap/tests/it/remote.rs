@@ -101,7 +101,7 @@ fn assert_empty_and_bounded(heap: &Heap, n_blocks: usize, bytes: usize, max_comm
     );
 }
 
-#[test]
+test!(owner_allocates_other_thread_frees_millions);
 fn owner_allocates_other_thread_frees_millions() {
     let n_blocks = 3 << 20;
     let heap = stress_heap();
@@ -139,7 +139,7 @@ fn owner_allocates_other_thread_frees_millions() {
     eprintln!("remote: {n_blocks} blocks, {bytes} bytes, committed at most {max_committed}");
 }
 
-#[test]
+test!(other_thread_allocates_owner_frees_millions);
 fn other_thread_allocates_owner_frees_millions() {
     let n_blocks = 1 << 20;
     let heap = stress_heap();
@@ -160,11 +160,11 @@ fn other_thread_allocates_owner_frees_millions() {
     assert_empty_and_bounded(&heap, n_blocks, bytes, max_committed);
 }
 
+test!(both_directions_at_once_with_large_blocks);
 /// Both directions at once, with large blocks mixed in (their remote frees
 /// take another path): the owner and a second thread each allocate, and
 /// each frees what the other allocated, while the owner also frees some
 /// of its own blocks.
-#[test]
 fn both_directions_at_once_with_large_blocks() {
     let n_each = 256 * BATCH;
     let heap = stress_heap();
@@ -229,13 +229,13 @@ fn both_directions_at_once_with_large_blocks() {
     assert_eq!(s.total_allocations, 2 * n_each as u64);
 }
 
+test!(every_class_freed_remotely_is_reused);
 /// Remote frees of every size class, including the classes whose spans
 /// are several pages long (blocks above 8 KiB): the freeing thread frees
 /// the first half of each round while the owner still holds the second,
 /// so both the owner's current spans and spans that ran dry (`FULL`)
 /// receive remote frees. Every round fits in the memory of the first:
 /// remotely freed blocks of every class are collected and reused.
-#[test]
 fn every_class_freed_remotely_is_reused() {
     let sizes: Vec<usize> = [16, 48, 112, 640, 1000, 4096, 8200, 20_000, 65_536, 131_072]
         .into_iter()

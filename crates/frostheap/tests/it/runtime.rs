@@ -62,7 +62,7 @@ impl Runtimes {
     }
 }
 
-#[test]
+test!(map_equals_the_sequential_map_for_vecs_slices_and_streams);
 fn map_equals_the_sequential_map_for_vecs_slices_and_streams() {
     let rts = Runtimes {
         none: runtime(None),
@@ -152,7 +152,7 @@ fn map_equals_the_sequential_map_for_vecs_slices_and_streams() {
 
 // ---------------------------------------------------------------- empty input, scope, join
 
-#[test]
+test!(empty_input_returns_empty_without_a_phase);
 fn empty_input_returns_empty_without_a_phase() {
     for budget in [None, Some(1024)] {
         let rt = runtime(budget);
@@ -171,7 +171,7 @@ fn empty_input_returns_empty_without_a_phase() {
     }
 }
 
-#[test]
+test!(scope_runs_heterogeneous_tasks_and_join_returns_both);
 fn scope_runs_heterogeneous_tasks_and_join_returns_both() {
     let rt = runtime(None);
     let sum = Shared::new(AtomicU64::new(0));
@@ -304,7 +304,7 @@ fn check_panic_of(rt: &Runtime, n: usize, bad: usize, streaming: bool) {
     assert_eq!(again, (0..1000u64).map(mix).collect::<Vec<_>>());
 }
 
-#[test]
+test!(a_panicking_task_is_reported_with_its_index_and_the_rest_is_dropped);
 fn a_panicking_task_is_reported_with_its_index_and_the_rest_is_dropped() {
     let _one = PANIC_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let rt = runtime(None);
@@ -320,10 +320,10 @@ fn a_panicking_task_is_reported_with_its_index_and_the_rest_is_dropped() {
     assert_eq!(rt.stats().violations, 0);
 }
 
+test!(concurrent_panics_each_consume_their_own_item_once);
 /// Several tasks panic, on both workers at once: the error names one of
 /// them, and every item is still dropped exactly once (each panicking
 /// task consumed its own item) and every result made is dropped.
-#[test]
 fn concurrent_panics_each_consume_their_own_item_once() {
     let _one = PANIC_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     for budget in [None, Some(64)] {
@@ -352,9 +352,9 @@ fn concurrent_panics_each_consume_their_own_item_once() {
     }
 }
 
+test!(a_panic_in_map_slice_drops_the_results_made);
 /// `map_slice`: a panic is reported with its index, the results made
 /// before it are dropped, and the borrowed items are untouched.
-#[test]
 fn a_panic_in_map_slice_drops_the_results_made() {
     let _one = PANIC_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     for budget in [None, Some(64)] {
@@ -376,7 +376,7 @@ fn a_panic_in_map_slice_drops_the_results_made() {
     }
 }
 
-#[test]
+test!(a_panic_with_a_non_string_payload_is_reported);
 fn a_panic_with_a_non_string_payload_is_reported() {
     let rt = runtime(None);
     let r = rt.map(0..10usize, |i| {
@@ -408,7 +408,7 @@ fn spin_until(mut done: impl FnMut() -> bool) -> bool {
     true
 }
 
-#[test]
+test!(a_write_to_a_guarded_heap_is_a_violation_and_the_worker_is_replaced);
 fn a_write_to_a_guarded_heap_is_a_violation_and_the_worker_is_replaced() {
     let heap = Heap::builder()
         .name("rt-guarded")
@@ -495,10 +495,10 @@ fn v_worker(v: &frostheap::Violation) -> usize {
         .expect("a violation names its worker thread")
 }
 
+test!(frees_of_guarded_memory_in_tasks_are_deferred_to_the_thaw);
 /// Items moved into tasks that own guarded memory: their frees are
 /// deferred to the thaw (a free into a frozen heap would be a write), and
 /// the heap's `in_use` returns to its starting value.
-#[test]
 fn frees_of_guarded_memory_in_tasks_are_deferred_to_the_thaw() {
     let heap = Heap::builder()
         .name("rt-deferred")
@@ -541,7 +541,7 @@ fn frees_of_guarded_memory_in_tasks_are_deferred_to_the_thaw() {
 /// Bytes a task consumes in its arena when it asks for `k` bytes.
 const K: usize = 64 << 10;
 
-#[test]
+test!(batches_are_sized_from_the_measured_bytes_per_item);
 fn batches_are_sized_from_the_measured_bytes_per_item() {
     let budget = 16 * K;
     let rt = runtime(Some(budget));
@@ -580,7 +580,7 @@ fn batches_are_sized_from_the_measured_bytes_per_item() {
     assert_eq!(s.items, n as u64);
 }
 
-#[test]
+test!(an_item_larger_than_the_budget_runs_alone);
 fn an_item_larger_than_the_budget_runs_alone() {
     let budget = 256 << 10;
     let rt = runtime(Some(budget));
@@ -628,11 +628,11 @@ fn an_item_larger_than_the_budget_runs_alone() {
     assert!(tail[1] >= 98, "batches of the small map: {tail:?}");
 }
 
+test!(context_chunks_are_reused_and_escaping_blocks_stay_valid);
 /// Results allocated in a context heap escape their task: they stay valid
 /// after the map and after many later phases (their chunk is kept), while
 /// chunks whose blocks were all freed are reused, so the context heaps'
 /// committed memory stays bounded.
-#[test]
 fn context_chunks_are_reused_and_escaping_blocks_stay_valid() {
     let rt = runtime(None);
     // Escaping blocks: raw arena blocks handed back as addresses.
@@ -684,11 +684,11 @@ fn context_chunks_are_reused_and_escaping_blocks_stay_valid() {
     }
 }
 
+test!(a_chunk_emptied_by_its_owner_starts_over);
 /// A task that frees everything it allocated leaves its worker's current
 /// chunk empty, and the chunk starts over: the next task's first block is
 /// at the same address (cache-hot memory), however many tasks run. A block
 /// that escapes keeps the chunk from starting over, so it stays intact.
-#[test]
 fn a_chunk_emptied_by_its_owner_starts_over() {
     let rt = runtime(None);
     let layout = Layout::from_size_align(1000, 8).unwrap();
@@ -736,9 +736,9 @@ fn a_chunk_emptied_by_its_owner_starts_over() {
     unsafe { frostheap::context::free(kept as *mut u8) };
 }
 
+test!(ten_thousand_phases_do_not_grow_committed_memory);
 /// 10,000 phases in a row: neither the guarded heap nor the context heaps
 /// commit more memory than after a warm-up.
-#[test]
 fn ten_thousand_phases_do_not_grow_committed_memory() {
     let heap = Heap::builder()
         .name("rt-phases")
@@ -796,7 +796,7 @@ fn global_scenario(name: &str) {
     );
 }
 
-#[test]
+test!(global_tasks_print_name_threads_send_on_channels_and_count_shared);
 fn global_tasks_print_name_threads_send_on_channels_and_count_shared() {
     global_scenario("basics");
     // The tasks' own lines reached stdout.
@@ -810,37 +810,37 @@ fn global_tasks_print_name_threads_send_on_channels_and_count_shared() {
     );
 }
 
-#[test]
+test!(global_results_escape_and_stay_valid_across_later_phases);
 fn global_results_escape_and_stay_valid_across_later_phases() {
     global_scenario("escape");
 }
 
-#[test]
+test!(global_main_heap_is_guarded_during_phases);
 fn global_main_heap_is_guarded_during_phases() {
     global_scenario("violation");
 }
 
-#[test]
+test!(global_frees_of_main_heap_items_are_deferred);
 fn global_frees_of_main_heap_items_are_deferred() {
     global_scenario("deferred");
 }
 
-#[test]
+test!(global_an_item_larger_than_the_budget_runs_alone);
 fn global_an_item_larger_than_the_budget_runs_alone() {
     global_scenario("oversized");
 }
 
-#[test]
+test!(global_ten_thousand_phases_do_not_grow_memory);
 fn global_ten_thousand_phases_do_not_grow_memory() {
     global_scenario("phases");
 }
 
+test!(nested_guards_and_results_in_the_main_heap);
 /// Regression (global mode): a heap built on main lives in the main heap,
 /// the runtime itself is boxed there, and large result vectors live there
 /// with their pages exempted from the freeze; freezing, thawing and the
 /// exemption never write frozen memory, and other main-heap data stays
 /// frozen while results are written.
-#[test]
 fn nested_guards_and_results_in_the_main_heap() {
     let out = crate::check::run_example("nested_guards", &[], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -853,11 +853,11 @@ fn nested_guards_and_results_in_the_main_heap() {
     assert!(stdout.contains("nested guards: ok"), "{stdout}");
 }
 
+test!(a_violation_drops_every_item_but_the_parked_one);
 /// After a violation, every item is dropped exactly once — except the one
 /// the parked task holds, which is never dropped (its copy lives on the
 /// parked thread's stack; dropping ours could free what the task already
 /// moved out) — and every result made before the error is dropped.
-#[test]
 fn a_violation_drops_every_item_but_the_parked_one() {
     static MADE: AtomicUsize = AtomicUsize::new(0);
     static DROPPED: AtomicUsize = AtomicUsize::new(0);
@@ -913,11 +913,11 @@ fn a_violation_drops_every_item_but_the_parked_one() {
     assert_eq!(data[1].load(Ordering::Relaxed), 1);
 }
 
+test!(map_slice_over_a_guarded_slice_catches_a_write_through_a_shared_reference);
 /// `map_slice` over a slice that lives in a guarded heap: reading the
 /// elements is fine; a task that writes one through a shared reference
 /// (interior mutability) is a violation naming that element and item, the
 /// write does not happen, and every result made is dropped.
-#[test]
 fn map_slice_over_a_guarded_slice_catches_a_write_through_a_shared_reference() {
     static RESULTS: AtomicUsize = AtomicUsize::new(0);
     struct Res;

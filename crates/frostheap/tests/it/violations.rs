@@ -104,15 +104,6 @@ impl Kind {
         self.len() <= 64
     }
 
-    /// Why this machine cannot run the case, if it cannot.
-    fn unsupported(self) -> Option<&'static str> {
-        match self {
-            Kind::Simd32 if !is_x86_feature_detected!("avx2") => Some("no AVX2 on this CPU"),
-            Kind::Simd64 if !is_x86_feature_detected!("avx512f") => Some("no AVX-512F on this CPU"),
-            _ => None,
-        }
-    }
-
     /// The bytes `[target, target + len)` hold after the write, given what
     /// they held before.
     fn expected(self, old: &[u8]) -> Vec<u8> {
@@ -144,7 +135,7 @@ impl Kind {
         let src: [u8; BULK_LEN] = core::array::from_fn(pattern);
         let src = std::hint::black_box(src);
         // SAFETY: by (1) for every arm; the SIMD arms run only where the
-        // CPU has the feature (`unsupported` is checked first).
+        // CPU has the feature (their tests declare the need: `matrix!`).
         unsafe {
             match self {
                 Kind::Store => target.cast::<u64>().write_volatile(STORE_VALUE),
@@ -246,15 +237,6 @@ fn checksum(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Whether the backend can run here; prints a notice when it cannot.
-pub fn backend_available(protect: Protect, what: &str) -> bool {
-    if protect == Protect::Pkey && !frostheap::trap::pkeys_available() {
-        eprintln!("SKIPPED {what}: the pkey backend needs protection keys, and this machine has none (pkey_alloc fails)");
-        return false;
-    }
-    true
-}
-
 /// The backend name a runtime built with `protect` reports.
 pub fn backend_name(protect: Protect) -> &'static str {
     match protect {
@@ -323,13 +305,6 @@ fn check_report(
 /// One cell of the matrix.
 pub fn run_case(protect: Protect, policy: OnViolation, kind: Kind) {
     let what = format!("{protect:?} x {policy:?} x {kind:?}");
-    if !backend_available(protect, &what) {
-        return;
-    }
-    if let Some(why) = kind.unsupported() {
-        eprintln!("SKIPPED {what}: {why}");
-        return;
-    }
     let heap = Heap::builder()
         .name("matrix")
         .max(64 << 20)
@@ -446,9 +421,10 @@ pub fn run_case(protect: Protect, policy: OnViolation, kind: Kind) {
     );
 }
 
-/// One test per cell: `<backend>_<policy>::<kind>`.
+/// One test per cell: `<backend>_<policy>::<kind>`, each declaring what
+/// the machine needs for it (the backend's, plus the SIMD width's).
 macro_rules! matrix {
-    ($module:ident, $protect:expr, $policy:expr) => {
+    ($module:ident, $protect:expr, $policy:expr, needs: [$($need:ident),*]) => {
         mod $module {
             use super::{run_case, Kind};
             use frostheap::{OnViolation, Protect};
@@ -456,51 +432,51 @@ macro_rules! matrix {
             const PROTECT: Protect = $protect;
             const POLICY: OnViolation = $policy;
 
-            #[test]
+            test!(plain_store, needs: [$($need,)*]);
             fn plain_store() {
                 run_case(PROTECT, POLICY, Kind::Store);
             }
-            #[test]
+            test!(simd_store_16_bytes, needs: [$($need,)*]);
             fn simd_store_16_bytes() {
                 run_case(PROTECT, POLICY, Kind::Simd16);
             }
-            #[test]
+            test!(simd_store_32_bytes, needs: [$($need,)* Avx2]);
             fn simd_store_32_bytes() {
                 run_case(PROTECT, POLICY, Kind::Simd32);
             }
-            #[test]
+            test!(simd_store_64_bytes, needs: [$($need,)* Avx512f]);
             fn simd_store_64_bytes() {
                 run_case(PROTECT, POLICY, Kind::Simd64);
             }
-            #[test]
+            test!(atomic_fetch_add, needs: [$($need,)*]);
             fn atomic_fetch_add() {
                 run_case(PROTECT, POLICY, Kind::FetchAdd);
             }
-            #[test]
+            test!(atomic_compare_exchange, needs: [$($need,)*]);
             fn atomic_compare_exchange() {
                 run_case(PROTECT, POLICY, Kind::CompareExchange);
             }
-            #[test]
+            test!(copy_nonoverlapping, needs: [$($need,)*]);
             fn copy_nonoverlapping() {
                 run_case(PROTECT, POLICY, Kind::CopyNonoverlapping);
             }
-            #[test]
+            test!(write_bytes, needs: [$($need,)*]);
             fn write_bytes() {
                 run_case(PROTECT, POLICY, Kind::WriteBytes);
             }
-            #[test]
+            test!(libc_memcpy, needs: [$($need,)*]);
             fn libc_memcpy() {
                 run_case(PROTECT, POLICY, Kind::LibcMemcpy);
             }
-            #[test]
+            test!(libc_memset, needs: [$($need,)*]);
             fn libc_memset() {
                 run_case(PROTECT, POLICY, Kind::LibcMemset);
             }
-            #[test]
+            test!(c_function_through_ffi, needs: [$($need,)*]);
             fn c_function_through_ffi() {
                 run_case(PROTECT, POLICY, Kind::CStore);
             }
-            #[test]
+            test!(raw_pointer_cast_from_shared_ref, needs: [$($need,)*]);
             fn raw_pointer_cast_from_shared_ref() {
                 run_case(PROTECT, POLICY, Kind::RefCast);
             }
@@ -508,10 +484,10 @@ macro_rules! matrix {
     };
 }
 
-matrix!(mprotect_cancel, Protect::Mprotect, OnViolation::Cancel);
-matrix!(mprotect_audit, Protect::Mprotect, OnViolation::Audit);
-matrix!(pkey_cancel, Protect::Pkey, OnViolation::Cancel);
-matrix!(pkey_audit, Protect::Pkey, OnViolation::Audit);
+matrix!(mprotect_cancel, Protect::Mprotect, OnViolation::Cancel, needs: []);
+matrix!(mprotect_audit, Protect::Mprotect, OnViolation::Audit, needs: []);
+matrix!(pkey_cancel, Protect::Pkey, OnViolation::Cancel, needs: [Pkey]);
+matrix!(pkey_audit, Protect::Pkey, OnViolation::Audit, needs: [Pkey]);
 
 /// A plain store through a raw pointer, in a function of its own so the
 /// report's function name and line are known.
@@ -532,7 +508,7 @@ fn store_line() -> u32 {
     idx as u32 + 1
 }
 
-#[test]
+test!(report_reads_like_a_sanitizer_with_function_and_line);
 fn report_reads_like_a_sanitizer_with_function_and_line() {
     let heap = Heap::builder()
         .name("display-heap")

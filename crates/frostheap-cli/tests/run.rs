@@ -1,0 +1,110 @@
+//! `frostheap run`: finding `libfrostheap.so` (explicitly, next to the
+//! binary, or in an installed layout) and capping a real program with it.
+//!
+//! The library is built by `cargo build --release` or `cargo test
+//! --workspace` at the root (frostheap-capi is a default member); these
+//! tests look for it next to the `frostheap` binary cargo built for them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const FROSTHEAP: &str = env!("CARGO_BIN_EXE_frostheap");
+
+/// The library cargo built beside the command under test.
+fn built_library() -> PathBuf {
+    let lib = Path::new(FROSTHEAP)
+        .parent()
+        .expect("the binary has a directory")
+        .join("libfrostheap.so");
+    assert!(
+        lib.is_file(),
+        "{} is missing: build the workspace (`cargo build --release` at the root) before this test",
+        lib.display()
+    );
+    lib
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A scratch directory removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("frostheap-run-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a scratch directory");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_frostheap_lib_that_does_not_exist_stops_with_one_line_naming_it() {
+    let out = Command::new(FROSTHEAP)
+        .args(["run", "--max-memory", "64M", "--", "true"])
+        .env("FROSTHEAP_LIB", "/nonexistent/libfrostheap.so")
+        .output()
+        .expect("run frostheap");
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("invalid FROSTHEAP_LIB \"/nonexistent/libfrostheap.so\"")
+            && err.contains("existing libfrostheap.so"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_installed_command_finds_the_library_in_lib_frostheap_and_caps_python() {
+    let lib = built_library();
+    let root = Scratch::new("installed");
+    let bin = root.0.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(FROSTHEAP, bin.join("frostheap")).expect("install the command");
+    let installed = bin.join("frostheap");
+
+    // Without the library, the error names where it looked.
+    let out = Command::new(&installed)
+        .args(["run", "--max-memory", "64M", "--", "true"])
+        .env_remove("FROSTHEAP_LIB")
+        .output()
+        .expect("run the installed command");
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
+    let expected = root.0.join("lib/frostheap/libfrostheap.so");
+    assert!(
+        stderr(&out).contains(&expected.display().to_string()),
+        "the error names {}: {}",
+        expected.display(),
+        stderr(&out)
+    );
+
+    // With it installed, a program over the cap gets MemoryError, and one
+    // under it runs normally.
+    std::fs::create_dir_all(root.0.join("lib/frostheap")).unwrap();
+    std::fs::copy(&lib, &expected).expect("install the library");
+    let python = |code: &str| {
+        Command::new(&installed)
+            .args(["run", "--max-memory", "64M", "--", "python3", "-c", code])
+            .env_remove("FROSTHEAP_LIB")
+            .env("PYTHONMALLOC", "malloc")
+            .output()
+            .expect("run python3 under frostheap")
+    };
+    let over = python(
+        "try:\n  b = bytearray(200 << 20)\n  print('allocated')\nexcept MemoryError:\n  print('MemoryError')",
+    );
+    assert!(over.status.success(), "stderr: {}", stderr(&over));
+    assert_eq!(String::from_utf8_lossy(&over.stdout).trim(), "MemoryError");
+    let under = python("b = bytearray(16 << 20); print(len(b))");
+    assert!(under.status.success(), "stderr: {}", stderr(&under));
+    assert_eq!(String::from_utf8_lossy(&under.stdout).trim(), "16777216");
+}
