@@ -71,6 +71,8 @@ mod budget;
 mod estimator;
 pub mod gate;
 mod permit;
+#[cfg(test)]
+mod tests;
 #[cfg(feature = "tower")]
 pub mod tower;
 

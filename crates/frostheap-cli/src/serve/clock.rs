@@ -31,17 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 
-use super::State;
-
-/// The timeouts a connection must meet (see the module documentation).
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Timeouts {
-    pub(super) header: Duration,
-    pub(super) body: Duration,
-    /// Bytes per second a body must keep up after `body`; 0: none.
-    pub(super) body_min_rate: u64,
-    pub(super) idle: Duration,
-}
+use super::state::{State, Timeouts};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Phase {

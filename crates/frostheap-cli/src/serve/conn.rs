@@ -46,7 +46,7 @@ use tokio::net::TcpStream;
 
 use super::clock::{ConnClock, Missed, TimedIo};
 use super::endpoints::{route, App};
-use super::State;
+use super::state::State;
 
 /// The longest request head accepted (hyper's read buffer is capped at
 /// this size too): past it, 431.

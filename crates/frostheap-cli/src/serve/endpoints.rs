@@ -32,7 +32,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use tower_service::Service;
 
 use super::clock::ConnClock;
-use super::{metrics, State, CONNECTION_BYTES, REQUEST_BYTES};
+use super::metrics;
+use super::state::{State, CONNECTION_BYTES, REQUEST_BYTES};
 
 type RespBody = BudgetBody<Full<hyper::body::Bytes>>;
 

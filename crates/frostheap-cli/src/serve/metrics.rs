@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-use super::State;
+use super::state::State;
 
 /// The numbers `/stats` and `/metrics` report.
 #[derive(Serialize, Debug, Default)]

@@ -64,19 +64,10 @@ mod clock;
 mod conn;
 mod endpoints;
 mod metrics;
+mod state;
 
-use clock::Timeouts;
 use endpoints::{request_cost, App};
-
-/// What one connection costs without a request: hyper's read buffer
-/// (capped at 16 KiB), its write buffer and headers, the connection task
-/// and the socket wrappers. The peak-RSS runs of `frostheap-load` bound it
-/// from above (budget + 10 MiB with 2,560 clients).
-pub const CONNECTION_BYTES: usize = 24 << 10;
-
-/// Fixed bytes per request on top of its body: the parsed head (`HeaderMap`,
-/// URI), the request's future and its response head.
-pub const REQUEST_BYTES: usize = 4 << 10;
+use state::{State, Timeouts, CONNECTION_BYTES};
 
 /// How long a connection waits at a full gate before a newcomer may take
 /// its place (see frostheap-budget's gate): far above the time a client
@@ -180,39 +171,6 @@ fn size_arg(flag: &str, text: &str) -> Result<usize, Error> {
         )
         .into()
     })
-}
-
-/// Everything the connections and handlers share.
-struct State {
-    budget: Option<Budget>,
-    /// Connections without an admitted request (with a budget).
-    gate: Option<ConnectionGate>,
-    max_body: usize,
-    timeouts: Timeouts,
-    /// Requests routed to an endpoint behind the layer (shed ones included).
-    requests: AtomicU64,
-    /// Requests answered 2xx by a handler.
-    completed: AtomicU64,
-    /// Connections refused by a full gate (answered 503).
-    shed_connections: AtomicU64,
-    timeouts_header: AtomicU64,
-    timeouts_body: AtomicU64,
-    timeouts_idle: AtomicU64,
-    /// Connections on probation now (found the gate full).
-    probation: AtomicUsize,
-    /// Lingering closes under way now.
-    lingering: AtomicUsize,
-    /// Lingering closes cut short (by their time or byte bound, or because
-    /// too many were under way).
-    linger_cut: AtomicU64,
-    /// Open connections (accepted, not yet closed).
-    connections: AtomicUsize,
-    /// Signalled when `connections` drops to zero.
-    all_closed: Notify,
-    /// False once a shutdown has begun.
-    ready: AtomicBool,
-    /// Set to true to make every connection finish.
-    shutdown: watch::Sender<bool>,
 }
 
 pub fn run(args: ServeArgs) -> Result<(), Error> {
