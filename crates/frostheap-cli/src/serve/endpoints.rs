@@ -56,6 +56,8 @@ pub(super) async fn route(
     let response = if req.method() == Method::GET
         && matches!(path, "/stats" | "/metrics" | "/ready" | "/live")
     {
+        // Served at once, uncharged: it leaves the gate like an admitted one.
+        clock.admitted();
         wrap(monitoring(&state, path))
     } else {
         state.requests.fetch_add(1, Ordering::Relaxed);
