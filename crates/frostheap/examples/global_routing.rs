@@ -1,7 +1,7 @@
 //! `frostheap::Global` as the global allocator: where blocks go and how
 //! frees are routed. The main thread allocates from the main heap; other
-//! threads from the system allocator; a main-heap block freed (or grown)
-//! by another thread goes back to the main heap.
+//! threads from heaps of their own; a main-heap block freed (or grown) by
+//! another thread goes back to the main heap.
 //!
 //! Run: `cargo run -p frostheap --example global_routing`. The integration
 //! tests run it as a child process (tests/it/global_mode.rs); it checks
@@ -42,12 +42,16 @@ fn main() {
     );
     assert!(heap.stats().in_use >= 4 * MIB + 8000);
 
-    // 2. Other threads allocate system memory.
+    // 2. Other threads allocate from heaps of their own.
     let theirs = {
         let heap = heap.clone();
         thread::spawn(move || {
             let small = Box::new(7u64);
             let big = vec![1u8; 4 * MIB];
+            assert!(
+                frostheap::stats().threads_in_use >= 4 * MIB + 8,
+                "another thread's allocations are not in a thread heap"
+            );
             [heap.owns(&*small as *const u64), heap.owns(big.as_ptr())]
         })
         .join()
@@ -122,8 +126,8 @@ fn main() {
         "large remote free not routed back: {during:?} -> {after:?}"
     );
 
-    // 4. Another thread grows a main-heap Vec: the block moves to system
-    //    memory, keeps its contents, and leaves the main heap.
+    // 4. Another thread grows a main-heap Vec: the block moves to that
+    //    thread's heap, keeps its contents, and leaves the main heap.
     let (tx_grow, rx_grow) = mpsc::sync_channel::<Vec<u32>>(1);
     let (tx_back, rx_back) = mpsc::sync_channel::<Vec<u32>>(1);
     let grower = {
@@ -154,7 +158,7 @@ fn main() {
         after.in_use + (1 << 18) <= during.in_use,
         "the old block was not freed: {during:?} -> {after:?}"
     );
-    drop(grown); // a system block freed on main: routed to the system allocator
+    drop(grown); // a thread heap's block freed on main: a remote free
 
     drop(tx);
     freer.join().unwrap();

@@ -113,7 +113,7 @@ pub mod trap;
 pub use budget::{Budget, Permit};
 pub use config::HugePages;
 pub use error::Error;
-pub use global::{main_heap, unguarded, Global, Shared};
+pub use global::{main_heap, stats, unguarded, Global, ProcessStats, Shared};
 pub use heap::{Heap, HeapBuilder, Stats};
 pub use runtime::{Arena, Runtime, RuntimeBuilder, RuntimeStats, Scope, TaskContext};
 pub use size::{parse_size, Bytes};

@@ -37,6 +37,7 @@ use super::page::{
     Block, Kind, PageMeta, EMPTY, FULL, GENERATION, NONE, OWNER_LOCAL, OWNER_SEALED, OWNER_SHARED,
     PENDING,
 };
+use super::process::{self, Kind as ChargeKind};
 use super::queue::ClassState;
 use super::remote::REMOTE_WORDS;
 use super::span::SpanAllocator;
@@ -61,6 +62,8 @@ pub(crate) struct CoreConfig {
     pub min: usize,
     pub max: usize,
     pub huge_pages: bool,
+    /// What its commits are charged as against the process limit.
+    pub kind: ChargeKind,
 }
 
 /// One heap: region, page table, class states, span allocator.
@@ -89,6 +92,8 @@ pub(crate) struct HeapCore {
     /// Sealed for good: allocation fails and frees are ignored. Checked on
     /// slow paths only; `seal` diverts every fast path into them.
     pub(super) sealed: core::sync::atomic::AtomicBool,
+    /// `region.reserved()`, on this line for the ownership test of frees.
+    pub(super) span: usize,
     pub(super) local: ClassState,
     pub(super) others: OtherThreads,
     pub(super) region: Region,
@@ -98,6 +103,8 @@ pub(crate) struct HeapCore {
     pub(super) bits_offset: usize,
     /// The hard cap as configured.
     pub(super) limit: usize,
+    /// What the region's commits are charged as against the process limit.
+    pub(super) kind: ChargeKind,
     pub(super) shared_lock: RawLock,
     pub(super) shared: ClassState,
     pub(super) spans: SpanAllocator,
@@ -130,11 +137,49 @@ impl HeapCore {
     /// Reserves the region and page table. The calling thread becomes the
     /// owner.
     pub(crate) fn new(config: CoreConfig) -> Result<HeapCore, OsError> {
-        let region = Region::new_unchecked_config(RegionConfig {
+        // SAFETY: no reservation given: the region makes its own.
+        unsafe { Self::new_at(None, config) }
+    }
+
+    /// [`HeapCore::new`] on `[base, base + config.max)`, part of a larger
+    /// reservation (the global allocator's heaps).
+    ///
+    /// # Safety
+    /// 1. As for [`Region::in_reservation`]; the core is never dropped
+    ///    while blocks of it are live.
+    pub(crate) unsafe fn new_in(base: *mut u8, config: CoreConfig) -> Result<HeapCore, OsError> {
+        // SAFETY: forwarded (1).
+        unsafe { Self::new_at(Some(base), config) }
+    }
+
+    /// # Safety
+    /// 1. `at` is `None`, or as for [`HeapCore::new_in`].
+    unsafe fn new_at(at: Option<*mut u8>, config: CoreConfig) -> Result<HeapCore, OsError> {
+        let rc = RegionConfig {
             min: config.min,
             max: config.max,
             huge_pages: config.huge_pages,
-        })?;
+        };
+        // The pre-committed minimum counts against the process limit.
+        let min = round_up(config.min, PAGE_SIZE).min(round_up(config.max, PAGE_SIZE));
+        if !process::charge(config.kind, min) {
+            return Err(OsError {
+                call: "FROSTHEAP_MAX",
+                errno: libc::ENOMEM,
+            });
+        }
+        let region = match at {
+            // SAFETY: (1).
+            Some(base) => unsafe { Region::in_reservation(base, rc) },
+            None => Region::new_unchecked_config(rc),
+        };
+        let region = match region {
+            Ok(r) => r,
+            Err(e) => {
+                process::release(config.kind, min);
+                return Err(e);
+            }
+        };
         let n_pages = region.reserved() >> PAGE_SHIFT;
         let meta_end = n_pages * core::mem::size_of::<PageMeta>() + META_SKEW;
         let table_bytes = round_up(meta_end + n_pages * REMOTE_WORDS * 8, os::page_size());
@@ -149,7 +194,9 @@ impl HeapCore {
             )
         };
         let core = HeapCore {
+            kind: config.kind,
             base: region.base() as usize,
+            span: region.reserved(),
             region,
             metas,
             remote_bits,
@@ -189,13 +236,41 @@ impl HeapCore {
     /// Whether `addr` is inside this heap's reservation.
     #[inline]
     pub(crate) fn owns(&self, addr: usize) -> bool {
-        addr.wrapping_sub(self.base) < self.region.reserved()
+        addr.wrapping_sub(self.base) < self.span
     }
 
     /// Whether the calling thread is the owner.
     #[inline]
     pub(crate) fn is_owner(&self) -> bool {
         thread_token() == self.owner.load(Ordering::Relaxed)
+    }
+
+    /// The owner thread gives the heap up (it is exiting): spans that
+    /// received remote frees are collected, the free top of the region is
+    /// decommitted (and released from the process limit), and from now on
+    /// every free into the heap, by any thread, is a remote free, until a
+    /// thread adopts the heap with [`HeapCore::set_owner`].
+    ///
+    /// # Safety
+    /// 1. The calling thread is the owner and never uses the owner path
+    ///    again (without adopting the heap anew).
+    pub(crate) unsafe fn abandon(&self) {
+        debug_assert!(self.is_owner(), "abandon by another thread");
+        self.collect_pending();
+        self.lock_spans().trim();
+        self.owner.store(0, Ordering::Release);
+    }
+
+    /// First address of the region, as an integer.
+    #[inline(always)]
+    pub(crate) fn base(&self) -> usize {
+        self.base
+    }
+
+    /// The owner's thread token (0: abandoned).
+    #[inline]
+    pub(crate) fn owner_token(&self) -> usize {
+        self.owner.load(Ordering::Relaxed)
     }
 
     /// Makes the calling thread the owner.
@@ -462,6 +537,27 @@ impl HeapCore {
         unsafe { self.free_slow(idx, p) }
     }
 
+    /// [`HeapCore::free_at`] for a caller that knows it is the owner (the
+    /// global allocator, for a block of the calling thread's own heap).
+    ///
+    /// # Safety
+    /// 1. As for [`HeapCore::free_at`], and the calling thread is the owner.
+    #[inline(always)]
+    pub(crate) unsafe fn free_at_as_owner(&self, p: *mut u8, offset: usize) {
+        debug_assert!(self.is_owner(), "free_at_as_owner by another thread");
+        let idx = offset >> PAGE_SHIFT;
+        let m = self.meta(idx);
+        let kind_owner = u16::from_le_bytes([m.kind.get(), m.owner.get()]);
+        if kind_owner == u16::from_le_bytes([Kind::Small as u8, OWNER_LOCAL]) {
+            // SAFETY: by (1) p is a live block of this span; we are the
+            // owner, who owns the local state.
+            unsafe { self.push_free::<true>(&self.local, m, idx, p) };
+            return;
+        }
+        // SAFETY: forwarded precondition (1).
+        unsafe { self.free_slow(idx, p) }
+    }
+
     #[cold]
     #[inline(never)]
     pub(super) unsafe fn free_slow(&self, idx: usize, p: *mut u8) {
@@ -648,6 +744,7 @@ impl HeapCore {
 
 impl Drop for HeapCore {
     fn drop(&mut self) {
+        process::release(self.kind, self.region.committed());
         // SAFETY: the side table was mapped in `new` with this length and
         // nothing refers to it once the core is dropped. The region unmaps
         // itself.
@@ -677,6 +774,7 @@ pub(super) mod tests {
             min: 0,
             max,
             huge_pages: false,
+            kind: ChargeKind::Explicit,
         })
         .expect("a heap reservation")
     }

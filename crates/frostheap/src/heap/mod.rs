@@ -22,12 +22,14 @@
 //! | [`span`] | the span allocator: free-span bins, commit, giving memory back |
 //! | [`large`] | large blocks and reallocation |
 //! | [`page`] | the page table (`PageMeta`, one per 64 KiB page) |
+//! | [`process`] | the process-wide limit, counted at commits |
 //! | [`class`] | the 48 size classes |
 
 pub(crate) mod class;
 pub(crate) mod core;
 mod large;
 pub(crate) mod page;
+pub mod process;
 mod queue;
 mod remote;
 mod span;
@@ -63,6 +65,25 @@ impl HeapInner {
         config: CoreConfig,
     ) -> Result<HeapInner, crate::os::OsError> {
         let core = HeapCore::new(config)?;
+        Ok(HeapInner {
+            core,
+            name,
+            slot: None,
+        })
+    }
+
+    /// [`HeapInner::new`] on `[base, base + config.max)`, a part of the
+    /// global allocator's arena.
+    ///
+    /// # Safety
+    /// 1. As for [`HeapCore::new_in`].
+    pub(crate) unsafe fn new_in(
+        name: Cow<'static, str>,
+        base: *mut u8,
+        config: CoreConfig,
+    ) -> Result<HeapInner, crate::os::OsError> {
+        // SAFETY: forwarded (1).
+        let core = unsafe { HeapCore::new_in(base, config)? };
         Ok(HeapInner {
             core,
             name,
@@ -180,7 +201,10 @@ impl Heap {
 
     /// Like [`Heap::try_alloc`], with the memory zeroed.
     pub fn try_alloc_zeroed(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
-        NonNull::new(self.core().alloc_zeroed(layout)).ok_or_else(|| self.oom(layout.size()))
+        let p = NonNull::new(self.core().alloc_zeroed(layout))
+            .ok_or_else(|| self.oom(layout.size()))?;
+        track_new(p.as_ptr(), ::core::ptr::null_mut());
+        Ok(p)
     }
 
     /// Frees memory from [`Heap::try_alloc`]. A no-op on a sealed heap.
@@ -274,6 +298,7 @@ impl Heap {
     ) -> Result<NonNull<u8>, Error> {
         // SAFETY: forwarded (1).
         let p = unsafe { self.core().realloc(ptr.as_ptr(), old, new_size) };
+        track_new(p, ptr.as_ptr());
         NonNull::new(p).ok_or_else(|| self.oom(new_size))
     }
 
@@ -336,11 +361,13 @@ impl Heap {
         unsafe { self.core().set_owner() }
     }
 
+    /// The error for a refused allocation: the heap's own limit, or the
+    /// process limit when that is lower.
     fn oom(&self, requested: usize) -> Error {
         let s = self.stats();
         Error::OutOfMemory {
             requested,
-            limit: s.limit,
+            limit: s.limit.min(process::limit()),
             in_use: s.in_use,
         }
     }
@@ -387,6 +414,7 @@ unsafe impl Allocator for Heap {
 
     fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         let p = NonNull::new(self.core().alloc_zeroed(layout)).ok_or(AllocError)?;
+        track_new(p.as_ptr(), ::core::ptr::null_mut());
         Ok(NonNull::slice_from_raw_parts(p, layout.size()))
     }
 
@@ -467,8 +495,20 @@ impl Heap {
             }
             q
         };
+        track_new(p, ptr.as_ptr());
         let p = NonNull::new(p).ok_or(AllocError)?;
         Ok(NonNull::slice_from_raw_parts(p, new.size()))
+    }
+}
+
+/// Records the allocation site of a block made by a zeroed allocation or a
+/// reallocation (`old`: the block it replaces, null for none) when tracking
+/// is on: a block that moved has a new site, one resized in place keeps
+/// the site it was made at.
+#[inline]
+fn track_new(p: *mut u8, old: *mut u8) {
+    if !p.is_null() && p != old && crate::track::enabled() {
+        crate::track::record(p as usize);
     }
 }
 
@@ -539,6 +579,7 @@ impl HeapBuilder {
             min: self.min,
             max,
             huge_pages: self.huge_pages.enabled(),
+            kind: process::Kind::Explicit,
         };
         let inner = HeapInner::new(self.name, config).map_err(|source| Error::Os {
             context: "reserving a heap region",

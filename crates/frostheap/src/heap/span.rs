@@ -30,6 +30,7 @@ use core::sync::atomic::Ordering;
 
 use super::core::{HeapCore, META_SKEW};
 use super::page::{Kind, PageMeta, DIRTY, NONE};
+use super::process;
 use super::remote::REMOTE_WORDS;
 use crate::os::{self, OsError};
 use crate::region::{round_up, PAGE_SHIFT, PAGE_SIZE};
@@ -170,6 +171,28 @@ impl HeapCore {
     }
 }
 
+impl HeapCore {
+    /// Gives back the free top of the region if the span lock is free
+    /// (another thread needs room under the process limit); returns the
+    /// bytes decommitted.
+    pub(crate) fn try_trim(&self) -> usize {
+        let Some(guard) = self.spans.lock.try_lock() else {
+            return 0;
+        };
+        let before = self.region().committed();
+        let mut spans = Locked {
+            heap: self,
+            // SAFETY: the span lock, held until `guard` drops after this
+            // `Locked`, owns `spans`.
+            spans: unsafe { &mut *self.spans.spans.get() },
+            tables_open: &self.spans.tables_open,
+            _guard: guard,
+        };
+        spans.trim();
+        before - self.region().committed()
+    }
+}
+
 impl Locked<'_> {
     /// Takes a run of `pages` free pages, committing more if needed.
     /// Returns the first page and whether its contents are known zero.
@@ -239,7 +262,19 @@ impl Locked<'_> {
         };
         let chunk = chunk.max(round_up(committed / 8, chunk));
         let target = round_up(want, chunk).min(cap);
+        // The process limit, counted at commits: the whole growth, or a
+        // growth to just what was asked when the chunk does not fit.
+        let target = if process::charge(heap.kind, target - committed) {
+            target
+        } else {
+            let exact = round_up(want, PAGE_SIZE);
+            if !process::charge_or_reclaim(heap.kind, exact - committed) {
+                return false;
+            }
+            exact
+        };
         if self.open_tables(target >> PAGE_SHIFT).is_err() || region.grow_to(target).is_err() {
+            process::release(heap.kind, target - committed);
             return false;
         }
         // SAFETY: the new pages are committed, free and in no span.
@@ -408,7 +443,9 @@ impl Locked<'_> {
             if keep_end < top {
                 // SAFETY: we hold the span lock; [keep_end, top) is part of
                 // a free span, so nothing live is there.
+                let before = region.committed();
                 if unsafe { region.shrink_to(keep_end << PAGE_SHIFT) }.is_ok() {
+                    process::release(heap.kind, before - region.committed());
                     n = keep_end.saturating_sub(start);
                 }
             }
@@ -454,6 +491,42 @@ impl Locked<'_> {
                 }
                 idx = m.next.get();
             }
+        }
+    }
+
+    /// Decommits the whole free span at the top of the region (down to the
+    /// region's minimum), whatever the hysteresis would keep: the heap's
+    /// thread has exited.
+    pub(super) fn trim(&mut self) {
+        let heap = self.heap;
+        let region = heap.region();
+        let top = region.committed() >> PAGE_SHIFT;
+        if top == 0 {
+            return;
+        }
+        let last = heap.meta(top - 1);
+        let head = match last.kind() {
+            Kind::FreeTail => last.head.get() as usize,
+            Kind::FreeSpan => top - 1,
+            _ => return,
+        };
+        let hm = heap.meta(head);
+        let keep_end = head.max(region.min_committed() >> PAGE_SHIFT);
+        if head + hm.span_pages.get() as usize != top || keep_end >= top {
+            return;
+        }
+        let dirty = hm.flags.get() & DIRTY != 0;
+        // SAFETY: head heads the free span at the top, which is in its bin.
+        unsafe { self.remove(head) };
+        let before = region.committed();
+        // SAFETY: we hold the span lock; [keep_end, top) was a free span.
+        if unsafe { region.shrink_to(keep_end << PAGE_SHIFT) }.is_ok() {
+            process::release(heap.kind, before - region.committed());
+        }
+        let left = (region.committed() >> PAGE_SHIFT).saturating_sub(head);
+        if left > 0 {
+            // SAFETY: what is left of the free span: committed, nothing live.
+            unsafe { self.insert(head, left, dirty) };
         }
     }
 

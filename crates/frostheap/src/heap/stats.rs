@@ -20,6 +20,7 @@ use core::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 
 use super::core::HeapCore;
 use super::page::OWNER_LOCAL;
+use super::process;
 use super::queue::ClassState;
 
 /// The allocation statistics of one class state.
@@ -384,7 +385,14 @@ impl HeapCore {
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return true,
+                Ok(_) => {
+                    if process::charge(process::Kind::External, bytes) {
+                        return true;
+                    }
+                    self.others.external.fetch_sub(bytes, Ordering::Relaxed);
+                    self.others.refused.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
                 Err(c) => cur = c,
             }
         }
@@ -392,6 +400,7 @@ impl HeapCore {
 
     /// Releases bytes charged with [`HeapCore::charge_external`].
     pub(crate) fn release_external(&self, bytes: usize) {
+        process::release(process::Kind::External, bytes);
         let prev = self.others.external.fetch_sub(bytes, Ordering::Relaxed);
         debug_assert!(prev >= bytes, "released more external bytes than charged");
     }
