@@ -10,7 +10,7 @@
 use core::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
-use super::{JobRef, Shared as RtShared};
+use super::{ControlBlock, JobRef};
 use crate::context::ContextHeap;
 use crate::trap::{self, Backend, WorkerSlot};
 use crate::{global, os};
@@ -34,7 +34,7 @@ pub(crate) struct WorkerEnv<'a> {
 }
 
 pub(crate) fn spawn(
-    rt: &'static RtShared,
+    rt: &'static ControlBlock,
     index: usize,
     name: String,
 ) -> Result<Worker, crate::Error> {
@@ -75,7 +75,7 @@ pub(crate) fn spawn(
 }
 
 fn run(
-    rt: &'static RtShared,
+    rt: &'static ControlBlock,
     index: usize,
     slot: &'static WorkerSlot,
     ctx: Box<ContextHeap>,
@@ -97,7 +97,8 @@ fn run(
         }
         let job = rt.job.load(Ordering::Acquire);
         if !job.is_null() {
-            // Pass the wake-up on (see Runtime::run_phase).
+            // Pass the wake-up on: each worker that starts wakes two more (see
+            // Runtime::run_phase).
             os::futex_wake(&rt.epoch, 2);
             slot.in_phase.store(true, Ordering::Release);
             if let Backend::Pkey(key) = rt.backend {

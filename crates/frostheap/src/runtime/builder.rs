@@ -1,0 +1,179 @@
+//! [`RuntimeBuilder`]: a runtime's configuration and its start-up.
+//!
+//! `build` reads the environment (`FROSTHEAP_PROTECT`,
+//! `FROSTHEAP_ON_VIOLATION`, `FROSTHEAP_TRACK_ALLOCS`) for what the builder
+//! leaves unset, resolves the protection backend, installs the fault
+//! handler, registers the guarded heaps, and starts the workers. Everything
+//! it allocates for the runtime's own use (the control block, the worker
+//! list, the threads) is made inside [`unguarded`], so tasks never find it
+//! frozen.
+
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize};
+use std::sync::Mutex;
+
+use super::scratch::Scratch;
+use super::{ControlBlock, Runtime, RuntimeStats, DEFAULT_MAX_PARKED};
+use crate::global::unguarded;
+use crate::heap::Heap;
+use crate::trap::{self, Backend, OnViolation, Protect};
+use crate::Error;
+
+/// Builds a [`Runtime`].
+#[derive(Clone, Debug)]
+pub struct RuntimeBuilder {
+    workers: Option<usize>,
+    guards: Vec<Heap>,
+    guard_main: bool,
+    protect: Option<Protect>,
+    on_violation: Option<OnViolation>,
+    memory_budget: Option<usize>,
+    max_parked: usize,
+}
+
+impl Default for RuntimeBuilder {
+    fn default() -> Self {
+        RuntimeBuilder {
+            workers: None,
+            guards: Vec::new(),
+            guard_main: true,
+            protect: None,
+            on_violation: None,
+            memory_budget: None,
+            max_parked: DEFAULT_MAX_PARKED,
+        }
+    }
+}
+
+impl RuntimeBuilder {
+    /// Number of worker threads (default: available parallelism).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// Freezes `heap` during phases.
+    pub fn guard(mut self, heap: &Heap) -> Self {
+        self.guards.push(heap.clone());
+        self
+    }
+
+    /// Whether to guard the main heap when `Global` is the global
+    /// allocator (default: yes).
+    pub fn guard_main_heap(mut self, yes: bool) -> Self {
+        self.guard_main = yes;
+        self
+    }
+
+    /// The protection backend (default: `FROSTHEAP_PROTECT`, else `auto`).
+    pub fn protect(mut self, protect: Protect) -> Self {
+        self.protect = Some(protect);
+        self
+    }
+
+    /// The violation policy (default: `FROSTHEAP_ON_VIOLATION`, else
+    /// `cancel`).
+    pub fn on_violation(mut self, policy: OnViolation) -> Self {
+        self.on_violation = Some(policy);
+        self
+    }
+
+    /// Sizes `map` batches so the memory of in-flight items stays within
+    /// `bytes`.
+    pub fn memory_budget(mut self, bytes: usize) -> Self {
+        self.memory_budget = Some(bytes);
+        self
+    }
+
+    /// Parked threads tolerated before the process stops (default 1024).
+    pub fn max_parked(mut self, n: usize) -> Self {
+        self.max_parked = n;
+        self
+    }
+
+    /// Starts the workers.
+    pub fn build(self) -> Result<Runtime, Error> {
+        let env = crate::config::from_env().map_err(|e| Error::InvalidConfig {
+            name: e.var,
+            value: String::from_utf8_lossy(e.value).into_owned(),
+            expected: e.expected.to_string(),
+        })?;
+        let workers = match self.workers {
+            Some(0) => return Err(Error::invalid("workers", 0, "at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        };
+        if self.memory_budget == Some(0) {
+            return Err(Error::invalid(
+                "memory_budget",
+                0,
+                "a budget of at least 1 byte",
+            ));
+        }
+        if env.track_allocs {
+            // Global mode turned tracking on at the first allocation; for
+            // explicit heaps it starts here (blocks allocated earlier have
+            // no recorded site).
+            crate::track::enable();
+        }
+        let protect = self.protect.unwrap_or(env.protect);
+        let policy = self.on_violation.unwrap_or(env.on_violation);
+        let backend = trap::resolve(protect)?;
+        if backend != Backend::Off {
+            trap::install()?;
+        }
+        unguarded(|| {
+            let mut heaps = self.guards;
+            if self.guard_main {
+                if let Some(main) = crate::main_heap() {
+                    if !heaps.contains(&main) {
+                        heaps.push(main);
+                    }
+                }
+            }
+            let mut guards = Vec::with_capacity(heaps.len());
+            if backend != Backend::Off {
+                for h in &heaps {
+                    guards.push(trap::guard(h.inner(), backend)?);
+                }
+            }
+            let control: &'static ControlBlock = Box::leak(Box::new(ControlBlock {
+                backend,
+                policy,
+                epoch: AtomicU32::new(0),
+                job: AtomicPtr::new(core::ptr::null_mut()),
+                remaining: AtomicU32::new(0),
+                events: AtomicU32::new(0),
+                parked: AtomicU32::new(0),
+                shutdown: AtomicBool::new(false),
+            }));
+            let rt = Runtime {
+                control,
+                heaps,
+                guards,
+                workers: Mutex::new(Vec::with_capacity(workers)),
+                n_workers: workers,
+                memory_budget: self.memory_budget,
+                max_parked: self.max_parked,
+                next_worker_id: AtomicUsize::new(0),
+                stats: Mutex::new(RuntimeStats {
+                    memory_budget: self.memory_budget,
+                    workers,
+                    backend: backend.name(),
+                    ..RuntimeStats::default()
+                }),
+                audit_log: Mutex::new(Vec::new()),
+                bytes_total: AtomicUsize::new(0),
+                in_phase: AtomicBool::new(false),
+                phase_lock: Mutex::new(()),
+                scratch: Mutex::new(Scratch::default()),
+                missing_workers: AtomicUsize::new(0),
+            };
+            for _ in 0..workers {
+                rt.add_worker()?;
+            }
+            Ok(rt)
+        })
+    }
+}
