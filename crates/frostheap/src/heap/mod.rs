@@ -15,25 +15,31 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`core`] | `HeapCore`: fields, construction, the owner's fast paths, queries, sealing |
+//! | [`core`] | `HeapCore`: fields, construction, the fast paths and the slow paths they fall back to, large blocks, thread hand-over |
+//! | [`control`] | statistics, external charges, queries, freezing, sealing, fork repair |
 //! | [`queue`] | class queues of spans and the current span of each class |
 //! | [`remote`] | frees by other threads: the remote-free bitmap, the pending stack, fork repair |
 //! | [`stats`] | exact statistics: the counters and [`Stats`] |
 //! | [`span`] | the span allocator: free-span bins, commit, giving memory back |
-//! | [`large`] | large blocks and reallocation |
+//! | [`large`] | the layout of large blocks, their growth and shrink in place |
+//! | [`realloc`] | reallocation, in place whenever the block still fits |
 //! | [`page`] | the page table (`PageMeta`, one per 64 KiB page) |
 //! | [`process`] | the process-wide limit, counted at commits |
 //! | [`class`] | the 48 size classes |
 
 pub(crate) mod class;
+mod control;
 pub(crate) mod core;
 mod large;
 pub(crate) mod page;
 pub mod process;
 mod queue;
+mod realloc;
 mod remote;
 mod span;
 mod stats;
+#[cfg(test)]
+mod tests;
 
 use ::core::alloc::Layout;
 use ::core::fmt;
