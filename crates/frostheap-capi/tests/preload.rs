@@ -154,7 +154,10 @@ fn cross_thread_frees() {
     assert!(out.status.success(), "{}", text(&out));
     // Every glibc block charged to the limit was released again.
     let stats = stats_line(&out);
-    assert!(stats.contains("other threads (glibc) 0 B"), "{stats}");
+    assert!(
+        stats.contains("threads without a heap (glibc) 0 B"),
+        "{stats}"
+    );
 }
 
 #[test]
