@@ -718,7 +718,7 @@ impl HeapCore {
     /// Frees the large block whose span `m` heads (page `idx`).
     pub(super) fn free_large(&self, m: &PageMeta, idx: usize) {
         if !self.is_owner()
-            && crate::trap::defer_free(
+            && crate::guard::defer_free(
                 (self.pages.page_addr(idx) + m.offset.get() as usize) as *mut u8,
             )
         {

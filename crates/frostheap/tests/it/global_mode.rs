@@ -1,15 +1,15 @@
-//! `frostheap::Global`, tested through example programs that install it,
+//! `frostheap::Global`, tested through fixture programs (tests/fixtures/) that install it,
 //! run as child processes (a test binary cannot usefully swap its own
 //! global allocator): routing by thread and by address, limits from the
 //! environment, start-up errors, and the allocation-failure path.
 
 use std::os::unix::process::ExitStatusExt;
 
-use crate::check::{describe, run_example, MIB};
+use crate::check::{describe, run_fixture, MIB};
 
 test!(routing_main_heap_other_threads_and_remote_frees);
 fn routing_main_heap_other_threads_and_remote_frees() {
-    let out = run_example("global_routing", &[], &[]);
+    let out = run_fixture("global_routing", &[], &[]);
     assert!(out.status.success(), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -21,7 +21,7 @@ fn routing_main_heap_other_threads_and_remote_frees() {
 
 test!(limits_come_from_the_environment);
 fn limits_come_from_the_environment() {
-    let out = run_example(
+    let out = run_fixture(
         "global_routing",
         &[],
         &[("FROSTHEAP_MAX", "1.5GiB"), ("FROSTHEAP_MIN", "32M")],
@@ -39,7 +39,7 @@ fn limits_come_from_the_environment() {
         describe(&out)
     );
 
-    let out = run_example(
+    let out = run_fixture(
         "global_alloc",
         &["32M"],
         &[("FROSTHEAP_MAX", "64M"), ("FROSTHEAP_HUGE_PAGES", "off")],
@@ -61,7 +61,7 @@ fn limits_come_from_the_environment() {
 /// A bad value stops start-up: status 2, one stderr line naming the
 /// variable, the value and what is accepted, and `main` never runs.
 fn assert_startup_error(env: &[(&str, &str)], var: &str, value: &str, accepted: &str) {
-    let out = run_example("global_alloc", &["1M"], env);
+    let out = run_fixture("global_alloc", &["1M"], env);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(
         out.stdout.is_empty(),
@@ -142,7 +142,7 @@ test!(allocation_past_max_takes_the_alloc_error_path);
 /// Past `FROSTHEAP_MAX`, `GlobalAlloc` returns null and Rust's
 /// allocation-failure path reports and aborts.
 fn allocation_past_max_takes_the_alloc_error_path() {
-    let out = run_example("global_alloc", &["100M"], &[("FROSTHEAP_MAX", "64M")]);
+    let out = run_fixture("global_alloc", &["100M"], &[("FROSTHEAP_MAX", "64M")]);
     assert!(!out.status.success(), "{}", describe(&out));
     assert_eq!(
         out.status.signal(),
@@ -170,7 +170,7 @@ fn libc_sigabrt() -> i32 {
 
 test!(remote_double_free_stops_the_process_with_a_report);
 fn remote_double_free_stops_the_process_with_a_report() {
-    let out = run_example("global_routing", &["remote-double-free"], &[]);
+    let out = run_fixture("global_routing", &["remote-double-free"], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let p = stdout
@@ -197,50 +197,12 @@ fn remote_double_free_stops_the_process_with_a_report() {
     );
 }
 
-/// Runs example `name` like [`run_example`], killing it after `secs`
-/// seconds (a hang is a failure, not a stuck test run).
-fn run_example_limited(
-    name: &str,
-    args: &[&str],
-    env: &[(&str, &str)],
-    secs: u64,
-) -> std::process::Output {
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
-    let mut cmd = Command::new(crate::check::example(name));
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("FROSTHEAP_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.envs(env.iter().copied());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("running example {name}: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while child.try_wait().expect("waiting for the example").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("the killed example");
-            panic!("{name} {args:?} did not finish in {secs} s\n{}", describe(&out));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("the example's output")
-}
-
 test!(one_limit_bounds_every_kind_of_thread);
 /// `FROSTHEAP_MAX=128M` bounds the main thread, a spawned thread, a pool
 /// of worker threads and runtime tasks together: each is refused near the
 /// shared cap and can allocate again once memory is freed.
 fn one_limit_bounds_every_kind_of_thread() {
-    let out = run_example_limited(
-        "global_threads",
-        &["limit"],
-        &[("FROSTHEAP_MAX", "128M")],
-        300,
-    );
+    let out = run_fixture("global_threads", &["limit"], &[("FROSTHEAP_MAX", "128M")]);
     assert!(out.status.success(), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     for who in ["main:", "spawned thread:", "pool worker:", "runtime task:"] {
@@ -258,7 +220,7 @@ test!(ten_thousand_short_lived_threads_reuse_their_heaps);
 /// freeing other threads' blocks: heaps are adopted, nothing is lost, and
 /// in-use and committed bytes come back down.
 fn ten_thousand_short_lived_threads_reuse_their_heaps() {
-    let out = run_example_limited("global_threads", &["churn"], &[], 600);
+    let out = run_fixture("global_threads", &["churn"], &[]);
     assert!(out.status.success(), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("global_threads churn: ok"),
@@ -272,12 +234,7 @@ test!(out_of_memory_in_global_mode_names_frostheap_and_the_limit);
 /// frostheap naming the heap, the variable and the numbers, then std's
 /// message, then SIGABRT.
 fn out_of_memory_in_global_mode_names_frostheap_and_the_limit() {
-    let out = run_example_limited(
-        "global_threads",
-        &["oom"],
-        &[("FROSTHEAP_MAX", "64M")],
-        120,
-    );
+    let out = run_fixture("global_threads", &["oom"], &[("FROSTHEAP_MAX", "64M")]);
     assert_eq!(out.status.signal(), Some(6), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let ours = stderr
@@ -300,12 +257,7 @@ test!(allocation_sites_are_tracked_for_alloc_zeroed_and_realloc);
 /// `realloc` that moved it (never the site of a block that was there
 /// before).
 fn allocation_sites_are_tracked_for_alloc_zeroed_and_realloc() {
-    let out = run_example_limited(
-        "global_track",
-        &[],
-        &[("FROSTHEAP_TRACK_ALLOCS", "1")],
-        120,
-    );
+    let out = run_fixture("global_track", &[], &[("FROSTHEAP_TRACK_ALLOCS", "1")]);
     assert!(out.status.success(), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     for (what, function) in [
