@@ -512,7 +512,7 @@ fn print_slowest() {
     if times.len() < 2 {
         return;
     }
-    times.sort_by(|a, b| b.1.cmp(&a.1));
+    times.sort_by_key(|t| std::cmp::Reverse(t.1));
     let list: Vec<String> = times
         .iter()
         .take(10)
