@@ -15,23 +15,31 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`core`] | `HeapCore`: fields, construction, the owner's fast paths, queries, sealing |
+//! | [`core`] | `HeapCore`: fields, construction, the fast paths and the slow paths they fall back to, large blocks, thread hand-over |
+//! | [`control`] | statistics, external charges, queries, freezing, sealing, fork repair |
 //! | [`queue`] | class queues of spans and the current span of each class |
 //! | [`remote`] | frees by other threads: the remote-free bitmap, the pending stack, fork repair |
 //! | [`stats`] | exact statistics: the counters and [`Stats`] |
 //! | [`span`] | the span allocator: free-span bins, commit, giving memory back |
-//! | [`large`] | large blocks and reallocation |
+//! | [`large`] | the layout of large blocks, their growth and shrink in place |
+//! | [`realloc`] | reallocation, in place whenever the block still fits |
 //! | [`page`] | the page table (`PageMeta`, one per 64 KiB page) |
+//! | [`process`] | the process-wide limit, counted at commits |
 //! | [`class`] | the 48 size classes |
 
 pub(crate) mod class;
+mod control;
 pub(crate) mod core;
 mod large;
 pub(crate) mod page;
+pub mod process;
 mod queue;
+mod realloc;
 mod remote;
 mod span;
 mod stats;
+#[cfg(test)]
+mod tests;
 
 use ::core::alloc::Layout;
 use ::core::fmt;
@@ -45,16 +53,18 @@ use self::class::class_for;
 use self::core::{CoreConfig, HeapCore};
 pub use self::stats::Stats;
 use crate::config::HugePages;
-use crate::region::{self, RegionKind, PAGE_SIZE};
-use crate::Error;
+use crate::error::Error;
+use crate::guard;
+use crate::region::PAGE_SIZE;
 
-/// A heap and its name, registered in the region table while alive.
+/// A heap and its name, registered in the guard table while alive.
 /// (`repr(C)`: the core, whose hot fields lead, first.)
 #[repr(C)]
 pub(crate) struct HeapInner {
     pub(crate) core: HeapCore,
     pub(crate) name: Cow<'static, str>,
-    slot: Option<usize>,
+    /// The heap's entry in the guard table (`None` until registered).
+    entry: Option<&'static guard::Entry>,
 }
 
 impl HeapInner {
@@ -66,28 +76,80 @@ impl HeapInner {
         Ok(HeapInner {
             core,
             name,
-            slot: None,
+            entry: None,
         })
     }
 
-    /// Registers the heap's region in the region table. Call once the
-    /// inner value is at its final address.
-    pub(crate) fn register(&mut self) {
+    /// [`HeapInner::new`] on `[base, base + config.max)`, a part of the
+    /// global allocator's arena.
+    ///
+    /// # Safety
+    /// 1. As for [`HeapCore::new_in`].
+    pub(crate) unsafe fn new_in(
+        name: Cow<'static, str>,
+        base: *mut u8,
+        config: CoreConfig,
+    ) -> Result<HeapInner, crate::os::OsError> {
+        // SAFETY: forwarded (1).
+        let core = unsafe { HeapCore::new_in(base, config)? };
+        Ok(HeapInner {
+            core,
+            name,
+            entry: None,
+        })
+    }
+
+    /// Registers the heap's region in the guard table; false if the table
+    /// is full. Call once the inner value is at its final address.
+    pub(crate) fn register(&mut self) -> bool {
         let r = self.core.region();
         let start = r.base() as usize;
-        self.slot = region::register(
+        self.entry = guard::register(
             start,
             start + r.reserved(),
-            RegionKind::Heap,
             self as *const HeapInner as *const (),
         );
+        self.entry.is_some()
+    }
+
+    /// The heap's entry in the guard table.
+    pub(crate) fn entry(&self) -> Option<&'static guard::Entry> {
+        self.entry
+    }
+
+    /// The heap registered in `entry`: the typed view of the guard table's
+    /// opaque owner pointer, which only this module stores.
+    ///
+    /// # Safety
+    /// 1. The heap registered in `entry` stays alive while the returned
+    ///    reference is used.
+    pub(crate) unsafe fn of_entry<'a>(entry: &guard::Entry) -> Option<&'a HeapInner> {
+        // SAFETY: `register` stores a pointer to a HeapInner at its final
+        // address, and `drop` releases the entry before the heap goes; by
+        // (1) it is still alive.
+        unsafe { entry.owner().cast::<HeapInner>().as_ref() }
+    }
+}
+
+/// Frees `addr` into whichever registered heap holds it: the deferred
+/// frees a worker made during a phase, applied at the thaw.
+///
+/// # Safety
+/// 1. `addr` is a live block of a live registered heap, freed once.
+pub(crate) unsafe fn free_deferred(addr: usize) {
+    // SAFETY: by (1) the heap holding addr is alive.
+    if let Some(h) = guard::entry_of(addr).and_then(|e| unsafe { HeapInner::of_entry(e) }) {
+        // SAFETY: by (1).
+        unsafe { h.core.free(addr as *mut u8) };
     }
 }
 
 impl Drop for HeapInner {
     fn drop(&mut self) {
-        if let Some(slot) = self.slot {
-            region::unregister(slot);
+        // Before the region is unmapped (a field, dropped after this), so
+        // no lookup finds the entry of a heap that is gone.
+        if let Some(entry) = self.entry.take() {
+            guard::unregister(entry);
         }
     }
 }
@@ -180,7 +242,10 @@ impl Heap {
 
     /// Like [`Heap::try_alloc`], with the memory zeroed.
     pub fn try_alloc_zeroed(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
-        NonNull::new(self.core().alloc_zeroed(layout)).ok_or_else(|| self.oom(layout.size()))
+        let p = NonNull::new(self.core().alloc_zeroed(layout))
+            .ok_or_else(|| self.oom(layout.size()))?;
+        track_new(p.as_ptr(), ::core::ptr::null_mut());
+        Ok(p)
     }
 
     /// Frees memory from [`Heap::try_alloc`]. A no-op on a sealed heap.
@@ -213,12 +278,18 @@ impl Heap {
                 "a call from the heap's owner thread (the one that built it, or adopted it)",
             ));
         }
+        crate::os::mseal_available().map_err(|source| Error::Os {
+            context: "sealing a heap: this kernel lacks mseal(2), which Linux 6.10 added",
+            source,
+        })?;
         inner.core.seal_allocation();
         inner.core.set_frozen(true).map_err(|source| Error::Os {
             context: "protecting a heap before sealing it",
             source,
         })?;
-        crate::trap::mark_sealed(inner)?;
+        if let Some(entry) = inner.entry {
+            entry.mark_sealed();
+        }
         // The guard table keeps a pointer to this heap for reports, and the
         // sealed range can never be unmapped: keep the heap alive for the
         // life of the process so that pointer never dangles.
@@ -274,6 +345,7 @@ impl Heap {
     ) -> Result<NonNull<u8>, Error> {
         // SAFETY: forwarded (1).
         let p = unsafe { self.core().realloc(ptr.as_ptr(), old, new_size) };
+        track_new(p, ptr.as_ptr());
         NonNull::new(p).ok_or_else(|| self.oom(new_size))
     }
 
@@ -336,11 +408,13 @@ impl Heap {
         unsafe { self.core().set_owner() }
     }
 
+    /// The error for a refused allocation: the heap's own limit, or the
+    /// process limit when that is lower.
     fn oom(&self, requested: usize) -> Error {
         let s = self.stats();
         Error::OutOfMemory {
             requested,
-            limit: s.limit,
+            limit: s.limit.min(process::limit()),
             in_use: s.in_use,
         }
     }
@@ -387,6 +461,7 @@ unsafe impl Allocator for Heap {
 
     fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         let p = NonNull::new(self.core().alloc_zeroed(layout)).ok_or(AllocError)?;
+        track_new(p.as_ptr(), ::core::ptr::null_mut());
         Ok(NonNull::slice_from_raw_parts(p, layout.size()))
     }
 
@@ -467,8 +542,20 @@ impl Heap {
             }
             q
         };
+        track_new(p, ptr.as_ptr());
         let p = NonNull::new(p).ok_or(AllocError)?;
         Ok(NonNull::slice_from_raw_parts(p, new.size()))
+    }
+}
+
+/// Records the allocation site of a block made by a zeroed allocation or a
+/// reallocation (`old`: the block it replaces, null for none) when tracking
+/// is on: a block that moved has a new site, one resized in place keeps
+/// the site it was made at.
+#[inline]
+fn track_new(p: *mut u8, old: *mut u8) {
+    if !p.is_null() && p != old && crate::track::enabled() {
+        crate::track::record(p as usize);
     }
 }
 
@@ -539,15 +626,26 @@ impl HeapBuilder {
             min: self.min,
             max,
             huge_pages: self.huge_pages.enabled(),
+            kind: process::Kind::Explicit,
         };
         let inner = HeapInner::new(self.name, config).map_err(|source| Error::Os {
             context: "reserving a heap region",
             source,
         })?;
         let mut arc = Arc::new(inner);
-        Arc::get_mut(&mut arc)
+        if !Arc::get_mut(&mut arc)
             .expect("fresh Arc is unique")
-            .register();
+            .register()
+        {
+            return Err(Error::invalid(
+                "heap",
+                arc.name.as_ref(),
+                format!(
+                    "room in the guard table: at most {} heaps may be alive at once",
+                    guard::CAPACITY
+                ),
+            ));
+        }
         Ok(Heap {
             handle: Handle::Shared(arc),
         })
