@@ -194,6 +194,12 @@ impl Drop for Guarded {
 /// Tags `heap`'s whole reservation with protection key `key` (0: the
 /// default key, which every thread may use): committed pages stay
 /// read-write, the rest `PROT_NONE`.
+///
+/// `pkey_mprotect` sets the protection with the key, so this assumes the
+/// heap is not frozen by `mprotect` meanwhile. One runtime never tags
+/// during its own phases; a known limit remains when runtimes of both
+/// backends guard one heap: a pkey runtime built or dropped while an
+/// mprotect runtime's phase freezes that heap opens its pages early.
 fn tag(heap: &HeapInner, key: u32) -> Result<(), OsError> {
     let region = heap.core.region();
     heap.core.commit_lock_and(|committed| {

@@ -1013,3 +1013,38 @@ test!(guard_entries_never_run_out_pkey, needs: [Pkey]);
 fn guard_entries_never_run_out_pkey() {
     guard_entries_never_run_out(Protect::Pkey);
 }
+
+test!(seal_without_mseal_is_refused_before_anything_changes);
+/// Where the kernel lacks `mseal(2)` (before Linux 6.10), `seal` fails
+/// with an error that says so and leaves the heap as it was: allocating,
+/// freeing and writable. Where it has it, the heap is sealed (the sealed
+/// tests above check the rest).
+fn seal_without_mseal_is_refused_before_anything_changes() {
+    let heap = guarded_heap("maybe-sealed");
+    let mut data: HeapVec<u64, Heap> = HeapVec::new_in(heap.clone());
+    data.extend(0..64u64);
+    match heap.seal() {
+        Ok(()) => assert!(heap.is_sealed()),
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.contains("mseal"), "{text}");
+            assert!(text.contains("6.10"), "says which kernel has it: {text}");
+            assert!(!heap.is_sealed());
+            data[5] = 55;
+            data.extend(64..100_000u64);
+            assert_eq!((data[5], data[99_999]), (55, 99_999));
+            let rt = runtime(&heap, Protect::Mprotect, OnViolation::Cancel);
+            let at = &data[9] as *const u64 as usize;
+            let err = rt
+                .for_each(0..2usize, |i| {
+                    if i == 1 {
+                        // SAFETY: at points into the live vector; the store
+                        // is the violation under test.
+                        unsafe { (at as *mut u64).write_volatile(0) };
+                    }
+                })
+                .expect_err("the heap is guarded as usual");
+            assert_eq!(err.violation().expect("a violation").address(), at);
+        }
+    }
+}
