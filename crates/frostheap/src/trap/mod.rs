@@ -155,7 +155,9 @@ pub(crate) fn guard(heap: &Heap, backend: Backend) -> Result<Guarded, Error> {
     })?;
     let _tagging = TAGGING.lock().unwrap_or_else(|e| e.into_inner());
     if let Backend::Pkey(key) = backend {
-        if entry.key() != key {
+        // A sealed heap is read-only to every thread for good: it needs
+        // no key (and its protection can no longer change).
+        if entry.key() != key && !entry.is_sealed() {
             tag(inner, key).map_err(|source| Error::Os {
                 context: "tagging a guarded heap with a protection key",
                 source,
