@@ -10,12 +10,12 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | here | resolving the backend, the key, [`Guarded`] (a runtime's hold on a heap: the key tagging) |
-//! | [`freeze`] | [`Freeze`]: the freeze protocol, whose `Drop` thaws |
-//! | [`handler`] | the SIGSEGV and SIGTRAP handlers |
-//! | [`step`] | letting one faulting store through (audit) |
-//! | [`frame`] | the x86_64 signal frame the handlers read and edit |
-//! | [`report`] | from the handler's numbers to a [`Violation`] (the type itself is `crate::violation`'s) |
+//! | here | resolving the backend, the key, `Guarded` (a runtime's hold on a heap: the key tagging) |
+//! | `freeze` | `Freeze`: the freeze protocol, whose `Drop` thaws |
+//! | `handler` | the SIGSEGV and SIGTRAP handlers |
+//! | `step` | letting one faulting store through (audit) |
+//! | `frame` | the x86_64 signal frame the handlers read and edit |
+//! | `report` | from the handler's numbers to a [`Violation`] (the type itself is `crate::violation`'s) |
 //!
 //! What the handler reads lives one layer down, in `guard`: the table of
 //! heap regions with their guard state, and each worker's state.
