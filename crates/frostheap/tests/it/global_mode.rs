@@ -1,15 +1,15 @@
-//! `frostheap::Global`, tested through example programs that install it,
+//! `frostheap::Global`, tested through fixture programs (tests/fixtures/) that install it,
 //! run as child processes (a test binary cannot usefully swap its own
 //! global allocator): routing by thread and by address, limits from the
 //! environment, start-up errors, and the allocation-failure path.
 
 use std::os::unix::process::ExitStatusExt;
 
-use crate::check::{describe, run_example, MIB};
+use crate::check::{describe, run_fixture, MIB};
 
 test!(routing_main_heap_other_threads_and_remote_frees);
 fn routing_main_heap_other_threads_and_remote_frees() {
-    let out = run_example("global_routing", &[], &[]);
+    let out = run_fixture("global_routing", &[], &[]);
     assert!(out.status.success(), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -21,7 +21,7 @@ fn routing_main_heap_other_threads_and_remote_frees() {
 
 test!(limits_come_from_the_environment);
 fn limits_come_from_the_environment() {
-    let out = run_example(
+    let out = run_fixture(
         "global_routing",
         &[],
         &[("FROSTHEAP_MAX", "1.5GiB"), ("FROSTHEAP_MIN", "32M")],
@@ -39,7 +39,7 @@ fn limits_come_from_the_environment() {
         describe(&out)
     );
 
-    let out = run_example(
+    let out = run_fixture(
         "global_alloc",
         &["32M"],
         &[("FROSTHEAP_MAX", "64M"), ("FROSTHEAP_HUGE_PAGES", "off")],
@@ -61,7 +61,7 @@ fn limits_come_from_the_environment() {
 /// A bad value stops start-up: status 2, one stderr line naming the
 /// variable, the value and what is accepted, and `main` never runs.
 fn assert_startup_error(env: &[(&str, &str)], var: &str, value: &str, accepted: &str) {
-    let out = run_example("global_alloc", &["1M"], env);
+    let out = run_fixture("global_alloc", &["1M"], env);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(
         out.stdout.is_empty(),
@@ -142,7 +142,7 @@ test!(allocation_past_max_takes_the_alloc_error_path);
 /// Past `FROSTHEAP_MAX`, `GlobalAlloc` returns null and Rust's
 /// allocation-failure path reports and aborts.
 fn allocation_past_max_takes_the_alloc_error_path() {
-    let out = run_example("global_alloc", &["100M"], &[("FROSTHEAP_MAX", "64M")]);
+    let out = run_fixture("global_alloc", &["100M"], &[("FROSTHEAP_MAX", "64M")]);
     assert!(!out.status.success(), "{}", describe(&out));
     assert_eq!(
         out.status.signal(),
@@ -170,7 +170,7 @@ fn libc_sigabrt() -> i32 {
 
 test!(remote_double_free_stops_the_process_with_a_report);
 fn remote_double_free_stops_the_process_with_a_report() {
-    let out = run_example("global_routing", &["remote-double-free"], &[]);
+    let out = run_fixture("global_routing", &["remote-double-free"], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let p = stdout
@@ -195,4 +195,83 @@ fn remote_double_free_stops_the_process_with_a_report() {
         "{}",
         describe(&out)
     );
+}
+
+test!(one_limit_bounds_every_kind_of_thread);
+/// `FROSTHEAP_MAX=128M` bounds the main thread, a spawned thread, a pool
+/// of worker threads and runtime tasks together: each is refused near the
+/// shared cap and can allocate again once memory is freed.
+fn one_limit_bounds_every_kind_of_thread() {
+    let out = run_fixture("global_threads", &["limit"], &[("FROSTHEAP_MAX", "128M")]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for who in ["main:", "spawned thread:", "pool worker:", "runtime task:"] {
+        assert!(stdout.contains(who), "no line for {who}\n{}", describe(&out));
+    }
+    assert!(
+        stdout.contains("global_threads limit: ok"),
+        "{}",
+        describe(&out)
+    );
+}
+
+test!(ten_thousand_short_lived_threads_reuse_their_heaps);
+/// 10,000 threads, each allocating, keeping blocks past its exit and
+/// freeing other threads' blocks: heaps are adopted, nothing is lost, and
+/// in-use and committed bytes come back down.
+fn ten_thousand_short_lived_threads_reuse_their_heaps() {
+    let out = run_fixture("global_threads", &["churn"], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("global_threads churn: ok"),
+        "{}",
+        describe(&out)
+    );
+}
+
+test!(out_of_memory_in_global_mode_names_frostheap_and_the_limit);
+/// An allocation Rust cannot handle past `FROSTHEAP_MAX`: one line from
+/// frostheap naming the heap, the variable and the numbers, then std's
+/// message, then SIGABRT.
+fn out_of_memory_in_global_mode_names_frostheap_and_the_limit() {
+    let out = run_fixture("global_threads", &["oom"], &[("FROSTHEAP_MAX", "64M")]);
+    assert_eq!(out.status.signal(), Some(6), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ours = stderr
+        .lines()
+        .position(|l| l.starts_with("frostheap: out of memory: the main heap"))
+        .unwrap_or_else(|| panic!("no frostheap line\n{}", describe(&out)));
+    let line = stderr.lines().nth(ours).unwrap();
+    assert!(line.contains("FROSTHEAP_MAX is 67108864 bytes"), "{line}");
+    assert!(line.contains(&format!("allocate {} bytes", 65 * MIB)), "{line}");
+    let std_line = stderr
+        .lines()
+        .position(|l| l.contains("memory allocation of"))
+        .unwrap_or_else(|| panic!("no line from std\n{}", describe(&out)));
+    assert!(ours < std_line, "frostheap's line must come first\n{stderr}");
+}
+
+test!(allocation_sites_are_tracked_for_alloc_zeroed_and_realloc);
+/// With `FROSTHEAP_TRACK_ALLOCS=1`, the site recorded for a block names
+/// the function that made it, whether by `alloc`, `alloc_zeroed` or a
+/// `realloc` that moved it (never the site of a block that was there
+/// before).
+fn allocation_sites_are_tracked_for_alloc_zeroed_and_realloc() {
+    let out = run_fixture("global_track", &[], &[("FROSTHEAP_TRACK_ALLOCS", "1")]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for (what, function) in [
+        ("alloc:", "made_by_alloc"),
+        ("alloc_zeroed:", "made_by_alloc_zeroed"),
+        ("realloc:", "made_by_realloc"),
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(what))
+            .unwrap_or_else(|| panic!("no {what} line\n{}", describe(&out)));
+        assert!(
+            line.contains(function),
+            "the site of the {what} block does not name {function}: {line}"
+        );
+    }
 }
