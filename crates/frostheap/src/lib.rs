@@ -74,11 +74,13 @@
 //!
 //! ## Layers
 //!
-//! `os` (the only code that makes system calls) → `region` (reserve,
-//! commit, protect, the region table) → `heap` (size classes, spans,
-//! stats, limits) → `context` (bump arenas) and `trap` (fault handler,
-//! reports) → `runtime` (phases, map) → `global`. See
-//! ARCHITECTURE.md for the code map and invariants.
+//! `os` (the only code that makes system calls) → `config` (policies,
+//! environment) → `guard` (the table of heap regions and their guard
+//! state, worker state) → `region` (reserve, commit, protect) → `heap`
+//! (size classes, spans, stats, limits) → `context` (bump arenas) and
+//! `trap` (fault handler, freeze protocol, reports) → `global` →
+//! `runtime` (phases, map). See ARCHITECTURE.md for the code map and
+//! invariants.
 //!
 //! Neither protection backend is a security boundary: writes through
 //! `/proc/self/mem` or `ptrace` succeed against both.

@@ -704,3 +704,37 @@ pub fn read(fd: libc::c_int, buf: &mut [u8]) -> Result<usize, OsError> {
         Ok(n as usize)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pkru_with_sets_only_the_two_bits_of_the_key() {
+        // The kernel's default for a new thread: every key but 0 denied.
+        let default = 0x5555_5554;
+        assert_eq!(pkru_with(default, 1, Access::ReadWrite), 0x5555_5550);
+        assert_eq!(pkru_with(default, 1, Access::Read), 0x5555_5558);
+        assert_eq!(pkru_with(0, 15, Access::None), 1 << 30);
+        assert_eq!(pkru_with(0, 15, Access::Read), 2 << 30);
+        assert_eq!(pkru_with(u32::MAX, 3, Access::ReadWrite), !(3 << 6));
+    }
+
+    /// mseal(2) came with Linux 6.10: the probe says so on both sides of
+    /// that line (this machine and the pkey guest, which runs 6.1).
+    #[test]
+    fn the_mseal_probe_matches_the_kernel_version() {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut numbers = release
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|n| n.parse::<u32>().unwrap_or(0));
+        let version = (numbers.next().unwrap(), numbers.next().unwrap());
+        match mseal_available() {
+            Ok(()) => assert!(version >= (6, 10), "mseal on {release}"),
+            Err(e) => {
+                assert!(version < (6, 10), "no mseal on {release}: {e}");
+                assert_eq!((e.call, e.errno), ("mseal", libc::ENOSYS));
+            }
+        }
+    }
+}

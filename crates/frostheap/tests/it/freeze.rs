@@ -795,74 +795,10 @@ fn user_signal_handler_on_a_worker_reads_guarded_data_pkey() {
 // ---------------------------------------------------------------------------
 // Huge pages.
 
-/// Sums field `field` (in kB) of `/proc/self/smaps` over the mappings that
-/// overlap `[start, end)`; also returns how many mappings that was.
-fn smaps_kb(start: usize, end: usize, field: &str) -> (usize, usize) {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("/proc/self/smaps");
-    let (mut total, mut mappings, mut inside) = (0, 0, false);
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if let Some((lo, hi)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
-            let lo = usize::from_str_radix(lo, 16).expect("a mapping's start");
-            let hi = usize::from_str_radix(hi, 16).expect("a mapping's end");
-            inside = lo < end && start < hi;
-            mappings += usize::from(inside);
-        } else if inside && first == format!("{field}:") {
-            let kb: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-            total += kb;
-        }
-    }
-    (total, mappings)
-}
-
-test!(huge_pages_off_means_no_huge_pages_even_where_thp_is_always);
-/// Regression: `HugePages::Off` got huge pages where THP is `always`
-/// system-wide (88–96% of the "4 KiB" benchmark column in the pkey
-/// guest). Off means `MADV_NOHUGEPAGE`: not one huge page in the region.
-fn huge_pages_off_means_no_huge_pages_even_where_thp_is_always() {
-    const TOUCHED: usize = 32 << 20;
-    let heap = Heap::builder()
-        .name("small-pages")
-        .max(256 << 20)
-        .huge_pages(frostheap::HugePages::Off)
-        .build()
-        .expect("heap");
-    let block = heap
-        .try_alloc(std::alloc::Layout::from_size_align(TOUCHED, 1 << 21).unwrap())
-        .expect("32 MiB");
-    // SAFETY: a fresh block of TOUCHED bytes.
-    unsafe { core::ptr::write_bytes(block.as_ptr(), 0x5A, TOUCHED) };
-    let (start, end) = (
-        heap.base() as usize,
-        heap.base() as usize + heap.stats().reserved,
-    );
-    let thp =
-        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-    let (rss_kb, mappings) = smaps_kb(start, end, "Rss");
-    assert!(mappings > 0, "no mapping of the region in /proc/self/smaps");
-    assert!(
-        rss_kb * 1024 >= TOUCHED,
-        "the touched block is resident ({rss_kb} kB in {mappings} mappings)"
-    );
-    let (huge_kb, _) = smaps_kb(start, end, "AnonHugePages");
-    assert_eq!(
-        huge_kb,
-        0,
-        "HugePages::Off, THP {}: {huge_kb} kB of huge pages in the region",
-        thp.trim()
-    );
-    // SAFETY: allocated above, freed once.
-    unsafe { heap.dealloc(block) };
-}
-
-// ---------------------------------------------------------------------------
-// Guard entries live exactly as long as their heap.
-
-/// The protection keys `/proc/self/smaps` shows for the mappings that
-/// overlap `[start, end)` (empty where the kernel shows none).
-fn protection_keys(start: usize, end: usize) -> Vec<u32> {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("/proc/self/smaps");
-    let mut keys = Vec::new();
+/// The values of field `field` in `smaps` (the text of a
+/// `/proc/<pid>/smaps`), one per mapping that overlaps `[start, end)`.
+fn smaps_field(smaps: &str, start: usize, end: usize, field: &str) -> Vec<usize> {
+    let mut values = Vec::new();
     let mut inside = false;
     for line in smaps.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
@@ -870,11 +806,98 @@ fn protection_keys(start: usize, end: usize) -> Vec<u32> {
             let lo = usize::from_str_radix(lo, 16).expect("a mapping's start");
             let hi = usize::from_str_radix(hi, 16).expect("a mapping's end");
             inside = lo < end && start < hi;
-        } else if inside && first == "ProtectionKey:" {
-            keys.push(line.split_whitespace().nth(1).unwrap().parse().unwrap());
+        } else if inside && first.strip_suffix(':') == Some(field) {
+            values.push(line.split_whitespace().nth(1).unwrap().parse().unwrap());
         }
     }
-    keys
+    values
+}
+
+/// This process's `/proc/self/smaps`.
+fn own_smaps() -> String {
+    std::fs::read_to_string("/proc/self/smaps").expect("/proc/self/smaps")
+}
+
+/// Checks that the touched `TOUCHED_MIB` of `[start, end)` are resident
+/// and that none of it is a huge page.
+fn assert_no_huge_pages(smaps: &str, start: usize, end: usize, what: &str) {
+    let rss_kb = smaps_field(smaps, start, end, "Rss");
+    assert!(!rss_kb.is_empty(), "{what}: no mapping of the region in smaps");
+    let rss: usize = rss_kb.iter().sum();
+    assert!(
+        rss >= TOUCHED_MIB << 10,
+        "{what}: the touched block is resident ({rss} kB in {} mappings)",
+        rss_kb.len()
+    );
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .unwrap_or_default();
+    let huge: usize = smaps_field(smaps, start, end, "AnonHugePages").iter().sum();
+    assert_eq!(
+        huge,
+        0,
+        "{what}, THP {}: {huge} kB of huge pages in the region",
+        thp.trim()
+    );
+}
+
+/// MiB the huge-page tests write.
+const TOUCHED_MIB: usize = 32;
+
+test!(huge_pages_off_means_no_huge_pages_even_where_thp_is_always);
+/// Regression: `HugePages::Off` got huge pages where THP is `always`
+/// system-wide (88–96% of the "4 KiB" benchmark column in the pkey
+/// guest). Off means `MADV_NOHUGEPAGE`: not one huge page in the region.
+fn huge_pages_off_means_no_huge_pages_even_where_thp_is_always() {
+    let heap = Heap::builder()
+        .name("small-pages")
+        .max(256 << 20)
+        .huge_pages(frostheap::HugePages::Off)
+        .build()
+        .expect("heap");
+    let touched = TOUCHED_MIB << 20;
+    let block = heap
+        .try_alloc(std::alloc::Layout::from_size_align(touched, 1 << 21).unwrap())
+        .expect("32 MiB");
+    // SAFETY: a fresh block of `touched` bytes.
+    unsafe { core::ptr::write_bytes(block.as_ptr(), 0x5A, touched) };
+    let start = heap.base() as usize;
+    let end = start + heap.stats().reserved;
+    assert_no_huge_pages(&own_smaps(), start, end, "HugePages::Off");
+    // SAFETY: allocated above, freed once.
+    unsafe { heap.dealloc(block) };
+}
+
+test!(huge_pages_off_holds_for_the_main_heap_of_a_global_mode_program);
+/// The same for `FROSTHEAP_HUGE_PAGES=off` and the main heap, which is
+/// carved from the process's one reservation (the child writes 32 MiB in
+/// it and prints the heap's range and its smaps).
+fn huge_pages_off_holds_for_the_main_heap_of_a_global_mode_program() {
+    let out = run_fixture(
+        "freeze_child",
+        &["huge-pages"],
+        &[("FROSTHEAP_HUGE_PAGES", "off")],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (range, smaps) = stdout
+        .split_once('\n')
+        .unwrap_or_else(|| panic!("no output\n{}", describe(&out)));
+    let bounds: Vec<usize> = range
+        .strip_prefix("main heap ")
+        .unwrap_or_else(|| panic!("no range line\n{}", describe(&out)))
+        .split(' ')
+        .map(|n| usize::from_str_radix(n.trim_start_matches("0x"), 16).expect("an address"))
+        .collect();
+    assert_no_huge_pages(smaps, bounds[0], bounds[1], "FROSTHEAP_HUGE_PAGES=off");
+}
+
+// ---------------------------------------------------------------------------
+// Guard entries live exactly as long as their heap.
+
+/// The protection keys `/proc/self/smaps` shows for the mappings that
+/// overlap `[start, end)` (empty where the kernel shows none).
+fn protection_keys(start: usize, end: usize) -> Vec<usize> {
+    smaps_field(&own_smaps(), start, end, "ProtectionKey")
 }
 
 /// A runtime of one worker guarding `heap`.
@@ -907,6 +930,7 @@ fn caught_write(rt: &Runtime, policy: OnViolation, at: usize) -> Option<usize> {
 /// Checks that the pages of `heap` carry protection key `key` (`rt`'s,
 /// when it uses pkeys).
 fn assert_pages_carry(heap: &Heap, key: u32, what: &str) {
+    let key = key as usize;
     let base = heap.base() as usize;
     let keys = protection_keys(base, base + heap.stats().reserved);
     assert!(
@@ -1012,4 +1036,39 @@ fn guard_entries_never_run_out_mprotect() {
 test!(guard_entries_never_run_out_pkey, needs: [Pkey]);
 fn guard_entries_never_run_out_pkey() {
     guard_entries_never_run_out(Protect::Pkey);
+}
+
+test!(seal_without_mseal_is_refused_before_anything_changes);
+/// Where the kernel lacks `mseal(2)` (before Linux 6.10), `seal` fails
+/// with an error that says so and leaves the heap as it was: allocating,
+/// freeing and writable. Where it has it, the heap is sealed (the sealed
+/// tests above check the rest).
+fn seal_without_mseal_is_refused_before_anything_changes() {
+    let heap = guarded_heap("maybe-sealed");
+    let mut data: HeapVec<u64, Heap> = HeapVec::new_in(heap.clone());
+    data.extend(0..64u64);
+    match heap.seal() {
+        Ok(()) => assert!(heap.is_sealed()),
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.contains("mseal"), "{text}");
+            assert!(text.contains("6.10"), "says which kernel has it: {text}");
+            assert!(!heap.is_sealed());
+            data[5] = 55;
+            data.extend(64..100_000u64);
+            assert_eq!((data[5], data[99_999]), (55, 99_999));
+            let rt = runtime(&heap, Protect::Mprotect, OnViolation::Cancel);
+            let at = &data[9] as *const u64 as usize;
+            let err = rt
+                .for_each(0..2usize, |i| {
+                    if i == 1 {
+                        // SAFETY: at points into the live vector; the store
+                        // is the violation under test.
+                        unsafe { (at as *mut u64).write_volatile(0) };
+                    }
+                })
+                .expect_err("the heap is guarded as usual");
+            assert_eq!(err.violation().expect("a violation").address(), at);
+        }
+    }
 }
