@@ -1,0 +1,339 @@
+//! Recovery after violations (issue 13): a violation never hangs, never
+//! leaks, never lies.
+//!
+//! Most cases are global-mode programs (`examples/recovery.rs`, one
+//! scenario per run) run as child processes within a time limit, so a hang
+//! is a failure with the child's output, not a stuck test run: threads that
+//! tasks start, a bystander thread's store during a phase, violations made
+//! while holding a lock or stdout's lock, phases past the parked-thread and
+//! slot limits, thousands of runtimes and of violations (threads and RSS
+//! counted), and large results whose memory must come back. In this
+//! process: the report's backtrace names the user's frames, and a property
+//! test that a phase returns `Ok` only if every task ran.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use allocator_api2::vec::Vec as HeapVec;
+use frostheap::{Error, Heap, Runtime};
+use proptest::prelude::*;
+
+use crate::check::{describe, example};
+
+/// How long one child may run: `FROSTHEAP_TEST_CHILD_TIMEOUT` seconds,
+/// default 300 (generous: CI's emulated guest is some ten times slower
+/// than this machine, where the scenarios take a few seconds at most).
+fn child_limit_s() -> u32 {
+    match std::env::var("FROSTHEAP_TEST_CHILD_TIMEOUT") {
+        Err(_) => 300,
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+            panic!("FROSTHEAP_TEST_CHILD_TIMEOUT={v:?}: expected whole seconds")
+        }),
+    }
+}
+
+/// Runs scenario `args` of the `recovery` example with `env` (every
+/// `FROSTHEAP_*` variable of ours removed first), killed after
+/// [`child_limit_s`] seconds by `timeout(1)`.
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let limit = child_limit_s();
+    let mut cmd = Command::new("timeout");
+    cmd.args(["-s", "KILL", &limit.to_string()])
+        .arg(example("recovery"))
+        .args(args);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("FROSTHEAP_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running timeout(1) with the recovery example: {e}"));
+    assert!(
+        out.status.signal() != Some(libc::SIGKILL),
+        "recovery {args:?} ({env:?}) did not finish within {limit} s: killed\n{}",
+        describe(&out)
+    );
+    out
+}
+
+/// Runs a scenario and checks it passed its own checks.
+#[track_caller]
+fn scenario(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let out = run(args, env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("recovery {}: ok", args[0])),
+        "recovery {args:?} with {env:?}\n{}",
+        describe(&out)
+    );
+    out
+}
+
+const MPROTECT: (&str, &str) = ("FROSTHEAP_PROTECT", "mprotect");
+const PKEY: (&str, &str) = ("FROSTHEAP_PROTECT", "pkey");
+const CANCEL: (&str, &str) = ("FROSTHEAP_ON_VIOLATION", "cancel");
+const AUDIT: (&str, &str) = ("FROSTHEAP_ON_VIOLATION", "audit");
+
+// ---------------------------------------------------------------------------
+// Threads that tasks start (case 4), bystanders.
+
+test!(thread_spawn_scope_and_a_pool_made_in_a_task_return_mprotect);
+/// Regression (case 4): `thread::spawn(..).join()` inside a task hung for
+/// good on `mprotect`: the new thread's start-up writes std's thread
+/// bookkeeping, which main allocated, so the thread waited for the thaw
+/// while the task waited for the thread. Also `thread::scope` and a pool
+/// of threads made lazily by a task (as rayon's global pool is).
+fn thread_spawn_scope_and_a_pool_made_in_a_task_return_mprotect() {
+    scenario(&["threads"], &[MPROTECT]);
+}
+
+test!(thread_spawn_scope_and_a_pool_made_in_a_task_return_pkey, needs: [Pkey]);
+fn thread_spawn_scope_and_a_pool_made_in_a_task_return_pkey() {
+    scenario(&["threads"], &[PKEY]);
+}
+
+test!(a_bystander_threads_store_lands_and_is_not_undone_mprotect);
+/// A thread that a task starts is no worker: its store into the main heap
+/// during the phase lands, is not undone by a rollback of another task's
+/// violation on the same page, and does not block the phase.
+fn a_bystander_threads_store_lands_and_is_not_undone_mprotect() {
+    scenario(&["bystander"], &[MPROTECT]);
+}
+
+test!(a_bystander_threads_store_lands_and_is_not_undone_pkey, needs: [Pkey]);
+fn a_bystander_threads_store_lands_and_is_not_undone_pkey() {
+    scenario(&["bystander"], &[PKEY]);
+}
+
+// ---------------------------------------------------------------------------
+// Locks (cases 5 and 6).
+
+test!(a_violation_while_holding_a_static_lock_is_an_err_and_the_lock_comes_back);
+/// Regression (case 5): a task that violated while holding a `static
+/// Mutex<Vec<String>>` was parked with the lock held; the other tasks
+/// blocked on it and the phase never ended, silently.
+fn a_violation_while_holding_a_static_lock_is_an_err_and_the_lock_comes_back() {
+    for backend in [MPROTECT] {
+        scenario(&["lock-static"], &[backend]);
+    }
+}
+
+test!(a_violation_while_holding_a_static_lock_is_an_err_pkey, needs: [Pkey]);
+fn a_violation_while_holding_a_static_lock_is_an_err_pkey() {
+    scenario(&["lock-static"], &[PKEY]);
+}
+
+test!(a_violation_while_holding_a_lock_on_mains_stack_is_an_err);
+/// Regression (case 5): the same with a `Mutex` on main's stack over a
+/// `Vec` in the main heap.
+fn a_violation_while_holding_a_lock_on_mains_stack_is_an_err() {
+    scenario(&["lock-stack"], &[MPROTECT]);
+}
+
+test!(a_violation_inside_display_under_println_leaves_stdout_usable);
+/// Regression (case 6): a violation inside `Display::fmt` called by
+/// `println!` (a lazily filled cache in the main heap) left stdout's lock
+/// held by the parked thread, and main's next `println!` blocked forever.
+fn a_violation_inside_display_under_println_leaves_stdout_usable() {
+    let out = scenario(&["println"], &[MPROTECT]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("main after the phase: lazily made"),
+        "{}",
+        describe(&out)
+    );
+}
+
+test!(cancel_a_task_blocked_on_a_lock_the_cancelled_task_holds_ends_in_err);
+/// Regression (case 5 under `cancel`): the report is printed when the
+/// violation happens, and a phase that makes no progress after it ends
+/// with `Err(Violation)` and a note that the remaining tasks are most
+/// likely blocked on a lock the cancelled task holds.
+fn cancel_a_task_blocked_on_a_lock_the_cancelled_task_holds_ends_in_err() {
+    let out = scenario(&["lock-stack"], &[MPROTECT, CANCEL]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("==frostheap== VIOLATION"),
+        "the report is printed when the violation happens\n{}",
+        describe(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let all = format!("{stdout}{stderr}");
+    assert!(all.contains("lock"), "the error says why\n{}", describe(&out));
+}
+
+// ---------------------------------------------------------------------------
+// Limits, leaks and soaks (cases 1, 2, 3, 7).
+
+test!(a_phase_never_returns_ok_unless_every_task_ran_past_the_parked_limit);
+/// Regression (case 1): under `cancel`, once worker slots ran out no
+/// parked worker could be replaced; with every worker parked a violating
+/// phase returned `Ok`, and the next `map` returned `Ok` with results no
+/// task made. 1100 violating phases, each followed by a clean one.
+fn a_phase_never_returns_ok_unless_every_task_ran_past_the_parked_limit() {
+    scenario(&["exhausted", "1100"], &[MPROTECT, CANCEL]);
+}
+
+test!(a_phase_never_returns_ok_unless_every_task_ran_default_policy);
+fn a_phase_never_returns_ok_unless_every_task_ran_default_policy() {
+    scenario(&["exhausted", "1100"], &[MPROTECT]);
+}
+
+test!(three_thousand_runtimes_give_back_their_threads_slots_and_memory);
+/// Regression (case 2): dropping a runtime leaked its context slots (build
+/// failed after about 1000 runtimes with "at most 1024 context heaps
+/// alive at once") and about 29 KB of RSS. 3000 runtimes built, used and
+/// dropped: threads back to the baseline exactly, RSS within 16 MiB.
+fn three_thousand_runtimes_give_back_their_threads_slots_and_memory() {
+    scenario(&["runtimes", "3000"], &[MPROTECT]);
+}
+
+test!(five_thousand_violations_under_rollback);
+/// 5000 violations in one runtime under the default policy: every call
+/// `Err`, the data intact, no thread left behind, RSS within 32 MiB.
+fn five_thousand_violations_under_rollback() {
+    scenario(&["violations", "5000", "0"], &[MPROTECT]);
+}
+
+test!(five_thousand_violations_under_rollback_pkey, needs: [Pkey]);
+fn five_thousand_violations_under_rollback_pkey() {
+    scenario(&["violations", "5000", "0"], &[PKEY]);
+}
+
+test!(five_thousand_violations_under_cancel_stay_within_max_parked);
+/// Regression (case 3): each violation under `cancel` left a thread and a
+/// slot behind for good, and slots ran out before `max_parked` could
+/// trigger. 5000 violations with `max_parked(100)`: every call `Err`
+/// (past the cap a clear error, never `Ok`), threads ≤ workers + 100.
+fn five_thousand_violations_under_cancel_stay_within_max_parked() {
+    scenario(&["violations", "5000", "100"], &[MPROTECT, CANCEL]);
+}
+
+test!(five_thousand_violations_under_audit);
+/// Audit lets every store through and logs it: 5000 calls return `Ok`,
+/// no thread is left behind, RSS stays bounded.
+fn five_thousand_violations_under_audit() {
+    scenario(&["violations", "5000", "0"], &[MPROTECT, AUDIT]);
+}
+
+test!(dropped_large_results_give_their_context_memory_back);
+/// Regression (case 7): three rounds of 2 × 100 MB results, all dropped,
+/// kept 600 MB of context memory committed (RSS 418 MB) until the runtime
+/// was dropped. After each round's next phase, context memory is back
+/// within 32 MiB and RSS within 64 MiB of the start.
+fn dropped_large_results_give_their_context_memory_back() {
+    scenario(&["large-results"], &[MPROTECT]);
+}
+
+// ---------------------------------------------------------------------------
+// Reports (case 9), in this process.
+
+/// Overwrites `dst` with a library call (`memcpy` in libc), so the faulting
+/// instruction is not in this crate: only a backtrace names this function.
+#[inline(never)]
+fn overwrite_the_guarded_block_with_memcpy(dst: *mut u8, src: &[u8]) {
+    let len = std::hint::black_box(src.len());
+    // SAFETY: `dst` is valid for `len` bytes (a guarded block of that
+    // size); the write is the violation under test.
+    unsafe { libc::memcpy(dst.cast(), src.as_ptr().cast(), len) };
+}
+
+test!(a_violation_inside_a_library_call_reports_the_callers_frames);
+/// Regression (case 9): a violation inside std or a C library named only
+/// the faulting frame (`memcpy`, `atomic_compare_exchange`), never the
+/// user's code that called it. The report now carries a short backtrace
+/// of the violating thread, symbolised outside the handler.
+fn a_violation_inside_a_library_call_reports_the_callers_frames() {
+    let heap = Heap::builder()
+        .name("backtrace")
+        .max(64 << 20)
+        .build()
+        .unwrap();
+    let mut data: HeapVec<u8, Heap> = HeapVec::new_in(heap.clone());
+    data.resize(8192, 0x11);
+    let rt = Runtime::builder().workers(2).guard(&heap).build().unwrap();
+    let dst = data.as_ptr() as usize;
+    let src = vec![0x22u8; 4096];
+    let r = rt.map(0..4usize, |i| {
+        if i == 1 {
+            overwrite_the_guarded_block_with_memcpy(dst as *mut u8, &src);
+        }
+        i
+    });
+    let e = r.expect_err("a memcpy into a guarded heap is a violation");
+    let report = e.to_string();
+    assert!(
+        report.contains("overwrite_the_guarded_block_with_memcpy"),
+        "the report names the user's function that called memcpy:\n{report}"
+    );
+    assert!(data.iter().all(|&b| b == 0x11), "the guarded data is intact");
+}
+
+// ---------------------------------------------------------------------------
+// A phase returns Ok only if every task ran.
+
+/// Phases of random shape with some tasks writing the guarded heap or
+/// panicking: `Ok` only when no task did either, and then with every task
+/// run exactly once and every result right.
+fn a_phase_returns_ok_only_if_every_task_ran(
+    workers: usize,
+    n: usize,
+    violators: Vec<usize>,
+    panickers: Vec<usize>,
+) {
+    let heap = Heap::builder()
+        .name("property")
+        .max(16 << 20)
+        .build()
+        .unwrap();
+    let mut data: HeapVec<AtomicU64, Heap> = HeapVec::new_in(heap.clone());
+    data.extend((0..64).map(AtomicU64::new));
+    let rt = Runtime::builder()
+        .workers(workers)
+        .guard(&heap)
+        .build()
+        .unwrap();
+    for round in 0..3 {
+        let ran = AtomicUsize::new(0);
+        let r = rt.map(0..n, |i| {
+            ran.fetch_add(1, Ordering::SeqCst);
+            if violators.contains(&i) {
+                data[i % 64].fetch_add(1, Ordering::SeqCst);
+            }
+            if panickers.contains(&i) {
+                panic!("task {i} panics");
+            }
+            i * 3 + round
+        });
+        let bad = violators.iter().chain(&panickers).any(|&i| i < n);
+        match r {
+            Ok(v) => {
+                assert!(!bad, "round {round}: Ok although a task violated or panicked");
+                assert_eq!(ran.load(Ordering::SeqCst), n, "every task ran once");
+                assert_eq!(v, (0..n).map(|i| i * 3 + round).collect::<Vec<_>>());
+            }
+            Err(Error::Violation(_)) => assert!(violators.iter().any(|&i| i < n)),
+            Err(Error::TaskPanicked { .. }) => assert!(panickers.iter().any(|&i| i < n)),
+            Err(e) => panic!("round {round}: unexpected error {e}"),
+        }
+        for (k, w) in data.iter().enumerate() {
+            assert_eq!(w.load(Ordering::SeqCst), k as u64, "word {k} left a trace");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    fn phase_ok_only_if_every_task_ran(
+        workers in 1usize..4,
+        n in 0usize..200,
+        violators in proptest::collection::vec(0usize..200, 0..2),
+        panickers in proptest::collection::vec(0usize..200, 0..2),
+    ) {
+        a_phase_returns_ok_only_if_every_task_ran(workers, n, violators, panickers);
+    }
+}
+test!(phase_ok_only_if_every_task_ran);
