@@ -24,6 +24,7 @@
 
 pub(crate) mod handler;
 mod report;
+pub(crate) mod undo;
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
