@@ -282,8 +282,8 @@ impl UndoLog {
         self.stores() == 0 && self.used.load(Ordering::Acquire) == 0
     }
 
-    /// The entries, newest first: (seq, addr, len, pairs).
-    fn newest(&self, from: u32) -> Option<(u64, usize, usize, *const u8, u32)> {
+    /// The entry at offset `from`, if any.
+    fn newest(&self, from: u32) -> Option<Entry> {
         if from == NO_ENTRY || self.base.load(Ordering::Acquire) == 0 {
             return None;
         }
@@ -291,7 +291,13 @@ impl UndoLog {
         // SAFETY: `from` is the offset of a complete entry (the log is at
         // rest: its worker has ended its phase).
         let (seq, addr, len, prev) = unsafe { read_header(h) };
-        Some((seq, addr, len, h.wrapping_add(HEADER), prev))
+        Some(Entry {
+            seq,
+            addr,
+            len,
+            pairs: h.wrapping_add(HEADER),
+            prev,
+        })
     }
 
     /// Forgets every entry (after the replay) and gives back the pages of
@@ -320,6 +326,17 @@ impl Drop for UndoLog {
             unsafe { os::unmap(base as *mut u8, SLOTS * SLOT_BYTES + LOG_BYTES) };
         }
     }
+}
+
+/// An entry as the replay reads it.
+struct Entry {
+    seq: u64,
+    addr: usize,
+    len: usize,
+    /// `len` pairs (old, new).
+    pairs: *const u8,
+    /// Offset of the log's previous entry, or [`NO_ENTRY`].
+    prev: u32,
 }
 
 /// The span `[first, last)` of offsets where `old` and `now` differ
@@ -395,15 +412,25 @@ pub(crate) unsafe fn replay<'a>(logs: impl Iterator<Item = &'a UndoLog> + Clone)
         "frostheap: more than {MAX} undo logs in one phase"
     );
     loop {
-        let mut best: Option<(usize, (u64, usize, usize, *const u8, u32))> = None;
+        let mut best: Option<(usize, Entry)> = None;
         for (i, log) in logs.clone().enumerate() {
             if let Some(e) = log.newest(cursors[i]) {
-                if best.is_none_or(|(_, b)| e.0 > b.0) {
+                if best.as_ref().is_none_or(|(_, b)| e.seq > b.seq) {
                     best = Some((i, e));
                 }
             }
         }
-        let Some((i, (_, addr, len, pairs, prev))) = best else {
+        let Some((
+            i,
+            Entry {
+                addr,
+                len,
+                pairs,
+                prev,
+                ..
+            },
+        )) = best
+        else {
             break;
         };
         cursors[i] = prev;
@@ -536,10 +563,10 @@ mod tests {
         let base = mem.as_mut_ptr() as usize;
         let log = UndoLog::new();
         log.prepare().unwrap();
-        for i in 0..32 {
+        for (i, byte) in mem.iter_mut().enumerate().take(32) {
             // SAFETY: inside `mem`.
             assert_eq!(unsafe { log.begin(base + i, 1) }, Begin::Saved);
-            mem[i] = 0xAA;
+            *byte = 0xAA;
             // SAFETY: inside `mem`.
             assert_eq!(unsafe { log.finish() }, 1);
         }
