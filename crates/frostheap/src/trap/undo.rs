@@ -587,20 +587,15 @@ mod tests {
         let log = UndoLog::new();
         log.prepare().unwrap();
         let mut saved = 0;
-        loop {
-            // SAFETY: inside `mem`.
-            match unsafe { log.begin(mem.as_ptr() as usize, SLOT_BYTES) } {
-                Begin::Saved => {
-                    // SAFETY: as above. Nothing changed: no entry, the
-                    // reservation is given back.
-                    unsafe { log.finish() };
-                    // Keep the reservation as if every byte changed.
-                    log.used
-                        .fetch_add(UndoLog::worst(SLOT_BYTES), Ordering::Relaxed);
-                    saved += 1;
-                }
-                Begin::Full => break,
-            }
+        // SAFETY (each begin): inside `mem`.
+        while unsafe { log.begin(mem.as_ptr() as usize, SLOT_BYTES) } == Begin::Saved {
+            // SAFETY: as above. Nothing changed: no entry, and the
+            // reservation is given back ...
+            unsafe { log.finish() };
+            // ... so count the space as if every byte had changed.
+            log.used
+                .fetch_add(UndoLog::worst(SLOT_BYTES), Ordering::Relaxed);
+            saved += 1;
         }
         assert_eq!(saved, LOG_BYTES / UndoLog::worst(SLOT_BYTES));
         assert!(!log.is_pending());
