@@ -587,7 +587,7 @@ mod tests {
         let log = UndoLog::new();
         log.prepare().unwrap();
         let mut saved = 0;
-        // SAFETY (each begin): inside `mem`.
+        // SAFETY: the window lies inside `mem`.
         while unsafe { log.begin(mem.as_ptr() as usize, SLOT_BYTES) } == Begin::Saved {
             // SAFETY: as above. Nothing changed: no entry, and the
             // reservation is given back ...
