@@ -22,6 +22,9 @@
 //! or `ptrace` succeed against both. frostheap catches mistakes, not
 //! attackers.
 
+// Not called by the handler yet (see undo.rs).
+#[allow(dead_code)]
+pub(crate) mod backtrace;
 pub(crate) mod handler;
 mod report;
 pub(crate) mod undo;
