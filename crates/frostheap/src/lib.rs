@@ -74,11 +74,13 @@
 //!
 //! ## Layers
 //!
-//! `os` (the only code that makes system calls) → `region` (reserve,
-//! commit, protect, the region table) → `heap` (size classes, spans,
-//! stats, limits) → `context` (bump arenas) and `trap` (fault handler,
-//! reports) → `runtime` (phases, map) → `global`. See
-//! ARCHITECTURE.md for the code map and invariants.
+//! `os` (the only code that makes system calls) → `config` (policies,
+//! environment) → `guard` (the table of heap regions and their guard
+//! state, worker state) → `region` (reserve, commit, protect) → `heap`
+//! (size classes, spans, stats, limits) → `context` (bump arenas) and
+//! `trap` (fault handler, freeze protocol, reports) → `global` →
+//! `runtime` (phases, map). See ARCHITECTURE.md for the code map and
+//! invariants.
 //!
 //! Neither protection backend is a security boundary: writes through
 //! `/proc/self/mem` or `ptrace` succeed against both.
@@ -95,6 +97,7 @@ pub mod context;
 mod error;
 pub mod fmt_buf;
 pub mod global;
+mod guard;
 pub mod heap;
 pub mod io;
 pub mod os;
@@ -104,11 +107,12 @@ pub mod size;
 pub mod sync;
 pub mod track;
 pub mod trap;
+mod violation;
 
-pub use config::HugePages;
+pub use config::{HugePages, OnViolation, Protect};
 pub use error::Error;
 pub use global::{main_heap, unguarded, Global, Shared};
 pub use heap::{Heap, HeapBuilder, Stats};
 pub use runtime::{Arena, Runtime, RuntimeBuilder, RuntimeStats, Scope, TaskContext};
 pub use size::{parse_size, Bytes};
-pub use trap::{OnViolation, Protect, Violation};
+pub use violation::Violation;

@@ -27,7 +27,7 @@ use super::phase::PhaseResult;
 use super::worker::WorkerEnv;
 use super::{panic_message, Runtime, TaskContext};
 use crate::context::ContextHeap;
-use crate::trap;
+use crate::guard;
 use crate::Error;
 
 /// Items per chunk claimed from a batch's cursor: about 32 chunks per
@@ -81,7 +81,7 @@ where
     let mut item = src.slots().wrapping_add(c.start);
     let mut out = results.wrapping_add(c.start);
     for idx in c.base + c.start..c.base + c.end {
-        trap::set_current_item(idx);
+        guard::set_current_item(idx);
         let tc = TaskContext {
             ctx: c.ctx,
             item_index: Some(idx),
@@ -263,7 +263,7 @@ where
                 }
                 self.run_unit(unit, env, &mut tally);
             }
-            trap::set_current_item(usize::MAX);
+            guard::set_current_item(usize::MAX);
             self.max_item.fetch_max(tally.max_item, Ordering::Relaxed);
             self.sum_bytes.fetch_add(tally.sum_bytes, Ordering::Relaxed);
             if tally.oversized > 0 {
@@ -323,7 +323,7 @@ where
             Err(payload) => {
                 // The task of the item in the slot unwound with its item:
                 // results before it are written, it is consumed.
-                let i = trap::current_item() - self.base;
+                let i = guard::current_item() - self.base;
                 self.progress[unit].store((i - start) as u32 | CONSUMED, Ordering::Release);
                 let msg = panic_message(&*payload);
                 let mut p = self.panic.lock().unwrap_or_else(|e| e.into_inner());
@@ -361,7 +361,7 @@ where
         }
         let (mut max_item, mut oversized) = (0usize, 0usize);
         for i in start..end {
-            trap::set_current_item(self.base + i);
+            guard::set_current_item(self.base + i);
             let tc = TaskContext {
                 ctx,
                 item_index: Some(self.base + i),

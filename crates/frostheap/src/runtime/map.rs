@@ -15,7 +15,7 @@
 use super::batch::{progress_bytes, BorrowedItems, OwnedItems};
 use super::{Runtime, TaskContext, RESULTS_IN_HEAP_MIN};
 use crate::global::unguarded;
-use crate::trap;
+use crate::guard;
 use crate::Error;
 
 impl Runtime {
@@ -50,7 +50,7 @@ impl Runtime {
         R: Send,
     {
         assert!(
-            trap::current_worker().is_null(),
+            guard::current_worker().is_none(),
             "frostheap: Runtime::map called from inside a parallel task; nested phases are not supported"
         );
         // One phase at a time per runtime; other threads wait their turn.
@@ -159,7 +159,7 @@ impl Runtime {
         R: Send,
     {
         assert!(
-            trap::current_worker().is_null(),
+            guard::current_worker().is_none(),
             "frostheap: Runtime::map_slice called from inside a parallel task; nested phases are not supported"
         );
         let _turn = self.phase_lock.lock().unwrap_or_else(|e| e.into_inner());

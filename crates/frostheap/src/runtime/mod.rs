@@ -45,8 +45,7 @@ use crate::context::{self, ContextHeap};
 use crate::global::unguarded;
 use crate::heap::Heap;
 use crate::os;
-use crate::region;
-use crate::trap::{self, Backend, GuardSlot, OnViolation, Violation};
+use crate::trap::{Backend, Guarded, OnViolation, Violation};
 use crate::Error;
 use scratch::Scratch;
 use worker::{Worker, WorkerEnv};
@@ -123,7 +122,7 @@ pub struct RuntimeStats {
 pub struct Runtime {
     control: &'static ControlBlock,
     heaps: Vec<Heap>,
-    guards: Vec<&'static GuardSlot>,
+    guards: Vec<Guarded>,
     /// Main thread only (a Mutex so `&self` methods can replace workers).
     workers: Mutex<Vec<Worker>>,
     n_workers: usize,
@@ -263,9 +262,6 @@ impl Drop for Runtime {
                 let _ = t.join();
             }
         }
-        for g in &self.guards {
-            trap::unguard(g);
-        }
     }
 }
 
@@ -274,21 +270,6 @@ impl Drop for Runtime {
 fn fatal(msg: &[u8]) -> ! {
     os::write_stderr(msg);
     std::process::abort()
-}
-
-/// Frees `p` through whichever allocator owns it (deferred frees).
-fn free_anywhere(p: usize) {
-    if let Some(r) = region::lookup(p) {
-        if r.kind == region::RegionKind::Heap {
-            // SAFETY: registered heap regions point at their live HeapInner;
-            // p was a live block freed by a task (deferred).
-            unsafe {
-                (*(r.owner as *const crate::heap::HeapInner))
-                    .core
-                    .free(p as *mut u8)
-            };
-        }
-    }
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

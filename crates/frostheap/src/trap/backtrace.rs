@@ -2,14 +2,14 @@
 //! faulting one (a violation inside `memcpy` or an atomic of std names the
 //! code that called it).
 //!
-//! **In the handler**, [`StackCopy::capture`] copies the interrupted stack —
+//! **In the handler**, `guard::StackCopy::capture` copies the interrupted stack —
 //! from the stack pointer up to the worker's stack top, at most
-//! [`STACK_COPY_BYTES`] — and the three registers unwinding starts from
+//! 64 KiB — and the three registers unwinding starts from
 //! (instruction, stack and frame pointer) into a per-worker area mapped
 //! before the worker's first phase: one `memcpy`, async-signal-safe, for
 //! the first violation of each worker per phase.
 //!
-//! **After the phase**, on main, [`StackCopy::take_frames`] unwinds that
+//! **After the phase**, on main, [`frames_of`] unwinds that
 //! copy with `framehop` from the DWARF call-frame information of the
 //! loaded objects (`.eh_frame` through `.eh_frame_hdr`, read in place),
 //! giving the return addresses; the report symbolises them with
@@ -23,128 +23,19 @@
 //! the worker, and works the same under every policy, parked or not. Its
 //! cost is the `memcpy` (64 KiB at most) per reported violation.
 
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
 
-use crate::os::{self, OsError};
+use crate::guard::StackCopy;
+use crate::os;
 
-/// The most stack one copy holds.
-pub(crate) const STACK_COPY_BYTES: usize = 64 << 10;
 /// The most frames a backtrace keeps.
 pub(crate) const MAX_FRAMES: usize = 32;
 
-/// One worker's stack copy: taken by its fault handler, read by main
-/// after the phase (the worker's end-of-phase signal orders the two).
-pub(crate) struct StackCopy {
-    /// A mapping of [`STACK_COPY_BYTES`] (0 until prepared).
-    buf: AtomicUsize,
-    /// The highest address a copy may read: set by the worker at start
-    /// (an address in its outermost frame), 0 while unknown.
-    top: AtomicUsize,
-    len: AtomicUsize,
-    ip: AtomicUsize,
-    sp: AtomicUsize,
-    bp: AtomicUsize,
-    /// 1 while a copy is held (the handler takes none then).
-    held: AtomicU32,
-}
-
-impl Default for StackCopy {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl StackCopy {
-    /// No mapping, no copy.
-    pub(crate) const fn new() -> StackCopy {
-        StackCopy {
-            buf: AtomicUsize::new(0),
-            top: AtomicUsize::new(0),
-            len: AtomicUsize::new(0),
-            ip: AtomicUsize::new(0),
-            sp: AtomicUsize::new(0),
-            bp: AtomicUsize::new(0),
-            held: AtomicU32::new(0),
-        }
-    }
-
-    /// Maps the copy area (outside any phase; idempotent).
-    pub(crate) fn prepare(&self) -> Result<(), OsError> {
-        if self.buf.load(Ordering::Acquire) == 0 {
-            let p = os::map_table(STACK_COPY_BYTES)?;
-            self.buf.store(p as usize, Ordering::Release);
-        }
-        Ok(())
-    }
-
-    /// Records the top of the calling thread's stack that copies may read:
-    /// an address inside its outermost frame that matters (the worker's
-    /// loop). Frames above it are never copied.
-    pub(crate) fn set_top(&self, top: usize) {
-        self.top.store(top, Ordering::Release);
-    }
-
-    /// Copies the stack of the interrupted code (`ip`, `sp`, `bp` from the
-    /// signal frame), unless a copy is held already. Async-signal-safe.
-    ///
-    /// # Safety
-    /// 1. Called in a signal handler of the thread whose stack this area
-    ///    describes (its stack `[sp, top)` is mapped and not running).
-    pub(crate) unsafe fn capture(&self, ip: usize, sp: usize, bp: usize) -> bool {
-        let (buf, top) = (
-            self.buf.load(Ordering::Relaxed),
-            self.top.load(Ordering::Relaxed),
-        );
-        if buf == 0 || top <= sp || self.held.load(Ordering::Relaxed) != 0 {
-            return false;
-        }
-        let len = (top - sp).min(STACK_COPY_BYTES);
-        // SAFETY: by (1), [sp, sp + len) lies in the thread's own stack below
-        // its top; the buffer holds STACK_COPY_BYTES >= len.
-        unsafe { core::ptr::copy_nonoverlapping(sp as *const u8, buf as *mut u8, len) };
-        self.len.store(len, Ordering::Relaxed);
-        self.ip.store(ip, Ordering::Relaxed);
-        self.sp.store(sp, Ordering::Relaxed);
-        self.bp.store(bp, Ordering::Relaxed);
-        self.held.store(1, Ordering::Release);
-        true
-    }
-
-    /// Unwinds the copy held, if any, and lets the handler take the next:
-    /// the faulting instruction's address first, then return addresses.
-    /// Main thread, after the phase.
-    pub(crate) fn take_frames(&self) -> Option<Vec<usize>> {
-        if self.held.load(Ordering::Acquire) == 0 {
-            return None;
-        }
-        let buf = self.buf.load(Ordering::Relaxed);
-        let len = self.len.load(Ordering::Relaxed);
-        // SAFETY: the handler filled `len` bytes of our mapping and set
-        // `held` after (Release, read above with Acquire); nothing writes
-        // it until `held` is cleared below.
-        let stack = unsafe { core::slice::from_raw_parts(buf as *const u8, len) };
-        let frames = unwind(
-            self.ip.load(Ordering::Relaxed),
-            self.sp.load(Ordering::Relaxed),
-            self.bp.load(Ordering::Relaxed),
-            stack,
-        );
-        self.held.store(0, Ordering::Release);
-        Some(frames)
-    }
-}
-
-impl Drop for StackCopy {
-    fn drop(&mut self) {
-        let buf = self.buf.load(Ordering::Acquire);
-        if buf != 0 {
-            // SAFETY: mapped by prepare with this length; unused now.
-            unsafe { os::unmap(buf as *mut u8, STACK_COPY_BYTES) };
-        }
-    }
+/// Unwinds the copy `copy` holds, if any: the faulting instruction's
+/// address first, then return addresses. Main thread, after the phase.
+pub(crate) fn frames_of(copy: &StackCopy) -> Option<Vec<usize>> {
+    copy.take(unwind)
 }
 
 /// Unwinds a copy of a stack that was at `sp` when the thread stopped at

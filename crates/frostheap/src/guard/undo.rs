@@ -29,10 +29,6 @@
 //! value, so its store stays. Entries of the same stamp never overlap
 //! (one per window; windows of one step are disjoint).
 
-// Not called by the handler yet: it is wired in once the guard table and
-// `trap::Freeze` (the trap area's restructuring) are on main.
-#![allow(dead_code)]
-
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use crate::os::{self, OsError};
