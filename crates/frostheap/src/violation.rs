@@ -38,6 +38,13 @@ pub struct Violation {
     pub(crate) ip: usize,
     pub(crate) backend: Backend,
     pub(crate) policy: OnViolation,
+    /// Rollback: the stores the phase undid (this one and every other).
+    pub(crate) stores_undone: usize,
+    /// The other violating stores of the same phase: (address, item).
+    pub(crate) others: Vec<(usize, Option<usize>)>,
+    /// The violating thread's frames: the faulting instruction, then
+    /// return addresses (empty when no stack copy was taken).
+    pub(crate) frames: Vec<usize>,
     /// Symbols, resolved on first use (reading debug info costs far more
     /// than everything else in a report; the caller gets the error first).
     pub(crate) resolved: std::sync::OnceLock<Resolved>,
@@ -49,10 +56,11 @@ pub(crate) struct Resolved {
     function: Option<String>,
     location: Option<(String, u32)>,
     allocated_at: Vec<String>,
+    backtrace: Vec<String>,
 }
 
 impl Resolved {
-    fn of(ip: usize, allocation: Option<(usize, usize)>) -> Resolved {
+    fn of(ip: usize, allocation: Option<(usize, usize)>, frames: &[usize]) -> Resolved {
         let mut function = None;
         let mut location = None;
         if ip != 0 {
@@ -93,8 +101,38 @@ impl Resolved {
             function,
             location,
             allocated_at,
+            backtrace: symbolise(frames),
         }
     }
+}
+
+/// One line per frame: `function at file:line` (inlined functions each
+/// get their own line), innermost first. The first address is the faulting
+/// instruction itself, the rest return addresses (`backtrace::resolve`
+/// looks up `addr - 1` for every address, so the first is passed as
+/// `ip + 1`).
+fn symbolise(frames: &[usize]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (k, &addr) in frames.iter().enumerate() {
+        let a = if k == 0 { addr + 1 } else { addr };
+        let before = lines.len();
+        backtrace::resolve(a as *mut core::ffi::c_void, |sym| {
+            let name = sym
+                .name()
+                .map(|n| format!("{n:#}"))
+                .unwrap_or_else(|| "?".into());
+            match (sym.filename(), sym.lineno()) {
+                (Some(file), Some(line)) => {
+                    lines.push(format!("{name} at {}:{line}", file.display()))
+                }
+                _ => lines.push(name),
+            }
+        });
+        if lines.len() == before {
+            lines.push(format!("{addr:#x}"));
+        }
+    }
+    lines
 }
 
 impl Violation {
@@ -132,7 +170,7 @@ impl Violation {
     }
     fn resolved(&self) -> &Resolved {
         self.resolved
-            .get_or_init(|| Resolved::of(self.ip, self.allocation))
+            .get_or_init(|| Resolved::of(self.ip, self.allocation, &self.frames))
     }
     /// The function containing the faulting instruction, if symbols allow.
     pub fn function(&self) -> Option<&str> {
@@ -161,6 +199,19 @@ impl Violation {
     pub fn allocated_at(&self) -> &[String] {
         &self.resolved().allocated_at
     }
+    /// The violating thread's frames, innermost first (`function at
+    /// file:line`), from a copy of its stack taken at the violation.
+    pub fn backtrace(&self) -> &[String] {
+        &self.resolved().backtrace
+    }
+    /// Under rollback: how many violating stores the phase undid.
+    pub fn stores_undone(&self) -> usize {
+        self.stores_undone
+    }
+    /// The other violating stores of the same phase: (address, item index).
+    pub fn other_stores(&self) -> &[(usize, Option<usize>)] {
+        &self.others
+    }
 }
 
 impl fmt::Display for Violation {
@@ -169,6 +220,7 @@ impl fmt::Display for Violation {
             OnViolation::Cancel => "the task was cancelled and the store did not happen",
             OnViolation::Audit => "audit mode: the store went through",
             OnViolation::Abort => "aborting",
+            OnViolation::Rollback => "the task ran to its end and its stores were undone",
         };
         writeln!(
             f,
@@ -216,6 +268,27 @@ impl fmt::Display for Violation {
                 write!(f, " at {file}:{line}")?;
             }
             writeln!(f)?;
+        }
+        if !self.backtrace().is_empty() {
+            writeln!(f, "  backtrace (violating thread):")?;
+            for (k, frame) in self.backtrace().iter().enumerate() {
+                writeln!(f, "    #{k:<2} {frame}")?;
+            }
+        }
+        if !self.others.is_empty() {
+            writeln!(f, "  also     {} other violating store(s) in this phase:", self.others.len())?;
+            for (addr, item) in self.others.iter().take(16) {
+                match item {
+                    Some(i) => writeln!(f, "    {addr:#x} by task item #{i}")?,
+                    None => writeln!(f, "    {addr:#x}")?,
+                }
+            }
+            if self.others.len() > 16 {
+                writeln!(f, "    ... and {} more", self.others.len() - 16)?;
+            }
+        }
+        if self.policy == OnViolation::Rollback {
+            writeln!(f, "  rollback {} stores undone; every guarded heap is as it was before the phase; its results were dropped", self.stores_undone)?;
         }
         if !self.allocated_at().is_empty() {
             writeln!(f, "  allocated at:")?;

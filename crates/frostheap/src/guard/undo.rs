@@ -274,6 +274,7 @@ impl UndoLog {
     }
 
     /// Whether nothing was recorded since the last reset.
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.stores() == 0 && self.used.load(Ordering::Acquire) == 0
     }

@@ -64,6 +64,9 @@ pub(crate) struct WorkerState {
     /// A single step in progress (`trap::step`): the page opened for one
     /// store (mprotect; 0: none) ...
     pub step_page: AtomicUsize,
+    /// ... and a second page, when the same instruction faulted again on
+    /// the next frozen page (a store crossing a page boundary) ...
+    pub step_page2: AtomicUsize,
     /// ... or the key whose write access the saved PKRU grants for it
     /// (pkey; 0: none).
     pub step_key: AtomicU32,
@@ -79,6 +82,11 @@ pub(crate) struct WorkerState {
     pub deferred: DeferList,
     /// 1 once the worker thread has finished starting (a futex word).
     pub started: AtomicU32,
+    /// The rollback policy's undo log (`guard::undo`).
+    pub undo: super::UndoLog,
+    /// A copy of the stack at the worker's first violation of a phase,
+    /// for the report's backtrace (`guard::stack`).
+    pub stack: super::StackCopy,
 }
 
 impl WorkerState {
@@ -91,6 +99,7 @@ impl WorkerState {
             audit: core::array::from_fn(|_| AuditRecord::default()),
             audit_count: AtomicU64::new(0),
             step_page: AtomicUsize::new(0),
+            step_page2: AtomicUsize::new(0),
             step_key: AtomicU32::new(0),
             events: AtomicPtr::new(core::ptr::null_mut()),
             parked: AtomicPtr::new(core::ptr::null_mut()),
@@ -98,6 +107,8 @@ impl WorkerState {
             park_word: AtomicU32::new(0),
             deferred: DeferList::new(),
             started: AtomicU32::new(0),
+            undo: super::UndoLog::new(),
+            stack: super::StackCopy::new(),
         }
     }
 

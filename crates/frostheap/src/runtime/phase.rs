@@ -15,9 +15,9 @@ use core::sync::atomic::Ordering;
 
 use super::worker::{Worker, WorkerEnv};
 use super::{fatal, JobRef, Runtime};
-use crate::guard::AUDIT_RING;
+use crate::guard::{self, AUDIT_RING};
 use crate::os;
-use crate::trap::{Access, Freeze, Violation};
+use crate::trap::{Access, Freeze, OnViolation, Violation};
 
 /// Outcome of one phase, as the batch engine sees it.
 pub(super) struct PhaseResult {
@@ -91,15 +91,47 @@ impl Runtime {
         ctl.job.store(core::ptr::null_mut(), Ordering::Release);
         drop(freeze);
         self.in_phase.store(false, Ordering::Release);
-        // Deferred frees, now that the heaps are writable again.
+        let undone = if ctl.policy == OnViolation::Rollback {
+            // Every worker has ended the phase and the heaps are writable
+            // for main: undo the violating stores, newest first, before
+            // anything else uses the heaps (docs/rollback.md).
+            let workers = self.lock_workers();
+            // SAFETY: each entry names bytes of a guarded heap this runtime
+            // holds, written during the phase and writable now.
+            unsafe { guard::undo::replay(workers.iter().map(|w| &w.slot.undo)) }
+        } else {
+            0
+        };
+        // Deferred frees, now that the heaps are writable again; those of a
+        // worker that violated under rollback are dropped: an undone store
+        // may have brought back a pointer to a block its task freed (a
+        // leak is safe).
         for w in self.lock_workers().iter() {
-            // SAFETY: each address is a block of a guarded heap (which this
-            // runtime holds) that a task freed once, during the phase.
-            w.slot
-                .deferred
-                .drain(|p| unsafe { crate::heap::free_deferred(p) });
+            let violated = ctl.policy == OnViolation::Rollback
+                && w.slot.audit_count.load(Ordering::Acquire) > 0;
+            if violated {
+                w.slot.deferred.drain(|_| {});
+            } else {
+                // SAFETY: each address is a block of a guarded heap (which
+                // this runtime holds) that a task freed once, during the
+                // phase.
+                w.slot
+                    .deferred
+                    .drain(|p| unsafe { crate::heap::free_deferred(p) });
+            }
         }
-        let result = self.collect_violations();
+        let mut result = self.collect_violations();
+        // The error carries the first violation: it names every other.
+        let others: Vec<(usize, Option<usize>)> = result
+            .violations
+            .iter()
+            .skip(1)
+            .map(|v| (v.address(), v.item_index()))
+            .collect();
+        if let Some(first) = result.violations.first_mut() {
+            first.stores_undone = undone;
+            first.others = others;
+        }
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         s.phases += 1;
         s.violations += result.violations.len() as u64;
@@ -137,10 +169,13 @@ impl Runtime {
         let mut parked_items = Vec::new();
         let mut workers = self.lock_workers();
         for w in workers.iter() {
-            // Audit records: the worker's ring since the last phase.
+            // Audit and rollback records: the worker's ring since the last
+            // phase (audit: into the log; rollback: the phase's violations,
+            // the first with the worker's backtrace).
             let count = w.slot.audit_count.swap(0, Ordering::AcqRel) as usize;
-            for rec in w.slot.audit.iter().take(count.min(AUDIT_RING)) {
-                let v = report(
+            let frames = crate::trap::backtrace::frames_of(&w.slot.stack).unwrap_or_default();
+            for (k, rec) in w.slot.audit.iter().take(count.min(AUDIT_RING)).enumerate() {
+                let mut v = report(
                     w,
                     rec.addr.load(Ordering::Relaxed),
                     rec.ip.load(Ordering::Relaxed),
@@ -148,10 +183,17 @@ impl Runtime {
                     rec.item.load(Ordering::Relaxed),
                     Access::Write,
                 );
-                self.audit_log
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(v);
+                if k == 0 {
+                    v.frames = frames.clone();
+                }
+                if policy == OnViolation::Rollback {
+                    violations.push(v);
+                } else {
+                    self.audit_log
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(v);
+                }
             }
             // A kernel write found by the io helpers (the task got an error).
             let r = &w.slot.kernel;

@@ -44,6 +44,16 @@ pub(crate) fn spawn(
         context: "mapping a deferred-free list",
         source,
     })?;
+    if rt.policy == crate::OnViolation::Rollback {
+        slot.undo.prepare().map_err(|source| crate::Error::Os {
+            context: "mapping an undo log",
+            source,
+        })?;
+    }
+    slot.stack.prepare().map_err(|source| crate::Error::Os {
+        context: "mapping a stack copy area",
+        source,
+    })?;
     slot.events
         .store(&rt.events as *const _ as *mut _, Ordering::Release);
     slot.parked
@@ -85,6 +95,11 @@ fn run(
     // The handler must never run on a small stack: AVX-512 state alone
     // takes several KiB of the signal frame.
     let _alt = os::AltStack::install(trap::alt_stack_size());
+    // Stack copies for backtraces end here: frames above this one are the
+    // thread's start-up, never the user's.
+    let top_marker = 0u64;
+    slot.stack
+        .set_top(core::hint::black_box(&top_marker) as *const u64 as usize);
     guard::set_current_worker(Some(slot));
     ctx.set_owner();
     global::set_context(core::ptr::null());

@@ -28,7 +28,7 @@
 
 use core::cell::{Cell, UnsafeCell};
 use core::mem::MaybeUninit;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 use super::frame::{Fault, Frame, SEGV_ACCERR, SEGV_PKUERR};
@@ -183,6 +183,110 @@ fn violation(w: &WorkerState, fault: &Fault, frame: &mut Frame) {
             // with SIGSEGV (and a core dump where enabled).
         }
         OnViolation::Cancel => park(w, fault, item),
+        OnViolation::Rollback => rollback(w, fault, frame, item),
+    }
+}
+
+/// The `mprotect` backend's step lock: the tid of the thread whose step
+/// has a page open, 0 when none. One step at a time, so no snapshot is
+/// taken while another step's page is open, and a store another thread
+/// makes through an open page lands in that step's diff (docs/rollback.md).
+/// Re-entrant: a store crossing into a second frozen page faults again
+/// inside its own step.
+static STEP_LOCK: AtomicU32 = AtomicU32::new(0);
+
+/// Takes the step lock (a futex wait inside the handler: the holder only
+/// runs one instruction and its trap before it lets go).
+fn step_lock() {
+    let me = os::gettid();
+    loop {
+        match STEP_LOCK.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(holder) if holder == me => return,
+            Err(holder) => os::futex_wait(&STEP_LOCK, holder, None),
+        }
+    }
+}
+
+/// Lets the step lock go if the calling thread holds it.
+fn step_unlock() {
+    if STEP_LOCK
+        .compare_exchange(os::gettid(), 0, Ordering::Release, Ordering::Relaxed)
+        .is_ok()
+    {
+        os::futex_wake(&STEP_LOCK, i32::MAX);
+    }
+}
+
+/// The bytes a store faulting at `addr` may change, which the rollback
+/// policy saves before letting it through: on `mprotect` the whole page
+/// (only that page is opened, but for every thread, so the diff after the
+/// step catches any store that went through it); with a key, the 128 bytes
+/// around the address (x86 stores write at most 64 bytes from their start,
+/// and the opening is for this thread alone), within its page and the next
+/// one unless that is exempt or outside the heap.
+fn window(addr: usize, pkey: bool) -> (usize, usize) {
+    let page = os::page_size();
+    let page_lo = addr & !(page - 1);
+    if !pkey {
+        return (page_lo, page);
+    }
+    let lo = addr.saturating_sub(63).max(page_lo);
+    let mut hi = addr + 64;
+    let next = page_lo + page;
+    if hi > next {
+        let same_heap = guard::entry_of(next)
+            .zip(guard::entry_of(addr))
+            .is_some_and(|(a, b)| core::ptr::eq(a, b));
+        if !same_heap || super::freeze::exempt(next) {
+            hi = next;
+        }
+    }
+    (lo, hi - lo)
+}
+
+/// The rollback policy: save what the store may overwrite, let it through
+/// for one instruction (the trap then records what changed), and let the
+/// task run on. A store that could not be undone (the log is full) is
+/// never let through: the task is cancelled instead.
+fn rollback(w: &WorkerState, fault: &Fault, frame: &mut Frame, item: usize) {
+    let pkey = fault.code == SEGV_PKUERR;
+    let key = PKEY.load(Ordering::Relaxed);
+    if pkey {
+        // The handler runs with every key but 0 closed: open ours for
+        // reading, to copy the window (the interrupted code's PKRU comes
+        // back from the frame on return).
+        super::set_key_access(key, os::Access::Read);
+    } else {
+        step_lock();
+    }
+    let (ip, (sp, bp)) = (fault.ip, frame.stack_regs());
+    // SAFETY: this handler runs on the worker whose stack copy this is;
+    // its stack [sp, top) is intact while it is stopped here.
+    unsafe { w.stack.capture(ip, sp, bp) };
+    // A second fault of the instruction being stepped (its store crosses
+    // into the next frozen page) is the same store: one record.
+    let nested = w.undo.is_pending();
+    let (lo, len) = window(fault.addr, pkey);
+    // SAFETY: the window lies in a committed guarded heap, readable now
+    // (frozen pages are read-only; the key is open for reading above), and
+    // stays mapped until the thaw (no heap shrinks during a phase).
+    if unsafe { w.undo.begin(lo, len) } == crate::guard::undo::Begin::Full {
+        step_unlock();
+        os::write_stderr(b"frostheap: the undo log of a worker is full: cancelling its task\n");
+        park(w, fault, item);
+    }
+    if !nested {
+        let n = w.audit_count.fetch_add(1, Ordering::Relaxed);
+        let rec = &w.audit[(n as usize) % AUDIT_RING];
+        rec.addr.store(fault.addr, Ordering::Relaxed);
+        rec.ip.store(fault.ip, Ordering::Relaxed);
+        rec.tid.store(os::gettid(), Ordering::Relaxed);
+        rec.item.store(item, Ordering::Release);
+    }
+    if !step::open(w, fault.addr, fault.code, key, frame) {
+        step_unlock();
+        park(w, fault, item);
     }
 }
 
@@ -221,6 +325,16 @@ unsafe extern "C" fn on_trap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
     let mut frame = unsafe { Frame::new(ctx) };
     if let Some(w) = guard::current_worker() {
         if step::close(w, code, &mut frame) {
+            if w.undo.is_pending() {
+                // Rollback: access is closed again; record what the step
+                // changed. (With a key, open it for reading here first:
+                // this handler, too, runs with every key but 0 closed.)
+                super::set_key_access(PKEY.load(Ordering::Relaxed), os::Access::Read);
+                // SAFETY: the windows begun by `rollback` are still mapped
+                // and readable.
+                unsafe { w.undo.finish() };
+                step_unlock();
+            }
             return;
         }
     }

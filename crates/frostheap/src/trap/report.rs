@@ -49,6 +49,9 @@ impl Violation {
             ip,
             backend,
             policy,
+            stores_undone: 0,
+            others: Vec::new(),
+            frames: Vec::new(),
             resolved: std::sync::OnceLock::new(),
         }
     }

@@ -37,7 +37,14 @@ pub(crate) fn open(w: &WorkerState, addr: usize, code: i32, key: u32, frame: &mu
         let ok =
             unsafe { os::protect(page as *mut u8, os::page_size(), os::Access::ReadWrite) }.is_ok();
         if ok {
-            w.step_page.store(page, Ordering::Relaxed);
+            // A second fault of the same instruction (the store crosses
+            // into the next frozen page) keeps the first page open too:
+            // both close together at the trap.
+            if w.step_page.load(Ordering::Relaxed) == 0 {
+                w.step_page.store(page, Ordering::Relaxed);
+            } else {
+                w.step_page2.store(page, Ordering::Relaxed);
+            }
         }
         ok
     };
@@ -56,14 +63,17 @@ pub(crate) fn close(w: &WorkerState, code: i32, frame: &mut Frame) -> bool {
         return false;
     }
     let page = w.step_page.swap(0, Ordering::Relaxed);
+    let page2 = w.step_page2.swap(0, Ordering::Relaxed);
     let key = w.step_key.swap(0, Ordering::Relaxed);
     if page == 0 && key == 0 {
         return false;
     }
-    if page != 0 {
-        // SAFETY: the page was opened by `open` and is still inside the
-        // frozen heap: main cannot thaw while this worker is in its task.
-        let _ = unsafe { os::protect(page as *mut u8, os::page_size(), os::Access::Read) };
+    for p in [page, page2] {
+        if p != 0 {
+            // SAFETY: the page was opened by `open` and is still inside the
+            // frozen heap: main cannot thaw while this worker is in its task.
+            let _ = unsafe { os::protect(p as *mut u8, os::page_size(), os::Access::Read) };
+        }
     }
     if key != 0 {
         frame.set_key_access(key, os::Access::Read);

@@ -380,6 +380,25 @@ pub fn run_case(protect: Protect, policy: OnViolation, kind: Kind) {
             let s = rt.stats();
             assert_eq!(s.parked_workers, 0, "{what}: audit parks nobody");
         }
+        OnViolation::Rollback => {
+            let v = match out {
+                Err(Error::Violation(v)) => v,
+                Err(e) => panic!("{what}: expected a violation, got {e}"),
+                Ok(r) => panic!("{what}: the write went unnoticed ({r:?})"),
+            };
+            check_report(&v, &heap, data_base, target, kind, protect, policy);
+            let s = rt.stats();
+            let stores = 1 + v.other_stores().len();
+            if kind.single_store() {
+                assert_eq!(stores, 1, "{what}: one store, one report: {v}");
+            } else {
+                assert!(stores <= kind.len(), "{what}: {stores} stores for {} bytes", kind.len());
+            }
+            assert_eq!(v.stores_undone(), stores, "{what}: every store undone: {v}");
+            assert_eq!(s.violations as usize, stores, "{what}: every store reported");
+            assert_eq!(s.parked_workers, 0, "{what}: rollback parks nobody");
+            assert!(rt.audit_log().is_empty(), "{what}: no audit records");
+        }
         OnViolation::Abort => unreachable!("abort is checked in a child process"),
     }
     assert_eq!(
@@ -391,6 +410,7 @@ pub fn run_case(protect: Protect, policy: OnViolation, kind: Kind) {
 
     // The next phase runs normally: every task reads the (still frozen)
     // data, and the results match a sum made by main.
+    let before_next = rt.stats().violations;
     let sums = rt
         .map(0..ITEMS, |i| {
             // SAFETY: reading the live vector is allowed while it is frozen.
@@ -413,7 +433,11 @@ pub fn run_case(protect: Protect, policy: OnViolation, kind: Kind) {
     // And main writes the thawed heap again.
     data[TARGET_WORD] = 7;
     assert_eq!(data[TARGET_WORD], 7);
-    let expected_violations = u64::from(policy == OnViolation::Cancel);
+    let expected_violations = match policy {
+        OnViolation::Cancel => 1,
+        OnViolation::Rollback => before_next,
+        _ => 0,
+    };
     assert_eq!(
         rt.stats().violations,
         expected_violations,
@@ -488,6 +512,8 @@ matrix!(mprotect_cancel, Protect::Mprotect, OnViolation::Cancel, needs: []);
 matrix!(mprotect_audit, Protect::Mprotect, OnViolation::Audit, needs: []);
 matrix!(pkey_cancel, Protect::Pkey, OnViolation::Cancel, needs: [Pkey]);
 matrix!(pkey_audit, Protect::Pkey, OnViolation::Audit, needs: [Pkey]);
+matrix!(mprotect_rollback, Protect::Mprotect, OnViolation::Rollback, needs: []);
+matrix!(pkey_rollback, Protect::Pkey, OnViolation::Rollback, needs: [Pkey]);
 
 /// A plain store through a raw pointer, in a function of its own so the
 /// report's function name and line are known.
