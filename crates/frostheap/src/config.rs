@@ -292,7 +292,7 @@ pub fn parse(
             .ok_or_else(|| bad(&PROTECT, value, "auto, pkey, mprotect or off"))?,
     };
     let on_violation = match get(&ON_VIOLATION) {
-        None => OnViolation::Cancel,
+        None => OnViolation::Rollback,
         Some(value) => OnViolation::parse_bytes(value)
             .ok_or_else(|| bad(&ON_VIOLATION, value, "rollback, cancel, abort or audit"))?,
     };
