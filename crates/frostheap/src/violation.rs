@@ -276,7 +276,11 @@ impl fmt::Display for Violation {
             }
         }
         if !self.others.is_empty() {
-            writeln!(f, "  also     {} other violating store(s) in this phase:", self.others.len())?;
+            writeln!(
+                f,
+                "  also     {} other violating store(s) in this phase:",
+                self.others.len()
+            )?;
             for (addr, item) in self.others.iter().take(16) {
                 match item {
                     Some(i) => writeln!(f, "    {addr:#x} by task item #{i}")?,

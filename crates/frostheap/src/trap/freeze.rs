@@ -117,6 +117,11 @@ impl Drop for Freeze<'_> {
     /// the pages are writable) and wake the waiters.
     fn drop(&mut self) {
         let mprotect = self.backend == Backend::Mprotect;
+        // No thread may have a page open for a stepped store while the
+        // heaps are opened: its trap would protect the page again after.
+        if mprotect {
+            super::handler::step_lock();
+        }
         if mprotect {
             let mut thawed = [0usize; guard::CAPACITY];
             for (len, g) in thawed.iter_mut().zip(self.guarded) {
@@ -143,6 +148,9 @@ impl Drop for Freeze<'_> {
             if mprotect {
                 MPROTECT_FROZEN.fetch_sub(1, Ordering::AcqRel);
             }
+        }
+        if mprotect {
+            super::handler::step_unlock();
         }
         THAW_EPOCH.fetch_add(1, Ordering::AcqRel);
         os::futex_wake(&THAW_EPOCH, i32::MAX);

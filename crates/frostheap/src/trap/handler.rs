@@ -31,7 +31,7 @@ use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-use super::frame::{Fault, Frame, SEGV_ACCERR, SEGV_PKUERR};
+use super::frame::{Fault, Frame, SEGV_ACCERR, SEGV_PKUERR, TRAP_TRACE};
 use super::freeze::{MPROTECT_FROZEN, THAW_EPOCH};
 use super::{report, step, OnViolation, PKEY};
 use crate::guard::{self, WorkerState, AUDIT_RING};
@@ -71,6 +71,9 @@ thread_local! {
     /// The last fault this thread retried after finding its heap thawed:
     /// (address, thaw epoch). The same pair twice means a real fault.
     static LAST_RETRY: Cell<(usize, u32)> = const { Cell::new((0, u32::MAX)) };
+    /// The pages (at most two: a store crossing into the next frozen page)
+    /// this thread, no worker of a phase, has open for one stepped store.
+    static BYSTANDER_STEP: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
 }
 
 /// What a SIGSEGV is (see the module comment).
@@ -136,10 +139,27 @@ fn judge(fault: &Fault, frame: &mut Frame) -> Verdict {
     }
     let epoch = THAW_EPOCH.load(Ordering::Acquire);
     if frozen && MPROTECT_FROZEN.load(Ordering::Acquire) > 0 {
-        // Not a worker: wait for the thaw, then the store retries.
-        while THAW_EPOCH.load(Ordering::Acquire) == epoch {
-            os::futex_wait(&THAW_EPOCH, epoch, None);
+        // Not a worker of a phase: its store is legal. Waiting for the
+        // thaw could wait forever (a task may be waiting for this thread),
+        // so the store is stepped through: its page opened for one
+        // instruction under the step lock, which the thaw takes too.
+        step_lock();
+        if entry.is_frozen() {
+            let page = fault.addr & !(os::page_size() - 1);
+            // SAFETY: the page is inside a committed, frozen guarded heap;
+            // it is protected again at the trap, under the same lock.
+            if unsafe { os::protect(page as *mut u8, os::page_size(), os::Access::ReadWrite) }
+                .is_ok()
+            {
+                BYSTANDER_STEP.with(|c| {
+                    let (first, _) = c.get();
+                    c.set(if first == 0 { (page, 0) } else { (first, page) });
+                });
+                frame.set_single_step(true);
+                return Verdict::Retry;
+            }
         }
+        step_unlock();
         return Verdict::Retry;
     }
     // Thawed between the fault and now: retry once per epoch.
@@ -197,7 +217,7 @@ static STEP_LOCK: AtomicU32 = AtomicU32::new(0);
 
 /// Takes the step lock (a futex wait inside the handler: the holder only
 /// runs one instruction and its trap before it lets go).
-fn step_lock() {
+pub(super) fn step_lock() {
     let me = os::gettid();
     loop {
         match STEP_LOCK.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
@@ -209,7 +229,7 @@ fn step_lock() {
 }
 
 /// Lets the step lock go if the calling thread holds it.
-fn step_unlock() {
+pub(super) fn step_unlock() {
     if STEP_LOCK
         .compare_exchange(os::gettid(), 0, Ordering::Release, Ordering::Relaxed)
         .is_ok()
@@ -323,6 +343,21 @@ unsafe extern "C" fn on_trap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
     let code = unsafe { (*info).si_code };
     // SAFETY: ctx is the ucontext the kernel passed to this handler.
     let mut frame = unsafe { Frame::new(ctx) };
+    if code == TRAP_TRACE {
+        let (first, second) = BYSTANDER_STEP.with(|c| c.replace((0, 0)));
+        if first != 0 {
+            for p in [first, second] {
+                if p != 0 {
+                    // SAFETY: opened by `judge` for this step; still frozen
+                    // (the thaw waits for the step lock we hold).
+                    let _ = unsafe { os::protect(p as *mut u8, os::page_size(), os::Access::Read) };
+                }
+            }
+            frame.set_single_step(false);
+            step_unlock();
+            return;
+        }
+    }
     if let Some(w) = guard::current_worker() {
         if step::close(w, code, &mut frame) {
             if w.undo.is_pending() {
