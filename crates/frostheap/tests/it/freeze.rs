@@ -13,7 +13,7 @@ use allocator_api2::vec::Vec as HeapVec;
 use frostheap::trap::{Access, Backend};
 use frostheap::{Error, Heap, OnViolation, Protect, Runtime};
 
-use crate::check::{describe, run_example};
+use crate::check::{describe, run_fixture};
 use crate::violations::backend_name;
 
 fn guarded_heap(name: &'static str) -> Heap {
@@ -340,7 +340,7 @@ fn sealed_heap_is_readable_refuses_allocation_and_reports_task_writes() {
 
 test!(sealed_heap_write_from_main_kills_the_process, needs: [Mseal]);
 fn sealed_heap_write_from_main_kills_the_process() {
-    let out = run_example("freeze_child", &["seal-write"], &[]);
+    let out = run_fixture("freeze_child", &["seal-write"], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("sealed, data[7]=49"), "{}", describe(&out));
     assert!(!stdout.contains("survived"), "{}", describe(&out));
@@ -358,7 +358,7 @@ fn sealed_heap_write_from_main_kills_the_process() {
 /// Runs `freeze_env` (no `Global`: `Runtime::builder().build()` reads the
 /// environment) with one variable set.
 fn env_case(var: &str, value: &str) -> std::process::Output {
-    run_example("freeze_env", &[], &[(var, value)])
+    run_fixture("freeze_env", &[], &[(var, value)])
 }
 
 test!(bad_protect_value_is_an_invalid_config_naming_the_variable);
@@ -398,7 +398,7 @@ fn bad_on_violation_value_is_an_invalid_config_naming_the_variable() {
 
 test!(good_environment_values_are_obeyed);
 fn good_environment_values_are_obeyed() {
-    let out = run_example(
+    let out = run_fixture(
         "freeze_env",
         &[],
         &[
@@ -424,7 +424,7 @@ fn good_environment_values_are_obeyed() {
 
 test!(bad_protect_value_stops_a_global_mode_program_at_startup);
 fn bad_protect_value_stops_a_global_mode_program_at_startup() {
-    let out = run_example(
+    let out = run_fixture(
         "freeze_child",
         &["cap", "1"],
         &[("FROSTHEAP_PROTECT", "yes")],
@@ -445,7 +445,7 @@ test!(thousand_violations_all_reported_then_the_cap_stops_the_process);
 /// address, item and data before printing `reported k`); the 1001st
 /// exceeds `max_parked(1000)` and stops the process with a clear message.
 fn thousand_violations_all_reported_then_the_cap_stops_the_process() {
-    let out = run_example("freeze_child", &["cap", "1000"], &[]);
+    let out = run_fixture("freeze_child", &["cap", "1000"], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let reported: Vec<u64> = stdout
         .lines()
@@ -482,7 +482,7 @@ fn thousand_violations_all_reported_then_the_cap_stops_the_process() {
 
 test!(abort_policy_writes_the_report_and_dies_with_sigsegv);
 fn abort_policy_writes_the_report_and_dies_with_sigsegv() {
-    let out = run_example("freeze_child", &["abort"], &[]);
+    let out = run_fixture("freeze_child", &["abort"], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let target = stdout
         .lines()
@@ -518,7 +518,7 @@ fn abort_policy_writes_the_report_and_dies_with_sigsegv() {
 /// and checks both die the same way.
 fn same_with_and_without(mode: &str, signal: i32, stderr_needles: &[&str]) {
     for with in ["runtime", "plain"] {
-        let out = run_example("freeze_child", &[mode, with], &[]);
+        let out = run_fixture("freeze_child", &[mode, with], &[]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             stdout.contains(&format!("{mode} {with}: start")),
@@ -564,7 +564,7 @@ fn stack_overflow_in_main_is_still_rusts_message_and_sigabrt() {
 
 test!(stack_overflow_inside_a_task_is_still_rusts_message_and_sigabrt);
 fn stack_overflow_inside_a_task_is_still_rusts_message_and_sigabrt() {
-    let out = run_example("freeze_child", &["overflow-task", "runtime"], &[]);
+    let out = run_fixture("freeze_child", &["overflow-task", "runtime"], &[]);
     assert_eq!(
         out.status.signal(),
         Some(libc::SIGABRT),
@@ -591,7 +591,7 @@ fn write_to_a_prot_none_page_outside_any_heap_still_crashes_with_sigsegv() {
 
 test!(null_pointer_write_inside_a_task_still_crashes_with_sigsegv);
 fn null_pointer_write_inside_a_task_still_crashes_with_sigsegv() {
-    let out = run_example("freeze_child", &["null-write-task", "runtime"], &[]);
+    let out = run_fixture("freeze_child", &["null-write-task", "runtime"], &[]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("survived"));
     assert_eq!(
         out.status.signal(),
@@ -663,9 +663,9 @@ fn an_out_of_bounds_read_in_a_task_is_a_crash_not_a_violation() {
 
 test!(track_allocs_names_where_the_violated_block_was_allocated);
 /// `FROSTHEAP_TRACK_ALLOCS=1`: the report says where the violated block was
-/// allocated (the example's `build_data`); without it, no site is shown.
+/// allocated (the fixture's `build_data`); without it, no site is shown.
 fn track_allocs_names_where_the_violated_block_was_allocated() {
-    let out = run_example("violation", &[], &[("FROSTHEAP_TRACK_ALLOCS", "1")]);
+    let out = run_fixture("violation", &[], &[("FROSTHEAP_TRACK_ALLOCS", "1")]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", describe(&out));
     assert!(
@@ -683,7 +683,7 @@ fn track_allocs_names_where_the_violated_block_was_allocated() {
         "the first site frame is the program's own: {first}\n{stdout}"
     );
 
-    let plain = run_example("violation", &[], &[]);
+    let plain = run_fixture("violation", &[], &[]);
     let stdout = String::from_utf8_lossy(&plain.stdout);
     assert!(plain.status.success(), "{}", describe(&plain));
     assert!(!stdout.contains("allocated at:"), "{stdout}");

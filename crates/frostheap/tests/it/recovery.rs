@@ -1,8 +1,8 @@
 //! Recovery after violations (issue 13): a violation never hangs, never
 //! leaks, never lies.
 //!
-//! Most cases are global-mode programs (`examples/recovery.rs`, one
-//! scenario per run) run as child processes within a time limit, so a hang
+//! Most cases are global-mode programs (`tests/fixtures/recovery.rs`,
+//! one scenario per run) run as child processes within a time limit, so a hang
 //! is a failure with the child's output, not a stuck test run: threads that
 //! tasks start, a bystander thread's store during a phase, violations made
 //! while holding a lock or stdout's lock, phases past the parked-thread and
@@ -11,52 +11,19 @@
 //! process: the report's backtrace names the user's frames, and a property
 //! test that a phase returns `Ok` only if every task ran.
 
-use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use allocator_api2::vec::Vec as HeapVec;
 use frostheap::{Error, Heap, Runtime};
 use proptest::prelude::*;
 
-use crate::check::{describe, example};
+use crate::check::{describe, run_fixture};
 
-/// How long one child may run: `FROSTHEAP_TEST_CHILD_TIMEOUT` seconds,
-/// default 300 (generous: CI's emulated guest is some ten times slower
-/// than this machine, where the scenarios take a few seconds at most).
-fn child_limit_s() -> u32 {
-    match std::env::var("FROSTHEAP_TEST_CHILD_TIMEOUT") {
-        Err(_) => 300,
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
-            panic!("FROSTHEAP_TEST_CHILD_TIMEOUT={v:?}: expected whole seconds")
-        }),
-    }
-}
-
-/// Runs scenario `args` of the `recovery` example with `env` (every
-/// `FROSTHEAP_*` variable of ours removed first), killed after
-/// [`child_limit_s`] seconds by `timeout(1)`.
+/// Runs scenario `args` of the `recovery` fixture with `env`, within the
+/// child time limit (`check::output_within`).
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let limit = child_limit_s();
-    let mut cmd = Command::new("timeout");
-    cmd.args(["-s", "KILL", &limit.to_string()])
-        .arg(example("recovery"))
-        .args(args);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("FROSTHEAP_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.envs(env.iter().copied());
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running timeout(1) with the recovery example: {e}"));
-    assert!(
-        out.status.signal() != Some(libc::SIGKILL),
-        "recovery {args:?} ({env:?}) did not finish within {limit} s: killed\n{}",
-        describe(&out)
-    );
-    out
+    run_fixture("recovery", args, env)
 }
 
 /// Runs a scenario and checks it passed its own checks.
