@@ -42,6 +42,10 @@ pub struct Violation {
     pub(crate) stores_undone: usize,
     /// The other violating stores of the same phase: (address, item).
     pub(crate) others: Vec<(usize, Option<usize>)>,
+    /// Workers abandoned because the phase made no progress for
+    /// `no_progress_timeout` after this violation parked a worker.
+    pub(crate) abandoned: usize,
+    pub(crate) no_progress_timeout: core::time::Duration,
     /// The violating thread's frames: the faulting instruction, then
     /// return addresses (empty when no stack copy was taken).
     pub(crate) frames: Vec<usize>,
@@ -212,6 +216,12 @@ impl Violation {
     pub fn other_stores(&self) -> &[(usize, Option<usize>)] {
         &self.others
     }
+    /// Tasks of the same phase that made no progress for the runtime's
+    /// `no_progress_timeout` after this violation and were cancelled too
+    /// (most likely blocked on a lock the cancelled task held).
+    pub fn tasks_abandoned(&self) -> usize {
+        self.abandoned
+    }
 }
 
 impl fmt::Display for Violation {
@@ -299,6 +309,15 @@ impl fmt::Display for Violation {
             for frame in self.allocated_at() {
                 writeln!(f, "    {frame}")?;
             }
+        }
+        if self.abandoned > 0 {
+            writeln!(
+                f,
+                "  blocked  {} other task(s) made no progress for {} ms after this violation and were cancelled too: \
+                 they are most likely blocked on a lock the cancelled task holds",
+                self.abandoned,
+                self.no_progress_timeout.as_millis()
+            )?;
         }
         if self.policy == OnViolation::Cancel {
             write!(

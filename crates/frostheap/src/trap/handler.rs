@@ -63,7 +63,7 @@ pub(crate) fn install() -> Result<(), OsError> {
             // SAFETY: the handler is async-signal-safe and chains to `prev`.
             unsafe { os::install_handler(sig, handler)? };
         }
-        Ok(())
+        super::abandon::install()
     })
 }
 
@@ -197,12 +197,19 @@ fn violation(w: &WorkerState, fault: &Fault, frame: &mut Frame) {
                 os::gettid(),
                 item,
                 fault.code,
+                "policy abort: dying with SIGSEGV",
             ));
             os::reset_to_default(libc::SIGSEGV);
             // Returning re-executes the store, which now kills the process
             // with SIGSEGV (and a core dump where enabled).
         }
-        OnViolation::Cancel => park(w, fault, item),
+        OnViolation::Cancel => {
+            let (sp, bp) = frame.stack_regs();
+            // SAFETY: this handler runs on the worker whose stack copy this
+            // is; its stack [sp, top) is intact while it is stopped here.
+            unsafe { w.stack.capture(fault.ip, sp, bp) };
+            park(w, fault, item)
+        }
         OnViolation::Rollback => rollback(w, fault, frame, item),
     }
 }
@@ -310,10 +317,22 @@ fn rollback(w: &WorkerState, fault: &Fault, frame: &mut Frame, item: usize) {
     }
 }
 
-/// The cancel policy: publishes the record, tells the runtime, and parks
-/// the thread for good. No Rust frame is unwound or skipped, and the store
-/// never happens.
+/// The cancel policy: writes the report (the phase may never end if a
+/// task waits for a lock this one holds, so the user sees it now),
+/// publishes the record, tells the runtime, and parks the thread for good.
+/// No Rust frame is unwound or skipped, and the store never happens.
 fn park(w: &WorkerState, fault: &Fault, item: usize) -> ! {
+    let mut buf = [0u8; 1024];
+    os::write_stderr(report::render_raw(
+        &mut buf,
+        fault.addr,
+        fault.ip,
+        os::gettid(),
+        item,
+        fault.code,
+        "policy cancel: this task's thread is parked for good and the store did not happen; \
+         locks the task holds stay held (the phase ends with Err(Violation))",
+    ));
     let r = &w.record;
     r.addr.store(fault.addr, Ordering::Relaxed);
     r.ip.store(fault.ip, Ordering::Relaxed);
@@ -321,9 +340,19 @@ fn park(w: &WorkerState, fault: &Fault, item: usize) -> ! {
     r.code.store(fault.code as u32, Ordering::Relaxed);
     r.item.store(item, Ordering::Relaxed);
     r.state.store(1, Ordering::Release);
+    park_forever(w)
+}
+
+/// Marks `w` parked, tells its runtime (the parked count, then an event),
+/// and stops the calling thread (`w`'s own) for good: a futex wait on a
+/// word that never changes. Async-signal-safe.
+pub(super) fn park_forever(w: &WorkerState) -> ! {
+    // A worker parked here is never abandoned later (its job is over).
+    w.job.store(guard::JOB_PARKED, Ordering::Release);
     w.is_parked.store(true, Ordering::Release);
     let parked = w.parked.load(Ordering::Acquire);
-    // SAFETY: the runtime's counters outlive its workers' states.
+    // SAFETY: the runtime's counters outlive its workers' states (a
+    // runtime with parked workers leaks its control block).
     if let Some(parked) = unsafe { parked.as_ref() } {
         parked.fetch_add(1, Ordering::AcqRel);
     }

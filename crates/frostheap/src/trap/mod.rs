@@ -13,6 +13,7 @@
 //! | here | resolving the backend, the key, [`Guarded`] (a runtime's hold on a heap: the key tagging) |
 //! | [`freeze`] | [`Freeze`]: the freeze protocol, whose `Drop` thaws |
 //! | [`handler`] | the SIGSEGV and SIGTRAP handlers |
+//! | [`abandon`] | stopping a worker whose task can never finish (cancel: blocked on a lock a parked task holds) |
 //! | [`step`] | letting one faulting store through (audit) |
 //! | [`frame`] | the x86_64 signal frame the handlers read and edit |
 //! | [`report`] | from the handler's numbers to a [`Violation`] (the type itself is `crate::violation`'s) |
@@ -24,6 +25,7 @@
 //! or `ptrace` succeed against both. frostheap catches mistakes, not
 //! attackers.
 
+pub(crate) mod abandon;
 pub(crate) mod backtrace;
 mod frame;
 mod freeze;

@@ -194,6 +194,113 @@ fn dropped_large_results_give_their_context_memory_back() {
 }
 
 // ---------------------------------------------------------------------------
+// The rollback policy's side of runtime.rs's cancel tests.
+
+test!(a_write_to_a_guarded_heap_is_undone_and_no_worker_is_parked);
+/// Under `rollback` (the default) a task's store into a guarded heap is
+/// let through, undone at the thaw and reported; the task runs to its end,
+/// no thread is parked, and the next phases run on the same workers.
+fn a_write_to_a_guarded_heap_is_undone_and_no_worker_is_parked() {
+    let heap = Heap::builder()
+        .name("rt-rollback")
+        .max(64 << 20)
+        .build()
+        .unwrap();
+    let mut data: HeapVec<AtomicU64, Heap> = HeapVec::new_in(heap.clone());
+    data.extend((0..1000).map(AtomicU64::new));
+    let rt = Runtime::builder().workers(2).guard(&heap).build().unwrap();
+    let names = |rt: &Runtime| {
+        let mut v = rt
+            .map(0..64usize, |_| std::thread::current().name().map(str::to_string))
+            .unwrap();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let before = names(&rt);
+    let finished = AtomicUsize::new(0);
+    let r = rt.map(0..64usize, |i| {
+        if i == 37 {
+            data[3].fetch_add(100, Ordering::Relaxed);
+            data[4].store(7, Ordering::Relaxed);
+            finished.fetch_add(1, Ordering::SeqCst);
+        }
+        i
+    });
+    let v = match r {
+        Err(Error::Violation(v)) => v,
+        other => panic!("expected a violation, got {other:?}"),
+    };
+    assert_eq!(v.heap_name(), "rt-rollback");
+    assert_eq!(v.item_index(), Some(37));
+    assert_eq!(v.address(), &data[3] as *const AtomicU64 as usize);
+    assert_eq!(v.policy(), frostheap::OnViolation::Rollback);
+    assert_eq!(v.stores_undone(), 2, "{v}");
+    assert_eq!(v.other_stores(), [(&data[4] as *const AtomicU64 as usize, Some(37))]);
+    assert_eq!(finished.load(Ordering::SeqCst), 1, "the task ran to its end");
+    assert_eq!(data[3].load(Ordering::Relaxed), 3, "undone");
+    assert_eq!(data[4].load(Ordering::Relaxed), 4, "undone");
+    assert!(v.to_string().contains("2 stores undone"), "{v}");
+    let s = rt.stats();
+    assert_eq!((s.violations, s.parked_workers), (2, 0));
+    assert_eq!(names(&rt), before, "the same workers go on");
+}
+
+test!(rollback_drops_every_item_and_result_once);
+/// Under `rollback` the violating task runs to its end, so it consumes its
+/// item like every other task: after the error every item is dropped
+/// exactly once (none is kept by a parked task, as under `cancel`) and
+/// every result made is dropped.
+fn rollback_drops_every_item_and_result_once() {
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    static RESULTS: AtomicUsize = AtomicUsize::new(0);
+    struct Item(usize);
+    impl Drop for Item {
+        fn drop(&mut self) {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    struct Res;
+    impl Drop for Res {
+        fn drop(&mut self) {
+            RESULTS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let heap = Heap::builder().name("drops-rb").max(16 << 20).build().unwrap();
+    let mut data: HeapVec<AtomicU64, Heap> = HeapVec::new_in(heap.clone());
+    data.extend((0..64).map(AtomicU64::new));
+    let rt = Runtime::builder().workers(2).guard(&heap).build().unwrap();
+    let n = 5000;
+    let items: Vec<Item> = (0..n).map(Item).collect();
+    let made = frostheap::Shared::new(AtomicUsize::new(0));
+    let r = rt.map(items, |item| {
+        if item.0 == 1234 {
+            data[1].fetch_add(1, Ordering::Relaxed);
+        }
+        made.fetch_add(1, Ordering::Relaxed);
+        Res
+    });
+    let e = r.err().expect("a violation");
+    assert_eq!(e.violation().map(|v| v.item_index()), Some(Some(1234)));
+    assert_eq!(DROPPED.load(Ordering::Relaxed), n, "every item dropped once");
+    assert_eq!(RESULTS.load(Ordering::Relaxed), made.load(Ordering::Relaxed));
+    assert_eq!(data[1].load(Ordering::Relaxed), 1, "undone");
+}
+
+test!(global_main_heap_violations_are_rolled_back);
+/// Global mode under the default policy: stores into the main heap are
+/// undone, reported, and park nothing (runtime.rs's
+/// `global_main_heap_is_guarded_during_phases` is the `cancel` side).
+fn global_main_heap_violations_are_rolled_back() {
+    scenario(&["rolled-back"], &[MPROTECT]);
+}
+
+test!(global_main_heap_violations_are_rolled_back_pkey, needs: [Pkey]);
+fn global_main_heap_violations_are_rolled_back_pkey() {
+    scenario(&["rolled-back"], &[PKEY]);
+}
+
+// ---------------------------------------------------------------------------
 // Reports (case 9), in this process.
 
 /// Overwrites `dst` with a library call (`memcpy` in libc), so the faulting
