@@ -111,13 +111,19 @@ impl Resolved {
 }
 
 /// One line per frame: `function at file:line` (inlined functions each
-/// get their own line), innermost first. The first address is the faulting
-/// instruction itself, the rest return addresses (`backtrace::resolve`
-/// looks up `addr - 1` for every address, so the first is passed as
-/// `ip + 1`).
+/// get their own line), innermost first, up to the task's own closure: the
+/// runtime's frames that called it (from the first `frostheap::runtime::`
+/// function on) say nothing about the violation and are left out. The
+/// first address is the faulting instruction itself, the rest return
+/// addresses (`backtrace::resolve` looks up `addr - 1` for every address,
+/// so the first is passed as `ip + 1`).
 fn symbolise(frames: &[usize]) -> Vec<String> {
     let mut lines = Vec::new();
+    let runtime = |l: &String| l.starts_with("frostheap::runtime::");
     for (k, &addr) in frames.iter().enumerate() {
+        if lines.iter().any(runtime) {
+            break;
+        }
         let a = if k == 0 { addr + 1 } else { addr };
         let before = lines.len();
         backtrace::resolve(a as *mut core::ffi::c_void, |sym| {
@@ -135,6 +141,9 @@ fn symbolise(frames: &[usize]) -> Vec<String> {
         if lines.len() == before {
             lines.push(format!("{addr:#x}"));
         }
+    }
+    if let Some(cut) = lines.iter().position(runtime) {
+        lines.truncate(cut);
     }
     lines
 }

@@ -18,7 +18,7 @@ use allocator_api2::vec::Vec as HeapVec;
 use frostheap::{Error, Heap, Runtime};
 use proptest::prelude::*;
 
-use crate::check::{describe, run_fixture};
+use crate::check::{describe, run_example, run_fixture};
 
 /// Runs scenario `args` of the `recovery` fixture with `env`, within the
 /// child time limit (`check::output_within`).
@@ -60,6 +60,37 @@ fn thread_spawn_scope_and_a_pool_made_in_a_task_return_mprotect() {
 test!(thread_spawn_scope_and_a_pool_made_in_a_task_return_pkey, needs: [Pkey]);
 fn thread_spawn_scope_and_a_pool_made_in_a_task_return_pkey() {
     scenario(&["threads"], &[PKEY]);
+}
+
+/// Runs examples/recovery_rayon.rs (a real rayon pool, a dev-dependency,
+/// so an example rather than a fixture) with `env`.
+fn rayon_example(env: &[(&str, &str)]) {
+    let out = run_example("recovery_rayon", &[], env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("recovery_rayon: ok"),
+        "recovery_rayon with {env:?}\n{}",
+        describe(&out)
+    );
+}
+
+test!(a_rayon_pool_first_used_inside_a_task_works_mprotect);
+/// Regression (case 4): rayon's global pool, built lazily by the first
+/// task that uses it, hung the phase on `mprotect` (its threads' start-up
+/// stores into the main heap waited for the thaw). Three phases use it,
+/// a fourth violates while using it (caught, undone), and it keeps working.
+fn a_rayon_pool_first_used_inside_a_task_works_mprotect() {
+    rayon_example(&[MPROTECT]);
+}
+
+test!(a_rayon_pool_first_used_inside_a_task_works_mprotect_cancel);
+fn a_rayon_pool_first_used_inside_a_task_works_mprotect_cancel() {
+    rayon_example(&[MPROTECT, CANCEL]);
+}
+
+test!(a_rayon_pool_first_used_inside_a_task_works_pkey, needs: [Pkey]);
+fn a_rayon_pool_first_used_inside_a_task_works_pkey() {
+    rayon_example(&[PKEY]);
 }
 
 test!(a_bystander_threads_store_lands_and_is_not_undone_mprotect);
@@ -209,15 +240,14 @@ fn a_write_to_a_guarded_heap_is_undone_and_no_worker_is_parked() {
     let mut data: HeapVec<AtomicU64, Heap> = HeapVec::new_in(heap.clone());
     data.extend((0..1000).map(AtomicU64::new));
     let rt = Runtime::builder().workers(2).guard(&heap).build().unwrap();
+    // Workers are named by id; a replacement would get id 2 or more.
     let names = |rt: &Runtime| {
-        let mut v = rt
-            .map(0..64usize, |_| std::thread::current().name().map(str::to_string))
-            .unwrap();
-        v.sort();
-        v.dedup();
-        v
+        rt.map(0..64usize, |_| std::thread::current().name().map(str::to_string))
+            .unwrap()
+            .into_iter()
+            .all(|n| matches!(n.as_deref(), Some("frostheap-worker-0" | "frostheap-worker-1")))
     };
-    let before = names(&rt);
+    assert!(names(&rt));
     let finished = AtomicUsize::new(0);
     let r = rt.map(0..64usize, |i| {
         if i == 37 {
@@ -243,7 +273,7 @@ fn a_write_to_a_guarded_heap_is_undone_and_no_worker_is_parked() {
     assert!(v.to_string().contains("2 stores undone"), "{v}");
     let s = rt.stats();
     assert_eq!((s.violations, s.parked_workers), (2, 0));
-    assert_eq!(names(&rt), before, "the same workers go on");
+    assert!(names(&rt), "the same workers go on (none was replaced)");
 }
 
 test!(rollback_drops_every_item_and_result_once);
