@@ -129,6 +129,11 @@ fn a_violation_while_holding_a_lock_on_mains_stack_is_an_err() {
     scenario(&["lock-stack"], &[MPROTECT]);
 }
 
+test!(a_violation_while_holding_a_lock_on_mains_stack_is_an_err_pkey, needs: [Pkey]);
+fn a_violation_while_holding_a_lock_on_mains_stack_is_an_err_pkey() {
+    scenario(&["lock-stack"], &[PKEY]);
+}
+
 test!(a_violation_inside_display_under_println_leaves_stdout_usable);
 /// Regression (case 6): a violation inside `Display::fmt` called by
 /// `println!` (a lazily filled cache in the main heap) left stdout's lock
@@ -143,22 +148,52 @@ fn a_violation_inside_display_under_println_leaves_stdout_usable() {
     );
 }
 
+test!(a_violation_inside_display_under_println_leaves_stdout_usable_pkey, needs: [Pkey]);
+fn a_violation_inside_display_under_println_leaves_stdout_usable_pkey() {
+    let out = scenario(&["println"], &[PKEY]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("main after the phase: lazily made"),
+        "{}",
+        describe(&out)
+    );
+}
+
 test!(cancel_a_task_blocked_on_a_lock_the_cancelled_task_holds_ends_in_err);
 /// Regression (case 5 under `cancel`): the report is printed when the
 /// violation happens, and a phase that makes no progress after it ends
 /// with `Err(Violation)` and a note that the remaining tasks are most
 /// likely blocked on a lock the cancelled task holds.
 fn cancel_a_task_blocked_on_a_lock_the_cancelled_task_holds_ends_in_err() {
-    let out = scenario(&["lock-stack"], &[MPROTECT, CANCEL]);
+    cancel_blocked_on_a_lock(MPROTECT);
+}
+
+/// Runs the `lock-stack` scenario under `cancel` with `backend` and checks
+/// the report came when the violation happened and the error says why.
+fn cancel_blocked_on_a_lock(backend: (&str, &str)) {
+    let out = scenario(&["lock-stack"], &[backend, CANCEL]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("==frostheap== VIOLATION"),
         "the report is printed when the violation happens\n{}",
         describe(&out)
     );
+    assert!(
+        stderr.contains("made no progress"),
+        "the abandonment is said when it happens\n{}",
+        describe(&out)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let all = format!("{stdout}{stderr}");
-    assert!(all.contains("lock"), "the error says why\n{}", describe(&out));
+    assert!(
+        stdout.contains("blocked on a lock the cancelled task holds"),
+        "the error says why\n{}",
+        describe(&out)
+    );
+}
+
+test!(cancel_a_task_blocked_on_a_lock_the_cancelled_task_holds_ends_in_err_pkey, needs: [Pkey]);
+fn cancel_a_task_blocked_on_a_lock_the_cancelled_task_holds_ends_in_err_pkey() {
+    cancel_blocked_on_a_lock(PKEY);
 }
 
 // ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 //! The violation matrix: for each backend (mprotect; pkey where the CPU
-//! has protection keys) and each policy (cancel, audit), one parallel task
+//! has protection keys) and each policy (rollback, cancel, audit), one parallel task
 //! writes a guarded heap in one of twelve ways — a plain store, 16-, 32-
 //! and 64-byte SIMD stores, atomic `fetch_add` and `compare_exchange`,
 //! `ptr::copy_nonoverlapping`, `ptr::write_bytes`, `libc::memcpy`,
@@ -7,11 +7,13 @@
 //! through a raw pointer cast from `&T`.
 //!
 //! Each case checks: the reports (cancel: exactly one
-//! `Err(Error::Violation)`; audit: one record per faulting store, exactly
-//! one for a single store) carry the right address, offset, heap name,
+//! `Err(Error::Violation)`; rollback: one `Err` listing every faulting
+//! store, each undone; audit: one record per faulting store, exactly one
+//! for a single store) carry the right address, offset, heap name,
 //! containing allocation, item index, access, backend and policy; the
-//! guarded data is bit-for-bit unchanged (cancel) or changed exactly as
-//! written (audit); and the next phase runs normally.
+//! guarded data is bit-for-bit unchanged (cancel, rollback: the checksum of
+//! the whole heap's committed memory too) or changed exactly as written
+//! (audit); and the next phase runs normally.
 //!
 //! The test binary does not install `frostheap::Global`, so the guarded
 //! heap is an explicit [`Heap`] handed to the runtime, holding an
@@ -315,6 +317,13 @@ pub fn run_case(protect: Protect, policy: OnViolation, kind: Kind) {
     let data_base = data.as_mut_ptr() as usize;
     let target = data_base + TARGET_WORD * 8;
     let before = snapshot(data_base);
+    // The whole heap: everything it has committed, not only the vector.
+    let whole = |heap: &Heap| {
+        let len = heap.stats().committed;
+        // SAFETY: the heap's committed prefix is mapped and readable.
+        unsafe { core::slice::from_raw_parts(heap.base(), len) }.to_vec()
+    };
+    let heap_before = whole(&heap);
 
     let rt = Runtime::builder()
         .workers(2)
@@ -407,6 +416,15 @@ pub fn run_case(protect: Protect, policy: OnViolation, kind: Kind) {
         "{what}: the guarded data is not as expected"
     );
     assert!(after == expected, "{what}: bytes differ");
+    if policy != OnViolation::Audit {
+        // Nothing else in the guarded heap changed either.
+        let heap_after = whole(&heap);
+        assert_eq!(
+            (heap_after.len(), checksum(&heap_after)),
+            (heap_before.len(), checksum(&heap_before)),
+            "{what}: the guarded heap's checksum changed"
+        );
+    }
 
     // The next phase runs normally: every task reads the (still frozen)
     // data, and the results match a sum made by main.
