@@ -366,6 +366,101 @@ fn global_main_heap_violations_are_rolled_back_pkey() {
 }
 
 // ---------------------------------------------------------------------------
+// The mprotect backend's single-step window (a known limit).
+
+test!(mprotect_step_window_undoes_a_bystanders_store_made_inside_it_and_nothing_else);
+/// The known limit of rollback on `mprotect` (docs/rollback.md): to let a
+/// violating store through, the handler opens its page for one
+/// instruction, to every thread. A thread that is no worker and stores to
+/// that page in that instant does not fault; its store lands inside the
+/// step's window, is taken for part of the violation, and is undone.
+///
+/// A worker violates the first half of a page again and again while a
+/// bystander thread writes each word of the second half once. Outside the
+/// windows the bystander's stores fault, are stepped through alone and
+/// stay. The test shows both: phases run until some bystander store has
+/// been undone (the window exists; at most 400 phases, each a few
+/// milliseconds), and in every phase every word holds either its
+/// original value or the bystander's (nothing else), every violating
+/// store is undone, and every bystander store that is not undone is
+/// intact.
+fn mprotect_step_window_undoes_a_bystanders_store_made_inside_it_and_nothing_else() {
+    const WORDS: usize = 512;
+    const HALF: usize = WORDS / 2;
+    let heap = Heap::builder().name("window").max(16 << 20).build().unwrap();
+    let page = heap
+        .try_alloc(std::alloc::Layout::from_size_align(4096, 4096).unwrap())
+        .unwrap()
+        .as_ptr() as usize;
+    let word = |k: usize| page + 8 * k;
+    let original = |k: usize| 0x5EED_0000_0000 + k as u64;
+    let rt = Runtime::builder()
+        .workers(2)
+        .guard(&heap)
+        .guard_main_heap(false)
+        .protect(frostheap::Protect::Mprotect)
+        .build()
+        .unwrap();
+    let mut windows = 0usize;
+    let mut phases = 0usize;
+    while windows == 0 && phases < 400 {
+        phases += 1;
+        for k in 0..WORDS {
+            // SAFETY: `page` is a live 4096-byte block; no phase runs.
+            unsafe { (word(k) as *mut u64).write(original(k)) };
+        }
+        let go = AtomicUsize::new(0);
+        let r = std::thread::scope(|s| {
+            // The bystander: no worker, so its stores are legal.
+            s.spawn(|| {
+                while go.load(Ordering::Acquire) == 0 {
+                    std::hint::spin_loop();
+                }
+                for k in HALF..WORDS {
+                    // SAFETY: inside the live block; a legal store.
+                    unsafe { (word(k) as *mut u64).write_volatile(!original(k)) };
+                }
+                go.store(2, Ordering::Release);
+            });
+            rt.map(0..2usize, |i| {
+                if i == 0 {
+                    go.store(1, Ordering::Release);
+                    let mut j = 0;
+                    while go.load(Ordering::Acquire) != 2 {
+                        // SAFETY: inside the live block; the violation
+                        // under test.
+                        unsafe { (word(j % HALF) as *mut u64).write_volatile(u64::MAX) };
+                        j += 1;
+                    }
+                }
+                i
+            })
+        });
+        let e = r.expect_err("the worker's stores are violations");
+        assert!(e.violation().is_some_and(|v| v.stores_undone() >= 1), "{e}");
+        for k in 0..HALF {
+            // SAFETY: reading the live block.
+            let v = unsafe { (word(k) as *const u64).read() };
+            assert_eq!(v, original(k), "phase {phases}: violating store at word {k} survived");
+        }
+        for k in HALF..WORDS {
+            // SAFETY: reading the live block.
+            let v = unsafe { (word(k) as *const u64).read() };
+            assert!(
+                v == !original(k) || v == original(k),
+                "phase {phases}: word {k} holds {v:#x}, neither the original nor the bystander's"
+            );
+            windows += usize::from(v == original(k));
+        }
+    }
+    println!("the step window undid {windows} bystander store(s) in {phases} phase(s)");
+    assert!(
+        windows > 0,
+        "no bystander store fell inside a step's window in {phases} phases"
+    );
+}
+
+// ---------------------------------------------------------------------------
 // Reports (case 9), in this process.
 
 /// Overwrites `dst` with a library call (`memcpy` in libc), so the faulting
