@@ -12,7 +12,8 @@
 //! unwound or skipped and the task never runs again, so nothing it borrowed
 //! from the phase (the job, the items, main's stack) is touched after the
 //! phase returns. A worker that finishes its job before the signal arrives
-//! parks at the job's end instead ([`park_abandoned`]).
+//! parks at the job's end instead ([`park_abandoned`]). [`park_forever`],
+//! which stops a thread for good, is also the cancel policy's (`handler`).
 //!
 //! The signal is `SIGURG`: its default action is to ignore it, and programs
 //! rarely use it (it reports out-of-band socket data); the Go runtime
@@ -22,8 +23,8 @@
 
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
+use core::sync::atomic::Ordering;
 
-use super::handler::park_forever;
 use crate::guard::{self, WorkerState};
 use crate::os::{self, OsError};
 
@@ -59,8 +60,7 @@ pub(crate) fn abandon(w: &WorkerState, tid: u32) -> bool {
     if !w.abandon() {
         return false;
     }
-    w.abandoned
-        .store(true, core::sync::atomic::Ordering::Release);
+    w.abandoned.store(true, Ordering::Release);
     nudge(tid);
     true
 }
@@ -79,9 +79,7 @@ pub(crate) fn nudge(tid: u32) {
 pub(crate) fn park_abandoned(w: &WorkerState) -> ! {
     if w.claim_abandoned_park() {
         // Between tasks: no item of the phase is held.
-        w.record
-            .item
-            .store(usize::MAX, core::sync::atomic::Ordering::Relaxed);
+        w.record.item.store(usize::MAX, Ordering::Relaxed);
         park_forever(w)
     }
     // The handler claimed it first; it never returns, so this is
@@ -106,7 +104,7 @@ unsafe extern "C" fn on_signal(
                 // stack: the runtime must never drop it.
                 w.record
                     .item
-                    .store(guard::current_item(), core::sync::atomic::Ordering::Relaxed);
+                    .store(guard::current_item(), Ordering::Relaxed);
                 park_forever(w);
             }
             // Ours, but the job already ended (or is parking): ignore.
@@ -130,5 +128,29 @@ unsafe extern "C" fn on_signal(
         let f: extern "C" fn(libc::c_int) =
             unsafe { core::mem::transmute::<usize, extern "C" fn(libc::c_int)>(h) };
         f(sig);
+    }
+}
+
+/// Marks `w` parked, tells its runtime (the parked count, then an event),
+/// and stops the calling thread (`w`'s own) for good: a futex wait on a
+/// word that never changes. Async-signal-safe.
+pub(super) fn park_forever(w: &WorkerState) -> ! {
+    // A worker parked here is never abandoned later (its job is over).
+    w.job.store(guard::JOB_PARKED, Ordering::Release);
+    w.is_parked.store(true, Ordering::Release);
+    let parked = w.parked.load(Ordering::Acquire);
+    // SAFETY: the runtime's counters outlive its workers' states (a
+    // runtime with parked workers leaks its control block).
+    if let Some(parked) = unsafe { parked.as_ref() } {
+        parked.fetch_add(1, Ordering::AcqRel);
+    }
+    let events = w.events.load(Ordering::Acquire);
+    // SAFETY: as above.
+    if let Some(events) = unsafe { events.as_ref() } {
+        events.fetch_add(1, Ordering::AcqRel);
+        os::futex_wake(events, i32::MAX);
+    }
+    loop {
+        os::futex_wait(&w.park_word, 0, None);
     }
 }

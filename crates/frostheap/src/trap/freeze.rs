@@ -120,7 +120,7 @@ impl Drop for Freeze<'_> {
         // No thread may have a page open for a stepped store while the
         // heaps are opened: its trap would protect the page again after.
         if mprotect {
-            super::handler::step_lock();
+            super::step::step_lock();
         }
         if mprotect {
             let mut thawed = [0usize; guard::CAPACITY];
@@ -150,7 +150,7 @@ impl Drop for Freeze<'_> {
             }
         }
         if mprotect {
-            super::handler::step_unlock();
+            super::step::step_unlock();
         }
         THAW_EPOCH.fetch_add(1, Ordering::AcqRel);
         os::futex_wake(&THAW_EPOCH, i32::MAX);

@@ -28,11 +28,13 @@
 
 use core::cell::{Cell, UnsafeCell};
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::Ordering;
 use std::sync::OnceLock;
 
+use super::abandon::park_forever;
 use super::frame::{Fault, Frame, SEGV_ACCERR, SEGV_PKUERR, TRAP_TRACE};
 use super::freeze::{MPROTECT_FROZEN, THAW_EPOCH};
+use super::step::{step_lock, step_unlock};
 use super::{report, step, OnViolation, PKEY};
 use crate::guard::{self, WorkerState, AUDIT_RING};
 use crate::os::{self, OsError};
@@ -214,37 +216,6 @@ fn violation(w: &WorkerState, fault: &Fault, frame: &mut Frame) {
     }
 }
 
-/// The `mprotect` backend's step lock: the tid of the thread whose step
-/// has a page open, 0 when none. One step at a time, so no snapshot is
-/// taken while another step's page is open, and a store another thread
-/// makes through an open page lands in that step's diff (docs/rollback.md).
-/// Re-entrant: a store crossing into a second frozen page faults again
-/// inside its own step.
-static STEP_LOCK: AtomicU32 = AtomicU32::new(0);
-
-/// Takes the step lock (a futex wait inside the handler: the holder only
-/// runs one instruction and its trap before it lets go).
-pub(super) fn step_lock() {
-    let me = os::gettid();
-    loop {
-        match STEP_LOCK.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
-            Ok(_) => return,
-            Err(holder) if holder == me => return,
-            Err(holder) => os::futex_wait(&STEP_LOCK, holder, None),
-        }
-    }
-}
-
-/// Lets the step lock go if the calling thread holds it.
-pub(super) fn step_unlock() {
-    if STEP_LOCK
-        .compare_exchange(os::gettid(), 0, Ordering::Release, Ordering::Relaxed)
-        .is_ok()
-    {
-        os::futex_wake(&STEP_LOCK, i32::MAX);
-    }
-}
-
 /// The bytes a store faulting at `addr` may change, which the rollback
 /// policy saves before letting it through: on `mprotect` the whole page
 /// (only that page is opened, but for every thread, so the diff after the
@@ -341,30 +312,6 @@ fn park(w: &WorkerState, fault: &Fault, item: usize) -> ! {
     r.item.store(item, Ordering::Relaxed);
     r.state.store(1, Ordering::Release);
     park_forever(w)
-}
-
-/// Marks `w` parked, tells its runtime (the parked count, then an event),
-/// and stops the calling thread (`w`'s own) for good: a futex wait on a
-/// word that never changes. Async-signal-safe.
-pub(super) fn park_forever(w: &WorkerState) -> ! {
-    // A worker parked here is never abandoned later (its job is over).
-    w.job.store(guard::JOB_PARKED, Ordering::Release);
-    w.is_parked.store(true, Ordering::Release);
-    let parked = w.parked.load(Ordering::Acquire);
-    // SAFETY: the runtime's counters outlive its workers' states (a
-    // runtime with parked workers leaks its control block).
-    if let Some(parked) = unsafe { parked.as_ref() } {
-        parked.fetch_add(1, Ordering::AcqRel);
-    }
-    let events = w.events.load(Ordering::Acquire);
-    // SAFETY: as above.
-    if let Some(events) = unsafe { events.as_ref() } {
-        events.fetch_add(1, Ordering::AcqRel);
-        os::futex_wake(events, i32::MAX);
-    }
-    loop {
-        os::futex_wait(&w.park_word, 0, None);
-    }
 }
 
 unsafe extern "C" fn on_trap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
