@@ -427,8 +427,13 @@ impl ContextHeap {
             return None;
         }
         let start = self.base + (first << CHUNK_SHIFT);
+        // Committed chunks count against the process limit (FROSTHEAP_MAX).
+        if !crate::heap::process::charge(crate::heap::process::Kind::Context, k * CHUNK_SIZE) {
+            return None;
+        }
         // SAFETY: the chunks lie in our slot of the context space, unused.
         if unsafe { os::commit(start as *mut u8, k * CHUNK_SIZE) }.is_err() {
+            crate::heap::process::release(crate::heap::process::Kind::Context, k * CHUNK_SIZE);
             return None;
         }
         self.frontier.set((first + k) as u32);
@@ -603,6 +608,7 @@ impl ContextHeap {
         if len > 0 {
             // SAFETY: every chunk of the slot is free: nothing lives in it.
             let _ = unsafe { os::decommit(self.base as *mut u8, len) };
+            crate::heap::process::release(crate::heap::process::Kind::Context, len);
         }
         self.committed_chunks.store(0, Ordering::Relaxed);
         // Last: from here on the slot may be taken (and reset) again.
