@@ -187,8 +187,8 @@ unsafe impl Send for ContextHeap {}
 impl ContextHeap {
     /// Takes a free slot of the context space and returns its heap, empty.
     /// The heap belongs to the caller until [`ContextHeap::retire`].
-    pub fn new() -> Result<&'static ContextHeap, crate::Error> {
-        reserve_space().map_err(|source| crate::Error::Os {
+    pub fn new() -> Result<&'static ContextHeap, crate::error::Error> {
+        reserve_space().map_err(|source| crate::error::Error::Os {
             context: "reserving the context space",
             source,
         })?;
@@ -199,7 +199,7 @@ impl ContextHeap {
                     .is_ok()
             })
             .ok_or_else(|| {
-                crate::Error::invalid(
+                crate::error::Error::invalid(
                     "workers",
                     N_SLOTS + 1,
                     format!("at most {N_SLOTS} context heaps alive at once"),
@@ -211,7 +211,7 @@ impl ContextHeap {
                 Ok(h) => h,
                 Err(source) => {
                     SLOT_USED[slot].store(false, Ordering::Release);
-                    return Err(crate::Error::Os {
+                    return Err(crate::error::Error::Os {
                         context: "mapping a context heap's bookkeeping",
                         source,
                     });
