@@ -390,6 +390,21 @@ where
         }
     }
 
+    /// Items whose chunk did not publish its completion, if any (after the
+    /// phase).
+    fn not_done(&self) -> Option<usize> {
+        let missing: usize = self
+            .progress
+            .iter()
+            .enumerate()
+            .map(|(k, p)| {
+                let len = ((k + 1) * self.chunk).min(self.n) - k * self.chunk;
+                len - (p.load(Ordering::Acquire) as usize).min(len)
+            })
+            .sum();
+        (missing > 0).then_some(missing)
+    }
+
     /// After a failed phase: drops every result that was written and every
     /// item that was never taken, each exactly once.
     ///
@@ -431,6 +446,9 @@ where
 
 /// The error a batch returns: the first violation, else the first panic.
 fn batch_error(phase: &PhaseResult, panic: Option<(usize, String)>) -> Option<Error> {
+    if let Some(e) = &phase.refused {
+        return Some(e.clone());
+    }
     if let Some(v) = phase.violations.first() {
         return Some(Error::Violation(Box::new(v.clone())));
     }
@@ -504,7 +522,20 @@ impl Runtime {
         let phase = self.run_phase(&|env: &WorkerEnv<'_>| job.work(env), window);
 
         let panic = core::mem::take(&mut *job.panic.lock().unwrap_or_else(|e| e.into_inner()));
-        let error = batch_error(&phase, panic);
+        let mut error = batch_error(&phase, panic);
+        if error.is_none() {
+            // A phase returns Ok only when every task ran to completion
+            // (every chunk's progress word full); anything else is a bug
+            // of the runtime, reported as an error rather than as results
+            // no task made.
+            if let Some(missing) = job.not_done() {
+                error = Some(Error::Incomplete {
+                    reason: format!(
+                        "{missing} of {n} tasks did not run although no task failed (a frostheap bug: please report it)"
+                    ),
+                });
+            }
+        }
         self.record_batch_bytes(&job, per_item);
         let Some(error) = error else {
             // SAFETY: no error means every chunk ran to its end: slots

@@ -30,6 +30,7 @@ mod batch;
 mod builder;
 mod map;
 mod phase;
+mod recovery;
 mod scratch;
 mod worker;
 
@@ -40,6 +41,7 @@ use allocator_api2::alloc::{AllocError, Allocator};
 
 pub use builder::RuntimeBuilder;
 pub use map::Scope;
+pub use recovery::DEFAULT_NO_PROGRESS_TIMEOUT;
 
 use crate::context::{self, ContextHeap};
 use crate::global::unguarded;
@@ -54,9 +56,10 @@ use worker::{Worker, WorkerEnv};
 /// global mode) with their pages exempted from the freeze.
 pub const RESULTS_IN_HEAP_MIN: usize = 256 << 10;
 
-/// Default cap on threads parked by the cancel policy; past it the process
-/// stops with a message (each costs ≈ 40 KB and 6 mappings).
-pub const DEFAULT_MAX_PARKED: usize = 1024;
+/// Default cap on threads parked by the cancel policy (each costs ≈ 40 KB,
+/// 6 mappings and a context slot for good); past it the runtime refuses
+/// its phases with `Error::Incomplete`.
+pub const DEFAULT_MAX_PARKED: usize = 64;
 
 /// A job as workers see it.
 pub(crate) struct JobRef<'a>(&'a (dyn Fn(&WorkerEnv<'_>) + Sync));
@@ -128,6 +131,9 @@ pub struct Runtime {
     n_workers: usize,
     memory_budget: Option<usize>,
     max_parked: usize,
+    /// After a violation parked a worker: how long the phase may make no
+    /// progress before its remaining workers are abandoned.
+    no_progress_timeout: core::time::Duration,
     next_worker_id: AtomicUsize,
     stats: Mutex<RuntimeStats>,
     audit_log: Mutex<Vec<Violation>>,
@@ -252,15 +258,26 @@ impl Runtime {
 }
 
 impl Drop for Runtime {
+    /// Stops and joins the workers, then gives back what they held: each
+    /// worker's state (its mappings: deferred frees, undo log, stack copy)
+    /// and, when no worker of this runtime was ever parked, the control
+    /// block (a parked thread keeps pointers to both for good). A worker's
+    /// context heap is retired by its thread as it exits (`context`).
     fn drop(&mut self) {
         let ctl = self.control;
         ctl.shutdown.store(true, Ordering::Release);
         ctl.epoch.fetch_add(1, Ordering::AcqRel);
         os::futex_wake(&ctl.epoch, i32::MAX);
-        for w in self.lock_workers().iter_mut() {
-            if let Some(t) = w.thread.take() {
-                let _ = t.join();
-            }
+        let workers = core::mem::take(&mut *self.lock_workers());
+        for w in workers {
+            w.join_and_release();
+        }
+        if ctl.parked.load(Ordering::Acquire) == 0 {
+            // SAFETY: the block was leaked from a Box by the builder; every
+            // worker that could refer to it has been joined, none is parked
+            // (a parked worker is forgotten, never joined, and counted in
+            // `parked`), and the runtime is being dropped.
+            drop(unsafe { Box::from_raw(ctl as *const ControlBlock as *mut ControlBlock) });
         }
     }
 }

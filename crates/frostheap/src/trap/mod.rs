@@ -13,9 +13,11 @@
 //! | here | resolving the backend, the key, `Guarded` (a runtime's hold on a heap: the key tagging) |
 //! | `freeze` | `Freeze`: the freeze protocol, whose `Drop` thaws |
 //! | `handler` | the SIGSEGV and SIGTRAP handlers |
-//! | `step` | letting one faulting store through (audit) |
+//! | `abandon` | stopping a worker whose task can never finish (cancel: blocked on a lock a parked task holds) |
+//! | `backtrace` | the violating thread's stack, copied in the handler and unwound after the phase |
+//! | `step` | letting one faulting store through (audit, rollback) |
 //! | `frame` | the x86_64 signal frame the handlers read and edit |
-//! | `report` | from the handler's numbers to a [`Violation`] (the type itself is `crate::violation`'s) |
+//! | `report` | from the handler's numbers to a `Violation` (the type itself is `crate::violation`'s) |
 //!
 //! What the handler reads lives one layer down, in `guard`: the table of
 //! heap regions with their guard state, and each worker's state.
@@ -24,6 +26,8 @@
 //! or `ptrace` succeed against both. frostheap catches mistakes, not
 //! attackers.
 
+pub(crate) mod abandon;
+pub(crate) mod backtrace;
 mod frame;
 mod freeze;
 mod handler;

@@ -409,6 +409,8 @@ fn spin_until(mut done: impl FnMut() -> bool) -> bool {
 }
 
 test!(a_write_to_a_guarded_heap_is_a_violation_and_the_worker_is_replaced);
+/// Under `cancel` (the rollback policy's equivalent is
+/// `recovery::a_write_to_a_guarded_heap_is_undone_and_no_worker_is_parked`).
 fn a_write_to_a_guarded_heap_is_a_violation_and_the_worker_is_replaced() {
     let heap = Heap::builder()
         .name("rt-guarded")
@@ -420,6 +422,7 @@ fn a_write_to_a_guarded_heap_is_a_violation_and_the_worker_is_replaced() {
     let rt = Runtime::builder()
         .workers(WORKERS)
         .guard(&heap)
+        .on_violation(frostheap::OnViolation::Cancel)
         .build()
         .unwrap();
     assert!(rt.guarded().contains(&heap));
@@ -816,8 +819,21 @@ fn global_results_escape_and_stay_valid_across_later_phases() {
 }
 
 test!(global_main_heap_is_guarded_during_phases);
+/// Under `cancel` (the fixture counts parked workers); the rollback
+/// policy's equivalent is `recovery::global_main_heap_violations_are_rolled_back`.
 fn global_main_heap_is_guarded_during_phases() {
-    global_scenario("violation");
+    let out = run_fixture(
+        "runtime_global",
+        &["violation"],
+        &[("FROSTHEAP_ON_VIOLATION", "cancel")],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("runtime_global violation: ok"),
+        "{}",
+        describe(&out)
+    );
 }
 
 test!(global_frees_of_main_heap_items_are_deferred);
@@ -854,7 +870,8 @@ fn nested_guards_and_results_in_the_main_heap() {
 }
 
 test!(a_violation_drops_every_item_but_the_parked_one);
-/// After a violation, every item is dropped exactly once — except the one
+/// Under `cancel` (the rollback policy's equivalent is
+/// `recovery::rollback_drops_every_item_and_result_once`): after a violation, every item is dropped exactly once — except the one
 /// the parked task holds, which is never dropped (its copy lives on the
 /// parked thread's stack; dropping ours could free what the task already
 /// moved out) — and every result made before the error is dropped.
@@ -880,6 +897,7 @@ fn a_violation_drops_every_item_but_the_parked_one() {
     let rt = Runtime::builder()
         .workers(WORKERS)
         .guard(&heap)
+        .on_violation(frostheap::OnViolation::Cancel)
         .build()
         .unwrap();
     let n = 5000;
