@@ -5,7 +5,7 @@
 //!
 //! Run: `cargo run -p frostheap --example runtime_global -- <scenario>`
 //! with one of `basics`, `escape`, `violation`, `deferred`, `oversized`,
-//! `phases`. The integration tests (tests/it/runtime.rs) run each scenario
+//! `phases`, `mutation`, `reductions`, `global-runtime`. The integration tests (tests/it/runtime.rs) run each scenario
 //! as a child process; a scenario checks itself with `assert!` (a failure
 //! exits non-zero) and prints `runtime_global <scenario>: ok`.
 
@@ -34,8 +34,14 @@ fn main() {
         "deferred" => deferred(),
         "oversized" => oversized(),
         "phases" => phases(),
+        "mutation" => mutation(),
+        "reductions" => reductions(),
+        "global-runtime" => global_runtime(),
         other => {
-            eprintln!("unknown scenario {other:?}: basics, escape, violation, deferred, oversized, phases");
+            eprintln!(
+                "unknown scenario {other:?}: basics, escape, violation, deferred, oversized, phases, \
+                 mutation, reductions, global-runtime"
+            );
             std::process::exit(2);
         }
     }
@@ -349,5 +355,116 @@ fn phases() {
     println!(
         "phases={} main_committed={} context_committed={} rss_before={rss_before} rss_after={rss_after}",
         s.phases, main_after.committed, s.context_committed
+    );
+}
+
+/// Data tasks change: refused up front in the main heap (naming it, no
+/// phase run), accepted when built (and grown) inside `unguarded`; sorts
+/// likewise.
+fn mutation() {
+    let rt = runtime(None);
+    let main = frostheap::main_heap().unwrap();
+    let mut in_main: Vec<u64> = (0..100_000).collect();
+    assert!(main.owns(in_main.as_ptr()));
+    let phases = rt.stats().phases;
+    match rt.for_each_mut(&mut in_main, |x| *x += 1) {
+        Err(Error::NotWritable { heap, .. }) => assert_eq!(heap, "main"),
+        other => panic!("expected NotWritable, got {other:?}"),
+    }
+    let msg = rt.sort_unstable(&mut in_main).unwrap_err().to_string();
+    assert!(
+        msg.contains("\"main\"") && msg.contains("frostheap::unguarded"),
+        "{msg}"
+    );
+    assert_eq!(rt.stats().phases, phases, "a refused call ran a phase");
+    assert!(in_main.iter().copied().eq(0..100_000), "nothing changed");
+
+    let mut free: Vec<u64> = frostheap::unguarded(|| (0..100_000u64).rev().collect());
+    assert!(!main.owns(free.as_ptr()));
+    rt.for_each_mut(&mut free, |x| *x *= 2).unwrap();
+    rt.sort_unstable(&mut free).unwrap();
+    assert!(free.iter().copied().eq((0..100_000u64).map(|x| x * 2)));
+    // Grown inside `unguarded`, it stays outside the main heap; grown
+    // outside, it would move into it and be refused.
+    frostheap::unguarded(|| free.extend(0..1_000_000u64));
+    assert!(
+        !main.owns(free.as_ptr()),
+        "grown inside unguarded, the Vec stays unguarded"
+    );
+    rt.sort(&mut free).unwrap();
+    assert!(free.windows(2).all(|w| w[0] <= w[1]));
+    rt.par(frostheap::par::chunks_mut(&mut free, 4096))
+        .for_each(|c| c.reverse())
+        .unwrap();
+    // A Shared value is writable too.
+    let mut counts = frostheap::Shared::new([0u32; 64]);
+    rt.for_each_mut(&mut counts[..], |c| *c += 1).unwrap();
+    assert!(counts.iter().all(|&c| c == 1));
+    // Reading main-heap data is fine.
+    assert_eq!(
+        rt.par(&in_main).sum::<u64>().unwrap(),
+        (0..100_000u64).sum::<u64>()
+    );
+}
+
+/// Reductions whose partials allocate (in the workers' context heaps),
+/// combined in input order on the workers; a filtered collect; results
+/// that escape and stay valid.
+fn reductions() {
+    let rt = runtime(None);
+    let words: Vec<String> = (0..50_000).map(|i| format!("w{i}")).collect();
+    let joined = rt
+        .par(&words)
+        .fold(String::new, |mut s, w| {
+            s.push_str(w);
+            s
+        })
+        .reduce(String::new, |a, b| a + &b)
+        .unwrap();
+    assert_eq!(joined, words.concat());
+    let by_len: HashMap<usize, usize> = rt
+        .par(&words)
+        .fold(HashMap::new, |mut m, w| {
+            *m.entry(w.len()).or_insert(0) += 1;
+            m
+        })
+        .reduce(HashMap::new, |mut a, b| {
+            for (k, v) in b {
+                *a.entry(k).or_insert(0) += v;
+            }
+            a
+        })
+        .unwrap();
+    assert_eq!(by_len.values().sum::<usize>(), words.len());
+    let long: Vec<String> = rt
+        .par(&words)
+        .filter(|w| w.len() == 6)
+        .map(|w| w.to_uppercase())
+        .collect()
+        .unwrap();
+    assert_eq!(long.len(), 40_000);
+    assert!(long
+        .windows(2)
+        .all(|p| p[0] < p[1] || p[0].len() != p[1].len()));
+    let total: usize = rt.par(&long).map(|w| w.len()).sum().unwrap();
+    assert_eq!(total, 6 * 40_000);
+    let s = rt.stats();
+    assert!(
+        s.context_committed > 0,
+        "partials were made in context heaps: {s:?}"
+    );
+}
+
+/// `frostheap::global_runtime()`, configured from `FROSTHEAP_WORKERS` (a
+/// bad value stops the process with one line, exit status 2).
+fn global_runtime() {
+    let rt = frostheap::global_runtime();
+    assert!(std::ptr::eq(rt, frostheap::global_runtime()), "built once");
+    println!("global runtime workers={}", rt.workers());
+    assert_eq!(rt.map(0..1000u64, |x| x + 1).unwrap().len(), 1000);
+    let main = frostheap::main_heap().unwrap();
+    assert!(
+        rt.guarded().contains(&main),
+        "the global runtime guards the main heap"
     );
 }

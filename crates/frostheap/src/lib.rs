@@ -115,6 +115,9 @@ pub use config::HugePages;
 pub use error::Error;
 pub use global::{main_heap, unguarded, Global, Shared};
 pub use heap::{Heap, HeapBuilder, Stats};
-pub use runtime::{Arena, Runtime, RuntimeBuilder, RuntimeStats, Scope, TaskContext};
+pub use runtime::{
+    global_runtime, par, try_global_runtime, Arena, Runtime, RuntimeBuilder, RuntimeStats, Scope,
+    TaskContext,
+};
 pub use size::{parse_size, Bytes};
 pub use trap::{OnViolation, Protect, Violation};

@@ -20,18 +20,66 @@
 //! the context heaps' bump counters (each `map` measures its own items).
 //! An item larger than the budget runs alone.
 //!
-//! **Files**, top down: `builder` (configuration and start-up), `map` (the
-//! entry points main calls), `batch` (one batch as one phase: the claim
-//! loop and the recovery after an error), `phase` (freeze, run, thaw,
-//! violation records), `scratch` (buffers kept across maps), `worker` (the
-//! threads).
+//! **Files**, top down: `builder` (configuration and start-up), `default`
+//! (the process-wide runtime), `map` (the entry points main calls), `call`
+//! (a parallel call: adapters and terminal operations), `source` (inputs
+//! the workers index), `pipe` (adapters), `terminal` (collect, reduce,
+//! any), `sort`, `drive` (batch after batch), `batch` (one batch as one
+//! phase: the claim loop and the recovery after an error), `phase` (freeze,
+//! run, thaw, violation records), `scratch` (buffers kept across calls),
+//! `worker` (the threads).
 
 mod batch;
 mod builder;
+mod call;
+mod default;
+mod drive;
 mod map;
 mod phase;
+mod pipe;
 mod scratch;
+mod sort;
+mod source;
+mod terminal;
 mod worker;
+
+/// The sealed-trait pattern: public traits of the parallel API that only
+/// this crate implements.
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// The parallel API's types: what [`Runtime::par`] accepts and returns.
+///
+/// | input | items |
+/// |---|---|
+/// | `&[T]`, `&Vec<T>`, `&[T; N]`, `slice.iter()` | `&T` |
+/// | `Vec<T>` | `T`, moved into the tasks |
+/// | `&mut [T]`, `&mut Vec<T>`, `slice.iter_mut()` | `&mut T` (data must be writable: [`Runtime::for_each_mut`]) |
+/// | `a..b`, `a..=b` over the integer types | the integers |
+/// | `slice.chunks(k)`, `slice.chunks_exact(k)`, [`par::chunks`] | `&[T]` |
+/// | [`par::chunks_mut`]`(slice, k)` | `&mut [T]` |
+/// | [`Runtime::par_bridge`]`(any iterator)` | its items, pulled on main first |
+///
+/// Adapters ([`par::Par`]'s methods): `map`, `map_with_context`, `filter`,
+/// `filter_map`, `flat_map_iter`, `inspect`, `fold`. Terminal operations:
+/// `for_each`, `collect` (into `Vec`, in input order), `count`, `sum`,
+/// `product`, `reduce`, `reduce_with`, `min`/`max`(`_by`, `_by_key`),
+/// `any`, `all`. Sorts: [`Runtime::sort_unstable`] and
+/// [`Runtime::sort`] with their `_by` and `_by_key` forms.
+pub mod par {
+    pub use super::call::{FromPar, Par};
+    pub use super::drive::{Bridge, Drive, Indexed};
+    pub use super::pipe::{
+        Filter, FilterMap, FlatMapIter, Fold, Identity, Inspect, Map, MapWithContext, Pipe,
+    };
+    pub use super::source::{
+        chunks, chunks_mut, ChunksMut, ChunksRef, IntoParSource, ParSource, RangeItems, SliceMut,
+        SliceRef, VecItems,
+    };
+}
+
+pub use default::{global_runtime, try_global_runtime};
 
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Mutex;

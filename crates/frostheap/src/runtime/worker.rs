@@ -28,7 +28,7 @@ pub(crate) struct Worker {
 }
 
 /// What a task sees of its worker.
-pub(crate) struct WorkerEnv<'a> {
+pub struct WorkerEnv<'a> {
     pub index: usize,
     pub ctx: &'a ContextHeap,
 }
