@@ -9,8 +9,8 @@ use std::alloc::Layout;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use frostheap::budget::Budget;
 use frostheap::{Bytes, Error, Heap, Runtime};
+use frostheap_budget::Budget;
 
 pub fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("frostheap tour");

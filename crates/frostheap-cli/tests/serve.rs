@@ -301,23 +301,30 @@ fn endpoints_work_and_measurement_refines_the_per_client_cost() {
     let (status, metrics) = request(&server.addr, "GET", "/metrics", b"");
     assert_eq!(status, 200);
     let metrics = String::from_utf8(metrics).unwrap();
-    for name in [
-        "frostheap_budget_bytes",
-        "frostheap_in_use_bytes",
-        "frostheap_admitted_total",
-        "frostheap_shed_total",
-        "frostheap_per_client_bytes",
-        "frostheap_capacity_clients",
+    // (family, sample): OpenMetrics names a counter's family without
+    // `_total` and its sample with it.
+    for (family, sample) in [
+        ("frostheap_budget_bytes", "frostheap_budget_bytes"),
+        ("frostheap_in_use_bytes", "frostheap_in_use_bytes"),
+        ("frostheap_admitted", "frostheap_admitted_total"),
+        ("frostheap_shed", "frostheap_shed_total"),
+        ("frostheap_per_client_bytes", "frostheap_per_client_bytes"),
+        ("frostheap_capacity_clients", "frostheap_capacity_clients"),
     ] {
         assert!(
-            metrics.contains(&format!("# HELP {name} ")),
-            "{name} has no HELP line"
+            metrics.contains(&format!("# HELP {family} ")),
+            "{family} has no HELP line"
         );
         assert!(
-            metrics.contains(&format!("# TYPE {name} ")),
-            "{name} has no TYPE line"
+            metrics.contains(&format!("# TYPE {family} ")),
+            "{family} has no TYPE line"
+        );
+        assert!(
+            metrics.contains(&format!("\n{sample} ")),
+            "{sample} has no sample"
         );
     }
+    assert!(metrics.contains(&format!("\nfrostheap_admitted_total {}\n", rounds + 3)));
     assert!(metrics.contains(&format!("frostheap_budget_bytes {}\n", 64 << 20)));
 }
 

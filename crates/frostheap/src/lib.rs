@@ -67,16 +67,17 @@
 //!
 //! ## Capacity from bytes
 //!
-//! [`Budget`] turns a byte count into a client capacity and admission
-//! permits; [`RuntimeBuilder::memory_budget`] sizes `map` batches the same
-//! way, from per-item costs measured in the context heaps.
+//! [`RuntimeBuilder::memory_budget`] sizes `map` batches from per-item
+//! costs measured in the context heaps. Turning a byte count into client
+//! capacity and admission permits (and the tower layer) is the
+//! `frostheap-budget` crate, which sits above this one.
 //!
 //! ## Layers
 //!
 //! `os` (the only code that makes system calls) → `region` (reserve,
 //! commit, protect, the region table) → `heap` (size classes, spans,
 //! stats, limits) → `context` (bump arenas) and `trap` (fault handler,
-//! reports) → `runtime` (phases, map) → `budget` and `global`. See
+//! reports) → `runtime` (phases, map) → `global`. See
 //! ARCHITECTURE.md for the code map and invariants.
 //!
 //! Neither protection backend is a security boundary: writes through
@@ -84,17 +85,11 @@
 //!
 //! ## Crate features
 //!
-//! The default build has no optional features.
-//!
-//! - `tower`: `budget::tower`, a tower middleware that admits HTTP
-//!   requests by memory from a [`Budget`] — waiting for a permit through
-//!   `poll_ready`, or shedding with 503. Adds tower-service, tower-layer,
-//!   http, http-body and pin-project-lite.
+//! The crate has no optional features.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
-pub mod budget;
 pub mod config;
 pub mod context;
 mod error;
@@ -110,7 +105,6 @@ pub mod sync;
 pub mod track;
 pub mod trap;
 
-pub use budget::{Budget, Permit};
 pub use config::HugePages;
 pub use error::Error;
 pub use global::{main_heap, unguarded, Global, Shared};

@@ -2,13 +2,16 @@
 //!
 //! ```text
 //! cargo run --release -p frostheap-bench --bin freeze -- [--out-dir DIR] [--max SIZE] [--budget-ms N]
+//! cargo run --release -p frostheap-bench --bin freeze -- --max 64M --budget-ms 20   # brief
 //! ```
 //!
 //! **What it measures.**
 //!
 //! 1. Freeze + thaw against committed size (16 MiB … 4 GiB) for each
-//!    backend: `pkey` (a PKRU write pair; size-independent), frostheap's
-//!    `mprotect` on transparent huge pages (a [`Heap`] built with
+//!    backend: `pkey` (a PKRU write pair; size-independent, but measured
+//!    in the rounds of every size, so the report can give frostheap's
+//!    `mprotect` over it as a per-round ratio in the same run), frostheap's
+//!    `mprotect` on transparent huge pages (a `frostheap::Heap` built with
 //!    `HugePages::On`) and on 4 KiB pages (`HugePages::Off`). Each
 //!    frostheap figure sits beside the raw system call on the same amount
 //!    of memory of the same page type: `mprotect(PROT_READ)` then
@@ -20,331 +23,69 @@
 //!    allocating and touching it; the share backed by huge pages is read
 //!    from `/proc/self/smaps` and shown.
 //! 2. An empty phase (`rt.for_each(0..workers, |_| ())`) with no guarded
-//!    heap, and with one guarded heap of 16 MiB and 1 GiB committed.
+//!    heap, and with one guarded heap of 16 MiB and 1 GiB committed; each
+//!    guarded runtime alternates with the unguarded one.
 //! 3. Violation to error: a task takes a timestamp just before it writes a
 //!    guarded heap; main reads the clock as soon as `map` has returned the
 //!    `Err(Error::Violation)`. The cancel policy parks one thread per
 //!    violation, so `max_parked` is raised above the count.
 //!
 //! **How.** frostheap and the raw call alternate, one sample each, so
-//! machine noise hits both alike; samples are taken until a time budget
-//! per cell is spent (at least 15, at most 401). The report shows the
-//! median, the p10–p90 spread, and the ratio of medians frostheap / raw.
-//! Output: a markdown table on stdout and in `DIR/freeze.md`, and a
-//! log–log plot of cost against size in `DIR/freeze.svg` (default
-//! `DIR = target/frostheap-bench`).
+//! machine noise hits both alike (`frostheap_bench::Plan`); samples are
+//! taken until a time budget per cell is spent (at least 15, at most 401).
+//! The report shows the median, the p10–p90 spread, and the per-round
+//! ratio frostheap / raw (median and p10–p90 of the ratios). Output: a
+//! markdown table on stdout and in `DIR/freeze.md`, and a log–log plot of
+//! cost against size in `DIR/freeze.svg` (`frostheap_bench::plot`;
+//! default `DIR = target/frostheap-bench`).
 //!
 //! Targets from the issue: pkey ≤ 100 ns at every size; mprotect on huge
 //! pages within 1.2× of the raw call; violation to error ≤ 50 µs. No
 //! timing is asserted: this is a report, not a test.
 
 use std::alloc::Layout;
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use frostheap::{Error, Heap, HugePages, OnViolation, Protect, Runtime};
+use clap::Parser;
+use frostheap::{Error, OnViolation, Protect, Runtime};
+use frostheap_bench::interleave::time_ns;
+use frostheap_bench::plot::{Line, LogLogChart, Mark};
+use frostheap_bench::regions::{huge_backed, GrownHeap, RawRegion};
+use frostheap_bench::table::{human_bytes, human_ns};
+use frostheap_bench::{cli, table, Machine, Plan, Summary, Table};
 
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
-const HUGE: usize = 2 * MIB;
-const PAGE: usize = 4096;
 
-const USAGE: &str = "\
-usage: freeze [--out-dir DIR] [--max SIZE] [--budget-ms N]
-  --out-dir DIR   where freeze.md and freeze.svg go (default target/frostheap-bench)
-  --max SIZE      largest committed size measured (default 4G; sizes are 16M 64M 256M 1G 4G)
-  --budget-ms N   time spent sampling each cell (default 400)";
-
+/// What freezing guarded heaps costs, against the raw system call.
+#[derive(Parser)]
+#[command(name = "freeze")]
 struct Options {
+    /// Where freeze.md and freeze.svg go.
+    #[arg(long, default_value = "target/frostheap-bench")]
     out_dir: PathBuf,
+    /// Largest committed size measured (sizes are 16M 64M 256M 1G 4G).
+    #[arg(long, default_value = "4G", value_parser = cli::size)]
     max: usize,
-    budget: Duration,
+    /// Milliseconds spent sampling each cell.
+    #[arg(long = "budget-ms", default_value_t = 400, value_parser = clap::value_parser!(u64).range(1..))]
+    budget_ms: u64,
 }
 
-fn parse_args() -> Result<Options, String> {
-    let mut o = Options {
-        out_dir: PathBuf::from("target/frostheap-bench"),
-        max: 4 * GIB,
-        budget: Duration::from_millis(400),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{a} needs a value"));
-        match a.as_str() {
-            "--out-dir" => o.out_dir = PathBuf::from(value()?),
-            "--max" => {
-                let v = value()?;
-                o.max = frostheap::parse_size(&v)
-                    .map_err(|_| format!("--max {v:?}: expected a size such as 1G"))?
-            }
-            "--budget-ms" => {
-                let v = value()?;
-                let ms: u64 = v
-                    .parse()
-                    .map_err(|_| format!("--budget-ms {v:?}: expected milliseconds"))?;
-                o.budget = Duration::from_millis(ms)
-            }
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(o)
-}
-
-// ---------------------------------------------------------------------------
-// Statistics.
-
-/// Median and p10–p90 of a set of samples, in nanoseconds.
-#[derive(Clone, Copy, Debug)]
-struct Summary {
-    median: f64,
-    p10: f64,
-    p90: f64,
-    n: usize,
-}
-
-fn summarize(samples: &mut [f64]) -> Summary {
-    assert!(!samples.is_empty());
-    samples.sort_by(f64::total_cmp);
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    Summary {
-        median: at(0.5),
-        p10: at(0.1),
-        p90: at(0.9),
-        n: samples.len(),
+impl Options {
+    /// Samples alternate until the budget is spent: at least 15, at most
+    /// 401 per variant, after one warm-up round.
+    fn plan(&self) -> Plan {
+        Plan::budget(1, Duration::from_millis(self.budget_ms), 15, 401)
     }
 }
 
-/// Nanoseconds as a short human figure.
-fn human(ns: f64) -> String {
-    if ns < 1e3 {
-        format!("{ns:.0} ns")
-    } else if ns < 1e6 {
-        format!("{:.1} µs", ns / 1e3)
-    } else if ns < 1e9 {
-        format!("{:.2} ms", ns / 1e6)
-    } else {
-        format!("{:.2} s", ns / 1e9)
-    }
-}
-
-fn cell(s: &Summary) -> String {
-    format!("{} ({}–{})", human(s.median), human(s.p10), human(s.p90))
-}
-
-fn size_name(bytes: usize) -> String {
-    if bytes >= GIB && bytes.is_multiple_of(GIB) {
-        format!("{} GiB", bytes / GIB)
-    } else {
-        format!("{} MiB", bytes / MIB)
-    }
-}
-
-/// Samples `a` and `b` alternately until `budget` is spent (15..=401
-/// samples each); each closure returns its own duration in ns.
-fn alternate(
-    budget: Duration,
-    mut a: impl FnMut() -> f64,
-    mut b: impl FnMut() -> f64,
-) -> (Summary, Summary) {
-    let (mut sa, mut sb) = (Vec::new(), Vec::new());
-    // Warm-up: one of each, discarded.
-    a();
-    b();
-    let start = Instant::now();
-    while sa.len() < 401 && (sa.len() < 15 || start.elapsed() < budget) {
-        sa.push(a());
-        sb.push(b());
-    }
-    (summarize(&mut sa), summarize(&mut sb))
-}
-
-fn time_ns(f: impl FnOnce()) -> f64 {
-    let t = Instant::now();
-    f();
-    t.elapsed().as_nanos() as f64
-}
-
-// ---------------------------------------------------------------------------
-// The raw baseline: a plain mmap reservation, committed prefix, mprotect.
-
-struct RawRegion {
-    map: *mut u8,
-    map_len: usize,
-    base: *mut u8,
-    reserved: usize,
-    committed: usize,
-}
-
-impl RawRegion {
-    /// Reserves `len` bytes (PROT_NONE), 2 MiB aligned, advised for huge
-    /// pages when `huge`.
-    fn new(len: usize, huge: bool) -> RawRegion {
-        let map_len = len + HUGE;
-        // SAFETY: a fresh anonymous reservation; no existing memory is
-        // touched.
-        let map = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                map_len,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(map, libc::MAP_FAILED, "mmap of {len} bytes");
-        let map = map as *mut u8;
-        let base = ((map as usize + HUGE - 1) & !(HUGE - 1)) as *mut u8;
-        let advice = if huge {
-            libc::MADV_HUGEPAGE
-        } else {
-            libc::MADV_NOHUGEPAGE
-        };
-        // SAFETY: [base, base + len) lies inside the reservation.
-        let rc = unsafe { libc::madvise(base.cast(), len, advice) };
-        assert_eq!(rc, 0, "madvise");
-        RawRegion {
-            map,
-            map_len,
-            base,
-            reserved: len,
-            committed: 0,
-        }
-    }
-
-    /// Commits (read-write) and touches the prefix up to `len`.
-    fn grow_to(&mut self, len: usize) {
-        assert!(len <= self.reserved);
-        if len <= self.committed {
-            return;
-        }
-        // SAFETY: [base + committed, base + len) is inside the reservation,
-        // page aligned.
-        let rc = unsafe {
-            libc::mprotect(
-                self.base.add(self.committed).cast(),
-                len - self.committed,
-                libc::PROT_READ | libc::PROT_WRITE,
-            )
-        };
-        assert_eq!(rc, 0, "mprotect commit");
-        touch(self.base as usize + self.committed, len - self.committed);
-        self.committed = len;
-    }
-
-    /// One freeze + thaw of the committed prefix, in ns.
-    fn freeze_thaw(&self) -> f64 {
-        time_ns(|| {
-            // SAFETY: the committed prefix is ours; nothing else uses it.
-            unsafe {
-                let rc = libc::mprotect(self.base.cast(), self.committed, libc::PROT_READ);
-                debug_assert_eq!(rc, 0);
-                let rc = libc::mprotect(
-                    self.base.cast(),
-                    self.committed,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                );
-                debug_assert_eq!(rc, 0);
-            }
-        })
-    }
-}
-
-impl Drop for RawRegion {
-    fn drop(&mut self) {
-        // SAFETY: the whole mapping made in `new`.
-        unsafe { libc::munmap(self.map.cast(), self.map_len) };
-    }
-}
-
-/// Writes one byte per 4 KiB page of `[addr, addr + len)`.
-fn touch(addr: usize, len: usize) {
-    let mut a = addr;
-    while a < addr + len {
-        // SAFETY: callers pass committed, writable memory they own.
-        unsafe { (a as *mut u8).write_volatile(1) };
-        a += PAGE;
-    }
-}
-
-/// Bytes of `[addr, addr + len)` backed by huge pages, from
-/// /proc/self/smaps (mappings overlapping the range, counted whole).
-fn huge_backed(addr: usize, len: usize) -> usize {
-    let Ok(text) = std::fs::read_to_string("/proc/self/smaps") else {
-        return 0;
-    };
-    let mut total = 0;
-    let mut inside = false;
-    for line in text.lines() {
-        if let Some((range, _)) = line.split_once(' ') {
-            if let Some((s, e)) = range.split_once('-') {
-                if let (Ok(s), Ok(e)) = (usize::from_str_radix(s, 16), usize::from_str_radix(e, 16))
-                {
-                    inside = s < addr + len && e > addr;
-                    continue;
-                }
-            }
-        }
-        if inside {
-            if let Some(rest) = line.strip_prefix("AnonHugePages:") {
-                let kb: usize = rest
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse()
-                    .unwrap_or(0);
-                total += kb * 1024;
-            }
-        }
-    }
-    total
-}
-
-// ---------------------------------------------------------------------------
-// frostheap: a heap committed by allocating and touching.
-
-struct GrownHeap {
-    heap: Heap,
-    blocks: usize,
-}
-
-impl GrownHeap {
-    fn new(max: usize, huge: bool) -> GrownHeap {
-        let heap = Heap::builder()
-            .name(if huge { "bench-thp" } else { "bench-4k" })
-            .max(max + 256 * MIB)
-            .huge_pages(if huge { HugePages::On } else { HugePages::Off })
-            .build()
-            .expect("a benchmark heap");
-        GrownHeap { heap, blocks: 0 }
-    }
-
-    fn committed(&self) -> usize {
-        self.heap.stats().committed
-    }
-
-    /// Allocates and touches blocks until at least `target` bytes are
-    /// committed. Blocks are never freed (the heap is dropped whole).
-    fn grow_to(&mut self, target: usize) {
-        while self.committed() < target {
-            let want = (target - self.committed()).clamp(MIB, 64 * MIB);
-            let layout = Layout::from_size_align(want, PAGE).expect("layout");
-            let p = self.heap.try_alloc(layout).expect("growing the heap");
-            touch(p.as_ptr() as usize, want);
-            self.blocks += 1;
-        }
-    }
-
-    fn freeze_thaw(&self) -> f64 {
-        time_ns(|| {
-            self.heap.bench_freeze(true).expect("freeze");
-            self.heap.bench_freeze(false).expect("thaw");
-        })
-    }
+/// Samples `f` alone under the plan of `o`, in ns.
+fn sample(o: &Options, f: impl Fn() -> f64) -> Summary {
+    o.plan().run(&[()], |_| f()).samples(|ns| *ns).summary(0)
 }
 
 // ---------------------------------------------------------------------------
@@ -352,9 +93,15 @@ impl GrownHeap {
 
 struct SizeRow {
     target: usize,
-    pkey: Option<Summary>,
     thp: Option<PairRow>,
     small: Option<PairRow>,
+}
+
+impl SizeRow {
+    /// The PKRU pair measured beside the huge-page cells of this size.
+    fn pkey(&self) -> Option<&Summary> {
+        self.thp.as_ref().and_then(|p| p.pkey.as_ref())
+    }
 }
 
 struct PairRow {
@@ -362,43 +109,59 @@ struct PairRow {
     huge_share: f64,
     frostheap: Summary,
     raw: Summary,
+    /// frostheap / raw, per round.
+    ratio: Summary,
+    /// The PKRU pair, in the same rounds (`None` without protection keys).
+    pkey: Option<Summary>,
+    /// frostheap's mprotect freeze + thaw over the PKRU pair, per round.
+    mprotect_over_pkey: Option<Summary>,
 }
 
 struct PhaseRow {
     label: String,
     summary: Summary,
+    /// Against the runtime without a guarded heap, per round (`None` for
+    /// that runtime itself).
+    ratio: Option<Summary>,
 }
 
-fn pkey_pair(budget: Duration) -> Option<Summary> {
+/// The pkey backend's freeze + thaw, a PKRU write pair, as a sampler
+/// returning ns per pair; `None` on a machine without protection keys.
+fn pkey_pair() -> Option<impl Fn() -> f64> {
     let key = frostheap::trap::pkey().ok()?;
     let wd = 1u32 << (2 * key + 1);
     let base = frostheap::os::rdpkru();
     // Many pairs per sample: one pair is below the clock's resolution.
     const PAIRS: u32 = 1000;
-    let one = || {
+    Some(move || {
         time_ns(|| {
             for _ in 0..PAIRS {
                 frostheap::os::wrpkru(base | wd);
                 frostheap::os::wrpkru(base);
             }
         }) / PAIRS as f64
-    };
-    Some(alternate(budget, one, one).0)
+    })
 }
 
-fn measure_sizes(o: &Options, sizes: &[usize], rows: &mut Vec<SizeRow>) {
-    let pkey = pkey_pair(o.budget);
-    for &s in sizes {
-        rows.push(SizeRow {
-            target: s,
-            pkey,
+/// Every size, on huge pages and on 4 KiB pages: frostheap's freeze +
+/// thaw, the raw `mprotect` pair and (where the CPU has protection keys)
+/// the PKRU pair, interleaved round by round.
+fn measure_sizes(o: &Options, sizes: &[usize]) -> Vec<SizeRow> {
+    let pkey = pkey_pair();
+    let mut rows: Vec<SizeRow> = sizes
+        .iter()
+        .map(|&target| SizeRow {
+            target,
             thp: None,
             small: None,
-        });
-    }
+        })
+        .collect();
     for huge in [true, false] {
         let what = if huge { "huge pages" } else { "4 KiB pages" };
-        eprintln!("freeze: committing up to {} on {what} …", size_name(o.max));
+        eprintln!(
+            "freeze: committing up to {} on {what} …",
+            human_bytes(o.max as u64)
+        );
         let mut heap = GrownHeap::new(o.max, huge);
         let mut raw = RawRegion::new(o.max + 256 * MIB, huge);
         for row in rows.iter_mut() {
@@ -407,24 +170,32 @@ fn measure_sizes(o: &Options, sizes: &[usize], rows: &mut Vec<SizeRow>) {
             let committed = heap.committed();
             raw.grow_to(committed);
             let grow = t.elapsed();
-            let (f, r) = alternate(o.budget, || heap.freeze_thaw(), || raw.freeze_thaw());
+            let (frost, plain) = (|| heap.freeze_thaw(), || raw.freeze_thaw());
+            let mut variants: Vec<&dyn Fn() -> f64> = vec![&frost, &plain];
+            if let Some(p) = &pkey {
+                variants.push(p);
+            }
+            let s = o.plan().run(&variants, |f| f()).samples(|ns| *ns);
             let share = huge_backed(heap.heap.base() as usize, committed) as f64 / committed as f64;
+            let pair = PairRow {
+                committed,
+                huge_share: share,
+                frostheap: s.summary(0),
+                raw: s.summary(1),
+                ratio: s.ratio(0, 1),
+                pkey: pkey.is_some().then(|| s.summary(2)),
+                mprotect_over_pkey: pkey.is_some().then(|| s.ratio(0, 2)),
+            };
             eprintln!(
                 "  {:>7} committed {} ({} blocks, {:.0}% huge; grown in {:.1?}): frostheap {} raw {}",
-                size_name(row.target),
+                human_bytes(row.target as u64),
                 committed,
                 heap.blocks,
                 share * 100.0,
                 grow,
-                human(f.median),
-                human(r.median)
+                human_ns(pair.frostheap.median),
+                human_ns(pair.raw.median)
             );
-            let pair = PairRow {
-                committed,
-                huge_share: share,
-                frostheap: f,
-                raw: r,
-            };
             if huge {
                 row.thp = Some(pair);
             } else {
@@ -432,32 +203,29 @@ fn measure_sizes(o: &Options, sizes: &[usize], rows: &mut Vec<SizeRow>) {
             }
         }
     }
+    rows
 }
 
-fn empty_phase(rt: &Runtime, budget: Duration) -> Summary {
+fn empty_phase(rt: &Runtime) -> f64 {
     let workers = rt.workers();
-    let one = || {
-        time_ns(|| {
-            rt.for_each(0..workers, |_| ()).expect("an empty phase");
-        })
-    };
-    alternate(budget, one, one).0
+    time_ns(|| {
+        rt.for_each(0..workers, |_| ()).expect("an empty phase");
+    })
 }
 
 fn measure_phases(o: &Options) -> Vec<PhaseRow> {
-    let mut out = Vec::new();
     let workers = 2;
-    let rt = Runtime::builder()
+    let unguarded = Runtime::builder()
         .workers(workers)
         .guard_main_heap(false)
         .protect(Protect::Off)
         .build()
         .expect("runtime");
-    out.push(PhaseRow {
+    let mut out = vec![PhaseRow {
         label: format!("{workers} workers, no guarded heap"),
-        summary: empty_phase(&rt, o.budget),
-    });
-    drop(rt);
+        summary: sample(o, || empty_phase(&unguarded)),
+        ratio: None,
+    }];
     for (size, huge) in [
         (16 * MIB, true),
         (GIB, true),
@@ -476,19 +244,23 @@ fn measure_phases(o: &Options) -> Vec<PhaseRow> {
             .protect(Protect::Mprotect)
             .build()
             .expect("runtime");
+        let s = o
+            .plan()
+            .run(&[&rt, &unguarded], |rt| empty_phase(rt))
+            .samples(|ns| *ns);
         out.push(PhaseRow {
             label: format!(
                 "{workers} workers, guarded heap of {} on {} (mprotect)",
-                size_name(heap.committed()),
+                human_bytes(heap.committed() as u64),
                 if huge { "huge pages" } else { "4 KiB pages" }
             ),
-            summary: empty_phase(&rt, o.budget),
+            summary: s.summary(0),
+            ratio: Some(s.ratio(0, 1)),
         });
     }
     out
 }
 
-/// Nanoseconds since the first call (a clock both main and tasks read).
 fn now_ns() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
@@ -537,14 +309,13 @@ fn measure_violations(n: usize, policy: OnViolation) -> (f64, Summary) {
     if policy == OnViolation::Audit {
         assert_eq!(rt.audit_log().len(), n, "every audited store is recorded");
     }
-    let first = samples[0];
-    (first, summarize(&mut samples[1..]))
+    (samples[0], Summary::of(&samples[1..]))
 }
 
 /// Starting one worker (what the cancel policy does after each
 /// violation), measured as building a one-worker runtime.
-fn measure_worker_start(budget: Duration) -> Summary {
-    let one = || {
+fn measure_worker_start(o: &Options) -> Summary {
+    sample(o, || {
         let t = Instant::now();
         let rt = Runtime::builder()
             .workers(1)
@@ -555,215 +326,150 @@ fn measure_worker_start(budget: Duration) -> Summary {
         let ns = t.elapsed().as_nanos() as f64;
         drop(rt);
         ns
-    };
-    alternate(budget, one, one).0
+    })
 }
 
 // ---------------------------------------------------------------------------
 // Output.
 
-fn table(rows: &[SizeRow], pkey_note: &str) -> String {
-    let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "### Freeze + thaw against committed size (median, p10–p90)\n"
+fn size_table(rows: &[SizeRow], pkey_note: &str) -> Table {
+    let mut t = Table::new(
+        [
+            "committed",
+            "pkey (PKRU pair)",
+            "frostheap mprotect, huge pages",
+            "raw mprotect, huge pages",
+            "ratio",
+            "huge-backed",
+            "frostheap mprotect, 4 KiB",
+            "raw mprotect, 4 KiB",
+            "ratio",
+        ],
+        1,
     );
-    let _ = writeln!(
-        t,
-        "| committed | pkey (PKRU pair) | frostheap mprotect, huge pages | raw mprotect, huge pages | ratio | huge-backed | frostheap mprotect, 4 KiB | raw mprotect, 4 KiB | ratio |"
-    );
-    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|");
     for r in rows {
-        let pkey = match &r.pkey {
-            Some(s) => cell(s),
+        let pkey = match r.pkey() {
+            Some(s) => table::time(s),
             None if pkey_note.is_empty() => "–".to_string(),
             None => "unavailable on this machine".to_string(),
         };
         let pair = |p: &Option<PairRow>| match p {
-            Some(p) => (
-                cell(&p.frostheap),
-                cell(&p.raw),
-                format!("{:.2}×", p.frostheap.median / p.raw.median),
+            Some(p) => [
+                table::time(&p.frostheap),
+                table::time(&p.raw),
+                table::ratio(&p.ratio),
                 format!("{:.0}%", p.huge_share * 100.0),
-            ),
-            None => ("–".into(), "–".into(), "–".into(), "–".into()),
+            ],
+            None => ["–".into(), "–".into(), "–".into(), "–".into()],
         };
-        let (ft, rt, xt, share) = pair(&r.thp);
-        let (fs, rs, xs, _) = pair(&r.small);
+        let [ft, rt, xt, share] = pair(&r.thp);
+        let [fs, rs, xs, _] = pair(&r.small);
         let committed = r.thp.as_ref().map(|p| p.committed).unwrap_or(r.target);
-        let _ = writeln!(
-            t,
-            "| {} ({committed} B) | {pkey} | {ft} | {rt} | {xt} | {share} | {fs} | {rs} | {xs} |",
-            size_name(r.target)
-        );
+        t.row([
+            format!("{} ({committed} B)", human_bytes(r.target as u64)),
+            pkey,
+            ft,
+            rt,
+            xt,
+            share,
+            fs,
+            rs,
+            xs,
+        ]);
     }
     t
 }
 
-/// A hand-written log–log SVG: one line per mechanism.
-fn svg(rows: &[SizeRow], pkey_note: &str) -> String {
-    let (w, h) = (860.0, 540.0);
-    let (left, right, top, bottom) = (90.0, 250.0, 40.0, 70.0);
-    let pw = w - left - right;
-    let ph = h - top - bottom;
-    type Series = (&'static str, &'static str, bool, Vec<(usize, f64)>);
-    let mut series: Vec<Series> = vec![
-        ("frostheap mprotect, huge pages", "#1f5fbf", false, vec![]),
-        ("raw mprotect, huge pages", "#1f5fbf", true, vec![]),
-        ("frostheap mprotect, 4 KiB", "#c0392b", false, vec![]),
-        ("raw mprotect, 4 KiB", "#c0392b", true, vec![]),
-        ("pkey (PKRU pair)", "#2e8b57", false, vec![]),
-    ];
-    for r in rows {
-        if let Some(p) = &r.thp {
-            series[0].3.push((r.target, p.frostheap.median));
-            series[1].3.push((r.target, p.raw.median));
-        }
-        if let Some(p) = &r.small {
-            series[2].3.push((r.target, p.frostheap.median));
-            series[3].3.push((r.target, p.raw.median));
-        }
-        if let Some(p) = &r.pkey {
-            series[4].3.push((r.target, p.median));
+fn phase_table(phases: &[PhaseRow]) -> Table {
+    let mut t = Table::new(
+        [
+            "runtime",
+            "median (p10–p90)",
+            "vs. no guarded heap (per round)",
+        ],
+        1,
+    );
+    for p in phases {
+        let ratio = p.ratio.as_ref().map_or("1.00×".to_string(), table::ratio);
+        t.row([p.label.clone(), table::time(&p.summary), ratio]);
+    }
+    t
+}
+
+/// One line per page type and size, `pkey vs mprotect (huge pages): 16
+/// MiB: mprotect/pkey = 3.92x (p10–p90 3.50–4.21)` (CI's pkey guest reads
+/// these lines: keep their wording).
+fn pkey_lines(rows: &[SizeRow], pkey_note: &str) -> String {
+    let mut out = String::new();
+    for (what, huge) in [("huge pages", true), ("4 KiB pages", false)] {
+        for r in rows {
+            let pair = if huge { &r.thp } else { &r.small };
+            if let Some(x) = pair.as_ref().and_then(|p| p.mprotect_over_pkey) {
+                out += &format!(
+                    "- pkey vs mprotect ({what}): {}: mprotect/pkey = {:.2}x (p10–p90 {:.2}–{:.2})\n",
+                    human_bytes(r.target as u64),
+                    x.median,
+                    x.p10,
+                    x.p90
+                );
+            }
         }
     }
-    let xs: Vec<f64> = rows.iter().map(|r| (r.target as f64).log10()).collect();
-    let (x0, x1) = (
-        xs.iter().cloned().fold(f64::MAX, f64::min) - 0.1,
-        xs.iter().cloned().fold(f64::MIN, f64::max) + 0.1,
-    );
-    let ys: Vec<f64> = series
-        .iter()
-        .flat_map(|s| s.3.iter().map(|p| p.1))
-        .chain([100.0]) // the pkey target stays in view
-        .collect();
-    let y0 = ys.iter().cloned().fold(f64::MAX, f64::min).log10().floor();
-    let y1 = ys.iter().cloned().fold(f64::MIN, f64::max).log10().ceil();
-    let px = |x: f64| left + (x - x0) / (x1 - x0) * pw;
-    let py = |y: f64| top + ph - (y.log10() - y0) / (y1 - y0).max(1.0) * ph;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="22" font-size="15" text-anchor="middle">frostheap: freeze + thaw cost against committed size (median)</text>"#,
-        left + pw / 2.0
-    );
-    // Axes and grid.
-    let _ = writeln!(
-        s,
-        r##"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##
-    );
-    let mut d = y0 as i32;
-    while d <= y1 as i32 {
-        let y = py(10f64.powi(d));
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-            left + pw,
-            left - 6.0,
-            y + 4.0,
-            human(10f64.powi(d))
-        );
-        d += 1;
+    if out.is_empty() {
+        out = format!("- pkey vs mprotect: not measurable: {pkey_note}\n");
     }
-    for r in rows {
-        let x = px((r.target as f64).log10());
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{:.1}" stroke="#eee"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
-            top + ph,
-            top + ph + 18.0,
-            size_name(r.target)
-        );
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">committed size (log scale)</text>"#,
-        left + pw / 2.0,
-        h - 25.0
-    );
-    let _ = writeln!(
-        s,
-        r#"<text x="20" y="{:.1}" text-anchor="middle" transform="rotate(-90 20 {:.1})">freeze + thaw time (log scale)</text>"#,
-        top + ph / 2.0,
-        top + ph / 2.0
-    );
-    // The pkey target.
-    let yt = py(100.0);
-    let _ = writeln!(
-        s,
-        r##"<line x1="{left}" y1="{yt:.1}" x2="{:.1}" y2="{yt:.1}" stroke="#2e8b57" stroke-dasharray="2,4"/><text x="{:.1}" y="{:.1}" fill="#2e8b57">pkey target 100 ns</text>"##,
-        left + pw,
-        left + 6.0,
-        yt - 5.0
-    );
-    // Lines.
-    for (name, color, dashed, pts) in &series {
-        if pts.is_empty() {
-            continue;
-        }
-        let path: Vec<String> = pts
+    out
+}
+
+/// The log–log plot of freeze + thaw cost against committed size.
+fn chart(rows: &[SizeRow], pkey_note: &str) -> LogLogChart {
+    let series = |name: &str, color: u32, dashed: bool, y: &dyn Fn(&SizeRow) -> Option<f64>| Line {
+        name: name.to_string(),
+        color,
+        dashed,
+        points: rows
             .iter()
-            .map(|(x, y)| format!("{:.1},{:.1}", px((*x as f64).log10()), py(*y)))
-            .collect();
-        let dash = if *dashed {
-            r#" stroke-dasharray="7,5""#
-        } else {
-            ""
-        };
-        let _ = writeln!(
-            s,
-            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"{dash}><title>{name}</title></polyline>"#,
-            path.join(" ")
-        );
-        for p in &path {
-            let (cx, cy) = p.split_once(',').expect("x,y");
-            let _ = writeln!(s, r#"<circle cx="{cx}" cy="{cy}" r="3" fill="{color}"/>"#);
-        }
+            .filter_map(|r| y(r).map(|y| (r.target as f64, y)))
+            .collect(),
+        note: pkey_note.to_string(),
+    };
+    LogLogChart {
+        title: "frostheap: freeze + thaw cost against committed size (median)".into(),
+        x_desc: "committed size (log scale)".into(),
+        y_desc: "freeze + thaw time (log scale)".into(),
+        x_ticks: rows.iter().map(|r| r.target as f64).collect(),
+        x_label: |x| human_bytes(x as u64),
+        y_label: human_ns,
+        lines: vec![
+            series("frostheap mprotect, huge pages", 0x1f5fbf, false, &|r| {
+                r.thp.as_ref().map(|p| p.frostheap.median)
+            }),
+            series("raw mprotect, huge pages", 0x1f5fbf, true, &|r| {
+                r.thp.as_ref().map(|p| p.raw.median)
+            }),
+            series("frostheap mprotect, 4 KiB", 0xc0392b, false, &|r| {
+                r.small.as_ref().map(|p| p.frostheap.median)
+            }),
+            series("raw mprotect, 4 KiB", 0xc0392b, true, &|r| {
+                r.small.as_ref().map(|p| p.raw.median)
+            }),
+            series("pkey (PKRU pair)", 0x2e8b57, false, &|r| {
+                r.pkey().map(|s| s.median)
+            }),
+        ],
+        marks: vec![Mark {
+            y: 100.0,
+            label: "pkey target 100 ns".into(),
+            color: 0x2e8b57,
+        }],
+        size: (860, 540),
     }
-    // Legend.
-    let lx = left + pw + 15.0;
-    let mut ly = top + 10.0;
-    for (name, color, dashed, pts) in &series {
-        let dash = if *dashed {
-            r#" stroke-dasharray="7,5""#
-        } else {
-            ""
-        };
-        let label = if pts.is_empty() {
-            format!("{name}: {pkey_note}")
-        } else {
-            name.to_string()
-        };
-        let _ = writeln!(
-            s,
-            r#"<line x1="{lx}" y1="{ly}" x2="{:.1}" y2="{ly}" stroke="{color}" stroke-width="2"{dash}/><text x="{:.1}" y="{:.1}" font-size="11">{label}</text>"#,
-            lx + 24.0,
-            lx + 30.0,
-            ly + 4.0
-        );
-        ly += 22.0;
-    }
-    let _ = writeln!(s, "</svg>");
-    s
 }
 
 fn main() {
-    let o = match parse_args() {
-        Ok(o) => o,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("freeze: {e}");
-            }
-            eprintln!("{USAGE}");
-            std::process::exit(2);
-        }
-    };
+    let o = Options::parse();
     let started = Instant::now();
+    let machine = Machine::now();
     let sizes: Vec<usize> = [16 * MIB, 64 * MIB, 256 * MIB, GIB, 4 * GIB]
         .into_iter()
         .filter(|&s| s <= o.max)
@@ -772,109 +478,92 @@ fn main() {
         Ok(_) => String::new(),
         Err(e) => format!("unavailable on this machine ({e})"),
     };
-    let mut rows = Vec::new();
-    measure_sizes(&o, &sizes, &mut rows);
+    let rows = measure_sizes(&o, &sizes);
     eprintln!("freeze: empty phases …");
     let phases = measure_phases(&o);
     eprintln!("freeze: violations …");
     let n_violations = 200;
     let (first, violations) = measure_violations(n_violations, OnViolation::Cancel);
     let (audit_first, audit) = measure_violations(n_violations, OnViolation::Audit);
-    let worker_start = measure_worker_start(o.budget);
+    let worker_start = measure_worker_start(&o);
 
-    let mut md = String::new();
-    let _ = writeln!(md, "## frostheap freeze benchmark\n");
-    let _ = writeln!(
-        md,
-        "Backend `pkey`: {}. Workers: 2. Samples per cell: {}–{} (budget {:?} per cell). Total run time: {:.1?}.\n",
-        if pkey_note.is_empty() { "available" } else { pkey_note.as_str() },
-        rows.iter()
-            .filter_map(|r| r.thp.as_ref().map(|p| p.frostheap.n))
-            .chain(rows.iter().filter_map(|r| r.small.as_ref().map(|p| p.frostheap.n)))
-            .min()
-            .unwrap_or(0),
-        rows.iter()
-            .filter_map(|r| r.thp.as_ref().map(|p| p.frostheap.n))
-            .chain(rows.iter().filter_map(|r| r.small.as_ref().map(|p| p.frostheap.n)))
-            .max()
-            .unwrap_or(0),
-        o.budget,
+    let counts = rows
+        .iter()
+        .flat_map(|r| [&r.thp, &r.small])
+        .filter_map(|p| p.as_ref().map(|p| p.frostheap.n));
+    let mut md = String::from("## frostheap freeze benchmark\n\n");
+    md += &format!(
+        "{}. Backend `pkey`: {}. Workers: 2. Samples per cell: {}–{} (budget {} ms per cell). \
+         Total run time: {:.1?}.\n\n",
+        machine.describe(),
+        if pkey_note.is_empty() {
+            "available"
+        } else {
+            pkey_note.as_str()
+        },
+        counts.clone().min().unwrap_or(0),
+        counts.max().unwrap_or(0),
+        o.budget_ms,
         started.elapsed()
     );
-    md.push_str(&table(&rows, &pkey_note));
-    let _ = writeln!(md, "\n### Empty phase: `rt.for_each(0..workers, |_| ())`\n");
-    let _ = writeln!(md, "| runtime | median (p10–p90) | vs. no guarded heap |");
-    let _ = writeln!(md, "|---|---|---|");
-    let base = phases.first().map(|p| p.summary.median).unwrap_or(1.0);
-    for p in &phases {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {:.2}× |",
-            p.label,
-            cell(&p.summary),
-            p.summary.median / base
-        );
-    }
-    let _ = writeln!(
-        md,
-        "\n### Violation to error (cancel policy, mprotect, 16 MiB guarded, {n_violations} violations)\n"
+    md += "### Freeze + thaw against committed size (median, p10–p90; ratio per round)\n\n";
+    md += &size_table(&rows, &pkey_note).to_string();
+    md += "\n### Empty phase: `rt.for_each(0..workers, |_| ())`\n\n";
+    md += &phase_table(&phases).to_string();
+    md += &format!(
+        "\n### Violation to error (cancel policy, mprotect, 16 MiB guarded, {n_violations} violations)\n\n"
     );
-    let _ = writeln!(md, "| measure | value |");
-    let _ = writeln!(md, "|---|---|");
-    let _ = writeln!(
-        md,
-        "| first violation (cold: symbolizer loads debug info) | {} |",
-        human(first)
-    );
-    let _ = writeln!(
-        md,
-        "| the other {} violations: median (p10–p90) | {} |",
-        violations.n,
-        cell(&violations)
-    );
-    let _ = writeln!(
-        md,
-        "| audit policy instead (no parking, no replacement worker): first; median (p10–p90) | {}; {} |",
-        human(audit_first),
-        cell(&audit)
-    );
-    let _ = writeln!(
-        md,
-        "| for scale: starting one worker (building a one-worker runtime) | {} |",
-        cell(&worker_start)
-    );
-    let _ = writeln!(md, "\n### Against the targets\n");
-    let _ = writeln!(
-        md,
-        "- pkey ≤ 100 ns at every size: {}",
-        match rows.first().and_then(|r| r.pkey) {
-            Some(s) => format!(
-                "{} ({})",
-                human(s.median),
-                if s.median <= 100.0 { "met" } else { "missed" }
+    let mut v = Table::new(["measure", "value"], 2);
+    v.row([
+        "first violation (cold: symbolizer loads debug info)".to_string(),
+        human_ns(first),
+    ])
+    .row([
+        format!("the other {} violations: median (p10–p90)", violations.n),
+        table::time(&violations),
+    ])
+    .row([
+        "audit policy instead (no parking, no replacement worker): first; median (p10–p90)"
+            .to_string(),
+        format!("{}; {}", human_ns(audit_first), table::time(&audit)),
+    ])
+    .row([
+        "for scale: starting one worker (building a one-worker runtime)".to_string(),
+        table::time(&worker_start),
+    ]);
+    md += &v.to_string();
+    md +=
+        "\n### pkey against mprotect (frostheap's freeze + thaw over the PKRU pair, per round)\n\n";
+    md += &pkey_lines(&rows, &pkey_note);
+    md += "\n### Against the targets\n\n";
+    let worst_pkey = rows
+        .iter()
+        .filter_map(|r| r.pkey().map(|s| s.median))
+        .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))));
+    md += &format!(
+        "- pkey ≤ 100 ns at every size: {}\n",
+        match worst_pkey {
+            Some(ns) => format!(
+                "worst median {} ({})",
+                human_ns(ns),
+                if ns <= 100.0 { "met" } else { "missed" }
             ),
             None => format!("not measurable: {pkey_note}"),
         }
     );
     let worst = rows
         .iter()
-        .filter_map(|r| {
-            r.thp
-                .as_ref()
-                .map(|p| (r.target, p.frostheap.median / p.raw.median))
-        })
+        .filter_map(|r| r.thp.as_ref().map(|p| (r.target, p.ratio.median)))
         .fold((0, 0.0f64), |a, b| if b.1 > a.1 { b } else { a });
-    let _ = writeln!(
-        md,
-        "- mprotect on huge pages within 1.2× of the raw call: worst ratio {:.2}× at {} ({})",
+    md += &format!(
+        "- mprotect on huge pages within 1.2× of the raw call: worst ratio {:.2}× at {} ({})\n",
         worst.1,
-        size_name(worst.0),
+        human_bytes(worst.0 as u64),
         if worst.1 <= 1.2 { "met" } else { "missed" }
     );
-    let _ = writeln!(
-        md,
-        "- violation to error ≤ 50 µs: median {} ({})",
-        human(violations.median),
+    md += &format!(
+        "- violation to error ≤ 50 µs: median {} ({})\n",
+        human_ns(violations.median),
         if violations.median <= 50_000.0 {
             "met"
         } else {
@@ -882,14 +571,14 @@ fn main() {
         }
     );
     print!("{md}");
-    if let Err(e) = std::fs::create_dir_all(&o.out_dir) {
-        eprintln!("freeze: cannot create {}: {e}", o.out_dir.display());
+    let svg = chart(&rows, &pkey_note).to_svg().unwrap_or_else(|e| {
+        eprintln!("freeze: {e}");
         std::process::exit(1);
-    }
+    });
     let md_path = o.out_dir.join("freeze.md");
     let svg_path = o.out_dir.join("freeze.svg");
-    std::fs::write(&md_path, &md).expect("writing freeze.md");
-    std::fs::write(&svg_path, svg(&rows, &pkey_note)).expect("writing freeze.svg");
+    cli::write_or_exit("freeze", &md_path, md.as_bytes());
+    cli::write_or_exit("freeze", &svg_path, svg.as_bytes());
     eprintln!(
         "freeze: wrote {} and {} in {:.1?}",
         md_path.display(),

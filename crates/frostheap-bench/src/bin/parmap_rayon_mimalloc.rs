@@ -1,11 +1,6 @@
 //! A `parmap` baseline: rayon's `par_iter().map().collect()` with mimalloc
 //! as the global allocator. Run by `parmap` as a child process; see
-//! `src/parmap/work.rs` for the protocol.
-
-// The driver's own items (the budget) are unused here.
-#[allow(dead_code)]
-#[path = "../parmap/work.rs"]
-mod work;
+//! `frostheap_bench::parmap` for the protocol.
 
 use rayon::prelude::*;
 
@@ -13,13 +8,5 @@ use rayon::prelude::*;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    assert_eq!(
-        args.first().map(String::as_str),
-        Some("child"),
-        "run by `parmap`: parmap_rayon_mimalloc child <case> <runs>"
-    );
-    work::child_main(&args[1..], &|items, f| {
-        items.par_iter().map(f).collect::<Vec<u64>>()
-    });
+    frostheap_bench::parmap::baseline_main(&|items, f| items.par_iter().map(f).collect());
 }

@@ -302,43 +302,27 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// The load test of `frostheap serve` (loopback only, bounded).
+#[derive(clap::Parser, Debug)]
+#[command(name = "frostheap-load")]
 struct Options {
+    /// Part 1: rounds per server.
+    #[arg(long, default_value_t = ROUNDS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     rounds: usize,
+    /// Part 1: seconds per round.
+    #[arg(long, default_value_t = ROUND_SECS, value_parser = clap::value_parser!(u64).range(1..))]
     secs: u64,
+    /// Skip parts 2 and 3 (the overload runs).
+    #[arg(long)]
     throughput_only: bool,
+    /// In part 1, also a budgeted server from another `frostheap` binary
+    /// (an earlier build), interleaved with the others.
+    #[arg(long, value_name = "PATH")]
     compare: Option<std::path::PathBuf>,
 }
 
-fn options() -> Options {
-    let mut o = Options {
-        rounds: ROUNDS,
-        secs: ROUND_SECS,
-        throughput_only: false,
-        compare: None,
-    };
-    let usage = || -> ! {
-        eprintln!(
-            "usage: frostheap-load [--rounds N] [--secs S] [--throughput-only] [--compare PATH]"
-        );
-        std::process::exit(2)
-    };
-    // A flag's value: a whole number above zero.
-    let positive = |v: Option<String>| v.and_then(|v| v.parse::<u64>().ok()).filter(|&n| n > 0);
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--rounds" => o.rounds = positive(args.next()).unwrap_or_else(|| usage()) as usize,
-            "--secs" => o.secs = positive(args.next()).unwrap_or_else(|| usage()),
-            "--throughput-only" => o.throughput_only = true,
-            "--compare" => o.compare = Some(args.next().unwrap_or_else(|| usage()).into()),
-            _ => usage(),
-        }
-    }
-    o
-}
-
 fn main() {
-    let opts = options();
+    let opts = <Options as clap::Parser>::parse();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

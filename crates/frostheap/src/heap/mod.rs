@@ -11,12 +11,27 @@
 //! # Ok::<(), frostheap::Error>(())
 //! ```
 //!
-//! The algorithm is in [`core`] (class queues, remote frees) and [`page`]
-//! (page table, span allocator); the size classes in [`class`].
+//! The allocator, one file per job:
+//!
+//! | module | what |
+//! |---|---|
+//! | [`core`] | `HeapCore`: fields, construction, the owner's fast paths, queries, sealing |
+//! | [`queue`] | class queues of spans and the current span of each class |
+//! | [`remote`] | frees by other threads: the remote-free bitmap, the pending stack, fork repair |
+//! | [`stats`] | exact statistics: the counters and [`Stats`] |
+//! | [`span`] | the span allocator: free-span bins, commit, giving memory back |
+//! | [`large`] | large blocks and reallocation |
+//! | [`page`] | the page table (`PageMeta`, one per 64 KiB page) |
+//! | [`class`] | the 48 size classes |
 
 pub(crate) mod class;
 pub(crate) mod core;
+mod large;
 pub(crate) mod page;
+mod queue;
+mod remote;
+mod span;
+mod stats;
 
 use ::core::alloc::Layout;
 use ::core::fmt;
@@ -27,8 +42,8 @@ use std::sync::Arc;
 use allocator_api2::alloc::{AllocError, Allocator};
 
 use self::class::class_for;
-pub use self::core::Stats;
 use self::core::{CoreConfig, HeapCore};
+pub use self::stats::Stats;
 use crate::config::HugePages;
 use crate::region::{self, RegionKind, PAGE_SIZE};
 use crate::Error;

@@ -1,4 +1,4 @@
-//! The page table and the span allocator.
+//! The page table.
 //!
 //! A heap's region is cut into 64 KiB pages. Each page has a 64-byte
 //! [`PageMeta`] in a side table (its own `MAP_NORESERVE` mapping, shared
@@ -7,11 +7,8 @@
 //! data and a page's geometry is found from any address with one shift.
 //!
 //! A *span* is a run of pages: free, a small-object span (blocks of one
-//! size class), or a large allocation. Free spans live in 44 segregated
-//! bins (exact for 1..=16 pages, then one per power of two) with a bitmap
-//! of non-empty bins, and coalesce with their neighbours through boundary
-//! tags (the head page records the length, the tail page points at the
-//! head) — Doug Lea's layout, kept outside the user's memory.
+//! size class), or a large allocation ([`super::span`] hands them out). Its
+//! head page's meta describes it; later pages point back at the head.
 
 use core::cell::Cell;
 use core::ptr;
@@ -197,49 +194,3 @@ pub static EMPTY: EmptyMeta = EmptyMeta(PageMeta {
     state: AtomicU32::new(0),
     pending_next: AtomicU32::new(NONE),
 });
-
-/// Number of free-span bins.
-pub const N_BINS: usize = 44;
-
-/// The bin for a free span of `n` pages.
-#[inline]
-pub fn bin_of(n: usize) -> usize {
-    debug_assert!(n > 0, "bin_of(0)");
-    if n <= 16 {
-        n - 1
-    } else {
-        let log = (usize::BITS - 1 - n.leading_zeros()) as usize;
-        (16 + log - 4).min(N_BINS - 1)
-    }
-}
-
-/// The span allocator's state. Lives in the heap core; every method
-/// requires the heap's span lock.
-pub struct Spans {
-    /// Head page of each bin's list.
-    pub bins: [u32; N_BINS],
-    /// Bit `b` set iff `bins[b] != NONE`.
-    pub nonempty: u64,
-    /// Pages of free spans that may be resident (not yet purged).
-    pub dirty_pages: usize,
-    /// Pages of all free spans.
-    pub free_pages: usize,
-}
-
-impl Spans {
-    /// No free spans.
-    pub const fn new() -> Spans {
-        Spans {
-            bins: [NONE; N_BINS],
-            nonempty: 0,
-            dirty_pages: 0,
-            free_pages: 0,
-        }
-    }
-}
-
-impl Default for Spans {
-    fn default() -> Self {
-        Self::new()
-    }
-}

@@ -41,7 +41,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{Acquire, Budget, Permit};
+use crate::{Acquire, Budget, Permit};
 
 /// What to do with a request whose bytes do not fit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -427,7 +427,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::PerClient;
+    use crate::PerClient;
     use std::convert::Infallible;
     use std::future::{ready as ready_fut, Ready};
     use std::sync::atomic::{AtomicUsize, Ordering};

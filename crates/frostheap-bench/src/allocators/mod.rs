@@ -11,6 +11,13 @@
 //! subject is an explicit [`frostheap::Heap`] built on the main thread,
 //! used through `allocator_api2::alloc::Allocator` — the path a program
 //! with its own heaps takes.
+//!
+//! [`workload`] holds the allocation workloads the `frostheap-bench`
+//! binary (`src/main.rs`) times; a new allocator benchmark (more threads,
+//! other sizes) adds its workload there and calls it through
+//! [`with_subject!`](crate::with_subject).
+
+pub mod workload;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr::NonNull;
@@ -140,7 +147,7 @@ pub struct Subjects {
 impl Subjects {
     /// Builds the subjects. Call on the main thread: it becomes the owner
     /// of the explicit heap.
-    pub fn new() -> Subjects {
+    pub fn build() -> Subjects {
         let heap = frostheap::Heap::builder()
             .name("bench")
             .build()
@@ -161,23 +168,23 @@ impl Subjects {
 macro_rules! with_subject {
     ($subjects:expr, $which:expr, |$s:ident| $body:expr) => {
         match $which {
-            $crate::subject::Which::System => {
+            $crate::allocators::Which::System => {
                 let $s = &$subjects.system;
                 $body
             }
-            $crate::subject::Which::Mimalloc => {
+            $crate::allocators::Which::Mimalloc => {
                 let $s = &$subjects.mimalloc;
                 $body
             }
-            $crate::subject::Which::Jemalloc => {
+            $crate::allocators::Which::Jemalloc => {
                 let $s = &$subjects.jemalloc;
                 $body
             }
-            $crate::subject::Which::FrostGlobal => {
+            $crate::allocators::Which::FrostGlobal => {
                 let $s = &$subjects.frost_global;
                 $body
             }
-            $crate::subject::Which::FrostHeap => {
+            $crate::allocators::Which::FrostHeap => {
                 let $s = &$subjects.frost_heap;
                 $body
             }

@@ -3,15 +3,20 @@
 //! baselines `parmap_rayon_system` / `parmap_rayon_mimalloc`).
 //!
 //! Every binary can run as a *child*: `<bin> child <case> <timed runs>`
-//! builds the input, runs the case once as warm-up and then `timed runs`
-//! times, and prints one `run_ns N` line per timed run, a `check N` line
-//! (a checksum of the results, so the driver can verify every engine
-//! computed the same thing) and a `maxrss_kb N` line (`getrusage`
-//! `RUSAGE_SELF`, the whole child's peak). Each variant runs in its own
-//! process because a binary has one global allocator and one peak RSS.
+//! ([`ChildArgs`]) builds the input, runs the case once as warm-up and then
+//! `timed runs` times, and prints, in the protocol of [`crate::child`], one
+//! `sample <ns>` line per timed run and a `check <N>` line (a checksum of
+//! the results, so the driver can verify every engine computed the same
+//! thing). The driver reads the child's peak RSS from `wait4`. Each
+//! variant runs in its own process because a binary has one global
+//! allocator and one peak RSS.
 
 use std::collections::HashMap;
 use std::time::Instant;
+
+use clap::{Parser, ValueEnum};
+
+use crate::child;
 
 /// 1 MiB.
 pub const MIB: usize = 1 << 20;
@@ -25,7 +30,7 @@ pub const MEMORY_ITEMS: u64 = 10_000;
 pub const MEMORY_BUDGET: usize = 64 * MIB;
 
 /// The three cases.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Case {
     /// (a) a few dozen integer operations per item.
     Cpu,
@@ -49,9 +54,15 @@ impl Case {
         }
     }
 
-    /// Parses [`Case::name`].
-    pub fn parse(s: &str) -> Option<Case> {
-        Case::ALL.into_iter().find(|c| c.name() == s)
+    /// The heading of the case's table.
+    pub fn title(self) -> &'static str {
+        match self {
+            Case::Cpu => "(a) cpu: 10 M items, ~40 integer ops each",
+            Case::Alloc => "(b) alloc: 200,000 items, ~10-100 small allocations each",
+            Case::Memory => {
+                "(c) memory: 10,000 items, 1 MiB intermediate each (frostheap budget 64 MiB)"
+            }
+        }
     }
 
     /// Items per run.
@@ -109,13 +120,36 @@ pub fn memory_heavy(x: &u64) -> u64 {
 /// How an engine maps a case's function over its input.
 pub type MapFn<'a> = &'a dyn Fn(&[u64], fn(&u64) -> u64) -> Vec<u64>;
 
-/// A child run: `args` is `[case, timed runs]`.
-pub fn child_main(args: &[String], map: MapFn<'_>) {
-    let case = args
-        .first()
-        .and_then(|s| Case::parse(s))
-        .unwrap_or_else(|| panic!("child: expected a case (cpu, alloc, memory), got {args:?}"));
-    let runs: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3);
+/// A child's command line after its mode word: `<case> <timed runs>`.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct ChildArgs {
+    /// The case to run.
+    #[arg(value_enum)]
+    pub case: Case,
+    /// Timed runs after the warm-up run.
+    #[arg(default_value_t = 3, value_parser = crate::cli::count)]
+    pub runs: usize,
+}
+
+/// The command line of a rayon baseline binary: `child <case> <runs>`.
+#[derive(Parser)]
+#[command(about = "A parmap baseline; run by `parmap`, not by hand.")]
+enum BaselineCommand {
+    /// Run one case as a child of `parmap`.
+    Child(ChildArgs),
+}
+
+/// `main` of a baseline binary: parses `child <case> <runs>` and runs the
+/// case with `map`.
+pub fn baseline_main(map: MapFn<'_>) {
+    let BaselineCommand::Child(args) = BaselineCommand::parse();
+    child_main(&args, map);
+}
+
+/// Runs one child: builds the input, one warm-up run, then `args.runs`
+/// timed runs of `map`, printed in the protocol of [`crate::child`].
+pub fn child_main(args: &ChildArgs, map: MapFn<'_>) {
+    let case = args.case;
     let input: Vec<u64> = (0..case.items()).collect();
     let f: fn(&u64) -> u64 = match case {
         Case::Cpu => cpu,
@@ -123,7 +157,7 @@ pub fn child_main(args: &[String], map: MapFn<'_>) {
         Case::Memory => memory_heavy,
     };
     let mut check = 0u64;
-    for run in 0..=runs {
+    for run in 0..=args.runs {
         let start = Instant::now();
         let out = map(&input, f);
         let ns = start.elapsed().as_nanos();
@@ -132,20 +166,8 @@ pub fn child_main(args: &[String], map: MapFn<'_>) {
             .iter()
             .fold(0u64, |a, &b| a.wrapping_mul(31).wrapping_add(b));
         if run > 0 {
-            println!("run_ns {ns}");
+            child::report_sample(ns as f64);
         }
     }
-    println!("check {check}");
-    println!("maxrss_kb {}", maxrss_kb());
-}
-
-/// Peak resident set of this process, in KiB (`getrusage(RUSAGE_SELF)`).
-pub fn maxrss_kb() -> u64 {
-    let mut ru = core::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: ru points to writable memory of the right size; RUSAGE_SELF
-    // is a valid `who`.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) };
-    assert_eq!(rc, 0, "getrusage failed");
-    // SAFETY: getrusage returned 0, so it filled the struct.
-    unsafe { ru.assume_init() }.ru_maxrss as u64
+    child::report("check", check);
 }

@@ -21,7 +21,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::subject::Subject;
+use super::Subject;
 
 /// The alignment every request uses (what `Box<[u64]>` asks for).
 pub const ALIGN: usize = 8;
@@ -69,10 +69,10 @@ impl Churn {
     /// `steps` steps over `k` slots, sizes uniform in 16..=1024.
     pub fn new(k: usize, steps: usize, seed: u64) -> Churn {
         let mut rng = SplitMix(seed);
-        let size = |rng: &mut SplitMix| 16 + (rng.next() % 1009) as u32;
+        let size = |rng: &mut SplitMix| 16 + (rng.next_u64() % 1009) as u32;
         let initial = (0..k).map(|_| size(&mut rng)).collect();
         let steps = (0..steps)
-            .map(|_| ((rng.next() % k as u64) as u32, size(&mut rng)))
+            .map(|_| ((rng.next_u64() % k as u64) as u32, size(&mut rng)))
             .collect();
         Churn { initial, steps }
     }
@@ -218,7 +218,7 @@ pub struct SplitMix(pub u64);
 
 impl SplitMix {
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -1,0 +1,276 @@
+//! [`Permit`]: bytes admitted from a budget, and [`Acquire`], the future
+//! that waits for them.
+//!
+//! A permit is a cheap handle (an `Arc`): a request, its handler and its
+//! response body can each hold a clone, and the bytes return when the last
+//! one drops. Its client may record what it really used
+//! ([`Permit::record_usage`]); on drop the total is one sample of the
+//! per-client cost (see the estimator).
+//!
+//! Waiting never holds bytes while waiting for more: a permit that wants to
+//! grow past what is free either fails ([`Permit::try_grow`]) or is given
+//! back and the whole amount waited for in one piece, so waiters cannot
+//! deadlock each other.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use frostheap::Error;
+use tokio::sync::{AcquireError, OwnedSemaphorePermit};
+
+use crate::budget::{raise_peak, Budget};
+
+/// Bytes admitted from a [`Budget`]. A cheap handle: clones share the same
+/// bytes, which return to the budget when the last clone drops (so a
+/// request, its handler and its response body can each hold one).
+#[derive(Clone)]
+pub struct Permit {
+    shared: Arc<PermitShared>,
+}
+
+struct PermitShared {
+    budget: Budget,
+    /// Bytes charged to the budget; changed only by `try_grow` (taken from
+    /// the budget first), returned in `drop`.
+    charged: AtomicUsize,
+    /// Semaphore granules behind `charged`, returned in `drop`.
+    granules: AtomicUsize,
+    /// Bytes the client reported using (`record_usage`), fed to the
+    /// estimator on drop when the budget measures.
+    used: AtomicUsize,
+    /// A client permit (counted in `clients` / `admitted`), or a
+    /// reservation. Goes from false to true at most once (`admit`).
+    client: AtomicBool,
+}
+
+impl Permit {
+    pub(crate) fn new(
+        budget: Budget,
+        bytes: usize,
+        granules: u32,
+        client: bool,
+        waited: bool,
+    ) -> Permit {
+        if client {
+            let i = &budget.inner;
+            i.admitted.fetch_add(1, Ordering::Relaxed);
+            if waited {
+                i.waited.fetch_add(1, Ordering::Relaxed);
+            }
+            let now = i.clients.fetch_add(1, Ordering::Relaxed) + 1;
+            raise_peak(&i.peak_clients, now);
+        }
+        Permit {
+            shared: Arc::new(PermitShared {
+                budget,
+                charged: AtomicUsize::new(bytes),
+                granules: AtomicUsize::new(granules as usize),
+                used: AtomicUsize::new(0),
+                client: AtomicBool::new(client),
+            }),
+        }
+    }
+
+    /// Turns a reservation into a client permit (counted in `admitted` and
+    /// `clients`); no effect on a client permit. The tower layer reserves
+    /// in `poll_ready` and admits in `call`, once the request is known.
+    pub fn admit(&self) {
+        if !self.shared.client.swap(true, Ordering::Relaxed) {
+            let i = &self.shared.budget.inner;
+            i.admitted.fetch_add(1, Ordering::Relaxed);
+            let now = i.clients.fetch_add(1, Ordering::Relaxed) + 1;
+            raise_peak(&i.peak_clients, now);
+        }
+    }
+
+    /// Like [`Permit::try_grow`], without counting a refusal (for callers
+    /// that will wait instead). Used by the tower layer.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn try_grow_quiet(&self, extra: usize) -> bool {
+        match self.shared.budget.inner.try_take(extra) {
+            Some(granules) => {
+                self.shared.charged.fetch_add(extra, Ordering::Relaxed);
+                self.shared
+                    .granules
+                    .fetch_add(granules as usize, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Bytes this permit holds.
+    pub fn bytes(&self) -> usize {
+        self.shared.charged.load(Ordering::Relaxed)
+    }
+
+    /// The budget the bytes came from.
+    pub fn budget(&self) -> &Budget {
+        &self.shared.budget
+    }
+
+    /// Takes `extra` more bytes if they are free now; `false` (and a
+    /// refusal counted) if not. Never waits.
+    pub fn try_grow(&self, extra: usize) -> bool {
+        let grown = self.try_grow_quiet(extra);
+        if !grown {
+            self.shared
+                .budget
+                .inner
+                .refused
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        grown
+    }
+
+    /// Adds `bytes` to the usage this client reports. When the last clone
+    /// drops, the total is one measurement of the per-client cost (if the
+    /// budget measures it). Record what the client really held: request
+    /// and response buffers, parsed data, its share of connection buffers.
+    pub fn record_usage(&self, bytes: usize) {
+        self.shared.used.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Whether the budget measures the per-client cost (so recorded usage
+    /// is used). Callers whose measurement costs something (walking a
+    /// parsed document) can skip it when this is false.
+    #[inline]
+    pub fn measuring(&self) -> bool {
+        self.shared.budget.inner.measured.load(Ordering::Relaxed)
+    }
+
+    /// The usage recorded so far.
+    pub fn used(&self) -> usize {
+        self.shared.used.load(Ordering::Relaxed)
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("bytes", &self.bytes())
+            .field("used", &self.used())
+            .finish()
+    }
+}
+
+impl Drop for PermitShared {
+    fn drop(&mut self) {
+        let inner = &self.budget.inner;
+        if *self.client.get_mut() {
+            inner.clients.fetch_sub(1, Ordering::Relaxed);
+            let used = *self.used.get_mut();
+            if used > 0 && inner.measured.load(Ordering::Relaxed) {
+                inner.estimator.record(used);
+            }
+        }
+        inner.release(*self.charged.get_mut(), *self.granules.get_mut());
+    }
+}
+
+type SemaphoreWait =
+    Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send + Sync>>;
+
+/// The future of [`Budget::acquire`]: resolves to a [`Permit`] once the
+/// bytes fit.
+#[must_use = "futures do nothing unless polled"]
+pub struct Acquire {
+    budget: Budget,
+    bytes: usize,
+    reserve: bool,
+    /// The place in the semaphore's queue, once the bytes were not free at
+    /// the first poll (boxed: tokio's future borrows nothing but is not
+    /// nameable).
+    wait: Option<SemaphoreWait>,
+}
+
+impl Acquire {
+    pub(crate) fn new(budget: Budget, bytes: usize, reserve: bool) -> Acquire {
+        Acquire {
+            budget,
+            bytes,
+            reserve,
+            wait: None,
+        }
+    }
+
+    /// The bytes this future waits for.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn permit(&self, granules: u32, waited: bool) -> Permit {
+        Permit::new(
+            self.budget.clone(),
+            self.bytes,
+            granules,
+            !self.reserve,
+            waited,
+        )
+    }
+}
+
+impl Future for Acquire {
+    type Output = Result<Permit, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let inner = &this.budget.inner;
+        if this.wait.is_none() {
+            let granules = match inner.granules(this.bytes) {
+                Some(g) if this.bytes <= inner.total => g,
+                _ => {
+                    inner.refused.fetch_add(1, Ordering::Relaxed);
+                    return Poll::Ready(Err(Error::OutOfMemory {
+                        requested: this.bytes,
+                        limit: inner.total,
+                        in_use: inner.in_use.load(Ordering::Relaxed),
+                    }));
+                }
+            };
+            if let Some(granules) = inner.try_take(this.bytes) {
+                return Poll::Ready(Ok(this.permit(granules, false)));
+            }
+            inner.waiting.fetch_add(1, Ordering::Relaxed);
+            this.wait = Some(Box::pin(
+                inner.semaphore.clone().acquire_many_owned(granules),
+            ));
+        }
+        let wait = this.wait.as_mut().expect("queued");
+        match wait.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(result) => {
+                this.wait = None;
+                inner.waiting.fetch_sub(1, Ordering::Relaxed);
+                let permit = result.expect("a budget's semaphore is never closed");
+                let granules = permit.num_permits() as u32;
+                permit.forget();
+                inner.charge(this.bytes);
+                Poll::Ready(Ok(this.permit(granules, true)))
+            }
+        }
+    }
+}
+
+impl Drop for Acquire {
+    fn drop(&mut self) {
+        // tokio's future gives back what was set aside for it; only the
+        // count is ours.
+        if self.wait.take().is_some() {
+            self.budget.inner.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl fmt::Debug for Acquire {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acquire")
+            .field("bytes", &self.bytes)
+            .field("queued", &self.wait.is_some())
+            .finish()
+    }
+}
