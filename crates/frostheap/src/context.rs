@@ -151,8 +151,8 @@ unsafe impl Send for ContextHeap {}
 
 impl ContextHeap {
     /// Takes a free slot of the context space.
-    pub fn new() -> Result<Box<ContextHeap>, crate::Error> {
-        reserve_space().map_err(|source| crate::Error::Os {
+    pub fn new() -> Result<Box<ContextHeap>, crate::error::Error> {
+        reserve_space().map_err(|source| crate::error::Error::Os {
             context: "reserving the context space",
             source,
         })?;
@@ -163,7 +163,7 @@ impl ContextHeap {
                     .is_ok()
             })
             .ok_or_else(|| {
-                crate::Error::invalid(
+                crate::error::Error::invalid(
                     "workers",
                     N_SLOTS + 1,
                     format!("at most {N_SLOTS} context heaps alive at once"),

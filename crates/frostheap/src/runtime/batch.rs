@@ -30,12 +30,12 @@ use std::sync::Mutex;
 
 use super::phase::PhaseResult;
 use super::pipe::Pipe;
+use super::pool::{panic_message, Runtime};
 use super::source::ParSource;
 use super::terminal::Terminal;
 use super::worker::WorkerEnv;
-use super::{panic_message, Runtime};
+use crate::error::Error;
 use crate::trap;
-use crate::Error;
 
 /// Items per chunk claimed from a batch's cursor: about 32 chunks per
 /// worker, at most [`MAX_CHUNK`].
@@ -96,27 +96,6 @@ unsafe fn run_span<S, P, T>(
     });
     term.consume(term_state, first, pipe.apply(env, pipe_state, items));
 }
-
-/// The result slots of a batch, or any per-index buffer the workers write.
-pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
-
-impl<T> Clone for SyncPtr<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for SyncPtr<T> {}
-
-impl<T> SyncPtr<T> {
-    /// Slot `i`.
-    #[inline]
-    pub(crate) fn get(&self, i: usize) -> *mut T {
-        self.0.wrapping_add(i)
-    }
-}
-// SAFETY: each index is written by exactly one worker (claimed through the
-// atomic cursor) and read by main only after the phase.
-unsafe impl<T: Send> Sync for SyncPtr<T> {}
 
 /// One batch as the workers run it: the claim cursor, the per-batch
 /// tallies, and everything the claim loop reads.

@@ -25,11 +25,12 @@ use super::drive::{Call, Drive};
 use super::pipe::{
     Filter, FilterMap, FlatMapIter, Fold, Identity, Inspect, Map, MapWithContext, Pipe,
 };
+use super::pool::Runtime;
+use super::task::TaskContext;
 use super::terminal::{
     Any, CountOp, Extreme, ForEach, PieceCollect, ProductOp, Reduce, ReduceOp, SlotCollect, SumOp,
 };
-use super::{Runtime, TaskContext};
-use crate::Error;
+use crate::error::Error;
 
 /// A parallel call under construction: made by
 /// [`Runtime::par`](super::Runtime::par) or

@@ -17,8 +17,9 @@
 
 use std::sync::OnceLock;
 
-use super::{Runtime, RuntimeBuilder};
-use crate::Error;
+use super::builder::RuntimeBuilder;
+use super::pool::Runtime;
+use crate::error::Error;
 
 /// The most worker threads `FROSTHEAP_WORKERS` accepts (one context heap
 /// each, see `context::N_SLOTS`).

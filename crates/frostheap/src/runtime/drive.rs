@@ -13,13 +13,12 @@
 
 use super::batch::{n_chunks, progress_bytes};
 use super::pipe::Pipe;
+use super::pool::Runtime;
 use super::sealed::Sealed;
 use super::source::{ParSource, Pulled};
 use super::terminal::Terminal;
-use super::Runtime;
+use crate::error::Error;
 use crate::global::unguarded;
-use crate::trap;
-use crate::Error;
 
 /// A pipeline and a terminal, as a driver takes them (one parameter, so
 /// that the terminal's item type can be named from the pipeline's).
@@ -175,57 +174,4 @@ fn pull<I: Iterator>(iter: &mut I, buf: &mut super::scratch::ScratchBuf, max: us
             cap = buf.grow::<I::Item>(n, n * 2);
         }
     })
-}
-
-impl Runtime {
-    /// Refuses calls from inside a task: phases do not nest.
-    pub(super) fn enter_call(&self) {
-        assert!(
-            trap::current_worker().is_null(),
-            "frostheap: a parallel call from inside a parallel task; nested phases are not supported"
-        );
-    }
-
-    /// Fails when `[address, address + bytes)`, lent to tasks for
-    /// mutation, lies in a heap this runtime freezes: O(1) per guarded
-    /// heap, before any phase starts.
-    pub(super) fn check_writable(&self, address: usize, bytes: usize) -> Result<(), Error> {
-        if bytes == 0 || self.control.backend == trap::Backend::Off {
-            return Ok(());
-        }
-        let last = address + bytes - 1;
-        match self
-            .heaps
-            .iter()
-            .find(|h| h.owns(address as *const u8) || h.owns(last as *const u8))
-        {
-            Some(h) => Err(Error::NotWritable {
-                heap: h.name().to_string(),
-                address,
-                bytes,
-            }),
-            None => Ok(()),
-        }
-    }
-
-    /// Items in the next batch of a call (`usize::MAX`: all of them).
-    pub(super) fn next_batch_len(&self, first: bool, per_item: usize) -> usize {
-        let Some(budget) = self.memory_budget else {
-            return usize::MAX;
-        };
-        if first {
-            return self.n_workers;
-        }
-        (budget / per_item.max(1)).max(1)
-    }
-
-    pub(super) fn record_batch(&self, n: usize) {
-        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        unguarded(|| {
-            if s.batch_sizes.len() == 64 {
-                s.batch_sizes.remove(0);
-            }
-            s.batch_sizes.push(n);
-        });
-    }
 }

@@ -4,7 +4,7 @@
 //!
 //! `par`, `map` and `for_each` accept what the workers can index directly
 //! (slices, `Vec<T>`, `&mut [T]`, ranges, chunked views: see
-//! [`crate::par`]); main only waits while they run. An arbitrary iterator
+//! [`par`](super::par)); main only waits while they run. An arbitrary iterator
 //! goes through `par_bridge` or `map_iter`, which pull its items on main
 //! first — the one serial step, named so that it is never taken by
 //! accident.
@@ -12,17 +12,18 @@
 use super::call::Par;
 use super::drive::{Bridge, Indexed};
 use super::pipe::Identity;
+use super::pool::Runtime;
 use super::source::IntoParSource;
-use super::{Runtime, TaskContext, RESULTS_IN_HEAP_MIN};
+use super::task::TaskContext;
+use crate::error::Error;
 use crate::global::unguarded;
-use crate::Error;
 
 impl Runtime {
     /// A parallel call over `items`, which the workers index directly:
     /// slices and `&Vec<T>` (`&T` items), `Vec<T>` (items moved into the
     /// tasks), `&mut [T]` and `slice.iter_mut()` (`&mut T` items, see
     /// [`Runtime::for_each_mut`]), integer ranges, `slice.chunks(k)` and
-    /// [`crate::par::chunks_mut`]. Add adapters (`map`, `filter`, `fold`,
+    /// [`chunks_mut`](super::par::chunks_mut). Add adapters (`map`, `filter`, `fold`,
     /// ...) and end with a terminal operation (`collect`, `sum`,
     /// `for_each`, ...), which runs the phase.
     ///
@@ -44,7 +45,7 @@ impl Runtime {
     /// into a buffer of the runtime's before the workers start on them (a
     /// serial step, cheap next to real work but visible on millions of tiny
     /// items), one batch at a time under a memory budget. Items are made
-    /// inside [`crate::unguarded`], so tasks may change what they own.
+    /// inside [`unguarded`](crate::global::unguarded), so tasks may change what they own.
     /// Prefer [`Runtime::par`] for anything it accepts.
     ///
     /// ```
@@ -143,10 +144,10 @@ impl Runtime {
     /// `par_iter_mut().for_each(f)`).
     ///
     /// Tasks can change only memory that is not frozen, so `data` must not
-    /// live in a guarded heap: build it inside [`crate::unguarded`] (and
+    /// live in a guarded heap: build it inside [`unguarded`](crate::global::unguarded) (and
     /// grow it there too: a `Vec` that main grows outside it moves into
     /// the main heap), hold it in a
-    /// [`crate::Shared`], or allocate it from a `Heap` not passed to
+    /// [`Shared`](crate::global::Shared), or allocate it from a `Heap` not passed to
     /// `guard`. This is checked before the phase starts, in O(1): data in
     /// a guarded heap fails with [`Error::NotWritable`], naming the heap,
     /// and nothing is changed. (Without `frostheap::Global`, a `Vec` lives
@@ -213,22 +214,6 @@ impl Runtime {
             unreachable!("join: map returns results in input order")
         };
         Ok((ra, rb))
-    }
-
-    /// Makes room for `n` more results. Large result vectors (at least
-    /// [`RESULTS_IN_HEAP_MIN`] bytes) in global mode live in the main heap,
-    /// like anything else main owns: its freed spans are reused without
-    /// page faults, where fresh system memory would fault in every page on
-    /// every map. Their pages are exempted from the freeze during the phase
-    /// ([`Runtime::results_window`]). Smaller ones live in system memory.
-    pub(super) fn reserve_results<R>(&self, out: &mut Vec<R>, n: usize) {
-        let bytes = (out.len() + n).saturating_mul(core::mem::size_of::<R>());
-        let main_guarded = crate::main_heap().is_some_and(|m| self.heaps.contains(&m));
-        if bytes >= RESULTS_IN_HEAP_MIN && main_guarded && crate::global::on_main_route() {
-            out.reserve(n);
-        } else {
-            unguarded(|| out.reserve(n));
-        }
     }
 }
 

@@ -13,8 +13,8 @@
 
 use core::sync::atomic::Ordering;
 
-use super::worker::{Worker, WorkerEnv};
-use super::{fatal, free_anywhere, JobRef, Runtime};
+use super::pool::{fatal, free_anywhere, Runtime};
+use super::worker::{JobRef, Worker, WorkerEnv};
 use crate::os;
 use crate::trap::{self, Access, Backend, Violation, AUDIT_RING};
 
@@ -26,25 +26,6 @@ pub(super) struct PhaseResult {
 }
 
 impl Runtime {
-    /// The pages of `[ptr, ptr + len)` if they lie in a guarded heap; they
-    /// must fall inside one block whose pages belong to it alone, so
-    /// exempting them from the freeze exposes nothing else.
-    pub(super) fn results_window(&self, ptr: usize, len: usize) -> Option<(usize, usize)> {
-        if len == 0 {
-            return None;
-        }
-        let page = os::page_size();
-        let heap = self.heaps.iter().find(|h| h.owns(ptr as *const u8))?;
-        let (base, size) = heap.allocation_containing(ptr)?;
-        let lo = ptr & !(page - 1);
-        let hi = (ptr + len + page - 1) & !(page - 1);
-        if lo >= base && hi <= base + size && base % page == 0 {
-            Some((lo, hi - lo))
-        } else {
-            fatal(b"frostheap: result slots in a guarded heap share pages with other data\n")
-        }
-    }
-
     /// Runs `job` on every worker as one phase; `window` (the result slots'
     /// pages, when they lie in a guarded heap) stays writable.
     pub(super) fn run_phase(

@@ -15,8 +15,8 @@
 //! (a few dozen per phase), as rayon's makes one per split.
 
 use super::sealed::Sealed;
+use super::task::TaskContext;
 use super::worker::WorkerEnv;
-use super::TaskContext;
 
 /// One stage of a pipeline taking `In` items. Sealed: made by
 /// [`Par`](super::par::Par)'s adapters.

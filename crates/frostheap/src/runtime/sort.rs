@@ -26,9 +26,9 @@
 use core::cmp::Ordering;
 use core::mem::MaybeUninit;
 
-use super::Runtime;
+use super::pool::Runtime;
+use crate::error::Error;
 use crate::global::unguarded;
-use crate::Error;
 
 /// Parts shorter than this are never split in a phase of their own.
 const MIN_SPLIT: usize = 1 << 14;

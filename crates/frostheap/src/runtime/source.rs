@@ -75,7 +75,7 @@ pub unsafe trait ParSource: Sync + Sealed {
 }
 
 /// Conversion into a [`ParSource`]: what [`Runtime::par`](super::Runtime::par),
-/// `map` and `for_each` accept (see the table in [`crate::par`]).
+/// `map` and `for_each` accept (see the table in [`par`](super::par)).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an input the workers can index",
     label = "not a slice, Vec, range or chunked view",

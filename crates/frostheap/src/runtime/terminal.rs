@@ -19,8 +19,7 @@ use core::ops::Range;
 use core::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use super::batch::SyncPtr;
-use super::Runtime;
+use super::pool::Runtime;
 use crate::global::unguarded;
 
 /// What a parallel call does with its items of type `T`.
@@ -30,8 +29,9 @@ pub trait Terminal<T>: Sync {
     /// Results go straight into slots, one per input item, in order (the
     /// engine then drops the written ones after an error).
     const SLOTS: bool = false;
-    /// Called on main before batch `[base, base + n)` of `n_chunks` chunks.
-    fn prepare_batch(&mut self, rt: &Runtime, base: usize, n: usize, n_chunks: usize);
+    /// Called on main before batch `[base, base + n)`, cut into `chunks`
+    /// chunks.
+    fn prepare_batch(&mut self, rt: &Runtime, base: usize, n: usize, chunks: usize);
     /// Called on main after the batch; `ok` when every item of it ran.
     fn finish_batch(&mut self, ok: bool);
     /// State for a new claim.
@@ -59,6 +59,27 @@ pub trait Terminal<T>: Sync {
         let _ = range;
     }
 }
+
+/// The result slots of a batch: each index written by one worker.
+pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
+
+impl<T> Clone for SyncPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SyncPtr<T> {}
+
+impl<T> SyncPtr<T> {
+    /// Slot `i`.
+    #[inline]
+    pub(crate) fn get(&self, i: usize) -> *mut T {
+        self.0.wrapping_add(i)
+    }
+}
+// SAFETY: each index is written by exactly one worker (claimed through the
+// atomic cursor) and read by main only after the phase.
+unsafe impl<T: Send> Sync for SyncPtr<T> {}
 
 // ---------------------------------------------------------------- slots
 
@@ -168,11 +189,11 @@ impl<R> PieceCollect<R> {
 
 impl<R: Send> Terminal<R> for PieceCollect<R> {
     type State = Vec<R>;
-    fn prepare_batch(&mut self, _: &Runtime, _: usize, _: usize, n_chunks: usize) {
+    fn prepare_batch(&mut self, _: &Runtime, _: usize, _: usize, chunks: usize) {
         // Room for one piece per claim (at most one claim per chunk), made
         // on main in system memory, so workers never grow the list.
         let pieces = self.pieces.get_mut().unwrap_or_else(|e| e.into_inner());
-        unguarded(|| pieces.reserve(n_chunks));
+        unguarded(|| pieces.reserve(chunks));
     }
     fn finish_batch(&mut self, _: bool) {
         self.batch += 1;
@@ -290,15 +311,15 @@ impl<A> Segments<A> {
         }))
     }
 
-    /// Empties the table and sizes it for `n_chunks` chunks (on main, in
+    /// Empties the table and sizes it for `chunks` chunks (on main, in
     /// system memory: workers never grow it).
-    fn reset(&mut self, n_chunks: usize) {
+    fn reset(&mut self, chunks: usize) {
         let t = self.0.get_mut().unwrap_or_else(|e| e.into_inner());
         unguarded(|| {
             t.by_start.clear();
-            t.by_start.resize_with(n_chunks + 1, || None);
+            t.by_start.resize_with(chunks + 1, || None);
             t.start_of.clear();
-            t.start_of.resize(n_chunks + 1, NO_SEGMENT);
+            t.start_of.resize(chunks + 1, NO_SEGMENT);
         });
     }
 
@@ -378,8 +399,8 @@ impl<T, C: Combine<T>> Reduce<C, T> {
 
 impl<T, C: Combine<T>> Terminal<T> for Reduce<C, T> {
     type State = Option<C::Acc>;
-    fn prepare_batch(&mut self, _: &Runtime, _: usize, _: usize, n_chunks: usize) {
-        self.segments.reset(n_chunks);
+    fn prepare_batch(&mut self, _: &Runtime, _: usize, _: usize, chunks: usize) {
+        self.segments.reset(chunks);
     }
     fn finish_batch(&mut self, ok: bool) {
         if ok {

@@ -7,13 +7,28 @@
 //! epoch (a futex), runs the published job when the epoch moves, and
 //! reports completion through the runtime's event word.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 use std::thread::JoinHandle;
 
-use super::{ControlBlock, JobRef};
 use crate::context::ContextHeap;
-use crate::trap::{self, Backend, WorkerSlot};
+use crate::trap::{self, Backend, OnViolation, WorkerSlot};
 use crate::{global, os};
+
+/// A job as workers see it.
+pub(crate) struct JobRef<'a>(pub(crate) &'a (dyn Fn(&WorkerEnv<'_>) + Sync));
+
+/// The runtime's control block: what main and the workers share (system
+/// memory, never moves, leaked so workers may hold it for `'static`).
+pub(crate) struct ControlBlock {
+    pub backend: Backend,
+    pub policy: OnViolation,
+    pub epoch: AtomicU32,
+    pub job: AtomicPtr<JobRef<'static>>,
+    pub remaining: AtomicU32,
+    pub events: AtomicU32,
+    pub parked: AtomicU32,
+    pub shutdown: AtomicBool,
+}
 
 /// What the runtime keeps of a worker.
 pub(crate) struct Worker {
@@ -37,12 +52,14 @@ pub(crate) fn spawn(
     rt: &'static ControlBlock,
     index: usize,
     name: String,
-) -> Result<Worker, crate::Error> {
+) -> Result<Worker, crate::error::Error> {
     let slot: &'static WorkerSlot = Box::leak(Box::new(WorkerSlot::new(rt.policy)));
-    slot.deferred.prepare().map_err(|source| crate::Error::Os {
-        context: "mapping a deferred-free list",
-        source,
-    })?;
+    slot.deferred
+        .prepare()
+        .map_err(|source| crate::error::Error::Os {
+            context: "mapping a deferred-free list",
+            source,
+        })?;
     slot.events
         .store(&rt.events as *const _ as *mut _, Ordering::Release);
     slot.parked
@@ -53,7 +70,7 @@ pub(crate) fn spawn(
     let thread = std::thread::Builder::new()
         .name(name)
         .spawn(move || run(rt, index, slot, ctx, start_epoch))
-        .map_err(|e| crate::Error::Os {
+        .map_err(|e| crate::error::Error::Os {
             context: "spawning a worker thread",
             source: os::OsError {
                 call: "pthread_create",
