@@ -66,10 +66,11 @@ impl<S: ParSource> Drive for Indexed<S> {
     fn drive<J: Job<Self::Item>>(self, rt: &Runtime, mut job: J) -> Result<(), Error> {
         let (pipe, term) = job.parts();
         rt.enter_call();
-        let src = self.0;
+        let mut src = self.0;
         if let Some((address, bytes)) = src.lent_mut() {
             rt.check_writable(address, bytes)?;
         }
+        src.hand_over();
         let _turn = rt.phase_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut scratch = rt.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let total = src.len();

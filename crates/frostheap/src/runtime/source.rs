@@ -72,6 +72,11 @@ pub unsafe trait ParSource: Sync + Sealed {
     fn lent_mut(&self) -> Option<(usize, usize)> {
         None
     }
+
+    /// Called once before the first item is taken: from then on the
+    /// runtime, not the source's `Drop`, disposes of the items.
+    #[doc(hidden)]
+    fn hand_over(&mut self) {}
 }
 
 /// Conversion into a [`ParSource`]: what [`Runtime::par`](super::Runtime::par),
@@ -221,11 +226,14 @@ impl<'a, T: Send> IntoParSource for core::slice::IterMut<'a, T> {
 
 /// Items moved out of a `Vec<T>` into the tasks. The `Vec`'s buffer is
 /// read in place (no copy) and freed when the source is dropped; items no
-/// task took are dropped by the runtime.
+/// task took are dropped by the runtime (or by the source's `Drop`, if it
+/// never ran).
 pub struct VecItems<T> {
     ptr: *mut T,
     len: usize,
     cap: usize,
+    /// The items are still the source's: nothing was taken yet.
+    owns_items: bool,
 }
 
 impl<T> Sealed for VecItems<T> {}
@@ -243,6 +251,7 @@ impl<T> VecItems<T> {
             ptr: v.as_mut_ptr(),
             len: v.len(),
             cap: v.capacity(),
+            owns_items: true,
         }
     }
 }
@@ -261,6 +270,9 @@ unsafe impl<T: Send> ParSource for VecItems<T> {
         // SAFETY: by (1), item i is initialised and not yet moved out.
         unsafe { self.ptr.add(i).read() }
     }
+    fn hand_over(&mut self) {
+        self.owns_items = false;
+    }
     unsafe fn drop_untaken(&self, range: Range<usize>) {
         if core::mem::needs_drop::<T>() && !range.is_empty() {
             // SAFETY: by (1), these items are initialised and owned here.
@@ -276,9 +288,13 @@ unsafe impl<T: Send> ParSource for VecItems<T> {
 
 impl<T> Drop for VecItems<T> {
     fn drop(&mut self) {
-        // SAFETY: the parts came from a Vec; with length 0 only the buffer
-        // is freed (every item was taken or dropped by the runtime).
-        drop(unsafe { Vec::from_raw_parts(self.ptr, 0, self.cap) });
+        // A source never run still owns every item; after `hand_over`,
+        // every item was taken or dropped by the runtime and only the
+        // buffer is freed.
+        let len = if self.owns_items { self.len } else { 0 };
+        // SAFETY: the parts came from a Vec, and its first `len` items are
+        // initialised and ours.
+        drop(unsafe { Vec::from_raw_parts(self.ptr, len, self.cap) });
     }
 }
 

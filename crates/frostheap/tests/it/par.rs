@@ -317,6 +317,11 @@ fn any_stops_early_and_drops_the_items_it_never_ran() {
         "any ran {} of {n} items after the first match",
         ran.load(Ordering::Relaxed)
     );
+    // A call built but never run still drops the items it was given.
+    let drops = AtomicUsize::new(0);
+    let unused = rt.par(tracked(10, &drops)).map(|t| t.value);
+    drop(unused);
+    assert_eq!(drops.load(Ordering::Relaxed), 10);
 }
 
 test!(a_panic_in_a_fold_identity_or_a_combine_is_reported_without_an_index);
