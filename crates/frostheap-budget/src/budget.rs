@@ -21,12 +21,12 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use frostheap::{Bytes, Error, Heap};
 use tokio::sync::Semaphore;
 
 use crate::estimator::Estimator;
-use crate::permit::{Acquire, Permit};
 
 /// The per-client cost assumed until something better is known: 128 KiB
 /// (an HTTP request with its buffers, a parsed JSON body of a few tens of
@@ -80,10 +80,17 @@ pub struct BudgetStats {
     pub per_client: usize,
     /// Whether `per_client` is measured (true) or declared.
     pub measured: bool,
-    /// Measurements fed to the estimator.
+    /// Measurements fed to the estimator since it started (or was reset).
     pub samples: u64,
     /// `budget / per_client`: how many clients fit.
     pub capacity: usize,
+    /// The time window the measured estimate looks at (see
+    /// [`Budget::set_estimate_window`]).
+    pub window: Duration,
+    /// Measurements in the window now.
+    pub window_samples: u64,
+    /// The largest measurement in the window now (0 when empty).
+    pub window_max: usize,
 }
 
 /// A memory budget: a cheap, cloneable handle (an `Arc` inside).
@@ -195,6 +202,24 @@ impl Budget {
         Ok(())
     }
 
+    /// Sets the window of the measured estimate (default
+    /// [`DEFAULT_WINDOW`](crate::DEFAULT_WINDOW), 10 s): the estimate is
+    /// the [95th percentile](crate::QUANTILE) of the usage recorded in the
+    /// last `window`. Samples recorded so far are forgotten; the estimate
+    /// in force stays until new ones arrive. Fails with
+    /// [`Error::InvalidConfig`] for a zero window.
+    pub fn set_estimate_window(&self, window: Duration) -> Result<(), Error> {
+        if window.is_zero() {
+            return Err(Error::InvalidConfig {
+                name: "estimate window",
+                value: "0s".into(),
+                expected: "a window longer than zero, such as 10s".into(),
+            });
+        }
+        self.inner.estimator.set_window(window);
+        Ok(())
+    }
+
     /// The budget in bytes.
     pub fn total(&self) -> usize {
         self.inner.total
@@ -212,8 +237,9 @@ impl Budget {
         self.inner.total / per_client_bytes.max(1)
     }
 
-    /// The per-client cost in force: the declared bytes, or the running
-    /// estimate of measured usage.
+    /// The per-client cost in force: the declared bytes, or the estimate
+    /// from measured usage (the 95th percentile of the window: see
+    /// [`Budget::set_estimate_window`]).
     pub fn per_client(&self) -> usize {
         self.inner.estimator.estimate()
     }
@@ -223,47 +249,9 @@ impl Budget {
         self.capacity(self.per_client())
     }
 
-    /// Admits a client of `bytes` if they fit now, or returns `None` at
-    /// once (and counts a refusal). The bytes return when the permit (and
-    /// every clone of it) drops. Never waits and never overtakes a caller
-    /// waiting in [`Budget::acquire`].
-    pub fn try_acquire(&self, bytes: usize) -> Option<Permit> {
-        match self.inner.try_take(bytes) {
-            Some(granules) => Some(Permit::new(self.clone(), bytes, granules, true, false)),
-            None => {
-                self.inner.refused.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        }
-    }
-
-    /// Reserves `bytes` for something that is not a client (connection
-    /// buffers, a cache): they count in `in_use`, not in `admitted` or
-    /// `clients`, and feed no measurement.
-    pub fn try_reserve(&self, bytes: usize) -> Option<Permit> {
-        match self.inner.try_take(bytes) {
-            Some(granules) => Some(Permit::new(self.clone(), bytes, granules, false, false)),
-            None => {
-                self.inner.refused.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        }
-    }
-
-    /// Admits a client of `bytes`, waiting (in FIFO order) until they fit.
-    /// The future resolves to [`Error::OutOfMemory`] at once if `bytes`
-    /// exceeds the whole budget. Dropping the future gives up its place
-    /// (and hands on bytes set aside for it).
-    ///
-    /// The future is runtime-agnostic (std wakers only).
-    pub fn acquire(&self, bytes: usize) -> Acquire {
-        Acquire::new(self.clone(), bytes, false)
-    }
-
-    /// Like [`Budget::acquire`], for a reservation (see
-    /// [`Budget::try_reserve`]).
-    pub fn reserve(&self, bytes: usize) -> Acquire {
-        Acquire::new(self.clone(), bytes, true)
+    /// Callers waiting in [`Budget::acquire`] now.
+    pub fn waiting(&self) -> usize {
+        self.inner.waiting.load(Ordering::Relaxed)
     }
 
     /// Counts a refusal made outside the budget (a caller that sheds load
@@ -276,6 +264,7 @@ impl Budget {
     pub fn stats(&self) -> BudgetStats {
         let i = &self.inner;
         let per_client = self.per_client();
+        let window = i.estimator.window_stats();
         BudgetStats {
             budget: i.total,
             in_use: i.in_use.load(Ordering::Relaxed),
@@ -290,6 +279,9 @@ impl Budget {
             measured: i.measured.load(Ordering::Relaxed),
             samples: i.estimator.samples(),
             capacity: self.capacity(per_client),
+            window: window.window,
+            window_samples: window.samples,
+            window_max: window.max,
         }
     }
 }
@@ -360,10 +352,16 @@ pub(crate) fn raise_peak(peak: &AtomicUsize, now: usize) {
 }
 
 impl Inner {
-    /// Granules that cover `bytes`, or `None` past what one acquisition
-    /// may take (more than the whole budget).
+    /// Granules that cover `bytes`, or `None` for more than the whole
+    /// budget. Capped at all of them: a request of the whole budget (not a
+    /// multiple of the granule) takes every granule and is alone, so the
+    /// bytes held never exceed the budget.
     pub(crate) fn granules(&self, bytes: usize) -> Option<u32> {
-        u32::try_from(bytes.div_ceil(self.granule)).ok()
+        if bytes > self.total {
+            return None;
+        }
+        let all = self.total / self.granule;
+        u32::try_from(bytes.div_ceil(self.granule).min(all)).ok()
     }
 
     /// Takes `bytes` if they are free now (no waiting); the granules taken.
@@ -392,231 +390,5 @@ impl Inner {
         if granules > 0 {
             self.semaphore.add_permits(granules);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::task::{Context, Poll, Wake, Waker};
-
-    struct CountWake(AtomicUsize);
-    impl Wake for CountWake {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn poll_once(fut: &mut Acquire, wake: &Arc<CountWake>) -> Poll<Result<Permit, Error>> {
-        let waker = Waker::from(wake.clone());
-        let mut cx = Context::from_waker(&waker);
-        Pin::new(fut).poll(&mut cx)
-    }
-
-    #[test]
-    fn capacity_is_budget_over_per_client() {
-        let b = Budget::with_per_client(256 << 20, PerClient::Declared(128 << 10)).unwrap();
-        assert_eq!(b.capacity(128 << 10), 2048);
-        assert_eq!(b.clients(), 2048);
-        assert_eq!(b.capacity(0), 256 << 20);
-        assert_eq!(b.to_string(), "256 MiB: 2,048 clients at ≈128 KiB each");
-    }
-
-    #[test]
-    fn budget_smaller_than_one_client_is_refused() {
-        let err = Budget::with_per_client(64 << 10, PerClient::Declared(128 << 10)).unwrap_err();
-        assert!(
-            matches!(err, Error::InvalidConfig { name: "budget", .. }),
-            "{err}"
-        );
-        assert!(err.to_string().contains("128 KiB"), "{err}");
-    }
-
-    #[test]
-    fn permits_return_their_bytes_and_refuse_past_the_budget() {
-        let b = Budget::new(1000);
-        let p1 = b.try_acquire(600).unwrap();
-        assert!(b.try_acquire(500).is_none());
-        let p2 = b.try_acquire(400).unwrap();
-        assert_eq!(b.available(), 0);
-        let s = b.stats();
-        assert_eq!(
-            (s.in_use, s.clients, s.admitted, s.refused),
-            (1000, 2, 2, 1)
-        );
-        let clone = p1.clone();
-        drop(p1);
-        assert_eq!(b.stats().in_use, 1000, "a clone keeps the bytes");
-        drop(clone);
-        drop(p2);
-        let s = b.stats();
-        assert_eq!(
-            (s.in_use, s.clients, s.peak_in_use, s.peak_clients),
-            (0, 0, 1000, 2)
-        );
-    }
-
-    #[test]
-    fn grow_and_reserve() {
-        let b = Budget::new(1000);
-        let r = b.try_reserve(300).unwrap();
-        let p = b.try_acquire(500).unwrap();
-        assert!(p.try_grow(200));
-        assert!(!p.try_grow(1));
-        assert_eq!(p.bytes(), 700);
-        let s = b.stats();
-        assert_eq!(
-            (s.in_use, s.clients, s.admitted),
-            (1000, 1, 1),
-            "a reservation is not a client"
-        );
-        drop((r, p));
-        assert_eq!(b.stats().in_use, 0);
-    }
-
-    #[test]
-    fn concurrent_admission_never_exceeds_the_budget() {
-        let b = Budget::new(10_000);
-        let over = Arc::new(AtomicUsize::new(0));
-        std::thread::scope(|s| {
-            for t in 0..4 {
-                let (b, over) = (b.clone(), over.clone());
-                s.spawn(move || {
-                    for i in 0..20_000 {
-                        if let Some(p) = b.try_acquire(100 + (i * 7 + t) % 900) {
-                            if b.stats().in_use > 10_000 {
-                                over.fetch_add(1, Ordering::Relaxed);
-                            }
-                            drop(p);
-                        }
-                    }
-                });
-            }
-        });
-        assert_eq!(over.load(Ordering::Relaxed), 0);
-        let s = b.stats();
-        assert_eq!((s.in_use, s.clients), (0, 0));
-        assert!(s.peak_in_use <= 10_000);
-        assert_eq!(s.admitted + s.refused, 80_000);
-    }
-
-    #[test]
-    fn acquire_waits_in_fifo_order_and_is_woken_by_a_release() {
-        let b = Budget::new(1000);
-        let held = b.try_acquire(800).unwrap();
-        let (w1, w2) = (
-            Arc::new(CountWake(AtomicUsize::new(0))),
-            Arc::new(CountWake(AtomicUsize::new(0))),
-        );
-        let mut a1 = b.acquire(500);
-        let mut a2 = b.acquire(100);
-        assert!(poll_once(&mut a1, &w1).is_pending());
-        // 100 bytes would fit, but a2 queues behind a1 (no overtaking).
-        assert!(poll_once(&mut a2, &w2).is_pending());
-        assert_eq!(b.stats().waiting, 2);
-        drop(held);
-        assert_eq!(w1.0.load(Ordering::SeqCst), 1);
-        assert_eq!(w2.0.load(Ordering::SeqCst), 1);
-        let p1 = match poll_once(&mut a1, &w1) {
-            Poll::Ready(Ok(p)) => p,
-            other => panic!("a1 not granted: {:?}", other.map(|r| r.map(|p| p.bytes()))),
-        };
-        let p2 = match poll_once(&mut a2, &w2) {
-            Poll::Ready(Ok(p)) => p,
-            other => panic!("a2 not granted: {:?}", other.map(|r| r.map(|p| p.bytes()))),
-        };
-        let s = b.stats();
-        assert_eq!((s.in_use, s.waited, s.waiting), (600, 2, 0));
-        drop((p1, p2));
-        assert_eq!(b.stats().in_use, 0);
-    }
-
-    #[test]
-    fn a_cancelled_waiter_passes_its_grant_on() {
-        let b = Budget::new(1000);
-        let held = b.try_acquire(1000).unwrap();
-        let w = Arc::new(CountWake(AtomicUsize::new(0)));
-        let mut a1 = b.acquire(1000);
-        let mut a2 = b.acquire(1000);
-        assert!(poll_once(&mut a1, &w).is_pending());
-        assert!(poll_once(&mut a2, &w).is_pending());
-        drop(held); // granted to a1 ...
-        drop(a1); // ... which never takes it: a2 gets it.
-        assert!(matches!(poll_once(&mut a2, &w), Poll::Ready(Ok(_))));
-        assert_eq!(b.stats().in_use, 0, "a2's permit was dropped at once");
-    }
-
-    #[test]
-    fn acquire_larger_than_the_budget_fails_at_once() {
-        let b = Budget::new(1000);
-        let w = Arc::new(CountWake(AtomicUsize::new(0)));
-        let mut a = b.acquire(1001);
-        match poll_once(&mut a, &w) {
-            Poll::Ready(Err(e)) => assert_eq!((e.requested(), e.limit()), (Some(1001), Some(1000))),
-            _ => panic!("expected an error"),
-        }
-    }
-
-    #[test]
-    fn measured_cost_follows_recorded_usage() {
-        let b = Budget::new(100 << 20);
-        assert_eq!(b.per_client(), DEFAULT_PER_CLIENT);
-        for _ in 0..200 {
-            let p = b.try_acquire(64 << 10).unwrap();
-            p.record_usage(20 << 10);
-            p.record_usage(12 << 10);
-        }
-        // Constant usage: the deviation decays and the estimate converges.
-        let est = b.per_client();
-        assert!(((32 << 10)..(33 << 10)).contains(&est), "estimate {est}");
-        assert_eq!(b.clients(), (100 << 20) / est);
-        assert_eq!(b.stats().samples, 200);
-        // A declared cost ignores measurements.
-        b.set_per_client(PerClient::Declared(1 << 20)).unwrap();
-        b.try_acquire(1).unwrap().record_usage(5);
-        assert_eq!(b.per_client(), 1 << 20);
-    }
-
-    #[test]
-    fn estimate_sits_above_the_mean_for_varied_usage() {
-        let b = Budget::new(1 << 30);
-        for i in 0..1000usize {
-            let p = b.try_acquire(1).unwrap();
-            // Alternating 10 KiB and 50 KiB: mean 30 KiB.
-            p.record_usage(if i % 2 == 0 { 10 << 10 } else { 50 << 10 });
-        }
-        let est = b.per_client();
-        assert!(
-            est > 40 << 10,
-            "estimate {est} should cover the heavy clients"
-        );
-    }
-
-    #[test]
-    #[allow(unsafe_code)] // frees the block it allocated
-    fn from_heap_takes_the_room_under_the_limit() {
-        let heap = Heap::builder()
-            .name("budget-test")
-            .max(8 << 20)
-            .build()
-            .unwrap();
-        let block = heap
-            .try_alloc(std::alloc::Layout::from_size_align(1 << 20, 8).unwrap())
-            .unwrap();
-        let b = Budget::from_heap(&heap);
-        assert_eq!(b.total(), heap.limit() - heap.stats().in_use);
-        assert!(b.total() <= 7 << 20);
-        // SAFETY: `block` came from `heap` and is not used again.
-        unsafe { heap.dealloc(block) };
-    }
-
-    #[test]
-    fn thousands() {
-        assert_eq!(Thousands(0).to_string(), "0");
-        assert_eq!(Thousands(999).to_string(), "999");
-        assert_eq!(Thousands(2048).to_string(), "2,048");
-        assert_eq!(Thousands(1234567).to_string(), "1,234,567");
     }
 }

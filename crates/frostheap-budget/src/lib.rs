@@ -24,6 +24,33 @@
 //!   used ([`Permit::record_usage`]) and the budget's estimate follows.
 //! - [`Budget::from_heap`] takes the room left under a frostheap heap's
 //!   hard cap.
+//! - [`gate::ConnectionGate`]: a separate, small bound for the connections
+//!   that have no admitted request (slow headers, idle keep-alive).
+//! - The measured estimate is the [95th percentile](QUANTILE) of recorded
+//!   usage over a [time window](DEFAULT_WINDOW): a few outliers do not
+//!   move it, a real shift does within the window (see `estimator.rs`).
+//!
+//! ## In your own tower stack (feature `tower`)
+//!
+//! The lines a server adds to an existing axum or tower stack:
+//!
+//! ```ignore
+//! use frostheap_budget::{tower::MemoryLimitLayer, Budget, Permit};
+//! let budget = Budget::new(256 << 20);                       // bytes for clients, not a client count
+//! let app = app.layer(MemoryLimitLayer::new(budget.clone())); // 503 + Retry-After past the budget
+//! // in a handler that wants the estimate to follow real usage:
+//! async fn handler(Extension(permit): Extension<Permit>, body: Bytes) { permit.record_usage(2 * body.len()); }
+//! ```
+//!
+//! `examples/axum.rs` is a whole server doing this (its test runs it). The
+//! layer charges each request `max(per-client cost, Content-Length)` (or
+//! a [`cost`](tower::MemoryLimitLayer::cost) function of the head) from
+//! the head on, until its response body has been sent; see [`tower`] for
+//! waiting instead of shedding. What the layer cannot do alone is make
+//! the 503 readable by a client still sending its body: the server must
+//! close such connections with a lingering close (`frostheap serve` does),
+//! and bound the connections that have no admitted request yet
+//! ([`gate`]).
 //!
 //! The crate sits above the allocator crate (`frostheap`), which carries
 //! no HTTP or tower dependency.
@@ -44,8 +71,11 @@ mod budget;
 mod estimator;
 pub mod gate;
 mod permit;
+#[cfg(test)]
+mod tests;
 #[cfg(feature = "tower")]
 pub mod tower;
 
 pub use budget::{Budget, BudgetStats, PerClient, Thousands, DEFAULT_PER_CLIENT};
+pub use estimator::{DEFAULT_WINDOW, QUANTILE};
 pub use permit::{Acquire, Permit};

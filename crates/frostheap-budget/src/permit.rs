@@ -24,6 +24,51 @@ use tokio::sync::{AcquireError, OwnedSemaphorePermit};
 
 use crate::budget::{raise_peak, Budget};
 
+impl Budget {
+    /// Admits a client of `bytes` if they fit now, or returns `None` at
+    /// once (and counts a refusal). The bytes return when the permit (and
+    /// every clone of it) drops. Never waits and never overtakes a caller
+    /// waiting in [`Budget::acquire`].
+    pub fn try_acquire(&self, bytes: usize) -> Option<Permit> {
+        match self.inner.try_take(bytes) {
+            Some(granules) => Some(Permit::new(self.clone(), bytes, granules, true, false)),
+            None => {
+                self.inner.refused.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Reserves `bytes` for something that is not a client (connection
+    /// buffers, a cache): they count in `in_use`, not in `admitted` or
+    /// `clients`, and feed no measurement.
+    pub fn try_reserve(&self, bytes: usize) -> Option<Permit> {
+        match self.inner.try_take(bytes) {
+            Some(granules) => Some(Permit::new(self.clone(), bytes, granules, false, false)),
+            None => {
+                self.inner.refused.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Admits a client of `bytes`, waiting (in FIFO order) until they fit.
+    /// The future resolves to [`Error::OutOfMemory`] at once if `bytes`
+    /// exceeds the whole budget. Dropping the future gives up its place
+    /// (and hands on bytes set aside for it).
+    ///
+    /// The future is runtime-agnostic (std wakers only).
+    pub fn acquire(&self, bytes: usize) -> Acquire {
+        Acquire::new(self.clone(), bytes, false)
+    }
+
+    /// Like [`Budget::acquire`], for a reservation (see
+    /// [`Budget::try_reserve`]).
+    pub fn reserve(&self, bytes: usize) -> Acquire {
+        Acquire::new(self.clone(), bytes, true)
+    }
+}
+
 /// Bytes admitted from a [`Budget`]. A cheap handle: clones share the same
 /// bytes, which return to the budget when the last clone drops (so a
 /// request, its handler and its response body can each hold one).

@@ -14,20 +14,31 @@
 //! When the bytes do not fit, [`Overload`] decides:
 //!
 //! - [`Overload::Shed`]: answer `503 Service Unavailable` with
-//!   `Retry-After: 1` at once, before the request body is read.
+//!   `Retry-After: 1` and `Connection: close` at once, before the request
+//!   body is read. (The server closes the connection after the answer; to
+//!   let the client read it rather than see a reset, it should read and
+//!   drop what the client still sends for a moment before closing — a
+//!   lingering close, as nginx does. `frostheap serve` does.)
 //! - [`Overload::Wait`]: backpressure. `poll_ready` waits for the
 //!   per-client bytes (FIFO, see [`Budget::acquire`]); a request declaring
 //!   more than that tops up without waiting if it can, and otherwise gives
 //!   its bytes back and waits for the whole amount in one piece (never
 //!   holding some bytes while waiting for more, so requests cannot
 //!   deadlock each other). A request larger than the whole budget gets
-//!   `413 Payload Too Large`.
+//!   `413 Payload Too Large`. At most [`MemoryLimitLayer::max_waiting`]
+//!   requests wait at once; past that, a request is shed as above (a
+//!   waiting request holds its connection's buffers, which no budget
+//!   counts, so the queue must be bounded too).
 //!
-//! ```ignore
-//! let budget = frostheap::Budget::new(256 << 20);
-//! let svc = tower::ServiceBuilder::new()
-//!     .layer(MemoryLimitLayer::new(budget.clone()).overload(Overload::Shed))
-//!     .service(app);
+//! ```
+//! use frostheap_budget::tower::{MemoryLimitLayer, Overload};
+//! use frostheap_budget::Budget;
+//! use tower_layer::Layer;
+//! # #[derive(Clone)] struct App;
+//! let budget = Budget::new(256 << 20);
+//! let svc = MemoryLimitLayer::new(budget.clone())
+//!     .overload(Overload::Shed)
+//!     .layer(App);
 //! ```
 
 use std::future::Future;
@@ -73,6 +84,7 @@ pub struct MemoryLimitLayer {
     overload: Overload,
     cost: CostFn,
     prepaid: usize,
+    max_waiting: usize,
 }
 
 impl MemoryLimitLayer {
@@ -84,7 +96,15 @@ impl MemoryLimitLayer {
             overload: Overload::Shed,
             cost: Arc::new(content_length),
             prepaid: 0,
+            max_waiting: usize::MAX,
         }
+    }
+
+    /// In [`Overload::Wait`], how many requests may wait for bytes at once
+    /// (unbounded unless set); past it, requests are shed with 503.
+    pub fn max_waiting(mut self, n: usize) -> Self {
+        self.max_waiting = n;
+        self
     }
 
     /// Sets what happens when the bytes do not fit.
@@ -124,9 +144,11 @@ impl<S> Layer<S> for MemoryLimitLayer {
                 overload: self.overload,
                 cost: self.cost.clone(),
                 prepaid: self.prepaid,
+                max_waiting: self.max_waiting,
             }),
             ready: None,
             acquiring: None,
+            shed_next: false,
         }
     }
 }
@@ -139,6 +161,7 @@ struct Config {
     overload: Overload,
     cost: CostFn,
     prepaid: usize,
+    max_waiting: usize,
 }
 
 /// The middleware: see the [module documentation](self).
@@ -149,6 +172,9 @@ pub struct MemoryLimit<S> {
     ready: Option<Permit>,
     /// Wait mode: the reservation in progress.
     acquiring: Option<Acquire>,
+    /// Wait mode: the queue was full at `poll_ready`, so the next `call`
+    /// takes what is free or sheds.
+    shed_next: bool,
 }
 
 impl<S: Clone> Clone for MemoryLimit<S> {
@@ -159,6 +185,7 @@ impl<S: Clone> Clone for MemoryLimit<S> {
             config: self.config.clone(),
             ready: None,
             acquiring: None,
+            shed_next: false,
         }
     }
 }
@@ -191,9 +218,13 @@ where
     type Future = ResponseFuture<S::Future, S, Request<ReqB>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.config.overload == Overload::Wait && self.ready.is_none() {
+        if self.config.overload == Overload::Wait && self.ready.is_none() && !self.shed_next {
             let floor = self.floor();
             let budget = &self.config.budget;
+            if self.acquiring.is_none() && budget.waiting() >= self.config.max_waiting {
+                self.shed_next = true;
+                return self.inner.poll_ready(cx);
+            }
             let acquire = self.acquiring.get_or_insert_with(|| budget.reserve(floor));
             match Pin::new(acquire).poll(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -211,7 +242,12 @@ where
         let (parts, body) = req.into_parts();
         let cost = (self.config.cost)(&parts).max(self.floor());
         let req = Request::from_parts(parts, body);
-        let permit = match self.config.overload {
+        let overload = if std::mem::take(&mut self.shed_next) {
+            Overload::Shed
+        } else {
+            self.config.overload
+        };
+        let permit = match overload {
             Overload::Shed => match self.config.budget.try_acquire(cost) {
                 Some(p) => p,
                 None => {
@@ -348,6 +384,9 @@ where
                     if status == StatusCode::SERVICE_UNAVAILABLE {
                         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                     }
+                    // The request body is left unread: the connection
+                    // cannot carry another request.
+                    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
                     return Poll::Ready(Ok(response));
                 }
             }
@@ -513,6 +552,7 @@ mod tests {
         };
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(resp.headers()[header::CONNECTION], "close");
         let s = budget.stats();
         assert_eq!((s.admitted, s.refused, s.clients), (2, 1, 2));
         // Sending a body to the end returns its bytes.
@@ -590,5 +630,39 @@ mod tests {
             panic!()
         };
         assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn wait_sheds_once_max_waiting_requests_wait() {
+        let budget = Budget::with_per_client(1000, PerClient::Declared(600)).unwrap();
+        let layer = MemoryLimitLayer::new(budget.clone())
+            .overload(Overload::Wait)
+            .max_waiting(1);
+        let mut a = layer.layer(App(Arc::new(AtomicUsize::new(0))));
+        let (mut b, mut c) = (a.clone(), a.clone());
+        let flag = Arc::new(Flag(AtomicUsize::new(0)));
+        let waker = cx_for(&flag);
+        let mut cx = Context::from_waker(&waker);
+        assert!(a.poll_ready(&mut cx).is_ready());
+        let mut fut_a = Box::pin(a.call(request(0)));
+        let Poll::Ready(Ok(resp_a)) = fut_a.as_mut().poll(&mut cx) else {
+            panic!()
+        };
+        assert!(
+            b.poll_ready(&mut cx).is_pending(),
+            "the first waiter queues"
+        );
+        assert!(c.poll_ready(&mut cx).is_ready(), "the queue is full");
+        let mut fut_c = Box::pin(c.call(request(0)));
+        let Poll::Ready(Ok(resp_c)) = fut_c.as_mut().poll(&mut cx) else {
+            panic!()
+        };
+        assert_eq!(resp_c.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(budget.stats().refused, 1);
+        drop(resp_a);
+        assert!(
+            b.poll_ready(&mut cx).is_ready(),
+            "the waiter gets its bytes"
+        );
     }
 }

@@ -414,3 +414,325 @@ fn bad_configuration_gives_one_line_and_exit_status_2() {
     );
     bad_config(&["--listen", "not-an-address"], "cannot listen on");
 }
+
+// ---------------------------------------------------------------------------
+// Under attack, overloaded, shutting down (issue 16)
+// ---------------------------------------------------------------------------
+
+/// Raises this process's soft limit on descriptors to hold `needed`, or
+/// fails saying why.
+fn raise_nofile(needed: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    if lim.rlim_cur >= needed {
+        return;
+    }
+    assert!(
+        lim.rlim_max >= needed,
+        "this test opens {needed} sockets but the hard descriptor limit is {} (ulimit -Hn): raise it",
+        lim.rlim_max
+    );
+    lim.rlim_cur = needed;
+    // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the
+    // hard one needs no privilege.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+}
+
+/// What a client saw: a status, or an error (a reset, an early close).
+fn try_request(addr: &str, head: &str, body: &[u8]) -> Result<u16, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(head.as_bytes())
+        .and_then(|_| s.write_all(body))
+        .map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
+    // A whole response: a status, and the body its content-length says
+    // (a client that gets less counts the response as lost).
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("no response head in {} bytes", raw.len()))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no content-length in {head:?}"))?;
+    let body = raw.len() - split - 4;
+    if body != length {
+        return Err(format!("{status} with {body} of {length} body bytes"));
+    }
+    Ok(status)
+}
+
+#[test]
+fn slow_headers_on_2000_connections_do_not_starve_a_prompt_client() {
+    const SLOW: usize = 2_000;
+    raise_nofile(SLOW as u64 + 256);
+    // The header timeout (10 s) outlasts the attack: the gate alone must
+    // keep the prompt client served.
+    let server = Server::start(&["--max-memory", "64M"]);
+    let addr = server.addr.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attacker = {
+        let (addr, stop) = (addr.clone(), stop.clone());
+        std::thread::spawn(move || {
+            // One header byte a second per connection, reconnecting every
+            // connection the server closes, as slowloris does.
+            let head = b"GET / HTTP/1.1\r\nhost: slow\r\nx-slow: ".repeat(64);
+            let open = |addr: &str| {
+                let s = TcpStream::connect(addr).expect("attacker connect");
+                s.set_nonblocking(true).unwrap();
+                (s, 0usize)
+            };
+            let mut conns: Vec<(TcpStream, usize)> = (0..SLOW).map(|_| open(&addr)).collect();
+            let mut reconnects = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for c in conns.iter_mut() {
+                    let mut buf = [0u8; 512];
+                    let closed = match c.0.read(&mut buf) {
+                        Ok(_) => true, // an answer (503, 408) or the end
+                        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                    } || c.0.write(&head[c.1 % head.len()..][..1]).is_err();
+                    c.1 += 1;
+                    if closed {
+                        *c = open(&addr);
+                        reconnects += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1000));
+            }
+            reconnects
+        })
+    };
+    // Let the attack fill the gate, then be a prompt client for 4 s.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (mut ok, mut failed) = (0u32, Vec::new());
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        match try_request(
+            &addr,
+            &head("POST", "/transform?op=upper", BODY.len()),
+            BODY,
+        ) {
+            Ok(200) => ok += 1,
+            other => failed.push(other),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let s = server.stats();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reconnects = attacker.join().unwrap();
+    let total = ok + failed.len() as u32;
+    assert!(total >= 100, "only {total} requests in 4 s: {s}");
+    assert!(
+        ok as f64 >= 0.99 * total as f64,
+        "prompt client served {ok} of {total} during the attack; failures {:?}: {s}",
+        &failed[..failed.len().min(10)]
+    );
+    // The slow connections waited apart, within the gate's bound, and the
+    // full gate pushed them out.
+    assert!(n(&s, "peak_pending") <= n(&s, "pending_capacity"), "{s}");
+    assert!(n(&s, "evicted") + n(&s, "shed_connections") > 0, "{s}");
+    assert!(n(&s, "connections") >= n(&s, "pending"), "{s}");
+    eprintln!("slowloris: {ok}/{total} served, {reconnects} attacker reconnects, {s}");
+}
+
+#[test]
+fn shed_clients_with_large_bodies_all_read_their_503() {
+    const CLIENTS: usize = 600;
+    raise_nofile(CLIENTS as u64 + 256);
+    let server = Server::start(&["--max-memory", "64M"]);
+    // A 512 KiB JSON document: each admitted request costs 4 × 512 KiB.
+    let doc = serde_json::json!({ "items": vec!["frostheap ".repeat(100); 512] }).to_string();
+    let doc = std::sync::Arc::new(doc.into_bytes());
+    assert!(doc.len() >= 500 << 10);
+    let start = std::sync::Arc::new(std::sync::Barrier::new(CLIENTS));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (addr, doc, start) = (server.addr.clone(), doc.clone(), start.clone());
+            std::thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(move || {
+                    start.wait();
+                    try_request(&addr, &head("POST", "/echo?hold_ms=3000", doc.len()), &doc)
+                })
+                .unwrap()
+        })
+        .collect();
+    let outcomes: Vec<Result<u16, String>> =
+        clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let served = outcomes.iter().filter(|o| **o == Ok(200)).count();
+    let shed = outcomes.iter().filter(|o| **o == Ok(503)).count();
+    let other: Vec<_> = outcomes
+        .iter()
+        .filter(|o| !matches!(o, Ok(200) | Ok(503)))
+        .collect();
+    let s = server.wait_for("everything released", |s| n(s, "clients") == 0);
+    assert!(
+        other.is_empty(),
+        "{} of {CLIENTS} clients did not read a 200 or 503 ({served} served, {shed} shed): {:?}: {s}",
+        other.len(),
+        &other[..other.len().min(10)]
+    );
+    assert!(served > 0 && shed > 0, "{served} served, {shed} shed: {s}");
+    assert_eq!(
+        n(&s, "shed") + n(&s, "shed_connections"),
+        shed as u64,
+        "every 503 the clients read is counted: {s}"
+    );
+    assert!(n(&s, "peak_in_use") <= n(&s, "budget"), "{s}");
+    eprintln!("large bodies: {served} served, {shed} shed (503 read by every one), {s}");
+}
+
+#[test]
+fn sigterm_finishes_requests_in_flight_reports_not_ready_and_exits_0() {
+    let mut server = Server::start(&[
+        "--max-memory",
+        "64M",
+        "--shutdown-delay",
+        "1s",
+        "--shutdown-timeout",
+        "10s",
+    ]);
+    let addr = server.addr.clone();
+    let draining = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let (addr, draining) = (addr.clone(), draining.clone());
+            std::thread::spawn(move || {
+                let mut results = Vec::new();
+                // Like a balancer: no new request once /ready says 503.
+                while !draining.load(std::sync::atomic::Ordering::Relaxed) {
+                    results.push(try_request(
+                        &addr,
+                        &head("POST", "/transform?op=upper&hold_ms=300", BODY.len()),
+                        BODY,
+                    ));
+                }
+                results
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let signalled = Instant::now();
+    loop {
+        let (status, _) = request(&addr, "GET", "/ready", b"");
+        if status == 503 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            signalled.elapsed() < Duration::from_secs(1),
+            "/ready still 200 after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        request(&addr, "GET", "/live", b"").0,
+        200,
+        "alive while draining"
+    );
+    draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    let results: Vec<_> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let lost: Vec<_> = results.iter().filter(|r| **r != Ok(200)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} requests in flight were lost: {:?}",
+        lost.len(),
+        results.len(),
+        &lost[..lost.len().min(10)]
+    );
+    assert!(results.len() >= 32, "{} requests", results.len());
+    let deadline = signalled + Duration::from_secs(1 + 10 + 2);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no exit within the shutdown deadline"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "exit status");
+    assert!(
+        TcpStream::connect(&addr).is_err(),
+        "the listener is closed after shutdown"
+    );
+}
+
+#[test]
+fn header_body_and_idle_timeouts_are_enforced_and_counted() {
+    let server = Server::start(&[
+        "--max-memory",
+        "8M",
+        "--header-timeout",
+        "300ms",
+        "--body-timeout",
+        "300ms",
+        "--body-min-rate",
+        "0",
+        "--idle-timeout",
+        "300ms",
+    ]);
+    // A head that never ends: 408, readable.
+    let mut s = connect(&server.addr);
+    s.write_all(b"GET / HTTP/1.1\r\nhost: slow\r\n").unwrap();
+    assert_eq!(read_response(s).0, 408);
+    // A body that stops half way: 408.
+    let mut s = connect(&server.addr);
+    s.write_all(head("POST", "/transform", 100).as_bytes())
+        .unwrap();
+    s.write_all(&[b'a'; 10]).unwrap();
+    assert_eq!(read_response(s).0, 408);
+    // A kept-alive connection left idle: closed by the server.
+    let mut s = connect(&server.addr);
+    s.write_all(b"GET /live HTTP/1.1\r\nhost: idle\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .expect("the idle connection ends cleanly");
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    let s = server.wait_for("three timeouts, and their connections gone", |s| {
+        n(s, "timeouts_idle") == 1
+            && n(s, "timeouts_header") == 1
+            && n(s, "timeouts_body") == 1
+            && n(s, "pending") == 0
+    });
+    let (_, metrics) = request(&server.addr, "GET", "/metrics", b"");
+    let metrics = String::from_utf8(metrics).unwrap();
+    for name in ["header", "body", "idle"] {
+        assert!(
+            metrics.contains(&format!("\nfrostheap_timeouts_{name}_total 1\n")),
+            "{name}: {metrics}"
+        );
+    }
+    assert_eq!(
+        n(&s, "admitted"),
+        1,
+        "only the body request was a client: {s}"
+    );
+}

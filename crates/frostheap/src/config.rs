@@ -1,14 +1,119 @@
-//! Configuration from the environment, read once at start-up.
+//! Configuration: the policy enums ([`Protect`] and the [`Backend`] it
+//! resolves to, [`OnViolation`], [`HugePages`]) and the `FROSTHEAP_*`
+//! environment variables, read once at start-up.
 //!
 //! `FROSTHEAP_MIN`, `FROSTHEAP_MAX` (sizes such as `64M`, `1G`, `1.5GiB`),
 //! `FROSTHEAP_HUGE_PAGES=auto|on|off`, `FROSTHEAP_PROTECT=auto|pkey|mprotect|off`,
-//! `FROSTHEAP_ON_VIOLATION=cancel|abort|audit` and `FROSTHEAP_TRACK_ALLOCS=0|1`. Parsing never allocates: the
-//! global allocator reads these at the first allocation, before `main`. A
-//! bad value is an [`EnvError`], which the global allocator prints as one
-//! line before exiting with status 2.
+//! `FROSTHEAP_ON_VIOLATION=cancel|abort|audit` and `FROSTHEAP_TRACK_ALLOCS=0|1`.
+//!
+//! [`parse`] takes the variables from a lookup function, so every rule is
+//! tested in process; [`from_env`] is `parse` over the real environment.
+//! Parsing is hand-written and never allocates, on purpose: the global
+//! allocator reads these at the first allocation, before `main`, where no
+//! parsing crate's allocations could be served. A bad value is an
+//! [`EnvError`], which the global allocator prints as one line before
+//! exiting with status 2.
+//!
+//! This module sits just above `os` and `size`: it imports nothing else of
+//! the crate, so every layer may read a policy.
+
+use core::ffi::CStr;
 
 use crate::os;
 use crate::size::{parse_size_bytes, SizeError, SIZE_SYNTAX};
+
+/// How guarded heaps are protected during a phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protect {
+    /// `pkey` where available, else `mprotect`.
+    #[default]
+    Auto,
+    /// Memory protection keys: a register write per worker, any size.
+    Pkey,
+    /// `mprotect` of each guarded heap's committed range.
+    Mprotect,
+    /// No protection: violations go unnoticed.
+    Off,
+}
+
+impl Protect {
+    /// Parses `auto`, `pkey`, `mprotect` or `off`.
+    pub fn parse(s: &str) -> Option<Protect> {
+        Self::parse_bytes(s.as_bytes())
+    }
+
+    fn parse_bytes(s: &[u8]) -> Option<Protect> {
+        match s {
+            b"auto" => Some(Protect::Auto),
+            b"pkey" => Some(Protect::Pkey),
+            b"mprotect" => Some(Protect::Mprotect),
+            b"off" => Some(Protect::Off),
+            _ => None,
+        }
+    }
+}
+
+/// What happens to a task that writes a frozen heap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u32)]
+pub enum OnViolation {
+    /// Park the task's thread for good, report `Error::Violation`, start a
+    /// replacement worker. The store never happens.
+    #[default]
+    Cancel = 0,
+    /// Write a full report to stderr and die with the original signal.
+    Abort = 1,
+    /// Let the write land and record it; the phase goes on.
+    Audit = 2,
+}
+
+impl OnViolation {
+    /// Parses `cancel`, `abort` or `audit`.
+    pub fn parse(s: &str) -> Option<OnViolation> {
+        Self::parse_bytes(s.as_bytes())
+    }
+
+    fn parse_bytes(s: &[u8]) -> Option<OnViolation> {
+        match s {
+            b"cancel" => Some(OnViolation::Cancel),
+            b"abort" => Some(OnViolation::Abort),
+            b"audit" => Some(OnViolation::Audit),
+            _ => None,
+        }
+    }
+
+    /// The policy stored as `self as u32` (in an atomic the fault handler
+    /// reads); an unknown number is `Cancel`.
+    pub(crate) fn from_u32(n: u32) -> OnViolation {
+        match n {
+            1 => OnViolation::Abort,
+            2 => OnViolation::Audit,
+            _ => OnViolation::Cancel,
+        }
+    }
+}
+
+/// The backend actually in force (after resolving `Auto`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Protection key `key`.
+    Pkey(u32),
+    /// `mprotect`.
+    Mprotect,
+    /// Nothing.
+    Off,
+}
+
+impl Backend {
+    /// A short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Pkey(_) => "pkey",
+            Backend::Mprotect => "mprotect",
+            Backend::Off => "off",
+        }
+    }
+}
 
 /// Whether a region uses transparent huge pages.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -16,9 +121,10 @@ pub enum HugePages {
     /// On where the kernel offers THP (`always` or `madvise` mode).
     #[default]
     Auto,
-    /// Always align to 2 MiB and advise `MADV_HUGEPAGE`.
+    /// Align to 2 MiB and advise `MADV_HUGEPAGE`.
     On,
-    /// Plain 64 KiB alignment, no advice.
+    /// No huge pages, even where THP is `always` system-wide: plain 64 KiB
+    /// alignment and `MADV_NOHUGEPAGE`.
     Off,
 }
 
@@ -31,9 +137,22 @@ impl HugePages {
             HugePages::Auto => os::thp_mode() != os::ThpMode::Never,
         }
     }
+
+    fn parse_bytes(s: &[u8]) -> Option<HugePages> {
+        match s {
+            b"auto" => Some(HugePages::Auto),
+            b"on" => Some(HugePages::On),
+            b"off" => Some(HugePages::Off),
+            _ => None,
+        }
+    }
 }
 
-/// The main heap's limits as configured.
+/// The smallest accepted `FROSTHEAP_MAX`: one heap page
+/// (`region::PAGE_SIZE`, which checks at build time that the two agree).
+pub const MIN_MAX: usize = 64 << 10;
+
+/// The configuration the environment asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EnvConfig {
     /// Bytes committed at start.
@@ -45,9 +164,9 @@ pub struct EnvConfig {
     /// Huge-page policy.
     pub huge_pages: HugePages,
     /// Protection backend requested by `FROSTHEAP_PROTECT`.
-    pub protect: crate::trap::Protect,
+    pub protect: Protect,
     /// Violation policy from `FROSTHEAP_ON_VIOLATION`.
-    pub on_violation: crate::trap::OnViolation,
+    pub on_violation: OnViolation,
     /// `FROSTHEAP_TRACK_ALLOCS=1`.
     pub track_allocs: bool,
 }
@@ -92,100 +211,249 @@ impl core::fmt::Display for EnvError {
 
 impl std::error::Error for EnvError {}
 
-fn size_var(var: &'static str, c: &'static core::ffi::CStr) -> Result<Option<usize>, EnvError> {
-    match os::getenv(c) {
-        None => Ok(None),
-        Some(value) => match parse_size_bytes(value) {
-            Ok(n) => Ok(Some(n)),
-            Err(SizeError::Malformed) => Err(EnvError {
-                var,
-                value,
-                expected: SIZE_SYNTAX,
-            }),
-            Err(SizeError::TooLarge) => Err(EnvError {
-                var,
-                value,
-                expected: "a size that fits in 64 bits",
-            }),
-        },
-    }
+/// One variable: its name for messages and for the lookup.
+struct Var {
+    name: &'static str,
+    c_name: &'static CStr,
 }
 
-/// Reads the configuration from the environment.
+const MIN: Var = Var {
+    name: "FROSTHEAP_MIN",
+    c_name: c"FROSTHEAP_MIN",
+};
+const MAX: Var = Var {
+    name: "FROSTHEAP_MAX",
+    c_name: c"FROSTHEAP_MAX",
+};
+const HUGE_PAGES: Var = Var {
+    name: "FROSTHEAP_HUGE_PAGES",
+    c_name: c"FROSTHEAP_HUGE_PAGES",
+};
+const PROTECT: Var = Var {
+    name: "FROSTHEAP_PROTECT",
+    c_name: c"FROSTHEAP_PROTECT",
+};
+const ON_VIOLATION: Var = Var {
+    name: "FROSTHEAP_ON_VIOLATION",
+    c_name: c"FROSTHEAP_ON_VIOLATION",
+};
+const TRACK_ALLOCS: Var = Var {
+    name: "FROSTHEAP_TRACK_ALLOCS",
+    c_name: c"FROSTHEAP_TRACK_ALLOCS",
+};
+
+/// Reads the configuration from the process environment.
 pub fn from_env() -> Result<EnvConfig, EnvError> {
-    let min = size_var("FROSTHEAP_MIN", c"FROSTHEAP_MIN")?;
-    let max = size_var("FROSTHEAP_MAX", c"FROSTHEAP_MAX")?;
-    let huge_pages = match os::getenv(c"FROSTHEAP_HUGE_PAGES") {
-        None | Some(b"auto") => HugePages::Auto,
-        Some(b"on") => HugePages::On,
-        Some(b"off") => HugePages::Off,
-        Some(value) => {
-            return Err(EnvError {
-                var: "FROSTHEAP_HUGE_PAGES",
-                value,
-                expected: "auto, on or off",
-            })
-        }
+    parse(os::getenv, os::physical_memory())
+}
+
+/// Reads the configuration from `lookup` (a variable's value, or `None`
+/// when it is unset); `physical_memory` is the `max` used when
+/// `FROSTHEAP_MAX` is unset. Never allocates.
+pub fn parse(
+    lookup: impl Fn(&CStr) -> Option<&'static [u8]>,
+    physical_memory: usize,
+) -> Result<EnvConfig, EnvError> {
+    let get = |var: &Var| lookup(var.c_name);
+    let bad = |var: &Var, value: &'static [u8], expected: &'static str| EnvError {
+        var: var.name,
+        value,
+        expected,
     };
-    if let Some(max) = max {
-        if max < crate::region::PAGE_SIZE {
-            return Err(EnvError {
-                var: "FROSTHEAP_MAX",
-                value: os::getenv(c"FROSTHEAP_MAX").unwrap_or(b""),
-                expected: "at least 64K (one heap page)",
-            });
+    let size = |var: &Var| match get(var) {
+        None => Ok(None),
+        Some(value) => match parse_size_bytes(value) {
+            Ok(n) => Ok(Some((n, value))),
+            Err(SizeError::Malformed) => Err(bad(var, value, SIZE_SYNTAX)),
+            Err(SizeError::TooLarge) => Err(bad(var, value, "a size that fits in 64 bits")),
+        },
+    };
+    let min = size(&MIN)?;
+    let max = size(&MAX)?;
+    let huge_pages = match get(&HUGE_PAGES) {
+        None => HugePages::Auto,
+        Some(value) => HugePages::parse_bytes(value)
+            .ok_or_else(|| bad(&HUGE_PAGES, value, "auto, on or off"))?,
+    };
+    if let Some((max, value)) = max {
+        if max < MIN_MAX {
+            return Err(bad(&MAX, value, "at least 64K (one heap page)"));
         }
     }
-    let protect = match os::getenv(c"FROSTHEAP_PROTECT") {
-        None => crate::trap::Protect::Auto,
-        Some(value) => core::str::from_utf8(value)
-            .ok()
-            .and_then(crate::trap::Protect::parse)
-            .ok_or(EnvError {
-                var: "FROSTHEAP_PROTECT",
-                value,
-                expected: "auto, pkey, mprotect or off",
-            })?,
+    let protect = match get(&PROTECT) {
+        None => Protect::Auto,
+        Some(value) => Protect::parse_bytes(value)
+            .ok_or_else(|| bad(&PROTECT, value, "auto, pkey, mprotect or off"))?,
     };
-    let on_violation = match os::getenv(c"FROSTHEAP_ON_VIOLATION") {
-        None => crate::trap::OnViolation::Cancel,
-        Some(value) => core::str::from_utf8(value)
-            .ok()
-            .and_then(crate::trap::OnViolation::parse)
-            .ok_or(EnvError {
-                var: "FROSTHEAP_ON_VIOLATION",
-                value,
-                expected: "cancel, abort or audit",
-            })?,
+    let on_violation = match get(&ON_VIOLATION) {
+        None => OnViolation::Cancel,
+        Some(value) => OnViolation::parse_bytes(value)
+            .ok_or_else(|| bad(&ON_VIOLATION, value, "cancel, abort or audit"))?,
     };
-    let track_allocs = match os::getenv(c"FROSTHEAP_TRACK_ALLOCS") {
+    let track_allocs = match get(&TRACK_ALLOCS) {
         None | Some(b"0") | Some(b"") => false,
         Some(b"1") => true,
-        Some(value) => {
-            return Err(EnvError {
-                var: "FROSTHEAP_TRACK_ALLOCS",
-                value,
-                expected: "0 or 1",
-            })
-        }
+        Some(value) => return Err(bad(&TRACK_ALLOCS, value, "0 or 1")),
     };
     let max_from_env = max.is_some();
-    let max = max.unwrap_or_else(os::physical_memory);
-    let min = min.unwrap_or(0);
-    if min > max {
-        return Err(EnvError {
-            var: "FROSTHEAP_MIN",
-            value: os::getenv(c"FROSTHEAP_MIN").unwrap_or(b""),
-            expected: "a size no larger than FROSTHEAP_MAX (or physical memory when FROSTHEAP_MAX is unset)",
-        });
+    let max_bytes = max.map_or(physical_memory, |(n, _)| n);
+    let min_bytes = min.map_or(0, |(n, _)| n);
+    if let Some((min, value)) = min {
+        if min > max_bytes {
+            return Err(bad(
+                &MIN,
+                value,
+                "a size no larger than FROSTHEAP_MAX (or physical memory when FROSTHEAP_MAX is unset)",
+            ));
+        }
     }
     Ok(EnvConfig {
-        min,
-        max,
+        min: min_bytes,
+        max: max_bytes,
         max_from_env,
         huge_pages,
         protect,
         on_violation,
         track_allocs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PHYS: usize = 8 << 30;
+
+    /// Parses an environment given as (name, value) pairs.
+    fn env(vars: &'static [(&'static str, &'static str)]) -> Result<EnvConfig, EnvError> {
+        parse(
+            |name| {
+                vars.iter()
+                    .find(|(n, _)| n.as_bytes() == name.to_bytes())
+                    .map(|(_, v)| v.as_bytes())
+            },
+            PHYS,
+        )
+    }
+
+    fn error_line(e: EnvError) -> String {
+        let mut buf = [0u8; 512];
+        String::from_utf8(e.render(&mut buf).to_vec()).unwrap()
+    }
+
+    #[test]
+    fn an_empty_environment_gives_the_defaults() {
+        let c = env(&[]).unwrap();
+        assert_eq!(
+            c,
+            EnvConfig {
+                min: 0,
+                max: PHYS,
+                max_from_env: false,
+                huge_pages: HugePages::Auto,
+                protect: Protect::Auto,
+                on_violation: OnViolation::Cancel,
+                track_allocs: false,
+            }
+        );
+    }
+
+    #[test]
+    fn every_variable_is_read() {
+        let c = env(&[
+            ("FROSTHEAP_MIN", "64M"),
+            ("FROSTHEAP_MAX", "1.5GiB"),
+            ("FROSTHEAP_HUGE_PAGES", "off"),
+            ("FROSTHEAP_PROTECT", "mprotect"),
+            ("FROSTHEAP_ON_VIOLATION", "audit"),
+            ("FROSTHEAP_TRACK_ALLOCS", "1"),
+        ])
+        .unwrap();
+        assert_eq!(c.min, 64 << 20);
+        assert_eq!(c.max, 3 << 29);
+        assert!(c.max_from_env);
+        assert_eq!(c.huge_pages, HugePages::Off);
+        assert_eq!(c.protect, Protect::Mprotect);
+        assert_eq!(c.on_violation, OnViolation::Audit);
+        assert!(c.track_allocs);
+    }
+
+    #[test]
+    fn every_accepted_word_parses() {
+        for (word, want) in [
+            ("auto", Protect::Auto),
+            ("pkey", Protect::Pkey),
+            ("mprotect", Protect::Mprotect),
+            ("off", Protect::Off),
+        ] {
+            assert_eq!(Protect::parse(word), Some(want));
+        }
+        for (word, want) in [
+            ("cancel", OnViolation::Cancel),
+            ("abort", OnViolation::Abort),
+            ("audit", OnViolation::Audit),
+        ] {
+            assert_eq!(OnViolation::parse(word), Some(want));
+            assert_eq!(OnViolation::from_u32(want as u32), want);
+        }
+        for (word, want) in [
+            ("auto", HugePages::Auto),
+            ("on", HugePages::On),
+            ("off", HugePages::Off),
+        ] {
+            assert_eq!(HugePages::parse_bytes(word.as_bytes()), Some(want));
+        }
+        for empty in ["0", ""] {
+            let vars: &'static [(&str, &str)] =
+                Box::leak(Box::new([("FROSTHEAP_TRACK_ALLOCS", empty)]));
+            assert!(!env(vars).unwrap().track_allocs);
+        }
+    }
+
+    /// An environment, and the variable, value and expectation its error names.
+    type BadCase = (
+        &'static [(&'static str, &'static str)],
+        &'static str,
+        &'static str,
+        &'static str,
+    );
+
+    #[test]
+    fn a_bad_value_names_the_variable_the_value_and_what_is_accepted() {
+        let cases: [BadCase; 8] = [
+            (&[("FROSTHEAP_PROTECT", "sometimes")], "FROSTHEAP_PROTECT", "sometimes", "auto, pkey, mprotect or off"),
+            (&[("FROSTHEAP_ON_VIOLATION", "explode")], "FROSTHEAP_ON_VIOLATION", "explode", "cancel, abort or audit"),
+            (&[("FROSTHEAP_HUGE_PAGES", "yes")], "FROSTHEAP_HUGE_PAGES", "yes", "auto, on or off"),
+            (&[("FROSTHEAP_TRACK_ALLOCS", "true")], "FROSTHEAP_TRACK_ALLOCS", "true", "0 or 1"),
+            (&[("FROSTHEAP_MAX", "lots")], "FROSTHEAP_MAX", "lots", SIZE_SYNTAX),
+            (&[("FROSTHEAP_MAX", "99999999999T")], "FROSTHEAP_MAX", "99999999999T", "a size that fits in 64 bits"),
+            (&[("FROSTHEAP_MAX", "4K")], "FROSTHEAP_MAX", "4K", "at least 64K (one heap page)"),
+            (&[("FROSTHEAP_MIN", "2G"), ("FROSTHEAP_MAX", "1G")], "FROSTHEAP_MIN", "2G", "a size no larger than FROSTHEAP_MAX (or physical memory when FROSTHEAP_MAX is unset)"),
+        ];
+        for (vars, var, value, expected) in cases {
+            let e = env(vars).expect_err(var);
+            assert_eq!(
+                (e.var, e.value, e.expected),
+                (var, value.as_bytes(), expected)
+            );
+            let line = error_line(e);
+            assert_eq!(
+                line,
+                format!("frostheap: invalid {var}=\"{value}\": expected {expected}\n")
+            );
+            assert_eq!(e.to_string(), line.trim_end());
+        }
+    }
+
+    #[test]
+    fn min_above_physical_memory_is_refused_when_max_is_unset() {
+        let e = env(&[("FROSTHEAP_MIN", "9G")]).unwrap_err();
+        assert_eq!(e.var, "FROSTHEAP_MIN");
+        assert!(env(&[("FROSTHEAP_MIN", "8G")]).is_ok());
+    }
+
+    #[test]
+    fn the_smallest_max_is_one_heap_page() {
+        assert_eq!(env(&[("FROSTHEAP_MAX", "64K")]).unwrap().max, MIN_MAX);
+    }
 }

@@ -29,7 +29,7 @@ pub enum Error {
         expected: String,
     },
     /// A parallel task wrote a guarded (frozen) heap.
-    Violation(Box<crate::trap::Violation>),
+    Violation(Box<crate::violation::Violation>),
     /// A task panicked; the other tasks finished or were skipped, the heaps
     /// were thawed, and the runtime is still usable.
     TaskPanicked {
@@ -85,7 +85,7 @@ impl Error {
     }
 
     /// The violation, for [`Error::Violation`].
-    pub fn violation(&self) -> Option<&crate::trap::Violation> {
+    pub fn violation(&self) -> Option<&crate::violation::Violation> {
         match self {
             Error::Violation(v) => Some(v),
             _ => None,

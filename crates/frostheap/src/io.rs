@@ -11,27 +11,28 @@
 use core::sync::atomic::Ordering;
 use std::os::fd::AsRawFd;
 
-use crate::trap::{self, Access, Backend, Violation};
-use crate::Error;
+use crate::config::OnViolation;
+use crate::error::Error;
+use crate::guard;
+use crate::trap::{Access, Backend, Violation};
 
 /// Reads from `fd` into `buf` with `read(2)`, reporting a destination in a
 /// frozen heap as a violation ([`Access::KernelWrite`]).
 pub fn read(fd: &impl AsRawFd, buf: &mut [u8]) -> Result<usize, Error> {
-    let addr = buf.as_mut_ptr() as usize;
-    let pkey_frozen =
-        trap::pkeys_available() && in_phase() && trap::frozen_in(addr, buf.len()).is_some();
-    let result = if pkey_frozen {
-        Err(crate::os::OsError {
-            call: "read",
-            errno: libc::EFAULT,
-        })
-    } else {
-        crate::os::read(fd.as_raw_fd(), buf)
-    };
-    match result {
+    let (addr, len) = (buf.as_mut_ptr() as usize, buf.len());
+    let frozen =
+        || guard::frozen_in(addr, len).map(|at| (at, guard::entry_of(at).map_or(0, |e| e.key())));
+    // The kernel ignores protection keys: a worker's read into a frozen
+    // heap that carries a key is refused before the call.
+    if in_phase() {
+        if let Some((at, key @ 1..)) = frozen() {
+            return Err(kernel_violation(at, key));
+        }
+    }
+    match crate::os::read(fd.as_raw_fd(), buf) {
         Ok(n) => Ok(n),
-        Err(e) if e.errno == libc::EFAULT => match trap::frozen_in(addr, buf.len()) {
-            Some(at) => Err(kernel_violation(at)),
+        Err(e) if e.errno == libc::EFAULT => match frozen() {
+            Some((at, key)) => Err(kernel_violation(at, key)),
             None => Err(Error::Os {
                 context: "read(2)",
                 source: e,
@@ -45,39 +46,28 @@ pub fn read(fd: &impl AsRawFd, buf: &mut [u8]) -> Result<usize, Error> {
 }
 
 fn in_phase() -> bool {
-    let w = trap::current_worker();
-    // SAFETY: a registered worker slot outlives its thread.
-    unsafe { w.as_ref() }.is_some_and(|w| w.in_phase.load(Ordering::Acquire))
+    guard::current_worker().is_some_and(|w| w.in_phase.load(Ordering::Acquire))
 }
 
-fn kernel_violation(addr: usize) -> Error {
-    let w = trap::current_worker();
+/// Records (on a worker) and reports a kernel write at `addr`, in a heap
+/// whose pages carry protection key `key` (0: frozen by mprotect).
+fn kernel_violation(addr: usize, key: u32) -> Error {
     let tid = crate::os::gettid();
-    // SAFETY: as above.
-    let (item, policy, backend) = match unsafe { w.as_ref() } {
+    let item = guard::current_item();
+    let policy = match guard::current_worker() {
         Some(w) => {
-            let item = trap::current_item();
             let r = &w.kernel;
             r.addr.store(addr, Ordering::Relaxed);
             r.tid.store(tid, Ordering::Relaxed);
             r.item.store(item, Ordering::Relaxed);
             r.state.store(1, Ordering::Release);
-            let policy = match w.policy.load(Ordering::Relaxed) {
-                p if p == trap::OnViolation::Audit as u32 => trap::OnViolation::Audit,
-                p if p == trap::OnViolation::Abort as u32 => trap::OnViolation::Abort,
-                _ => trap::OnViolation::Cancel,
-            };
-            (
-                item,
-                policy,
-                if trap::pkeys_available() {
-                    Backend::Pkey(trap::pkey().unwrap_or(0))
-                } else {
-                    Backend::Mprotect
-                },
-            )
+            w.policy()
         }
-        None => (usize::MAX, trap::OnViolation::Cancel, Backend::Mprotect),
+        None => OnViolation::Cancel,
+    };
+    let backend = match key {
+        0 => Backend::Mprotect,
+        key => Backend::Pkey(key),
     };
     let name = std::thread::current().name().map(str::to_string);
     Error::Violation(Box::new(Violation::from_raw(

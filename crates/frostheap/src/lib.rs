@@ -95,6 +95,7 @@ pub mod context;
 mod error;
 pub mod fmt_buf;
 pub mod global;
+mod guard;
 pub mod heap;
 pub mod io;
 pub mod os;
@@ -104,8 +105,9 @@ pub mod size;
 pub mod sync;
 pub mod track;
 pub mod trap;
+mod violation;
 
-pub use config::HugePages;
+pub use config::{HugePages, OnViolation, Protect};
 pub use error::Error;
 pub use global::{main_heap, unguarded, Global, Shared};
 pub use heap::{Heap, HeapBuilder, Stats};
@@ -114,4 +116,4 @@ pub use runtime::{
     TaskContext,
 };
 pub use size::{parse_size, Bytes};
-pub use trap::{OnViolation, Protect, Violation};
+pub use violation::Violation;

@@ -5,19 +5,22 @@
 //! protect a whole heap with one `mprotect` call. The region never moves and
 //! never grows past its reservation, which is the heap's hard `max`.
 //!
-//! Also here: the **region table**, a fixed, lock-free array in which every
-//! live region is registered, so "which heap owns this address" is a scan
-//! of a few slots with two compares each, safe to run in a signal handler.
+//! Which heap owns an address is answered by the guard table (`guard`),
+//! where every heap registers its region.
 
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::error::Error;
 use crate::os::{self, OsError};
-use crate::Error;
 
 /// The unit of commitment and of the heap's page table: 64 KiB.
 pub const PAGE_SHIFT: u32 = 16;
 /// `1 << PAGE_SHIFT`.
 pub const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
+
+// The configuration refuses a `max` below one heap page without importing
+// this layer; the two constants must agree.
+const _: () = assert!(PAGE_SIZE == crate::config::MIN_MAX);
 
 /// How a region should be laid out.
 #[derive(Clone, Copy, Debug)]
@@ -26,7 +29,7 @@ pub struct RegionConfig {
     pub min: usize,
     /// Bytes reserved; the hard cap on commitment.
     pub max: usize,
-    /// Align to 2 MiB and advise `MADV_HUGEPAGE`.
+    /// Align to 2 MiB and advise `MADV_HUGEPAGE` (otherwise: `MADV_NOHUGEPAGE`).
     pub huge_pages: bool,
 }
 
@@ -98,11 +101,18 @@ impl Region {
             committed: AtomicUsize::new(0),
             frozen: core::sync::atomic::AtomicBool::new(false),
         };
-        if config.huge_pages {
-            // SAFETY: the whole reservation is ours and page-aligned.
-            // A refusal only costs performance, so it is ignored.
-            let _ = unsafe { os::advise_huge_pages(base, round_up(reserved, align)) };
-        }
+        // Without huge pages the advice is explicit: where THP is `always`
+        // system-wide, an unadvised region would get huge pages anyway. A
+        // refusal only costs performance, so it is ignored.
+        let whole = round_up(reserved, align);
+        // SAFETY: the whole reservation is ours and page-aligned.
+        let _ = unsafe {
+            if config.huge_pages {
+                os::advise_huge_pages(base, whole)
+            } else {
+                os::advise_no_huge_pages(base, whole)
+            }
+        };
         if region.min_committed > 0 {
             region.grow_to(region.min_committed)?;
         }
@@ -254,109 +264,4 @@ impl Drop for Region {
 #[inline]
 pub const fn round_up(n: usize, align: usize) -> usize {
     (n + align - 1) & !(align - 1)
-}
-
-// ---------------------------------------------------------------------------
-// The region table.
-
-/// What kind of heap a registered region belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(usize)]
-pub enum RegionKind {
-    /// A heap built with [`crate::Heap::builder`] or the main heap.
-    Heap = 1,
-    /// A worker's context heap.
-    Context = 2,
-}
-
-/// Maximum number of live regions.
-pub const MAX_REGIONS: usize = 256;
-
-struct Slot {
-    /// 0 when the slot is free. Written last on registration (Release) and
-    /// first on removal, so a reader that sees a non-zero start sees the
-    /// rest of the slot.
-    start: AtomicUsize,
-    end: AtomicUsize,
-    kind: AtomicUsize,
-    owner: AtomicPtr<()>,
-}
-
-#[allow(clippy::declare_interior_mutable_const)]
-const EMPTY_SLOT: Slot = Slot {
-    start: AtomicUsize::new(0),
-    end: AtomicUsize::new(0),
-    kind: AtomicUsize::new(0),
-    owner: AtomicPtr::new(core::ptr::null_mut()),
-};
-
-static TABLE: [Slot; MAX_REGIONS] = [EMPTY_SLOT; MAX_REGIONS];
-/// One past the highest slot ever used: lookups scan `[0, HIGH)`.
-static HIGH: AtomicUsize = AtomicUsize::new(0);
-
-/// A registered region as the table reports it.
-#[derive(Clone, Copy, Debug)]
-pub struct Registered {
-    /// First address.
-    pub start: usize,
-    /// One past the last address.
-    pub end: usize,
-    /// Heap or context.
-    pub kind: RegionKind,
-    /// The owning heap's core, as an opaque pointer.
-    pub owner: *const (),
-}
-
-/// Registers `[start, end)`; returns the slot index for [`unregister`].
-pub fn register(start: usize, end: usize, kind: RegionKind, owner: *const ()) -> Option<usize> {
-    for (i, slot) in TABLE.iter().enumerate() {
-        // Claim a free slot by moving `end` from 0 to our end; `start`
-        // stays 0 (invisible to lookups) until the slot is filled.
-        if slot
-            .end
-            .compare_exchange(0, end, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        {
-            slot.kind.store(kind as usize, Ordering::Relaxed);
-            slot.owner.store(owner as *mut (), Ordering::Relaxed);
-            slot.start.store(start, Ordering::Release);
-            HIGH.fetch_max(i + 1, Ordering::AcqRel);
-            return Some(i);
-        }
-    }
-    None
-}
-
-/// Removes the region registered in `slot`.
-pub fn unregister(slot: usize) {
-    let s = &TABLE[slot];
-    s.start.store(0, Ordering::Release);
-    s.owner.store(core::ptr::null_mut(), Ordering::Relaxed);
-    s.end.store(0, Ordering::Release);
-}
-
-/// The registered region containing `addr`, if any. Lock-free and
-/// async-signal-safe.
-pub fn lookup(addr: usize) -> Option<Registered> {
-    let high = HIGH.load(Ordering::Acquire);
-    for slot in &TABLE[..high] {
-        let start = slot.start.load(Ordering::Acquire);
-        if start == 0 || addr < start {
-            continue;
-        }
-        let end = slot.end.load(Ordering::Relaxed);
-        if addr < end {
-            let kind = match slot.kind.load(Ordering::Relaxed) {
-                2 => RegionKind::Context,
-                _ => RegionKind::Heap,
-            };
-            return Some(Registered {
-                start,
-                end,
-                kind,
-                owner: slot.owner.load(Ordering::Relaxed),
-            });
-        }
-    }
-    None
 }

@@ -130,14 +130,20 @@ struct PhaseRow {
 fn pkey_pair() -> Option<impl Fn() -> f64> {
     let key = frostheap::trap::pkey().ok()?;
     let wd = 1u32 << (2 * key + 1);
-    let base = frostheap::os::rdpkru();
+    // SAFETY: pkey() succeeded, so RDPKRU and WRPKRU exist; only the
+    // write-disable bit of frostheap's own key changes, and nothing here
+    // writes a heap that carries it.
+    let base = unsafe { frostheap::os::rdpkru() };
     // Many pairs per sample: one pair is below the clock's resolution.
     const PAIRS: u32 = 1000;
     Some(move || {
         time_ns(|| {
             for _ in 0..PAIRS {
-                frostheap::os::wrpkru(base | wd);
-                frostheap::os::wrpkru(base);
+                // SAFETY: as above.
+                unsafe {
+                    frostheap::os::wrpkru(base | wd);
+                    frostheap::os::wrpkru(base);
+                }
             }
         }) / PAIRS as f64
     })

@@ -14,25 +14,168 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use frostheap::Bytes;
+use frostheap_budget::gate::Waiting;
+use frostheap_budget::tower::{BudgetBody, MemoryLimit};
 use frostheap_budget::Permit;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use tower_service::Service;
 
-use super::{State, CONNECTION_BYTES, REQUEST_BYTES};
+use super::clock::ConnClock;
+use super::metrics;
+use super::state::{State, CONNECTION_BYTES, REQUEST_BYTES};
+
+type RespBody = BudgetBody<Full<hyper::body::Bytes>>;
+
+/// Routes one request: monitoring endpoints answer directly (they must
+/// answer while the server sheds, and take no client's place), the rest go
+/// through the memory layer when there is a budget.
+pub(super) async fn route(
+    mut req: Request<Incoming>,
+    state: Arc<State>,
+    limited: Option<MemoryLimit<App>>,
+    clock: Arc<ConnClock>,
+) -> Result<Response<ConnBody>, Infallible> {
+    clock.request(!req.body().is_end_stream());
+    let keep_alive = req.version() == hyper::Version::HTTP_11
+        && !req
+            .headers()
+            .get(CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let path = req.uri().path();
+    let response = if req.method() == Method::GET
+        && matches!(path, "/stats" | "/metrics" | "/ready" | "/live")
+    {
+        // Served at once, uncharged: it leaves the gate like an admitted one.
+        clock.admitted();
+        wrap(monitoring(&state, path))
+    } else {
+        state.requests.fetch_add(1, Ordering::Relaxed);
+        req.extensions_mut().insert(clock.clone());
+        match limited {
+            Some(mut svc) => {
+                poll_fn(|cx| svc.poll_ready(cx)).await?;
+                svc.call(req).await?
+            }
+            None => wrap(handle(&state, req).await),
+        }
+    };
+    Ok(finish(response, keep_alive, &state, clock))
+}
+
+/// `/stats`, `/metrics`, and the two probes: `/live` answers 200 while the
+/// process serves; `/ready` answers 503 once a shutdown has begun, so that
+/// a balancer stops sending new clients before the listener closes.
+fn monitoring(state: &State, path: &str) -> Response<Full<hyper::body::Bytes>> {
+    match path {
+        "/stats" => respond(
+            StatusCode::OK,
+            "application/json",
+            metrics::stats_json(state).into_bytes(),
+        ),
+        "/metrics" => respond(
+            StatusCode::OK,
+            metrics::METRICS_CONTENT_TYPE,
+            metrics::metrics_text(state).into_bytes(),
+        ),
+        "/ready" if state.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready"),
+        "/ready" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down: not taking new clients",
+        ),
+        _ => text(StatusCode::OK, "live"),
+    }
+}
+
+fn wrap(response: Response<Full<hyper::body::Bytes>>) -> Response<RespBody> {
+    response.map(|body| BudgetBody::Admitted { body, permit: None })
+}
+
+/// After a response, the connection waits for its next request at the
+/// gate; a gate full of younger waiters closes it after this response.
+fn finish(
+    mut response: Response<RespBody>,
+    keep_alive: bool,
+    state: &State,
+    clock: Arc<ConnClock>,
+) -> Response<ConnBody> {
+    if let (Some(gate), true) = (&state.gate, keep_alive) {
+        let closing = response
+            .headers()
+            .get(CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        // The place held for this request (a monitoring one, or one not
+        // admitted) goes back; the idle wait takes a new one.
+        clock.leave_gate();
+        if !closing {
+            match gate
+                .enter_notifying(Waiting::Idle, clock.evict.clone())
+                .ticket()
+            {
+                Some(ticket) => clock.wait_at_gate(ticket),
+                None => close(&mut response),
+            }
+        }
+    }
+    response.map(|body| ConnBody { body, clock })
+}
+
+/// Marks a response as the connection's last.
+fn close<B>(response: &mut Response<B>) {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+}
+
+/// A response body that starts the connection's idle wait once it has
+/// been sent (hyper drops it then).
+pub(super) struct ConnBody {
+    body: RespBody,
+    clock: Arc<ConnClock>,
+}
+
+impl Drop for ConnBody {
+    fn drop(&mut self) {
+        self.clock.idle();
+    }
+}
+
+impl Body for ConnBody {
+    type Data = hyper::body::Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Infallible>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
 
 /// Longest `/hold` or `hold_ms` accepted.
 const MAX_HOLD_MS: u64 = 10_000;
 
-/// The bytes a request declares from its head: fixed overhead plus what the
-/// endpoint builds from its body.
+/// The bytes a request declares from its head: its connection's buffers
+/// and fixed overhead, plus what the endpoint builds from its body (the
+/// charge is at least the per-client cost).
 pub(super) fn request_cost(parts: &hyper::http::request::Parts) -> usize {
     let body = frostheap_budget::tower::content_length(parts);
     let factor = match parts.uri.path() {
@@ -40,7 +183,7 @@ pub(super) fn request_cost(parts: &hyper::http::request::Parts) -> usize {
         "/transform" => 2,
         _ => 1,
     };
-    REQUEST_BYTES.saturating_add(body.saturating_mul(factor))
+    (CONNECTION_BYTES + REQUEST_BYTES).saturating_add(body.saturating_mul(factor))
 }
 
 /// The endpoints, as a tower service for the layer.
@@ -98,6 +241,9 @@ pub(super) async fn handle(
 ) -> Response<Full<hyper::body::Bytes>> {
     // Taken, not cloned: the response body holds the layer's own handle.
     let permit = req.extensions_mut().remove::<Permit>();
+    if let (Some(_), Some(clock)) = (&permit, req.extensions().get::<Arc<ConnClock>>()) {
+        clock.admitted();
+    }
     if let Some(p) = &permit {
         // Its share of the connection counts: a client is both.
         p.record_usage(CONNECTION_BYTES + REQUEST_BYTES);
@@ -108,7 +254,7 @@ pub(super) async fn handle(
         .unwrap_or(0)
         .min(MAX_HOLD_MS);
     let response = match (req.method().clone(), req.uri().path()) {
-        (Method::GET, "/") => text(StatusCode::OK, "frostheap serve: POST /echo, POST /transform?op=upper|reverse|words, GET /hold?ms=N, GET /stats, GET /metrics"),
+        (Method::GET, "/") => text(StatusCode::OK, "frostheap serve: POST /echo, POST /transform?op=upper|reverse|words, GET /hold?ms=N, GET /stats, GET /metrics, GET /ready, GET /live"),
         (Method::GET, "/hold") => {
             tokio::time::sleep(Duration::from_millis(hold_ms)).await;
             text(StatusCode::OK, "held")
@@ -172,12 +318,17 @@ async fn read_body(
     req: Request<Incoming>,
     permit: Option<&Permit>,
 ) -> Result<Vec<u8>, Response<Full<hyper::body::Bytes>>> {
+    // Answers given before the body's end close the connection: the rest
+    // of the body is not read.
     let too_large = || {
-        text(
+        let mut r = text(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("body larger than --max-body ({})", Bytes(state.max_body)),
-        )
+        );
+        close(&mut r);
+        r
     };
+    let clock = req.extensions().get::<Arc<ConnClock>>().cloned();
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -190,8 +341,15 @@ async fn read_body(
     let mut buf = Vec::with_capacity(declared.unwrap_or(0));
     let mut charged = permit.map_or(0, |p| p.bytes());
     while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| text(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")))?;
+        let frame = frame.map_err(|e| {
+            let mut r = if timed_out(&e) {
+                text(StatusCode::REQUEST_TIMEOUT, "request body too slow")
+            } else {
+                text(StatusCode::BAD_REQUEST, &format!("reading the body: {e}"))
+            };
+            close(&mut r);
+            r
+        })?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > state.max_body {
                 return Err(too_large());
@@ -201,20 +359,41 @@ async fn read_body(
                 let need = REQUEST_BYTES + buf.capacity();
                 if need > charged {
                     if !p.try_grow(need - charged) {
-                        return Err(text(
+                        let mut r = text(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "over memory budget: retry later",
-                        ));
+                        );
+                        r.headers_mut()
+                            .insert("retry-after", HeaderValue::from_static("1"));
+                        close(&mut r);
+                        return Err(r);
                     }
                     charged = need;
                 }
             }
         }
     }
+    if let Some(c) = clock {
+        c.body_done();
+    }
     if let Some(p) = permit {
         p.record_usage(buf.capacity());
     }
     Ok(buf)
+}
+
+/// Whether a body error is the body deadline (`TimedIo`'s `TimedOut`).
+fn timed_out(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Counts words (a hash table proportional to the body) and answers with

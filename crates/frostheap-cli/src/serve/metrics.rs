@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-use super::State;
+use super::state::State;
 
 /// The numbers `/stats` and `/metrics` report.
 #[derive(Serialize, Debug, Default)]
@@ -39,8 +39,31 @@ pub(super) struct Numbers {
     measured: bool,
     samples: u64,
     capacity: usize,
+    /// The estimate's quantile of recorded usage (0.95).
+    per_client_quantile: f64,
+    /// The estimate's window, seconds.
+    per_client_window_seconds: f64,
+    /// Measurements in the window now, and the largest of them.
+    per_client_window_samples: u64,
+    per_client_window_max: usize,
     requests: u64,
     completed: u64,
+    /// Open connections, and those of them waiting at the gate (no
+    /// admitted request) with the gate's capacity and peak.
+    connections: usize,
+    pending: usize,
+    pending_capacity: usize,
+    peak_pending: usize,
+    /// Waiting connections closed (503) to make room for a newcomer.
+    evicted: u64,
+    timeouts_header: u64,
+    timeouts_body: u64,
+    timeouts_idle: u64,
+    /// Lingering closes under way, and those cut short.
+    lingering: usize,
+    linger_cut: u64,
+    /// True until a shutdown begins.
+    ready: bool,
     rss: usize,
     peak_rss: usize,
     /// `256 MiB: 2,048 clients at ≈128 KiB each` (`null` without a budget).
@@ -55,115 +78,41 @@ enum Kind {
 
 /// A metric for each number of [`Numbers`]: (field, metric family, type,
 /// help).
+#[rustfmt::skip]
 const METRICS: &[(&str, &str, Kind, &str)] = &[
-    (
-        "budget",
-        "frostheap_budget_bytes",
-        Kind::Gauge,
-        "Memory budget for clients, in bytes.",
-    ),
-    (
-        "in_use",
-        "frostheap_in_use_bytes",
-        Kind::Gauge,
-        "Bytes held by admitted requests and open connections.",
-    ),
-    (
-        "peak_in_use",
-        "frostheap_peak_in_use_bytes",
-        Kind::Gauge,
-        "Highest in-use bytes seen.",
-    ),
-    (
-        "clients",
-        "frostheap_clients",
-        Kind::Gauge,
-        "Requests admitted and not yet finished.",
-    ),
-    (
-        "peak_clients",
-        "frostheap_peak_clients",
-        Kind::Gauge,
-        "Most requests admitted at once.",
-    ),
-    (
-        "capacity",
-        "frostheap_capacity_clients",
-        Kind::Gauge,
-        "How many clients fit: budget / per-client bytes.",
-    ),
-    (
-        "per_client",
-        "frostheap_per_client_bytes",
-        Kind::Gauge,
-        "Per-client cost in force (declared or measured estimate).",
-    ),
-    (
-        "measured",
-        "frostheap_per_client_measured",
-        Kind::Gauge,
-        "1 when the per-client cost is measured, 0 when declared.",
-    ),
-    (
-        "samples",
-        "frostheap_per_client_samples",
-        Kind::Counter,
-        "Usage measurements fed to the per-client estimate.",
-    ),
-    (
-        "admitted",
-        "frostheap_admitted",
-        Kind::Counter,
-        "Requests admitted.",
-    ),
-    (
-        "shed",
-        "frostheap_shed",
-        Kind::Counter,
-        "Requests and connections refused because memory was spent.",
-    ),
-    (
-        "shed_connections",
-        "frostheap_shed_connections",
-        Kind::Counter,
-        "Connections answered 503 at accept.",
-    ),
-    (
-        "waited",
-        "frostheap_waited",
-        Kind::Counter,
-        "Requests admitted after waiting for memory.",
-    ),
-    (
-        "waiting",
-        "frostheap_waiting",
-        Kind::Gauge,
-        "Requests and connections waiting for memory now.",
-    ),
-    (
-        "requests",
-        "frostheap_requests",
-        Kind::Counter,
-        "Requests routed to an endpoint behind the budget.",
-    ),
-    (
-        "completed",
-        "frostheap_completed",
-        Kind::Counter,
-        "Requests answered with a 2xx status.",
-    ),
-    (
-        "rss",
-        "process_resident_memory_bytes",
-        Kind::Gauge,
-        "Resident set size (VmRSS).",
-    ),
-    (
-        "peak_rss",
-        "frostheap_peak_resident_memory_bytes",
-        Kind::Gauge,
-        "Peak resident set size (VmHWM).",
-    ),
+    ("budget", "frostheap_budget_bytes", Kind::Gauge, "Memory budget for clients, in bytes."),
+    ("in_use", "frostheap_in_use_bytes", Kind::Gauge, "Bytes held by admitted requests."),
+    ("peak_in_use", "frostheap_peak_in_use_bytes", Kind::Gauge, "Highest in-use bytes seen."),
+    ("clients", "frostheap_clients", Kind::Gauge, "Requests admitted and not yet finished."),
+    ("peak_clients", "frostheap_peak_clients", Kind::Gauge, "Most requests admitted at once."),
+    ("capacity", "frostheap_capacity_clients", Kind::Gauge, "How many clients fit: budget / per-client bytes."),
+    ("per_client", "frostheap_per_client_bytes", Kind::Gauge, "Per-client cost in force (declared or measured estimate)."),
+    ("measured", "frostheap_per_client_measured", Kind::Gauge, "1 when the per-client cost is measured, 0 when declared."),
+    ("samples", "frostheap_per_client_samples", Kind::Counter, "Usage measurements fed to the per-client estimate."),
+    ("per_client_quantile", "frostheap_per_client_quantile", Kind::Gauge, "The quantile of recorded usage the measured estimate follows."),
+    ("per_client_window_seconds", "frostheap_per_client_window_seconds", Kind::Gauge, "The time window of the measured estimate."),
+    ("per_client_window_samples", "frostheap_per_client_window_samples", Kind::Gauge, "Usage measurements in the estimate's window now."),
+    ("per_client_window_max", "frostheap_per_client_window_max_bytes", Kind::Gauge, "The largest usage measurement in the estimate's window now."),
+    ("admitted", "frostheap_admitted", Kind::Counter, "Requests admitted."),
+    ("shed", "frostheap_shed", Kind::Counter, "Requests refused because memory was spent."),
+    ("shed_connections", "frostheap_shed_connections", Kind::Counter, "Connections answered 503 at accept because the gate was full."),
+    ("waited", "frostheap_waited", Kind::Counter, "Requests admitted after waiting for memory."),
+    ("waiting", "frostheap_waiting", Kind::Gauge, "Requests waiting for memory now."),
+    ("requests", "frostheap_requests", Kind::Counter, "Requests routed to an endpoint behind the budget."),
+    ("completed", "frostheap_completed", Kind::Counter, "Requests answered with a 2xx status."),
+    ("connections", "frostheap_connections", Kind::Gauge, "Open connections."),
+    ("pending", "frostheap_pending_connections", Kind::Gauge, "Connections without an admitted request (sending their head, idle), held at the gate."),
+    ("pending_capacity", "frostheap_pending_capacity_connections", Kind::Gauge, "How many connections the gate holds at most."),
+    ("peak_pending", "frostheap_peak_pending_connections", Kind::Gauge, "Most connections held at the gate at once."),
+    ("evicted", "frostheap_evicted_connections", Kind::Counter, "Waiting connections closed (503) to make room for a newcomer."),
+    ("timeouts_header", "frostheap_timeouts_header", Kind::Counter, "Connections closed because a request head was not received in time."),
+    ("timeouts_body", "frostheap_timeouts_body", Kind::Counter, "Requests whose body was slower than the body timeout and minimum rate."),
+    ("timeouts_idle", "frostheap_timeouts_idle", Kind::Counter, "Kept-alive connections closed after waiting too long for a request."),
+    ("lingering", "frostheap_lingering_connections", Kind::Gauge, "Connections in a lingering close now."),
+    ("linger_cut", "frostheap_linger_cut", Kind::Counter, "Lingering closes cut short by their time or byte bound."),
+    ("ready", "frostheap_ready", Kind::Gauge, "1 while the server takes new clients, 0 once a shutdown has begun."),
+    ("rss", "process_resident_memory_bytes", Kind::Gauge, "Resident set size (VmRSS)."),
+    ("peak_rss", "frostheap_peak_resident_memory_bytes", Kind::Gauge, "Peak resident set size (VmHWM)."),
 ];
 
 /// The content type of [`metrics_text`].
@@ -190,10 +139,24 @@ pub(super) fn numbers(state: &State) -> Numbers {
         requests,
         completed: state.completed.load(Ordering::Relaxed),
         shed_connections: state.shed_connections.load(Ordering::Relaxed),
+        connections: state.connections.load(Ordering::Relaxed),
+        timeouts_header: state.timeouts_header.load(Ordering::Relaxed),
+        timeouts_body: state.timeouts_body.load(Ordering::Relaxed),
+        timeouts_idle: state.timeouts_idle.load(Ordering::Relaxed),
+        lingering: state.lingering.load(Ordering::Relaxed),
+        linger_cut: state.linger_cut.load(Ordering::Relaxed),
+        ready: state.ready.load(Ordering::Relaxed),
         rss,
         peak_rss,
         ..Numbers::default()
     };
+    if let Some(g) = &state.gate {
+        let g = g.stats();
+        n.pending = g.waiting;
+        n.pending_capacity = g.capacity;
+        n.peak_pending = g.peak;
+        n.evicted = g.evicted;
+    }
     match &state.budget {
         Some(b) => {
             let s = b.stats();
@@ -205,11 +168,15 @@ pub(super) fn numbers(state: &State) -> Numbers {
             n.admitted = s.admitted;
             n.shed = s.refused;
             n.waited = s.waited;
-            n.waiting = s.waiting + state.gate.as_ref().map_or(0, |g| g.waiting());
+            n.waiting = s.waiting;
             n.per_client = s.per_client;
             n.measured = s.measured;
             n.samples = s.samples;
             n.capacity = s.capacity;
+            n.per_client_quantile = frostheap_budget::QUANTILE;
+            n.per_client_window_seconds = s.window.as_secs_f64();
+            n.per_client_window_samples = s.window_samples;
+            n.per_client_window_max = s.window_max;
             n.summary = Some(b.to_string());
         }
         // Without a budget every routed request is admitted.
@@ -243,13 +210,19 @@ fn encode(numbers: &Numbers) -> String {
         } else {
             field
         };
-        let value = match &fields[key] {
-            serde_json::Value::Bool(b) => u64::from(*b),
-            v => v.as_u64().expect("a metric's field is a number"),
+        let value = &fields[key];
+        let whole = match value {
+            serde_json::Value::Bool(b) => Some(u64::from(*b)),
+            v => v.as_u64(),
         };
-        match kind {
-            Kind::Gauge => registry.register(*name, *help, ConstGauge::new(value as i64)),
-            Kind::Counter => registry.register(*name, *help, ConstCounter::new(value)),
+        match (kind, whole) {
+            (Kind::Gauge, Some(v)) => registry.register(*name, *help, ConstGauge::new(v as i64)),
+            (Kind::Counter, Some(v)) => registry.register(*name, *help, ConstCounter::new(v)),
+            (Kind::Gauge, None) => {
+                let v = value.as_f64().expect("a metric's field is a number");
+                registry.register(*name, *help, ConstGauge::new(v))
+            }
+            (Kind::Counter, None) => unreachable!("counters are whole numbers: {field}"),
         }
     }
     let mut out = String::new();

@@ -1,69 +1,78 @@
 //! `frostheap serve`: an HTTP/1.1 server (tokio + hyper) that is told how
-//! much memory it has, not how many clients, and never outgrows it.
+//! much memory it has, not how many clients, and never outgrows it — and
+//! that slow clients cannot starve, that sheds load with answers clients
+//! can read, and that shuts down without losing a request.
 //!
-//! Memory is charged to one [`Budget`] at two levels:
+//! **Memory.** A client is charged when its request head has arrived,
+//! through the tower layer [`MemoryLimitLayer`]: `max(per-client cost,
+//! REQUEST_BYTES + body × factor)`, where the per-client cost covers the
+//! connection's buffers too and the factor is what the endpoint builds from
+//! the body (see `endpoints.rs`). Past the budget, `shed` answers 503 and
+//! `wait` queues (at most `--max-waiting` requests; past that, 503).
+//! Connections without an admitted request — still sending their head, or
+//! idle between keep-alive requests — hold no client place: they wait at
+//! the [`ConnectionGate`], a separate budget of `--max-pending`
+//! connections (default: a sixteenth of the budget at [`CONNECTION_BYTES`]
+//! each). So the memory bound is `--max-memory` + (`--max-pending` +
+//! `--max-waiting`) × `CONNECTION_BYTES` + the process's own (runtime,
+//! binary: a few MiB).
 //!
-//! - **connections**: each accepted connection reserves
-//!   [`CONNECTION_BYTES`] (hyper's read buffer, capped at 16 KiB with
-//!   `max_buf_size`, its write buffer, the task and socket wrappers). When
-//!   they do not fit, `shed` answers a canned 503 without starting hyper;
-//!   `wait` makes the connection wait for its bytes (FIFO) before hyper
-//!   reads a byte of it.
-//! - **requests**, through the tower layer [`MemoryLimitLayer`]: a request
-//!   is charged `max(per-client cost − CONNECTION_BYTES, REQUEST_BYTES +
-//!   body × factor)` (so that a client, connection and request, costs the
-//!   per-client figure and the printed capacity really fits), where
-//!   the factor is what the endpoint builds from the body (2 for a
-//!   transform: body and output; 4 for a JSON echo: body, parsed tree,
-//!   output). Past the budget, `shed` answers 503, `wait` queues.
+//! **Time.** Every phase of a connection has a deadline (`clock.rs`): the
+//! head (`--header-timeout`), the body (`--body-timeout` plus a minimum
+//! rate), the idle wait between requests (`--idle-timeout`). Timeouts are
+//! counted in `/stats` and `/metrics`.
 //!
-//! Each handler records what it really held ([`Permit::record_usage`]:
-//! request overhead, body buffer, parsed tree, output), so with the default
-//! `--per-client` the declared 128 KiB is only the first estimate: the
-//! budget refines it (`mean + 2 × deviation` of recorded usage) and the
-//! capacity follows. `--fixed-per-client` keeps the declared figure.
+//! **Closing.** A shed request gets `503` with `Retry-After: 1` and
+//! `Connection: close`, then a lingering close (`conn.rs`), so the client
+//! reads the answer instead of a reset.
 //!
-//! `/stats` and `/metrics` bypass the layer so that a load balancer can
-//! read them while the server sheds. The endpoints are in `endpoints.rs`,
-//! the numbers they report in `metrics.rs`. `--no-budget` serves the same
-//! endpoints with no layer and no connection charge: plain hyper, the
-//! baseline for `frostheap-load`.
+//! **Shutdown.** SIGTERM or SIGINT: `/ready` answers 503 at once (`/live`
+//! stays 200), the listener keeps accepting for `--shutdown-delay` (time
+//! for a balancer to notice), then closes; idle connections close, and
+//! requests in flight finish (answered with `Connection: close`) for up to
+//! `--shutdown-timeout`. The exit status is 0. A second signal stops the
+//! wait.
+//!
+//! Each handler records what it really held ([`Permit`]`::record_usage`),
+//! so with the default `--per-client` the declared 128 KiB is only the
+//! first estimate: the budget follows the 95th percentile of recorded
+//! usage over `--estimate-window` (see frostheap-budget's estimator).
+//! `--fixed-per-client` keeps the declared figure.
+//!
+//! `/stats`, `/metrics`, `/ready` and `/live` bypass the layer so that a
+//! balancer can read them while the server sheds. `--no-budget` serves the
+//! same endpoints with no layer and no gate: plain hyper (with the same
+//! timeouts), the baseline of the load benchmarks.
+//!
+//! [`Permit`]: frostheap_budget::Permit
 
-use std::convert::Infallible;
-use std::future::poll_fn;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use frostheap::{parse_size, Bytes};
 use frostheap_budget::gate::ConnectionGate;
-use frostheap_budget::tower::{BudgetBody, MemoryLimit, MemoryLimitLayer, Overload};
+use frostheap_budget::tower::{MemoryLimitLayer, Overload};
 use frostheap_budget::{Budget, PerClient};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{watch, Notify};
 use tower_layer::Layer;
-use tower_service::Service;
 
+mod clock;
+mod conn;
 mod endpoints;
 mod metrics;
+mod state;
 
-use endpoints::{handle, request_cost, respond, App};
+use endpoints::{request_cost, App};
+use state::{State, Timeouts, CONNECTION_BYTES};
 
-/// Bytes reserved per open connection: hyper's read buffer (capped at
-/// 16 KiB here), its write buffer and headers, the connection task and the
-/// socket wrappers. An estimate, not yet measured on its own: the overload
-/// runs of `frostheap-load` bound it from above (peak RSS stays within
-/// budget + 10 MiB with 2,560 clients).
-pub const CONNECTION_BYTES: usize = 24 << 10;
-
-/// Fixed bytes per request on top of its body: the parsed head (`HeaderMap`,
-/// URI), the request's future and its response head.
-pub const REQUEST_BYTES: usize = 4 << 10;
+/// How long a connection waits at a full gate before a newcomer may take
+/// its place (see frostheap-budget's gate): far above the time a client
+/// that sends its request at once spends there, far below a slow one's.
+const GATE_GRACE: Duration = Duration::from_secs(1);
 
 /// What to do past capacity.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -91,12 +100,47 @@ pub struct ServeArgs {
     /// measurement.
     #[arg(long)]
     fixed_per_client: bool,
+    /// The window of the measured per-client cost (its 95th percentile
+    /// over this time).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    estimate_window: Duration,
     /// What to do past capacity.
     #[arg(long, value_enum, default_value = "shed")]
     overload: OverloadArg,
     /// Largest request body accepted (413 past it).
     #[arg(long, default_value = "1M")]
     max_body: String,
+    /// Time for a request head to arrive (from accept, or from its first
+    /// byte on a kept-alive connection).
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
+    header_timeout: Duration,
+    /// Time for a request body to arrive, extended by one second per
+    /// `--body-min-rate` bytes received.
+    #[arg(long, default_value = "20s", value_parser = positive_duration)]
+    body_timeout: Duration,
+    /// Bytes per second a body must keep up past `--body-timeout` (0: the
+    /// whole body within `--body-timeout`).
+    #[arg(long, default_value = "500")]
+    body_min_rate: String,
+    /// Time a kept-alive connection may wait for its next request.
+    #[arg(long, default_value = "5s", value_parser = positive_duration)]
+    idle_timeout: Duration,
+    /// Connections without an admitted request (sending their head, idle)
+    /// held at once; default: a sixteenth of --max-memory at 24 KiB each,
+    /// at least 64.
+    #[arg(long)]
+    max_pending: Option<usize>,
+    /// With --overload wait: requests waiting for memory at once, past
+    /// which they are shed (default: --max-pending).
+    #[arg(long)]
+    max_waiting: Option<usize>,
+    /// After SIGTERM/SIGINT, how long `/ready` reports 503 while new
+    /// connections are still accepted.
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    shutdown_delay: Duration,
+    /// After that, how long requests in flight may take to finish.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    shutdown_timeout: Duration,
     /// Serve without any budget (plain hyper, for comparison).
     #[arg(long)]
     no_budget: bool,
@@ -106,7 +150,18 @@ pub struct ServeArgs {
 }
 
 type Error = Box<dyn std::error::Error>;
-type RespBody = BudgetBody<Full<hyper::body::Bytes>>;
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e}: expected a duration such as 500ms, 10s or 1m"))
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match duration(text)? {
+        d if d.is_zero() => Err("expected a duration above zero, such as 10s".into()),
+        d => Ok(d),
+    }
+}
 
 fn size_arg(flag: &str, text: &str) -> Result<usize, Error> {
     parse_size(text).map_err(|_| {
@@ -118,26 +173,16 @@ fn size_arg(flag: &str, text: &str) -> Result<usize, Error> {
     })
 }
 
-/// Everything the handlers share.
-struct State {
-    budget: Option<Budget>,
-    max_body: usize,
-    /// Requests routed to an endpoint behind the layer (shed ones included).
-    requests: AtomicU64,
-    /// Connections answered with a canned 503 at accept.
-    shed_connections: AtomicU64,
-    /// At most `budget.clients()` connections are open (with a budget).
-    gate: Option<ConnectionGate>,
-    /// Requests answered 2xx by a handler.
-    completed: AtomicU64,
-}
-
 pub fn run(args: ServeArgs) -> Result<(), Error> {
     let max_memory = size_arg("--max-memory", &args.max_memory)?;
     let per_client = size_arg("--per-client", &args.per_client)?;
     let max_body = size_arg("--max-body", &args.max_body)?;
+    let body_min_rate = size_arg("--body-min-rate", &args.body_min_rate)? as u64;
     if per_client == 0 {
         return Err("invalid --per-client \"0\": expected a size of at least 1 byte".into());
+    }
+    if args.max_pending == Some(0) || args.max_waiting == Some(0) {
+        return Err("invalid --max-pending/--max-waiting 0: expected at least 1".into());
     }
     let budget = if args.no_budget {
         None
@@ -149,20 +194,25 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
                 initial: per_client,
             }
         };
-        if max_memory < per_client + CONNECTION_BYTES {
+        if max_memory < per_client {
             return Err(format!(
-                "--max-memory {} is smaller than one client ({} per client + {} per connection): raise --max-memory or lower --per-client",
+                "--max-memory {} is smaller than one client ({} per client): raise --max-memory or lower --per-client",
                 Bytes(max_memory),
                 Bytes(per_client),
-                Bytes(CONNECTION_BYTES)
             )
             .into());
         }
-        Some(Budget::with_per_client(max_memory, mode)?)
+        let budget = Budget::with_per_client(max_memory, mode)?;
+        budget.set_estimate_window(args.estimate_window)?;
+        Some(budget)
     };
-    let listener = std::net::TcpListener::bind(&args.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    listener.set_nonblocking(true)?;
+    let max_pending = args
+        .max_pending
+        .unwrap_or((max_memory / 16 / CONNECTION_BYTES).max(64));
+    let max_waiting = args.max_waiting.unwrap_or(max_pending);
+    let fd_limit = raise_fd_limit();
+    let listener =
+        listen(&args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr()?;
 
     let mut rt = tokio::runtime::Builder::new_multi_thread();
@@ -175,207 +225,239 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         OverloadArg::Shed => Overload::Shed,
         OverloadArg::Wait => Overload::Wait,
     };
-    {
-        let mut out = std::io::stdout().lock();
-        match &budget {
-            Some(b) => {
-                let how = if args.fixed_per_client {
-                    "declared"
-                } else {
-                    "declared, refined by measurement"
-                };
-                let past = match overload {
-                    Overload::Shed => "503 past capacity",
-                    Overload::Wait => "clients wait past capacity",
-                };
-                writeln!(out, "frostheap serve: {b} ({how}; {past})")?;
+    let timeouts = Timeouts {
+        header: args.header_timeout,
+        body: args.body_timeout,
+        body_min_rate,
+        idle: args.idle_timeout,
+    };
+    let state = Arc::new(State {
+        gate: budget
+            .as_ref()
+            .map(|_| ConnectionGate::new(max_pending, GATE_GRACE)),
+        budget,
+        max_body,
+        timeouts,
+        requests: AtomicU64::new(0),
+        completed: AtomicU64::new(0),
+        shed_connections: AtomicU64::new(0),
+        timeouts_header: AtomicU64::new(0),
+        timeouts_body: AtomicU64::new(0),
+        timeouts_idle: AtomicU64::new(0),
+        probation: AtomicUsize::new(0),
+        lingering: AtomicUsize::new(0),
+        linger_cut: AtomicU64::new(0),
+        connections: AtomicUsize::new(0),
+        all_closed: Notify::new(),
+        ready: AtomicBool::new(true),
+        shutdown: watch::channel(false).0,
+    });
+    rt.block_on(async {
+        // Before the banner: a signal sent once the address is known must
+        // find the handlers in place.
+        let signals = Signals::new()?;
+        {
+            let mut out = std::io::stdout().lock();
+            match &state.budget {
+                Some(b) => {
+                    let how = if args.fixed_per_client {
+                        "declared"
+                    } else {
+                        "declared, refined by measurement"
+                    };
+                    let past = match overload {
+                        Overload::Shed => "503 past capacity",
+                        Overload::Wait => "clients wait past capacity",
+                    };
+                    writeln!(out, "frostheap serve: {b} ({how}; {past})")?;
+                }
+                None => writeln!(
+                    out,
+                    "frostheap serve: no budget (plain hyper, memory grows with load)"
+                )?,
             }
-            None => writeln!(
-                out,
-                "frostheap serve: no budget (plain hyper, memory grows with load)"
-            )?,
+            writeln!(out, "listening on http://{addr}")?;
+            let gate = if state.budget.is_some() {
+                format!(
+                    "; up to {max_pending} connections waiting without a request ({})",
+                    Bytes(max_pending * CONNECTION_BYTES)
+                )
+            } else {
+                String::new()
+            };
+            out.flush()?;
+            // The two lines above are what scripts read; the rest goes to
+            // stderr (a reader may close stdout after them).
+            let rate = match body_min_rate {
+                0 => String::new(),
+                r => format!(" + 1 s per {r} B"),
+            };
+            eprintln!(
+                "frostheap serve: timeouts: head {:?}, body {:?}{rate}, idle {:?}{gate}; descriptors: {fd_limit}",
+                timeouts.header, timeouts.body, timeouts.idle
+            );
         }
-        writeln!(out, "listening on http://{addr}")?;
-        out.flush()?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let limited = state.budget.as_ref().map(|b| {
+            MemoryLimitLayer::new(b.clone())
+                .overload(overload)
+                .cost(request_cost)
+                .max_waiting(max_waiting)
+                .layer(App {
+                    state: state.clone(),
+                })
+        });
+        serve(
+            listener,
+            state,
+            limited,
+            signals,
+            args.shutdown_delay,
+            args.shutdown_timeout,
+        )
+        .await
+    })?;
+    rt.shutdown_timeout(Duration::from_millis(100));
+    Ok(())
+}
+
+/// SIGTERM and SIGINT.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
 
-    let state = Arc::new(State {
-        budget: budget.clone(),
-        max_body,
-        requests: AtomicU64::new(0),
-        shed_connections: AtomicU64::new(0),
-        gate: budget.clone().map(ConnectionGate::new),
-        completed: AtomicU64::new(0),
-    });
-    rt.block_on(serve(listener, state, overload))
+    /// The name of the next signal that arrives.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 async fn serve(
-    listener: std::net::TcpListener,
+    listener: tokio::net::TcpListener,
     state: Arc<State>,
-    overload: Overload,
+    limited: Option<frostheap_budget::tower::MemoryLimit<App>>,
+    mut signals: Signals,
+    delay: Duration,
+    timeout: Duration,
 ) -> Result<(), Error> {
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    let limited = state.budget.as_ref().map(|b| {
-        let layer = MemoryLimitLayer::new(b.clone())
-            .overload(overload)
-            .cost(request_cost)
-            .prepaid(CONNECTION_BYTES);
-        layer.layer(App {
-            state: state.clone(),
-        })
-    });
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of descriptors and the like: back off, keep serving.
+    let accept = |stream: std::io::Result<(tokio::net::TcpStream, _)>| match stream {
+        Ok((stream, _)) => {
+            let _ = stream.set_nodelay(true);
+            let open = conn::Open::new(state.clone());
+            tokio::spawn(conn::connection(stream, open, limited.clone()));
+            None
+        }
+        // Out of descriptors and the like: back off, keep serving.
+        Err(e) => Some(e),
+    };
+    let name = loop {
+        tokio::select! {
+            stream = listener.accept() => if let Some(e) = accept(stream) {
                 eprintln!("frostheap serve: accept: {e}");
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let router = Router {
-            state: state.clone(),
-            limited: limited.clone(),
-        };
-        tokio::spawn(connection(stream, router, overload));
-    }
-}
-
-/// Serves one connection, holding a slot (at most `capacity` connections
-/// are open) and charging [`CONNECTION_BYTES`] while it is open; when
-/// either is spent, the connection is refused (shed) or waits (wait). A connection whose first bytes ask for
-/// `/stats` or `/metrics` is served uncharged, for one request: monitoring
-/// must answer while the server sheds, and must not take a client's place.
-async fn connection(stream: tokio::net::TcpStream, router: Router, overload: Overload) {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    let monitoring = router.state.budget.is_some() && asks_for_monitoring(&stream).await;
-    let (slot, permit) = match &router.state.budget {
-        None => (None, None),
-        Some(_) if monitoring => {
-            http.keep_alive(false);
-            (None, None)
-        }
-        Some(b) => {
-            let gate = router.state.gate.as_ref().expect("a budget has a gate");
-            let slot = match overload {
-                Overload::Shed => gate.try_take(),
-                Overload::Wait => Some(gate.take().await),
-            };
-            let Some(slot) = slot else {
-                router
-                    .state
-                    .shed_connections
-                    .fetch_add(1, Ordering::Relaxed);
-                b.count_refusal();
-                return refuse_connection(stream).await;
-            };
-            // Waiting is not refusing: only shed mode uses (and counts) `try_`.
-            let permit = if overload == Overload::Wait {
-                b.reserve(CONNECTION_BYTES).await.ok()
-            } else {
-                b.try_reserve(CONNECTION_BYTES)
-            };
-            let Some(permit) = permit else {
-                router
-                    .state
-                    .shed_connections
-                    .fetch_add(1, Ordering::Relaxed);
-                return refuse_connection(stream).await;
-            };
-            (Some(slot), Some(permit))
+            },
+            name = signals.next() => break name,
         }
     };
-    if router.state.budget.is_some() {
-        // Bound hyper's read buffer so that the connection charge holds.
-        http.max_buf_size(16 << 10);
+    let started = Instant::now();
+    state.ready.store(false, Ordering::Relaxed);
+    eprintln!(
+        "frostheap serve: {name}: not ready; closing the listener in {delay:?}, then finishing requests in flight for up to {timeout:?}"
+    );
+    let stop_accepting = tokio::time::sleep(delay);
+    tokio::pin!(stop_accepting);
+    let mut again = false;
+    loop {
+        tokio::select! {
+            stream = listener.accept() => if let Some(e) = accept(stream) {
+                eprintln!("frostheap serve: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            },
+            _ = &mut stop_accepting => break,
+            _ = signals.next() => { again = true; break }
+        }
     }
-    let service = hyper::service::service_fn(move |req| router.clone().route(req));
-    let _ = http.serve_connection(TokioIo::new(stream), service).await;
-    drop(permit);
-    drop(slot);
-}
-
-/// Whether the request waiting on `stream` is `GET /stats` or
-/// `GET /metrics` (peeked, not consumed; gives up after a second).
-async fn asks_for_monitoring(stream: &tokio::net::TcpStream) -> bool {
-    let mut head = [0u8; 13];
-    let peek = async {
+    drop(listener);
+    state.shutdown.send_replace(true);
+    let drained = async {
         loop {
-            match stream.peek(&mut head).await {
-                Ok(n) if n >= 11 || n == 0 => return n,
-                Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
-                Err(_) => return 0,
+            let closed = state.all_closed.notified();
+            if state.connections.load(Ordering::Acquire) == 0 {
+                return;
             }
+            closed.await;
         }
     };
-    match tokio::time::timeout(Duration::from_secs(1), peek).await {
-        Ok(n) => {
-            let head = &head[..n];
-            head.starts_with(b"GET /stats ")
-                || head.starts_with(b"GET /stats?")
-                || head.starts_with(b"GET /metrics")
+    if !again {
+        tokio::select! {
+            _ = drained => {},
+            _ = tokio::time::sleep(timeout) => {},
+            _ = signals.next() => {},
         }
-        Err(_) => false,
     }
+    let cut = state.connections.load(Ordering::Acquire);
+    eprintln!(
+        "frostheap serve: stopped after {:.1?}: {} requests completed, {cut} connections cut",
+        started.elapsed(),
+        state.completed.load(Ordering::Relaxed),
+    );
+    Ok(())
 }
 
-/// Answers a connection the budget cannot hold: a canned 503, then reads
-/// (and drops) what the client still sends for up to a second, so that
-/// closing does not reset the connection before the client has read the
-/// answer.
-async fn refuse_connection(mut stream: tokio::net::TcpStream) {
-    const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 32\r\n\r\nover memory budget: retry later\n";
-    if stream.write_all(REFUSAL).await.is_err() {
-        return;
-    }
-    let _ = stream.shutdown().await;
-    let mut sink = [0u8; 512];
-    let drain = async {
-        while let Ok(n) = stream.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
-        }
+/// A listening socket with a backlog of 1,024 (std's is 128: a burst of
+/// connections would overflow it and wait a second for the SYN retry).
+fn listen(addr: &str) -> std::io::Result<std::net::TcpListener> {
+    use std::net::ToSocketAddrs;
+    let addr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Raises the soft limit on open descriptors to the hard limit (a server
+/// holds one per connection; Go's runtime does the same at start). Returns
+/// the limit in force.
+fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
-}
-
-#[derive(Clone)]
-struct Router {
-    state: Arc<State>,
-    limited: Option<MemoryLimit<App>>,
-}
-
-impl Router {
-    async fn route(self, req: Request<Incoming>) -> Result<Response<RespBody>, Infallible> {
-        let path = req.uri().path();
-        if req.method() == Method::GET && (path == "/stats" || path == "/metrics") {
-            let text = if path == "/stats" {
-                metrics::stats_json(&self.state)
-            } else {
-                metrics::metrics_text(&self.state)
-            };
-            let kind = if path == "/stats" {
-                "application/json"
-            } else {
-                metrics::METRICS_CONTENT_TYPE
-            };
-            return Ok(wrap(respond(StatusCode::OK, kind, text.into_bytes())));
-        }
-        self.state.requests.fetch_add(1, Ordering::Relaxed);
-        match self.limited {
-            Some(mut svc) => {
-                poll_fn(|cx| svc.poll_ready(cx)).await?;
-                svc.call(req).await
-            }
-            None => Ok(wrap(handle(&self.state, req).await)),
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit; raising the soft limit up to
+        // the hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
         }
     }
-}
-
-fn wrap(response: Response<Full<hyper::body::Bytes>>) -> Response<RespBody> {
-    response.map(|body| BudgetBody::Admitted { body, permit: None })
+    lim.rlim_cur
 }

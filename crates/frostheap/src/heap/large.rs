@@ -60,7 +60,7 @@ impl HeapCore {
 
     pub(super) fn free_large(&self, m: &PageMeta, idx: usize) {
         if !self.is_owner()
-            && crate::trap::defer_free((self.page_addr(idx) + m.offset.get() as usize) as *mut u8)
+            && crate::guard::defer_free((self.page_addr(idx) + m.offset.get() as usize) as *mut u8)
         {
             return;
         }

@@ -45,16 +45,18 @@ use self::class::class_for;
 use self::core::{CoreConfig, HeapCore};
 pub use self::stats::Stats;
 use crate::config::HugePages;
-use crate::region::{self, RegionKind, PAGE_SIZE};
-use crate::Error;
+use crate::error::Error;
+use crate::guard;
+use crate::region::PAGE_SIZE;
 
-/// A heap and its name, registered in the region table while alive.
+/// A heap and its name, registered in the guard table while alive.
 /// (`repr(C)`: the core, whose hot fields lead, first.)
 #[repr(C)]
 pub(crate) struct HeapInner {
     pub(crate) core: HeapCore,
     pub(crate) name: Cow<'static, str>,
-    slot: Option<usize>,
+    /// The heap's entry in the guard table (`None` until registered).
+    entry: Option<&'static guard::Entry>,
 }
 
 impl HeapInner {
@@ -66,28 +68,61 @@ impl HeapInner {
         Ok(HeapInner {
             core,
             name,
-            slot: None,
+            entry: None,
         })
     }
 
-    /// Registers the heap's region in the region table. Call once the
-    /// inner value is at its final address.
-    pub(crate) fn register(&mut self) {
+    /// Registers the heap's region in the guard table; false if the table
+    /// is full. Call once the inner value is at its final address.
+    pub(crate) fn register(&mut self) -> bool {
         let r = self.core.region();
         let start = r.base() as usize;
-        self.slot = region::register(
+        self.entry = guard::register(
             start,
             start + r.reserved(),
-            RegionKind::Heap,
             self as *const HeapInner as *const (),
         );
+        self.entry.is_some()
+    }
+
+    /// The heap's entry in the guard table.
+    pub(crate) fn entry(&self) -> Option<&'static guard::Entry> {
+        self.entry
+    }
+
+    /// The heap registered in `entry`: the typed view of the guard table's
+    /// opaque owner pointer, which only this module stores.
+    ///
+    /// # Safety
+    /// 1. The heap registered in `entry` stays alive while the returned
+    ///    reference is used.
+    pub(crate) unsafe fn of_entry<'a>(entry: &guard::Entry) -> Option<&'a HeapInner> {
+        // SAFETY: `register` stores a pointer to a HeapInner at its final
+        // address, and `drop` releases the entry before the heap goes; by
+        // (1) it is still alive.
+        unsafe { entry.owner().cast::<HeapInner>().as_ref() }
+    }
+}
+
+/// Frees `addr` into whichever registered heap holds it: the deferred
+/// frees a worker made during a phase, applied at the thaw.
+///
+/// # Safety
+/// 1. `addr` is a live block of a live registered heap, freed once.
+pub(crate) unsafe fn free_deferred(addr: usize) {
+    // SAFETY: by (1) the heap holding addr is alive.
+    if let Some(h) = guard::entry_of(addr).and_then(|e| unsafe { HeapInner::of_entry(e) }) {
+        // SAFETY: by (1).
+        unsafe { h.core.free(addr as *mut u8) };
     }
 }
 
 impl Drop for HeapInner {
     fn drop(&mut self) {
-        if let Some(slot) = self.slot {
-            region::unregister(slot);
+        // Before the region is unmapped (a field, dropped after this), so
+        // no lookup finds the entry of a heap that is gone.
+        if let Some(entry) = self.entry.take() {
+            guard::unregister(entry);
         }
     }
 }
@@ -213,12 +248,18 @@ impl Heap {
                 "a call from the heap's owner thread (the one that built it, or adopted it)",
             ));
         }
+        crate::os::mseal_available().map_err(|source| Error::Os {
+            context: "sealing a heap: this kernel lacks mseal(2), which Linux 6.10 added",
+            source,
+        })?;
         inner.core.seal_allocation();
         inner.core.set_frozen(true).map_err(|source| Error::Os {
             context: "protecting a heap before sealing it",
             source,
         })?;
-        crate::trap::mark_sealed(inner)?;
+        if let Some(entry) = inner.entry {
+            entry.mark_sealed();
+        }
         // The guard table keeps a pointer to this heap for reports, and the
         // sealed range can never be unmapped: keep the heap alive for the
         // life of the process so that pointer never dangles.
@@ -545,9 +586,19 @@ impl HeapBuilder {
             source,
         })?;
         let mut arc = Arc::new(inner);
-        Arc::get_mut(&mut arc)
+        if !Arc::get_mut(&mut arc)
             .expect("fresh Arc is unique")
-            .register();
+            .register()
+        {
+            return Err(Error::invalid(
+                "heap",
+                arc.name.as_ref(),
+                format!(
+                    "room in the guard table: at most {} heaps may be alive at once",
+                    guard::CAPACITY
+                ),
+            ));
+        }
         Ok(Heap {
             handle: Handle::Shared(arc),
         })

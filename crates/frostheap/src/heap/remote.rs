@@ -129,7 +129,7 @@ impl HeapCore {
     pub(super) fn free_remote(&self, m: &PageMeta, idx: usize, p: *mut u8) {
         // A runtime worker inside a phase must not write a guarded heap:
         // its frees are queued and applied at the thaw.
-        if crate::trap::defer_free(p) {
+        if crate::guard::defer_free(p) {
             return;
         }
         if let Some(generation) = self.publish_remote_free(m, p) {

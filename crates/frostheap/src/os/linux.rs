@@ -271,6 +271,22 @@ pub unsafe fn advise_huge_pages(addr: *mut u8, len: usize) -> Result<(), OsError
     }
 }
 
+/// Advises the kernel never to back `[addr, addr + len)` with huge pages
+/// (`MADV_NOHUGEPAGE`), even where transparent huge pages are `always`
+/// system-wide.
+///
+/// # Safety
+/// 1. The range is page-aligned and inside one of our mappings.
+pub unsafe fn advise_no_huge_pages(addr: *mut u8, len: usize) -> Result<(), OsError> {
+    // SAFETY: by (1); MADV_NOHUGEPAGE never changes contents.
+    let r = unsafe { libc::madvise(addr.cast(), len, libc::MADV_NOHUGEPAGE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(last_error("madvise"))
+    }
+}
+
 /// Access rights for [`protect`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -310,13 +326,40 @@ pub unsafe fn protect(addr: *mut u8, len: usize, access: Access) -> Result<(), O
 /// 1. The range is page-aligned, non-empty and inside one of our mappings;
 ///    the caller never needs to change or unmap it again.
 pub unsafe fn seal(addr: *mut u8, len: usize) -> Result<(), OsError> {
-    const SYS_MSEAL: libc::c_long = 462;
     // SAFETY: by (1); mseal only restricts future operations.
-    let r = unsafe { libc::syscall(SYS_MSEAL, addr, len, 0) };
+    let r = unsafe { libc::syscall(libc::SYS_mseal, addr, len, 0) };
     if r == 0 {
         Ok(())
     } else {
         Err(last_error("mseal"))
+    }
+}
+
+/// Whether this kernel has `mseal(2)` (Linux 6.10 and later), or the error
+/// of the probe. Probed once per process: a zero-length `mseal` at address
+/// 0 seals nothing and succeeds where the call exists (`ENOSYS` where not).
+pub fn mseal_available() -> Result<(), OsError> {
+    use core::sync::atomic::{AtomicI32, Ordering};
+    /// 0: not probed yet; -1: available; otherwise the probe's errno.
+    static PROBED: AtomicI32 = AtomicI32::new(0);
+    let mut state = PROBED.load(Ordering::Relaxed);
+    if state == 0 {
+        // SAFETY: a zero-length range: mseal checks its arguments and
+        // returns without sealing anything.
+        let r = unsafe { libc::syscall(libc::SYS_mseal, 0usize, 0usize, 0usize) };
+        state = if r == 0 {
+            -1
+        } else {
+            last_error("mseal").errno.max(1)
+        };
+        PROBED.store(state, Ordering::Relaxed);
+    }
+    match state {
+        -1 => Ok(()),
+        errno => Err(OsError {
+            call: "mseal",
+            errno,
+        }),
     }
 }
 
@@ -594,14 +637,29 @@ pub unsafe fn pkey_tag(addr: *mut u8, len: usize, key: u32, access: Access) -> R
     }
 }
 
+/// `pkru` with the rights on protection key `key` set to `access`: the
+/// access-disable bit for `None`, the write-disable bit for `Read`,
+/// neither for `ReadWrite`. A pure computation on a PKRU value.
+pub const fn pkru_with(pkru: u32, key: u32, access: Access) -> u32 {
+    let bits = match access {
+        Access::None => 1,
+        Access::Read => 2,
+        Access::ReadWrite => 0,
+    };
+    (pkru & !(3 << (2 * key))) | (bits << (2 * key))
+}
+
 /// Reads the calling thread's PKRU register.
+///
+/// # Safety
+/// 1. The CPU and kernel have protection keys (a [`pkey_alloc`] has
+///    succeeded); elsewhere RDPKRU raises #UD (SIGILL).
 #[cfg(target_arch = "x86_64")]
 #[inline]
-pub fn rdpkru() -> u32 {
+pub unsafe fn rdpkru() -> u32 {
     let pkru: u32;
-    // SAFETY: RDPKRU reads a register (ecx must be 0); it faults only
-    // where pkeys are disabled, and callers use it only after a successful
-    // pkey_alloc.
+    // SAFETY: by (1) the instruction exists; it reads a register (ecx must
+    // be 0) and touches no memory.
     unsafe {
         core::arch::asm!("rdpkru", in("ecx") 0u32, out("eax") pkru, out("edx") _, options(nostack, preserves_flags));
     }
@@ -610,11 +668,19 @@ pub fn rdpkru() -> u32 {
 
 /// Writes the calling thread's PKRU register. Not `nomem`: it changes
 /// which memory the following instructions may access.
+///
+/// # Safety
+/// 1. The CPU and kernel have protection keys (a [`pkey_alloc`] has
+///    succeeded); elsewhere WRPKRU raises #UD (SIGILL).
+/// 2. The calling thread keeps access to every key its code goes on to
+///    use, or expects the faults: keys other than the caller's own are
+///    left as they were (build the value with [`pkru_with`] from
+///    [`rdpkru`]).
 #[cfg(target_arch = "x86_64")]
 #[inline]
-pub fn wrpkru(pkru: u32) {
-    // SAFETY: WRPKRU needs ecx = edx = 0; it only changes this thread's
-    // access rights, and callers use it only after a successful pkey_alloc.
+pub unsafe fn wrpkru(pkru: u32) {
+    // SAFETY: by (1) the instruction exists (ecx = edx = 0); by (2) the
+    // caller accounts for the access rights it changes.
     unsafe {
         core::arch::asm!("wrpkru", in("eax") pkru, in("ecx") 0u32, in("edx") 0u32, options(nostack, preserves_flags));
     }

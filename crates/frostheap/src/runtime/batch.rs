@@ -35,7 +35,7 @@ use super::source::ParSource;
 use super::terminal::Terminal;
 use super::worker::WorkerEnv;
 use crate::error::Error;
-use crate::trap;
+use crate::guard;
 
 /// Items per chunk claimed from a batch's cursor: about 32 chunks per
 /// worker, at most [`MAX_CHUNK`].
@@ -89,7 +89,7 @@ unsafe fn run_span<S, P, T>(
 {
     let first = range.start;
     let items = range.by_ref().map(|i| {
-        trap::set_current_item(i);
+        guard::set_current_item(i);
         // SAFETY: by (1), item i is ours to take, once (the range moves
         // past it).
         unsafe { src.take(i) }
@@ -166,7 +166,7 @@ where
                     break;
                 }
             }
-            trap::set_current_item(usize::MAX);
+            guard::set_current_item(usize::MAX);
             if whole {
                 self.end_claim(claim, env, pipe_state, term_state);
             }

@@ -136,7 +136,7 @@ impl RuntimeBuilder {
             let mut guards = Vec::with_capacity(heaps.len());
             if backend != Backend::Off {
                 for h in &heaps {
-                    guards.push(trap::guard(h.inner(), backend)?);
+                    guards.push(trap::guard(h, backend)?);
                 }
             }
             let control: &'static ControlBlock = Box::leak(Box::new(ControlBlock {

@@ -1,7 +1,8 @@
 //! The phase protocol around one job (DESIGN.md, "The phase protocol").
 //!
 //! [`Runtime::run_phase`] replaces workers parked by earlier violations,
-//! freezes every guarded heap, publishes the job and wakes the workers,
+//! freezes every guarded heap (a `trap::Freeze`, whose drop thaws),
+//! publishes the job and wakes the workers,
 //! waits until each has finished or been parked, thaws, applies the frees
 //! the tasks deferred, and turns the workers' violation records into
 //! reports ([`Runtime::collect_violations`]).
@@ -13,10 +14,11 @@
 
 use core::sync::atomic::Ordering;
 
-use super::pool::{fatal, free_anywhere, Runtime};
+use super::pool::Runtime;
 use super::worker::{JobRef, Worker, WorkerEnv};
+use crate::guard::AUDIT_RING;
 use crate::os;
-use crate::trap::{self, Access, Backend, Violation, AUDIT_RING};
+use crate::trap::{Access, Freeze, Violation};
 
 /// Outcome of one phase, as the batch engine sees it.
 pub(super) struct PhaseResult {
@@ -44,7 +46,8 @@ impl Runtime {
         // not write frozen memory (it would wait for its own thaw).
         let parked_before = ctl.parked.load(Ordering::Acquire);
         let active = self.lock_workers().len() as u32;
-        self.freeze(window);
+        // The freeze protocol is trap::Freeze's; dropping it thaws.
+        let freeze = Freeze::new(&self.guards, ctl.backend, window);
         let job_ref = JobRef(job);
         ctl.remaining.store(active, Ordering::Release);
         // SAFETY (lifetime): job_ref outlives the phase: we wait below
@@ -68,11 +71,15 @@ impl Runtime {
             os::wait_while_eq(&ctl.events, ev);
         }
         ctl.job.store(core::ptr::null_mut(), Ordering::Release);
-        self.thaw(window);
+        drop(freeze);
         self.in_phase.store(false, Ordering::Release);
         // Deferred frees, now that the heaps are writable again.
         for w in self.lock_workers().iter() {
-            w.slot.deferred.drain(free_anywhere);
+            // SAFETY: each address is a block of a guarded heap (which this
+            // runtime holds) that a task freed once, during the phase.
+            w.slot
+                .deferred
+                .drain(|p| unsafe { crate::heap::free_deferred(p) });
         }
         let result = self.collect_violations();
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
@@ -92,96 +99,6 @@ impl Runtime {
                 );
             }
         }
-    }
-
-    /// Freezes every guarded heap and exempts `window`. Nothing here
-    /// allocates.
-    ///
-    /// Order matters twice over:
-    /// - a guarded heap's own bookkeeping may live in another guarded heap
-    ///   (a Heap built on main lives in the main heap), so every core is
-    ///   written (marked) before any heap is protected;
-    /// - the guard flags are raised before the first mprotect, so a
-    ///   bystander thread that faults on a freshly protected page always
-    ///   finds its heap marked frozen and waits for the thaw.
-    fn freeze(&self, window: Option<(usize, usize)>) {
-        let backend = self.control.backend;
-        let mprotect = backend == Backend::Mprotect;
-        if mprotect {
-            for h in &self.heaps {
-                h.inner().core.freeze_mark();
-            }
-        }
-        for g in &self.guards {
-            g.frozen_end
-                .store(g.end.load(Ordering::Relaxed), Ordering::Release);
-            g.frozen.store(true, Ordering::Release);
-            if mprotect {
-                trap::MPROTECT_FROZEN.fetch_add(1, Ordering::AcqRel);
-            }
-        }
-        if mprotect {
-            for (g, h) in self.guards.iter().zip(&self.heaps) {
-                match h.inner().core.protect_committed(true) {
-                    Ok(len) => g
-                        .frozen_end
-                        .store(g.start.load(Ordering::Relaxed) + len, Ordering::Release),
-                    Err(_) => fatal(b"frostheap: mprotect failed while freezing a guarded heap\n"),
-                }
-            }
-        }
-        if let Some((lo, len)) = window {
-            // SAFETY: the window is the result slots' own pages, inside one
-            // block of a guarded heap (checked by results_window).
-            let r = unsafe {
-                match backend {
-                    Backend::Mprotect => os::protect(lo as *mut u8, len, os::Access::ReadWrite),
-                    Backend::Pkey(_) => os::pkey_tag(lo as *mut u8, len, 0, os::Access::ReadWrite),
-                    Backend::Off => Ok(()),
-                }
-            };
-            if r.is_err() {
-                fatal(b"frostheap: cannot exempt the result slots from the freeze\n");
-            }
-        }
-    }
-
-    /// Thaws, mirroring [`Runtime::freeze`]: opens every heap (no writes),
-    /// then clears the marks, and only then lowers the guard flags (a
-    /// bystander that faulted while frozen is still waiting; one that
-    /// faults now cannot, the pages are writable), and wakes the waiting
-    /// bystanders. Nothing here allocates.
-    fn thaw(&self, window: Option<(usize, usize)>) {
-        let backend = self.control.backend;
-        let mprotect = backend == Backend::Mprotect;
-        let mut thawed = [0usize; trap::MAX_GUARDED];
-        if mprotect {
-            for (i, h) in self.heaps.iter().enumerate() {
-                match h.inner().core.protect_committed(false) {
-                    Ok(len) => thawed[i] = len,
-                    Err(_) => fatal(b"frostheap: mprotect failed while thawing a guarded heap\n"),
-                }
-            }
-            for (i, h) in self.heaps.iter().enumerate() {
-                if h.inner().core.thaw_unmark(thawed[i]).is_err() {
-                    fatal(b"frostheap: mprotect failed while thawing a guarded heap\n");
-                }
-            }
-        }
-        if let (Some((lo, len)), Backend::Pkey(key)) = (window, backend) {
-            // SAFETY: as when exempting: the result slots' own pages.
-            if unsafe { os::pkey_tag(lo as *mut u8, len, key, os::Access::ReadWrite) }.is_err() {
-                fatal(b"frostheap: cannot re-tag the result slots after the phase\n");
-            }
-        }
-        for g in &self.guards {
-            g.frozen.store(false, Ordering::Release);
-            if mprotect {
-                trap::MPROTECT_FROZEN.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-        trap::THAW_EPOCH.fetch_add(1, Ordering::AcqRel);
-        os::futex_wake(&trap::THAW_EPOCH, i32::MAX);
     }
 
     /// Turns the workers' records since the last phase into reports: audit

@@ -149,7 +149,7 @@ stateless_stage!(
     |self, env, it| it.map(move |x| {
         let task = TaskContext {
             ctx: env.ctx,
-            item_index: Some(crate::trap::current_item()),
+            item_index: Some(crate::guard::current_item()),
             worker: env.index,
         };
         (self.f)(&task, x)

@@ -11,10 +11,10 @@ use super::worker::{self, ControlBlock, Worker};
 use crate::context::ContextHeap;
 use crate::error::Error;
 use crate::global::unguarded;
+use crate::guard;
 use crate::heap::Heap;
 use crate::os;
-use crate::region;
-use crate::trap::{self, Backend, GuardSlot, Violation};
+use crate::trap::{Backend, Guarded, Violation};
 
 /// Result vectors of at least this many bytes live in the main heap (in
 /// global mode) with their pages exempted from the freeze.
@@ -72,7 +72,7 @@ pub struct RuntimeStats {
 pub struct Runtime {
     pub(super) control: &'static ControlBlock,
     pub(super) heaps: Vec<Heap>,
-    pub(super) guards: Vec<&'static GuardSlot>,
+    pub(super) guards: Vec<Guarded>,
     /// Main thread only (a Mutex so `&self` methods can replace workers).
     pub(super) workers: Mutex<Vec<Worker>>,
     pub(super) n_workers: usize,
@@ -146,7 +146,7 @@ impl Runtime {
     /// Refuses calls from inside a task: phases do not nest.
     pub(super) fn enter_call(&self) {
         assert!(
-            trap::current_worker().is_null(),
+            guard::current_worker().is_none(),
             "frostheap: a parallel call from inside a parallel task; nested phases are not supported"
         );
     }
@@ -155,7 +155,7 @@ impl Runtime {
     /// mutation, lies in a heap this runtime freezes: O(1) per guarded
     /// heap, before any phase starts.
     pub(super) fn check_writable(&self, address: usize, bytes: usize) -> Result<(), Error> {
-        if bytes == 0 || self.control.backend == trap::Backend::Off {
+        if bytes == 0 || self.control.backend == Backend::Off {
             return Ok(());
         }
         let last = address + bytes - 1;
@@ -241,9 +241,6 @@ impl Drop for Runtime {
                 let _ = t.join();
             }
         }
-        for g in &self.guards {
-            trap::unguard(g);
-        }
     }
 }
 
@@ -252,21 +249,6 @@ impl Drop for Runtime {
 pub(super) fn fatal(msg: &[u8]) -> ! {
     os::write_stderr(msg);
     std::process::abort()
-}
-
-/// Frees `p` through whichever allocator owns it (deferred frees).
-pub(super) fn free_anywhere(p: usize) {
-    if let Some(r) = region::lookup(p) {
-        if r.kind == region::RegionKind::Heap {
-            // SAFETY: registered heap regions point at their live HeapInner;
-            // p was a live block freed by a task (deferred).
-            unsafe {
-                (*(r.owner as *const crate::heap::HeapInner))
-                    .core
-                    .free(p as *mut u8)
-            };
-        }
-    }
 }
 
 pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

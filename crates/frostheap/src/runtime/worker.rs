@@ -2,7 +2,7 @@
 //!
 //! A worker is a std thread spawned inside `unguarded` (so its `Thread`
 //! handle, name and channels live in system memory) that owns an
-//! alternate signal stack of at least 64 KiB, a [`WorkerSlot`] the fault
+//! alternate signal stack of at least 64 KiB, a [`WorkerState`] the fault
 //! handler reads, and a context heap. It sleeps on the runtime's phase
 //! epoch (a futex), runs the published job when the epoch moves, and
 //! reports completion through the runtime's event word.
@@ -11,7 +11,8 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 use std::thread::JoinHandle;
 
 use crate::context::ContextHeap;
-use crate::trap::{self, Backend, OnViolation, WorkerSlot};
+use crate::guard::{self, WorkerState};
+use crate::trap::{self, Backend, OnViolation};
 use crate::{global, os};
 
 /// A job as workers see it.
@@ -32,7 +33,7 @@ pub(crate) struct ControlBlock {
 
 /// What the runtime keeps of a worker.
 pub(crate) struct Worker {
-    pub slot: &'static WorkerSlot,
+    pub slot: &'static WorkerState,
     pub thread: Option<JoinHandle<()>>,
     pub reported: bool,
     /// Address of the worker's context heap (a `Box<ContextHeap>` the
@@ -53,7 +54,7 @@ pub(crate) fn spawn(
     index: usize,
     name: String,
 ) -> Result<Worker, crate::error::Error> {
-    let slot: &'static WorkerSlot = Box::leak(Box::new(WorkerSlot::new(rt.policy)));
+    let slot: &'static WorkerState = Box::leak(Box::new(WorkerState::new(rt.policy)));
     slot.deferred
         .prepare()
         .map_err(|source| crate::error::Error::Os {
@@ -94,14 +95,14 @@ pub(crate) fn spawn(
 fn run(
     rt: &'static ControlBlock,
     index: usize,
-    slot: &'static WorkerSlot,
+    slot: &'static WorkerState,
     ctx: Box<ContextHeap>,
     mut seen: u32,
 ) {
     // The handler must never run on a small stack: AVX-512 state alone
     // takes several KiB of the signal frame.
     let _alt = os::AltStack::install(trap::alt_stack_size());
-    trap::set_current_worker(slot);
+    guard::set_current_worker(Some(slot));
     ctx.set_owner();
     global::set_context(core::ptr::null());
     slot.started.store(1, Ordering::Release);
@@ -122,7 +123,7 @@ fn run(
                 // Reads allowed, writes denied, for this thread only: set
                 // both bits explicitly (a thread spawned by one that never
                 // had the key would otherwise inherit access-disable too).
-                os::wrpkru((os::rdpkru() & !(3 << (2 * key))) | (2 << (2 * key)));
+                trap::set_key_access(key, os::Access::Read);
             }
             global::set_context(&*ctx);
             // SAFETY: main keeps the job alive until every worker has
@@ -131,7 +132,7 @@ fn run(
             (job.0)(&WorkerEnv { index, ctx: &ctx });
             global::set_context(core::ptr::null());
             if let Backend::Pkey(key) = rt.backend {
-                os::wrpkru(os::rdpkru() & !(3 << (2 * key)));
+                trap::set_key_access(key, os::Access::ReadWrite);
             }
             slot.in_phase.store(false, Ordering::Release);
         }
@@ -139,6 +140,6 @@ fn run(
         rt.events.fetch_add(1, Ordering::AcqRel);
         os::futex_wake(&rt.events, i32::MAX);
     }
-    trap::set_current_worker(core::ptr::null());
+    guard::set_current_worker(None);
     ctx.retire();
 }

@@ -1,35 +1,41 @@
-//! The fault handlers (SIGSEGV and, for audit single-stepping, SIGTRAP).
+//! The fault handlers (SIGSEGV and, for single-stepping a store, SIGTRAP).
 //!
 //! Boring on purpose: they run on an alternate stack, call only
 //! async-signal-safe functions (`write`, `futex`, `mprotect`, `sigaction`),
 //! never allocate, never lock, read only lock-free tables (the guard table
-//! and the worker's `const` thread-local slot), and chain to the handler
+//! and the worker's `const` thread-local state), and chain to the handler
 //! that was installed before them (std's stack-overflow detector) for
 //! every fault that is not theirs.
 //!
-//! What is "ours": an `SEGV_ACCERR` (mprotect) or `SEGV_PKUERR` (pkey)
-//! fault at an address inside a guarded heap. Then:
-//! - a worker inside a phase committed a **violation**: the policy decides
-//!   (park, abort, or audit by single-stepping the store);
-//! - any other thread that writes during an `mprotect` freeze **waits** on
-//!   a futex until the thaw, then returns so the store re-executes;
-//! - any other thread that lacks access to the key (it existed before the
-//!   key was allocated) is **granted** access in its saved PKRU.
+//! [`judge`] decides, from the fault alone, what a SIGSEGV is:
+//! - not at an address of a guarded heap, or neither `SEGV_ACCERR`
+//!   (mprotect) nor `SEGV_PKUERR` (pkey): **not ours**, chained;
+//! - a key fault on a **read**: never a violation (frozen memory stays
+//!   readable). The reader runs with a PKRU that denies the key — every
+//!   signal handler does (the kernel's default), and so does a thread that
+//!   predates the key — so read access is **granted** in the saved PKRU
+//!   (for a worker in a phase: read only) and the read retries;
+//! - a write by a worker inside a phase to a frozen or sealed heap (or any
+//!   key fault on a write, since every guarded heap carries the key the
+//!   worker's PKRU denies): a **violation**, which the policy handles
+//!   (park, abort, or let the store through with a single step);
+//! - a key fault on a write by any other thread: write access is
+//!   **granted** (main and other threads keep it during phases);
+//! - a write by any other thread during an `mprotect` freeze: it **waits**
+//!   on a futex until the thaw, then the store retries;
+//! - an `mprotect` fault on a read (past the committed prefix), or a write
+//!   to a sealed heap by a thread that is no worker: a real crash, chained.
 
 use core::cell::{Cell, UnsafeCell};
 use core::mem::MaybeUninit;
 use core::sync::atomic::Ordering;
 use std::sync::OnceLock;
 
-use super::{
-    current_worker, guard_of, report, OnViolation, WorkerSlot, MPROTECT_FROZEN, PKEY, THAW_EPOCH,
-};
+use super::frame::{Fault, Frame, SEGV_ACCERR, SEGV_PKUERR};
+use super::freeze::{MPROTECT_FROZEN, THAW_EPOCH};
+use super::{report, step, OnViolation, PKEY};
+use crate::guard::{self, WorkerState, AUDIT_RING};
 use crate::os::{self, OsError};
-
-const SEGV_ACCERR: i32 = 2;
-const SEGV_PKUERR: i32 = 4;
-const TRAP_TRACE: i32 = 2;
-const EFLAGS_TF: i64 = 0x100;
 
 struct Prev(UnsafeCell<MaybeUninit<libc::sigaction>>);
 // SAFETY: written once inside `install` before the handler that reads it
@@ -67,209 +73,159 @@ thread_local! {
     static LAST_RETRY: Cell<(usize, u32)> = const { Cell::new((0, u32::MAX)) };
 }
 
-unsafe extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo for SIGSEGV.
-    let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
-    // A read that faults with SEGV_ACCERR cannot be ours: frozen pages stay
-    // readable, so it is an out-of-bounds read into the uncommitted part of
-    // a region (or anywhere else) — a real crash, for the previous handler.
-    // (Key faults on reads are ours: a thread lacking the key entirely.)
-    let ours = code == SEGV_PKUERR || (code == SEGV_ACCERR && is_write(ctx));
-    if ours {
-        if let Some(g) = guard_of(addr) {
-            let w = current_worker();
-            // SAFETY: a registered worker slot outlives its thread.
-            let worker = unsafe { w.as_ref() }.filter(|w| w.in_phase.load(Ordering::Acquire));
-            let frozen = g.frozen.load(Ordering::Acquire);
-            if let Some(w) = worker {
-                // A key fault from a worker in a phase is a violation even if
-                // this heap's own runtime is idle: every guarded heap carries
-                // the one key the worker's PKRU denies.
-                if frozen || g.sealed.load(Ordering::Acquire) || code == SEGV_PKUERR {
-                    // SAFETY: ctx is the ucontext the kernel passed.
-                    unsafe { violation(w, addr, code, ctx) };
-                    return;
-                }
-            }
-            if code == SEGV_PKUERR && worker.is_none() {
-                // A thread without access to the key (it predates the key):
-                // open the key in the PKRU the kernel restores on return.
-                // SAFETY: ctx is our ucontext; the XSAVE area follows it.
-                if unsafe { set_saved_pkru_write(ctx, PKEY.load(Ordering::Relaxed), true) } {
-                    return;
-                }
-            }
-            if code == SEGV_ACCERR && !g.sealed.load(Ordering::Acquire) {
-                let epoch = THAW_EPOCH.load(Ordering::Acquire);
-                if frozen && MPROTECT_FROZEN.load(Ordering::Acquire) > 0 {
-                    // Not a worker: wait for the thaw, then the store retries.
-                    while THAW_EPOCH.load(Ordering::Acquire) == epoch {
-                        os::futex_wait(&THAW_EPOCH, epoch, None);
-                    }
-                    return;
-                }
-                // Thawed between the fault and now: retry once per epoch.
-                let last = LAST_RETRY.with(|c| c.get());
-                if last != (addr, epoch) {
-                    LAST_RETRY.with(|c| c.set((addr, epoch)));
-                    return;
-                }
-            }
-        }
-    }
-    // SAFETY: forwarding the kernel's arguments to the previous handler.
-    unsafe { chain(&PREV_SEGV, sig, info, ctx) }
+/// What a SIGSEGV is (see the module comment).
+enum Verdict {
+    /// Return: the faulting instruction runs again (access was granted,
+    /// or the heap has been thawed).
+    Retry,
+    /// A worker's write to a frozen heap.
+    Violation(&'static WorkerState),
+    /// Someone else's fault: chain to the previous handler.
+    NotOurs,
 }
 
-/// Whether the faulting access was a write: bit 1 of the x86 page-fault
-/// error code the kernel saves in the signal frame.
-fn is_write(ctx: *mut libc::c_void) -> bool {
-    // SAFETY: ctx is the ucontext_t the kernel passed for this signal.
-    let uc = unsafe { &*(ctx as *const libc::ucontext_t) };
-    uc.uc_mcontext.gregs[libc::REG_ERR as usize] & 2 != 0
+unsafe extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: ctx is the ucontext the kernel passed to this handler.
+    let mut frame = unsafe { Frame::new(ctx) };
+    // SAFETY: info is the kernel's siginfo for this SIGSEGV.
+    let fault = unsafe { frame.fault(info) };
+    match judge(&fault, &mut frame) {
+        Verdict::Retry => {}
+        Verdict::Violation(w) => violation(w, &fault, &mut frame),
+        // SAFETY: forwarding the kernel's arguments to the previous handler.
+        Verdict::NotOurs => unsafe { chain(&PREV_SEGV, sig, info, ctx) },
+    }
+}
+
+/// Decides what `fault` is; grants key access in `frame` when that is
+/// the answer.
+fn judge(fault: &Fault, frame: &mut Frame) -> Verdict {
+    if fault.code != SEGV_ACCERR && fault.code != SEGV_PKUERR {
+        return Verdict::NotOurs;
+    }
+    let Some(entry) = guard::entry_of(fault.addr) else {
+        return Verdict::NotOurs;
+    };
+    let worker = guard::current_worker().filter(|w| w.in_phase.load(Ordering::Acquire));
+    if fault.code == SEGV_PKUERR {
+        let key = PKEY.load(Ordering::Relaxed);
+        let access = match (fault.write, worker) {
+            (true, Some(w)) => return Verdict::Violation(w),
+            (false, Some(_)) => os::Access::Read,
+            (_, None) => os::Access::ReadWrite,
+        };
+        return if frame.set_key_access(key, access) {
+            Verdict::Retry
+        } else {
+            Verdict::NotOurs
+        };
+    }
+    if !fault.write {
+        // Frozen pages stay readable: an mprotect fault on a read is an
+        // out-of-bounds read into the uncommitted part of a region.
+        return Verdict::NotOurs;
+    }
+    let (frozen, sealed) = (entry.is_frozen(), entry.is_sealed());
+    if let Some(w) = worker {
+        if frozen || sealed {
+            return Verdict::Violation(w);
+        }
+    }
+    if sealed {
+        return Verdict::NotOurs;
+    }
+    let epoch = THAW_EPOCH.load(Ordering::Acquire);
+    if frozen && MPROTECT_FROZEN.load(Ordering::Acquire) > 0 {
+        // Not a worker: wait for the thaw, then the store retries.
+        while THAW_EPOCH.load(Ordering::Acquire) == epoch {
+            os::futex_wait(&THAW_EPOCH, epoch, None);
+        }
+        return Verdict::Retry;
+    }
+    // Thawed between the fault and now: retry once per epoch.
+    if LAST_RETRY.with(|c| c.replace((fault.addr, epoch))) != (fault.addr, epoch) {
+        return Verdict::Retry;
+    }
+    Verdict::NotOurs
 }
 
 /// Handles a worker's write to a frozen heap according to its policy.
-///
-/// # Safety
-/// 1. `ctx` is the `ucontext_t` of the current signal.
-unsafe fn violation(w: &WorkerSlot, addr: usize, code: i32, ctx: *mut libc::c_void) {
-    // SAFETY: by (1).
-    let uc = unsafe { &mut *(ctx as *mut libc::ucontext_t) };
-    let ip = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as usize;
+fn violation(w: &WorkerState, fault: &Fault, frame: &mut Frame) {
     // The handler runs on the faulting worker: its own current item.
-    let item = super::current_item();
-    match w.policy.load(Ordering::Relaxed) {
-        p if p == OnViolation::Audit as u32 => {
-            let n = w.audit_count.fetch_add(1, Ordering::Relaxed);
-            let rec = &w.audit[(n as usize) % super::AUDIT_RING];
-            rec.addr.store(addr, Ordering::Relaxed);
-            rec.ip.store(ip, Ordering::Relaxed);
-            rec.tid.store(os::gettid(), Ordering::Relaxed);
-            rec.item.store(item, Ordering::Release);
-            if code == SEGV_PKUERR {
-                let key = PKEY.load(Ordering::Relaxed);
-                // SAFETY: by (1).
-                if unsafe { set_saved_pkru_write(ctx, key, true) } {
-                    w.audit_pkey.store(key, Ordering::Relaxed);
-                }
+    let item = guard::current_item();
+    match w.policy() {
+        OnViolation::Audit => {
+            let key = PKEY.load(Ordering::Relaxed);
+            if step::open(w, fault.addr, fault.code, key, frame) {
+                let n = w.audit_count.fetch_add(1, Ordering::Relaxed);
+                let rec = &w.audit[(n as usize) % AUDIT_RING];
+                rec.addr.store(fault.addr, Ordering::Relaxed);
+                rec.ip.store(fault.ip, Ordering::Relaxed);
+                rec.tid.store(os::gettid(), Ordering::Relaxed);
+                rec.item.store(item, Ordering::Release);
             } else {
-                let page = addr & !(os::page_size() - 1);
-                // SAFETY: the page is inside a committed guarded heap; it is
-                // made writable for the single store and protected again
-                // by the SIGTRAP handler.
-                if unsafe { os::protect(page as *mut u8, os::page_size(), os::Access::ReadWrite) }
-                    .is_ok()
-                {
-                    w.audit_page.store(page, Ordering::Relaxed);
-                }
+                // The store cannot be let through alone: cancel the task.
+                park(w, fault, item)
             }
-            uc.uc_mcontext.gregs[libc::REG_EFL as usize] |= EFLAGS_TF;
         }
-        p if p == OnViolation::Abort as u32 => {
+        OnViolation::Abort => {
             let mut buf = [0u8; 1024];
             os::write_stderr(report::render_raw(
                 &mut buf,
-                addr,
-                ip,
+                fault.addr,
+                fault.ip,
                 os::gettid(),
                 item,
-                code,
+                fault.code,
             ));
             os::reset_to_default(libc::SIGSEGV);
             // Returning re-executes the store, which now kills the process
             // with SIGSEGV (and a core dump where enabled).
         }
-        _ => {
-            let r = &w.record;
-            r.addr.store(addr, Ordering::Relaxed);
-            r.ip.store(ip, Ordering::Relaxed);
-            r.tid.store(os::gettid(), Ordering::Relaxed);
-            r.code.store(code as u32, Ordering::Relaxed);
-            r.item.store(item, Ordering::Relaxed);
-            r.state.store(1, Ordering::Release);
-            w.is_parked.store(true, Ordering::Release);
-            let parked = w.parked.load(Ordering::Acquire);
-            // SAFETY: the runtime's counters outlive its workers' slots.
-            if let Some(parked) = unsafe { parked.as_ref() } {
-                parked.fetch_add(1, Ordering::AcqRel);
-            }
-            let events = w.events.load(Ordering::Acquire);
-            // SAFETY: as above.
-            if let Some(events) = unsafe { events.as_ref() } {
-                events.fetch_add(1, Ordering::AcqRel);
-                os::futex_wake(events, i32::MAX);
-            }
-            // Park for good: no Rust frame is unwound or skipped, and the
-            // store never happens.
-            loop {
-                os::futex_wait(&w.park_word, 0, None);
-            }
-        }
+        OnViolation::Cancel => park(w, fault, item),
+    }
+}
+
+/// The cancel policy: publishes the record, tells the runtime, and parks
+/// the thread for good. No Rust frame is unwound or skipped, and the store
+/// never happens.
+fn park(w: &WorkerState, fault: &Fault, item: usize) -> ! {
+    let r = &w.record;
+    r.addr.store(fault.addr, Ordering::Relaxed);
+    r.ip.store(fault.ip, Ordering::Relaxed);
+    r.tid.store(os::gettid(), Ordering::Relaxed);
+    r.code.store(fault.code as u32, Ordering::Relaxed);
+    r.item.store(item, Ordering::Relaxed);
+    r.state.store(1, Ordering::Release);
+    w.is_parked.store(true, Ordering::Release);
+    let parked = w.parked.load(Ordering::Acquire);
+    // SAFETY: the runtime's counters outlive its workers' states.
+    if let Some(parked) = unsafe { parked.as_ref() } {
+        parked.fetch_add(1, Ordering::AcqRel);
+    }
+    let events = w.events.load(Ordering::Acquire);
+    // SAFETY: as above.
+    if let Some(events) = unsafe { events.as_ref() } {
+        events.fetch_add(1, Ordering::AcqRel);
+        os::futex_wake(events, i32::MAX);
+    }
+    loop {
+        os::futex_wait(&w.park_word, 0, None);
     }
 }
 
 unsafe extern "C" fn on_trap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo.
     let code = unsafe { (*info).si_code };
-    // SAFETY: a registered worker slot outlives its thread.
-    if let Some(w) = unsafe { current_worker().as_ref() } {
-        let page = w.audit_page.swap(0, Ordering::Relaxed);
-        let key = w.audit_pkey.swap(0, Ordering::Relaxed);
-        if code == TRAP_TRACE && (page != 0 || key != 0) {
-            if page != 0 {
-                // SAFETY: the page was made writable by `violation` and is
-                // still inside the frozen heap (main cannot thaw while this
-                // worker is inside its task).
-                let _ = unsafe { os::protect(page as *mut u8, os::page_size(), os::Access::Read) };
-            }
-            if key != 0 {
-                // SAFETY: ctx is our ucontext.
-                unsafe { set_saved_pkru_write(ctx, key, false) };
-            }
-            // SAFETY: ctx is our ucontext.
-            let uc = unsafe { &mut *(ctx as *mut libc::ucontext_t) };
-            uc.uc_mcontext.gregs[libc::REG_EFL as usize] &= !EFLAGS_TF;
+    // SAFETY: ctx is the ucontext the kernel passed to this handler.
+    let mut frame = unsafe { Frame::new(ctx) };
+    if let Some(w) = guard::current_worker() {
+        if step::close(w, code, &mut frame) {
             return;
         }
     }
     // SAFETY: forwarding the kernel's arguments.
     unsafe { chain(&PREV_TRAP, sig, info, ctx) }
-}
-
-/// Edits the PKRU value saved in the signal frame: allow (`allow = true`)
-/// or deny writes to `key`. Returns false if the frame has no XSAVE area.
-///
-/// # Safety
-/// 1. `ctx` is the `ucontext_t` of the current signal.
-unsafe fn set_saved_pkru_write(ctx: *mut libc::c_void, key: u32, allow: bool) -> bool {
-    let Some(off) = os::xsave_pkru_offset() else {
-        return false;
-    };
-    // SAFETY: by (1).
-    let uc = unsafe { &mut *(ctx as *mut libc::ucontext_t) };
-    let fp = uc.uc_mcontext.fpregs as *mut u8;
-    if fp.is_null() || key == 0 {
-        return false;
-    }
-    // SAFETY: on x86_64 Linux the signal frame's fpregs point at an XSAVE
-    // area whose header (XSTATE_BV at +512) and PKRU component (at the
-    // CPUID-reported offset) the kernel restores on sigreturn.
-    unsafe {
-        let xstate_bv = fp.add(512) as *mut u64;
-        xstate_bv.write_unaligned(xstate_bv.read_unaligned() | (1 << 9));
-        let pkru = fp.add(off) as *mut u32;
-        let mut v = pkru.read_unaligned();
-        let ad = 1u32 << (2 * key);
-        let wd = 1u32 << (2 * key + 1);
-        if allow {
-            v &= !(ad | wd);
-        } else {
-            v |= wd;
-        }
-        pkru.write_unaligned(v);
-    }
-    true
 }
 
 /// Calls the previously installed action for a signal that is not ours.

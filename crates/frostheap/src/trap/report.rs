@@ -1,102 +1,13 @@
-//! Violation reports, read like a sanitizer's: where, in which heap and
-//! block, by whom (thread, task item), at which instruction (function and
-//! file:line), and — with `FROSTHEAP_TRACK_ALLOCS=1` — where the block was
-//! allocated.
-//!
-//! The handler records plain numbers only ([`super::RawRecord`]); this
-//! module turns them into a [`Violation`] on the main thread, where
-//! allocating and symbolising are allowed. The one exception is
-//! [`render_raw`], the abort policy's report, written from the handler
-//! with `write(2)` into a stack buffer.
+//! From the fault handler's numbers to a [`Violation`]: the handler
+//! records plain numbers only (`guard::ViolationRecord`); [`Violation::from_raw`]
+//! looks up the heap and block on the main thread, where allocating is
+//! allowed. The one exception is [`render_raw`], the abort policy's
+//! report, written from the handler with `write(2)` into a stack buffer.
 
-use core::fmt;
-
-use super::{guard_of, Backend, OnViolation};
+use super::{Access, Backend, OnViolation, Violation};
 use crate::fmt_buf::Buf;
-use crate::size::Bytes;
-
-/// How the guarded memory was written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    /// A store by the task's thread (caught by the MMU).
-    Write,
-    /// A write the kernel made on the task's behalf (`read(2)` into frozen
-    /// memory failed with `EFAULT`).
-    KernelWrite,
-}
-
-/// A write by a parallel task into a guarded heap.
-#[derive(Clone, Debug)]
-pub struct Violation {
-    pub(crate) address: usize,
-    pub(crate) heap_name: String,
-    pub(crate) heap_base: usize,
-    pub(crate) allocation: Option<(usize, usize)>,
-    pub(crate) access: Access,
-    pub(crate) thread_id: u32,
-    pub(crate) thread_name: Option<String>,
-    pub(crate) item_index: Option<usize>,
-    pub(crate) ip: usize,
-    pub(crate) backend: Backend,
-    pub(crate) policy: OnViolation,
-    /// Symbols, resolved on first use (reading debug info costs far more
-    /// than everything else in a report; the caller gets the error first).
-    pub(crate) resolved: std::sync::OnceLock<Resolved>,
-}
-
-/// The symbolised parts of a report.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Resolved {
-    function: Option<String>,
-    location: Option<(String, u32)>,
-    allocated_at: Vec<String>,
-}
-
-impl Resolved {
-    fn of(ip: usize, allocation: Option<(usize, usize)>) -> Resolved {
-        let mut function = None;
-        let mut location = None;
-        if ip != 0 {
-            // The handler saw the address of the faulting instruction
-            // itself, not a return address. `backtrace::resolve` treats
-            // every address as a return address and looks up `addr - 1`
-            // (the previous instruction: another line, no line at all, or
-            // the previous function when the store is a function's first
-            // instruction), so hand it `ip + 1`. Inlining yields several
-            // frames, innermost first: report the innermost one that is
-            // the program's own code (not std's or a registry crate's),
-            // falling back to the innermost.
-            type Frame = (Option<String>, Option<(String, u32)>);
-            let mut frames: Vec<Frame> = Vec::new();
-            backtrace::resolve((ip + 1) as *mut core::ffi::c_void, |sym| {
-                let name = sym.name().map(|n| format!("{n:#}"));
-                let loc = match (sym.filename(), sym.lineno()) {
-                    (Some(file), Some(line)) => Some((file.display().to_string(), line)),
-                    _ => None,
-                };
-                frames.push((name, loc));
-            });
-            let is_own = |loc: &Option<(String, u32)>| {
-                loc.as_ref().is_some_and(|(f, _)| {
-                    !f.starts_with("/rustc/") && !f.contains("/.cargo/registry/")
-                })
-            };
-            let pick = frames.iter().position(|(_, l)| is_own(l)).unwrap_or(0);
-            if let Some((name, loc)) = frames.get(pick).cloned() {
-                function = name;
-                location = loc;
-            }
-        }
-        let allocated_at = allocation
-            .map(|(base, _)| crate::track::site_of(base))
-            .unwrap_or_default();
-        Resolved {
-            function,
-            location,
-            allocated_at,
-        }
-    }
-}
+use crate::guard;
+use crate::heap::HeapInner;
 
 impl Violation {
     /// Builds a report from the handler's numbers, looking up the heap and
@@ -112,24 +23,18 @@ impl Violation {
         backend: Backend,
         policy: OnViolation,
     ) -> Violation {
-        let (heap_name, heap_base, allocation) = match guard_of(address) {
-            Some(g) => {
-                let heap = g.heap.load(core::sync::atomic::Ordering::Acquire);
-                // SAFETY: a guard slot's heap stays alive while the slot is
-                // registered (the runtime holds a handle to it).
-                match unsafe { heap.as_ref() } {
-                    Some(h) => (
-                        h.name.to_string(),
-                        h.core.region().base() as usize,
-                        h.core.allocation_containing(address),
-                    ),
-                    None => (
-                        "?".into(),
-                        g.start.load(core::sync::atomic::Ordering::Relaxed),
-                        None,
-                    ),
-                }
-            }
+        let (heap_name, heap_base, allocation) = match guard::entry_of(address) {
+            // SAFETY: the heap written is alive while this report is built
+            // on the main thread: a guarded heap is held by the runtime, a
+            // sealed one is never dropped.
+            Some(e) => match unsafe { HeapInner::of_entry(e) } {
+                Some(h) => (
+                    h.name.to_string(),
+                    h.core.region().base() as usize,
+                    h.core.allocation_containing(address),
+                ),
+                None => ("?".into(), e.start(), None),
+            },
             None => ("(unknown)".into(), 0, None),
         };
         Violation {
@@ -147,142 +52,6 @@ impl Violation {
             resolved: std::sync::OnceLock::new(),
         }
     }
-
-    /// The address written.
-    pub fn address(&self) -> usize {
-        self.address
-    }
-    /// The guarded heap's name.
-    pub fn heap_name(&self) -> &str {
-        &self.heap_name
-    }
-    /// Offset of the address from the heap's base.
-    pub fn offset(&self) -> usize {
-        self.address - self.heap_base
-    }
-    /// The containing allocation: (base, usable size).
-    pub fn allocation(&self) -> Option<(usize, usize)> {
-        self.allocation
-    }
-    /// Index of the input item the task was processing.
-    pub fn item_index(&self) -> Option<usize> {
-        self.item_index
-    }
-    /// Kernel thread id of the violating task.
-    pub fn thread_id(&self) -> u32 {
-        self.thread_id
-    }
-    /// Name of the violating thread.
-    pub fn thread_name(&self) -> Option<&str> {
-        self.thread_name.as_deref()
-    }
-    /// Address of the faulting instruction.
-    pub fn instruction(&self) -> usize {
-        self.ip
-    }
-    fn resolved(&self) -> &Resolved {
-        self.resolved
-            .get_or_init(|| Resolved::of(self.ip, self.allocation))
-    }
-    /// The function containing the faulting instruction, if symbols allow.
-    pub fn function(&self) -> Option<&str> {
-        self.resolved().function.as_deref()
-    }
-    /// Source file and line of the faulting instruction.
-    pub fn location(&self) -> Option<(&str, u32)> {
-        self.resolved()
-            .location
-            .as_ref()
-            .map(|(f, l)| (f.as_str(), *l))
-    }
-    /// How the memory was written.
-    pub fn access(&self) -> Access {
-        self.access
-    }
-    /// The protection backend that caught it.
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
-    /// The policy applied.
-    pub fn policy(&self) -> OnViolation {
-        self.policy
-    }
-    /// Where the violated block was allocated (`FROSTHEAP_TRACK_ALLOCS=1`).
-    pub fn allocated_at(&self) -> &[String] {
-        &self.resolved().allocated_at
-    }
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let what = match self.policy {
-            OnViolation::Cancel => "the task was cancelled and the store did not happen",
-            OnViolation::Audit => "audit mode: the store went through",
-            OnViolation::Abort => "aborting",
-        };
-        writeln!(
-            f,
-            "==frostheap== VIOLATION: write to frozen heap \"{}\" ({what})",
-            self.heap_name
-        )?;
-        let access = match self.access {
-            Access::Write => "store",
-            Access::KernelWrite => "kernel write (read(2) into frozen memory: EFAULT)",
-        };
-        writeln!(
-            f,
-            "  address  {:#x} = heap \"{}\" + {:#x}   [{}, caught by {}]",
-            self.address,
-            self.heap_name,
-            self.offset(),
-            access,
-            self.backend.name()
-        )?;
-        match self.allocation {
-            Some((base, size)) => writeln!(
-                f,
-                "  block    {:#x}..{:#x}, a {} block; the write is {} bytes into it",
-                base,
-                base + size,
-                Bytes(size),
-                self.address - base
-            )?,
-            None => writeln!(f, "  block    (not inside an allocated block's geometry)")?,
-        }
-        write!(f, "  thread   tid {}", self.thread_id)?;
-        if let Some(n) = &self.thread_name {
-            write!(f, " \"{n}\"")?;
-        }
-        match self.item_index {
-            Some(i) => writeln!(f, ", task item #{i}")?,
-            None => writeln!(f)?,
-        }
-        if self.ip != 0 {
-            write!(f, "  at       {:#x}", self.ip)?;
-            if let Some(func) = self.function() {
-                write!(f, " in {func}")?;
-            }
-            if let Some((file, line)) = self.location() {
-                write!(f, " at {file}:{line}")?;
-            }
-            writeln!(f)?;
-        }
-        if !self.allocated_at().is_empty() {
-            writeln!(f, "  allocated at:")?;
-            for frame in self.allocated_at() {
-                writeln!(f, "    {frame}")?;
-            }
-        }
-        if self.policy == OnViolation::Cancel {
-            write!(
-                f,
-                "  note     the task's thread is parked for good; locks it held stay held"
-            )?;
-        } else {
-            write!(f, "  note     guarded data is frozen during parallel phases; write to the task's own allocations, Shared<T>, or memory made inside unguarded(..)")?;
-        }
-        Ok(())
-    }
 }
 
 /// The abort policy's report, formatted without allocating (called from
@@ -298,13 +67,12 @@ pub(crate) fn render_raw(
     let mut b = Buf::new(buf)
         .str("==frostheap== VIOLATION: write to a frozen heap at 0x")
         .hex(addr);
-    if let Some(g) = guard_of(addr) {
-        let start = g.start.load(core::sync::atomic::Ordering::Relaxed);
-        b = b.str(" (heap offset 0x").hex(addr - start).str(")");
-        let heap = g.heap.load(core::sync::atomic::Ordering::Relaxed);
-        // SAFETY: the slot's heap is alive while the slot is registered;
-        // the name and page table are only read.
-        if let Some(h) = unsafe { heap.as_ref() } {
+    if let Some(e) = guard::entry_of(addr) {
+        b = b.str(" (heap offset 0x").hex(addr - e.start()).str(")");
+        // SAFETY: the heap written is alive while its worker runs a task
+        // (the runtime holds it, or it is sealed and never dropped); its
+        // name and page table are only read.
+        if let Some(h) = unsafe { HeapInner::of_entry(e) } {
             b = b.str(" in heap \"").str(&h.name).str("\"");
             if let Some((base, size)) = h.core.allocation_containing(addr) {
                 b = b
@@ -324,7 +92,7 @@ pub(crate) fn render_raw(
     }
     b.str("\n  instruction 0x")
         .hex(ip)
-        .str(if code == 4 {
+        .str(if code == super::frame::SEGV_PKUERR {
             " (protection-key fault)"
         } else {
             " (mprotect fault)"

@@ -1,11 +1,18 @@
 //! Shared helpers: heaps for tests, pointers that cross threads, and the
-//! example programs that global-mode tests run as child processes.
+//! fixture programs (tests/fixtures/) that global-mode and crash tests run
+//! as child processes, each within a time limit.
+//!
+//! Fixtures are binaries of this package, so cargo builds them with the
+//! test and names their paths at compile time (`CARGO_BIN_EXE_<name>`): no
+//! test runs cargo, and a fixture can never be older than the library the
+//! test was built with.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::ptr::NonNull;
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, Instant};
 
 use frostheap::Heap;
 
@@ -38,95 +45,51 @@ pub fn tag(i: usize) -> u8 {
     (i.wrapping_mul(0x9e37_79b9) >> 7) as u8
 }
 
-/// Whether this test binary was built with the release profile (the
-/// directory `target/<profile>/deps` it runs from).
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/it-<hash>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps")
-        .to_path_buf()
-}
-
-fn newest_mtime(dir: &Path, newest: &mut SystemTime) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+/// Declares the fixture programs: each name is a `[[bin]]` of this
+/// package (tests/fixtures/<name>.rs), whose path cargo passes in as
+/// `CARGO_BIN_EXE_<name>` when it builds this test.
+macro_rules! fixtures {
+    ($($name:literal),* $(,)?) => {
+        /// Every fixture and where cargo built it.
+        pub const FIXTURES: &[(&str, &str)] = &[
+            $(($name, env!(concat!("CARGO_BIN_EXE_", $name))),)*
+        ];
     };
-    for e in entries.flatten() {
-        let path = e.path();
-        if path.is_dir() {
-            newest_mtime(&path, newest);
-        } else if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
-            *newest = (*newest).max(m);
-        }
-    }
 }
 
-fn is_fresh(exe: &Path, name: &str) -> bool {
-    let Ok(built) = std::fs::metadata(exe).and_then(|m| m.modified()) else {
-        return false;
+fixtures!(
+    "freeze_child",
+    "freeze_env",
+    "global_alloc",
+    "global_routing",
+    "nested_guards",
+    "runtime_global",
+    "violation",
+);
+
+/// The path of fixture program `name`, which must exist.
+#[track_caller]
+pub fn fixture(name: &str) -> PathBuf {
+    let Some(&(_, path)) = FIXTURES.iter().find(|(n, _)| *n == name) else {
+        panic!(
+            "no fixture program {name:?}: add tests/fixtures/{name}.rs, a [[bin]] for it in crates/frostheap/Cargo.toml, and its name to `fixtures!` in tests/it/check.rs"
+        )
     };
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut newest = SystemTime::UNIX_EPOCH;
-    newest_mtime(&crate_dir.join("src"), &mut newest);
-    for f in [
-        crate_dir.join("Cargo.toml"),
-        crate_dir.join("examples").join(format!("{name}.rs")),
-    ] {
-        if let Ok(m) = std::fs::metadata(&f).and_then(|m| m.modified()) {
-            newest = newest.max(m);
-        }
-    }
-    built >= newest
+    let path = PathBuf::from(path);
+    assert!(
+        path.is_file(),
+        "fixture program {name} is missing at {}: cargo builds it with this test (`cargo test --release -p frostheap --test it`, or `cargo build --release -p frostheap --bins`); a copy of the test binary run elsewhere needs the fixtures at the same paths (ci/guest.sh copies them)",
+        path.display()
+    );
+    path
 }
 
-/// The path of example `name`, built with this test binary's profile.
-///
-/// `cargo test` builds the package's examples next to the test binary
-/// (`target/<profile>/examples`), so normally that file is used. When it is
-/// missing or older than the sources (`cargo test --test it` does not build
-/// examples), the example is built with `cargo build` into a private
-/// target directory: the running `cargo test` holds the lock of the
-/// shared one, so building there would wait forever.
-pub fn example(name: &str) -> PathBuf {
-    static BUILD: Mutex<()> = Mutex::new(());
-    let profile_dir = profile_dir();
-    let next_to_us = profile_dir.join("examples").join(name);
-    if is_fresh(&next_to_us, name) {
-        return next_to_us;
-    }
-    let _one_build_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let target = profile_dir.join("frostheap-it-examples");
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "--quiet", "-p", "frostheap", "--example", name])
-        .env("CARGO_TARGET_DIR", &target)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if release {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("running cargo build for an example");
-    assert!(
-        status.success(),
-        "cargo build --example {name} failed: {status}"
-    );
-    let built = target
-        .join(if release { "release" } else { "debug" })
-        .join("examples")
-        .join(name);
-    assert!(
-        built.exists(),
-        "cargo build did not produce {}",
-        built.display()
-    );
-    built
-}
-
-/// Runs example `name` with `args` and extra environment `env`, with every
-/// `FROSTHEAP_*` variable of our own environment removed first.
-pub fn run_example(name: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(example(name));
+/// Runs fixture `name` with `args` and extra environment `env`, with every
+/// `FROSTHEAP_*` variable of our own environment removed first, within the
+/// time limit of [`output_within`].
+#[track_caller]
+pub fn run_fixture(name: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(fixture(name));
     cmd.args(args);
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("FROSTHEAP_") {
@@ -134,8 +97,80 @@ pub fn run_example(name: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
         }
     }
     cmd.envs(env.iter().copied());
-    cmd.output()
-        .unwrap_or_else(|e| panic!("running example {name}: {e}"))
+    output_within(&mut cmd, &format!("fixture {name} {}", args.join(" ")))
+}
+
+/// How long a child process may run: `FROSTHEAP_TEST_CHILD_TIMEOUT`
+/// seconds, default 120 (the slowest fixture takes about a second here;
+/// CI's emulated guest is some ten times slower).
+pub fn child_time_limit() -> Duration {
+    const VAR: &str = "FROSTHEAP_TEST_CHILD_TIMEOUT";
+    match std::env::var(VAR) {
+        Err(_) => Duration::from_secs(120),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(s) if s > 0 => Duration::from_secs(s),
+            _ => panic!("{VAR}={v:?}: expected whole seconds above 0"),
+        },
+    }
+}
+
+/// Runs `cmd` to its end like [`Command::output`], but a child still
+/// running after [`child_time_limit`] is killed with its process group, and
+/// the test fails naming `what`, with the output so far: a hang is a
+/// failure, not a stuck test run. (The status is polled every 10 ms: no
+/// SIGCHLD handler in a binary that tests signal handling.)
+#[track_caller]
+pub fn output_within(cmd: &mut Command, what: &str) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let limit = child_time_limit();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child
+            .try_wait()
+            .unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
+        {
+            break Some(status);
+        }
+        if started.elapsed() > limit {
+            // SAFETY: kill(2) on the child's own process group (made by
+            // process_group(0) above; the child is not reaped yet, so the
+            // group id is still its).
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let out = Output {
+        status: status.unwrap_or_else(|| ExitStatus::from_raw(libc::SIGKILL)),
+        stdout: stdout.join().expect("the stdout reader"),
+        stderr: stderr.join().expect("the stderr reader"),
+    };
+    if status.is_none() {
+        panic!(
+            "{what} did not finish within {}s (FROSTHEAP_TEST_CHILD_TIMEOUT): killed it and its process group\n{}",
+            limit.as_secs(),
+            describe(&out)
+        );
+    }
+    out
 }
 
 /// Stdout and stderr of a child, for assertion messages.

@@ -1,15 +1,15 @@
-//! `frostheap::Global`, tested through example programs that install it,
+//! `frostheap::Global`, tested through fixture programs (tests/fixtures/) that install it,
 //! run as child processes (a test binary cannot usefully swap its own
 //! global allocator): routing by thread and by address, limits from the
 //! environment, start-up errors, and the allocation-failure path.
 
 use std::os::unix::process::ExitStatusExt;
 
-use crate::check::{describe, run_example, MIB};
+use crate::check::{describe, run_fixture, MIB};
 
 test!(routing_main_heap_other_threads_and_remote_frees);
 fn routing_main_heap_other_threads_and_remote_frees() {
-    let out = run_example("global_routing", &[], &[]);
+    let out = run_fixture("global_routing", &[], &[]);
     assert!(out.status.success(), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -21,7 +21,7 @@ fn routing_main_heap_other_threads_and_remote_frees() {
 
 test!(limits_come_from_the_environment);
 fn limits_come_from_the_environment() {
-    let out = run_example(
+    let out = run_fixture(
         "global_routing",
         &[],
         &[("FROSTHEAP_MAX", "1.5GiB"), ("FROSTHEAP_MIN", "32M")],
@@ -39,7 +39,7 @@ fn limits_come_from_the_environment() {
         describe(&out)
     );
 
-    let out = run_example(
+    let out = run_fixture(
         "global_alloc",
         &["32M"],
         &[("FROSTHEAP_MAX", "64M"), ("FROSTHEAP_HUGE_PAGES", "off")],
@@ -61,7 +61,7 @@ fn limits_come_from_the_environment() {
 /// A bad value stops start-up: status 2, one stderr line naming the
 /// variable, the value and what is accepted, and `main` never runs.
 fn assert_startup_error(env: &[(&str, &str)], var: &str, value: &str, accepted: &str) {
-    let out = run_example("global_alloc", &["1M"], env);
+    let out = run_fixture("global_alloc", &["1M"], env);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(
         out.stdout.is_empty(),
@@ -142,7 +142,7 @@ test!(allocation_past_max_takes_the_alloc_error_path);
 /// Past `FROSTHEAP_MAX`, `GlobalAlloc` returns null and Rust's
 /// allocation-failure path reports and aborts.
 fn allocation_past_max_takes_the_alloc_error_path() {
-    let out = run_example("global_alloc", &["100M"], &[("FROSTHEAP_MAX", "64M")]);
+    let out = run_fixture("global_alloc", &["100M"], &[("FROSTHEAP_MAX", "64M")]);
     assert!(!out.status.success(), "{}", describe(&out));
     assert_eq!(
         out.status.signal(),
@@ -170,7 +170,7 @@ fn libc_sigabrt() -> i32 {
 
 test!(remote_double_free_stops_the_process_with_a_report);
 fn remote_double_free_stops_the_process_with_a_report() {
-    let out = run_example("global_routing", &["remote-double-free"], &[]);
+    let out = run_fixture("global_routing", &["remote-double-free"], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let p = stdout

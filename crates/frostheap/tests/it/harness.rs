@@ -33,7 +33,7 @@
 //!   libtest); one over `FROSTHEAP_TEST_TIMEOUT` seconds (default 900)
 //!   stops the binary with a failure naming it, because a thread cannot be
 //!   killed and a hung CI job is worse than a lost run. Child processes
-//!   have their own, shorter limit (`check::run_example`).
+//!   have their own, shorter limit (`check::run_fixture`).
 //!
 //! Output is not captured (libtest-mimic cannot): a test's prints and a
 //! panic's message appear as they happen, and a failed test's panic message
@@ -244,6 +244,9 @@ struct Skip {
 
 static SKIPS: Mutex<Vec<Skip>> = Mutex::new(Vec::new());
 
+/// How long each test that ran took, for the closing list of the slowest.
+static TIMES: Mutex<Vec<(String, Duration)>> = Mutex::new(Vec::new());
+
 // ---------------------------------------------------------------------------
 // Time limit.
 
@@ -262,7 +265,11 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        lock(&RUNNING).retain(|(n, _, _)| *n != self.0);
+        let mut running = lock(&RUNNING);
+        if let Some(i) = running.iter().position(|(n, _, _)| *n == self.0) {
+            let (name, started, _) = running.swap_remove(i);
+            lock(&TIMES).push((name, started.elapsed()));
+        }
     }
 }
 
@@ -404,6 +411,8 @@ fn run() -> Result<ExitCode, String> {
     }
     let required = required_needs()?;
     let limit = seconds_from_env("FROSTHEAP_TEST_TIMEOUT", 900)?;
+    // Our own lines would spoil a listing or JSON output.
+    let plain = !args.list && !matches!(args.format, Some(libtest_mimic::FormatSetting::Json));
 
     let mut tests: Vec<&'static Test> = inventory::iter::<Test>.into_iter().collect();
     tests.sort_by_key(|t| t.full_name());
@@ -412,11 +421,11 @@ fn run() -> Result<ExitCode, String> {
     }
     if let Some(seed) = order.shuffle_seed {
         fastrand::Rng::with_seed(seed).shuffle(&mut tests);
-        if !args.list {
+        if plain {
             println!("shuffled with seed {seed} (replay this order with --shuffle-seed {seed})");
         }
     }
-    if !args.list {
+    if plain {
         let probed: Vec<String> = Need::ALL
             .iter()
             .map(|n| match n.missing() {
@@ -464,7 +473,10 @@ fn run() -> Result<ExitCode, String> {
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
-    print_skips();
+    if plain {
+        print_skips();
+        print_slowest();
+    }
     Ok(conclusion.exit_code())
 }
 
@@ -491,6 +503,22 @@ fn print_skips() {
         }
     }
     println!();
+}
+
+/// The ten slowest tests of the run (CI's emulated guest is slow; this
+/// says where its time goes).
+fn print_slowest() {
+    let mut times = lock(&TIMES).clone();
+    if times.len() < 2 {
+        return;
+    }
+    times.sort_by(|a, b| b.1.cmp(&a.1));
+    let list: Vec<String> = times
+        .iter()
+        .take(10)
+        .map(|(n, d)| format!("{n} {:.1}s", d.as_secs_f64()))
+        .collect();
+    println!("slowest: {}", list.join(", "));
 }
 
 // ---------------------------------------------------------------------------
@@ -589,4 +617,25 @@ fn order_arguments_are_taken_out_before_libtest_mimic() {
     assert_eq!(order.shuffle_seed, None);
     let e = split_order_args(args(&["it", "--shuffle-seed", "x"])).expect_err("bad seed");
     assert!(e.contains("\"x\""), "{e}");
+}
+
+crate::test!(every_fixture_program_is_declared, needs: [SourceTree]);
+/// A program under tests/fixtures that `fixtures!` (check.rs) does not
+/// list cannot be run by a test; one listed but not there fails to build.
+fn every_fixture_program_is_declared() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut undeclared = Vec::new();
+    for e in std::fs::read_dir(&dir).expect("reading tests/fixtures").flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "rs") {
+            let stem = p.file_stem().expect("a file name").to_string_lossy();
+            if !crate::check::FIXTURES.iter().any(|(n, _)| *n == stem) {
+                undeclared.push(stem.into_owned());
+            }
+        }
+    }
+    assert!(
+        undeclared.is_empty(),
+        "fixture programs without a [[bin]] in Cargo.toml and an entry in `fixtures!` (tests/it/check.rs): {undeclared:?}"
+    );
 }

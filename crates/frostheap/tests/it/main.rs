@@ -9,10 +9,10 @@
 //! | `limits` | `max`: refusals with the right numbers, recovery; invalid configurations |
 //! | `remote` | millions of blocks crossing threads: remote frees, the locked shared path |
 //! | `collections` | `allocator_api2::vec::Vec` and hashbrown maps in a heap |
-//! | `global_mode` | `frostheap::Global` in example programs run as child processes |
+//! | `global_mode` | `frostheap::Global` in fixture programs (tests/fixtures/) run as child processes |
 //! | `violations` | the violation matrix: backend × policy × twelve ways to write a frozen heap; reports |
 //! | `freeze` | backends, bystander threads, kernel writes, sealed heaps, env config; the cap, abort, and foreign faults in child processes |
-//! | `runtime` | `map` / `for_each` / `scope` against sequential code, panics, violations, budgets, context heaps; global mode through the `runtime_global` example |
+//! | `runtime` | `map` / `for_each` / `scope` against sequential code, panics, violations, budgets, context heaps; global mode through the `runtime_global` fixture |
 //! | `par` | `rt.par(..)`: adapters and terminals against std's iterators, panics, violations, `for_each_mut` and its up-front check, sorts, the default runtime |
 //! | `harness` | the runner itself: registration is complete, its arguments |
 //!
@@ -48,6 +48,15 @@
 //! than returning early: an early `return` counts as a pass.
 //! `FROSTHEAP_TEST_REQUIRE=pkey` (comma-separated keys, or `all`) turns the
 //! skip of a listed need into a failure; CI's guest run sets it.
+//!
+//! # Child processes and fixture programs
+//!
+//! Run a child with `check::output_within(&mut cmd, what)` (or a fixture
+//! with `check::run_fixture(name, args, env)`): it is killed, and the test
+//! fails with its output so far, after `FROSTHEAP_TEST_CHILD_TIMEOUT`
+//! seconds (default 120). A new fixture program is a file in
+//! tests/fixtures/, a `[[bin]]` in crates/frostheap/Cargo.toml and a name in
+//! `fixtures!` in check.rs; cargo then builds it with this binary.
 //!
 //! # Running
 //!

@@ -20,7 +20,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use frostheap::par::chunks_mut;
 use frostheap::{Error, Heap, Runtime, Shared};
 
-use crate::check::{describe, run_example, MIB};
+use crate::check::{describe, run_fixture, MIB};
 
 const WORKERS: usize = 2;
 
@@ -581,7 +581,7 @@ fn a_panicking_comparator_fails_the_sort_and_leaves_a_permutation() {
 // ---------------------------------------------------------------- global mode and the default runtime
 
 fn global_scenario(name: &str, env: &[(&str, &str)]) -> String {
-    let out = run_example("runtime_global", &[name], env);
+    let out = run_fixture("runtime_global", &[name], env);
     assert!(out.status.success(), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(stdout.contains(&format!("runtime_global {name}: ok")), "{}", describe(&out));
@@ -607,7 +607,7 @@ fn global_runtime_is_configured_from_the_environment() {
         ("FROSTHEAP_WORKERS", "0"),
         ("FROSTHEAP_MEMORY_BUDGET", "lots"),
     ] {
-        let out = run_example("runtime_global", &["global-runtime"], &[(var, value)]);
+        let out = run_fixture("runtime_global", &["global-runtime"], &[(var, value)]);
         assert_eq!(out.status.code(), Some(2), "{var}={value}: {}", describe(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(stderr.lines().count(), 1, "{var}={value}: one line: {}", describe(&out));

@@ -7,7 +7,7 @@
 //! `guard(&heap)`, and tasks allocate in their context heap through
 //! `ctx.arena()`. The global mode (main heap frozen, every task allocation
 //! in a context heap, deferred frees, `println!` inside tasks) is checked
-//! by the example `runtime_global`, run as a child process per scenario.
+//! by the fixture `runtime_global`, run as a child process per scenario.
 
 use std::alloc::Layout;
 use std::collections::HashSet;
@@ -21,7 +21,7 @@ use proptest::test_runner::{Config, TestRunner};
 
 use frostheap::{Error, Heap, Runtime, Shared};
 
-use crate::check::{describe, run_example, MIB};
+use crate::check::{describe, run_fixture, MIB};
 
 const WORKERS: usize = 2;
 
@@ -791,7 +791,7 @@ fn ten_thousand_phases_do_not_grow_committed_memory() {
 // ---------------------------------------------------------------- global mode (child processes)
 
 fn global_scenario(name: &str) {
-    let out = run_example("runtime_global", &[name], &[]);
+    let out = run_fixture("runtime_global", &[name], &[]);
     assert!(out.status.success(), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -805,7 +805,7 @@ test!(global_tasks_print_name_threads_send_on_channels_and_count_shared);
 fn global_tasks_print_name_threads_send_on_channels_and_count_shared() {
     global_scenario("basics");
     // The tasks' own lines reached stdout.
-    let out = run_example("runtime_global", &["basics"], &[]);
+    let out = run_fixture("runtime_global", &["basics"], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("task ")).count(),
@@ -847,7 +847,7 @@ test!(nested_guards_and_results_in_the_main_heap);
 /// exemption never write frozen memory, and other main-heap data stays
 /// frozen while results are written.
 fn nested_guards_and_results_in_the_main_heap() {
-    let out = crate::check::run_example("nested_guards", &[], &[]);
+    let out = crate::check::run_fixture("nested_guards", &[], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

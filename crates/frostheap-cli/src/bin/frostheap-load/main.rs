@@ -24,6 +24,10 @@
 //! `frostheap` binary, say an earlier build, interleaved with the others).
 //! The load average is printed at the start and the end of part 1: on a
 //! shared machine the ratio is only as good as the conditions.
+//!
+//! `--wrk` makes the same two measurements with wrk, a load generator
+//! nobody here wrote (`crates/frostheap-cli/bench/serve-wrk.sh` installs
+//! it and runs this).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -33,6 +37,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+mod wrk;
 
 const ROUNDS: usize = 3;
 const ROUND_SECS: u64 = 3;
@@ -319,10 +325,33 @@ struct Options {
     /// (an earlier build), interleaved with the others.
     #[arg(long, value_name = "PATH")]
     compare: Option<std::path::PathBuf>,
+    /// Generate the load with wrk (on PATH) instead: parts 1 and 2, plus
+    /// the unbudgeted overload (see `wrk.rs`).
+    #[arg(long)]
+    wrk: bool,
+}
+
+/// The median of `v` (sorted in place, so that `spread` reads its range).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The range of a sorted `v`.
+fn spread(v: &[f64]) -> String {
+    format!("{:.0}–{:.0}", v[0], v[v.len() - 1])
 }
 
 fn main() {
     let opts = <Options as clap::Parser>::parse();
+    if opts.wrk {
+        return wrk::run(opts.rounds, opts.secs);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -357,16 +386,6 @@ fn main() {
             measure(c, &mut other, &mut cpu_other);
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let n = v.len();
-        if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        }
-    };
-    let spread = |v: &Vec<f64>| format!("{:.0}–{:.0}", v[0], v[v.len() - 1]);
     // Per round, budgeted ÷ the plain run just before it: drift in machine
     // load cancels better than in the ratio of medians.
     let mut paired: Vec<f64> = with.iter().zip(&without).map(|(w, p)| w / p).collect();

@@ -1,0 +1,404 @@
+//! One connection, from accept to close.
+//!
+//! 1. **The gate.** With a budget, a new connection takes a place at the
+//!    [`ConnectionGate`](frostheap_budget::gate::ConnectionGate), the small
+//!    separate budget of connections that have no admitted request, and
+//!    keeps it until its request is admitted (or the connection ends): the
+//!    gate bounds the parsers that exist before the budget has charged
+//!    anyone, shed requests included. A full gate
+//!    makes room by evicting a waiter whose head has not arrived (told
+//!    with a 503 it can read, step 4): for a newcomer whose head has, the
+//!    oldest such; for one whose head has not, the oldest if it has waited
+//!    a second. Otherwise a newcomer with its head is refused (503: the
+//!    gate is full of requests about to be served — a burst), and one
+//!    without gets a short probation ([`PROBATION`], at most
+//!    [`MAX_PROBATION`] at once) to send it and try again. So an attacker
+//!    who reconnects as fast as he is dropped keeps the gate busy but
+//!    cannot keep a prompt client out.
+//! 2. **The head, before hyper.** The connection waits until the kernel
+//!    holds a whole request head, peeking at it without reading, for at
+//!    most `--header-timeout`. Until then it costs a task and a socket,
+//!    not hyper's buffers: 2,000 connections sending a header byte a
+//!    second cost little memory and no client place. Timeout: 408.
+//! 3. **hyper** serves the connection; [`TimedIo`] enforces the body and
+//!    idle deadlines, the request's bytes are charged by the tower layer
+//!    from the head on, and between keep-alive requests the connection
+//!    waits at the gate again (a full gate closes it after its response).
+//! 4. **A close the client can read.** Whenever the server closes a
+//!    connection whose client may still be sending (a 503 before the body
+//!    was read), it first sends its answer, then half-closes (FIN), then
+//!    reads and drops what arrives for up to [`LINGER_TIME`] and
+//!    [`LINGER_BYTES`] — nginx's lingering close. Closing at once with
+//!    unread bytes in the socket makes the kernel send a reset, which
+//!    destroys the answer before the client has read it.
+
+use std::future::poll_fn;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use frostheap_budget::gate::Waiting;
+use frostheap_budget::tower::MemoryLimit;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+
+use super::clock::{ConnClock, Missed, TimedIo};
+use super::endpoints::{route, App};
+use super::state::State;
+
+/// The longest request head accepted (hyper's read buffer is capped at
+/// this size too): past it, 431.
+pub(super) const MAX_HEAD: usize = 16 << 10;
+
+/// How long a lingering close waits for the client to finish sending.
+pub(super) const LINGER_TIME: Duration = Duration::from_secs(5);
+
+/// The most a lingering close reads and drops, beyond `--max-body`.
+pub(super) const LINGER_BYTES: usize = 64 << 10;
+
+/// Lingering closes at once, at most; past it, connections close at once.
+pub(super) const MAX_LINGERING: usize = 4096;
+
+/// How long a connection that found the gate full may take to send its
+/// head (a prompt client needs a fraction of a millisecond on a LAN).
+pub(super) const PROBATION: Duration = Duration::from_millis(100);
+
+/// Connections on probation at once, at most (each costs its task and
+/// socket, no buffers: the task's future is 896 bytes, measured with
+/// `size_of_val`); past it, 503 at once.
+pub(super) const MAX_PROBATION: usize = 4096;
+
+/// A response the server writes itself, before hyper or instead of it:
+/// `Connection: close`, and `Retry-After: 1` for a 503.
+fn canned(status: &str, text: &str) -> Vec<u8> {
+    let retry = if status.starts_with("503") {
+        "retry-after: 1\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\n{retry}connection: close\r\ncontent-length: {}\r\n\r\n{text}",
+        text.len()
+    )
+    .into_bytes()
+}
+
+fn busy() -> Vec<u8> {
+    canned(
+        "503 Service Unavailable",
+        "server busy: too many connections waiting to send, retry later\n",
+    )
+}
+
+/// Counts the connection among the open ones until it drops.
+pub(super) struct Open(Arc<State>);
+
+impl Open {
+    /// Called by the accept loop, before the task starts, so that a
+    /// shutdown never misses a connection that was just accepted.
+    pub(super) fn new(state: Arc<State>) -> Open {
+        state.connections.fetch_add(1, Ordering::AcqRel);
+        Open(state)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if self.0.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.all_closed.notify_waiters();
+        }
+    }
+}
+
+/// Serves one accepted connection to its end.
+pub(super) async fn connection(stream: TcpStream, open: Open, limited: Option<MemoryLimit<App>>) {
+    let state = open.0.clone();
+    let mut shutdown = state.shutdown.subscribe();
+    let clock = Arc::new(ConnClock::new(Instant::now()));
+
+    if let Some(gate) = &state.gate {
+        // Whether the request head came with the connection (ready).
+        let ready = matches!(peek(&stream), Ok(Peek::Complete));
+        let kind = if ready { Waiting::Ready } else { Waiting::Head };
+        let entered = gate.enter_notifying(kind, clock.evict.clone()).ticket();
+        let (outcome, ticket) = match entered {
+            Some(ticket) if ready => (Head::Complete, Some(ticket)),
+            Some(ticket) => {
+                let outcome = tokio::select! {
+                    o = head_arrives(&stream, state.timeouts.header) => o,
+                    _ = ticket.evicted() => Head::Evicted,
+                    _ = shutdown.changed() => Head::Shutdown,
+                };
+                (outcome, Some(ticket))
+            }
+            // A burst of ready connections: this one is refused.
+            None if ready => (Head::Busy, None),
+            None => match probation(&stream, &state).await {
+                Head::Complete => match gate
+                    .enter_notifying(Waiting::Ready, clock.evict.clone())
+                    .ticket()
+                {
+                    Some(ticket) => (Head::Complete, Some(ticket)),
+                    None => (Head::Busy, None),
+                },
+                other => (other, None),
+            },
+        };
+        match (outcome, ticket) {
+            (Head::Complete, Some(ticket)) => {
+                ticket.set_ready();
+                clock.wait_at_gate(ticket);
+            }
+            // From here on, the ticket is given back before the answer.
+            (Head::Complete, None) => unreachable!("a complete head has a ticket"),
+            (Head::TimedOut, _) => {
+                Missed::Header.count(&state);
+                return answer_and_linger(
+                    stream,
+                    &canned(
+                        "408 Request Timeout",
+                        "request head not received within the header timeout\n",
+                    ),
+                    &state,
+                )
+                .await;
+            }
+            (Head::TooLarge, _) => {
+                return answer_and_linger(
+                    stream,
+                    &canned(
+                        "431 Request Header Fields Too Large",
+                        "request head larger than 16 KiB\n",
+                    ),
+                    &state,
+                )
+                .await
+            }
+            (Head::Evicted | Head::Busy, _) => {
+                state.shed_connections.fetch_add(1, Ordering::Relaxed);
+                return answer_and_linger(stream, &busy(), &state).await;
+            }
+            (Head::Closed | Head::Shutdown, _) => return,
+        }
+    }
+
+    // Boxed: the hyper state is most of the future, and a connection that
+    // never gets this far (refused, timed out, lingering) should not carry
+    // it (1.7 KiB per task unboxed, measured with `size_of_val`).
+    Box::pin(serve_http(stream, state, clock, limited, shutdown)).await;
+}
+
+/// Serves requests on a connection whose first head has arrived, then
+/// closes it the way the client can read the last answer.
+async fn serve_http(
+    stream: TcpStream,
+    state: Arc<State>,
+    clock: Arc<ConnClock>,
+    limited: Option<MemoryLimit<App>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // Headers are timed by the gate and `TimedIo`, with the idle wait apart.
+    http.header_read_timeout(None);
+    if state.budget.is_some() {
+        // Bound hyper's read buffer: the per-client cost covers it.
+        http.max_buf_size(MAX_HEAD);
+    }
+    let io = TimedIo::new(stream, clock.clone(), state.clone());
+    let service = {
+        let (state, clock) = (state.clone(), clock.clone());
+        hyper::service::service_fn(move |req| {
+            Box::pin(route(req, state.clone(), limited.clone(), clock.clone()))
+        })
+    };
+    let mut conn = http.serve_connection(TokioIo::new(io), service);
+    let mut draining = false;
+    let result = loop {
+        tokio::select! {
+            r = poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+            _ = clock.evict.notified() => {
+                if !clock.evicted() {
+                    continue;
+                }
+                // Idle: hyper closes now. A next request already under way
+                // is served first (with `Connection: close`): its client
+                // must not see a reset. The header timeout bounds a slow one.
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
+            }
+            _ = shutdown.changed(), if !draining => {
+                // Finish the request in flight (answered with `Connection:
+                // close`), or close now if there is none.
+                draining = true;
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
+            }
+        }
+    };
+    if result.is_err() {
+        // A timeout, a reset or a malformed request: hyper has answered
+        // what it could.
+        return;
+    }
+    let parts = conn.into_parts();
+    let stream = parts.io.into_inner().into_inner();
+    drop(parts.read_buf);
+    linger(stream, &state).await;
+}
+
+/// A connection the full gate did not take: served if its head arrives
+/// within [`PROBATION`], told it is busy otherwise.
+async fn probation(stream: &TcpStream, state: &State) -> Head {
+    if state.probation.fetch_add(1, Ordering::Relaxed) >= MAX_PROBATION {
+        state.probation.fetch_sub(1, Ordering::Relaxed);
+        return Head::Busy;
+    }
+    let outcome = match head_arrives(stream, PROBATION.min(state.timeouts.header)).await {
+        Head::TimedOut => Head::Busy,
+        other => other,
+    };
+    state.probation.fetch_sub(1, Ordering::Relaxed);
+    outcome
+}
+
+enum Head {
+    Complete,
+    /// The gate is full and the head did not come during probation.
+    Busy,
+    TimedOut,
+    TooLarge,
+    Evicted,
+    Closed,
+    Shutdown,
+}
+
+/// Waits until a whole request head is in the socket (not read: hyper
+/// reads it), for at most `timeout`.
+async fn head_arrives(stream: &TcpStream, timeout: Duration) -> Head {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        // Peek at what has arrived. An incomplete head reports
+        // `WouldBlock`, which clears the socket's readiness, so the next
+        // `readable` waits for new bytes instead of returning at once.
+        let peeked = stream.try_io(Interest::READABLE, || match peek(stream) {
+            Ok(Peek::Incomplete(n)) if n < MAX_HEAD => {
+                Err(io::Error::from(io::ErrorKind::WouldBlock))
+            }
+            other => other,
+        });
+        match peeked {
+            Ok(Peek::Complete) => return Head::Complete,
+            Ok(Peek::Incomplete(_)) => return Head::TooLarge,
+            Ok(Peek::Closed) => return Head::Closed,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return Head::Closed,
+        }
+        match tokio::time::timeout_at(deadline, stream.readable()).await {
+            Err(_) => return Head::TimedOut,
+            Ok(Err(_)) => return Head::Closed,
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+enum Peek {
+    Complete,
+    Incomplete(usize),
+    Closed,
+}
+
+/// Peeks at the socket's pending bytes (without taking them) and looks
+/// for the empty line that ends a request head.
+fn peek(stream: &TcpStream) -> io::Result<Peek> {
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; MAX_HEAD];
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes, and recv
+    // writes at most that many; the descriptor is the stream's own, open
+    // while `stream` is borrowed.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let data = &buf[..n as usize];
+    if data.is_empty() {
+        return Ok(Peek::Closed);
+    }
+    let ends = data.windows(2).any(|w| w == b"\n\n") || data.windows(3).any(|w| w == b"\n\r\n");
+    Ok(if ends {
+        Peek::Complete
+    } else {
+        Peek::Incomplete(data.len())
+    })
+}
+
+/// Sends a canned answer, then closes the way the client can read it.
+async fn answer_and_linger(mut stream: TcpStream, answer: &[u8], state: &State) {
+    if stream.write_all(answer).await.is_ok() {
+        linger(stream, state).await;
+    }
+}
+
+/// Half-closes `stream`, then reads and drops what the client still sends
+/// until it closes its side, for at most [`LINGER_TIME`] and
+/// `--max-body` + [`LINGER_BYTES`].
+async fn linger(mut stream: TcpStream, state: &State) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    if state.lingering.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING {
+        state.lingering.fetch_sub(1, Ordering::Relaxed);
+        state.linger_cut.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let mut left = state.max_body + LINGER_BYTES;
+    let drained = tokio::time::timeout(LINGER_TIME, async {
+        loop {
+            if stream.readable().await.is_err() {
+                return true;
+            }
+            match drain(&stream) {
+                Ok(0) => return true,
+                Ok(n) if n >= left => return false,
+                Ok(n) => left -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return true,
+            }
+        }
+    })
+    .await;
+    state.lingering.fetch_sub(1, Ordering::Relaxed);
+    if drained != Ok(true) {
+        state.linger_cut.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Reads and drops what is in the socket now (no buffer kept across
+/// awaits: lingering connections cost no memory of their own).
+fn drain(stream: &TcpStream) -> io::Result<usize> {
+    let mut sink = [0u8; 16 << 10];
+    stream.try_read(&mut sink)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canned_answers_declare_their_length() {
+        let r = canned("503 Service Unavailable", "busy\n");
+        let text = String::from_utf8(r).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("content-length: 5") && head.contains("retry-after: 1"));
+        assert_eq!(body, "busy\n");
+        assert!(!String::from_utf8(canned("408 Request Timeout", "x"))
+            .unwrap()
+            .contains("retry-after"));
+    }
+}

@@ -1,0 +1,64 @@
+//! What every connection and handler of `frostheap serve` shares: the
+//! budget and the gate, the timeouts, the counters `/stats` reports, and
+//! the shutdown signal. The bottom of the serve module: it imports none of
+//! its siblings.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::time::Duration;
+
+use frostheap_budget::gate::ConnectionGate;
+use frostheap_budget::Budget;
+use tokio::sync::{watch, Notify};
+
+/// What one connection costs without a request: hyper's read buffer
+/// (capped at 16 KiB), its write buffer and headers, the connection task
+/// and the socket wrappers. The peak-RSS runs of `frostheap-load` bound it
+/// from above (budget + 10 MiB with 2,560 clients).
+pub(super) const CONNECTION_BYTES: usize = 24 << 10;
+
+/// Fixed bytes per request on top of its body: the parsed head (`HeaderMap`,
+/// URI), the request's future and its response head.
+pub(super) const REQUEST_BYTES: usize = 4 << 10;
+
+/// The timeouts a connection must meet (see `clock.rs`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Timeouts {
+    pub(super) header: Duration,
+    pub(super) body: Duration,
+    /// Bytes per second a body must keep up after `body`; 0: none.
+    pub(super) body_min_rate: u64,
+    pub(super) idle: Duration,
+}
+
+/// Everything the connections and handlers share.
+pub(super) struct State {
+    pub(super) budget: Option<Budget>,
+    /// Connections without an admitted request (with a budget).
+    pub(super) gate: Option<ConnectionGate>,
+    pub(super) max_body: usize,
+    pub(super) timeouts: Timeouts,
+    /// Requests routed to an endpoint behind the layer (shed ones included).
+    pub(super) requests: AtomicU64,
+    /// Requests answered 2xx by a handler.
+    pub(super) completed: AtomicU64,
+    /// Connections refused by a full gate (answered 503).
+    pub(super) shed_connections: AtomicU64,
+    pub(super) timeouts_header: AtomicU64,
+    pub(super) timeouts_body: AtomicU64,
+    pub(super) timeouts_idle: AtomicU64,
+    /// Connections on probation now (found the gate full).
+    pub(super) probation: AtomicUsize,
+    /// Lingering closes under way now.
+    pub(super) lingering: AtomicUsize,
+    /// Lingering closes cut short (by their time or byte bound, or because
+    /// too many were under way).
+    pub(super) linger_cut: AtomicU64,
+    /// Open connections (accepted, not yet closed).
+    pub(super) connections: AtomicUsize,
+    /// Signalled when `connections` drops to zero.
+    pub(super) all_closed: Notify,
+    /// False once a shutdown has begun.
+    pub(super) ready: AtomicBool,
+    /// Set to true to make every connection finish.
+    pub(super) shutdown: watch::Sender<bool>,
+}

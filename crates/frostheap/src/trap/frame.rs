@@ -1,0 +1,142 @@
+//! The x86_64 Linux signal frame: what the fault handlers read from it
+//! and the two things they change in it.
+//!
+//! Read: the fault address and `si_code` (siginfo), whether the access was
+//! a write (bit 1 of the page-fault error code the kernel saves as
+//! `REG_ERR`), and the faulting instruction (`REG_RIP`). Changed: the
+//! trap flag (`EFLAGS.TF`, for single-stepping one store) and the PKRU
+//! value saved in the frame's XSAVE area, which the kernel loads into the
+//! register on `sigreturn` — the only way to change the access rights of
+//! the interrupted code from inside a handler, since the handler itself
+//! runs with the kernel's default PKRU.
+//!
+//! Facts this relies on (probed, see docs): the frame's `fpregs` point at
+//! an XSAVE area whose header word `XSTATE_BV` is at +512; the PKRU
+//! component (bit 9) sits at the offset CPUID(0xD, 9).EBX reports; a
+//! component whose `XSTATE_BV` bit is clear is in its initial state (for
+//! PKRU: 0, every key open) and its bytes in the area are stale.
+
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!(
+    "frostheap's fault handler reads and edits the x86_64 signal frame \
+     (src/trap/frame.rs); another architecture needs its own frame.rs \
+     (fault address, write bit, instruction pointer, single-step flag) and, \
+     without protection keys, only the mprotect backend"
+);
+
+use crate::os;
+
+/// `si_code` of an `mprotect` fault: the page does not allow the access.
+pub(crate) const SEGV_ACCERR: i32 = 2;
+/// `si_code` of a protection-key fault: the thread's PKRU denies the
+/// access.
+pub(crate) const SEGV_PKUERR: i32 = 4;
+/// `si_code` of a single-step trap.
+pub(crate) const TRAP_TRACE: i32 = 2;
+const EFLAGS_TF: i64 = 0x100;
+/// Bit of `XSTATE_BV` for the PKRU component.
+const XSTATE_PKRU: u64 = 1 << 9;
+/// Offset of `XSTATE_BV` in the XSAVE area (the header follows the
+/// 512-byte legacy area).
+const XSTATE_BV_OFFSET: usize = 512;
+
+/// A fault as the SIGSEGV handler sees it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fault {
+    /// The address accessed.
+    pub addr: usize,
+    /// `si_code`: [`SEGV_ACCERR`], [`SEGV_PKUERR`], or another reason.
+    pub code: i32,
+    /// The access was a write.
+    pub write: bool,
+    /// The faulting instruction.
+    pub ip: usize,
+}
+
+/// The signal frame of the signal being handled.
+pub(crate) struct Frame {
+    uc: *mut libc::ucontext_t,
+}
+
+impl Frame {
+    /// Wraps the handler's third argument.
+    ///
+    /// # Safety
+    /// 1. `ctx` is the `ucontext_t` the kernel passed to the running
+    ///    `SA_SIGINFO` handler, and the returned value is used only while
+    ///    that handler runs.
+    pub(crate) unsafe fn new(ctx: *mut libc::c_void) -> Frame {
+        Frame { uc: ctx.cast() }
+    }
+
+    fn gregs(&self) -> &[i64] {
+        // SAFETY: by (1) of `new`, uc is the live frame.
+        unsafe { &(*self.uc).uc_mcontext.gregs }
+    }
+
+    fn gregs_mut(&mut self) -> &mut [i64] {
+        // SAFETY: by (1) of `new`; the handler is the frame's only user.
+        unsafe { &mut (*self.uc).uc_mcontext.gregs }
+    }
+
+    /// The fault described by `info` and this frame.
+    ///
+    /// # Safety
+    /// 1. `info` is the siginfo the kernel passed with this frame for a
+    ///    SIGSEGV.
+    pub(crate) unsafe fn fault(&self, info: *const libc::siginfo_t) -> Fault {
+        // SAFETY: by (1).
+        let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
+        let gregs = self.gregs();
+        Fault {
+            addr,
+            code,
+            write: gregs[libc::REG_ERR as usize] & 2 != 0,
+            ip: gregs[libc::REG_RIP as usize] as usize,
+        }
+    }
+
+    /// Sets or clears the trap flag the interrupted code resumes with: set,
+    /// it stops with SIGTRAP (`TRAP_TRACE`) after one instruction.
+    pub(crate) fn set_single_step(&mut self, on: bool) {
+        let efl = &mut self.gregs_mut()[libc::REG_EFL as usize];
+        if on {
+            *efl |= EFLAGS_TF;
+        } else {
+            *efl &= !EFLAGS_TF;
+        }
+    }
+
+    /// Sets the interrupted code's rights on protection key `key` to
+    /// `access` (`Read` or `ReadWrite`; `None` denies both), in the PKRU
+    /// the kernel restores on return. False if the frame has no XSAVE area
+    /// with a PKRU component (no protection keys), or `key` is 0.
+    pub(crate) fn set_key_access(&mut self, key: u32, access: os::Access) -> bool {
+        let Some(offset) = os::xsave_pkru_offset() else {
+            return false;
+        };
+        // SAFETY: by (1) of `new`.
+        let fp = unsafe { (*self.uc).uc_mcontext.fpregs } as *mut u8;
+        if fp.is_null() || key == 0 || key >= 16 {
+            return false;
+        }
+        // SAFETY: on x86_64 Linux the frame's fpregs point at the XSAVE
+        // area the kernel restores on sigreturn; its header word and the
+        // PKRU component lie inside it (offsets above).
+        unsafe {
+            let xstate_bv = fp.add(XSTATE_BV_OFFSET) as *mut u64;
+            let bv = xstate_bv.read_unaligned();
+            let pkru = fp.add(offset) as *mut u32;
+            // A clear bit means PKRU was in its initial state (0) and the
+            // bytes in the area are not its value.
+            let old = if bv & XSTATE_PKRU != 0 {
+                pkru.read_unaligned()
+            } else {
+                0
+            };
+            pkru.write_unaligned(os::pkru_with(old, key, access));
+            xstate_bv.write_unaligned(bv | XSTATE_PKRU);
+        }
+        true
+    }
+}

@@ -1,0 +1,73 @@
+//! Letting one faulting store through: open write access for that store,
+//! run exactly one instruction (the trap flag), close access again.
+//!
+//! The audit policy uses it to log a violating store and let it land;
+//! anything that must see or undo a store (a rollback log copies the bytes
+//! first) opens the step the same way. With protection keys the opening
+//! is the PKRU saved in the signal frame, so it holds for the faulting
+//! thread alone. With `mprotect` it is the page itself, open to every
+//! thread for that one instruction: another worker's store to the same
+//! page in that window lands unseen (a documented limit).
+//!
+//! Both halves run inside signal handlers (SIGSEGV opens, SIGTRAP closes)
+//! and touch only the worker's own state and the frame.
+
+use core::sync::atomic::Ordering;
+
+use super::frame::{Frame, SEGV_PKUERR, TRAP_TRACE};
+use crate::guard::WorkerState;
+use crate::os;
+
+/// Opens write access for the store that faulted at `addr` (with
+/// `si_code` `code`) and arms the trap flag, recording in `w` what
+/// [`close`] must undo. False if access could not be opened (the store
+/// then faults again).
+pub(crate) fn open(w: &WorkerState, addr: usize, code: i32, key: u32, frame: &mut Frame) -> bool {
+    let opened = if code == SEGV_PKUERR {
+        let ok = frame.set_key_access(key, os::Access::ReadWrite);
+        if ok {
+            w.step_key.store(key, Ordering::Relaxed);
+        }
+        ok
+    } else {
+        let page = addr & !(os::page_size() - 1);
+        // SAFETY: the page is inside a committed guarded heap (the fault
+        // was an access error on it); it is made writable for one store
+        // and protected again by `close`, before the worker's task goes on.
+        let ok =
+            unsafe { os::protect(page as *mut u8, os::page_size(), os::Access::ReadWrite) }.is_ok();
+        if ok {
+            w.step_page.store(page, Ordering::Relaxed);
+        }
+        ok
+    };
+    if opened {
+        frame.set_single_step(true);
+    }
+    opened
+}
+
+/// Closes the step [`open`] armed on this worker, if the trap (with
+/// `si_code` `code`) is its end: protects the page again or restores the
+/// key's write-disable bit, and clears the trap flag. False if the trap
+/// is not ours.
+pub(crate) fn close(w: &WorkerState, code: i32, frame: &mut Frame) -> bool {
+    if code != TRAP_TRACE {
+        return false;
+    }
+    let page = w.step_page.swap(0, Ordering::Relaxed);
+    let key = w.step_key.swap(0, Ordering::Relaxed);
+    if page == 0 && key == 0 {
+        return false;
+    }
+    if page != 0 {
+        // SAFETY: the page was opened by `open` and is still inside the
+        // frozen heap: main cannot thaw while this worker is in its task.
+        let _ = unsafe { os::protect(page as *mut u8, os::page_size(), os::Access::Read) };
+    }
+    if key != 0 {
+        frame.set_key_access(key, os::Access::Read);
+    }
+    frame.set_single_step(false);
+    true
+}
