@@ -68,7 +68,9 @@ pub(super) fn progress_bytes(n: usize, workers: usize) -> usize {
 /// calls of the user's functions and hoists their loads out of the loop.
 /// Inlined into the claim loop, each would be reloaded through a reference
 /// on every item, which costs a cheap function a large share of its time.
-/// `range.start` advances as items are taken, also when a task unwinds.
+/// The range is a local, so its cursor stays in a register too. Returns
+/// the index after the last item taken (a terminal may stop early); when a
+/// task unwinds, the worker's current item says how far it got.
 ///
 /// # Safety
 /// 1. The items `range` of `src` are this caller's to take, and whatever
@@ -81,8 +83,9 @@ unsafe fn run_span<S, P, T>(
     env: &WorkerEnv<'_>,
     pipe_state: &mut P::State,
     term_state: &mut T::State,
-    range: &mut Range<usize>,
-) where
+    mut range: Range<usize>,
+) -> usize
+where
     S: ParSource,
     P: Pipe<S::Item>,
     T: Terminal<P::Out>,
@@ -95,6 +98,7 @@ unsafe fn run_span<S, P, T>(
         unsafe { src.take(i) }
     });
     term.consume(term_state, first, pipe.apply(env, pipe_state, items));
+    range.start
 }
 
 /// One batch as the workers run it: the claim cursor, the per-batch
@@ -211,18 +215,17 @@ where
     ) -> bool {
         let start = self.base + unit * self.chunk;
         let end = (start + self.chunk).min(self.base + self.n);
-        let mut range = start..end;
         let before = env.ctx.allocated();
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             // SAFETY: the chunk was claimed by this worker alone through
             // the cursor, so its items and their slots are ours.
-            unsafe { self.run_items(env, &mut range, pipe_state, term_state) }
+            unsafe { self.run_items(env, start..end, pipe_state, term_state) }
         }));
         let chunk_sum = env.ctx.allocated() - before;
         tally.sum_bytes += chunk_sum;
-        let taken = range.start - start;
         match run {
-            Ok((max_item, oversized)) => {
+            Ok((next, max_item, oversized)) => {
+                let taken = next - start;
                 self.progress[unit].store(taken as u32, Ordering::Release);
                 // Without a budget, items are measured per chunk.
                 tally.max_item = tally.max_item.max(if self.per_item_bytes {
@@ -234,11 +237,15 @@ where
                 true
             }
             Err(payload) => {
-                // The task of the last item taken unwound with its item:
-                // the items before it are done, it is consumed.
-                let (word, item) = match taken {
-                    0 => (0, None),
-                    t => ((t - 1) as u32 | CONSUMED, Some(start + t - 1)),
+                // The task of the worker's current item unwound with its
+                // item: the items before it are done, it is consumed. A
+                // current item outside the chunk (left by an earlier
+                // chunk) means the panic came before the first take.
+                let current = guard::current_item();
+                let (word, item) = if (start..end).contains(&current) {
+                    ((current - start) as u32 | CONSUMED, Some(current))
+                } else {
+                    (0, None)
                 };
                 self.progress[unit].store(word, Ordering::Release);
                 self.record_panic(item, &*payload);
@@ -247,10 +254,10 @@ where
         }
     }
 
-    /// Runs the items of `range`, advancing it; a budgeted batch measures
-    /// each item and stops early when the batch is cancelled. Returns the
-    /// largest bytes one item consumed and the items over the budget
-    /// (measured per item only).
+    /// Runs the items of `range`; a budgeted batch measures each item and
+    /// stops early when the batch is cancelled. Returns the index after the
+    /// last item taken, the largest bytes one item consumed and the items
+    /// over the budget (measured per item only).
     ///
     /// # Safety
     /// 1. The items of `range` are this caller's to take, and their slots
@@ -258,39 +265,45 @@ where
     unsafe fn run_items(
         &self,
         env: &WorkerEnv<'_>,
-        range: &mut Range<usize>,
+        range: Range<usize>,
         pipe_state: &mut P::State,
         term_state: &mut T::State,
-    ) -> (usize, usize) {
+    ) -> (usize, usize, usize) {
         if !self.per_item_bytes {
             // SAFETY: forwarded (1).
-            unsafe {
+            let next = unsafe {
                 run_span(
                     self.src, self.pipe, self.term, env, pipe_state, term_state, range,
                 )
             };
-            return (0, 0);
+            return (next, 0, 0);
         }
         let (mut max_item, mut oversized) = (0usize, 0usize);
-        let end = range.end;
-        while range.start < end {
+        let mut next = range.start;
+        while next < range.end {
             let before = env.ctx.allocated();
-            range.end = range.start + 1;
             // SAFETY: forwarded (1), one item at a time.
-            unsafe {
+            let after = unsafe {
                 run_span(
-                    self.src, self.pipe, self.term, env, pipe_state, term_state, range,
+                    self.src,
+                    self.pipe,
+                    self.term,
+                    env,
+                    pipe_state,
+                    term_state,
+                    next..next + 1,
                 )
             };
-            range.end = end;
+            let stopped = after == next;
+            next = after;
             let used = env.ctx.allocated() - before;
             max_item = max_item.max(used);
             oversized += usize::from(used > self.budget);
-            if self.halted() {
+            if stopped || self.halted() {
                 break;
             }
         }
-        (max_item, oversized)
+        (next, max_item, oversized)
     }
 
     /// Ends a claim whose chunks all ran: stages that hold state over the
