@@ -72,7 +72,7 @@ pub mod par {
     };
     pub use super::source::{
         chunks, chunks_mut, ChunksMut, ChunksRef, IntoParSource, ParSource, RangeItems, SliceMut,
-        SliceRef, VecItems,
+        SliceRef, StdChunks, VecItems,
     };
 }
 

@@ -373,8 +373,7 @@ range_sources!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize);
 // ---------------------------------------------------------------- chunks
 
 /// Consecutive sub-slices of a slice: `&[T]`, each `size` long but the
-/// last (which is shorter unless `exact`; with `exact` the remainder is
-/// not an item, as with `chunks_exact`).
+/// last. Made by [`chunks`].
 pub struct ChunksRef<'a, T> {
     slice: &'a [T],
     size: usize,
@@ -384,13 +383,9 @@ pub struct ChunksRef<'a, T> {
 impl<T> Sealed for ChunksRef<'_, T> {}
 
 impl<'a, T> ChunksRef<'a, T> {
-    fn new(slice: &'a [T], size: usize, exact: bool) -> Self {
+    fn new(slice: &'a [T], size: usize) -> Self {
         assert!(size != 0, "frostheap: chunk size must be at least 1");
-        let n = if exact {
-            slice.len() / size
-        } else {
-            slice.len().div_ceil(size)
-        };
+        let n = slice.len().div_ceil(size);
         ChunksRef { slice, size, n }
     }
 }
@@ -410,54 +405,41 @@ unsafe impl<'a, T: Sync> ParSource for ChunksRef<'a, T> {
     }
 }
 
-/// The chunk size of a std chunk iterator: its first chunk's length, or
-/// any size for one chunk or none (the chunks are the same either way).
-fn first_len<'a, T: 'a>(mut it: impl Iterator<Item = &'a [T]>) -> usize {
-    it.next().map_or(1, |c| c.len().max(1))
+/// The chunks of std's `slice.chunks(k)` or `slice.chunks_exact(k)`: item
+/// `i` is `iter.clone().nth(i)`, which std computes in O(1) for these two
+/// iterators (an offset and a sub-slice), so the borrow stays the one std
+/// made.
+pub struct StdChunks<I>(I);
+
+impl<I> Sealed for StdChunks<I> {}
+
+macro_rules! std_chunks {
+    ($($it:ident),*) => {$(
+        // SAFETY: items are shared sub-slices produced by std's own
+        // iterator (T: Sync); nothing is owned.
+        unsafe impl<'a, T: Sync> ParSource for StdChunks<core::slice::$it<'a, T>> {
+            type Item = &'a [T];
+            fn len(&self) -> usize {
+                self.0.len()
+            }
+            #[inline]
+            unsafe fn take(&self, i: usize) -> &'a [T] {
+                // SAFETY: by (1), i < len, so the iterator has an item i.
+                unsafe { self.0.clone().nth(i).unwrap_unchecked() }
+            }
+        }
+
+        impl<'a, T: Sync> IntoParSource for core::slice::$it<'a, T> {
+            type Source = StdChunks<core::slice::$it<'a, T>>;
+            type Item = &'a [T];
+            fn into_par_source(self) -> Self::Source {
+                StdChunks(self)
+            }
+        }
+    )*};
 }
 
-impl<'a, T: Sync> IntoParSource for core::slice::Chunks<'a, T> {
-    type Source = ChunksRef<'a, T>;
-    type Item = &'a [T];
-    fn into_par_source(self) -> Self::Source {
-        let size = first_len(self.clone());
-        // The chunks of one iterator are consecutive pieces of one slice:
-        // their concatenation is that slice's remaining part.
-        let n = self.len();
-        let slice = rejoin(self, n);
-        ChunksRef { slice, size, n }
-    }
-}
-
-impl<'a, T: Sync> IntoParSource for core::slice::ChunksExact<'a, T> {
-    type Source = ChunksRef<'a, T>;
-    type Item = &'a [T];
-    fn into_par_source(self) -> Self::Source {
-        let size = first_len(self.clone());
-        let n = self.len();
-        let slice = rejoin(self, n);
-        ChunksRef { slice, size, n }
-    }
-}
-
-/// The slice that `n` consecutive chunks cover, rebuilt from the chunks'
-/// own ends (no pointer arithmetic beyond what they borrow).
-fn rejoin<'a, T: 'a>(mut chunks: impl DoubleEndedIterator<Item = &'a [T]>, n: usize) -> &'a [T] {
-    let Some(first) = chunks.next() else {
-        return &[];
-    };
-    let last = if n > 1 { chunks.next_back() } else { None };
-    let Some(last) = last else {
-        return first;
-    };
-    let start = first.as_ptr();
-    // SAFETY: `first` and `last` are the first and last chunks of one
-    // slice borrowed for 'a, so [start, last.end) lies inside it.
-    unsafe {
-        let end = last.as_ptr().add(last.len());
-        core::slice::from_raw_parts(start, end.offset_from(start) as usize)
-    }
-}
+std_chunks!(Chunks, ChunksExact);
 
 /// Consecutive mutable sub-slices: `&mut [T]`, each `size` long but the
 /// last. Made by [`chunks_mut`].
@@ -525,7 +507,7 @@ pub fn chunks_mut<T: Send>(slice: &mut [T], size: usize) -> ChunksMut<'_, T> {
 /// # Panics
 /// If `size` is 0.
 pub fn chunks<T: Sync>(slice: &[T], size: usize) -> ChunksRef<'_, T> {
-    ChunksRef::new(slice, size, false)
+    ChunksRef::new(slice, size)
 }
 
 // ---------------------------------------------------------------- bridged
@@ -534,7 +516,11 @@ pub fn chunks<T: Sync>(slice: &[T], size: usize) -> ChunksRef<'_, T> {
 /// scratch buffer, one batch at a time (see
 /// [`Runtime::par_bridge`](super::Runtime::par_bridge)).
 pub(crate) struct Pulled<T> {
+    /// Where item 0 would be: the buffer holds items `[len - n, len)` of
+    /// the input, so this may point before the buffer, and is only ever
+    /// offset with wrapping arithmetic.
     pub(crate) ptr: *mut T,
+    /// One past the last input index the buffer holds.
     pub(crate) len: usize,
 }
 
@@ -555,12 +541,14 @@ unsafe impl<T: Send> ParSource for Pulled<T> {
     #[inline]
     unsafe fn take(&self, i: usize) -> T {
         // SAFETY: by (1), the item is initialised and not yet moved out.
-        unsafe { self.ptr.add(i).read() }
+        // (`ptr` itself may lie before the buffer: see its field; the sum
+        // is back inside.)
+        unsafe { self.ptr.wrapping_add(i).read() }
     }
     unsafe fn drop_untaken(&self, range: Range<usize>) {
         for i in range {
             // SAFETY: by (1).
-            unsafe { core::ptr::drop_in_place(self.ptr.add(i)) };
+            unsafe { core::ptr::drop_in_place(self.ptr.wrapping_add(i)) };
         }
     }
 }
