@@ -15,6 +15,7 @@
 //! | [`allocators`] | the allocators under test behind one trait, and the allocation workloads |
 //! | [`regions`] | a frostheap heap and a raw `mmap` region committed to a size, on huge or 4 KiB pages (freeze and violation costs) |
 //! | [`parmap`] | the parallel-map workloads and the child protocol of `parmap` and its rayon baselines |
+//! | [`threads`] | the multi-threaded allocation workloads of `threads` (per-thread loops, larson, producer/consumer, thread churn) |
 //!
 //! The binaries: `frostheap-bench` (`src/main.rs`, the allocators),
 //! `freeze` (freezing guarded heaps), `parmap` (against rayon) and
@@ -95,6 +96,7 @@ pub mod plot;
 pub mod regions;
 pub mod stats;
 pub mod table;
+pub mod threads;
 
 pub use interleave::{Plan, Rounds, Samples};
 pub use machine::Machine;

@@ -3,13 +3,16 @@
 //!
 //! **Routing.** The thread that makes the process's first allocation (for a
 //! preloaded program: the main thread, while ld.so and libc initialise)
-//! owns the *main heap*, named `main`, under `FROSTHEAP_MIN` /
-//! `FROSTHEAP_MAX`. Its allocations go there. Every other thread allocates
-//! from glibc's allocator through the `__libc_malloc` family, and each of
-//! those blocks is *charged* against the main heap's limit
-//! ([`frostheap::Heap::charge_external`]) for its usable size, and released
-//! when it is freed — so the limit counts both. Frees and reallocs are
-//! routed by address ([`raw::owns`]: two compares), whoever makes them.
+//! owns the *main heap*, named `main`; every other thread gets a heap of
+//! its own at its first allocation, adopted from an exited thread when one
+//! is waiting (see `frostheap::global`). One limit, `FROSTHEAP_MAX`, bounds
+//! them all, counted where memory is committed. Frees and reallocs are
+//! routed by address ([`raw::owns`]: one compare), whoever makes them: a
+//! block freed by another thread goes back to its heap as a remote free.
+//! The rare allocation of a thread that has no heap (while its heap is
+//! being attached, after it exited, or with every slot taken) goes to
+//! glibc through the `__libc_malloc` family, charged against the limit
+//! for its usable size ([`foreign`]).
 //!
 //! **Semantics** are glibc 2.36's: `errno = ENOMEM` and `NULL` past the
 //! limit (so CPython raises `MemoryError` instead of being killed),
@@ -33,12 +36,16 @@
 //! handler run last and the parent and child handlers first, so other
 //! libraries' handlers may allocate. glibc locks its own arenas itself.
 //!
-//! **Fast paths.** `malloc`, `calloc` and `free` on the main thread are
-//! one owner compare (the owner's thread token against `%fs:0`) and the
-//! heap's small-block pop or push; everything else — the first allocation
-//! (which builds the heap and registers the fork handlers), other
-//! threads, `errno` — is out of line. In the preload benchmark's C loop
-//! this took `malloc` from 67 to ≈ 30 instructions a call (callgrind).
+//! **Fast paths.** `malloc` and `calloc` find the thread's heap in a small
+//! table indexed by a hash of the thread pointer (`%fs:0`) and check that
+//! heap's owner against it; `free` is one compare against the arena; then
+//! the heap's small-block pop or push. Everything else — a thread's first
+//! allocation (which builds or adopts its heap, and on the process's first
+//! registers the fork handlers), `errno` — is out of line.
+//!
+//! **`mmap`.** Anonymous private writable mappings (CPython's arenas, many
+//! runtimes' own allocators) are charged against the same limit, and a
+//! refused one returns `MAP_FAILED` with `ENOMEM` (see [`mapped`]).
 //!
 //! `FROSTHEAP_STATS=1` prints the main heap's statistics when the library
 //! is unloaded at exit (a `.fini_array` entry, so `_exit` prints nothing).
@@ -47,6 +54,7 @@
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
 mod foreign;
+mod mapped;
 mod stats;
 
 use core::alloc::Layout;
@@ -132,37 +140,44 @@ extern "C" fn fork_child() {
 // ---------------------------------------------------------------------------
 // Main-heap helpers.
 
-/// Allocates `size` bytes aligned to `align` from the main heap; sets
-/// `ENOMEM` and returns null past the limit.
-///
-/// # Safety
-/// 1. The caller is the main heap's owner ([`raw::on_main_thread`]).
-/// 2. `align` is a power of two.
-#[inline]
-unsafe fn main_alloc(size: usize, align: usize) -> *mut c_void {
-    ensure_atfork();
-    let Ok(layout) = Layout::from_size_align(size, align) else {
-        set_errno(libc::ENOMEM);
-        return core::ptr::null_mut();
-    };
-    // SAFETY: (1).
-    let p = unsafe { raw::alloc(layout) };
-    if p.is_null() {
-        set_errno(libc::ENOMEM);
+/// The calling thread's heap: from the thread-pointer table, or (the
+/// thread's first allocation, or the process's) attached now, with the
+/// fork handlers registered on the way.
+#[inline(always)]
+fn local() -> Option<raw::Local> {
+    match raw::local_fast() {
+        Some(h) => Some(h),
+        None => local_slow(),
     }
-    p.cast()
+}
+
+#[inline(never)]
+fn local_slow() -> Option<raw::Local> {
+    let h = raw::local();
+    if h.is_some() {
+        ensure_atfork();
+    }
+    h
 }
 
 /// Allocates `size` bytes aligned to `align` on the calling thread's side:
-/// the main heap or glibc.
+/// its heap or glibc.
 ///
 /// # Safety
 /// 1. `align` is a power of two.
 #[inline]
 unsafe fn alloc_aligned(size: usize, align: usize) -> *mut c_void {
-    if raw::on_main_thread() {
-        // SAFETY: we are the owner; (1).
-        return unsafe { main_alloc(size, align) };
+    if let Some(h) = local() {
+        let Ok(layout) = Layout::from_size_align(size, align) else {
+            return out_of_memory();
+        };
+        // SAFETY: h is this thread's heap.
+        let p = unsafe { h.alloc(layout) };
+        return if p.is_null() {
+            out_of_memory()
+        } else {
+            p.cast()
+        };
     }
     if align <= MALLOC_ALIGN {
         foreign::malloc(size)
@@ -186,9 +201,9 @@ fn is_pow2(align: usize) -> bool {
 /// Callable from C at any time, from any thread.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    if raw::is_main_thread() {
-        // SAFETY: we are the owner.
-        let p = unsafe { raw::malloc(size) };
+    if let Some(h) = raw::local_fast() {
+        // SAFETY: h is this thread's heap.
+        let p = unsafe { h.malloc(size) };
         return if p.is_null() {
             out_of_memory()
         } else {
@@ -198,15 +213,15 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     malloc_elsewhere(size)
 }
 
-/// `malloc` when the caller is not known to be the main heap's owner: the
-/// process's first allocation (which builds the main heap and registers
-/// the fork handlers) or another thread's (glibc, charged).
+/// `malloc` when the thread-pointer table does not name the caller's heap:
+/// the thread's first allocation (the process's builds the main heap and
+/// registers the fork handlers), or a thread without a heap (glibc,
+/// charged).
 #[inline(never)]
 fn malloc_elsewhere(size: usize) -> *mut c_void {
-    if raw::on_main_thread() {
-        ensure_atfork();
-        // SAFETY: we are the owner.
-        let p = unsafe { raw::malloc(size) };
+    if let Some(h) = local_slow() {
+        // SAFETY: h is this thread's heap.
+        let p = unsafe { h.malloc(size) };
         return if p.is_null() {
             out_of_memory()
         } else {
@@ -223,7 +238,7 @@ fn malloc_elsewhere(size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn free(ptr: *mut c_void) {
     if raw::owns(ptr.cast()) {
-        // SAFETY: (1) and the address test: a live main-heap block.
+        // SAFETY: (1) and the address test: a live heap block.
         unsafe { raw::free(ptr.cast()) };
     } else if !ptr.is_null() {
         // SAFETY: (1): not ours, so glibc made it.
@@ -251,9 +266,9 @@ pub unsafe extern "C" fn calloc(nmemb: usize, size: usize) -> *mut c_void {
     let Some(total) = nmemb.checked_mul(size) else {
         return out_of_memory();
     };
-    if raw::is_main_thread() {
-        // SAFETY: we are the owner.
-        let p = unsafe { raw::calloc(total) };
+    if let Some(h) = raw::local_fast() {
+        // SAFETY: h is this thread's heap.
+        let p = unsafe { h.calloc(total) };
         return if p.is_null() {
             out_of_memory()
         } else {
@@ -263,14 +278,13 @@ pub unsafe extern "C" fn calloc(nmemb: usize, size: usize) -> *mut c_void {
     calloc_elsewhere(nmemb, size, total)
 }
 
-/// `calloc` when the caller is not known to be the owner (see
-/// [`malloc_elsewhere`]); `total` is `nmemb * size`, checked.
+/// `calloc` when the thread-pointer table does not name the caller's heap
+/// (see [`malloc_elsewhere`]); `total` is `nmemb * size`, checked.
 #[inline(never)]
 fn calloc_elsewhere(nmemb: usize, size: usize, total: usize) -> *mut c_void {
-    if raw::on_main_thread() {
-        ensure_atfork();
-        // SAFETY: we are the owner.
-        let p = unsafe { raw::calloc(total) };
+    if let Some(h) = local_slow() {
+        // SAFETY: h is this thread's heap.
+        let p = unsafe { h.calloc(total) };
         return if p.is_null() {
             out_of_memory()
         } else {
@@ -298,32 +312,38 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
         return core::ptr::null_mut();
     }
     if raw::owns(ptr.cast()) {
-        // A main-heap block exists, so the main heap and its owner do.
-        if raw::is_main_thread() {
-            if size > isize::MAX as usize - MALLOC_ALIGN {
-                return out_of_memory();
-            }
-            // SAFETY: (1): a live main-heap block; we are the owner. Its
+        if size > isize::MAX as usize - MALLOC_ALIGN {
+            return out_of_memory();
+        }
+        let Some(h) = local() else {
+            // SAFETY: (1): a live heap block; this thread has no heap.
+            return unsafe { move_to_glibc(ptr, size) };
+        };
+        if h.holds(ptr.cast()) {
+            // SAFETY: (1): a live block of this thread's heap. Its
             // alignment is at least 16, and realloc need not keep more.
-            let q = unsafe { raw::realloc_c(ptr.cast(), size) };
+            let q = unsafe { h.realloc_c(ptr.cast(), size) };
             return if q.is_null() {
                 out_of_memory()
             } else {
                 q.cast()
             };
         }
-        // Another thread resizes a main-heap block: it moves to glibc.
-        let q = foreign::malloc(size);
-        if !q.is_null() {
-            // SAFETY: (1): ptr is live; its usable size bounds what we copy
-            // from it, `size` what fits in q; then ptr is freed once.
-            unsafe {
-                let old = raw::usable_size(ptr.cast());
-                core::ptr::copy_nonoverlapping(ptr.cast::<u8>(), q.cast::<u8>(), old.min(size));
-                raw::free(ptr.cast());
-            }
+        // Another thread's block moves to this thread's heap.
+        // SAFETY: h is this thread's heap.
+        let q = unsafe { h.malloc(size) };
+        if q.is_null() {
+            return out_of_memory();
         }
-        return q;
+        // SAFETY: (1): ptr is live; its usable size bounds what we copy
+        // from it, `size` what fits in q; then ptr is freed once (a remote
+        // free into its heap).
+        unsafe {
+            let old = raw::usable_size(ptr.cast());
+            core::ptr::copy_nonoverlapping(ptr.cast::<u8>(), q, old.min(size));
+            raw::free(ptr.cast());
+        }
+        return q.cast();
     }
     // A glibc block stays in glibc, whichever thread resizes it.
     // SAFETY: (1): not ours, so glibc made it.
@@ -447,4 +467,24 @@ pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> usize {
         // SAFETY: (1): a live glibc block.
         unsafe { foreign::usable_size(ptr) }
     }
+}
+
+/// `realloc` of a heap block by a thread that has no heap: the block moves
+/// to glibc.
+///
+/// # Safety
+/// 1. `ptr` is a live heap block.
+#[cold]
+unsafe fn move_to_glibc(ptr: *mut c_void, size: usize) -> *mut c_void {
+    let q = foreign::malloc(size);
+    if !q.is_null() {
+        // SAFETY: (1): ptr is live; its usable size bounds what we copy from
+        // it, `size` what fits in q; then ptr is freed once.
+        unsafe {
+            let old = raw::usable_size(ptr.cast());
+            core::ptr::copy_nonoverlapping(ptr.cast::<u8>(), q.cast::<u8>(), old.min(size));
+            raw::free(ptr.cast());
+        }
+    }
+    q
 }

@@ -1,5 +1,6 @@
-//! `FROSTHEAP_STATS=1`: the main heap's statistics on standard error when
-//! the process exits.
+//! `FROSTHEAP_STATS=1`: the main heap's statistics, then the process's
+//! (every thread heap, mappings, the limit), on standard error when the
+//! process exits.
 //!
 //! The printer is a `.fini_array` entry of the library, which ld.so runs
 //! at `exit` after the program's `atexit` handlers and destructors (a
@@ -29,7 +30,7 @@ extern "C" fn print_at_exit() {
     let b = Buf::new(&mut buf).str("frostheap: main heap: in use ");
     let b = human(b, s.in_use as u64).str(", peak ");
     let b = human(b, s.peak as u64).str(", committed ");
-    let b = human(b, s.committed as u64).str(", other threads (glibc) ");
+    let b = human(b, s.committed as u64).str(", threads without a heap (glibc) ");
     let b = human(b, s.external as u64).str(", limit ");
     let b = human(b, s.limit as u64)
         .str("; ")
@@ -38,6 +39,23 @@ extern "C" fn print_at_exit() {
         .dec(s.total_allocations)
         .str(" in total, ")
         .dec(s.refused)
+        .str(" refused\n");
+    os::write_stderr(b.finish());
+    let p = frostheap::stats();
+    let mut buf = [0u8; 512];
+    let b = Buf::new(&mut buf).str("frostheap: process: committed ");
+    let b = human(b, p.committed as u64).str(" (peak ");
+    let b = human(b, p.peak_committed as u64).str("), thread heaps in use ");
+    let b = human(b, p.threads_in_use as u64).str(", mapped ");
+    let kind = frostheap::heap::process::Kind::Mapped;
+    let b = human(b, p.committed_for(kind) as u64).str(", limit ");
+    let b = human(b, p.limit as u64)
+        .str("; ")
+        .dec(p.thread_heaps as u64)
+        .str(" thread heaps (")
+        .dec(p.abandoned_heaps as u64)
+        .str(" to adopt), ")
+        .dec(p.refused)
         .str(" refused\n");
     os::write_stderr(b.finish());
 }

@@ -154,7 +154,10 @@ fn cross_thread_frees() {
     assert!(out.status.success(), "{}", text(&out));
     // Every glibc block charged to the limit was released again.
     let stats = stats_line(&out);
-    assert!(stats.contains("other threads (glibc) 0 B"), "{stats}");
+    assert!(
+        stats.contains("threads without a heap (glibc) 0 B"),
+        "{stats}"
+    );
 }
 
 #[test]
@@ -375,4 +378,93 @@ fn python_standard_library_tests_pass() {
         "CPython tests that fail under the library and pass without it in the same run:\n{}",
         counted.join("\n")
     );
+}
+
+/// Runs `cmd` with the library preloaded and `env` set, killing it after
+/// `secs` seconds: a hang fails the test instead of stalling the run.
+fn preloaded_limited(cmd: &mut Command, env: &[(&str, &str)], secs: u64) -> Output {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    cmd.env("LD_PRELOAD", lib())
+        .env_remove("FROSTHEAP_MIN")
+        .env_remove("FROSTHEAP_STATS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("the killed child");
+            panic!("no exit within {secs} s\n{}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+#[test]
+fn ten_thousand_threads_with_frees_after_their_owner_exited() {
+    let out = preloaded_limited(
+        &mut Command::new(c_program("thread_churn")),
+        &[("FROSTHEAP_MAX", "256M")],
+        300,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("thread_churn: ok"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn python_with_pymalloc_raises_memory_error_under_the_cap() {
+    // pymalloc takes its arenas with mmap: the library counts them against
+    // the same limit, so the list of five million strings cannot pass it.
+    let script = "import resource\n\
+try:\n    x = [str(i) * 3 for i in range(5 * 10**6)]\n    print('allocated')\n\
+except MemoryError:\n    print('MemoryError')\n\
+print('maxrss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n";
+    let out = preloaded_limited(
+        Command::new(python())
+            .args(["-c", script])
+            .env_remove("PYTHONMALLOC"),
+        &[("FROSTHEAP_MAX", "100M")],
+        300,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("MemoryError"), "{}", text(&out));
+    let rss_kib: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss_kib "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no maxrss line\n{}", text(&out)));
+    // The cap, plus the interpreter's binary and libraries (not counted).
+    assert!(
+        rss_kib < 140 * 1024,
+        "peak RSS {rss_kib} KiB under a 100 MiB cap\n{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_refused_mmap_returns_map_failed_with_enomem() {
+    let script = "import mmap, errno\n\
+try:\n    m = mmap.mmap(-1, 512 << 20, flags=mmap.MAP_PRIVATE)\n    print('mapped')\n\
+except OSError as e:\n    print('refused', errno.errorcode[e.errno])\n\
+m = mmap.mmap(-1, 16 << 20, flags=mmap.MAP_PRIVATE)\nm[-1:] = b'x'\nprint('small ok')\n";
+    let out = preloaded_limited(
+        Command::new(python()).args(["-c", script]),
+        &[("FROSTHEAP_MAX", "128M")],
+        120,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("refused ENOMEM"), "{}", text(&out));
+    assert!(stdout.contains("small ok"), "{}", text(&out));
 }

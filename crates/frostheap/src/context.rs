@@ -355,8 +355,13 @@ impl ContextHeap {
             return None;
         }
         let start = self.base + (first << CHUNK_SHIFT);
+        // Committed chunks count against the process limit (FROSTHEAP_MAX).
+        if !crate::heap::process::charge(crate::heap::process::Kind::Context, k * CHUNK_SIZE) {
+            return None;
+        }
         // SAFETY: the chunks lie in our slot of the context space, unused.
         if unsafe { os::commit(start as *mut u8, k * CHUNK_SIZE) }.is_err() {
+            crate::heap::process::release(crate::heap::process::Kind::Context, k * CHUNK_SIZE);
             return None;
         }
         self.frontier.set((first + k) as u32);
@@ -495,6 +500,7 @@ impl Drop for ContextHeap {
             // SAFETY: the heap is dropped only when empty (see `retire`):
             // nothing lives in the slot any more.
             let _ = unsafe { os::decommit(self.base as *mut u8, len) };
+            crate::heap::process::release(crate::heap::process::Kind::Context, len);
         }
         SLOT_HEAP[self.slot].store(core::ptr::null_mut(), Ordering::Release);
         SLOT_USED[self.slot].store(false, Ordering::Release);

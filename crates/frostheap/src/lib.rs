@@ -109,7 +109,7 @@ mod violation;
 
 pub use config::{HugePages, OnViolation, Protect};
 pub use error::Error;
-pub use global::{main_heap, unguarded, Global, Shared};
+pub use global::{main_heap, stats, unguarded, Global, ProcessStats, Shared};
 pub use heap::{Heap, HeapBuilder, Stats};
 pub use runtime::{
     global_runtime, par, try_global_runtime, Arena, Runtime, RuntimeBuilder, RuntimeStats, Scope,

@@ -51,6 +51,9 @@ pub struct Region {
     /// Protected read-only by an mprotect freeze: pages committed while it
     /// is set are committed read-only too. Written under the span lock.
     frozen: core::sync::atomic::AtomicBool,
+    /// The reservation is the region's own (unmapped on drop); false for a
+    /// region carved from a larger reservation ([`Region::in_reservation`]).
+    owned: bool,
 }
 
 // SAFETY: a Region is an address range plus atomics; the memory it
@@ -100,6 +103,7 @@ impl Region {
             huge_pages: config.huge_pages,
             committed: AtomicUsize::new(0),
             frozen: core::sync::atomic::AtomicBool::new(false),
+            owned: true,
         };
         // Without huge pages the advice is explicit: where THP is `always`
         // system-wide, an unadvised region would get huge pages anyway. A
@@ -113,6 +117,40 @@ impl Region {
                 os::advise_no_huge_pages(base, whole)
             }
         };
+        if region.min_committed > 0 {
+            region.grow_to(region.min_committed)?;
+        }
+        Ok(region)
+    }
+
+    /// A region on `[base, base + config.max)`, a part of a reservation the
+    /// caller made (the heaps of one process share one, so that "is this
+    /// frostheap memory" stays one compare); commits `config.min`. Dropping
+    /// it decommits what it committed and leaves the range reserved.
+    ///
+    /// # Safety
+    /// 1. `[base, base + config.max)` is reserved (`PROT_NONE`), page- and,
+    ///    with `config.huge_pages`, huge-page-aligned, and given to this
+    ///    region alone for as long as it lives.
+    pub(crate) unsafe fn in_reservation(
+        base: *mut u8,
+        config: RegionConfig,
+    ) -> Result<Region, OsError> {
+        let reserved = round_up(config.max, PAGE_SIZE);
+        let region = Region {
+            base,
+            reserved,
+            min_committed: round_up(config.min, PAGE_SIZE).min(reserved),
+            huge_pages: config.huge_pages,
+            committed: AtomicUsize::new(0),
+            frozen: core::sync::atomic::AtomicBool::new(false),
+            owned: false,
+        };
+        if config.huge_pages {
+            // SAFETY: by (1) the range is ours and aligned. A refusal only
+            // costs performance, so it is ignored.
+            let _ = unsafe { os::advise_huge_pages(base, reserved) };
+        }
         if region.min_committed > 0 {
             region.grow_to(region.min_committed)?;
         }
@@ -248,6 +286,15 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
+        if !self.owned {
+            let committed = self.committed.load(Ordering::Relaxed);
+            if committed > 0 {
+                // SAFETY: the committed prefix is ours (in_reservation's
+                // (1)) and nothing lives in it once the region is dropped.
+                let _ = unsafe { os::decommit(self.base, committed) };
+            }
+            return;
+        }
         let align = if self.huge_pages {
             os::HUGE_PAGE_SIZE
         } else {

@@ -57,6 +57,15 @@ impl RawLock {
         }
     }
 
+    /// Takes the lock if it is free, without waiting.
+    #[inline]
+    pub fn try_lock(&self) -> Option<LockGuard<'_>> {
+        self.locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| LockGuard { lock: self })
+    }
+
     /// Takes the lock without a guard (for `fork` handlers).
     pub fn lock_raw(&self) {
         core::mem::forget(self.lock());

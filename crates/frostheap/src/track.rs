@@ -89,6 +89,14 @@ pub(crate) fn record(block: usize) {
     }
 }
 
+/// The recorded allocation site of the block at `addr` (its first byte),
+/// symbolised, outermost last; empty when none is recorded. For tests and
+/// tools; violation reports use it the same way.
+#[doc(hidden)]
+pub fn allocation_site(addr: usize) -> Vec<String> {
+    site_of(addr)
+}
+
 /// The recorded allocation site of `block`, symbolised, outermost last.
 pub(crate) fn site_of(block: usize) -> Vec<String> {
     let table = TABLE.load(Ordering::Acquire);

@@ -2,18 +2,22 @@
 //!
 //! The thread that makes the process's first allocation — `main`, since
 //! std allocates while setting up the main thread — owns the **main heap**;
-//! its allocations go there, under the limits of `FROSTHEAP_MIN` /
-//! `FROSTHEAP_MAX`. Other threads allocate from the system allocator. Every
-//! free and realloc is routed by address: a main-heap block goes back to the
-//! main heap whoever frees it (a remote free when another thread does), and
-//! anything else to the system allocator.
+//! every other thread gets a **thread heap** of its own at its first
+//! allocation ([`heaps`]), with the same fast paths. All of them live in
+//! one reservation and share one limit, `FROSTHEAP_MAX`, counted where
+//! memory is committed ([`crate::heap::process`]); `FROSTHEAP_MIN` is
+//! committed for the main heap up front. Every free and realloc is routed
+//! by address: a block goes back to the heap that made it whoever frees it
+//! (a remote free when another thread does), a context block to its
+//! context, anything else to the system allocator.
 //!
 //! The environment is read at the first allocation, without allocating; a
 //! bad value prints one line and exits with status 2 before `main` runs.
 //!
 //! | module | what |
 //! |---|---|
-//! | [`start`] | the main heap's static slot and its start-up |
+//! | [`start`] | the main heap's start-up |
+//! | [`heaps`] | the arena, thread heaps, adoption after a thread exits |
 //! | [`route`] | each thread's route, each block's owner, `unguarded`, [`Shared`] |
 //! | [`raw`] | the main heap with C semantics, for the C ABI (`frostheap-capi`) |
 //! | this file | [`Global`]: one `match` over route × owner per call |
@@ -24,15 +28,18 @@ use std::alloc::System;
 use crate::context;
 use crate::heap::class::class_for;
 
+mod heaps;
 pub mod raw;
 mod route;
 mod start;
+mod stats;
 
-use route::{context_alloc, owner_of, route, Owner, Route, CONTEXT, ROUTE};
+use route::{context_alloc, own_heap, owner_of, route, Owner, Route, CONTEXT, FAST_HEAP};
 pub(crate) use route::{on_main_route, set_context};
 pub use route::{unguarded, Shared};
 pub use start::main_heap;
 use start::main_inner;
+pub use stats::{stats, ProcessStats};
 
 /// The global allocator. Install it with
 ///
@@ -43,24 +50,25 @@ use start::main_inner;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Global;
 
-// SAFETY: main-heap blocks come from HeapCore and context blocks from
+// SAFETY: heap blocks come from HeapCore and context blocks from
 // ContextHeap, which return memory valid for the layout or null;
 // everything else is delegated to `System`. Frees and reallocs are routed
 // by address to the allocator that made the block.
 unsafe impl GlobalAlloc for Global {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // The main thread's small allocation, inlined: the route byte, the
-        // class, a pop from the current span. Everything else (a refill,
-        // large blocks, tracking, other routes) is one call away, so this
-        // path needs no stack frame.
-        // (With allocation tracking on, the main thread's route is never
-        // cached as Main, so tracked allocations take `alloc_routed`.)
-        if ROUTE.with(|r| r.get()) == Route::Main {
+        // A thread's small allocation from its own heap, inlined: the heap
+        // word, the class, a pop from the current span. Everything else (a
+        // refill, large blocks, tracking, other routes) is one call away,
+        // so this path needs no stack frame. (With allocation tracking on,
+        // the heap word stays null, so tracked allocations take
+        // `alloc_routed`.)
+        let h = FAST_HEAP.with(|h| h.get());
+        if !h.is_null() {
             if let Some(c) = class_for(layout.size(), layout.align()) {
-                // SAFETY: the Main route is set only on the main heap's
-                // owner thread.
-                if let Some(p) = unsafe { main_inner().core.try_alloc_small_as_owner(c) } {
+                // SAFETY: the heap word is set only on the heap's owner
+                // thread, to a heap in static storage.
+                if let Some(p) = unsafe { (*h).core.try_alloc_small_as_owner(c) } {
                     return p.as_ptr();
                 }
             }
@@ -71,45 +79,62 @@ unsafe impl GlobalAlloc for Global {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        match route() {
-            Route::Main => main_inner().core.alloc_zeroed(layout),
-            Route::Context => context_alloc(layout, true),
+        let p = match route() {
+            Route::Heap => match own_heap() {
+                Some(h) => h.core.alloc_zeroed(layout),
+                // SAFETY: GlobalAlloc contract, forwarded.
+                None => unsafe { System.alloc_zeroed(layout) },
+            },
+            Route::Shared => main_inner().core.alloc_zeroed(layout),
+            Route::Context => return context_alloc(layout, true),
             // SAFETY: GlobalAlloc contract, forwarded.
-            _ => unsafe { System.alloc_zeroed(layout) },
-        }
+            _ => return unsafe { System.alloc_zeroed(layout) },
+        };
+        after_heap_alloc(p, layout.size())
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if let Owner::Main { offset } = start::main_offset(ptr) {
-            // SAFETY: ptr is a live main-heap block (GlobalAlloc contract),
-            // `offset` bytes into its region (the main heap's region starts
-            // at MAIN.base). A worker inside a phase has the free deferred
-            // by the core.
-            unsafe { main_inner().core.free_at(ptr, offset) }
-        } else {
-            // SAFETY: forwarded (GlobalAlloc contract); not a main-heap block.
-            unsafe { self.dealloc_elsewhere(ptr, layout) }
+        // A block of the thread's own heap, inlined: the heap word, one
+        // compare against the heap's region, a push on the span's list.
+        let h = FAST_HEAP.with(|h| h.get());
+        if !h.is_null() {
+            // SAFETY: the heap word names the calling thread's own heap,
+            // in static storage.
+            let core = unsafe { &(*h).core };
+            let offset = (ptr as usize).wrapping_sub(core.base());
+            if core.owns(ptr as usize) {
+                // SAFETY: ptr is a live block of our own heap (GlobalAlloc
+                // contract), `offset` bytes into its region.
+                unsafe { core.free_at_as_owner(ptr, offset) };
+                return;
+            }
         }
+        // SAFETY: forwarded (GlobalAlloc contract).
+        unsafe { self.dealloc_elsewhere(ptr, layout) }
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let owner = owner_of(ptr);
         match (route(), owner) {
-            // SAFETY: ptr is a live main-heap block allocated with layout,
-            // and the Main route is set only on the main heap's owner.
-            (Route::Main, Owner::Main { .. }) => unsafe {
-                main_inner().core.realloc(ptr, layout, new_size)
-            },
+            (Route::Heap, Owner::Heap { heap, .. }) if heap.core.is_owner() => {
+                // SAFETY: ptr is a live block of our own heap, allocated
+                // with layout.
+                let q = unsafe { heap.core.realloc(ptr, layout, new_size) };
+                if q != ptr {
+                    return after_heap_alloc(q, new_size);
+                }
+                q
+            }
             // A context block keeps its bytes until its chunk empties, so
             // shrinking is free: keep the block (no copy, no write).
             (_, Owner::Context) if new_size <= layout.size() => ptr,
-            // SAFETY: forwarded (GlobalAlloc contract); ptr is a context
-            // block.
-            (Route::Context, Owner::Context) => unsafe {
-                self.realloc_in_context(ptr, layout, new_size)
-            },
+            (Route::Context, Owner::Context) => {
+                // SAFETY: forwarded (GlobalAlloc contract); ptr is a
+                // context block and new_size > layout.size().
+                unsafe { self.realloc_in_context(ptr, layout, new_size) }
+            }
             // SAFETY: a System block resized by a System-routed thread.
             (Route::System | Route::Unknown, Owner::System) => unsafe {
                 System.realloc(ptr, layout, new_size)
@@ -118,6 +143,19 @@ unsafe impl GlobalAlloc for Global {
             _ => unsafe { self.move_block(ptr, owner, layout, new_size) },
         }
     }
+}
+
+/// What every allocation from a heap goes through once it is made, out of
+/// the inlined fast path: the allocation site when tracking is on, and the
+/// one line naming frostheap's limit when the heap refused.
+#[inline]
+fn after_heap_alloc(p: *mut u8, size: usize) -> *mut u8 {
+    if p.is_null() {
+        stats::out_of_memory_line(size);
+    } else if crate::track::enabled() {
+        crate::track::record(p as usize);
+    }
+    p
 }
 
 impl Global {
@@ -185,22 +223,17 @@ impl Global {
         q
     }
 
-    /// Frees a block that is not the main heap's: a context block or
-    /// system memory. Out of line, so that `dealloc` is the main heap's
-    /// free alone and inlines like `alloc`.
+    /// Frees a block that is not the calling thread's own: another heap's
+    /// (a remote free), a context block or system memory. Out of line, so
+    /// that `dealloc` is the own heap's free alone and inlines like
+    /// `alloc`.
     ///
     /// # Safety
-    /// 1. The `GlobalAlloc::dealloc` contract, and `ptr` is not in the main
-    ///    heap.
+    /// 1. The `GlobalAlloc::dealloc` contract.
     #[inline(never)]
     unsafe fn dealloc_elsewhere(&self, ptr: *mut u8, layout: Layout) {
-        if context::owns(ptr as usize) {
-            // SAFETY: a live context block.
-            unsafe { context::free(ptr) }
-        } else {
-            // SAFETY: not ours, so System made it.
-            unsafe { System.dealloc(ptr, layout) }
-        }
+        // SAFETY: forwarded (1); owner_of names the block's allocator.
+        unsafe { free_by_owner(ptr, owner_of(ptr), layout) }
     }
 
     /// Every allocation but the main thread's inlined fast path.
@@ -209,19 +242,19 @@ impl Global {
     /// 1. The `GlobalAlloc::alloc` contract.
     #[inline(never)]
     unsafe fn alloc_routed(&self, layout: Layout) -> *mut u8 {
-        match route() {
-            Route::Main => {
-                // SAFETY: the Main route is set only on the main heap's owner.
-                let p = unsafe { main_inner().core.alloc_as_owner(layout) };
-                if crate::track::enabled() && !p.is_null() {
-                    crate::track::record(p as usize);
-                }
-                p
-            }
-            Route::Context => context_alloc(layout, false),
+        let p = match route() {
+            Route::Heap => match own_heap() {
+                // SAFETY: own_heap is the calling thread's: it owns it.
+                Some(h) => unsafe { h.core.alloc_as_owner(layout) },
+                // SAFETY: GlobalAlloc contract, forwarded.
+                None => return unsafe { System.alloc(layout) },
+            },
+            Route::Shared => main_inner().core.alloc(layout),
+            Route::Context => return context_alloc(layout, false),
             // SAFETY: GlobalAlloc contract, forwarded.
-            _ => unsafe { System.alloc(layout) },
-        }
+            _ => return unsafe { System.alloc(layout) },
+        };
+        after_heap_alloc(p, layout.size())
     }
 }
 
@@ -232,10 +265,10 @@ impl Global {
 #[inline]
 unsafe fn free_by_owner(ptr: *mut u8, owner: Owner, layout: Layout) {
     match owner {
-        // SAFETY: (1): a live main-heap block `offset` bytes into the main
-        // heap's region. A worker inside a phase has the free deferred by
+        // SAFETY: (1): a live block of `heap`, `offset` bytes into its
+        // region. A worker inside a phase has the free deferred by
         // the core.
-        Owner::Main { offset } => unsafe { main_inner().core.free_at(ptr, offset) },
+        Owner::Heap { heap, offset } => unsafe { heap.core.free_at(ptr, offset) },
         // SAFETY: (1): a live context block.
         Owner::Context => unsafe { context::free(ptr) },
         // SAFETY: (1): not ours, so System made it.

@@ -1,11 +1,14 @@
-//! The main heap as the C ABI (`frostheap-capi`) needs it: C semantics
-//! (no layout on free), explicit routing, and `fork` handlers.
+//! The heaps as the C ABI (`frostheap-capi`) needs them: C semantics (no
+//! layout on free), each thread's own heap found without a Rust
+//! thread-local (a shared library reaches those through `__tls_get_addr`),
+//! and `fork` handlers.
 
 use core::alloc::Layout;
 use core::sync::atomic::Ordering;
 
-use super::start::{main_inner, main_owns, AUTO_HUGE_PAGES, MAIN, READY};
-use crate::heap::Heap;
+use super::heaps;
+use super::start::{main_inner, AUTO_HUGE_PAGES, MAIN, READY};
+use crate::heap::{Heap, HeapInner};
 use crate::sync::thread_token;
 
 /// Default alignment of `malloc` (glibc's `MALLOC_ALIGNMENT`).
@@ -22,41 +25,89 @@ pub fn on_main_thread() -> bool {
     super::start::on_main_thread()
 }
 
-/// Whether the calling thread is the main heap's owner, without
-/// initialising anything: false before the first allocation (call
-/// [`on_main_thread`] then). One load and one compare, for fast paths.
+/// The calling thread's own heap (the main heap for the main thread). Only
+/// that thread may use it, and only until it exits.
+#[derive(Clone, Copy)]
+pub struct Local(&'static HeapInner);
+
+/// The calling thread's heap, if the thread-pointer table names it and the
+/// thread still owns it: a hash, two loads and a compare, for fast paths.
+/// `None` sends the caller to [`local`].
 #[inline(always)]
-pub fn is_main_thread() -> bool {
-    // Thread tokens are never 0, so an unset owner matches nobody.
-    MAIN.owner.load(Ordering::Relaxed) == thread_token()
+pub fn local_fast() -> Option<Local> {
+    heaps::fast_lookup().map(Local)
 }
 
-/// C `malloc` on the main heap: `size` bytes aligned to
-/// [`MALLOC_ALIGN`]; null past the limit.
-///
-/// # Safety
-/// 1. The caller is the main thread ([`is_main_thread`] or
-///    [`on_main_thread`] returned true).
-#[inline(always)]
-pub unsafe fn malloc(size: usize) -> *mut u8 {
-    // SAFETY: forwarded (1).
-    unsafe { main_inner().core.alloc_c_as_owner::<false>(size) }
+/// The calling thread's heap: the main heap is started on the process's
+/// first call (with the C ABI's defaults), and any other thread attaches a
+/// heap at its first. `None` while the thread cannot have one (its heap is
+/// being attached, it is exiting, or every slot is taken).
+#[inline(never)]
+pub fn local() -> Option<Local> {
+    if MAIN.state.load(Ordering::Relaxed) != READY {
+        AUTO_HUGE_PAGES.store(false, Ordering::Relaxed);
+        super::start::on_main_thread();
+    }
+    let h = super::route::own_heap()?;
+    heaps::fast_record(h);
+    Some(Local(h))
 }
 
-/// C `calloc` on the main heap: like [`malloc`], zeroed.
-///
-/// # Safety
-/// 1. As [`malloc`].
-#[inline(always)]
-pub unsafe fn calloc(size: usize) -> *mut u8 {
-    // SAFETY: forwarded (1).
-    unsafe { main_inner().core.alloc_c_as_owner::<true>(size) }
+impl Local {
+    /// C `malloc`: `size` bytes aligned to [`MALLOC_ALIGN`]; null past the
+    /// limit.
+    ///
+    /// # Safety
+    /// 1. Called on the thread the `Local` was obtained on.
+    #[inline(always)]
+    pub unsafe fn malloc(self, size: usize) -> *mut u8 {
+        // SAFETY: forwarded (1): that thread owns the heap.
+        unsafe { self.0.core.alloc_c_as_owner::<false>(size) }
+    }
+
+    /// C `calloc`: like [`Local::malloc`], zeroed.
+    ///
+    /// # Safety
+    /// 1. As [`Local::malloc`].
+    #[inline(always)]
+    pub unsafe fn calloc(self, size: usize) -> *mut u8 {
+        // SAFETY: forwarded (1).
+        unsafe { self.0.core.alloc_c_as_owner::<true>(size) }
+    }
+
+    /// Allocates `layout`; null past the limit.
+    ///
+    /// # Safety
+    /// 1. As [`Local::malloc`].
+    #[inline]
+    pub unsafe fn alloc(self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded (1).
+        unsafe { self.0.core.alloc_as_owner(layout) }
+    }
+
+    /// Whether `p` is in this heap (and not another heap of the arena).
+    #[inline]
+    pub fn holds(self, p: *const u8) -> bool {
+        self.0.core.owns(p as usize)
+    }
+
+    /// C `realloc` of a block of this heap to `new_size > 0` bytes aligned
+    /// to [`MALLOC_ALIGN`]; null (and `p` untouched) past the limit.
+    ///
+    /// # Safety
+    /// 1. As [`Local::malloc`], and `p` is a live block of this heap
+    ///    ([`Local::holds`]).
+    #[inline]
+    pub unsafe fn realloc_c(self, p: *mut u8, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded (1).
+        unsafe { self.0.core.realloc_c_as_owner(p, new_size) }
+    }
 }
 
-/// Whether `p` points into the main heap.
-#[inline]
+/// Whether `p` points into one of the heaps (any thread's): one compare.
+#[inline(always)]
 pub fn owns(p: *const u8) -> bool {
-    main_owns(p as *mut u8)
+    heaps::arena_owns(p)
 }
 
 /// The main heap handle (initialising it if needed).
@@ -68,103 +119,74 @@ pub fn heap() -> Heap {
     Heap::from_static(main_inner())
 }
 
-/// Allocates from the main heap; null past the limit.
+/// Frees a heap block, from any thread (a remote free when the block's
+/// heap is another thread's).
 ///
 /// # Safety
-/// 1. The caller is the main thread ([`on_main_thread`] returned true).
-#[inline]
-pub unsafe fn alloc(layout: Layout) -> *mut u8 {
-    // SAFETY: forwarded (1).
-    unsafe { main_inner().core.alloc_as_owner(layout) }
-}
-
-/// Allocates zeroed memory from the main heap; null past the limit.
-///
-/// # Safety
-/// 1. The main heap is initialised ([`on_main_thread`] was called).
-pub unsafe fn alloc_zeroed(layout: Layout) -> *mut u8 {
-    main_inner().core.alloc_zeroed(layout)
-}
-
-/// Frees a main-heap block, from any thread.
-///
-/// # Safety
-/// 1. `p` is a live main-heap block ([`owns`] is true).
-#[inline]
+/// 1. `p` is a live heap block ([`owns`] is true).
+#[inline(always)]
 pub unsafe fn free(p: *mut u8) {
-    // SAFETY: forwarded (1).
-    unsafe { main_inner().core.free(p) }
-}
-
-/// Usable size of a main-heap block.
-///
-/// # Safety
-/// 1. `p` is a live main-heap block.
-pub unsafe fn usable_size(p: *mut u8) -> usize {
-    // SAFETY: forwarded (1).
-    unsafe { main_inner().core.usable_size(p) }
-}
-
-/// Resizes a main-heap block on the main thread.
-///
-/// # Safety
-/// 1. `p` is a live main-heap block allocated with alignment `align`,
-///    and the caller is the main thread.
-pub unsafe fn realloc(p: *mut u8, align: usize, new_size: usize) -> *mut u8 {
-    let core = &main_inner().core;
-    // SAFETY: by (1) p is live; its usable size is at least what was
-    // asked, so copying that many bytes stays inside the block.
-    unsafe {
-        let old = Layout::from_size_align_unchecked(core.usable_size(p), align);
-        core.realloc(p, old, new_size)
+    if let Some((heap, offset)) = heaps::heap_of(p) {
+        // SAFETY: forwarded (1); `offset` is p's offset in that heap.
+        unsafe { heap.core.free_at(p, offset) }
     }
 }
 
-/// C `realloc` of a main-heap block on the main thread, to
-/// `new_size > 0` bytes aligned to [`MALLOC_ALIGN`]; null (and `p`
-/// untouched) past the limit.
+/// Usable size of a heap block.
 ///
 /// # Safety
-/// 1. `p` is a live main-heap block and the caller is the main thread.
-#[inline]
-pub unsafe fn realloc_c(p: *mut u8, new_size: usize) -> *mut u8 {
-    // SAFETY: forwarded (1).
-    unsafe { main_inner().core.realloc_c_as_owner(p, new_size) }
+/// 1. `p` is a live heap block.
+pub unsafe fn usable_size(p: *mut u8) -> usize {
+    match heaps::heap_of(p) {
+        // SAFETY: forwarded (1).
+        Some((heap, _)) => unsafe { heap.core.usable_size(p) },
+        None => 0,
+    }
 }
 
-/// `pthread_atfork` prepare handler: takes the main heap's locks.
+/// Charges `bytes` of memory the program maps itself (anonymous `mmap`)
+/// against the process limit; false when that would pass it.
+pub fn charge_mapped(bytes: usize) -> bool {
+    crate::heap::process::charge(crate::heap::process::Kind::Mapped, bytes)
+}
+
+/// Releases bytes charged with [`charge_mapped`].
+pub fn release_mapped(bytes: usize) {
+    crate::heap::process::release(crate::heap::process::Kind::Mapped, bytes)
+}
+
+/// `pthread_atfork` prepare handler: takes every heap's locks.
 pub fn fork_prepare() {
     if MAIN.state.load(Ordering::Acquire) == READY {
-        for l in main_inner().core.locks() {
-            l.lock_raw();
-        }
+        heaps::for_each_lock(|l| l.lock_raw());
     }
 }
 
 /// `pthread_atfork` parent and child handler: releases the locks.
 pub fn fork_release() {
     if MAIN.state.load(Ordering::Acquire) == READY {
-        for l in main_inner().core.locks().iter().rev() {
-            // SAFETY: fork_prepare took these locks in this thread
-            // (the child's only thread is a copy of it).
-            unsafe { l.unlock_raw() };
-        }
+        // SAFETY: fork_prepare took these locks in this thread (the
+        // child's only thread is a copy of it); the order of release does
+        // not matter.
+        heaps::for_each_lock(|l| unsafe { l.unlock_raw() });
     }
 }
 
-/// In a `fork` child: the forking thread is the child's only thread;
-/// if it was not the main heap's owner, it becomes the owner now (the
-/// old owner does not exist in the child).
+/// In a `fork` child: the forking thread is the child's only thread. The
+/// remote frees the fork cut in half are completed in every heap, the
+/// heaps of the other threads (which do not exist in the child) are put
+/// up for adoption, and if the forking thread was not the main thread it
+/// becomes the main heap's owner (as the process's first thread would).
 pub fn fork_child_adopt() {
     if MAIN.state.load(Ordering::Acquire) != READY {
         return;
     }
-    // SAFETY: in the child this is the only thread, and it is in the
-    // fork handler, not in a free.
-    unsafe { main_inner().core.repair_remote_frees_after_fork() };
+    // SAFETY: in the child this is the only thread, inside the fork child
+    // handler, after the locks were released.
+    unsafe { heaps::after_fork_in_child() };
     if !super::start::on_main_thread() {
         // SAFETY: in the child no other thread exists, so nobody else
-        // can be on the owner path.
+        // can be on the main heap's owner path.
         unsafe { main_inner().core.set_owner() };
         MAIN.owner.store(thread_token(), Ordering::Relaxed);
     }

@@ -1,11 +1,11 @@
 //! Routing: where the calling thread's allocations go (its [`Route`]) and
 //! who owns a block (its [`Owner`], by address).
 //!
-//! The route is a thread-local byte: the main thread allocates from the
-//! main heap, a runtime worker inside a phase from its context heap, every
-//! other thread (and any thread inside [`unguarded`]) from the system
-//! allocator. A block's owner is found from its address alone: the main
-//! heap's reservation (two compares against the start-up slot), the
+//! The route is a thread-local byte: every thread allocates from its own
+//! heap (the main thread's is the main heap; see [`super::heaps`]), a
+//! runtime worker inside a phase from its context heap, any thread inside
+//! [`unguarded`] from the system allocator. A block's owner is found from
+//! its address alone: a heap of the arena (one compare, then a shift), the
 //! context heaps' reservation, or system memory. `Global` matches on the
 //! pair once per call.
 
@@ -14,8 +14,10 @@ use core::cell::Cell;
 use core::sync::atomic::Ordering;
 use std::alloc::System;
 
-use super::start::{main_offset, on_main_thread, MAIN, READY};
+use super::heaps;
+use super::start::{main_inner, on_main_thread, MAIN, READY};
 use crate::context::{self, ContextHeap};
+use crate::heap::HeapInner;
 
 /// Where the calling thread's allocations go.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -23,17 +25,49 @@ use crate::context::{self, ContextHeap};
 pub(crate) enum Route {
     /// Not decided yet (first allocation of this thread).
     Unknown = 0,
-    /// The main heap (the main thread).
-    Main = 1,
-    /// The system allocator (other threads, `unguarded` scopes).
+    /// The thread's own heap (the main heap for the main thread).
+    Heap = 1,
+    /// The system allocator (`unguarded` scopes, a thread whose heap is
+    /// being attached or that has exited).
     System = 2,
     /// The worker's context heap (runtime workers inside a phase).
     Context = 3,
+    /// The main heap's locked shared path: every arena slot is taken.
+    Shared = 4,
 }
 
 thread_local! {
     pub(super) static ROUTE: Cell<Route> = const { Cell::new(Route::Unknown) };
+    /// The thread's heap while its route is `Heap` and allocation tracking
+    /// is off (null otherwise): the one word `Global::alloc`'s inlined fast
+    /// path reads.
+    pub(super) static FAST_HEAP: Cell<*const HeapInner> = const { Cell::new(core::ptr::null()) };
+    /// The thread's heap once attached, whatever its route.
+    pub(super) static MINE: Cell<*const HeapInner> = const { Cell::new(core::ptr::null()) };
     pub(super) static CONTEXT: Cell<*const ContextHeap> = const { Cell::new(core::ptr::null()) };
+    /// Gives the thread's heap up when the thread exits.
+    static EXIT: ExitGuard = const { ExitGuard(Cell::new(usize::MAX)) };
+}
+
+/// Holds the arena slot of a thread's heap (not the main heap's);
+/// abandons it when the thread's thread-locals are destroyed.
+struct ExitGuard(Cell<usize>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        let idx = self.0.get();
+        if idx == usize::MAX {
+            return;
+        }
+        // Whatever this thread still allocates (later destructors) goes to
+        // the system; its frees are routed by address as always.
+        ROUTE.with(|r| r.set(Route::System));
+        FAST_HEAP.with(|h| h.set(core::ptr::null()));
+        MINE.with(|h| h.set(core::ptr::null()));
+        // SAFETY: this thread owns slot idx (attached in `decide`) and, its
+        // route now System, never uses the owner path again.
+        unsafe { heaps::detach(idx) };
+    }
 }
 
 /// The calling thread's route.
@@ -43,13 +77,69 @@ pub(super) fn route() -> Route {
     if r != Route::Unknown {
         return r;
     }
-    let r = if on_main_thread() {
-        Route::Main
-    } else {
-        Route::System
-    };
-    cache_route(r);
-    r
+    decide()
+}
+
+/// The calling thread's heap (attaching one if it has none yet), or
+/// `None` when it cannot have one (every slot taken, the main heap not
+/// started, the thread exiting).
+#[inline]
+pub(super) fn own_heap() -> Option<&'static HeapInner> {
+    let h = MINE.with(|h| h.get());
+    // SAFETY: MINE holds null or a heap in static storage.
+    if let Some(h) = unsafe { h.as_ref() } {
+        return Some(h);
+    }
+    if on_main_thread() && MAIN.state.load(Ordering::Acquire) == READY {
+        // The main thread's heap, whatever its route says (the C ABI's
+        // callers have no routes: an `.init_array` constructor that runs
+        // with the System route still allocates C memory).
+        MINE.with(|m| m.set(main_inner()));
+        return Some(main_inner());
+    }
+    if ROUTE.with(|r| r.get()) == Route::Unknown {
+        decide();
+    }
+    // SAFETY: as above.
+    unsafe { MINE.with(|h| h.get()).as_ref() }
+}
+
+/// The first allocation of a thread: the main heap for the main thread,
+/// a heap of its own for any other (`Shared` when none is left).
+#[cold]
+#[inline(never)]
+fn decide() -> Route {
+    if !MINE.with(|h| h.get()).is_null() {
+        store_route(Route::Heap); // back from a context or `unguarded`
+        return Route::Heap;
+    }
+    if on_main_thread() {
+        if MAIN.state.load(Ordering::Acquire) != READY {
+            return Route::System; // the main heap is being built
+        }
+        MINE.with(|h| h.set(main_inner()));
+        store_route(Route::Heap);
+        return Route::Heap;
+    }
+    if MAIN.state.load(Ordering::Acquire) != READY {
+        return Route::System; // before start-up: decide nothing yet
+    }
+    // Allocations made while the heap is attached (the exit guard's
+    // registration may allocate) go to the system.
+    ROUTE.with(|r| r.set(Route::System));
+    match heaps::attach() {
+        Some((idx, h)) => {
+            MINE.with(|m| m.set(h));
+            heaps::fast_record(h);
+            EXIT.with(|g| g.0.set(idx));
+            store_route(Route::Heap);
+            Route::Heap
+        }
+        None => {
+            store_route(Route::Shared);
+            Route::Shared
+        }
+    }
 }
 
 /// Runs before `main` (an `.init_array` constructor): creates std's stdout
@@ -68,7 +158,7 @@ static STDOUT_CTOR: extern "C" fn() = stdout_in_system_memory;
 /// Whether the calling thread's allocations go to the main heap now (the
 /// main thread, outside `unguarded`).
 pub(crate) fn on_main_route() -> bool {
-    route() == Route::Main
+    route() == Route::Heap && core::ptr::eq(MINE.with(|h| h.get()), main_inner())
 }
 
 /// Sets the calling thread's route, returning the previous one.
@@ -78,33 +168,26 @@ pub(crate) fn set_route(r: Route) -> Route {
     prev
 }
 
-/// Stores `r` as the calling thread's route, except that Main is never
-/// stored while allocation tracking is on: `Global::alloc`'s inlined fast
-/// path applies to a stored Main route only, and tracked allocations must
-/// take the path that records them (`route` then recomputes Main).
+/// Stores `r` as the calling thread's route, and the fast path's heap
+/// word with it: the thread's heap when the route is `Heap`, except while
+/// allocation tracking is on (tracked allocations must take the path that
+/// records them).
 pub(super) fn store_route(r: Route) {
-    let r = if r == Route::Main && crate::track::enabled() {
-        Route::Unknown
-    } else {
-        r
-    };
     ROUTE.with(|c| c.set(r));
+    let fast = if r == Route::Heap && !crate::track::enabled() {
+        MINE.with(|h| h.get())
+    } else {
+        core::ptr::null()
+    };
+    FAST_HEAP.with(|h| h.set(fast));
 }
 
-/// Caches the route `route` computed, once the main heap exists
-/// (allocations made while it is being set up go to the system without
-/// deciding anything).
-fn cache_route(r: Route) {
-    if MAIN.state.load(Ordering::Acquire) == READY {
-        store_route(r);
-    }
-}
-
-/// Makes a worker's allocations go to `ctx` (null: back to the system).
+/// Makes a worker's allocations go to `ctx` (null: back to the worker's
+/// own heap, attached at its next allocation if it has none).
 pub(crate) fn set_context(ctx: *const ContextHeap) {
     CONTEXT.with(|c| c.set(ctx));
-    set_route(if ctx.is_null() {
-        Route::System
+    store_route(if ctx.is_null() {
+        Route::Unknown
     } else {
         Route::Context
     });
@@ -189,37 +272,50 @@ pub(super) fn context_alloc(layout: Layout, zeroed: bool) -> *mut u8 {
     context_fallback(layout, zeroed)
 }
 
-/// Slot exhausted (or no context): system memory.
+/// Context slot exhausted or refused by the process limit (or no
+/// context): the worker's own heap, which counts against the limit too,
+/// and returns null past it.
 #[cold]
 #[inline(never)]
 fn context_fallback(layout: Layout, zeroed: bool) -> *mut u8 {
-    // SAFETY: GlobalAlloc contract, forwarded.
-    unsafe {
-        if zeroed {
-            System.alloc_zeroed(layout)
-        } else {
-            System.alloc(layout)
-        }
+    let Some(h) = own_heap() else {
+        // SAFETY: GlobalAlloc contract, forwarded (no heap to be had).
+        return unsafe {
+            if zeroed {
+                System.alloc_zeroed(layout)
+            } else {
+                System.alloc(layout)
+            }
+        };
+    };
+    if zeroed {
+        h.core.alloc_zeroed(layout)
+    } else {
+        h.core.alloc(layout)
     }
 }
 
 /// Who made a block, by its address.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy)]
 pub(super) enum Owner {
-    /// The main heap; `offset` bytes into its region.
-    Main { offset: usize },
+    /// A heap of the arena; `offset` bytes into its region.
+    Heap {
+        heap: &'static HeapInner,
+        offset: usize,
+    },
     /// A context heap.
     Context,
     /// The system allocator (anything outside frostheap's reservations).
     System,
 }
 
-/// The owner of the block at `p`: two compares for the main heap, then
-/// the context heaps' reservation.
+/// The owner of the block at `p`: one compare and a shift for the arena's
+/// heaps, then the context heaps' reservation.
 #[inline]
 pub(super) fn owner_of(p: *mut u8) -> Owner {
-    match main_offset(p) {
-        Owner::System if context::owns(p as usize) => Owner::Context,
-        owner => owner,
+    match heaps::heap_of(p) {
+        Some((heap, offset)) => Owner::Heap { heap, offset },
+        None if context::owns(p as usize) => Owner::Context,
+        None => Owner::System,
     }
 }

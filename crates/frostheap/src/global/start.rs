@@ -9,13 +9,13 @@
 //! publishes it with `READY`. The slot keeps the heap's base and length
 //! beside it, so that routing a free is two compares.
 
-use core::cell::UnsafeCell;
-use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::borrow::Cow;
 
+use super::heaps;
 use crate::config;
 use crate::heap::core::CoreConfig;
+use crate::heap::process;
 use crate::heap::{Heap, HeapInner};
 use crate::os;
 use crate::sync::thread_token;
@@ -24,39 +24,26 @@ const UNINIT: u8 = 0;
 const INITIALIZING: u8 = 1;
 pub(super) const READY: u8 = 2;
 
-/// `repr(C)`: the heap first, so that the fast paths address its hot
-/// fields (see `HeapCore`) with one-byte displacements from the slot's
-/// address; the routing words, which every thread reads, after it on a
-/// line of their own.
-#[repr(C)]
+/// The main heap's start-up state and its region, for routing. The heap
+/// itself is slot 0 of the arena ([`super::heaps`]).
 pub(super) struct MainSlot {
-    inner: UnsafeCell<MaybeUninit<HeapInner>>,
-    /// The main heap's region, for routing frees with two compares.
-    pub(super) base: AtomicUsize,
-    pub(super) len: AtomicUsize,
     /// Thread token of the main thread (0 before initialisation).
     pub(super) owner: AtomicUsize,
     pub(super) state: AtomicU8,
 }
 
-// SAFETY: `inner` is written once, by the initialising thread, before
-// `state` becomes READY (Release); it is read only after READY is seen
-// (Acquire), or by the owner, which wrote it.
-unsafe impl Sync for MainSlot {}
-
 pub(super) static MAIN: MainSlot = MainSlot {
     state: AtomicU8::new(UNINIT),
     owner: AtomicUsize::new(0),
-    base: AtomicUsize::new(0),
-    len: AtomicUsize::new(0),
-    inner: UnsafeCell::new(MaybeUninit::uninit()),
 };
 
-#[inline]
+/// The main heap.
+#[inline(always)]
 pub(super) fn main_inner() -> &'static HeapInner {
-    // SAFETY: only called after READY was observed or by the owner, which
-    // initialised it (see MainSlot).
-    unsafe { (*MAIN.inner.get()).assume_init_ref() }
+    // SAFETY: only called after READY was observed, by the owner (which
+    // built it), or for a block of the main heap (which exists only once
+    // the heap does).
+    unsafe { heaps::slot_heap(0) }
 }
 
 /// The main heap, if `Global` is the global allocator and has started.
@@ -98,8 +85,16 @@ pub(super) fn init() {
             }
             other => other.enabled(),
         },
+        kind: process::Kind::Main,
     };
-    let inner = match HeapInner::new(Cow::Borrowed("main"), core) {
+    process::set_limit(cfg.max);
+    process::set_reclaimer(heaps::reclaim);
+    let built = heaps::reserve_arena(cfg.max).and_then(|base| {
+        // SAFETY: slot 0 of the fresh arena is reserved, huge-page aligned
+        // and given to the main heap for good.
+        unsafe { HeapInner::new_in(Cow::Borrowed("main"), base, core) }
+    });
+    let inner = match built {
         Ok(i) => i,
         Err(e) => {
             let mut buf = [0u8; 256];
@@ -116,25 +111,17 @@ pub(super) fn init() {
             os::exit_now(2);
         }
     };
-    // SAFETY: state is INITIALIZING and we won the race: nobody else reads
-    // or writes `inner` until READY.
-    let slot = unsafe { &mut *MAIN.inner.get() };
-    let inner = slot.write(inner);
-    inner.register();
-    let region = inner.core.region();
-    MAIN.base.store(region.base() as usize, Ordering::Relaxed);
-    MAIN.len.store(region.reserved(), Ordering::Relaxed);
+    // SAFETY: we won the race to INITIALIZING: nobody else writes slot 0.
+    unsafe {
+        heaps::publish_main(|slot| {
+            slot.write(inner).register();
+        })
+    };
     MAIN.owner.store(thread_token(), Ordering::Relaxed);
     if cfg.track_allocs {
         crate::track::enable();
     }
     MAIN.state.store(READY, Ordering::Release);
-}
-
-/// Whether `p` lies in the main heap's reservation (false before start-up).
-#[inline]
-pub(super) fn main_owns(p: *mut u8) -> bool {
-    (p as usize).wrapping_sub(MAIN.base.load(Ordering::Relaxed)) < MAIN.len.load(Ordering::Relaxed)
 }
 
 /// Whether the calling thread owns the main heap, starting the heap if
@@ -147,17 +134,4 @@ pub(super) fn on_main_thread() -> bool {
     }
     init();
     MAIN.owner.load(Ordering::Relaxed) == thread_token()
-}
-
-/// `Owner::Main` with the offset when `p` lies in the main heap's
-/// reservation, `Owner::System` otherwise (two compares, for the free
-/// fast path; [`super::route::owner_of`] goes on to the context heaps).
-#[inline(always)]
-pub(super) fn main_offset(p: *mut u8) -> super::route::Owner {
-    let offset = (p as usize).wrapping_sub(MAIN.base.load(Ordering::Relaxed));
-    if offset < MAIN.len.load(Ordering::Relaxed) {
-        super::route::Owner::Main { offset }
-    } else {
-        super::route::Owner::System
-    }
 }

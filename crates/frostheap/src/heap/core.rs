@@ -24,43 +24,38 @@
 //! frees of owner blocks by other threads are counted apart and taken into
 //! account when reporting.
 //!
-//! This file holds the fields, construction, the allocation and free fast
-//! paths with the slow path they fall back to, the O(1) queries the fault
-//! handler and the C ABI use, and sealing.
+//! This file composes the parts — class states ([`super::queue`]), the
+//! remote-free machinery ([`super::remote`]), counters ([`super::stats`]),
+//! the span allocator ([`super::span`]), large-block layout
+//! ([`super::large`]) — and orchestrates them: the allocation and free fast
+//! paths with the slow paths they fall back to, reallocation, statistics,
+//! sealing and thread hand-over. The parts know nothing of `HeapCore`.
 
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use super::class::{class_for, class_of, N_CLASSES};
+use super::class::{class_for, class_of, span_pages};
+use super::large;
 use super::page::{
-    Block, Kind, PageMeta, EMPTY, FULL, GENERATION, NONE, OWNER_LOCAL, OWNER_SEALED, OWNER_SHARED,
-    PENDING,
+    invalid_free, large_usable, Block, Kind, PageMeta, PageTable, EMPTY, FULL, GENERATION,
+    META_SKEW, NONE, OWNER_LOCAL, OWNER_SHARED, PENDING, REMOTE_WORDS,
 };
+use super::process::{self, Kind as ChargeKind};
 use super::queue::ClassState;
-use super::remote::REMOTE_WORDS;
-use super::span::SpanAllocator;
+use super::remote::{OtherThreads, Remote};
+use super::span::{Locked, SpanAllocator};
 use crate::os::{self, OsError};
 use crate::region::{round_up, Region, RegionConfig, PAGE_SHIFT, PAGE_SIZE};
 use crate::sync::{thread_token, RawLock};
 
-/// Where the page table starts in its mapping. Every span starts 64 KiB
-/// aligned, so its first block has the same low 12 address bits as a
-/// 4 KiB-aligned meta; with the table itself page-aligned, the span at
-/// page 0 (the heap's first, usually hottest, small span) would have its
-/// meta there too, and the CPU's store-to-load forwarding, which compares
-/// only those bits first, stalls loads of the block behind stores to the
-/// meta ("4K aliasing": +0.6 ns on every alloc+free pair of that span).
-/// Skewing the table by an odd number of lines moves that coincidence to
-/// spans at page 31 mod 64.
-pub(super) const META_SKEW: usize = 33 * 64;
-
-/// How a heap is laid out and named.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct CoreConfig {
     pub min: usize,
     pub max: usize,
     pub huge_pages: bool,
+    /// What its commits are charged as against the process limit.
+    pub kind: ChargeKind,
 }
 
 /// One heap: region, page table, class states, span allocator.
@@ -76,46 +71,23 @@ pub(crate) struct CoreConfig {
 /// took 2.5× as long in the allocator benchmark).
 #[repr(C)]
 pub(crate) struct HeapCore {
-    /// `region.base()` as an integer (hot).
-    pub(super) base: usize,
-    pub(super) metas: *mut PageMeta,
-    /// Thread token of the owner (see [`thread_token`]).
+    /// The region's base and length and the page table (hot: every free
+    /// reads them).
+    pub(super) pages: PageTable,
+    /// Thread token of the owner (see [`thread_token`]); 0 while no thread
+    /// owns the heap.
     pub(super) owner: AtomicUsize,
-    /// The remote-free bitmap: [`REMOTE_WORDS`] words per page, bit `g` of
-    /// the region's 16-byte granules set while the block starting there is
-    /// freed by another thread and not yet collected. Same mapping as
-    /// `metas`, after them.
+    /// The remote-free bitmap (see [`Remote`]), in the side table after the
+    /// metas.
     pub(super) remote_bits: *const AtomicU64,
     /// Sealed for good: allocation fails and frees are ignored. Checked on
     /// slow paths only; `seal` diverts every fast path into them.
     pub(super) sealed: core::sync::atomic::AtomicBool,
     pub(super) local: ClassState,
     pub(super) others: OtherThreads,
-    pub(super) region: Region,
-    /// Length of the side-table mapping (page table and bitmap).
-    pub(super) table_bytes: usize,
-    /// Offset of the bitmap in the side-table mapping.
-    pub(super) bits_offset: usize,
-    /// The hard cap as configured.
-    pub(super) limit: usize,
     pub(super) shared_lock: RawLock,
     pub(super) shared: ClassState,
     pub(super) spans: SpanAllocator,
-}
-
-/// The fields of a [`HeapCore`] that threads other than the owner write
-/// on their fast paths, on cache lines of their own.
-#[repr(C, align(64))]
-pub(super) struct OtherThreads {
-    /// Bytes and count of owner blocks freed by other threads.
-    pub(super) freed_bytes: AtomicUsize,
-    pub(super) freed_count: AtomicUsize,
-    /// Stack of FULL spans that received remote frees (page indices).
-    pub(super) pending: AtomicU32,
-    pub(super) refused: AtomicU64,
-    /// Bytes charged to this heap from outside it (the C ABI charges other
-    /// threads' system allocations here): counted against the limit.
-    pub(super) external: AtomicUsize,
 }
 
 // SAFETY: the fields behind Cells obey the discipline documented on
@@ -130,15 +102,59 @@ impl HeapCore {
     /// Reserves the region and page table. The calling thread becomes the
     /// owner.
     pub(crate) fn new(config: CoreConfig) -> Result<HeapCore, OsError> {
-        let region = Region::new_unchecked_config(RegionConfig {
+        // SAFETY: no reservation given: the region makes its own.
+        unsafe { Self::new_at(None, config) }
+    }
+
+    /// [`HeapCore::new`] on `[base, base + config.max)`, part of a larger
+    /// reservation (the global allocator's heaps).
+    ///
+    /// # Safety
+    /// 1. As for [`Region::in_reservation`]; the core is never dropped
+    ///    while blocks of it are live.
+    pub(crate) unsafe fn new_in(base: *mut u8, config: CoreConfig) -> Result<HeapCore, OsError> {
+        // SAFETY: forwarded (1).
+        unsafe { Self::new_at(Some(base), config) }
+    }
+
+    /// # Safety
+    /// 1. `at` is `None`, or as for [`HeapCore::new_in`].
+    unsafe fn new_at(at: Option<*mut u8>, config: CoreConfig) -> Result<HeapCore, OsError> {
+        let rc = RegionConfig {
             min: config.min,
             max: config.max,
             huge_pages: config.huge_pages,
-        })?;
+        };
+        // The pre-committed minimum counts against the process limit.
+        let min = round_up(config.min, PAGE_SIZE).min(round_up(config.max, PAGE_SIZE));
+        if !process::charge(config.kind, min) {
+            return Err(OsError {
+                call: "FROSTHEAP_MAX",
+                errno: libc::ENOMEM,
+            });
+        }
+        let region = match at {
+            // SAFETY: (1).
+            Some(base) => unsafe { Region::in_reservation(base, rc) },
+            None => Region::new_unchecked_config(rc),
+        };
+        let region = match region {
+            Ok(r) => r,
+            Err(e) => {
+                process::release(config.kind, min);
+                return Err(e);
+            }
+        };
         let n_pages = region.reserved() >> PAGE_SHIFT;
         let meta_end = n_pages * core::mem::size_of::<PageMeta>() + META_SKEW;
         let table_bytes = round_up(meta_end + n_pages * REMOTE_WORDS * 8, os::page_size());
-        let table = os::map_table_closed(table_bytes)?;
+        let table = match os::map_table_closed(table_bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                process::release(config.kind, min);
+                return Err(e);
+            }
+        };
         // SAFETY: the mapping has META_SKEW spare bytes before the page
         // table and the bitmap's n_pages * REMOTE_WORDS words after it
         // (meta_end is a multiple of 64, so the words are aligned).
@@ -148,54 +164,99 @@ impl HeapCore {
                 table.add(meta_end).cast::<AtomicU64>().cast_const(),
             )
         };
-        let core = HeapCore {
+        let pages = PageTable {
             base: region.base() as usize,
-            region,
             metas,
-            remote_bits,
-            table_bytes,
-            bits_offset: meta_end,
-            limit: config.max,
+            len: region.reserved(),
+        };
+        let core = HeapCore {
+            pages,
             owner: AtomicUsize::new(thread_token()),
+            remote_bits,
+            sealed: core::sync::atomic::AtomicBool::new(false),
             local: ClassState::new(OWNER_LOCAL),
+            others: OtherThreads::new(),
             shared_lock: RawLock::new(),
             shared: ClassState::new(OWNER_SHARED),
-            spans: SpanAllocator::new(),
-            others: OtherThreads {
-                freed_bytes: AtomicUsize::new(0),
-                freed_count: AtomicUsize::new(0),
-                pending: AtomicU32::new(NONE),
-                refused: AtomicU64::new(0),
-                external: AtomicUsize::new(0),
-            },
-            sealed: core::sync::atomic::AtomicBool::new(false),
+            spans: SpanAllocator::new(
+                region,
+                table,
+                table_bytes,
+                meta_end,
+                config.max,
+                config.kind,
+            ),
         };
         // The pre-committed minimum becomes one free span.
-        let pages = core.region.committed() >> PAGE_SHIFT;
-        if pages > 0 {
+        let committed = core.region().committed() >> PAGE_SHIFT;
+        if committed > 0 {
             let mut spans = core.lock_spans();
-            spans.open_tables(pages)?;
+            spans.open_tables(committed)?;
             // SAFETY: the pages are committed, free and in no span.
-            unsafe { spans.insert(0, pages, false) };
+            unsafe { spans.insert(0, committed, false) };
         }
         Ok(core)
     }
 
     /// The region.
     pub(crate) fn region(&self) -> &Region {
-        &self.region
+        self.spans.region()
+    }
+
+    /// The span allocator, locked.
+    #[inline]
+    pub(super) fn lock_spans(&self) -> Locked<'_> {
+        self.spans.lock(self.pages, &self.others.external)
+    }
+
+    /// The remote-free machinery.
+    #[inline(always)]
+    pub(super) fn remote(&self) -> Remote<'_> {
+        Remote {
+            pages: self.pages,
+            bits: self.remote_bits,
+            others: &self.others,
+        }
     }
 
     /// Whether `addr` is inside this heap's reservation.
     #[inline]
     pub(crate) fn owns(&self, addr: usize) -> bool {
-        addr.wrapping_sub(self.base) < self.region.reserved()
+        self.pages.contains(addr)
     }
 
     /// Whether the calling thread is the owner.
     #[inline]
     pub(crate) fn is_owner(&self) -> bool {
         thread_token() == self.owner.load(Ordering::Relaxed)
+    }
+
+    /// The owner thread gives the heap up (it is exiting): spans that
+    /// received remote frees are collected, the free top of the region is
+    /// decommitted (and released from the process limit), and from now on
+    /// every free into the heap, by any thread, is a remote free, until a
+    /// thread adopts the heap with [`HeapCore::set_owner`].
+    ///
+    /// # Safety
+    /// 1. The calling thread is the owner and never uses the owner path
+    ///    again (without adopting the heap anew).
+    pub(crate) unsafe fn abandon(&self) {
+        debug_assert!(self.is_owner(), "abandon by another thread");
+        self.collect_pending();
+        self.lock_spans().trim();
+        self.owner.store(0, Ordering::Release);
+    }
+
+    /// First address of the region, as an integer.
+    #[inline(always)]
+    pub(crate) fn base(&self) -> usize {
+        self.pages.base
+    }
+
+    /// The owner's thread token (0: abandoned).
+    #[inline]
+    pub(crate) fn owner_token(&self) -> usize {
+        self.owner.load(Ordering::Relaxed)
     }
 
     /// Makes the calling thread the owner.
@@ -210,22 +271,7 @@ impl HeapCore {
 
     #[inline]
     pub(super) fn meta(&self, idx: usize) -> &PageMeta {
-        debug_assert!(
-            idx < self.region.reserved() >> PAGE_SHIFT,
-            "page {idx} outside the heap"
-        );
-        // SAFETY: idx is inside the page table, which lives as long as self.
-        unsafe { &*self.metas.add(idx) }
-    }
-
-    #[inline]
-    pub(super) fn idx_of(&self, m: &PageMeta) -> usize {
-        (m as *const PageMeta as usize - self.metas as usize) / core::mem::size_of::<PageMeta>()
-    }
-
-    #[inline]
-    pub(super) fn page_addr(&self, idx: usize) -> usize {
-        self.base + (idx << PAGE_SHIFT)
+        self.pages.meta(idx)
     }
 
     // -----------------------------------------------------------------
@@ -311,20 +357,6 @@ impl HeapCore {
         self.alloc_c_large::<ZERO>(size)
     }
 
-    /// The large path of [`HeapCore::alloc_c_as_owner`].
-    #[cold]
-    #[inline(never)]
-    pub(super) fn alloc_c_large<const ZERO: bool>(&self, size: usize) -> *mut u8 {
-        let Ok(layout) = Layout::from_size_align(size, 16) else {
-            return ptr::null_mut();
-        };
-        if ZERO {
-            self.alloc_zeroed(layout)
-        } else {
-            self.alloc_large(layout).0
-        }
-    }
-
     /// Allocates zeroed memory; null when the limit would be exceeded.
     pub(crate) fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if class_for(layout.size(), layout.align()).is_some() {
@@ -377,25 +409,25 @@ impl HeapCore {
             if !ptr::eq(cur, &EMPTY.0) {
                 // SAFETY: cur is a live meta of a span in this queue.
                 let m = unsafe { &*cur };
-                let idx = self.idx_of(m);
+                let idx = self.pages.idx_of(m);
                 if m.extend.get() < m.capacity.get() {
-                    self.extend_free(m, idx);
+                    ClassState::extend_free(&self.pages, m, idx);
                     continue;
                 }
                 // (Only the owner's spans receive remote frees.)
-                if st.kind == OWNER_LOCAL && self.collect_remote(m, idx, false) > 0 {
+                if st.kind == OWNER_LOCAL && self.remote().collect(m, idx, false) > 0 {
                     continue;
                 }
                 // Dry: leave the queue until a free brings it back. Every
                 // block is carved and none is on a list, so all are in use:
                 // the count the span did not keep while current is exact.
                 m.used.set(m.capacity.get());
-                self.queue_unlink(st, c, idx);
+                st.unlink(&self.pages, c, idx);
                 // Only the state's owner moves it away from "not FULL".
                 let generation = m.state.load(Ordering::Relaxed) & GENERATION;
                 if st.kind == OWNER_LOCAL {
                     m.state.store(generation | FULL, Ordering::SeqCst);
-                    if self.has_remote(idx, m)
+                    if self.remote().has_remote(idx, m)
                         && m.state
                             .compare_exchange(
                                 generation | FULL,
@@ -406,8 +438,8 @@ impl HeapCore {
                             .is_ok()
                     {
                         // A remote free raced with us and did not see FULL.
-                        self.collect_remote(m, idx, true);
-                        self.queue_push_back(st, c, idx);
+                        self.remote().collect(m, idx, true);
+                        st.push_back(&self.pages, c, idx);
                     }
                 } else {
                     m.state.store(generation | FULL, Ordering::Relaxed);
@@ -421,7 +453,7 @@ impl HeapCore {
                 }
             }
             match self.new_small_span(st, c) {
-                Some(idx) => self.queue_push_back(st, c, idx),
+                Some(idx) => st.push_back(&self.pages, c, idx),
                 None => return ptr::null_mut(),
             }
         }
@@ -438,7 +470,7 @@ impl HeapCore {
     #[inline(always)]
     pub(crate) unsafe fn free(&self, p: *mut u8) {
         // SAFETY: forwarded (1); p lies in the region.
-        unsafe { self.free_at(p, p as usize - self.base) }
+        unsafe { self.free_at(p, p as usize - self.pages.base) }
     }
 
     /// [`HeapCore::free`] for a caller that has already computed
@@ -453,6 +485,27 @@ impl HeapCore {
         // `kind` and `owner` are adjacent bytes: one 16-bit compare.
         let kind_owner = u16::from_le_bytes([m.kind.get(), m.owner.get()]);
         if kind_owner == u16::from_le_bytes([Kind::Small as u8, OWNER_LOCAL]) && self.is_owner() {
+            // SAFETY: by (1) p is a live block of this span; we are the
+            // owner, who owns the local state.
+            unsafe { self.push_free::<true>(&self.local, m, idx, p) };
+            return;
+        }
+        // SAFETY: forwarded precondition (1).
+        unsafe { self.free_slow(idx, p) }
+    }
+
+    /// [`HeapCore::free_at`] for a caller that knows it is the owner (the
+    /// global allocator, for a block of the calling thread's own heap).
+    ///
+    /// # Safety
+    /// 1. As for [`HeapCore::free_at`], and the calling thread is the owner.
+    #[inline(always)]
+    pub(crate) unsafe fn free_at_as_owner(&self, p: *mut u8, offset: usize) {
+        debug_assert!(self.is_owner(), "free_at_as_owner by another thread");
+        let idx = offset >> PAGE_SHIFT;
+        let m = self.meta(idx);
+        let kind_owner = u16::from_le_bytes([m.kind.get(), m.owner.get()]);
+        if kind_owner == u16::from_le_bytes([Kind::Small as u8, OWNER_LOCAL]) {
             // SAFETY: by (1) p is a live block of this span; we are the
             // owner, who owns the local state.
             unsafe { self.push_free::<true>(&self.local, m, idx, p) };
@@ -486,7 +539,7 @@ impl HeapCore {
                 // SAFETY: as in `free`.
                 unsafe { self.push_free::<true>(&self.local, m, head, p) };
             }
-            Kind::Small => self.free_remote(m, head, p),
+            Kind::Small => self.remote().free(m, head, p),
             Kind::Large => self.free_large(m, head),
             _ => invalid_free(p),
         }
@@ -550,10 +603,10 @@ impl HeapCore {
             {
                 return; // a remote freer pushed it on the pending stack
             }
-            self.queue_push_back(st, c, idx);
+            st.push_back(&self.pages, c, idx);
         }
         if m.used.get() == 0 && !ptr::eq(st.current[c].get(), m) {
-            self.queue_unlink(st, c, idx);
+            st.unlink(&self.pages, c, idx);
             self.retire_span(idx);
         }
     }
@@ -561,123 +614,156 @@ impl HeapCore {
     // -----------------------------------------------------------------
     // Queries.
 
-    /// Usable size of a live block.
-    ///
-    /// # Safety
-    /// 1. `p` is a live block of this heap.
-    pub(crate) unsafe fn usable_size(&self, p: *mut u8) -> usize {
-        let idx = (p as usize - self.base) >> PAGE_SHIFT;
-        let mut m = self.meta(idx);
-        if m.kind() == Kind::Cont {
-            m = self.meta(m.head.get() as usize);
-        }
-        match m.kind() {
-            Kind::Small => m.block_size.get() as usize,
-            Kind::Large => m.span_pages.get() as usize * PAGE_SIZE - m.offset.get() as usize,
-            _ => 0,
-        }
-    }
-
-    /// The block containing `addr`: its base and size, in O(1). Reads the
-    /// page table only, so the fault handler may call it.
-    pub(crate) fn allocation_containing(&self, addr: usize) -> Option<(usize, usize)> {
-        if !self.owns(addr) || addr >= self.base + self.region.committed() {
-            return None;
-        }
-        let idx = (addr - self.base) >> PAGE_SHIFT;
-        let mut head = idx;
-        let mut m = self.meta(idx);
-        if m.kind() == Kind::Cont {
-            head = m.head.get() as usize;
-            m = self.meta(head);
-        }
-        let start = self.page_addr(head);
-        match m.kind() {
-            Kind::Small => {
-                let size = m.block_size.get() as usize;
-                let i = (addr - start) / size;
-                if i >= m.capacity.get() as usize {
-                    return None;
-                }
-                Some((start + i * size, size))
-            }
-            Kind::Large => {
-                let base = start + m.offset.get() as usize;
-                let end = start + m.span_pages.get() as usize * PAGE_SIZE;
-                (addr >= base && addr < end).then_some((base, end - base))
-            }
-            _ => None,
-        }
-    }
-
     /// Whether [`HeapCore::seal_allocation`] ran.
     #[inline]
     pub(crate) fn is_sealed(&self) -> bool {
         self.sealed.load(Ordering::Acquire)
     }
 
-    /// Stops all allocation and freeing, for a heap about to be sealed
-    /// read-only: raises the flag the slow paths check, and diverts every
-    /// fast path into them (empty class queues; small spans marked
-    /// `OWNER_SEALED`, which the free fast path does not accept). The fast
-    /// paths themselves carry no extra check.
-    ///
-    /// Precondition: called by the owner thread, with no other thread
-    /// allocating from the heap meanwhile.
-    pub(crate) fn seal_allocation(&self) {
-        self.sealed.store(true, Ordering::Release);
-        let _s = self.shared_lock.lock();
-        let _spans = self.lock_spans();
-        for c in 0..N_CLASSES {
-            Self::set_current(&self.local, c, &EMPTY.0);
-            Self::set_current(&self.shared, c, &EMPTY.0);
-        }
-        for idx in 0..self.region.committed() >> PAGE_SHIFT {
-            let m = self.meta(idx);
-            if m.kind() == Kind::Small {
-                m.owner.set(OWNER_SEALED);
+    /// Brings back spans that received remote frees while FULL.
+    pub(super) fn collect_pending(&self) -> bool {
+        let remote = self.remote();
+        let mut idx = remote.take_pending();
+        let mut any = false;
+        while idx != NONE {
+            let m = self.meta(idx as usize);
+            let next = m.pending_next.load(Ordering::Relaxed);
+            // PENDING: no freer writes the state until this store.
+            let generation = m.state.load(Ordering::Relaxed) & GENERATION;
+            m.state.store(generation, Ordering::SeqCst);
+            remote.collect(m, idx as usize, true);
+            let c = m.class.get() as usize;
+            if m.used.get() == 0 {
+                self.retire_span(idx as usize);
+            } else {
+                self.local.push_back(&self.pages, c, idx as usize);
+                any = true;
             }
+            idx = next;
+        }
+        any
+    }
+
+    /// A fresh small span of class `c` for state `st`, or `None` past the
+    /// limit (counted as a refusal).
+    pub(super) fn new_small_span(&self, st: &ClassState, c: usize) -> Option<usize> {
+        let n_pages = span_pages(c);
+        let mut spans = self.lock_spans();
+        let Some((idx, _)) = spans.alloc(n_pages) else {
+            self.others.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        // Every bit of a span's pages is collected before the span can be
+        // retired (`used` counts uncollected remote frees), so a new span
+        // starts with none.
+        debug_assert!(
+            !self.remote().has_remote(idx, self.meta(idx)),
+            "new span with remote frees"
+        );
+        st.init_span(&self.pages, idx, n_pages, c);
+        Some(idx)
+    }
+
+    /// Returns an empty small span to the span allocator.
+    pub(super) fn retire_span(&self, idx: usize) {
+        let m = self.meta(idx);
+        debug_assert!(m.used.get() == 0, "retiring a span with live blocks");
+        let n_pages = m.span_pages.get() as usize;
+        // SAFETY: the span has no live block, and leaves its queue's
+        // bookkeeping with this call (its pages become a free span).
+        unsafe { self.lock_spans().free(idx, n_pages) };
+    }
+
+    // -----------------------------------------------------------------
+    // Large blocks.
+
+    /// The large path of [`HeapCore::alloc_c_as_owner`].
+    #[cold]
+    #[inline(never)]
+    pub(super) fn alloc_c_large<const ZERO: bool>(&self, size: usize) -> *mut u8 {
+        let Ok(layout) = Layout::from_size_align(size, 16) else {
+            return ptr::null_mut();
+        };
+        if ZERO {
+            self.alloc_zeroed(layout)
+        } else {
+            self.alloc_large(layout).0
         }
     }
 
-    /// Locks used by the heap, for `fork` handlers (C ABI).
-    pub(crate) fn locks(&self) -> [&RawLock; 2] {
-        [&self.shared_lock, self.spans.raw_lock()]
+    /// Allocates a large block; returns it and whether it is known zeroed.
+    pub(super) fn alloc_large(&self, layout: Layout) -> (*mut u8, bool) {
+        if self.is_sealed() {
+            return (ptr::null_mut(), false);
+        }
+        let Some(n_pages) = large::pages_for(layout, self.pages.len) else {
+            self.others.refused.fetch_add(1, Ordering::Relaxed);
+            return (ptr::null_mut(), false);
+        };
+        let owner = self.is_owner();
+        let Some((idx, zeroed)) = self.lock_spans().alloc(n_pages) else {
+            self.others.refused.fetch_add(1, Ordering::Relaxed);
+            return (ptr::null_mut(), false);
+        };
+        let state = if owner { OWNER_LOCAL } else { OWNER_SHARED };
+        let (addr, usable) = large::place(&self.pages, idx, n_pages, layout.align(), state);
+        if owner {
+            self.local.on_alloc(usable);
+        } else {
+            self.shared.on_alloc(usable);
+        }
+        (addr as *mut u8, zeroed)
     }
-}
 
-impl Drop for HeapCore {
-    fn drop(&mut self) {
-        // SAFETY: the side table was mapped in `new` with this length and
-        // nothing refers to it once the core is dropped. The region unmaps
-        // itself.
-        unsafe { os::unmap(self.metas.cast::<u8>().sub(META_SKEW), self.table_bytes) };
+    /// Frees the large block whose span `m` heads (page `idx`).
+    pub(super) fn free_large(&self, m: &PageMeta, idx: usize) {
+        if !self.is_owner()
+            && crate::guard::defer_free(
+                (self.pages.page_addr(idx) + m.offset.get() as usize) as *mut u8,
+            )
+        {
+            return;
+        }
+        let n_pages = m.span_pages.get() as usize;
+        let usable = large_usable(m);
+        if m.owner.get() == OWNER_SHARED {
+            self.shared.on_free(usable);
+        } else if self.is_owner() {
+            self.local.on_free(usable);
+        } else {
+            self.others.freed_bytes.fetch_add(usable, Ordering::Relaxed);
+            self.others.freed_count.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the span's block is freed: nothing in it is live.
+        unsafe { self.lock_spans().free(idx, n_pages) };
     }
-}
 
-#[cold]
-pub(super) fn invalid_free(p: *mut u8) -> ! {
-    let mut buf = [0u8; 96];
-    let msg = crate::fmt_buf::Buf::new(&mut buf)
-        .str("frostheap: free of an invalid or already freed pointer 0x")
-        .hex(p as usize)
-        .str("\n")
-        .finish();
-    os::write_stderr(msg);
-    std::process::abort();
-}
-
-#[cfg(test)]
-pub(super) mod tests {
-    use super::*;
-
-    /// A heap of `max` bytes, nothing pre-committed, no huge pages.
-    pub(crate) fn heap_of(max: usize) -> HeapCore {
-        HeapCore::new(CoreConfig {
-            min: 0,
-            max,
-            huge_pages: false,
-        })
-        .expect("a heap reservation")
+    /// Grows or shrinks the large block whose span `m` heads (page `idx`)
+    /// in place to `new_size` bytes, counting the change; false when it
+    /// cannot grow where it is.
+    pub(super) fn resize_large_in_place(&self, m: &PageMeta, idx: usize, new_size: usize) -> bool {
+        let n_pages = (m.offset.get() as usize + new_size.max(1)).div_ceil(PAGE_SIZE);
+        if n_pages == m.span_pages.get() as usize {
+            return true;
+        }
+        let mut spans = self.lock_spans();
+        let Some((old, new)) = large::resize_in_place(&mut spans, &self.pages, m, idx, new_size)
+        else {
+            return false;
+        };
+        if m.owner.get() == OWNER_SHARED {
+            self.shared.on_resize(old, new);
+        } else if self.is_owner() {
+            self.local.on_resize(old, new);
+        } else if new < old {
+            self.others
+                .freed_bytes
+                .fetch_add(old - new, Ordering::Relaxed);
+        } else {
+            // A growth by a foreign thread of an owner block: count it as
+            // shared so the owner's plain counters stay untouched.
+            self.shared.on_resize(0, new - old);
+        }
+        true
     }
 }

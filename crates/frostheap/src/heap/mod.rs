@@ -15,23 +15,31 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`core`] | `HeapCore`: fields, construction, the owner's fast paths, queries, sealing |
+//! | [`core`] | `HeapCore`: fields, construction, the fast paths and the slow paths they fall back to, large blocks, thread hand-over |
+//! | [`control`] | statistics, external charges, queries, freezing, sealing, fork repair |
 //! | [`queue`] | class queues of spans and the current span of each class |
 //! | [`remote`] | frees by other threads: the remote-free bitmap, the pending stack, fork repair |
 //! | [`stats`] | exact statistics: the counters and [`Stats`] |
 //! | [`span`] | the span allocator: free-span bins, commit, giving memory back |
-//! | [`large`] | large blocks and reallocation |
+//! | [`large`] | the layout of large blocks, their growth and shrink in place |
+//! | [`realloc`] | reallocation, in place whenever the block still fits |
 //! | [`page`] | the page table (`PageMeta`, one per 64 KiB page) |
+//! | [`process`] | the process-wide limit, counted at commits |
 //! | [`class`] | the 48 size classes |
 
 pub(crate) mod class;
+mod control;
 pub(crate) mod core;
 mod large;
 pub(crate) mod page;
+pub mod process;
 mod queue;
+mod realloc;
 mod remote;
 mod span;
 mod stats;
+#[cfg(test)]
+mod tests;
 
 use ::core::alloc::Layout;
 use ::core::fmt;
@@ -65,6 +73,25 @@ impl HeapInner {
         config: CoreConfig,
     ) -> Result<HeapInner, crate::os::OsError> {
         let core = HeapCore::new(config)?;
+        Ok(HeapInner {
+            core,
+            name,
+            entry: None,
+        })
+    }
+
+    /// [`HeapInner::new`] on `[base, base + config.max)`, a part of the
+    /// global allocator's arena.
+    ///
+    /// # Safety
+    /// 1. As for [`HeapCore::new_in`].
+    pub(crate) unsafe fn new_in(
+        name: Cow<'static, str>,
+        base: *mut u8,
+        config: CoreConfig,
+    ) -> Result<HeapInner, crate::os::OsError> {
+        // SAFETY: forwarded (1).
+        let core = unsafe { HeapCore::new_in(base, config)? };
         Ok(HeapInner {
             core,
             name,
@@ -215,7 +242,10 @@ impl Heap {
 
     /// Like [`Heap::try_alloc`], with the memory zeroed.
     pub fn try_alloc_zeroed(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
-        NonNull::new(self.core().alloc_zeroed(layout)).ok_or_else(|| self.oom(layout.size()))
+        let p = NonNull::new(self.core().alloc_zeroed(layout))
+            .ok_or_else(|| self.oom(layout.size()))?;
+        track_new(p.as_ptr(), ::core::ptr::null_mut());
+        Ok(p)
     }
 
     /// Frees memory from [`Heap::try_alloc`]. A no-op on a sealed heap.
@@ -315,6 +345,7 @@ impl Heap {
     ) -> Result<NonNull<u8>, Error> {
         // SAFETY: forwarded (1).
         let p = unsafe { self.core().realloc(ptr.as_ptr(), old, new_size) };
+        track_new(p, ptr.as_ptr());
         NonNull::new(p).ok_or_else(|| self.oom(new_size))
     }
 
@@ -377,11 +408,13 @@ impl Heap {
         unsafe { self.core().set_owner() }
     }
 
+    /// The error for a refused allocation: the heap's own limit, or the
+    /// process limit when that is lower.
     fn oom(&self, requested: usize) -> Error {
         let s = self.stats();
         Error::OutOfMemory {
             requested,
-            limit: s.limit,
+            limit: s.limit.min(process::limit()),
             in_use: s.in_use,
         }
     }
@@ -428,6 +461,7 @@ unsafe impl Allocator for Heap {
 
     fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         let p = NonNull::new(self.core().alloc_zeroed(layout)).ok_or(AllocError)?;
+        track_new(p.as_ptr(), ::core::ptr::null_mut());
         Ok(NonNull::slice_from_raw_parts(p, layout.size()))
     }
 
@@ -508,8 +542,20 @@ impl Heap {
             }
             q
         };
+        track_new(p, ptr.as_ptr());
         let p = NonNull::new(p).ok_or(AllocError)?;
         Ok(NonNull::slice_from_raw_parts(p, new.size()))
+    }
+}
+
+/// Records the allocation site of a block made by a zeroed allocation or a
+/// reallocation (`old`: the block it replaces, null for none) when tracking
+/// is on: a block that moved has a new site, one resized in place keeps
+/// the site it was made at.
+#[inline]
+fn track_new(p: *mut u8, old: *mut u8) {
+    if !p.is_null() && p != old && crate::track::enabled() {
+        crate::track::record(p as usize);
     }
 }
 
@@ -580,6 +626,7 @@ impl HeapBuilder {
             min: self.min,
             max,
             huge_pages: self.huge_pages.enabled(),
+            kind: process::Kind::Explicit,
         };
         let inner = HeapInner::new(self.name, config).map_err(|source| Error::Os {
             context: "reserving a heap region",

@@ -13,10 +13,10 @@ use core::cell::Cell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering;
 
-use super::class::{span_pages, CLASS_SIZE, N_CLASSES};
-use super::core::HeapCore;
+use super::class::{CLASS_SIZE, N_CLASSES};
 use super::page::{
-    Block, Kind, PageMeta, CURRENT_USED, EMPTY, GENERATION, GENERATION_STEP, IN_QUEUE, NONE,
+    Block, Kind, PageMeta, PageTable, CURRENT_USED, EMPTY, GENERATION, GENERATION_STEP, IN_QUEUE,
+    NONE, OWNER_LOCAL,
 };
 use super::stats::Counters;
 use crate::region::PAGE_SIZE;
@@ -26,7 +26,7 @@ const EXTEND_BATCH: u32 = 32;
 
 /// One set of class queues: the owner's (`local`) or the locked one.
 /// `repr(C)`, fast-path fields first, from a cache line of its own (see
-/// [`HeapCore`]).
+/// `HeapCore`).
 #[repr(C, align(64))]
 pub(crate) struct ClassState {
     pub(super) counters: Counters,
@@ -35,9 +35,11 @@ pub(crate) struct ClassState {
     /// Queue heads and tails (page indices).
     pub(super) head: [Cell<u32>; N_CLASSES],
     pub(super) tail: [Cell<u32>; N_CLASSES],
-    /// [`OWNER_LOCAL`] or [`OWNER_SHARED`].
+    /// [`OWNER_LOCAL`] or [`super::page::OWNER_SHARED`].
     pub(super) kind: u8,
 }
+
+const _: () = assert!(core::mem::offset_of!(ClassState, counters) == 0);
 
 impl ClassState {
     pub(super) fn new(kind: u8) -> ClassState {
@@ -74,15 +76,167 @@ impl ClassState {
         );
         Some((b.cast(), m.block_size.get() as usize))
     }
-}
 
-impl HeapCore {
-    /// Links the next batch of never-used blocks into the free list.
-    pub(super) fn extend_free(&self, m: &PageMeta, idx: usize) {
+    /// Counts an allocation of `size` usable bytes.
+    #[inline]
+    pub(super) fn on_alloc(&self, size: usize) {
+        if self.kind == OWNER_LOCAL {
+            self.on_alloc_as::<true>(size)
+        } else {
+            self.on_alloc_as::<false>(size)
+        }
+    }
+
+    /// [`ClassState::on_alloc`] for a caller that knows statically which
+    /// state this is (`LOCAL` iff `self.kind == OWNER_LOCAL`), so the fast
+    /// paths carry no branch on `kind`.
+    #[inline(always)]
+    pub(super) fn on_alloc_as<const LOCAL: bool>(&self, size: usize) {
+        debug_assert_eq!(
+            LOCAL,
+            self.kind == OWNER_LOCAL,
+            "on_alloc_as with the wrong state"
+        );
+        let c = &self.counters;
+        if LOCAL {
+            if self.count_local_alloc(size) {
+                self.raise_peak();
+            }
+        } else {
+            let allocated = c.alloc_bytes.fetch_add(size, Ordering::Relaxed) + size;
+            c.total.fetch_add(1, Ordering::Relaxed);
+            let net = allocated.saturating_sub(c.freed_bytes.load(Ordering::Acquire));
+            c.peak.fetch_max(net, Ordering::Relaxed);
+        }
+    }
+
+    /// The owner's counting of an allocation of `size` usable bytes (only
+    /// the owner writes these: plain load + store). Returns whether the
+    /// owner's live bytes passed the peak: the caller then raises it (a
+    /// plain call, or a tail call on the leaf fast path).
+    #[inline(always)]
+    pub(super) fn count_local_alloc(&self, size: usize) -> bool {
+        let c = &self.counters;
+        let slack = c.slack.load(Ordering::Relaxed).wrapping_sub(size as isize);
+        c.slack.store(slack, Ordering::Relaxed);
+        c.total
+            .store(c.total.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        slack < 0
+    }
+
+    /// The owner's slack went below zero: its live bytes passed the peak
+    /// by that much, which becomes the new peak (slack zero).
+    #[cold]
+    #[inline(never)]
+    pub(super) fn raise_peak(&self) {
+        debug_assert_eq!(self.kind, OWNER_LOCAL, "raise_peak on the shared state");
+        let c = &self.counters;
+        let slack = c.slack.load(Ordering::Relaxed);
+        if slack < 0 {
+            c.owner_update(|| {
+                c.slack.store(0, Ordering::Relaxed);
+                c.peak.store(
+                    c.peak.load(Ordering::Relaxed) + slack.unsigned_abs(),
+                    Ordering::Relaxed,
+                );
+            });
+        }
+    }
+
+    /// [`ClassState::raise_peak`], then `p` (a tail call for fast paths).
+    #[cold]
+    #[inline(never)]
+    pub(super) fn raise_peak_returning(&self, p: NonNull<u8>) -> NonNull<u8> {
+        self.raise_peak();
+        p
+    }
+
+    /// The owner read the heap's foreign freed bytes anew (they only grow):
+    /// its live bytes are that much lower than its net bytes from now on,
+    /// so its slack to the peak grows by the difference.
+    pub(super) fn set_foreign_seen(&self, foreign: usize) {
+        debug_assert_eq!(
+            self.kind, OWNER_LOCAL,
+            "set_foreign_seen on the shared state"
+        );
+        let c = &self.counters;
+        let seen = c.foreign_seen.load(Ordering::Relaxed);
+        if foreign > seen {
+            c.owner_update(|| {
+                c.slack.store(
+                    c.slack
+                        .load(Ordering::Relaxed)
+                        .wrapping_add((foreign - seen) as isize),
+                    Ordering::Relaxed,
+                );
+                c.foreign_seen.store(foreign, Ordering::Relaxed);
+            });
+        }
+    }
+
+    /// Counts a free of `size` usable bytes.
+    #[inline]
+    pub(super) fn on_free(&self, size: usize) {
+        if self.kind == OWNER_LOCAL {
+            self.on_free_as::<true>(size)
+        } else {
+            self.on_free_as::<false>(size)
+        }
+    }
+
+    /// [`ClassState::on_free`] for a caller that knows which state this is.
+    #[inline(always)]
+    pub(super) fn on_free_as<const LOCAL: bool>(&self, size: usize) {
+        debug_assert_eq!(
+            LOCAL,
+            self.kind == OWNER_LOCAL,
+            "on_free_as with the wrong state"
+        );
+        let c = &self.counters;
+        if LOCAL {
+            c.slack.store(
+                c.slack.load(Ordering::Relaxed).wrapping_add(size as isize),
+                Ordering::Relaxed,
+            );
+            c.freed_count
+                .store(c.freed_count.load(Ordering::Relaxed) + 1, Ordering::Release);
+        } else {
+            c.freed_bytes.fetch_add(size, Ordering::Release);
+            c.freed_count.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Counts a change in a live block's usable size (large realloc).
+    pub(super) fn on_resize(&self, old: usize, new: usize) {
+        let c = &self.counters;
+        if self.kind == OWNER_LOCAL {
+            let slack = c
+                .slack
+                .load(Ordering::Relaxed)
+                .wrapping_sub(new as isize)
+                .wrapping_add(old as isize);
+            c.slack.store(slack, Ordering::Relaxed);
+            if slack < 0 {
+                self.raise_peak();
+            }
+        } else if new >= old {
+            let allocated = c.alloc_bytes.fetch_add(new - old, Ordering::Relaxed) + (new - old);
+            c.peak.fetch_max(
+                allocated.saturating_sub(c.freed_bytes.load(Ordering::Acquire)),
+                Ordering::Relaxed,
+            );
+        } else {
+            c.freed_bytes.fetch_add(old - new, Ordering::Release);
+        }
+    }
+
+    /// Links the next batch of never-used blocks of the span headed by `m`
+    /// (page `idx`) into its free list.
+    pub(super) fn extend_free(pages: &PageTable, m: &PageMeta, idx: usize) {
         let size = m.block_size.get() as usize;
         let first = m.extend.get();
         let n = (m.capacity.get() - first).min(EXTEND_BATCH);
-        let start = self.page_addr(idx) + first as usize * size;
+        let start = pages.page_addr(idx) + first as usize * size;
         let mut next = m.free.get();
         // Link backwards so the list hands out ascending addresses.
         for i in (0..n as usize).rev() {
@@ -95,97 +249,71 @@ impl HeapCore {
         m.extend.set(first + n);
     }
 
-    pub(super) fn new_small_span(&self, st: &ClassState, c: usize) -> Option<usize> {
-        let pages = span_pages(c);
-        let mut spans = self.lock_spans();
-        let (idx, _) = match spans.alloc(pages) {
-            Some(s) => s,
-            None => {
-                self.others.refused.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-        };
-        let m = self.meta(idx);
+    /// Makes the `n_pages` pages at `idx` (just taken from the span
+    /// allocator, under its lock) a fresh small span of class `c` for this
+    /// state: no block carved yet, a new generation.
+    pub(super) fn init_span(&self, pages: &PageTable, idx: usize, n_pages: usize, c: usize) {
+        let m = pages.meta(idx);
         let size = CLASS_SIZE[c];
         m.set_kind(Kind::Small);
         m.class.set(c as u8);
-        m.owner.set(st.kind);
+        m.owner.set(self.kind);
         m.block_size.set(size);
-        m.capacity.set(((pages * PAGE_SIZE) / size as usize) as u32);
+        m.capacity
+            .set(((n_pages * PAGE_SIZE) / size as usize) as u32);
         m.extend.set(0);
         m.used.set(0);
         m.free.set(ptr::null_mut());
-        m.span_pages.set(pages as u32);
+        m.span_pages.set(n_pages as u32);
         m.flags.set(0);
-        // Every bit of a span's pages is collected before the span can be
-        // retired (`used` counts uncollected remote frees), so a new span
-        // starts with none.
-        debug_assert!(!self.has_remote(idx, m), "new span with remote frees");
         // A new incarnation: a delayed freer of the span's previous one
-        // (see free_remote) finds another generation and leaves it alone.
+        // (see remote.rs) finds another generation and leaves it alone.
         let generation = m.state.load(Ordering::Relaxed) & GENERATION;
         m.state
             .store(generation.wrapping_add(GENERATION_STEP), Ordering::Relaxed);
-        self.mark_cont(idx, pages);
-        Some(idx)
+        pages.mark_cont(idx, n_pages);
     }
 
-    pub(super) fn mark_cont(&self, idx: usize, pages: usize) {
-        for i in idx + 1..idx + pages {
-            let m = self.meta(i);
-            m.set_kind(Kind::Cont);
-            m.head.set(idx as u32);
-        }
-    }
-    /// Returns an empty small span to the span allocator.
-    pub(super) fn retire_span(&self, idx: usize) {
-        let m = self.meta(idx);
-        debug_assert!(m.used.get() == 0, "retiring a span with live blocks");
-        let pages = m.span_pages.get() as usize;
-        // SAFETY: the span has no live block, and leaves its queue's
-        // bookkeeping with this call (its pages become a free span).
-        unsafe { self.lock_spans().free(idx, pages) };
-    }
-
-    // -----------------------------------------------------------------
-    // Class queues (doubly linked through page indices).
-
-    pub(super) fn queue_push_back(&self, st: &ClassState, c: usize, idx: usize) {
-        let m = self.meta(idx);
+    /// Appends the span at page `idx` to class `c`'s queue (a no-op when it
+    /// is queued already); it becomes current when the queue was empty.
+    pub(super) fn push_back(&self, pages: &PageTable, c: usize, idx: usize) {
+        let m = pages.meta(idx);
         if m.flags.get() & IN_QUEUE != 0 {
             return;
         }
         m.flags.set(m.flags.get() | IN_QUEUE);
-        let tail = st.tail[c].get();
+        let tail = self.tail[c].get();
         m.prev.set(tail);
         m.next.set(NONE);
         if tail == NONE {
-            st.head[c].set(idx as u32);
-            Self::set_current(st, c, m);
+            self.head[c].set(idx as u32);
+            self.set_current(c, m);
         } else {
-            self.meta(tail as usize).next.set(idx as u32);
+            pages.meta(tail as usize).next.set(idx as u32);
         }
-        st.tail[c].set(idx as u32);
+        self.tail[c].set(idx as u32);
     }
 
-    /// Makes `new` class `c`'s current span in `st`, its `used` count
+    /// Makes `new` class `c`'s current span, its `used` count
     /// [`CURRENT_USED`] (the empty meta is never written). The span it
     /// replaces is dry, its count already exact, or the heap is being
     /// sealed.
-    pub(super) fn set_current(st: &ClassState, c: usize, new: *const PageMeta) {
+    pub(super) fn set_current(&self, c: usize, new: *const PageMeta) {
         if !ptr::eq(new, &EMPTY.0) {
             // SAFETY: a non-empty current is a live meta of this heap.
             unsafe { &*new }.used.set(CURRENT_USED);
         }
-        st.current[c].set(new);
+        self.current[c].set(new);
     }
 
-    pub(super) fn queue_unlink(&self, st: &ClassState, c: usize, idx: usize) {
-        let m = self.meta(idx);
+    /// Takes the span at page `idx` out of class `c`'s queue (a no-op when
+    /// it is not queued); the next span becomes current if it was.
+    pub(super) fn unlink(&self, pages: &PageTable, c: usize, idx: usize) {
+        let m = pages.meta(idx);
         // The current span leaves only when dry, its `used` count then set
         // exact by the caller (PageMeta::used).
         debug_assert!(
-            !ptr::eq(st.current[c].get(), m)
+            !ptr::eq(self.current[c].get(), m)
                 || (m.free.get().is_null()
                     && m.extend.get() == m.capacity.get()
                     && m.used.get() == m.capacity.get()),
@@ -197,66 +325,20 @@ impl HeapCore {
         m.flags.set(m.flags.get() & !IN_QUEUE);
         let (prev, next) = (m.prev.get(), m.next.get());
         if prev == NONE {
-            st.head[c].set(next);
+            self.head[c].set(next);
             let cur: *const PageMeta = if next == NONE {
                 &EMPTY.0
             } else {
-                self.meta(next as usize)
+                pages.meta(next as usize)
             };
-            Self::set_current(st, c, cur);
+            self.set_current(c, cur);
         } else {
-            self.meta(prev as usize).next.set(next);
+            pages.meta(prev as usize).next.set(next);
         }
         if next == NONE {
-            st.tail[c].set(prev);
+            self.tail[c].set(prev);
         } else {
-            self.meta(next as usize).prev.set(prev);
+            pages.meta(next as usize).prev.set(prev);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::core::tests::heap_of;
-    use super::*;
-    use crate::region::PAGE_SHIFT;
-    use core::alloc::Layout;
-
-    /// The current span's count runs down from CURRENT_USED with every
-    /// free; if it ever reached zero (2^31 frees into one current span),
-    /// the slow path must leave the span in place, not retire it.
-    #[test]
-    fn a_current_span_counted_down_to_zero_stays_current() {
-        let core = heap_of(64 << 20);
-        let layout = Layout::from_size_align(48, 8).unwrap();
-        let p = core.alloc(layout);
-        let q = core.alloc(layout);
-        let idx = (p as usize - core.base) >> PAGE_SHIFT;
-        let m = core.meta(idx);
-        let c = m.class.get() as usize;
-        assert!(ptr::eq(core.local.current[c].get(), m));
-        assert_eq!(m.used.get(), CURRENT_USED);
-        // Two frees left before the count wraps to zero.
-        m.used.set(2);
-        // SAFETY: p and q are live blocks of this heap, freed once each.
-        unsafe {
-            core.free(p);
-            core.free(q);
-        }
-        assert_eq!(m.used.get(), 0);
-        assert!(
-            ptr::eq(core.local.current[c].get(), m),
-            "span left its queue"
-        );
-        assert_eq!(m.kind(), Kind::Small, "current span retired");
-        assert_eq!(core.stats().in_use, 0);
-        // The span goes on serving its blocks (last freed first).
-        assert_eq!(core.alloc(layout), q);
-        assert_eq!(core.alloc(layout), p);
-        assert_eq!(
-            m.used.get(),
-            0,
-            "allocations from the current span do not count"
-        );
     }
 }

@@ -9,10 +9,11 @@
 //! length, the tail page points at the head) — Doug Lea's layout, kept
 //! outside the user's memory.
 //!
-//! [`SpanAllocator`] owns the span lock and the bins; every operation on
-//! them goes through [`Locked`], which exists only while the lock is held,
-//! so "the caller holds the span lock" is a type, not a comment. The
-//! region's committed prefix only changes here, under the same lock.
+//! [`SpanAllocator`] owns the span lock, the bins and the region; every
+//! operation on them goes through [`Locked`], which exists only while the
+//! lock is held, so "the caller holds the span lock" is a type, not a
+//! comment. The region's committed prefix only changes here, under the
+//! same lock.
 //!
 //! **Giving memory back** follows the JVM's `MaxHeapFreeRatio`: free
 //! memory is returned only when it clearly outweighs what is live. The free
@@ -28,11 +29,12 @@
 use core::cell::{Cell, UnsafeCell};
 use core::sync::atomic::Ordering;
 
-use super::core::{HeapCore, META_SKEW};
-use super::page::{Kind, PageMeta, DIRTY, NONE};
-use super::remote::REMOTE_WORDS;
+use core::sync::atomic::AtomicUsize;
+
+use super::page::{Kind, PageMeta, PageTable, DIRTY, META_SKEW, NONE, REMOTE_WORDS};
+use super::process;
 use crate::os::{self, OsError};
-use crate::region::{round_up, PAGE_SHIFT, PAGE_SIZE};
+use crate::region::{round_up, Region, PAGE_SHIFT, PAGE_SIZE};
 use crate::sync::{LockGuard, RawLock};
 
 /// Decommit the region's top once at least this much, and more than twice
@@ -70,10 +72,11 @@ struct Spans {
     free_pages: usize,
 }
 
-/// The span lock and what it protects: the free-span bins, how far the
-/// side tables are open, and (by convention of every caller) the region's
-/// committed length and the page-table fields written "under the span
-/// lock" (see [`PageMeta`]).
+/// The span allocator of one heap: the span lock and what it protects —
+/// the free-span bins, the region (its committed length only changes
+/// here), how far the side table is open, and the page-table fields
+/// written "under the span lock" (see [`PageMeta`]). It owns the region and
+/// the side-table mapping, and gives both back when dropped.
 pub(crate) struct SpanAllocator {
     lock: RawLock,
     spans: UnsafeCell<Spans>,
@@ -82,11 +85,30 @@ pub(crate) struct SpanAllocator {
     /// frees) and opened as the region's committed prefix grows, so it is
     /// charged in proportion to committed memory, not to `max`.
     tables_open: Cell<usize>,
+    region: Region,
+    /// The side-table mapping: `META_SKEW` bytes, the metas, the bitmap
+    /// from `bits_offset`; `table_bytes` long.
+    table: *mut u8,
+    table_bytes: usize,
+    bits_offset: usize,
+    /// The heap's own cap (`max`).
+    limit: usize,
+    /// What the region's commits are charged as against the process limit.
+    kind: process::Kind,
 }
 
 impl SpanAllocator {
-    /// No free spans, no table open.
-    pub(super) const fn new() -> SpanAllocator {
+    /// The span allocator of a heap on `region`, whose side table is the
+    /// `table_bytes` at `table` (the bitmap from `bits_offset`); no free
+    /// span yet.
+    pub(super) fn new(
+        region: Region,
+        table: *mut u8,
+        table_bytes: usize,
+        bits_offset: usize,
+        limit: usize,
+        kind: process::Kind,
+    ) -> SpanAllocator {
         SpanAllocator {
             lock: RawLock::new(),
             spans: UnsafeCell::new(Spans {
@@ -96,6 +118,12 @@ impl SpanAllocator {
                 free_pages: 0,
             }),
             tables_open: Cell::new(0),
+            region,
+            table,
+            table_bytes,
+            bits_offset,
+            limit,
+            kind,
         }
     }
 
@@ -103,71 +131,110 @@ impl SpanAllocator {
     pub(super) fn raw_lock(&self) -> &RawLock {
         &self.lock
     }
-}
 
-/// The span allocator of `heap` with its lock held.
-pub(super) struct Locked<'a> {
-    heap: &'a HeapCore,
-    spans: &'a mut Spans,
-    tables_open: &'a Cell<usize>,
-    _guard: LockGuard<'a>,
-}
+    /// The region.
+    #[inline]
+    pub(super) fn region(&self) -> &Region {
+        &self.region
+    }
 
-impl HeapCore {
-    /// Takes the span lock.
-    pub(super) fn lock_spans(&self) -> Locked<'_> {
-        let guard = self.spans.lock.lock();
+    /// The heap's own cap (`max`).
+    pub(super) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Takes the span lock: the allocator for a heap whose page table is
+    /// `pages` and whose external charges are `external`.
+    pub(super) fn lock<'a>(&'a self, pages: PageTable, external: &'a AtomicUsize) -> Locked<'a> {
+        let guard = self.lock.lock();
+        self.locked(pages, external, guard)
+    }
+
+    fn locked<'a>(
+        &'a self,
+        pages: PageTable,
+        external: &'a AtomicUsize,
+        guard: LockGuard<'a>,
+    ) -> Locked<'a> {
         Locked {
-            heap: self,
-            // SAFETY: the span lock, held until the guard drops with the
+            pages,
+            alloc: self,
+            // SAFETY: the span lock, held until `guard` drops with the
             // `Locked`, owns `spans`: no other reference to it exists.
-            spans: unsafe { &mut *self.spans.spans.get() },
-            tables_open: &self.spans.tables_open,
+            spans: unsafe { &mut *self.spans.get() },
+            external,
             _guard: guard,
         }
     }
 
+    /// Gives back the free top of the region if the span lock is free
+    /// (another heap needs room under the process limit); returns the
+    /// bytes decommitted.
+    pub(super) fn try_trim(&self, pages: PageTable, external: &AtomicUsize) -> usize {
+        let Some(guard) = self.lock.try_lock() else {
+            return 0;
+        };
+        let before = self.region.committed();
+        self.locked(pages, external, guard).trim();
+        before - self.region.committed()
+    }
+
     /// Bytes of free spans (committed, not in use by any block's span).
-    pub(crate) fn free_span_bytes(&self) -> usize {
-        self.lock_spans().spans.free_pages * PAGE_SIZE
+    pub(super) fn free_bytes(&self) -> usize {
+        let _g = self.lock.lock();
+        // SAFETY: we hold the span lock, which owns `spans`.
+        unsafe { (*self.spans.get()).free_pages * PAGE_SIZE }
     }
 
     /// Runs `f(committed)` under the span lock (the committed length
     /// cannot change meanwhile).
-    pub(crate) fn commit_lock_and<R>(&self, f: impl FnOnce(usize) -> R) -> R {
-        let _spans = self.lock_spans();
-        f(self.region().committed())
+    pub(super) fn commit_lock_and<R>(&self, f: impl FnOnce(usize) -> R) -> R {
+        let _g = self.lock.lock();
+        f(self.region.committed())
     }
 
-    /// Freeze, step 1 (writes this core): mark the region frozen so pages
-    /// committed from now on are committed read-only.
-    pub(crate) fn freeze_mark(&self) {
-        let _spans = self.lock_spans();
-        self.region().mark_frozen(true);
+    /// Freeze, step 1: mark the region frozen so pages committed from now
+    /// on are committed read-only.
+    pub(super) fn freeze_mark(&self) {
+        let _g = self.lock.lock();
+        self.region.mark_frozen(true);
     }
 
-    /// Freeze step 2 / thaw step 1: `mprotect` the committed prefix. Writes
-    /// nothing in this core, so it works even when the core itself lives in
-    /// a heap that is frozen. Returns the length protected.
-    pub(crate) fn protect_committed(&self, frozen: bool) -> Result<usize, OsError> {
-        self.region().protect_prefix(frozen)
-    }
-
-    /// Thaw, step 2 (writes this core, so after every heap is writable):
-    /// clear the mark, and open pages committed since step 1 (`thawed`).
-    pub(crate) fn thaw_unmark(&self, thawed: usize) -> Result<(), OsError> {
-        let _spans = self.lock_spans();
-        self.region().mark_frozen(false);
-        self.region()
-            .protect_range(thawed, self.region().committed(), false)
+    /// Thaw, step 2: clear the mark, and open pages committed since step 1
+    /// (`thawed`).
+    pub(super) fn thaw_unmark(&self, thawed: usize) -> Result<(), OsError> {
+        let _g = self.lock.lock();
+        self.region.mark_frozen(false);
+        self.region
+            .protect_range(thawed, self.region.committed(), false)
     }
 
     /// Freezes (mprotect read-only) or thaws the committed prefix; returns
     /// the length protected.
-    pub(crate) fn set_frozen(&self, frozen: bool) -> Result<usize, OsError> {
-        let _spans = self.lock_spans();
-        self.region().set_frozen(frozen)
+    pub(super) fn set_frozen(&self, frozen: bool) -> Result<usize, OsError> {
+        let _g = self.lock.lock();
+        self.region.set_frozen(frozen)
     }
+}
+
+impl Drop for SpanAllocator {
+    fn drop(&mut self) {
+        process::release(self.kind, self.region.committed());
+        // SAFETY: the side table was mapped for this heap with this length
+        // and nothing refers to it once the heap is dropped. The region
+        // gives its own range back.
+        unsafe { os::unmap(self.table, self.table_bytes) };
+    }
+}
+
+/// A span allocator with its lock held, for a heap whose page table is
+/// `pages`.
+pub(super) struct Locked<'a> {
+    pages: PageTable,
+    alloc: &'a SpanAllocator,
+    spans: &'a mut Spans,
+    external: &'a AtomicUsize,
+    _guard: LockGuard<'a>,
 }
 
 impl Locked<'_> {
@@ -190,7 +257,7 @@ impl Locked<'_> {
             let bin = mask.trailing_zeros() as usize;
             let mut idx = self.spans.bins[bin];
             while idx != NONE {
-                let m = self.heap.meta(idx as usize);
+                let m = self.pages.meta(idx as usize);
                 let n = m.span_pages.get() as usize;
                 if n >= pages {
                     let dirty = m.flags.get() & DIRTY != 0;
@@ -213,23 +280,23 @@ impl Locked<'_> {
 
     /// Commits enough to hold a span of `pages` at the top of the region.
     fn grow(&mut self, pages: usize) -> bool {
-        let heap = self.heap;
-        let region = heap.region();
+        let (pt, a) = (self.pages, self.alloc);
+        let region = &a.region;
         let committed = region.committed();
         let top = committed >> PAGE_SHIFT;
         // A free span touching the top counts towards the request.
         let mut top_free = 0;
         if top > 0 {
-            let last = heap.meta(top - 1);
+            let last = pt.meta(top - 1);
             top_free = match last.kind() {
-                Kind::FreeTail => heap.meta(last.head.get() as usize).span_pages.get() as usize,
+                Kind::FreeTail => pt.meta(last.head.get() as usize).span_pages.get() as usize,
                 Kind::FreeSpan => last.span_pages.get() as usize,
                 _ => 0,
             };
         }
-        let cap = heap.limit.min(region.reserved()) & !(PAGE_SIZE - 1);
+        let cap = a.limit.min(region.reserved()) & !(PAGE_SIZE - 1);
         let want = committed + (pages - top_free.min(pages)) * PAGE_SIZE;
-        if want.saturating_add(heap.others.external.load(Ordering::Relaxed)) > cap {
+        if want.saturating_add(self.external.load(Ordering::Relaxed)) > cap {
             return false;
         }
         let chunk = if region.huge_pages() {
@@ -239,7 +306,19 @@ impl Locked<'_> {
         };
         let chunk = chunk.max(round_up(committed / 8, chunk));
         let target = round_up(want, chunk).min(cap);
+        // The process limit, counted at commits: the whole growth, or a
+        // growth to just what was asked when the chunk does not fit.
+        let target = if process::charge(a.kind, target - committed) {
+            target
+        } else {
+            let exact = round_up(want, PAGE_SIZE);
+            if !process::charge_or_reclaim(a.kind, exact - committed) {
+                return false;
+            }
+            exact
+        };
         if self.open_tables(target >> PAGE_SHIFT).is_err() || region.grow_to(target).is_err() {
+            process::release(a.kind, target - committed);
             return false;
         }
         // SAFETY: the new pages are committed, free and in no span.
@@ -250,17 +329,17 @@ impl Locked<'_> {
     /// Makes the page-table entries and bitmap words of pages `0..pages`
     /// writable (they only ever open: a shrunk region keeps them).
     pub(super) fn open_tables(&mut self, pages: usize) -> Result<(), OsError> {
-        let open = self.tables_open.get();
+        let open = self.alloc.tables_open.get();
         if pages <= open {
             return Ok(());
         }
-        let heap = self.heap;
+        let a = self.alloc;
         let ps = os::page_size();
-        let table = heap.metas.cast::<u8>().wrapping_sub(META_SKEW);
+        let table = a.table;
         let meta = core::mem::size_of::<PageMeta>();
-        for (first, each) in [(META_SKEW, meta), (heap.bits_offset, REMOTE_WORDS * 8)] {
+        for (first, each) in [(META_SKEW, meta), (a.bits_offset, REMOTE_WORDS * 8)] {
             let start = (first + open * each) & !(ps - 1);
-            let end = round_up(first + pages * each, ps).min(heap.table_bytes);
+            let end = round_up(first + pages * each, ps).min(a.table_bytes);
             if end > start {
                 // SAFETY: [start, end) is page-aligned, non-empty and inside
                 // the side-table mapping; opening takes no access away.
@@ -273,7 +352,7 @@ impl Locked<'_> {
                 };
             }
         }
-        self.tables_open.set(pages);
+        self.alloc.tables_open.set(pages);
         Ok(())
     }
 
@@ -282,13 +361,13 @@ impl Locked<'_> {
     /// # Safety
     /// 1. The pages are committed, hold no live block, and are in no span.
     pub(super) unsafe fn insert(&mut self, idx: usize, pages: usize, dirty: bool) {
-        let heap = self.heap;
-        let m = heap.meta(idx);
+        let pt = self.pages;
+        let m = pt.meta(idx);
         m.set_kind(Kind::FreeSpan);
         m.span_pages.set(pages as u32);
         m.flags.set(if dirty { DIRTY } else { 0 });
         if pages > 1 {
-            let t = heap.meta(idx + pages - 1);
+            let t = pt.meta(idx + pages - 1);
             t.set_kind(Kind::FreeTail);
             t.head.set(idx as u32);
         }
@@ -298,7 +377,7 @@ impl Locked<'_> {
         m.prev.set(NONE);
         m.next.set(first);
         if first != NONE {
-            heap.meta(first as usize).prev.set(idx as u32);
+            pt.meta(first as usize).prev.set(idx as u32);
         }
         spans.bins[b] = idx as u32;
         spans.nonempty |= 1 << b;
@@ -313,9 +392,9 @@ impl Locked<'_> {
     /// # Safety
     /// 1. `idx` heads a free span that is in its bin.
     unsafe fn remove(&mut self, idx: usize) {
-        let heap = self.heap;
+        let pt = self.pages;
         let spans = &mut *self.spans;
-        let m = heap.meta(idx);
+        let m = pt.meta(idx);
         let pages = m.span_pages.get() as usize;
         let b = bin_of(pages);
         let (prev, next) = (m.prev.get(), m.next.get());
@@ -325,10 +404,10 @@ impl Locked<'_> {
                 spans.nonempty &= !(1 << b);
             }
         } else {
-            heap.meta(prev as usize).next.set(next);
+            pt.meta(prev as usize).next.set(next);
         }
         if next != NONE {
-            heap.meta(next as usize).prev.set(prev);
+            pt.meta(next as usize).prev.set(prev);
         }
         spans.free_pages -= pages;
         if m.flags.get() & DIRTY != 0 {
@@ -363,20 +442,20 @@ impl Locked<'_> {
     /// # Safety
     /// 1. As for [`Locked::free`].
     unsafe fn free_with(&mut self, idx: usize, pages: usize, dirty: bool, give_back: bool) {
-        let heap = self.heap;
-        let region = heap.region();
+        let (pt, a) = (self.pages, self.alloc);
+        let region = &a.region;
         let mut start = idx;
         let mut n = pages;
         let mut dirty = dirty;
         if start > 0 {
-            let left = heap.meta(start - 1);
+            let left = pt.meta(start - 1);
             let head = match left.kind() {
                 Kind::FreeTail => Some(left.head.get() as usize),
                 Kind::FreeSpan => Some(start - 1),
                 _ => None,
             };
             if let Some(h) = head {
-                let hm = heap.meta(h);
+                let hm = pt.meta(h);
                 dirty |= hm.flags.get() & DIRTY != 0;
                 n += hm.span_pages.get() as usize;
                 // SAFETY: h heads a free span, which is in its bin.
@@ -386,8 +465,8 @@ impl Locked<'_> {
         }
         let top = region.committed() >> PAGE_SHIFT;
         let right = idx + pages;
-        if right < top && heap.meta(right).kind() == Kind::FreeSpan {
-            let rm = heap.meta(right);
+        if right < top && pt.meta(right).kind() == Kind::FreeSpan {
+            let rm = pt.meta(right);
             dirty |= rm.flags.get() & DIRTY != 0;
             n += rm.span_pages.get() as usize;
             // SAFETY: as above.
@@ -406,9 +485,11 @@ impl Locked<'_> {
             let keep = (KEEP_ON_TOP >> PAGE_SHIFT).max(live_pages / 2);
             let keep_end = (start + keep).max(region.min_committed() >> PAGE_SHIFT);
             if keep_end < top {
+                let before = region.committed();
                 // SAFETY: we hold the span lock; [keep_end, top) is part of
                 // a free span, so nothing live is there.
                 if unsafe { region.shrink_to(keep_end << PAGE_SHIFT) }.is_ok() {
+                    process::release(a.kind, before - region.committed());
                     n = keep_end.saturating_sub(start);
                 }
             }
@@ -426,9 +507,9 @@ impl Locked<'_> {
     /// Purges free spans (largest first) once too much free memory is
     /// resident, down to half the threshold.
     fn maybe_purge(&mut self) {
-        let heap = self.heap;
+        let (pt, a) = (self.pages, self.alloc);
         let spans = &mut *self.spans;
-        let committed_pages = heap.region().committed() >> PAGE_SHIFT;
+        let committed_pages = a.region.committed() >> PAGE_SHIFT;
         let live = committed_pages.saturating_sub(spans.free_pages) * PAGE_SIZE;
         let retain = PURGE_RETAIN.max(2 * live);
         if spans.dirty_pages * PAGE_SIZE <= retain {
@@ -438,10 +519,10 @@ impl Locked<'_> {
         for bin in (0..N_BINS).rev() {
             let mut idx = spans.bins[bin];
             while idx != NONE {
-                let m = heap.meta(idx as usize);
+                let m = pt.meta(idx as usize);
                 let n = m.span_pages.get() as usize;
                 if m.flags.get() & DIRTY != 0 {
-                    let start = heap.page_addr(idx as usize) as *mut u8;
+                    let start = pt.page_addr(idx as usize) as *mut u8;
                     // SAFETY: the span is free and committed: nothing live
                     // is in it.
                     if unsafe { os::purge(start, n * PAGE_SIZE) }.is_ok() {
@@ -457,26 +538,62 @@ impl Locked<'_> {
         }
     }
 
+    /// Decommits the whole free span at the top of the region (down to the
+    /// region's minimum), whatever the hysteresis would keep: the heap's
+    /// thread has exited.
+    pub(super) fn trim(&mut self) {
+        let (pt, a) = (self.pages, self.alloc);
+        let region = &a.region;
+        let top = region.committed() >> PAGE_SHIFT;
+        if top == 0 {
+            return;
+        }
+        let last = pt.meta(top - 1);
+        let head = match last.kind() {
+            Kind::FreeTail => last.head.get() as usize,
+            Kind::FreeSpan => top - 1,
+            _ => return,
+        };
+        let hm = pt.meta(head);
+        let keep_end = head.max(region.min_committed() >> PAGE_SHIFT);
+        if head + hm.span_pages.get() as usize != top || keep_end >= top {
+            return;
+        }
+        let dirty = hm.flags.get() & DIRTY != 0;
+        // SAFETY: head heads the free span at the top, which is in its bin.
+        unsafe { self.remove(head) };
+        let before = region.committed();
+        // SAFETY: we hold the span lock; [keep_end, top) was a free span.
+        if unsafe { region.shrink_to(keep_end << PAGE_SHIFT) }.is_ok() {
+            process::release(a.kind, before - region.committed());
+        }
+        let left = (region.committed() >> PAGE_SHIFT).saturating_sub(head);
+        if left > 0 {
+            // SAFETY: what is left of the free span: committed, nothing live.
+            unsafe { self.insert(head, left, dirty) };
+        }
+    }
+
     /// Takes `need` pages starting at `idx` if they are free (or can be
     /// committed at the top).
     pub(super) fn take_following(&mut self, idx: usize, need: usize) -> bool {
-        let heap = self.heap;
-        let top = heap.region().committed() >> PAGE_SHIFT;
+        let (pt, a) = (self.pages, self.alloc);
+        let top = a.region.committed() >> PAGE_SHIFT;
         if idx == top && !self.grow(need) {
             return false;
         }
-        if idx >= heap.region().committed() >> PAGE_SHIFT {
+        if idx >= a.region.committed() >> PAGE_SHIFT {
             return false;
         }
-        let m = heap.meta(idx);
+        let m = pt.meta(idx);
         if m.kind() != Kind::FreeSpan {
             return false;
         }
         let n = m.span_pages.get() as usize;
         if n < need {
             // The free span may end at the top: grow and retry once.
-            if idx + n == heap.region().committed() >> PAGE_SHIFT && self.grow(need) {
-                let m = heap.meta(idx);
+            if idx + n == a.region.committed() >> PAGE_SHIFT && self.grow(need) {
+                let m = pt.meta(idx);
                 if m.kind() == Kind::FreeSpan && m.span_pages.get() as usize >= need {
                     return self.take_following(idx, need);
                 }
@@ -493,70 +610,5 @@ impl Locked<'_> {
             }
         }
         true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::core::tests::heap_of;
-    use super::*;
-    use core::alloc::Layout;
-
-    /// The permissions (`rw-p`, `r--p`, ...) of the mapping holding `addr`.
-    fn perms_at(addr: usize) -> String {
-        let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
-        for line in maps.lines() {
-            let mut fields = line.split_whitespace();
-            let range = fields.next().expect("range");
-            let (lo, hi) = range.split_once('-').expect("lo-hi");
-            let lo = usize::from_str_radix(lo, 16).expect("hex");
-            let hi = usize::from_str_radix(hi, 16).expect("hex");
-            if (lo..hi).contains(&addr) {
-                return fields.next().expect("perms").to_string();
-            }
-        }
-        panic!("0x{addr:x} is not mapped");
-    }
-
-    #[test]
-    fn side_tables_open_as_the_region_grows() {
-        let core = heap_of(64 << 30);
-        let n_pages = core.region.reserved() >> PAGE_SHIFT;
-        let meta_of = |idx: usize| core.metas as usize + idx * core::mem::size_of::<PageMeta>();
-        let bits_of = |idx: usize| core.remote_bits as usize + idx * REMOTE_WORDS * 8;
-        // Nothing committed: the whole 64 GiB worth of side table (8.5 MiB
-        // of page table and bitmap per GiB) is mapped read-only.
-        for addr in [
-            meta_of(0),
-            bits_of(0),
-            meta_of(n_pages - 1),
-            bits_of(n_pages - 1),
-        ] {
-            assert_eq!(perms_at(addr), "r--p", "0x{addr:x} before any allocation");
-        }
-        assert_eq!(core.meta(n_pages - 1).kind(), Kind::Unused);
-        let p = core.alloc(Layout::from_size_align(100, 8).unwrap());
-        assert!(!p.is_null());
-        let committed = core.region.committed() >> PAGE_SHIFT;
-        assert!(committed > 0 && committed < n_pages / 2);
-        for addr in [
-            meta_of(0),
-            bits_of(0),
-            meta_of(committed - 1),
-            bits_of(committed - 1),
-        ] {
-            assert_eq!(perms_at(addr), "rw-p", "0x{addr:x} of a committed page");
-        }
-        // (The page table's last page shares a page with the bitmap's
-        // first words, so look further in.)
-        for addr in [
-            meta_of(n_pages / 2),
-            bits_of(n_pages / 2),
-            bits_of(n_pages - 1),
-        ] {
-            assert_eq!(perms_at(addr), "r--p", "0x{addr:x} of an uncommitted page");
-        }
-        // SAFETY: p is a live block of this heap.
-        unsafe { core.free(p) };
     }
 }

@@ -62,6 +62,8 @@ fixtures!(
     "freeze_env",
     "global_alloc",
     "global_routing",
+    "global_threads",
+    "global_track",
     "nested_guards",
     "runtime_global",
     "violation",

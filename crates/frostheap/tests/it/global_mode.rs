@@ -196,3 +196,82 @@ fn remote_double_free_stops_the_process_with_a_report() {
         describe(&out)
     );
 }
+
+test!(one_limit_bounds_every_kind_of_thread);
+/// `FROSTHEAP_MAX=128M` bounds the main thread, a spawned thread, a pool
+/// of worker threads and runtime tasks together: each is refused near the
+/// shared cap and can allocate again once memory is freed.
+fn one_limit_bounds_every_kind_of_thread() {
+    let out = run_fixture("global_threads", &["limit"], &[("FROSTHEAP_MAX", "128M")]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for who in ["main:", "spawned thread:", "pool worker:", "runtime task:"] {
+        assert!(stdout.contains(who), "no line for {who}\n{}", describe(&out));
+    }
+    assert!(
+        stdout.contains("global_threads limit: ok"),
+        "{}",
+        describe(&out)
+    );
+}
+
+test!(ten_thousand_short_lived_threads_reuse_their_heaps);
+/// 10,000 threads, each allocating, keeping blocks past its exit and
+/// freeing other threads' blocks: heaps are adopted, nothing is lost, and
+/// in-use and committed bytes come back down.
+fn ten_thousand_short_lived_threads_reuse_their_heaps() {
+    let out = run_fixture("global_threads", &["churn"], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("global_threads churn: ok"),
+        "{}",
+        describe(&out)
+    );
+}
+
+test!(out_of_memory_in_global_mode_names_frostheap_and_the_limit);
+/// An allocation Rust cannot handle past `FROSTHEAP_MAX`: one line from
+/// frostheap naming the heap, the variable and the numbers, then std's
+/// message, then SIGABRT.
+fn out_of_memory_in_global_mode_names_frostheap_and_the_limit() {
+    let out = run_fixture("global_threads", &["oom"], &[("FROSTHEAP_MAX", "64M")]);
+    assert_eq!(out.status.signal(), Some(6), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ours = stderr
+        .lines()
+        .position(|l| l.starts_with("frostheap: out of memory: the main heap"))
+        .unwrap_or_else(|| panic!("no frostheap line\n{}", describe(&out)));
+    let line = stderr.lines().nth(ours).unwrap();
+    assert!(line.contains("FROSTHEAP_MAX is 67108864 bytes"), "{line}");
+    assert!(line.contains(&format!("allocate {} bytes", 65 * MIB)), "{line}");
+    let std_line = stderr
+        .lines()
+        .position(|l| l.contains("memory allocation of"))
+        .unwrap_or_else(|| panic!("no line from std\n{}", describe(&out)));
+    assert!(ours < std_line, "frostheap's line must come first\n{stderr}");
+}
+
+test!(allocation_sites_are_tracked_for_alloc_zeroed_and_realloc);
+/// With `FROSTHEAP_TRACK_ALLOCS=1`, the site recorded for a block names
+/// the function that made it, whether by `alloc`, `alloc_zeroed` or a
+/// `realloc` that moved it (never the site of a block that was there
+/// before).
+fn allocation_sites_are_tracked_for_alloc_zeroed_and_realloc() {
+    let out = run_fixture("global_track", &[], &[("FROSTHEAP_TRACK_ALLOCS", "1")]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for (what, function) in [
+        ("alloc:", "made_by_alloc"),
+        ("alloc_zeroed:", "made_by_alloc_zeroed"),
+        ("realloc:", "made_by_realloc"),
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(what))
+            .unwrap_or_else(|| panic!("no {what} line\n{}", describe(&out)));
+        assert!(
+            line.contains(function),
+            "the site of the {what} block does not name {function}: {line}"
+        );
+    }
+}

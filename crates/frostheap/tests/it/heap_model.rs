@@ -172,3 +172,157 @@ fn alignments_up_to_one_mebibyte() {
         }
     }
 }
+
+/// One thread's part of a round of [`several_owners_with_remote_frees_match_the_model`]:
+/// blocks to allocate (sizes), and picks among its live blocks to free
+/// itself or to hand to the next thread, which frees them (remote frees).
+#[derive(Clone, Debug)]
+struct Turn {
+    allocs: Vec<usize>,
+    frees: Vec<usize>,
+    hand_offs: Vec<usize>,
+}
+
+fn turn() -> impl Strategy<Value = Turn> {
+    (
+        vec(size(), 0..12),
+        vec(any::<usize>(), 0..6),
+        vec(any::<usize>(), 0..6),
+    )
+        .prop_map(|(allocs, frees, hand_offs)| Turn {
+            allocs,
+            frees,
+            hand_offs,
+        })
+}
+
+/// A live block in the multi-owner model: its address, size, fill byte and
+/// the heap it came from.
+#[derive(Clone, Copy, Debug)]
+struct Live {
+    addr: usize,
+    size: usize,
+    tag: u8,
+    heap: usize,
+}
+
+const OWNERS: usize = 3;
+
+test!(several_owners_with_remote_frees_match_the_model);
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Three threads, each the owner of its own heap, allocate, free their
+    /// own blocks and hand blocks to the next thread, which frees them (a
+    /// remote free into the owner's heap), all at once in each round.
+    /// Between rounds every block's contents and every heap's statistics
+    /// (bytes in use, live allocations) match the model exactly.
+    fn several_owners_with_remote_frees_match_the_model(
+        rounds in vec(vec(turn(), OWNERS..=OWNERS), 1..12)
+    ) {
+        use std::sync::{Arc, Barrier, Mutex};
+        let heaps: Vec<frostheap::Heap> = (0..OWNERS)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    frostheap::Heap::builder()
+                        .name(format!("owner{i}"))
+                        .max(1 << 30)
+                        .build()
+                        .unwrap()
+                })
+                .join()
+                .unwrap()
+            })
+            .collect();
+        // The heaps were built on threads that exited: each worker adopts
+        // its heap before using it.
+        let held: Vec<Mutex<Vec<Live>>> = (0..OWNERS).map(|_| Mutex::new(Vec::new())).collect();
+        let inbox: Vec<Mutex<Vec<Live>>> = (0..OWNERS).map(|_| Mutex::new(Vec::new())).collect();
+        let barrier = Arc::new(Barrier::new(OWNERS));
+        let rounds = &rounds;
+        std::thread::scope(|s| {
+            for t in 0..OWNERS {
+                let (heaps, held, inbox, barrier) = (&heaps, &held, &inbox, barrier.clone());
+                s.spawn(move || {
+                    let heap = &heaps[t];
+                    // SAFETY: the thread that built the heap exited and was
+                    // joined before this one started.
+                    unsafe { heap.adopt() };
+                    let mut tag = t as u8;
+                    for (r, round) in rounds.iter().enumerate() {
+                        let turn = &round[t];
+                        let mut mine = held[t].lock().unwrap();
+                        // Remote frees of what the previous thread handed over.
+                        for b in inbox[t].lock().unwrap().drain(..) {
+                            // SAFETY: a live block of heap b.heap, handed to
+                            // this thread alone.
+                            unsafe {
+                                crate::ops::verify(
+                                    std::ptr::NonNull::new(b.addr as *mut u8).unwrap(),
+                                    b.size,
+                                    b.tag,
+                                    "handed-over block",
+                                );
+                                heaps[b.heap].dealloc(std::ptr::NonNull::new(b.addr as *mut u8).unwrap());
+                            }
+                        }
+                        for &size in &turn.allocs {
+                            let p = heap.try_alloc(Layout::from_size_align(size, 8).unwrap()).unwrap();
+                            tag = tag.wrapping_add(1);
+                            // SAFETY: p holds size bytes.
+                            unsafe { crate::ops::fill(p, size, tag) };
+                            mine.push(Live { addr: p.as_ptr() as usize, size, tag, heap: t });
+                        }
+                        for &pick in &turn.frees {
+                            if mine.is_empty() {
+                                break;
+                            }
+                            let i = pick % mine.len();
+                            let b = mine.swap_remove(i);
+                            // SAFETY: a live block of this heap.
+                            unsafe { heap.dealloc(std::ptr::NonNull::new(b.addr as *mut u8).unwrap()) };
+                        }
+                        let next = (t + 1) % OWNERS;
+                        for &pick in &turn.hand_offs {
+                            if mine.is_empty() {
+                                break;
+                            }
+                            let i = pick % mine.len();
+                            let b = mine.swap_remove(i);
+                            inbox[next].lock().unwrap().push(b);
+                        }
+                        drop(mine);
+                        barrier.wait();
+                        // Every thread checks its own heap against the model
+                        // while no free is in flight.
+                        if t == 0 {
+                            for (h, heap) in heaps.iter().enumerate() {
+                                let live: Vec<Live> = held.iter().chain(inbox.iter())
+                                    .flat_map(|m| m.lock().unwrap().clone())
+                                    .filter(|b| b.heap == h)
+                                    .collect();
+                                let s = heap.stats();
+                                let want: usize = live.iter()
+                                    .map(|b| frostheap::Heap::block_size(Layout::from_size_align(b.size, 8).unwrap()))
+                                    .sum();
+                                assert_eq!(s.in_use, want, "round {r}, heap {h}: {s:?}");
+                                assert_eq!(s.allocations, live.len(), "round {r}, heap {h}: {s:?}");
+                            }
+                        }
+                        barrier.wait();
+                    }
+                });
+            }
+        });
+        // Whatever is left is freed by this thread (remote frees into every
+        // heap), and every heap ends empty.
+        for b in held.iter().chain(inbox.iter()).flat_map(|m| m.lock().unwrap().drain(..).collect::<Vec<_>>()) {
+            // SAFETY: live blocks of their heaps, freed once.
+            unsafe { heaps[b.heap].dealloc(std::ptr::NonNull::new(b.addr as *mut u8).unwrap()) };
+        }
+        for heap in &heaps {
+            prop_assert_eq!(heap.stats().in_use, 0);
+            prop_assert_eq!(heap.stats().allocations, 0);
+        }
+    }
+}

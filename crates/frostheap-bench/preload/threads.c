@@ -1,0 +1,178 @@
+/* The `threads` benchmark's workloads in C, for LD_PRELOADed allocators
+ * (glibc, mimalloc, jemalloc, libfrostheap.so): the same four cases as
+ * src/threads.rs. Usage: threads CASE THREADS OPS RUNS; prints
+ * "sample <ns per operation of one thread>" per run. */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <sched.h>
+
+static long ops;
+static int nthreads;
+
+static double now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
+static uint64_t next(uint64_t *x) {
+    *x ^= *x << 13, *x ^= *x >> 7, *x ^= *x << 17;
+    return *x;
+}
+
+static void *make(size_t n) {
+    unsigned char *p = malloc(n);
+    if (!p) { fprintf(stderr, "out of memory\n"); exit(1); }
+    p[0] = (unsigned char)n;
+    return p;
+}
+
+static pthread_barrier_t start;
+
+static void *local(void *arg) {
+    uint64_t x = 0x9E3779B97F4A7C15ull ^ ((uintptr_t)arg + 1);
+    void *window[64] = {0};
+    pthread_barrier_wait(&start);
+    for (long i = 0; i < ops; i++) {
+        free(window[i % 64]);
+        window[i % 64] = make(16 + next(&x) % 4081);
+    }
+    for (int i = 0; i < 64; i++) free(window[i]);
+    return NULL;
+}
+
+static _Atomic(void *) *slots;
+static size_t nslots;
+
+static void *larson(void *arg) {
+    uint64_t x = 0x2545F4914F6CDD1Dull ^ ((uintptr_t)arg + 1);
+    pthread_barrier_wait(&start);
+    for (long i = 0; i < ops; i++) {
+        uint64_t r = next(&x);
+        void *old = atomic_exchange(&slots[r % nslots], make(16 + (r >> 32) % 1009));
+        free(old);
+    }
+    return NULL;
+}
+
+enum { RING = 1024, BATCH = 64 };
+typedef struct {
+    _Atomic(void *) slot[RING];
+    _Alignas(128) atomic_long head;
+    _Alignas(128) atomic_long tail;
+} ring_t;
+static ring_t *rings;
+
+static void *producer(void *arg) {
+    ring_t *r = &rings[(uintptr_t)arg];
+    uint64_t x = 0xDEADBEEFull ^ ((uintptr_t)arg + 1);
+    pthread_barrier_wait(&start);
+    for (long t = 0; t < ops; t += BATCH) {
+        while (t + BATCH - atomic_load_explicit(&r->head, memory_order_acquire) > RING) sched_yield();
+        for (long i = t; i < t + BATCH; i++)
+            atomic_store_explicit(&r->slot[i % RING], make(64 + next(&x) % 193), memory_order_relaxed);
+        atomic_store_explicit(&r->tail, t + BATCH, memory_order_release);
+    }
+    return NULL;
+}
+
+static void *consumer(void *arg) {
+    ring_t *r = &rings[(uintptr_t)arg];
+    pthread_barrier_wait(&start);
+    long h = 0;
+    while (h < ops) {
+        long t = atomic_load_explicit(&r->tail, memory_order_acquire);
+        if (t == h) { sched_yield(); continue; }
+        for (; h < t; h++) free(atomic_load_explicit(&r->slot[h % RING], memory_order_relaxed));
+        atomic_store_explicit(&r->head, h, memory_order_release);
+    }
+    return NULL;
+}
+
+typedef struct { void **theirs; int n; void *keep[50]; uint64_t seed; } gen_t;
+
+static void *generation(void *arg) {
+    gen_t *g = arg;
+    for (int i = 0; i < g->n; i++) free(g->theirs[i]);
+    uint64_t x = g->seed;
+    int k = 0;
+    for (int i = 0; i < 100; i++) {
+        void *p = make(16 + next(&x) % 497);
+        if (i % 2 == 0) g->keep[k++] = p; else free(p);
+    }
+    return NULL;
+}
+
+static double run(const char *c) {
+    pthread_t t[256];
+    double t0;
+    if (!strcmp(c, "spawn")) {
+        gen_t *g = calloc(nthreads, sizeof(gen_t)), *prev = calloc(nthreads, sizeof(gen_t));
+        t0 = now_ns();
+        for (long r = 0; r < ops; r++) {
+            for (int i = 0; i < nthreads; i++) {
+                g[i].theirs = r ? prev[i].keep : NULL;
+                g[i].n = r ? 50 : 0;
+                g[i].seed = 0xC0FFEE00ull ^ (uint64_t)(r * nthreads + i + 1);
+                pthread_create(&t[i], NULL, generation, &g[i]);
+            }
+            for (int i = 0; i < nthreads; i++) pthread_join(t[i], NULL);
+            gen_t *s = prev; prev = g; g = s;
+        }
+        for (int i = 0; i < nthreads; i++) for (int k = 0; k < 50; k++) free(prev[i].keep[k]);
+        double ns = (now_ns() - t0) / (ops * nthreads);
+        free(g), free(prev);
+        return ns;
+    }
+    int n = nthreads;
+    void *(*fn)(void *) = local;
+    if (!strcmp(c, "larson")) {
+        nslots = 1000 * (size_t)nthreads;
+        slots = malloc(nslots * sizeof *slots);
+        for (size_t i = 0; i < nslots; i++) slots[i] = make(16 + i % 1009);
+        fn = larson;
+    } else if (!strcmp(c, "prodcons")) {
+        n = 2 * (nthreads / 2 > 0 ? nthreads / 2 : 1);
+        rings = calloc(n / 2, sizeof(ring_t));
+        ops = ops / BATCH * BATCH;
+    } else if (strcmp(c, "local")) {
+        fprintf(stderr, "unknown case %s\n", c);
+        exit(2);
+    }
+    pthread_barrier_init(&start, NULL, n + 1);
+    for (int i = 0; i < n; i++) {
+        void *(*f)(void *) = fn;
+        uintptr_t a = i;
+        if (!strcmp(c, "prodcons")) f = i % 2 ? consumer : producer, a = i / 2;
+        pthread_create(&t[i], NULL, f, (void *)a);
+    }
+    t0 = now_ns();
+    pthread_barrier_wait(&start);
+    for (int i = 0; i < n; i++) pthread_join(t[i], NULL);
+    double ns = (now_ns() - t0) / ops;
+    pthread_barrier_destroy(&start);
+    if (!strcmp(c, "larson")) { for (size_t i = 0; i < nslots; i++) free(slots[i]); free(slots); }
+    if (!strcmp(c, "prodcons")) free(rings);
+    return ns;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 5) { fprintf(stderr, "usage: threads CASE THREADS OPS RUNS\n"); return 2; }
+    nthreads = atoi(argv[2]);
+    if (nthreads < 1 || nthreads > 256) { fprintf(stderr, "THREADS: 1..256\n"); return 2; }
+    long want = atol(argv[3]);
+    int runs = atoi(argv[4]);
+    if (!strcmp(argv[1], "none")) { for (int r = 0; r < runs; r++) printf("sample 0\n"); return 0; }
+    for (int r = 0; r < runs; r++) {
+        ops = want;
+        printf("sample %f\n", run(argv[1]));
+        fflush(stdout);
+    }
+    return 0;
+}

@@ -1,0 +1,206 @@
+//! `threads`: multi-threaded allocation, frostheap against glibc, mimalloc
+//! and jemalloc, as Rust global allocators and as `LD_PRELOAD` libraries,
+//! in one interleaved run.
+//!
+//! ```text
+//! cargo build --release -p frostheap-capi -p frostheap-bench
+//! cargo run --release -p frostheap-bench --bin threads -- [--threads 2] [--rounds 7]
+//! ```
+//!
+//! Cases (see `frostheap_bench::threads` and `preload/threads.c`, the same
+//! four in Rust and C): per-thread alloc/free loops of 16 B – 4 KiB;
+//! larson (threads replace random blocks of a shared array, so most frees
+//! are remote); producer/consumer pairs; threads created and joined in a
+//! loop. Every variant runs in its own process (a global allocator or a
+//! preloaded library is one per process), so each round also gives the
+//! child's peak RSS. A case reports the median ns per operation of one
+//! thread (p10–p90), frostheap's per-round ratio to the best of the three
+//! others (the one with the lowest median), and peak RSS; then the fixed
+//! RSS of a trivial program under each.
+//!
+//! Nothing here is asserted: the figures depend on the machine and its
+//! load, which the report's first line states.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::Parser;
+use frostheap_bench::child::{self, Outcome};
+use frostheap_bench::{cli, table, Machine, Plan, Table};
+
+const MIMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2";
+const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+const NAMES: [&str; 4] = ["glibc", "mimalloc", "jemalloc", "frostheap"];
+
+/// Multi-threaded allocation benchmark (see the module documentation).
+#[derive(Parser)]
+#[command(name = "threads")]
+struct Options {
+    /// Threads per case (producer/consumer uses pairs of them).
+    #[arg(long, default_value_t = 2, value_parser = cli::count)]
+    threads: usize,
+    /// Timed rounds per variant and case (each a fresh process).
+    #[arg(long, default_value_t = 7, value_parser = cli::count)]
+    rounds: usize,
+    /// Operations per thread in a round (thread generations for `spawn`
+    /// are this divided by 1,000).
+    #[arg(long, default_value_t = 400_000, value_parser = cli::count)]
+    ops: usize,
+    /// Only these cases (comma-separated: local, larson, prodcons, spawn).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Also write the markdown report here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// One way to run the workloads: a Rust binary with its global allocator,
+/// or the C program with a preloaded library.
+struct Variant {
+    name: String,
+    program: PathBuf,
+    preload: Option<PathBuf>,
+}
+
+impl Variant {
+    fn run(&self, case: &str, threads: usize, ops: usize) -> Outcome {
+        let mut cmd = Command::new(&self.program);
+        cmd.args([case, &threads.to_string(), &ops.to_string(), "2"]);
+        if let Some(lib) = &self.preload {
+            cmd.env("LD_PRELOAD", lib);
+        }
+        child::run(&mut cmd).unwrap_or_else(|e| panic!("{} {case}: {e}", self.name))
+    }
+}
+
+fn variants(dir: &Path, c_program: &Path) -> (Vec<Variant>, Vec<Variant>) {
+    let rust = NAMES
+        .iter()
+        .map(|n| Variant {
+            name: n.to_string(),
+            program: dir.join(format!(
+                "threads_{}",
+                if *n == "glibc" { "system" } else { n }
+            )),
+            preload: None,
+        })
+        .collect();
+    let libs = [
+        None,
+        Some(PathBuf::from(MIMALLOC)),
+        Some(PathBuf::from(JEMALLOC)),
+        Some(dir.join("libfrostheap.so")),
+    ];
+    let c = NAMES
+        .iter()
+        .zip(libs)
+        .map(|(n, lib)| Variant {
+            name: n.to_string(),
+            program: c_program.to_path_buf(),
+            preload: lib,
+        })
+        .collect();
+    (rust, c)
+}
+
+/// One table: the cases of one kind of variant.
+fn report(title: &str, vs: &[Variant], cases: &[&str], o: &Options) -> String {
+    let mut t = Table::new(
+        [
+            "case",
+            "glibc ns",
+            "mimalloc ns",
+            "jemalloc ns",
+            "frostheap ns",
+            "best other",
+            "frostheap / best",
+            "peak RSS MiB (g / mi / je / fh)",
+            "fh RSS / best",
+        ],
+        1,
+    );
+    for case in cases {
+        let ops = if *case == "spawn" {
+            (o.ops / 1000).max(1)
+        } else {
+            o.ops
+        };
+        let rounds = Plan::rounds(1, o.rounds).run(vs, |v| v.run(case, o.threads, ops));
+        // The second run of each child (its first is a warm-up).
+        let ns = rounds.samples(|out: &Outcome| *out.samples().last().expect("a sample"));
+        let rss = rounds.samples(|out: &Outcome| out.peak_rss as f64 / (1 << 20) as f64);
+        let best = ns.lowest_median(&[0, 1, 2]);
+        let best_rss = rss.lowest_median(&[0, 1, 2]);
+        let mut row = vec![case.to_string()];
+        row.extend((0..4).map(|i| table::number(&ns.summary(i), 1)));
+        row.push(NAMES[best].to_string());
+        row.push(table::ratio(&ns.ratio(3, best)));
+        row.push(
+            (0..4)
+                .map(|i| format!("{:.1}", rss.summary(i).median))
+                .collect::<Vec<_>>()
+                .join(" / "),
+        );
+        row.push(table::ratio(&rss.ratio(3, best_rss)));
+        t.row(row);
+    }
+    let mut fixed = Table::new(
+        [
+            "trivial program",
+            "glibc",
+            "mimalloc",
+            "jemalloc",
+            "frostheap",
+        ],
+        1,
+    );
+    let rounds = Plan::rounds(0, o.rounds).run(vs, |v| v.run("none", 1, 1));
+    let rss = rounds.samples(|out: &Outcome| out.peak_rss as f64 / 1024.0);
+    let mut row = vec!["peak RSS KiB".to_string()];
+    row.extend((0..4).map(|i| table::number(&rss.summary(i), 0)));
+    fixed.row(row);
+    format!("\n## {title}\n\n{t}\n{fixed}")
+}
+
+fn main() {
+    let o = Options::parse();
+    let machine = Machine::now();
+    let exe = std::env::current_exe().expect("own path");
+    let dir = exe.parent().expect("own directory").to_path_buf();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("preload/threads.c");
+    let c_program = std::env::temp_dir().join(format!("frostheap-threads-{}", std::process::id()));
+    let status = Command::new("cc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&c_program)
+        .arg(&src)
+        .status()
+        .expect("cc");
+    assert!(status.success(), "cc failed on {}", src.display());
+    let all = ["local", "larson", "prodcons", "spawn"];
+    let cases: Vec<&str> = all
+        .into_iter()
+        .filter(|c| o.only.is_empty() || o.only.iter().any(|x| x == c))
+        .collect();
+    let (rust, c) = variants(&dir, &c_program);
+    for v in rust.iter().chain(&c) {
+        for p in [Some(&v.program), v.preload.as_ref()].into_iter().flatten() {
+            assert!(p.is_file(), "{} not found: build with `cargo build --release -p frostheap-capi -p frostheap-bench`", p.display());
+        }
+    }
+    let mut text = format!(
+        "# Multi-threaded allocation\n\n{}; {} threads; {} rounds per variant and case, \
+         each a fresh process whose second run is timed, variants interleaved. \
+         Cells: median ns per operation of one thread (p10–p90); ratios per round \
+         (below 1.00 frostheap is faster); peak RSS medians.\n",
+        machine.describe(),
+        o.threads,
+        o.rounds
+    );
+    text += &report("Rust global allocators", &rust, &cases, &o);
+    text += &report("C programs under LD_PRELOAD", &c, &cases, &o);
+    let _ = std::fs::remove_file(&c_program);
+    print!("{text}");
+    if let Some(out) = &o.out {
+        cli::write_or_exit("threads", out, text.as_bytes());
+    }
+}

@@ -1,0 +1,249 @@
+//! The multi-threaded allocation workloads of the `threads` benchmark, run
+//! on whatever global allocator the child binary installs
+//! (`threads_system`, `threads_mimalloc`, `threads_jemalloc`,
+//! `threads_frostheap`); `preload/threads.c` runs the same four in C under
+//! `LD_PRELOAD`.
+//!
+//! - **local**: every thread allocates and frees its own blocks of mixed
+//!   sizes (16 B – 4 KiB), keeping a window of 64 live.
+//! - **larson**: threads replace random blocks (16 B – 1 KiB) in one array
+//!   shared by all of them (Larson and Krishnan's server simulation), so
+//!   most frees are of another thread's block.
+//! - **prodcons**: threads in pairs; one allocates 64 B – 256 B blocks and
+//!   hands them over a ring, the other frees them.
+//! - **spawn**: threads created and joined in a loop, each allocating a
+//!   little and leaving some blocks for the next generation to free (the
+//!   cost of a thread's first allocation and of its heap after it exits).
+//!
+//! Each figure is nanoseconds of wall time per operation of one thread
+//! (an alloc+free, a replacement, a block handed over, a thread).
+
+use std::alloc::{alloc, dealloc, Layout};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::Barrier;
+use std::time::Instant;
+
+/// xorshift64: reproducible sizes and slots per thread.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// A block of `size` bytes (at least 8) with its size in its first word,
+/// as a C program would touch a fresh block.
+fn make(size: usize) -> *mut u8 {
+    let l = Layout::from_size_align(size.max(8), 8).expect("layout");
+    // SAFETY: non-zero size.
+    let p = unsafe { alloc(l) };
+    assert!(!p.is_null(), "out of memory");
+    // SAFETY: p has at least 8 bytes, aligned to 8.
+    unsafe { p.cast::<usize>().write(size.max(8)) };
+    p
+}
+
+/// Frees a block from [`make`].
+///
+/// # Safety
+/// 1. `p` came from [`make`] and is freed once.
+unsafe fn unmake(p: *mut u8) {
+    // SAFETY: (1): the first word is the size it was made with.
+    unsafe {
+        let size = p.cast::<usize>().read();
+        dealloc(p, Layout::from_size_align_unchecked(size, 8));
+    }
+}
+
+/// Runs `body(thread index)` on `threads` threads started together;
+/// returns the wall time from the start to the last one's end, in ns.
+fn timed(threads: usize, body: impl Fn(usize) + Sync) -> f64 {
+    let start = Barrier::new(threads + 1);
+    let t0 = std::thread::scope(|s| {
+        for t in 0..threads {
+            let (start, body) = (&start, &body);
+            s.spawn(move || {
+                start.wait();
+                body(t);
+            });
+        }
+        let t0 = Instant::now();
+        start.wait();
+        t0
+    });
+    t0.elapsed().as_nanos() as f64
+}
+
+/// ns per alloc+free per thread, `ops` per thread.
+pub fn local(threads: usize, ops: usize) -> f64 {
+    timed(threads, |t| {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1));
+        let mut window = [std::ptr::null_mut::<u8>(); 64];
+        for i in 0..ops {
+            let old =
+                std::mem::replace(&mut window[i % 64], make(16 + (rng.next() % 4081) as usize));
+            if !old.is_null() {
+                // SAFETY: made above, freed once.
+                unsafe { unmake(old) };
+            }
+        }
+        for p in window.into_iter().filter(|p| !p.is_null()) {
+            // SAFETY: as above.
+            unsafe { unmake(p) };
+        }
+    }) / ops as f64
+}
+
+/// ns per replacement per thread: `ops` per thread over a shared array of
+/// 1,000 slots per thread.
+pub fn larson(threads: usize, ops: usize) -> f64 {
+    let slots: Vec<AtomicPtr<u8>> = (0..1000 * threads)
+        .map(|i| AtomicPtr::new(make(16 + i % 1009)))
+        .collect();
+    let ns = timed(threads, |t| {
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D ^ (t as u64 + 1));
+        for _ in 0..ops {
+            let r = rng.next();
+            let i = (r % slots.len() as u64) as usize;
+            let old = slots[i].swap(make(16 + ((r >> 32) % 1009) as usize), Ordering::AcqRel);
+            // SAFETY: every slot holds a block from make, swapped out by
+            // exactly one thread.
+            unsafe { unmake(old) };
+        }
+    }) / ops as f64;
+    for p in slots {
+        // SAFETY: as above; no thread runs any more.
+        unsafe { unmake(p.into_inner()) };
+    }
+    ns
+}
+
+const RING: usize = 1024;
+const BATCH: usize = 64;
+
+/// A single-producer single-consumer ring of blocks.
+struct Ring {
+    slots: Vec<AtomicPtr<u8>>,
+    head: AtomicUsize,
+    tail: AtomicUsize,
+}
+
+/// ns per block handed over per pair: `threads / 2` producer/consumer
+/// pairs (at least one), `ops` blocks each.
+pub fn prodcons(threads: usize, ops: usize) -> f64 {
+    let pairs = (threads / 2).max(1);
+    let ops = (ops / BATCH).max(1) * BATCH;
+    let rings: Vec<Ring> = (0..pairs)
+        .map(|_| Ring {
+            slots: (0..RING)
+                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+                .collect(),
+            head: AtomicUsize::new(0),
+            tail: AtomicUsize::new(0),
+        })
+        .collect();
+    timed(2 * pairs, |t| {
+        let ring = &rings[t / 2];
+        if t % 2 == 0 {
+            let mut rng = Rng(0xDEAD_BEEF ^ (t as u64 + 1));
+            let mut tail = 0;
+            while tail < ops {
+                while tail + BATCH - ring.head.load(Ordering::Acquire) > RING {
+                    std::thread::yield_now();
+                }
+                for i in tail..tail + BATCH {
+                    let p = make(64 + (rng.next() % 193) as usize);
+                    ring.slots[i % RING].store(p, Ordering::Relaxed);
+                }
+                tail += BATCH;
+                ring.tail.store(tail, Ordering::Release);
+            }
+        } else {
+            let mut head = 0;
+            while head < ops {
+                let tail = ring.tail.load(Ordering::Acquire);
+                if tail == head {
+                    std::thread::yield_now();
+                    continue;
+                }
+                for i in head..tail {
+                    // SAFETY: the producer published a block from make.
+                    unsafe { unmake(ring.slots[i % RING].load(Ordering::Relaxed)) };
+                }
+                head = tail;
+                ring.head.store(head, Ordering::Release);
+            }
+        }
+    }) / ops as f64
+}
+
+/// ns per thread: `rounds` generations of `threads` threads, each
+/// allocating 100 blocks of 16 B – 512 B, freeing half and leaving the
+/// rest to be freed by the next generation.
+pub fn spawn(threads: usize, rounds: usize) -> f64 {
+    let t0 = Instant::now();
+    let mut left: Vec<usize> = Vec::new();
+    for r in 0..rounds {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let theirs: Vec<usize> = left.drain(..left.len().min(50)).collect();
+                std::thread::spawn(move || {
+                    for p in theirs {
+                        // SAFETY: a block from make, handed over once.
+                        unsafe { unmake(p as *mut u8) };
+                    }
+                    let mut rng = Rng(0xC0FF_EE00 ^ ((r * threads + t) as u64 + 1));
+                    let mut keep = Vec::with_capacity(50);
+                    for i in 0..100 {
+                        let p = make(16 + (rng.next() % 497) as usize);
+                        if i % 2 == 0 {
+                            keep.push(p as usize);
+                        } else {
+                            // SAFETY: made just above.
+                            unsafe { unmake(p) };
+                        }
+                    }
+                    keep
+                })
+            })
+            .collect();
+        for h in handles {
+            left.extend(h.join().expect("a spawned thread"));
+        }
+    }
+    for p in left {
+        // SAFETY: as above.
+        unsafe { unmake(p as *mut u8) };
+    }
+    t0.elapsed().as_nanos() as f64 / (rounds * threads) as f64
+}
+/// The child's main: `<case> <threads> <ops>`; prints `sample <ns>` for
+/// each of `runs` runs (the first discarded as warm-up by the parent).
+pub fn child_main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [case, threads, ops, runs] = args.as_slice() else {
+        eprintln!("usage: threads_<allocator> local|larson|prodcons|spawn|none THREADS OPS RUNS");
+        std::process::exit(2);
+    };
+    let threads: usize = threads.parse().expect("THREADS");
+    let ops: usize = ops.parse().expect("OPS");
+    let runs: usize = runs.parse().expect("RUNS");
+    for _ in 0..runs {
+        let ns = match case.as_str() {
+            "local" => local(threads, ops),
+            "larson" => larson(threads, ops),
+            "prodcons" => prodcons(threads, ops),
+            "spawn" => spawn(threads, ops),
+            "none" => 0.0,
+            other => {
+                eprintln!("unknown case {other}");
+                std::process::exit(2);
+            }
+        };
+        crate::child::report_sample(ns);
+    }
+}

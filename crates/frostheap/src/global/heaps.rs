@@ -1,0 +1,367 @@
+//! Thread heaps: every thread that allocates gets a heap of its own, all of
+//! them in one reservation (the *arena*) with the main heap in its first
+//! slot, so "is this frostheap memory" is one compare and "which heap" is
+//! a shift.
+//!
+//! **Slots.** The arena is `n_slots` slots of `2^slot_shift` bytes, each
+//! at least `FROSTHEAP_MAX` (so any one heap may use the whole limit), at
+//! most 1024 of them and 32 TiB in all (fewer where the reservation is
+//! refused: half as many each time). Slot 0 is the main heap; the
+//! others are built on first use, in static storage (the allocator cannot
+//! allocate its own heaps), and never freed: a heap outlives every block in
+//! it.
+//!
+//! **A thread's life.** Its first allocation *attaches* a heap: one a
+//! thread left behind (adoption), or a fresh slot. When the thread exits,
+//! a thread-local destructor *abandons* it ([`HeapCore::abandon`]: remote
+//! frees collected, the free top decommitted, owner cleared) and pushes it
+//! on the abandoned stack, where the next thread that attaches adopts it,
+//! with every block still in it: blocks freed by other threads meanwhile
+//! were remote frees, collected by the adopter. So 10,000 short-lived
+//! threads use a handful of heaps. When every slot is taken, a thread
+//! allocates through the main heap's locked shared path.
+//!
+//! **Ownership by address** for the C ABI, which cannot read a Rust
+//! thread-local cheaply from a shared library (`__tls_get_addr`): a small
+//! table indexed by a hash of the thread pointer names the heap the thread
+//! last attached; the fast path checks that heap's owner against the
+//! thread pointer, so a stale or colliding entry only sends a thread to
+//! the slow path.
+//!
+//! [`HeapCore::abandon`]: crate::heap::core::HeapCore::abandon
+
+use core::cell::{Cell, UnsafeCell};
+use core::mem::MaybeUninit;
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use std::borrow::Cow;
+
+use crate::heap::core::CoreConfig;
+use crate::heap::process;
+use crate::heap::HeapInner;
+use crate::sync::{thread_token, RawLock};
+
+/// Slots at most (the main heap's included).
+pub(super) const MAX_HEAPS: usize = 1024;
+/// Address space the arena may take at most: 32 TiB of the 128 TiB a
+/// process has.
+const ARENA_BUDGET_SHIFT: u32 = 45;
+/// The smallest slot: 64 MiB.
+const MIN_SLOT_SHIFT: u32 = 26;
+
+const EMPTY: u8 = 0;
+const LIVE: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// One thread heap's storage. Written once (by the thread that builds it)
+/// before `state` leaves EMPTY; read only after.
+#[repr(C, align(64))]
+struct Slot {
+    inner: UnsafeCell<MaybeUninit<HeapInner>>,
+    state: AtomicU8,
+}
+
+// SAFETY: `inner` is initialised by one thread before `state` becomes LIVE
+// (Release) and only read after LIVE or ABANDONED is seen (Acquire); the
+// heap inside synchronises itself.
+unsafe impl Sync for Slot {}
+
+static SLOTS: [Slot; MAX_HEAPS] = [const {
+    Slot {
+        inner: UnsafeCell::new(MaybeUninit::uninit()),
+        state: AtomicU8::new(EMPTY),
+    }
+}; MAX_HEAPS];
+
+/// The arena: `[base, base + len)`, slots of `1 << shift` bytes (`mask`
+/// is `(1 << shift) - 1`). One static, so routing a free loads one
+/// address.
+struct Arena {
+    base: AtomicUsize,
+    len: AtomicUsize,
+    shift: AtomicUsize,
+    mask: AtomicUsize,
+}
+
+static ARENA: Arena = Arena {
+    base: AtomicUsize::new(0),
+    len: AtomicUsize::new(0),
+    shift: AtomicUsize::new(0),
+    mask: AtomicUsize::new(0),
+};
+/// Usable slots (`len >> shift`).
+static N_SLOTS: AtomicUsize = AtomicUsize::new(0);
+/// Next slot never built (slot 0 is the main heap's).
+static NEXT_FRESH: AtomicUsize = AtomicUsize::new(1);
+/// `max` of every heap in the arena (the process limit, or the machine's
+/// memory).
+static HEAP_MAX: AtomicUsize = AtomicUsize::new(0);
+
+/// Slots abandoned by exited threads, waiting to be adopted.
+struct Abandoned {
+    lock: RawLock,
+    slots: UnsafeCell<[u16; MAX_HEAPS]>,
+    len: Cell<usize>,
+}
+
+// SAFETY: `slots` and `len` are touched only under `lock`.
+unsafe impl Sync for Abandoned {}
+
+static ABANDONED_STACK: Abandoned = Abandoned {
+    lock: RawLock::new(),
+    slots: UnsafeCell::new([0; MAX_HEAPS]),
+    len: Cell::new(0),
+};
+
+/// Entries of the C ABI's thread-pointer table.
+const FAST_ENTRIES: usize = 4096;
+static FAST: [AtomicPtr<HeapInner>; FAST_ENTRIES] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; FAST_ENTRIES];
+
+#[inline(always)]
+fn fast_index(tp: usize) -> usize {
+    // Thread pointers are the tops of thread stacks: glibc's are spaced by
+    // the stack size plus a guard page, an odd number of 4 KiB pages, so
+    // bits 12 and up tell 4096 consecutive threads apart.
+    (tp >> 12) & (FAST_ENTRIES - 1)
+}
+
+/// Reserves the arena for heaps of `max` bytes; returns slot 0's address.
+/// Called once, by the thread that starts the main heap.
+pub(super) fn reserve_arena(max: usize) -> Result<*mut u8, crate::os::OsError> {
+    let want = max.max(1 << MIN_SLOT_SHIFT).next_power_of_two();
+    let shift = want.trailing_zeros();
+    let mut slots = (1usize << ARENA_BUDGET_SHIFT.saturating_sub(shift)).clamp(1, MAX_HEAPS);
+    // Where address space is scarcer (valgrind, some sandboxes), fewer
+    // slots: threads beyond them share the main heap's locked path.
+    let base = loop {
+        match crate::os::reserve(slots << shift, crate::os::HUGE_PAGE_SIZE) {
+            Ok(base) => break base,
+            Err(_) if slots > 1 => slots /= 2,
+            Err(e) => return Err(e),
+        }
+    };
+    let len = slots << shift;
+    ARENA.base.store(base as usize, Ordering::Relaxed);
+    ARENA.shift.store(shift as usize, Ordering::Relaxed);
+    ARENA.mask.store((1 << shift) - 1, Ordering::Relaxed);
+    N_SLOTS.store(slots, Ordering::Relaxed);
+    HEAP_MAX.store(max, Ordering::Relaxed);
+    ARENA.len.store(len, Ordering::Release);
+    Ok(base)
+}
+
+/// Publishes the main heap (initialised by the caller) as slot 0.
+///
+/// # Safety
+/// 1. `init` writes a fully built heap into the slot it is given, once.
+pub(super) unsafe fn publish_main(init: impl FnOnce(&mut MaybeUninit<HeapInner>)) {
+    // SAFETY: slot 0 is written once, by the main heap's start-up, before
+    // its state becomes LIVE.
+    init(unsafe { &mut *SLOTS[0].inner.get() });
+    SLOTS[0].state.store(LIVE, Ordering::Release);
+}
+
+/// The heap in slot `idx`.
+///
+/// # Safety
+/// 1. Slot `idx` was built (its state was seen LIVE or ABANDONED, or the
+///    caller holds a block of it).
+#[inline(always)]
+pub(super) unsafe fn slot_heap(idx: usize) -> &'static HeapInner {
+    debug_assert!(idx < MAX_HEAPS, "slot {idx} out of range");
+    // SAFETY: (1).
+    unsafe { (*SLOTS.get_unchecked(idx).inner.get()).assume_init_ref() }
+}
+
+/// The heap owning `p` and `p`'s offset into its region, if `p` lies in
+/// the arena.
+#[inline(always)]
+pub(super) fn heap_of(p: *mut u8) -> Option<(&'static HeapInner, usize)> {
+    let offset = (p as usize).wrapping_sub(ARENA.base.load(Ordering::Relaxed));
+    if offset >= ARENA.len.load(Ordering::Relaxed) {
+        return None;
+    }
+    // SAFETY: a block lies in a slot only once its heap was built and
+    // handed it out.
+    let heap = unsafe { slot_heap(offset >> ARENA.shift.load(Ordering::Relaxed)) };
+    Some((heap, offset & ARENA.mask.load(Ordering::Relaxed)))
+}
+
+/// Whether `p` lies in the arena: one subtraction and one compare.
+#[inline(always)]
+pub(super) fn arena_owns(p: *const u8) -> bool {
+    (p as usize).wrapping_sub(ARENA.base.load(Ordering::Relaxed))
+        < ARENA.len.load(Ordering::Relaxed)
+}
+
+/// The calling thread's heap through the thread-pointer table, if it is
+/// there and the thread still owns it (C ABI fast path).
+#[inline(always)]
+pub(super) fn fast_lookup() -> Option<&'static HeapInner> {
+    let tp = thread_token();
+    let h = FAST[fast_index(tp)].load(Ordering::Relaxed);
+    // SAFETY: the table only ever holds heaps in static slots.
+    let h = unsafe { h.as_ref() }?;
+    (h.core.owner_token() == tp).then_some(h)
+}
+
+/// Records the calling thread's heap in the thread-pointer table.
+pub(super) fn fast_record(h: &'static HeapInner) {
+    FAST[fast_index(thread_token())]
+        .store(h as *const HeapInner as *mut HeapInner, Ordering::Relaxed);
+}
+
+/// A heap for the calling thread, which has none: an abandoned one
+/// adopted, or a fresh slot built. `None` when every slot is taken or
+/// building one failed.
+pub(super) fn attach() -> Option<(usize, &'static HeapInner)> {
+    if let Some(idx) = pop_abandoned() {
+        // SAFETY: abandoned slots were built.
+        let h = unsafe { slot_heap(idx) };
+        // SAFETY: the heap was abandoned (its old owner stopped using it
+        // before pushing it, under the stack's lock, which we took after).
+        unsafe { h.core.set_owner() };
+        SLOTS[idx].state.store(LIVE, Ordering::Relaxed);
+        return Some((idx, h));
+    }
+    let idx = NEXT_FRESH.fetch_add(1, Ordering::Relaxed);
+    if idx >= N_SLOTS.load(Ordering::Relaxed) {
+        NEXT_FRESH.fetch_sub(1, Ordering::Relaxed);
+        return None;
+    }
+    let shift = ARENA.shift.load(Ordering::Relaxed);
+    let base = (ARENA.base.load(Ordering::Relaxed) + (idx << shift)) as *mut u8;
+    let config = CoreConfig {
+        min: 0,
+        max: HEAP_MAX.load(Ordering::Relaxed),
+        huge_pages: false,
+        kind: process::Kind::Thread,
+    };
+    // SAFETY: slot idx of the arena is reserved and given to this heap
+    // alone (NEXT_FRESH hands each slot out once); the heap is never
+    // dropped.
+    let inner = match unsafe { HeapInner::new_in(Cow::Borrowed("thread"), base, config) } {
+        Ok(i) => i,
+        Err(_) => return None, // the slot stays unused
+    };
+    // SAFETY: slot idx is ours alone until its state is LIVE.
+    let h = unsafe { (*SLOTS[idx].inner.get()).write(inner) };
+    SLOTS[idx].state.store(LIVE, Ordering::Release);
+    Some((idx, h))
+}
+
+/// The calling thread, owner of slot `idx`, exits: the heap is abandoned
+/// and put up for adoption.
+///
+/// # Safety
+/// 1. The calling thread owns slot `idx`'s heap and never uses it again.
+pub(super) unsafe fn detach(idx: usize) {
+    // SAFETY: (1).
+    let h = unsafe { slot_heap(idx) };
+    let fast = &FAST[fast_index(thread_token())];
+    let _ = fast.compare_exchange(
+        h as *const HeapInner as *mut HeapInner,
+        core::ptr::null_mut(),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    // SAFETY: (1).
+    unsafe { h.core.abandon() };
+    SLOTS[idx].state.store(ABANDONED, Ordering::Relaxed);
+    push_abandoned(idx);
+}
+
+fn push_abandoned(idx: usize) {
+    let s = &ABANDONED_STACK;
+    let _g = s.lock.lock();
+    let n = s.len.get();
+    // SAFETY: under the lock; a slot is pushed at most once per
+    // abandonment, so n < MAX_HEAPS.
+    unsafe { (*s.slots.get())[n] = idx as u16 };
+    s.len.set(n + 1);
+}
+
+fn pop_abandoned() -> Option<usize> {
+    let s = &ABANDONED_STACK;
+    if s.len.get() == 0 {
+        return None; // a racy peek: the common case takes no lock
+    }
+    let _g = s.lock.lock();
+    let n = s.len.get();
+    if n == 0 {
+        return None;
+    }
+    s.len.set(n - 1);
+    // SAFETY: under the lock; n - 1 < MAX_HEAPS.
+    Some(unsafe { (*s.slots.get())[n - 1] } as usize)
+}
+
+/// The process limit's reclaimer ([`process::set_reclaimer`]): the free
+/// tops of every heap whose span lock is free go back to the OS.
+pub(super) fn reclaim() -> usize {
+    built().map(|(_, h, _)| h.core.try_trim()).sum()
+}
+
+/// Every built heap: `(slot, heap, whether a thread owns it)`.
+pub(super) fn built() -> impl Iterator<Item = (usize, &'static HeapInner, bool)> {
+    (0..NEXT_FRESH.load(Ordering::Acquire).min(MAX_HEAPS)).filter_map(|idx| {
+        let state = SLOTS[idx].state.load(Ordering::Acquire);
+        // SAFETY: LIVE or ABANDONED slots were built.
+        (state != EMPTY).then(|| (idx, unsafe { slot_heap(idx) }, state == LIVE))
+    })
+}
+
+/// The heap locks of every built heap, with the abandoned stack's, for
+/// `fork` handlers.
+pub(super) fn for_each_lock(mut f: impl FnMut(&RawLock)) {
+    f(&ABANDONED_STACK.lock);
+    for (_, h, _) in built() {
+        for l in h.core.locks() {
+            f(l);
+        }
+    }
+}
+
+/// In a `fork` child, whose only thread is the calling one: every heap
+/// another thread owned is repaired (remote frees the fork cut in half)
+/// and abandoned for adoption, since its owner does not exist here.
+///
+/// # Safety
+/// 1. The calling thread is the only thread of the process, inside the
+///    `fork` child handler, after the heap locks were released.
+pub(super) unsafe fn after_fork_in_child() {
+    let me = thread_token();
+    let s = &ABANDONED_STACK;
+    for (idx, h, live) in built() {
+        // SAFETY: (1): nothing else runs.
+        unsafe { h.core.repair_remote_frees_after_fork() };
+        if idx != 0 && live && h.core.owner_token() != me {
+            // SAFETY: (1): the owner does not exist in the child; nobody
+            // is on the owner path.
+            unsafe { h.core.set_owner() };
+            // SAFETY: we are the owner now, and give it up at once.
+            unsafe { h.core.abandon() };
+            SLOTS[idx].state.store(ABANDONED, Ordering::Relaxed);
+            let n = s.len.get();
+            // SAFETY: the only thread; n < MAX_HEAPS.
+            unsafe { (*s.slots.get())[n] = idx as u16 };
+            s.len.set(n + 1);
+        }
+    }
+    for e in &FAST {
+        e.store(core::ptr::null_mut(), Ordering::Relaxed);
+    }
+}
+
+/// Thread heaps built so far, and how many wait for adoption.
+pub(super) fn counts() -> (usize, usize) {
+    let mut built_n = 0;
+    let mut abandoned = 0;
+    for (idx, _, live) in built() {
+        if idx != 0 {
+            built_n += 1;
+            abandoned += usize::from(!live);
+        }
+    }
+    (built_n, abandoned)
+}

@@ -1,0 +1,110 @@
+//! Process-wide statistics ([`stats`]) and the line an out-of-memory
+//! prints in global mode.
+//!
+//! The committed bytes come from the process counters
+//! ([`crate::heap::process`], updated at commits); the bytes in use are the
+//! sum of every arena heap's own exact statistics, read one heap at a
+//! time, so with threads running they are a sum of snapshots, not one
+//! snapshot.
+
+use super::heaps;
+use crate::heap::process::{self, Kind, N_KINDS};
+
+/// Memory of the whole process as frostheap counts it: what
+/// `FROSTHEAP_MAX` bounds, in total and per kind of heap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessStats {
+    /// The process limit (`FROSTHEAP_MAX`; `usize::MAX` when none is set).
+    pub limit: usize,
+    /// Bytes committed now, all kinds together: what the limit bounds.
+    pub committed: usize,
+    /// The highest `committed` seen.
+    pub peak_committed: usize,
+    /// Commits refused because of the limit.
+    pub refused: u64,
+    /// Usable bytes of live allocations in the main heap.
+    pub main_in_use: usize,
+    /// Usable bytes of live allocations in all thread heaps.
+    pub threads_in_use: usize,
+    /// Thread heaps built (each serves one thread at a time).
+    pub thread_heaps: usize,
+    /// Thread heaps whose thread exited, waiting for adoption.
+    pub abandoned_heaps: usize,
+    /// Bytes committed per kind, indexed by [`Kind`] as `usize`.
+    pub committed_by_kind: [usize; N_KINDS],
+}
+
+impl ProcessStats {
+    /// Bytes committed for `kind`.
+    pub fn committed_for(&self, kind: Kind) -> usize {
+        self.committed_by_kind[kind as usize]
+    }
+
+    /// Usable bytes of live allocations in the main heap and thread heaps.
+    pub fn in_use(&self) -> usize {
+        self.main_in_use + self.threads_in_use
+    }
+}
+
+/// The process's memory: the limit, committed bytes in total and per kind
+/// (main heap, thread heaps, context heaps, explicit heaps, the C ABI's
+/// mappings, external charges) and the bytes in use in the main and
+/// thread heaps. Each heap keeps its own statistics as well
+/// ([`crate::Heap::stats`]).
+///
+/// ```
+/// let s = frostheap::stats();
+/// assert!(s.committed <= s.limit);
+/// ```
+pub fn stats() -> ProcessStats {
+    let (limit, committed, peak_committed, refused, committed_by_kind) = process::counters();
+    let mut s = ProcessStats {
+        limit,
+        committed,
+        peak_committed,
+        refused,
+        committed_by_kind,
+        ..ProcessStats::default()
+    };
+    for (idx, h, _) in heaps::built() {
+        let in_use = h.core.stats().in_use;
+        if idx == 0 {
+            s.main_in_use = in_use;
+        } else {
+            s.threads_in_use += in_use;
+        }
+    }
+    (s.thread_heaps, s.abandoned_heaps) = heaps::counts();
+    s
+}
+
+/// Prints one line naming frostheap, the calling thread's heap, the limit
+/// and the numbers, when a heap refused an allocation of `requested`
+/// bytes in global mode (std's "memory allocation of N bytes failed"
+/// follows if the program does not handle the failure). Allocates
+/// nothing: it runs inside the allocator.
+#[cold]
+#[inline(never)]
+pub(super) fn out_of_memory_line(requested: usize) {
+    let s = stats();
+    let heap = match super::route::own_heap() {
+        Some(h) if core::ptr::eq(h, super::start::main_inner()) => "main",
+        Some(_) => "thread",
+        None => "main (shared path)",
+    };
+    let mut buf = [0u8; 256];
+    let line = crate::fmt_buf::Buf::new(&mut buf)
+        .str("frostheap: out of memory: the ")
+        .str(heap)
+        .str(" heap cannot allocate ")
+        .dec(requested as u64)
+        .str(" bytes: FROSTHEAP_MAX is ")
+        .dec(s.limit as u64)
+        .str(" bytes; the process has ")
+        .dec(s.committed as u64)
+        .str(" committed, ")
+        .dec(s.in_use() as u64)
+        .str(" in use\n")
+        .finish();
+    crate::os::write_stderr(line);
+}

@@ -1,0 +1,152 @@
+//! What the rest of the crate asks of a heap besides allocating and
+//! freeing: statistics, external charges, the O(1) queries reports use,
+//! commit and protection for freezes, sealing, and the repair of a `fork`
+//! child. Each is a short composition of the heap's parts.
+
+use core::sync::atomic::Ordering;
+
+use super::class::N_CLASSES;
+use super::core::HeapCore;
+use super::page::{Kind, EMPTY, OWNER_SEALED};
+use super::stats::{self, Stats};
+use crate::os::OsError;
+use crate::region::PAGE_SHIFT;
+use crate::sync::RawLock;
+
+impl HeapCore {
+    /// A snapshot of the statistics.
+    pub(crate) fn stats(&self) -> Stats {
+        let (in_use, peak, allocations, total_allocations) = stats::read(
+            &self.local.counters,
+            &self.shared.counters,
+            &self.others.freed_bytes,
+            &self.others.freed_count,
+        );
+        Stats {
+            reserved: self.region().reserved(),
+            committed: self.region().committed(),
+            in_use,
+            peak,
+            limit: self.spans.limit(),
+            allocations,
+            total_allocations,
+            refused: self.others.refused.load(Ordering::Relaxed),
+            external: self.others.external.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Charges `bytes` of memory held outside the heap against its limit
+    /// (and the process limit); false (and nothing charged) if committed +
+    /// external would pass it.
+    pub(crate) fn charge_external(&self, bytes: usize) -> bool {
+        self.others
+            .charge_external(bytes, self.region().committed(), self.spans.limit())
+    }
+
+    /// Releases bytes charged with [`HeapCore::charge_external`].
+    pub(crate) fn release_external(&self, bytes: usize) {
+        self.others.release_external(bytes)
+    }
+
+    /// Bytes of free spans (committed, not in use by any block's span).
+    pub(crate) fn free_span_bytes(&self) -> usize {
+        self.spans.free_bytes()
+    }
+
+    /// Runs `f(committed)` under the span lock (the committed length
+    /// cannot change meanwhile).
+    pub(crate) fn commit_lock_and<R>(&self, f: impl FnOnce(usize) -> R) -> R {
+        self.spans.commit_lock_and(f)
+    }
+
+    /// Freeze, step 1 (writes this core): mark the region frozen so pages
+    /// committed from now on are committed read-only.
+    pub(crate) fn freeze_mark(&self) {
+        self.spans.freeze_mark()
+    }
+
+    /// Freeze step 2 / thaw step 1: `mprotect` the committed prefix. Writes
+    /// nothing in this core, so it works even when the core itself lives in
+    /// a heap that is frozen. Returns the length protected.
+    pub(crate) fn protect_committed(&self, frozen: bool) -> Result<usize, OsError> {
+        self.region().protect_prefix(frozen)
+    }
+
+    /// Thaw, step 2 (writes this core, so after every heap is writable):
+    /// clear the mark, and open pages committed since step 1 (`thawed`).
+    pub(crate) fn thaw_unmark(&self, thawed: usize) -> Result<(), OsError> {
+        self.spans.thaw_unmark(thawed)
+    }
+
+    /// Freezes (mprotect read-only) or thaws the committed prefix; returns
+    /// the length protected.
+    pub(crate) fn set_frozen(&self, frozen: bool) -> Result<usize, OsError> {
+        self.spans.set_frozen(frozen)
+    }
+
+    /// Gives back the free top of the region if the span lock is free
+    /// (another heap needs room under the process limit); returns the
+    /// bytes decommitted.
+    pub(crate) fn try_trim(&self) -> usize {
+        self.spans.try_trim(self.pages, &self.others.external)
+    }
+
+    /// In a `fork` child, before anything else uses the heap: completes an
+    /// owner update of the counters and the remote frees that `fork` cut
+    /// in half (see `Remote::repair_after_fork`).
+    ///
+    /// # Safety
+    /// 1. The calling thread is the only thread of the process (a `fork`
+    ///    child), and no remote free is in progress on it.
+    pub(crate) unsafe fn repair_remote_frees_after_fork(&self) {
+        self.local.counters.after_fork();
+        // SAFETY: forwarded (1).
+        unsafe {
+            self.remote()
+                .repair_after_fork(self.region().committed() >> PAGE_SHIFT)
+        };
+    }
+
+    /// Usable size of a live block.
+    ///
+    /// # Safety
+    /// 1. `p` is a live block of this heap.
+    pub(crate) unsafe fn usable_size(&self, p: *mut u8) -> usize {
+        self.pages.usable_size(p as usize)
+    }
+
+    /// The block containing `addr`: its base and size, in O(1). Reads the
+    /// page table only, so the fault handler may call it.
+    pub(crate) fn allocation_containing(&self, addr: usize) -> Option<(usize, usize)> {
+        self.pages
+            .allocation_containing(addr, self.region().committed())
+    }
+
+    /// Stops all allocation and freeing, for a heap about to be sealed
+    /// read-only: raises the flag the slow paths check, and diverts every
+    /// fast path into them (empty class queues; small spans marked
+    /// `OWNER_SEALED`, which the free fast path does not accept). The fast
+    /// paths themselves carry no extra check.
+    ///
+    /// Precondition: called by the owner thread, with no other thread
+    /// allocating from the heap meanwhile.
+    pub(crate) fn seal_allocation(&self) {
+        self.sealed.store(true, Ordering::Release);
+        let _s = self.shared_lock.lock();
+        let _spans = self.lock_spans();
+        for c in 0..N_CLASSES {
+            self.local.set_current(c, &EMPTY.0);
+            self.shared.set_current(c, &EMPTY.0);
+        }
+        for idx in 0..self.region().committed() >> PAGE_SHIFT {
+            let m = self.meta(idx);
+            if m.kind() == Kind::Small {
+                m.owner.set(OWNER_SEALED);
+            }
+        }
+    }
+    /// Locks used by the heap, for `fork` handlers (C ABI).
+    pub(crate) fn locks(&self) -> [&RawLock; 2] {
+        [&self.shared_lock, self.spans.raw_lock()]
+    }
+}

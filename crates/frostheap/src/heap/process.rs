@@ -1,0 +1,166 @@
+//! The process-wide limit (`FROSTHEAP_MAX`, `frostheap run --max-memory`)
+//! and the commit counters behind [`crate::stats`].
+//!
+//! Memory is counted where it is committed — a heap's span allocator
+//! growing its region, a context heap taking a chunk, the C ABI's
+//! anonymous `mmap` — and released where it is decommitted, never per
+//! allocation: the fast paths carry no shared atomic. A charge that would
+//! take the sum past the limit fails and charges nothing; the allocation
+//! that needed it returns null (`OutOfMemory`, `ENOMEM`) whichever thread
+//! asked. The limit is `usize::MAX` until the global allocator (or the C
+//! ABI) reads the environment at start-up.
+//!
+//! The counters are plain atomics updated with one compare-and-swap per
+//! commit of at least a megabyte, so contention is that of the kernel
+//! calls that follow them.
+//!
+//! **Reclaiming.** Heaps keep free memory committed for reuse (see
+//! [`super::span`]), which with many threads could hold the process at its
+//! limit while little is in use. A commit that does not fit first asks the
+//! *reclaimer* — registered by the global allocator, which knows every
+//! thread's heap — to give back the free tops of the other heaps whose
+//! span locks are free, then tries once more.
+
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// What a charge is for (the per-kind lines of [`crate::ProcessStats`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// The main heap (the main thread's heap in global mode).
+    Main = 0,
+    /// The heaps of other threads in global mode and under the C ABI.
+    Thread = 1,
+    /// Runtime workers' context heaps.
+    Context = 2,
+    /// Heaps built with [`crate::Heap::builder`].
+    Explicit = 3,
+    /// Anonymous private mappings a program under the C ABI made itself
+    /// with `mmap` (CPython's arenas).
+    Mapped = 4,
+    /// Bytes charged with [`crate::Heap::charge_external`].
+    External = 5,
+}
+
+/// Number of [`Kind`]s.
+pub const N_KINDS: usize = 6;
+
+impl Kind {
+    /// Every kind, in order.
+    pub const ALL: [Kind; N_KINDS] = [
+        Kind::Main,
+        Kind::Thread,
+        Kind::Context,
+        Kind::Explicit,
+        Kind::Mapped,
+        Kind::External,
+    ];
+
+    /// The kind's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Main => "main",
+            Kind::Thread => "thread",
+            Kind::Context => "context",
+            Kind::Explicit => "explicit",
+            Kind::Mapped => "mapped",
+            Kind::External => "external",
+        }
+    }
+}
+
+static LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// Sum of `BY_KIND`: what the limit is compared with.
+static COMMITTED: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+static BY_KIND: [AtomicUsize; N_KINDS] = [const { AtomicUsize::new(0) }; N_KINDS];
+
+/// Sets the process limit (start-up, before any charge that should be
+/// bounded by it).
+pub(crate) fn set_limit(bytes: usize) {
+    LIMIT.store(bytes, Ordering::Relaxed);
+}
+
+/// The process limit in bytes (`usize::MAX`: none).
+pub fn limit() -> usize {
+    LIMIT.load(Ordering::Relaxed)
+}
+
+/// Bytes committed by frostheap in the process now.
+pub fn committed() -> usize {
+    COMMITTED.load(Ordering::Relaxed)
+}
+
+/// Charges `bytes` about to be committed for `kind`; false (and nothing
+/// charged) when that would take the process past its limit.
+pub fn charge(kind: Kind, bytes: usize) -> bool {
+    let limit = LIMIT.load(Ordering::Relaxed);
+    let mut cur = COMMITTED.load(Ordering::Relaxed);
+    loop {
+        let next = match cur.checked_add(bytes) {
+            Some(n) if n <= limit => n,
+            _ => {
+                REFUSED.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        };
+        match COMMITTED.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => {
+                BY_KIND[kind as usize].fetch_add(bytes, Ordering::Relaxed);
+                PEAK.fetch_max(next, Ordering::Relaxed);
+                return true;
+            }
+            Err(c) => cur = c,
+        }
+    }
+}
+
+/// The reclaimer: gives back free committed memory of heaps other than the
+/// caller's, returns the bytes released. Stored as a `fn` address (0:
+/// none).
+static RECLAIMER: AtomicUsize = AtomicUsize::new(0);
+
+/// Registers the reclaimer (the global allocator, at start-up).
+pub(crate) fn set_reclaimer(f: fn() -> usize) {
+    RECLAIMER.store(f as usize, Ordering::Release);
+}
+
+/// [`charge`], and when that fails, reclaim free memory from other heaps
+/// and try once more.
+pub(crate) fn charge_or_reclaim(kind: Kind, bytes: usize) -> bool {
+    if charge(kind, bytes) {
+        return true;
+    }
+    let f = RECLAIMER.load(Ordering::Acquire);
+    if f == 0 {
+        return false;
+    }
+    // SAFETY: RECLAIMER holds 0 or the address of a `fn() -> usize` stored
+    // by set_reclaimer.
+    let reclaim: fn() -> usize = unsafe { core::mem::transmute::<usize, fn() -> usize>(f) };
+    reclaim() > 0 && charge(kind, bytes)
+}
+
+/// Releases `bytes` charged for `kind` (decommitted, unmapped).
+pub fn release(kind: Kind, bytes: usize) {
+    let prev = BY_KIND[kind as usize].fetch_sub(bytes, Ordering::Relaxed);
+    debug_assert!(
+        prev >= bytes,
+        "released more {} bytes than charged",
+        kind.name()
+    );
+    COMMITTED.fetch_sub(bytes, Ordering::Relaxed);
+}
+
+/// The raw counters: `(limit, committed, peak committed, refusals,
+/// committed by kind)`.
+pub(crate) fn counters() -> (usize, usize, usize, u64, [usize; N_KINDS]) {
+    (
+        LIMIT.load(Ordering::Relaxed),
+        COMMITTED.load(Ordering::Relaxed),
+        PEAK.load(Ordering::Relaxed),
+        REFUSED.load(Ordering::Relaxed),
+        core::array::from_fn(|k| BY_KIND[k].load(Ordering::Relaxed)),
+    )
+}

@@ -1,0 +1,95 @@
+//! Reallocation: a block stays where it is whenever it still fits (a small
+//! block not wasting more than half, a large one whose following pages are
+//! free or can be committed), and moves otherwise.
+
+use core::alloc::Layout;
+use core::ptr;
+
+use super::class::{class_for, class_of};
+use super::core::HeapCore;
+use super::large;
+use super::page::{invalid_free, large_usable, Kind};
+use crate::region::{PAGE_SHIFT, PAGE_SIZE};
+
+impl HeapCore {
+    /// Resizes a block, in place when it can.
+    ///
+    /// # Safety
+    /// 1. `p` is a live block of this heap allocated with `old`'s alignment
+    ///    and a size of at least `old.size()`.
+    pub(crate) unsafe fn realloc(&self, p: *mut u8, old: Layout, new_size: usize) -> *mut u8 {
+        if self.is_sealed() {
+            return ptr::null_mut();
+        }
+        let align = old.align();
+        let (head, m) = self
+            .pages
+            .head_of((p as usize - self.pages.base) >> PAGE_SHIFT);
+        match (m.kind(), class_for(new_size, align)) {
+            (Kind::Small, Some(_)) if large::small_fits(m.block_size.get() as usize, new_size) => {
+                return p;
+            }
+            (Kind::Large, None)
+                if align <= PAGE_SIZE && self.resize_large_in_place(m, head, new_size) =>
+            {
+                return p;
+            }
+            _ => {}
+        }
+        // SAFETY: new_size is non-zero or a valid zero-size layout; align is
+        // a power of two taken from a valid layout.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, align) };
+        let q = self.alloc(new_layout);
+        if !q.is_null() {
+            // SAFETY: both blocks are live, distinct, and at least this long.
+            unsafe {
+                ptr::copy_nonoverlapping(p, q, old.size().min(new_size));
+                self.free(p);
+            }
+        }
+        q
+    }
+
+    /// C `realloc` of a live block by the owner, to `new_size > 0` bytes
+    /// aligned to 16: in place when the block still fits (or, for a large
+    /// one, can grow or shrink where it is), otherwise moved, copying the
+    /// old usable size (C does not tell the old request). One page-table
+    /// lookup, where `usable_size` followed by [`HeapCore::realloc`] made
+    /// two; null (and `p` untouched) past the limit.
+    ///
+    /// # Safety
+    /// 1. `p` is a live block of this heap, and the calling thread is the
+    ///    owner.
+    pub(crate) unsafe fn realloc_c_as_owner(&self, p: *mut u8, new_size: usize) -> *mut u8 {
+        let (head, m) = self
+            .pages
+            .head_of((p as usize - self.pages.base) >> PAGE_SHIFT);
+        let old_size = match m.kind() {
+            Kind::Small => {
+                let cur = m.block_size.get() as usize;
+                if large::small_fits(cur, new_size) {
+                    return p;
+                }
+                cur
+            }
+            Kind::Large => {
+                if class_of(new_size).is_none() && self.resize_large_in_place(m, head, new_size) {
+                    return p;
+                }
+                large_usable(m)
+            }
+            _ => invalid_free(p),
+        };
+        // SAFETY: (1): we are the owner.
+        let q = unsafe { self.alloc_c_as_owner::<false>(new_size) };
+        if !q.is_null() {
+            // SAFETY: both blocks are live and distinct; p has old_size
+            // usable bytes and q at least new_size; then p is freed once.
+            unsafe {
+                ptr::copy_nonoverlapping(p, q, old_size.min(new_size));
+                self.free(p);
+            }
+        }
+        q
+    }
+}

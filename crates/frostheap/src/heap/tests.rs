@@ -1,0 +1,591 @@
+//! Unit tests of a heap as a whole (`HeapCore` and its parts together):
+//! class queues, remote frees and their repair after `fork`, statistics
+//! read during updates, and the side table opening as the region grows.
+
+use core::alloc::Layout;
+use core::ptr;
+use core::sync::atomic::Ordering;
+
+use super::core::{CoreConfig, HeapCore};
+use super::page::{
+    Kind, PageMeta, CURRENT_USED, FULL, GENERATION, GRANULE_SHIFT, IN_QUEUE, NONE, OWNER_LOCAL,
+    OWNER_SHARED, PENDING, REMOTE_WORDS,
+};
+use super::process::Kind as ChargeKind;
+use crate::region::{PAGE_SHIFT, PAGE_SIZE};
+
+/// A heap of `max` bytes, nothing pre-committed, no huge pages.
+fn heap_of(max: usize) -> HeapCore {
+    HeapCore::new(CoreConfig {
+        min: 0,
+        max,
+        huge_pages: false,
+        kind: ChargeKind::Explicit,
+    })
+    .expect("a heap reservation")
+}
+
+mod queue {
+    use super::*;
+
+    /// The current span's count runs down from CURRENT_USED with every
+    /// free; if it ever reached zero (2^31 frees into one current span),
+    /// the slow path must leave the span in place, not retire it.
+    #[test]
+    fn a_current_span_counted_down_to_zero_stays_current() {
+        let core = heap_of(64 << 20);
+        let layout = Layout::from_size_align(48, 8).unwrap();
+        let p = core.alloc(layout);
+        let q = core.alloc(layout);
+        let idx = (p as usize - core.pages.base) >> PAGE_SHIFT;
+        let m = core.meta(idx);
+        let c = m.class.get() as usize;
+        assert!(ptr::eq(core.local.current[c].get(), m));
+        assert_eq!(m.used.get(), CURRENT_USED);
+        // Two frees left before the count wraps to zero.
+        m.used.set(2);
+        // SAFETY: p and q are live blocks of this heap, freed once each.
+        unsafe {
+            core.free(p);
+            core.free(q);
+        }
+        assert_eq!(m.used.get(), 0);
+        assert!(
+            ptr::eq(core.local.current[c].get(), m),
+            "span left its queue"
+        );
+        assert_eq!(m.kind(), Kind::Small, "current span retired");
+        assert_eq!(core.stats().in_use, 0);
+        // The span goes on serving its blocks (last freed first).
+        assert_eq!(core.alloc(layout), q);
+        assert_eq!(core.alloc(layout), p);
+        assert_eq!(
+            m.used.get(),
+            0,
+            "allocations from the current span do not count"
+        );
+    }
+}
+
+mod remote {
+    use super::*;
+
+    /// A remote freer delayed between publishing its free and looking for
+    /// FULL must not act on the span's next incarnation. Here: the owner
+    /// collects the free, retires the span, another thread's shared state
+    /// takes the pages as a new span and fills it (FULL); the delayed freer
+    /// then resumes. It must leave the new span alone: pushed on the
+    /// owner's pending stack, the shared span would be linked into the
+    /// owner's queue and popped without the shared lock.
+    #[test]
+    fn a_delayed_remote_freer_leaves_the_next_incarnation_alone() {
+        let core = heap_of(64 << 20);
+        let layout = Layout::from_size_align(4096, 8).unwrap(); // 16 a span
+        let first = core.alloc(layout);
+        let s = (first as usize - core.pages.base) >> PAGE_SHIFT;
+        let m = core.meta(s);
+        let capacity = m.capacity.get() as usize;
+        let mut blocks = vec![first as usize];
+        blocks.extend((1..capacity).map(|_| core.alloc(layout) as usize));
+        // One more: the span goes dry and is FULL.
+        let extra = core.alloc(layout);
+        assert_eq!(m.state.load(Ordering::SeqCst) & !GENERATION, FULL);
+        let old_generation = m.state.load(Ordering::SeqCst) & GENERATION;
+        // Another thread frees one block (pushing the span on the pending
+        // stack), and publishes the free of a second, then stalls before it
+        // looks for FULL.
+        let stalled = std::thread::scope(|sc| {
+            sc.spawn(|| {
+                // SAFETY: a live block of this heap, freed once.
+                unsafe { core.free(blocks[0] as *mut u8) };
+                core.remote().publish(core.meta(s), blocks[8] as *mut u8)
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(m.state.load(Ordering::SeqCst) & !GENERATION, FULL | PENDING);
+        assert_eq!(
+            stalled,
+            Some(old_generation),
+            "the stalled freer made its word non-zero"
+        );
+        // The owner frees the rest; its next refill collects the pending
+        // span, finds it empty and retires it.
+        for &p in blocks.iter().filter(|&&p| p != blocks[0] && p != blocks[8]) {
+            // SAFETY: live blocks of this heap, freed once.
+            unsafe { core.free(p as *mut u8) };
+        }
+        let other = core.alloc(Layout::from_size_align(9000, 8).unwrap());
+        assert_eq!(m.kind(), Kind::FreeSpan, "the empty span was not retired");
+        // Another thread's allocations (the shared state) take the pages
+        // for a new span of the same class and fill it.
+        let shared: Vec<usize> = std::thread::scope(|sc| {
+            sc.spawn(|| {
+                (0..=capacity)
+                    .map(|_| core.alloc(layout) as usize)
+                    .collect()
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(m.owner.get(), OWNER_SHARED, "the pages were not reused");
+        assert_eq!(m.state.load(Ordering::SeqCst) & !GENERATION, FULL);
+        // The stalled freer resumes: the span is FULL, but of another
+        // generation.
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                core.remote()
+                    .bring_back_if_full(core.meta(s), s, old_generation)
+            });
+        });
+        assert_eq!(
+            m.state.load(Ordering::SeqCst) & !GENERATION,
+            FULL,
+            "the delayed freer acted on the new incarnation"
+        );
+        assert_eq!(core.others.pending.load(Ordering::SeqCst), NONE);
+        assert_ne!(m.state.load(Ordering::SeqCst) & GENERATION, old_generation);
+        // The owner's next refill finds nothing to bring back.
+        let again = core.alloc(Layout::from_size_align(20_000, 8).unwrap());
+        let c = m.class.get() as usize;
+        assert!(
+            core.local.head[c].get() as usize != s && core.local.tail[c].get() as usize != s,
+            "a shared span in the owner's queue"
+        );
+        // SAFETY: live blocks of this heap, freed once each (the shared
+        // blocks by another thread, the state that made them).
+        unsafe {
+            for p in [extra, other, again] {
+                core.free(p);
+            }
+        }
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                for &p in &shared {
+                    // SAFETY: as above.
+                    unsafe { core.free(p as *mut u8) };
+                }
+            });
+        });
+        assert_eq!(core.stats().in_use, 0, "{:?}", core.stats());
+    }
+
+    /// Checks every small span of `core` against `live` (the blocks the
+    /// test holds): each carved block is exactly one of live, on the free
+    /// list, or in the remote-free bitmap; every non-zero bitmap word has
+    /// its summary bit; pages outside small spans have no bits; `used` is
+    /// exact for spans that are not current. Call when no free is in
+    /// flight.
+    fn check_blocks(core: &HeapCore, live: &std::collections::HashSet<usize>) {
+        let mut seen = std::collections::HashSet::new();
+        for (idx, m, pages) in core
+            .pages
+            .spans_in_order(core.region().committed() >> PAGE_SHIFT)
+        {
+            let words = |p: usize| (0..REMOTE_WORDS).map(move |w| (w, p * REMOTE_WORDS + w));
+            if m.kind() != Kind::Small {
+                for p in idx..idx + pages {
+                    assert_eq!(
+                        core.meta(p).remote.load(Ordering::SeqCst),
+                        0,
+                        "summary on page {p}"
+                    );
+                    for (_, w) in words(p) {
+                        assert_eq!(
+                            core.remote().word(w).load(Ordering::SeqCst),
+                            0,
+                            "bits on page {p}"
+                        );
+                    }
+                }
+                continue;
+            }
+            let (size, start) = (m.block_size.get() as usize, core.pages.page_addr(idx));
+            let in_span = |a: usize| {
+                a >= start && a < start + pages * PAGE_SIZE && (a - start).is_multiple_of(size)
+            };
+            let mut on_list = 0;
+            let mut b = m.free.get();
+            while !b.is_null() {
+                let a = b as usize;
+                assert!(in_span(a), "free-list block 0x{a:x} outside span {idx}");
+                assert!(!live.contains(&a), "live block 0x{a:x} on a free list");
+                assert!(seen.insert(a), "block 0x{a:x} twice");
+                on_list += 1;
+                // SAFETY: a free block; its first word is the link.
+                b = unsafe { (*b).next };
+            }
+            let mut in_bitmap = 0;
+            for p in idx..idx + pages {
+                let summary = core.meta(p).remote.load(Ordering::SeqCst);
+                for (w, word) in words(p) {
+                    let mut bits = core.remote().word(word).load(Ordering::SeqCst);
+                    assert!(
+                        bits == 0 || summary & (1 << w) != 0,
+                        "word {word} without summary"
+                    );
+                    while bits != 0 {
+                        let g = bits.trailing_zeros() as usize;
+                        bits &= bits - 1;
+                        let a = core.pages.base + ((word << 6 | g) << GRANULE_SHIFT);
+                        assert!(in_span(a), "bitmap block 0x{a:x} not a block of span {idx}");
+                        assert!(!live.contains(&a), "live block 0x{a:x} in the bitmap");
+                        assert!(seen.insert(a), "block 0x{a:x} twice (bitmap)");
+                        in_bitmap += 1;
+                    }
+                }
+            }
+            let st = if m.owner.get() == OWNER_LOCAL {
+                &core.local
+            } else {
+                &core.shared
+            };
+            if !ptr::eq(st.current[m.class.get() as usize].get(), m) {
+                assert_eq!(m.used.get(), m.extend.get() - on_list, "used of span {idx}");
+            }
+            let n_live = live.iter().filter(|&&a| in_span(a)).count() as u32;
+            assert_eq!(
+                n_live + on_list + in_bitmap,
+                m.extend.get(),
+                "blocks lost in span {idx}"
+            );
+        }
+    }
+
+    /// The owner allocates blocks of 16 B to 128 KiB (spans of 1 to 16
+    /// pages), frees some itself, keeps some and hands some to another
+    /// thread that frees them; every ten rounds, with no free in flight,
+    /// every block is accounted for exactly once.
+    #[test]
+    fn remote_frees_keep_every_block_accounted_for() {
+        let core = heap_of(1 << 30);
+        let sizes = [
+            16, 48, 256, 3000, 9000, 17_000, 40_000, 70_000, 100_000, 131_072,
+        ];
+        let mut rng = 0x1234_5678u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut live = std::collections::HashSet::new();
+        let mut held = Vec::new();
+        let free = |p: usize| {
+            // SAFETY: every block the test frees is live and freed once.
+            unsafe { core.free(p as *mut u8) }
+        };
+        std::thread::scope(|sc| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<usize>>(4);
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+            sc.spawn(move || {
+                for batch in rx {
+                    if batch.is_empty() {
+                        done_tx.send(()).unwrap();
+                    }
+                    batch.into_iter().for_each(free);
+                }
+            });
+            for round in 0..150 {
+                let mut batch = Vec::new();
+                for _ in 0..200 {
+                    let r = next();
+                    let size = sizes[(r % sizes.len() as u64) as usize];
+                    let p = core.alloc(Layout::from_size_align(size, 8).unwrap()) as usize;
+                    assert_ne!(p, 0);
+                    match (r >> 8) % 4 {
+                        0 => batch.push(p),
+                        1 => free(p),
+                        _ => {
+                            live.insert(p);
+                            held.push(p);
+                        }
+                    }
+                    if ((r >> 12) % 3 == 0 || held.len() > 1500) && !held.is_empty() {
+                        let q = held.swap_remove((r >> 20) as usize % held.len());
+                        live.remove(&q);
+                        if (r >> 30) % 2 == 0 {
+                            batch.push(q)
+                        } else {
+                            free(q)
+                        }
+                    }
+                }
+                tx.send(batch).unwrap();
+                if round % 10 == 9 {
+                    tx.send(Vec::new()).unwrap();
+                    done_rx.recv().unwrap();
+                    check_blocks(&core, &live);
+                }
+            }
+            live.clear();
+            tx.send(std::mem::take(&mut held)).unwrap();
+            tx.send(Vec::new()).unwrap();
+            done_rx.recv().unwrap();
+            check_blocks(&core, &live);
+        });
+        let s = core.stats();
+        assert_eq!((s.in_use, s.allocations), (0, 0), "{s:?}");
+    }
+
+    /// What `fork` can leave behind in the child, repaired: a remote free
+    /// whose bit is set but whose word was never announced in the summary
+    /// (span FULL, so the freer had not pushed it yet either), and a span
+    /// marked PENDING that never reached the pending stack.
+    #[test]
+    fn remote_frees_cut_by_fork_are_completed_in_the_child() {
+        let core = heap_of(64 << 20);
+        let fill = |size: usize| {
+            let layout = Layout::from_size_align(size, 8).unwrap();
+            let first = core.alloc(layout) as usize;
+            let idx = (first - core.pages.base) >> PAGE_SHIFT;
+            let mut blocks = vec![first];
+            let n = core.meta(idx).capacity.get() as usize;
+            blocks.extend((1..n).map(|_| core.alloc(layout) as usize));
+            // One more: the span goes dry, FULL.
+            blocks.push(core.alloc(layout) as usize);
+            assert_eq!(
+                core.meta(idx).state.load(Ordering::SeqCst) & !GENERATION,
+                FULL
+            );
+            (idx, blocks)
+        };
+        let (a, a_blocks) = fill(4096);
+        let (b, b_blocks) = fill(2048);
+        // Span a: a freer set block 3's bit, then the fork came.
+        let p = a_blocks[3];
+        let (ma, mb) = (core.meta(a), core.meta(b));
+        core.others.freed_bytes.fetch_add(4096, Ordering::SeqCst);
+        core.others.freed_count.fetch_add(1, Ordering::SeqCst);
+        let granule = (p - core.pages.base) >> GRANULE_SHIFT;
+        core.remote()
+            .word(granule >> 6)
+            .fetch_or(1 << (granule & 63), Ordering::SeqCst);
+        // Span b: a freer announced block 5 and marked the span PENDING,
+        // then the fork came before it pushed the span.
+        let q = b_blocks[5];
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let m = core.meta(b);
+                let generation = core.remote().publish(m, q as *mut u8).unwrap();
+                m.state
+                    .compare_exchange(
+                        generation | FULL,
+                        generation | FULL | PENDING,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    )
+                    .unwrap();
+            });
+        });
+        assert!(!core.remote().has_remote(a, ma), "the bit was announced");
+        assert_eq!(core.others.pending.load(Ordering::SeqCst), NONE);
+        // SAFETY: no other thread uses the heap now.
+        unsafe { core.repair_remote_frees_after_fork() };
+        assert!(
+            core.remote().has_remote(a, ma),
+            "the word was not announced"
+        );
+        assert_eq!(
+            ma.state.load(Ordering::SeqCst) & !GENERATION,
+            FULL | PENDING
+        );
+        assert_eq!(
+            mb.state.load(Ordering::SeqCst) & !GENERATION,
+            FULL | PENDING
+        );
+        let pending_stack = || {
+            let mut stack = vec![];
+            let mut at = core.others.pending.load(Ordering::SeqCst);
+            while at != NONE {
+                stack.push(at as usize);
+                at = core.meta(at as usize).pending_next.load(Ordering::SeqCst);
+            }
+            stack.sort();
+            stack
+        };
+        assert_eq!(
+            pending_stack(),
+            [a.min(b), a.max(b)],
+            "both spans on the stack once"
+        );
+        // A second repair changes nothing.
+        // SAFETY: as above.
+        unsafe { core.repair_remote_frees_after_fork() };
+        assert_eq!(pending_stack(), [a.min(b), a.max(b)], "a span pushed twice");
+        // The owner's next refill brings both back to their queues, each
+        // with its remotely freed block on its free list.
+        let fresh = core.alloc(Layout::from_size_align(9000, 8).unwrap());
+        for (m, block) in [(ma, p), (mb, q)] {
+            assert_eq!(m.state.load(Ordering::SeqCst) & !GENERATION, 0);
+            assert_ne!(m.flags.get() & IN_QUEUE, 0, "span not back in its queue");
+            assert_eq!(m.free.get() as usize, block, "freed block not collected");
+        }
+        let s = core.stats();
+        assert_eq!(s.allocations, a_blocks.len() + b_blocks.len() - 1, "{s:?}");
+        // SAFETY: live blocks of this heap, freed once each.
+        unsafe {
+            for &x in a_blocks.iter().chain(&b_blocks) {
+                if x != p && x != q {
+                    core.free(x as *mut u8);
+                }
+            }
+            core.free(fresh);
+        }
+        assert_eq!(core.stats().in_use, 0);
+    }
+}
+
+mod stats {
+    use super::*;
+
+    /// A reader of the statistics must not wait for ever on an owner
+    /// update that never finishes (a signal handler calling `stats` on the
+    /// owner's thread in the middle of one), and must read the owner's
+    /// bytes exactly otherwise.
+    #[test]
+    fn stats_return_during_an_owner_update() {
+        let core = heap_of(64 << 20);
+        let p = core.alloc(Layout::from_size_align(100, 8).unwrap());
+        let q = core.alloc(Layout::from_size_align(3000, 8).unwrap());
+        let exact = core.stats();
+        assert_eq!((exact.in_use, exact.peak), (112 + 3072, 112 + 3072));
+        // SAFETY: q is a live block of this heap.
+        unsafe { core.free(q) };
+        assert_eq!((core.stats().in_use, core.stats().peak), (112, 112 + 3072));
+        let c = &core.local.counters;
+        let seq = c.seq.load(Ordering::Relaxed);
+        c.seq.store(seq + 1, Ordering::Relaxed); // an update "in progress"
+        let during = core.stats();
+        assert_eq!(during.in_use, 112, "the owner's values did not move");
+        c.seq.store(seq + 2, Ordering::Relaxed);
+        // SAFETY: p is a live block of this heap.
+        unsafe { core.free(p) };
+        assert_eq!(core.stats().in_use, 0);
+    }
+
+    /// A fork in the middle of an owner update leaves the sequence counter
+    /// odd in the child; the child's repair makes it even, so readers do
+    /// not wait on it and later updates keep the lock's sense. The cut
+    /// update's bytes stay understated, never overstated.
+    #[test]
+    fn a_fork_child_repairs_a_cut_owner_update() {
+        let core = heap_of(64 << 20);
+        let p = core.alloc(Layout::from_size_align(100, 8).unwrap());
+        let q = core.alloc(Layout::from_size_align(3000, 8).unwrap());
+        assert_eq!(core.stats().in_use, 112 + 3072);
+        // Replay q's peak raise cut by a fork after its first store
+        // (slack = 0) and before its second (peak += 3072).
+        let c = &core.local.counters;
+        let seq = c.seq.load(Ordering::Relaxed);
+        c.seq.store(seq + 1, Ordering::Relaxed);
+        c.peak.store(112, Ordering::Relaxed);
+        assert_eq!(core.stats().in_use, 112, "a cut update understates");
+        // SAFETY: this thread is the only one using the heap.
+        unsafe { core.repair_remote_frees_after_fork() };
+        assert_eq!(
+            c.seq.load(Ordering::Relaxed) & 1,
+            0,
+            "sequence counter still odd"
+        );
+        // Later updates run as usual and are read whole.
+        let r = core.alloc(Layout::from_size_align(20_000, 8).unwrap());
+        assert_eq!(c.seq.load(Ordering::Relaxed) & 1, 0);
+        let s = core.stats();
+        assert_eq!((s.in_use, s.peak), (112 + 20_480, 112 + 20_480), "{s:?}");
+        // SAFETY: live blocks of this heap, freed once each.
+        unsafe {
+            for b in [p, q, r] {
+                core.free(b);
+            }
+        }
+        assert_eq!(core.stats().in_use, 0);
+    }
+
+    /// Another thread grows the owner's large block in place (counted in
+    /// the shared state), then the owner frees it (counted in its own):
+    /// the two states' nets are summed signed, so nothing stays in use.
+    #[test]
+    fn a_block_grown_by_another_thread_and_freed_by_the_owner_leaves_nothing() {
+        let core = heap_of(64 << 20);
+        let old = Layout::from_size_align(200_000, 8).unwrap();
+        let p = core.alloc(old) as usize;
+        let grown = std::thread::scope(|sc| {
+            sc.spawn(|| {
+                // SAFETY: p is a live block of `old`'s layout.
+                unsafe { core.realloc(p as *mut u8, old, 900_000) as usize }
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(grown, p, "grown in place");
+        assert!(core.stats().in_use >= 900_000);
+        // SAFETY: the live (grown) block.
+        unsafe { core.free(p as *mut u8) };
+        let s = core.stats();
+        assert_eq!((s.in_use, s.allocations), (0, 0), "{s:?}");
+    }
+}
+
+mod span {
+    use super::*;
+
+    /// The permissions (`rw-p`, `r--p`, ...) of the mapping holding `addr`.
+    fn perms_at(addr: usize) -> String {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
+        for line in maps.lines() {
+            let mut fields = line.split_whitespace();
+            let range = fields.next().expect("range");
+            let (lo, hi) = range.split_once('-').expect("lo-hi");
+            let lo = usize::from_str_radix(lo, 16).expect("hex");
+            let hi = usize::from_str_radix(hi, 16).expect("hex");
+            if (lo..hi).contains(&addr) {
+                return fields.next().expect("perms").to_string();
+            }
+        }
+        panic!("0x{addr:x} is not mapped");
+    }
+
+    #[test]
+    fn side_tables_open_as_the_region_grows() {
+        let core = heap_of(64 << 30);
+        let n_pages = core.region().reserved() >> PAGE_SHIFT;
+        let meta_of =
+            |idx: usize| core.pages.metas as usize + idx * core::mem::size_of::<PageMeta>();
+        let bits_of = |idx: usize| core.remote_bits as usize + idx * REMOTE_WORDS * 8;
+        // Nothing committed: the whole 64 GiB worth of side table (8.5 MiB
+        // of page table and bitmap per GiB) is mapped read-only.
+        for addr in [
+            meta_of(0),
+            bits_of(0),
+            meta_of(n_pages - 1),
+            bits_of(n_pages - 1),
+        ] {
+            assert_eq!(perms_at(addr), "r--p", "0x{addr:x} before any allocation");
+        }
+        assert_eq!(core.meta(n_pages - 1).kind(), Kind::Unused);
+        let p = core.alloc(Layout::from_size_align(100, 8).unwrap());
+        assert!(!p.is_null());
+        let committed = core.region().committed() >> PAGE_SHIFT;
+        assert!(committed > 0 && committed < n_pages / 2);
+        for addr in [
+            meta_of(0),
+            bits_of(0),
+            meta_of(committed - 1),
+            bits_of(committed - 1),
+        ] {
+            assert_eq!(perms_at(addr), "rw-p", "0x{addr:x} of a committed page");
+        }
+        // (The page table's last page shares a page with the bitmap's
+        // first words, so look further in.)
+        for addr in [
+            meta_of(n_pages / 2),
+            bits_of(n_pages / 2),
+            bits_of(n_pages - 1),
+        ] {
+            assert_eq!(perms_at(addr), "r--p", "0x{addr:x} of an uncommitted page");
+        }
+        // SAFETY: p is a live block of this heap.
+        unsafe { core.free(p) };
+    }
+}
