@@ -340,6 +340,17 @@ where
         self.cancel.store(true, Ordering::Relaxed);
     }
 
+    /// Whether some chunk did not run to its end (nor stop at a panic):
+    /// with no error and no early stop, the phase ended without running
+    /// every task, and the call must not return `Ok`.
+    fn unfinished(&self) -> bool {
+        self.progress.iter().enumerate().any(|(k, p)| {
+            let lo = self.base + k * self.chunk;
+            let hi = (lo + self.chunk).min(self.base + self.n);
+            p.load(Ordering::Acquire) as usize != hi - lo
+        })
+    }
+
     /// After a phase that failed or stopped early: drops the results
     /// written (after an error, for terminals that write slots) and every
     /// item never taken, each exactly once.
@@ -454,7 +465,17 @@ impl Runtime {
         let phase = self.run_phase(&|env: &WorkerEnv<'_>| job.work(env), window);
 
         let panic = core::mem::take(&mut *job.panic.lock().unwrap_or_else(|e| e.into_inner()));
-        let error = batch_error(&phase, panic);
+        let mut error = batch_error(&phase, panic);
+        if error.is_none() && !term.stopped() && job.unfinished() {
+            // A phase returns Ok only when every task ran to its end.
+            error = Some(Error::Incomplete {
+                reason: format!(
+                    "the phase ended before every task ran ({} of {} workers started it); \
+                     its results are discarded",
+                    phase.workers, self.n_workers
+                ),
+            });
+        }
         self.record_batch_bytes(&job, per_item);
         if error.is_some() || term.stopped() {
             // SAFETY: the phase is over, its parked items are listed, and

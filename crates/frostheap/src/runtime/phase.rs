@@ -25,6 +25,8 @@ pub(super) struct PhaseResult {
     pub(super) violations: Vec<Violation>,
     /// Items whose tasks were running on workers parked in this phase.
     pub(super) parked_items: Vec<usize>,
+    /// Workers the phase started with.
+    pub(super) workers: usize,
 }
 
 impl Runtime {
@@ -81,7 +83,8 @@ impl Runtime {
                 .deferred
                 .drain(|p| unsafe { crate::heap::free_deferred(p) });
         }
-        let result = self.collect_violations();
+        let mut result = self.collect_violations();
+        result.workers = active as usize;
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         s.phases += 1;
         s.violations += result.violations.len() as u64;
@@ -190,6 +193,7 @@ impl Runtime {
         PhaseResult {
             violations,
             parked_items,
+            workers: 0,
         }
     }
 }
