@@ -113,6 +113,9 @@ pub use config::{HugePages, OnViolation, Protect};
 pub use error::Error;
 pub use global::{main_heap, stats, unguarded, Global, ProcessStats, Shared};
 pub use heap::{Heap, HeapBuilder, Stats};
-pub use runtime::{Arena, Runtime, RuntimeBuilder, RuntimeStats, Scope, TaskContext};
+pub use runtime::{
+    global_runtime, par, try_global_runtime, Arena, Runtime, RuntimeBuilder, RuntimeStats, Scope,
+    TaskContext,
+};
 pub use size::{parse_size, Bytes};
 pub use violation::Violation;

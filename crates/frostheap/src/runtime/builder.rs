@@ -12,12 +12,13 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize};
 use std::sync::Mutex;
 
 use super::recovery::DEFAULT_NO_PROGRESS_TIMEOUT;
+use super::pool::{Runtime, RuntimeStats, DEFAULT_MAX_PARKED};
 use super::scratch::Scratch;
-use super::{ControlBlock, Runtime, RuntimeStats, DEFAULT_MAX_PARKED};
+use super::worker::ControlBlock;
+use crate::error::Error;
 use crate::global::unguarded;
 use crate::heap::Heap;
 use crate::trap::{self, Backend, OnViolation, Protect};
-use crate::Error;
 
 /// Builds a [`Runtime`].
 #[derive(Clone, Debug)]
@@ -166,7 +167,7 @@ impl RuntimeBuilder {
         unguarded(|| {
             let mut heaps = self.guards;
             if self.guard_main {
-                if let Some(main) = crate::main_heap() {
+                if let Some(main) = crate::global::main_heap() {
                     if !heaps.contains(&main) {
                         heaps.push(main);
                     }
@@ -216,5 +217,12 @@ impl RuntimeBuilder {
             }
             Ok(rt)
         })
+    }
+}
+
+impl Runtime {
+    /// Starts building a runtime.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
     }
 }

@@ -14,8 +14,8 @@
 
 use core::sync::atomic::Ordering;
 
-use super::worker::WorkerEnv;
-use super::{fatal, JobRef, Runtime};
+use super::pool::Runtime;
+use super::worker::{JobRef, WorkerEnv};
 use crate::error::Error;
 use crate::os;
 use crate::trap::{Freeze, Violation};
@@ -28,28 +28,11 @@ pub(super) struct PhaseResult {
     /// The phase did not run: it could not start with all of its workers
     /// (`Runtime::staff`).
     pub(super) refused: Option<Error>,
+    /// Workers the phase started with.
+    pub(super) workers: usize,
 }
 
 impl Runtime {
-    /// The pages of `[ptr, ptr + len)` if they lie in a guarded heap; they
-    /// must fall inside one block whose pages belong to it alone, so
-    /// exempting them from the freeze exposes nothing else.
-    pub(super) fn results_window(&self, ptr: usize, len: usize) -> Option<(usize, usize)> {
-        if len == 0 {
-            return None;
-        }
-        let page = os::page_size();
-        let heap = self.heaps.iter().find(|h| h.owns(ptr as *const u8))?;
-        let (base, size) = heap.allocation_containing(ptr)?;
-        let lo = ptr & !(page - 1);
-        let hi = (ptr + len + page - 1) & !(page - 1);
-        if lo >= base && hi <= base + size && base % page == 0 {
-            Some((lo, hi - lo))
-        } else {
-            fatal(b"frostheap: result slots in a guarded heap share pages with other data\n")
-        }
-    }
-
     /// Runs `job` on every worker as one phase; `window` (the result slots'
     /// pages, when they lie in a guarded heap) stays writable.
     pub(super) fn run_phase(
@@ -67,6 +50,7 @@ impl Runtime {
                 violations: Vec::new(),
                 parked_items: Vec::new(),
                 refused: Some(e),
+                workers: 0,
             };
         }
         let ctl = self.control;
@@ -98,7 +82,8 @@ impl Runtime {
         drop(freeze);
         self.in_phase.store(false, Ordering::Release);
         // Undo, deferred frees, reports: runtime::recovery.
-        let result = self.recover(abandoned);
+        let mut result = self.recover(abandoned);
+        result.workers = active as usize;
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         s.phases += 1;
         s.violations += result.violations.len() as u64;

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use super::phase::PhaseResult;
 use super::worker::Worker;
-use super::Runtime;
+use super::pool::Runtime;
 use crate::error::Error;
 use crate::fmt_buf::Buf;
 use crate::guard::{self, AUDIT_RING};
@@ -330,6 +330,7 @@ impl Runtime {
             violations,
             parked_items,
             refused: None,
+            workers: 0,
         }
     }
 }

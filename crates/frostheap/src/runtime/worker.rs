@@ -7,14 +7,29 @@
 //! epoch (a futex), runs the published job when the epoch moves, and
 //! reports completion through the runtime's event word.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 use std::thread::JoinHandle;
 
-use super::{ControlBlock, JobRef};
 use crate::context::ContextHeap;
 use crate::guard::{self, WorkerState};
-use crate::trap::{self, Backend};
+use crate::trap::{self, Backend, OnViolation};
 use crate::{global, os};
+
+/// A job as workers see it.
+pub(crate) struct JobRef<'a>(pub(crate) &'a (dyn Fn(&WorkerEnv<'_>) + Sync));
+
+/// The runtime's control block: what main and the workers share (system
+/// memory, never moves, leaked so workers may hold it for `'static`).
+pub(crate) struct ControlBlock {
+    pub backend: Backend,
+    pub policy: OnViolation,
+    pub epoch: AtomicU32,
+    pub job: AtomicPtr<JobRef<'static>>,
+    pub remaining: AtomicU32,
+    pub events: AtomicU32,
+    pub parked: AtomicU32,
+    pub shutdown: AtomicBool,
+}
 
 /// What the runtime keeps of a worker.
 pub(crate) struct Worker {
@@ -46,7 +61,7 @@ impl Worker {
 }
 
 /// What a task sees of its worker.
-pub(crate) struct WorkerEnv<'a> {
+pub struct WorkerEnv<'a> {
     pub index: usize,
     pub ctx: &'a ContextHeap,
 }
@@ -55,19 +70,19 @@ pub(crate) fn spawn(
     rt: &'static ControlBlock,
     index: usize,
     name: String,
-) -> Result<Worker, crate::Error> {
+) -> Result<Worker, crate::error::Error> {
     let slot: &'static WorkerState = Box::leak(Box::new(WorkerState::new(rt.policy)));
-    slot.deferred.prepare().map_err(|source| crate::Error::Os {
+    slot.deferred.prepare().map_err(|source| crate::error::Error::Os {
         context: "mapping a deferred-free list",
         source,
     })?;
-    if rt.policy == crate::OnViolation::Rollback {
-        slot.undo.prepare().map_err(|source| crate::Error::Os {
+    if rt.policy == OnViolation::Rollback {
+        slot.undo.prepare().map_err(|source| crate::error::Error::Os {
             context: "mapping an undo log",
             source,
         })?;
     }
-    slot.stack.prepare().map_err(|source| crate::Error::Os {
+    slot.stack.prepare().map_err(|source| crate::error::Error::Os {
         context: "mapping a stack copy area",
         source,
     })?;
@@ -84,7 +99,7 @@ pub(crate) fn spawn(
         .map_err(|e| {
             // No thread took the heap: give its slot back.
             ctx.retire();
-            crate::Error::Os {
+            crate::error::Error::Os {
                 context: "spawning a worker thread",
                 source: os::OsError {
                     call: "pthread_create",

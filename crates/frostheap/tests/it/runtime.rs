@@ -109,19 +109,21 @@ fn map_equals_the_sequential_map_for_vecs_slices_and_streams() {
                 i += 1;
                 x
             });
-            let got = rt.map(stream, mix).expect("map over iter::from_fn");
+            let got = rt.map_iter(stream, mix).expect("map_iter over iter::from_fn");
             prop_assert_eq!(&got, &expected);
 
             // A mapped range, each task allocating `x % 200` bytes in its
             // arena so batches are sized from real measurements.
             let n = input.len() as u64;
-            let got = rt
-                .map_with((0..n).map(|k| input[k as usize]), |ctx, x| {
+            let got: Vec<u64> = rt
+                .par_bridge((0..n).map(|k| input[k as usize]))
+                .map_with_context(|ctx, x| {
                     let mut v = AVec::with_capacity_in((x % 200) as usize, ctx.arena());
                     v.extend((0..x % 200).map(|b| b as u8));
                     mix(x) ^ v.iter().map(|&b| b as u64).sum::<u64>()
                 })
-                .expect("map_with over a mapped range");
+                .collect()
+                .expect("map_with_context over a mapped range");
             let expected_arena: Vec<u64> = input
                 .iter()
                 .map(|&x| mix(x) ^ (0..x % 200).map(|b| (b as u8) as u64).sum::<u64>())
@@ -161,8 +163,11 @@ fn empty_input_returns_empty_without_a_phase() {
         assert!(out.is_empty());
         let out: Vec<u64> = rt.map(&[] as &[u64], |x| *x).unwrap();
         assert!(out.is_empty());
-        rt.for_each(std::iter::empty::<u8>(), |_| panic!("no item"))
+        rt.par_bridge(std::iter::empty::<u8>())
+            .for_each(|_| panic!("no item"))
             .unwrap();
+        rt.for_each(0..0u32, |_| panic!("no item")).unwrap();
+        assert_eq!(rt.par(&[] as &[u64]).map(|x| *x).sum::<u64>().unwrap(), 0);
         assert_eq!(
             rt.stats().phases,
             before,
@@ -286,7 +291,7 @@ fn check_panic_of(rt: &Runtime, n: usize, bad: usize, streaming: bool) {
         Out::new(it.0)
     };
     let r = if streaming {
-        rt.map((0..n).map(Item::new), task)
+        rt.map_iter((0..n).map(Item::new), task)
     } else {
         let items: Vec<Item> = (0..n).map(Item::new).collect();
         rt.map(items, task)
