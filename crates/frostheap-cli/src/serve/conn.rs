@@ -39,13 +39,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use frostheap_budget::gate::Waiting;
-use frostheap_budget::tower::MemoryLimit;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use super::clock::{ConnClock, Missed, TimedIo};
-use super::endpoints::{route, App};
+use super::endpoints::{route, Limited};
 use super::state::State;
 
 /// The longest request head accepted (hyper's read buffer is capped at
@@ -113,17 +113,18 @@ impl Drop for Open {
 }
 
 /// Serves one accepted connection to its end.
-pub(super) async fn connection(stream: TcpStream, open: Open, limited: Option<MemoryLimit<App>>) {
+pub(super) async fn connection<S: Limited>(stream: TcpStream, open: Open, limited: Option<S>) {
     let state = open.0.clone();
     let mut shutdown = state.shutdown.subscribe();
-    let clock = Arc::new(ConnClock::new(Instant::now()));
+    let accepted = Instant::now();
+    let evict = Arc::new(Notify::new());
+    let mut ticket = None;
 
     if let Some(gate) = &state.gate {
         // Whether the request head came with the connection (ready).
         let ready = matches!(peek(&stream), Ok(Peek::Complete));
         let kind = if ready { Waiting::Ready } else { Waiting::Head };
-        let entered = gate.enter_notifying(kind, clock.evict.clone()).ticket();
-        let (outcome, ticket) = match entered {
+        let (outcome, entered) = match gate.enter_notifying(kind, evict.clone()).ticket() {
             Some(ticket) if ready => (Head::Complete, Some(ticket)),
             Some(ticket) => {
                 let outcome = tokio::select! {
@@ -136,53 +137,44 @@ pub(super) async fn connection(stream: TcpStream, open: Open, limited: Option<Me
             // A burst of ready connections: this one is refused.
             None if ready => (Head::Busy, None),
             None => match probation(&stream, &state).await {
-                Head::Complete => match gate
-                    .enter_notifying(Waiting::Ready, clock.evict.clone())
-                    .ticket()
-                {
-                    Some(ticket) => (Head::Complete, Some(ticket)),
-                    None => (Head::Busy, None),
-                },
+                Head::Complete => {
+                    match gate.enter_notifying(Waiting::Ready, evict.clone()).ticket() {
+                        Some(ticket) => (Head::Complete, Some(ticket)),
+                        None => (Head::Busy, None),
+                    }
+                }
                 other => (other, None),
             },
         };
-        match (outcome, ticket) {
-            (Head::Complete, Some(ticket)) => {
-                ticket.set_ready();
-                clock.wait_at_gate(ticket);
-            }
-            // From here on, the ticket is given back before the answer.
-            (Head::Complete, None) => unreachable!("a complete head has a ticket"),
-            (Head::TimedOut, _) => {
-                Missed::Header.count(&state);
-                return answer_and_linger(
-                    stream,
-                    &canned(
+        if let Head::Complete = outcome {
+            let entered = entered.expect("a complete head has a ticket");
+            entered.set_ready();
+            ticket = Some(entered);
+        } else {
+            // The place goes back before the answer.
+            drop(entered);
+            let answer = match outcome {
+                Head::TimedOut => {
+                    Missed::Header.count(&state);
+                    canned(
                         "408 Request Timeout",
                         "request head not received within the header timeout\n",
-                    ),
-                    &state,
-                )
-                .await;
-            }
-            (Head::TooLarge, _) => {
-                return answer_and_linger(
-                    stream,
-                    &canned(
-                        "431 Request Header Fields Too Large",
-                        "request head larger than 16 KiB\n",
-                    ),
-                    &state,
-                )
-                .await
-            }
-            (Head::Evicted | Head::Busy, _) => {
-                state.shed_connections.fetch_add(1, Ordering::Relaxed);
-                return answer_and_linger(stream, &busy(), &state).await;
-            }
-            (Head::Closed | Head::Shutdown, _) => return,
+                    )
+                }
+                Head::TooLarge => canned(
+                    "431 Request Header Fields Too Large",
+                    "request head larger than 16 KiB\n",
+                ),
+                Head::Evicted | Head::Busy => {
+                    state.shed_connections.fetch_add(1, Ordering::Relaxed);
+                    busy()
+                }
+                Head::Closed | Head::Shutdown | Head::Complete => return,
+            };
+            return answer_and_linger(stream, &answer, &state).await;
         }
     }
+    let clock = Arc::new(ConnClock::new(accepted, ticket, evict));
 
     // Boxed: the hyper state is most of the future, and a connection that
     // never gets this far (refused, timed out, lingering) should not carry
@@ -192,11 +184,11 @@ pub(super) async fn connection(stream: TcpStream, open: Open, limited: Option<Me
 
 /// Serves requests on a connection whose first head has arrived, then
 /// closes it the way the client can read the last answer.
-async fn serve_http(
+async fn serve_http<S: Limited>(
     stream: TcpStream,
     state: Arc<State>,
     clock: Arc<ConnClock>,
-    limited: Option<MemoryLimit<App>>,
+    limited: Option<S>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -210,6 +202,9 @@ async fn serve_http(
     let service = {
         let (state, clock) = (state.clone(), clock.clone());
         hyper::service::service_fn(move |req| {
+            // Boxed per request: hyper keeps an unboxed service future in
+            // a box it allocates per connection, which an idle kept-alive
+            // connection would then carry (2 KiB, `size_of_val`).
             Box::pin(route(req, state.clone(), limited.clone(), clock.clone()))
         })
     };
