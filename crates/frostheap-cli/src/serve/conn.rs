@@ -27,12 +27,14 @@
 //! 4. **A close the client can read.** Whenever the server closes a
 //!    connection whose client may still be sending (a 503 before the body
 //!    was read), it first sends its answer, then half-closes (FIN), then
-//!    reads and drops what arrives for up to [`LINGER_TIME`] and
-//!    [`LINGER_BYTES`] — nginx's lingering close. Closing at once with
+//!    reads and drops what arrives until the client closes — for at most
+//!    [`LINGER_TIME`] in all, [`LINGER_IDLE`] without a byte, and
+//!    `--max-body` + [`LINGER_BYTES`] — nginx's lingering close (its
+//!    `lingering_time` and `lingering_timeout`). Closing at once with
 //!    unread bytes in the socket makes the kernel send a reset, which
 //!    destroys the answer before the client has read it.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -52,8 +54,14 @@ use super::state::State;
 /// this size too): past it, 431.
 pub(super) const MAX_HEAD: usize = 16 << 10;
 
-/// How long a lingering close waits for the client to finish sending.
-pub(super) const LINGER_TIME: Duration = Duration::from_secs(5);
+/// How long a lingering close reads what the client still sends, at most
+/// (nginx's `lingering_time`): a 1 MiB body at 300 kbit/s.
+pub(super) const LINGER_TIME: Duration = Duration::from_secs(30);
+
+/// How long a lingering close waits for the next byte, at most (nginx's
+/// `lingering_timeout`): a client that has stopped sending but keeps its
+/// socket open is dropped after this.
+pub(super) const LINGER_IDLE: Duration = Duration::from_secs(5);
 
 /// The most a lingering close reads and drops, beyond `--max-body`.
 pub(super) const LINGER_BYTES: usize = 64 << 10;
@@ -210,9 +218,15 @@ async fn serve_http<S: Limited>(
     };
     let mut conn = http.serve_connection(TokioIo::new(io), service);
     let mut draining = false;
+    // hyper's own end of the connection (not `poll_without_shutdown`): it
+    // flushes what it still holds of the last response, then half-closes
+    // the socket (`TimedIo::poll_shutdown`). `poll_without_shutdown` can
+    // report the connection done with the tail of a response still in
+    // hyper's write buffer (the socket was full), which `into_parts` then
+    // drops: the client read a response cut short.
     let result = loop {
         tokio::select! {
-            r = poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+            r = poll_fn(|cx| std::pin::Pin::new(&mut conn).poll(cx)) => break r,
             _ = clock.evict.notified() => {
                 if !clock.evicted() {
                     continue;
@@ -235,9 +249,14 @@ async fn serve_http<S: Limited>(
         // what it could.
         return;
     }
+    // The connection will carry no more requests (hyper also ends here,
+    // without an error, when the idle timeout fires between requests): its
+    // place at the gate goes back now, not after the linger. Lingering
+    // connections are counted apart (`lingering`, at most MAX_LINGERING).
+    clock.leave_gate();
     let parts = conn.into_parts();
     let stream = parts.io.into_inner().into_inner();
-    drop(parts.read_buf);
+    drop((parts.read_buf, parts.service));
     linger(stream, &state).await;
 }
 
@@ -335,18 +354,16 @@ fn peek(stream: &TcpStream) -> io::Result<Peek> {
 
 /// Sends a canned answer, then closes the way the client can read it.
 async fn answer_and_linger(mut stream: TcpStream, answer: &[u8], state: &State) {
-    if stream.write_all(answer).await.is_ok() {
+    if stream.write_all(answer).await.is_ok() && stream.shutdown().await.is_ok() {
         linger(stream, state).await;
     }
 }
 
-/// Half-closes `stream`, then reads and drops what the client still sends
-/// until it closes its side, for at most [`LINGER_TIME`] and
-/// `--max-body` + [`LINGER_BYTES`].
-async fn linger(mut stream: TcpStream, state: &State) {
-    if stream.shutdown().await.is_err() {
-        return;
-    }
+/// Reads and drops what the client still sends on `stream`, whose write
+/// side is shut down (the client has read the answer and its end), until
+/// the client closes its side, for at most [`LINGER_TIME`] in all,
+/// [`LINGER_IDLE`] between two reads, and `--max-body` + [`LINGER_BYTES`].
+async fn linger(stream: TcpStream, state: &State) {
     if state.lingering.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING {
         state.lingering.fetch_sub(1, Ordering::Relaxed);
         state.linger_cut.fetch_add(1, Ordering::Relaxed);
@@ -355,8 +372,10 @@ async fn linger(mut stream: TcpStream, state: &State) {
     let mut left = state.max_body + LINGER_BYTES;
     let drained = tokio::time::timeout(LINGER_TIME, async {
         loop {
-            if stream.readable().await.is_err() {
-                return true;
+            match tokio::time::timeout(LINGER_IDLE, stream.readable()).await {
+                Err(_) => return false,
+                Ok(Err(_)) => return true,
+                Ok(Ok(())) => {}
             }
             match drain(&stream) {
                 Ok(0) => return true,
