@@ -36,6 +36,7 @@
 
 use std::future::{poll_fn, Future};
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,7 +131,7 @@ pub(super) async fn connection<S: Limited>(stream: TcpStream, open: Open, limite
 
     if let Some(gate) = &state.gate {
         // Whether the request head came with the connection (ready).
-        let ready = matches!(peek(&stream), Ok(Peek::Complete));
+        let ready = matches!(peek(stream.as_raw_fd()), Ok(Peek::Complete));
         let kind = if ready { Waiting::Ready } else { Waiting::Head };
         let (outcome, entered) = match gate.enter_notifying(kind, evict.clone()).ticket() {
             Some(ticket) if ready => (Head::Complete, Some(ticket)),
@@ -206,6 +207,8 @@ async fn serve_http<S: Limited>(
         // Bound hyper's read buffer: the per-client cost covers it.
         http.max_buf_size(MAX_HEAD);
     }
+    // The socket, for a peek while hyper owns it (open as long as `conn`).
+    let fd = stream.as_raw_fd();
     let io = TimedIo::new(stream, clock.clone(), state.clone());
     let service = {
         let (state, clock) = (state.clone(), clock.clone());
@@ -231,10 +234,20 @@ async fn serve_http<S: Limited>(
                 if !clock.evicted() {
                     continue;
                 }
-                // Idle: hyper closes now. A next request already under way
-                // is served first (with `Connection: close`): its client
-                // must not see a reset. The header timeout bounds a slow one.
-                std::pin::Pin::new(&mut conn).graceful_shutdown();
+                // Evicted while idle, by the server's account: it marks a
+                // connection busy only once hyper has parsed its next
+                // head, which on a busy server can be long after the
+                // client sent it. If any of it is in the socket, the
+                // client is not idle: its request is served, with
+                // `Connection: close` (an evicted ticket gets no place
+                // for the next idle wait); closing now would leave it a
+                // request without an answer (wrk counts a read error).
+                // The header timeout bounds a slow head.
+                if !matches!(peek(fd), Ok(Peek::Incomplete(_) | Peek::Complete)) {
+                    // Idle: hyper closes now (a request hyper has begun to
+                    // read is served first, with `Connection: close`).
+                    std::pin::Pin::new(&mut conn).graceful_shutdown();
+                }
             }
             _ = shutdown.changed(), if !draining => {
                 // Finish the request in flight (answered with `Connection:
@@ -294,7 +307,7 @@ async fn head_arrives(stream: &TcpStream, timeout: Duration) -> Head {
         // Peek at what has arrived. An incomplete head reports
         // `WouldBlock`, which clears the socket's readiness, so the next
         // `readable` waits for new bytes instead of returning at once.
-        let peeked = stream.try_io(Interest::READABLE, || match peek(stream) {
+        let peeked = stream.try_io(Interest::READABLE, || match peek(stream.as_raw_fd()) {
             Ok(Peek::Incomplete(n)) if n < MAX_HEAD => {
                 Err(io::Error::from(io::ErrorKind::WouldBlock))
             }
@@ -321,17 +334,18 @@ enum Peek {
     Closed,
 }
 
-/// Peeks at the socket's pending bytes (without taking them) and looks
-/// for the empty line that ends a request head.
-fn peek(stream: &TcpStream) -> io::Result<Peek> {
-    use std::os::fd::AsRawFd;
+/// Peeks at the pending bytes of the socket `fd` (without taking them)
+/// and looks for the empty line that ends a request head. `fd` must be
+/// an open socket (a closed or reused descriptor gives a wrong answer or
+/// an error, nothing worse: the call only peeks).
+fn peek(fd: RawFd) -> io::Result<Peek> {
     let mut buf = [0u8; MAX_HEAD];
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes, and recv
-    // writes at most that many; the descriptor is the stream's own, open
-    // while `stream` is borrowed.
+    // writes at most that many; recv on any descriptor touches nothing
+    // else (MSG_PEEK leaves the socket's data in place).
     let n = unsafe {
         libc::recv(
-            stream.as_raw_fd(),
+            fd,
             buf.as_mut_ptr().cast(),
             buf.len(),
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
