@@ -20,9 +20,11 @@
 //!
 //! **Accounting** ([`super::stats`]): `in_use` counts usable bytes (the
 //! block or span size), which is what the limit is about; the owner keeps
-//! its bytes in one signed word updated with plain loads and stores, and
-//! frees of owner blocks by other threads are counted apart and taken into
-//! account when reporting.
+//! its bytes in one signed word updated with plain loads and stores. A
+//! small block freed by another thread is counted by the owner when it
+//! collects it (until then it is a bit in the remote-free bitmap, which
+//! statistics read), so a remote free touches no counter; large blocks
+//! freed by other threads are counted apart.
 //!
 //! This file composes the parts — class states ([`super::queue`]), the
 //! remote-free machinery ([`super::remote`]), counters ([`super::stats`]),
@@ -415,7 +417,7 @@ impl HeapCore {
                     continue;
                 }
                 // (Only the owner's spans receive remote frees.)
-                if st.kind == OWNER_LOCAL && self.remote().collect(m, idx, false) > 0 {
+                if st.kind == OWNER_LOCAL && self.collect_remote(m, idx, false) > 0 {
                     continue;
                 }
                 // Dry: leave the queue until a free brings it back. Every
@@ -438,7 +440,7 @@ impl HeapCore {
                             .is_ok()
                     {
                         // A remote free raced with us and did not see FULL.
-                        self.remote().collect(m, idx, true);
+                        self.collect_remote(m, idx, true);
                         st.push_back(&self.pages, c, idx);
                     }
                 } else {
@@ -447,7 +449,7 @@ impl HeapCore {
                 continue;
             }
             if st.kind == OWNER_LOCAL {
-                st.set_foreign_seen(self.others.freed_bytes.load(Ordering::Relaxed));
+                st.set_foreign_seen(self.others.large_freed_bytes.load(Ordering::Relaxed));
                 if self.collect_pending() && !ptr::eq(st.current[c].get(), &EMPTY.0) {
                     continue;
                 }
@@ -620,6 +622,25 @@ impl HeapCore {
         self.sealed.load(Ordering::Acquire)
     }
 
+    /// Moves the remote frees of the owner's small span headed by `m` (page
+    /// `idx`) onto its free list and counts them as the owner's frees;
+    /// returns how many (see [`Remote::collect`] for `account`). The bits
+    /// leave the bitmap and enter the counters inside one owner update
+    /// (its sequence counter odd), so a statistics reader, which counts the
+    /// bitmap's bits as freed, sees the blocks in one place or the other,
+    /// never in both or neither.
+    pub(super) fn collect_remote(&self, m: &PageMeta, idx: usize, account: bool) -> u32 {
+        if !self.remote().has_remote(idx, m) {
+            return 0;
+        }
+        let mut n = 0;
+        self.local.counters.owner_update(|| {
+            n = self.remote().collect(m, idx, account);
+            self.local.count_collected(n, m.block_size.get() as usize);
+        });
+        n
+    }
+
     /// Brings back spans that received remote frees while FULL.
     pub(super) fn collect_pending(&self) -> bool {
         let remote = self.remote();
@@ -631,7 +652,7 @@ impl HeapCore {
             // PENDING: no freer writes the state until this store.
             let generation = m.state.load(Ordering::Relaxed) & GENERATION;
             m.state.store(generation, Ordering::SeqCst);
-            remote.collect(m, idx as usize, true);
+            self.collect_remote(m, idx as usize, true);
             let c = m.class.get() as usize;
             if m.used.get() == 0 {
                 self.retire_span(idx as usize);
@@ -731,8 +752,12 @@ impl HeapCore {
         } else if self.is_owner() {
             self.local.on_free(usable);
         } else {
-            self.others.freed_bytes.fetch_add(usable, Ordering::Relaxed);
-            self.others.freed_count.fetch_add(1, Ordering::Relaxed);
+            self.others
+                .large_freed_bytes
+                .fetch_add(usable, Ordering::Relaxed);
+            self.others
+                .large_freed_count
+                .fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: the span's block is freed: nothing in it is live.
         unsafe { self.lock_spans().free(idx, n_pages) };
@@ -757,7 +782,7 @@ impl HeapCore {
             self.local.on_resize(old, new);
         } else if new < old {
             self.others
-                .freed_bytes
+                .large_freed_bytes
                 .fetch_add(old - new, Ordering::Relaxed);
         } else {
             // A growth by a foreign thread of an owner block: count it as

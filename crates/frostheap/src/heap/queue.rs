@@ -174,6 +174,27 @@ impl ClassState {
         }
     }
 
+    /// The owner collected `n` remote frees of `size`-byte blocks: counts
+    /// them as its own frees. Called inside an owner update
+    /// ([`Counters::owner_update`], by `HeapCore::collect_remote`).
+    pub(super) fn count_collected(&self, n: u32, size: usize) {
+        debug_assert_eq!(
+            self.kind, OWNER_LOCAL,
+            "count_collected on the shared state"
+        );
+        let c = &self.counters;
+        c.slack.store(
+            c.slack
+                .load(Ordering::Relaxed)
+                .wrapping_add((n as usize * size) as isize),
+            Ordering::Relaxed,
+        );
+        c.freed_count.store(
+            c.freed_count.load(Ordering::Relaxed) + u64::from(n),
+            Ordering::Release,
+        );
+    }
+
     /// Counts a free of `size` usable bytes.
     #[inline]
     pub(super) fn on_free(&self, size: usize) {
