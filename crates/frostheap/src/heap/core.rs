@@ -37,7 +37,7 @@ use core::alloc::Layout;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use super::class::{class_for, class_of, span_pages};
+use super::class::{class_for, class_of, class_of_lookup, span_pages};
 use super::large;
 use super::page::{
     invalid_free, large_usable, Block, Kind, PageMeta, PageTable, EMPTY, FULL, GENERATION,
@@ -345,9 +345,36 @@ impl HeapCore {
     ///
     /// # Safety
     /// 1. The calling thread is the owner ([`HeapCore::is_owner`]).
+    ///
+    /// The inlined part is the pop for sizes up to 4 KiB alone, straight
+    /// line with one way out (a call to [`HeapCore::alloc_c_slow`]): with
+    /// the larger classes' computed lookup and the refill joining it,
+    /// the compiler laid it out with two more instructions per call.
     #[inline(always)]
     pub(crate) unsafe fn alloc_c_as_owner<const ZERO: bool>(&self, size: usize) -> *mut u8 {
         debug_assert!(self.is_owner(), "alloc_c_as_owner called by another thread");
+        if let Some(c) = class_of_lookup(size) {
+            // SAFETY: (1).
+            if let Some(p) = unsafe { self.try_alloc_small_as_owner(c) } {
+                if ZERO {
+                    // SAFETY: p points to a block of CLASS_SIZE[c] >= size
+                    // bytes.
+                    unsafe { ptr::write_bytes(p.as_ptr(), 0, size) };
+                }
+                return p.as_ptr();
+            }
+        }
+        // SAFETY: (1).
+        unsafe { self.alloc_c_slow::<ZERO>(size) }
+    }
+
+    /// [`HeapCore::alloc_c_as_owner`] past its inlined pop: a refill, a
+    /// class above 4 KiB, or a large block.
+    ///
+    /// # Safety
+    /// 1. The calling thread is the owner ([`HeapCore::is_owner`]).
+    #[inline(never)]
+    pub(super) unsafe fn alloc_c_slow<const ZERO: bool>(&self, size: usize) -> *mut u8 {
         if let Some(c) = class_of(size) {
             let p = self.alloc_small::<true>(c);
             if ZERO && !p.is_null() {
