@@ -332,14 +332,15 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
         unsafe { free(ptr) };
         return core::ptr::null_mut();
     }
-    if raw::owns(ptr.cast()) {
-        if size > isize::MAX as usize - MALLOC_ALIGN {
-            return out_of_memory();
-        }
-        let Some(h) = local() else {
-            // SAFETY: (1): a live heap block; this thread has no heap.
-            return unsafe { move_to_glibc(ptr, size) };
+    if size > isize::MAX as usize - MALLOC_ALIGN {
+        return if raw::owns(ptr.cast()) {
+            out_of_memory()
+        } else {
+            // SAFETY: (1): not ours, so glibc made it (and says ENOMEM).
+            unsafe { foreign::realloc(ptr, size) }
         };
+    }
+    if let Some(h) = local_fast() {
         if h.holds(ptr.cast()) {
             // SAFETY: (1): a live block of this thread's heap. Its
             // alignment is at least 16, and realloc need not keep more.
@@ -350,25 +351,53 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
                 q.cast()
             };
         }
-        // Another thread's block moves to this thread's heap.
-        // SAFETY: h is this thread's heap.
-        let q = unsafe { h.malloc(size) };
-        if q.is_null() {
-            return out_of_memory();
-        }
-        // SAFETY: (1): ptr is live; its usable size bounds what we copy
-        // from it, `size` what fits in q; then ptr is freed once (a remote
-        // free into its heap).
-        unsafe {
-            let old = raw::usable_size(ptr.cast());
-            core::ptr::copy_nonoverlapping(ptr.cast::<u8>(), q, old.min(size));
-            raw::free(ptr.cast());
-        }
-        return q.cast();
     }
-    // A glibc block stays in glibc, whichever thread resizes it.
-    // SAFETY: (1): not ours, so glibc made it.
-    unsafe { foreign::realloc(ptr, size) }
+    // SAFETY: (1), and ptr is not a block of this thread's heap.
+    unsafe { realloc_elsewhere(ptr, size) }
+}
+
+/// `realloc` of a block that is not the calling thread's own (another
+/// thread's heap block, or glibc's), or by a thread whose heap word is
+/// not set yet; `0 < size <= isize::MAX - 16`.
+///
+/// # Safety
+/// 1. `ptr` is a live block returned by these functions.
+#[inline(never)]
+unsafe fn realloc_elsewhere(ptr: *mut c_void, size: usize) -> *mut c_void {
+    if !raw::owns(ptr.cast()) {
+        // A glibc block stays in glibc, whichever thread resizes it.
+        // SAFETY: (1): not ours, so glibc made it.
+        return unsafe { foreign::realloc(ptr, size) };
+    }
+    let Some(h) = local() else {
+        // SAFETY: (1): a live heap block; this thread has no heap.
+        return unsafe { move_to_glibc(ptr, size) };
+    };
+    if h.holds(ptr.cast()) {
+        // The thread's first call since it got its heap word.
+        // SAFETY: (1): a live block of this thread's heap.
+        let q = unsafe { h.realloc_c(ptr.cast(), size) };
+        return if q.is_null() {
+            out_of_memory()
+        } else {
+            q.cast()
+        };
+    }
+    // Another thread's block moves to this thread's heap.
+    // SAFETY: h is this thread's heap.
+    let q = unsafe { h.malloc(size) };
+    if q.is_null() {
+        return out_of_memory();
+    }
+    // SAFETY: (1): ptr is live; its usable size bounds what we copy
+    // from it, `size` what fits in q; then ptr is freed once (a remote
+    // free into its heap).
+    unsafe {
+        let old = raw::usable_size(ptr.cast());
+        core::ptr::copy_nonoverlapping(ptr.cast::<u8>(), q, old.min(size));
+        raw::free(ptr.cast());
+    }
+    q.cast()
 }
 
 /// `reallocarray(3)`: `realloc(ptr, nmemb * size)` with an overflow check

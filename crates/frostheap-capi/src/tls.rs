@@ -18,7 +18,11 @@
 //! (`LD_PRELOAD`, a `DT_NEEDED` entry): its TLS is part of the initial
 //! block. A `dlopen`ed copy takes its 8 bytes from glibc's surplus of
 //! static TLS, which is there for such libraries (tests/preload.rs,
-//! `dlopen_then_allocate`).
+//! `dlopen_then_allocate`). Should that surplus be used up by other
+//! initial-exec libraries loaded earlier, `dlopen` itself fails ("cannot
+//! allocate memory in static TLS block") and the program goes on with
+//! its own allocator; glibc's tunable `glibc.rtld.optional_static_tls`
+//! enlarges the surplus. Nothing fails later, at an allocation.
 
 use core::ffi::c_void;
 
