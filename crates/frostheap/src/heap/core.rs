@@ -439,12 +439,14 @@ impl HeapCore {
                 // SAFETY: cur is a live meta of a span in this queue.
                 let m = unsafe { &*cur };
                 let idx = self.pages.idx_of(m);
-                if m.extend.get() < m.capacity.get() {
-                    ClassState::extend_free(&self.pages, m, idx);
-                    continue;
-                }
+                // Blocks other threads gave back are reused before fresh
+                // ones are carved, which would make more pages resident.
                 // (Only the owner's spans receive remote frees.)
                 if st.kind == OWNER_LOCAL && self.collect_remote(m, idx, false) > 0 {
+                    continue;
+                }
+                if m.extend.get() < m.capacity.get() {
+                    ClassState::extend_free(&self.pages, m, idx);
                     continue;
                 }
                 // Dry: leave the queue until a free brings it back. Every
