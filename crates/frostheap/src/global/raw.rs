@@ -9,7 +9,7 @@ use core::alloc::Layout;
 use core::sync::atomic::Ordering;
 
 use super::heaps;
-use super::start::{main_inner, AUTO_HUGE_PAGES, MAIN, READY};
+use super::start::{main_inner, AUTO_HUGE_PAGES, C_ABI, MAIN, READY};
 use crate::heap::{Heap, HeapInner};
 use crate::sync::thread_token;
 
@@ -23,6 +23,7 @@ pub const MALLOC_ALIGN: usize = 16;
 pub fn on_main_thread() -> bool {
     if MAIN.state.load(Ordering::Relaxed) != READY {
         AUTO_HUGE_PAGES.store(false, Ordering::Relaxed);
+        C_ABI.store(true, Ordering::Relaxed);
     }
     super::start::on_main_thread()
 }
@@ -40,6 +41,7 @@ pub struct Local(&'static HeapInner);
 pub fn local() -> Option<Local> {
     if MAIN.state.load(Ordering::Relaxed) != READY {
         AUTO_HUGE_PAGES.store(false, Ordering::Relaxed);
+        C_ABI.store(true, Ordering::Relaxed);
         super::start::on_main_thread();
     }
     super::route::own_heap().map(Local)
