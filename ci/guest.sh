@@ -79,7 +79,8 @@ for line in sys.stdin:
 includes=(-i "$freeze_bench")
 unit=
 it=
-others=()
+others=()        # test binaries, and
+other_names=()   # their <package dir>/<target> (<kind>)
 not_run=()
 while read -r name kind mode exe; do
     [ -n "$name" ] || continue
@@ -92,20 +93,21 @@ while read -r name kind mode exe; do
         not_run+=("$name: ${NOT_IN_GUEST[$name]}")
         continue
     fi
-    case $name in
-        frostheap/frostheap) [ "$kind" = lib ] && unit=$exe || others+=("$exe") ;;
-        frostheap/it) it=$exe ;;
-        *)
-            skips=
-            if [ -n "${SKIP_IN_GUEST[$name]+x}" ]; then
-                for t in ${SKIP_IN_GUEST[$name]}; do
-                    skips+=" --skip $t"
-                    not_run+=("$name::$t: ${SKIP_IN_GUEST_WHY[$name]}")
-                done
-            fi
-            others+=("$exe$skips")
-            ;;
-    esac
+    if [ "$name" = frostheap/frostheap ] && [ "$kind" = lib ]; then
+        unit=$exe
+    elif [ "$name" = frostheap/it ]; then
+        it=$exe
+    else
+        skips=
+        if [ -n "${SKIP_IN_GUEST[$name]+x}" ]; then
+            for t in ${SKIP_IN_GUEST[$name]}; do
+                skips+=" --skip $t"
+                not_run+=("$name::$t: ${SKIP_IN_GUEST_WHY[$name]}")
+            done
+        fi
+        others+=("$exe$skips")
+        other_names+=("$name ($kind)")
+    fi
 done <<< "$artifacts"
 [ -n "$unit" ] || { echo "guest: no unit-test binary of the frostheap library among cargo's artifacts" >&2; exit 1; }
 [ -n "$it" ] || { echo "guest: no \`it\` test binary among cargo's artifacts" >&2; exit 1; }
@@ -122,11 +124,21 @@ cmds=(
     "$require $it --test-threads=4 --color never"
     "$require $it --test-threads=2 --shuffle --skip fuzz_replay:: --skip heap_model:: --color never"
 )
-for exe in "${others[@]}"; do cmds+=("$exe --test-threads=2 --color never"); done
+labels=(
+    "frostheap: the library's unit tests"
+    "frostheap/it, 4 threads"
+    "frostheap/it, 2 threads, shuffled"
+)
+for i in "${!others[@]}"; do
+    cmds+=("${others[$i]} --test-threads=2 --color never")
+    labels+=("${other_names[$i]}")
+done
 cmds+=(
     "FROSTHEAP_PROTECT=pkey $target/release/frostheap tour"
     "$freeze_bench --max 256M --budget-ms 100 --out-dir /tmp/freeze-bench"
 )
+labels+=("frostheap tour (FROSTHEAP_PROTECT=pkey)" "freeze benchmark, short")
+printf '%s\n' "${labels[@]}" > "$target/pkey-guest.labels"
 
 log=$target/pkey-guest.log
 t_built=$(date +%s)
@@ -139,5 +151,5 @@ vm_rc=$?
 set -e
 t_end=$(date +%s)
 
-python3 ci/guest_report.py "$log" "$vm_rc" \
+python3 ci/guest_report.py "$log" "$target/pkey-guest.labels" "$vm_rc" \
     "$((t_built - t_start))" "$((t_end - t_built))" "${not_run[@]}"

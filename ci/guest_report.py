@@ -12,7 +12,8 @@ happened, briefly, after the full log:
 - the freeze benchmark's mprotect/pkey freeze + thaw ratios, measured within
   the guest (its absolute timings are emulated).
 
-usage: guest_report.py LOG VM_EXIT BUILD_SECONDS VM_SECONDS [NOT_RUN ...]
+usage: guest_report.py LOG LABELS VM_EXIT BUILD_SECONDS VM_SECONDS [NOT_RUN ...]
+(LABELS: a file with one name per command, in order.)
 Exit status 0 only if everything ran and passed.
 """
 
@@ -41,7 +42,12 @@ def sections(lines):
     return out
 
 
-def label(cmd):
+LABELS = []
+
+
+def label(cmd, i=None):
+    if i is not None and 0 < i <= len(LABELS):
+        return LABELS[i - 1]
     words = [w for w in cmd.split() if "=" not in w or w.startswith("-")]
     prog = words[0].rsplit("/", 1)[-1] if words else cmd
     prog = re.sub(r"-[0-9a-f]{16}$", "", prog)
@@ -96,8 +102,13 @@ def freeze_ratios(lines):
 
 
 def main():
-    log, vm_rc, build_s, vm_s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    not_run = sys.argv[5:]
+    log, labels = sys.argv[1], sys.argv[2]
+    vm_rc, build_s, vm_s = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    not_run = sys.argv[6:]
+    try:
+        LABELS.extend(open(labels, encoding="utf-8").read().splitlines())
+    except OSError:
+        pass
     try:
         text = open(log, encoding="utf-8", errors="replace").read()
     except OSError as e:
@@ -122,13 +133,13 @@ def main():
     for s in secs:
         rc = "-" if s["rc"] is None else str(s["rc"])
         wall = "-" if s["wall"] is None else f"{s['wall']:.1f}s"
-        print(f"  {s['i']:>2}. {label(s['cmd'])[:52]:<52} {rc:>5} {wall:>7}")
+        print(f"  {s['i']:>2}. {label(s['cmd'], s['i'])[:52]:<52} {rc:>5} {wall:>7}")
         if s["rc"] is None:
-            problems.append(f"command {s['i']} ({label(s['cmd'])}) did not finish (the VM stopped)")
+            problems.append(f"command {s['i']} ({label(s['cmd'], s['i'])}) did not finish (the VM stopped)")
         elif s["rc"] == 124:
-            problems.append(f"command {s['i']} ({label(s['cmd'])}) ran out of time")
+            problems.append(f"command {s['i']} ({label(s['cmd'], s['i'])}) ran out of time")
         elif s["rc"] != 0:
-            problems.append(f"command {s['i']} ({label(s['cmd'])}) exited {s['rc']}")
+            problems.append(f"command {s['i']} ({label(s['cmd'], s['i'])}) exited {s['rc']}")
     done = re.search(r"^=== PKEY-VM: DONE uptime=([0-9.]+)s", text, re.M)
     print(f"\n  timings: host-side build and collection {build_s}s; VM {vm_s}s"
           + (f" (guest uptime at the end {float(done.group(1)):.0f}s;"
@@ -141,7 +152,7 @@ def main():
     for s in secs:
         names, messages = failures(s)
         for n in names:
-            print(f"\n  FAILED in command {s['i']} ({label(s['cmd'])}): {n}")
+            print(f"\n  FAILED in command {s['i']} ({label(s['cmd'], s['i'])}): {n}")
             for l in messages.get(n, [])[:FAIL_LINES]:
                 print("    | " + l)
         for l in s["lines"]:
@@ -167,7 +178,7 @@ def main():
                 ok += outcome == "ok"
         machine = next((l for l in s["lines"] if l.startswith("this machine:")), "")
         seed = next((l for l in s["lines"] if l.startswith("shuffled with seed")), "")
-        print(f"\n  {label(s['cmd'])}: {ran} pkey cases ran, {ok} passed, {len(skipped)} skipped"
+        print(f"\n  {label(s['cmd'], s['i'])}: {ran} pkey cases ran, {ok} passed, {len(skipped)} skipped"
               + (f"; {seed}" if seed else ""))
         if machine:
             print(f"    {machine}")

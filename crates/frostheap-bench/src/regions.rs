@@ -63,6 +63,11 @@ impl RawRegion {
         }
     }
 
+    /// The first address of the region (2 MiB aligned).
+    pub fn base(&self) -> usize {
+        self.base as usize
+    }
+
     /// Commits (read-write) and touches the prefix up to `len`.
     pub fn grow_to(&mut self, len: usize) {
         assert!(len <= self.reserved);

@@ -1,27 +1,31 @@
 //! `frostheap run`: finding `libfrostheap.so` (explicitly, next to the
 //! binary, or in an installed layout) and capping a real program with it.
 //!
-//! The library is built by `cargo build --release` or `cargo test
-//! --workspace` at the root (frostheap-capi is a default member); these
-//! tests look for it next to the `frostheap` binary cargo built for them.
+//! The library is built by `cargo build --release` (next to the command)
+//! or `cargo test --workspace --release` (which leaves it in `deps/`
+//! only); these tests look for it in both places beside the `frostheap`
+//! binary cargo built for them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const FROSTHEAP: &str = env!("CARGO_BIN_EXE_frostheap");
 
-/// The library cargo built beside the command under test.
+/// The library cargo built beside the command under test: next to it
+/// after `cargo build`, in `deps/` after `cargo test --workspace`.
 fn built_library() -> PathBuf {
-    let lib = Path::new(FROSTHEAP)
-        .parent()
-        .expect("the binary has a directory")
-        .join("libfrostheap.so");
-    assert!(
-        lib.is_file(),
-        "{} is missing: build the workspace (`cargo build --release` at the root) before this test",
-        lib.display()
-    );
-    lib
+    let dir = Path::new(FROSTHEAP).parent().expect("the binary has a directory");
+    let candidates = [dir.join("libfrostheap.so"), dir.join("deps/libfrostheap.so")];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "libfrostheap.so not found at {candidates:?}: `cargo test --workspace --release` \
+                 or `cargo build --release` at the root builds it"
+            )
+        })
 }
 
 fn stderr(out: &Output) -> String {

@@ -4,7 +4,7 @@
 //!
 //! `FROSTHEAP_MIN`, `FROSTHEAP_MAX` (sizes such as `64M`, `1G`, `1.5GiB`),
 //! `FROSTHEAP_HUGE_PAGES=auto|on|off`, `FROSTHEAP_PROTECT=auto|pkey|mprotect|off`,
-//! `FROSTHEAP_ON_VIOLATION=cancel|abort|audit` and `FROSTHEAP_TRACK_ALLOCS=0|1`.
+//! `FROSTHEAP_ON_VIOLATION=rollback|cancel|abort|audit` and `FROSTHEAP_TRACK_ALLOCS=0|1`.
 //!
 //! [`parse`] takes the variables from a lookup function, so every rule is
 //! tested in process; [`from_env`] is `parse` over the real environment.
@@ -59,22 +59,27 @@ impl Protect {
 pub enum OnViolation {
     /// Park the task's thread for good, report `Error::Violation`, start a
     /// replacement worker. The store never happens.
-    #[default]
     Cancel = 0,
     /// Write a full report to stderr and die with the original signal.
     Abort = 1,
     /// Let the write land and record it; the phase goes on.
     Audit = 2,
+    /// Let the store land, record what it overwrote, let the task run to
+    /// its end, and undo every such store when the phase ends; the phase
+    /// returns `Error::Violation` (docs/rollback.md).
+    #[default]
+    Rollback = 3,
 }
 
 impl OnViolation {
-    /// Parses `cancel`, `abort` or `audit`.
+    /// Parses `rollback`, `cancel`, `abort` or `audit`.
     pub fn parse(s: &str) -> Option<OnViolation> {
         Self::parse_bytes(s.as_bytes())
     }
 
     fn parse_bytes(s: &[u8]) -> Option<OnViolation> {
         match s {
+            b"rollback" => Some(OnViolation::Rollback),
             b"cancel" => Some(OnViolation::Cancel),
             b"abort" => Some(OnViolation::Abort),
             b"audit" => Some(OnViolation::Audit),
@@ -88,6 +93,7 @@ impl OnViolation {
         match n {
             1 => OnViolation::Abort,
             2 => OnViolation::Audit,
+            3 => OnViolation::Rollback,
             _ => OnViolation::Cancel,
         }
     }
@@ -286,9 +292,9 @@ pub fn parse(
             .ok_or_else(|| bad(&PROTECT, value, "auto, pkey, mprotect or off"))?,
     };
     let on_violation = match get(&ON_VIOLATION) {
-        None => OnViolation::Cancel,
+        None => OnViolation::Rollback,
         Some(value) => OnViolation::parse_bytes(value)
-            .ok_or_else(|| bad(&ON_VIOLATION, value, "cancel, abort or audit"))?,
+            .ok_or_else(|| bad(&ON_VIOLATION, value, "rollback, cancel, abort or audit"))?,
     };
     let track_allocs = match get(&TRACK_ALLOCS) {
         None | Some(b"0") | Some(b"") => false,
@@ -352,7 +358,7 @@ mod tests {
                 max_from_env: false,
                 huge_pages: HugePages::Auto,
                 protect: Protect::Auto,
-                on_violation: OnViolation::Cancel,
+                on_violation: OnViolation::Rollback,
                 track_allocs: false,
             }
         );
@@ -422,7 +428,7 @@ mod tests {
     fn a_bad_value_names_the_variable_the_value_and_what_is_accepted() {
         let cases: [BadCase; 8] = [
             (&[("FROSTHEAP_PROTECT", "sometimes")], "FROSTHEAP_PROTECT", "sometimes", "auto, pkey, mprotect or off"),
-            (&[("FROSTHEAP_ON_VIOLATION", "explode")], "FROSTHEAP_ON_VIOLATION", "explode", "cancel, abort or audit"),
+            (&[("FROSTHEAP_ON_VIOLATION", "explode")], "FROSTHEAP_ON_VIOLATION", "explode", "rollback, cancel, abort or audit"),
             (&[("FROSTHEAP_HUGE_PAGES", "yes")], "FROSTHEAP_HUGE_PAGES", "yes", "auto, on or off"),
             (&[("FROSTHEAP_TRACK_ALLOCS", "true")], "FROSTHEAP_TRACK_ALLOCS", "true", "0 or 1"),
             (&[("FROSTHEAP_MAX", "lots")], "FROSTHEAP_MAX", "lots", SIZE_SYNTAX),

@@ -10,20 +10,42 @@
 //! allocates). A free, from any thread, increments the chunk's atomic free
 //! count. A chunk the owner has moved past is *sealed*; when a sealed
 //! chunk's frees equal its allocations it is empty, and whoever sees that
-//! first (the last freer, or the owner at sealing) pushes it on the slot's
-//! reuse stack: reuse is O(1), with no scan. Results that escape a task
+//! first (the last freer, or the owner at sealing) marks it free in the
+//! slot's *free map* (one bit per chunk, set by anyone, cleared only by the
+//! owner, which takes free chunks from it). Results that escape a task
 //! keep their chunk non-empty, so nothing is copied and nothing dangles;
-//! the chunk is reused once main drops them.
+//! the chunk is free once main drops them.
 //!
-//! Requests of more than half a chunk take a run of fresh chunks. A slot
-//! that runs out makes the allocation fail; the global allocator then falls
-//! back to system memory.
+//! Requests of more than half a chunk take a *run* of chunks: the first
+//! run of free chunks in the map that is long enough, else fresh ones. A
+//! run freed is free chunks again, so a large result made and dropped
+//! phase after phase reuses the same part of the slot instead of walking
+//! through it. A slot that runs out makes the allocation fail; the global
+//! allocator then falls back to other memory.
 //!
-//! Chunks on the reuse stack beyond [`KEEP_RESIDENT`] are purged
-//! (`MADV_DONTNEED`), so idle contexts do not pin memory.
+//! **Memory goes back to the OS when results no longer use it.** At most
+//! [`KEEP_RESIDENT`] free chunks (8 MiB) of a heap stay resident for
+//! reuse; the rest are purged (`MADV_DONTNEED`) by whoever frees their last
+//! block, so two 100 MB results dropped by main cost 8 MiB afterwards, not
+//! 200 MB, and no phase has to run for it. (The main heap's rule is the
+//! same idea with a larger allowance; here chunks are reused task after
+//! task, and the allowance covers that churn.)
+//!
+//! **A slot comes back when its heap is retired and empty.** A worker
+//! retires its heap when it exits. Blocks its tasks returned may still be
+//! alive in main's data: then the heap stays until the last of them is
+//! freed, and that free (whichever thread makes it) decommits the slot and
+//! hands it back. The bookkeeping of a slot (its [`ContextHeap`]) is made
+//! once per slot, in a mapping of its own, and lives as long as the
+//! process, so a thread still finishing a free into a heap that has just
+//! been handed back reads valid (if stale) counters; a generation number
+//! keeps such a thread from releasing the slot's next heap.
+//!
+//! A parked worker never retires its heap: its slot stays taken, which is
+//! why `max_parked` and `workers` together must fit in [`N_SLOTS`].
 
 use core::cell::Cell;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Once;
 
 use crate::os;
@@ -39,21 +61,28 @@ pub const CHUNK_SHIFT: u32 = 22;
 /// `1 << CHUNK_SHIFT`.
 pub const CHUNK_SIZE: usize = 1 << CHUNK_SHIFT;
 const CHUNKS_PER_SLOT: usize = 1 << (SLOT_SHIFT - CHUNK_SHIFT);
-/// Empty chunks kept resident for reuse; more are purged.
+/// Free chunks a heap keeps resident for reuse; more are purged.
 pub const KEEP_RESIDENT: u32 = 2;
 const NONE: u32 = u32::MAX;
 
 const ACTIVE: u32 = 0;
 const SEALED: u32 = 1;
 const REUSABLE: u32 = 2;
+/// Words of a slot's free map.
+const MAP_WORDS: usize = CHUNKS_PER_SLOT / 64;
+/// The low half of [`ContextHeap::life`]: in use by its worker.
+const LIFE_ACTIVE: u64 = 0;
+/// The low half of `life` once the slot is handed back.
+const LIFE_RELEASED: u64 = u32::MAX as u64;
 
 static SPACE_ONCE: Once = Once::new();
 static SPACE_BASE: AtomicUsize = AtomicUsize::new(0);
 static SPACE_LEN: AtomicUsize = AtomicUsize::new(0);
 static SLOT_USED: [AtomicBool; N_SLOTS] = [const { AtomicBool::new(false) }; N_SLOTS];
-/// Every live context heap by slot, for frees routed by address.
-static SLOT_HEAP: [core::sync::atomic::AtomicPtr<ContextHeap>; N_SLOTS] =
-    [const { core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }; N_SLOTS];
+/// The bookkeeping of each slot ever used (made once, never freed), for
+/// frees routed by address.
+static SLOT_HEAP: [AtomicPtr<ContextHeap>; N_SLOTS] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; N_SLOTS];
 
 /// Whether `addr` lies in the context space. Two loads and a compare.
 #[inline]
@@ -95,12 +124,8 @@ struct ChunkMeta {
     state: AtomicU32,
     /// Chunks in this run (on the run's first chunk).
     run: AtomicU32,
-    /// Reuse-stack link.
-    next: AtomicU32,
-    /// Pages are resident (not purged since last use).
+    /// Pages are resident (committed and not purged since).
     resident: AtomicBool,
-    /// Committed at least once.
-    committed: AtomicBool,
 }
 
 impl ChunkMeta {
@@ -121,7 +146,9 @@ impl ChunkMeta {
     }
 }
 
-/// One worker's bump arena.
+/// One worker's bump arena: the bookkeeping of one slot of the context
+/// space, made once per slot and reused by each heap that takes the slot
+/// (see the file comment).
 pub struct ContextHeap {
     slot: usize,
     base: usize,
@@ -132,27 +159,36 @@ pub struct ContextHeap {
     limit: Cell<usize>,
     current: Cell<u32>,
     frontier: Cell<u32>,
-    chunks: Box<[ChunkMeta]>,
-    /// Reuse stack (chunk indices); pushed by anyone, popped by the owner.
-    reuse: AtomicU32,
-    resident_reusable: AtomicU32,
+    chunks: [ChunkMeta; CHUNKS_PER_SLOT],
+    /// The free map: a set bit is a free chunk (committed at least once,
+    /// empty, not in use). Set by anyone, cleared by the owner only.
+    free: [AtomicU64; MAP_WORDS],
+    /// Chunks in the free map.
+    free_count: AtomicU32,
+    /// Free chunks whose pages are resident.
+    resident_free: AtomicU32,
     /// Bytes handed out since creation (owner writes, anyone reads).
     allocated: AtomicUsize,
-    /// Chunks committed now.
+    /// Chunks committed and resident now (in use, or free and kept).
     committed_chunks: AtomicUsize,
+    /// The heap's life: a generation in the high half (one per heap that
+    /// took the slot) and, in the low half, [`LIFE_ACTIVE`], the frontier
+    /// plus one once retired, or [`LIFE_RELEASED`].
+    life: AtomicU64,
 }
 
-// SAFETY: the Cell fields are touched only by the owning worker thread;
-// everything other threads touch (frees, the reuse stack, counters) is
-// atomic.
+// SAFETY: the Cell fields are touched only by the owning worker thread (and
+// by `new` before the heap is handed to it); everything other threads touch
+// (frees, the free map, counters) is atomic.
 unsafe impl Sync for ContextHeap {}
 // SAFETY: as above; the slot's memory belongs to the heap.
 unsafe impl Send for ContextHeap {}
 
 impl ContextHeap {
-    /// Takes a free slot of the context space.
-    pub fn new() -> Result<Box<ContextHeap>, crate::Error> {
-        reserve_space().map_err(|source| crate::Error::Os {
+    /// Takes a free slot of the context space and returns its heap, empty.
+    /// The heap belongs to the caller until [`ContextHeap::retire`].
+    pub fn new() -> Result<&'static ContextHeap, crate::error::Error> {
+        reserve_space().map_err(|source| crate::error::Error::Os {
             context: "reserving the context space",
             source,
         })?;
@@ -163,44 +199,76 @@ impl ContextHeap {
                     .is_ok()
             })
             .ok_or_else(|| {
-                crate::Error::invalid(
+                crate::error::Error::invalid(
                     "workers",
                     N_SLOTS + 1,
                     format!("at most {N_SLOTS} context heaps alive at once"),
                 )
             })?;
-        let base = SPACE_BASE.load(Ordering::Relaxed) + (slot << SLOT_SHIFT);
-        let chunks = (0..CHUNKS_PER_SLOT)
-            .map(|_| ChunkMeta {
-                allocs: AtomicU32::new(0),
-                frees: AtomicU32::new(0),
-                owner_frees: AtomicU32::new(0),
-                state: AtomicU32::new(ACTIVE),
-                run: AtomicU32::new(1),
-                next: AtomicU32::new(NONE),
-                resident: AtomicBool::new(false),
-                committed: AtomicBool::new(false),
-            })
-            .collect();
-        let heap = Box::new(ContextHeap {
-            slot,
-            base,
-            owner: AtomicUsize::new(0),
-            cursor: Cell::new(0),
-            limit: Cell::new(0),
-            current: Cell::new(NONE),
-            frontier: Cell::new(0),
-            chunks,
-            reuse: AtomicU32::new(NONE),
-            resident_reusable: AtomicU32::new(0),
-            allocated: AtomicUsize::new(0),
-            committed_chunks: AtomicUsize::new(0),
-        });
-        SLOT_HEAP[slot].store(
-            &*heap as *const ContextHeap as *mut ContextHeap,
-            Ordering::Release,
-        );
+        let heap = match Self::of_slot(slot) {
+            Some(h) => h,
+            None => match Self::make(slot) {
+                Ok(h) => h,
+                Err(source) => {
+                    SLOT_USED[slot].store(false, Ordering::Release);
+                    return Err(crate::error::Error::Os {
+                        context: "mapping a context heap's bookkeeping",
+                        source,
+                    });
+                }
+            },
+        };
+        heap.reset();
         Ok(heap)
+    }
+
+    /// The bookkeeping of `slot`, if the slot was ever used.
+    fn of_slot(slot: usize) -> Option<&'static ContextHeap> {
+        // SAFETY: SLOT_HEAP holds only pointers from `make`, valid for the
+        // rest of the process.
+        unsafe { SLOT_HEAP[slot].load(Ordering::Acquire).as_ref() }
+    }
+
+    /// Maps the bookkeeping of `slot` (first use of the slot).
+    fn make(slot: usize) -> Result<&'static ContextHeap, os::OsError> {
+        let len = core::mem::size_of::<ContextHeap>().next_multiple_of(os::page_size());
+        let p = os::map_table(len)? as *mut ContextHeap;
+        // SAFETY: the mapping is zeroed, writable, page-aligned and large
+        // enough; all-zero bytes are a valid ContextHeap (atomics, cells
+        // and integers, every one zero), whose two plain fields are set
+        // here before anyone else can see it. It is never unmapped.
+        unsafe {
+            core::ptr::addr_of_mut!((*p).slot).write(slot);
+            core::ptr::addr_of_mut!((*p).base)
+                .write(SPACE_BASE.load(Ordering::Relaxed) + (slot << SLOT_SHIFT));
+            SLOT_HEAP[slot].store(p, Ordering::Release);
+            Ok(&*p)
+        }
+    }
+
+    /// Makes the slot's bookkeeping that of a new, empty heap (the caller
+    /// has just taken the slot; its previous heap was released, so no
+    /// block lives in it and its memory is decommitted).
+    fn reset(&self) {
+        self.owner.store(0, Ordering::Relaxed);
+        self.cursor.set(0);
+        self.limit.set(0);
+        self.current.set(NONE);
+        self.frontier.set(0);
+        for c in &self.chunks {
+            c.restart(1, 0, ACTIVE);
+            c.resident.store(false, Ordering::Relaxed);
+        }
+        for w in &self.free {
+            w.store(0, Ordering::Relaxed);
+        }
+        self.free_count.store(0, Ordering::Relaxed);
+        self.resident_free.store(0, Ordering::Relaxed);
+        self.allocated.store(0, Ordering::Relaxed);
+        self.committed_chunks.store(0, Ordering::Relaxed);
+        let generation = (self.life.load(Ordering::Relaxed) >> 32) + 1;
+        self.life
+            .store(generation << 32 | LIFE_ACTIVE, Ordering::SeqCst);
     }
 
     /// Makes the calling thread the owner: the worker calls this once, on
@@ -215,7 +283,8 @@ impl ContextHeap {
         self.allocated.load(Ordering::Relaxed)
     }
 
-    /// Bytes of chunks committed now.
+    /// Bytes of chunks committed and resident now: in use, or free and
+    /// kept for reuse (at most [`KEEP_RESIDENT`] chunks).
     pub fn committed(&self) -> usize {
         self.committed_chunks.load(Ordering::Relaxed) * CHUNK_SIZE
     }
@@ -266,11 +335,11 @@ impl ContextHeap {
         unsafe { self.alloc(size, align) }
     }
 
-    /// A dedicated run of fresh chunks for a large request.
+    /// A dedicated run of chunks for a large request.
     fn alloc_run(&self, size: usize, align: usize) -> *mut u8 {
         // Runs start chunk-aligned; a block aligned beyond a chunk could
         // start past the run's first chunk, where a free would not find the
-        // run's counts. Such rare requests go to system memory.
+        // run's counts. Such rare requests go to other memory.
         if align > CHUNK_SIZE {
             return core::ptr::null_mut();
         }
@@ -278,7 +347,7 @@ impl ContextHeap {
             return core::ptr::null_mut();
         };
         let k = bytes.div_ceil(CHUNK_SIZE).max(1);
-        let Some(first) = self.take_fresh(k) else {
+        let Some(first) = self.take_free(k).or_else(|| self.take_fresh(k)) else {
             return core::ptr::null_mut();
         };
         let start = self.base + (first << CHUNK_SHIFT);
@@ -291,8 +360,8 @@ impl ContextHeap {
         round_up(start, align) as *mut u8
     }
 
-    /// Seals the current chunk; if it is already empty, it becomes
-    /// reusable at once.
+    /// Seals the current chunk; if it is already empty, it becomes free at
+    /// once.
     fn seal_current(&self) {
         let cur = self.current.get();
         if cur == NONE {
@@ -307,48 +376,51 @@ impl ContextHeap {
         }
     }
 
-    /// Pops a reusable chunk, or commits the next fresh one.
+    /// A free chunk (resident ones first), or the next fresh one.
     fn take_chunk(&self) -> Option<u32> {
-        let mut top = self.reuse.load(Ordering::Acquire);
-        while top != NONE {
-            let next = self.chunks[top as usize].next.load(Ordering::Relaxed);
-            // Only the owner pops, so the classic ABA cannot happen.
-            match self
-                .reuse
-                .compare_exchange_weak(top, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => {
-                    let c = &self.chunks[top as usize];
-                    let run = c.run.load(Ordering::Relaxed);
-                    if c.resident.load(Ordering::Relaxed) {
-                        self.resident_reusable.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    if run > 1 {
-                        // Use the first chunk; the rest goes back as a run.
-                        let rest = &self.chunks[top as usize + 1];
-                        rest.run.store(run - 1, Ordering::Relaxed);
-                        rest.resident
-                            .store(c.resident.load(Ordering::Relaxed), Ordering::Relaxed);
-                        if rest.resident.load(Ordering::Relaxed) {
-                            self.resident_reusable.fetch_add(1, Ordering::Relaxed);
-                        }
-                        rest.state.store(REUSABLE, Ordering::Relaxed);
-                        self.push_reuse(top + 1);
-                    }
-                    c.resident.store(true, Ordering::Relaxed);
-                    c.restart(1, 0, ACTIVE);
-                    return Some(top);
-                }
-                Err(t) => top = t,
-            }
-        }
-        let idx = self.take_fresh(1)?;
+        let idx = self.take_free(1).or_else(|| self.take_fresh(1))?;
         self.chunks[idx].restart(1, 0, ACTIVE);
         Some(idx as u32)
     }
 
+    /// Takes `k` consecutive free chunks out of the free map (owner only);
+    /// for one chunk, a resident one if there is one. Returns the first.
+    fn take_free(&self, k: usize) -> Option<usize> {
+        if (self.free_count.load(Ordering::Acquire) as usize) < k {
+            return None;
+        }
+        // Other threads only set bits, so a bit seen set stays set until
+        // this owner clears it.
+        let is_free = |i: usize| self.free[i / 64].load(Ordering::Acquire) & (1 << (i % 64)) != 0;
+        let frontier = self.frontier.get() as usize;
+        let first = if k == 1 {
+            let resident = (0..frontier)
+                .find(|&i| is_free(i) && self.chunks[i].resident.load(Ordering::Relaxed));
+            resident.or_else(|| (0..frontier).find(|&i| is_free(i)))?
+        } else {
+            let mut run = 0;
+            (0..frontier).find(|&i| {
+                run = if is_free(i) { run + 1 } else { 0 };
+                run == k
+            })? + 1
+                - k
+        };
+        for i in first..first + k {
+            self.free[i / 64].fetch_and(!(1 << (i % 64)), Ordering::AcqRel);
+            let c = &self.chunks[i];
+            if c.resident.swap(true, Ordering::Relaxed) {
+                self.resident_free.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                // Purged pages come back as they are touched.
+                self.committed_chunks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.free_count.fetch_sub(k as u32, Ordering::AcqRel);
+        Some(first)
+    }
+
     /// Commits the next `k` never-used chunks of the slot; returns the
-    /// first, marked committed and resident. `None` when the slot is full.
+    /// first, marked resident. `None` when the slot is full.
     fn take_fresh(&self, k: usize) -> Option<usize> {
         let first = self.frontier.get() as usize;
         if first + k > CHUNKS_PER_SLOT {
@@ -366,46 +438,60 @@ impl ContextHeap {
         }
         self.frontier.set((first + k) as u32);
         self.committed_chunks.fetch_add(k, Ordering::Relaxed);
-        let c = &self.chunks[first];
-        c.committed.store(true, Ordering::Relaxed);
-        c.resident.store(true, Ordering::Relaxed);
+        for c in &self.chunks[first..first + k] {
+            c.resident.store(true, Ordering::Relaxed);
+        }
         Some(first)
     }
 
+    /// The run starting at chunk `idx` is empty: puts its chunks in the free
+    /// map, purging those beyond the [`KEEP_RESIDENT`] allowance. Any
+    /// thread; exactly one caller per emptied run gets past the state
+    /// change. The last chunk freed of a retired heap hands its slot back.
     fn make_reusable(&self, idx: u32) {
-        let c = &self.chunks[idx as usize];
-        if c.state
+        let head = &self.chunks[idx as usize];
+        if head
+            .state
             .compare_exchange(SEALED, REUSABLE, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
             return;
         }
-        if self.resident_reusable.load(Ordering::Relaxed) >= KEEP_RESIDENT {
-            let start = self.base + ((idx as usize) << CHUNK_SHIFT);
-            let len = c.run.load(Ordering::Relaxed) as usize * CHUNK_SIZE;
-            // SAFETY: the run is empty: no live allocation lies in it.
-            if unsafe { os::purge(start as *mut u8, len) }.is_ok() {
-                c.resident.store(false, Ordering::Relaxed);
+        let first = idx as usize;
+        let run = head.run.load(Ordering::Relaxed) as usize;
+        // Claim resident places within the allowance for the run's first
+        // chunks; purge the rest.
+        let keep = self
+            .resident_free
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                (r < KEEP_RESIDENT).then(|| (r + run as u32).min(KEEP_RESIDENT))
+            })
+            .map_or(0, |r| (KEEP_RESIDENT - r).min(run as u32) as usize);
+        if keep < run {
+            let start = self.base + ((first + keep) << CHUNK_SHIFT);
+            let len = (run - keep) * CHUNK_SIZE;
+            // SAFETY: the run is empty: no live allocation lies in it, and
+            // it is not in the free map yet, so nobody takes it meanwhile.
+            let purged = unsafe { os::purge(start as *mut u8, len) }.is_ok();
+            for c in &self.chunks[first + keep..first + run] {
+                if purged && c.resident.swap(false, Ordering::Relaxed) {
+                    self.committed_chunks.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            if !purged {
+                // Still resident: counted as such.
+                self.resident_free
+                    .fetch_add((run - keep) as u32, Ordering::AcqRel);
             }
         }
-        if c.resident.load(Ordering::Relaxed) {
-            self.resident_reusable.fetch_add(1, Ordering::Relaxed);
+        for (i, c) in self.chunks[first..first + run].iter().enumerate() {
+            c.run.store(1, Ordering::Relaxed);
+            c.state.store(REUSABLE, Ordering::Relaxed);
+            let i = first + i;
+            self.free[i / 64].fetch_or(1 << (i % 64), Ordering::AcqRel);
         }
-        self.push_reuse(idx);
-    }
-
-    fn push_reuse(&self, idx: u32) {
-        let mut top = self.reuse.load(Ordering::Relaxed);
-        loop {
-            self.chunks[idx as usize].next.store(top, Ordering::Relaxed);
-            match self
-                .reuse
-                .compare_exchange_weak(top, idx, Ordering::Release, Ordering::Relaxed)
-            {
-                Ok(_) => return,
-                Err(t) => top = t,
-            }
-        }
+        let free = self.free_count.fetch_add(run as u32, Ordering::SeqCst) + run as u32;
+        self.release_if_retired(free);
     }
 
     /// Frees a context block, from any thread.
@@ -469,40 +555,63 @@ impl ContextHeap {
         false
     }
 
-    /// Whether every allocation ever made here has been freed.
+    /// Whether every allocation ever made here has been freed (owner
+    /// thread, or after it retired the heap).
     pub fn is_empty(&self) -> bool {
-        self.chunks.iter().all(|c| {
-            c.state.load(Ordering::Acquire) == REUSABLE
-                || !c.committed.load(Ordering::Relaxed)
-                || c.freed() == c.allocs.load(Ordering::Acquire)
-        })
+        let cur = self.current.get();
+        let current_empty = cur == NONE || {
+            let c = &self.chunks[cur as usize];
+            c.freed() == c.allocs.load(Ordering::Acquire)
+        };
+        let sealed_free = self.free_count.load(Ordering::Acquire) as usize
+            + usize::from(cur != NONE)
+            == self.frontier.get() as usize;
+        current_empty && sealed_free
     }
-}
 
-impl ContextHeap {
-    /// Ends the heap's use by its worker. An empty heap returns its slot
-    /// (decommitted) for reuse; a heap whose blocks escaped into main's
-    /// data is leaked, so those blocks stay valid (its chunks are purged as
-    /// they empty).
-    pub fn retire(self: Box<Self>) {
-        if self.is_empty() {
-            drop(self);
-        } else {
-            Box::leak(self);
+    /// Ends the heap's use by its worker (on the worker's thread, as it
+    /// exits). An empty heap hands its slot back now (decommitted); a heap
+    /// whose blocks escaped into main's data stays until the last of them
+    /// is freed, and that free hands the slot back.
+    pub fn retire(&'static self) {
+        self.seal_current();
+        let life = self.life.load(Ordering::Relaxed);
+        let frontier = self.frontier.get();
+        self.life.store(
+            (life & !(u32::MAX as u64)) | (frontier as u64 + 1),
+            Ordering::SeqCst,
+        );
+        // Either this load sees every chunk free, or the freer that frees
+        // the last one sees the retirement (both sides SeqCst).
+        self.release_if_retired(self.free_count.load(Ordering::SeqCst));
+    }
+
+    /// Hands the slot back if the heap is retired and `free` (the free
+    /// chunks just counted) covers every chunk it ever committed.
+    fn release_if_retired(&self, free: u32) {
+        let life = self.life.load(Ordering::SeqCst);
+        let state = life & u32::MAX as u64;
+        if state == LIFE_ACTIVE || state == LIFE_RELEASED || free as u64 + 1 != state {
+            return;
         }
-    }
-}
-
-impl Drop for ContextHeap {
-    fn drop(&mut self) {
-        let len = (self.frontier.get() as usize) << CHUNK_SHIFT;
+        // One caller wins, and only in this generation: a thread finishing
+        // a free late never releases the slot's next heap.
+        let released = (life & !(u32::MAX as u64)) | LIFE_RELEASED;
+        if self
+            .life
+            .compare_exchange(life, released, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let len = ((state - 1) as usize) << CHUNK_SHIFT;
         if len > 0 {
-            // SAFETY: the heap is dropped only when empty (see `retire`):
-            // nothing lives in the slot any more.
+            // SAFETY: every chunk of the slot is free: nothing lives in it.
             let _ = unsafe { os::decommit(self.base as *mut u8, len) };
             crate::heap::process::release(crate::heap::process::Kind::Context, len);
         }
-        SLOT_HEAP[self.slot].store(core::ptr::null_mut(), Ordering::Release);
+        self.committed_chunks.store(0, Ordering::Relaxed);
+        // Last: from here on the slot may be taken (and reset) again.
         SLOT_USED[self.slot].store(false, Ordering::Release);
     }
 }
@@ -513,10 +622,9 @@ impl Drop for ContextHeap {
 /// 1. `p` is a live context block ([`owns`] is true for it).
 pub unsafe fn free(p: *mut u8) {
     let slot = (p as usize - SPACE_BASE.load(Ordering::Relaxed)) >> SLOT_SHIFT;
-    let heap = SLOT_HEAP[slot].load(Ordering::Acquire);
-    // SAFETY: a slot with live blocks keeps its heap registered (see Drop:
-    // a heap with live blocks is leaked, not unregistered).
-    if let Some(h) = unsafe { heap.as_ref() } {
+    // A live block's slot has its bookkeeping (made when the slot was first
+    // taken, never freed).
+    if let Some(h) = ContextHeap::of_slot(slot) {
         // SAFETY: forwarded (1).
         unsafe { h.free(p) }
     }

@@ -39,6 +39,25 @@ pub enum Error {
         /// The panic message.
         message: String,
     },
+    /// A parallel call did not run every task, and nothing else explains
+    /// why: the runtime could not start the phase with all of its workers
+    /// (threads parked by the cancel policy passed `max_parked`, or a
+    /// replacement could not start). No task of the call ran.
+    Incomplete {
+        /// What happened and what to do about it.
+        reason: String,
+    },
+    /// Data passed to the runtime for tasks to change lives in a guarded
+    /// heap, which is frozen while tasks run: the call failed before the
+    /// phase started, and nothing was changed.
+    NotWritable {
+        /// The guarded heap the data lives in.
+        heap: String,
+        /// The data's first address.
+        address: usize,
+        /// The data's length in bytes.
+        bytes: usize,
+    },
     /// A system call failed.
     Os {
         /// What frostheap was doing.
@@ -110,9 +129,26 @@ impl fmt::Display for Error {
             Error::Violation(v) => write!(f, "{v}"),
             Error::TaskPanicked { item_index: Some(i), message } => write!(f, "task for item #{i} panicked: {message}"),
             Error::TaskPanicked { item_index: None, message } => write!(f, "task panicked: {message}"),
+            Error::Incomplete { reason } => write!(f, "the parallel call did not run: {reason}"),
+            Error::NotWritable { heap, address, bytes } => write!(
+                f,
+                "the {} at {address:#x} was passed for tasks to change, but it lives in the guarded heap {heap:?}, \
+                 which is frozen while tasks run; build it where tasks may write: inside frostheap::unguarded(|| ..) \
+                 (and grow it there too), in a frostheap::Shared, or in a Heap not passed to guard()",
+                DataLen(*bytes),
+            ),
             Error::Os { context, source } => write!(f, "{context}: {source}"),
         }
     }
 }
 
 impl std::error::Error for Error {}
+
+/// "slice of N bytes" / "N-byte slice" wording for [`Error::NotWritable`].
+struct DataLen(usize);
+
+impl fmt::Display for DataLen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "slice of {}", crate::size::Bytes(self.0))
+    }
+}

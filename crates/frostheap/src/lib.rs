@@ -74,11 +74,13 @@
 //!
 //! ## Layers
 //!
-//! `os` (the only code that makes system calls) → `region` (reserve,
-//! commit, protect, the region table) → `heap` (size classes, spans,
-//! stats, limits) → `context` (bump arenas) and `trap` (fault handler,
-//! reports) → `runtime` (phases, map) → `global`. See
-//! ARCHITECTURE.md for the code map and invariants.
+//! `os` (the only code that makes system calls) → `config` (policies,
+//! environment) → `guard` (the table of heap regions and their guard
+//! state, worker state) → `region` (reserve, commit, protect) → `heap`
+//! (size classes, spans, stats, limits) → `context` (bump arenas) and
+//! `trap` (fault handler, freeze protocol, reports) → `global` →
+//! `runtime` (phases, map). See ARCHITECTURE.md for the code map and
+//! invariants.
 //!
 //! Neither protection backend is a security boundary: writes through
 //! `/proc/self/mem` or `ptrace` succeed against both.
@@ -111,6 +113,9 @@ pub use config::{HugePages, OnViolation, Protect};
 pub use error::Error;
 pub use global::{main_heap, stats, unguarded, Global, ProcessStats, Shared};
 pub use heap::{Heap, HeapBuilder, Stats};
-pub use runtime::{Arena, Runtime, RuntimeBuilder, RuntimeStats, Scope, TaskContext};
+pub use runtime::{
+    global_runtime, par, try_global_runtime, Arena, Runtime, RuntimeBuilder, RuntimeStats, Scope,
+    TaskContext,
+};
 pub use size::{parse_size, Bytes};
 pub use violation::Violation;

@@ -146,11 +146,16 @@ impl Region {
             frozen: core::sync::atomic::AtomicBool::new(false),
             owned: false,
         };
-        if config.huge_pages {
-            // SAFETY: by (1) the range is ours and aligned. A refusal only
-            // costs performance, so it is ignored.
-            let _ = unsafe { os::advise_huge_pages(base, reserved) };
-        }
+        // SAFETY: by (1) the range is ours and aligned. A refusal only
+        // costs performance, so it is ignored; the advice is explicit both
+        // ways, as in `new` (and the part may have been another region's).
+        let _ = unsafe {
+            if config.huge_pages {
+                os::advise_huge_pages(base, reserved)
+            } else {
+                os::advise_no_huge_pages(base, reserved)
+            }
+        };
         if region.min_committed > 0 {
             region.grow_to(region.min_committed)?;
         }

@@ -38,6 +38,17 @@ pub struct Violation {
     pub(crate) ip: usize,
     pub(crate) backend: Backend,
     pub(crate) policy: OnViolation,
+    /// Rollback: the stores the phase undid (this one and every other).
+    pub(crate) stores_undone: usize,
+    /// The other violating stores of the same phase: (address, item).
+    pub(crate) others: Vec<(usize, Option<usize>)>,
+    /// Workers abandoned because the phase made no progress for
+    /// `no_progress_timeout` after this violation parked a worker.
+    pub(crate) abandoned: usize,
+    pub(crate) no_progress_timeout: core::time::Duration,
+    /// The violating thread's frames: the faulting instruction, then
+    /// return addresses (empty when no stack copy was taken).
+    pub(crate) frames: Vec<usize>,
     /// Symbols, resolved on first use (reading debug info costs far more
     /// than everything else in a report; the caller gets the error first).
     pub(crate) resolved: std::sync::OnceLock<Resolved>,
@@ -49,10 +60,11 @@ pub(crate) struct Resolved {
     function: Option<String>,
     location: Option<(String, u32)>,
     allocated_at: Vec<String>,
+    backtrace: Vec<String>,
 }
 
 impl Resolved {
-    fn of(ip: usize, allocation: Option<(usize, usize)>) -> Resolved {
+    fn of(ip: usize, allocation: Option<(usize, usize)>, frames: &[usize]) -> Resolved {
         let mut function = None;
         let mut location = None;
         if ip != 0 {
@@ -93,8 +105,47 @@ impl Resolved {
             function,
             location,
             allocated_at,
+            backtrace: symbolise(frames),
         }
     }
+}
+
+/// One line per frame: `function at file:line` (inlined functions each
+/// get their own line), innermost first, up to the task's own closure: the
+/// runtime's frames that called it (from the first `frostheap::runtime::`
+/// function on) say nothing about the violation and are left out. The
+/// first address is the faulting instruction itself, the rest return
+/// addresses (`backtrace::resolve` looks up `addr - 1` for every address,
+/// so the first is passed as `ip + 1`).
+fn symbolise(frames: &[usize]) -> Vec<String> {
+    let mut lines = Vec::new();
+    let runtime = |l: &String| l.starts_with("frostheap::runtime::");
+    for (k, &addr) in frames.iter().enumerate() {
+        if lines.iter().any(runtime) {
+            break;
+        }
+        let a = if k == 0 { addr + 1 } else { addr };
+        let before = lines.len();
+        backtrace::resolve(a as *mut core::ffi::c_void, |sym| {
+            let name = sym
+                .name()
+                .map(|n| format!("{n:#}"))
+                .unwrap_or_else(|| "?".into());
+            match (sym.filename(), sym.lineno()) {
+                (Some(file), Some(line)) => {
+                    lines.push(format!("{name} at {}:{line}", file.display()))
+                }
+                _ => lines.push(name),
+            }
+        });
+        if lines.len() == before {
+            lines.push(format!("{addr:#x}"));
+        }
+    }
+    if let Some(cut) = lines.iter().position(runtime) {
+        lines.truncate(cut);
+    }
+    lines
 }
 
 impl Violation {
@@ -132,7 +183,7 @@ impl Violation {
     }
     fn resolved(&self) -> &Resolved {
         self.resolved
-            .get_or_init(|| Resolved::of(self.ip, self.allocation))
+            .get_or_init(|| Resolved::of(self.ip, self.allocation, &self.frames))
     }
     /// The function containing the faulting instruction, if symbols allow.
     pub fn function(&self) -> Option<&str> {
@@ -161,6 +212,25 @@ impl Violation {
     pub fn allocated_at(&self) -> &[String] {
         &self.resolved().allocated_at
     }
+    /// The violating thread's frames, innermost first (`function at
+    /// file:line`), from a copy of its stack taken at the violation.
+    pub fn backtrace(&self) -> &[String] {
+        &self.resolved().backtrace
+    }
+    /// Under rollback: how many violating stores the phase undid.
+    pub fn stores_undone(&self) -> usize {
+        self.stores_undone
+    }
+    /// The other violating stores of the same phase: (address, item index).
+    pub fn other_stores(&self) -> &[(usize, Option<usize>)] {
+        &self.others
+    }
+    /// Tasks of the same phase that made no progress for the runtime's
+    /// `no_progress_timeout` after this violation and were cancelled too
+    /// (most likely blocked on a lock the cancelled task held).
+    pub fn tasks_abandoned(&self) -> usize {
+        self.abandoned
+    }
 }
 
 impl fmt::Display for Violation {
@@ -169,6 +239,7 @@ impl fmt::Display for Violation {
             OnViolation::Cancel => "the task was cancelled and the store did not happen",
             OnViolation::Audit => "audit mode: the store went through",
             OnViolation::Abort => "aborting",
+            OnViolation::Rollback => "the task ran to its end and its stores were undone",
         };
         writeln!(
             f,
@@ -217,11 +288,45 @@ impl fmt::Display for Violation {
             }
             writeln!(f)?;
         }
+        if !self.backtrace().is_empty() {
+            writeln!(f, "  backtrace (violating thread):")?;
+            for (k, frame) in self.backtrace().iter().enumerate() {
+                writeln!(f, "    #{k:<2} {frame}")?;
+            }
+        }
+        if !self.others.is_empty() {
+            writeln!(
+                f,
+                "  also     {} other violating store(s) in this phase:",
+                self.others.len()
+            )?;
+            for (addr, item) in self.others.iter().take(16) {
+                match item {
+                    Some(i) => writeln!(f, "    {addr:#x} by task item #{i}")?,
+                    None => writeln!(f, "    {addr:#x}")?,
+                }
+            }
+            if self.others.len() > 16 {
+                writeln!(f, "    ... and {} more", self.others.len() - 16)?;
+            }
+        }
+        if self.policy == OnViolation::Rollback {
+            writeln!(f, "  rollback {} stores undone; every guarded heap is as it was before the phase; its results were dropped", self.stores_undone)?;
+        }
         if !self.allocated_at().is_empty() {
             writeln!(f, "  allocated at:")?;
             for frame in self.allocated_at() {
                 writeln!(f, "    {frame}")?;
             }
+        }
+        if self.abandoned > 0 {
+            writeln!(
+                f,
+                "  blocked  {} other task(s) made no progress for {} ms after this violation and were cancelled too: \
+                 they are most likely blocked on a lock the cancelled task holds",
+                self.abandoned,
+                self.no_progress_timeout.as_millis()
+            )?;
         }
         if self.policy == OnViolation::Cancel {
             write!(

@@ -22,15 +22,19 @@
 //! `os` and `config`, so the heap (which defers frees and marks seals
 //! here) and the trap (which reads it from the handler) both stand on it.
 
+pub(crate) mod stack;
+pub(crate) mod undo;
 pub(crate) mod worker;
 
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 use crate::os;
 
+pub(crate) use stack::StackCopy;
+pub(crate) use undo::UndoLog;
 pub(crate) use worker::{
     current_item, current_worker, defer_free, set_current_item, set_current_worker, WorkerState,
-    AUDIT_RING,
+    AUDIT_RING, JOB_ABANDONED, JOB_PARKED, JOB_RUNNING,
 };
 
 /// Most heaps alive at once.

@@ -64,6 +64,9 @@ pub(crate) struct WorkerState {
     /// A single step in progress (`trap::step`): the page opened for one
     /// store (mprotect; 0: none) ...
     pub step_page: AtomicUsize,
+    /// ... and a second page, when the same instruction faulted again on
+    /// the next frozen page (a store crossing a page boundary) ...
+    pub step_page2: AtomicUsize,
     /// ... or the key whose write access the saved PKRU grants for it
     /// (pkey; 0: none).
     pub step_key: AtomicU32,
@@ -79,7 +82,29 @@ pub(crate) struct WorkerState {
     pub deferred: DeferList,
     /// 1 once the worker thread has finished starting (a futex word).
     pub started: AtomicU32,
+    /// The rollback policy's undo log (`guard::undo`).
+    pub undo: super::UndoLog,
+    /// A copy of the stack at the worker's first violation of a phase,
+    /// for the report's backtrace (`guard::stack`).
+    pub stack: super::StackCopy,
+    /// The worker thread's kernel id (0 until it has started).
+    pub tid: AtomicU32,
+    /// Where the worker is in a phase's job: [`JOB_IDLE`], [`JOB_RUNNING`],
+    /// [`JOB_ABANDONED`] or [`JOB_PARKED`] (see [`WorkerState::abandon`]).
+    pub job: AtomicU32,
+    /// Parked because main abandoned its task (no progress after a
+    /// violation), not because of a violation of its own.
+    pub abandoned: AtomicBool,
 }
+
+/// Not running a job.
+pub(crate) const JOB_IDLE: u32 = 0;
+/// Running the job of a phase.
+pub(crate) const JOB_RUNNING: u32 = 1;
+/// Main gave up on the job: the worker must park at its next chance.
+pub(crate) const JOB_ABANDONED: u32 = 2;
+/// Parked for good after being abandoned.
+pub(crate) const JOB_PARKED: u32 = 3;
 
 impl WorkerState {
     pub(crate) fn new(policy: OnViolation) -> WorkerState {
@@ -91,6 +116,7 @@ impl WorkerState {
             audit: core::array::from_fn(|_| AuditRecord::default()),
             audit_count: AtomicU64::new(0),
             step_page: AtomicUsize::new(0),
+            step_page2: AtomicUsize::new(0),
             step_key: AtomicU32::new(0),
             events: AtomicPtr::new(core::ptr::null_mut()),
             parked: AtomicPtr::new(core::ptr::null_mut()),
@@ -98,7 +124,55 @@ impl WorkerState {
             park_word: AtomicU32::new(0),
             deferred: DeferList::new(),
             started: AtomicU32::new(0),
+            undo: super::UndoLog::new(),
+            stack: super::StackCopy::new(),
+            tid: AtomicU32::new(0),
+            job: AtomicU32::new(JOB_IDLE),
+            abandoned: AtomicBool::new(false),
         }
+    }
+
+    /// The worker starts the job of a phase.
+    pub(crate) fn begin_job(&self) {
+        self.job.store(JOB_RUNNING, Ordering::Release);
+    }
+
+    /// The worker ends the job of a phase; false if main abandoned it
+    /// meanwhile, and the worker must then park for good (main counts it
+    /// as parked, not as finished).
+    pub(crate) fn end_job(&self) -> bool {
+        self.job
+            .compare_exchange(JOB_RUNNING, JOB_IDLE, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Main gives up on the job this worker runs (it made no progress
+    /// after a violation): true if the worker was running one, which it
+    /// will never finish now. The worker parks in the abandon signal's
+    /// handler, or at the job's end if it gets there first.
+    pub(crate) fn abandon(&self) -> bool {
+        self.job
+            .compare_exchange(
+                JOB_RUNNING,
+                JOB_ABANDONED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// The worker's own thread claims the parking of an abandoned job:
+    /// true exactly once per abandonment (the signal handler and the job's
+    /// end may both try). Async-signal-safe.
+    pub(crate) fn claim_abandoned_park(&self) -> bool {
+        self.job
+            .compare_exchange(
+                JOB_ABANDONED,
+                JOB_PARKED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
     }
 
     /// The policy in force.

@@ -13,6 +13,10 @@
 mod linux;
 #[cfg(target_os = "linux")]
 pub use linux::*;
+#[cfg(target_os = "linux")]
+mod objects;
+#[cfg(target_os = "linux")]
+pub(crate) use objects::loaded_objects;
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(

@@ -6,29 +6,36 @@
 //! left, at least one, so it starts on a long contiguous run and the tail
 //! is split finely for balance (fixed 4096-item claims made a 10 M-item map
 //! of a cheap function 6% slower). A worker runs a chunk's items in one
-//! unwinding scope and publishes the chunk's completion once, in the
-//! chunk's progress word; the only per-item store is the worker's current
-//! item index, which violation reports need.
+//! unwinding scope and publishes how many it took once, in the chunk's
+//! progress word; the only per-item store is the worker's current item
+//! index, which violation reports need.
+//!
+//! **Items.** A chunk's items reach the pipeline as a std iterator over
+//! `source.take(i)`, and the terminal drives the chain with one internal
+//! iteration ([`run_span`]), so a map, a filter-and-sum or a fold compiles
+//! to one loop per chunk. The terminal keeps state per claim and publishes
+//! it when the claim ends (`terminal.rs`).
 //!
 //! **Recovery.** When the phase ends with an error (the first violation,
-//! else the first panic), [`BatchJob::discard_partial`] rebuilds from the
-//! progress words and the items of parked workers which results were
-//! written (dropped) and which items were never taken (dropped), so every
-//! item and every result is dropped exactly once. How the phase reports
-//! violations reaches this file through [`PhaseResult`] alone.
-//!
-//! Results are written straight into the caller's `Vec`'s spare capacity:
-//! no second buffer and no copy.
+//! else the first panic), or a terminal stopped early (`any`),
+//! [`BatchJob::discard`] rebuilds from the progress words and the items of
+//! parked workers which results were written (dropped after an error) and
+//! which items were never taken (dropped), so every item and every result
+//! is dropped exactly once. How the phase reports violations reaches this
+//! file through [`PhaseResult`] alone.
 
+use core::ops::Range;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::phase::PhaseResult;
+use super::pipe::Pipe;
+use super::pool::{panic_message, Runtime};
+use super::source::ParSource;
+use super::terminal::Terminal;
 use super::worker::WorkerEnv;
-use super::{panic_message, Runtime, TaskContext};
-use crate::context::ContextHeap;
+use crate::error::Error;
 use crate::guard;
-use crate::Error;
 
 /// Items per chunk claimed from a batch's cursor: about 32 chunks per
 /// worker, at most [`MAX_CHUNK`].
@@ -43,179 +50,80 @@ const MAX_CHUNK: usize = 4096;
 /// by its task (which panicked), so it must not be dropped again.
 const CONSUMED: u32 = 1 << 31;
 
+/// Chunks of a batch of `n` items.
+pub(super) fn n_chunks(n: usize, workers: usize) -> usize {
+    n.div_ceil(chunk_len(n, workers))
+}
+
 /// Bytes of the zeroed progress buffer a batch of `n` items needs: one
 /// `u32` per chunk.
 pub(super) fn progress_bytes(n: usize, workers: usize) -> usize {
-    n.div_ceil(chunk_len(n, workers)) * core::mem::size_of::<u32>()
+    n_chunks(n, workers) * core::mem::size_of::<u32>()
 }
 
-/// A claimed range of a batch, as [`run_chunk`] sees it.
-struct Chunk<'a> {
-    ctx: &'a ContextHeap,
-    worker: usize,
-    base: usize,
-    start: usize,
-    end: usize,
-}
-
-/// Runs the items of a chunk (the loop of a map without a memory budget).
+/// Runs the items `range` of `src` through `pipe` into `term`.
 ///
 /// A function of its own, not inlined, so that everything the loop reads
 /// arrives as arguments: the compiler keeps them in registers across the
-/// calls of `f` and hoists the loads of `src` and `f` out of the loop.
+/// calls of the user's functions and hoists their loads out of the loop.
 /// Inlined into the claim loop, each would be reloaded through a reference
 /// on every item, which costs a cheap function a large share of its time.
+/// The range is a local, so its cursor stays in a register too. Returns
+/// the index after the last item taken (a terminal may stop early); when a
+/// task unwinds, the worker's current item says how far it got.
 ///
 /// # Safety
-/// 1. The items `[start, end)` of `src` are this caller's to take, and
-///    `results.add(i)` is writable for each of those `i`.
+/// 1. The items `range` of `src` are this caller's to take, and whatever
+///    `term` writes for them is this caller's to write.
 #[inline(never)]
-unsafe fn run_chunk<S, R, F>(c: &Chunk<'_>, src: &S, f: &F, results: *mut R)
+unsafe fn run_span<S, P, T>(
+    src: &S,
+    pipe: &P,
+    term: &T,
+    env: &WorkerEnv<'_>,
+    pipe_state: &mut P::State,
+    term_state: &mut T::State,
+    mut range: Range<usize>,
+) -> usize
 where
-    S: Source,
-    F: Fn(&TaskContext<'_>, S::Item) -> R,
+    S: ParSource,
+    P: Pipe<S::Item>,
+    T: Terminal<P::Out>,
 {
-    // Pointers that advance with the index, so the loop carries six values
-    // (the function, the slot, two pointers, the index and its end) and
-    // keeps them all in registers across the calls of `f`.
-    let mut item = src.slots().wrapping_add(c.start);
-    let mut out = results.wrapping_add(c.start);
-    for idx in c.base + c.start..c.base + c.end {
-        guard::set_current_item(idx);
-        let tc = TaskContext {
-            ctx: c.ctx,
-            item_index: Some(idx),
-            worker: c.worker,
-        };
-        // SAFETY: by (1), the item at `item` (index idx - base) is ours to
-        // take and `out` is its writable result slot.
-        unsafe { out.write(f(&tc, S::take_slot(item))) };
-        item = item.wrapping_add(1);
-        out = out.wrapping_add(1);
-    }
+    let first = range.start;
+    let items = range.by_ref().map(|i| {
+        guard::set_current_item(i);
+        // SAFETY: by (1), item i is ours to take, once (the range moves
+        // past it).
+        unsafe { src.take(i) }
+    });
+    term.consume(term_state, first, pipe.apply(env, pipe_state, items));
+    range.start
 }
-
-/// Where the items of one batch come from.
-///
-/// # Safety
-/// Implementors: for `i` below the batch length, `take(i)` returns item
-/// `i` and `drop_untaken(i)` disposes of an item that was never taken;
-/// both may be called from any worker thread (hence `Sync`).
-pub(super) unsafe trait Source: Sync {
-    type Item;
-    /// What the batch holds per item, contiguously from [`Source::slots`].
-    type Slot;
-    /// The first item's slot.
-    fn slots(&self) -> *mut Self::Slot;
-    /// The item in slot `p`.
-    ///
-    /// # Safety
-    /// 1. `p` is the slot of an item below the batch length, taken at most
-    ///    once and never also passed to `drop_untaken`.
-    unsafe fn take_slot(p: *mut Self::Slot) -> Self::Item;
-    /// Item `i`.
-    ///
-    /// # Safety
-    /// 1. As for `take_slot`, for the slot of item `i`.
-    unsafe fn take(&self, i: usize) -> Self::Item {
-        // SAFETY: forwarded (1).
-        unsafe { Self::take_slot(self.slots().wrapping_add(i)) }
-    }
-    /// Drops item `i`, which was never taken.
-    ///
-    /// # Safety
-    /// 1. As for `take`.
-    unsafe fn drop_untaken(&self, i: usize);
-}
-
-/// Items the batch owns, collected from an iterator into scratch memory.
-pub(super) struct OwnedItems<T>(pub(super) *mut T);
-
-// SAFETY: each index is read (moved out) by exactly one worker, and the
-// items are Send.
-unsafe impl<T: Send> Sync for OwnedItems<T> {}
-
-// SAFETY: the pointer covers the batch's initialised items (map_with);
-// each is read or dropped once, as the trait requires of callers.
-unsafe impl<T: Send> Source for OwnedItems<T> {
-    type Item = T;
-    type Slot = T;
-    fn slots(&self) -> *mut T {
-        self.0
-    }
-    unsafe fn take_slot(p: *mut T) -> T {
-        // SAFETY: by (1), the item is initialised and not yet moved out.
-        unsafe { p.read() }
-    }
-    unsafe fn drop_untaken(&self, i: usize) {
-        // SAFETY: as in take.
-        unsafe { core::ptr::drop_in_place(self.0.add(i)) }
-    }
-}
-
-/// Items borrowed from a slice ([`Runtime::map_slice`]).
-pub(super) struct BorrowedItems<'a, T>(pub(super) &'a [T]);
-
-// SAFETY: take hands out shared references into the slice (T: Sync);
-// nothing is owned, so nothing is dropped.
-unsafe impl<'a, T: Sync> Source for BorrowedItems<'a, T> {
-    type Item = &'a T;
-    type Slot = T;
-    fn slots(&self) -> *mut T {
-        // Never written through: items are handed out as `&T`.
-        self.0.as_ptr().cast_mut()
-    }
-    unsafe fn take_slot(p: *mut T) -> &'a T {
-        // SAFETY: by (1), p points at an element of the slice, borrowed
-        // for 'a.
-        unsafe { &*p }
-    }
-    unsafe fn drop_untaken(&self, _i: usize) {}
-}
-
-/// The result slots of a batch: `out`'s spare capacity.
-struct SyncPtr<T>(*mut T);
-
-impl<T> Clone for SyncPtr<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for SyncPtr<T> {}
-
-impl<T> SyncPtr<T> {
-    /// Slot `i` (a method, so closures capture the wrapper).
-    fn get(&self, i: usize) -> *mut T {
-        self.0.wrapping_add(i)
-    }
-}
-// SAFETY: each index is written by exactly one worker (claimed through the
-// atomic cursor) and read by main only after the phase.
-unsafe impl<T: Send> Sync for SyncPtr<T> {}
 
 /// One batch as the workers run it: the claim cursor, the per-batch
-/// tallies, and everything the claim loop reads (copies and references,
-/// one pointer away from the worker).
-struct BatchJob<'a, S, F, R> {
+/// tallies, and everything the claim loop reads.
+struct BatchJob<'a, S, P, T> {
     src: &'a S,
-    f: &'a F,
-    results: SyncPtr<R>,
-    /// One word per chunk: items done, plus [`CONSUMED`].
+    pipe: &'a P,
+    term: &'a T,
+    /// One word per chunk: items taken, plus [`CONSUMED`].
     progress: &'a [AtomicU32],
-    n: usize,
+    /// The batch is items `[base, base + n)` of the source.
     base: usize,
+    n: usize,
     chunk: usize,
     n_chunks: usize,
     workers: usize,
     budget: usize,
-    /// Batches are sized from exact per-item bytes, so a budgeted map
+    /// Batches are sized from exact per-item bytes, so a budgeted call
     /// measures every item (two counter reads around each task); other
-    /// maps measure per chunk.
+    /// calls measure per chunk.
     per_item_bytes: bool,
     cursor: AtomicUsize,
     cancel: AtomicBool,
-    /// The first panic: its item index and message.
-    panic: Mutex<Option<(usize, String)>>,
+    /// The first panic: its item index (if a task's) and message.
+    panic: Mutex<Option<(Option<usize>, String)>>,
     max_item: AtomicUsize,
     sum_bytes: AtomicUsize,
     oversized: AtomicUsize,
@@ -230,40 +138,42 @@ struct ClaimTally {
     oversized: usize,
 }
 
-/// How far a chunk's items ran without a panic.
-struct ChunkRun {
-    /// Items `[start, done)` have their results written.
-    done: usize,
-    /// The largest bytes one item consumed (measured per item only).
-    max_item: usize,
-    /// Items that consumed more than the budget.
-    oversized: usize,
-}
-
-impl<S, F, R> BatchJob<'_, S, F, R>
+impl<S, P, T> BatchJob<'_, S, P, T>
 where
-    S: Source,
-    R: Send,
-    F: Fn(&TaskContext<'_>, S::Item) -> R + Sync,
+    S: ParSource,
+    P: Pipe<S::Item>,
+    T: Terminal<P::Out>,
 {
-    /// The claim loop of one worker: claim a run of chunks, run them, until
-    /// none is left or the batch is cancelled.
+    fn halted(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed) || self.term.stopped()
+    }
+
+    /// The claim loop of one worker: claim a run of chunks, run them, end
+    /// the claim, until none is left or the batch is cancelled or decided.
     fn work(&self, env: &WorkerEnv<'_>) {
         loop {
-            if self.cancel.load(Ordering::Relaxed) {
+            if self.halted() {
                 return;
             }
             let Some(claim) = self.claim() else {
                 return;
             };
             let mut tally = ClaimTally::default();
-            for unit in claim {
-                if self.cancel.load(Ordering::Relaxed) {
+            let mut pipe_state = self.pipe.begin();
+            let mut term_state = self.term.begin();
+            let mut whole = true;
+            for unit in claim.clone() {
+                if self.halted()
+                    || !self.run_unit(unit, env, &mut pipe_state, &mut term_state, &mut tally)
+                {
+                    whole = false;
                     break;
                 }
-                self.run_unit(unit, env, &mut tally);
             }
             guard::set_current_item(usize::MAX);
+            if whole {
+                self.end_claim(claim, env, pipe_state, term_state);
+            }
             self.max_item.fetch_max(tally.max_item, Ordering::Relaxed);
             self.sum_bytes.fetch_add(tally.sum_bytes, Ordering::Relaxed);
             if tally.oversized > 0 {
@@ -274,7 +184,7 @@ where
 
     /// Claims the next run of chunks (guided, see the file's notes), or
     /// `None` when every chunk is taken.
-    fn claim(&self) -> Option<core::ops::Range<usize>> {
+    fn claim(&self) -> Option<Range<usize>> {
         let mut first = self.cursor.load(Ordering::Relaxed);
         loop {
             if first >= self.n_chunks {
@@ -293,105 +203,157 @@ where
         }
     }
 
-    /// Runs chunk `unit` in one unwinding scope and publishes how far it
-    /// got. A panic ends the chunk, and the worker's slot says which item
-    /// it was (its current item is stored before each task).
-    fn run_unit(&self, unit: usize, env: &WorkerEnv<'_>, tally: &mut ClaimTally) {
-        let start = unit * self.chunk;
-        let end = (start + self.chunk).min(self.n);
-        let chunk_before = env.ctx.allocated();
+    /// Runs chunk `unit` in one unwinding scope and publishes how many
+    /// items it took; false if a task panicked.
+    fn run_unit(
+        &self,
+        unit: usize,
+        env: &WorkerEnv<'_>,
+        pipe_state: &mut P::State,
+        term_state: &mut T::State,
+        tally: &mut ClaimTally,
+    ) -> bool {
+        let start = self.base + unit * self.chunk;
+        let end = (start + self.chunk).min(self.base + self.n);
+        let before = env.ctx.allocated();
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            // SAFETY: [start, end) lies in a chunk this worker claimed alone
-            // through the cursor (each item is taken once), and its result
-            // slots lie in the reserved spare capacity.
-            unsafe { self.run_items(env, start, end) }
+            // SAFETY: the chunk was claimed by this worker alone through
+            // the cursor, so its items and their slots are ours.
+            unsafe { self.run_items(env, start..end, pipe_state, term_state) }
         }));
-        let chunk_sum = env.ctx.allocated() - chunk_before;
+        let chunk_sum = env.ctx.allocated() - before;
         tally.sum_bytes += chunk_sum;
         match run {
-            Ok(ran) => {
-                // Results [start, done) are written.
-                self.progress[unit].store((ran.done - start) as u32, Ordering::Release);
+            Ok((next, max_item, oversized)) => {
+                let taken = next - start;
+                self.progress[unit].store(taken as u32, Ordering::Release);
                 // Without a budget, items are measured per chunk.
                 tally.max_item = tally.max_item.max(if self.per_item_bytes {
-                    ran.max_item
+                    max_item
                 } else {
-                    chunk_sum.div_ceil(ran.done - start)
+                    chunk_sum.div_ceil(taken.max(1))
                 });
-                tally.oversized += ran.oversized;
+                tally.oversized += oversized;
+                true
             }
             Err(payload) => {
-                // The task of the item in the slot unwound with its item:
-                // results before it are written, it is consumed.
-                let i = guard::current_item() - self.base;
-                self.progress[unit].store((i - start) as u32 | CONSUMED, Ordering::Release);
-                let msg = panic_message(&*payload);
-                let mut p = self.panic.lock().unwrap_or_else(|e| e.into_inner());
-                if p.is_none() {
-                    *p = Some((self.base + i, msg));
-                }
-                self.cancel.store(true, Ordering::Relaxed);
+                // The task of the worker's current item unwound with its
+                // item: the items before it are done, it is consumed. A
+                // current item outside the chunk (left by an earlier
+                // chunk) means the panic came before the first take.
+                let current = guard::current_item();
+                let (word, item) = if (start..end).contains(&current) {
+                    ((current - start) as u32 | CONSUMED, Some(current))
+                } else {
+                    (0, None)
+                };
+                self.progress[unit].store(word, Ordering::Release);
+                self.record_panic(item, &*payload);
+                false
             }
         }
     }
 
-    /// Runs items `[start, end)`; a budgeted batch measures each item and
-    /// stops early when the batch is cancelled.
+    /// Runs the items of `range`; a budgeted batch measures each item and
+    /// stops early when the batch is cancelled. Returns the index after the
+    /// last item taken, the largest bytes one item consumed and the items
+    /// over the budget (measured per item only).
     ///
     /// # Safety
-    /// 1. The items `[start, end)` are this caller's to take, and their
-    ///    result slots are writable.
-    unsafe fn run_items(&self, env: &WorkerEnv<'_>, start: usize, end: usize) -> ChunkRun {
-        let (ctx, worker) = (env.ctx, env.index);
+    /// 1. The items of `range` are this caller's to take, and their slots
+    ///    are writable.
+    unsafe fn run_items(
+        &self,
+        env: &WorkerEnv<'_>,
+        range: Range<usize>,
+        pipe_state: &mut P::State,
+        term_state: &mut T::State,
+    ) -> (usize, usize, usize) {
         if !self.per_item_bytes {
-            let c = Chunk {
-                ctx,
-                worker,
-                base: self.base,
-                start,
-                end,
-            };
             // SAFETY: forwarded (1).
-            unsafe { run_chunk(&c, self.src, self.f, self.results.0) };
-            return ChunkRun {
-                done: end,
-                max_item: 0,
-                oversized: 0,
+            let next = unsafe {
+                run_span(
+                    self.src, self.pipe, self.term, env, pipe_state, term_state, range,
+                )
             };
+            return (next, 0, 0);
         }
         let (mut max_item, mut oversized) = (0usize, 0usize);
-        for i in start..end {
-            guard::set_current_item(self.base + i);
-            let tc = TaskContext {
-                ctx,
-                item_index: Some(self.base + i),
-                worker,
+        let mut next = range.start;
+        while next < range.end {
+            let before = env.ctx.allocated();
+            // SAFETY: forwarded (1), one item at a time.
+            let after = unsafe {
+                run_span(
+                    self.src,
+                    self.pipe,
+                    self.term,
+                    env,
+                    pipe_state,
+                    term_state,
+                    next..next + 1,
+                )
             };
-            let before = ctx.allocated();
-            // SAFETY: forwarded (1).
-            let r = (self.f)(&tc, unsafe { self.src.take(i) });
-            let used = ctx.allocated() - before;
+            let stopped = after == next;
+            next = after;
+            let used = env.ctx.allocated() - before;
             max_item = max_item.max(used);
             oversized += usize::from(used > self.budget);
-            // SAFETY: forwarded (1).
-            unsafe { self.results.get(i).write(r) };
-            if self.cancel.load(Ordering::Relaxed) {
-                return ChunkRun {
-                    done: i + 1,
-                    max_item,
-                    oversized,
-                };
+            if stopped || self.halted() {
+                break;
             }
         }
-        ChunkRun {
-            done: end,
-            max_item,
-            oversized,
+        (next, max_item, oversized)
+    }
+
+    /// Ends a claim whose chunks all ran: stages that hold state over the
+    /// claim (`fold`) emit it, and the terminal publishes its partial
+    /// (reductions combine with their neighbours here, on the worker).
+    fn end_claim(
+        &self,
+        claim: Range<usize>,
+        env: &WorkerEnv<'_>,
+        pipe_state: P::State,
+        term_state: T::State,
+    ) {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut term_state = term_state;
+            self.term.consume(
+                &mut term_state,
+                usize::MAX,
+                self.pipe.finish(env, pipe_state),
+            );
+            self.term.end_claim(claim, term_state);
+        }));
+        if let Err(payload) = run {
+            self.record_panic(None, &*payload);
         }
     }
 
-    /// After a failed phase: drops every result that was written and every
-    /// item that was never taken, each exactly once.
+    /// Keeps the first panic and cancels the batch.
+    fn record_panic(&self, item: Option<usize>, payload: &(dyn std::any::Any + Send)) {
+        let msg = panic_message(payload);
+        let mut p = self.panic.lock().unwrap_or_else(|e| e.into_inner());
+        if p.is_none() {
+            *p = Some((item, msg));
+        }
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether some chunk did not run to its end (nor stop at a panic):
+    /// with no error and no early stop, the phase ended without running
+    /// every task, and the call must not return `Ok`.
+    fn unfinished(&self) -> bool {
+        self.progress.iter().enumerate().any(|(k, p)| {
+            let lo = self.base + k * self.chunk;
+            let hi = (lo + self.chunk).min(self.base + self.n);
+            p.load(Ordering::Acquire) as usize != hi - lo
+        })
+    }
+
+    /// After a phase that failed or stopped early: drops the results
+    /// written (after an error, for terminals that write slots) and every
+    /// item never taken, each exactly once.
     ///
     /// A parked worker never published its chunk: the item it was running
     /// lives on that parked thread's stack now (never dropped twice), and
@@ -399,79 +361,79 @@ where
     ///
     /// # Safety
     /// 1. The phase is over; `parked_items` are the items whose tasks were
-    ///    running on workers parked in it; the caller's `Vec` does not own
-    ///    the result slots (its length was not advanced).
-    unsafe fn discard_partial(&self, parked_items: &[usize]) {
-        let (base, chunk, n) = (self.base, self.chunk, self.n);
+    ///    running on workers parked in it; after an error, no one else owns
+    ///    the written slots.
+    unsafe fn discard(&self, parked_items: &[usize], failed: bool) {
+        let drop_items = core::mem::needs_drop::<S::Item>();
+        let drop_results = failed && T::SLOTS;
+        if !drop_items && !drop_results {
+            return;
+        }
         for (k, p) in self.progress.iter().enumerate() {
-            let (lo, hi) = (k * chunk, ((k + 1) * chunk).min(n));
-            let (done, consumed) = match parked_items
-                .iter()
-                .find(|&&it| it >= base + lo && it < base + hi)
-            {
-                Some(&it) => (it - base - lo, true),
+            let lo = self.base + k * self.chunk;
+            let hi = (lo + self.chunk).min(self.base + self.n);
+            let (done, consumed) = match parked_items.iter().find(|&&it| it >= lo && it < hi) {
+                Some(&it) => (it - lo, true),
                 None => {
                     let v = p.load(Ordering::Acquire);
                     ((v & !CONSUMED) as usize, v & CONSUMED != 0)
                 }
             };
-            for i in lo..lo + done {
-                // SAFETY: results [lo, lo + done) of this chunk were
-                // written, and by (1) nothing else owns them.
-                unsafe { core::ptr::drop_in_place(self.results.get(i)) };
+            if drop_results {
+                let first = lo - self.base;
+                // SAFETY: the results of the chunk's first `done` items
+                // were written and, by (1), nothing else owns them.
+                unsafe { self.term.drop_results(first..first + done) };
             }
-            for i in lo + done + usize::from(consumed)..hi {
+            if drop_items {
                 // SAFETY: these items were never taken: their chunk was
                 // not claimed, or its worker stopped before them.
-                unsafe { self.src.drop_untaken(i) };
+                unsafe { self.src.drop_untaken(lo + done + usize::from(consumed)..hi) };
             }
         }
     }
 }
 
 /// The error a batch returns: the first violation, else the first panic.
-fn batch_error(phase: &PhaseResult, panic: Option<(usize, String)>) -> Option<Error> {
+fn batch_error(phase: &PhaseResult, panic: Option<(Option<usize>, String)>) -> Option<Error> {
+    if let Some(e) = &phase.refused {
+        return Some(e.clone());
+    }
     if let Some(v) = phase.violations.first() {
         return Some(Error::Violation(Box::new(v.clone())));
     }
-    panic.map(|(i, message)| Error::TaskPanicked {
-        item_index: Some(i),
+    panic.map(|(item_index, message)| Error::TaskPanicked {
+        item_index,
         message,
     })
 }
 
 impl Runtime {
-    /// Runs one batch as one phase: results in `out`'s spare capacity, or
-    /// the batch's error with everything it made dropped.
+    /// Runs items `[base, base + n)` of `src` through `pipe` into `term`
+    /// as one phase. On an error, everything the batch made is dropped.
     ///
     /// # Safety
-    /// 1. `src` has `n` items, which this call takes (ownership of owned
-    ///    items passes to it); `progress` points to at least
-    ///    [`progress_bytes`]`(n, self.n_workers)` zeroed bytes, aligned
-    ///    for `AtomicU32`; both stay valid until it returns.
+    /// 1. The items `[base, base + n)` of `src` were never taken, and this
+    ///    call takes them (ownership of owned items passes to it);
+    ///    `progress` points to at least [`progress_bytes`]`(n,
+    ///    self.n_workers)` zeroed bytes, aligned for `AtomicU32`, valid
+    ///    until it returns; `term.prepare_batch` was called for this batch.
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn run_batch<S, R, F>(
+    pub(super) unsafe fn run_batch<S, P, T>(
         &self,
         src: &S,
-        progress: *mut u8,
-        n: usize,
         base: usize,
-        f: &F,
-        out: &mut Vec<R>,
+        n: usize,
+        progress: *mut u8,
+        pipe: &P,
+        term: &T,
         per_item: &mut usize,
     ) -> Result<(), Error>
     where
-        S: Source,
-        R: Send,
-        F: Fn(&TaskContext<'_>, S::Item) -> R + Sync,
+        S: ParSource,
+        P: Pipe<S::Item>,
+        T: Terminal<P::Out>,
     {
-        debug_assert!(
-            out.capacity() - out.len() >= n,
-            "the caller reserves n result slots"
-        );
-        // SAFETY: `out.len() + n <= out.capacity()` (reserved by the
-        // caller), so the slots lie inside the allocation.
-        let results = SyncPtr(unsafe { out.as_mut_ptr().add(out.len()) });
         let chunk = chunk_len(n, self.n_workers);
         let n_chunks = n.div_ceil(chunk);
         // SAFETY: by (1), at least n_chunks zeroed u32 slots (progress_bytes
@@ -481,11 +443,11 @@ impl Runtime {
             unsafe { core::slice::from_raw_parts(progress.cast::<AtomicU32>(), n_chunks) };
         let job = BatchJob {
             src,
-            f,
-            results,
+            pipe,
+            term,
             progress,
-            n,
             base,
+            n,
             chunk,
             n_chunks,
             workers: self.n_workers.max(1),
@@ -498,29 +460,40 @@ impl Runtime {
             sum_bytes: AtomicUsize::new(0),
             oversized: AtomicUsize::new(0),
         };
-        // The result slots are written by workers: exempt them from the
-        // freeze when they live in a guarded heap (see reserve_results).
-        let window = self.results_window(results.get(0) as usize, n * core::mem::size_of::<R>());
+        // Result slots are written by workers: exempt them from the freeze
+        // when they live in a guarded heap (see reserve_results).
+        let window = term
+            .slot_window()
+            .and_then(|(ptr, len)| self.results_window(ptr, len));
         let phase = self.run_phase(&|env: &WorkerEnv<'_>| job.work(env), window);
 
         let panic = core::mem::take(&mut *job.panic.lock().unwrap_or_else(|e| e.into_inner()));
-        let error = batch_error(&phase, panic);
+        let mut error = batch_error(&phase, panic);
+        if error.is_none() && !term.stopped() && job.unfinished() {
+            // A phase returns Ok only when every task ran to its end.
+            error = Some(Error::Incomplete {
+                reason: format!(
+                    "the phase ended before every task ran ({} of {} workers started it); \
+                     its results are discarded",
+                    phase.workers, self.n_workers
+                ),
+            });
+        }
         self.record_batch_bytes(&job, per_item);
-        let Some(error) = error else {
-            // SAFETY: no error means every chunk ran to its end: slots
-            // [len, len + n) are initialised.
-            unsafe { out.set_len(out.len() + n) };
-            return Ok(());
-        };
-        // SAFETY: the phase is over, its parked items are listed, and
-        // `out`'s length was not advanced.
-        unsafe { job.discard_partial(&phase.parked_items) };
-        Err(error)
+        if error.is_some() || term.stopped() {
+            // SAFETY: the phase is over, its parked items are listed, and
+            // after an error the caller does not take the slots.
+            unsafe { job.discard(&phase.parked_items, error.is_some()) };
+        }
+        match error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
     }
 
     /// Adds a finished batch's item count and measured bytes to the
-    /// statistics, and raises `per_item` (the map's largest item so far).
-    fn record_batch_bytes<S, F, R>(&self, job: &BatchJob<'_, S, F, R>, per_item: &mut usize) {
+    /// statistics, and raises `per_item` (the call's largest item so far).
+    fn record_batch_bytes<S, P, T>(&self, job: &BatchJob<'_, S, P, T>, per_item: &mut usize) {
         let max_item = job.max_item.load(Ordering::Relaxed);
         let sum = job.sum_bytes.load(Ordering::Relaxed);
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());

@@ -11,12 +11,14 @@
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize};
 use std::sync::Mutex;
 
+use super::recovery::DEFAULT_NO_PROGRESS_TIMEOUT;
+use super::pool::{Runtime, RuntimeStats, DEFAULT_MAX_PARKED};
 use super::scratch::Scratch;
-use super::{ControlBlock, Runtime, RuntimeStats, DEFAULT_MAX_PARKED};
+use super::worker::ControlBlock;
+use crate::error::Error;
 use crate::global::unguarded;
 use crate::heap::Heap;
 use crate::trap::{self, Backend, OnViolation, Protect};
-use crate::Error;
 
 /// Builds a [`Runtime`].
 #[derive(Clone, Debug)]
@@ -28,6 +30,7 @@ pub struct RuntimeBuilder {
     on_violation: Option<OnViolation>,
     memory_budget: Option<usize>,
     max_parked: usize,
+    no_progress_timeout: core::time::Duration,
 }
 
 impl Default for RuntimeBuilder {
@@ -40,6 +43,7 @@ impl Default for RuntimeBuilder {
             on_violation: None,
             memory_budget: None,
             max_parked: DEFAULT_MAX_PARKED,
+            no_progress_timeout: DEFAULT_NO_PROGRESS_TIMEOUT,
         }
     }
 }
@@ -84,9 +88,28 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Parked threads tolerated before the process stops (default 1024).
+    /// Threads the cancel policy may leave parked (default
+    /// [`DEFAULT_MAX_PARKED`](super::DEFAULT_MAX_PARKED)). Parked workers
+    /// are replaced while the runtime's parked threads are within this cap,
+    /// so its threads never exceed `workers + max_parked`; past it, every
+    /// call returns [`Error::Incomplete`]. Each parked thread also keeps a
+    /// context slot (1024 in the process), so `workers + max_parked` may
+    /// not exceed 1024.
     pub fn max_parked(mut self, n: usize) -> Self {
         self.max_parked = n;
+        self
+    }
+
+    /// After a violation parked a worker (`cancel`, or a full undo log
+    /// under `rollback`), how long the phase may make no progress — no
+    /// worker finishes its share or uses CPU time — before the workers
+    /// still in it are abandoned (stopped for good, like the violator) and
+    /// the call returns `Err(Violation)` saying so. Those tasks are most
+    /// likely blocked on a lock the cancelled task holds. Default
+    /// [`DEFAULT_NO_PROGRESS_TIMEOUT`](super::DEFAULT_NO_PROGRESS_TIMEOUT)
+    /// (3 s).
+    pub fn no_progress_timeout(mut self, timeout: core::time::Duration) -> Self {
+        self.no_progress_timeout = timeout;
         self
     }
 
@@ -104,6 +127,24 @@ impl RuntimeBuilder {
                 .map(|n| n.get())
                 .unwrap_or(1),
         };
+        let slots = crate::context::N_SLOTS;
+        if workers.saturating_add(self.max_parked) > slots {
+            return Err(Error::invalid(
+                "max_parked",
+                self.max_parked,
+                format!(
+                    "at most {} with {workers} workers: each worker and each parked thread keeps one of the process's {slots} context slots",
+                    slots.saturating_sub(workers)
+                ),
+            ));
+        }
+        if self.no_progress_timeout.is_zero() {
+            return Err(Error::invalid(
+                "no_progress_timeout",
+                "0s",
+                "a duration above zero",
+            ));
+        }
         if self.memory_budget == Some(0) {
             return Err(Error::invalid(
                 "memory_budget",
@@ -126,7 +167,7 @@ impl RuntimeBuilder {
         unguarded(|| {
             let mut heaps = self.guards;
             if self.guard_main {
-                if let Some(main) = crate::main_heap() {
+                if let Some(main) = crate::global::main_heap() {
                     if !heaps.contains(&main) {
                         heaps.push(main);
                     }
@@ -156,6 +197,7 @@ impl RuntimeBuilder {
                 n_workers: workers,
                 memory_budget: self.memory_budget,
                 max_parked: self.max_parked,
+                no_progress_timeout: self.no_progress_timeout,
                 next_worker_id: AtomicUsize::new(0),
                 stats: Mutex::new(RuntimeStats {
                     memory_budget: self.memory_budget,
@@ -175,5 +217,12 @@ impl RuntimeBuilder {
             }
             Ok(rt)
         })
+    }
+}
+
+impl Runtime {
+    /// Starts building a runtime.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
     }
 }

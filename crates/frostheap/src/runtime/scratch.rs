@@ -8,7 +8,6 @@
 //! is dropped: a 10 M-item map does not fault in 80 MB of fresh pages
 //! every time it runs.
 
-use super::fatal;
 use crate::os;
 
 /// A buffer in system memory that a runtime keeps across maps: mapped
@@ -72,9 +71,12 @@ impl ScratchBuf {
         let bytes = crate::region::round_up(need.max(1 << 16), 1 << 21);
         let new = match os::map_table(bytes) {
             Ok(p) => p,
-            Err(_) => fatal(
-                b"frostheap: cannot map the runtime's scratch buffer (out of address space)\n",
-            ),
+            Err(_) => {
+                os::write_stderr(
+                    b"frostheap: cannot map the runtime's scratch buffer (out of address space)\n",
+                );
+                std::process::abort()
+            }
         };
         // SAFETY: a fresh mapping of `bytes`; THP advice is a hint.
         let _ = unsafe { os::advise_huge_pages(new, bytes) };

@@ -96,6 +96,16 @@ impl Frame {
         }
     }
 
+    /// The stack and frame pointers of the interrupted code (for copying its
+    /// stack).
+    pub(crate) fn stack_regs(&self) -> (usize, usize) {
+        let gregs = self.gregs();
+        (
+            gregs[libc::REG_RSP as usize] as usize,
+            gregs[libc::REG_RBP as usize] as usize,
+        )
+    }
+
     /// Sets or clears the trap flag the interrupted code resumes with: set,
     /// it stops with SIGTRAP (`TRAP_TRACE`) after one instruction.
     pub(crate) fn set_single_step(&mut self, on: bool) {

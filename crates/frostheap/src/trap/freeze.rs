@@ -22,7 +22,7 @@
 //! worker at the start of its phase) plus the entries' frozen flags, which
 //! tell the handler and the `io` helpers what is frozen now.
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use super::{Backend, Guarded};
 use crate::guard;
@@ -32,6 +32,17 @@ use crate::os;
 pub(super) static THAW_EPOCH: AtomicU32 = AtomicU32::new(0);
 /// Heaps frozen with `mprotect` right now (by any runtime).
 pub(super) static MPROTECT_FROZEN: AtomicU32 = AtomicU32::new(0);
+
+/// The pages exempted from the current freeze (the result slots): first
+/// address and length, 0 when none. The rollback policy never saves or
+/// undoes bytes there (`handler`).
+pub(super) static EXEMPT_START: AtomicUsize = AtomicUsize::new(0);
+pub(super) static EXEMPT_LEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether `addr` lies in the pages exempted from the current freeze.
+pub(super) fn exempt(addr: usize) -> bool {
+    addr.wrapping_sub(EXEMPT_START.load(Ordering::Acquire)) < EXEMPT_LEN.load(Ordering::Acquire)
+}
 
 /// The guarded heaps of one runtime, frozen until this value is dropped.
 pub(crate) struct Freeze<'a> {
@@ -88,6 +99,8 @@ impl<'a> Freeze<'a> {
             if r.is_err() {
                 fatal(b"frostheap: cannot exempt the result slots from the freeze\n");
             }
+            EXEMPT_START.store(lo, Ordering::Release);
+            EXEMPT_LEN.store(len, Ordering::Release);
         }
         Freeze {
             guarded,
@@ -104,6 +117,11 @@ impl Drop for Freeze<'_> {
     /// the pages are writable) and wake the waiters.
     fn drop(&mut self) {
         let mprotect = self.backend == Backend::Mprotect;
+        // No thread may have a page open for a stepped store while the
+        // heaps are opened: its trap would protect the page again after.
+        if mprotect {
+            super::step::step_lock();
+        }
         if mprotect {
             let mut thawed = [0usize; guard::CAPACITY];
             for (len, g) in thawed.iter_mut().zip(self.guarded) {
@@ -118,6 +136,7 @@ impl Drop for Freeze<'_> {
                 }
             }
         }
+        EXEMPT_LEN.store(0, Ordering::Release);
         if let (Some((lo, len)), Backend::Pkey(key)) = (self.window, self.backend) {
             // SAFETY: as when exempting: the result slots' own pages.
             if unsafe { os::pkey_tag(lo as *mut u8, len, key, os::Access::ReadWrite) }.is_err() {
@@ -129,6 +148,9 @@ impl Drop for Freeze<'_> {
             if mprotect {
                 MPROTECT_FROZEN.fetch_sub(1, Ordering::AcqRel);
             }
+        }
+        if mprotect {
+            super::step::step_unlock();
         }
         THAW_EPOCH.fetch_add(1, Ordering::AcqRel);
         os::futex_wake(&THAW_EPOCH, i32::MAX);

@@ -31,8 +31,10 @@ use core::mem::MaybeUninit;
 use core::sync::atomic::Ordering;
 use std::sync::OnceLock;
 
-use super::frame::{Fault, Frame, SEGV_ACCERR, SEGV_PKUERR};
+use super::abandon::park_forever;
+use super::frame::{Fault, Frame, SEGV_ACCERR, SEGV_PKUERR, TRAP_TRACE};
 use super::freeze::{MPROTECT_FROZEN, THAW_EPOCH};
+use super::step::{step_lock, step_unlock};
 use super::{report, step, OnViolation, PKEY};
 use crate::guard::{self, WorkerState, AUDIT_RING};
 use crate::os::{self, OsError};
@@ -63,7 +65,7 @@ pub(crate) fn install() -> Result<(), OsError> {
             // SAFETY: the handler is async-signal-safe and chains to `prev`.
             unsafe { os::install_handler(sig, handler)? };
         }
-        Ok(())
+        super::abandon::install()
     })
 }
 
@@ -71,6 +73,9 @@ thread_local! {
     /// The last fault this thread retried after finding its heap thawed:
     /// (address, thaw epoch). The same pair twice means a real fault.
     static LAST_RETRY: Cell<(usize, u32)> = const { Cell::new((0, u32::MAX)) };
+    /// The pages (at most two: a store crossing into the next frozen page)
+    /// this thread, no worker of a phase, has open for one stepped store.
+    static BYSTANDER_STEP: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
 }
 
 /// What a SIGSEGV is (see the module comment).
@@ -136,10 +141,27 @@ fn judge(fault: &Fault, frame: &mut Frame) -> Verdict {
     }
     let epoch = THAW_EPOCH.load(Ordering::Acquire);
     if frozen && MPROTECT_FROZEN.load(Ordering::Acquire) > 0 {
-        // Not a worker: wait for the thaw, then the store retries.
-        while THAW_EPOCH.load(Ordering::Acquire) == epoch {
-            os::futex_wait(&THAW_EPOCH, epoch, None);
+        // Not a worker of a phase: its store is legal. Waiting for the
+        // thaw could wait forever (a task may be waiting for this thread),
+        // so the store is stepped through: its page opened for one
+        // instruction under the step lock, which the thaw takes too.
+        step_lock();
+        if entry.is_frozen() {
+            let page = fault.addr & !(os::page_size() - 1);
+            // SAFETY: the page is inside a committed, frozen guarded heap;
+            // it is protected again at the trap, under the same lock.
+            if unsafe { os::protect(page as *mut u8, os::page_size(), os::Access::ReadWrite) }
+                .is_ok()
+            {
+                BYSTANDER_STEP.with(|c| {
+                    let (first, _) = c.get();
+                    c.set(if first == 0 { (page, 0) } else { (first, page) });
+                });
+                frame.set_single_step(true);
+                return Verdict::Retry;
+            }
         }
+        step_unlock();
         return Verdict::Retry;
     }
     // Thawed between the fault and now: retry once per epoch.
@@ -177,19 +199,111 @@ fn violation(w: &WorkerState, fault: &Fault, frame: &mut Frame) {
                 os::gettid(),
                 item,
                 fault.code,
+                "policy abort: dying with SIGSEGV",
             ));
             os::reset_to_default(libc::SIGSEGV);
             // Returning re-executes the store, which now kills the process
             // with SIGSEGV (and a core dump where enabled).
         }
-        OnViolation::Cancel => park(w, fault, item),
+        OnViolation::Cancel => {
+            let (sp, bp) = frame.stack_regs();
+            // SAFETY: this handler runs on the worker whose stack copy this
+            // is; its stack [sp, top) is intact while it is stopped here.
+            unsafe { w.stack.capture(fault.ip, sp, bp) };
+            park(w, fault, item)
+        }
+        OnViolation::Rollback => rollback(w, fault, frame, item),
     }
 }
 
-/// The cancel policy: publishes the record, tells the runtime, and parks
-/// the thread for good. No Rust frame is unwound or skipped, and the store
-/// never happens.
+/// The bytes a store faulting at `addr` may change, which the rollback
+/// policy saves before letting it through: on `mprotect` the whole page
+/// (only that page is opened, but for every thread, so the diff after the
+/// step catches any store that went through it); with a key, the 128 bytes
+/// around the address (x86 stores write at most 64 bytes from their start,
+/// and the opening is for this thread alone), within its page and the next
+/// one unless that is exempt or outside the heap.
+fn window(addr: usize, pkey: bool) -> (usize, usize) {
+    let page = os::page_size();
+    let page_lo = addr & !(page - 1);
+    if !pkey {
+        return (page_lo, page);
+    }
+    let lo = addr.saturating_sub(63).max(page_lo);
+    let mut hi = addr + 64;
+    let next = page_lo + page;
+    if hi > next {
+        let same_heap = guard::entry_of(next)
+            .zip(guard::entry_of(addr))
+            .is_some_and(|(a, b)| core::ptr::eq(a, b));
+        if !same_heap || super::freeze::exempt(next) {
+            hi = next;
+        }
+    }
+    (lo, hi - lo)
+}
+
+/// The rollback policy: save what the store may overwrite, let it through
+/// for one instruction (the trap then records what changed), and let the
+/// task run on. A store that could not be undone (the log is full) is
+/// never let through: the task is cancelled instead.
+fn rollback(w: &WorkerState, fault: &Fault, frame: &mut Frame, item: usize) {
+    let pkey = fault.code == SEGV_PKUERR;
+    let key = PKEY.load(Ordering::Relaxed);
+    if pkey {
+        // The handler runs with every key but 0 closed: open ours for
+        // reading, to copy the window (the interrupted code's PKRU comes
+        // back from the frame on return).
+        super::set_key_access(key, os::Access::Read);
+    } else {
+        step_lock();
+    }
+    let (ip, (sp, bp)) = (fault.ip, frame.stack_regs());
+    // SAFETY: this handler runs on the worker whose stack copy this is;
+    // its stack [sp, top) is intact while it is stopped here.
+    unsafe { w.stack.capture(ip, sp, bp) };
+    // A second fault of the instruction being stepped (its store crosses
+    // into the next frozen page) is the same store: one record.
+    let nested = w.undo.is_pending();
+    let (lo, len) = window(fault.addr, pkey);
+    // SAFETY: the window lies in a committed guarded heap, readable now
+    // (frozen pages are read-only; the key is open for reading above), and
+    // stays mapped until the thaw (no heap shrinks during a phase).
+    if unsafe { w.undo.begin(lo, len) } == crate::guard::undo::Begin::Full {
+        step_unlock();
+        os::write_stderr(b"frostheap: the undo log of a worker is full: cancelling its task\n");
+        park(w, fault, item);
+    }
+    if !nested {
+        let n = w.audit_count.fetch_add(1, Ordering::Relaxed);
+        let rec = &w.audit[(n as usize) % AUDIT_RING];
+        rec.addr.store(fault.addr, Ordering::Relaxed);
+        rec.ip.store(fault.ip, Ordering::Relaxed);
+        rec.tid.store(os::gettid(), Ordering::Relaxed);
+        rec.item.store(item, Ordering::Release);
+    }
+    if !step::open(w, fault.addr, fault.code, key, frame) {
+        step_unlock();
+        park(w, fault, item);
+    }
+}
+
+/// The cancel policy: writes the report (the phase may never end if a
+/// task waits for a lock this one holds, so the user sees it now),
+/// publishes the record, tells the runtime, and parks the thread for good.
+/// No Rust frame is unwound or skipped, and the store never happens.
 fn park(w: &WorkerState, fault: &Fault, item: usize) -> ! {
+    let mut buf = [0u8; 1024];
+    os::write_stderr(report::render_raw(
+        &mut buf,
+        fault.addr,
+        fault.ip,
+        os::gettid(),
+        item,
+        fault.code,
+        "policy cancel: this task's thread is parked for good and the store did not happen; \
+         locks the task holds stay held (the phase ends with Err(Violation))",
+    ));
     let r = &w.record;
     r.addr.store(fault.addr, Ordering::Relaxed);
     r.ip.store(fault.ip, Ordering::Relaxed);
@@ -197,21 +311,7 @@ fn park(w: &WorkerState, fault: &Fault, item: usize) -> ! {
     r.code.store(fault.code as u32, Ordering::Relaxed);
     r.item.store(item, Ordering::Relaxed);
     r.state.store(1, Ordering::Release);
-    w.is_parked.store(true, Ordering::Release);
-    let parked = w.parked.load(Ordering::Acquire);
-    // SAFETY: the runtime's counters outlive its workers' states.
-    if let Some(parked) = unsafe { parked.as_ref() } {
-        parked.fetch_add(1, Ordering::AcqRel);
-    }
-    let events = w.events.load(Ordering::Acquire);
-    // SAFETY: as above.
-    if let Some(events) = unsafe { events.as_ref() } {
-        events.fetch_add(1, Ordering::AcqRel);
-        os::futex_wake(events, i32::MAX);
-    }
-    loop {
-        os::futex_wait(&w.park_word, 0, None);
-    }
+    park_forever(w)
 }
 
 unsafe extern "C" fn on_trap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
@@ -219,8 +319,33 @@ unsafe extern "C" fn on_trap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
     let code = unsafe { (*info).si_code };
     // SAFETY: ctx is the ucontext the kernel passed to this handler.
     let mut frame = unsafe { Frame::new(ctx) };
+    if code == TRAP_TRACE {
+        let (first, second) = BYSTANDER_STEP.with(|c| c.replace((0, 0)));
+        if first != 0 {
+            for p in [first, second] {
+                if p != 0 {
+                    // SAFETY: opened by `judge` for this step; still frozen
+                    // (the thaw waits for the step lock we hold).
+                    let _ = unsafe { os::protect(p as *mut u8, os::page_size(), os::Access::Read) };
+                }
+            }
+            frame.set_single_step(false);
+            step_unlock();
+            return;
+        }
+    }
     if let Some(w) = guard::current_worker() {
         if step::close(w, code, &mut frame) {
+            if w.undo.is_pending() {
+                // Rollback: access is closed again; record what the step
+                // changed. (With a key, open it for reading here first:
+                // this handler, too, runs with every key but 0 closed.)
+                super::set_key_access(PKEY.load(Ordering::Relaxed), os::Access::Read);
+                // SAFETY: the windows begun by `rollback` are still mapped
+                // and readable.
+                unsafe { w.undo.finish() };
+                step_unlock();
+            }
             return;
         }
     }

@@ -10,12 +10,14 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | here | resolving the backend, the key, [`Guarded`] (a runtime's hold on a heap: the key tagging) |
-//! | [`freeze`] | [`Freeze`]: the freeze protocol, whose `Drop` thaws |
-//! | [`handler`] | the SIGSEGV and SIGTRAP handlers |
-//! | [`step`] | letting one faulting store through (audit) |
-//! | [`frame`] | the x86_64 signal frame the handlers read and edit |
-//! | [`report`] | from the handler's numbers to a [`Violation`] (the type itself is `crate::violation`'s) |
+//! | here | resolving the backend, the key, `Guarded` (a runtime's hold on a heap: the key tagging) |
+//! | `freeze` | `Freeze`: the freeze protocol, whose `Drop` thaws |
+//! | `handler` | the SIGSEGV and SIGTRAP handlers |
+//! | `abandon` | stopping a worker whose task can never finish (cancel: blocked on a lock a parked task holds) |
+//! | `backtrace` | the violating thread's stack, copied in the handler and unwound after the phase |
+//! | `step` | letting one faulting store through (audit, rollback) |
+//! | `frame` | the x86_64 signal frame the handlers read and edit |
+//! | `report` | from the handler's numbers to a `Violation` (the type itself is `crate::violation`'s) |
 //!
 //! What the handler reads lives one layer down, in `guard`: the table of
 //! heap regions with their guard state, and each worker's state.
@@ -24,6 +26,8 @@
 //! or `ptrace` succeed against both. frostheap catches mistakes, not
 //! attackers.
 
+pub(crate) mod abandon;
+pub(crate) mod backtrace;
 mod frame;
 mod freeze;
 mod handler;
@@ -155,7 +159,9 @@ pub(crate) fn guard(heap: &Heap, backend: Backend) -> Result<Guarded, Error> {
     })?;
     let _tagging = TAGGING.lock().unwrap_or_else(|e| e.into_inner());
     if let Backend::Pkey(key) = backend {
-        if entry.key() != key {
+        // A sealed heap is read-only to every thread for good: it needs
+        // no key (and its protection can no longer change).
+        if entry.key() != key && !entry.is_sealed() {
             tag(inner, key).map_err(|source| Error::Os {
                 context: "tagging a guarded heap with a protection key",
                 source,
@@ -194,6 +200,12 @@ impl Drop for Guarded {
 /// Tags `heap`'s whole reservation with protection key `key` (0: the
 /// default key, which every thread may use): committed pages stay
 /// read-write, the rest `PROT_NONE`.
+///
+/// `pkey_mprotect` sets the protection with the key, so this assumes the
+/// heap is not frozen by `mprotect` meanwhile. One runtime never tags
+/// during its own phases; a known limit remains when runtimes of both
+/// backends guard one heap: a pkey runtime built or dropped while an
+/// mprotect runtime's phase freezes that heap opens its pages early.
 fn tag(heap: &HeapInner, key: u32) -> Result<(), OsError> {
     let region = heap.core.region();
     heap.core.commit_lock_and(|committed| {

@@ -1,8 +1,9 @@
 //! From the fault handler's numbers to a [`Violation`]: the handler
 //! records plain numbers only (`guard::ViolationRecord`); [`Violation::from_raw`]
 //! looks up the heap and block on the main thread, where allocating is
-//! allowed. The one exception is [`render_raw`], the abort policy's
-//! report, written from the handler with `write(2)` into a stack buffer.
+//! allowed. The one exception is [`render_raw`], the report the abort and
+//! cancel policies write from the handler, with `write(2)` from a stack
+//! buffer, when the violation happens.
 
 use super::{Access, Backend, OnViolation, Violation};
 use crate::fmt_buf::Buf;
@@ -49,21 +50,28 @@ impl Violation {
             ip,
             backend,
             policy,
+            stores_undone: 0,
+            others: Vec::new(),
+            abandoned: 0,
+            no_progress_timeout: core::time::Duration::ZERO,
+            frames: Vec::new(),
             resolved: std::sync::OnceLock::new(),
         }
     }
 }
 
-/// The abort policy's report, formatted without allocating (called from
-/// the fault handler).
-pub(crate) fn render_raw(
-    buf: &mut [u8],
+/// The report written from the fault handler when the violation happens
+/// (abort and cancel), formatted without allocating; `outcome` is its last
+/// line, what the policy does about it.
+pub(crate) fn render_raw<'a>(
+    buf: &'a mut [u8],
     addr: usize,
     ip: usize,
     tid: u32,
     item: usize,
     code: i32,
-) -> &[u8] {
+    outcome: &str,
+) -> &'a [u8] {
     let mut b = Buf::new(buf)
         .str("==frostheap== VIOLATION: write to a frozen heap at 0x")
         .hex(addr);
@@ -97,6 +105,8 @@ pub(crate) fn render_raw(
         } else {
             " (mprotect fault)"
         })
-        .str("\n  policy abort: dying with SIGSEGV\n")
+        .str("\n  ")
+        .str(outcome)
+        .str("\n")
         .finish()
 }

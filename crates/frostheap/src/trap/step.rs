@@ -10,9 +10,11 @@
 //! page in that window lands unseen (a documented limit).
 //!
 //! Both halves run inside signal handlers (SIGSEGV opens, SIGTRAP closes)
-//! and touch only the worker's own state and the frame.
+//! and touch only the worker's own state and the frame. On `mprotect`,
+//! steps that must not overlap (rollback's, and those of threads that are
+//! no workers) hold the [`step_lock`], which the thaw takes too.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use super::frame::{Frame, SEGV_PKUERR, TRAP_TRACE};
 use crate::guard::WorkerState;
@@ -37,7 +39,14 @@ pub(crate) fn open(w: &WorkerState, addr: usize, code: i32, key: u32, frame: &mu
         let ok =
             unsafe { os::protect(page as *mut u8, os::page_size(), os::Access::ReadWrite) }.is_ok();
         if ok {
-            w.step_page.store(page, Ordering::Relaxed);
+            // A second fault of the same instruction (the store crosses
+            // into the next frozen page) keeps the first page open too:
+            // both close together at the trap.
+            if w.step_page.load(Ordering::Relaxed) == 0 {
+                w.step_page.store(page, Ordering::Relaxed);
+            } else {
+                w.step_page2.store(page, Ordering::Relaxed);
+            }
         }
         ok
     };
@@ -56,18 +65,52 @@ pub(crate) fn close(w: &WorkerState, code: i32, frame: &mut Frame) -> bool {
         return false;
     }
     let page = w.step_page.swap(0, Ordering::Relaxed);
+    let page2 = w.step_page2.swap(0, Ordering::Relaxed);
     let key = w.step_key.swap(0, Ordering::Relaxed);
     if page == 0 && key == 0 {
         return false;
     }
-    if page != 0 {
-        // SAFETY: the page was opened by `open` and is still inside the
-        // frozen heap: main cannot thaw while this worker is in its task.
-        let _ = unsafe { os::protect(page as *mut u8, os::page_size(), os::Access::Read) };
+    for p in [page, page2] {
+        if p != 0 {
+            // SAFETY: the page was opened by `open` and is still inside the
+            // frozen heap: main cannot thaw while this worker is in its task.
+            let _ = unsafe { os::protect(p as *mut u8, os::page_size(), os::Access::Read) };
+        }
     }
     if key != 0 {
         frame.set_key_access(key, os::Access::Read);
     }
     frame.set_single_step(false);
     true
+}
+
+/// The `mprotect` backend's step lock: the tid of the thread whose step
+/// has a page open, 0 when none. One step at a time, so no snapshot is
+/// taken while another step's page is open, and a store another thread
+/// makes through an open page lands in that step's diff (docs/rollback.md).
+/// Re-entrant: a store crossing into a second frozen page faults again
+/// inside its own step.
+static STEP_LOCK: AtomicU32 = AtomicU32::new(0);
+
+/// Takes the step lock (a futex wait inside the handler: the holder only
+/// runs one instruction and its trap before it lets go).
+pub(crate) fn step_lock() {
+    let me = os::gettid();
+    loop {
+        match STEP_LOCK.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(holder) if holder == me => return,
+            Err(holder) => os::futex_wait(&STEP_LOCK, holder, None),
+        }
+    }
+}
+
+/// Lets the step lock go if the calling thread holds it.
+pub(crate) fn step_unlock() {
+    if STEP_LOCK
+        .compare_exchange(os::gettid(), 0, Ordering::Release, Ordering::Relaxed)
+        .is_ok()
+    {
+        os::futex_wake(&STEP_LOCK, i32::MAX);
+    }
 }

@@ -65,6 +65,7 @@ fixtures!(
     "global_threads",
     "global_track",
     "nested_guards",
+    "recovery",
     "runtime_global",
     "violation",
 );
@@ -84,6 +85,43 @@ pub fn fixture(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The path of example program `name` (examples/<name>.rs), for the few
+/// child programs that need a dev-dependency (a fixture `[[bin]]` cannot
+/// see them). Cargo builds examples with every `cargo test` of the package,
+/// but not for `cargo test --test it` alone: then this fails saying how to
+/// build it. Tests never run cargo themselves.
+#[track_caller]
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/it-<hash> -> target/<profile>/examples/<name>
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("examples").join(name))
+        .unwrap_or_else(|| panic!("no profile directory above {}", exe.display()));
+    assert!(
+        path.is_file(),
+        "example program {name} is missing at {}: `cargo test` builds examples, `cargo test --test it` does not; build it with `cargo build --release -p frostheap --examples` (or run the package's full tests)",
+        path.display()
+    );
+    path
+}
+
+/// Runs example `name` like [`run_fixture`] runs a fixture: `args`, our
+/// `FROSTHEAP_*` variables removed, `env` added, within the time limit.
+#[track_caller]
+pub fn run_example(name: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(example(name));
+    cmd.args(args);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("FROSTHEAP_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    output_within(&mut cmd, &format!("example {name} {}", args.join(" ")))
 }
 
 /// Runs fixture `name` with `args` and extra environment `env`, with every

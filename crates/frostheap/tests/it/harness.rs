@@ -33,7 +33,8 @@
 //!   libtest); one over `FROSTHEAP_TEST_TIMEOUT` seconds (default 900)
 //!   stops the binary with a failure naming it, because a thread cannot be
 //!   killed and a hung CI job is worse than a lost run. Child processes
-//!   have their own, shorter limit (`check::run_fixture`).
+//!   have their own, shorter limit (`check::output_within`). The closing
+//!   lines name the ten slowest tests.
 //!
 //! Output is not captured (libtest-mimic cannot): a test's prints and a
 //! panic's message appear as they happen, and a failed test's panic message
@@ -512,7 +513,7 @@ fn print_slowest() {
     if times.len() < 2 {
         return;
     }
-    times.sort_by(|a, b| b.1.cmp(&a.1));
+    times.sort_by_key(|t| std::cmp::Reverse(t.1));
     let list: Vec<String> = times
         .iter()
         .take(10)

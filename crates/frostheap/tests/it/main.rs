@@ -13,6 +13,8 @@
 //! | `violations` | the violation matrix: backend × policy × twelve ways to write a frozen heap; reports |
 //! | `freeze` | backends, bystander threads, kernel writes, sealed heaps, env config; the cap, abort, and foreign faults in child processes |
 //! | `runtime` | `map` / `for_each` / `scope` against sequential code, panics, violations, budgets, context heaps; global mode through the `runtime_global` fixture |
+//! | `recovery` | after violations: no hang (threads tasks start, locks, stdout), no leak (runtimes, parked threads, large results), no `Ok` unless every task ran; soaks in child processes |
+//! | `par` | `rt.par(..)`: adapters and terminals against std's iterators, panics, violations, `for_each_mut` and its up-front check, sorts, the default runtime |
 //! | `harness` | the runner itself: registration is complete, its arguments |
 //!
 //! # Adding a test
@@ -107,6 +109,8 @@ modules!(
     heap_model,
     limits,
     ops,
+    recovery,
+    par,
     remote,
     runtime,
     violations,

@@ -109,19 +109,21 @@ fn map_equals_the_sequential_map_for_vecs_slices_and_streams() {
                 i += 1;
                 x
             });
-            let got = rt.map(stream, mix).expect("map over iter::from_fn");
+            let got = rt.map_iter(stream, mix).expect("map_iter over iter::from_fn");
             prop_assert_eq!(&got, &expected);
 
             // A mapped range, each task allocating `x % 200` bytes in its
             // arena so batches are sized from real measurements.
             let n = input.len() as u64;
-            let got = rt
-                .map_with((0..n).map(|k| input[k as usize]), |ctx, x| {
+            let got: Vec<u64> = rt
+                .par_bridge((0..n).map(|k| input[k as usize]))
+                .map_with_context(|ctx, x| {
                     let mut v = AVec::with_capacity_in((x % 200) as usize, ctx.arena());
                     v.extend((0..x % 200).map(|b| b as u8));
                     mix(x) ^ v.iter().map(|&b| b as u64).sum::<u64>()
                 })
-                .expect("map_with over a mapped range");
+                .collect()
+                .expect("map_with_context over a mapped range");
             let expected_arena: Vec<u64> = input
                 .iter()
                 .map(|&x| mix(x) ^ (0..x % 200).map(|b| (b as u8) as u64).sum::<u64>())
@@ -161,8 +163,11 @@ fn empty_input_returns_empty_without_a_phase() {
         assert!(out.is_empty());
         let out: Vec<u64> = rt.map(&[] as &[u64], |x| *x).unwrap();
         assert!(out.is_empty());
-        rt.for_each(std::iter::empty::<u8>(), |_| panic!("no item"))
+        rt.par_bridge(std::iter::empty::<u8>())
+            .for_each(|_| panic!("no item"))
             .unwrap();
+        rt.for_each(0..0u32, |_| panic!("no item")).unwrap();
+        assert_eq!(rt.par(&[] as &[u64]).map(|x| *x).sum::<u64>().unwrap(), 0);
         assert_eq!(
             rt.stats().phases,
             before,
@@ -286,7 +291,7 @@ fn check_panic_of(rt: &Runtime, n: usize, bad: usize, streaming: bool) {
         Out::new(it.0)
     };
     let r = if streaming {
-        rt.map((0..n).map(Item::new), task)
+        rt.map_iter((0..n).map(Item::new), task)
     } else {
         let items: Vec<Item> = (0..n).map(Item::new).collect();
         rt.map(items, task)
@@ -409,6 +414,8 @@ fn spin_until(mut done: impl FnMut() -> bool) -> bool {
 }
 
 test!(a_write_to_a_guarded_heap_is_a_violation_and_the_worker_is_replaced);
+/// Under `cancel` (the rollback policy's equivalent is
+/// `recovery::a_write_to_a_guarded_heap_is_undone_and_no_worker_is_parked`).
 fn a_write_to_a_guarded_heap_is_a_violation_and_the_worker_is_replaced() {
     let heap = Heap::builder()
         .name("rt-guarded")
@@ -420,6 +427,7 @@ fn a_write_to_a_guarded_heap_is_a_violation_and_the_worker_is_replaced() {
     let rt = Runtime::builder()
         .workers(WORKERS)
         .guard(&heap)
+        .on_violation(frostheap::OnViolation::Cancel)
         .build()
         .unwrap();
     assert!(rt.guarded().contains(&heap));
@@ -816,8 +824,21 @@ fn global_results_escape_and_stay_valid_across_later_phases() {
 }
 
 test!(global_main_heap_is_guarded_during_phases);
+/// Under `cancel` (the fixture counts parked workers); the rollback
+/// policy's equivalent is `recovery::global_main_heap_violations_are_rolled_back`.
 fn global_main_heap_is_guarded_during_phases() {
-    global_scenario("violation");
+    let out = run_fixture(
+        "runtime_global",
+        &["violation"],
+        &[("FROSTHEAP_ON_VIOLATION", "cancel")],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("runtime_global violation: ok"),
+        "{}",
+        describe(&out)
+    );
 }
 
 test!(global_frees_of_main_heap_items_are_deferred);
@@ -854,7 +875,8 @@ fn nested_guards_and_results_in_the_main_heap() {
 }
 
 test!(a_violation_drops_every_item_but_the_parked_one);
-/// After a violation, every item is dropped exactly once — except the one
+/// Under `cancel` (the rollback policy's equivalent is
+/// `recovery::rollback_drops_every_item_and_result_once`): after a violation, every item is dropped exactly once — except the one
 /// the parked task holds, which is never dropped (its copy lives on the
 /// parked thread's stack; dropping ours could free what the task already
 /// moved out) — and every result made before the error is dropped.
@@ -880,6 +902,7 @@ fn a_violation_drops_every_item_but_the_parked_one() {
     let rt = Runtime::builder()
         .workers(WORKERS)
         .guard(&heap)
+        .on_violation(frostheap::OnViolation::Cancel)
         .build()
         .unwrap();
     let n = 5000;

@@ -1,5 +1,5 @@
 //! The violation matrix: for each backend (mprotect; pkey where the CPU
-//! has protection keys) and each policy (cancel, audit), one parallel task
+//! has protection keys) and each policy (rollback, cancel, audit), one parallel task
 //! writes a guarded heap in one of twelve ways — a plain store, 16-, 32-
 //! and 64-byte SIMD stores, atomic `fetch_add` and `compare_exchange`,
 //! `ptr::copy_nonoverlapping`, `ptr::write_bytes`, `libc::memcpy`,
@@ -7,11 +7,13 @@
 //! through a raw pointer cast from `&T`.
 //!
 //! Each case checks: the reports (cancel: exactly one
-//! `Err(Error::Violation)`; audit: one record per faulting store, exactly
-//! one for a single store) carry the right address, offset, heap name,
+//! `Err(Error::Violation)`; rollback: one `Err` listing every faulting
+//! store, each undone; audit: one record per faulting store, exactly one
+//! for a single store) carry the right address, offset, heap name,
 //! containing allocation, item index, access, backend and policy; the
-//! guarded data is bit-for-bit unchanged (cancel) or changed exactly as
-//! written (audit); and the next phase runs normally.
+//! guarded data is bit-for-bit unchanged (cancel, rollback: the checksum of
+//! the whole heap's committed memory too) or changed exactly as written
+//! (audit); and the next phase runs normally.
 //!
 //! The test binary does not install `frostheap::Global`, so the guarded
 //! heap is an explicit [`Heap`] handed to the runtime, holding an
@@ -315,6 +317,13 @@ pub fn run_case(protect: Protect, policy: OnViolation, kind: Kind) {
     let data_base = data.as_mut_ptr() as usize;
     let target = data_base + TARGET_WORD * 8;
     let before = snapshot(data_base);
+    // The whole heap: everything it has committed, not only the vector.
+    let whole = |heap: &Heap| {
+        let len = heap.stats().committed;
+        // SAFETY: the heap's committed prefix is mapped and readable.
+        unsafe { core::slice::from_raw_parts(heap.base(), len) }.to_vec()
+    };
+    let heap_before = whole(&heap);
 
     let rt = Runtime::builder()
         .workers(2)
@@ -380,6 +389,25 @@ pub fn run_case(protect: Protect, policy: OnViolation, kind: Kind) {
             let s = rt.stats();
             assert_eq!(s.parked_workers, 0, "{what}: audit parks nobody");
         }
+        OnViolation::Rollback => {
+            let v = match out {
+                Err(Error::Violation(v)) => v,
+                Err(e) => panic!("{what}: expected a violation, got {e}"),
+                Ok(r) => panic!("{what}: the write went unnoticed ({r:?})"),
+            };
+            check_report(&v, &heap, data_base, target, kind, protect, policy);
+            let s = rt.stats();
+            let stores = 1 + v.other_stores().len();
+            if kind.single_store() {
+                assert_eq!(stores, 1, "{what}: one store, one report: {v}");
+            } else {
+                assert!(stores <= kind.len(), "{what}: {stores} stores for {} bytes", kind.len());
+            }
+            assert_eq!(v.stores_undone(), stores, "{what}: every store undone: {v}");
+            assert_eq!(s.violations as usize, stores, "{what}: every store reported");
+            assert_eq!(s.parked_workers, 0, "{what}: rollback parks nobody");
+            assert!(rt.audit_log().is_empty(), "{what}: no audit records");
+        }
         OnViolation::Abort => unreachable!("abort is checked in a child process"),
     }
     assert_eq!(
@@ -388,9 +416,19 @@ pub fn run_case(protect: Protect, policy: OnViolation, kind: Kind) {
         "{what}: the guarded data is not as expected"
     );
     assert!(after == expected, "{what}: bytes differ");
+    if policy != OnViolation::Audit {
+        // Nothing else in the guarded heap changed either.
+        let heap_after = whole(&heap);
+        assert_eq!(
+            (heap_after.len(), checksum(&heap_after)),
+            (heap_before.len(), checksum(&heap_before)),
+            "{what}: the guarded heap's checksum changed"
+        );
+    }
 
     // The next phase runs normally: every task reads the (still frozen)
     // data, and the results match a sum made by main.
+    let before_next = rt.stats().violations;
     let sums = rt
         .map(0..ITEMS, |i| {
             // SAFETY: reading the live vector is allowed while it is frozen.
@@ -413,7 +451,11 @@ pub fn run_case(protect: Protect, policy: OnViolation, kind: Kind) {
     // And main writes the thawed heap again.
     data[TARGET_WORD] = 7;
     assert_eq!(data[TARGET_WORD], 7);
-    let expected_violations = u64::from(policy == OnViolation::Cancel);
+    let expected_violations = match policy {
+        OnViolation::Cancel => 1,
+        OnViolation::Rollback => before_next,
+        _ => 0,
+    };
     assert_eq!(
         rt.stats().violations,
         expected_violations,
@@ -488,6 +530,8 @@ matrix!(mprotect_cancel, Protect::Mprotect, OnViolation::Cancel, needs: []);
 matrix!(mprotect_audit, Protect::Mprotect, OnViolation::Audit, needs: []);
 matrix!(pkey_cancel, Protect::Pkey, OnViolation::Cancel, needs: [Pkey]);
 matrix!(pkey_audit, Protect::Pkey, OnViolation::Audit, needs: [Pkey]);
+matrix!(mprotect_rollback, Protect::Mprotect, OnViolation::Rollback, needs: []);
+matrix!(pkey_rollback, Protect::Pkey, OnViolation::Rollback, needs: [Pkey]);
 
 /// A plain store through a raw pointer, in a function of its own so the
 /// report's function name and line are known.

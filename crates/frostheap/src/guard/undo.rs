@@ -1,0 +1,600 @@
+//! The undo log of the rollback policy: what a worker's violating stores
+//! overwrote, kept so the thaw can put it back (docs/rollback.md).
+//!
+//! **Filling it (fault handler, the worker's own thread).** Before a
+//! violating store is let through, [`UndoLog::begin`] copies the bytes the
+//! store may change (its *window*) into a staging slot, then takes a stamp
+//! from the process-wide sequence counter — after the copy, so that any
+//! store stamped later happened after this snapshot. One instruction later,
+//! with access closed again, [`UndoLog::finish`] compares the window with
+//! memory and appends one entry: the span from the first to the last
+//! changed byte, each byte's old and new value. Nothing here allocates or
+//! locks: the log is one `MAP_NORESERVE` mapping made before the worker's
+//! first phase, and the space an entry may need is reserved by `begin`,
+//! which refuses (the caller then cancels the task) rather than let a
+//! store through that could not be undone.
+//!
+//! **Entry format.** `seq: u64 | addr: u64 | len: u32 | prev: u32` (24
+//! bytes), then `len` pairs `(old, new)`, padded to 8 bytes. `prev` is the
+//! offset of the worker's previous entry, for walking the log backwards. A
+//! step whose span starts where the previous entry ends, with no stamp
+//! taken by anyone in between, extends that entry: a `rep stosb` that the
+//! trap flag steps one byte at a time becomes one entry, not thousands.
+//!
+//! **Replay (main, at the thaw, heaps writable).** [`replay`] merges the
+//! logs of all workers newest stamp first, and for every byte does an
+//! atomic compare-exchange from the new value back to the old one. A byte
+//! a later store changed again is restored by that store's entry first; a
+//! byte a thread that is no worker wrote afterwards no longer holds the new
+//! value, so its store stays. Entries of the same stamp never overlap
+//! (one per window; windows of one step are disjoint).
+
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+
+use crate::os::{self, OsError};
+
+/// Staging slots: windows of one instruction pending between its fault and
+/// its trap (a store crossing into a second frozen page faults twice).
+pub(crate) const SLOTS: usize = 4;
+/// Bytes of one staging slot: the largest window (a 4 KiB page).
+pub(crate) const SLOT_BYTES: usize = 4096;
+/// Bytes of entries one worker can hold per phase.
+pub(crate) const LOG_BYTES: usize = 1 << 20;
+/// Bytes of an entry header.
+const HEADER: usize = 24;
+/// `prev` of a worker's first entry.
+const NO_ENTRY: u32 = u32::MAX;
+/// Bytes of used entries kept resident after a replay; more are purged.
+const KEEP_RESIDENT: usize = 64 << 10;
+
+/// The process-wide stamp counter (0 is never handed out).
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// One pending window: `len == 0` when the slot is free.
+struct Pending {
+    lo: AtomicUsize,
+    len: AtomicUsize,
+    seq: AtomicU64,
+}
+
+/// One worker's undo log. Written by the worker's fault handlers during a
+/// phase, read and reset by main after it (the worker's end-of-phase
+/// signal orders the two); every field is an atomic for that hand-over,
+/// accessed with `Relaxed` inside each side.
+pub(crate) struct UndoLog {
+    /// The mapping: `SLOTS × SLOT_BYTES` of staging, then `LOG_BYTES` of
+    /// entries. Null until [`UndoLog::prepare`].
+    base: AtomicUsize,
+    /// Bytes of entries used.
+    used: AtomicUsize,
+    /// Bytes promised to pending windows (worst case each).
+    reserved: AtomicUsize,
+    /// Offset of the last entry, or [`NO_ENTRY`].
+    last: AtomicU32,
+    /// The newest stamp the last entry covers (an entry extended by later
+    /// steps keeps its first stamp in its header).
+    last_seq: AtomicU64,
+    /// Steps recorded since the last reset: the stores undone.
+    stores: AtomicU32,
+    /// Most bytes ever used, for purging after a replay.
+    high: AtomicUsize,
+    pending: [Pending; SLOTS],
+}
+
+/// The outcome of [`UndoLog::begin`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Begin {
+    /// Saved; let the store through.
+    Saved,
+    /// No room for the worst-case entry or no free slot: the store must
+    /// not happen (the caller falls back to cancelling the task).
+    Full,
+}
+
+impl Default for UndoLog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UndoLog {
+    /// An empty log with no mapping yet.
+    pub(crate) const fn new() -> UndoLog {
+        UndoLog {
+            base: AtomicUsize::new(0),
+            used: AtomicUsize::new(0),
+            reserved: AtomicUsize::new(0),
+            last: AtomicU32::new(NO_ENTRY),
+            last_seq: AtomicU64::new(0),
+            stores: AtomicU32::new(0),
+            high: AtomicUsize::new(0),
+            pending: [const {
+                Pending {
+                    lo: AtomicUsize::new(0),
+                    len: AtomicUsize::new(0),
+                    seq: AtomicU64::new(0),
+                }
+            }; SLOTS],
+        }
+    }
+
+    /// Maps the log (outside any phase; idempotent).
+    pub(crate) fn prepare(&self) -> Result<(), OsError> {
+        if self.base.load(Ordering::Acquire) == 0 {
+            let p = os::map_table(SLOTS * SLOT_BYTES + LOG_BYTES)?;
+            self.base.store(p as usize, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn staging(&self, slot: usize) -> *mut u8 {
+        (self.base.load(Ordering::Relaxed) + slot * SLOT_BYTES) as *mut u8
+    }
+
+    fn entries(&self) -> *mut u8 {
+        (self.base.load(Ordering::Relaxed) + SLOTS * SLOT_BYTES) as *mut u8
+    }
+
+    /// Worst-case bytes of the entry for a window of `len` bytes.
+    fn worst(len: usize) -> usize {
+        (HEADER + 2 * len).next_multiple_of(8)
+    }
+
+    /// Saves the window `[lo, lo + len)` before a store that may change it
+    /// is let through, and stamps it. Async-signal-safe.
+    ///
+    /// # Safety
+    /// 1. The caller is the log's worker (in its fault handler), and
+    ///    `[lo, lo + len)` is readable now and stays mapped until the
+    ///    matching [`UndoLog::finish`] and the replay.
+    pub(crate) unsafe fn begin(&self, lo: usize, len: usize) -> Begin {
+        debug_assert!(len > 0 && len <= SLOT_BYTES, "a window fits a slot");
+        if self.base.load(Ordering::Relaxed) == 0 {
+            return Begin::Full;
+        }
+        let Some(slot) = self
+            .pending
+            .iter()
+            .position(|p| p.len.load(Ordering::Relaxed) == 0)
+        else {
+            return Begin::Full;
+        };
+        let need = Self::worst(len);
+        let committed = self.used.load(Ordering::Relaxed) + self.reserved.load(Ordering::Relaxed);
+        if committed + need > LOG_BYTES {
+            return Begin::Full;
+        }
+        self.reserved.fetch_add(need, Ordering::Relaxed);
+        // SAFETY: by (1) the window is readable; the slot is ours and holds
+        // SLOT_BYTES >= len.
+        unsafe { core::ptr::copy_nonoverlapping(lo as *const u8, self.staging(slot), len) };
+        // The stamp follows the copy: a store stamped after this one
+        // happens after this snapshot was complete.
+        let seq = SEQ.fetch_add(1, Ordering::SeqCst) + 1;
+        let p = &self.pending[slot];
+        p.lo.store(lo, Ordering::Relaxed);
+        p.seq.store(seq, Ordering::Relaxed);
+        p.len.store(len, Ordering::Relaxed);
+        Begin::Saved
+    }
+
+    /// Whether a window is pending (between a fault and its trap).
+    pub(crate) fn is_pending(&self) -> bool {
+        self.pending
+            .iter()
+            .any(|p| p.len.load(Ordering::Relaxed) != 0)
+    }
+
+    /// Records what the store (and anything else that wrote the pending
+    /// windows meanwhile) changed, once write access is closed again.
+    /// Returns the bytes that changed. Async-signal-safe.
+    ///
+    /// # Safety
+    /// 1. As for [`UndoLog::begin`]: the log's worker, the windows still
+    ///    readable.
+    pub(crate) unsafe fn finish(&self) -> usize {
+        let mut changed = 0;
+        let mut steps = 0;
+        for p in &self.pending {
+            let len = p.len.load(Ordering::Relaxed);
+            if len == 0 {
+                continue;
+            }
+            let slot = p as *const Pending as usize - self.pending.as_ptr() as usize;
+            let slot = slot / core::mem::size_of::<Pending>();
+            let lo = p.lo.load(Ordering::Relaxed);
+            let seq = p.seq.load(Ordering::Relaxed);
+            let old = self.staging(slot);
+            // SAFETY: the window is readable by (1); the staging slot holds
+            // its snapshot.
+            let (first, last) = unsafe { changed_span(old, lo as *const u8, len) };
+            if first < last {
+                // SAFETY: space for the worst case was reserved by begin.
+                unsafe { self.append(seq, lo + first, old.add(first), last - first) };
+                changed += last - first;
+            }
+            self.reserved.fetch_sub(Self::worst(len), Ordering::Relaxed);
+            p.len.store(0, Ordering::Relaxed);
+            steps = 1;
+        }
+        self.stores.fetch_add(steps, Ordering::Relaxed);
+        changed
+    }
+
+    /// Appends (or extends the last entry with) the span of `len` bytes at
+    /// `addr`, whose old values are at `old` and new values in memory.
+    ///
+    /// # Safety
+    /// 1. Space for the worst case of the span's window is reserved;
+    ///    `old` and `addr` are readable for `len` bytes.
+    unsafe fn append(&self, seq: u64, addr: usize, old: *const u8, len: usize) {
+        let entries = self.entries();
+        let used = self.used.load(Ordering::Relaxed);
+        let last = self.last.load(Ordering::Relaxed);
+        if last != NO_ENTRY {
+            let h = entries.wrapping_add(last as usize);
+            // SAFETY: `last` is the offset of a complete entry of ours.
+            let (_, laddr, llen, _) = unsafe { read_header(h) };
+            if laddr + llen == addr && self.last_seq.load(Ordering::Relaxed) + 1 == seq {
+                // Nobody stamped between the two steps: one entry in order.
+                // SAFETY: the last entry ends at `used` (after padding); its
+                // pairs grow in place into reserved space.
+                unsafe {
+                    write_pairs(h.add(HEADER + 2 * llen), old, addr as *const u8, len);
+                    (h.add(16) as *mut u32).write((llen + len) as u32);
+                }
+                let end = (last as usize + HEADER + 2 * (llen + len)).next_multiple_of(8);
+                self.set_used(end);
+                self.last_seq.store(seq, Ordering::Relaxed);
+                return;
+            }
+        }
+        let h = entries.wrapping_add(used);
+        // SAFETY: reserved by begin: HEADER + 2 len bytes fit at `used`.
+        unsafe {
+            (h as *mut u64).write(seq);
+            (h.add(8) as *mut u64).write(addr as u64);
+            (h.add(16) as *mut u32).write(len as u32);
+            (h.add(20) as *mut u32).write(last);
+            write_pairs(h.add(HEADER), old, addr as *const u8, len);
+        }
+        self.last.store(used as u32, Ordering::Relaxed);
+        self.last_seq.store(seq, Ordering::Relaxed);
+        self.set_used(used + Self::worst(len));
+    }
+
+    fn set_used(&self, used: usize) {
+        self.used.store(used, Ordering::Relaxed);
+        self.high.fetch_max(used, Ordering::Relaxed);
+    }
+
+    /// Stores recorded since the last reset.
+    pub(crate) fn stores(&self) -> u32 {
+        self.stores.load(Ordering::Acquire)
+    }
+
+    /// Whether nothing was recorded since the last reset.
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.stores() == 0 && self.used.load(Ordering::Acquire) == 0
+    }
+
+    /// The entry at offset `from`, if any.
+    fn newest(&self, from: u32) -> Option<Entry> {
+        if from == NO_ENTRY || self.base.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let h = self.entries().wrapping_add(from as usize);
+        // SAFETY: `from` is the offset of a complete entry (the log is at
+        // rest: its worker has ended its phase).
+        let (seq, addr, len, prev) = unsafe { read_header(h) };
+        Some(Entry {
+            seq,
+            addr,
+            len,
+            pairs: h.wrapping_add(HEADER),
+            prev,
+        })
+    }
+
+    /// Forgets every entry (after the replay) and gives back the pages of
+    /// a log that grew past [`KEEP_RESIDENT`].
+    pub(crate) fn reset(&self) {
+        self.used.store(0, Ordering::Relaxed);
+        self.last.store(NO_ENTRY, Ordering::Relaxed);
+        self.stores.store(0, Ordering::Release);
+        let high = self.high.swap(0, Ordering::Relaxed);
+        if high > KEEP_RESIDENT {
+            let page = os::page_size();
+            let from = self.entries() as usize + KEEP_RESIDENT;
+            let to = (self.entries() as usize + high).next_multiple_of(page);
+            // SAFETY: inside our mapping; nothing is stored there any more.
+            let _ = unsafe { os::purge(from as *mut u8, to - from) };
+        }
+    }
+}
+
+impl Drop for UndoLog {
+    fn drop(&mut self) {
+        let base = self.base.load(Ordering::Acquire);
+        if base != 0 {
+            // SAFETY: mapped by prepare with this length; nothing refers to
+            // it once the log is dropped.
+            unsafe { os::unmap(base as *mut u8, SLOTS * SLOT_BYTES + LOG_BYTES) };
+        }
+    }
+}
+
+/// An entry as the replay reads it.
+struct Entry {
+    seq: u64,
+    addr: usize,
+    len: usize,
+    /// `len` pairs (old, new).
+    pairs: *const u8,
+    /// Offset of the log's previous entry, or [`NO_ENTRY`].
+    prev: u32,
+}
+
+/// The span `[first, last)` of offsets where `old` and `now` differ
+/// (`first == last` if none).
+///
+/// # Safety
+/// 1. Both are readable for `len` bytes.
+unsafe fn changed_span(old: *const u8, now: *const u8, len: usize) -> (usize, usize) {
+    // SAFETY: by (1). Volatile: `now` is memory other threads may write.
+    let differs = |i: usize| unsafe { old.add(i).read() != now.add(i).read_volatile() };
+    let Some(first) = (0..len).find(|&i| differs(i)) else {
+        return (0, 0);
+    };
+    let last = (first..len).rev().find(|&i| differs(i)).unwrap_or(first) + 1;
+    (first, last)
+}
+
+/// Writes `len` pairs (old, new) at `dst`.
+///
+/// # Safety
+/// 1. `dst` is writable for `2 len` bytes; `old` and `now` readable for
+///    `len`.
+unsafe fn write_pairs(dst: *mut u8, old: *const u8, now: *const u8, len: usize) {
+    for i in 0..len {
+        // SAFETY: by (1).
+        unsafe {
+            dst.add(2 * i).write(old.add(i).read());
+            dst.add(2 * i + 1).write(now.add(i).read_volatile());
+        }
+    }
+}
+
+/// (seq, addr, len, prev) of the entry at `h`.
+///
+/// # Safety
+/// 1. `h` is an entry's header inside a log.
+unsafe fn read_header(h: *const u8) -> (u64, usize, usize, u32) {
+    // SAFETY: by (1); headers are 8-aligned (entries are padded to 8).
+    unsafe {
+        (
+            (h as *const u64).read(),
+            (h.add(8) as *const u64).read() as usize,
+            (h.add(16) as *const u32).read() as usize,
+            (h.add(20) as *const u32).read(),
+        )
+    }
+}
+
+/// Undoes every entry of `logs`, newest stamp first, then resets them.
+/// Returns the stores undone (steps recorded). Main thread, after every
+/// worker of the phase has ended it and while no worker can run.
+///
+/// # Safety
+/// 1. Every address an entry names is writable by the caller now (the
+///    heaps are thawed, or this thread has write access to the key) and
+///    still mapped.
+pub(crate) unsafe fn replay<'a>(logs: impl Iterator<Item = &'a UndoLog> + Clone) -> usize {
+    let mut stores = 0;
+    // A cursor per log: the offset of its next (older) entry. Logs are
+    // merged by picking the largest stamp each time; a phase has a few
+    // workers, so a scan beats a heap and allocates nothing.
+    const MAX: usize = 1024;
+    let mut cursors = [NO_ENTRY; MAX];
+    let mut n = 0;
+    for log in logs.clone() {
+        if n < MAX {
+            cursors[n] = log.last.load(Ordering::Acquire);
+        }
+        n += 1;
+    }
+    assert!(
+        n <= MAX,
+        "frostheap: more than {MAX} undo logs in one phase"
+    );
+    loop {
+        let mut best: Option<(usize, Entry)> = None;
+        for (i, log) in logs.clone().enumerate() {
+            if let Some(e) = log.newest(cursors[i]) {
+                if best.as_ref().is_none_or(|(_, b)| e.seq > b.seq) {
+                    best = Some((i, e));
+                }
+            }
+        }
+        let Some((
+            i,
+            Entry {
+                addr,
+                len,
+                pairs,
+                prev,
+                ..
+            },
+        )) = best
+        else {
+            break;
+        };
+        cursors[i] = prev;
+        for k in 0..len {
+            // SAFETY: pairs of a complete entry; the address is writable by
+            // (1). Atomic, so a thread that is no worker writing the same
+            // byte now either wins (its value stays) or loses cleanly.
+            unsafe {
+                let (old, new) = (pairs.add(2 * k).read(), pairs.add(2 * k + 1).read());
+                let byte = AtomicU8::from_ptr((addr + k) as *mut u8);
+                let _ = byte.compare_exchange(new, old, Ordering::SeqCst, Ordering::SeqCst);
+            }
+        }
+    }
+    for log in logs {
+        stores += log.stores() as usize;
+        log.reset();
+    }
+    stores
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stamp counter is process-wide: tests that count on consecutive
+    /// stamps run one at a time.
+    static STAMPS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// A worker of the model: its log and the write it is stepping.
+    struct Stepper {
+        log: UndoLog,
+        /// (offset, value) of the pending store, once begun.
+        pending: Option<(usize, u8)>,
+    }
+
+    /// A xorshift generator (no dependency, reproducible).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Workers step stores (begin, store, finish) interleaved at random
+    /// with each other and with stores by a thread that is no worker,
+    /// which never write inside a window being stepped (the documented
+    /// limit). After the replay every byte is as it was before the phase,
+    /// or as the non-worker last wrote it.
+    #[test]
+    fn replay_restores_the_original_or_the_last_non_worker_value() {
+        let _one = STAMPS.lock().unwrap_or_else(|e| e.into_inner());
+        const MEM: usize = 256;
+        const WINDOW: usize = 16;
+        for seed in 1..400u64 {
+            let mut rng = Rng(seed * 0x9E37_79B9_7F4A_7C15);
+            let mut mem = vec![0u8; MEM];
+            let original: Vec<u8> = (0..MEM).map(|i| (i * 7 % 50) as u8).collect();
+            mem.copy_from_slice(&original);
+            let mut expected = original.clone();
+            let base = mem.as_mut_ptr() as usize;
+            let workers: Vec<Stepper> = (0..3)
+                .map(|_| Stepper {
+                    log: UndoLog::new(),
+                    pending: None,
+                })
+                .collect();
+            let mut workers = workers;
+            for w in &workers {
+                w.log.prepare().unwrap();
+            }
+            let window_of = |off: usize| (off / WINDOW) * WINDOW;
+            for _ in 0..200 {
+                let w = rng.below(4);
+                if w == 3 {
+                    // A non-worker store, outside every pending window.
+                    let off = rng.below(MEM);
+                    let busy = workers.iter().any(|s| {
+                        s.pending
+                            .is_some_and(|(o, _)| window_of(o) == window_of(off))
+                    });
+                    if !busy {
+                        let v = 128 + rng.below(128) as u8;
+                        mem[off] = v;
+                        expected[off] = v;
+                    }
+                    continue;
+                }
+                let s = &mut workers[w];
+                match s.pending.take() {
+                    None => {
+                        let off = rng.below(MEM);
+                        let lo = window_of(off);
+                        // SAFETY: the window lies inside `mem`.
+                        let r = unsafe { s.log.begin(base + lo, WINDOW) };
+                        assert_eq!(r, Begin::Saved);
+                        s.pending = Some((off, 50 + rng.below(78) as u8));
+                    }
+                    Some((off, v)) => {
+                        mem[off] = v;
+                        // SAFETY: the window lies inside `mem`.
+                        unsafe { s.log.finish() };
+                    }
+                }
+            }
+            for s in &mut workers {
+                if let Some((off, v)) = s.pending.take() {
+                    mem[off] = v;
+                    // SAFETY: as above.
+                    unsafe { s.log.finish() };
+                }
+            }
+            // SAFETY: every entry names a byte of `mem`, which we own.
+            unsafe { replay(workers.iter().map(|s| &s.log)) };
+            assert_eq!(mem, expected, "seed {seed}");
+            assert!(workers.iter().all(|s| s.log.is_empty()));
+        }
+    }
+
+    #[test]
+    fn adjacent_steps_with_no_stamp_between_share_one_entry() {
+        let _one = STAMPS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut mem = [0u8; 64];
+        let base = mem.as_mut_ptr() as usize;
+        let log = UndoLog::new();
+        log.prepare().unwrap();
+        for (i, byte) in mem.iter_mut().enumerate().take(32) {
+            // SAFETY: inside `mem`.
+            assert_eq!(unsafe { log.begin(base + i, 1) }, Begin::Saved);
+            *byte = 0xAA;
+            // SAFETY: inside `mem`.
+            assert_eq!(unsafe { log.finish() }, 1);
+        }
+        assert_eq!(log.stores(), 32);
+        assert_eq!(
+            log.used.load(Ordering::Relaxed),
+            (HEADER + 64).next_multiple_of(8)
+        );
+        // SAFETY: the entries name bytes of `mem`.
+        assert_eq!(unsafe { replay(core::iter::once(&log)) }, 32);
+        assert_eq!(mem, [0u8; 64]);
+    }
+
+    #[test]
+    fn a_full_log_refuses_before_the_store() {
+        let _one = STAMPS.lock().unwrap_or_else(|e| e.into_inner());
+        let mem = vec![1u8; SLOT_BYTES];
+        let log = UndoLog::new();
+        log.prepare().unwrap();
+        let mut saved = 0;
+        // SAFETY: the window lies inside `mem`.
+        while unsafe { log.begin(mem.as_ptr() as usize, SLOT_BYTES) } == Begin::Saved {
+            // SAFETY: as above. Nothing changed: no entry, and the
+            // reservation is given back ...
+            unsafe { log.finish() };
+            // ... so count the space as if every byte had changed.
+            log.used
+                .fetch_add(UndoLog::worst(SLOT_BYTES), Ordering::Relaxed);
+            saved += 1;
+        }
+        assert_eq!(saved, LOG_BYTES / UndoLog::worst(SLOT_BYTES));
+        assert!(!log.is_pending());
+    }
+}

@@ -1,0 +1,350 @@
+//! [`Par`]: a parallel call under construction — an input, a chain of
+//! adapters with rayon's names and meaning, and a terminal operation that
+//! runs the phase and returns `Result`.
+//!
+//! ```
+//! let rt = frostheap::Runtime::builder().workers(2).build()?;
+//! let v: Vec<u64> = (0..10_000).collect();
+//! let evens: u64 = rt.par(&v).filter(|x| *x % 2 == 0).map(|x| x * 3).sum()?;
+//! assert_eq!(evens, 3 * (0..10_000u64).filter(|x| x % 2 == 0).sum::<u64>());
+//! let squares: Vec<u64> = rt.par(0..5u64).map(|x| x * x).collect()?;
+//! assert_eq!(squares, [0, 1, 4, 9, 16]);
+//! # Ok::<(), frostheap::Error>(())
+//! ```
+//!
+//! Adapters are lazy; nothing runs until the terminal operation. Order is
+//! kept: `collect` returns items in input order, and reductions combine
+//! partials of consecutive ranges in order, so `reduce`'s `op` need only
+//! be associative. The first panic or violation of a task becomes the
+//! call's `Err`; the heaps are thawed and the runtime stays usable.
+
+use core::cmp::Ordering;
+use core::marker::PhantomData;
+
+use super::drive::{Call, Drive};
+use super::pipe::{
+    Filter, FilterMap, FlatMapIter, Fold, Identity, Inspect, Map, MapWithContext, Pipe,
+};
+use super::pool::Runtime;
+use super::task::TaskContext;
+use super::terminal::{
+    Any, CountOp, Extreme, ForEach, PieceCollect, ProductOp, Reduce, ReduceOp, SlotCollect, SumOp,
+};
+use crate::error::Error;
+
+/// A parallel call under construction: made by
+/// [`Runtime::par`](super::Runtime::par) or
+/// [`Runtime::par_bridge`](super::Runtime::par_bridge), extended by
+/// adapters, run by a terminal operation.
+#[must_use = "a parallel call runs only when a terminal operation (collect, for_each, sum, ...) is called"]
+pub struct Par<'rt, D, P> {
+    rt: &'rt Runtime,
+    input: D,
+    pipe: P,
+}
+
+impl<'rt, D: Drive> Par<'rt, D, Identity<D::Item>> {
+    pub(crate) fn new(rt: &'rt Runtime, input: D) -> Self {
+        Par {
+            rt,
+            input,
+            pipe: Identity::new(),
+        }
+    }
+}
+
+impl<'rt, D, P> Par<'rt, D, P>
+where
+    D: Drive,
+    P: Pipe<D::Item>,
+{
+    /// The same call with its pipeline extended by `stage`.
+    fn with<Q: Pipe<D::Item>>(self, stage: impl FnOnce(P) -> Q) -> Par<'rt, D, Q> {
+        Par {
+            rt: self.rt,
+            input: self.input,
+            pipe: stage(self.pipe),
+        }
+    }
+
+    // ------------------------------------------------------------ adapters
+
+    /// Each item becomes `f(item)`.
+    pub fn map<F, R>(self, f: F) -> Par<'rt, D, Map<P, F>>
+    where
+        F: Fn(P::Out) -> R + Sync,
+    {
+        self.with(|p| Map::new(p, f))
+    }
+
+    /// Each item becomes `f(&task, item)`; [`TaskContext`] gives the item's
+    /// input index, the worker, and the worker's arena allocator.
+    pub fn map_with_context<F, R>(self, f: F) -> Par<'rt, D, MapWithContext<P, F>>
+    where
+        F: Fn(&TaskContext<'_>, P::Out) -> R + Sync,
+    {
+        self.with(|p| MapWithContext::new(p, f))
+    }
+
+    /// The items for which `predicate` is true.
+    pub fn filter<F>(self, predicate: F) -> Par<'rt, D, Filter<P, F>>
+    where
+        F: Fn(&P::Out) -> bool + Sync,
+    {
+        self.with(|p| Filter::new(p, predicate))
+    }
+
+    /// The `Some` values of `f(item)`.
+    pub fn filter_map<F, R>(self, f: F) -> Par<'rt, D, FilterMap<P, F>>
+    where
+        F: Fn(P::Out) -> Option<R> + Sync,
+    {
+        self.with(|p| FilterMap::new(p, f))
+    }
+
+    /// The items of each `f(item)`, in order; each inner iterator runs
+    /// serially inside its task (rayon's `flat_map_iter`).
+    pub fn flat_map_iter<F, U>(self, f: F) -> Par<'rt, D, FlatMapIter<P, F>>
+    where
+        F: Fn(P::Out) -> U + Sync,
+        U: IntoIterator,
+    {
+        self.with(|p| FlatMapIter::new(p, f))
+    }
+
+    /// Calls `f(&item)` and passes the item on.
+    pub fn inspect<F>(self, f: F) -> Par<'rt, D, Inspect<P, F>>
+    where
+        F: Fn(&P::Out) + Sync,
+    {
+        self.with(|p| Inspect::new(p, f))
+    }
+
+    /// Folds runs of consecutive items into partial values: each worker
+    /// starts a run from `identity()` and folds its items in with `f`; the
+    /// partials (one per run of chunks a worker claimed, a few dozen per
+    /// phase) are the new items, in input order. As in rayon, follow it
+    /// with `reduce`, `sum` or `collect` to combine them.
+    pub fn fold<ID, F, A>(self, identity: ID, f: F) -> Par<'rt, D, Fold<P, ID, F>>
+    where
+        ID: Fn() -> A + Sync,
+        F: Fn(A, P::Out) -> A + Sync,
+        A: Send,
+    {
+        self.with(|p| Fold::new(p, identity, f))
+    }
+
+    // ------------------------------------------------------------ terminals
+
+    /// Runs the call into `term`.
+    fn run<T: super::terminal::Terminal<P::Out>>(self, term: &mut T) -> Result<(), Error> {
+        let Par { rt, input, pipe } = self;
+        input.drive(rt, Call { pipe: &pipe, term })
+    }
+
+    /// Runs `f` on every item.
+    pub fn for_each<F>(self, f: F) -> Result<(), Error>
+    where
+        F: Fn(P::Out) + Sync,
+    {
+        self.run(&mut ForEach(f))
+    }
+
+    /// The items, in input order, in a collection: `Vec<T>` (written
+    /// straight into place when every adapter is one-to-one), or
+    /// `Result<Vec<T>, E>` from items `Result<T, E>` (the first `Err` in
+    /// input order).
+    pub fn collect<C>(self) -> Result<C, Error>
+    where
+        C: FromPar<P::Out>,
+    {
+        C::from_par(self)
+    }
+
+    /// The items in input order (what `collect::<Vec<_>>()` returns).
+    fn collect_vec(self) -> Result<Vec<P::Out>, Error>
+    where
+        P::Out: Send,
+    {
+        if P::ONE_TO_ONE {
+            let mut term = SlotCollect::new();
+            self.run(&mut term)?;
+            Ok(term.out)
+        } else {
+            let mut term = PieceCollect::new();
+            self.run(&mut term)?;
+            Ok(term.into_vec())
+        }
+    }
+
+    /// Number of items.
+    pub fn count(self) -> Result<usize, Error> {
+        let mut term = Reduce::new(CountOp);
+        self.run(&mut term)?;
+        Ok(term.into_result().unwrap_or(0))
+    }
+
+    /// The sum of the items (std's `Sum`, per run of items, then over the
+    /// partials).
+    pub fn sum<S>(self) -> Result<S, Error>
+    where
+        S: core::iter::Sum<P::Out> + core::iter::Sum<S> + Send,
+    {
+        let mut term = Reduce::new(SumOp(PhantomData));
+        self.run(&mut term)?;
+        Ok(term
+            .into_result()
+            .unwrap_or_else(|| core::iter::empty::<S>().sum()))
+    }
+
+    /// The product of the items.
+    pub fn product<S>(self) -> Result<S, Error>
+    where
+        S: core::iter::Product<P::Out> + core::iter::Product<S> + Send,
+    {
+        let mut term = Reduce::new(ProductOp(PhantomData));
+        self.run(&mut term)?;
+        Ok(term
+            .into_result()
+            .unwrap_or_else(|| core::iter::empty::<S>().product()))
+    }
+
+    /// The items combined with `op`, which must be associative; `identity`
+    /// must be its neutral element and is what an empty input returns.
+    pub fn reduce<ID, OP>(self, identity: ID, op: OP) -> Result<P::Out, Error>
+    where
+        ID: Fn() -> P::Out + Sync,
+        OP: Fn(P::Out, P::Out) -> P::Out + Sync,
+        P::Out: Send,
+    {
+        Ok(self.reduce_with(op)?.unwrap_or_else(identity))
+    }
+
+    /// The items combined with the associative `op`; `None` for no item.
+    pub fn reduce_with<OP>(self, op: OP) -> Result<Option<P::Out>, Error>
+    where
+        OP: Fn(P::Out, P::Out) -> P::Out + Sync,
+        P::Out: Send,
+    {
+        let mut term = Reduce::new(ReduceOp(op));
+        self.run(&mut term)?;
+        Ok(term.into_result())
+    }
+
+    /// The least item (the first of equal ones).
+    pub fn min(self) -> Result<Option<P::Out>, Error>
+    where
+        P::Out: Ord + Send,
+    {
+        self.min_by(Ord::cmp)
+    }
+
+    /// The greatest item (the last of equal ones).
+    pub fn max(self) -> Result<Option<P::Out>, Error>
+    where
+        P::Out: Ord + Send,
+    {
+        self.max_by(Ord::cmp)
+    }
+
+    /// The least item by `cmp` (the first of equal ones).
+    pub fn min_by<F>(self, cmp: F) -> Result<Option<P::Out>, Error>
+    where
+        F: Fn(&P::Out, &P::Out) -> Ordering + Sync,
+        P::Out: Send,
+    {
+        self.extreme(cmp, false)
+    }
+
+    /// The greatest item by `cmp` (the last of equal ones).
+    pub fn max_by<F>(self, cmp: F) -> Result<Option<P::Out>, Error>
+    where
+        F: Fn(&P::Out, &P::Out) -> Ordering + Sync,
+        P::Out: Send,
+    {
+        self.extreme(cmp, true)
+    }
+
+    /// The item with the least key (the first of equal ones); `key` runs
+    /// once per item.
+    pub fn min_by_key<K, F>(self, key: F) -> Result<Option<P::Out>, Error>
+    where
+        K: Ord + Send,
+        F: Fn(&P::Out) -> K + Sync,
+        P::Out: Send,
+    {
+        let keyed = self.map(move |x| (key(&x), x));
+        Ok(keyed.extreme(|a, b| a.0.cmp(&b.0), false)?.map(|(_, x)| x))
+    }
+
+    /// The item with the greatest key (the last of equal ones); `key` runs
+    /// once per item.
+    pub fn max_by_key<K, F>(self, key: F) -> Result<Option<P::Out>, Error>
+    where
+        K: Ord + Send,
+        F: Fn(&P::Out) -> K + Sync,
+        P::Out: Send,
+    {
+        let keyed = self.map(move |x| (key(&x), x));
+        Ok(keyed.extreme(|a, b| a.0.cmp(&b.0), true)?.map(|(_, x)| x))
+    }
+
+    fn extreme<F>(self, cmp: F, max: bool) -> Result<Option<P::Out>, Error>
+    where
+        F: Fn(&P::Out, &P::Out) -> Ordering + Sync,
+        P::Out: Send,
+    {
+        let mut term = Reduce::new(Extreme { cmp, max });
+        self.run(&mut term)?;
+        Ok(term.into_result())
+    }
+
+    /// Whether `predicate` holds for some item; stops soon after the first
+    /// one found (items not yet run are dropped, never run).
+    pub fn any<F>(self, predicate: F) -> Result<bool, Error>
+    where
+        F: Fn(P::Out) -> bool + Sync,
+    {
+        let mut term = Any::new(predicate);
+        self.run(&mut term)?;
+        Ok(term.found())
+    }
+
+    /// Whether `predicate` holds for every item; stops soon after the
+    /// first one for which it does not.
+    pub fn all<F>(self, predicate: F) -> Result<bool, Error>
+    where
+        F: Fn(P::Out) -> bool + Sync,
+    {
+        self.any(move |x| !predicate(x)).map(|found| !found)
+    }
+}
+
+/// Collections a [`Par`] can `collect` into.
+pub trait FromPar<T>: Sized {
+    /// Runs `par` and gathers its items.
+    fn from_par<D, P>(par: Par<'_, D, P>) -> Result<Self, Error>
+    where
+        D: Drive,
+        P: Pipe<D::Item, Out = T>;
+}
+
+impl<T: Send> FromPar<T> for Vec<T> {
+    fn from_par<D, P>(par: Par<'_, D, P>) -> Result<Self, Error>
+    where
+        D: Drive,
+        P: Pipe<D::Item, Out = T>,
+    {
+        par.collect_vec()
+    }
+}
+
+impl<T: Send, E: Send> FromPar<Result<T, E>> for Result<Vec<T>, E> {
+    fn from_par<D, P>(par: Par<'_, D, P>) -> Result<Self, Error>
+    where
+        D: Drive,
+        P: Pipe<D::Item, Out = Result<T, E>>,
+    {
+        Ok(par.collect_vec()?.into_iter().collect())
+    }
+}

@@ -1,0 +1,239 @@
+//! Pipelines: the adapters between a source and a terminal operation.
+//!
+//! A pipeline is a chain of stages (`Map<Filter<Identity<T>, P>, F>`), built
+//! by [`Par`](super::par::Par)'s adapter methods. On a worker, the batch
+//! engine hands each chunk of items to the pipeline as a std iterator, and
+//! every stage wraps that iterator in the matching std adapter (`map`,
+//! `filter`, `filter_map`, `flat_map`, ...): the terminal then drives the
+//! whole chain with one internal-iteration loop (`fold`, `for_each`,
+//! `sum`), which the compiler turns into the same code as a hand-written
+//! loop. This is how rayon's folders consume sequential iterators too.
+//!
+//! A stage may keep state for the run of chunks a worker claimed (its
+//! *claim*): [`Fold`] folds a whole claim into one value and emits it when
+//! the claim ends ([`Pipe::finish`]), so `fold` makes one partial per claim
+//! (a few dozen per phase), as rayon's makes one per split.
+
+use super::sealed::Sealed;
+use super::task::TaskContext;
+use super::worker::WorkerEnv;
+
+/// One stage of a pipeline taking `In` items. Sealed: made by
+/// [`Par`](super::par::Par)'s adapters.
+pub trait Pipe<In>: Sync + Sealed {
+    /// What the stage emits.
+    type Out;
+    /// State kept over one claim.
+    type State;
+    /// Whether the stage emits exactly one item per input item, in order
+    /// (then `collect` writes results straight into their slots).
+    const ONE_TO_ONE: bool;
+    /// State for a new claim.
+    #[doc(hidden)]
+    fn begin(&self) -> Self::State;
+    /// Wraps the items of one chunk.
+    #[doc(hidden)]
+    fn apply<I: Iterator<Item = In>>(
+        &self,
+        env: &WorkerEnv<'_>,
+        state: &mut Self::State,
+        items: I,
+    ) -> impl Iterator<Item = Self::Out>;
+    /// What the stage emits when its claim ends.
+    #[doc(hidden)]
+    fn finish(&self, env: &WorkerEnv<'_>, state: Self::State) -> impl Iterator<Item = Self::Out>;
+}
+
+/// The pipeline with no stage: the source's items as they are.
+pub struct Identity<T>(core::marker::PhantomData<fn(T) -> T>);
+
+impl<T> Identity<T> {
+    pub(crate) fn new() -> Self {
+        Identity(core::marker::PhantomData)
+    }
+}
+
+impl<T> Sealed for Identity<T> {}
+
+impl<T> Pipe<T> for Identity<T> {
+    type Out = T;
+    type State = ();
+    const ONE_TO_ONE: bool = true;
+    #[inline]
+    fn begin(&self) {}
+    #[inline]
+    fn apply<I: Iterator<Item = T>>(
+        &self,
+        _: &WorkerEnv<'_>,
+        _: &mut (),
+        items: I,
+    ) -> impl Iterator<Item = T> {
+        items
+    }
+    #[inline]
+    fn finish(&self, _: &WorkerEnv<'_>, _: ()) -> impl Iterator<Item = T> {
+        core::iter::empty()
+    }
+}
+
+/// Defines a stateless stage that wraps the inner stage's iterator.
+macro_rules! stateless_stage {
+    (
+        $(#[$doc:meta])*
+        $name:ident<$f:ident>, one_to_one: $one:expr,
+        impl<$($extra:ident),*> out: $out:ty, where { $($bounds:tt)* },
+        |$self_:ident, $env:ident, $it:ident| $wrap:expr
+    ) => {
+        $(#[$doc])*
+        pub struct $name<P, $f> {
+            inner: P,
+            f: $f,
+        }
+
+        impl<P, $f> $name<P, $f> {
+            pub(crate) fn new(inner: P, f: $f) -> Self {
+                $name { inner, f }
+            }
+        }
+
+        impl<P, $f> Sealed for $name<P, $f> {}
+
+        impl<In, P, $f $(, $extra)*> Pipe<In> for $name<P, $f>
+        where
+            P: Pipe<In>,
+            $f: Sync,
+            $($bounds)*
+        {
+            type Out = $out;
+            type State = P::State;
+            const ONE_TO_ONE: bool = P::ONE_TO_ONE && $one;
+            #[inline]
+            fn begin(&self) -> P::State {
+                self.inner.begin()
+            }
+            #[inline]
+            fn apply<I: Iterator<Item = In>>(
+                &$self_,
+                $env: &WorkerEnv<'_>,
+                state: &mut P::State,
+                items: I,
+            ) -> impl Iterator<Item = $out> {
+                let $it = $self_.inner.apply($env, state, items);
+                $wrap
+            }
+            #[inline]
+            fn finish(
+                &$self_,
+                $env: &WorkerEnv<'_>,
+                state: P::State,
+            ) -> impl Iterator<Item = $out> {
+                let $it = $self_.inner.finish($env, state);
+                $wrap
+            }
+        }
+    };
+}
+
+stateless_stage!(
+    /// `map(f)`: each item becomes `f(item)`.
+    Map<F>, one_to_one: true, impl<R> out: R,
+    where { F: Fn(P::Out) -> R },
+    |self, env, it| it.map(&self.f)
+);
+
+stateless_stage!(
+    /// `map_with_context(f)`: each item becomes `f(&task, item)`, where
+    /// `task` is the [`TaskContext`] (item index, worker, arena).
+    MapWithContext<F>, one_to_one: true, impl<R> out: R,
+    where { F: Fn(&TaskContext<'_>, P::Out) -> R },
+    |self, env, it| it.map(move |x| {
+        let task = TaskContext {
+            ctx: env.ctx,
+            item_index: Some(crate::guard::current_item()),
+            worker: env.index,
+        };
+        (self.f)(&task, x)
+    })
+);
+
+stateless_stage!(
+    /// `filter(p)`: the items for which `p` is true.
+    Filter<F>, one_to_one: false, impl<> out: P::Out,
+    where { F: Fn(&P::Out) -> bool },
+    |self, env, it| it.filter(&self.f)
+);
+
+stateless_stage!(
+    /// `filter_map(f)`: the `Some` values of `f(item)`.
+    FilterMap<F>, one_to_one: false, impl<R> out: R,
+    where { F: Fn(P::Out) -> Option<R> },
+    |self, env, it| it.filter_map(&self.f)
+);
+
+stateless_stage!(
+    /// `flat_map_iter(f)`: the items of each `f(item)`, in order, produced
+    /// serially within the task.
+    FlatMapIter<F>, one_to_one: false, impl<R> out: R::Item,
+    where { F: Fn(P::Out) -> R, R: IntoIterator },
+    |self, env, it| it.flat_map(&self.f)
+);
+
+stateless_stage!(
+    /// `inspect(f)`: calls `f(&item)` and passes the item on.
+    Inspect<F>, one_to_one: true, impl<> out: P::Out,
+    where { F: Fn(&P::Out) },
+    |self, env, it| it.inspect(&self.f)
+);
+
+/// `fold(identity, f)`: the items of each claim folded into one value,
+/// emitted when the claim ends.
+pub struct Fold<P, ID, F> {
+    inner: P,
+    identity: ID,
+    f: F,
+}
+
+impl<P, ID, F> Fold<P, ID, F> {
+    pub(crate) fn new(inner: P, identity: ID, f: F) -> Self {
+        Fold { inner, identity, f }
+    }
+}
+
+impl<P, ID, F> Sealed for Fold<P, ID, F> {}
+
+impl<In, P, ID, F, A> Pipe<In> for Fold<P, ID, F>
+where
+    P: Pipe<In>,
+    ID: Fn() -> A + Sync,
+    F: Fn(A, P::Out) -> A + Sync,
+{
+    type Out = A;
+    /// The inner state and the claim's accumulator (`None` until the
+    /// claim's first chunk and while a chunk folds).
+    type State = (P::State, Option<A>);
+    const ONE_TO_ONE: bool = false;
+    fn begin(&self) -> Self::State {
+        (self.inner.begin(), None)
+    }
+    #[inline]
+    fn apply<I: Iterator<Item = In>>(
+        &self,
+        env: &WorkerEnv<'_>,
+        state: &mut Self::State,
+        items: I,
+    ) -> impl Iterator<Item = A> {
+        let acc = state.1.take().unwrap_or_else(&self.identity);
+        let acc = self
+            .inner
+            .apply(env, &mut state.0, items)
+            .fold(acc, &self.f);
+        state.1 = Some(acc);
+        core::iter::empty()
+    }
+    fn finish(&self, env: &WorkerEnv<'_>, state: Self::State) -> impl Iterator<Item = A> {
+        let (inner, acc) = state;
+        let acc = acc.unwrap_or_else(&self.identity);
+        let acc = self.inner.finish(env, inner).fold(acc, &self.f);
+        core::iter::once(acc)
+    }
+}

@@ -1,0 +1,277 @@
+//! [`Runtime`]: the pool of workers, its statistics, and the helpers every
+//! parallel call shares (reserving result slots, the up-front check of
+//! data lent for mutation, batch sizing). Built by `builder.rs`; the phase
+//! protocol is `phase.rs`, the entry points `map.rs` and `call.rs`.
+
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use super::scratch::Scratch;
+use super::worker::{self, ControlBlock, Worker};
+use crate::context::ContextHeap;
+use crate::error::Error;
+use crate::global::unguarded;
+use crate::guard;
+use crate::heap::Heap;
+use crate::os;
+use crate::trap::{Backend, Guarded, Violation};
+
+/// Result vectors of at least this many bytes live in the main heap (in
+/// global mode) with their pages exempted from the freeze.
+pub const RESULTS_IN_HEAP_MIN: usize = 256 << 10;
+
+/// Default cap on threads parked by the cancel policy (each costs ≈ 40 KB,
+/// 6 mappings and a context slot for good); past it the runtime refuses
+/// its phases with `Error::Incomplete`.
+pub const DEFAULT_MAX_PARKED: usize = 64;
+
+/// Statistics of a runtime.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeStats {
+    /// Phases run.
+    pub phases: u64,
+    /// Items (or scope tasks) run.
+    pub items: u64,
+    /// The largest memory one item consumed, measured exactly from its
+    /// context heap's bump counter. Maps with a memory budget measure
+    /// every item (the batch sizes depend on it); maps without one measure
+    /// per chunk of items (about 1/32 of a worker's share, at most 4096)
+    /// and report the largest chunk mean, which keeps two counter reads
+    /// off every task.
+    pub bytes_per_item: usize,
+    /// Mean bytes consumed per item.
+    pub mean_bytes_per_item: usize,
+    /// Batch sizes chosen by `map`, in order (the last 64).
+    pub batch_sizes: Vec<usize>,
+    /// The most bytes the items of one phase consumed together.
+    pub peak_phase_bytes: usize,
+    /// Items larger than the memory budget (each ran alone).
+    pub oversized_items: u64,
+    /// Violations reported.
+    pub violations: u64,
+    /// Worker threads parked by the cancel policy (replaced).
+    pub parked_workers: u64,
+    /// The memory budget, if any.
+    pub memory_budget: Option<usize>,
+    /// Worker threads.
+    pub workers: usize,
+    /// The protection backend in force.
+    pub backend: &'static str,
+    /// Bytes committed now by the context heaps of the current workers
+    /// (read when the snapshot is taken).
+    pub context_committed: usize,
+}
+
+/// A pool of workers that run parallel phases over frozen heaps.
+///
+/// ```
+/// let rt = frostheap::Runtime::builder().workers(2).build()?;
+/// let squares = rt.map(0..100u64, |x| x * x)?;
+/// assert_eq!(squares[7], 49);
+/// # Ok::<(), frostheap::Error>(())
+/// ```
+pub struct Runtime {
+    pub(super) control: &'static ControlBlock,
+    pub(super) heaps: Vec<Heap>,
+    pub(super) guards: Vec<Guarded>,
+    /// Main thread only (a Mutex so `&self` methods can replace workers).
+    pub(super) workers: Mutex<Vec<Worker>>,
+    pub(super) n_workers: usize,
+    pub(super) memory_budget: Option<usize>,
+    pub(super) max_parked: usize,
+    /// After a violation parked a worker: how long the phase may make no
+    /// progress before its remaining workers are abandoned.
+    pub(super) no_progress_timeout: core::time::Duration,
+    pub(super) next_worker_id: AtomicUsize,
+    pub(super) stats: Mutex<RuntimeStats>,
+    pub(super) audit_log: Mutex<Vec<Violation>>,
+    pub(super) bytes_total: AtomicUsize,
+    pub(super) in_phase: AtomicBool,
+    /// Serialises maps from different threads (one phase at a time).
+    pub(super) phase_lock: Mutex<()>,
+    /// Batch buffers kept across maps.
+    pub(super) scratch: Mutex<Scratch>,
+    /// Workers parked since the last phase, replaced when the next starts.
+    pub(super) missing_workers: AtomicUsize,
+}
+
+impl Runtime {
+    /// A snapshot of the statistics.
+    pub fn stats(&self) -> RuntimeStats {
+        let context_committed = self
+            .lock_workers()
+            .iter()
+            .map(|w| {
+                // SAFETY: a listed worker's context heap lives until its
+                // thread exits, which happens only in `Runtime::drop` (see
+                // `Worker::ctx_addr`); `committed` reads an atomic.
+                unsafe { (*(w.ctx_addr as *const ContextHeap)).committed() }
+            })
+            .sum();
+        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        s.context_committed = context_committed;
+        s
+    }
+
+    /// Violations recorded under the audit policy (all phases so far).
+    pub fn audit_log(&self) -> Vec<Violation> {
+        self.audit_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The protection backend in force.
+    pub fn backend(&self) -> Backend {
+        self.control.backend
+    }
+
+    /// Worker threads.
+    pub fn workers(&self) -> usize {
+        self.n_workers
+    }
+
+    /// The guarded heaps.
+    pub fn guarded(&self) -> &[Heap] {
+        &self.heaps
+    }
+
+    pub(super) fn lock_workers(&self) -> std::sync::MutexGuard<'_, Vec<Worker>> {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn add_worker(&self) -> Result<(), Error> {
+        let id = self.next_worker_id.fetch_add(1, Ordering::Relaxed);
+        let w = unguarded(|| worker::spawn(self.control, id, format!("frostheap-worker-{id}")))?;
+        unguarded(|| self.lock_workers().push(w));
+        Ok(())
+    }
+
+    /// Refuses calls from inside a task: phases do not nest.
+    pub(super) fn enter_call(&self) {
+        assert!(
+            guard::current_worker().is_none(),
+            "frostheap: a parallel call from inside a parallel task; nested phases are not supported"
+        );
+    }
+
+    /// Fails when `[address, address + bytes)`, lent to tasks for
+    /// mutation, lies in a heap this runtime freezes: O(1) per guarded
+    /// heap, before any phase starts.
+    pub(super) fn check_writable(&self, address: usize, bytes: usize) -> Result<(), Error> {
+        if bytes == 0 || self.control.backend == Backend::Off {
+            return Ok(());
+        }
+        let last = address + bytes - 1;
+        match self
+            .heaps
+            .iter()
+            .find(|h| h.owns(address as *const u8) || h.owns(last as *const u8))
+        {
+            Some(h) => Err(Error::NotWritable {
+                heap: h.name().to_string(),
+                address,
+                bytes,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Items in the next batch of a call (`usize::MAX`: all of them).
+    pub(super) fn next_batch_len(&self, first: bool, per_item: usize) -> usize {
+        let Some(budget) = self.memory_budget else {
+            return usize::MAX;
+        };
+        if first {
+            return self.n_workers;
+        }
+        (budget / per_item.max(1)).max(1)
+    }
+
+    pub(super) fn record_batch(&self, n: usize) {
+        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        unguarded(|| {
+            if s.batch_sizes.len() == 64 {
+                s.batch_sizes.remove(0);
+            }
+            s.batch_sizes.push(n);
+        });
+    }
+
+    /// Makes room for `n` more results. Large result vectors (at least
+    /// [`RESULTS_IN_HEAP_MIN`] bytes) in global mode live in the main heap,
+    /// like anything else main owns: its freed spans are reused without
+    /// page faults, where fresh system memory would fault in every page on
+    /// every map. Their pages are exempted from the freeze during the phase
+    /// ([`Runtime::results_window`]). Smaller ones live in system memory.
+    pub(super) fn reserve_results<R>(&self, out: &mut Vec<R>, n: usize) {
+        let bytes = (out.len() + n).saturating_mul(core::mem::size_of::<R>());
+        let main_guarded = crate::global::main_heap().is_some_and(|m| self.heaps.contains(&m));
+        if bytes >= RESULTS_IN_HEAP_MIN && main_guarded && crate::global::on_main_route() {
+            out.reserve(n);
+        } else {
+            unguarded(|| out.reserve(n));
+        }
+    }
+
+    /// The pages of `[ptr, ptr + len)` if they lie in a guarded heap; they
+    /// must fall inside one block whose pages belong to it alone, so
+    /// exempting them from the freeze exposes nothing else.
+    pub(super) fn results_window(&self, ptr: usize, len: usize) -> Option<(usize, usize)> {
+        if len == 0 {
+            return None;
+        }
+        let page = os::page_size();
+        let heap = self.heaps.iter().find(|h| h.owns(ptr as *const u8))?;
+        let (base, size) = heap.allocation_containing(ptr)?;
+        let lo = ptr & !(page - 1);
+        let hi = (ptr + len + page - 1) & !(page - 1);
+        if lo >= base && hi <= base + size && base % page == 0 {
+            Some((lo, hi - lo))
+        } else {
+            fatal(b"frostheap: result slots in a guarded heap share pages with other data\n")
+        }
+    }
+}
+
+impl Drop for Runtime {
+    /// Stops and joins the workers, then gives back what they held: each
+    /// worker's state (its mappings: deferred frees, undo log, stack copy)
+    /// and, when no worker of this runtime was ever parked, the control
+    /// block (a parked thread keeps pointers to both for good). A worker's
+    /// context heap is retired by its thread as it exits (`context`).
+    fn drop(&mut self) {
+        let ctl = self.control;
+        ctl.shutdown.store(true, Ordering::Release);
+        ctl.epoch.fetch_add(1, Ordering::AcqRel);
+        os::futex_wake(&ctl.epoch, i32::MAX);
+        let workers = core::mem::take(&mut *self.lock_workers());
+        for w in workers {
+            w.join_and_release();
+        }
+        if ctl.parked.load(Ordering::Acquire) == 0 {
+            // SAFETY: the block was leaked from a Box by the builder; every
+            // worker that could refer to it has been joined, none is parked
+            // (a parked worker is forgotten, never joined, and counted in
+            // `parked`), and the runtime is being dropped.
+            drop(unsafe { Box::from_raw(ctl as *const ControlBlock as *mut ControlBlock) });
+        }
+    }
+}
+
+/// Stops the process with a message, without allocating (used while a
+/// heap may be frozen, where formatting a panic message could not).
+pub(super) fn fatal(msg: &[u8]) -> ! {
+    os::write_stderr(msg);
+    std::process::abort()
+}
+
+pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(a panic payload that is not a string)".to_string()
+    }
+}

@@ -1,0 +1,524 @@
+//! Terminal operations: what a parallel call does with its pipeline's
+//! items — write them into result slots, gather them in order, fold them
+//! into one value, or look for one.
+//!
+//! A [`Terminal`] consumes each chunk's items on the worker that claimed
+//! the chunk, keeping per-claim state (a claim is a run of consecutive
+//! chunks, see `batch.rs`), and publishes the claim's partial when the claim
+//! ends. Reductions combine partials **on the workers**: a finished claim's
+//! partial merges with the partials of the claims right before and after it
+//! if they are done ([`Segments`]), so partials are combined in input order
+//! (an `op` need only be associative, as with rayon) and main receives one
+//! value per batch.
+//!
+//! Partials are plain values built by the tasks; whatever they allocate
+//! comes from the worker's context heap, like any task allocation in
+//! global mode.
+
+use core::ops::Range;
+use core::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use super::pool::Runtime;
+use crate::global::unguarded;
+
+/// What a parallel call does with its items of type `T`.
+pub trait Terminal<T>: Sync {
+    /// State kept over one claim.
+    type State;
+    /// Results go straight into slots, one per input item, in order (the
+    /// engine then drops the written ones after an error).
+    const SLOTS: bool = false;
+    /// Called on main before batch `[base, base + n)`, cut into `chunks`
+    /// chunks.
+    fn prepare_batch(&mut self, rt: &Runtime, base: usize, n: usize, chunks: usize);
+    /// Called on main after the batch; `ok` when every item of it ran.
+    fn finish_batch(&mut self, ok: bool);
+    /// State for a new claim.
+    fn begin(&self) -> Self::State;
+    /// Consumes the items of one chunk; `first` is the input index of the
+    /// chunk's first item.
+    fn consume<I: Iterator<Item = T>>(&self, state: &mut Self::State, first: usize, items: I);
+    /// Publishes the partial of the claim of chunks `claim`.
+    fn end_claim(&self, claim: Range<usize>, state: Self::State);
+    /// Whether the outcome is decided and no further item need run.
+    fn stopped(&self) -> bool {
+        false
+    }
+    /// The result slots the workers write this batch, `(address, bytes)`,
+    /// for terminals that write slots.
+    fn slot_window(&self) -> Option<(usize, usize)> {
+        None
+    }
+    /// Drops the results in slots `range` of the current batch (the items'
+    /// indices minus the batch's base); only for `SLOTS`.
+    ///
+    /// # Safety
+    /// 1. Those results were written and nothing else owns them.
+    unsafe fn drop_results(&self, range: Range<usize>) {
+        let _ = range;
+    }
+}
+
+/// The result slots of a batch: each index written by one worker.
+pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
+
+impl<T> Clone for SyncPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SyncPtr<T> {}
+
+impl<T> SyncPtr<T> {
+    /// Slot `i`.
+    #[inline]
+    pub(crate) fn get(&self, i: usize) -> *mut T {
+        self.0.wrapping_add(i)
+    }
+}
+// SAFETY: each index is written by exactly one worker (claimed through the
+// atomic cursor) and read by main only after the phase.
+unsafe impl<T: Send> Sync for SyncPtr<T> {}
+
+// ---------------------------------------------------------------- slots
+
+/// `collect` of a one-to-one pipeline: each result written straight into
+/// its slot of the output `Vec`, no second buffer and no copy.
+pub(crate) struct SlotCollect<R> {
+    pub(crate) out: Vec<R>,
+    /// The current batch's first slot and first input index.
+    slots: SyncPtr<R>,
+    base: usize,
+    n: usize,
+}
+
+impl<R> SlotCollect<R> {
+    pub(crate) fn new() -> Self {
+        SlotCollect {
+            out: unguarded(Vec::new),
+            slots: SyncPtr(core::ptr::null_mut()),
+            base: 0,
+            n: 0,
+        }
+    }
+}
+
+// SAFETY: workers reach a SlotCollect only through `consume` and
+// `drop_results`, which write and drop distinct slots through the raw
+// pointer (each index belongs to one worker); `out` itself is touched by
+// main only, between phases.
+unsafe impl<R: Send> Sync for SlotCollect<R> {}
+
+impl<R: Send> Terminal<R> for SlotCollect<R> {
+    type State = ();
+    const SLOTS: bool = true;
+    fn prepare_batch(&mut self, rt: &Runtime, base: usize, n: usize, _: usize) {
+        rt.reserve_results(&mut self.out, n);
+        // SAFETY: `len + n <= capacity` after the reserve, so the slots lie
+        // inside the allocation.
+        self.slots = SyncPtr(unsafe { self.out.as_mut_ptr().add(self.out.len()) });
+        self.base = base;
+        self.n = n;
+    }
+    fn finish_batch(&mut self, ok: bool) {
+        if ok {
+            // SAFETY: every item of the batch ran, so slots [len, len + n)
+            // are initialised.
+            unsafe { self.out.set_len(self.out.len() + self.n) };
+        }
+    }
+    fn begin(&self) {}
+    #[inline]
+    fn consume<I: Iterator<Item = R>>(&self, _: &mut (), first: usize, items: I) {
+        let mut slot = self.slots.get(first.wrapping_sub(self.base));
+        items.for_each(|r| {
+            // SAFETY: the engine hands each index of the batch to one
+            // worker, in order, and the pipeline is one-to-one: `slot` is
+            // the result slot of the item that made `r`.
+            unsafe { slot.write(r) };
+            slot = slot.wrapping_add(1);
+        });
+    }
+    fn end_claim(&self, _: Range<usize>, _: ()) {}
+    fn slot_window(&self) -> Option<(usize, usize)> {
+        Some((self.slots.0 as usize, self.n * core::mem::size_of::<R>()))
+    }
+    unsafe fn drop_results(&self, range: Range<usize>) {
+        for i in range {
+            // SAFETY: by (1).
+            unsafe { core::ptr::drop_in_place(self.slots.get(i)) };
+        }
+    }
+}
+
+// ---------------------------------------------------------------- pieces
+
+/// `collect` of a pipeline that filters or expands: each claim gathers its
+/// items in a `Vec`; main concatenates the pieces in input order once at
+/// the end (one copy, as rayon's `collect` of an unindexed iterator).
+pub(crate) struct PieceCollect<R> {
+    /// `(batch, first chunk, items)` per finished claim.
+    pieces: Mutex<Vec<(usize, usize, Vec<R>)>>,
+    batch: usize,
+}
+
+impl<R> PieceCollect<R> {
+    pub(crate) fn new() -> Self {
+        PieceCollect {
+            pieces: Mutex::new(unguarded(Vec::new)),
+            batch: 0,
+        }
+    }
+
+    /// The items in input order.
+    pub(crate) fn into_vec(self) -> Vec<R> {
+        let mut pieces = self.pieces.into_inner().unwrap_or_else(|e| e.into_inner());
+        pieces.sort_unstable_by_key(|&(b, c, _)| (b, c));
+        if pieces.len() == 1 {
+            return pieces.pop().expect("one piece").2;
+        }
+        let total = pieces.iter().map(|p| p.2.len()).sum();
+        let mut out = Vec::with_capacity(total);
+        for (_, _, mut v) in pieces {
+            out.append(&mut v);
+        }
+        out
+    }
+}
+
+impl<R: Send> Terminal<R> for PieceCollect<R> {
+    type State = Vec<R>;
+    fn prepare_batch(&mut self, _: &Runtime, _: usize, _: usize, chunks: usize) {
+        // Room for one piece per claim (at most one claim per chunk), made
+        // on main in system memory, so workers never grow the list.
+        let pieces = self.pieces.get_mut().unwrap_or_else(|e| e.into_inner());
+        unguarded(|| pieces.reserve(chunks));
+    }
+    fn finish_batch(&mut self, _: bool) {
+        self.batch += 1;
+    }
+    fn begin(&self) -> Vec<R> {
+        Vec::new()
+    }
+    #[inline]
+    fn consume<I: Iterator<Item = R>>(&self, piece: &mut Vec<R>, _: usize, items: I) {
+        piece.extend(items);
+    }
+    fn end_claim(&self, claim: Range<usize>, piece: Vec<R>) {
+        if !piece.is_empty() {
+            let mut pieces = self.pieces.lock().unwrap_or_else(|e| e.into_inner());
+            pieces.push((self.batch, claim.start, piece));
+        }
+    }
+}
+
+// ---------------------------------------------------------------- for_each
+
+/// `for_each(f)`.
+pub(crate) struct ForEach<F>(pub(crate) F);
+
+impl<T, F: Fn(T) + Sync> Terminal<T> for ForEach<F> {
+    type State = ();
+    fn prepare_batch(&mut self, _: &Runtime, _: usize, _: usize, _: usize) {}
+    fn finish_batch(&mut self, _: bool) {}
+    fn begin(&self) {}
+    #[inline]
+    fn consume<I: Iterator<Item = T>>(&self, _: &mut (), _: usize, items: I) {
+        items.for_each(&self.0);
+    }
+    fn end_claim(&self, _: Range<usize>, _: ()) {}
+}
+
+// ---------------------------------------------------------------- any
+
+/// `any(p)` (and `all` as `!any(!p)`): stops as soon as one item matches.
+pub(crate) struct Any<F> {
+    p: F,
+    found: AtomicBool,
+}
+
+impl<F> Any<F> {
+    pub(crate) fn new(p: F) -> Self {
+        Any {
+            p,
+            found: AtomicBool::new(false),
+        }
+    }
+    pub(crate) fn found(&self) -> bool {
+        self.found.load(Ordering::Relaxed)
+    }
+}
+
+impl<T, F: Fn(T) -> bool + Sync> Terminal<T> for Any<F> {
+    type State = ();
+    fn prepare_batch(&mut self, _: &Runtime, _: usize, _: usize, _: usize) {}
+    fn finish_batch(&mut self, _: bool) {}
+    fn begin(&self) {}
+    #[inline]
+    fn consume<I: Iterator<Item = T>>(&self, _: &mut (), _: usize, mut items: I) {
+        // Another worker's find ends this chunk at its next item.
+        if items.any(|x| self.found.load(Ordering::Relaxed) || (self.p)(x)) {
+            self.found.store(true, Ordering::Relaxed);
+        }
+    }
+    fn end_claim(&self, _: Range<usize>, _: ()) {}
+    fn stopped(&self) -> bool {
+        self.found()
+    }
+}
+
+// ---------------------------------------------------------------- reductions
+
+/// An associative way to combine items into one value.
+pub(crate) trait Combine<T>: Sync {
+    /// A partial result.
+    type Acc: Send;
+    /// Folds one chunk's items into `acc` (`None`: nothing folded yet).
+    fn fold<I: Iterator<Item = T>>(&self, acc: Option<Self::Acc>, items: I) -> Option<Self::Acc>;
+    /// Combines the partials of two consecutive ranges, `a` first.
+    fn combine(&self, a: Self::Acc, b: Self::Acc) -> Self::Acc;
+}
+
+/// Combines two optional partials of consecutive ranges.
+fn combine_opt<T, C: Combine<T>>(c: &C, a: Option<C::Acc>, b: Option<C::Acc>) -> Option<C::Acc> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(c.combine(a, b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+/// Finished claims' partials, merged with their neighbours as they arrive:
+/// a partial covering chunks `[s, e)` is stored at `by_start[s]`, and
+/// `start_of[e]` says where the partial ending at `e` starts.
+struct SegmentTable<A> {
+    by_start: Vec<Option<(usize, Option<A>)>>,
+    start_of: Vec<usize>,
+}
+
+/// No partial ends here.
+const NO_SEGMENT: usize = usize::MAX;
+
+/// Per-batch partials of a reduction, combined on the workers.
+pub(crate) struct Segments<A>(Mutex<SegmentTable<A>>);
+
+impl<A> Segments<A> {
+    fn new() -> Self {
+        Segments(Mutex::new(SegmentTable {
+            by_start: unguarded(Vec::new),
+            start_of: unguarded(Vec::new),
+        }))
+    }
+
+    /// Empties the table and sizes it for `chunks` chunks (on main, in
+    /// system memory: workers never grow it).
+    fn reset(&mut self, chunks: usize) {
+        let t = self.0.get_mut().unwrap_or_else(|e| e.into_inner());
+        unguarded(|| {
+            t.by_start.clear();
+            t.by_start.resize_with(chunks + 1, || None);
+            t.start_of.clear();
+            t.start_of.resize(chunks + 1, NO_SEGMENT);
+        });
+    }
+
+    /// Adds the partial of chunks `range`, merging it with finished
+    /// neighbours (outside the lock, so merges of disjoint pairs run at
+    /// once on different workers).
+    fn insert<T, C: Combine<T, Acc = A>>(&self, c: &C, range: Range<usize>, mut acc: Option<A>) {
+        let (mut lo, mut hi) = (range.start, range.end);
+        loop {
+            let (left, right) = {
+                let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                let left = match t.start_of[lo] {
+                    NO_SEGMENT => None,
+                    s => {
+                        t.start_of[lo] = NO_SEGMENT;
+                        t.by_start[s].take().map(|(_, a)| (s, a))
+                    }
+                };
+                let right = t.by_start[hi].take().map(|(e, a)| {
+                    t.start_of[e] = NO_SEGMENT;
+                    (e, a)
+                });
+                if left.is_none() && right.is_none() {
+                    t.by_start[lo] = Some((hi, acc));
+                    t.start_of[hi] = lo;
+                    return;
+                }
+                (left, right)
+            };
+            if let Some((s, a)) = left {
+                acc = combine_opt(c, a, acc);
+                lo = s;
+            }
+            if let Some((e, b)) = right {
+                acc = combine_opt(c, acc, b);
+                hi = e;
+            }
+        }
+    }
+
+    /// The partial covering every chunk, once all claims have ended.
+    fn take_whole(&mut self) -> Option<A> {
+        let t = self.0.get_mut().unwrap_or_else(|e| e.into_inner());
+        t.by_start
+            .first_mut()
+            .and_then(Option::take)
+            .and_then(|(_, a)| a)
+    }
+}
+
+/// A reduction: per-claim partials, merged on workers, then across
+/// batches on main.
+pub(crate) struct Reduce<C: Combine<T>, T> {
+    c: C,
+    segments: Segments<C::Acc>,
+    /// The batches done so far (main only; a Mutex so workers may share
+    /// `&self` while Acc is only Send).
+    acc: Mutex<Option<C::Acc>>,
+    _items: core::marker::PhantomData<fn(T)>,
+}
+
+impl<T, C: Combine<T>> Reduce<C, T> {
+    pub(crate) fn new(c: C) -> Self {
+        Reduce {
+            c,
+            segments: Segments::new(),
+            acc: Mutex::new(None),
+            _items: core::marker::PhantomData,
+        }
+    }
+
+    /// The reduction of every item (`None` when there was none).
+    pub(crate) fn into_result(self) -> Option<C::Acc> {
+        self.acc.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<T, C: Combine<T>> Terminal<T> for Reduce<C, T> {
+    type State = Option<C::Acc>;
+    fn prepare_batch(&mut self, _: &Runtime, _: usize, _: usize, chunks: usize) {
+        self.segments.reset(chunks);
+    }
+    fn finish_batch(&mut self, ok: bool) {
+        if ok {
+            let batch = self.segments.take_whole();
+            let acc = self.acc.get_mut().unwrap_or_else(|e| e.into_inner());
+            *acc = combine_opt(&self.c, acc.take(), batch);
+        }
+    }
+    fn begin(&self) -> Option<C::Acc> {
+        None
+    }
+    #[inline]
+    fn consume<I: Iterator<Item = T>>(&self, acc: &mut Option<C::Acc>, _: usize, items: I) {
+        *acc = self.c.fold(acc.take(), items);
+    }
+    fn end_claim(&self, claim: Range<usize>, acc: Option<C::Acc>) {
+        self.segments.insert(&self.c, claim, acc);
+    }
+}
+
+/// `reduce(identity, op)` and `reduce_with(op)`.
+pub(crate) struct ReduceOp<OP>(pub(crate) OP);
+
+impl<T: Send, OP: Fn(T, T) -> T + Sync> Combine<T> for ReduceOp<OP> {
+    type Acc = T;
+    #[inline]
+    fn fold<I: Iterator<Item = T>>(&self, acc: Option<T>, mut items: I) -> Option<T> {
+        let first = match acc {
+            Some(a) => a,
+            None => items.next()?,
+        };
+        Some(items.fold(first, &self.0))
+    }
+    fn combine(&self, a: T, b: T) -> T {
+        (self.0)(a, b)
+    }
+}
+
+/// `sum()` and `product()`: std's `Sum`/`Product` per chunk, then over the
+/// partials.
+pub(crate) struct SumOp<S>(pub(crate) core::marker::PhantomData<fn() -> S>);
+pub(crate) struct ProductOp<S>(pub(crate) core::marker::PhantomData<fn() -> S>);
+
+impl<T, S> Combine<T> for SumOp<S>
+where
+    S: core::iter::Sum<T> + core::iter::Sum<S> + Send,
+{
+    type Acc = S;
+    #[inline]
+    fn fold<I: Iterator<Item = T>>(&self, acc: Option<S>, items: I) -> Option<S> {
+        let s: S = items.sum();
+        Some(match acc {
+            Some(a) => [a, s].into_iter().sum(),
+            None => s,
+        })
+    }
+    fn combine(&self, a: S, b: S) -> S {
+        [a, b].into_iter().sum()
+    }
+}
+
+impl<T, S> Combine<T> for ProductOp<S>
+where
+    S: core::iter::Product<T> + core::iter::Product<S> + Send,
+{
+    type Acc = S;
+    #[inline]
+    fn fold<I: Iterator<Item = T>>(&self, acc: Option<S>, items: I) -> Option<S> {
+        let p: S = items.product();
+        Some(match acc {
+            Some(a) => [a, p].into_iter().product(),
+            None => p,
+        })
+    }
+    fn combine(&self, a: S, b: S) -> S {
+        [a, b].into_iter().product()
+    }
+}
+
+/// `count()`.
+pub(crate) struct CountOp;
+
+impl<T> Combine<T> for CountOp {
+    type Acc = usize;
+    #[inline]
+    fn fold<I: Iterator<Item = T>>(&self, acc: Option<usize>, items: I) -> Option<usize> {
+        Some(acc.unwrap_or(0) + items.count())
+    }
+    fn combine(&self, a: usize, b: usize) -> usize {
+        a + b
+    }
+}
+
+/// `min_by`/`max_by` and their `_key` forms: the first least item, or the
+/// last greatest, as std's iterators choose.
+pub(crate) struct Extreme<F> {
+    pub(crate) cmp: F,
+    pub(crate) max: bool,
+}
+
+impl<T: Send, F: Fn(&T, &T) -> core::cmp::Ordering + Sync> Combine<T> for Extreme<F> {
+    type Acc = T;
+    #[inline]
+    fn fold<I: Iterator<Item = T>>(&self, acc: Option<T>, mut items: I) -> Option<T> {
+        let first = match acc {
+            Some(a) => a,
+            None => items.next()?,
+        };
+        Some(items.fold(first, |a, b| self.combine(a, b)))
+    }
+    #[inline]
+    fn combine(&self, a: T, b: T) -> T {
+        use core::cmp::Ordering::*;
+        match ((self.cmp)(&a, &b), self.max) {
+            (Greater, false) => b,
+            (_, false) => a,
+            (Greater, true) => a,
+            (_, true) => b,
+        }
+    }
+}

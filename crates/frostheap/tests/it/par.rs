@@ -1,0 +1,617 @@
+//! The parallel API (`rt.par(..)`, issue 15): every adapter and terminal
+//! operation against its serial equivalent on random inputs (empty, one
+//! item, thousands), over every kind of input; panicking and violating
+//! items; the order of `collect`; `for_each_mut` on writable data and its
+//! up-front refusal of guarded data; the sorts; the default runtime.
+//!
+//! Like `runtime.rs`, this binary does not install `frostheap::Global`:
+//! a `Vec` here lives in system memory (writable by tasks), and guarded
+//! data lives in explicit heaps handed to `guard`. Global mode is covered
+//! by the `runtime_global` example's `mutation`, `reductions` and
+//! `global-runtime` scenarios.
+
+use std::num::Wrapping;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use allocator_api2::vec::Vec as AVec;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+use frostheap::par::chunks_mut;
+use frostheap::{Error, Heap, Runtime, Shared};
+
+use crate::check::{describe, run_fixture, MIB};
+
+const WORKERS: usize = 2;
+
+fn runtime(budget: Option<usize>) -> Runtime {
+    let mut b = Runtime::builder().workers(WORKERS);
+    if let Some(bytes) = budget {
+        b = b.memory_budget(bytes);
+    }
+    b.build().expect("a 2-worker runtime starts")
+}
+
+fn runner(cases: u32) -> TestRunner {
+    TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    })
+}
+
+/// A few dozen integer operations.
+fn mix(x: u64) -> u64 {
+    let mut h = x ^ 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..4 {
+        h = (h ^ (h >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    }
+    h
+}
+
+// ---------------------------------------------------------------- adapters = serial
+
+/// Every adapter and terminal over `input`, on `rt`, against std's
+/// iterators. Associative but not commutative operations (concatenation)
+/// check that partials are combined in input order.
+fn check_all(rt: &Runtime, input: &[u64]) -> Result<(), TestCaseError> {
+    let v: Vec<u64> = input.to_vec();
+    let n = v.len();
+    let odd = |x: &u64| x % 2 == 1;
+
+    // map + collect: slice, &Vec, Vec (moved), range, iter(), bridge.
+    let want: Vec<u64> = v.iter().map(|x| mix(*x)).collect();
+    prop_assert_eq!(&rt.par(&v[..]).map(|x| mix(*x)).collect::<Vec<_>>().unwrap(), &want);
+    prop_assert_eq!(&rt.par(&v).map(|x| mix(*x)).collect::<Vec<_>>().unwrap(), &want);
+    prop_assert_eq!(&rt.par(v.clone()).map(mix).collect::<Vec<_>>().unwrap(), &want);
+    prop_assert_eq!(&rt.par(0..n).map(|i| mix(v[i])).collect::<Vec<_>>().unwrap(), &want);
+    prop_assert_eq!(&rt.par(v.iter()).map(|x| mix(*x)).collect::<Vec<_>>().unwrap(), &want);
+    prop_assert_eq!(&rt.par_bridge(v.iter().copied()).map(mix).collect::<Vec<_>>().unwrap(), &want);
+    prop_assert_eq!(&rt.map(&v, |x| mix(*x)).unwrap(), &want);
+    prop_assert_eq!(&rt.map_iter(v.iter().copied(), mix).unwrap(), &want);
+    // The identity pipeline, and map_with_context's item indices.
+    prop_assert_eq!(&rt.par(v.clone()).collect::<Vec<_>>().unwrap(), &v);
+    let idx: Vec<usize> = rt.par(&v).map_with_context(|t, _| t.item_index().unwrap()).collect().unwrap();
+    prop_assert!(idx.iter().copied().eq(0..n));
+
+    // filter, filter_map, flat_map_iter, inspect + collect (in order).
+    prop_assert_eq!(
+        rt.par(&v).filter(|x| odd(x)).map(|x| *x).collect::<Vec<_>>().unwrap(),
+        v.iter().copied().filter(odd).collect::<Vec<_>>()
+    );
+    let fm = |x: u64| (!x.is_multiple_of(3)).then(|| mix(x));
+    prop_assert_eq!(
+        rt.par(v.clone()).filter_map(fm).collect::<Vec<_>>().unwrap(),
+        v.iter().copied().filter_map(fm).collect::<Vec<_>>()
+    );
+    prop_assert_eq!(
+        rt.par(&v).flat_map_iter(|x| 0..(*x % 4)).collect::<Vec<_>>().unwrap(),
+        v.iter().flat_map(|x| 0..(*x % 4)).collect::<Vec<_>>()
+    );
+    let seen = Shared::new(AtomicUsize::new(0));
+    let out: Vec<u64> = rt
+        .par(&v)
+        .inspect(|_| {
+            seen.fetch_add(1, Ordering::Relaxed);
+        })
+        .map(|x| *x)
+        .collect()
+        .unwrap();
+    prop_assert_eq!(&out, &v);
+    prop_assert_eq!(seen.load(Ordering::Relaxed), n);
+    // collect into Result: the first Err in input order.
+    let r: Result<Vec<u64>, u64> = rt
+        .par(&v)
+        .map(|x| if x % 5 == 4 { Err(*x) } else { Ok(*x) })
+        .collect()
+        .unwrap();
+    prop_assert_eq!(r, v.iter().map(|x| if x % 5 == 4 { Err(*x) } else { Ok(*x) }).collect());
+
+    // filter_map + sum, sum, product, count.
+    let s: u64 = rt.par(&v).filter_map(|x| (x % 3 == 0).then_some(x % 1000)).sum().unwrap();
+    prop_assert_eq!(s, v.iter().filter(|x| *x % 3 == 0).map(|x| x % 1000).sum::<u64>());
+    prop_assert_eq!(rt.par(v.clone()).map(|x| x % 1000).sum::<u64>().unwrap(), v.iter().map(|x| x % 1000).sum::<u64>());
+    let p: Wrapping<u64> = rt.par(&v).map(|x| Wrapping(*x | 1)).product().unwrap();
+    prop_assert_eq!(p, v.iter().map(|x| Wrapping(*x | 1)).product::<Wrapping<u64>>());
+    prop_assert_eq!(rt.par(&v).filter(|x| odd(x)).count().unwrap(), v.iter().filter(|x| odd(x)).count());
+    prop_assert_eq!(rt.par(0..n).count().unwrap(), n);
+
+    // fold + reduce with a non-commutative operation: concatenation.
+    let cat = |mut a: Vec<u64>, b: Vec<u64>| {
+        a.extend(b);
+        a
+    };
+    let folded = rt
+        .par(&v)
+        .fold(Vec::new, |mut acc, x| {
+            acc.push(*x);
+            acc
+        })
+        .reduce(Vec::new, cat)
+        .unwrap();
+    prop_assert_eq!(&folded, &v);
+    let partial_sum: u64 = rt.par(&v).fold(|| 0u64, |a, x| a + x % 1000).sum().unwrap();
+    prop_assert_eq!(partial_sum, v.iter().map(|x| x % 1000).sum::<u64>());
+    let parts: Vec<usize> = rt.par(&v).fold(|| 0usize, |a, _| a + 1).collect().unwrap();
+    prop_assert_eq!(parts.iter().sum::<usize>(), n);
+    prop_assert_eq!(
+        rt.par(&v).map(|x| vec![*x]).reduce(Vec::new, cat).unwrap(),
+        v.clone()
+    );
+    prop_assert_eq!(
+        rt.par(&v).map(|x| vec![*x]).reduce_with(cat).unwrap(),
+        (!v.is_empty()).then(|| v.clone())
+    );
+
+    // min / max and their _by_key forms: ties choose as std does (the
+    // first least, the last greatest).
+    let key = |x: &(usize, u64)| x.1 % 7;
+    let pairs: Vec<(usize, u64)> = v.iter().copied().enumerate().collect();
+    prop_assert_eq!(rt.par(&pairs).min_by_key(|p| key(p)).unwrap(), pairs.iter().min_by_key(|p| key(p)));
+    prop_assert_eq!(rt.par(&pairs).max_by_key(|p| key(p)).unwrap(), pairs.iter().max_by_key(|p| key(p)));
+    prop_assert_eq!(
+        rt.par(&pairs).min_by(|a, b| key(a).cmp(&key(b))).unwrap(),
+        pairs.iter().min_by(|a, b| key(a).cmp(&key(b)))
+    );
+    prop_assert_eq!(
+        rt.par(&pairs).max_by(|a, b| key(a).cmp(&key(b))).unwrap(),
+        pairs.iter().max_by(|a, b| key(a).cmp(&key(b)))
+    );
+    prop_assert_eq!(rt.par(&v).min().unwrap(), v.iter().min());
+    prop_assert_eq!(rt.par(v.clone()).max().unwrap(), v.iter().copied().max());
+
+    // any / all.
+    for m in [2u64, 97, 100_003] {
+        prop_assert_eq!(rt.par(&v).any(|x| x % m == 1).unwrap(), v.iter().any(|x| x % m == 1));
+        prop_assert_eq!(rt.par(v.clone()).all(|x| x % m != 1).unwrap(), v.iter().all(|x| x % m != 1));
+    }
+
+    // for_each visits every item once.
+    let visits = Shared::new((0..n).map(|_| AtomicUsize::new(0)).collect::<Vec<_>>());
+    rt.for_each(0..n, |i| {
+        visits[i].fetch_add(1, Ordering::Relaxed);
+    })
+    .unwrap();
+    prop_assert!(visits.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+
+    // Chunked views.
+    for k in [1usize, 3, 64] {
+        prop_assert_eq!(
+            rt.par(v.chunks(k)).map(|c| c.iter().sum::<u64>() % 1000).collect::<Vec<_>>().unwrap(),
+            v.chunks(k).map(|c| c.iter().sum::<u64>() % 1000).collect::<Vec<_>>()
+        );
+        prop_assert_eq!(
+            rt.par(v.chunks_exact(k)).map(<[u64]>::len).collect::<Vec<_>>().unwrap(),
+            v.chunks_exact(k).map(<[u64]>::len).collect::<Vec<_>>()
+        );
+        prop_assert_eq!(
+            rt.par(frostheap::par::chunks(&v, k)).map(|c| c[0]).collect::<Vec<_>>().unwrap(),
+            v.chunks(k).map(|c| c[0]).collect::<Vec<_>>()
+        );
+    }
+    Ok(())
+}
+
+test!(adapters_equal_their_serial_equivalents);
+fn adapters_equal_their_serial_equivalents() {
+    // Without a budget (one batch), and with a small one (many batches,
+    // partials combined across batches on main).
+    let rts = [runtime(None), runtime(Some(512))];
+    for rt in &rts {
+        check_all(rt, &[]).unwrap();
+        check_all(rt, &[7]).unwrap();
+        check_all(rt, &[1, 2]).unwrap();
+    }
+    let mut run = runner(40);
+    run.run(
+        &(proptest::collection::vec(any::<u64>(), 0..5000), any::<bool>()),
+        |(input, budget)| check_all(&rts[usize::from(budget)], &input),
+    )
+    .unwrap();
+}
+
+test!(integer_ranges_of_every_width_and_sign_are_indexed_exactly);
+fn integer_ranges_of_every_width_and_sign_are_indexed_exactly() {
+    let rt = runtime(None);
+    assert_eq!(rt.par(0u8..=255).map(u64::from).collect::<Vec<_>>().unwrap(), (0u8..=255).map(u64::from).collect::<Vec<_>>());
+    assert_eq!(rt.par(-128i8..=127).map(i64::from).sum::<i64>().unwrap(), -128);
+    assert_eq!(rt.par(-5000i32..5000).map(i64::from).sum::<i64>().unwrap(), -5000);
+    assert_eq!(rt.par(i64::MAX - 3..=i64::MAX).collect::<Vec<_>>().unwrap(), (i64::MAX - 3..=i64::MAX).collect::<Vec<_>>());
+    assert_eq!(rt.par(u64::MAX - 2..u64::MAX).count().unwrap(), 2);
+    let (lo, hi) = (10usize, 3usize);
+    assert_eq!(rt.par(lo..hi).count().unwrap(), 0);
+    assert_eq!(rt.par(hi as u32 + 2..=hi as u32 + 1).count().unwrap(), 0);
+}
+
+// ---------------------------------------------------------------- owned items, panics
+
+/// An item that counts its drops.
+struct Tracked<'a> {
+    value: u64,
+    drops: &'a AtomicUsize,
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        self.drops.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn tracked(n: usize, drops: &AtomicUsize) -> Vec<Tracked<'_>> {
+    (0..n as u64).map(|value| Tracked { value, drops }).collect()
+}
+
+/// The ways a call can consume owned items, each running `f` on every
+/// item it reaches.
+type Consume = fn(&Runtime, Vec<Tracked<'_>>, &(dyn Fn(u64) -> u64 + Sync)) -> Result<(), Error>;
+
+const CONSUMERS: [(&str, Consume); 9] = [
+    ("map.collect", |rt, v, f| rt.par(v).map(|t| f(t.value)).collect::<Vec<_>>().map(drop)),
+    ("filter.collect", |rt, v, f| {
+        rt.par(v).filter(|t| f(t.value) % 2 == 0).collect::<Vec<_>>().map(drop)
+    }),
+    ("flat_map_iter", |rt, v, f| {
+        rt.par(v).flat_map_iter(|t| [f(t.value), 1]).collect::<Vec<_>>().map(drop)
+    }),
+    ("sum", |rt, v, f| rt.par(v).map(|t| f(t.value) % 7).sum::<u64>().map(drop)),
+    ("fold.reduce", |rt, v, f| {
+        rt.par(v).fold(|| 0u64, |a, t| a ^ f(t.value)).reduce(|| 0, |a, b| a ^ b).map(drop)
+    }),
+    ("for_each", |rt, v, f| rt.par(v).for_each(|t| {
+        f(t.value);
+    })),
+    ("count", |rt, v, f| rt.par(v).filter(|t| f(t.value) > 0).count().map(drop)),
+    ("max_by_key", |rt, v, f| rt.par(v).max_by_key(|t| f(t.value)).map(drop)),
+    ("any", |rt, v, f| rt.par(v).any(|t| f(t.value) == u64::MAX).map(drop)),
+];
+
+test!(a_panicking_item_fails_every_terminal_and_every_item_is_dropped_once);
+fn a_panicking_item_fails_every_terminal_and_every_item_is_dropped_once() {
+    let rts = [runtime(None), runtime(Some(256))];
+    let mut run = runner(24);
+    run.run(&(1usize..3000, any::<prop::sample::Index>(), 0..CONSUMERS.len(), any::<bool>()), |(n, bad, which, budget)| {
+        let bad = bad.index(n) as u64;
+        let (name, consume) = CONSUMERS[which];
+        let rt = &rts[usize::from(budget)];
+        let drops = AtomicUsize::new(0);
+        let r = consume(rt, tracked(n, &drops), &|x| {
+            if x == bad {
+                panic!("item {x} is bad");
+            }
+            x
+        });
+        match r {
+            Err(Error::TaskPanicked { item_index, message }) => {
+                prop_assert_eq!(item_index, Some(bad as usize), "{}", name);
+                prop_assert_eq!(message, format!("item {bad} is bad"));
+            }
+            other => return Err(TestCaseError::fail(format!("{name}: expected a panic, got {other:?}"))),
+        }
+        prop_assert_eq!(drops.load(Ordering::Relaxed), n, "{}: items dropped", name);
+        // And the runtime goes on.
+        let drops = AtomicUsize::new(0);
+        prop_assert!(consume(rt, tracked(n, &drops), &|x| x).is_ok());
+        prop_assert_eq!(drops.load(Ordering::Relaxed), n, "{}: items dropped", name);
+        Ok(())
+    })
+    .unwrap();
+}
+
+test!(any_stops_early_and_drops_the_items_it_never_ran);
+fn any_stops_early_and_drops_the_items_it_never_ran() {
+    let rt = runtime(None);
+    let n = 200_000;
+    let drops = AtomicUsize::new(0);
+    let ran = Shared::new(AtomicUsize::new(0));
+    let found = rt
+        .par(tracked(n, &drops))
+        .any(|t| {
+            ran.fetch_add(1, Ordering::Relaxed);
+            t.value == 10
+        })
+        .unwrap();
+    assert!(found);
+    assert_eq!(drops.load(Ordering::Relaxed), n, "every item dropped once");
+    assert!(
+        ran.load(Ordering::Relaxed) < n / 2,
+        "any ran {} of {n} items after the first match",
+        ran.load(Ordering::Relaxed)
+    );
+    // A call built but never run still drops the items it was given.
+    let drops = AtomicUsize::new(0);
+    let unused = rt.par(tracked(10, &drops)).map(|t| t.value);
+    drop(unused);
+    assert_eq!(drops.load(Ordering::Relaxed), 10);
+}
+
+test!(a_panic_in_a_fold_identity_or_a_combine_is_reported_without_an_index);
+fn a_panic_in_a_fold_identity_or_a_combine_is_reported_without_an_index() {
+    let rt = runtime(None);
+    let r = rt.par(0..10_000u32).map(|x| vec![x]).reduce_with(|a, b| {
+        if a.len() + b.len() > 5000 {
+            panic!("combine failed");
+        }
+        [a, b].concat()
+    });
+    match r {
+        Err(Error::TaskPanicked { item_index: None, message }) => assert_eq!(message, "combine failed"),
+        other => panic!("expected a panic without an index, got {other:?}"),
+    }
+    let r = rt.par(0..10u32).fold(|| -> u32 { panic!("no identity") }, |a, b| a + b).sum::<u32>();
+    assert!(matches!(r, Err(Error::TaskPanicked { item_index: None, .. })), "{r:?}");
+    assert_eq!(rt.par(0..10u32).sum::<u32>().unwrap(), 45);
+}
+
+// ---------------------------------------------------------------- violations
+
+test!(a_violating_item_fails_every_terminal_and_the_data_stays_intact);
+fn a_violating_item_fails_every_terminal_and_the_data_stays_intact() {
+    let heap = Heap::builder().name("par-guarded").max(64 * MIB).build().unwrap();
+    let mut data = AVec::new_in(heap.clone());
+    data.extend((0..64).map(AtomicU64::new));
+    let rt = Runtime::builder().workers(WORKERS).guard(&heap).build().unwrap();
+    let bad = 1234u64;
+    let f = |x: u64| {
+        if x == bad {
+            data[5].store(99, Ordering::Relaxed);
+        }
+        x
+    };
+    type Call<'a> = Box<dyn Fn() -> Result<(), Error> + 'a>;
+    let calls: [(&str, Call); 6] = [
+        ("map.collect", Box::new(|| rt.par(0..5000u64).map(f).collect::<Vec<_>>().map(drop))),
+        ("filter_map.sum", Box::new(|| rt.par(0..5000u64).filter_map(|x| Some(f(x))).sum::<u64>().map(drop))),
+        ("fold.reduce", Box::new(|| rt.par(0..5000u64).fold(|| 0, |a, x| a + f(x)).reduce(|| 0, |a, b| a + b).map(drop))),
+        ("any", Box::new(|| rt.par(0..5000u64).any(|x| f(x) == u64::MAX).map(drop))),
+        ("for_each_mut", Box::new(|| {
+            let mut v: Vec<u64> = (0..5000).collect();
+            rt.for_each_mut(&mut v, |x| *x = f(*x))
+        })),
+        ("min_by_key", Box::new(|| rt.par(0..5000u64).min_by_key(|x| f(*x)).map(drop))),
+    ];
+    for (name, call) in &calls {
+        match call() {
+            Err(Error::Violation(v)) => {
+                assert_eq!(v.heap_name(), "par-guarded", "{name}");
+                assert_eq!(v.item_index(), Some(bad as usize), "{name}");
+            }
+            other => panic!("{name}: expected a violation, got {other:?}"),
+        }
+        assert_eq!(data[5].load(Ordering::Relaxed), 5, "{name}: the store must not happen");
+        assert_eq!(rt.par(0..100u64).sum::<u64>().unwrap(), 4950, "{name}: the runtime goes on");
+    }
+}
+
+// ---------------------------------------------------------------- collect order
+
+test!(collect_keeps_input_order_across_chunks_claims_and_batches);
+fn collect_keeps_input_order_across_chunks_claims_and_batches() {
+    for budget in [None, Some(4096)] {
+        let rt = runtime(budget);
+        let n = 300_000u64;
+        // Uneven work, so claims finish out of order.
+        let slow = |x: u64| if x % 1000 < 10 { (0..2000).fold(x, |a, b| mix(a ^ b)) | 1 } else { x };
+        let out: Vec<u64> = rt
+            .par(0..n)
+            .map(|x| {
+                std::hint::black_box(slow(x));
+                x
+            })
+            .collect()
+            .unwrap();
+        assert!(out.iter().copied().eq(0..n), "one-to-one collect, budget {budget:?}");
+        let out: Vec<u64> = rt.par(0..n).filter(|x| slow(*x) % 3 != 0 || x % 2 == 0).collect().unwrap();
+        let want: Vec<u64> = (0..n).filter(|x| slow(*x) % 3 != 0 || x % 2 == 0).collect();
+        assert_eq!(out, want, "filtered collect, budget {budget:?}");
+        let out: Vec<u64> = rt.par(0..n / 10).flat_map_iter(|x| [x * 2, x * 2 + 1]).collect().unwrap();
+        assert!(out.iter().copied().eq(0..n / 10 * 2), "flat_map_iter collect, budget {budget:?}");
+    }
+}
+
+// ---------------------------------------------------------------- mutation
+
+test!(for_each_mut_on_writable_data_changes_every_element_once);
+fn for_each_mut_on_writable_data_changes_every_element_once() {
+    for budget in [None, Some(1024)] {
+        let rt = runtime(budget);
+        let mut v: Vec<u64> = (0..100_000).collect();
+        rt.for_each_mut(&mut v, |x| *x = *x * 2 + 1).unwrap();
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as u64 * 2 + 1), "budget {budget:?}");
+        rt.par(v.iter_mut()).for_each(|x| *x += 1).unwrap();
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as u64 * 2 + 2));
+        rt.par(chunks_mut(&mut v, 1000)).for_each(|c| c.iter_mut().for_each(|x| *x -= 2)).unwrap();
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as u64 * 2));
+        // `&mut` items through adapters: each element handed out once.
+        let n = rt.par(&mut v).filter(|x| **x % 4 == 0).map(|x| *x += 1).count().unwrap();
+        assert_eq!(n, 50_000);
+        assert_eq!(v.iter().filter(|x| *x % 4 == 1).count(), 50_000);
+        // Owned items a task changes (they live outside guarded heaps).
+        let strings: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+        let out: Vec<String> = rt
+            .par(strings)
+            .map(|mut s| {
+                s.push('!');
+                s
+            })
+            .collect()
+            .unwrap();
+        assert!(out.iter().enumerate().all(|(i, s)| *s == format!("{i}!")));
+        let mut empty: Vec<u8> = Vec::new();
+        rt.for_each_mut(&mut empty, |_| panic!("no element")).unwrap();
+    }
+}
+
+test!(for_each_mut_on_guarded_data_fails_before_the_phase_naming_the_heap);
+fn for_each_mut_on_guarded_data_fails_before_the_phase_naming_the_heap() {
+    let heap = Heap::builder().name("frozen-table").max(64 * MIB).build().unwrap();
+    let mut data = AVec::new_in(heap.clone());
+    data.extend(0..10_000u64);
+    let rt = Runtime::builder().workers(WORKERS).guard(&heap).build().unwrap();
+    let phases = rt.stats().phases;
+    let (lo, hi) = (data.as_ptr() as usize, data.as_ptr() as usize + 10_000 * 8);
+    let check = |r: Result<(), Error>, what: &str| {
+        match &r {
+            Err(Error::NotWritable { heap, address, bytes }) => {
+                assert_eq!(heap, "frozen-table", "{what}");
+                assert!(*address >= lo && *address + *bytes <= hi, "{what}: {address:#x}+{bytes}");
+                assert!(*bytes > 0, "{what}");
+            }
+            other => panic!("{what}: expected NotWritable, got {other:?}"),
+        }
+        let msg = r.unwrap_err().to_string();
+        for part in ["frozen-table", "frostheap::unguarded", "frostheap::Shared", "guard()"] {
+            assert!(msg.contains(part), "{what}: the message lacks {part:?}: {msg}");
+        }
+    };
+    check(rt.for_each_mut(&mut data[..], |x| *x += 1), "for_each_mut");
+    check(rt.par(data.iter_mut()).for_each(|x| *x += 1), "par(iter_mut)");
+    check(rt.par(chunks_mut(&mut data[100..200], 7)).for_each(|c| c[0] = 0), "chunks_mut");
+    check(rt.sort_unstable(&mut data[..]), "sort_unstable");
+    check(rt.sort_by_key(&mut data[..], |x| u64::MAX - x), "sort_by_key");
+    assert_eq!(rt.stats().phases, phases, "a refused call ran a phase");
+    assert!(data.iter().copied().eq(0..10_000), "refused calls changed nothing");
+    // Reading the same data is fine, and writable data next to it works.
+    assert_eq!(rt.par(&data[..]).sum::<u64>().unwrap(), (0..10_000u64).sum::<u64>());
+    let mut free: Vec<u64> = data.iter().copied().collect();
+    rt.for_each_mut(&mut free, |x| *x += 1).unwrap();
+    assert_eq!(free[9_999], 10_000);
+    // A runtime that does not guard the heap lets tasks change its data.
+    let open = runtime(None);
+    open.for_each_mut(&mut data[..], |x| *x += 1).unwrap();
+    assert_eq!(data[0], 1);
+}
+
+// ---------------------------------------------------------------- sorts
+
+fn is_permutation_of(a: &[u64], b: &[u64]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
+}
+
+test!(parallel_sorts_equal_std_sorts);
+fn parallel_sorts_equal_std_sorts() {
+    let rt = runtime(None);
+    let mut run = runner(48);
+    let input = prop_oneof![
+        proptest::collection::vec(any::<u64>(), 0..3000),
+        proptest::collection::vec(0u64..8, 0..3000),
+    ];
+    run.run(&input, |v| {
+        let mut want = v.clone();
+        want.sort_unstable();
+        let mut got = v.clone();
+        rt.sort_unstable(&mut got).unwrap();
+        prop_assert_eq!(&got, &want);
+        let mut got = v.clone();
+        rt.sort_unstable_by(&mut got, |a, b| b.cmp(a)).unwrap();
+        prop_assert!(got.iter().rev().eq(want.iter()));
+        // Stable: pairs (key, position) keep positions increasing per key.
+        let pairs: Vec<(u64, usize)> = v.iter().map(|x| x % 5).zip(0..).collect();
+        let mut want = pairs.clone();
+        want.sort_by_key(|p| p.0);
+        let mut got = pairs.clone();
+        rt.sort_by_key(&mut got, |p| p.0).unwrap();
+        prop_assert_eq!(&got, &want);
+        let mut got = pairs;
+        rt.sort_unstable_by_key(&mut got, |p| p.0).unwrap();
+        prop_assert!(got.windows(2).all(|w| w[0].0 <= w[1].0));
+        Ok(())
+    })
+    .unwrap();
+
+    // Large inputs, past the sizes that split into parts and merge levels.
+    let n = 400_000usize;
+    let shapes: [(&str, Vec<u64>); 5] = [
+        ("random", (0..n as u64).map(mix).collect()),
+        ("few distinct", (0..n as u64).map(|x| mix(x) % 3).collect()),
+        ("all equal", vec![42; n]),
+        ("sorted", (0..n as u64).collect()),
+        ("reversed", (0..n as u64).rev().collect()),
+    ];
+    for (name, v) in &shapes {
+        let mut want = v.clone();
+        want.sort();
+        let mut got = v.clone();
+        rt.sort_unstable(&mut got).unwrap();
+        assert!(got == want, "sort_unstable, {name}");
+        let mut got = v.clone();
+        rt.sort(&mut got).unwrap();
+        assert!(got == want, "sort, {name}");
+    }
+    // Elements that own memory: no double drop, no leak, the same strings.
+    let strings: Vec<String> = (0..100_000u64).map(|x| format!("{:x}", mix(x))).collect();
+    let mut want = strings.clone();
+    want.sort();
+    let mut got = strings.clone();
+    rt.sort_unstable(&mut got).unwrap();
+    assert!(got == want);
+    let mut got = strings;
+    rt.sort(&mut got).unwrap();
+    assert!(got == want);
+}
+
+test!(a_panicking_comparator_fails_the_sort_and_leaves_a_permutation);
+fn a_panicking_comparator_fails_the_sort_and_leaves_a_permutation() {
+    let rt = runtime(None);
+    for n in [100usize, 50_000, 300_000] {
+        let v: Vec<u64> = (0..n as u64).map(mix).collect();
+        let bad = v[n / 3];
+        let cmp = |a: &u64, b: &u64| {
+            if *a == bad || *b == bad {
+                panic!("cannot compare {bad}");
+            }
+            a.cmp(b)
+        };
+        let mut got = v.clone();
+        let r = rt.sort_unstable_by(&mut got, cmp);
+        assert!(matches!(&r, Err(Error::TaskPanicked { .. })), "unstable, n={n}: {r:?}");
+        assert!(is_permutation_of(&got, &v), "unstable, n={n}: elements lost or doubled");
+        let mut got = v.clone();
+        let r = rt.sort_by(&mut got, cmp);
+        assert!(matches!(&r, Err(Error::TaskPanicked { .. })), "stable, n={n}: {r:?}");
+        assert!(is_permutation_of(&got, &v), "stable, n={n}: elements lost or doubled");
+    }
+    let mut v: Vec<u64> = (0..1000).rev().collect();
+    rt.sort(&mut v).unwrap();
+    assert!(v.iter().copied().eq(0..1000), "the runtime goes on");
+}
+
+// ---------------------------------------------------------------- global mode and the default runtime
+
+fn global_scenario(name: &str, env: &[(&str, &str)]) -> String {
+    let out = run_fixture("runtime_global", &[name], env);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.contains(&format!("runtime_global {name}: ok")), "{}", describe(&out));
+    stdout
+}
+
+test!(global_mutation_of_main_heap_data_fails_up_front_and_unguarded_data_works);
+fn global_mutation_of_main_heap_data_fails_up_front_and_unguarded_data_works() {
+    global_scenario("mutation", &[]);
+}
+
+test!(global_reductions_allocate_partials_in_context_heaps);
+fn global_reductions_allocate_partials_in_context_heaps() {
+    global_scenario("reductions", &[]);
+}
+
+test!(global_runtime_is_configured_from_the_environment);
+fn global_runtime_is_configured_from_the_environment() {
+    let stdout = global_scenario("global-runtime", &[("FROSTHEAP_WORKERS", "3")]);
+    assert!(stdout.contains("global runtime workers=3"), "{stdout}");
+    for (var, value) in [
+        ("FROSTHEAP_WORKERS", "three"),
+        ("FROSTHEAP_WORKERS", "0"),
+        ("FROSTHEAP_MEMORY_BUDGET", "lots"),
+    ] {
+        let out = run_fixture("runtime_global", &["global-runtime"], &[(var, value)]);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{var}={value}: one line: {}", describe(&out));
+        assert!(stderr.contains(var) && stderr.contains(value), "{var}={value}: {}", describe(&out));
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("workers="), "{}", describe(&out));
+    }
+}

@@ -1,0 +1,571 @@
+//! Recovery after violations (issue 13): a violation never hangs, never
+//! leaks, never lies.
+//!
+//! Most cases are global-mode programs (`tests/fixtures/recovery.rs`,
+//! one scenario per run) run as child processes within a time limit, so a hang
+//! is a failure with the child's output, not a stuck test run: threads that
+//! tasks start, a bystander thread's store during a phase, violations made
+//! while holding a lock or stdout's lock, phases past the parked-thread and
+//! slot limits, thousands of runtimes and of violations (threads and RSS
+//! counted), and large results whose memory must come back. In this
+//! process: the report's backtrace names the user's frames, and a property
+//! test that a phase returns `Ok` only if every task ran.
+
+use std::process::Output;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use allocator_api2::vec::Vec as HeapVec;
+use frostheap::{Error, Heap, Runtime};
+use proptest::prelude::*;
+
+use crate::check::{describe, run_example, run_fixture};
+
+/// Runs scenario `args` of the `recovery` fixture with `env`, within the
+/// child time limit (`check::output_within`).
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    run_fixture("recovery", args, env)
+}
+
+/// Runs a scenario and checks it passed its own checks.
+#[track_caller]
+fn scenario(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let out = run(args, env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("recovery {}: ok", args[0])),
+        "recovery {args:?} with {env:?}\n{}",
+        describe(&out)
+    );
+    out
+}
+
+const MPROTECT: (&str, &str) = ("FROSTHEAP_PROTECT", "mprotect");
+const PKEY: (&str, &str) = ("FROSTHEAP_PROTECT", "pkey");
+const CANCEL: (&str, &str) = ("FROSTHEAP_ON_VIOLATION", "cancel");
+const AUDIT: (&str, &str) = ("FROSTHEAP_ON_VIOLATION", "audit");
+
+// ---------------------------------------------------------------------------
+// Threads that tasks start (case 4), bystanders.
+
+test!(thread_spawn_scope_and_a_pool_made_in_a_task_return_mprotect);
+/// Regression (case 4): `thread::spawn(..).join()` inside a task hung for
+/// good on `mprotect`: the new thread's start-up writes std's thread
+/// bookkeeping, which main allocated, so the thread waited for the thaw
+/// while the task waited for the thread. Also `thread::scope` and a pool
+/// of threads made lazily by a task (as rayon's global pool is).
+fn thread_spawn_scope_and_a_pool_made_in_a_task_return_mprotect() {
+    scenario(&["threads"], &[MPROTECT]);
+}
+
+test!(thread_spawn_scope_and_a_pool_made_in_a_task_return_pkey, needs: [Pkey]);
+fn thread_spawn_scope_and_a_pool_made_in_a_task_return_pkey() {
+    scenario(&["threads"], &[PKEY]);
+}
+
+/// Runs examples/recovery_rayon.rs (a real rayon pool, a dev-dependency,
+/// so an example rather than a fixture) with `env`.
+fn rayon_example(env: &[(&str, &str)]) {
+    let out = run_example("recovery_rayon", &[], env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("recovery_rayon: ok"),
+        "recovery_rayon with {env:?}\n{}",
+        describe(&out)
+    );
+}
+
+test!(a_rayon_pool_first_used_inside_a_task_works_mprotect);
+/// Regression (case 4): rayon's global pool, built lazily by the first
+/// task that uses it, hung the phase on `mprotect` (its threads' start-up
+/// stores into the main heap waited for the thaw). Three phases use it,
+/// a fourth violates while using it (caught, undone), and it keeps working.
+fn a_rayon_pool_first_used_inside_a_task_works_mprotect() {
+    rayon_example(&[MPROTECT]);
+}
+
+test!(a_rayon_pool_first_used_inside_a_task_works_mprotect_cancel);
+fn a_rayon_pool_first_used_inside_a_task_works_mprotect_cancel() {
+    rayon_example(&[MPROTECT, CANCEL]);
+}
+
+test!(a_rayon_pool_first_used_inside_a_task_works_pkey, needs: [Pkey]);
+fn a_rayon_pool_first_used_inside_a_task_works_pkey() {
+    rayon_example(&[PKEY]);
+}
+
+test!(a_bystander_threads_store_lands_and_is_not_undone_mprotect);
+/// A thread that a task starts is no worker: its store into the main heap
+/// during the phase lands, is not undone by a rollback of another task's
+/// violation on the same page, and does not block the phase.
+fn a_bystander_threads_store_lands_and_is_not_undone_mprotect() {
+    scenario(&["bystander"], &[MPROTECT]);
+}
+
+test!(a_bystander_threads_store_lands_and_is_not_undone_pkey, needs: [Pkey]);
+fn a_bystander_threads_store_lands_and_is_not_undone_pkey() {
+    scenario(&["bystander"], &[PKEY]);
+}
+
+// ---------------------------------------------------------------------------
+// Locks (cases 5 and 6).
+
+test!(a_violation_while_holding_a_static_lock_is_an_err_and_the_lock_comes_back);
+/// Regression (case 5): a task that violated while holding a `static
+/// Mutex<Vec<String>>` was parked with the lock held; the other tasks
+/// blocked on it and the phase never ended, silently.
+fn a_violation_while_holding_a_static_lock_is_an_err_and_the_lock_comes_back() {
+    scenario(&["lock-static"], &[MPROTECT]);
+}
+
+test!(a_violation_while_holding_a_static_lock_is_an_err_pkey, needs: [Pkey]);
+fn a_violation_while_holding_a_static_lock_is_an_err_pkey() {
+    scenario(&["lock-static"], &[PKEY]);
+}
+
+test!(a_violation_while_holding_a_lock_on_mains_stack_is_an_err);
+/// Regression (case 5): the same with a `Mutex` on main's stack over a
+/// `Vec` in the main heap.
+fn a_violation_while_holding_a_lock_on_mains_stack_is_an_err() {
+    scenario(&["lock-stack"], &[MPROTECT]);
+}
+
+test!(a_violation_while_holding_a_lock_on_mains_stack_is_an_err_pkey, needs: [Pkey]);
+fn a_violation_while_holding_a_lock_on_mains_stack_is_an_err_pkey() {
+    scenario(&["lock-stack"], &[PKEY]);
+}
+
+test!(a_violation_inside_display_under_println_leaves_stdout_usable);
+/// Regression (case 6): a violation inside `Display::fmt` called by
+/// `println!` (a lazily filled cache in the main heap) left stdout's lock
+/// held by the parked thread, and main's next `println!` blocked forever.
+fn a_violation_inside_display_under_println_leaves_stdout_usable() {
+    let out = scenario(&["println"], &[MPROTECT]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("main after the phase: lazily made"),
+        "{}",
+        describe(&out)
+    );
+}
+
+test!(a_violation_inside_display_under_println_leaves_stdout_usable_pkey, needs: [Pkey]);
+fn a_violation_inside_display_under_println_leaves_stdout_usable_pkey() {
+    let out = scenario(&["println"], &[PKEY]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("main after the phase: lazily made"),
+        "{}",
+        describe(&out)
+    );
+}
+
+test!(cancel_a_task_blocked_on_a_lock_the_cancelled_task_holds_ends_in_err);
+/// Regression (case 5 under `cancel`): the report is printed when the
+/// violation happens, and a phase that makes no progress after it ends
+/// with `Err(Violation)` and a note that the remaining tasks are most
+/// likely blocked on a lock the cancelled task holds.
+fn cancel_a_task_blocked_on_a_lock_the_cancelled_task_holds_ends_in_err() {
+    cancel_blocked_on_a_lock(MPROTECT);
+}
+
+/// Runs the `lock-stack` scenario under `cancel` with `backend` and checks
+/// the report came when the violation happened and the error says why.
+fn cancel_blocked_on_a_lock(backend: (&str, &str)) {
+    let out = scenario(&["lock-stack"], &[backend, CANCEL]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("==frostheap== VIOLATION"),
+        "the report is printed when the violation happens\n{}",
+        describe(&out)
+    );
+    assert!(
+        stderr.contains("made no progress"),
+        "the abandonment is said when it happens\n{}",
+        describe(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("blocked on a lock the cancelled task holds"),
+        "the error says why\n{}",
+        describe(&out)
+    );
+}
+
+test!(cancel_a_task_blocked_on_a_lock_the_cancelled_task_holds_ends_in_err_pkey, needs: [Pkey]);
+fn cancel_a_task_blocked_on_a_lock_the_cancelled_task_holds_ends_in_err_pkey() {
+    cancel_blocked_on_a_lock(PKEY);
+}
+
+// ---------------------------------------------------------------------------
+// Limits, leaks and soaks (cases 1, 2, 3, 7).
+
+test!(a_phase_never_returns_ok_unless_every_task_ran_past_the_parked_limit);
+/// Regression (case 1): under `cancel`, once worker slots ran out no
+/// parked worker could be replaced; with every worker parked a violating
+/// phase returned `Ok`, and the next `map` returned `Ok` with results no
+/// task made. 1100 violating phases, each followed by a clean one.
+fn a_phase_never_returns_ok_unless_every_task_ran_past_the_parked_limit() {
+    scenario(&["exhausted", "1100"], &[MPROTECT, CANCEL]);
+}
+
+test!(a_phase_never_returns_ok_unless_every_task_ran_default_policy);
+fn a_phase_never_returns_ok_unless_every_task_ran_default_policy() {
+    scenario(&["exhausted", "1100"], &[MPROTECT]);
+}
+
+test!(three_thousand_runtimes_give_back_their_threads_slots_and_memory);
+/// Regression (case 2): dropping a runtime leaked its context slots (build
+/// failed after about 1000 runtimes with "at most 1024 context heaps
+/// alive at once") and about 29 KB of RSS. 3000 runtimes built, used and
+/// dropped: threads back to the baseline exactly, RSS within 16 MiB.
+fn three_thousand_runtimes_give_back_their_threads_slots_and_memory() {
+    scenario(&["runtimes", "3000"], &[MPROTECT]);
+}
+
+test!(five_thousand_violations_under_rollback);
+/// 5000 violations in one runtime under the default policy: every call
+/// `Err`, the data intact, no thread left behind, RSS within 32 MiB.
+fn five_thousand_violations_under_rollback() {
+    scenario(&["violations", "5000", "0"], &[MPROTECT]);
+}
+
+test!(five_thousand_violations_under_rollback_pkey, needs: [Pkey]);
+fn five_thousand_violations_under_rollback_pkey() {
+    scenario(&["violations", "5000", "0"], &[PKEY]);
+}
+
+test!(five_thousand_violations_under_cancel_stay_within_max_parked);
+/// Regression (case 3): each violation under `cancel` left a thread and a
+/// slot behind for good, and slots ran out before `max_parked` could
+/// trigger. 5000 violations with `max_parked(100)`: every call `Err`
+/// (past the cap a clear error, never `Ok`), threads ≤ workers + 100.
+fn five_thousand_violations_under_cancel_stay_within_max_parked() {
+    scenario(&["violations", "5000", "100"], &[MPROTECT, CANCEL]);
+}
+
+test!(five_thousand_violations_under_audit);
+/// Audit lets every store through and logs it: 5000 calls return `Ok`,
+/// no thread is left behind, RSS stays bounded.
+fn five_thousand_violations_under_audit() {
+    scenario(&["violations", "5000", "0"], &[MPROTECT, AUDIT]);
+}
+
+test!(dropped_large_results_give_their_context_memory_back);
+/// Regression (case 7): three rounds of 2 × 100 MB results, all dropped,
+/// kept 600 MB of context memory committed (RSS 418 MB) until the runtime
+/// was dropped. After each round's next phase, context memory is back
+/// within 32 MiB and RSS within 64 MiB of the start.
+fn dropped_large_results_give_their_context_memory_back() {
+    scenario(&["large-results"], &[MPROTECT]);
+}
+
+// ---------------------------------------------------------------------------
+// The rollback policy's side of runtime.rs's cancel tests.
+
+test!(a_write_to_a_guarded_heap_is_undone_and_no_worker_is_parked);
+/// Under `rollback` (the default) a task's store into a guarded heap is
+/// let through, undone at the thaw and reported; the task runs to its end,
+/// no thread is parked, and the next phases run on the same workers.
+fn a_write_to_a_guarded_heap_is_undone_and_no_worker_is_parked() {
+    let heap = Heap::builder()
+        .name("rt-rollback")
+        .max(64 << 20)
+        .build()
+        .unwrap();
+    let mut data: HeapVec<AtomicU64, Heap> = HeapVec::new_in(heap.clone());
+    data.extend((0..1000).map(AtomicU64::new));
+    let rt = Runtime::builder().workers(2).guard(&heap).build().unwrap();
+    // Workers are named by id; a replacement would get id 2 or more.
+    let names = |rt: &Runtime| {
+        rt.map(0..64usize, |_| std::thread::current().name().map(str::to_string))
+            .unwrap()
+            .into_iter()
+            .all(|n| matches!(n.as_deref(), Some("frostheap-worker-0" | "frostheap-worker-1")))
+    };
+    assert!(names(&rt));
+    let finished = AtomicUsize::new(0);
+    let r = rt.map(0..64usize, |i| {
+        if i == 37 {
+            data[3].fetch_add(100, Ordering::Relaxed);
+            data[4].store(7, Ordering::Relaxed);
+            finished.fetch_add(1, Ordering::SeqCst);
+        }
+        i
+    });
+    let v = match r {
+        Err(Error::Violation(v)) => v,
+        other => panic!("expected a violation, got {other:?}"),
+    };
+    assert_eq!(v.heap_name(), "rt-rollback");
+    assert_eq!(v.item_index(), Some(37));
+    assert_eq!(v.address(), &data[3] as *const AtomicU64 as usize);
+    assert_eq!(v.policy(), frostheap::OnViolation::Rollback);
+    assert_eq!(v.stores_undone(), 2, "{v}");
+    assert_eq!(v.other_stores(), [(&data[4] as *const AtomicU64 as usize, Some(37))]);
+    assert_eq!(finished.load(Ordering::SeqCst), 1, "the task ran to its end");
+    assert_eq!(data[3].load(Ordering::Relaxed), 3, "undone");
+    assert_eq!(data[4].load(Ordering::Relaxed), 4, "undone");
+    assert!(v.to_string().contains("2 stores undone"), "{v}");
+    let s = rt.stats();
+    assert_eq!((s.violations, s.parked_workers), (2, 0));
+    assert!(names(&rt), "the same workers go on (none was replaced)");
+}
+
+test!(rollback_drops_every_item_and_result_once);
+/// Under `rollback` the violating task runs to its end, so it consumes its
+/// item like every other task: after the error every item is dropped
+/// exactly once (none is kept by a parked task, as under `cancel`) and
+/// every result made is dropped.
+fn rollback_drops_every_item_and_result_once() {
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    static RESULTS: AtomicUsize = AtomicUsize::new(0);
+    struct Item(usize);
+    impl Drop for Item {
+        fn drop(&mut self) {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    struct Res;
+    impl Drop for Res {
+        fn drop(&mut self) {
+            RESULTS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let heap = Heap::builder().name("drops-rb").max(16 << 20).build().unwrap();
+    let mut data: HeapVec<AtomicU64, Heap> = HeapVec::new_in(heap.clone());
+    data.extend((0..64).map(AtomicU64::new));
+    let rt = Runtime::builder().workers(2).guard(&heap).build().unwrap();
+    let n = 5000;
+    let items: Vec<Item> = (0..n).map(Item).collect();
+    let made = frostheap::Shared::new(AtomicUsize::new(0));
+    let r = rt.map(items, |item| {
+        if item.0 == 1234 {
+            data[1].fetch_add(1, Ordering::Relaxed);
+        }
+        made.fetch_add(1, Ordering::Relaxed);
+        Res
+    });
+    let e = r.err().expect("a violation");
+    assert_eq!(e.violation().map(|v| v.item_index()), Some(Some(1234)));
+    assert_eq!(DROPPED.load(Ordering::Relaxed), n, "every item dropped once");
+    assert_eq!(RESULTS.load(Ordering::Relaxed), made.load(Ordering::Relaxed));
+    assert_eq!(data[1].load(Ordering::Relaxed), 1, "undone");
+}
+
+test!(global_main_heap_violations_are_rolled_back);
+/// Global mode under the default policy: stores into the main heap are
+/// undone, reported, and park nothing (runtime.rs's
+/// `global_main_heap_is_guarded_during_phases` is the `cancel` side).
+fn global_main_heap_violations_are_rolled_back() {
+    scenario(&["rolled-back"], &[MPROTECT]);
+}
+
+test!(global_main_heap_violations_are_rolled_back_pkey, needs: [Pkey]);
+fn global_main_heap_violations_are_rolled_back_pkey() {
+    scenario(&["rolled-back"], &[PKEY]);
+}
+
+// ---------------------------------------------------------------------------
+// The mprotect backend's single-step window (a known limit).
+
+test!(mprotect_step_window_undoes_a_bystanders_store_made_inside_it_and_nothing_else);
+/// The known limit of rollback on `mprotect` (docs/rollback.md): to let a
+/// violating store through, the handler opens its page for one
+/// instruction, to every thread. A thread that is no worker and stores to
+/// that page in that instant does not fault; its store lands inside the
+/// step's window, is taken for part of the violation, and is undone.
+///
+/// A worker violates the first half of a page again and again while a
+/// bystander thread writes each word of the second half once. Outside the
+/// windows the bystander's stores fault, are stepped through alone and
+/// stay. The test shows both: phases run until some bystander store has
+/// been undone (the window exists; at most 400 phases, each a few
+/// milliseconds), and in every phase every word holds either its
+/// original value or the bystander's (nothing else), every violating
+/// store is undone, and every bystander store that is not undone is
+/// intact.
+fn mprotect_step_window_undoes_a_bystanders_store_made_inside_it_and_nothing_else() {
+    const WORDS: usize = 512;
+    const HALF: usize = WORDS / 2;
+    let heap = Heap::builder().name("window").max(16 << 20).build().unwrap();
+    let page = heap
+        .try_alloc(std::alloc::Layout::from_size_align(4096, 4096).unwrap())
+        .unwrap()
+        .as_ptr() as usize;
+    let word = |k: usize| page + 8 * k;
+    let original = |k: usize| 0x5EED_0000_0000 + k as u64;
+    let rt = Runtime::builder()
+        .workers(2)
+        .guard(&heap)
+        .guard_main_heap(false)
+        .protect(frostheap::Protect::Mprotect)
+        .build()
+        .unwrap();
+    let mut windows = 0usize;
+    let mut phases = 0usize;
+    while windows == 0 && phases < 400 {
+        phases += 1;
+        for k in 0..WORDS {
+            // SAFETY: `page` is a live 4096-byte block; no phase runs.
+            unsafe { (word(k) as *mut u64).write(original(k)) };
+        }
+        let go = AtomicUsize::new(0);
+        let r = std::thread::scope(|s| {
+            // The bystander: no worker, so its stores are legal.
+            s.spawn(|| {
+                while go.load(Ordering::Acquire) == 0 {
+                    std::hint::spin_loop();
+                }
+                for k in HALF..WORDS {
+                    // SAFETY: inside the live block; a legal store.
+                    unsafe { (word(k) as *mut u64).write_volatile(!original(k)) };
+                }
+                go.store(2, Ordering::Release);
+            });
+            rt.map(0..2usize, |i| {
+                if i == 0 {
+                    go.store(1, Ordering::Release);
+                    let mut j = 0;
+                    while go.load(Ordering::Acquire) != 2 {
+                        // SAFETY: inside the live block; the violation
+                        // under test.
+                        unsafe { (word(j % HALF) as *mut u64).write_volatile(u64::MAX) };
+                        j += 1;
+                    }
+                }
+                i
+            })
+        });
+        let e = r.expect_err("the worker's stores are violations");
+        assert!(e.violation().is_some_and(|v| v.stores_undone() >= 1), "{e}");
+        for k in 0..HALF {
+            // SAFETY: reading the live block.
+            let v = unsafe { (word(k) as *const u64).read() };
+            assert_eq!(v, original(k), "phase {phases}: violating store at word {k} survived");
+        }
+        for k in HALF..WORDS {
+            // SAFETY: reading the live block.
+            let v = unsafe { (word(k) as *const u64).read() };
+            assert!(
+                v == !original(k) || v == original(k),
+                "phase {phases}: word {k} holds {v:#x}, neither the original nor the bystander's"
+            );
+            windows += usize::from(v == original(k));
+        }
+    }
+    println!("the step window undid {windows} bystander store(s) in {phases} phase(s)");
+    assert!(
+        windows > 0,
+        "no bystander store fell inside a step's window in {phases} phases"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Reports (case 9), in this process.
+
+/// Overwrites `dst` with a library call (`memcpy` in libc), so the faulting
+/// instruction is not in this crate: only a backtrace names this function.
+#[inline(never)]
+fn overwrite_the_guarded_block_with_memcpy(dst: *mut u8, src: &[u8]) {
+    let len = std::hint::black_box(src.len());
+    // SAFETY: `dst` is valid for `len` bytes (a guarded block of that
+    // size); the write is the violation under test.
+    unsafe { libc::memcpy(dst.cast(), src.as_ptr().cast(), len) };
+}
+
+test!(a_violation_inside_a_library_call_reports_the_callers_frames);
+/// Regression (case 9): a violation inside std or a C library named only
+/// the faulting frame (`memcpy`, `atomic_compare_exchange`), never the
+/// user's code that called it. The report now carries a short backtrace
+/// of the violating thread, symbolised outside the handler.
+fn a_violation_inside_a_library_call_reports_the_callers_frames() {
+    let heap = Heap::builder()
+        .name("backtrace")
+        .max(64 << 20)
+        .build()
+        .unwrap();
+    let mut data: HeapVec<u8, Heap> = HeapVec::new_in(heap.clone());
+    data.resize(8192, 0x11);
+    let rt = Runtime::builder().workers(2).guard(&heap).build().unwrap();
+    let dst = data.as_ptr() as usize;
+    let src = vec![0x22u8; 4096];
+    let r = rt.map(0..4usize, |i| {
+        if i == 1 {
+            overwrite_the_guarded_block_with_memcpy(dst as *mut u8, &src);
+        }
+        i
+    });
+    let e = r.expect_err("a memcpy into a guarded heap is a violation");
+    let report = e.to_string();
+    assert!(
+        report.contains("overwrite_the_guarded_block_with_memcpy"),
+        "the report names the user's function that called memcpy:\n{report}"
+    );
+    assert!(data.iter().all(|&b| b == 0x11), "the guarded data is intact");
+}
+
+// ---------------------------------------------------------------------------
+// A phase returns Ok only if every task ran.
+
+/// Phases of random shape with some tasks writing the guarded heap or
+/// panicking: `Ok` only when no task did either, and then with every task
+/// run exactly once and every result right.
+fn a_phase_returns_ok_only_if_every_task_ran(
+    workers: usize,
+    n: usize,
+    violators: Vec<usize>,
+    panickers: Vec<usize>,
+) {
+    let heap = Heap::builder()
+        .name("property")
+        .max(16 << 20)
+        .build()
+        .unwrap();
+    let mut data: HeapVec<AtomicU64, Heap> = HeapVec::new_in(heap.clone());
+    data.extend((0..64).map(AtomicU64::new));
+    let rt = Runtime::builder()
+        .workers(workers)
+        .guard(&heap)
+        .build()
+        .unwrap();
+    for round in 0..3 {
+        let ran = AtomicUsize::new(0);
+        let r = rt.map(0..n, |i| {
+            ran.fetch_add(1, Ordering::SeqCst);
+            if violators.contains(&i) {
+                data[i % 64].fetch_add(1, Ordering::SeqCst);
+            }
+            if panickers.contains(&i) {
+                panic!("task {i} panics");
+            }
+            i * 3 + round
+        });
+        let bad = violators.iter().chain(&panickers).any(|&i| i < n);
+        match r {
+            Ok(v) => {
+                assert!(!bad, "round {round}: Ok although a task violated or panicked");
+                assert_eq!(ran.load(Ordering::SeqCst), n, "every task ran once");
+                assert_eq!(v, (0..n).map(|i| i * 3 + round).collect::<Vec<_>>());
+            }
+            Err(Error::Violation(_)) => assert!(violators.iter().any(|&i| i < n)),
+            Err(Error::TaskPanicked { .. }) => assert!(panickers.iter().any(|&i| i < n)),
+            Err(e) => panic!("round {round}: unexpected error {e}"),
+        }
+        for (k, w) in data.iter().enumerate() {
+            assert_eq!(w.load(Ordering::SeqCst), k as u64, "word {k} left a trace");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    fn phase_ok_only_if_every_task_ran(
+        workers in 1usize..4,
+        n in 0usize..200,
+        violators in proptest::collection::vec(0usize..200, 0..2),
+        panickers in proptest::collection::vec(0usize..200, 0..2),
+    ) {
+        a_phase_returns_ok_only_if_every_task_ran(workers, n, violators, panickers);
+    }
+}
+test!(phase_ok_only_if_every_task_ran);
