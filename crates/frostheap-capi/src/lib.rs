@@ -36,12 +36,14 @@
 //! handler run last and the parent and child handlers first, so other
 //! libraries' handlers may allocate. glibc locks its own arenas itself.
 //!
-//! **Fast paths.** `malloc` and `calloc` find the thread's heap in a small
-//! table indexed by a hash of the thread pointer (`%fs:0`) and check that
-//! heap's owner against it; `free` is one compare against the arena; then
-//! the heap's small-block pop or push. Everything else — a thread's first
-//! allocation (which builds or adopts its heap, and on the process's first
-//! registers the fork handlers), `errno` — is out of line.
+//! **Fast paths.** `malloc`, `calloc` and `free` read the thread's heap
+//! from one word of initial-exec thread-local storage ([`tls`]: two
+//! instructions); `free` compares the block against that heap's region;
+//! then the heap's small-block pop or push. Everything else — a thread's
+//! first allocation (which builds or adopts its heap, and on the process's
+//! first registers the fork handlers and the exit hook that clears the
+//! word), a block of another thread's heap (a remote free) or of glibc,
+//! `errno` — is out of line.
 //!
 //! **`mmap`.** Anonymous private writable mappings (CPython's arenas, many
 //! runtimes' own allocators) are charged against the same limit, and a
@@ -56,6 +58,7 @@
 mod foreign;
 mod mapped;
 mod stats;
+mod tls;
 
 use core::alloc::Layout;
 use core::ffi::{c_int, c_void};
@@ -118,6 +121,8 @@ fn register_atfork() {
     {
         return;
     }
+    // A thread that gives its heap up at exit clears its heap word.
+    raw::on_thread_exit(tls::clear);
     // SAFETY: the three handlers are `extern "C" fn()` that live as long as
     // the library (which is never unloaded while the process can fork).
     unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
@@ -140,12 +145,21 @@ extern "C" fn fork_child() {
 // ---------------------------------------------------------------------------
 // Main-heap helpers.
 
-/// The calling thread's heap: from the thread-pointer table, or (the
-/// thread's first allocation, or the process's) attached now, with the
-/// fork handlers registered on the way.
+/// The calling thread's heap, from its heap word ([`tls`]), if it has one.
+#[inline(always)]
+fn local_fast() -> Option<raw::Local> {
+    // SAFETY: the word is null or set by `local_slow` on this thread to a
+    // heap the thread still owns (cleared by the exit hook when it gives
+    // the heap up).
+    unsafe { raw::Local::from_raw(tls::get()) }
+}
+
+/// The calling thread's heap: from its heap word, or (the thread's first
+/// allocation, or the process's) attached now, with the fork handlers and
+/// the exit hook registered on the way.
 #[inline(always)]
 fn local() -> Option<raw::Local> {
-    match raw::local_fast() {
+    match local_fast() {
         Some(h) => Some(h),
         None => local_slow(),
     }
@@ -153,11 +167,11 @@ fn local() -> Option<raw::Local> {
 
 #[inline(never)]
 fn local_slow() -> Option<raw::Local> {
-    let h = raw::local();
-    if h.is_some() {
-        ensure_atfork();
-    }
-    h
+    let h = raw::local()?;
+    // The exit hook is registered before any thread's word is set.
+    ensure_atfork();
+    tls::set(h.as_raw());
+    Some(h)
 }
 
 /// Allocates `size` bytes aligned to `align` on the calling thread's side:
@@ -201,7 +215,7 @@ fn is_pow2(align: usize) -> bool {
 /// Callable from C at any time, from any thread.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    if let Some(h) = raw::local_fast() {
+    if let Some(h) = local_fast() {
         // SAFETY: h is this thread's heap.
         let p = unsafe { h.malloc(size) };
         return if p.is_null() {
@@ -213,8 +227,8 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     malloc_elsewhere(size)
 }
 
-/// `malloc` when the thread-pointer table does not name the caller's heap:
-/// the thread's first allocation (the process's builds the main heap and
+/// `malloc` when the thread's heap word is null: the thread's first
+/// allocation (the process's builds the main heap and
 /// registers the fork handlers), or a thread without a heap (glibc,
 /// charged).
 #[inline(never)]
@@ -237,24 +251,31 @@ fn malloc_elsewhere(size: usize) -> *mut c_void {
 /// 1. `ptr` is null or a live block returned by these functions.
 #[no_mangle]
 pub unsafe extern "C" fn free(ptr: *mut c_void) {
+    if let Some(h) = local_fast() {
+        // SAFETY: h is this thread's heap; (1).
+        if unsafe { h.free_own(ptr.cast()) } {
+            return;
+        }
+    }
+    // SAFETY: (1).
+    unsafe { free_elsewhere(ptr) };
+}
+
+/// `free` of anything but a block of the thread's own heap: another
+/// thread's heap block (a remote free), a glibc block, or null. Out of
+/// line, so that the own heap's path saves no registers for it.
+///
+/// # Safety
+/// 1. `ptr` is null or a live block returned by these functions.
+#[inline(never)]
+unsafe fn free_elsewhere(ptr: *mut c_void) {
     if raw::owns(ptr.cast()) {
         // SAFETY: (1) and the address test: a live heap block.
         unsafe { raw::free(ptr.cast()) };
     } else if !ptr.is_null() {
         // SAFETY: (1): not ours, so glibc made it.
-        unsafe { free_elsewhere(ptr) };
+        unsafe { foreign::free(ptr) };
     }
-}
-
-/// `free` of a glibc block, out of line so that the main heap's path
-/// saves no registers for it.
-///
-/// # Safety
-/// 1. `ptr` is a live glibc block (non-null).
-#[inline(never)]
-unsafe fn free_elsewhere(ptr: *mut c_void) {
-    // SAFETY: (1).
-    unsafe { foreign::free(ptr) };
 }
 
 /// `calloc(3)`: zeroed; `ENOMEM` when `nmemb * size` overflows.
@@ -266,7 +287,7 @@ pub unsafe extern "C" fn calloc(nmemb: usize, size: usize) -> *mut c_void {
     let Some(total) = nmemb.checked_mul(size) else {
         return out_of_memory();
     };
-    if let Some(h) = raw::local_fast() {
+    if let Some(h) = local_fast() {
         // SAFETY: h is this thread's heap.
         let p = unsafe { h.calloc(total) };
         return if p.is_null() {
@@ -278,7 +299,7 @@ pub unsafe extern "C" fn calloc(nmemb: usize, size: usize) -> *mut c_void {
     calloc_elsewhere(nmemb, size, total)
 }
 
-/// `calloc` when the thread-pointer table does not name the caller's heap
+/// `calloc` when the thread's heap word is null
 /// (see [`malloc_elsewhere`]); `total` is `nmemb * size`, checked.
 #[inline(never)]
 fn calloc_elsewhere(nmemb: usize, size: usize, total: usize) -> *mut c_void {
@@ -311,14 +332,15 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
         unsafe { free(ptr) };
         return core::ptr::null_mut();
     }
-    if raw::owns(ptr.cast()) {
-        if size > isize::MAX as usize - MALLOC_ALIGN {
-            return out_of_memory();
-        }
-        let Some(h) = local() else {
-            // SAFETY: (1): a live heap block; this thread has no heap.
-            return unsafe { move_to_glibc(ptr, size) };
+    if size > isize::MAX as usize - MALLOC_ALIGN {
+        return if raw::owns(ptr.cast()) {
+            out_of_memory()
+        } else {
+            // SAFETY: (1): not ours, so glibc made it (and says ENOMEM).
+            unsafe { foreign::realloc(ptr, size) }
         };
+    }
+    if let Some(h) = local_fast() {
         if h.holds(ptr.cast()) {
             // SAFETY: (1): a live block of this thread's heap. Its
             // alignment is at least 16, and realloc need not keep more.
@@ -329,25 +351,53 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
                 q.cast()
             };
         }
-        // Another thread's block moves to this thread's heap.
-        // SAFETY: h is this thread's heap.
-        let q = unsafe { h.malloc(size) };
-        if q.is_null() {
-            return out_of_memory();
-        }
-        // SAFETY: (1): ptr is live; its usable size bounds what we copy
-        // from it, `size` what fits in q; then ptr is freed once (a remote
-        // free into its heap).
-        unsafe {
-            let old = raw::usable_size(ptr.cast());
-            core::ptr::copy_nonoverlapping(ptr.cast::<u8>(), q, old.min(size));
-            raw::free(ptr.cast());
-        }
-        return q.cast();
     }
-    // A glibc block stays in glibc, whichever thread resizes it.
-    // SAFETY: (1): not ours, so glibc made it.
-    unsafe { foreign::realloc(ptr, size) }
+    // SAFETY: (1), and ptr is not a block of this thread's heap.
+    unsafe { realloc_elsewhere(ptr, size) }
+}
+
+/// `realloc` of a block that is not the calling thread's own (another
+/// thread's heap block, or glibc's), or by a thread whose heap word is
+/// not set yet; `0 < size <= isize::MAX - 16`.
+///
+/// # Safety
+/// 1. `ptr` is a live block returned by these functions.
+#[inline(never)]
+unsafe fn realloc_elsewhere(ptr: *mut c_void, size: usize) -> *mut c_void {
+    if !raw::owns(ptr.cast()) {
+        // A glibc block stays in glibc, whichever thread resizes it.
+        // SAFETY: (1): not ours, so glibc made it.
+        return unsafe { foreign::realloc(ptr, size) };
+    }
+    let Some(h) = local() else {
+        // SAFETY: (1): a live heap block; this thread has no heap.
+        return unsafe { move_to_glibc(ptr, size) };
+    };
+    if h.holds(ptr.cast()) {
+        // The thread's first call since it got its heap word.
+        // SAFETY: (1): a live block of this thread's heap.
+        let q = unsafe { h.realloc_c(ptr.cast(), size) };
+        return if q.is_null() {
+            out_of_memory()
+        } else {
+            q.cast()
+        };
+    }
+    // Another thread's block moves to this thread's heap.
+    // SAFETY: h is this thread's heap.
+    let q = unsafe { h.malloc(size) };
+    if q.is_null() {
+        return out_of_memory();
+    }
+    // SAFETY: (1): ptr is live; its usable size bounds what we copy
+    // from it, `size` what fits in q; then ptr is freed once (a remote
+    // free into its heap).
+    unsafe {
+        let old = raw::usable_size(ptr.cast());
+        core::ptr::copy_nonoverlapping(ptr.cast::<u8>(), q, old.min(size));
+        raw::free(ptr.cast());
+    }
+    q.cast()
 }
 
 /// `reallocarray(3)`: `realloc(ptr, nmemb * size)` with an overflow check

@@ -383,16 +383,20 @@ fn python_standard_library_tests_pass() {
 /// Runs `cmd` with the library preloaded and `env` set, killing it after
 /// `secs` seconds: a hang fails the test instead of stalling the run.
 fn preloaded_limited(cmd: &mut Command, env: &[(&str, &str)], secs: u64) -> Output {
-    use std::process::Stdio;
-    use std::time::{Duration, Instant};
     cmd.env("LD_PRELOAD", lib())
         .env_remove("FROSTHEAP_MIN")
-        .env_remove("FROSTHEAP_STATS")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env_remove("FROSTHEAP_STATS");
     for (k, v) in env {
         cmd.env(k, v);
     }
+    limited(cmd, secs)
+}
+
+/// Runs `cmd`, killing it after `secs` seconds.
+fn limited(cmd: &mut Command, secs: u64) -> Output {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(secs);
     while child.try_wait().expect("wait").is_none() {
@@ -467,4 +471,19 @@ m = mmap.mmap(-1, 16 << 20, flags=mmap.MAP_PRIVATE)\nm[-1:] = b'x'\nprint('small
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("refused ENOMEM"), "{}", text(&out));
     assert!(stdout.contains("small ok"), "{}", text(&out));
+}
+
+#[test]
+fn dlopen_then_allocate() {
+    // The library keeps each thread's heap in initial-exec TLS; loaded with
+    // dlopen (not preloaded), that comes from glibc's static TLS surplus.
+    let mut cmd = Command::new(c_program("dlopen"));
+    cmd.arg(lib()).env_remove("LD_PRELOAD");
+    let out = limited(&mut cmd, 120);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("dlopen: 0 failures"),
+        "{}",
+        text(&out)
+    );
 }

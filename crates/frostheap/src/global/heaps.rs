@@ -21,18 +21,11 @@
 //! threads use a handful of heaps. When every slot is taken, a thread
 //! allocates through the main heap's locked shared path.
 //!
-//! **Ownership by address** for the C ABI, which cannot read a Rust
-//! thread-local cheaply from a shared library (`__tls_get_addr`): a small
-//! table indexed by a hash of the thread pointer names the heap the thread
-//! last attached; the fast path checks that heap's owner against the
-//! thread pointer, so a stale or colliding entry only sends a thread to
-//! the slow path.
-//!
 //! [`HeapCore::abandon`]: crate::heap::core::HeapCore::abandon
 
 use core::cell::{Cell, UnsafeCell};
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::borrow::Cow;
 
 use crate::heap::core::CoreConfig;
@@ -112,19 +105,6 @@ static ABANDONED_STACK: Abandoned = Abandoned {
     len: Cell::new(0),
 };
 
-/// Entries of the C ABI's thread-pointer table.
-const FAST_ENTRIES: usize = 4096;
-static FAST: [AtomicPtr<HeapInner>; FAST_ENTRIES] =
-    [const { AtomicPtr::new(core::ptr::null_mut()) }; FAST_ENTRIES];
-
-#[inline(always)]
-fn fast_index(tp: usize) -> usize {
-    // Thread pointers are the tops of thread stacks: glibc's are spaced by
-    // the stack size plus a guard page, an odd number of 4 KiB pages, so
-    // bits 12 and up tell 4096 consecutive threads apart.
-    (tp >> 12) & (FAST_ENTRIES - 1)
-}
-
 /// Reserves the arena for heaps of `max` bytes; returns slot 0's address.
 /// Called once, by the thread that starts the main heap.
 pub(super) fn reserve_arena(max: usize) -> Result<*mut u8, crate::os::OsError> {
@@ -194,23 +174,6 @@ pub(super) fn arena_owns(p: *const u8) -> bool {
         < ARENA.len.load(Ordering::Relaxed)
 }
 
-/// The calling thread's heap through the thread-pointer table, if it is
-/// there and the thread still owns it (C ABI fast path).
-#[inline(always)]
-pub(super) fn fast_lookup() -> Option<&'static HeapInner> {
-    let tp = thread_token();
-    let h = FAST[fast_index(tp)].load(Ordering::Relaxed);
-    // SAFETY: the table only ever holds heaps in static slots.
-    let h = unsafe { h.as_ref() }?;
-    (h.core.owner_token() == tp).then_some(h)
-}
-
-/// Records the calling thread's heap in the thread-pointer table.
-pub(super) fn fast_record(h: &'static HeapInner) {
-    FAST[fast_index(thread_token())]
-        .store(h as *const HeapInner as *mut HeapInner, Ordering::Relaxed);
-}
-
 /// A heap for the calling thread, which has none: an abandoned one
 /// adopted, or a fresh slot built. `None` when every slot is taken or
 /// building one failed.
@@ -258,13 +221,6 @@ pub(super) fn attach() -> Option<(usize, &'static HeapInner)> {
 pub(super) unsafe fn detach(idx: usize) {
     // SAFETY: (1).
     let h = unsafe { slot_heap(idx) };
-    let fast = &FAST[fast_index(thread_token())];
-    let _ = fast.compare_exchange(
-        h as *const HeapInner as *mut HeapInner,
-        core::ptr::null_mut(),
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    );
     // SAFETY: (1).
     unsafe { h.core.abandon() };
     SLOTS[idx].state.store(ABANDONED, Ordering::Relaxed);
@@ -347,9 +303,6 @@ pub(super) unsafe fn after_fork_in_child() {
             unsafe { (*s.slots.get())[n] = idx as u16 };
             s.len.set(n + 1);
         }
-    }
-    for e in &FAST {
-        e.store(core::ptr::null_mut(), Ordering::Relaxed);
     }
 }
 

@@ -1,13 +1,15 @@
 //! The heaps as the C ABI (`frostheap-capi`) needs them: C semantics (no
-//! layout on free), each thread's own heap found without a Rust
-//! thread-local (a shared library reaches those through `__tls_get_addr`),
-//! and `fork` handlers.
+//! layout on free), each thread's own heap as a [`Local`] the library can
+//! keep in a thread-local of its own (a raw pointer, [`Local::as_raw`]),
+//! told when the thread gives it up ([`on_thread_exit`]), and `fork`
+//! handlers. (A Rust thread-local in a shared library is reached through
+//! `__tls_get_addr`; the library keeps the word in initial-exec TLS.)
 
 use core::alloc::Layout;
 use core::sync::atomic::Ordering;
 
 use super::heaps;
-use super::start::{main_inner, AUTO_HUGE_PAGES, MAIN, READY};
+use super::start::{main_inner, AUTO_HUGE_PAGES, C_ABI, MAIN, READY};
 use crate::heap::{Heap, HeapInner};
 use crate::sync::thread_token;
 
@@ -21,6 +23,7 @@ pub const MALLOC_ALIGN: usize = 16;
 pub fn on_main_thread() -> bool {
     if MAIN.state.load(Ordering::Relaxed) != READY {
         AUTO_HUGE_PAGES.store(false, Ordering::Relaxed);
+        C_ABI.store(true, Ordering::Relaxed);
     }
     super::start::on_main_thread()
 }
@@ -30,14 +33,6 @@ pub fn on_main_thread() -> bool {
 #[derive(Clone, Copy)]
 pub struct Local(&'static HeapInner);
 
-/// The calling thread's heap, if the thread-pointer table names it and the
-/// thread still owns it: a hash, two loads and a compare, for fast paths.
-/// `None` sends the caller to [`local`].
-#[inline(always)]
-pub fn local_fast() -> Option<Local> {
-    heaps::fast_lookup().map(Local)
-}
-
 /// The calling thread's heap: the main heap is started on the process's
 /// first call (with the C ABI's defaults), and any other thread attaches a
 /// heap at its first. `None` while the thread cannot have one (its heap is
@@ -46,14 +41,60 @@ pub fn local_fast() -> Option<Local> {
 pub fn local() -> Option<Local> {
     if MAIN.state.load(Ordering::Relaxed) != READY {
         AUTO_HUGE_PAGES.store(false, Ordering::Relaxed);
+        C_ABI.store(true, Ordering::Relaxed);
         super::start::on_main_thread();
     }
-    let h = super::route::own_heap()?;
-    heaps::fast_record(h);
-    Some(Local(h))
+    super::route::own_heap().map(Local)
+}
+
+/// Registers `hook`, which a thread that got a heap from [`local`] calls
+/// when it gives the heap up at exit (from its thread-local destructors,
+/// before the heap can be adopted by another thread): the C ABI clears its
+/// own thread-local copy of the [`Local`] there. Allocations the thread
+/// makes afterwards find no heap ([`local`] returns `None`).
+pub fn on_thread_exit(hook: fn()) {
+    super::route::set_exit_hook(hook);
 }
 
 impl Local {
+    /// The heap as a raw pointer, for a thread-local of the caller's.
+    #[inline(always)]
+    pub fn as_raw(self) -> *const core::ffi::c_void {
+        (self.0 as *const HeapInner).cast()
+    }
+
+    /// The `Local` whose [`Local::as_raw`] is `p`; `None` for null.
+    ///
+    /// # Safety
+    /// 1. `p` is null, or [`Local::as_raw`] of a `Local` obtained on the
+    ///    calling thread, which has not given its heap up since (see
+    ///    [`on_thread_exit`]).
+    #[inline(always)]
+    pub unsafe fn from_raw(p: *const core::ffi::c_void) -> Option<Local> {
+        // SAFETY: (1): null or a heap in static storage.
+        unsafe { p.cast::<HeapInner>().as_ref() }.map(Local)
+    }
+
+    /// Frees `p` if it is a block of this heap (the caller's own): one
+    /// compare against the heap's region, then the owner's free. False,
+    /// and nothing done, for any other pointer (null included).
+    ///
+    /// # Safety
+    /// 1. As [`Local::malloc`], and `p` is null or a live block of any
+    ///    allocator.
+    #[inline(always)]
+    pub unsafe fn free_own(self, p: *mut u8) -> bool {
+        let core = &self.0.core;
+        let offset = (p as usize).wrapping_sub(core.base());
+        if !core.owns(p as usize) {
+            return false;
+        }
+        // SAFETY: (1): p lies in this heap, so it is a live block of it,
+        // `offset` bytes into its region, and we are its owner.
+        unsafe { core.free_at_as_owner(p, offset) };
+        true
+    }
+
     /// C `malloc`: `size` bytes aligned to [`MALLOC_ALIGN`]; null past the
     /// limit.
     ///

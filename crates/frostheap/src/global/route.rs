@@ -11,7 +11,7 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::Cell;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicUsize, Ordering};
 use std::alloc::System;
 
 use super::heaps;
@@ -64,10 +64,27 @@ impl Drop for ExitGuard {
         ROUTE.with(|r| r.set(Route::System));
         FAST_HEAP.with(|h| h.set(core::ptr::null()));
         MINE.with(|h| h.set(core::ptr::null()));
+        let hook = EXIT_HOOK.load(Ordering::Acquire);
+        if hook != 0 {
+            // SAFETY: EXIT_HOOK holds 0 or a `fn()` stored by set_exit_hook.
+            let hook: fn() = unsafe { core::mem::transmute::<usize, fn()>(hook) };
+            hook();
+        }
         // SAFETY: this thread owns slot idx (attached in `decide`) and, its
-        // route now System, never uses the owner path again.
+        // route now System and its other copies of the heap cleared, never
+        // uses the owner path again.
         unsafe { heaps::detach(idx) };
     }
+}
+
+/// What a thread calls when it gives its heap up, before anyone may adopt
+/// the heap ([`set_exit_hook`]; 0: nothing), as a `fn()` address.
+static EXIT_HOOK: AtomicUsize = AtomicUsize::new(0);
+
+/// Registers the exit hook (the C ABI clears its thread-local copy of the
+/// thread's heap there).
+pub(super) fn set_exit_hook(hook: fn()) {
+    EXIT_HOOK.store(hook as usize, Ordering::Release);
 }
 
 /// The calling thread's route.
@@ -130,7 +147,6 @@ fn decide() -> Route {
     match heaps::attach() {
         Some((idx, h)) => {
             MINE.with(|m| m.set(h));
-            heaps::fast_record(h);
             EXIT.with(|g| g.0.set(idx));
             store_route(Route::Heap);
             Route::Heap

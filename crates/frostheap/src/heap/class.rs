@@ -66,6 +66,20 @@ const fn class_of_computed(size: usize) -> usize {
     }
 }
 
+/// The class for `size` bytes with 16-byte alignment if `size` is at most
+/// 4 KiB (one table load), or `None`: the first step of the C ABI's
+/// `malloc` fast path, which leaves larger sizes to its slow path.
+#[inline(always)]
+pub fn class_of_lookup(size: usize) -> Option<usize> {
+    if size <= LOOKUP_MAX {
+        // `get`: no bounds-check panic (the index is in range), so inlined
+        // fast paths stay leaves.
+        SMALL_LOOKUP.get((size + 15) >> 4).map(|&c| c as usize)
+    } else {
+        None
+    }
+}
+
 /// The class for `size` bytes with 16-byte alignment, or `None` if `size`
 /// is larger than [`MAX_SMALL`].
 #[inline(always)]

@@ -16,11 +16,13 @@ use crate::sync::RawLock;
 impl HeapCore {
     /// A snapshot of the statistics.
     pub(crate) fn stats(&self) -> Stats {
+        let remote = self.remote();
         let (in_use, peak, allocations, total_allocations) = stats::read(
             &self.local.counters,
             &self.shared.counters,
-            &self.others.freed_bytes,
-            &self.others.freed_count,
+            &self.others.large_freed_bytes,
+            &self.others.large_freed_count,
+            || remote.uncollected(self.region().committed() >> PAGE_SHIFT),
         );
         Stats {
             reserved: self.region().reserved(),

@@ -20,9 +20,11 @@
 //!
 //! **Accounting** ([`super::stats`]): `in_use` counts usable bytes (the
 //! block or span size), which is what the limit is about; the owner keeps
-//! its bytes in one signed word updated with plain loads and stores, and
-//! frees of owner blocks by other threads are counted apart and taken into
-//! account when reporting.
+//! its bytes in one signed word updated with plain loads and stores. A
+//! small block freed by another thread is counted by the owner when it
+//! collects it (until then it is a bit in the remote-free bitmap, which
+//! statistics read), so a remote free touches no counter; large blocks
+//! freed by other threads are counted apart.
 //!
 //! This file composes the parts — class states ([`super::queue`]), the
 //! remote-free machinery ([`super::remote`]), counters ([`super::stats`]),
@@ -35,7 +37,7 @@ use core::alloc::Layout;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use super::class::{class_for, class_of, span_pages};
+use super::class::{class_for, class_of, class_of_lookup, span_pages};
 use super::large;
 use super::page::{
     invalid_free, large_usable, Block, Kind, PageMeta, PageTable, EMPTY, FULL, GENERATION,
@@ -343,9 +345,36 @@ impl HeapCore {
     ///
     /// # Safety
     /// 1. The calling thread is the owner ([`HeapCore::is_owner`]).
+    ///
+    /// The inlined part is the pop for sizes up to 4 KiB alone, straight
+    /// line with one way out (a call to [`HeapCore::alloc_c_slow`]): with
+    /// the larger classes' computed lookup and the refill joining it,
+    /// the compiler laid it out with two more instructions per call.
     #[inline(always)]
     pub(crate) unsafe fn alloc_c_as_owner<const ZERO: bool>(&self, size: usize) -> *mut u8 {
         debug_assert!(self.is_owner(), "alloc_c_as_owner called by another thread");
+        if let Some(c) = class_of_lookup(size) {
+            // SAFETY: (1).
+            if let Some(p) = unsafe { self.try_alloc_small_as_owner(c) } {
+                if ZERO {
+                    // SAFETY: p points to a block of CLASS_SIZE[c] >= size
+                    // bytes.
+                    unsafe { ptr::write_bytes(p.as_ptr(), 0, size) };
+                }
+                return p.as_ptr();
+            }
+        }
+        // SAFETY: (1).
+        unsafe { self.alloc_c_slow::<ZERO>(size) }
+    }
+
+    /// [`HeapCore::alloc_c_as_owner`] past its inlined pop: a refill, a
+    /// class above 4 KiB, or a large block.
+    ///
+    /// # Safety
+    /// 1. The calling thread is the owner ([`HeapCore::is_owner`]).
+    #[inline(never)]
+    pub(super) unsafe fn alloc_c_slow<const ZERO: bool>(&self, size: usize) -> *mut u8 {
         if let Some(c) = class_of(size) {
             let p = self.alloc_small::<true>(c);
             if ZERO && !p.is_null() {
@@ -410,12 +439,14 @@ impl HeapCore {
                 // SAFETY: cur is a live meta of a span in this queue.
                 let m = unsafe { &*cur };
                 let idx = self.pages.idx_of(m);
-                if m.extend.get() < m.capacity.get() {
-                    ClassState::extend_free(&self.pages, m, idx);
+                // Blocks other threads gave back are reused before fresh
+                // ones are carved, which would make more pages resident.
+                // (Only the owner's spans receive remote frees.)
+                if st.kind == OWNER_LOCAL && self.collect_remote(m, idx, false) > 0 {
                     continue;
                 }
-                // (Only the owner's spans receive remote frees.)
-                if st.kind == OWNER_LOCAL && self.remote().collect(m, idx, false) > 0 {
+                if m.extend.get() < m.capacity.get() {
+                    ClassState::extend_free(&self.pages, m, idx);
                     continue;
                 }
                 // Dry: leave the queue until a free brings it back. Every
@@ -438,7 +469,7 @@ impl HeapCore {
                             .is_ok()
                     {
                         // A remote free raced with us and did not see FULL.
-                        self.remote().collect(m, idx, true);
+                        self.collect_remote(m, idx, true);
                         st.push_back(&self.pages, c, idx);
                     }
                 } else {
@@ -447,7 +478,7 @@ impl HeapCore {
                 continue;
             }
             if st.kind == OWNER_LOCAL {
-                st.set_foreign_seen(self.others.freed_bytes.load(Ordering::Relaxed));
+                st.set_foreign_seen(self.others.large_freed_bytes.load(Ordering::Relaxed));
                 if self.collect_pending() && !ptr::eq(st.current[c].get(), &EMPTY.0) {
                     continue;
                 }
@@ -620,6 +651,25 @@ impl HeapCore {
         self.sealed.load(Ordering::Acquire)
     }
 
+    /// Moves the remote frees of the owner's small span headed by `m` (page
+    /// `idx`) onto its free list and counts them as the owner's frees;
+    /// returns how many (see [`Remote::collect`] for `account`). The bits
+    /// leave the bitmap and enter the counters inside one owner update
+    /// (its sequence counter odd), so a statistics reader, which counts the
+    /// bitmap's bits as freed, sees the blocks in one place or the other,
+    /// never in both or neither.
+    pub(super) fn collect_remote(&self, m: &PageMeta, idx: usize, account: bool) -> u32 {
+        if !self.remote().has_remote(idx, m) {
+            return 0;
+        }
+        let mut n = 0;
+        self.local.counters.owner_update(|| {
+            n = self.remote().collect(m, idx, account);
+            self.local.count_collected(n, m.block_size.get() as usize);
+        });
+        n
+    }
+
     /// Brings back spans that received remote frees while FULL.
     pub(super) fn collect_pending(&self) -> bool {
         let remote = self.remote();
@@ -631,7 +681,7 @@ impl HeapCore {
             // PENDING: no freer writes the state until this store.
             let generation = m.state.load(Ordering::Relaxed) & GENERATION;
             m.state.store(generation, Ordering::SeqCst);
-            remote.collect(m, idx as usize, true);
+            self.collect_remote(m, idx as usize, true);
             let c = m.class.get() as usize;
             if m.used.get() == 0 {
                 self.retire_span(idx as usize);
@@ -731,8 +781,12 @@ impl HeapCore {
         } else if self.is_owner() {
             self.local.on_free(usable);
         } else {
-            self.others.freed_bytes.fetch_add(usable, Ordering::Relaxed);
-            self.others.freed_count.fetch_add(1, Ordering::Relaxed);
+            self.others
+                .large_freed_bytes
+                .fetch_add(usable, Ordering::Relaxed);
+            self.others
+                .large_freed_count
+                .fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: the span's block is freed: nothing in it is live.
         unsafe { self.lock_spans().free(idx, n_pages) };
@@ -757,7 +811,7 @@ impl HeapCore {
             self.local.on_resize(old, new);
         } else if new < old {
             self.others
-                .freed_bytes
+                .large_freed_bytes
                 .fetch_add(old - new, Ordering::Relaxed);
         } else {
             // A growth by a foreign thread of an owner block: count it as

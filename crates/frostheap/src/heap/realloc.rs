@@ -84,10 +84,11 @@ impl HeapCore {
         let q = unsafe { self.alloc_c_as_owner::<false>(new_size) };
         if !q.is_null() {
             // SAFETY: both blocks are live and distinct; p has old_size
-            // usable bytes and q at least new_size; then p is freed once.
+            // usable bytes and q at least new_size; then p is freed once,
+            // by its owner (1).
             unsafe {
                 ptr::copy_nonoverlapping(p, q, old_size.min(new_size));
-                self.free(p);
+                self.free_at_as_owner(p, p as usize - self.pages.base);
             }
         }
         q

@@ -5,9 +5,11 @@
 //! raises the peak on a slow path. With the allocation and free counts,
 //! that is three counter updates per alloc+free pair, none of them an
 //! atomic read-modify-write. The shared state (other threads, under the
-//! shared lock) keeps monotonic byte counters with atomic adds; frees of
-//! owner blocks by other threads are counted in the heap's
-//! `OtherThreads`, and [`read`] puts the three together.
+//! shared lock) keeps monotonic byte counters with atomic adds. Frees of
+//! the owner's small blocks by other threads are counted by the owner
+//! when it collects them, and are the remote-free bitmap's set bits until
+//! then; frees of its large blocks by other threads are counted in the
+//! heap's `OtherThreads`. [`read`] puts the four together.
 //!
 //! The slack word replaced separate allocated and freed byte counters with
 //! a peak compare on every allocation: 0.3–0.4 ns less per alloc+free pair
@@ -107,19 +109,33 @@ impl Counters {
         self.seq.store(seq.wrapping_add(seq & 1), Ordering::Relaxed);
     }
 
-    /// The owner's state's `(peak, slack, foreign_seen)`, read together.
-    /// Spins, then yields, while an update is in progress; after 100
-    /// yields (the owner stopped mid-update, or a signal handler on its
-    /// thread interrupted one) it takes the last reading, which an update
-    /// in progress can only make understate the live bytes.
-    pub(super) fn owner_snapshot(&self) -> (usize, isize, usize) {
-        let mut last = (0, 0, 0);
+    /// The owner's state read together with `also` (the remote frees not
+    /// yet collected, which a collection moves into these counters):
+    /// `(freed_count, peak, slack, foreign_seen)` and `also`'s result.
+    /// `freed_count` is read first, and `also` before the bytes, so that
+    /// the bytes cover every allocation whose free was seen. Spins, then
+    /// yields, while an update is in progress; after 100 yields (the owner
+    /// stopped mid-update, or a signal handler on its thread interrupted
+    /// one) it takes the last reading. An update in progress can only make
+    /// that understate the live bytes, except a collection, which can make
+    /// it overstate them by the blocks collected during the reading.
+    pub(super) fn owner_snapshot<R: Copy + Default>(
+        &self,
+        mut also: impl FnMut() -> R,
+    ) -> ((u64, usize, isize, usize), R) {
+        let mut last = ((0, 0, 0, 0), R::default());
         for attempt in 0..200 {
             let seq = self.seq.load(Ordering::Acquire);
+            let frees = self.freed_count.load(Ordering::Acquire);
+            let r = also();
             last = (
-                self.peak.load(Ordering::Relaxed),
-                self.slack.load(Ordering::Relaxed),
-                self.foreign_seen.load(Ordering::Relaxed),
+                (
+                    frees,
+                    self.peak.load(Ordering::Relaxed),
+                    self.slack.load(Ordering::Relaxed),
+                    self.foreign_seen.load(Ordering::Relaxed),
+                ),
+                r,
             );
             core::sync::atomic::fence(Ordering::Acquire);
             if seq & 1 == 0 && self.seq.load(Ordering::Relaxed) == seq {
@@ -166,33 +182,40 @@ pub struct Stats {
 }
 
 /// A heap's counts read together from the owner's state (`l`), the shared
-/// state (`s`) and the bytes and count of owner blocks other threads
-/// freed: `(in_use, peak, allocations, total_allocations)`.
+/// state (`s`), the bytes and count of the owner's large blocks other
+/// threads freed, and `uncollected`, which returns the bytes and count of
+/// remote frees the owner has not collected yet (read inside the owner's
+/// sequence window, see [`Counters::owner_snapshot`]): `(in_use, peak,
+/// allocations, total_allocations)`.
 pub(super) fn read(
     l: &Counters,
     s: &Counters,
-    foreign_bytes: &AtomicUsize,
-    foreign_count: &AtomicUsize,
+    large_bytes: &AtomicUsize,
+    large_count: &AtomicUsize,
+    uncollected: impl FnMut() -> (usize, usize),
 ) -> (usize, usize, usize, u64) {
-    let foreign = foreign_bytes.load(Ordering::Relaxed);
+    let foreign = large_bytes.load(Ordering::Relaxed);
+    let foreign_count = large_count.load(Ordering::Relaxed);
     // Freed sides first (Acquire), so each allocated side read after
     // them covers at least what they count as freed.
     let s_freed = s.freed_bytes.load(Ordering::Acquire);
-    let (l_frees, s_frees) = (
-        l.freed_count.load(Ordering::Acquire),
-        s.freed_count.load(Ordering::Acquire),
-    );
-    let (l_peak, slack, seen) = l.owner_snapshot();
+    let s_frees = s.freed_count.load(Ordering::Acquire);
+    let ((l_frees, l_peak, slack, seen), (remote_bytes, remote_count)) =
+        l.owner_snapshot(uncollected);
     // Signed and wide: the owner's live bytes (peak - slack) less the
-    // foreign frees it has not taken into account yet, plus the shared
-    // state's net, which may be negative (another thread grew an
-    // owner block in place, counted as shared, and the owner freed it).
-    let live = (l_peak as i128 - slack as i128) - (foreign as i128 - seen as i128)
-        + (s.alloc_bytes.load(Ordering::Relaxed) as i128 - s_freed as i128);
+    // foreign frees it has not taken into account yet and the remote frees
+    // it has not collected, plus the shared state's net, which may be
+    // negative (another thread grew an owner block in place, counted as
+    // shared, and the owner freed it).
+    let live =
+        (l_peak as i128 - slack as i128) - (foreign as i128 - seen as i128) - remote_bytes as i128
+            + (s.alloc_bytes.load(Ordering::Relaxed) as i128 - s_freed as i128);
     let in_use = live.clamp(0, usize::MAX as i128) as usize;
     let net_count = l.total.load(Ordering::Relaxed).saturating_sub(l_frees)
         + s.total.load(Ordering::Relaxed).saturating_sub(s_frees);
-    let allocations = (net_count as usize).saturating_sub(foreign_count.load(Ordering::Relaxed));
+    let allocations = (net_count as usize)
+        .saturating_sub(foreign_count)
+        .saturating_sub(remote_count);
     let peak = l_peak.max(s.peak.load(Ordering::Relaxed)).max(in_use);
     let total = l.total.load(Ordering::Relaxed) + s.total.load(Ordering::Relaxed);
     (in_use, peak, allocations, total)

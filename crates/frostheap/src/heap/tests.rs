@@ -355,8 +355,7 @@ mod remote {
         // Span a: a freer set block 3's bit, then the fork came.
         let p = a_blocks[3];
         let (ma, mb) = (core.meta(a), core.meta(b));
-        core.others.freed_bytes.fetch_add(4096, Ordering::SeqCst);
-        core.others.freed_count.fetch_add(1, Ordering::SeqCst);
+        core.others.remote_began.store(true, Ordering::SeqCst);
         let granule = (p - core.pages.base) >> GRANULE_SHIFT;
         core.remote()
             .word(granule >> 6)
@@ -500,6 +499,98 @@ mod stats {
             }
         }
         assert_eq!(core.stats().in_use, 0);
+    }
+
+    /// Blocks freed by another thread count as freed at once, while their
+    /// bits wait in the bitmap, and stay counted exactly once when the
+    /// owner collects them into its own counters.
+    #[test]
+    fn remote_frees_count_before_and_after_the_owner_collects_them() {
+        let core = heap_of(64 << 20);
+        let layout = Layout::from_size_align(48, 8).unwrap();
+        let blocks: Vec<usize> = (0..100).map(|_| core.alloc(layout) as usize).collect();
+        let idx = (blocks[0] - core.pages.base) >> PAGE_SHIFT;
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                for &b in &blocks[..40] {
+                    // SAFETY: live blocks of this heap, freed once each.
+                    unsafe { core.free(b as *mut u8) };
+                }
+            });
+        });
+        let m = core.meta(idx);
+        assert!(core.remote().has_remote(idx, m), "the frees are bits");
+        let before = core.stats();
+        assert_eq!(
+            (before.in_use, before.allocations, before.total_allocations),
+            (60 * 48, 60, 100),
+            "{before:?}"
+        );
+        assert_eq!(core.collect_remote(m, idx, false), 40);
+        assert!(!core.remote().has_remote(idx, m), "collected");
+        assert_eq!(core.stats(), before, "moved, not counted twice");
+        // SAFETY: the owner frees the rest, once each.
+        unsafe {
+            for &b in &blocks[40..] {
+                core.free(b as *mut u8);
+            }
+        }
+        let s = core.stats();
+        assert_eq!((s.in_use, s.allocations), (0, 0), "{s:?}");
+    }
+
+    /// A reader takes statistics while the owner allocates and collects
+    /// and another thread frees: at most `WINDOW` blocks are live (plus
+    /// the two in hand), and every reading says so, give or take the
+    /// allocations made while it read (a reading is not one instant: it
+    /// takes the freed side first, so it may count blocks allocated and
+    /// freed meanwhile as live, never the other way). A reading that
+    /// missed a collection (bits gone from the bitmap, not yet in the
+    /// counters) would count blocks freed before it began as live.
+    #[test]
+    fn statistics_read_during_collections_stay_within_the_live_blocks() {
+        const WINDOW: usize = 64;
+        const BLOCKS: usize = 200_000;
+        let core = heap_of(64 << 20);
+        let layout = Layout::from_size_align(64, 8).unwrap();
+        let done = core::sync::atomic::AtomicBool::new(false);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<usize>(WINDOW - 2);
+        let core = &core;
+        let readings = std::thread::scope(|sc| {
+            sc.spawn(move || {
+                for b in rx {
+                    // SAFETY: live blocks of this heap, freed once each.
+                    unsafe { core.free(b as *mut u8) };
+                }
+            });
+            let reader = sc.spawn(|| {
+                let mut n = 0u64;
+                let mut before = core.stats().total_allocations;
+                while !done.load(Ordering::Relaxed) {
+                    let s = core.stats();
+                    let live = WINDOW + 2 + (s.total_allocations - before) as usize;
+                    assert!(
+                        s.in_use <= live * 64 && s.allocations <= live,
+                        "reading {n}: at most {live} live: {s:?}"
+                    );
+                    before = s.total_allocations;
+                    n += 1;
+                }
+                n
+            });
+            for _ in 0..BLOCKS {
+                let p = core.alloc(layout);
+                assert!(!p.is_null());
+                tx.send(p as usize).unwrap();
+            }
+            drop(tx);
+            done.store(true, Ordering::Relaxed);
+            reader.join().unwrap()
+        });
+        assert!(readings > 0);
+        let s = core.stats();
+        assert_eq!((s.in_use, s.allocations), (0, 0), "{s:?}");
+        assert_eq!(s.total_allocations, BLOCKS as u64);
     }
 
     /// Another thread grows the owner's large block in place (counted in

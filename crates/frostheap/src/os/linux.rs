@@ -404,6 +404,27 @@ pub fn exit_now(status: i32) -> ! {
     unsafe { libc::_exit(status) }
 }
 
+/// Registers `fork` handlers (`pthread_atfork(3)`): `prepare` runs in the
+/// forking thread before the fork, `parent` and `child` after it on each
+/// side. glibc keeps the handlers with its own `malloc` (never a Rust
+/// global allocator's).
+pub fn at_fork(
+    prepare: unsafe extern "C" fn(),
+    parent: unsafe extern "C" fn(),
+    child: unsafe extern "C" fn(),
+) -> Result<(), OsError> {
+    // SAFETY: three function pointers valid for the life of the process.
+    let r = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(OsError {
+            call: "pthread_atfork",
+            errno: r,
+        })
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Threads, futexes, signals, protection keys.
 

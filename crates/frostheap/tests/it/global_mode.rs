@@ -229,6 +229,20 @@ fn ten_thousand_short_lived_threads_reuse_their_heaps() {
     );
 }
 
+test!(fork_in_a_threaded_global_program_leaves_a_working_child);
+/// `fork` while another thread allocates and frees the main thread's
+/// blocks: every child can allocate (no heap lock was copied held), finds
+/// the other thread's heap up for adoption, and exits within its time.
+fn fork_in_a_threaded_global_program_leaves_a_working_child() {
+    let out = run_fixture("global_threads", &["fork"], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("global_threads fork: ok"),
+        "{}",
+        describe(&out)
+    );
+}
+
 test!(out_of_memory_in_global_mode_names_frostheap_and_the_limit);
 /// An allocation Rust cannot handle past `FROSTHEAP_MAX`: one line from
 /// frostheap naming the heap, the variable and the numbers, then std's
