@@ -56,11 +56,16 @@ pub fn main_heap() -> Option<Heap> {
 /// the C ABI, which never freezes. Measured: Python under LD_PRELOAD ran
 /// 1.18× glibc's time with huge pages advised (first-touch compaction and
 /// zeroing of 2 MiB pages) and 0.93× without.
+///
+/// A Rust program's main heap is on huge pages from its first byte, so a
+/// trivial program has one 2 MiB page resident (peak RSS 4.0 MB against
+/// glibc's 1.7 MB). Keeping its first 8 MiB in base pages brought that to
+/// 2.0 MB, but then every freeze and thaw of a main heap past 8 MiB
+/// rewrites 2,048 more page-table entries: about 1 ms per phase instead
+/// of tens of µs (the `freeze` benchmark's 4 KiB column), for every phase
+/// of the programs frostheap is for. `FROSTHEAP_HUGE_PAGES=off` is there
+/// for programs that care about the 2 MB more.
 pub(super) static AUTO_HUGE_PAGES: AtomicBool = AtomicBool::new(true);
-
-/// The main heap's first bytes stay in base pages even with huge pages
-/// on (see `init`).
-const BASE_PAGES_FIRST: usize = 4 * os::HUGE_PAGE_SIZE;
 
 /// Set by the C ABI's entry points ([`super::raw`]) before they start the
 /// main heap: the C library registers the `fork` handlers itself, at a
@@ -124,25 +129,6 @@ pub(super) fn init() {
         unsafe { HeapInner::new_in(Cow::Borrowed("main"), base, core) }
     });
     let inner = match built {
-        Ok(i) if core.huge_pages => {
-            // The heap's first 8 MiB stay in base pages: a heap that stays
-            // small, or just passed a 2 MiB boundary, does not make a whole
-            // huge page resident for a few blocks. Measured with the
-            // `threads` benchmark's children (peak RSS): a trivial program
-            // 4.0 MB against glibc's 1.7 MB with huge pages from the first
-            // byte, 1.9–2.0 MB without them in the first 2 MiB; the
-            // `larson` case 8.5 MB against glibc's 5.6–7.0 MB with only the
-            // first 2 MiB in base pages, 6.6–6.8 MB (as with huge pages
-            // off) with 8 MiB. The price: a freeze of a heap past 8 MiB
-            // changes up to 2,048 more page-table entries in its
-            // `mprotect`.
-            let first = i.core.region().base();
-            // SAFETY: the first 8 MiB of the main heap's slot (at least 64
-            // MiB) of the arena this thread reserved; advice never
-            // changes contents, and a refusal only costs memory.
-            let _ = unsafe { os::advise_no_huge_pages(first, BASE_PAGES_FIRST) };
-            i
-        }
         Ok(i) => i,
         Err(e) => {
             let mut buf = [0u8; 256];
