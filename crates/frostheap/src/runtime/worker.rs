@@ -22,6 +22,11 @@ pub(crate) struct JobRef<'a>(pub(crate) &'a (dyn Fn(&WorkerEnv<'_>) + Sync));
 /// memory, never moves, leaked so workers may hold it for `'static`).
 pub(crate) struct ControlBlock {
     pub backend: Backend,
+    /// The protection key this runtime's workers lose write access to
+    /// during its phases: `Some` only on `pkey` with at least one guarded
+    /// heap. A runtime that guards nothing denies nothing, even while
+    /// another runtime's heaps carry the process's key.
+    pub frozen_key: Option<u32>,
     pub policy: OnViolation,
     pub epoch: AtomicU32,
     pub job: AtomicPtr<JobRef<'static>>,
@@ -161,7 +166,7 @@ fn run(
             os::futex_wake(&rt.epoch, 2);
             slot.begin_job();
             slot.in_phase.store(true, Ordering::Release);
-            if let Backend::Pkey(key) = rt.backend {
+            if let Some(key) = rt.frozen_key {
                 // Reads allowed, writes denied, for this thread only: set
                 // both bits explicitly (a thread spawned by one that never
                 // had the key would otherwise inherit access-disable too).
@@ -173,7 +178,7 @@ fn run(
             let job: &JobRef = unsafe { &*job };
             (job.0)(&WorkerEnv { index, ctx });
             global::set_context(core::ptr::null());
-            if let Backend::Pkey(key) = rt.backend {
+            if let Some(key) = rt.frozen_key {
                 trap::set_key_access(key, os::Access::ReadWrite);
             }
             slot.in_phase.store(false, Ordering::Release);

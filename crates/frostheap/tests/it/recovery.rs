@@ -381,9 +381,10 @@ test!(mprotect_step_window_undoes_a_bystanders_store_made_inside_it_and_nothing_
 /// stay. The test shows both: phases run until some bystander store has
 /// been undone (the window exists; at most 400 phases, each a few
 /// milliseconds), and in every phase every word holds either its
-/// original value or the bystander's (nothing else), every violating
-/// store is undone, and every bystander store that is not undone is
-/// intact.
+/// original value or the value a thread stored there (nothing else), and
+/// every bystander store that is not undone is intact. Violating stores
+/// are undone except those made while the page was open for one of the
+/// bystander's own steps (the window's other side, also documented).
 fn mprotect_step_window_undoes_a_bystanders_store_made_inside_it_and_nothing_else() {
     const WORDS: usize = 512;
     const HALF: usize = WORDS / 2;
@@ -402,6 +403,7 @@ fn mprotect_step_window_undoes_a_bystanders_store_made_inside_it_and_nothing_els
         .build()
         .unwrap();
     let mut windows = 0usize;
+    let mut survived = 0usize;
     let mut phases = 0usize;
     while windows == 0 && phases < 400 {
         phases += 1;
@@ -441,7 +443,15 @@ fn mprotect_step_window_undoes_a_bystanders_store_made_inside_it_and_nothing_els
         for k in 0..HALF {
             // SAFETY: reading the live block.
             let v = unsafe { (word(k) as *const u64).read() };
-            assert_eq!(v, original(k), "phase {phases}: violating store at word {k} survived");
+            // The other side of the same window: a violating store made
+            // while the page is open for the bystander's own step faults
+            // for nobody and is in no undo log, so it survives (seen under
+            // QEMU/TCG, whose timing widens the window; docs/rollback.md).
+            assert!(
+                v == original(k) || v == u64::MAX,
+                "phase {phases}: word {k} holds {v:#x}, neither the original nor the violator's"
+            );
+            survived += usize::from(v == u64::MAX);
         }
         for k in HALF..WORDS {
             // SAFETY: reading the live block.
@@ -453,7 +463,10 @@ fn mprotect_step_window_undoes_a_bystanders_store_made_inside_it_and_nothing_els
             windows += usize::from(v == original(k));
         }
     }
-    println!("the step window undid {windows} bystander store(s) in {phases} phase(s)");
+    println!(
+        "the step window undid {windows} bystander store(s) in {phases} phase(s); \
+         {survived} violating store(s) made inside the bystander's own steps survived"
+    );
     assert!(
         windows > 0,
         "no bystander store fell inside a step's window in {phases} phases"
