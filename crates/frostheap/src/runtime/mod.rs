@@ -83,6 +83,6 @@ pub mod par {
 pub use builder::RuntimeBuilder;
 pub use default::{global_runtime, try_global_runtime};
 pub use map::Scope;
-pub use pool::{Runtime, RuntimeStats, DEFAULT_MAX_PARKED, RESULTS_IN_HEAP_MIN};
+pub use pool::{Runtime, RuntimeStats, DEFAULT_MAX_PARKED};
 pub use recovery::DEFAULT_NO_PROGRESS_TIMEOUT;
 pub use task::{Arena, TaskContext};
