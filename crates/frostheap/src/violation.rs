@@ -119,7 +119,8 @@ impl Resolved {
 /// so the first is passed as `ip + 1`).
 fn symbolise(frames: &[usize]) -> Vec<String> {
     let mut lines = Vec::new();
-    let runtime = |l: &String| l.starts_with("frostheap::runtime::");
+    // `frostheap::runtime::..` or, for a trait method, `<frostheap::runtime::.. as ..>`.
+    let runtime = |l: &String| l.trim_start_matches('<').starts_with("frostheap::runtime::");
     for (k, &addr) in frames.iter().enumerate() {
         if lines.iter().any(runtime) {
             break;
@@ -145,7 +146,25 @@ fn symbolise(frames: &[usize]) -> Vec<String> {
     if let Some(cut) = lines.iter().position(runtime) {
         lines.truncate(cut);
     }
+    trim_std_tail(&mut lines);
     lines
+}
+
+/// Drops the standard library's frames between the task's outermost frame
+/// and the runtime (the iterator adapters that called the closure): they
+/// are the same for every violation. std frames above the task's own (a
+/// `Mutex::lock` that wrote the frozen lock word) stay: they say how the
+/// store happened. A frame is std's when its source is under the
+/// toolchain's `/rustc/<hash>/library/`, or it has no source and a
+/// `core::`/`std::`/`alloc::` name. Keeps at least one frame.
+fn trim_std_tail(lines: &mut Vec<String>) {
+    let std_frame = |l: &String| {
+        (l.contains("/rustc/") && l.contains("/library/"))
+            || !l.contains(" at ") && ["core::", "std::", "alloc::"].iter().any(|p| l.starts_with(p))
+    };
+    while lines.len() > 1 && lines.last().is_some_and(std_frame) {
+        lines.pop();
+    }
 }
 
 impl Violation {
@@ -297,8 +316,9 @@ impl fmt::Display for Violation {
         if !self.others.is_empty() {
             writeln!(
                 f,
-                "  also     {} other violating store(s) in this phase:",
-                self.others.len()
+                "  also     {} other violating store{} in this phase:",
+                self.others.len(),
+                if self.others.len() == 1 { "" } else { "s" }
             )?;
             for (addr, item) in self.others.iter().take(16) {
                 match item {
@@ -311,7 +331,9 @@ impl fmt::Display for Violation {
             }
         }
         if self.policy == OnViolation::Rollback {
-            writeln!(f, "  rollback {} stores undone; every guarded heap is as it was before the phase; its results were dropped", self.stores_undone)?;
+            let n = self.stores_undone;
+            let stores = if n == 1 { "store" } else { "stores" };
+            writeln!(f, "  rollback {n} {stores} undone; every guarded heap is as it was before the phase; its results were dropped")?;
         }
         if !self.allocated_at().is_empty() {
             writeln!(f, "  allocated at:")?;
@@ -337,5 +359,29 @@ impl fmt::Display for Violation {
             write!(f, "  note     guarded data is frozen during parallel phases; write to the task's own allocations, Shared<T>, or memory made inside unguarded(..)")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trim_std_tail;
+
+    #[test]
+    fn std_frames_below_the_task_are_left_out_and_those_above_it_kept() {
+        let std = |f: &str| format!("{f} at /rustc/5980761/library/core/src/iter/adapters/map.rs:88");
+        let mut lines = vec![
+            std("core::sync::atomic::atomic_compare_exchange"),
+            std("std::sync::poison::mutex::Mutex<T>::lock"),
+            "app::task::{{closure}} at src/main.rs:40".to_string(),
+            std("core::iter::adapters::map::map_fold::{{closure}}"),
+            "core::iter::traits::iterator::Iterator::for_each".to_string(),
+        ];
+        trim_std_tail(&mut lines);
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(lines[2].starts_with("app::task"));
+
+        let mut only_std = vec![std("core::ptr::write"), std("core::iter::Iterator::fold")];
+        trim_std_tail(&mut only_std);
+        assert_eq!(only_std.len(), 1, "the faulting frame always stays");
     }
 }

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `FROSTHEAP_WORKERS` | worker threads, 1 to 1024 | available parallelism |
 //! | `FROSTHEAP_MEMORY_BUDGET` | memory budget for batches (`256M`, `1G`, ...) | none |
-//! | `FROSTHEAP_MAX_PARKED` | parked threads tolerated (cancel policy) | 64 |
+//! | `FROSTHEAP_MAX_PARKED` | parked threads tolerated (cancel policy; workers + parked ≤ 1024) | 64 (`DEFAULT_MAX_PARKED`) |
 //!
 //! plus what every runtime reads (`FROSTHEAP_PROTECT`,
 //! `FROSTHEAP_ON_VIOLATION`, `FROSTHEAP_TRACK_ALLOCS`). A bad value stops
@@ -30,7 +30,7 @@ static GLOBAL: OnceLock<Result<Runtime, Error>> = OnceLock::new();
 /// The process-wide runtime, built on first use from the environment:
 /// `FROSTHEAP_WORKERS` (worker threads, 1 to 1024; default: available
 /// parallelism), `FROSTHEAP_MEMORY_BUDGET` (a size such as `256M`; default:
-/// none), `FROSTHEAP_MAX_PARKED` (default 64), plus what every runtime
+/// none), `FROSTHEAP_MAX_PARKED` (default 64; workers + parked ≤ 1024), plus what every runtime
 /// reads (`FROSTHEAP_PROTECT`, `FROSTHEAP_ON_VIOLATION`). It guards the main
 /// heap in global mode, like any runtime.
 ///

@@ -501,6 +501,10 @@ fn a_violation_inside_a_library_call_reports_the_callers_frames() {
         report.contains("overwrite_the_guarded_block_with_memcpy"),
         "the report names the user's function that called memcpy:\n{report}"
     );
+    assert!(
+        !report.contains("core::iter::"),
+        "std's iterator frames between the task and the runtime are left out:\n{report}"
+    );
     assert!(data.iter().all(|&b| b == 0x11), "the guarded data is intact");
 }
 
