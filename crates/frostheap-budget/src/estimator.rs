@@ -99,6 +99,11 @@ struct Window {
     slots: Vec<Slot>,
     /// Sum of the slots' histograms.
     total: Vec<u32>,
+    /// Every bucket of `total` outside `lo..=hi` is empty (a bound, not
+    /// always tight: expiry does not shrink it; an empty window resets it).
+    /// The quantile scans only these buckets.
+    lo: usize,
+    hi: usize,
     count: u64,
     since_refresh: u32,
 }
@@ -133,15 +138,22 @@ impl Window {
             head: 0,
             slots: vec![Slot::empty(); SLOTS],
             total: vec![0; BUCKETS],
+            lo: BUCKETS,
+            hi: 0,
             count: 0,
             since_refresh: 0,
         }
     }
 
     /// Moves the window to `now` (nanoseconds since the epoch), dropping
-    /// the sub-windows that fell out; true if any did.
+    /// the sub-windows that fell out; true if any did. Within the newest
+    /// sub-window (most calls) nothing can fall out: no slot is looked at.
     fn advance(&mut self, now: u64) -> bool {
         let cur = now / self.slot_ns;
+        if cur <= self.head {
+            return false;
+        }
+        self.head = cur;
         let mut turned = false;
         for slot in &mut self.slots {
             if slot.index != u64::MAX && slot.index + SLOTS as u64 <= cur {
@@ -153,7 +165,9 @@ impl Window {
                 turned = true;
             }
         }
-        self.head = self.head.max(cur);
+        if self.count == 0 {
+            (self.lo, self.hi) = (BUCKETS, 0);
+        }
         turned
     }
 
@@ -169,8 +183,8 @@ impl Window {
         }
         let rank = ((self.count as f64) * QUANTILE).ceil().max(1.0) as u64;
         let mut seen = 0u64;
-        for (b, &n) in self.total.iter().enumerate() {
-            seen += n as u64;
+        for b in self.lo..=self.hi.min(BUCKETS - 1) {
+            seen += self.total[b] as u64;
             if seen >= rank {
                 return Some(self.slots.iter().map(|s| s.top[b]).max().unwrap_or(0));
             }
@@ -256,6 +270,8 @@ impl Estimator {
         slot.count += 1;
         slot.max = slot.max.max(x);
         w.total[b] += 1;
+        w.lo = w.lo.min(b);
+        w.hi = w.hi.max(b);
         w.count += 1;
         w.since_refresh += 1;
         if turned || first_in_window || w.since_refresh >= REFRESH {

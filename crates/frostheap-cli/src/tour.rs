@@ -111,14 +111,15 @@ fn chapter_freeze() -> Result<(), Box<dyn std::error::Error>> {
     );
     let rt = Runtime::builder().workers(2).build()?;
     println!(
-        "   runtime: {} workers, guarding the main heap, backend {} ({}), policy cancel",
+        "   runtime: {} workers, guarding the main heap, backend {} ({}), policy {}",
         rt.workers(),
         rt.backend().name(),
         if frostheap::__private::pkeys_available() {
             "protection keys: one register write per worker"
         } else {
             "no protection keys on this CPU: one mprotect over the committed range"
-        }
+        },
+        rt.on_violation().name()
     );
     let before = checksum(&data);
 
@@ -147,7 +148,8 @@ fn chapter_freeze() -> Result<(), Box<dyn std::error::Error>> {
         if i == 6 {
             let p = &data[7] as *const AtomicU64 as *mut u64;
             // SAFETY: deliberately wrong — this is the bug frostheap catches:
-            // the store never happens, the task is cancelled.
+            // the store is undone at the thaw (rollback) or never happens
+            // (cancel).
             unsafe { p.write_volatile(7) };
         }
         i
@@ -175,7 +177,7 @@ fn chapter_freeze() -> Result<(), Box<dyn std::error::Error>> {
     let again = rt.map(0..4u64, |i| i * 10)?;
     let s = rt.stats();
     println!(
-        "   the program carries on: next phase -> {again:?}; {} violations reported, {} parked workers replaced",
+        "   the program carries on: next phase -> {again:?}; {} violating stores reported, {} parked workers replaced",
         s.violations, s.parked_workers
     );
     println!();

@@ -14,8 +14,13 @@ const FROSTHEAP: &str = env!("CARGO_BIN_EXE_frostheap");
 /// The library cargo built beside the command under test: next to it
 /// after `cargo build`, in `deps/` after `cargo test --workspace`.
 fn built_library() -> PathBuf {
-    let dir = Path::new(FROSTHEAP).parent().expect("the binary has a directory");
-    let candidates = [dir.join("libfrostheap.so"), dir.join("deps/libfrostheap.so")];
+    let dir = Path::new(FROSTHEAP)
+        .parent()
+        .expect("the binary has a directory");
+    let candidates = [
+        dir.join("libfrostheap.so"),
+        dir.join("deps/libfrostheap.so"),
+    ];
     candidates
         .iter()
         .find(|p| p.is_file())

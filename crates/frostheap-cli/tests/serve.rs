@@ -5,8 +5,11 @@
 //!
 //! A client is "held" by sending a request head that declares a body and
 //! only half of the body: the handler waits for the rest while its bytes
-//! stay charged. No test depends on timing: each waits (bounded, a few
-//! seconds at most) for the state it needs, read from `/stats`.
+//! stay charged. No test depends on timing: each waits for the state it
+//! needs, read from `/stats`, for at most [`PATIENCE`] beyond the server's
+//! own times (its timeouts, its linger bound) — generous, so that a loaded
+//! or emulated machine ten times slower passes, yet bounded, so that a
+//! server that never gets there fails instead of hanging.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -14,6 +17,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+/// How long a test waits, beyond the server's own times, for something
+/// that should happen (an answer, a count in `/stats`).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The bounds of `frostheap serve`'s lingering close (serve/conn.rs): at
+/// most `LINGER_TIME` in all, and `LINGER_IDLE` without a byte from the
+/// client.
+const LINGER_TIME: Duration = Duration::from_secs(30);
+const LINGER_IDLE: Duration = Duration::from_secs(5);
 
 struct Server {
     child: Child,
@@ -50,8 +63,19 @@ impl Server {
         serde_json::from_slice(&body).expect("/stats is JSON")
     }
 
-    /// Polls `/stats` until `ready` holds (at most 5 s).
+    /// Polls `/stats` until `ready` holds (at most [`PATIENCE`]).
     fn wait_for(&self, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        self.wait_within(Duration::ZERO, what, ready)
+    }
+
+    /// Polls `/stats` until `ready` holds, for at most `server_time` (what
+    /// the server may take by its configuration) + [`PATIENCE`].
+    fn wait_within(
+        &self,
+        server_time: Duration,
+        what: &str,
+        ready: impl Fn(&Value) -> bool,
+    ) -> Value {
         let start = Instant::now();
         loop {
             let s = self.stats();
@@ -59,8 +83,9 @@ impl Server {
                 return s;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "timed out waiting for {what}: {s}"
+                start.elapsed() < server_time + PATIENCE,
+                "timed out after {:?} waiting for {what}: {s}",
+                start.elapsed()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -76,7 +101,7 @@ impl Drop for Server {
 
 fn connect(addr: &str) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect to the server");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
     s
 }
 
@@ -360,7 +385,7 @@ fn bad_config(args: &[&str], expected: &str) {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        if start.elapsed() > Duration::from_secs(5) {
+        if start.elapsed() > PATIENCE {
             let _ = child.kill();
             panic!("`frostheap serve {}` did not exit", args.join(" "));
         }
@@ -444,8 +469,21 @@ fn raise_nofile(needed: u64) {
 
 /// What a client saw: a status, or an error (a reset, an early close).
 fn try_request(addr: &str, head: &str, body: &[u8]) -> Result<u16, String> {
+    try_request_within(addr, head, body, Duration::ZERO)
+}
+
+/// [`try_request`] to a server that may take `server_time` (by its
+/// configuration) to answer: each read and write waits at most that plus
+/// [`PATIENCE`].
+fn try_request_within(
+    addr: &str,
+    head: &str,
+    body: &[u8],
+    server_time: Duration,
+) -> Result<u16, String> {
     let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_read_timeout(Some(server_time + PATIENCE)).unwrap();
+    s.set_write_timeout(Some(server_time + PATIENCE)).unwrap();
     s.write_all(head.as_bytes())
         .and_then(|_| s.write_all(body))
         .map_err(|e| format!("write: {e}"))?;
@@ -478,10 +516,12 @@ fn try_request(addr: &str, head: &str, body: &[u8]) -> Result<u16, String> {
 #[test]
 fn slow_headers_on_2000_connections_do_not_starve_a_prompt_client() {
     const SLOW: usize = 2_000;
+    /// Requests of the prompt client during the attack.
+    const PROMPT: u32 = 100;
     raise_nofile(SLOW as u64 + 256);
-    // The header timeout (10 s) outlasts the attack: the gate alone must
-    // keep the prompt client served.
-    let server = Server::start(&["--max-memory", "64M"]);
+    // The header timeout outlasts the attack (the test gives up before):
+    // the gate alone must keep the prompt client served.
+    let server = Server::start(&["--max-memory", "64M", "--header-timeout", "300s"]);
     let addr = server.addr.clone();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let attacker = {
@@ -515,11 +555,21 @@ fn slow_headers_on_2000_connections_do_not_starve_a_prompt_client() {
             reconnects
         })
     };
-    // Let the attack fill the gate, then be a prompt client for 4 s.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Once the attack has filled the gate, be a prompt client: a number of
+    // requests (not a time: a slow machine takes longer, and the attack
+    // goes on until they are done).
+    server.wait_for("the attack to fill the gate", |s| {
+        n(s, "peak_pending") == n(s, "pending_capacity")
+    });
     let (mut ok, mut failed) = (0u32, Vec::new());
-    let until = Instant::now() + Duration::from_secs(4);
-    while Instant::now() < until {
+    let start = Instant::now();
+    while ok + (failed.len() as u32) < PROMPT {
+        assert!(
+            start.elapsed() < 2 * PATIENCE,
+            "the prompt client made only {} of {PROMPT} requests in {:?} ({ok} served)",
+            ok + failed.len() as u32,
+            start.elapsed()
+        );
         match try_request(
             &addr,
             &head("POST", "/transform?op=upper", BODY.len()),
@@ -533,11 +583,9 @@ fn slow_headers_on_2000_connections_do_not_starve_a_prompt_client() {
     let s = server.stats();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let reconnects = attacker.join().unwrap();
-    let total = ok + failed.len() as u32;
-    assert!(total >= 100, "only {total} requests in 4 s: {s}");
     assert!(
-        ok as f64 >= 0.99 * total as f64,
-        "prompt client served {ok} of {total} during the attack; failures {:?}: {s}",
+        ok as f64 >= 0.99 * PROMPT as f64,
+        "prompt client served {ok} of {PROMPT} during the attack; failures {:?}: {s}",
         &failed[..failed.len().min(10)]
     );
     // The slow connections waited apart, within the gate's bound, and the
@@ -545,12 +593,17 @@ fn slow_headers_on_2000_connections_do_not_starve_a_prompt_client() {
     assert!(n(&s, "peak_pending") <= n(&s, "pending_capacity"), "{s}");
     assert!(n(&s, "evicted") + n(&s, "shed_connections") > 0, "{s}");
     assert!(n(&s, "connections") >= n(&s, "pending"), "{s}");
-    eprintln!("slowloris: {ok}/{total} served, {reconnects} attacker reconnects, {s}");
+    eprintln!(
+        "slowloris: {ok}/{PROMPT} served in {:?}, {reconnects} attacker reconnects, {s}",
+        start.elapsed()
+    );
 }
 
 #[test]
 fn shed_clients_with_large_bodies_all_read_their_503() {
     const CLIENTS: usize = 600;
+    /// How long each admitted request holds its memory (`hold_ms`).
+    const HOLD: Duration = Duration::from_millis(3000);
     raise_nofile(CLIENTS as u64 + 256);
     let server = Server::start(&["--max-memory", "64M"]);
     // A 512 KiB JSON document: each admitted request costs 4 × 512 KiB.
@@ -565,7 +618,16 @@ fn shed_clients_with_large_bodies_all_read_their_503() {
                 .stack_size(256 << 10)
                 .spawn(move || {
                     start.wait();
-                    try_request(&addr, &head("POST", "/echo?hold_ms=3000", doc.len()), &doc)
+                    try_request_within(
+                        &addr,
+                        &head(
+                            "POST",
+                            &format!("/echo?hold_ms={}", HOLD.as_millis()),
+                            doc.len(),
+                        ),
+                        &doc,
+                        HOLD + LINGER_TIME,
+                    )
                 })
                 .unwrap()
         })
@@ -682,17 +744,22 @@ fn sigterm_finishes_requests_in_flight_reports_not_ready_and_exits_0() {
 
 #[test]
 fn header_body_and_idle_timeouts_are_enforced_and_counted() {
+    // Each client below writes its request in one call right after
+    // connecting: a timeout this long is missed only where the test means
+    // it to be, even on a loaded machine.
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let timeout = format!("{}ms", TIMEOUT.as_millis());
     let server = Server::start(&[
         "--max-memory",
         "8M",
         "--header-timeout",
-        "300ms",
+        &timeout,
         "--body-timeout",
-        "300ms",
+        &timeout,
         "--body-min-rate",
         "0",
         "--idle-timeout",
-        "300ms",
+        &timeout,
     ]);
     // A head that never ends: 408, readable.
     let mut s = connect(&server.addr);
@@ -704,24 +771,42 @@ fn header_body_and_idle_timeouts_are_enforced_and_counted() {
         .unwrap();
     s.write_all(&[b'a'; 10]).unwrap();
     assert_eq!(read_response(s).0, 408);
-    // A kept-alive connection left idle: closed by the server.
-    let mut s = connect(&server.addr);
-    s.write_all(b"GET /live HTTP/1.1\r\nhost: idle\r\n\r\n")
+    // A kept-alive connection left idle: closed by the server. Its client
+    // stays silent and keeps its socket open, so the server's lingering
+    // close ends only at its time bound.
+    let mut idle_client = connect(&server.addr);
+    idle_client
+        .write_all(b"GET /live HTTP/1.1\r\nhost: idle\r\n\r\n")
         .unwrap();
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
+    idle_client
+        .read_to_end(&mut raw)
         .expect("the idle connection ends cleanly");
     assert!(
         raw.starts_with(b"HTTP/1.1 200"),
         "{}",
         String::from_utf8_lossy(&raw)
     );
-    let s = server.wait_for("three timeouts, and their connections gone", |s| {
-        n(s, "timeouts_idle") == 1
-            && n(s, "timeouts_header") == 1
-            && n(s, "timeouts_body") == 1
-            && n(s, "pending") == 0
-    });
+    // Every connection has been answered and closed by the server: none
+    // waits at the gate (a lingering connection holds no place there).
+    // The linger of the silent client is cut after LINGER_IDLE without a
+    // byte, and then only the snapshot's own connection is open.
+    let s = server.wait_within(
+        LINGER_IDLE + 3 * TIMEOUT,
+        "three timeouts, and their connections gone",
+        |s| {
+            n(s, "timeouts_idle") == 1
+                && n(s, "timeouts_header") == 1
+                && n(s, "timeouts_body") == 1
+                && n(s, "pending") == 0
+                && n(s, "lingering") == 0
+                && n(s, "connections") == 1
+        },
+    );
+    assert!(
+        n(&s, "linger_cut") >= 1,
+        "the silent client's linger ended at its bound: {s}"
+    );
     let (_, metrics) = request(&server.addr, "GET", "/metrics", b"");
     let metrics = String::from_utf8(metrics).unwrap();
     for name in ["header", "body", "idle"] {
@@ -735,4 +820,5 @@ fn header_body_and_idle_timeouts_are_enforced_and_counted() {
         1,
         "only the body request was a client: {s}"
     );
+    drop(idle_client);
 }

@@ -77,6 +77,21 @@ impl OnViolation {
         Self::parse_bytes(s.as_bytes())
     }
 
+    /// The name `parse` accepts: `rollback`, `cancel`, `abort` or `audit`.
+    ///
+    /// ```
+    /// use frostheap::trap::OnViolation;
+    /// assert_eq!(OnViolation::parse(OnViolation::default().name()), Some(OnViolation::Rollback));
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            OnViolation::Rollback => "rollback",
+            OnViolation::Cancel => "cancel",
+            OnViolation::Abort => "abort",
+            OnViolation::Audit => "audit",
+        }
+    }
+
     fn parse_bytes(s: &[u8]) -> Option<OnViolation> {
         match s {
             b"rollback" => Some(OnViolation::Rollback),

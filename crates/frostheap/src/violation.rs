@@ -120,7 +120,10 @@ impl Resolved {
 fn symbolise(frames: &[usize]) -> Vec<String> {
     let mut lines = Vec::new();
     // `frostheap::runtime::..` or, for a trait method, `<frostheap::runtime::.. as ..>`.
-    let runtime = |l: &String| l.trim_start_matches('<').starts_with("frostheap::runtime::");
+    let runtime = |l: &String| {
+        l.trim_start_matches('<')
+            .starts_with("frostheap::runtime::")
+    };
     for (k, &addr) in frames.iter().enumerate() {
         if lines.iter().any(runtime) {
             break;
@@ -160,7 +163,10 @@ fn symbolise(frames: &[usize]) -> Vec<String> {
 fn trim_std_tail(lines: &mut Vec<String>) {
     let std_frame = |l: &String| {
         (l.contains("/rustc/") && l.contains("/library/"))
-            || !l.contains(" at ") && ["core::", "std::", "alloc::"].iter().any(|p| l.starts_with(p))
+            || !l.contains(" at ")
+                && ["core::", "std::", "alloc::"]
+                    .iter()
+                    .any(|p| l.starts_with(p))
     };
     while lines.len() > 1 && lines.last().is_some_and(std_frame) {
         lines.pop();
@@ -368,7 +374,8 @@ mod tests {
 
     #[test]
     fn std_frames_below_the_task_are_left_out_and_those_above_it_kept() {
-        let std = |f: &str| format!("{f} at /rustc/5980761/library/core/src/iter/adapters/map.rs:88");
+        let std =
+            |f: &str| format!("{f} at /rustc/5980761/library/core/src/iter/adapters/map.rs:88");
         let mut lines = vec![
             std("core::sync::atomic::atomic_compare_exchange"),
             std("std::sync::poison::mutex::Mutex<T>::lock"),

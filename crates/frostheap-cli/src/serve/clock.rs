@@ -20,8 +20,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -33,116 +33,129 @@ use tokio::time::Sleep;
 
 use super::state::{State, Timeouts};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Phase {
-    Head { since: Instant },
-    Body { since: Instant, bytes: u64 },
-    Busy,
-    Idle { since: Instant },
-}
+/// A connection's phase (`ConnClock::phase`).
+const HEAD: u8 = 0;
+const BODY: u8 = 1;
+const BUSY: u8 = 2;
+const IDLE: u8 = 3;
 
-/// A connection's phase and its place at the gate while it waits.
+/// A connection's phase and its place at the gate.
+///
+/// Every field is an atomic that only the connection's own task touches
+/// (hyper polls the service, its bodies and the socket from that task), so
+/// relaxed loads and stores suffice: on x86 they are plain moves, where a
+/// mutex costs two locked instructions per use and a clock phase is read
+/// and written several times per request.
 pub(super) struct ConnClock {
-    phase: Mutex<Phase>,
-    /// The gate's ticket while the connection has no admitted request
-    /// (sending its head, idle between requests, parsed but not yet
-    /// admitted or shed).
-    ticket: Mutex<Option<Ticket>>,
+    phase: AtomicU8,
+    /// When the phase began: nanoseconds after `accepted`.
+    since: AtomicU64,
+    /// Body bytes received in the `Body` phase.
+    bytes: AtomicU64,
+    accepted: Instant,
+    /// The connection's place at the gate (with a budget): held while it
+    /// has no admitted request (sending its head, idle between requests,
+    /// parsed but not yet admitted or shed), given back while it has one.
+    ticket: Option<Ticket>,
     /// Signalled by the gate when it evicts this connection.
     pub(super) evict: Arc<Notify>,
 }
 
 impl ConnClock {
-    pub(super) fn new(accepted: Instant) -> ConnClock {
+    /// A connection accepted at `accepted`, sending its first head; `evict`
+    /// is the `Notify` its gate ticket (if any) was entered with.
+    pub(super) fn new(accepted: Instant, ticket: Option<Ticket>, evict: Arc<Notify>) -> ConnClock {
         ConnClock {
-            phase: Mutex::new(Phase::Head { since: accepted }),
-            ticket: Mutex::new(None),
-            evict: Arc::new(Notify::new()),
+            phase: AtomicU8::new(HEAD),
+            since: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            accepted,
+            ticket,
+            evict,
         }
     }
 
-    pub(super) fn phase(&self) -> Phase {
-        *self.phase.lock().unwrap_or_else(|e| e.into_inner())
+    fn now(&self) -> u64 {
+        self.accepted.elapsed().as_nanos() as u64
     }
 
-    fn set(&self, phase: Phase) {
-        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+    fn set(&self, phase: u8, since: u64) {
+        self.since.store(since, Ordering::Relaxed);
+        self.phase.store(phase, Ordering::Relaxed);
     }
 
     /// A request head arrived: the connection is about to be served (its
     /// place at the gate is no longer evictable); its body, if it has one,
     /// is timed.
     pub(super) fn request(&self, has_body: bool) {
-        if let Some(t) = &*self.ticket.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(t) = &self.ticket {
             t.set_ready();
         }
-        self.set(if has_body {
-            Phase::Body {
-                since: Instant::now(),
-                bytes: 0,
-            }
+        if has_body {
+            self.bytes.store(0, Ordering::Relaxed);
+            self.set(BODY, self.now());
         } else {
-            Phase::Busy
-        });
+            self.phase.store(BUSY, Ordering::Relaxed);
+        }
     }
 
     /// The request was admitted: the budget charges it from now on, and
-    /// the connection leaves the gate.
+    /// the connection gives its place at the gate back.
     pub(super) fn admitted(&self) {
-        self.ticket.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = &self.ticket {
+            t.leave();
+        }
+    }
+
+    /// After a response on a kept-alive connection: its idle wait takes a
+    /// place at the gate again. False if the gate has none (the response
+    /// is then the connection's last). True without a gate.
+    pub(super) fn wait_at_gate(&self) -> bool {
+        self.ticket
+            .as_ref()
+            .is_none_or(|t| t.wait_again(frostheap_budget::gate::Waiting::Idle))
+    }
+
+    /// Gives back the place held at the gate, if any (a connection whose
+    /// response is its last).
+    pub(super) fn leave_gate(&self) {
+        self.admitted();
     }
 
     /// The request body was read to its end.
     pub(super) fn body_done(&self) {
-        self.set(Phase::Busy);
+        self.phase.store(BUSY, Ordering::Relaxed);
     }
 
     /// The response was sent: waiting for the next request.
     pub(super) fn idle(&self) {
-        self.set(Phase::Idle {
-            since: Instant::now(),
-        });
-    }
-
-    /// Holds `ticket` until the next request is admitted (giving back the
-    /// one held, if any).
-    pub(super) fn wait_at_gate(&self, ticket: Ticket) {
-        *self.ticket.lock().unwrap_or_else(|e| e.into_inner()) = Some(ticket);
-    }
-
-    /// Gives back the place held at the gate, if any.
-    pub(super) fn leave_gate(&self) {
-        self.ticket.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.set(IDLE, self.now());
     }
 
     /// Whether the gate told this connection to go.
     pub(super) fn evicted(&self) -> bool {
-        self.ticket
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .is_some_and(|t| t.is_evicted())
+        self.ticket.as_ref().is_some_and(|t| t.is_evicted())
     }
 
     /// `n` bytes were read from the client.
     fn on_read(&self, n: usize) {
-        let mut phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
-        match &mut *phase {
-            Phase::Idle { .. } if n > 0 => {
-                *phase = Phase::Head {
-                    since: Instant::now(),
-                }
+        match self.phase.load(Ordering::Relaxed) {
+            IDLE if n > 0 => self.set(HEAD, self.now()),
+            BODY => {
+                let bytes = self.bytes.load(Ordering::Relaxed);
+                self.bytes.store(bytes + n as u64, Ordering::Relaxed);
             }
-            Phase::Body { bytes, .. } => *bytes += n as u64,
             _ => {}
         }
     }
 
     /// The deadline of the current phase and what missing it means.
     fn deadline(&self, t: &Timeouts) -> Option<(Instant, Missed)> {
-        match self.phase() {
-            Phase::Head { since } => Some((since + t.header, Missed::Header)),
-            Phase::Body { since, bytes } => {
+        let since = self.accepted + Duration::from_nanos(self.since.load(Ordering::Relaxed));
+        match self.phase.load(Ordering::Relaxed) {
+            HEAD => Some((since + t.header, Missed::Header)),
+            BODY => {
+                let bytes = self.bytes.load(Ordering::Relaxed);
                 let allowance = if t.body_min_rate == 0 {
                     Duration::ZERO
                 } else {
@@ -150,8 +163,8 @@ impl ConnClock {
                 };
                 Some((since + t.body + allowance, Missed::Body))
             }
-            Phase::Busy => None,
-            Phase::Idle { since } => Some((since + t.idle, Missed::Idle)),
+            IDLE => Some((since + t.idle, Missed::Idle)),
+            _ => None,
         }
     }
 }
@@ -214,32 +227,30 @@ impl AsyncRead for TimedIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        loop {
-            let before = buf.filled().len();
-            if let Poll::Ready(r) = Pin::new(&mut this.stream).poll_read(cx, buf) {
-                if r.is_ok() {
-                    this.clock.on_read(buf.filled().len() - before);
-                }
-                return Poll::Ready(r);
+        let before = buf.filled().len();
+        if let Poll::Ready(r) = Pin::new(&mut this.stream).poll_read(cx, buf) {
+            if r.is_ok() {
+                this.clock.on_read(buf.filled().len() - before);
             }
-            let Some((deadline, missed)) = this.clock.deadline(&this.state.timeouts) else {
-                return Poll::Pending;
-            };
-            if Instant::now() >= deadline {
-                missed.count(&this.state);
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    missed.message(),
-                )));
-            }
-            if this.armed != Some(deadline) {
-                this.sleep.as_mut().reset(deadline.into());
-                this.armed = Some(deadline);
-            }
-            if this.sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
+            return Poll::Ready(r);
         }
+        let Some((deadline, missed)) = this.clock.deadline(&this.state.timeouts) else {
+            return Poll::Pending;
+        };
+        if this.armed != Some(deadline) {
+            this.sleep.as_mut().reset(deadline.into());
+            this.armed = Some(deadline);
+        }
+        // The timer fires at the armed deadline, which is the current
+        // phase's: no clock read of our own.
+        if this.sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        missed.count(&this.state);
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            missed.message(),
+        )))
     }
 }
 

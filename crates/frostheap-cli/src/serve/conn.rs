@@ -27,33 +27,42 @@
 //! 4. **A close the client can read.** Whenever the server closes a
 //!    connection whose client may still be sending (a 503 before the body
 //!    was read), it first sends its answer, then half-closes (FIN), then
-//!    reads and drops what arrives for up to [`LINGER_TIME`] and
-//!    [`LINGER_BYTES`] — nginx's lingering close. Closing at once with
+//!    reads and drops what arrives until the client closes — for at most
+//!    [`LINGER_TIME`] in all, [`LINGER_IDLE`] without a byte, and
+//!    `--max-body` + [`LINGER_BYTES`] — nginx's lingering close (its
+//!    `lingering_time` and `lingering_timeout`). Closing at once with
 //!    unread bytes in the socket makes the kernel send a reset, which
 //!    destroys the answer before the client has read it.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use frostheap_budget::gate::Waiting;
-use frostheap_budget::tower::MemoryLimit;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use super::clock::{ConnClock, Missed, TimedIo};
-use super::endpoints::{route, App};
+use super::endpoints::{route, Limited};
 use super::state::State;
 
 /// The longest request head accepted (hyper's read buffer is capped at
 /// this size too): past it, 431.
 pub(super) const MAX_HEAD: usize = 16 << 10;
 
-/// How long a lingering close waits for the client to finish sending.
-pub(super) const LINGER_TIME: Duration = Duration::from_secs(5);
+/// How long a lingering close reads what the client still sends, at most
+/// (nginx's `lingering_time`): a 1 MiB body at 300 kbit/s.
+pub(super) const LINGER_TIME: Duration = Duration::from_secs(30);
+
+/// How long a lingering close waits for the next byte, at most (nginx's
+/// `lingering_timeout`): a client that has stopped sending but keeps its
+/// socket open is dropped after this.
+pub(super) const LINGER_IDLE: Duration = Duration::from_secs(5);
 
 /// The most a lingering close reads and drops, beyond `--max-body`.
 pub(super) const LINGER_BYTES: usize = 64 << 10;
@@ -113,17 +122,18 @@ impl Drop for Open {
 }
 
 /// Serves one accepted connection to its end.
-pub(super) async fn connection(stream: TcpStream, open: Open, limited: Option<MemoryLimit<App>>) {
+pub(super) async fn connection<S: Limited>(stream: TcpStream, open: Open, limited: Option<S>) {
     let state = open.0.clone();
     let mut shutdown = state.shutdown.subscribe();
-    let clock = Arc::new(ConnClock::new(Instant::now()));
+    let accepted = Instant::now();
+    let evict = Arc::new(Notify::new());
+    let mut ticket = None;
 
     if let Some(gate) = &state.gate {
         // Whether the request head came with the connection (ready).
-        let ready = matches!(peek(&stream), Ok(Peek::Complete));
+        let ready = matches!(peek(stream.as_raw_fd()), Ok(Peek::Complete));
         let kind = if ready { Waiting::Ready } else { Waiting::Head };
-        let entered = gate.enter_notifying(kind, clock.evict.clone()).ticket();
-        let (outcome, ticket) = match entered {
+        let (outcome, entered) = match gate.enter_notifying(kind, evict.clone()).ticket() {
             Some(ticket) if ready => (Head::Complete, Some(ticket)),
             Some(ticket) => {
                 let outcome = tokio::select! {
@@ -136,53 +146,44 @@ pub(super) async fn connection(stream: TcpStream, open: Open, limited: Option<Me
             // A burst of ready connections: this one is refused.
             None if ready => (Head::Busy, None),
             None => match probation(&stream, &state).await {
-                Head::Complete => match gate
-                    .enter_notifying(Waiting::Ready, clock.evict.clone())
-                    .ticket()
-                {
-                    Some(ticket) => (Head::Complete, Some(ticket)),
-                    None => (Head::Busy, None),
-                },
+                Head::Complete => {
+                    match gate.enter_notifying(Waiting::Ready, evict.clone()).ticket() {
+                        Some(ticket) => (Head::Complete, Some(ticket)),
+                        None => (Head::Busy, None),
+                    }
+                }
                 other => (other, None),
             },
         };
-        match (outcome, ticket) {
-            (Head::Complete, Some(ticket)) => {
-                ticket.set_ready();
-                clock.wait_at_gate(ticket);
-            }
-            // From here on, the ticket is given back before the answer.
-            (Head::Complete, None) => unreachable!("a complete head has a ticket"),
-            (Head::TimedOut, _) => {
-                Missed::Header.count(&state);
-                return answer_and_linger(
-                    stream,
-                    &canned(
+        if let Head::Complete = outcome {
+            let entered = entered.expect("a complete head has a ticket");
+            entered.set_ready();
+            ticket = Some(entered);
+        } else {
+            // The place goes back before the answer.
+            drop(entered);
+            let answer = match outcome {
+                Head::TimedOut => {
+                    Missed::Header.count(&state);
+                    canned(
                         "408 Request Timeout",
                         "request head not received within the header timeout\n",
-                    ),
-                    &state,
-                )
-                .await;
-            }
-            (Head::TooLarge, _) => {
-                return answer_and_linger(
-                    stream,
-                    &canned(
-                        "431 Request Header Fields Too Large",
-                        "request head larger than 16 KiB\n",
-                    ),
-                    &state,
-                )
-                .await
-            }
-            (Head::Evicted | Head::Busy, _) => {
-                state.shed_connections.fetch_add(1, Ordering::Relaxed);
-                return answer_and_linger(stream, &busy(), &state).await;
-            }
-            (Head::Closed | Head::Shutdown, _) => return,
+                    )
+                }
+                Head::TooLarge => canned(
+                    "431 Request Header Fields Too Large",
+                    "request head larger than 16 KiB\n",
+                ),
+                Head::Evicted | Head::Busy => {
+                    state.shed_connections.fetch_add(1, Ordering::Relaxed);
+                    busy()
+                }
+                Head::Closed | Head::Shutdown | Head::Complete => return,
+            };
+            return answer_and_linger(stream, &answer, &state).await;
         }
     }
+    let clock = Arc::new(ConnClock::new(accepted, ticket, evict));
 
     // Boxed: the hyper state is most of the future, and a connection that
     // never gets this far (refused, timed out, lingering) should not carry
@@ -192,11 +193,11 @@ pub(super) async fn connection(stream: TcpStream, open: Open, limited: Option<Me
 
 /// Serves requests on a connection whose first head has arrived, then
 /// closes it the way the client can read the last answer.
-async fn serve_http(
+async fn serve_http<S: Limited>(
     stream: TcpStream,
     state: Arc<State>,
     clock: Arc<ConnClock>,
-    limited: Option<MemoryLimit<App>>,
+    limited: Option<S>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -206,26 +207,47 @@ async fn serve_http(
         // Bound hyper's read buffer: the per-client cost covers it.
         http.max_buf_size(MAX_HEAD);
     }
+    // The socket, for a peek while hyper owns it (open as long as `conn`).
+    let fd = stream.as_raw_fd();
     let io = TimedIo::new(stream, clock.clone(), state.clone());
     let service = {
         let (state, clock) = (state.clone(), clock.clone());
         hyper::service::service_fn(move |req| {
+            // Boxed per request: hyper keeps an unboxed service future in
+            // a box it allocates per connection, which an idle kept-alive
+            // connection would then carry (2 KiB, `size_of_val`).
             Box::pin(route(req, state.clone(), limited.clone(), clock.clone()))
         })
     };
     let mut conn = http.serve_connection(TokioIo::new(io), service);
     let mut draining = false;
+    // hyper's own end of the connection (not `poll_without_shutdown`): it
+    // flushes what it still holds of the last response, then half-closes
+    // the socket (`TimedIo::poll_shutdown`). `poll_without_shutdown` can
+    // report the connection done with the tail of a response still in
+    // hyper's write buffer (the socket was full), which `into_parts` then
+    // drops: the client read a response cut short.
     let result = loop {
         tokio::select! {
-            r = poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+            r = poll_fn(|cx| std::pin::Pin::new(&mut conn).poll(cx)) => break r,
             _ = clock.evict.notified() => {
                 if !clock.evicted() {
                     continue;
                 }
-                // Idle: hyper closes now. A next request already under way
-                // is served first (with `Connection: close`): its client
-                // must not see a reset. The header timeout bounds a slow one.
-                std::pin::Pin::new(&mut conn).graceful_shutdown();
+                // Evicted while idle, by the server's account: it marks a
+                // connection busy only once hyper has parsed its next
+                // head, which on a busy server can be long after the
+                // client sent it. If any of it is in the socket, the
+                // client is not idle: its request is served, with
+                // `Connection: close` (an evicted ticket gets no place
+                // for the next idle wait); closing now would leave it a
+                // request without an answer (wrk counts a read error).
+                // The header timeout bounds a slow head.
+                if !matches!(peek(fd), Ok(Peek::Incomplete(_) | Peek::Complete)) {
+                    // Idle: hyper closes now (a request hyper has begun to
+                    // read is served first, with `Connection: close`).
+                    std::pin::Pin::new(&mut conn).graceful_shutdown();
+                }
             }
             _ = shutdown.changed(), if !draining => {
                 // Finish the request in flight (answered with `Connection:
@@ -240,9 +262,14 @@ async fn serve_http(
         // what it could.
         return;
     }
+    // The connection will carry no more requests (hyper also ends here,
+    // without an error, when the idle timeout fires between requests): its
+    // place at the gate goes back now, not after the linger. Lingering
+    // connections are counted apart (`lingering`, at most MAX_LINGERING).
+    clock.leave_gate();
     let parts = conn.into_parts();
     let stream = parts.io.into_inner().into_inner();
-    drop(parts.read_buf);
+    drop((parts.read_buf, parts.service));
     linger(stream, &state).await;
 }
 
@@ -280,7 +307,7 @@ async fn head_arrives(stream: &TcpStream, timeout: Duration) -> Head {
         // Peek at what has arrived. An incomplete head reports
         // `WouldBlock`, which clears the socket's readiness, so the next
         // `readable` waits for new bytes instead of returning at once.
-        let peeked = stream.try_io(Interest::READABLE, || match peek(stream) {
+        let peeked = stream.try_io(Interest::READABLE, || match peek(stream.as_raw_fd()) {
             Ok(Peek::Incomplete(n)) if n < MAX_HEAD => {
                 Err(io::Error::from(io::ErrorKind::WouldBlock))
             }
@@ -307,17 +334,18 @@ enum Peek {
     Closed,
 }
 
-/// Peeks at the socket's pending bytes (without taking them) and looks
-/// for the empty line that ends a request head.
-fn peek(stream: &TcpStream) -> io::Result<Peek> {
-    use std::os::fd::AsRawFd;
+/// Peeks at the pending bytes of the socket `fd` (without taking them)
+/// and looks for the empty line that ends a request head. `fd` must be
+/// an open socket (a closed or reused descriptor gives a wrong answer or
+/// an error, nothing worse: the call only peeks).
+fn peek(fd: RawFd) -> io::Result<Peek> {
     let mut buf = [0u8; MAX_HEAD];
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes, and recv
-    // writes at most that many; the descriptor is the stream's own, open
-    // while `stream` is borrowed.
+    // writes at most that many; recv on any descriptor touches nothing
+    // else (MSG_PEEK leaves the socket's data in place).
     let n = unsafe {
         libc::recv(
-            stream.as_raw_fd(),
+            fd,
             buf.as_mut_ptr().cast(),
             buf.len(),
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
@@ -340,18 +368,16 @@ fn peek(stream: &TcpStream) -> io::Result<Peek> {
 
 /// Sends a canned answer, then closes the way the client can read it.
 async fn answer_and_linger(mut stream: TcpStream, answer: &[u8], state: &State) {
-    if stream.write_all(answer).await.is_ok() {
+    if stream.write_all(answer).await.is_ok() && stream.shutdown().await.is_ok() {
         linger(stream, state).await;
     }
 }
 
-/// Half-closes `stream`, then reads and drops what the client still sends
-/// until it closes its side, for at most [`LINGER_TIME`] and
-/// `--max-body` + [`LINGER_BYTES`].
-async fn linger(mut stream: TcpStream, state: &State) {
-    if stream.shutdown().await.is_err() {
-        return;
-    }
+/// Reads and drops what the client still sends on `stream`, whose write
+/// side is shut down (the client has read the answer and its end), until
+/// the client closes its side, for at most [`LINGER_TIME`] in all,
+/// [`LINGER_IDLE`] between two reads, and `--max-body` + [`LINGER_BYTES`].
+async fn linger(stream: TcpStream, state: &State) {
     if state.lingering.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING {
         state.lingering.fetch_sub(1, Ordering::Relaxed);
         state.linger_cut.fetch_add(1, Ordering::Relaxed);
@@ -360,8 +386,10 @@ async fn linger(mut stream: TcpStream, state: &State) {
     let mut left = state.max_body + LINGER_BYTES;
     let drained = tokio::time::timeout(LINGER_TIME, async {
         loop {
-            if stream.readable().await.is_err() {
-                return true;
+            match tokio::time::timeout(LINGER_IDLE, stream.readable()).await {
+                Err(_) => return false,
+                Ok(Err(_)) => return true,
+                Ok(Ok(())) => {}
             }
             match drain(&stream) {
                 Ok(0) => return true,

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,8 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use frostheap::Bytes;
-use frostheap_budget::gate::Waiting;
-use frostheap_budget::tower::{BudgetBody, MemoryLimit};
+use frostheap_budget::tower::BudgetBody;
 use frostheap_budget::Permit;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -40,10 +39,10 @@ type RespBody = BudgetBody<Full<hyper::body::Bytes>>;
 /// Routes one request: monitoring endpoints answer directly (they must
 /// answer while the server sheds, and take no client's place), the rest go
 /// through the memory layer when there is a budget.
-pub(super) async fn route(
+pub(super) async fn route<S: Limited>(
     mut req: Request<Incoming>,
     state: Arc<State>,
-    limited: Option<MemoryLimit<App>>,
+    limited: Option<S>,
     clock: Arc<ConnClock>,
 ) -> Result<Response<ConnBody>, Infallible> {
     clock.request(!req.body().is_end_stream());
@@ -109,22 +108,19 @@ fn finish(
     state: &State,
     clock: Arc<ConnClock>,
 ) -> Response<ConnBody> {
-    if let (Some(gate), true) = (&state.gate, keep_alive) {
-        let closing = response
-            .headers()
-            .get(CONNECTION)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-        // The place held for this request (a monitoring one, or one not
-        // admitted) goes back; the idle wait takes a new one.
-        clock.leave_gate();
-        if !closing {
-            match gate
-                .enter_notifying(Waiting::Idle, clock.evict.clone())
-                .ticket()
-            {
-                Some(ticket) => clock.wait_at_gate(ticket),
-                None => close(&mut response),
-            }
+    if state.gate.is_some() {
+        // Only error answers (a shed request, an unread body) close.
+        let closing = !keep_alive
+            || (!response.status().is_success()
+                && response
+                    .headers()
+                    .get(CONNECTION)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close")));
+        if closing {
+            // The place held for this request (one not admitted) goes back.
+            clock.leave_gate();
+        } else if !clock.wait_at_gate() {
+            close(&mut response);
         }
     }
     response.map(|body| ConnBody { body, clock })
@@ -186,30 +182,60 @@ pub(super) fn request_cost(parts: &hyper::http::request::Parts) -> usize {
     (CONNECTION_BYTES + REQUEST_BYTES).saturating_add(body.saturating_mul(factor))
 }
 
-/// The endpoints, as a tower service for the layer.
+/// The endpoints as a tower service for the layer: `Endpoints(|req| ..)`
+/// (see [`app`]). Generic over the closure so that its future is
+/// `handle`'s own, not boxed: an async fn's future has no name to put in
+/// `Service::Future`, but a type parameter can stand for it. (A boxed
+/// future cost an allocation and a copy of the whole handler state into
+/// it per request: about 600 instructions, measured with callgrind.)
 #[derive(Clone)]
-pub(super) struct App {
-    pub(super) state: Arc<State>,
-}
+pub(super) struct Endpoints<F>(pub(super) F);
 
-impl Service<Request<Incoming>> for App {
+impl<F, Fut> Service<Request<Incoming>> for Endpoints<F>
+where
+    F: FnMut(Request<Incoming>) -> Fut,
+    Fut: Future<Output = Result<Response<Full<hyper::body::Bytes>>, Infallible>>,
+{
     type Response = Response<Full<hyper::body::Bytes>>;
     type Error = Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
-    >;
+    type Future = Fut;
 
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let state = self.state.clone();
-        Box::pin(async move { Ok(handle(&state, req).await) })
+    fn call(&mut self, req: Request<Incoming>) -> Fut {
+        (self.0)(req)
     }
+}
+
+/// One request to the endpoints of `state`: what [`Endpoints`] calls,
+/// `Endpoints(move |req| serve_request(state.clone(), req))`.
+pub(super) async fn serve_request(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<hyper::body::Bytes>>, Infallible> {
+    Ok(handle(&state, req).await)
+}
+
+/// The service `route` hands requests to when there is a budget: the
+/// memory layer in front of [`Endpoints`].
+pub(super) trait Limited:
+    Service<Request<Incoming>, Response = Response<RespBody>, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<S> Limited for S where
+    S: Service<Request<Incoming>, Response = Response<RespBody>, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + Unpin
+        + 'static
+{
 }
 
 pub(super) fn respond(
@@ -228,38 +254,89 @@ pub(super) fn text(status: StatusCode, msg: &str) -> Response<Full<hyper::body::
     respond(status, "text/plain", format!("{msg}\n").into_bytes())
 }
 
-fn query<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
-    req.uri()
-        .query()?
+fn query<'a>(uri: &'a hyper::Uri, key: &str) -> Option<&'a str> {
+    uri.query()?
         .split('&')
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
+/// What a request asks for, read from its head before anything is
+/// awaited: the head (250 bytes) then stays out of the handler's future,
+/// which is moved several times on its way to hyper.
+enum Route {
+    Index,
+    Hold,
+    Echo,
+    Transform(String),
+    NotFound,
+}
+
+/// A request's body and what the handler needs from its head.
+struct Call {
+    route: Route,
+    body: Incoming,
+    /// Its `Content-Length`.
+    declared: Option<usize>,
+    hold_ms: u64,
+    /// The layer's permit, when the budget admitted the request.
+    permit: Option<Permit>,
+    clock: Option<Arc<ConnClock>>,
+}
+
+impl Call {
+    fn new(req: Request<Incoming>) -> Call {
+        let (mut head, body) = req.into_parts();
+        // Taken, not cloned: the response body holds the layer's own
+        // handle.
+        let permit = head.extensions.remove::<Permit>();
+        let clock = head.extensions.remove::<Arc<ConnClock>>();
+        let hold_ms = query(&head.uri, "hold_ms")
+            .or_else(|| query(&head.uri, "ms"))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            .min(MAX_HOLD_MS);
+        let route = match (&head.method, head.uri.path()) {
+            (&Method::GET, "/") => Route::Index,
+            (&Method::GET, "/hold") => Route::Hold,
+            (&Method::POST, "/echo") => Route::Echo,
+            (&Method::POST, "/transform") => {
+                Route::Transform(query(&head.uri, "op").unwrap_or("upper").to_owned())
+            }
+            _ => Route::NotFound,
+        };
+        let declared = head
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        Call {
+            route,
+            body,
+            declared,
+            hold_ms,
+            permit,
+            clock,
+        }
+    }
+}
+
 pub(super) async fn handle(
     state: &State,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<Full<hyper::body::Bytes>> {
-    // Taken, not cloned: the response body holds the layer's own handle.
-    let permit = req.extensions_mut().remove::<Permit>();
-    if let (Some(_), Some(clock)) = (&permit, req.extensions().get::<Arc<ConnClock>>()) {
+    let call = Call::new(req);
+    if let (Some(p), Some(clock)) = (&call.permit, &call.clock) {
         clock.admitted();
-    }
-    if let Some(p) = &permit {
         // Its share of the connection counts: a client is both.
         p.record_usage(CONNECTION_BYTES + REQUEST_BYTES);
     }
-    let hold_ms = query(&req, "hold_ms")
-        .or_else(|| query(&req, "ms"))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0)
-        .min(MAX_HOLD_MS);
-    let response = match (req.method().clone(), req.uri().path()) {
-        (Method::GET, "/") => text(StatusCode::OK, "frostheap serve: POST /echo, POST /transform?op=upper|reverse|words, GET /hold?ms=N, GET /stats, GET /metrics, GET /ready, GET /live"),
-        (Method::GET, "/hold") => {
-            tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+    let response = match call.route {
+        Route::Index => text(StatusCode::OK, "frostheap serve: POST /echo, POST /transform?op=upper|reverse|words, GET /hold?ms=N, GET /stats, GET /metrics, GET /ready, GET /live"),
+        Route::Hold => {
+            tokio::time::sleep(Duration::from_millis(call.hold_ms)).await;
             text(StatusCode::OK, "held")
         }
-        (Method::POST, "/echo") => match read_body(state, req, permit.as_ref()).await {
+        Route::Echo => match read_body(state, call.body, call.declared, call.clock.as_deref(), call.permit.as_ref()).await {
             Err(r) => r,
             Ok(body) => match serde_json::from_slice::<serde_json::Value>(&body) {
                 Err(e) => text(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
@@ -267,18 +344,17 @@ pub(super) async fn handle(
                     let out = serde_json::to_vec(&value).expect("a Value serializes");
                     // Walking the document costs; only a measuring budget
                     // uses the figure.
-                    if let Some(p) = permit.as_ref().filter(|p| p.measuring()) {
+                    if let Some(p) = call.permit.as_ref().filter(|p| p.measuring()) {
                         p.record_usage(json_bytes(&value) + out.capacity());
                     }
-                    hold(hold_ms).await;
+                    hold(call.hold_ms).await;
                     drop(value);
                     respond(StatusCode::OK, "application/json", out)
                 }
             },
         },
-        (Method::POST, "/transform") => {
-            let op = query(&req, "op").unwrap_or("upper").to_owned();
-            match read_body(state, req, permit.as_ref()).await {
+        Route::Transform(op) => {
+            match read_body(state, call.body, call.declared, call.clock.as_deref(), call.permit.as_ref()).await {
                 Err(r) => r,
                 Ok(body) => {
                     let out = match op.as_str() {
@@ -287,16 +363,16 @@ pub(super) async fn handle(
                         "words" => word_counts(&body),
                         other => return text(StatusCode::BAD_REQUEST, &format!("unknown op {other:?}: expected upper, reverse or words")),
                     };
-                    if let Some(p) = &permit {
+                    if let Some(p) = &call.permit {
                         p.record_usage(out.capacity());
                     }
-                    hold(hold_ms).await;
+                    hold(call.hold_ms).await;
                     drop(body);
                     respond(StatusCode::OK, "application/octet-stream", out)
                 }
             }
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: try GET /"),
+        Route::NotFound => text(StatusCode::NOT_FOUND, "not found: try GET /"),
     };
     if response.status().is_success() {
         state.completed.fetch_add(1, Ordering::Relaxed);
@@ -310,12 +386,14 @@ async fn hold(ms: u64) {
     }
 }
 
-/// Reads the whole body into one buffer, refusing past `--max-body` (413)
-/// and growing the permit when a body without `Content-Length` outgrows it
-/// (503 when the budget cannot).
+/// Reads the whole body (its `Content-Length` is `declared`) into one
+/// buffer, refusing past `--max-body` (413) and growing the permit when a
+/// body without `Content-Length` outgrows it (503 when the budget cannot).
 async fn read_body(
     state: &State,
-    req: Request<Incoming>,
+    mut body: Incoming,
+    declared: Option<usize>,
+    clock: Option<&ConnClock>,
     permit: Option<&Permit>,
 ) -> Result<Vec<u8>, Response<Full<hyper::body::Bytes>>> {
     // Answers given before the body's end close the connection: the rest
@@ -328,16 +406,9 @@ async fn read_body(
         close(&mut r);
         r
     };
-    let clock = req.extensions().get::<Arc<ConnClock>>().cloned();
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > state.max_body) {
         return Err(too_large());
     }
-    let mut body = req.into_body();
     let mut buf = Vec::with_capacity(declared.unwrap_or(0));
     let mut charged = permit.map_or(0, |p| p.bytes());
     while let Some(frame) = body.frame().await {

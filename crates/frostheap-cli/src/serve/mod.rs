@@ -66,7 +66,7 @@ mod endpoints;
 mod metrics;
 mod state;
 
-use endpoints::{request_cost, App};
+use endpoints::{request_cost, serve_request, Endpoints, Limited};
 use state::{State, Timeouts, CONNECTION_BYTES};
 
 /// How long a connection waits at a full gate before a newcomer may take
@@ -303,9 +303,10 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
                 .overload(overload)
                 .cost(request_cost)
                 .max_waiting(max_waiting)
-                .layer(App {
-                    state: state.clone(),
-                })
+                .layer(Endpoints({
+                    let state = state.clone();
+                    move |req| serve_request(state.clone(), req)
+                }))
         });
         serve(
             listener,
@@ -344,10 +345,10 @@ impl Signals {
     }
 }
 
-async fn serve(
+async fn serve<S: Limited>(
     listener: tokio::net::TcpListener,
     state: Arc<State>,
-    limited: Option<frostheap_budget::tower::MemoryLimit<App>>,
+    limited: Option<S>,
     mut signals: Signals,
     delay: Duration,
     timeout: Duration,

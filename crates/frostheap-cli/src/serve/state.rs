@@ -13,7 +13,9 @@ use tokio::sync::{watch, Notify};
 /// What one connection costs without a request: hyper's read buffer
 /// (capped at 16 KiB), its write buffer and headers, the connection task
 /// and the socket wrappers. The peak-RSS runs of `frostheap-load` bound it
-/// from above (budget + 10 MiB with 2,560 clients).
+/// from above (budget + 10.3–10.5 MiB with 2,560 clients on a lightly
+/// loaded machine, + 20–21 MiB at load average 30; see `frostheap-load`'s
+/// `wrk.rs` for wrk's figures).
 pub(super) const CONNECTION_BYTES: usize = 24 << 10;
 
 /// Fixed bytes per request on top of its body: the parsed head (`HeaderMap`,

@@ -11,8 +11,8 @@
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize};
 use std::sync::Mutex;
 
-use super::recovery::DEFAULT_NO_PROGRESS_TIMEOUT;
 use super::pool::{Runtime, RuntimeStats, DEFAULT_MAX_PARKED};
+use super::recovery::DEFAULT_NO_PROGRESS_TIMEOUT;
 use super::scratch::Scratch;
 use super::worker::ControlBlock;
 use crate::error::Error;

@@ -126,6 +126,12 @@ impl Runtime {
         self.control.backend
     }
 
+    /// The violation policy in force (the builder's, else
+    /// `FROSTHEAP_ON_VIOLATION`, else `rollback`).
+    pub fn on_violation(&self) -> crate::config::OnViolation {
+        self.control.policy
+    }
+
     /// Worker threads.
     pub fn workers(&self) -> usize {
         self.n_workers

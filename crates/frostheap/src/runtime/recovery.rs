@@ -28,8 +28,8 @@ use core::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::phase::PhaseResult;
-use super::worker::Worker;
 use super::pool::Runtime;
+use super::worker::Worker;
 use crate::error::Error;
 use crate::fmt_buf::Buf;
 use crate::guard::{self, AUDIT_RING};

@@ -225,7 +225,7 @@ impl<T, F: Fn(T) + Sync> Terminal<T> for ForEach<F> {
     fn begin(&self) {}
     #[inline]
     fn consume<I: Iterator<Item = T>>(&self, _: &mut (), _: usize, items: I) {
-        items.for_each(&self.0);
+        items.for_each(|x| (self.0)(x));
     }
     fn end_claim(&self, _: Range<usize>, _: ()) {}
 }

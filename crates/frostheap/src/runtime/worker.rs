@@ -72,20 +72,26 @@ pub(crate) fn spawn(
     name: String,
 ) -> Result<Worker, crate::error::Error> {
     let slot: &'static WorkerState = Box::leak(Box::new(WorkerState::new(rt.policy)));
-    slot.deferred.prepare().map_err(|source| crate::error::Error::Os {
-        context: "mapping a deferred-free list",
-        source,
-    })?;
-    if rt.policy == OnViolation::Rollback {
-        slot.undo.prepare().map_err(|source| crate::error::Error::Os {
-            context: "mapping an undo log",
+    slot.deferred
+        .prepare()
+        .map_err(|source| crate::error::Error::Os {
+            context: "mapping a deferred-free list",
             source,
         })?;
+    if rt.policy == OnViolation::Rollback {
+        slot.undo
+            .prepare()
+            .map_err(|source| crate::error::Error::Os {
+                context: "mapping an undo log",
+                source,
+            })?;
     }
-    slot.stack.prepare().map_err(|source| crate::error::Error::Os {
-        context: "mapping a stack copy area",
-        source,
-    })?;
+    slot.stack
+        .prepare()
+        .map_err(|source| crate::error::Error::Os {
+            context: "mapping a stack copy area",
+            source,
+        })?;
     slot.events
         .store(&rt.events as *const _ as *mut _, Ordering::Release);
     slot.parked
