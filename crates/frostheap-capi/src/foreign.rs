@@ -27,7 +27,7 @@
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use frostheap::global::raw;
+use frostheap::__private::raw;
 
 use crate::set_errno;
 

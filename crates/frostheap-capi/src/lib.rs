@@ -26,7 +26,7 @@
 //!
 //! **No recursion.** Nothing on these paths allocates: the main heap is
 //! built without the allocator, and statistics are formatted into a stack
-//! buffer ([`frostheap::fmt_buf`]). The library's own Rust `std` keeps its
+//! buffer (frostheap's `fmt_buf`). The library's own Rust `std` keeps its
 //! default global allocator (`System`, which calls `malloc`, i.e. these
 //! functions); it is never reached from inside them.
 //!
@@ -64,7 +64,7 @@ use core::alloc::Layout;
 use core::ffi::{c_int, c_void};
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use frostheap::global::raw;
+use frostheap::__private::raw;
 
 /// Alignment `malloc` guarantees (glibc's `MALLOC_ALIGNMENT`).
 const MALLOC_ALIGN: usize = raw::MALLOC_ALIGN;
@@ -86,7 +86,7 @@ fn out_of_memory() -> *mut c_void {
 
 /// The base page size, for `valloc` and `pvalloc`.
 fn os_page() -> usize {
-    frostheap::os::page_size()
+    frostheap::__private::os::page_size()
 }
 
 // ---------------------------------------------------------------------------

@@ -8,8 +8,8 @@
 //! formats into a stack buffer and writes with `write(2)`: no allocation,
 //! so it works while libc is being torn down.
 
-use frostheap::fmt_buf::Buf;
-use frostheap::os;
+use frostheap::__private::fmt_buf::Buf;
+use frostheap::__private::os;
 
 #[used]
 #[link_section = ".fini_array"]
@@ -47,7 +47,7 @@ extern "C" fn print_at_exit() {
     let b = human(b, p.committed as u64).str(" (peak ");
     let b = human(b, p.peak_committed as u64).str("), thread heaps in use ");
     let b = human(b, p.threads_in_use as u64).str(", mapped ");
-    let kind = frostheap::heap::process::Kind::Mapped;
+    let kind = frostheap::Kind::Mapped;
     let b = human(b, p.committed_for(kind) as u64).str(", limit ");
     let b = human(b, p.limit as u64)
         .str("; ")

@@ -1,15 +1,15 @@
 //! `frostheap info`: what this machine offers and what limits are in force.
 
-use frostheap::os;
+use frostheap::__private::os;
 use frostheap::Bytes;
 
 pub fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let cfg = frostheap::config::from_env()?;
+    let cfg = frostheap::__private::from_env()?;
     println!("frostheap {}", env!("CARGO_PKG_VERSION"));
     println!("page size            {}", Bytes(os::page_size()));
     println!(
         "heap page            {}",
-        Bytes(frostheap::region::PAGE_SIZE)
+        Bytes(frostheap::__private::PAGE_SIZE)
     );
     let thp = match os::thp_mode() {
         os::ThpMode::Always => "always",
@@ -29,12 +29,12 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
         },
         cfg.huge_pages
     );
-    let pkeys = match frostheap::trap::pkey() {
+    let pkeys = match frostheap::__private::pkey() {
         Ok(k) => format!("available (key {k} allocated)"),
         Err(e) => format!("not available ({e})"),
     };
     println!("protection keys      {pkeys}");
-    let backend = frostheap::trap::resolve(cfg.protect)?;
+    let backend = frostheap::__private::resolve(cfg.protect)?;
     println!(
         "freeze backend       {} (FROSTHEAP_PROTECT={:?}), policy {:?} (FROSTHEAP_ON_VIOLATION)",
         backend.name(),

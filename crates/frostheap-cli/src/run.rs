@@ -18,7 +18,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use frostheap::size::SIZE_SYNTAX;
+use frostheap::__private::SIZE_SYNTAX;
 use frostheap::{parse_size, Bytes};
 
 /// The library's file name.
@@ -113,11 +113,11 @@ fn find_library() -> Result<PathBuf, String> {
 /// Runs `frostheap run`: returns only on error.
 pub fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let max = size_arg("--max-memory", &args.max_memory)?;
-    if max < frostheap::region::PAGE_SIZE {
+    if max < frostheap::__private::PAGE_SIZE {
         return Err(format!(
             "invalid --max-memory \"{}\": expected at least {} (one heap page)",
             args.max_memory,
-            Bytes(frostheap::region::PAGE_SIZE)
+            Bytes(frostheap::__private::PAGE_SIZE)
         )
         .into());
     }

@@ -114,7 +114,7 @@ fn chapter_freeze() -> Result<(), Box<dyn std::error::Error>> {
         "   runtime: {} workers, guarding the main heap, backend {} ({}), policy {}",
         rt.workers(),
         rt.backend().name(),
-        if frostheap::trap::pkeys_available() {
+        if frostheap::__private::pkeys_available() {
             "protection keys: one register write per worker"
         } else {
             "no protection keys on this CPU: one mprotect over the committed range"

@@ -80,7 +80,7 @@ impl OnViolation {
     /// The name `parse` accepts: `rollback`, `cancel`, `abort` or `audit`.
     ///
     /// ```
-    /// use frostheap::trap::OnViolation;
+    /// use frostheap::OnViolation;
     /// assert_eq!(OnViolation::parse(OnViolation::default().name()), Some(OnViolation::Rollback));
     /// ```
     pub fn name(self) -> &'static str {

@@ -10,7 +10,6 @@
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::error::Error;
 use crate::os::{self, OsError};
 
 /// The unit of commitment and of the heap's page table: 64 KiB.
@@ -64,30 +63,9 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 impl Region {
-    /// Reserves `config.max` bytes and commits `config.min` of them.
-    pub fn new(config: RegionConfig) -> Result<Region, Error> {
-        if config.max < PAGE_SIZE {
-            return Err(Error::invalid(
-                "max",
-                crate::size::Bytes(config.max),
-                format!("at least {} (one heap page)", crate::size::Bytes(PAGE_SIZE)),
-            ));
-        }
-        if config.min > config.max {
-            return Err(Error::invalid(
-                "min",
-                crate::size::Bytes(config.min),
-                format!("at most max ({})", crate::size::Bytes(config.max)),
-            ));
-        }
-        Self::new_unchecked_config(config).map_err(|source| Error::Os {
-            context: "reserving a heap region",
-            source,
-        })
-    }
-
-    /// [`Region::new`] without the friendly checks, returning the raw OS
-    /// error (used by the global allocator before `main`).
+    /// Reserves `config.max` bytes and commits `config.min` of them,
+    /// returning the raw OS error (the global allocator calls it before
+    /// `main`; heap builders check `min`/`max` first).
     pub(crate) fn new_unchecked_config(config: RegionConfig) -> Result<Region, OsError> {
         let align = if config.huge_pages {
             os::HUGE_PAGE_SIZE
@@ -188,12 +166,6 @@ impl Region {
     /// Whether the region is laid out for transparent huge pages.
     pub fn huge_pages(&self) -> bool {
         self.huge_pages
-    }
-
-    /// Whether `addr` lies in the reservation.
-    #[inline]
-    pub fn contains(&self, addr: usize) -> bool {
-        addr.wrapping_sub(self.base as usize) < self.reserved
     }
 
     /// Commits the prefix up to `new_committed` bytes.

@@ -128,12 +128,12 @@ struct PhaseRow {
 /// The pkey backend's freeze + thaw, a PKRU write pair, as a sampler
 /// returning ns per pair; `None` on a machine without protection keys.
 fn pkey_pair() -> Option<impl Fn() -> f64> {
-    let key = frostheap::trap::pkey().ok()?;
+    let key = frostheap::__private::pkey().ok()?;
     let wd = 1u32 << (2 * key + 1);
     // SAFETY: pkey() succeeded, so RDPKRU and WRPKRU exist; only the
     // write-disable bit of frostheap's own key changes, and nothing here
     // writes a heap that carries it.
-    let base = unsafe { frostheap::os::rdpkru() };
+    let base = unsafe { frostheap::__private::os::rdpkru() };
     // Many pairs per sample: one pair is below the clock's resolution.
     const PAIRS: u32 = 1000;
     Some(move || {
@@ -141,8 +141,8 @@ fn pkey_pair() -> Option<impl Fn() -> f64> {
             for _ in 0..PAIRS {
                 // SAFETY: as above.
                 unsafe {
-                    frostheap::os::wrpkru(base | wd);
-                    frostheap::os::wrpkru(base);
+                    frostheap::__private::os::wrpkru(base | wd);
+                    frostheap::__private::os::wrpkru(base);
                 }
             }
         }) / PAIRS as f64
@@ -480,7 +480,7 @@ fn main() {
         .into_iter()
         .filter(|&s| s <= o.max)
         .collect();
-    let pkey_note = match frostheap::trap::pkey() {
+    let pkey_note = match frostheap::__private::pkey() {
         Ok(_) => String::new(),
         Err(e) => format!("unavailable on this machine ({e})"),
     };

@@ -167,7 +167,7 @@ fn size_arg(flag: &str, text: &str) -> Result<usize, Error> {
     parse_size(text).map_err(|_| {
         format!(
             "invalid {flag} {text:?}: expected {}",
-            frostheap::size::SIZE_SYNTAX
+            frostheap::__private::SIZE_SYNTAX
         )
         .into()
     })

@@ -87,11 +87,6 @@ pub fn limit() -> usize {
     LIMIT.load(Ordering::Relaxed)
 }
 
-/// Bytes committed by frostheap in the process now.
-pub fn committed() -> usize {
-    COMMITTED.load(Ordering::Relaxed)
-}
-
 /// Charges `bytes` about to be committed for `kind`; false (and nothing
 /// charged) when that would take the process past its limit.
 pub fn charge(kind: Kind, bytes: usize) -> bool {

@@ -1,13 +1,14 @@
 //! The runtime: workers, phases, `map` / `for_each` / `scope`.
 //!
-//! **The phase protocol** (DESIGN.md): main calls `map`; the runtime
-//! applies deferred frees, freezes every guarded heap, publishes the job
-//! and wakes the workers (a futex on the phase epoch); workers claim items
-//! in chunks from an atomic cursor and run them with their context heap as
-//! the allocation target; when every worker has reported (or been parked
-//! by the fault handler), main thaws, applies the frees the tasks made of
-//! guarded memory, turns violation records into reports, replaces parked
-//! workers, and returns results in input order or the first error.
+//! **The phase protocol** (docs/design.md): main calls a parallel method;
+//! the runtime replaces workers parked by earlier violations, freezes
+//! every guarded heap, publishes the job and wakes the workers (a futex on
+//! the phase epoch); workers claim items in chunks from an atomic cursor
+//! and run them with their context heap as the allocation target; when
+//! every worker has reported (or been parked by the fault handler), main
+//! thaws, undoes the rollback policy's stores, applies the frees the tasks
+//! made of guarded memory, turns violation records into reports, and
+//! returns results in input order or the first error.
 //!
 //! Everything a task legitimately writes lives outside guarded heaps: the
 //! runtime allocates its control block, item and result slots inside
@@ -26,7 +27,9 @@
 //! the workers index), `pipe` (adapters), `terminal` (collect, reduce,
 //! any), `sort`, `drive` (batch after batch), `batch` (one batch as one
 //! phase: the claim loop and the recovery after an error), `phase` (freeze,
-//! run, thaw, violation records), `scratch` (buffers kept across calls),
+//! run, thaw), `recovery` (staffing, waiting, undo, deferred frees,
+//! violation records), `pool` (the `Runtime` and its helpers), `scratch`
+//! (buffers kept across calls), `task` (`TaskContext`, `Arena`), `sealed`,
 //! `worker` (the threads).
 
 mod batch;
@@ -80,6 +83,6 @@ pub mod par {
 pub use builder::RuntimeBuilder;
 pub use default::{global_runtime, try_global_runtime};
 pub use map::Scope;
-pub use pool::{Runtime, RuntimeStats, DEFAULT_MAX_PARKED, RESULTS_IN_HEAP_MIN};
+pub use pool::{Runtime, RuntimeStats, DEFAULT_MAX_PARKED};
 pub use recovery::DEFAULT_NO_PROGRESS_TIMEOUT;
 pub use task::{Arena, TaskContext};

@@ -1,4 +1,4 @@
-//! The phase protocol around one job (DESIGN.md, "The phase protocol").
+//! The phase protocol around one job (docs/design.md, "The phase protocol").
 //!
 //! [`Runtime::run_phase`] replaces workers parked by earlier violations
 //! (or refuses to run), freezes every guarded heap, publishes the job and

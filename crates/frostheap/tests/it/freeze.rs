@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use allocator_api2::vec::Vec as HeapVec;
-use frostheap::trap::{Access, Backend};
+use frostheap::{Access, Backend};
 use frostheap::{Error, Heap, OnViolation, Protect, Runtime};
 
 use crate::check::{describe, run_fixture};
@@ -42,7 +42,7 @@ test!(auto_resolves_to_a_backend_this_machine_has);
 fn auto_resolves_to_a_backend_this_machine_has() {
     let heap = guarded_heap("auto");
     let rt = runtime(&heap, Protect::Auto, OnViolation::Cancel);
-    if frostheap::trap::pkeys_available() {
+    if frostheap::__private::pkeys_available() {
         assert!(
             matches!(rt.backend(), Backend::Pkey(k) if k > 0),
             "{:?}",
@@ -64,7 +64,7 @@ fn pkey_without_protection_keys_is_an_invalid_config_that_says_what_to_use() {
         .guard_main_heap(false)
         .protect(Protect::Pkey)
         .build();
-    if frostheap::trap::pkeys_available() {
+    if frostheap::__private::pkeys_available() {
         eprintln!("NOTE: this machine has protection keys: checking that pkey is granted instead");
         let rt = built.expect("pkey is available");
         assert!(matches!(rt.backend(), Backend::Pkey(_)));

@@ -656,7 +656,7 @@ fn context_chunks_are_reused_and_escaping_blocks_stay_valid() {
         })
         .unwrap();
     for &p in &kept {
-        assert!(frostheap::context::owns(p));
+        assert!(frostheap::__private::context::owns(p));
     }
     let after_first = rt.stats().context_committed;
     assert!(after_first > 0);
@@ -675,7 +675,8 @@ fn context_chunks_are_reused_and_escaping_blocks_stay_valid() {
     // 200 × 8 × 128 KiB = 200 MiB allocated in total; committed stays at a
     // few 4 MiB chunks per worker.
     assert!(
-        s.context_committed <= after_first + WORKERS * 3 * frostheap::context::CHUNK_SIZE,
+        s.context_committed
+            <= after_first + WORKERS * 3 * frostheap::__private::context::CHUNK_SIZE,
         "context heaps grew: {} -> {} ({s:?})",
         after_first,
         s.context_committed
@@ -688,7 +689,7 @@ fn context_chunks_are_reused_and_escaping_blocks_stay_valid() {
     }
     for &p in &kept {
         // SAFETY: live context blocks, freed once.
-        unsafe { frostheap::context::free(p as *mut u8) };
+        unsafe { frostheap::__private::context::free(p as *mut u8) };
     }
 }
 
@@ -741,7 +742,7 @@ fn a_chunk_emptied_by_its_owner_starts_over() {
         "the escaped block was overwritten"
     );
     // SAFETY: a live context block, freed once.
-    unsafe { frostheap::context::free(kept as *mut u8) };
+    unsafe { frostheap::__private::context::free(kept as *mut u8) };
 }
 
 test!(ten_thousand_phases_do_not_grow_committed_memory);
@@ -785,7 +786,7 @@ fn ten_thousand_phases_do_not_grow_committed_memory() {
     assert_eq!(heap_after.committed, heap_before.committed);
     assert_eq!(heap_after.in_use, heap_before.in_use);
     assert!(
-        s.context_committed <= ctx_before + WORKERS * frostheap::context::CHUNK_SIZE,
+        s.context_committed <= ctx_before + WORKERS * frostheap::__private::context::CHUNK_SIZE,
         "context heaps grew over 10,000 phases: {ctx_before} -> {} bytes",
         s.context_committed
     );

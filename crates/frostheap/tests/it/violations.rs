@@ -22,7 +22,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use allocator_api2::vec::Vec as HeapVec;
-use frostheap::trap::Access;
+use frostheap::Access;
 use frostheap::{Error, Heap, OnViolation, Protect, Runtime, Violation};
 
 /// Words of guarded data (64 KiB).
@@ -245,7 +245,7 @@ pub fn backend_name(protect: Protect) -> &'static str {
         Protect::Pkey => "pkey",
         Protect::Mprotect => "mprotect",
         Protect::Off => "off",
-        Protect::Auto if frostheap::trap::pkeys_available() => "pkey",
+        Protect::Auto if frostheap::__private::pkeys_available() => "pkey",
         Protect::Auto => "mprotect",
     }
 }
