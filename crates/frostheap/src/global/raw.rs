@@ -11,7 +11,6 @@ use core::sync::atomic::Ordering;
 use super::heaps;
 use super::start::{main_inner, AUTO_HUGE_PAGES, C_ABI, MAIN, READY};
 use crate::heap::{Heap, HeapInner};
-use crate::sync::thread_token;
 
 /// Default alignment of `malloc` (glibc's `MALLOC_ALIGNMENT`).
 pub const MALLOC_ALIGN: usize = 16;
@@ -196,39 +195,4 @@ pub fn release_mapped(bytes: usize) {
     crate::heap::process::release(crate::heap::process::Kind::Mapped, bytes)
 }
 
-/// `pthread_atfork` prepare handler: takes every heap's locks.
-pub fn fork_prepare() {
-    if MAIN.state.load(Ordering::Acquire) == READY {
-        heaps::for_each_lock(|l| l.lock_raw());
-    }
-}
-
-/// `pthread_atfork` parent and child handler: releases the locks.
-pub fn fork_release() {
-    if MAIN.state.load(Ordering::Acquire) == READY {
-        // SAFETY: fork_prepare took these locks in this thread (the
-        // child's only thread is a copy of it); the order of release does
-        // not matter.
-        heaps::for_each_lock(|l| unsafe { l.unlock_raw() });
-    }
-}
-
-/// In a `fork` child: the forking thread is the child's only thread. The
-/// remote frees the fork cut in half are completed in every heap, the
-/// heaps of the other threads (which do not exist in the child) are put
-/// up for adoption, and if the forking thread was not the main thread it
-/// becomes the main heap's owner (as the process's first thread would).
-pub fn fork_child_adopt() {
-    if MAIN.state.load(Ordering::Acquire) != READY {
-        return;
-    }
-    // SAFETY: in the child this is the only thread, inside the fork child
-    // handler, after the locks were released.
-    unsafe { heaps::after_fork_in_child() };
-    if !super::start::on_main_thread() {
-        // SAFETY: in the child no other thread exists, so nobody else
-        // can be on the main heap's owner path.
-        unsafe { main_inner().core.set_owner() };
-        MAIN.owner.store(thread_token(), Ordering::Relaxed);
-    }
-}
+pub use super::start::{fork_child_adopt, fork_prepare, fork_release};

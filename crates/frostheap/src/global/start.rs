@@ -78,18 +78,55 @@ pub(super) static C_ABI: AtomicBool = AtomicBool::new(false);
 /// held by a thread that does not exist there; both sides release them,
 /// and the child repairs remote frees the fork cut in half and puts the
 /// other threads' heaps up for adoption (as for the C ABI: see
-/// [`super::raw::fork_child_adopt`]).
-extern "C" fn fork_prepare() {
-    super::raw::fork_prepare();
+/// [`fork_child_adopt`]).
+extern "C" fn on_fork_prepare() {
+    fork_prepare();
 }
 
-extern "C" fn fork_parent() {
-    super::raw::fork_release();
+extern "C" fn on_fork_parent() {
+    fork_release();
 }
 
-extern "C" fn fork_child() {
-    super::raw::fork_release();
-    super::raw::fork_child_adopt();
+extern "C" fn on_fork_child() {
+    fork_release();
+    fork_child_adopt();
+}
+
+/// `pthread_atfork` prepare handler: takes every heap's locks.
+pub fn fork_prepare() {
+    if MAIN.state.load(Ordering::Acquire) == READY {
+        heaps::for_each_lock(|l| l.lock_raw());
+    }
+}
+
+/// `pthread_atfork` parent and child handler: releases the locks.
+pub fn fork_release() {
+    if MAIN.state.load(Ordering::Acquire) == READY {
+        // SAFETY: fork_prepare took these locks in this thread (the
+        // child's only thread is a copy of it); the order of release does
+        // not matter.
+        heaps::for_each_lock(|l| unsafe { l.unlock_raw() });
+    }
+}
+
+/// In a `fork` child: the forking thread is the child's only thread. The
+/// remote frees the fork cut in half are completed in every heap, the
+/// heaps of the other threads (which do not exist in the child) are put
+/// up for adoption, and if the forking thread was not the main thread it
+/// becomes the main heap's owner (as the process's first thread would).
+pub fn fork_child_adopt() {
+    if MAIN.state.load(Ordering::Acquire) != READY {
+        return;
+    }
+    // SAFETY: in the child this is the only thread, inside the fork child
+    // handler, after the locks were released.
+    unsafe { heaps::after_fork_in_child() };
+    if !on_main_thread() {
+        // SAFETY: in the child no other thread exists, so nobody else
+        // can be on the main heap's owner path.
+        unsafe { main_inner().core.set_owner() };
+        MAIN.owner.store(thread_token(), Ordering::Relaxed);
+    }
 }
 
 #[cold]
@@ -160,7 +197,7 @@ pub(super) fn init() {
         // glibc allocates the handler list with its own malloc, not with
         // this allocator. Refused only for want of memory, which leaves a
         // fork as unsafe as without them: nothing else depends on it.
-        let _ = os::at_fork(fork_prepare, fork_parent, fork_child);
+        let _ = os::at_fork(on_fork_prepare, on_fork_parent, on_fork_child);
     }
 }
 

@@ -239,7 +239,10 @@ where
     fn finish(&self, env: &WorkerEnv<'_>, state: Self::State) -> impl Iterator<Item = A> {
         let (inner, acc) = state;
         let acc = acc.unwrap_or_else(&self.identity);
-        let acc = self.inner.finish(env, inner).fold(acc, |a, x| (self.f)(a, x));
+        let acc = self
+            .inner
+            .finish(env, inner)
+            .fold(acc, |a, x| (self.f)(a, x));
         core::iter::once(acc)
     }
 }
