@@ -19,6 +19,7 @@
 use std::fmt;
 use std::io::Read as _;
 use std::os::unix::process::ExitStatusExt as _;
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -197,5 +198,41 @@ mod tests {
         assert!(msg.contains("broken input"), "{msg}");
         let e = run(&mut Command::new("/nonexistent/program")).expect_err("cannot start");
         assert!(e.to_string().contains("cannot start"), "{e}");
+    }
+}
+
+/// One variant of a side-by-side benchmark: the binary that runs it as a
+/// child, and the mode (first argument) that makes it one.
+pub struct Variant {
+    /// The name in the report.
+    pub name: &'static str,
+    /// The binary.
+    pub exe: PathBuf,
+    /// The child mode it is started in.
+    pub mode: &'static str,
+}
+
+impl Variant {
+    /// A variant run by `bin` from the directory of the running benchmark
+    /// (the benchmark itself when `bin` is its own name).
+    pub fn beside_me(name: &'static str, bin: &str, mode: &'static str) -> Variant {
+        let own = std::env::current_exe().expect("current_exe");
+        Variant {
+            name,
+            exe: own.with_file_name(bin),
+            mode,
+        }
+    }
+}
+
+/// Stops the benchmark `bench` with one line naming the first variant's
+/// binary that is not built, and the command that builds it.
+pub fn require_built(bench: &str, variants: &[Variant]) {
+    if let Some(v) = variants.iter().find(|v| !v.exe.exists()) {
+        eprintln!(
+            "{bench}: {} is missing: build it with `cargo build --release -p frostheap-bench --bins`",
+            v.exe.display()
+        );
+        std::process::exit(2);
     }
 }

@@ -44,7 +44,7 @@ use std::process::Command;
 
 use clap::{Parser, Subcommand};
 use frostheap::Runtime;
-use frostheap_bench::child::{self, Outcome};
+use frostheap_bench::child::{self, Outcome, Variant};
 use frostheap_bench::{cli, table, Machine, Plan, Table};
 use work::{Case, ChildArgs, Engine, Histogram};
 
@@ -136,11 +136,6 @@ impl Engine for Frostheap {
 }
 
 /// One variant: its name, binary and child mode.
-struct Variant {
-    name: &'static str,
-    exe: PathBuf,
-    mode: &'static str,
-}
 
 fn main() {
     let o = Options::parse();
@@ -152,31 +147,13 @@ fn main() {
         Some(ChildMode::Rayon(a)) => return work::child_main(&work::Rayon, a.case, a.runs),
         None => {}
     }
-    let own = std::env::current_exe().expect("current_exe");
     let variants = [
-        ("frostheap", own.clone(), "frostheap"),
-        ("rayon+Global", own.clone(), "rayon"),
-        (
-            "rayon+system",
-            own.with_file_name("par_rayon_system"),
-            "rayon",
-        ),
-        (
-            "rayon+mimalloc",
-            own.with_file_name("par_rayon_mimalloc"),
-            "rayon",
-        ),
-    ]
-    .map(|(name, exe, mode)| Variant { name, exe, mode });
-    for v in &variants {
-        if !v.exe.exists() {
-            eprintln!(
-                "par: {} is missing: build it with `cargo build --release -p frostheap-bench --bins`",
-                v.exe.display()
-            );
-            std::process::exit(2);
-        }
-    }
+        Variant::beside_me("frostheap", "par", "frostheap"),
+        Variant::beside_me("rayon+Global", "par", "rayon"),
+        Variant::beside_me("rayon+system", "par_rayon_system", "rayon"),
+        Variant::beside_me("rayon+mimalloc", "par_rayon_mimalloc", "rayon"),
+    ];
+    child::require_built("par", &variants);
     let machine = Machine::now();
     let mut report = String::new();
     let mut summary = Table::new(

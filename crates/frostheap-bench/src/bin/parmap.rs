@@ -42,11 +42,10 @@
 //! peak memory within 1.25× of the 64 MiB budget. No timing is asserted:
 //! this is a report.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use clap::{Parser, Subcommand};
-use frostheap_bench::child::{self, Outcome};
+use frostheap_bench::child::{self, Outcome, Variant};
 use frostheap_bench::parmap::{self, Case, ChildArgs, MEMORY_BUDGET, MIB};
 use frostheap_bench::{cli, table, Machine, Plan, Table};
 
@@ -89,11 +88,6 @@ enum ChildMode {
 }
 
 /// One variant: the binary and the child mode it runs in.
-struct Variant {
-    name: &'static str,
-    exe: PathBuf,
-    mode: &'static str,
-}
 
 fn main() {
     let o = Options::parse();
@@ -102,31 +96,13 @@ fn main() {
         Some(ChildMode::ChildIter(args)) => return frostheap_child(&args, true),
         None => {}
     }
-    let own = std::env::current_exe().expect("current_exe");
     let variants = [
-        ("frostheap", own.clone(), "child"),
-        ("frostheap map", own.clone(), "child-iter"),
-        (
-            "rayon+system",
-            own.with_file_name("parmap_rayon_system"),
-            "child",
-        ),
-        (
-            "rayon+mimalloc",
-            own.with_file_name("parmap_rayon_mimalloc"),
-            "child",
-        ),
-    ]
-    .map(|(name, exe, mode)| Variant { name, exe, mode });
-    for v in &variants {
-        if !v.exe.exists() {
-            eprintln!(
-                "parmap: {} is missing: build it with `cargo build --release -p frostheap-bench --bins`",
-                v.exe.display()
-            );
-            std::process::exit(2);
-        }
-    }
+        Variant::beside_me("frostheap", "parmap", "child"),
+        Variant::beside_me("frostheap map", "parmap", "child-iter"),
+        Variant::beside_me("rayon+system", "parmap_rayon_system", "child"),
+        Variant::beside_me("rayon+mimalloc", "parmap_rayon_mimalloc", "child"),
+    ];
+    child::require_built("parmap", &variants);
     let machine = Machine::now();
     let mut report = String::new();
     for &case in &o.cases {
