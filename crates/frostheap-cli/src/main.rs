@@ -1,5 +1,5 @@
 //! The `frostheap` command: `tour` (the default), `info`, and the tools
-//! built on the library. This is the only crate that knows clap.
+//! built on the library. With frostheap-bench, the only crates that know clap.
 
 use std::process::ExitCode;
 
