@@ -167,40 +167,6 @@ fn timeval(t: libc::timeval) -> Duration {
     Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_child_reports_samples_values_and_its_own_peak_rss() {
-        // The child grows a 64 MiB string in the shell: its peak RSS, not
-        // the test binary's, must show it.
-        let script = "echo sample 1.5; echo check 42; echo sample 2; \
-                      x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo len ${#x}; echo oops >&2";
-        let o = run(Command::new("sh").args(["-c", script])).expect("sh runs");
-        assert_eq!(o.samples(), [1.5, 2.0]);
-        assert_eq!(o.value("check"), Some("42"));
-        assert_eq!(o.value("len"), Some("67108864"));
-        assert_eq!(o.value("missing"), None);
-        assert_eq!(o.stderr.trim(), "oops");
-        assert!(o.peak_rss >= 64 << 20, "peak RSS {} B", o.peak_rss);
-        // Copying 64 MiB through `tr` takes CPU time, in sh's children,
-        // which wait4 counts for sh.
-        assert!(o.cpu > Duration::ZERO && o.wall > Duration::ZERO, "{o:?}");
-    }
-
-    #[test]
-    fn a_failing_child_is_an_error_naming_its_status_and_stderr() {
-        let e = run(Command::new("sh").args(["-c", "echo broken input >&2; exit 3"]))
-            .expect_err("exit 3 is a failure");
-        let msg = e.to_string();
-        assert!(msg.contains("exit status: 3"), "{msg}");
-        assert!(msg.contains("broken input"), "{msg}");
-        let e = run(&mut Command::new("/nonexistent/program")).expect_err("cannot start");
-        assert!(e.to_string().contains("cannot start"), "{e}");
-    }
-}
-
 /// One variant of a side-by-side benchmark: the binary that runs it as a
 /// child, and the mode (first argument) that makes it one.
 pub struct Variant {
@@ -234,5 +200,39 @@ pub fn require_built(bench: &str, variants: &[Variant]) {
             v.exe.display()
         );
         std::process::exit(2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_reports_samples_values_and_its_own_peak_rss() {
+        // The child grows a 64 MiB string in the shell: its peak RSS, not
+        // the test binary's, must show it.
+        let script = "echo sample 1.5; echo check 42; echo sample 2; \
+                      x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo len ${#x}; echo oops >&2";
+        let o = run(Command::new("sh").args(["-c", script])).expect("sh runs");
+        assert_eq!(o.samples(), [1.5, 2.0]);
+        assert_eq!(o.value("check"), Some("42"));
+        assert_eq!(o.value("len"), Some("67108864"));
+        assert_eq!(o.value("missing"), None);
+        assert_eq!(o.stderr.trim(), "oops");
+        assert!(o.peak_rss >= 64 << 20, "peak RSS {} B", o.peak_rss);
+        // Copying 64 MiB through `tr` takes CPU time, in sh's children,
+        // which wait4 counts for sh.
+        assert!(o.cpu > Duration::ZERO && o.wall > Duration::ZERO, "{o:?}");
+    }
+
+    #[test]
+    fn a_failing_child_is_an_error_naming_its_status_and_stderr() {
+        let e = run(Command::new("sh").args(["-c", "echo broken input >&2; exit 3"]))
+            .expect_err("exit 3 is a failure");
+        let msg = e.to_string();
+        assert!(msg.contains("exit status: 3"), "{msg}");
+        assert!(msg.contains("broken input"), "{msg}");
+        let e = run(&mut Command::new("/nonexistent/program")).expect_err("cannot start");
+        assert!(e.to_string().contains("cannot start"), "{e}");
     }
 }

@@ -135,8 +135,6 @@ impl Engine for Frostheap {
     }
 }
 
-/// One variant: its name, binary and child mode.
-
 fn main() {
     let o = Options::parse();
     match o.child {

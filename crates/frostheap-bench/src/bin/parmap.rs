@@ -87,8 +87,6 @@ enum ChildMode {
     ChildIter(ChildArgs),
 }
 
-/// One variant: the binary and the child mode it runs in.
-
 fn main() {
     let o = Options::parse();
     match o.child {
