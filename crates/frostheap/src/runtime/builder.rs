@@ -179,13 +179,9 @@ impl RuntimeBuilder {
                     guards.push(trap::guard(h, backend)?);
                 }
             }
-            let frozen_key = match backend {
-                Backend::Pkey(key) if !guards.is_empty() => Some(key),
-                _ => None,
-            };
             let control: &'static ControlBlock = Box::leak(Box::new(ControlBlock {
                 backend,
-                frozen_key,
+                guards_any: !guards.is_empty(),
                 policy,
                 epoch: AtomicU32::new(0),
                 job: AtomicPtr::new(core::ptr::null_mut()),

@@ -22,11 +22,11 @@ pub(crate) struct JobRef<'a>(pub(crate) &'a (dyn Fn(&WorkerEnv<'_>) + Sync));
 /// memory, never moves, leaked so workers may hold it for `'static`).
 pub(crate) struct ControlBlock {
     pub backend: Backend,
-    /// The protection key this runtime's workers lose write access to
-    /// during its phases: `Some` only on `pkey` with at least one guarded
-    /// heap. A runtime that guards nothing denies nothing, even while
-    /// another runtime's heaps carry the process's key.
-    pub frozen_key: Option<u32>,
+    /// Whether this runtime guards any heap. On `pkey`, its workers lose
+    /// write access to the key during its phases only if it does: a
+    /// runtime that guards nothing denies nothing, even while another
+    /// runtime's heaps carry the process's key.
+    pub guards_any: bool,
     pub policy: OnViolation,
     pub epoch: AtomicU32,
     pub job: AtomicPtr<JobRef<'static>>,
@@ -166,11 +166,17 @@ fn run(
             os::futex_wake(&rt.epoch, 2);
             slot.begin_job();
             slot.in_phase.store(true, Ordering::Release);
-            if let Some(key) = rt.frozen_key {
-                // Reads allowed, writes denied, for this thread only: set
+            if let Backend::Pkey(key) = rt.backend {
+                // Reads allowed, writes denied (or, in a runtime that
+                // guards nothing, both allowed), for this thread only: set
                 // both bits explicitly (a thread spawned by one that never
                 // had the key would otherwise inherit access-disable too).
-                trap::set_key_access(key, os::Access::Read);
+                let during = if rt.guards_any {
+                    os::Access::Read
+                } else {
+                    os::Access::ReadWrite
+                };
+                trap::set_key_access(key, during);
             }
             global::set_context(ctx);
             // SAFETY: main keeps the job alive until every worker has
@@ -178,7 +184,7 @@ fn run(
             let job: &JobRef = unsafe { &*job };
             (job.0)(&WorkerEnv { index, ctx });
             global::set_context(core::ptr::null());
-            if let Some(key) = rt.frozen_key {
+            if let Backend::Pkey(key) = rt.backend {
                 trap::set_key_access(key, os::Access::ReadWrite);
             }
             slot.in_phase.store(false, Ordering::Release);
