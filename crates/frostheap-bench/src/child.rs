@@ -203,6 +203,42 @@ pub fn require_built(bench: &str, variants: &[Variant]) {
     }
 }
 
+/// Runs every variant as `exe MODE ARGS..` once per round, interleaved
+/// ([`Plan`](crate::Plan), `rounds` rounds, no warm-up), printing each
+/// run's wall time under `label`; then checks that every run of every
+/// variant printed the same `check` value (same input, same answer,
+/// whatever the engine and the repetition) and panics naming them if not.
+pub fn run_checked(
+    label: &str,
+    variants: &[Variant],
+    rounds: usize,
+    args: &[&str],
+) -> crate::Rounds<Outcome> {
+    let rounds = crate::Plan::rounds(0, rounds).run(variants, |v| {
+        let out = run(Command::new(&v.exe).arg(v.mode).args(args))
+            .unwrap_or_else(|e| panic!("{} {label}: {e}", v.name));
+        eprintln!("  {:<16} {:?}", v.name, out.wall);
+        out
+    });
+    let checks: Vec<(&str, &str)> = variants
+        .iter()
+        .enumerate()
+        .flat_map(|(i, v)| {
+            rounds.of(i).iter().map(move |out| {
+                (
+                    v.name,
+                    out.value("check").expect("a child prints its check"),
+                )
+            })
+        })
+        .collect();
+    assert!(
+        checks.windows(2).all(|w| w[0].1 == w[1].1),
+        "variants computed different results: {checks:?}"
+    );
+    rounds
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,12 +40,11 @@
 mod work;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use clap::{Parser, Subcommand};
 use frostheap::Runtime;
 use frostheap_bench::child::{self, Outcome, Variant};
-use frostheap_bench::{cli, table, Machine, Plan, Table};
+use frostheap_bench::{cli, table, Machine, Table};
 use work::{Case, ChildArgs, Engine, Histogram};
 
 #[global_allocator]
@@ -182,28 +181,8 @@ fn main() {
 /// adds its target line to `summary`.
 fn run_case(o: &Options, case: Case, variants: &[Variant], summary: &mut Table) -> String {
     eprintln!("par: {} …", case.name());
-    let rounds = Plan::rounds(0, o.reps).run(variants, |v| {
-        let out = child::run(Command::new(&v.exe).args([v.mode, case.name(), &o.runs.to_string()]))
-            .unwrap_or_else(|e| panic!("{} {}: {e}", v.name, case.name()));
-        eprintln!("  {:<16} {:?}", v.name, out.wall);
-        out
-    });
-    let checks: Vec<(&str, &str)> = variants
-        .iter()
-        .enumerate()
-        .flat_map(|(i, v)| {
-            rounds.of(i).iter().map(move |out| {
-                (
-                    v.name,
-                    out.value("check").expect("a child prints its check"),
-                )
-            })
-        })
-        .collect();
-    assert!(
-        checks.windows(2).all(|w| w[0].1 == w[1].1),
-        "variants computed different results: {checks:?}"
-    );
+    let runs = o.runs.to_string();
+    let rounds = child::run_checked(case.name(), variants, o.reps, &[case.name(), &runs]);
     let ns = rounds.samples_each(Outcome::samples);
     let mut t = Table::new(
         [

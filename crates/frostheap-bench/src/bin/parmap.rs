@@ -42,12 +42,10 @@
 //! peak memory within 1.25× of the 64 MiB budget. No timing is asserted:
 //! this is a report.
 
-use std::process::Command;
-
 use clap::{Parser, Subcommand};
 use frostheap_bench::child::{self, Outcome, Variant};
 use frostheap_bench::parmap::{self, Case, ChildArgs, MEMORY_BUDGET, MIB};
-use frostheap_bench::{cli, table, Machine, Plan, Table};
+use frostheap_bench::{cli, table, Machine, Table};
 
 #[global_allocator]
 static GLOBAL: frostheap::Global = frostheap::Global;
@@ -144,29 +142,8 @@ fn frostheap_child(args: &ChildArgs, generic: bool) {
 /// Runs one case under every variant, interleaved; returns its report.
 fn run_case(o: &Options, case: Case, variants: &[Variant]) -> String {
     eprintln!("parmap: {} …", case.name());
-    let rounds = Plan::rounds(0, o.reps).run(variants, |v| {
-        let out = child::run(Command::new(&v.exe).args([v.mode, case.name(), &o.runs.to_string()]))
-            .unwrap_or_else(|e| panic!("{} {}: {e}", v.name, case.name()));
-        eprintln!("  {:<16} {:?}", v.name, out.wall);
-        out
-    });
-    // Same input, same answer, whatever the engine and the repetition.
-    let checks: Vec<(&str, &str)> = variants
-        .iter()
-        .enumerate()
-        .flat_map(|(i, v)| {
-            rounds.of(i).iter().map(move |out| {
-                (
-                    v.name,
-                    out.value("check").expect("a child prints its check"),
-                )
-            })
-        })
-        .collect();
-    assert!(
-        checks.windows(2).all(|w| w[0].1 == w[1].1),
-        "variants computed different results: {checks:?}"
-    );
+    let runs = o.runs.to_string();
+    let rounds = child::run_checked(case.name(), variants, o.reps, &[case.name(), &runs]);
     let ns = rounds.samples_each(Outcome::samples);
     let peak_rss = |i: usize| {
         rounds
