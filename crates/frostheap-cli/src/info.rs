@@ -36,10 +36,10 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("protection keys      {pkeys}");
     let backend = frostheap::__private::resolve(cfg.protect)?;
     println!(
-        "freeze backend       {} (FROSTHEAP_PROTECT={:?}), policy {:?} (FROSTHEAP_ON_VIOLATION)",
+        "freeze backend       {} (FROSTHEAP_PROTECT={:?}), policy {} (FROSTHEAP_ON_VIOLATION)",
         backend.name(),
         cfg.protect,
-        cfg.on_violation
+        cfg.on_violation.name()
     );
     println!("physical memory      {}", Bytes(os::physical_memory()));
     println!(
