@@ -269,6 +269,12 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
 /// 1. `ptr` is null or a live block returned by these functions.
 #[inline(never)]
 unsafe fn free_elsewhere(ptr: *mut c_void) {
+    if let Some(h) = local_fast() {
+        // SAFETY: h is this thread's heap; (1).
+        if unsafe { h.free_other(ptr.cast()) } {
+            return;
+        }
+    }
     if raw::owns(ptr.cast()) {
         // SAFETY: (1) and the address test: a live heap block.
         unsafe { raw::free(ptr.cast()) };

@@ -221,6 +221,16 @@ pub(super) fn attach() -> Option<(usize, &'static HeapInner)> {
 pub(super) unsafe fn detach(idx: usize) {
     // SAFETY: (1).
     let h = unsafe { slot_heap(idx) };
+    // Other heaps' blocks the thread kept go back to them first.
+    // SAFETY: (1): the owner, still; each block is a live block of the
+    // arena heap its address names.
+    unsafe {
+        h.remote_cache.drain(|p| {
+            if let Some((heap, offset)) = heap_of(p) {
+                heap.core.free_at(p, offset);
+            }
+        })
+    };
     // SAFETY: (1).
     unsafe { h.core.abandon() };
     SLOTS[idx].state.store(ABANDONED, Ordering::Relaxed);

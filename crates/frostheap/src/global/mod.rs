@@ -66,6 +66,16 @@ unsafe impl GlobalAlloc for Global {
         let h = FAST_HEAP.with(|h| h.get());
         if !h.is_null() {
             if let Some(c) = class_for(layout.size(), layout.align()) {
+                // Other threads' blocks this thread freed first: their
+                // lines are in this core's cache (see heap::remote_cache). They
+                // are aligned to 16 only.
+                if layout.align() <= 16 {
+                    // SAFETY: the heap word is set only on the heap's owner
+                    // thread, which owns its cache.
+                    if let Some(p) = unsafe { (*h).remote_cache.pop(c) } {
+                        return p.as_ptr();
+                    }
+                }
                 // SAFETY: the heap word is set only on the heap's owner
                 // thread, to a heap in static storage.
                 if let Some(p) = unsafe { (*h).core.try_alloc_small_as_owner(c) } {
@@ -232,8 +242,29 @@ impl Global {
     /// 1. The `GlobalAlloc::dealloc` contract.
     #[inline(never)]
     unsafe fn dealloc_elsewhere(&self, ptr: *mut u8, layout: Layout) {
+        let owner = owner_of(ptr);
+        if let Owner::Heap { heap, .. } = owner {
+            // Another thread heap's small block freed on a thread with a
+            // heap of its own (outside phases): kept for this thread's
+            // next allocation of its class (see heap::remote_cache). Never a
+            // main-heap block, which a runtime may freeze.
+            let h = FAST_HEAP.with(|h| h.get());
+            if !h.is_null() && layout.align() <= 16 && !core::ptr::eq(heap, main_inner()) {
+                if let Some(c) = class_for(layout.size(), 1) {
+                    // SAFETY: h is the calling thread's own heap; ptr is a
+                    // live small block of another thread heap (a block of
+                    // a thread heap with a small layout is a small block,
+                    // of that class or a larger one: realloc keeps a block
+                    // in place only while it fits), aligned to 16, which
+                    // the caller gives up (GlobalAlloc contract).
+                    if unsafe { (*h).remote_cache.push(c, ptr) } {
+                        return;
+                    }
+                }
+            }
+        }
         // SAFETY: forwarded (1); owner_of names the block's allocator.
-        unsafe { free_by_owner(ptr, owner_of(ptr), layout) }
+        unsafe { free_by_owner(ptr, owner, layout) }
     }
 
     /// Every allocation but the main thread's inlined fast path.

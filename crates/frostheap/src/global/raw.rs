@@ -10,6 +10,7 @@ use core::sync::atomic::Ordering;
 
 use super::heaps;
 use super::start::{main_inner, AUTO_HUGE_PAGES, C_ABI, MAIN, READY};
+use crate::heap::class::class_of_lookup;
 use crate::heap::{Heap, HeapInner};
 
 /// Default alignment of `malloc` (glibc's `MALLOC_ALIGNMENT`).
@@ -101,6 +102,14 @@ impl Local {
     /// 1. Called on the thread the `Local` was obtained on.
     #[inline(always)]
     pub unsafe fn malloc(self, size: usize) -> *mut u8 {
+        // Other thread heaps' blocks this thread freed first (see
+        // `heap::remote_cache`).
+        if let Some(c) = class_of_lookup(size) {
+            // SAFETY: (1): that thread owns the heap and its cache.
+            if let Some(p) = unsafe { self.0.remote_cache.pop(c) } {
+                return p.as_ptr();
+            }
+        }
         // SAFETY: forwarded (1): that thread owns the heap.
         unsafe { self.0.core.alloc_c_as_owner::<false>(size) }
     }
@@ -111,8 +120,46 @@ impl Local {
     /// 1. As [`Local::malloc`].
     #[inline(always)]
     pub unsafe fn calloc(self, size: usize) -> *mut u8 {
+        if let Some(c) = class_of_lookup(size) {
+            // SAFETY: (1): that thread owns the heap and its cache.
+            if let Some(p) = unsafe { self.0.remote_cache.pop(c) } {
+                // SAFETY: the block has at least CLASS_SIZE[c] >= size bytes.
+                unsafe { core::ptr::write_bytes(p.as_ptr(), 0, size) };
+                return p.as_ptr();
+            }
+        }
         // SAFETY: forwarded (1).
         unsafe { self.0.core.alloc_c_as_owner::<true>(size) }
+    }
+
+    /// C `free` of a block that is not of this thread's own heap. Another
+    /// thread heap's small block is kept in this thread's cache for its
+    /// next allocation of that class (never a main-heap block: a runtime
+    /// may freeze the main heap); any other arena block goes back to its
+    /// heap. False (nothing done) if `p` is not in the arena.
+    ///
+    /// # Safety
+    /// 1. As [`Local::malloc`]; `p` is null or a live block returned by the
+    ///    C ABI, freed once.
+    #[inline(never)]
+    pub unsafe fn free_other(self, p: *mut u8) -> bool {
+        let Some((heap, offset)) = heaps::heap_of(p) else {
+            return false;
+        };
+        if !core::ptr::eq(heap, main_inner()) && (p as usize) & (MALLOC_ALIGN - 1) == 0 {
+            // SAFETY: (1): a live block of `heap`.
+            if let Some(c) = unsafe { heap.core.small_class_of(p) } {
+                // SAFETY: (1): that thread owns the cache; p is a live
+                // small block of class c of another thread heap, aligned
+                // to 16, which the caller gives up.
+                if unsafe { self.0.remote_cache.push(c, p) } {
+                    return true;
+                }
+            }
+        }
+        // SAFETY: (1): a live block of `heap`, `offset` bytes into it.
+        unsafe { heap.core.free_at(p, offset) };
+        true
     }
 
     /// Allocates `layout`; null past the limit.

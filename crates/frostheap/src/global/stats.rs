@@ -66,14 +66,20 @@ pub fn stats() -> ProcessStats {
         committed_by_kind,
         ..ProcessStats::default()
     };
+    // Blocks held in threads' caches of other thread heaps' blocks
+    // (heap::remote_cache) are live in their own heap's statistics, and not in
+    // use: only thread heaps' blocks are cached.
+    let mut cached = 0;
     for (idx, h, _) in heaps::built() {
         let in_use = h.core.stats().in_use;
+        cached += h.remote_cache.bytes();
         if idx == 0 {
             s.main_in_use = in_use;
         } else {
             s.threads_in_use += in_use;
         }
     }
+    s.threads_in_use = s.threads_in_use.saturating_sub(cached);
     (s.thread_heaps, s.abandoned_heaps) = heaps::counts();
     s
 }

@@ -19,6 +19,7 @@
 //! | [`control`] | statistics, external charges, queries, freezing, sealing, fork repair |
 //! | [`queue`] | class queues of spans and the current span of each class |
 //! | [`remote`] | frees by other threads: the remote-free bitmap, the pending stack, fork repair |
+//! | [`remote_cache`] | a thread's cache of other thread heaps' blocks it freed, reused before they go back |
 //! | [`stats`] | exact statistics: the counters and [`Stats`] |
 //! | [`span`] | the span allocator: free-span bins, commit, giving memory back |
 //! | [`large`] | the layout of large blocks, their growth and shrink in place |
@@ -36,6 +37,7 @@ pub mod process;
 mod queue;
 mod realloc;
 mod remote;
+pub(crate) mod remote_cache;
 mod span;
 mod stats;
 #[cfg(test)]
@@ -62,6 +64,9 @@ use crate::region::PAGE_SIZE;
 #[repr(C)]
 pub(crate) struct HeapInner {
     pub(crate) core: HeapCore,
+    /// Other thread heaps' blocks this heap's thread freed, kept for its
+    /// own allocations (global mode only; see [`remote_cache`]).
+    pub(crate) remote_cache: remote_cache::RemoteCache,
     pub(crate) name: Cow<'static, str>,
     /// The heap's entry in the guard table (`None` until registered).
     entry: Option<&'static guard::Entry>,
@@ -75,6 +80,7 @@ impl HeapInner {
         let core = HeapCore::new(config)?;
         Ok(HeapInner {
             core,
+            remote_cache: remote_cache::RemoteCache::new(),
             name,
             entry: None,
         })
@@ -94,6 +100,7 @@ impl HeapInner {
         let core = unsafe { HeapCore::new_in(base, config)? };
         Ok(HeapInner {
             core,
+            remote_cache: remote_cache::RemoteCache::new(),
             name,
             entry: None,
         })

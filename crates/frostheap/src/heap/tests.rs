@@ -680,3 +680,103 @@ mod span {
         unsafe { core.free(p) };
     }
 }
+
+mod remote_cache {
+    use super::*;
+    use crate::heap::class::{CLASS_SIZE, N_CLASSES};
+    use crate::heap::remote_cache::{RemoteCache, CAP, CAP_BYTES};
+
+    /// Blocks come back last in, first out, per class; a class takes no
+    /// more than its cap (the caller then frees to the heap); the bytes
+    /// held follow the classes' sizes; a drain hands every block back once.
+    #[test]
+    fn the_cache_is_lifo_per_class_bounded_and_drains_everything() {
+        let core = heap_of(64 << 20);
+        let cache = RemoteCache::new();
+        let c = crate::heap::class::class_of(96).unwrap();
+        let layout = Layout::from_size_align(96, 16).unwrap();
+        let blocks: Vec<*mut u8> = (0..CAP as usize + 5).map(|_| core.alloc(layout)).collect();
+        let cap = (CAP_BYTES / CLASS_SIZE[c]).min(CAP) as usize;
+        let mut taken = 0;
+        for &b in &blocks {
+            // SAFETY: live 16-aligned blocks of class c, given up once.
+            if unsafe { cache.push(c, b) } {
+                taken += 1;
+            } else {
+                // SAFETY: refused: still the caller's, freed to its heap.
+                unsafe { core.free(b) };
+            }
+        }
+        assert_eq!(
+            taken, cap,
+            "class {c} of {} bytes took {taken}",
+            CLASS_SIZE[c]
+        );
+        assert_eq!(cache.bytes(), cap * CLASS_SIZE[c] as usize);
+        // SAFETY: we own the cache.
+        let first = unsafe { cache.pop(c) }.expect("a cached block").as_ptr();
+        assert_eq!(first, blocks[cap - 1], "not last in, first out");
+        assert!(
+            // SAFETY: as above.
+            unsafe { cache.pop(c + 1) }.is_none(),
+            "another class handed out"
+        );
+        // SAFETY: first is ours again; given back to the cache.
+        assert!(unsafe { cache.push(c, first) });
+        let mut drained = Vec::new();
+        // SAFETY: we own the cache; every block goes back to its heap.
+        unsafe { cache.drain(|p| drained.push(p)) };
+        drained.sort();
+        let mut want = blocks[..cap].to_vec();
+        want.sort();
+        assert_eq!(drained, want, "the drain lost or repeated blocks");
+        assert_eq!(cache.bytes(), 0);
+        // SAFETY: as above: empty now.
+        assert!(unsafe { cache.pop(c) }.is_none());
+        for p in drained {
+            // SAFETY: live blocks of the heap, freed once.
+            unsafe { core.free(p) };
+        }
+        assert_eq!(core.stats().in_use, 0);
+    }
+
+    /// What one thread can hold of other heaps' memory at most: every
+    /// class filled until it refuses.
+    #[test]
+    fn a_full_cache_holds_at_most_338_kib() {
+        let core = heap_of(64 << 20);
+        let cache = RemoteCache::new();
+        let mut refused = Vec::new();
+        for (c, &size) in CLASS_SIZE.iter().enumerate() {
+            let layout = Layout::from_size_align(size as usize, 16).unwrap();
+            for _ in 0..=CAP {
+                let b = core.alloc(layout);
+                assert!(!b.is_null());
+                // SAFETY: a live 16-aligned block of class c, given up once.
+                if !unsafe { cache.push(c, b) } {
+                    refused.push(b);
+                    break;
+                }
+            }
+        }
+        assert_eq!(
+            refused.len(),
+            N_CLASSES,
+            "a class took more than CAP blocks"
+        );
+        assert_eq!(
+            cache.bytes(),
+            345_984,
+            "a full cache holds {} bytes",
+            cache.bytes()
+        );
+        assert!(CLASS_SIZE.iter().filter(|&&s| s > CAP_BYTES / 2).count() > 0);
+        // SAFETY: we own the cache; every block goes back to its heap.
+        unsafe { cache.drain(|p| refused.push(p)) };
+        for p in refused {
+            // SAFETY: live blocks of the heap, freed once.
+            unsafe { core.free(p) };
+        }
+        assert_eq!(core.stats().in_use, 0);
+    }
+}

@@ -197,6 +197,35 @@ fn remote_double_free_stops_the_process_with_a_report() {
     );
 }
 
+test!(thread_heap_double_free_through_the_cache_stops_the_process);
+fn thread_heap_double_free_through_the_cache_stops_the_process() {
+    let out = run_fixture("global_routing", &["thread-double-free"], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let p = stdout
+        .strip_prefix("freeing 0x")
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no pointer printed\n{}", describe(&out)));
+    assert_eq!(out.status.signal(), Some(6), "SIGABRT expected\n{}", describe(&out));
+    assert!(!stdout.contains("survived"), "the double free went unnoticed\n{}", describe(&out));
+    assert!(
+        stderr.contains(&format!("free of an invalid or already freed pointer 0x{p}")),
+        "{}",
+        describe(&out)
+    );
+}
+
+test!(a_thread_reuses_the_blocks_of_other_threads_it_frees);
+fn a_thread_reuses_the_blocks_of_other_threads_it_frees() {
+    let out = run_fixture("global_routing", &["remote-cache"], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("remote cache: ok"),
+        "{}",
+        describe(&out)
+    );
+}
+
 test!(one_limit_bounds_every_kind_of_thread);
 /// `FROSTHEAP_MAX=128M` bounds the main thread, a spawned thread, a pool
 /// of worker threads and runtime tasks together: each is refused near the

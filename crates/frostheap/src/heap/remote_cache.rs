@@ -1,0 +1,209 @@
+//! A thread's cache of blocks of *other* thread heaps that it freed, which
+//! it hands out again for its own allocations of the same class before
+//! they go back to their heaps.
+//!
+//! On the remote path ([`super::remote`]) a block freed by a thread other
+//! than its owner costs one or two atomic ORs on lines the owner also
+//! reads, a cache-line transfer when the owner collects it and another
+//! when the owner hands it out again. Where threads free one another's
+//! blocks at random (a server; the `larson` case of the `threads`
+//! benchmark) that was half of frostheap's time. jemalloc's thread caches
+//! take any block a thread frees, whoever made it, and hand it out again
+//! on that thread: the block's line, which the freer has just used, stays
+//! in its core, and nothing is written anywhere else. This cache does the
+//! same for blocks of **thread heaps** only:
+//!
+//! - never a main-heap block: a runtime freezes the main heap, and a
+//!   thread handed a frozen block would fault writing it;
+//! - never on a runtime worker inside a phase (it allocates from its
+//!   context heap: its heap word is null, so neither path looks here);
+//! - only blocks aligned to 16 are taken and only requests aligned to at
+//!   most 16 are served.
+//!
+//! **Counting.** A cached block stays live in its own heap's statistics
+//! until it goes back there. The cache counts the bytes it holds
+//! ([`RemoteCache::bytes`], its classes' sizes), and
+//! `frostheap::stats()` takes them off the thread heaps' bytes in use, so
+//! the process figures stay exact. (One case is counted short: a Rust
+//! block shrunk in place by `realloc` is cached under the class of its new
+//! size, smaller than the size its heap counts, until it is handed out
+//! again.) The limit is not involved: it counts commits.
+//!
+//! **Bounds.** Each class holds at most [`CAP`] blocks and [`CAP_BYTES`]
+//! bytes, and classes above 8 KiB none, so a thread holds at most 338 KiB
+//! of other heaps' memory (32 classes, all full), typically a few KiB; a
+//! free past that takes the remote path. The cache empties back to the
+//! owners when its thread exits (`global::heaps::detach`); a heap adopted
+//! after a `fork` keeps the cache it had, whose blocks are still live.
+//!
+//! **Double frees.** Every block the cache holds carries a mark in its
+//! second word; a free of a block with the mark scans its class and
+//! reports a double free, as the remote path's bitmap does.
+//!
+//! Only the owning thread touches a cache (`Cell`s), except `bytes`, which
+//! statistics read.
+
+use core::cell::Cell;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use super::class::{CLASS_SIZE, N_CLASSES};
+use super::page::{invalid_free, Block};
+
+/// Blocks per class at most.
+pub const CAP: u32 = 32;
+/// Bytes per class at most: large classes hold fewer blocks, and classes
+/// above half of it none.
+pub const CAP_BYTES: u32 = 16 << 10;
+
+/// Blocks of each class a cache holds at most: [`CAP`], or as many as fit
+/// in [`CAP_BYTES`]; none where fewer than two would.
+static CLASS_CAP: [u32; N_CLASSES] = {
+    let mut t = [0; N_CLASSES];
+    let mut c = 0;
+    while c < N_CLASSES {
+        let n = CAP_BYTES / CLASS_SIZE[c];
+        t[c] = if n > CAP {
+            CAP
+        } else if n < 2 {
+            0
+        } else {
+            n
+        };
+        c += 1;
+    }
+    t
+};
+
+/// A word the cache writes into the second word of every block it holds
+/// (every block is at least 16 bytes): a block freed into the cache while
+/// it holds it is a double free, found by a scan of its class only when
+/// the word matches.
+const HELD: usize = 0xF0E1_6C0D_E5CA_C4E5;
+
+/// One thread's cache of other thread heaps' blocks.
+pub(crate) struct RemoteCache {
+    head: [Cell<*mut Block>; N_CLASSES],
+    count: [Cell<u32>; N_CLASSES],
+    /// Usable bytes held, all classes (written by the owner, read by
+    /// statistics).
+    bytes: AtomicUsize,
+}
+
+// SAFETY: the `Cell`s are touched only by the thread that owns the heap the
+// cache belongs to (see the module documentation); `bytes` is atomic.
+unsafe impl Sync for RemoteCache {}
+// SAFETY: the blocks a cache holds are heap memory owned by no thread; a
+// cache moves with its heap (an explicit heap's is never used).
+unsafe impl Send for RemoteCache {}
+
+impl RemoteCache {
+    pub(crate) const fn new() -> RemoteCache {
+        RemoteCache {
+            head: [const { Cell::new(ptr::null_mut()) }; N_CLASSES],
+            count: [const { Cell::new(0) }; N_CLASSES],
+            bytes: AtomicUsize::new(0),
+        }
+    }
+
+    /// A cached block of class `c` (at least `CLASS_SIZE[c]` usable bytes,
+    /// aligned to 16), if any.
+    ///
+    /// # Safety
+    /// 1. The calling thread owns the cache.
+    #[inline(always)]
+    pub(crate) unsafe fn pop(&self, c: usize) -> Option<NonNull<u8>> {
+        debug_assert!(c < N_CLASSES, "class out of range");
+        // SAFETY: c < N_CLASSES (the caller's class).
+        let head = unsafe { self.head.get_unchecked(c) };
+        let b = NonNull::new(head.get())?;
+        // SAFETY: b is a block this cache holds: its first word is the link
+        // and its second word is the cache's mark, which is cleared here.
+        unsafe {
+            head.set((*b.as_ptr()).next);
+            b.as_ptr().cast::<usize>().add(1).write(0);
+        }
+        // SAFETY: as above.
+        let n = unsafe { self.count.get_unchecked(c) };
+        n.set(n.get() - 1);
+        let size = CLASS_SIZE[c] as usize;
+        self.bytes
+            .store(self.bytes.load(Ordering::Relaxed) - size, Ordering::Relaxed);
+        Some(b.cast())
+    }
+
+    /// Takes `p`, a live block of class `c` (at least) of another thread
+    /// heap, freed by the calling thread; false if the class is full (the
+    /// caller frees it to its heap).
+    ///
+    /// # Safety
+    /// 1. The calling thread owns the cache; `p` is a live block of a thread
+    ///    heap, aligned to 16 with at least `CLASS_SIZE[c]` usable bytes,
+    ///    freed by the caller (it is the caller's to give up).
+    #[inline]
+    pub(crate) unsafe fn push(&self, c: usize, p: *mut u8) -> bool {
+        let n = &self.count[c];
+        if n.get() >= CLASS_CAP[c] {
+            return false;
+        }
+        let w = p.cast::<usize>();
+        // SAFETY: (1): p has at least 16 bytes; its words are ours to read
+        // and write now.
+        unsafe {
+            if w.add(1).read() == HELD && self.holds(c, p) {
+                invalid_free(p);
+            }
+            (*p.cast::<Block>()).next = self.head[c].get();
+            w.add(1).write(HELD);
+        }
+        self.head[c].set(p.cast());
+        n.set(n.get() + 1);
+        let size = CLASS_SIZE[c] as usize;
+        self.bytes
+            .store(self.bytes.load(Ordering::Relaxed) + size, Ordering::Relaxed);
+        true
+    }
+
+    /// Whether class `c`'s list holds `p` (a double free check).
+    #[cold]
+    fn holds(&self, c: usize, p: *mut u8) -> bool {
+        let mut b = self.head[c].get();
+        while !b.is_null() {
+            if b.cast::<u8>() == p {
+                return true;
+            }
+            // SAFETY: b is a block the cache holds.
+            b = unsafe { (*b).next };
+        }
+        false
+    }
+
+    /// Usable bytes the cache holds (of its classes' sizes).
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Empties the cache, handing every block to `free`.
+    ///
+    /// # Safety
+    /// 1. The calling thread owns the cache (or is the only thread, in a
+    ///    `fork` child), and `free` gives a block back to its heap.
+    pub(crate) unsafe fn drain(&self, mut free: impl FnMut(*mut u8)) {
+        for c in 0..N_CLASSES {
+            let mut b = self.head[c].replace(ptr::null_mut());
+            self.count[c].set(0);
+            while !b.is_null() {
+                // SAFETY: b is a block the cache held; read its link and
+                // clear the mark before giving it back.
+                let next = unsafe {
+                    let next = (*b).next;
+                    b.cast::<usize>().add(1).write(0);
+                    next
+                };
+                free(b.cast());
+                b = next;
+            }
+        }
+        self.bytes.store(0, Ordering::Relaxed);
+    }
+}
