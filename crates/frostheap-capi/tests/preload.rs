@@ -161,6 +161,35 @@ fn cross_thread_frees() {
 }
 
 #[test]
+fn a_thread_hands_out_the_blocks_of_other_threads_it_freed_first() {
+    let out = preloaded(&mut Command::new(c_program("remote_cache")), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("checks, 0 failures"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_double_free_of_a_cached_block_stops_the_process_with_a_report() {
+    let out = preloaded(Command::new(c_program("remote_cache")).arg("double"), &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let p = stdout
+        .strip_prefix("freeing 0x")
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no pointer printed\n{}", text(&out)));
+    assert!(!stdout.contains("survived"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "free of an invalid or already freed pointer 0x{p}"
+        )),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
 fn fork_then_allocate_in_the_child() {
     let out = preloaded(&mut Command::new(c_program("fork")), &[]);
     assert!(out.status.success(), "{}", text(&out));
