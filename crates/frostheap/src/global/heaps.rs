@@ -30,6 +30,7 @@ use std::borrow::Cow;
 
 use crate::heap::core::CoreConfig;
 use crate::heap::process;
+use crate::heap::remote_cache::{self, RemoteCache};
 use crate::heap::HeapInner;
 use crate::sync::{thread_token, RawLock};
 
@@ -222,19 +223,78 @@ pub(super) unsafe fn detach(idx: usize) {
     // SAFETY: (1).
     let h = unsafe { slot_heap(idx) };
     // Other heaps' blocks the thread kept go back to them first.
-    // SAFETY: (1): the owner, still; each block is a live block of the
-    // arena heap its address names.
-    unsafe {
-        h.remote_cache.drain(|p| {
-            if let Some((heap, offset)) = heap_of(p) {
-                heap.core.free_at(p, offset);
-            }
-        })
-    };
+    // SAFETY: (1): the owner, still; the cache holds live blocks of other
+    // arena heaps.
+    unsafe { h.remote_cache.drain(|blocks| free_to_owners(blocks)) };
     // SAFETY: (1).
     unsafe { h.core.abandon() };
     SLOTS[idx].state.store(ABANDONED, Ordering::Relaxed);
     push_abandoned(idx);
+}
+
+/// Keeps `p`, a small block of class `c` (at least) of another thread
+/// heap freed by the owner of `h`, in `h`'s remote cache; a full class
+/// first gives its blocks back to their heaps, a bitmap word at a time
+/// ([`free_to_owners`]). False if the class is not cached (the caller
+/// frees `p` to its heap).
+///
+/// # Safety
+/// 1. The calling thread owns `h` and is not a runtime worker inside a
+///    phase; `p` is a live small block of a thread heap other than `h`
+///    (not the main heap), aligned to 16 with at least `CLASS_SIZE[c]`
+///    usable bytes, which the caller gives up.
+#[inline]
+pub(super) unsafe fn cache_free(h: &HeapInner, c: usize, p: *mut u8) -> bool {
+    // SAFETY: (1).
+    if unsafe { h.remote_cache.push(c, p) } {
+        return true;
+    }
+    if !RemoteCache::caches(c) {
+        return false;
+    }
+    // SAFETY: (1).
+    unsafe { flush_class(h, c) };
+    // SAFETY: (1); the class is empty now.
+    unsafe { h.remote_cache.push(c, p) }
+}
+
+/// Gives class `c` of `h`'s remote cache back to the blocks' heaps.
+///
+/// # Safety
+/// 1. As for [`cache_free`].
+#[cold]
+#[inline(never)]
+unsafe fn flush_class(h: &HeapInner, c: usize) {
+    let mut out = [core::ptr::null_mut(); remote_cache::CAP as usize];
+    // SAFETY: (1): we own the cache.
+    let n = unsafe { h.remote_cache.take(c, &mut out) };
+    // SAFETY: (1): live blocks of other arena heaps, given up once.
+    unsafe { free_to_owners(&mut out[..n]) };
+}
+
+/// Frees `blocks`, live blocks of arena heaps the calling thread does not
+/// own, to their heaps: sorted by address, each heap's run in one call, so
+/// blocks that share a word of their heap's remote-free bitmap are
+/// published with one atomic OR.
+///
+/// # Safety
+/// 1. Every block is a live block of an arena heap the caller does not
+///    own, freed once; the caller is not a runtime worker inside a phase.
+unsafe fn free_to_owners(blocks: &mut [*mut u8]) {
+    blocks.sort_unstable();
+    let mut i = 0;
+    while i < blocks.len() {
+        let Some((heap, _)) = heap_of(blocks[i]) else {
+            crate::heap::page::invalid_free(blocks[i]);
+        };
+        let mut j = i + 1;
+        while j < blocks.len() && heap_of(blocks[j]).is_some_and(|(h, _)| core::ptr::eq(h, heap)) {
+            j += 1;
+        }
+        // SAFETY: (1): blocks[i..j] are live blocks of `heap`, sorted.
+        unsafe { heap.core.free_remote_sorted(&blocks[i..j]) };
+        i = j;
+    }
 }
 
 fn push_abandoned(idx: usize) {

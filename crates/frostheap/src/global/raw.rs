@@ -152,7 +152,7 @@ impl Local {
                 // SAFETY: (1): that thread owns the cache; p is a live
                 // small block of class c of another thread heap, aligned
                 // to 16, which the caller gives up.
-                if unsafe { self.0.remote_cache.push(c, p) } {
+                if unsafe { heaps::cache_free(self.0, c, p) } {
                     return true;
                 }
             }

@@ -546,6 +546,19 @@ impl HeapCore {
         unsafe { self.free_slow(idx, p) }
     }
 
+    /// Frees `blocks`, live blocks of this heap sorted by address, for a
+    /// thread that is not the owner: the small ones a bitmap word at a
+    /// time ([`Remote::free_sorted`]), anything else one by one.
+    ///
+    /// # Safety
+    /// 1. Every block is a live block of this heap, freed once; the caller
+    ///    is not the owner and not a runtime worker inside a phase.
+    pub(crate) unsafe fn free_remote_sorted(&self, blocks: &[*mut u8]) {
+        debug_assert!(blocks.is_sorted(), "free_remote_sorted of unsorted blocks");
+        // SAFETY: forwarded (1).
+        unsafe { self.remote().free_sorted(blocks, |p| self.free(p)) }
+    }
+
     #[cold]
     #[inline(never)]
     pub(super) unsafe fn free_slow(&self, idx: usize, p: *mut u8) {

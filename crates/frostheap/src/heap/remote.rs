@@ -256,20 +256,39 @@ impl Remote<'_> {
         if p as usize & ((1 << GRANULE_SHIFT) - 1) != 0 {
             invalid_free(p);
         }
-        // Everything read from the span's meta is read now, while the block
-        // is live: once the summary bit is visible the owner may collect
-        // the free, retire the span and hand its pages out again.
+        let granule = (p as usize - self.pages.base) >> GRANULE_SHIFT;
+        self.publish_bits(m, granule >> 6, 1u64 << (granule & 63), p)
+    }
+
+    /// [`Remote::publish`] of several blocks of one bitmap word at once:
+    /// `bits` of word `word`, all in the span headed by `m`; `first` (one
+    /// of the blocks) names the double free in the report.
+    pub(super) fn publish_bits(
+        &self,
+        m: &PageMeta,
+        word: usize,
+        bits: u64,
+        first: *mut u8,
+    ) -> Option<u32> {
+        // Everything read from the span's meta is read now, while the
+        // blocks are live: once the summary bit is visible the owner may
+        // collect the frees, retire the span and hand its pages out again.
         let generation = m.state.load(Ordering::Relaxed) & GENERATION;
         if !self.others.remote_began.load(Ordering::Relaxed) {
             self.others.remote_began.store(true, Ordering::Relaxed);
         }
-        let granule = (p as usize - self.pages.base) >> GRANULE_SHIFT;
-        let (word, bit) = (granule >> 6, 1u64 << (granule & 63));
         // Release: the owner's Acquire swap of the word orders our last use
-        // of the block before its reuse.
-        let old = self.word(word).fetch_or(bit, Ordering::Release);
-        if old & bit != 0 {
-            invalid_free(p); // freed twice without being collected
+        // of the blocks before their reuse.
+        let old = self.word(word).fetch_or(bits, Ordering::Release);
+        if old & bits != 0 {
+            // Freed twice without being collected.
+            let g = (old & bits).trailing_zeros() as usize;
+            let p = self.pages.base + ((word << 6 | g) << GRANULE_SHIFT);
+            invalid_free(if bits.count_ones() == 1 {
+                first
+            } else {
+                p as *mut u8
+            });
         }
         if old != 0 {
             return None;
@@ -284,6 +303,54 @@ impl Remote<'_> {
             .remote
             .fetch_or(1 << (word % REMOTE_WORDS), Ordering::SeqCst);
         Some(generation)
+    }
+
+    /// Remote frees of `blocks`, live small blocks of this heap sorted by
+    /// address, by a thread that is not the owner: the blocks of one bitmap
+    /// word are published together (one atomic OR for the word, one for
+    /// its summary if it was empty, one look for FULL), where freeing them
+    /// one by one costs that per block. Anything that is not a block of an
+    /// owner's small span, or not 16-aligned, takes [`HeapCore`]'s own free
+    /// path (and its checks).
+    ///
+    /// # Safety
+    /// 1. Every block is a live block of this heap (or, for the checks, an
+    ///    address inside it), freed once, and the caller is not the owner.
+    ///
+    /// [`HeapCore`]: super::core::HeapCore
+    pub(super) unsafe fn free_sorted(&self, blocks: &[*mut u8], mut free_one: impl FnMut(*mut u8)) {
+        let base = self.pages.base;
+        let mut i = 0;
+        while i < blocks.len() {
+            let p = blocks[i];
+            let (head, m) = self.pages.head_of((p as usize - base) >> PAGE_SHIFT);
+            if m.kind() != Kind::Small
+                || m.owner.get() != OWNER_LOCAL
+                || p as usize & ((1 << GRANULE_SHIFT) - 1) != 0
+            {
+                free_one(p);
+                i += 1;
+                continue;
+            }
+            let word = (p as usize - base) >> (GRANULE_SHIFT + 6);
+            let mut bits = 0u64;
+            let mut j = i;
+            while j < blocks.len()
+                && (blocks[j] as usize).wrapping_sub(base) >> (GRANULE_SHIFT + 6) == word
+                && blocks[j] as usize & ((1 << GRANULE_SHIFT) - 1) == 0
+            {
+                let bit = 1u64 << (((blocks[j] as usize - base) >> GRANULE_SHIFT) & 63);
+                if bits & bit != 0 {
+                    invalid_free(blocks[j]); // the same block twice
+                }
+                bits |= bit;
+                j += 1;
+            }
+            if let Some(generation) = self.publish_bits(m, word, bits, p) {
+                self.bring_back_if_full(m, head, generation);
+            }
+            i = j;
+        }
     }
 
     /// The second half of [`Remote::free`], by a freer that

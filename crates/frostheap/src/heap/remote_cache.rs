@@ -31,10 +31,14 @@
 //!
 //! **Bounds.** Each class holds at most [`CAP`] blocks and [`CAP_BYTES`]
 //! bytes, and classes above 8 KiB none, so a thread holds at most 338 KiB
-//! of other heaps' memory (32 classes, all full), typically a few KiB; a
-//! free past that takes the remote path. The cache empties back to the
-//! owners when its thread exits (`global::heaps::detach`); a heap adopted
-//! after a `fork` keeps the cache it had, whose blocks are still live.
+//! of other heaps' memory (32 classes, all full), typically a few KiB. A
+//! free into a full class first gives the class's blocks back to their
+//! heaps, sorted, so that blocks sharing a word of their heap's
+//! remote-free bitmap are published with one atomic OR
+//! (`Remote::free_sorted`): a thread that only frees (a consumer) pays the
+//! remote path in batches. The cache empties the same way when its thread
+//! exits (`global::heaps::detach`); a heap adopted after a `fork` keeps the
+//! cache it had, whose blocks are still live.
 //!
 //! **Double frees.** Every block the cache holds carries a mark in its
 //! second word; a free of a block with the mark scans its class and
@@ -164,6 +168,41 @@ impl RemoteCache {
         true
     }
 
+    /// Takes every block of class `c` out of the cache into `out`; returns
+    /// how many (the caller gives them back to their heaps).
+    ///
+    /// # Safety
+    /// 1. The calling thread owns the cache.
+    pub(crate) unsafe fn take(&self, c: usize, out: &mut [*mut u8; CAP as usize]) -> usize {
+        let mut n = 0;
+        let mut b = self.head[c].replace(ptr::null_mut());
+        while !b.is_null() {
+            // SAFETY: b is a block the cache held: read its link, clear
+            // the mark. A class holds at most CAP blocks.
+            unsafe {
+                out[n] = b.cast();
+                let next = (*b).next;
+                b.cast::<usize>().add(1).write(0);
+                b = next;
+            }
+            n += 1;
+        }
+        self.count[c].set(0);
+        let size = CLASS_SIZE[c] as usize;
+        self.bytes.store(
+            self.bytes.load(Ordering::Relaxed) - n * size,
+            Ordering::Relaxed,
+        );
+        n
+    }
+
+    /// Whether class `c` may hold blocks at all (classes above 8 KiB may
+    /// not).
+    #[inline]
+    pub(crate) fn caches(c: usize) -> bool {
+        CLASS_CAP[c] != 0
+    }
+
     /// Whether class `c`'s list holds `p` (a double free check).
     #[cold]
     fn holds(&self, c: usize, p: *mut u8) -> bool {
@@ -183,27 +222,20 @@ impl RemoteCache {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Empties the cache, handing every block to `free`.
+    /// Empties the cache, handing the blocks of each class to `free`, in
+    /// no particular order.
     ///
     /// # Safety
     /// 1. The calling thread owns the cache (or is the only thread, in a
-    ///    `fork` child), and `free` gives a block back to its heap.
-    pub(crate) unsafe fn drain(&self, mut free: impl FnMut(*mut u8)) {
+    ///    `fork` child), and `free` gives the blocks back to their heaps.
+    pub(crate) unsafe fn drain(&self, mut free: impl FnMut(&mut [*mut u8])) {
+        let mut out = [ptr::null_mut(); CAP as usize];
         for c in 0..N_CLASSES {
-            let mut b = self.head[c].replace(ptr::null_mut());
-            self.count[c].set(0);
-            while !b.is_null() {
-                // SAFETY: b is a block the cache held; read its link and
-                // clear the mark before giving it back.
-                let next = unsafe {
-                    let next = (*b).next;
-                    b.cast::<usize>().add(1).write(0);
-                    next
-                };
-                free(b.cast());
-                b = next;
+            // SAFETY: forwarded (1).
+            let n = unsafe { self.take(c, &mut out) };
+            if n > 0 {
+                free(&mut out[..n]);
             }
         }
-        self.bytes.store(0, Ordering::Relaxed);
     }
 }
