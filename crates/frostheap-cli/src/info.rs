@@ -22,10 +22,12 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "huge pages in use    {} (FROSTHEAP_HUGE_PAGES={:?})",
-        if cfg.huge_pages.enabled() {
-            "yes"
-        } else {
-            "no"
+        match cfg.huge_pages {
+            _ if !cfg.huge_pages.enabled() => "no",
+            frostheap::HugePages::Auto => {
+                "yes; a Rust program's main heap from its first mprotect-backend guard"
+            }
+            _ => "yes",
         },
         cfg.huge_pages
     );

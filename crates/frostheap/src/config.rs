@@ -139,7 +139,11 @@ impl Backend {
 /// Whether a region uses transparent huge pages.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum HugePages {
-    /// On where the kernel offers THP (`always` or `madvise` mode).
+    /// On where the kernel offers THP (`always` or `madvise` mode): a heap
+    /// built with it from its first byte; the main heap of a Rust program
+    /// (`Global`) from the first time a runtime guards it with the
+    /// `mprotect` backend (it starts on base pages); the C ABI's main heap
+    /// never.
     #[default]
     Auto,
     /// Align to 2 MiB and advise `MADV_HUGEPAGE`.

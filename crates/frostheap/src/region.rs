@@ -8,7 +8,7 @@
 //! Which heap owns an address is answered by the guard table (`guard`),
 //! where every heap registers its region.
 
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 
 use crate::os::{self, OsError};
 
@@ -21,6 +21,21 @@ pub const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
 // this layer; the two constants must agree.
 const _: () = assert!(PAGE_SIZE == crate::config::MIN_MAX);
 
+/// How a region uses transparent huge pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Huge {
+    /// Aligned to a heap page and advised `MADV_NOHUGEPAGE`: base pages,
+    /// even where THP is `always` system-wide.
+    Off,
+    /// Aligned to 2 MiB, committed in 2 MiB steps and advised
+    /// `MADV_HUGEPAGE` from the first byte.
+    On,
+    /// Laid out as `On` but advised as `Off` until
+    /// [`Region::switch_to_huge_pages`]: the main heap, which switches at
+    /// its first guard by the `mprotect` backend.
+    Later,
+}
+
 /// How a region should be laid out.
 #[derive(Clone, Copy, Debug)]
 pub struct RegionConfig {
@@ -28,8 +43,8 @@ pub struct RegionConfig {
     pub min: usize,
     /// Bytes reserved; the hard cap on commitment.
     pub max: usize,
-    /// Align to 2 MiB and advise `MADV_HUGEPAGE` (otherwise: `MADV_NOHUGEPAGE`).
-    pub huge_pages: bool,
+    /// Its use of transparent huge pages.
+    pub huge_pages: Huge,
 }
 
 /// A reserved range of address space with a committed prefix.
@@ -43,13 +58,18 @@ pub struct Region {
     base: *mut u8,
     reserved: usize,
     min_committed: usize,
-    huge_pages: bool,
+    huge: Huge,
+    /// Advised `MADV_HUGEPAGE` now (`Huge::On`, or `Later` once switched).
+    huge_now: AtomicBool,
+    /// The errno of the `MADV_COLLAPSE` the switch to huge pages was
+    /// refused (0: none).
+    collapse_errno: AtomicI32,
     /// Written only by the region's owner under its heap's span lock;
     /// read by anyone (stats, freeze).
     committed: AtomicUsize,
     /// Protected read-only by an mprotect freeze: pages committed while it
     /// is set are committed read-only too. Written under the span lock.
-    frozen: core::sync::atomic::AtomicBool,
+    frozen: AtomicBool,
     /// The reservation is the region's own (unmapped on drop); false for a
     /// region carved from a larger reservation ([`Region::in_reservation`]).
     owned: bool,
@@ -67,32 +87,48 @@ impl Region {
     /// returning the raw OS error (the global allocator calls it before
     /// `main`; heap builders check `min`/`max` first).
     pub(crate) fn new_unchecked_config(config: RegionConfig) -> Result<Region, OsError> {
-        let align = if config.huge_pages {
-            os::HUGE_PAGE_SIZE
-        } else {
-            PAGE_SIZE
-        };
+        let align = align_of(config.huge_pages);
         let reserved = round_up(config.max, PAGE_SIZE);
         let base = os::reserve(round_up(reserved, align), align)?;
+        // SAFETY: the whole reservation is ours and aligned to `align`.
+        unsafe { Region::build(base, reserved, round_up(reserved, align), config, true) }
+    }
+
+    /// The region on `[base, base + reserved)`, which the caller reserved
+    /// (`owned`: for itself; `advised` bytes from `base` are advised as
+    /// `config` says), with `config.min` committed.
+    ///
+    /// # Safety
+    /// 1. `[base, base + advised)` is reserved, aligned as `config` needs
+    ///    and given to this region alone; `reserved <= advised`.
+    unsafe fn build(
+        base: *mut u8,
+        reserved: usize,
+        advised: usize,
+        config: RegionConfig,
+        owned: bool,
+    ) -> Result<Region, OsError> {
         let region = Region {
             base,
             reserved,
             min_committed: round_up(config.min, PAGE_SIZE).min(reserved),
-            huge_pages: config.huge_pages,
+            huge: config.huge_pages,
+            huge_now: AtomicBool::new(config.huge_pages == Huge::On),
+            collapse_errno: AtomicI32::new(0),
             committed: AtomicUsize::new(0),
-            frozen: core::sync::atomic::AtomicBool::new(false),
-            owned: true,
+            frozen: AtomicBool::new(false),
+            owned,
         };
         // Without huge pages the advice is explicit: where THP is `always`
-        // system-wide, an unadvised region would get huge pages anyway. A
-        // refusal only costs performance, so it is ignored.
-        let whole = round_up(reserved, align);
-        // SAFETY: the whole reservation is ours and page-aligned.
+        // system-wide, an unadvised region would get huge pages anyway (and
+        // a part of a shared reservation may have been another region's).
+        // A refusal only costs performance, so it is ignored.
+        // SAFETY: by (1) the range is ours and aligned.
         let _ = unsafe {
-            if config.huge_pages {
-                os::advise_huge_pages(base, whole)
+            if config.huge_pages == Huge::On {
+                os::advise_huge_pages(base, advised)
             } else {
-                os::advise_no_huge_pages(base, whole)
+                os::advise_no_huge_pages(base, advised)
             }
         };
         if region.min_committed > 0 {
@@ -108,36 +144,15 @@ impl Region {
     ///
     /// # Safety
     /// 1. `[base, base + config.max)` is reserved (`PROT_NONE`), page- and,
-    ///    with `config.huge_pages`, huge-page-aligned, and given to this
-    ///    region alone for as long as it lives.
+    ///    unless `config.huge_pages` is `Huge::Off`, huge-page-aligned, and
+    ///    given to this region alone for as long as it lives.
     pub(crate) unsafe fn in_reservation(
         base: *mut u8,
         config: RegionConfig,
     ) -> Result<Region, OsError> {
         let reserved = round_up(config.max, PAGE_SIZE);
-        let region = Region {
-            base,
-            reserved,
-            min_committed: round_up(config.min, PAGE_SIZE).min(reserved),
-            huge_pages: config.huge_pages,
-            committed: AtomicUsize::new(0),
-            frozen: core::sync::atomic::AtomicBool::new(false),
-            owned: false,
-        };
-        // SAFETY: by (1) the range is ours and aligned. A refusal only
-        // costs performance, so it is ignored; the advice is explicit both
-        // ways, as in `new` (and the part may have been another region's).
-        let _ = unsafe {
-            if config.huge_pages {
-                os::advise_huge_pages(base, reserved)
-            } else {
-                os::advise_no_huge_pages(base, reserved)
-            }
-        };
-        if region.min_committed > 0 {
-            region.grow_to(region.min_committed)?;
-        }
-        Ok(region)
+        // SAFETY: by (1).
+        unsafe { Region::build(base, reserved, reserved, config, false) }
     }
 
     /// First address of the region.
@@ -163,9 +178,54 @@ impl Region {
         self.min_committed
     }
 
-    /// Whether the region is laid out for transparent huge pages.
+    /// Whether the region is laid out for transparent huge pages (aligned
+    /// to 2 MiB and committed in 2 MiB steps), now or after a switch.
+    pub fn huge_layout(&self) -> bool {
+        self.huge != Huge::Off
+    }
+
+    /// Whether the region is advised `MADV_HUGEPAGE` now.
     pub fn huge_pages(&self) -> bool {
-        self.huge_pages
+        self.huge_now.load(Ordering::Acquire)
+    }
+
+    /// The errno of the refused `MADV_COLLAPSE` (or advice) of the switch
+    /// to huge pages; 0 if there was none.
+    pub fn collapse_errno(&self) -> i32 {
+        self.collapse_errno.load(Ordering::Acquire)
+    }
+
+    /// Switches a `Huge::Later` region to huge pages, once: advises
+    /// `MADV_HUGEPAGE` over the whole reservation, so that pages touched
+    /// from now on fault in as huge pages, and collapses the 2 MiB ranges
+    /// of the committed prefix into huge pages now (`MADV_COLLAPSE`), so
+    /// that the next `mprotect` of the prefix rewrites one entry per 2 MiB
+    /// rather than per 4 KiB. A refused collapse (a kernel before 6.1, no
+    /// free huge page) is recorded in [`Region::collapse_errno`] and
+    /// leaves the rest of the prefix on base pages (the kernel's khugepaged
+    /// may collapse them later); the advice stands. Does nothing for other
+    /// regions, or once switched.
+    ///
+    /// Precondition: the caller holds the heap's span lock (the committed
+    /// prefix cannot change) and the region is not frozen (only writable
+    /// pages collapse).
+    pub(crate) fn switch_to_huge_pages(&self) {
+        if self.huge != Huge::Later || self.huge_pages() {
+            return;
+        }
+        // SAFETY: the reservation is ours and 2 MiB-aligned (`Later` is
+        // laid out as `On`); the advice changes no contents.
+        if let Err(e) = unsafe { os::advise_huge_pages(self.base, self.reserved) } {
+            self.collapse_errno.store(e.errno, Ordering::Release);
+            return;
+        }
+        self.huge_now.store(true, Ordering::Release);
+        let whole = self.committed() & !(os::HUGE_PAGE_SIZE - 1);
+        // SAFETY: whole 2 MiB ranges of the committed prefix, just
+        // advised; collapsing copies pages and keeps their contents.
+        if let Err(e) = unsafe { os::collapse_huge_pages(self.base, whole) } {
+            self.collapse_errno.store(e.errno, Ordering::Release);
+        }
     }
 
     /// Commits the prefix up to `new_committed` bytes.
@@ -272,15 +332,19 @@ impl Drop for Region {
             }
             return;
         }
-        let align = if self.huge_pages {
-            os::HUGE_PAGE_SIZE
-        } else {
-            PAGE_SIZE
-        };
+        let align = align_of(self.huge);
         // SAFETY: the reservation was made by `new` with this length, and a
         // Region is dropped only when its heap (and every allocation in it)
         // is gone.
         unsafe { os::unmap(self.base, round_up(self.reserved, align)) };
+    }
+}
+
+/// The alignment of a region's base.
+fn align_of(huge: Huge) -> usize {
+    match huge {
+        Huge::Off => PAGE_SIZE,
+        Huge::On | Huge::Later => os::HUGE_PAGE_SIZE,
     }
 }
 

@@ -29,6 +29,15 @@
 //!    guarded heap; main reads the clock as soon as `map` has returned the
 //!    `Err(Error::Violation)`. The cancel policy parks one thread per
 //!    violation, so `max_parked` is raised above the count.
+//! 4. The main heap (`frostheap::Global`, this binary's allocator) at its
+//!    first `mprotect` guard, in a child process per size (16, 64,
+//!    256 MiB) and `FROSTHEAP_HUGE_PAGES` value, three rounds each: the
+//!    child writes that much in `Vec`s, times building a two-worker runtime
+//!    that guards the main heap with `mprotect` (under `auto` that is the
+//!    switch to huge pages: the advice and `MADV_COLLAPSE` of everything
+//!    committed), then samples freeze + thaw of the main heap as in 1.
+//!    `on` is what `auto` was before the switch existed (huge pages from
+//!    the first byte); `off` is 4 KiB pages throughout.
 //!
 //! **How.** frostheap and the raw call alternate, one sample each, so
 //! machine noise hits both alike (`frostheap_bench::Plan`); samples are
@@ -51,11 +60,16 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use frostheap::{Error, OnViolation, Protect, Runtime};
+use frostheap_bench::child::{self, report, report_sample};
 use frostheap_bench::interleave::time_ns;
 use frostheap_bench::plot::{Line, LogLogChart, Mark};
 use frostheap_bench::regions::{huge_backed, GrownHeap, RawRegion};
 use frostheap_bench::table::{human_bytes, human_ns};
 use frostheap_bench::{cli, table, Machine, Plan, Summary, Table};
+
+// The main heap is measured in child processes of this binary (section 4).
+#[global_allocator]
+static GLOBAL: frostheap::Global = frostheap::Global;
 
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
@@ -73,6 +87,9 @@ struct Options {
     /// Milliseconds spent sampling each cell.
     #[arg(long = "budget-ms", default_value_t = 400, value_parser = clap::value_parser!(u64).range(1..))]
     budget_ms: u64,
+    /// Internal: run as the child of section 4 with this much committed.
+    #[arg(long, hide = true, value_parser = cli::size)]
+    main_heap_child: Option<usize>,
 }
 
 impl Options {
@@ -335,8 +352,146 @@ fn measure_worker_start(o: &Options) -> Summary {
     })
 }
 
+/// Section 4, in the child: grows the main heap to `size` committed, times
+/// its first guard with `mprotect` (building a runtime), and samples its
+/// freeze + thaw. Prints `committed`, `huge_before`, `guard_ns`,
+/// `huge_after`, `collapse_errno` and `sample` lines.
+fn main_heap_child(o: &Options, size: usize) {
+    let heap = frostheap::main_heap().expect("Global is installed");
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    while heap.stats().committed < size {
+        let want = (size - heap.stats().committed).clamp(MIB, 64 * MIB);
+        // Written (not zeroed on fresh pages): resident, as in a program.
+        blocks.push(vec![1u8; want]);
+    }
+    let base = heap.base() as usize;
+    let committed = heap.stats().committed;
+    report("committed", committed);
+    report("huge_before", huge_backed(base, committed));
+    let t = Instant::now();
+    let rt = Runtime::builder()
+        .workers(2)
+        .protect(Protect::Mprotect)
+        .build()
+        .expect("runtime");
+    report("guard_ns", t.elapsed().as_nanos());
+    report("huge_after", huge_backed(base, heap.stats().committed));
+    report("collapse_errno", heap.stats().collapse_errno);
+    // Nothing writes the main heap between the two calls: the workers are
+    // idle, and the timed closure allocates nothing.
+    let rounds = o.plan().run(&[()], |_| {
+        time_ns(|| {
+            heap.bench_freeze(true).expect("freeze");
+            heap.bench_freeze(false).expect("thaw");
+        })
+    });
+    for ns in rounds.of(0) {
+        report_sample(*ns);
+    }
+    drop(rt);
+    std::hint::black_box(&blocks);
+}
+
+struct MainHeapRow {
+    size: usize,
+    mode: &'static str,
+    committed: usize,
+    huge_before: f64,
+    huge_after: f64,
+    collapse_errno: String,
+    guard: Summary,
+    freeze: Summary,
+}
+
+/// Section 4: a child per size, `FROSTHEAP_HUGE_PAGES` value and round.
+fn measure_main_heap(o: &Options, sizes: &[usize]) -> Vec<MainHeapRow> {
+    const MODES: [&str; 3] = ["on", "auto", "off"];
+    let exe = std::env::current_exe().expect("own path");
+    let mut rows = Vec::new();
+    for &size in sizes.iter().filter(|&&s| s <= 256 * MIB) {
+        let rounds = Plan::rounds(0, 3).run(&MODES, |mode| {
+            child::run(
+                std::process::Command::new(&exe)
+                    .arg("--main-heap-child")
+                    .arg(size.to_string())
+                    .arg("--budget-ms")
+                    .arg(o.budget_ms.to_string())
+                    .env("FROSTHEAP_HUGE_PAGES", mode),
+            )
+            .unwrap_or_else(|e| {
+                eprintln!("freeze: {e}");
+                std::process::exit(1);
+            })
+        });
+        for (i, &mode) in MODES.iter().enumerate() {
+            let outs = rounds.of(i);
+            let num = |out: &child::Outcome, key: &str| -> f64 {
+                out.value(key)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("the child printed no {key}:\n{}", out.stdout))
+            };
+            let last = outs.last().expect("three rounds");
+            let committed = num(last, "committed") as usize;
+            let mut errnos: Vec<String> = outs
+                .iter()
+                .map(|out| out.value("collapse_errno").unwrap_or("?").to_string())
+                .collect();
+            errnos.dedup();
+            let freeze: Vec<f64> = outs.iter().flat_map(|out| out.samples()).collect();
+            let summary =
+                |key: &str| Summary::of(&outs.iter().map(|out| num(out, key)).collect::<Vec<_>>());
+            let row = MainHeapRow {
+                size,
+                mode,
+                committed,
+                huge_before: summary("huge_before").median / committed as f64,
+                huge_after: summary("huge_after").median / committed as f64,
+                collapse_errno: errnos.join(", "),
+                guard: summary("guard_ns"),
+                freeze: Summary::of(&freeze),
+            };
+            eprintln!(
+                "  main heap {} FROSTHEAP_HUGE_PAGES={mode}: first guard {}, freeze + thaw {} ({:.0}% huge after)",
+                human_bytes(size as u64),
+                human_ns(row.guard.median),
+                human_ns(row.freeze.median),
+                row.huge_after * 100.0
+            );
+            rows.push(row);
+        }
+    }
+    rows
+}
+
 // ---------------------------------------------------------------------------
 // Output.
+
+fn main_heap_table(rows: &[MainHeapRow]) -> Table {
+    let mut t = Table::new(
+        [
+            "main heap",
+            "FROSTHEAP_HUGE_PAGES",
+            "huge-backed before the guard",
+            "first mprotect guard (building a 2-worker runtime)",
+            "MADV_COLLAPSE errno",
+            "huge-backed after",
+            "freeze + thaw after",
+        ],
+        2,
+    );
+    for r in rows {
+        t.row([
+            format!("{} ({} B)", human_bytes(r.size as u64), r.committed),
+            r.mode.to_string(),
+            format!("{:.0}%", r.huge_before * 100.0),
+            table::time(&r.guard),
+            r.collapse_errno.clone(),
+            format!("{:.0}%", r.huge_after * 100.0),
+            table::time(&r.freeze),
+        ]);
+    }
+    t
+}
 
 fn size_table(rows: &[SizeRow], pkey_note: &str) -> Table {
     let mut t = Table::new(
@@ -474,6 +629,9 @@ fn chart(rows: &[SizeRow], pkey_note: &str) -> LogLogChart {
 
 fn main() {
     let o = Options::parse();
+    if let Some(size) = o.main_heap_child {
+        return main_heap_child(&o, size);
+    }
     let started = Instant::now();
     let machine = Machine::now();
     let sizes: Vec<usize> = [16 * MIB, 64 * MIB, 256 * MIB, GIB, 4 * GIB]
@@ -492,6 +650,8 @@ fn main() {
     let (first, violations) = measure_violations(n_violations, OnViolation::Cancel);
     let (audit_first, audit) = measure_violations(n_violations, OnViolation::Audit);
     let worker_start = measure_worker_start(&o);
+    eprintln!("freeze: the main heap at its first mprotect guard …");
+    let main_heap = measure_main_heap(&o, &sizes);
 
     let counts = rows
         .iter()
@@ -538,6 +698,10 @@ fn main() {
         table::time(&worker_start),
     ]);
     md += &v.to_string();
+    md += "\n### The main heap at its first `mprotect` guard (a child per cell, 3 rounds; medians, p10–p90)\n\n";
+    md += "`on` is huge pages from the first byte (what `auto` was before the main heap switched at its \
+           first guard); `off` is 4 KiB pages throughout.\n\n";
+    md += &main_heap_table(&main_heap).to_string();
     md +=
         "\n### pkey against mprotect (frostheap's freeze + thaw over the PKRU pair, per round)\n\n";
     md += &pkey_lines(&rows, &pkey_note);

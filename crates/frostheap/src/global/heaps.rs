@@ -32,6 +32,7 @@ use crate::heap::core::CoreConfig;
 use crate::heap::process;
 use crate::heap::remote_cache::{self, RemoteCache};
 use crate::heap::HeapInner;
+use crate::region::Huge;
 use crate::sync::{thread_token, RawLock};
 
 /// Slots at most (the main heap's included).
@@ -198,7 +199,7 @@ pub(super) fn attach() -> Option<(usize, &'static HeapInner)> {
     let config = CoreConfig {
         min: 0,
         max: HEAP_MAX.load(Ordering::Relaxed),
-        huge_pages: false,
+        huge_pages: Huge::Off,
         kind: process::Kind::Thread,
     };
     // SAFETY: slot idx of the arena is reserved and given to this heap

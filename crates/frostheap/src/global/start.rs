@@ -18,6 +18,7 @@ use crate::heap::core::CoreConfig;
 use crate::heap::process;
 use crate::heap::{Heap, HeapInner};
 use crate::os;
+use crate::region::Huge;
 use crate::sync::thread_token;
 
 const UNINIT: u8 = 0;
@@ -51,20 +52,25 @@ pub fn main_heap() -> Option<Heap> {
     (MAIN.state.load(Ordering::Acquire) == READY).then(|| Heap::from_static(main_inner()))
 }
 
-/// What `FROSTHEAP_HUGE_PAGES=auto` means for the main heap: on for Rust
-/// programs (a freeze of a huge-page heap is one cheap `mprotect`), off for
-/// the C ABI, which never freezes. Measured: Python under LD_PRELOAD ran
-/// 1.18× glibc's time with huge pages advised (first-touch compaction and
-/// zeroing of 2 MiB pages) and 0.93× without.
+/// Whether `FROSTHEAP_HUGE_PAGES=auto` may put the main heap on huge pages:
+/// yes for Rust programs, no for the C ABI, whose programs never freeze.
+/// Measured: Python under LD_PRELOAD ran 1.18× glibc's time with huge pages
+/// advised (first-touch compaction and zeroing of 2 MiB pages) and 0.93×
+/// without.
 ///
-/// A Rust program's main heap is on huge pages from its first byte, so a
-/// trivial program has one 2 MiB page resident (peak RSS 4.0 MB against
-/// glibc's 1.7 MB). Keeping its first 8 MiB in base pages brought that to
-/// 2.0 MB, but then every freeze and thaw of a main heap past 8 MiB
-/// rewrites 2,048 more page-table entries: about 1 ms per phase instead
-/// of tens of µs (the `freeze` benchmark's 4 KiB column), for every phase
-/// of the programs frostheap is for. `FROSTHEAP_HUGE_PAGES=off` is there
-/// for programs that care about the 2 MB more.
+/// A Rust program's main heap starts on base pages (`Huge::Later`) and
+/// switches to huge pages the first time a runtime guards it with the
+/// `mprotect` backend (`trap::guard`): the whole reservation is advised
+/// `MADV_HUGEPAGE` and what is committed is collapsed into huge pages then
+/// (`MADV_COLLAPSE`), so every freeze, the first included, rewrites one
+/// page-table entry per 2 MiB. A freeze on base pages costs ~600× more
+/// (1 GiB: 106 ms against 171 µs, docs/freeze.md), which is why an earlier "first
+/// 8 MiB in base pages" was reverted: every phase of a main heap past
+/// 8 MiB paid ~1 ms more. Huge pages from the first byte, as before
+/// (`FROSTHEAP_HUGE_PAGES=on`), cost a trivial program a 2 MiB page
+/// resident (peak RSS 4.0 MB against glibc's 2.6 MB); a program that never
+/// freezes with `mprotect` (no runtime, or the `pkey` backend, where a
+/// freeze is a register write at any page size) never pays it now.
 pub(super) static AUTO_HUGE_PAGES: AtomicBool = AtomicBool::new(true);
 
 /// Set by the C ABI's entry points ([`super::raw`]) before they start the
@@ -151,10 +157,13 @@ pub(super) fn init() {
         min: cfg.min,
         max: cfg.max,
         huge_pages: match cfg.huge_pages {
-            config::HugePages::Auto => {
-                AUTO_HUGE_PAGES.load(Ordering::Relaxed) && cfg.huge_pages.enabled()
+            config::HugePages::Auto
+                if AUTO_HUGE_PAGES.load(Ordering::Relaxed) && cfg.huge_pages.enabled() =>
+            {
+                Huge::Later
             }
-            other => other.enabled(),
+            config::HugePages::On => Huge::On,
+            _ => Huge::Off,
         },
         kind: process::Kind::Main,
     };

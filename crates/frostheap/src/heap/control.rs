@@ -34,7 +34,18 @@ impl HeapCore {
             total_allocations,
             refused: self.others.refused.load(Ordering::Relaxed),
             external: self.others.external.load(Ordering::Relaxed),
+            huge_pages: self.region().huge_pages(),
+            collapse_errno: self.region().collapse_errno(),
         }
+    }
+
+    /// Switches a region laid out for huge pages later (the main heap's)
+    /// to huge pages now: see [`crate::region::Region::switch_to_huge_pages`].
+    /// For a heap about to be guarded with the `mprotect` backend, while
+    /// it is not frozen.
+    pub(crate) fn switch_to_huge_pages(&self) {
+        self.spans
+            .commit_lock_and(|_| self.region().switch_to_huge_pages())
     }
 
     /// Charges `bytes` of memory held outside the heap against its limit

@@ -48,14 +48,14 @@ use super::queue::ClassState;
 use super::remote::{OtherThreads, Remote};
 use super::span::{Locked, SpanAllocator};
 use crate::os::{self, OsError};
-use crate::region::{round_up, Region, RegionConfig, PAGE_SHIFT, PAGE_SIZE};
+use crate::region::{round_up, Huge, Region, RegionConfig, PAGE_SHIFT, PAGE_SIZE};
 use crate::sync::{thread_token, RawLock};
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct CoreConfig {
     pub min: usize,
     pub max: usize,
-    pub huge_pages: bool,
+    pub huge_pages: Huge,
     /// What its commits are charged as against the process limit.
     pub kind: ChargeKind,
 }

@@ -57,7 +57,7 @@ pub use self::stats::Stats;
 use crate::config::HugePages;
 use crate::error::Error;
 use crate::guard;
-use crate::region::PAGE_SIZE;
+use crate::region::{Huge, PAGE_SIZE};
 
 /// A heap and its name, registered in the guard table while alive.
 /// (`repr(C)`: the core, whose hot fields lead, first.)
@@ -632,7 +632,11 @@ impl HeapBuilder {
         let config = CoreConfig {
             min: self.min,
             max,
-            huge_pages: self.huge_pages.enabled(),
+            huge_pages: if self.huge_pages.enabled() {
+                Huge::On
+            } else {
+                Huge::Off
+            },
             kind: process::Kind::Explicit,
         };
         let inner = HeapInner::new(self.name, config).map_err(|source| Error::Os {

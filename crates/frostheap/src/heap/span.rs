@@ -299,7 +299,7 @@ impl Locked<'_> {
         if want.saturating_add(self.external.load(Ordering::Relaxed)) > cap {
             return false;
         }
-        let chunk = if region.huge_pages() {
+        let chunk = if region.huge_layout() {
             crate::os::HUGE_PAGE_SIZE
         } else {
             1 << 20

@@ -179,6 +179,17 @@ pub struct Stats {
     /// Bytes held outside the heap but charged against its limit
     /// (see [`crate::Heap::charge_external`]); not part of `in_use`.
     pub external: usize,
+    /// The heap is advised to use transparent huge pages now: from its
+    /// first byte, or, for the main heap under `FROSTHEAP_HUGE_PAGES=auto`,
+    /// since a runtime first guarded it with the `mprotect` backend.
+    pub huge_pages: bool,
+    /// Non-zero if the kernel refused to collapse the heap's memory into
+    /// huge pages when it switched to them (`MADV_COLLAPSE`, Linux 6.1 and
+    /// later): the `errno` (`EINVAL`: a kernel without it; `ENOMEM`,
+    /// `EAGAIN`: no huge page to be had then). Memory committed before the
+    /// switch then stays on 4 KiB pages, at least until the kernel's
+    /// khugepaged collapses it, and each `mprotect` freeze of it costs more.
+    pub collapse_errno: i32,
 }
 
 /// A heap's counts read together from the owner's state (`l`), the shared

@@ -12,14 +12,14 @@ use super::page::{
     OWNER_SHARED, PENDING, REMOTE_WORDS,
 };
 use super::process::Kind as ChargeKind;
-use crate::region::{PAGE_SHIFT, PAGE_SIZE};
+use crate::region::{Huge, PAGE_SHIFT, PAGE_SIZE};
 
 /// A heap of `max` bytes, nothing pre-committed, no huge pages.
 fn heap_of(max: usize) -> HeapCore {
     HeapCore::new(CoreConfig {
         min: 0,
         max,
-        huge_pages: false,
+        huge_pages: Huge::Off,
         kind: ChargeKind::Explicit,
     })
     .expect("a heap reservation")

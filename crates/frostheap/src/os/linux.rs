@@ -271,6 +271,43 @@ pub unsafe fn advise_huge_pages(addr: *mut u8, len: usize) -> Result<(), OsError
     }
 }
 
+/// `MADV_COLLAPSE` (Linux 6.1), which the libc crate may lack.
+const MADV_COLLAPSE: libc::c_int = 25;
+
+/// Collapses the pages of `[addr, addr + len)` into transparent huge pages
+/// now (`MADV_COLLAPSE`, Linux 6.1 and later), one 2 MiB range at a time,
+/// and returns the first refusal; the ranges after it are left as they
+/// are. A range in which nothing was ever touched has nothing to collapse
+/// (the kernel says `EINVAL`, as it does for advice it does not know, which
+/// is why the call is probed first) and is skipped: it will fault in huge
+/// pages if advised.
+///
+/// # Safety
+/// 1. The range is `HUGE_PAGE_SIZE`-aligned, inside one of our mappings
+///    and advised `MADV_HUGEPAGE`; collapsing copies pages, never changes
+///    their contents.
+pub unsafe fn collapse_huge_pages(addr: *mut u8, len: usize) -> Result<(), OsError> {
+    debug_assert!(
+        (addr as usize | len).is_multiple_of(HUGE_PAGE_SIZE),
+        "collapse_huge_pages: unaligned range"
+    );
+    // SAFETY: an empty range: the kernel checks the advice and returns.
+    if unsafe { libc::madvise(addr.cast(), 0, MADV_COLLAPSE) } != 0 {
+        return Err(last_error("madvise(MADV_COLLAPSE)"));
+    }
+    for offset in (0..len).step_by(HUGE_PAGE_SIZE) {
+        // SAFETY: by (1), a 2 MiB range of our mapping.
+        let r = unsafe { libc::madvise(addr.add(offset).cast(), HUGE_PAGE_SIZE, MADV_COLLAPSE) };
+        if r != 0 {
+            let e = last_error("madvise(MADV_COLLAPSE)");
+            if e.errno != libc::EINVAL {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Advises the kernel never to back `[addr, addr + len)` with huge pages
 /// (`MADV_NOHUGEPAGE`), even where transparent huge pages are `always`
 /// system-wide.

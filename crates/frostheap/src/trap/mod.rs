@@ -169,6 +169,14 @@ pub(crate) fn guard(heap: &Heap, backend: Backend) -> Result<Guarded, Error> {
             entry.set_key(key);
         }
     }
+    if backend == Backend::Mprotect && !entry.is_sealed() {
+        // An `mprotect` freeze rewrites one page-table entry per page: a
+        // heap laid out for huge pages later (the main heap) moves to them
+        // now, before its first freeze. (It is not frozen: only a runtime
+        // that guards it with `mprotect` freezes it that way, and this is
+        // the first.)
+        inner.core.switch_to_huge_pages();
+    }
     entry.add_guard();
     Ok(Guarded {
         heap: heap.clone(),

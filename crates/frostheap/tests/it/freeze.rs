@@ -908,6 +908,155 @@ fn huge_pages_off_holds_for_the_main_heap_of_a_global_mode_program() {
     assert_no_huge_pages(smaps, bounds[0], bounds[1], "FROSTHEAP_HUGE_PAGES=off");
 }
 
+/// The `VmFlags` of each mapping in `smaps` that overlaps `[start, end)`.
+fn smaps_flags(smaps: &str, start: usize, end: usize) -> Vec<String> {
+    let mut flags = Vec::new();
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((lo, hi)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+            let lo = usize::from_str_radix(lo, 16).expect("a mapping's start");
+            let hi = usize::from_str_radix(hi, 16).expect("a mapping's end");
+            inside = lo < end && start < hi;
+        } else if inside && first == "VmFlags:" {
+            flags.push(line["VmFlags:".len()..].trim().to_string());
+        }
+    }
+    flags
+}
+
+/// The main heap as the `huge-switch` fixture saw it at one moment.
+struct MainHeapView {
+    /// `Stats::huge_pages`.
+    huge_pages: bool,
+    /// `Stats::collapse_errno`.
+    collapse_errno: i32,
+    /// kB of huge pages in the heap's range.
+    anon_huge_kb: usize,
+    /// The `VmFlags` of each mapping of the range.
+    flags: Vec<String>,
+}
+
+impl MainHeapView {
+    /// Whether every mapping of the range is advised `MADV_HUGEPAGE`.
+    fn advised_huge(&self) -> bool {
+        !self.flags.is_empty()
+            && self
+                .flags
+                .iter()
+                .all(|f| f.split_whitespace().any(|w| w == "hg"))
+    }
+
+    /// Whether no mapping of the range is.
+    fn advised_base(&self) -> bool {
+        !self.flags.is_empty()
+            && self
+                .flags
+                .iter()
+                .all(|f| !f.split_whitespace().any(|w| w == "hg"))
+    }
+}
+
+/// Runs the `huge-switch` fixture with `backend` under `env`: the main
+/// heap before a runtime guards it and (unless `backend` is `none`) after
+/// one has, with a phase run.
+fn main_heap_views(backend: &str, env: &[(&str, &str)]) -> Vec<MainHeapView> {
+    let out = run_fixture("freeze_child", &["huge-switch", backend], env);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut parts = stdout.split("--- ");
+    let bounds: Vec<usize> = parts
+        .next()
+        .and_then(|l| l.trim().strip_prefix("main heap "))
+        .unwrap_or_else(|| panic!("no range line\n{}", describe(&out)))
+        .split(' ')
+        .map(|n| usize::from_str_radix(n.trim_start_matches("0x"), 16).expect("an address"))
+        .collect();
+    let (start, end) = (bounds[0], bounds[1]);
+    parts
+        .map(|part| {
+            let mut lines = part.splitn(3, '\n');
+            let _when = lines.next();
+            let stats: Vec<&str> = lines.next().unwrap_or("").split(' ').collect();
+            let smaps = lines.next().unwrap_or("");
+            match stats[..] {
+                ["huge_pages", huge, "collapse_errno", errno] => MainHeapView {
+                    huge_pages: huge == "true",
+                    collapse_errno: errno.parse().expect("an errno"),
+                    anon_huge_kb: smaps_field(smaps, start, end, "AnonHugePages").iter().sum(),
+                    flags: smaps_flags(smaps, start, end),
+                },
+                _ => panic!("no stats line\n{}", describe(&out)),
+            }
+        })
+        .collect()
+}
+
+test!(main_heap_moves_to_huge_pages_at_its_first_mprotect_guard, needs: [Thp]);
+/// `FROSTHEAP_HUGE_PAGES=auto` in a Rust program: the main heap is on
+/// base pages (no huge page, no `MADV_HUGEPAGE`) until a runtime guards it
+/// with the `mprotect` backend; then the whole region is advised
+/// `MADV_HUGEPAGE` and the 8 MiB written before are collapsed into huge
+/// pages, where the kernel has `MADV_COLLAPSE` and agrees.
+fn main_heap_moves_to_huge_pages_at_its_first_mprotect_guard() {
+    let views = main_heap_views("mprotect", &[]);
+    let [before, after] = &views[..] else {
+        panic!("two views of the main heap, not {}", views.len())
+    };
+    assert!(!before.huge_pages, "no huge pages before a guard");
+    assert!(before.advised_base(), "before: {:?}", before.flags);
+    assert_eq!(before.anon_huge_kb, 0, "before a guard: huge pages");
+    assert!(after.huge_pages, "Stats::huge_pages after the guard");
+    assert!(after.advised_huge(), "after: {:?}", after.flags);
+    if after.collapse_errno != 0 {
+        // The kernel's refusal is reported, the guard is not failed; what
+        // it left on base pages cannot be checked.
+        eprintln!(
+            "main_heap_moves_to_huge_pages_at_its_first_mprotect_guard: NOT CHECKED: the 8 MiB \
+             collapsed into huge pages: MADV_COLLAPSE refused, errno {} (AnonHugePages {} kB)",
+            after.collapse_errno, after.anon_huge_kb
+        );
+        return;
+    }
+    // The 8 MiB block covers at least three whole 2 MiB ranges.
+    assert!(
+        after.anon_huge_kb >= 6 << 10,
+        "collapsed: {} kB of huge pages",
+        after.anon_huge_kb
+    );
+}
+
+test!(main_heap_stays_on_base_pages_under_the_pkey_backend, needs: [Pkey, Thp]);
+/// Under `pkey` a freeze is one register write whatever the page size:
+/// guarding the main heap and running a phase leave it on base pages.
+fn main_heap_stays_on_base_pages_under_the_pkey_backend() {
+    let views = main_heap_views("pkey", &[]);
+    let [before, after] = &views[..] else {
+        panic!("two views of the main heap, not {}", views.len())
+    };
+    for (when, v) in [("before", before), ("after", after)] {
+        assert!(!v.huge_pages, "{when}: Stats::huge_pages");
+        assert!(v.advised_base(), "{when}: {:?}", v.flags);
+        assert_eq!(v.anon_huge_kb, 0, "{when}: huge pages");
+        assert_eq!(v.collapse_errno, 0, "{when}: no collapse tried");
+    }
+}
+
+test!(main_heap_huge_pages_on_and_off_are_kept_from_the_start, needs: [Thp]);
+/// `FROSTHEAP_HUGE_PAGES=on`: huge pages from the first byte, as before
+/// the switch existed; `off`: never, not even after an `mprotect` guard.
+fn main_heap_huge_pages_on_and_off_are_kept_from_the_start() {
+    let on = main_heap_views("none", &[("FROSTHEAP_HUGE_PAGES", "on")]);
+    assert!(on[0].huge_pages, "on: Stats::huge_pages");
+    assert!(on[0].advised_huge(), "on: {:?}", on[0].flags);
+    let off = main_heap_views("mprotect", &[("FROSTHEAP_HUGE_PAGES", "off")]);
+    for (when, v) in ["before", "after"].into_iter().zip(&off) {
+        assert!(!v.huge_pages, "off, {when}: Stats::huge_pages");
+        assert!(v.advised_base(), "off, {when}: {:?}", v.flags);
+        assert_eq!(v.anon_huge_kb, 0, "off, {when}: huge pages");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Guard entries live exactly as long as their heap.
 

@@ -16,9 +16,10 @@
 //!   `harness::every_source_file_is_a_module` fails on a file under
 //!   `tests/it` that is not compiled at all.
 //! - **Needs.** A test declares what the machine must have ([`Need`]:
-//!   protection keys, `mseal`, AVX2, AVX-512F, the source tree). The need
-//!   is probed once, at run time, because the same binary runs on hosts
-//!   without protection keys and in a guest with them but without `mseal`.
+//!   protection keys, `mseal`, transparent huge pages, AVX2, AVX-512F,
+//!   the source tree). The need is probed once, at run time, because the
+//!   same binary runs on hosts without protection keys and in a guest with
+//!   them but without `mseal`.
 //!   A test whose need is missing is reported `ignored (needs …: why)`,
 //!   never `ok`, and the run ends with a summary of every skipped case and
 //!   its reason. `FROSTHEAP_TEST_REQUIRE=pkey,mseal` (or `all`) turns a
@@ -92,6 +93,9 @@ pub enum Need {
     Pkey,
     /// The `mseal(2)` system call (Linux 6.10 and later).
     Mseal,
+    /// Transparent huge pages (`always` or `madvise` in
+    /// `/sys/kernel/mm/transparent_hugepage/enabled`).
+    Thp,
     /// AVX2 instructions.
     Avx2,
     /// AVX-512F instructions.
@@ -102,9 +106,10 @@ pub enum Need {
 }
 
 impl Need {
-    const ALL: [Need; 5] = [
+    const ALL: [Need; 6] = [
         Need::Pkey,
         Need::Mseal,
+        Need::Thp,
         Need::Avx2,
         Need::Avx512f,
         Need::SourceTree,
@@ -115,6 +120,7 @@ impl Need {
         match self {
             Need::Pkey => "pkey",
             Need::Mseal => "mseal",
+            Need::Thp => "thp",
             Need::Avx2 => "avx2",
             Need::Avx512f => "avx512f",
             Need::SourceTree => "sources",
@@ -123,7 +129,7 @@ impl Need {
 
     /// `None` if this machine has it, else why not (probed once).
     pub fn missing(self) -> Option<&'static str> {
-        static PROBED: [OnceLock<Option<String>>; 5] = [const { OnceLock::new() }; 5];
+        static PROBED: [OnceLock<Option<String>>; 6] = [const { OnceLock::new() }; 6];
         PROBED[self as usize]
             .get_or_init(|| self.probe())
             .as_deref()
@@ -133,6 +139,14 @@ impl Need {
         match self {
             Need::Pkey => probe_pkey(),
             Need::Mseal => probe_mseal(),
+            Need::Thp => {
+                let path = "/sys/kernel/mm/transparent_hugepage/enabled";
+                match std::fs::read_to_string(path) {
+                    Ok(mode) if !mode.contains("[never]") => None,
+                    Ok(mode) => Some(format!("transparent huge pages are off ({path}: {})", mode.trim())),
+                    Err(e) => Some(format!("no transparent huge pages in this kernel ({path}: {e})")),
+                }
+            }
             Need::Avx2 => (!std::is_x86_feature_detected!("avx2"))
                 .then(|| "the CPU has no AVX2".to_string()),
             Need::Avx512f => (!std::is_x86_feature_detected!("avx512f"))

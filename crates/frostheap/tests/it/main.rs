@@ -42,8 +42,8 @@
 //! # Declaring what a test needs
 //!
 //! `needs: [..]` lists [`harness::Need`]s: `Pkey` (protection keys),
-//! `Mseal` (the `mseal` call, Linux ≥ 6.10), `Avx2`, `Avx512f`,
-//! `SourceTree`. Each is probed once at run time; where one is missing the
+//! `Mseal` (the `mseal` call, Linux ≥ 6.10), `Thp` (transparent huge
+//! pages), `Avx2`, `Avx512f`, `SourceTree`. Each is probed once at run time; where one is missing the
 //! test is reported `ignored (needs pkey: <why>)` — never `ok` — and listed
 //! in the `SKIPPED` summary after the result line. Declare the need rather
 //! than returning early: an early `return` counts as a pass.
