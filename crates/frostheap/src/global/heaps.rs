@@ -30,7 +30,6 @@ use std::borrow::Cow;
 
 use crate::heap::core::CoreConfig;
 use crate::heap::process;
-use crate::heap::remote_cache::{self, RemoteCache};
 use crate::heap::HeapInner;
 use crate::region::Huge;
 use crate::sync::{thread_token, RawLock};
@@ -234,10 +233,14 @@ pub(super) unsafe fn detach(idx: usize) {
 }
 
 /// Keeps `p`, a small block of class `c` (at least) of another thread
-/// heap freed by the owner of `h`, in `h`'s remote cache; a full class
-/// first gives its blocks back to their heaps, a bitmap word at a time
-/// ([`free_to_owners`]). False if the class is not cached (the caller
-/// frees `p` to its heap).
+/// heap freed by the owner of `h`, in `h`'s remote cache; false if the
+/// class is full or not cached (the caller frees `p` to its heap).
+///
+/// A full class is left as it is rather than given back to make room: a
+/// thread that frees more of a class than it allocates (a consumer) has a
+/// full class for good, and giving 32 blocks back every 32 frees, even a
+/// bitmap word at a time, measured slower in the producer/consumer case of
+/// the `threads` benchmark than the remote path block by block.
 ///
 /// # Safety
 /// 1. The calling thread owns `h` and is not a runtime worker inside a
@@ -247,30 +250,7 @@ pub(super) unsafe fn detach(idx: usize) {
 #[inline]
 pub(super) unsafe fn cache_free(h: &HeapInner, c: usize, p: *mut u8) -> bool {
     // SAFETY: (1).
-    if unsafe { h.remote_cache.push(c, p) } {
-        return true;
-    }
-    if !RemoteCache::caches(c) {
-        return false;
-    }
-    // SAFETY: (1).
-    unsafe { flush_class(h, c) };
-    // SAFETY: (1); the class is empty now.
     unsafe { h.remote_cache.push(c, p) }
-}
-
-/// Gives class `c` of `h`'s remote cache back to the blocks' heaps.
-///
-/// # Safety
-/// 1. As for [`cache_free`].
-#[cold]
-#[inline(never)]
-unsafe fn flush_class(h: &HeapInner, c: usize) {
-    let mut out = [core::ptr::null_mut(); remote_cache::CAP as usize];
-    // SAFETY: (1): we own the cache.
-    let n = unsafe { h.remote_cache.take(c, &mut out) };
-    // SAFETY: (1): live blocks of other arena heaps, given up once.
-    unsafe { free_to_owners(&mut out[..n]) };
 }
 
 /// Frees `blocks`, live blocks of arena heaps the calling thread does not

@@ -31,13 +31,11 @@
 //!
 //! **Bounds.** Each class holds at most [`CAP`] blocks and [`CAP_BYTES`]
 //! bytes, and classes above 8 KiB none, so a thread holds at most 338 KiB
-//! of other heaps' memory (32 classes, all full), typically a few KiB. A
-//! free into a full class first gives the class's blocks back to their
-//! heaps, sorted, so that blocks sharing a word of their heap's
-//! remote-free bitmap are published with one atomic OR
-//! (`Remote::free_sorted`): a thread that only frees (a consumer) pays the
-//! remote path in batches. The cache empties the same way when its thread
-//! exits (`global::heaps::detach`); a heap adopted after a `fork` keeps the
+//! of other heaps' memory (32 classes, all full), typically a few KiB; a
+//! free into a full class takes the remote path. The cache empties when its
+//! thread exits (`global::heaps::detach`), sorted, so that blocks sharing a
+//! word of their heap's remote-free bitmap are published with one atomic
+//! OR (`Remote::free_sorted`); a heap adopted after a `fork` keeps the
 //! cache it had, whose blocks are still live.
 //!
 //! **Double frees.** Every block the cache holds carries a mark in its
@@ -194,13 +192,6 @@ impl RemoteCache {
             Ordering::Relaxed,
         );
         n
-    }
-
-    /// Whether class `c` may hold blocks at all (classes above 8 KiB may
-    /// not).
-    #[inline]
-    pub(crate) fn caches(c: usize) -> bool {
-        CLASS_CAP[c] != 0
     }
 
     /// Whether class `c`'s list holds `p` (a double free check).
