@@ -14,7 +14,8 @@
 //! **A thread's life.** Its first allocation *attaches* a heap: one a
 //! thread left behind (adoption), or a fresh slot. When the thread exits,
 //! a thread-local destructor *abandons* it ([`HeapCore::abandon`]: remote
-//! frees collected, the free top decommitted, owner cleared) and pushes it
+//! frees collected, the free top decommitted and the free spans below it
+//! purged, owner cleared) and pushes it
 //! on the abandoned stack, where the next thread that attaches adopts it,
 //! with every block still in it: blocks freed by other threads meanwhile
 //! were remote frees, collected by the adopter. So 10,000 short-lived
@@ -304,9 +305,12 @@ fn pop_abandoned() -> Option<usize> {
 }
 
 /// The process limit's reclaimer ([`process::set_reclaimer`]): the free
-/// tops of every heap whose span lock is free go back to the OS.
+/// memory of every heap whose span lock is free goes back to the OS (free
+/// tops decommitted, free spans below them purged and uncharged). The
+/// heap asking holds its own span lock, so it is skipped here (it gave
+/// back its own first). Returns the bytes no longer charged.
 pub(super) fn reclaim() -> usize {
-    built().map(|(_, h, _)| h.core.try_trim()).sum()
+    built().map(|(_, h, _)| h.core.try_give_back()).sum()
 }
 
 /// Every built heap: `(slot, heap, whether a thread owns it)`.

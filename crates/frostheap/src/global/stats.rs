@@ -17,6 +17,8 @@ pub struct ProcessStats {
     /// The process limit (`FROSTHEAP_MAX`; `usize::MAX` when none is set).
     pub limit: usize,
     /// Bytes committed now, all kinds together: what the limit bounds.
+    /// A heap's free spans that were purged (`MADV_DONTNEED`) are not
+    /// counted until they are reused (see [`crate::Stats::purged`]).
     pub committed: usize,
     /// The highest `committed` seen.
     pub peak_committed: usize,

@@ -24,9 +24,11 @@ impl HeapCore {
             &self.others.large_freed_count,
             || remote.uncollected(self.region().committed() >> PAGE_SHIFT),
         );
+        let charged = self.spans.charged();
         Stats {
             reserved: self.region().reserved(),
-            committed: self.region().committed(),
+            committed: charged,
+            purged: self.region().committed().saturating_sub(charged),
             in_use,
             peak,
             limit: self.spans.limit(),
@@ -53,7 +55,7 @@ impl HeapCore {
     /// external would pass it.
     pub(crate) fn charge_external(&self, bytes: usize) -> bool {
         self.others
-            .charge_external(bytes, self.region().committed(), self.spans.limit())
+            .charge_external(bytes, self.spans.charged(), self.spans.limit())
     }
 
     /// Releases bytes charged with [`HeapCore::charge_external`].
@@ -61,7 +63,8 @@ impl HeapCore {
         self.others.release_external(bytes)
     }
 
-    /// Bytes of free spans (committed, not in use by any block's span).
+    /// Bytes of free spans (in the committed range, not in use by any
+    /// block's span; purged ones included).
     pub(crate) fn free_span_bytes(&self) -> usize {
         self.spans.free_bytes()
     }
@@ -97,11 +100,12 @@ impl HeapCore {
         self.spans.set_frozen(frozen)
     }
 
-    /// Gives back the free top of the region if the span lock is free
-    /// (another heap needs room under the process limit); returns the
-    /// bytes decommitted.
-    pub(crate) fn try_trim(&self) -> usize {
-        self.spans.try_trim(self.pages, &self.others.external)
+    /// Gives back every free page of the heap if the span lock is free
+    /// (another heap needs room under the process limit): the free top
+    /// decommitted, free spans below it purged and uncharged. Returns the
+    /// bytes no longer charged.
+    pub(crate) fn try_give_back(&self) -> usize {
+        self.spans.try_give_back(self.pages, &self.others.external)
     }
 
     /// In a `fork` child, before anything else uses the heap: completes an

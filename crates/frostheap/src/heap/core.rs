@@ -195,7 +195,7 @@ impl HeapCore {
             let mut spans = core.lock_spans();
             spans.open_tables(committed)?;
             // SAFETY: the pages are committed, free and in no span.
-            unsafe { spans.insert(0, committed, false) };
+            unsafe { spans.insert(0, committed, false, 0) };
         }
         Ok(core)
     }
@@ -235,7 +235,8 @@ impl HeapCore {
 
     /// The owner thread gives the heap up (it is exiting): spans that
     /// received remote frees are collected, the free top of the region is
-    /// decommitted (and released from the process limit), and from now on
+    /// decommitted and the free spans below it purged (all released from
+    /// the process limit), and from now on
     /// every free into the heap, by any thread, is a remote free, until a
     /// thread adopts the heap with [`HeapCore::set_owner`].
     ///
@@ -245,7 +246,7 @@ impl HeapCore {
     pub(crate) unsafe fn abandon(&self) {
         debug_assert!(self.is_owner(), "abandon by another thread");
         self.collect_pending();
-        self.lock_spans().trim();
+        self.lock_spans().give_back_all();
         self.owner.store(0, Ordering::Release);
     }
 

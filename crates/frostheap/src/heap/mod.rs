@@ -397,7 +397,8 @@ impl Heap {
         self.core().release_external(bytes)
     }
 
-    /// Bytes committed but held by no span (free pages the heap keeps).
+    /// Bytes of the committed range held by no block's span (free pages
+    /// the heap keeps, purged ones included).
     pub fn free_bytes(&self) -> usize {
         self.core().free_span_bytes()
     }

@@ -124,6 +124,8 @@ pub struct PageMeta {
     /// Queue or bin links (page indices).
     pub prev: Cell<u32>,
     /// Large: offset of the allocation from the span start (over-alignment).
+    /// Free span head: how many of the span's pages are not charged against
+    /// the limits (purged; see [`super::span`]).
     pub offset: Cell<u32>,
     /// [`Kind`] as a byte.
     pub kind: Cell<u8>,

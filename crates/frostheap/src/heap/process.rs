@@ -2,9 +2,10 @@
 //! and the commit counters behind [`crate::stats`].
 //!
 //! Memory is counted where it is committed — a heap's span allocator
-//! growing its region, a context heap taking a chunk, the C ABI's
-//! anonymous `mmap` — and released where it is decommitted, never per
-//! allocation: the fast paths carry no shared atomic. A charge that would
+//! growing its region (or reusing a free span it had purged), a context
+//! heap taking a chunk, the C ABI's anonymous `mmap` — and released where
+//! it is decommitted (or a free span purged), never per allocation: the
+//! fast paths carry no shared atomic. A charge that would
 //! take the sum past the limit fails and charges nothing; the allocation
 //! that needed it returns null (`OutOfMemory`, `ENOMEM`) whichever thread
 //! asked. The limit is `usize::MAX` until the global allocator (or the C
@@ -16,10 +17,12 @@
 //!
 //! **Reclaiming.** Heaps keep free memory committed for reuse (see
 //! [`super::span`]), which with many threads could hold the process at its
-//! limit while little is in use. A commit that does not fit first asks the
-//! *reclaimer* — registered by the global allocator, which knows every
-//! thread's heap — to give back the free tops of the other heaps whose
-//! span locks are free, then tries once more.
+//! limit while little is in use. A heap whose charge does not fit first
+//! gives back its own free memory, then asks the *reclaimer* — registered
+//! by the global allocator, which knows every thread's heap — to give back
+//! the free memory of the other heaps whose span locks are free (free tops
+//! decommitted, free spans below them purged and uncharged), then tries
+//! once more.
 
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -121,12 +124,10 @@ pub(crate) fn set_reclaimer(f: fn() -> usize) {
     RECLAIMER.store(f as usize, Ordering::Release);
 }
 
-/// [`charge`], and when that fails, reclaim free memory from other heaps
-/// and try once more.
-pub(crate) fn charge_or_reclaim(kind: Kind, bytes: usize) -> bool {
-    if charge(kind, bytes) {
-        return true;
-    }
+/// After a refused [`charge`]: reclaims free memory from other heaps and
+/// charges once more; false (nothing charged) when there is no reclaimer,
+/// it gave nothing back, or the charge is refused again.
+pub(crate) fn reclaim_and_charge(kind: Kind, bytes: usize) -> bool {
     let f = RECLAIMER.load(Ordering::Acquire);
     if f == 0 {
         return false;
@@ -137,7 +138,7 @@ pub(crate) fn charge_or_reclaim(kind: Kind, bytes: usize) -> bool {
     reclaim() > 0 && charge(kind, bytes)
 }
 
-/// Releases `bytes` charged for `kind` (decommitted, unmapped).
+/// Releases `bytes` charged for `kind` (decommitted, purged, unmapped).
 pub fn release(kind: Kind, bytes: usize) {
     let prev = BY_KIND[kind as usize].fetch_sub(bytes, Ordering::Relaxed);
     debug_assert!(

@@ -25,6 +25,46 @@
 //! everything gets its memory back; one that frees and reuses a large
 //! buffer every round (a result vector, a batch) keeps it resident instead
 //! of zero-filling it again each time.
+//!
+//! **What is charged.** Memory is charged against the heap's own cap
+//! (`max`, less [`crate::Heap::charge_external`]'s bytes) and the process
+//! limit ([`super::process`]) when it is committed, and released when it
+//! stops holding memory: the free top when it is decommitted, and a free
+//! span anywhere when it is purged. A purged span keeps its place in the
+//! committed range (the range stays one prefix, which a freeze protects
+//! with one call) but holds no memory, so it is *uncharged*; the part of
+//! it taken again — for a small span, a large block, an in-place growth —
+//! is charged again first. Live spans are always charged whole. `charged`
+//! is what [`super::Stats::committed`] reports; the committed range less
+//! `charged` is the purged part ([`super::Stats::purged`]). The heap's
+//! pre-committed minimum (`min`, `FROSTHEAP_MIN`) stays charged even when
+//! purged, as the top never shrinks below it.
+//!
+//! Each free span's head counts how many of its pages are uncharged — a
+//! count, not which ones. One rule keeps it honest (never more uncharged
+//! pages than pages that hold no memory and lie above the minimum):
+//! coalescing adds the counts, and a part cut off a free span — taken for
+//! use, or decommitted at the top — takes as much of the count as it has
+//! pages, the rest staying with what is left. So a part taken for use is
+//! charged min(count, its pages), and a decommit releases only the pages
+//! still charged (nothing is released twice). The count can understate (a
+//! purged span merged with a dirty neighbour, then cut), which
+//! over-charges until that span's next purge, which sets the count to the
+//! whole span again.
+//!
+//! **When a charge is refused** — by the heap's cap or the process limit —
+//! a reuse first takes another free span that needs no charge if one fits;
+//! then (for a growth too) the heap gives back its own free memory ([`Locked::release_free`]: dirty free
+//! spans purged, every free page above the minimum uncharged; clean pages
+//! were not touched since they were committed or purged, so uncharging
+//! them needs no call), then asks the reclaimer for the other heaps' (their
+//! free tops decommitted, their free spans released the same way), trying
+//! once more after each step: the path a growth takes. If that still
+//! fails the allocation fails (`OutOfMemory`, counted in the heap's
+//! `refused`). Purging does not start earlier as the process nears its
+//! limit: below the limit a resident free span refuses nobody, and at the
+//! limit every free page a heap holds is given back before anything is
+//! refused, except those of heaps whose span lock is busy at that moment.
 
 use core::cell::{Cell, UnsafeCell};
 use core::sync::atomic::Ordering;
@@ -95,6 +135,10 @@ pub(crate) struct SpanAllocator {
     limit: usize,
     /// What the region's commits are charged as against the process limit.
     kind: process::Kind,
+    /// Bytes charged for the region: the committed range less the free
+    /// pages that are uncharged (see the module doc). Written under the
+    /// span lock; read by statistics without it.
+    charged: AtomicUsize,
 }
 
 impl SpanAllocator {
@@ -118,12 +162,14 @@ impl SpanAllocator {
                 free_pages: 0,
             }),
             tables_open: Cell::new(0),
-            region,
             table,
             table_bytes,
             bits_offset,
             limit,
             kind,
+            // The pre-committed minimum, charged by the caller.
+            charged: AtomicUsize::new(region.committed()),
+            region,
         }
     }
 
@@ -167,16 +213,23 @@ impl SpanAllocator {
         }
     }
 
-    /// Gives back the free top of the region if the span lock is free
-    /// (another heap needs room under the process limit); returns the
-    /// bytes decommitted.
-    pub(super) fn try_trim(&self, pages: PageTable, external: &AtomicUsize) -> usize {
+    /// Bytes charged for the region (the committed range less its
+    /// uncharged free pages).
+    pub(super) fn charged(&self) -> usize {
+        self.charged.load(Ordering::Relaxed)
+    }
+
+    /// Gives back every free page of the heap if the span lock is free
+    /// (another heap needs room under the process limit): the free top
+    /// decommitted, the other free spans released
+    /// ([`Locked::give_back_all`]). Returns the bytes no longer charged.
+    pub(super) fn try_give_back(&self, pages: PageTable, external: &AtomicUsize) -> usize {
         let Some(guard) = self.lock.try_lock() else {
             return 0;
         };
-        let before = self.region.committed();
-        self.locked(pages, external, guard).trim();
-        before - self.region.committed()
+        let before = self.charged();
+        self.locked(pages, external, guard).give_back_all();
+        before - self.charged()
     }
 
     /// Bytes of free spans (committed, not in use by any block's span).
@@ -219,7 +272,7 @@ impl SpanAllocator {
 
 impl Drop for SpanAllocator {
     fn drop(&mut self) {
-        process::release(self.kind, self.region.committed());
+        process::release(self.kind, self.charged());
         // SAFETY: the side table was mapped for this heap with this length
         // and nothing refers to it once the heap is dropped. The region
         // gives its own range back.
@@ -237,20 +290,46 @@ pub(super) struct Locked<'a> {
     _guard: LockGuard<'a>,
 }
 
+/// What [`Locked::find`] found.
+enum Fit {
+    /// The first page of a run taken, and whether it is known zero.
+    Taken(usize, bool),
+    /// No free span is long enough.
+    NoSpan,
+    /// Spans are long enough, but the charge the one chosen needed was
+    /// refused even after everything was given back.
+    Refused,
+}
+
+/// Uncharged pages of the free span headed by `m` (see the module doc).
+#[inline]
+fn uncharged(m: &PageMeta) -> usize {
+    m.offset.get() as usize
+}
+
 impl Locked<'_> {
-    /// Takes a run of `pages` free pages, committing more if needed.
-    /// Returns the first page and whether its contents are known zero.
+    /// Takes a run of `pages` free pages, committing more if needed, and
+    /// charges what it takes that was not charged. Returns the first page
+    /// and whether its contents are known zero; `None` when the heap's cap
+    /// or the process limit refuses.
     pub(super) fn alloc(&mut self, pages: usize) -> Option<(usize, bool)> {
-        if let Some(found) = self.find(pages) {
-            return Some(found);
+        match self.find(pages) {
+            Fit::Taken(idx, zero) => return Some((idx, zero)),
+            Fit::Refused => return None,
+            Fit::NoSpan => {}
         }
         if !self.grow(pages) {
             return None;
         }
-        self.find(pages)
+        match self.find(pages) {
+            Fit::Taken(idx, zero) => Some((idx, zero)),
+            Fit::NoSpan | Fit::Refused => None,
+        }
     }
 
-    fn find(&mut self, pages: usize) -> Option<(usize, bool)> {
+    /// The first free span of at least `pages` pages, in bin order (with
+    /// `charged_only`, the first whose pages are all charged).
+    fn first_fit(&self, pages: usize, charged_only: bool) -> Option<usize> {
         let b = bin_of(pages);
         let mut mask = self.spans.nonempty & !((1u64 << b) - 1);
         while mask != 0 {
@@ -258,24 +337,134 @@ impl Locked<'_> {
             let mut idx = self.spans.bins[bin];
             while idx != NONE {
                 let m = self.pages.meta(idx as usize);
-                let n = m.span_pages.get() as usize;
-                if n >= pages {
-                    let dirty = m.flags.get() & DIRTY != 0;
-                    // SAFETY: idx heads a free span in a bin; its tail
-                    // beyond `pages` is free and committed.
-                    unsafe {
-                        self.remove(idx as usize);
-                        if n > pages {
-                            self.insert(idx as usize + pages, n - pages, dirty);
-                        }
-                    }
-                    return Some((idx as usize, !dirty));
+                if m.span_pages.get() as usize >= pages && (!charged_only || uncharged(m) == 0) {
+                    return Some(idx as usize);
                 }
                 idx = m.next.get();
             }
             mask &= mask - 1;
         }
         None
+    }
+
+    /// Bytes to charge for taking the first `pages` pages of the free span
+    /// headed at `idx`.
+    fn charge_to_take(&self, idx: usize, pages: usize) -> usize {
+        uncharged(self.pages.meta(idx)).min(pages) * PAGE_SIZE
+    }
+
+    /// Takes the first `pages` pages of the free span headed at `idx`, its
+    /// charge already made; returns whether they are known zero.
+    ///
+    /// # Safety
+    /// 1. `idx` heads a free span of at least `pages` pages, in its bin.
+    unsafe fn take(&mut self, idx: usize, pages: usize) -> bool {
+        let m = self.pages.meta(idx);
+        let n = m.span_pages.get() as usize;
+        let dirty = m.flags.get() & DIRTY != 0;
+        let u = uncharged(m);
+        // SAFETY: (1); the tail beyond `pages` is free and committed.
+        unsafe {
+            self.remove(idx);
+            if n > pages {
+                // The part taken takes the count first (see the module doc).
+                self.insert(idx + pages, n - pages, dirty, u - u.min(pages));
+            }
+        }
+        !dirty
+    }
+
+    fn find(&mut self, pages: usize) -> Fit {
+        let Some(idx) = self.first_fit(pages, false) else {
+            return Fit::NoSpan;
+        };
+        let need = self.charge_to_take(idx, pages);
+        if need > 0 && !self.try_charge(need) {
+            // Refused: a span that needs no charge, if one fits; else give
+            // back what can be and charge again (the path of a growth).
+            if let Some(other) = self.first_fit(pages, true) {
+                // SAFETY: other heads a free span of at least `pages` pages.
+                return Fit::Taken(other, unsafe { self.take(other, pages) });
+            }
+            if !self.give_back_and_charge(|l| l.charge_to_take(idx, pages)) {
+                return Fit::Refused;
+            }
+        }
+        // SAFETY: idx heads a free span of at least `pages` pages (giving
+        // back purges and uncharges spans, it does not move them).
+        Fit::Taken(idx, unsafe { self.take(idx, pages) })
+    }
+
+    /// The heap's cap on charged bytes: `max` rounded down to a page (and
+    /// the reservation).
+    fn cap(&self) -> usize {
+        self.alloc.limit.min(self.alloc.region.reserved()) & !(PAGE_SIZE - 1)
+    }
+
+    /// Whether `bytes` more fit under the heap's cap, with its external
+    /// charges.
+    fn fits(&self, bytes: usize) -> bool {
+        self.alloc
+            .charged()
+            .saturating_add(self.external.load(Ordering::Relaxed))
+            .saturating_add(bytes)
+            <= self.cap()
+    }
+
+    /// Records `bytes` charged to the process for this heap.
+    fn add_charged(&mut self, bytes: usize) {
+        let c = &self.alloc.charged;
+        c.store(c.load(Ordering::Relaxed) + bytes, Ordering::Relaxed);
+    }
+
+    /// Releases `bytes` of this heap's charge (decommitted or purged).
+    fn release(&mut self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let c = &self.alloc.charged;
+        let cur = c.load(Ordering::Relaxed);
+        debug_assert!(cur >= bytes, "released {bytes} of {cur} charged bytes");
+        c.store(cur - bytes, Ordering::Relaxed);
+        process::release(self.alloc.kind, bytes);
+    }
+
+    /// Charges `bytes` if the heap's cap and the process limit both take
+    /// them; nothing charged otherwise (a process refusal is counted).
+    fn try_charge(&mut self, bytes: usize) -> bool {
+        if bytes == 0 {
+            return true;
+        }
+        if !self.fits(bytes) || !process::charge(self.alloc.kind, bytes) {
+            return false;
+        }
+        self.add_charged(bytes);
+        true
+    }
+
+    /// After a refused [`Locked::try_charge`]: gives back this heap's free
+    /// memory ([`Locked::release_free`]), then, for the process limit,
+    /// other heaps' (the reclaimer), charging `need(self)` bytes — computed
+    /// after the first step, which may have uncharged the very pages being
+    /// taken — once more after each. False (nothing charged) when both
+    /// fail.
+    fn give_back_and_charge(&mut self, need: impl Fn(&Self) -> usize) -> bool {
+        let released = self.release_free();
+        let bytes = need(self);
+        if bytes == 0 {
+            return true;
+        }
+        if !self.fits(bytes) {
+            return false; // the heap's own cap: other heaps cannot help
+        }
+        let kind = self.alloc.kind;
+        if (released > 0 && process::charge(kind, bytes))
+            || process::reclaim_and_charge(kind, bytes)
+        {
+            self.add_charged(bytes);
+            return true;
+        }
+        false
     }
 
     /// Commits enough to hold a span of `pages` at the top of the region.
@@ -294,9 +483,11 @@ impl Locked<'_> {
                 _ => 0,
             };
         }
-        let cap = a.limit.min(region.reserved()) & !(PAGE_SIZE - 1);
+        // The reservation bounds the committed range; the heap's cap bounds
+        // what is charged (purged pages inside the range are not).
+        let end = region.reserved() & !(PAGE_SIZE - 1);
         let want = committed + (pages - top_free.min(pages)) * PAGE_SIZE;
-        if want.saturating_add(self.external.load(Ordering::Relaxed)) > cap {
+        if want > end {
             return false;
         }
         let chunk = if region.huge_layout() {
@@ -305,20 +496,25 @@ impl Locked<'_> {
             1 << 20
         };
         let chunk = chunk.max(round_up(committed / 8, chunk));
-        let target = round_up(want, chunk).min(cap);
-        // The process limit, counted at commits: the whole growth, or a
-        // growth to just what was asked when the chunk does not fit.
-        let target = if process::charge(a.kind, target - committed) {
+        let room = self
+            .cap()
+            .saturating_sub(a.charged() + self.external.load(Ordering::Relaxed))
+            & !(PAGE_SIZE - 1);
+        let target = round_up(want, chunk).min(end).min(committed + room);
+        // The whole growth when the heap's cap and the process limit take
+        // it; else just what was asked, through the refusal path.
+        let target = if target >= want && process::charge(a.kind, target - committed) {
+            self.add_charged(target - committed);
             target
+        } else if self.try_charge(want - committed)
+            || self.give_back_and_charge(|_| want - committed)
+        {
+            want
         } else {
-            let exact = round_up(want, PAGE_SIZE);
-            if !process::charge_or_reclaim(a.kind, exact - committed) {
-                return false;
-            }
-            exact
+            return false;
         };
         if self.open_tables(target >> PAGE_SHIFT).is_err() || region.grow_to(target).is_err() {
-            process::release(a.kind, target - committed);
+            self.release(target - committed);
             return false;
         }
         // SAFETY: the new pages are committed, free and in no span.
@@ -356,16 +552,27 @@ impl Locked<'_> {
         Ok(())
     }
 
-    /// Adds a free run `[idx, idx + pages)` to its bin (no coalescing).
+    /// Adds a free run `[idx, idx + pages)` to its bin (no coalescing), of
+    /// which `uncharged` pages are not charged.
     ///
     /// # Safety
-    /// 1. The pages are committed, hold no live block, and are in no span.
-    pub(super) unsafe fn insert(&mut self, idx: usize, pages: usize, dirty: bool) {
+    /// 1. The pages are committed, hold no live block, and are in no span;
+    ///    `uncharged <= pages`, and as many of them hold no memory and lie
+    ///    above the region's minimum.
+    pub(super) unsafe fn insert(
+        &mut self,
+        idx: usize,
+        pages: usize,
+        dirty: bool,
+        uncharged: usize,
+    ) {
+        debug_assert!(uncharged <= pages, "{uncharged} of {pages} pages uncharged");
         let pt = self.pages;
         let m = pt.meta(idx);
         m.set_kind(Kind::FreeSpan);
         m.span_pages.set(pages as u32);
         m.flags.set(if dirty { DIRTY } else { 0 });
+        m.offset.set(uncharged as u32);
         if pages > 1 {
             let t = pt.meta(idx + pages - 1);
             t.set_kind(Kind::FreeTail);
@@ -426,14 +633,45 @@ impl Locked<'_> {
         unsafe { self.free_with(idx, pages, true, true) }
     }
 
-    /// Adds freshly committed pages: never gives anything back (that would
-    /// undo the growth that is about to be used).
+    /// Adds freshly committed (and charged) pages: never gives anything
+    /// back (that would undo the growth that is about to be used).
     ///
     /// # Safety
     /// 1. As for [`Locked::free`].
     unsafe fn free_clean(&mut self, idx: usize, pages: usize) {
         // SAFETY: forwarded (1).
         unsafe { self.free_with(idx, pages, false, false) }
+    }
+
+    /// Decommits the region's top down to `keep_end` pages (never below
+    /// its minimum), the free span `[start, top)` with `uncharged`
+    /// uncharged pages ending there, out of its bin; releases the pages
+    /// that were charged. Returns the pages and uncharged count left of
+    /// the span.
+    ///
+    /// # Safety
+    /// 1. `[start, top)` is committed, out of every bin, holds no live block,
+    ///    and `keep_end <= top`.
+    unsafe fn shrink_top(
+        &mut self,
+        start: usize,
+        keep_end: usize,
+        uncharged: usize,
+    ) -> (usize, usize) {
+        let region = &self.alloc.region;
+        let before = region.committed() >> PAGE_SHIFT;
+        // SAFETY: (1): nothing live at or above keep_end.
+        let decommitted = unsafe { region.shrink_to(keep_end << PAGE_SHIFT) }.is_ok();
+        // On an error the region has published the shorter length all the
+        // same (the pages may still hold memory: their charge is kept).
+        let after = region.committed() >> PAGE_SHIFT;
+        // The part decommitted takes the count first (see the module doc).
+        let gone = before - after;
+        let gone_uncharged = uncharged.min(gone);
+        if decommitted {
+            self.release((gone - gone_uncharged) * PAGE_SIZE);
+        }
+        (after.saturating_sub(start), uncharged - gone_uncharged)
     }
 
     /// Frees `[idx, idx + pages)`, coalescing with free neighbours, then
@@ -447,6 +685,8 @@ impl Locked<'_> {
         let mut start = idx;
         let mut n = pages;
         let mut dirty = dirty;
+        // The freed pages are charged: the counts of the neighbours add up.
+        let mut u = 0;
         if start > 0 {
             let left = pt.meta(start - 1);
             let head = match left.kind() {
@@ -458,6 +698,7 @@ impl Locked<'_> {
                 let hm = pt.meta(h);
                 dirty |= hm.flags.get() & DIRTY != 0;
                 n += hm.span_pages.get() as usize;
+                u += uncharged(hm);
                 // SAFETY: h heads a free span, which is in its bin.
                 unsafe { self.remove(h) };
                 start = h;
@@ -469,6 +710,7 @@ impl Locked<'_> {
             let rm = pt.meta(right);
             dirty |= rm.flags.get() & DIRTY != 0;
             n += rm.span_pages.get() as usize;
+            u += uncharged(rm);
             // SAFETY: as above.
             unsafe { self.remove(right) };
         }
@@ -485,52 +727,70 @@ impl Locked<'_> {
             let keep = (KEEP_ON_TOP >> PAGE_SHIFT).max(live_pages / 2);
             let keep_end = (start + keep).max(region.min_committed() >> PAGE_SHIFT);
             if keep_end < top {
-                let before = region.committed();
-                // SAFETY: we hold the span lock; [keep_end, top) is part of
-                // a free span, so nothing live is there.
-                if unsafe { region.shrink_to(keep_end << PAGE_SHIFT) }.is_ok() {
-                    process::release(a.kind, before - region.committed());
-                    n = keep_end.saturating_sub(start);
-                }
+                // SAFETY: we hold the span lock; [start, top) is the free
+                // span just taken out of the bins, nothing live is there.
+                (n, u) = unsafe { self.shrink_top(start, keep_end, u) };
             }
         }
         if n > 0 {
             // SAFETY: [start, start + n) is the freed run and its free
-            // neighbours, taken out of their bins; by (1) nothing is live.
-            unsafe { self.insert(start, n, dirty) };
+            // neighbours, taken out of their bins; by (1) nothing is live;
+            // `u` is what their counts leave.
+            unsafe { self.insert(start, n, dirty, u) };
         }
         if give_back {
             self.maybe_purge();
         }
     }
 
-    /// Purges free spans (largest first) once too much free memory is
-    /// resident, down to half the threshold.
-    fn maybe_purge(&mut self) {
+    /// Purges the free span headed at `idx` if dirty, and uncharges its
+    /// pages above the region's minimum; returns the bytes uncharged (0
+    /// when the purge failed).
+    fn purge_span(&mut self, idx: usize) -> usize {
         let (pt, a) = (self.pages, self.alloc);
-        let spans = &mut *self.spans;
-        let committed_pages = a.region.committed() >> PAGE_SHIFT;
-        let live = committed_pages.saturating_sub(spans.free_pages) * PAGE_SIZE;
+        let m = pt.meta(idx);
+        let n = m.span_pages.get() as usize;
+        if m.flags.get() & DIRTY != 0 {
+            let start = pt.page_addr(idx) as *mut u8;
+            // SAFETY: the span is free and committed: nothing live is in it.
+            if unsafe { os::purge(start, n * PAGE_SIZE) }.is_err() {
+                return 0;
+            }
+            m.flags.set(m.flags.get() & !DIRTY);
+            self.spans.dirty_pages -= n;
+        }
+        // Clean pages hold no memory: never touched since their commit or
+        // their last purge.
+        let min_pages = a.region.min_committed() >> PAGE_SHIFT;
+        let above_min = n - min_pages.saturating_sub(idx).min(n);
+        let before = uncharged(m);
+        if above_min <= before {
+            return 0;
+        }
+        m.offset.set(above_min as u32);
+        self.release((above_min - before) * PAGE_SIZE);
+        (above_min - before) * PAGE_SIZE
+    }
+
+    /// Purges free spans (largest first) once too much free memory is
+    /// resident, down to half the threshold; what is purged is uncharged.
+    fn maybe_purge(&mut self) {
+        let pt = self.pages;
+        let committed_pages = self.alloc.region.committed() >> PAGE_SHIFT;
+        let live = committed_pages.saturating_sub(self.spans.free_pages) * PAGE_SIZE;
         let retain = PURGE_RETAIN.max(2 * live);
-        if spans.dirty_pages * PAGE_SIZE <= retain {
+        if self.spans.dirty_pages * PAGE_SIZE <= retain {
             return;
         }
         let target = retain / 2;
         for bin in (0..N_BINS).rev() {
-            let mut idx = spans.bins[bin];
+            let mut idx = self.spans.bins[bin];
             while idx != NONE {
                 let m = pt.meta(idx as usize);
-                let n = m.span_pages.get() as usize;
                 if m.flags.get() & DIRTY != 0 {
-                    let start = pt.page_addr(idx as usize) as *mut u8;
-                    // SAFETY: the span is free and committed: nothing live
-                    // is in it.
-                    if unsafe { os::purge(start, n * PAGE_SIZE) }.is_ok() {
-                        m.flags.set(m.flags.get() & !DIRTY);
-                        spans.dirty_pages -= n;
-                        if spans.dirty_pages * PAGE_SIZE <= target {
-                            return;
-                        }
+                    self.purge_span(idx as usize);
+                    if self.spans.dirty_pages * PAGE_SIZE <= target {
+                        return;
                     }
                 }
                 idx = m.next.get();
@@ -538,10 +798,37 @@ impl Locked<'_> {
         }
     }
 
+    /// Gives back every free span's memory without decommitting anything:
+    /// dirty spans purged, every free page above the region's minimum
+    /// uncharged. The refusal path's first step, and the reclaimer's (with
+    /// [`Locked::trim`]). Returns the bytes uncharged.
+    pub(super) fn release_free(&mut self) -> usize {
+        let pt = self.pages;
+        let mut released = 0;
+        let mut mask = self.spans.nonempty;
+        while mask != 0 {
+            let bin = mask.trailing_zeros() as usize;
+            let mut idx = self.spans.bins[bin];
+            while idx != NONE {
+                released += self.purge_span(idx as usize);
+                idx = pt.meta(idx as usize).next.get();
+            }
+            mask &= mask - 1;
+        }
+        released
+    }
+
+    /// Decommits the free top and releases every other free span
+    /// ([`Locked::release_free`]): the heap's thread has exited, or another
+    /// heap's charge was refused.
+    pub(super) fn give_back_all(&mut self) {
+        self.trim();
+        self.release_free();
+    }
+
     /// Decommits the whole free span at the top of the region (down to the
-    /// region's minimum), whatever the hysteresis would keep: the heap's
-    /// thread has exited.
-    pub(super) fn trim(&mut self) {
+    /// region's minimum), whatever the hysteresis would keep.
+    fn trim(&mut self) {
         let (pt, a) = (self.pages, self.alloc);
         let region = &a.region;
         let top = region.committed() >> PAGE_SHIFT;
@@ -560,22 +847,21 @@ impl Locked<'_> {
             return;
         }
         let dirty = hm.flags.get() & DIRTY != 0;
+        let u = uncharged(hm);
         // SAFETY: head heads the free span at the top, which is in its bin.
         unsafe { self.remove(head) };
-        let before = region.committed();
-        // SAFETY: we hold the span lock; [keep_end, top) was a free span.
-        if unsafe { region.shrink_to(keep_end << PAGE_SHIFT) }.is_ok() {
-            process::release(a.kind, before - region.committed());
-        }
-        let left = (region.committed() >> PAGE_SHIFT).saturating_sub(head);
+        // SAFETY: we hold the span lock; [head, top) was that free span.
+        let (left, u) = unsafe { self.shrink_top(head, keep_end, u) };
         if left > 0 {
-            // SAFETY: what is left of the free span: committed, nothing live.
-            unsafe { self.insert(head, left, dirty) };
+            // SAFETY: what is left of the free span: committed, nothing
+            // live, with what its count leaves.
+            unsafe { self.insert(head, left, dirty, u) };
         }
     }
 
     /// Takes `need` pages starting at `idx` if they are free (or can be
-    /// committed at the top).
+    /// committed at the top), charging what was not charged; false when
+    /// they are not free or the charge is refused.
     pub(super) fn take_following(&mut self, idx: usize, need: usize) -> bool {
         let (pt, a) = (self.pages, self.alloc);
         let top = a.region.committed() >> PAGE_SHIFT;
@@ -600,15 +886,16 @@ impl Locked<'_> {
             }
             return false;
         }
-        let dirty = m.flags.get() & DIRTY != 0;
-        // SAFETY: idx heads a free span in its bin; its part beyond `need`
-        // is free and committed.
-        unsafe {
-            self.remove(idx);
-            if n > need {
-                self.insert(idx + need, n - need, dirty);
-            }
+        let charge = self.charge_to_take(idx, need);
+        if charge > 0
+            && !self.try_charge(charge)
+            && !self.give_back_and_charge(|l| l.charge_to_take(idx, need))
+        {
+            return false;
         }
+        // SAFETY: idx heads a free span of at least `need` pages, in its
+        // bin; its charge is made.
+        unsafe { self.take(idx, need) };
         true
     }
 }

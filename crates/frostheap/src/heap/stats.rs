@@ -151,14 +151,20 @@ impl Counters {
     }
 }
 
-/// Statistics of one heap. `in_use <= committed <= reserved`, and
-/// `committed <= limit`.
+/// Statistics of one heap. `in_use <= committed <= reserved`,
+/// `committed + purged <= reserved`, and `committed + external <= limit`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Bytes of address space reserved.
     pub reserved: usize,
-    /// Bytes committed (readable and writable).
+    /// Bytes committed and charged against the limits: the heap's
+    /// committed range (readable and writable) less its purged free spans.
     pub committed: usize,
+    /// Bytes of free spans inside the committed range that were purged
+    /// (`MADV_DONTNEED`: no memory behind them) and are not charged; they
+    /// are charged again when reused. The committed range is `committed +
+    /// purged` bytes from the heap's base.
+    pub purged: usize,
     /// Usable bytes of live allocations.
     pub in_use: usize,
     /// The highest `in_use` seen. Exact for single-threaded use. Frees by

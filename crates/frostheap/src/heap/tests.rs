@@ -1,6 +1,7 @@
 //! Unit tests of a heap as a whole (`HeapCore` and its parts together):
 //! class queues, remote frees and their repair after `fork`, statistics
-//! read during updates, and the side table opening as the region grows.
+//! read during updates, the side table opening as the region grows, and
+//! the charge of purged free spans.
 
 use core::alloc::Layout;
 use core::ptr;
@@ -23,6 +24,35 @@ fn heap_of(max: usize) -> HeapCore {
         kind: ChargeKind::Explicit,
     })
     .expect("a heap reservation")
+}
+
+/// Checks the charge bookkeeping of the span allocator (see span.rs's
+/// "What is charged"): every free span's uncharged count is at most its
+/// pages above the region's minimum, and the heap's charge is its
+/// committed range less those counts. Call when no allocation is in
+/// flight.
+fn check_charge(core: &HeapCore) {
+    let committed = core.region().committed();
+    let min_pages = core.region().min_committed() >> PAGE_SHIFT;
+    let mut uncharged = 0;
+    for (idx, m, pages) in core.pages.spans_in_order(committed >> PAGE_SHIFT) {
+        if m.kind() == Kind::FreeSpan {
+            let u = m.offset.get() as usize;
+            let above_min = pages - min_pages.saturating_sub(idx).min(pages);
+            assert!(
+                u <= above_min,
+                "free span {idx}: {u} of {pages} pages uncharged, {above_min} above the minimum"
+            );
+            uncharged += u;
+        }
+    }
+    let s = core.stats();
+    assert_eq!(
+        s.committed,
+        committed - uncharged * PAGE_SIZE,
+        "charged = committed range − uncharged pages: {s:?}"
+    );
+    assert_eq!(s.committed + s.purged, committed, "{s:?}");
 }
 
 mod queue {
@@ -250,6 +280,7 @@ mod remote {
                 "blocks lost in span {idx}"
             );
         }
+        check_charge(core);
     }
 
     /// The owner allocates blocks of 16 B to 128 KiB (spans of 1 to 16
@@ -678,6 +709,176 @@ mod span {
         }
         // SAFETY: p is a live block of this heap.
         unsafe { core.free(p) };
+    }
+}
+
+mod charge {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    /// A block of `bytes` from `core`, written (resident).
+    fn block(core: &HeapCore, bytes: usize) -> *mut u8 {
+        let p = core.alloc(Layout::from_size_align(bytes, 8).unwrap());
+        assert!(!p.is_null(), "{bytes} bytes refused: {:?}", core.stats());
+        // SAFETY: p holds `bytes` writable bytes.
+        unsafe { ptr::write_bytes(p, 0xa5, bytes) };
+        p
+    }
+
+    fn free(core: &HeapCore, p: *mut u8) {
+        // SAFETY: every block these tests free is live and freed once.
+        unsafe { core.free(p) }
+    }
+
+    /// The free span headed by the page holding `addr`: (pages, uncharged).
+    fn free_span_at(core: &HeapCore, addr: usize) -> (usize, usize) {
+        let m = core.meta((addr - core.pages.base) >> PAGE_SHIFT);
+        assert_eq!(m.kind(), Kind::FreeSpan, "no free span at 0x{addr:x}");
+        (m.span_pages.get() as usize, m.offset.get() as usize)
+    }
+
+    /// A long-lived block on top of 96 MiB that is then freed: the purge
+    /// of the free spans below it uncharges them (the heap's charge drops
+    /// while its committed range stays), reusing them charges exactly the
+    /// pages taken, and the decommit of the top, once the pin goes,
+    /// releases only what was still charged.
+    #[test]
+    fn free_spans_purged_below_a_pinned_top_are_uncharged_and_charged_again() {
+        let core = heap_of(1 << 30);
+        let blocks: Vec<*mut u8> = (0..96).map(|_| block(&core, MIB)).collect();
+        let pin = block(&core, MIB);
+        let full = core.stats();
+        assert!(full.committed >= 97 * MIB && full.purged == 0, "{full:?}");
+        for &p in &blocks {
+            free(&core, p);
+        }
+        check_charge(&core);
+        let freed = core.stats();
+        // Past max(32 MiB, 2 × live) of free resident memory the free
+        // spans are purged: here the one span they merged into, whole.
+        assert_eq!(freed.purged, 96 * MIB, "{freed:?}");
+        assert_eq!(freed.committed, full.committed - 96 * MIB, "{freed:?}");
+        assert_eq!(free_span_at(&core, blocks[0] as usize), (1536, 1536));
+
+        // 40 MiB reused from the purged span (the only one that fits),
+        // charged again: exactly 40 MiB.
+        let reused = block(&core, 40 * MIB);
+        assert_eq!(reused, blocks[0], "not taken from the purged span");
+        let s = core.stats();
+        assert_eq!(s.committed, freed.committed + 40 * MIB, "{s:?}");
+        assert_eq!(s.purged, freed.purged - 40 * MIB, "{s:?}");
+        assert_eq!(
+            free_span_at(&core, blocks[0] as usize + 40 * MIB),
+            (896, 896)
+        );
+        check_charge(&core);
+
+        // Everything freed: the free top (purged pages included) is
+        // decommitted down to its headroom, nothing released twice.
+        free(&core, reused);
+        check_charge(&core);
+        free(&core, pin);
+        check_charge(&core);
+        let end = core.stats();
+        assert_eq!(end.in_use, 0, "{end:?}");
+        assert!(end.committed + end.purged <= 2 * MIB, "{end:?}");
+    }
+
+    /// A purged span merged with a dirty neighbour keeps its count; a part
+    /// cut from the front is charged for as many pages as it takes, and
+    /// what is left keeps the rest of the count.
+    #[test]
+    fn a_purged_span_merged_with_a_dirty_one_charges_what_is_cut_from_it() {
+        let core = heap_of(1 << 30);
+        // 64 MiB live: the purge threshold is 2 × live, so nothing below
+        // is purged on its own.
+        let live = block(&core, 64 * MIB);
+        let x = block(&core, 40 * MIB);
+        let y = block(&core, 8 * MIB);
+        let pin = block(&core, MIB);
+        free(&core, x);
+        let dirty = core.stats();
+        assert_eq!(dirty.purged, 0, "{dirty:?}");
+        // The refusal path's first step, run by hand: x purged, and the
+        // clean free top above the pin uncharged.
+        let released = core.lock_spans().release_free();
+        let purged = core.stats();
+        assert!(released >= 40 * MIB, "{released}");
+        assert_eq!(purged.committed, dirty.committed - released, "{purged:?}");
+        assert_eq!(free_span_at(&core, x as usize), (640, 640));
+        check_charge(&core);
+        // y joins x's span: its pages stay charged.
+        free(&core, y);
+        assert_eq!(free_span_at(&core, x as usize), (768, 640));
+        assert_eq!(core.stats().committed, purged.committed);
+        check_charge(&core);
+        // 8 MiB from the front: 128 pages charged; 512 uncharged left.
+        let z = block(&core, 8 * MIB);
+        assert_eq!(z, x);
+        assert_eq!(core.stats().committed, purged.committed + 8 * MIB);
+        assert_eq!(free_span_at(&core, x as usize + 8 * MIB), (640, 512));
+        check_charge(&core);
+        for p in [z, live, pin] {
+            free(&core, p);
+            check_charge(&core);
+        }
+        assert_eq!(core.stats().in_use, 0);
+    }
+
+    /// Under the heap's own cap: a reuse whose charge does not fit takes a
+    /// span that needs none when one fits; otherwise the allocation is
+    /// refused as a refused growth is (counted once, nothing charged), and
+    /// succeeds, charged, once there is room.
+    #[test]
+    fn a_reuse_past_the_heaps_cap_is_refused_unless_a_charged_span_fits() {
+        let core = heap_of(64 * MIB);
+        let pages = |n: usize| Layout::from_size_align(n * PAGE_SIZE, 8).unwrap();
+        let a = block(&core, 20 * PAGE_SIZE); // bin of 16..31 pages
+        let _s1 = block(&core, 4 * PAGE_SIZE);
+        let b = block(&core, 36 * PAGE_SIZE); // bin of 32..63 pages
+        let _pin = block(&core, 4 * PAGE_SIZE);
+        free(&core, a);
+        core.lock_spans().release_free(); // a purged, uncharged
+        free(&core, b); // dirty, charged
+        assert_eq!(free_span_at(&core, a as usize), (20, 20));
+        assert_eq!(free_span_at(&core, b as usize), (36, 0));
+        check_charge(&core);
+        // No room left under the cap.
+        let s = core.stats();
+        let room = s.limit - s.committed;
+        assert!(core.charge_external(room));
+
+        // 20 pages: a's span comes first but needs a charge; b's does not.
+        let c = core.alloc(pages(20));
+        assert_eq!(c, b, "not served from the charged span");
+        assert_eq!(
+            (core.stats().committed, core.stats().refused),
+            (s.committed, 0)
+        );
+        check_charge(&core);
+
+        // 20 pages again: only a's span fits (b's rest is 16 pages), and
+        // its charge does not fit even after the heap gave back its own
+        // free memory: refused, counted once, nothing charged.
+        let d = core.alloc(pages(20));
+        assert!(d.is_null(), "20 pages past the cap");
+        let after = core.stats();
+        assert_eq!(after.refused, 1, "{after:?}");
+        assert!(after.committed <= s.committed, "{after:?}");
+        assert_eq!(free_span_at(&core, a as usize), (20, 20));
+        check_charge(&core);
+
+        // Room again: a's span is reused and charged.
+        core.release_external(room);
+        let e = core.alloc(pages(20));
+        assert_eq!(e, a);
+        assert_eq!(core.stats().committed, after.committed + 20 * PAGE_SIZE);
+        check_charge(&core);
+        for p in [c, e] {
+            free(&core, p);
+        }
+        check_charge(&core);
     }
 }
 

@@ -244,6 +244,22 @@ fn one_limit_bounds_every_kind_of_thread() {
     );
 }
 
+test!(free_spans_below_a_pinned_top_stop_counting_against_the_limit);
+/// `FROSTHEAP_MAX=128M`: 80 MiB freed below a block that stays on top of
+/// the main heap are purged and uncharged, so another thread gets 96 MiB it
+/// was refused while they were live; the main heap's reuse of them is
+/// charged again, and a reuse past the limit fails cleanly (an error, one
+/// refusal) until the other thread frees its memory.
+fn free_spans_below_a_pinned_top_stop_counting_against_the_limit() {
+    let out = run_fixture("global_threads", &["purge"], &[("FROSTHEAP_MAX", "128M")]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("global_threads purge: ok"),
+        "{}",
+        describe(&out)
+    );
+}
+
 test!(ten_thousand_short_lived_threads_reuse_their_heaps);
 /// 10,000 threads, each allocating, keeping blocks past its exit and
 /// freeing other threads' blocks: heaps are adopted, nothing is lost, and

@@ -178,6 +178,86 @@ fn small_blocks_fill_the_cap_and_their_memory_serves_large_ones() {
     free_all(&heap, blocks, 4000);
 }
 
+test!(free_spans_purged_below_a_pinned_top_stop_counting_against_max);
+/// 48 MiB freed below a block that stays on top of a capped heap: the
+/// freed spans are purged and stop counting against `max` (`committed`
+/// drops by what `purged` says), so other charges — here external bytes —
+/// can take that room, which they could not while it counted. A block
+/// that would reuse the purged pages then does not fit and is refused
+/// like a refused growth (`OutOfMemory`, one refusal); once the room is
+/// back, the same block reuses them and is charged again.
+fn free_spans_purged_below_a_pinned_top_stop_counting_against_max() {
+    let heap = capped_heap(HugePages::Off);
+    let layout = Layout::from_size_align(MIB, 8).unwrap();
+    let blocks: Vec<NonNull<u8>> = (0..48)
+        .map(|i| {
+            let p = heap.try_alloc(layout).expect("48 MiB fit in 64");
+            // SAFETY: p holds 1 MiB.
+            unsafe { fill(p, MIB, i as u8) };
+            p
+        })
+        .collect();
+    let pin = heap.try_alloc(layout).expect("a 49th MiB fits");
+    let full = heap.stats();
+    free_all(&heap, blocks, MIB);
+    let freed = heap.stats();
+    assert!(freed.purged >= 32 * MIB, "{freed:?}");
+    assert_eq!(freed.committed + freed.purged, full.committed, "{freed:?}");
+
+    // The room is the heap's again: external bytes take all of it, 32 MiB
+    // and more past what was left while the blocks were live.
+    let room = MAX - freed.committed;
+    assert!(room >= MAX - full.committed + 32 * MIB, "{full:?} -> {freed:?}");
+    heap.charge_external(room)
+        .expect("the purged spans' room is free for other charges");
+    let big = Layout::from_size_align(8 * MIB, 8).unwrap();
+    let e = heap.try_alloc(big).unwrap_err();
+    assert_refusal(&heap, &e, 8 * MIB);
+    assert_eq!(heap.stats().refused, 1);
+
+    heap.release_external(room);
+    let before = heap.stats();
+    let p = heap.try_alloc(big).expect("8 MiB fit once the room is back");
+    assert!(p < pin, "not a reuse of the purged pages below the pin");
+    let s = heap.stats();
+    assert_eq!(s.committed, before.committed + 8 * MIB, "{before:?} -> {s:?}");
+    assert_eq!(s.purged, before.purged - 8 * MIB, "{before:?} -> {s:?}");
+    // SAFETY: live blocks from this heap.
+    unsafe {
+        heap.dealloc(p);
+        heap.dealloc(pin);
+    }
+    assert_eq!(heap.stats().in_use, 0);
+}
+
+test!(purged_pages_of_the_minimum_stay_charged);
+/// `min` is committed up front and stays charged: spans freed inside it
+/// are purged like any other, but still count.
+fn purged_pages_of_the_minimum_stay_charged() {
+    let heap = Heap::builder()
+        .min(48 * MIB)
+        .max(MAX)
+        .huge_pages(HugePages::Off)
+        .build()
+        .unwrap();
+    let layout = Layout::from_size_align(MIB, 8).unwrap();
+    let blocks: Vec<NonNull<u8>> = (0..40)
+        .map(|i| {
+            let p = heap.try_alloc(layout).unwrap();
+            // SAFETY: p holds 1 MiB.
+            unsafe { fill(p, MIB, i as u8) };
+            p
+        })
+        .collect();
+    let pin = heap.try_alloc(layout).unwrap();
+    free_all(&heap, blocks, MIB);
+    let s = heap.stats();
+    assert_eq!(s.purged, 0, "{s:?}");
+    assert!(s.committed >= 48 * MIB, "{s:?}");
+    // SAFETY: live block from this heap.
+    unsafe { heap.dealloc(pin) };
+}
+
 test!(realloc_past_the_cap_fails_and_keeps_the_block);
 /// A realloc past the cap fails without touching the block.
 fn realloc_past_the_cap_fails_and_keeps_the_block() {

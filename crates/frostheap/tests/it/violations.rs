@@ -319,8 +319,9 @@ pub fn run_case(protect: Protect, policy: OnViolation, kind: Kind) {
     let before = snapshot(data_base);
     // The whole heap: everything it has committed, not only the vector.
     let whole = |heap: &Heap| {
-        let len = heap.stats().committed;
-        // SAFETY: the heap's committed prefix is mapped and readable.
+        let s = heap.stats();
+        let len = s.committed + s.purged;
+        // SAFETY: the heap's committed range is mapped and readable.
         unsafe { core::slice::from_raw_parts(heap.base(), len) }.to_vec()
     };
     let heap_before = whole(&heap);
