@@ -66,20 +66,21 @@ unsafe impl GlobalAlloc for Global {
         let h = FAST_HEAP.with(|h| h.get());
         if !h.is_null() {
             if let Some(c) = class_for(layout.size(), layout.align()) {
-                // Other threads' blocks this thread freed first: their
-                // lines are in this core's cache (see heap::remote_cache). They
-                // are aligned to 16 only.
-                if layout.align() <= 16 {
-                    // SAFETY: the heap word is set only on the heap's owner
-                    // thread, which owns its cache.
-                    if let Some(p) = unsafe { (*h).remote_cache.pop(c) } {
-                        return p.as_ptr();
-                    }
-                }
                 // SAFETY: the heap word is set only on the heap's owner
                 // thread, to a heap in static storage.
                 if let Some(p) = unsafe { (*h).core.try_alloc_small_as_owner(c) } {
                     return p.as_ptr();
+                }
+                // The current span is dry: other threads' blocks this
+                // thread freed come next (see heap::remote_cache), before
+                // the refill. Looked at after the pop, so that a thread
+                // that frees no other thread's blocks pays nothing on its
+                // fast path. They are aligned to 16 only.
+                if layout.align() <= 16 {
+                    // SAFETY: as above; the owner owns the heap's cache.
+                    if let Some(p) = unsafe { (*h).remote_cache.pop(c) } {
+                        return p.as_ptr();
+                    }
                 }
             }
         }

@@ -102,16 +102,39 @@ impl Local {
     /// 1. Called on the thread the `Local` was obtained on.
     #[inline(always)]
     pub unsafe fn malloc(self, size: usize) -> *mut u8 {
-        // Other thread heaps' blocks this thread freed first (see
-        // `heap::remote_cache`).
+        // SAFETY: forwarded (1): that thread owns the heap and its cache.
+        unsafe { self.alloc_c::<false>(size) }
+    }
+
+    /// [`Local::malloc`] and [`Local::calloc`]: the current span's pop;
+    /// when it is dry, other thread heaps' blocks this thread freed (see
+    /// `heap::remote_cache`; looked at after the pop, so that a thread that
+    /// frees no other thread's blocks pays nothing); then the refill.
+    ///
+    /// # Safety
+    /// 1. As [`Local::malloc`].
+    #[inline(always)]
+    unsafe fn alloc_c<const ZERO: bool>(self, size: usize) -> *mut u8 {
+        let core = &self.0.core;
         if let Some(c) = class_of_lookup(size) {
             // SAFETY: (1): that thread owns the heap and its cache.
-            if let Some(p) = unsafe { self.0.remote_cache.pop(c) } {
+            let p = unsafe {
+                match core.try_alloc_small_as_owner(c) {
+                    Some(p) => Some(p),
+                    None => self.0.remote_cache.pop(c),
+                }
+            };
+            if let Some(p) = p {
+                if ZERO {
+                    // SAFETY: the block has at least CLASS_SIZE[c] >= size
+                    // bytes.
+                    unsafe { core::ptr::write_bytes(p.as_ptr(), 0, size) };
+                }
                 return p.as_ptr();
             }
         }
-        // SAFETY: forwarded (1): that thread owns the heap.
-        unsafe { self.0.core.alloc_c_as_owner::<false>(size) }
+        // SAFETY: (1).
+        unsafe { core.alloc_c_slow::<ZERO>(size) }
     }
 
     /// C `calloc`: like [`Local::malloc`], zeroed.
@@ -120,16 +143,8 @@ impl Local {
     /// 1. As [`Local::malloc`].
     #[inline(always)]
     pub unsafe fn calloc(self, size: usize) -> *mut u8 {
-        if let Some(c) = class_of_lookup(size) {
-            // SAFETY: (1): that thread owns the heap and its cache.
-            if let Some(p) = unsafe { self.0.remote_cache.pop(c) } {
-                // SAFETY: the block has at least CLASS_SIZE[c] >= size bytes.
-                unsafe { core::ptr::write_bytes(p.as_ptr(), 0, size) };
-                return p.as_ptr();
-            }
-        }
         // SAFETY: forwarded (1).
-        unsafe { self.0.core.alloc_c_as_owner::<true>(size) }
+        unsafe { self.alloc_c::<true>(size) }
     }
 
     /// C `free` of a block that is not of this thread's own heap. Another

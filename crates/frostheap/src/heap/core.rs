@@ -375,7 +375,7 @@ impl HeapCore {
     /// # Safety
     /// 1. The calling thread is the owner ([`HeapCore::is_owner`]).
     #[inline(never)]
-    pub(super) unsafe fn alloc_c_slow<const ZERO: bool>(&self, size: usize) -> *mut u8 {
+    pub(crate) unsafe fn alloc_c_slow<const ZERO: bool>(&self, size: usize) -> *mut u8 {
         if let Some(c) = class_of(size) {
             let p = self.alloc_small::<true>(c);
             if ZERO && !p.is_null() {
