@@ -1,6 +1,7 @@
 //! A thread's cache of blocks of *other* thread heaps that it freed, which
-//! it hands out again for its own allocations of the same class before
-//! they go back to their heaps.
+//! it hands out again for its own allocations of the same class (when its
+//! current span of the class is dry, before a refill) instead of sending
+//! them back to their heaps.
 //!
 //! On the remote path ([`super::remote`]) a block freed by a thread other
 //! than its owner costs one or two atomic ORs on lines the owner also
