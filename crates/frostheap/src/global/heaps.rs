@@ -233,27 +233,6 @@ pub(super) unsafe fn detach(idx: usize) {
     push_abandoned(idx);
 }
 
-/// Keeps `p`, a small block of class `c` (at least) of another thread
-/// heap freed by the owner of `h`, in `h`'s remote cache; false if the
-/// class is full or not cached (the caller frees `p` to its heap).
-///
-/// A full class is left as it is rather than given back to make room: a
-/// thread that frees more of a class than it allocates (a consumer) has a
-/// full class for good, and giving 32 blocks back every 32 frees, even a
-/// bitmap word at a time, measured slower in the producer/consumer case of
-/// the `threads` benchmark than the remote path block by block.
-///
-/// # Safety
-/// 1. The calling thread owns `h` and is not a runtime worker inside a
-///    phase; `p` is a live small block of a thread heap other than `h`
-///    (not the main heap), aligned to 16 with at least `CLASS_SIZE[c]`
-///    usable bytes, which the caller gives up.
-#[inline]
-pub(super) unsafe fn cache_free(h: &HeapInner, c: usize, p: *mut u8) -> bool {
-    // SAFETY: (1).
-    unsafe { h.remote_cache.push(c, p) }
-}
-
 /// Frees `blocks`, live blocks of arena heaps the calling thread does not
 /// own, to their heaps: sorted by address, each heap's run in one call, so
 /// blocks that share a word of their heap's remote-free bitmap are

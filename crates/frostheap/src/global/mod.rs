@@ -258,7 +258,7 @@ impl Global {
                     // of that class or a larger one: realloc keeps a block
                     // in place only while it fits), aligned to 16, which
                     // the caller gives up (GlobalAlloc contract).
-                    if unsafe { heaps::cache_free(&*h, c, ptr) } {
+                    if unsafe { (*h).remote_cache.push(c, ptr) } {
                         return;
                     }
                 }

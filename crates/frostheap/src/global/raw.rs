@@ -167,7 +167,7 @@ impl Local {
                 // SAFETY: (1): that thread owns the cache; p is a live
                 // small block of class c of another thread heap, aligned
                 // to 16, which the caller gives up.
-                if unsafe { heaps::cache_free(self.0, c, p) } {
+                if unsafe { self.0.remote_cache.push(c, p) } {
                     return true;
                 }
             }

@@ -257,19 +257,12 @@ impl Remote<'_> {
             invalid_free(p);
         }
         let granule = (p as usize - self.pages.base) >> GRANULE_SHIFT;
-        self.publish_bits(m, granule >> 6, 1u64 << (granule & 63), p)
+        self.publish_bits(m, granule >> 6, 1u64 << (granule & 63))
     }
 
     /// [`Remote::publish`] of several blocks of one bitmap word at once:
-    /// `bits` of word `word`, all in the span headed by `m`; `first` (one
-    /// of the blocks) names the double free in the report.
-    pub(super) fn publish_bits(
-        &self,
-        m: &PageMeta,
-        word: usize,
-        bits: u64,
-        first: *mut u8,
-    ) -> Option<u32> {
+    /// `bits` of word `word`, all in the span headed by `m`.
+    pub(super) fn publish_bits(&self, m: &PageMeta, word: usize, bits: u64) -> Option<u32> {
         // Everything read from the span's meta is read now, while the
         // blocks are live: once the summary bit is visible the owner may
         // collect the frees, retire the span and hand its pages out again.
@@ -281,14 +274,10 @@ impl Remote<'_> {
         // of the blocks before their reuse.
         let old = self.word(word).fetch_or(bits, Ordering::Release);
         if old & bits != 0 {
-            // Freed twice without being collected.
+            // Freed twice without being collected: report the first such
+            // block (its address is its granule's).
             let g = (old & bits).trailing_zeros() as usize;
-            let p = self.pages.base + ((word << 6 | g) << GRANULE_SHIFT);
-            invalid_free(if bits.count_ones() == 1 {
-                first
-            } else {
-                p as *mut u8
-            });
+            invalid_free((self.pages.base + ((word << 6 | g) << GRANULE_SHIFT)) as *mut u8);
         }
         if old != 0 {
             return None;
@@ -346,7 +335,7 @@ impl Remote<'_> {
                 bits |= bit;
                 j += 1;
             }
-            if let Some(generation) = self.publish_bits(m, word, bits, p) {
+            if let Some(generation) = self.publish_bits(m, word, bits) {
                 self.bring_back_if_full(m, head, generation);
             }
             i = j;

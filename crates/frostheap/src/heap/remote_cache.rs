@@ -136,8 +136,14 @@ impl RemoteCache {
     }
 
     /// Takes `p`, a live block of class `c` (at least) of another thread
-    /// heap, freed by the calling thread; false if the class is full (the
-    /// caller frees it to its heap).
+    /// heap, freed by the calling thread; false if the class is full or not
+    /// cached (the caller frees it to its heap).
+    ///
+    /// A full class is left as it is rather than given back to make room: a
+    /// thread that frees more of a class than it allocates (a consumer) has
+    /// a full class for good, and giving 32 blocks back every 32 frees, even
+    /// a bitmap word at a time, measured slower in the producer/consumer
+    /// case of the `threads` benchmark than the remote path block by block.
     ///
     /// # Safety
     /// 1. The calling thread owns the cache; `p` is a live block of a thread
