@@ -132,24 +132,21 @@ impl HeapCore {
         self.pages.usable_size(p as usize)
     }
 
-    /// The block containing `addr`: its base and size, in O(1). Reads the
-    /// page table only, so the fault handler may call it.
-    /// The class of the owner's small block at `p` (one page-table read),
-    /// or `None` for a large block or a block of the shared path.
+    /// The class of the owner's small block at `p`, or `None` for a large
+    /// block or a block of the shared path: one read of the class map,
+    /// which leaves the span's meta line to its owner (see
+    /// [`super::page::PageTable::classes`]).
     ///
     /// # Safety
     /// 1. `p` is a live block of this heap.
     #[inline]
     pub(crate) unsafe fn small_class_of(&self, p: *mut u8) -> Option<usize> {
-        let (_, m) = self
-            .pages
-            .head_of((p as usize - self.pages.base) >> crate::region::PAGE_SHIFT);
-        let kind_owner = u16::from_le_bytes([m.kind.get(), m.owner.get()]);
-        (kind_owner
-            == u16::from_le_bytes([super::page::Kind::Small as u8, super::page::OWNER_LOCAL]))
-        .then(|| m.class.get() as usize)
+        self.pages
+            .small_class((p as usize - self.pages.base) >> crate::region::PAGE_SHIFT)
     }
 
+    /// The block containing `addr`: its base and size, in O(1). Reads the
+    /// page table only, so the fault handler may call it.
     pub(crate) fn allocation_containing(&self, addr: usize) -> Option<(usize, usize)> {
         self.pages
             .allocation_containing(addr, self.region().committed())
@@ -175,6 +172,8 @@ impl HeapCore {
             let m = self.meta(idx);
             if m.kind() == Kind::Small {
                 m.owner.set(OWNER_SEALED);
+                self.pages
+                    .set_small_class(idx, m.span_pages.get() as usize, None);
             }
         }
     }

@@ -35,7 +35,7 @@
 
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use super::class::{class_for, class_of, class_of_lookup, span_pages};
 use super::large;
@@ -149,7 +149,10 @@ impl HeapCore {
         };
         let n_pages = region.reserved() >> PAGE_SHIFT;
         let meta_end = n_pages * core::mem::size_of::<PageMeta>() + META_SKEW;
-        let table_bytes = round_up(meta_end + n_pages * REMOTE_WORDS * 8, os::page_size());
+        // The class map on pages of its own: opened with the bitmap's, it
+        // would open the bitmap's last words too.
+        let classes_offset = round_up(meta_end + n_pages * REMOTE_WORDS * 8, os::page_size());
+        let table_bytes = round_up(classes_offset + n_pages, os::page_size());
         let table = match os::map_table_closed(table_bytes) {
             Ok(t) => t,
             Err(e) => {
@@ -158,18 +161,21 @@ impl HeapCore {
             }
         };
         // SAFETY: the mapping has META_SKEW spare bytes before the page
-        // table and the bitmap's n_pages * REMOTE_WORDS words after it
-        // (meta_end is a multiple of 64, so the words are aligned).
-        let (metas, remote_bits) = unsafe {
+        // table, the bitmap's n_pages * REMOTE_WORDS words after it
+        // (meta_end is a multiple of 64, so the words are aligned), then
+        // the class map's n_pages bytes.
+        let (metas, remote_bits, classes) = unsafe {
             (
                 table.add(META_SKEW).cast::<PageMeta>(),
                 table.add(meta_end).cast::<AtomicU64>().cast_const(),
+                table.add(classes_offset).cast::<AtomicU8>().cast_const(),
             )
         };
         let pages = PageTable {
             base: region.base() as usize,
             metas,
             len: region.reserved(),
+            classes,
         };
         let core = HeapCore {
             pages,
@@ -185,6 +191,7 @@ impl HeapCore {
                 table,
                 table_bytes,
                 meta_end,
+                classes_offset,
                 config.max,
                 config.kind,
             ),
@@ -733,6 +740,7 @@ impl HeapCore {
         let m = self.meta(idx);
         debug_assert!(m.used.get() == 0, "retiring a span with live blocks");
         let n_pages = m.span_pages.get() as usize;
+        self.pages.set_small_class(idx, n_pages, None);
         // SAFETY: the span has no live block, and leaves its queue's
         // bookkeeping with this call (its pages become a free span).
         unsafe { self.lock_spans().free(idx, n_pages) };

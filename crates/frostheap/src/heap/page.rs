@@ -12,7 +12,7 @@
 
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicU32, AtomicU64};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use crate::region::{PAGE_SHIFT, PAGE_SIZE};
 
@@ -216,9 +216,10 @@ pub const GRANULE_SHIFT: usize = 4;
 pub const REMOTE_WORDS: usize = PAGE_SIZE >> (GRANULE_SHIFT + 6);
 const _: () = assert!(REMOTE_WORDS == 64, "a page's summary is one u64");
 
-/// One heap's page table: its region's base and length and the metas
-/// (64 B per 64 KiB page, in the side table). `Copy`: every part of the
-/// heap holds the same three words; the table lives as long as the heap.
+/// One heap's page table: its region's base and length, the metas (64 B
+/// per 64 KiB page) and the class map (1 B per page), both in the side
+/// table. `Copy`: every part of the heap holds the same four words; the
+/// table lives as long as the heap.
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct PageTable {
@@ -228,6 +229,17 @@ pub struct PageTable {
     pub metas: *mut PageMeta,
     /// Bytes of region the table covers (the reservation).
     pub len: usize,
+    /// The class map: for each page of an owner's small span (`Small`,
+    /// [`OWNER_LOCAL`]) its class plus one, for any other page 0. What a
+    /// thread freeing another thread's block without its size (C `free`)
+    /// needs, kept off the meta's line: the owner writes that line on every
+    /// allocation and free of the span, and a freer reading `kind` and
+    /// `class` there took the line from the owner's core each time (84% of
+    /// the free path's samples in the C larson benchmark). This map is
+    /// written only when a span is made, retired or sealed, so its lines
+    /// stay shared in every core's cache. Stable, like the meta's `class`,
+    /// while any block of the span is live.
+    pub classes: *const AtomicU8,
 }
 
 impl PageTable {
@@ -238,6 +250,37 @@ impl PageTable {
         // SAFETY: idx is inside the page table, which lives as long as the
         // heap that handed out this copy.
         unsafe { &*self.metas.add(idx) }
+    }
+
+    /// The class of the owner's small span holding page `idx` (see
+    /// [`PageTable::classes`]); `None` for any other page.
+    #[inline]
+    pub fn small_class(&self, idx: usize) -> Option<usize> {
+        debug_assert!(idx < self.len >> PAGE_SHIFT, "page {idx} outside the heap");
+        // SAFETY: idx is inside the class map, which lives as long as the
+        // heap that handed out this copy.
+        let v = unsafe { &*self.classes.add(idx) }.load(Ordering::Relaxed);
+        v.checked_sub(1).map(usize::from)
+    }
+
+    /// Records pages `idx .. idx + pages` in the class map: an owner's
+    /// small span of class `c` when `c` is `Some`, else no such span. The
+    /// caller holds what makes the pages' meta writable (the span lock, or
+    /// the owner's state for a span it makes or seals).
+    pub fn set_small_class(&self, idx: usize, pages: usize, c: Option<usize>) {
+        debug_assert!(
+            idx + pages <= self.len >> PAGE_SHIFT,
+            "pages {idx}+{pages} outside the heap"
+        );
+        let v = c.map_or(0, |c| {
+            debug_assert!(c < u8::MAX as usize, "class {c} does not fit the map");
+            c as u8 + 1
+        });
+        for i in idx..idx + pages {
+            // SAFETY: the pages are inside the class map, opened with their
+            // metas (SpanAllocator::open_tables).
+            unsafe { &*self.classes.add(i) }.store(v, Ordering::Relaxed);
+        }
     }
 
     /// The page index of meta `m`.

@@ -302,6 +302,9 @@ impl ClassState {
         m.state
             .store(generation.wrapping_add(GENERATION_STEP), Ordering::Relaxed);
         pages.mark_cont(idx, n_pages);
+        if self.kind == OWNER_LOCAL {
+            pages.set_small_class(idx, n_pages, Some(c));
+        }
     }
 
     /// Appends the span at page `idx` to class `c`'s queue (a no-op when it

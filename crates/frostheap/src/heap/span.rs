@@ -127,10 +127,12 @@ pub(crate) struct SpanAllocator {
     tables_open: Cell<usize>,
     region: Region,
     /// The side-table mapping: `META_SKEW` bytes, the metas, the bitmap
-    /// from `bits_offset`; `table_bytes` long.
+    /// from `bits_offset`, the class map from `classes_offset`;
+    /// `table_bytes` long.
     table: *mut u8,
     table_bytes: usize,
     bits_offset: usize,
+    classes_offset: usize,
     /// The heap's own cap (`max`).
     limit: usize,
     /// What the region's commits are charged as against the process limit.
@@ -143,13 +145,14 @@ pub(crate) struct SpanAllocator {
 
 impl SpanAllocator {
     /// The span allocator of a heap on `region`, whose side table is the
-    /// `table_bytes` at `table` (the bitmap from `bits_offset`); no free
-    /// span yet.
+    /// `table_bytes` at `table` (the bitmap from `bits_offset`, the class
+    /// map from `classes_offset`); no free span yet.
     pub(super) fn new(
         region: Region,
         table: *mut u8,
         table_bytes: usize,
         bits_offset: usize,
+        classes_offset: usize,
         limit: usize,
         kind: process::Kind,
     ) -> SpanAllocator {
@@ -165,6 +168,7 @@ impl SpanAllocator {
             table,
             table_bytes,
             bits_offset,
+            classes_offset,
             limit,
             kind,
             // The pre-committed minimum, charged by the caller.
@@ -522,8 +526,9 @@ impl Locked<'_> {
         true
     }
 
-    /// Makes the page-table entries and bitmap words of pages `0..pages`
-    /// writable (they only ever open: a shrunk region keeps them).
+    /// Makes the page-table entries, bitmap words and class-map bytes of
+    /// pages `0..pages` writable (they only ever open: a shrunk region
+    /// keeps them).
     pub(super) fn open_tables(&mut self, pages: usize) -> Result<(), OsError> {
         let open = self.alloc.tables_open.get();
         if pages <= open {
@@ -533,7 +538,11 @@ impl Locked<'_> {
         let ps = os::page_size();
         let table = a.table;
         let meta = core::mem::size_of::<PageMeta>();
-        for (first, each) in [(META_SKEW, meta), (a.bits_offset, REMOTE_WORDS * 8)] {
+        for (first, each) in [
+            (META_SKEW, meta),
+            (a.bits_offset, REMOTE_WORDS * 8),
+            (a.classes_offset, 1),
+        ] {
             let start = (first + open * each) & !(ps - 1);
             let end = round_up(first + pages * each, ps).min(a.table_bytes);
             if end > start {

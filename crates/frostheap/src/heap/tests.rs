@@ -675,13 +675,16 @@ mod span {
         let meta_of =
             |idx: usize| core.pages.metas as usize + idx * core::mem::size_of::<PageMeta>();
         let bits_of = |idx: usize| core.remote_bits as usize + idx * REMOTE_WORDS * 8;
+        let class_of = |idx: usize| core.pages.classes as usize + idx;
         // Nothing committed: the whole 64 GiB worth of side table (8.5 MiB
         // of page table and bitmap per GiB) is mapped read-only.
         for addr in [
             meta_of(0),
             bits_of(0),
+            class_of(0),
             meta_of(n_pages - 1),
             bits_of(n_pages - 1),
+            class_of(n_pages - 1),
         ] {
             assert_eq!(perms_at(addr), "r--p", "0x{addr:x} before any allocation");
         }
@@ -693,8 +696,10 @@ mod span {
         for addr in [
             meta_of(0),
             bits_of(0),
+            class_of(0),
             meta_of(committed - 1),
             bits_of(committed - 1),
+            class_of(committed - 1),
         ] {
             assert_eq!(perms_at(addr), "rw-p", "0x{addr:x} of a committed page");
         }
@@ -704,11 +709,127 @@ mod span {
             meta_of(n_pages / 2),
             bits_of(n_pages / 2),
             bits_of(n_pages - 1),
+            class_of(n_pages - 1),
         ] {
             assert_eq!(perms_at(addr), "r--p", "0x{addr:x} of an uncommitted page");
         }
         // SAFETY: p is a live block of this heap.
         unsafe { core.free(p) };
+    }
+}
+
+mod class_map {
+    use super::*;
+    use crate::heap::class::{class_of, span_pages};
+
+    /// Every committed page's class-map entry agrees with its span's meta:
+    /// the class of an owner's small span, nothing for any other page.
+    fn check_class_map(core: &HeapCore) {
+        let top = core.region().committed() >> PAGE_SHIFT;
+        for (head, m, pages) in core.pages.spans_in_order(top) {
+            let want = (m.kind() == Kind::Small && m.owner.get() == OWNER_LOCAL)
+                .then(|| m.class.get() as usize);
+            for idx in head..head + pages {
+                assert_eq!(
+                    core.pages.small_class(idx),
+                    want,
+                    "page {idx} of the span at {head} ({:?}, owner {})",
+                    m.kind(),
+                    m.owner.get()
+                );
+            }
+        }
+    }
+
+    /// The class map follows a span through its life: made by the owner
+    /// (every page of a multi-page span), retired, its pages taken by
+    /// another thread's shared state or a large block, and sealed. A C
+    /// `free` on another thread reads it to keep a block for that thread's
+    /// own allocations, so a stale entry would hand out a block of the
+    /// wrong class or of a span the owner no longer has.
+    #[test]
+    fn the_class_map_names_exactly_the_owners_small_spans() {
+        let core = heap_of(256 << 20);
+        let sizes = [16usize, 100, 4096, 20_000, 100_000];
+        assert!(
+            sizes.iter().any(|&s| span_pages(class_of(s).unwrap()) > 1),
+            "no multi-page small span among the sizes"
+        );
+        let mut owned: Vec<(*mut u8, usize)> = Vec::new();
+        for &size in &sizes {
+            let layout = Layout::from_size_align(size, 16).unwrap();
+            let c = class_of(size).unwrap();
+            // Fill more than one span of the class.
+            let per_span = span_pages(c) * PAGE_SIZE / size;
+            for _ in 0..per_span + 2 {
+                let p = core.alloc(layout);
+                assert!(!p.is_null());
+                // SAFETY: p is a live block of this heap.
+                assert_eq!(unsafe { core.small_class_of(p) }, Some(c), "{size} B block");
+                owned.push((p, size));
+            }
+        }
+        let large = core.alloc(Layout::from_size_align(300_000, 16).unwrap());
+        // SAFETY: a live block of this heap.
+        assert_eq!(unsafe { core.small_class_of(large) }, None, "large block");
+        let shared = std::thread::scope(|sc| {
+            sc.spawn(|| core.alloc(Layout::from_size_align(100, 16).unwrap()) as usize)
+                .join()
+                .unwrap()
+        }) as *mut u8;
+        // SAFETY: a live block of this heap.
+        assert_eq!(
+            unsafe { core.small_class_of(shared) },
+            None,
+            "shared-path block"
+        );
+        check_class_map(&core);
+
+        // The 4 KiB spans' blocks all go: the full ones retire.
+        let (gone, kept): (Vec<_>, Vec<_>) = owned.into_iter().partition(|&(_, s)| s == 4096);
+        let retired = gone[0].0;
+        for (p, _) in gone {
+            // SAFETY: live blocks of this heap, freed once.
+            unsafe { core.free(p) };
+        }
+        let retired_page = (retired as usize - core.pages.base) >> PAGE_SHIFT;
+        assert_ne!(
+            core.meta(retired_page).kind(),
+            Kind::Small,
+            "span not retired"
+        );
+        check_class_map(&core);
+        // Another thread's allocations and a large block take free pages,
+        // the retired span's among them.
+        let reused = std::thread::scope(|sc| {
+            sc.spawn(|| {
+                (0..64)
+                    .map(|_| core.alloc(Layout::from_size_align(4096, 16).unwrap()) as usize)
+                    .collect::<Vec<_>>()
+            })
+            .join()
+            .unwrap()
+        });
+        let large2 = core.alloc(Layout::from_size_align(200_000, 16).unwrap());
+        check_class_map(&core);
+        for p in reused
+            .into_iter()
+            .map(|p| p as *mut u8)
+            .chain([large, large2, shared])
+        {
+            // SAFETY: live blocks of this heap, freed once.
+            unsafe { core.free(p) };
+        }
+        check_class_map(&core);
+        // Sealed with the other classes' blocks still live: no span is an
+        // owner's any more.
+        core.seal_allocation();
+        let top = core.region().committed() >> PAGE_SHIFT;
+        assert!((0..top).all(|idx| core.pages.small_class(idx).is_none()));
+        for (p, size) in kept {
+            // SAFETY: a block of this heap, live until the seal.
+            assert_eq!(unsafe { core.small_class_of(p) }, None, "{size} B block");
+        }
     }
 }
 
