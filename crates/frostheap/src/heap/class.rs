@@ -118,12 +118,27 @@ pub fn class_for(size: usize, align: usize) -> Option<usize> {
     class_of(s.next_power_of_two())
 }
 
-/// Pages (of 64 KiB) in one span of class `c`: at least 8 blocks a span.
+/// Pages (of 64 KiB) in one span of class `c`: at least 8 blocks a span,
+/// and 32 where that takes no more than [`SPAN_PAGES_FOR_32`] pages.
 #[inline]
 pub fn span_pages(c: usize) -> usize {
     let size = CLASS_SIZE[c] as usize;
-    (size * 8).div_ceil(PAGE_SIZE).next_power_of_two()
+    let for_32 = (size * 32).div_ceil(PAGE_SIZE);
+    let pages = if for_32 <= SPAN_PAGES_FOR_32 {
+        for_32
+    } else {
+        (size * 8).div_ceil(PAGE_SIZE)
+    };
+    pages.next_power_of_two()
 }
+
+/// The most pages a span takes to hold 32 blocks (see [`span_pages`]):
+/// up to 8 KiB blocks. A class's span holds what is live of the class at
+/// its peak, carved on demand, so a larger span costs no memory until it
+/// is used; with 16 blocks of 4 KiB a span, a thread whose live 4 KiB
+/// blocks hover around 16 kept filling one span and retiring another, and
+/// held two spans' worth of memory resident for one span of blocks.
+const SPAN_PAGES_FOR_32: usize = 4;
 
 #[cfg(test)]
 mod tests {

@@ -99,6 +99,7 @@ mod queue {
 
 mod remote {
     use super::*;
+    use crate::heap::class::{class_of, span_pages};
 
     /// A remote freer delayed between publishing its free and looking for
     /// FULL must not act on the span's next incarnation. Here: the owner
@@ -110,7 +111,7 @@ mod remote {
     #[test]
     fn a_delayed_remote_freer_leaves_the_next_incarnation_alone() {
         let core = heap_of(64 << 20);
-        let layout = Layout::from_size_align(4096, 8).unwrap(); // 16 a span
+        let layout = Layout::from_size_align(4096, 8).unwrap(); // 32 a span
         let first = core.alloc(layout);
         let s = (first as usize - core.pages.base) >> PAGE_SHIFT;
         let m = core.meta(s);
@@ -145,7 +146,15 @@ mod remote {
             // SAFETY: live blocks of this heap, freed once.
             unsafe { core.free(p as *mut u8) };
         }
-        let other = core.alloc(Layout::from_size_align(9000, 8).unwrap());
+        // (A class whose spans do not fit in the retired one's pages.)
+        let (other_size, again_size) = (20_000, 40_000);
+        for size in [other_size, again_size] {
+            assert!(
+                span_pages(class_of(size).unwrap()) > span_pages(class_of(4096).unwrap()),
+                "a {size} B span fits in a 4 KiB one's pages"
+            );
+        }
+        let other = core.alloc(Layout::from_size_align(other_size, 8).unwrap());
         assert_eq!(m.kind(), Kind::FreeSpan, "the empty span was not retired");
         // Another thread's allocations (the shared state) take the pages
         // for a new span of the same class and fill it.
@@ -176,7 +185,7 @@ mod remote {
         assert_eq!(core.others.pending.load(Ordering::SeqCst), NONE);
         assert_ne!(m.state.load(Ordering::SeqCst) & GENERATION, old_generation);
         // The owner's next refill finds nothing to bring back.
-        let again = core.alloc(Layout::from_size_align(20_000, 8).unwrap());
+        let again = core.alloc(Layout::from_size_align(again_size, 8).unwrap());
         let c = m.class.get() as usize;
         assert!(
             core.local.head[c].get() as usize != s && core.local.tail[c].get() as usize != s,
