@@ -519,15 +519,16 @@ impl HeapCore {
     /// 1. As for [`HeapCore::free`], and `offset == p as usize - base`.
     #[inline(always)]
     pub(crate) unsafe fn free_at(&self, p: *mut u8, offset: usize) {
+        if self.is_owner() {
+            // SAFETY: forwarded (1); we are the owner.
+            return unsafe { self.free_at_as_owner(p, offset) };
+        }
         let idx = offset >> PAGE_SHIFT;
-        let m = self.meta(idx);
-        // `kind` and `owner` are adjacent bytes: one 16-bit compare.
-        let kind_owner = u16::from_le_bytes([m.kind.get(), m.owner.get()]);
-        if kind_owner == u16::from_le_bytes([Kind::Small as u8, OWNER_LOCAL]) && self.is_owner() {
-            // SAFETY: by (1) p is a live block of this span; we are the
-            // owner, who owns the local state.
-            unsafe { self.push_free::<true>(&self.local, m, idx, p) };
-            return;
+        if self.pages.small_class(idx).is_some() {
+            // A block of one of the owner's small spans: a remote free,
+            // decided from the class map without reading the span's meta
+            // line, which the owner writes on every allocation.
+            return self.remote().free(p);
         }
         // SAFETY: forwarded precondition (1).
         unsafe { self.free_slow(idx, p) }
@@ -591,7 +592,7 @@ impl HeapCore {
                 // SAFETY: as in `free`.
                 unsafe { self.push_free::<true>(&self.local, m, head, p) };
             }
-            Kind::Small => self.remote().free(m, head, p),
+            Kind::Small => self.remote().free(p),
             Kind::Large => self.free_large(m, head),
             _ => invalid_free(p),
         }

@@ -230,43 +230,41 @@ impl Remote<'_> {
         (bytes, count)
     }
 
-    /// A free by a thread other than the owner of a block of the owner's
-    /// small span headed by `m` (page `idx`): sets the block's bit in the
-    /// remote-free bitmap, announces the word in its page's summary if the
-    /// word was empty, and brings the span back to the owner if it is FULL.
-    pub(super) fn free(&self, m: &PageMeta, idx: usize, p: *mut u8) {
+    /// A free by a thread other than the owner of a block of one of the
+    /// owner's small spans: sets the block's bit in the remote-free bitmap,
+    /// announces the word in its page's summary if the word was empty, and
+    /// brings the span back to the owner if it is FULL. Most frees (those
+    /// into a word that already had a bit) touch the bitmap alone, not the
+    /// span's meta line, which its owner writes on every allocation.
+    pub(super) fn free(&self, p: *mut u8) {
         // A runtime worker inside a phase must not write a guarded heap:
         // its frees are queued and applied at the thaw.
         if crate::guard::defer_free(p) {
             return;
         }
-        if let Some(generation) = self.publish(m, p) {
-            self.bring_back_if_full(m, idx, generation);
+        if let Some((head, m, generation)) = self.publish(p) {
+            self.bring_back_if_full(m, head, generation);
         }
     }
 
     /// The first half of [`Remote::free`]: sets the block's bit and, if
-    /// that made the word non-zero, the word's
-    /// summary bit. Returns the span's generation in that case: this freer
-    /// must then look for FULL ([`Remote::bring_back_if_full`]). A freer
-    /// that found the word non-zero needs not: the one that made it so
-    /// looks after setting the summary, and the owner takes both bits with
-    /// the word.
-    pub(super) fn publish(&self, m: &PageMeta, p: *mut u8) -> Option<u32> {
+    /// that made the word non-zero, the word's summary bit. Returns the
+    /// span's head page, its meta and its generation in that case: this
+    /// freer must then look for FULL ([`Remote::bring_back_if_full`]). A
+    /// freer that found the word non-zero needs not: the one that made it
+    /// so looks after setting the summary, and the owner takes both bits
+    /// with the word.
+    pub(super) fn publish(&self, p: *mut u8) -> Option<(usize, &PageMeta, u32)> {
         if p as usize & ((1 << GRANULE_SHIFT) - 1) != 0 {
             invalid_free(p);
         }
         let granule = (p as usize - self.pages.base) >> GRANULE_SHIFT;
-        self.publish_bits(m, granule >> 6, 1u64 << (granule & 63))
+        self.publish_bits(granule >> 6, 1u64 << (granule & 63))
     }
 
     /// [`Remote::publish`] of several blocks of one bitmap word at once:
-    /// `bits` of word `word`, all in the span headed by `m`.
-    pub(super) fn publish_bits(&self, m: &PageMeta, word: usize, bits: u64) -> Option<u32> {
-        // Everything read from the span's meta is read now, while the
-        // blocks are live: once the summary bit is visible the owner may
-        // collect the frees, retire the span and hand its pages out again.
-        let generation = m.state.load(Ordering::Relaxed) & GENERATION;
+    /// `bits` of word `word`, all in one small span of the owner's.
+    pub(super) fn publish_bits(&self, word: usize, bits: u64) -> Option<(usize, &PageMeta, u32)> {
         if !self.others.remote_began.load(Ordering::Relaxed) {
             self.others.remote_began.store(true, Ordering::Relaxed);
         }
@@ -282,16 +280,27 @@ impl Remote<'_> {
         if old != 0 {
             return None;
         }
+        // This freer made the word non-zero, so the owner cannot see these
+        // blocks until it sets the word's summary bit below: the owner
+        // finds words only through summaries (`collect`). Until then the
+        // blocks count as live in the span (`used`), the span cannot be
+        // retired, and its meta says what it said while they were handed
+        // out; what the freer needs from it is read now. Once the summary
+        // bit is visible the owner may collect the frees, retire the span
+        // and hand its pages out again.
+        let page = word / REMOTE_WORDS;
+        let (head, m) = self.pages.head_of(page);
+        let generation = m.state.load(Ordering::Relaxed) & GENERATION;
         // SeqCst, with the `state` load in bring_back_if_full and the
         // owner's store of FULL and look at the summaries
         // (alloc_small_slow): the owner stores FULL and then looks for
         // remote frees, the freer announces its free and then looks for
         // FULL, and one of them sees the other.
         self.pages
-            .meta(word / REMOTE_WORDS)
+            .meta(page)
             .remote
             .fetch_or(1 << (word % REMOTE_WORDS), Ordering::SeqCst);
-        Some(generation)
+        Some((head, m, generation))
     }
 
     /// Remote frees of `blocks`, live small blocks of this heap sorted by
@@ -312,9 +321,10 @@ impl Remote<'_> {
         let mut i = 0;
         while i < blocks.len() {
             let p = blocks[i];
-            let (head, m) = self.pages.head_of((p as usize - base) >> PAGE_SHIFT);
-            if m.kind() != Kind::Small
-                || m.owner.get() != OWNER_LOCAL
+            if self
+                .pages
+                .small_class((p as usize - base) >> PAGE_SHIFT)
+                .is_none()
                 || p as usize & ((1 << GRANULE_SHIFT) - 1) != 0
             {
                 free_one(p);
@@ -335,7 +345,7 @@ impl Remote<'_> {
                 bits |= bit;
                 j += 1;
             }
-            if let Some(generation) = self.publish_bits(m, word, bits) {
+            if let Some((head, m, generation)) = self.publish_bits(word, bits) {
                 self.bring_back_if_full(m, head, generation);
             }
             i = j;

@@ -129,7 +129,9 @@ mod remote {
             sc.spawn(|| {
                 // SAFETY: a live block of this heap, freed once.
                 unsafe { core.free(blocks[0] as *mut u8) };
-                core.remote().publish(core.meta(s), blocks[8] as *mut u8)
+                core.remote()
+                    .publish(blocks[8] as *mut u8)
+                    .map(|(_, _, generation)| generation)
             })
             .join()
             .unwrap()
@@ -406,7 +408,7 @@ mod remote {
         std::thread::scope(|sc| {
             sc.spawn(|| {
                 let m = core.meta(b);
-                let generation = core.remote().publish(m, q as *mut u8).unwrap();
+                let (_, _, generation) = core.remote().publish(q as *mut u8).unwrap();
                 m.state
                     .compare_exchange(
                         generation | FULL,
