@@ -789,11 +789,8 @@ mod class_map {
                 .unwrap()
         }) as *mut u8;
         // SAFETY: a live block of this heap.
-        assert_eq!(
-            unsafe { core.small_class_of(shared) },
-            None,
-            "shared-path block"
-        );
+        let class = unsafe { core.small_class_of(shared) };
+        assert_eq!(class, None, "shared-path block");
         check_class_map(&core);
 
         // The 4 KiB spans' blocks all go: the full ones retire.
