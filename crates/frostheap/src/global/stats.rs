@@ -22,7 +22,9 @@ pub struct ProcessStats {
     pub committed: usize,
     /// The highest `committed` seen.
     pub peak_committed: usize,
-    /// Commits refused because of the limit.
+    /// Commits refused because of the limit: one per refused allocation
+    /// (or `mmap`, or context chunk), however many ways around the limit
+    /// were tried before (a heap's own free memory, the other heaps').
     pub refused: u64,
     /// Usable bytes of live allocations in the main heap.
     pub main_in_use: usize,

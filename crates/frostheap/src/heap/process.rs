@@ -90,18 +90,27 @@ pub fn limit() -> usize {
     LIMIT.load(Ordering::Relaxed)
 }
 
-/// Charges `bytes` about to be committed for `kind`; false (and nothing
-/// charged) when that would take the process past its limit.
+/// Charges `bytes` about to be committed for `kind`; false (nothing
+/// charged, one refusal counted) when that would take the process past its
+/// limit.
 pub fn charge(kind: Kind, bytes: usize) -> bool {
+    charge_quiet(kind, bytes) || {
+        count_refusal();
+        false
+    }
+}
+
+/// [`charge`] for a caller with more to try when it is refused (a heap
+/// gives back free memory and charges again): counts no refusal; the
+/// caller counts one ([`count_refusal`]) if everything it tries fails, so
+/// that [`counters`]' refusals are commits refused, not attempts.
+pub(crate) fn charge_quiet(kind: Kind, bytes: usize) -> bool {
     let limit = LIMIT.load(Ordering::Relaxed);
     let mut cur = COMMITTED.load(Ordering::Relaxed);
     loop {
         let next = match cur.checked_add(bytes) {
             Some(n) if n <= limit => n,
-            _ => {
-                REFUSED.fetch_add(1, Ordering::Relaxed);
-                return false;
-            }
+            _ => return false,
         };
         match COMMITTED.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
             Ok(_) => {
@@ -114,6 +123,12 @@ pub fn charge(kind: Kind, bytes: usize) -> bool {
     }
 }
 
+/// Counts a commit the process limit refused, after every way around it
+/// failed (see [`charge_quiet`]).
+pub(crate) fn count_refusal() {
+    REFUSED.fetch_add(1, Ordering::Relaxed);
+}
+
 /// The reclaimer: gives back free committed memory of heaps other than the
 /// caller's, returns the bytes released. Stored as a `fn` address (0:
 /// none).
@@ -124,9 +139,10 @@ pub(crate) fn set_reclaimer(f: fn() -> usize) {
     RECLAIMER.store(f as usize, Ordering::Release);
 }
 
-/// After a refused [`charge`]: reclaims free memory from other heaps and
-/// charges once more; false (nothing charged) when there is no reclaimer,
-/// it gave nothing back, or the charge is refused again.
+/// After a refused [`charge_quiet`]: reclaims free memory from other heaps
+/// and charges once more; false (nothing charged, no refusal counted) when
+/// there is no reclaimer, it gave nothing back, or the charge is refused
+/// again.
 pub(crate) fn reclaim_and_charge(kind: Kind, bytes: usize) -> bool {
     let f = RECLAIMER.load(Ordering::Acquire);
     if f == 0 {
@@ -135,7 +151,7 @@ pub(crate) fn reclaim_and_charge(kind: Kind, bytes: usize) -> bool {
     // SAFETY: RECLAIMER holds 0 or the address of a `fn() -> usize` stored
     // by set_reclaimer.
     let reclaim: fn() -> usize = unsafe { core::mem::transmute::<usize, fn() -> usize>(f) };
-    reclaim() > 0 && charge(kind, bytes)
+    reclaim() > 0 && charge_quiet(kind, bytes)
 }
 
 /// Releases `bytes` charged for `kind` (decommitted, purged, unmapped).

@@ -434,12 +434,14 @@ impl Locked<'_> {
     }
 
     /// Charges `bytes` if the heap's cap and the process limit both take
-    /// them; nothing charged otherwise (a process refusal is counted).
+    /// them; nothing charged otherwise (and no refusal counted: the caller
+    /// goes on to [`Locked::give_back_and_charge`], which counts one if
+    /// that fails too).
     fn try_charge(&mut self, bytes: usize) -> bool {
         if bytes == 0 {
             return true;
         }
-        if !self.fits(bytes) || !process::charge(self.alloc.kind, bytes) {
+        if !self.fits(bytes) || !process::charge_quiet(self.alloc.kind, bytes) {
             return false;
         }
         self.add_charged(bytes);
@@ -451,7 +453,8 @@ impl Locked<'_> {
     /// other heaps' (the reclaimer), charging `need(self)` bytes — computed
     /// after the first step, which may have uncharged the very pages being
     /// taken — once more after each. False (nothing charged) when both
-    /// fail.
+    /// fail; a failure by the process limit (not the heap's own cap) is
+    /// then counted as one refused commit, however many attempts it took.
     fn give_back_and_charge(&mut self, need: impl Fn(&Self) -> usize) -> bool {
         let released = self.release_free();
         let bytes = need(self);
@@ -462,12 +465,13 @@ impl Locked<'_> {
             return false; // the heap's own cap: other heaps cannot help
         }
         let kind = self.alloc.kind;
-        if (released > 0 && process::charge(kind, bytes))
+        if (released > 0 && process::charge_quiet(kind, bytes))
             || process::reclaim_and_charge(kind, bytes)
         {
             self.add_charged(bytes);
             return true;
         }
+        process::count_refusal();
         false
     }
 
@@ -507,7 +511,7 @@ impl Locked<'_> {
         let target = round_up(want, chunk).min(end).min(committed + room);
         // The whole growth when the heap's cap and the process limit take
         // it; else just what was asked, through the refusal path.
-        let target = if target >= want && process::charge(a.kind, target - committed) {
+        let target = if target >= want && process::charge_quiet(a.kind, target - committed) {
             self.add_charged(target - committed);
             target
         } else if self.try_charge(want - committed)
