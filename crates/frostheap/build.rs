@@ -9,6 +9,8 @@
 fn main() {
     println!("cargo:rerun-if-changed=tests/c/violator.c");
     println!("cargo:rerun-if-changed=build.rs");
+    // `--cfg frostheap_chaos`: race-widening yields (sync::chaos).
+    println!("cargo::rustc-check-cfg=cfg(frostheap_chaos)");
     cc::Build::new()
         .file("tests/c/violator.c")
         .cargo_metadata(false)

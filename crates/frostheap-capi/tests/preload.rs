@@ -455,6 +455,23 @@ fn ten_thousand_threads_with_frees_after_their_owner_exited() {
 }
 
 #[test]
+fn threads_that_come_and_go_swap_blocks_of_every_size_intact() {
+    // Four threads at a time, eight waves, swapping blocks of 1 B-400 KiB
+    // through shared slots (remote frees, the freer's cache, large blocks,
+    // reallocs of other threads' blocks, heaps adopted meanwhile); every
+    // block is checked when it is taken. `ci/chaos.sh` runs it on a build
+    // with debug checks and widened race windows.
+    let out = preloaded_limited(
+        Command::new(c_program("mixer")).args(["4", "5000", "8"]),
+        &[],
+        300,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("checks, 0 failures"), "{}", text(&out));
+}
+
+#[test]
 fn python_with_pymalloc_raises_memory_error_under_the_cap() {
     // pymalloc takes its arenas with mmap: the library counts them against
     // the same limit, so the list of five million strings cannot pass it.

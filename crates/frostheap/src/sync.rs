@@ -129,3 +129,27 @@ pub fn thread_token() -> usize {
         TOKEN.with(|t| t as *const u8 as usize)
     }
 }
+
+/// A race-widening point: in a build with `RUSTFLAGS="--cfg
+/// frostheap_chaos"`, yields the CPU about one time in eight (by the
+/// time-stamp counter: no state, no allocation), so that the windows
+/// between the steps of the cross-thread protocols (remote frees and
+/// their collection, FULL and PENDING spans, heaps abandoned and adopted)
+/// open thousands of times more often than on an idle machine. Nothing in
+/// any other build. `tests/chaos.sh` runs the thread stress programs on
+/// such a build.
+#[inline(always)]
+pub(crate) fn chaos() {
+    #[cfg(frostheap_chaos)]
+    {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: rdtsc has no preconditions.
+        let t = unsafe { core::arch::x86_64::_rdtsc() };
+        #[cfg(not(target_arch = "x86_64"))]
+        let t = thread_token() as u64;
+        if (t >> 4) & 7 == 0 {
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
+        }
+    }
+}

@@ -183,6 +183,7 @@ pub(super) fn attach() -> Option<(usize, &'static HeapInner)> {
     if let Some(idx) = pop_abandoned() {
         // SAFETY: abandoned slots were built.
         let h = unsafe { slot_heap(idx) };
+        crate::sync::chaos();
         // SAFETY: the heap was abandoned (its old owner stopped using it
         // before pushing it, under the stack's lock, which we took after).
         unsafe { h.core.set_owner() };
@@ -227,6 +228,7 @@ pub(super) unsafe fn detach(idx: usize) {
     // SAFETY: (1): the owner, still; the cache holds live blocks of other
     // arena heaps.
     unsafe { h.remote_cache.drain(|blocks| free_to_owners(blocks)) };
+    crate::sync::chaos();
     // SAFETY: (1).
     unsafe { h.core.abandon() };
     SLOTS[idx].state.store(ABANDONED, Ordering::Relaxed);

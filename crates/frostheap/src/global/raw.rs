@@ -125,6 +125,13 @@ impl Local {
                 }
             };
             if let Some(p) = p {
+                #[cfg(debug_assertions)]
+                if let Some((heap, _)) = heaps::heap_of(p.as_ptr()) {
+                    if !core::ptr::eq(heap, self.0) {
+                        // A block of another heap, from the remote cache.
+                        heap.core.debug_check_small_block(p.as_ptr(), Some(c));
+                    }
+                }
                 if ZERO {
                     // SAFETY: the block has at least CLASS_SIZE[c] >= size
                     // bytes.
@@ -164,6 +171,9 @@ impl Local {
         if !core::ptr::eq(heap, main_inner()) && (p as usize) & (MALLOC_ALIGN - 1) == 0 {
             // SAFETY: (1): a live block of `heap`.
             if let Some(c) = unsafe { heap.core.small_class_of(p) } {
+                #[cfg(debug_assertions)]
+                heap.core.debug_check_small_block(p, Some(c));
+                crate::sync::chaos();
                 // SAFETY: (1): that thread owns the cache; p is a live
                 // small block of class c of another thread heap, aligned
                 // to 16, which the caller gives up.

@@ -489,7 +489,7 @@ mod tests {
         const MEM: usize = 256;
         const WINDOW: usize = 16;
         for seed in 1..400u64 {
-            let mut rng = Rng(seed * 0x9E37_79B9_7F4A_7C15);
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let mut mem = vec![0u8; MEM];
             let original: Vec<u8> = (0..MEM).map(|i| (i * 7 % 50) as u8).collect();
             mem.copy_from_slice(&original);

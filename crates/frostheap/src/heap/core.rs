@@ -49,7 +49,7 @@ use super::remote::{OtherThreads, Remote};
 use super::span::{Locked, SpanAllocator};
 use crate::os::{self, OsError};
 use crate::region::{round_up, Huge, Region, RegionConfig, PAGE_SHIFT, PAGE_SIZE};
-use crate::sync::{thread_token, RawLock};
+use crate::sync::{chaos, thread_token, RawLock};
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct CoreConfig {
@@ -253,7 +253,9 @@ impl HeapCore {
     pub(crate) unsafe fn abandon(&self) {
         debug_assert!(self.is_owner(), "abandon by another thread");
         self.collect_pending();
+        chaos();
         self.lock_spans().give_back_all();
+        chaos();
         self.owner.store(0, Ordering::Release);
     }
 
@@ -466,6 +468,7 @@ impl HeapCore {
                 let generation = m.state.load(Ordering::Relaxed) & GENERATION;
                 if st.kind == OWNER_LOCAL {
                     m.state.store(generation | FULL, Ordering::SeqCst);
+                    chaos();
                     if self.remote().has_remote(idx, m)
                         && m.state
                             .compare_exchange(
@@ -523,11 +526,14 @@ impl HeapCore {
             // SAFETY: forwarded (1); we are the owner.
             return unsafe { self.free_at_as_owner(p, offset) };
         }
+        chaos();
         let idx = offset >> PAGE_SHIFT;
         if self.pages.small_class(idx).is_some() {
             // A block of one of the owner's small spans: a remote free,
             // decided from the class map without reading the span's meta
             // line, which the owner writes on every allocation.
+            #[cfg(debug_assertions)]
+            self.debug_check_small_block(p, None);
             return self.remote().free(p);
         }
         // SAFETY: forwarded precondition (1).
@@ -645,6 +651,7 @@ impl HeapCore {
             return;
         }
         if state & FULL != 0 {
+            chaos();
             if m.state
                 .compare_exchange(
                     state,
@@ -661,6 +668,50 @@ impl HeapCore {
         if m.used.get() == 0 && !ptr::eq(st.current[c].get(), m) {
             st.unlink(&self.pages, c, idx);
             self.retire_span(idx);
+        }
+    }
+
+    /// Debug builds: stops the process with a report unless `p` is the
+    /// first byte of a block of one of the owner's small spans (of class
+    /// `c`, if given), and the class map and the span's meta agree on it.
+    /// The remote paths trust the class map alone, and the remote cache
+    /// hands blocks out on another thread's word; this is where a stale
+    /// entry or a block handed out twice shows first. Reads only fields
+    /// fixed while a block of the span is live.
+    #[cfg(debug_assertions)]
+    pub(crate) fn debug_check_small_block(&self, p: *mut u8, c: Option<usize>) {
+        let Some(offset) = (p as usize)
+            .checked_sub(self.pages.base)
+            .filter(|&o| o < self.pages.len)
+        else {
+            debug_block_report("block outside its heap", p, 0);
+        };
+        let idx = offset >> PAGE_SHIFT;
+        let Some(mapped) = self.pages.small_class(idx) else {
+            debug_block_report("class map names no small span at", p, 0);
+        };
+        if c.is_some_and(|c| c != mapped) {
+            debug_block_report("class map disagrees with the caller's class at", p, mapped);
+        }
+        let (head, m) = self.pages.head_of(idx);
+        if m.kind() != Kind::Small || m.owner.get() != OWNER_LOCAL {
+            debug_block_report(
+                "class map names a span that is not the owner's small span at",
+                p,
+                mapped,
+            );
+        }
+        if m.class.get() as usize != mapped {
+            debug_block_report(
+                "class map and span meta disagree at",
+                p,
+                m.class.get() as usize,
+            );
+        }
+        let into = p as usize - self.pages.page_addr(head);
+        let size = m.block_size.get() as usize;
+        if !into.is_multiple_of(size) || into / size >= m.capacity.get() as usize {
+            debug_block_report("not a block boundary of its span:", p, size);
         }
     }
 
@@ -696,6 +747,7 @@ impl HeapCore {
     pub(super) fn collect_pending(&self) -> bool {
         let remote = self.remote();
         let mut idx = remote.take_pending();
+        chaos();
         let mut any = false;
         while idx != NONE {
             let m = self.meta(idx as usize);
@@ -703,6 +755,7 @@ impl HeapCore {
             // PENDING: no freer writes the state until this store.
             let generation = m.state.load(Ordering::Relaxed) & GENERATION;
             m.state.store(generation, Ordering::SeqCst);
+            chaos();
             self.collect_remote(m, idx as usize, true);
             let c = m.class.get() as usize;
             if m.used.get() == 0 {
@@ -843,4 +896,24 @@ impl HeapCore {
         }
         true
     }
+}
+
+/// [`HeapCore::debug_check_small_block`]'s report: what, where, and one
+/// number (a class or a size), then abort (no allocation: this runs inside
+/// `malloc` and `free`).
+#[cfg(debug_assertions)]
+#[cold]
+fn debug_block_report(what: &str, p: *mut u8, n: usize) -> ! {
+    let mut buf = [0u8; 160];
+    let msg = crate::fmt_buf::Buf::new(&mut buf)
+        .str("frostheap (debug check): ")
+        .str(what)
+        .str(" 0x")
+        .hex(p as usize)
+        .str(" (")
+        .dec(n as u64)
+        .str(")\n")
+        .finish();
+    crate::os::write_stderr(msg);
+    std::process::abort();
 }

@@ -37,6 +37,7 @@ use super::page::{
 };
 use super::process;
 use crate::region::PAGE_SHIFT;
+use crate::sync::chaos;
 /// `state` of a FULL span on (or on its way to) the pending stack.
 const PENDING_FULL: u32 = FULL | PENDING;
 
@@ -167,6 +168,7 @@ impl Remote<'_> {
                 let w = 63 - summary.leading_zeros() as usize;
                 summary &= !(1 << w);
                 let word = page * REMOTE_WORDS + w;
+                chaos();
                 let mut bits = self.word(word).swap(0, Ordering::Acquire);
                 n += bits.count_ones();
                 while bits != 0 {
@@ -271,6 +273,7 @@ impl Remote<'_> {
         // Release: the owner's Acquire swap of the word orders our last use
         // of the blocks before their reuse.
         let old = self.word(word).fetch_or(bits, Ordering::Release);
+        chaos();
         if old & bits != 0 {
             // Freed twice without being collected: report the first such
             // block (its address is its granule's).
@@ -300,6 +303,7 @@ impl Remote<'_> {
             .meta(page)
             .remote
             .fetch_or(1 << (word % REMOTE_WORDS), Ordering::SeqCst);
+        chaos();
         Some((head, m, generation))
     }
 
@@ -362,6 +366,10 @@ impl Remote<'_> {
         // retired only after collect_pending takes it off the stack, so
         // the meta stays ours until the push below is done.
         if m.state.load(Ordering::SeqCst) == generation | FULL
+            && {
+                chaos();
+                true
+            }
             && m.state
                 .compare_exchange(
                     generation | FULL,
@@ -374,6 +382,7 @@ impl Remote<'_> {
             let mut top = self.others.pending.load(Ordering::Relaxed);
             loop {
                 m.pending_next.store(top, Ordering::Relaxed);
+                chaos();
                 match self.others.pending.compare_exchange_weak(
                     top,
                     idx as u32,

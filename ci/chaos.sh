@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# ci/chaos.sh — the cross-thread protocols under widened race windows.
+#
+#   bash ci/chaos.sh [seconds]      (default 240)
+#
+# Builds libfrostheap.so with `--cfg frostheap_chaos` (sync::chaos yields
+# the CPU about one time in eight at each step of the remote-free, FULL and
+# PENDING, and abandon/adopt protocols) and with debug assertions (the
+# class map is checked against the span's meta on every remote free, every
+# block the remote cache takes or hands out is checked to be a block of an
+# owner's small span, a new span is checked to have no remote frees), in
+# target/chaos; runs the frostheap crate's tests on that build, then the C
+# stress programs of the capi tests under the library, round after round,
+# for about [seconds]:
+#   threads       main hands blocks to 4 workers while it allocates, both ways
+#   mixer         4 threads swap blocks of 1 B-400 KiB through shared slots,
+#                 8 waves of threads (heaps abandoned and adopted meanwhile)
+#   thread_churn  10,000 short-lived threads, blocks freed after their
+#                 owners exited
+# Every program checks every block it takes; a failure, a debug check's
+# abort or a run past its time limit (120 s) fails the job, with the
+# program's output. The release test suite cannot see these: its builds
+# have no debug assertions, and without the yields the windows they open
+# are hit about once in a thousand runs, if at all.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+budget=${1:-240}
+case "$budget" in
+'' | *[!0-9]*)
+    echo "ci/chaos.sh: seconds must be a whole number, got '$budget'" >&2
+    exit 2
+    ;;
+esac
+
+export RUSTFLAGS="--cfg frostheap_chaos -C debug-assertions" CARGO_TARGET_DIR=target/chaos
+# The library's own tests first (the heap's unit tests, the `it` binary:
+# remote frees by the million, the model tests, thread heaps in the
+# global-mode fixtures), on the same kind of build.
+cargo test --release -p frostheap
+cargo build --release -p frostheap-capi
+lib=$PWD/target/chaos/release/libfrostheap.so
+bin=target/chaos/c
+mkdir -p "$bin"
+for prog in threads mixer thread_churn; do
+    cc -O1 -fno-builtin -Wall -Wno-use-after-free -pthread \
+        -o "$bin/$prog" "crates/frostheap-capi/tests/c/$prog.c"
+done
+
+run() {
+    local out rc
+    set +e
+    out=$(LD_PRELOAD=$lib timeout 120 "$@" 2>&1)
+    rc=$?
+    set -e
+    if [ "$rc" -ne 0 ]; then
+        local why="exit $rc"
+        [ "$rc" -ne 124 ] || why="timed out after 120 s"
+        echo "ci/chaos.sh: FAILED ($why): $*" >&2
+        echo "$out" | head -60 >&2
+        exit 1
+    fi
+}
+
+start=$(date +%s)
+rounds=0
+while :; do
+    run "$bin/threads"
+    run "$bin/mixer" 4 5000 8
+    run "$bin/thread_churn"
+    rounds=$((rounds + 1))
+    [ $(($(date +%s) - start)) -lt "$budget" ] || break
+done
+echo "ci/chaos.sh: $rounds rounds of threads, mixer and thread_churn passed in $(($(date +%s) - start)) s"
