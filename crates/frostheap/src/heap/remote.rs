@@ -175,6 +175,17 @@ impl Remote<'_> {
                     let g = 63 - bits.leading_zeros() as usize;
                     bits &= !(1 << g);
                     let b = (self.pages.base + ((word << 6 | g) << GRANULE_SHIFT)) as *mut Block;
+                    // A bit that is not a carved block of this span (a
+                    // stale bit of the pages' earlier life, or a free of an
+                    // address inside a block) would hand a block out twice.
+                    #[cfg(debug_assertions)]
+                    {
+                        let into = b as usize - self.pages.page_addr(idx);
+                        let size = m.block_size.get() as usize;
+                        if !into.is_multiple_of(size) || into / size >= m.extend.get() as usize {
+                            debug_stale_bit(b.cast(), size);
+                        }
+                    }
                     // SAFETY: the bit was set by a thread that gave up the
                     // live block starting there (the Acquire swap orders its
                     // use of the block before this write); the block is ours
@@ -453,4 +464,21 @@ impl Remote<'_> {
             }
         }
     }
+}
+
+/// [`Remote::collect`]'s report of a bit that names no carved block of its
+/// span (debug builds), then abort: nothing may allocate here.
+#[cfg(debug_assertions)]
+#[cold]
+fn debug_stale_bit(p: *mut u8, block_size: usize) -> ! {
+    let mut buf = [0u8; 128];
+    let msg = crate::fmt_buf::Buf::new(&mut buf)
+        .str("frostheap (debug check): a remote-free bit names no carved block: 0x")
+        .hex(p as usize)
+        .str(" (blocks of ")
+        .dec(block_size as u64)
+        .str(" B)\n")
+        .finish();
+    crate::os::write_stderr(msg);
+    std::process::abort();
 }
