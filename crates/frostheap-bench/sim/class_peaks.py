@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""What segregated size classes cost in the `local` case of the `threads`
+benchmark, without running an allocator.
+
+Each thread of `local` keeps a window of 64 blocks and replaces them in
+turn with blocks of 16 B to 4 KiB at random. A heap of segregated classes
+(frostheap's: 16 B steps to 128 B, then four classes per power of two)
+carves a class's blocks on demand and keeps them, so it holds, for each
+class, the most blocks that class ever had live at once; a coalescing
+arena (glibc) holds about the peak of the live bytes. This prints both,
+per thread, for frostheap's classes and for the variant where a request of
+1 KiB or more may take a free block of the two next classes (the
+"borrowing" measured and not kept in the README's threads section).
+
+    python3 crates/frostheap-bench/sim/class_peaks.py [ops] [seed]
+"""
+
+import math
+import random
+import sys
+
+
+def class_sizes():
+    sizes = []
+    for c in range(48):
+        if c < 8:
+            sizes.append(16 * (c + 1))
+        else:
+            g, i = divmod(c - 8, 4)
+            k = 7 + g
+            sizes.append((1 << k) + (i + 1) * (1 << (k - 2)))
+    return sizes
+
+
+SIZES = class_sizes()
+
+
+def class_of(n):
+    for c, s in enumerate(SIZES):
+        if s >= n:
+            return c
+    raise ValueError(n)
+
+
+def run(ops, seed, borrow_classes=0, borrow_min=1024, window=64, lo=16, hi=4096):
+    """Returns (peak live KiB with a 16 B header each, class pages KiB,
+    share of allocations that borrowed)."""
+    rng = random.Random(seed)
+    slots = [None] * window
+    used = [0] * len(SIZES)
+    carved = [0] * len(SIZES)
+    live = peak_live = borrowed = 0
+    for i in range(ops):
+        n = lo + rng.randrange(hi - lo + 1)
+        old = slots[i % window]
+        if old:
+            used[old[1]] -= 1
+            live -= old[0] + 16
+        c = class_of(n)
+        got = None
+        if used[c] < carved[c]:
+            got = c
+        elif SIZES[c] >= borrow_min:
+            for d in range(1, borrow_classes + 1):
+                if c + d < len(SIZES) and used[c + d] < carved[c + d]:
+                    got = c + d
+                    borrowed += 1
+                    break
+        if got is None:
+            got = c
+            carved[c] += 1
+        used[got] += 1
+        slots[i % window] = (n, got)
+        live += n + 16
+        peak_live = max(peak_live, live)
+    pages = sum(math.ceil(carved[c] * SIZES[c] / 4096) * 4096 for c in range(len(SIZES)))
+    return peak_live / 1024, pages / 1024, borrowed / ops
+
+
+def main():
+    ops = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+    seed = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    peak, pages, _ = run(ops, seed)
+    print(f"peak live {peak:.0f} KiB; class pages {pages:.0f} KiB (segregated classes)")
+    _, pages, share = run(ops, seed, borrow_classes=2)
+    print(f"class pages {pages:.0f} KiB with borrowing from two classes up ({share:.1%} of allocations)")
+
+
+if __name__ == "__main__":
+    main()
