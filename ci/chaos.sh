@@ -17,6 +17,8 @@
 #                 8 waves of threads (heaps abandoned and adopted meanwhile)
 #   thread_churn  10,000 short-lived threads, blocks freed after their
 #                 owners exited
+# First, interior_free checks that the build's debug checks fire (an
+# address inside another thread's block, freed, stops the program).
 # Every program checks every block it takes; a failure, a debug check's
 # abort or a run past its time limit (120 s) fails the job, with the
 # program's output. The release test suite cannot see these: its builds
@@ -42,7 +44,7 @@ cargo build --release -p frostheap-capi
 lib=$PWD/target/chaos/release/libfrostheap.so
 bin=target/chaos/c
 mkdir -p "$bin"
-for prog in threads mixer thread_churn; do
+for prog in threads mixer thread_churn interior_free; do
     cc -O1 -fno-builtin -Wall -Wno-use-after-free -pthread \
         -o "$bin/$prog" "crates/frostheap-capi/tests/c/$prog.c"
 done
@@ -61,6 +63,20 @@ run() {
         exit 1
     fi
 }
+
+# The build has its checks on: an address inside another thread's block,
+# freed, must stop the program with the check's report.
+set +e
+out=$(LD_PRELOAD=$lib timeout 60 "$bin/interior_free" 2>&1)
+set -e
+case "$out" in
+*"frostheap (debug check): not a block boundary of its span"*) ;;
+*)
+    echo "ci/chaos.sh: the debug checks did not fire on an interior free:" >&2
+    echo "$out" >&2
+    exit 1
+    ;;
+esac
 
 start=$(date +%s)
 rounds=0

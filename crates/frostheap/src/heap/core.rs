@@ -39,6 +39,8 @@ use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use super::class::{class_for, class_of, class_of_lookup, span_pages};
 use super::large;
+#[cfg(debug_assertions)]
+use super::page::debug_invariant_broken;
 use super::page::{
     invalid_free, large_usable, Block, Kind, PageMeta, PageTable, EMPTY, FULL, GENERATION,
     META_SKEW, NONE, OWNER_LOCAL, OWNER_SHARED, PENDING, REMOTE_WORDS,
@@ -684,34 +686,41 @@ impl HeapCore {
             .checked_sub(self.pages.base)
             .filter(|&o| o < self.pages.len)
         else {
-            debug_block_report("block outside its heap", p, 0);
+            debug_invariant_broken("a block outside its heap", p, 0, "class");
         };
         let idx = offset >> PAGE_SHIFT;
         let Some(mapped) = self.pages.small_class(idx) else {
-            debug_block_report("class map names no small span at", p, 0);
+            debug_invariant_broken("the class map names no small span", p, 0, "class");
         };
         if c.is_some_and(|c| c != mapped) {
-            debug_block_report("class map disagrees with the caller's class at", p, mapped);
+            debug_invariant_broken(
+                "the class map disagrees with the caller's class",
+                p,
+                mapped,
+                "map's class",
+            );
         }
         let (head, m) = self.pages.head_of(idx);
         if m.kind() != Kind::Small || m.owner.get() != OWNER_LOCAL {
-            debug_block_report(
-                "class map names a span that is not the owner's small span at",
+            debug_invariant_broken(
+                "the class map names a span that is not the owner's small span",
                 p,
                 mapped,
+                "map's class",
             );
         }
         if m.class.get() as usize != mapped {
-            debug_block_report(
-                "class map and span meta disagree at",
+            debug_invariant_broken(
+                "the class map and the span's meta disagree",
                 p,
                 m.class.get() as usize,
+                "meta's class",
             );
         }
         let into = p as usize - self.pages.page_addr(head);
         let size = m.block_size.get() as usize;
         if !into.is_multiple_of(size) || into / size >= m.capacity.get() as usize {
-            debug_block_report("not a block boundary of its span:", p, size);
+            debug_invariant_broken("not a block boundary of its span", p, size, "block size");
         }
     }
 
@@ -896,24 +905,4 @@ impl HeapCore {
         }
         true
     }
-}
-
-/// [`HeapCore::debug_check_small_block`]'s report: what, where, and one
-/// number (a class or a size), then abort (no allocation: this runs inside
-/// `malloc` and `free`).
-#[cfg(debug_assertions)]
-#[cold]
-fn debug_block_report(what: &str, p: *mut u8, n: usize) -> ! {
-    let mut buf = [0u8; 160];
-    let msg = crate::fmt_buf::Buf::new(&mut buf)
-        .str("frostheap (debug check): ")
-        .str(what)
-        .str(" 0x")
-        .hex(p as usize)
-        .str(" (")
-        .dec(n as u64)
-        .str(")\n")
-        .finish();
-    crate::os::write_stderr(msg);
-    std::process::abort();
 }

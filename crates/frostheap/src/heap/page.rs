@@ -389,6 +389,29 @@ pub fn large_usable(m: &PageMeta) -> usize {
     m.span_pages.get() as usize * PAGE_SIZE - m.offset.get() as usize
 }
 
+/// Debug builds' report of a broken heap invariant at `p` (see
+/// `HeapCore::debug_check_small_block` and `Remote::collect`): `what`, the
+/// address, and one number with its meaning (a class, a size), then abort.
+/// Allocates nothing: it runs inside `malloc` and `free`.
+#[cfg(debug_assertions)]
+#[cold]
+pub fn debug_invariant_broken(what: &str, p: *mut u8, n: usize, meaning: &str) -> ! {
+    let mut buf = [0u8; 192];
+    let msg = crate::fmt_buf::Buf::new(&mut buf)
+        .str("frostheap (debug check): ")
+        .str(what)
+        .str(" at 0x")
+        .hex(p as usize)
+        .str(" (")
+        .str(meaning)
+        .str(" ")
+        .dec(n as u64)
+        .str(")\n")
+        .finish();
+    crate::os::write_stderr(msg);
+    std::process::abort();
+}
+
 /// Stops the process on a free of something that is not a live block.
 #[cold]
 pub fn invalid_free(p: *mut u8) -> ! {

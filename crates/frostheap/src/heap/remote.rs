@@ -183,7 +183,12 @@ impl Remote<'_> {
                         let into = b as usize - self.pages.page_addr(idx);
                         let size = m.block_size.get() as usize;
                         if !into.is_multiple_of(size) || into / size >= m.extend.get() as usize {
-                            debug_stale_bit(b.cast(), size);
+                            super::page::debug_invariant_broken(
+                                "a remote-free bit names no carved block",
+                                b.cast(),
+                                size,
+                                "block size",
+                            );
                         }
                     }
                     // SAFETY: the bit was set by a thread that gave up the
@@ -464,21 +469,4 @@ impl Remote<'_> {
             }
         }
     }
-}
-
-/// [`Remote::collect`]'s report of a bit that names no carved block of its
-/// span (debug builds), then abort: nothing may allocate here.
-#[cfg(debug_assertions)]
-#[cold]
-fn debug_stale_bit(p: *mut u8, block_size: usize) -> ! {
-    let mut buf = [0u8; 128];
-    let msg = crate::fmt_buf::Buf::new(&mut buf)
-        .str("frostheap (debug check): a remote-free bit names no carved block: 0x")
-        .hex(p as usize)
-        .str(" (blocks of ")
-        .dec(block_size as u64)
-        .str(" B)\n")
-        .finish();
-    crate::os::write_stderr(msg);
-    std::process::abort();
 }
