@@ -136,7 +136,7 @@ pub fn thread_token() -> usize {
 /// between the steps of the cross-thread protocols (remote frees and
 /// their collection, FULL and PENDING spans, heaps abandoned and adopted)
 /// open thousands of times more often than on an idle machine. Nothing in
-/// any other build. `tests/chaos.sh` runs the thread stress programs on
+/// any other build. `ci/chaos.sh` runs the thread stress programs on
 /// such a build.
 #[inline(always)]
 pub(crate) fn chaos() {
