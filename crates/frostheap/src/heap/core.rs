@@ -836,12 +836,20 @@ impl HeapCore {
             return (ptr::null_mut(), false);
         };
         let owner = self.is_owner();
-        let Some((idx, zeroed)) = self.lock_spans().alloc(n_pages) else {
+        let state = if owner { OWNER_LOCAL } else { OWNER_SHARED };
+        // The block is laid out under the span lock, as a small span is
+        // (`new_small_span`): until its metas say Large and Cont, a thread
+        // freeing a neighbouring span must not find them in any state of
+        // their free life.
+        let mut spans = self.lock_spans();
+        let Some((idx, zeroed)) = spans.alloc(n_pages) else {
+            drop(spans);
             self.others.refused.fetch_add(1, Ordering::Relaxed);
             return (ptr::null_mut(), false);
         };
-        let state = if owner { OWNER_LOCAL } else { OWNER_SHARED };
+        chaos();
         let (addr, usable) = large::place(&self.pages, idx, n_pages, layout.align(), state);
+        drop(spans);
         if owner {
             self.local.on_alloc(usable);
         } else {

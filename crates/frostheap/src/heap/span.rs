@@ -375,6 +375,15 @@ impl Locked<'_> {
                 self.insert(idx + pages, n - pages, dirty, u - u.min(pages));
             }
         }
+        // Its last page may still say FreeTail, from this free span or an
+        // older one merged into it: a span freed right after it would read
+        // that as a free neighbour and take the pages back (`free_with`
+        // looks at the page before the span it frees, `trim` at the top's
+        // last page). Nothing of the taken span may read as free once the
+        // lock is released, before its caller lays it out.
+        if pages > 1 {
+            self.pages.meta(idx + pages - 1).set_kind(Kind::Unused);
+        }
         !dirty
     }
 

@@ -1148,3 +1148,76 @@ mod remote_cache {
         assert_eq!(core.stats().in_use, 0);
     }
 }
+
+mod span_handout {
+    use super::*;
+
+    /// Regression (the double hand-out `preload::cross_thread_frees` and
+    /// `ci/chaos.sh` caught): a span taken from the span allocator must
+    /// not read as free once the span lock is released, whatever its
+    /// caller still has to write into its metas. `alloc_large` released
+    /// the lock before laying the block out, and the span's last page
+    /// still said `FreeTail` (head: the span) from its free life: a thread
+    /// freeing the span after it, in that window, merged the new block
+    /// into its free span, and the block's pages were handed out again.
+    #[test]
+    fn a_taken_span_never_reads_as_free_to_its_neighbours() {
+        let core = heap_of(64 << 20);
+        let layout = Layout::from_size_align(150 << 10, 16).unwrap(); // 3 pages
+        let [a, b, c] = [0; 3].map(|_| core.alloc(layout));
+        let page = |p: *mut u8| (p as usize - core.pages.base) >> PAGE_SHIFT;
+        assert_eq!(
+            (page(b), page(c)),
+            (page(a) + 3, page(a) + 6),
+            "laid out in a row"
+        );
+        // SAFETY: a live block, freed once: [b, b + 3) becomes a free span
+        // whose last page is its FreeTail.
+        unsafe { core.free(b) };
+        // Take it as a 3-page span and lay nothing out yet: the lock is
+        // released, as between the span allocator and `large::place`.
+        let (idx, _) = core.lock_spans().alloc(3).expect("the free span fits");
+        assert_eq!(idx, page(b));
+        for i in idx..idx + 3 {
+            let k = core.meta(i).kind();
+            assert!(
+                k != Kind::FreeSpan && k != Kind::FreeTail,
+                "page {i} of a taken span reads as {k:?}"
+            );
+        }
+        // The neighbour after it is freed meanwhile: it must not take the
+        // taken pages into its free span.
+        // SAFETY: a live block, freed once.
+        unsafe { core.free(c) };
+        assert_eq!(
+            core.meta(page(c)).kind(),
+            Kind::FreeSpan,
+            "c's pages are free"
+        );
+        assert_ne!(
+            core.meta(idx).kind(),
+            Kind::FreeSpan,
+            "the taken span was merged"
+        );
+        // A 6-page request cannot get the taken pages either.
+        let big = core.alloc(Layout::from_size_align(6 * PAGE_SIZE - 4096, 16).unwrap());
+        let bp = page(big);
+        assert!(
+            bp + 6 <= idx || bp >= idx + 3,
+            "a 6-page block at page {bp} overlaps the taken span at {idx}"
+        );
+        // Lay the span out now (what alloc_large does) and free everything.
+        let (addr, _) = super::super::large::place(&core.pages, idx, 3, 16, OWNER_LOCAL);
+        // SAFETY: live blocks, each freed once (the placed one is counted
+        // as the owner's: account for it first).
+        unsafe {
+            core.free(a);
+            core.free(big);
+        }
+        core.local.on_alloc(3 * PAGE_SIZE);
+        // SAFETY: the placed block is live and freed once.
+        unsafe { core.free(addr as *mut u8) };
+        assert_eq!(core.stats().in_use, 0);
+        check_charge(&core);
+    }
+}
