@@ -686,18 +686,17 @@ impl HeapCore {
             .checked_sub(self.pages.base)
             .filter(|&o| o < self.pages.len)
         else {
-            debug_invariant_broken("a block outside its heap", p, 0, "class");
+            debug_invariant_broken("a block outside its heap", p, None);
         };
         let idx = offset >> PAGE_SHIFT;
         let Some(mapped) = self.pages.small_class(idx) else {
-            debug_invariant_broken("the class map names no small span", p, 0, "class");
+            debug_invariant_broken("the class map names no small span", p, None);
         };
         if c.is_some_and(|c| c != mapped) {
             debug_invariant_broken(
                 "the class map disagrees with the caller's class",
                 p,
-                mapped,
-                "map's class",
+                Some(("map's class", mapped)),
             );
         }
         let (head, m) = self.pages.head_of(idx);
@@ -705,22 +704,24 @@ impl HeapCore {
             debug_invariant_broken(
                 "the class map names a span that is not the owner's small span",
                 p,
-                mapped,
-                "map's class",
+                Some(("map's class", mapped)),
             );
         }
         if m.class.get() as usize != mapped {
             debug_invariant_broken(
                 "the class map and the span's meta disagree",
                 p,
-                m.class.get() as usize,
-                "meta's class",
+                Some(("meta's class", m.class.get() as usize)),
             );
         }
         let into = p as usize - self.pages.page_addr(head);
         let size = m.block_size.get() as usize;
         if !into.is_multiple_of(size) || into / size >= m.capacity.get() as usize {
-            debug_invariant_broken("not a block boundary of its span", p, size, "block size");
+            debug_invariant_broken(
+                "not a block boundary of its span",
+                p,
+                Some(("block size", size)),
+            );
         }
     }
 

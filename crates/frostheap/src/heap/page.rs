@@ -391,24 +391,22 @@ pub fn large_usable(m: &PageMeta) -> usize {
 
 /// Debug builds' report of a broken heap invariant at `p` (see
 /// `HeapCore::debug_check_small_block` and `Remote::collect`): `what`, the
-/// address, and one number with its meaning (a class, a size), then abort.
-/// Allocates nothing: it runs inside `malloc` and `free`.
+/// address, and, where there is one, a number with its meaning (a class, a
+/// size), then abort. Allocates nothing: it runs inside `malloc` and
+/// `free`.
 #[cfg(debug_assertions)]
 #[cold]
-pub fn debug_invariant_broken(what: &str, p: *mut u8, n: usize, meaning: &str) -> ! {
+pub fn debug_invariant_broken(what: &str, p: *mut u8, detail: Option<(&str, usize)>) -> ! {
     let mut buf = [0u8; 192];
-    let msg = crate::fmt_buf::Buf::new(&mut buf)
+    let mut msg = crate::fmt_buf::Buf::new(&mut buf)
         .str("frostheap (debug check): ")
         .str(what)
         .str(" at 0x")
-        .hex(p as usize)
-        .str(" (")
-        .str(meaning)
-        .str(" ")
-        .dec(n as u64)
-        .str(")\n")
-        .finish();
-    crate::os::write_stderr(msg);
+        .hex(p as usize);
+    if let Some((meaning, n)) = detail {
+        msg = msg.str(" (").str(meaning).str(" ").dec(n as u64).str(")");
+    }
+    crate::os::write_stderr(msg.str("\n").finish());
     std::process::abort();
 }
 

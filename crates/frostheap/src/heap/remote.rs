@@ -186,8 +186,7 @@ impl Remote<'_> {
                             super::page::debug_invariant_broken(
                                 "a remote-free bit names no carved block",
                                 b.cast(),
-                                size,
-                                "block size",
+                                Some(("block size", size)),
                             );
                         }
                     }
