@@ -1,6 +1,6 @@
 /* The `threads` benchmark's workloads in C, for LD_PRELOADed allocators
- * (glibc, mimalloc, jemalloc, libfrostheap.so): the same four cases as
- * src/threads.rs. Usage: threads CASE THREADS OPS RUNS; prints
+ * (glibc, mimalloc, jemalloc, libfrostheap.so): the same cases as
+ * src/threads.rs (prodcons free, prodcons-1cpu, prodcons-2cpu). Usage: threads CASE THREADS OPS RUNS; prints
  * "sample <ns per operation of one thread>" per run. */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -69,7 +69,20 @@ typedef struct {
 } ring_t;
 static ring_t *rings;
 
+/* prodcons-1cpu / prodcons-2cpu: the CPUs producers and consumers run on
+ * (-1: wherever the scheduler puts them). */
+static int producer_cpu = -1, consumer_cpu = -1;
+
+static void pin_to(int cpu) {
+    if (cpu < 0) return;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (sched_setaffinity(0, sizeof set, &set)) { perror("sched_setaffinity"); exit(1); }
+}
+
 static void *producer(void *arg) {
+    pin_to(producer_cpu);
     ring_t *r = &rings[(uintptr_t)arg];
     uint64_t x = 0xDEADBEEFull ^ ((uintptr_t)arg + 1);
     pthread_barrier_wait(&start);
@@ -83,6 +96,7 @@ static void *producer(void *arg) {
 }
 
 static void *consumer(void *arg) {
+    pin_to(consumer_cpu);
     ring_t *r = &rings[(uintptr_t)arg];
     pthread_barrier_wait(&start);
     long h = 0;
@@ -137,7 +151,21 @@ static double run(const char *c) {
         slots = malloc(nslots * sizeof *slots);
         for (size_t i = 0; i < nslots; i++) slots[i] = make(16 + i % 1009);
         fn = larson;
-    } else if (!strcmp(c, "prodcons")) {
+    } else if (!strncmp(c, "prodcons", 8)) {
+        cpu_set_t set;
+        int cpus[2], k = 0;
+        if (sched_getaffinity(0, sizeof set, &set)) { perror("sched_getaffinity"); exit(1); }
+        for (int i = 0; i < CPU_SETSIZE && k < 2; i++)
+            if (CPU_ISSET(i, &set)) cpus[k++] = i;
+        if (!strcmp(c, "prodcons-1cpu")) {
+            producer_cpu = consumer_cpu = cpus[0];
+        } else if (!strcmp(c, "prodcons-2cpu")) {
+            if (k < 2) { fprintf(stderr, "prodcons-2cpu needs two CPUs\n"); exit(2); }
+            producer_cpu = cpus[0], consumer_cpu = cpus[1];
+        } else if (strcmp(c, "prodcons")) {
+            fprintf(stderr, "unknown case %s\n", c);
+            exit(2);
+        }
         n = 2 * (nthreads / 2 > 0 ? nthreads / 2 : 1);
         rings = calloc(n / 2, sizeof(ring_t));
         ops = ops / BATCH * BATCH;
@@ -149,7 +177,7 @@ static double run(const char *c) {
     for (int i = 0; i < n; i++) {
         void *(*f)(void *) = fn;
         uintptr_t a = i;
-        if (!strcmp(c, "prodcons")) f = i % 2 ? consumer : producer, a = i / 2;
+        if (!strncmp(c, "prodcons", 8)) f = i % 2 ? consumer : producer, a = i / 2;
         pthread_create(&t[i], NULL, f, (void *)a);
     }
     t0 = now_ns();
@@ -158,7 +186,7 @@ static double run(const char *c) {
     double ns = (now_ns() - t0) / ops;
     pthread_barrier_destroy(&start);
     if (!strcmp(c, "larson")) { for (size_t i = 0; i < nslots; i++) free(slots[i]); free(slots); }
-    if (!strcmp(c, "prodcons")) free(rings);
+    if (!strncmp(c, "prodcons", 8)) free(rings);
     return ns;
 }
 

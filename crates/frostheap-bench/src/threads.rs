@@ -1,7 +1,7 @@
 //! The multi-threaded allocation workloads of the `threads` benchmark, run
 //! on whatever global allocator the child binary installs
 //! (`threads_system`, `threads_mimalloc`, `threads_jemalloc`,
-//! `threads_frostheap`); `preload/threads.c` runs the same four in C under
+//! `threads_frostheap`); `preload/threads.c` runs the same cases in C under
 //! `LD_PRELOAD`.
 //!
 //! - **local**: every thread allocates and frees its own blocks of mixed
@@ -10,7 +10,14 @@
 //!   shared by all of them (Larson and Krishnan's server simulation), so
 //!   most frees are of another thread's block.
 //! - **prodcons**: threads in pairs; one allocates 64 B – 256 B blocks and
-//!   hands them over a ring, the other frees them.
+//!   hands them over a ring, the other frees them. Where the scheduler puts
+//!   the pair decides the figure more than the allocator does: on one CPU
+//!   (taking turns) no cache line moves, on two every block's lines do, and
+//!   a free-running pair switches between the two from run to run (on a
+//!   2-vCPU VM mimalloc measured 14 ns in some rounds and 80–110 ns in
+//!   others). `prodcons-1cpu` pins every thread to one CPU and
+//!   `prodcons-2cpu` producers to one CPU and consumers to another, so each
+//!   placement is measured on its own.
 //! - **spawn**: threads created and joined in a loop, each allocating a
 //!   little and leaving some blocks for the next generation to free (the
 //!   cost of a thread's first allocation and of its heap after it exits).
@@ -132,9 +139,66 @@ struct Ring {
     tail: AtomicUsize,
 }
 
+/// Where the producer/consumer threads run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Placement {
+    /// Wherever the scheduler puts them.
+    Free,
+    /// All on the first CPU the process may use.
+    OneCpu,
+    /// Producers on the first CPU, consumers on the second.
+    TwoCpus,
+}
+
+/// The CPUs the process may run on, in order.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, filled by the call.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is the calling thread; the size is the set's.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    assert_eq!(
+        rc,
+        0,
+        "sched_getaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: CPU_ISSET reads the set within its size.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: as in allowed_cpus; CPU_SET writes within the set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity({cpu}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// ns per block handed over per pair: `threads / 2` producer/consumer
-/// pairs (at least one), `ops` blocks each.
-pub fn prodcons(threads: usize, ops: usize) -> f64 {
+/// pairs (at least one), `ops` blocks each, placed by `placement`.
+pub fn prodcons(threads: usize, ops: usize, placement: Placement) -> f64 {
+    let cpus = allowed_cpus();
+    let cpu_of = |t: usize| match placement {
+        Placement::Free => None,
+        Placement::OneCpu => Some(cpus[0]),
+        Placement::TwoCpus => {
+            assert!(
+                cpus.len() >= 2,
+                "prodcons-2cpu needs two CPUs; this process may use {cpus:?}"
+            );
+            Some(cpus[t % 2])
+        }
+    };
     let pairs = (threads / 2).max(1);
     let ops = (ops / BATCH).max(1) * BATCH;
     let rings: Vec<Ring> = (0..pairs)
@@ -147,6 +211,9 @@ pub fn prodcons(threads: usize, ops: usize) -> f64 {
         })
         .collect();
     timed(2 * pairs, |t| {
+        if let Some(cpu) = cpu_of(t) {
+            pin_to(cpu);
+        }
         let ring = &rings[t / 2];
         if t % 2 == 0 {
             let mut rng = Rng(0xDEAD_BEEF ^ (t as u64 + 1));
@@ -226,7 +293,9 @@ pub fn spawn(threads: usize, rounds: usize) -> f64 {
 pub fn child_main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [case, threads, ops, runs] = args.as_slice() else {
-        eprintln!("usage: threads_<allocator> local|larson|prodcons|spawn|none THREADS OPS RUNS");
+        eprintln!(
+            "usage: threads_<allocator> local|larson|prodcons|prodcons-1cpu|prodcons-2cpu|spawn|none THREADS OPS RUNS"
+        );
         std::process::exit(2);
     };
     let threads: usize = threads.parse().expect("THREADS");
@@ -236,7 +305,9 @@ pub fn child_main() {
         let ns = match case.as_str() {
             "local" => local(threads, ops),
             "larson" => larson(threads, ops),
-            "prodcons" => prodcons(threads, ops),
+            "prodcons" => prodcons(threads, ops, Placement::Free),
+            "prodcons-1cpu" => prodcons(threads, ops, Placement::OneCpu),
+            "prodcons-2cpu" => prodcons(threads, ops, Placement::TwoCpus),
             "spawn" => spawn(threads, ops),
             "none" => 0.0,
             other => {

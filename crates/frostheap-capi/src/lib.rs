@@ -269,7 +269,15 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
 /// 1. `ptr` is null or a live block returned by these functions.
 #[inline(never)]
 unsafe fn free_elsewhere(ptr: *mut c_void) {
-    if let Some(h) = local_fast() {
+    let h = match local_fast() {
+        Some(h) => Some(h),
+        // The thread's first call is a free of another thread's block (a
+        // consumer): it gets its heap now, as its first allocation would
+        // give it, so that its frees take the heap's cache and batch.
+        None if raw::in_thread_heap(ptr.cast()) => local_slow(),
+        None => None,
+    };
+    if let Some(h) = h {
         // SAFETY: h is this thread's heap; (1).
         if unsafe { h.free_other(ptr.cast()) } {
             return;

@@ -172,6 +172,39 @@ fn a_thread_hands_out_the_blocks_of_other_threads_it_freed_first() {
 }
 
 #[test]
+fn threads_that_only_free_get_a_heap_and_give_every_block_back() {
+    // 300 consumer threads in turn, each freeing 2,000 of a producer's
+    // blocks and never allocating: the first free gives each a heap (one,
+    // adopted by the next consumer), whose cache and batch of remote frees
+    // take the blocks; every block arrives intact and is back with the
+    // producer's heap once the consumers have exited.
+    let out = preloaded_limited(
+        Command::new(c_program("consumer")).args(["300", "2000"]),
+        &[("FROSTHEAP_STATS", "1")],
+        120,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("checks, 0 failures"),
+        "{}",
+        text(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let process = stderr
+        .lines()
+        .find(|l| l.starts_with("frostheap: process:"))
+        .unwrap_or_else(|| panic!("no statistics line\n{}", text(&out)));
+    assert!(
+        process.contains("thread heaps in use 0 B"),
+        "blocks the consumers freed are still in use: {process}"
+    );
+    assert!(
+        process.contains("; 2 thread heaps"),
+        "the producer's heap and one consumer heap expected: {process}"
+    );
+}
+
+#[test]
 fn a_double_free_of_a_cached_block_stops_the_process_with_a_report() {
     let out = preloaded(Command::new(c_program("remote_cache")).arg("double"), &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -8,10 +8,12 @@
 //! ```
 //!
 //! Cases (see `frostheap_bench::threads` and `preload/threads.c`, the same
-//! four in Rust and C): per-thread alloc/free loops of 16 B – 4 KiB;
+//! cases in Rust and C): per-thread alloc/free loops of 16 B – 4 KiB;
 //! larson (threads replace random blocks of a shared array, so most frees
-//! are remote); producer/consumer pairs; threads created and joined in a
-//! loop. Every variant runs in its own process (a global allocator or a
+//! are remote); producer/consumer pairs, placed by the scheduler, pinned
+//! to one CPU and pinned to two (`prodcons-1cpu`, `prodcons-2cpu`; the
+//! last is skipped, with a line saying so, on one CPU); threads created
+//! and joined in a loop. Every variant runs in its own process (a global allocator or a
 //! preloaded library is one per process), so each round also gives the
 //! child's peak RSS. A case reports the median ns per operation of one
 //! thread (p10–p90), frostheap's per-round ratio to the best of the three
@@ -31,6 +33,14 @@ use frostheap_bench::{cli, table, Machine, Plan, Table};
 const MIMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2";
 const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
 const NAMES: [&str; 4] = ["glibc", "mimalloc", "jemalloc", "frostheap"];
+const CASES: [&str; 6] = [
+    "local",
+    "larson",
+    "prodcons",
+    "prodcons-1cpu",
+    "prodcons-2cpu",
+    "spawn",
+];
 
 /// Multi-threaded allocation benchmark (see the module documentation).
 #[derive(Parser)]
@@ -46,8 +56,9 @@ struct Options {
     /// are this divided by 1,000).
     #[arg(long, default_value_t = 400_000, value_parser = cli::count)]
     ops: usize,
-    /// Only these cases (comma-separated: local, larson, prodcons, spawn).
-    #[arg(long, value_delimiter = ',')]
+    /// Only these cases (comma-separated: local, larson, prodcons,
+    /// prodcons-1cpu, prodcons-2cpu, spawn).
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(CASES))]
     only: Vec<String>,
     /// Also write the markdown report here.
     #[arg(long)]
@@ -176,10 +187,18 @@ fn main() {
         .status()
         .expect("cc");
     assert!(status.success(), "cc failed on {}", src.display());
-    let all = ["local", "larson", "prodcons", "spawn"];
-    let cases: Vec<&str> = all
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut skipped = String::new();
+    let cases: Vec<&str> = CASES
         .into_iter()
         .filter(|c| o.only.is_empty() || o.only.iter().any(|x| x == c))
+        .filter(|&c| {
+            let fits = c != "prodcons-2cpu" || cpus >= 2;
+            if !fits {
+                skipped += "\nSkipped: prodcons-2cpu (this process may use one CPU).\n";
+            }
+            fits
+        })
         .collect();
     let (rust, c) = variants(&dir, &c_program);
     for v in rust.iter().chain(&c) {
@@ -196,6 +215,7 @@ fn main() {
         o.threads,
         o.rounds
     );
+    text += &skipped;
     text += &report("Rust global allocators", &rust, &cases, &o);
     text += &report("C programs under LD_PRELOAD", &c, &cases, &o);
     let _ = std::fs::remove_file(&c_program);

@@ -228,6 +228,8 @@ pub(super) unsafe fn detach(idx: usize) {
     // SAFETY: (1): the owner, still; the cache holds live blocks of other
     // arena heaps.
     unsafe { h.remote_cache.drain(|blocks| free_to_owners(blocks)) };
+    // SAFETY: (1): the owner, still.
+    unsafe { h.remote_batch.publish_all() };
     crate::sync::chaos();
     // SAFETY: (1).
     unsafe { h.core.abandon() };

@@ -34,7 +34,7 @@ mod route;
 mod start;
 mod stats;
 
-use route::{context_alloc, own_heap, owner_of, route, Owner, Route, CONTEXT, FAST_HEAP};
+use route::{context_alloc, own_heap, owner_of, route, Owner, Route, CONTEXT, FAST_HEAP, ROUTE};
 pub(crate) use route::{on_main_route, set_context};
 pub use route::{unguarded, Shared};
 pub use start::main_heap;
@@ -249,7 +249,15 @@ impl Global {
             // heap of its own (outside phases): kept for this thread's
             // next allocation of its class (see heap::remote_cache). Never a
             // main-heap block, which a runtime may freeze.
-            let h = FAST_HEAP.with(|h| h.get());
+            let mut h = FAST_HEAP.with(|h| h.get());
+            if h.is_null() && ROUTE.with(|r| r.get()) == Route::Unknown {
+                // The thread's first call is a free of another thread's
+                // block (a consumer): it gets its heap now, as its first
+                // allocation would give it, so that its frees take the
+                // cache and the batch below.
+                route();
+                h = FAST_HEAP.with(|h| h.get());
+            }
             if !h.is_null() && layout.align() <= 16 && !core::ptr::eq(heap, main_inner()) {
                 if let Some(c) = class_for(layout.size(), 1) {
                     // SAFETY: h is the calling thread's own heap; ptr is a
@@ -259,6 +267,12 @@ impl Global {
                     // in place only while it fits), aligned to 16, which
                     // the caller gives up (GlobalAlloc contract).
                     if unsafe { (*h).remote_cache.push(c, ptr) } {
+                        return;
+                    }
+                    // SAFETY: as above; the heap is another thread's (our
+                    // own takes `dealloc`'s inlined path), in static
+                    // storage.
+                    if unsafe { (*h).remote_batch.free(&heap.core, c, ptr) } {
                         return;
                     }
                 }

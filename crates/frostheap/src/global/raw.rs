@@ -156,9 +156,11 @@ impl Local {
 
     /// C `free` of a block that is not of this thread's own heap. Another
     /// thread heap's small block is kept in this thread's cache for its
-    /// next allocation of that class (never a main-heap block: a runtime
-    /// may freeze the main heap); any other arena block goes back to its
-    /// heap. False (nothing done) if `p` is not in the arena.
+    /// next allocation of that class, or, the class full, gathered with
+    /// its neighbours for its heap (`heap::remote_batch`; never a main-heap
+    /// block: a runtime may freeze the main heap); any other arena block
+    /// goes back to its heap. False (nothing done) if `p` is not in the
+    /// arena.
     ///
     /// # Safety
     /// 1. As [`Local::malloc`]; `p` is null or a live block returned by the
@@ -168,6 +170,7 @@ impl Local {
         let Some((heap, offset)) = heaps::heap_of(p) else {
             return false;
         };
+        debug_assert!(!core::ptr::eq(heap, self.0), "free_other of our own block");
         if !core::ptr::eq(heap, main_inner()) && (p as usize) & (MALLOC_ALIGN - 1) == 0 {
             // SAFETY: (1): a live block of `heap`.
             if let Some(c) = unsafe { heap.core.small_class_of(p) } {
@@ -178,6 +181,11 @@ impl Local {
                 // small block of class c of another thread heap, aligned
                 // to 16, which the caller gives up.
                 if unsafe { self.0.remote_cache.push(c, p) } {
+                    return true;
+                }
+                // SAFETY: as above; heap is not ours (free_own took ours)
+                // and lives in static storage.
+                if unsafe { self.0.remote_batch.free(&heap.core, c, p) } {
                     return true;
                 }
             }
@@ -214,6 +222,13 @@ impl Local {
         // SAFETY: forwarded (1).
         unsafe { self.0.core.realloc_c_as_owner(p, new_size) }
     }
+}
+
+/// Whether `p` points into a thread heap: a heap of the arena other than
+/// the main heap.
+#[inline]
+pub fn in_thread_heap(p: *const u8) -> bool {
+    heaps::heap_of(p as *mut u8).is_some_and(|(h, _)| !core::ptr::eq(h, main_inner()))
 }
 
 /// Whether `p` points into one of the heaps (any thread's): one compare.

@@ -71,12 +71,13 @@ pub fn stats() -> ProcessStats {
         ..ProcessStats::default()
     };
     // Blocks held in threads' caches of other thread heaps' blocks
-    // (heap::remote_cache) are live in their own heap's statistics, and not in
-    // use: only thread heaps' blocks are cached.
+    // (heap::remote_cache), or freed and not yet published to their heap
+    // (heap::remote_batch), are live in their own heap's statistics, and
+    // not in use: only thread heaps' blocks are held.
     let mut cached = 0;
     for (idx, h, _) in heaps::built() {
         let in_use = h.core.stats().in_use;
-        cached += h.remote_cache.bytes();
+        cached += h.remote_cache.bytes() + h.remote_batch.bytes();
         if idx == 0 {
             s.main_in_use = in_use;
         } else {

@@ -753,6 +753,19 @@ impl HeapCore {
         n
     }
 
+    /// Remote frees of the blocks named by `bits` of bitmap word `word`,
+    /// all live blocks of one of the owner's small spans, by a thread that
+    /// is not the owner and not a runtime worker inside a phase (see
+    /// [`super::remote_batch`]): one atomic OR for the word, one for its
+    /// summary if it was empty, one look for FULL. A bit already set is a
+    /// double free, reported.
+    pub(crate) fn publish_remote(&self, word: usize, bits: u64) {
+        let remote = self.remote();
+        if let Some((head, m, generation)) = remote.publish_bits(word, bits) {
+            remote.bring_back_if_full(m, head, generation);
+        }
+    }
+
     /// Brings back spans that received remote frees while FULL.
     pub(super) fn collect_pending(&self) -> bool {
         let remote = self.remote();

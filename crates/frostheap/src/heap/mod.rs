@@ -37,6 +37,7 @@ pub mod process;
 mod queue;
 mod realloc;
 mod remote;
+pub(crate) mod remote_batch;
 pub(crate) mod remote_cache;
 mod span;
 mod stats;
@@ -67,6 +68,9 @@ pub(crate) struct HeapInner {
     /// Other thread heaps' blocks this heap's thread freed, kept for its
     /// own allocations (global mode only; see [`remote_cache`]).
     pub(crate) remote_cache: remote_cache::RemoteCache,
+    /// Remote frees of other thread heaps' blocks this heap's thread made,
+    /// a bitmap word at a time (global mode only; see [`remote_batch`]).
+    pub(crate) remote_batch: remote_batch::RemoteBatch,
     pub(crate) name: Cow<'static, str>,
     /// The heap's entry in the guard table (`None` until registered).
     entry: Option<&'static guard::Entry>,
@@ -81,6 +85,7 @@ impl HeapInner {
         Ok(HeapInner {
             core,
             remote_cache: remote_cache::RemoteCache::new(),
+            remote_batch: remote_batch::RemoteBatch::new(),
             name,
             entry: None,
         })
@@ -101,6 +106,7 @@ impl HeapInner {
         Ok(HeapInner {
             core,
             remote_cache: remote_cache::RemoteCache::new(),
+            remote_batch: remote_batch::RemoteBatch::new(),
             name,
             entry: None,
         })

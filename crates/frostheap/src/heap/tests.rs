@@ -1221,3 +1221,71 @@ mod span_handout {
         check_charge(&core);
     }
 }
+
+mod remote_batch {
+    use super::*;
+    use crate::heap::remote_batch::{RemoteBatch, BATCHED};
+
+    /// Another thread's frees of 64-byte blocks (16 to a bitmap word) reach
+    /// the owner a word at a time: held while they fall in one word, that
+    /// word published when a free falls in another; the bytes held follow;
+    /// classes above 512 B are refused (the caller frees them itself).
+    #[test]
+    fn frees_are_held_per_word_and_published_when_the_word_changes() {
+        let core = heap_of(64 << 20);
+        let layout = Layout::from_size_align(64, 16).unwrap();
+        let c = crate::heap::class::class_of(64).unwrap();
+        // Fresh span: blocks carved in ascending order, 16 to a 1 KiB word.
+        let blocks: Vec<usize> = (0..48).map(|_| core.alloc(layout) as usize).collect();
+        let word = |p: usize| (p - core.base()) >> 10;
+        assert!(blocks.windows(2).all(|w| w[0] < w[1]), "not ascending");
+        let first: Vec<usize> = blocks
+            .iter()
+            .copied()
+            .filter(|&p| word(p) == word(blocks[0]))
+            .collect();
+        assert!(first.len() >= 2, "one block in the first word");
+        let live = core.stats().in_use;
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let batch = RemoteBatch::new();
+                for &p in &first {
+                    // SAFETY: a live 16-aligned block of core's small span
+                    // of class c, freed once, by a thread that is not the
+                    // owner; core outlives the batch's use.
+                    assert!(unsafe { batch.free(&core, c, p as *mut u8) });
+                }
+                assert_eq!(batch.blocks() as usize, first.len());
+                assert_eq!(batch.bytes(), first.len() * 64);
+                assert_eq!(
+                    core.stats().in_use,
+                    live,
+                    "blocks of a word still held reached the heap"
+                );
+                let next = blocks[first.len()];
+                assert_ne!(word(next), word(blocks[0]));
+                // SAFETY: as above.
+                assert!(unsafe { batch.free(&core, c, next as *mut u8) });
+                assert_eq!(batch.blocks(), 1, "the first word was not published");
+                assert_eq!(batch.bytes(), 64);
+                assert_eq!(core.stats().in_use, live - first.len() * 64);
+                // A class above 512 B is not gathered.
+                let big = BATCHED;
+                assert!(crate::heap::class::CLASS_SIZE[big] > 512);
+                // SAFETY: refused before anything is read: the block is not
+                // of that class, and stays live.
+                assert!(!unsafe { batch.free(&core, big, blocks[47] as *mut u8) });
+                // SAFETY: as above.
+                unsafe { batch.publish_all() };
+                assert_eq!(batch.blocks(), 0);
+                assert_eq!(batch.bytes(), 0);
+            });
+        });
+        assert_eq!(core.stats().in_use, live - (first.len() + 1) * 64);
+        for &p in &blocks[first.len() + 1..] {
+            // SAFETY: live blocks of the heap, freed once.
+            unsafe { core.free(p as *mut u8) };
+        }
+        assert_eq!(core.stats().in_use, 0);
+    }
+}

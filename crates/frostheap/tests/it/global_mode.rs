@@ -178,6 +178,11 @@ fn thread_heap_double_free_through_the_cache_stops_the_process() {
     double_free_is_reported(&["thread-double-free"]);
 }
 
+test!(thread_heap_double_free_through_the_batch_stops_the_process);
+fn thread_heap_double_free_through_the_batch_stops_the_process() {
+    double_free_is_reported(&["batch-double-free"]);
+}
+
 /// Runs `global_routing args`, which prints the pointer it frees twice:
 /// the process must stop with SIGABRT and a report naming it.
 fn double_free_is_reported(args: &[&str]) {
@@ -214,6 +219,17 @@ fn a_thread_reuses_the_blocks_of_other_threads_it_frees() {
     assert!(out.status.success(), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("remote cache: ok"),
+        "{}",
+        describe(&out)
+    );
+}
+
+test!(a_thread_publishes_the_blocks_of_other_threads_it_frees_a_word_at_a_time);
+fn a_thread_publishes_the_blocks_of_other_threads_it_frees_a_word_at_a_time() {
+    let out = run_fixture("global_routing", &["remote-batch"], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("remote batch: ok"),
         "{}",
         describe(&out)
     );
