@@ -17,6 +17,8 @@
 #                 8 waves of threads (heaps abandoned and adopted meanwhile)
 #   thread_churn  10,000 short-lived threads, blocks freed after their
 #                 owners exited
+#   consumer      threads that only free a producer's blocks (a heap
+#                 attached at the first free; the remote cache and batch)
 # First, interior_free checks that the build's debug checks fire (an
 # address inside another thread's block, freed, stops the program).
 # Every program checks every block it takes; a failure, a debug check's
@@ -45,7 +47,7 @@ cargo build --release -p frostheap-capi
 lib=$PWD/target/chaos/release/libfrostheap.so
 bin=target/chaos/c
 mkdir -p "$bin"
-for prog in threads mixer thread_churn interior_free; do
+for prog in threads mixer thread_churn consumer interior_free; do
     cc -O1 -fno-builtin -Wall -Wno-use-after-free -pthread \
         -o "$bin/$prog" "crates/frostheap-capi/tests/c/$prog.c"
 done
@@ -85,7 +87,8 @@ while :; do
     run "$bin/threads"
     run "$bin/mixer" 4 5000 8
     run "$bin/thread_churn"
+    run "$bin/consumer" 50 2000
     rounds=$((rounds + 1))
     [ $(($(date +%s) - start)) -lt "$budget" ] || break
 done
-echo "ci/chaos.sh: $rounds rounds of threads, mixer and thread_churn passed in $(($(date +%s) - start)) s"
+echo "ci/chaos.sh: $rounds rounds of threads, mixer, thread_churn and consumer passed in $(($(date +%s) - start)) s"

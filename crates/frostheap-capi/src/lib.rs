@@ -273,12 +273,19 @@ unsafe fn free_elsewhere(ptr: *mut c_void) {
         Some(h) => Some(h),
         // The thread's first call is a free of another thread's block (a
         // consumer): it gets its heap now, as its first allocation would
-        // give it, so that its frees take the heap's cache and batch.
-        None if raw::in_thread_heap(ptr.cast()) => local_slow(),
+        // give it, so that its frees take the heap's cache and batch. The
+        // heap it gets may be the block's own (adopted from the thread
+        // that made it, which has exited): then this is a free of its own.
+        None if raw::in_thread_heap(ptr.cast()) => match local_slow() {
+            // SAFETY: h is this thread's heap; (1).
+            Some(h) if unsafe { h.free_own(ptr.cast()) } => return,
+            other => other,
+        },
         None => None,
     };
     if let Some(h) = h {
-        // SAFETY: h is this thread's heap; (1).
+        // SAFETY: h is this thread's heap, and ptr is not one of its
+        // blocks (free took those, or the match above); (1).
         if unsafe { h.free_other(ptr.cast()) } {
             return;
         }

@@ -244,7 +244,7 @@ impl Global {
     #[inline(never)]
     unsafe fn dealloc_elsewhere(&self, ptr: *mut u8, layout: Layout) {
         let owner = owner_of(ptr);
-        if let Owner::Heap { heap, .. } = owner {
+        if let Owner::Heap { heap, offset } = owner {
             // Another thread heap's small block freed on a thread with a
             // heap of its own (outside phases): kept for this thread's
             // next allocation of its class (see heap::remote_cache). Never a
@@ -254,9 +254,17 @@ impl Global {
                 // The thread's first call is a free of another thread's
                 // block (a consumer): it gets its heap now, as its first
                 // allocation would give it, so that its frees take the
-                // cache and the batch below.
+                // cache and the batch below. The heap it gets may be the
+                // block's own (adopted from the thread that made it, which
+                // has exited): then this is a free of its own.
                 route();
                 h = FAST_HEAP.with(|h| h.get());
+                if core::ptr::eq(h, heap) {
+                    // SAFETY: ptr is a live block of our own heap now
+                    // (GlobalAlloc contract), `offset` bytes into it.
+                    unsafe { heap.core.free_at_as_owner(ptr, offset) };
+                    return;
+                }
             }
             if !h.is_null() && layout.align() <= 16 && !core::ptr::eq(heap, main_inner()) {
                 if let Some(c) = class_for(layout.size(), 1) {
