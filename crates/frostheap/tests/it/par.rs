@@ -11,7 +11,7 @@
 //! `global-runtime` scenarios.
 
 use std::num::Wrapping;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use allocator_api2::vec::Vec as AVec;
 use proptest::prelude::*;
@@ -308,20 +308,33 @@ fn any_stops_early_and_drops_the_items_it_never_ran() {
     let rt = runtime(None);
     let n = 200_000;
     let drops = AtomicUsize::new(0);
-    let ran = Shared::new(AtomicUsize::new(0));
+    // Items whose predicate began after the match returned. (Counting all
+    // items would measure scheduling: a worker descheduled before it
+    // reaches the matching item lets the other run through its chunks,
+    // which happened in the 2-vCPU emulated guest: 150,011 of 200,000.)
+    let matched = Shared::new(AtomicBool::new(false));
+    let after = Shared::new(AtomicUsize::new(0));
     let found = rt
         .par(tracked(n, &drops))
         .any(|t| {
-            ran.fetch_add(1, Ordering::Relaxed);
-            t.value == 10
+            if matched.load(Ordering::SeqCst) {
+                after.fetch_add(1, Ordering::Relaxed);
+            }
+            let hit = t.value == 10;
+            if hit {
+                matched.store(true, Ordering::SeqCst);
+            }
+            hit
         })
         .unwrap();
     assert!(found);
     assert_eq!(drops.load(Ordering::Relaxed), n, "every item dropped once");
+    // After it, a worker ends its chunk at its next item and no chunk is
+    // claimed: a handful of items, where not stopping runs about n / 2.
     assert!(
-        ran.load(Ordering::Relaxed) < n / 2,
+        after.load(Ordering::Relaxed) < n / 10,
         "any ran {} of {n} items after the first match",
-        ran.load(Ordering::Relaxed)
+        after.load(Ordering::Relaxed)
     );
     // A call built but never run still drops the items it was given.
     let drops = AtomicUsize::new(0);
