@@ -160,8 +160,8 @@ impl Remote<'_> {
     pub(super) fn collect(&self, m: &PageMeta, idx: usize, account: bool) -> u32 {
         let mut n = 0;
         let mut list = m.free.get();
-        // Pages, words and bits from the top down, each pushed on the
-        // front: the list hands out ascending addresses.
+        // Pages and words from the top down, each word's blocks chained
+        // ahead of the list: the list hands out ascending addresses.
         for page in (idx..idx + m.span_pages.get() as usize).rev() {
             let mut summary = self.pages.meta(page).remote.swap(0, Ordering::Acquire);
             while summary != 0 {
@@ -170,11 +170,20 @@ impl Remote<'_> {
                 let word = page * REMOTE_WORDS + w;
                 chaos();
                 let mut bits = self.word(word).swap(0, Ordering::Acquire);
+                if bits == 0 {
+                    continue;
+                }
                 n += bits.count_ones();
-                while bits != 0 {
-                    let g = 63 - bits.leading_zeros() as usize;
-                    bits &= !(1 << g);
-                    let b = (self.pages.base + ((word << 6 | g) << GRANULE_SHIFT)) as *mut Block;
+                // The word's blocks in ascending order, chained ahead of
+                // the list (the words are taken from the top down). A
+                // lowest-bit walk: the step carried from block to block is
+                // one `bits & (bits - 1)`, and the stores are independent
+                // (a highest-bit walk pushing each block on the front
+                // carried a bit scan and a rotate from block to block; see
+                // `ARCHITECTURE.md` for what this took off a remote free).
+                let base = self.pages.base + ((word << 6) << GRANULE_SHIFT);
+                let block_at = |g: u32| {
+                    let b = (base + ((g as usize) << GRANULE_SHIFT)) as *mut Block;
                     // A bit that is not a carved block of this span (a
                     // stale bit of the pages' earlier life, or a free of an
                     // address inside a block) would hand a block out twice.
@@ -190,13 +199,24 @@ impl Remote<'_> {
                             );
                         }
                     }
+                    b
+                };
+                let first = block_at(bits.trailing_zeros());
+                let mut last = first;
+                bits &= bits - 1;
+                while bits != 0 {
+                    let b = block_at(bits.trailing_zeros());
+                    bits &= bits - 1;
                     // SAFETY: the bit was set by a thread that gave up the
-                    // live block starting there (the Acquire swap orders its
-                    // use of the block before this write); the block is ours
-                    // again and on no list.
-                    unsafe { (*b).next = list };
-                    list = b;
+                    // live block starting there (the Acquire swap orders
+                    // its use of the block before this write); the block
+                    // is ours again and on no list.
+                    unsafe { (*last).next = b };
+                    last = b;
                 }
+                // SAFETY: as above, for the word's last block.
+                unsafe { (*last).next = list };
+                list = first;
             }
         }
         m.free.set(list);

@@ -101,6 +101,44 @@ mod remote {
     use super::*;
     use crate::heap::class::{class_of, span_pages};
 
+    /// The owner collects another thread's frees whole and hands them out
+    /// in ascending address order, before any fresh block: two of every
+    /// three blocks of a fully carved span, freed from the top down, for a
+    /// class with many blocks to a bitmap word (48 B) and one whose span
+    /// has two pages (4 KiB).
+    #[test]
+    fn collected_remote_frees_come_back_in_ascending_order() {
+        let core = heap_of(64 << 20);
+        for size in [48, 4096] {
+            let layout = Layout::from_size_align(size, 16).unwrap();
+            let first = core.alloc(layout);
+            let m = core.meta((first as usize - core.pages.base) >> PAGE_SHIFT);
+            let capacity = m.capacity.get() as usize;
+            let mut blocks = vec![first as usize];
+            blocks.extend((1..capacity).map(|_| core.alloc(layout) as usize));
+            assert!(blocks.windows(2).all(|w| w[0] < w[1]), "not carved in order");
+            let (freed, kept): (Vec<(usize, usize)>, Vec<(usize, usize)>) =
+                blocks.iter().copied().enumerate().partition(|(i, _)| i % 3 != 1);
+            std::thread::scope(|sc| {
+                sc.spawn(|| {
+                    for &(_, p) in freed.iter().rev() {
+                        // SAFETY: a live block of this heap, freed once, by
+                        // a thread that is not the owner.
+                        unsafe { core.free(p as *mut u8) };
+                    }
+                });
+            });
+            let again: Vec<usize> = (0..freed.len()).map(|_| core.alloc(layout) as usize).collect();
+            let want: Vec<usize> = freed.iter().map(|&(_, p)| p).collect();
+            assert_eq!(again, want, "{size} B: not the blocks freed, in ascending order");
+            for p in again.into_iter().chain(kept.into_iter().map(|(_, p)| p)) {
+                // SAFETY: live blocks of the heap, freed once by the owner.
+                unsafe { core.free(p as *mut u8) };
+            }
+        }
+        assert_eq!(core.stats().in_use, 0);
+    }
+
     /// A remote freer delayed between publishing its free and looking for
     /// FULL must not act on the span's next incarnation. Here: the owner
     /// collects the free, retires the span, another thread's shared state
