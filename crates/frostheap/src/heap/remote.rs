@@ -179,8 +179,10 @@ impl Remote<'_> {
                 // lowest-bit walk: the step carried from block to block is
                 // one `bits & (bits - 1)`, and the stores are independent
                 // (a highest-bit walk pushing each block on the front
-                // carried a bit scan and a rotate from block to block; see
-                // `ARCHITECTURE.md` for what this took off a remote free).
+                // carried a bit scan and a rotate from block to block: the
+                // C producer/consumer pair on one CPU, whose producer gets
+                // every block back this way, went from 17.5 to 15.7 ns per
+                // block, medians of seven alternating runs).
                 let base = self.pages.base + ((word << 6) << GRANULE_SHIFT);
                 let block_at = |g: u32| {
                     let b = (base + ((g as usize) << GRANULE_SHIFT)) as *mut Block;

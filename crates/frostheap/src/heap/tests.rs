@@ -116,22 +116,30 @@ mod remote {
             let capacity = m.capacity.get() as usize;
             let mut blocks = vec![first as usize];
             blocks.extend((1..capacity).map(|_| core.alloc(layout) as usize));
-            assert!(blocks.windows(2).all(|w| w[0] < w[1]), "not carved in order");
-            let (freed, kept): (Vec<(usize, usize)>, Vec<(usize, usize)>) =
-                blocks.iter().copied().enumerate().partition(|(i, _)| i % 3 != 1);
+            assert!(
+                blocks.windows(2).all(|w| w[0] < w[1]),
+                "not carved in order"
+            );
+            let (freed, kept): (Vec<usize>, Vec<usize>) = blocks
+                .iter()
+                .partition(|&&p| (p - blocks[0]) / size % 3 != 1);
             std::thread::scope(|sc| {
                 sc.spawn(|| {
-                    for &(_, p) in freed.iter().rev() {
+                    for &p in freed.iter().rev() {
                         // SAFETY: a live block of this heap, freed once, by
                         // a thread that is not the owner.
                         unsafe { core.free(p as *mut u8) };
                     }
                 });
             });
-            let again: Vec<usize> = (0..freed.len()).map(|_| core.alloc(layout) as usize).collect();
-            let want: Vec<usize> = freed.iter().map(|&(_, p)| p).collect();
-            assert_eq!(again, want, "{size} B: not the blocks freed, in ascending order");
-            for p in again.into_iter().chain(kept.into_iter().map(|(_, p)| p)) {
+            let again: Vec<usize> = (0..freed.len())
+                .map(|_| core.alloc(layout) as usize)
+                .collect();
+            assert_eq!(
+                again, freed,
+                "{size} B: not the blocks freed, in ascending order"
+            );
+            for p in again.into_iter().chain(kept) {
                 // SAFETY: live blocks of the heap, freed once by the owner.
                 unsafe { core.free(p as *mut u8) };
             }
