@@ -30,7 +30,13 @@ pub struct Outcome {
     pub wall: Duration,
     /// The child's user + system CPU time.
     pub cpu: Duration,
-    /// The child's peak resident set, in bytes (`ru_maxrss`).
+    /// The child's `ru_maxrss`, in bytes. On Linux this is **at least the
+    /// resident set of this process when it started the child**: `exec`
+    /// records the peak of the image it replaces, which for a forked or
+    /// `posix_spawn`ed child is this process's (a child running `true`
+    /// from a parent holding 50 MiB reports 50 MiB). It is the child's own
+    /// figure only when that is larger; [`Outcome::reported_peak_rss`] is
+    /// the child's own.
     pub peak_rss: u64,
     /// Everything the child wrote to its standard output.
     pub stdout: String,
@@ -50,6 +56,20 @@ impl Outcome {
                     .unwrap_or_else(|_| panic!("child printed `sample {v}`: not a number"))
             })
             .collect()
+    }
+
+    /// The child's own peak resident set in bytes, as it reported it last
+    /// ([`report_peak_rss`]: `VmHWM`, which starts from zero at `exec`),
+    /// or `None` if it did not.
+    ///
+    /// # Panics
+    /// If the `peak_rss_kib` line does not hold a whole number.
+    pub fn reported_peak_rss(&self) -> Option<u64> {
+        self.value(PEAK_RSS_KEY).map(|v| {
+            v.parse::<u64>().unwrap_or_else(|_| {
+                panic!("child printed `{PEAK_RSS_KEY} {v}`: not a whole number")
+            }) * 1024
+        })
     }
 
     /// The value of the child's last `<key> <value>` line, if any.
@@ -141,6 +161,30 @@ pub fn report_sample(value: f64) {
 /// Prints any other figure in the protocol (`<key> <value>`).
 pub fn report(key: &str, value: impl fmt::Display) {
     println!("{key} {value}");
+}
+
+/// The protocol key of a child's own peak resident set, in KiB.
+pub const PEAK_RSS_KEY: &str = "peak_rss_kib";
+
+/// This process's peak resident set since its `exec`, in KiB (`VmHWM` of
+/// `/proc/self/status`), or `None` where the kernel does not give it.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Prints this process's peak resident set in the protocol
+/// (`peak_rss_kib <n>`), for [`Outcome::reported_peak_rss`]: a child
+/// calls it last, after everything it measures. Nothing is printed where
+/// the kernel does not give the figure (the parent then has none).
+pub fn report_peak_rss() {
+    if let Some(kib) = peak_rss_kib() {
+        report(PEAK_RSS_KEY, kib);
+    }
 }
 
 /// Reaps child `pid`: its exit status and resource usage.
@@ -259,6 +303,27 @@ mod tests {
         // Copying 64 MiB through `tr` takes CPU time, in sh's children,
         // which wait4 counts for sh.
         assert!(o.cpu > Duration::ZERO && o.wall > Duration::ZERO, "{o:?}");
+    }
+
+    #[test]
+    fn a_child_reports_its_own_peak_rss_apart_from_its_parents() {
+        // This process holds 48 MiB more than it did (touched, so
+        // resident) while it starts a child that holds nothing: the
+        // child's VmHWM, which it reports, stays small whatever ru_maxrss
+        // says; and our own VmHWM shows the 48 MiB.
+        let before = peak_rss_kib().expect("VmHWM in /proc/self/status");
+        let held = vec![1u8; 48 << 20];
+        let after = peak_rss_kib().expect("VmHWM");
+        assert!(after >= before + 40 * 1024, "VmHWM {before} -> {after} KiB");
+        let script = "grep VmHWM /proc/self/status | tr -dc 0-9 | sed 's/^/peak_rss_kib /'";
+        let o = run(Command::new("sh").args(["-c", script])).expect("sh runs");
+        let own = o.reported_peak_rss().expect("the child reported it");
+        assert!(own < 32 << 20, "the child reported {own} B");
+        assert!(held.iter().all(|&b| b == 1));
+        let o = run(Command::new("sh").args(["-c", "echo peak_rss_kib lots"])).expect("sh runs");
+        let e = std::panic::catch_unwind(|| o.reported_peak_rss()).expect_err("not a number");
+        let msg = e.downcast_ref::<String>().expect("a formatted panic");
+        assert!(msg.contains("peak_rss_kib lots"), "{msg}");
     }
 
     #[test]

@@ -170,4 +170,5 @@ pub fn child_main(args: &ChildArgs, map: MapFn<'_>) {
         }
     }
     child::report("check", check);
+    child::report_peak_rss();
 }

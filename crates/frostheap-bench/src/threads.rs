@@ -317,4 +317,5 @@ pub fn child_main() {
         };
         crate::child::report_sample(ns);
     }
+    crate::child::report_peak_rss();
 }

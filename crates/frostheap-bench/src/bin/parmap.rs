@@ -149,7 +149,12 @@ fn run_case(o: &Options, case: Case, variants: &[Variant]) -> String {
         rounds
             .of(i)
             .iter()
-            .map(|out| out.peak_rss)
+            .map(|out| {
+                // The child's own: wait4's would be at least this driver's
+                // resident set (see `child::Outcome::peak_rss`).
+                out.reported_peak_rss()
+                    .expect("a parmap child reports its peak RSS")
+            })
             .max()
             .unwrap_or(0)
     };

@@ -13,9 +13,11 @@
 //! are remote); producer/consumer pairs, placed by the scheduler, pinned
 //! to one CPU and pinned to two (`prodcons-1cpu`, `prodcons-2cpu`; the
 //! last is skipped, with a line saying so, on one CPU); threads created
-//! and joined in a loop. Every variant runs in its own process (a global allocator or a
-//! preloaded library is one per process), so each round also gives the
-//! child's peak RSS. A case reports the median ns per operation of one
+//! and joined in a loop. Every variant runs in its own process (a global
+//! allocator or a preloaded library is one per process), so each round
+//! also gives the child's peak RSS, which the child reports itself (its
+//! `VmHWM`: the kernel's figure for a child starts at its parent's
+//! resident set). A case reports the median ns per operation of one
 //! thread (p10–p90), frostheap's per-round ratio to the best of the three
 //! others (the one with the lowest median), and peak RSS; then the fixed
 //! RSS of a trivial program under each.
@@ -139,7 +141,7 @@ fn report(title: &str, vs: &[Variant], cases: &[&str], o: &Options) -> String {
         let rounds = Plan::rounds(1, o.rounds).run(vs, |v| v.run(case, o.threads, ops));
         // The second run of each child (its first is a warm-up).
         let ns = rounds.samples(|out: &Outcome| *out.samples().last().expect("a sample"));
-        let rss = rounds.samples(|out: &Outcome| out.peak_rss as f64 / (1 << 20) as f64);
+        let rss = rounds.samples(|out: &Outcome| own_peak_rss(out) as f64 / (1 << 20) as f64);
         let best = ns.lowest_median(&[0, 1, 2]);
         let best_rss = rss.lowest_median(&[0, 1, 2]);
         let mut row = vec![case.to_string()];
@@ -166,11 +168,23 @@ fn report(title: &str, vs: &[Variant], cases: &[&str], o: &Options) -> String {
         1,
     );
     let rounds = Plan::rounds(0, o.rounds).run(vs, |v| v.run("none", 1, 1));
-    let rss = rounds.samples(|out: &Outcome| out.peak_rss as f64 / 1024.0);
+    let rss = rounds.samples(|out: &Outcome| own_peak_rss(out) as f64 / 1024.0);
     let mut row = vec!["peak RSS KiB".to_string()];
     row.extend((0..4).map(|i| table::number(&rss.summary(i), 0)));
     fixed.row(row);
     format!("\n## {title}\n\n{t}\n{fixed}")
+}
+
+/// The child's own peak RSS, as it reported it: `wait4`'s would be at least
+/// this driver's resident set (see `child::Outcome::peak_rss`), which made
+/// every small case read about 2.7 MiB.
+fn own_peak_rss(out: &Outcome) -> u64 {
+    out.reported_peak_rss().unwrap_or_else(|| {
+        panic!(
+            "a child did not report its peak RSS; its output:\n{}",
+            out.stdout
+        )
+    })
 }
 
 fn main() {
