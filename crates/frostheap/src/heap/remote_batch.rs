@@ -164,12 +164,15 @@ impl RemoteBatch {
         if bits == 0 {
             return;
         }
-        w.bits.store(0, Ordering::Relaxed);
         // SAFETY: a word with bits names a heap in static storage (free's
         // (1)), and the bits are blocks of its small spans that the caller
         // gave up.
         let heap = unsafe { &*w.heap.get() };
         heap.publish_remote(w.word.get(), bits);
+        // Cleared after the publication: a statistics reader in between
+        // counts the blocks freed twice (in the bitmap, and held here),
+        // understating the bytes in use, never overstating them.
+        w.bits.store(0, Ordering::Relaxed);
     }
 
     /// Publishes every word held (the thread exits).
