@@ -7,7 +7,7 @@
 //! |---|---|
 //! | [`interleave`] | [`Plan`]: run the variants of a case in rotating rounds, warm-up dropped; [`Rounds`] → [`Samples`]; [`time_ns`](interleave::time_ns) |
 //! | [`stats`] | the one percentile definition, [`Summary`] (median, p10–p90), [`ratio`](stats::ratio) (per-round ratios) |
-//! | [`child`] | [`child::run`]: a variant in its own process, with its wall time, CPU time and peak RSS (`wait4`); the `sample <value>` protocol |
+//! | [`child`] | [`child::run`]: a variant in its own process, with its wall time and CPU time (`wait4`); the `sample <value>` protocol, and the child's own peak RSS reported in it |
 //! | [`table`] | [`Table`] (markdown) and the cell formats: [`table::time`], [`table::ratio`], [`table::number`] |
 //! | [`plot`] | [`plot::LogLogChart`]: a log–log line chart as SVG (plotters) |
 //! | [`machine`] | the report's opening line: CPUs, model, load before and after |
@@ -39,9 +39,11 @@
 //!    closures). Where a variant changes something a process has only one
 //!    of — the global allocator, an `LD_PRELOAD`, the peak RSS you report —
 //!    run it in its own process with [`child::run`]: the child binary
-//!    prints `sample <ns>` per timed run ([`child::report_sample`]) and the
-//!    parent reads [`child::Outcome::samples`] and
-//!    [`child::Outcome::peak_rss`]. See `src/bin/parmap.rs`.
+//!    prints `sample <ns>` per timed run ([`child::report_sample`]) and,
+//!    last, its peak RSS ([`child::report_peak_rss`]); the parent reads
+//!    [`child::Outcome::samples`] and [`child::Outcome::reported_peak_rss`]
+//!    (not `peak_rss`, `wait4`'s figure, which on Linux starts at the
+//!    parent's own resident set). See `src/bin/parmap.rs`.
 //! 3. **Interleave**: `Plan::rounds(warmup, rounds).run(&variants, |v| …)`
 //!    calls the closure once per variant per round, rotating which variant
 //!    goes first, and keeps what it returns. Return the measured figure
