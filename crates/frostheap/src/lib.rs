@@ -318,6 +318,9 @@ pub mod __private {
     pub use crate::size::SIZE_SYNTAX;
     /// Integration tests and the `global_track` fixture: allocation sites.
     pub use crate::track::allocation_site;
+    /// Integration tests (`freeze`): the futex a thread waiting for another
+    /// thread's step under the `mprotect` backend sleeps on.
+    pub use crate::trap::step_lock_address;
     /// frostheap-cli (`info`, `tour`), frostheap-bench `freeze`, tests:
     /// protection keys and backend resolution.
     pub use crate::trap::{pkey, pkeys_available, resolve};

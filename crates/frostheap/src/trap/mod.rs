@@ -40,6 +40,7 @@ use std::sync::{Mutex, Once};
 pub use crate::config::{Backend, OnViolation, Protect};
 pub use crate::violation::{Access, Violation};
 pub(crate) use freeze::Freeze;
+pub use step::step_lock_address;
 
 use crate::error::Error;
 use crate::guard::Entry;

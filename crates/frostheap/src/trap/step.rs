@@ -105,6 +105,13 @@ pub(crate) fn step_lock() {
     }
 }
 
+/// The step lock's address, the futex a thread waiting for another's step
+/// sleeps on (integration tests: a bystander seen in `futex` there is
+/// waiting for another step, not for the thaw).
+pub fn step_lock_address() -> usize {
+    &STEP_LOCK as *const AtomicU32 as usize
+}
+
 /// Lets the step lock go if the calling thread holds it.
 pub(crate) fn step_unlock() {
     if STEP_LOCK

@@ -135,9 +135,12 @@ test!(non_worker_thread_store_lands_during_the_phase_and_is_never_undone);
 ///
 /// First phase: the task waits until the bystander's store has landed, or
 /// until the bystander is seen blocked in `futex` (its
-/// `/proc/self/task/<tid>/syscall` line), which is the failure: no sleep
-/// decides anything. Second phase: the same store next to a violating
-/// task on the same page.
+/// `/proc/self/task/<tid>/syscall` line) on anything but the step lock,
+/// which is the failure: no sleep decides anything. A wait on the step
+/// lock is another thread's step in progress (another test's, when tests
+/// run side by side: seen once in the emulated guest's shuffled run), and
+/// the step lock's holder lets go after one instruction. Second phase:
+/// the same store next to a violating task on the same page.
 fn non_worker_thread_store_lands_during_the_phase_and_is_never_undone() {
     let protect = Protect::Mprotect;
     let heap = guarded_heap("bystander");
@@ -168,6 +171,7 @@ fn non_worker_thread_store_lands_during_the_phase_and_is_never_undone() {
         std::thread::yield_now();
     }
     let tid = writer_tid.load(Ordering::Acquire);
+    let step_lock = frostheap::__private::step_lock_address();
     // What the task saw: (the writer was blocked in futex, the value read
     // during the phase once its store was done).
     let seen = std::sync::Mutex::new(None);
@@ -177,7 +181,7 @@ fn non_worker_thread_store_lands_during_the_phase_and_is_never_undone() {
             if wrote.load(Ordering::Acquire) == 1 {
                 break false;
             }
-            if blocked_in_futex(tid) {
+            if futex_waited_on(tid).is_some_and(|at| at != step_lock) {
                 break true;
             }
             std::thread::yield_now();
@@ -227,13 +231,20 @@ fn gettid() -> u32 {
     unsafe { libc::syscall(libc::SYS_gettid) as u32 }
 }
 
-/// Whether thread `tid` of this process is blocked in `futex(2)`: the
-/// first field of `/proc/self/task/<tid>/syscall` is the number of the
-/// call it is blocked in.
-fn blocked_in_futex(tid: u32) -> bool {
+/// The address thread `tid` of this process waits on, if it is blocked in
+/// `futex(2)`: `/proc/self/task/<tid>/syscall` holds the number of the call
+/// a blocked thread is in, then its arguments in hexadecimal (for `futex`,
+/// the address first).
+fn futex_waited_on(tid: u32) -> Option<usize> {
     let path = format!("/proc/self/task/{tid}/syscall");
     let line = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
-    line.split_whitespace().next() == Some(&libc::SYS_futex.to_string())
+    let mut fields = line.split_whitespace();
+    if fields.next() != Some(&libc::SYS_futex.to_string()) {
+        return None;
+    }
+    let at = fields.next().unwrap_or_else(|| panic!("{path}: no arguments in {line:?}"));
+    let hex = at.trim_start_matches("0x");
+    Some(usize::from_str_radix(hex, 16).unwrap_or_else(|_| panic!("{path}: {at} is no address")))
 }
 
 // ---------------------------------------------------------------------------
