@@ -66,6 +66,23 @@ use core::sync::atomic::{AtomicU8, Ordering};
 
 use frostheap::__private::raw;
 
+/// Tells frostheap, before its own constructors run, that it serves the C
+/// ABI here ([`raw::serving_c`]). Its constructor for Rust programs, which
+/// creates std's stdout for `println!` inside phases, then does nothing: a
+/// C program never prints through the library's Rust stdout, and creating
+/// it mapped 100 KiB more of the library's text into every process.
+///
+/// Linkers run `.init_array` entries with a priority (the suffix) before
+/// those without one, such as frostheap's. 101 is the first priority GCC
+/// leaves to programs; std takes 99 for its own.
+#[used]
+#[link_section = ".init_array.00101"]
+static SERVING_C: extern "C" fn() = serving_c;
+
+extern "C" fn serving_c() {
+    raw::serving_c();
+}
+
 /// Alignment `malloc` guarantees (glibc's `MALLOC_ALIGNMENT`).
 const MALLOC_ALIGN: usize = raw::MALLOC_ALIGN;
 

@@ -132,6 +132,25 @@ fn api_program_passes_on_frostheap() {
 }
 
 #[test]
+fn the_library_leaves_nothing_of_its_own_on_the_programs_heap() {
+    // The program frees the one block it allocates and prints nothing: the
+    // main heap must end empty. frostheap's constructor for Rust programs
+    // (std's stdout, created in system memory) does nothing in the C
+    // library; when it ran here, its 1 KiB buffer was left live on the
+    // main heap and its code mapped into every process.
+    let out = preloaded(
+        &mut Command::new(c_program("startup")),
+        &[("FROSTHEAP_STATS", "1")],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stats = stats_line(&out);
+    assert!(
+        stats.contains("in use 0 B,") && stats.contains(" 0 live allocations, 1 in total"),
+        "the main heap holds blocks the program did not allocate: {stats}"
+    );
+}
+
+#[test]
 fn limit_counts_main_heap_and_other_threads() {
     let out = preloaded(
         Command::new(c_program("api")).args(["limits", "256"]),

@@ -22,10 +22,20 @@ pub const MALLOC_ALIGN: usize = 16;
 #[inline]
 pub fn on_main_thread() -> bool {
     if MAIN.state.load(Ordering::Relaxed) != READY {
-        AUTO_HUGE_PAGES.store(false, Ordering::Relaxed);
-        C_ABI.store(true, Ordering::Relaxed);
+        serving_c();
     }
     super::start::on_main_thread()
+}
+
+/// Declares, before anything allocates, that frostheap serves the C ABI in
+/// this process: what the entry points below do at their first call
+/// (the C ABI's defaults), and frostheap's constructor for Rust programs
+/// (std's stdout in system memory) does nothing. The C library calls it
+/// from a constructor that runs before that one.
+#[inline]
+pub fn serving_c() {
+    AUTO_HUGE_PAGES.store(false, Ordering::Relaxed);
+    C_ABI.store(true, Ordering::Relaxed);
 }
 
 /// The calling thread's own heap (the main heap for the main thread). Only
@@ -40,8 +50,7 @@ pub struct Local(&'static HeapInner);
 #[inline(never)]
 pub fn local() -> Option<Local> {
     if MAIN.state.load(Ordering::Relaxed) != READY {
-        AUTO_HUGE_PAGES.store(false, Ordering::Relaxed);
-        C_ABI.store(true, Ordering::Relaxed);
+        serving_c();
         super::start::on_main_thread();
     }
     super::route::own_heap().map(Local)

@@ -15,7 +15,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use std::alloc::System;
 
 use super::heaps;
-use super::start::{main_inner, on_main_thread, MAIN, READY};
+use super::start::{main_inner, on_main_thread, C_ABI, MAIN, READY};
 use crate::context::{self, ContextHeap};
 use crate::heap::HeapInner;
 
@@ -161,7 +161,16 @@ fn decide() -> Route {
 /// Runs before `main` (an `.init_array` constructor): creates std's stdout
 /// (its line buffer) in system memory, so that `println!` inside parallel
 /// tasks writes outside every guarded heap even if main printed first.
+///
+/// Not in the C library ([`super::raw::serving_c`] ran first): a C program
+/// never prints through the library's Rust stdout, and creating it would
+/// only map std's I/O code and glibc's `malloc` into the process (100 KiB
+/// of the library's text stayed unmapped without it, measured with
+/// `/proc/self/pagemap`).
 extern "C" fn stdout_in_system_memory() {
+    if C_ABI.load(Ordering::Relaxed) {
+        return;
+    }
     ROUTE.with(|c| c.set(Route::System));
     let _ = std::io::stdout();
     ROUTE.with(|c| c.set(Route::Unknown));
