@@ -151,6 +151,25 @@ fn the_library_leaves_nothing_of_its_own_on_the_programs_heap() {
 }
 
 #[test]
+fn the_library_brings_no_unwinder_library_into_the_process() {
+    // build.rs links GCC's unwinder into the library when the C compiler
+    // has libgcc_eh.a (and says FROSTHEAP_UNWINDER=static): then a C
+    // program under the library maps no libgcc_s.so.1, 96 KiB of resident
+    // memory it would load only for the library's sake. Built without
+    // it, the library needs libgcc_s, and this checks that too.
+    let out = preloaded(Command::new("cat").arg("/proc/self/maps"), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let maps = String::from_utf8_lossy(&out.stdout);
+    assert!(maps.contains("libfrostheap.so"), "not preloaded:\n{maps}");
+    let loaded = maps.contains("libgcc_s");
+    match env!("FROSTHEAP_UNWINDER") {
+        "static" => assert!(!loaded, "libgcc_s mapped under a library with its own unwinder:\n{maps}"),
+        "shared" => assert!(loaded, "libgcc_s not mapped, yet the library was built to need it:\n{maps}"),
+        other => panic!("FROSTHEAP_UNWINDER={other}: build.rs says static or shared"),
+    }
+}
+
+#[test]
 fn limit_counts_main_heap_and_other_threads() {
     let out = preloaded(
         Command::new(c_program("api")).args(["limits", "256"]),
