@@ -55,6 +55,30 @@ impl Machine {
     }
 }
 
+/// Writes `path` back to disk and drops its pages from the page cache, so
+/// that the next process to map it reads it from disk, as a program reads
+/// an installed library. A file the build has just written is in the page
+/// cache as it was written, and the kernel then maps more of it around
+/// each fault than it maps of a file read from disk: a trivial C program
+/// under a freshly built `libfrostheap.so` peaked at 1,768 KiB, and at
+/// 1,668–1,676 KiB once the file had been read back, while the baselines'
+/// libraries, installed long before, are always read from disk. Pages
+/// that a running process maps stay (the kernel drops only unmapped
+/// ones).
+pub fn read_from_disk_next(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path)?;
+    f.sync_data()?;
+    // SAFETY: posix_fadvise only reads its arguments; the descriptor is
+    // open for the call.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(r))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,13 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
+// GCC's unwinder, linked into the library in place of libgcc_s (see the
+// crate). Declared with `extern crate`, rustc puts its archive behind
+// frostheap's on the link line (with `use frostheap_unwind as _`, before
+// it: `cargo rustc -p frostheap-capi --release --lib -- --print
+// link-args`), and the linker its code behind frostheap's.
+extern crate frostheap_unwind;
+
 mod foreign;
 mod mapped;
 mod stats;

@@ -220,11 +220,23 @@ fn main() {
             assert!(p.is_file(), "{} not found: build with `cargo build --release -p frostheap-capi -p frostheap-bench`", p.display());
         }
     }
+    // What this build wrote is read from disk, as the installed baselines
+    // are (see `read_from_disk_next`): the RSS comparison would otherwise
+    // count the page cache's state, not the allocators.
+    for v in rust.iter().chain(&c) {
+        for p in [Some(&v.program), v.preload.as_ref()].into_iter().flatten() {
+            if p.starts_with(&dir) || p == &c_program {
+                frostheap_bench::machine::read_from_disk_next(p)
+                    .unwrap_or_else(|e| panic!("dropping {} from the page cache: {e}", p.display()));
+            }
+        }
+    }
     let mut text = format!(
         "# Multi-threaded allocation\n\n{}; {} threads; {} rounds per variant and case, \
          each a fresh process whose second run is timed, variants interleaved. \
          Cells: median ns per operation of one thread (p10–p90); ratios per round \
-         (below 1.00 frostheap is faster); peak RSS medians.\n",
+         (below 1.00 frostheap is faster); peak RSS medians. The benchmark's own \
+         programs and libfrostheap.so are read from disk, as the installed baselines are.\n",
         machine.describe(),
         o.threads,
         o.rounds
