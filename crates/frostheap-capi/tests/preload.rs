@@ -163,8 +163,14 @@ fn the_library_brings_no_unwinder_library_into_the_process() {
     assert!(maps.contains("libfrostheap.so"), "not preloaded:\n{maps}");
     let loaded = maps.contains("libgcc_s");
     match env!("FROSTHEAP_UNWINDER") {
-        "static" => assert!(!loaded, "libgcc_s mapped under a library with its own unwinder:\n{maps}"),
-        "shared" => assert!(loaded, "libgcc_s not mapped, yet the library was built to need it:\n{maps}"),
+        "static" => assert!(
+            !loaded,
+            "libgcc_s mapped under a library with its own unwinder:\n{maps}"
+        ),
+        "shared" => assert!(
+            loaded,
+            "libgcc_s not mapped, yet the library was built to need it:\n{maps}"
+        ),
         other => panic!("FROSTHEAP_UNWINDER={other}: build.rs says static or shared"),
     }
 }

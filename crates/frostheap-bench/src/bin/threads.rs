@@ -226,8 +226,9 @@ fn main() {
     for v in rust.iter().chain(&c) {
         for p in [Some(&v.program), v.preload.as_ref()].into_iter().flatten() {
             if p.starts_with(&dir) || p == &c_program {
-                frostheap_bench::machine::read_from_disk_next(p)
-                    .unwrap_or_else(|e| panic!("dropping {} from the page cache: {e}", p.display()));
+                frostheap_bench::machine::read_from_disk_next(p).unwrap_or_else(|e| {
+                    panic!("dropping {} from the page cache: {e}", p.display())
+                });
             }
         }
     }
