@@ -176,6 +176,19 @@ fn the_library_brings_no_unwinder_library_into_the_process() {
 }
 
 #[test]
+fn threads_with_the_smallest_stack_get_their_heaps() {
+    // A thread's first malloc builds its heap in its slot, not on the
+    // thread's stack; with PTHREAD_STACK_MIN stacks that once crashed.
+    let out = preloaded(&mut Command::new(c_program("small_stack")), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("small stack: 8 threads ok"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
 fn limit_counts_main_heap_and_other_threads() {
     let out = preloaded(
         Command::new(c_program("api")).args(["limits", "256"]),

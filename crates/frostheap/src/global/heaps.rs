@@ -132,15 +132,20 @@ pub(super) fn reserve_arena(max: usize) -> Result<*mut u8, crate::os::OsError> {
     Ok(base)
 }
 
-/// Publishes the main heap (initialised by the caller) as slot 0.
+/// Builds the main heap in slot 0 (`init` builds it there) and publishes
+/// it, unless `init` fails.
 ///
 /// # Safety
-/// 1. `init` writes a fully built heap into the slot it is given, once.
-pub(super) unsafe fn publish_main(init: impl FnOnce(&mut MaybeUninit<HeapInner>)) {
+/// 1. On `Ok`, `init` has written a fully built heap into the slot it is
+///    given; it is called once.
+pub(super) unsafe fn publish_main<E>(
+    init: impl FnOnce(&mut MaybeUninit<HeapInner>) -> Result<(), E>,
+) -> Result<(), E> {
     // SAFETY: slot 0 is written once, by the main heap's start-up, before
     // its state becomes LIVE.
-    init(unsafe { &mut *SLOTS[0].inner.get() });
+    init(unsafe { &mut *SLOTS[0].inner.get() })?;
     SLOTS[0].state.store(LIVE, Ordering::Release);
+    Ok(())
 }
 
 /// The heap in slot `idx`.
@@ -203,15 +208,15 @@ pub(super) fn attach() -> Option<(usize, &'static HeapInner)> {
         huge_pages: Huge::Off,
         kind: process::Kind::Thread,
     };
+    // SAFETY: slot idx is ours alone until its state is LIVE.
+    let slot = unsafe { &mut *SLOTS[idx].inner.get() };
     // SAFETY: slot idx of the arena is reserved and given to this heap
     // alone (NEXT_FRESH hands each slot out once); the heap is never
     // dropped.
-    let inner = match unsafe { HeapInner::new_in(Cow::Borrowed("thread"), base, config) } {
-        Ok(i) => i,
+    let h = match unsafe { HeapInner::init_in(slot, Cow::Borrowed("thread"), base, config) } {
+        Ok(h) => &*h,
         Err(_) => return None, // the slot stays unused
     };
-    // SAFETY: slot idx is ours alone until its state is LIVE.
-    let h = unsafe { (*SLOTS[idx].inner.get()).write(inner) };
     SLOTS[idx].state.store(LIVE, Ordering::Release);
     Some((idx, h))
 }

@@ -9,6 +9,7 @@
 //! publishes it with `READY`. The slot keeps the heap's base and length
 //! beside it, so that routing a free is two compares.
 
+use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::borrow::Cow;
 
@@ -170,12 +171,19 @@ pub(super) fn init() {
     process::set_limit(cfg.max);
     process::set_reclaimer(heaps::reclaim);
     let built = heaps::reserve_arena(cfg.max).and_then(|base| {
-        // SAFETY: slot 0 of the fresh arena is reserved, huge-page aligned
-        // and given to the main heap for good.
-        unsafe { HeapInner::new_in(Cow::Borrowed("main"), base, core) }
+        let build = |slot: &mut MaybeUninit<HeapInner>| {
+            // SAFETY: slot 0 of the fresh arena is reserved, huge-page
+            // aligned and given to the main heap for good.
+            let h = unsafe { HeapInner::init_in(slot, Cow::Borrowed("main"), base, core)? };
+            h.register();
+            Ok(())
+        };
+        // SAFETY: we won the race to INITIALIZING: nobody else writes slot
+        // 0, and `build` builds the heap there whole or fails.
+        unsafe { heaps::publish_main(build) }
     });
-    let inner = match built {
-        Ok(i) => i,
+    match built {
+        Ok(()) => {}
         Err(e) => {
             let mut buf = [0u8; 256];
             let line = crate::fmt_buf::Buf::new(&mut buf)
@@ -190,13 +198,7 @@ pub(super) fn init() {
             os::write_stderr(line);
             os::exit_now(2);
         }
-    };
-    // SAFETY: we won the race to INITIALIZING: nobody else writes slot 0.
-    unsafe {
-        heaps::publish_main(|slot| {
-            slot.write(inner).register();
-        })
-    };
+    }
     MAIN.owner.store(thread_token(), Ordering::Relaxed);
     if cfg.track_allocs {
         crate::track::enable();

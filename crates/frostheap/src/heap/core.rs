@@ -34,6 +34,7 @@
 //! sealing and thread hand-over. The parts know nothing of `HeapCore`.
 
 use core::alloc::Layout;
+use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
@@ -106,24 +107,46 @@ impl HeapCore {
     /// Reserves the region and page table. The calling thread becomes the
     /// owner.
     pub(crate) fn new(config: CoreConfig) -> Result<HeapCore, OsError> {
-        // SAFETY: no reservation given: the region makes its own.
-        unsafe { Self::new_at(None, config) }
+        let mut core = MaybeUninit::<HeapCore>::uninit();
+        // SAFETY: no reservation given: the region makes its own; `core`
+        // is writable.
+        unsafe { Self::init_at(core.as_mut_ptr(), None, config)? };
+        // SAFETY: init_at returned Ok: it wrote the whole core.
+        Ok(unsafe { core.assume_init() })
     }
 
     /// [`HeapCore::new`] on `[base, base + config.max)`, part of a larger
-    /// reservation (the global allocator's heaps).
+    /// reservation (the global allocator's heaps), written in place at
+    /// `dst` (see [`HeapCore::init_at`]). On `Err`, `dst` is left
+    /// unwritten.
     ///
     /// # Safety
     /// 1. As for [`Region::in_reservation`]; the core is never dropped
     ///    while blocks of it are live.
-    pub(crate) unsafe fn new_in(base: *mut u8, config: CoreConfig) -> Result<HeapCore, OsError> {
-        // SAFETY: forwarded (1).
-        unsafe { Self::new_at(Some(base), config) }
+    /// 2. `dst` is valid for a write of a `HeapCore`.
+    pub(crate) unsafe fn init_in(
+        dst: *mut HeapCore,
+        base: *mut u8,
+        config: CoreConfig,
+    ) -> Result<(), OsError> {
+        // SAFETY: forwarded (1), (2).
+        unsafe { Self::init_at(dst, Some(base), config) }
     }
 
+    /// Builds a core at `dst`, its class states written there directly:
+    /// a core built on the stack and moved took a thread's first
+    /// allocation three stack pages deep (its caller's frame held two
+    /// more copies), 12 KiB of resident memory per thread. On `Err`,
+    /// `dst` is left unwritten (what was written is dropped).
+    ///
     /// # Safety
-    /// 1. `at` is `None`, or as for [`HeapCore::new_in`].
-    unsafe fn new_at(at: Option<*mut u8>, config: CoreConfig) -> Result<HeapCore, OsError> {
+    /// 1. `at` is `None`, or as for [`HeapCore::init_in`].
+    /// 2. `dst` is valid for a write of a `HeapCore`.
+    unsafe fn init_at(
+        dst: *mut HeapCore,
+        at: Option<*mut u8>,
+        config: CoreConfig,
+    ) -> Result<(), OsError> {
         let rc = RegionConfig {
             min: config.min,
             max: config.max,
@@ -179,16 +202,18 @@ impl HeapCore {
             len: region.reserved(),
             classes,
         };
-        let core = HeapCore {
-            pages,
-            owner: AtomicUsize::new(thread_token()),
-            remote_bits,
-            sealed: core::sync::atomic::AtomicBool::new(false),
-            local: ClassState::new(OWNER_LOCAL),
-            others: OtherThreads::new(),
-            shared_lock: RawLock::new(),
-            shared: ClassState::new(OWNER_SHARED),
-            spans: SpanAllocator::new(
+        // SAFETY: (2); each field is written once, through its own
+        // place, and the whole core is written once these return.
+        unsafe {
+            (&raw mut (*dst).pages).write(pages);
+            (&raw mut (*dst).owner).write(AtomicUsize::new(thread_token()));
+            (&raw mut (*dst).remote_bits).write(remote_bits);
+            (&raw mut (*dst).sealed).write(core::sync::atomic::AtomicBool::new(false));
+            ClassState::init(&raw mut (*dst).local, OWNER_LOCAL);
+            (&raw mut (*dst).others).write(OtherThreads::new());
+            (&raw mut (*dst).shared_lock).write(RawLock::new());
+            ClassState::init(&raw mut (*dst).shared, OWNER_SHARED);
+            (&raw mut (*dst).spans).write(SpanAllocator::new(
                 region,
                 table,
                 table_bytes,
@@ -196,17 +221,25 @@ impl HeapCore {
                 classes_offset,
                 config.max,
                 config.kind,
-            ),
-        };
+            ));
+        }
+        // SAFETY: written in full above.
+        let core = unsafe { &*dst };
         // The pre-committed minimum becomes one free span.
         let committed = core.region().committed() >> PAGE_SHIFT;
         if committed > 0 {
             let mut spans = core.lock_spans();
-            spans.open_tables(committed)?;
+            if let Err(e) = spans.open_tables(committed) {
+                drop(spans);
+                // SAFETY: written in full above and not used again: the
+                // caller sees `dst` unwritten.
+                unsafe { core::ptr::drop_in_place(dst) };
+                return Err(e);
+            }
             // SAFETY: the pages are committed, free and in no span.
             unsafe { spans.insert(0, committed, false, 0) };
         }
-        Ok(core)
+        Ok(())
     }
 
     /// The region.

@@ -46,6 +46,7 @@ mod tests;
 
 use ::core::alloc::Layout;
 use ::core::fmt;
+use ::core::mem::MaybeUninit;
 use ::core::ptr::NonNull;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -92,24 +93,30 @@ impl HeapInner {
     }
 
     /// [`HeapInner::new`] on `[base, base + config.max)`, a part of the
-    /// global allocator's arena.
+    /// global allocator's arena, built in its slot (`dst`): the heap is
+    /// never on the stack (see `HeapCore::init_at`). On `Err`, `dst` is
+    /// left unwritten.
     ///
     /// # Safety
-    /// 1. As for [`HeapCore::new_in`].
-    pub(crate) unsafe fn new_in(
+    /// 1. As for [`HeapCore::init_in`].
+    pub(crate) unsafe fn init_in<'a>(
+        dst: &'a mut MaybeUninit<HeapInner>,
         name: Cow<'static, str>,
         base: *mut u8,
         config: CoreConfig,
-    ) -> Result<HeapInner, crate::os::OsError> {
-        // SAFETY: forwarded (1).
-        let core = unsafe { HeapCore::new_in(base, config)? };
-        Ok(HeapInner {
-            core,
-            remote_cache: remote_cache::RemoteCache::new(),
-            remote_batch: remote_batch::RemoteBatch::new(),
-            name,
-            entry: None,
-        })
+    ) -> Result<&'a mut HeapInner, crate::os::OsError> {
+        let p = dst.as_mut_ptr();
+        // SAFETY: forwarded (1); `p` is valid for writes (a `&mut`).
+        unsafe { HeapCore::init_in(&raw mut (*p).core, base, config)? };
+        // SAFETY: the core is written; the other fields are written here,
+        // once each, so the whole heap is.
+        unsafe {
+            (&raw mut (*p).remote_cache).write(remote_cache::RemoteCache::new());
+            (&raw mut (*p).remote_batch).write(remote_batch::RemoteBatch::new());
+            (&raw mut (*p).name).write(name);
+            (&raw mut (*p).entry).write(None);
+            Ok(dst.assume_init_mut())
+        }
     }
 
     /// Registers the heap's region in the guard table; false if the table

@@ -50,13 +50,25 @@ pub(crate) struct ClassState {
 const _: () = assert!(core::mem::offset_of!(ClassState, counters) == 0);
 
 impl ClassState {
-    pub(super) fn new(kind: u8) -> ClassState {
-        ClassState {
-            current: core::array::from_fn(|_| Cell::new(&EMPTY.0 as *const PageMeta)),
-            head: core::array::from_fn(|_| Cell::new(NONE)),
-            tail: core::array::from_fn(|_| Cell::new(NONE)),
-            counters: Counters::new(),
-            kind,
+    /// Writes an empty state at `dst`, element by element (no copy of the
+    /// state on the stack: see `HeapCore::init_at`).
+    ///
+    /// # Safety
+    /// 1. `dst` is valid for a write of a `ClassState`.
+    pub(super) unsafe fn init(dst: *mut ClassState, kind: u8) {
+        // SAFETY: (1); every field, and every element of the arrays, is
+        // written once through its own place.
+        unsafe {
+            let current = (&raw mut (*dst).current).cast::<Cell<*const PageMeta>>();
+            let head = (&raw mut (*dst).head).cast::<Cell<u32>>();
+            let tail = (&raw mut (*dst).tail).cast::<Cell<u32>>();
+            for c in 0..N_CLASSES {
+                current.add(c).write(Cell::new(&EMPTY.0 as *const PageMeta));
+                head.add(c).write(Cell::new(NONE));
+                tail.add(c).write(Cell::new(NONE));
+            }
+            (&raw mut (*dst).counters).write(Counters::new());
+            (&raw mut (*dst).kind).write(kind);
         }
     }
 

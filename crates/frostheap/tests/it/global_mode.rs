@@ -235,6 +235,19 @@ fn a_thread_publishes_the_blocks_of_other_threads_it_frees_a_word_at_a_time() {
     );
 }
 
+test!(a_thread_with_the_smallest_stack_gets_its_heap);
+/// A thread's first allocation builds its heap in its slot, not on the
+/// thread's stack: threads of `PTHREAD_STACK_MIN` allocate.
+fn a_thread_with_the_smallest_stack_gets_its_heap() {
+    let out = run_fixture("global_threads", &["small-stack"], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("global_threads small-stack: ok"),
+        "{}",
+        describe(&out)
+    );
+}
+
 test!(one_limit_bounds_every_kind_of_thread);
 /// `FROSTHEAP_MAX=128M` bounds the main thread, a spawned thread, a pool
 /// of worker threads and runtime tasks together: each is refused near the
