@@ -45,36 +45,54 @@ thread_local! {
     /// The thread's heap once attached, whatever its route.
     pub(super) static MINE: Cell<*const HeapInner> = const { Cell::new(core::ptr::null()) };
     pub(super) static CONTEXT: Cell<*const ContextHeap> = const { Cell::new(core::ptr::null()) };
-    /// Gives the thread's heap up when the thread exits.
-    static EXIT: ExitGuard = const { ExitGuard(Cell::new(usize::MAX)) };
 }
 
-/// Holds the arena slot of a thread's heap (not the main heap's);
-/// abandons it when the thread's thread-locals are destroyed.
-struct ExitGuard(Cell<usize>);
+/// The thread-specific data key whose destructor gives a thread's heap up
+/// when the thread exits ([`give_up_at_exit`]; 0: not made yet, else the
+/// key plus one). Its value in a thread is the thread's arena slot plus
+/// one. A key, not a std thread-local with `Drop`: std registers those
+/// with `__cxa_thread_atexit_impl`, which allocates a list entry in every
+/// thread (a span of one more size class there), and their registration
+/// is std's code, which every process then maps.
+static EXIT_KEY: AtomicUsize = AtomicUsize::new(0);
 
-impl Drop for ExitGuard {
-    fn drop(&mut self) {
-        let idx = self.0.get();
-        if idx == usize::MAX {
-            return;
-        }
-        // Whatever this thread still allocates (later destructors) goes to
-        // the system; its frees are routed by address as always.
-        ROUTE.with(|r| r.set(Route::System));
-        FAST_HEAP.with(|h| h.set(core::ptr::null()));
-        MINE.with(|h| h.set(core::ptr::null()));
-        let hook = EXIT_HOOK.load(Ordering::Acquire);
-        if hook != 0 {
-            // SAFETY: EXIT_HOOK holds 0 or a `fn()` stored by set_exit_hook.
-            let hook: fn() = unsafe { core::mem::transmute::<usize, fn()>(hook) };
-            hook();
-        }
-        // SAFETY: this thread owns slot idx (attached in `decide`) and, its
-        // route now System and its other copies of the heap cleared, never
-        // uses the owner path again.
-        unsafe { heaps::detach(idx) };
+/// The exit key, made at the first thread heap's attach; `None` if the
+/// system has no key left (the thread then gets no heap).
+fn exit_key() -> Option<u32> {
+    let k = EXIT_KEY.load(Ordering::Acquire);
+    if k != 0 {
+        return Some((k - 1) as u32);
     }
+    let key = crate::os::thread_key(give_up_at_exit).ok()?;
+    match EXIT_KEY.compare_exchange(0, key as usize + 1, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => Some(key),
+        Err(won) => {
+            // Another thread made one first: no thread has set ours.
+            crate::os::delete_thread_key(key);
+            Some((won - 1) as u32)
+        }
+    }
+}
+
+/// Runs when a thread that attached a heap exits, with its arena slot
+/// plus one: abandons the heap, for another thread to adopt.
+unsafe extern "C" fn give_up_at_exit(slot: *mut libc::c_void) {
+    let idx = slot as usize - 1;
+    // Whatever this thread still allocates (later destructors) goes to
+    // the system; its frees are routed by address as always.
+    ROUTE.with(|r| r.set(Route::System));
+    FAST_HEAP.with(|h| h.set(core::ptr::null()));
+    MINE.with(|h| h.set(core::ptr::null()));
+    let hook = EXIT_HOOK.load(Ordering::Acquire);
+    if hook != 0 {
+        // SAFETY: EXIT_HOOK holds 0 or a `fn()` stored by set_exit_hook.
+        let hook: fn() = unsafe { core::mem::transmute::<usize, fn()>(hook) };
+        hook();
+    }
+    // SAFETY: this thread owns slot idx (attached in `decide`, which set
+    // the key's value) and, its route now System and its other copies of
+    // the heap cleared, never uses the owner path again.
+    unsafe { heaps::detach(idx) };
 }
 
 /// What a thread calls when it gives its heap up, before anyone may adopt
@@ -141,13 +159,25 @@ fn decide() -> Route {
     if MAIN.state.load(Ordering::Acquire) != READY {
         return Route::System; // before start-up: decide nothing yet
     }
-    // Allocations made while the heap is attached (the exit guard's
-    // registration may allocate) go to the system.
+    // Allocations made while the heap is attached go to the system.
     ROUTE.with(|r| r.set(Route::System));
-    match heaps::attach() {
-        Some((idx, h)) => {
+    // No key, no heap: a heap the thread could not give up at exit would
+    // never be adopted.
+    let attached = exit_key().and_then(|key| {
+        let (idx, h) = heaps::attach()?;
+        // glibc sets keys below 32 without allocating; a later key may need
+        // a block of glibc's, and without one the heap goes straight back.
+        if crate::os::set_thread_value(key, (idx + 1) as *const libc::c_void).is_err() {
+            // SAFETY: attached just now by this thread, which never uses
+            // it (MINE and the route are not set).
+            unsafe { heaps::detach(idx) };
+            return None;
+        }
+        Some(h)
+    });
+    match attached {
+        Some(h) => {
             MINE.with(|m| m.set(h));
-            EXIT.with(|g| g.0.set(idx));
             store_route(Route::Heap);
             Route::Heap
         }

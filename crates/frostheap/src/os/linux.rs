@@ -462,6 +462,46 @@ pub fn at_fork(
     }
 }
 
+/// A thread-specific data key whose `destructor` runs, in each thread that
+/// set a non-null value for it, when the thread exits
+/// (`pthread_key_create(3)`): after the thread's C++-style thread-local
+/// destructors (std's), with the value the thread set.
+pub fn thread_key(destructor: unsafe extern "C" fn(*mut libc::c_void)) -> Result<u32, OsError> {
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: key is writable; the destructor lives as long as the process.
+    let r = unsafe { libc::pthread_key_create(&mut key, Some(destructor)) };
+    if r == 0 {
+        Ok(key)
+    } else {
+        Err(OsError {
+            call: "pthread_key_create",
+            errno: r,
+        })
+    }
+}
+
+/// Deletes a key made by [`thread_key`] that no thread has set.
+pub fn delete_thread_key(key: u32) {
+    // SAFETY: deleting a key runs no destructor; an unknown key is EINVAL.
+    unsafe { libc::pthread_key_delete(key) };
+}
+
+/// Sets the calling thread's value for `key` (made by [`thread_key`]).
+/// glibc keeps the first 32 keys' values in the thread's descriptor: no
+/// allocation for them.
+pub fn set_thread_value(key: u32, value: *const libc::c_void) -> Result<(), OsError> {
+    // SAFETY: pthread_setspecific only stores the pointer.
+    let r = unsafe { libc::pthread_setspecific(key, value) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(OsError {
+            call: "pthread_setspecific",
+            errno: r,
+        })
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Threads, futexes, signals, protection keys.
 
