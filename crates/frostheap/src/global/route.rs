@@ -167,7 +167,7 @@ fn decide() -> Route {
         let (idx, h) = heaps::attach()?;
         // glibc sets keys below 32 without allocating; a later key may need
         // a block of glibc's, and without one the heap goes straight back.
-        if crate::os::set_thread_value(key, (idx + 1) as *const libc::c_void).is_err() {
+        if crate::os::set_thread_value(key, idx + 1).is_err() {
             // SAFETY: attached just now by this thread, which never uses
             // it (MINE and the route are not set).
             unsafe { heaps::detach(idx) };

@@ -486,12 +486,14 @@ pub fn delete_thread_key(key: u32) {
     unsafe { libc::pthread_key_delete(key) };
 }
 
-/// Sets the calling thread's value for `key` (made by [`thread_key`]).
-/// glibc keeps the first 32 keys' values in the thread's descriptor: no
-/// allocation for them.
-pub fn set_thread_value(key: u32, value: *const libc::c_void) -> Result<(), OsError> {
-    // SAFETY: pthread_setspecific only stores the pointer.
-    let r = unsafe { libc::pthread_setspecific(key, value) };
+/// Sets the calling thread's value for `key` (made by [`thread_key`]): a
+/// word, which the key's destructor gets back as a pointer. glibc keeps
+/// the first 32 keys' values in the thread's descriptor: no allocation
+/// for them.
+pub fn set_thread_value(key: u32, value: usize) -> Result<(), OsError> {
+    // SAFETY: pthread_setspecific only stores the word; nothing reads
+    // through it but the destructor, which takes it as a number.
+    let r = unsafe { libc::pthread_setspecific(key, value as *const libc::c_void) };
     if r == 0 {
         Ok(())
     } else {
