@@ -13,7 +13,9 @@
 //!
 //! **A thread's life.** Its first allocation *attaches* a heap: one a
 //! thread left behind (adoption), or a fresh slot. When the thread exits,
-//! a thread-local destructor *abandons* it ([`HeapCore::abandon`]: remote
+//! a pthread key's destructor (after the thread's std thread-local
+//! destructors; see `route::give_up_at_exit`) *abandons* it
+//! ([`HeapCore::abandon`]: remote
 //! frees collected, the free top decommitted and the free spans below it
 //! purged, owner cleared) and pushes it
 //! on the abandoned stack, where the next thread that attaches adopts it,

@@ -57,7 +57,7 @@ pub fn local() -> Option<Local> {
 }
 
 /// Registers `hook`, which a thread that got a heap from [`local`] calls
-/// when it gives the heap up at exit (from its thread-local destructors,
+/// when it gives the heap up at exit (from a pthread key's destructor,
 /// before the heap can be adopted by another thread): the C ABI clears its
 /// own thread-local copy of the [`Local`] there. Allocations the thread
 /// makes afterwards find no heap ([`local`] returns `None`).
