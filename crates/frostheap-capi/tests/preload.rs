@@ -189,6 +189,32 @@ fn threads_with_the_smallest_stack_get_their_heaps() {
 }
 
 #[test]
+fn threads_allocate_when_the_process_has_no_pthread_key_left() {
+    // A thread's heap is given up at exit by a pthread key's destructor.
+    // With every key taken before the first thread allocates, threads get
+    // no heap of their own and allocate on the main heap's shared path.
+    let out = preloaded(
+        &mut Command::new(c_program("no_keys")),
+        &[("FROSTHEAP_STATS", "1")],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(", 8 threads ok"),
+        "{}",
+        text(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let process = stderr
+        .lines()
+        .find(|l| l.starts_with("frostheap: process:"))
+        .unwrap_or_else(|| panic!("no statistics line\n{}", text(&out)));
+    assert!(
+        process.contains("; 0 thread heaps ("),
+        "a thread got a heap it could not give up at exit: {process}"
+    );
+}
+
+#[test]
 fn limit_counts_main_heap_and_other_threads() {
     let out = preloaded(
         Command::new(c_program("api")).args(["limits", "256"]),
