@@ -85,6 +85,17 @@ fn preloaded(cmd: &mut Command, env: &[(&str, &str)]) -> Output {
     cmd.output().expect("spawn")
 }
 
+/// The program exited 0 and printed `marker` on stdout (its own checks
+/// passed); otherwise fails with its whole output.
+fn assert_succeeded_saying(out: &Output, marker: &str) {
+    assert!(out.status.success(), "{}", text(out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(marker),
+        "no {marker:?} in stdout\n{}",
+        text(out)
+    );
+}
+
 fn text(out: &Output) -> String {
     format!(
         "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
@@ -103,6 +114,16 @@ fn stats_line(out: &Output) -> String {
         .to_string()
 }
 
+/// The process statistics line FROSTHEAP_STATS=1 prints at exit; fails
+/// with the whole output when there is none.
+fn process_stats_line(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find(|l| l.starts_with("frostheap: process:"))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no statistics line\n{}", text(out)))
+}
+
 #[test]
 fn api_program_passes_on_glibc_alone() {
     // The C checks themselves are right: they pass on the system allocator.
@@ -119,12 +140,7 @@ fn api_program_passes_on_frostheap() {
         Command::new(c_program("api")).arg("frostheap"),
         &[("FROSTHEAP_MAX", "1G"), ("FROSTHEAP_STATS", "1")],
     );
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains(", 0 failures"),
-        "{}",
-        text(&out)
-    );
+    assert_succeeded_saying(&out, ", 0 failures");
     // The main thread's blocks really came from the main heap.
     let stats = stats_line(&out);
     assert!(stats.contains("limit 1024.0 MiB"), "{stats}");
@@ -180,12 +196,7 @@ fn threads_with_the_smallest_stack_get_their_heaps() {
     // A thread's first malloc builds its heap in its slot, not on the
     // thread's stack; with PTHREAD_STACK_MIN stacks that once crashed.
     let out = preloaded(&mut Command::new(c_program("small_stack")), &[]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("small stack: 8 threads ok"),
-        "{}",
-        text(&out)
-    );
+    assert_succeeded_saying(&out, "small stack: 8 threads ok");
 }
 
 #[test]
@@ -197,17 +208,8 @@ fn threads_allocate_when_the_process_has_no_pthread_key_left() {
         &mut Command::new(c_program("no_keys")),
         &[("FROSTHEAP_STATS", "1")],
     );
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains(", 8 threads ok"),
-        "{}",
-        text(&out)
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let process = stderr
-        .lines()
-        .find(|l| l.starts_with("frostheap: process:"))
-        .unwrap_or_else(|| panic!("no statistics line\n{}", text(&out)));
+    assert_succeeded_saying(&out, ", 8 threads ok");
+    let process = process_stats_line(&out);
     assert!(
         process.contains("; 0 thread heaps ("),
         "a thread got a heap it could not give up at exit: {process}"
@@ -220,12 +222,7 @@ fn limit_counts_main_heap_and_other_threads() {
         Command::new(c_program("api")).args(["limits", "256"]),
         &[("FROSTHEAP_MAX", "256M")],
     );
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("7 checks, 0 failures"),
-        "{}",
-        text(&out)
-    );
+    assert_succeeded_saying(&out, "7 checks, 0 failures");
 }
 
 #[test]
@@ -246,12 +243,7 @@ fn cross_thread_frees() {
 #[test]
 fn a_thread_hands_out_the_blocks_of_other_threads_it_freed_first() {
     let out = preloaded(&mut Command::new(c_program("remote_cache")), &[]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("checks, 0 failures"),
-        "{}",
-        text(&out)
-    );
+    assert_succeeded_saying(&out, "checks, 0 failures");
 }
 
 #[test]
@@ -266,17 +258,8 @@ fn threads_that_only_free_get_a_heap_and_give_every_block_back() {
         &[("FROSTHEAP_STATS", "1")],
         120,
     );
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("checks, 0 failures"),
-        "{}",
-        text(&out)
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let process = stderr
-        .lines()
-        .find(|l| l.starts_with("frostheap: process:"))
-        .unwrap_or_else(|| panic!("no statistics line\n{}", text(&out)));
+    assert_succeeded_saying(&out, "checks, 0 failures");
+    let process = process_stats_line(&out);
     assert!(
         process.contains("thread heaps in use 0 B"),
         "blocks the consumers freed are still in use: {process}"
@@ -308,12 +291,7 @@ fn a_double_free_of_a_cached_block_stops_the_process_with_a_report() {
 #[test]
 fn fork_then_allocate_in_the_child() {
     let out = preloaded(&mut Command::new(c_program("fork")), &[]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("fork: 0 failures"),
-        "{}",
-        text(&out)
-    );
+    assert_succeeded_saying(&out, "fork: 0 failures");
 }
 
 #[test]
@@ -562,12 +540,7 @@ fn ten_thousand_threads_with_frees_after_their_owner_exited() {
         &[("FROSTHEAP_MAX", "256M")],
         300,
     );
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("thread_churn: ok"),
-        "{}",
-        text(&out)
-    );
+    assert_succeeded_saying(&out, "thread_churn: ok");
 }
 
 #[test]
@@ -642,10 +615,5 @@ fn dlopen_then_allocate() {
     let mut cmd = Command::new(c_program("dlopen"));
     cmd.arg(lib()).env_remove("LD_PRELOAD");
     let out = limited(&mut cmd, 120);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("dlopen: 0 failures"),
-        "{}",
-        text(&out)
-    );
+    assert_succeeded_saying(&out, "dlopen: 0 failures");
 }

@@ -213,6 +213,17 @@ pub fn output_within(cmd: &mut Command, what: &str) -> Output {
     out
 }
 
+/// The child exited 0 and printed `marker` on stdout (its own checks
+/// passed); otherwise fails with its whole output.
+pub fn assert_succeeded_saying(out: &Output, marker: &str) {
+    assert!(out.status.success(), "{}", describe(out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(marker),
+        "no {marker:?} in stdout\n{}",
+        describe(out)
+    );
+}
+
 /// Stdout and stderr of a child, for assertion messages.
 pub fn describe(out: &Output) -> String {
     format!(

@@ -5,7 +5,7 @@
 
 use std::os::unix::process::ExitStatusExt;
 
-use crate::check::{describe, run_fixture, MIB};
+use crate::check::{assert_succeeded_saying, describe, run_fixture, MIB};
 
 test!(routing_main_heap_other_threads_and_remote_frees);
 fn routing_main_heap_other_threads_and_remote_frees() {
@@ -216,23 +216,13 @@ fn double_free_is_reported(args: &[&str]) {
 test!(a_thread_reuses_the_blocks_of_other_threads_it_frees);
 fn a_thread_reuses_the_blocks_of_other_threads_it_frees() {
     let out = run_fixture("global_routing", &["remote-cache"], &[]);
-    assert!(out.status.success(), "{}", describe(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("remote cache: ok"),
-        "{}",
-        describe(&out)
-    );
+    assert_succeeded_saying(&out, "remote cache: ok");
 }
 
 test!(a_thread_publishes_the_blocks_of_other_threads_it_frees_a_word_at_a_time);
 fn a_thread_publishes_the_blocks_of_other_threads_it_frees_a_word_at_a_time() {
     let out = run_fixture("global_routing", &["remote-batch"], &[]);
-    assert!(out.status.success(), "{}", describe(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("remote batch: ok"),
-        "{}",
-        describe(&out)
-    );
+    assert_succeeded_saying(&out, "remote batch: ok");
 }
 
 test!(a_thread_with_the_smallest_stack_gets_its_heap);
@@ -240,12 +230,7 @@ test!(a_thread_with_the_smallest_stack_gets_its_heap);
 /// thread's stack: threads of `PTHREAD_STACK_MIN` allocate.
 fn a_thread_with_the_smallest_stack_gets_its_heap() {
     let out = run_fixture("global_threads", &["small-stack"], &[]);
-    assert!(out.status.success(), "{}", describe(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("global_threads small-stack: ok"),
-        "{}",
-        describe(&out)
-    );
+    assert_succeeded_saying(&out, "global_threads small-stack: ok");
 }
 
 test!(one_limit_bounds_every_kind_of_thread);
@@ -274,12 +259,7 @@ test!(free_spans_below_a_pinned_top_stop_counting_against_the_limit);
 /// refusal) until the other thread frees its memory.
 fn free_spans_below_a_pinned_top_stop_counting_against_the_limit() {
     let out = run_fixture("global_threads", &["purge"], &[("FROSTHEAP_MAX", "128M")]);
-    assert!(out.status.success(), "{}", describe(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("global_threads purge: ok"),
-        "{}",
-        describe(&out)
-    );
+    assert_succeeded_saying(&out, "global_threads purge: ok");
 }
 
 test!(ten_thousand_short_lived_threads_reuse_their_heaps);
@@ -288,12 +268,7 @@ test!(ten_thousand_short_lived_threads_reuse_their_heaps);
 /// in-use and committed bytes come back down.
 fn ten_thousand_short_lived_threads_reuse_their_heaps() {
     let out = run_fixture("global_threads", &["churn"], &[]);
-    assert!(out.status.success(), "{}", describe(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("global_threads churn: ok"),
-        "{}",
-        describe(&out)
-    );
+    assert_succeeded_saying(&out, "global_threads churn: ok");
 }
 
 test!(fork_in_a_threaded_global_program_leaves_a_working_child);
@@ -302,12 +277,7 @@ test!(fork_in_a_threaded_global_program_leaves_a_working_child);
 /// the other thread's heap up for adoption, and exits within its time.
 fn fork_in_a_threaded_global_program_leaves_a_working_child() {
     let out = run_fixture("global_threads", &["fork"], &[]);
-    assert!(out.status.success(), "{}", describe(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("global_threads fork: ok"),
-        "{}",
-        describe(&out)
-    );
+    assert_succeeded_saying(&out, "global_threads fork: ok");
 }
 
 test!(out_of_memory_in_global_mode_names_frostheap_and_the_limit);
