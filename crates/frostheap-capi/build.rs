@@ -3,6 +3,10 @@
 //! `src/tls.rs`), into the library, and passes on which unwinder the
 //! library has (`FROSTHEAP_UNWINDER`: `static` or `shared`, from the
 //! frostheap-unwind crate's build script) to the tests.
+//!
+//! The library is linked `-z nodelete`: `dlclose` never unloads it. An
+//! allocator cannot go while its blocks live, and each thread that got a
+//! heap runs the library's pthread key destructor when it exits.
 
 fn main() {
     println!("cargo:rerun-if-changed=src/tls.c");
@@ -11,6 +15,7 @@ fn main() {
         .file("src/tls.c")
         .flag("-fPIC")
         .compile("frostheap_capi_tls");
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
     let unwinder = std::env::var("DEP_GCC_EH_UNWINDER")
         .expect("frostheap-unwind's build script says which unwinder it linked");
     println!("cargo:rustc-env=FROSTHEAP_UNWINDER={unwinder}");

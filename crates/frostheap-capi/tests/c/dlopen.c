@@ -3,7 +3,10 @@
  * from glibc's surplus of static TLS. The library's own malloc and free
  * (looked up with dlsym, RTLD_LOCAL: the program's malloc stays glibc's)
  * serve the main thread and two other threads, with blocks freed across
- * threads, and after the threads exit. Usage: dlopen PATH-TO-LIBRARY. */
+ * threads, and after the threads exit. Then a thread with a heap of the
+ * library outlives a dlclose of it: the library stays loaded (-z
+ * nodelete) and the thread's exit, which runs the library's pthread key
+ * destructor, is safe. Usage: dlopen PATH-TO-LIBRARY. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
@@ -24,6 +27,19 @@ static int failures;
 
 enum { N = 2000 };
 static unsigned char *from_thread[2][N];
+
+static pthread_barrier_t holding, closed;
+
+/* Allocates (so it gets a heap of the library), then waits for main's
+ * dlclose before it frees and exits. */
+static void *outliver(void *arg) {
+    unsigned char *p = fh_malloc(64);
+    pthread_barrier_wait(&holding);
+    pthread_barrier_wait(&closed);
+    if (!p) return (void *)1;
+    fh_free(p);
+    return arg;
+}
 
 static void *worker(void *arg) {
     long t = (long)arg;
@@ -66,6 +82,16 @@ int main(int argc, char **argv) {
     for (int i = 0; i < N; i += 2) fh_free(from_thread[0][i]);
     CHECK(mine[99] == 7);
     fh_free(mine);
+    pthread_barrier_init(&holding, NULL, 2);
+    pthread_barrier_init(&closed, NULL, 2);
+    CHECK(pthread_create(&t[1], NULL, outliver, NULL) == 0);
+    pthread_barrier_wait(&holding);
+    CHECK(dlclose(lib) == 0);
+    CHECK(dlopen(argv[1], RTLD_NOW | RTLD_NOLOAD) != NULL); /* still there */
+    pthread_barrier_wait(&closed);
+    void *r = (void *)1;
+    pthread_join(t[1], &r);
+    CHECK(r == NULL);
     printf("dlopen: %d failures\n", failures);
     return failures != 0;
 }
