@@ -53,7 +53,10 @@ thread_local! {
 /// one. A key, not a std thread-local with `Drop`: std registers those
 /// with `__cxa_thread_atexit_impl`, which allocates a list entry in every
 /// thread (a span of one more size class there), and their registration
-/// is std's code, which every process then maps.
+/// is std's code, which every process then maps. Unlike those, a key's
+/// destructor does not keep a dynamic library loaded: a library whose
+/// global allocator this is must not be unloaded (nor could it be, with
+/// blocks of its heaps live); the C library is linked `-z nodelete`.
 static EXIT_KEY: AtomicUsize = AtomicUsize::new(0);
 
 /// The exit key, made at the first thread heap's attach; `None` if the
