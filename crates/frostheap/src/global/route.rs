@@ -79,6 +79,11 @@ fn exit_key() -> Option<u32> {
 
 /// Runs when a thread that attached a heap exits, with its arena slot
 /// plus one: abandons the heap, for another thread to adopt.
+///
+/// # Safety
+/// 1. Called by glibc as the exit key's destructor, on the exiting thread,
+///    with the value `decide` set for it there: the thread owns the heap
+///    of that slot.
 unsafe extern "C" fn give_up_at_exit(slot: *mut libc::c_void) {
     let idx = slot as usize - 1;
     // Whatever this thread still allocates (later destructors) goes to
@@ -92,9 +97,9 @@ unsafe extern "C" fn give_up_at_exit(slot: *mut libc::c_void) {
         let hook: fn() = unsafe { core::mem::transmute::<usize, fn()>(hook) };
         hook();
     }
-    // SAFETY: this thread owns slot idx (attached in `decide`, which set
-    // the key's value) and, its route now System and its other copies of
-    // the heap cleared, never uses the owner path again.
+    // SAFETY: (1): this thread owns slot idx and, its route now System and
+    // its other copies of the heap cleared, never uses the owner path
+    // again.
     unsafe { heaps::detach(idx) };
 }
 

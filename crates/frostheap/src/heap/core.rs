@@ -133,7 +133,9 @@ impl HeapCore {
         unsafe { Self::init_at(dst, Some(base), config) }
     }
 
-    /// Builds a core at `dst`, its class states written there directly:
+    /// Builds a core at `dst`, field by field (every field is named in the
+    /// pattern below it, which stops compiling when a field is added), its
+    /// class states written there directly:
     /// a core built on the stack and moved took a thread's first
     /// allocation three stack pages deep (its caller's frame held two
     /// more copies), 12 KiB of resident memory per thread. On `Err`,
@@ -223,6 +225,18 @@ impl HeapCore {
                 config.kind,
             ));
         }
+        // Every field of HeapCore, to be written above.
+        const _: fn(&HeapCore) = |HeapCore {
+                                      pages: _,
+                                      owner: _,
+                                      remote_bits: _,
+                                      sealed: _,
+                                      local: _,
+                                      others: _,
+                                      shared_lock: _,
+                                      shared: _,
+                                      spans: _,
+                                  }| {};
         // SAFETY: written in full above.
         let core = unsafe { &*dst };
         // The pre-committed minimum becomes one free span.

@@ -115,8 +115,18 @@ impl HeapInner {
             (&raw mut (*p).remote_batch).write(remote_batch::RemoteBatch::new());
             (&raw mut (*p).name).write(name);
             (&raw mut (*p).entry).write(None);
-            Ok(dst.assume_init_mut())
         }
+        // Every field of HeapInner, to be written above: stops compiling
+        // when a field is added.
+        const _: fn(&HeapInner) = |HeapInner {
+                                       core: _,
+                                       remote_cache: _,
+                                       remote_batch: _,
+                                       name: _,
+                                       entry: _,
+                                   }| {};
+        // SAFETY: every field is written.
+        Ok(unsafe { dst.assume_init_mut() })
     }
 
     /// Registers the heap's region in the guard table; false if the table

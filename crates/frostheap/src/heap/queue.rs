@@ -70,6 +70,15 @@ impl ClassState {
             (&raw mut (*dst).counters).write(Counters::new());
             (&raw mut (*dst).kind).write(kind);
         }
+        // Every field of ClassState, to be written above: stops compiling
+        // when a field is added.
+        const _: fn(&ClassState) = |ClassState {
+                                        counters: _,
+                                        current: _,
+                                        head: _,
+                                        tail: _,
+                                        kind: _,
+                                    }| {};
     }
 
     /// Pops a block of class `c` from this state's current span, with its
