@@ -218,13 +218,10 @@ fn main() {
     for v in rust.iter().chain(&c) {
         for p in [Some(&v.program), v.preload.as_ref()].into_iter().flatten() {
             assert!(p.is_file(), "{} not found: build with `cargo build --release -p frostheap-capi -p frostheap-bench`", p.display());
-        }
-    }
-    // What this build wrote is read from disk, as the installed baselines
-    // are (see `read_from_disk_next`): the RSS comparison would otherwise
-    // count the page cache's state, not the allocators.
-    for v in rust.iter().chain(&c) {
-        for p in [Some(&v.program), v.preload.as_ref()].into_iter().flatten() {
+            // What this build wrote is read from disk, as the installed
+            // baselines are (see `read_from_disk_next`): the RSS comparison
+            // would otherwise count the page cache's state, not the
+            // allocators.
             if p.starts_with(&dir) || p == &c_program {
                 frostheap_bench::machine::read_from_disk_next(p).unwrap_or_else(|e| {
                     panic!("dropping {} from the page cache: {e}", p.display())

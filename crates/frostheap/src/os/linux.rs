@@ -42,6 +42,16 @@ fn last_error(call: &'static str) -> OsError {
     OsError { call, errno }
 }
 
+/// The result of a pthreads call, which returns its error number instead
+/// of setting `errno`.
+fn pthread_result(call: &'static str, r: libc::c_int) -> Result<(), OsError> {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(OsError { call, errno: r })
+    }
+}
+
 /// The base page size (4 KiB on x86_64 Linux).
 pub fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
@@ -452,14 +462,7 @@ pub fn at_fork(
 ) -> Result<(), OsError> {
     // SAFETY: three function pointers valid for the life of the process.
     let r = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(OsError {
-            call: "pthread_atfork",
-            errno: r,
-        })
-    }
+    pthread_result("pthread_atfork", r)
 }
 
 /// A thread-specific data key whose `destructor` runs, in each thread that
@@ -470,14 +473,7 @@ pub fn thread_key(destructor: unsafe extern "C" fn(*mut libc::c_void)) -> Result
     let mut key: libc::pthread_key_t = 0;
     // SAFETY: key is writable; the destructor lives as long as the process.
     let r = unsafe { libc::pthread_key_create(&mut key, Some(destructor)) };
-    if r == 0 {
-        Ok(key)
-    } else {
-        Err(OsError {
-            call: "pthread_key_create",
-            errno: r,
-        })
-    }
+    pthread_result("pthread_key_create", r).map(|()| key)
 }
 
 /// Deletes a key made by [`thread_key`] that no thread has set.
@@ -494,14 +490,7 @@ pub fn set_thread_value(key: u32, value: usize) -> Result<(), OsError> {
     // SAFETY: pthread_setspecific only stores the word; nothing reads
     // through it but the destructor, which takes it as a number.
     let r = unsafe { libc::pthread_setspecific(key, value as *const libc::c_void) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(OsError {
-            call: "pthread_setspecific",
-            errno: r,
-        })
-    }
+    pthread_result("pthread_setspecific", r)
 }
 
 // ---------------------------------------------------------------------------
