@@ -192,6 +192,73 @@ fn the_library_brings_no_unwinder_library_into_the_process() {
 }
 
 #[test]
+fn the_code_every_process_runs_at_start_up_lies_beside_the_entry_points() {
+    // A page fault on a file maps the file's cached pages around it, 64
+    // KiB (Linux's default fault_around_bytes), so each 64 KiB stretch of
+    // the library's code that a process touches at all costs up to 64 KiB
+    // of resident memory. The entry points and frostheap's code lie at the
+    // start of the executable segment; the functions of `.init_array`,
+    // which every process runs, must lie there too (layout.ld puts std's
+    // there: the linker left it in the middle of std's code, alone in a
+    // window of its own).
+    use object::{Object, ObjectSection, ObjectSymbol, SectionKind};
+    const WINDOW: u64 = 64 << 10;
+    let data = std::fs::read(lib()).expect("reading libfrostheap.so");
+    let elf = object::File::parse(&*data).expect("libfrostheap.so is an ELF file");
+    let code_start = elf
+        .sections()
+        .filter(|s| s.kind() == SectionKind::Text)
+        .map(|s| s.address())
+        .min()
+        .expect("the library has code");
+    let in_first_window = |addr: u64| (code_start..code_start + WINDOW).contains(&addr);
+    for name in ["malloc", "free"] {
+        let sym = elf
+            .dynamic_symbols()
+            .find(|s| s.name() == Ok(name))
+            .unwrap_or_else(|| panic!("the library exports no {name}"));
+        assert!(
+            in_first_window(sym.address()),
+            "{name} at {:#x}, not in the first 64 KiB of code from {code_start:#x}",
+            sym.address()
+        );
+    }
+    let init = elf
+        .section_by_name(".init_array")
+        .expect("the library has an .init_array");
+    let range = init.address()..init.address() + init.size();
+    // The entries are relative relocations: their addends are the
+    // functions' addresses.
+    let entries: Vec<u64> = elf
+        .dynamic_relocations()
+        .expect("the library has dynamic relocations")
+        .filter(|(offset, _)| range.contains(offset))
+        .map(|(_, r)| r.addend() as u64)
+        .collect();
+    assert_eq!(
+        entries.len() as u64,
+        init.size() / 8,
+        "every .init_array entry is a relocation"
+    );
+    let name_of = |addr: u64| {
+        elf.symbols()
+            .find(|s| s.address() == addr && s.kind() == object::SymbolKind::Text)
+            .and_then(|s| s.name().ok().map(str::to_string))
+            .unwrap_or_else(|| "(no symbol)".to_string())
+    };
+    let outside: Vec<String> = entries
+        .iter()
+        .filter(|&&a| !in_first_window(a))
+        .map(|&a| format!("{a:#x} {}", name_of(a)))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "start-up functions outside the first 64 KiB of code (from {code_start:#x}): {outside:?}; \
+         name their sections in crates/frostheap-capi/layout.ld"
+    );
+}
+
+#[test]
 fn threads_with_the_smallest_stack_get_their_heaps() {
     // A thread's first malloc builds its heap in its slot, not on the
     // thread's stack; with PTHREAD_STACK_MIN stacks that once crashed.

@@ -44,7 +44,10 @@ impl RawLock {
                     core::hint::spin_loop();
                     spins += 1;
                 } else {
-                    std::thread::yield_now();
+                    // Not std's yield_now: in the C library that is a
+                    // function of std's, far from frostheap's code, whose
+                    // first call maps 64 KiB more of the library.
+                    crate::os::yield_now();
                 }
             }
             if self

@@ -250,7 +250,7 @@ pub fn owns(p: *const u8) -> bool {
 pub fn heap() -> Heap {
     self::on_main_thread();
     while MAIN.state.load(Ordering::Acquire) != READY {
-        std::thread::yield_now();
+        crate::os::yield_now();
     }
     Heap::from_static(main_inner())
 }
