@@ -8,9 +8,11 @@ turn with blocks of 16 B to 4 KiB at random. A heap of segregated classes
 carves a class's blocks on demand and keeps them, so it holds, for each
 class, the most blocks that class ever had live at once; a coalescing
 arena (glibc) holds about the peak of the live bytes. This prints both,
-per thread, for frostheap's classes and for the variant where a request of
-1 KiB or more may take a free block of the two next classes (the
-"borrowing" measured and not kept in the README's threads section).
+per thread, for segregated classes alone and with frostheap's borrowing
+(`HeapCore::borrow`): a class of 1 KiB or more whose current span has no
+free block, once it has carved 8 blocks there, takes a free block of one
+of the two next classes at most half as large again before it carves
+another of its own.
 
     python3 crates/frostheap-bench/sim/class_peaks.py [ops] [seed]
 """
@@ -42,7 +44,7 @@ def class_of(n):
     raise ValueError(n)
 
 
-def run(ops, seed, borrow_classes=0, borrow_min=1024, window=64, lo=16, hi=4096):
+def run(ops, seed, borrow_classes=0, borrow_min=1024, borrow_after=8, window=64, lo=16, hi=4096):
     """Returns (peak live KiB with a 16 B header each, class pages KiB,
     share of allocations that borrowed)."""
     rng = random.Random(seed)
@@ -60,9 +62,11 @@ def run(ops, seed, borrow_classes=0, borrow_min=1024, window=64, lo=16, hi=4096)
         got = None
         if used[c] < carved[c]:
             got = c
-        elif SIZES[c] >= borrow_min:
+        elif SIZES[c] >= borrow_min and carved[c] >= borrow_after:
             for d in range(1, borrow_classes + 1):
-                if c + d < len(SIZES) and used[c + d] < carved[c + d]:
+                if c + d >= len(SIZES) or 2 * SIZES[c + d] > 3 * SIZES[c]:
+                    break
+                if used[c + d] < carved[c + d]:
                     got = c + d
                     borrowed += 1
                     break
@@ -83,7 +87,7 @@ def main():
     peak, pages, _ = run(ops, seed)
     print(f"peak live {peak:.0f} KiB; class pages {pages:.0f} KiB (segregated classes)")
     _, pages, share = run(ops, seed, borrow_classes=2)
-    print(f"class pages {pages:.0f} KiB with borrowing from two classes up ({share:.1%} of allocations)")
+    print(f"class pages {pages:.0f} KiB with borrowing ({share:.1%} of allocations borrow)")
 
 
 if __name__ == "__main__":

@@ -267,13 +267,17 @@ impl Global {
                 }
             }
             if !h.is_null() && layout.align() <= 16 && !core::ptr::eq(heap, main_inner()) {
-                if let Some(c) = class_for(layout.size(), 1) {
+                // The block's class from its heap's class map, not from
+                // the layout: a heap may have lent a block of a larger
+                // class (HeapCore::borrow), and realloc keeps a block in
+                // place while it fits; the cache counts the class's size.
+                // SAFETY: ptr is a live block of `heap` (GlobalAlloc
+                // contract).
+                if let Some(c) = unsafe { heap.core.small_class_of(ptr) } {
                     // SAFETY: h is the calling thread's own heap; ptr is a
-                    // live small block of another thread heap (a block of
-                    // a thread heap with a small layout is a small block,
-                    // of that class or a larger one: realloc keeps a block
-                    // in place only while it fits), aligned to 16, which
-                    // the caller gives up (GlobalAlloc contract).
+                    // live small block of class c of another thread heap,
+                    // aligned to 16 (every small block is), which the
+                    // caller gives up (GlobalAlloc contract).
                     if unsafe { (*h).remote_cache.push(c, ptr) } {
                         return;
                     }

@@ -25,10 +25,11 @@
 //! until it goes back there. The cache counts the bytes it holds
 //! ([`RemoteCache::bytes`], its classes' sizes), and
 //! `frostheap::stats()` takes them off the thread heaps' bytes in use, so
-//! the process figures stay exact. (One case is counted short: a Rust
-//! block shrunk in place by `realloc` is cached under the class of its new
-//! size, smaller than the size its heap counts, until it is handed out
-//! again.) The limit is not involved: it counts commits.
+//! the process figures stay exact: a block is cached under its class in
+//! its heap's class map, which is the size its heap counts, whatever the
+//! size it was asked for (a block shrunk in place by `realloc`, or one a
+//! heap lent from a larger class). The limit is not involved: it counts
+//! commits.
 //!
 //! **Bounds.** Each class holds at most [`CAP`] blocks and [`CAP_BYTES`]
 //! bytes, and classes above 8 KiB none, so a thread holds at most 338 KiB

@@ -136,6 +136,82 @@ fn block_size_predicts_usable_size() {
     assert_eq!(heap.stats().in_use, 0);
 }
 
+test!(a_class_uses_its_neighbours_free_blocks_before_carving_more);
+/// A class whose current span has no free block takes free blocks of the
+/// next classes (at most half as large again) once it has carved 8 of its
+/// own, instead of making more memory resident; the lent blocks are
+/// counted at their own size and go back to their own class. A block
+/// allocated and freed in turn, and a request aligned past 16, never
+/// borrow.
+fn a_class_uses_its_neighbours_free_blocks_before_carving_more() {
+    let heap = roomy_heap("borrow");
+    let usable = |p: std::ptr::NonNull<u8>| unsafe { heap.usable_size(p) };
+    let big = Layout::from_size_align(5000, 8).unwrap(); // class 5120
+    let small = Layout::from_size_align(4000, 8).unwrap(); // class 4096
+    assert_eq!(frostheap::Heap::block_size(big), 5120);
+    assert_eq!(frostheap::Heap::block_size(small), 4096);
+    // 32 free blocks of 5120 on that class's current span.
+    let bigs: Vec<_> = (0..32).map(|_| heap.try_alloc(big).unwrap()).collect();
+    for &p in &bigs {
+        // SAFETY: live blocks of this heap, freed once.
+        unsafe { heap.dealloc(p) };
+    }
+    let committed = heap.stats().committed;
+    // Allocated and freed in turn, 4000 bytes always get their own class.
+    for _ in 0..100 {
+        let p = heap.try_alloc(small).unwrap();
+        assert_eq!(usable(p), 4096);
+        // SAFETY: live, freed once.
+        unsafe { heap.dealloc(p) };
+    }
+    // Held: 8 carved of their own class (one was carved by the loop above),
+    // then the 5120-byte blocks, then their own class again.
+    let held: Vec<_> = (0..50).map(|_| heap.try_alloc(small).unwrap()).collect();
+    let sizes: Vec<usize> = held.iter().map(|&p| usable(p)).collect();
+    let lent = sizes.iter().filter(|&&s| s == 5120).count();
+    assert!(sizes[..8].iter().all(|&s| s == 4096), "{sizes:?}");
+    assert_eq!(lent, 32, "{sizes:?}");
+    assert!(sizes[40..].iter().all(|&s| s == 4096), "{sizes:?}");
+    assert!(sizes.iter().all(|&s| s == 4096 || s == 5120), "{sizes:?}");
+    let s = heap.stats();
+    assert_eq!(s.in_use, 32 * 5120 + 18 * 4096, "{s:?}");
+    assert_eq!(s.allocations, 50, "{s:?}");
+    // 18 blocks of 4096 carved: at most the 4096 class's span (32 blocks,
+    // 128 KiB) was committed for them, nothing for the 32 lent ones.
+    assert!(s.committed <= committed + (128 << 10), "{s:?}, {committed} before");
+    // A request aligned to 4096 (class 4096, whose blocks are 4096-aligned)
+    // never gets a 5120-byte block, which is not.
+    for &p in &held {
+        // SAFETY: live, freed once.
+        unsafe { heap.dealloc(p) };
+    }
+    let aligned = Layout::from_size_align(4000, 4096).unwrap();
+    let more: Vec<_> = (0..60).map(|_| heap.try_alloc(aligned).unwrap()).collect();
+    for &p in &more {
+        assert_eq!(p.as_ptr() as usize % 4096, 0);
+        assert_eq!(usable(p), 4096);
+    }
+    for &p in &more {
+        // SAFETY: live, freed once.
+        unsafe { heap.dealloc(p) };
+    }
+    // The lent blocks went back to their own class: 32 requests of 5000
+    // reuse them.
+    let before = heap.stats().committed;
+    let again: Vec<_> = (0..32).map(|_| heap.try_alloc(big).unwrap()).collect();
+    let mut got: Vec<usize> = again.iter().map(|p| p.as_ptr() as usize).collect();
+    let mut first: Vec<usize> = bigs.iter().map(|p| p.as_ptr() as usize).collect();
+    got.sort_unstable();
+    first.sort_unstable();
+    assert_eq!(got, first);
+    assert_eq!(heap.stats().committed, before);
+    for &p in &again {
+        // SAFETY: live, freed once.
+        unsafe { heap.dealloc(p) };
+    }
+    assert_eq!(heap.stats().in_use, 0);
+}
+
 test!(alignments_up_to_one_mebibyte);
 /// Alignments past 4096 (where the model's exact accounting stops):
 /// blocks are aligned, hold their size, `block_size` bounds their usable
@@ -202,6 +278,8 @@ fn turn() -> impl Strategy<Value = Turn> {
 struct Live {
     addr: usize,
     size: usize,
+    /// Its usable size, what its heap counts.
+    usable: usize,
     tag: u8,
     heap: usize,
 }
@@ -271,7 +349,11 @@ proptest! {
                             tag = tag.wrapping_add(1);
                             // SAFETY: p holds size bytes.
                             unsafe { crate::ops::fill(p, size, tag) };
-                            mine.push(Live { addr: p.as_ptr() as usize, size, tag, heap: t });
+                            let usable = crate::ops::usable_sizes(Layout::from_size_align(size, 8).unwrap());
+                            // SAFETY: p is live.
+                            let got = unsafe { heap.usable_size(p) };
+                            assert!(usable.contains(&got), "{got} bytes for {size}, expected one of {usable:?}");
+                            mine.push(Live { addr: p.as_ptr() as usize, size, usable: got, tag, heap: t });
                         }
                         for &pick in &turn.frees {
                             if mine.is_empty() {
@@ -303,7 +385,7 @@ proptest! {
                                     .collect();
                                 let s = heap.stats();
                                 let want: usize = live.iter()
-                                    .map(|b| frostheap::Heap::block_size(Layout::from_size_align(b.size, 8).unwrap()))
+                                    .map(|b| b.usable)
                                     .sum();
                                 assert_eq!(s.in_use, want, "round {r}, heap {h}: {s:?}");
                                 assert_eq!(s.allocations, live.len(), "round {r}, heap {h}: {s:?}");

@@ -7,8 +7,9 @@
 //! it refers to nothing but `std`, `frostheap` and `allocator_api2`.
 //!
 //! **The model** is a list of live blocks, each with its layout, the usable
-//! size the heap should count for it (`Heap::block_size` of the layout it
-//! was made with), and the seed of the byte pattern written into it. After
+//! size the heap counts for it (one of [`usable_sizes`] of the layout it
+//! was made with: its class's block size, or a larger class's block the
+//! heap lent), and the seed of the byte pattern written into it. After
 //! every operation the heap's `in_use`, `allocations`, `peak` and
 //! `total_allocations` must equal the model's, every block's contents are
 //! verified byte for byte before it is freed or resized, and a resize must
@@ -127,6 +128,40 @@ impl Reader<'_> {
 /// | 4..=5 | `Realloc` | pick, size (2–4), flags |
 /// | 6..=8 | `Free` | pick (api from the first byte) |
 /// | 9 | `Probe` | pick, offset (2) |
+/// The usable sizes a heap may give a request for `layout`: its class's
+/// block size and, for a request of a class from 1 KiB up to 128 KiB
+/// aligned to at most 16, the next two classes' within half as large again,
+/// whose free blocks a heap lends before it carves more of the class's own
+/// (`HeapCore::borrow`).
+pub fn usable_sizes(layout: Layout) -> Vec<usize> {
+    let own = Heap::block_size(layout);
+    let mut sizes = vec![own];
+    if layout.align() <= 16 && (1024..=MAX_SMALL).contains(&own) {
+        let mut s = own;
+        for _ in 0..2 {
+            s = Heap::block_size(Layout::from_size_align(s + 1, 1).expect("valid layout"));
+            if s > MAX_SMALL || s > own * 3 / 2 {
+                break;
+            }
+            sizes.push(s);
+        }
+    }
+    sizes
+}
+
+/// The usable size of `p`, a block the heap just returned for `layout`,
+/// checked to be one of [`usable_sizes`].
+fn usable_of(heap: &Heap, p: NonNull<u8>, layout: Layout, what: &str) -> usize {
+    // SAFETY: the caller's block is live.
+    let usable = unsafe { heap.usable_size(p) };
+    let allowed = usable_sizes(layout);
+    assert!(
+        allowed.contains(&usable),
+        "{what}: a block of {usable} bytes for {layout:?}, expected one of {allowed:?}"
+    );
+    usable
+}
+
 pub fn decode(data: &[u8]) -> Vec<Op> {
     let mut r = Reader { data };
     let mut ops = Vec::new();
@@ -401,7 +436,7 @@ impl<'h> Replayer<'h> {
             // SAFETY: the block is live and holds layout.size() bytes.
             unsafe { verify_zero(ptr, size, "alloc_zeroed") };
         }
-        let usable = Heap::block_size(layout);
+        let usable = usable_of(self.heap, ptr, layout, &format!("op {}", self.n_ops));
         let b = Block {
             ptr,
             layout,
@@ -475,7 +510,8 @@ impl<'h> Replayer<'h> {
         }
         let moved = ptr != old.ptr;
         let usable = if moved {
-            Heap::block_size(Layout::from_size_align(size, effective).expect("valid layout"))
+            let layout = Layout::from_size_align(size, effective).expect("valid layout");
+            usable_of(self.heap, ptr, layout, &format!("op {}", self.n_ops))
         } else if old.usable <= MAX_SMALL {
             // A small block resized in place keeps its class.
             assert!(
