@@ -60,10 +60,10 @@ const BORROW_AFTER: u32 = 8;
 
 /// The smallest class that takes free blocks of the next classes
 /// ([`HeapCore::borrow`]). Below it a page holds many blocks, so the
-/// classes' peaks cost little memory, and threads that pass small blocks to
-/// one another (a producer whose class is dry until the consumer's frees
-/// come back) would borrow on most refills: the C producer/consumer case
-/// on one CPU ran 7% slower with every class borrowing (64 B – 256 B).
+/// classes' peaks cost little memory (the simulation named there gives
+/// the same figure with or without them), and threads that pass small
+/// blocks to one another (a producer whose class is dry until the
+/// consumer's frees come back) would borrow on most refills.
 const BORROW_MIN: u32 = 1024;
 
 #[derive(Clone, Copy, Debug)]
@@ -594,12 +594,13 @@ impl HeapCore {
     /// Only the owner borrows, only for classes of [`BORROW_MIN`] and
     /// more, only for requests aligned to at most 16 (a larger class's
     /// blocks may be less aligned than the class's), and only once the
-    /// class has carved [`BORROW_AFTER`] blocks of its current span: a class used a block at a time (an allocation and a
-    /// free in a loop) would otherwise take a neighbour's block on every
-    /// allocation, each one through this slow path, since the block goes
-    /// back to its own class when freed. The block stays its own class's:
-    /// it is counted, freed and reported (`malloc_usable_size`) at its
-    /// real size, from its span's meta.
+    /// class has carved [`BORROW_AFTER`] blocks of its current span: a
+    /// class used a block at a time (an allocation and a free in a loop)
+    /// would otherwise take a neighbour's block on every allocation, each
+    /// one through this slow path, since the block goes back to its own
+    /// class when freed. The block stays its own class's: it is counted,
+    /// freed and reported (`malloc_usable_size`) at its real size, from
+    /// its span's meta.
     #[inline(never)]
     fn borrow(&self, st: &ClassState, c: usize) -> Option<*mut u8> {
         let limit = CLASS_SIZE[c] as usize * 3 / 2;
