@@ -12,7 +12,7 @@ per thread, for segregated classes alone and with frostheap's borrowing
 (`HeapCore::borrow`): a class of 1 KiB or more whose current span has no
 free block, once it has carved 8 blocks there, takes a free block of one
 of the two next classes at most half as large again before it carves
-another of its own.
+another of its own, at most 1,024 times in a row.
 
     python3 crates/frostheap-bench/sim/class_peaks.py [ops] [seed]
 """
@@ -44,13 +44,16 @@ def class_of(n):
     raise ValueError(n)
 
 
-def run(ops, seed, borrow_classes=0, borrow_min=1024, borrow_after=8, window=64, lo=16, hi=4096):
+def run(ops, seed, borrow_classes=0, borrow_min=1024, borrow_after=8, borrow_run=1024,
+        window=64, lo=16, hi=4096):
     """Returns (peak live KiB with a 16 B header each, class pages KiB,
-    share of allocations that borrowed)."""
+    share of allocations that borrowed, borrows per block carved by the
+    classes that borrow)."""
     rng = random.Random(seed)
     slots = [None] * window
     used = [0] * len(SIZES)
     carved = [0] * len(SIZES)
+    run_of = [0] * len(SIZES)
     live = peak_live = borrowed = 0
     for i in range(ops):
         n = lo + rng.randrange(hi - lo + 1)
@@ -62,32 +65,39 @@ def run(ops, seed, borrow_classes=0, borrow_min=1024, borrow_after=8, window=64,
         got = None
         if used[c] < carved[c]:
             got = c
-        elif SIZES[c] >= borrow_min and carved[c] >= borrow_after:
+        elif SIZES[c] >= borrow_min and carved[c] >= borrow_after and run_of[c] < borrow_run:
             for d in range(1, borrow_classes + 1):
                 if c + d >= len(SIZES) or 2 * SIZES[c + d] > 3 * SIZES[c]:
                     break
                 if used[c + d] < carved[c + d]:
                     got = c + d
                     borrowed += 1
+                    run_of[c] += 1
                     break
         if got is None:
             got = c
             carved[c] += 1
+            run_of[c] = 0
         used[got] += 1
         slots[i % window] = (n, got)
         live += n + 16
         peak_live = max(peak_live, live)
     pages = sum(math.ceil(carved[c] * SIZES[c] / 4096) * 4096 for c in range(len(SIZES)))
-    return peak_live / 1024, pages / 1024, borrowed / ops
+    lenders = sum(carved[c] for c in range(len(SIZES)) if SIZES[c] >= borrow_min)
+    return peak_live / 1024, pages / 1024, borrowed / ops, borrowed / max(lenders, 1)
 
 
 def main():
     ops = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     seed = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    peak, pages, _ = run(ops, seed)
+    peak, pages, _, _ = run(ops, seed)
     print(f"peak live {peak:.0f} KiB; class pages {pages:.0f} KiB (segregated classes)")
-    _, pages, share = run(ops, seed, borrow_classes=2)
-    print(f"class pages {pages:.0f} KiB with borrowing ({share:.1%} of allocations borrow)")
+    _, pages, share, per = run(ops, seed, borrow_classes=2)
+    print(f"class pages {pages:.0f} KiB with borrowing ({share:.1%} of allocations borrow, "
+          f"{per:.0f} borrows per block carved)")
+    _, pages, share, per = run(ops, seed, borrow_classes=2, borrow_run=10**9)
+    print(f"class pages {pages:.0f} KiB with borrowing and no cap on a run ({share:.1%} borrow, "
+          f"{per:.0f} per block carved)")
 
 
 if __name__ == "__main__":

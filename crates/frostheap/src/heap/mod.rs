@@ -392,10 +392,11 @@ impl Heap {
     /// at least. A request of 1 KiB to 128 KiB aligned to at most 16 bytes
     /// may get a free block of one of the next two size classes instead,
     /// at most half as large again, when its own class has no free block
-    /// and has carved 8 or more of its current span: a heap uses memory it
-    /// holds before it carves more ([`Heap::usable_size`] says which, and
-    /// `in_use` counts the block's own size). A block allocated and freed
-    /// in turn always gets this size.
+    /// and has carved 8 or more of its current span (at most 1,024 times
+    /// in a row): a heap uses memory it holds before it carves more
+    /// ([`Heap::usable_size`] says which, and `in_use` counts the block's
+    /// own size). A request that finds a free block of its own class gets
+    /// this size.
     pub fn block_size(layout: Layout) -> usize {
         match class::class_for(layout.size(), layout.align()) {
             Some(c) => class::CLASS_SIZE[c] as usize,

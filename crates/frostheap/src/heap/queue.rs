@@ -43,6 +43,9 @@ pub(crate) struct ClassState {
     /// Queue heads and tails (page indices).
     pub(super) head: [Cell<u32>; N_CLASSES],
     pub(super) tail: [Cell<u32>; N_CLASSES],
+    /// Blocks each class has taken from the next classes since it last
+    /// carved blocks of its own (`HeapCore::borrow`).
+    pub(super) borrowed: [Cell<u16>; N_CLASSES],
     /// [`OWNER_LOCAL`] or [`super::page::OWNER_SHARED`].
     pub(super) kind: u8,
 }
@@ -62,10 +65,12 @@ impl ClassState {
             let current = (&raw mut (*dst).current).cast::<Cell<*const PageMeta>>();
             let head = (&raw mut (*dst).head).cast::<Cell<u32>>();
             let tail = (&raw mut (*dst).tail).cast::<Cell<u32>>();
+            let borrowed = (&raw mut (*dst).borrowed).cast::<Cell<u16>>();
             for c in 0..N_CLASSES {
                 current.add(c).write(Cell::new(&EMPTY.0 as *const PageMeta));
                 head.add(c).write(Cell::new(NONE));
                 tail.add(c).write(Cell::new(NONE));
+                borrowed.add(c).write(Cell::new(0));
             }
             (&raw mut (*dst).counters).write(Counters::new());
             (&raw mut (*dst).kind).write(kind);
@@ -77,6 +82,7 @@ impl ClassState {
                                         current: _,
                                         head: _,
                                         tail: _,
+                                        borrowed: _,
                                         kind: _,
                                     }| {};
     }

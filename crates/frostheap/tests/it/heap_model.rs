@@ -142,7 +142,8 @@ test!(a_class_uses_its_neighbours_free_blocks_before_carving_more);
 /// own, instead of making more memory resident; the lent blocks are
 /// counted at their own size and go back to their own class. A block
 /// allocated and freed in turn, and a request aligned past 16, never
-/// borrow.
+/// borrow; a class that would borrow the same block back and forth stops
+/// after at most 1,024 times.
 fn a_class_uses_its_neighbours_free_blocks_before_carving_more() {
     let heap = roomy_heap("borrow");
     let usable = |p: std::ptr::NonNull<u8>| unsafe { heap.usable_size(p) };
@@ -192,6 +193,40 @@ fn a_class_uses_its_neighbours_free_blocks_before_carving_more() {
         assert_eq!(usable(p), 4096);
     }
     for &p in &more {
+        // SAFETY: live, freed once.
+        unsafe { heap.dealloc(p) };
+    }
+    // Back and forth: with its own blocks all live and free blocks of 5120
+    // waiting, a class that allocates and frees in turn borrows the same
+    // block again and again, each time on the slow path; after at most
+    // 1,024 borrows in a row it carves a block of its own, which every
+    // later pair takes from its own free list.
+    let own: Vec<_> = (0..40).map(|_| heap.try_alloc(small).unwrap()).collect();
+    let spare: Vec<_> = (0..4).map(|_| heap.try_alloc(big).unwrap()).collect();
+    for &p in &spare {
+        // SAFETY: live, freed once.
+        unsafe { heap.dealloc(p) };
+    }
+    let mut lent_pairs = 0;
+    for _ in 0..1100 {
+        let p = heap.try_alloc(small).unwrap();
+        if usable(p) == 5120 {
+            lent_pairs += 1;
+        }
+        // SAFETY: live, freed once.
+        unsafe { heap.dealloc(p) };
+    }
+    assert!(
+        (1..=1024).contains(&lent_pairs),
+        "{lent_pairs} of 1100 pairs took a lent block"
+    );
+    for _ in 0..100 {
+        let p = heap.try_alloc(small).unwrap();
+        assert_eq!(usable(p), 4096, "a pair after the run");
+        // SAFETY: live, freed once.
+        unsafe { heap.dealloc(p) };
+    }
+    for &p in &own {
         // SAFETY: live, freed once.
         unsafe { heap.dealloc(p) };
     }
