@@ -611,10 +611,11 @@ impl HeapCore {
     /// is freed, so a class whose own blocks are all live and which then
     /// allocates and frees a block in turn would borrow the same block
     /// again on every allocation, each through this slow path (4 KiB pairs
-    /// took 13.5 ns instead of 4.5). A class therefore borrows at most
-    /// [`BORROW_RUN`] times in a row and then carves a block of its own,
-    /// which the next pair finds on its own free list: such a loop costs
-    /// at most 1,024 slow allocations once. The simulation keeps most of
+    /// took about twice as long: `frostheap-bench --bin borrow_loop`). A
+    /// class therefore borrows at most [`BORROW_RUN`] times in a row and
+    /// then carves a block of its own, which the next pair finds on its
+    /// own free list: such a loop costs at most 1,024 slow allocations
+    /// once. The simulation keeps most of
     /// the gain with that cap (368 KiB against 352 without it; over 2
     /// million steps, 396 against 372), where a cap of 32 would keep
     /// little of it (420 KiB): without a cap, the classes that borrow in
