@@ -615,11 +615,11 @@ impl HeapCore {
     /// class therefore borrows at most [`BORROW_RUN`] times in a row and
     /// then carves a block of its own, which the next pair finds on its
     /// own free list: such a loop costs at most 1,024 slow allocations
-    /// once. The simulation keeps most of
-    /// the gain with that cap (368 KiB against 352 without it; over 2
-    /// million steps, 396 against 372), where a cap of 32 would keep
-    /// little of it (420 KiB): without a cap, the classes that borrow in
-    /// `local` take 170 blocks for every block they carve.
+    /// once. The simulation keeps most of the gain with that cap (368 KiB
+    /// against 352 without it; over 2 million steps, 396 against 372),
+    /// where a cap of 32 would keep little of it (420 KiB): without a cap,
+    /// the classes that borrow in `local` take 170 blocks for every block
+    /// they carve.
     #[inline(never)]
     fn borrow(&self, st: &ClassState, c: usize) -> Option<*mut u8> {
         let run = st.borrowed[c].get();
