@@ -192,16 +192,18 @@ fn the_library_brings_no_unwinder_library_into_the_process() {
 }
 
 #[test]
-fn the_code_every_process_runs_at_start_up_lies_beside_the_entry_points() {
-    // A page fault on a file maps the file's cached pages around it, 64
-    // KiB (Linux's default fault_around_bytes), so each 64 KiB stretch of
-    // the library's code that a process touches at all costs up to 64 KiB
-    // of resident memory. The entry points and frostheap's code lie at the
-    // start of the executable segment; the functions of `.init_array`,
-    // which every process runs, must lie there too (layout.ld puts std's
-    // there: the linker left it in the middle of std's code, alone in a
-    // window of its own).
-    use object::{Object, ObjectSection, ObjectSymbol, SectionKind};
+fn the_library_touches_one_window_of_code_and_one_of_tables() {
+    // A page fault on a file maps the file's cached pages around it, up
+    // to 64 KiB (Linux's default fault_around_bytes) within the mapping,
+    // so each 64 KiB stretch of the library that a process touches at all
+    // costs up to 64 KiB of resident memory. Every process runs the
+    // functions of `.init_array`, malloc, free and pthread_atfork, calls
+    // libc through the PLT, and has the loader read the library's symbol
+    // and relocation tables. layout.ld lays the code in the first 64 KiB
+    // of the executable segment (the linker left std's start-up function
+    // in the middle of std's code, the PLT and pthread_atfork at the end)
+    // and the unwind tables after the code, out of the loader's segment.
+    use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SectionKind};
     const WINDOW: u64 = 64 << 10;
     let data = std::fs::read(lib()).expect("reading libfrostheap.so");
     let elf = object::File::parse(&*data).expect("libfrostheap.so is an ELF file");
@@ -212,34 +214,48 @@ fn the_code_every_process_runs_at_start_up_lies_beside_the_entry_points() {
         .min()
         .expect("the library has code");
     let in_first_window = |addr: u64| (code_start..code_start + WINDOW).contains(&addr);
-    for name in ["malloc", "free"] {
+    let fix = "name their sections in crates/frostheap-capi/layout.ld";
+    for name in ["malloc", "free", "pthread_atfork"] {
         let sym = elf
-            .dynamic_symbols()
-            .find(|s| s.name() == Ok(name))
-            .unwrap_or_else(|| panic!("the library exports no {name}"));
+            .symbols()
+            .find(|s| s.name() == Ok(name) && s.kind() == object::SymbolKind::Text)
+            .unwrap_or_else(|| panic!("the library has no function {name}"));
         assert!(
             in_first_window(sym.address()),
-            "{name} at {:#x}, not in the first 64 KiB of code from {code_start:#x}",
+            "{name} at {:#x}, not in the first 64 KiB of code from {code_start:#x}; {fix}",
             sym.address()
         );
     }
+    let plt = elf.section_by_name(".plt").expect("the library has a PLT");
+    assert!(
+        in_first_window(plt.address()) && in_first_window(plt.address() + plt.size() - 1),
+        "the PLT at {:#x}..{:#x}, not in the first 64 KiB of code from {code_start:#x}; {fix}",
+        plt.address(),
+        plt.address() + plt.size()
+    );
     let init = elf
         .section_by_name(".init_array")
         .expect("the library has an .init_array");
-    let range = init.address()..init.address() + init.size();
-    // The entries are relative relocations: their addends are the
-    // functions' addresses.
-    let entries: Vec<u64> = elf
+    let slots = init.data().expect("reading .init_array");
+    // Each entry is a relative relocation: a RELA entry's addend, or, when
+    // the relocations are packed (DT_RELR), the slot's own content.
+    let addends: std::collections::HashMap<u64, u64> = elf
         .dynamic_relocations()
         .expect("the library has dynamic relocations")
-        .filter(|(offset, _)| range.contains(offset))
-        .map(|(_, r)| r.addend() as u64)
+        .map(|(offset, r)| (offset, r.addend() as u64))
         .collect();
-    assert_eq!(
-        entries.len() as u64,
-        init.size() / 8,
-        "every .init_array entry is a relocation"
-    );
+    let entries: Vec<u64> = slots
+        .chunks_exact(8)
+        .enumerate()
+        .map(|(i, slot)| {
+            let at = init.address() + 8 * i as u64;
+            addends
+                .get(&at)
+                .copied()
+                .unwrap_or_else(|| u64::from_le_bytes(slot.try_into().expect("8 bytes")))
+        })
+        .collect();
+    assert!(!entries.is_empty(), "the library has start-up functions");
     let name_of = |addr: u64| {
         elf.symbols()
             .find(|s| s.address() == addr && s.kind() == object::SymbolKind::Text)
@@ -253,8 +269,30 @@ fn the_code_every_process_runs_at_start_up_lies_beside_the_entry_points() {
         .collect();
     assert!(
         outside.is_empty(),
-        "start-up functions outside the first 64 KiB of code (from {code_start:#x}): {outside:?}; \
-         name their sections in crates/frostheap-capi/layout.ld"
+        "start-up functions outside the first 64 KiB of code (from {code_start:#x}): {outside:?}; {fix}"
+    );
+    // The segment the loader reads (symbols, relocations) holds constants
+    // too, but no unwind tables, and maps as less than one window.
+    let dynsym = elf
+        .section_by_name(".dynsym")
+        .expect("the library has .dynsym");
+    let tables = elf
+        .segments()
+        .find(|seg| (seg.address()..seg.address() + seg.size()).contains(&dynsym.address()))
+        .expect("a segment holds .dynsym");
+    let unwind: Vec<&str> = [".eh_frame", ".eh_frame_hdr", ".gcc_except_table"]
+        .into_iter()
+        .filter(|name| {
+            elf.section_by_name(name).is_some_and(|s| {
+                (tables.address()..tables.address() + tables.size()).contains(&s.address())
+            })
+        })
+        .collect();
+    assert!(
+        unwind.is_empty() && tables.size() < WINDOW,
+        "the loader's segment is {} bytes and holds {unwind:?}; layout.ld lays the unwind \
+         tables after the code",
+        tables.size()
     );
 }
 
