@@ -279,6 +279,22 @@ fn push_abandoned(idx: usize) {
     s.len.set(n + 1);
 }
 
+/// Abandoned heaps a thread looks at to choose the one it adopts.
+const ADOPT_SCAN: usize = 8;
+
+/// The abandoned heap a thread adopts: of the [`ADOPT_SCAN`] abandoned
+/// last, the one with the most memory committed (the last abandoned of
+/// those with the most), so that a thread reuses the memory that waits
+/// in the heaps of exited threads before it commits more.
+///
+/// The last abandoned alone would do as well where every thread allocates
+/// alike, and badly where threads differ: where a producer thread's blocks
+/// are freed by a consumer thread (which gets a heap of its own at its
+/// first free, and commits next to nothing in it) and both are replaced in
+/// turn, the consumer exits last, and the next producer adopted the
+/// consumer's empty heap and committed as much again while the last
+/// producer's heap, its blocks all freed, waited with the next consumer,
+/// which never allocates.
 fn pop_abandoned() -> Option<usize> {
     let s = &ABANDONED_STACK;
     if s.len.get() == 0 {
@@ -289,9 +305,25 @@ fn pop_abandoned() -> Option<usize> {
     if n == 0 {
         return None;
     }
+    // SAFETY: under the lock; the first n entries are abandoned slots,
+    // and n <= MAX_HEAPS.
+    let slots = unsafe { &mut (&mut *s.slots.get())[..n] };
+    let mut best = n - 1;
+    let mut best_committed = 0;
+    for i in (n.saturating_sub(ADOPT_SCAN)..n).rev() {
+        // SAFETY: abandoned slots were built. `committed` is atomic: the
+        // heap's span lock is not needed to read it.
+        let committed = unsafe { slot_heap(slots[i] as usize) }
+            .core
+            .region()
+            .committed();
+        if committed > best_committed {
+            (best, best_committed) = (i, committed);
+        }
+    }
+    slots.swap(best, n - 1);
     s.len.set(n - 1);
-    // SAFETY: under the lock; n - 1 < MAX_HEAPS.
-    Some(unsafe { (*s.slots.get())[n - 1] } as usize)
+    Some(slots[n - 1] as usize)
 }
 
 /// The process limit's reclaimer ([`process::set_reclaimer`]): the free

@@ -271,6 +271,16 @@ fn ten_thousand_short_lived_threads_reuse_their_heaps() {
     assert_succeeded_saying(&out, "global_threads churn: ok");
 }
 
+test!(a_new_thread_adopts_the_heap_with_memory_to_reuse);
+/// A producer's blocks, freed after it exited, leave 8 MiB in its heap;
+/// a thread that exits after it leaves an empty heap. The next thread
+/// that allocates 8 MiB adopts the producer's heap and commits nothing
+/// more (adopting the last abandoned heap, it committed 8 MiB more).
+fn a_new_thread_adopts_the_heap_with_memory_to_reuse() {
+    let out = run_fixture("global_threads", &["adopt"], &[]);
+    assert_succeeded_saying(&out, "global_threads adopt: ok");
+}
+
 test!(fork_in_a_threaded_global_program_leaves_a_working_child);
 /// `fork` while another thread allocates and frees the main thread's
 /// blocks: every child can allocate (no heap lock was copied held), finds
