@@ -283,9 +283,10 @@ fn push_abandoned(idx: usize) {
 const ADOPT_SCAN: usize = 8;
 
 /// The abandoned heap a thread adopts: of the [`ADOPT_SCAN`] abandoned
-/// last, the one with the most memory committed (the last abandoned of
-/// those with the most), so that a thread reuses the memory that waits
-/// in the heaps of exited threads before it commits more.
+/// last, the one with the most memory committed (purged free spans not
+/// counted; the last abandoned of those with the most), so that a thread
+/// reuses the memory that waits in the heaps of exited threads before it
+/// commits more.
 ///
 /// The last abandoned alone would do as well where every thread allocates
 /// alike, and badly where threads differ: where a producer thread's blocks
@@ -311,12 +312,9 @@ fn pop_abandoned() -> Option<usize> {
     let mut best = n - 1;
     let mut best_committed = 0;
     for i in (n.saturating_sub(ADOPT_SCAN)..n).rev() {
-        // SAFETY: abandoned slots were built. `committed` is atomic: the
-        // heap's span lock is not needed to read it.
-        let committed = unsafe { slot_heap(slots[i] as usize) }
-            .core
-            .region()
-            .committed();
+        // SAFETY: abandoned slots were built. (`charged` is atomic: the
+        // heap's span lock is not needed to read it.)
+        let committed = unsafe { slot_heap(slots[i] as usize) }.core.charged();
         if committed > best_committed {
             (best, best_committed) = (i, committed);
         }

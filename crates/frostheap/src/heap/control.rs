@@ -41,6 +41,13 @@ impl HeapCore {
         }
     }
 
+    /// Bytes committed and not purged: the memory the heap holds resident
+    /// or can reuse without a fault (statistics' `committed`), read
+    /// without the span lock.
+    pub(crate) fn charged(&self) -> usize {
+        self.spans.charged()
+    }
+
     /// Switches a region laid out for huge pages later (the main heap's)
     /// to huge pages now: see [`crate::region::Region::switch_to_huge_pages`].
     /// For a heap about to be guarded with the `mprotect` backend, while
