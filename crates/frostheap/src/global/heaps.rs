@@ -310,13 +310,13 @@ fn pop_abandoned() -> Option<usize> {
     // and n <= MAX_HEAPS.
     let slots = unsafe { &mut (&mut *s.slots.get())[..n] };
     let mut best = n - 1;
-    let mut best_committed = 0;
+    let mut best_charged = 0;
     for i in (n.saturating_sub(ADOPT_SCAN)..n).rev() {
         // SAFETY: abandoned slots were built. (`charged` is atomic: the
         // heap's span lock is not needed to read it.)
-        let committed = unsafe { slot_heap(slots[i] as usize) }.core.charged();
-        if committed > best_committed {
-            (best, best_committed) = (i, committed);
+        let charged = unsafe { slot_heap(slots[i] as usize) }.core.charged();
+        if charged > best_charged {
+            (best, best_charged) = (i, charged);
         }
     }
     slots.swap(best, n - 1);
