@@ -49,6 +49,10 @@
 //! runtimes' own allocators) are charged against the same limit, and a
 //! refused one returns `MAP_FAILED` with `ENOMEM` (see [`mapped`]).
 //!
+//! **Introspection.** `malloc_trim`, `mallinfo2`, `mallinfo` and
+//! `malloc_stats` answer for the heaps, not for glibc's arenas (see
+//! [`info`]).
+//!
 //! `FROSTHEAP_STATS=1` prints the main heap's statistics when the library
 //! is unloaded at exit (a `.fini_array` entry, so `_exit` prints nothing).
 
@@ -63,6 +67,7 @@
 extern crate frostheap_unwind;
 
 mod foreign;
+mod info;
 mod mapped;
 mod stats;
 mod tls;

@@ -22,6 +22,12 @@ extern "C" fn print_at_exit() {
     ) {
         return;
     }
+    print();
+}
+
+/// Prints the two lines: the main heap's, then the process's (at exit, and
+/// for `malloc_stats`).
+pub(crate) fn print() {
     let Some(heap) = frostheap::main_heap() else {
         return;
     };

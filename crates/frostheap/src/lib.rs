@@ -279,7 +279,7 @@ mod violation;
 
 pub use config::{Backend, HugePages, OnViolation, Protect};
 pub use error::Error;
-pub use global::{main_heap, stats, unguarded, Global, ProcessStats, Shared};
+pub use global::{main_heap, stats, trim, unguarded, Global, ProcessStats, Shared};
 pub use heap::process::Kind;
 pub use heap::{Heap, HeapBuilder, Stats};
 pub use runtime::{

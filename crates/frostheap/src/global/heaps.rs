@@ -333,6 +333,36 @@ pub(super) fn reclaim() -> usize {
     built().map(|(_, h, _)| h.core.try_give_back()).sum()
 }
 
+/// A trim the program asked for (`frostheap::trim`, the C ABI's
+/// `malloc_trim`): `own`, the calling thread's heap when it allocates from
+/// it (not inside a phase), first hands the other heaps' blocks its cache
+/// and batch hold back to them, and collects the remote frees into its own
+/// spans that filled up; then every built heap that no phase has frozen
+/// gives back its free memory, waiting for its span lock. Returns the
+/// bytes no longer charged.
+///
+/// # Safety
+/// 1. `own` is `None`, or the calling thread's heap, which it owns, on its
+///    owner path.
+pub(super) unsafe fn trim(own: Option<&'static HeapInner>) -> usize {
+    if let Some(h) = own {
+        // SAFETY: (1): the owner of the cache and batch, not in a phase;
+        // the cache holds live blocks of other arena heaps.
+        unsafe {
+            h.remote_cache.drain(|blocks| free_to_owners(blocks));
+            h.remote_batch.publish_all();
+        }
+    }
+    built()
+        .filter(|(_, h, _)| !h.entry().is_some_and(|e| e.is_frozen()))
+        .map(|(_, h, _)| {
+            let mine = own.is_some_and(|o| core::ptr::eq(o, h));
+            // SAFETY: (1): collects only the calling thread's own heap.
+            unsafe { h.core.give_back(mine) }
+        })
+        .sum()
+}
+
 /// Every built heap: `(slot, heap, whether a thread owns it)`.
 pub(super) fn built() -> impl Iterator<Item = (usize, &'static HeapInner, bool)> {
     (0..NEXT_FRESH.load(Ordering::Acquire).min(MAX_HEAPS)).filter_map(|idx| {

@@ -41,6 +41,41 @@ pub use start::main_heap;
 use start::main_inner;
 pub use stats::{stats, ProcessStats};
 
+/// Gives the free memory of every heap of the arena (the main heap and
+/// the thread heaps) back to the system, as glibc's `malloc_trim`,
+/// mimalloc's `mi_collect(true)` or jemalloc's `arena.<i>.purge` do, and
+/// returns the bytes no longer charged against `FROSTHEAP_MAX`.
+///
+/// Each heap already gives back on its own once its free memory clearly
+/// outweighs what is live (see `docs/limit.md`), and all of it before the
+/// limit refuses an allocation; `trim` is for a program that has just
+/// dropped a large structure and wants its resident memory down now
+/// rather than when it next grows. What comes back is every free span: the
+/// free top of each heap's range is decommitted (down to its minimum,
+/// `FROSTHEAP_MIN` for the main heap) and the free spans below it are
+/// purged (`MADV_DONTNEED`). Memory inside spans that still hold a live
+/// block stays. The calling thread first hands back the other threads'
+/// blocks it keeps for reuse, and brings back those of its own spans
+/// that filled up and were then freed by other threads; such blocks of
+/// another thread's heap go back when that thread next allocates or
+/// exits. An explicit heap is trimmed with [`crate::Heap::trim`].
+///
+/// Safe anywhere: a heap that a phase has frozen now is left as it is
+/// (trim after the phase). It takes each heap's span lock in turn,
+/// waiting for it, and passes over every heap's free spans: a call for
+/// after a large release, not for every iteration.
+///
+/// ```
+/// let released = frostheap::trim();
+/// assert!(frostheap::stats().committed <= frostheap::stats().limit);
+/// # let _ = released;
+/// ```
+pub fn trim() -> usize {
+    // SAFETY: the calling thread's own heap, only while it allocates from
+    // it.
+    unsafe { heaps::trim(route::heap_on_owner_path()) }
+}
+
 /// The global allocator. Install it with
 ///
 /// ```ignore

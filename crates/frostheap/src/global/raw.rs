@@ -280,6 +280,14 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
     }
 }
 
+/// C `malloc_trim`: [`crate::trim`] for the C ABI, with `local` the
+/// calling thread's heap as the C ABI routes it (`None` for a thread
+/// without one, or inside a phase). Returns the bytes no longer charged.
+pub fn trim(local: Option<Local>) -> usize {
+    // SAFETY: a `Local` is the calling thread's heap, on its owner path.
+    unsafe { heaps::trim(local.map(|l| l.0)) }
+}
+
 /// Charges `bytes` of memory the program maps itself (anonymous `mmap`)
 /// against the process limit; false when that would pass it.
 pub fn charge_mapped(bytes: usize) -> bool {

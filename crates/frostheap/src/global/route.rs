@@ -113,6 +113,17 @@ pub(super) fn set_exit_hook(hook: fn()) {
     EXIT_HOOK.store(hook as usize, Ordering::Release);
 }
 
+/// The calling thread's heap if it allocates from it now: its route is
+/// the heap (not a context inside a phase, not the system), and it has
+/// one.
+pub(super) fn heap_on_owner_path() -> Option<&'static HeapInner> {
+    if ROUTE.with(|r| r.get()) != Route::Heap {
+        return None;
+    }
+    // SAFETY: MINE holds null or a heap in static storage.
+    unsafe { MINE.with(|h| h.get()).as_ref() }
+}
+
 /// The calling thread's route.
 #[inline]
 pub(super) fn route() -> Route {

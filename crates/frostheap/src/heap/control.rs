@@ -115,6 +115,27 @@ impl HeapCore {
         self.spans.try_give_back(self.pages, &self.others.external)
     }
 
+    /// Gives back every free page of the heap, waiting for the span lock
+    /// (a trim the program asked for: [`Heap::trim`](crate::Heap::trim),
+    /// `frostheap::trim`, the C ABI's `malloc_trim`): the free top
+    /// decommitted, the free spans below it purged and uncharged. With
+    /// `collect`, first the spans that filled up and then received frees
+    /// from other threads are brought back, so that one all of whose
+    /// blocks other threads freed becomes a free span too. Returns the
+    /// bytes no longer charged.
+    ///
+    /// # Safety
+    /// 1. With `collect`, the calling thread owns the heap, on its owner
+    ///    path (the heap is not frozen for it: not a runtime worker or the
+    ///    main thread inside a phase).
+    pub(crate) unsafe fn give_back(&self, collect: bool) -> usize {
+        if collect {
+            debug_assert!(self.is_owner(), "a collection by another thread");
+            self.collect_pending();
+        }
+        self.spans.give_back(self.pages, &self.others.external)
+    }
+
     /// In a `fork` child, before anything else uses the heap: completes an
     /// owner update of the counters and the remote frees that `fork` cut
     /// in half (see `Remote::repair_after_fork`).

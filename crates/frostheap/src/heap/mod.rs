@@ -428,6 +428,38 @@ impl Heap {
         self.core().release_external(bytes)
     }
 
+    /// Gives this heap's free memory back to the system and returns the
+    /// bytes no longer charged (against the heap's `max` and the process
+    /// limit): the free top of its range is decommitted, down to its
+    /// `min`, and the free spans below it are purged (`MADV_DONTNEED`).
+    /// Memory inside spans that still hold a live block stays, and so do
+    /// spans whose last blocks other threads freed after the span filled
+    /// up, until the owner's next allocation brings them back. A heap that
+    /// a phase has frozen now is left as it is (0). For every heap of the
+    /// global allocator at once, see [`crate::trim`].
+    ///
+    /// ```
+    /// use std::alloc::Layout;
+    /// let heap = frostheap::Heap::builder().max(64 << 20).build().unwrap();
+    /// // 4 MiB: below what the heap gives back by itself when freed.
+    /// let layout = Layout::from_size_align(256 << 10, 16).unwrap();
+    /// let blocks: Vec<_> = (0..16).map(|_| heap.try_alloc(layout).unwrap()).collect();
+    /// for b in blocks {
+    ///     // SAFETY: allocated above from this heap, freed once.
+    ///     unsafe { heap.dealloc(b) };
+    /// }
+    /// assert!(heap.stats().committed >= 4 << 20);
+    /// assert!(heap.trim() >= 4 << 20);
+    /// assert_eq!(heap.stats().committed, 0);
+    /// ```
+    pub fn trim(&self) -> usize {
+        if self.inner().entry().is_some_and(|e| e.is_frozen()) {
+            return 0;
+        }
+        // SAFETY: no collection, so no ownership needed.
+        unsafe { self.core().give_back(false) }
+    }
+
     /// Bytes of the committed range held by no block's span (free pages
     /// the heap keeps, purged ones included).
     pub fn free_bytes(&self) -> usize {

@@ -236,6 +236,15 @@ impl SpanAllocator {
         before - self.charged()
     }
 
+    /// [`SpanAllocator::try_give_back`], waiting for the span lock: a trim
+    /// the program asked for. Returns the bytes no longer charged.
+    pub(super) fn give_back(&self, pages: PageTable, external: &AtomicUsize) -> usize {
+        let guard = self.lock.lock();
+        let before = self.charged();
+        self.locked(pages, external, guard).give_back_all();
+        before - self.charged()
+    }
+
     /// Bytes of free spans (committed, not in use by any block's span).
     pub(super) fn free_bytes(&self) -> usize {
         let _g = self.lock.lock();

@@ -281,6 +281,17 @@ fn a_new_thread_adopts_the_heap_with_memory_to_reuse() {
     assert_succeeded_saying(&out, "global_threads adopt: ok");
 }
 
+test!(trim_gives_back_what_the_main_thread_and_a_thread_freed);
+/// `frostheap::trim` after 20 MB of blocks were freed, on the main thread
+/// and on a thread whose blocks the main thread freed (its trim brings
+/// back its spans that filled up and then emptied): the committed bytes
+/// drop by at least half of them at the trim, and a second trim finds
+/// nothing left.
+fn trim_gives_back_what_the_main_thread_and_a_thread_freed() {
+    let out = run_fixture("global_threads", &["trim"], &[]);
+    assert_succeeded_saying(&out, "global_threads trim: ok");
+}
+
 test!(fork_in_a_threaded_global_program_leaves_a_working_child);
 /// `fork` while another thread allocates and frees the main thread's
 /// blocks: every child can allocate (no heap lock was copied held), finds

@@ -626,6 +626,14 @@ fn global_reductions_allocate_partials_in_context_heaps() {
     global_scenario("reductions", &[]);
 }
 
+test!(global_trim_inside_a_phase_leaves_the_frozen_main_heap_alone);
+/// A task's `frostheap::trim` skips the main heap the phase froze (its 20 MB
+/// of free spans stay committed until the phase is over), and the main
+/// thread's trim after the phase gives them back.
+fn global_trim_inside_a_phase_leaves_the_frozen_main_heap_alone() {
+    global_scenario("trim", &[]);
+}
+
 test!(global_runtime_is_configured_from_the_environment);
 fn global_runtime_is_configured_from_the_environment() {
     let stdout = global_scenario("global-runtime", &[("FROSTHEAP_WORKERS", "3")]);

@@ -1,0 +1,132 @@
+//! glibc's malloc introspection, answered by frostheap: `malloc_trim`,
+//! `mallinfo2`, `mallinfo` and `malloc_stats`.
+//!
+//! Without these a program under the library would reach glibc's, which
+//! know only glibc's arenas: `mallinfo2` would report next to nothing in
+//! use, and `malloc_trim` would give back nothing of what the program
+//! freed. Programs call them to watch their heap (monitoring, tests of
+//! memory use) and to give memory back after a large release.
+//!
+//! None of them allocates: the figures are the heaps' own counters
+//! ([`frostheap::stats`]), and `malloc_stats` formats into a stack
+//! buffer.
+
+use core::ffi::c_int;
+
+use frostheap::__private::raw;
+use frostheap::Kind;
+
+/// `malloc_trim(3)`: gives the free memory of every heap back to the
+/// system ([`frostheap::trim`]: each heap's free top decommitted and its
+/// free spans purged, the calling thread's cache of other heaps' blocks
+/// handed back first). Returns 1 if some memory was given back, 0 if
+/// none. `pad` (glibc: bytes to keep at the top of the main arena) is not
+/// used: a heap keeps its minimum (`FROSTHEAP_MIN` for the main heap)
+/// whatever it is. glibc's own arenas, which hold only the blocks of
+/// threads without a heap, are not trimmed.
+#[no_mangle]
+pub extern "C" fn malloc_trim(pad: usize) -> c_int {
+    let _ = pad;
+    c_int::from(raw::trim(crate::local_fast()) > 0)
+}
+
+/// glibc's `struct mallinfo2`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mallinfo2 {
+    /// Bytes committed for the heaps that serve `malloc` (the main heap
+    /// and every thread heap), purged free spans not counted.
+    pub arena: usize,
+    /// Free chunks: not counted by frostheap (0).
+    pub ordblks: usize,
+    /// Free fastbin blocks: glibc only (0).
+    pub smblks: usize,
+    /// Blocks glibc mapped on their own: frostheap has none, its large
+    /// blocks are in the heaps (0).
+    pub hblks: usize,
+    /// Bytes of those blocks (0).
+    pub hblkhd: usize,
+    /// Unused by glibc too (0).
+    pub usmblks: usize,
+    /// Bytes in fastbin blocks: glibc only (0).
+    pub fsmblks: usize,
+    /// Bytes in use: the usable size of every live block of the heaps,
+    /// and of glibc blocks of threads without a heap.
+    pub uordblks: usize,
+    /// Bytes committed and not in use (`arena - uordblks`, at least 0):
+    /// free blocks, and free spans not yet purged.
+    pub fordblks: usize,
+    /// Bytes `malloc_trim` could give back: not computed (0).
+    pub keepcost: usize,
+}
+
+/// glibc's `struct mallinfo` (the same fields as `int`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mallinfo {
+    /// See [`Mallinfo2::arena`].
+    pub arena: c_int,
+    /// See [`Mallinfo2::ordblks`].
+    pub ordblks: c_int,
+    /// See [`Mallinfo2::smblks`].
+    pub smblks: c_int,
+    /// See [`Mallinfo2::hblks`].
+    pub hblks: c_int,
+    /// See [`Mallinfo2::hblkhd`].
+    pub hblkhd: c_int,
+    /// See [`Mallinfo2::usmblks`].
+    pub usmblks: c_int,
+    /// See [`Mallinfo2::fsmblks`].
+    pub fsmblks: c_int,
+    /// See [`Mallinfo2::uordblks`].
+    pub uordblks: c_int,
+    /// See [`Mallinfo2::fordblks`].
+    pub fordblks: c_int,
+    /// See [`Mallinfo2::keepcost`].
+    pub keepcost: c_int,
+}
+
+/// `mallinfo2(3)`: the heaps' figures in glibc's fields (see
+/// [`Mallinfo2`] for what each one holds here).
+#[no_mangle]
+pub extern "C" fn mallinfo2() -> Mallinfo2 {
+    let s = frostheap::stats();
+    let arena = s.committed_for(Kind::Main) + s.committed_for(Kind::Thread);
+    // Blocks of threads without a heap live in glibc, charged as external
+    // bytes for their usable size (see `foreign`).
+    let external = s.committed_for(Kind::External);
+    let uordblks = s.in_use() + external;
+    Mallinfo2 {
+        arena: arena + external,
+        uordblks,
+        fordblks: (arena + external).saturating_sub(uordblks),
+        ..Mallinfo2::default()
+    }
+}
+
+/// `mallinfo(3)`: [`mallinfo2`] in `int` fields. A figure past `INT_MAX`
+/// reads `INT_MAX` (glibc's wraps around); `mallinfo2` has the exact one.
+#[no_mangle]
+pub extern "C" fn mallinfo() -> Mallinfo {
+    let m = mallinfo2();
+    let int = |n: usize| c_int::try_from(n).unwrap_or(c_int::MAX);
+    Mallinfo {
+        arena: int(m.arena),
+        ordblks: int(m.ordblks),
+        smblks: int(m.smblks),
+        hblks: int(m.hblks),
+        hblkhd: int(m.hblkhd),
+        usmblks: int(m.usmblks),
+        fsmblks: int(m.fsmblks),
+        uordblks: int(m.uordblks),
+        fordblks: int(m.fordblks),
+        keepcost: int(m.keepcost),
+    }
+}
+
+/// `malloc_stats(3)`: the lines `FROSTHEAP_STATS=1` prints at exit (the
+/// main heap's figures, then the process's), on standard error, now.
+#[no_mangle]
+pub extern "C" fn malloc_stats() {
+    crate::stats::print();
+}
