@@ -12,7 +12,12 @@ per thread, for segregated classes alone and with frostheap's borrowing
 (`HeapCore::borrow`): a class of 1 KiB or more whose current span has no
 free block, once it has carved 8 blocks there, takes a free block of one
 of the two next classes at most half as large again before it carves
-another of its own, at most 1,024 times in a row.
+another of its own, at most 1,024 times in a row. The last line bounds
+what any rule of lending between classes could do: every class takes a
+free block of any larger class whenever it has none of its own. Even then
+the classes hold well above the peak of what is live, since a free block
+serves only requests up to its size and nothing can lend to the largest
+classes.
 
     python3 crates/frostheap-bench/sim/class_peaks.py [ops] [seed]
 """
@@ -45,7 +50,7 @@ def class_of(n):
 
 
 def run(ops, seed, borrow_classes=0, borrow_min=1024, borrow_after=8, borrow_run=1024,
-        window=64, lo=16, hi=4096):
+        window=64, lo=16, hi=4096, max_ratio=1.5):
     """Returns (peak live KiB with a 16 B header each, class pages KiB,
     share of allocations that borrowed, borrows per block carved by the
     classes that borrow)."""
@@ -67,7 +72,7 @@ def run(ops, seed, borrow_classes=0, borrow_min=1024, borrow_after=8, borrow_run
             got = c
         elif SIZES[c] >= borrow_min and carved[c] >= borrow_after and run_of[c] < borrow_run:
             for d in range(1, borrow_classes + 1):
-                if c + d >= len(SIZES) or 2 * SIZES[c + d] > 3 * SIZES[c]:
+                if c + d >= len(SIZES) or SIZES[c + d] > max_ratio * SIZES[c]:
                     break
                 if used[c + d] < carved[c + d]:
                     got = c + d
@@ -98,6 +103,12 @@ def main():
     _, pages, share, per = run(ops, seed, borrow_classes=2, borrow_run=10**9)
     print(f"class pages {pages:.0f} KiB with borrowing and no cap on a run ({share:.1%} borrow, "
           f"{per:.0f} per block carved)")
+    # The most any lending between classes can do: every class, from its
+    # first block, takes a free block of any larger class, with no cap.
+    _, pages, share, _ = run(ops, seed, borrow_classes=len(SIZES), borrow_min=0,
+                             borrow_after=0, borrow_run=10**9, max_ratio=float("inf"))
+    print(f"class pages {pages:.0f} KiB if any class took any larger free block "
+          f"({share:.1%} borrow)")
 
 
 if __name__ == "__main__":

@@ -125,6 +125,19 @@ unsafe impl GlobalAlloc for Global {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // The thread's own heap straight from its heap word, as `alloc`
+        // takes it (non-null only on the heap route with tracking off),
+        // not through `route` and `own_heap`, which read a thread-local
+        // each: zeroed blocks of 16 B – 1 KiB took 1.07–1.10× the time of
+        // the library before thread heaps that way, 1.01–1.05× this way
+        // (`global_path`'s `churn0`).
+        let h = FAST_HEAP.with(|h| h.get());
+        if !h.is_null() {
+            // SAFETY: the heap word is set only on the heap's owner thread,
+            // to a heap in static storage.
+            let p = unsafe { (*h).core.alloc_zeroed(layout) };
+            return after_heap_alloc(p, layout.size());
+        }
         let p = match route() {
             Route::Heap => match own_heap() {
                 Some(h) => h.core.alloc_zeroed(layout),
