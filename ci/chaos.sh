@@ -86,9 +86,10 @@ rounds=0
 while :; do
     run "$bin/threads"
     run "$bin/mixer" 4 5000 8
+    run "$bin/mixer" 4 2000 4 64
     run "$bin/thread_churn"
     run "$bin/consumer" 50 2000
     rounds=$((rounds + 1))
     [ $(($(date +%s) - start)) -lt "$budget" ] || break
 done
-echo "ci/chaos.sh: $rounds rounds of threads, mixer, thread_churn and consumer passed in $(($(date +%s) - start)) s"
+echo "ci/chaos.sh: $rounds rounds of threads, mixer (with and without trims), thread_churn and consumer passed in $(($(date +%s) - start)) s"

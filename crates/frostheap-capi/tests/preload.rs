@@ -688,6 +688,23 @@ fn threads_that_come_and_go_swap_blocks_of_every_size_intact() {
 }
 
 #[test]
+fn heaps_trimmed_while_threads_swap_blocks_stay_intact() {
+    // The same waves with every thread calling malloc_trim about once in 64
+    // operations, and the main thread once in 256 of its own: free tops
+    // decommitted and free spans purged while other threads allocate, free
+    // into those heaps and adopt them. Every block is still checked when
+    // it is taken. `ci/chaos.sh` runs it with widened race windows too.
+    let out = preloaded_limited(
+        Command::new(c_program("mixer")).args(["4", "3000", "6", "64"]),
+        &[],
+        300,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("checks, 0 failures"), "{}", text(&out));
+}
+
+#[test]
 fn python_with_pymalloc_raises_memory_error_under_the_cap() {
     // pymalloc takes its arenas with mmap: the library counts them against
     // the same limit, so the list of five million strings cannot pass it.

@@ -13,8 +13,14 @@
  * it out of a slot: a block handed out twice, or written after it was
  * freed, shows as a broken pattern. Prints "mixer: N checks, 0 failures".
  *
- * Usage: mixer [threads] [ops per thread] [generations] */
+ * With TRIM > 0, every thread also calls malloc_trim(0) about once in TRIM
+ * operations, and the main thread every 256 of its own: heaps give their
+ * free memory back while other threads allocate, free into them and adopt
+ * them.
+ *
+ * Usage: mixer [threads] [ops per thread] [generations] [trim] */
 #define _GNU_SOURCE
+#include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -26,7 +32,7 @@ enum { SLOTS = 4096 };
 
 static _Atomic(unsigned char *) slots[SLOTS];
 static atomic_long failures, checks;
-static int threads = 4, ops = 20000, generations = 8;
+static int threads = 4, ops = 20000, generations = 8, trim = 0;
 
 static uint64_t next(uint64_t *s) { /* xorshift64* */
     *s ^= *s >> 12;
@@ -79,6 +85,7 @@ static void *work(void *arg) {
     uint64_t s = (uint64_t)(uintptr_t)arg * 0x9E3779B97F4A7C15ull + 1;
     for (int k = 0; k < ops; k++) {
         uint64_t r = next(&s);
+        if (trim && r % (uint64_t)trim == 1) malloc_trim(0);
         size_t n = pick_size(r);
         if (n < 16) n = 16; /* every block carries a header */
         unsigned char *p;
@@ -144,8 +151,9 @@ int main(int argc, char **argv) {
     if (argc > 1) threads = atoi(argv[1]);
     if (argc > 2) ops = atoi(argv[2]);
     if (argc > 3) generations = atoi(argv[3]);
-    if (threads < 1 || threads > 256 || ops < 1 || generations < 1) {
-        fprintf(stderr, "usage: mixer [threads 1-256] [ops >= 1] [generations >= 1]\n");
+    if (argc > 4) trim = atoi(argv[4]);
+    if (threads < 1 || threads > 256 || ops < 1 || generations < 1 || trim < 0) {
+        fprintf(stderr, "usage: mixer [threads 1-256] [ops >= 1] [generations >= 1] [trim >= 0]\n");
         return 2;
     }
     pthread_t *t = malloc(sizeof(pthread_t) * (size_t)threads);
@@ -156,6 +164,7 @@ int main(int argc, char **argv) {
          * own frees and remote frees into the workers' heaps. */
         uint64_t s = (uint64_t)g + 77;
         for (int k = 0; k < ops / 4; k++) {
+            if (trim && k % 256 == 0) malloc_trim(0);
             unsigned char *old = atomic_exchange(&slots[next(&s) % SLOTS], NULL);
             size_t on;
             if (!old) continue;
