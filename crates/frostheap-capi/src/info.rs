@@ -27,7 +27,8 @@ use frostheap::Kind;
 #[no_mangle]
 pub extern "C" fn malloc_trim(pad: usize) -> c_int {
     let _ = pad;
-    c_int::from(raw::trim(crate::local_fast()) > 0)
+    // SAFETY: the thread's own heap word, read on this thread.
+    c_int::from(unsafe { raw::trim(crate::local_fast()) } > 0)
 }
 
 /// glibc's `struct mallinfo2`.

@@ -283,8 +283,12 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
 /// C `malloc_trim`: [`crate::trim`] for the C ABI, with `local` the
 /// calling thread's heap as the C ABI routes it (`None` for a thread
 /// without one, or inside a phase). Returns the bytes no longer charged.
-pub fn trim(local: Option<Local>) -> usize {
-    // SAFETY: a `Local` is the calling thread's heap, on its owner path.
+///
+/// # Safety
+/// 1. `local` is `None`, or was obtained on the calling thread (as for
+///    [`Local::malloc`]).
+pub unsafe fn trim(local: Option<Local>) -> usize {
+    // SAFETY: (1): the calling thread's heap, on its owner path.
     unsafe { heaps::trim(local.map(|l| l.0)) }
 }
 
