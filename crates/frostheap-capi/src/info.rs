@@ -92,15 +92,15 @@ pub struct Mallinfo {
 #[no_mangle]
 pub extern "C" fn mallinfo2() -> Mallinfo2 {
     let s = frostheap::stats();
-    let arena = s.committed_for(Kind::Main) + s.committed_for(Kind::Thread);
     // Blocks of threads without a heap live in glibc, charged as external
     // bytes for their usable size (see `foreign`).
     let external = s.committed_for(Kind::External);
+    let arena = s.committed_for(Kind::Main) + s.committed_for(Kind::Thread) + external;
     let uordblks = s.in_use() + external;
     Mallinfo2 {
-        arena: arena + external,
+        arena,
         uordblks,
-        fordblks: (arena + external).saturating_sub(uordblks),
+        fordblks: arena.saturating_sub(uordblks),
         ..Mallinfo2::default()
     }
 }

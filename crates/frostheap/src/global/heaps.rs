@@ -232,16 +232,29 @@ pub(super) unsafe fn detach(idx: usize) {
     // SAFETY: (1).
     let h = unsafe { slot_heap(idx) };
     // Other heaps' blocks the thread kept go back to them first.
-    // SAFETY: (1): the owner, still; the cache holds live blocks of other
-    // arena heaps.
-    unsafe { h.remote_cache.drain(|blocks| free_to_owners(blocks)) };
     // SAFETY: (1): the owner, still.
-    unsafe { h.remote_batch.publish_all() };
+    unsafe { hand_back_held_blocks(h) };
     crate::sync::chaos();
     // SAFETY: (1).
     unsafe { h.core.abandon() };
     SLOTS[idx].state.store(ABANDONED, Ordering::Relaxed);
     push_abandoned(idx);
+}
+
+/// Gives the other heaps' blocks that `h`'s thread holds back to them: its
+/// remote cache, emptied ([`free_to_owners`]), and its remote batch,
+/// published.
+///
+/// # Safety
+/// 1. The calling thread owns `h`, and is not a runtime worker inside a
+///    phase.
+unsafe fn hand_back_held_blocks(h: &HeapInner) {
+    // SAFETY: (1): the owner of the cache and the batch; the cache holds
+    // live blocks of other arena heaps.
+    unsafe {
+        h.remote_cache.drain(|blocks| free_to_owners(blocks));
+        h.remote_batch.publish_all();
+    }
 }
 
 /// Frees `blocks`, live blocks of arena heaps the calling thread does not
@@ -346,15 +359,11 @@ pub(super) fn reclaim() -> usize {
 ///    owner path.
 pub(super) unsafe fn trim(own: Option<&'static HeapInner>) -> usize {
     if let Some(h) = own {
-        // SAFETY: (1): the owner of the cache and batch, not in a phase;
-        // the cache holds live blocks of other arena heaps.
-        unsafe {
-            h.remote_cache.drain(|blocks| free_to_owners(blocks));
-            h.remote_batch.publish_all();
-        }
+        // SAFETY: (1): the owner, not in a phase.
+        unsafe { hand_back_held_blocks(h) };
     }
     built()
-        .filter(|(_, h, _)| !h.entry().is_some_and(|e| e.is_frozen()))
+        .filter(|(_, h, _)| !h.frozen_now())
         .map(|(_, h, _)| {
             let mine = own.is_some_and(|o| core::ptr::eq(o, h));
             // SAFETY: (1): collects only the calling thread's own heap.

@@ -147,6 +147,11 @@ impl HeapInner {
         self.entry
     }
 
+    /// Whether a phase has the heap frozen now.
+    pub(crate) fn frozen_now(&self) -> bool {
+        self.entry.is_some_and(|e| e.is_frozen())
+    }
+
     /// The heap registered in `entry`: the typed view of the guard table's
     /// opaque owner pointer, which only this module stores.
     ///
@@ -453,7 +458,7 @@ impl Heap {
     /// assert_eq!(heap.stats().committed, 0);
     /// ```
     pub fn trim(&self) -> usize {
-        if self.inner().entry().is_some_and(|e| e.is_frozen()) {
+        if self.inner().frozen_now() {
             return 0;
         }
         // SAFETY: no collection, so no ownership needed.

@@ -231,15 +231,24 @@ impl SpanAllocator {
         let Some(guard) = self.lock.try_lock() else {
             return 0;
         };
-        let before = self.charged();
-        self.locked(pages, external, guard).give_back_all();
-        before - self.charged()
+        self.give_back_all_locked(pages, external, guard)
     }
 
     /// [`SpanAllocator::try_give_back`], waiting for the span lock: a trim
     /// the program asked for. Returns the bytes no longer charged.
     pub(super) fn give_back(&self, pages: PageTable, external: &AtomicUsize) -> usize {
         let guard = self.lock.lock();
+        self.give_back_all_locked(pages, external, guard)
+    }
+
+    /// [`Locked::give_back_all`] under `guard`, the span lock; returns the
+    /// bytes no longer charged.
+    fn give_back_all_locked(
+        &self,
+        pages: PageTable,
+        external: &AtomicUsize,
+        guard: LockGuard<'_>,
+    ) -> usize {
         let before = self.charged();
         self.locked(pages, external, guard).give_back_all();
         before - self.charged()
