@@ -1,6 +1,17 @@
 //! Other threads' allocations: glibc's allocator (`__libc_malloc` and
 //! friends), charged against the main heap's limit.
 //!
+//! **Reaching glibc.** The library exports `__libc_malloc` and the rest
+//! of glibc's second names itself (a program or library that calls them
+//! gets heap blocks, under the limit: see the crate), so glibc's own are
+//! found with `dlsym(RTLD_NEXT, ...)`, the next definition past this
+//! library: once, from the library's constructor ([`resolve`]), before
+//! the program runs and before any thread exists. Should a thread need
+//! glibc before that (a thread another library's constructor started),
+//! the first such call resolves them; a call that finds the resolution in
+//! progress on another thread, or that finds no glibc past the library,
+//! fails with `ENOMEM` rather than wait or guess.
+//!
 //! **Charging without a window.** Before calling glibc we charge an upper
 //! bound of the usable size the block can get ([`bound`]: the request plus
 //! one OS page plus 64 bytes, plus the alignment for aligned requests —
@@ -24,19 +35,104 @@
 //! than `malloc_usable_size`, which this library replaces. x86_64 glibc has
 //! no memory tagging, which would change the formula.
 
-use core::ffi::c_void;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::ffi::{c_char, c_void};
+use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use frostheap::__private::raw;
 
 use crate::set_errno;
 
-extern "C" {
-    fn __libc_malloc(size: usize) -> *mut c_void;
-    fn __libc_free(ptr: *mut c_void);
-    fn __libc_calloc(nmemb: usize, size: usize) -> *mut c_void;
-    fn __libc_realloc(ptr: *mut c_void, size: usize) -> *mut c_void;
-    fn __libc_memalign(alignment: usize, size: usize) -> *mut c_void;
+/// glibc's allocation functions, past this library's own of the same
+/// names.
+#[derive(Clone, Copy)]
+struct Glibc {
+    malloc: unsafe extern "C" fn(usize) -> *mut c_void,
+    free: unsafe extern "C" fn(*mut c_void),
+    calloc: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+    realloc: unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void,
+    memalign: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+}
+
+/// The names looked up, in [`Glibc`]'s field order (NUL-terminated).
+const NAMES: [&[u8]; 5] = [
+    b"__libc_malloc\0",
+    b"__libc_free\0",
+    b"__libc_calloc\0",
+    b"__libc_realloc\0",
+    b"__libc_memalign\0",
+];
+
+/// The addresses [`resolve`] found, in [`NAMES`]' order; read only once
+/// [`STATE`] is [`READY`].
+static FOUND: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
+
+const UNRESOLVED: u8 = 0;
+const RESOLVING: u8 = 1;
+const READY: u8 = 2;
+const MISSING: u8 = 3;
+/// Where [`resolve`] stands.
+static STATE: AtomicU8 = AtomicU8::new(UNRESOLVED);
+
+/// Finds glibc's allocation functions past this library (see the module
+/// documentation); true once they are known. Called by the library's
+/// constructor; a later call returns at once.
+pub(crate) fn resolve() -> bool {
+    match STATE.load(Ordering::Acquire) {
+        READY => return true,
+        MISSING => return false,
+        _ => {}
+    }
+    if STATE
+        .compare_exchange(UNRESOLVED, RESOLVING, Ordering::Acquire, Ordering::Acquire)
+        .is_err()
+    {
+        // Resolving on another thread (or below us on this one): do not
+        // wait on it.
+        return STATE.load(Ordering::Acquire) == READY;
+    }
+    let mut ok = true;
+    for (name, slot) in NAMES.iter().zip(&FOUND) {
+        // SAFETY: name is NUL-terminated; RTLD_NEXT asks for the next
+        // definition past this library, which has its own of each name.
+        let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast::<c_char>()) };
+        ok &= !p.is_null();
+        slot.store(p as usize, Ordering::Relaxed);
+    }
+    STATE.store(if ok { READY } else { MISSING }, Ordering::Release);
+    ok
+}
+
+/// glibc's functions, resolved now if the constructor has not run yet;
+/// `None` if they cannot be reached (the caller fails with `ENOMEM`).
+#[inline]
+fn glibc() -> Option<Glibc> {
+    if !resolve() {
+        return None;
+    }
+    // SAFETY: READY was published after each slot got the address of
+    // glibc's function of that name, whose type is the field's (glibc's
+    // ABI since 2.2.5, as <malloc.h> declares them).
+    unsafe {
+        Some(Glibc {
+            malloc: found(0),
+            free: found(1),
+            calloc: found(2),
+            realloc: found(3),
+            memalign: found(4),
+        })
+    }
+}
+
+/// Slot `i` of [`FOUND`] as a function pointer of type `F`.
+///
+/// # Safety
+/// 1. `F` is a function pointer type, and the slot holds the address of a
+///    function of that type.
+unsafe fn found<F: Copy>(i: usize) -> F {
+    const { assert!(core::mem::size_of::<F>() == core::mem::size_of::<usize>()) };
+    let addr = FOUND[i].load(Ordering::Relaxed);
+    // SAFETY: (1); the sizes match.
+    unsafe { core::mem::transmute_copy::<usize, F>(&addr) }
 }
 
 /// Bytes of live glibc blocks that could not be charged (see the module
@@ -93,12 +189,13 @@ fn release(mut bytes: usize) {
     }
 }
 
-/// Charges an upper bound for a new block, runs `f`, and settles the
-/// charge to the block's usable size. Null with `ENOMEM` if refused.
+/// Charges an upper bound for a new block, runs `f` on glibc's
+/// functions, and settles the charge to the block's usable size. Null with
+/// `ENOMEM` if refused, or if glibc cannot be reached.
 #[inline]
-fn charged_alloc(size: usize, align: usize, f: impl FnOnce() -> *mut c_void) -> *mut c_void {
+fn charged_alloc(size: usize, align: usize, f: impl FnOnce(&Glibc) -> *mut c_void) -> *mut c_void {
     crate::ensure_atfork();
-    let Some(held) = bound(size, align) else {
+    let (Some(held), Some(glibc)) = (bound(size, align), glibc()) else {
         set_errno(libc::ENOMEM);
         return core::ptr::null_mut();
     };
@@ -106,7 +203,7 @@ fn charged_alloc(size: usize, align: usize, f: impl FnOnce() -> *mut c_void) -> 
         set_errno(libc::ENOMEM);
         return core::ptr::null_mut();
     }
-    let p = f();
+    let p = f(&glibc);
     if p.is_null() {
         release(held);
         return p; // glibc set errno
@@ -118,7 +215,7 @@ fn charged_alloc(size: usize, align: usize, f: impl FnOnce() -> *mut c_void) -> 
     } else if !charge(usable - held) {
         release(held);
         // SAFETY: p is ours to free; nobody has seen it.
-        unsafe { __libc_free(p) };
+        unsafe { (glibc.free)(p) };
         set_errno(libc::ENOMEM);
         return core::ptr::null_mut();
     }
@@ -127,20 +224,21 @@ fn charged_alloc(size: usize, align: usize, f: impl FnOnce() -> *mut c_void) -> 
 
 /// `malloc` through glibc, charged.
 pub(crate) fn malloc(size: usize) -> *mut c_void {
-    // SAFETY: __libc_malloc has no preconditions.
-    charged_alloc(size, 0, || unsafe { __libc_malloc(size) })
+    // SAFETY: glibc's malloc has no preconditions.
+    charged_alloc(size, 0, |g| unsafe { (g.malloc)(size) })
 }
 
 /// `calloc` through glibc, charged; `total` is `nmemb * size` (checked).
 pub(crate) fn calloc(nmemb: usize, size: usize, total: usize) -> *mut c_void {
-    // SAFETY: __libc_calloc has no preconditions.
-    charged_alloc(total, 0, || unsafe { __libc_calloc(nmemb, size) })
+    // SAFETY: glibc's calloc has no preconditions.
+    charged_alloc(total, 0, |g| unsafe { (g.calloc)(nmemb, size) })
 }
 
 /// `memalign` through glibc, charged.
 pub(crate) fn memalign(align: usize, size: usize) -> *mut c_void {
-    // SAFETY: __libc_memalign has no preconditions (align is a power of two).
-    charged_alloc(size, align, || unsafe { __libc_memalign(align, size) })
+    // SAFETY: glibc's memalign has no preconditions (align is a power of
+    // two).
+    charged_alloc(size, align, |g| unsafe { (g.memalign)(align, size) })
 }
 
 /// `free` of a glibc block: releases its charge.
@@ -148,10 +246,12 @@ pub(crate) fn memalign(align: usize, size: usize) -> *mut c_void {
 /// # Safety
 /// 1. `p` is a live glibc block (non-null).
 pub(crate) unsafe fn free(p: *mut c_void) {
+    // A glibc block exists only once glibc was reached.
+    let Some(glibc) = glibc() else { return };
     // SAFETY: (1).
     let usable = unsafe { usable_size(p) };
     // SAFETY: (1).
-    unsafe { __libc_free(p) };
+    unsafe { (glibc.free)(p) };
     release(usable);
 }
 
@@ -163,7 +263,7 @@ pub(crate) unsafe fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
     crate::ensure_atfork();
     // SAFETY: (1).
     let old = unsafe { usable_size(p) };
-    let Some(held) = bound(size, 0) else {
+    let (Some(held), Some(glibc)) = (bound(size, 0), glibc()) else {
         set_errno(libc::ENOMEM);
         return core::ptr::null_mut();
     };
@@ -172,7 +272,7 @@ pub(crate) unsafe fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
         return core::ptr::null_mut();
     }
     // SAFETY: (1).
-    let q = unsafe { __libc_realloc(p, size) };
+    let q = unsafe { (glibc.realloc)(p, size) };
     if q.is_null() {
         release(held);
         return q; // p untouched; glibc set errno

@@ -1,5 +1,5 @@
 //! glibc's malloc introspection, answered by frostheap: `malloc_trim`,
-//! `mallinfo2`, `mallinfo` and `malloc_stats`.
+//! `mallinfo2`, `mallinfo` (and `__libc_mallinfo`) and `malloc_stats`.
 //!
 //! Without these a program under the library would reach glibc's, which
 //! know only glibc's arenas: `mallinfo2` would report next to nothing in
@@ -123,6 +123,12 @@ pub extern "C" fn mallinfo() -> Mallinfo {
         fordblks: int(m.fordblks),
         keepcost: int(m.keepcost),
     }
+}
+
+/// `__libc_mallinfo`, glibc's second name for [`mallinfo`].
+#[no_mangle]
+pub extern "C" fn __libc_mallinfo() -> Mallinfo {
+    mallinfo()
 }
 
 /// `malloc_stats(3)`: the lines `FROSTHEAP_STATS=1` prints at exit (the

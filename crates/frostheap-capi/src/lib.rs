@@ -11,8 +11,8 @@
 //! block freed by another thread goes back to its heap as a remote free.
 //! The rare allocation of a thread that has no heap (while its heap is
 //! being attached, after it exited, or with every slot taken) goes to
-//! glibc through the `__libc_malloc` family, charged against the limit
-//! for its usable size ([`foreign`]).
+//! glibc's own allocator (reached through `dlsym`), charged against the
+//! limit for its usable size ([`foreign`]).
 //!
 //! **Semantics** are glibc 2.36's: `errno = ENOMEM` and `NULL` past the
 //! limit (so CPython raises `MemoryError` instead of being killed),
@@ -49,9 +49,15 @@
 //! runtimes' own allocators) are charged against the same limit, and a
 //! refused one returns `MAP_FAILED` with `ENOMEM` (see [`mapped`]).
 //!
-//! **Introspection.** `malloc_trim`, `mallinfo2`, `mallinfo` and
-//! `malloc_stats` answer for the heaps, not for glibc's arenas (see
-//! [`info`]).
+//! **glibc's second names** (`__libc_malloc`, `__libc_free`,
+//! `__libc_calloc`, `__libc_realloc`, `__libc_memalign`, `__libc_valloc`,
+//! `__libc_pvalloc`, and the old `cfree`) are these same functions, so a
+//! program that calls them directly is capped too, and mixing the names
+//! is safe.
+//!
+//! **Introspection.** `malloc_trim`, `mallinfo2`, `mallinfo` (also as
+//! `__libc_mallinfo`) and `malloc_stats` answer for the heaps, not for
+//! glibc's arenas (see [`info`]).
 //!
 //! `FROSTHEAP_STATS=1` prints the main heap's statistics when the library
 //! is unloaded at exit (a `.fini_array` entry, so `_exit` prints nothing).
@@ -93,6 +99,9 @@ static SERVING_C: extern "C" fn() = serving_c;
 
 extern "C" fn serving_c() {
     raw::serving_c();
+    // glibc's allocator, for threads without a heap, found while the
+    // process has one thread (see `foreign`).
+    foreign::resolve();
 }
 
 /// Alignment `malloc` guarantees (glibc's `MALLOC_ALIGNMENT`).
@@ -567,6 +576,101 @@ pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> usize {
         // SAFETY: (1): a live glibc block.
         unsafe { foreign::usable_size(ptr) }
     }
+}
+
+// ---------------------------------------------------------------------------
+// glibc's second names.
+//
+// glibc exports its allocator under a second name each, which some
+// programs and libraries call to reach the system allocator directly
+// (profilers, hooks, code that wants `malloc` not to be interposed). Under
+// the library they are the functions above: a block from one name may be
+// freed or resized through the other, and all of them count against the
+// limit. Left to glibc, `__libc_malloc` handed out memory past
+// `FROSTHEAP_MAX` (400 MiB under a 64 MiB limit), a `free` of such a block
+// took its size off the heaps' statistics (which wrapped), and
+// `__libc_free` of a heap block aborted the process ("free(): invalid
+// pointer"). The library reaches glibc's own through `dlsym` (`foreign`).
+
+/// `__libc_malloc`: [`malloc`].
+///
+/// # Safety
+/// As [`malloc`].
+#[no_mangle]
+pub unsafe extern "C" fn __libc_malloc(size: usize) -> *mut c_void {
+    // SAFETY: forwarded.
+    unsafe { malloc(size) }
+}
+
+/// `__libc_free`: [`free`].
+///
+/// # Safety
+/// As [`free`].
+#[no_mangle]
+pub unsafe extern "C" fn __libc_free(ptr: *mut c_void) {
+    // SAFETY: forwarded.
+    unsafe { free(ptr) }
+}
+
+/// `cfree`, glibc's old name for `free` (kept by glibc for binaries linked
+/// before 2.26): [`free`].
+///
+/// # Safety
+/// As [`free`].
+#[no_mangle]
+pub unsafe extern "C" fn cfree(ptr: *mut c_void) {
+    // SAFETY: forwarded.
+    unsafe { free(ptr) }
+}
+
+/// `__libc_calloc`: [`calloc`].
+///
+/// # Safety
+/// As [`calloc`].
+#[no_mangle]
+pub unsafe extern "C" fn __libc_calloc(nmemb: usize, size: usize) -> *mut c_void {
+    // SAFETY: forwarded.
+    unsafe { calloc(nmemb, size) }
+}
+
+/// `__libc_realloc`: [`realloc`].
+///
+/// # Safety
+/// As [`realloc`].
+#[no_mangle]
+pub unsafe extern "C" fn __libc_realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: forwarded.
+    unsafe { realloc(ptr, size) }
+}
+
+/// `__libc_memalign`: [`memalign`].
+///
+/// # Safety
+/// As [`memalign`].
+#[no_mangle]
+pub unsafe extern "C" fn __libc_memalign(alignment: usize, size: usize) -> *mut c_void {
+    // SAFETY: forwarded.
+    unsafe { memalign(alignment, size) }
+}
+
+/// `__libc_valloc`: [`valloc`].
+///
+/// # Safety
+/// As [`valloc`].
+#[no_mangle]
+pub unsafe extern "C" fn __libc_valloc(size: usize) -> *mut c_void {
+    // SAFETY: forwarded.
+    unsafe { valloc(size) }
+}
+
+/// `__libc_pvalloc`: [`pvalloc`].
+///
+/// # Safety
+/// As [`pvalloc`].
+#[no_mangle]
+pub unsafe extern "C" fn __libc_pvalloc(size: usize) -> *mut c_void {
+    // SAFETY: forwarded.
+    unsafe { pvalloc(size) }
 }
 
 /// `realloc` of a heap block by a thread that has no heap: the block moves

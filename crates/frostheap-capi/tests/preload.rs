@@ -156,6 +156,50 @@ fn malloc_trim_and_mallinfo2_answer_for_the_heaps() {
     );
 }
 
+/// glibc's second names for its allocator (`__libc_malloc` and the rest,
+/// `cfree`) are the heaps' under the library: blocks pass between the
+/// names on one thread and across threads, `__libc_malloc` is refused past
+/// the limit with `ENOMEM`, and `__libc_mallinfo` sees them all. Left to
+/// glibc, `__libc_malloc` allocated 400 MiB under a 64 MiB limit, and
+/// `__libc_free` of a heap block aborted the process (this program
+/// crashed). The program also makes a thread allocate after it gave its
+/// heap up (a later pthread key's destructor): those blocks are glibc's,
+/// reached past the library's own `__libc_malloc`, charged while live
+/// (`malloc_stats` prints them) and released when the main thread frees
+/// them.
+#[test]
+fn glibc_second_names_are_the_heaps_and_count_against_the_limit() {
+    let glibc = limited(Command::new(c_program("libc_names")).arg("glibc"), 120);
+    assert_succeeded_saying(&glibc, "libc_names: 16 checks, 0 failures");
+    let out = preloaded_limited(
+        Command::new(c_program("libc_names")).arg("frostheap"),
+        &[("FROSTHEAP_MAX", "64M"), ("FROSTHEAP_STATS", "1")],
+        120,
+    );
+    assert_succeeded_saying(&out, "libc_names: 20 checks, 0 failures");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("frostheap: main heap:"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "malloc_stats and the exit print\n{}",
+        text(&out)
+    );
+    assert!(
+        !lines[0].contains("threads without a heap (glibc) 0 B,"),
+        "the late thread's blocks were not glibc's: {}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("threads without a heap (glibc) 0 B,"),
+        "glibc blocks still charged at exit: {}",
+        lines[1]
+    );
+}
+
 #[test]
 fn api_program_passes_on_frostheap() {
     let out = preloaded(
