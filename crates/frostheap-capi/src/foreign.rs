@@ -200,6 +200,7 @@ fn charged_alloc(size: usize, align: usize, f: impl FnOnce(&Glibc) -> *mut c_voi
         return core::ptr::null_mut();
     };
     if !charge(held) {
+        crate::stats::report_first_refusal(size);
         set_errno(libc::ENOMEM);
         return core::ptr::null_mut();
     }
@@ -268,6 +269,7 @@ pub(crate) unsafe fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
         return core::ptr::null_mut();
     };
     if !charge(held) {
+        crate::stats::report_first_refusal(size);
         set_errno(libc::ENOMEM);
         return core::ptr::null_mut();
     }

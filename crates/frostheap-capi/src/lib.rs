@@ -122,6 +122,16 @@ fn out_of_memory() -> *mut c_void {
     core::ptr::null_mut()
 }
 
+/// [`out_of_memory`] for an allocation of `requested` bytes that a heap
+/// refused (the limit, most often): the first in the process is reported
+/// on standard error ([`stats::report_first_refusal`]).
+#[cold]
+#[inline(never)]
+fn refused(requested: usize) -> *mut c_void {
+    stats::report_first_refusal(requested);
+    out_of_memory()
+}
+
 /// The base page size, for `valloc` and `pvalloc`.
 fn os_page() -> usize {
     frostheap::__private::os::page_size()
@@ -225,11 +235,7 @@ unsafe fn alloc_aligned(size: usize, align: usize) -> *mut c_void {
         };
         // SAFETY: h is this thread's heap.
         let p = unsafe { h.alloc(layout) };
-        return if p.is_null() {
-            out_of_memory()
-        } else {
-            p.cast()
-        };
+        return if p.is_null() { refused(size) } else { p.cast() };
     }
     if align <= MALLOC_ALIGN {
         foreign::malloc(size)
@@ -256,11 +262,7 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     if let Some(h) = local_fast() {
         // SAFETY: h is this thread's heap.
         let p = unsafe { h.malloc(size) };
-        return if p.is_null() {
-            out_of_memory()
-        } else {
-            p.cast()
-        };
+        return if p.is_null() { refused(size) } else { p.cast() };
     }
     malloc_elsewhere(size)
 }
@@ -274,11 +276,7 @@ fn malloc_elsewhere(size: usize) -> *mut c_void {
     if let Some(h) = local_slow() {
         // SAFETY: h is this thread's heap.
         let p = unsafe { h.malloc(size) };
-        return if p.is_null() {
-            out_of_memory()
-        } else {
-            p.cast()
-        };
+        return if p.is_null() { refused(size) } else { p.cast() };
     }
     foreign::malloc(size)
 }
@@ -350,7 +348,7 @@ pub unsafe extern "C" fn calloc(nmemb: usize, size: usize) -> *mut c_void {
         // SAFETY: h is this thread's heap.
         let p = unsafe { h.calloc(total) };
         return if p.is_null() {
-            out_of_memory()
+            refused(total)
         } else {
             p.cast()
         };
@@ -366,7 +364,7 @@ fn calloc_elsewhere(nmemb: usize, size: usize, total: usize) -> *mut c_void {
         // SAFETY: h is this thread's heap.
         let p = unsafe { h.calloc(total) };
         return if p.is_null() {
-            out_of_memory()
+            refused(total)
         } else {
             p.cast()
         };
@@ -404,11 +402,7 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
             // SAFETY: (1): a live block of this thread's heap. Its
             // alignment is at least 16, and realloc need not keep more.
             let q = unsafe { h.realloc_c(ptr.cast(), size) };
-            return if q.is_null() {
-                out_of_memory()
-            } else {
-                q.cast()
-            };
+            return if q.is_null() { refused(size) } else { q.cast() };
         }
     }
     // SAFETY: (1), and ptr is not a block of this thread's heap.
@@ -436,17 +430,13 @@ unsafe fn realloc_elsewhere(ptr: *mut c_void, size: usize) -> *mut c_void {
         // The thread's first call since it got its heap word.
         // SAFETY: (1): a live block of this thread's heap.
         let q = unsafe { h.realloc_c(ptr.cast(), size) };
-        return if q.is_null() {
-            out_of_memory()
-        } else {
-            q.cast()
-        };
+        return if q.is_null() { refused(size) } else { q.cast() };
     }
     // Another thread's block moves to this thread's heap.
     // SAFETY: h is this thread's heap.
     let q = unsafe { h.malloc(size) };
     if q.is_null() {
-        return out_of_memory();
+        return refused(size);
     }
     // SAFETY: (1): ptr is live; its usable size bounds what we copy
     // from it, `size` what fits in q; then ptr is freed once (a remote

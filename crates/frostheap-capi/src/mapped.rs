@@ -189,6 +189,7 @@ pub unsafe extern "C" fn mmap(
     let counted = counts(prot, flags) && len > 0;
     let bytes = page_round(len);
     if counted && !raw::charge_mapped(bytes) {
+        crate::stats::report_first_refusal(bytes);
         set_errno(libc::ENOMEM);
         return libc::MAP_FAILED;
     }
@@ -266,6 +267,7 @@ pub unsafe extern "C" fn mremap(
         find(&g, old as usize).is_some_and(|e| e.len.load(Ordering::Relaxed) == old_b)
     };
     if charged && new_b > old_b && !raw::charge_mapped(new_b - old_b) {
+        crate::stats::report_first_refusal(new_b);
         set_errno(libc::ENOMEM);
         return libc::MAP_FAILED;
     }

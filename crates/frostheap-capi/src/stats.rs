@@ -8,6 +8,8 @@
 //! formats into a stack buffer and writes with `write(2)`: no allocation,
 //! so it works while libc is being torn down.
 
+use core::sync::atomic::{AtomicBool, Ordering};
+
 use frostheap::__private::fmt_buf::Buf;
 use frostheap::__private::os;
 
@@ -23,6 +25,31 @@ extern "C" fn print_at_exit() {
         return;
     }
     print();
+}
+
+/// Whether [`report_first_refusal`] has printed its line.
+static REPORTED: AtomicBool = AtomicBool::new(false);
+
+/// The first allocation the heaps refuse (past the limit, most often), in
+/// one line on standard error, with the limit and what is committed. A C
+/// program that does not check what `malloc` returns crashes on the null
+/// pointer (node, for one, under a 200 MiB limit: a segmentation fault
+/// in V8's garbage collector), and without this line nothing would say
+/// why. Later refusals are counted, not printed (`FROSTHEAP_STATS=1`,
+/// `malloc_stats`, `mallinfo2`). Called with no lock held; formats into a
+/// stack buffer.
+pub(crate) fn report_first_refusal(requested: usize) {
+    if REPORTED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let p = frostheap::stats();
+    let mut buf = [0u8; 320];
+    let b = Buf::new(&mut buf).str("frostheap: refused an allocation of ");
+    let b = human(b, requested as u64).str(": the process limit (FROSTHEAP_MAX) is ");
+    let b = human(b, p.limit as u64).str(", ");
+    let b = human(b, p.committed as u64)
+        .str(" committed; the call fails with ENOMEM (later refusals are counted, not printed)\n");
+    os::write_stderr(b.finish());
 }
 
 /// Prints the two lines: the main heap's, then the process's (at exit, and

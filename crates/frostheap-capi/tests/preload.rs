@@ -177,6 +177,8 @@ fn glibc_second_names_are_the_heaps_and_count_against_the_limit() {
         120,
     );
     assert_succeeded_saying(&out, "libc_names: 20 checks, 0 failures");
+    // __libc_malloc's refusal is reported like malloc's.
+    assert_eq!(refusal_lines(&out).len(), 1, "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr
         .lines()
@@ -477,9 +479,22 @@ fn bad_environment_stops_with_one_line() {
     assert!(err.contains("FROSTHEAP_MAX=\"lots\""), "{err}");
 }
 
+/// The lines the library prints at the first refused allocation.
+fn refusal_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with("frostheap: refused an allocation of "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Past the limit CPython raises `MemoryError` and goes on; the library
+/// says once, on standard error, that it refused (with the limit and what
+/// is committed), however many times it refuses.
 #[test]
 fn python_raises_memory_error_at_the_limit() {
-    let script = "try:\n    x = bytearray(10**9)\n    print('allocated')\nexcept MemoryError:\n    print('MemoryError')\n";
+    let script = "try:\n    x = bytearray(10**9)\n    print('allocated')\nexcept MemoryError:\n    print('MemoryError')\n\
+try:\n    y = bytearray(10**9)\nexcept MemoryError:\n    pass\n";
     let out = preloaded(
         Command::new(python()).args(["-c", script]),
         &[("FROSTHEAP_MAX", "256M"), ("FROSTHEAP_STATS", "1")],
@@ -495,6 +510,19 @@ fn python_raises_memory_error_at_the_limit() {
     assert!(
         stats.contains("limit 256.0 MiB") && !stats.contains(" 0 refused"),
         "{stats}"
+    );
+    let refused = refusal_lines(&out);
+    assert_eq!(
+        refused.len(),
+        1,
+        "one line for two refusals\n{}",
+        text(&out)
+    );
+    assert!(
+        refused[0].starts_with("frostheap: refused an allocation of 953.")
+            && refused[0].contains("the process limit (FROSTHEAP_MAX) is 256.0 MiB"),
+        "{}",
+        refused[0]
     );
 }
 
@@ -794,6 +822,12 @@ m = mmap.mmap(-1, 16 << 20, flags=mmap.MAP_PRIVATE)\nm[-1:] = b'x'\nprint('small
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("refused ENOMEM"), "{}", text(&out));
     assert!(stdout.contains("small ok"), "{}", text(&out));
+    let refused = refusal_lines(&out);
+    assert!(
+        refused.len() == 1 && refused[0].contains("of 512.0 MiB:"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]

@@ -45,7 +45,7 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("physical memory      {}", Bytes(os::physical_memory()));
     println!(
-        "main heap max        {}{}",
+        "process limit        {}{}",
         Bytes(cfg.max),
         if cfg.max_from_env {
             " (FROSTHEAP_MAX)"
@@ -53,6 +53,6 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
             " (physical memory; set FROSTHEAP_MAX to cap it)"
         }
     );
-    println!("main heap min        {}", Bytes(cfg.min));
+    println!("main heap min        {} (FROSTHEAP_MIN)", Bytes(cfg.min));
     Ok(())
 }

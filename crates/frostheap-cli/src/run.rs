@@ -1,5 +1,7 @@
-//! `frostheap run --max-memory 1G -- CMD ARGS…`: runs any program on a
-//! frostheap main heap with a hard limit — an `-Xmx` for Python, C and C++.
+//! `frostheap run --max-memory 1G -- CMD ARGS…`: runs any program on
+//! frostheap's heaps under one hard limit for the whole process (every
+//! thread's heap and its anonymous `mmap`s) — an `-Xmx` for Python, C and
+//! C++.
 //!
 //! It validates the sizes, sets `FROSTHEAP_MAX` / `FROSTHEAP_MIN`, prepends
 //! `libfrostheap.so` (built by `frostheap-capi`) to `LD_PRELOAD`, and `exec`s
@@ -27,13 +29,15 @@ pub const LIB_NAME: &str = "libfrostheap.so";
 /// Arguments of `frostheap run`.
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Hard cap of the main heap (FROSTHEAP_MAX), e.g. 512M, 1G, 1.5GiB.
+    /// Hard cap on the memory the program allocates, every thread and its
+    /// anonymous mmaps included (FROSTHEAP_MAX), e.g. 512M, 1G, 1.5GiB.
     #[arg(long, value_name = "SIZE")]
     max_memory: String,
-    /// Memory committed up front (FROSTHEAP_MIN).
+    /// Memory the main heap commits up front (FROSTHEAP_MIN).
     #[arg(long, value_name = "SIZE")]
     min: Option<String>,
-    /// Print the main heap's statistics at exit (FROSTHEAP_STATS=1).
+    /// Print the main heap's and the process's statistics at exit
+    /// (FROSTHEAP_STATS=1).
     #[arg(long)]
     stats: bool,
     /// The command and its arguments (after `--`).

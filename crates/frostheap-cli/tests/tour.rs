@@ -102,7 +102,7 @@ fn info_names_the_limits_and_a_bad_environment_value_stops_with_one_line() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(
-        stdout.contains("main heap max        1 GiB (FROSTHEAP_MAX)"),
+        stdout.contains("process limit        1 GiB (FROSTHEAP_MAX)"),
         "{stdout}"
     );
     for line in [
