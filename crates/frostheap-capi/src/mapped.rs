@@ -3,12 +3,21 @@
 //! against the process limit, so `FROSTHEAP_MAX` caps them too.
 //!
 //! **What counts**: `MAP_ANONYMOUS | MAP_PRIVATE` with `PROT_WRITE`,
-//! without `MAP_NORESERVE` (a reservation, as frostheap's own heaps make)
-//! and without `MAP_FIXED` (which replaces pages that may already count).
+//! without `MAP_NORESERVE` (a reservation, as frostheap's own heaps make).
 //! The length is charged before the mapping is made; a refused charge
 //! returns `MAP_FAILED` with `errno = ENOMEM`, as the kernel does when it
 //! is out of memory, so CPython raises `MemoryError`. File mappings, shared
 //! mappings and reservations pass through unchanged.
+//!
+//! **`MAP_FIXED`** replaces whatever was mapped in its range: the pages
+//! there that counted stop counting, and the new mapping counts if it is
+//! of the kind above. This is how runtimes that reserve address space and
+//! commit it in steps use `mmap` (the JVM's heap: a `PROT_NONE` reservation,
+//! then `MAP_FIXED` read-write mappings over it to commit, and `MAP_FIXED`
+//! `PROT_NONE` ones to uncommit), so they are capped too. Only the growth is
+//! charged before the call: a mapping over pages that already count is
+//! charged for the others alone. Commits made with `mprotect` on a
+//! reservation (V8's heap, .NET's) are not seen.
 //!
 //! **Releasing** needs to know which pages were charged: each counted
 //! mapping is recorded as (start, length) in a fixed open-addressing table
@@ -166,10 +175,28 @@ fn forget_scan(g: &Guard, start: usize, end: usize) -> usize {
     released
 }
 
+/// The bytes of `[start, start + len)` that recorded mappings cover.
+fn charged_within(_g: &Guard, start: usize, len: usize) -> usize {
+    if LIVE.load(Ordering::Relaxed) == 0 || len == 0 {
+        return 0;
+    }
+    let end = start.saturating_add(len);
+    let mut n = 0;
+    for e in &TABLE {
+        let s = e.start.load(Ordering::Relaxed);
+        if s == FREE || s == GONE {
+            continue;
+        }
+        let (lo, hi) = (s.max(start), (s + e.len.load(Ordering::Relaxed)).min(end));
+        n += hi.saturating_sub(lo);
+    }
+    n
+}
+
 /// Whether a mapping made with these arguments counts against the limit.
 fn counts(prot: c_int, flags: c_int) -> bool {
     flags & (libc::MAP_ANONYMOUS | libc::MAP_PRIVATE) == libc::MAP_ANONYMOUS | libc::MAP_PRIVATE
-        && flags & (libc::MAP_NORESERVE | libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE) == 0
+        && flags & libc::MAP_NORESERVE == 0
         && prot & libc::PROT_WRITE != 0
 }
 
@@ -188,7 +215,22 @@ pub unsafe extern "C" fn mmap(
 ) -> *mut c_void {
     let counted = counts(prot, flags) && len > 0;
     let bytes = page_round(len);
-    if counted && !raw::charge_mapped(bytes) {
+    // MAP_FIXED replaces the range (MAP_FIXED_NOREPLACE fails instead).
+    let replaces = flags & libc::MAP_FIXED != 0 && len > 0;
+    if counted {
+        // The limit is set when the library starts, at the process's first
+        // allocation: a program whose first call is this one starts it now
+        // (the main heap's start makes no counted mapping, and a nested
+        // call during it does not wait for it).
+        let _ = raw::on_main_thread();
+    }
+    let already = if replaces && counted {
+        charged_within(&lock(), addr as usize, bytes)
+    } else {
+        0
+    };
+    let charge = if counted { bytes - already } else { 0 };
+    if charge > 0 && !raw::charge_mapped(charge) {
         crate::stats::report_first_refusal(bytes);
         set_errno(libc::ENOMEM);
         return libc::MAP_FAILED;
@@ -196,14 +238,31 @@ pub unsafe extern "C" fn mmap(
     // SAFETY: the caller's mmap arguments, passed to the kernel unchanged.
     let p = unsafe { libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, offset) };
     if p == -1 {
-        if counted {
-            raw::release_mapped(bytes);
+        if charge > 0 {
+            raw::release_mapped(charge);
         }
         return libc::MAP_FAILED;
     }
-    if counted {
-        let g = lock();
-        let _ = insert(&g, p as usize, bytes);
+    if counted || replaces {
+        let released = {
+            let g = lock();
+            let released = if replaces {
+                forget_range(&g, p as usize, bytes)
+            } else {
+                0
+            };
+            if counted {
+                let _ = insert(&g, p as usize, bytes);
+            }
+            released
+        };
+        // Charged: `charge` = the new mapping less the counted pages it
+        // replaces (`already`), which `released` are, unless another thread
+        // unmapped some of them meanwhile (then the count is short by
+        // those pages: a program that unmaps what it is replacing).
+        if released > already {
+            raw::release_mapped(released - already);
+        }
     }
     p as *mut c_void
 }
@@ -287,6 +346,16 @@ pub unsafe extern "C" fn mremap(
             raw::release_mapped(new_b - old_b);
         }
         return libc::MAP_FAILED;
+    }
+    // MREMAP_FIXED replaced whatever was mapped at the new address.
+    let replaced = if flags & libc::MREMAP_FIXED != 0 && LIVE.load(Ordering::Relaxed) != 0 {
+        let g = lock();
+        forget_range(&g, p as usize, new_b)
+    } else {
+        0
+    };
+    if replaced > 0 {
+        raw::release_mapped(replaced);
     }
     if charged {
         {

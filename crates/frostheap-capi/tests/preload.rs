@@ -830,6 +830,36 @@ m = mmap.mmap(-1, 16 << 20, flags=mmap.MAP_PRIVATE)\nm[-1:] = b'x'\nprint('small
     );
 }
 
+/// A runtime that reserves address space and commits it with `MAP_FIXED`
+/// mappings (the JVM's heap) is capped: the program (`tests/c/fixed.c`)
+/// commits 32 MiB steps of a 1 GiB reservation until `ENOMEM` (under
+/// glibc alone it commits all 8), recommits a step at no cost, uncommits
+/// one and commits another in its place, and unmaps everything, which
+/// gives it all back. It makes its first allocation after these mappings:
+/// before the library started at its first `mmap`, the limit was not set
+/// yet, and the process committed 288 MiB under a 128 MiB limit.
+#[test]
+fn mappings_committed_with_map_fixed_count_against_the_limit() {
+    let glibc = limited(Command::new(c_program("fixed")).arg("glibc"), 120);
+    assert_succeeded_saying(&glibc, "fixed: 26 checks, 0 failures");
+    let out = preloaded_limited(
+        Command::new(c_program("fixed")).arg("frostheap"),
+        &[("FROSTHEAP_MAX", "128M"), ("FROSTHEAP_STATS", "1")],
+        120,
+    );
+    assert_succeeded_saying(&out, "fixed: 22 checks, 0 failures");
+    let process = process_stats_line(&out);
+    let peak_mib: f64 = process
+        .split("(peak ")
+        .nth(1)
+        .and_then(|r| r.split(" MiB)").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no peak in MiB: {process}"));
+    assert!(peak_mib <= 128.0, "committed past the limit: {process}");
+    assert!(process.contains("mapped 0 B,"), "{}", text(&out));
+    assert_eq!(refusal_lines(&out).len(), 1, "{}", text(&out));
+}
+
 #[test]
 fn dlopen_then_allocate() {
     // The library keeps each thread's heap in initial-exec TLS; loaded with
