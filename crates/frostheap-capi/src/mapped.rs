@@ -59,6 +59,12 @@ static TABLE: [Entry; ENTRIES] = [const {
 }; ENTRIES];
 /// Live entries (when 0, an unmap of anything skips the table).
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// Every recorded mapping lies in `[LOW, HIGH)` (written under the lock;
+/// reset when the table empties): a range outside it needs no scan, so
+/// that the `MAP_FIXED` file mappings and unmaps of a program's other
+/// memory do not pay for a scan of the table.
+static LOW: AtomicUsize = AtomicUsize::new(usize::MAX);
+static HIGH: AtomicUsize = AtomicUsize::new(0);
 static LOCK: AtomicBool = AtomicBool::new(false);
 
 /// The table's lock: a spin lock (held for a probe sequence, never across
@@ -100,6 +106,8 @@ fn insert(_g: &Guard, start: usize, len: usize) -> bool {
             e.len.store(len, Ordering::Relaxed);
             e.start.store(start, Ordering::Relaxed);
             LIVE.fetch_add(1, Ordering::Relaxed);
+            LOW.fetch_min(start, Ordering::Relaxed);
+            HIGH.fetch_max(start.saturating_add(len), Ordering::Relaxed);
             return true;
         }
     }
@@ -122,7 +130,15 @@ fn find(_g: &Guard, start: usize) -> Option<&'static Entry> {
 
 fn remove(e: &Entry) {
     e.start.store(GONE, Ordering::Relaxed);
-    LIVE.fetch_sub(1, Ordering::Relaxed);
+    if LIVE.fetch_sub(1, Ordering::Relaxed) == 1 {
+        LOW.store(usize::MAX, Ordering::Relaxed);
+        HIGH.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Whether `[start, end)` may hold recorded mappings.
+fn may_hold(start: usize, end: usize) -> bool {
+    start < HIGH.load(Ordering::Relaxed) && end > LOW.load(Ordering::Relaxed)
 }
 
 /// Takes `[start, start + len)` out of the recorded mappings; returns the
@@ -152,6 +168,9 @@ fn forget_range(g: &Guard, start: usize, len: usize) -> usize {
 
 /// [`forget_range`] by scanning every entry.
 fn forget_scan(g: &Guard, start: usize, end: usize) -> usize {
+    if !may_hold(start, end) {
+        return 0;
+    }
     let mut released = 0;
     for e in &TABLE {
         let s = e.start.load(Ordering::Relaxed);
@@ -181,6 +200,9 @@ fn charged_within(_g: &Guard, start: usize, len: usize) -> usize {
         return 0;
     }
     let end = start.saturating_add(len);
+    if !may_hold(start, end) {
+        return 0;
+    }
     let mut n = 0;
     for e in &TABLE {
         let s = e.start.load(Ordering::Relaxed);
