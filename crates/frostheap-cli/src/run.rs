@@ -31,6 +31,7 @@ pub const LIB_NAME: &str = "libfrostheap.so";
 pub struct RunArgs {
     /// Hard cap on the memory the program allocates, every thread and its
     /// anonymous mmaps included (FROSTHEAP_MAX), e.g. 512M, 1G, 1.5GiB.
+    /// Per process: each child the program starts gets its own.
     #[arg(long, value_name = "SIZE")]
     max_memory: String,
     /// Memory the main heap commits up front (FROSTHEAP_MIN).
