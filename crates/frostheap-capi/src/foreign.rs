@@ -35,7 +35,7 @@
 //! than `malloc_usable_size`, which this library replaces. x86_64 glibc has
 //! no memory tagging, which would change the formula.
 
-use core::ffi::{c_char, c_void};
+use core::ffi::{c_char, c_int, c_void};
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use frostheap::__private::raw;
@@ -51,20 +51,22 @@ struct Glibc {
     calloc: unsafe extern "C" fn(usize, usize) -> *mut c_void,
     realloc: unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void,
     memalign: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+    trim: unsafe extern "C" fn(usize) -> c_int,
 }
 
 /// The names looked up, in [`Glibc`]'s field order (NUL-terminated).
-const NAMES: [&[u8]; 5] = [
+const NAMES: [&[u8]; 6] = [
     b"__libc_malloc\0",
     b"__libc_free\0",
     b"__libc_calloc\0",
     b"__libc_realloc\0",
     b"__libc_memalign\0",
+    b"malloc_trim\0",
 ];
 
 /// The addresses [`resolve`] found, in [`NAMES`]' order; read only once
 /// [`STATE`] is [`READY`].
-static FOUND: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
+static FOUND: [AtomicUsize; 6] = [const { AtomicUsize::new(0) }; 6];
 
 const UNRESOLVED: u8 = 0;
 const RESOLVING: u8 = 1;
@@ -119,6 +121,7 @@ fn glibc() -> Option<Glibc> {
             calloc: found(2),
             realloc: found(3),
             memalign: found(4),
+            trim: found(5),
         })
     }
 }
@@ -240,6 +243,13 @@ pub(crate) fn memalign(align: usize, size: usize) -> *mut c_void {
     // SAFETY: glibc's memalign has no preconditions (align is a power of
     // two).
     charged_alloc(size, align, |g| unsafe { (g.memalign)(align, size) })
+}
+
+/// glibc's `malloc_trim(pad)` on its own arenas (which hold the blocks of
+/// threads without a heap); true if it gave memory back.
+pub(crate) fn trim(pad: usize) -> bool {
+    // SAFETY: glibc's malloc_trim has no preconditions.
+    glibc().is_some_and(|g| unsafe { (g.trim)(pad) } != 0)
 }
 
 /// `free` of a glibc block: releases its charge.

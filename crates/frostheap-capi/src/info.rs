@@ -19,16 +19,17 @@ use frostheap::Kind;
 /// `malloc_trim(3)`: gives the free memory of every heap back to the
 /// system ([`frostheap::trim`]: each heap's free top decommitted and its
 /// free spans purged, the calling thread's cache of other heaps' blocks
-/// handed back first). Returns 1 if some memory was given back, 0 if
-/// none. `pad` (glibc: bytes to keep at the top of the main arena) is not
-/// used: a heap keeps its minimum (`FROSTHEAP_MIN` for the main heap)
-/// whatever it is. glibc's own arenas, which hold only the blocks of
-/// threads without a heap, are not trimmed.
+/// handed back first), and glibc's own arenas, which hold the blocks of
+/// threads without a heap, to glibc's `malloc_trim(pad)`. Returns 1 if
+/// some memory was given back, 0 if none. `pad` (glibc: bytes to keep at
+/// the top of the main arena) goes to glibc's alone: a heap keeps its
+/// minimum (`FROSTHEAP_MIN` for the main heap) whatever it is.
 #[no_mangle]
 pub extern "C" fn malloc_trim(pad: usize) -> c_int {
-    let _ = pad;
     // SAFETY: the thread's own heap word, read on this thread.
-    c_int::from(unsafe { raw::trim(crate::local_fast()) } > 0)
+    let heaps = unsafe { raw::trim(crate::local_fast()) } > 0;
+    let glibc = crate::foreign::trim(pad);
+    c_int::from(heaps || glibc)
 }
 
 /// glibc's `struct mallinfo2`.
