@@ -6,7 +6,10 @@
 //! It validates the sizes, sets `FROSTHEAP_MAX` / `FROSTHEAP_MIN`, prepends
 //! `libfrostheap.so` (built by `frostheap-capi`) to `LD_PRELOAD`, and `exec`s
 //! the command, which keeps this process's id, so signals and exit status
-//! pass through untouched.
+//! pass through untouched. A program the loader would not preload the
+//! library into — statically linked, or set-user-ID to another owner — is
+//! refused with the reason, since it would run with no limit and nothing
+//! would say so.
 //!
 //! The library is looked for, in order: the file `FROSTHEAP_LIB` names (set
 //! but missing is an error, never a silent fallback); next to this binary
@@ -115,6 +118,89 @@ fn find_library() -> Result<PathBuf, String> {
         })
 }
 
+/// Where `program` is found, as `execvp` finds it: a name with a `/` as it
+/// is, any other in the directories of `PATH`. `None` when it is not found
+/// (exec then reports it).
+fn locate(program: &Path) -> Option<PathBuf> {
+    if program.as_os_str().as_encoded_bytes().contains(&b'/') {
+        return Some(program.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Why the loader would not preload the library into `file`, if it would
+/// not: a statically linked executable has no loader, and the loader
+/// ignores `LD_PRELOAD` in a program whose set-user-ID or set-group-ID bit
+/// changes the caller's identity (secure execution). Either way the limit
+/// would not apply, and nothing would say so. A script is judged by its
+/// interpreter (`#!`), one level deep; a file that is neither (or cannot
+/// be read) is left to exec.
+fn unreachable_reason(file: &Path, depth: u32) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(file).ok()?;
+    let mode = meta.permissions().mode();
+    // SAFETY: geteuid and getegid cannot fail and have no preconditions.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if (mode & 0o4000 != 0 && meta.uid() != euid) || (mode & 0o2000 != 0 && meta.gid() != egid) {
+        return Some(format!(
+            "{} is set-user-ID or set-group-ID to another identity: the loader ignores \
+             LD_PRELOAD there",
+            file.display()
+        ));
+    }
+    let mut head = [0u8; 4096];
+    let n = std::fs::File::open(file).ok()?.read(&mut head).ok()?;
+    let head = &head[..n];
+    if head.starts_with(b"#!") && depth == 0 {
+        let line = head[2..].split(|&b| b == b'\n').next()?;
+        let interpreter = std::str::from_utf8(line).ok()?.split_whitespace().next()?;
+        return unreachable_reason(Path::new(interpreter), depth + 1);
+    }
+    if is_static_elf(head)? {
+        return Some(format!(
+            "{} is statically linked (it has no program interpreter): no loader runs to \
+             preload the library",
+            file.display()
+        ));
+    }
+    None
+}
+
+/// Whether an ELF file (its first bytes) is an executable without a
+/// program interpreter (`PT_INTERP`); `None` if it is not a 64-bit
+/// little-endian ELF file whose program headers lie in those bytes.
+fn is_static_elf(head: &[u8]) -> Option<bool> {
+    const PT_INTERP: u32 = 3;
+    const ET_EXEC: u16 = 2;
+    const ET_DYN: u16 = 3;
+    if head.len() < 64 || &head[..4] != b"\x7fELF" || head[4] != 2 || head[5] != 1 {
+        return None;
+    }
+    let u16_at = |o: usize| Some(u16::from_le_bytes(head.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(head.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(head.get(o..o + 8)?.try_into().ok()?));
+    let kind = u16_at(0x10)?;
+    if kind != ET_EXEC && kind != ET_DYN {
+        return None;
+    }
+    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
+    let phentsize = usize::from(u16_at(0x36)?);
+    let phnum = usize::from(u16_at(0x38)?);
+    let mut any_interp = false;
+    for i in 0..phnum {
+        any_interp |= u32_at(phoff.checked_add(i.checked_mul(phentsize)?)?)? == PT_INTERP;
+    }
+    // A shared library (ET_DYN) without an interpreter is no program (or
+    // a static-PIE one: `-static-pie` executables are ET_DYN, with no
+    // interpreter, and a DT_DEBUG; too rare to tell apart here, and
+    // running them fails as plainly either way).
+    Some(!any_interp && kind == ET_EXEC)
+}
+
 /// Runs `frostheap run`: returns only on error.
 pub fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let max = size_arg("--max-memory", &args.max_memory)?;
@@ -148,6 +234,13 @@ pub fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         preload.push(old);
     }
     let (program, rest) = args.command.split_first().expect("clap requires a command");
+    if let Some(why) = locate(Path::new(program)).and_then(|f| unreachable_reason(&f, 0)) {
+        return Err(format!(
+            "cannot cap {}: {why}, so --max-memory would not apply",
+            Path::new(program).display()
+        )
+        .into());
+    }
     let mut cmd = Command::new(program);
     cmd.args(rest)
         .env("LD_PRELOAD", preload)

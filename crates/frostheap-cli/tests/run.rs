@@ -117,3 +117,106 @@ fn an_installed_command_finds_the_library_in_lib_frostheap_and_caps_python() {
     assert!(under.status.success(), "stderr: {}", stderr(&under));
     assert_eq!(String::from_utf8_lossy(&under.stdout).trim(), "16777216");
 }
+
+/// Runs `frostheap run --max-memory 64M -- ARGS` with the built library.
+fn run_capped(args: &[&str]) -> Output {
+    Command::new(FROSTHEAP)
+        .args(["run", "--max-memory", "64M", "--"])
+        .args(args)
+        .env("FROSTHEAP_LIB", built_library())
+        .output()
+        .expect("run frostheap")
+}
+
+/// A program the loader never preloads into would run uncapped with no
+/// word of it: a statically linked one (no loader), the same behind a
+/// script's `#!`, and a set-user-ID program of another owner (secure
+/// execution ignores `LD_PRELOAD`). `frostheap run` refuses them with one
+/// line saying why; a dynamic program, and a script run by one, run.
+#[test]
+fn programs_the_library_cannot_reach_are_refused_with_the_reason() {
+    let dir = Scratch::new("unreachable");
+    let src = dir.0.join("hello.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\nint main(void) { puts(\"ran\"); return 0; }\n",
+    )
+    .unwrap();
+    let cc = |out: &Path, extra: &[&str]| {
+        let status = Command::new("cc")
+            .args(extra)
+            .arg("-o")
+            .arg(out)
+            .arg(&src)
+            .status()
+            .expect("a C compiler `cc` is needed for these tests");
+        assert!(
+            status.success(),
+            "cc {extra:?} failed (a static libc, libc.a, is needed)"
+        );
+    };
+    let fixed = dir.0.join("static");
+    cc(&fixed, &["-static"]);
+    let dynamic = dir.0.join("dynamic");
+    cc(&dynamic, &[]);
+    let script = |name: &str, interpreter: &Path| {
+        let path = dir.0.join(name);
+        std::fs::write(&path, format!("#!{}\n", interpreter.display())).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    };
+
+    for (program, why) in [
+        (fixed.clone(), "is statically linked"),
+        (script("by-static", &fixed), "is statically linked"),
+    ] {
+        let out = run_capped(&[program.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains("cannot cap") && err.contains(why) && err.contains("--max-memory"),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty(), "the program ran: {err}");
+    }
+    for program in [dynamic.clone(), script("by-dynamic", &dynamic)] {
+        let out = run_capped(&[program.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ran");
+    }
+
+    // Set-user-ID to another owner: a copy given to `nobody` when we are
+    // root (CI), else a system program owned by root.
+    // SAFETY: geteuid has no preconditions.
+    let setuid = if unsafe { libc::geteuid() } == 0 {
+        let copy = dir.0.join("setuid");
+        std::fs::copy(&dynamic, &copy).unwrap();
+        std::os::unix::fs::chown(&copy, Some(65534), None).expect("chown to nobody");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        copy
+    } else {
+        [
+            "/usr/bin/passwd",
+            "/usr/bin/su",
+            "/bin/su",
+            "/usr/bin/mount",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o4000 != 0)
+        })
+        .expect("a set-user-ID program owned by root (passwd, su or mount)")
+    };
+    let out = run_capped(&[setuid.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is set-user-ID or set-group-ID to another identity"),
+        "{}",
+        stderr(&out)
+    );
+}
