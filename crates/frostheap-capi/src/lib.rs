@@ -45,9 +45,11 @@
 //! word), a block of another thread's heap (a remote free) or of glibc,
 //! `errno` — is out of line.
 //!
-//! **`mmap`.** Anonymous private writable mappings (CPython's arenas, many
-//! runtimes' own allocators) are charged against the same limit, and a
-//! refused one returns `MAP_FAILED` with `ENOMEM` (see [`mapped`]).
+//! **`mmap`.** Anonymous private memory the program maps itself is
+//! charged against the same limit while it is writable or was made so
+//! (CPython's arenas; the JVM's heap, committed with `MAP_FIXED`; V8's,
+//! committed with `mprotect`), and a refused `mmap` returns `MAP_FAILED`
+//! with `ENOMEM` (see [`mapped`]).
 //!
 //! **glibc's second names** (`__libc_malloc`, `__libc_free`,
 //! `__libc_calloc`, `__libc_realloc`, `__libc_memalign`, `__libc_valloc`,
@@ -75,6 +77,7 @@ extern crate frostheap_unwind;
 mod foreign;
 mod info;
 mod mapped;
+mod ranges;
 mod stats;
 mod tls;
 

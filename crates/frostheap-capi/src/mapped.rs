@@ -1,74 +1,68 @@
-//! `mmap`, `munmap` and `mremap`: anonymous private mappings a program
-//! makes itself (CPython's arenas, many runtimes' allocators) are charged
-//! against the process limit, so `FROSTHEAP_MAX` caps them too.
+//! `mmap`, `munmap`, `mremap` and `mprotect`: the anonymous private memory a
+//! program maps itself (CPython's arenas, the JVM's and V8's heaps, many
+//! runtimes' allocators) is charged against the process limit, so
+//! `FROSTHEAP_MAX` caps it too.
 //!
-//! **What counts**: `MAP_ANONYMOUS | MAP_PRIVATE` with `PROT_WRITE`,
-//! without `MAP_NORESERVE` (a reservation, as frostheap's own heaps make).
-//! The length is charged before the mapping is made; a refused charge
-//! returns `MAP_FAILED` with `errno = ENOMEM`, as the kernel does when it
-//! is out of memory, so CPython raises `MemoryError`. File mappings, shared
-//! mappings and reservations pass through unchanged.
+//! **What counts** is what the kernel would charge to its commit account:
+//! anonymous private memory that is writable, or was made writable.
+//! - An `MAP_ANONYMOUS | MAP_PRIVATE` mapping with `PROT_WRITE` and without
+//!   `MAP_NORESERVE` counts from the call that makes it.
+//! - One without write access, or with `MAP_NORESERVE` (a reservation, as
+//!   runtimes make for a heap they commit in steps), counts nothing; the
+//!   parts of it that `mprotect` later makes writable count from then (V8,
+//!   .NET), and stop counting when `mprotect` makes them `PROT_NONE` again
+//!   (V8 then discards their pages). Read-only or executable stays as it
+//!   was: a JIT that flips its code between writable and executable keeps
+//!   it counted.
+//! - `MAP_FIXED` replaces whatever was mapped in its range: what counted
+//!   there stops counting, and the new mapping counts as above. That is
+//!   how the JVM commits (read-write `MAP_FIXED` over its reservation) and
+//!   uncommits (`PROT_NONE` `MAP_FIXED`).
+//! - `munmap` ends it; `mremap` moves it with its state and charges a
+//!   growth. File mappings and shared mappings are not counted.
 //!
-//! **`MAP_FIXED`** replaces whatever was mapped in its range: the pages
-//! there that counted stop counting, and the new mapping counts if it is
-//! of the kind above. This is how runtimes that reserve address space and
-//! commit it in steps use `mmap` (the JVM's heap: a `PROT_NONE` reservation,
-//! then `MAP_FIXED` read-write mappings over it to commit, and `MAP_FIXED`
-//! `PROT_NONE` ones to uncommit), so they are capped too. Only the growth is
-//! charged before the call: a mapping over pages that already count is
-//! charged for the others alone. Commits made with `mprotect` on a
-//! reservation (V8's heap, .NET's) are not seen.
+//! Growth is charged **before** the call: a refused charge returns
+//! `MAP_FAILED` (or -1 from `mprotect`) with `errno = ENOMEM`, as the
+//! kernel does when it is out of memory, so CPython raises `MemoryError`
+//! and the JVM reports that it cannot commit its heap. A mapping over pages
+//! that already count is charged for the others alone.
 //!
-//! **Releasing** needs to know which pages were charged: each counted
-//! mapping is recorded as (start, length) in a fixed open-addressing table
-//! (no allocation: this runs under `malloc`), found by its start address.
-//! `munmap` of a whole recorded mapping, or of its front, takes one
-//! lookup; any other range (a hole in the middle, the tail, several
-//! mappings at once) scans the table, which only happens when a program
-//! unmaps part of an anonymous mapping. When the table is full a mapping
-//! is still made and charged, and stays charged after it is unmapped (the
-//! limit errs on the safe side); 65,536 live mappings are far more than
-//! CPython's arenas need (one per 1 MiB).
+//! **The record** of which anonymous private ranges count and which are
+//! reservations is a sorted array of disjoint ranges (neighbours of the
+//! same state merged), searched by bisection, in static memory: no
+//! allocation, since this runs under `malloc`. 65,536 ranges are far more
+//! than runtimes make (CPython: one per 1 MiB arena, merged when
+//! adjacent). Should it fill, a new mapping is still made and charged, and
+//! stays charged after it is unmapped (the limit errs on the safe side);
+//! a reservation that finds no room is not recorded, and what `mprotect`
+//! makes writable in it is not counted.
 //!
-//! The calls go to the kernel with `syscall(2)`: glibc's own `mmap`
-//! would be this function again.
+//! The calls go to the kernel with `syscall(2)`: glibc's own `mmap` would
+//! be this function again. frostheap's own heaps make theirs the same way
+//! (they are counted where they commit), so they never reach these.
 
+use core::cell::UnsafeCell;
 use core::ffi::{c_int, c_long, c_void};
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use frostheap::__private::raw;
 
+use crate::ranges::{Change, State, Table};
 use crate::set_errno;
 
-const ENTRIES: usize = 1 << 16;
-/// An empty entry's start.
-const FREE: usize = 0;
-/// A removed entry's start (probing goes on past it).
-const GONE: usize = 1;
+struct Shared(UnsafeCell<Table>);
 
-struct Entry {
-    start: AtomicUsize,
-    len: AtomicUsize,
-}
+// SAFETY: the table is only reached through `Guard`, which holds `LOCK`.
+unsafe impl Sync for Shared {}
 
-static TABLE: [Entry; ENTRIES] = [const {
-    Entry {
-        start: AtomicUsize::new(FREE),
-        len: AtomicUsize::new(0),
-    }
-}; ENTRIES];
-/// Live entries (when 0, an unmap of anything skips the table).
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-/// Every recorded mapping lies in `[LOW, HIGH)` (written under the lock;
-/// reset when the table empties): a range outside it needs no scan, so
-/// that the `MAP_FIXED` file mappings and unmaps of a program's other
-/// memory do not pay for a scan of the table.
-static LOW: AtomicUsize = AtomicUsize::new(usize::MAX);
-static HIGH: AtomicUsize = AtomicUsize::new(0);
+static TABLE: Shared = Shared(UnsafeCell::new(Table::new()));
+/// The table's `len`, readable without the lock: when 0, an unmap or a
+/// change of protection has nothing to look up.
+static RECORDED: AtomicUsize = AtomicUsize::new(0);
 static LOCK: AtomicBool = AtomicBool::new(false);
 
-/// The table's lock: a spin lock (held for a probe sequence, never across
-/// a system call).
+/// The table's lock: a spin lock, held for a search and a move of the
+/// ranges after it, never across a system call.
 struct Guard;
 
 fn lock() -> Guard {
@@ -81,14 +75,19 @@ fn lock() -> Guard {
     Guard
 }
 
-impl Drop for Guard {
-    fn drop(&mut self) {
-        LOCK.store(false, Ordering::Release);
+impl Guard {
+    fn table(&mut self) -> &mut Table {
+        // SAFETY: the lock is held for as long as the guard lives, and the
+        // borrow is tied to the guard.
+        unsafe { &mut *TABLE.0.get() }
     }
 }
 
-fn home(start: usize) -> usize {
-    (start >> 12).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - 16)
+impl Drop for Guard {
+    fn drop(&mut self) {
+        RECORDED.store(self.table().len(), Ordering::Relaxed);
+        LOCK.store(false, Ordering::Release);
+    }
 }
 
 fn page_round(len: usize) -> usize {
@@ -96,133 +95,53 @@ fn page_round(len: usize) -> usize {
     len.saturating_add(page - 1) & !(page - 1)
 }
 
-/// Records a counted mapping; false when the table is full.
-fn insert(_g: &Guard, start: usize, len: usize) -> bool {
-    let h = home(start);
-    for i in 0..ENTRIES {
-        let e = &TABLE[(h + i) & (ENTRIES - 1)];
-        let s = e.start.load(Ordering::Relaxed);
-        if s == FREE || s == GONE {
-            e.len.store(len, Ordering::Relaxed);
-            e.start.store(start, Ordering::Relaxed);
-            LIVE.fetch_add(1, Ordering::Relaxed);
-            LOW.fetch_min(start, Ordering::Relaxed);
-            HIGH.fetch_max(start.saturating_add(len), Ordering::Relaxed);
-            return true;
-        }
+/// Brings the process's charge in line with a change of the table, when
+/// `charged` bytes were charged for it beforehand. The change is what
+/// counts; the two differ only when another thread changed the same range
+/// meanwhile (a program that unmaps what it is mapping over), and then a
+/// missing charge is taken even past the limit: the memory is mapped.
+fn settle(charged: usize, change: Change) {
+    let owed = change.added as isize - change.removed as isize - charged as isize;
+    if owed > 0 {
+        let _ = raw::charge_mapped(owed as usize);
+    } else if owed < 0 {
+        raw::release_mapped(owed.unsigned_abs());
     }
+}
+
+/// Charges `bytes` before a call that makes them count; false (and
+/// `ENOMEM` set, the first refusal reported) if the limit refuses.
+fn charge(bytes: usize) -> bool {
+    if bytes == 0 {
+        return true;
+    }
+    // The limit is set when the library starts, at the process's first
+    // allocation: a program whose first call is one of these starts it now
+    // (the main heap's start maps nothing through here, and a nested call
+    // during it does not wait for it).
+    let _ = raw::on_main_thread();
+    if raw::charge_mapped(bytes) {
+        return true;
+    }
+    crate::stats::report_first_refusal(bytes);
+    set_errno(libc::ENOMEM);
     false
 }
 
-/// The entry recorded for exactly `start`.
-fn find(_g: &Guard, start: usize) -> Option<&'static Entry> {
-    let h = home(start);
-    for i in 0..ENTRIES {
-        let e = &TABLE[(h + i) & (ENTRIES - 1)];
-        match e.start.load(Ordering::Relaxed) {
-            FREE => return None,
-            s if s == start => return Some(e),
-            _ => {}
-        }
-    }
-    None
-}
-
-fn remove(e: &Entry) {
-    e.start.store(GONE, Ordering::Relaxed);
-    if LIVE.fetch_sub(1, Ordering::Relaxed) == 1 {
-        LOW.store(usize::MAX, Ordering::Relaxed);
-        HIGH.store(0, Ordering::Relaxed);
+/// The state a new mapping made with these arguments is recorded in;
+/// `None` if it is not anonymous private memory.
+fn state_of(prot: c_int, flags: c_int) -> Option<State> {
+    let anon_private = libc::MAP_ANONYMOUS | libc::MAP_PRIVATE;
+    if flags & anon_private != anon_private {
+        None
+    } else if prot & libc::PROT_WRITE != 0 && flags & libc::MAP_NORESERVE == 0 {
+        Some(State::Counted)
+    } else {
+        Some(State::Reserved)
     }
 }
 
-/// Whether `[start, end)` may hold recorded mappings.
-fn may_hold(start: usize, end: usize) -> bool {
-    start < HIGH.load(Ordering::Relaxed) && end > LOW.load(Ordering::Relaxed)
-}
-
-/// Takes `[start, start + len)` out of the recorded mappings; returns the
-/// bytes that were charged there.
-fn forget_range(g: &Guard, start: usize, len: usize) -> usize {
-    if LIVE.load(Ordering::Relaxed) == 0 || len == 0 {
-        return 0;
-    }
-    let end = start.saturating_add(len);
-    // The common case: the whole mapping, or its front.
-    if let Some(e) = find(g, start) {
-        let elen = e.len.load(Ordering::Relaxed);
-        remove(e);
-        if len < elen {
-            // The tail stays mapped and charged.
-            let _ = insert(g, end, elen - len);
-            return len;
-        }
-        if len == elen {
-            return elen;
-        }
-        // Past the mapping's end: other mappings may follow.
-        return elen + forget_scan(g, start + elen, end);
-    }
-    forget_scan(g, start, end)
-}
-
-/// [`forget_range`] by scanning every entry.
-fn forget_scan(g: &Guard, start: usize, end: usize) -> usize {
-    if !may_hold(start, end) {
-        return 0;
-    }
-    let mut released = 0;
-    for e in &TABLE {
-        let s = e.start.load(Ordering::Relaxed);
-        if s == FREE || s == GONE {
-            continue;
-        }
-        let elen = e.len.load(Ordering::Relaxed);
-        let (lo, hi) = (s.max(start), (s + elen).min(end));
-        if lo >= hi {
-            continue;
-        }
-        released += hi - lo;
-        remove(e);
-        if s < lo {
-            let _ = insert(g, s, lo - s);
-        }
-        if hi < s + elen {
-            let _ = insert(g, hi, s + elen - hi);
-        }
-    }
-    released
-}
-
-/// The bytes of `[start, start + len)` that recorded mappings cover.
-fn charged_within(_g: &Guard, start: usize, len: usize) -> usize {
-    if LIVE.load(Ordering::Relaxed) == 0 || len == 0 {
-        return 0;
-    }
-    let end = start.saturating_add(len);
-    if !may_hold(start, end) {
-        return 0;
-    }
-    let mut n = 0;
-    for e in &TABLE {
-        let s = e.start.load(Ordering::Relaxed);
-        if s == FREE || s == GONE {
-            continue;
-        }
-        let (lo, hi) = (s.max(start), (s + e.len.load(Ordering::Relaxed)).min(end));
-        n += hi.saturating_sub(lo);
-    }
-    n
-}
-
-/// Whether a mapping made with these arguments counts against the limit.
-fn counts(prot: c_int, flags: c_int) -> bool {
-    flags & (libc::MAP_ANONYMOUS | libc::MAP_PRIVATE) == libc::MAP_ANONYMOUS | libc::MAP_PRIVATE
-        && flags & libc::MAP_NORESERVE == 0
-        && prot & libc::PROT_WRITE != 0
-}
-
-/// `mmap(2)`, charged when it makes an anonymous private writable mapping.
+/// `mmap(2)`, charged when it makes anonymous private writable memory.
 ///
 /// # Safety
 /// Callable from C at any time, from any thread, with `mmap`'s contract.
@@ -235,55 +154,36 @@ pub unsafe extern "C" fn mmap(
     fd: c_int,
     offset: libc::off_t,
 ) -> *mut c_void {
-    let counted = counts(prot, flags) && len > 0;
+    let state = if len > 0 { state_of(prot, flags) } else { None };
     let bytes = page_round(len);
     // MAP_FIXED replaces the range (MAP_FIXED_NOREPLACE fails instead).
     let replaces = flags & libc::MAP_FIXED != 0 && len > 0;
-    if counted {
-        // The limit is set when the library starts, at the process's first
-        // allocation: a program whose first call is this one starts it now
-        // (the main heap's start makes no counted mapping, and a nested
-        // call during it does not wait for it).
-        let _ = raw::on_main_thread();
-    }
-    let already = if replaces && counted {
-        charged_within(&lock(), addr as usize, bytes)
-    } else {
-        0
-    };
-    let charge = if counted { bytes - already } else { 0 };
-    if charge > 0 && !raw::charge_mapped(charge) {
-        crate::stats::report_first_refusal(bytes);
-        set_errno(libc::ENOMEM);
-        return libc::MAP_FAILED;
+    let mut charged = 0;
+    if state == Some(State::Counted) {
+        let already = if replaces && RECORDED.load(Ordering::Relaxed) != 0 {
+            let start = addr as usize;
+            lock()
+                .table()
+                .bytes(start, start.saturating_add(bytes), State::Counted)
+        } else {
+            0
+        };
+        charged = bytes - already;
+        if !charge(charged) {
+            return libc::MAP_FAILED;
+        }
     }
     // SAFETY: the caller's mmap arguments, passed to the kernel unchanged.
     let p = unsafe { libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, offset) };
     if p == -1 {
-        if charge > 0 {
-            raw::release_mapped(charge);
-        }
+        raw::release_mapped(charged);
         return libc::MAP_FAILED;
     }
-    if counted || replaces {
-        let released = {
-            let g = lock();
-            let released = if replaces {
-                forget_range(&g, p as usize, bytes)
-            } else {
-                0
-            };
-            if counted {
-                let _ = insert(&g, p as usize, bytes);
-            }
-            released
-        };
-        // Charged: `charge` = the new mapping less the counted pages it
-        // replaces (`already`), which `released` are, unless another thread
-        // unmapped some of them meanwhile (then the count is short by
-        // those pages: a program that unmaps what it is replacing).
-        if released > already {
-            raw::release_mapped(released - already);
+    if state.is_some() || (replaces && RECORDED.load(Ordering::Relaxed) != 0) {
+        let start = p as usize;
+        // With no room for it, the mapping stays charged for good.
+        if let Some(change) = lock().table().assign(start, start + bytes, state) {
+            settle(charged, change);
         }
     }
     p as *mut c_void
@@ -314,23 +214,24 @@ pub unsafe extern "C" fn mmap64(
 pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
     // SAFETY: the caller's arguments, passed to the kernel unchanged.
     let r = unsafe { libc::syscall(libc::SYS_munmap, addr, len) };
-    if r == 0 && LIVE.load(Ordering::Relaxed) != 0 {
-        let released = {
-            let g = lock();
-            forget_range(&g, addr as usize, page_round(len))
-        };
-        if released > 0 {
-            raw::release_mapped(released);
+    if r == 0 && RECORDED.load(Ordering::Relaxed) != 0 {
+        let start = addr as usize;
+        let end = start.saturating_add(page_round(len));
+        // An unmap in the middle of a range splits it: with no room for
+        // the piece, the range stays recorded (and charged).
+        if let Some(change) = lock().table().assign(start, end, None) {
+            settle(0, change);
         }
     }
     r as c_int
 }
 
-/// `mremap(2)`. A counted mapping that grows is charged for the growth
-/// first (`MAP_FAILED`, `ENOMEM` past the limit); one that shrinks
-/// releases the difference. Declared with its fifth argument (`new_address`,
-/// variadic in C): on x86_64 a variadic integer argument travels in the
-/// same register as a fixed one.
+/// `mremap(2)`. A mapping moves with its state (one recorded as a whole);
+/// a counted one that grows is charged for the growth first (`MAP_FAILED`,
+/// `ENOMEM` past the limit), and one that shrinks releases the difference.
+/// Declared with its fifth argument (`new_address`, variadic in C): on
+/// x86_64 a variadic integer argument travels in the same register as a
+/// fixed one.
 ///
 /// # Safety
 /// Callable from C at any time, with `mremap`'s contract.
@@ -343,13 +244,27 @@ pub unsafe extern "C" fn mremap(
     new_address: *mut c_void,
 ) -> *mut c_void {
     let (old_b, new_b) = (page_round(old_len), page_round(new_len));
-    let charged = LIVE.load(Ordering::Relaxed) != 0 && {
-        let g = lock();
-        find(&g, old as usize).is_some_and(|e| e.len.load(Ordering::Relaxed) == old_b)
+    let old_start = old as usize;
+    let old_end = old_start.saturating_add(old_b);
+    let state = if RECORDED.load(Ordering::Relaxed) == 0 || old_b == 0 {
+        None
+    } else {
+        let mut g = lock();
+        let t = g.table();
+        if t.bytes(old_start, old_end, State::Counted) == old_b {
+            Some(State::Counted)
+        } else if t.bytes(old_start, old_end, State::Reserved) == old_b {
+            Some(State::Reserved)
+        } else {
+            None
+        }
     };
-    if charged && new_b > old_b && !raw::charge_mapped(new_b - old_b) {
-        crate::stats::report_first_refusal(new_b);
-        set_errno(libc::ENOMEM);
+    let charged = if state == Some(State::Counted) {
+        new_b.saturating_sub(old_b)
+    } else {
+        0
+    };
+    if !charge(charged) {
         return libc::MAP_FAILED;
     }
     // SAFETY: the caller's arguments, passed to the kernel unchanged.
@@ -364,32 +279,67 @@ pub unsafe extern "C" fn mremap(
         )
     };
     if p == -1 {
-        if charged && new_b > old_b {
-            raw::release_mapped(new_b - old_b);
-        }
+        raw::release_mapped(charged);
         return libc::MAP_FAILED;
     }
-    // MREMAP_FIXED replaced whatever was mapped at the new address.
-    let replaced = if flags & libc::MREMAP_FIXED != 0 && LIVE.load(Ordering::Relaxed) != 0 {
-        let g = lock();
-        forget_range(&g, p as usize, new_b)
+    if state.is_some() || (flags & libc::MREMAP_FIXED != 0 && RECORDED.load(Ordering::Relaxed) != 0)
+    {
+        let mut g = lock();
+        let t = g.table();
+        let mut change = Change::default();
+        // MREMAP_DONTUNMAP leaves the old range mapped (emptied), as it was.
+        if state.is_some() && flags & libc::MREMAP_DONTUNMAP == 0 {
+            if let Some(c) = t.assign(old_start, old_end, None) {
+                change.removed += c.removed;
+            }
+        }
+        let new_start = p as usize;
+        if let Some(c) = t.assign(new_start, new_start + new_b, state) {
+            change.removed += c.removed;
+            change.added += c.added;
+        }
+        drop(g);
+        settle(charged, change);
+    }
+    p as *mut c_void
+}
+
+/// `mprotect(2)`: the reserved anonymous private pages it makes writable
+/// are charged first (-1 with `ENOMEM` past the limit), and the counted
+/// ones it makes `PROT_NONE` are released.
+///
+/// # Safety
+/// Callable from C at any time, with `mprotect`'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn mprotect(addr: *mut c_void, len: usize, prot: c_int) -> c_int {
+    let start = addr as usize;
+    let end = start.saturating_add(page_round(len));
+    let recorded = RECORDED.load(Ordering::Relaxed) != 0 && len > 0;
+    let writable = prot & libc::PROT_WRITE != 0;
+    let charged = if recorded && writable {
+        lock().table().bytes(start, end, State::Reserved)
     } else {
         0
     };
-    if replaced > 0 {
-        raw::release_mapped(replaced);
+    if !charge(charged) {
+        return -1;
     }
-    if charged {
-        {
-            let g = lock();
-            if let Some(e) = find(&g, old as usize) {
-                remove(e);
-            }
-            let _ = insert(&g, p as usize, new_b);
-        }
-        if new_b < old_b {
-            raw::release_mapped(old_b - new_b);
-        }
+    // SAFETY: the caller's arguments, passed to the kernel unchanged.
+    let r = unsafe { libc::syscall(libc::SYS_mprotect, addr, len, prot) };
+    if r != 0 {
+        raw::release_mapped(charged);
+        return r as c_int;
     }
-    p as *mut c_void
+    if recorded && writable {
+        let change = lock()
+            .table()
+            .convert(start, end, State::Reserved, State::Counted);
+        settle(charged, change);
+    } else if recorded && prot == libc::PROT_NONE {
+        let change = lock()
+            .table()
+            .convert(start, end, State::Counted, State::Reserved);
+        settle(0, change);
+    }
+    0
 }

@@ -4,7 +4,8 @@
  * Usage: fixed glibc|frostheap. Under glibc every step of 8 is committed;
  * under the library with FROSTHEAP_MAX=128M the limit stops it with ENOMEM
  * after at most four, a commit over pages already committed costs nothing,
- * and uncommitted or unmapped steps are free to commit again.
+ * and uncommitted or unmapped steps are free to commit again. Then a
+ * mapping grows and shrinks with mremap.
  * Prints "fixed: N checks, F failures". */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -90,6 +91,18 @@ int main(int argc, char **argv) {
     while (again < n && commit(r, again)) again++;
     CHECK(again == n);
     CHECK(munmap(r, RESERVED) == 0);
+    /* A mapping that grows and shrinks with mremap, then goes. */
+    char *m = mmap(NULL, STEP, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(m != MAP_FAILED);
+    if (m == MAP_FAILED) goto out;
+    memset(m, 7, STEP);
+    char *g = mremap(m, STEP, 2 * STEP, MREMAP_MAYMOVE);
+    CHECK(g != MAP_FAILED && g[STEP - 1] == 7);
+    if (g == MAP_FAILED) goto out;
+    memset(g + STEP, 8, STEP);
+    char *s = mremap(g, 2 * STEP, STEP / 2, 0);
+    CHECK(s == g && s[0] == 7);
+    CHECK(munmap(s, STEP / 2) == 0);
 out:
     printf("fixed: %d checks, %d failures\n", checks, failures);
     return failures != 0;

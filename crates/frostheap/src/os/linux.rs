@@ -123,6 +123,48 @@ pub fn physical_memory() -> usize {
     (pages as usize).saturating_mul(page_size())
 }
 
+/// `mmap(2)`, `munmap(2)` and `mprotect(2)` as system calls, not through
+/// the C library's functions of those names: in a process under
+/// `libfrostheap.so` those names are the library's own, which count a
+/// program's anonymous memory against the limit, and the heaps' own
+/// mappings are counted where they are committed (they must not count
+/// twice, nor turn a commit of a heap into a refused `mprotect`). Same
+/// results as the C functions: `MAP_FAILED` or -1 with `errno` set.
+///
+/// # Safety
+/// As the system call's, for the arguments given.
+unsafe fn sys_mmap(
+    addr: *mut libc::c_void,
+    len: usize,
+    prot: libc::c_int,
+    flags: libc::c_int,
+    fd: libc::c_int,
+    offset: libc::off_t,
+) -> *mut libc::c_void {
+    // SAFETY: forwarded.
+    unsafe {
+        libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, offset) as *mut libc::c_void
+    }
+}
+
+/// See [`sys_mmap`].
+///
+/// # Safety
+/// As `munmap(2)`'s.
+unsafe fn sys_munmap(addr: *mut libc::c_void, len: usize) -> libc::c_int {
+    // SAFETY: forwarded.
+    unsafe { libc::syscall(libc::SYS_munmap, addr, len) as libc::c_int }
+}
+
+/// See [`sys_mmap`].
+///
+/// # Safety
+/// As `mprotect(2)`'s.
+unsafe fn sys_mprotect(addr: *mut libc::c_void, len: usize, prot: libc::c_int) -> libc::c_int {
+    // SAFETY: forwarded.
+    unsafe { libc::syscall(libc::SYS_mprotect, addr, len, prot) as libc::c_int }
+}
+
 /// Reserves `len` bytes of address space aligned to `align`: `PROT_NONE`,
 /// `MAP_NORESERVE` (no swap reservation, no commit charge).
 ///
@@ -150,10 +192,10 @@ pub fn reserve(len: usize, align: usize) -> Result<*mut u8, OsError> {
     // above that lie outside [base, base + len).
     unsafe {
         if head > 0 {
-            libc::munmap(raw as *mut libc::c_void, head);
+            sys_munmap(raw as *mut libc::c_void, head);
         }
         if tail > 0 {
-            libc::munmap((base + len) as *mut libc::c_void, tail);
+            sys_munmap((base + len) as *mut libc::c_void, tail);
         }
     }
     Ok(base as *mut u8)
@@ -165,7 +207,7 @@ fn map_anonymous(len: usize, prot: libc::c_int) -> Result<*mut u8, OsError> {
     // SAFETY: an anonymous mapping at a kernel-chosen address cannot alias
     // any existing memory.
     let raw = unsafe {
-        libc::mmap(
+        sys_mmap(
             ptr::null_mut(),
             len,
             prot,
@@ -207,7 +249,7 @@ pub fn map_table_closed(len: usize) -> Result<*mut u8, OsError> {
 ///    it any more.
 pub unsafe fn unmap(addr: *mut u8, len: usize) {
     // SAFETY: by (1) the range is ours to drop.
-    unsafe { libc::munmap(addr.cast(), len) };
+    unsafe { sys_munmap(addr.cast(), len) };
 }
 
 /// Makes `[addr, addr + len)` readable and writable. Pages that were never
@@ -218,7 +260,7 @@ pub unsafe fn unmap(addr: *mut u8, len: usize) {
 ///    by [`reserve`].
 pub unsafe fn commit(addr: *mut u8, len: usize) -> Result<(), OsError> {
     // SAFETY: by (1) the range belongs to one of our reservations.
-    let r = unsafe { libc::mprotect(addr.cast(), len, libc::PROT_READ | libc::PROT_WRITE) };
+    let r = unsafe { sys_mprotect(addr.cast(), len, libc::PROT_READ | libc::PROT_WRITE) };
     if r == 0 {
         Ok(())
     } else {
@@ -243,7 +285,7 @@ pub unsafe fn decommit(addr: *mut u8, len: usize) -> Result<(), OsError> {
         if libc::madvise(addr.cast(), len, libc::MADV_DONTNEED) != 0 {
             return Err(last_error("madvise"));
         }
-        if libc::mprotect(addr.cast(), len, libc::PROT_NONE) != 0 {
+        if sys_mprotect(addr.cast(), len, libc::PROT_NONE) != 0 {
             return Err(last_error("mprotect"));
         }
     }
@@ -358,7 +400,7 @@ pub unsafe fn protect(addr: *mut u8, len: usize, access: Access) -> Result<(), O
         Access::ReadWrite => libc::PROT_READ | libc::PROT_WRITE,
     };
     // SAFETY: by (1) and (2).
-    let r = unsafe { libc::mprotect(addr.cast(), len, prot) };
+    let r = unsafe { sys_mprotect(addr.cast(), len, prot) };
     if r == 0 {
         Ok(())
     } else {
@@ -681,7 +723,7 @@ impl AltStack {
         let len = size.div_ceil(page) * page + page;
         // SAFETY: an anonymous mapping at a kernel-chosen address.
         let base = unsafe {
-            libc::mmap(
+            sys_mmap(
                 ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
@@ -694,7 +736,7 @@ impl AltStack {
             return Err(last_error("mmap"));
         }
         // SAFETY: the first page of our mapping becomes the guard page.
-        unsafe { libc::mprotect(base, page, libc::PROT_NONE) };
+        unsafe { sys_mprotect(base, page, libc::PROT_NONE) };
         let st = libc::stack_t {
             // SAFETY: page < len, inside the mapping.
             ss_sp: unsafe { base.cast::<u8>().add(page) }.cast(),
@@ -706,7 +748,7 @@ impl AltStack {
         if unsafe { libc::sigaltstack(&st, ptr::null_mut()) } != 0 {
             let e = last_error("sigaltstack");
             // SAFETY: the mapping is ours and unused.
-            unsafe { libc::munmap(base, len) };
+            unsafe { sys_munmap(base, len) };
             return Err(e);
         }
         Ok(AltStack {
@@ -727,7 +769,7 @@ impl Drop for AltStack {
                 ss_size: 0,
             };
             libc::sigaltstack(&st, ptr::null_mut());
-            libc::munmap(self.base.cast(), self.len);
+            sys_munmap(self.base.cast(), self.len);
         }
     }
 }
