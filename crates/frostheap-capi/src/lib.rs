@@ -182,13 +182,16 @@ fn register_atfork() {
 
 extern "C" fn fork_prepare() {
     raw::fork_prepare();
+    mapped::fork_prepare();
 }
 
 extern "C" fn fork_parent() {
+    mapped::fork_release();
     raw::fork_release();
 }
 
 extern "C" fn fork_child() {
+    mapped::fork_release();
     raw::fork_release();
     raw::fork_child_adopt();
 }

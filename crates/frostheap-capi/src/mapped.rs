@@ -90,6 +90,17 @@ impl Drop for Guard {
     }
 }
 
+/// Takes the table's lock before a `fork` (the prepare handler), so that
+/// the child never starts with it held by a thread it does not have.
+pub(crate) fn fork_prepare() {
+    core::mem::forget(lock());
+}
+
+/// Releases the lock [`fork_prepare`] took, in the parent and the child.
+pub(crate) fn fork_release() {
+    LOCK.store(false, Ordering::Release);
+}
+
 fn page_round(len: usize) -> usize {
     let page = crate::os_page();
     len.saturating_add(page - 1) & !(page - 1)
