@@ -1,7 +1,7 @@
-//! `mmap`, `munmap`, `mremap` and `mprotect`: the anonymous private memory a
-//! program maps itself (CPython's arenas, the JVM's and V8's heaps, many
-//! runtimes' allocators) is charged against the process limit, so
-//! `FROSTHEAP_MAX` caps it too.
+//! `mmap`, `munmap`, `mremap`, `mprotect`, `sbrk` and `brk`: the anonymous
+//! private memory a program maps itself (CPython's arenas, the JVM's and
+//! V8's heaps, many runtimes' allocators) is charged against the process
+//! limit, so `FROSTHEAP_MAX` caps it too.
 //!
 //! **What counts** is what the kernel would charge to its commit account:
 //! anonymous private memory that is writable, or was made writable.
@@ -20,6 +20,8 @@
 //!   uncommits (`PROT_NONE` `MAP_FIXED`).
 //! - `munmap` ends it; `mremap` moves it with its state and charges a
 //!   growth. File mappings and shared mappings are not counted.
+//! - The program break, when the program moves it itself (`sbrk`, `brk`),
+//!   counts by the growth its calls asked for.
 //!
 //! Growth is charged **before** the call: a refused charge returns
 //! `MAP_FAILED` (or -1 from `mprotect`) with `errno = ENOMEM`, as the
@@ -353,4 +355,82 @@ pub unsafe extern "C" fn mprotect(addr: *mut c_void, len: usize, prot: c_int) ->
         settle(0, change);
     }
     0
+}
+
+// ---------------------------------------------------------------------------
+// The program break.
+
+extern "C" {
+    /// glibc's `sbrk` under its own name: the library's `sbrk` is this
+    /// one, charged.
+    fn __sbrk(increment: libc::intptr_t) -> *mut c_void;
+}
+
+/// Bytes the program's own `sbrk`/`brk` calls have charged and not given
+/// back. glibc's own moves of the break (its main arena, which serves only
+/// threads without a heap) do not come through here, and their blocks are
+/// charged one by one (see `foreign`).
+static BREAK_CHARGED: AtomicUsize = AtomicUsize::new(0);
+
+/// `sbrk(2)`: a program that grows its break itself (an allocator of its
+/// own) is charged for the growth first (`(void *)-1` with `ENOMEM` past
+/// the limit), and a shrink gives back what its growths were charged.
+///
+/// # Safety
+/// Callable from C at any time, with `sbrk`'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn sbrk(increment: libc::intptr_t) -> *mut c_void {
+    let grow = usize::try_from(increment).unwrap_or(0);
+    if !charge(grow) {
+        return usize::MAX as *mut c_void;
+    }
+    // SAFETY: the caller's argument, to glibc's sbrk.
+    let old = unsafe { __sbrk(increment) };
+    if old as usize == usize::MAX {
+        raw::release_mapped(grow);
+        return old;
+    }
+    if grow > 0 {
+        BREAK_CHARGED.fetch_add(grow, Ordering::Relaxed);
+    } else if increment < 0 {
+        let shrink = increment.unsigned_abs();
+        let mut held = BREAK_CHARGED.load(Ordering::Relaxed);
+        loop {
+            let give = held.min(shrink);
+            match BREAK_CHARGED.compare_exchange_weak(
+                held,
+                held - give,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    raw::release_mapped(give);
+                    break;
+                }
+                Err(h) => held = h,
+            }
+        }
+    }
+    old
+}
+
+/// `brk(2)`: [`sbrk`] by the difference from the current break; 0, or -1
+/// with `errno` set (`ENOMEM` past the limit).
+///
+/// # Safety
+/// Callable from C at any time, with `brk`'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn brk(addr: *mut c_void) -> c_int {
+    // SAFETY: sbrk(0) only reads the break.
+    let current = unsafe { __sbrk(0) } as usize;
+    if current == usize::MAX {
+        return -1;
+    }
+    let delta = (addr as usize).wrapping_sub(current) as libc::intptr_t;
+    // SAFETY: forwarded.
+    if unsafe { sbrk(delta) } as usize == usize::MAX {
+        -1
+    } else {
+        0
+    }
 }

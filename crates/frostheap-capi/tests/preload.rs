@@ -885,6 +885,27 @@ fn reservations_committed_with_mprotect_count_against_the_limit() {
     assert_eq!(refusal_lines(&out).len(), 1, "{}", text(&out));
 }
 
+/// A program that grows its break itself (`sbrk`, `brk`: an allocator of
+/// its own) is capped too (`tests/c/brk.c`: 8 MiB steps until `ENOMEM`;
+/// under glibc alone all 8), and a shrink gives the memory back.
+#[test]
+fn a_program_break_grown_by_the_program_counts_against_the_limit() {
+    let glibc = limited(Command::new(c_program("brk")).arg("glibc"), 120);
+    assert_succeeded_saying(&glibc, "brk: 10 checks, 0 failures");
+    let out = preloaded_limited(
+        Command::new(c_program("brk")).arg("frostheap"),
+        &[("FROSTHEAP_MAX", "32M"), ("FROSTHEAP_STATS", "1")],
+        120,
+    );
+    assert_succeeded_saying(&out, "brk: 11 checks, 0 failures");
+    let process = process_stats_line(&out);
+    assert!(
+        peak_mib(&process) <= 32.0,
+        "committed past the limit: {process}"
+    );
+    assert!(process.contains("mapped 0 B,"), "{}", text(&out));
+}
+
 /// The process's peak committed figure, in MiB, from its statistics line.
 fn peak_mib(process: &str) -> f64 {
     process
