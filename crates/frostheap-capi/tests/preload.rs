@@ -265,9 +265,10 @@ fn the_library_touches_one_window_of_code_and_one_of_tables() {
     // to 64 KiB (Linux's default fault_around_bytes) within the mapping,
     // so each 64 KiB stretch of the library that a process touches at all
     // costs up to 64 KiB of resident memory. Every process runs the
-    // functions of `.init_array`, malloc, free and pthread_atfork, calls
-    // libc through the PLT, and has the loader read the library's symbol
-    // and relocation tables. layout.ld lays the code in the first 64 KiB
+    // functions of `.init_array` and `.fini_array`, malloc, free and
+    // pthread_atfork, and each thread its first allocation and its exit;
+    // every process calls libc through the PLT, and has the loader read
+    // the library's symbol and relocation tables. layout.ld lays the code in the first 64 KiB
     // of the executable segment (the linker left std's start-up function
     // in the middle of std's code, the PLT and pthread_atfork at the end)
     // and the unwind tables after the code, out of the loader's segment.
@@ -304,44 +305,72 @@ fn the_library_touches_one_window_of_code_and_one_of_tables() {
         plt.address(),
         plt.address() + plt.size()
     );
-    let init = elf
-        .section_by_name(".init_array")
-        .expect("the library has an .init_array");
-    let slots = init.data().expect("reading .init_array");
-    // Each entry is a relative relocation: a RELA entry's addend, or, when
-    // the relocations are packed (DT_RELR), the slot's own content.
+    // Each entry of .init_array and .fini_array is a relative relocation:
+    // a RELA entry's addend, or, when the relocations are packed
+    // (DT_RELR), the slot's own content.
     let addends: std::collections::HashMap<u64, u64> = elf
         .dynamic_relocations()
         .expect("the library has dynamic relocations")
         .map(|(offset, r)| (offset, r.addend() as u64))
         .collect();
-    let entries: Vec<u64> = slots
-        .chunks_exact(8)
-        .enumerate()
-        .map(|(i, slot)| {
-            let at = init.address() + 8 * i as u64;
-            addends
-                .get(&at)
-                .copied()
-                .unwrap_or_else(|| u64::from_le_bytes(slot.try_into().expect("8 bytes")))
-        })
-        .collect();
-    assert!(!entries.is_empty(), "the library has start-up functions");
     let name_of = |addr: u64| {
         elf.symbols()
             .find(|s| s.address() == addr && s.kind() == object::SymbolKind::Text)
             .and_then(|s| s.name().ok().map(str::to_string))
             .unwrap_or_else(|| "(no symbol)".to_string())
     };
-    let outside: Vec<String> = entries
-        .iter()
-        .filter(|&&a| !in_first_window(a))
-        .map(|&a| format!("{a:#x} {}", name_of(a)))
-        .collect();
-    assert!(
-        outside.is_empty(),
-        "start-up functions outside the first 64 KiB of code (from {code_start:#x}): {outside:?}; {fix}"
-    );
+    // Every process runs these at start-up and at exit.
+    for array in [".init_array", ".fini_array"] {
+        let section = elf
+            .section_by_name(array)
+            .unwrap_or_else(|| panic!("the library has an {array}"));
+        let slots = section.data().expect("reading the array");
+        let entries: Vec<u64> = slots
+            .chunks_exact(8)
+            .enumerate()
+            .map(|(i, slot)| {
+                let at = section.address() + 8 * i as u64;
+                addends
+                    .get(&at)
+                    .copied()
+                    .unwrap_or_else(|| u64::from_le_bytes(slot.try_into().expect("8 bytes")))
+            })
+            .collect();
+        assert!(!entries.is_empty(), "the library's {array} is empty");
+        let outside: Vec<String> = entries
+            .iter()
+            .filter(|&&a| !in_first_window(a))
+            .map(|&a| format!("{a:#x} {}", name_of(a)))
+            .collect();
+        assert!(
+            outside.is_empty(),
+            "{array} functions outside the first 64 KiB of code (from {code_start:#x}): {outside:?}; {fix}"
+        );
+    }
+    // So are these, at start-up (glibc's functions found for threads
+    // without a heap) and in every thread (its first allocation, its exit).
+    for part in [
+        "foreign7resolve",
+        "route6decide",
+        "3raw5local",
+        "heaps6detach",
+        "hand_back_held_blocks",
+        "give_up_at_exit",
+    ] {
+        let sym = elf
+            .symbols()
+            .find(|s| {
+                s.name().is_ok_and(|n| n.contains(part)) && s.kind() == object::SymbolKind::Text
+            })
+            .unwrap_or_else(|| panic!("the library has no function named like {part}"));
+        assert!(
+            in_first_window(sym.address()) && in_first_window(sym.address() + sym.size() - 1),
+            "{} at {:#x}..{:#x}, not in the first 64 KiB of code from {code_start:#x}; {fix}",
+            part,
+            sym.address(),
+            sym.address() + sym.size()
+        );
+    }
     // The segment the loader reads (symbols, relocations) holds constants
     // too, but no unwind tables, and maps as less than one window.
     let dynsym = elf
