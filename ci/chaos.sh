@@ -19,6 +19,9 @@
 #                 owners exited
 #   consumer      threads that only free a producer's blocks (a heap
 #                 attached at the first free; the remote cache and batch)
+#   mapstress     threads that map, commit, uncommit, replace and unmap
+#                 anonymous memory at once, while another forks (the
+#                 record of counted and reserved ranges)
 # First, interior_free checks that the build's debug checks fire (an
 # address inside another thread's block, freed, stops the program).
 # Every program checks every block it takes; a failure, a debug check's
@@ -47,7 +50,7 @@ cargo build --release -p frostheap-capi
 lib=$PWD/target/chaos/release/libfrostheap.so
 bin=target/chaos/c
 mkdir -p "$bin"
-for prog in threads mixer thread_churn consumer interior_free; do
+for prog in threads mixer thread_churn consumer mapstress interior_free; do
     cc -O1 -fno-builtin -Wall -Wno-use-after-free -pthread \
         -o "$bin/$prog" "crates/frostheap-capi/tests/c/$prog.c"
 done
@@ -89,7 +92,8 @@ while :; do
     run "$bin/mixer" 4 2000 4 64
     run "$bin/thread_churn"
     run "$bin/consumer" 50 2000
+    run "$bin/mapstress" 4 20000
     rounds=$((rounds + 1))
     [ $(($(date +%s) - start)) -lt "$budget" ] || break
 done
-echo "ci/chaos.sh: $rounds rounds of threads, mixer (with and without trims), thread_churn and consumer passed in $(($(date +%s) - start)) s"
+echo "ci/chaos.sh: $rounds rounds of threads, mixer (with and without trims), thread_churn, consumer and mapstress passed in $(($(date +%s) - start)) s"

@@ -938,6 +938,28 @@ fn a_program_break_grown_by_the_program_counts_against_the_limit() {
     assert!(process.contains("mapped 0 B,"), "{}", text(&out));
 }
 
+/// Four threads map, commit, uncommit, replace and unmap anonymous memory
+/// at random (20,000 operations each) while a fifth forks 20 times, each
+/// child mapping and unmapping once: every byte written is still there,
+/// every child exits cleanly (the record's lock is not left held across
+/// `fork`), nothing hangs, and once all is unmapped nothing counts.
+#[test]
+fn threads_mapping_at_once_leave_nothing_counted() {
+    let glibc = limited(
+        Command::new(c_program("mapstress")).args(["4", "20000"]),
+        120,
+    );
+    assert_succeeded_saying(&glibc, "mapstress: 80000 operations, 0 failures");
+    let out = preloaded_limited(
+        Command::new(c_program("mapstress")).args(["4", "20000"]),
+        &[("FROSTHEAP_STATS", "1")],
+        120,
+    );
+    assert_succeeded_saying(&out, "mapstress: 80000 operations, 0 failures");
+    let process = process_stats_line(&out);
+    assert!(process.contains("mapped 0 B,"), "{}", text(&out));
+}
+
 /// The process's peak committed figure, in MiB, from its statistics line.
 fn peak_mib(process: &str) -> f64 {
     process
