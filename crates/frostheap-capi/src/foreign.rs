@@ -36,7 +36,7 @@
 //! no memory tagging, which would change the formula.
 
 use core::ffi::{c_char, c_int, c_void};
-use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use frostheap::__private::raw;
 
@@ -212,6 +212,9 @@ fn charged_alloc(size: usize, align: usize, f: impl FnOnce(&Glibc) -> *mut c_voi
         release(held);
         return p; // glibc set errno
     }
+    if !USED.load(Ordering::Relaxed) {
+        USED.store(true, Ordering::Release);
+    }
     // SAFETY: p is a live block glibc just returned.
     let usable = unsafe { usable_size(p) };
     if usable <= held {
@@ -245,10 +248,21 @@ pub(crate) fn memalign(align: usize, size: usize) -> *mut c_void {
     charged_alloc(size, align, |g| unsafe { (g.memalign)(align, size) })
 }
 
+/// Set once glibc has returned a block: its allocator is initialised.
+static USED: AtomicBool = AtomicBool::new(false);
+
 /// glibc's `malloc_trim(pad)` on its own arenas (which hold the blocks of
-/// threads without a heap); true if it gave memory back.
+/// threads without a heap), once glibc has allocated anything; true if it
+/// gave memory back. Not before: glibc's `malloc_trim` initialises its
+/// allocator when nothing has, and threads that trim at once would
+/// initialise it together (the `mixer` stress program, every thread
+/// trimming, crashed in glibc's trim of its half-initialised main arena).
 pub(crate) fn trim(pad: usize) -> bool {
-    // SAFETY: glibc's malloc_trim has no preconditions.
+    if !USED.load(Ordering::Acquire) {
+        return false;
+    }
+    // SAFETY: glibc's malloc_trim has no preconditions, and its allocator
+    // is initialised (USED).
     glibc().is_some_and(|g| unsafe { (g.trim)(pad) } != 0)
 }
 
