@@ -100,6 +100,20 @@ pub(crate) fn resolve() -> bool {
         ok &= !p.is_null();
         slot.store(p as usize, Ordering::Relaxed);
     }
+    if ok {
+        // glibc's allocator initialises itself at its first call, which in
+        // a process without the library is made while the process has one
+        // thread; under the library its first call may come from threads
+        // without a heap at once, and its initialisation is not made for
+        // that. A trim initialises it without allocating: now, while
+        // (from the constructor) the process has one thread.
+        // SAFETY: glibc's malloc_trim, found just above, has no
+        // preconditions.
+        unsafe {
+            let trim: unsafe extern "C" fn(usize) -> c_int = found(5);
+            trim(0);
+        }
+    }
     STATE.store(if ok { READY } else { MISSING }, Ordering::Release);
     ok
 }
