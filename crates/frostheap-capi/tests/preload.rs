@@ -873,20 +873,7 @@ m = mmap.mmap(-1, 16 << 20, flags=mmap.MAP_PRIVATE)\nm[-1:] = b'x'\nprint('small
 /// yet, and the process committed 288 MiB under a 128 MiB limit.
 #[test]
 fn mappings_committed_with_map_fixed_count_against_the_limit() {
-    let glibc = limited(Command::new(c_program("fixed")).arg("glibc"), 120);
-    assert_succeeded_saying(&glibc, "fixed: 30 checks, 0 failures");
-    let out = preloaded_limited(
-        Command::new(c_program("fixed")).arg("frostheap"),
-        &[("FROSTHEAP_MAX", "128M"), ("FROSTHEAP_STATS", "1")],
-        120,
-    );
-    assert_succeeded_saying(&out, "fixed: 26 checks, 0 failures");
-    let process = process_stats_line(&out);
-    assert!(
-        peak_mib(&process) <= 128.0,
-        "committed past the limit: {process}"
-    );
-    assert!(process.contains("mapped 0 B,"), "{}", text(&out));
+    let out = capped_program("fixed", 30, 26, 128);
     assert_eq!(refusal_lines(&out).len(), 1, "{}", text(&out));
 }
 
@@ -900,20 +887,7 @@ fn mappings_committed_with_map_fixed_count_against_the_limit() {
 /// `mprotect` was seen, the process committed 288 MiB under 128 MiB.
 #[test]
 fn reservations_committed_with_mprotect_count_against_the_limit() {
-    let glibc = limited(Command::new(c_program("protect")).arg("glibc"), 120);
-    assert_succeeded_saying(&glibc, "protect: 11 checks, 0 failures");
-    let out = preloaded_limited(
-        Command::new(c_program("protect")).arg("frostheap"),
-        &[("FROSTHEAP_MAX", "128M"), ("FROSTHEAP_STATS", "1")],
-        120,
-    );
-    assert_succeeded_saying(&out, "protect: 14 checks, 0 failures");
-    let process = process_stats_line(&out);
-    assert!(
-        peak_mib(&process) <= 128.0,
-        "committed past the limit: {process}"
-    );
-    assert!(process.contains("mapped 0 B,"), "{}", text(&out));
+    let out = capped_program("protect", 11, 14, 128);
     assert_eq!(refusal_lines(&out).len(), 1, "{}", text(&out));
 }
 
@@ -922,20 +896,7 @@ fn reservations_committed_with_mprotect_count_against_the_limit() {
 /// under glibc alone all 8), and a shrink gives the memory back.
 #[test]
 fn a_program_break_grown_by_the_program_counts_against_the_limit() {
-    let glibc = limited(Command::new(c_program("brk")).arg("glibc"), 120);
-    assert_succeeded_saying(&glibc, "brk: 10 checks, 0 failures");
-    let out = preloaded_limited(
-        Command::new(c_program("brk")).arg("frostheap"),
-        &[("FROSTHEAP_MAX", "32M"), ("FROSTHEAP_STATS", "1")],
-        120,
-    );
-    assert_succeeded_saying(&out, "brk: 11 checks, 0 failures");
-    let process = process_stats_line(&out);
-    assert!(
-        peak_mib(&process) <= 32.0,
-        "committed past the limit: {process}"
-    );
-    assert!(process.contains("mapped 0 B,"), "{}", text(&out));
+    capped_program("brk", 10, 11, 32);
 }
 
 /// Four threads map, commit, uncommit, replace and unmap anonymous memory
@@ -977,6 +938,34 @@ fn threads_trimming_at_once_before_glibc_allocated_do_not_crash() {
             text(&out)
         );
     }
+}
+
+/// Runs the C program `name` on glibc alone (`name glibc`: `glibc_checks`
+/// checks, none failed, so the checks are right), then under the library
+/// with `FROSTHEAP_MAX` at `max_mib` MiB (`name frostheap`: `checks`
+/// checks, none failed); the process must not have committed past the
+/// limit at its peak, and must end with no mapping counted. Returns the
+/// run under the library.
+fn capped_program(name: &str, glibc_checks: u32, checks: u32, max_mib: u32) -> Output {
+    let glibc = limited(Command::new(c_program(name)).arg("glibc"), 120);
+    assert_succeeded_saying(
+        &glibc,
+        &format!("{name}: {glibc_checks} checks, 0 failures"),
+    );
+    let max = format!("{max_mib}M");
+    let out = preloaded_limited(
+        Command::new(c_program(name)).arg("frostheap"),
+        &[("FROSTHEAP_MAX", &max), ("FROSTHEAP_STATS", "1")],
+        120,
+    );
+    assert_succeeded_saying(&out, &format!("{name}: {checks} checks, 0 failures"));
+    let process = process_stats_line(&out);
+    assert!(
+        peak_mib(&process) <= f64::from(max_mib),
+        "committed past the limit: {process}"
+    );
+    assert!(process.contains("mapped 0 B,"), "{}", text(&out));
+    out
 }
 
 /// The process's peak committed figure, in MiB, from its statistics line.
