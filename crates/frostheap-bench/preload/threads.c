@@ -47,6 +47,27 @@ static void *local(void *arg) {
     return NULL;
 }
 
+/* working-set: WORKING_SET live blocks per thread, one replaced at random
+ * per operation (src/threads.rs). */
+enum { WORKING_SET = 25000 };
+
+static void *working_set(void *arg) {
+    uint64_t x = 0x6A09E667F3BCC908ull ^ ((uintptr_t)arg + 1);
+    void **window = malloc(WORKING_SET * sizeof *window);
+    if (!window) { fprintf(stderr, "out of memory\n"); exit(1); }
+    for (int i = 0; i < WORKING_SET; i++) window[i] = make(16 + next(&x) % 4081);
+    pthread_barrier_wait(&start);
+    for (long i = 0; i < ops; i++) {
+        uint64_t r = next(&x);
+        void **slot = &window[r % WORKING_SET];
+        free(*slot);
+        *slot = make(16 + (r >> 32) % 4081);
+    }
+    for (int i = 0; i < WORKING_SET; i++) free(window[i]);
+    free(window);
+    return NULL;
+}
+
 static _Atomic(void *) *slots;
 static size_t nslots;
 
@@ -169,6 +190,8 @@ static double run(const char *c) {
         n = 2 * (nthreads / 2 > 0 ? nthreads / 2 : 1);
         rings = calloc(n / 2, sizeof(ring_t));
         ops = ops / BATCH * BATCH;
+    } else if (!strcmp(c, "working-set")) {
+        fn = working_set;
     } else if (strcmp(c, "local")) {
         fprintf(stderr, "unknown case %s\n", c);
         exit(2);
@@ -182,6 +205,9 @@ static double run(const char *c) {
     }
     t0 = now_ns();
     pthread_barrier_wait(&start);
+    /* working-set's threads fill their windows before the barrier: the
+     * clock starts once they have. */
+    if (fn == working_set) t0 = now_ns();
     for (int i = 0; i < n; i++) pthread_join(t[i], NULL);
     double ns = (now_ns() - t0) / ops;
     pthread_barrier_destroy(&start);

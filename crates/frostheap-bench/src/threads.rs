@@ -6,6 +6,11 @@
 //!
 //! - **local**: every thread allocates and frees its own blocks of mixed
 //!   sizes (16 B – 4 KiB), keeping a window of 64 live.
+//! - **working-set**: the same at the scale of a real program's heap: every
+//!   thread fills a window of 25,000 live blocks of 16 B – 4 KiB (about 50
+//!   MiB) and replaces one at random per operation. Its peak RSS is what an
+//!   allocator adds to live data (size classes' rounding, per-class
+//!   pages), where `local`'s is mostly fixed costs.
 //! - **larson**: threads replace random blocks (16 B – 1 KiB) in one array
 //!   shared by all of them (Larson and Krishnan's server simulation), so
 //!   most frees are of another thread's block.
@@ -83,6 +88,42 @@ fn timed(threads: usize, body: impl Fn(usize) + Sync) -> f64 {
         t0
     });
     t0.elapsed().as_nanos() as f64
+}
+
+/// Live blocks per thread in `working-set`.
+pub const WORKING_SET: usize = 25_000;
+
+/// ns per replacement per thread: every thread fills a window of
+/// [`WORKING_SET`] blocks of 16 B – 4 KiB, then replaces `ops` of them,
+/// each at a random slot.
+pub fn working_set(threads: usize, ops: usize) -> f64 {
+    let start = Barrier::new(threads + 1);
+    let t0 = std::thread::scope(|s| {
+        for t in 0..threads {
+            let start = &start;
+            s.spawn(move || {
+                let mut rng = Rng(0x6A09_E667_F3BC_C908 ^ (t as u64 + 1));
+                let mut window: Vec<*mut u8> = (0..WORKING_SET)
+                    .map(|_| make(16 + (rng.next() % 4081) as usize))
+                    .collect();
+                start.wait();
+                for _ in 0..ops {
+                    let r = rng.next();
+                    let slot = &mut window[(r % WORKING_SET as u64) as usize];
+                    let old = std::mem::replace(slot, make(16 + ((r >> 32) % 4081) as usize));
+                    // SAFETY: made above, freed once.
+                    unsafe { unmake(old) };
+                }
+                for p in window {
+                    // SAFETY: as above.
+                    unsafe { unmake(p) };
+                }
+            });
+        }
+        start.wait();
+        Instant::now()
+    });
+    t0.elapsed().as_nanos() as f64 / ops as f64
 }
 
 /// ns per alloc+free per thread, `ops` per thread.
@@ -294,7 +335,7 @@ pub fn child_main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [case, threads, ops, runs] = args.as_slice() else {
         eprintln!(
-            "usage: threads_<allocator> local|larson|prodcons|prodcons-1cpu|prodcons-2cpu|spawn|none THREADS OPS RUNS"
+            "usage: threads_<allocator> local|working-set|larson|prodcons|prodcons-1cpu|prodcons-2cpu|spawn|none THREADS OPS RUNS"
         );
         std::process::exit(2);
     };
@@ -304,6 +345,7 @@ pub fn child_main() {
     for _ in 0..runs {
         let ns = match case.as_str() {
             "local" => local(threads, ops),
+            "working-set" => working_set(threads, ops),
             "larson" => larson(threads, ops),
             "prodcons" => prodcons(threads, ops, Placement::Free),
             "prodcons-1cpu" => prodcons(threads, ops, Placement::OneCpu),

@@ -8,7 +8,9 @@
 //! ```
 //!
 //! Cases (see `frostheap_bench::threads` and `preload/threads.c`, the same
-//! cases in Rust and C): per-thread alloc/free loops of 16 B – 4 KiB;
+//! cases in Rust and C): per-thread alloc/free loops of 16 B – 4 KiB,
+//! with 64 blocks live (`local`) and with 25,000 (`working-set`, about 50
+//! MiB a thread, where peak RSS shows what an allocator adds to live data);
 //! larson (threads replace random blocks of a shared array, so most frees
 //! are remote); producer/consumer pairs, placed by the scheduler, pinned
 //! to one CPU and pinned to two (`prodcons-1cpu`, `prodcons-2cpu`; the
@@ -35,8 +37,9 @@ use frostheap_bench::{cli, table, Machine, Plan, Table};
 const MIMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2";
 const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
 const NAMES: [&str; 4] = ["glibc", "mimalloc", "jemalloc", "frostheap"];
-const CASES: [&str; 6] = [
+const CASES: [&str; 7] = [
     "local",
+    "working-set",
     "larson",
     "prodcons",
     "prodcons-1cpu",
@@ -58,8 +61,7 @@ struct Options {
     /// are this divided by 1,000).
     #[arg(long, default_value_t = 400_000, value_parser = cli::count)]
     ops: usize,
-    /// Only these cases (comma-separated: local, larson, prodcons,
-    /// prodcons-1cpu, prodcons-2cpu, spawn).
+    /// Only these cases (comma-separated).
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(CASES))]
     only: Vec<String>,
     /// Also write the markdown report here.
@@ -217,7 +219,14 @@ fn main() {
     let (rust, c) = variants(&dir, &c_program);
     for v in rust.iter().chain(&c) {
         for p in [Some(&v.program), v.preload.as_ref()].into_iter().flatten() {
-            assert!(p.is_file(), "{} not found: build with `cargo build --release -p frostheap-capi -p frostheap-bench`", p.display());
+            if !p.is_file() {
+                let how = if p.starts_with("/usr") {
+                    "install the baselines from Debian's packages: `apt-get install libmimalloc2.0 libjemalloc2`"
+                } else {
+                    "build with `cargo build --release -p frostheap-capi -p frostheap-bench`"
+                };
+                panic!("{} not found: {how}", p.display());
+            }
             // What this build wrote is read from disk, as the installed
             // baselines are (see `read_from_disk_next`): the RSS comparison
             // would otherwise count the page cache's state, not the

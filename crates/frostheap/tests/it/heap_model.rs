@@ -247,6 +247,51 @@ fn a_class_uses_its_neighbours_free_blocks_before_carving_more() {
     assert_eq!(heap.stats().in_use, 0);
 }
 
+test!(a_class_takes_its_own_queued_free_blocks_before_a_neighbours);
+/// A class whose current span has run dry while another span of it holds
+/// free blocks (so is queued) takes those, not a larger class's free
+/// blocks: lending is for a class with nothing of its own waiting. Once
+/// its own are used up and its queue holds only the current span, it
+/// lends again.
+fn a_class_takes_its_own_queued_free_blocks_before_a_neighbours() {
+    let heap = roomy_heap("borrow-queue");
+    let usable = |p: std::ptr::NonNull<u8>| unsafe { heap.usable_size(p) };
+    let big = Layout::from_size_align(5000, 8).unwrap(); // class 5120
+    let small = Layout::from_size_align(4000, 8).unwrap(); // class 4096, 32 a span
+    // Two spans of 4096, every block live: the first ran dry and left the
+    // queue, the second is current and dry too.
+    let smalls: Vec<_> = (0..64).map(|_| heap.try_alloc(small).unwrap()).collect();
+    // Free blocks of 5120 waiting on that class's current span.
+    let bigs: Vec<_> = (0..8).map(|_| heap.try_alloc(big).unwrap()).collect();
+    for &p in &bigs {
+        // SAFETY: live blocks of this heap, freed once.
+        unsafe { heap.dealloc(p) };
+    }
+    // Four blocks of the first span freed: it is queued behind the current.
+    let mut freed: Vec<usize> = smalls[..4].iter().map(|p| p.as_ptr() as usize).collect();
+    for &p in &smalls[..4] {
+        // SAFETY: live, freed once.
+        unsafe { heap.dealloc(p) };
+    }
+    let again: Vec<_> = (0..4).map(|_| heap.try_alloc(small).unwrap()).collect();
+    let sizes: Vec<usize> = again.iter().map(|&p| usable(p)).collect();
+    assert_eq!(sizes, [4096; 4], "the class's own queued blocks come first");
+    let mut got: Vec<usize> = again.iter().map(|p| p.as_ptr() as usize).collect();
+    got.sort_unstable();
+    freed.sort_unstable();
+    assert_eq!(got, freed, "the four blocks just freed are reused");
+    // Nothing of its own waits now: the next request takes a lent block.
+    let lent = heap.try_alloc(small).unwrap();
+    assert_eq!(usable(lent), 5120, "lending at the end of the queue");
+    let s = heap.stats();
+    assert_eq!(s.in_use, 64 * 4096 + 5120, "{s:?}");
+    for p in smalls[4..].iter().chain(&again).chain([&lent]) {
+        // SAFETY: live, freed once.
+        unsafe { heap.dealloc(*p) };
+    }
+    assert_eq!(heap.stats().in_use, 0);
+}
+
 test!(alignments_up_to_one_mebibyte);
 /// Alignments past 4096 (where the model's exact accounting stops):
 /// blocks are aligned, hold their size, `block_size` bounds their usable
