@@ -421,6 +421,58 @@ fn threads_allocate_when_the_process_has_no_pthread_key_left() {
     );
 }
 
+/// `cmd` under an address-space limit of `bytes` (`ulimit -v`), set in
+/// the child before it executes the program.
+fn with_address_space(cmd: &mut Command, bytes: u64) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &r) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+    }
+}
+
+#[test]
+fn a_process_under_an_address_space_limit_starts_with_a_limit_that_fits() {
+    // Every heap lives in one reservation at least as large as the limit.
+    // With physical memory as FROSTHEAP_MAX's default, a process under
+    // `ulimit -v` below it could not make that reservation and stopped at
+    // its first malloc. The default is now a quarter of the address space.
+    let gib = 1u64 << 30;
+    let out = preloaded(
+        with_address_space(&mut Command::new(c_program("small_stack")), 4 * gib),
+        &[("FROSTHEAP_STATS", "1")],
+    );
+    assert_succeeded_saying(&out, "small stack: 8 threads ok");
+    let process = process_stats_line(&out);
+    assert!(process.contains("limit 1024.0 MiB;"), "{process}");
+    // A limit set above what fits stops start-up with one line that names
+    // the address-space limit.
+    let out = preloaded(
+        with_address_space(&mut Command::new(c_program("small_stack")), 4 * gib),
+        &[("FROSTHEAP_MAX", "16G")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{}", text(&out));
+    assert!(
+        err.starts_with(
+            "frostheap: cannot reserve the main heap (FROSTHEAP_MAX=17179869184 bytes)"
+        ) && err.contains("the address-space limit (ulimit -v) is 4294967296 bytes"),
+        "{}",
+        text(&out)
+    );
+}
+
 #[test]
 fn limit_counts_main_heap_and_other_threads() {
     let out = preloaded(

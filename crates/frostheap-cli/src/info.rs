@@ -44,13 +44,19 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
         cfg.on_violation.name()
     );
     println!("physical memory      {}", Bytes(os::physical_memory()));
+    let address_space = os::address_space_limit();
+    if let Some(limit) = address_space {
+        println!("address space        {} (ulimit -v)", Bytes(limit));
+    }
     println!(
         "process limit        {}{}",
         Bytes(cfg.max),
-        if cfg.max_from_env {
-            " (FROSTHEAP_MAX)"
-        } else {
-            " (physical memory; set FROSTHEAP_MAX to cap it)"
+        match (cfg.max_from_env, address_space) {
+            (true, _) => " (FROSTHEAP_MAX)",
+            (false, Some(_)) if cfg.max < os::physical_memory() => {
+                " (a quarter of the address space; set FROSTHEAP_MAX to change it)"
+            }
+            (false, _) => " (physical memory; set FROSTHEAP_MAX to cap it)",
         }
     );
     println!("main heap min        {} (FROSTHEAP_MIN)", Bytes(cfg.min));

@@ -65,6 +65,45 @@ fn the_tour_runs_and_shows_what_it_claims() {
 }
 
 #[test]
+fn the_tour_runs_under_an_address_space_limit() {
+    // Under `ulimit -v` the heaps' reservation (FROSTHEAP_MAX's default was
+    // physical memory) and the workers' context space (1 TiB) were refused
+    // whole, and the tour stopped before its first line. Now the default
+    // limit is a quarter of the address space and the context space takes
+    // the slots that fit.
+    use std::os::unix::process::CommandExt;
+    let bytes: u64 = 8 << 30;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_frostheap"));
+    cmd.arg("tour")
+        .env_remove("FROSTHEAP_ON_VIOLATION")
+        .env_remove("FROSTHEAP_MAX");
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &r) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let out = cmd.output().expect("run the tour");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the tour failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("End of the tour."), "{stdout}");
+    assert_eq!(
+        stdout.matches("==frostheap== VIOLATION").count(),
+        4,
+        "{stdout}"
+    );
+}
+
+#[test]
 fn no_subcommand_means_the_tour() {
     let out = Command::new(env!("CARGO_BIN_EXE_frostheap"))
         .output()

@@ -184,7 +184,7 @@ pub struct EnvConfig {
     pub min: usize,
     /// The hard cap.
     pub max: usize,
-    /// `FROSTHEAP_MAX` was set (otherwise `max` is physical memory).
+    /// `FROSTHEAP_MAX` was set (otherwise `max` is [`default_max`]).
     pub max_from_env: bool,
     /// Huge-page policy.
     pub huge_pages: HugePages,
@@ -269,12 +269,26 @@ const TRACK_ALLOCS: Var = Var {
 
 /// Reads the configuration from the process environment.
 pub fn from_env() -> Result<EnvConfig, EnvError> {
-    parse(os::getenv, os::physical_memory())
+    parse(
+        os::getenv,
+        default_max(os::physical_memory(), os::address_space_limit()),
+    )
+}
+
+/// `FROSTHEAP_MAX` when it is unset: physical memory, or a quarter of the
+/// address-space limit (`ulimit -v`) when that is less. Every heap lives
+/// in one reservation of address space, at least as large as the limit,
+/// and a process under `ulimit -v` needs the rest for its code, stacks and
+/// mappings: with physical memory as the default, the reservation failed
+/// and the program could not start.
+pub fn default_max(physical_memory: usize, address_space: Option<usize>) -> usize {
+    let quarter = address_space.map_or(usize::MAX, |a| (a / 4) & !(MIN_MAX - 1));
+    physical_memory.min(quarter).max(MIN_MAX)
 }
 
 /// Reads the configuration from `lookup` (a variable's value, or `None`
 /// when it is unset); `physical_memory` is the `max` used when
-/// `FROSTHEAP_MAX` is unset. Never allocates.
+/// `FROSTHEAP_MAX` is unset ([`default_max`]). Never allocates.
 pub fn parse(
     lookup: impl Fn(&CStr) -> Option<&'static [u8]>,
     physical_memory: usize,
@@ -328,7 +342,7 @@ pub fn parse(
             return Err(bad(
                 &MIN,
                 value,
-                "a size no larger than FROSTHEAP_MAX (or physical memory when FROSTHEAP_MAX is unset)",
+                "a size no larger than FROSTHEAP_MAX (or, when it is unset, physical memory or a quarter of the address-space limit)",
             ));
         }
     }
@@ -453,7 +467,7 @@ mod tests {
             (&[("FROSTHEAP_MAX", "lots")], "FROSTHEAP_MAX", "lots", SIZE_SYNTAX),
             (&[("FROSTHEAP_MAX", "99999999999T")], "FROSTHEAP_MAX", "99999999999T", "a size that fits in 64 bits"),
             (&[("FROSTHEAP_MAX", "4K")], "FROSTHEAP_MAX", "4K", "at least 64K (one heap page)"),
-            (&[("FROSTHEAP_MIN", "2G"), ("FROSTHEAP_MAX", "1G")], "FROSTHEAP_MIN", "2G", "a size no larger than FROSTHEAP_MAX (or physical memory when FROSTHEAP_MAX is unset)"),
+            (&[("FROSTHEAP_MIN", "2G"), ("FROSTHEAP_MAX", "1G")], "FROSTHEAP_MIN", "2G", "a size no larger than FROSTHEAP_MAX (or, when it is unset, physical memory or a quarter of the address-space limit)"),
         ];
         for (vars, var, value, expected) in cases {
             let e = env(vars).expect_err(var);
@@ -475,6 +489,17 @@ mod tests {
         let e = env(&[("FROSTHEAP_MIN", "9G")]).unwrap_err();
         assert_eq!(e.var, "FROSTHEAP_MIN");
         assert!(env(&[("FROSTHEAP_MIN", "8G")]).is_ok());
+    }
+
+    #[test]
+    fn the_default_max_leaves_three_quarters_of_a_limited_address_space() {
+        let gib = 1usize << 30;
+        assert_eq!(default_max(24 * gib, None), 24 * gib);
+        assert_eq!(default_max(24 * gib, Some(4 * gib)), gib);
+        assert_eq!(default_max(gib, Some(64 * gib)), gib);
+        // Rounded down to a heap page, and never below one.
+        assert_eq!(default_max(24 * gib, Some(4_000_000_000)), 999_948_288);
+        assert_eq!(default_max(24 * gib, Some(4096)), MIN_MAX);
     }
 
     #[test]

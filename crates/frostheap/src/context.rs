@@ -90,14 +90,33 @@ pub fn owns(addr: usize) -> bool {
     addr.wrapping_sub(SPACE_BASE.load(Ordering::Relaxed)) < SPACE_LEN.load(Ordering::Relaxed)
 }
 
+/// Slots the context space holds: [`N_SLOTS`], or fewer where the
+/// reservation of them all was refused (set once, with the space).
+static SPACE_SLOTS: AtomicUsize = AtomicUsize::new(0);
+
+/// Reserves the context space: [`N_SLOTS`] slots (1 TiB), or half as many
+/// each time the kernel refuses, down to one. A process under an
+/// address-space limit (`ulimit -v`) has far less than a terabyte to give,
+/// and with the whole space or nothing no runtime could start there.
 fn reserve_space() -> Result<(), os::OsError> {
     let mut err = None;
-    SPACE_ONCE.call_once(|| match os::reserve(N_SLOTS << SLOT_SHIFT, CHUNK_SIZE) {
-        Ok(p) => {
-            SPACE_BASE.store(p as usize, Ordering::Relaxed);
-            SPACE_LEN.store(N_SLOTS << SLOT_SHIFT, Ordering::Release);
+    SPACE_ONCE.call_once(|| {
+        let mut slots = N_SLOTS;
+        loop {
+            match os::reserve(slots << SLOT_SHIFT, CHUNK_SIZE) {
+                Ok(p) => {
+                    SPACE_BASE.store(p as usize, Ordering::Relaxed);
+                    SPACE_SLOTS.store(slots, Ordering::Relaxed);
+                    SPACE_LEN.store(slots << SLOT_SHIFT, Ordering::Release);
+                    return;
+                }
+                Err(_) if slots > 1 => slots /= 2,
+                Err(e) => {
+                    err = Some(e);
+                    return;
+                }
+            }
         }
-        Err(e) => err = Some(e),
     });
     match err {
         Some(e) => Err(e),
@@ -192,18 +211,25 @@ impl ContextHeap {
             context: "reserving the context space",
             source,
         })?;
-        let slot = SLOT_USED
+        let slots = SPACE_SLOTS.load(Ordering::Relaxed);
+        let slot = SLOT_USED[..slots]
             .iter()
             .position(|s| {
                 s.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
             })
             .ok_or_else(|| {
-                crate::error::Error::invalid(
-                    "workers",
-                    N_SLOTS + 1,
-                    format!("at most {N_SLOTS} context heaps alive at once"),
-                )
+                let why = if slots < N_SLOTS {
+                    format!(
+                        "at most {slots} context heaps alive at once: the address space held no more than {slots} of {N_SLOTS} 1 GiB slots{}",
+                        os::address_space_limit().map_or(String::new(), |l| format!(
+                            " (its limit, ulimit -v, is {l} bytes)"
+                        ))
+                    )
+                } else {
+                    format!("at most {N_SLOTS} context heaps alive at once")
+                };
+                crate::error::Error::invalid("workers", slots + 1, why)
             })?;
         let heap = match Self::of_slot(slot) {
             Some(h) => h,

@@ -185,16 +185,23 @@ pub(super) fn init() {
     match built {
         Ok(()) => {}
         Err(e) => {
-            let mut buf = [0u8; 256];
-            let line = crate::fmt_buf::Buf::new(&mut buf)
+            let mut buf = [0u8; 512];
+            let mut line = crate::fmt_buf::Buf::new(&mut buf)
                 .str("frostheap: cannot reserve the main heap (FROSTHEAP_MAX=")
                 .dec(cfg.max as u64)
                 .str(" bytes): ")
                 .str(e.call)
                 .str(" errno ")
-                .dec(e.errno as u64)
-                .str("\n")
-                .finish();
+                .dec(e.errno as u64);
+            // Every heap lives in one reservation at least as large as
+            // the limit: under `ulimit -v` that is what fails.
+            if let Some(limit) = os::address_space_limit() {
+                line = line
+                    .str("; the address-space limit (ulimit -v) is ")
+                    .dec(limit as u64)
+                    .str(" bytes, and FROSTHEAP_MAX should be at most a quarter of it");
+            }
+            let line = line.str("\n").finish();
             os::write_stderr(line);
             os::exit_now(2);
         }

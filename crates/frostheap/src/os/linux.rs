@@ -123,6 +123,21 @@ pub fn physical_memory() -> usize {
     (pages as usize).saturating_mul(page_size())
 }
 
+/// The process's address-space limit (`RLIMIT_AS`, `ulimit -v`) in bytes,
+/// or `None` when there is none.
+pub fn address_space_limit() -> Option<usize> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit, which `r` is.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut r) } != 0 || r.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    Some(usize::try_from(r.rlim_cur).unwrap_or(usize::MAX))
+}
+
 /// `mmap(2)`, `munmap(2)` and `mprotect(2)` as system calls, not through
 /// the C library's functions of those names: in a process under
 /// `libfrostheap.so` those names are the library's own, which count a
