@@ -421,25 +421,9 @@ fn threads_allocate_when_the_process_has_no_pthread_key_left() {
     );
 }
 
-/// `cmd` under an address-space limit of `bytes` (`ulimit -v`), set in
-/// the child before it executes the program.
-fn with_address_space(cmd: &mut Command, bytes: u64) -> &mut Command {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: setrlimit is async-signal-safe and touches only the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            let r = libc::rlimit {
-                rlim_cur: bytes,
-                rlim_max: bytes,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &r) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        })
-    }
-}
+#[path = "support/address_space.rs"]
+mod address_space;
+use address_space::with_address_space;
 
 #[test]
 fn a_process_under_an_address_space_limit_starts_with_a_limit_that_fits() {

@@ -4,6 +4,10 @@
 
 use std::process::Command;
 
+#[path = "../../frostheap-capi/tests/support/address_space.rs"]
+mod address_space;
+use address_space::with_address_space;
+
 #[test]
 fn the_tour_runs_and_shows_what_it_claims() {
     let out = Command::new(env!("CARGO_BIN_EXE_frostheap"))
@@ -71,26 +75,11 @@ fn the_tour_runs_under_an_address_space_limit() {
     // whole, and the tour stopped before its first line. Now the default
     // limit is a quarter of the address space and the context space takes
     // the slots that fit.
-    use std::os::unix::process::CommandExt;
-    let bytes: u64 = 8 << 30;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_frostheap"));
     cmd.arg("tour")
         .env_remove("FROSTHEAP_ON_VIOLATION")
         .env_remove("FROSTHEAP_MAX");
-    // SAFETY: setrlimit is async-signal-safe and touches only the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            let r = libc::rlimit {
-                rlim_cur: bytes,
-                rlim_max: bytes,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &r) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
+    with_address_space(&mut cmd, 8 << 30);
     let out = cmd.output().expect("run the tour");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
