@@ -54,7 +54,7 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
         match (cfg.max_from_env, address_space) {
             (true, _) => " (FROSTHEAP_MAX)",
             (false, Some(_)) if cfg.max < os::physical_memory() => {
-                " (a quarter of the address space; set FROSTHEAP_MAX to change it)"
+                " (within a quarter of the address space; set FROSTHEAP_MAX to change it)"
             }
             (false, _) => " (physical memory; set FROSTHEAP_MAX to cap it)",
         }

@@ -275,15 +275,25 @@ pub fn from_env() -> Result<EnvConfig, EnvError> {
     )
 }
 
-/// `FROSTHEAP_MAX` when it is unset: physical memory, or a quarter of the
-/// address-space limit (`ulimit -v`) when that is less. Every heap lives
-/// in one reservation of address space, at least as large as the limit,
-/// and a process under `ulimit -v` needs the rest for its code, stacks and
-/// mappings: with physical memory as the default, the reservation failed
-/// and the program could not start.
+/// `FROSTHEAP_MAX` when it is unset: physical memory, or, under an
+/// address-space limit (`ulimit -v`), the largest power of two no more
+/// than a quarter of it when that is less. Every heap lives in one
+/// reservation of address space whose slots are the limit rounded up to a
+/// power of two, and the arena takes at most half the address space
+/// (`global::heaps::reserve_arena`): so at least two heaps fit, and the
+/// program keeps the rest for its code, stacks and mappings. With
+/// physical memory as the default the reservation was refused and a
+/// program under `ulimit -v` could not start.
 pub fn default_max(physical_memory: usize, address_space: Option<usize>) -> usize {
-    let quarter = address_space.map_or(usize::MAX, |a| (a / 4) & !(MIN_MAX - 1));
-    physical_memory.min(quarter).max(MIN_MAX)
+    let limited = address_space.map_or(usize::MAX, |a| {
+        let quarter = a / 4;
+        if quarter == 0 {
+            0
+        } else {
+            1 << (usize::BITS - 1 - quarter.leading_zeros())
+        }
+    });
+    physical_memory.min(limited).max(MIN_MAX)
 }
 
 /// Reads the configuration from `lookup` (a variable's value, or `None`
@@ -342,7 +352,7 @@ pub fn parse(
             return Err(bad(
                 &MIN,
                 value,
-                "a size no larger than FROSTHEAP_MAX (or, when it is unset, physical memory or a quarter of the address-space limit)",
+                "a size no larger than FROSTHEAP_MAX (or, when it is unset, physical memory or a quarter of the address-space limit, rounded down to a power of two)",
             ));
         }
     }
@@ -467,7 +477,7 @@ mod tests {
             (&[("FROSTHEAP_MAX", "lots")], "FROSTHEAP_MAX", "lots", SIZE_SYNTAX),
             (&[("FROSTHEAP_MAX", "99999999999T")], "FROSTHEAP_MAX", "99999999999T", "a size that fits in 64 bits"),
             (&[("FROSTHEAP_MAX", "4K")], "FROSTHEAP_MAX", "4K", "at least 64K (one heap page)"),
-            (&[("FROSTHEAP_MIN", "2G"), ("FROSTHEAP_MAX", "1G")], "FROSTHEAP_MIN", "2G", "a size no larger than FROSTHEAP_MAX (or, when it is unset, physical memory or a quarter of the address-space limit)"),
+            (&[("FROSTHEAP_MIN", "2G"), ("FROSTHEAP_MAX", "1G")], "FROSTHEAP_MIN", "2G", "a size no larger than FROSTHEAP_MAX (or, when it is unset, physical memory or a quarter of the address-space limit, rounded down to a power of two)"),
         ];
         for (vars, var, value, expected) in cases {
             let e = env(vars).expect_err(var);
@@ -492,14 +502,16 @@ mod tests {
     }
 
     #[test]
-    fn the_default_max_leaves_three_quarters_of_a_limited_address_space() {
+    fn the_default_max_fits_a_limited_address_space() {
         let gib = 1usize << 30;
         assert_eq!(default_max(24 * gib, None), 24 * gib);
         assert_eq!(default_max(24 * gib, Some(4 * gib)), gib);
         assert_eq!(default_max(gib, Some(64 * gib)), gib);
-        // Rounded down to a heap page, and never below one.
-        assert_eq!(default_max(24 * gib, Some(4_000_000_000)), 999_948_288);
+        // A power of two no more than a quarter, and never below a page.
+        assert_eq!(default_max(24 * gib, Some(4_096_000_000)), 512 << 20);
+        assert_eq!(default_max(24 * gib, Some(8 * gib + 1)), 2 * gib);
         assert_eq!(default_max(24 * gib, Some(4096)), MIN_MAX);
+        assert_eq!(default_max(24 * gib, Some(0)), MIN_MAX);
     }
 
     #[test]

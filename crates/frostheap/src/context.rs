@@ -94,14 +94,18 @@ pub fn owns(addr: usize) -> bool {
 /// reservation of them all was refused (set once, with the space).
 static SPACE_SLOTS: AtomicUsize = AtomicUsize::new(0);
 
-/// Reserves the context space: [`N_SLOTS`] slots (1 TiB), or half as many
-/// each time the kernel refuses, down to one. A process under an
-/// address-space limit (`ulimit -v`) has far less than a terabyte to give,
-/// and with the whole space or nothing no runtime could start there.
+/// Reserves the context space: [`N_SLOTS`] slots (1 TiB) or, under an
+/// address-space limit (`ulimit -v`), as many as a quarter of it holds
+/// (one at least), then half as many each time the kernel refuses, down
+/// to one. A process under such a limit has far less than a terabyte to
+/// give, and with the whole space or nothing no runtime could start there.
 fn reserve_space() -> Result<(), os::OsError> {
     let mut err = None;
     SPACE_ONCE.call_once(|| {
         let mut slots = N_SLOTS;
+        if let Some(limit) = os::address_space_limit() {
+            slots = slots.min(((limit / 4) >> SLOT_SHIFT).max(1));
+        }
         loop {
             match os::reserve(slots << SLOT_SHIFT, CHUNK_SIZE) {
                 Ok(p) => {

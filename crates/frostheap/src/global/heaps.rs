@@ -5,8 +5,9 @@
 //!
 //! **Slots.** The arena is `n_slots` slots of `2^slot_shift` bytes, each
 //! at least `FROSTHEAP_MAX` (so any one heap may use the whole limit), at
-//! most 1024 of them and 32 TiB in all (fewer where the reservation is
-//! refused: half as many each time). Slot 0 is the main heap; the
+//! most 1024 of them and 32 TiB in all, at most half the address space
+//! under `ulimit -v` (fewer where the reservation is refused: half as
+//! many each time). Slot 0 is the main heap; the
 //! others are built on first use, in static storage (the allocator cannot
 //! allocate its own heaps), and never freed: a heap outlives every block in
 //! it.
@@ -115,8 +116,14 @@ pub(super) fn reserve_arena(max: usize) -> Result<*mut u8, crate::os::OsError> {
     let want = max.max(1 << MIN_SLOT_SHIFT).next_power_of_two();
     let shift = want.trailing_zeros();
     let mut slots = (1usize << ARENA_BUDGET_SHIFT.saturating_sub(shift)).clamp(1, MAX_HEAPS);
-    // Where address space is scarcer (valgrind, some sandboxes), fewer
-    // slots: threads beyond them share the main heap's locked path.
+    // Under an address-space limit (`ulimit -v`), at most half of it (one
+    // slot at least): the program needs the rest for its code, stacks, the
+    // context space and its own mappings.
+    if let Some(limit) = crate::os::address_space_limit() {
+        slots = slots.min(((limit / 2) >> shift).max(1));
+    }
+    // Where address space is scarcer still (valgrind, some sandboxes),
+    // fewer slots: threads beyond them share the main heap's locked path.
     let base = loop {
         match crate::os::reserve(slots << shift, crate::os::HUGE_PAGE_SIZE) {
             Ok(base) => break base,
