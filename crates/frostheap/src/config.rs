@@ -286,12 +286,7 @@ pub fn from_env() -> Result<EnvConfig, EnvError> {
 /// program under `ulimit -v` could not start.
 pub fn default_max(physical_memory: usize, address_space: Option<usize>) -> usize {
     let limited = address_space.map_or(usize::MAX, |a| {
-        let quarter = a / 4;
-        if quarter == 0 {
-            0
-        } else {
-            1 << (usize::BITS - 1 - quarter.leading_zeros())
-        }
+        (a / 4).checked_ilog2().map_or(0, |k| 1 << k)
     });
     physical_memory.min(limited).max(MIN_MAX)
 }
