@@ -298,45 +298,74 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
         if unsafe { h.free_own(ptr.cast()) } {
             return;
         }
+        // SAFETY: as above, and ptr is not one of h's blocks.
+        unsafe { free_not_own(h, ptr) };
+        return;
     }
     // SAFETY: (1).
-    unsafe { free_elsewhere(ptr) };
+    unsafe { free_without_heap(ptr) };
 }
 
-/// `free` of anything but a block of the thread's own heap: another
-/// thread's heap block (a remote free), a glibc block, or null. Out of
-/// line, so that the own heap's path saves no registers for it.
+/// `free` on a thread with a heap, of anything but a block of that heap:
+/// another thread's heap block (a remote free), a glibc block, or null. Out
+/// of line, so that the own heap's path saves no registers for it, and
+/// called (a tail call) with the heap already read: a consumer, whose
+/// every free comes here, reads its heap word once.
+///
+/// # Safety
+/// 1. `h` is the calling thread's heap; `ptr` is null or a live block
+///    returned by these functions, and not one of `h`'s.
+#[inline(never)]
+unsafe fn free_not_own(h: raw::Local, ptr: *mut c_void) {
+    // SAFETY: forwarded (1).
+    if unsafe { h.free_other(ptr.cast()) } {
+        return;
+    }
+    // SAFETY: (1): not in the arena (free_other took those), so glibc made
+    // it, or null.
+    unsafe { free_foreign(ptr) };
+}
+
+/// `free` on a thread without a heap word (its first call, a thread that
+/// gave its heap up at exit, or one whose heaps ran out).
 ///
 /// # Safety
 /// 1. `ptr` is null or a live block returned by these functions.
 #[inline(never)]
-unsafe fn free_elsewhere(ptr: *mut c_void) {
-    let h = match local_fast() {
-        Some(h) => Some(h),
-        // The thread's first call is a free of another thread's block (a
-        // consumer): it gets its heap now, as its first allocation would
-        // give it, so that its frees take the heap's cache and batch. The
-        // heap it gets may be the block's own (adopted from the thread
-        // that made it, which has exited): then this is a free of its own.
-        None if raw::in_thread_heap(ptr.cast()) => match local_slow() {
+unsafe fn free_without_heap(ptr: *mut c_void) {
+    // The thread's first call is a free of another thread's block (a
+    // consumer): it gets its heap now, as its first allocation would give
+    // it, so that its frees take the heap's cache and batch. The heap it
+    // gets may be the block's own (adopted from the thread that made it,
+    // which has exited): then this is a free of its own.
+    if raw::in_thread_heap(ptr.cast()) {
+        if let Some(h) = local_slow() {
             // SAFETY: h is this thread's heap; (1).
-            Some(h) if unsafe { h.free_own(ptr.cast()) } => return,
-            other => other,
-        },
-        None => None,
-    };
-    if let Some(h) = h {
-        // SAFETY: h is this thread's heap, and ptr is not one of its
-        // blocks (free took those, or the match above); (1).
-        if unsafe { h.free_other(ptr.cast()) } {
+            if unsafe { h.free_own(ptr.cast()) } {
+                return;
+            }
+            // SAFETY: as above, and ptr is not one of h's blocks.
+            unsafe { free_not_own(h, ptr) };
             return;
         }
     }
     if raw::owns(ptr.cast()) {
         // SAFETY: (1) and the address test: a live heap block.
         unsafe { raw::free(ptr.cast()) };
-    } else if !ptr.is_null() {
-        // SAFETY: (1): not ours, so glibc made it.
+    } else {
+        // SAFETY: (1): not ours, so glibc made it, or null.
+        unsafe { free_foreign(ptr) };
+    }
+}
+
+/// `free` of a block outside the arena: glibc's, or null.
+///
+/// # Safety
+/// 1. `ptr` is null or a live block glibc returned.
+#[inline]
+unsafe fn free_foreign(ptr: *mut c_void) {
+    if !ptr.is_null() {
+        // SAFETY: forwarded (1).
         unsafe { foreign::free(ptr) };
     }
 }

@@ -285,54 +285,64 @@ impl Global {
     /// Frees a block that is not the calling thread's own: another heap's
     /// (a remote free), a context block or system memory. Out of line, so
     /// that `dealloc` is the own heap's free alone and inlines like
-    /// `alloc`.
+    /// `alloc`. Another thread heap's small block, freed on a thread with a
+    /// heap of its own outside phases, is kept for this thread's next
+    /// allocation of its class or gathered for its heap
+    /// (`HeapInner::take_remote_free`): the path of a consumer's every
+    /// free, with nothing else in the function; the rest is
+    /// [`Global::dealloc_rest`]'s.
     ///
     /// # Safety
     /// 1. The `GlobalAlloc::dealloc` contract.
     #[inline(never)]
     unsafe fn dealloc_elsewhere(&self, ptr: *mut u8, layout: Layout) {
+        let h = FAST_HEAP.with(|h| h.get());
+        if !h.is_null() && layout.align() <= 16 {
+            if let Some((heap, _)) = heaps::heap_of(ptr) {
+                // Not the main heap: a runtime may freeze it.
+                if !core::ptr::eq(heap, main_inner()) {
+                    // SAFETY: h is the calling thread's own heap, in static
+                    // storage; ptr is a live block of `heap` (GlobalAlloc
+                    // contract), another thread heap (our own takes
+                    // `dealloc`'s inlined path); every small block is
+                    // aligned to 16.
+                    if unsafe { (*h).take_remote_free(heap, ptr) } {
+                        return;
+                    }
+                }
+            }
+        }
+        // SAFETY: forwarded (1).
+        unsafe { self.dealloc_rest(ptr, layout) }
+    }
+
+    /// [`Global::dealloc_elsewhere`] of anything its path did not take.
+    ///
+    /// # Safety
+    /// 1. The `GlobalAlloc::dealloc` contract.
+    #[inline(never)]
+    unsafe fn dealloc_rest(&self, ptr: *mut u8, layout: Layout) {
         let owner = owner_of(ptr);
         if let Owner::Heap { heap, offset } = owner {
-            // Another thread heap's small block freed on a thread with a
-            // heap of its own (outside phases): kept for this thread's
-            // next allocation of its class (see heap::remote_cache). Never a
-            // main-heap block, which a runtime may freeze.
-            let mut h = FAST_HEAP.with(|h| h.get());
-            if h.is_null() && ROUTE.with(|r| r.get()) == Route::Unknown {
+            if FAST_HEAP.with(|h| h.get()).is_null() && ROUTE.with(|r| r.get()) == Route::Unknown {
                 // The thread's first call is a free of another thread's
                 // block (a consumer): it gets its heap now, as its first
                 // allocation would give it, so that its frees take the
-                // cache and the batch below. The heap it gets may be the
-                // block's own (adopted from the thread that made it, which
-                // has exited): then this is a free of its own.
+                // cache and the batch. The heap it gets may be the block's
+                // own (adopted from the thread that made it, which has
+                // exited): then this is a free of its own.
                 route();
-                h = FAST_HEAP.with(|h| h.get());
+                let h = FAST_HEAP.with(|h| h.get());
                 if core::ptr::eq(h, heap) {
                     // SAFETY: ptr is a live block of our own heap now
                     // (GlobalAlloc contract), `offset` bytes into it.
                     unsafe { heap.core.free_at_as_owner(ptr, offset) };
                     return;
                 }
-            }
-            if !h.is_null() && layout.align() <= 16 && !core::ptr::eq(heap, main_inner()) {
-                // The block's class from its heap's class map, not from
-                // the layout: a heap may have lent a block of a larger
-                // class (HeapCore::borrow), and realloc keeps a block in
-                // place while it fits; the cache counts the class's size.
-                // SAFETY: ptr is a live block of `heap` (GlobalAlloc
-                // contract).
-                if let Some(c) = unsafe { heap.core.small_class_of(ptr) } {
-                    // SAFETY: h is the calling thread's own heap; ptr is a
-                    // live small block of class c of another thread heap,
-                    // aligned to 16 (every small block is), which the
-                    // caller gives up (GlobalAlloc contract).
-                    if unsafe { (*h).remote_cache.push(c, ptr) } {
-                        return;
-                    }
-                    // SAFETY: as above; the heap is another thread's (our
-                    // own takes `dealloc`'s inlined path), in static
-                    // storage.
-                    if unsafe { (*h).remote_batch.free(&heap.core, c, ptr) } {
+                if !h.is_null() && layout.align() <= 16 && !core::ptr::eq(heap, main_inner()) {
+                    // SAFETY: as in `dealloc_elsewhere`, with h now the
+                    // thread's heap.
+                    if unsafe { (*h).take_remote_free(heap, ptr) } {
                         return;
                     }
                 }

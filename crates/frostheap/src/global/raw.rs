@@ -174,29 +174,18 @@ impl Local {
     /// # Safety
     /// 1. As [`Local::malloc`]; `p` is null or a live block returned by the
     ///    C ABI, freed once.
-    #[inline(never)]
+    #[inline(always)]
     pub unsafe fn free_other(self, p: *mut u8) -> bool {
         let Some((heap, offset)) = heaps::heap_of(p) else {
             return false;
         };
         debug_assert!(!core::ptr::eq(heap, self.0), "free_other of our own block");
         if !core::ptr::eq(heap, main_inner()) && (p as usize) & (MALLOC_ALIGN - 1) == 0 {
-            // SAFETY: (1): a live block of `heap`.
-            if let Some(c) = unsafe { heap.core.small_class_of(p) } {
-                #[cfg(debug_assertions)]
-                heap.core.debug_check_small_block(p, Some(c));
-                crate::sync::chaos();
-                // SAFETY: (1): that thread owns the cache; p is a live
-                // small block of class c of another thread heap, aligned
-                // to 16, which the caller gives up.
-                if unsafe { self.0.remote_cache.push(c, p) } {
-                    return true;
-                }
-                // SAFETY: as above; heap is not ours (free_own took ours)
-                // and lives in static storage.
-                if unsafe { self.0.remote_batch.free(&heap.core, c, p) } {
-                    return true;
-                }
+            // SAFETY: (1): this thread owns the heap; p is a live block of
+            // `heap`, another thread heap than ours (free_own took ours)
+            // and not the main heap, aligned to 16.
+            if unsafe { self.0.take_remote_free(heap, p) } {
+                return true;
             }
         }
         // SAFETY: (1): a live block of `heap`, `offset` bytes into it.

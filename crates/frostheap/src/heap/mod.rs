@@ -129,6 +129,50 @@ impl HeapInner {
         Ok(unsafe { dst.assume_init_mut() })
     }
 
+    /// Takes `p`, a small block of `other` (another thread heap, never the
+    /// main heap) that this heap's thread frees: into this heap's remote
+    /// cache for its own next allocation of the class, or, the class full,
+    /// into its remote batch, gathered with its neighbours for `other`.
+    /// False, and nothing done, if `p` is not in a small span or its class
+    /// is too large for either (the caller frees it to its heap).
+    ///
+    /// The path every free of another thread's block takes (the C ABI's
+    /// `free`, `Global::dealloc`): inlined into each, so that a consumer
+    /// freeing a producer's blocks runs one function with no frame to
+    /// speak of.
+    ///
+    /// # Safety
+    /// 1. The calling thread owns this heap (its cache and batch) and is
+    ///    not a runtime worker inside a phase; `other` is another thread
+    ///    heap than this one, not the main heap, in static storage; `p` is
+    ///    a live block of `other`, aligned to 16, freed by the caller once.
+    #[inline(always)]
+    pub(crate) unsafe fn take_remote_free(&self, other: &HeapInner, p: *mut u8) -> bool {
+        debug_assert!(
+            !::core::ptr::eq(self, other),
+            "a remote free of our own block"
+        );
+        // The block's class from its heap's class map, not from a size or
+        // layout: a heap may have lent a block of a larger class
+        // (HeapCore::borrow), and realloc keeps a block in place while it
+        // fits; the cache counts the class's size.
+        // SAFETY: (1): a live block of `other`.
+        let Some(c) = (unsafe { other.core.small_class_of(p) }) else {
+            return false;
+        };
+        #[cfg(debug_assertions)]
+        other.core.debug_check_small_block(p, Some(c));
+        crate::sync::chaos();
+        // SAFETY: (1): this thread owns the cache; p is a live small block
+        // of class c of another thread heap, aligned to 16, which the
+        // caller gives up.
+        if unsafe { self.remote_cache.push(c, p) } {
+            return true;
+        }
+        // SAFETY: as above; `other` is not ours and lives in static storage.
+        unsafe { self.remote_batch.free(&other.core, c, p) }
+    }
+
     /// Registers the heap's region in the guard table; false if the table
     /// is full. Call once the inner value is at its final address.
     pub(crate) fn register(&mut self) -> bool {

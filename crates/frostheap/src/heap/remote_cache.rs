@@ -147,13 +147,16 @@ impl RemoteCache {
     /// case of the `threads` benchmark than the remote path block by block.
     ///
     /// # Safety
-    /// 1. The calling thread owns the cache; `p` is a live block of a thread
-    ///    heap, aligned to 16 with at least `CLASS_SIZE[c]` usable bytes,
-    ///    freed by the caller (it is the caller's to give up).
+    /// 1. The calling thread owns the cache; `c` is a class (below
+    ///    `N_CLASSES`); `p` is a live block of a thread heap, aligned to 16
+    ///    with at least `CLASS_SIZE[c]` usable bytes, freed by the caller
+    ///    (it is the caller's to give up).
     #[inline]
     pub(crate) unsafe fn push(&self, c: usize, p: *mut u8) -> bool {
-        let n = &self.count[c];
-        if n.get() >= CLASS_CAP[c] {
+        debug_assert!(c < N_CLASSES, "class out of range");
+        // SAFETY: (1): c < N_CLASSES.
+        let (n, cap) = unsafe { (self.count.get_unchecked(c), *CLASS_CAP.get_unchecked(c)) };
+        if n.get() >= cap {
             return false;
         }
         let w = p.cast::<usize>();
@@ -163,10 +166,11 @@ impl RemoteCache {
             if w.add(1).read() == HELD && self.holds(c, p) {
                 invalid_free(p);
             }
-            (*p.cast::<Block>()).next = self.head[c].get();
+            let head = self.head.get_unchecked(c);
+            (*p.cast::<Block>()).next = head.get();
             w.add(1).write(HELD);
+            head.set(p.cast());
         }
-        self.head[c].set(p.cast());
         n.set(n.get() + 1);
         let size = CLASS_SIZE[c] as usize;
         self.bytes
