@@ -70,8 +70,9 @@ fn upper(b: usize) -> u64 {
     if b < 8 {
         return b as u64;
     }
-    let (e, m) = ((b - 8) / 8 + 3, ((b - 8) % 8) as u64);
-    ((8 + m + 1) << (e - 3)) - 1
+    let (e, m) = ((b - 8) / 8 + 3, ((b - 8) % 8) as u128);
+    // In u128: the last bucket's top is 2^64 - 1, one below a u64's range.
+    u64::try_from(((8 + m + 1) << (e - 3)) - 1).expect("a bucket's top fits a u64")
 }
 
 /// What the estimator reports beside its estimate.

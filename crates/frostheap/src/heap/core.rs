@@ -34,7 +34,6 @@
 //! sealing and thread hand-over. The parts know nothing of `HeapCore`.
 
 use core::alloc::Layout;
-use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
@@ -122,31 +121,14 @@ unsafe impl Send for HeapCore {}
 impl HeapCore {
     /// Reserves the region and page table. The calling thread becomes the
     /// owner.
+    #[cfg(test)]
     pub(crate) fn new(config: CoreConfig) -> Result<HeapCore, OsError> {
-        let mut core = MaybeUninit::<HeapCore>::uninit();
+        let mut core = core::mem::MaybeUninit::<HeapCore>::uninit();
         // SAFETY: no reservation given: the region makes its own; `core`
         // is writable.
         unsafe { Self::init_at(core.as_mut_ptr(), None, config)? };
         // SAFETY: init_at returned Ok: it wrote the whole core.
         Ok(unsafe { core.assume_init() })
-    }
-
-    /// [`HeapCore::new`] on `[base, base + config.max)`, part of a larger
-    /// reservation (the global allocator's heaps), written in place at
-    /// `dst` (see [`HeapCore::init_at`]). On `Err`, `dst` is left
-    /// unwritten.
-    ///
-    /// # Safety
-    /// 1. As for [`Region::in_reservation`]; the core is never dropped
-    ///    while blocks of it are live.
-    /// 2. `dst` is valid for a write of a `HeapCore`.
-    pub(crate) unsafe fn init_in(
-        dst: *mut HeapCore,
-        base: *mut u8,
-        config: CoreConfig,
-    ) -> Result<(), OsError> {
-        // SAFETY: forwarded (1), (2).
-        unsafe { Self::init_at(dst, Some(base), config) }
     }
 
     /// Builds a core at `dst`, field by field (every field is named in the
@@ -157,10 +139,15 @@ impl HeapCore {
     /// more copies), 12 KiB of resident memory per thread. On `Err`,
     /// `dst` is left unwritten (what was written is dropped).
     ///
+    /// `at`: the base of `[base, base + config.max)`, part of a larger
+    /// reservation (the global allocator's heaps), or `None` for a region
+    /// of the core's own.
+    ///
     /// # Safety
-    /// 1. `at` is `None`, or as for [`HeapCore::init_in`].
+    /// 1. `at` is `None`, or as for [`Region::in_reservation`], and the
+    ///    core is never dropped while blocks of it are live.
     /// 2. `dst` is valid for a write of a `HeapCore`.
-    unsafe fn init_at(
+    pub(super) unsafe fn init_at(
         dst: *mut HeapCore,
         at: Option<*mut u8>,
         config: CoreConfig,

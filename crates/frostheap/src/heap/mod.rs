@@ -78,36 +78,54 @@ pub(crate) struct HeapInner {
 }
 
 impl HeapInner {
-    pub(crate) fn new(
+    /// A heap of its own region (an explicit heap), built in place in its
+    /// `Arc`: never on the stack, where a heap (3.5 KiB) and the copies a
+    /// debug build makes of it took more than a thread of
+    /// `PTHREAD_STACK_MIN` has.
+    pub(crate) fn new_shared(
         name: Cow<'static, str>,
         config: CoreConfig,
-    ) -> Result<HeapInner, crate::os::OsError> {
-        let core = HeapCore::new(config)?;
-        Ok(HeapInner {
-            core,
-            remote_cache: remote_cache::RemoteCache::new(),
-            remote_batch: remote_batch::RemoteBatch::new(),
-            name,
-            entry: None,
-        })
+    ) -> Result<Arc<HeapInner>, crate::os::OsError> {
+        let mut arc = Arc::<HeapInner>::new_uninit();
+        let dst = Arc::get_mut(&mut arc).expect("a fresh Arc is unique");
+        // SAFETY: no reservation given: the region makes its own.
+        unsafe { Self::init_at(dst, name, None, config)? };
+        // SAFETY: init_at returned Ok: it wrote the whole heap.
+        Ok(unsafe { arc.assume_init() })
     }
 
-    /// [`HeapInner::new`] on `[base, base + config.max)`, a part of the
-    /// global allocator's arena, built in its slot (`dst`): the heap is
-    /// never on the stack (see `HeapCore::init_at`). On `Err`, `dst` is
-    /// left unwritten.
+    /// A heap on `[base, base + config.max)`, a part of the global
+    /// allocator's arena, built in its slot (`dst`): the heap is never on
+    /// the stack (see `HeapCore::init_at`). On `Err`, `dst` is left
+    /// unwritten.
     ///
     /// # Safety
-    /// 1. As for [`HeapCore::init_in`].
+    /// 1. As for `HeapCore::init_at`'s reservation.
     pub(crate) unsafe fn init_in<'a>(
         dst: &'a mut MaybeUninit<HeapInner>,
         name: Cow<'static, str>,
         base: *mut u8,
         config: CoreConfig,
     ) -> Result<&'a mut HeapInner, crate::os::OsError> {
+        // SAFETY: forwarded (1).
+        unsafe { Self::init_at(dst, name, Some(base), config) }
+    }
+
+    /// Builds a heap at `dst`, field by field: in a reservation of the
+    /// caller's (`at`), or in a region of its own. On `Err`, `dst` is left
+    /// unwritten.
+    ///
+    /// # Safety
+    /// 1. As for `HeapCore::init_at`.
+    unsafe fn init_at<'a>(
+        dst: &'a mut MaybeUninit<HeapInner>,
+        name: Cow<'static, str>,
+        at: Option<*mut u8>,
+        config: CoreConfig,
+    ) -> Result<&'a mut HeapInner, crate::os::OsError> {
         let p = dst.as_mut_ptr();
         // SAFETY: forwarded (1); `p` is valid for writes (a `&mut`).
-        unsafe { HeapCore::init_in(&raw mut (*p).core, base, config)? };
+        unsafe { HeapCore::init_at(&raw mut (*p).core, at, config)? };
         // SAFETY: the core is written; the other fields are written here,
         // once each, so the whole heap is.
         unsafe {
@@ -752,11 +770,10 @@ impl HeapBuilder {
             },
             kind: process::Kind::Explicit,
         };
-        let inner = HeapInner::new(self.name, config).map_err(|source| Error::Os {
+        let mut arc = HeapInner::new_shared(self.name, config).map_err(|source| Error::Os {
             context: "reserving a heap region",
             source,
         })?;
-        let mut arc = Arc::new(inner);
         if !Arc::get_mut(&mut arc)
             .expect("fresh Arc is unique")
             .register()
