@@ -43,22 +43,33 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
         cfg.protect,
         cfg.on_violation.name()
     );
-    println!("physical memory      {}", Bytes(os::physical_memory()));
+    let physical = os::physical_memory();
+    println!("physical memory      {}", Bytes(physical));
+    let cgroup = os::cgroup::memory_limit();
+    if let Some(limit) = cgroup {
+        println!(
+            "cgroup memory limit  {} (a container's, a unit's)",
+            Bytes(limit)
+        );
+    }
     let address_space = os::address_space_limit();
     if let Some(limit) = address_space {
         println!("address space        {} (ulimit -v)", Bytes(limit));
     }
-    println!(
-        "process limit        {}{}",
-        Bytes(cfg.max),
-        match (cfg.max_from_env, address_space) {
-            (true, _) => " (FROSTHEAP_MAX)",
-            (false, Some(_)) if cfg.max < os::physical_memory() => {
-                " (within a quarter of the address space; set FROSTHEAP_MAX to change it)"
-            }
-            (false, _) => " (physical memory; set FROSTHEAP_MAX to cap it)",
-        }
-    );
+    // Which bound gave the default: the least of the three
+    // (config::default_max), the first named on a tie.
+    let why = if cfg.max_from_env {
+        " (FROSTHEAP_MAX)"
+    } else if cfg.max == frostheap::__private::default_max(physical, None, None) {
+        " (physical memory; set FROSTHEAP_MAX to cap it)"
+    } else if cgroup.is_some()
+        && cfg.max == frostheap::__private::default_max(usize::MAX, cgroup, None)
+    {
+        " (three quarters of the cgroup's memory limit; set FROSTHEAP_MAX to change it)"
+    } else {
+        " (within a quarter of the address space; set FROSTHEAP_MAX to change it)"
+    };
+    println!("process limit        {}{why}", Bytes(cfg.max));
     println!("main heap min        {} (FROSTHEAP_MIN)", Bytes(cfg.min));
     Ok(())
 }

@@ -269,26 +269,48 @@ const TRACK_ALLOCS: Var = Var {
 
 /// Reads the configuration from the process environment.
 pub fn from_env() -> Result<EnvConfig, EnvError> {
-    parse(
-        os::getenv,
-        default_max(os::physical_memory(), os::address_space_limit()),
+    parse(os::getenv, default_max_here())
+}
+
+/// [`default_max`] of this machine and process: its physical memory, its
+/// cgroup's memory limit and its address-space limit.
+pub fn default_max_here() -> usize {
+    default_max(
+        os::physical_memory(),
+        os::cgroup::memory_limit(),
+        os::address_space_limit(),
     )
 }
 
-/// `FROSTHEAP_MAX` when it is unset: physical memory, or, under an
-/// address-space limit (`ulimit -v`), the largest power of two no more
-/// than a quarter of it when that is less. Every heap lives in one
-/// reservation of address space whose slots are the limit rounded up to a
-/// power of two, and the arena takes at most half the address space
-/// (`global::heaps::reserve_arena`): so at least two heaps fit, and the
-/// program keeps the rest for its code, stacks and mappings. With
-/// physical memory as the default the reservation was refused and a
-/// program under `ulimit -v` could not start.
-pub fn default_max(physical_memory: usize, address_space: Option<usize>) -> usize {
+/// `FROSTHEAP_MAX` when it is unset: the least of
+///
+/// - physical memory;
+/// - three quarters of the memory limit of the process's cgroup (a
+///   container's `--memory`, a systemd unit's `MemoryMax`), if it has one.
+///   Past that limit the kernel kills the process, and the cgroup counts
+///   more than the heaps: the program's code and stacks, the page cache it
+///   dirties, the container's other processes. Three quarters is .NET's
+///   default hard limit for its heap in a container (`GCHeapHardLimit`);
+///   a JVM's default heap is a quarter of it (`MaxRAMPercentage`), with
+///   far more of its memory outside the heap;
+/// - under an address-space limit (`ulimit -v`), the largest power of two
+///   no more than a quarter of it. Every heap lives in one reservation of
+///   address space whose slots are the limit rounded up to a power of
+///   two, and the arena takes at most half the address space
+///   (`global::heaps::reserve_arena`): so at least two heaps fit, and the
+///   program keeps the rest for its code, stacks and mappings. With
+///   physical memory as the default the reservation was refused and a
+///   program under `ulimit -v` could not start.
+pub fn default_max(
+    physical_memory: usize,
+    cgroup_limit: Option<usize>,
+    address_space: Option<usize>,
+) -> usize {
+    let in_cgroup = cgroup_limit.map_or(usize::MAX, |c| c / 4 * 3);
     let limited = address_space.map_or(usize::MAX, |a| {
         (a / 4).checked_ilog2().map_or(0, |k| 1 << k)
     });
-    physical_memory.min(limited).max(MIN_MAX)
+    physical_memory.min(in_cgroup).min(limited).max(MIN_MAX)
 }
 
 /// Reads the configuration from `lookup` (a variable's value, or `None`
@@ -499,14 +521,29 @@ mod tests {
     #[test]
     fn the_default_max_fits_a_limited_address_space() {
         let gib = 1usize << 30;
-        assert_eq!(default_max(24 * gib, None), 24 * gib);
-        assert_eq!(default_max(24 * gib, Some(4 * gib)), gib);
-        assert_eq!(default_max(gib, Some(64 * gib)), gib);
+        assert_eq!(default_max(24 * gib, None, None), 24 * gib);
+        assert_eq!(default_max(24 * gib, None, Some(4 * gib)), gib);
+        assert_eq!(default_max(gib, None, Some(64 * gib)), gib);
         // A power of two no more than a quarter, and never below a page.
-        assert_eq!(default_max(24 * gib, Some(4_096_000_000)), 512 << 20);
-        assert_eq!(default_max(24 * gib, Some(8 * gib + 1)), 2 * gib);
-        assert_eq!(default_max(24 * gib, Some(4096)), MIN_MAX);
-        assert_eq!(default_max(24 * gib, Some(0)), MIN_MAX);
+        assert_eq!(default_max(24 * gib, None, Some(4_096_000_000)), 512 << 20);
+        assert_eq!(default_max(24 * gib, None, Some(8 * gib + 1)), 2 * gib);
+        assert_eq!(default_max(24 * gib, None, Some(4096)), MIN_MAX);
+        assert_eq!(default_max(24 * gib, None, Some(0)), MIN_MAX);
+    }
+
+    #[test]
+    fn the_default_max_is_three_quarters_of_a_cgroup_limit() {
+        let gib = 1usize << 30;
+        assert_eq!(default_max(24 * gib, Some(4 * gib), None), 3 * gib);
+        // Physical memory below the cgroup's limit: physical memory.
+        assert_eq!(default_max(2 * gib, Some(4 * gib), None), 2 * gib);
+        // The least of the three.
+        assert_eq!(default_max(24 * gib, Some(4 * gib), Some(8 * gib)), 2 * gib);
+        assert_eq!(
+            default_max(24 * gib, Some(2 * gib), Some(64 * gib)),
+            1536 << 20
+        );
+        assert_eq!(default_max(24 * gib, Some(0), None), MIN_MAX);
     }
 
     #[test]

@@ -299,7 +299,7 @@ pub mod __private {
 
     /// frostheap-capi (`getenv`, `write_stderr`, `page_size`),
     /// frostheap-cli `info` (page and huge-page sizes, THP, physical
-    /// memory), frostheap-bench `freeze` (`rdpkru` / `wrpkru`, the PKRU
+    /// memory, the cgroup's memory limit), frostheap-bench `freeze` (`rdpkru` / `wrpkru`, the PKRU
     /// pair it times).
     pub mod os {
         pub use crate::os::*;
@@ -310,8 +310,9 @@ pub mod __private {
         pub use crate::fmt_buf::*;
     }
 
-    /// frostheap-cli `info`: the environment as the library reads it.
-    pub use crate::config::{from_env, EnvConfig, EnvError};
+    /// frostheap-cli `info`: the environment as the library reads it, and
+    /// which bound gave the default limit.
+    pub use crate::config::{default_max, from_env, EnvConfig, EnvError};
     /// frostheap-cli (`info`, `run`): the heap's page size.
     pub use crate::region::PAGE_SIZE;
     /// frostheap-cli (`run`, `serve`): the size syntax in messages.

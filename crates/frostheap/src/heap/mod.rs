@@ -730,7 +730,10 @@ impl HeapBuilder {
         self
     }
 
-    /// The hard cap: the size of the reservation (default: physical memory).
+    /// The hard cap: the size of the reservation (default: the default of
+    /// `FROSTHEAP_MAX`, physical memory or less in a cgroup with a memory
+    /// limit or under an address-space limit: see
+    /// [`crate::config::default_max`]).
     /// Committed memory never exceeds `max` rounded down to 64 KiB.
     pub fn max(mut self, bytes: usize) -> Self {
         self.max = Some(bytes);
@@ -745,7 +748,7 @@ impl HeapBuilder {
 
     /// Reserves the region. The calling thread becomes the heap's owner.
     pub fn build(self) -> Result<Heap, Error> {
-        let max = self.max.unwrap_or_else(crate::os::physical_memory);
+        let max = self.max.unwrap_or_else(crate::config::default_max_here);
         if max < PAGE_SIZE {
             return Err(Error::invalid(
                 "max",

@@ -14,6 +14,8 @@ mod linux;
 #[cfg(target_os = "linux")]
 pub use linux::*;
 #[cfg(target_os = "linux")]
+pub mod cgroup;
+#[cfg(target_os = "linux")]
 mod objects;
 #[cfg(target_os = "linux")]
 pub(crate) use objects::loaded_objects;

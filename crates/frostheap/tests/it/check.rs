@@ -8,6 +8,7 @@
 //! test was built with.
 
 use std::io::Read;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Output, Stdio};
@@ -232,4 +233,86 @@ pub fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// A memory cgroup made for a child process: a child of this process's
+/// own memory cgroup (v1's `memory` hierarchy, or v2's with the memory
+/// controller enabled for its children), with a memory limit, removed
+/// when dropped (after the processes run in it have exited).
+pub struct MemoryCgroup {
+    dir: PathBuf,
+}
+
+impl MemoryCgroup {
+    /// One with a limit of `bytes`; `Err(why)` where this machine does not
+    /// let this process make one (not root, a read-only cgroup tree, no
+    /// memory controller).
+    pub fn new(bytes: u64) -> Result<MemoryCgroup, String> {
+        use frostheap::__private::os::cgroup::{own_cgroup, Hierarchy};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        let own = std::fs::read("/proc/self/cgroup")
+            .map_err(|e| format!("/proc/self/cgroup: {e}"))?;
+        let (hierarchy, path) =
+            own_cgroup(&own).ok_or("no memory cgroup in /proc/self/cgroup")?;
+        let path = String::from_utf8_lossy(path);
+        let (mount, file) = match hierarchy {
+            Hierarchy::V1 => ("/sys/fs/cgroup/memory", "memory.limit_in_bytes"),
+            Hierarchy::V2 => ("/sys/fs/cgroup", "memory.max"),
+        };
+        let parent = PathBuf::from(format!("{mount}{}", path.trim_end_matches('/')));
+        let dir = parent.join(format!(
+            "frostheap-test-{}-{}",
+            std::process::id(),
+            MADE.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&dir)
+            .map_err(|e| format!("cannot make a cgroup ({}: {e})", dir.display()))?;
+        let cgroup = MemoryCgroup { dir };
+        let limit = cgroup.dir.join(file);
+        std::fs::write(&limit, bytes.to_string()).map_err(|e| {
+            format!(
+                "cannot set a memory limit ({}: {e}; on cgroup v2 the memory controller must be enabled in {}/cgroup.subtree_control)",
+                limit.display(),
+                parent.display()
+            )
+        })?;
+        Ok(cgroup)
+    }
+
+    /// `cmd` runs in this cgroup (the child moves itself in before it
+    /// executes the program).
+    pub fn run_in<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        let procs = std::ffi::CString::new(self.dir.join("cgroup.procs").into_os_string().into_vec())
+            .expect("a cgroup path has no NUL");
+        // SAFETY: open, write and close are async-signal-safe; the closure
+        // touches only the child and the path made before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0": the writing process itself.
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if n == 1 { Ok(()) } else { Err(err) }
+            })
+        }
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // The children have been reaped; a cgroup's last process can take
+        // a moment to leave it.
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("left behind: the cgroup {}", self.dir.display());
+    }
 }

@@ -4,8 +4,11 @@
 //! environment, start-up errors, and the allocation-failure path.
 
 use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
 
-use crate::check::{assert_succeeded_saying, describe, run_fixture, MIB};
+use crate::check::{
+    assert_succeeded_saying, describe, fixture, output_within, run_fixture, MemoryCgroup, MIB,
+};
 
 test!(routing_main_heap_other_threads_and_remote_frees);
 fn routing_main_heap_other_threads_and_remote_frees() {
@@ -249,6 +252,27 @@ fn one_limit_bounds_every_kind_of_thread() {
         "{}",
         describe(&out)
     );
+}
+
+test!(in_a_memory_cgroup_the_default_limit_is_three_quarters_of_its_limit, needs: [MemoryCgroup]);
+/// With `FROSTHEAP_MAX` unset, a process in a memory cgroup of 256 MiB (a
+/// container's `--memory`) gets a limit of 192 MiB: the main thread and a
+/// spawned thread filling memory are refused with an error there. With
+/// physical memory as the default (24 GiB here) the kernel's OOM killer
+/// ended the process at the cgroup's limit (SIGKILL).
+fn in_a_memory_cgroup_the_default_limit_is_three_quarters_of_its_limit() {
+    let limit: u64 = 256 << 20;
+    let cgroup = MemoryCgroup::new(limit).expect("the need was probed");
+    let mut cmd = Command::new(fixture("global_threads"));
+    cmd.args(["cgroup", &limit.to_string()]);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("FROSTHEAP_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = output_within(cgroup.run_in(&mut cmd), "global_threads cgroup in a 256 MiB cgroup");
+    drop(cgroup);
+    assert_succeeded_saying(&out, "global_threads cgroup: ok");
 }
 
 test!(free_spans_below_a_pinned_top_stop_counting_against_the_limit);

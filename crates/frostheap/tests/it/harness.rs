@@ -103,16 +103,20 @@ pub enum Need {
     /// The crate's sources at the path they were built from (absent when
     /// the binary runs elsewhere, as in CI's guest).
     SourceTree,
+    /// A memory cgroup this process may make for a child, with a limit
+    /// ([`crate::check::MemoryCgroup`]: root, and a writable cgroup tree).
+    MemoryCgroup,
 }
 
 impl Need {
-    const ALL: [Need; 6] = [
+    const ALL: [Need; 7] = [
         Need::Pkey,
         Need::Mseal,
         Need::Thp,
         Need::Avx2,
         Need::Avx512f,
         Need::SourceTree,
+        Need::MemoryCgroup,
     ];
 
     /// The name `FROSTHEAP_TEST_REQUIRE` and the reports use.
@@ -124,12 +128,13 @@ impl Need {
             Need::Avx2 => "avx2",
             Need::Avx512f => "avx512f",
             Need::SourceTree => "sources",
+            Need::MemoryCgroup => "cgroup",
         }
     }
 
     /// `None` if this machine has it, else why not (probed once).
     pub fn missing(self) -> Option<&'static str> {
-        static PROBED: [OnceLock<Option<String>>; 6] = [const { OnceLock::new() }; 6];
+        static PROBED: [OnceLock<Option<String>>; 7] = [const { OnceLock::new() }; 7];
         PROBED[self as usize]
             .get_or_init(|| self.probe())
             .as_deref()
@@ -155,6 +160,7 @@ impl Need {
                 let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it");
                 (!dir.is_dir()).then(|| format!("{} is not on this machine", dir.display()))
             }
+            Need::MemoryCgroup => crate::check::MemoryCgroup::new(64 << 20).err(),
         }
     }
 }
