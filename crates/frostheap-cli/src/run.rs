@@ -23,8 +23,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use frostheap::__private::SIZE_SYNTAX;
-use frostheap::{parse_size, Bytes};
+use frostheap::__private::{parse_limit_bytes, process_memory, LIMIT_SYNTAX};
+use frostheap::{Bytes, SizeError};
 
 /// The library's file name.
 pub const LIB_NAME: &str = "libfrostheap.so";
@@ -33,11 +33,13 @@ pub const LIB_NAME: &str = "libfrostheap.so";
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// Hard cap on the memory the program allocates, every thread and its
-    /// anonymous mmaps included (FROSTHEAP_MAX), e.g. 512M, 1G, 1.5GiB.
-    /// Per process: each child the program starts gets its own.
+    /// anonymous mmaps included (FROSTHEAP_MAX), e.g. 512M, 1G, 1.5GiB, or
+    /// 75% (of physical memory, or of the cgroup's limit if less). Per
+    /// process: each child the program starts gets its own.
     #[arg(long, value_name = "SIZE")]
     max_memory: String,
-    /// Memory the main heap commits up front (FROSTHEAP_MIN).
+    /// Memory the main heap commits up front (FROSTHEAP_MIN): a size or a
+    /// percentage, as for --max-memory.
     #[arg(long, value_name = "SIZE")]
     min: Option<String>,
     /// Print the main heap's and the process's statistics at exit
@@ -54,8 +56,16 @@ pub struct RunArgs {
     command: Vec<OsString>,
 }
 
+/// `--max-memory` or `--min`: a size, or a percentage of the memory this
+/// process (and so the program, in the same cgroup) may use, resolved here
+/// to the bytes the variable is given.
 fn size_arg(flag: &str, text: &str) -> Result<usize, String> {
-    parse_size(text).map_err(|_| format!("invalid {flag} \"{text}\": expected {SIZE_SYNTAX}"))
+    parse_limit_bytes(text.as_bytes(), process_memory()).map_err(|e| match e {
+        SizeError::TooLarge => {
+            format!("invalid {flag} \"{text}\": expected a size that fits in 64 bits")
+        }
+        SizeError::Malformed => format!("invalid {flag} \"{text}\": expected {LIMIT_SYNTAX}"),
+    })
 }
 
 /// The environment variable that names the library explicitly.

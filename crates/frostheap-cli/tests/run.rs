@@ -220,3 +220,46 @@ fn programs_the_library_cannot_reach_are_refused_with_the_reason() {
         stderr(&out)
     );
 }
+
+/// `--max-memory 25%` is a quarter of the memory this process may use
+/// (physical memory, or its cgroup's limit if less), in bytes in the
+/// program's `FROSTHEAP_MAX`; a percentage outside 1–100% or with a
+/// fraction stops with one line naming the flag, the value and what is
+/// accepted, and nothing runs.
+#[test]
+fn max_memory_as_a_percentage_of_the_memory_the_process_may_use() {
+    let out = Command::new(FROSTHEAP)
+        .args([
+            "run",
+            "--max-memory",
+            "25%",
+            "--",
+            "sh",
+            "-c",
+            "echo $FROSTHEAP_MAX",
+        ])
+        .env("FROSTHEAP_LIB", built_library())
+        .output()
+        .expect("run frostheap");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let want = frostheap::__private::process_memory() / 4;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        want.to_string()
+    );
+    for bad in ["0%", "101%", "12.5%"] {
+        let out = Command::new(FROSTHEAP)
+            .args(["run", "--max-memory", bad, "--", "sh", "-c", "echo ran"])
+            .env("FROSTHEAP_LIB", built_library())
+            .output()
+            .expect("run frostheap");
+        assert!(!out.status.success(), "{bad} accepted");
+        assert!(out.stdout.is_empty(), "{bad}: the program ran");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{bad}: {err}");
+        assert!(
+            err.contains(&format!("invalid --max-memory \"{bad}\"")) && err.contains("1% to 100%"),
+            "{bad}: {err}"
+        );
+    }
+}

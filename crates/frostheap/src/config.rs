@@ -20,7 +20,7 @@
 use core::ffi::CStr;
 
 use crate::os;
-use crate::size::{parse_size_bytes, SizeError, SIZE_SYNTAX};
+use crate::size::{parse_size_bytes, SizeError};
 
 /// How guarded heaps are protected during a phase.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -269,7 +269,41 @@ const TRACK_ALLOCS: Var = Var {
 
 /// Reads the configuration from the process environment.
 pub fn from_env() -> Result<EnvConfig, EnvError> {
-    parse(os::getenv, default_max_here())
+    parse(os::getenv, default_max_here(), process_memory())
+}
+
+/// The memory this process may use: physical memory, or its cgroup's
+/// memory limit when that is less (a container's). What a percentage in
+/// `FROSTHEAP_MAX` or `FROSTHEAP_MIN` is a percentage of.
+pub fn process_memory() -> usize {
+    os::physical_memory().min(os::cgroup::memory_limit().unwrap_or(usize::MAX))
+}
+
+/// What `FROSTHEAP_MAX` and `FROSTHEAP_MIN` (and `frostheap run
+/// --max-memory`) accept.
+pub const LIMIT_SYNTAX: &str = "a byte size (a number with an optional unit B, K, M, G, T, or KB/KiB, MB/MiB, GB/GiB, TB/TiB, e.g. 64M, 1G, 1.5GiB) or a whole percentage, 1% to 100%, of the memory the process may use (physical memory, or its cgroup's limit if less), e.g. 75%";
+
+/// Parses a limit: a byte size ([`parse_size_bytes`]), or `N%` (a whole
+/// `N` from 1 to 100) of `memory` ([`process_memory`]), rounded down to a
+/// byte, as a JVM's `-XX:MaxRAMPercentage` is of the same memory. Never
+/// allocates.
+pub fn parse_limit_bytes(text: &[u8], memory: usize) -> Result<usize, SizeError> {
+    let trimmed = text.trim_ascii();
+    let Some(number) = trimmed.strip_suffix(b"%") else {
+        return parse_size_bytes(text);
+    };
+    let number = number.trim_ascii_end();
+    if number.is_empty() || number.len() > 3 || !number.iter().all(u8::is_ascii_digit) {
+        return Err(SizeError::Malformed);
+    }
+    let percent = number
+        .iter()
+        .fold(0u128, |n, &d| n * 10 + u128::from(d - b'0'));
+    if !(1..=100).contains(&percent) {
+        return Err(SizeError::Malformed);
+    }
+    // In u128: memory * 100 does not fit a usize near the top.
+    Ok((memory as u128 * percent / 100) as usize)
 }
 
 /// [`default_max`] of this machine and process: its physical memory, its
@@ -314,11 +348,13 @@ pub fn default_max(
 }
 
 /// Reads the configuration from `lookup` (a variable's value, or `None`
-/// when it is unset); `physical_memory` is the `max` used when
-/// `FROSTHEAP_MAX` is unset ([`default_max`]). Never allocates.
+/// when it is unset); `default_max` is the `max` used when `FROSTHEAP_MAX`
+/// is unset ([`default_max`]), and `memory` what a percentage is of
+/// ([`process_memory`]). Never allocates.
 pub fn parse(
     lookup: impl Fn(&CStr) -> Option<&'static [u8]>,
-    physical_memory: usize,
+    default_max: usize,
+    memory: usize,
 ) -> Result<EnvConfig, EnvError> {
     let get = |var: &Var| lookup(var.c_name);
     let bad = |var: &Var, value: &'static [u8], expected: &'static str| EnvError {
@@ -328,9 +364,9 @@ pub fn parse(
     };
     let size = |var: &Var| match get(var) {
         None => Ok(None),
-        Some(value) => match parse_size_bytes(value) {
+        Some(value) => match parse_limit_bytes(value, memory) {
             Ok(n) => Ok(Some((n, value))),
-            Err(SizeError::Malformed) => Err(bad(var, value, SIZE_SYNTAX)),
+            Err(SizeError::Malformed) => Err(bad(var, value, LIMIT_SYNTAX)),
             Err(SizeError::TooLarge) => Err(bad(var, value, "a size that fits in 64 bits")),
         },
     };
@@ -362,14 +398,14 @@ pub fn parse(
         Some(value) => return Err(bad(&TRACK_ALLOCS, value, "0 or 1")),
     };
     let max_from_env = max.is_some();
-    let max_bytes = max.map_or(physical_memory, |(n, _)| n);
+    let max_bytes = max.map_or(default_max, |(n, _)| n);
     let min_bytes = min.map_or(0, |(n, _)| n);
     if let Some((min, value)) = min {
         if min > max_bytes {
             return Err(bad(
                 &MIN,
                 value,
-                "a size no larger than FROSTHEAP_MAX (or, when it is unset, physical memory or a quarter of the address-space limit, rounded down to a power of two)",
+                "a size no larger than FROSTHEAP_MAX (or, when it is unset, its default, which frostheap info shows)",
             ));
         }
     }
@@ -389,6 +425,8 @@ mod tests {
     use super::*;
 
     const PHYS: usize = 8 << 30;
+    /// What a percentage is of, in these tests.
+    const MEMORY: usize = 6 << 30;
 
     /// Parses an environment given as (name, value) pairs.
     fn env(vars: &'static [(&'static str, &'static str)]) -> Result<EnvConfig, EnvError> {
@@ -399,6 +437,7 @@ mod tests {
                     .map(|(_, v)| v.as_bytes())
             },
             PHYS,
+            MEMORY,
         )
     }
 
@@ -486,15 +525,18 @@ mod tests {
 
     #[test]
     fn a_bad_value_names_the_variable_the_value_and_what_is_accepted() {
-        let cases: [BadCase; 8] = [
+        let cases: [BadCase; 11] = [
             (&[("FROSTHEAP_PROTECT", "sometimes")], "FROSTHEAP_PROTECT", "sometimes", "auto, pkey, mprotect or off"),
             (&[("FROSTHEAP_ON_VIOLATION", "explode")], "FROSTHEAP_ON_VIOLATION", "explode", "rollback, cancel, abort or audit"),
             (&[("FROSTHEAP_HUGE_PAGES", "yes")], "FROSTHEAP_HUGE_PAGES", "yes", "auto, on or off"),
             (&[("FROSTHEAP_TRACK_ALLOCS", "true")], "FROSTHEAP_TRACK_ALLOCS", "true", "0 or 1"),
-            (&[("FROSTHEAP_MAX", "lots")], "FROSTHEAP_MAX", "lots", SIZE_SYNTAX),
+            (&[("FROSTHEAP_MAX", "lots")], "FROSTHEAP_MAX", "lots", LIMIT_SYNTAX),
+            (&[("FROSTHEAP_MAX", "150%")], "FROSTHEAP_MAX", "150%", LIMIT_SYNTAX),
+            (&[("FROSTHEAP_MAX", "7.5%")], "FROSTHEAP_MAX", "7.5%", LIMIT_SYNTAX),
+            (&[("FROSTHEAP_MAX", "0%")], "FROSTHEAP_MAX", "0%", LIMIT_SYNTAX),
             (&[("FROSTHEAP_MAX", "99999999999T")], "FROSTHEAP_MAX", "99999999999T", "a size that fits in 64 bits"),
             (&[("FROSTHEAP_MAX", "4K")], "FROSTHEAP_MAX", "4K", "at least 64K (one heap page)"),
-            (&[("FROSTHEAP_MIN", "2G"), ("FROSTHEAP_MAX", "1G")], "FROSTHEAP_MIN", "2G", "a size no larger than FROSTHEAP_MAX (or, when it is unset, physical memory or a quarter of the address-space limit, rounded down to a power of two)"),
+            (&[("FROSTHEAP_MIN", "2G"), ("FROSTHEAP_MAX", "1G")], "FROSTHEAP_MIN", "2G", "a size no larger than FROSTHEAP_MAX (or, when it is unset, its default, which frostheap info shows)"),
         ];
         for (vars, var, value, expected) in cases {
             let e = env(vars).expect_err(var);
@@ -529,6 +571,30 @@ mod tests {
         assert_eq!(default_max(24 * gib, None, Some(8 * gib + 1)), 2 * gib);
         assert_eq!(default_max(24 * gib, None, Some(4096)), MIN_MAX);
         assert_eq!(default_max(24 * gib, None, Some(0)), MIN_MAX);
+    }
+
+    #[test]
+    fn a_percentage_is_of_the_memory_the_process_may_use() {
+        let gib = 1usize << 30;
+        assert_eq!(parse_limit_bytes(b"75%", 4 * gib), Ok(3 * gib));
+        assert_eq!(parse_limit_bytes(b" 100 % ", 4 * gib), Ok(4 * gib));
+        assert_eq!(parse_limit_bytes(b"1%", 100), Ok(1));
+        assert_eq!(parse_limit_bytes(b"33%", 100), Ok(33));
+        assert_eq!(parse_limit_bytes(b"50%", usize::MAX), Ok(usize::MAX / 2));
+        assert_eq!(parse_limit_bytes(b"64M", 4 * gib), Ok(64 << 20));
+        for bad in ["0%", "101%", "1000%", "%", "7.5%", "-5%", "50%%", "G%"] {
+            assert_eq!(
+                parse_limit_bytes(bad.as_bytes(), 4 * gib),
+                Err(SizeError::Malformed),
+                "{bad}"
+            );
+        }
+        let c = env(&[("FROSTHEAP_MAX", "50%"), ("FROSTHEAP_MIN", "10%")]).unwrap();
+        assert_eq!(
+            (c.max, c.min, c.max_from_env),
+            (MEMORY / 2, MEMORY / 10, true)
+        );
+        assert!(env(&[("FROSTHEAP_MAX", "5%"), ("FROSTHEAP_MIN", "10%")]).is_err());
     }
 
     #[test]

@@ -313,6 +313,9 @@ pub mod __private {
     /// frostheap-cli `info`: the environment as the library reads it, and
     /// which bound gave the default limit.
     pub use crate::config::{default_max, from_env, EnvConfig, EnvError};
+    /// frostheap-cli `run`: `--max-memory` and `--min` read as the
+    /// variables they set are.
+    pub use crate::config::{parse_limit_bytes, process_memory, LIMIT_SYNTAX};
     /// frostheap-cli (`info`, `run`): the heap's page size.
     pub use crate::region::PAGE_SIZE;
     /// frostheap-cli (`run`, `serve`): the size syntax in messages.

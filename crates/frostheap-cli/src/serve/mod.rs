@@ -85,7 +85,8 @@ pub enum OverloadArg {
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Memory budget for clients: a size such as 256M or 1G.
+    /// Memory budget for clients: a size such as 256M or 1G, or a
+    /// percentage (of physical memory, or the cgroup's limit if less).
     #[arg(long, default_value = "256M")]
     max_memory: String,
     /// Address to listen on; port 0 picks a free port (the address is
@@ -173,8 +174,21 @@ fn size_arg(flag: &str, text: &str) -> Result<usize, Error> {
     })
 }
 
+/// `--max-memory`: a size, or a percentage of the memory this process may
+/// use (physical memory, or its cgroup's limit if less).
+fn memory_arg(text: &str) -> Result<usize, Error> {
+    frostheap::__private::parse_limit_bytes(text.as_bytes(), frostheap::__private::process_memory())
+        .map_err(|_| {
+            format!(
+                "invalid --max-memory {text:?}: expected {}",
+                frostheap::__private::LIMIT_SYNTAX
+            )
+            .into()
+        })
+}
+
 pub fn run(args: ServeArgs) -> Result<(), Error> {
-    let max_memory = size_arg("--max-memory", &args.max_memory)?;
+    let max_memory = memory_arg(&args.max_memory)?;
     let per_client = size_arg("--per-client", &args.per_client)?;
     let max_body = size_arg("--max-body", &args.max_body)?;
     let body_min_rate = size_arg("--body-min-rate", &args.body_min_rate)? as u64;

@@ -259,20 +259,26 @@ test!(in_a_memory_cgroup_the_default_limit_is_three_quarters_of_its_limit, needs
 /// container's `--memory`) gets a limit of 192 MiB: the main thread and a
 /// spawned thread filling memory are refused with an error there. With
 /// physical memory as the default (24 GiB here) the kernel's OOM killer
-/// ended the process at the cgroup's limit (SIGKILL).
+/// ended the process at the cgroup's limit (SIGKILL). `FROSTHEAP_MAX=50%`
+/// is half the cgroup's limit.
 fn in_a_memory_cgroup_the_default_limit_is_three_quarters_of_its_limit() {
-    let limit: u64 = 256 << 20;
-    let cgroup = MemoryCgroup::new(limit).expect("the need was probed");
-    let mut cmd = Command::new(fixture("global_threads"));
-    cmd.args(["cgroup", &limit.to_string()]);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("FROSTHEAP_") {
-            cmd.env_remove(k);
+    let limit: usize = 256 << 20;
+    let cgroup = MemoryCgroup::new(limit as u64).expect("the need was probed");
+    for (max, expected) in [(None, limit / 4 * 3), (Some("50%"), limit / 2)] {
+        let mut cmd = Command::new(fixture("global_threads"));
+        cmd.args(["cgroup", &expected.to_string()]);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("FROSTHEAP_") {
+                cmd.env_remove(k);
+            }
         }
+        if let Some(max) = max {
+            cmd.env("FROSTHEAP_MAX", max);
+        }
+        let what = format!("global_threads cgroup in a 256 MiB cgroup, FROSTHEAP_MAX={max:?}");
+        let out = output_within(cgroup.run_in(&mut cmd), &what);
+        assert_succeeded_saying(&out, "global_threads cgroup: ok");
     }
-    let out = output_within(cgroup.run_in(&mut cmd), "global_threads cgroup in a 256 MiB cgroup");
-    drop(cgroup);
-    assert_succeeded_saying(&out, "global_threads cgroup: ok");
 }
 
 test!(free_spans_below_a_pinned_top_stop_counting_against_the_limit);
