@@ -259,6 +259,30 @@ fn the_library_brings_no_unwinder_library_into_the_process() {
     }
 }
 
+/// What the layout test below checks by the names of the functions
+/// expected to run, checked by what does run: a process that starts, makes
+/// two threads that allocate and exit, has the library's code resident in
+/// one 64 KiB window. A std function called at start-up (the cgroup's
+/// limit was read with `CStr::from_bytes_until_nul`, then a slice's
+/// `contains`, both out of line far from the start-up code) mapped a
+/// second one in every process: 64 KiB more of it, and then 12.
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "the layout checked is a release build's: unoptimised code does not fit one window"
+)]
+fn a_process_has_one_window_of_the_library_code_resident() {
+    let out = preloaded(&mut Command::new(c_program("code_windows")), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(" in 1 windows:"),
+        "the library's code is resident in more than one 64 KiB window: {stdout}\n\
+         (a function the start-up, malloc, free or a thread's exit calls lies past the \
+         first window: see crates/frostheap-capi/layout.ld)"
+    );
+}
+
 #[test]
 #[cfg_attr(
     debug_assertions,

@@ -107,6 +107,11 @@ pub fn memory_limit() -> Option<usize> {
     let (hierarchy, path) = own_cgroup(&buf[..n])?;
     let mut name = [0u8; 1024];
     let (mount, file) = (hierarchy.mount(), hierarchy.file());
+    // (A loop, not `contains`, which calls std's `memchr`: out of line,
+    // far from the start-up code, see below.)
+    if path.iter().any(|&b| b == 0) {
+        return None; // no file name holds a NUL
+    }
     let mut dir = path.strip_suffix(b"/").unwrap_or(path);
     let mut lowest: Option<usize> = None;
     loop {
@@ -118,7 +123,12 @@ pub fn memory_limit() -> Option<usize> {
         name[mount.len()..mount.len() + dir.len()].copy_from_slice(dir);
         name[mount.len() + dir.len()..len].copy_from_slice(file);
         name[len] = 0;
-        let path = CStr::from_bytes_until_nul(&name).ok()?;
+        // SAFETY: name[len] is the only NUL in name[..=len]: the mount
+        // point and the file name hold none, and the path was checked.
+        // (Not `from_bytes_until_nul`: std's function, out of line, lies
+        // far from the library's start-up code, and calling it at every
+        // start mapped 64 KiB more of the library's code.)
+        let path = unsafe { CStr::from_bytes_with_nul_unchecked(&name[..=len]) };
         let mut contents = [0u8; 32];
         let got = read_small_file(path, &mut contents);
         if let Some(limit) = parse_limit(hierarchy, &contents[..got]) {
