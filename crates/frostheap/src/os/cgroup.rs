@@ -109,6 +109,7 @@ pub fn memory_limit() -> Option<usize> {
     let (mount, file) = (hierarchy.mount(), hierarchy.file());
     // (A loop, not `contains`, which calls std's `memchr`: out of line,
     // far from the start-up code, see below.)
+    #[allow(clippy::manual_contains)]
     if path.iter().any(|&b| b == 0) {
         return None; // no file name holds a NUL
     }
