@@ -269,14 +269,26 @@ const TRACK_ALLOCS: Var = Var {
 
 /// Reads the configuration from the process environment.
 pub fn from_env() -> Result<EnvConfig, EnvError> {
-    parse(os::getenv, default_max_here(), process_memory())
+    // Each fact read once: the cgroup's limit is a few files to open.
+    let physical = os::physical_memory();
+    let cgroup = os::cgroup::memory_limit();
+    parse(
+        os::getenv,
+        default_max(physical, cgroup, os::address_space_limit()),
+        memory_of(physical, cgroup),
+    )
 }
 
 /// The memory this process may use: physical memory, or its cgroup's
 /// memory limit when that is less (a container's). What a percentage in
 /// `FROSTHEAP_MAX` or `FROSTHEAP_MIN` is a percentage of.
 pub fn process_memory() -> usize {
-    os::physical_memory().min(os::cgroup::memory_limit().unwrap_or(usize::MAX))
+    memory_of(os::physical_memory(), os::cgroup::memory_limit())
+}
+
+/// [`process_memory`] of these facts.
+fn memory_of(physical: usize, cgroup_limit: Option<usize>) -> usize {
+    physical.min(cgroup_limit.unwrap_or(usize::MAX))
 }
 
 /// What `FROSTHEAP_MAX` and `FROSTHEAP_MIN` (and `frostheap run

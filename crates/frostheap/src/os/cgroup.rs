@@ -33,14 +33,16 @@ pub enum Hierarchy {
 }
 
 impl Hierarchy {
-    fn mount(self) -> &'static [u8] {
+    /// Where the hierarchy is mounted (the standard place).
+    pub fn mount(self) -> &'static [u8] {
         match self {
             Hierarchy::V1 => b"/sys/fs/cgroup/memory",
             Hierarchy::V2 => b"/sys/fs/cgroup",
         }
     }
 
-    fn file(self) -> &'static [u8] {
+    /// The limit's file in a cgroup's directory, from its `/`.
+    pub fn file(self) -> &'static [u8] {
         match self {
             Hierarchy::V1 => b"/memory.limit_in_bytes",
             Hierarchy::V2 => b"/memory.max",

@@ -248,18 +248,18 @@ impl MemoryCgroup {
     /// let this process make one (not root, a read-only cgroup tree, no
     /// memory controller).
     pub fn new(bytes: u64) -> Result<MemoryCgroup, String> {
-        use frostheap::__private::os::cgroup::{own_cgroup, Hierarchy};
+        use frostheap::__private::os::cgroup::own_cgroup;
         use std::sync::atomic::{AtomicUsize, Ordering};
         static MADE: AtomicUsize = AtomicUsize::new(0);
         let own = std::fs::read("/proc/self/cgroup")
             .map_err(|e| format!("/proc/self/cgroup: {e}"))?;
         let (hierarchy, path) =
             own_cgroup(&own).ok_or("no memory cgroup in /proc/self/cgroup")?;
+        // Where the library looks for the limit (os::cgroup).
         let path = String::from_utf8_lossy(path);
-        let (mount, file) = match hierarchy {
-            Hierarchy::V1 => ("/sys/fs/cgroup/memory", "memory.limit_in_bytes"),
-            Hierarchy::V2 => ("/sys/fs/cgroup", "memory.max"),
-        };
+        let mount = String::from_utf8_lossy(hierarchy.mount());
+        let file = String::from_utf8_lossy(hierarchy.file());
+        let file = file.trim_start_matches('/');
         let parent = PathBuf::from(format!("{mount}{}", path.trim_end_matches('/')));
         let dir = parent.join(format!(
             "frostheap-test-{}-{}",
