@@ -280,11 +280,12 @@ pub(crate) fn trim(pad: usize) -> bool {
     glibc().is_some_and(|g| unsafe { (g.trim)(pad) } != 0)
 }
 
-/// `free` of a glibc block: releases its charge.
+/// `free` of a glibc block: releases its charge. `extern "C"` (it cannot
+/// unwind), so that the exported `free`'s helpers reach it in a tail call.
 ///
 /// # Safety
 /// 1. `p` is a live glibc block (non-null).
-pub(crate) unsafe fn free(p: *mut c_void) {
+pub(crate) unsafe extern "C" fn free(p: *mut c_void) {
     // A glibc block exists only once glibc was reached.
     let Some(glibc) = glibc() else { return };
     // SAFETY: (1).

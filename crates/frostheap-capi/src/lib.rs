@@ -312,11 +312,16 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
 /// called (a tail call) with the heap already read: a consumer, whose
 /// every free comes here, reads its heap word once.
 ///
+/// `extern "C"`, so that the compiler knows it cannot unwind: a call from
+/// an `extern "C"` function to one that might is wrapped in an abort on
+/// unwinding, which is no tail call (`free` then kept a frame and a return
+/// for it on every remote free).
+///
 /// # Safety
 /// 1. `h` is the calling thread's heap; `ptr` is null or a live block
 ///    returned by these functions, and not one of `h`'s.
 #[inline(never)]
-unsafe fn free_not_own(h: raw::Local, ptr: *mut c_void) {
+unsafe extern "C" fn free_not_own(h: raw::Local, ptr: *mut c_void) {
     // SAFETY: forwarded (1).
     if unsafe { h.free_other(ptr.cast()) } {
         return;

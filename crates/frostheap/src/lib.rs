@@ -299,8 +299,8 @@ pub mod __private {
 
     /// frostheap-capi (`getenv`, `write_stderr`, `page_size`),
     /// frostheap-cli `info` (page and huge-page sizes, THP, physical
-    /// memory, the cgroup's memory limit), frostheap-bench `freeze` (`rdpkru` / `wrpkru`, the PKRU
-    /// pair it times).
+    /// memory, the cgroup's memory limit), frostheap-bench `freeze`
+    /// (`rdpkru` / `wrpkru`, the PKRU pair it times).
     pub mod os {
         pub use crate::os::*;
     }
@@ -313,8 +313,8 @@ pub mod __private {
     /// frostheap-cli `info`: the environment as the library reads it, and
     /// which bound gave the default limit.
     pub use crate::config::{default_max, from_env, EnvConfig, EnvError};
-    /// frostheap-cli `run`: `--max-memory` and `--min` read as the
-    /// variables they set are.
+    /// frostheap-cli `run` (`--max-memory`, `--min`) and `serve`
+    /// (`--max-memory`): limits read as the variables are.
     pub use crate::config::{parse_limit_bytes, process_memory, LIMIT_SYNTAX};
     /// frostheap-cli (`info`, `run`): the heap's page size.
     pub use crate::region::PAGE_SIZE;

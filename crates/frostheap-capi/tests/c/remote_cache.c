@@ -1,10 +1,15 @@
 /* A thread that frees another thread's blocks hands them out again first
  * (frostheap's remote cache): malloc returns the last block freed, calloc
  * returns it zeroed, and a block freed twice stops the process with a
- * report.
+ * report, whether the cache holds it or, the cache full, the batch of
+ * remote frees (frostheap's heap::remote_batch, whose free of a word it
+ * holds is found from the block's address alone).
  *
  *   remote_cache            the checks; prints "remote_cache: N checks, F failures"
- *   remote_cache double     frees one of another thread's blocks twice */
+ *   remote_cache double     frees one of another thread's blocks twice
+ *   remote_cache double-batched
+ *                           fills the cache's class, then frees one more
+ *                           block of it twice */
 #define _GNU_SOURCE
 #include <malloc.h>
 #include <pthread.h>
@@ -14,7 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { N = 16, SIZE = 100 };
+/* N blocks for the checks; MORE for double-batched: the cache holds 32
+ * blocks of SIZE's class (112 B), and the rest go to the batch. */
+enum { N = 16, MORE = 40, CACHED = 32, SIZE = 100 };
 
 static int checks, failures;
 #define CHECK(c)                                                              \
@@ -27,8 +34,8 @@ static int checks, failures;
         }                                                                     \
     } while (0)
 
-static unsigned char *blocks[N];
-static int twice;
+static unsigned char *blocks[MORE];
+static int twice, batched;
 /* The maker stays alive (owning its heap) until the freer is done: a
  * thread that exits leaves its heap to be adopted, and the freer would
  * adopt it and free its own blocks. */
@@ -36,7 +43,7 @@ static atomic_int made, done;
 
 static void *maker(void *arg) {
     (void)arg;
-    for (int i = 0; i < N; i++) {
+    for (int i = 0; i < (batched ? MORE : N); i++) {
         blocks[i] = malloc(SIZE);
         memset(blocks[i], 0xAB, SIZE);
     }
@@ -49,6 +56,16 @@ static void *freer(void *arg) {
     (void)arg;
     /* A thread that has allocated has a heap of its own (and a cache). */
     void *mine = malloc(8);
+    if (batched) {
+        for (int i = 0; i < CACHED; i++) free(blocks[i]);
+        free(blocks[CACHED]);
+        printf("freeing %p twice\n", (void *)blocks[CACHED + 1]);
+        fflush(stdout);
+        free(blocks[CACHED + 1]);
+        free(blocks[CACHED + 1]);
+        printf("survived a double free\n");
+        return NULL;
+    }
     if (twice) {
         printf("freeing %p twice\n", (void *)blocks[0]);
         fflush(stdout);
@@ -78,6 +95,7 @@ static void *freer(void *arg) {
 
 int main(int argc, char **argv) {
     twice = argc > 1 && strcmp(argv[1], "double") == 0;
+    batched = argc > 1 && strcmp(argv[1], "double-batched") == 0;
     pthread_t a, b;
     pthread_create(&a, NULL, maker, NULL);
     while (!atomic_load(&made)) sched_yield();

@@ -27,6 +27,7 @@ use std::alloc::System;
 
 use crate::context;
 use crate::heap::class::class_for;
+use crate::heap::HeapInner;
 
 mod heaps;
 pub mod raw;
@@ -168,9 +169,12 @@ unsafe impl GlobalAlloc for Global {
                 unsafe { core.free_at_as_owner(ptr, offset) };
                 return;
             }
+            // SAFETY: h is the calling thread's heap, in static storage
+            // (above); forwarded (GlobalAlloc contract).
+            return unsafe { self.dealloc_elsewhere(&*h, ptr, layout) };
         }
         // SAFETY: forwarded (GlobalAlloc contract).
-        unsafe { self.dealloc_elsewhere(ptr, layout) }
+        unsafe { self.dealloc_rest(ptr, layout) }
     }
 
     #[inline]
@@ -290,14 +294,20 @@ impl Global {
     /// allocation of its class or gathered for its heap
     /// (`HeapInner::take_remote_free`): the path of a consumer's every
     /// free, with nothing else in the function; the rest is
-    /// [`Global::dealloc_rest`]'s.
+    /// [`Global::dealloc_rest`]'s. `h`, the thread's heap, comes from
+    /// `dealloc`, which has read the heap word.
     ///
     /// # Safety
-    /// 1. The `GlobalAlloc::dealloc` contract.
+    /// 1. The `GlobalAlloc::dealloc` contract; `h` is the calling thread's
+    ///    heap, and `ptr` is not one of its blocks.
     #[inline(never)]
-    unsafe fn dealloc_elsewhere(&self, ptr: *mut u8, layout: Layout) {
-        let h = FAST_HEAP.with(|h| h.get());
-        if !h.is_null() && layout.align() <= 16 {
+    unsafe fn dealloc_elsewhere(&self, h: &'static HeapInner, ptr: *mut u8, layout: Layout) {
+        if layout.align() <= 16 {
+            // SAFETY: h is the calling thread's own heap; ptr is a live
+            // block (GlobalAlloc contract), not of h (dealloc took those).
+            if unsafe { h.take_held_remote_free(ptr) } {
+                return;
+            }
             if let Some((heap, _)) = heaps::heap_of(ptr) {
                 // Not the main heap: a runtime may freeze it.
                 if !core::ptr::eq(heap, main_inner()) {
@@ -306,7 +316,7 @@ impl Global {
                     // contract), another thread heap (our own takes
                     // `dealloc`'s inlined path); every small block is
                     // aligned to 16.
-                    if unsafe { (*h).take_remote_free(heap, ptr) } {
+                    if unsafe { h.take_remote_free(heap, ptr) } {
                         return;
                     }
                 }

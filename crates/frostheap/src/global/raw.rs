@@ -39,8 +39,11 @@ pub fn serving_c() {
 }
 
 /// The calling thread's own heap (the main heap for the main thread). Only
-/// that thread may use it, and only until it exits.
+/// that thread may use it, and only until it exits. A pointer in a
+/// register (transparent), so that the C ABI's own `extern "C"` helpers
+/// can take it.
 #[derive(Clone, Copy)]
+#[repr(transparent)]
 pub struct Local(&'static HeapInner);
 
 /// The calling thread's heap: the main heap is started on the process's
@@ -176,11 +179,19 @@ impl Local {
     ///    C ABI, freed once.
     #[inline(always)]
     pub unsafe fn free_other(self, p: *mut u8) -> bool {
+        // Only an address aligned to 16 can start a small block: any other
+        // goes the long way (free_at), past the cache and the batch.
+        let aligned = (p as usize) & (MALLOC_ALIGN - 1) == 0;
+        // SAFETY: (1): this thread owns the heap; p is null or a live block
+        // not of our heap (free_own took those).
+        if aligned && unsafe { self.0.take_held_remote_free(p) } {
+            return true;
+        }
         let Some((heap, offset)) = heaps::heap_of(p) else {
             return false;
         };
         debug_assert!(!core::ptr::eq(heap, self.0), "free_other of our own block");
-        if !core::ptr::eq(heap, main_inner()) && (p as usize) & (MALLOC_ALIGN - 1) == 0 {
+        if aligned && !core::ptr::eq(heap, main_inner()) {
             // SAFETY: (1): this thread owns the heap; p is a live block of
             // `heap`, another thread heap than ours (free_own took ours)
             // and not the main heap, aligned to 16.
@@ -189,7 +200,7 @@ impl Local {
             }
         }
         // SAFETY: (1): a live block of `heap`, `offset` bytes into it.
-        unsafe { heap.core.free_at(p, offset) };
+        unsafe { free_at_cold(heap, p, offset) };
         true
     }
 
@@ -220,6 +231,23 @@ impl Local {
         // SAFETY: forwarded (1).
         unsafe { self.0.core.realloc_c_as_owner(p, new_size) }
     }
+}
+
+/// [`Local::free_other`] of a block that neither the remote cache nor the
+/// remote batch takes (a main-heap block, a large one, a class above 512 B
+/// with the cache full): out of line, so that the path of those that do
+/// needs no stack frame. `extern "C"`, so that the C ABI's `extern "C"`
+/// `free` calls it in a tail call: a call from one to a function that
+/// might unwind is wrapped in an abort on unwinding, and an unwinding
+/// `free` aborts either way.
+///
+/// # Safety
+/// 1. `p` is a live block of `heap`, `offset` bytes into it, freed once.
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn free_at_cold(heap: &HeapInner, p: *mut u8, offset: usize) {
+    // SAFETY: forwarded (1).
+    unsafe { heap.core.free_at(p, offset) };
 }
 
 /// Whether `p` points into a thread heap: a heap of the arena other than

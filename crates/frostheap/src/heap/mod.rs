@@ -191,6 +191,22 @@ impl HeapInner {
         unsafe { self.remote_batch.free(&other.core, c, p) }
     }
 
+    /// Takes `p` into this heap's remote batch if the batch holds its
+    /// bitmap word: the first step of every free of a block that is not
+    /// this heap's, from the address alone (see [`remote_batch`]). False,
+    /// and nothing done, otherwise (the caller goes on to
+    /// [`HeapInner::take_remote_free`] or frees the block elsewhere).
+    ///
+    /// # Safety
+    /// 1. The calling thread owns this heap (its batch) and is not a
+    ///    runtime worker inside a phase; `p` is null or a live block that
+    ///    is not one of this heap's, freed by the caller once.
+    #[inline(always)]
+    pub(crate) unsafe fn take_held_remote_free(&self, p: *mut u8) -> bool {
+        // SAFETY: forwarded (1).
+        unsafe { self.remote_batch.free_held(p) }
+    }
+
     /// Registers the heap's region in the guard table; false if the table
     /// is full. Call once the inner value is at its final address.
     pub(crate) fn register(&mut self) -> bool {

@@ -88,7 +88,9 @@ const HELD: usize = 0xF0E1_6C0D_E5CA_C4E5;
 /// One thread's cache of other thread heaps' blocks.
 pub(crate) struct RemoteCache {
     head: [Cell<*mut Block>; N_CLASSES],
-    count: [Cell<u32>; N_CLASSES],
+    /// Blocks each class may still take: its cap less the blocks it holds
+    /// (a full class is a zero, one load and test on every remote free).
+    room: [Cell<u32>; N_CLASSES],
     /// Usable bytes held, all classes (written by the owner, read by
     /// statistics).
     bytes: AtomicUsize,
@@ -105,7 +107,15 @@ impl RemoteCache {
     pub(crate) const fn new() -> RemoteCache {
         RemoteCache {
             head: [const { Cell::new(ptr::null_mut()) }; N_CLASSES],
-            count: [const { Cell::new(0) }; N_CLASSES],
+            room: {
+                let mut room = [const { Cell::new(0) }; N_CLASSES];
+                let mut c = 0;
+                while c < N_CLASSES {
+                    room[c] = Cell::new(CLASS_CAP[c]);
+                    c += 1;
+                }
+                room
+            },
             bytes: AtomicUsize::new(0),
         }
     }
@@ -128,8 +138,8 @@ impl RemoteCache {
             b.as_ptr().cast::<usize>().add(1).write(0);
         }
         // SAFETY: as above.
-        let n = unsafe { self.count.get_unchecked(c) };
-        n.set(n.get() - 1);
+        let room = unsafe { self.room.get_unchecked(c) };
+        room.set(room.get() + 1);
         let size = CLASS_SIZE[c] as usize;
         self.bytes
             .store(self.bytes.load(Ordering::Relaxed) - size, Ordering::Relaxed);
@@ -155,27 +165,60 @@ impl RemoteCache {
     pub(crate) unsafe fn push(&self, c: usize, p: *mut u8) -> bool {
         debug_assert!(c < N_CLASSES, "class out of range");
         // SAFETY: (1): c < N_CLASSES.
-        let (n, cap) = unsafe { (self.count.get_unchecked(c), *CLASS_CAP.get_unchecked(c)) };
-        if n.get() >= cap {
+        let room = unsafe { self.room.get_unchecked(c) };
+        if room.get() == 0 {
             return false;
         }
-        let w = p.cast::<usize>();
         // SAFETY: (1): p has at least 16 bytes; its words are ours to read
         // and write now.
+        if unsafe { p.cast::<usize>().add(1).read() } == HELD {
+            // SAFETY: forwarded (1).
+            unsafe { self.push_marked(c, p) };
+            return true;
+        }
+        // SAFETY: forwarded (1); the class has room.
+        unsafe { self.push_unchecked(c, p) };
+        true
+    }
+
+    /// [`RemoteCache::push`] of a block that carries the cache's mark: a
+    /// double free if the class holds it, or a block whose second word
+    /// happens to hold the mark's value. Out of line, and a tail call, so
+    /// that `push` keeps nothing in registers across a call; `extern "C"`
+    /// (it cannot unwind: a double free aborts), or the C ABI's `extern
+    /// "C"` remote free would wrap the call in an abort on unwinding, which
+    /// is no tail call.
+    ///
+    /// # Safety
+    /// 1. As [`RemoteCache::push`], and the class has room.
+    #[cold]
+    #[inline(never)]
+    unsafe extern "C" fn push_marked(&self, c: usize, p: *mut u8) {
+        if self.holds(c, p) {
+            invalid_free(p);
+        }
+        // SAFETY: forwarded (1).
+        unsafe { self.push_unchecked(c, p) };
+    }
+
+    /// Puts `p` on class `c`'s list and marks it.
+    ///
+    /// # Safety
+    /// 1. As [`RemoteCache::push`], and the class has room.
+    #[inline(always)]
+    unsafe fn push_unchecked(&self, c: usize, p: *mut u8) {
+        // SAFETY: (1): c < N_CLASSES; p has at least 16 bytes, ours now.
         unsafe {
-            if w.add(1).read() == HELD && self.holds(c, p) {
-                invalid_free(p);
-            }
+            let room = self.room.get_unchecked(c);
             let head = self.head.get_unchecked(c);
             (*p.cast::<Block>()).next = head.get();
-            w.add(1).write(HELD);
+            p.cast::<usize>().add(1).write(HELD);
             head.set(p.cast());
+            room.set(room.get() - 1);
         }
-        n.set(n.get() + 1);
         let size = CLASS_SIZE[c] as usize;
         self.bytes
             .store(self.bytes.load(Ordering::Relaxed) + size, Ordering::Relaxed);
-        true
     }
 
     /// Takes every block of class `c` out of the cache into `out`; returns
@@ -197,7 +240,7 @@ impl RemoteCache {
             }
             n += 1;
         }
-        self.count[c].set(0);
+        self.room[c].set(CLASS_CAP[c]);
         let size = CLASS_SIZE[c] as usize;
         self.bytes.store(
             self.bytes.load(Ordering::Relaxed) - n * size,

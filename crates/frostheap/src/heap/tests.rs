@@ -1276,20 +1276,28 @@ mod remote_batch {
     /// the owner a word at a time: held while they fall in one word, that
     /// word published when a free falls in another; the bytes held follow;
     /// classes above 512 B are refused (the caller frees them itself).
-    #[test]
-    fn frees_are_held_per_word_and_published_when_the_word_changes() {
-        let core = heap_of(64 << 20);
+    /// The class of 64-byte blocks, 48 of them allocated from `core`'s
+    /// fresh span (carved in ascending order, 16 to a 1 KiB bitmap word),
+    /// and those of them in the first one's word.
+    fn blocks_of_64(core: &HeapCore) -> (usize, Vec<usize>, Vec<usize>) {
         let layout = Layout::from_size_align(64, 16).unwrap();
         let c = crate::heap::class::class_of(64).unwrap();
-        // Fresh span: blocks carved in ascending order, 16 to a 1 KiB word.
         let blocks: Vec<usize> = (0..48).map(|_| core.alloc(layout) as usize).collect();
-        let word = |p: usize| (p - core.base()) >> 10;
         assert!(blocks.windows(2).all(|w| w[0] < w[1]), "not ascending");
-        let first: Vec<usize> = blocks
+        let word = |p: usize| (p - core.base()) >> 10;
+        let first = blocks
             .iter()
             .copied()
             .filter(|&p| word(p) == word(blocks[0]))
             .collect();
+        (c, blocks, first)
+    }
+
+    #[test]
+    fn frees_are_held_per_word_and_published_when_the_word_changes() {
+        let core = heap_of(64 << 20);
+        let (c, blocks, first) = blocks_of_64(&core);
+        let word = |p: usize| (p - core.base()) >> 10;
         assert!(first.len() >= 2, "one block in the first word");
         let live = core.stats().in_use;
         std::thread::scope(|sc| {
@@ -1329,6 +1337,65 @@ mod remote_batch {
         });
         assert_eq!(core.stats().in_use, live - (first.len() + 1) * 64);
         for &p in &blocks[first.len() + 1..] {
+            // SAFETY: live blocks of the heap, freed once.
+            unsafe { core.free(p as *mut u8) };
+        }
+        assert_eq!(core.stats().in_use, 0);
+    }
+
+    /// The free found from its address alone (`free_held`, which every
+    /// remote free tries first): it takes a block of a word held, and
+    /// nothing else: not a block of a word no longer held though its hint
+    /// still names the class, not a block of a word never held, not null.
+    #[test]
+    fn a_free_is_found_by_address_only_in_a_word_held() {
+        let core = heap_of(64 << 20);
+        let (c, blocks, first) = blocks_of_64(&core);
+        assert!(
+            first.len() >= 3,
+            "fewer than three blocks in the first word"
+        );
+        let next = blocks[first.len()];
+        let live = core.stats().in_use;
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let batch = RemoteBatch::new();
+                let held = |p: usize| {
+                    // SAFETY: null, or a live 16-aligned block of core's
+                    // small span of class c, freed once (each block below
+                    // is freed by one call that takes it), by a thread that
+                    // is not the owner; core outlives the batch's use.
+                    unsafe { batch.free_held(p as *mut u8) }
+                };
+                let free = |p: usize| {
+                    // SAFETY: as above.
+                    unsafe { batch.free(&core, c, p as *mut u8) }
+                };
+                assert!(!held(blocks[0]), "nothing held yet");
+                assert!(!held(0));
+                assert!(free(first[0]));
+                assert!(held(first[1]), "a block of the word held");
+                assert_eq!(batch.blocks(), 2);
+                assert!(!held(next), "a word not held");
+                assert_eq!(batch.blocks(), 2, "a refused free changed the batch");
+                // The class moves on to `next`'s word: the first is
+                // published, and its hint, still naming the class, finds
+                // another key there.
+                assert!(free(next));
+                assert_eq!(batch.blocks(), 1);
+                assert!(!held(first[2]), "a stale hint took a block");
+                assert_eq!(batch.blocks(), 1, "a refused free changed the batch");
+                assert!(free(first[2]));
+                // SAFETY: this thread owns the batch.
+                unsafe { batch.publish_all() };
+                assert_eq!(batch.blocks(), 0);
+            });
+        });
+        assert_eq!(core.stats().in_use, live - 4 * 64);
+        for &p in blocks
+            .iter()
+            .filter(|&&p| ![first[0], first[1], first[2], next].contains(&p))
+        {
             // SAFETY: live blocks of the heap, freed once.
             unsafe { core.free(p as *mut u8) };
         }
