@@ -56,10 +56,10 @@ pub struct RunArgs {
     command: Vec<OsString>,
 }
 
-/// `--max-memory` or `--min`: a size, or a percentage of the memory this
-/// process (and so the program, in the same cgroup) may use, resolved here
-/// to the bytes the variable is given.
-fn size_arg(flag: &str, text: &str) -> Result<usize, String> {
+/// `--max-memory` or `--min` (of `run`, and `serve`'s `--max-memory`): a
+/// size, or a percentage of the memory this process (and so the program,
+/// in the same cgroup) may use, resolved here to bytes.
+pub(crate) fn limit_arg(flag: &str, text: &str) -> Result<usize, String> {
     parse_limit_bytes(text.as_bytes(), process_memory()).map_err(|e| match e {
         SizeError::TooLarge => {
             format!("invalid {flag} \"{text}\": expected a size that fits in 64 bits")
@@ -213,7 +213,7 @@ fn is_static_elf(head: &[u8]) -> Option<bool> {
 
 /// Runs `frostheap run`: returns only on error.
 pub fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let max = size_arg("--max-memory", &args.max_memory)?;
+    let max = limit_arg("--max-memory", &args.max_memory)?;
     if max < frostheap::__private::PAGE_SIZE {
         return Err(format!(
             "invalid --max-memory \"{}\": expected at least {} (one heap page)",
@@ -224,7 +224,7 @@ pub fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let min = match &args.min {
         Some(text) => {
-            let min = size_arg("--min", text)?;
+            let min = limit_arg("--min", text)?;
             if min > max {
                 return Err(format!(
                     "invalid --min \"{text}\": expected at most --max-memory ({})",

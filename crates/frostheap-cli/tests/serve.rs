@@ -412,6 +412,20 @@ fn bad_configuration_gives_one_line_and_exit_status_2() {
         &["--max-memory", "lots", "--listen", "127.0.0.1:0"],
         "invalid --max-memory \"lots\"",
     );
+    // The same words as `frostheap run --max-memory` (one parser).
+    bad_config(
+        &["--max-memory", "200%", "--listen", "127.0.0.1:0"],
+        "1% to 100%",
+    );
+    bad_config(
+        &[
+            "--max-memory",
+            "99999999999999999999999",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "a size that fits in 64 bits",
+    );
     bad_config(
         &["--max-memory", "64K", "--listen", "127.0.0.1:0"],
         "smaller than one client",

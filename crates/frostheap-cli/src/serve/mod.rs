@@ -174,21 +174,8 @@ fn size_arg(flag: &str, text: &str) -> Result<usize, Error> {
     })
 }
 
-/// `--max-memory`: a size, or a percentage of the memory this process may
-/// use (physical memory, or its cgroup's limit if less).
-fn memory_arg(text: &str) -> Result<usize, Error> {
-    frostheap::__private::parse_limit_bytes(text.as_bytes(), frostheap::__private::process_memory())
-        .map_err(|_| {
-            format!(
-                "invalid --max-memory {text:?}: expected {}",
-                frostheap::__private::LIMIT_SYNTAX
-            )
-            .into()
-        })
-}
-
 pub fn run(args: ServeArgs) -> Result<(), Error> {
-    let max_memory = memory_arg(&args.max_memory)?;
+    let max_memory = crate::run::limit_arg("--max-memory", &args.max_memory)?;
     let per_client = size_arg("--per-client", &args.per_client)?;
     let max_body = size_arg("--max-body", &args.max_body)?;
     let body_min_rate = size_arg("--body-min-rate", &args.body_min_rate)? as u64;
