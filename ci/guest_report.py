@@ -5,8 +5,9 @@ happened, briefly, after the full log:
 - each command's exit status and wall time in the guest, and the timings of
   the whole guest part;
 - every failed test, by name, with the first lines of its failure message;
-- the pkey cases of the `it` runs: how many ran and passed; the job fails if
-  one was skipped, or none ran, or the guest had no pku/ospke;
+- the pkey cases of the `it` runs: how many ran and passed, and by name any
+  case that one run shows and the other does not; the job fails if one was
+  skipped, or none ran, or the guest had no pku/ospke;
 - the tests skipped for another need (mseal, AVX-512F, the source tree)
   with the reason, and the shuffle seed;
 - the freeze benchmark's mprotect/pkey freeze + thaw ratios, measured within
@@ -163,11 +164,17 @@ def main():
     it_runs = [s for s in secs if "FROSTHEAP_TEST_REQUIRE=pkey" in s["cmd"]]
     if not it_runs:
         problems.append("no `it` run with FROSTHEAP_TEST_REQUIRE=pkey in the guest")
+    pkey_ran = []  # per `it` run: the pkey cases that ran, with their outcomes
     for s in it_runs:
         ran = ok = 0
         skipped = []
+        outcomes = {}
         for l in s["lines"]:
-            m = re.match(r"^test (\S+) +\.\.\. (ok|FAILED|ignored)(.*)$", l)
+            # Searched for anywhere in the line, not only at its start: the
+            # console is shared, and another process's output without a
+            # final newline (a child's, a raw write to stderr) may come
+            # first on the line.
+            m = re.search(r"test (\S+) +\.\.\. (ok|FAILED|ignored)(.*)$", l)
             if not m:
                 continue
             name, outcome, rest = m.groups()
@@ -176,6 +183,8 @@ def main():
             elif "pkey" in name and outcome != "ignored":
                 ran += 1
                 ok += outcome == "ok"
+                outcomes[name] = outcome
+        pkey_ran.append((s, outcomes))
         machine = next((l for l in s["lines"] if l.startswith("this machine:")), "")
         seed = next((l for l in s["lines"] if l.startswith("shuffled with seed")), "")
         print(f"\n  {label(s['cmd'], s['i'])}: {ran} pkey cases ran, {ok} passed, {len(skipped)} skipped"
@@ -196,6 +205,20 @@ def main():
                 in_skips = False
             if in_skips and not l.startswith("    "):
                 print("    " + l.strip())
+
+    # Both runs hold the same pkey cases (the second leaves out only tests
+    # that guard no heap): name any case one of them lacks, so that a count
+    # that differs explains itself. Not a failure: the command's exit
+    # status already fails the job for a test that failed, and a result
+    # line lost on the shared console is no failed test.
+    unmatched = 0
+    for (s1, o1), (s2, o2) in zip(pkey_ran, pkey_ran[1:]):
+        for a, b, names in ((s1, s2, sorted(set(o1) - set(o2))), (s2, s1, sorted(set(o2) - set(o1)))):
+            for n in names:
+                unmatched += 1
+                other = next((l.strip() for l in b["lines"] if re.search(rf"test {re.escape(n)}\b", l)), None)
+                print(f"  a pkey case ran in command {a['i']} and not in command {b['i']}: {n}"
+                      + (f" (there: {other!r})" if other else " (no line names it there)"))
 
     # The freeze benchmark.
     bench = [s for s in secs if "--budget-ms" in s["cmd"]]
@@ -225,7 +248,8 @@ def main():
         for p in problems:
             print("  - " + p)
         return 1
-    print("\n=== guest: all commands passed; every pkey case ran")
+    print("\n=== guest: all commands passed; every pkey case ran"
+          + (f" ({unmatched} not seen in both `it` runs: see above)" if unmatched else ""))
     return 0
 
 
