@@ -169,6 +169,17 @@ unsafe impl GlobalAlloc for Global {
                 unsafe { core.free_at_as_owner(ptr, offset) };
                 return;
             }
+            // Another thread heap's block whose bitmap word this thread
+            // holds (a consumer's free, most often), inlined too. Whatever
+            // its alignment: a block of a small span starts where one of
+            // the span's blocks does (`class_for` gives an over-aligned
+            // layout a class whose size is a multiple of the alignment).
+            // SAFETY: h is the calling thread's heap, in static storage
+            // (above); ptr is a live block, not of h (GlobalAlloc
+            // contract).
+            if unsafe { (*h).take_held_remote_free(ptr) } {
+                return;
+            }
             // SAFETY: h is the calling thread's heap, in static storage
             // (above); forwarded (GlobalAlloc contract).
             return unsafe { self.dealloc_elsewhere(&*h, ptr, layout) };
@@ -292,10 +303,11 @@ impl Global {
     /// `alloc`. Another thread heap's small block, freed on a thread with a
     /// heap of its own outside phases, is kept for this thread's next
     /// allocation of its class or gathered for its heap
-    /// (`HeapInner::take_remote_free`): the path of a consumer's every
-    /// free, with nothing else in the function; the rest is
-    /// [`Global::dealloc_rest`]'s. `h`, the thread's heap, comes from
-    /// `dealloc`, which has read the heap word.
+    /// (`HeapInner::take_remote_free`), with nothing else in the function;
+    /// the rest is [`Global::dealloc_rest`]'s. A consumer's free into a
+    /// bitmap word it holds (most of its frees) never comes here: `dealloc`
+    /// takes it inline. `h`, the thread's heap, comes from `dealloc`, which
+    /// has read the heap word.
     ///
     /// # Safety
     /// 1. The `GlobalAlloc::dealloc` contract; `h` is the calling thread's
@@ -303,11 +315,6 @@ impl Global {
     #[inline(never)]
     unsafe fn dealloc_elsewhere(&self, h: &'static HeapInner, ptr: *mut u8, layout: Layout) {
         if layout.align() <= 16 {
-            // SAFETY: h is the calling thread's own heap; ptr is a live
-            // block (GlobalAlloc contract), not of h (dealloc took those).
-            if unsafe { h.take_held_remote_free(ptr) } {
-                return;
-            }
             if let Some((heap, _)) = heaps::heap_of(ptr) {
                 // Not the main heap: a runtime may freeze it.
                 if !core::ptr::eq(heap, main_inner()) {

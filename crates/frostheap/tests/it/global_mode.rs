@@ -228,6 +228,12 @@ fn a_thread_publishes_the_blocks_of_other_threads_it_frees_a_word_at_a_time() {
     assert_succeeded_saying(&out, "remote batch: ok");
 }
 
+test!(an_over_aligned_block_freed_by_another_thread_comes_back_once);
+fn an_over_aligned_block_freed_by_another_thread_comes_back_once() {
+    let out = run_fixture("global_routing", &["remote-aligned"], &[]);
+    assert_succeeded_saying(&out, "remote aligned: ok");
+}
+
 test!(a_thread_with_the_smallest_stack_gets_its_heap);
 /// A thread's first allocation builds its heap in its slot, not on the
 /// thread's stack: threads of `PTHREAD_STACK_MIN` allocate.
