@@ -156,7 +156,8 @@ unsafe impl GlobalAlloc for Global {
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // A block of the thread's own heap, inlined: the heap word, one
-        // compare against the heap's region, a push on the span's list.
+        // compare against the heap's region, a push on the span's list;
+        // then another heap's block whose bitmap word the thread holds.
         let h = FAST_HEAP.with(|h| h.get());
         if !h.is_null() {
             // SAFETY: the heap word names the calling thread's own heap,
@@ -175,8 +176,9 @@ unsafe impl GlobalAlloc for Global {
             // the span's blocks does (`class_for` gives an over-aligned
             // layout a class whose size is a multiple of the alignment).
             // SAFETY: h is the calling thread's heap, in static storage
-            // (above); ptr is a live block, not of h (GlobalAlloc
-            // contract).
+            // (above), and the thread is no runtime worker inside a phase
+            // (the heap word is null unless the route is `Heap`); ptr is a
+            // live block, not of h (GlobalAlloc contract).
             if unsafe { (*h).take_held_remote_free(ptr) } {
                 return;
             }
