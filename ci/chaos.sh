@@ -22,6 +22,8 @@
 #   mapstress     threads that map, commit, uncommit, replace and unmap
 #                 anonymous memory at once, while another forks (the
 #                 record of counted and reserved ranges)
+#   own_cache     2 threads of ~40 MiB each (their frees in the owner's
+#                 cache), handing blocks over, trimming, and one fork
 # First, interior_free checks that the build's debug checks fire (an
 # address inside another thread's block, freed, stops the program).
 # Every program checks every block it takes; a failure, a debug check's
@@ -50,7 +52,7 @@ cargo build --release -p frostheap-capi
 lib=$PWD/target/chaos/release/libfrostheap.so
 bin=target/chaos/c
 mkdir -p "$bin"
-for prog in threads mixer thread_churn consumer mapstress interior_free; do
+for prog in threads mixer thread_churn consumer mapstress own_cache interior_free; do
     cc -O1 -fno-builtin -Wall -Wno-use-after-free -pthread \
         -o "$bin/$prog" "crates/frostheap-capi/tests/c/$prog.c"
 done
@@ -93,7 +95,8 @@ while :; do
     run "$bin/thread_churn"
     run "$bin/consumer" 50 2000
     run "$bin/mapstress" 4 20000
+    run "$bin/own_cache" 2 100000
     rounds=$((rounds + 1))
     [ $(($(date +%s) - start)) -lt "$budget" ] || break
 done
-echo "ci/chaos.sh: $rounds rounds of threads, mixer (with and without trims), thread_churn, consumer and mapstress passed in $(($(date +%s) - start)) s"
+echo "ci/chaos.sh: $rounds rounds of threads, mixer (with and without trims), thread_churn, consumer, mapstress and own_cache passed in $(($(date +%s) - start)) s"

@@ -871,6 +871,27 @@ fn threads_that_come_and_go_swap_blocks_of_every_size_intact() {
 }
 
 #[test]
+fn large_thread_heaps_cache_their_frees_and_keep_every_block_intact() {
+    // Two threads of about 40 MiB each: past 8 MiB their frees of blocks
+    // up to 4 KiB go to the owner's cache (heap/own_cache.rs), which hands
+    // them out again without touching them. One replaced block in eight is
+    // freed by the other thread, every thread trims now and then (the
+    // cache back to its spans while the other allocates), and one thread
+    // forks halfway (the other heap's cache forgotten in the child, which
+    // checks, allocates and frees). Every block is checked when it is
+    // replaced, handed over and freed: a block handed out twice, or
+    // written after its free, breaks its pattern.
+    let out = preloaded_limited(
+        Command::new(c_program("own_cache")).args(["2", "200000"]),
+        &[],
+        300,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("checks, 0 failures"), "{}", text(&out));
+}
+
+#[test]
 fn heaps_trimmed_while_threads_swap_blocks_stay_intact() {
     // The same waves with every thread calling malloc_trim about once in 64
     // operations, and the main thread once in 256 of its own: free tops

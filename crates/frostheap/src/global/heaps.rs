@@ -235,6 +235,7 @@ pub(super) fn attach() -> Option<(usize, &'static HeapInner)> {
 ///
 /// # Safety
 /// 1. The calling thread owns slot `idx`'s heap and never uses it again.
+#[inline(never)] // a function of its own, which layout.ld places
 pub(super) unsafe fn detach(idx: usize) {
     // SAFETY: (1).
     let h = unsafe { slot_heap(idx) };
@@ -415,7 +416,10 @@ pub(super) unsafe fn after_fork_in_child() {
         if idx != 0 && live && h.core.owner_token() != me {
             // SAFETY: (1): the owner does not exist in the child; nobody
             // is on the owner path.
-            unsafe { h.core.set_owner() };
+            unsafe {
+                h.core.forget_own_cache_after_fork();
+                h.core.set_owner();
+            }
             // SAFETY: we are the owner now, and give it up at once.
             unsafe { h.core.abandon() };
             SLOTS[idx].state.store(ABANDONED, Ordering::Relaxed);

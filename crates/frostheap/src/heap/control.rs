@@ -131,6 +131,8 @@ impl HeapCore {
     pub(crate) unsafe fn give_back(&self, collect: bool) -> usize {
         if collect {
             debug_assert!(self.is_owner(), "a collection by another thread");
+            // SAFETY: (1).
+            unsafe { self.flush_own_cache() };
             self.collect_pending();
         }
         self.spans.give_back(self.pages, &self.others.external)
@@ -189,6 +191,8 @@ impl HeapCore {
     /// Precondition: called by the owner thread, with no other thread
     /// allocating from the heap meanwhile.
     pub(crate) fn seal_allocation(&self) {
+        // SAFETY: the precondition: the owner, nobody else allocating.
+        unsafe { self.give_up_own_cache() };
         self.sealed.store(true, Ordering::Release);
         let _s = self.shared_lock.lock();
         let _spans = self.lock_spans();

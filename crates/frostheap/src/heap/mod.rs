@@ -32,6 +32,7 @@ pub(crate) mod class;
 mod control;
 pub(crate) mod core;
 mod large;
+pub(crate) mod own_cache;
 pub(crate) mod page;
 pub mod process;
 mod queue;
@@ -539,8 +540,13 @@ impl Heap {
         if self.inner().frozen_now() {
             return 0;
         }
+        let core = self.core();
+        if core.is_owner() {
+            // SAFETY: the owner, on its owner path (not frozen: above).
+            unsafe { core.flush_own_cache() };
+        }
         // SAFETY: no collection, so no ownership needed.
-        unsafe { self.core().give_back(false) }
+        unsafe { core.give_back(false) }
     }
 
     /// Bytes of the committed range held by no block's span (free pages

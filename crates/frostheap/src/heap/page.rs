@@ -44,6 +44,19 @@ pub const OWNER_SHARED: u8 = 1;
 /// The heap is sealed: no fast path applies (frees and allocations take
 /// the slow path, which refuses them).
 pub const OWNER_SEALED: u8 = 2;
+/// A span of the owner's local state, as [`OWNER_LOCAL`], made once the
+/// owner's cache was on (`super::own_cache`): the owner's frees of its
+/// blocks go to that cache. Its own value, so that the free fast path
+/// tells the two apart by the compare it makes anyway, and a heap whose
+/// cache is off (every heap below 8 MiB) frees as if there were none.
+pub const OWNER_CACHED: u8 = 3;
+
+/// Whether a small span's `owner` byte names the owner's local state
+/// ([`OWNER_LOCAL`] or [`OWNER_CACHED`]).
+#[inline(always)]
+pub fn owner_local(owner: u8) -> bool {
+    owner == OWNER_LOCAL || owner == OWNER_CACHED
+}
 
 /// `state` bit: the span had no free block and left its queue.
 pub const FULL: u32 = 1;
@@ -129,7 +142,8 @@ pub struct PageMeta {
     pub offset: Cell<u32>,
     /// [`Kind`] as a byte.
     pub kind: Cell<u8>,
-    /// [`OWNER_LOCAL`] or [`OWNER_SHARED`] (next to `kind`: the free
+    /// [`OWNER_LOCAL`], [`OWNER_CACHED`], [`OWNER_SHARED`] or
+    /// [`OWNER_SEALED`] (next to `kind`: the free
     /// fast path tests both with one compare).
     pub owner: Cell<u8>,
     /// Small: size class.

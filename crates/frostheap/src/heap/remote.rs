@@ -32,8 +32,8 @@
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use super::page::{
-    invalid_free, Block, Kind, PageMeta, PageTable, FULL, GENERATION, GRANULE_SHIFT, NONE,
-    OWNER_LOCAL, PENDING, REMOTE_WORDS,
+    invalid_free, owner_local, Block, Kind, PageMeta, PageTable, FULL, GENERATION, GRANULE_SHIFT,
+    NONE, PENDING, REMOTE_WORDS,
 };
 use super::process;
 use crate::region::PAGE_SHIFT;
@@ -466,7 +466,7 @@ impl Remote<'_> {
             at == idx
         };
         for (idx, m, pages) in self.pages.spans_in_order(top) {
-            if m.kind() == Kind::Small && m.owner.get() == OWNER_LOCAL {
+            if m.kind() == Kind::Small && owner_local(m.owner.get()) {
                 for page in idx..idx + pages {
                     for w in 0..REMOTE_WORDS {
                         if self.word(page * REMOTE_WORDS + w).load(Ordering::Relaxed) != 0 {

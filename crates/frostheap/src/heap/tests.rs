@@ -9,8 +9,8 @@ use core::sync::atomic::Ordering;
 
 use super::core::{CoreConfig, HeapCore};
 use super::page::{
-    Kind, PageMeta, CURRENT_USED, FULL, GENERATION, GRANULE_SHIFT, IN_QUEUE, NONE, OWNER_LOCAL,
-    OWNER_SHARED, PENDING, REMOTE_WORDS,
+    owner_local, Kind, PageMeta, CURRENT_USED, FULL, GENERATION, GRANULE_SHIFT, IN_QUEUE, NONE,
+    OWNER_CACHED, OWNER_LOCAL, OWNER_SHARED, PENDING, REMOTE_WORDS,
 };
 use super::process::Kind as ChargeKind;
 use crate::region::{Huge, PAGE_SHIFT, PAGE_SIZE};
@@ -322,7 +322,24 @@ mod remote {
                     }
                 }
             }
-            let st = if m.owner.get() == OWNER_LOCAL {
+            let mut in_cache = 0;
+            for (c, b) in core.own.blocks() {
+                let a = b as usize;
+                if in_span(a) {
+                    assert_eq!(
+                        c,
+                        m.class.get() as usize,
+                        "cached block 0x{a:x} of another class"
+                    );
+                    assert!(
+                        !live.contains(&a),
+                        "live block 0x{a:x} in the owner's cache"
+                    );
+                    assert!(seen.insert(a), "block 0x{a:x} twice (cache)");
+                    in_cache += 1;
+                }
+            }
+            let st = if owner_local(m.owner.get()) {
                 &core.local
             } else {
                 &core.shared
@@ -332,7 +349,7 @@ mod remote {
             }
             let n_live = live.iter().filter(|&&a| in_span(a)).count() as u32;
             assert_eq!(
-                n_live + on_list + in_bitmap,
+                n_live + on_list + in_bitmap + in_cache,
                 m.extend.get(),
                 "blocks lost in span {idx}"
             );
@@ -784,7 +801,7 @@ mod class_map {
     fn check_class_map(core: &HeapCore) {
         let top = core.region().committed() >> PAGE_SHIFT;
         for (head, m, pages) in core.pages.spans_in_order(top) {
-            let want = (m.kind() == Kind::Small && m.owner.get() == OWNER_LOCAL)
+            let want = (m.kind() == Kind::Small && owner_local(m.owner.get()))
                 .then(|| m.class.get() as usize);
             for idx in head..head + pages {
                 assert_eq!(
@@ -1400,5 +1417,215 @@ mod remote_batch {
             unsafe { core.free(p as *mut u8) };
         }
         assert_eq!(core.stats().in_use, 0);
+    }
+}
+
+mod own_cache {
+    use super::*;
+    use crate::heap::own_cache::{OWN_CACHE_FROM, OWN_CAP};
+
+    const KIB: Layout = match Layout::from_size_align(1024, 16) {
+        Ok(l) => l,
+        Err(_) => panic!(),
+    };
+
+    /// Allocates 1 KiB blocks until the heap has committed `bytes`.
+    fn fill(core: &HeapCore, bytes: usize) -> Vec<*mut u8> {
+        let mut blocks = Vec::new();
+        while core.charged() < bytes {
+            let p = core.alloc(KIB);
+            assert!(!p.is_null(), "allocation {} refused", blocks.len());
+            blocks.push(p);
+        }
+        blocks
+    }
+
+    /// A heap below OWN_CACHE_FROM frees onto its spans' lists; past it,
+    /// spans made from then on are OWNER_CACHED, and the owner's free of
+    /// their blocks touches neither the block nor the span, and the next
+    /// allocation of the class takes the same block back, counted
+    /// exactly.
+    #[test]
+    fn frees_of_a_large_heap_leave_the_block_untouched() {
+        let core = heap_of(1 << 30);
+        let small = fill(&core, OWN_CACHE_FROM / 2);
+        assert!(!core.own.enabled(), "the cache is on in a heap of 4 MiB");
+        let m = core.meta((small[0] as usize - core.pages.base) >> PAGE_SHIFT);
+        assert_eq!(m.owner.get(), OWNER_LOCAL);
+        let mut blocks = fill(&core, OWN_CACHE_FROM + (1 << 20));
+        assert!(
+            core.own.enabled(),
+            "the cache is off at {} bytes",
+            core.charged()
+        );
+        blocks.extend(small);
+        let p = *blocks
+            .iter()
+            .rev()
+            .find(|&&p| {
+                let m = core.meta((p as usize - core.pages.base) >> PAGE_SHIFT);
+                m.owner.get() == OWNER_CACHED
+            })
+            .expect("a block of a cached span");
+        // SAFETY: a live 1 KiB block.
+        unsafe { ptr::write_bytes(p, 0xA5, 1024) };
+        let (before, used) = (core.stats(), {
+            let m = core.meta((p as usize - core.pages.base) >> PAGE_SHIFT);
+            m.used.get()
+        });
+        // SAFETY: live, freed once.
+        unsafe { core.free(p) };
+        // SAFETY: the block is free but mapped; reading it is what the test is
+        // about (nothing wrote it).
+        let first = unsafe { p.cast::<u64>().read() };
+        assert_eq!(first, 0xA5A5_A5A5_A5A5_A5A5, "the free wrote the block");
+        let m = core.meta((p as usize - core.pages.base) >> PAGE_SHIFT);
+        assert_eq!(
+            m.used.get(),
+            used,
+            "the free counted the block out of its span"
+        );
+        assert_eq!(core.own.cached_blocks(), 1);
+        let after = core.stats();
+        assert_eq!(after.in_use, before.in_use - 1024, "{after:?}");
+        assert_eq!(after.allocations, before.allocations - 1);
+        // A 1 KiB request takes it back, from the cache, once the current
+        // span's list (the blocks carved last: 4 KiB at a time) is empty.
+        let mut taken = Vec::new();
+        while taken.last() != Some(&p) {
+            assert!(taken.len() < 4, "the cached block was not handed out again");
+            taken.push(core.alloc(KIB));
+        }
+        assert_eq!(core.own.cached_blocks(), 0);
+        assert_eq!(
+            core.stats().in_use,
+            before.in_use + (taken.len() - 1) * 1024
+        );
+        for b in blocks
+            .into_iter()
+            .chain(taken.into_iter().filter(|&q| q != p))
+        {
+            // SAFETY: live, freed once.
+            unsafe { core.free(b) };
+        }
+        assert_eq!(core.stats().in_use, 0);
+        assert!(core.own.cached_blocks() <= OWN_CAP);
+    }
+
+    /// Each class caches at most OWN_CAP blocks; the rest go onto their
+    /// spans' lists, and a trim by the owner gives the cached ones back,
+    /// so that a heap whose blocks are all free gives all its memory
+    /// back.
+    #[test]
+    fn a_trim_gives_the_cached_blocks_back() {
+        let core = heap_of(1 << 30);
+        let blocks = fill(&core, OWN_CACHE_FROM + (2 << 20));
+        assert!(core.own.enabled());
+        for &b in blocks.iter().rev() {
+            // SAFETY: live, freed once.
+            unsafe { core.free(b) };
+        }
+        assert_eq!(core.own.cached_blocks(), OWN_CAP, "one class, full");
+        assert_eq!(core.stats().in_use, 0);
+        // SAFETY: the owner, no phase.
+        unsafe { core.give_back(true) };
+        assert_eq!(core.own.cached_blocks(), 0);
+        let s = core.stats();
+        assert!(
+            s.committed <= 2 * PAGE_SIZE,
+            "spans kept by cached blocks: {s:?}"
+        );
+        check_charge(&core);
+        // The cache comes back on as the heap grows again.
+        let again = fill(&core, OWN_CACHE_FROM + (1 << 20));
+        assert!(core.own.enabled());
+        for b in again {
+            // SAFETY: live, freed once.
+            unsafe { core.free(b) };
+        }
+        assert_eq!(core.stats().in_use, 0);
+    }
+
+    /// At its limit, a heap whose spans are kept by the blocks of the
+    /// owner's cache gives them back and allocates once more, where it
+    /// would otherwise refuse.
+    #[test]
+    fn the_cache_gives_way_at_the_limit() {
+        let max = OWN_CACHE_FROM + (1 << 20);
+        let core = heap_of(max);
+        let mut blocks = Vec::new();
+        loop {
+            let p = core.alloc(KIB);
+            if p.is_null() {
+                break;
+            }
+            blocks.push(p);
+        }
+        assert!(core.own.enabled());
+        // Every span is full and out of its queue. Span B's first 16
+        // blocks go to the cache (B stays out); span A's blocks then go
+        // onto A's list (the cache is full), and A becomes the current
+        // span; B's other blocks bring B back behind it, with 16 blocks
+        // still counted in it: a span all of whose blocks are free, kept
+        // by the cache.
+        let per_span = PAGE_SIZE / 1024;
+        let n = blocks.len();
+        let (a, b) = (
+            &blocks[n - 2 * per_span..n - per_span],
+            &blocks[n - per_span..],
+        );
+        let mb = core.meta((b[0] as usize - core.pages.base) >> PAGE_SHIFT);
+        assert_eq!(mb.owner.get(), OWNER_CACHED);
+        for &p in b[..OWN_CAP].iter().chain(a).chain(&b[OWN_CAP..]) {
+            // SAFETY: live, freed once.
+            unsafe { core.free(p) };
+        }
+        assert_eq!(core.own.cached_blocks(), OWN_CAP);
+        assert_eq!(mb.used.get(), OWN_CAP as u32, "span B kept by the cache");
+        // A class with no span yet needs a new one.
+        let big = Layout::from_size_align(2000, 16).unwrap();
+        let p = core.alloc(big);
+        assert!(
+            !p.is_null(),
+            "refused at the limit with a span kept by the cache"
+        );
+        assert_eq!(core.own.cached_blocks(), 0);
+        // SAFETY: live, freed once.
+        unsafe { core.free(p) };
+        for &p in &blocks[..n - 2 * per_span] {
+            // SAFETY: live, freed once.
+            unsafe { core.free(p) };
+        }
+        assert_eq!(core.stats().in_use, 0);
+    }
+
+    /// A heap given up by its owner holds nothing in the cache, and a
+    /// sealed one neither.
+    #[test]
+    fn abandon_and_seal_empty_the_cache() {
+        let core = heap_of(1 << 30);
+        let blocks = fill(&core, OWN_CACHE_FROM + (1 << 20));
+        for &b in &blocks[blocks.len() - 4..] {
+            // SAFETY: live, freed once.
+            unsafe { core.free(b) };
+        }
+        assert_eq!(core.own.cached_blocks(), 4);
+        // SAFETY: the owner; adopted again right after.
+        unsafe { core.abandon() };
+        assert_eq!(core.own.cached_blocks(), 0);
+        // SAFETY: nobody else uses the heap.
+        unsafe { core.set_owner() };
+        for &b in &blocks[blocks.len() - 8..blocks.len() - 4] {
+            // SAFETY: live, freed once.
+            unsafe { core.free(b) };
+        }
+        assert_eq!(
+            core.own.cached_blocks(),
+            4,
+            "the cache stays on after adoption"
+        );
+        core.seal_allocation();
+        assert_eq!(core.own.cached_blocks(), 0);
+        assert!(!core.own.enabled());
     }
 }
