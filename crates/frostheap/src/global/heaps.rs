@@ -256,6 +256,7 @@ pub(super) unsafe fn detach(idx: usize) {
 /// # Safety
 /// 1. The calling thread owns `h`, and is not a runtime worker inside a
 ///    phase.
+#[inline(never)] // a function of its own, which layout.ld places
 unsafe fn hand_back_held_blocks(h: &HeapInner) {
     // SAFETY: (1): the owner of the cache and the batch; the cache holds
     // live blocks of other arena heaps.

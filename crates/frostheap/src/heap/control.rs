@@ -119,9 +119,10 @@ impl HeapCore {
     /// (a trim the program asked for: [`Heap::trim`](crate::Heap::trim),
     /// `frostheap::trim`, the C ABI's `malloc_trim`): the free top
     /// decommitted, the free spans below it purged and uncharged. With
-    /// `collect`, first the spans that filled up and then received frees
-    /// from other threads are brought back, so that one all of whose
-    /// blocks other threads freed becomes a free span too. Returns the
+    /// `collect`, first the owner's cache goes back to its spans, and the
+    /// spans that received frees from other threads (those that filled up
+    /// first, and those waiting in their queues) collect them, so that one
+    /// all of whose blocks are free becomes a free span too. Returns the
     /// bytes no longer charged.
     ///
     /// # Safety
@@ -134,6 +135,7 @@ impl HeapCore {
             // SAFETY: (1).
             unsafe { self.flush_own_cache() };
             self.collect_pending();
+            self.collect_queued();
         }
         self.spans.give_back(self.pages, &self.others.external)
     }
