@@ -884,13 +884,10 @@ impl HeapCore {
     #[inline(never)]
     unsafe fn flush_own_cache_now(&self) {
         debug_assert!(self.is_owner(), "flush_own_cache by another thread");
-        self.own.drain(|_, p| {
-            let mut idx = (p as usize - self.pages.base) >> PAGE_SHIFT;
-            let mut m = self.meta(idx);
-            if m.kind() == Kind::Cont {
-                idx = m.head.get() as usize;
-                m = self.meta(idx);
-            }
+        self.own.drain(|p| {
+            let (idx, m) = self
+                .pages
+                .head_of((p as usize - self.pages.base) >> PAGE_SHIFT);
             debug_assert!(
                 m.kind() == Kind::Small && m.owner.get() == OWNER_CACHED,
                 "a cached block outside the owner's cached spans"

@@ -147,11 +147,11 @@ impl OwnCache {
         self.classes.set(0);
     }
 
-    /// Takes every cached block out, class by class: `f(class, block)`.
-    pub(super) fn drain(&self, mut f: impl FnMut(usize, *mut u8)) {
+    /// Takes every cached block out, class by class, to `f`.
+    pub(super) fn drain(&self, mut f: impl FnMut(*mut u8)) {
         for c in 0..OWN_CLASSES {
             while let Some(p) = self.pop(c) {
-                f(c, p.as_ptr());
+                f(p.as_ptr());
             }
         }
     }
