@@ -130,14 +130,21 @@ impl HeapCore {
     ///    path (the heap is not frozen for it: not a runtime worker or the
     ///    main thread inside a phase).
     pub(crate) unsafe fn give_back(&self, collect: bool) -> usize {
-        if collect {
-            debug_assert!(self.is_owner(), "a collection by another thread");
-            // SAFETY: (1).
-            unsafe { self.flush_own_cache() };
-            self.collect_pending();
-            self.collect_queued();
+        if !collect {
+            return self.spans.give_back(self.pages, &self.others.external);
         }
-        self.spans.give_back(self.pages, &self.others.external)
+        debug_assert!(self.is_owner(), "a collection by another thread");
+        let before = self.charged();
+        // SAFETY: (1).
+        unsafe { self.flush_own_cache() };
+        self.collect_pending();
+        self.collect_queued(false);
+        self.spans.give_back(self.pages, &self.others.external);
+        // The spans retired by the collection may have given their pages
+        // back already (the span allocator's hysteresis, when one joins
+        // the free top): what this call released is the drop in the
+        // charge, which only the owner raises.
+        before.saturating_sub(self.charged())
     }
 
     /// In a `fork` child, before anything else uses the heap: completes an

@@ -370,13 +370,15 @@ impl ClassState {
     /// it is not queued); the next span becomes current if it was.
     pub(super) fn unlink(&self, pages: &PageTable, c: usize, idx: usize) {
         let m = pages.meta(idx);
-        // The current span leaves only when dry, its `used` count then set
+        // The current span leaves only when dry or found empty by its
+        // owner (`HeapCore::collect_queued`), its `used` count then set
         // exact by the caller (PageMeta::used).
         debug_assert!(
             !ptr::eq(self.current[c].get(), m)
                 || (m.free.get().is_null()
                     && m.extend.get() == m.capacity.get()
-                    && m.used.get() == m.capacity.get()),
+                    && m.used.get() == m.capacity.get())
+                || m.used.get() == 0,
             "current span unlinked before it ran dry"
         );
         if m.flags.get() & IN_QUEUE == 0 {

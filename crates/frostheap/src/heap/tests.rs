@@ -7,10 +7,11 @@ use core::alloc::Layout;
 use core::ptr;
 use core::sync::atomic::Ordering;
 
+use super::class::span_pages;
 use super::core::{CoreConfig, HeapCore};
 use super::page::{
-    owner_local, Kind, PageMeta, CURRENT_USED, FULL, GENERATION, GRANULE_SHIFT, IN_QUEUE, NONE,
-    OWNER_CACHED, OWNER_LOCAL, OWNER_SHARED, PENDING, REMOTE_WORDS,
+    owner_local, Kind, PageMeta, CURRENT_USED, EMPTY, FULL, GENERATION, GRANULE_SHIFT, IN_QUEUE,
+    NONE, OWNER_CACHED, OWNER_LOCAL, OWNER_SHARED, PENDING, REMOTE_WORDS,
 };
 use super::process::Kind as ChargeKind;
 use crate::region::{Huge, PAGE_SHIFT, PAGE_SIZE};
@@ -94,6 +95,83 @@ mod queue {
             0,
             "allocations from the current span do not count"
         );
+    }
+
+    /// A thread giving its heap up retires the current spans that hold no
+    /// live block (their `used` is not kept, so the free list is
+    /// counted), and leaves alone one that holds a live block, its
+    /// contents intact; a trim leaves the current spans alone. One class
+    /// emptied by the owner's frees, one whose last block another thread
+    /// freed (a remote bit, collected first), one with a block still
+    /// live.
+    #[test]
+    fn a_current_span_left_empty_is_retired_and_one_with_a_live_block_kept() {
+        let core = heap_of(1 << 30);
+        let l = |size| Layout::from_size_align(size, 16).unwrap();
+        let class_at = |p: *mut u8| {
+            let m = core.meta((p as usize - core.pages.base) >> PAGE_SHIFT);
+            m.class.get() as usize
+        };
+        let small: Vec<*mut u8> = (0..100).map(|_| core.alloc(l(64))).collect();
+        let mid: Vec<*mut u8> = (0..10).map(|_| core.alloc(l(1024))).collect();
+        let big: Vec<*mut u8> = (0..10).map(|_| core.alloc(l(4096))).collect();
+        assert!(small.iter().chain(&mid).chain(&big).all(|p| !p.is_null()));
+        let (cs, cm, cb) = (class_at(small[0]), class_at(mid[0]), class_at(big[0]));
+        let kept = mid[3];
+        // SAFETY: a live 1 KiB block.
+        unsafe { ptr::write_bytes(kept, 0x5A, 1024) };
+        for &p in small
+            .iter()
+            .chain(&big[1..])
+            .chain(mid.iter().filter(|&&p| p != kept))
+        {
+            // SAFETY: live, freed once.
+            unsafe { core.free(p) };
+        }
+        let last = big[0] as usize;
+        std::thread::scope(|sc| {
+            // SAFETY: live, freed once, by a thread that is not the owner.
+            sc.spawn(|| unsafe { core.free(last as *mut u8) });
+        });
+        assert_eq!(core.stats().in_use, 1024);
+        let mid_span = core.local.current[cm].get();
+        let emptied = [cs, cb].map(|c| core.local.current[c].get());
+        // SAFETY: the owner, no phase.
+        unsafe { core.give_back(true) };
+        assert_eq!([cs, cb].map(|c| core.local.current[c].get()), emptied);
+        // SAFETY: the owner gives the heap up, and adopts it again.
+        unsafe {
+            core.abandon();
+            core.set_owner();
+        }
+        for c in [cs, cb] {
+            assert!(
+                ptr::eq(core.local.current[c].get(), &EMPTY.0),
+                "class {c}: an empty current span kept"
+            );
+            assert_eq!(core.local.head[c].get(), NONE);
+        }
+        assert!(ptr::eq(core.local.current[cm].get(), mid_span));
+        // SAFETY: still live.
+        let bytes = unsafe { core::slice::from_raw_parts(kept, 1024) };
+        assert!(bytes.iter().all(|&b| b == 0x5A), "the live block changed");
+        let s = core.stats();
+        assert_eq!(s.committed, span_pages(cm) * PAGE_SIZE, "{s:?}");
+        check_charge(&core);
+        // The emptied classes make new spans, and the kept span goes on.
+        let again = [core.alloc(l(64)), core.alloc(l(4096)), core.alloc(l(1024))];
+        assert_eq!(class_at(again[2]), cm);
+        assert_eq!(core.stats().in_use, 1024 + 64 + 4096 + 1024);
+        for p in again.into_iter().chain([kept]) {
+            // SAFETY: live, freed once.
+            unsafe { core.free(p) };
+        }
+        // A thread's exit leaves nothing committed.
+        // SAFETY: the owner; nobody uses the heap afterwards.
+        unsafe { core.abandon() };
+        let s = core.stats();
+        assert_eq!((s.in_use, s.committed), (0, 0), "{s:?}");
+        check_charge(&core);
     }
 }
 

@@ -238,7 +238,7 @@ test!(a_large_thread_heap_caches_its_frees_and_gives_everything_back);
 /// A thread heap past 8 MiB (its own frees in the owner's cache):
 /// 200,000 blocks replaced at random and checked, an eighth of them freed
 /// by another thread, a trim halfway; once both threads have exited,
-/// their heaps keep at most 4 MiB committed.
+/// their heaps keep at most 512 KiB committed.
 fn a_large_thread_heap_caches_its_frees_and_gives_everything_back() {
     let out = run_fixture("global_routing", &["own-cache"], &[]);
     assert_succeeded_saying(&out, "own cache: ok");
