@@ -4,7 +4,9 @@ benchmark, without running an allocator.
 
 Each thread of `local` keeps a window of 64 blocks and replaces them in
 turn with blocks of 16 B to 4 KiB at random. A heap of segregated classes
-(frostheap's: 16 B steps to 128 B, then four classes per power of two)
+(frostheap's in a heap under 8 MiB, as `local`'s are: 16 B steps to
+128 B, then four classes per power of two; `ws_classes.py` has the finer
+classes of a larger heap)
 carves a class's blocks on demand and keeps them, so it holds, for each
 class, the most blocks that class ever had live at once; a coalescing
 arena (glibc) holds about the peak of the live bytes. This prints both,

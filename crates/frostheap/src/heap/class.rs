@@ -1,28 +1,69 @@
-//! Size classes: 48 block sizes from 16 B to 128 KiB.
+//! Size classes: 56 block sizes from 16 B to 128 KiB.
 //!
 //! Up to 128 B the classes step by 16; above, each power-of-two range is
 //! split in four (160, 192, 224, 256, 320, ...), so internal waste stays
-//! under 25% — the spacing jemalloc and mimalloc both use. Every class size
-//! is a multiple of 16, and blocks are laid from the start of a 64 KiB
-//! aligned span, so a block of a class whose size is a multiple of `a` is
-//! `a`-aligned: aligned requests pick the first class with that property.
+//! under 25% — the spacing jemalloc and mimalloc both use — except from 1
+//! KiB to 4 KiB, split in eight (1152, 1280, 1408, ..., 3840, 4096).
+//! Every class size is a multiple of 16, and blocks are laid from the
+//! start of a 64 KiB aligned span, so a block of a class whose size is a
+//! multiple of `a` is `a`-aligned: aligned requests pick the first class
+//! with that property.
+//!
+//! **Fine classes for large heaps only.** The eight classes between those
+//! of the four-way split ([`is_fine_only`]: 1152, 1408, ..., 3840) are a
+//! heap's own only once it is large (past `OWN_CACHE_FROM`, 8 MiB, when
+//! its owner's cache turns on); before, each is served by the next class,
+//! the one the four-way split has (`ClassState::serving`): its current
+//! span is that class's. Finer classes waste less of each block (uniform
+//! requests of 16 B – 4 KiB: 7.5% more than glibc's 16-byte rounding with
+//! four classes per doubling, 3.6% with eight from 1 KiB), but each class
+//! keeps the most blocks it ever had live at once, so a heap of a few
+//! blocks per class holds more pages with more classes: in the `threads`
+//! benchmark's `local` case (64 live blocks a thread), simulated class
+//! pages went from 368 to 416–456 KiB a thread with eight classes per
+//! doubling, while `working-set` (25,000 live blocks a thread) went from
+//! 1.099× glibc's live bytes to 1.063× (`python3
+//! crates/frostheap-bench/sim/ws_classes.py`).
 
 use crate::region::PAGE_SIZE;
 
 /// Number of small size classes.
-pub const N_CLASSES: usize = 48;
+pub const N_CLASSES: usize = 56;
 /// The largest small block; anything larger is a large allocation.
 pub const MAX_SMALL: usize = 128 << 10;
+
+/// The first class of the eight-way split (1152 B).
+const FINE_FIRST: usize = 20;
+/// The class past the eight-way split (5120 B).
+const FINE_END: usize = 36;
 
 const fn compute_size(c: usize) -> usize {
     if c < 8 {
         16 * (c + 1)
-    } else {
+    } else if c < FINE_FIRST {
         let g = (c - 8) / 4;
         let i = (c - 8) % 4;
         let k = 7 + g;
         (1 << k) + (i + 1) * (1 << (k - 2))
+    } else if c < FINE_END {
+        let g = (c - FINE_FIRST) / 8;
+        let i = (c - FINE_FIRST) % 8;
+        let k = 10 + g;
+        (1 << k) + (i + 1) * (1 << (k - 3))
+    } else {
+        let g = (c - FINE_END) / 4;
+        let i = (c - FINE_END) % 4;
+        let k = 12 + g;
+        (1 << k) + (i + 1) * (1 << (k - 2))
     }
+}
+
+/// Whether class `c` is one of the eight-way split's that the four-way
+/// split has not (1152, 1408, ..., 3840 B): a small heap serves it from
+/// class `c + 1` (see the module documentation).
+#[inline(always)]
+pub const fn is_fine_only(c: usize) -> bool {
+    c >= FINE_FIRST && c < FINE_END && (c - FINE_FIRST).is_multiple_of(2)
 }
 
 /// Block size of each class.
@@ -60,9 +101,13 @@ const fn class_of_computed(size: usize) -> usize {
         s.div_ceil(16) - 1
     } else {
         let k = (usize::BITS - 1 - (size - 1).leading_zeros()) as usize;
-        let step = 1 << (k - 2);
-        let idx = (size - 1 - (1 << k)) / step;
-        8 + (k - 7) * 4 + idx
+        if k < 10 {
+            8 + (k - 7) * 4 + (size - 1 - (1 << k)) / (1 << (k - 2))
+        } else if k < 12 {
+            FINE_FIRST + (k - 10) * 8 + (size - 1 - (1 << k)) / (1 << (k - 3))
+        } else {
+            FINE_END + (k - 12) * 4 + (size - 1 - (1 << k)) / (1 << (k - 2))
+        }
     }
 }
 
@@ -151,6 +196,37 @@ mod tests {
             assert_eq!(CLASS_SIZE[c] % 16, 0);
         }
         assert_eq!(CLASS_SIZE[N_CLASSES - 1] as usize, MAX_SMALL);
+    }
+
+    /// The classes a small heap serves are those of four classes per
+    /// doubling above 128 B; each fine-only class is served by the next
+    /// one, at most 1/8 larger and at least as aligned.
+    #[test]
+    fn fine_only_classes_sit_between_the_four_way_split() {
+        let coarse: Vec<u32> = (0..N_CLASSES)
+            .filter(|&c| !is_fine_only(c))
+            .map(|c| CLASS_SIZE[c])
+            .collect();
+        assert_eq!(coarse.len(), 48);
+        let mut expected = vec![16, 32, 48, 64, 80, 96, 112, 128];
+        for k in 7..17 {
+            for i in 1..=4 {
+                expected.push((1u32 << k) + i * (1 << (k - 2)));
+            }
+        }
+        assert_eq!(coarse, expected);
+        let fine: Vec<u32> = (0..N_CLASSES)
+            .filter(|&c| is_fine_only(c))
+            .map(|c| CLASS_SIZE[c])
+            .collect();
+        assert_eq!(fine, [1152, 1408, 1664, 1920, 2304, 2816, 3328, 3840]);
+        for c in (0..N_CLASSES).filter(|&c| is_fine_only(c)) {
+            let (size, next) = (CLASS_SIZE[c], CLASS_SIZE[c + 1]);
+            assert!(!is_fine_only(c + 1));
+            assert!(next * 8 <= size * 9, "class {c}");
+            let align = 1 << size.trailing_zeros();
+            assert_eq!(next % align, 0, "class {c}: {next} not {align}-aligned");
+        }
     }
 
     #[test]

@@ -526,6 +526,9 @@ impl HeapCore {
         if self.is_sealed() {
             return ptr::null_mut();
         }
+        // A fine-only class of a heap not split yet takes the next class's
+        // blocks, from that class's queue.
+        let c = st.serving(c);
         loop {
             if let Some((b, size)) = st.pop_current(c) {
                 st.on_alloc(size);
@@ -672,7 +675,11 @@ impl HeapCore {
             return None;
         }
         let limit = CLASS_SIZE[c] as usize * 3 / 2;
-        for (n, &size) in CLASS_SIZE.iter().enumerate().take(c + 3).skip(c + 1) {
+        // The next two classes that have spans of their own (a fine-only
+        // class not split yet has none).
+        let next = (c + 1..N_CLASSES).filter(|&n| st.serving(n) == n).take(2);
+        for n in next {
+            let size = CLASS_SIZE[n];
             if size as usize > limit {
                 break;
             }
@@ -1211,6 +1218,8 @@ impl HeapCore {
         if st.kind == OWNER_LOCAL {
             if !self.own.enabled() && self.charged() >= OWN_CACHE_FROM {
                 self.own.enable();
+                // A large heap: finer classes waste less (heap::class).
+                st.split_fine_classes();
             }
             // The owner's frees into a span made from now on go to the
             // owner's cache (the spans made before stay as they are: other

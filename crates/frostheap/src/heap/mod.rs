@@ -26,7 +26,7 @@
 //! | [`realloc`] | reallocation, in place whenever the block still fits |
 //! | [`page`] | the page table (`PageMeta`, one per 64 KiB page) |
 //! | [`process`] | the process-wide limit, counted at commits |
-//! | [`class`] | the 48 size classes |
+//! | [`class`] | the 56 size classes (eight of them a large heap's only) |
 
 pub(crate) mod class;
 mod control;
@@ -480,7 +480,10 @@ impl Heap {
     /// in a row): a heap uses memory it holds before it carves more
     /// ([`Heap::usable_size`] says which, and `in_use` counts the block's
     /// own size). A request that finds a free block of its own class gets
-    /// this size.
+    /// this size. In a heap that has committed less than 8 MiB, a request
+    /// of one of the eight classes between 1 KiB and 4 KiB that only larger
+    /// heaps have (1152, 1408, ..., 3840 bytes) gets a block of the next
+    /// class, at most an eighth larger.
     pub fn block_size(layout: Layout) -> usize {
         match class::class_for(layout.size(), layout.align()) {
             Some(c) => class::CLASS_SIZE[c] as usize,

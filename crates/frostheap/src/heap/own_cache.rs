@@ -35,9 +35,9 @@
 //! the next classes (`HeapCore::borrow`) takes their cached blocks first.
 //!
 //! **Bounds.** Classes up to 4 KiB ([`OWN_CLASSES`]), [`OWN_CAP`] blocks
-//! each: at most 412 KiB of blocks held out of their spans per heap, and
-//! 3.5 KiB of pointers, of which a heap that uses few classes makes
-//! resident one page. Another heap's cache cannot be emptied from outside:
+//! each: at most 700 KiB of blocks held out of their spans per heap (of 8
+//! MiB or more), and 4.5 KiB of pointers, of which a heap that uses few
+//! classes makes resident one page. Another heap's cache cannot be emptied from outside:
 //! a heap at the process limit gets back the blocks of its own cache, not
 //! those other threads hold.
 //!
@@ -64,8 +64,8 @@ use super::page::{OWNER_CACHED, OWNER_LOCAL};
 /// heap).
 pub(crate) const OWN_CACHE_FROM: usize = 8 << 20;
 
-/// Classes that have a cache: those up to 4 KiB (classes 0..=27).
-pub(crate) const OWN_CLASSES: usize = 28;
+/// Classes that have a cache: those up to 4 KiB (classes 0..=35).
+pub(crate) const OWN_CLASSES: usize = 36;
 /// Blocks cached per class at most.
 pub(crate) const OWN_CAP: usize = 16;
 

@@ -13,7 +13,7 @@ use core::cell::Cell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering;
 
-use super::class::{CLASS_SIZE, N_CLASSES};
+use super::class::{is_fine_only, CLASS_SIZE, N_CLASSES};
 use super::page::{
     Block, Kind, PageMeta, PageTable, CURRENT_USED, EMPTY, GENERATION, GENERATION_STEP, IN_QUEUE,
     NONE, OWNER_LOCAL,
@@ -48,6 +48,11 @@ pub(crate) struct ClassState {
     pub(super) borrowed: [Cell<u16>; N_CLASSES],
     /// [`OWNER_LOCAL`] or [`super::page::OWNER_SHARED`].
     pub(super) kind: u8,
+    /// Whether the fine-only classes ([`is_fine_only`]) have spans of
+    /// their own; until then each is served by the next class, its
+    /// `current` that class's (see [`ClassState::serving`]). Turned on
+    /// once, by [`ClassState::split_fine_classes`].
+    pub(super) fine: Cell<bool>,
 }
 
 const _: () = assert!(core::mem::offset_of!(ClassState, counters) == 0);
@@ -74,6 +79,7 @@ impl ClassState {
             }
             (&raw mut (*dst).counters).write(Counters::new());
             (&raw mut (*dst).kind).write(kind);
+            (&raw mut (*dst).fine).write(Cell::new(false));
         }
         // Every field of ClassState, to be written above: stops compiling
         // when a field is added.
@@ -84,7 +90,34 @@ impl ClassState {
                                         tail: _,
                                         borrowed: _,
                                         kind: _,
+                                        fine: _,
                                     }| {};
+    }
+
+    /// The class whose spans serve requests of class `c`: `c`, or, for a
+    /// fine-only class before [`ClassState::split_fine_classes`], the
+    /// next class (whose `current` its `current` follows, so the fast
+    /// path needs no test).
+    #[inline]
+    pub(super) fn serving(&self, c: usize) -> usize {
+        if is_fine_only(c) && !self.fine.get() {
+            c + 1
+        } else {
+            c
+        }
+    }
+
+    /// Gives the fine-only classes spans of their own from now on (a heap
+    /// grown large: see `heap::class`). Their queues are empty until then;
+    /// their `current` stops following the next class's.
+    pub(super) fn split_fine_classes(&self) {
+        if self.fine.replace(true) {
+            return;
+        }
+        for c in (0..N_CLASSES).filter(|&c| is_fine_only(c)) {
+            debug_assert!(self.head[c].get() == NONE, "a fine-only class with spans");
+            self.current[c].set(&EMPTY.0);
+        }
     }
 
     /// Pops a block of class `c` from this state's current span, with its
@@ -102,11 +135,12 @@ impl ClassState {
         // written when it was freed or carved. (No `used` count: the current
         // span's is not kept, see PageMeta::used.)
         m.free.set(unsafe { b.as_ref() }.next);
-        // A span in class c's queue has block_size == CLASS_SIZE[c];
-        // reading it from the meta's line saves a table load.
+        // A span in class c's queue has block_size == CLASS_SIZE[c] (the
+        // next class's for a fine-only class not split yet); reading it
+        // from the meta's line saves a table load.
         debug_assert_eq!(
             m.block_size.get(),
-            CLASS_SIZE[c],
+            CLASS_SIZE[self.serving(c)],
             "span in the wrong class queue"
         );
         Some((b.cast(), m.block_size.get() as usize))
@@ -364,6 +398,10 @@ impl ClassState {
             unsafe { &*new }.used.set(CURRENT_USED);
         }
         self.current[c].set(new);
+        // The fine-only class below, served by this one until split.
+        if c > 0 && is_fine_only(c - 1) && !self.fine.get() {
+            self.current[c - 1].set(new);
+        }
     }
 
     /// Takes the span at page `idx` out of class `c`'s queue (a no-op when

@@ -51,7 +51,7 @@ use core::cell::Cell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use super::class::{CLASS_SIZE, N_CLASSES};
+use super::class::{is_fine_only, CLASS_SIZE, N_CLASSES};
 use super::page::{invalid_free, Block};
 
 /// Blocks per class at most.
@@ -61,13 +61,18 @@ pub const CAP: u32 = 32;
 pub const CAP_BYTES: u32 = 16 << 10;
 
 /// Blocks of each class a cache holds at most: [`CAP`], or as many as fit
-/// in [`CAP_BYTES`]; none where fewer than two would.
+/// in [`CAP_BYTES`]; none where fewer than two would, nor for the classes
+/// only large heaps have ([`is_fine_only`]: a cache of their blocks would
+/// raise the bound a thread's cache holds by half, for blocks that go
+/// back to their heap anyway).
 static CLASS_CAP: [u32; N_CLASSES] = {
     let mut t = [0; N_CLASSES];
     let mut c = 0;
     while c < N_CLASSES {
         let n = CAP_BYTES / CLASS_SIZE[c];
-        t[c] = if n > CAP {
+        t[c] = if is_fine_only(c) {
+            0
+        } else if n > CAP {
             CAP
         } else if n < 2 {
             0

@@ -7,7 +7,7 @@ use core::alloc::Layout;
 use core::ptr;
 use core::sync::atomic::Ordering;
 
-use super::class::span_pages;
+use super::class::{span_pages, CLASS_SIZE};
 use super::core::{CoreConfig, HeapCore};
 use super::page::{
     owner_local, Kind, PageMeta, CURRENT_USED, EMPTY, FULL, GENERATION, GRANULE_SHIFT, IN_QUEUE,
@@ -1588,6 +1588,61 @@ mod own_cache {
         }
         assert_eq!(core.stats().in_use, 0);
         assert!(core.own.cached_blocks() <= OWN_CAP);
+    }
+
+    /// A heap below OWN_CACHE_FROM serves a fine-only class (1152 B) from
+    /// the next class's spans (1280 B blocks, counted at that size); past
+    /// it, the class gets spans of its own, while the blocks handed out
+    /// before stay in theirs and go back there, and the statistics stay
+    /// exact throughout.
+    #[test]
+    fn a_large_heap_splits_the_fine_classes() {
+        use crate::heap::class::{class_of, is_fine_only};
+        let core = heap_of(1 << 30);
+        let fine = Layout::from_size_align(1100, 16).unwrap();
+        let c = class_of(1100).unwrap();
+        assert!(is_fine_only(c) && CLASS_SIZE[c] == 1152);
+        let usable = |p: *mut u8| {
+            // SAFETY: a live block of this heap.
+            unsafe { core.usable_size(p) }
+        };
+        let early: Vec<*mut u8> = (0..100).map(|_| core.alloc(fine)).collect();
+        assert!(early.iter().all(|&p| !p.is_null() && usable(p) == 1280));
+        assert!(ptr::eq(
+            core.local.current[c].get(),
+            core.local.current[c + 1].get()
+        ));
+        assert_eq!(core.local.head[c].get(), NONE);
+        assert_eq!(core.stats().in_use, 100 * 1280);
+        let filler = fill(&core, OWN_CACHE_FROM + (1 << 20));
+        assert!(core.own.enabled() && core.local.fine.get());
+        let late: Vec<*mut u8> = (0..100).map(|_| core.alloc(fine)).collect();
+        assert!(late.iter().all(|&p| !p.is_null() && usable(p) == 1152));
+        // (A few 1 KiB requests may have borrowed a larger block.)
+        let filled: usize = filler.iter().map(|&p| usable(p)).sum();
+        assert_eq!(core.stats().in_use, filled + 100 * 1280 + 100 * 1152);
+        // SAFETY: live blocks, written within their usable sizes.
+        unsafe {
+            for (i, &p) in early.iter().chain(&late).enumerate() {
+                ptr::write_bytes(p, i as u8, 1100);
+            }
+        }
+        for (i, &p) in early.iter().chain(&late).enumerate() {
+            // SAFETY: live; read within the bytes written.
+            let bytes = unsafe { core::slice::from_raw_parts(p, 1100) };
+            assert!(bytes.iter().all(|&b| b == i as u8), "block {i} changed");
+        }
+        // A 1280 B request still takes the early blocks' class.
+        let coarse = core.alloc(Layout::from_size_align(1200, 16).unwrap());
+        assert_eq!(usable(coarse), 1280);
+        for p in early.into_iter().chain(late).chain(filler).chain([coarse]) {
+            // SAFETY: live, freed once.
+            unsafe { core.free(p) };
+        }
+        assert_eq!(core.stats().in_use, 0);
+        // SAFETY: the owner, no phase.
+        unsafe { core.give_back(true) };
+        check_charge(&core);
     }
 
     /// Each class caches at most OWN_CAP blocks; the rest go onto their

@@ -105,7 +105,9 @@ fn zero_size_allocations_are_distinct_blocks() {
 
 test!(block_size_predicts_usable_size);
 /// `block_size` is what `usable_size` reports, for every alignment the
-/// model uses and sizes around each class and page boundary.
+/// model uses and sizes around each class and page boundary (in this heap
+/// under 8 MiB, the next class's for the classes only larger heaps have:
+/// [`crate::ops::small_heap_block`]).
 fn block_size_predicts_usable_size() {
     let heap = roomy_heap("block_size");
     let mut sizes: Vec<usize> = (0..=1024).step_by(7).collect();
@@ -127,7 +129,9 @@ fn block_size_predicts_usable_size() {
             let p = heap.try_alloc(layout).unwrap();
             // SAFETY: p is live.
             let usable = unsafe { heap.usable_size(p) };
-            assert_eq!(usable, frostheap::Heap::block_size(layout), "{layout:?}");
+            let block = frostheap::Heap::block_size(layout);
+            assert_eq!(usable, crate::ops::small_heap_block(block), "{layout:?}");
+            assert!(usable <= block * 9 / 8, "{layout:?}");
             assert_eq!(heap.stats().in_use, usable, "{layout:?}");
             // SAFETY: p is live and from this heap.
             unsafe { heap.dealloc(p) };

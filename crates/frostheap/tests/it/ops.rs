@@ -129,24 +129,53 @@ impl Reader<'_> {
 /// | 6..=8 | `Free` | pick (api from the first byte) |
 /// | 9 | `Probe` | pick, offset (2) |
 /// The usable sizes a heap may give a request for `layout`: its class's
-/// block size and, for a request of a class from 1 KiB up to 128 KiB
-/// aligned to at most 16, the next two classes' within half as large again,
-/// whose free blocks a heap lends before it carves more of the class's own
-/// (`HeapCore::borrow`).
+/// block size ([`Heap::block_size`]); in a heap under 8 MiB, for the
+/// classes only larger heaps have, the next class's ([`small_heap_block`]);
+/// and, for a request of a class from 1 KiB up to 128 KiB aligned to at
+/// most 16, the next two classes' (of the heap's kind) within half as
+/// large again, whose free blocks a heap lends before it carves more of
+/// the class's own (`HeapCore::borrow`).
 pub fn usable_sizes(layout: Layout) -> Vec<usize> {
     let own = Heap::block_size(layout);
+    let next = |s: usize| Heap::block_size(Layout::from_size_align(s + 1, 1).expect("valid layout"));
     let mut sizes = vec![own];
-    if layout.align() <= 16 && (1024..=MAX_SMALL).contains(&own) {
-        let mut s = own;
-        for _ in 0..2 {
-            s = Heap::block_size(Layout::from_size_align(s + 1, 1).expect("valid layout"));
-            if s > MAX_SMALL || s > own * 3 / 2 {
-                break;
+    // A large heap's classes, then a small heap's.
+    let kinds: [(usize, &dyn Fn(usize) -> usize); 2] = [
+        (own, &next),
+        (small_heap_block(own), &|s| small_heap_block(next(s))),
+    ];
+    for (base, next) in kinds {
+        if !sizes.contains(&base) {
+            sizes.push(base);
+        }
+        if layout.align() <= 16 && (1024..=MAX_SMALL).contains(&base) {
+            let mut s = base;
+            for _ in 0..2 {
+                s = next(s);
+                if s > MAX_SMALL || s > base * 3 / 2 {
+                    break;
+                }
+                if !sizes.contains(&s) {
+                    sizes.push(s);
+                }
             }
-            sizes.push(s);
         }
     }
     sizes
+}
+
+/// The block a heap that has committed less than 8 MiB gives for a class
+/// of `own` bytes: the class's own, or, for the classes between 1 KiB and
+/// 4 KiB that four classes per power of two do not have (1152, 1408, ...),
+/// the next class's.
+pub fn small_heap_block(own: usize) -> usize {
+    if own > 1024 && own < 4096 {
+        let k = usize::BITS - 1 - (own - 1).leading_zeros();
+        if !(own - (1 << k)).is_multiple_of(1 << (k - 2)) {
+            return Heap::block_size(Layout::from_size_align(own + 1, 1).expect("valid layout"));
+        }
+    }
+    own
 }
 
 /// The usable size of `p`, a block the heap just returned for `layout`,
