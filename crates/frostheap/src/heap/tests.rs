@@ -7,7 +7,7 @@ use core::alloc::Layout;
 use core::ptr;
 use core::sync::atomic::Ordering;
 
-use super::class::{span_pages, CLASS_SIZE};
+use super::class::{class_of, span_pages, CLASS_SIZE};
 use super::core::{CoreConfig, HeapCore};
 use super::page::{
     owner_local, Kind, PageMeta, CURRENT_USED, EMPTY, FULL, GENERATION, GRANULE_SHIFT, IN_QUEUE,
@@ -97,17 +97,48 @@ mod queue {
         );
     }
 
-    /// A thread giving its heap up retires the current spans that hold no
-    /// live block (their `used` is not kept, so the free list is
-    /// counted), and leaves alone one that holds a live block, its
-    /// contents intact; a trim leaves the current spans alone. One class
+    /// A thread giving up a heap that has grown large retires the current
+    /// spans that hold no live block (their `used` is not kept, so the
+    /// free list is counted), and leaves alone one that holds a live
+    /// block, its contents intact; a trim leaves the current spans alone,
+    /// and so does the exit of a thread whose heap stayed small. One class
     /// emptied by the owner's frees, one whose last block another thread
     /// freed (a remote bit, collected first), one with a block still
     /// live.
     #[test]
     fn a_current_span_left_empty_is_retired_and_one_with_a_live_block_kept() {
+        use crate::heap::own_cache::OWN_CACHE_FROM;
         let core = heap_of(1 << 30);
         let l = |size| Layout::from_size_align(size, 16).unwrap();
+        // A small heap's exit keeps its current spans.
+        let p = core.alloc(l(64));
+        let small_span = core.local.current[(core
+            .meta((p as usize - core.pages.base) >> PAGE_SHIFT))
+        .class
+        .get() as usize]
+            .get();
+        // SAFETY: live, freed once; then the owner gives the heap up and
+        // adopts it again.
+        unsafe {
+            core.free(p);
+            core.abandon();
+            core.set_owner();
+        }
+        assert!(!core.local.fine.get());
+        assert!(ptr::eq(
+            core.local.current[class_of(64).unwrap()].get(),
+            small_span
+        ));
+        // Grown past OWN_CACHE_FROM with 8 KiB blocks, all freed.
+        let mut filler = Vec::new();
+        while core.charged() < OWN_CACHE_FROM + (1 << 20) {
+            filler.push(core.alloc(l(8192)));
+        }
+        for p in filler {
+            // SAFETY: live, freed once.
+            unsafe { core.free(p) };
+        }
+        assert!(core.local.fine.get());
         let class_at = |p: *mut u8| {
             let m = core.meta((p as usize - core.pages.base) >> PAGE_SHIFT);
             m.class.get() as usize
@@ -1597,7 +1628,7 @@ mod own_cache {
     /// exact throughout.
     #[test]
     fn a_large_heap_splits_the_fine_classes() {
-        use crate::heap::class::{class_of, is_fine_only};
+        use crate::heap::class::is_fine_only;
         let core = heap_of(1 << 30);
         let fine = Layout::from_size_align(1100, 16).unwrap();
         let c = class_of(1100).unwrap();
