@@ -1142,7 +1142,8 @@ impl HeapCore {
     /// their free lists). A trim leaves the current spans alone: they are
     /// where the class's next allocation goes, and a program that
     /// allocates and frees a block between two trims would otherwise
-    /// commit a span and give it back at each trim. A span collects its remote frees only when it is current and dry (or
+    /// commit a span and give it back at each trim. A span collects its
+    /// remote frees only when it is current and dry (or
     /// when it filled up first: [`HeapCore::collect_pending`]), so a span
     /// whose last blocks other threads freed while it waited in its queue
     /// stayed a small span, committed, until the owner came back to it; in
@@ -1189,10 +1190,10 @@ impl HeapCore {
     /// this walks the list; the caller has put the owner's cache back and
     /// collected the span's remote frees first. A block another thread
     /// holds (in its remote cache, or lent to another class) is on no list
-    /// and counts as live. Exits when an exited thread's heap was found
-    /// keeping, in the current spans of 28 classes, about 2 MiB with
-    /// nothing in use (`working-set` in Rust, whose next threads start
-    /// before the previous ones have given their heaps up).
+    /// and counts as live. Written when an exited thread's heap was found
+    /// keeping about 2 MiB in its current spans with nothing in use
+    /// (`working-set` in Rust, whose next threads start before the
+    /// previous ones have given their heaps up).
     fn current_is_empty(m: &PageMeta) -> bool {
         let carved = m.extend.get();
         let mut n = 0u32;

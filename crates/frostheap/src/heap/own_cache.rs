@@ -37,7 +37,8 @@
 //! **Bounds.** Classes up to 4 KiB ([`OWN_CLASSES`]), [`OWN_CAP`] blocks
 //! each: at most 700 KiB of blocks held out of their spans per heap (of 8
 //! MiB or more), and 4.5 KiB of pointers, of which a heap that uses few
-//! classes makes resident one page. Another heap's cache cannot be emptied from outside:
+//! classes makes resident one page. Another heap's cache cannot be emptied
+//! from outside:
 //! a heap at the process limit gets back the blocks of its own cache, not
 //! those other threads hold.
 //!

@@ -110,13 +110,14 @@ mod queue {
         use crate::heap::own_cache::OWN_CACHE_FROM;
         let core = heap_of(1 << 30);
         let l = |size| Layout::from_size_align(size, 16).unwrap();
+        let class_at = |p: *mut u8| {
+            let m = core.meta((p as usize - core.pages.base) >> PAGE_SHIFT);
+            m.class.get() as usize
+        };
         // A small heap's exit keeps its current spans.
         let p = core.alloc(l(64));
-        let small_span = core.local.current[(core
-            .meta((p as usize - core.pages.base) >> PAGE_SHIFT))
-        .class
-        .get() as usize]
-            .get();
+        let c64 = class_at(p);
+        let small_span = core.local.current[c64].get();
         // SAFETY: live, freed once; then the owner gives the heap up and
         // adopts it again.
         unsafe {
@@ -125,10 +126,7 @@ mod queue {
             core.set_owner();
         }
         assert!(!core.local.fine.get());
-        assert!(ptr::eq(
-            core.local.current[class_of(64).unwrap()].get(),
-            small_span
-        ));
+        assert!(ptr::eq(core.local.current[c64].get(), small_span));
         // Grown past OWN_CACHE_FROM with 8 KiB blocks, all freed.
         let mut filler = Vec::new();
         while core.charged() < OWN_CACHE_FROM + (1 << 20) {
@@ -139,10 +137,6 @@ mod queue {
             unsafe { core.free(p) };
         }
         assert!(core.local.fine.get());
-        let class_at = |p: *mut u8| {
-            let m = core.meta((p as usize - core.pages.base) >> PAGE_SHIFT);
-            m.class.get() as usize
-        };
         let small: Vec<*mut u8> = (0..100).map(|_| core.alloc(l(64))).collect();
         let mid: Vec<*mut u8> = (0..10).map(|_| core.alloc(l(1024))).collect();
         let big: Vec<*mut u8> = (0..10).map(|_| core.alloc(l(4096))).collect();
