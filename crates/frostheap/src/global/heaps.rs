@@ -34,6 +34,7 @@ use std::borrow::Cow;
 
 use crate::heap::core::CoreConfig;
 use crate::heap::process;
+use crate::heap::remote_cache;
 use crate::heap::HeapInner;
 use crate::region::Huge;
 use crate::sync::{thread_token, RawLock};
@@ -202,6 +203,7 @@ pub(super) fn attach() -> Option<(usize, &'static HeapInner)> {
         // before pushing it, under the stack's lock, which we took after).
         unsafe { h.core.set_owner() };
         SLOTS[idx].state.store(LIVE, Ordering::Relaxed);
+        remote_cache::heap_attached();
         return Some((idx, h));
     }
     let idx = NEXT_FRESH.fetch_add(1, Ordering::Relaxed);
@@ -227,6 +229,7 @@ pub(super) fn attach() -> Option<(usize, &'static HeapInner)> {
         Err(_) => return None, // the slot stays unused
     };
     SLOTS[idx].state.store(LIVE, Ordering::Release);
+    remote_cache::heap_attached();
     Some((idx, h))
 }
 
@@ -246,6 +249,7 @@ pub(super) unsafe fn detach(idx: usize) {
     // SAFETY: (1).
     unsafe { h.core.abandon() };
     SLOTS[idx].state.store(ABANDONED, Ordering::Relaxed);
+    remote_cache::heap_detached();
     push_abandoned(idx);
 }
 
@@ -430,6 +434,9 @@ pub(super) unsafe fn after_fork_in_child() {
             s.len.set(n + 1);
         }
     }
+    // The calling thread's heap, if it has one, is the only one live.
+    let live = built().filter(|&(idx, _, live)| idx != 0 && live).count();
+    remote_cache::set_live_heaps(live);
 }
 
 /// Thread heaps built so far, and how many wait for adoption.

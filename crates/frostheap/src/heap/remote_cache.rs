@@ -40,6 +40,24 @@
 //! OR (`Remote::free_sorted`); a heap adopted after a `fork` keeps the
 //! cache it had, whose blocks are still live.
 //!
+//! **Deep classes, with many thread heaps.** While [`DEEP_FROM_HEAPS`] or
+//! more thread heaps are live, a class the thread *allocates* from (its
+//! first pop since the count crossed that line) becomes deep: up to
+//! [`DEEP_CAP`] blocks and [`DEEP_CAP_BYTES`] bytes, the classes made deep
+//! adding at most [`DEEP_EXTRA`] bytes to the shallow bounds a thread. A
+//! block another thread freed goes back to one of that many heaps, each
+//! of whose classes keeps the most blocks it ever had; kept by the thread
+//! that freed it, it serves that thread's next allocation instead (the
+//! `threads` benchmark's larson case with eight threads, C program: a peak
+//! of 27.7 MB became 22.1 MB; with four, 12.8 MB became 11.9 MB; see
+//! docs/threads.md). With two thread heaps a deep cache made that peak
+//! 11% higher (the other heap's blocks, taken before those the thread's
+//! own heap got back), hence the line. A thread that only frees (a
+//! consumer) never pops, so its classes stay shallow: it would otherwise
+//! keep four times as much of its producer's memory for good. A deep class
+//! stays deep until its thread exits (the drain makes every class shallow
+//! again), whatever the count does meanwhile.
+//!
 //! **Double frees.** Every block the cache holds carries a mark in its
 //! second word; a free of a block with the mark scans its class and
 //! reports a double free, as the remote path's bitmap does.
@@ -49,7 +67,7 @@
 
 use core::cell::Cell;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use super::class::{is_fine_only, CLASS_SIZE, N_CLASSES};
 use super::page::{invalid_free, Block};
@@ -59,6 +77,58 @@ pub const CAP: u32 = 32;
 /// Bytes per class at most: large classes hold fewer blocks, and classes
 /// above half of it none.
 pub const CAP_BYTES: u32 = 16 << 10;
+
+/// Blocks per deep class at most (see the module documentation).
+pub const DEEP_CAP: u32 = 128;
+/// Bytes per deep class at most.
+pub const DEEP_CAP_BYTES: u32 = 64 << 10;
+/// Bytes the deep classes of one cache add to their shallow bounds, at
+/// most: with the shallow classes' 338 KiB, a thread holds at most 850 KiB
+/// of other heaps' memory. Enough for every class from 16 B to 1 KiB (480
+/// KiB more than their shallow caps, 656 KiB in all): in larson with eight
+/// threads (C program), 384 KiB (most of them) took the peak 15% below the
+/// shallow caches', 512 KiB 20%, 768 KiB no further.
+pub const DEEP_EXTRA: usize = 512 << 10;
+/// Live thread heaps from which classes become deep.
+pub const DEEP_FROM_HEAPS: usize = 4;
+
+/// Live thread heaps (attached and not given up), kept by
+/// `global::heaps`.
+static LIVE_HEAPS: AtomicUsize = AtomicUsize::new(0);
+/// Bumped whenever [`LIVE_HEAPS`] crosses [`DEEP_FROM_HEAPS`], either way:
+/// a class looks at the count again at its first pop after a bump.
+static EPOCH: AtomicU32 = AtomicU32::new(0);
+/// A class's `seen` before its first pop.
+const NEVER: u32 = u32::MAX;
+
+/// A thread heap was attached (a fresh one built or an abandoned one
+/// adopted).
+pub(crate) fn heap_attached() {
+    if LIVE_HEAPS.fetch_add(1, Ordering::Relaxed) + 1 == DEEP_FROM_HEAPS {
+        EPOCH.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A thread heap was given up (its thread exits).
+pub(crate) fn heap_detached() {
+    let was = LIVE_HEAPS.fetch_sub(1, Ordering::Relaxed);
+    debug_assert!(was > 0, "more thread heaps given up than attached");
+    if was == DEEP_FROM_HEAPS {
+        EPOCH.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Sets the count of live thread heaps (a `fork` child, whose other
+/// threads' heaps were all given up at once).
+pub(crate) fn set_live_heaps(n: usize) {
+    LIVE_HEAPS.store(n, Ordering::Relaxed);
+    EPOCH.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Live thread heaps, as the count stands.
+pub(crate) fn live_heaps() -> usize {
+    LIVE_HEAPS.load(Ordering::Relaxed)
+}
 
 /// Blocks of each class a cache holds at most: [`CAP`], or as many as fit
 /// in [`CAP_BYTES`]; none where fewer than two would, nor for the classes
@@ -84,6 +154,25 @@ static CLASS_CAP: [u32; N_CLASSES] = {
     t
 };
 
+/// Blocks a deep class holds beyond its shallow cap: up to [`DEEP_CAP`]
+/// blocks and [`DEEP_CAP_BYTES`] bytes in all; none for a class the cache
+/// does not hold.
+static DEEP_MORE: [u32; N_CLASSES] = {
+    let mut t = [0; N_CLASSES];
+    let mut c = 0;
+    while c < N_CLASSES {
+        if CLASS_CAP[c] > 0 {
+            let n = DEEP_CAP_BYTES / CLASS_SIZE[c];
+            let deep = if n > DEEP_CAP { DEEP_CAP } else { n };
+            if deep > CLASS_CAP[c] {
+                t[c] = deep - CLASS_CAP[c];
+            }
+        }
+        c += 1;
+    }
+    t
+};
+
 /// A word the cache writes into the second word of every block it holds
 /// (every block is at least 16 bytes): a block freed into the cache while
 /// it holds it is a double free, found by a scan of its class only when
@@ -96,6 +185,14 @@ pub(crate) struct RemoteCache {
     /// Blocks each class may still take: its cap less the blocks it holds
     /// (a full class is a zero, one load and test on every remote free).
     room: [Cell<u32>; N_CLASSES],
+    /// The [`EPOCH`] at each class's last pop ([`NEVER`] before the
+    /// first): a pop under another epoch looks at the heap count again.
+    seen: [Cell<u32>; N_CLASSES],
+    /// Whether each class is deep.
+    deep: [Cell<bool>; N_CLASSES],
+    /// Bytes the deep classes add to their shallow caps (at most
+    /// [`DEEP_EXTRA`]).
+    deep_bytes: Cell<usize>,
     /// Usable bytes held, all classes (written by the owner, read by
     /// statistics).
     bytes: AtomicUsize,
@@ -121,6 +218,9 @@ impl RemoteCache {
                 }
                 room
             },
+            seen: [const { Cell::new(NEVER) }; N_CLASSES],
+            deep: [const { Cell::new(false) }; N_CLASSES],
+            deep_bytes: Cell::new(0),
             bytes: AtomicUsize::new(0),
         }
     }
@@ -148,7 +248,42 @@ impl RemoteCache {
         let size = CLASS_SIZE[c] as usize;
         self.bytes
             .store(self.bytes.load(Ordering::Relaxed) - size, Ordering::Relaxed);
+        // SAFETY: as above.
+        if unsafe { self.seen.get_unchecked(c) }.get() != EPOCH.load(Ordering::Relaxed) {
+            self.reconsider(c);
+        }
         Some(b.cast())
+    }
+
+    /// The first pop of class `c` since the heap count last crossed
+    /// [`DEEP_FROM_HEAPS`]: the class becomes deep if enough thread heaps
+    /// are live and the cache's deep bytes allow it.
+    #[cold]
+    #[inline(never)]
+    fn reconsider(&self, c: usize) {
+        self.seen[c].set(EPOCH.load(Ordering::Relaxed));
+        if self.deep[c].get() || live_heaps() < DEEP_FROM_HEAPS {
+            return;
+        }
+        let more = DEEP_MORE[c];
+        let extra = more as usize * CLASS_SIZE[c] as usize;
+        if more == 0 || self.deep_bytes.get() + extra > DEEP_EXTRA {
+            return;
+        }
+        self.deep[c].set(true);
+        self.deep_bytes.set(self.deep_bytes.get() + extra);
+        self.room[c].set(self.room[c].get() + more);
+    }
+
+    /// Whether class `c` is deep now.
+    #[cfg(test)]
+    pub(crate) fn is_deep(&self, c: usize) -> bool {
+        self.deep[c].get()
+    }
+
+    /// Blocks class `c` may hold now (shallow or deep).
+    pub(crate) fn cap(&self, c: usize) -> u32 {
+        CLASS_CAP[c] + if self.deep[c].get() { DEEP_MORE[c] } else { 0 }
     }
 
     /// Takes `p`, a live block of class `c` (at least) of another thread
@@ -226,17 +361,19 @@ impl RemoteCache {
             .store(self.bytes.load(Ordering::Relaxed) + size, Ordering::Relaxed);
     }
 
-    /// Takes every block of class `c` out of the cache into `out`; returns
-    /// how many (the caller gives them back to their heaps).
+    /// Takes every block of class `c` out of the cache into `out`, and
+    /// makes the class shallow again; returns how many blocks (the caller
+    /// gives them back to their heaps).
     ///
     /// # Safety
     /// 1. The calling thread owns the cache.
-    pub(crate) unsafe fn take(&self, c: usize, out: &mut [*mut u8; CAP as usize]) -> usize {
+    pub(crate) unsafe fn take(&self, c: usize, out: &mut [*mut u8; DEEP_CAP as usize]) -> usize {
+        debug_assert!(self.cap(c) <= DEEP_CAP, "a class holds more than DEEP_CAP");
         let mut n = 0;
         let mut b = self.head[c].replace(ptr::null_mut());
         while !b.is_null() {
             // SAFETY: b is a block the cache held: read its link, clear
-            // the mark. A class holds at most CAP blocks.
+            // the mark. A class holds at most DEEP_CAP blocks.
             unsafe {
                 out[n] = b.cast();
                 let next = (*b).next;
@@ -245,6 +382,12 @@ impl RemoteCache {
             }
             n += 1;
         }
+        // Shallow again: the thread gives the cache up.
+        if self.deep[c].replace(false) {
+            self.deep_bytes
+                .set(self.deep_bytes.get() - DEEP_MORE[c] as usize * CLASS_SIZE[c] as usize);
+        }
+        self.seen[c].set(NEVER);
         self.room[c].set(CLASS_CAP[c]);
         let size = CLASS_SIZE[c] as usize;
         self.bytes.store(
@@ -280,7 +423,7 @@ impl RemoteCache {
     /// 1. The calling thread owns the cache (or is the only thread, in a
     ///    `fork` child), and `free` gives the blocks back to their heaps.
     pub(crate) unsafe fn drain(&self, mut free: impl FnMut(&mut [*mut u8])) {
-        let mut out = [ptr::null_mut(); CAP as usize];
+        let mut out = [ptr::null_mut(); DEEP_CAP as usize];
         for c in 0..N_CLASSES {
             // SAFETY: forwarded (1).
             let n = unsafe { self.take(c, &mut out) };

@@ -1276,6 +1276,121 @@ mod remote_cache {
         assert_eq!(core.stats().in_use, 0);
     }
 
+    /// With enough thread heaps live, a class the thread allocates from
+    /// (its first pop since the count crossed the line) takes up to its
+    /// deep cap; below the line, and for a class the thread only frees
+    /// into, the shallow cap holds; the deep classes add at most
+    /// `DEEP_EXTRA` bytes; the drain makes every class shallow again.
+    #[test]
+    fn classes_the_thread_allocates_from_deepen_with_many_heaps() {
+        use crate::heap::remote_cache::{
+            live_heaps, set_live_heaps, DEEP_CAP, DEEP_CAP_BYTES, DEEP_EXTRA, DEEP_FROM_HEAPS,
+        };
+        let core = heap_of(256 << 20);
+        let cache = RemoteCache::new();
+        let before = live_heaps();
+        let block = |c: usize| {
+            let b = core.alloc(Layout::from_size_align(CLASS_SIZE[c] as usize, 16).unwrap());
+            assert!(!b.is_null());
+            b
+        };
+        // Pushes blocks of class c until the cache refuses one (freed to
+        // the heap); returns how many it took.
+        let fill = |c: usize| {
+            let mut taken = 0;
+            loop {
+                let b = block(c);
+                // SAFETY: a live 16-aligned block of class c, given up once.
+                if !unsafe { cache.push(c, b) } {
+                    // SAFETY: refused: still ours.
+                    unsafe { core.free(b) };
+                    return taken;
+                }
+                taken += 1;
+            }
+        };
+        let shallow = |c: usize| (CAP_BYTES / CLASS_SIZE[c]).min(CAP);
+        let deep = |c: usize| (DEEP_CAP_BYTES / CLASS_SIZE[c]).min(DEEP_CAP);
+        let a = crate::heap::class::class_of(96).unwrap();
+        let b = crate::heap::class::class_of(48).unwrap();
+
+        // Below the line: a pop leaves the class shallow.
+        set_live_heaps(DEEP_FROM_HEAPS - 1);
+        assert_eq!(fill(a), shallow(a));
+        // SAFETY: we own the cache.
+        let p = unsafe { cache.pop(a) }.expect("a cached block").as_ptr();
+        assert!(!cache.is_deep(a));
+        // SAFETY: p is ours again.
+        assert!(unsafe { cache.push(a, p) });
+        assert_eq!(fill(a), 0, "a shallow class took more than its cap");
+
+        // On the line: the next pop deepens the class it pops from.
+        set_live_heaps(DEEP_FROM_HEAPS);
+        // SAFETY: as above.
+        let p = unsafe { cache.pop(a) }.expect("a cached block").as_ptr();
+        assert!(
+            cache.is_deep(a),
+            "a class popped from with enough heaps stayed shallow"
+        );
+        assert_eq!(cache.cap(a), deep(a));
+        // SAFETY: as above.
+        assert!(unsafe { cache.push(a, p) });
+        assert_eq!(fill(a) + shallow(a), deep(a), "a deep class's bound");
+        // A class only freed into stays shallow.
+        assert_eq!(fill(b), shallow(b));
+        assert!(!cache.is_deep(b));
+
+        // Every cached class popped from once: the deep ones add at most
+        // DEEP_EXTRA bytes, and the budget runs out before every class
+        // is deep.
+        for c in 0..N_CLASSES {
+            if c == a || cache.cap(c) == 0 {
+                continue;
+            }
+            let p = block(c);
+            // SAFETY: as above.
+            if unsafe { cache.push(c, p) } {
+                // SAFETY: we own the cache.
+                let q = unsafe { cache.pop(c) }
+                    .expect("the block just cached")
+                    .as_ptr();
+                assert_eq!(q, p);
+                // SAFETY: ours again, freed once.
+                unsafe { core.free(q) };
+            } else {
+                // SAFETY: refused: still ours.
+                unsafe { core.free(p) };
+            }
+        }
+        let extra: usize = (0..N_CLASSES)
+            .filter(|&c| cache.is_deep(c))
+            .map(|c| (deep(c) - shallow(c)) as usize * CLASS_SIZE[c] as usize)
+            .sum();
+        assert!(extra <= DEEP_EXTRA, "deep classes add {extra} bytes");
+        assert!(
+            (0..N_CLASSES).any(|c| cache.cap(c) > 0 && c != b && !cache.is_deep(c)),
+            "every class popped from went deep: the budget bound nothing"
+        );
+
+        // The drain: every block back once, every class shallow.
+        let mut drained = Vec::new();
+        // SAFETY: we own the cache; every block goes back to its heap.
+        unsafe { cache.drain(|blocks| drained.extend_from_slice(blocks)) };
+        assert_eq!(cache.bytes(), 0);
+        assert!((0..N_CLASSES).all(|c| !cache.is_deep(c)));
+        assert_eq!(cache.cap(a), shallow(a));
+        let n = drained.len();
+        drained.sort();
+        drained.dedup();
+        assert_eq!(drained.len(), n, "the drain repeated a block");
+        for p in drained {
+            // SAFETY: live blocks of the heap, freed once.
+            unsafe { core.free(p) };
+        }
+        assert_eq!(core.stats().in_use, 0);
+        set_live_heaps(before);
+    }
+
     /// Blocks freed by another thread in one sorted batch (a word of the
     /// bitmap at a time) are all counted free, and the owner allocates
     /// every one of them again; a large block in the batch takes its own
