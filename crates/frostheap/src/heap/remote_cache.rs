@@ -173,6 +173,11 @@ static DEEP_MORE: [u32; N_CLASSES] = {
     t
 };
 
+/// Bytes class `c` adds to its shallow cap when it becomes deep.
+fn deep_extra_bytes(c: usize) -> usize {
+    DEEP_MORE[c] as usize * CLASS_SIZE[c] as usize
+}
+
 /// A word the cache writes into the second word of every block it holds
 /// (every block is at least 16 bytes): a block freed into the cache while
 /// it holds it is a double free, found by a scan of its class only when
@@ -266,7 +271,7 @@ impl RemoteCache {
             return;
         }
         let more = DEEP_MORE[c];
-        let extra = more as usize * CLASS_SIZE[c] as usize;
+        let extra = deep_extra_bytes(c);
         if more == 0 || self.deep_bytes.get() + extra > DEEP_EXTRA {
             return;
         }
@@ -385,7 +390,7 @@ impl RemoteCache {
         // Shallow again: the thread gives the cache up.
         if self.deep[c].replace(false) {
             self.deep_bytes
-                .set(self.deep_bytes.get() - DEEP_MORE[c] as usize * CLASS_SIZE[c] as usize);
+                .set(self.deep_bytes.get() - deep_extra_bytes(c));
         }
         self.seen[c].set(NEVER);
         self.room[c].set(CLASS_CAP[c]);
