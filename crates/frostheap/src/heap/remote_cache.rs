@@ -76,12 +76,13 @@
 //! `threads` benchmark's larson case with eight threads, C program: a peak
 //! of 27.7 MB became 22.1 MB; with four, 12.8 MB became 11.9 MB; see
 //! docs/threads.md; measured when the C ABI, too, looked here after the
-//! current span: looked at first, with the small caps, it peaks at
-//! 20,478 KiB against 20,608 before, medians of 8 alternating runs). With two thread heaps
-//! a deep cache made that peak 11% higher (the other heap's blocks, taken
-//! before those the thread's own heap got back), hence the line. A thread
-//! that only frees (a consumer) never pops, so its classes stay shallow: it would otherwise
-//! keep four times as much of its producer's memory for good. A deep class
+//! current span: looked at first, with the small caps, it peaks at 20,478
+//! KiB against 20,608 before, medians of 8 alternating runs). With two
+//! thread heaps a deep cache made that peak 11% higher (the other heap's
+//! blocks, taken before those the thread's own heap got back), hence the
+//! line. A thread that only frees (a consumer) never pops, so its classes
+//! stay shallow: it would otherwise keep four times as much of its
+//! producer's memory for good. A deep class
 //! stays deep until its thread exits (the drain makes every class shallow
 //! again), whatever the count does meanwhile.
 //!
