@@ -1,8 +1,6 @@
 /* A thread that frees another thread's blocks hands them out again first
- * (frostheap's remote cache, which the C ABI looks at before the thread's
- * own free blocks): malloc returns the last block freed, even with a block
- * of its own free in the class, calloc returns it zeroed, and a block
- * freed twice stops the process with a
+ * (frostheap's remote cache): malloc returns the last block freed, calloc
+ * returns it zeroed, and a block freed twice stops the process with a
  * report, whether the cache holds it or, the cache full, the batch of
  * remote frees (frostheap's heap::remote_batch, whose free of a word it
  * holds is found from the block's address alone).
@@ -21,10 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* N blocks for the checks; MORE for double-batched: the cache holds 8
- * blocks of SIZE's class (112 B; FIRST_CAP in heap/remote_cache.rs), and
- * the rest go to the batch. */
-enum { N = 8, MORE = 16, CACHED = N, SIZE = 100 };
+/* N blocks for the checks; MORE for double-batched: the cache holds 32
+ * blocks of SIZE's class (112 B), and the rest go to the batch. */
+enum { N = 16, MORE = 40, CACHED = 32, SIZE = 100 };
 
 static int checks, failures;
 #define CHECK(c)                                                              \
@@ -46,7 +43,7 @@ static atomic_int made, done;
 
 static void *maker(void *arg) {
     (void)arg;
-    for (int i = 0; i < (batched ? MORE : N + 1); i++) {
+    for (int i = 0; i < (batched ? MORE : N); i++) {
         blocks[i] = malloc(SIZE);
         memset(blocks[i], 0xAB, SIZE);
     }
@@ -77,12 +74,7 @@ static void *freer(void *arg) {
         printf("survived a double free\n");
         return NULL;
     }
-    /* A block of its own free in the class: the cache's come first all
-     * the same. */
-    void *own = malloc(SIZE);
-    free(own);
-    /* The class takes N (its cap), and the last goes back to its heap. */
-    for (int i = 0; i < N + 1; i++) free(blocks[i]);
+    for (int i = 0; i < N; i++) free(blocks[i]);
     unsigned char *z = calloc(1, SIZE);
     CHECK(z == blocks[N - 1]);
     int zero = 1;
@@ -91,14 +83,6 @@ static void *freer(void *arg) {
     unsigned char *m = malloc(SIZE);
     CHECK(m == blocks[N - 2]);
     CHECK(malloc_usable_size(m) >= SIZE);
-    /* The cache's other blocks, last freed first; then its own. */
-    void *next[N - 2];
-    for (int i = 0; i < N - 2; i++) next[i] = malloc(SIZE);
-    CHECK(next[N - 3] == blocks[0]);
-    void *after = malloc(SIZE);
-    CHECK(after == own);
-    free(after);
-    for (int i = 0; i < N - 2; i++) free(next[i]);
     memset(m, 1, SIZE);
     /* realloc of a block of another heap held by this thread moves it. */
     unsigned char *r = realloc(m, 3 * SIZE);

@@ -36,8 +36,6 @@ pub fn on_main_thread() -> bool {
 pub fn serving_c() {
     AUTO_HUGE_PAGES.store(false, Ordering::Relaxed);
     C_ABI.store(true, Ordering::Relaxed);
-    // `Local::malloc` looks at the remote cache first.
-    crate::heap::remote_cache::set_looked_at_first();
 }
 
 /// The calling thread's own heap (the main heap for the main thread). Only
@@ -120,13 +118,10 @@ impl Local {
         unsafe { self.alloc_c::<false>(size) }
     }
 
-    /// [`Local::malloc`] and [`Local::calloc`]: other thread heaps' blocks
-    /// this thread freed first (see `heap::remote_cache`: so that few of
-    /// its frees of such blocks find the cache full and take the remote
-    /// path; a thread that frees none pays a load and a branch, which a
-    /// call through the PLT hides, unlike `Global`'s inlined path, which
-    /// looks there after the current span); then the current span's pop;
-    /// then the refill.
+    /// [`Local::malloc`] and [`Local::calloc`]: the current span's pop;
+    /// when it is dry, other thread heaps' blocks this thread freed (see
+    /// `heap::remote_cache`; looked at after the pop, so that a thread that
+    /// frees no other thread's blocks pays nothing); then the refill.
     ///
     /// # Safety
     /// 1. As [`Local::malloc`].
@@ -136,9 +131,9 @@ impl Local {
         if let Some(c) = class_of_lookup(size) {
             // SAFETY: (1): that thread owns the heap and its cache.
             let p = unsafe {
-                match self.0.remote_cache.pop(c) {
+                match core.try_alloc_small_as_owner(c) {
                     Some(p) => Some(p),
-                    None => core.try_alloc_small_as_owner(c),
+                    None => self.0.remote_cache.pop(c),
                 }
             };
             if let Some(p) = p {

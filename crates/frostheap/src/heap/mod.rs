@@ -130,9 +130,7 @@ impl HeapInner {
         // SAFETY: the core is written; the other fields are written here,
         // once each, so the whole heap is.
         unsafe {
-            (&raw mut (*p).remote_cache).write(remote_cache::RemoteCache::new(
-                remote_cache::looked_at_first(),
-            ));
+            (&raw mut (*p).remote_cache).write(remote_cache::RemoteCache::new());
             (&raw mut (*p).remote_batch).write(remote_batch::RemoteBatch::new());
             (&raw mut (*p).name).write(name);
             (&raw mut (*p).entry).write(None);

@@ -1,8 +1,7 @@
 //! A thread's cache of blocks of *other* thread heaps that it freed, which
-//! it hands out again for its own allocations of the same class instead
-//! of sending them back to their heaps: before its current span's free
-//! blocks under the C ABI, after them (when the span is dry, before a
-//! refill) in `Global`.
+//! it hands out again for its own allocations of the same class (when its
+//! current span of the class is dry, before a refill) instead of sending
+//! them back to their heaps.
 //!
 //! On the remote path ([`super::remote`]) a block freed by a thread other
 //! than its owner costs one or two atomic ORs on lines the owner also
@@ -32,38 +31,14 @@
 //! heap lent from a larger class). The limit is not involved: it counts
 //! commits.
 //!
-//! **Order and bounds.** Where the fast path looks here sets how much the
-//! cache may hold; both were measured together (docs/threads.md, the C
-//! program of the `threads` benchmark's larson case, two threads):
-//!
-//! - Looked at only once the current span ran dry, the cache fills and
-//!   stays full: the thread's own free blocks serve it first, so most of
-//!   its frees of other heaps' blocks find their class full, take the
-//!   remote path, and reach their owner through its bitmap. Such a cache
-//!   needs room: [`CAP`] blocks and [`CAP_BYTES`] bytes a class (classes
-//!   above 8 KiB none), at most 338 KiB of other heaps' memory a thread
-//!   (32 classes, all full), typically a few KiB. Half as much made
-//!   larson 9% slower with `Global`.
-//! - Looked at first, it empties as fast as it fills and few frees take
-//!   the remote path: 46–47 ns an operation became 42–43 (jemalloc:
-//!   41–42). With the caps above the peak then rose 11% (the thread's own
-//!   free blocks wait while it serves other heaps'); with [`FIRST_CAP`]
-//!   blocks and [`FIRST_CAP_BYTES`] bytes a class (classes above 2 KiB
-//!   none: at most 53 KiB a thread) it stays within 3%.
-//!
-//! The C ABI looks first ([`set_looked_at_first`], from its constructor,
-//! before any heap is made): its `malloc` is a call through the PLT, where
-//! a load and a branch for a thread that frees no other heap's blocks do
-//! not show. `Global` looks after the current span: its path is inlined
-//! into every caller, and the same load and branch made the `alloc`
-//! benchmark's alloc+free pairs 1.10× slower. A free into a full class
-//! takes the remote path.
-//!
-//! The cache empties when its thread exits (`global::heaps::detach`),
-//! sorted, so that blocks sharing a word of their heap's remote-free
-//! bitmap are published with one atomic OR (`Remote::free_sorted`); a
-//! heap adopted after a `fork` keeps the cache it had, whose blocks are
-//! still live.
+//! **Bounds.** Each class holds at most [`CAP`] blocks and [`CAP_BYTES`]
+//! bytes, and classes above 8 KiB none, so a thread holds at most 338 KiB
+//! of other heaps' memory (32 classes, all full), typically a few KiB; a
+//! free into a full class takes the remote path. The cache empties when its
+//! thread exits (`global::heaps::detach`), sorted, so that blocks sharing a
+//! word of their heap's remote-free bitmap are published with one atomic
+//! OR (`Remote::free_sorted`); a heap adopted after a `fork` keeps the
+//! cache it had, whose blocks are still live.
 //!
 //! **Deep classes, with many thread heaps.** While [`DEEP_FROM_HEAPS`] or
 //! more thread heaps are live, a class the thread *allocates* from (its
@@ -75,14 +50,11 @@
 //! that freed it, it serves that thread's next allocation instead (the
 //! `threads` benchmark's larson case with eight threads, C program: a peak
 //! of 27.7 MB became 22.1 MB; with four, 12.8 MB became 11.9 MB; see
-//! docs/threads.md; measured when the C ABI, too, looked here after the
-//! current span: looked at first, with the small caps, it peaks at 20,478
-//! KiB against 20,608 before, medians of 8 alternating runs). With two
-//! thread heaps a deep cache made that peak 11% higher (the other heap's
-//! blocks, taken before those the thread's own heap got back), hence the
-//! line. A thread that only frees (a consumer) never pops, so its classes
-//! stay shallow: it would otherwise keep four times as much of its
-//! producer's memory for good. A deep class
+//! docs/threads.md). With two thread heaps a deep cache made that peak
+//! 11% higher (the other heap's blocks, taken before those the thread's
+//! own heap got back), hence the line. A thread that only frees (a
+//! consumer) never pops, so its classes stay shallow: it would otherwise
+//! keep four times as much of its producer's memory for good. A deep class
 //! stays deep until its thread exits (the drain makes every class shallow
 //! again), whatever the count does meanwhile.
 //!
@@ -95,21 +67,16 @@
 
 use core::cell::Cell;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use super::class::{is_fine_only, CLASS_SIZE, N_CLASSES};
 use super::page::{invalid_free, Block};
 
-/// Blocks per class at most, in a cache looked at after the current span.
+/// Blocks per class at most.
 pub const CAP: u32 = 32;
-/// Bytes per class at most, in a cache looked at after the current span:
-/// large classes hold fewer blocks, and classes above half of it none.
+/// Bytes per class at most: large classes hold fewer blocks, and classes
+/// above half of it none.
 pub const CAP_BYTES: u32 = 16 << 10;
-/// Blocks per class at most, in a cache looked at first (see the module
-/// documentation: there, 32 made larson's peak 11% higher).
-pub const FIRST_CAP: u32 = 8;
-/// Bytes per class at most, in a cache looked at first.
-pub const FIRST_CAP_BYTES: u32 = 4 << 10;
 
 /// Blocks per deep class at most (see the module documentation).
 pub const DEEP_CAP: u32 = 128;
@@ -117,13 +84,10 @@ pub const DEEP_CAP: u32 = 128;
 pub const DEEP_CAP_BYTES: u32 = 64 << 10;
 /// Bytes the deep classes of one cache add to their shallow bounds, at
 /// most: with the shallow classes' 338 KiB, a thread holds at most 850 KiB
-/// of other heaps' memory (565 KiB with the caps of a cache looked at
-/// first). Enough for every class from 16 B to 1 KiB over the caps of a
-/// cache looked at after the current span (480 KiB more than those caps,
-/// 656 KiB in all; over the small caps they would add 600 KiB): in larson
-/// with eight threads (C program, with those caps), 384 KiB (most of them)
-/// took the peak 15% below the shallow caches', 512 KiB 20%, 768 KiB no
-/// further.
+/// of other heaps' memory. Enough for every class from 16 B to 1 KiB (480
+/// KiB more than their shallow caps, 656 KiB in all): in larson with eight
+/// threads (C program), 384 KiB (most of them) took the peak 15% below the
+/// shallow caches', 512 KiB 20%, 768 KiB no further.
 pub const DEEP_EXTRA: usize = 512 << 10;
 /// Live thread heaps from which classes become deep.
 pub const DEEP_FROM_HEAPS: usize = 4;
@@ -166,65 +130,52 @@ pub(crate) fn live_heaps() -> usize {
     LIVE_HEAPS.load(Ordering::Relaxed)
 }
 
-/// A cache's bounds per class, for the order its fast path looks at it.
-pub(crate) struct Caps {
-    /// Blocks each class holds at most while shallow: the cap, or as many
-    /// as fit in the byte cap; none where fewer than two would, nor for
-    /// the classes only large heaps have ([`is_fine_only`]: a cache of
-    /// their blocks would raise the bound a thread's cache holds by half,
-    /// for blocks that go back to their heap anyway).
-    shallow: [u32; N_CLASSES],
-    /// Blocks a deep class holds beyond its shallow cap: up to
-    /// [`DEEP_CAP`] blocks and [`DEEP_CAP_BYTES`] bytes in all; none for a
-    /// class the cache does not hold.
-    deep_more: [u32; N_CLASSES],
-}
-
-const fn caps(cap: u32, cap_bytes: u32) -> Caps {
-    let mut shallow = [0; N_CLASSES];
-    let mut deep_more = [0; N_CLASSES];
+/// Blocks of each class a cache holds at most: [`CAP`], or as many as fit
+/// in [`CAP_BYTES`]; none where fewer than two would, nor for the classes
+/// only large heaps have ([`is_fine_only`]: a cache of their blocks would
+/// raise the bound a thread's cache holds by half, for blocks that go
+/// back to their heap anyway).
+static CLASS_CAP: [u32; N_CLASSES] = {
+    let mut t = [0; N_CLASSES];
     let mut c = 0;
     while c < N_CLASSES {
-        let n = cap_bytes / CLASS_SIZE[c];
-        shallow[c] = if is_fine_only(c) {
+        let n = CAP_BYTES / CLASS_SIZE[c];
+        t[c] = if is_fine_only(c) {
             0
-        } else if n > cap {
-            cap
+        } else if n > CAP {
+            CAP
         } else if n < 2 {
             0
         } else {
             n
         };
-        if shallow[c] > 0 {
+        c += 1;
+    }
+    t
+};
+
+/// Blocks a deep class holds beyond its shallow cap: up to [`DEEP_CAP`]
+/// blocks and [`DEEP_CAP_BYTES`] bytes in all; none for a class the cache
+/// does not hold.
+static DEEP_MORE: [u32; N_CLASSES] = {
+    let mut t = [0; N_CLASSES];
+    let mut c = 0;
+    while c < N_CLASSES {
+        if CLASS_CAP[c] > 0 {
             let n = DEEP_CAP_BYTES / CLASS_SIZE[c];
             let deep = if n > DEEP_CAP { DEEP_CAP } else { n };
-            if deep > shallow[c] {
-                deep_more[c] = deep - shallow[c];
+            if deep > CLASS_CAP[c] {
+                t[c] = deep - CLASS_CAP[c];
             }
         }
         c += 1;
     }
-    Caps { shallow, deep_more }
-}
+    t
+};
 
-/// The bounds of a cache looked at after the current span ([`CAP`],
-/// [`CAP_BYTES`]), then of one looked at first ([`FIRST_CAP`],
-/// [`FIRST_CAP_BYTES`]): indexed by [`RemoteCache::first`].
-static CAPS: [Caps; 2] = [caps(CAP, CAP_BYTES), caps(FIRST_CAP, FIRST_CAP_BYTES)];
-
-/// Whether the caches made from now on are looked at first (the C ABI's
-/// fast paths look there first; `Global`'s after the current span).
-static LOOKED_AT_FIRST: AtomicBool = AtomicBool::new(false);
-
-/// The process's fast paths look at the cache first (the C ABI, before
-/// any heap is made): the caches made from now on take the small caps.
-pub(crate) fn set_looked_at_first() {
-    LOOKED_AT_FIRST.store(true, Ordering::Relaxed);
-}
-
-/// Whether caches made now are looked at first.
-pub(crate) fn looked_at_first() -> bool {
-    LOOKED_AT_FIRST.load(Ordering::Relaxed)
+/// Bytes class `c` adds to its shallow cap when it becomes deep.
+fn deep_extra_bytes(c: usize) -> usize {
+    DEEP_MORE[c] as usize * CLASS_SIZE[c] as usize
 }
 
 /// A word the cache writes into the second word of every block it holds
@@ -250,9 +201,6 @@ pub(crate) struct RemoteCache {
     /// Usable bytes held, all classes (written by the owner, read by
     /// statistics).
     bytes: AtomicUsize,
-    /// Whether the fast paths look here first, which picks the bounds
-    /// (an index into [`CAPS`]).
-    first: bool,
 }
 
 // SAFETY: the `Cell`s are touched only by the thread that owns the heap the
@@ -263,17 +211,14 @@ unsafe impl Sync for RemoteCache {}
 unsafe impl Send for RemoteCache {}
 
 impl RemoteCache {
-    /// An empty cache, bounded for a fast path that looks at it `first`
-    /// (before the current span: [`looked_at_first`]) or after.
-    pub(crate) const fn new(first: bool) -> RemoteCache {
-        let shallow = &CAPS[first as usize].shallow;
+    pub(crate) const fn new() -> RemoteCache {
         RemoteCache {
             head: [const { Cell::new(ptr::null_mut()) }; N_CLASSES],
             room: {
                 let mut room = [const { Cell::new(0) }; N_CLASSES];
                 let mut c = 0;
                 while c < N_CLASSES {
-                    room[c] = Cell::new(shallow[c]);
+                    room[c] = Cell::new(CLASS_CAP[c]);
                     c += 1;
                 }
                 room
@@ -282,19 +227,11 @@ impl RemoteCache {
             deep: [const { Cell::new(false) }; N_CLASSES],
             deep_bytes: Cell::new(0),
             bytes: AtomicUsize::new(0),
-            first,
         }
     }
 
-    /// This cache's bounds.
-    fn caps(&self) -> &'static Caps {
-        &CAPS[self.first as usize]
-    }
-
     /// A cached block of class `c` (at least `CLASS_SIZE[c]` usable bytes,
-    /// aligned to 16), if any. Only the test is inline, which is all a
-    /// thread that frees no other heap's blocks pays where the fast path
-    /// looks here first (the C ABI's).
+    /// aligned to 16), if any.
     ///
     /// # Safety
     /// 1. The calling thread owns the cache.
@@ -302,32 +239,25 @@ impl RemoteCache {
     pub(crate) unsafe fn pop(&self, c: usize) -> Option<NonNull<u8>> {
         debug_assert!(c < N_CLASSES, "class out of range");
         // SAFETY: c < N_CLASSES (the caller's class).
-        let b = NonNull::new(unsafe { self.head.get_unchecked(c) }.get())?;
-        // SAFETY: forwarded (1); b heads class c's list.
-        Some(unsafe { self.pop_held(c, b) })
-    }
-
-    /// [`RemoteCache::pop`] of `b`, the head of class `c`'s list.
-    ///
-    /// # Safety
-    /// 1. The calling thread owns the cache; `b` heads class `c`'s list.
-    #[inline(never)]
-    unsafe fn pop_held(&self, c: usize, b: NonNull<Block>) -> NonNull<u8> {
+        let head = unsafe { self.head.get_unchecked(c) };
+        let b = NonNull::new(head.get())?;
         // SAFETY: b is a block this cache holds: its first word is the link
         // and its second word is the cache's mark, which is cleared here.
         unsafe {
-            self.head[c].set((*b.as_ptr()).next);
+            head.set((*b.as_ptr()).next);
             b.as_ptr().cast::<usize>().add(1).write(0);
         }
-        let room = &self.room[c];
+        // SAFETY: as above.
+        let room = unsafe { self.room.get_unchecked(c) };
         room.set(room.get() + 1);
         let size = CLASS_SIZE[c] as usize;
         self.bytes
             .store(self.bytes.load(Ordering::Relaxed) - size, Ordering::Relaxed);
-        if self.seen[c].get() != EPOCH.load(Ordering::Relaxed) {
+        // SAFETY: as above.
+        if unsafe { self.seen.get_unchecked(c) }.get() != EPOCH.load(Ordering::Relaxed) {
             self.reconsider(c);
         }
-        b.cast()
+        Some(b.cast())
     }
 
     /// The first pop of class `c` since the heap count last crossed
@@ -340,19 +270,14 @@ impl RemoteCache {
         if self.deep[c].get() || live_heaps() < DEEP_FROM_HEAPS {
             return;
         }
-        let more = self.caps().deep_more[c];
-        let extra = self.deep_extra_bytes(c);
+        let more = DEEP_MORE[c];
+        let extra = deep_extra_bytes(c);
         if more == 0 || self.deep_bytes.get() + extra > DEEP_EXTRA {
             return;
         }
         self.deep[c].set(true);
         self.deep_bytes.set(self.deep_bytes.get() + extra);
         self.room[c].set(self.room[c].get() + more);
-    }
-
-    /// Bytes class `c` adds to its shallow cap when it becomes deep.
-    fn deep_extra_bytes(&self, c: usize) -> usize {
-        self.caps().deep_more[c] as usize * CLASS_SIZE[c] as usize
     }
 
     /// Whether class `c` is deep now.
@@ -363,12 +288,7 @@ impl RemoteCache {
 
     /// Blocks class `c` may hold now (shallow or deep).
     pub(crate) fn cap(&self, c: usize) -> u32 {
-        self.caps().shallow[c]
-            + if self.deep[c].get() {
-                self.caps().deep_more[c]
-            } else {
-                0
-            }
+        CLASS_CAP[c] + if self.deep[c].get() { DEEP_MORE[c] } else { 0 }
     }
 
     /// Takes `p`, a live block of class `c` (at least) of another thread
@@ -377,10 +297,9 @@ impl RemoteCache {
     ///
     /// A full class is left as it is rather than given back to make room: a
     /// thread that frees more of a class than it allocates (a consumer) has
-    /// a full class for good, and giving a class's blocks back each time it
-    /// filled (32 blocks then), even a bitmap word at a time, measured
-    /// slower in the producer/consumer case of the `threads` benchmark than
-    /// the remote path block by block.
+    /// a full class for good, and giving 32 blocks back every 32 frees, even
+    /// a bitmap word at a time, measured slower in the producer/consumer
+    /// case of the `threads` benchmark than the remote path block by block.
     ///
     /// # Safety
     /// 1. The calling thread owns the cache; `c` is a class (below
@@ -471,10 +390,10 @@ impl RemoteCache {
         // Shallow again: the thread gives the cache up.
         if self.deep[c].replace(false) {
             self.deep_bytes
-                .set(self.deep_bytes.get() - self.deep_extra_bytes(c));
+                .set(self.deep_bytes.get() - deep_extra_bytes(c));
         }
         self.seen[c].set(NEVER);
-        self.room[c].set(self.caps().shallow[c]);
+        self.room[c].set(CLASS_CAP[c]);
         let size = CLASS_SIZE[c] as usize;
         self.bytes.store(
             self.bytes.load(Ordering::Relaxed) - n * size,

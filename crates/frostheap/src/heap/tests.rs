@@ -1188,7 +1188,7 @@ mod remote_cache {
     #[test]
     fn the_cache_is_lifo_per_class_bounded_and_drains_everything() {
         let core = heap_of(64 << 20);
-        let cache = RemoteCache::new(false);
+        let cache = RemoteCache::new();
         let c = crate::heap::class::class_of(96).unwrap();
         let layout = Layout::from_size_align(96, 16).unwrap();
         let blocks: Vec<*mut u8> = (0..CAP as usize + 5).map(|_| core.alloc(layout)).collect();
@@ -1237,51 +1237,43 @@ mod remote_cache {
     }
 
     /// What one thread can hold of other heaps' memory at most: every
-    /// class filled until it refuses, in a cache looked at after the
-    /// current span (`Global`'s) and in one looked at first (the C ABI's).
+    /// class filled until it refuses.
     #[test]
-    fn a_full_cache_holds_at_most_338_kib_or_53_kib_looked_at_first() {
-        use crate::heap::remote_cache::{FIRST_CAP, FIRST_CAP_BYTES};
-        for (first, cap, cap_bytes, most) in [
-            (false, CAP, CAP_BYTES, 345_984),
-            (true, FIRST_CAP, FIRST_CAP_BYTES, 54_528),
-        ] {
-            let core = heap_of(64 << 20);
-            let cache = RemoteCache::new(first);
-            let mut refused = Vec::new();
-            for (c, &size) in CLASS_SIZE.iter().enumerate() {
-                let layout = Layout::from_size_align(size as usize, 16).unwrap();
-                for _ in 0..=cap {
-                    let b = core.alloc(layout);
-                    assert!(!b.is_null());
-                    // SAFETY: a live 16-aligned block of class c, given up
-                    // once.
-                    if !unsafe { cache.push(c, b) } {
-                        refused.push(b);
-                        break;
-                    }
+    fn a_full_cache_holds_at_most_338_kib() {
+        let core = heap_of(64 << 20);
+        let cache = RemoteCache::new();
+        let mut refused = Vec::new();
+        for (c, &size) in CLASS_SIZE.iter().enumerate() {
+            let layout = Layout::from_size_align(size as usize, 16).unwrap();
+            for _ in 0..=CAP {
+                let b = core.alloc(layout);
+                assert!(!b.is_null());
+                // SAFETY: a live 16-aligned block of class c, given up once.
+                if !unsafe { cache.push(c, b) } {
+                    refused.push(b);
+                    break;
                 }
             }
-            assert_eq!(
-                refused.len(),
-                N_CLASSES,
-                "a class took more than {cap} blocks (first: {first})"
-            );
-            assert_eq!(
-                cache.bytes(),
-                most,
-                "a full cache holds {} bytes (first: {first})",
-                cache.bytes()
-            );
-            assert!(CLASS_SIZE.iter().any(|&s| s > cap_bytes / 2));
-            // SAFETY: we own the cache; every block goes back to its heap.
-            unsafe { cache.drain(|blocks| refused.extend_from_slice(blocks)) };
-            for p in refused {
-                // SAFETY: live blocks of the heap, freed once.
-                unsafe { core.free(p) };
-            }
-            assert_eq!(core.stats().in_use, 0);
         }
+        assert_eq!(
+            refused.len(),
+            N_CLASSES,
+            "a class took more than CAP blocks"
+        );
+        assert_eq!(
+            cache.bytes(),
+            345_984,
+            "a full cache holds {} bytes",
+            cache.bytes()
+        );
+        assert!(CLASS_SIZE.iter().filter(|&&s| s > CAP_BYTES / 2).count() > 0);
+        // SAFETY: we own the cache; every block goes back to its heap.
+        unsafe { cache.drain(|blocks| refused.extend_from_slice(blocks)) };
+        for p in refused {
+            // SAFETY: live blocks of the heap, freed once.
+            unsafe { core.free(p) };
+        }
+        assert_eq!(core.stats().in_use, 0);
     }
 
     /// With enough thread heaps live, a class the thread allocates from
@@ -1291,20 +1283,11 @@ mod remote_cache {
     /// `DEEP_EXTRA` bytes; the drain makes every class shallow again.
     #[test]
     fn classes_the_thread_allocates_from_deepen_with_many_heaps() {
-        use crate::heap::remote_cache::{FIRST_CAP, FIRST_CAP_BYTES};
-        deepen(false, CAP, CAP_BYTES);
-        deepen(true, FIRST_CAP, FIRST_CAP_BYTES);
-    }
-
-    /// [`classes_the_thread_allocates_from_deepen_with_many_heaps`] for a
-    /// cache looked at `first` or not, whose shallow caps are `cap` blocks
-    /// and `cap_bytes` bytes.
-    fn deepen(first: bool, cap: u32, cap_bytes: u32) {
         use crate::heap::remote_cache::{
             live_heaps, set_live_heaps, DEEP_CAP, DEEP_CAP_BYTES, DEEP_EXTRA, DEEP_FROM_HEAPS,
         };
         let core = heap_of(256 << 20);
-        let cache = RemoteCache::new(first);
+        let cache = RemoteCache::new();
         let before = live_heaps();
         let block = |c: usize| {
             let b = core.alloc(Layout::from_size_align(CLASS_SIZE[c] as usize, 16).unwrap());
@@ -1326,7 +1309,7 @@ mod remote_cache {
                 taken += 1;
             }
         };
-        let shallow = |c: usize| (cap_bytes / CLASS_SIZE[c]).min(cap);
+        let shallow = |c: usize| (CAP_BYTES / CLASS_SIZE[c]).min(CAP);
         let deep = |c: usize| (DEEP_CAP_BYTES / CLASS_SIZE[c]).min(DEEP_CAP);
         let a = crate::heap::class::class_of(96).unwrap();
         let b = crate::heap::class::class_of(48).unwrap();
