@@ -58,6 +58,28 @@
 //! stays deep until its thread exits (the drain makes every class shallow
 //! again), whatever the count does meanwhile.
 //!
+//! **Medium classes, with two or three thread heaps.** While
+//! [`MEDIUM_FROM_HEAPS`] or more thread heaps are live, a shallow class the
+//! thread pops from while it is full becomes medium: up to [`MEDIUM_CAP`]
+//! blocks and [`MEDIUM_CAP_BYTES`] bytes, within the same [`DEEP_EXTRA`]
+//! (every class of 16 B – 1 KiB medium adds 160 KiB). A full class that is
+//! also allocated from is one the thread frees other heaps' blocks into
+//! faster than it takes them out; there every free past the cap takes the
+//! remote path, a cross-core line or two per block (the larson case with
+//! two threads: one free of other heaps' blocks in 14 took it, one in 56
+//! with medium classes; C program, 24 alternating rounds, 0.91× the
+//! time, peak within its spread). Not on a thread that may run on one CPU only (its affinity
+//! mask, read once per epoch of the count): with two threads sharing a
+//! CPU, a cache that large made larson 1.38× slower (no line crosses
+//! cores there, and the thread's allocations take more of the other
+//! heap's blocks, colder than its own). Not from a pop that finds room: a
+//! thread that frees a little of the previous threads' memory and
+//! allocates a little (the `spawn` case) would keep more of it until it
+//! exits (a medium class at every pop: peak +3%). Nor on a consumer, which
+//! never pops. With the caps of every class raised to the medium ones, the
+//! producer/consumer peaks rose 4–7% and `spawn`'s with eight threads
+//! 10% (see docs/threads.md).
+//!
 //! **Double frees.** Every block the cache holds carries a mark in its
 //! second word; a free of a block with the mark scans its class and
 //! reports a double free, as the remote path's bitmap does.
@@ -82,15 +104,30 @@ pub const CAP_BYTES: u32 = 16 << 10;
 pub const DEEP_CAP: u32 = 128;
 /// Bytes per deep class at most.
 pub const DEEP_CAP_BYTES: u32 = 64 << 10;
-/// Bytes the deep classes of one cache add to their shallow bounds, at
-/// most: with the shallow classes' 338 KiB, a thread holds at most 850 KiB
-/// of other heaps' memory. Enough for every class from 16 B to 1 KiB (480
-/// KiB more than their shallow caps, 656 KiB in all): in larson with eight
-/// threads (C program), 384 KiB (most of them) took the peak 15% below the
-/// shallow caches', 512 KiB 20%, 768 KiB no further.
+/// Bytes the medium and deep classes of one cache add to their shallow
+/// bounds, at most: with the shallow classes' 338 KiB, a thread holds at
+/// most 850 KiB of other heaps' memory. Enough for every class from 16 B
+/// to 1 KiB deep (480 KiB more than their shallow caps, 656 KiB in all):
+/// in larson with eight threads (C program), 384 KiB (most of them) took
+/// the peak 15% below the shallow caches', 512 KiB 20%, 768 KiB no
+/// further.
 pub const DEEP_EXTRA: usize = 512 << 10;
-/// Live thread heaps from which classes become deep.
+/// Live thread heaps from which classes become deep (a deep class that
+/// does not fit in [`DEEP_EXTRA`] goes medium if that fits).
 pub const DEEP_FROM_HEAPS: usize = 4;
+
+/// Blocks per medium class at most (see the module documentation).
+pub const MEDIUM_CAP: u32 = 64;
+/// Bytes per medium class at most.
+pub const MEDIUM_CAP_BYTES: u32 = 32 << 10;
+/// Live thread heaps from which classes become medium, on a thread that
+/// may run on more than one CPU.
+pub const MEDIUM_FROM_HEAPS: usize = 2;
+
+/// A class's depth: its cap is [`CLASS_CAP`] plus its level's extra.
+const SHALLOW: u8 = 0;
+const MEDIUM: u8 = 1;
+const DEEP: u8 = 2;
 
 /// Live thread heaps (attached and not given up), kept by
 /// `global::heaps`.
@@ -154,28 +191,35 @@ static CLASS_CAP: [u32; N_CLASSES] = {
     t
 };
 
-/// Blocks a deep class holds beyond its shallow cap: up to [`DEEP_CAP`]
-/// blocks and [`DEEP_CAP_BYTES`] bytes in all; none for a class the cache
-/// does not hold.
-static DEEP_MORE: [u32; N_CLASSES] = {
+/// Blocks a class of each level holds beyond its shallow cap: up to the
+/// level's blocks ([`MEDIUM_CAP`], [`DEEP_CAP`]) and bytes
+/// ([`MEDIUM_CAP_BYTES`], [`DEEP_CAP_BYTES`]) in all; none for a shallow
+/// class or a class the cache does not hold.
+static MORE: [[u32; N_CLASSES]; 3] = [
+    [0; N_CLASSES],
+    more_than_shallow(MEDIUM_CAP, MEDIUM_CAP_BYTES),
+    more_than_shallow(DEEP_CAP, DEEP_CAP_BYTES),
+];
+
+const fn more_than_shallow(cap: u32, cap_bytes: u32) -> [u32; N_CLASSES] {
     let mut t = [0; N_CLASSES];
     let mut c = 0;
     while c < N_CLASSES {
         if CLASS_CAP[c] > 0 {
-            let n = DEEP_CAP_BYTES / CLASS_SIZE[c];
-            let deep = if n > DEEP_CAP { DEEP_CAP } else { n };
-            if deep > CLASS_CAP[c] {
-                t[c] = deep - CLASS_CAP[c];
+            let n = cap_bytes / CLASS_SIZE[c];
+            let level = if n > cap { cap } else { n };
+            if level > CLASS_CAP[c] {
+                t[c] = level - CLASS_CAP[c];
             }
         }
         c += 1;
     }
     t
-};
+}
 
-/// Bytes class `c` adds to its shallow cap when it becomes deep.
-fn deep_extra_bytes(c: usize) -> usize {
-    DEEP_MORE[c] as usize * CLASS_SIZE[c] as usize
+/// Bytes class `c` at `level` adds to its shallow cap.
+fn extra_bytes(c: usize, level: u8) -> usize {
+    MORE[level as usize][c] as usize * CLASS_SIZE[c] as usize
 }
 
 /// A word the cache writes into the second word of every block it holds
@@ -193,11 +237,15 @@ pub(crate) struct RemoteCache {
     /// The [`EPOCH`] at each class's last pop ([`NEVER`] before the
     /// first): a pop under another epoch looks at the heap count again.
     seen: [Cell<u32>; N_CLASSES],
-    /// Whether each class is deep.
-    deep: [Cell<bool>; N_CLASSES],
-    /// Bytes the deep classes add to their shallow caps (at most
-    /// [`DEEP_EXTRA`]).
+    /// Each class's level: [`SHALLOW`], [`MEDIUM`] or [`DEEP`].
+    level: [Cell<u8>; N_CLASSES],
+    /// Bytes the medium and deep classes add to their shallow caps (at
+    /// most [`DEEP_EXTRA`]).
     deep_bytes: Cell<usize>,
+    /// The [`EPOCH`] at which the thread's CPUs were last counted
+    /// ([`NEVER`] before), and whether they were more than one.
+    cpus_seen: Cell<u32>,
+    several_cpus: Cell<bool>,
     /// Usable bytes held, all classes (written by the owner, read by
     /// statistics).
     bytes: AtomicUsize,
@@ -224,8 +272,10 @@ impl RemoteCache {
                 room
             },
             seen: [const { Cell::new(NEVER) }; N_CLASSES],
-            deep: [const { Cell::new(false) }; N_CLASSES],
+            level: [const { Cell::new(SHALLOW) }; N_CLASSES],
             deep_bytes: Cell::new(0),
+            cpus_seen: Cell::new(NEVER),
+            several_cpus: Cell::new(false),
             bytes: AtomicUsize::new(0),
         }
     }
@@ -249,46 +299,70 @@ impl RemoteCache {
         }
         // SAFETY: as above.
         let room = unsafe { self.room.get_unchecked(c) };
+        let was_full = room.get() == 0;
         room.set(room.get() + 1);
         let size = CLASS_SIZE[c] as usize;
         self.bytes
             .store(self.bytes.load(Ordering::Relaxed) - size, Ordering::Relaxed);
         // SAFETY: as above.
-        if unsafe { self.seen.get_unchecked(c) }.get() != EPOCH.load(Ordering::Relaxed) {
-            self.reconsider(c);
+        let seen = unsafe { self.seen.get_unchecked(c) }.get();
+        if (was_full && self.level[c].get() == SHALLOW) || seen != EPOCH.load(Ordering::Relaxed) {
+            self.reconsider(c, was_full);
         }
         Some(b.cast())
     }
 
     /// The first pop of class `c` since the heap count last crossed
-    /// [`DEEP_FROM_HEAPS`]: the class becomes deep if enough thread heaps
-    /// are live and the cache's deep bytes allow it.
+    /// [`DEEP_FROM_HEAPS`], or a pop from the class full (`full`) while it
+    /// is shallow: the class goes as deep as the count, the thread's CPUs
+    /// and the cache's bytes beyond its shallow caps allow (never
+    /// shallower: see the module documentation).
     #[cold]
     #[inline(never)]
-    fn reconsider(&self, c: usize) {
-        self.seen[c].set(EPOCH.load(Ordering::Relaxed));
-        if self.deep[c].get() || live_heaps() < DEEP_FROM_HEAPS {
+    fn reconsider(&self, c: usize, full: bool) {
+        let epoch = EPOCH.load(Ordering::Relaxed);
+        self.seen[c].set(epoch);
+        let live = live_heaps();
+        let want = if live >= DEEP_FROM_HEAPS {
+            DEEP
+        } else if full && live >= MEDIUM_FROM_HEAPS && self.several_cpus(epoch) {
+            MEDIUM
+        } else {
             return;
+        };
+        let have = self.level[c].get();
+        // The deepest level above the class's own that the bytes allow.
+        for level in (have + 1..=want).rev() {
+            let more = MORE[level as usize][c] - MORE[have as usize][c];
+            let add = extra_bytes(c, level) - extra_bytes(c, have);
+            if more > 0 && self.deep_bytes.get() + add <= DEEP_EXTRA {
+                self.level[c].set(level);
+                self.deep_bytes.set(self.deep_bytes.get() + add);
+                self.room[c].set(self.room[c].get() + more);
+                return;
+            }
         }
-        let more = DEEP_MORE[c];
-        let extra = deep_extra_bytes(c);
-        if more == 0 || self.deep_bytes.get() + extra > DEEP_EXTRA {
-            return;
-        }
-        self.deep[c].set(true);
-        self.deep_bytes.set(self.deep_bytes.get() + extra);
-        self.room[c].set(self.room[c].get() + more);
     }
 
-    /// Whether class `c` is deep now.
+    /// Whether the calling thread may run on more than one CPU, counted
+    /// once per [`EPOCH`] (one system call).
+    fn several_cpus(&self, epoch: u32) -> bool {
+        if self.cpus_seen.get() != epoch {
+            self.cpus_seen.set(epoch);
+            self.several_cpus.set(crate::os::thread_cpus() > 1);
+        }
+        self.several_cpus.get()
+    }
+
+    /// Class `c`'s level: 0 shallow, 1 medium, 2 deep.
     #[cfg(test)]
-    pub(crate) fn is_deep(&self, c: usize) -> bool {
-        self.deep[c].get()
+    pub(crate) fn level(&self, c: usize) -> u8 {
+        self.level[c].get()
     }
 
-    /// Blocks class `c` may hold now (shallow or deep).
+    /// Blocks class `c` may hold now (at its level).
     pub(crate) fn cap(&self, c: usize) -> u32 {
-        CLASS_CAP[c] + if self.deep[c].get() { DEEP_MORE[c] } else { 0 }
+        CLASS_CAP[c] + MORE[self.level[c].get() as usize][c]
     }
 
     /// Takes `p`, a live block of class `c` (at least) of another thread
@@ -388,10 +462,9 @@ impl RemoteCache {
             n += 1;
         }
         // Shallow again: the thread gives the cache up.
-        if self.deep[c].replace(false) {
-            self.deep_bytes
-                .set(self.deep_bytes.get() - deep_extra_bytes(c));
-        }
+        let level = self.level[c].replace(SHALLOW);
+        self.deep_bytes
+            .set(self.deep_bytes.get() - extra_bytes(c, level));
         self.seen[c].set(NEVER);
         self.room[c].set(CLASS_CAP[c]);
         let size = CLASS_SIZE[c] as usize;

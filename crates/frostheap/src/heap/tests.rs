@@ -1279,13 +1279,19 @@ mod remote_cache {
     /// With enough thread heaps live, a class the thread allocates from
     /// (its first pop since the count crossed the line) takes up to its
     /// deep cap; below the line, and for a class the thread only frees
-    /// into, the shallow cap holds; the deep classes add at most
-    /// `DEEP_EXTRA` bytes; the drain makes every class shallow again.
+    /// into, the shallow cap holds; the deeper classes add at most
+    /// `DEEP_EXTRA` bytes; the drain makes every class shallow again. With
+    /// two or three heaps, a pop from a full class makes it medium on a
+    /// thread that may run on several CPUs, and on no other.
     #[test]
     fn classes_the_thread_allocates_from_deepen_with_many_heaps() {
         use crate::heap::remote_cache::{
             live_heaps, set_live_heaps, DEEP_CAP, DEEP_CAP_BYTES, DEEP_EXTRA, DEEP_FROM_HEAPS,
+            MEDIUM_CAP, MEDIUM_CAP_BYTES, MEDIUM_FROM_HEAPS,
         };
+        const SHALLOW: u8 = 0;
+        const MEDIUM: u8 = 1;
+        const DEEP: u8 = 2;
         let core = heap_of(256 << 20);
         let cache = RemoteCache::new();
         let before = live_heaps();
@@ -1310,27 +1316,34 @@ mod remote_cache {
             }
         };
         let shallow = |c: usize| (CAP_BYTES / CLASS_SIZE[c]).min(CAP);
+        let medium = |c: usize| (MEDIUM_CAP_BYTES / CLASS_SIZE[c]).min(MEDIUM_CAP);
         let deep = |c: usize| (DEEP_CAP_BYTES / CLASS_SIZE[c]).min(DEEP_CAP);
         let a = crate::heap::class::class_of(96).unwrap();
         let b = crate::heap::class::class_of(48).unwrap();
+        assert!(shallow(a) < medium(a) && medium(a) < deep(a));
 
-        // Below the line: a pop leaves the class shallow.
+        // Below the line: a pop from a class that is not full leaves it
+        // shallow.
         set_live_heaps(DEEP_FROM_HEAPS - 1);
-        assert_eq!(fill(a), shallow(a));
+        let q = block(a);
+        // SAFETY: a live 16-aligned block of class a, given up once.
+        assert!(unsafe { cache.push(a, q) });
         // SAFETY: we own the cache.
         let p = unsafe { cache.pop(a) }.expect("a cached block").as_ptr();
-        assert!(!cache.is_deep(a));
+        assert_eq!(p, q);
+        assert_eq!(cache.level(a), SHALLOW);
         // SAFETY: p is ours again.
         assert!(unsafe { cache.push(a, p) });
-        assert_eq!(fill(a), 0, "a shallow class took more than its cap");
+        assert_eq!(fill(a) + 1, shallow(a), "a shallow class's bound");
 
         // On the line: the next pop deepens the class it pops from.
         set_live_heaps(DEEP_FROM_HEAPS);
         // SAFETY: as above.
         let p = unsafe { cache.pop(a) }.expect("a cached block").as_ptr();
-        assert!(
-            cache.is_deep(a),
-            "a class popped from with enough heaps stayed shallow"
+        assert_eq!(
+            cache.level(a),
+            DEEP,
+            "a class popped from with enough heaps did not go deep"
         );
         assert_eq!(cache.cap(a), deep(a));
         // SAFETY: as above.
@@ -1338,11 +1351,11 @@ mod remote_cache {
         assert_eq!(fill(a) + shallow(a), deep(a), "a deep class's bound");
         // A class only freed into stays shallow.
         assert_eq!(fill(b), shallow(b));
-        assert!(!cache.is_deep(b));
+        assert_eq!(cache.level(b), SHALLOW);
 
-        // Every cached class popped from once: the deep ones add at most
+        // Every cached class popped from once: the deeper ones add at most
         // DEEP_EXTRA bytes, and the budget runs out before every class
-        // is deep.
+        // is deep (those it leaves room for go medium).
         for c in 0..N_CLASSES {
             if c == a || cache.cap(c) == 0 {
                 continue;
@@ -1363,12 +1376,20 @@ mod remote_cache {
             }
         }
         let extra: usize = (0..N_CLASSES)
-            .filter(|&c| cache.is_deep(c))
-            .map(|c| (deep(c) - shallow(c)) as usize * CLASS_SIZE[c] as usize)
+            .filter(|&c| cache.cap(c) > 0)
+            .map(|c| {
+                let more = match cache.level(c) {
+                    DEEP => deep(c) - shallow(c),
+                    MEDIUM => medium(c) - shallow(c),
+                    _ => 0,
+                };
+                assert_eq!(cache.cap(c), shallow(c) + more, "class {c}'s cap");
+                more as usize * CLASS_SIZE[c] as usize
+            })
             .sum();
-        assert!(extra <= DEEP_EXTRA, "deep classes add {extra} bytes");
+        assert!(extra <= DEEP_EXTRA, "deeper classes add {extra} bytes");
         assert!(
-            (0..N_CLASSES).any(|c| cache.cap(c) > 0 && c != b && !cache.is_deep(c)),
+            (0..N_CLASSES).any(|c| cache.cap(c) > 0 && c != b && cache.level(c) != DEEP),
             "every class popped from went deep: the budget bound nothing"
         );
 
@@ -1377,8 +1398,75 @@ mod remote_cache {
         // SAFETY: we own the cache; every block goes back to its heap.
         unsafe { cache.drain(|blocks| drained.extend_from_slice(blocks)) };
         assert_eq!(cache.bytes(), 0);
-        assert!((0..N_CLASSES).all(|c| !cache.is_deep(c)));
+        assert!((0..N_CLASSES).all(|c| cache.level(c) == SHALLOW));
         assert_eq!(cache.cap(a), shallow(a));
+
+        // Medium. One heap: a pop from the full class leaves it shallow.
+        set_live_heaps(MEDIUM_FROM_HEAPS - 1);
+        assert_eq!(fill(a), shallow(a));
+        // SAFETY: we own the cache.
+        let p = unsafe { cache.pop(a) }.expect("a cached block").as_ptr();
+        assert_eq!(cache.level(a), SHALLOW, "medium with one heap");
+        // SAFETY: p is ours again.
+        assert!(unsafe { cache.push(a, p) });
+        // Two heaps, a class that is not full: shallow.
+        set_live_heaps(MEDIUM_FROM_HEAPS);
+        let q = block(b);
+        // SAFETY: a live 16-aligned block of class b, given up once.
+        assert!(unsafe { cache.push(b, q) });
+        // SAFETY: we own the cache.
+        let p = unsafe { cache.pop(b) }.expect("a cached block").as_ptr();
+        assert_eq!(cache.level(b), SHALLOW, "medium from a pop that found room");
+        // SAFETY: p is ours again.
+        assert!(unsafe { cache.push(b, p) });
+        // Two heaps, the full class, on a thread pinned to one CPU (two
+        // threads sharing a CPU took 1.38x the time in larson with caps
+        // this large): shallow.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: an all-zero cpu_set_t is an empty set; the calls
+                // read and write one set of that size.
+                unsafe {
+                    let mut set: libc::cpu_set_t = core::mem::zeroed();
+                    let size = core::mem::size_of::<libc::cpu_set_t>();
+                    assert_eq!(libc::sched_getaffinity(0, size, &mut set), 0);
+                    let cpu = (0..libc::CPU_SETSIZE as usize)
+                        .find(|&i| libc::CPU_ISSET(i, &set))
+                        .expect("a CPU in the mask");
+                    libc::CPU_ZERO(&mut set);
+                    libc::CPU_SET(cpu, &mut set);
+                    assert_eq!(libc::sched_setaffinity(0, size, &set), 0);
+                }
+                assert_eq!(crate::os::thread_cpus(), 1);
+                // SAFETY: this thread uses the cache alone meanwhile.
+                let p = unsafe { cache.pop(a) }.expect("a cached block").as_ptr();
+                assert_eq!(cache.level(a), SHALLOW, "medium on one CPU");
+                // SAFETY: p is the cache's to take again.
+                assert!(unsafe { cache.push(a, p) });
+            });
+        });
+        // Two heaps, the full class, on this thread: medium if it may run
+        // on several CPUs. (The count again: a cache counts its thread's
+        // CPUs once per epoch, and the pinned thread used this one.)
+        set_live_heaps(MEDIUM_FROM_HEAPS);
+        if crate::os::thread_cpus() > 1 {
+            // SAFETY: we own the cache.
+            let p = unsafe { cache.pop(a) }.expect("a cached block").as_ptr();
+            assert_eq!(cache.level(a), MEDIUM, "a full class popped stayed shallow");
+            assert_eq!(cache.cap(a), medium(a));
+            // SAFETY: p is ours again.
+            assert!(unsafe { cache.push(a, p) });
+            assert_eq!(fill(a), medium(a) - shallow(a), "a medium class's bound");
+        } else {
+            eprintln!(
+                "SKIPPED (one CPU on this machine): a full class popped on a thread \
+                 that may run on several CPUs goes medium"
+            );
+        }
+        // SAFETY: we own the cache; every block goes back to its heap.
+        unsafe { cache.drain(|blocks| drained.extend_from_slice(blocks)) };
+        assert!((0..N_CLASSES).all(|c| cache.level(c) == SHALLOW));
+        assert_eq!(cache.bytes(), 0);
         let n = drained.len();
         drained.sort();
         drained.dedup();

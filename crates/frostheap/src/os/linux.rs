@@ -123,6 +123,23 @@ pub fn physical_memory() -> usize {
     (pages as usize).saturating_mul(page_size())
 }
 
+/// How many CPUs the calling thread may run on (its affinity mask,
+/// `sched_getaffinity(2)`); 1 if the mask cannot be read. One system call,
+/// no allocation.
+pub fn thread_cpus() -> usize {
+    // SAFETY: an all-zero cpu_set_t is a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+    // SAFETY: the kernel writes at most size_of::<cpu_set_t>() bytes of
+    // the calling thread's (pid 0) mask into `set`.
+    let r =
+        unsafe { libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        return 1;
+    }
+    // SAFETY: `set` is an initialised cpu_set_t.
+    (unsafe { libc::CPU_COUNT(&set) }).max(1) as usize
+}
+
 /// The process's address-space limit (`RLIMIT_AS`, `ulimit -v`) in bytes,
 /// or `None` when there is none.
 pub fn address_space_limit() -> Option<usize> {
