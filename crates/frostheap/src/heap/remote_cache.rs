@@ -67,18 +67,18 @@
 //! faster than it takes them out; there every free past the cap takes the
 //! remote path, a cross-core line or two per block (the larson case with
 //! two threads: one free of other heaps' blocks in 14 took it, one in 56
-//! with medium classes; C program, 24 alternating rounds, 0.91× the
-//! time, peak within its spread). Not on a thread that may run on one CPU only (its affinity
-//! mask, read once per epoch of the count): with two threads sharing a
-//! CPU, a cache that large made larson 1.38× slower (no line crosses
-//! cores there, and the thread's allocations take more of the other
-//! heap's blocks, colder than its own). Not from a pop that finds room: a
-//! thread that frees a little of the previous threads' memory and
-//! allocates a little (the `spawn` case) would keep more of it until it
-//! exits (a medium class at every pop: peak +3%). Nor on a consumer, which
-//! never pops. With the caps of every class raised to the medium ones, the
-//! producer/consumer peaks rose 4–7% and `spawn`'s with eight threads
-//! 10% (see docs/threads.md).
+//! with medium classes; C program, 24 alternating rounds, 0.91× the time,
+//! peak within its spread). Not on a thread that may run on one CPU only
+//! (its affinity mask, read once per epoch of the count): with two
+//! threads sharing a CPU, a cache that large made larson 1.38× slower (no
+//! line crosses cores there, and the thread's allocations take more of
+//! the other heap's blocks, colder than its own). Not from a pop that
+//! finds room: a thread that frees a little of the previous threads'
+//! memory and allocates a little (the `spawn` case) would keep more of it
+//! until it exits (a medium class at every pop: peak +3%). Nor on a
+//! consumer, which never pops. With the caps of every class raised to
+//! the medium ones, the producer/consumer peaks rose 4–7% and `spawn`'s
+//! with eight threads 10% (see docs/threads.md).
 //!
 //! **Double frees.** Every block the cache holds carries a mark in its
 //! second word; a free of a block with the mark scans its class and
@@ -201,6 +201,8 @@ static MORE: [[u32; N_CLASSES]; 3] = [
     more_than_shallow(DEEP_CAP, DEEP_CAP_BYTES),
 ];
 
+/// Per class, the blocks a level of `cap` blocks and `cap_bytes` bytes
+/// holds beyond [`CLASS_CAP`] (0 where it holds no more).
 const fn more_than_shallow(cap: u32, cap_bytes: u32) -> [u32; N_CLASSES] {
     let mut t = [0; N_CLASSES];
     let mut c = 0;
