@@ -70,7 +70,7 @@
 //! with medium classes; C program, 24 alternating rounds, 0.91× the time,
 //! peak within its spread). Not on a thread that may run on one CPU only
 //! (its affinity mask, read once per epoch of the count): with two
-//! threads sharing a CPU, a cache that large made larson 1.38× slower (no
+//! threads sharing a CPU, a cache that large made larson 1.33× slower (no
 //! line crosses cores there, and the thread's allocations take more of
 //! the other heap's blocks, colder than its own). Not from a pop that
 //! finds room: a thread that frees a little of the previous threads'

@@ -1420,7 +1420,7 @@ mod remote_cache {
         // SAFETY: p is ours again.
         assert!(unsafe { cache.push(b, p) });
         // Two heaps, the full class, on a thread pinned to one CPU (two
-        // threads sharing a CPU took 1.38x the time in larson with caps
+        // threads sharing a CPU took 1.33x the time in larson with caps
         // this large): shallow.
         std::thread::scope(|s| {
             s.spawn(|| {
