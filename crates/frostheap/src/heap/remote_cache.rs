@@ -125,9 +125,9 @@ pub const MEDIUM_CAP_BYTES: u32 = 32 << 10;
 pub const MEDIUM_FROM_HEAPS: usize = 2;
 
 /// A class's depth: its cap is [`CLASS_CAP`] plus its level's extra.
-const SHALLOW: u8 = 0;
-const MEDIUM: u8 = 1;
-const DEEP: u8 = 2;
+pub(crate) const SHALLOW: u8 = 0;
+pub(crate) const MEDIUM: u8 = 1;
+pub(crate) const DEEP: u8 = 2;
 
 /// Live thread heaps (attached and not given up), kept by
 /// `global::heaps`.
@@ -336,7 +336,7 @@ impl RemoteCache {
         // The deepest level above the class's own that the bytes allow.
         for level in (have + 1..=want).rev() {
             let more = MORE[level as usize][c] - MORE[have as usize][c];
-            let add = extra_bytes(c, level) - extra_bytes(c, have);
+            let add = more as usize * CLASS_SIZE[c] as usize;
             if more > 0 && self.deep_bytes.get() + add <= DEEP_EXTRA {
                 self.level[c].set(level);
                 self.deep_bytes.set(self.deep_bytes.get() + add);

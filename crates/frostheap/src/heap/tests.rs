@@ -1286,12 +1286,9 @@ mod remote_cache {
     #[test]
     fn classes_the_thread_allocates_from_deepen_with_many_heaps() {
         use crate::heap::remote_cache::{
-            live_heaps, set_live_heaps, DEEP_CAP, DEEP_CAP_BYTES, DEEP_EXTRA, DEEP_FROM_HEAPS,
-            MEDIUM_CAP, MEDIUM_CAP_BYTES, MEDIUM_FROM_HEAPS,
+            live_heaps, set_live_heaps, DEEP, DEEP_CAP, DEEP_CAP_BYTES, DEEP_EXTRA,
+            DEEP_FROM_HEAPS, MEDIUM, MEDIUM_CAP, MEDIUM_CAP_BYTES, MEDIUM_FROM_HEAPS, SHALLOW,
         };
-        const SHALLOW: u8 = 0;
-        const MEDIUM: u8 = 1;
-        const DEEP: u8 = 2;
         let core = heap_of(256 << 20);
         let cache = RemoteCache::new();
         let before = live_heaps();
