@@ -26,14 +26,9 @@ import bisect
 import random
 import sys
 
+from class_peaks import SIZES
+
 PAGE = 4096
-
-
-def four_way():
-    sizes = [16 * (c + 1) for c in range(8)]
-    for k in range(7, 17):
-        sizes += [(1 << k) + i * (1 << (k - 2)) for i in range(1, 5)]
-    return sizes
 
 
 def young(size):
@@ -46,7 +41,7 @@ def young(size):
 def pages(trace, serve):
     """KiB of pages the classes hold over `trace`, each class of the
     four-way split served by `serve(size)`."""
-    sizes = four_way()
+    sizes = SIZES
     live, count, peak = {}, {}, {}
     for op, block, n in trace:
         if op == "a":
