@@ -42,12 +42,12 @@ use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use super::class::{class_for, class_of, class_of_lookup, span_pages, CLASS_SIZE, N_CLASSES};
 use super::large;
-use super::own_cache::{OwnCache, OWN_CACHE_FROM};
+use super::own_cache::{OwnCache, OwnSlots, OWN_CACHE_FROM};
 #[cfg(debug_assertions)]
 use super::page::{debug_invariant_broken, owner_local};
 use super::page::{
-    invalid_free, large_usable, Block, Kind, PageMeta, PageTable, EMPTY, FULL, GENERATION,
-    META_SKEW, NONE, OWNER_CACHED, OWNER_LOCAL, OWNER_SHARED, PENDING, REMOTE_WORDS,
+    invalid_free, large_usable, Block, Kind, PageMeta, PageTable, CLASSES_END, EMPTY, FULL,
+    GENERATION, META_SKEW, NONE, OWNER_CACHED, OWNER_LOCAL, OWNER_SHARED, PENDING, REMOTE_WORDS,
 };
 use super::process::{self, Kind as ChargeKind};
 use super::queue::ClassState;
@@ -184,11 +184,21 @@ impl HeapCore {
             }
         };
         let n_pages = region.reserved() >> PAGE_SHIFT;
-        let meta_end = n_pages * core::mem::size_of::<PageMeta>() + META_SKEW;
-        // The class map on pages of its own: opened with the bitmap's, it
-        // would open the bitmap's last words too.
-        let classes_offset = round_up(meta_end + n_pages * REMOTE_WORDS * 8, os::page_size());
-        let table_bytes = round_up(classes_offset + n_pages, os::page_size());
+        let ps = os::page_size();
+        // The class map grows down from CLASSES_END of the metas' first OS
+        // page (`first`, with room below for the whole map); the metas
+        // start at META_SKEW of it, and the bitmap follows them, at the
+        // same offset within its OS pages. (From an OS page of its own,
+        // a heap's first 16 pages would take two OS pages of bitmap
+        // instead of three, but the producer/consumer case of the
+        // `threads` benchmark took 1.03x the time: docs/threads.md.)
+        let first = round_up(n_pages.saturating_sub(CLASSES_END), ps);
+        let meta_start = first + META_SKEW;
+        let bits_start = meta_start + n_pages * core::mem::size_of::<PageMeta>();
+        // Then, from an OS page of their own, the owner's cache's stacks,
+        // opened if the cache turns on (heap::own_cache).
+        let own_start = round_up(bits_start + n_pages * REMOTE_WORDS * 8, ps);
+        let table_bytes = own_start + round_up(core::mem::size_of::<OwnSlots>(), ps);
         let table = match os::map_table_closed(table_bytes) {
             Ok(t) => t,
             Err(e) => {
@@ -196,15 +206,19 @@ impl HeapCore {
                 return Err(e);
             }
         };
-        // SAFETY: the mapping has META_SKEW spare bytes before the page
-        // table, the bitmap's n_pages * REMOTE_WORDS words after it
-        // (meta_end is a multiple of 64, so the words are aligned), then
-        // the class map's n_pages bytes.
+        // SAFETY: the mapping has the class map's n_pages bytes below
+        // `first + CLASSES_END` (first >= n_pages - CLASSES_END), the page
+        // table's n_pages metas from meta_start, and the bitmap's n_pages *
+        // REMOTE_WORDS words from bits_start (a multiple of 64, so the
+        // words are aligned).
         let (metas, remote_bits, classes) = unsafe {
             (
-                table.add(META_SKEW).cast::<PageMeta>(),
-                table.add(meta_end).cast::<AtomicU64>().cast_const(),
-                table.add(classes_offset).cast::<AtomicU8>().cast_const(),
+                table.add(meta_start).cast::<PageMeta>(),
+                table.add(bits_start).cast::<AtomicU64>().cast_const(),
+                table
+                    .add(first + CLASSES_END - 1)
+                    .cast::<AtomicU8>()
+                    .cast_const(),
             )
         };
         let pages = PageTable {
@@ -229,8 +243,9 @@ impl HeapCore {
                 region,
                 table,
                 table_bytes,
-                meta_end,
-                classes_offset,
+                meta_start,
+                bits_start,
+                own_start,
                 config.max,
                 config.kind,
             ));
@@ -1226,7 +1241,19 @@ impl HeapCore {
         st.init_span(&self.pages, idx, n_pages, c);
         if st.kind == OWNER_LOCAL {
             if !self.own.enabled() && self.charged() >= OWN_CACHE_FROM {
-                self.own.enable();
+                // The cache's stacks, in the side table, opened the first
+                // time (should that fail, the cache stays off and the next
+                // span tries again).
+                if !self.own.has_slots() {
+                    if let Some(slots) = self.spans.open_own_slots() {
+                        // SAFETY: the side table's stacks are writable now
+                        // and live as long as the heap.
+                        unsafe { self.own.set_slots(slots) };
+                    }
+                }
+                if self.own.has_slots() {
+                    self.own.enable();
+                }
                 // A large heap: finer classes waste less (heap::class).
                 st.split_fine_classes();
             }

@@ -36,8 +36,12 @@
 //!
 //! **Bounds.** Classes up to 4 KiB ([`OWN_CLASSES`]), [`OWN_CAP`] blocks
 //! each: at most 700 KiB of blocks held out of their spans per heap (of 8
-//! MiB or more), and 4.5 KiB of pointers, of which a heap that uses few
-//! classes makes resident one page. Another heap's cache cannot be emptied
+//! MiB or more), and 4.5 KiB of pointers ([`OwnSlots`]), of which a heap
+//! that uses few classes makes resident one page. The pointers lie in the
+//! heap's side table, opened when the cache turns on, not in the heap
+//! itself: a heap that never turns it on (every thread heap under 8 MiB)
+//! keeps 72 bytes of it instead of 4.6 KiB, which took a page of every
+//! thread's heap slot. Another heap's cache cannot be emptied
 //! from outside:
 //! a heap at the process limit gets back the blocks of its own cache, not
 //! those other threads hold.
@@ -70,6 +74,9 @@ pub(crate) const OWN_CLASSES: usize = 36;
 /// Blocks cached per class at most.
 pub(crate) const OWN_CAP: usize = 16;
 
+/// The cached blocks' pointers: per class, a stack of [`OWN_CAP`].
+pub(crate) type OwnSlots = [[Cell<*mut u8>; OWN_CAP]; OWN_CLASSES];
+
 /// The owner's cached blocks: per class, a stack of pointers.
 #[repr(C)]
 pub(crate) struct OwnCache {
@@ -77,9 +84,12 @@ pub(crate) struct OwnCache {
     /// the heap is large ([`OwnCache::enable`]), 0 before.
     classes: Cell<u8>,
     /// Blocks cached per class (0 for the classes without a cache, so
-    /// that a pop needs no test of the class).
+    /// that a pop needs no test of the class). With `classes`, on the
+    /// line a small heap's pops and pushes read (and return at).
     len: [Cell<u8>; N_CLASSES],
-    slots: [[Cell<*mut u8>; OWN_CAP]; OWN_CLASSES],
+    /// The stacks, in the heap's side table: null until the cache first
+    /// turns on ([`OwnCache::set_slots`]), then fixed.
+    slots: Cell<*const OwnSlots>,
 }
 
 impl OwnCache {
@@ -88,8 +98,8 @@ impl OwnCache {
     /// # Safety
     /// 1. `dst` is valid for a write of an `OwnCache`.
     pub(super) unsafe fn init(dst: *mut OwnCache) {
-        // SAFETY: (1); an all-zero OwnCache is empty (lengths 0, null
-        // slots), and Cell<u8> / Cell<*mut u8> are valid at zero.
+        // SAFETY: (1); an all-zero OwnCache is empty and off (lengths 0,
+        // no stacks yet), and Cell<u8> / Cell<*const _> are valid at zero.
         unsafe { ptr::write_bytes(dst, 0, 1) };
     }
 
@@ -105,8 +115,10 @@ impl OwnCache {
         }
         let n = n - 1;
         len.set(n as u8);
-        // SAFETY: n > 0 only for c < OWN_CLASSES, and n < OWN_CAP.
-        let p = unsafe { self.slots.get_unchecked(c).get_unchecked(n) }.get();
+        // SAFETY: a length is above 0 only after a push, which the stacks
+        // being set allowed (they stay set), only for c < OWN_CLASSES,
+        // and n < OWN_CAP.
+        let p = unsafe { (*self.slots.get()).get_unchecked(c).get_unchecked(n) }.get();
         debug_assert!(!p.is_null(), "a null block in the owner's cache");
         // SAFETY: the slots below len hold blocks (never null).
         Some(unsafe { NonNull::new_unchecked(p) })
@@ -126,8 +138,9 @@ impl OwnCache {
         if n == OWN_CAP {
             return false;
         }
-        // SAFETY: c < OWN_CLASSES, n < OWN_CAP.
-        unsafe { self.slots.get_unchecked(c).get_unchecked(n) }.set(p);
+        // SAFETY: classes is above 0 only once the stacks are set
+        // (`enable`), c < OWN_CLASSES, n < OWN_CAP.
+        unsafe { (*self.slots.get()).get_unchecked(c).get_unchecked(n) }.set(p);
         len.set(n as u8 + 1);
         true
     }
@@ -138,8 +151,28 @@ impl OwnCache {
         self.classes.get() != 0
     }
 
-    /// From now on frees of the classes up to 4 KiB go to the cache.
+    /// Whether the stacks are set (the cache can turn on).
+    pub(super) fn has_slots(&self) -> bool {
+        !self.slots.get().is_null()
+    }
+
+    /// Sets the stacks, once, before the cache first turns on.
+    ///
+    /// # Safety
+    /// 1. `slots` is writable, zero-initialised or not (only what a push
+    ///    wrote is read), and outlives the cache.
+    pub(super) unsafe fn set_slots(&self, slots: NonNull<OwnSlots>) {
+        debug_assert!(!self.has_slots(), "the cache's stacks set twice");
+        self.slots.set(slots.as_ptr());
+    }
+
+    /// From now on frees of the classes up to 4 KiB go to the cache, whose
+    /// stacks are set.
     pub(super) fn enable(&self) {
+        assert!(
+            self.has_slots(),
+            "the owner's cache turned on without its stacks"
+        );
         self.classes.set(OWN_CLASSES as u8);
     }
 
@@ -170,8 +203,18 @@ impl OwnCache {
     #[cfg(test)]
     pub(super) fn blocks(&self) -> Vec<(usize, *mut u8)> {
         (0..OWN_CLASSES)
-            .flat_map(|c| (0..self.len[c].get() as usize).map(move |i| (c, self.slots[c][i].get())))
+            .flat_map(|c| {
+                // SAFETY: a class holds blocks only once the stacks are set.
+                (0..self.len[c].get() as usize)
+                    .map(move |i| (c, unsafe { &*self.slots.get() }[c][i].get()))
+            })
             .collect()
+    }
+
+    /// Where the stacks are (null before they are set; the tests').
+    #[cfg(test)]
+    pub(super) fn slots_at(&self) -> *const OwnSlots {
+        self.slots.get()
     }
 
     /// Blocks cached.

@@ -223,6 +223,16 @@ pub static EMPTY: EmptyMeta = EmptyMeta(PageMeta {
 /// Skewing the table by an odd number of lines moves that coincidence to
 /// spans at page 31 mod 64.
 pub const META_SKEW: usize = 33 * 64;
+/// Where the class map ends in the metas' first (OS) page: it grows down
+/// from there, a byte per 64 KiB page, so page 0's byte lies just below
+/// this offset and a heap's first 2,048 pages (128 MiB) have their class
+/// bytes on the same OS page as the first metas. A heap of a few spans
+/// then opens one page of its side table for both (they took a page each
+/// while the map lay after the bitmap). The line between the map's end
+/// and [`META_SKEW`] stays empty, so no line holds both a class byte,
+/// which remote freers read, and a meta, which the owner writes.
+pub const CLASSES_END: usize = 32 * 64;
+const _: () = assert!(CLASSES_END + 64 <= META_SKEW);
 /// Bytes of region one remote-free bitmap bit stands for (every block
 /// starts on such a boundary).
 pub const GRANULE_SHIFT: usize = 4;
@@ -252,7 +262,9 @@ pub struct PageTable {
     /// the free path's samples in the C larson benchmark). This map is
     /// written only when a span is made, retired or sealed, so its lines
     /// stay shared in every core's cache. Stable, like the meta's `class`,
-    /// while any block of the span is live.
+    /// while any block of the span is live. The map grows down: this is
+    /// page 0's byte, and page `idx`'s lies `idx` bytes below it (see
+    /// [`CLASSES_END`]).
     pub classes: *const AtomicU8,
 }
 
@@ -271,9 +283,10 @@ impl PageTable {
     #[inline]
     pub fn small_class(&self, idx: usize) -> Option<usize> {
         debug_assert!(idx < self.len >> PAGE_SHIFT, "page {idx} outside the heap");
-        // SAFETY: idx is inside the class map, which lives as long as the
-        // heap that handed out this copy.
-        let v = unsafe { &*self.classes.add(idx) }.load(Ordering::Relaxed);
+        // SAFETY: idx is inside the class map (which grows down from page
+        // 0's byte), and the map lives as long as the heap that handed out
+        // this copy.
+        let v = unsafe { &*self.classes.sub(idx) }.load(Ordering::Relaxed);
         v.checked_sub(1).map(usize::from)
     }
 
@@ -291,9 +304,9 @@ impl PageTable {
             c as u8 + 1
         });
         for i in idx..idx + pages {
-            // SAFETY: the pages are inside the class map, opened with their
-            // metas (SpanAllocator::open_tables).
-            unsafe { &*self.classes.add(i) }.store(v, Ordering::Relaxed);
+            // SAFETY: the pages are inside the class map (which grows
+            // down), opened with their metas (SpanAllocator::open_tables).
+            unsafe { &*self.classes.sub(i) }.store(v, Ordering::Relaxed);
         }
     }
 

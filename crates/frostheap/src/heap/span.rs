@@ -71,7 +71,8 @@ use core::sync::atomic::Ordering;
 
 use core::sync::atomic::AtomicUsize;
 
-use super::page::{Kind, PageMeta, PageTable, DIRTY, META_SKEW, NONE, REMOTE_WORDS};
+use super::own_cache::OwnSlots;
+use super::page::{Kind, PageMeta, PageTable, CLASSES_END, DIRTY, META_SKEW, NONE, REMOTE_WORDS};
 use super::process;
 use crate::os::{self, OsError};
 use crate::region::{round_up, Region, PAGE_SHIFT, PAGE_SIZE};
@@ -126,13 +127,16 @@ pub(crate) struct SpanAllocator {
     /// charged in proportion to committed memory, not to `max`.
     tables_open: Cell<usize>,
     region: Region,
-    /// The side-table mapping: `META_SKEW` bytes, the metas, the bitmap
-    /// from `bits_offset`, the class map from `classes_offset`;
-    /// `table_bytes` long.
+    /// The side-table mapping, `table_bytes` long: the class map growing
+    /// down from `CLASSES_END` of the OS page that holds the metas' start
+    /// (`metas_offset`, at `META_SKEW` of that page), then the metas, then
+    /// the bitmap from `bits_offset`, then the owner's cache's stacks
+    /// from `own_offset` (an OS page boundary) to the end.
     table: *mut u8,
     table_bytes: usize,
+    metas_offset: usize,
     bits_offset: usize,
-    classes_offset: usize,
+    own_offset: usize,
     /// The heap's own cap (`max`).
     limit: usize,
     /// What the region's commits are charged as against the process limit.
@@ -145,14 +149,17 @@ pub(crate) struct SpanAllocator {
 
 impl SpanAllocator {
     /// The span allocator of a heap on `region`, whose side table is the
-    /// `table_bytes` at `table` (the bitmap from `bits_offset`, the class
-    /// map from `classes_offset`); no free span yet.
+    /// `table_bytes` at `table` (the metas from `metas_offset`, the class
+    /// map below them, the bitmap from `bits_offset`, the owner's cache's
+    /// stacks from `own_offset`); no free span yet.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         region: Region,
         table: *mut u8,
         table_bytes: usize,
+        metas_offset: usize,
         bits_offset: usize,
-        classes_offset: usize,
+        own_offset: usize,
         limit: usize,
         kind: process::Kind,
     ) -> SpanAllocator {
@@ -167,14 +174,34 @@ impl SpanAllocator {
             tables_open: Cell::new(0),
             table,
             table_bytes,
+            metas_offset,
             bits_offset,
-            classes_offset,
+            own_offset,
             limit,
             kind,
             // The pre-committed minimum, charged by the caller.
             charged: AtomicUsize::new(region.committed()),
             region,
         }
+    }
+
+    /// Opens the owner's cache's stacks at the side table's end (its own
+    /// pages: `own_offset` to `table_bytes`); `None` if the kernel refuses.
+    /// Called by the owner, once, as its cache first turns on.
+    pub(super) fn open_own_slots(&self) -> Option<core::ptr::NonNull<OwnSlots>> {
+        let at = self.table.wrapping_add(self.own_offset);
+        // SAFETY: [own_offset, table_bytes) is page-aligned, non-empty and
+        // inside the side-table mapping, and holds nothing else; opening
+        // takes no access away.
+        unsafe {
+            os::protect(
+                at,
+                self.table_bytes - self.own_offset,
+                os::Access::ReadWrite,
+            )
+        }
+        .ok()?;
+        core::ptr::NonNull::new(at.cast::<OwnSlots>())
     }
 
     /// The span lock itself, for `fork` handlers.
@@ -569,13 +596,25 @@ impl Locked<'_> {
         let ps = os::page_size();
         let table = a.table;
         let meta = core::mem::size_of::<PageMeta>();
-        for (first, each) in [
-            (META_SKEW, meta),
-            (a.bits_offset, REMOTE_WORDS * 8),
-            (a.classes_offset, 1),
-        ] {
-            let start = (first + open * each) & !(ps - 1);
-            let end = round_up(first + pages * each, ps).min(a.table_bytes);
+        // The class map grows down from `classes_end`, on the metas' first
+        // OS page (`first`), which the first call opens with the metas:
+        // only the map's bytes below it (pages past the 2,048th) open on
+        // their own.
+        let first = a.metas_offset - META_SKEW;
+        let classes_end = first + CLASSES_END;
+        for (start, end) in [
+            (a.metas_offset + open * meta, a.metas_offset + pages * meta),
+            (
+                a.bits_offset + open * REMOTE_WORDS * 8,
+                a.bits_offset + pages * REMOTE_WORDS * 8,
+            ),
+        ]
+        .map(|(lo, hi)| (lo & !(ps - 1), round_up(hi, ps).min(a.table_bytes)))
+        .into_iter()
+        .chain([(
+            (classes_end - pages) & !(ps - 1),
+            round_up(classes_end - open, ps).min(first),
+        )]) {
             if end > start {
                 // SAFETY: [start, end) is page-aligned, non-empty and inside
                 // the side-table mapping; opening takes no access away.

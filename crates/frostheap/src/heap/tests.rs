@@ -828,9 +828,10 @@ mod stats {
 
 mod span {
     use super::*;
+    use crate::heap::page::CLASSES_END;
 
     /// The permissions (`rw-p`, `r--p`, ...) of the mapping holding `addr`.
-    fn perms_at(addr: usize) -> String {
+    pub(super) fn perms_at(addr: usize) -> String {
         let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
         for line in maps.lines() {
             let mut fields = line.split_whitespace();
@@ -852,7 +853,7 @@ mod span {
         let meta_of =
             |idx: usize| core.pages.metas as usize + idx * core::mem::size_of::<PageMeta>();
         let bits_of = |idx: usize| core.remote_bits as usize + idx * REMOTE_WORDS * 8;
-        let class_of = |idx: usize| core.pages.classes as usize + idx;
+        let class_of = |idx: usize| core.pages.classes as usize - idx;
         // Nothing committed: the whole 64 GiB worth of side table (8.5 MiB
         // of page table and bitmap per GiB) is mapped read-only.
         for addr in [
@@ -880,6 +881,19 @@ mod span {
         ] {
             assert_eq!(perms_at(addr), "rw-p", "0x{addr:x} of a committed page");
         }
+        // The class bytes of a heap's first 2,048 pages share the OS page
+        // of its first metas, on lines of their own: the map opened no
+        // page of its own (the byte of page 2,048 lies on the page below).
+        let ps = crate::os::page_size();
+        assert!(n_pages > CLASSES_END);
+        assert_eq!(class_of(0) / ps, meta_of(0) / ps);
+        assert_eq!(class_of(CLASSES_END - 1) / ps, meta_of(0) / ps);
+        assert!(
+            class_of(0) / 64 + 1 < meta_of(0) / 64,
+            "a line between them"
+        );
+        assert_eq!(class_of(CLASSES_END) / ps + 1, meta_of(0) / ps);
+        assert_eq!(perms_at(class_of(CLASSES_END)), "r--p");
         // (The page table's last page shares a page with the bitmap's
         // first words, so look further in.)
         for addr in [
@@ -1743,6 +1757,19 @@ mod own_cache {
         blocks
     }
 
+    /// The owner's cache's stacks are not part of a heap (a thread heap's
+    /// slot in static storage, which a small heap writes whole at start):
+    /// the whole heap is smaller than the stacks alone.
+    #[test]
+    fn a_heap_keeps_the_stacks_of_its_cache_outside() {
+        let heap = core::mem::size_of::<crate::heap::HeapInner>();
+        let stacks = core::mem::size_of::<crate::heap::own_cache::OwnSlots>();
+        assert!(
+            heap < stacks,
+            "a heap of {heap} bytes, its cache's stacks {stacks}"
+        );
+    }
+
     /// A heap below OWN_CACHE_FROM frees onto its spans' lists; past it,
     /// spans made from then on are OWNER_CACHED, and the owner's free of
     /// their blocks touches neither the block nor the span, and the next
@@ -1753,6 +1780,10 @@ mod own_cache {
         let core = heap_of(1 << 30);
         let small = fill(&core, OWN_CACHE_FROM / 2);
         assert!(!core.own.enabled(), "the cache is on in a heap of 4 MiB");
+        assert!(
+            core.own.slots_at().is_null(),
+            "the cache's stacks set in a heap of 4 MiB"
+        );
         let m = core.meta((small[0] as usize - core.pages.base) >> PAGE_SHIFT);
         assert_eq!(m.owner.get(), OWNER_LOCAL);
         let mut blocks = fill(&core, OWN_CACHE_FROM + (1 << 20));
@@ -1761,6 +1792,11 @@ mod own_cache {
             "the cache is off at {} bytes",
             core.charged()
         );
+        // The stacks lie in the side table, opened now, not in the heap.
+        let stacks = core.own.slots_at() as usize;
+        let heap = &core as *const HeapCore as usize;
+        assert!(stacks != 0 && !(heap..heap + core::mem::size_of::<HeapCore>()).contains(&stacks));
+        assert_eq!(super::span::perms_at(stacks), "rw-p");
         blocks.extend(small);
         let p = *blocks
             .iter()
