@@ -12,19 +12,10 @@
 #include <time.h>
 #include <sched.h>
 
+#include "clock_rng.h"
+
 static long ops;
 static int nthreads;
-
-static double now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e9 + ts.tv_nsec;
-}
-
-static uint64_t next(uint64_t *x) {
-    *x ^= *x << 13, *x ^= *x >> 7, *x ^= *x << 17;
-    return *x;
-}
 
 static void *make(size_t n) {
     unsigned char *p = malloc(n);
