@@ -46,8 +46,9 @@ use super::own_cache::{OwnCache, OwnSlots, OWN_CACHE_FROM};
 #[cfg(debug_assertions)]
 use super::page::{debug_invariant_broken, owner_local};
 use super::page::{
-    invalid_free, large_usable, Block, Kind, PageMeta, PageTable, CLASSES_END, EMPTY, FULL,
-    GENERATION, META_SKEW, NONE, OWNER_CACHED, OWNER_LOCAL, OWNER_SHARED, PENDING, REMOTE_WORDS,
+    invalid_free, large_usable, Block, Kind, PageMeta, PageTable, BITS_SKEW, CLASSES_END, EMPTY,
+    FULL, GENERATION, META_SKEW, NONE, OWNER_CACHED, OWNER_LOCAL, OWNER_SHARED, PENDING,
+    REMOTE_WORDS,
 };
 use super::process::{self, Kind as ChargeKind};
 use super::queue::ClassState;
@@ -187,14 +188,14 @@ impl HeapCore {
         let ps = os::page_size();
         // The class map grows down from CLASSES_END of the metas' first OS
         // page (`first`, with room below for the whole map); the metas
-        // start at META_SKEW of it, and the bitmap follows them, at the
-        // same offset within its OS pages. (From an OS page of its own,
-        // a heap's first 16 pages would take two OS pages of bitmap
-        // instead of three, but the producer/consumer case of the
-        // `threads` benchmark took 1.03x the time: docs/threads.md.)
+        // start at META_SKEW of it, and the bitmap one line into the OS
+        // page after theirs (BITS_SKEW): a small heap's blocks lie near
+        // their spans' starts, so its first 16 pages' words take two OS
+        // pages of bitmap, not the three they took at META_SKEW's offset.
         let first = round_up(n_pages.saturating_sub(CLASSES_END), ps);
         let meta_start = first + META_SKEW;
-        let bits_start = meta_start + n_pages * core::mem::size_of::<PageMeta>();
+        let bits_start =
+            round_up(meta_start + n_pages * core::mem::size_of::<PageMeta>(), ps) + BITS_SKEW;
         // Then, from an OS page of their own, the owner's cache's stacks,
         // opened if the cache turns on (heap::own_cache).
         let own_start = round_up(bits_start + n_pages * REMOTE_WORDS * 8, ps);

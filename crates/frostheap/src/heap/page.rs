@@ -233,6 +233,16 @@ pub const META_SKEW: usize = 33 * 64;
 /// which remote freers read, and a meta, which the owner writes.
 pub const CLASSES_END: usize = 32 * 64;
 const _: () = assert!(CLASSES_END + 64 <= META_SKEW);
+/// Where the remote-free bitmap starts in its first OS page: one line in.
+/// A page's 64 words are 512 bytes, so from here a heap's first 16 pages'
+/// words end 64 bytes into a third OS page, which only the frees of
+/// blocks in the last 8 KiB of page 15 write; a small heap's blocks lie
+/// near their spans' starts, and its bitmap takes two OS pages (three at
+/// [`META_SKEW`]'s offset, where it lay after the metas). Not at the page's
+/// start: there, the producer/consumer case of the `threads` benchmark,
+/// whose consumer frees every block remotely, took 1.03x the time
+/// (docs/threads.md).
+pub const BITS_SKEW: usize = 64;
 /// Bytes of region one remote-free bitmap bit stands for (every block
 /// starts on such a boundary).
 pub const GRANULE_SHIFT: usize = 4;

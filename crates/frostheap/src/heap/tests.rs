@@ -828,7 +828,7 @@ mod stats {
 
 mod span {
     use super::*;
-    use crate::heap::page::CLASSES_END;
+    use crate::heap::page::{BITS_SKEW, CLASSES_END};
 
     /// The permissions (`rw-p`, `r--p`, ...) of the mapping holding `addr`.
     pub(super) fn perms_at(addr: usize) -> String {
@@ -894,10 +894,13 @@ mod span {
         );
         assert_eq!(class_of(CLASSES_END) / ps + 1, meta_of(0) / ps);
         assert_eq!(perms_at(class_of(CLASSES_END)), "r--p");
-        // (The page table's last page shares a page with the bitmap's
-        // first words, so look further in.)
+        // The bitmap starts one line into an OS page of its own: the first
+        // words of pages 0-15 on two OS pages.
+        assert_eq!(bits_of(0) % ps, BITS_SKEW);
+        assert_eq!(bits_of(15) / ps, bits_of(0) / ps + 1);
         for addr in [
             meta_of(n_pages / 2),
+            meta_of(n_pages - 1),
             bits_of(n_pages / 2),
             bits_of(n_pages - 1),
             class_of(n_pages - 1),
