@@ -1242,19 +1242,12 @@ impl HeapCore {
         st.init_span(&self.pages, idx, n_pages, c);
         if st.kind == OWNER_LOCAL {
             if !self.own.enabled() && self.charged() >= OWN_CACHE_FROM {
-                // The cache's stacks, in the side table, opened the first
-                // time (should that fail, the cache stays off and the next
-                // span tries again).
-                if !self.own.has_slots() {
-                    if let Some(slots) = self.spans.open_own_slots() {
-                        // SAFETY: the side table's stacks are writable now
-                        // and live as long as the heap.
-                        unsafe { self.own.set_slots(slots) };
-                    }
-                }
-                if self.own.has_slots() {
-                    self.own.enable();
-                }
+                // The cache's stacks, in the side table, are opened the
+                // first time (should that fail, the cache stays off and
+                // the next span tries again).
+                // SAFETY: the side table's stacks are writable once opened
+                // and live as long as the heap.
+                unsafe { self.own.enable(|| self.spans.open_own_slots()) };
                 // A large heap: finer classes waste less (heap::class).
                 st.split_fine_classes();
             }

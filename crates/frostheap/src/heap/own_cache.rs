@@ -88,7 +88,7 @@ pub(crate) struct OwnCache {
     /// line a small heap's pops and pushes read (and return at).
     len: [Cell<u8>; N_CLASSES],
     /// The stacks, in the heap's side table: null until the cache first
-    /// turns on ([`OwnCache::set_slots`]), then fixed.
+    /// turns on ([`OwnCache::enable`]), then fixed.
     slots: Cell<*const OwnSlots>,
 }
 
@@ -151,28 +151,20 @@ impl OwnCache {
         self.classes.get() != 0
     }
 
-    /// Whether the stacks are set (the cache can turn on).
-    pub(super) fn has_slots(&self) -> bool {
-        !self.slots.get().is_null()
-    }
-
-    /// Sets the stacks, once, before the cache first turns on.
+    /// From now on frees of the classes up to 4 KiB go to the cache. Its
+    /// stacks are set the first time, from `open`; if that gives none, the
+    /// cache stays off.
     ///
     /// # Safety
-    /// 1. `slots` is writable, zero-initialised or not (only what a push
-    ///    wrote is read), and outlives the cache.
-    pub(super) unsafe fn set_slots(&self, slots: NonNull<OwnSlots>) {
-        debug_assert!(!self.has_slots(), "the cache's stacks set twice");
-        self.slots.set(slots.as_ptr());
-    }
-
-    /// From now on frees of the classes up to 4 KiB go to the cache, whose
-    /// stacks are set.
-    pub(super) fn enable(&self) {
-        assert!(
-            self.has_slots(),
-            "the owner's cache turned on without its stacks"
-        );
+    /// 1. What `open` returns is writable, zero-initialised or not (only
+    ///    what a push wrote is read), and outlives the cache.
+    pub(super) unsafe fn enable(&self, open: impl FnOnce() -> Option<NonNull<OwnSlots>>) {
+        if self.slots.get().is_null() {
+            match open() {
+                Some(slots) => self.slots.set(slots.as_ptr()),
+                None => return,
+            }
+        }
         self.classes.set(OWN_CLASSES as u8);
     }
 

@@ -602,19 +602,23 @@ impl Locked<'_> {
         // their own.
         let first = a.metas_offset - META_SKEW;
         let classes_end = first + CLASSES_END;
+        // The OS pages holding [lo, hi), up to `limit`.
+        let os_pages =
+            |lo: usize, hi: usize, limit: usize| (lo & !(ps - 1), round_up(hi, ps).min(limit));
+        let bits = REMOTE_WORDS * 8;
         for (start, end) in [
-            (a.metas_offset + open * meta, a.metas_offset + pages * meta),
-            (
-                a.bits_offset + open * REMOTE_WORDS * 8,
-                a.bits_offset + pages * REMOTE_WORDS * 8,
+            os_pages(
+                a.metas_offset + open * meta,
+                a.metas_offset + pages * meta,
+                a.table_bytes,
             ),
-        ]
-        .map(|(lo, hi)| (lo & !(ps - 1), round_up(hi, ps).min(a.table_bytes)))
-        .into_iter()
-        .chain([(
-            (classes_end - pages) & !(ps - 1),
-            round_up(classes_end - open, ps).min(first),
-        )]) {
+            os_pages(
+                a.bits_offset + open * bits,
+                a.bits_offset + pages * bits,
+                a.table_bytes,
+            ),
+            os_pages(classes_end - pages, classes_end - open, first),
+        ] {
             if end > start {
                 // SAFETY: [start, end) is page-aligned, non-empty and inside
                 // the side-table mapping; opening takes no access away.
