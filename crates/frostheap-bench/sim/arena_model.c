@@ -216,25 +216,9 @@ static inline void arena_free(arena_t *a, void *p) {
 
 typedef struct { void *p; uint32_t n; } slot_t;
 
-static double run_classes(classes_t *h, long ops, uint64_t seed) {
-    slot_t w[WINDOW] = {{0}};
-    uint64_t x = seed;
-    double t0 = now_ns();
-    for (long i = 0; i < ops; i++) {
-        slot_t *s = &w[i % WINDOW];
-        if (s->p) class_free(h, class_of_16[(s->n + 15) / 16], s->p);
-        uint32_t n = LO + (uint32_t)(next(&x) % (HI - LO + 1));
-        s->p = class_alloc(h, class_of_16[(n + 15) / 16]);
-        s->n = n;
-        *(volatile char *)s->p = (char)n;
-    }
-    double ns = (now_ns() - t0) / ops;
-    for (int i = 0; i < WINDOW; i++)
-        if (w[i].p) class_free(h, class_of_16[(w[i].n + 15) / 16], w[i].p);
-    return ns;
-}
-
-static double run_arena(classes_t *h, arena_t *a, long ops, uint64_t seed, uint32_t thresh) {
+/* Blocks of up to `thresh` bytes from the classes, larger ones from the
+ * arena (with `thresh` = HI, the classes alone). */
+static double run(classes_t *h, arena_t *a, long ops, uint64_t seed, uint32_t thresh) {
     slot_t w[WINDOW] = {{0}};
     uint64_t x = seed;
     double t0 = now_ns();
@@ -276,11 +260,11 @@ int main(int argc, char **argv) {
         uint64_t seed = 0x9E3779B97F4A7C15ull ^ (uint64_t)(r + 1);
         double t_classes, t_arena;
         if (r % 2 == 0) {
-            t_classes = run_classes(&c1, ops, seed);
-            t_arena = run_arena(&c2, &a, ops, seed, thresh);
+            t_classes = run(&c1, &a, ops, seed, HI);
+            t_arena = run(&c2, &a, ops, seed, thresh);
         } else {
-            t_arena = run_arena(&c2, &a, ops, seed, thresh);
-            t_classes = run_classes(&c1, ops, seed);
+            t_arena = run(&c2, &a, ops, seed, thresh);
+            t_classes = run(&c1, &a, ops, seed, HI);
         }
         size_t arena_pages = ((size_t)a.top_max * GRAN + PAGE - 1) / PAGE;
         printf("round %d: classes %.2f ns, %zu KiB; classes to %u B + arena %.2f ns, %zu + %zu KiB; "
