@@ -21,8 +21,11 @@
 //! `VmHWM`: the kernel's figure for a child starts at its parent's
 //! resident set). A case reports the median ns per operation of one
 //! thread (p10–p90), frostheap's per-round ratio to the best of the three
-//! others (the one with the lowest median), and peak RSS; then the fixed
-//! RSS of a trivial program under each.
+//! others (the one with the lowest median), peak RSS, and which of the
+//! others, if any, is both faster and smaller than frostheap (by medians:
+//! where none is, a bound missed over the best is a trade of time for
+//! memory or the reverse); then the fixed RSS of a trivial program under
+//! each.
 //!
 //! Nothing here is asserted: the figures depend on the machine and its
 //! load, which the report's first line states.
@@ -32,7 +35,7 @@ use std::process::Command;
 
 use clap::Parser;
 use frostheap_bench::child::{self, Outcome};
-use frostheap_bench::{cli, table, Machine, Plan, Table};
+use frostheap_bench::{cli, table, Machine, Plan, Samples, Table};
 
 const MIMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2";
 const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
@@ -131,6 +134,7 @@ fn report(title: &str, vs: &[Variant], cases: &[&str], o: &Options) -> String {
             "frostheap / best",
             "peak RSS MiB (g / mi / je / fh)",
             "fh RSS / best",
+            "faster and smaller",
         ],
         1,
     );
@@ -157,6 +161,8 @@ fn report(title: &str, vs: &[Variant], cases: &[&str], o: &Options) -> String {
                 .join(" / "),
         );
         row.push(table::ratio(&rss.ratio(3, best_rss)));
+        let medians = |s: &Samples| -> [f64; 4] { core::array::from_fn(|i| s.summary(i).median) };
+        row.push(dominating(medians(&ns), medians(&rss)));
         t.row(row);
     }
     let mut fixed = Table::new(
@@ -175,6 +181,23 @@ fn report(title: &str, vs: &[Variant], cases: &[&str], o: &Options) -> String {
     row.extend((0..4).map(|i| table::number(&rss.summary(i), 0)));
     fixed.row(row);
     format!("\n## {title}\n\n{t}\n{fixed}")
+}
+
+/// The baselines that beat frostheap (the last of [`NAMES`]) on both time
+/// and peak RSS at once, by their medians: "none" where the time and the
+/// memory that frostheap gives up each buy it the other (the column says
+/// whether a case's bound over the best is missed for a trade or outright).
+fn dominating(ns: [f64; 4], rss: [f64; 4]) -> String {
+    let fh = NAMES.len() - 1;
+    let names: Vec<&str> = (0..fh)
+        .filter(|&i| ns[i] < ns[fh] && rss[i] < rss[fh])
+        .map(|i| NAMES[i])
+        .collect();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
 }
 
 /// The child's own peak RSS, as it reported it: `wait4`'s would be at least
@@ -255,5 +278,30 @@ fn main() {
     print!("{text}");
     if let Some(out) = &o.out {
         cli::write_or_exit("threads", out, text.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dominating;
+
+    #[test]
+    fn a_baseline_dominates_only_when_both_faster_and_smaller() {
+        // (ns, peak RSS) medians of glibc, mimalloc, jemalloc, frostheap.
+        let cases: [([f64; 4], [f64; 4], &str); 4] = [
+            // glibc smaller but slower, jemalloc faster but larger: a trade.
+            ([70.0, 16.0, 15.0, 7.0], [2.0, 3.4, 5.1, 2.5], "none"),
+            ([70.0, 16.0, 15.0, 20.0], [2.0, 3.4, 2.4, 2.5], "jemalloc"),
+            (
+                [7.0, 6.0, 15.0, 8.0],
+                [2.0, 2.4, 5.1, 2.5],
+                "glibc, mimalloc",
+            ),
+            // A tie is no win.
+            ([8.0, 16.0, 15.0, 8.0], [2.5, 3.4, 5.1, 2.5], "none"),
+        ];
+        for (ns, rss, want) in cases {
+            assert_eq!(dominating(ns, rss), want, "ns {ns:?}, rss {rss:?}");
+        }
     }
 }
