@@ -41,9 +41,9 @@ impl HeapCore {
         }
     }
 
-    /// Bytes committed and not purged: the memory the heap holds resident
-    /// or can reuse without a fault (statistics' `committed`), read
-    /// without the span lock.
+    /// Bytes charged: the memory the heap holds resident or can reuse
+    /// without a fault (statistics' `committed`), read without the span
+    /// lock.
     pub(crate) fn charged(&self) -> usize {
         self.spans.charged()
     }

@@ -53,7 +53,7 @@ use super::page::{
 use super::process::{self, Kind as ChargeKind};
 use super::queue::ClassState;
 use super::remote::{OtherThreads, Remote};
-use super::span::{Locked, SpanAllocator};
+use super::span::{carved_charge, Locked, SpanAllocator};
 use crate::os::{self, OsError};
 use crate::region::{round_up, Huge, Region, RegionConfig, PAGE_SHIFT, PAGE_SIZE};
 use crate::sync::{chaos, thread_token, RawLock};
@@ -583,6 +583,10 @@ impl HeapCore {
                     }
                 }
                 if m.extend.get() < m.capacity.get() {
+                    if !self.charge_extension(m) {
+                        self.others.refused.fetch_add(1, Ordering::Relaxed);
+                        return ptr::null_mut();
+                    }
                     ClassState::extend_free(&self.pages, m, idx);
                     st.borrowed[c].set(0);
                     continue;
@@ -1228,7 +1232,7 @@ impl HeapCore {
     pub(super) fn new_small_span(&self, st: &ClassState, c: usize) -> Option<usize> {
         let n_pages = span_pages(c);
         let mut spans = self.lock_spans();
-        let Some((idx, _)) = spans.alloc(n_pages) else {
+        let Some((idx, lazy)) = spans.alloc_small(n_pages) else {
             self.others.refused.fetch_add(1, Ordering::Relaxed);
             return None;
         };
@@ -1240,6 +1244,9 @@ impl HeapCore {
             "new span with remote frees"
         );
         st.init_span(&self.pages, idx, n_pages, c);
+        // The pages its carving charges (under the span lock, as `offset`
+        // is written; see PageMeta).
+        self.meta(idx).offset.set(lazy as u32);
         if st.kind == OWNER_LOCAL {
             if !self.own.enabled() && self.charged() >= OWN_CACHE_FROM {
                 // The cache's stacks, in the side table, are opened the
@@ -1261,15 +1268,33 @@ impl HeapCore {
         Some(idx)
     }
 
+    /// Charges what the span `m`'s next carving ([`ClassState::extend_free`])
+    /// reaches into of the pages it took uncharged
+    /// ([`super::span::Locked::alloc_small`]), in the steps of
+    /// [`carved_charge`], up to its `offset` pages' worth. False, nothing
+    /// charged, when the heap's cap or the process limit refuses.
+    fn charge_extension(&self, m: &PageMeta) -> bool {
+        let lazy = m.offset.get() as usize;
+        if lazy == 0 {
+            return true;
+        }
+        let (from, to) = ClassState::extension(m);
+        let bytes = carved_charge(to, lazy) - carved_charge(from, lazy);
+        bytes == 0 || self.lock_spans().charge_carved(bytes)
+    }
+
     /// Returns an empty small span to the span allocator.
     pub(super) fn retire_span(&self, idx: usize) {
         let m = self.meta(idx);
         debug_assert!(m.used.get() == 0, "retiring a span with live blocks");
         let n_pages = m.span_pages.get() as usize;
+        let lazy = m.offset.get() as usize;
+        let carved = m.extend.get() as usize * m.block_size.get() as usize;
         self.pages.set_small_class(idx, n_pages, None);
         // SAFETY: the span has no live block, and leaves its queue's
-        // bookkeeping with this call (its pages become a free span).
-        unsafe { self.lock_spans().free(idx, n_pages) };
+        // bookkeeping with this call (its pages become a free span);
+        // `lazy` and `carved` are its own.
+        unsafe { self.lock_spans().free_small(idx, n_pages, lazy, carved) };
     }
 
     // -----------------------------------------------------------------

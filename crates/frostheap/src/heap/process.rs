@@ -2,7 +2,8 @@
 //! and the commit counters behind [`crate::stats`].
 //!
 //! Memory is counted where it is committed — a heap's span allocator
-//! growing its region (or reusing a free span it had purged), a context
+//! taking pages into a span (a small span as its blocks are carved, in
+//! steps of 4 to 32 KiB; see [`super::span`]), a context
 //! heap taking a chunk, the C ABI's anonymous `mmap` — and released where
 //! it is decommitted (or a free span purged), never per allocation: the
 //! fast paths carry no shared atomic. A charge that would
@@ -12,8 +13,10 @@
 //! ABI) reads the environment at start-up.
 //!
 //! The counters are plain atomics updated with one compare-and-swap per
-//! commit of at least a megabyte, so contention is that of the kernel
-//! calls that follow them.
+//! span a heap takes, or per step a small span's carving reaches (five in
+//! a 64 KiB span, on the slow path that writes the new blocks' free list,
+//! about to fault their pages in), so contention is that of the page
+//! faults and kernel calls that follow them.
 //!
 //! **Reclaiming.** Heaps keep free memory committed for reuse (see
 //! [`super::span`]), which with many threads could hold the process at its
@@ -121,6 +124,17 @@ pub(crate) fn charge_quiet(kind: Kind, bytes: usize) -> bool {
             Err(c) => cur = c,
         }
     }
+}
+
+/// Charges `bytes` for `kind` whatever the limit: the rest of the last OS
+/// page a retired small span carved into, which its free span counts
+/// whole (`span::Locked::free_small`): less than a span page at a time,
+/// on a free, which is never refused; released when that free span is
+/// purged or decommitted.
+pub(crate) fn charge_over(kind: Kind, bytes: usize) {
+    let next = COMMITTED.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    BY_KIND[kind as usize].fetch_add(bytes, Ordering::Relaxed);
+    PEAK.fetch_max(next, Ordering::Relaxed);
 }
 
 /// Counts a commit the process limit refused, after every way around it

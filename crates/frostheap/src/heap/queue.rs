@@ -320,13 +320,28 @@ impl ClassState {
         }
     }
 
+    /// The blocks [`ClassState::extend_free`] carves next in the span
+    /// headed by `m`: `n` from block `first`.
+    fn next_extension(m: &PageMeta) -> (u32, u32) {
+        let size = m.block_size.get();
+        let first = m.extend.get();
+        let batch = (EXTEND_BYTES / size).clamp(1, EXTEND_BATCH);
+        (first, (m.capacity.get() - first).min(batch))
+    }
+
+    /// The bytes from the span's start carved before and after the next
+    /// [`ClassState::extend_free`] of the span headed by `m`.
+    pub(super) fn extension(m: &PageMeta) -> (usize, usize) {
+        let size = m.block_size.get() as usize;
+        let (first, n) = Self::next_extension(m);
+        (first as usize * size, (first + n) as usize * size)
+    }
+
     /// Links the next batch of never-used blocks of the span headed by `m`
     /// (page `idx`) into its free list.
     pub(super) fn extend_free(pages: &PageTable, m: &PageMeta, idx: usize) {
         let size = m.block_size.get() as usize;
-        let first = m.extend.get();
-        let batch = (EXTEND_BYTES / size as u32).clamp(1, EXTEND_BATCH);
-        let n = (m.capacity.get() - first).min(batch);
+        let (first, n) = Self::next_extension(m);
         let start = pages.page_addr(idx) + first as usize * size;
         let mut next = m.free.get();
         // Link backwards so the list hands out ascending addresses.

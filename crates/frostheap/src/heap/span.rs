@@ -28,17 +28,25 @@
 //!
 //! **What is charged.** Memory is charged against the heap's own cap
 //! (`max`, less [`crate::Heap::charge_external`]'s bytes) and the process
-//! limit ([`super::process`]) when it is committed, and released when it
-//! stops holding memory: the free top when it is decommitted, and a free
-//! span anywhere when it is purged. A purged span keeps its place in the
-//! committed range (the range stays one prefix, which a freeze protects
-//! with one call) but holds no memory, so it is *uncharged*; the part of
-//! it taken again — for a small span, a large block, an in-place growth —
-//! is charged again first. Live spans are always charged whole. `charged`
-//! is what [`super::Stats::committed`] reports; the committed range less
-//! `charged` is the purged part ([`super::Stats::purged`]). The heap's
-//! pre-committed minimum (`min`, `FROSTHEAP_MIN`) stays charged even when
-//! purged, as the top never shrinks below it.
+//! limit ([`super::process`]) when a span first uses it, and released when
+//! it stops holding memory: the free top when it is decommitted, and a
+//! free span anywhere when it is purged. Pages the region commits as it
+//! grows, and a purged span, keep their place in the committed range (the
+//! range stays one prefix, which a freeze protects with one call) but hold
+//! no memory, so they are *uncharged*; the part of them taken — for a
+//! large block or an in-place growth — is charged first, whole. A small
+//! span taken from them is charged as its blocks are carved, in steps of
+//! 4, 8, 16, 32 KiB ([`carved_charge`], [`Locked::alloc_small`],
+//! [`Locked::charge_carved`]; the span's `offset` says how many of its
+//! pages were taken so): a thread that holds a few blocks in each of
+//! twenty classes is charged for the twenty OS pages they lie in, not for
+//! twenty 64 KiB pages (and, before, for its region's first 1 MiB step). Every other live span is charged whole.
+//! `charged` is what [`super::Stats::committed`] reports; the committed
+//! range less `charged` ([`super::Stats::purged`]) holds no memory. The
+//! heap's pre-committed minimum (`min`, `FROSTHEAP_MIN`) stays charged
+//! even when purged, as the top never shrinks below it. In a region laid
+//! out for huge pages, where one touch may make 2 MiB resident, small
+//! spans are charged whole too.
 //!
 //! Each free span's head counts how many of its pages are uncharged — a
 //! count, not which ones. One rule keeps it honest (never more uncharged
@@ -50,7 +58,11 @@
 //! still charged (nothing is released twice). The count can understate (a
 //! purged span merged with a dirty neighbour, then cut), which
 //! over-charges until that span's next purge, which sets the count to the
-//! whole span again.
+//! whole span again. A retired small span that was charged as it was
+//! carved gives back uncharged the pages its carving never reached, and
+//! the rest of the last page it reached is charged then, whatever the
+//! limit (less than a page: a free is never refused), so that its free
+//! span, like any, counts whole pages ([`Locked::free_small`]).
 //!
 //! **When a charge is refused** — by the heap's cap or the process limit —
 //! a reuse first takes another free span that needs no charge if one fits;
@@ -356,6 +368,21 @@ fn uncharged(m: &PageMeta) -> usize {
     m.offset.get() as usize
 }
 
+/// What a small span that took `lazy` pages uncharged
+/// ([`Locked::alloc_small`]) has charged for them once `carved` bytes
+/// from its start are carved: the OS pages the carving reached, rounded up
+/// to a power of two (4, 8, 16, 32 KiB, …: a span carved to its end is
+/// charged five times, not sixteen, and never for more than twice what it
+/// reached), and at most the `lazy` pages.
+pub(super) fn carved_charge(carved: usize, lazy: usize) -> usize {
+    if carved == 0 {
+        return 0;
+    }
+    round_up(carved, os::page_size())
+        .next_power_of_two()
+        .min(lazy * PAGE_SIZE)
+}
+
 impl Locked<'_> {
     /// Takes a run of `pages` free pages, committing more if needed, and
     /// charges what it takes that was not charged. Returns the first page
@@ -374,6 +401,82 @@ impl Locked<'_> {
             Fit::Taken(idx, zero) => Some((idx, zero)),
             Fit::NoSpan | Fit::Refused => None,
         }
+    }
+
+    /// Takes a run of `pages` free pages for a small span, committing more
+    /// if needed, and charges none of its uncharged pages now: the span
+    /// charges them as its blocks are carved ([`Locked::charge_carved`],
+    /// in the steps of [`carved_charge`]), so that a span of which a
+    /// thread uses three blocks counts the OS page they lie in, not its
+    /// 64 KiB pages. Returns
+    /// the first page and how many of the run's pages are so left to the
+    /// carving (none in a region laid out for huge pages, where one touch
+    /// may make 2 MiB resident: its spans are charged whole, as
+    /// [`Locked::alloc`] charges them). `None` when the reservation is
+    /// full or the kernel refuses the commit.
+    pub(super) fn alloc_small(&mut self, pages: usize) -> Option<(usize, usize)> {
+        if self.alloc.region.huge_layout() {
+            return self.alloc(pages).map(|(idx, _)| (idx, 0));
+        }
+        let idx = match self.first_fit(pages, false) {
+            Some(idx) => idx,
+            None => {
+                if !self.grow(pages) {
+                    return None;
+                }
+                self.first_fit(pages, false)?
+            }
+        };
+        // The part taken takes the count first (see the module doc): its
+        // uncharged pages are the span's to charge as it carves.
+        let lazy = uncharged(self.pages.meta(idx)).min(pages);
+        // SAFETY: idx heads a free span of at least `pages` pages, in its
+        // bin; what it takes uncharged is charged by the carving.
+        unsafe { self.take(idx, pages) };
+        Some((idx, lazy))
+    }
+
+    /// Charges `bytes` that a small span's carving reaches into the pages
+    /// [`Locked::alloc_small`] left to it, giving back free memory if the
+    /// heap's cap or the process limit refuses; false (nothing charged,
+    /// the refusal counted) when that fails too.
+    pub(super) fn charge_carved(&mut self, bytes: usize) -> bool {
+        self.try_charge(bytes) || self.give_back_and_charge(|_| bytes)
+    }
+
+    /// Frees the `pages` pages of a retired small span that
+    /// [`Locked::alloc_small`] took with `lazy` pages left to its carving,
+    /// of which `carved` bytes (from the span's start) were carved: the
+    /// pages past the last one carved into were never touched, and go
+    /// back uncharged. A free span counts whole pages, so the rest of the
+    /// last page carved into (less than a page) is charged now, past the
+    /// limit if need be (a free is never refused), and given back when
+    /// the free span is purged or decommitted; what the carving charged
+    /// ahead past that page ([`carved_charge`]) is released.
+    ///
+    /// # Safety
+    /// 1. As for [`Locked::free`]; `lazy` and `carved` are the span's.
+    pub(super) unsafe fn free_small(
+        &mut self,
+        idx: usize,
+        pages: usize,
+        lazy: usize,
+        carved: usize,
+    ) {
+        let charged_lazily = carved_charge(carved, lazy);
+        let clean = lazy.saturating_sub(carved.div_ceil(PAGE_SIZE));
+        let counted = (lazy - clean) * PAGE_SIZE;
+        if counted > charged_lazily {
+            let top_up = counted - charged_lazily;
+            debug_assert!(top_up < PAGE_SIZE, "topping up {top_up} bytes");
+            self.add_charged(top_up);
+            process::charge_over(self.alloc.kind, top_up);
+        } else {
+            self.release(charged_lazily - counted);
+        }
+        // SAFETY: forwarded (1); the `clean` pages past the carving hold no
+        // memory and, taken uncharged, lie above the region's minimum.
+        unsafe { self.free_with(idx, pages, true, true, clean) }
     }
 
     /// The first free span of at least `pages` pages, in bin order (with
@@ -562,24 +665,19 @@ impl Locked<'_> {
             .cap()
             .saturating_sub(a.charged() + self.external.load(Ordering::Relaxed))
             & !(PAGE_SIZE - 1);
-        let target = round_up(want, chunk).min(end).min(committed + room);
-        // The whole growth when the heap's cap and the process limit take
-        // it; else just what was asked, through the refusal path.
-        let target = if target >= want && process::charge_quiet(a.kind, target - committed) {
-            self.add_charged(target - committed);
-            target
-        } else if self.try_charge(want - committed)
-            || self.give_back_and_charge(|_| want - committed)
-        {
-            want
-        } else {
-            return false;
-        };
+        // Nothing is charged here: the new pages hold no memory until a
+        // span takes them, which charges them (a small span as its blocks
+        // are carved). The chunk stays within the heap's cap, unless what
+        // was asked does not (the take is then refused, or gives back).
+        let target = round_up(want, chunk)
+            .min(end)
+            .min(committed + room)
+            .max(want);
         if self.open_tables(target >> PAGE_SHIFT).is_err() || region.grow_to(target).is_err() {
-            self.release(target - committed);
             return false;
         }
-        // SAFETY: the new pages are committed, free and in no span.
+        // SAFETY: the new pages are committed, free, in no span, and were
+        // never touched: none holds memory, all lie above the minimum.
         unsafe { self.free_clean(top, (target - committed) >> PAGE_SHIFT) };
         true
     }
@@ -712,18 +810,19 @@ impl Locked<'_> {
     /// 1. `[idx, idx + pages)` is committed, holds no live block, and is in
     ///    no span (its span was retired or cut off by the caller).
     pub(super) unsafe fn free(&mut self, idx: usize, pages: usize) {
-        // SAFETY: forwarded (1).
-        unsafe { self.free_with(idx, pages, true, true) }
+        // SAFETY: forwarded (1); every page is charged.
+        unsafe { self.free_with(idx, pages, true, true, 0) }
     }
 
-    /// Adds freshly committed (and charged) pages: never gives anything
+    /// Adds freshly committed pages, uncharged: never gives anything
     /// back (that would undo the growth that is about to be used).
     ///
     /// # Safety
-    /// 1. As for [`Locked::free`].
+    /// 1. As for [`Locked::free`], and the pages were never touched since
+    ///    their commit, above the region's minimum.
     unsafe fn free_clean(&mut self, idx: usize, pages: usize) {
-        // SAFETY: forwarded (1).
-        unsafe { self.free_with(idx, pages, false, false) }
+        // SAFETY: forwarded (1): none of the pages holds memory.
+        unsafe { self.free_with(idx, pages, false, false, pages) }
     }
 
     /// Decommits the region's top down to `keep_end` pages (never below
@@ -757,19 +856,28 @@ impl Locked<'_> {
         (after.saturating_sub(start), uncharged - gone_uncharged)
     }
 
-    /// Frees `[idx, idx + pages)`, coalescing with free neighbours, then
-    /// gives memory back to the OS if the hysteresis thresholds are passed.
+    /// Frees `[idx, idx + pages)`, of which `uncounted` pages are not
+    /// charged, coalescing with free neighbours, then gives memory back to
+    /// the OS if the hysteresis thresholds are passed.
     ///
     /// # Safety
-    /// 1. As for [`Locked::free`].
-    unsafe fn free_with(&mut self, idx: usize, pages: usize, dirty: bool, give_back: bool) {
+    /// 1. As for [`Locked::free`]; `uncounted <= pages`, and as many of the
+    ///    pages hold no memory and lie above the region's minimum.
+    unsafe fn free_with(
+        &mut self,
+        idx: usize,
+        pages: usize,
+        dirty: bool,
+        give_back: bool,
+        uncounted: usize,
+    ) {
         let (pt, a) = (self.pages, self.alloc);
         let region = &a.region;
         let mut start = idx;
         let mut n = pages;
         let mut dirty = dirty;
-        // The freed pages are charged: the counts of the neighbours add up.
-        let mut u = 0;
+        // The counts of the freed run and its neighbours add up.
+        let mut u = uncounted;
         if start > 0 {
             let left = pt.meta(start - 1);
             let head = match left.kind() {

@@ -158,12 +158,16 @@ pub struct Stats {
     /// Bytes of address space reserved.
     pub reserved: usize,
     /// Bytes committed and charged against the limits: the heap's
-    /// committed range (readable and writable) less its purged free spans.
+    /// committed range (readable and writable) less what of it holds no
+    /// memory (`purged`).
     pub committed: usize,
-    /// Bytes of free spans inside the committed range that were purged
-    /// (`MADV_DONTNEED`: no memory behind them) and are not charged; they
-    /// are charged again when reused. The committed range is `committed +
-    /// purged` bytes from the heap's base.
+    /// Bytes inside the committed range that hold no memory and are not
+    /// charged: free spans that were purged (`MADV_DONTNEED`), pages the
+    /// range grew by that no span has used yet, and the part of small
+    /// spans that their blocks' carving has not reached (a small span is
+    /// charged in steps of 4, 8, 16, 32 KiB as it is carved). They are
+    /// charged when used. The committed range is `committed + purged` bytes from
+    /// the heap's base.
     pub purged: usize,
     /// Usable bytes of live allocations.
     pub in_use: usize,

@@ -52,15 +52,22 @@ fn pthread_result(call: &'static str, r: libc::c_int) -> Result<(), OsError> {
     }
 }
 
-/// The base page size (4 KiB on x86_64 Linux).
+/// The base page size (4 KiB on x86_64 Linux), asked of the kernel once:
+/// the heaps' slow paths and the fault handler read it, and the C ABI's
+/// glibc fallback on every allocation (an atomic load is
+/// async-signal-safe; `sysconf` is not promised to be).
 pub fn page_size() -> usize {
+    use core::sync::atomic::{AtomicUsize, Ordering};
+    static PAGE: AtomicUsize = AtomicUsize::new(0);
+    let cached = PAGE.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n <= 0 {
-        4096
-    } else {
-        n as usize
-    }
+    let n = if n <= 0 { 4096 } else { n as usize };
+    PAGE.store(n, Ordering::Relaxed);
+    n
 }
 
 /// The transparent-huge-page size.

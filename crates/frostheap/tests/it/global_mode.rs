@@ -270,6 +270,17 @@ fn one_limit_bounds_every_kind_of_thread() {
     );
 }
 
+test!(many_threads_are_charged_for_the_pages_their_blocks_reach);
+/// 400 threads at once under `FROSTHEAP_MAX=64M`, each holding a block in
+/// 16 size classes (a thread per connection): none is refused, and the
+/// process is charged less than 128 KiB a thread. Each thread heap's
+/// first commit step counted whole before (1 MiB), and the 64th thread
+/// was refused, at 64 MiB charged with 0.7 MiB in use.
+fn many_threads_are_charged_for_the_pages_their_blocks_reach() {
+    let out = run_fixture("global_threads", &["many"], &[("FROSTHEAP_MAX", "64M")]);
+    assert_succeeded_saying(&out, "global_threads many: ok");
+}
+
 test!(in_a_memory_cgroup_the_default_limit_is_three_quarters_of_its_limit, needs: [MemoryCgroup]);
 /// With `FROSTHEAP_MAX` unset, a process in a memory cgroup of 256 MiB (a
 /// container's `--memory`) gets a limit of 192 MiB: the main thread and a
