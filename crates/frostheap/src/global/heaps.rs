@@ -309,7 +309,7 @@ fn push_abandoned(idx: usize) {
 const ADOPT_SCAN: usize = 8;
 
 /// The abandoned heap a thread adopts: of the [`ADOPT_SCAN`] abandoned
-/// last, the one with the most memory committed (purged free spans not
+/// last, the one with the most memory charged (what holds no memory not
 /// counted; the last abandoned of those with the most), so that a thread
 /// reuses the memory that waits in the heaps of exited threads before it
 /// commits more.

@@ -17,8 +17,9 @@ pub struct ProcessStats {
     /// The process limit (`FROSTHEAP_MAX`; `usize::MAX` when none is set).
     pub limit: usize,
     /// Bytes committed now, all kinds together: what the limit bounds.
-    /// A heap's free spans that were purged (`MADV_DONTNEED`) are not
-    /// counted until they are reused (see [`crate::Stats::purged`]).
+    /// What of a heap's committed range holds no memory (free spans purged,
+    /// growth no span has used yet, the part of small spans not carved
+    /// yet) is not counted until it is used (see [`crate::Stats::purged`]).
     pub committed: usize,
     /// The highest `committed` seen.
     pub peak_committed: usize,

@@ -41,9 +41,8 @@ impl HeapCore {
         }
     }
 
-    /// Bytes charged: the memory the heap holds resident or can reuse
-    /// without a fault (statistics' `committed`), read without the span
-    /// lock.
+    /// Bytes charged (statistics' `committed`): the memory the heap's
+    /// spans use and its free spans hold, read without the span lock.
     pub(crate) fn charged(&self) -> usize {
         self.spans.charged()
     }

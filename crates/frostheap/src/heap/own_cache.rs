@@ -12,7 +12,7 @@
 //! was the difference between frostheap and jemalloc, whose thread cache
 //! is such an array.
 //!
-//! **Which heaps.** Only a heap that has committed [`OWN_CACHE_FROM`]
+//! **Which heaps.** Only a heap that is charged [`OWN_CACHE_FROM`]
 //! (8 MiB) turns its cache on, and only the spans it makes from then on
 //! send their owner's frees there: they are marked [`OWNER_CACHED`]
 //! instead of [`OWNER_LOCAL`] (`super::page`), which the free's fast path

@@ -138,7 +138,9 @@ pub struct PageMeta {
     pub prev: Cell<u32>,
     /// Large: offset of the allocation from the span start (over-alignment).
     /// Free span head: how many of the span's pages are not charged against
-    /// the limits (purged; see [`super::span`]).
+    /// the limits (purged, or never used; see [`super::span`]). Small: how
+    /// many of its pages its carving charges (all, or none: taken
+    /// uncharged, see `span::Locked::alloc_small`).
     pub offset: Cell<u32>,
     /// [`Kind`] as a byte.
     pub kind: Cell<u8>,

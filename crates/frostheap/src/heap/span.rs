@@ -35,13 +35,14 @@
 //! range stays one prefix, which a freeze protects with one call) but hold
 //! no memory, so they are *uncharged*; the part of them taken — for a
 //! large block or an in-place growth — is charged first, whole. A small
-//! span taken from them is charged as its blocks are carved, in steps of
-//! 4, 8, 16, 32 KiB ([`carved_charge`], [`Locked::alloc_small`],
+//! span taken from a free span none of whose pages is charged is charged
+//! as its blocks are carved, in power-of-two steps from an OS page up to
+//! its size ([`carved_charge`], [`Locked::alloc_small`],
 //! [`Locked::charge_carved`]; the span's `offset` says how many of its
 //! pages were taken so): a thread that holds a few blocks in each of
 //! twenty classes is charged for the twenty OS pages they lie in, not for
-//! twenty 64 KiB pages (and, before, for its region's first 1 MiB step). Every other live span is charged whole.
-//! `charged` is what [`super::Stats::committed`] reports; the committed
+//! twenty 64 KiB pages (and, before, for its region's first 1 MiB step).
+//! Every other live span is charged whole. `charged` is what [`super::Stats::committed`] reports; the committed
 //! range less `charged` ([`super::Stats::purged`]) holds no memory. The
 //! heap's pre-committed minimum (`min`, `FROSTHEAP_MIN`) stays charged
 //! even when purged, as the top never shrinks below it. In a region laid
@@ -153,8 +154,9 @@ pub(crate) struct SpanAllocator {
     limit: usize,
     /// What the region's commits are charged as against the process limit.
     kind: process::Kind,
-    /// Bytes charged for the region: the committed range less the free
-    /// pages that are uncharged (see the module doc). Written under the
+    /// Bytes charged for the region: the committed range less what of it
+    /// is uncharged — free pages, and the part of small spans their
+    /// carving has not reached (see the module doc). Written under the
     /// span lock; read by statistics without it.
     charged: AtomicUsize,
 }
@@ -257,7 +259,7 @@ impl SpanAllocator {
     }
 
     /// Bytes charged for the region (the committed range less its
-    /// uncharged free pages).
+    /// uncharged pages and bytes).
     pub(super) fn charged(&self) -> usize {
         self.charged.load(Ordering::Relaxed)
     }
@@ -371,9 +373,9 @@ fn uncharged(m: &PageMeta) -> usize {
 /// What a small span that took `lazy` pages uncharged
 /// ([`Locked::alloc_small`]) has charged for them once `carved` bytes
 /// from its start are carved: the OS pages the carving reached, rounded up
-/// to a power of two (4, 8, 16, 32 KiB, …: a span carved to its end is
-/// charged five times, not sixteen, and never for more than twice what it
-/// reached), and at most the `lazy` pages.
+/// to a power of two (4, 8, 16, 32 KiB, …: a 64 KiB span carved to its end
+/// is charged five times, not sixteen, and never for more than twice what
+/// it reached), and at most the `lazy` pages.
 pub(super) fn carved_charge(carved: usize, lazy: usize) -> usize {
     if carved == 0 {
         return 0;
@@ -404,36 +406,34 @@ impl Locked<'_> {
     }
 
     /// Takes a run of `pages` free pages for a small span, committing more
-    /// if needed, and charges none of its uncharged pages now: the span
-    /// charges them as its blocks are carved ([`Locked::charge_carved`],
-    /// in the steps of [`carved_charge`]), so that a span of which a
-    /// thread uses three blocks counts the OS page they lie in, not its
-    /// 64 KiB pages. Returns
-    /// the first page and how many of the run's pages are so left to the
-    /// carving (none in a region laid out for huge pages, where one touch
-    /// may make 2 MiB resident: its spans are charged whole, as
-    /// [`Locked::alloc`] charges them). `None` when the reservation is
-    /// full or the kernel refuses the commit.
+    /// if needed. Taken from a free span whose pages are all uncharged
+    /// (the region's growth, a span purged whole), none of them is charged
+    /// now: the span charges them as its blocks are carved
+    /// ([`Locked::charge_carved`], in the steps of [`carved_charge`]), so
+    /// that a span of which a thread uses three blocks counts the OS page
+    /// they lie in, not its 64 KiB pages. From any other free span (a
+    /// count says how many of its pages hold no memory, not which) the
+    /// run is charged as [`Locked::alloc`] charges it; so is every run in
+    /// a region laid out for huge pages, where one touch may make 2 MiB
+    /// resident. Returns the first page and how many pages are left to the
+    /// carving (all or none); `None` when the heap's cap or the process
+    /// limit refuses, the reservation is full or the kernel refuses the
+    /// commit.
     pub(super) fn alloc_small(&mut self, pages: usize) -> Option<(usize, usize)> {
-        if self.alloc.region.huge_layout() {
-            return self.alloc(pages).map(|(idx, _)| (idx, 0));
-        }
-        let idx = match self.first_fit(pages, false) {
-            Some(idx) => idx,
-            None => {
-                if !self.grow(pages) {
-                    return None;
-                }
-                self.first_fit(pages, false)?
+        if !self.alloc.region.huge_layout()
+            && (self.first_fit(pages, false).is_some() || self.grow(pages))
+        {
+            let idx = self.first_fit(pages, false)?;
+            let m = self.pages.meta(idx);
+            if uncharged(m) == m.span_pages.get() as usize {
+                // SAFETY: idx heads a free span of at least `pages` pages,
+                // in its bin, none of which holds memory or lies below the
+                // minimum (the count's rule): the carving charges them.
+                unsafe { self.take(idx, pages) };
+                return Some((idx, pages));
             }
-        };
-        // The part taken takes the count first (see the module doc): its
-        // uncharged pages are the span's to charge as it carves.
-        let lazy = uncharged(self.pages.meta(idx)).min(pages);
-        // SAFETY: idx heads a free span of at least `pages` pages, in its
-        // bin; what it takes uncharged is charged by the carving.
-        unsafe { self.take(idx, pages) };
-        Some((idx, lazy))
+        }
+        self.alloc(pages).map(|(idx, _)| (idx, 0))
     }
 
     /// Charges `bytes` that a small span's carving reaches into the pages
@@ -445,14 +445,15 @@ impl Locked<'_> {
     }
 
     /// Frees the `pages` pages of a retired small span that
-    /// [`Locked::alloc_small`] took with `lazy` pages left to its carving,
-    /// of which `carved` bytes (from the span's start) were carved: the
-    /// pages past the last one carved into were never touched, and go
-    /// back uncharged. A free span counts whole pages, so the rest of the
-    /// last page carved into (less than a page) is charged now, past the
-    /// limit if need be (a free is never refused), and given back when
-    /// the free span is purged or decommitted; what the carving charged
-    /// ahead past that page ([`carved_charge`]) is released.
+    /// [`Locked::alloc_small`] took with `lazy` pages left to its carving
+    /// (all or none), of which `carved` bytes (from the span's start) were
+    /// carved: the pages past the last one carved into were never touched,
+    /// and go back uncharged. A free span counts whole pages, so the rest
+    /// of the last page carved into (less than a page) is charged now, or,
+    /// past the heap's cap or the process limit, that page is purged and
+    /// goes back uncharged too (a free is never refused); what the
+    /// carving charged ahead past that page ([`carved_charge`]) is
+    /// released.
     ///
     /// # Safety
     /// 1. As for [`Locked::free`]; `lazy` and `carved` are the span's.
@@ -463,17 +464,33 @@ impl Locked<'_> {
         lazy: usize,
         carved: usize,
     ) {
-        let charged_lazily = carved_charge(carved, lazy);
-        let clean = lazy.saturating_sub(carved.div_ceil(PAGE_SIZE));
-        let counted = (lazy - clean) * PAGE_SIZE;
+        let mut charged_lazily = carved_charge(carved, lazy);
+        let touched = carved.div_ceil(PAGE_SIZE).min(lazy);
+        let mut clean = lazy - touched;
+        let mut counted = touched * PAGE_SIZE;
         if counted > charged_lazily {
             let top_up = counted - charged_lazily;
             debug_assert!(top_up < PAGE_SIZE, "topping up {top_up} bytes");
-            self.add_charged(top_up);
-            process::charge_over(self.alloc.kind, top_up);
-        } else {
-            self.release(charged_lazily - counted);
+            if self.try_charge(top_up) {
+                charged_lazily = counted;
+            } else {
+                // At the cap or the limit: the last page carved into is
+                // purged instead, and goes back uncharged with those past
+                // it. Should the kernel refuse the purge, the rest of the
+                // page is counted past the limit rather than not at all.
+                let last = self.pages.page_addr(idx + touched - 1) as *mut u8;
+                // SAFETY: the span is retired: nothing live is in its pages.
+                if unsafe { os::purge(last, PAGE_SIZE) }.is_ok() {
+                    clean += 1;
+                    counted -= PAGE_SIZE;
+                } else {
+                    self.add_charged(top_up);
+                    process::charge_over(self.alloc.kind, top_up);
+                    charged_lazily = counted;
+                }
+            }
         }
+        self.release(charged_lazily - counted);
         // SAFETY: forwarded (1); the `clean` pages past the carving hold no
         // memory and, taken uncharged, lie above the region's minimum.
         unsafe { self.free_with(idx, pages, true, true, clean) }
@@ -665,14 +682,44 @@ impl Locked<'_> {
             .cap()
             .saturating_sub(a.charged() + self.external.load(Ordering::Relaxed))
             & !(PAGE_SIZE - 1);
+        let target = round_up(want, chunk).min(end).min(committed + room);
+        if region.huge_layout() {
+            // A region laid out for huge pages: a touch of one span may
+            // make its whole 2 MiB resident (and a switch to huge pages
+            // collapses the committed range), so the whole growth is
+            // charged now, as the region commits it.
+            let target = if target >= want && process::charge_quiet(a.kind, target - committed) {
+                self.add_charged(target - committed);
+                target
+            } else if self.try_charge(want - committed)
+                || self.give_back_and_charge(|_| want - committed)
+            {
+                want
+            } else {
+                return false;
+            };
+            if self.open_tables(target >> PAGE_SHIFT).is_err() || region.grow_to(target).is_err() {
+                self.release(target - committed);
+                return false;
+            }
+            // SAFETY: the new pages are committed, free, in no span, and
+            // charged.
+            unsafe { self.free_with(top, (target - committed) >> PAGE_SHIFT, false, false, 0) };
+            return true;
+        }
         // Nothing is charged here: the new pages hold no memory until a
         // span takes them, which charges them (a small span as its blocks
-        // are carved). The chunk stays within the heap's cap, unless what
-        // was asked does not (the take is then refused, or gives back).
-        let target = round_up(want, chunk)
-            .min(end)
-            .min(committed + room)
-            .max(want);
+        // are carved). What was asked must fit under the heap's cap, with
+        // the heap's own free memory given back if need be, before
+        // anything is committed for it; the process limit is met at the
+        // take.
+        if !self.fits(want - committed) {
+            self.release_free();
+            if !self.fits(want - committed) {
+                return false;
+            }
+        }
+        let target = target.max(want);
         if self.open_tables(target >> PAGE_SHIFT).is_err() || region.grow_to(target).is_err() {
             return false;
         }

@@ -36,12 +36,31 @@ fn small_span_charge(m: &PageMeta) -> usize {
     (pages - lazy) * PAGE_SIZE + super::span::carved_charge(carved, lazy)
 }
 
+/// Bytes of the heap's committed range that are resident (`mincore`).
+fn resident(core: &HeapCore) -> usize {
+    let ps = crate::os::page_size();
+    let len = core.region().committed();
+    let mut pages = vec![0u8; len.div_ceil(ps)];
+    // SAFETY: [base, base + len) is the heap's committed mapping; `pages`
+    // holds a byte per OS page of it.
+    let r = unsafe {
+        libc::mincore(
+            core.pages.base as *mut libc::c_void,
+            len,
+            pages.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0, "mincore: {}", std::io::Error::last_os_error());
+    pages.iter().filter(|&&b| b & 1 != 0).count() * ps
+}
+
 /// Checks the charge bookkeeping of the span allocator (see span.rs's
 /// "What is charged"): every free span's uncharged count is at most its
 /// pages above the region's minimum, every small span taken with pages
 /// left to its carving has charged them up to the OS page its carving
-/// reached, and the heap's charge is its committed range less the pages
-/// and bytes not charged. Call when no allocation is in flight.
+/// reached, the heap's charge is its committed range less the pages and
+/// bytes not charged, and it is never less than what of the range is
+/// resident. Call when no allocation is in flight.
 fn check_charge(core: &HeapCore) {
     let committed = core.region().committed();
     let min_pages = core.region().min_committed() >> PAGE_SHIFT;
@@ -73,6 +92,12 @@ fn check_charge(core: &HeapCore) {
         s.committed,
         committed - uncharged,
         "charged = committed range − pages and bytes not charged: {s:?}"
+    );
+    let resident = resident(core);
+    assert!(
+        s.committed >= resident,
+        "{resident} bytes resident, {} charged: {s:?}",
+        s.committed
     );
     assert_eq!(s.committed + s.purged, committed, "{s:?}");
 }
@@ -1102,6 +1127,45 @@ mod charge {
         let again: Vec<*mut u8> = sizes.iter().map(|&n| block(&core, n)).collect();
         check_charge(&core);
         for p in again {
+            free(&core, p);
+        }
+        check_charge(&core);
+        assert_eq!(core.stats().in_use, 0);
+    }
+
+    /// A large block freed after it was written (resident) merges with the
+    /// clean growth above it into one free span whose count says how many
+    /// of its pages hold no memory, not which: small spans taken from it
+    /// are charged whole, not as they are carved, so the charge never
+    /// falls below what is resident (`check_charge`, with `mincore`),
+    /// whichever pages the new spans land on and however far they are
+    /// carved. (Taken lazily from its front, the first spans were charged
+    /// 4 KiB for 64 KiB resident.)
+    #[test]
+    fn small_spans_from_a_free_span_partly_resident_are_charged_whole() {
+        let core = heap_of(1 << 30);
+        let large = block(&core, 8 * PAGE_SIZE);
+        check_charge(&core);
+        free(&core, large);
+        let m = core.meta((large as usize - core.pages.base) >> PAGE_SHIFT);
+        assert_eq!(m.kind(), Kind::FreeSpan);
+        let (n, u) = (m.span_pages.get() as usize, m.offset.get() as usize);
+        assert!(
+            u > 0 && u < n,
+            "not a free span partly resident: {n} pages, {u} uncharged"
+        );
+        check_charge(&core);
+        let sizes = [
+            16, 32, 48, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640,
+        ];
+        let mut live = Vec::new();
+        for (i, &size) in sizes.iter().enumerate() {
+            // Carve each class's span to a different depth, up to whole.
+            let n = (PAGE_SIZE / size) * (i + 1) / sizes.len();
+            live.extend((0..n.max(1)).map(|_| block(&core, size)));
+            check_charge(&core);
+        }
+        for p in live {
             free(&core, p);
         }
         check_charge(&core);
