@@ -550,6 +550,9 @@ impl HeapCore {
         if self.is_sealed() {
             return ptr::null_mut();
         }
+        // The first span moved behind the others after a refused carving
+        // (see below): met again as current, every span was tried.
+        let mut first_rotated = None;
         // A fine-only class of a heap not split yet takes the next class's
         // blocks, from that class's queue.
         let c = st.serving(c);
@@ -584,6 +587,22 @@ impl HeapCore {
                 }
                 if m.extend.get() < m.capacity.get() {
                     if !self.charge_extension(m) {
+                        // Past the cap or the limit, with no free block
+                        // here: the blocks the owner's cache holds go back
+                        // to their spans (which may free this one's, or a
+                        // span); then the class's other spans, which may
+                        // hold blocks freed since they ran dry, are tried
+                        // in turn; then the allocation is refused.
+                        if st.kind == OWNER_LOCAL && self.own.cached_blocks() > 0 {
+                            // SAFETY: the local state's caller is the owner.
+                            unsafe { self.flush_own_cache() };
+                            continue;
+                        }
+                        if m.next.get() != NONE && first_rotated != Some(idx) {
+                            first_rotated.get_or_insert(idx);
+                            st.rotate(&self.pages, c, idx);
+                            continue;
+                        }
                         self.others.refused.fetch_add(1, Ordering::Relaxed);
                         return ptr::null_mut();
                     }

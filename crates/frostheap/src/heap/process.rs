@@ -128,9 +128,10 @@ pub(crate) fn charge_quiet(kind: Kind, bytes: usize) -> bool {
 
 /// Charges `bytes` for `kind` whatever the limit: the rest of the last OS
 /// page a retired small span carved into, which its free span counts
-/// whole (`span::Locked::free_small`): less than a span page at a time,
-/// on a free, which is never refused; released when that free span is
-/// purged or decommitted.
+/// whole (`span::Locked::free_small`), when the limit refuses it and the
+/// kernel refuses to purge that page: less than a span page, on a free,
+/// which is never refused; released when that free span is purged or
+/// decommitted.
 pub(crate) fn charge_over(kind: Kind, bytes: usize) {
     let next = COMMITTED.fetch_add(bytes, Ordering::Relaxed) + bytes;
     BY_KIND[kind as usize].fetch_add(bytes, Ordering::Relaxed);

@@ -419,20 +419,34 @@ impl ClassState {
         }
     }
 
+    /// Moves class `c`'s current span, at page `idx`, behind the other
+    /// spans of its queue, the next becoming current: a carving of it was
+    /// refused (the heap's cap, the process limit) while spans that ran
+    /// dry before it may hold blocks freed since. It has no free block on
+    /// its list and its remote frees are collected, so every block it
+    /// carved is in use: its count, not kept while current, is exact again
+    /// as `extend`.
+    pub(super) fn rotate(&self, pages: &PageTable, c: usize, idx: usize) {
+        let m = pages.meta(idx);
+        debug_assert!(m.free.get().is_null() && m.next.get() != NONE);
+        m.used.set(m.extend.get());
+        self.unlink(pages, c, idx);
+        self.push_back(pages, c, idx);
+    }
+
     /// Takes the span at page `idx` out of class `c`'s queue (a no-op when
     /// it is not queued); the next span becomes current if it was.
     pub(super) fn unlink(&self, pages: &PageTable, c: usize, idx: usize) {
         let m = pages.meta(idx);
-        // The current span leaves only when dry or found empty by its
-        // owner (`HeapCore::collect_queued`), its `used` count then set
+        // The current span leaves only when dry, found empty by its owner
+        // (`HeapCore::collect_queued`), or moved behind the others with
+        // nothing free (`ClassState::rotate`), its `used` count then set
         // exact by the caller (PageMeta::used).
         debug_assert!(
             !ptr::eq(self.current[c].get(), m)
-                || (m.free.get().is_null()
-                    && m.extend.get() == m.capacity.get()
-                    && m.used.get() == m.capacity.get())
+                || (m.free.get().is_null() && m.used.get() == m.extend.get())
                 || m.used.get() == 0,
-            "current span unlinked before it ran dry"
+            "current span unlinked with free blocks or an inexact count"
         );
         if m.flags.get() & IN_QUEUE == 0 {
             return;

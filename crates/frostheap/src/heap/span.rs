@@ -42,8 +42,9 @@
 //! pages were taken so): a thread that holds a few blocks in each of
 //! twenty classes is charged for the twenty OS pages they lie in, not for
 //! twenty 64 KiB pages (and, before, for its region's first 1 MiB step).
-//! Every other live span is charged whole. `charged` is what [`super::Stats::committed`] reports; the committed
-//! range less `charged` ([`super::Stats::purged`]) holds no memory. The
+//! Every other live span is charged whole. `charged` is what
+//! [`super::Stats::committed`] reports; the committed range less `charged`
+//! ([`super::Stats::purged`]) holds no memory. The
 //! heap's pre-committed minimum (`min`, `FROSTHEAP_MIN`) stays charged
 //! even when purged, as the top never shrinks below it. In a region laid
 //! out for huge pages, where one touch may make 2 MiB resident, small
@@ -61,16 +62,18 @@
 //! over-charges until that span's next purge, which sets the count to the
 //! whole span again. A retired small span that was charged as it was
 //! carved gives back uncharged the pages its carving never reached, and
-//! the rest of the last page it reached is charged then, whatever the
-//! limit (less than a page: a free is never refused), so that its free
-//! span, like any, counts whole pages ([`Locked::free_small`]).
+//! the rest of the last page it reached is charged then, so that its free
+//! span, like any, counts whole pages; past the cap or the limit that last
+//! page is purged instead and goes back uncharged too (a free is never
+//! refused; only if the kernel refuses the purge is the rest, less than a
+//! page, charged over the limit: [`Locked::free_small`]).
 //!
 //! **When a charge is refused** — by the heap's cap or the process limit —
 //! a reuse first takes another free span that needs no charge if one fits;
-//! then (for a growth too) the heap gives back its own free memory ([`Locked::release_free`]: dirty free
-//! spans purged, every free page above the minimum uncharged; clean pages
-//! were not touched since they were committed or purged, so uncharging
-//! them needs no call), then asks the reclaimer for the other heaps' (their
+//! then (for a growth too) the heap gives back its own free memory
+//! ([`Locked::release_free`]: dirty free spans purged, every free page
+//! above the minimum uncharged; clean pages were not touched since they
+//! were committed or purged, so uncharging them needs no call), then asks the reclaimer for the other heaps' (their
 //! free tops decommitted, their free spans released the same way), trying
 //! once more after each step: the path a growth takes. If that still
 //! fails the allocation fails (`OutOfMemory`, counted in the heap's
@@ -78,6 +81,10 @@
 //! limit: below the limit a resident free span refuses nobody, and at the
 //! limit every free page a heap holds is given back before anything is
 //! refused, except those of heaps whose span lock is busy at that moment.
+//! A refused carving of a small span gives the owner's cached blocks back
+//! to their spans, then turns to the class's other spans, which may hold
+//! blocks freed since they ran dry, before the allocation is refused
+//! (`HeapCore::alloc_small_slow`).
 
 use core::cell::{Cell, UnsafeCell};
 use core::sync::atomic::Ordering;

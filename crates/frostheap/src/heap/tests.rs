@@ -1172,6 +1172,56 @@ mod charge {
         assert_eq!(core.stats().in_use, 0);
     }
 
+    /// Under the heap's cap, a carving of the current span that cannot be
+    /// charged moves on to the class's other spans, which hold blocks
+    /// freed since they ran dry, before the allocation is refused.
+    #[test]
+    fn a_refused_carving_takes_free_blocks_of_the_class_before_it_refuses() {
+        let core = heap_of(64 * MIB);
+        let l64 = Layout::from_size_align(64, 8).unwrap();
+        let span_of = |p: *mut u8| (p as usize - core.pages.base) >> PAGE_SHIFT;
+        // Span a carved to its end (dry), then 64 blocks (4 KiB) of span b,
+        // taken uncharged: its next carving needs a charge.
+        let a: Vec<*mut u8> = (0..PAGE_SIZE / 64).map(|_| core.alloc(l64)).collect();
+        let b: Vec<*mut u8> = (0..64).map(|_| core.alloc(l64)).collect();
+        let (sa, sb) = (span_of(a[0]), span_of(b[0]));
+        assert!(a.iter().all(|&p| span_of(p) == sa) && b.iter().all(|&p| span_of(p) == sb));
+        assert_eq!(
+            core.meta(sb).offset.get() as usize,
+            span_pages(class_of(64).unwrap())
+        );
+        assert_eq!(small_span_charge(core.meta(sb)), 4096);
+        // Eight of a's blocks freed: a waits behind b in the class's queue.
+        for &p in &a[..8] {
+            free(&core, p);
+        }
+        // No room left under the cap.
+        let s = core.stats();
+        assert!(core.charge_external(s.limit - s.committed));
+        // b's carving is refused; a's freed blocks are handed out.
+        let again: Vec<*mut u8> = (0..8).map(|_| core.alloc(l64)).collect();
+        assert!(
+            again.iter().all(|&p| !p.is_null() && span_of(p) == sa),
+            "{again:?}"
+        );
+        assert_eq!(core.stats().refused, 0);
+        check_charge(&core);
+        // Nothing free left in the class: refused, counted once.
+        assert!(core.alloc(l64).is_null());
+        assert_eq!(core.stats().refused, 1);
+        check_charge(&core);
+        // Room again: b carves on.
+        core.release_external(s.limit - s.committed);
+        let more = core.alloc(l64);
+        assert_eq!(span_of(more), sb);
+        check_charge(&core);
+        for p in a[8..].iter().chain(&b).chain(&again).chain([&more]) {
+            free(&core, *p);
+        }
+        check_charge(&core);
+        assert_eq!(core.stats().in_use, 0);
+    }
+
     /// A block of `bytes` from `core`, written (resident).
     fn block(core: &HeapCore, bytes: usize) -> *mut u8 {
         let p = core.alloc(Layout::from_size_align(bytes, 8).unwrap());
