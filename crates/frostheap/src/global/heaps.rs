@@ -352,20 +352,67 @@ fn pop_abandoned() -> Option<usize> {
 
 /// The process limit's reclaimer ([`process::set_reclaimer`]): the free
 /// memory of every heap whose span lock is free goes back to the OS (free
-/// tops decommitted, free spans below them purged and uncharged). The
-/// heap asking holds its own span lock, so it is skipped here (it gave
-/// back its own first). Returns the bytes no longer charged.
+/// tops decommitted, free spans below them purged and uncharged), and
+/// abandoned heaps first retire the empty spans they keep for their next
+/// thread ([`release_abandoned`]). The heap asking holds its own span
+/// lock, so it is skipped here (it gave back its own first), and nothing
+/// here waits for a lock: a thread that holds one heap's span lock and
+/// waits for another's could wait forever on a `fork` handler taking them
+/// all. Returns the bytes no longer charged.
 pub(super) fn reclaim() -> usize {
-    built().map(|(_, h, _)| h.core.try_give_back()).sum()
+    release_abandoned(false)
+        + built()
+            .map(|(_, h, _)| h.core.try_give_back())
+            .sum::<usize>()
+}
+
+/// What abandoned heaps keep for the threads that adopt them — the empty
+/// spans of the classes their last thread used, as well as their free
+/// memory — given back ([`HeapCore::release_kept`]), holding the abandoned
+/// stack's lock so that no thread adopts one meanwhile. Heaps a phase
+/// froze are left as they are. With `wait` false (the reclaimer), a lock
+/// found busy — the stack's or a heap's span lock — skips what it guards.
+/// Returns the bytes no longer charged.
+///
+/// [`HeapCore::release_kept`]: crate::heap::core::HeapCore::release_kept
+fn release_abandoned(wait: bool) -> usize {
+    let s = &ABANDONED_STACK;
+    if s.len.get() == 0 {
+        return 0; // a racy peek, as in pop_abandoned
+    }
+    let guard = if wait {
+        Some(s.lock.lock())
+    } else {
+        s.lock.try_lock()
+    };
+    let Some(_guard) = guard else {
+        return 0;
+    };
+    // SAFETY: under the lock; the first len entries are abandoned slots.
+    let slots = unsafe { &(&*s.slots.get())[..s.len.get()] };
+    slots
+        .iter()
+        .map(|&idx| {
+            // SAFETY: abandoned slots were built.
+            let h = unsafe { slot_heap(idx as usize) };
+            if h.frozen_now() {
+                return 0;
+            }
+            // SAFETY: the heap is abandoned (it is on the stack), and no
+            // thread adopts it while we hold the stack's lock.
+            unsafe { h.core.release_kept(wait) }
+        })
+        .sum()
 }
 
 /// A trim the program asked for (`frostheap::trim`, the C ABI's
 /// `malloc_trim`): `own`, the calling thread's heap when it allocates from
 /// it (not inside a phase), first hands the other heaps' blocks its cache
 /// and batch hold back to them, and collects the remote frees into its own
-/// spans that filled up; then every built heap that no phase has frozen
-/// gives back its free memory, waiting for its span lock. Returns the
-/// bytes no longer charged.
+/// spans that filled up; then abandoned heaps retire the empty spans they
+/// keep for their next thread ([`release_abandoned`]), and every built
+/// heap that no phase has frozen gives back its free memory, waiting for
+/// its span lock. Returns the bytes no longer charged.
 ///
 /// # Safety
 /// 1. `own` is `None`, or the calling thread's heap, which it owns, on its
@@ -375,14 +422,15 @@ pub(super) unsafe fn trim(own: Option<&'static HeapInner>) -> usize {
         // SAFETY: (1): the owner, not in a phase.
         unsafe { hand_back_held_blocks(h) };
     }
-    built()
-        .filter(|(_, h, _)| !h.frozen_now())
-        .map(|(_, h, _)| {
-            let mine = own.is_some_and(|o| core::ptr::eq(o, h));
-            // SAFETY: (1): collects only the calling thread's own heap.
-            unsafe { h.core.give_back(mine) }
-        })
-        .sum()
+    release_abandoned(true)
+        + built()
+            .filter(|(_, h, _)| !h.frozen_now())
+            .map(|(_, h, _)| {
+                let mine = own.is_some_and(|o| core::ptr::eq(o, h));
+                // SAFETY: (1): collects only the calling thread's own heap.
+                unsafe { h.core.give_back(mine) }
+            })
+            .sum::<usize>()
 }
 
 /// Every built heap: `(slot, heap, whether a thread owns it)`.

@@ -46,9 +46,9 @@ use super::own_cache::{OwnCache, OwnSlots, OWN_CACHE_FROM};
 #[cfg(debug_assertions)]
 use super::page::{debug_invariant_broken, owner_local};
 use super::page::{
-    invalid_free, large_usable, Block, Kind, PageMeta, PageTable, BITS_SKEW, CLASSES_END, EMPTY,
-    FULL, GENERATION, META_SKEW, NONE, OWNER_CACHED, OWNER_LOCAL, OWNER_SHARED, PENDING,
-    REMOTE_WORDS,
+    invalid_free, large_usable, Block, Kind, PageMeta, PageTable, BITS_SKEW, CLASSES_END,
+    CURRENT_USED, EMPTY, FULL, GENERATION, META_SKEW, NONE, OWNER_CACHED, OWNER_LOCAL,
+    OWNER_SHARED, PENDING, REMOTE_WORDS,
 };
 use super::process::{self, Kind as ChargeKind};
 use super::queue::ClassState;
@@ -338,12 +338,148 @@ impl HeapCore {
         // that each allocate a little (`spawn`) otherwise made those spans
         // again, their pages faulted in anew, in every generation (Rust
         // `spawn` took 1.18× as long, p10–p90 1.08–1.24, in 21 alternating
-        // runs).
-        self.collect_queued(self.local.fine.get());
+        // runs) — those its thread used, that is
+        // (`retire_unused_current`). What is retired here goes back
+        // purged: the heap's whole free memory is given back below.
+        let mut retire = |idx| self.retire_span_in(&mut self.lock_spans(), idx, true);
+        self.collect_queued_with(self.local.fine.get(), &mut retire);
+        if !self.local.fine.get() {
+            self.retire_unused_current(&mut retire);
+        }
         chaos();
         self.lock_spans().give_back_all();
         chaos();
         self.owner.store(0, Ordering::Release);
+    }
+
+    /// Of a small heap given up, keeps an empty current span for the next
+    /// thread only if the thread leaving used it: one no block was freed
+    /// into since it became current, or since the last thread left it
+    /// (which set its count to [`CURRENT_USED`] again, see
+    /// [`PageMeta::used`]: every free counts it down), was not, and is
+    /// retired. So what a heap keeps for its next thread is at most the
+    /// classes its last thread used: threads replaced in generations, each
+    /// using other size classes than the last (a thread per connection
+    /// whose requests differ), made every heap keep the empty spans of
+    /// every generation's classes (1,000 threads each holding 32 blocks of
+    /// 16 B – 6.8 KiB, in seven rotating sets of sizes: 360 MiB charged,
+    /// 266 MB resident, where one generation holds 94 MiB).
+    ///
+    /// The owner only, giving the heap up.
+    #[inline(never)] // one copy for its callers: the code a thread's exit runs fits one window
+    fn retire_unused_current(&self, retire: &mut dyn FnMut(usize)) {
+        let st = &self.local;
+        for c in 0..N_CLASSES {
+            let idx = st.head[c].get();
+            if idx == NONE {
+                continue; // no queue (a fine-only class not split: none)
+            }
+            let m = self.meta(idx as usize);
+            if !ptr::eq(st.current[c].get(), m) {
+                continue;
+            }
+            // A free into it since the mark (by this thread, or by another
+            // collected now): used, and kept, its count back at the mark
+            // (a current span's count means nothing but that). Only a span
+            // not freed into is walked: walking every class's free list at
+            // every exit made threads that each allocate a little (`spawn`
+            // in C) take 1.07x as long (20 alternating rounds, 0.86–1.15).
+            if m.used.get() == CURRENT_USED {
+                self.collect_remote(m, idx as usize, true);
+            }
+            if m.used.get() != CURRENT_USED {
+                m.used.set(CURRENT_USED);
+            } else if Self::current_is_empty(m) {
+                // Exact now; `unlink` makes the next span current.
+                m.used.set(0);
+                st.unlink(&self.pages, c, idx as usize);
+                retire(idx as usize);
+            }
+        }
+    }
+
+    /// Counts an allocation refused in the end: in the heap's `refused`,
+    /// and in the process's when the process limit (not the heap's cap)
+    /// refused a commit on the way.
+    fn refuse(&self) {
+        self.others.refused.fetch_add(1, Ordering::Relaxed);
+        if self.spans.take_limit_refused() {
+            process::count_refusal();
+        }
+    }
+
+    /// Past the heap's cap or the process limit, on the owner's path: what
+    /// the owner holds that is not in use goes back to the span allocator
+    /// before an allocation is refused — the blocks its cache holds to
+    /// their spans, the remote frees its spans received collected, and
+    /// every span that leaves empty retired, the current ones too, which a
+    /// thread keeps for its next blocks and a heap it adopted kept for it
+    /// ([`HeapCore::abandon`]). Returns whether anything went back (a
+    /// cache flushed, a span retired), for the caller to try once more.
+    ///
+    /// A thread that adopts a heap may never use the classes its last
+    /// thread used: threads replaced in generations, each using other size
+    /// classes, each kept the last generation's empty spans charged beside
+    /// its own, and 1,000 of them holding 94 MiB were refused under
+    /// `FROSTHEAP_MAX=160M` in their second generation.
+    ///
+    /// # Safety
+    /// 1. The calling thread is the owner, on its owner path.
+    unsafe fn give_back_held(&self) -> bool {
+        let flushed = self.own.cached_blocks() > 0;
+        if flushed {
+            // SAFETY: (1).
+            unsafe { self.flush_own_cache() };
+        }
+        let mut retired = 0usize;
+        let mut retire = |idx| {
+            retired += 1;
+            self.retire_span_in(&mut self.lock_spans(), idx, true);
+        };
+        self.collect_pending_with(&mut retire);
+        self.collect_queued_with(true, &mut retire);
+        flushed || retired > 0
+    }
+
+    /// Gives back what an abandoned heap keeps for the thread that adopts
+    /// it: the empty current spans a small heap keeps ([`HeapCore::abandon`])
+    /// and the spans emptied since by other threads' frees are retired,
+    /// then every free page is given back (the free top decommitted, the
+    /// free spans purged and uncharged). Returns the bytes no longer
+    /// charged; 0, nothing done, when the span lock is busy and `wait` is
+    /// false (the process limit's reclaimer, which holds another heap's
+    /// span lock and must not wait for this one).
+    ///
+    /// So the memory of threads that have exited serves the threads left
+    /// (the main thread, once a pool has shrunk), as their heaps' free
+    /// spans always did: a small heap's kept spans counted against the
+    /// limit until another thread adopted it ([`HeapCore::give_back_held`]
+    /// is the owner's side of the same).
+    ///
+    /// # Safety
+    /// 1. The heap is abandoned (its owner gave it up with
+    ///    [`HeapCore::abandon`]) and no thread adopts it until this returns.
+    pub(crate) unsafe fn release_kept(&self, wait: bool) -> usize {
+        debug_assert_eq!(self.owner_token(), 0, "releasing an owned heap");
+        let spans = if wait {
+            Some(self.lock_spans())
+        } else {
+            self.spans.try_lock(self.pages, &self.others.external)
+        };
+        let Some(mut spans) = spans else {
+            return 0;
+        };
+        let before = self.charged();
+        // (1): no owner, and none until we return: the owner's state is
+        // ours meanwhile, as it is an adopter's (the abandoned stack's lock
+        // orders us after the last owner's `abandon` and before the next
+        // owner's adoption). Other threads' frees into the heap are remote
+        // frees, which the collection below is the owner's side of.
+        self.collect_pending_with(&mut |idx| self.retire_span_in(&mut spans, idx, true));
+        self.collect_queued_with(true, &mut |idx| self.retire_span_in(&mut spans, idx, true));
+        spans.give_back_all();
+        drop(spans);
+        before.saturating_sub(self.charged())
     }
 
     /// First address of the region, as an integer.
@@ -553,6 +689,9 @@ impl HeapCore {
         // The first span moved behind the others after a refused carving
         // (see below): met again as current, every span was tried.
         let mut first_rotated = None;
+        // Whether what the owner holds went back after a refusal: once per
+        // call (a span it retires empty may be taken again, uncarved).
+        let mut gave_back = false;
         // A fine-only class of a heap not split yet takes the next class's
         // blocks, from that class's queue.
         let c = st.serving(c);
@@ -588,22 +727,27 @@ impl HeapCore {
                 if m.extend.get() < m.capacity.get() {
                     if !self.charge_extension(m) {
                         // Past the cap or the limit, with no free block
-                        // here: the blocks the owner's cache holds go back
-                        // to their spans (which may free this one's, or a
-                        // span); then the class's other spans, which may
+                        // here: what the owner holds goes back once
+                        // (`give_back_held`: its cache's blocks, its empty
+                        // spans); then the class's other spans, which may
                         // hold blocks freed since they ran dry, are tried
                         // in turn; then the allocation is refused.
-                        if st.kind == OWNER_LOCAL && self.own.cached_blocks() > 0 {
+                        if st.kind == OWNER_LOCAL && !gave_back {
+                            gave_back = true;
                             // SAFETY: the local state's caller is the owner.
-                            unsafe { self.flush_own_cache() };
-                            continue;
+                            if unsafe { self.give_back_held() } {
+                                // Tried again: a refusal noted is not
+                                // this allocation's unless it recurs.
+                                self.spans.take_limit_refused();
+                                continue;
+                            }
                         }
                         if m.next.get() != NONE && first_rotated != Some(idx) {
                             first_rotated.get_or_insert(idx);
                             st.rotate(&self.pages, c, idx);
                             continue;
                         }
-                        self.others.refused.fetch_add(1, Ordering::Relaxed);
+                        self.refuse();
                         return ptr::null_mut();
                     }
                     ClassState::extend_free(&self.pages, m, idx);
@@ -647,13 +791,21 @@ impl HeapCore {
             }
             match self.new_small_span(st, c) {
                 Some(idx) => st.push_back(&self.pages, c, idx),
-                // Past a limit: the blocks the owner's cache holds back
-                // to their spans, which may free a span, and once more.
-                None if st.kind == OWNER_LOCAL && self.own.cached_blocks() > 0 => {
+                // Past a limit: what the owner holds goes back, and once
+                // more.
+                None if st.kind == OWNER_LOCAL
+                    && !gave_back
                     // SAFETY: the local state's caller is the owner.
-                    unsafe { self.flush_own_cache() };
+                    && unsafe { self.give_back_held() } =>
+                {
+                    gave_back = true;
+                    // As above: tried again.
+                    self.spans.take_limit_refused();
                 }
-                None => return ptr::null_mut(),
+                None => {
+                    self.refuse();
+                    return ptr::null_mut();
+                }
             }
         }
     }
@@ -1150,6 +1302,13 @@ impl HeapCore {
 
     /// Brings back spans that received remote frees while FULL.
     pub(super) fn collect_pending(&self) -> bool {
+        self.collect_pending_with(&mut |idx| self.retire_span(idx))
+    }
+
+    /// [`HeapCore::collect_pending`], `retire` returning the spans it
+    /// leaves empty.
+    #[inline(never)] // one copy for its callers: the code a thread's exit runs fits one window
+    fn collect_pending_with(&self, retire: &mut dyn FnMut(usize)) -> bool {
         let remote = self.remote();
         let mut idx = remote.take_pending();
         chaos();
@@ -1164,7 +1323,7 @@ impl HeapCore {
             self.collect_remote(m, idx as usize, true);
             let c = m.class.get() as usize;
             if m.used.get() == 0 {
-                self.retire_span(idx as usize);
+                retire(idx as usize);
             } else {
                 self.local.push_back(&self.pages, c, idx as usize);
                 any = true;
@@ -1193,6 +1352,13 @@ impl HeapCore {
     ///
     /// The owner only (a trim, a thread giving its heap up).
     pub(super) fn collect_queued(&self, current_too: bool) {
+        self.collect_queued_with(current_too, &mut |idx| self.retire_span(idx));
+    }
+
+    /// [`HeapCore::collect_queued`], `retire` returning the spans it
+    /// leaves empty.
+    #[inline(never)] // one copy for its callers: the code a thread's exit runs fits one window
+    fn collect_queued_with(&self, current_too: bool, retire: &mut dyn FnMut(usize)) {
         let st = &self.local;
         for c in 0..N_CLASSES {
             let mut idx = st.head[c].get();
@@ -1217,7 +1383,7 @@ impl HeapCore {
                 };
                 if empty {
                     st.unlink(&self.pages, c, idx as usize);
-                    self.retire_span(idx as usize);
+                    retire(idx as usize);
                 }
                 idx = next;
             }
@@ -1247,14 +1413,11 @@ impl HeapCore {
     }
 
     /// A fresh small span of class `c` for state `st`, or `None` past the
-    /// limit (counted as a refusal).
+    /// limit (the caller counts the refusal if it gives up).
     pub(super) fn new_small_span(&self, st: &ClassState, c: usize) -> Option<usize> {
         let n_pages = span_pages(c);
         let mut spans = self.lock_spans();
-        let Some((idx, lazy)) = spans.alloc_small(n_pages) else {
-            self.others.refused.fetch_add(1, Ordering::Relaxed);
-            return None;
-        };
+        let (idx, lazy) = spans.alloc_small(n_pages)?;
         // Every bit of a span's pages is collected before the span can be
         // retired (`used` counts uncollected remote frees), so a new span
         // starts with none.
@@ -1304,6 +1467,14 @@ impl HeapCore {
 
     /// Returns an empty small span to the span allocator.
     pub(super) fn retire_span(&self, idx: usize) {
+        self.retire_span_in(&mut self.lock_spans(), idx, false);
+    }
+
+    /// [`HeapCore::retire_span`] under `spans`, this heap's span lock held;
+    /// with `purge`, what the span's carving touched is purged at once if
+    /// it was taken uncharged ([`Locked::free_small`]): what a heap gives
+    /// back as a whole.
+    fn retire_span_in(&self, spans: &mut Locked<'_>, idx: usize, purge: bool) {
         let m = self.meta(idx);
         debug_assert!(m.used.get() == 0, "retiring a span with live blocks");
         let n_pages = m.span_pages.get() as usize;
@@ -1313,7 +1484,7 @@ impl HeapCore {
         // SAFETY: the span has no live block, and leaves its queue's
         // bookkeeping with this call (its pages become a free span);
         // `lazy` and `carved` are its own.
-        unsafe { self.lock_spans().free_small(idx, n_pages, lazy, carved) };
+        unsafe { spans.free_small(idx, n_pages, lazy, carved, purge) };
     }
 
     // -----------------------------------------------------------------
@@ -1343,6 +1514,23 @@ impl HeapCore {
             return (ptr::null_mut(), false);
         };
         let owner = self.is_owner();
+        let mut r = self.alloc_large_pages(layout, n_pages, owner);
+        // Past a limit: what the owner holds goes back, and once more (a
+        // refusal noted is not this allocation's unless it recurs).
+        // SAFETY: the owner, on its owner path (allocating).
+        if r.0.is_null() && owner && unsafe { self.give_back_held() } {
+            self.spans.take_limit_refused();
+            r = self.alloc_large_pages(layout, n_pages, owner);
+        }
+        if r.0.is_null() {
+            self.refuse();
+        }
+        r
+    }
+
+    /// [`HeapCore::alloc_large`] of `n_pages`, once; null past a limit,
+    /// not counted.
+    fn alloc_large_pages(&self, layout: Layout, n_pages: usize, owner: bool) -> (*mut u8, bool) {
         let state = if owner { OWNER_LOCAL } else { OWNER_SHARED };
         // The block is laid out under the span lock, as a small span is
         // (`new_small_span`): until its metas say Large and Cont, a thread
@@ -1350,15 +1538,6 @@ impl HeapCore {
         // their free life.
         let mut spans = self.lock_spans();
         let Some((idx, zeroed)) = spans.alloc(n_pages) else {
-            drop(spans);
-            // Past a limit: the blocks the owner's cache holds back to
-            // their spans (which may free some), and once more.
-            if owner && self.own.cached_blocks() > 0 {
-                // SAFETY: the owner, on its owner path (allocating).
-                unsafe { self.flush_own_cache() };
-                return self.alloc_large(layout);
-            }
-            self.others.refused.fetch_add(1, Ordering::Relaxed);
             return (ptr::null_mut(), false);
         };
         chaos();
@@ -1410,6 +1589,9 @@ impl HeapCore {
         let mut spans = self.lock_spans();
         let Some((old, new)) = large::resize_in_place(&mut spans, &self.pages, m, idx, new_size)
         else {
+            // Not a refused allocation (the block moves instead, or the
+            // caller's allocation fails and counts itself).
+            self.spans.take_limit_refused();
             return false;
         };
         if m.owner.get() == OWNER_SHARED {

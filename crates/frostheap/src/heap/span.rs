@@ -89,7 +89,7 @@
 use core::cell::{Cell, UnsafeCell};
 use core::sync::atomic::Ordering;
 
-use core::sync::atomic::AtomicUsize;
+use core::sync::atomic::{AtomicBool, AtomicUsize};
 
 use super::own_cache::OwnSlots;
 use super::page::{Kind, PageMeta, PageTable, CLASSES_END, DIRTY, META_SKEW, NONE, REMOTE_WORDS};
@@ -166,6 +166,12 @@ pub(crate) struct SpanAllocator {
     /// carving has not reached (see the module doc). Written under the
     /// span lock; read by statistics without it.
     charged: AtomicUsize,
+    /// Whether the process limit (not the heap's cap) refused a commit
+    /// since [`SpanAllocator::take_limit_refused`] last looked: the heap
+    /// counts a refusal in the process's statistics only when the
+    /// allocation fails in the end (it may go on to give back what its
+    /// owner holds, and succeed).
+    limit_refused: AtomicBool,
 }
 
 impl SpanAllocator {
@@ -202,8 +208,17 @@ impl SpanAllocator {
             kind,
             // The pre-committed minimum, charged by the caller.
             charged: AtomicUsize::new(region.committed()),
+            limit_refused: AtomicBool::new(false),
             region,
         }
+    }
+
+    /// Whether the process limit refused a commit since the last call
+    /// (see `limit_refused`); clears it.
+    pub(super) fn take_limit_refused(&self) -> bool {
+        // A load first: the common case (nothing refused) writes nothing.
+        self.limit_refused.load(Ordering::Relaxed)
+            && self.limit_refused.swap(false, Ordering::Relaxed)
     }
 
     /// Opens the owner's cache's stacks at the side table's end (its own
@@ -246,6 +261,16 @@ impl SpanAllocator {
     pub(super) fn lock<'a>(&'a self, pages: PageTable, external: &'a AtomicUsize) -> Locked<'a> {
         let guard = self.lock.lock();
         self.locked(pages, external, guard)
+    }
+
+    /// [`SpanAllocator::lock`] if the span lock is free at once.
+    pub(super) fn try_lock<'a>(
+        &'a self,
+        pages: PageTable,
+        external: &'a AtomicUsize,
+    ) -> Option<Locked<'a>> {
+        let guard = self.lock.try_lock()?;
+        Some(self.locked(pages, external, guard))
     }
 
     fn locked<'a>(
@@ -460,7 +485,9 @@ impl Locked<'_> {
     /// past the heap's cap or the process limit, that page is purged and
     /// goes back uncharged too (a free is never refused); what the
     /// carving charged ahead past that page ([`carved_charge`]) is
-    /// released.
+    /// released. With `purge` (a heap giving back what it holds: a thread
+    /// leaving it, a refusal), the pages carved into are purged instead,
+    /// and the whole span goes back uncharged, to be taken as it was.
     ///
     /// # Safety
     /// 1. As for [`Locked::free`]; `lazy` and `carved` are the span's.
@@ -470,9 +497,20 @@ impl Locked<'_> {
         pages: usize,
         lazy: usize,
         carved: usize,
+        purge: bool,
     ) {
         let mut charged_lazily = carved_charge(carved, lazy);
         let touched = carved.div_ceil(PAGE_SIZE).min(lazy);
+        if purge && lazy == pages && touched > 0 {
+            let start = self.pages.page_addr(idx) as *mut u8;
+            // SAFETY: the span is retired: nothing live is in its pages.
+            if unsafe { os::purge(start, touched * PAGE_SIZE) }.is_ok() {
+                self.release(charged_lazily);
+                // SAFETY: forwarded (1); every page holds no memory now
+                // and, taken uncharged, lies above the region's minimum.
+                return unsafe { self.free_with(idx, pages, false, true, pages) };
+            }
+        }
         let mut clean = lazy - touched;
         let mut counted = touched * PAGE_SIZE;
         if counted > charged_lazily {
@@ -615,8 +653,8 @@ impl Locked<'_> {
     }
 
     /// Charges `bytes` if the heap's cap and the process limit both take
-    /// them; nothing charged otherwise (and no refusal counted: the caller
-    /// goes on to [`Locked::give_back_and_charge`], which counts one if
+    /// them; nothing charged otherwise (and no refusal noted: the caller
+    /// goes on to [`Locked::give_back_and_charge`], which notes one if
     /// that fails too).
     fn try_charge(&mut self, bytes: usize) -> bool {
         if bytes == 0 {
@@ -635,7 +673,8 @@ impl Locked<'_> {
     /// after the first step, which may have uncharged the very pages being
     /// taken — once more after each. False (nothing charged) when both
     /// fail; a failure by the process limit (not the heap's own cap) is
-    /// then counted as one refused commit, however many attempts it took.
+    /// then noted, for the heap to count one refused allocation if it
+    /// fails in the end ([`SpanAllocator::take_limit_refused`]).
     fn give_back_and_charge(&mut self, need: impl Fn(&Self) -> usize) -> bool {
         let released = self.release_free();
         let bytes = need(self);
@@ -652,7 +691,7 @@ impl Locked<'_> {
             self.add_charged(bytes);
             return true;
         }
-        process::count_refusal();
+        self.alloc.limit_refused.store(true, Ordering::Relaxed);
         false
     }
 

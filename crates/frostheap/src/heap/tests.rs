@@ -27,6 +27,12 @@ fn heap_of(max: usize) -> HeapCore {
     .expect("a heap reservation")
 }
 
+/// The size class of the span holding `p`, a block of `core`.
+fn class_at(core: &HeapCore, p: *mut u8) -> usize {
+    let m = core.meta((p as usize - core.pages.base) >> PAGE_SHIFT);
+    m.class.get() as usize
+}
+
 /// What a small span headed by `m` is charged: its pages, less those left
 /// to its carving (`offset`) that the carving has not reached (in the
 /// steps of `carved_charge`).
@@ -156,10 +162,7 @@ mod queue {
         use crate::heap::own_cache::OWN_CACHE_FROM;
         let core = heap_of(1 << 30);
         let l = |size| Layout::from_size_align(size, 16).unwrap();
-        let class_at = |p: *mut u8| {
-            let m = core.meta((p as usize - core.pages.base) >> PAGE_SHIFT);
-            m.class.get() as usize
-        };
+        let class_at = |p: *mut u8| class_at(&core, p);
         // A small heap's exit keeps its current spans.
         let p = core.alloc(l(64));
         let c64 = class_at(p);
@@ -1220,6 +1223,125 @@ mod charge {
         }
         check_charge(&core);
         assert_eq!(core.stats().in_use, 0);
+    }
+
+    /// A small heap given up keeps for its next thread the empty spans of
+    /// the classes its last thread used, and only those: a class the next
+    /// thread does not use is retired (purged, uncharged) when that thread
+    /// leaves in turn. Threads replaced in generations, each using other
+    /// classes, otherwise made every heap keep every generation's.
+    #[test]
+    fn a_heap_given_up_keeps_the_empty_spans_its_last_thread_used() {
+        let core = heap_of(1 << 30);
+        let l = |size| Layout::from_size_align(size, 16).unwrap();
+        let class_at = |p: *mut u8| class_at(&core, p);
+        let current = |c: usize| core.local.current[c].get();
+        // The first thread uses 64 B and 256 B blocks, and leaves.
+        let (a, b) = (core.alloc(l(64)), core.alloc(l(256)));
+        let (ca, cb) = (class_at(a), class_at(b));
+        let (span_a, span_b) = (current(ca), current(cb));
+        // SAFETY: live, freed once; the owner gives the heap up, and a
+        // "next thread" (this one) adopts it.
+        unsafe {
+            core.free(a);
+            core.free(b);
+            core.abandon();
+            core.set_owner();
+        }
+        assert!(!core.local.fine.get(), "the heap stays small");
+        assert!(ptr::eq(current(ca), span_a) && ptr::eq(current(cb), span_b));
+        // The second uses 64 B blocks only.
+        let a = core.alloc(l(64));
+        assert_eq!(class_at(a), ca);
+        // SAFETY: as above.
+        unsafe {
+            core.free(a);
+            core.abandon();
+            core.set_owner();
+        }
+        assert!(ptr::eq(current(ca), span_a), "the class it used is kept");
+        assert!(
+            ptr::eq(current(cb), &EMPTY.0),
+            "a class its thread did not use is kept"
+        );
+        assert_eq!(core.local.head[cb].get(), NONE);
+        // Only the kept span is charged (what its carving reached).
+        // SAFETY: the class's current span, live.
+        let kept = small_span_charge(unsafe { &*span_a });
+        assert_eq!(core.stats().committed, kept);
+        check_charge(&core);
+        // The third uses none: nothing is kept.
+        // SAFETY: the owner gives the heap up.
+        unsafe { core.abandon() };
+        assert!(ptr::eq(current(ca), &EMPTY.0));
+        let s = core.stats();
+        assert_eq!((s.in_use, s.committed), (0, 0), "{s:?}");
+        check_charge(&core);
+        // SAFETY: adopted again: the classes make spans anew.
+        unsafe { core.set_owner() };
+        let again = [core.alloc(l(64)), core.alloc(l(256))];
+        assert!(again.iter().all(|p| !p.is_null()));
+        for p in again {
+            free(&core, p);
+        }
+        check_charge(&core);
+    }
+
+    /// At the heap's cap, what the owner holds and does not use goes back
+    /// before an allocation is refused: the empty current spans of classes
+    /// it used before (a small block of another class, then a large block,
+    /// take their room); and a refusal that follows is counted once.
+    #[test]
+    fn at_the_cap_the_owners_empty_spans_go_back_before_a_refusal() {
+        let core = heap_of(64 * MIB);
+        let l = |size| Layout::from_size_align(size, 16).unwrap();
+        // One block in each of 24 sizes (17 classes), freed: empty current
+        // spans, each charged for the OS page its carving reached.
+        let sizes: Vec<usize> = (0..24).map(|i| 16 + 80 * i).collect();
+        let held: Vec<*mut u8> = sizes.iter().map(|&n| block(&core, n)).collect();
+        for &p in &held {
+            free(&core, p);
+        }
+        let kept = core.stats().committed;
+        assert!(
+            kept >= 16 * 4096,
+            "{kept} bytes charged for the empty spans"
+        );
+        // The rest of the cap taken outside the heap.
+        let s = core.stats();
+        let room = s.limit - s.committed;
+        assert!(core.charge_external(room));
+        // A class never used: its span's first carving takes the room the
+        // empty spans give back.
+        let p = core.alloc(l(3000));
+        assert!(
+            !p.is_null(),
+            "refused with {kept} bytes of empty spans: {:?}",
+            core.stats()
+        );
+        assert_eq!(core.stats().refused, 0);
+        check_charge(&core);
+        free(&core, p);
+        // Again, for a large block of 64 KiB.
+        let held: Vec<*mut u8> = sizes.iter().map(|&n| core.alloc(l(n))).collect();
+        assert!(held.iter().all(|p| !p.is_null()), "{:?}", core.stats());
+        for &p in &held {
+            free(&core, p);
+        }
+        core.release_external(room);
+        let s = core.stats();
+        let room = s.limit - s.committed;
+        assert!(core.charge_external(room));
+        let big = core.alloc(l(64 << 10));
+        assert!(!big.is_null(), "{:?}", core.stats());
+        assert_eq!(core.stats().refused, 0);
+        check_charge(&core);
+        // Nothing left to give back: refused, counted once.
+        assert!(core.alloc(l(256 << 10)).is_null());
+        assert_eq!(core.stats().refused, 1);
+        free(&core, big);
+        core.release_external(room);
+        check_charge(&core);
     }
 
     /// A block of `bytes` from `core`, written (resident).

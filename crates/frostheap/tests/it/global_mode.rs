@@ -281,6 +281,19 @@ fn many_threads_are_charged_for_the_pages_their_blocks_reach() {
     assert_succeeded_saying(&out, "global_threads many: ok");
 }
 
+test!(threads_replaced_in_generations_leave_the_limit_to_whoever_needs_it);
+/// 200 threads at once in nine generations under `FROSTHEAP_MAX=20M`,
+/// each thread adopting a heap of the last generation and using other size
+/// classes than its last thread: none is refused (every heap kept the
+/// empty spans of every generation's classes, and the third was refused);
+/// then the main thread takes nearly all of the limit in 1 MiB blocks
+/// (the spans kept in the exited threads' heaps stayed charged: under 48M
+/// it got 28 MiB).
+fn threads_replaced_in_generations_leave_the_limit_to_whoever_needs_it() {
+    let out = run_fixture("global_threads", &["generations"], &[("FROSTHEAP_MAX", "20M")]);
+    assert_succeeded_saying(&out, "global_threads generations: ok");
+}
+
 test!(in_a_memory_cgroup_the_default_limit_is_three_quarters_of_its_limit, needs: [MemoryCgroup]);
 /// With `FROSTHEAP_MAX` unset, a process in a memory cgroup of 256 MiB (a
 /// container's `--memory`) gets a limit of 192 MiB: the main thread and a
