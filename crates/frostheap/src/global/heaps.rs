@@ -27,7 +27,7 @@
 //!
 //! [`HeapCore::abandon`]: crate::heap::core::HeapCore::abandon
 
-use core::cell::{Cell, UnsafeCell};
+use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::borrow::Cow;
@@ -99,16 +99,18 @@ static HEAP_MAX: AtomicUsize = AtomicUsize::new(0);
 struct Abandoned {
     lock: RawLock,
     slots: UnsafeCell<[u16; MAX_HEAPS]>,
-    len: Cell<usize>,
+    len: AtomicUsize,
 }
 
-// SAFETY: `slots` and `len` are touched only under `lock`.
+// SAFETY: `slots` is touched only under `lock`; `len` is written only
+// under it, and read without it only for a peek that takes the lock before
+// acting on what it saw.
 unsafe impl Sync for Abandoned {}
 
 static ABANDONED_STACK: Abandoned = Abandoned {
     lock: RawLock::new(),
     slots: UnsafeCell::new([0; MAX_HEAPS]),
-    len: Cell::new(0),
+    len: AtomicUsize::new(0),
 };
 
 /// Reserves the arena for heaps of `max` bytes; returns slot 0's address.
@@ -298,11 +300,11 @@ unsafe fn free_to_owners(blocks: &mut [*mut u8]) {
 fn push_abandoned(idx: usize) {
     let s = &ABANDONED_STACK;
     let _g = s.lock.lock();
-    let n = s.len.get();
+    let n = s.len.load(Ordering::Relaxed);
     // SAFETY: under the lock; a slot is pushed at most once per
     // abandonment, so n < MAX_HEAPS.
     unsafe { (*s.slots.get())[n] = idx as u16 };
-    s.len.set(n + 1);
+    s.len.store(n + 1, Ordering::Relaxed);
 }
 
 /// Abandoned heaps a thread looks at to choose the one it adopts.
@@ -324,11 +326,11 @@ const ADOPT_SCAN: usize = 8;
 /// which never allocates.
 fn pop_abandoned() -> Option<usize> {
     let s = &ABANDONED_STACK;
-    if s.len.get() == 0 {
+    if s.len.load(Ordering::Relaxed) == 0 {
         return None; // a racy peek: the common case takes no lock
     }
     let _g = s.lock.lock();
-    let n = s.len.get();
+    let n = s.len.load(Ordering::Relaxed);
     if n == 0 {
         return None;
     }
@@ -346,7 +348,7 @@ fn pop_abandoned() -> Option<usize> {
         }
     }
     slots.swap(best, n - 1);
-    s.len.set(n - 1);
+    s.len.store(n - 1, Ordering::Relaxed);
     Some(slots[n - 1] as usize)
 }
 
@@ -377,7 +379,7 @@ pub(super) fn reclaim() -> usize {
 /// [`HeapCore::release_kept`]: crate::heap::core::HeapCore::release_kept
 fn release_abandoned(wait: bool) -> usize {
     let s = &ABANDONED_STACK;
-    if s.len.get() == 0 {
+    if s.len.load(Ordering::Relaxed) == 0 {
         return 0; // a racy peek, as in pop_abandoned
     }
     let guard = if wait {
@@ -389,7 +391,7 @@ fn release_abandoned(wait: bool) -> usize {
         return 0;
     };
     // SAFETY: under the lock; the first len entries are abandoned slots.
-    let slots = unsafe { &(&*s.slots.get())[..s.len.get()] };
+    let slots = unsafe { &(&*s.slots.get())[..s.len.load(Ordering::Relaxed)] };
     slots
         .iter()
         .map(|&idx| {
@@ -476,10 +478,10 @@ pub(super) unsafe fn after_fork_in_child() {
             // SAFETY: we are the owner now, and give it up at once.
             unsafe { h.core.abandon() };
             SLOTS[idx].state.store(ABANDONED, Ordering::Relaxed);
-            let n = s.len.get();
+            let n = s.len.load(Ordering::Relaxed);
             // SAFETY: the only thread; n < MAX_HEAPS.
             unsafe { (*s.slots.get())[n] = idx as u16 };
-            s.len.set(n + 1);
+            s.len.store(n + 1, Ordering::Relaxed);
         }
     }
     // The calling thread's heap, if it has one, is the only one live.

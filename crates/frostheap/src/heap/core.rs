@@ -415,7 +415,8 @@ impl HeapCore {
     /// every span that leaves empty retired, the current ones too, which a
     /// thread keeps for its next blocks and a heap it adopted kept for it
     /// ([`HeapCore::abandon`]). Returns whether anything went back (a
-    /// cache flushed, a span retired), for the caller to try once more.
+    /// cache flushed, a span retired); the callers try once more either
+    /// way, as the collection may also have brought blocks back.
     ///
     /// A thread that adopts a heap may never use the classes its last
     /// thread used: threads replaced in generations, each using other size
@@ -686,6 +687,9 @@ impl HeapCore {
         if self.is_sealed() {
             return ptr::null_mut();
         }
+        // A refusal noted before this call, by an allocation that then
+        // succeeded another way (another span's blocks), is not this one's.
+        self.spans.take_limit_refused();
         // The first span moved behind the others after a refused carving
         // (see below): met again as current, every span was tried.
         let mut first_rotated = None;
@@ -708,7 +712,10 @@ impl HeapCore {
                 // Blocks other threads gave back are reused before fresh
                 // ones are carved, which would make more pages resident.
                 // (Only the owner's spans receive remote frees.)
-                if st.kind == OWNER_LOCAL && self.collect_remote(m, idx, false) > 0 {
+                // (Counted down from the mark: a span whose blocks come
+                // back from other threads is one its thread used, and is
+                // kept when the thread leaves: `retire_unused_current`.)
+                if st.kind == OWNER_LOCAL && self.collect_remote(m, idx, true) > 0 {
                     continue;
                 }
                 // Then a free block of a slightly larger class, before
@@ -735,12 +742,14 @@ impl HeapCore {
                         if st.kind == OWNER_LOCAL && !gave_back {
                             gave_back = true;
                             // SAFETY: the local state's caller is the owner.
-                            if unsafe { self.give_back_held() } {
-                                // Tried again: a refusal noted is not
-                                // this allocation's unless it recurs.
-                                self.spans.take_limit_refused();
-                                continue;
-                            }
+                            unsafe { self.give_back_held() };
+                            // Tried again whatever it says went back: its
+                            // collection may have put blocks on this very
+                            // span (remote frees since the one above). A
+                            // refusal noted is not this allocation's
+                            // unless it recurs.
+                            self.spans.take_limit_refused();
+                            continue;
                         }
                         if m.next.get() != NONE && first_rotated != Some(idx) {
                             first_rotated.get_or_insert(idx);
@@ -793,12 +802,10 @@ impl HeapCore {
                 Some(idx) => st.push_back(&self.pages, c, idx),
                 // Past a limit: what the owner holds goes back, and once
                 // more.
-                None if st.kind == OWNER_LOCAL
-                    && !gave_back
-                    // SAFETY: the local state's caller is the owner.
-                    && unsafe { self.give_back_held() } =>
-                {
+                None if st.kind == OWNER_LOCAL && !gave_back => {
                     gave_back = true;
+                    // SAFETY: the local state's caller is the owner.
+                    unsafe { self.give_back_held() };
                     // As above: tried again.
                     self.spans.take_limit_refused();
                 }
@@ -1513,6 +1520,8 @@ impl HeapCore {
             self.others.refused.fetch_add(1, Ordering::Relaxed);
             return (ptr::null_mut(), false);
         };
+        // As in alloc_small_slow: an earlier refusal is not this one's.
+        self.spans.take_limit_refused();
         let owner = self.is_owner();
         let mut r = self.alloc_large_pages(layout, n_pages, owner);
         // Past a limit: what the owner holds goes back, and once more (a
