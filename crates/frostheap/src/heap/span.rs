@@ -452,17 +452,23 @@ impl Locked<'_> {
     /// limit refuses, the reservation is full or the kernel refuses the
     /// commit.
     pub(super) fn alloc_small(&mut self, pages: usize) -> Option<(usize, usize)> {
-        if !self.alloc.region.huge_layout()
-            && (self.first_fit(pages, false).is_some() || self.grow(pages))
-        {
-            let idx = self.first_fit(pages, false)?;
-            let m = self.pages.meta(idx);
-            if uncharged(m) == m.span_pages.get() as usize {
-                // SAFETY: idx heads a free span of at least `pages` pages,
-                // in its bin, none of which holds memory or lies below the
-                // minimum (the count's rule): the carving charges them.
-                unsafe { self.take(idx, pages) };
-                return Some((idx, pages));
+        if !self.alloc.region.huge_layout() {
+            // One search, and one more only after a growth.
+            let fit = match self.first_fit(pages, false) {
+                Some(idx) => Some(idx),
+                None if self.grow(pages) => Some(self.first_fit(pages, false)?),
+                None => None,
+            };
+            if let Some(idx) = fit {
+                let m = self.pages.meta(idx);
+                if uncharged(m) == m.span_pages.get() as usize {
+                    // SAFETY: idx heads a free span of at least `pages`
+                    // pages, in its bin, none of which holds memory or lies
+                    // below the minimum (the count's rule): the carving
+                    // charges them.
+                    unsafe { self.take(idx, pages) };
+                    return Some((idx, pages));
+                }
             }
         }
         self.alloc(pages).map(|(idx, _)| (idx, 0))
