@@ -265,22 +265,36 @@ fn the_library_brings_no_unwinder_library_into_the_process() {
 /// one 64 KiB window. A std function called at start-up (the cgroup's
 /// limit was read with `CStr::from_bytes_until_nul`, then a slice's
 /// `contains`, both out of line far from the start-up code) mapped a
-/// second one in every process: 64 KiB more of it, and then 12.
+/// second one in every process: 64 KiB more of it, and then 12. So did
+/// a limit written with a unit or as a percentage (`FROSTHEAP_MAX=1G`,
+/// `75%`): the u128 divisions of their parsing called the compiler's
+/// `__udivti3`, 6 pages more.
 #[test]
 #[cfg_attr(
     debug_assertions,
     ignore = "the layout checked is a release build's: unoptimised code does not fit one window"
 )]
 fn a_process_has_one_window_of_the_library_code_resident() {
-    let out = preloaded(&mut Command::new(c_program("code_windows")), &[]);
-    assert!(out.status.success(), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains(" in 1 windows:"),
-        "the library's code is resident in more than one 64 KiB window: {stdout}\n\
-         (a function the start-up, malloc, free or a thread's exit calls lies past the \
-         first window: see crates/frostheap-capi/layout.ld)"
-    );
+    for env in [
+        &[][..],
+        &[("FROSTHEAP_MAX", "1G")],
+        &[("FROSTHEAP_MAX", "1.5G")],
+        &[("FROSTHEAP_MAX", "75%")],
+        &[("FROSTHEAP_MAX", "4000000000"), ("FROSTHEAP_MIN", "1%")],
+    ] {
+        let out = preloaded(
+            Command::new(c_program("code_windows")).env_remove("FROSTHEAP_MAX"),
+            env,
+        );
+        assert!(out.status.success(), "{env:?}: {}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(" in 1 windows:"),
+            "with {env:?}, the library's code is resident in more than one 64 KiB window: \
+             {stdout}\n(a function the start-up, malloc, free or a thread's exit calls lies \
+             past the first window: see crates/frostheap-capi/layout.ld)"
+        );
+    }
 }
 
 /// malloc, free, calloc, realloc and the free of another heap's block

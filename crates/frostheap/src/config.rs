@@ -310,12 +310,15 @@ pub fn parse_limit_bytes(text: &[u8], memory: usize) -> Result<usize, SizeError>
     }
     let percent = number
         .iter()
-        .fold(0u128, |n, &d| n * 10 + u128::from(d - b'0'));
+        .fold(0usize, |n, &d| n * 10 + usize::from(d - b'0'));
     if !(1..=100).contains(&percent) {
         return Err(SizeError::Malformed);
     }
-    // In u128: memory * 100 does not fit a usize near the top.
-    Ok((memory as u128 * percent / 100) as usize)
+    // memory * percent / 100 exactly, without overflow near the top and
+    // without a u128 division (the compiler's `__udivti3`, laid far from
+    // the start-up code: a second 64 KiB window of code for every process
+    // started with `FROSTHEAP_MAX=75%`).
+    Ok(memory / 100 * percent + memory % 100 * percent / 100)
 }
 
 /// [`default_max`] of this machine and process: its physical memory, its
@@ -593,6 +596,25 @@ mod tests {
         assert_eq!(parse_limit_bytes(b"1%", 100), Ok(1));
         assert_eq!(parse_limit_bytes(b"33%", 100), Ok(33));
         assert_eq!(parse_limit_bytes(b"50%", usize::MAX), Ok(usize::MAX / 2));
+        for memory in [
+            0,
+            99,
+            101,
+            4095,
+            24 * gib + 12_345,
+            usize::MAX - 1,
+            usize::MAX,
+        ] {
+            for percent in 1..=100usize {
+                let want = (memory as u128 * percent as u128 / 100) as usize;
+                let text = format!("{percent}%");
+                assert_eq!(
+                    parse_limit_bytes(text.as_bytes(), memory),
+                    Ok(want),
+                    "{text} of {memory}"
+                );
+            }
+        }
         assert_eq!(parse_limit_bytes(b"64M", 4 * gib), Ok(64 << 20));
         for bad in ["0%", "101%", "1000%", "%", "7.5%", "-5%", "50%%", "G%"] {
             assert_eq!(

@@ -64,22 +64,28 @@ pub fn parse_size_bytes(text: &[u8]) -> Result<usize, SizeError> {
         }
     }
     let scaled_whole = value << shift;
-    // Fractional part: value = frac_digits / 10^n, scaled by 2^shift.
-    let mut frac_num: u128 = 0;
-    let mut frac_den: u128 = 1;
+    // Fractional part: value = frac_digits / 10^n, scaled by 2^shift,
+    // computed as (frac_digits / 5^n) * 2^shift / 2^n with a u64 division
+    // and shifts only: a u128 division calls the compiler's `__udivti3`,
+    // laid far from the start-up code, and reading `FROSTHEAP_MAX=1G` at
+    // start-up faulted in a second 64 KiB window of the library's code.
+    let mut frac_num: u64 = 0;
+    let mut fives: u64 = 1;
+    let mut n = 0u32;
     for &c in frac.iter().take(9) {
-        frac_num = frac_num * 10 + u128::from(c - b'0');
-        frac_den *= 10;
+        frac_num = frac_num * 10 + u64::from(c - b'0');
+        fives *= 5;
+        n += 1;
     }
     if frac.iter().skip(9).any(|&c| c != b'0') {
         return Err(SizeError::Malformed);
     }
-    let frac_scaled = frac_num << shift;
-    if !frac_scaled.is_multiple_of(frac_den) {
+    let scaled = u128::from(frac_num / fives) << shift;
+    if !frac_num.is_multiple_of(fives) || scaled & ((1u128 << n) - 1) != 0 {
         // Not a whole number of bytes (e.g. "1.5B" or "0.1K").
         return Err(SizeError::Malformed);
     }
-    let total = scaled_whole + frac_scaled / frac_den;
+    let total = scaled_whole + (scaled >> n);
     usize::try_from(total).map_err(|_| SizeError::TooLarge)
 }
 
@@ -151,6 +157,30 @@ mod tests {
             parse_size("99999999999999999999T"),
             Err(SizeError::TooLarge)
         );
+    }
+
+    #[test]
+    fn fractions_are_exact_or_refused() {
+        // Against the plain rational arithmetic: digits / 10^n * 2^shift
+        // is accepted exactly when it is a whole number of bytes.
+        for (unit, shift) in [("B", 0u32), ("K", 10), ("M", 20), ("G", 30), ("T", 40)] {
+            for digits in 1..=4u32 {
+                let den = 10u128.pow(digits);
+                for num in (0..den).step_by(7).chain([den / 2, den / 4, den - 1]) {
+                    let text = format!("3.{num:0width$}{unit}", width = digits as usize);
+                    let scaled = num << shift;
+                    let want = if scaled % den == 0 {
+                        Ok(((3u128 << shift) + scaled / den) as usize)
+                    } else {
+                        Err(SizeError::Malformed)
+                    };
+                    assert_eq!(parse_size(&text), want, "{text}");
+                }
+            }
+        }
+        assert_eq!(parse_size("1.000000000G"), Ok(1 << 30));
+        assert_eq!(parse_size("0.0009765625M"), Err(SizeError::Malformed));
+        assert_eq!(parse_size("0.000976562K"), Err(SizeError::Malformed));
     }
 
     #[test]
