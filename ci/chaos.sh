@@ -22,6 +22,10 @@
 #   mapstress     threads that map, commit, uncommit, replace and unmap
 #                 anonymous memory at once, while another forks (the
 #                 record of counted and reserved ranges)
+#   maprace       16 threads that map, mremap and unmap at once, the
+#                 library yielding between each call and its record's
+#                 update; nothing may stay counted at exit ("mapped 0 B"
+#                 in the statistics)
 #   own_cache     2 threads of ~40 MiB each (their frees in the owner's
 #                 cache), handing blocks over, trimming, and one fork
 # First, interior_free checks that the build's debug checks fire (an
@@ -52,7 +56,7 @@ cargo build --release -p frostheap-capi
 lib=$PWD/target/chaos/release/libfrostheap.so
 bin=target/chaos/c
 mkdir -p "$bin"
-for prog in threads mixer thread_churn consumer mapstress own_cache interior_free; do
+for prog in threads mixer thread_churn consumer mapstress maprace own_cache interior_free; do
     cc -O1 -fno-builtin -Wall -Wno-use-after-free -pthread \
         -o "$bin/$prog" "crates/frostheap-capi/tests/c/$prog.c"
 done
@@ -70,6 +74,24 @@ run() {
         echo "$out" | head -60 >&2
         exit 1
     fi
+}
+
+# A program that unmaps all it mapped must leave nothing counted.
+run_mapped_nothing() {
+    local out
+    out=$(FROSTHEAP_STATS=1 LD_PRELOAD=$lib timeout 120 "$@" 2>&1) || {
+        echo "ci/chaos.sh: FAILED: $*" >&2
+        echo "$out" | head -60 >&2
+        exit 1
+    }
+    case "$out" in
+    *"mapped 0 B,"*) ;;
+    *)
+        echo "ci/chaos.sh: FAILED (mappings still counted at exit): $*" >&2
+        echo "$out" | grep -i "mapped" >&2
+        exit 1
+        ;;
+    esac
 }
 
 # The build has its checks on: an address inside another thread's block,
@@ -94,9 +116,10 @@ while :; do
     run "$bin/mixer" 4 2000 4 64
     run "$bin/thread_churn"
     run "$bin/consumer" 50 2000
-    run "$bin/mapstress" 4 20000
+    run_mapped_nothing "$bin/mapstress" 4 20000
+    run_mapped_nothing "$bin/maprace" 16 20000
     run "$bin/own_cache" 2 100000
     rounds=$((rounds + 1))
     [ $(($(date +%s) - start)) -lt "$budget" ] || break
 done
-echo "ci/chaos.sh: $rounds rounds of threads, mixer (with and without trims), thread_churn, consumer, mapstress and own_cache passed in $(($(date +%s) - start)) s"
+echo "ci/chaos.sh: $rounds rounds of threads, mixer (with and without trims), thread_churn, consumer, mapstress, maprace and own_cache passed in $(($(date +%s) - start)) s"

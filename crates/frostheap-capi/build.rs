@@ -19,6 +19,8 @@
 fn main() {
     println!("cargo:rerun-if-changed=src/tls.c");
     println!("cargo:rerun-if-changed=build.rs");
+    // `--cfg frostheap_chaos` (ci/chaos.sh): race-widening yields.
+    println!("cargo::rustc-check-cfg=cfg(frostheap_chaos)");
     cc::Build::new()
         .file("src/tls.c")
         .flag("-fPIC")

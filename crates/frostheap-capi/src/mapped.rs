@@ -39,6 +39,19 @@
 //! a reservation that finds no room is not recorded, and what `mprotect`
 //! makes writable in it is not counted.
 //!
+//! **One call at a time.** The record's lock is held across the system
+//! call, from the look-up that decides what to charge to the record's
+//! update, so the record changes in the order the kernel's mappings do. It
+//! was taken for the look-up and again for the update: between a thread's
+//! `munmap` (or `mremap`) and its update, another thread's `mmap` could be
+//! given the same addresses and find them still counted, then the update
+//! removed the new mapping's record, and a later `mremap` of that mapping,
+//! half recorded, left its old half recorded for good (the stress program
+//! `maprace`, with a yield in that window: 60 KiB to 1.8 MiB still counted
+//! at exit after everything was unmapped). The kernel takes its own
+//! `mmap_lock` for writing on each of these calls, so they did not run
+//! side by side anyway.
+//!
 //! The calls go to the kernel with `syscall(2)`: glibc's own `mmap` would
 //! be this function again. frostheap's own heaps make theirs the same way
 //! (they are counted where they commit), so they never reach these.
@@ -63,18 +76,41 @@ static TABLE: Shared = Shared(UnsafeCell::new(Table::new()));
 static RECORDED: AtomicUsize = AtomicUsize::new(0);
 static LOCK: AtomicBool = AtomicBool::new(false);
 
-/// The table's lock: a spin lock, held for a search and a move of the
-/// ranges after it, never across a system call.
+/// The table's lock, held across the system call it records (see the
+/// module documentation): a waiter spins briefly, then yields the CPU
+/// (another thread's `munmap` of a large range may take a while).
 struct Guard;
 
 fn lock() -> Guard {
+    let mut spins = 0u32;
     while LOCK
         .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
         .is_err()
     {
-        core::hint::spin_loop();
+        if spins < 64 {
+            spins += 1;
+            core::hint::spin_loop();
+        } else {
+            frostheap::__private::os::yield_now();
+        }
     }
     Guard
+}
+
+/// With `--cfg frostheap_chaos` (ci/chaos.sh), yields the CPU about one
+/// time in two between a system call and the record's update, which
+/// opened the window described in the module documentation wide enough
+/// to fail every run of `maprace`; nothing in any other build.
+#[inline(always)]
+fn chaos() {
+    #[cfg(frostheap_chaos)]
+    {
+        // SAFETY: rdtsc has no preconditions.
+        let t = unsafe { core::arch::x86_64::_rdtsc() };
+        if (t >> 4) & 1 == 0 {
+            frostheap::__private::os::yield_now();
+        }
+    }
 }
 
 impl Guard {
@@ -122,17 +158,22 @@ fn settle(charged: usize, change: Change) {
     }
 }
 
-/// Charges `bytes` before a call that makes them count; false (and
+/// Starts the library if nothing has yet: the limit is set when it starts,
+/// at the process's first allocation, and a program whose first call is
+/// one of these starts it here, before the record's lock is taken (the
+/// main heap's start maps nothing through here, and a nested call during
+/// it does not wait for it).
+fn started() {
+    let _ = raw::on_main_thread();
+}
+
+/// Charges `bytes`, under the record's lock, before a call that makes
+/// them count; false (and
 /// `ENOMEM` set, the first refusal reported) if the limit refuses.
 fn charge(bytes: usize) -> bool {
     if bytes == 0 {
         return true;
     }
-    // The limit is set when the library starts, at the process's first
-    // allocation: a program whose first call is one of these starts it now
-    // (the main heap's start maps nothing through here, and a nested call
-    // during it does not wait for it).
-    let _ = raw::on_main_thread();
     if raw::charge_mapped(bytes) {
         return true;
     }
@@ -168,15 +209,24 @@ pub unsafe extern "C" fn mmap(
     offset: libc::off_t,
 ) -> *mut c_void {
     let state = if len > 0 { state_of(prot, flags) } else { None };
-    let bytes = page_round(len);
     // MAP_FIXED replaces the range (MAP_FIXED_NOREPLACE fails instead).
     let replaces = flags & libc::MAP_FIXED != 0 && len > 0;
+    let call = || {
+        // SAFETY: the caller's mmap arguments, passed to the kernel unchanged.
+        unsafe { libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, offset) }
+    };
+    if state.is_none() && !(replaces && RECORDED.load(Ordering::Relaxed) != 0) {
+        // Neither recorded nor replacing anything recorded.
+        return call() as *mut c_void;
+    }
+    let bytes = page_round(len);
+    started();
+    let mut g = lock();
     let mut charged = 0;
     if state == Some(State::Counted) {
-        let already = if replaces && RECORDED.load(Ordering::Relaxed) != 0 {
+        let already = if replaces {
             let start = addr as usize;
-            lock()
-                .table()
+            g.table()
                 .bytes(start, start.saturating_add(bytes), State::Counted)
         } else {
             0
@@ -186,18 +236,19 @@ pub unsafe extern "C" fn mmap(
             return libc::MAP_FAILED;
         }
     }
-    // SAFETY: the caller's mmap arguments, passed to the kernel unchanged.
-    let p = unsafe { libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, offset) };
+    let p = call();
     if p == -1 {
+        drop(g);
         raw::release_mapped(charged);
         return libc::MAP_FAILED;
     }
-    if state.is_some() || (replaces && RECORDED.load(Ordering::Relaxed) != 0) {
-        let start = p as usize;
-        // With no room for it, the mapping stays charged for good.
-        if let Some(change) = lock().table().assign(start, start + bytes, state) {
-            settle(charged, change);
-        }
+    chaos();
+    let start = p as usize;
+    // With no room for it, the mapping stays charged for good.
+    let change = g.table().assign(start, start + bytes, state);
+    drop(g);
+    if let Some(change) = change {
+        settle(charged, change);
     }
     p as *mut c_void
 }
@@ -225,26 +276,41 @@ pub unsafe extern "C" fn mmap64(
 /// Callable from C at any time, with `munmap`'s contract.
 #[no_mangle]
 pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
-    // SAFETY: the caller's arguments, passed to the kernel unchanged.
-    let r = unsafe { libc::syscall(libc::SYS_munmap, addr, len) };
-    if r == 0 && RECORDED.load(Ordering::Relaxed) != 0 {
-        let start = addr as usize;
-        let end = start.saturating_add(page_round(len));
-        // An unmap in the middle of a range splits it: with no room for
-        // the piece, the range stays recorded (and charged).
-        if let Some(change) = lock().table().assign(start, end, None) {
-            settle(0, change);
-        }
+    let call = || {
+        // SAFETY: the caller's arguments, passed to the kernel unchanged.
+        unsafe { libc::syscall(libc::SYS_munmap, addr, len) as c_int }
+    };
+    if RECORDED.load(Ordering::Relaxed) == 0 {
+        // Nothing recorded: nothing this call could unmap is (a range
+        // recorded since was mapped by a call this one cannot overlap).
+        return call();
     }
-    r as c_int
+    let mut g = lock();
+    let r = call();
+    if r != 0 {
+        return r;
+    }
+    chaos();
+    let start = addr as usize;
+    let end = start.saturating_add(page_round(len));
+    // An unmap in the middle of a range splits it: with no room for the
+    // piece, the range stays recorded (and charged).
+    let change = g.table().assign(start, end, None);
+    drop(g);
+    if let Some(change) = change {
+        settle(0, change);
+    }
+    r
 }
 
-/// `mremap(2)`. A mapping moves with its state (one recorded as a whole);
-/// a counted one that grows is charged for the growth first (`MAP_FAILED`,
-/// `ENOMEM` past the limit), and one that shrinks releases the difference.
-/// Declared with its fifth argument (`new_address`, variadic in C): on
-/// x86_64 a variadic integer argument travels in the same register as a
-/// fixed one.
+/// `mremap(2)`. A mapping moves with its state; a counted one that grows
+/// is charged for the growth first (`MAP_FAILED`, `ENOMEM` past the
+/// limit), and one that shrinks releases the difference. A mapping only
+/// partly recorded (a table that was full) moves as counted if any of it
+/// counted, charged for what did not, so that no record stays behind at
+/// its old address. Declared with its fifth argument (`new_address`,
+/// variadic in C): on x86_64 a variadic integer argument travels in the
+/// same register as a fixed one.
 ///
 /// # Safety
 /// Callable from C at any time, with `mremap`'s contract.
@@ -256,64 +322,71 @@ pub unsafe extern "C" fn mremap(
     flags: c_int,
     new_address: *mut c_void,
 ) -> *mut c_void {
-    let (old_b, new_b) = (page_round(old_len), page_round(new_len));
-    let old_start = old as usize;
-    let old_end = old_start.saturating_add(old_b);
-    let state = if RECORDED.load(Ordering::Relaxed) == 0 || old_b == 0 {
-        None
-    } else {
-        let mut g = lock();
-        let t = g.table();
-        if t.bytes(old_start, old_end, State::Counted) == old_b {
-            Some(State::Counted)
-        } else if t.bytes(old_start, old_end, State::Reserved) == old_b {
-            Some(State::Reserved)
-        } else {
-            None
+    let call = || {
+        // SAFETY: the caller's arguments, passed to the kernel unchanged.
+        unsafe {
+            libc::syscall(
+                libc::SYS_mremap,
+                old,
+                old_len,
+                new_len,
+                flags as c_long,
+                new_address,
+            )
         }
     };
-    let charged = if state == Some(State::Counted) {
-        new_b.saturating_sub(old_b)
+    let (old_b, new_b) = (page_round(old_len), page_round(new_len));
+    if RECORDED.load(Ordering::Relaxed) == 0 {
+        // Nothing recorded, so nothing to move or replace.
+        return call() as *mut c_void;
+    }
+    let old_start = old as usize;
+    let old_end = old_start.saturating_add(old_b);
+    started();
+    let mut g = lock();
+    let t = g.table();
+    let counted = t.bytes(old_start, old_end, State::Counted);
+    let state = if counted > 0 {
+        Some(State::Counted)
+    } else if t.bytes(old_start, old_end, State::Reserved) > 0 {
+        Some(State::Reserved)
     } else {
-        0
+        None
+    };
+    // MREMAP_DONTUNMAP leaves the old range mapped (emptied), as it was,
+    // still counted: the new one counts whole.
+    let keeps_old = flags & libc::MREMAP_DONTUNMAP != 0;
+    let charged = match state {
+        Some(State::Counted) if keeps_old => new_b,
+        Some(State::Counted) => new_b.saturating_sub(counted),
+        _ => 0,
     };
     if !charge(charged) {
         return libc::MAP_FAILED;
     }
-    // SAFETY: the caller's arguments, passed to the kernel unchanged.
-    let p = unsafe {
-        libc::syscall(
-            libc::SYS_mremap,
-            old,
-            old_len,
-            new_len,
-            flags as c_long,
-            new_address,
-        )
-    };
+    let p = call();
     if p == -1 {
+        drop(g);
         raw::release_mapped(charged);
         return libc::MAP_FAILED;
     }
-    if state.is_some() || (flags & libc::MREMAP_FIXED != 0 && RECORDED.load(Ordering::Relaxed) != 0)
-    {
-        let mut g = lock();
-        let t = g.table();
-        let mut change = Change::default();
-        // MREMAP_DONTUNMAP leaves the old range mapped (emptied), as it was.
-        if state.is_some() && flags & libc::MREMAP_DONTUNMAP == 0 {
-            if let Some(c) = t.assign(old_start, old_end, None) {
-                change.removed += c.removed;
-            }
+    chaos();
+    let t = g.table();
+    let mut change = Change::default();
+    if state.is_some() && !keeps_old {
+        if let Some(c) = t.assign(old_start, old_end, None) {
+            change.removed += c.removed;
         }
+    }
+    if state.is_some() || flags & libc::MREMAP_FIXED != 0 {
         let new_start = p as usize;
         if let Some(c) = t.assign(new_start, new_start + new_b, state) {
             change.removed += c.removed;
             change.added += c.added;
         }
-        drop(g);
-        settle(charged, change);
     }
+    drop(g);
+    settle(charged, change);
     p as *mut c_void
 }
 
@@ -325,35 +398,42 @@ pub unsafe extern "C" fn mremap(
 /// Callable from C at any time, with `mprotect`'s contract.
 #[no_mangle]
 pub unsafe extern "C" fn mprotect(addr: *mut c_void, len: usize, prot: c_int) -> c_int {
+    let call = || {
+        // SAFETY: the caller's arguments, passed to the kernel unchanged.
+        unsafe { libc::syscall(libc::SYS_mprotect, addr, len, prot) as c_int }
+    };
+    let writable = prot & libc::PROT_WRITE != 0;
+    if RECORDED.load(Ordering::Relaxed) == 0 || len == 0 || !(writable || prot == libc::PROT_NONE) {
+        return call();
+    }
     let start = addr as usize;
     let end = start.saturating_add(page_round(len));
-    let recorded = RECORDED.load(Ordering::Relaxed) != 0 && len > 0;
-    let writable = prot & libc::PROT_WRITE != 0;
-    let charged = if recorded && writable {
-        lock().table().bytes(start, end, State::Reserved)
+    started();
+    let mut g = lock();
+    let charged = if writable {
+        g.table().bytes(start, end, State::Reserved)
     } else {
         0
     };
     if !charge(charged) {
         return -1;
     }
-    // SAFETY: the caller's arguments, passed to the kernel unchanged.
-    let r = unsafe { libc::syscall(libc::SYS_mprotect, addr, len, prot) };
+    let r = call();
     if r != 0 {
+        drop(g);
         raw::release_mapped(charged);
-        return r as c_int;
+        return r;
     }
-    if recorded && writable {
-        let change = lock()
-            .table()
-            .convert(start, end, State::Reserved, State::Counted);
-        settle(charged, change);
-    } else if recorded && prot == libc::PROT_NONE {
-        let change = lock()
-            .table()
-            .convert(start, end, State::Counted, State::Reserved);
-        settle(0, change);
-    }
+    chaos();
+    let change = if writable {
+        g.table()
+            .convert(start, end, State::Reserved, State::Counted)
+    } else {
+        g.table()
+            .convert(start, end, State::Counted, State::Reserved)
+    };
+    drop(g);
+    settle(charged, change);
     0
 }
 
@@ -381,6 +461,7 @@ static BREAK_CHARGED: AtomicUsize = AtomicUsize::new(0);
 #[no_mangle]
 pub unsafe extern "C" fn sbrk(increment: libc::intptr_t) -> *mut c_void {
     let grow = usize::try_from(increment).unwrap_or(0);
+    started();
     if !charge(grow) {
         return usize::MAX as *mut c_void;
     }
