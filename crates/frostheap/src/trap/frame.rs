@@ -33,6 +33,18 @@ pub(crate) const SEGV_ACCERR: i32 = 2;
 pub(crate) const SEGV_PKUERR: i32 = 4;
 /// `si_code` of a single-step trap.
 pub(crate) const TRAP_TRACE: i32 = 2;
+
+/// Whether a SIGTRAP with `si_code` `code`, interrupting `frame`, is the
+/// end of a single step this library armed: `TRAP_TRACE`, or any other
+/// code the kernel sends (not `kill`'s or `tgkill`'s, whose codes are 0 or
+/// below) with the trap flag still set in the frame. A guest kernel
+/// (Firecracker, Linux 6.18) reported some single-step traps as
+/// `TRAP_BRKPT` (it derives the code from the debug status register,
+/// which the hypervisor did not always carry over), and the trap passed
+/// on to the default action killed the process in the middle of a phase.
+pub(crate) fn is_step_trap(code: i32, frame: &Frame) -> bool {
+    code == TRAP_TRACE || (code > 0 && frame.single_step())
+}
 const EFLAGS_TF: i64 = 0x100;
 /// Bit of `XSTATE_BV` for the PKRU component.
 const XSTATE_PKRU: u64 = 1 << 9;
@@ -106,6 +118,11 @@ impl Frame {
         )
     }
 
+    /// Whether the interrupted code runs with the trap flag set.
+    pub(crate) fn single_step(&self) -> bool {
+        self.gregs()[libc::REG_EFL as usize] & EFLAGS_TF != 0
+    }
+
     /// Sets or clears the trap flag the interrupted code resumes with: set,
     /// it stops with SIGTRAP (`TRAP_TRACE`) after one instruction.
     pub(crate) fn set_single_step(&mut self, on: bool) {
@@ -148,5 +165,34 @@ impl Frame {
             xstate_bv.write_unaligned(bv | XSTATE_PKRU);
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A step's end is told by its code or, whatever code the kernel
+    /// gives it, by the trap flag; a SIGTRAP another process or thread
+    /// sends (code 0 or below) never is.
+    #[test]
+    fn a_step_ends_at_trace_or_at_a_kernel_trap_with_the_flag_set() {
+        // SAFETY: all zeroes is a valid ucontext_t (integers and pointers).
+        let mut uc: libc::ucontext_t = unsafe { core::mem::zeroed() };
+        // SAFETY: uc lives for the frame's use below.
+        let mut frame = unsafe { Frame::new((&mut uc as *mut libc::ucontext_t).cast()) };
+        const TRAP_BRKPT: i32 = 1;
+        const SI_USER: i32 = 0;
+        const SI_TKILL: i32 = -6;
+        assert!(is_step_trap(TRAP_TRACE, &frame));
+        assert!(!is_step_trap(TRAP_BRKPT, &frame));
+        frame.set_single_step(true);
+        assert!(frame.single_step());
+        assert!(is_step_trap(TRAP_BRKPT, &frame));
+        assert!(is_step_trap(0x80, &frame), "SI_KERNEL");
+        assert!(!is_step_trap(SI_USER, &frame));
+        assert!(!is_step_trap(SI_TKILL, &frame));
+        frame.set_single_step(false);
+        assert!(!frame.single_step());
     }
 }

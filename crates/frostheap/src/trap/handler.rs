@@ -32,7 +32,7 @@ use core::sync::atomic::Ordering;
 use std::sync::OnceLock;
 
 use super::abandon::park_forever;
-use super::frame::{Fault, Frame, SEGV_ACCERR, SEGV_PKUERR, TRAP_TRACE};
+use super::frame::{is_step_trap, Fault, Frame, SEGV_ACCERR, SEGV_PKUERR};
 use super::freeze::{MPROTECT_FROZEN, THAW_EPOCH};
 use super::step::{step_lock, step_unlock};
 use super::{report, step, OnViolation, PKEY};
@@ -319,7 +319,8 @@ unsafe extern "C" fn on_trap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
     let code = unsafe { (*info).si_code };
     // SAFETY: ctx is the ucontext the kernel passed to this handler.
     let mut frame = unsafe { Frame::new(ctx) };
-    if code == TRAP_TRACE {
+    let step_end = is_step_trap(code, &frame);
+    if step_end {
         let (first, second) = BYSTANDER_STEP.with(|c| c.replace((0, 0)));
         if first != 0 {
             for p in [first, second] {
@@ -335,7 +336,7 @@ unsafe extern "C" fn on_trap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
         }
     }
     if let Some(w) = guard::current_worker() {
-        if step::close(w, code, &mut frame) {
+        if step_end && step::close(w, &mut frame) {
             if w.undo.is_pending() {
                 // Rollback: access is closed again; record what the step
                 // changed. (With a key, open it for reading here first:

@@ -16,7 +16,7 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use super::frame::{Frame, SEGV_PKUERR, TRAP_TRACE};
+use super::frame::{Frame, SEGV_PKUERR};
 use crate::guard::WorkerState;
 use crate::os;
 
@@ -56,14 +56,11 @@ pub(crate) fn open(w: &WorkerState, addr: usize, code: i32, key: u32, frame: &mu
     opened
 }
 
-/// Closes the step [`open`] armed on this worker, if the trap (with
-/// `si_code` `code`) is its end: protects the page again or restores the
-/// key's write-disable bit, and clears the trap flag. False if the trap
-/// is not ours.
-pub(crate) fn close(w: &WorkerState, code: i32, frame: &mut Frame) -> bool {
-    if code != TRAP_TRACE {
-        return false;
-    }
+/// Closes the step [`open`] armed on this worker, at a trap that ends a
+/// single step ([`super::frame::is_step_trap`]): protects the page again
+/// or restores the key's write-disable bit, and clears the trap flag.
+/// False if no step is armed: the trap is not ours.
+pub(crate) fn close(w: &WorkerState, frame: &mut Frame) -> bool {
     let page = w.step_page.swap(0, Ordering::Relaxed);
     let page2 = w.step_page2.swap(0, Ordering::Relaxed);
     let key = w.step_key.swap(0, Ordering::Relaxed);
