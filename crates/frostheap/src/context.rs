@@ -435,13 +435,26 @@ impl ContextHeap {
             })? + 1
                 - k
         };
+        // Purged chunks were uncharged (make_reusable): their pages come
+        // back as they are touched, so they are charged again first.
+        let purged = self.chunks[first..first + k]
+            .iter()
+            .filter(|c| !c.resident.load(Ordering::Relaxed))
+            .count();
+        if purged > 0
+            && !crate::heap::process::charge(
+                crate::heap::process::Kind::Context,
+                purged * CHUNK_SIZE,
+            )
+        {
+            return None;
+        }
         for i in first..first + k {
             self.free[i / 64].fetch_and(!(1 << (i % 64)), Ordering::AcqRel);
             let c = &self.chunks[i];
             if c.resident.swap(true, Ordering::Relaxed) {
                 self.resident_free.fetch_sub(1, Ordering::Relaxed);
             } else {
-                // Purged pages come back as they are touched.
                 self.committed_chunks.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -503,10 +516,19 @@ impl ContextHeap {
             // SAFETY: the run is empty: no live allocation lies in it, and
             // it is not in the free map yet, so nobody takes it meanwhile.
             let purged = unsafe { os::purge(start as *mut u8, len) }.is_ok();
+            let mut uncharged = 0;
             for c in &self.chunks[first + keep..first + run] {
                 if purged && c.resident.swap(false, Ordering::Relaxed) {
                     self.committed_chunks.fetch_sub(1, Ordering::Relaxed);
+                    uncharged += CHUNK_SIZE;
                 }
+            }
+            // A purged chunk no longer counts against the process limit
+            // (it was charged until the runtime dropped: a task that
+            // allocated and freed 40 MiB left main refused at 64M with 2
+            // MiB in use); take_free charges it again.
+            if uncharged > 0 {
+                crate::heap::process::release(crate::heap::process::Kind::Context, uncharged);
             }
             if !purged {
                 // Still resident: counted as such.
@@ -635,12 +657,16 @@ impl ContextHeap {
             return;
         }
         let len = ((state - 1) as usize) << CHUNK_SHIFT;
+        // What is still charged: the chunks not purged (each purge, done
+        // before its chunks were counted free, released its own).
+        let charged = self.committed_chunks.swap(0, Ordering::Relaxed) * CHUNK_SIZE;
         if len > 0 {
             // SAFETY: every chunk of the slot is free: nothing lives in it.
             let _ = unsafe { os::decommit(self.base as *mut u8, len) };
-            crate::heap::process::release(crate::heap::process::Kind::Context, len);
         }
-        self.committed_chunks.store(0, Ordering::Relaxed);
+        if charged > 0 {
+            crate::heap::process::release(crate::heap::process::Kind::Context, charged);
+        }
         // Last: from here on the slot may be taken (and reset) again.
         SLOT_USED[self.slot].store(false, Ordering::Release);
     }

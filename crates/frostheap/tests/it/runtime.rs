@@ -805,6 +805,21 @@ fn global_scenario(name: &str) {
     );
 }
 
+test!(global_context_memory_a_task_freed_is_not_charged_after_it);
+fn global_context_memory_a_task_freed_is_not_charged_after_it() {
+    let out = run_fixture(
+        "runtime_global",
+        &["context-charge"],
+        &[("FROSTHEAP_MAX", "64M")],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("runtime_global context-charge: ok"),
+        "{}",
+        describe(&out)
+    );
+}
+
 test!(global_tasks_print_name_threads_send_on_channels_and_count_shared);
 fn global_tasks_print_name_threads_send_on_channels_and_count_shared() {
     global_scenario("basics");
