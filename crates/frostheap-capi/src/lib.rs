@@ -473,16 +473,19 @@ unsafe fn realloc_elsewhere(ptr: *mut c_void, size: usize) -> *mut c_void {
         return if q.is_null() { refused(size) } else { q.cast() };
     }
     // Another thread's block moves to this thread's heap.
+    // SAFETY: (1): ptr is a live heap block.
+    let old = unsafe { raw::usable_size(ptr.cast()) };
     // SAFETY: h is this thread's heap.
     let q = unsafe { h.malloc(size) };
     if q.is_null() {
-        return refused(size);
+        // A shrink keeps its block past the limit: the program gives
+        // memory back, and the block holds the new size.
+        return if size <= old { ptr } else { refused(size) };
     }
     // SAFETY: (1): ptr is live; its usable size bounds what we copy
     // from it, `size` what fits in q; then ptr is freed once (a remote
     // free into its heap).
     unsafe {
-        let old = raw::usable_size(ptr.cast());
         core::ptr::copy_nonoverlapping(ptr.cast::<u8>(), q, old.min(size));
         raw::free(ptr.cast());
     }

@@ -288,13 +288,17 @@ impl Global {
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         // SAFETY: GlobalAlloc contract.
         let q = unsafe { self.alloc(new_layout) };
-        if !q.is_null() {
-            // SAFETY: both live and distinct; then the old block goes back
-            // to its owner (1).
-            unsafe {
-                core::ptr::copy_nonoverlapping(ptr, q, layout.size().min(new_size));
-                free_by_owner(ptr, owner, layout);
-            }
+        if q.is_null() {
+            // A shrink that could not move keeps its block (it holds the
+            // new size, aligned as before): past the limit, a program
+            // giving memory back must not be refused.
+            return if new_size <= layout.size() { ptr } else { q };
+        }
+        // SAFETY: both live and distinct; then the old block goes back to
+        // its owner (1).
+        unsafe {
+            core::ptr::copy_nonoverlapping(ptr, q, layout.size().min(new_size));
+            free_by_owner(ptr, owner, layout);
         }
         q
     }

@@ -40,12 +40,16 @@ impl HeapCore {
         // a power of two taken from a valid layout.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, align) };
         let q = self.alloc(new_layout);
-        if !q.is_null() {
-            // SAFETY: both blocks are live, distinct, and at least this long.
-            unsafe {
-                ptr::copy_nonoverlapping(p, q, old.size().min(new_size));
-                self.free(p);
-            }
+        if q.is_null() {
+            // A shrink that could not move keeps its block, which holds the
+            // new size with the same alignment: past the limit, a program
+            // giving memory back (`shrink_to_fit`) must not be refused.
+            return if new_size <= old.size() { p } else { q };
+        }
+        // SAFETY: both blocks are live, distinct, and at least this long.
+        unsafe {
+            ptr::copy_nonoverlapping(p, q, old.size().min(new_size));
+            self.free(p);
         }
         q
     }
@@ -82,14 +86,16 @@ impl HeapCore {
         };
         // SAFETY: (1): we are the owner.
         let q = unsafe { self.alloc_c_as_owner::<false>(new_size) };
-        if !q.is_null() {
-            // SAFETY: both blocks are live and distinct; p has old_size
-            // usable bytes and q at least new_size; then p is freed once,
-            // by its owner (1).
-            unsafe {
-                ptr::copy_nonoverlapping(p, q, old_size.min(new_size));
-                self.free_at_as_owner(p, p as usize - self.pages.base);
-            }
+        if q.is_null() {
+            // A shrink keeps its block past the limit (see `realloc`).
+            return if new_size <= old_size { p } else { q };
+        }
+        // SAFETY: both blocks are live and distinct; p has old_size usable
+        // bytes and q at least new_size; then p is freed once, by its owner
+        // (1).
+        unsafe {
+            ptr::copy_nonoverlapping(p, q, old_size.min(new_size));
+            self.free_at_as_owner(p, p as usize - self.pages.base);
         }
         q
     }

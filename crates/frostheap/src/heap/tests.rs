@@ -352,7 +352,7 @@ mod remote {
             unsafe { core.free(p as *mut u8) };
         }
         // (A class whose spans do not fit in the retired one's pages.)
-        let (other_size, again_size) = (20_000, 40_000);
+        let (other_size, again_size) = (6_000, 8_000);
         for size in [other_size, again_size] {
             assert!(
                 span_pages(class_of(size).unwrap()) > span_pages(class_of(4096).unwrap()),
@@ -1284,6 +1284,41 @@ mod charge {
         for p in again {
             free(&core, p);
         }
+        check_charge(&core);
+    }
+
+    /// At the heap's cap, a shrink that would move (to a smaller class)
+    /// and cannot keeps its block: a program giving memory back at the
+    /// limit (`shrink_to_fit`) aborted with "memory allocation of 100
+    /// bytes failed".
+    #[test]
+    fn at_the_cap_a_shrink_that_cannot_move_keeps_its_block() {
+        let core = heap_of(64 * MIB);
+        let l = |size| Layout::from_size_align(size, 16).unwrap();
+        let big = core.alloc(l(MIB));
+        assert!(!big.is_null());
+        // SAFETY: a live block of 1 MiB.
+        unsafe { big.write_bytes(7, MIB) };
+        // The rest of the cap taken outside the heap.
+        let s = core.stats();
+        let room = s.limit - s.committed;
+        assert!(core.charge_external(room));
+        // 100 bytes would move to a small class, whose span the cap
+        // refuses: the block stays, holding the first 100 bytes.
+        // SAFETY: big is live, allocated with l(MIB).
+        let q = unsafe { core.realloc(big, l(MIB), 100) };
+        assert_eq!(q, big, "a shrink refused at the cap: {:?}", core.stats());
+        // SAFETY: q holds at least 100 bytes.
+        assert!(unsafe { core::slice::from_raw_parts(q, 100) }
+            .iter()
+            .all(|&b| b == 7));
+        // A growth past the cap is still refused, the block untouched.
+        // SAFETY: q is live, now of l(100).
+        let r = unsafe { core.realloc(q, l(100), 2 * MIB) };
+        assert!(r.is_null());
+        core.release_external(room);
+        free(&core, q);
+        assert_eq!(core.stats().in_use, 0);
         check_charge(&core);
     }
 
