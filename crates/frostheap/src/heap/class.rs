@@ -163,8 +163,27 @@ pub fn class_for(size: usize, align: usize) -> Option<usize> {
     class_of(s.next_power_of_two())
 }
 
-/// Pages (of 64 KiB) in one span of class `c`: at least 8 blocks a span,
-/// and 32 where that takes no more than [`SPAN_PAGES_FOR_32`] pages.
+/// Pages (of 64 KiB) in one span of class `c`: 32 blocks where that takes
+/// no more than [`SPAN_PAGES_FOR_32`] pages (blocks up to 8 KiB), else the
+/// fewest pages that hold one block (a power of two).
+///
+/// **Medium blocks, one span each or nearly.** A span is given back only
+/// when its last block is freed, and each thread heap keeps, per class, the
+/// blocks it carved. With spans of at least 8 blocks, 16 threads each
+/// replacing blocks of 1 B – 64 KiB in a ring of 32 committed 97.5 MiB at
+/// their peak for 16–32 MiB live (glibc: 25.8 MB resident), and under
+/// `FROSTHEAP_MAX=32M` 16% of their allocations were refused; a stress
+/// program keeping 40–90% of a 64M limit live in blocks of 1–128 KiB was
+/// refused with 6.5 MiB live. With a span per page (10–64 KiB blocks: 6 to
+/// 1 a span) or per block above: 65.6 MB resident, 0.3% refused at 32M,
+/// and the stress program's first refusal at 29 MiB live. The price is a
+/// span taken and given back more often: a block of 8–128 KiB allocated
+/// and freed at random among 64 took 74 ns instead of 22 (glibc 155 ns,
+/// jemalloc 410 ns: `medium time 64 1000000 8192 131072`,
+/// crates/frostheap-bench/preload/medium.c, whose `ring` mode is the 16
+/// threads above), where a program that fills such a block spends
+/// microseconds; with 4 blocks a span, 37 ns, but ten times the refusals
+/// at 32M.
 #[inline]
 pub fn span_pages(c: usize) -> usize {
     let size = CLASS_SIZE[c] as usize;
@@ -172,7 +191,7 @@ pub fn span_pages(c: usize) -> usize {
     let pages = if for_32 <= SPAN_PAGES_FOR_32 {
         for_32
     } else {
-        (size * 8).div_ceil(PAGE_SIZE)
+        size.div_ceil(PAGE_SIZE)
     };
     pages.next_power_of_two()
 }
