@@ -362,11 +362,17 @@ fn context_fallback(layout: Layout, zeroed: bool) -> *mut u8 {
             }
         };
     };
-    if zeroed {
+    let p = if zeroed {
         h.core.alloc_zeroed(layout)
     } else {
         h.core.alloc(layout)
+    };
+    if p.is_null() {
+        // The line a refusal on any other path prints (a task that ran out
+        // of memory got std's message alone).
+        super::stats::out_of_memory_line_of("context", layout.size());
     }
+    p
 }
 
 /// Who made a block, by its address.

@@ -98,12 +98,19 @@ pub fn stats() -> ProcessStats {
 #[cold]
 #[inline(never)]
 pub(super) fn out_of_memory_line(requested: usize) {
-    let s = stats();
     let heap = match super::route::own_heap() {
         Some(h) if core::ptr::eq(h, super::start::main_inner()) => "main",
         Some(_) => "thread",
         None => "main (shared path)",
     };
+    out_of_memory_line_of(heap, requested);
+}
+
+/// [`out_of_memory_line`] naming the heap that refused (`"context"`: a
+/// runtime task's allocation, refused by its context heap and then by its
+/// worker's own heap).
+pub(super) fn out_of_memory_line_of(heap: &str, requested: usize) {
+    let s = stats();
     let mut buf = [0u8; 256];
     let line = crate::fmt_buf::Buf::new(&mut buf)
         .str("frostheap: out of memory: the ")

@@ -268,6 +268,14 @@ fn one_limit_bounds_every_kind_of_thread() {
         "{}",
         describe(&out)
     );
+    // A task refused past the cap gets frostheap's line too, naming the
+    // context heap (it got std's message alone before).
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("frostheap: out of memory: the context heap cannot allocate"),
+        "{}",
+        describe(&out)
+    );
 }
 
 test!(many_threads_are_charged_for_the_pages_their_blocks_reach);
