@@ -1053,19 +1053,31 @@ fn a_program_break_grown_by_the_program_counts_against_the_limit() {
 /// `fork`), nothing hangs, and once all is unmapped nothing counts.
 #[test]
 fn threads_mapping_at_once_leave_nothing_counted() {
-    let glibc = limited(
-        Command::new(c_program("mapstress")).args(["4", "20000"]),
-        120,
+    leaves_nothing_mapped(
+        "mapstress",
+        &["4", "20000"],
+        "mapstress: 80000 operations, 0 failures",
+        1,
     );
-    assert_succeeded_saying(&glibc, "mapstress: 80000 operations, 0 failures");
-    let out = preloaded_limited(
-        Command::new(c_program("mapstress")).args(["4", "20000"]),
-        &[("FROSTHEAP_STATS", "1")],
-        120,
-    );
-    assert_succeeded_saying(&out, "mapstress: 80000 operations, 0 failures");
-    let process = process_stats_line(&out);
-    assert!(process.contains("mapped 0 B,"), "{}", text(&out));
+}
+
+/// Runs the C program `name` with `args` on glibc alone (it says `marker`:
+/// its own checks hold), then `runs` times under the library: each run
+/// says `marker` too and ends with no mapping counted ("mapped 0 B" in the
+/// statistics at exit).
+fn leaves_nothing_mapped(name: &str, args: &[&str], marker: &str, runs: usize) {
+    let glibc = limited(Command::new(c_program(name)).args(args), 120);
+    assert_succeeded_saying(&glibc, marker);
+    for _ in 0..runs {
+        let out = preloaded_limited(
+            Command::new(c_program(name)).args(args),
+            &[("FROSTHEAP_STATS", "1")],
+            120,
+        );
+        assert_succeeded_saying(&out, marker);
+        let process = process_stats_line(&out);
+        assert!(process.contains("mapped 0 B,"), "{}", text(&out));
+    }
 }
 
 /// Sixteen threads map, grow, shrink, move and unmap anonymous memory at
@@ -1080,21 +1092,12 @@ fn threads_mapping_at_once_leave_nothing_counted() {
 /// without.
 #[test]
 fn threads_moving_mappings_at_once_leave_nothing_counted() {
-    let glibc = limited(
-        Command::new(c_program("maprace")).args(["16", "20000"]),
-        120,
+    leaves_nothing_mapped(
+        "maprace",
+        &["16", "20000"],
+        "maprace: 320000 operations, 0 failures",
+        3,
     );
-    assert_succeeded_saying(&glibc, "maprace: 320000 operations, 0 failures");
-    for _ in 0..3 {
-        let out = preloaded_limited(
-            Command::new(c_program("maprace")).args(["16", "20000"]),
-            &[("FROSTHEAP_STATS", "1")],
-            120,
-        );
-        assert_succeeded_saying(&out, "maprace: 320000 operations, 0 failures");
-        let process = process_stats_line(&out);
-        assert!(process.contains("mapped 0 B,"), "{}", text(&out));
-    }
 }
 
 /// Eight threads call `malloc_trim` at the same moment, first thing, in a

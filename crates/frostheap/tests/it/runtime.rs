@@ -795,7 +795,12 @@ fn ten_thousand_phases_do_not_grow_committed_memory() {
 // ---------------------------------------------------------------- global mode (child processes)
 
 fn global_scenario(name: &str) {
-    let out = run_fixture("runtime_global", &[name], &[]);
+    global_scenario_with(name, &[]);
+}
+
+/// [`global_scenario`] with `env` set for the child.
+fn global_scenario_with(name: &str, env: &[(&str, &str)]) {
+    let out = run_fixture("runtime_global", &[name], env);
     assert!(out.status.success(), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -807,17 +812,7 @@ fn global_scenario(name: &str) {
 
 test!(global_context_memory_a_task_freed_is_not_charged_after_it);
 fn global_context_memory_a_task_freed_is_not_charged_after_it() {
-    let out = run_fixture(
-        "runtime_global",
-        &["context-charge"],
-        &[("FROSTHEAP_MAX", "64M")],
-    );
-    assert!(out.status.success(), "{}", describe(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("runtime_global context-charge: ok"),
-        "{}",
-        describe(&out)
-    );
+    global_scenario_with("context-charge", &[("FROSTHEAP_MAX", "64M")]);
 }
 
 test!(global_tasks_print_name_threads_send_on_channels_and_count_shared);
