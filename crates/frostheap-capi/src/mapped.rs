@@ -58,9 +58,10 @@
 
 use core::cell::UnsafeCell;
 use core::ffi::{c_int, c_long, c_void};
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use frostheap::__private::raw;
+use frostheap::__private::sync::{LockGuard, RawLock};
 
 use crate::ranges::{Change, State, Table};
 use crate::set_errno;
@@ -74,27 +75,17 @@ static TABLE: Shared = Shared(UnsafeCell::new(Table::new()));
 /// The table's `len`, readable without the lock: when 0, an unmap or a
 /// change of protection has nothing to look up.
 static RECORDED: AtomicUsize = AtomicUsize::new(0);
-static LOCK: AtomicBool = AtomicBool::new(false);
+static LOCK: RawLock = RawLock::new();
 
 /// The table's lock, held across the system call it records (see the
 /// module documentation): a waiter spins briefly, then yields the CPU
 /// (another thread's `munmap` of a large range may take a while).
-struct Guard;
+struct Guard {
+    _held: LockGuard<'static>,
+}
 
 fn lock() -> Guard {
-    let mut spins = 0u32;
-    while LOCK
-        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        if spins < 64 {
-            spins += 1;
-            core::hint::spin_loop();
-        } else {
-            frostheap::__private::os::yield_now();
-        }
-    }
-    Guard
+    Guard { _held: LOCK.lock() }
 }
 
 /// With `--cfg frostheap_chaos` (ci/chaos.sh), yields the CPU about one
@@ -123,20 +114,22 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        // Before the lock goes (with the field, after this).
         RECORDED.store(self.table().len(), Ordering::Relaxed);
-        LOCK.store(false, Ordering::Release);
     }
 }
 
 /// Takes the table's lock before a `fork` (the prepare handler), so that
 /// the child never starts with it held by a thread it does not have.
 pub(crate) fn fork_prepare() {
-    core::mem::forget(lock());
+    LOCK.lock_raw();
 }
 
 /// Releases the lock [`fork_prepare`] took, in the parent and the child.
 pub(crate) fn fork_release() {
-    LOCK.store(false, Ordering::Release);
+    // SAFETY: fork_prepare took it, without a guard, on the thread that
+    // forked (in the child, the only thread).
+    unsafe { LOCK.unlock_raw() };
 }
 
 fn page_round(len: usize) -> usize {

@@ -305,6 +305,11 @@ pub mod __private {
         pub use crate::os::*;
     }
 
+    /// frostheap-capi: the lock of its record of mapped ranges.
+    pub mod sync {
+        pub use crate::sync::{LockGuard, RawLock};
+    }
+
     /// frostheap-capi: formatting its exit statistics without allocating.
     pub mod fmt_buf {
         pub use crate::fmt_buf::*;
