@@ -268,7 +268,10 @@ fn the_library_brings_no_unwinder_library_into_the_process() {
 /// second one in every process: 64 KiB more of it, and then 12. So did
 /// a limit written with a unit or as a percentage (`FROSTHEAP_MAX=1G`,
 /// `75%`): the u128 divisions of their parsing called the compiler's
-/// `__udivti3`, 6 pages more.
+/// `__udivti3`, 6 pages more. The windows are counted as the kernel
+/// counts them, in addresses: counted from the mapping's start, they hid
+/// that the code's segment began 32 KiB into a window, and CI saw 24
+/// pages resident in two windows with code that fits one (layout.ld).
 #[test]
 #[cfg_attr(
     debug_assertions,
@@ -336,8 +339,8 @@ fn the_entry_points_start_on_cache_lines() {
 )]
 fn the_library_touches_one_window_of_code_and_one_of_tables() {
     // A page fault on a file maps the file's cached pages around it, up
-    // to 64 KiB (Linux's default fault_around_bytes) within the mapping,
-    // so each 64 KiB stretch of the library that a process touches at all
+    // to 64 KiB (Linux's default fault_around_bytes) of aligned addresses
+    // within the mapping, so each 64 KiB stretch of the library that a process touches at all
     // costs up to 64 KiB of resident memory. Every process runs the
     // functions of `.init_array` and `.fini_array`, malloc, free and
     // pthread_atfork, and each thread its first allocation and its exit;
@@ -350,15 +353,21 @@ fn the_library_touches_one_window_of_code_and_one_of_tables() {
     const WINDOW: u64 = 64 << 10;
     let data = std::fs::read(lib()).expect("reading libfrostheap.so");
     let elf = object::File::parse(&*data).expect("libfrostheap.so is an ELF file");
-    // The window a fault maps starts at the mapping's first page: the
-    // page the code starts in, not the code's first byte.
+    // The windows a fault maps are aligned in addresses: the code's
+    // segment starts on a 64 KiB boundary (layout.ld), so that its first
+    // 64 KiB are one window. It started 0x268 bytes into a page 32 KiB
+    // into a window, and CI saw 24 pages of it resident in two windows.
     let code_start = elf
         .sections()
         .filter(|s| s.kind() == SectionKind::Text)
         .map(|s| s.address())
         .min()
-        .expect("the library has code")
-        & !0xfff;
+        .expect("the library has code");
+    assert!(
+        code_start % WINDOW == 0,
+        "the code starts at {code_start:#x}, not on a 64 KiB boundary: see .init in \
+         crates/frostheap-capi/layout.ld"
+    );
     let in_first_window = |addr: u64| (code_start..code_start + WINDOW).contains(&addr);
     let fix = "name their sections in crates/frostheap-capi/layout.ld";
     for name in ["malloc", "free", "pthread_atfork"] {

@@ -1,9 +1,10 @@
 /* How much of libfrostheap.so's code a process has resident after the
  * library's start-up, a few allocations on two threads, and their exits:
  * the pages of the library's executable mapping that /proc/self/pagemap
- * says are present, and how many 64 KiB windows (fault-around's unit,
- * counted from the mapping's start) they fall in. Every process pays
- * for each window touched (see crates/frostheap-capi/layout.ld).
+ * says are present, and how many 64 KiB windows of addresses (the
+ * kernel's fault-around unit, aligned in addresses, not from the
+ * mapping's start) they fall in. Every process pays for each window
+ * touched (see crates/frostheap-capi/layout.ld).
  *
  *   code_windows   prints "code: P pages in W windows: OFFSETS" */
 #include <fcntl.h>
@@ -54,7 +55,7 @@ int main(void) {
             if (pread(pm, &e, 8, (off_t)(a / 4096) * 8) != 8) return 5;
             if (!(e >> 63)) continue;
             pages++;
-            long w = (long)((a - lo) >> 16);
+            long w = (long)(a >> 16);
             if (w != last) { windows++; last = w; }
             if (used < sizeof offsets - 16) used += snprintf(offsets + used, sizeof offsets - used, " %#lx", a - lo);
         }
