@@ -7,6 +7,8 @@
 //! time, so with threads running they are a sum of snapshots, not one
 //! snapshot.
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use super::heaps;
 use crate::heap::process::{self, Kind, N_KINDS};
 
@@ -106,13 +108,55 @@ pub(super) fn out_of_memory_line(requested: usize) {
     out_of_memory_line_of(heap, requested);
 }
 
+/// The refusal lines of one kind of heap (main, thread, context, the
+/// main heap's shared path): when the last was printed, in nanoseconds of
+/// `CLOCK_MONOTONIC` (0 before the first), and how many refusals went
+/// unprinted since.
+struct LineRate {
+    last_ns: AtomicU64,
+    unprinted: AtomicU64,
+}
+
+static LINE_RATES: [LineRate; 4] = [const {
+    LineRate {
+        last_ns: AtomicU64::new(0),
+        unprinted: AtomicU64::new(0),
+    }
+}; 4];
+
+/// At most one refusal line a second for each kind of heap: a program
+/// that asks for memory it can do without (`try_reserve`, a cache sized
+/// by what it gets) printed a line for every refusal, 13,805 in one run.
+const LINE_INTERVAL_NS: u64 = 1_000_000_000;
+
 /// [`out_of_memory_line`] naming the heap that refused (`"context"`: a
 /// runtime task's allocation, refused by its context heap and then by its
-/// worker's own heap).
+/// worker's own heap). The first refusal of each kind of heap prints its
+/// line; later ones print at most one line a second, saying how many went
+/// unprinted since the last (all of them are counted in the heaps'
+/// `refused`, and those the process limit refused in [`stats`]'s).
 pub(super) fn out_of_memory_line_of(heap: &str, requested: usize) {
+    let rate = &LINE_RATES[match heap {
+        "main" => 0,
+        "thread" => 1,
+        "context" => 2,
+        _ => 3,
+    }];
+    let now = crate::os::monotonic_ns().max(1);
+    let last = rate.last_ns.load(Ordering::Relaxed);
+    if last != 0 && now.saturating_sub(last) < LINE_INTERVAL_NS
+        || rate
+            .last_ns
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        rate.unprinted.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let unprinted = rate.unprinted.swap(0, Ordering::Relaxed);
     let s = stats();
-    let mut buf = [0u8; 256];
-    let line = crate::fmt_buf::Buf::new(&mut buf)
+    let mut buf = [0u8; 320];
+    let b = crate::fmt_buf::Buf::new(&mut buf)
         .str("frostheap: out of memory: the ")
         .str(heap)
         .str(" heap cannot allocate ")
@@ -123,7 +167,13 @@ pub(super) fn out_of_memory_line_of(heap: &str, requested: usize) {
         .dec(s.committed as u64)
         .str(" committed, ")
         .dec(s.in_use() as u64)
-        .str(" in use\n")
-        .finish();
-    crate::os::write_stderr(line);
+        .str(" in use");
+    let b = if unprinted > 0 {
+        b.str(" (")
+            .dec(unprinted)
+            .str(" more refused since the last such line)")
+    } else {
+        b
+    };
+    crate::os::write_stderr(b.str("\n").finish());
 }

@@ -601,6 +601,20 @@ pub fn tgkill(tid: u32, sig: libc::c_int) -> Result<(), OsError> {
     Ok(())
 }
 
+/// Nanoseconds of `CLOCK_MONOTONIC` (through the vDSO: no system call).
+/// Does not allocate; async-signal-safe. Inlined into its callers, which
+/// run rarely: out of the first window of the C library's code.
+#[inline]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// CPU time thread `tid` of this process has used, in nanoseconds
 /// (`clock_gettime` on the thread's CPU-time clock, which Linux names by
 /// tid: `MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)`). `None` if the thread

@@ -401,6 +401,55 @@ fn out_of_memory_in_global_mode_names_frostheap_and_the_limit() {
     assert!(ours < std_line, "frostheap's line must come first\n{stderr}");
 }
 
+test!(refusals_a_program_handles_print_one_line_a_second_and_are_all_counted);
+/// A program that asks for memory it can do without (`try_reserve`) got
+/// one line for every refusal: 10,000 refusals now print the first line
+/// and at most one more a second, every refusal is counted, and the
+/// refusal that aborts, more than a second later, still gets its line,
+/// saying how many went unprinted.
+fn refusals_a_program_handles_print_one_line_a_second_and_are_all_counted() {
+    let out = run_fixture(
+        "global_threads",
+        &["oom-after-refusals"],
+        &[("FROSTHEAP_MAX", "64M")],
+    );
+    assert_eq!(out.status.signal(), Some(6), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = |key: &str| -> u64 {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in the output\n{}", describe(&out)))
+    };
+    let loop_secs = value("loop_secs=");
+    assert!(value("refused=") >= 10_000, "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("frostheap: out of memory: the main heap"))
+        .collect();
+    // The first refusal, at most one a second of the loop, and the last.
+    assert!(
+        ours.len() >= 2 && ours.len() as u64 <= loop_secs + 3,
+        "{} lines for 10,001 refusals in {loop_secs} s\n{stderr}",
+        ours.len()
+    );
+    // Every refusal is a line or counted in the next line.
+    let unprinted: u64 = ours
+        .iter()
+        .filter_map(|l| l.split(" (").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(unprinted + ours.len() as u64, 10_001, "{stderr}");
+    let last = ours.last().expect("two lines at least");
+    assert!(
+        last.contains(&format!("allocate {} bytes", 65 * MIB))
+            && last.contains("more refused since the last such line"),
+        "{last}"
+    );
+}
+
 test!(allocation_sites_are_tracked_for_alloc_zeroed_and_realloc);
 /// With `FROSTHEAP_TRACK_ALLOCS=1`, the site recorded for a block names
 /// the function that made it, whether by `alloc`, `alloc_zeroed` or a
