@@ -368,6 +368,16 @@ pub(super) fn reclaim() -> usize {
             .sum::<usize>()
 }
 
+/// The process's growth hook ([`process::set_growth_hook`]): what the
+/// heaps of exited threads hold free — blocks other threads freed into
+/// them since, and the empty spans kept for their next thread — given back
+/// ([`release_abandoned`]), skipping every lock found busy. Runs on a
+/// thread that is charging a commit, which may hold its own heap's span
+/// lock: the same conditions as the reclaimer's ([`reclaim`]).
+pub(super) fn release_abandoned_on_growth() -> usize {
+    release_abandoned(false)
+}
+
 /// What abandoned heaps keep for the threads that adopt them — the empty
 /// spans of the classes their last thread used, as well as their free
 /// memory — given back ([`HeapCore::release_kept`]), holding the abandoned

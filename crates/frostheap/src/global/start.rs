@@ -170,6 +170,7 @@ pub(super) fn init() {
     };
     process::set_limit(cfg.max);
     process::set_reclaimer(heaps::reclaim);
+    process::set_growth_hook(heaps::release_abandoned_on_growth);
     let built = heaps::reserve_arena(cfg.max).and_then(|base| {
         let build = |slot: &mut MaybeUninit<HeapInner>| {
             // SAFETY: slot 0 of the fresh arena is reserved, huge-page

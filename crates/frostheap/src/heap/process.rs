@@ -119,10 +119,89 @@ pub(crate) fn charge_quiet(kind: Kind, bytes: usize) -> bool {
             Ok(_) => {
                 BY_KIND[kind as usize].fetch_add(bytes, Ordering::Relaxed);
                 PEAK.fetch_max(next, Ordering::Relaxed);
+                if next >= GROWTH_MARK.load(Ordering::Relaxed)
+                    && matches!(
+                        kind,
+                        Kind::Main | Kind::Thread | Kind::Explicit | Kind::Mapped
+                    )
+                {
+                    grown(next);
+                }
                 return true;
             }
             Err(c) => cur = c,
         }
+    }
+}
+
+/// The growth hook ([`set_growth_hook`]): gives back what the heaps of
+/// exited threads hold free, returns the bytes released. Stored as a `fn`
+/// address (0: none).
+static GROWTH_HOOK: AtomicUsize = AtomicUsize::new(0);
+/// The committed level at which the main or a thread heap's next charge
+/// runs the growth hook (`usize::MAX`: no hook).
+static GROWTH_MARK: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// How far the process grows between two runs of the growth hook: a 32nd
+/// of what it has committed, 4 MiB at least. A run that finds nothing to
+/// give back costs a look at each abandoned heap's classes, a few
+/// microseconds where committing 4 MiB faults in 1,024 pages; with a
+/// quarter, a CPython program holding 150 MB grew by 22 MB without a run.
+fn growth_step(committed: usize) -> usize {
+    (committed / 32).max(4 << 20)
+}
+
+/// Registers the growth hook (the global allocator, at start-up).
+///
+/// A thread that exits leaves its heap, with the blocks still live in it,
+/// for the next thread to adopt; the blocks other threads free into it
+/// afterwards (the results a worker made, dropped by the main thread) are
+/// remote frees that only an adopter, a trim or the limit's reclaimer
+/// collected. A CPython program whose 64 threads had been joined kept 50–60
+/// MB resident in their heaps where glibc kept 21. So the process does
+/// not grow by much before those heaps give back what they hold free: each
+/// time a charge for a heap (main, thread or explicit) or a mapping (the C
+/// ABI's `mmap`: CPython's small objects live in mapped arenas) takes the
+/// process a step ([`growth_step`]) past where it last looked, or past the
+/// lowest it has been since, the hook runs, on the thread charging,
+/// skipping every lock it finds busy. CPython's 64 threads, joined, their
+/// results dropped, and the main thread growing by some 50 MB: 186–194 MB
+/// resident at the end, now 89 (glibc 100–121).
+pub(crate) fn set_growth_hook(f: fn() -> usize) {
+    GROWTH_HOOK.store(f as usize, Ordering::Release);
+    let committed = COMMITTED.load(Ordering::Relaxed);
+    GROWTH_MARK.store(committed + growth_step(committed), Ordering::Relaxed);
+}
+
+/// A charge took the process to `committed`, past the growth mark: the
+/// thread that moves the mark runs the hook, then sets the mark a step
+/// above what is committed after it.
+#[cold]
+#[inline(never)]
+fn grown(committed: usize) {
+    let mark = GROWTH_MARK.load(Ordering::Relaxed);
+    if committed < mark
+        || GROWTH_MARK
+            .compare_exchange(
+                mark,
+                committed + growth_step(committed),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_err()
+    {
+        return; // another thread runs it
+    }
+    let f = GROWTH_HOOK.load(Ordering::Acquire);
+    if f == 0 {
+        return;
+    }
+    // SAFETY: GROWTH_HOOK holds 0 or the address of a `fn() -> usize`
+    // stored by set_growth_hook.
+    let hook: fn() -> usize = unsafe { core::mem::transmute::<usize, fn() -> usize>(f) };
+    if hook() > 0 {
+        let now = COMMITTED.load(Ordering::Relaxed);
+        GROWTH_MARK.store(now + growth_step(now), Ordering::Relaxed);
     }
 }
 
@@ -177,7 +256,13 @@ pub fn release(kind: Kind, bytes: usize) {
         "released more {} bytes than charged",
         kind.name()
     );
-    COMMITTED.fetch_sub(bytes, Ordering::Relaxed);
+    let now = COMMITTED.fetch_sub(bytes, Ordering::Relaxed) - bytes;
+    // The growth mark follows the process down: after it gave back 100
+    // MiB, growing by 32 MiB did not reach the mark its peak had set.
+    let mark = GROWTH_MARK.load(Ordering::Relaxed);
+    if mark != usize::MAX && now + growth_step(now) < mark {
+        GROWTH_MARK.fetch_min(now + growth_step(now), Ordering::Relaxed);
+    }
 }
 
 /// The raw counters: `(limit, committed, peak committed, refusals,

@@ -450,6 +450,34 @@ fn refusals_a_program_handles_print_one_line_a_second_and_are_all_counted() {
     );
 }
 
+test!(heaps_of_exited_threads_give_back_what_was_freed_into_them_as_the_process_grows);
+/// Blocks that threads made and the main thread freed after they exited
+/// stayed committed in the threads' abandoned heaps until one was adopted,
+/// a trim, or the limit: the process grew past them (32 MiB of them, with
+/// the main thread's 24 MiB on top). The process's growth now has those
+/// heaps give back what they hold free.
+fn heaps_of_exited_threads_give_back_what_was_freed_into_them_as_the_process_grows() {
+    let out = run_fixture("global_threads", &["abandoned-growth"], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = |key: &str| -> usize {
+        stdout
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in the output\n{}", describe(&out)))
+    };
+    assert!(stdout.contains("intact=true"), "{}", describe(&out));
+    assert!(value("abandoned=") >= 1, "{}", describe(&out));
+    let (before, after) = (value("threads_before="), value("threads_after="));
+    assert!(before >= 24 * MIB, "the threads' blocks were not charged: {before}");
+    assert!(
+        after <= 2 * MIB,
+        "the exited threads' heaps still charge {after} bytes (of {before}) after the main \
+         thread grew by 24 MiB"
+    );
+}
+
 test!(allocation_sites_are_tracked_for_alloc_zeroed_and_realloc);
 /// With `FROSTHEAP_TRACK_ALLOCS=1`, the site recorded for a block names
 /// the function that made it, whether by `alloc`, `alloc_zeroed` or a
