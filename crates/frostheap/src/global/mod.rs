@@ -287,7 +287,13 @@ impl Global {
         // GlobalAlloc::realloc contract).
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         // SAFETY: GlobalAlloc contract.
-        let q = unsafe { self.alloc(new_layout) };
+        let alloc = || unsafe { self.alloc(new_layout) };
+        let q = match route::own_heap() {
+            // A shrink's refusal is none (it keeps its block): neither
+            // counted nor printed (`stats::out_of_memory_line`).
+            Some(h) if new_size <= layout.size() => h.core.alloc_for_shrink(alloc),
+            _ => alloc(),
+        };
         if q.is_null() {
             // A shrink that could not move keeps its block (it holds the
             // new size, aligned as before): past the limit, a program

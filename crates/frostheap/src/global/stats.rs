@@ -100,7 +100,11 @@ pub fn stats() -> ProcessStats {
 #[cold]
 #[inline(never)]
 pub(super) fn out_of_memory_line(requested: usize) {
-    let heap = match super::route::own_heap() {
+    let own = super::route::own_heap();
+    if own.is_some_and(|h| h.core.shrinking()) {
+        return; // a shrink that keeps its block
+    }
+    let heap = match own {
         Some(h) if core::ptr::eq(h, super::start::main_inner()) => "main",
         Some(_) => "thread",
         None => "main (shared path)",

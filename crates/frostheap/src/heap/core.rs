@@ -403,10 +403,38 @@ impl HeapCore {
         }
     }
 
+    /// Runs `alloc`, the allocation of the block a shrink moves to (a
+    /// smaller class): if it fails, the shrink keeps its block, which holds
+    /// the new size, so on the owner's path the failure counts no refusal,
+    /// in the heap or the process (a kept shrink counted one, and in Rust
+    /// printed the refusal line for a call that succeeded). On any other
+    /// path it counts as before.
+    pub(crate) fn alloc_for_shrink(&self, alloc: impl FnOnce() -> *mut u8) -> *mut u8 {
+        if !self.is_owner() {
+            return alloc();
+        }
+        self.local.shrinking.set(true);
+        let q = alloc();
+        self.local.shrinking.set(false);
+        q
+    }
+
+    /// Whether the owner is allocating for a shrink
+    /// ([`HeapCore::alloc_for_shrink`]), false on any other thread.
+    pub(crate) fn shrinking(&self) -> bool {
+        self.is_owner() && self.local.shrinking.get()
+    }
+
     /// Counts an allocation refused in the end: in the heap's `refused`,
     /// and in the process's when the process limit (not the heap's cap)
     /// refused a commit on the way.
     fn refuse(&self) {
+        if self.is_owner() && self.local.shrinking.get() {
+            // A shrink that keeps its block: not refused (see
+            // `alloc_for_shrink`).
+            self.spans.take_limit_refused();
+            return;
+        }
         self.others.refused.fetch_add(1, Ordering::Relaxed);
         if self.spans.take_limit_refused() {
             process::count_refusal();

@@ -53,6 +53,10 @@ pub(crate) struct ClassState {
     /// `current` that class's (see [`ClassState::serving`]). Turned on
     /// once, by [`ClassState::split_fine_classes`].
     pub(super) fine: Cell<bool>,
+    /// Set while the owner allocates the block a shrink moves to
+    /// ([`super::core::HeapCore::alloc_for_shrink`]): a refusal then is
+    /// none (the shrink keeps its block), and is not counted.
+    pub(super) shrinking: Cell<bool>,
 }
 
 const _: () = assert!(core::mem::offset_of!(ClassState, counters) == 0);
@@ -80,6 +84,7 @@ impl ClassState {
             (&raw mut (*dst).counters).write(Counters::new());
             (&raw mut (*dst).kind).write(kind);
             (&raw mut (*dst).fine).write(Cell::new(false));
+            (&raw mut (*dst).shrinking).write(Cell::new(false));
         }
         // Every field of ClassState, to be written above: stops compiling
         // when a field is added.
@@ -91,6 +96,7 @@ impl ClassState {
                                         borrowed: _,
                                         kind: _,
                                         fine: _,
+                                        shrinking: _,
                                     }| {};
     }
 

@@ -1312,10 +1312,14 @@ mod charge {
         assert!(unsafe { core::slice::from_raw_parts(q, 100) }
             .iter()
             .all(|&b| b == 7));
-        // A growth past the cap is still refused, the block untouched.
+        // The shrink succeeded: no refusal counted (one was).
+        assert_eq!(core.stats().refused, 0, "a kept shrink counted as refused");
+        // A growth past the cap is still refused, and counted, the block
+        // untouched.
         // SAFETY: q is live, now of l(100).
         let r = unsafe { core.realloc(q, l(100), 2 * MIB) };
         assert!(r.is_null());
+        assert_eq!(core.stats().refused, 1);
         core.release_external(room);
         free(&core, q);
         assert_eq!(core.stats().in_use, 0);

@@ -478,6 +478,25 @@ fn heaps_of_exited_threads_give_back_what_was_freed_into_them_as_the_process_gro
     );
 }
 
+test!(a_shrink_kept_at_the_limit_is_not_counted_as_refused);
+/// At the limit, a shrink of another thread's block that cannot move to
+/// the caller's heap keeps its block and succeeds; it counted one refusal
+/// in the main heap and one in the process, as a failed call does.
+fn a_shrink_kept_at_the_limit_is_not_counted_as_refused() {
+    let out = run_fixture(
+        "global_threads",
+        &["shrink-at-limit"],
+        &[("FROSTHEAP_MAX", "64M")],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("intact=true len=100 refused_by_shrink=0 0 "),
+        "{}",
+        describe(&out)
+    );
+}
+
 test!(allocation_sites_are_tracked_for_alloc_zeroed_and_realloc);
 /// With `FROSTHEAP_TRACK_ALLOCS=1`, the site recorded for a block names
 /// the function that made it, whether by `alloc`, `alloc_zeroed` or a
