@@ -375,6 +375,12 @@ pub(super) fn reclaim() -> usize {
 /// thread that is charging a commit, which may hold its own heap's span
 /// lock: the same conditions as the reclaimer's ([`reclaim`]).
 pub(super) fn release_abandoned_on_growth() -> usize {
+    // The racy peek of `release_abandoned`, here: that function is laid
+    // with the rare code (layout.ld), which a process growing with no
+    // abandoned heap (most of them) should not touch.
+    if ABANDONED_STACK.len.load(Ordering::Relaxed) == 0 {
+        return 0;
+    }
     release_abandoned(false)
 }
 
