@@ -429,7 +429,7 @@ impl HeapCore {
     /// and in the process's when the process limit (not the heap's cap)
     /// refused a commit on the way.
     fn refuse(&self) {
-        if self.is_owner() && self.local.shrinking.get() {
+        if self.shrinking() {
             // A shrink that keeps its block: not refused (see
             // `alloc_for_shrink`).
             self.spans.take_limit_refused();

@@ -133,17 +133,20 @@ pub(crate) fn charge_quiet(kind: Kind, bytes: usize) -> bool {
 /// exited threads hold free, returns the bytes released. Stored as a `fn`
 /// address (0: none).
 static GROWTH_HOOK: AtomicUsize = AtomicUsize::new(0);
-/// The committed level at which the main or a thread heap's next charge
+/// The committed level at which the next charge for a heap or a mapping
 /// runs the growth hook (`usize::MAX`: no hook).
 static GROWTH_MARK: AtomicUsize = AtomicUsize::new(usize::MAX);
 
+/// The least step of [`growth_step`].
+const MIN_GROWTH_STEP: usize = 4 << 20;
+
 /// How far the process grows between two runs of the growth hook: a 32nd
 /// of what it has committed, 4 MiB at least. A run that finds nothing to
-/// give back costs a look at each abandoned heap's classes, a few
-/// microseconds where committing 4 MiB faults in 1,024 pages; with a
-/// quarter, a CPython program holding 150 MB grew by 22 MB without a run.
+/// give back looks at each abandoned heap's class queues, where committing
+/// 4 MiB faults in 1,024 pages; with a quarter, a CPython program holding
+/// 150 MB grew by 22 MB without a run.
 fn growth_step(committed: usize) -> usize {
-    (committed / 32).max(4 << 20)
+    (committed / 32).max(MIN_GROWTH_STEP)
 }
 
 /// Registers the growth hook (the global allocator, at start-up).
@@ -259,10 +262,10 @@ pub fn release(kind: Kind, bytes: usize) {
     );
     let now = COMMITTED.fetch_sub(bytes, Ordering::Relaxed) - bytes;
     // The growth mark follows the process down: after it gave back 100
-    // MiB, growing by 32 MiB did not reach the mark its peak had set. (A
-    // step is 4 MiB at least: the test is exact where it says no.)
+    // MiB, growing by 32 MiB did not reach the mark its peak had set. (The
+    // test is exact where it says no: a step is MIN_GROWTH_STEP at least.)
     let mark = GROWTH_MARK.load(Ordering::Relaxed);
-    if now + (4 << 20) < mark && mark != usize::MAX {
+    if now + MIN_GROWTH_STEP < mark && mark != usize::MAX {
         lowered(now);
     }
 }

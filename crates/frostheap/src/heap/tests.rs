@@ -816,6 +816,10 @@ mod stats {
         let core = heap_of(64 << 20);
         let layout = Layout::from_size_align(64, 8).unwrap();
         let done = core::sync::atomic::AtomicBool::new(false);
+        // The owner starts once the reader has read once: on a loaded
+        // machine the reader was not scheduled before the owner finished,
+        // and read nothing.
+        let reading = core::sync::atomic::AtomicBool::new(false);
         let (tx, rx) = std::sync::mpsc::sync_channel::<usize>(WINDOW - 2);
         let core = &core;
         let readings = std::thread::scope(|sc| {
@@ -837,9 +841,13 @@ mod stats {
                     );
                     before = s.total_allocations;
                     n += 1;
+                    reading.store(true, Ordering::Relaxed);
                 }
                 n
             });
+            while !reading.load(Ordering::Relaxed) {
+                std::thread::yield_now();
+            }
             for _ in 0..BLOCKS {
                 let p = core.alloc(layout);
                 assert!(!p.is_null());
