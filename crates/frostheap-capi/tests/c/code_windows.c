@@ -6,7 +6,8 @@
  * mapping's start) they fall in. Every process pays for each window
  * touched (see crates/frostheap-capi/layout.ld).
  *
- *   code_windows   prints "code: P pages in W windows: OFFSETS" */
+ *   code_windows   prints "code: P pages in W windows (its first 64 KiB
+ *                  span S): OFFSETS" */
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -40,7 +41,7 @@ int main(void) {
     maps[n] = 0;
     int pm = open("/proc/self/pagemap", O_RDONLY);
     if (pm < 0) return 4;
-    int pages = 0, windows = 0, found = 0;
+    int pages = 0, windows = 0, found = 0, span = 0;
     static char offsets[8192];
     size_t used = 0;
     for (char *line = strtok(maps, "\n"); line; line = strtok(NULL, "\n")) {
@@ -48,6 +49,10 @@ int main(void) {
         char perms[5];
         if (sscanf(line, "%lx-%lx %4s", &lo, &hi, perms) != 3) continue;
         if (!strstr(line, "libfrostheap") || perms[2] != 'x') continue;
+        /* The windows the code's first 64 KiB spans: 1 where the library
+         * is loaded 64 KiB-aligned (the kernel aligns a file mapping of 2
+         * MiB or more on ext4; not on tmpfs), 2 otherwise. */
+        if (!found) span = (int)(((lo + 0xffff) >> 16) - (lo >> 16) + 1);
         found = 1;
         long last = -1;
         for (unsigned long a = lo; a < hi; a += 4096) {
@@ -62,6 +67,7 @@ int main(void) {
     }
     close(pm);
     if (!found) return 6;
-    printf("code: %d pages in %d windows:%s\n", pages, windows, offsets);
+    printf("code: %d pages in %d windows (its first 64 KiB span %d):%s\n", pages, windows, span,
+           offsets);
     return 0;
 }

@@ -290,7 +290,9 @@ impl Global {
         let alloc = || unsafe { self.alloc(new_layout) };
         let q = match route::own_heap() {
             // A shrink's refusal is none (it keeps its block): neither
-            // counted nor printed (`stats::out_of_memory_line`).
+            // counted nor printed (`stats::out_of_memory_line`), on the
+            // thread heap's path; a runtime task's context heap still
+            // counts and reports its refused chunk.
             Some(h) if new_size <= layout.size() => h.core.alloc_for_shrink(alloc),
             _ => alloc(),
         };

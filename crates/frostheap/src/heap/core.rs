@@ -535,6 +535,10 @@ impl HeapCore {
     ///    `set_owner` handing it back, with a happens-before edge between
     ///    the two (the owner's plain fields move with it).
     pub(crate) unsafe fn set_owner(&self) {
+        // A `fork` child's heap whose owner (not the forking thread) was
+        // inside `alloc_for_shrink` would keep the flag, and hide every
+        // refusal of the heap's next owner.
+        self.local.shrinking.set(false);
         self.owner.store(thread_token(), Ordering::Release);
     }
 

@@ -262,20 +262,20 @@ pub fn release(kind: Kind, bytes: usize) {
     );
     let now = COMMITTED.fetch_sub(bytes, Ordering::Relaxed) - bytes;
     // The growth mark follows the process down: after it gave back 100
-    // MiB, growing by 32 MiB did not reach the mark its peak had set. (The
-    // test is exact where it says no: a step is MIN_GROWTH_STEP at least.)
+    // MiB, growing by 32 MiB did not reach the mark its peak had set.
+    let low = now + growth_step(now);
     let mark = GROWTH_MARK.load(Ordering::Relaxed);
-    if now + MIN_GROWTH_STEP < mark && mark != usize::MAX {
-        lowered(now);
+    if low < mark && mark != usize::MAX {
+        lowered(low);
     }
 }
 
-/// [`release`] took the process below its growth mark's step: the mark
-/// comes down to a step above it.
+/// [`release`] took the process more than a step below its growth mark:
+/// the mark comes down to `mark`, a step above it.
 #[cold]
 #[inline(never)]
-fn lowered(committed: usize) {
-    GROWTH_MARK.fetch_min(committed + growth_step(committed), Ordering::Relaxed);
+fn lowered(mark: usize) {
+    GROWTH_MARK.fetch_min(mark, Ordering::Relaxed);
 }
 
 /// The raw counters: `(limit, committed, peak committed, refusals,
