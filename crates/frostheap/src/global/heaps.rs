@@ -362,7 +362,7 @@ fn pop_abandoned() -> Option<usize> {
 /// waits for another's could wait forever on a `fork` handler taking them
 /// all. Returns the bytes no longer charged.
 pub(super) fn reclaim() -> usize {
-    release_abandoned(false)
+    release_abandoned(false, true)
         + built()
             .map(|(_, h, _)| h.core.try_give_back())
             .sum::<usize>()
@@ -370,8 +370,9 @@ pub(super) fn reclaim() -> usize {
 
 /// The process's growth hook ([`process::set_growth_hook`]): what the
 /// heaps of exited threads hold free — blocks other threads freed into
-/// them since, and the empty spans kept for their next thread — given back
-/// ([`release_abandoned`]), skipping every lock found busy. Runs on a
+/// them since — given back ([`release_abandoned`]), skipping every lock
+/// found busy; the empty current spans kept for their next thread stay
+/// (see [`HeapCore::release_kept`]). Runs on a
 /// thread that is charging a commit, which may hold its own heap's span
 /// lock: the same conditions as the reclaimer's ([`reclaim`]).
 pub(super) fn release_abandoned_on_growth() -> usize {
@@ -381,7 +382,7 @@ pub(super) fn release_abandoned_on_growth() -> usize {
     if ABANDONED_STACK.len.load(Ordering::Relaxed) == 0 {
         return 0;
     }
-    release_abandoned(false)
+    release_abandoned(false, false)
 }
 
 /// What abandoned heaps keep for the threads that adopt them — the empty
@@ -389,11 +390,12 @@ pub(super) fn release_abandoned_on_growth() -> usize {
 /// memory — given back ([`HeapCore::release_kept`]), holding the abandoned
 /// stack's lock so that no thread adopts one meanwhile. Heaps a phase
 /// froze are left as they are. With `wait` false (the reclaimer), a lock
-/// found busy — the stack's or a heap's span lock — skips what it guards.
-/// Returns the bytes no longer charged.
+/// found busy — the stack's or a heap's span lock — skips what it guards;
+/// with `kept` false, the empty current spans stay. Returns the bytes no
+/// longer charged.
 ///
 /// [`HeapCore::release_kept`]: crate::heap::core::HeapCore::release_kept
-fn release_abandoned(wait: bool) -> usize {
+fn release_abandoned(wait: bool, kept: bool) -> usize {
     let s = &ABANDONED_STACK;
     if s.len.load(Ordering::Relaxed) == 0 {
         return 0; // a racy peek, as in pop_abandoned
@@ -418,7 +420,7 @@ fn release_abandoned(wait: bool) -> usize {
             }
             // SAFETY: the heap is abandoned (it is on the stack), and no
             // thread adopts it while we hold the stack's lock.
-            unsafe { h.core.release_kept(wait) }
+            unsafe { h.core.release_kept(wait, kept) }
         })
         .sum()
 }
@@ -440,7 +442,7 @@ pub(super) unsafe fn trim(own: Option<&'static HeapInner>) -> usize {
         // SAFETY: (1): the owner, not in a phase.
         unsafe { hand_back_held_blocks(h) };
     }
-    release_abandoned(true)
+    release_abandoned(true, true)
         + built()
             .filter(|(_, h, _)| !h.frozen_now())
             .map(|(_, h, _)| {

@@ -490,10 +490,14 @@ impl HeapCore {
     /// limit until another thread adopted it ([`HeapCore::give_back_held`]
     /// is the owner's side of the same).
     ///
+    /// With `kept` false (the process's growth hook), the empty current
+    /// spans kept for the next thread stay: threads that each allocate a
+    /// little, started while the process grows, would fault them in anew.
+    ///
     /// # Safety
     /// 1. The heap is abandoned (its owner gave it up with
     ///    [`HeapCore::abandon`]) and no thread adopts it until this returns.
-    pub(crate) unsafe fn release_kept(&self, wait: bool) -> usize {
+    pub(crate) unsafe fn release_kept(&self, wait: bool, kept: bool) -> usize {
         debug_assert_eq!(self.owner_token(), 0, "releasing an owned heap");
         let spans = if wait {
             Some(self.lock_spans())
@@ -510,7 +514,7 @@ impl HeapCore {
         // owner's adoption). Other threads' frees into the heap are remote
         // frees, which the collection below is the owner's side of.
         self.collect_pending_with(&mut |idx| self.retire_span_in(&mut spans, idx, true));
-        self.collect_queued_with(true, &mut |idx| self.retire_span_in(&mut spans, idx, true));
+        self.collect_queued_with(kept, &mut |idx| self.retire_span_in(&mut spans, idx, true));
         spans.give_back_all();
         drop(spans);
         before.saturating_sub(self.charged())
