@@ -156,6 +156,36 @@ fn malloc_trim_and_mallinfo2_answer_for_the_heaps() {
     );
 }
 
+/// Blocks that threads left behind, freed by the main thread after the
+/// threads exited, go back as the process grows, and growth through `mmap`
+/// counts: 32 MiB of them stayed committed in the exited threads' heaps
+/// while the program mapped 32 MiB more (the heaps kept them until a
+/// thread adopted one, a trim, or the limit).
+#[test]
+fn results_freed_after_their_threads_exited_go_back_as_the_process_maps_more() {
+    let out = preloaded_limited(&mut Command::new(c_program("results")), &[], 120);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = |key: &str| -> usize {
+        stdout
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {stdout}"))
+    };
+    assert_eq!(value("corrupt="), 0, "{stdout}");
+    let (before, after) = (value("before="), value("after="));
+    assert!(
+        before >= 24 << 20,
+        "the threads' blocks were not committed: {stdout}"
+    );
+    assert!(
+        after <= 4 << 20,
+        "the heaps of exited threads kept {after} of {before} bytes committed while the \
+         program mapped 32 MiB: {stdout}"
+    );
+}
+
 /// glibc's second names for its allocator (`__libc_malloc` and the rest,
 /// `cfree`) are the heaps' under the library: blocks pass between the
 /// names on one thread and across threads, `__libc_malloc` is refused past
