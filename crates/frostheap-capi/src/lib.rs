@@ -476,13 +476,7 @@ unsafe fn realloc_elsewhere(ptr: *mut c_void, size: usize) -> *mut c_void {
     // SAFETY: (1): ptr is a live heap block.
     let old = unsafe { raw::usable_size(ptr.cast()) };
     // SAFETY: h is this thread's heap.
-    let q = unsafe {
-        if size <= old {
-            h.malloc_for_shrink(size)
-        } else {
-            h.malloc(size)
-        }
-    };
+    let q = unsafe { h.malloc_for_move(size <= old, size) };
     if q.is_null() {
         // A shrink keeps its block past the limit: the program gives
         // memory back, and the block holds the new size.

@@ -293,8 +293,8 @@ impl Global {
             // counted nor printed (`stats::out_of_memory_line`), on the
             // thread heap's path; a runtime task's context heap still
             // counts and reports its refused chunk.
-            Some(h) if new_size <= layout.size() => h.core.alloc_for_shrink(alloc),
-            _ => alloc(),
+            Some(h) => h.core.alloc_for_move(new_size <= layout.size(), alloc),
+            None => alloc(),
         };
         if q.is_null() {
             // A shrink that could not move keeps its block (it holds the

@@ -118,18 +118,18 @@ impl Local {
         unsafe { self.alloc_c::<false>(size) }
     }
 
-    /// [`Local::malloc`] of the block a shrink of another heap's block
-    /// moves to: should it fail, the caller keeps the old block, and no
-    /// refusal is counted.
+    /// [`Local::malloc`] of the block a `realloc` of another heap's block
+    /// moves to: for a shrink (`shrink`), should it fail, the caller keeps
+    /// the old block, and no refusal is counted.
     ///
     /// # Safety
     /// 1. As [`Local::malloc`].
     #[inline]
-    pub unsafe fn malloc_for_shrink(self, size: usize) -> *mut u8 {
+    pub unsafe fn malloc_for_move(self, shrink: bool, size: usize) -> *mut u8 {
         // SAFETY: forwarded (1).
         self.0
             .core
-            .alloc_for_shrink(|| unsafe { self.alloc_c::<false>(size) })
+            .alloc_for_move(shrink, || unsafe { self.alloc_c::<false>(size) })
     }
 
     /// [`Local::malloc`] and [`Local::calloc`]: the current span's pop;

@@ -403,14 +403,14 @@ impl HeapCore {
         }
     }
 
-    /// Runs `alloc`, the allocation of the block a shrink moves to (a
-    /// smaller class): if it fails, the shrink keeps its block, which holds
-    /// the new size, so on the owner's path the failure counts no refusal,
-    /// in the heap or the process (a kept shrink counted one, and in Rust
-    /// printed the refusal line for a call that succeeded). On any other
-    /// path it counts as before.
-    pub(crate) fn alloc_for_shrink(&self, alloc: impl FnOnce() -> *mut u8) -> *mut u8 {
-        if !self.is_owner() {
+    /// Runs `alloc`, the allocation of the block a `realloc` moves to.
+    /// For a shrink (`shrink`: to a smaller class), a failure is none: the
+    /// shrink keeps its block, which holds the new size, so on the owner's
+    /// path it counts no refusal, in the heap or the process (a kept shrink
+    /// counted one, and in Rust printed the refusal line for a call that
+    /// succeeded). A growth, or any other path, counts as before.
+    pub(crate) fn alloc_for_move(&self, shrink: bool, alloc: impl FnOnce() -> *mut u8) -> *mut u8 {
+        if !shrink || !self.is_owner() {
             return alloc();
         }
         self.local.shrinking.set(true);
@@ -420,7 +420,7 @@ impl HeapCore {
     }
 
     /// Whether the owner is allocating for a shrink
-    /// ([`HeapCore::alloc_for_shrink`]), false on any other thread.
+    /// ([`HeapCore::alloc_for_move`]), false on any other thread.
     pub(crate) fn shrinking(&self) -> bool {
         self.is_owner() && self.local.shrinking.get()
     }
@@ -431,7 +431,7 @@ impl HeapCore {
     fn refuse(&self) {
         if self.shrinking() {
             // A shrink that keeps its block: not refused (see
-            // `alloc_for_shrink`).
+            // `alloc_for_move`).
             self.spans.take_limit_refused();
             return;
         }
@@ -540,7 +540,7 @@ impl HeapCore {
     ///    the two (the owner's plain fields move with it).
     pub(crate) unsafe fn set_owner(&self) {
         // A `fork` child's heap whose owner (not the forking thread) was
-        // inside `alloc_for_shrink` would keep the flag, and hide every
+        // inside `alloc_for_move` would keep the flag, and hide every
         // refusal of the heap's next owner.
         self.local.shrinking.set(false);
         self.owner.store(thread_token(), Ordering::Release);

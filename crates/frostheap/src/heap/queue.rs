@@ -54,7 +54,7 @@ pub(crate) struct ClassState {
     /// once, by [`ClassState::split_fine_classes`].
     pub(super) fine: Cell<bool>,
     /// Set while the owner allocates the block a shrink moves to
-    /// ([`super::core::HeapCore::alloc_for_shrink`]): a refusal then is
+    /// ([`super::core::HeapCore::alloc_for_move`]): a refusal then is
     /// none (the shrink keeps its block), and is not counted.
     pub(super) shrinking: Cell<bool>,
 }

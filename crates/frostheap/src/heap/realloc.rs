@@ -39,11 +39,7 @@ impl HeapCore {
         // SAFETY: new_size is non-zero or a valid zero-size layout; align is
         // a power of two taken from a valid layout.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, align) };
-        let q = if new_size <= old.size() {
-            self.alloc_for_shrink(|| self.alloc(new_layout))
-        } else {
-            self.alloc(new_layout)
-        };
+        let q = self.alloc_for_move(new_size <= old.size(), || self.alloc(new_layout));
         if q.is_null() {
             // A shrink that could not move keeps its block, which holds the
             // new size with the same alignment: past the limit, a program
@@ -89,12 +85,9 @@ impl HeapCore {
             _ => invalid_free(p),
         };
         // SAFETY: (1): we are the owner.
-        let alloc = || unsafe { self.alloc_c_as_owner::<false>(new_size) };
-        let q = if new_size <= old_size {
-            self.alloc_for_shrink(alloc)
-        } else {
-            alloc()
-        };
+        let q = self.alloc_for_move(new_size <= old_size, || unsafe {
+            self.alloc_c_as_owner::<false>(new_size)
+        });
         if q.is_null() {
             // A shrink keeps its block past the limit (see `realloc`).
             return if new_size <= old_size { p } else { q };

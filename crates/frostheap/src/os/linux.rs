@@ -606,23 +606,14 @@ pub fn tgkill(tid: u32, sig: libc::c_int) -> Result<(), OsError> {
 /// run rarely: out of the first window of the C library's code.
 #[inline]
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec pointer; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    // CLOCK_MONOTONIC always exists.
+    clock_ns(libc::CLOCK_MONOTONIC).unwrap_or(0)
 }
 
-/// CPU time thread `tid` of this process has used, in nanoseconds
-/// (`clock_gettime` on the thread's CPU-time clock, which Linux names by
-/// tid: `MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)`). `None` if the thread
-/// is gone. Does not allocate.
-pub fn thread_cpu_ns(tid: u32) -> Option<u64> {
-    // include/linux/posix-timers.h: a per-thread (4) scheduler-runtime (2)
-    // CPU clock, for the bitwise complement of the id, shifted by 3.
-    let clock = ((!(tid as libc::clockid_t)) << 3) | 6;
+/// `clock_gettime` of `clock` in nanoseconds; `None` if the clock does
+/// not exist (`EINVAL`). Does not allocate.
+#[inline]
+fn clock_ns(clock: libc::clockid_t) -> Option<u64> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -633,6 +624,16 @@ pub fn thread_cpu_ns(tid: u32) -> Option<u64> {
         return None;
     }
     Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// CPU time thread `tid` of this process has used, in nanoseconds
+/// (`clock_gettime` on the thread's CPU-time clock, which Linux names by
+/// tid: `MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)`). `None` if the thread
+/// is gone. Does not allocate.
+pub fn thread_cpu_ns(tid: u32) -> Option<u64> {
+    // include/linux/posix-timers.h: a per-thread (4) scheduler-runtime (2)
+    // CPU clock, for the bitwise complement of the id, shifted by 3.
+    clock_ns(((!(tid as libc::clockid_t)) << 3) | 6)
 }
 
 /// Blocks while `*word == expected` (spurious wake-ups happen: re-check).

@@ -225,6 +225,16 @@ pub fn assert_succeeded_saying(out: &Output, marker: &str) {
     );
 }
 
+/// The number `N` of the word `KEY=N` (`key` is `"KEY="`) the child
+/// printed on stdout; fails with its whole output when there is none.
+pub fn printed_number(out: &Output, key: &str) -> u64 {
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}N in stdout\n{}", describe(out)))
+}
+
 /// Stdout and stderr of a child, for assertion messages.
 pub fn describe(out: &Output) -> String {
     format!(

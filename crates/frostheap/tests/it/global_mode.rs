@@ -7,7 +7,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 
 use crate::check::{
-    assert_succeeded_saying, describe, fixture, output_within, run_fixture, MemoryCgroup, MIB,
+    assert_succeeded_saying, describe, fixture, output_within, printed_number, run_fixture,
+    MemoryCgroup, MIB,
 };
 
 test!(routing_main_heap_other_threads_and_remote_frees);
@@ -414,16 +415,12 @@ fn refusals_a_program_handles_print_one_line_a_second_and_are_all_counted() {
         &[("FROSTHEAP_MAX", "64M")],
     );
     assert_eq!(out.status.signal(), Some(6), "{}", describe(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let value = |key: &str| -> u64 {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in the output\n{}", describe(&out)))
-    };
-    let loop_secs = value("loop_secs=");
-    assert!(value("refused=") >= 10_000, "{}", describe(&out));
+    let loop_secs = printed_number(&out, "loop_secs=");
+    assert!(
+        printed_number(&out, "refused=") >= 10_000,
+        "{}",
+        describe(&out)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     let ours: Vec<&str> = stderr
         .lines()
@@ -458,18 +455,10 @@ test!(heaps_of_exited_threads_give_back_what_was_freed_into_them_as_the_process_
 /// heaps give back what they hold free.
 fn heaps_of_exited_threads_give_back_what_was_freed_into_them_as_the_process_grows() {
     let out = run_fixture("global_threads", &["abandoned-growth"], &[]);
-    assert!(out.status.success(), "{}", describe(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let value = |key: &str| -> usize {
-        stdout
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in the output\n{}", describe(&out)))
-    };
-    assert!(stdout.contains("intact=true"), "{}", describe(&out));
-    assert!(value("abandoned=") >= 1, "{}", describe(&out));
-    let (before, after) = (value("threads_before="), value("threads_after="));
+    assert_succeeded_saying(&out, "intact=true");
+    assert!(printed_number(&out, "abandoned=") >= 1, "{}", describe(&out));
+    let before = printed_number(&out, "threads_before=") as usize;
+    let after = printed_number(&out, "threads_after=") as usize;
     assert!(before >= 24 * MIB, "the threads' blocks were not charged: {before}");
     assert!(
         after <= 2 * MIB,
@@ -488,13 +477,7 @@ fn a_shrink_kept_at_the_limit_is_not_counted_as_refused() {
         &["shrink-at-limit"],
         &[("FROSTHEAP_MAX", "64M")],
     );
-    assert!(out.status.success(), "{}", describe(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("intact=true len=100 refused_by_shrink=0 0 "),
-        "{}",
-        describe(&out)
-    );
+    assert_succeeded_saying(&out, "intact=true len=100 refused_by_shrink=0 0 ");
 }
 
 test!(allocation_sites_are_tracked_for_alloc_zeroed_and_realloc);
