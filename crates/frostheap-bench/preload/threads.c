@@ -1,6 +1,6 @@
 /* The `threads` benchmark's workloads in C, for LD_PRELOADed allocators
  * (glibc, mimalloc, jemalloc, libfrostheap.so): the same cases as
- * src/threads.rs (prodcons free, prodcons-1cpu, prodcons-2cpu). Usage: threads CASE THREADS OPS RUNS; prints
+ * src/threads.rs (prodcons free, prodcons-1cpu, prodcons-2cpu, spawn, spawn-large). Usage: threads CASE THREADS OPS RUNS; prints
  * "sample <ns per operation of one thread>" per run. */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -135,23 +135,43 @@ static void *generation(void *arg) {
     return NULL;
 }
 
+/* spawn-large: 32 blocks of 4 KiB - 256 KiB, each written whole (a
+ * request's buffers), half of them left to the next generation. */
+#define LARGE_BLOCKS 32
+
+static void *generation_large(void *arg) {
+    gen_t *g = arg;
+    for (int i = 0; i < g->n; i++) free(g->theirs[i]);
+    uint64_t x = g->seed;
+    int k = 0;
+    for (int i = 0; i < LARGE_BLOCKS; i++) {
+        size_t n = 4096 + next(&x) % (252 * 1024 + 1);
+        void *p = make(n);
+        memset(p, i, n);
+        if (i % 2 == 0) g->keep[k++] = p; else free(p);
+    }
+    return NULL;
+}
+
 static double run(const char *c) {
     pthread_t t[256];
     double t0;
-    if (!strcmp(c, "spawn")) {
+    if (!strcmp(c, "spawn") || !strcmp(c, "spawn-large")) {
+        int large = !strcmp(c, "spawn-large");
+        int kept = large ? LARGE_BLOCKS / 2 : 50;
         gen_t *g = calloc(nthreads, sizeof(gen_t)), *prev = calloc(nthreads, sizeof(gen_t));
         t0 = now_ns();
         for (long r = 0; r < ops; r++) {
             for (int i = 0; i < nthreads; i++) {
                 g[i].theirs = r ? prev[i].keep : NULL;
-                g[i].n = r ? 50 : 0;
+                g[i].n = r ? kept : 0;
                 g[i].seed = 0xC0FFEE00ull ^ (uint64_t)(r * nthreads + i + 1);
-                pthread_create(&t[i], NULL, generation, &g[i]);
+                pthread_create(&t[i], NULL, large ? generation_large : generation, &g[i]);
             }
             for (int i = 0; i < nthreads; i++) pthread_join(t[i], NULL);
             gen_t *s = prev; prev = g; g = s;
         }
-        for (int i = 0; i < nthreads; i++) for (int k = 0; k < 50; k++) free(prev[i].keep[k]);
+        for (int i = 0; i < nthreads; i++) for (int k = 0; k < kept; k++) free(prev[i].keep[k]);
         double ns = (now_ns() - t0) / (ops * nthreads);
         free(g), free(prev);
         return ns;

@@ -26,6 +26,10 @@
 //! - **spawn**: threads created and joined in a loop, each allocating a
 //!   little and leaving some blocks for the next generation to free (the
 //!   cost of a thread's first allocation and of its heap after it exits).
+//! - **spawn-large**: the same with 32 blocks of 4 KiB – 256 KiB a
+//!   thread, each written whole (a request's buffers in a thread per
+//!   request), half left to the next generation: what a heap does with
+//!   the free memory its thread leaves.
 //!
 //! Each figure is nanoseconds of wall time per operation of one thread
 //! (an alloc+free, a replacement, a block handed over, a thread).
@@ -293,21 +297,55 @@ pub fn prodcons(threads: usize, ops: usize, placement: Placement) -> f64 {
 /// allocating 100 blocks of 16 B – 512 B, freeing half and leaving the
 /// rest to be freed by the next generation.
 pub fn spawn(threads: usize, rounds: usize) -> f64 {
+    generations(threads, rounds, 100, 0xC0FF_EE00, |rng, _| {
+        make(16 + (rng.next() % 497) as usize)
+    })
+}
+
+/// ns per thread: `rounds` generations of `threads` threads, each making
+/// 32 blocks of 4 KiB – 256 KiB written whole, freeing half and leaving
+/// the rest to be freed by the next generation.
+pub fn spawn_large(threads: usize, rounds: usize) -> f64 {
+    generations(threads, rounds, 32, 0x1A26_E000, |rng, i| {
+        let size = 4096 + (rng.next() % (252 * 1024 + 1)) as usize;
+        let p = make(size);
+        // SAFETY: p has `size` bytes; its first word (the size, which
+        // unmake reads) is written again after.
+        unsafe {
+            std::ptr::write_bytes(p, i as u8, size);
+            p.cast::<usize>().write(size);
+        }
+        p
+    })
+}
+
+/// ns per thread: `rounds` generations of `threads` threads, each first
+/// freeing the blocks a thread of the generation before left, then making
+/// `blocks` blocks with `make_one(rng, i)` (the `seed` makes each
+/// thread's rng), freeing every other one and leaving the rest to the
+/// next generation.
+fn generations(
+    threads: usize,
+    rounds: usize,
+    blocks: usize,
+    seed: u64,
+    make_one: fn(&mut Rng, usize) -> *mut u8,
+) -> f64 {
     let t0 = Instant::now();
     let mut left: Vec<usize> = Vec::new();
     for r in 0..rounds {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let theirs: Vec<usize> = left.drain(..left.len().min(50)).collect();
+                let theirs: Vec<usize> = left.drain(..left.len().min(blocks / 2)).collect();
                 std::thread::spawn(move || {
                     for p in theirs {
                         // SAFETY: a block from make, handed over once.
                         unsafe { unmake(p as *mut u8) };
                     }
-                    let mut rng = Rng(0xC0FF_EE00 ^ ((r * threads + t) as u64 + 1));
-                    let mut keep = Vec::with_capacity(50);
-                    for i in 0..100 {
-                        let p = make(16 + (rng.next() % 497) as usize);
+                    let mut rng = Rng(seed ^ ((r * threads + t) as u64 + 1));
+                    let mut keep = Vec::with_capacity(blocks / 2);
+                    for i in 0..blocks {
+                        let p = make_one(&mut rng, i);
                         if i % 2 == 0 {
                             keep.push(p as usize);
                         } else {
@@ -329,13 +367,14 @@ pub fn spawn(threads: usize, rounds: usize) -> f64 {
     }
     t0.elapsed().as_nanos() as f64 / (rounds * threads) as f64
 }
+
 /// The child's main: `<case> <threads> <ops>`; prints `sample <ns>` for
 /// each of `runs` runs (the first discarded as warm-up by the parent).
 pub fn child_main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [case, threads, ops, runs] = args.as_slice() else {
         eprintln!(
-            "usage: threads_<allocator> local|working-set|larson|prodcons|prodcons-1cpu|prodcons-2cpu|spawn|none THREADS OPS RUNS"
+            "usage: threads_<allocator> local|working-set|larson|prodcons|prodcons-1cpu|prodcons-2cpu|spawn|spawn-large|none THREADS OPS RUNS"
         );
         std::process::exit(2);
     };
@@ -351,6 +390,7 @@ pub fn child_main() {
             "prodcons-1cpu" => prodcons(threads, ops, Placement::OneCpu),
             "prodcons-2cpu" => prodcons(threads, ops, Placement::TwoCpus),
             "spawn" => spawn(threads, ops),
+            "spawn-large" => spawn_large(threads, ops),
             "none" => 0.0,
             other => {
                 eprintln!("unknown case {other}");

@@ -87,7 +87,9 @@ pub(crate) fn print() {
         .dec(p.thread_heaps as u64)
         .str(" thread heaps (")
         .dec(p.abandoned_heaps as u64)
-        .str(" to adopt), ")
+        .str(" to adopt, keeping ");
+    let b = human(b, p.kept_for_next_threads as u64)
+        .str(" for them), ")
         .dec(p.refused)
         .str(" refused\n");
     os::write_stderr(b.finish());

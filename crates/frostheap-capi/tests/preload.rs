@@ -157,32 +157,77 @@ fn malloc_trim_and_mallinfo2_answer_for_the_heaps() {
 }
 
 /// Blocks that threads left behind, freed by the main thread after the
-/// threads exited, go back as the process grows, and growth through `mmap`
+/// threads exited, go back as they are freed (every 64 spans the frees
+/// bring back), the rest as the process grows, and growth through `mmap`
 /// counts: 32 MiB of them stayed committed in the exited threads' heaps
 /// while the program mapped 32 MiB more (the heaps kept them until a
 /// thread adopted one, a trim, or the limit).
 #[test]
-fn results_freed_after_their_threads_exited_go_back_as_the_process_maps_more() {
+fn results_freed_after_their_threads_exited_go_back_as_they_are_freed() {
     let out = preloaded_limited(&mut Command::new(c_program("results")), &[], 120);
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let value = |key: &str| -> usize {
-        stdout
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in {stdout}"))
-    };
+    let value = |key: &str| printed_value(&stdout, key);
     assert_eq!(value("corrupt="), 0, "{stdout}");
-    let (before, after) = (value("before="), value("after="));
+    let (made, before, after) = (value("made="), value("before="), value("after="));
     assert!(
-        before >= 24 << 20,
+        made >= 24 << 20,
         "the threads' blocks were not committed: {stdout}"
     );
     assert!(
+        before <= 6 << 20,
+        "the heaps of exited threads kept {before} of {made} bytes committed once their \
+         blocks were freed: {stdout}"
+    );
+    assert!(
         after <= 4 << 20,
-        "the heaps of exited threads kept {after} of {before} bytes committed while the \
+        "the heaps of exited threads kept {after} of {made} bytes committed while the \
          program mapped 32 MiB: {stdout}"
+    );
+}
+
+/// The number printed after `key` (`key=N`) in `stdout`.
+fn printed_value(stdout: &str, key: &str) -> usize {
+    stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {stdout}"))
+}
+
+/// Threads that exit with free memory resident leave some of it to the
+/// next thread (8 MiB a heap, 32 MiB in all), which reuses it instead of
+/// committing more; a trim gives it back, and the statistics line at exit
+/// says how much is kept.
+#[test]
+fn exited_threads_keep_free_memory_for_the_next_ones_until_a_trim() {
+    let out = preloaded_limited(
+        &mut Command::new(c_program("warm")),
+        &[("FROSTHEAP_STATS", "1")],
+        120,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = |key: &str| printed_value(&stdout, key);
+    assert_eq!(value("corrupt="), 0, "{stdout}");
+    let (kept, holding, trimmed) = (value("kept="), value("holding="), value("trimmed="));
+    assert!(
+        (6 << 20..=34 << 20).contains(&kept),
+        "the eight exited threads' heaps commit {kept} bytes, expected 6 to 34 MiB: {stdout}"
+    );
+    assert!(
+        holding <= kept + (2 << 20),
+        "the ninth thread's 6 MiB took the heaps from {kept} to {holding} bytes: it did not \
+         reuse what an exited thread kept: {stdout}"
+    );
+    assert!(
+        trimmed <= 1 << 20,
+        "{trimmed} bytes committed after malloc_trim: {stdout}"
+    );
+    let process = process_stats_line(&out);
+    assert!(
+        process.contains("keeping 0 B for them)"),
+        "after the trim the heaps still keep memory for the next threads: {process}"
     );
 }
 

@@ -2,9 +2,10 @@
  * 1000 bytes, filled, and exit; the main thread checks and frees them all
  * (frees into the heaps the threads left), then grows by 32 MiB of its
  * own through mmap, every page touched. Prints the heaps' committed bytes
- * (mallinfo2's arena, under the library) before and after the growth:
+ * (mallinfo2's arena, under the library) before the frees, after them
+ * and after the growth:
  *
- *   results   prints "results: before=B after=A corrupt=C" */
+ *   results   prints "results: made=M before=B after=A corrupt=C" */
 #define _GNU_SOURCE
 #include <malloc.h>
 #include <pthread.h>
@@ -36,6 +37,7 @@ int main(void) {
     for (int i = 0; i < THREADS; i++)
         if (pthread_join(t[i], (void **)&made[i]) || !made[i]) return 3;
     long corrupt = 0;
+    size_t made_by_threads = mallinfo2().arena;
     for (int i = 0; i < THREADS; i++) {
         for (int j = 0; j < BLOCKS; j++) {
             unsigned char *b = made[i][j];
@@ -52,6 +54,7 @@ int main(void) {
     for (size_t off = 0; off < len; off += 4096) grown[off] = 1;
     size_t after = mallinfo2().arena;
     munmap(grown, len);
-    printf("results: before=%zu after=%zu corrupt=%ld\n", before, after, corrupt);
+    printf("results: made=%zu before=%zu after=%zu corrupt=%ld\n", made_by_threads, before, after,
+           corrupt);
     return 0;
 }

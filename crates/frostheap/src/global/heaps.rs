@@ -17,8 +17,9 @@
 //! a pthread key's destructor (after the thread's std thread-local
 //! destructors; see `route::give_up_at_exit`) *abandons* it
 //! ([`HeapCore::abandon`]: remote
-//! frees collected, the free top decommitted and the free spans below it
-//! purged, owner cleared) and pushes it
+//! frees collected, its free memory given back but for a bounded part of
+//! it kept resident for the next thread (`abandon_warm`), owner cleared)
+//! and pushes it
 //! on the abandoned stack, where the next thread that attaches adopts it,
 //! with every block still in it: blocks freed by other threads meanwhile
 //! were remote frees, collected by the adopter. So 10,000 short-lived
@@ -57,6 +58,9 @@ const ABANDONED: u8 = 2;
 struct Slot {
     inner: UnsafeCell<MaybeUninit<HeapInner>>,
     state: AtomicU8,
+    /// Bytes of resident free spans the heap's last thread left for the
+    /// next ([`abandon_warm`]) while it is abandoned; 0 when it is live.
+    warm: AtomicUsize,
 }
 
 // SAFETY: `inner` is initialised by one thread before `state` becomes LIVE
@@ -68,6 +72,7 @@ static SLOTS: [Slot; MAX_HEAPS] = [const {
     Slot {
         inner: UnsafeCell::new(MaybeUninit::uninit()),
         state: AtomicU8::new(EMPTY),
+        warm: AtomicUsize::new(0),
     }
 }; MAX_HEAPS];
 
@@ -204,6 +209,8 @@ pub(super) fn attach() -> Option<(usize, &'static HeapInner)> {
         // SAFETY: the heap was abandoned (its old owner stopped using it
         // before pushing it, under the stack's lock, which we took after).
         unsafe { h.core.set_owner() };
+        forget_warm(idx);
+        process::adopted();
         SLOTS[idx].state.store(LIVE, Ordering::Relaxed);
         remote_cache::heap_attached();
         return Some((idx, h));
@@ -249,10 +256,77 @@ pub(super) unsafe fn detach(idx: usize) {
     unsafe { hand_back_held_blocks(h) };
     crate::sync::chaos();
     // SAFETY: (1).
-    unsafe { h.core.abandon() };
+    unsafe { abandon_warm(idx, h) };
     SLOTS[idx].state.store(ABANDONED, Ordering::Relaxed);
     remote_cache::heap_detached();
     push_abandoned(idx);
+}
+
+/// Resident free memory the heaps of exited threads keep for the threads
+/// that adopt them, in all ([`abandon_warm`]).
+static WARM: AtomicUsize = AtomicUsize::new(0);
+/// What one exiting thread's heap keeps resident at most.
+const WARM_PER_HEAP: usize = 8 << 20;
+/// What the abandoned heaps keep in all at most: this, or an eighth of
+/// what the process has committed if more.
+const WARM_MIN_TOTAL: usize = 32 << 20;
+
+/// [`HeapCore::abandon`] for slot `idx`'s heap `h`, which may keep
+/// resident free spans for the thread that adopts it: up to
+/// [`WARM_PER_HEAP`], within what the abandoned heaps keep in all
+/// ([`WARM_MIN_TOTAL`], an eighth of the process's committed memory if
+/// more, an eighth of the process limit at most: under a small limit the
+/// reclaimer would otherwise take it back at every other refusal).
+/// Purging each free span is a `madvise` and a TLB shootdown, and the
+/// adopter faults the pages in again: threads started and joined in turn,
+/// whose blocks a consumer thread freed, spent two thirds of their time
+/// doing so. What is kept stays charged against the process limit, and
+/// goes when a thread adopts the heap, when the process grows by as much
+/// as is kept or by a step (the growth hook), at the limit (the
+/// reclaimer) and at a trim.
+///
+/// # Safety
+/// 1. The calling thread owns `h` and gives it up ([`HeapCore::abandon`]).
+///
+/// [`HeapCore::abandon`]: crate::heap::core::HeapCore::abandon
+unsafe fn abandon_warm(idx: usize, h: &HeapInner) {
+    let budget = (process::committed() / 8)
+        .max(WARM_MIN_TOTAL)
+        .min(process::limit() / 8);
+    let mut cur = WARM.load(Ordering::Relaxed);
+    let allowed = loop {
+        let allowed = WARM_PER_HEAP.min(budget.saturating_sub(cur));
+        if allowed == 0 {
+            break 0;
+        }
+        match WARM.compare_exchange_weak(cur, cur + allowed, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => break allowed,
+            Err(c) => cur = c,
+        }
+    };
+    // SAFETY: (1).
+    let kept = unsafe { h.core.abandon(allowed) };
+    let kept = kept.min(allowed);
+    let total = WARM.fetch_sub(allowed - kept, Ordering::Relaxed) - (allowed - kept);
+    SLOTS[idx].warm.store(kept, Ordering::Relaxed);
+    if kept > 0 {
+        process::kept_for_adoption(total);
+    }
+}
+
+/// What the abandoned heaps keep resident for their next threads
+/// ([`abandon_warm`]).
+pub(super) fn kept_for_next_threads() -> usize {
+    WARM.load(Ordering::Relaxed)
+}
+
+/// Slot `idx`'s heap no longer keeps what [`abandon_warm`] counted: it was
+/// adopted, or gave back its free memory.
+fn forget_warm(idx: usize) {
+    let kept = SLOTS[idx].warm.swap(0, Ordering::Relaxed);
+    if kept > 0 {
+        WARM.fetch_sub(kept, Ordering::Relaxed);
+    }
 }
 
 /// Gives the other heaps' blocks that `h`'s thread holds back to them: its
@@ -300,10 +374,33 @@ unsafe fn free_to_owners(blocks: &mut [*mut u8]) {
 fn push_abandoned(idx: usize) {
     let s = &ABANDONED_STACK;
     let _g = s.lock.lock();
+    // SAFETY: under the lock.
+    unsafe { stack_insert(s, idx) };
+}
+
+/// Puts slot `idx` on the abandoned stack: on top if its heap keeps free
+/// memory resident for its next thread ([`abandon_warm`]), else under
+/// those that do, so that the adopter, which looks at the top
+/// [`ADOPT_SCAN`], finds them: of 16 threads that exited together, the
+/// first five kept their memory and the last eleven, pushed above them,
+/// did not.
+///
+/// # Safety
+/// 1. The caller holds the stack's lock, or is the process's only thread.
+/// 2. `idx` is not on the stack.
+unsafe fn stack_insert(s: &Abandoned, idx: usize) {
     let n = s.len.load(Ordering::Relaxed);
-    // SAFETY: under the lock; a slot is pushed at most once per
-    // abandonment, so n < MAX_HEAPS.
-    unsafe { (*s.slots.get())[n] = idx as u16 };
+    // SAFETY: (1); (2): a slot is on the stack at most once, so n <
+    // MAX_HEAPS.
+    let slots = unsafe { &mut (&mut *s.slots.get())[..=n] };
+    let mut at = n;
+    if SLOTS[idx].warm.load(Ordering::Relaxed) == 0 {
+        while at > 0 && SLOTS[slots[at - 1] as usize].warm.load(Ordering::Relaxed) > 0 {
+            at -= 1;
+        }
+    }
+    slots.copy_within(at..n, at + 1);
+    slots[at] = idx as u16;
     s.len.store(n + 1, Ordering::Relaxed);
 }
 
@@ -362,7 +459,7 @@ fn pop_abandoned() -> Option<usize> {
 /// waits for another's could wait forever on a `fork` handler taking them
 /// all. Returns the bytes no longer charged.
 pub(super) fn reclaim() -> usize {
-    release_abandoned(false, true)
+    release_abandoned(false, true, false)
         + built()
             .map(|(_, h, _)| h.core.try_give_back())
             .sum::<usize>()
@@ -375,14 +472,14 @@ pub(super) fn reclaim() -> usize {
 /// (see [`HeapCore::release_kept`]). Runs on a
 /// thread that is charging a commit, which may hold its own heap's span
 /// lock: the same conditions as the reclaimer's ([`reclaim`]).
-pub(super) fn release_abandoned_on_growth() -> usize {
+pub(super) fn release_abandoned_on_growth(keep_warm: bool) -> usize {
     // The racy peek of `release_abandoned`, here: that function is laid
     // with the rare code (layout.ld), which a process growing with no
     // abandoned heap (most of them) should not touch.
     if ABANDONED_STACK.len.load(Ordering::Relaxed) == 0 {
         return 0;
     }
-    release_abandoned(false, false)
+    release_abandoned(false, false, keep_warm)
 }
 
 /// What abandoned heaps keep for the threads that adopt them — the empty
@@ -395,7 +492,8 @@ pub(super) fn release_abandoned_on_growth() -> usize {
 /// longer charged.
 ///
 /// [`HeapCore::release_kept`]: crate::heap::core::HeapCore::release_kept
-fn release_abandoned(wait: bool, kept: bool) -> usize {
+#[inline(never)] // laid with the rare code (layout.ld), as its callers are not
+fn release_abandoned(wait: bool, kept: bool, keep_warm: bool) -> usize {
     let s = &ABANDONED_STACK;
     if s.len.load(Ordering::Relaxed) == 0 {
         return 0; // a racy peek, as in pop_abandoned
@@ -418,9 +516,23 @@ fn release_abandoned(wait: bool, kept: bool) -> usize {
             if h.frozen_now() {
                 return 0;
             }
+            let idx = idx as usize;
+            let warm = if keep_warm {
+                SLOTS[idx].warm.load(Ordering::Relaxed)
+            } else {
+                0
+            };
             // SAFETY: the heap is abandoned (it is on the stack), and no
             // thread adopts it while we hold the stack's lock.
-            unsafe { h.core.release_kept(wait, kept) }
+            let Some((released, still)) = (unsafe { h.core.release_kept(wait, kept, warm) }) else {
+                return 0;
+            };
+            forget_warm(idx);
+            if still > 0 {
+                SLOTS[idx].warm.store(still, Ordering::Relaxed);
+                WARM.fetch_add(still, Ordering::Relaxed);
+            }
+            released
         })
         .sum()
 }
@@ -442,7 +554,7 @@ pub(super) unsafe fn trim(own: Option<&'static HeapInner>) -> usize {
         // SAFETY: (1): the owner, not in a phase.
         unsafe { hand_back_held_blocks(h) };
     }
-    release_abandoned(true, true)
+    release_abandoned(true, true, false)
         + built()
             .filter(|(_, h, _)| !h.frozen_now())
             .map(|(_, h, _)| {
@@ -494,14 +606,23 @@ pub(super) unsafe fn after_fork_in_child() {
                 h.core.set_owner();
             }
             // SAFETY: we are the owner now, and give it up at once.
-            unsafe { h.core.abandon() };
+            unsafe { abandon_warm(idx, h) };
             SLOTS[idx].state.store(ABANDONED, Ordering::Relaxed);
-            let n = s.len.load(Ordering::Relaxed);
-            // SAFETY: the only thread; n < MAX_HEAPS.
-            unsafe { (*s.slots.get())[n] = idx as u16 };
-            s.len.store(n + 1, Ordering::Relaxed);
+            // SAFETY: the only thread; the heap was live, not on the
+            // stack.
+            unsafe { stack_insert(s, idx) };
         }
     }
+    // What the heaps on the stack keep for their next threads, counted
+    // anew: a thread of the parent that was between reserving its share
+    // and settling it (`abandon_warm`) does not exist here.
+    // SAFETY: the only thread; the first len entries are abandoned slots.
+    let on_stack = unsafe { &(&*s.slots.get())[..s.len.load(Ordering::Relaxed)] };
+    let kept = on_stack
+        .iter()
+        .map(|&idx| SLOTS[idx as usize].warm.load(Ordering::Relaxed))
+        .sum();
+    WARM.store(kept, Ordering::Relaxed);
     // The calling thread's heap, if it has one, is the only one live.
     let live = built().filter(|&(idx, _, live)| idx != 0 && live).count();
     remote_cache::set_live_heaps(live);

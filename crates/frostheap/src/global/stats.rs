@@ -37,6 +37,12 @@ pub struct ProcessStats {
     pub thread_heaps: usize,
     /// Thread heaps whose thread exited, waiting for adoption.
     pub abandoned_heaps: usize,
+    /// Bytes of free memory those heaps keep resident (and committed) for
+    /// the threads that adopt them, instead of purging it as their threads
+    /// exited: at most 8 MiB a heap and 32 MiB in all (an eighth of
+    /// `committed` if more; an eighth of `limit` at most). Given back as
+    /// the process grows past it, at the limit, and by [`crate::trim`].
+    pub kept_for_next_threads: usize,
     /// Bytes committed per kind, indexed by [`Kind`] as `usize`.
     pub committed_by_kind: [usize; N_KINDS],
 }
@@ -89,6 +95,7 @@ pub fn stats() -> ProcessStats {
     }
     s.threads_in_use = s.threads_in_use.saturating_sub(cached);
     (s.thread_heaps, s.abandoned_heaps) = heaps::counts();
+    s.kept_for_next_threads = heaps::kept_for_next_threads();
     s
 }
 

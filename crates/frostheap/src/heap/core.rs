@@ -317,16 +317,21 @@ impl HeapCore {
     }
 
     /// The owner thread gives the heap up (it is exiting): spans that
-    /// received remote frees are collected, the free top of the region is
-    /// decommitted and the free spans below it purged (all released from
-    /// the process limit), and from now on
-    /// every free into the heap, by any thread, is a remote free, until a
-    /// thread adopts the heap with [`HeapCore::set_owner`].
+    /// received remote frees are collected, its free memory given back
+    /// (released from the process limit) but for at most `warm` bytes of
+    /// resident free spans kept for the thread that adopts it
+    /// ([`Locked::give_back_but_warm`]; with `warm` 0 the free top of the
+    /// region is decommitted and the free spans below it purged), and from
+    /// now on every free into the heap, by any thread, is a remote free,
+    /// until a thread adopts the heap with [`HeapCore::set_owner`]. Returns
+    /// the bytes kept.
+    ///
+    /// [`Locked::give_back_but_warm`]: super::span::Locked::give_back_but_warm
     ///
     /// # Safety
     /// 1. The calling thread is the owner and never uses the owner path
     ///    again (without adopting the heap anew).
-    pub(crate) unsafe fn abandon(&self) {
+    pub(crate) unsafe fn abandon(&self, warm: usize) -> usize {
         debug_assert!(self.is_owner(), "abandon by another thread");
         // SAFETY: (1).
         unsafe { self.flush_own_cache() };
@@ -352,9 +357,11 @@ impl HeapCore {
             });
         }
         chaos();
-        self.lock_spans().give_back_all();
+        let kept = self.lock_spans().give_back_but_warm(warm);
         chaos();
+        self.others.abandoned.store(true, Ordering::Relaxed);
         self.owner.store(0, Ordering::Release);
+        kept
     }
 
     /// Of a small heap given up, keeps an empty current span for the next
@@ -479,9 +486,11 @@ impl HeapCore {
     /// it: the empty current spans a small heap keeps ([`HeapCore::abandon`])
     /// and the spans emptied since by other threads' frees are retired,
     /// then every free page is given back (the free top decommitted, the
-    /// free spans purged and uncharged). Returns the bytes no longer
-    /// charged; 0, nothing done, when the span lock is busy and `wait` is
-    /// false (the process limit's reclaimer, which holds another heap's
+    /// free spans purged and uncharged), the free spans its last thread
+    /// left resident for the next among them, but for `warm` bytes (below).
+    /// Returns the bytes no longer
+    /// charged; `None`, nothing done, when the span lock is busy and `wait`
+    /// is false (the process limit's reclaimer, which holds another heap's
     /// span lock and must not wait for this one).
     ///
     /// So the memory of threads that have exited serves the threads left
@@ -493,20 +502,29 @@ impl HeapCore {
     /// With `kept` false (the process's growth hook), the empty current
     /// spans kept for the next thread stay: threads that each allocate a
     /// little, started while the process grows, would fault them in anew.
+    /// Up to `warm` bytes of resident free spans stay too
+    /// ([`Locked::give_back_but_warm`]): what the heap kept for its next
+    /// thread when it was given up. The second figure returned is what
+    /// stays.
+    ///
+    /// [`Locked::give_back_but_warm`]: super::span::Locked::give_back_but_warm
     ///
     /// # Safety
     /// 1. The heap is abandoned (its owner gave it up with
     ///    [`HeapCore::abandon`]) and no thread adopts it until this returns.
-    pub(crate) unsafe fn release_kept(&self, wait: bool, kept: bool) -> usize {
+    pub(crate) unsafe fn release_kept(
+        &self,
+        wait: bool,
+        kept: bool,
+        warm: usize,
+    ) -> Option<(usize, usize)> {
         debug_assert_eq!(self.owner_token(), 0, "releasing an owned heap");
         let spans = if wait {
             Some(self.lock_spans())
         } else {
             self.spans.try_lock(self.pages, &self.others.external)
         };
-        let Some(mut spans) = spans else {
-            return 0;
-        };
+        let mut spans = spans?;
         let before = self.charged();
         // (1): no owner, and none until we return: the owner's state is
         // ours meanwhile, as it is an adopter's (the abandoned stack's lock
@@ -515,9 +533,9 @@ impl HeapCore {
         // frees, which the collection below is the owner's side of.
         self.collect_pending_with(&mut |idx| self.retire_span_in(&mut spans, idx, true));
         self.collect_queued_with(kept, &mut |idx| self.retire_span_in(&mut spans, idx, true));
-        spans.give_back_all();
+        let still = spans.give_back_but_warm(warm);
         drop(spans);
-        before.saturating_sub(self.charged())
+        Some((before.saturating_sub(self.charged()), still))
     }
 
     /// First address of the region, as an integer.
@@ -543,6 +561,7 @@ impl HeapCore {
         // inside `alloc_for_move` would keep the flag, and hide every
         // refusal of the heap's next owner.
         self.local.shrinking.set(false);
+        self.others.abandoned.store(false, Ordering::Relaxed);
         self.owner.store(thread_token(), Ordering::Release);
     }
 

@@ -57,6 +57,11 @@ pub(super) struct OtherThreads {
     pub(super) remote_began: AtomicBool,
     /// Stack of FULL spans that received remote frees (page indices).
     pub(super) pending: AtomicU32,
+    /// Whether the heap's thread gave it up (`HeapCore::abandon`) and no
+    /// thread adopted it since: the spans remote frees bring back then
+    /// wait for an adopter, unless the process collects them
+    /// ([`process::brought_back_while_abandoned`]).
+    pub(super) abandoned: AtomicBool,
     pub(super) refused: AtomicU64,
     /// Bytes charged to this heap from outside it (the C ABI charges other
     /// threads' system allocations here): counted against the limit.
@@ -70,6 +75,7 @@ impl OtherThreads {
             large_freed_count: AtomicUsize::new(0),
             remote_began: AtomicBool::new(false),
             pending: AtomicU32::new(NONE),
+            abandoned: AtomicBool::new(false),
             refused: AtomicU64::new(0),
             external: AtomicUsize::new(0),
         }
@@ -433,6 +439,9 @@ impl Remote<'_> {
                     Ok(_) => break,
                     Err(t) => top = t,
                 }
+            }
+            if self.others.abandoned.load(Ordering::Relaxed) {
+                process::brought_back_while_abandoned();
             }
         }
     }

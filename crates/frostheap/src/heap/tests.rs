@@ -171,7 +171,7 @@ mod queue {
         // adopts it again.
         unsafe {
             core.free(p);
-            core.abandon();
+            core.abandon(0);
             core.set_owner();
         }
         assert!(!core.local.fine.get());
@@ -215,7 +215,7 @@ mod queue {
         assert_eq!([cs, cb].map(|c| core.local.current[c].get()), emptied);
         // SAFETY: the owner gives the heap up, and adopts it again.
         unsafe {
-            core.abandon();
+            core.abandon(0);
             core.set_owner();
         }
         for c in [cs, cb] {
@@ -247,7 +247,7 @@ mod queue {
         }
         // A thread's exit leaves nothing committed.
         // SAFETY: the owner; nobody uses the heap afterwards.
-        unsafe { core.abandon() };
+        unsafe { core.abandon(0) };
         let s = core.stats();
         assert_eq!((s.in_use, s.committed), (0, 0), "{s:?}");
         check_charge(&core);
@@ -1131,7 +1131,7 @@ mod charge {
         }
         // SAFETY: the owner gives the heap up, and adopts it again.
         unsafe {
-            core.abandon();
+            core.abandon(0);
             core.set_owner();
         }
         check_charge(&core);
@@ -1253,7 +1253,7 @@ mod charge {
         unsafe {
             core.free(a);
             core.free(b);
-            core.abandon();
+            core.abandon(0);
             core.set_owner();
         }
         assert!(!core.local.fine.get(), "the heap stays small");
@@ -1264,7 +1264,7 @@ mod charge {
         // SAFETY: as above.
         unsafe {
             core.free(a);
-            core.abandon();
+            core.abandon(0);
             core.set_owner();
         }
         assert!(ptr::eq(current(ca), span_a), "the class it used is kept");
@@ -1280,7 +1280,7 @@ mod charge {
         check_charge(&core);
         // The third uses none: nothing is kept.
         // SAFETY: the owner gives the heap up.
-        unsafe { core.abandon() };
+        unsafe { core.abandon(0) };
         assert!(ptr::eq(current(ca), &EMPTY.0));
         let s = core.stats();
         assert_eq!((s.in_use, s.committed), (0, 0), "{s:?}");
@@ -1293,6 +1293,67 @@ mod charge {
             free(&core, p);
         }
         check_charge(&core);
+    }
+
+    /// A heap given up with `warm` bytes to keep keeps its resident free
+    /// spans up to that, charged, and purges the largest first; with 0, or
+    /// less than `WARM_FROM` resident and free, it keeps nothing.
+    #[test]
+    fn a_heap_given_up_keeps_resident_free_spans_up_to_what_it_may() {
+        let core = heap_of(1 << 30);
+        // Three written blocks of 1, 2 and 3 MiB, each followed by a live
+        // one so their free spans stay apart.
+        let mut live = Vec::new();
+        let freed: Vec<*mut u8> = [1, 2, 3]
+            .iter()
+            .map(|&mib| {
+                let p = block(&core, mib << 20);
+                live.push(block(&core, PAGE_SIZE));
+                p
+            })
+            .collect();
+        for &p in &freed {
+            free(&core, p);
+        }
+        let before = core.stats();
+        let resident_before = resident(&core);
+        // SAFETY: the owner gives the heap up, then adopts it again.
+        let kept = unsafe { core.abandon((3 << 20) + (512 << 10)) };
+        // The 3 MiB span is purged; 1 and 2 MiB fit and stay.
+        assert_eq!(kept, 3 << 20);
+        let after = core.stats();
+        assert_eq!(after.committed, before.committed - (3 << 20), "{after:?}");
+        assert_eq!(resident(&core), resident_before - (3 << 20));
+        check_charge(&core);
+        // SAFETY: as above.
+        unsafe { core.set_owner() };
+        // SAFETY: as above: with nothing to keep, every free span goes.
+        let kept = unsafe { core.abandon(0) };
+        assert_eq!(kept, 0);
+        let s = core.stats();
+        assert_eq!(s.committed, live.len() * PAGE_SIZE, "{s:?}");
+        assert_eq!(resident(&core), live.len() * PAGE_SIZE);
+        check_charge(&core);
+        // SAFETY: as above.
+        unsafe { core.set_owner() };
+        for p in live {
+            free(&core, p);
+        }
+        check_charge(&core);
+        // Less than WARM_FROM resident and free: purged whatever it may
+        // keep.
+        let small = heap_of(1 << 30);
+        let held = block(&small, PAGE_SIZE);
+        free(&small, block(&small, 512 << 10));
+        let held_too = block(&small, PAGE_SIZE);
+        // SAFETY: as above.
+        assert_eq!(unsafe { small.abandon(8 << 20) }, 0);
+        assert_eq!(resident(&small), 2 * PAGE_SIZE);
+        check_charge(&small);
+        // SAFETY: as above.
+        unsafe { small.set_owner() };
+        free(&small, held);
+        free(&small, held_too);
     }
 
     /// At the heap's cap, a shrink that would move (to a smaller class)
@@ -2377,7 +2438,7 @@ mod own_cache {
         }
         assert_eq!(core.own.cached_blocks(), 4);
         // SAFETY: the owner; adopted again right after.
-        unsafe { core.abandon() };
+        unsafe { core.abandon(0) };
         assert_eq!(core.own.cached_blocks(), 0);
         // SAFETY: nobody else uses the heap.
         unsafe { core.set_owner() };

@@ -447,23 +447,79 @@ fn refusals_a_program_handles_print_one_line_a_second_and_are_all_counted() {
     );
 }
 
-test!(heaps_of_exited_threads_give_back_what_was_freed_into_them_as_the_process_grows);
+test!(heaps_of_exited_threads_give_back_what_was_freed_into_them);
 /// Blocks that threads made and the main thread freed after they exited
 /// stayed committed in the threads' abandoned heaps until one was adopted,
 /// a trim, or the limit: the process grew past them (32 MiB of them, with
-/// the main thread's 24 MiB on top). The process's growth now has those
-/// heaps give back what they hold free.
-fn heaps_of_exited_threads_give_back_what_was_freed_into_them_as_the_process_grows() {
+/// the main thread's 24 MiB on top). The frees themselves now have those
+/// heaps give back what they hold free, every 64 spans they bring back
+/// (what is left, the last of them, goes as the process grows).
+fn heaps_of_exited_threads_give_back_what_was_freed_into_them() {
     let out = run_fixture("global_threads", &["abandoned-growth"], &[]);
     assert_succeeded_saying(&out, "intact=true");
     assert!(printed_number(&out, "abandoned=") >= 1, "{}", describe(&out));
+    let made = printed_number(&out, "threads_made=") as usize;
     let before = printed_number(&out, "threads_before=") as usize;
     let after = printed_number(&out, "threads_after=") as usize;
-    assert!(before >= 24 * MIB, "the threads' blocks were not charged: {before}");
+    assert!(made >= 24 * MIB, "the threads' blocks were not charged: {made}");
+    assert!(
+        before <= 6 * MIB,
+        "the exited threads' heaps still charge {before} bytes (of {made}) once their blocks \
+         were freed"
+    );
     assert!(
         after <= 2 * MIB,
-        "the exited threads' heaps still charge {after} bytes (of {before}) after the main \
+        "the exited threads' heaps still charge {after} bytes (of {made}) after the main \
          thread grew by 24 MiB"
+    );
+}
+
+test!(exited_threads_keep_a_bounded_amount_of_free_memory_for_the_next_ones);
+/// A thread heap's free memory was all purged at its thread's exit, one
+/// `madvise` (and TLB shootdown) per free span, and faulted in again by
+/// the thread that adopted it: threads started and joined in turn spent
+/// two thirds of their time there. The heaps of exited threads now keep
+/// some of it resident for the next threads, bounded in all (32 MiB, or an
+/// eighth of what the process has committed; an eighth of the limit at
+/// most), and give it back as the process grows past it.
+fn exited_threads_keep_a_bounded_amount_of_free_memory_for_the_next_ones() {
+    let out = run_fixture("global_threads", &["warm-exits"], &[]);
+    assert_succeeded_saying(&out, "intact=true");
+    let kept = printed_number(&out, "kept=") as usize;
+    let next_grew = printed_number(&out, "next_grew=") as usize;
+    let after = printed_number(&out, "after_growth=") as usize;
+    // Sixteen threads' 96 MiB freed: at least one heap's 6 MiB kept, and
+    // no more than the bound (with the threads' small spans).
+    assert!(
+        (6 * MIB..=34 * MIB).contains(&kept),
+        "the exited threads' heaps charge {kept} bytes, expected 6 to 34 MiB\n{}",
+        describe(&out)
+    );
+    assert!(
+        next_grew <= 2 * MIB,
+        "the next thread's 6 MiB grew the process by {next_grew} bytes: it did not reuse \
+         what an exited thread kept\n{}",
+        describe(&out)
+    );
+    assert!(
+        after <= 2 * MIB,
+        "the exited threads' heaps still charge {after} bytes after the main thread grew past \
+         them\n{}",
+        describe(&out)
+    );
+    // Under a limit of 128 MiB, an eighth of it: 16 MiB (two heaps' 6).
+    let out = run_fixture(
+        "global_threads",
+        &["warm-exits"],
+        &[("FROSTHEAP_MAX", "128M")],
+    );
+    assert_succeeded_saying(&out, "intact=true");
+    let kept = printed_number(&out, "kept=") as usize;
+    assert!(
+        (6 * MIB..=18 * MIB).contains(&kept),
+        "under a 128 MiB limit the exited threads' heaps charge {kept} bytes, expected 6 to 18 \
+         MiB\n{}",
+        describe(&out)
     );
 }
 
