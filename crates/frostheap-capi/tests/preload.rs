@@ -158,7 +158,8 @@ fn malloc_trim_and_mallinfo2_answer_for_the_heaps() {
 
 /// Blocks that threads left behind, freed by the main thread after the
 /// threads exited, go back as they are freed (every 64 spans the frees
-/// bring back), the rest as the process grows, and growth through `mmap`
+/// bring back) beyond what the heaps keep for the next threads (32 MiB of
+/// the 64 here), the rest as the process grows, and growth through `mmap`
 /// counts: 32 MiB of them stayed committed in the exited threads' heaps
 /// while the program mapped 32 MiB more (the heaps kept them until a
 /// thread adopted one, a trim, or the limit).
@@ -171,11 +172,13 @@ fn results_freed_after_their_threads_exited_go_back_as_they_are_freed() {
     assert_eq!(value("corrupt="), 0, "{stdout}");
     let (made, before, after) = (value("made="), value("before="), value("after="));
     assert!(
-        made >= 24 << 20,
+        made >= 56 << 20,
         "the threads' blocks were not committed: {stdout}"
     );
+    // What they keep (32 MiB), and the spans freed since the last
+    // collection (up to 64).
     assert!(
-        before <= 6 << 20,
+        before <= 40 << 20,
         "the heaps of exited threads kept {before} of {made} bytes committed once their \
          blocks were freed: {stdout}"
     );
@@ -196,7 +199,7 @@ fn printed_value(stdout: &str, key: &str) -> usize {
 }
 
 /// Threads that exit with free memory resident leave some of it to the
-/// next thread (8 MiB a heap, 32 MiB in all), which reuses it instead of
+/// next thread (32 MiB in all at most), which reuses it instead of
 /// committing more; a trim gives it back, and the statistics line at exit
 /// says how much is kept.
 #[test]

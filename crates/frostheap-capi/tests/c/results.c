@@ -1,4 +1,4 @@
-/* Threads leave their results behind: 8 threads each make 4096 blocks of
+/* Threads leave their results behind: 8 threads each make 8192 blocks of
  * 1000 bytes, filled, and exit; the main thread checks and frees them all
  * (frees into the heaps the threads left), then grows by 32 MiB of its
  * own through mmap, every page touched. Prints the heaps' committed bytes
@@ -15,7 +15,7 @@
 #include <sys/mman.h>
 
 #define THREADS 8
-#define BLOCKS 4096
+#define BLOCKS 8192
 #define SIZE 1000
 
 static void *make(void *arg) {

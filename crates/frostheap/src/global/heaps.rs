@@ -33,7 +33,7 @@ use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::borrow::Cow;
 
-use crate::heap::core::CoreConfig;
+use crate::heap::core::{CoreConfig, WARM_FROM};
 use crate::heap::process;
 use crate::heap::remote_cache;
 use crate::heap::HeapInner;
@@ -262,50 +262,78 @@ pub(super) unsafe fn detach(idx: usize) {
     push_abandoned(idx);
 }
 
-/// Resident free memory the heaps of exited threads keep for the threads
-/// that adopt them, in all ([`abandon_warm`]).
+/// Free memory the heaps of exited threads keep charged and resident for
+/// the threads that adopt them, in all ([`abandon_warm`]; an upper bound:
+/// what a heap kept may go by ways that do not count it down, such as the
+/// reclaimer's sweep of every heap, until it is adopted or given back).
 static WARM: AtomicUsize = AtomicUsize::new(0);
-/// What one exiting thread's heap keeps resident at most.
-const WARM_PER_HEAP: usize = 8 << 20;
 /// What the abandoned heaps keep in all at most: this, or an eighth of
 /// what the process has committed if more.
 const WARM_MIN_TOTAL: usize = 32 << 20;
 
 /// [`HeapCore::abandon`] for slot `idx`'s heap `h`, which may keep
-/// resident free spans for the thread that adopts it: up to
-/// [`WARM_PER_HEAP`], within what the abandoned heaps keep in all
-/// ([`WARM_MIN_TOTAL`], an eighth of the process's committed memory if
-/// more, an eighth of the process limit at most: under a small limit the
-/// reclaimer would otherwise take it back at every other refusal).
-/// Purging each free span is a `madvise` and a TLB shootdown, and the
-/// adopter faults the pages in again: threads started and joined in turn,
-/// whose blocks a consumer thread freed, spent two thirds of their time
-/// doing so. What is kept stays charged against the process limit, and
-/// goes when a thread adopts the heap, when the process grows by as much
-/// as is kept or by a step (the growth hook), at the limit (the
-/// reclaimer) and at a trim.
+/// resident free spans for the thread that adopts it, within what the
+/// abandoned heaps keep in all ([`WARM_MIN_TOTAL`], an eighth of the
+/// process's committed memory if more, an eighth of the process limit at
+/// most: under a small limit the reclaimer would otherwise take it back at
+/// every other refusal), [`WARM_FROM`] or more, or nothing. Purging each
+/// free span is a `madvise` and a TLB shootdown, and the adopter faults
+/// the pages in again: threads started and joined in turn, whose blocks a
+/// consumer thread freed, spent two thirds of their time doing so. What
+/// is kept stays charged against the process limit, and goes when a
+/// thread adopts the heap, when the process grows by as much as is kept
+/// or by a step (the growth hook), at the limit (the reclaimer) and at a
+/// trim.
 ///
 /// # Safety
 /// 1. The calling thread owns `h` and gives it up ([`HeapCore::abandon`]).
 ///
 /// [`HeapCore::abandon`]: crate::heap::core::HeapCore::abandon
 unsafe fn abandon_warm(idx: usize, h: &HeapInner) {
+    let mut allowed = 0;
+    // SAFETY: (1).
+    let kept = unsafe {
+        h.core.abandon(&mut |held| {
+            allowed = reserve_warm(0, held);
+            allowed
+        })
+    };
+    settle_warm(idx, allowed, kept);
+}
+
+/// What a heap that kept `already` bytes for its next thread (counted in
+/// [`WARM`]) may keep of the `held` bytes its free spans hold, within
+/// [`abandon_warm`]'s bounds: [`WARM`] then counts that for it instead
+/// ([`settle_warm`] settles it with what it keeps). 0 below [`WARM_FROM`]:
+/// a heap keeps that much or nothing.
+fn reserve_warm(already: usize, held: usize) -> usize {
     let budget = (process::committed() / 8)
         .max(WARM_MIN_TOTAL)
         .min(process::limit() / 8);
     let mut cur = WARM.load(Ordering::Relaxed);
-    let allowed = loop {
-        let allowed = WARM_PER_HEAP.min(budget.saturating_sub(cur));
-        if allowed == 0 {
-            break 0;
+    loop {
+        let others = cur.saturating_sub(already);
+        let mut allowed = held.min(budget.saturating_sub(others));
+        if allowed < WARM_FROM {
+            allowed = 0;
         }
-        match WARM.compare_exchange_weak(cur, cur + allowed, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => break allowed,
+        match WARM.compare_exchange_weak(
+            cur,
+            others + allowed,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => return allowed,
             Err(c) => cur = c,
         }
-    };
-    // SAFETY: (1).
-    let kept = unsafe { h.core.abandon(allowed) };
+    }
+}
+
+/// Slot `idx`'s heap, for which [`WARM`] counts `allowed` bytes
+/// ([`reserve_warm`]), keeps `kept`: the rest goes back to the budget, and
+/// the process's growth hook runs once it grows by as much as the heaps
+/// keep in all.
+fn settle_warm(idx: usize, allowed: usize, kept: usize) {
     let kept = kept.min(allowed);
     let total = WARM.fetch_sub(allowed - kept, Ordering::Relaxed) - (allowed - kept);
     SLOTS[idx].warm.store(kept, Ordering::Relaxed);
@@ -469,9 +497,12 @@ pub(super) fn reclaim() -> usize {
 /// heaps of exited threads hold free — blocks other threads freed into
 /// them since — given back ([`release_abandoned`]), skipping every lock
 /// found busy; the empty current spans kept for their next thread stay
-/// (see [`HeapCore::release_kept`]). Runs on a
-/// thread that is charging a commit, which may hold its own heap's span
-/// lock: the same conditions as the reclaimer's ([`reclaim`]).
+/// (see [`HeapCore::release_kept`]). With `keep_warm` (run by frees that
+/// brought spans of those heaps back), only the heaps frees brought spans
+/// back into since are visited, and they keep, within the budget, what
+/// [`abandon_warm`] would let them keep. Runs on a thread that is charging
+/// a commit or freeing a block, which may hold its own heap's span lock:
+/// the same conditions as the reclaimer's ([`reclaim`]).
 pub(super) fn release_abandoned_on_growth(keep_warm: bool) -> usize {
     // The racy peek of `release_abandoned`, here: that function is laid
     // with the rare code (layout.ld), which a process growing with no
@@ -488,8 +519,10 @@ pub(super) fn release_abandoned_on_growth(keep_warm: bool) -> usize {
 /// stack's lock so that no thread adopts one meanwhile. Heaps a phase
 /// froze are left as they are. With `wait` false (the reclaimer), a lock
 /// found busy — the stack's or a heap's span lock — skips what it guards;
-/// with `kept` false, the empty current spans stay. Returns the bytes no
-/// longer charged.
+/// with `kept` false, the empty current spans stay; with `keep_warm`, only
+/// heaps that frees brought spans back into are visited, and each keeps of
+/// its free memory what the budget allows ([`reserve_warm`]). Returns the
+/// bytes no longer charged.
 ///
 /// [`HeapCore::release_kept`]: crate::heap::core::HeapCore::release_kept
 #[inline(never)] // laid with the rare code (layout.ld), as its callers are not
@@ -517,22 +550,38 @@ fn release_abandoned(wait: bool, kept: bool, keep_warm: bool) -> usize {
                 return 0;
             }
             let idx = idx as usize;
-            let warm = if keep_warm {
-                SLOTS[idx].warm.load(Ordering::Relaxed)
-            } else {
-                0
+            if keep_warm && !h.core.take_brought_back() {
+                return 0; // nothing freed into it since: nothing to collect
+            }
+            // What it kept when its thread left, and what the budget gives
+            // it more for the blocks freed into it since (a worker's
+            // results, freed before the next worker adopts the heap).
+            let already = SLOTS[idx].warm.load(Ordering::Relaxed);
+            let mut allowed = already;
+            let mut warm = |held| {
+                allowed = reserve_warm(already, held);
+                allowed
             };
             // SAFETY: the heap is abandoned (it is on the stack), and no
             // thread adopts it while we hold the stack's lock.
-            let Some((released, still)) = (unsafe { h.core.release_kept(wait, kept, warm) }) else {
-                return 0;
+            let released = unsafe {
+                h.core.release_kept(
+                    wait,
+                    kept,
+                    keep_warm.then_some(&mut warm as &mut dyn FnMut(usize) -> usize),
+                )
             };
-            forget_warm(idx);
-            if still > 0 {
-                SLOTS[idx].warm.store(still, Ordering::Relaxed);
-                WARM.fetch_add(still, Ordering::Relaxed);
+            match released {
+                Some((released, still)) => {
+                    if keep_warm {
+                        settle_warm(idx, allowed, still);
+                    } else {
+                        forget_warm(idx);
+                    }
+                    released
+                }
+                None => 0, // its lock was busy: it keeps what it kept
             }
-            released
         })
         .sum()
 }

@@ -37,11 +37,13 @@ pub struct ProcessStats {
     pub thread_heaps: usize,
     /// Thread heaps whose thread exited, waiting for adoption.
     pub abandoned_heaps: usize,
-    /// Bytes of free memory those heaps keep resident (and committed) for
+    /// Bytes of free memory those heaps keep charged (and resident) for
     /// the threads that adopt them, instead of purging it as their threads
-    /// exited: at most 8 MiB a heap and 32 MiB in all (an eighth of
-    /// `committed` if more; an eighth of `limit` at most). Given back as
-    /// the process grows past it, at the limit, and by [`crate::trim`].
+    /// exited or as other threads freed their blocks: 32 MiB in all at
+    /// most (an eighth of `committed` if more; an eighth of `limit` at
+    /// most), 1 MiB or more a heap. Given back as the process grows past
+    /// it, at the limit, and by [`crate::trim`]. An upper bound: the
+    /// limit's reclaimer may take some of it without counting it down.
     pub kept_for_next_threads: usize,
     /// Bytes committed per kind, indexed by [`Kind`] as `usize`.
     pub committed_by_kind: [usize; N_KINDS],

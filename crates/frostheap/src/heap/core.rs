@@ -53,7 +53,8 @@ use super::page::{
 use super::process::{self, Kind as ChargeKind};
 use super::queue::ClassState;
 use super::remote::{OtherThreads, Remote};
-use super::span::{carved_charge, Locked, SpanAllocator};
+pub(crate) use super::span::WARM_FROM;
+use super::span::{carved_charge, Locked, Retire, SpanAllocator};
 use crate::os::{self, OsError};
 use crate::region::{round_up, Huge, Region, RegionConfig, PAGE_SHIFT, PAGE_SIZE};
 use crate::sync::{chaos, thread_token, RawLock};
@@ -318,10 +319,11 @@ impl HeapCore {
 
     /// The owner thread gives the heap up (it is exiting): spans that
     /// received remote frees are collected, its free memory given back
-    /// (released from the process limit) but for at most `warm` bytes of
-    /// resident free spans kept for the thread that adopts it
-    /// ([`Locked::give_back_but_warm`]; with `warm` 0 the free top of the
-    /// region is decommitted and the free spans below it purged), and from
+    /// (released from the process limit) but for what `warm` allows of its
+    /// resident free spans, kept for the thread that adopts it
+    /// ([`Locked::give_back_but_warm`]; with none allowed the free top of
+    /// the region is decommitted and the free spans below it purged), and
+    /// from
     /// now on every free into the heap, by any thread, is a remote free,
     /// until a thread adopts the heap with [`HeapCore::set_owner`]. Returns
     /// the bytes kept.
@@ -331,7 +333,7 @@ impl HeapCore {
     /// # Safety
     /// 1. The calling thread is the owner and never uses the owner path
     ///    again (without adopting the heap anew).
-    pub(crate) unsafe fn abandon(&self, warm: usize) -> usize {
+    pub(crate) unsafe fn abandon(&self, warm: &mut dyn FnMut(usize) -> usize) -> usize {
         debug_assert!(self.is_owner(), "abandon by another thread");
         // SAFETY: (1).
         unsafe { self.flush_own_cache() };
@@ -353,7 +355,7 @@ impl HeapCore {
         self.collect_queued(self.local.fine.get());
         if !self.local.fine.get() {
             self.retire_unused_current(&mut |idx| {
-                self.retire_span_in(&mut self.lock_spans(), idx, true)
+                self.retire_span_in(&mut self.lock_spans(), idx, Retire::Purged)
             });
         }
         chaos();
@@ -475,7 +477,7 @@ impl HeapCore {
         let mut retired = 0usize;
         let mut retire = |idx| {
             retired += 1;
-            self.retire_span_in(&mut self.lock_spans(), idx, true);
+            self.retire_span_in(&mut self.lock_spans(), idx, Retire::Purged);
         };
         self.collect_pending_with(&mut retire);
         self.collect_queued_with(true, &mut retire);
@@ -487,7 +489,8 @@ impl HeapCore {
     /// and the spans emptied since by other threads' frees are retired,
     /// then every free page is given back (the free top decommitted, the
     /// free spans purged and uncharged), the free spans its last thread
-    /// left resident for the next among them, but for `warm` bytes (below).
+    /// left resident for the next among them, but for what `warm` allows
+    /// (below).
     /// Returns the bytes no longer
     /// charged; `None`, nothing done, when the span lock is busy and `wait`
     /// is false (the process limit's reclaimer, which holds another heap's
@@ -502,10 +505,10 @@ impl HeapCore {
     /// With `kept` false (the process's growth hook), the empty current
     /// spans kept for the next thread stay: threads that each allocate a
     /// little, started while the process grows, would fault them in anew.
-    /// Up to `warm` bytes of resident free spans stay too
+    /// With `warm`, resident free spans stay too, as much as it allows
     /// ([`Locked::give_back_but_warm`]): what the heap kept for its next
-    /// thread when it was given up. The second figure returned is what
-    /// stays.
+    /// thread when it was given up, and what was freed into it since. The
+    /// second figure returned is what stays.
     ///
     /// [`Locked::give_back_but_warm`]: super::span::Locked::give_back_but_warm
     ///
@@ -516,7 +519,7 @@ impl HeapCore {
         &self,
         wait: bool,
         kept: bool,
-        warm: usize,
+        warm: Option<&mut dyn FnMut(usize) -> usize>,
     ) -> Option<(usize, usize)> {
         debug_assert_eq!(self.owner_token(), 0, "releasing an owned heap");
         let spans = if wait {
@@ -531,11 +534,34 @@ impl HeapCore {
         // orders us after the last owner's `abandon` and before the next
         // owner's adoption). Other threads' frees into the heap are remote
         // frees, which the collection below is the owner's side of.
-        self.collect_pending_with(&mut |idx| self.retire_span_in(&mut spans, idx, true));
-        self.collect_queued_with(kept, &mut |idx| self.retire_span_in(&mut spans, idx, true));
-        let still = spans.give_back_but_warm(warm);
+        // Spans retired to be kept are not purged one by one as they go:
+        // the free memory they join is purged as a whole below, beyond
+        // what is kept (a worker's 32 MiB of results, freed into its heap
+        // before the next worker adopted it, went span by span, and the
+        // next worker faulted them in again).
+        let how = if warm.is_some() {
+            Retire::Kept
+        } else {
+            Retire::Purged
+        };
+        self.collect_pending_with(&mut |idx| self.retire_span_in(&mut spans, idx, how));
+        self.collect_queued_with(kept, &mut |idx| self.retire_span_in(&mut spans, idx, how));
+        let still = match warm {
+            Some(w) => spans.give_back_but_warm(w),
+            None => {
+                spans.give_back_all();
+                0
+            }
+        };
         drop(spans);
         Some((before.saturating_sub(self.charged()), still))
+    }
+
+    /// Whether a remote free brought a full span of the heap back while it
+    /// was abandoned since the last call (which clears it).
+    pub(crate) fn take_brought_back(&self) -> bool {
+        self.others.brought_back.load(Ordering::Relaxed)
+            && self.others.brought_back.swap(false, Ordering::Relaxed)
     }
 
     /// First address of the region, as an integer.
@@ -1534,14 +1560,12 @@ impl HeapCore {
 
     /// Returns an empty small span to the span allocator.
     pub(super) fn retire_span(&self, idx: usize) {
-        self.retire_span_in(&mut self.lock_spans(), idx, false);
+        self.retire_span_in(&mut self.lock_spans(), idx, Retire::AsUsual);
     }
 
-    /// [`HeapCore::retire_span`] under `spans`, this heap's span lock held;
-    /// with `purge`, what the span's carving touched is purged at once if
-    /// it was taken uncharged ([`Locked::free_small`]): what a heap gives
-    /// back as a whole.
-    fn retire_span_in(&self, spans: &mut Locked<'_>, idx: usize, purge: bool) {
+    /// [`HeapCore::retire_span`] under `spans`, this heap's span lock held,
+    /// giving back what `how` says ([`Locked::free_small`]).
+    fn retire_span_in(&self, spans: &mut Locked<'_>, idx: usize, how: Retire) {
         let m = self.meta(idx);
         debug_assert!(m.used.get() == 0, "retiring a span with live blocks");
         let n_pages = m.span_pages.get() as usize;
@@ -1551,7 +1575,7 @@ impl HeapCore {
         // SAFETY: the span has no live block, and leaves its queue's
         // bookkeeping with this call (its pages become a free span);
         // `lazy` and `carved` are its own.
-        unsafe { spans.free_small(idx, n_pages, lazy, carved, purge) };
+        unsafe { spans.free_small(idx, n_pages, lazy, carved, how) };
     }
 
     // -----------------------------------------------------------------
@@ -1642,6 +1666,20 @@ impl HeapCore {
             self.others
                 .large_freed_count
                 .fetch_add(1, Ordering::Relaxed);
+        }
+        if self.others.abandoned.load(Ordering::Relaxed) {
+            // Into a heap whose thread exited (a worker's results, the
+            // vector that held them): kept, and counted like the spans
+            // frees bring back, so that the process gives back what the
+            // heaps may not keep. Given back at once as a live heap's
+            // thresholds say, a worker's 48 MiB freed after it exited
+            // went back but 2 MiB as the vector that held them went, and
+            // the next worker committed it all again.
+            // SAFETY: as below.
+            unsafe { self.lock_spans().free_kept(idx, n_pages) };
+            self.others.brought_back.store(true, Ordering::Relaxed);
+            process::brought_back_while_abandoned(n_pages);
+            return;
         }
         // SAFETY: the span's block is freed: nothing in it is live.
         unsafe { self.lock_spans().free(idx, n_pages) };

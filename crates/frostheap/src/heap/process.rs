@@ -165,7 +165,10 @@ fn growth_step(committed: usize) -> usize {
 /// lowest it has been since, the hook runs, on the thread charging,
 /// skipping every lock it finds busy. CPython's 64 threads, joined, their
 /// results dropped, and the main thread growing by some 50 MB: 186–194 MB
-/// resident at the end, now 89 (glibc 100–121).
+/// resident at the end, now 89 (glibc 100–121). The hook also runs once
+/// the process grows by as much as those heaps keep for their next
+/// threads ([`kept_for_adoption`]), and, leaving that, from the frees that
+/// bring their spans back ([`brought_back_while_abandoned`]).
 pub(crate) fn set_growth_hook(f: fn(bool) -> usize) {
     GROWTH_HOOK.store(f as usize, Ordering::Release);
     let committed = COMMITTED.load(Ordering::Relaxed);
@@ -210,8 +213,8 @@ fn grown(kind: Kind, committed: usize) {
     }
 }
 
-/// Spans of abandoned heaps that remote frees brought back
-/// ([`brought_back_while_abandoned`]).
+/// Spans of abandoned heaps that remote frees brought back, and 64 KiB
+/// pages of large blocks freed into them ([`brought_back_while_abandoned`]).
 static BROUGHT_BACK: AtomicUsize = AtomicUsize::new(0);
 /// How many of them between two runs of the growth hook: 4 MiB of 64 KiB
 /// spans.
@@ -228,10 +231,15 @@ const BROUGHT_BACK_STEP: usize = 64;
 /// a program that drops the results its threads left and does not grow
 /// kept them resident until it trimmed (CPython, 64 threads' results
 /// dropped: 141–148 MB resident, glibc 60–72).
+///
+/// `spans`: 1 for a small span, the 64 KiB pages of a large block freed
+/// into such a heap. Called holding no heap lock: the hook skips every
+/// lock it finds busy.
 #[cold]
 #[inline(never)]
-pub(crate) fn brought_back_while_abandoned() {
-    if !(BROUGHT_BACK.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(BROUGHT_BACK_STEP) {
+pub(crate) fn brought_back_while_abandoned(spans: usize) {
+    let before = BROUGHT_BACK.fetch_add(spans, Ordering::Relaxed);
+    if before / BROUGHT_BACK_STEP == (before + spans) / BROUGHT_BACK_STEP {
         return;
     }
     let f = GROWTH_HOOK.load(Ordering::Acquire);

@@ -62,6 +62,10 @@ pub(super) struct OtherThreads {
     /// wait for an adopter, unless the process collects them
     /// ([`process::brought_back_while_abandoned`]).
     pub(super) abandoned: AtomicBool,
+    /// Whether a remote free brought a span back while the heap was
+    /// abandoned, since the process last collected it
+    /// (`HeapCore::take_brought_back`).
+    pub(super) brought_back: AtomicBool,
     pub(super) refused: AtomicU64,
     /// Bytes charged to this heap from outside it (the C ABI charges other
     /// threads' system allocations here): counted against the limit.
@@ -76,6 +80,7 @@ impl OtherThreads {
             remote_began: AtomicBool::new(false),
             pending: AtomicU32::new(NONE),
             abandoned: AtomicBool::new(false),
+            brought_back: AtomicBool::new(false),
             refused: AtomicU64::new(0),
             external: AtomicUsize::new(0),
         }
@@ -441,7 +446,8 @@ impl Remote<'_> {
                 }
             }
             if self.others.abandoned.load(Ordering::Relaxed) {
-                process::brought_back_while_abandoned();
+                self.others.brought_back.store(true, Ordering::Relaxed);
+                process::brought_back_while_abandoned(1);
             }
         }
     }

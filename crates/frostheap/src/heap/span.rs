@@ -113,7 +113,24 @@ const PURGE_RETAIN: usize = 32 << 20;
 /// round, whose threads adopt the first round's heaps and find their
 /// blocks in what the main thread freed into them, the C program's peak
 /// was 6% higher.
-const WARM_FROM: usize = 1 << 20;
+pub(crate) const WARM_FROM: usize = 1 << 20;
+
+/// What a small span retired gives back at once ([`Locked::free_small`]).
+#[derive(Clone, Copy)]
+pub(super) enum Retire {
+    /// What the heap's thresholds say: its free top decommitted past
+    /// [`SHRINK_AT`], its free spans purged past [`PURGE_RETAIN`].
+    AsUsual,
+    /// Its carved pages purged at once if it was taken uncharged: a heap
+    /// giving back everything it holds free.
+    Purged,
+    /// Nothing: a heap giving back what it holds free but what it may keep
+    /// for its next thread, which [`Locked::give_back_but_warm`] decides
+    /// once every span is retired (a worker's 48 MiB of results, freed into
+    /// its heap after it exited, went back as the thresholds said, 2 MiB
+    /// kept on top, and the next worker committed the rest again).
+    Kept,
+}
 
 /// Number of free-span bins.
 const N_BINS: usize = 44;
@@ -500,9 +517,11 @@ impl Locked<'_> {
     /// past the heap's cap or the process limit, that page is purged and
     /// goes back uncharged too (a free is never refused); what the
     /// carving charged ahead past that page ([`carved_charge`]) is
-    /// released. With `purge` (a heap giving back what it holds: a thread
-    /// leaving it, a refusal), the pages carved into are purged instead,
-    /// and the whole span goes back uncharged, to be taken as it was.
+    /// released. With [`Retire::Purged`] (a heap giving back what it
+    /// holds: a thread leaving it, a refusal), the pages carved into are
+    /// purged instead, and the whole span goes back uncharged, to be taken
+    /// as it was; with [`Retire::Kept`], the heap's thresholds for giving
+    /// back its free top and purging its free spans are not looked at.
     ///
     /// # Safety
     /// 1. As for [`Locked::free`]; `lazy` and `carved` are the span's.
@@ -512,11 +531,11 @@ impl Locked<'_> {
         pages: usize,
         lazy: usize,
         carved: usize,
-        purge: bool,
+        how: Retire,
     ) {
         let mut charged_lazily = carved_charge(carved, lazy);
         let touched = carved.div_ceil(PAGE_SIZE).min(lazy);
-        if purge && lazy == pages && touched > 0 {
+        if matches!(how, Retire::Purged) && lazy == pages && touched > 0 {
             let start = self.pages.page_addr(idx) as *mut u8;
             // SAFETY: the span is retired: nothing live is in its pages.
             if unsafe { os::purge(start, touched * PAGE_SIZE) }.is_ok() {
@@ -551,9 +570,10 @@ impl Locked<'_> {
             }
         }
         self.release(charged_lazily - counted);
+        let give_back = !matches!(how, Retire::Kept);
         // SAFETY: forwarded (1); the `clean` pages past the carving hold no
         // memory and, taken uncharged, lie above the region's minimum.
-        unsafe { self.free_with(idx, pages, true, true, clean) }
+        unsafe { self.free_with(idx, pages, true, give_back, clean) }
     }
 
     /// The first free span of at least `pages` pages, in bin order (with
@@ -922,6 +942,18 @@ impl Locked<'_> {
         unsafe { self.free_with(idx, pages, true, true, 0) }
     }
 
+    /// [`Locked::free`] giving nothing back: a large block freed into an
+    /// abandoned heap, whose free memory the process collects
+    /// ([`process::brought_back_while_abandoned`]) and keeps what the heaps
+    /// may keep for their next threads of.
+    ///
+    /// # Safety
+    /// 1. As for [`Locked::free`].
+    pub(super) unsafe fn free_kept(&mut self, idx: usize, pages: usize) {
+        // SAFETY: forwarded (1); every page is charged.
+        unsafe { self.free_with(idx, pages, true, false, 0) }
+    }
+
     /// Adds freshly committed pages, uncharged: never gives anything
     /// back (that would undo the growth that is about to be used).
     ///
@@ -1117,36 +1149,90 @@ impl Locked<'_> {
         released
     }
 
-    /// What a heap whose thread exits gives back when it may keep `warm`
-    /// bytes resident for the thread that adopts it: every clean free span
-    /// uncharged, and dirty ones purged, the largest first, until what
-    /// stays dirty fits in `warm`. With `warm` 0, or less than
-    /// [`WARM_FROM`] dirty, everything goes, as [`Locked::give_back_all`]
-    /// does (the free top decommitted too). Returns the bytes of the dirty
-    /// free spans kept.
+    /// What a heap whose thread exits gives back when it may keep some of
+    /// its free memory for the thread that adopts it: `warm(held)`, told
+    /// what its dirty free spans hold (their charged pages at most: one
+    /// freed block merged with the untouched growth above it is dirty
+    /// whole; 0 if less than [`WARM_FROM`]), says how much of it may stay.
+    /// Every clean free span is uncharged, and dirty ones purged, those of
+    /// the larger bins first, until what is left fits. With 0 everything
+    /// goes, as [`Locked::give_back_all`] does (the free top decommitted
+    /// too; otherwise the top is purged, uncharged, not decommitted).
+    /// Returns what the dirty free spans kept hold.
     ///
     /// Purging is one `madvise` per free span, each a TLB shootdown on
     /// every CPU the process runs on, and the adopter faults the pages in
     /// anew: threads of 64 blocks of 16 B – 256 KiB that a consumer frees,
     /// 16 at a time, spent two thirds of their time there.
-    pub(super) fn give_back_but_warm(&mut self, warm: usize) -> usize {
-        if warm == 0 || self.spans.dirty_pages * PAGE_SIZE < WARM_FROM {
+    pub(super) fn give_back_but_warm(&mut self, warm: &mut dyn FnMut(usize) -> usize) -> usize {
+        let pt = self.pages;
+        let held = |m: &PageMeta| {
+            if m.flags.get() & DIRTY == 0 {
+                0
+            } else {
+                (m.span_pages.get() as usize - uncharged(m)) * PAGE_SIZE
+            }
+        };
+        let mut kept = 0;
+        let mut mask = self.spans.nonempty;
+        while mask != 0 {
+            let mut idx = self.spans.bins[mask.trailing_zeros() as usize];
+            while idx != NONE {
+                let m = pt.meta(idx as usize);
+                kept += held(m);
+                idx = m.next.get();
+            }
+            mask &= mask - 1;
+        }
+        let warm = warm(if kept < WARM_FROM { 0 } else { kept });
+        if warm == 0 {
             self.give_back_all();
             return 0;
         }
-        let pt = self.pages;
         for bin in (0..N_BINS).rev() {
             let mut idx = self.spans.bins[bin];
             while idx != NONE {
                 let m = pt.meta(idx as usize);
                 let next = m.next.get();
-                if m.flags.get() & DIRTY == 0 || self.spans.dirty_pages * PAGE_SIZE > warm {
+                let h = held(m);
+                if h == 0 || h <= kept - warm.min(kept) {
+                    kept -= h;
                     self.purge_span(idx as usize);
+                } else if kept > warm {
+                    // Larger than the excess (the free memory of a heap
+                    // is often one span): its top part goes.
+                    let excess = (kept - warm).div_ceil(PAGE_SIZE);
+                    self.purge_top_part(idx as usize, excess);
+                    kept -= (excess * PAGE_SIZE).min(kept);
                 }
                 idx = next;
             }
         }
-        self.spans.dirty_pages * PAGE_SIZE
+        kept
+    }
+
+    /// Purges the last `pages` pages of the dirty free span headed at
+    /// `idx`, which holds more than that charged: the span is cut in two,
+    /// its first part keeping its uncharged count (as far as its pages
+    /// above the region's minimum go), so that every page purged is
+    /// charged and is uncharged by the purge.
+    fn purge_top_part(&mut self, idx: usize, pages: usize) {
+        let m = self.pages.meta(idx);
+        let n = m.span_pages.get() as usize;
+        debug_assert!(pages < n && m.flags.get() & DIRTY != 0);
+        let u = uncharged(m);
+        let min_pages = self.alloc.region.min_committed() >> PAGE_SHIFT;
+        let first = n - pages;
+        let first_above_min = first - min_pages.saturating_sub(idx).min(first);
+        let u_first = u.min(first_above_min);
+        // SAFETY: idx heads a free span, in its bin; the two parts are
+        // free, committed and dirty, their counts adding up to its count.
+        unsafe {
+            self.remove(idx);
+            self.insert(idx, first, true, u_first);
+            self.insert(idx + first, pages, true, u - u_first);
+        }
+        self.purge_span(idx + first);
     }
 
     /// Decommits the free top and releases every other free span

@@ -171,7 +171,7 @@ mod queue {
         // adopts it again.
         unsafe {
             core.free(p);
-            core.abandon(0);
+            core.abandon(&mut |_| 0);
             core.set_owner();
         }
         assert!(!core.local.fine.get());
@@ -215,7 +215,7 @@ mod queue {
         assert_eq!([cs, cb].map(|c| core.local.current[c].get()), emptied);
         // SAFETY: the owner gives the heap up, and adopts it again.
         unsafe {
-            core.abandon(0);
+            core.abandon(&mut |_| 0);
             core.set_owner();
         }
         for c in [cs, cb] {
@@ -247,7 +247,7 @@ mod queue {
         }
         // A thread's exit leaves nothing committed.
         // SAFETY: the owner; nobody uses the heap afterwards.
-        unsafe { core.abandon(0) };
+        unsafe { core.abandon(&mut |_| 0) };
         let s = core.stats();
         assert_eq!((s.in_use, s.committed), (0, 0), "{s:?}");
         check_charge(&core);
@@ -1131,7 +1131,7 @@ mod charge {
         }
         // SAFETY: the owner gives the heap up, and adopts it again.
         unsafe {
-            core.abandon(0);
+            core.abandon(&mut |_| 0);
             core.set_owner();
         }
         check_charge(&core);
@@ -1253,7 +1253,7 @@ mod charge {
         unsafe {
             core.free(a);
             core.free(b);
-            core.abandon(0);
+            core.abandon(&mut |_| 0);
             core.set_owner();
         }
         assert!(!core.local.fine.get(), "the heap stays small");
@@ -1264,7 +1264,7 @@ mod charge {
         // SAFETY: as above.
         unsafe {
             core.free(a);
-            core.abandon(0);
+            core.abandon(&mut |_| 0);
             core.set_owner();
         }
         assert!(ptr::eq(current(ca), span_a), "the class it used is kept");
@@ -1280,7 +1280,7 @@ mod charge {
         check_charge(&core);
         // The third uses none: nothing is kept.
         // SAFETY: the owner gives the heap up.
-        unsafe { core.abandon(0) };
+        unsafe { core.abandon(&mut |_| 0) };
         assert!(ptr::eq(current(ca), &EMPTY.0));
         let s = core.stats();
         assert_eq!((s.in_use, s.committed), (0, 0), "{s:?}");
@@ -1295,9 +1295,11 @@ mod charge {
         check_charge(&core);
     }
 
-    /// A heap given up with `warm` bytes to keep keeps its resident free
-    /// spans up to that, charged, and purges the largest first; with 0, or
-    /// less than `WARM_FROM` resident and free, it keeps nothing.
+    /// A heap given up is told what its resident free spans hold, keeps
+    /// them up to what it is allowed, charged, and purges the rest, the
+    /// largest spans first, the top part of one larger than what is left
+    /// to purge; allowed 0, or holding less than `WARM_FROM`, it keeps
+    /// nothing.
     #[test]
     fn a_heap_given_up_keeps_resident_free_spans_up_to_what_it_may() {
         let core = heap_of(1 << 30);
@@ -1317,18 +1319,27 @@ mod charge {
         }
         let before = core.stats();
         let resident_before = resident(&core);
+        let mut told = 0;
         // SAFETY: the owner gives the heap up, then adopts it again.
-        let kept = unsafe { core.abandon((3 << 20) + (512 << 10)) };
-        // The 3 MiB span is purged; 1 and 2 MiB fit and stay.
-        assert_eq!(kept, 3 << 20);
+        let kept = unsafe {
+            core.abandon(&mut |held| {
+                told = held;
+                (2 << 20) + (512 << 10)
+            })
+        };
+        // Told the 6 MiB its free spans hold; allowed 2.5 MiB, it purges
+        // the 3 MiB span whole, then the top 512 KiB of the 2 MiB one.
+        assert_eq!(told, 6 << 20);
+        assert_eq!(kept, (2 << 20) + (512 << 10));
+        let gone = (3 << 20) + (512 << 10);
         let after = core.stats();
-        assert_eq!(after.committed, before.committed - (3 << 20), "{after:?}");
-        assert_eq!(resident(&core), resident_before - (3 << 20));
+        assert_eq!(after.committed, before.committed - gone, "{after:?}");
+        assert_eq!(resident(&core), resident_before - gone);
         check_charge(&core);
         // SAFETY: as above.
         unsafe { core.set_owner() };
         // SAFETY: as above: with nothing to keep, every free span goes.
-        let kept = unsafe { core.abandon(0) };
+        let kept = unsafe { core.abandon(&mut |_| 0) };
         assert_eq!(kept, 0);
         let s = core.stats();
         assert_eq!(s.committed, live.len() * PAGE_SIZE, "{s:?}");
@@ -1347,7 +1358,7 @@ mod charge {
         free(&small, block(&small, 512 << 10));
         let held_too = block(&small, PAGE_SIZE);
         // SAFETY: as above.
-        assert_eq!(unsafe { small.abandon(8 << 20) }, 0);
+        assert_eq!(unsafe { small.abandon(&mut |held| held) }, 0);
         assert_eq!(resident(&small), 2 * PAGE_SIZE);
         check_charge(&small);
         // SAFETY: as above.
@@ -2438,7 +2449,7 @@ mod own_cache {
         }
         assert_eq!(core.own.cached_blocks(), 4);
         // SAFETY: the owner; adopted again right after.
-        unsafe { core.abandon(0) };
+        unsafe { core.abandon(&mut |_| 0) };
         assert_eq!(core.own.cached_blocks(), 0);
         // SAFETY: nobody else uses the heap.
         unsafe { core.set_owner() };

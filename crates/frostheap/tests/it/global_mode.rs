@@ -452,8 +452,9 @@ test!(heaps_of_exited_threads_give_back_what_was_freed_into_them);
 /// stayed committed in the threads' abandoned heaps until one was adopted,
 /// a trim, or the limit: the process grew past them (32 MiB of them, with
 /// the main thread's 24 MiB on top). The frees themselves now have those
-/// heaps give back what they hold free, every 64 spans they bring back
-/// (what is left, the last of them, goes as the process grows).
+/// heaps give back what they hold free beyond what they keep for the next
+/// threads (32 MiB of the 64 here), every 64 spans they bring back; the
+/// rest goes as the process grows.
 fn heaps_of_exited_threads_give_back_what_was_freed_into_them() {
     let out = run_fixture("global_threads", &["abandoned-growth"], &[]);
     assert_succeeded_saying(&out, "intact=true");
@@ -461,9 +462,11 @@ fn heaps_of_exited_threads_give_back_what_was_freed_into_them() {
     let made = printed_number(&out, "threads_made=") as usize;
     let before = printed_number(&out, "threads_before=") as usize;
     let after = printed_number(&out, "threads_after=") as usize;
-    assert!(made >= 24 * MIB, "the threads' blocks were not charged: {made}");
+    assert!(made >= 56 * MIB, "the threads' blocks were not charged: {made}");
+    // What they keep (32 MiB), and the spans freed since the last
+    // collection (up to 64).
     assert!(
-        before <= 6 * MIB,
+        before <= 40 * MIB,
         "the exited threads' heaps still charge {before} bytes (of {made}) once their blocks \
          were freed"
     );
@@ -519,6 +522,34 @@ fn exited_threads_keep_a_bounded_amount_of_free_memory_for_the_next_ones() {
         (6 * MIB..=18 * MIB).contains(&kept),
         "under a 128 MiB limit the exited threads' heaps charge {kept} bytes, expected 6 to 18 \
          MiB\n{}",
+        describe(&out)
+    );
+}
+
+test!(a_workers_results_freed_after_it_exited_are_kept_within_the_bound_for_the_next_one);
+/// A worker's results, freed after it exited, stayed in its heap until
+/// the next worker adopted it, however large. They are given back now as
+/// they are freed, beyond what the heaps of exited threads keep for the
+/// next threads (32 MiB in all here), and the next worker reuses what is
+/// kept: given back span by span, it committed all 48 MiB again.
+fn a_workers_results_freed_after_it_exited_are_kept_within_the_bound_for_the_next_one() {
+    let out = run_fixture("global_threads", &["results-reused"], &[]);
+    assert_succeeded_saying(&out, "intact=true");
+    let live = printed_number(&out, "live=") as usize;
+    let after_drop = printed_number(&out, "after_drop=") as usize;
+    let next_grew = printed_number(&out, "next_grew=") as usize;
+    assert!(live >= 48 * MIB, "the worker's blocks were not charged: {live}");
+    // The bound, with the spans freed since the last collection (up to 64).
+    assert!(
+        (24 * MIB..=38 * MIB).contains(&after_drop),
+        "the exited worker's heap charges {after_drop} bytes once its 48 MiB were freed, \
+         expected the 32 MiB kept and up to 4 MiB not yet collected\n{}",
+        describe(&out)
+    );
+    assert!(
+        next_grew <= 20 * MIB,
+        "the next worker's 48 MiB grew the process by {next_grew} bytes: it did not reuse \
+         what was kept\n{}",
         describe(&out)
     );
 }
