@@ -37,7 +37,7 @@ use crate::heap::core::{CoreConfig, WARM_FROM};
 use crate::heap::process;
 use crate::heap::remote_cache;
 use crate::heap::HeapInner;
-use crate::region::Huge;
+use crate::region::{Huge, PAGE_SIZE};
 use crate::sync::{thread_token, RawLock};
 
 /// Slots at most (the main heap's included).
@@ -313,7 +313,8 @@ fn reserve_warm(already: usize, held: usize) -> usize {
     let mut cur = WARM.load(Ordering::Relaxed);
     loop {
         let others = cur.saturating_sub(already);
-        let mut allowed = held.min(budget.saturating_sub(others));
+        // Whole pages: what is purged beyond it goes a page at a time.
+        let mut allowed = held.min(budget.saturating_sub(others)) & !(PAGE_SIZE - 1);
         if allowed < WARM_FROM {
             allowed = 0;
         }
@@ -580,7 +581,14 @@ fn release_abandoned(wait: bool, kept: bool, keep_warm: bool) -> usize {
                     }
                     released
                 }
-                None => 0, // its lock was busy: it keeps what it kept
+                None => {
+                    // Its lock was busy: it keeps what it kept, and its
+                    // spans wait for the next run.
+                    if keep_warm {
+                        h.core.restore_brought_back();
+                    }
+                    0
+                }
             }
         })
         .sum()

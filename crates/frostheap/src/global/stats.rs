@@ -42,8 +42,10 @@ pub struct ProcessStats {
     /// exited or as other threads freed their blocks: 32 MiB in all at
     /// most (an eighth of `committed` if more; an eighth of `limit` at
     /// most), 1 MiB or more a heap. Given back as the process grows past
-    /// it, at the limit, and by [`crate::trim`]. An upper bound: the
-    /// limit's reclaimer may take some of it without counting it down.
+    /// it, at the limit, and by [`crate::trim`]. As counted when the heaps
+    /// were given up or last collected: blocks freed into them since count
+    /// at the next collection, and the limit's reclaimer may take some of
+    /// it without counting it down.
     pub kept_for_next_threads: usize,
     /// Bytes committed per kind, indexed by [`Kind`] as `usize`.
     pub committed_by_kind: [usize; N_KINDS],

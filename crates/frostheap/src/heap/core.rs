@@ -564,6 +564,12 @@ impl HeapCore {
             && self.others.brought_back.swap(false, Ordering::Relaxed)
     }
 
+    /// Sets again what [`HeapCore::take_brought_back`] took, for a heap
+    /// whose span lock was busy: its spans wait for the next run.
+    pub(crate) fn restore_brought_back(&self) {
+        self.others.brought_back.store(true, Ordering::Relaxed);
+    }
+
     /// First address of the region, as an integer.
     #[inline(always)]
     pub(crate) fn base(&self) -> usize {

@@ -1194,16 +1194,23 @@ impl Locked<'_> {
             while idx != NONE {
                 let m = pt.meta(idx as usize);
                 let next = m.next.get();
-                let h = held(m);
-                if h == 0 || h <= kept - warm.min(kept) {
-                    kept -= h;
-                    self.purge_span(idx as usize);
-                } else if kept > warm {
-                    // Larger than the excess (the free memory of a heap
-                    // is often one span): its top part goes.
+                if held(m) == 0 {
+                    self.purge_span(idx as usize); // clean: uncharged only
+                }
+                // A span larger than the excess (the free memory of a heap
+                // is often one span) loses top parts until what is left
+                // fits; each releases what the part cut off holds, which
+                // may be less than its pages (see purge_top_part).
+                while kept > warm && held(pt.meta(idx as usize)) > 0 {
+                    let m = pt.meta(idx as usize);
+                    let h = held(m);
                     let excess = (kept - warm).div_ceil(PAGE_SIZE);
-                    self.purge_top_part(idx as usize, excess);
-                    kept -= (excess * PAGE_SIZE).min(kept);
+                    if h <= kept - warm || excess >= m.span_pages.get() as usize {
+                        kept -= h.min(kept);
+                        self.purge_span(idx as usize);
+                        break;
+                    }
+                    kept -= self.purge_top_part(idx as usize, excess).min(kept);
                 }
                 idx = next;
             }
@@ -1212,27 +1219,32 @@ impl Locked<'_> {
     }
 
     /// Purges the last `pages` pages of the dirty free span headed at
-    /// `idx`, which holds more than that charged: the span is cut in two,
-    /// its first part keeping its uncharged count (as far as its pages
-    /// above the region's minimum go), so that every page purged is
-    /// charged and is uncharged by the purge.
-    fn purge_top_part(&mut self, idx: usize, pages: usize) {
+    /// `idx` (fewer than it has): the span is cut in two, and the part cut
+    /// off takes the uncharged count first (as far as its pages above the
+    /// region's minimum go), as a part taken does (see the module doc): a
+    /// count says how many pages hold no memory, not which, so what stays
+    /// counts as charged all it may hold. Returns what the part purged
+    /// held charged, which its purge releases: its pages less its count.
+    fn purge_top_part(&mut self, idx: usize, pages: usize) -> usize {
         let m = self.pages.meta(idx);
         let n = m.span_pages.get() as usize;
         debug_assert!(pages < n && m.flags.get() & DIRTY != 0);
         let u = uncharged(m);
         let min_pages = self.alloc.region.min_committed() >> PAGE_SHIFT;
         let first = n - pages;
-        let first_above_min = first - min_pages.saturating_sub(idx).min(first);
-        let u_first = u.min(first_above_min);
+        let top_above_min = pages - min_pages.saturating_sub(idx + first).min(pages);
+        let u_top = u.min(top_above_min);
         // SAFETY: idx heads a free span, in its bin; the two parts are
-        // free, committed and dirty, their counts adding up to its count.
+        // free, committed and dirty, their counts adding up to its count
+        // (the first part's no more than its pages above the minimum: u is
+        // no more than the whole span's).
         unsafe {
             self.remove(idx);
-            self.insert(idx, first, true, u_first);
-            self.insert(idx + first, pages, true, u - u_first);
+            self.insert(idx, first, true, u - u_top);
+            self.insert(idx + first, pages, true, u_top);
         }
         self.purge_span(idx + first);
+        (pages - u_top) * PAGE_SIZE
     }
 
     /// Decommits the free top and releases every other free span

@@ -1367,6 +1367,72 @@ mod charge {
         free(&small, held_too);
     }
 
+    /// Allowed an amount that is not whole pages, falling just above what
+    /// the smaller free spans hold, a heap given up purges the larger span
+    /// whole rather than asking for a cut of all its pages (which the span
+    /// allocator cannot make: the allocator panicked there).
+    #[test]
+    fn a_heap_given_up_with_an_allowance_of_odd_bytes_keeps_its_charge_right() {
+        let core = heap_of(1 << 30);
+        let mut live = Vec::new();
+        let freed: Vec<*mut u8> = [4usize, 2]
+            .iter()
+            .map(|&mib| {
+                let p = block(&core, mib << 20);
+                live.push(block(&core, PAGE_SIZE));
+                p
+            })
+            .collect();
+        for &p in &freed {
+            free(&core, p);
+        }
+        let allowed = (2 << 20) + 100;
+        // SAFETY: the owner gives the heap up, then adopts it again.
+        let kept = unsafe { core.abandon(&mut |_| allowed) };
+        assert!(kept <= allowed, "kept {kept} of {allowed}");
+        assert!(kept >= 2 << 20, "kept {kept}: the 2 MiB span fits");
+        check_charge(&core);
+        // SAFETY: as above.
+        unsafe { core.set_owner() };
+        for p in live {
+            free(&core, p);
+        }
+        check_charge(&core);
+    }
+
+    /// A free span whose uncharged pages are its top (a written block
+    /// merged with the untouched growth above it), cut for what a heap
+    /// given up may keep: the part purged takes the count first, so that
+    /// what stays is charged for all it may hold (given to the part kept,
+    /// the heap was charged 1.06 MiB with 1.94 MiB resident).
+    #[test]
+    fn a_free_span_cut_for_what_a_heap_keeps_stays_charged_for_what_it_holds() {
+        let core = heap_of(1 << 30);
+        let pin = block(&core, PAGE_SIZE);
+        let x = block(&core, (2 << 20) + PAGE_SIZE);
+        free(&core, x);
+        let (_, uncounted) = free_span_at(&core, x as usize);
+        assert!(
+            uncounted > 0,
+            "the free span has no untouched growth above it"
+        );
+        check_charge(&core);
+        // SAFETY: the owner gives the heap up, then adopts it again.
+        let kept = unsafe { core.abandon(&mut |_| 1 << 20) };
+        assert!(kept <= 1 << 20, "kept {kept}");
+        assert!(
+            core.stats().committed >= resident(&core),
+            "{:?}, {} resident",
+            core.stats(),
+            resident(&core)
+        );
+        check_charge(&core);
+        // SAFETY: as above.
+        unsafe { core.set_owner() };
+        free(&core, pin);
+        check_charge(&core);
+    }
+
     /// At the heap's cap, a shrink that would move (to a smaller class)
     /// and cannot keeps its block: a program giving memory back at the
     /// limit (`shrink_to_fit`) aborted with "memory allocation of 100
