@@ -263,9 +263,11 @@ pub(super) unsafe fn detach(idx: usize) {
 }
 
 /// Free memory the heaps of exited threads keep charged and resident for
-/// the threads that adopt them, in all ([`abandon_warm`]; an upper bound:
-/// what a heap kept may go by ways that do not count it down, such as the
-/// reclaimer's sweep of every heap, until it is adopted or given back).
+/// the threads that adopt them, in all ([`abandon_warm`]), as counted when
+/// each was given up or last collected: what a heap kept may go by ways
+/// that do not count it down (the reclaimer's sweep of every heap) until
+/// it is adopted or given back, and blocks freed into it since count at
+/// its next collection.
 static WARM: AtomicUsize = AtomicUsize::new(0);
 /// What the abandoned heaps keep in all at most: this, or an eighth of
 /// what the process has committed if more.
