@@ -200,14 +200,7 @@ fn grown(kind: Kind, committed: usize) {
     {
         return; // another thread runs it
     }
-    let f = GROWTH_HOOK.load(Ordering::Acquire);
-    if f == 0 {
-        return;
-    }
-    // SAFETY: GROWTH_HOOK holds 0 or the address of a `fn(bool) ->
-    // usize` stored by set_growth_hook.
-    let hook: fn(bool) -> usize = unsafe { core::mem::transmute::<usize, fn(bool) -> usize>(f) };
-    if hook(false) > 0 {
+    if run_growth_hook(false) > 0 {
         let now = COMMITTED.load(Ordering::Relaxed);
         GROWTH_MARK.store(now + growth_step(now), Ordering::Relaxed);
     }
@@ -242,14 +235,20 @@ pub(crate) fn brought_back_while_abandoned(spans: usize) {
     if before / BROUGHT_BACK_STEP == (before + spans) / BROUGHT_BACK_STEP {
         return;
     }
+    run_growth_hook(true);
+}
+
+/// Runs the growth hook, if one is registered, with `keep_warm`; returns
+/// the bytes it released (0 with none).
+fn run_growth_hook(keep_warm: bool) -> usize {
     let f = GROWTH_HOOK.load(Ordering::Acquire);
-    if f != 0 {
-        // SAFETY: GROWTH_HOOK holds 0 or the address of a `fn(bool) ->
-        // usize` stored by set_growth_hook.
-        let hook: fn(bool) -> usize =
-            unsafe { core::mem::transmute::<usize, fn(bool) -> usize>(f) };
-        hook(true);
+    if f == 0 {
+        return 0;
     }
+    // SAFETY: GROWTH_HOOK holds 0 or the address of a `fn(bool) -> usize`
+    // stored by set_growth_hook.
+    let hook: fn(bool) -> usize = unsafe { core::mem::transmute::<usize, fn(bool) -> usize>(f) };
+    hook(keep_warm)
 }
 
 /// A thread adopted an abandoned heap: the count of spans brought back

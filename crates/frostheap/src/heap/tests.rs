@@ -1295,6 +1295,25 @@ mod charge {
         check_charge(&core);
     }
 
+    /// Written blocks of each of `mib` MiB, each followed by a live block
+    /// of a page so that their free spans stay apart, then freed: dirty
+    /// free spans of those sizes. Returns the live blocks.
+    fn free_spans_apart(core: &HeapCore, mib: &[usize]) -> Vec<*mut u8> {
+        let mut live = Vec::new();
+        let freed: Vec<*mut u8> = mib
+            .iter()
+            .map(|&m| {
+                let p = block(core, m << 20);
+                live.push(block(core, PAGE_SIZE));
+                p
+            })
+            .collect();
+        for p in freed {
+            free(core, p);
+        }
+        live
+    }
+
     /// A heap given up is told what its resident free spans hold, keeps
     /// them up to what it is allowed, charged, and purges the rest, the
     /// largest spans first, the top part of one larger than what is left
@@ -1303,20 +1322,7 @@ mod charge {
     #[test]
     fn a_heap_given_up_keeps_resident_free_spans_up_to_what_it_may() {
         let core = heap_of(1 << 30);
-        // Three written blocks of 1, 2 and 3 MiB, each followed by a live
-        // one so their free spans stay apart.
-        let mut live = Vec::new();
-        let freed: Vec<*mut u8> = [1, 2, 3]
-            .iter()
-            .map(|&mib| {
-                let p = block(&core, mib << 20);
-                live.push(block(&core, PAGE_SIZE));
-                p
-            })
-            .collect();
-        for &p in &freed {
-            free(&core, p);
-        }
+        let live = free_spans_apart(&core, &[1, 2, 3]);
         let before = core.stats();
         let resident_before = resident(&core);
         let mut told = 0;
@@ -1374,18 +1380,7 @@ mod charge {
     #[test]
     fn a_heap_given_up_with_an_allowance_of_odd_bytes_keeps_its_charge_right() {
         let core = heap_of(1 << 30);
-        let mut live = Vec::new();
-        let freed: Vec<*mut u8> = [4usize, 2]
-            .iter()
-            .map(|&mib| {
-                let p = block(&core, mib << 20);
-                live.push(block(&core, PAGE_SIZE));
-                p
-            })
-            .collect();
-        for &p in &freed {
-            free(&core, p);
-        }
+        let live = free_spans_apart(&core, &[4, 2]);
         let allowed = (2 << 20) + 100;
         // SAFETY: the owner gives the heap up, then adopts it again.
         let kept = unsafe { core.abandon(&mut |_| allowed) };
