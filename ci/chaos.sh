@@ -28,6 +28,9 @@
 #                 in the statistics)
 #   own_cache     2 threads of ~40 MiB each (their frees in the owner's
 #                 cache), handing blocks over, trimming, and one fork
+#   idle_stress   producers that pause while consumers free their blocks,
+#                 a thread trimming in a loop (spans freed whole retired
+#                 for their running owners), with and without a limit
 # First, interior_free checks that the build's debug checks fire (an
 # address inside another thread's block, freed, stops the program).
 # Every program checks every block it takes; a failure, a debug check's
@@ -56,7 +59,7 @@ cargo build --release -p frostheap-capi
 lib=$PWD/target/chaos/release/libfrostheap.so
 bin=target/chaos/c
 mkdir -p "$bin"
-for prog in threads mixer thread_churn consumer mapstress maprace own_cache interior_free; do
+for prog in threads mixer thread_churn consumer mapstress maprace own_cache idle_stress interior_free; do
     cc -O1 -fno-builtin -Wall -Wno-use-after-free -pthread \
         -o "$bin/$prog" "crates/frostheap-capi/tests/c/$prog.c"
 done
@@ -119,7 +122,9 @@ while :; do
     run_mapped_nothing "$bin/mapstress" 4 20000
     run_mapped_nothing "$bin/maprace" 16 20000
     run "$bin/own_cache" 2 100000
+    run "$bin/idle_stress" 2
+    run env FROSTHEAP_MAX=48M "$bin/idle_stress" 2
     rounds=$((rounds + 1))
     [ $(($(date +%s) - start)) -lt "$budget" ] || break
 done
-echo "ci/chaos.sh: $rounds rounds of threads, mixer (with and without trims), thread_churn, consumer, mapstress, maprace and own_cache passed in $(($(date +%s) - start)) s"
+echo "ci/chaos.sh: $rounds rounds of threads, mixer (with and without trims), thread_churn, consumer, mapstress, maprace, own_cache and idle_stress passed in $(($(date +%s) - start)) s"

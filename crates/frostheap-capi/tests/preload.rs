@@ -189,6 +189,71 @@ fn results_freed_after_their_threads_exited_go_back_as_they_are_freed() {
     );
 }
 
+/// A worker thread that waits, alive, for its next job while the main
+/// thread frees its 40 MiB of results and makes 40 MiB of its own, ten
+/// rounds under `FROSTHEAP_MAX=64M`: nothing is refused (the worker's
+/// spans, freed whole, waited for its next allocation to be collected, and
+/// the main thread was refused at 16 MiB in use); with no limit, the
+/// process grows by little more than one 40 MiB (it held both: 84 MB);
+/// and a `malloc_trim` while the worker waits gives its freed results
+/// back.
+#[test]
+fn a_waiting_workers_results_freed_by_the_main_thread_serve_it_under_the_limit() {
+    let out = preloaded_limited(Command::new(c_program("idle_owner")).arg("limit"), &[], 120);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(printed_value(&stdout, "corrupt="), 0, "{stdout}");
+    let most = printed_value(&stdout, "most=");
+    assert!(
+        most <= 56 << 20,
+        "the heaps committed {most} bytes with the main thread's 40 MiB made: the waiting \
+         worker's freed results were not given back as the process grew: {stdout}"
+    );
+    let out = preloaded_limited(
+        Command::new(c_program("idle_owner")).arg("limit"),
+        &[("FROSTHEAP_MAX", "64M")],
+        120,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(printed_value(&stdout, "corrupt="), 0, "{stdout}");
+    assert_eq!(printed_value(&stdout, "refused="), 0, "{}", text(&out));
+    let out = preloaded_limited(Command::new(c_program("idle_owner")).arg("trim"), &[], 120);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(printed_value(&stdout, "corrupt="), 0, "{stdout}");
+    let (before, after) = (
+        printed_value(&stdout, "before="),
+        printed_value(&stdout, "after="),
+    );
+    assert!(
+        before >= 32 << 20 && after <= 2 << 20,
+        "the heaps' committed bytes: {before} before the trim, {after} after: {stdout}"
+    );
+}
+
+/// Producer threads that pause while consumers free their blocks, their
+/// own frees racing with the spans freed whole that a thread trimming in a
+/// loop retires for them, and, under a 48 MiB limit, the reclaimer too:
+/// every block stays intact, and nothing is left in use at the end.
+#[test]
+fn spans_freed_whole_retired_for_running_owners_keep_every_block_intact() {
+    for limit in [None, Some("48M")] {
+        let mut env = vec![("FROSTHEAP_STATS", "1")];
+        env.extend(limit.map(|l| ("FROSTHEAP_MAX", l)));
+        let out = preloaded_limited(Command::new(c_program("idle_stress")).arg("3"), &env, 120);
+        assert!(out.status.success(), "limit {limit:?}: {}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(printed_value(&stdout, "corrupt="), 0, "{stdout}");
+        assert!(printed_value(&stdout, "blocks=") > 10_000, "{stdout}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("thread heaps in use 0 B,"),
+            "limit {limit:?}: blocks left in use in the thread heaps: {stderr}"
+        );
+    }
+}
+
 /// The number printed after `key` (`key=N`) in `stdout`.
 fn printed_value(stdout: &str, key: &str) -> usize {
     stdout

@@ -272,6 +272,13 @@ impl Region {
         self.frozen.store(frozen, Ordering::Release);
     }
 
+    /// Whether [`Region::mark_frozen`] set the mark. Read under the span
+    /// lock, which a freeze takes to set it, it stays true or false until
+    /// the lock is released.
+    pub(crate) fn is_marked_frozen(&self) -> bool {
+        self.frozen.load(Ordering::Acquire)
+    }
+
     /// `mprotect`s `[base, base + committed)` read-only or read-write and
     /// returns the length. Writes nothing but the page tables: safe to
     /// call while the memory holding this Region is itself frozen.

@@ -1,13 +1,16 @@
 //! What the rest of the crate asks of a heap besides allocating and
 //! freeing: statistics, external charges, the O(1) queries reports use,
-//! commit and protection for freezes, sealing, and the repair of a `fork`
-//! child. Each is a short composition of the heap's parts.
+//! commit and protection for freezes, sealing, the repair of a `fork`
+//! child, giving memory back, and retiring for a running owner the spans
+//! other threads freed whole. Each is a short composition of the heap's
+//! parts.
 
 use core::sync::atomic::Ordering;
 
 use super::class::N_CLASSES;
 use super::core::HeapCore;
-use super::page::{Kind, EMPTY, OWNER_SEALED};
+use super::page::{Kind, EMPTY, GENERATION, NONE, OWNER_CACHED, OWNER_LOCAL, OWNER_SEALED};
+use super::span::Retire;
 use super::stats::{self, Stats};
 use crate::os::OsError;
 use crate::region::PAGE_SHIFT;
@@ -17,13 +20,15 @@ impl HeapCore {
     /// A snapshot of the statistics.
     pub(crate) fn stats(&self) -> Stats {
         let remote = self.remote();
-        let (in_use, peak, allocations, total_allocations) = stats::read(
-            &self.local.counters,
-            &self.shared.counters,
-            &self.others.large_freed_bytes,
-            &self.others.large_freed_count,
-            || remote.uncollected(self.region().committed() >> PAGE_SHIFT),
-        );
+        let (in_use, peak, allocations, total_allocations) = self.others.read_consistent(|| {
+            stats::read(
+                &self.local.counters,
+                &self.shared.counters,
+                &self.others.foreign_freed_bytes,
+                &self.others.foreign_freed_count,
+                || remote.uncollected(self.region().committed() >> PAGE_SHIFT),
+            )
+        });
         let charged = self.spans.charged();
         Stats {
             reserved: self.region().reserved(),
@@ -112,6 +117,93 @@ impl HeapCore {
     /// bytes no longer charged.
     pub(crate) fn try_give_back(&self) -> usize {
         self.spans.try_give_back(self.pages, &self.others.external)
+    }
+
+    /// The span on top of the heap's pending stack ([`NONE`]: empty), read
+    /// without synchronisation: for a look at whether the owner collected
+    /// it since the last look.
+    #[inline]
+    pub(crate) fn pending_top(&self) -> u32 {
+        self.others.pending.load(Ordering::Relaxed)
+    }
+
+    /// Retires, for an owner that does not collect them, the spans of the
+    /// heap whose every block other threads freed: FULL spans on the
+    /// pending stack ([`Remote::freed_whole`](super::remote::Remote::freed_whole)). The owner collects such
+    /// spans only when a class of its runs dry, so those of a thread that
+    /// runs but does not allocate — a pool's worker waiting for work after
+    /// its results were freed elsewhere, a producer done producing — stayed
+    /// committed and charged as long as it waited: a worker's 48 MiB of
+    /// results, freed by the main thread, left the main thread refused at
+    /// 16 MiB in use under a 64 MiB limit. Their blocks are counted as
+    /// frees by other threads (the foreign counters, as for large blocks),
+    /// and their pages join the heap's free spans, not purged: the caller
+    /// gives back what it wants of them (the reclaimer and a trim give back
+    /// all). Spans with a live block go back on the stack as they were.
+    /// Waits for the span lock with `wait`, or skips a heap whose lock is
+    /// busy; skips the calling thread's own heap (its collection is its
+    /// own), a sealed heap, and one a phase froze (checked under the span
+    /// lock, which a freeze takes). Returns the spans retired.
+    ///
+    /// Safe against the owner: the stack is taken whole, as the owner takes
+    /// it, so each span is the owner's or ours; a span whose every block
+    /// was freed by other threads has none the owner can free, and the
+    /// owner allocates from no FULL span.
+    #[inline(never)] // laid with the rare code (layout.ld)
+    pub(crate) fn retire_spans_freed_whole(&self, wait: bool) -> usize {
+        if self.is_owner() || self.others.pending.load(Ordering::Relaxed) == NONE {
+            return 0; // (a racy peek: a span pushed meanwhile waits)
+        }
+        let spans = if wait {
+            Some(self.lock_spans())
+        } else {
+            self.spans.try_lock(self.pages, &self.others.external)
+        };
+        let Some(mut spans) = spans else {
+            return 0;
+        };
+        if self.is_sealed() || self.region().is_marked_frozen() {
+            return 0;
+        }
+        let remote = self.remote();
+        let mut idx = remote.take_pending();
+        let (mut kept, mut kept_last) = (NONE, NONE);
+        let mut retired = 0;
+        while idx != NONE {
+            let m = self.meta(idx as usize);
+            let next = m.pending_next.load(Ordering::Relaxed);
+            let local = matches!(m.owner.get(), OWNER_LOCAL | OWNER_CACHED);
+            if local && remote.freed_whole(m, idx as usize) {
+                let n = m.capacity.get() as usize;
+                self.others.foreign_update(|| {
+                    remote.forget(m, idx as usize);
+                    self.others
+                        .foreign_freed_bytes
+                        .fetch_add(n * m.block_size.get() as usize, Ordering::Relaxed);
+                    self.others
+                        .foreign_freed_count
+                        .fetch_add(n, Ordering::Relaxed);
+                });
+                // Off the stack, as the owner's collection leaves it, and
+                // with no live block (FULL: every block was handed out).
+                let generation = m.state.load(Ordering::Relaxed) & GENERATION;
+                m.state.store(generation, Ordering::SeqCst);
+                m.used.set(0);
+                self.retire_span_in(&mut spans, idx as usize, Retire::Kept);
+                retired += 1;
+            } else {
+                m.pending_next.store(kept, Ordering::Relaxed);
+                if kept == NONE {
+                    kept_last = idx;
+                }
+                kept = idx;
+            }
+            idx = next;
+        }
+        if kept != NONE {
+            remote.put_back_pending(kept, self.meta(kept_last as usize));
+        }
+        retired
     }
 
     /// Gives back every free page of the heap, waiting for the span lock

@@ -885,7 +885,7 @@ impl HeapCore {
                 continue;
             }
             if st.kind == OWNER_LOCAL {
-                st.set_foreign_seen(self.others.large_freed_bytes.load(Ordering::Relaxed));
+                st.set_foreign_seen(self.others.foreign_freed_bytes.load(Ordering::Relaxed));
                 if self.collect_pending() && !ptr::eq(st.current[c].get(), &EMPTY.0) {
                     continue;
                 }
@@ -1571,7 +1571,7 @@ impl HeapCore {
 
     /// [`HeapCore::retire_span`] under `spans`, this heap's span lock held,
     /// giving back what `how` says ([`Locked::free_small`]).
-    fn retire_span_in(&self, spans: &mut Locked<'_>, idx: usize, how: Retire) {
+    pub(super) fn retire_span_in(&self, spans: &mut Locked<'_>, idx: usize, how: Retire) {
         let m = self.meta(idx);
         debug_assert!(m.used.get() == 0, "retiring a span with live blocks");
         let n_pages = m.span_pages.get() as usize;
@@ -1667,10 +1667,10 @@ impl HeapCore {
             self.local.on_free(usable);
         } else {
             self.others
-                .large_freed_bytes
+                .foreign_freed_bytes
                 .fetch_add(usable, Ordering::Relaxed);
             self.others
-                .large_freed_count
+                .foreign_freed_count
                 .fetch_add(1, Ordering::Relaxed);
         }
         if self.others.abandoned.load(Ordering::Relaxed) {
@@ -1713,7 +1713,7 @@ impl HeapCore {
             self.local.on_resize(old, new);
         } else if new < old {
             self.others
-                .large_freed_bytes
+                .foreign_freed_bytes
                 .fetch_add(old - new, Ordering::Relaxed);
         } else {
             // A growth by a foreign thread of an owner block: count it as

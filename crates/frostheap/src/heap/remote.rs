@@ -45,12 +45,20 @@ const PENDING_FULL: u32 = FULL | PENDING;
 /// fast paths, on cache lines of their own.
 #[repr(C, align(64))]
 pub(super) struct OtherThreads {
-    /// Bytes and count of the owner's large blocks freed by other threads
-    /// (and the bytes of in-place shrinks of them), under the span lock.
-    /// Small blocks freed by other threads are not counted here: see the
+    /// Bytes and count of the owner's blocks freed by other threads and
+    /// counted outside the owner's counters, under the span lock: its large
+    /// blocks (and the bytes of in-place shrinks of them), and the small
+    /// blocks of spans another thread retired for it
+    /// (`HeapCore::retire_spans_freed_whole`). Other small blocks freed by
+    /// other threads are counted by the owner as it collects them: see the
     /// module documentation.
-    pub(super) large_freed_bytes: AtomicUsize,
-    pub(super) large_freed_count: AtomicUsize,
+    pub(super) foreign_freed_bytes: AtomicUsize,
+    pub(super) foreign_freed_count: AtomicUsize,
+    /// Odd while a thread that is not the owner moves a span's remote
+    /// frees from the bitmap into the foreign counters above (a sequence
+    /// lock under the span lock): statistics readers, which count both,
+    /// retry meanwhile ([`OtherThreads::read_consistent`]).
+    pub(super) foreign_seq: AtomicUsize,
     /// Whether any thread has begun a remote free of a small block (the
     /// `fork` repair has nothing to do otherwise). Set once, read by every
     /// remote free: after the first, the line stays shared.
@@ -75,8 +83,9 @@ pub(super) struct OtherThreads {
 impl OtherThreads {
     pub(super) const fn new() -> OtherThreads {
         OtherThreads {
-            large_freed_bytes: AtomicUsize::new(0),
-            large_freed_count: AtomicUsize::new(0),
+            foreign_freed_bytes: AtomicUsize::new(0),
+            foreign_freed_count: AtomicUsize::new(0),
+            foreign_seq: AtomicUsize::new(0),
             remote_began: AtomicBool::new(false),
             pending: AtomicU32::new(NONE),
             abandoned: AtomicBool::new(false),
@@ -114,6 +123,41 @@ impl OtherThreads {
                     return false;
                 }
                 Err(c) => cur = c,
+            }
+        }
+    }
+
+    /// Runs `f`, which moves remote frees from the bitmap into the foreign
+    /// counters, with `foreign_seq` odd. The caller holds the heap's span
+    /// lock (one writer at a time).
+    pub(super) fn foreign_update(&self, f: impl FnOnce()) {
+        let seq = self.foreign_seq.load(Ordering::Relaxed);
+        self.foreign_seq
+            .store(seq.wrapping_add(1), Ordering::Relaxed);
+        core::sync::atomic::fence(Ordering::Release);
+        f();
+        self.foreign_seq
+            .store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    /// `read()` taken while no [`OtherThreads::foreign_update`] runs, so that
+    /// it sees the blocks moved in the bitmap or in the counters, not in
+    /// both or neither. Spins, then yields; after 100 yields (a writer
+    /// stopped mid-update, in a `fork` child) it takes the last reading.
+    pub(super) fn read_consistent<R>(&self, mut read: impl FnMut() -> R) -> R {
+        let mut attempt = 0;
+        loop {
+            let seq = self.foreign_seq.load(Ordering::Acquire);
+            let r = read();
+            core::sync::atomic::fence(Ordering::Acquire);
+            if (seq & 1 == 0 && self.foreign_seq.load(Ordering::Relaxed) == seq) || attempt == 200 {
+                return r;
+            }
+            attempt += 1;
+            if attempt < 100 {
+                core::hint::spin_loop();
+            } else {
+                crate::os::yield_now();
             }
         }
     }
@@ -158,6 +202,71 @@ impl Remote<'_> {
     /// Takes the whole pending stack (the top page index, or [`NONE`]).
     pub(super) fn take_pending(&self) -> u32 {
         self.others.pending.swap(NONE, Ordering::Acquire)
+    }
+
+    /// Whether every block of the FULL small span headed by `m` (page
+    /// `idx`), off the pending stack, was freed by other threads and
+    /// announced: the words its pages' summaries name hold as many bits as
+    /// the span has blocks. Reads, and takes nothing. A free in flight (its
+    /// bit set, its word's summary bit not yet) is not counted, so its span
+    /// is not whole yet; a span that is whole has no live block, so no
+    /// thread frees into it any more, and its owner allocates from no FULL
+    /// span: the caller may retire it ([`Remote::forget`]).
+    pub(super) fn freed_whole(&self, m: &PageMeta, idx: usize) -> bool {
+        let n: usize = (idx..idx + m.span_pages.get() as usize)
+            .map(|page| self.announced(page, self.pages.meta(page).remote.load(Ordering::Acquire)))
+            .sum();
+        n == m.capacity.get() as usize
+    }
+
+    /// The remote frees in the words of page `page` that `summary` (its
+    /// summary, as read) names.
+    fn announced(&self, page: usize, mut summary: u64) -> usize {
+        let mut n = 0;
+        while summary != 0 {
+            let w = summary.trailing_zeros() as usize;
+            summary &= summary - 1;
+            n += self
+                .word(page * REMOTE_WORDS + w)
+                .load(Ordering::Acquire)
+                .count_ones() as usize;
+        }
+        n
+    }
+
+    /// Clears the remote frees of a span found [`Remote::freed_whole`]:
+    /// its pages' summaries and the words they name. Writes nothing into
+    /// the blocks: the span's pages become a free span as they are, with
+    /// no free list to build.
+    pub(super) fn forget(&self, m: &PageMeta, idx: usize) {
+        for page in idx..idx + m.span_pages.get() as usize {
+            let mut summary = self.pages.meta(page).remote.swap(0, Ordering::Acquire);
+            while summary != 0 {
+                let w = summary.trailing_zeros() as usize;
+                summary &= summary - 1;
+                self.word(page * REMOTE_WORDS + w)
+                    .store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Puts back on the pending stack the chain of spans from `first` to
+    /// `last` (linked by `pending_next`), taken off it and left as they
+    /// were (FULL and PENDING).
+    pub(super) fn put_back_pending(&self, first: u32, last: &PageMeta) {
+        let mut top = self.others.pending.load(Ordering::Relaxed);
+        loop {
+            last.pending_next.store(top, Ordering::Relaxed);
+            match self.others.pending.compare_exchange_weak(
+                top,
+                first,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(t) => top = t,
+            }
+        }
     }
 
     /// Moves the remote frees of the small span headed by `m` (page `idx`)
@@ -259,7 +368,7 @@ impl Remote<'_> {
     pub(super) fn uncollected(&self, top: usize) -> (usize, usize) {
         let (mut bytes, mut count) = (0, 0);
         for page in 0..top {
-            let mut summary = self.pages.meta(page).remote.load(Ordering::Acquire);
+            let summary = self.pages.meta(page).remote.load(Ordering::Acquire);
             if summary == 0 {
                 continue;
             }
@@ -269,15 +378,7 @@ impl Remote<'_> {
             if head.kind() != Kind::Small {
                 continue;
             }
-            let mut n = 0;
-            while summary != 0 {
-                let w = summary.trailing_zeros() as usize;
-                summary &= summary - 1;
-                n += self
-                    .word(page * REMOTE_WORDS + w)
-                    .load(Ordering::Acquire)
-                    .count_ones() as usize;
-            }
+            let n = self.announced(page, summary);
             count += n;
             bytes += n * head.block_size.get() as usize;
         }

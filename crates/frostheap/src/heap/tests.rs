@@ -422,6 +422,7 @@ mod remote {
     /// flight.
     fn check_blocks(core: &HeapCore, live: &std::collections::HashSet<usize>) {
         let mut seen = std::collections::HashSet::new();
+        let mut live_found = 0;
         for (idx, m, pages) in core
             .pages
             .spans_in_order(core.region().committed() >> PAGE_SHIFT)
@@ -505,12 +506,14 @@ mod remote {
                 assert_eq!(m.used.get(), m.extend.get() - on_list, "used of span {idx}");
             }
             let n_live = live.iter().filter(|&&a| in_span(a)).count() as u32;
+            live_found += n_live as usize;
             assert_eq!(
                 n_live + on_list + in_bitmap + in_cache,
                 m.extend.get(),
                 "blocks lost in span {idx}"
             );
         }
+        assert_eq!(live_found, live.len(), "live blocks outside small spans");
         check_charge(core);
     }
 
@@ -520,6 +523,19 @@ mod remote {
     /// every block is accounted for exactly once.
     #[test]
     fn remote_frees_keep_every_block_accounted_for() {
+        remote_frees_accounted_for(false);
+    }
+
+    /// The same, while a third thread retires the spans the freer freed
+    /// whole, as the process limit's reclaimer and a trim do for an owner
+    /// that does not collect them (`HeapCore::retire_spans_freed_whole`):
+    /// it races with the owner's own collection and frees.
+    #[test]
+    fn remote_frees_keep_every_block_accounted_for_while_spans_freed_whole_are_retired() {
+        remote_frees_accounted_for(true);
+    }
+
+    fn remote_frees_accounted_for(retiring: bool) {
         let core = heap_of(1 << 30);
         let sizes = [
             16, 48, 256, 3000, 9000, 17_000, 40_000, 70_000, 100_000, 131_072,
@@ -537,7 +553,8 @@ mod remote {
             // SAFETY: every block the test frees is live and freed once.
             unsafe { core.free(p as *mut u8) }
         };
-        std::thread::scope(|sc| {
+        let finished = core::sync::atomic::AtomicBool::new(false);
+        let retired = std::thread::scope(|sc| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<usize>>(4);
             let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
             sc.spawn(move || {
@@ -547,6 +564,16 @@ mod remote {
                     }
                     batch.into_iter().for_each(free);
                 }
+            });
+            let retirer = sc.spawn(|| {
+                let mut retired = 0;
+                let mut turn = 0u32;
+                while retiring && !finished.load(Ordering::Relaxed) {
+                    turn += 1;
+                    retired += core.retire_spans_freed_whole(turn.is_multiple_of(2));
+                    std::thread::yield_now();
+                }
+                retired
             });
             for round in 0..150 {
                 let mut batch = Vec::new();
@@ -584,10 +611,157 @@ mod remote {
             tx.send(std::mem::take(&mut held)).unwrap();
             tx.send(Vec::new()).unwrap();
             done_rx.recv().unwrap();
+            finished.store(true, Ordering::Relaxed);
+            let retired = retirer.join().unwrap();
             check_blocks(&core, &live);
+            retired
         });
+        if retiring {
+            eprintln!("spans retired for the owner: {retired}");
+        }
         let s = core.stats();
         assert_eq!((s.in_use, s.allocations), (0, 0), "{s:?}");
+    }
+
+    /// A thread that allocated blocks of several classes, all of whose
+    /// blocks but one another thread freed, and that allocates no more:
+    /// its FULL spans wait on the pending stack. Another thread retires
+    /// those freed whole for it, counting their blocks as freed by other
+    /// threads; the span with a live block stays pending, and the owner
+    /// takes it back as usual, and allocates again from what was retired.
+    #[test]
+    fn spans_other_threads_freed_whole_are_retired_for_an_owner_that_does_not_allocate() {
+        let core = heap_of(256 << 20);
+        let sizes = [1024usize, 40_000, 100_000];
+        let blocks: Vec<Vec<usize>> = sizes
+            .iter()
+            .map(|&size| {
+                let layout = Layout::from_size_align(size, 16).unwrap();
+                (0..400).map(|_| core.alloc(layout) as usize).collect()
+            })
+            .collect();
+        assert!(blocks.iter().flatten().all(|&b| b != 0));
+        let kept = blocks[0][0];
+        let before = core.stats();
+        let free_before = core.free_span_bytes();
+        let (retired, from_owner, during) = std::thread::scope(|sc| {
+            sc.spawn(|| {
+                for &b in blocks.iter().flatten().filter(|&&b| b != kept) {
+                    // SAFETY: live blocks of this heap, freed once each.
+                    unsafe { core.free(b as *mut u8) };
+                }
+            })
+            .join()
+            .unwrap();
+            let from_owner = core.retire_spans_freed_whole(true);
+            let during = core.stats();
+            let retired = sc
+                .spawn(|| core.retire_spans_freed_whole(true))
+                .join()
+                .unwrap();
+            (retired, from_owner, during)
+        });
+        assert_eq!(from_owner, 0, "the owner collects its own");
+        // Every FULL span but the one holding `kept`, and but each class's
+        // current span (which is in its queue, not FULL).
+        let spans: usize = sizes
+            .iter()
+            .map(|&size| {
+                let c = class_of(size).unwrap();
+                400usize.div_ceil(span_pages(c) * PAGE_SIZE / CLASS_SIZE[c] as usize)
+            })
+            .sum();
+        assert!(
+            retired >= spans - 3 - 1 && retired < spans,
+            "retired {retired} of {spans} spans"
+        );
+        let after = core.stats();
+        assert_eq!(during.in_use, after.in_use, "moved, not counted twice");
+        assert_eq!(
+            (after.allocations, after.total_allocations),
+            (1, before.total_allocations)
+        );
+        let kept_size = CLASS_SIZE[class_of(1024).unwrap()] as usize;
+        assert_eq!(after.in_use, kept_size, "{after:?}");
+        assert!(
+            core.free_span_bytes() >= free_before + retired * PAGE_SIZE,
+            "the retired spans are free spans"
+        );
+        let mut live = std::collections::HashSet::new();
+        live.insert(kept);
+        check_blocks(&core, &live);
+        // The owner goes on: its last span comes back from the pending
+        // stack, and the retired pages serve new spans.
+        // SAFETY: the owner frees its last live block, once.
+        unsafe { core.free(kept as *mut u8) };
+        for &size in &sizes {
+            let layout = Layout::from_size_align(size, 16).unwrap();
+            let again: Vec<usize> = (0..400).map(|_| core.alloc(layout) as usize).collect();
+            assert!(again.iter().all(|&b| b != 0));
+            for b in again {
+                // SAFETY: the owner's live blocks, freed once each.
+                unsafe { core.free(b as *mut u8) };
+            }
+        }
+        check_blocks(&core, &std::collections::HashSet::new());
+        let s = core.stats();
+        assert_eq!((s.in_use, s.allocations), (0, 0), "{s:?}");
+    }
+
+    /// Statistics read while another thread retires spans freed whole for
+    /// their owner see each span's blocks once, either as remote frees
+    /// (bits) or as frees by other threads (the foreign counters): with
+    /// nothing else moving, every reading is exact.
+    #[test]
+    fn statistics_read_while_spans_freed_whole_are_retired_stay_exact() {
+        let core = heap_of(1 << 30);
+        let layout = Layout::from_size_align(4096, 16).unwrap();
+        let blocks: Vec<usize> = (0..60_000).map(|_| core.alloc(layout) as usize).collect();
+        assert!(blocks.iter().all(|&b| b != 0));
+        let kept = core.alloc(layout) as usize;
+        let done = core::sync::atomic::AtomicBool::new(false);
+        let (retired, readings) = std::thread::scope(|sc| {
+            sc.spawn(|| {
+                for &b in &blocks {
+                    // SAFETY: live blocks of this heap, freed once each.
+                    unsafe { core.free(b as *mut u8) };
+                }
+            })
+            .join()
+            .unwrap();
+            let expected = core.stats();
+            assert_eq!(expected.allocations, 1, "{expected:?}");
+            let (core, done) = (&core, &done);
+            let reader = sc.spawn(move || {
+                let mut n = 0u64;
+                while !done.load(Ordering::Relaxed) || n == 0 {
+                    let s = core.stats();
+                    assert_eq!(
+                        (s.in_use, s.allocations),
+                        (expected.in_use, 1),
+                        "reading {n}: {s:?}"
+                    );
+                    n += 1;
+                }
+                n
+            });
+            let retired = sc
+                .spawn(|| core.retire_spans_freed_whole(true))
+                .join()
+                .unwrap();
+            done.store(true, Ordering::Relaxed);
+            (retired, reader.join().unwrap())
+        });
+        // All FULL spans but the one holding `kept` (32 blocks a span).
+        assert!(retired >= 60_000 / 32 - 1, "retired {retired}");
+        assert!(readings > 0);
+        let s = core.stats();
+        assert_eq!(
+            (s.in_use, s.allocations),
+            (CLASS_SIZE[class_of(4096).unwrap()] as usize, 1)
+        );
+        // SAFETY: the owner frees its last block, once.
+        unsafe { core.free(kept as *mut u8) };
     }
 
     /// What `fork` can leave behind in the child, repaired: a remote free

@@ -371,6 +371,42 @@ fn trim_gives_back_what_the_main_thread_and_a_thread_freed() {
     assert_succeeded_saying(&out, "global_threads trim: ok");
 }
 
+test!(a_waiting_workers_results_freed_by_the_main_thread_serve_it_under_the_limit);
+/// A pool's worker makes 40 MiB of results a round and waits, alive, for
+/// the next job while the main thread drops them and makes 40 MiB of its
+/// own, ten rounds under `FROSTHEAP_MAX=64M`. The worker's spans, freed
+/// whole by the main thread, waited for a collection that only the
+/// worker's next allocation made: the main thread was refused at 16 MiB in
+/// use. The limit's reclaimer now retires them for the worker, and a trim
+/// while the worker waits gives them back. With no limit, the process
+/// grows by little more than one 40 MiB (it held both: 84 MiB).
+fn a_waiting_workers_results_freed_by_the_main_thread_serve_it_under_the_limit() {
+    let out = run_fixture("global_threads", &["idle-worker"], &[]);
+    assert_succeeded_saying(&out, "intact=true");
+    let most = printed_number(&out, "most=") as usize;
+    assert!(
+        most <= 56 * MIB,
+        "the process committed {most} bytes with the main thread's 40 MiB made: the waiting \
+         worker's freed results were not given back as it grew\n{}",
+        describe(&out)
+    );
+    let out = run_fixture(
+        "global_threads",
+        &["idle-worker"],
+        &[("FROSTHEAP_MAX", "64M")],
+    );
+    assert_succeeded_saying(&out, "intact=true");
+    let refused = printed_number(&out, "refused=");
+    assert_eq!(refused, 0, "allocations refused\n{}", describe(&out));
+    let before = printed_number(&out, "before_trim=") as usize;
+    let after = printed_number(&out, "after_trim=") as usize;
+    assert!(
+        before >= 32 * MIB && after <= 2 * MIB,
+        "the waiting worker's heap charged {before} bytes before the trim and {after} after\n{}",
+        describe(&out)
+    );
+}
+
 test!(fork_in_a_threaded_global_program_leaves_a_working_child);
 /// `fork` while another thread allocates and frees the main thread's
 /// blocks: every child can allocate (no heap lock was copied held), finds
