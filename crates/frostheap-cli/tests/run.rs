@@ -82,11 +82,11 @@ fn an_installed_command_finds_the_library_in_lib_frostheap_and_caps_python() {
     let installed = bin.join("frostheap");
 
     // Without the library, the error names where it looked.
-    let out = Command::new(&installed)
-        .args(["run", "--max-memory", "64M", "--", "true"])
-        .env_remove("FROSTHEAP_LIB")
-        .output()
-        .expect("run the installed command");
+    let out = output_of_copied(
+        Command::new(&installed)
+            .args(["run", "--max-memory", "64M", "--", "true"])
+            .env_remove("FROSTHEAP_LIB"),
+    );
     assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
     let expected = root.0.join("lib/frostheap/libfrostheap.so");
     assert!(
@@ -101,12 +101,12 @@ fn an_installed_command_finds_the_library_in_lib_frostheap_and_caps_python() {
     std::fs::create_dir_all(root.0.join("lib/frostheap")).unwrap();
     std::fs::copy(&lib, &expected).expect("install the library");
     let python = |code: &str| {
-        Command::new(&installed)
-            .args(["run", "--max-memory", "64M", "--", "python3", "-c", code])
-            .env_remove("FROSTHEAP_LIB")
-            .env("PYTHONMALLOC", "malloc")
-            .output()
-            .expect("run python3 under frostheap")
+        output_of_copied(
+            Command::new(&installed)
+                .args(["run", "--max-memory", "64M", "--", "python3", "-c", code])
+                .env_remove("FROSTHEAP_LIB")
+                .env("PYTHONMALLOC", "malloc"),
+        )
     };
     let over = python(
         "try:\n  b = bytearray(200 << 20)\n  print('allocated')\nexcept MemoryError:\n  print('MemoryError')",
@@ -116,6 +116,24 @@ fn an_installed_command_finds_the_library_in_lib_frostheap_and_caps_python() {
     let under = python("b = bytearray(16 << 20); print(len(b))");
     assert!(under.status.success(), "stderr: {}", stderr(&under));
     assert_eq!(String::from_utf8_lossy(&under.stdout).trim(), "16777216");
+}
+
+/// Runs `cmd`, whose program this test process has just copied into
+/// place, and waits for its output. A test running beside it that starts
+/// a process meanwhile may hold the copy's write descriptor between its
+/// `fork` and its `exec` (the descriptor closes at the `exec`), and the
+/// kernel refuses to run a file open for writing (`ETXTBSY`, "Text file
+/// busy"): retried for up to a second.
+fn output_of_copied(cmd: &mut Command) -> Output {
+    for _ in 0..100 {
+        match cmd.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            other => return other.expect("run the installed command"),
+        }
+    }
+    panic!("the installed command stayed busy (ETXTBSY) for a second");
 }
 
 /// Runs `frostheap run --max-memory 64M -- ARGS` with the built library.

@@ -30,7 +30,7 @@
 
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::borrow::Cow;
 
 use crate::heap::core::{CoreConfig, WARM_FROM};
@@ -62,9 +62,9 @@ struct Slot {
     /// Bytes of resident free spans the heap's last thread left for the
     /// next ([`abandon_warm`]) while it is abandoned; 0 when it is live.
     warm: AtomicUsize,
-    /// The top of the heap's pending stack when the growth hook last looked
-    /// ([`idle_heaps_to_visit`]).
-    pending_seen: AtomicU32,
+    /// The allocations its thread had made when the growth hook last
+    /// looked ([`idle_heaps_to_visit`]).
+    allocations_seen: AtomicU64,
 }
 
 // SAFETY: `inner` is initialised by one thread before `state` becomes LIVE
@@ -77,7 +77,7 @@ static SLOTS: [Slot; MAX_HEAPS] = [const {
         inner: UnsafeCell::new(MaybeUninit::uninit()),
         state: AtomicU8::new(EMPTY),
         warm: AtomicUsize::new(0),
-        pending_seen: AtomicU32::new(NONE),
+        allocations_seen: AtomicU64::new(0),
     }
 }; MAX_HEAPS];
 
@@ -529,9 +529,9 @@ fn retire_freed_whole(h: &HeapInner, live: bool, wait: bool) {
 /// a commit or freeing a block, which may hold its own heap's span lock:
 /// the same conditions as the reclaimer's ([`reclaim`]).
 ///
-/// As the process grows (not `keep_warm`), live heaps whose threads
-/// have not collected what other threads freed into them for a whole step
-/// of growth retire the spans freed whole and give back their free memory
+/// As the process grows (not `keep_warm`), the live heaps of threads
+/// that have not allocated for a whole step of growth retire the spans
+/// other threads freed whole and give back their free memory
 /// ([`release_idle_heaps`]).
 pub(super) fn release_abandoned_on_growth(keep_warm: bool) -> usize {
     // The racy peeks of `release_idle_heaps` and `release_abandoned`, here:
@@ -549,59 +549,58 @@ pub(super) fn release_abandoned_on_growth(keep_warm: bool) -> usize {
     idle + release_abandoned(false, false, keep_warm)
 }
 
-/// Whether a live heap other than the calling thread's has had the same
-/// span on top of its pending stack (FULL spans that other threads freed
-/// into) since the growth hook last looked, a step of growth ago: its
-/// thread has not collected them meanwhile, as a thread that allocates
-/// does when a class of its runs dry. A pool's worker that waits for its
-/// next job while the main thread drops its 40 MiB of results and makes
-/// 40 MiB of its own: 84 MB peak RSS, glibc's 42 (whose free returns a
-/// block to the arena that made it, and trims the arena's top). Records
-/// each heap's top for the next look. A top that came back to the same
-/// span only makes an active heap give back its free memory early.
+/// Whether the thread of a live heap other than the calling thread's has
+/// made no allocation since the growth hook last looked, a step of growth
+/// ago, and its heap has spans on its pending stack (FULL spans other
+/// threads freed into, which it collects only as a class of its runs dry)
+/// or holds 1 MiB or more: a thread that waits (a pool's worker between
+/// jobs) holds that memory for nothing while the process grows. A pool's
+/// worker that waits while the main thread drops its 40 MiB of results
+/// and makes 40 MiB of its own: 84 MB peak RSS, glibc's 42 (whose free
+/// gives a block back to the arena that made it, and trims the arena's
+/// top). Records each heap's count for the next look.
 #[inline]
 fn idle_heaps_to_visit() -> bool {
     let me = thread_token();
     let mut any = false;
     for (idx, h, live) in built() {
-        let top = h.core.pending_top();
-        let seen = SLOTS[idx].pending_seen.load(Ordering::Relaxed);
-        if top != seen {
-            SLOTS[idx].pending_seen.store(top, Ordering::Relaxed);
-        } else if top != NONE && live && h.core.owner_token() != me {
+        if waits_holding_memory(idx, h, live, me) {
             any = true;
+        } else {
+            SLOTS[idx]
+                .allocations_seen
+                .store(h.core.owner_allocations(), Ordering::Relaxed);
         }
     }
     any
 }
 
-/// The live heaps [`idle_heaps_to_visit`] found idle, whose span lock is
-/// free and which no phase froze: the spans other threads freed whole are
-/// retired ([`HeapCore::retire_spans_freed_whole`]), and their free memory
-/// goes back (free top decommitted, free spans purged). Returns the bytes
-/// no longer charged.
+/// Whether heap `h` (slot `idx`, `live` if a thread owns it) is another
+/// thread's than `me`'s, whose thread has made no allocation since the
+/// growth hook last looked, and which has spans on its pending stack or
+/// holds [`WARM_FROM`] or more ([`idle_heaps_to_visit`]).
+#[inline]
+fn waits_holding_memory(idx: usize, h: &HeapInner, live: bool, me: usize) -> bool {
+    live && h.core.owner_token() != me
+        && h.core.owner_allocations() == SLOTS[idx].allocations_seen.load(Ordering::Relaxed)
+        && (h.core.pending_top() != NONE || h.core.charged() >= WARM_FROM)
+}
+
+/// The live heaps of threads that [`idle_heaps_to_visit`] found waiting,
+/// whose span lock is free and which no phase froze: the spans other
+/// threads freed whole are retired ([`HeapCore::retire_spans_freed_whole`]),
+/// and their free memory goes back (free top decommitted, free spans
+/// purged), as it would if their threads trimmed. Returns the bytes no
+/// longer charged.
 ///
 /// [`HeapCore::retire_spans_freed_whole`]: crate::heap::core::HeapCore::retire_spans_freed_whole
 #[inline(never)] // laid with the rare code (layout.ld)
 fn release_idle_heaps() -> usize {
     let me = thread_token();
     built()
-        .filter(|&(idx, h, live)| {
-            let top = h.core.pending_top();
-            live && top != NONE
-                && top == SLOTS[idx].pending_seen.load(Ordering::Relaxed)
-                && h.core.owner_token() != me
-                && !h.frozen_now()
-        })
-        .map(|(idx, h, _)| {
-            if h.core.retire_spans_freed_whole(false) == 0 {
-                return 0;
-            }
-            // What stays on the stack (spans with live blocks) is the
-            // next look's to compare.
-            SLOTS[idx]
-                .pending_seen
-                .store(h.core.pending_top(), Ordering::Relaxed);
+        .filter(|&(idx, h, live)| waits_holding_memory(idx, h, live, me) && !h.frozen_now())
+        .map(|(_, h, _)| {
+            h.core.retire_spans_freed_whole(false);
             h.core.try_give_back()
         })
         .sum()

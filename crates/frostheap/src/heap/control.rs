@@ -120,11 +120,19 @@ impl HeapCore {
     }
 
     /// The span on top of the heap's pending stack ([`NONE`]: empty), read
-    /// without synchronisation: for a look at whether the owner collected
-    /// it since the last look.
+    /// without synchronisation: whether other threads freed into spans the
+    /// owner filled.
     #[inline]
     pub(crate) fn pending_top(&self) -> u32 {
         self.others.pending.load(Ordering::Relaxed)
+    }
+
+    /// The allocations the owner has made from its own state, ever (read
+    /// without synchronisation: for a look at whether it allocated since
+    /// the last look).
+    #[inline]
+    pub(crate) fn owner_allocations(&self) -> u64 {
+        self.local.counters.total.load(Ordering::Relaxed)
     }
 
     /// Retires, for an owner that does not collect them, the spans of the

@@ -407,6 +407,26 @@ fn a_waiting_workers_results_freed_by_the_main_thread_serve_it_under_the_limit()
     );
 }
 
+test!(a_waiting_thread_gives_its_free_memory_back_as_the_process_grows);
+/// A worker frees its own 24 MiB and waits, alive: its heap keeps free
+/// memory resident for its next blocks (up to 32 MiB, or twice what is
+/// live), which a thread that waits holds for nothing. Once the process
+/// has grown a step with the worker making no allocation, its heap gives
+/// its free memory back: 24 MiB stayed committed while the main thread
+/// made 48 MiB.
+fn a_waiting_thread_gives_its_free_memory_back_as_the_process_grows() {
+    let out = run_fixture("global_threads", &["idle-free"], &[]);
+    assert_succeeded_saying(&out, "intact=true");
+    let freed = printed_number(&out, "freed=") as usize;
+    let after = printed_number(&out, "after_growth=") as usize;
+    assert!(
+        freed >= 16 * MIB && after <= 2 * MIB,
+        "the waiting worker's heap charged {freed} bytes with its blocks freed, and {after} \
+         after the main thread grew\n{}",
+        describe(&out)
+    );
+}
+
 test!(fork_in_a_threaded_global_program_leaves_a_working_child);
 /// `fork` while another thread allocates and frees the main thread's
 /// blocks: every child can allocate (no heap lock was copied held), finds
