@@ -194,7 +194,9 @@ fn results_freed_after_their_threads_exited_go_back_as_they_are_freed() {
 /// rounds under `FROSTHEAP_MAX=64M`: nothing is refused (the worker's
 /// spans, freed whole, waited for its next allocation to be collected, and
 /// the main thread was refused at 16 MiB in use); with no limit, the
-/// process grows by little more than one 40 MiB (it held both: 84 MB);
+/// process grows by little more than one 40 MiB (it held both: 84 MB; the
+/// main thread pauses 20 ms halfway, after which the worker, idle for
+/// more than 10 ms, gives them back as the process grows);
 /// and a `malloc_trim` while the worker waits gives its freed results
 /// back.
 #[test]

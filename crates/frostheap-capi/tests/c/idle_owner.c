@@ -2,9 +2,9 @@
  * the main thread uses and frees them: the blocks go back into the heap of
  * a thread that does not allocate. Each of ROUNDS rounds, the worker makes
  * 40 MiB of 1000-byte blocks, filled; the main thread checks and frees
- * them, then makes 40 MiB of its own and frees them. Under a 64 MiB limit
- * nothing may be refused: the memory the worker's blocks held must serve
- * the main thread.
+ * them, then makes 40 MiB of its own (pausing 20 ms halfway) and frees
+ * them. Under a 64 MiB limit nothing may be refused: the memory the
+ * worker's blocks held must serve the main thread.
  *
  *   idle_owner limit   prints "idle_owner: refused=R most=M corrupt=C", M
  *                      the most the heaps had committed (mallinfo2's
@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define BLOCKS (40 * 1024 * 1024 / 1024)
 #define SIZE 1000
@@ -84,6 +85,9 @@ int main(int argc, char **argv) {
         corrupt += consume(r);
         if (trim) break;
         for (int i = 0; i < BLOCKS; i++) {
+            /* Halfway, a pause of 20 ms, as between two requests: the
+             * worker has then made no allocation for more than 10 ms. */
+            if (i == BLOCKS / 2) usleep(20000);
             mine[i] = malloc(SIZE);
             if (mine[i]) memset(mine[i], 0x5a, SIZE);
             else refused++;

@@ -30,7 +30,7 @@
 
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::borrow::Cow;
 
 use crate::heap::core::{CoreConfig, WARM_FROM};
@@ -65,6 +65,11 @@ struct Slot {
     /// The allocations its thread had made when the growth hook last
     /// looked ([`idle_heaps_to_visit`]).
     allocations_seen: AtomicU64,
+    /// When the growth hook recorded that count (monotonic nanoseconds).
+    seen_at: AtomicU64,
+    /// Whether the growth hook's last look found its thread waiting
+    /// ([`idle_heaps_to_visit`]): [`release_idle_heaps`] visits it.
+    waiting: AtomicBool,
 }
 
 // SAFETY: `inner` is initialised by one thread before `state` becomes LIVE
@@ -78,6 +83,8 @@ static SLOTS: [Slot; MAX_HEAPS] = [const {
         state: AtomicU8::new(EMPTY),
         warm: AtomicUsize::new(0),
         allocations_seen: AtomicU64::new(0),
+        seen_at: AtomicU64::new(0),
+        waiting: AtomicBool::new(false),
     }
 }; MAX_HEAPS];
 
@@ -490,7 +497,7 @@ fn pop_abandoned() -> Option<usize> {
 /// tops decommitted, free spans below them purged and uncharged),
 /// abandoned heaps first retire the empty spans they keep for their next
 /// thread ([`release_abandoned`]), and live heaps the spans other threads
-/// freed whole ([`retire_freed_whole`]). The heap asking holds its own span
+/// freed whole ([`give_back_retiring`]). The heap asking holds its own span
 /// lock, so it is skipped here (it gave back its own first), and nothing
 /// here waits for a lock: a thread that holds one heap's span lock and
 /// waits for another's could wait forever on a `fork` handler taking them
@@ -498,23 +505,27 @@ fn pop_abandoned() -> Option<usize> {
 pub(super) fn reclaim() -> usize {
     release_abandoned(false, true, false)
         + built()
-            .map(|(_, h, live)| {
-                retire_freed_whole(h, live, false);
-                h.core.try_give_back()
-            })
+            .map(|(_, h, live)| give_back_retiring(h, live, false))
             .sum::<usize>()
 }
 
-/// The spans of a live heap `h` that other threads freed whole, retired
-/// for an owner that may not allocate again soon
-/// ([`HeapCore::retire_spans_freed_whole`]; heaps of exited threads get
-/// theirs collected whole by [`release_abandoned`]). A phase's frozen heaps
-/// are left alone (the call checks again under the heap's span lock).
+/// Every free page of heap `h` given back (its free top decommitted, its
+/// free spans purged and uncharged), waiting for its span lock with
+/// `wait`, or nothing if it is busy; for a live heap that no phase froze,
+/// with the spans other threads freed whole in it, which its thread has
+/// not collected ([`HeapCore::retire_spans_freed_whole`]; the heaps of
+/// exited threads are collected whole by [`release_abandoned`]). Returns
+/// the bytes no longer charged.
 ///
 /// [`HeapCore::retire_spans_freed_whole`]: crate::heap::core::HeapCore::retire_spans_freed_whole
-fn retire_freed_whole(h: &HeapInner, live: bool, wait: bool) {
+fn give_back_retiring(h: &HeapInner, live: bool, wait: bool) -> usize {
     if live && !h.frozen_now() {
-        h.core.retire_spans_freed_whole(wait);
+        h.core.retire_spans_freed_whole(wait, true).1
+    } else if wait {
+        // SAFETY: no collection (`false`), which only the owner may ask.
+        unsafe { h.core.give_back(false) }
+    } else {
+        h.core.try_give_back()
     }
 }
 
@@ -530,7 +541,7 @@ fn retire_freed_whole(h: &HeapInner, live: bool, wait: bool) {
 /// the same conditions as the reclaimer's ([`reclaim`]).
 ///
 /// As the process grows (not `keep_warm`), the live heaps of threads
-/// that have not allocated for a whole step of growth retire the spans
+/// that have made no allocation for 10 ms retire the spans
 /// other threads freed whole and give back their free memory
 /// ([`release_idle_heaps`]).
 pub(super) fn release_abandoned_on_growth(keep_warm: bool) -> usize {
@@ -549,60 +560,64 @@ pub(super) fn release_abandoned_on_growth(keep_warm: bool) -> usize {
     idle + release_abandoned(false, false, keep_warm)
 }
 
+/// How long the thread of a heap must have made no allocation for the
+/// growth hook to give its heap's free memory back
+/// ([`idle_heaps_to_visit`]).
+const IDLE_AFTER_NS: u64 = 10_000_000;
+
 /// Whether the thread of a live heap other than the calling thread's has
-/// made no allocation since the growth hook last looked, a step of growth
-/// ago, and its heap has spans on its pending stack (FULL spans other
-/// threads freed into, which it collects only as a class of its runs dry)
-/// or holds 1 MiB or more: a thread that waits (a pool's worker between
-/// jobs) holds that memory for nothing while the process grows. A pool's
+/// made no allocation since a look of the growth hook at least
+/// [`IDLE_AFTER_NS`] (10 ms) ago, and its heap has spans on its pending
+/// stack (FULL spans other threads freed into, which it collects only as
+/// a class of its runs dry) or holds [`WARM_FROM`] or more: a thread that
+/// waits (a pool's worker between jobs) holds that memory for nothing
+/// while the process grows. Marks those heaps for [`release_idle_heaps`],
+/// and records each heap's count, and when, for the next look. A pool's
 /// worker that waits while the main thread drops its 40 MiB of results
 /// and makes 40 MiB of its own: 84 MB peak RSS, glibc's 42 (whose free
 /// gives a block back to the arena that made it, and trims the arena's
-/// top). Records each heap's count for the next look.
+/// top). With one step of growth as the only wait, a thread that kept
+/// allocating but was off its CPU for that step, on a loaded machine, had
+/// its free memory given back and faulted it in again.
+///
+/// A process with no thread heap (one thread) reads no clock here.
 #[inline]
 fn idle_heaps_to_visit() -> bool {
+    if NEXT_FRESH.load(Ordering::Relaxed) <= 1 {
+        return false; // the main heap alone
+    }
     let me = thread_token();
+    let now = crate::os::monotonic_ns();
     let mut any = false;
     for (idx, h, live) in built() {
-        if waits_holding_memory(idx, h, live, me) {
+        let slot = &SLOTS[idx];
+        let made = h.core.owner_allocations();
+        if made != slot.allocations_seen.load(Ordering::Relaxed) {
+            slot.allocations_seen.store(made, Ordering::Relaxed);
+            slot.seen_at.store(now, Ordering::Relaxed);
+        } else if live
+            && h.core.owner_token() != me
+            && (h.core.pending_top() != NONE || h.core.charged() >= WARM_FROM)
+            && now.saturating_sub(slot.seen_at.load(Ordering::Relaxed)) >= IDLE_AFTER_NS
+        {
+            slot.waiting.store(true, Ordering::Relaxed);
             any = true;
-        } else {
-            SLOTS[idx]
-                .allocations_seen
-                .store(h.core.owner_allocations(), Ordering::Relaxed);
         }
     }
     any
 }
 
-/// Whether heap `h` (slot `idx`, `live` if a thread owns it) is another
-/// thread's than `me`'s, whose thread has made no allocation since the
-/// growth hook last looked, and which has spans on its pending stack or
-/// holds [`WARM_FROM`] or more ([`idle_heaps_to_visit`]).
-#[inline]
-fn waits_holding_memory(idx: usize, h: &HeapInner, live: bool, me: usize) -> bool {
-    live && h.core.owner_token() != me
-        && h.core.owner_allocations() == SLOTS[idx].allocations_seen.load(Ordering::Relaxed)
-        && (h.core.pending_top() != NONE || h.core.charged() >= WARM_FROM)
-}
-
-/// The live heaps of threads that [`idle_heaps_to_visit`] found waiting,
-/// whose span lock is free and which no phase froze: the spans other
-/// threads freed whole are retired ([`HeapCore::retire_spans_freed_whole`]),
-/// and their free memory goes back (free top decommitted, free spans
-/// purged), as it would if their threads trimmed. Returns the bytes no
-/// longer charged.
-///
-/// [`HeapCore::retire_spans_freed_whole`]: crate::heap::core::HeapCore::retire_spans_freed_whole
+/// The live heaps of threads that [`idle_heaps_to_visit`] found waiting
+/// (their mark taken; only those: a heap whose count it just recorded
+/// would compare equal too), whose span lock is free: their free memory
+/// goes back, with the spans other threads freed whole in them
+/// ([`give_back_retiring`]), as it would if their threads trimmed.
+/// Returns the bytes no longer charged.
 #[inline(never)] // laid with the rare code (layout.ld)
 fn release_idle_heaps() -> usize {
-    let me = thread_token();
     built()
-        .filter(|&(idx, h, live)| waits_holding_memory(idx, h, live, me) && !h.frozen_now())
-        .map(|(_, h, _)| {
-            h.core.retire_spans_freed_whole(false);
-            h.core.try_give_back()
-        })
+        .filter(|&(idx, _, _)| SLOTS[idx].waiting.swap(false, Ordering::Relaxed))
+        .map(|(_, h, live)| give_back_retiring(h, live, false))
         .sum()
 }
 
@@ -693,8 +708,9 @@ fn release_abandoned(wait: bool, kept: bool, keep_warm: bool) -> usize {
 /// spans that filled up; then abandoned heaps retire the empty spans they
 /// keep for their next thread ([`release_abandoned`]), and every built
 /// heap that no phase has frozen gives back its free memory, waiting for
-/// its span lock, the spans other threads freed whole among it
-/// ([`retire_freed_whole`]) for heaps of other live threads. Returns the bytes no longer charged.
+/// its span lock: the heaps of other live threads with the spans other
+/// threads freed whole in them ([`give_back_retiring`]). Returns the bytes
+/// no longer charged.
 ///
 /// # Safety
 /// 1. `own` is `None`, or the calling thread's heap, which it owns, on its
@@ -708,12 +724,12 @@ pub(super) unsafe fn trim(own: Option<&'static HeapInner>) -> usize {
         + built()
             .filter(|(_, h, _)| !h.frozen_now())
             .map(|(_, h, live)| {
-                let mine = own.is_some_and(|o| core::ptr::eq(o, h));
-                if !mine {
-                    retire_freed_whole(h, live, true);
+                if own.is_some_and(|o| core::ptr::eq(o, h)) {
+                    // SAFETY: (1): the calling thread's own heap.
+                    unsafe { h.core.give_back(true) }
+                } else {
+                    give_back_retiring(h, live, true)
                 }
-                // SAFETY: (1): collects only the calling thread's own heap.
-                unsafe { h.core.give_back(mine) }
             })
             .sum::<usize>()
 }

@@ -10,7 +10,7 @@ use core::sync::atomic::Ordering;
 use super::class::N_CLASSES;
 use super::core::HeapCore;
 use super::page::{Kind, EMPTY, GENERATION, NONE, OWNER_CACHED, OWNER_LOCAL, OWNER_SEALED};
-use super::span::Retire;
+use super::span::{Locked, Retire};
 use super::stats::{self, Stats};
 use crate::os::OsError;
 use crate::region::PAGE_SHIFT;
@@ -137,30 +137,40 @@ impl HeapCore {
 
     /// Retires, for an owner that does not collect them, the spans of the
     /// heap whose every block other threads freed: FULL spans on the
-    /// pending stack ([`Remote::freed_whole`](super::remote::Remote::freed_whole)). The owner collects such
-    /// spans only when a class of its runs dry, so those of a thread that
-    /// runs but does not allocate — a pool's worker waiting for work after
-    /// its results were freed elsewhere, a producer done producing — stayed
-    /// committed and charged as long as it waited: a worker's 48 MiB of
-    /// results, freed by the main thread, left the main thread refused at
-    /// 16 MiB in use under a 64 MiB limit. Their blocks are counted as
-    /// frees by other threads (the foreign counters, as for large blocks),
-    /// and their pages join the heap's free spans, not purged: the caller
-    /// gives back what it wants of them (the reclaimer and a trim give back
-    /// all). Spans with a live block go back on the stack as they were.
-    /// Waits for the span lock with `wait`, or skips a heap whose lock is
-    /// busy; skips the calling thread's own heap (its collection is its
-    /// own), a sealed heap, and one a phase froze (checked under the span
-    /// lock, which a freeze takes). Returns the spans retired.
+    /// pending stack ([`Remote::freed_whole`](super::remote::Remote::freed_whole)).
+    /// The owner collects such spans only when a class of its runs dry, so
+    /// those of a thread that runs but does not allocate — a pool's worker
+    /// waiting for work after its results were freed elsewhere, a producer
+    /// done producing — stayed committed and charged as long as it waited:
+    /// a worker's 40 MiB of results, freed by the main thread, left the
+    /// main thread refused at 16 MiB in use under a 64 MiB limit. Their
+    /// blocks are counted as frees by other threads (the foreign counters,
+    /// as for large blocks), and their pages join the heap's free spans.
+    /// Spans with a live block go back on the stack as they were. With
+    /// `give_back`, every free page of the heap then goes back too (its
+    /// free top decommitted, its free spans purged and uncharged), under
+    /// the same hold of the span lock, so that the owner cannot take the
+    /// pages retired before the caller's charge is tried again.
+    ///
+    /// Waits for the span lock with `wait`, or does nothing if it is busy.
+    /// Retires nothing in the calling thread's own heap (its collection is
+    /// its own), a sealed heap, or one that a freeze with the `mprotect`
+    /// backend marked (checked under the span lock, which that freeze
+    /// takes to mark it; the caller leaves alone a heap a phase froze,
+    /// [`HeapInner::frozen_now`](super::HeapInner::frozen_now), as the
+    /// `pkey` backend marks nothing here). Returns the spans retired and
+    /// the bytes no longer charged.
     ///
     /// Safe against the owner: the stack is taken whole, as the owner takes
     /// it, so each span is the owner's or ours; a span whose every block
     /// was freed by other threads has none the owner can free, and the
     /// owner allocates from no FULL span.
     #[inline(never)] // laid with the rare code (layout.ld)
-    pub(crate) fn retire_spans_freed_whole(&self, wait: bool) -> usize {
-        if self.is_owner() || self.others.pending.load(Ordering::Relaxed) == NONE {
-            return 0; // (a racy peek: a span pushed meanwhile waits)
+    pub(crate) fn retire_spans_freed_whole(&self, wait: bool, give_back: bool) -> (usize, usize) {
+        // (A racy peek: a span pushed meanwhile waits for the next call.)
+        let retire = !self.is_owner() && self.others.pending.load(Ordering::Relaxed) != NONE;
+        if !retire && !give_back {
+            return (0, 0);
         }
         let spans = if wait {
             Some(self.lock_spans())
@@ -168,14 +178,28 @@ impl HeapCore {
             self.spans.try_lock(self.pages, &self.others.external)
         };
         let Some(mut spans) = spans else {
-            return 0;
+            return (0, 0);
         };
-        if self.is_sealed() || self.region().is_marked_frozen() {
-            return 0;
+        let before = self.charged();
+        let retired = if retire && !self.is_sealed() && !self.region().is_marked_frozen() {
+            self.retire_freed_whole_in(&mut spans)
+        } else {
+            0
+        };
+        if give_back {
+            spans.give_back_all();
         }
+        drop(spans);
+        (retired, before.saturating_sub(self.charged()))
+    }
+
+    /// [`HeapCore::retire_spans_freed_whole`]'s retirement, under `spans`,
+    /// the heap's span lock held.
+    fn retire_freed_whole_in(&self, spans: &mut Locked<'_>) -> usize {
         let remote = self.remote();
         let mut idx = remote.take_pending();
-        let (mut kept, mut kept_last) = (NONE, NONE);
+        // The spans kept, chained in the order they were found.
+        let (mut first, mut last) = (NONE, NONE);
         let mut retired = 0;
         while idx != NONE {
             let m = self.meta(idx as usize);
@@ -197,19 +221,29 @@ impl HeapCore {
                 let generation = m.state.load(Ordering::Relaxed) & GENERATION;
                 m.state.store(generation, Ordering::SeqCst);
                 m.used.set(0);
-                self.retire_span_in(&mut spans, idx as usize, Retire::Kept);
+                self.retire_span_in(spans, idx as usize, Retire::Kept);
                 retired += 1;
             } else {
-                m.pending_next.store(kept, Ordering::Relaxed);
-                if kept == NONE {
-                    kept_last = idx;
+                if last == NONE {
+                    first = idx;
+                } else {
+                    self.meta(last as usize)
+                        .pending_next
+                        .store(idx, Ordering::Relaxed);
                 }
-                kept = idx;
+                last = idx;
             }
             idx = next;
         }
-        if kept != NONE {
-            remote.put_back_pending(kept, self.meta(kept_last as usize));
+        if first != NONE {
+            remote.put_back_pending(first, self.meta(last as usize));
+            // Its thread may have given the heap up meanwhile, having found
+            // the stack empty: the spans put back are brought back into an
+            // abandoned heap, for the frees' hook to find
+            // (`HeapCore::take_brought_back`).
+            if self.others.abandoned.load(Ordering::Relaxed) {
+                self.others.brought_back.store(true, Ordering::Relaxed);
+            }
         }
         retired
     }

@@ -46,18 +46,20 @@ const PENDING_FULL: u32 = FULL | PENDING;
 #[repr(C, align(64))]
 pub(super) struct OtherThreads {
     /// Bytes and count of the owner's blocks freed by other threads and
-    /// counted outside the owner's counters, under the span lock: its large
-    /// blocks (and the bytes of in-place shrinks of them), and the small
-    /// blocks of spans another thread retired for it
-    /// (`HeapCore::retire_spans_freed_whole`). Other small blocks freed by
+    /// counted outside the owner's counters (atomic adds, which only grow):
+    /// its large blocks (and the bytes of in-place shrinks of them), and
+    /// the small blocks of spans another thread retired for it
+    /// (`HeapCore::retire_spans_freed_whole`, inside a
+    /// [`OtherThreads::foreign_update`]). Other small blocks freed by
     /// other threads are counted by the owner as it collects them: see the
     /// module documentation.
     pub(super) foreign_freed_bytes: AtomicUsize,
     pub(super) foreign_freed_count: AtomicUsize,
     /// Odd while a thread that is not the owner moves a span's remote
     /// frees from the bitmap into the foreign counters above (a sequence
-    /// lock under the span lock): statistics readers, which count both,
-    /// retry meanwhile ([`OtherThreads::read_consistent`]).
+    /// lock, written under the span lock, so by one thread at a time):
+    /// statistics readers, which count both, retry meanwhile
+    /// ([`OtherThreads::read_consistent`]).
     pub(super) foreign_seq: AtomicUsize,
     /// Whether any thread has begun a remote free of a small block (the
     /// `fork` repair has nothing to do otherwise). Set once, read by every
@@ -129,7 +131,8 @@ impl OtherThreads {
 
     /// Runs `f`, which moves remote frees from the bitmap into the foreign
     /// counters, with `foreign_seq` odd. The caller holds the heap's span
-    /// lock (one writer at a time).
+    /// lock, which keeps other such writers out (a large block freed by
+    /// another thread adds to the counters without it, and moves nothing).
     pub(super) fn foreign_update(&self, f: impl FnOnce()) {
         let seq = self.foreign_seq.load(Ordering::Relaxed);
         self.foreign_seq
@@ -142,15 +145,18 @@ impl OtherThreads {
 
     /// `read()` taken while no [`OtherThreads::foreign_update`] runs, so that
     /// it sees the blocks moved in the bitmap or in the counters, not in
-    /// both or neither. Spins, then yields; after 100 yields (a writer
-    /// stopped mid-update, in a `fork` child) it takes the last reading.
+    /// both or neither. Spins, then yields; after 1,000 yields (a signal
+    /// handler reading statistics on the thread that is in the middle of
+    /// an update, which cannot finish until it returns) it takes the last
+    /// reading.
     pub(super) fn read_consistent<R>(&self, mut read: impl FnMut() -> R) -> R {
         let mut attempt = 0;
         loop {
             let seq = self.foreign_seq.load(Ordering::Acquire);
             let r = read();
             core::sync::atomic::fence(Ordering::Acquire);
-            if (seq & 1 == 0 && self.foreign_seq.load(Ordering::Relaxed) == seq) || attempt == 200 {
+            if (seq & 1 == 0 && self.foreign_seq.load(Ordering::Relaxed) == seq) || attempt == 1100
+            {
                 return r;
             }
             attempt += 1;

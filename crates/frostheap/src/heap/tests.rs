@@ -554,7 +554,19 @@ mod remote {
             unsafe { core.free(p as *mut u8) }
         };
         let finished = core::sync::atomic::AtomicBool::new(false);
+        // Held by the retirer as it retires, and by the checks: a span it
+        // is retiring is neither FULL nor free yet.
+        let checking = std::sync::Mutex::new(());
+        /// Stops the retirer however the scope ends: a failed check would
+        /// otherwise leave it running, and the scope waiting for it.
+        struct Finish<'a>(&'a core::sync::atomic::AtomicBool);
+        impl Drop for Finish<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
         let retired = std::thread::scope(|sc| {
+            let finish = Finish(&finished);
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<usize>>(4);
             let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
             sc.spawn(move || {
@@ -570,7 +582,11 @@ mod remote {
                 let mut turn = 0u32;
                 while retiring && !finished.load(Ordering::Relaxed) {
                     turn += 1;
-                    retired += core.retire_spans_freed_whole(turn.is_multiple_of(2));
+                    retired += {
+                        let _checks_wait = checking.lock().unwrap_or_else(|e| e.into_inner());
+                        core.retire_spans_freed_whole(turn.is_multiple_of(2), false)
+                            .0
+                    };
                     std::thread::yield_now();
                 }
                 retired
@@ -604,6 +620,7 @@ mod remote {
                 if round % 10 == 9 {
                     tx.send(Vec::new()).unwrap();
                     done_rx.recv().unwrap();
+                    let _retirer_waits = checking.lock().unwrap_or_else(|e| e.into_inner());
                     check_blocks(&core, &live);
                 }
             }
@@ -611,7 +628,7 @@ mod remote {
             tx.send(std::mem::take(&mut held)).unwrap();
             tx.send(Vec::new()).unwrap();
             done_rx.recv().unwrap();
-            finished.store(true, Ordering::Relaxed);
+            drop(finish);
             let retired = retirer.join().unwrap();
             check_blocks(&core, &live);
             retired
@@ -653,10 +670,10 @@ mod remote {
             })
             .join()
             .unwrap();
-            let from_owner = core.retire_spans_freed_whole(true);
+            let from_owner = core.retire_spans_freed_whole(true, false).0;
             let during = core.stats();
             let retired = sc
-                .spawn(|| core.retire_spans_freed_whole(true))
+                .spawn(|| core.retire_spans_freed_whole(true, false).0)
                 .join()
                 .unwrap();
             (retired, from_owner, during)
@@ -746,7 +763,7 @@ mod remote {
                 n
             });
             let retired = sc
-                .spawn(|| core.retire_spans_freed_whole(true))
+                .spawn(|| core.retire_spans_freed_whole(true, false).0)
                 .join()
                 .unwrap();
             done.store(true, Ordering::Relaxed);
