@@ -565,9 +565,11 @@ pub(super) fn release_abandoned_on_growth(keep_warm: bool) -> usize {
 /// ([`idle_heaps_to_visit`]).
 const IDLE_AFTER_NS: u64 = 10_000_000;
 
-/// Whether the thread of a live heap other than the calling thread's has
-/// made no allocation since a look of the growth hook at least
-/// [`IDLE_AFTER_NS`] (10 ms) ago, and its heap has spans on its pending
+/// Whether the thread of a live heap other than the calling thread's, not
+/// frozen by a phase, has made no allocation (nor has any thread through
+/// its shared state) since a look of the growth hook at least
+/// [`IDLE_AFTER_NS`] (10 ms) before — so at the second look after its last
+/// allocation at the earliest — and its heap has spans on its pending
 /// stack (FULL spans other threads freed into, which it collects only as
 /// a class of its runs dry) or holds [`WARM_FROM`] or more: a thread that
 /// waits (a pool's worker between jobs) holds that memory for nothing
@@ -587,16 +589,23 @@ fn idle_heaps_to_visit() -> bool {
         return false; // the main heap alone
     }
     let me = thread_token();
+    // Read before any count: a clock that lags the counts only makes a
+    // heap look to have waited less.
     let now = crate::os::monotonic_ns();
     let mut any = false;
     for (idx, h, live) in built() {
         let slot = &SLOTS[idx];
-        let made = h.core.owner_allocations();
-        if made != slot.allocations_seen.load(Ordering::Relaxed) {
-            slot.allocations_seen.store(made, Ordering::Relaxed);
-            slot.seen_at.store(now, Ordering::Relaxed);
+        let made = h.core.allocations();
+        // Acquire, with the Release below: a count seen is never paired
+        // with the time of an older one (two hooks may look at once).
+        if made != slot.allocations_seen.load(Ordering::Acquire) {
+            // The time read after the count: never earlier than it.
+            slot.seen_at
+                .store(crate::os::monotonic_ns(), Ordering::Relaxed);
+            slot.allocations_seen.store(made, Ordering::Release);
         } else if live
             && h.core.owner_token() != me
+            && !h.frozen_now()
             && (h.core.pending_top() != NONE || h.core.charged() >= WARM_FROM)
             && now.saturating_sub(slot.seen_at.load(Ordering::Relaxed)) >= IDLE_AFTER_NS
         {
@@ -607,16 +616,20 @@ fn idle_heaps_to_visit() -> bool {
     any
 }
 
-/// The live heaps of threads that [`idle_heaps_to_visit`] found waiting
-/// (their mark taken; only those: a heap whose count it just recorded
-/// would compare equal too), whose span lock is free: their free memory
-/// goes back, with the spans other threads freed whole in them
-/// ([`give_back_retiring`]), as it would if their threads trimmed.
-/// Returns the bytes no longer charged.
+/// The heaps that [`idle_heaps_to_visit`] found waiting (their mark taken;
+/// only those: a heap whose count it just recorded would compare equal
+/// too), still live and not frozen by a phase since, whose span lock is
+/// free: their free memory goes back, with the spans other threads freed
+/// whole in them ([`give_back_retiring`]), as it would if their threads
+/// trimmed. (A heap given up since keeps what it keeps for its next
+/// thread; a frozen one is left as it is until its phase ends.) Returns
+/// the bytes no longer charged.
 #[inline(never)] // laid with the rare code (layout.ld)
 fn release_idle_heaps() -> usize {
     built()
-        .filter(|&(idx, _, _)| SLOTS[idx].waiting.swap(false, Ordering::Relaxed))
+        .filter(|&(idx, h, live)| {
+            SLOTS[idx].waiting.swap(false, Ordering::Relaxed) && live && !h.frozen_now()
+        })
         .map(|(_, h, live)| give_back_retiring(h, live, false))
         .sum()
 }

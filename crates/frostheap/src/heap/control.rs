@@ -127,12 +127,13 @@ impl HeapCore {
         self.others.pending.load(Ordering::Relaxed)
     }
 
-    /// The allocations the owner has made from its own state, ever (read
-    /// without synchronisation: for a look at whether it allocated since
-    /// the last look).
+    /// The allocations ever made from the heap, by its owner or by other
+    /// threads through its shared state (read without synchronisation:
+    /// for a look at whether any was made since the last look).
     #[inline]
-    pub(crate) fn owner_allocations(&self) -> u64 {
+    pub(crate) fn allocations(&self) -> u64 {
         self.local.counters.total.load(Ordering::Relaxed)
+            + self.shared.counters.total.load(Ordering::Relaxed)
     }
 
     /// Retires, for an owner that does not collect them, the spans of the
@@ -189,8 +190,10 @@ impl HeapCore {
         if give_back {
             spans.give_back_all();
         }
+        // Under the lock: the owner may commit as soon as it is released.
+        let after = self.charged();
         drop(spans);
-        (retired, before.saturating_sub(self.charged()))
+        (retired, before.saturating_sub(after))
     }
 
     /// [`HeapCore::retire_spans_freed_whole`]'s retirement, under `spans`,
@@ -237,11 +240,13 @@ impl HeapCore {
         }
         if first != NONE {
             remote.put_back_pending(first, self.meta(last as usize));
-            // Its thread may have given the heap up meanwhile, having found
-            // the stack empty: the spans put back are brought back into an
+            // Its thread may be giving the heap up, having found the stack
+            // empty: then the spans put back are brought back into an
             // abandoned heap, for the frees' hook to find
-            // (`HeapCore::take_brought_back`).
-            if self.others.abandoned.load(Ordering::Relaxed) {
+            // (`HeapCore::take_brought_back`). SeqCst, with the push above
+            // and with `HeapCore::abandon`'s store of `abandoned` and look
+            // at the stack after it: one of the two sees the other.
+            if self.others.abandoned.load(Ordering::SeqCst) {
                 self.others.brought_back.store(true, Ordering::Relaxed);
             }
         }

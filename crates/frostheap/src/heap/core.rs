@@ -361,7 +361,14 @@ impl HeapCore {
         chaos();
         let kept = self.lock_spans().give_back_but_warm(warm);
         chaos();
-        self.others.abandoned.store(true, Ordering::Relaxed);
+        // SeqCst, then a look at the stack: spans that another thread took
+        // off it before our collection and puts back now
+        // (`retire_spans_freed_whole`) are brought back into an abandoned
+        // heap, marked here or by that thread.
+        self.others.abandoned.store(true, Ordering::SeqCst);
+        if self.others.pending.load(Ordering::SeqCst) != NONE {
+            self.others.brought_back.store(true, Ordering::Relaxed);
+        }
         self.owner.store(0, Ordering::Release);
         kept
     }

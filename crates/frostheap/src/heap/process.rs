@@ -168,7 +168,10 @@ fn growth_step(committed: usize) -> usize {
 /// resident at the end, now 89 (glibc 100–121). The hook also runs once
 /// the process grows by as much as those heaps keep for their next
 /// threads ([`kept_for_adoption`]), and, leaving that, from the frees that
-/// bring their spans back ([`brought_back_while_abandoned`]).
+/// bring their spans back ([`brought_back_while_abandoned`]). As the
+/// process grows, it also gives back the free memory of live heaps whose
+/// threads wait (no allocation for 10 ms), with the spans other threads
+/// freed whole in them, which such a thread does not collect.
 pub(crate) fn set_growth_hook(f: fn(bool) -> usize) {
     GROWTH_HOOK.store(f as usize, Ordering::Release);
     let committed = COMMITTED.load(Ordering::Relaxed);

@@ -258,7 +258,8 @@ impl Remote<'_> {
 
     /// Puts back on the pending stack the chain of spans from `first` to
     /// `last` (linked by `pending_next`), taken off it and left as they
-    /// were (FULL and PENDING).
+    /// were (FULL and PENDING). SeqCst: see its caller,
+    /// `HeapCore::retire_spans_freed_whole`.
     pub(super) fn put_back_pending(&self, first: u32, last: &PageMeta) {
         let mut top = self.others.pending.load(Ordering::Relaxed);
         loop {
@@ -266,7 +267,7 @@ impl Remote<'_> {
             match self.others.pending.compare_exchange_weak(
                 top,
                 first,
-                Ordering::Release,
+                Ordering::SeqCst,
                 Ordering::Relaxed,
             ) {
                 Ok(_) => return,

@@ -349,8 +349,12 @@ impl SpanAllocator {
         guard: LockGuard<'_>,
     ) -> usize {
         let before = self.charged();
-        self.locked(pages, external, guard).give_back_all();
-        before - self.charged()
+        let mut spans = self.locked(pages, external, guard);
+        spans.give_back_all();
+        // Under the lock: the owner may commit as soon as it is released.
+        let after = self.charged();
+        drop(spans);
+        before.saturating_sub(after)
     }
 
     /// Bytes of free spans (committed, not in use by any block's span).
