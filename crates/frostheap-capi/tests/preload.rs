@@ -165,11 +165,8 @@ fn malloc_trim_and_mallinfo2_answer_for_the_heaps() {
 /// thread adopted one, a trim, or the limit).
 #[test]
 fn results_freed_after_their_threads_exited_go_back_as_they_are_freed() {
-    let out = preloaded_limited(&mut Command::new(c_program("results")), &[], 120);
-    assert!(out.status.success(), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (_, stdout) = run_intact(&mut Command::new(c_program("results")), &[]);
     let value = |key: &str| printed_value(&stdout, key);
-    assert_eq!(value("corrupt="), 0, "{stdout}");
     let (made, before, after) = (value("made="), value("before="), value("after="));
     assert!(
         made >= 56 << 20,
@@ -201,29 +198,19 @@ fn results_freed_after_their_threads_exited_go_back_as_they_are_freed() {
 /// back.
 #[test]
 fn a_waiting_workers_results_freed_by_the_main_thread_serve_it_under_the_limit() {
-    let out = preloaded_limited(Command::new(c_program("idle_owner")).arg("limit"), &[], 120);
-    assert!(out.status.success(), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(printed_value(&stdout, "corrupt="), 0, "{stdout}");
+    let (_, stdout) = run_intact(Command::new(c_program("idle_owner")).arg("limit"), &[]);
     let most = printed_value(&stdout, "most=");
     assert!(
         most <= 56 << 20,
         "the heaps committed {most} bytes with the main thread's 40 MiB made: the waiting \
          worker's freed results were not given back as the process grew: {stdout}"
     );
-    let out = preloaded_limited(
+    let (out, stdout) = run_intact(
         Command::new(c_program("idle_owner")).arg("limit"),
         &[("FROSTHEAP_MAX", "64M")],
-        120,
     );
-    assert!(out.status.success(), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(printed_value(&stdout, "corrupt="), 0, "{stdout}");
     assert_eq!(printed_value(&stdout, "refused="), 0, "{}", text(&out));
-    let out = preloaded_limited(Command::new(c_program("idle_owner")).arg("trim"), &[], 120);
-    assert!(out.status.success(), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(printed_value(&stdout, "corrupt="), 0, "{stdout}");
+    let (_, stdout) = run_intact(Command::new(c_program("idle_owner")).arg("trim"), &[]);
     let (before, after) = (
         printed_value(&stdout, "before="),
         printed_value(&stdout, "after="),
@@ -243,10 +230,7 @@ fn spans_freed_whole_retired_for_running_owners_keep_every_block_intact() {
     for limit in [None, Some("48M")] {
         let mut env = vec![("FROSTHEAP_STATS", "1")];
         env.extend(limit.map(|l| ("FROSTHEAP_MAX", l)));
-        let out = preloaded_limited(Command::new(c_program("idle_stress")).arg("3"), &env, 120);
-        assert!(out.status.success(), "limit {limit:?}: {}", text(&out));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(printed_value(&stdout, "corrupt="), 0, "{stdout}");
+        let (out, stdout) = run_intact(Command::new(c_program("idle_stress")).arg("3"), &env);
         assert!(printed_value(&stdout, "blocks=") > 10_000, "{stdout}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -254,6 +238,17 @@ fn spans_freed_whole_retired_for_running_owners_keep_every_block_intact() {
             "limit {limit:?}: blocks left in use in the thread heaps: {stderr}"
         );
     }
+}
+
+/// Runs `cmd` under the library with `env` (killed after 120 s), checks
+/// that it succeeded and found every block as it wrote it (`corrupt=0` in
+/// its output), and returns its output and its standard output.
+fn run_intact(cmd: &mut Command, env: &[(&str, &str)]) -> (Output, String) {
+    let out = preloaded_limited(cmd, env, 120);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(printed_value(&stdout, "corrupt="), 0, "{stdout}");
+    (out, stdout)
 }
 
 /// The number printed after `key` (`key=N`) in `stdout`.
@@ -271,15 +266,11 @@ fn printed_value(stdout: &str, key: &str) -> usize {
 /// says how much is kept.
 #[test]
 fn exited_threads_keep_free_memory_for_the_next_ones_until_a_trim() {
-    let out = preloaded_limited(
+    let (out, stdout) = run_intact(
         &mut Command::new(c_program("warm")),
         &[("FROSTHEAP_STATS", "1")],
-        120,
     );
-    assert!(out.status.success(), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let value = |key: &str| printed_value(&stdout, key);
-    assert_eq!(value("corrupt="), 0, "{stdout}");
     let (kept, holding, trimmed) = (value("kept="), value("holding="), value("trimmed="));
     assert!(
         (6 << 20..=34 << 20).contains(&kept),
