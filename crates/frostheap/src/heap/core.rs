@@ -118,6 +118,14 @@ pub(crate) struct HeapCore {
     pub(super) spans: SpanAllocator,
 }
 
+#[cfg(test)]
+std::thread_local! {
+    /// Tests: called once, in this thread, as [`HeapCore::give_back_held`]
+    /// next starts.
+    pub(super) static BEFORE_GIVE_BACK_HELD: core::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { core::cell::RefCell::new(None) };
+}
+
 // SAFETY: the fields behind Cells obey the discipline documented on
 // `PageMeta` and `ClassState`: `local` is touched only by the owner thread,
 // `shared` only under `shared_lock`, the span allocator's state only under
@@ -476,6 +484,10 @@ impl HeapCore {
     /// # Safety
     /// 1. The calling thread is the owner, on its owner path.
     unsafe fn give_back_held(&self) -> bool {
+        #[cfg(test)]
+        if let Some(hook) = BEFORE_GIVE_BACK_HELD.with(|hook| hook.borrow_mut().take()) {
+            hook();
+        }
         let flushed = self.own.cached_blocks() > 0;
         if flushed {
             // SAFETY: (1).
@@ -486,7 +498,17 @@ impl HeapCore {
             retired += 1;
             self.retire_span_in(&mut self.lock_spans(), idx, Retire::Purged);
         };
-        self.collect_pending_with(&mut retire);
+        // The stack taken under the span lock: a thread retiring spans
+        // freed whole holds that lock with the whole stack taken
+        // (`retire_spans_freed_whole`, the limit's reclaimer of another
+        // thread), and the spans it puts back, whose free blocks would
+        // serve this allocation, would otherwise wait for the owner's
+        // next collection, after a refusal.
+        let top = {
+            let _spans = self.lock_spans();
+            self.remote().take_pending()
+        };
+        self.collect_taken_with(top, &mut retire);
         self.collect_queued_with(true, &mut retire);
         flushed || retired > 0
     }
@@ -1413,10 +1435,14 @@ impl HeapCore {
 
     /// [`HeapCore::collect_pending`], `retire` returning the spans it
     /// leaves empty.
-    #[inline(never)] // one copy for its callers: the code a thread's exit runs fits one window
+    #[inline]
     fn collect_pending_with(&self, retire: &mut dyn FnMut(usize)) -> bool {
-        let remote = self.remote();
-        let mut idx = remote.take_pending();
+        self.collect_taken_with(self.remote().take_pending(), retire)
+    }
+
+    /// [`HeapCore::collect_pending_with`] of the stack taken, `idx` its top.
+    #[inline(never)] // one copy for its callers: the code a thread's exit runs fits one window
+    fn collect_taken_with(&self, mut idx: u32, retire: &mut dyn FnMut(usize)) -> bool {
         chaos();
         let mut any = false;
         while idx != NONE {

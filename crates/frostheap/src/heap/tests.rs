@@ -8,7 +8,7 @@ use core::ptr;
 use core::sync::atomic::Ordering;
 
 use super::class::{class_of, span_pages, CLASS_SIZE};
-use super::core::{CoreConfig, HeapCore};
+use super::core::{CoreConfig, HeapCore, BEFORE_GIVE_BACK_HELD};
 use super::page::{
     owner_local, Kind, PageMeta, CURRENT_USED, EMPTY, FULL, GENERATION, GRANULE_SHIFT, IN_QUEUE,
     NONE, OWNER_CACHED, OWNER_LOCAL, OWNER_SHARED, PENDING, REMOTE_WORDS,
@@ -1713,6 +1713,102 @@ mod charge {
         free(&core, big);
         core.release_external(room);
         check_charge(&core);
+    }
+
+    /// At the cap, an owner whose pending stack another thread holds (a
+    /// retirement of spans freed whole, under the span lock: the limit's
+    /// reclaimer of another thread) as it gives back what it holds waits
+    /// for it: the spans put back serve the allocation, which is not
+    /// refused.
+    #[test]
+    fn at_the_cap_the_owner_waits_for_a_retirement_in_progress_before_a_refusal() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Barrier};
+        let core = heap_of(64 * MIB);
+        let layout = Layout::from_size_align(1024, 16).unwrap();
+        let c = class_of(1024).unwrap();
+        // Three spans filled exactly, and one block of a fourth, current.
+        let per_span = span_pages(c) * PAGE_SIZE / CLASS_SIZE[c] as usize;
+        let blocks: Vec<usize> = (0..3 * per_span + 1)
+            .map(|_| core.alloc(layout) as usize)
+            .collect();
+        assert!(blocks.iter().all(|&b| b != 0));
+        let s = core.stats();
+        let room = s.limit - s.committed;
+        assert!(core.charge_external(room));
+        // The owner allocates until its current span's carving is refused
+        // a page. As it starts giving back what it holds (nothing: its
+        // current span has a live block), another thread frees all but
+        // one block of each full span (they wait on the pending stack,
+        // with free blocks, not freed whole), then takes the stack under
+        // the span lock, as a retirer does, and puts it back a while later.
+        let take = Arc::new(Barrier::new(2));
+        let taken = Arc::new(Barrier::new(2));
+        let fired = Arc::new(AtomicBool::new(false));
+        let (t1, t2, f) = (take.clone(), taken.clone(), fired.clone());
+        BEFORE_GIVE_BACK_HELD.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                f.store(true, Ordering::Relaxed);
+                t1.wait();
+                t2.wait();
+            }))
+        });
+        let got: Vec<*mut u8> = std::thread::scope(|sc| {
+            sc.spawn(|| {
+                take.wait();
+                for (i, &b) in blocks[..3 * per_span].iter().enumerate() {
+                    if i % per_span != 0 {
+                        // SAFETY: live blocks of this heap, freed once each.
+                        unsafe { core.free(b as *mut u8) };
+                    }
+                }
+                let spans = core.lock_spans();
+                let first = core.remote().take_pending();
+                taken.wait();
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if first != NONE {
+                    let mut last = first;
+                    loop {
+                        let m = core.meta(last as usize);
+                        match m.pending_next.load(Ordering::Relaxed) {
+                            NONE => break,
+                            next => last = next,
+                        }
+                    }
+                    core.remote()
+                        .put_back_pending(first, core.meta(last as usize));
+                }
+                drop(spans);
+            });
+            let got = (0..per_span).map(|_| core.alloc(layout)).collect();
+            if !fired.load(Ordering::Relaxed) {
+                // Let the other thread finish (the assertion below fails).
+                take.wait();
+                taken.wait();
+            }
+            got
+        });
+        BEFORE_GIVE_BACK_HELD.with(|h| *h.borrow_mut() = None);
+        assert!(fired.load(Ordering::Relaxed), "no refused carving");
+        let refused = got.iter().filter(|p| p.is_null()).count();
+        assert_eq!(
+            refused,
+            0,
+            "refused while the stack was held: {:?}",
+            core.stats()
+        );
+        assert_eq!(core.stats().refused, 0);
+        for p in got {
+            free(&core, p);
+        }
+        for (i, &b) in blocks.iter().enumerate() {
+            if i % per_span == 0 || i == 3 * per_span {
+                free(&core, b as *mut u8);
+            }
+        }
+        core.release_external(room);
+        check_charge(&core);
+        assert_eq!(core.stats().in_use, 0, "{:?}", core.stats());
     }
 
     /// A block of `bytes` from `core`, written (resident).
