@@ -634,6 +634,16 @@ fn global_trim_inside_a_phase_leaves_the_frozen_main_heap_alone() {
     global_scenario("trim", &[]);
 }
 
+test!(global_growth_inside_a_phase_leaves_the_frozen_main_heap_alone);
+/// A thread outside the runtime grows the process by 48 MiB while a task
+/// waits for it: the growth hook, which has a heap that made no allocation
+/// for 10 ms give its free memory back, skips the main heap the phase froze
+/// (its 20 MB of free spans stay committed), and a trim after the phase
+/// gives them back.
+fn global_growth_inside_a_phase_leaves_the_frozen_main_heap_alone() {
+    global_scenario("growth", &[]);
+}
+
 test!(global_runtime_is_configured_from_the_environment);
 fn global_runtime_is_configured_from_the_environment() {
     let stdout = global_scenario("global-runtime", &[("FROSTHEAP_WORKERS", "3")]);
