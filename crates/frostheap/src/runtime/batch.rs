@@ -402,6 +402,9 @@ fn batch_error(phase: &PhaseResult, panic: Option<(Option<usize>, String)>) -> O
     if let Some(v) = phase.violations.first() {
         return Some(Error::Violation(Box::new(v.clone())));
     }
+    if let Some(e) = &phase.stalled {
+        return Some(e.clone());
+    }
     panic.map(|(item_index, message)| Error::TaskPanicked {
         item_index,
         message,

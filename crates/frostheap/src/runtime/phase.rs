@@ -30,6 +30,11 @@ pub(super) struct PhaseResult {
     pub(super) refused: Option<Error>,
     /// Workers the phase started with.
     pub(super) workers: usize,
+    /// The phase had no violation of its own, but tasks that made no
+    /// progress while workers parked by earlier violations keep their
+    /// locks were abandoned (`Runtime::wait_for_workers`): an
+    /// [`Error::Incomplete`] that says so.
+    pub(super) stalled: Option<Error>,
 }
 
 impl Runtime {
@@ -51,6 +56,7 @@ impl Runtime {
                 parked_items: Vec::new(),
                 refused: Some(e),
                 workers: 0,
+                stalled: None,
             };
         }
         let ctl = self.control;

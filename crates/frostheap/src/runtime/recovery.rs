@@ -13,16 +13,21 @@
 //! refused with [`Error::Incomplete`] before anything runs.
 //!
 //! **Never hang after a violation.** A worker parked by the cancel policy
-//! keeps every lock its task held, so other tasks may wait for it forever.
-//! Once a worker has parked in the phase, main waits with a timeout and
-//! watches the phase: an event (a worker finished its share or parked) or
+//! keeps every lock its task held, so other tasks may wait for it forever:
+//! in its own phase, and in every later phase of the runtime whose tasks
+//! take such a lock. Once a worker has parked in the phase, or while
+//! workers parked by earlier phases' violations remain, main waits with a
+//! timeout and watches the phase: an event (a worker finished its share or parked) or
 //! CPU time used by a worker still in it is progress. After
 //! `no_progress_timeout` without either, main abandons the workers still
 //! in the phase (`trap::abandon`: each is stopped for good where it
 //! stands, as a cancelled violator is), says so on stderr, and the phase
 //! ends with `Err(Violation)` carrying a note that those tasks were most
-//! likely blocked on a lock the cancelled task holds. A task that spins
-//! waiting (no `futex`) uses CPU time and counts as running.
+//! likely blocked on a lock the cancelled task holds — or, in a phase with
+//! no violation of its own, with `Err(Incomplete)` saying the same of the
+//! tasks parked by earlier phases (until 2026-12-05 such a phase waited
+//! forever). A task that spins waiting (no `futex`) uses CPU time and
+//! counts as running.
 
 use core::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -86,8 +91,10 @@ impl Runtime {
     /// Waits until every worker of the phase has finished its share or
     /// parked (`remaining` counts down as they finish; parked workers never
     /// do, and are counted in `parked`). After a worker parked in this
-    /// phase, stops waiting for workers that make no progress (see the file
-    /// comment). Returns how many workers were abandoned.
+    /// phase, or when `parked_before` workers of earlier phases are parked
+    /// (each keeping the locks its task held), stops waiting for workers
+    /// that make no progress (see the file comment). Returns how many
+    /// workers were abandoned.
     ///
     /// Runs between freeze and thaw: it must not allocate or write memory a
     /// guarded heap holds (the stderr line is formatted on the stack).
@@ -104,7 +111,7 @@ impl Runtime {
             if ctl.remaining.load(Ordering::Acquire) <= newly_parked {
                 return abandoned;
             }
-            if newly_parked == 0 {
+            if newly_parked == 0 && parked_before == 0 {
                 os::wait_while_eq(&ctl.events, ev);
                 continue;
             }
@@ -132,7 +139,11 @@ impl Runtime {
                         .dec(newly as u64)
                         .str(" task(s) made no progress for ")
                         .dec(timeout.as_millis() as u64)
-                        .str(" ms after a violation parked a worker: cancelling them too (they are most likely blocked on a lock the cancelled task holds); the phase ends with Err(Violation)\n")
+                        .str(if newly_parked > 0 {
+                            " ms after a violation parked a worker: cancelling them too (they are most likely blocked on a lock the cancelled task holds); the phase ends with Err(Violation)\n"
+                        } else {
+                            " ms while workers parked by earlier violations keep the locks their tasks held: cancelling them (they are most likely blocked on such a lock); the phase ends with Err(Incomplete)\n"
+                        })
                         .finish(),
                 );
             }
@@ -220,6 +231,19 @@ impl Runtime {
             first.others = others;
             first.abandoned = abandoned;
             first.no_progress_timeout = self.no_progress_timeout;
+        } else if abandoned > 0 {
+            // No violation of its own: its tasks waited on locks that the
+            // workers parked by earlier phases' violations keep.
+            result.stalled = Some(Error::Incomplete {
+                reason: format!(
+                    "{abandoned} task(s) of this phase made no progress for {} ms while worker threads that \
+                     earlier violations parked under the cancel policy keep every lock their tasks held: \
+                     they were cancelled, as most likely blocked on such a lock, and the phase's results \
+                     are discarded. Those locks stay held for good: use new ones (or a new runtime), or \
+                     the rollback policy, under which no thread is parked",
+                    self.no_progress_timeout.as_millis()
+                ),
+            });
         }
         result
     }
@@ -331,6 +355,7 @@ impl Runtime {
             parked_items,
             refused: None,
             workers: 0,
+            stalled: None,
         }
     }
 }

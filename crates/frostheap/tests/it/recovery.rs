@@ -163,7 +163,8 @@ test!(cancel_a_task_blocked_on_a_lock_the_cancelled_task_holds_ends_in_err);
 /// Regression (case 5 under `cancel`): the report is printed when the
 /// violation happens, and a phase that makes no progress after it ends
 /// with `Err(Violation)` and a note that the remaining tasks are most
-/// likely blocked on a lock the cancelled task holds.
+/// likely blocked on a lock the cancelled task holds; a later phase whose
+/// tasks wait for that lock ends with `Err(Incomplete)`, not never.
 fn cancel_a_task_blocked_on_a_lock_the_cancelled_task_holds_ends_in_err() {
     cancel_blocked_on_a_lock(MPROTECT);
 }
@@ -187,6 +188,18 @@ fn cancel_blocked_on_a_lock(backend: (&str, &str)) {
     assert!(
         stdout.contains("blocked on a lock the cancelled task holds"),
         "the error says why\n{}",
+        describe(&out)
+    );
+    // The later phase whose tasks wait for the lock the parked task keeps
+    // (it used to wait forever).
+    assert!(
+        stderr.contains("while workers parked by earlier violations keep the locks"),
+        "the later phase's abandonment is said when it happens\n{}",
+        describe(&out)
+    );
+    assert!(
+        stdout.contains("later phase:") && stdout.contains("recovery lock-stack: ok"),
+        "{}",
         describe(&out)
     );
 }
