@@ -39,10 +39,13 @@ pub enum Error {
         /// The panic message.
         message: String,
     },
-    /// A parallel call did not run every task, and nothing else explains
-    /// why: the runtime could not start the phase with all of its workers
-    /// (threads parked by the cancel policy passed `max_parked`, or a
-    /// replacement could not start). No task of the call ran.
+    /// A parallel call did not run every task, and no violation or panic
+    /// of its own explains why: the runtime could not start the phase with
+    /// all of its workers (threads parked by the cancel policy passed
+    /// `max_parked`, or a replacement could not start: no task of the call
+    /// ran), or tasks that made no progress while workers parked by earlier
+    /// violations keep their tasks' locks were abandoned. `reason` says
+    /// which. The call's results are discarded.
     Incomplete {
         /// What happened and what to do about it.
         reason: String,
@@ -129,7 +132,7 @@ impl fmt::Display for Error {
             Error::Violation(v) => write!(f, "{v}"),
             Error::TaskPanicked { item_index: Some(i), message } => write!(f, "task for item #{i} panicked: {message}"),
             Error::TaskPanicked { item_index: None, message } => write!(f, "task panicked: {message}"),
-            Error::Incomplete { reason } => write!(f, "the parallel call did not run: {reason}"),
+            Error::Incomplete { reason } => write!(f, "the parallel call did not run every task: {reason}"),
             Error::NotWritable { heap, address, bytes } => write!(
                 f,
                 "the {} at {address:#x} was passed for tasks to change, but it lives in the guarded heap {heap:?}, \
