@@ -21,8 +21,10 @@ use crate::trap::{Backend, Guarded, Violation};
 pub const RESULTS_IN_HEAP_MIN: usize = 256 << 10;
 
 /// Default cap on threads parked by the cancel policy (each costs ≈ 40 KB,
-/// 6 mappings and a context slot for good); past it the runtime refuses
-/// its phases with `Error::Incomplete`.
+/// 6 mappings and a context slot for good, plus what its task had
+/// allocated from its context heap, which stays committed and counted
+/// against the limit: its locals live on its stopped stack); past it the
+/// runtime refuses its phases with `Error::Incomplete`.
 pub const DEFAULT_MAX_PARKED: usize = 64;
 
 /// Statistics of a runtime.
