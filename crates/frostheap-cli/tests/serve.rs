@@ -836,3 +836,69 @@ fn header_body_and_idle_timeouts_are_enforced_and_counted() {
     );
     drop(idle_client);
 }
+
+#[test]
+fn a_head_cut_off_by_the_client_closing_frees_its_connection_at_once() {
+    // A header timeout far past the test's patience: only the close can
+    // end these connections in time.
+    let mut server = Server::start(&[
+        "--max-memory",
+        "8M",
+        "--header-timeout",
+        "600s",
+        "--shutdown-delay",
+        "0s",
+        "--shutdown-timeout",
+        "10s",
+    ]);
+    // Half a head, then a close (a scanner, a client that timed out) or a
+    // shut write side with the socket kept open. The server saw the
+    // socket readable for good and peeked at it in a loop: a runtime
+    // thread spun, the header deadline never came, and with two such
+    // connections the whole server stopped answering, SIGTERM included.
+    let mut kept = Vec::new();
+    for i in 0..4 {
+        let mut s = connect(&server.addr);
+        s.write_all(b"GET /stats HTTP/1.1\r\nhost: cut\r\n")
+            .unwrap();
+        if i % 2 == 0 {
+            drop(s);
+        } else {
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            kept.push(s);
+        }
+    }
+    let s = server.wait_for("the cut-off connections to go", |s| {
+        n(s, "pending") == 0 && n(s, "connections") <= 1
+    });
+    assert_eq!(n(&s, "timeouts_header"), 0, "closed, not timed out: {s}");
+    // The half-closed ones were closed by the server (reset, as their
+    // unread half head was still in its socket).
+    for mut s in kept {
+        let mut rest = Vec::new();
+        match s.read_to_end(&mut rest) {
+            Ok(_) => assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest)),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+    // A whole head followed by a shut write side is a request.
+    let mut s = connect(&server.addr);
+    s.write_all(b"GET /live HTTP/1.1\r\nhost: whole\r\n\r\n")
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(read_response(s).0, 200);
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "exit status");
+}

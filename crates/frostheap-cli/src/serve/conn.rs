@@ -303,6 +303,8 @@ enum Head {
 /// reads it), for at most `timeout`.
 async fn head_arrives(stream: &TcpStream, timeout: Duration) -> Head {
     let deadline = tokio::time::Instant::now() + timeout;
+    // Whether the client has shut its side: no more bytes will come.
+    let mut read_closed = false;
     loop {
         // Peek at what has arrived. An incomplete head reports
         // `WouldBlock`, which clears the socket's readiness, so the next
@@ -317,13 +319,21 @@ async fn head_arrives(stream: &TcpStream, timeout: Duration) -> Head {
             Ok(Peek::Complete) => return Head::Complete,
             Ok(Peek::Incomplete(_)) => return Head::TooLarge,
             Ok(Peek::Closed) => return Head::Closed,
+            // An incomplete head that the client will never finish: its
+            // side is shut. (A socket whose peer has shut its side stays
+            // readable for good, so waiting below would spin, and never
+            // reach the deadline: a head cut off by a close kept a
+            // runtime thread busy, and two of them stalled the server.)
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && read_closed => return Head::Closed,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return Head::Closed,
         }
-        match tokio::time::timeout_at(deadline, stream.readable()).await {
+        match tokio::time::timeout_at(deadline, stream.ready(Interest::READABLE)).await {
             Err(_) => return Head::TimedOut,
             Ok(Err(_)) => return Head::Closed,
-            Ok(Ok(())) => {}
+            // Peeked once more (above) before it counts: the head may
+            // have come whole before the client shut its side.
+            Ok(Ok(ready)) => read_closed = ready.is_read_closed(),
         }
     }
 }
