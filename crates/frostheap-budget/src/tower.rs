@@ -410,6 +410,17 @@ pin_project! {
 }
 
 impl<B> BudgetBody<B> {
+    /// Takes the permit an admitted response holds, for the caller to hold
+    /// until the response is written (the body gives its permit back when
+    /// its last frame is taken, which may be long before a slow client has
+    /// read it).
+    pub fn take_permit(self: Pin<&mut Self>) -> Option<Permit> {
+        match self.project() {
+            BodyProj::Admitted { permit, .. } => permit.take(),
+            BodyProj::Refused { .. } => None,
+        }
+    }
+
     /// The permit an admitted response still holds.
     pub fn permit(&self) -> Option<&Permit> {
         match self {

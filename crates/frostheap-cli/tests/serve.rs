@@ -902,3 +902,78 @@ fn a_head_cut_off_by_the_client_closing_frees_its_connection_at_once() {
     };
     assert_eq!(status.code(), Some(0), "exit status");
 }
+
+#[test]
+fn a_response_stays_charged_until_the_client_has_taken_it() {
+    const BODY_BYTES: usize = 6 << 20;
+    let server = Server::start(&[
+        "--max-memory",
+        "64M",
+        "--max-body",
+        "8M",
+        "--fixed-per-client",
+        "--idle-timeout",
+        "1s",
+    ]);
+    // A client that does not read its 6 MB answer for a while (a slow
+    // link): the answer cannot fit in the sockets' buffers. The server
+    // gave the request's bytes back, and started the idle timer, as hyper
+    // took the answer's last frame: the budget no longer saw the 12 MB it
+    // held, and the idle timeout cut the answer off while the client was
+    // still to read most of it.
+    // (The kernel takes 3–4 MB of it into the sockets' buffers on
+    // loopback; the rest waits in the server.)
+    let s = connect(&server.addr);
+    let mut w = &s;
+    let body = vec![b'a'; BODY_BYTES];
+    w.write_all(head("POST", "/transform?op=upper", BODY_BYTES).as_bytes())
+        .unwrap();
+    w.write_all(&body).unwrap();
+    let held = server.wait_for("the answer to be charged while unread", |st| {
+        n(st, "completed") == 1 && n(st, "in_use") >= 2 * BODY_BYTES as u64
+    });
+    // Longer than the idle timeout without reading: still charged.
+    std::thread::sleep(Duration::from_millis(2500));
+    let st = server.stats();
+    assert!(
+        n(&st, "in_use") >= 2 * BODY_BYTES as u64 && n(&st, "timeouts_idle") == 0,
+        "the unread answer went uncharged or was cut: {st}\n(before: {held})"
+    );
+    // Read it all: every byte arrives, then the bytes go back.
+    let (status, answer) = read_response(s);
+    assert_eq!(status, 200);
+    assert_eq!(
+        answer.len(),
+        BODY_BYTES,
+        "the answer was cut short: {}",
+        server.stats()
+    );
+    assert!(answer.iter().all(|&b| b == b'A'));
+    let st = server.wait_for("the bytes to go back", |st| n(st, "in_use") == 0);
+    assert_eq!(n(&st, "timeouts_send"), 0, "{st}");
+}
+
+#[test]
+fn a_client_that_takes_none_of_its_response_is_cut_at_the_send_timeout() {
+    const BODY_BYTES: usize = 6 << 20;
+    let server = Server::start(&[
+        "--max-memory",
+        "64M",
+        "--max-body",
+        "8M",
+        "--fixed-per-client",
+        "--send-timeout",
+        "1s",
+    ]);
+    let s = connect(&server.addr);
+    let mut w = &s;
+    w.write_all(head("POST", "/transform?op=upper", BODY_BYTES).as_bytes())
+        .unwrap();
+    w.write_all(&vec![b'a'; BODY_BYTES]).unwrap();
+    // Never read: the connection is closed, counted, and its bytes go back.
+    let st = server.wait_within(Duration::from_secs(1), "the send timeout", |st| {
+        n(st, "timeouts_send") == 1 && n(st, "in_use") == 0
+    });
+    assert_eq!(n(&st, "completed"), 1, "{st}");
+    drop(s);
+}

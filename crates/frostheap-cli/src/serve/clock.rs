@@ -8,24 +8,34 @@
 //! |---|---|---|
 //! | `Head` | accept, or the first byte after an idle wait | `--header-timeout` (default 10 s, HAProxy's usual `timeout http-request`; nginx allows 60 s) |
 //! | `Body` | the request head | `--body-timeout` + bytes received ÷ `--body-min-rate` (default 20 s + 1 s per 500 bytes: Apache's `RequestReadTimeout body=20,MinRate=500`) |
-//! | `Busy` | the end of the body | none: the server is working or writing |
-//! | `Idle` | the end of a response | `--idle-timeout` (default 5 s, Apache's and Node's keep-alive timeout; nginx allows 75 s) |
+//! | `Busy` | the end of the body | none: the server is working |
+//! | `Send` | the response's first frame taken by hyper, and each write of it that the client made room for | `--send-timeout` (default 30 s; nginx's `send_timeout` is 60 s) |
+//! | `Idle` | the response written to the socket (the last write flushed) | `--idle-timeout` (default 5 s, Apache's and Node's keep-alive timeout; nginx allows 75 s) |
 //!
 //! [`TimedIo`] wraps the socket under hyper: a read that would wait past
 //! the deadline fails with `TimedOut` instead, hyper ends the connection,
-//! and the timeout is counted by phase. Only reads are timed: a client
-//! that is slow to *read* a response holds its admitted bytes until the
-//! response is sent, which the budget already charges.
+//! and the timeout is counted by phase; a write that waits for room past
+//! the `Send` deadline fails the same way.
+//!
+//! A response's permit (its admitted bytes) is held here from its first
+//! frame until it is written to the socket ([`ConnClock::sent`]): the
+//! response's buffer lives until then, and a client that is slow to read
+//! holds its bytes for as long. (Until 2026-12-05 the permit went back,
+//! and the idle deadline started, as hyper took the last frame: 40
+//! clients that did not read their 8 MB answers took a server with a 32
+//! MiB budget to 280 MiB resident, and a client reading a large answer
+//! steadily was cut off after `--idle-timeout`.)
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use frostheap_budget::gate::Ticket;
+use frostheap_budget::Permit;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -38,6 +48,7 @@ const HEAD: u8 = 0;
 const BODY: u8 = 1;
 const BUSY: u8 = 2;
 const IDLE: u8 = 3;
+const SEND: u8 = 4;
 
 /// A connection's phase and its place at the gate.
 ///
@@ -59,6 +70,10 @@ pub(super) struct ConnClock {
     ticket: Option<Ticket>,
     /// Signalled by the gate when it evicts this connection.
     pub(super) evict: Arc<Notify>,
+    /// In `Send`: hyper has taken the response's last frame.
+    ended: AtomicBool,
+    /// The permit of the response being sent (see the file comment).
+    permit: Mutex<Option<Permit>>,
 }
 
 impl ConnClock {
@@ -72,6 +87,8 @@ impl ConnClock {
             accepted,
             ticket,
             evict,
+            ended: AtomicBool::new(false),
+            permit: Mutex::new(None),
         }
     }
 
@@ -88,6 +105,9 @@ impl ConnClock {
     /// place at the gate is no longer evictable); its body, if it has one,
     /// is timed.
     pub(super) fn request(&self, has_body: bool) {
+        // A pipelined request parsed before the last write of the previous
+        // response was flushed: that response is all in hyper's buffer.
+        self.release_permit();
         if let Some(t) = &self.ticket {
             t.set_ready();
         }
@@ -127,8 +147,53 @@ impl ConnClock {
         self.phase.store(BUSY, Ordering::Relaxed);
     }
 
+    /// hyper took the response's first frame: the response is being
+    /// written, holding `permit` (its admitted bytes) until it is.
+    pub(super) fn sending(&self, permit: Option<Permit>) {
+        *self.permit.lock().unwrap_or_else(|e| e.into_inner()) = permit;
+        self.ended.store(false, Ordering::Relaxed);
+        self.set(SEND, self.now());
+    }
+
+    /// hyper took the response's last frame: the response is sent once
+    /// hyper's next flush completes ([`ConnClock::flushed`]).
+    pub(super) fn last_frame_taken(&self) {
+        self.ended.store(true, Ordering::Relaxed);
+    }
+
+    /// A response hyper never wrote a frame of (a `HEAD` answer, a
+    /// connection ending): waiting for the next request, its permit back.
+    pub(super) fn not_sent(&self) {
+        if self.phase.load(Ordering::Relaxed) != SEND {
+            self.idle();
+        }
+    }
+
+    /// hyper flushed the socket: if it had taken the response's last
+    /// frame, the response is written, its permit goes back, and the
+    /// connection waits for its next request.
+    fn flushed(&self) {
+        if self.phase.load(Ordering::Relaxed) == SEND && self.ended.load(Ordering::Relaxed) {
+            self.idle();
+        }
+    }
+
+    /// `n` bytes of a response were written: the client is taking it.
+    fn on_write(&self, n: usize) {
+        if n > 0 && self.phase.load(Ordering::Relaxed) == SEND {
+            self.since.store(self.now(), Ordering::Relaxed);
+        }
+    }
+
+    fn release_permit(&self) {
+        if let Some(p) = self.permit.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            drop(p);
+        }
+    }
+
     /// The response was sent: waiting for the next request.
-    pub(super) fn idle(&self) {
+    fn idle(&self) {
+        self.release_permit();
         self.set(IDLE, self.now());
     }
 
@@ -164,6 +229,7 @@ impl ConnClock {
                 Some((since + t.body + allowance, Missed::Body))
             }
             IDLE => Some((since + t.idle, Missed::Idle)),
+            SEND => Some((since + t.send, Missed::Send)),
             _ => None,
         }
     }
@@ -174,6 +240,7 @@ pub(super) enum Missed {
     Header,
     Body,
     Idle,
+    Send,
 }
 
 impl Missed {
@@ -182,6 +249,7 @@ impl Missed {
             Missed::Header => &state.timeouts_header,
             Missed::Body => &state.timeouts_body,
             Missed::Idle => &state.timeouts_idle,
+            Missed::Send => &state.timeouts_send,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -191,6 +259,7 @@ impl Missed {
             Missed::Header => "request head not received within the header timeout",
             Missed::Body => "request body slower than the body timeout and minimum rate",
             Missed::Idle => "idle keep-alive connection timed out",
+            Missed::Send => "the client took none of its response within the send timeout",
         }
     }
 }
@@ -202,6 +271,8 @@ pub(super) struct TimedIo {
     state: Arc<State>,
     sleep: Pin<Box<Sleep>>,
     armed: Option<Instant>,
+    /// A deadline was missed (and counted).
+    timed_out: bool,
 }
 
 impl TimedIo {
@@ -212,6 +283,7 @@ impl TimedIo {
             state,
             sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
             armed: None,
+            timed_out: false,
         }
     }
 
@@ -234,23 +306,41 @@ impl AsyncRead for TimedIo {
             }
             return Poll::Ready(r);
         }
-        let Some((deadline, missed)) = this.clock.deadline(&this.state.timeouts) else {
+        this.poll_deadline(cx, false).map(Err)
+    }
+}
+
+impl TimedIo {
+    /// Pending until the current phase's deadline (with `send_only`, only
+    /// in `Send`: the write side's wait), then the timeout's error, counted
+    /// once.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>, send_only: bool) -> Poll<io::Error> {
+        let Some((deadline, missed)) = self.clock.deadline(&self.state.timeouts) else {
             return Poll::Pending;
         };
-        if this.armed != Some(deadline) {
-            this.sleep.as_mut().reset(deadline.into());
-            this.armed = Some(deadline);
+        if send_only && missed != Missed::Send {
+            return Poll::Pending;
+        }
+        if self.armed != Some(deadline) {
+            self.sleep.as_mut().reset(deadline.into());
+            self.armed = Some(deadline);
         }
         // The timer fires at the armed deadline, which is the current
         // phase's: no clock read of our own.
-        if this.sleep.as_mut().poll(cx).is_pending() {
+        if self.sleep.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
-        missed.count(&this.state);
-        Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            missed.message(),
-        )))
+        if !self.timed_out {
+            self.timed_out = true;
+            missed.count(&self.state);
+        }
+        Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, missed.message()))
+    }
+
+    /// A write (or flush) the socket has no room for: pending, or past the
+    /// `Send` deadline its error (hyper need not be reading meanwhile).
+    fn write_pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        self.poll_deadline(cx, true).map(Err)
     }
 }
 
@@ -260,7 +350,15 @@ impl AsyncWrite for TimedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                this.clock.on_write(n);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(e) => Poll::Ready(e),
+            Poll::Pending => this.write_pending(cx),
+        }
     }
 
     fn poll_write_vectored(
@@ -268,7 +366,15 @@ impl AsyncWrite for TimedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(n)) => {
+                this.clock.on_write(n);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(e) => Poll::Ready(e),
+            Poll::Pending => this.write_pending(cx),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -276,7 +382,14 @@ impl AsyncWrite for TimedIo {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        // hyper flushes the socket once its write buffer is empty: all it
+        // took is written.
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.stream).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = r {
+            this.clock.flushed();
+        }
+        r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

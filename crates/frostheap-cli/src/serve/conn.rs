@@ -203,6 +203,12 @@ async fn serve_http<S: Limited>(
     let mut http = hyper::server::conn::http1::Builder::new();
     // Headers are timed by the gate and `TimedIo`, with the idle wait apart.
     http.header_read_timeout(None);
+    // A client that shuts its write side after its request (`nc -N`, some
+    // proxies) gets its answer: without this hyper dropped the answer half
+    // of the time, as it read the end of the stream first. (A head cut
+    // off by such a close never reaches hyper: `head_arrives`; a body cut
+    // off meets the body timeout.)
+    http.half_close(true);
     if state.budget.is_some() {
         // Bound hyper's read buffer: the per-client cost covers it.
         http.max_buf_size(MAX_HEAD);

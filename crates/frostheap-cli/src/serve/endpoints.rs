@@ -123,7 +123,11 @@ fn finish(
             close(&mut response);
         }
     }
-    response.map(|body| ConnBody { body, clock })
+    response.map(|body| ConnBody {
+        body,
+        clock,
+        started: false,
+    })
 }
 
 /// Marks a response as the connection's last.
@@ -133,16 +137,22 @@ fn close<B>(response: &mut Response<B>) {
         .insert(CONNECTION, HeaderValue::from_static("close"));
 }
 
-/// A response body that starts the connection's idle wait once it has
-/// been sent (hyper drops it then).
+/// A response body that tells the connection's clock when hyper takes
+/// its first frame (the response is being sent: the clock holds its
+/// permit from then on) and its last (sent once hyper's next flush
+/// completes), or, when hyper drops it unwritten, that the connection
+/// waits for its next request.
 pub(super) struct ConnBody {
     body: RespBody,
     clock: Arc<ConnClock>,
+    started: bool,
 }
 
 impl Drop for ConnBody {
     fn drop(&mut self) {
-        self.clock.idle();
+        if !self.started {
+            self.clock.not_sent();
+        }
     }
 }
 
@@ -154,7 +164,18 @@ impl Body for ConnBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Infallible>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        if !self.started {
+            self.started = true;
+            let permit = Pin::new(&mut self.body).take_permit();
+            self.clock.sending(permit);
+        }
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        // hyper asks for no frame past one after which the body says it
+        // has ended.
+        if matches!(frame, Poll::Ready(None)) || self.body.is_end_stream() {
+            self.clock.last_frame_taken();
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

@@ -59,6 +59,7 @@ pub(super) struct Numbers {
     timeouts_header: u64,
     timeouts_body: u64,
     timeouts_idle: u64,
+    timeouts_send: u64,
     /// Lingering closes under way, and those cut short.
     lingering: usize,
     linger_cut: u64,
@@ -108,6 +109,7 @@ const METRICS: &[(&str, &str, Kind, &str)] = &[
     ("timeouts_header", "frostheap_timeouts_header", Kind::Counter, "Connections closed because a request head was not received in time."),
     ("timeouts_body", "frostheap_timeouts_body", Kind::Counter, "Requests whose body was slower than the body timeout and minimum rate."),
     ("timeouts_idle", "frostheap_timeouts_idle", Kind::Counter, "Kept-alive connections closed after waiting too long for a request."),
+    ("timeouts_send", "frostheap_timeouts_send", Kind::Counter, "Connections closed because the client took none of its response for the send timeout."),
     ("lingering", "frostheap_lingering_connections", Kind::Gauge, "Connections in a lingering close now."),
     ("linger_cut", "frostheap_linger_cut", Kind::Counter, "Lingering closes cut short by their time or byte bound."),
     ("ready", "frostheap_ready", Kind::Gauge, "1 while the server takes new clients, 0 once a shutdown has begun."),
@@ -143,6 +145,7 @@ pub(super) fn numbers(state: &State) -> Numbers {
         timeouts_header: state.timeouts_header.load(Ordering::Relaxed),
         timeouts_body: state.timeouts_body.load(Ordering::Relaxed),
         timeouts_idle: state.timeouts_idle.load(Ordering::Relaxed),
+        timeouts_send: state.timeouts_send.load(Ordering::Relaxed),
         lingering: state.lingering.load(Ordering::Relaxed),
         linger_cut: state.linger_cut.load(Ordering::Relaxed),
         ready: state.ready.load(Ordering::Relaxed),

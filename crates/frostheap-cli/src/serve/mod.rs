@@ -19,8 +19,11 @@
 //!
 //! **Time.** Every phase of a connection has a deadline (`clock.rs`): the
 //! head (`--header-timeout`), the body (`--body-timeout` plus a minimum
-//! rate), the idle wait between requests (`--idle-timeout`). Timeouts are
-//! counted in `/stats` and `/metrics`.
+//! rate), the response (`--send-timeout` without the client taking any of
+//! it), the idle wait between requests (`--idle-timeout`). Timeouts are
+//! counted in `/stats` and `/metrics`. A request's memory stays charged
+//! until its response is written to the socket, not merely handed to
+//! hyper: a client slow to read holds its bytes, as it holds the memory.
 //!
 //! **Closing.** A shed request gets `503` with `Retry-After: 1` and
 //! `Connection: close`, then a lingering close (`conn.rs`), so the client
@@ -126,6 +129,10 @@ pub struct ServeArgs {
     /// Time a kept-alive connection may wait for its next request.
     #[arg(long, default_value = "5s", value_parser = positive_duration)]
     idle_timeout: Duration,
+    /// Time a response may wait for the client to take any of it (the
+    /// connection is closed past it; its memory stays charged until then).
+    #[arg(long, default_value = "30s", value_parser = positive_duration)]
+    send_timeout: Duration,
     /// Connections without an admitted request (sending their head, idle)
     /// held at once; default: a sixteenth of --max-memory at 24 KiB each,
     /// at least 64.
@@ -231,6 +238,7 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         body: args.body_timeout,
         body_min_rate,
         idle: args.idle_timeout,
+        send: args.send_timeout,
     };
     let state = Arc::new(State {
         gate: budget
@@ -245,6 +253,7 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         timeouts_header: AtomicU64::new(0),
         timeouts_body: AtomicU64::new(0),
         timeouts_idle: AtomicU64::new(0),
+        timeouts_send: AtomicU64::new(0),
         probation: AtomicUsize::new(0),
         lingering: AtomicUsize::new(0),
         linger_cut: AtomicU64::new(0),
@@ -294,8 +303,8 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
                 r => format!(" + 1 s per {r} B"),
             };
             eprintln!(
-                "frostheap serve: timeouts: head {:?}, body {:?}{rate}, idle {:?}{gate}; descriptors: {fd_limit}",
-                timeouts.header, timeouts.body, timeouts.idle
+                "frostheap serve: timeouts: head {:?}, body {:?}{rate}, send {:?}, idle {:?}{gate}; descriptors: {fd_limit}",
+                timeouts.header, timeouts.body, timeouts.send, timeouts.idle
             );
         }
         let listener = tokio::net::TcpListener::from_std(listener)?;

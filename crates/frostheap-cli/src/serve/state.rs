@@ -30,6 +30,8 @@ pub(super) struct Timeouts {
     /// Bytes per second a body must keep up after `body`; 0: none.
     pub(super) body_min_rate: u64,
     pub(super) idle: Duration,
+    /// How long a response may wait for the client to take any of it.
+    pub(super) send: Duration,
 }
 
 /// Everything the connections and handlers share.
@@ -48,6 +50,7 @@ pub(super) struct State {
     pub(super) timeouts_header: AtomicU64,
     pub(super) timeouts_body: AtomicU64,
     pub(super) timeouts_idle: AtomicU64,
+    pub(super) timeouts_send: AtomicU64,
     /// Connections on probation now (found the gate full).
     pub(super) probation: AtomicUsize,
     /// Lingering closes under way now.
