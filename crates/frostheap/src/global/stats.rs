@@ -25,9 +25,14 @@ pub struct ProcessStats {
     pub committed: usize,
     /// The highest `committed` seen.
     pub peak_committed: usize,
-    /// Commits refused because of the limit: one per refused allocation
-    /// (or `mmap`, or context chunk), however many ways around the limit
-    /// were tried before (a heap's own free memory, the other heaps').
+    /// Allocations refused because of the limit: one per refused
+    /// allocation (or `mmap`), whichever heap refused it — the main heap,
+    /// a thread heap, a task's context heap and then its worker's heap
+    /// (one, not two) — a request larger than the limit included, however
+    /// many ways around the limit were tried before (a heap's own free
+    /// memory, the other heaps'). A heap built with a `max` below the
+    /// limit that refuses at its own cap is not counted here (it is in
+    /// that heap's [`crate::Stats::refused`]).
     pub refused: u64,
     /// Usable bytes of live allocations in the main heap.
     pub main_in_use: usize,

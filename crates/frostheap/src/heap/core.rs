@@ -1639,12 +1639,18 @@ impl HeapCore {
         if self.is_sealed() {
             return (ptr::null_mut(), false);
         }
-        let Some(n_pages) = large::pages_for(layout, self.pages.len) else {
-            self.others.refused.fetch_add(1, Ordering::Relaxed);
-            return (ptr::null_mut(), false);
-        };
         // As in alloc_small_slow: an earlier refusal is not this one's.
         self.spans.take_limit_refused();
+        let Some(n_pages) = large::pages_for(layout, self.pages.len) else {
+            // Larger than the reservation, which is at least the cap: past
+            // the process limit too when the cap is the limit (a request
+            // larger than FROSTHEAP_MAX in global mode).
+            if self.spans.cap_is_process_limit() {
+                self.spans.note_limit_refused();
+            }
+            self.refuse();
+            return (ptr::null_mut(), false);
+        };
         let owner = self.is_owner();
         let mut r = self.alloc_large_pages(layout, n_pages, owner);
         // Past a limit: what the owner holds goes back, and once more (a

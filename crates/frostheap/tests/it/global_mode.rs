@@ -279,6 +279,23 @@ fn one_limit_bounds_every_kind_of_thread() {
     );
 }
 
+test!(every_allocation_the_limit_refuses_counts_once_whichever_heap_refused_it);
+/// `stats().refused` is one per allocation the process limit refused,
+/// whichever heap refused it. The main heap filled to `FROSTHEAP_MAX=64M`
+/// five times counted none (its cap, the limit, refused before the
+/// process's counters were asked), nor did a request larger than the
+/// limit on any thread; a task filling memory counted each refused chunk
+/// of its context heap and its worker heap's refusal besides (5 for one
+/// allocation).
+fn every_allocation_the_limit_refuses_counts_once_whichever_heap_refused_it() {
+    let out = run_fixture(
+        "global_threads",
+        &["refusals-counted"],
+        &[("FROSTHEAP_MAX", "64M")],
+    );
+    assert_succeeded_saying(&out, "global_threads refusals-counted: ok");
+}
+
 test!(many_threads_are_charged_for_the_pages_their_blocks_reach);
 /// 400 threads at once under `FROSTHEAP_MAX=64M`, each holding a block in
 /// 16 size classes (a thread per connection): none is refused, and the
