@@ -56,7 +56,7 @@ use super::remote::{OtherThreads, Remote};
 pub(crate) use super::span::WARM_FROM;
 use super::span::{carved_charge, Locked, Retire, SpanAllocator};
 use crate::os::{self, OsError};
-use crate::region::{round_up, Huge, Region, RegionConfig, PAGE_SHIFT, PAGE_SIZE};
+use crate::region::{committed_min, round_up, Huge, Region, RegionConfig, PAGE_SHIFT, PAGE_SIZE};
 use crate::sync::{chaos, thread_token, RawLock};
 
 /// Blocks a class carves in its current span before it may take free
@@ -173,8 +173,9 @@ impl HeapCore {
             max: config.max,
             huge_pages: config.huge_pages,
         };
-        // The pre-committed minimum counts against the process limit.
-        let min = round_up(config.min, PAGE_SIZE).min(round_up(config.max, PAGE_SIZE));
+        // The pre-committed minimum counts against the process limit
+        // (what the region commits for it: never past the cap).
+        let min = committed_min(config.min, config.max);
         if !process::charge(config.kind, min) {
             return Err(OsError {
                 call: "FROSTHEAP_MAX",
