@@ -16,7 +16,12 @@ use crate::heap::process::{self, Kind, N_KINDS};
 /// `FROSTHEAP_MAX` bounds, in total and per kind of heap.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcessStats {
-    /// The process limit (`FROSTHEAP_MAX`; `usize::MAX` when none is set).
+    /// The process limit: `FROSTHEAP_MAX`, or when it is unset its
+    /// default (physical memory; in a memory cgroup, three quarters of its
+    /// limit, and under `ulimit -v` the largest power of two within a
+    /// quarter of it, if either is less: the README's table); `usize::MAX`
+    /// before the global allocator (or the C ABI) has started, and in a
+    /// program that uses neither.
     pub limit: usize,
     /// Bytes committed now, all kinds together: what the limit bounds.
     /// What of a heap's committed range holds no memory (free spans purged,

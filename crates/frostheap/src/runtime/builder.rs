@@ -80,7 +80,7 @@ impl RuntimeBuilder {
     }
 
     /// The violation policy (default: `FROSTHEAP_ON_VIOLATION`, else
-    /// `cancel`).
+    /// [`OnViolation::Rollback`]).
     pub fn on_violation(mut self, policy: OnViolation) -> Self {
         self.on_violation = Some(policy);
         self
