@@ -172,6 +172,10 @@ pub(super) fn reserve_arena(max: usize) -> Result<*mut u8, crate::os::OsError> {
 /// two below `max` (any limit up to it reserves a slot of at most its
 /// size), or 0 when not even the least slot fits. Each size tried is
 /// reserved and unmapped at once; for the start-up's error line.
+// Not #[cold]: cold code goes to .text.unlikely, which the
+// linker lays in the first window of code; layout.ld moves this
+// to .text.rare.
+#[inline(never)]
 pub(super) fn largest_reservable(max: usize) -> usize {
     let mut size = max
         .checked_next_power_of_two()

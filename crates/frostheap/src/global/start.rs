@@ -185,19 +185,7 @@ pub(super) fn init() {
     // SAFETY: we won the race to INITIALIZING: nobody else writes slot
     // 0, and `build` builds the heap there whole or fails.
     if let Err(e) = unsafe { heaps::publish_main(build) } {
-        let mut buf = [0u8; 512];
-        let line = crate::fmt_buf::Buf::new(&mut buf)
-            .str("frostheap: cannot start the main heap (FROSTHEAP_MAX=")
-            .dec(cfg.max as u64)
-            .str(" bytes, FROSTHEAP_MIN=")
-            .dec(cfg.min as u64)
-            .str(" bytes): ")
-            .str(e.call)
-            .str(" errno ")
-            .dec(e.errno as u64);
-        let line = address_space_hint(line).str("\n").finish();
-        os::write_stderr(line);
-        os::exit_now(2);
+        exit_unstarted(&cfg, e);
     }
     MAIN.owner.store(thread_token(), Ordering::Relaxed);
     if cfg.track_allocs {
@@ -218,7 +206,10 @@ pub(super) fn init() {
 /// instead (`FROSTHEAP_MAX=1000T` printed `mmap errno 12` alone, under
 /// "cannot reserve the main heap"); the default limit, with the numbers.
 /// Under `ulimit -v` the line names that limit too.
-#[cold]
+// Not #[cold]: cold code goes to .text.unlikely, which the
+// linker lays in the first window of code; layout.ld moves this
+// to .text.rare.
+#[inline(never)]
 fn exit_unreserved(cfg: &config::EnvConfig, e: os::OsError) -> ! {
     let mut buf = [0u8; 512];
     let b = crate::fmt_buf::Buf::new(&mut buf);
@@ -257,6 +248,29 @@ fn exit_unreserved(cfg: &config::EnvConfig, e: os::OsError) -> ! {
             .dec(e.errno as u64),
     };
     let line = address_space_hint(b).str("\n").finish();
+    os::write_stderr(line);
+    os::exit_now(2)
+}
+
+/// The arena was reserved but the main heap could not be built in it (its
+/// side table, or the commit of its minimum, refused): prints one line
+/// naming both sizes and the call refused, and exits with status 2.
+// Not #[cold]: cold code goes to .text.unlikely, which the
+// linker lays in the first window of code; layout.ld moves this
+// to .text.rare.
+#[inline(never)]
+fn exit_unstarted(cfg: &config::EnvConfig, e: os::OsError) -> ! {
+    let mut buf = [0u8; 512];
+    let line = crate::fmt_buf::Buf::new(&mut buf)
+        .str("frostheap: cannot start the main heap (FROSTHEAP_MAX=")
+        .dec(cfg.max as u64)
+        .str(" bytes, FROSTHEAP_MIN=")
+        .dec(cfg.min as u64)
+        .str(" bytes): ")
+        .str(e.call)
+        .str(" errno ")
+        .dec(e.errno as u64);
+    let line = address_space_hint(line).str("\n").finish();
     os::write_stderr(line);
     os::exit_now(2)
 }
