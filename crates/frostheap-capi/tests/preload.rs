@@ -676,7 +676,8 @@ fn a_process_under_an_address_space_limit_starts_with_a_limit_that_fits() {
     let process = process_stats_line(&out);
     assert!(process.contains("limit 1024.0 MiB;"), "{process}");
     // A limit set above what fits stops start-up with one line that names
-    // the address-space limit.
+    // the variable, its value, what fits (a quarter of the address space,
+    // as a power of two) and the address-space limit.
     let out = preloaded(
         with_address_space(&mut Command::new(c_program("small_stack")), 4 * gib),
         &[("FROSTHEAP_MAX", "16G")],
@@ -685,9 +686,8 @@ fn a_process_under_an_address_space_limit_starts_with_a_limit_that_fits() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{}", text(&out));
     assert!(
-        err.starts_with(
-            "frostheap: cannot reserve the main heap (FROSTHEAP_MAX=17179869184 bytes)"
-        ) && err.contains("the address-space limit (ulimit -v) is 4294967296 bytes"),
+        err.starts_with("frostheap: invalid FROSTHEAP_MAX=\"16G\" (17179869184 bytes): expected a size this process's address space can reserve, at most 1G here")
+            && err.contains("the address-space limit (ulimit -v) is 4294967296 bytes"),
         "{}",
         text(&out)
     );

@@ -267,6 +267,13 @@ const TRACK_ALLOCS: Var = Var {
     c_name: c"FROSTHEAP_TRACK_ALLOCS",
 };
 
+/// `FROSTHEAP_MAX` as the environment spells it (`None`: unset), for a
+/// message about a value [`from_env`] accepted but the process could not
+/// use. Never allocates.
+pub fn max_text() -> Option<&'static [u8]> {
+    os::getenv(MAX.c_name)
+}
+
 /// Reads the configuration from the process environment.
 pub fn from_env() -> Result<EnvConfig, EnvError> {
     // Each fact read once: the cgroup's limit is a few files to open.

@@ -182,6 +182,11 @@ pub struct ContextHeap {
     limit: Cell<usize>,
     current: Cell<u32>,
     frontier: Cell<u32>,
+    /// Whether the process limit refused a chunk since
+    /// [`ContextHeap::take_limit_refused`] last looked: the caller of a
+    /// refused allocation counts one process refusal, once, whatever it
+    /// tried ([`ContextHeap::alloc`]).
+    limit_refused: Cell<bool>,
     chunks: [ChunkMeta; CHUNKS_PER_SLOT],
     /// The free map: a set bit is a free chunk (committed at least once,
     /// empty, not in use). Set by anyone, cleared by the owner only.
@@ -285,6 +290,7 @@ impl ContextHeap {
         self.limit.set(0);
         self.current.set(NONE);
         self.frontier.set(0);
+        self.limit_refused.set(false);
         for c in &self.chunks {
             c.restart(1, 0, ACTIVE);
             c.resident.store(false, Ordering::Relaxed);
@@ -319,12 +325,27 @@ impl ContextHeap {
         self.committed_chunks.load(Ordering::Relaxed) * CHUNK_SIZE
     }
 
+    /// Whether the process limit refused a chunk since the last call;
+    /// clears it. After a null [`ContextHeap::alloc`], the caller counts
+    /// the refusal in the process's statistics (`count_refusal`) if this
+    /// says so and nothing else serves the allocation — or leaves it to
+    /// the heap it tries next, which counts its own.
+    ///
+    /// # Safety
+    /// 1. Called by the owning worker thread only.
+    pub unsafe fn take_limit_refused(&self) -> bool {
+        self.limit_refused.replace(false)
+    }
+
     /// First address of the slot.
     pub fn base(&self) -> usize {
         self.base
     }
 
-    /// Bump-allocates; null when the slot is exhausted.
+    /// Bump-allocates; null when the slot is exhausted or the process
+    /// limit refuses the chunks it needs (then
+    /// [`ContextHeap::take_limit_refused`] says so, and the refusal is
+    /// not counted yet).
     ///
     /// # Safety
     /// 1. Called by the owning worker thread only.
@@ -349,6 +370,9 @@ impl ContextHeap {
 
     #[cold]
     unsafe fn alloc_slow(&self, size: usize, align: usize) -> *mut u8 {
+        // A refusal noted by an earlier allocation that then succeeded
+        // (a free chunk refused, a fresh one taken) is not this one's.
+        self.limit_refused.set(false);
         if size > CHUNK_SIZE / 2 || align > CHUNK_SIZE / 2 {
             return self.alloc_run(size, align);
         }
@@ -442,11 +466,12 @@ impl ContextHeap {
             .filter(|c| !c.resident.load(Ordering::Relaxed))
             .count();
         if purged > 0
-            && !crate::heap::process::charge(
+            && !crate::heap::process::charge_quiet(
                 crate::heap::process::Kind::Context,
                 purged * CHUNK_SIZE,
             )
         {
+            self.limit_refused.set(true);
             return None;
         }
         for i in first..first + k {
@@ -467,11 +492,20 @@ impl ContextHeap {
     fn take_fresh(&self, k: usize) -> Option<usize> {
         let first = self.frontier.get() as usize;
         if first + k > CHUNKS_PER_SLOT {
+            // A run larger than the process limit is the limit's refusal
+            // whatever the slot holds.
+            if k.saturating_mul(CHUNK_SIZE) > crate::heap::process::limit() {
+                self.limit_refused.set(true);
+            }
             return None;
         }
         let start = self.base + (first << CHUNK_SHIFT);
-        // Committed chunks count against the process limit (FROSTHEAP_MAX).
-        if !crate::heap::process::charge(crate::heap::process::Kind::Context, k * CHUNK_SIZE) {
+        // Committed chunks count against the process limit (FROSTHEAP_MAX);
+        // a refusal is counted once by the caller of the refused
+        // allocation (`take_limit_refused`), not per chunk tried.
+        if !crate::heap::process::charge_quiet(crate::heap::process::Kind::Context, k * CHUNK_SIZE)
+        {
+            self.limit_refused.set(true);
             return None;
         }
         // SAFETY: the chunks lie in our slot of the context space, unused.

@@ -39,7 +39,8 @@ pub enum Huge {
 /// How a region should be laid out.
 #[derive(Clone, Copy, Debug)]
 pub struct RegionConfig {
-    /// Bytes committed at creation (rounded up to [`PAGE_SIZE`]).
+    /// Bytes committed at creation (rounded up to [`PAGE_SIZE`], but no
+    /// further than `max` rounded down to it: [`committed_min`]).
     pub min: usize,
     /// Bytes reserved; the hard cap on commitment.
     pub max: usize,
@@ -111,7 +112,7 @@ impl Region {
         let region = Region {
             base,
             reserved,
-            min_committed: round_up(config.min, PAGE_SIZE).min(reserved),
+            min_committed: committed_min(config.min, config.max).min(reserved),
             huge: config.huge_pages,
             huge_now: AtomicBool::new(config.huge_pages == Huge::On),
             collapse_errno: AtomicI32::new(0),
@@ -352,6 +353,24 @@ fn align_of(huge: Huge) -> usize {
     match huge {
         Huge::Off => PAGE_SIZE,
         Huge::On | Huge::Later => os::HUGE_PAGE_SIZE,
+    }
+}
+
+/// What a region with a minimum of `min` bytes and a cap of `max` commits
+/// up front: `min` rounded up to a page, but never past `max` rounded down
+/// to one, the most the heap may ever have charged (a minimum as large as
+/// the limit, `FROSTHEAP_MIN=FROSTHEAP_MAX=100000K`, not a multiple of 64
+/// KiB, rounded up past the limit: the process limit refused the main
+/// heap's first charge and start-up failed). `max` is at least a page
+/// (the builders and the configuration check it).
+#[inline]
+pub const fn committed_min(min: usize, max: usize) -> usize {
+    let up = round_up(min, PAGE_SIZE);
+    let cap = max & !(PAGE_SIZE - 1);
+    if up < cap {
+        up
+    } else {
+        cap
     }
 }
 

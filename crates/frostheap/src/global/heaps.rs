@@ -133,7 +133,13 @@ static ABANDONED_STACK: Abandoned = Abandoned {
 /// Reserves the arena for heaps of `max` bytes; returns slot 0's address.
 /// Called once, by the thread that starts the main heap.
 pub(super) fn reserve_arena(max: usize) -> Result<*mut u8, crate::os::OsError> {
-    let want = max.max(1 << MIN_SLOT_SHIFT).next_power_of_two();
+    let Some(want) = max.max(1 << MIN_SLOT_SHIFT).checked_next_power_of_two() else {
+        // Past the largest power of two: no address space holds it.
+        return Err(crate::os::OsError {
+            call: "mmap",
+            errno: libc::ENOMEM,
+        });
+    };
     let shift = want.trailing_zeros();
     let mut slots = (1usize << ARENA_BUDGET_SHIFT.saturating_sub(shift)).clamp(1, MAX_HEAPS);
     // Under an address-space limit (`ulimit -v`), at most half of it (one
@@ -159,6 +165,31 @@ pub(super) fn reserve_arena(max: usize) -> Result<*mut u8, crate::os::OsError> {
     HEAP_MAX.store(max, Ordering::Relaxed);
     ARENA.len.store(len, Ordering::Release);
     Ok(base)
+}
+
+/// After [`reserve_arena`] refused heaps of `max` bytes: the largest
+/// `FROSTHEAP_MAX` whose one slot the address space grants now, a power of
+/// two below `max` (any limit up to it reserves a slot of at most its
+/// size), or 0 when not even the least slot fits. Each size tried is
+/// reserved and unmapped at once; for the start-up's error line.
+// Not #[cold]: cold code goes to .text.unlikely, which the
+// linker lays in the first window of code; layout.ld moves this
+// to .text.rare.
+#[inline(never)]
+pub(super) fn largest_reservable(max: usize) -> usize {
+    let mut size = max
+        .checked_next_power_of_two()
+        .map_or(1 << (usize::BITS - 1), |p| p / 2);
+    while size >= 1 << MIN_SLOT_SHIFT {
+        if let Ok(base) = crate::os::reserve(size, crate::os::HUGE_PAGE_SIZE) {
+            // SAFETY: reserved just above, by this module, and nothing
+            // refers to it.
+            unsafe { crate::os::unmap(base, size) };
+            return size;
+        }
+        size /= 2;
+    }
+    0
 }
 
 /// Builds the main heap in slot 0 (`init` builds it there) and publishes

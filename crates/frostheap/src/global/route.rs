@@ -342,6 +342,10 @@ pub(super) fn context_alloc(layout: Layout, zeroed: bool) -> *mut u8 {
             }
             return p;
         }
+        // The worker's own heap is tried next and counts a refusal of its
+        // own: a refused chunk is not counted a second time.
+        // SAFETY: we are the owning worker.
+        unsafe { ctx.take_limit_refused() };
     }
     context_fallback(layout, zeroed)
 }

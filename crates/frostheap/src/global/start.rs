@@ -171,41 +171,21 @@ pub(super) fn init() {
     process::set_limit(cfg.max);
     process::set_reclaimer(heaps::reclaim);
     process::set_growth_hook(heaps::release_abandoned_on_growth);
-    let built = heaps::reserve_arena(cfg.max).and_then(|base| {
-        let build = |slot: &mut MaybeUninit<HeapInner>| {
-            // SAFETY: slot 0 of the fresh arena is reserved, huge-page
-            // aligned and given to the main heap for good.
-            let h = unsafe { HeapInner::init_in(slot, Cow::Borrowed("main"), base, core)? };
-            h.register();
-            Ok(())
-        };
-        // SAFETY: we won the race to INITIALIZING: nobody else writes slot
-        // 0, and `build` builds the heap there whole or fails.
-        unsafe { heaps::publish_main(build) }
-    });
-    match built {
-        Ok(()) => {}
-        Err(e) => {
-            let mut buf = [0u8; 512];
-            let mut line = crate::fmt_buf::Buf::new(&mut buf)
-                .str("frostheap: cannot reserve the main heap (FROSTHEAP_MAX=")
-                .dec(cfg.max as u64)
-                .str(" bytes): ")
-                .str(e.call)
-                .str(" errno ")
-                .dec(e.errno as u64);
-            // Every heap lives in one reservation at least as large as
-            // the limit: under `ulimit -v` that is what fails.
-            if let Some(limit) = os::address_space_limit() {
-                line = line
-                    .str("; the address-space limit (ulimit -v) is ")
-                    .dec(limit as u64)
-                    .str(" bytes, and FROSTHEAP_MAX should be at most a quarter of it");
-            }
-            let line = line.str("\n").finish();
-            os::write_stderr(line);
-            os::exit_now(2);
-        }
+    let base = match heaps::reserve_arena(cfg.max) {
+        Ok(base) => base,
+        Err(e) => exit_unreserved(&cfg, e),
+    };
+    let build = |slot: &mut MaybeUninit<HeapInner>| {
+        // SAFETY: slot 0 of the fresh arena is reserved, huge-page
+        // aligned and given to the main heap for good.
+        let h = unsafe { HeapInner::init_in(slot, Cow::Borrowed("main"), base, core)? };
+        h.register();
+        Ok::<(), os::OsError>(())
+    };
+    // SAFETY: we won the race to INITIALIZING: nobody else writes slot
+    // 0, and `build` builds the heap there whole or fails.
+    if let Err(e) = unsafe { heaps::publish_main(build) } {
+        exit_unstarted(&cfg, e);
     }
     MAIN.owner.store(thread_token(), Ordering::Relaxed);
     if cfg.track_allocs {
@@ -218,6 +198,106 @@ pub(super) fn init() {
         // fork as unsafe as without them: nothing else depends on it.
         let _ = os::at_fork(on_fork_prepare, on_fork_parent, on_fork_child);
     }
+}
+
+/// The arena for heaps of `cfg.max` bytes could not be reserved: prints
+/// one line and exits with status 2. A `FROSTHEAP_MAX` the user set is
+/// named with its value and what this process's address space can reserve
+/// instead (`FROSTHEAP_MAX=1000T` printed `mmap errno 12` alone, under
+/// "cannot reserve the main heap"); the default limit, with the numbers.
+/// Under `ulimit -v` the line names that limit too.
+// Not #[cold]: cold code goes to .text.unlikely, which the
+// linker lays in the first window of code; layout.ld moves this
+// to .text.rare.
+#[inline(never)]
+fn exit_unreserved(cfg: &config::EnvConfig, e: os::OsError) -> ! {
+    let mut buf = [0u8; 512];
+    let b = crate::fmt_buf::Buf::new(&mut buf);
+    let b = match config::max_text() {
+        Some(text) if cfg.max_from_env => {
+            // Under `ulimit -v`, no more than the default's rule allows
+            // (the largest power of two within a quarter of it: the
+            // program needs the rest), which the line's end names.
+            let quarter = os::address_space_limit().map_or(usize::MAX, |a| {
+                (a / 4).checked_ilog2().map_or(0, |k| 1 << k)
+            });
+            let largest = heaps::largest_reservable(cfg.max).min(quarter);
+            let b = b
+                .str("frostheap: invalid FROSTHEAP_MAX=\"")
+                .bytes(text)
+                .str("\" (")
+                .dec(cfg.max as u64)
+                .str(" bytes): expected a size this process's address space can reserve");
+            let b = if largest > 0 {
+                size_of_pow2(b.str(", at most "), largest).str(" here")
+            } else {
+                b.str(", and it cannot reserve even 64M now")
+            };
+            b.str(" (")
+                .str(e.call)
+                .str(" errno ")
+                .dec(e.errno as u64)
+                .str(")")
+        }
+        _ => b
+            .str("frostheap: cannot reserve the main heap (FROSTHEAP_MAX unset: its default is ")
+            .dec(cfg.max as u64)
+            .str(" bytes): ")
+            .str(e.call)
+            .str(" errno ")
+            .dec(e.errno as u64),
+    };
+    let line = address_space_hint(b).str("\n").finish();
+    os::write_stderr(line);
+    os::exit_now(2)
+}
+
+/// The arena was reserved but the main heap could not be built in it (its
+/// side table, or the commit of its minimum, refused): prints one line
+/// naming both sizes and the call refused, and exits with status 2.
+// Not #[cold]: cold code goes to .text.unlikely, which the
+// linker lays in the first window of code; layout.ld moves this
+// to .text.rare.
+#[inline(never)]
+fn exit_unstarted(cfg: &config::EnvConfig, e: os::OsError) -> ! {
+    let mut buf = [0u8; 512];
+    let line = crate::fmt_buf::Buf::new(&mut buf)
+        .str("frostheap: cannot start the main heap (FROSTHEAP_MAX=")
+        .dec(cfg.max as u64)
+        .str(" bytes, FROSTHEAP_MIN=")
+        .dec(cfg.min as u64)
+        .str(" bytes): ")
+        .str(e.call)
+        .str(" errno ")
+        .dec(e.errno as u64);
+    let line = address_space_hint(line).str("\n").finish();
+    os::write_stderr(line);
+    os::exit_now(2)
+}
+
+/// Every heap lives in one reservation at least as large as the limit:
+/// under `ulimit -v` that is what fails, and the line says so.
+fn address_space_hint(b: crate::fmt_buf::Buf<'_>) -> crate::fmt_buf::Buf<'_> {
+    match os::address_space_limit() {
+        Some(limit) => b
+            .str("; the address-space limit (ulimit -v) is ")
+            .dec(limit as u64)
+            .str(" bytes, and FROSTHEAP_MAX should be at most a quarter of it"),
+        None => b,
+    }
+}
+
+/// `n`, a power of two of at least 1 KiB, as `FROSTHEAP_MAX` accepts it
+/// (`64T`, `512M`).
+fn size_of_pow2(b: crate::fmt_buf::Buf<'_>, n: usize) -> crate::fmt_buf::Buf<'_> {
+    let (shift, unit) = match n.trailing_zeros() {
+        s if s >= 40 => (40, "T"),
+        s if s >= 30 => (30, "G"),
+        s if s >= 20 => (20, "M"),
+        s if s >= 10 => (10, "K"),
+        _ => (0, ""),
+    };
+    b.dec((n >> shift) as u64).str(unit)
 }
 
 /// Whether the calling thread owns the main heap, starting the heap if

@@ -16,7 +16,12 @@ use crate::heap::process::{self, Kind, N_KINDS};
 /// `FROSTHEAP_MAX` bounds, in total and per kind of heap.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcessStats {
-    /// The process limit (`FROSTHEAP_MAX`; `usize::MAX` when none is set).
+    /// The process limit: `FROSTHEAP_MAX`, or when it is unset its
+    /// default (physical memory; in a memory cgroup, three quarters of its
+    /// limit, and under `ulimit -v` the largest power of two within a
+    /// quarter of it, if either is less: the README's table); `usize::MAX`
+    /// before the global allocator (or the C ABI) has started, and in a
+    /// program that uses neither.
     pub limit: usize,
     /// Bytes committed now, all kinds together: what the limit bounds.
     /// What of a heap's committed range holds no memory (free spans purged,
@@ -25,9 +30,14 @@ pub struct ProcessStats {
     pub committed: usize,
     /// The highest `committed` seen.
     pub peak_committed: usize,
-    /// Commits refused because of the limit: one per refused allocation
-    /// (or `mmap`, or context chunk), however many ways around the limit
-    /// were tried before (a heap's own free memory, the other heaps').
+    /// Allocations refused because of the limit: one per refused
+    /// allocation (or `mmap`), whichever heap refused it — the main heap,
+    /// a thread heap, a task's context heap and then its worker's heap
+    /// (one, not two) — a request larger than the limit included, however
+    /// many ways around the limit were tried before (a heap's own free
+    /// memory, the other heaps'). A heap built with a `max` below the
+    /// limit that refuses at its own cap is not counted here (it is in
+    /// that heap's [`crate::Stats::refused`]).
     pub refused: u64,
     /// Usable bytes of live allocations in the main heap.
     pub main_in_use: usize,

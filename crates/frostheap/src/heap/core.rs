@@ -56,7 +56,7 @@ use super::remote::{OtherThreads, Remote};
 pub(crate) use super::span::WARM_FROM;
 use super::span::{carved_charge, Locked, Retire, SpanAllocator};
 use crate::os::{self, OsError};
-use crate::region::{round_up, Huge, Region, RegionConfig, PAGE_SHIFT, PAGE_SIZE};
+use crate::region::{committed_min, round_up, Huge, Region, RegionConfig, PAGE_SHIFT, PAGE_SIZE};
 use crate::sync::{chaos, thread_token, RawLock};
 
 /// Blocks a class carves in its current span before it may take free
@@ -173,8 +173,9 @@ impl HeapCore {
             max: config.max,
             huge_pages: config.huge_pages,
         };
-        // The pre-committed minimum counts against the process limit.
-        let min = round_up(config.min, PAGE_SIZE).min(round_up(config.max, PAGE_SIZE));
+        // The pre-committed minimum counts against the process limit
+        // (what the region commits for it: never past the cap).
+        let min = committed_min(config.min, config.max);
         if !process::charge(config.kind, min) {
             return Err(OsError {
                 call: "FROSTHEAP_MAX",
@@ -1639,12 +1640,18 @@ impl HeapCore {
         if self.is_sealed() {
             return (ptr::null_mut(), false);
         }
-        let Some(n_pages) = large::pages_for(layout, self.pages.len) else {
-            self.others.refused.fetch_add(1, Ordering::Relaxed);
-            return (ptr::null_mut(), false);
-        };
         // As in alloc_small_slow: an earlier refusal is not this one's.
         self.spans.take_limit_refused();
+        let Some(n_pages) = large::pages_for(layout, self.pages.len) else {
+            // Larger than the reservation, which is at least the cap: past
+            // the process limit too when the cap is the limit (a request
+            // larger than FROSTHEAP_MAX in global mode).
+            if self.spans.cap_is_process_limit() {
+                self.spans.note_limit_refused();
+            }
+            self.refuse();
+            return (ptr::null_mut(), false);
+        };
         let owner = self.is_owner();
         let mut r = self.alloc_large_pages(layout, n_pages, owner);
         // Past a limit: what the owner holds goes back, and once more (a

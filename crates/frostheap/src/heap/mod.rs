@@ -749,7 +749,9 @@ impl HeapBuilder {
         self
     }
 
-    /// Bytes committed up front (default 0).
+    /// Bytes committed up front (default 0), rounded up to 64 KiB but
+    /// never past `max` rounded down to 64 KiB (the cap): `min == max`
+    /// commits the whole cap.
     pub fn min(mut self, bytes: usize) -> Self {
         self.min = bytes;
         self

@@ -247,6 +247,25 @@ impl SpanAllocator {
             && self.limit_refused.swap(false, Ordering::Relaxed)
     }
 
+    /// Whether the heap's cap is the process limit (to the page): a heap
+    /// whose `max` is the limit, as the main and thread heaps of global
+    /// mode are. A charge such a cap refuses, the process could not have
+    /// taken either, so it counts as the process limit's refusal
+    /// ([`Locked::cap_refused`]); a cap below the limit (a heap built
+    /// with a smaller `max`) refuses on its own account.
+    pub(super) fn cap_is_process_limit(&self) -> bool {
+        let cap = self.limit.min(self.region.reserved()) & !(PAGE_SIZE - 1);
+        cap >= process::limit() & !(PAGE_SIZE - 1)
+    }
+
+    /// Notes that the process limit refused a commit (see
+    /// `limit_refused`). The span lock's holder, or the owner on a path
+    /// that refuses before taking it (a request larger than the
+    /// reservation).
+    pub(super) fn note_limit_refused(&self) {
+        self.limit_refused.store(true, Ordering::Relaxed);
+    }
+
     /// Opens the owner's cache's stacks at the side table's end (its own
     /// pages: `own_offset` to `table_bytes`); `None` if the kernel refuses.
     /// Called by the owner, once, as its cache first turns on.
@@ -663,6 +682,19 @@ impl Locked<'_> {
         self.alloc.limit.min(self.alloc.region.reserved()) & !(PAGE_SIZE - 1)
     }
 
+    /// The heap's cap refused a charge: noted as the process limit's
+    /// refusal when the cap is the limit
+    /// ([`SpanAllocator::cap_is_process_limit`]), for the heap to count it
+    /// in the process's statistics if the allocation fails in the end. A
+    /// main heap refused at `FROSTHEAP_MAX` is refused by its own cap, the
+    /// limit, before the process's counters are asked; it counted no
+    /// process refusal.
+    fn cap_refused(&self) {
+        if self.alloc.cap_is_process_limit() {
+            self.alloc.note_limit_refused();
+        }
+    }
+
     /// Whether `bytes` more fit under the heap's cap, with its external
     /// charges.
     fn fits(&self, bytes: usize) -> bool {
@@ -721,6 +753,7 @@ impl Locked<'_> {
             return true;
         }
         if !self.fits(bytes) {
+            self.cap_refused();
             return false; // the heap's own cap: other heaps cannot help
         }
         let kind = self.alloc.kind;
@@ -755,6 +788,11 @@ impl Locked<'_> {
         let end = region.reserved() & !(PAGE_SIZE - 1);
         let want = committed + (pages - top_free.min(pages)) * PAGE_SIZE;
         if want > end {
+            // The reservation is full; when the request does not fit
+            // under the cap either, the cap refused it.
+            if !self.fits(pages * PAGE_SIZE) {
+                self.cap_refused();
+            }
             return false;
         }
         let chunk = if region.huge_layout() {
@@ -801,6 +839,7 @@ impl Locked<'_> {
         if !self.fits(want - committed) {
             self.release_free();
             if !self.fits(want - committed) {
+                self.cap_refused();
                 return false;
             }
         }

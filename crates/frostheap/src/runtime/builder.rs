@@ -29,7 +29,9 @@ pub struct RuntimeBuilder {
     protect: Option<Protect>,
     on_violation: Option<OnViolation>,
     memory_budget: Option<usize>,
-    max_parked: usize,
+    /// `None`: the default, [`DEFAULT_MAX_PARKED`] or the room the workers
+    /// leave if less ([`RuntimeBuilder::max_parked`]).
+    max_parked: Option<usize>,
     no_progress_timeout: core::time::Duration,
 }
 
@@ -42,14 +44,17 @@ impl Default for RuntimeBuilder {
             protect: None,
             on_violation: None,
             memory_budget: None,
-            max_parked: DEFAULT_MAX_PARKED,
+            max_parked: None,
             no_progress_timeout: DEFAULT_NO_PROGRESS_TIMEOUT,
         }
     }
 }
 
 impl RuntimeBuilder {
-    /// Number of worker threads (default: available parallelism).
+    /// Number of worker threads, 1 to 1024 (each keeps one of the
+    /// process's 1024 context slots; default: available parallelism, or
+    /// 1024 if that is more). [`RuntimeBuilder::build`] refuses any other
+    /// count with [`Error::InvalidConfig`] naming `workers`.
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = Some(n);
         self
@@ -75,7 +80,7 @@ impl RuntimeBuilder {
     }
 
     /// The violation policy (default: `FROSTHEAP_ON_VIOLATION`, else
-    /// `cancel`).
+    /// [`OnViolation::Rollback`]).
     pub fn on_violation(mut self, policy: OnViolation) -> Self {
         self.on_violation = Some(policy);
         self
@@ -88,15 +93,19 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Threads the cancel policy may leave parked (default
-    /// [`DEFAULT_MAX_PARKED`](super::DEFAULT_MAX_PARKED)). Parked workers
-    /// are replaced while the runtime's parked threads are within this cap,
-    /// so its threads never exceed `workers + max_parked`; past it, every
+    /// Threads the cancel policy may leave parked. Parked workers are
+    /// replaced while the runtime's parked threads are within this cap, so
+    /// its threads never exceed `workers + max_parked`; past it, every
     /// call returns [`Error::Incomplete`]. Each parked thread also keeps a
     /// context slot (1024 in the process), so `workers + max_parked` may
-    /// not exceed 1024.
+    /// not exceed 1024: [`RuntimeBuilder::build`] refuses a `max_parked`
+    /// set here that does not fit with [`Error::InvalidConfig`] naming
+    /// `max_parked`, the workers and the most that fits. The default is
+    /// [`DEFAULT_MAX_PARKED`](super::DEFAULT_MAX_PARKED), or the room the
+    /// workers leave if that is less (`1024 - workers`: 24 with 1,000
+    /// workers, 0 with 1,024).
     pub fn max_parked(mut self, n: usize) -> Self {
-        self.max_parked = n;
+        self.max_parked = Some(n);
         self
     }
 
@@ -113,6 +122,45 @@ impl RuntimeBuilder {
         self
     }
 
+    /// The runtime's workers and `max_parked`, checked: the workers given
+    /// (1 to [`N_SLOTS`](crate::context::N_SLOTS)), or `parallelism` up to
+    /// that many; `max_parked` as given, if it fits beside the workers in
+    /// the context slots, or by default [`DEFAULT_MAX_PARKED`] or the room
+    /// the workers leave if less. A count that does not fit is an error
+    /// naming the count the caller set (a worker count past the slots was
+    /// reported as a bad `max_parked` of 64, which nobody had set).
+    fn counts(&self, parallelism: usize) -> Result<(usize, usize), Error> {
+        let slots = crate::context::N_SLOTS;
+        let workers = match self.workers {
+            Some(n) if !(1..=slots).contains(&n) => {
+                return Err(Error::invalid(
+                    "workers",
+                    n,
+                    format!(
+                        "1 to {slots} worker threads: each keeps one of the process's {slots} context slots"
+                    ),
+                ))
+            }
+            Some(n) => n,
+            None => parallelism.clamp(1, slots),
+        };
+        let room = slots - workers;
+        let max_parked = match self.max_parked {
+            None => DEFAULT_MAX_PARKED.min(room),
+            Some(n) if n > room => {
+                return Err(Error::invalid(
+                    "max_parked",
+                    n,
+                    format!(
+                        "at most {room} with {workers} workers: each worker and each parked thread keeps one of the process's {slots} context slots"
+                    ),
+                ))
+            }
+            Some(n) => n,
+        };
+        Ok((workers, max_parked))
+    }
+
     /// Starts the workers.
     pub fn build(self) -> Result<Runtime, Error> {
         let env = crate::config::from_env().map_err(|e| Error::InvalidConfig {
@@ -120,24 +168,11 @@ impl RuntimeBuilder {
             value: String::from_utf8_lossy(e.value).into_owned(),
             expected: e.expected.to_string(),
         })?;
-        let workers = match self.workers {
-            Some(0) => return Err(Error::invalid("workers", 0, "at least 1")),
-            Some(n) => n,
-            None => std::thread::available_parallelism()
+        let (workers, max_parked) = self.counts(
+            std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
-        };
-        let slots = crate::context::N_SLOTS;
-        if workers.saturating_add(self.max_parked) > slots {
-            return Err(Error::invalid(
-                "max_parked",
-                self.max_parked,
-                format!(
-                    "at most {} with {workers} workers: each worker and each parked thread keeps one of the process's {slots} context slots",
-                    slots.saturating_sub(workers)
-                ),
-            ));
-        }
+        )?;
         if self.no_progress_timeout.is_zero() {
             return Err(Error::invalid(
                 "no_progress_timeout",
@@ -197,7 +232,7 @@ impl RuntimeBuilder {
                 workers: Mutex::new(Vec::with_capacity(workers)),
                 n_workers: workers,
                 memory_budget: self.memory_budget,
-                max_parked: self.max_parked,
+                max_parked,
                 no_progress_timeout: self.no_progress_timeout,
                 next_worker_id: AtomicUsize::new(0),
                 stats: Mutex::new(RuntimeStats {
@@ -225,5 +260,71 @@ impl Runtime {
     /// Starts building a runtime.
     pub fn builder() -> RuntimeBuilder {
         RuntimeBuilder::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(b: RuntimeBuilder) -> (&'static str, String) {
+        match b.counts(8) {
+            Err(e @ Error::InvalidConfig { name, .. }) => (name, e.to_string()),
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_worker_count_past_the_slots_names_workers_and_the_range() {
+        for n in [0, 1025, 2000] {
+            let (name, msg) = refusal(Runtime::builder().workers(n));
+            assert_eq!(name, "workers", "{msg}");
+            assert!(
+                msg.contains(&format!("\"{n}\"")) && msg.contains("1 to 1024"),
+                "{msg}"
+            );
+            assert!(!msg.contains("max_parked"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn the_default_max_parked_fits_in_the_room_the_workers_leave() {
+        let counts = |w: usize| Runtime::builder().workers(w).counts(8).unwrap();
+        assert_eq!(counts(1), (1, DEFAULT_MAX_PARKED));
+        assert_eq!(counts(960), (960, 64));
+        assert_eq!(counts(961), (961, 63));
+        assert_eq!(counts(1000), (1000, 24));
+        assert_eq!(counts(1024), (1024, 0));
+        // Available parallelism is a default too: at most the slots.
+        assert_eq!(Runtime::builder().counts(4096).unwrap(), (1024, 0));
+        assert_eq!(Runtime::builder().counts(0).unwrap(), (1, 64));
+    }
+
+    #[test]
+    fn an_explicit_max_parked_that_does_not_fit_names_it_the_workers_and_the_most() {
+        let (name, msg) = refusal(Runtime::builder().workers(1000).max_parked(64));
+        assert_eq!(name, "max_parked", "{msg}");
+        assert!(
+            msg.contains("\"64\"") && msg.contains("1000 workers") && msg.contains("at most 24"),
+            "{msg}"
+        );
+        // What fits is kept as given.
+        let b = Runtime::builder().workers(1000).max_parked(24);
+        assert_eq!(b.counts(8).unwrap(), (1000, 24));
+        let b = Runtime::builder().workers(4).max_parked(1000);
+        assert_eq!(b.counts(8).unwrap(), (4, 1000));
+    }
+
+    #[test]
+    fn every_worker_count_the_environment_accepts_builds_its_counts() {
+        for n in 1..=1024usize {
+            let v = n.to_string();
+            let b = super::super::default::from_env(|name| {
+                (name == "FROSTHEAP_WORKERS").then(|| v.clone())
+            })
+            .unwrap();
+            let (workers, parked) = b.counts(8).unwrap_or_else(|e| panic!("{n}: {e}"));
+            assert_eq!((workers, parked), (n, DEFAULT_MAX_PARKED.min(1024 - n)));
+        }
     }
 }

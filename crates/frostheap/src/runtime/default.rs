@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `FROSTHEAP_WORKERS` | worker threads, 1 to 1024 | available parallelism |
 //! | `FROSTHEAP_MEMORY_BUDGET` | memory budget for batches (`256M`, `1G`, ...) | none |
-//! | `FROSTHEAP_MAX_PARKED` | parked threads tolerated (cancel policy; workers + parked ≤ 1024) | 64 (`DEFAULT_MAX_PARKED`) |
+//! | `FROSTHEAP_MAX_PARKED` | parked threads tolerated (cancel policy; workers + parked ≤ 1024) | 64 (`DEFAULT_MAX_PARKED`), or `1024 - workers` if less |
 //!
 //! plus what every runtime reads (`FROSTHEAP_PROTECT`,
 //! `FROSTHEAP_ON_VIOLATION`, `FROSTHEAP_TRACK_ALLOCS`). A bad value stops
@@ -30,8 +30,9 @@ static GLOBAL: OnceLock<Result<Runtime, Error>> = OnceLock::new();
 /// The process-wide runtime, built on first use from the environment:
 /// `FROSTHEAP_WORKERS` (worker threads, 1 to 1024; default: available
 /// parallelism), `FROSTHEAP_MEMORY_BUDGET` (a size such as `256M`; default:
-/// none), `FROSTHEAP_MAX_PARKED` (default 64; workers + parked ≤ 1024), plus what every runtime
-/// reads (`FROSTHEAP_PROTECT`, `FROSTHEAP_ON_VIOLATION`). It guards the main
+/// none), `FROSTHEAP_MAX_PARKED` (workers + parked ≤ 1024; default 64,
+/// or `1024 - workers` if less), plus what every runtime reads
+/// (`FROSTHEAP_PROTECT`, `FROSTHEAP_ON_VIOLATION`). It guards the main
 /// heap in global mode, like any runtime.
 ///
 /// A bad environment value, or a runtime that cannot start, stops the
@@ -153,7 +154,7 @@ mod tests {
         let text = format!("{b:?}");
         assert!(text.contains("workers: Some(3)"), "{text}");
         assert!(text.contains("memory_budget: Some(67108864)"), "{text}");
-        assert!(text.contains("max_parked: 7"), "{text}");
+        assert!(text.contains("max_parked: Some(7)"), "{text}");
         let b = from_env(env(&[])).expect("nothing set");
         assert!(format!("{b:?}").contains("workers: None"));
     }

@@ -49,7 +49,15 @@ pub struct RuntimeStats {
     pub peak_phase_bytes: usize,
     /// Items larger than the memory budget (each ran alone).
     pub oversized_items: u64,
-    /// Violations reported.
+    /// Violations reported: one per violating store a report was made
+    /// for, whatever the policy. Under rollback, each store the call's
+    /// error lists (the first and [`Violation::other_stores`]); under
+    /// cancel, the one store each violator was parked at (which never
+    /// lands: one per cancelled task); under audit, each record added to
+    /// [`Runtime::audit_log`]; under any policy, each kernel write into a
+    /// guarded heap found by [`crate::io::read`].
+    ///
+    /// [`Violation::other_stores`]: crate::Violation::other_stores
     pub violations: u64,
     /// Worker threads parked by the cancel policy (replaced).
     pub parked_workers: u64,

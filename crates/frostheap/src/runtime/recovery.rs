@@ -264,6 +264,9 @@ impl Runtime {
             Violation::from_raw(addr, ip, tid, name, item, access, backend, policy)
         };
         let mut violations = Vec::new();
+        // Reports put in the audit log (counted in `RuntimeStats::violations`
+        // here; the phase's violations are counted by `run_phase`).
+        let mut audited = 0u64;
         let mut parked_items = Vec::new();
         let mut workers = self.lock_workers();
         for w in workers.iter() {
@@ -291,6 +294,7 @@ impl Runtime {
                 if policy == OnViolation::Rollback {
                     violations.push(v);
                 } else {
+                    audited += 1;
                     self.audit_log
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -349,6 +353,12 @@ impl Runtime {
             self.missing_workers.fetch_add(parked, Ordering::AcqRel);
             let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
             s.parked_workers += parked as u64;
+        }
+        if audited > 0 {
+            // Audit's reports are violations reported too (they stayed 0
+            // while the log grew).
+            let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            s.violations += audited;
         }
         PhaseResult {
             violations,

@@ -49,6 +49,11 @@ unsafe impl Allocator for Arena<'_> {
         // SAFETY: an Arena is handed only to tasks running on the owning
         // worker, and it is not Send.
         let p = unsafe { self.ctx.alloc(layout.size(), layout.align()) };
+        // SAFETY: as above (the owning worker).
+        if p.is_null() && unsafe { self.ctx.take_limit_refused() } {
+            // Nothing else serves it: one refusal by the process limit.
+            crate::heap::process::count_refusal();
+        }
         let p = core::ptr::NonNull::new(p).ok_or(AllocError)?;
         Ok(core::ptr::NonNull::slice_from_raw_parts(p, layout.size()))
     }

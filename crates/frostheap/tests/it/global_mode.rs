@@ -142,6 +142,48 @@ fn max_below_one_page_stops_startup() {
     );
 }
 
+test!(max_larger_than_the_address_space_stops_startup_naming_it);
+/// `FROSTHEAP_MAX=1000T`, more than the address space can reserve, stops
+/// start-up with one line naming the variable, its value and the most this
+/// process can reserve (it printed "cannot reserve the main heap ...: mmap
+/// errno 12").
+fn max_larger_than_the_address_space_stops_startup_naming_it() {
+    assert_startup_error(
+        &[("FROSTHEAP_MAX", "1000T")],
+        "FROSTHEAP_MAX",
+        "1000T",
+        "expected a size this process's address space can reserve, at most ",
+    );
+}
+
+test!(min_equal_to_max_starts_whatever_the_size);
+/// `FROSTHEAP_MIN` equal to `FROSTHEAP_MAX` at sizes that are not multiples
+/// of 64 KiB starts, and the main heap commits the whole limit rounded down
+/// to 64 KiB: the minimum was rounded up past the limit, whose first charge
+/// then refused it, and start-up failed naming `FROSTHEAP_MAX` as a system
+/// call. (The main thread alone allocates here: the minimum is the main
+/// heap's, and with all of the limit charged to it other threads' heaps
+/// get nothing.)
+fn min_equal_to_max_starts_whatever_the_size() {
+    for size in ["100000K", "1000001"] {
+        let out = run_fixture(
+            "global_alloc",
+            &["64K"],
+            &[("FROSTHEAP_MAX", size), ("FROSTHEAP_MIN", size)],
+        );
+        assert!(out.status.success(), "{size}: {}", describe(&out));
+        let bytes = frostheap::parse_size(size).unwrap();
+        let committed = printed_number(&out, "committed=");
+        assert!(
+            printed_number(&out, "limit=") == bytes as u64
+                && committed >= (bytes & !0xffff) as u64
+                && committed <= bytes as u64,
+            "{size}: {}",
+            describe(&out)
+        );
+    }
+}
+
 test!(allocation_past_max_takes_the_alloc_error_path);
 /// Past `FROSTHEAP_MAX`, `GlobalAlloc` returns null and Rust's
 /// allocation-failure path reports and aborts.
@@ -277,6 +319,23 @@ fn one_limit_bounds_every_kind_of_thread() {
         "{}",
         describe(&out)
     );
+}
+
+test!(every_allocation_the_limit_refuses_counts_once_whichever_heap_refused_it);
+/// `stats().refused` is one per allocation the process limit refused,
+/// whichever heap refused it. The main heap filled to `FROSTHEAP_MAX=64M`
+/// five times counted none (its cap, the limit, refused before the
+/// process's counters were asked), nor did a request larger than the
+/// limit on any thread; a task filling memory counted each refused chunk
+/// of its context heap and its worker heap's refusal besides (5 for one
+/// allocation).
+fn every_allocation_the_limit_refuses_counts_once_whichever_heap_refused_it() {
+    let out = run_fixture(
+        "global_threads",
+        &["refusals-counted"],
+        &[("FROSTHEAP_MAX", "64M")],
+    );
+    assert_succeeded_saying(&out, "global_threads refusals-counted: ok");
 }
 
 test!(many_threads_are_charged_for_the_pages_their_blocks_reach);

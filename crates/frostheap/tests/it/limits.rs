@@ -357,6 +357,25 @@ fn max_below_one_page_is_an_invalid_config_naming_max() {
     unsafe { heap.dealloc(p) };
 }
 
+test!(min_equal_to_max_commits_no_more_than_the_cap);
+/// `min == max`, not a multiple of 64 KiB: the minimum committed is the
+/// cap (`max` rounded down to 64 KiB), not `min` rounded up past it (a
+/// heap charged a page above its own cap).
+fn min_equal_to_max_commits_no_more_than_the_cap() {
+    let size = 1_000_001;
+    let heap = Heap::builder()
+        .min(size)
+        .max(size)
+        .huge_pages(HugePages::Off)
+        .build()
+        .unwrap();
+    let s = heap.stats();
+    assert_eq!(s.committed, size & !0xffff, "{s:?}");
+    let p = heap.try_alloc(Layout::new::<[u8; 100]>()).unwrap();
+    // SAFETY: live block from this heap.
+    unsafe { heap.dealloc(p) };
+}
+
 test!(min_is_committed_up_front);
 /// `min` is committed up front and counts against nothing else.
 fn min_is_committed_up_front() {

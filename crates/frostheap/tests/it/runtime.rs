@@ -154,6 +154,59 @@ fn map_equals_the_sequential_map_for_vecs_slices_and_streams() {
 
 // ---------------------------------------------------------------- empty input, scope, join
 
+test!(stats_violations_counts_one_per_violating_store_reported_under_every_policy);
+/// `RuntimeStats::violations` is one per violating store a report was made
+/// for, under rollback, cancel and audit alike. One task stores twice into
+/// a guarded heap: rollback lists (and counts) both stores, cancel parks
+/// the task at the first (one), audit logs both (it counted none while
+/// `audit_log()` grew).
+fn stats_violations_counts_one_per_violating_store_reported_under_every_policy() {
+    use frostheap::OnViolation;
+    for policy in [
+        OnViolation::Rollback,
+        OnViolation::Cancel,
+        OnViolation::Audit,
+    ] {
+        let heap = Heap::builder()
+            .name("counted")
+            .max(64 * MIB)
+            .build()
+            .unwrap();
+        let mut data = AVec::new_in(heap.clone());
+        // Two words a page apart: two stores, each its own fault.
+        data.extend((0..1024).map(AtomicU64::new));
+        let rt = Runtime::builder()
+            .workers(2)
+            .guard(&heap)
+            .guard_main_heap(false)
+            .on_violation(policy)
+            .build()
+            .unwrap();
+        let r = rt.map(0..16usize, |i| {
+            if i == 5 {
+                data[3].store(11, Ordering::Relaxed);
+                data[3 + 512].store(12, Ordering::Relaxed);
+            }
+            i
+        });
+        let s = rt.stats();
+        let (reported, expected) = match (policy, r) {
+            (OnViolation::Rollback, Err(Error::Violation(v))) => (1 + v.other_stores().len(), 2),
+            (OnViolation::Cancel, Err(Error::Violation(_))) => (s.parked_workers as usize, 1),
+            (OnViolation::Audit, Ok(_)) => (rt.audit_log().len(), 2),
+            (_, other) => panic!("{policy:?}: unexpected {other:?}"),
+        };
+        assert_eq!(reported, expected, "{policy:?}: reports {s:?}");
+        assert_eq!(
+            s.violations, expected as u64,
+            "{policy:?}: RuntimeStats::violations {s:?}"
+        );
+        // A phase without a violation adds none.
+        rt.map(0..16usize, |i| i).unwrap();
+        assert_eq!(rt.stats().violations, expected as u64, "{policy:?}");
+    }
+}
+
 test!(empty_input_returns_empty_without_a_phase);
 fn empty_input_returns_empty_without_a_phase() {
     for budget in [None, Some(1024)] {

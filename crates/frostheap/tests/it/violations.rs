@@ -389,6 +389,7 @@ pub fn run_case(protect: Protect, policy: OnViolation, kind: Kind) {
             }
             let s = rt.stats();
             assert_eq!(s.parked_workers, 0, "{what}: audit parks nobody");
+            assert_eq!(s.violations as usize, log.len(), "{what}: every record counted");
         }
         OnViolation::Rollback => {
             let v = match out {
@@ -454,8 +455,8 @@ pub fn run_case(protect: Protect, policy: OnViolation, kind: Kind) {
     assert_eq!(data[TARGET_WORD], 7);
     let expected_violations = match policy {
         OnViolation::Cancel => 1,
-        OnViolation::Rollback => before_next,
-        _ => 0,
+        OnViolation::Rollback | OnViolation::Audit => before_next,
+        OnViolation::Abort => unreachable!("abort is checked in a child process"),
     };
     assert_eq!(
         rt.stats().violations,
