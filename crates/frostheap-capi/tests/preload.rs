@@ -787,6 +787,22 @@ fn fork_then_allocate_in_the_child() {
 }
 
 #[test]
+fn children_forked_while_threads_allocate_never_hang() {
+    // 500 forks while three threads allocate and free without pause: some
+    // land in the middle of an allocation (the old code hung a child in
+    // one run of three of `fork_churn 300 2`). Each child frees blocks of
+    // those threads' heaps and grows past the growth hook's step; a child
+    // that hangs is killed by its own 20 s alarm (so no spinning child
+    // outlives the test) and counted.
+    let out = preloaded_limited(
+        Command::new(c_program("fork_churn")).args(["500", "3"]),
+        &[],
+        600,
+    );
+    assert_succeeded_saying(&out, "fork_churn: 500 children ok");
+}
+
+#[test]
 fn bad_environment_stops_with_one_line() {
     let out = preloaded(
         &mut Command::new(c_program("fork")),

@@ -800,7 +800,14 @@ pub(super) fn for_each_lock(mut f: impl FnMut(&RawLock)) {
 
 /// In a `fork` child, whose only thread is the calling one: every heap
 /// another thread owned is repaired (remote frees the fork cut in half)
-/// and abandoned for adoption, since its owner does not exist here.
+/// and left without an owner for good ([`HeapCore::orphan_after_fork`]:
+/// its owner may have been in the middle of an allocation or a free), its
+/// free memory going back as for a thread that waits. (Until 2026-12-05
+/// they were given up for adoption, through the owner's state: a child
+/// forked while other threads allocated spun for good in half of the
+/// runs of a user's program.)
+///
+/// [`HeapCore::orphan_after_fork`]: crate::heap::HeapCore::orphan_after_fork
 ///
 /// # Safety
 /// 1. The calling thread is the only thread of the process, inside the
@@ -816,14 +823,8 @@ pub(super) unsafe fn after_fork_in_child() {
             // is on the owner path.
             unsafe {
                 h.core.forget_own_cache_after_fork();
-                h.core.set_owner();
+                h.core.orphan_after_fork();
             }
-            // SAFETY: we are the owner now, and give it up at once.
-            unsafe { abandon_warm(idx, h) };
-            SLOTS[idx].state.store(ABANDONED, Ordering::Relaxed);
-            // SAFETY: the only thread; the heap was live, not on the
-            // stack.
-            unsafe { stack_insert(s, idx) };
         }
     }
     // What the heaps on the stack keep for their next threads, counted
@@ -836,20 +837,24 @@ pub(super) unsafe fn after_fork_in_child() {
         .map(|&idx| SLOTS[idx as usize].warm.load(Ordering::Relaxed))
         .sum();
     WARM.store(kept, Ordering::Relaxed);
-    // The calling thread's heap, if it has one, is the only one live.
-    let live = built().filter(|&(idx, _, live)| idx != 0 && live).count();
+    // The calling thread's heap, if it has one, is the only one live with
+    // an owner.
+    let live = built()
+        .filter(|&(idx, h, live)| idx != 0 && live && !h.core.is_orphan())
+        .count();
     remote_cache::set_live_heaps(live);
 }
 
-/// Thread heaps built so far, and how many wait for adoption.
-pub(super) fn counts() -> (usize, usize) {
-    let mut built_n = 0;
-    let mut abandoned = 0;
-    for (idx, _, live) in built() {
+/// Thread heaps built so far, how many wait for adoption, and how many a
+/// `fork` left without an owner ([`after_fork_in_child`]).
+pub(super) fn counts() -> (usize, usize, usize) {
+    let (mut built_n, mut abandoned, mut orphaned) = (0, 0, 0);
+    for (idx, h, live) in built() {
         if idx != 0 {
             built_n += 1;
             abandoned += usize::from(!live);
+            orphaned += usize::from(live && h.core.is_orphan());
         }
     }
-    (built_n, abandoned)
+    (built_n, abandoned, orphaned)
 }

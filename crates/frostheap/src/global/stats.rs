@@ -47,6 +47,12 @@ pub struct ProcessStats {
     pub thread_heaps: usize,
     /// Thread heaps whose thread exited, waiting for adoption.
     pub abandoned_heaps: usize,
+    /// In a `fork` child: thread heaps of the parent's other threads, which
+    /// no thread owns or adopts (their owners may have been in the middle
+    /// of an allocation when the process forked). Their blocks can be
+    /// freed, and their free memory goes back as the process grows, at a
+    /// trim, or at the limit; their partly used spans stay.
+    pub orphaned_heaps: usize,
     /// Bytes of free memory those heaps keep charged (and resident) for
     /// the threads that adopt them, instead of purging it as their threads
     /// exited or as other threads freed their blocks: 32 MiB in all at
@@ -108,7 +114,7 @@ pub fn stats() -> ProcessStats {
         }
     }
     s.threads_in_use = s.threads_in_use.saturating_sub(cached);
-    (s.thread_heaps, s.abandoned_heaps) = heaps::counts();
+    (s.thread_heaps, s.abandoned_heaps, s.orphaned_heaps) = heaps::counts();
     s.kept_for_next_threads = heaps::kept_for_next_threads();
     s
 }

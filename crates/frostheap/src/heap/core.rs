@@ -118,6 +118,11 @@ pub(crate) struct HeapCore {
     pub(super) spans: SpanAllocator,
 }
 
+/// The owner token of a heap that a `fork` left without an owner
+/// ([`HeapCore::orphan_after_fork`]): no thread has it (a thread's token is
+/// the address of its control block, aligned).
+const ORPHAN: usize = 1;
+
 #[cfg(test)]
 std::thread_local! {
     /// Tests: called once, in this thread, as [`HeapCore::give_back_held`]
@@ -1253,6 +1258,33 @@ impl HeapCore {
     ///
     /// # Safety
     /// 1. The calling thread is the only thread of the process.
+    /// In a `fork` child, for a heap whose owner does not exist there:
+    /// no thread owns it from now on, and none ever will. Its owner may
+    /// have been anywhere in its lock-free paths when the process forked
+    /// (a block half pushed on a span's free list, a span half moved
+    /// between its class queues), so nothing may read the owner's state
+    /// again: giving it up, as a thread that exits does, retired a span
+    /// twice, and the child spun for good in a free-span bin turned into a
+    /// ring. Other threads free its blocks as remote frees; what is shared
+    /// (the span allocator, the pending stack, the bitmaps) stays
+    /// consistent, as `fork` took the heap's locks, and goes back as for a
+    /// thread that waits ([`HeapCore::retire_spans_freed_whole`], the
+    /// process's growth hook, trims and the limit's reclaimer).
+    ///
+    /// # Safety
+    /// 1. The calling thread is the only thread of the process (a `fork`
+    ///    child), and the heap's owner is not the calling thread.
+    pub(crate) unsafe fn orphan_after_fork(&self) {
+        self.others.abandoned.store(false, Ordering::Relaxed);
+        self.owner.store(ORPHAN, Ordering::Release);
+    }
+
+    /// Whether a `fork` left this heap without an owner for good
+    /// ([`HeapCore::orphan_after_fork`]).
+    pub(crate) fn is_orphan(&self) -> bool {
+        self.owner_token() == ORPHAN
+    }
+
     pub(crate) unsafe fn forget_own_cache_after_fork(&self) {
         self.own.disable();
         self.own.forget();

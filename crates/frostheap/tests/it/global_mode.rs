@@ -507,7 +507,9 @@ fn a_waiting_thread_gives_its_free_memory_back_as_the_process_grows() {
 test!(fork_in_a_threaded_global_program_leaves_a_working_child);
 /// `fork` while another thread allocates and frees the main thread's
 /// blocks: every child can allocate (no heap lock was copied held), finds
-/// the other thread's heap up for adoption, and exits within its time.
+/// the other thread's heap left without an owner (never adopted: its owner
+/// may have been mid-allocation), frees a block of it, and exits within
+/// its time.
 fn fork_in_a_threaded_global_program_leaves_a_working_child() {
     let out = run_fixture("global_threads", &["fork"], &[]);
     assert_succeeded_saying(&out, "global_threads fork: ok");
