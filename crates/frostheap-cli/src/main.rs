@@ -37,7 +37,7 @@ enum Command {
     Run(run::RunArgs),
     /// An HTTP/1.1 server that derives its capacity from a memory budget:
     /// `frostheap serve --max-memory 256M --listen 127.0.0.1:8080`.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
 }
 
 fn main() -> ExitCode {
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         Command::Tour => tour::run(),
         Command::Info => info::run(),
         Command::Run(args) => run::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

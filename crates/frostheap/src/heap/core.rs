@@ -1252,13 +1252,6 @@ impl HeapCore {
     }
 
     /// In a `fork` child, for a heap whose owner does not exist there:
-    /// forgets the owner's cache, which `fork` may have cut in the middle
-    /// of a push (its blocks stay handed out in their spans, and free in
-    /// the statistics).
-    ///
-    /// # Safety
-    /// 1. The calling thread is the only thread of the process.
-    /// In a `fork` child, for a heap whose owner does not exist there:
     /// no thread owns it from now on, and none ever will. Its owner may
     /// have been anywhere in its lock-free paths when the process forked
     /// (a block half pushed on a span's free list, a span half moved
@@ -1285,6 +1278,13 @@ impl HeapCore {
         self.owner_token() == ORPHAN
     }
 
+    /// In a `fork` child, for a heap whose owner does not exist there:
+    /// forgets the owner's cache, which `fork` may have cut in the middle
+    /// of a push (its blocks stay handed out in their spans, and free in
+    /// the statistics).
+    ///
+    /// # Safety
+    /// 1. The calling thread is the only thread of the process.
     pub(crate) unsafe fn forget_own_cache_after_fork(&self) {
         self.own.disable();
         self.own.forget();
