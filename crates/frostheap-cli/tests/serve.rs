@@ -340,6 +340,7 @@ fn endpoints_work_and_measurement_refines_the_per_client_cost() {
             metrics.contains(&format!("# HELP {family} ")),
             "{family} has no HELP line"
         );
+        assert!(!metrics.contains(".."), "a HELP text ends with two periods");
         assert!(
             metrics.contains(&format!("# TYPE {family} ")),
             "{family} has no TYPE line"
@@ -452,6 +453,26 @@ fn bad_configuration_gives_one_line_and_exit_status_2() {
         "cannot listen on",
     );
     bad_config(&["--listen", "not-an-address"], "cannot listen on");
+    // Each flag named alone, and a duration of 0 refused by name.
+    bad_config(
+        &["--max-memory", "8M", "--max-waiting", "0"],
+        "invalid --max-waiting 0",
+    );
+    // Durations are checked by the argument parser, whose message names
+    // the flag first (and adds a hint line).
+    for flag in ["--estimate-window", "--send-timeout", "--idle-timeout"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_frostheap"))
+            .args(["serve", "--max-memory", "8M", flag, "0s"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.contains(flag) && first.contains("above zero"),
+            "{flag}: {stderr}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

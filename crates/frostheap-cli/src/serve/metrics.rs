@@ -208,6 +208,8 @@ fn encode(numbers: &Numbers) -> String {
     };
     let mut registry = Registry::default();
     for (field, name, kind, help) in METRICS {
+        // The registry ends each help text with a period of its own.
+        let help = &help.trim_end_matches('.');
         let key = if *field == "measured" {
             "per_client_measured"
         } else {

@@ -106,7 +106,7 @@ pub struct ServeArgs {
     fixed_per_client: bool,
     /// The window of the measured per-client cost (its 95th percentile
     /// over this time).
-    #[arg(long, default_value = "10s", value_parser = duration)]
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
     estimate_window: Duration,
     /// What to do past capacity.
     #[arg(long, value_enum, default_value = "shed")]
@@ -189,8 +189,13 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     if per_client == 0 {
         return Err("invalid --per-client \"0\": expected a size of at least 1 byte".into());
     }
-    if args.max_pending == Some(0) || args.max_waiting == Some(0) {
-        return Err("invalid --max-pending/--max-waiting 0: expected at least 1".into());
+    for (flag, value) in [
+        ("--max-pending", args.max_pending),
+        ("--max-waiting", args.max_waiting),
+    ] {
+        if value == Some(0) {
+            return Err(format!("invalid {flag} 0: expected at least 1").into());
+        }
     }
     let budget = if args.no_budget {
         None
