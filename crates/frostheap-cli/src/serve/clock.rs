@@ -18,9 +18,14 @@
 //! the `Send` deadline fails the same way.
 //!
 //! A response's permit (its admitted bytes) is held here from its first
-//! frame until it is written to the socket ([`ConnClock::sent`]): the
+//! frame until it is written to the socket ([`ConnClock::flushed`]): the
 //! response's buffer lives until then, and a client that is slow to read
-//! holds its bytes for as long. (Until 2026-12-05 the permit went back,
+//! holds its bytes for as long. (The kernel says a socket has room again
+//! only once about a third of its send buffer has drained, so a reader
+//! slower than a third of that buffer per `--send-timeout` is cut, as
+//! under nginx's `send_timeout`.) A response hyper writes without taking
+//! a frame (a `HEAD` answer, an empty body) gives its permit back as hyper
+//! drops it, and the idle wait starts then. (Until 2026-12-05 the permit went back,
 //! and the idle deadline started, as hyper took the last frame: 40
 //! clients that did not read their 8 MB answers took a server with a 32
 //! MiB budget to 280 MiB resident, and a client reading a large answer
@@ -52,11 +57,12 @@ const SEND: u8 = 4;
 
 /// A connection's phase and its place at the gate.
 ///
-/// Every field is an atomic that only the connection's own task touches
-/// (hyper polls the service, its bodies and the socket from that task), so
-/// relaxed loads and stores suffice: on x86 they are plain moves, where a
-/// mutex costs two locked instructions per use and a clock phase is read
-/// and written several times per request.
+/// Every field is touched only by the connection's own task (hyper polls
+/// the service, its bodies and the socket from that task). The phase
+/// fields are atomics, so relaxed loads and stores suffice: on x86 they
+/// are plain moves, where a mutex costs two locked instructions per use
+/// and a clock phase is read and written several times per request. The
+/// permits, taken once per response, sit behind an uncontended mutex.
 pub(super) struct ConnClock {
     phase: AtomicU8,
     /// When the phase began: nanoseconds after `accepted`.
@@ -72,8 +78,10 @@ pub(super) struct ConnClock {
     pub(super) evict: Arc<Notify>,
     /// In `Send`: hyper has taken the response's last frame.
     ended: AtomicBool,
-    /// The permit of the response being sent (see the file comment).
-    permit: Mutex<Option<Permit>>,
+    /// The permits of the responses being sent (see the file comment):
+    /// one, or more when hyper parsed a pipelined request before the last
+    /// write of the answer before it was flushed.
+    permits: Mutex<Vec<Permit>>,
 }
 
 impl ConnClock {
@@ -88,7 +96,7 @@ impl ConnClock {
             ticket,
             evict,
             ended: AtomicBool::new(false),
-            permit: Mutex::new(None),
+            permits: Mutex::new(Vec::with_capacity(1)),
         }
     }
 
@@ -105,9 +113,6 @@ impl ConnClock {
     /// place at the gate is no longer evictable); its body, if it has one,
     /// is timed.
     pub(super) fn request(&self, has_body: bool) {
-        // A pipelined request parsed before the last write of the previous
-        // response was flushed: that response is all in hyper's buffer.
-        self.release_permit();
         if let Some(t) = &self.ticket {
             t.set_ready();
         }
@@ -150,7 +155,12 @@ impl ConnClock {
     /// hyper took the response's first frame: the response is being
     /// written, holding `permit` (its admitted bytes) until it is.
     pub(super) fn sending(&self, permit: Option<Permit>) {
-        *self.permit.lock().unwrap_or_else(|e| e.into_inner()) = permit;
+        if let Some(p) = permit {
+            self.permits
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(p);
+        }
         self.ended.store(false, Ordering::Relaxed);
         self.set(SEND, self.now());
     }
@@ -185,15 +195,11 @@ impl ConnClock {
         }
     }
 
-    fn release_permit(&self) {
-        if let Some(p) = self.permit.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            drop(p);
-        }
-    }
-
-    /// The response was sent: waiting for the next request.
+    /// The response was sent (and any answered before it): waiting for
+    /// the next request, the permits back.
     fn idle(&self) {
-        self.release_permit();
+        let sent = core::mem::take(&mut *self.permits.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(sent);
         self.set(IDLE, self.now());
     }
 

@@ -118,9 +118,12 @@ pub fn fork_release() {
 
 /// In a `fork` child: the forking thread is the child's only thread. The
 /// remote frees the fork cut in half are completed in every heap, the
-/// heaps of the other threads (which do not exist in the child) are put
-/// up for adoption, and if the forking thread was not the main thread it
-/// becomes the main heap's owner (as the process's first thread would).
+/// heaps of the other threads (which do not exist in the child) are left
+/// without an owner for good (`heaps::after_fork_in_child`), and if the
+/// forking thread was not the main thread it becomes the main heap's
+/// owner (as the process's first thread would). That last step reads the
+/// main thread's state, which the fork may have cut in the middle of an
+/// allocation (docs/threads.md, "`fork` while other threads allocate").
 pub fn fork_child_adopt() {
     if MAIN.state.load(Ordering::Acquire) != READY {
         return;

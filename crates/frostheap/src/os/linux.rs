@@ -636,6 +636,50 @@ pub fn thread_cpu_ns(tid: u32) -> Option<u64> {
     clock_ns(((!(tid as libc::clockid_t)) << 3) | 6)
 }
 
+/// Whether the thread `tid` of this process is blocked in a `futex` wait
+/// (a lock, a condition variable, a channel), from the first field of
+/// `/proc/self/task/TID/syscall`; `None` if that cannot be read. Allocates
+/// nothing (the path and the text live on the stack).
+pub fn thread_in_futex_wait(tid: u32) -> Option<bool> {
+    const DIR: &[u8] = b"/proc/self/task/";
+    const FILE: &[u8] = b"/syscall\0";
+    let mut path = [0u8; 48];
+    path[..DIR.len()].copy_from_slice(DIR);
+    let mut at = DIR.len();
+    let digits = tid.checked_ilog10().unwrap_or(0) as usize + 1;
+    let mut n = tid;
+    for k in (0..digits).rev() {
+        path[at + k] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    at += digits;
+    path[at..at + FILE.len()].copy_from_slice(FILE);
+    // SAFETY: `path` is NUL-terminated; open, read and close touch only
+    // the buffers given.
+    let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    let mut text = [0u8; 32];
+    // SAFETY: as above; `text` is writable for its length.
+    let len = unsafe { libc::read(fd, text.as_mut_ptr().cast(), text.len()) };
+    // SAFETY: fd was opened above and is closed once.
+    unsafe { libc::close(fd) };
+    if len <= 0 {
+        return None;
+    }
+    // "202 0x..." while in futex(2) on x86_64; "running", or another
+    // call's number, otherwise.
+    let mut number: Option<i64> = None;
+    for &b in &text[..len as usize] {
+        match b {
+            b'0'..=b'9' => number = Some(number.unwrap_or(0) * 10 + i64::from(b - b'0')),
+            _ => break,
+        }
+    }
+    Some(number == Some(libc::SYS_futex))
+}
+
 /// Blocks while `*word == expected` (spurious wake-ups happen: re-check).
 /// `timeout_ns` of `None` waits forever. Async-signal-safe.
 pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32, timeout_ns: Option<u64>) {
@@ -931,6 +975,46 @@ pub fn read(fd: libc::c_int, buf: &mut [u8]) -> Result<usize, OsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_waiting_on_a_lock_is_in_futex_wait_and_a_sleeping_one_is_not() {
+        use std::sync::mpsc;
+        let lock = std::sync::Mutex::new(());
+        let held = lock.lock().unwrap();
+        std::thread::scope(|s| {
+            let (tid_tx, tid_rx) = mpsc::channel();
+            let lock = &lock;
+            let waiter = s.spawn(move || {
+                tid_tx.send(gettid()).unwrap();
+                drop(lock.lock().unwrap());
+            });
+            let (sleep_tx, sleep_rx) = mpsc::channel();
+            let sleeper = s.spawn(move || {
+                sleep_tx.send(gettid()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            });
+            let (waiting, sleeping) = (tid_rx.recv().unwrap(), sleep_rx.recv().unwrap());
+            // Until each is in its wait (a blocked thread stays there).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while thread_in_futex_wait(waiting) != Some(true) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "never seen in futex wait"
+                );
+                std::thread::yield_now();
+            }
+            assert_eq!(thread_in_futex_wait(sleeping), Some(false));
+            assert_eq!(
+                thread_in_futex_wait(gettid()),
+                Some(false),
+                "this thread runs"
+            );
+            drop(held);
+            waiter.join().unwrap();
+            sleeper.join().unwrap();
+        });
+        assert_eq!(thread_in_futex_wait(u32::MAX), None, "no such thread");
+    }
 
     #[test]
     fn pkru_with_sets_only_the_two_bits_of_the_key() {

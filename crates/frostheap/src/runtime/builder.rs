@@ -114,7 +114,12 @@ impl RuntimeBuilder {
     /// worker finishes its share or uses CPU time — before the workers
     /// still in it are abandoned (stopped for good, like the violator) and
     /// the call returns `Err(Violation)` saying so. Those tasks are most
-    /// likely blocked on a lock the cancelled task holds. Default
+    /// likely blocked on a lock the cancelled task holds. A parked worker
+    /// keeps its locks for good, so while the runtime has parked workers
+    /// every later phase is watched the same way: there, the tasks blocked
+    /// in a `futex` wait (a lock, a condition variable, a channel) when the
+    /// time runs out are abandoned, and the call returns
+    /// `Err(Incomplete)` saying why. Default
     /// [`DEFAULT_NO_PROGRESS_TIMEOUT`](super::DEFAULT_NO_PROGRESS_TIMEOUT)
     /// (3 s).
     pub fn no_progress_timeout(mut self, timeout: core::time::Duration) -> Self {

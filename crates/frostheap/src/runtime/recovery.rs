@@ -26,8 +26,10 @@
 //! likely blocked on a lock the cancelled task holds — or, in a phase with
 //! no violation of its own, with `Err(Incomplete)` saying the same of the
 //! tasks parked by earlier phases (until 2026-12-05 such a phase waited
-//! forever). A task that spins waiting (no `futex`) uses CPU time and
-//! counts as running.
+//! forever). In such a phase only tasks blocked in a `futex` wait are
+//! abandoned (a task asleep, or in a read, is not taken for blocked on a
+//! lock). A task that spins waiting (no `futex`) uses CPU time and counts
+//! as running.
 
 use core::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -129,7 +131,10 @@ impl Runtime {
             if since.elapsed() < timeout {
                 continue;
             }
-            let (newly, pending) = self.abandon_stalled();
+            // With no violation of its own, only tasks waiting on a lock
+            // (or a condition variable, a channel) are taken for blocked
+            // on one a parked worker keeps.
+            let (newly, pending) = self.abandon_stalled(newly_parked == 0);
             if newly > 0 {
                 abandoned += newly;
                 let mut buf = [0u8; 320];
@@ -164,13 +169,22 @@ impl Runtime {
             .sum()
     }
 
-    /// Abandons every worker still running the phase's job, and signals
-    /// again those abandoned earlier that have not parked yet. Returns
-    /// (newly abandoned, still to park).
-    fn abandon_stalled(&self) -> (usize, usize) {
+    /// Abandons every worker still running the phase's job (with
+    /// `only_in_futex`, those of them blocked in a `futex` wait: a lock
+    /// such as one a parked worker keeps), and signals again those
+    /// abandoned earlier that have not parked yet. Returns (newly
+    /// abandoned, still to park).
+    fn abandon_stalled(&self, only_in_futex: bool) -> (usize, usize) {
         let (mut newly, mut pending) = (0, 0);
         for w in self.lock_workers().iter() {
             let tid = w.slot.tid.load(Ordering::Acquire);
+            if only_in_futex
+                && w.slot.job.load(Ordering::Acquire) == guard::JOB_RUNNING
+                && os::thread_in_futex_wait(tid) != Some(true)
+            {
+                // Asleep, in a read, waiting for a child: not on a lock.
+                continue;
+            }
             if abandon::abandon(w.slot, tid) {
                 newly += 1;
             } else if w.slot.job.load(Ordering::Acquire) == guard::JOB_ABANDONED {
@@ -240,7 +254,7 @@ impl Runtime {
                      earlier violations parked under the cancel policy keep every lock their tasks held: \
                      they were cancelled, as most likely blocked on such a lock, and the phase's results \
                      are discarded. Those locks stay held for good: use new ones (or a new runtime), or \
-                     the rollback policy, under which no thread is parked",
+                     the rollback policy, which parks a thread only when a task's undo log fills",
                     self.no_progress_timeout.as_millis()
                 ),
             });
