@@ -924,6 +924,17 @@ fn a_head_cut_off_by_the_client_closing_frees_its_connection_at_once() {
     assert_eq!(status.code(), Some(0), "exit status");
 }
 
+/// Sends `bytes` of `a` to `/transform?op=upper` on a new connection,
+/// whose answer the caller reads (or not).
+fn post_transform(server: &Server, bytes: usize) -> TcpStream {
+    let s = connect(&server.addr);
+    let mut w = &s;
+    w.write_all(head("POST", "/transform?op=upper", bytes).as_bytes())
+        .unwrap();
+    w.write_all(&vec![b'a'; bytes]).unwrap();
+    s
+}
+
 #[test]
 fn a_response_stays_charged_until_the_client_has_taken_it() {
     const BODY_BYTES: usize = 6 << 20;
@@ -944,12 +955,7 @@ fn a_response_stays_charged_until_the_client_has_taken_it() {
     // still to read most of it.
     // (The kernel takes 3–4 MB of it into the sockets' buffers on
     // loopback; the rest waits in the server.)
-    let s = connect(&server.addr);
-    let mut w = &s;
-    let body = vec![b'a'; BODY_BYTES];
-    w.write_all(head("POST", "/transform?op=upper", BODY_BYTES).as_bytes())
-        .unwrap();
-    w.write_all(&body).unwrap();
+    let s = post_transform(&server, BODY_BYTES);
     let held = server.wait_for("the answer to be charged while unread", |st| {
         n(st, "completed") == 1 && n(st, "in_use") >= 2 * BODY_BYTES as u64
     });
@@ -986,11 +992,7 @@ fn a_client_that_takes_none_of_its_response_is_cut_at_the_send_timeout() {
         "--send-timeout",
         "1s",
     ]);
-    let s = connect(&server.addr);
-    let mut w = &s;
-    w.write_all(head("POST", "/transform?op=upper", BODY_BYTES).as_bytes())
-        .unwrap();
-    w.write_all(&vec![b'a'; BODY_BYTES]).unwrap();
+    let s = post_transform(&server, BODY_BYTES);
     // Never read: the connection is closed, counted, and its bytes go back.
     let st = server.wait_within(Duration::from_secs(1), "the send timeout", |st| {
         n(st, "timeouts_send") == 1 && n(st, "in_use") == 0

@@ -343,10 +343,23 @@ impl TimedIo {
         Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, missed.message()))
     }
 
-    /// A write (or flush) the socket has no room for: pending, or past the
-    /// `Send` deadline its error (hyper need not be reading meanwhile).
-    fn write_pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        self.poll_deadline(cx, true).map(Err)
+    /// What a write of the socket `r` means: bytes the client took (the
+    /// `Send` phase's progress), or, with no room for them, pending, or
+    /// past the `Send` deadline its error (hyper need not be reading
+    /// meanwhile).
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Ready(Ok(n)) => {
+                self.clock.on_write(n);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(e) => Poll::Ready(e),
+            Poll::Pending => self.poll_deadline(cx, true).map(Err),
+        }
     }
 }
 
@@ -357,14 +370,8 @@ impl AsyncWrite for TimedIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.stream).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                this.clock.on_write(n);
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(e) => Poll::Ready(e),
-            Poll::Pending => this.write_pending(cx),
-        }
+        let r = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.wrote(cx, r)
     }
 
     fn poll_write_vectored(
@@ -373,14 +380,8 @@ impl AsyncWrite for TimedIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                this.clock.on_write(n);
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(e) => Poll::Ready(e),
-            Poll::Pending => this.write_pending(cx),
-        }
+        let r = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.wrote(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
