@@ -12,7 +12,14 @@
  * retired twice made a free-span bin a ring, and the child's first
  * growth spun there for good (half of the runs of `fork_churn 300 2`).
  *
- * usage: fork_churn FORKS THREADS; prints "fork_churn: N children ok". */
+ * With "thread" as a third argument, the forks come from a thread of
+ * their own while the main thread churns too (its blocks are the main
+ * heap's): the child's only thread is then not the main one. Until
+ * 2026-12-05 such a child made the forking thread the main heap's owner,
+ * through the main thread's state, which the fork may have cut in half too.
+ *
+ * usage: fork_churn FORKS THREADS [thread]; prints "fork_churn: N children
+ * ok". */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdatomic.h>
@@ -22,7 +29,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-enum { MAX_THREADS = 8, HELD = 64, SLOTS = 256 };
+enum { MAX_THREADS = 9, HELD = 64, SLOTS = 256 };
 
 static atomic_int stop;
 static atomic_int ready;
@@ -87,26 +94,19 @@ static int child(int threads) {
     return 0;
 }
 
-int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: fork_churn FORKS THREADS\n");
-        return 2;
-    }
-    int forks = atoi(argv[1]), threads = atoi(argv[2]);
-    if (threads < 1 || threads > MAX_THREADS) return 2;
-    pthread_t t[MAX_THREADS];
-    for (long i = 0; i < threads; i++) pthread_create(&t[i], 0, churn, (void *)i);
-    while (atomic_load(&ready) < threads) usleep(100);
+/* Forks FORKS children one after another and waits for each; the number
+ * that failed. */
+static int fork_loop(int forks, int churners) {
     int failed = 0;
     for (int i = 0; i < forks; i++) {
         pid_t p = fork();
         if (p < 0) {
             perror("fork");
-            return 1;
+            exit(1);
         }
-        if (p == 0) _exit(child(threads));
+        if (p == 0) _exit(child(churners));
         int st;
-        if (waitpid(p, &st, 0) != p) return 1;
+        if (waitpid(p, &st, 0) != p) exit(1);
         if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
             failed++;
             fprintf(stderr, "fork_churn: child %d: %s %d\n", i,
@@ -114,7 +114,46 @@ int main(int argc, char **argv) {
                     WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
         }
     }
+    return failed;
+}
+
+static int forks_wanted, churners_wanted;
+static int forker_failed;
+
+static void *forker(void *arg) {
+    (void)arg;
+    while (atomic_load(&ready) < churners_wanted) usleep(100);
+    forker_failed = fork_loop(forks_wanted, churners_wanted);
     atomic_store(&stop, 1);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    int from_thread = argc == 4 && strcmp(argv[3], "thread") == 0;
+    if (argc != 3 && !from_thread) {
+        fprintf(stderr, "usage: fork_churn FORKS THREADS [thread]\n");
+        return 2;
+    }
+    int forks = atoi(argv[1]), threads = atoi(argv[2]);
+    if (threads < 1 || threads > MAX_THREADS - 1) return 2;
+    /* With "thread", the main thread churns as the last of them. */
+    int churners = threads + from_thread;
+    pthread_t t[MAX_THREADS];
+    for (long i = 0; i < threads; i++) pthread_create(&t[i], 0, churn, (void *)i);
+    int failed;
+    if (from_thread) {
+        forks_wanted = forks;
+        churners_wanted = churners;
+        pthread_t f;
+        pthread_create(&f, 0, forker, 0);
+        churn((void *)(long)threads);
+        pthread_join(f, 0);
+        failed = forker_failed;
+    } else {
+        while (atomic_load(&ready) < threads) usleep(100);
+        failed = fork_loop(forks, threads);
+        atomic_store(&stop, 1);
+    }
     for (int i = 0; i < threads; i++) pthread_join(t[i], 0);
     if (failed) {
         printf("fork_churn: %d of %d children failed\n", failed, forks);

@@ -805,20 +805,27 @@ pub(super) fn for_each_lock(mut f: impl FnMut(&RawLock)) {
 /// free memory going back as for a thread that waits. (Until 2026-12-05
 /// they were given up for adoption, through the owner's state: a child
 /// forked while other threads allocated spun for good in half of the
-/// runs of a user's program.)
+/// runs of a user's program.) The main heap is among them unless
+/// `forked_by_main`.
 ///
 /// [`HeapCore::orphan_after_fork`]: crate::heap::HeapCore::orphan_after_fork
 ///
 /// # Safety
 /// 1. The calling thread is the only thread of the process, inside the
 ///    `fork` child handler, after the heap locks were released.
-pub(super) unsafe fn after_fork_in_child() {
+/// 2. `forked_by_main` is whether it owns the main heap.
+pub(super) unsafe fn after_fork_in_child(forked_by_main: bool) {
     let me = thread_token();
     let s = &ABANDONED_STACK;
     for (idx, h, live) in built() {
         // SAFETY: (1): nothing else runs.
         unsafe { h.core.repair_remote_frees_after_fork() };
-        if idx != 0 && live && h.core.owner_token() != me {
+        let other_threads = if idx == 0 {
+            !forked_by_main
+        } else {
+            live && h.core.owner_token() != me
+        };
+        if other_threads {
             // SAFETY: (1): the owner does not exist in the child; nobody
             // is on the owner path.
             unsafe {
@@ -845,15 +852,16 @@ pub(super) unsafe fn after_fork_in_child() {
     remote_cache::set_live_heaps(live);
 }
 
-/// Thread heaps built so far, how many wait for adoption, and how many a
-/// `fork` left without an owner ([`after_fork_in_child`]).
+/// Thread heaps built so far, how many wait for adoption, and how many
+/// heaps a `fork` left without an owner ([`after_fork_in_child`]; the main
+/// heap among them when a thread other than the main one forked).
 pub(super) fn counts() -> (usize, usize, usize) {
     let (mut built_n, mut abandoned, mut orphaned) = (0, 0, 0);
     for (idx, h, live) in built() {
+        orphaned += usize::from(live && h.core.is_orphan());
         if idx != 0 {
             built_n += 1;
             abandoned += usize::from(!live);
-            orphaned += usize::from(live && h.core.is_orphan());
         }
     }
     (built_n, abandoned, orphaned)

@@ -15,7 +15,7 @@ use std::borrow::Cow;
 
 use super::heaps;
 use crate::config;
-use crate::heap::core::CoreConfig;
+use crate::heap::core::{CoreConfig, ORPHAN};
 use crate::heap::process;
 use crate::heap::{Heap, HeapInner};
 use crate::os;
@@ -29,7 +29,9 @@ pub(super) const READY: u8 = 2;
 /// The main heap's start-up state and its region, for routing. The heap
 /// itself is slot 0 of the arena ([`super::heaps`]).
 pub(super) struct MainSlot {
-    /// Thread token of the main thread (0 before initialisation).
+    /// Thread token of the main thread (0 before initialisation; `ORPHAN`,
+    /// which no thread has, in a `fork` child whose forking thread was not
+    /// the main one: see [`fork_child_adopt`]).
     pub(super) owner: AtomicUsize,
     pub(super) state: AtomicU8,
 }
@@ -117,25 +119,28 @@ pub fn fork_release() {
 }
 
 /// In a `fork` child: the forking thread is the child's only thread. The
-/// remote frees the fork cut in half are completed in every heap, the
+/// remote frees the fork cut in half are completed in every heap, and the
 /// heaps of the other threads (which do not exist in the child) are left
-/// without an owner for good (`heaps::after_fork_in_child`), and if the
-/// forking thread was not the main thread it becomes the main heap's
-/// owner (as the process's first thread would). That last step reads the
-/// main thread's state, which the fork may have cut in the middle of an
-/// allocation (docs/threads.md, "`fork` while other threads allocate").
+/// without an owner for good (`heaps::after_fork_in_child`). When the
+/// forking thread was not the main thread, the main heap is among them:
+/// the main thread may have been in the middle of an allocation or a free
+/// on its owner path. No thread of the child is then the main one (its
+/// token is `ORPHAN`): the forking thread keeps its own heap, or gets one
+/// at its first allocation as any other thread does, and the main heap's
+/// blocks are freed as remote frees (docs/threads.md, "`fork` while other
+/// threads allocate"). Until 2026-12-05 the forking thread became the main
+/// heap's owner, through that state: `fork_churn 1500 1 thread` lost 2 to
+/// 4 of its children (hung, or refused an allocation far below the limit).
 pub fn fork_child_adopt() {
     if MAIN.state.load(Ordering::Acquire) != READY {
         return;
     }
+    let forked_by_main = on_main_thread();
     // SAFETY: in the child this is the only thread, inside the fork child
     // handler, after the locks were released.
-    unsafe { heaps::after_fork_in_child() };
-    if !on_main_thread() {
-        // SAFETY: in the child no other thread exists, so nobody else
-        // can be on the main heap's owner path.
-        unsafe { main_inner().core.set_owner() };
-        MAIN.owner.store(thread_token(), Ordering::Relaxed);
+    unsafe { heaps::after_fork_in_child(forked_by_main) };
+    if !forked_by_main {
+        MAIN.owner.store(ORPHAN, Ordering::Relaxed);
     }
 }
 

@@ -47,9 +47,10 @@ pub struct ProcessStats {
     pub thread_heaps: usize,
     /// Thread heaps whose thread exited, waiting for adoption.
     pub abandoned_heaps: usize,
-    /// In a `fork` child: thread heaps of the parent's other threads, which
-    /// no thread owns or adopts (their owners may have been in the middle
-    /// of an allocation when the process forked). Their blocks can be
+    /// In a `fork` child: the heaps of the parent's other threads (the
+    /// main heap among them when a thread other than the main one forked),
+    /// which no thread owns or adopts (their owners may have been in the
+    /// middle of an allocation when the process forked). Their blocks can be
     /// freed, and their free memory goes back as the process grows, at a
     /// trim, or at the limit; their partly used spans stay.
     pub orphaned_heaps: usize,

@@ -121,7 +121,7 @@ pub(crate) struct HeapCore {
 /// The owner token of a heap that a `fork` left without an owner
 /// ([`HeapCore::orphan_after_fork`]): no thread has it (a thread's token is
 /// the address of its control block, aligned).
-const ORPHAN: usize = 1;
+pub(crate) const ORPHAN: usize = 1;
 
 #[cfg(test)]
 std::thread_local! {

@@ -515,6 +515,17 @@ fn fork_in_a_threaded_global_program_leaves_a_working_child() {
     assert_succeeded_saying(&out, "global_threads fork: ok");
 }
 
+test!(fork_by_a_thread_other_than_the_main_one_orphans_the_main_heap);
+/// `fork` from a thread of its own while the main thread allocates: the
+/// child's only thread is not the main one, so the main heap is left
+/// without an owner too (the main thread may have been in the middle of
+/// an allocation); the child frees blocks of both orphaned heaps,
+/// allocates on a heap of its own, and starts a thread.
+fn fork_by_a_thread_other_than_the_main_one_orphans_the_main_heap() {
+    let out = run_fixture("global_threads", &["fork-from-thread"], &[]);
+    assert_succeeded_saying(&out, "global_threads fork-from-thread: ok");
+}
+
 test!(out_of_memory_in_global_mode_names_frostheap_and_the_limit);
 /// An allocation Rust cannot handle past `FROSTHEAP_MAX`: one line from
 /// frostheap naming the heap, the variable and the numbers, then std's
