@@ -431,6 +431,15 @@ fn bad_configuration_gives_one_line_and_exit_status_2() {
         &["--max-memory", "64K", "--listen", "127.0.0.1:0"],
         "smaller than one client",
     );
+    // More than the machine has: the budget could never shed in time.
+    bad_config(
+        &["--max-memory", "1000T", "--listen", "127.0.0.1:0"],
+        "more than the memory this server may use",
+    );
+    bad_config(
+        &["--threads", "0", "--listen", "127.0.0.1:0"],
+        "invalid --threads 0: expected at least 1",
+    );
     bad_config(
         &[
             "--max-memory",

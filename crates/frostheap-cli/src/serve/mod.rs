@@ -89,7 +89,8 @@ pub enum OverloadArg {
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Memory budget for clients: a size such as 256M or 1G, or a
-    /// percentage (of physical memory, or the cgroup's limit if less).
+    /// percentage (of physical memory, or the cgroup's limit if less); at
+    /// most that memory.
     #[arg(long, default_value = "256M")]
     max_memory: String,
     /// Address to listen on; port 0 picks a free port (the address is
@@ -189,6 +190,23 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     if per_client == 0 {
         return Err("invalid --per-client \"0\": expected a size of at least 1 byte".into());
     }
+    // A budget past the memory there is cannot shed before the kernel's
+    // OOM killer steps in (a percentage past 100% is refused the same way).
+    let machine = frostheap::__private::process_memory();
+    if max_memory > machine {
+        return Err(format!(
+            "invalid --max-memory \"{}\": {} is more than the memory this server may use ({}: physical memory, or its cgroup's limit if less), so the budget could not keep it within memory; expected at most that, or a percentage such as 75%",
+            args.max_memory,
+            Bytes(max_memory),
+            Bytes(machine),
+        )
+        .into());
+    }
+    if args.threads == Some(0) {
+        return Err(
+            "invalid --threads 0: expected at least 1 (or leave it out for one per core)".into(),
+        );
+    }
     for (flag, value) in [
         ("--max-pending", args.max_pending),
         ("--max-waiting", args.max_waiting),
@@ -230,7 +248,7 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
 
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.threads {
-        rt.worker_threads(n.max(1));
+        rt.worker_threads(n);
     }
     let rt = rt.enable_all().build()?;
 

@@ -60,9 +60,11 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Freezes `heap` during phases.
+    /// Freezes `heap` during phases (a heap given twice is guarded once).
     pub fn guard(mut self, heap: &Heap) -> Self {
-        self.guards.push(heap.clone());
+        if !self.guards.contains(heap) {
+            self.guards.push(heap.clone());
+        }
         self
     }
 

@@ -466,6 +466,22 @@ fn spin_until(mut done: impl FnMut() -> bool) -> bool {
     true
 }
 
+test!(a_heap_given_to_guard_twice_is_guarded_once);
+/// `guard(&h).guard(&h)` lists `h` once (it used to be listed, and frozen
+/// and thawed, twice).
+fn a_heap_given_to_guard_twice_is_guarded_once() {
+    let heap = Heap::builder().name("rt-twice").max(MIB).build().unwrap();
+    let rt = Runtime::builder()
+        .workers(1)
+        .guard(&heap)
+        .guard(&heap.clone())
+        .guard_main_heap(false)
+        .build()
+        .unwrap();
+    assert_eq!(rt.guarded().len(), 1, "{:?}", rt.guarded());
+    assert_eq!(rt.map(0..4u32, |i| i * 2).unwrap(), vec![0, 2, 4, 6]);
+}
+
 test!(a_write_to_a_guarded_heap_is_a_violation_and_the_worker_is_replaced);
 /// Under `cancel` (the rollback policy's equivalent is
 /// `recovery::a_write_to_a_guarded_heap_is_undone_and_no_worker_is_parked`).
