@@ -138,20 +138,24 @@ impl Region {
         Ok(region)
     }
 
-    /// A region on `[base, base + config.max)`, a part of a reservation the
+    /// A region on `[base, base + len)`, a part of a reservation the
     /// caller made (the heaps of one process share one, so that "is this
-    /// frostheap memory" stays one compare); commits `config.min`. Dropping
+    /// frostheap memory" stays one compare); commits `config.min`. Its
+    /// committed range may reach `len` (at least `config.max`), its charge
+    /// only `config.max`: room past the cap lets a block fit above live
+    /// blocks that pin the range, where the limit has room for it. Dropping
     /// it decommits what it committed and leaves the range reserved.
     ///
     /// # Safety
-    /// 1. `[base, base + config.max)` is reserved (`PROT_NONE`), page- and,
+    /// 1. `[base, base + len)` is reserved (`PROT_NONE`), page- and,
     ///    unless `config.huge_pages` is `Huge::Off`, huge-page-aligned, and
     ///    given to this region alone for as long as it lives.
     pub(crate) unsafe fn in_reservation(
         base: *mut u8,
+        len: usize,
         config: RegionConfig,
     ) -> Result<Region, OsError> {
-        let reserved = round_up(config.max, PAGE_SIZE);
+        let reserved = round_up(config.max, PAGE_SIZE).max(len & !(PAGE_SIZE - 1));
         // SAFETY: by (1).
         unsafe { Region::build(base, reserved, reserved, config, false) }
     }
@@ -162,7 +166,9 @@ impl Region {
         self.base
     }
 
-    /// Bytes reserved (the heap's hard cap, rounded up to a page).
+    /// Bytes reserved: the heap's hard cap rounded up to a page, or, for a
+    /// heap of the global allocator's arena, its slot (at least twice the
+    /// cap: [`Region::in_reservation`]).
     #[inline]
     pub fn reserved(&self) -> usize {
         self.reserved

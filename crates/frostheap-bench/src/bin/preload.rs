@@ -3,21 +3,25 @@
 //! libfrostheap, the last three through `LD_PRELOAD`.
 //!
 //! Workloads: an allocation-heavy Python script (dicts, lists, strings;
-//! `preload/alloc_heavy.py`) and a C allocation loop
-//! (`preload/alloc_loop.c`, compiled here with `cc -O2`). Repetitions are
+//! `preload/alloc_heavy.py`), a C allocation loop
+//! (`preload/alloc_loop.c`) and a C program that makes a batch of 1-65 KiB
+//! buffers and frees it all, round after round, as a garbage collector
+//! does (`preload/batch_rounds.c`); the C programs are compiled here with
+//! `cc -O2`. Repetitions are
 //! interleaved (every allocator once per round, the first rotating;
 //! `frostheap_bench::Plan`), each run a child process
 //! (`frostheap_bench::child`), so drift in machine load hits all of them
 //! alike; the report gives the median wall time with its p10–p90 spread,
 //! the per-round ratio to glibc and to the fastest (median and p10–p90),
 //! and the same for CPU time (user + system of the child, from `wait4`),
-//! which a shared, busy machine disturbs less than wall time.
+//! which a shared, busy machine disturbs less than wall time, and the
+//! child's peak RSS (`ru_maxrss`; at least this process's own, a few MiB).
 //!
 //! ```text
 //! cargo build --release -p frostheap-capi -p frostheap-bench
 //! apt-get install libmimalloc2.0 libjemalloc2      # optional baselines
-//! target/release/preload [--reps 7] [--only python|c] [--ops N]
-//!                        [--rounds N] [--lib NAME=PATH]...
+//! target/release/preload [--reps 7] [--only python|c|batch] [--ops N]
+//!                        [--rounds N] [--batch N] [--lib NAME=PATH]...
 //! target/release/preload --reps 1 --ops 2000000 --rounds 1   # brief
 //! ```
 //!
@@ -53,6 +57,10 @@ struct Options {
     /// Rounds of the Python script.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
     rounds: u64,
+    /// Buffers in each round of the batch program (300 rounds; 1,000
+    /// buffers are ~33 MB).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    batch: u64,
     /// Another preloaded library in the same run (an earlier build, say).
     #[arg(long = "lib", value_name = "NAME=PATH", value_parser = lib_spec)]
     extra: Vec<(String, PathBuf)>,
@@ -64,6 +72,8 @@ enum Only {
     Python,
     /// The C malloc/free loop.
     C,
+    /// The C program of batches made and freed, round after round.
+    Batch,
 }
 
 fn lib_spec(spec: &str) -> Result<(String, PathBuf), String> {
@@ -114,7 +124,7 @@ fn main() {
         machine.describe(),
         o.reps
     );
-    if let Some(bin) = compiled {
+    for bin in compiled {
         let _ = std::fs::remove_file(bin);
     }
 }
@@ -155,11 +165,14 @@ fn run_workload(o: &Options, w: &Workload, allocators: &[Allocator]) -> String {
             "CPU s",
             "÷ glibc",
             "÷ fastest",
+            "peak RSS MiB",
+            "÷ glibc",
         ],
         1,
     );
     let wall = rounds.samples(|out: &Outcome| out.wall.as_secs_f64());
     let cpu = rounds.samples(|out: &Outcome| out.cpu.as_secs_f64());
+    let peak = rounds.samples(|out: &Outcome| out.peak_rss as f64 / (1u64 << 20) as f64);
     let all: Vec<usize> = (0..allocators.len()).collect();
     let (wall_fastest, cpu_fastest) = (wall.lowest_median(&all), cpu.lowest_median(&all));
     for (i, a) in allocators.iter().enumerate() {
@@ -171,6 +184,8 @@ fn run_workload(o: &Options, w: &Workload, allocators: &[Allocator]) -> String {
             table::number(&cpu.summary(i), 3),
             table::ratio(&cpu.ratio(i, 0)),
             table::ratio(&cpu.ratio(i, cpu_fastest)),
+            table::number(&peak.summary(i), 1),
+            table::ratio(&peak.ratio(i, 0)),
         ]);
     }
     format!("\n## {}\n\n{t}", w.name)
@@ -206,10 +221,11 @@ fn allocators() -> Vec<Allocator> {
     out
 }
 
-/// The workloads to run, and the C program compiled for them (to delete).
-fn workloads(opts: &Options) -> Result<(Vec<Workload>, Option<PathBuf>), String> {
+/// The workloads to run, and the C programs compiled for them (to delete).
+fn workloads(opts: &Options) -> Result<(Vec<Workload>, Vec<PathBuf>), String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("preload");
     let mut out = Vec::new();
+    let mut compiled = Vec::new();
     let want = |w: Only| opts.only.is_none_or(|only| only == w);
     // The real interpreter, not a pyenv shim (whose bash would be timed).
     match Command::new("python3")
@@ -227,22 +243,36 @@ fn workloads(opts: &Options) -> Result<(Vec<Workload>, Option<PathBuf>), String>
         }
         _ => eprintln!("preload: skipping the Python workload: python3 not found"),
     }
-    if !want(Only::C) {
-        return Ok((out, None));
+    let mut compile = |source: &str| -> Result<String, String> {
+        let stem = source.trim_end_matches(".c");
+        let bin = std::env::temp_dir().join(format!("frostheap-{stem}-{}", std::process::id()));
+        let status = Command::new("cc")
+            .args(["-O2", "-o"])
+            .arg(&bin)
+            .arg(dir.join(source))
+            .status()
+            .map_err(|e| format!("cannot run cc: {e}"))?;
+        if !status.success() {
+            return Err(format!("cc failed on preload/{source}"));
+        }
+        compiled.push(bin.clone());
+        Ok(bin.display().to_string())
+    };
+    if want(Only::C) {
+        out.push(Workload {
+            name: "C malloc/free loop",
+            argv: vec![compile("alloc_loop.c")?, opts.ops.to_string()],
+        });
     }
-    let bin = std::env::temp_dir().join(format!("frostheap-alloc-loop-{}", std::process::id()));
-    let status = Command::new("cc")
-        .args(["-O2", "-o"])
-        .arg(&bin)
-        .arg(dir.join("alloc_loop.c"))
-        .status()
-        .map_err(|e| format!("cannot run cc: {e}"))?;
-    if !status.success() {
-        return Err("cc failed on preload/alloc_loop.c".into());
+    if want(Only::Batch) {
+        out.push(Workload {
+            name: "C batches made and freed, round after round",
+            argv: vec![
+                compile("batch_rounds.c")?,
+                opts.batch.to_string(),
+                "300".into(),
+            ],
+        });
     }
-    out.push(Workload {
-        name: "C malloc/free loop",
-        argv: vec![bin.display().to_string(), opts.ops.to_string()],
-    });
-    Ok((out, Some(bin)))
+    Ok((out, compiled))
 }

@@ -4,8 +4,10 @@
 //! a shift.
 //!
 //! **Slots.** The arena is `n_slots` slots of `2^slot_shift` bytes, each
-//! at least `FROSTHEAP_MAX` (so any one heap may use the whole limit), at
-//! most 1024 of them and 32 TiB in all, at most half the address space
+//! at least twice `FROSTHEAP_MAX` (so any one heap may use the whole
+//! limit, with room past the blocks that pin its range: [`reserve_arena`];
+//! `FROSTHEAP_MAX` itself where not even one such slot can be reserved),
+//! at most 1024 of them and 32 TiB in all, at most half the address space
 //! under `ulimit -v` (fewer where the reservation is refused: half as
 //! many each time). Slot 0 is the main heap; the
 //! others are built on first use, in static storage (the allocator cannot
@@ -132,29 +134,53 @@ static ABANDONED_STACK: Abandoned = Abandoned {
 
 /// Reserves the arena for heaps of `max` bytes; returns slot 0's address.
 /// Called once, by the thread that starts the main heap.
+///
+/// A slot is at least twice `max` where the address space allows: a heap's
+/// blocks must each fit in one run of its range, and live blocks pin the
+/// range where they lie. With a slot of `max`, a program that made 30 MiB
+/// of blocks, kept one of 64 bytes and freed the rest was refused 100 MiB
+/// under `FROSTHEAP_MAX=128M` with 0.4 MB committed (a user's trial);
+/// with the room past the cap, only the charge is bounded by `max`.
 pub(super) fn reserve_arena(max: usize) -> Result<*mut u8, crate::os::OsError> {
-    let Some(want) = max.max(1 << MIN_SLOT_SHIFT).checked_next_power_of_two() else {
+    let slot_for = |bytes: usize| bytes.max(1 << MIN_SLOT_SHIFT).checked_next_power_of_two();
+    let Some(plain) = slot_for(max) else {
         // Past the largest power of two: no address space holds it.
         return Err(crate::os::OsError {
             call: "mmap",
             errno: libc::ENOMEM,
         });
     };
-    let shift = want.trailing_zeros();
-    let mut slots = (1usize << ARENA_BUDGET_SHIFT.saturating_sub(shift)).clamp(1, MAX_HEAPS);
-    // Under an address-space limit (`ulimit -v`), at most half of it (one
-    // slot at least): the program needs the rest for its code, stacks, the
-    // context space and its own mappings.
-    if let Some(limit) = crate::os::address_space_limit() {
-        slots = slots.min(((limit / 2) >> shift).max(1));
-    }
-    // Where address space is scarcer still (valgrind, some sandboxes),
-    // fewer slots: threads beyond them share the main heap's locked path.
-    let base = loop {
-        match crate::os::reserve(slots << shift, crate::os::HUGE_PAGE_SIZE) {
-            Ok(base) => break base,
-            Err(_) if slots > 1 => slots /= 2,
-            Err(e) => return Err(e),
+    let roomy = max.checked_mul(2).and_then(slot_for);
+    let mut shifts = [roomy, Some(plain)]
+        .into_iter()
+        .flatten()
+        .map(usize::trailing_zeros);
+    let (base, shift, slots) = loop {
+        let Some(shift) = shifts.next() else {
+            return Err(crate::os::OsError {
+                call: "mmap",
+                errno: libc::ENOMEM,
+            });
+        };
+        let mut slots = (1usize << ARENA_BUDGET_SHIFT.saturating_sub(shift)).clamp(1, MAX_HEAPS);
+        // Under an address-space limit (`ulimit -v`), at most half of it
+        // (one slot at least): the program needs the rest for its code,
+        // stacks, the context space and its own mappings.
+        if let Some(limit) = crate::os::address_space_limit() {
+            slots = slots.min(((limit / 2) >> shift).max(1));
+        }
+        // Where address space is scarcer still (valgrind, some sandboxes),
+        // fewer slots: threads beyond them share the main heap's locked
+        // path; where not even one roomy slot fits, slots of `max`.
+        let reserved = loop {
+            match crate::os::reserve(slots << shift, crate::os::HUGE_PAGE_SIZE) {
+                Ok(base) => break Some(base),
+                Err(_) if slots > 1 => slots /= 2,
+                Err(_) => break None,
+            }
+        };
+        if let Some(base) = reserved {
+            break (base, shift, slots);
         }
     };
     let len = slots << shift;
@@ -165,6 +191,11 @@ pub(super) fn reserve_arena(max: usize) -> Result<*mut u8, crate::os::OsError> {
     HEAP_MAX.store(max, Ordering::Relaxed);
     ARENA.len.store(len, Ordering::Release);
     Ok(base)
+}
+
+/// Bytes of one slot of the arena (after [`reserve_arena`]).
+pub(super) fn slot_len() -> usize {
+    1 << ARENA.shift.load(Ordering::Relaxed)
 }
 
 /// After [`reserve_arena`] refused heaps of `max` bytes: the largest
@@ -276,7 +307,9 @@ pub(super) fn attach() -> Option<(usize, &'static HeapInner)> {
     // SAFETY: slot idx of the arena is reserved and given to this heap
     // alone (NEXT_FRESH hands each slot out once); the heap is never
     // dropped.
-    let h = match unsafe { HeapInner::init_in(slot, Cow::Borrowed("thread"), base, config) } {
+    let h = match unsafe {
+        HeapInner::init_in(slot, Cow::Borrowed("thread"), base, 1 << shift, config)
+    } {
         Ok(h) => &*h,
         Err(_) => return None, // the slot stays unused
     };

@@ -186,7 +186,9 @@ pub(super) fn init() {
     let build = |slot: &mut MaybeUninit<HeapInner>| {
         // SAFETY: slot 0 of the fresh arena is reserved, huge-page
         // aligned and given to the main heap for good.
-        let h = unsafe { HeapInner::init_in(slot, Cow::Borrowed("main"), base, core)? };
+        let h = unsafe {
+            HeapInner::init_in(slot, Cow::Borrowed("main"), base, heaps::slot_len(), core)?
+        };
         h.register();
         Ok::<(), os::OsError>(())
     };

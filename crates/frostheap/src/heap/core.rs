@@ -165,12 +165,12 @@ impl HeapCore {
     /// of the core's own.
     ///
     /// # Safety
-    /// 1. `at` is `None`, or as for [`Region::in_reservation`], and the
+    /// 1. `at` is `None`, or (base, len) as for [`Region::in_reservation`], and the
     ///    core is never dropped while blocks of it are live.
     /// 2. `dst` is valid for a write of a `HeapCore`.
     pub(super) unsafe fn init_at(
         dst: *mut HeapCore,
-        at: Option<*mut u8>,
+        at: Option<(*mut u8, usize)>,
         config: CoreConfig,
     ) -> Result<(), OsError> {
         let rc = RegionConfig {
@@ -189,7 +189,7 @@ impl HeapCore {
         }
         let region = match at {
             // SAFETY: (1).
-            Some(base) => unsafe { Region::in_reservation(base, rc) },
+            Some((base, len)) => unsafe { Region::in_reservation(base, len, rc) },
             None => Region::new_unchecked_config(rc),
         };
         let region = match region {

@@ -95,10 +95,9 @@ impl HeapInner {
         Ok(unsafe { arc.assume_init() })
     }
 
-    /// A heap on `[base, base + config.max)`, a part of the global
-    /// allocator's arena, built in its slot (`dst`): the heap is never on
-    /// the stack (see `HeapCore::init_at`). On `Err`, `dst` is left
-    /// unwritten.
+    /// A heap on `[base, base + len)`, a slot of the global allocator's
+    /// arena, built in its slot's storage (`dst`): the heap is never on the
+    /// stack (see `HeapCore::init_at`). On `Err`, `dst` is left unwritten.
     ///
     /// # Safety
     /// 1. As for `HeapCore::init_at`'s reservation.
@@ -106,10 +105,11 @@ impl HeapInner {
         dst: &'a mut MaybeUninit<HeapInner>,
         name: Cow<'static, str>,
         base: *mut u8,
+        len: usize,
         config: CoreConfig,
     ) -> Result<&'a mut HeapInner, crate::os::OsError> {
         // SAFETY: forwarded (1).
-        unsafe { Self::init_at(dst, name, Some(base), config) }
+        unsafe { Self::init_at(dst, name, Some((base, len)), config) }
     }
 
     /// Builds a heap at `dst`, field by field: in a reservation of the
@@ -121,7 +121,7 @@ impl HeapInner {
     unsafe fn init_at<'a>(
         dst: &'a mut MaybeUninit<HeapInner>,
         name: Cow<'static, str>,
-        at: Option<*mut u8>,
+        at: Option<(*mut u8, usize)>,
         config: CoreConfig,
     ) -> Result<&'a mut HeapInner, crate::os::OsError> {
         let p = dst.as_mut_ptr();

@@ -105,6 +105,13 @@ const SHRINK_AT: usize = 8 << 20;
 const KEEP_ON_TOP: usize = 2 << 20;
 /// Purge free spans once free resident memory passes max(this, 2 × live).
 const PURGE_RETAIN: usize = 32 << 20;
+/// ... but, once the heap has taken clean pages again since the last purge
+/// (faulting memory in, a sign that purge was wasted), no sooner than this
+/// after it, unless it passes twice that: a program that frees a batch and
+/// makes it again, round after round (a garbage collector's), reuses what
+/// it freed instead of faulting it in again each round
+/// ([`Locked::maybe_purge`]).
+const PURGE_SPACING_NS: u64 = 100_000_000;
 
 /// A heap whose thread exits with less free memory resident than this
 /// purges it all ([`Locked::give_back_but_warm`]): a few spans, a few
@@ -157,6 +164,11 @@ struct Spans {
     dirty_pages: usize,
     /// Pages of all free spans.
     free_pages: usize,
+    /// When the last purge of [`Locked::maybe_purge`] ran (monotonic ns).
+    purged_at: u64,
+    /// Whether a span of clean pages (purged, or never touched) was taken
+    /// since that purge.
+    took_clean: bool,
 }
 
 /// The span allocator of one heap: the span lock and what it protects —
@@ -223,6 +235,8 @@ impl SpanAllocator {
                 nonempty: 0,
                 dirty_pages: 0,
                 free_pages: 0,
+                purged_at: 0,
+                took_clean: false,
             }),
             tables_open: Cell::new(0),
             table,
@@ -652,6 +666,7 @@ impl Locked<'_> {
         if pages > 1 {
             self.pages.meta(idx + pages - 1).set_kind(Kind::Unused);
         }
+        self.spans.took_clean |= !dirty;
         !dirty
     }
 
@@ -1148,14 +1163,37 @@ impl Locked<'_> {
 
     /// Purges free spans (largest first) once too much free memory is
     /// resident, down to half the threshold; what is purged is uncharged.
+    /// Once clean pages were taken again since the last purge, within
+    /// [`PURGE_SPACING_NS`] of it only past twice the threshold. (Without
+    /// that spacing a program that makes 1,000 blocks
+    /// of 1–65 KiB and frees them all, round after round, had 17 MB purged
+    /// and faulted in again each round: 4.2× glibc's time, 2.4×
+    /// jemalloc's. With it, one purge per 100 ms at most: 0.87× glibc's.)
+    #[inline]
     fn maybe_purge(&mut self) {
-        let pt = self.pages;
         let committed_pages = self.alloc.region.committed() >> PAGE_SHIFT;
         let live = committed_pages.saturating_sub(self.spans.free_pages) * PAGE_SIZE;
         let retain = PURGE_RETAIN.max(2 * live);
-        if self.spans.dirty_pages * PAGE_SIZE <= retain {
+        let dirty = self.spans.dirty_pages * PAGE_SIZE;
+        if dirty > retain {
+            self.purge_excess(dirty, retain);
+        }
+    }
+
+    /// [`Locked::maybe_purge`] past its threshold `retain`, with `dirty`
+    /// bytes of free memory resident (laid with the rare code: layout.ld).
+    #[inline(never)]
+    fn purge_excess(&mut self, dirty: usize, retain: usize) {
+        let pt = self.pages;
+        let now = os::monotonic_ns();
+        if self.spans.took_clean
+            && dirty <= 2 * retain
+            && now.saturating_sub(self.spans.purged_at) < PURGE_SPACING_NS
+        {
             return;
         }
+        self.spans.purged_at = now;
+        self.spans.took_clean = false;
         let target = retain / 2;
         for bin in (0..N_BINS).rev() {
             let mut idx = self.spans.bins[bin];

@@ -338,6 +338,20 @@ fn every_allocation_the_limit_refuses_counts_once_whichever_heap_refused_it() {
     assert_succeeded_saying(&out, "global_threads refusals-counted: ok");
 }
 
+test!(a_block_that_fits_under_the_limit_is_granted_above_a_block_that_pins_the_range);
+/// A heap's range is twice its cap: 30 MiB made, a small block kept after
+/// them, the 30 MiB freed, then 100 MiB under `FROSTHEAP_MAX=128M`, on the
+/// main heap and on a thread heap. With ranges of the cap alone it was
+/// refused with 0.4 MB committed.
+fn a_block_that_fits_under_the_limit_is_granted_above_a_block_that_pins_the_range() {
+    let out = run_fixture(
+        "global_threads",
+        &["pinned-range"],
+        &[("FROSTHEAP_MAX", "128M")],
+    );
+    assert_succeeded_saying(&out, "global_threads pinned-range: ok");
+}
+
 test!(many_threads_are_charged_for_the_pages_their_blocks_reach);
 /// 400 threads at once under `FROSTHEAP_MAX=64M`, each holding a block in
 /// 16 size classes (a thread per connection): none is refused, and the
