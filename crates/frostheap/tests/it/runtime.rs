@@ -466,6 +466,22 @@ fn spin_until(mut done: impl FnMut() -> bool) -> bool {
     true
 }
 
+test!(a_tokio_runtime_built_unguarded_runs_through_phases);
+/// examples/tokio_beside_phases.rs: tokio built inside `unguarded`, a
+/// timer task polling its driver, 300 phases from `block_in_place`; tokio
+/// loses no worker and still answers. Built on the main thread instead,
+/// its `epoll_wait` into the frozen main heap failed with `EFAULT` under
+/// `mprotect`, a worker panicked and the process hung.
+fn a_tokio_runtime_built_unguarded_runs_through_phases() {
+    let out = crate::check::run_example("tokio_beside_phases", &[], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("tokio_beside_phases: ok"),
+        "{}",
+        describe(&out)
+    );
+}
+
 test!(a_heap_given_to_guard_twice_is_guarded_once);
 /// `guard(&h).guard(&h)` lists `h` once (it used to be listed, and frozen
 /// and thawed, twice).
