@@ -167,8 +167,8 @@ impl Region {
     }
 
     /// Bytes reserved: the heap's hard cap rounded up to a page, or, for a
-    /// heap of the global allocator's arena, its slot (at least twice the
-    /// cap: [`Region::in_reservation`]).
+    /// heap of the global allocator's arena, its slot (at least the cap,
+    /// often twice: [`Region::in_reservation`]).
     #[inline]
     pub fn reserved(&self) -> usize {
         self.reserved

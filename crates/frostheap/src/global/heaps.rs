@@ -4,10 +4,10 @@
 //! a shift.
 //!
 //! **Slots.** The arena is `n_slots` slots of `2^slot_shift` bytes, each
-//! at least twice `FROSTHEAP_MAX` (so any one heap may use the whole
-//! limit, with room past the blocks that pin its range: [`reserve_arena`];
-//! `FROSTHEAP_MAX` itself where not even one such slot can be reserved),
-//! at most 1024 of them and 32 TiB in all, at most half the address space
+//! at least `FROSTHEAP_MAX` (so any one heap may use the whole limit), and
+//! twice the power of two at or above it where that costs no slot (room
+//! past the blocks that pin a heap's range: [`reserve_arena`]), at most
+//! 1024 of them and 32 TiB in all, at most half the address space
 //! under `ulimit -v` (fewer where the reservation is refused: half as
 //! many each time). Slot 0 is the main heap; the
 //! others are built on first use, in static storage (the allocator cannot
@@ -135,12 +135,15 @@ static ABANDONED_STACK: Abandoned = Abandoned {
 /// Reserves the arena for heaps of `max` bytes; returns slot 0's address.
 /// Called once, by the thread that starts the main heap.
 ///
-/// A slot is at least twice `max` where the address space allows: a heap's
+/// Each heap's range is its whole slot, the power of two at or above
+/// `max`, and twice that where it costs no slot (no more than 32 GiB, the
+/// arena's budget over 1024 slots; not under `ulimit -v` where it would
+/// halve them; and only if that reservation is granted whole): a heap's
 /// blocks must each fit in one run of its range, and live blocks pin the
-/// range where they lie. With a slot of `max`, a program that made 30 MiB
+/// range where they lie. With a range of `max`, a program that made 30 MiB
 /// of blocks, kept one of 64 bytes and freed the rest was refused 100 MiB
-/// under `FROSTHEAP_MAX=128M` with 0.4 MB committed (a user's trial);
-/// with the room past the cap, only the charge is bounded by `max`.
+/// under `FROSTHEAP_MAX=128M` with 0.4 MB committed (a user's trial). Only
+/// the charge is bounded by `max`.
 pub(super) fn reserve_arena(max: usize) -> Result<*mut u8, crate::os::OsError> {
     let slot_for = |bytes: usize| bytes.max(1 << MIN_SLOT_SHIFT).checked_next_power_of_two();
     let Some(plain) = slot_for(max) else {
@@ -150,37 +153,33 @@ pub(super) fn reserve_arena(max: usize) -> Result<*mut u8, crate::os::OsError> {
             errno: libc::ENOMEM,
         });
     };
-    let roomy = max.checked_mul(2).and_then(slot_for);
-    let mut shifts = [roomy, Some(plain)]
-        .into_iter()
-        .flatten()
-        .map(usize::trailing_zeros);
-    let (base, shift, slots) = loop {
-        let Some(shift) = shifts.next() else {
-            return Err(crate::os::OsError {
-                call: "mmap",
-                errno: libc::ENOMEM,
-            });
-        };
-        let mut slots = (1usize << ARENA_BUDGET_SHIFT.saturating_sub(shift)).clamp(1, MAX_HEAPS);
+    let count = |shift: u32| {
+        let slots = (1usize << ARENA_BUDGET_SHIFT.saturating_sub(shift)).clamp(1, MAX_HEAPS);
         // Under an address-space limit (`ulimit -v`), at most half of it
         // (one slot at least): the program needs the rest for its code,
         // stacks, the context space and its own mappings.
-        if let Some(limit) = crate::os::address_space_limit() {
-            slots = slots.min(((limit / 2) >> shift).max(1));
+        match crate::os::address_space_limit() {
+            Some(limit) => slots.min(((limit / 2) >> shift).max(1)),
+            None => slots,
         }
-        // Where address space is scarcer still (valgrind, some sandboxes),
-        // fewer slots: threads beyond them share the main heap's locked
-        // path; where not even one roomy slot fits, slots of `max`.
-        let reserved = loop {
-            match crate::os::reserve(slots << shift, crate::os::HUGE_PAGE_SIZE) {
-                Ok(base) => break Some(base),
-                Err(_) if slots > 1 => slots /= 2,
-                Err(_) => break None,
+    };
+    let plain_shift = plain.trailing_zeros();
+    let roomy = plain_shift + 1 < usize::BITS && count(plain_shift + 1) >= count(plain_shift);
+    let mut shift = plain_shift + u32::from(roomy);
+    let mut slots = count(shift);
+    let base = loop {
+        match crate::os::reserve(slots << shift, crate::os::HUGE_PAGE_SIZE) {
+            Ok(base) => break base,
+            // The roomy slots whole, or plain ones.
+            Err(_) if shift > plain_shift => {
+                shift = plain_shift;
+                slots = count(shift);
             }
-        };
-        if let Some(base) = reserved {
-            break (base, shift, slots);
+            // Where address space is scarcer still (valgrind, some
+            // sandboxes), fewer slots: threads beyond them share the main
+            // heap's locked path.
+            Err(_) if slots > 1 => slots /= 2,
+            Err(e) => return Err(e),
         }
     };
     let len = slots << shift;
@@ -193,7 +192,8 @@ pub(super) fn reserve_arena(max: usize) -> Result<*mut u8, crate::os::OsError> {
     Ok(base)
 }
 
-/// Bytes of one slot of the arena (after [`reserve_arena`]).
+/// Bytes of one slot of the arena (after [`reserve_arena`]): each heap's
+/// range.
 pub(super) fn slot_len() -> usize {
     1 << ARENA.shift.load(Ordering::Relaxed)
 }
