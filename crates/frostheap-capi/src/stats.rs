@@ -43,23 +43,12 @@ pub(crate) fn report_first_refusal(requested: usize) {
         return;
     }
     let p = frostheap::stats();
-    let mut buf = [0u8; 448];
+    let mut buf = [0u8; 320];
     let b = Buf::new(&mut buf).str("frostheap: refused an allocation of ");
-    // The limit had room: the heap's range had no run that long free.
-    let range = p.committed.saturating_add(requested) <= p.limit;
-    let b = human(b, requested as u64).str(if range {
-        ": under the process limit (FROSTHEAP_MAX) of "
-    } else {
-        ": the process limit (FROSTHEAP_MAX) is "
-    });
+    let b = human(b, requested as u64).str(": the process limit (FROSTHEAP_MAX) is ");
     let b = human(b, p.limit as u64).str(", ");
-    let b = human(b, p.committed as u64).str(" committed");
-    let b = if range {
-        b.str(", no run that long is free in its heap's address range, which its live blocks pin")
-    } else {
-        b
-    };
-    let b = b.str("; the call fails with ENOMEM (later refusals are counted, not printed)\n");
+    let b = human(b, p.committed as u64)
+        .str(" committed; the call fails with ENOMEM (later refusals are counted, not printed)\n");
     os::write_stderr(b.finish());
 }
 

@@ -46,7 +46,9 @@ fn main() {
     } else {
         frostheap::unguarded(build)
     };
-    let ticks = Arc::new(AtomicU64::new(0));
+    // Counters tokio's threads write during phases: system memory too (in
+    // the main heap each store would be a bystander's, stepped through).
+    let ticks = frostheap::unguarded(|| Arc::new(AtomicU64::new(0)));
     // A timer task keeps tokio's driver polling all through the phases.
     // Spawned unguarded too: a task the main thread spawns is main-heap
     // memory that tokio's threads write during phases (each store a
@@ -72,8 +74,8 @@ fn main() {
     // server's acceptor or a channel from another library would: each
     // spawn wakes a tokio worker parked in `epoll_wait`, and the kernel
     // writes the wake-up into the driver's event buffer, during phases too.
-    let done = Arc::new(AtomicBool::new(false));
-    let handed = Arc::new(AtomicU64::new(0));
+    let done = frostheap::unguarded(|| Arc::new(AtomicBool::new(false)));
+    let handed = frostheap::unguarded(|| Arc::new(AtomicU64::new(0)));
     let feeder = {
         let (done, handed, handle) = (done.clone(), handed.clone(), tokio_rt.handle().clone());
         std::thread::spawn(move || {

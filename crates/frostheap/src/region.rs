@@ -3,7 +3,9 @@
 //!
 //! Keeping the committed part one (base, length) pair is what lets a freeze
 //! protect a whole heap with one `mprotect` call. The region never moves and
-//! never grows past its reservation, which is the heap's hard `max`.
+//! never grows past its reservation: the heap's hard `max`, or, for a heap
+//! of the global allocator's arena, its slot (the charge stays bounded by
+//! `max`: [`Region::in_reservation`]).
 //!
 //! Which heap owns an address is answered by the guard table (`guard`),
 //! where every heap registers its region.
@@ -42,7 +44,8 @@ pub struct RegionConfig {
     /// Bytes committed at creation (rounded up to [`PAGE_SIZE`], but no
     /// further than `max` rounded down to it: [`committed_min`]).
     pub min: usize,
-    /// Bytes reserved; the hard cap on commitment.
+    /// The hard cap: bytes reserved (at least; an arena slot may be
+    /// more, [`Region::in_reservation`]).
     pub max: usize,
     /// Its use of transparent huge pages.
     pub huge_pages: Huge,

@@ -90,9 +90,9 @@ pub enum OverloadArg {
 pub struct ServeArgs {
     /// Memory budget for clients: a size such as 256M or 1G, or a
     /// percentage (of physical memory, or the cgroup's limit if less); at
-    /// most that memory.
-    #[arg(long, default_value = "256M")]
-    max_memory: String,
+    /// most that memory [default: 256M, or 75% of that memory if less]
+    #[arg(long)]
+    max_memory: Option<String>,
     /// Address to listen on; port 0 picks a free port (the address is
     /// printed at start).
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -183,24 +183,29 @@ fn size_arg(flag: &str, text: &str) -> Result<usize, Error> {
 }
 
 pub fn run(args: ServeArgs) -> Result<(), Error> {
-    let max_memory = crate::run::limit_arg("--max-memory", &args.max_memory)?;
+    // A budget past the memory there is cannot shed before the kernel's
+    // OOM killer steps in (a percentage past 100% is refused the same way).
+    let machine = frostheap::__private::process_memory();
+    let max_memory = match &args.max_memory {
+        None => (256 << 20).min(machine / 4 * 3),
+        Some(text) => {
+            let bytes = crate::run::limit_arg("--max-memory", text)?;
+            if bytes > machine {
+                return Err(format!(
+                    "invalid --max-memory \"{text}\": {} is more than the memory this server may use ({}: physical memory, or its cgroup's limit if less), so the budget could not keep it within memory; expected at most that, or a percentage such as 75%",
+                    Bytes(bytes),
+                    Bytes(machine),
+                )
+                .into());
+            }
+            bytes
+        }
+    };
     let per_client = size_arg("--per-client", &args.per_client)?;
     let max_body = size_arg("--max-body", &args.max_body)?;
     let body_min_rate = size_arg("--body-min-rate", &args.body_min_rate)? as u64;
     if per_client == 0 {
         return Err("invalid --per-client \"0\": expected a size of at least 1 byte".into());
-    }
-    // A budget past the memory there is cannot shed before the kernel's
-    // OOM killer steps in (a percentage past 100% is refused the same way).
-    let machine = frostheap::__private::process_memory();
-    if max_memory > machine {
-        return Err(format!(
-            "invalid --max-memory \"{}\": {} is more than the memory this server may use ({}: physical memory, or its cgroup's limit if less), so the budget could not keep it within memory; expected at most that, or a percentage such as 75%",
-            args.max_memory,
-            Bytes(max_memory),
-            Bytes(machine),
-        )
-        .into());
     }
     if args.threads == Some(0) {
         return Err(

@@ -5,8 +5,9 @@
 //!
 //! **Slots.** The arena is `n_slots` slots of `2^slot_shift` bytes, each
 //! at least `FROSTHEAP_MAX` (so any one heap may use the whole limit), and
-//! twice the power of two at or above it where that costs no slot (room
-//! past the blocks that pin a heap's range: [`reserve_arena`]), at most
+//! twice the power of two at or above it where that costs no slot and no
+//! `ulimit -v` is set (room past the blocks that pin a heap's range:
+//! [`reserve_arena`]), at most
 //! 1024 of them and 32 TiB in all, at most half the address space
 //! under `ulimit -v` (fewer where the reservation is refused: half as
 //! many each time). Slot 0 is the main heap; the
@@ -137,8 +138,8 @@ static ABANDONED_STACK: Abandoned = Abandoned {
 ///
 /// Each heap's range is its whole slot, the power of two at or above
 /// `max`, and twice that where it costs no slot (no more than 32 GiB, the
-/// arena's budget over 1024 slots; not under `ulimit -v` where it would
-/// halve them; and only if that reservation is granted whole): a heap's
+/// arena's budget over 1024 slots; never under `ulimit -v`; and only if
+/// that reservation is granted whole): a heap's
 /// blocks must each fit in one run of its range, and live blocks pin the
 /// range where they lie. With a range of `max`, a program that made 30 MiB
 /// of blocks, kept one of 64 bytes and freed the rest was refused 100 MiB
@@ -164,7 +165,10 @@ pub(super) fn reserve_arena(max: usize) -> Result<*mut u8, crate::os::OsError> {
         }
     };
     let plain_shift = plain.trailing_zeros();
-    let roomy = plain_shift + 1 < usize::BITS && count(plain_shift + 1) >= count(plain_shift);
+    // Twice the slot where 1024 of them still fit the budget (32 GiB each
+    // at most), never under `ulimit -v`.
+    let roomy = crate::os::address_space_limit().is_none()
+        && plain_shift < ARENA_BUDGET_SHIFT - MAX_HEAPS.trailing_zeros();
     let mut shift = plain_shift + u32::from(roomy);
     let mut slots = count(shift);
     let base = loop {

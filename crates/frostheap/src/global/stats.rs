@@ -187,7 +187,7 @@ pub(super) fn out_of_memory_line_of(heap: &str, requested: usize) {
     }
     let unprinted = rate.unprinted.swap(0, Ordering::Relaxed);
     let s = stats();
-    let mut buf = [0u8; 448];
+    let mut buf = [0u8; 320];
     let b = crate::fmt_buf::Buf::new(&mut buf)
         .str("frostheap: out of memory: the ")
         .str(heap)
@@ -200,12 +200,6 @@ pub(super) fn out_of_memory_line_of(heap: &str, requested: usize) {
         .str(" committed, ")
         .dec(s.in_use() as u64)
         .str(" in use");
-    // The limit had room: the heap's range had no run that long free.
-    let b = if s.committed.saturating_add(requested) <= s.limit {
-        b.str(" (under the limit: no run that long is free in the heap's address range, which its live blocks pin)")
-    } else {
-        b
-    };
     let b = if unprinted > 0 {
         b.str(" (")
             .dec(unprinted)

@@ -160,9 +160,9 @@ impl HeapCore {
     /// more copies), 12 KiB of resident memory per thread. On `Err`,
     /// `dst` is left unwritten (what was written is dropped).
     ///
-    /// `at`: the base of `[base, base + config.max)`, part of a larger
-    /// reservation (the global allocator's heaps), or `None` for a region
-    /// of the core's own.
+    /// `at`: `(base, len)` of `[base, base + len)`, a slot of a larger
+    /// reservation (the global allocator's heaps; `len` at least
+    /// `config.max`), or `None` for a region of the core's own.
     ///
     /// # Safety
     /// 1. `at` is `None`, or (base, len) as for [`Region::in_reservation`], and the

@@ -107,7 +107,10 @@ const KEEP_ON_TOP: usize = 2 << 20;
 const PURGE_RETAIN: usize = 32 << 20;
 /// ... but, once the heap has taken clean pages again since the last purge
 /// (faulting memory in, a sign that purge was wasted), no sooner than this
-/// after it, unless it passes twice that: a program that frees a batch and
+/// after it, unless it passes twice that or the process is within twice
+/// that of its limit (a purge put off is done at the heap's next check
+/// past this time, its next span freed; a trim or a refused charge gives
+/// it all back at once): a program that frees a batch and
 /// makes it again, round after round (a garbage collector's), reuses what
 /// it freed instead of faulting it in again each round
 /// ([`Locked::maybe_purge`]).
@@ -1186,9 +1189,13 @@ impl Locked<'_> {
     fn purge_excess(&mut self, dirty: usize, retain: usize) {
         let pt = self.pages;
         let now = os::monotonic_ns();
+        // Near the process limit, at once: charges that never ask the
+        // heaps for memory back (mappings, glibc's blocks, context chunks)
+        // would be refused meanwhile.
         if self.spans.took_clean
             && dirty <= 2 * retain
             && now.saturating_sub(self.spans.purged_at) < PURGE_SPACING_NS
+            && process::committed().saturating_add(2 * retain) <= process::limit()
         {
             return;
         }
