@@ -1167,11 +1167,12 @@ impl Locked<'_> {
     /// Purges free spans (largest first) once too much free memory is
     /// resident, down to half the threshold; what is purged is uncharged.
     /// Once clean pages were taken again since the last purge, within
-    /// [`PURGE_SPACING_NS`] of it only past twice the threshold. (Without
-    /// that spacing a program that makes 1,000 blocks
-    /// of 1–65 KiB and frees them all, round after round, had 17 MB purged
-    /// and faulted in again each round: 4.2× glibc's time, 2.4×
-    /// jemalloc's. With it, one purge per 100 ms at most: 0.87× glibc's.)
+    /// [`PURGE_SPACING_NS`] of it only past twice the threshold or near the
+    /// process limit. (Without that spacing a program that makes 1,000
+    /// blocks of 1–65 KiB and frees them all, round after round, had 17 MB
+    /// purged and faulted in again each round: 3.88× glibc's time, 2.3×
+    /// jemalloc's; with it, 0.81× glibc's, at a peak 15% higher:
+    /// `preload --only batch`, README.)
     #[inline]
     fn maybe_purge(&mut self) {
         let committed_pages = self.alloc.region.committed() >> PAGE_SHIFT;
