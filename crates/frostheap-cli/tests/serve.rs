@@ -933,6 +933,24 @@ fn a_head_cut_off_by_the_client_closing_frees_its_connection_at_once() {
     assert_eq!(status.code(), Some(0), "exit status");
 }
 
+/// The body of the answers the send tests leave unread: more than the
+/// sockets' buffers take on loopback (3–4 MB).
+const UNREAD_BYTES: usize = 6 << 20;
+
+/// A server for the send tests (64M budget, 8M bodies, the declared
+/// per-client cost), with `timeout` (a flag) at 1 s.
+fn send_test_server(timeout: &str) -> Server {
+    Server::start(&[
+        "--max-memory",
+        "64M",
+        "--max-body",
+        "8M",
+        "--fixed-per-client",
+        timeout,
+        "1s",
+    ])
+}
+
 /// Sends `bytes` of `a` to `/transform?op=upper` on a new connection,
 /// whose answer the caller reads (or not).
 fn post_transform(server: &Server, bytes: usize) -> TcpStream {
@@ -946,16 +964,7 @@ fn post_transform(server: &Server, bytes: usize) -> TcpStream {
 
 #[test]
 fn a_response_stays_charged_until_the_client_has_taken_it() {
-    const BODY_BYTES: usize = 6 << 20;
-    let server = Server::start(&[
-        "--max-memory",
-        "64M",
-        "--max-body",
-        "8M",
-        "--fixed-per-client",
-        "--idle-timeout",
-        "1s",
-    ]);
+    let server = send_test_server("--idle-timeout");
     // A client that does not read its 6 MB answer for a while (a slow
     // link): the answer cannot fit in the sockets' buffers. The server
     // gave the request's bytes back, and started the idle timer, as hyper
@@ -964,15 +973,15 @@ fn a_response_stays_charged_until_the_client_has_taken_it() {
     // still to read most of it.
     // (The kernel takes 3–4 MB of it into the sockets' buffers on
     // loopback; the rest waits in the server.)
-    let s = post_transform(&server, BODY_BYTES);
+    let s = post_transform(&server, UNREAD_BYTES);
     let held = server.wait_for("the answer to be charged while unread", |st| {
-        n(st, "completed") == 1 && n(st, "in_use") >= 2 * BODY_BYTES as u64
+        n(st, "completed") == 1 && n(st, "in_use") >= 2 * UNREAD_BYTES as u64
     });
     // Longer than the idle timeout without reading: still charged.
     std::thread::sleep(Duration::from_millis(2500));
     let st = server.stats();
     assert!(
-        n(&st, "in_use") >= 2 * BODY_BYTES as u64 && n(&st, "timeouts_idle") == 0,
+        n(&st, "in_use") >= 2 * UNREAD_BYTES as u64 && n(&st, "timeouts_idle") == 0,
         "the unread answer went uncharged or was cut: {st}\n(before: {held})"
     );
     // Read it all: every byte arrives, then the bytes go back.
@@ -980,7 +989,7 @@ fn a_response_stays_charged_until_the_client_has_taken_it() {
     assert_eq!(status, 200);
     assert_eq!(
         answer.len(),
-        BODY_BYTES,
+        UNREAD_BYTES,
         "the answer was cut short: {}",
         server.stats()
     );
@@ -991,17 +1000,8 @@ fn a_response_stays_charged_until_the_client_has_taken_it() {
 
 #[test]
 fn a_client_that_takes_none_of_its_response_is_cut_at_the_send_timeout() {
-    const BODY_BYTES: usize = 6 << 20;
-    let server = Server::start(&[
-        "--max-memory",
-        "64M",
-        "--max-body",
-        "8M",
-        "--fixed-per-client",
-        "--send-timeout",
-        "1s",
-    ]);
-    let s = post_transform(&server, BODY_BYTES);
+    let server = send_test_server("--send-timeout");
+    let s = post_transform(&server, UNREAD_BYTES);
     // Never read: the connection is closed, counted, and its bytes go back.
     let st = server.wait_within(Duration::from_secs(1), "the send timeout", |st| {
         n(st, "timeouts_send") == 1 && n(st, "in_use") == 0
