@@ -11,6 +11,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::heaps;
 use crate::heap::process::{self, Kind, N_KINDS};
+use crate::heap::Refusal;
 
 /// Memory of the whole process as frostheap counts it: what
 /// `FROSTHEAP_MAX` bounds, in total and per kind of heap.
@@ -132,12 +133,15 @@ pub(super) fn out_of_memory_line(requested: usize) {
     if own.is_some_and(|h| h.core.shrinking()) {
         return; // a shrink that keeps its block
     }
-    let heap = match own {
-        Some(h) if core::ptr::eq(h, super::start::main_inner()) => "main",
-        Some(_) => "thread",
-        None => "main (shared path)",
+    let (heap, why) = match own {
+        Some(h) if core::ptr::eq(h, super::start::main_inner()) => ("main", h.core.last_refusal()),
+        Some(h) => ("thread", h.core.last_refusal()),
+        None => (
+            "main (shared path)",
+            super::start::main_inner().core.last_refusal(),
+        ),
     };
-    out_of_memory_line_of(heap, requested);
+    out_of_memory_line_of(heap, requested, why);
 }
 
 /// The refusal lines of one kind of heap (main, thread, context, the
@@ -163,11 +167,14 @@ const LINE_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// [`out_of_memory_line`] naming the heap that refused (`"context"`: a
 /// runtime task's allocation, refused by its context heap and then by its
-/// worker's own heap). The first refusal of each kind of heap prints its
+/// worker's own heap) and what refused it, `why`: the limit's numbers, or
+/// the heap's range when no free run of it holds the request though it
+/// fits under the limit (the blocks the heap holds pin its range), or the
+/// kernel. The first refusal of each kind of heap prints its
 /// line; later ones print at most one line a second, saying how many went
 /// unprinted since the last (all of them are counted in the heaps'
 /// `refused`, and those the process limit refused in [`stats`]'s).
-pub(super) fn out_of_memory_line_of(heap: &str, requested: usize) {
+pub(super) fn out_of_memory_line_of(heap: &str, requested: usize, why: Refusal) {
     let rate = &LINE_RATES[match heap {
         "main" => 0,
         "thread" => 1,
@@ -187,15 +194,29 @@ pub(super) fn out_of_memory_line_of(heap: &str, requested: usize) {
     }
     let unprinted = rate.unprinted.swap(0, Ordering::Relaxed);
     let s = stats();
-    let mut buf = [0u8; 320];
+    let mut buf = [0u8; 448];
     let b = crate::fmt_buf::Buf::new(&mut buf)
         .str("frostheap: out of memory: the ")
         .str(heap)
         .str(" heap cannot allocate ")
         .dec(requested as u64)
-        .str(" bytes: FROSTHEAP_MAX is ")
-        .dec(s.limit as u64)
-        .str(" bytes; the process has ")
+        .str(" bytes: ");
+    let limit = s.limit as u64;
+    let b = match why {
+        Refusal::Range => b
+            .str("its range of ")
+            .dec(heaps::slot_len() as u64)
+            .str(" bytes has no free run that large (the blocks it holds pin it), though it fits under FROSTHEAP_MAX (")
+            .dec(limit)
+            .str(" bytes)"),
+        Refusal::System => b
+            .str("the kernel refused to commit memory (see ulimit -v, vm.overcommit_memory, vm.max_map_count); FROSTHEAP_MAX is ")
+            .dec(limit)
+            .str(" bytes"),
+        Refusal::Limit | Refusal::None => b.str("FROSTHEAP_MAX is ").dec(limit).str(" bytes"),
+    };
+    let b = b
+        .str("; the process has ")
         .dec(s.committed as u64)
         .str(" committed, ")
         .dec(s.in_use() as u64)

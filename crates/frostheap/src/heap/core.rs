@@ -54,7 +54,7 @@ use super::process::{self, Kind as ChargeKind};
 use super::queue::ClassState;
 use super::remote::{OtherThreads, Remote};
 pub(crate) use super::span::WARM_FROM;
-use super::span::{carved_charge, Locked, Retire, SpanAllocator};
+use super::span::{carved_charge, Locked, Refusal, Retire, SpanAllocator};
 use crate::os::{self, OsError};
 use crate::region::{committed_min, round_up, Huge, Region, RegionConfig, PAGE_SHIFT, PAGE_SIZE};
 use crate::sync::{chaos, thread_token, RawLock};
@@ -457,18 +457,26 @@ impl HeapCore {
 
     /// Counts an allocation refused in the end: in the heap's `refused`,
     /// and in the process's when the process limit (not the heap's cap)
-    /// refused a commit on the way.
+    /// refused a commit on the way; what refused is recorded for the line
+    /// that reports it ([`HeapCore::last_refusal`]).
     fn refuse(&self) {
         if self.shrinking() {
             // A shrink that keeps its block: not refused (see
             // `alloc_for_move`).
-            self.spans.take_limit_refused();
+            self.spans.take_refusal();
             return;
         }
         self.others.refused.fetch_add(1, Ordering::Relaxed);
-        if self.spans.take_limit_refused() {
+        if self.spans.refused_for_good() == Refusal::Limit {
             process::count_refusal();
         }
+    }
+
+    /// What refused the heap's last refused allocation: the process limit,
+    /// the heap's range, the kernel, or nothing known
+    /// ([`Refusal::None`]: none refused yet, or the heap is sealed).
+    pub(crate) fn last_refusal(&self) -> Refusal {
+        self.spans.last_refusal()
     }
 
     /// Past the heap's cap or the process limit, on the owner's path: what
@@ -816,7 +824,7 @@ impl HeapCore {
         }
         // A refusal noted before this call, by an allocation that then
         // succeeded another way (another span's blocks), is not this one's.
-        self.spans.take_limit_refused();
+        self.spans.take_refusal();
         // The first span moved behind the others after a refused carving
         // (see below): met again as current, every span was tried.
         let mut first_rotated = None;
@@ -875,7 +883,7 @@ impl HeapCore {
                             // span (remote frees since the one above). A
                             // refusal noted is not this allocation's
                             // unless it recurs.
-                            self.spans.take_limit_refused();
+                            self.spans.take_refusal();
                             continue;
                         }
                         if m.next.get() != NONE && first_rotated != Some(idx) {
@@ -934,7 +942,7 @@ impl HeapCore {
                     // SAFETY: the local state's caller is the owner.
                     unsafe { self.give_back_held() };
                     // As above: tried again.
-                    self.spans.take_limit_refused();
+                    self.spans.take_refusal();
                 }
                 None => {
                     self.refuse();
@@ -1673,13 +1681,13 @@ impl HeapCore {
             return (ptr::null_mut(), false);
         }
         // As in alloc_small_slow: an earlier refusal is not this one's.
-        self.spans.take_limit_refused();
+        self.spans.take_refusal();
         let Some(n_pages) = large::pages_for(layout, self.pages.len) else {
             // Larger than the reservation, which is at least the cap: past
             // the process limit too when the cap is the limit (a request
             // larger than FROSTHEAP_MAX in global mode).
             if self.spans.cap_is_process_limit() {
-                self.spans.note_limit_refused();
+                self.spans.note_refusal(Refusal::Limit);
             }
             self.refuse();
             return (ptr::null_mut(), false);
@@ -1690,7 +1698,7 @@ impl HeapCore {
         // refusal noted is not this allocation's unless it recurs).
         // SAFETY: the owner, on its owner path (allocating).
         if r.0.is_null() && owner && unsafe { self.give_back_held() } {
-            self.spans.take_limit_refused();
+            self.spans.take_refusal();
             r = self.alloc_large_pages(layout, n_pages, owner);
         }
         if r.0.is_null() {
@@ -1776,7 +1784,7 @@ impl HeapCore {
         else {
             // Not a refused allocation (the block moves instead, or the
             // caller's allocation fails and counts itself).
-            self.spans.take_limit_refused();
+            self.spans.take_refusal();
             return false;
         };
         if m.owner.get() == OWNER_SHARED {

@@ -56,6 +56,7 @@ use allocator_api2::alloc::{AllocError, Allocator};
 
 use self::class::class_for;
 use self::core::{CoreConfig, HeapCore};
+pub(crate) use self::span::Refusal;
 pub use self::stats::Stats;
 use crate::config::HugePages;
 use crate::error::Error;

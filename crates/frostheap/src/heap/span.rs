@@ -89,7 +89,7 @@
 use core::cell::{Cell, UnsafeCell};
 use core::sync::atomic::Ordering;
 
-use core::sync::atomic::{AtomicBool, AtomicUsize};
+use core::sync::atomic::{AtomicU8, AtomicUsize};
 
 use super::own_cache::OwnSlots;
 use super::page::{Kind, PageMeta, PageTable, CLASSES_END, DIRTY, META_SKEW, NONE, REMOTE_WORDS};
@@ -207,12 +207,46 @@ pub(crate) struct SpanAllocator {
     /// carving has not reached (see the module doc). Written under the
     /// span lock; read by statistics without it.
     charged: AtomicUsize,
-    /// Whether the process limit (not the heap's cap) refused a commit
-    /// since [`SpanAllocator::take_limit_refused`] last looked: the heap
-    /// counts a refusal in the process's statistics only when the
+    /// What refused a commit since [`SpanAllocator::take_refusal`] last
+    /// looked (a [`Refusal`], the most telling kept): the heap counts a
+    /// refusal in the process's statistics (the process limit's), and
+    /// records its cause ([`SpanAllocator::last_refusal`]), only when the
     /// allocation fails in the end (it may go on to give back what its
     /// owner holds, and succeed).
-    limit_refused: AtomicBool,
+    refused: AtomicU8,
+    /// The cause of the heap's last refused allocation
+    /// ([`SpanAllocator::refused_for_good`]), for the line that reports it.
+    last_refusal: AtomicU8,
+}
+
+/// What refused a heap's commit, least telling first: an allocation that
+/// met several causes on its way is reported by the last of them in this
+/// order.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+#[repr(u8)]
+pub(crate) enum Refusal {
+    /// Nothing refused (a heap sealed at a `fork`, or none yet).
+    None = 0,
+    /// The kernel refused to commit pages of the range (`mprotect` or
+    /// `mmap` failed: the overcommit policy, `vm.max_map_count`).
+    System = 1,
+    /// The heap's range has no free run of the pages asked for, though
+    /// they fit under its cap: the blocks it holds pin the range.
+    Range = 2,
+    /// The process limit, or a heap cap that is the limit
+    /// ([`SpanAllocator::cap_is_process_limit`]).
+    Limit = 3,
+}
+
+impl Refusal {
+    fn from_u8(v: u8) -> Refusal {
+        match v {
+            1 => Refusal::System,
+            2 => Refusal::Range,
+            3 => Refusal::Limit,
+            _ => Refusal::None,
+        }
+    }
 }
 
 impl SpanAllocator {
@@ -251,17 +285,52 @@ impl SpanAllocator {
             kind,
             // The pre-committed minimum, charged by the caller.
             charged: AtomicUsize::new(region.committed()),
-            limit_refused: AtomicBool::new(false),
+            refused: AtomicU8::new(Refusal::None as u8),
+            last_refusal: AtomicU8::new(Refusal::None as u8),
             region,
         }
     }
 
-    /// Whether the process limit refused a commit since the last call
-    /// (see `limit_refused`); clears it.
-    pub(super) fn take_limit_refused(&self) -> bool {
+    /// What refused a commit since the last call ([`Refusal::None`] if
+    /// nothing did); clears it.
+    pub(super) fn take_refusal(&self) -> Refusal {
         // A load first: the common case (nothing refused) writes nothing.
-        self.limit_refused.load(Ordering::Relaxed)
-            && self.limit_refused.swap(false, Ordering::Relaxed)
+        if self.refused.load(Ordering::Relaxed) == Refusal::None as u8 {
+            return Refusal::None;
+        }
+        Refusal::from_u8(self.refused.swap(Refusal::None as u8, Ordering::Relaxed))
+    }
+
+    /// Notes what refused a commit, `why`, unless something more telling
+    /// did since the last [`SpanAllocator::take_refusal`]. The span lock's
+    /// holder, or the owner on a path that refuses before taking it (a
+    /// request larger than the reservation): a load and a store, not a
+    /// read-modify-write, as the two at once can only cost the line its
+    /// most telling cause.
+    // A call, not inlined, laid with the rare code (layout.ld): the
+    // growth paths that call it run in every process.
+    #[inline(never)]
+    pub(super) fn note_refusal(&self, why: Refusal) {
+        if self.refused.load(Ordering::Relaxed) < why as u8 {
+            self.refused.store(why as u8, Ordering::Relaxed);
+        }
+    }
+
+    /// The allocation under way is refused in the end: what refused its
+    /// commits ([`SpanAllocator::take_refusal`]) becomes the cause of the
+    /// heap's last refusal ([`SpanAllocator::last_refusal`]), and is
+    /// returned.
+    #[inline(never)] // laid with the rare code (layout.ld)
+    pub(super) fn refused_for_good(&self) -> Refusal {
+        let why = self.take_refusal();
+        self.last_refusal.store(why as u8, Ordering::Relaxed);
+        why
+    }
+
+    /// What refused the heap's last refused allocation (its last commit
+    /// refused on the way).
+    pub(super) fn last_refusal(&self) -> Refusal {
+        Refusal::from_u8(self.last_refusal.load(Ordering::Relaxed))
     }
 
     /// Whether the heap's cap is the process limit (to the page): a heap
@@ -273,14 +342,6 @@ impl SpanAllocator {
     pub(super) fn cap_is_process_limit(&self) -> bool {
         let cap = self.limit.min(self.region.reserved()) & !(PAGE_SIZE - 1);
         cap >= process::limit() & !(PAGE_SIZE - 1)
-    }
-
-    /// Notes that the process limit refused a commit (see
-    /// `limit_refused`). The span lock's holder, or the owner on a path
-    /// that refuses before taking it (a request larger than the
-    /// reservation).
-    pub(super) fn note_limit_refused(&self) {
-        self.limit_refused.store(true, Ordering::Relaxed);
     }
 
     /// Opens the owner's cache's stacks at the side table's end (its own
@@ -709,7 +770,7 @@ impl Locked<'_> {
     /// process refusal.
     fn cap_refused(&self) {
         if self.alloc.cap_is_process_limit() {
-            self.alloc.note_limit_refused();
+            self.alloc.note_refusal(Refusal::Limit);
         }
     }
 
@@ -763,7 +824,7 @@ impl Locked<'_> {
     /// taken — once more after each. False (nothing charged) when both
     /// fail; a failure by the process limit (not the heap's own cap) is
     /// then noted, for the heap to count one refused allocation if it
-    /// fails in the end ([`SpanAllocator::take_limit_refused`]).
+    /// fails in the end ([`SpanAllocator::take_refusal`]).
     fn give_back_and_charge(&mut self, need: impl Fn(&Self) -> usize) -> bool {
         let released = self.release_free();
         let bytes = need(self);
@@ -781,7 +842,7 @@ impl Locked<'_> {
             self.add_charged(bytes);
             return true;
         }
-        self.alloc.limit_refused.store(true, Ordering::Relaxed);
+        self.alloc.note_refusal(Refusal::Limit);
         false
     }
 
@@ -808,7 +869,9 @@ impl Locked<'_> {
         if want > end {
             // The reservation is full; when the request does not fit
             // under the cap either, the cap refused it.
-            if !self.fits(pages * PAGE_SIZE) {
+            if self.fits(pages * PAGE_SIZE) {
+                a.note_refusal(Refusal::Range);
+            } else {
                 self.cap_refused();
             }
             return false;
@@ -841,6 +904,7 @@ impl Locked<'_> {
             };
             if self.open_tables(target >> PAGE_SHIFT).is_err() || region.grow_to(target).is_err() {
                 self.release(target - committed);
+                a.note_refusal(Refusal::System);
                 return false;
             }
             // SAFETY: the new pages are committed, free, in no span, and
@@ -863,6 +927,7 @@ impl Locked<'_> {
         }
         let target = target.max(want);
         if self.open_tables(target >> PAGE_SHIFT).is_err() || region.grow_to(target).is_err() {
+            a.note_refusal(Refusal::System);
             return false;
         }
         // SAFETY: the new pages are committed, free, in no span, and were

@@ -352,6 +352,35 @@ fn a_block_that_fits_under_the_limit_is_granted_above_a_block_that_pins_the_rang
     assert_succeeded_saying(&out, "global_threads pinned-range: ok");
 }
 
+test!(a_request_no_free_run_of_its_heaps_range_holds_is_reported_as_such);
+/// Under `FROSTHEAP_MAX=100M`, blocks of 90, 91, 92 MiB each freed after
+/// a block kept above it, on the main thread and on a spawned one: the
+/// heap's range has no free run for the next one though the process has
+/// a few MiB committed. The refusal line names the range as the cause
+/// (before, it read as the limit's: "FROSTHEAP_MAX is 104857600 bytes;
+/// the process has 2359296 committed"), and the request is granted once
+/// the kept blocks are freed.
+fn a_request_no_free_run_of_its_heaps_range_holds_is_reported_as_such() {
+    let out = run_fixture(
+        "global_threads",
+        &["range-refused"],
+        &[("FROSTHEAP_MAX", "100M")],
+    );
+    assert_succeeded_saying(&out, "global_threads range-refused: ok");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for heap in ["main", "thread"] {
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("frostheap: out of memory: the {heap} heap")))
+            .unwrap_or_else(|| panic!("no refusal line for the {heap} heap\n{}", describe(&out)));
+        assert!(
+            line.contains("has no free run that large")
+                && line.contains("though it fits under FROSTHEAP_MAX (104857600 bytes)"),
+            "{line}"
+        );
+    }
+}
+
 test!(many_threads_are_charged_for_the_pages_their_blocks_reach);
 /// 400 threads at once under `FROSTHEAP_MAX=64M`, each holding a block in
 /// 16 size classes (a thread per connection): none is refused, and the
