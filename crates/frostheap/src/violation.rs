@@ -42,6 +42,12 @@ pub struct Violation {
     pub(crate) stores_undone: usize,
     /// The other violating stores of the same phase: (address, item).
     pub(crate) others: Vec<(usize, Option<usize>)>,
+    /// Violating stores of the same phase counted and not listed in
+    /// `others` (past each worker's first 256).
+    pub(crate) unlisted: usize,
+    /// Rollback: tasks of the phase cancelled instead, because their undo
+    /// log filled (their threads are parked).
+    pub(crate) cancelled: usize,
     /// Workers abandoned because the phase made no progress for
     /// `no_progress_timeout` after this violation parked a worker.
     pub(crate) abandoned: usize,
@@ -246,9 +252,24 @@ impl Violation {
     pub fn stores_undone(&self) -> usize {
         self.stores_undone
     }
-    /// The other violating stores of the same phase: (address, item index).
+    /// The other violating stores of the same phase: (address, item
+    /// index). Each worker's first 256 stores of a phase are listed; the
+    /// rest are counted in [`Violation::violating_stores`].
     pub fn other_stores(&self) -> &[(usize, Option<usize>)] {
         &self.others
+    }
+    /// How many violating stores the phase made in all, this one included,
+    /// listed in [`Violation::other_stores`] or not.
+    pub fn violating_stores(&self) -> usize {
+        1 + self.others.len() + self.unlisted
+    }
+    /// Under rollback: tasks of the phase that were cancelled instead of
+    /// running to their end, because their undo log (1 MiB a worker)
+    /// filled: the store that filled it was not made, and the thread is
+    /// parked for good, as under the cancel policy (counted in
+    /// `RuntimeStats::parked_workers`).
+    pub fn tasks_cancelled(&self) -> usize {
+        self.cancelled
     }
     /// Tasks of the same phase that made no progress for the runtime's
     /// `no_progress_timeout` after this violation and were cancelled too
@@ -264,6 +285,9 @@ impl fmt::Display for Violation {
             OnViolation::Cancel => "the task was cancelled and the store did not happen",
             OnViolation::Audit => "audit mode: the store went through",
             OnViolation::Abort => "aborting",
+            OnViolation::Rollback if self.cancelled > 0 => {
+                "the stores were undone, and a task whose undo log filled was cancelled: see below"
+            }
             OnViolation::Rollback => "the task ran to its end and its stores were undone",
         };
         writeln!(
@@ -319,12 +343,12 @@ impl fmt::Display for Violation {
                 writeln!(f, "    #{k:<2} {frame}")?;
             }
         }
-        if !self.others.is_empty() {
+        let others = self.others.len() + self.unlisted;
+        if others > 0 {
             writeln!(
                 f,
-                "  also     {} other violating store{} in this phase:",
-                self.others.len(),
-                if self.others.len() == 1 { "" } else { "s" }
+                "  also     {others} other violating store{} in this phase:",
+                if others == 1 { "" } else { "s" }
             )?;
             for (addr, item) in self.others.iter().take(16) {
                 match item {
@@ -332,14 +356,31 @@ impl fmt::Display for Violation {
                     None => writeln!(f, "    {addr:#x}")?,
                 }
             }
-            if self.others.len() > 16 {
-                writeln!(f, "    ... and {} more", self.others.len() - 16)?;
+            if others > 16 {
+                write!(f, "    ... and {} more", others - 16.min(self.others.len()))?;
+                if self.unlisted > 0 {
+                    write!(
+                        f,
+                        " ({} listed in other_stores(): each worker's first 256 of a phase)",
+                        self.others.len()
+                    )?;
+                }
+                writeln!(f)?;
             }
         }
         if self.policy == OnViolation::Rollback {
             let n = self.stores_undone;
             let stores = if n == 1 { "store" } else { "stores" };
             writeln!(f, "  rollback {n} {stores} undone; every guarded heap is as it was before the phase; its results were dropped")?;
+            if self.cancelled > 0 {
+                writeln!(
+                    f,
+                    "  cancelled {} task(s): the undo log of its worker (1 MiB) filled, so the store that \
+                     would not fit was not made and the task did not run to its end; its thread is \
+                     parked for good, keeping any lock it held (RuntimeStats::parked_workers)",
+                    self.cancelled
+                )?;
+            }
         }
         if !self.allocated_at().is_empty() {
             writeln!(f, "  allocated at:")?;

@@ -34,7 +34,7 @@ pub(crate) use stack::StackCopy;
 pub(crate) use undo::UndoLog;
 pub(crate) use worker::{
     current_item, current_worker, defer_free, set_current_item, set_current_worker, WorkerState,
-    AUDIT_RING, JOB_ABANDONED, JOB_PARKED, JOB_RUNNING,
+    AUDIT_RECORDS, JOB_ABANDONED, JOB_PARKED, JOB_RUNNING,
 };
 
 /// Most heaps alive at once.

@@ -42,9 +42,10 @@ pub(crate) struct AuditRecord {
     pub tid: AtomicU32,
 }
 
-/// Audit records kept per worker per phase (older ones are counted but
-/// dropped).
-pub(crate) const AUDIT_RING: usize = 256;
+/// Audit and rollback records kept per worker per phase: the first this
+/// many; later ones are counted (`audit_count`) but not recorded, so a
+/// report lists the first stores of each task and counts every one.
+pub(crate) const AUDIT_RECORDS: usize = 256;
 
 /// What the handler and the runtime share about one worker thread.
 pub(crate) struct WorkerState {
@@ -57,9 +58,10 @@ pub(crate) struct WorkerState {
     /// A kernel write into frozen memory found by the `io` helpers (the
     /// task got an error back; nothing is parked).
     pub kernel: ViolationRecord,
-    /// The audit policy's records (a ring of [`AUDIT_RING`]), and how many
-    /// were written since the runtime last read them.
-    pub audit: [AuditRecord; AUDIT_RING],
+    /// The audit and rollback policies' records (the first
+    /// [`AUDIT_RECORDS`] of a phase), and how many violating stores there
+    /// were since the runtime last read them.
+    pub audit: [AuditRecord; AUDIT_RECORDS],
     pub audit_count: AtomicU64,
     /// A single step in progress (`trap::step`): the page opened for one
     /// store (mprotect; 0: none) ...

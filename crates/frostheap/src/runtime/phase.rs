@@ -23,6 +23,13 @@ use crate::trap::{Freeze, Violation};
 /// Outcome of one phase, as the batch engine sees it.
 pub(super) struct PhaseResult {
     pub(super) violations: Vec<Violation>,
+    /// Violating stores past each worker's first
+    /// [`AUDIT_RECORDS`](crate::guard::AUDIT_RECORDS) under rollback,
+    /// counted and not listed in `violations`.
+    pub(super) unlisted: usize,
+    /// Tasks the rollback policy cancelled because their undo log filled
+    /// (their workers parked).
+    pub(super) cancelled: usize,
     /// Items whose tasks were running on workers parked in this phase.
     pub(super) parked_items: Vec<usize>,
     /// The phase did not run: it could not start with all of its workers
@@ -53,6 +60,8 @@ impl Runtime {
             self.in_phase.store(false, Ordering::Release);
             return PhaseResult {
                 violations: Vec::new(),
+                unlisted: 0,
+                cancelled: 0,
                 parked_items: Vec::new(),
                 refused: Some(e),
                 workers: 0,
@@ -92,7 +101,7 @@ impl Runtime {
         result.workers = active as usize;
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         s.phases += 1;
-        s.violations += result.violations.len() as u64;
+        s.violations += (result.violations.len() + result.unlisted) as u64;
         result
     }
 }

@@ -39,7 +39,7 @@ use super::pool::Runtime;
 use super::worker::Worker;
 use crate::error::Error;
 use crate::fmt_buf::Buf;
-use crate::guard::{self, AUDIT_RING};
+use crate::guard::{self, AUDIT_RECORDS};
 use crate::os;
 use crate::trap::{abandon, backtrace, Access, OnViolation, Violation};
 
@@ -68,12 +68,22 @@ impl Runtime {
             if parked >= self.max_parked {
                 return Err(Error::Incomplete {
                     reason: format!(
-                        "{parked} worker threads of this runtime are parked after violations under the cancel \
-                         policy, which reaches max_parked ({}), so it starts no more replacements and runs no \
-                         phase with fewer than its {} workers. Fix the tasks that write frozen memory, use the \
-                         rollback policy (no thread is parked), raise Runtime::builder().max_parked(..), or \
-                         build a new runtime",
-                        self.max_parked, self.n_workers
+                        "{parked} worker threads of this runtime are parked after violations {}, which \
+                         reaches max_parked ({}), so it starts no more replacements and runs no phase with \
+                         fewer than its {} workers. Fix the tasks that write frozen memory, {}raise \
+                         Runtime::builder().max_parked(..), or build a new runtime",
+                        if self.control.policy == OnViolation::Rollback {
+                            "whose tasks filled their undo log (the rollback policy cancels such a task)"
+                        } else {
+                            "under the cancel policy"
+                        },
+                        self.max_parked,
+                        self.n_workers,
+                        if self.control.policy == OnViolation::Rollback {
+                            "make fewer stores to frozen memory in one task, "
+                        } else {
+                            "use the rollback policy (which parks a thread only when a task's undo log fills), "
+                        }
                     ),
                 });
             }
@@ -243,6 +253,8 @@ impl Runtime {
         if let Some(first) = result.violations.first_mut() {
             first.stores_undone = undone;
             first.others = others;
+            first.unlisted = result.unlisted;
+            first.cancelled = result.cancelled;
             first.abandoned = abandoned;
             first.no_progress_timeout = self.no_progress_timeout;
         } else if abandoned > 0 {
@@ -278,8 +290,14 @@ impl Runtime {
             Violation::from_raw(addr, ip, tid, name, item, access, backend, policy)
         };
         let mut violations = Vec::new();
-        // Reports put in the audit log (counted in `RuntimeStats::violations`
-        // here; the phase's violations are counted by `run_phase`).
+        // Violating stores counted past each worker's first AUDIT_RECORDS,
+        // which have no record (rollback: the phase's report counts them).
+        let mut unlisted = 0;
+        // Tasks the rollback policy cancelled (their undo log filled).
+        let mut cancelled = 0;
+        // Stores audited, recorded or not (counted in
+        // `RuntimeStats::violations` here; the phase's violations are
+        // counted by `run_phase`).
         let mut audited = 0u64;
         let mut parked_items = Vec::new();
         let mut workers = self.lock_workers();
@@ -293,7 +311,18 @@ impl Runtime {
             } else {
                 Vec::new()
             };
-            for (k, rec) in w.slot.audit.iter().take(count.min(AUDIT_RING)).enumerate() {
+            if policy == OnViolation::Rollback {
+                unlisted += count.saturating_sub(AUDIT_RECORDS);
+            } else {
+                audited += count as u64;
+            }
+            for (k, rec) in w
+                .slot
+                .audit
+                .iter()
+                .take(count.min(AUDIT_RECORDS))
+                .enumerate()
+            {
                 let mut v = report(
                     w,
                     rec.addr.load(Ordering::Relaxed),
@@ -308,7 +337,6 @@ impl Runtime {
                 if policy == OnViolation::Rollback {
                     violations.push(v);
                 } else {
-                    audited += 1;
                     self.audit_log
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -347,6 +375,11 @@ impl Runtime {
                 );
                 let mut v = report(w, addr, ip, tid, item, Access::Write);
                 v.frames = backtrace::frames_of(&w.slot.stack).unwrap_or_default();
+                if policy == OnViolation::Rollback {
+                    // Its undo log filled (or the store could not be
+                    // stepped): the task was cancelled instead.
+                    cancelled += 1;
+                }
                 violations.push(v);
             } else {
                 // Abandoned: the item it was running, if any (stored by the
@@ -376,6 +409,8 @@ impl Runtime {
         }
         PhaseResult {
             violations,
+            unlisted,
+            cancelled,
             parked_items,
             refused: None,
             workers: 0,

@@ -36,7 +36,7 @@ use super::frame::{is_step_trap, Fault, Frame, SEGV_ACCERR, SEGV_PKUERR};
 use super::freeze::{MPROTECT_FROZEN, THAW_EPOCH};
 use super::step::{step_lock, step_unlock};
 use super::{report, step, OnViolation, PKEY};
-use crate::guard::{self, WorkerState, AUDIT_RING};
+use crate::guard::{self, WorkerState};
 use crate::os::{self, OsError};
 
 struct Prev(UnsafeCell<MaybeUninit<libc::sigaction>>);
@@ -179,12 +179,7 @@ fn violation(w: &WorkerState, fault: &Fault, frame: &mut Frame) {
         OnViolation::Audit => {
             let key = PKEY.load(Ordering::Relaxed);
             if step::open(w, fault.addr, fault.code, key, frame) {
-                let n = w.audit_count.fetch_add(1, Ordering::Relaxed);
-                let rec = &w.audit[(n as usize) % AUDIT_RING];
-                rec.addr.store(fault.addr, Ordering::Relaxed);
-                rec.ip.store(fault.ip, Ordering::Relaxed);
-                rec.tid.store(os::gettid(), Ordering::Relaxed);
-                rec.item.store(item, Ordering::Release);
+                record(w, fault, item);
             } else {
                 // The store cannot be let through alone: cancel the task.
                 park(w, fault, item)
@@ -259,9 +254,15 @@ fn rollback(w: &WorkerState, fault: &Fault, frame: &mut Frame, item: usize) {
         step_lock();
     }
     let (ip, (sp, bp)) = (fault.ip, frame.stack_regs());
+    // The stack is copied for the worker's first violating store of the
+    // phase, whose record the report gives the backtrace, and for a store
+    // that parks the worker (its cancel record's).
     // SAFETY: this handler runs on the worker whose stack copy this is;
     // its stack [sp, top) is intact while it is stopped here.
-    unsafe { w.stack.capture(ip, sp, bp) };
+    let capture = || unsafe { w.stack.capture(ip, sp, bp) };
+    if w.audit_count.load(Ordering::Relaxed) == 0 {
+        capture();
+    }
     // A second fault of the instruction being stepped (its store crosses
     // into the next frozen page) is the same store: one record.
     let nested = w.undo.is_pending();
@@ -272,19 +273,31 @@ fn rollback(w: &WorkerState, fault: &Fault, frame: &mut Frame, item: usize) {
     if unsafe { w.undo.begin(lo, len) } == crate::guard::undo::Begin::Full {
         step_unlock();
         os::write_stderr(b"frostheap: the undo log of a worker is full: cancelling its task\n");
+        capture();
         park(w, fault, item);
     }
     if !nested {
-        let n = w.audit_count.fetch_add(1, Ordering::Relaxed);
-        let rec = &w.audit[(n as usize) % AUDIT_RING];
+        record(w, fault, item);
+    }
+    if !step::open(w, fault.addr, fault.code, key, frame) {
+        step_unlock();
+        capture();
+        park(w, fault, item);
+    }
+}
+
+/// Counts a violating store let through (audit, rollback), and records
+/// it if it is one of the phase's first
+/// [`AUDIT_RECORDS`](crate::guard::AUDIT_RECORDS) of this worker:
+/// the later ones are counted only (a task that made 1,000 stores was
+/// reported as 256, the ring's last, and counted so).
+fn record(w: &WorkerState, fault: &Fault, item: usize) {
+    let n = w.audit_count.fetch_add(1, Ordering::Relaxed) as usize;
+    if let Some(rec) = w.audit.get(n) {
         rec.addr.store(fault.addr, Ordering::Relaxed);
         rec.ip.store(fault.ip, Ordering::Relaxed);
         rec.tid.store(os::gettid(), Ordering::Relaxed);
         rec.item.store(item, Ordering::Release);
-    }
-    if !step::open(w, fault.addr, fault.code, key, frame) {
-        step_unlock();
-        park(w, fault, item);
     }
 }
 

@@ -52,6 +52,8 @@ impl Violation {
             policy,
             stores_undone: 0,
             others: Vec::new(),
+            unlisted: 0,
+            cancelled: 0,
             abandoned: 0,
             no_progress_timeout: core::time::Duration::ZERO,
             frames: Vec::new(),

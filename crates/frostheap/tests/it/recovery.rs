@@ -324,6 +324,115 @@ fn a_write_to_a_guarded_heap_is_undone_and_no_worker_is_parked() {
     assert!(names(&rt), "the same workers go on (none was replaced)");
 }
 
+test!(a_thousand_violating_stores_of_one_task_are_all_counted);
+/// One task makes 1,000 violating stores (one word every 16 bytes): the
+/// report counts all of them, lists the worker's first 256 (the first
+/// among them, then 255 others), and the runtime's statistics count 1,000.
+/// Before, the report said "also 255 other violating stores" and the
+/// statistics 256: the workers' record ring kept the last 256 and the rest
+/// went uncounted.
+fn a_thousand_violating_stores_of_one_task_are_all_counted() {
+    let heap = Heap::builder().name("rt-many").max(64 << 20).build().unwrap();
+    let mut data: HeapVec<AtomicU64, Heap> = HeapVec::new_in(heap.clone());
+    data.extend((0..2000).map(AtomicU64::new));
+    let rt = Runtime::builder().workers(2).guard(&heap).build().unwrap();
+    let r = rt.map(0..4usize, |i| {
+        if i == 1 {
+            for k in 0..1000 {
+                data[2 * k].store(7, Ordering::Relaxed);
+            }
+        }
+        i
+    });
+    let v = match r {
+        Err(Error::Violation(v)) => v,
+        other => panic!("expected a violation, got {other:?}"),
+    };
+    assert_eq!(v.address(), &data[0] as *const AtomicU64 as usize, "the first store first");
+    assert_eq!(v.violating_stores(), 1000, "{v}");
+    assert_eq!(v.other_stores().len(), 255, "{v}");
+    assert_eq!(v.other_stores()[0].0, &data[2] as *const AtomicU64 as usize);
+    assert_eq!(v.stores_undone(), 1000, "{v}");
+    assert_eq!(v.tasks_cancelled(), 0, "{v}");
+    let text = v.to_string();
+    assert!(text.contains("also     999 other violating stores"), "{text}");
+    assert!(text.contains("... and 983 more (255 listed in other_stores()"), "{text}");
+    assert!(data.iter().enumerate().all(|(k, x)| x.load(Ordering::Relaxed) == k as u64), "undone");
+    assert_eq!(rt.stats().violations, 1000);
+}
+
+test!(the_audit_policy_counts_every_store_and_its_log_can_be_taken);
+/// Under `audit`, one task's 1,000 violating stores land and the call
+/// returns `Ok`; the runtime counts 1,000 violations (it counted 256) and
+/// logs the first 256; `take_audit_log` hands the log over and leaves it
+/// empty, so a long-running program under audit does not grow without
+/// bound.
+fn the_audit_policy_counts_every_store_and_its_log_can_be_taken() {
+    let heap = Heap::builder().name("rt-audit").max(64 << 20).build().unwrap();
+    let mut data: HeapVec<AtomicU64, Heap> = HeapVec::new_in(heap.clone());
+    data.extend((0..2000).map(AtomicU64::new));
+    let rt = Runtime::builder()
+        .workers(2)
+        .guard(&heap)
+        .on_violation(frostheap::OnViolation::Audit)
+        .build()
+        .unwrap();
+    for round in 1..=2u64 {
+        let r = rt.map(0..4usize, |i| {
+            if i == 2 {
+                for k in 0..1000 {
+                    data[2 * k].store(round, Ordering::Relaxed);
+                }
+            }
+            i
+        });
+        assert_eq!(r.unwrap(), [0, 1, 2, 3]);
+        assert_eq!(data[1998].load(Ordering::Relaxed), round, "the stores landed");
+        assert_eq!(rt.stats().violations, 1000 * round);
+        assert_eq!(rt.audit_log().len(), 256);
+        let log = rt.take_audit_log();
+        assert_eq!(log.len(), 256);
+        assert_eq!(log[0].address(), &data[0] as *const AtomicU64 as usize);
+        assert!(rt.audit_log().is_empty() && rt.take_audit_log().is_empty());
+    }
+}
+
+test!(a_task_whose_undo_log_fills_is_reported_as_cancelled);
+/// Under `rollback`, a task that makes more violating stores than its
+/// worker's undo log holds (40,000, one every 16 bytes) is cancelled at
+/// the store that does not fit: the report says so — it said "the task ran
+/// to its end and its stores were undone" — and counts the task, and the
+/// stores made before it are undone. The worker is parked, as under
+/// `cancel`.
+fn a_task_whose_undo_log_fills_is_reported_as_cancelled() {
+    let heap = Heap::builder().name("rt-full").max(64 << 20).build().unwrap();
+    let mut data: HeapVec<AtomicU64, Heap> = HeapVec::new_in(heap.clone());
+    data.extend((0..80_000).map(AtomicU64::new));
+    let rt = Runtime::builder().workers(2).guard(&heap).build().unwrap();
+    let finished = AtomicUsize::new(0);
+    let r = rt.map(0..2usize, |i| {
+        if i == 0 {
+            for k in 0..40_000 {
+                data[2 * k].store(1, Ordering::Relaxed);
+            }
+            finished.fetch_add(1, Ordering::SeqCst);
+        }
+        i
+    });
+    let v = match r {
+        Err(Error::Violation(v)) => v,
+        other => panic!("expected a violation, got {other:?}"),
+    };
+    assert_eq!(finished.load(Ordering::SeqCst), 0, "the task did not run to its end");
+    assert_eq!(v.tasks_cancelled(), 1, "{v}");
+    assert!(v.stores_undone() > 1000 && v.stores_undone() < 40_000, "{v}");
+    let text = v.to_string();
+    assert!(!text.contains("the task ran to its end"), "{text}");
+    assert!(text.contains("cancelled 1 task(s): the undo log of its worker"), "{text}");
+    assert!(data.iter().enumerate().all(|(k, x)| x.load(Ordering::Relaxed) == k as u64), "undone");
+    assert_eq!(rt.stats().parked_workers, 1);
+}
+
 test!(rollback_drops_every_item_and_result_once);
 /// Under `rollback` the violating task runs to its end, so it consumes its
 /// item like every other task: after the error every item is dropped
