@@ -274,7 +274,21 @@ pub fn max_text() -> Option<&'static [u8]> {
     os::getenv(MAX.c_name)
 }
 
-/// Reads the configuration from the process environment.
+/// The configuration this process runs with: [`from_env`] the first time
+/// it is asked for, the same answer (an error included) every time after.
+/// Whatever starts frostheap in the process reads it here — the global
+/// allocator at its first allocation, or, without it, the first
+/// `Heap::build` or `Runtime::build` — so that the limit in force, the
+/// policies a runtime defaults to and the errors they return agree,
+/// however the environment changes later. Never allocates: `OnceLock` is
+/// a futex word on Linux, safe in the global allocator before `main`.
+pub fn from_env_once() -> Result<EnvConfig, EnvError> {
+    static READ: std::sync::OnceLock<Result<EnvConfig, EnvError>> = std::sync::OnceLock::new();
+    *READ.get_or_init(from_env)
+}
+
+/// Reads the configuration from the process environment (every call reads
+/// it again; frostheap itself uses [`from_env_once`]).
 pub fn from_env() -> Result<EnvConfig, EnvError> {
     // Each fact read once: the cgroup's limit is a few files to open.
     let physical = os::physical_memory();

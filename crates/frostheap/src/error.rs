@@ -147,6 +147,18 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// A bad `FROSTHEAP_*` value, as `Heap::build` and `Runtime::build` return
+/// it: the variable, its value and what is accepted.
+impl From<crate::config::EnvError> for Error {
+    fn from(e: crate::config::EnvError) -> Error {
+        Error::InvalidConfig {
+            name: e.var,
+            value: String::from_utf8_lossy(e.value).into_owned(),
+            expected: e.expected.to_string(),
+        }
+    }
+}
+
 /// "slice of N bytes" / "N-byte slice" wording for [`Error::NotWritable`].
 struct DataLen(usize);
 

@@ -51,6 +51,16 @@ pub struct RegionConfig {
     pub huge_pages: Huge,
 }
 
+/// Why [`Region::new_own`] made no region.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum NewRegionError {
+    /// The address space refused the reservation (`max` too large for it).
+    Reserve(OsError),
+    /// The reservation was made, but committing `min` failed (and the
+    /// reservation was given back).
+    Commit(OsError),
+}
+
 /// A reserved range of address space with a committed prefix.
 ///
 /// Invariants: `base % align == 0`; `committed % PAGE_SIZE == 0`;
@@ -87,15 +97,28 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 impl Region {
-    /// Reserves `config.max` bytes and commits `config.min` of them,
-    /// returning the raw OS error (the global allocator calls it before
-    /// `main`; heap builders check `min`/`max` first).
-    pub(crate) fn new_unchecked_config(config: RegionConfig) -> Result<Region, OsError> {
+    /// A region of its own (an explicit heap's): reserves `config.max`
+    /// bytes, rounded up to a page (and the reservation to the region's
+    /// alignment), and commits `config.min` of them. The heap builder
+    /// checks `min <= max` and `max >= PAGE_SIZE` first.
+    ///
+    /// A refused reservation is [`NewRegionError::Reserve`], told apart
+    /// from a refused commit so that the builder can name `max`. A `max`
+    /// whose rounding passes the top of the address space is refused as
+    /// the kernel refuses such a length (`mmap`, `ENOMEM`): `max(usize::MAX)`
+    /// wrapped to a region of 0 bytes, built `Ok`, that could hold nothing.
+    pub(crate) fn new_own(config: RegionConfig) -> Result<Region, NewRegionError> {
         let align = align_of(config.huge_pages);
-        let reserved = round_up(config.max, PAGE_SIZE);
-        let base = os::reserve(round_up(reserved, align), align)?;
+        let too_large = OsError {
+            call: "mmap",
+            errno: libc::ENOMEM,
+        };
+        let reserved =
+            checked_round_up(config.max, PAGE_SIZE).ok_or(NewRegionError::Reserve(too_large))?;
+        let len = checked_round_up(reserved, align).ok_or(NewRegionError::Reserve(too_large))?;
+        let base = os::reserve(len, align).map_err(NewRegionError::Reserve)?;
         // SAFETY: the whole reservation is ours and aligned to `align`.
-        unsafe { Region::build(base, reserved, round_up(reserved, align), config, true) }
+        unsafe { Region::build(base, reserved, len, config, true) }.map_err(NewRegionError::Commit)
     }
 
     /// The region on `[base, base + reserved)`, which the caller reserved
@@ -374,17 +397,83 @@ fn align_of(huge: Huge) -> usize {
 /// (the builders and the configuration check it).
 #[inline]
 pub const fn committed_min(min: usize, max: usize) -> usize {
-    let up = round_up(min, PAGE_SIZE);
     let cap = max & !(PAGE_SIZE - 1);
-    if up < cap {
-        up
+    // Compared before rounding: `min` within a page of `usize::MAX` rounded
+    // up to 0 and committed nothing. Below `cap` it rounds up to `cap` at
+    // most, which is a multiple of the page: no overflow.
+    if min < cap {
+        round_up(min, PAGE_SIZE)
     } else {
         cap
     }
 }
 
-/// Rounds `n` up to a multiple of the power of two `align`.
+/// Rounds `n` up to a multiple of the power of two `align`. The caller
+/// knows it fits (`n` at most `usize::MAX - align + 1`); a size from
+/// outside goes through [`checked_round_up`].
 #[inline]
 pub const fn round_up(n: usize, align: usize) -> usize {
     (n + align - 1) & !(align - 1)
+}
+
+/// [`round_up`], or `None` when the multiple is past `usize::MAX`.
+#[inline]
+pub const fn checked_round_up(n: usize, align: usize) -> Option<usize> {
+    match n.checked_add(align - 1) {
+        Some(m) => Some(m & !(align - 1)),
+        None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_a_size_past_the_top_is_none_not_a_wrap() {
+        assert_eq!(checked_round_up(0, PAGE_SIZE), Some(0));
+        assert_eq!(checked_round_up(1, PAGE_SIZE), Some(PAGE_SIZE));
+        assert_eq!(checked_round_up(PAGE_SIZE, PAGE_SIZE), Some(PAGE_SIZE));
+        let top = usize::MAX & !(PAGE_SIZE - 1);
+        assert_eq!(checked_round_up(top, PAGE_SIZE), Some(top));
+        assert_eq!(checked_round_up(top + 1, PAGE_SIZE), None);
+        assert_eq!(checked_round_up(usize::MAX, PAGE_SIZE), None);
+        assert_eq!(checked_round_up(usize::MAX, os::HUGE_PAGE_SIZE), None);
+    }
+
+    #[test]
+    fn the_committed_minimum_never_passes_the_cap_nor_wraps() {
+        assert_eq!(committed_min(0, 1 << 20), 0);
+        assert_eq!(committed_min(1, 1 << 20), PAGE_SIZE);
+        assert_eq!(
+            committed_min(1_000_001, 1_000_001),
+            1_000_001 & !(PAGE_SIZE - 1)
+        );
+        let cap = usize::MAX & !(PAGE_SIZE - 1);
+        // `min` within a page of the top rounded up to 0.
+        assert_eq!(committed_min(usize::MAX, usize::MAX), cap);
+        assert_eq!(committed_min(cap + 1, usize::MAX), cap);
+        assert_eq!(committed_min(cap - 1, usize::MAX), cap);
+    }
+
+    #[test]
+    fn a_region_whose_max_rounds_past_the_top_is_refused_as_a_reservation() {
+        for huge_pages in [Huge::Off, Huge::On] {
+            for max in [
+                usize::MAX,
+                usize::MAX - PAGE_SIZE + 2,
+                usize::MAX - os::HUGE_PAGE_SIZE + 2,
+            ] {
+                let r = Region::new_own(RegionConfig {
+                    min: 0,
+                    max,
+                    huge_pages,
+                });
+                match r {
+                    Err(NewRegionError::Reserve(e)) => assert_eq!(e.errno, libc::ENOMEM),
+                    other => panic!("max={max:#x} {huge_pages:?}: {other:?}"),
+                }
+            }
+        }
+    }
 }

@@ -113,7 +113,8 @@ pub struct Bytes(pub usize);
 
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        // Up to EiB: `usize::MAX` read "16777216.0 TiB".
+        const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
         let n = self.0;
         let mut unit = 0;
         while unit + 1 < UNITS.len() && n >= 1usize << (10 * (unit + 1)) {
@@ -188,5 +189,7 @@ mod tests {
         assert_eq!(Bytes(4096).to_string(), "4 KiB");
         assert_eq!(Bytes(100).to_string(), "100 B");
         assert_eq!(Bytes(3 << 29).to_string(), "1.5 GiB");
+        assert_eq!(Bytes(1 << 50).to_string(), "1 PiB");
+        assert_eq!(Bytes(usize::MAX).to_string(), "16.0 EiB");
     }
 }

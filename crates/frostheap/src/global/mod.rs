@@ -40,6 +40,7 @@ pub(crate) use route::{on_main_route, set_context};
 pub use route::{unguarded, Shared};
 pub use start::main_heap;
 use start::main_inner;
+pub(crate) use start::start;
 pub use stats::{stats, ProcessStats};
 
 /// Gives the free memory of every heap of the arena (the main heap and

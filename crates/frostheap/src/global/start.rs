@@ -17,7 +17,7 @@ use super::heaps;
 use crate::config;
 use crate::heap::core::{CoreConfig, ORPHAN};
 use crate::heap::process;
-use crate::heap::{Heap, HeapInner};
+use crate::heap::{Heap, HeapInner, InitError};
 use crate::os;
 use crate::region::Huge;
 use crate::sync::thread_token;
@@ -144,6 +144,33 @@ pub fn fork_child_adopt() {
     }
 }
 
+/// Starts frostheap in this process, if nothing has, as the global
+/// allocator's first allocation does: reads the `FROSTHEAP_*` environment
+/// ([`config::from_env_once`]), sets the process limit and builds the
+/// main heap; returns the configuration read. `Heap::build` and
+/// `Runtime::build` call it first. Before, in a program without `Global`
+/// only a runtime started it (through `unguarded`): under
+/// `FROSTHEAP_MAX=256M` a heap built first committed 512 MiB and
+/// `stats().limit` was `usize::MAX`, while the same heap built after a
+/// runtime was refused at 256 MiB; and `FROSTHEAP_MAX=banana` was refused
+/// by `Runtime::build` but not by `Heap::build`. A bad value is returned
+/// here as the `Error::InvalidConfig` both give, and nothing is started
+/// (`init` prints it and exits with status 2, for the first allocation,
+/// which cannot return it). Under `Global` the environment was read
+/// before `main`, and this returns what was read then.
+pub(crate) fn start() -> Result<config::EnvConfig, crate::Error> {
+    let cfg = config::from_env_once()?;
+    while MAIN.state.load(Ordering::Acquire) != READY {
+        // Returns at once when another thread is starting it: wait for it
+        // (it never waits for us; a failure exits the process).
+        init();
+        if MAIN.state.load(Ordering::Acquire) != READY {
+            std::thread::yield_now();
+        }
+    }
+    Ok(cfg)
+}
+
 #[cold]
 #[inline(never)]
 pub(super) fn init() {
@@ -154,7 +181,7 @@ pub(super) fn init() {
     {
         return; // another thread is initialising or has: we are not main
     }
-    let cfg = match config::from_env() {
+    let cfg = match config::from_env_once() {
         Ok(c) => c,
         Err(e) => {
             let mut buf = [0u8; 512];
@@ -190,7 +217,7 @@ pub(super) fn init() {
             HeapInner::init_in(slot, Cow::Borrowed("main"), base, heaps::slot_len(), core)?
         };
         h.register();
-        Ok::<(), os::OsError>(())
+        Ok::<(), InitError>(())
     };
     // SAFETY: we won the race to INITIALIZING: nobody else writes slot
     // 0, and `build` builds the heap there whole or fails.
@@ -269,17 +296,33 @@ fn exit_unreserved(cfg: &config::EnvConfig, e: os::OsError) -> ! {
 // linker lays in the first window of code; layout.ld moves this
 // to .text.rare.
 #[inline(never)]
-fn exit_unstarted(cfg: &config::EnvConfig, e: os::OsError) -> ! {
+fn exit_unstarted(cfg: &config::EnvConfig, e: InitError) -> ! {
     let mut buf = [0u8; 512];
     let line = crate::fmt_buf::Buf::new(&mut buf)
         .str("frostheap: cannot start the main heap (FROSTHEAP_MAX=")
         .dec(cfg.max as u64)
         .str(" bytes, FROSTHEAP_MIN=")
         .dec(cfg.min as u64)
-        .str(" bytes): ")
-        .str(e.call)
-        .str(" errno ")
-        .dec(e.errno as u64);
+        .str(" bytes): ");
+    let line = match e {
+        InitError::Os(e) | InitError::Reserve(e) => {
+            line.str(e.call).str(" errno ").dec(e.errno as u64)
+        }
+        // The configuration keeps FROSTHEAP_MIN within FROSTHEAP_MAX, and
+        // the main heap is the first thing charged: said all the same.
+        InitError::Limit {
+            requested,
+            limit,
+            committed,
+        } => line
+            .str("its minimum, ")
+            .dec(requested as u64)
+            .str(" bytes, does not fit under the process limit, ")
+            .dec(limit as u64)
+            .str(" bytes, with ")
+            .dec(committed as u64)
+            .str(" committed"),
+    };
     let line = address_space_hint(line).str("\n").finish();
     os::write_stderr(line);
     os::exit_now(2)

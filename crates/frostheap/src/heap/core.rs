@@ -56,7 +56,9 @@ use super::remote::{OtherThreads, Remote};
 pub(crate) use super::span::WARM_FROM;
 use super::span::{carved_charge, Locked, Refusal, Retire, SpanAllocator};
 use crate::os::{self, OsError};
-use crate::region::{committed_min, round_up, Huge, Region, RegionConfig, PAGE_SHIFT, PAGE_SIZE};
+use crate::region::{
+    committed_min, round_up, Huge, NewRegionError, Region, RegionConfig, PAGE_SHIFT, PAGE_SIZE,
+};
 use crate::sync::{chaos, thread_token, RawLock};
 
 /// Blocks a class carves in its current span before it may take free
@@ -74,6 +76,108 @@ const BORROW_RUN: u16 = 1024;
 /// blocks to one another (a producer whose class is dry until the
 /// consumer's frees come back) would borrow on most refills.
 const BORROW_MIN: u32 = 1024;
+
+/// Why [`HeapCore::init_at`] built no heap.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum InitError {
+    /// The process limit refused the charge for the heap's committed
+    /// minimum: `requested` bytes, with the process's `limit` and what it
+    /// had `committed` then. Not an `OsError`: no system call failed (it
+    /// was one named `FROSTHEAP_MAX`, printed as "FROSTHEAP_MAX failed:
+    /// errno 12").
+    Limit {
+        /// The minimum, as the region commits it.
+        requested: usize,
+        /// The process limit.
+        limit: usize,
+        /// What the process had committed.
+        committed: usize,
+    },
+    /// The address space refused the heap's range or its page table, both
+    /// sized by `max` (an explicit heap's own reservation).
+    Reserve(OsError),
+    /// Another system call failed: the commit of the minimum, or of the
+    /// page table's entries for it.
+    Os(OsError),
+}
+
+impl From<OsError> for InitError {
+    fn from(e: OsError) -> InitError {
+        InitError::Os(e)
+    }
+}
+
+/// Where the parts of a heap's side table lie, for a range of `n_pages`
+/// heap pages (`ps`: the OS page size): the class map grows down from
+/// `first + CLASSES_END`, the metas start at `meta_start`, the remote-free
+/// bitmap at `bits_start`, the owner's cache's stacks at `own_start`;
+/// `bytes` in all.
+struct TableLayout {
+    first: usize,
+    meta_start: usize,
+    bits_start: usize,
+    own_start: usize,
+    bytes: usize,
+}
+
+impl TableLayout {
+    fn of(n_pages: usize, ps: usize) -> TableLayout {
+        // The class map grows down from CLASSES_END of the metas' first OS
+        // page (`first`, with room below for the whole map); the metas
+        // start at META_SKEW of it, and the bitmap one line into the OS
+        // page after theirs (BITS_SKEW): a small heap's blocks lie near
+        // their spans' starts, so its first 16 pages' words take two OS
+        // pages of bitmap, not the three they took at META_SKEW's offset.
+        let first = round_up(n_pages.saturating_sub(CLASSES_END), ps);
+        let meta_start = first + META_SKEW;
+        let bits_start =
+            round_up(meta_start + n_pages * core::mem::size_of::<PageMeta>(), ps) + BITS_SKEW;
+        // Then, from an OS page of their own, the owner's cache's stacks,
+        // opened if the cache turns on (heap::own_cache).
+        let own_start = round_up(bits_start + n_pages * REMOTE_WORDS * 8, ps);
+        let bytes = own_start + round_up(core::mem::size_of::<OwnSlots>(), ps);
+        TableLayout {
+            first,
+            meta_start,
+            bits_start,
+            own_start,
+            bytes,
+        }
+    }
+}
+
+/// After the address space refused a heap of its own of `max` bytes
+/// ([`InitError::Reserve`]): the largest power of two below `max` whose
+/// range (laid out as `huge` says) and page table the address space
+/// grants now, or 0 when not even one heap page's does. Each size tried is
+/// reserved and unmapped at once; for the error that refuses `max`.
+#[cold]
+pub(crate) fn largest_reservable(max: usize, huge: Huge) -> usize {
+    let align = match huge {
+        Huge::Off => PAGE_SIZE,
+        Huge::On | Huge::Later => os::HUGE_PAGE_SIZE,
+    };
+    let mut size = max
+        .checked_next_power_of_two()
+        .map_or(1 << (usize::BITS - 1), |p| p / 2);
+    while size >= PAGE_SIZE {
+        let len = round_up(size, align);
+        let table = TableLayout::of(size >> PAGE_SHIFT, os::page_size()).bytes;
+        if let Ok(base) = os::reserve(len, align) {
+            let fits = os::map_table_closed(table).map(|t| {
+                // SAFETY: mapped just above, and nothing refers to it.
+                unsafe { os::unmap(t, table) }
+            });
+            // SAFETY: reserved just above, and nothing refers to it.
+            unsafe { os::unmap(base, len) };
+            if fits.is_ok() {
+                return size;
+            }
+        }
+        size /= 2;
+    }
+    0
+}
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct CoreConfig {
@@ -143,7 +247,7 @@ impl HeapCore {
     /// Reserves the region and page table. The calling thread becomes the
     /// owner.
     #[cfg(test)]
-    pub(crate) fn new(config: CoreConfig) -> Result<HeapCore, OsError> {
+    pub(crate) fn new(config: CoreConfig) -> Result<HeapCore, InitError> {
         let mut core = core::mem::MaybeUninit::<HeapCore>::uninit();
         // SAFETY: no reservation given: the region makes its own; `core`
         // is writable.
@@ -172,7 +276,7 @@ impl HeapCore {
         dst: *mut HeapCore,
         at: Option<(*mut u8, usize)>,
         config: CoreConfig,
-    ) -> Result<(), OsError> {
+    ) -> Result<(), InitError> {
         let rc = RegionConfig {
             min: config.min,
             max: config.max,
@@ -182,15 +286,21 @@ impl HeapCore {
         // (what the region commits for it: never past the cap).
         let min = committed_min(config.min, config.max);
         if !process::charge(config.kind, min) {
-            return Err(OsError {
-                call: "FROSTHEAP_MAX",
-                errno: libc::ENOMEM,
+            return Err(InitError::Limit {
+                requested: min,
+                limit: process::limit(),
+                committed: process::committed(),
             });
         }
         let region = match at {
-            // SAFETY: (1).
-            Some((base, len)) => unsafe { Region::in_reservation(base, len, rc) },
-            None => Region::new_unchecked_config(rc),
+            Some((base, len)) => {
+                // SAFETY: (1).
+                unsafe { Region::in_reservation(base, len, rc) }.map_err(InitError::Os)
+            }
+            None => Region::new_own(rc).map_err(|e| match e {
+                NewRegionError::Reserve(e) => InitError::Reserve(e),
+                NewRegionError::Commit(e) => InitError::Os(e),
+            }),
         };
         let region = match region {
             Ok(r) => r,
@@ -200,26 +310,21 @@ impl HeapCore {
             }
         };
         let n_pages = region.reserved() >> PAGE_SHIFT;
-        let ps = os::page_size();
-        // The class map grows down from CLASSES_END of the metas' first OS
-        // page (`first`, with room below for the whole map); the metas
-        // start at META_SKEW of it, and the bitmap one line into the OS
-        // page after theirs (BITS_SKEW): a small heap's blocks lie near
-        // their spans' starts, so its first 16 pages' words take two OS
-        // pages of bitmap, not the three they took at META_SKEW's offset.
-        let first = round_up(n_pages.saturating_sub(CLASSES_END), ps);
-        let meta_start = first + META_SKEW;
-        let bits_start =
-            round_up(meta_start + n_pages * core::mem::size_of::<PageMeta>(), ps) + BITS_SKEW;
-        // Then, from an OS page of their own, the owner's cache's stacks,
-        // opened if the cache turns on (heap::own_cache).
-        let own_start = round_up(bits_start + n_pages * REMOTE_WORDS * 8, ps);
-        let table_bytes = own_start + round_up(core::mem::size_of::<OwnSlots>(), ps);
+        let TableLayout {
+            first,
+            meta_start,
+            bits_start,
+            own_start,
+            bytes: table_bytes,
+        } = TableLayout::of(n_pages, os::page_size());
         let table = match os::map_table_closed(table_bytes) {
             Ok(t) => t,
             Err(e) => {
                 process::release(config.kind, min);
-                return Err(e);
+                // Sized by the range (a PageMeta and REMOTE_WORDS words
+                // per 64 KiB page of it): refused for the same reason,
+                // the size of `max`.
+                return Err(InitError::Reserve(e));
             }
         };
         // SAFETY: the mapping has the class map's n_pages bytes below
@@ -290,7 +395,7 @@ impl HeapCore {
                 // SAFETY: written in full above and not used again: the
                 // caller sees `dst` unwritten.
                 unsafe { core::ptr::drop_in_place(dst) };
-                return Err(e);
+                return Err(InitError::Os(e));
             }
             // SAFETY: the pages are committed, free and in no span.
             unsafe { spans.insert(0, committed, false, 0) };

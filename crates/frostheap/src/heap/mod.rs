@@ -55,6 +55,7 @@ use std::sync::Arc;
 use allocator_api2::alloc::{AllocError, Allocator};
 
 use self::class::class_for;
+pub(crate) use self::core::InitError;
 use self::core::{CoreConfig, HeapCore};
 pub(crate) use self::span::Refusal;
 pub use self::stats::Stats;
@@ -87,7 +88,7 @@ impl HeapInner {
     pub(crate) fn new_shared(
         name: Cow<'static, str>,
         config: CoreConfig,
-    ) -> Result<Arc<HeapInner>, crate::os::OsError> {
+    ) -> Result<Arc<HeapInner>, InitError> {
         let mut arc = Arc::<HeapInner>::new_uninit();
         let dst = Arc::get_mut(&mut arc).expect("a fresh Arc is unique");
         // SAFETY: no reservation given: the region makes its own.
@@ -108,7 +109,7 @@ impl HeapInner {
         base: *mut u8,
         len: usize,
         config: CoreConfig,
-    ) -> Result<&'a mut HeapInner, crate::os::OsError> {
+    ) -> Result<&'a mut HeapInner, InitError> {
         // SAFETY: forwarded (1).
         unsafe { Self::init_at(dst, name, Some((base, len)), config) }
     }
@@ -124,7 +125,7 @@ impl HeapInner {
         name: Cow<'static, str>,
         at: Option<(*mut u8, usize)>,
         config: CoreConfig,
-    ) -> Result<&'a mut HeapInner, crate::os::OsError> {
+    ) -> Result<&'a mut HeapInner, InitError> {
         let p = dst.as_mut_ptr();
         // SAFETY: forwarded (1); `p` is valid for writes (a `&mut`).
         unsafe { HeapCore::init_at(&raw mut (*p).core, at, config)? };
@@ -762,7 +763,10 @@ impl HeapBuilder {
     /// `FROSTHEAP_MAX`, physical memory or less in a cgroup with a memory
     /// limit or under an address-space limit: see
     /// [`crate::config::default_max`]).
-    /// Committed memory never exceeds `max` rounded down to 64 KiB.
+    /// Committed memory never exceeds `max` rounded down to 64 KiB. At
+    /// most what the address space can reserve (64 TiB or less on x86-64
+    /// with 47-bit addresses): a larger `max` is refused by
+    /// [`HeapBuilder::build`], which names the largest it could reserve.
     pub fn max(mut self, bytes: usize) -> Self {
         self.max = Some(bytes);
         self
@@ -775,7 +779,23 @@ impl HeapBuilder {
     }
 
     /// Reserves the region. The calling thread becomes the heap's owner.
+    ///
+    /// The first heap or runtime built in a process without the global
+    /// allocator starts frostheap there as `Global` does at its first
+    /// allocation: it reads the `FROSTHEAP_*` environment, once, and the
+    /// process limit (`FROSTHEAP_MAX`) bounds this heap's commits with
+    /// every other heap's from then on, whichever is built first. A bad
+    /// value is refused here as `Runtime::build` refuses it
+    /// ([`Error::InvalidConfig`] naming the variable).
+    ///
+    /// Refused with [`Error::InvalidConfig`] naming `max` when `max` is
+    /// less than a page or more than the address space can reserve (the
+    /// error says how much can), naming `min` when `min` is more than
+    /// `max` or than the process limit; with [`Error::OutOfMemory`] when
+    /// `min` fits under the process limit but not beside what the process
+    /// has committed now.
     pub fn build(self) -> Result<Heap, Error> {
+        crate::global::start()?;
         let max = self.max.unwrap_or_else(crate::config::default_max_here);
         if max < PAGE_SIZE {
             return Err(Error::invalid(
@@ -791,20 +811,20 @@ impl HeapBuilder {
                 format!("at most max ({})", crate::size::Bytes(max)),
             ));
         }
+        let huge_pages = if self.huge_pages.enabled() {
+            Huge::On
+        } else {
+            Huge::Off
+        };
         let config = CoreConfig {
             min: self.min,
             max,
-            huge_pages: if self.huge_pages.enabled() {
-                Huge::On
-            } else {
-                Huge::Off
-            },
+            huge_pages,
             kind: process::Kind::Explicit,
         };
-        let mut arc = HeapInner::new_shared(self.name, config).map_err(|source| Error::Os {
-            context: "reserving a heap region",
-            source,
-        })?;
+        let min = self.min;
+        let mut arc = HeapInner::new_shared(self.name, config)
+            .map_err(|e| refused_build(e, min, max, huge_pages))?;
         if !Arc::get_mut(&mut arc)
             .expect("fresh Arc is unique")
             .register()
@@ -821,5 +841,69 @@ impl HeapBuilder {
         Ok(Heap {
             handle: Handle::Shared(arc),
         })
+    }
+}
+
+/// The error of a heap [`HeapBuilder::build`] could not build, with its
+/// `min`, `max` and layout.
+#[cold]
+fn refused_build(e: InitError, min: usize, max: usize, huge: Huge) -> Error {
+    match e {
+        // A minimum above the process limit can never be committed, in any
+        // state of the process: a configuration error, as `min > max` is,
+        // naming `min`.
+        InitError::Limit {
+            requested, limit, ..
+        } if requested > limit => Error::invalid(
+            "min",
+            crate::size::Bytes(min),
+            format!(
+                "at most the process limit, {} (FROSTHEAP_MAX, or its default when unset), which every heap's committed memory counts against",
+                crate::size::Bytes(limit)
+            ),
+        ),
+        // It fits under the limit but not beside what the process holds
+        // now: what an allocation the process limit refuses reports (see
+        // `Heap::oom`), since freeing memory elsewhere makes it fit;
+        // `in_use` is the process's committed memory, the heap has none.
+        InitError::Limit {
+            requested,
+            limit,
+            committed,
+        } => Error::OutOfMemory {
+            requested,
+            limit,
+            in_use: committed,
+        },
+        InitError::Reserve(source) if source.errno == libc::ENOMEM => {
+            let largest = self::core::largest_reservable(max, huge);
+            let most = if largest > 0 {
+                format!(
+                    "at most {} here, the largest power of two it reserves now",
+                    crate::size::Bytes(largest)
+                )
+            } else {
+                "and it cannot reserve even one heap page now".to_string()
+            };
+            Error::invalid(
+                "max",
+                format_args!("{max} bytes"),
+                format!(
+                    "a size this process's address space can reserve (the heap's range is max rounded up to {}, and its page table is sized by it), {most} ({source})",
+                    crate::size::Bytes(match huge {
+                        Huge::Off => PAGE_SIZE,
+                        Huge::On | Huge::Later => crate::os::HUGE_PAGE_SIZE,
+                    })
+                ),
+            )
+        }
+        InitError::Reserve(source) => Error::Os {
+            context: "reserving a heap region",
+            source,
+        },
+        InitError::Os(source) => Error::Os {
+            context: "committing a new heap's minimum",
+            source,
+        },
     }
 }

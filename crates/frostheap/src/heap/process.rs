@@ -9,8 +9,10 @@
 //! fast paths carry no shared atomic. A charge that would
 //! take the sum past the limit fails and charges nothing; the allocation
 //! that needed it returns null (`OutOfMemory`, `ENOMEM`) whichever thread
-//! asked. The limit is `usize::MAX` until the global allocator (or the C
-//! ABI) reads the environment at start-up.
+//! asked. The limit is `usize::MAX` until frostheap starts in the process
+//! and reads the environment, once (`global::start`): the global
+//! allocator (or the C ABI) at its first allocation, or, in a program
+//! without it, the first `Heap::build` or `Runtime::build`.
 //!
 //! The counters are plain atomics updated with one compare-and-swap per
 //! span a heap takes, or per step a small span's carving reaches (five in

@@ -170,11 +170,9 @@ impl RuntimeBuilder {
 
     /// Starts the workers.
     pub fn build(self) -> Result<Runtime, Error> {
-        let env = crate::config::from_env().map_err(|e| Error::InvalidConfig {
-            name: e.var,
-            value: String::from_utf8_lossy(e.value).into_owned(),
-            expected: e.expected.to_string(),
-        })?;
+        // Reads the environment, if nothing has, sets the process limit
+        // and starts the main heap (as the first `Heap::build` would).
+        let env = crate::global::start()?;
         let (workers, max_parked) = self.counts(
             std::thread::available_parallelism()
                 .map(|n| n.get())

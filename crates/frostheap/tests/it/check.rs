@@ -59,6 +59,8 @@ macro_rules! fixtures {
 }
 
 fixtures!(
+    "explicit_heaps",
+    "explicit_heaps_global",
     "freeze_child",
     "freeze_env",
     "global_alloc",

@@ -389,8 +389,8 @@ fn sealed_heap_write_from_main_kills_the_process() {
 // ---------------------------------------------------------------------------
 // Configuration from the environment.
 
-/// Runs `freeze_env` (no `Global`: `Runtime::builder().build()` reads the
-/// environment) with one variable set.
+/// Runs `freeze_env` (no `Global`: `Heap::builder().build()`, the first
+/// build, reads the environment) with one variable set.
 fn env_case(var: &str, value: &str) -> std::process::Output {
     run_fixture("freeze_env", &[], &[(var, value)])
 }
@@ -401,7 +401,7 @@ fn bad_protect_value_is_an_invalid_config_naming_the_variable() {
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("InvalidConfig name=FROSTHEAP_PROTECT value=sometimes"),
+        stdout.contains("InvalidConfig name=FROSTHEAP_PROTECT value=sometimes runtime_same=true"),
         "{}",
         describe(&out)
     );
@@ -419,7 +419,7 @@ fn bad_on_violation_value_is_an_invalid_config_naming_the_variable() {
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("InvalidConfig name=FROSTHEAP_ON_VIOLATION value=explode"),
+        stdout.contains("InvalidConfig name=FROSTHEAP_ON_VIOLATION value=explode runtime_same=true"),
         "{}",
         describe(&out)
     );

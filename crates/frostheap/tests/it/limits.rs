@@ -1,13 +1,15 @@
 //! The hard cap: past `max`, allocations fail with the numbers a caller
 //! needs, nothing aborts, and freed memory fits the same requests again.
-//! Also: configurations the builder must refuse.
+//! Also: configurations the builder must refuse, and the process limit
+//! (`FROSTHEAP_MAX`) over explicit heaps, in fixture programs with and
+//! without `frostheap::Global` (tests/fixtures/explicit_heaps*.rs).
 
 use std::alloc::Layout;
 use std::ptr::NonNull;
 
 use frostheap::{Error, Heap, HugePages};
 
-use crate::check::MIB;
+use crate::check::{describe, run_fixture, MIB};
 use crate::ops::{fill, verify};
 
 const MAX: usize = 64 * MIB;
@@ -355,6 +357,167 @@ fn max_below_one_page_is_an_invalid_config_naming_max() {
     let p = heap.try_alloc(Layout::new::<[u8; 100]>()).unwrap();
     // SAFETY: live block from this heap.
     unsafe { heap.dealloc(p) };
+}
+
+test!(a_max_the_address_space_cannot_reserve_is_an_invalid_config_naming_max);
+/// A `max` past what the address space can reserve is refused by `build`,
+/// naming `max`, its value and the most that can be reserved — never an
+/// `Ok` heap that cannot allocate: `max(usize::MAX)` rounded up to a page
+/// wrapped to a region of 0 bytes, and `max(1 << 60)` was an `Error::Os`
+/// of `mmap` that did not say which option was at fault. A `max` within a
+/// page (or a huge page) of `usize::MAX` overflows its rounding: refused
+/// the same way.
+fn a_max_the_address_space_cannot_reserve_is_an_invalid_config_naming_max() {
+    for huge_pages in [HugePages::Off, HugePages::On] {
+        for max in [
+            usize::MAX,
+            usize::MAX - (64 << 10) + 2,
+            usize::MAX - (2 << 20) + 2,
+            usize::MAX / 2,
+            1 << 60,
+        ] {
+            let r = Heap::builder().max(max).huge_pages(huge_pages).build();
+            let e = match r {
+                Ok(h) => panic!(
+                    "max={max:#x} {huge_pages:?}: built, reserving {} bytes",
+                    h.stats().reserved
+                ),
+                Err(e) => e,
+            };
+            let msg = e.to_string();
+            match &e {
+                Error::InvalidConfig { name, value, .. } => {
+                    assert_eq!((*name, value.as_str()), ("max", &*format!("{max} bytes")), "{msg}")
+                }
+                other => panic!("max={max:#x}: expected InvalidConfig, got {other:?}"),
+            }
+            // The most it can reserve: a power of two of at least a page.
+            let most = msg
+                .split("at most ")
+                .nth(1)
+                .and_then(|rest| rest.split(" here").next())
+                .unwrap_or_else(|| panic!("no \"at most .. here\": {msg}"));
+            let bytes = match most.split_once(' ') {
+                Some((n, unit)) => {
+                    let shift = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
+                        .iter()
+                        .position(|u| *u == unit)
+                        .unwrap_or_else(|| panic!("{most:?}: {msg}"));
+                    n.parse::<usize>().unwrap_or_else(|_| panic!("{most:?}: {msg}")) << (10 * shift)
+                }
+                None => panic!("{most:?}: {msg}"),
+            };
+            assert!(bytes.is_power_of_two() && bytes >= 64 << 10 && bytes < max, "{msg}");
+            assert!(msg.contains("address space"), "{msg}");
+        }
+    }
+    // `min` near the top is no overflow either: above any process limit,
+    // it is refused before a reservation is tried.
+    let e = Heap::builder()
+        .min(usize::MAX)
+        .max(usize::MAX)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidConfig { name: "min", value, .. } if value == "16.0 EiB"),
+        "{e:?}"
+    );
+}
+
+/// The lines of a fixture of tests/fixtures/explicit_heaps*.rs run with
+/// `steps` under `env`: it must exit 0.
+fn explicit_heaps(fixture: &str, steps: &[&str], env: &[(&str, &str)]) -> String {
+    let out = run_fixture(fixture, steps, env);
+    assert!(out.status.success(), "{}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The line of `step` in a fixture's output.
+fn step_line<'a>(stdout: &'a str, step: &str) -> &'a str {
+    let prefix = format!("{step}: ");
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no line for {step}: {stdout}"))
+}
+
+test!(a_min_the_process_limit_cannot_hold_is_refused_naming_min);
+/// `min` above the process limit: `InvalidConfig` naming `min`, its value
+/// and the limit, with or without `Global`. It was an `Error::Os` whose
+/// system call was `FROSTHEAP_MAX` ("reserving a heap region:
+/// FROSTHEAP_MAX failed: errno 12") with `Global`, and, without it, a heap
+/// that committed 300 MiB under `FROSTHEAP_MAX=256M`. A `min` within the
+/// limit that does not fit beside what the process has committed is
+/// `OutOfMemory` with the process's numbers, as a refused allocation is.
+fn a_min_the_process_limit_cannot_hold_is_refused_naming_min() {
+    for fixture in ["explicit_heaps_global", "explicit_heaps"] {
+        let out = explicit_heaps(
+            fixture,
+            &["min300", "heap", "alloc200", "min100"],
+            &[("FROSTHEAP_MAX", "256M")],
+        );
+        let line = step_line(&out, "min300");
+        assert!(
+            line.starts_with("err InvalidConfig name=min:")
+                && line.contains("\"300 MiB\"")
+                && line.contains("process limit, 256 MiB"),
+            "{fixture}: {out}"
+        );
+        assert!(!line.contains("failed"), "{fixture}: {out}");
+        assert_eq!(step_line(&out, "alloc200"), "ok", "{fixture}: {out}");
+        let line = step_line(&out, "min100");
+        assert!(
+            line.starts_with("err OutOfMemory:")
+                && line.contains("100 MiB requested")
+                && line.contains("limit 256 MiB"),
+            "{fixture}: {out}"
+        );
+        // With FROSTHEAP_MAX unset: its default.
+        let out = explicit_heaps(fixture, &["heap", "min-over-limit"], &[]);
+        let line = step_line(&out, "min-over-limit");
+        assert!(
+            line.starts_with("err InvalidConfig name=min:") && line.contains("process limit"),
+            "{fixture}: {out}"
+        );
+    }
+}
+
+test!(the_process_limit_bounds_explicit_heaps_whichever_is_built_first);
+/// Without `Global`, `FROSTHEAP_MAX` bounds an explicit heap whether a
+/// heap or a runtime is built first: the first of them reads the
+/// environment. A heap built first could commit 512 MiB under
+/// `FROSTHEAP_MAX=256M`, and `stats().limit` was `usize::MAX`.
+fn the_process_limit_bounds_explicit_heaps_whichever_is_built_first() {
+    for (fixture, steps) in [
+        ("explicit_heaps", &["heap", "alloc512"][..]),
+        ("explicit_heaps", &["runtime", "heap", "alloc512"][..]),
+        ("explicit_heaps", &["heap", "runtime", "alloc512"][..]),
+        ("explicit_heaps_global", &["heap", "alloc512"][..]),
+    ] {
+        let out = explicit_heaps(fixture, steps, &[("FROSTHEAP_MAX", "256M")]);
+        assert!(
+            step_line(&out, "alloc512").starts_with("err OutOfMemory:")
+                && step_line(&out, "alloc512").contains("limit 256 MiB"),
+            "{fixture} {steps:?}: {out}"
+        );
+        assert!(out.contains(&format!("limit={}\n", 256 * MIB)), "{fixture} {steps:?}: {out}");
+    }
+}
+
+test!(a_bad_frostheap_max_is_refused_by_heap_build_as_by_runtime_build);
+/// Without `Global`, `FROSTHEAP_MAX=banana` is refused by `Heap::build`
+/// with the error `Runtime::build` gives, in either order, and nothing
+/// exits: `Heap::build` ignored it.
+fn a_bad_frostheap_max_is_refused_by_heap_build_as_by_runtime_build() {
+    for steps in [["heap", "runtime"], ["runtime", "heap"]] {
+        let out = explicit_heaps("explicit_heaps", &steps, &[("FROSTHEAP_MAX", "banana")]);
+        let (heap, runtime) = (step_line(&out, "heap"), step_line(&out, "runtime"));
+        assert!(
+            heap.starts_with("err InvalidConfig name=FROSTHEAP_MAX:") && heap.contains("\"banana\""),
+            "{steps:?}: {out}"
+        );
+        assert_eq!(heap, runtime, "{steps:?}: {out}");
+    }
 }
 
 test!(min_equal_to_max_commits_no_more_than_the_cap);
