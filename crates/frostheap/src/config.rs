@@ -280,11 +280,23 @@ pub fn max_text() -> Option<&'static [u8]> {
 /// allocator at its first allocation, or, without it, the first
 /// `Heap::build` or `Runtime::build` — so that the limit in force, the
 /// policies a runtime defaults to and the errors they return agree,
-/// however the environment changes later. Never allocates: `OnceLock` is
-/// a futex word on Linux, safe in the global allocator before `main`.
+/// however the environment changes later. Never allocates, so the global
+/// allocator may call it before `main`. Its own lock, not std's
+/// `OnceLock`: std's `Once` code lies far from frostheap's in the library,
+/// and running it at start-up made every process map a second (and, with
+/// `FROSTHEAP_MIN`, a third) 64 KiB window of the library's code (the test
+/// `the_library_touches_one_window_of_code_and_one_of_tables`).
 pub fn from_env_once() -> Result<EnvConfig, EnvError> {
-    static READ: std::sync::OnceLock<Result<EnvConfig, EnvError>> = std::sync::OnceLock::new();
-    *READ.get_or_init(from_env)
+    /// The answer, once read.
+    struct Read(core::cell::UnsafeCell<Option<Result<EnvConfig, EnvError>>>);
+    // SAFETY: the cell is read and written only under `LOCK`.
+    unsafe impl Sync for Read {}
+    static LOCK: crate::sync::RawLock = crate::sync::RawLock::new();
+    static READ: Read = Read(core::cell::UnsafeCell::new(None));
+    let _held = LOCK.lock();
+    // SAFETY: under `LOCK`, the only access to the cell.
+    let read = unsafe { &mut *READ.0.get() };
+    *read.get_or_insert_with(from_env)
 }
 
 /// Reads the configuration from the process environment (every call reads

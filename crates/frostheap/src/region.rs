@@ -107,6 +107,10 @@ impl Region {
     /// whose rounding passes the top of the address space is refused as
     /// the kernel refuses such a length (`mmap`, `ENOMEM`): `max(usize::MAX)`
     /// wrapped to a region of 0 bytes, built `Ok`, that could hold nothing.
+    // Not inlined into `HeapCore::init_at`, which builds the main heap at
+    // every process's start-up in a range of the arena: laid with the rare
+    // code (layout.ld), as explicit heaps are built rarely.
+    #[inline(never)]
     pub(crate) fn new_own(config: RegionConfig) -> Result<Region, NewRegionError> {
         let align = align_of(config.huge_pages);
         let too_large = OsError {
