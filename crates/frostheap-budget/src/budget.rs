@@ -72,7 +72,10 @@ pub struct BudgetStats {
     /// Requests refused because the bytes did not fit (`try_acquire`
     /// returning `None`, a failed `try_grow`, a refused reservation).
     pub refused: u64,
-    /// Client permits granted after waiting in [`Budget::acquire`].
+    /// Client permits granted after waiting: in [`Budget::acquire`], or as
+    /// a reservation that waited in [`Budget::reserve`] and was then
+    /// admitted ([`Permit::admit`](crate::Permit::admit), the tower
+    /// layer's path).
     pub waited: u64,
     /// Callers waiting in [`Budget::acquire`] right now.
     pub waiting: usize,

@@ -90,6 +90,9 @@ struct PermitShared {
     /// A client permit (counted in `clients` / `admitted`), or a
     /// reservation. Goes from false to true at most once (`admit`).
     client: AtomicBool,
+    /// Granted after waiting in the queue: a reservation that waited
+    /// counts in `waited` when it is admitted.
+    waited: bool,
 }
 
 impl Permit {
@@ -116,17 +119,22 @@ impl Permit {
                 granules: AtomicUsize::new(granules as usize),
                 used: AtomicUsize::new(0),
                 client: AtomicBool::new(client),
+                waited,
             }),
         }
     }
 
     /// Turns a reservation into a client permit (counted in `admitted` and
-    /// `clients`); no effect on a client permit. The tower layer reserves
-    /// in `poll_ready` and admits in `call`, once the request is known.
+    /// `clients`, and in `waited` if the reservation waited for its
+    /// bytes); no effect on a client permit. The tower layer reserves in
+    /// `poll_ready` and admits in `call`, once the request is known.
     pub fn admit(&self) {
         if !self.shared.client.swap(true, Ordering::Relaxed) {
             let i = &self.shared.budget.inner;
             i.admitted.fetch_add(1, Ordering::Relaxed);
+            if self.shared.waited {
+                i.waited.fetch_add(1, Ordering::Relaxed);
+            }
             let now = i.clients.fetch_add(1, Ordering::Relaxed) + 1;
             raise_peak(&i.peak_clients, now);
         }
@@ -146,6 +154,12 @@ impl Permit {
             }
             None => false,
         }
+    }
+
+    /// Whether the bytes were granted after waiting in the queue.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn waited(&self) -> bool {
+        self.shared.waited
     }
 
     /// Bytes this permit holds.
@@ -231,6 +245,10 @@ pub struct Acquire {
     /// the first poll (boxed: tokio's future borrows nothing but is not
     /// nameable).
     wait: Option<SemaphoreWait>,
+    /// The caller waited already (for a reservation it gave back to wait
+    /// for more): the permit counts as waited for even if it is granted
+    /// at once.
+    waited_before: bool,
 }
 
 impl Acquire {
@@ -240,7 +258,15 @@ impl Acquire {
             bytes,
             reserve,
             wait: None,
+            waited_before: false,
         }
+    }
+
+    /// Marks the caller as having waited already (see `waited_before`).
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn after_waiting(mut self, waited: bool) -> Acquire {
+        self.waited_before = waited;
+        self
     }
 
     /// The bytes this future waits for.
@@ -254,7 +280,7 @@ impl Acquire {
             self.bytes,
             granules,
             !self.reserve,
-            waited,
+            waited || self.waited_before,
         )
     }
 }

@@ -24,11 +24,14 @@
 //!   more than that tops up without waiting if it can, and otherwise gives
 //!   its bytes back and waits for the whole amount in one piece (never
 //!   holding some bytes while waiting for more, so requests cannot
-//!   deadlock each other). A request larger than the whole budget gets
-//!   `413 Payload Too Large`. At most [`MemoryLimitLayer::max_waiting`]
+//!   deadlock each other). At most [`MemoryLimitLayer::max_waiting`]
 //!   requests wait at once; past that, a request is shed as above (a
 //!   waiting request holds its connection's buffers, which no budget
 //!   counts, so the queue must be bounded too).
+//!
+//! In either mode a request whose cost is more than the whole budget gets
+//! `413 Payload Too Large` at once (no `Retry-After`: no retry can admit
+//! it), counted as a refusal.
 //!
 //! ```
 //! use frostheap_budget::tower::{MemoryLimitLayer, Overload};
@@ -242,6 +245,17 @@ where
         let (parts, body) = req.into_parts();
         let cost = (self.config.cost)(&parts).max(self.floor());
         let req = Request::from_parts(parts, body);
+        if cost > self.config.budget.total() {
+            // No wait and no retry can admit it: 413 in either mode (a
+            // 503 with `Retry-After` invited retries that could never
+            // succeed).
+            self.shed_next = false;
+            drop(self.ready.take());
+            self.config.budget.count_refusal();
+            return ResponseFuture::new(State::Refused {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+            });
+        }
         let overload = if std::mem::take(&mut self.shed_next) {
             Overload::Shed
         } else {
@@ -263,11 +277,12 @@ where
                 }
                 reserved => {
                     // Give back what is held, then wait for all of it.
+                    let waited = reserved.as_ref().is_some_and(Permit::waited);
                     drop(reserved);
                     let svc = self.inner.clone();
                     let svc = std::mem::replace(&mut self.inner, svc);
                     return ResponseFuture::new(State::Waiting {
-                        acquire: self.config.budget.acquire(cost),
+                        acquire: self.config.budget.acquire(cost).after_waiting(waited),
                         svc: Some(svc),
                         req: Some(req),
                     });
@@ -606,6 +621,9 @@ mod tests {
         );
         let s = budget.stats();
         assert_eq!((s.admitted, s.refused), (2, 0));
+        // The second waited for its reservation in `poll_ready`: it was
+        // not counted (the reservation, not a client, had waited).
+        assert_eq!((s.waited, s.waiting), (1, 0));
     }
 
     #[test]
@@ -641,6 +659,27 @@ mod tests {
             panic!()
         };
         assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn shed_answers_413_to_a_request_larger_than_the_whole_budget() {
+        let budget = Budget::with_per_client(1000, PerClient::Declared(100)).unwrap();
+        let mut svc =
+            MemoryLimitLayer::new(budget.clone()).layer(App(Arc::new(AtomicUsize::new(0))));
+        let flag = Arc::new(Flag(AtomicUsize::new(0)));
+        let waker = cx_for(&flag);
+        let mut cx = Context::from_waker(&waker);
+        // An idle budget: the request is refused for its size, not for
+        // memory in use (it was 503 with `Retry-After`).
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        let mut fut = Box::pin(svc.call(request(1001)));
+        let Poll::Ready(Ok(resp)) = fut.as_mut().poll(&mut cx) else {
+            panic!()
+        };
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(resp.headers().get(header::RETRY_AFTER).is_none());
+        let s = budget.stats();
+        assert_eq!((s.admitted, s.refused, s.in_use), (0, 1, 0));
     }
 
     #[test]

@@ -37,6 +37,9 @@ enum Command {
     Run(run::RunArgs),
     /// An HTTP/1.1 server that derives its capacity from a memory budget:
     /// `frostheap serve --max-memory 256M --listen 127.0.0.1:8080`.
+    ///
+    /// Durations (the timeouts, --shutdown-delay, --estimate-window) are
+    /// at most 1 day.
     Serve(Box<serve::ServeArgs>),
 }
 

@@ -283,6 +283,15 @@ fn wait_mode_queues_past_capacity_and_serves_when_memory_returns() {
     assert_eq!(n(&s, "shed"), 0);
     assert_eq!(n(&s, "waiting"), 0);
     assert!(n(&s, "peak_clients") <= capacity, "{s}");
+    // The two that waited are counted so (they were not: the layer waits
+    // for a reservation, which became a client uncounted).
+    assert_eq!(n(&s, "waited"), 2, "{s}");
+    let (_, metrics) = request(&server.addr, "GET", "/metrics", b"");
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("\nfrostheap_waited_total 2\n"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -314,11 +323,12 @@ fn endpoints_work_and_measurement_refines_the_per_client_cost() {
     assert_eq!(request(&server.addr, "POST", "/echo", b"{not json").0, 400);
     assert_eq!(request(&server.addr, "GET", "/nope", b"").0, 404);
 
-    let s = server.wait_for("all measured", |s| n(s, "samples") == rounds + 3);
+    // The 404 is answered before the budget: not admitted, not measured.
+    let s = server.wait_for("all measured", |s| n(s, "samples") == rounds + 2);
     // Small requests measured well under the declared 128 KiB: capacity grows.
     assert!(n(&s, "per_client") < 128 << 10, "{s}");
     assert_eq!(n(&s, "capacity"), n(&s, "budget") / n(&s, "per_client"));
-    assert_eq!(n(&s, "admitted"), rounds + 3);
+    assert_eq!(n(&s, "admitted"), rounds + 2);
     assert_eq!(n(&s, "requests"), rounds + 3);
     assert_eq!(n(&s, "shed"), 0);
     assert!(s["per_client_measured"].as_bool().unwrap());
@@ -350,7 +360,7 @@ fn endpoints_work_and_measurement_refines_the_per_client_cost() {
             "{sample} has no sample"
         );
     }
-    assert!(metrics.contains(&format!("\nfrostheap_admitted_total {}\n", rounds + 3)));
+    assert!(metrics.contains(&format!("\nfrostheap_admitted_total {}\n", rounds + 2)));
     assert!(metrics.contains(&format!("frostheap_budget_bytes {}\n", 64 << 20)));
 }
 
@@ -371,9 +381,10 @@ fn no_budget_serves_the_same_endpoints() {
     assert_eq!((n(&s, "budget"), n(&s, "requests")), (0, 1));
 }
 
-/// Runs `frostheap serve` with `args` and expects exit status 2 and one
-/// line on stderr containing `expected`.
-fn bad_config(args: &[&str], expected: &str) {
+/// Runs `frostheap serve` with `args` until it exits (at most
+/// [`PATIENCE`]: one that serves instead fails the test); its exit status
+/// and stderr.
+fn serve_to_exit(args: &[&str]) -> (Option<i32>, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_frostheap"))
         .arg("serve")
         .args(args)
@@ -388,6 +399,7 @@ fn bad_config(args: &[&str], expected: &str) {
         }
         if start.elapsed() > PATIENCE {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("`frostheap serve {}` did not exit", args.join(" "));
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -399,7 +411,14 @@ fn bad_config(args: &[&str], expected: &str) {
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
-    assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+    (status.code(), stderr)
+}
+
+/// Runs `frostheap serve` with `args` and expects exit status 2 and one
+/// line on stderr containing `expected`.
+fn bad_config(args: &[&str], expected: &str) {
+    let (code, stderr) = serve_to_exit(args);
+    assert_eq!(code, Some(2), "{args:?}: {stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line, got {stderr:?}");
     assert!(
         stderr.contains(expected),
@@ -438,7 +457,7 @@ fn bad_configuration_gives_one_line_and_exit_status_2() {
     );
     bad_config(
         &["--threads", "0", "--listen", "127.0.0.1:0"],
-        "invalid --threads 0: expected at least 1",
+        "invalid --threads 0: expected 1 to 1024",
     );
     bad_config(
         &[
@@ -482,6 +501,198 @@ fn bad_configuration_gives_one_line_and_exit_status_2() {
             "{flag}: {stderr}"
         );
     }
+}
+
+/// Runs `frostheap serve` with `args`, which the argument parser refuses:
+/// exit status 2, and a first line naming `flag` and containing
+/// `expected` (the parser adds a hint line).
+fn refused_by_the_parser(args: &[&str], flag: &str, expected: &str) {
+    let args = [&["--listen", "127.0.0.1:0"], args].concat();
+    let (code, stderr) = serve_to_exit(&args);
+    assert_eq!(code, Some(2), "{args:?}: {stderr}");
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.contains(flag) && first.contains(expected),
+        "{args:?}: {stderr}"
+    );
+}
+
+#[test]
+fn durations_past_a_day_and_counts_past_memory_are_refused_at_start() {
+    // Accepted, they panicked each connection's task when its deadline
+    // was computed ("overflow when adding duration to instant").
+    for flag in [
+        "--header-timeout",
+        "--idle-timeout",
+        "--body-timeout",
+        "--send-timeout",
+        "--estimate-window",
+        "--shutdown-delay",
+        "--shutdown-timeout",
+    ] {
+        refused_by_the_parser(
+            &[flag, "500000000000y"],
+            flag,
+            "expected a duration of at most 1 day",
+        );
+        refused_by_the_parser(&[flag, "25h"], flag, "at most 1 day");
+    }
+    // 2235.2 TiB of connections at the gate were accepted.
+    bad_config(
+        &["--max-pending", "100000000000", "--listen", "127.0.0.1:0"],
+        "invalid --max-pending 100000000000: 100000000000 connections at 24 KiB each is more than the memory this server may use",
+    );
+    bad_config(
+        &["--max-waiting", "100000000000", "--listen", "127.0.0.1:0"],
+        "invalid --max-waiting 100000000000",
+    );
+    // A negative value reaches the flag's own parser, which names it
+    // (the argument parser said only "unexpected argument '-1' found").
+    bad_config(
+        &["--max-memory", "-1", "--listen", "127.0.0.1:0"],
+        "invalid --max-memory \"-1\": expected",
+    );
+    bad_config(
+        &["--per-client", "-1K", "--listen", "127.0.0.1:0"],
+        "invalid --per-client \"-1K\": expected",
+    );
+    refused_by_the_parser(&["--threads", "-1"], "--threads", "'-1'");
+    refused_by_the_parser(&["--max-pending", "-1"], "--max-pending", "'-1'");
+    refused_by_the_parser(&["--header-timeout", "-1s"], "--header-timeout", "'-1s'");
+}
+
+#[test]
+fn a_per_client_cost_below_a_requests_least_charge_is_refused_and_capacity_is_what_is_admitted() {
+    // 1,024 clients were shown on 1 MiB at 1 KiB each; each request is
+    // charged at least 28 KiB, and 36 were admitted.
+    bad_config(
+        &[
+            "--max-memory",
+            "1M",
+            "--per-client",
+            "1K",
+            "--fixed-per-client",
+        ],
+        "invalid --per-client \"1K\": below the 28 KiB every request is charged",
+    );
+    bad_config(
+        &["--max-memory", "1M", "--per-client", "1"],
+        "expected at least 28K",
+    );
+    // At the least charge, the capacity shown is what is admitted: 36
+    // clients held, the next one shed.
+    let server = Server::start(&[
+        "--max-memory",
+        "1M",
+        "--per-client",
+        "28K",
+        "--fixed-per-client",
+    ]);
+    assert!(
+        server.banner.contains("1 MiB: 36 clients at ≈28 KiB each"),
+        "{}",
+        server.banner
+    );
+    let capacity = n(&server.stats(), "capacity");
+    assert_eq!(capacity, 36);
+    let held: Vec<Held> = (0..capacity).map(|_| hold(&server.addr, BODY)).collect();
+    server.wait_for("capacity clients in flight", |s| {
+        n(s, "clients") == capacity
+    });
+    let (status, body) = request(&server.addr, "POST", "/transform", BODY);
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    for h in held {
+        assert_eq!(h.finish().0, 200);
+    }
+    let s = server.wait_for("everything released", |s| n(s, "in_use") == 0);
+    assert_eq!(n(&s, "peak_clients"), capacity, "{s}");
+}
+
+/// Sends a request head declaring a body of `length` bytes (none of it
+/// sent) and reads the answer.
+fn head_only(addr: &str, method: &str, path: &str, length: &str) -> (u16, String) {
+    let mut s = connect(addr);
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {length}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let (status, body) = read_response(s);
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn a_body_no_budget_could_hold_gets_413_in_both_modes_and_an_unknown_path_404() {
+    for mode in ["shed", "wait"] {
+        let server = Server::start(&["--max-memory", "32M", "--overload", mode]);
+        // Past --max-body (1M), and past the whole budget: 413, not a 503
+        // inviting a retry that could never succeed.
+        for length in ["2000000", "20000000", "10000000000"] {
+            let (status, body) = head_only(&server.addr, "POST", "/transform", length);
+            assert_eq!(
+                (status, body.as_str()),
+                (413, "body larger than --max-body (1 MiB)\n"),
+                "--overload {mode}, content-length {length}"
+            );
+        }
+        // An unknown path is not found, whatever its body.
+        let (status, body) = head_only(&server.addr, "POST", "/nope", "10000000000");
+        assert_eq!(
+            (status, body.as_str()),
+            (404, "not found: try GET /\n"),
+            "{mode}"
+        );
+        let s = server.stats();
+        assert_eq!((n(&s, "admitted"), n(&s, "shed")), (0, 0), "{mode}: {s}");
+    }
+    // Within --max-body but more than the budget holds (2 × the body for
+    // a transform): the layer's 413, in the default shed mode too.
+    let server = Server::start(&["--max-memory", "32M", "--max-body", "64M"]);
+    let (status, body) = head_only(&server.addr, "POST", "/transform", "20000000");
+    assert_eq!(
+        (status, body.as_str()),
+        (413, "request larger than the whole memory budget\n")
+    );
+    let s = server.stats();
+    assert_eq!((n(&s, "admitted"), n(&s, "shed")), (0, 1), "{s}");
+}
+
+#[test]
+fn head_is_answered_like_get_without_a_body() {
+    let server = Server::start(&["--max-memory", "8M"]);
+    for path in ["/", "/ready", "/live", "/stats", "/hold?ms=1"] {
+        let s = connect(&server.addr);
+        let mut w = &s;
+        write!(
+            w,
+            "HEAD {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let (status, body) = read_response(s);
+        assert_eq!((status, body.len()), (200, 0), "HEAD {path}");
+    }
+    let s = connect(&server.addr);
+    let mut w = &s;
+    write!(
+        w,
+        "HEAD /nope HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    assert_eq!(read_response(s).0, 404);
+}
+
+#[test]
+fn more_threads_than_1024_are_refused_at_start() {
+    // The server spawned 100,000 workers and aborted (a million mappings,
+    // past the kernel's default limit), or ran past its memory.
+    bad_config(
+        &["--threads", "100000", "--listen", "127.0.0.1:0"],
+        "invalid --threads 100000: expected 1 to 1024",
+    );
+    bad_config(
+        &["--threads", "1025", "--listen", "127.0.0.1:0"],
+        "invalid --threads 1025: expected 1 to 1024",
+    );
 }
 
 // ---------------------------------------------------------------------------

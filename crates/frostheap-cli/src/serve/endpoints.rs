@@ -32,7 +32,7 @@ use tower_service::Service;
 
 use super::clock::ConnClock;
 use super::metrics;
-use super::state::{State, CONNECTION_BYTES, REQUEST_BYTES};
+use super::state::{State, CONNECTION_BYTES, MIN_CHARGE, REQUEST_BYTES};
 
 type RespBody = BudgetBody<Full<hyper::body::Bytes>>;
 
@@ -52,12 +52,17 @@ pub(super) async fn route<S: Limited>(
             .get(CONNECTION)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     let path = req.uri().path();
-    let response = if req.method() == Method::GET
+    let response = if matches!(*req.method(), Method::GET | Method::HEAD)
         && matches!(path, "/stats" | "/metrics" | "/ready" | "/live")
     {
         // Served at once, uncharged: it leaves the gate like an admitted one.
         clock.admitted();
         wrap(monitoring(&state, path))
+    } else if let Some(refusal) = refuse_before_budget(&state, &req) {
+        // Nothing of it is read or built: no client's place, no charge.
+        state.requests.fetch_add(1, Ordering::Relaxed);
+        clock.admitted();
+        wrap(refusal)
     } else {
         state.requests.fetch_add(1, Ordering::Relaxed);
         req.extensions_mut().insert(clock.clone());
@@ -70,6 +75,52 @@ pub(super) async fn route<S: Limited>(
         }
     };
     Ok(finish(response, keep_alive, &state, clock))
+}
+
+/// Whether `method` and `path` name an endpoint behind the budget (the
+/// routes of [`Call::new`]). `HEAD` is answered as `GET` (hyper sends the
+/// head alone).
+fn is_endpoint(method: &Method, path: &str) -> bool {
+    matches!(
+        (method, path),
+        (&Method::GET | &Method::HEAD, "/" | "/hold") | (&Method::POST, "/echo" | "/transform")
+    )
+}
+
+/// The answer to a request that is refused from its head alone, before the
+/// budget charges it: an unknown endpoint (404), or a body declared past
+/// `--max-body` (413). Charged, they were shed with 503 when the body
+/// declared was more than the budget could hold, which retrying can never
+/// change. The body is not read: the connection closes after the answer
+/// (a lingering close, so the client reads it).
+fn refuse_before_budget(
+    state: &State,
+    req: &Request<Incoming>,
+) -> Option<Response<Full<hyper::body::Bytes>>> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut r = if !is_endpoint(req.method(), req.uri().path()) {
+        text(StatusCode::NOT_FOUND, "not found: try GET /")
+    } else if declared.is_some_and(|n| n > state.max_body as u64) {
+        body_too_large(state.max_body)
+    } else {
+        return None;
+    };
+    if !req.body().is_end_stream() {
+        close(&mut r);
+    }
+    Some(r)
+}
+
+/// 413 for a body past `--max-body`.
+fn body_too_large(max_body: usize) -> Response<Full<hyper::body::Bytes>> {
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("body larger than --max-body ({})", Bytes(max_body)),
+    )
 }
 
 /// `/stats`, `/metrics`, and the two probes: `/live` answers 200 while the
@@ -200,7 +251,7 @@ pub(super) fn request_cost(parts: &hyper::http::request::Parts) -> usize {
         "/transform" => 2,
         _ => 1,
     };
-    (CONNECTION_BYTES + REQUEST_BYTES).saturating_add(body.saturating_mul(factor))
+    MIN_CHARGE.saturating_add(body.saturating_mul(factor))
 }
 
 /// The endpoints as a tower service for the layer: `Endpoints(|req| ..)`
@@ -317,8 +368,8 @@ impl Call {
             .unwrap_or(0)
             .min(MAX_HOLD_MS);
         let route = match (&head.method, head.uri.path()) {
-            (&Method::GET, "/") => Route::Index,
-            (&Method::GET, "/hold") => Route::Hold,
+            (&Method::GET | &Method::HEAD, "/") => Route::Index,
+            (&Method::GET | &Method::HEAD, "/hold") => Route::Hold,
             (&Method::POST, "/echo") => Route::Echo,
             (&Method::POST, "/transform") => {
                 Route::Transform(query(&head.uri, "op").unwrap_or("upper").to_owned())
@@ -420,10 +471,7 @@ async fn read_body(
     // Answers given before the body's end close the connection: the rest
     // of the body is not read.
     let too_large = || {
-        let mut r = text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("body larger than --max-body ({})", Bytes(state.max_body)),
-        );
+        let mut r = body_too_large(state.max_body);
         close(&mut r);
         r
     };
@@ -450,6 +498,16 @@ async fn read_body(
             if let Some(p) = permit {
                 let need = REQUEST_BYTES + buf.capacity();
                 if need > charged {
+                    if need > p.budget().total() {
+                        // Retrying cannot help a body the whole budget
+                        // cannot hold (one without `Content-Length`).
+                        let mut r = text(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "request larger than the whole memory budget",
+                        );
+                        close(&mut r);
+                        return Err(r);
+                    }
                     if !p.try_grow(need - charged) {
                         let mut r = text(
                             StatusCode::SERVICE_UNAVAILABLE,

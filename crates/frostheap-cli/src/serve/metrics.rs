@@ -99,7 +99,7 @@ const METRICS: &[(&str, &str, Kind, &str)] = &[
     ("shed_connections", "frostheap_shed_connections", Kind::Counter, "Connections answered 503 at accept because the gate was full."),
     ("waited", "frostheap_waited", Kind::Counter, "Requests admitted after waiting for memory."),
     ("waiting", "frostheap_waiting", Kind::Gauge, "Requests waiting for memory now."),
-    ("requests", "frostheap_requests", Kind::Counter, "Requests routed to an endpoint behind the budget."),
+    ("requests", "frostheap_requests", Kind::Counter, "Requests other than the monitoring endpoints': admitted, shed, or refused from their head (404, 413)."),
     ("completed", "frostheap_completed", Kind::Counter, "Requests answered with a 2xx status."),
     ("connections", "frostheap_connections", Kind::Gauge, "Open connections."),
     ("pending", "frostheap_pending_connections", Kind::Gauge, "Connections without an admitted request (sending their head, idle), held at the gate."),

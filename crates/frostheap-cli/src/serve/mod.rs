@@ -17,6 +17,12 @@
 //! `--max-waiting`) × `CONNECTION_BYTES` + the process's own (runtime,
 //! binary: a few MiB).
 //!
+//! A request for an unknown endpoint (404), or whose `Content-Length` is
+//! past `--max-body` (413), is answered from its head before the layer:
+//! no charge, no client place. A request whose cost is more than the
+//! whole budget gets 413 from the layer in either mode (no retry could
+//! admit it). `HEAD` is answered as `GET`, without the body.
+//!
 //! **Time.** Every phase of a connection has a deadline (`clock.rs`): the
 //! head (`--header-timeout`), the body (`--body-timeout` plus a minimum
 //! rate), the response (`--send-timeout` without the client taking any of
@@ -70,12 +76,29 @@ mod metrics;
 mod state;
 
 use endpoints::{request_cost, serve_request, Endpoints, Limited};
-use state::{State, Timeouts, CONNECTION_BYTES};
+use state::{State, Timeouts, CONNECTION_BYTES, MIN_CHARGE};
 
 /// How long a connection waits at a full gate before a newcomer may take
 /// its place (see frostheap-budget's gate): far above the time a client
 /// that sends its request at once spends there, far below a slow one's.
 const GATE_GRACE: Duration = Duration::from_secs(1);
+
+/// The most worker threads `--threads` accepts: frostheap's own ceiling
+/// on worker threads (`FROSTHEAP_WORKERS`, one context slot each). The
+/// handlers never block, so workers past the core count add no
+/// throughput, only memory the budget does not count: idle, each costs
+/// about 25 KiB resident and 10 mappings (1,024 workers: 30.5 MiB
+/// resident, against 4.4 MiB with 2; 2026-12-05, `/proc/PID/status`).
+/// 100,000 asked for a million mappings, past the kernel's default
+/// `vm.max_map_count` of 65,530: the process aborted while spawning them.
+const MAX_THREADS: usize = 1024;
+
+/// The longest duration a time flag accepts. Deadlines are instants
+/// (`Instant + Duration`), which panicked past the clock's range: with
+/// `--idle-timeout 500000000000y` every kept-alive connection panicked its
+/// task, and its client got no answer. A day is far past any phase of an
+/// HTTP exchange, and past any drain a balancer waits for.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// What to do past capacity.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -91,15 +114,16 @@ pub struct ServeArgs {
     /// Memory budget for clients: a size such as 256M or 1G, or a
     /// percentage (of physical memory, or the cgroup's limit if less); at
     /// most that memory [default: 256M, or 75% of that memory if less]
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     max_memory: Option<String>,
     /// Address to listen on; port 0 picks a free port (the address is
     /// printed at start).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
     /// Declared cost of one client, the starting point of the measured
-    /// estimate.
-    #[arg(long, default_value = "128K")]
+    /// estimate; at least 28K (what every request is charged: its
+    /// connection's buffers and its head).
+    #[arg(long, default_value = "128K", allow_hyphen_values = true)]
     per_client: String,
     /// Keep the declared per-client cost instead of refining it by
     /// measurement.
@@ -107,62 +131,66 @@ pub struct ServeArgs {
     fixed_per_client: bool,
     /// The window of the measured per-client cost (its 95th percentile
     /// over this time).
-    #[arg(long, default_value = "10s", value_parser = positive_duration)]
+    #[arg(long, default_value = "10s", value_parser = positive_duration, allow_hyphen_values = true)]
     estimate_window: Duration,
     /// What to do past capacity.
     #[arg(long, value_enum, default_value = "shed")]
     overload: OverloadArg,
     /// Largest request body accepted (413 past it).
-    #[arg(long, default_value = "1M")]
+    #[arg(long, default_value = "1M", allow_hyphen_values = true)]
     max_body: String,
     /// Time for a request head to arrive (from accept, or from its first
     /// byte on a kept-alive connection).
-    #[arg(long, default_value = "10s", value_parser = positive_duration)]
+    #[arg(long, default_value = "10s", value_parser = positive_duration, allow_hyphen_values = true)]
     header_timeout: Duration,
     /// Time for a request body to arrive, extended by one second per
     /// `--body-min-rate` bytes received.
-    #[arg(long, default_value = "20s", value_parser = positive_duration)]
+    #[arg(long, default_value = "20s", value_parser = positive_duration, allow_hyphen_values = true)]
     body_timeout: Duration,
     /// Bytes per second a body must keep up past `--body-timeout` (0: the
     /// whole body within `--body-timeout`).
-    #[arg(long, default_value = "500")]
+    #[arg(long, default_value = "500", allow_hyphen_values = true)]
     body_min_rate: String,
     /// Time a kept-alive connection may wait for its next request.
-    #[arg(long, default_value = "5s", value_parser = positive_duration)]
+    #[arg(long, default_value = "5s", value_parser = positive_duration, allow_hyphen_values = true)]
     idle_timeout: Duration,
     /// Time a response may wait for the client to take any of it (the
     /// connection is closed past it; its memory stays charged until then).
-    #[arg(long, default_value = "30s", value_parser = positive_duration)]
+    #[arg(long, default_value = "30s", value_parser = positive_duration, allow_hyphen_values = true)]
     send_timeout: Duration,
     /// Connections without an admitted request (sending their head, idle)
     /// held at once; default: a sixteenth of --max-memory at 24 KiB each,
-    /// at least 64.
-    #[arg(long)]
+    /// at least 64 (at most what the memory this server may use holds at
+    /// 24 KiB each).
+    #[arg(long, allow_negative_numbers = true)]
     max_pending: Option<usize>,
     /// With --overload wait: requests waiting for memory at once, past
     /// which they are shed (default: --max-pending).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     max_waiting: Option<usize>,
     /// After SIGTERM/SIGINT, how long `/ready` reports 503 while new
     /// connections are still accepted.
-    #[arg(long, default_value = "0s", value_parser = duration)]
+    #[arg(long, default_value = "0s", value_parser = duration, allow_hyphen_values = true)]
     shutdown_delay: Duration,
     /// After that, how long requests in flight may take to finish.
-    #[arg(long, default_value = "30s", value_parser = duration)]
+    #[arg(long, default_value = "30s", value_parser = duration, allow_hyphen_values = true)]
     shutdown_timeout: Duration,
     /// Serve without any budget (plain hyper, for comparison).
     #[arg(long)]
     no_budget: bool,
-    /// Worker threads (default: one per core).
-    #[arg(long)]
+    /// Worker threads, 1 to 1024 (default: one per core).
+    #[arg(long, allow_negative_numbers = true)]
     threads: Option<usize>,
 }
 
 type Error = Box<dyn std::error::Error>;
 
 fn duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|e| format!("{e}: expected a duration such as 500ms, 10s or 1m"))
+    match humantime::parse_duration(text) {
+        Err(e) => Err(format!("{e}: expected a duration such as 500ms, 10s or 1m")),
+        Ok(d) if d > MAX_DURATION => Err("expected a duration of at most 1 day (24h)".into()),
+        Ok(d) => Ok(d),
+    }
 }
 
 fn positive_duration(text: &str) -> Result<Duration, String> {
@@ -204,20 +232,44 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     let per_client = size_arg("--per-client", &args.per_client)?;
     let max_body = size_arg("--max-body", &args.max_body)?;
     let body_min_rate = size_arg("--body-min-rate", &args.body_min_rate)? as u64;
-    if per_client == 0 {
-        return Err("invalid --per-client \"0\": expected a size of at least 1 byte".into());
+    if per_client < MIN_CHARGE && !args.no_budget {
+        return Err(format!(
+            "invalid --per-client \"{}\": below the {} every request is charged (its connection's buffers and its head), the capacity shown would overstate what is admitted; expected at least {}K",
+            args.per_client,
+            Bytes(MIN_CHARGE),
+            MIN_CHARGE >> 10,
+        )
+        .into());
     }
-    if args.threads == Some(0) {
-        return Err(
-            "invalid --threads 0: expected at least 1 (or leave it out for one per core)".into(),
-        );
+    if let Some(n) = args.threads.filter(|n| !(1..=MAX_THREADS).contains(n)) {
+        return Err(format!(
+            "invalid --threads {n}: expected 1 to {MAX_THREADS} (or leave it out for one per core)"
+        )
+        .into());
     }
+    // Connections at the gate or waiting for memory hold their buffers
+    // outside the budget: as many as the memory this server may use (the
+    // bound of --max-memory) at most.
+    let most_connections = machine / CONNECTION_BYTES;
     for (flag, value) in [
         ("--max-pending", args.max_pending),
         ("--max-waiting", args.max_waiting),
     ] {
-        if value == Some(0) {
-            return Err(format!("invalid {flag} 0: expected at least 1").into());
+        match value {
+            Some(0) => {
+                return Err(
+                    format!("invalid {flag} 0: expected 1 to {most_connections}").into(),
+                )
+            }
+            Some(n) if n > most_connections => {
+                return Err(format!(
+                    "invalid {flag} {n}: {n} connections at {} each is more than the memory this server may use ({}: physical memory, or its cgroup's limit if less); expected 1 to {most_connections}",
+                    Bytes(CONNECTION_BYTES),
+                    Bytes(machine),
+                )
+                .into())
+            }
+            _ => {}
         }
     }
     let budget = if args.no_budget {

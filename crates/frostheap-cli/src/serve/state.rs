@@ -22,6 +22,12 @@ pub(super) const CONNECTION_BYTES: usize = 24 << 10;
 /// URI), the request's future and its response head.
 pub(super) const REQUEST_BYTES: usize = 4 << 10;
 
+/// The least a request is charged ([`request_cost`](super::endpoints::request_cost)
+/// without a body): its connection's buffers and its head. A per-client
+/// cost below it would show a capacity the budget never admits (`--per-client
+/// 1K` on 1 MiB showed 1,024 clients; 36 were admitted).
+pub(super) const MIN_CHARGE: usize = CONNECTION_BYTES + REQUEST_BYTES;
+
 /// The timeouts a connection must meet (see `clock.rs`).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Timeouts {
@@ -41,7 +47,9 @@ pub(super) struct State {
     pub(super) gate: Option<ConnectionGate>,
     pub(super) max_body: usize,
     pub(super) timeouts: Timeouts,
-    /// Requests routed to an endpoint behind the layer (shed ones included).
+    /// Requests other than the monitoring endpoints': those routed to an
+    /// endpoint behind the layer (shed ones included) and those refused
+    /// from their head before it (404, 413 past `--max-body`).
     pub(super) requests: AtomicU64,
     /// Requests answered 2xx by a handler.
     pub(super) completed: AtomicU64,
