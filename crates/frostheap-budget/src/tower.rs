@@ -621,8 +621,8 @@ mod tests {
         );
         let s = budget.stats();
         assert_eq!((s.admitted, s.refused), (2, 0));
-        // The second waited for its reservation in `poll_ready`: it was
-        // not counted (the reservation, not a client, had waited).
+        // The second waited for its reservation in `poll_ready`, and is
+        // counted as waited once admitted (it stayed 0 before).
         assert_eq!((s.waited, s.waiting), (1, 0));
     }
 

@@ -286,17 +286,34 @@ pub fn max_text() -> Option<&'static [u8]> {
 /// and running it at start-up made every process map a second (and, with
 /// `FROSTHEAP_MIN`, a third) 64 KiB window of the library's code (the test
 /// `the_library_touches_one_window_of_code_and_one_of_tables`).
+///
+/// Once read, the answer is taken without the lock: a thread that forked
+/// while another held it (builds run at any time) would leave the child's
+/// next build waiting for it for good. Only a `fork` during the first
+/// read itself, a few microseconds at start-up, can still do that.
 pub fn from_env_once() -> Result<EnvConfig, EnvError> {
+    use core::sync::atomic::{AtomicBool, Ordering};
     /// The answer, once read.
     struct Read(core::cell::UnsafeCell<Option<Result<EnvConfig, EnvError>>>);
-    // SAFETY: the cell is read and written only under `LOCK`.
+    // SAFETY: the cell is written once, under `LOCK`, before `DONE` is
+    // set (Release); it is read under `LOCK` or after `DONE` is seen set
+    // (Acquire), and never written again.
     unsafe impl Sync for Read {}
     static LOCK: crate::sync::RawLock = crate::sync::RawLock::new();
     static READ: Read = Read(core::cell::UnsafeCell::new(None));
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if DONE.load(Ordering::Acquire) {
+        // SAFETY: written once before DONE was set, never again.
+        if let Some(r) = unsafe { *READ.0.get() } {
+            return r;
+        }
+    }
     let _held = LOCK.lock();
-    // SAFETY: under `LOCK`, the only access to the cell.
+    // SAFETY: under `LOCK`; readers without it wait for DONE, set below.
     let read = unsafe { &mut *READ.0.get() };
-    *read.get_or_insert_with(from_env)
+    let r = *read.get_or_insert_with(from_env);
+    DONE.store(true, Ordering::Release);
+    r
 }
 
 /// Reads the configuration from the process environment (every call reads

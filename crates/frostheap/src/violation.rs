@@ -286,7 +286,7 @@ impl fmt::Display for Violation {
             OnViolation::Audit => "audit mode: the store went through",
             OnViolation::Abort => "aborting",
             OnViolation::Rollback if self.cancelled > 0 => {
-                "the stores were undone, and a task whose undo log filled was cancelled: see below"
+                "the stores were undone, and a task whose store could not be undone was cancelled: see below"
             }
             OnViolation::Rollback => "the task ran to its end and its stores were undone",
         };
@@ -375,9 +375,10 @@ impl fmt::Display for Violation {
             if self.cancelled > 0 {
                 writeln!(
                     f,
-                    "  cancelled {} task(s): the undo log of its worker (1 MiB) filled, so the store that \
-                     would not fit was not made and the task did not run to its end; its thread is \
-                     parked for good, keeping any lock it held (RuntimeStats::parked_workers)",
+                    "  cancelled {} task(s): the undo log of its worker (1 MiB) filled, or a store could \
+                     not be stepped, so that store was not made and the task did not run to its end; \
+                     its thread is parked for good, keeping any lock it held \
+                     (RuntimeStats::parked_workers)",
                     self.cancelled
                 )?;
             }

@@ -161,7 +161,11 @@ pub struct ServeArgs {
     /// Connections without an admitted request (sending their head, idle)
     /// held at once; default: a sixteenth of --max-memory at 24 KiB each,
     /// at least 64 (at most what the memory this server may use holds at
-    /// 24 KiB each).
+    /// 24 KiB each). Past it, a connection whose request head has arrived
+    /// takes the place of one still sending its head; any other takes the
+    /// place of a waiter older than 1 s, or gets 503 "server busy": when
+    /// more clients than this connect at once, those that do not send
+    /// their request at once can be refused well before --header-timeout.
     #[arg(long, allow_negative_numbers = true)]
     max_pending: Option<usize>,
     /// With --overload wait: requests waiting for memory at once, past

@@ -786,7 +786,11 @@ impl HeapBuilder {
     /// process limit (`FROSTHEAP_MAX`) bounds this heap's commits with
     /// every other heap's from then on, whichever is built first. A bad
     /// value is refused here as `Runtime::build` refuses it
-    /// ([`Error::InvalidConfig`] naming the variable).
+    /// ([`Error::InvalidConfig`] naming the variable). Starting reserves
+    /// the arena's address space for `FROSTHEAP_MAX` (under `ulimit -v`, at
+    /// most half of it) and commits `FROSTHEAP_MIN`; if the arena cannot be
+    /// reserved, the process stops with one line and status 2, as it does
+    /// at `Global`'s first allocation and at the first `Runtime::build`.
     ///
     /// Refused with [`Error::InvalidConfig`] naming `max` when `max` is
     /// less than a page or more than the address space can reserve (the

@@ -254,15 +254,13 @@ fn rollback(w: &WorkerState, fault: &Fault, frame: &mut Frame, item: usize) {
         step_lock();
     }
     let (ip, (sp, bp)) = (fault.ip, frame.stack_regs());
-    // The stack is copied for the worker's first violating store of the
-    // phase, whose record the report gives the backtrace, and for a store
-    // that parks the worker (its cancel record's).
+    // The copy is taken at the worker's first violating store of the
+    // phase (it refuses while one is held: the runtime releases it as it
+    // reads the records), which is the record the report gives the
+    // backtrace.
     // SAFETY: this handler runs on the worker whose stack copy this is;
     // its stack [sp, top) is intact while it is stopped here.
-    let capture = || unsafe { w.stack.capture(ip, sp, bp) };
-    if w.audit_count.load(Ordering::Relaxed) == 0 {
-        capture();
-    }
+    unsafe { w.stack.capture(ip, sp, bp) };
     // A second fault of the instruction being stepped (its store crosses
     // into the next frozen page) is the same store: one record.
     let nested = w.undo.is_pending();
@@ -273,16 +271,15 @@ fn rollback(w: &WorkerState, fault: &Fault, frame: &mut Frame, item: usize) {
     if unsafe { w.undo.begin(lo, len) } == crate::guard::undo::Begin::Full {
         step_unlock();
         os::write_stderr(b"frostheap: the undo log of a worker is full: cancelling its task\n");
-        capture();
+        park(w, fault, item);
+    }
+    if !step::open(w, fault.addr, fault.code, key, frame) {
+        // Never let through: the park's record is its only one.
+        step_unlock();
         park(w, fault, item);
     }
     if !nested {
         record(w, fault, item);
-    }
-    if !step::open(w, fault.addr, fault.code, key, frame) {
-        step_unlock();
-        capture();
-        park(w, fault, item);
     }
 }
 
