@@ -37,10 +37,11 @@
 //!
 //! **Shutdown.** SIGTERM or SIGINT: `/ready` answers 503 at once (`/live`
 //! stays 200), the listener keeps accepting for `--shutdown-delay` (time
-//! for a balancer to notice), then closes; idle connections close, and
-//! requests in flight finish (answered with `Connection: close`) for up to
-//! `--shutdown-timeout`. The exit status is 0. A second signal stops the
-//! wait.
+//! for a balancer to notice), then closes; idle connections close, a
+//! connection still sending its request head gets a 503 ("server shutting
+//! down") and a clean close, and requests in flight finish (answered with
+//! `Connection: close`) for up to `--shutdown-timeout`. The exit status is
+//! 0. A second signal stops the wait.
 //!
 //! Each handler records what it really held ([`Permit`]`::record_usage`),
 //! so with the default `--per-client` the declared 128 KiB is only the
