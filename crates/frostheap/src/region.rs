@@ -420,6 +420,30 @@ pub const fn round_up(n: usize, align: usize) -> usize {
     (n + align - 1) & !(align - 1)
 }
 
+/// The largest power of two below `max` (the top bit when `max` is past
+/// it), and `least` or more, for which `grants(size)` holds, tried from
+/// the largest down; 0 when none does. What an error line offers instead
+/// of a size the address space refused (the arena's slots, an explicit
+/// heap's range); always inlined, so that each caller stays the one
+/// function its linker script lays with the rare code.
+#[inline(always)]
+pub(crate) fn largest_granted(
+    max: usize,
+    least: usize,
+    mut grants: impl FnMut(usize) -> bool,
+) -> usize {
+    let mut size = max
+        .checked_next_power_of_two()
+        .map_or(1 << (usize::BITS - 1), |p| p / 2);
+    while size >= least {
+        if grants(size) {
+            return size;
+        }
+        size /= 2;
+    }
+    0
+}
+
 /// [`round_up`], or `None` when the multiple is past `usize::MAX`.
 #[inline]
 pub const fn checked_round_up(n: usize, align: usize) -> Option<usize> {

@@ -212,19 +212,15 @@ pub(super) fn slot_len() -> usize {
 // to .text.rare.
 #[inline(never)]
 pub(super) fn largest_reservable(max: usize) -> usize {
-    let mut size = max
-        .checked_next_power_of_two()
-        .map_or(1 << (usize::BITS - 1), |p| p / 2);
-    while size >= 1 << MIN_SLOT_SHIFT {
-        if let Ok(base) = crate::os::reserve(size, crate::os::HUGE_PAGE_SIZE) {
-            // SAFETY: reserved just above, by this module, and nothing
-            // refers to it.
-            unsafe { crate::os::unmap(base, size) };
-            return size;
-        }
-        size /= 2;
-    }
-    0
+    crate::region::largest_granted(max, 1 << MIN_SLOT_SHIFT, |size| {
+        let Ok(base) = crate::os::reserve(size, crate::os::HUGE_PAGE_SIZE) else {
+            return false;
+        };
+        // SAFETY: reserved just above, by this module, and nothing refers
+        // to it.
+        unsafe { crate::os::unmap(base, size) };
+        true
+    })
 }
 
 /// Builds the main heap in slot 0 (`init` builds it there) and publishes

@@ -157,26 +157,20 @@ pub(crate) fn largest_reservable(max: usize, huge: Huge) -> usize {
         Huge::Off => PAGE_SIZE,
         Huge::On | Huge::Later => os::HUGE_PAGE_SIZE,
     };
-    let mut size = max
-        .checked_next_power_of_two()
-        .map_or(1 << (usize::BITS - 1), |p| p / 2);
-    while size >= PAGE_SIZE {
+    crate::region::largest_granted(max, PAGE_SIZE, |size| {
         let len = round_up(size, align);
         let table = TableLayout::of(size >> PAGE_SHIFT, os::page_size()).bytes;
-        if let Ok(base) = os::reserve(len, align) {
-            let fits = os::map_table_closed(table).map(|t| {
-                // SAFETY: mapped just above, and nothing refers to it.
-                unsafe { os::unmap(t, table) }
-            });
-            // SAFETY: reserved just above, and nothing refers to it.
-            unsafe { os::unmap(base, len) };
-            if fits.is_ok() {
-                return size;
-            }
-        }
-        size /= 2;
-    }
-    0
+        let Ok(base) = os::reserve(len, align) else {
+            return false;
+        };
+        let fits = os::map_table_closed(table).map(|t| {
+            // SAFETY: mapped just above, and nothing refers to it.
+            unsafe { os::unmap(t, table) }
+        });
+        // SAFETY: reserved just above, and nothing refers to it.
+        unsafe { os::unmap(base, len) };
+        fits.is_ok()
+    })
 }
 
 #[derive(Clone, Copy, Debug)]
