@@ -355,6 +355,16 @@ pub(crate) fn committed() -> usize {
     COMMITTED.load(Ordering::Relaxed)
 }
 
+/// Whether the process is at least twice `bytes` below its limit: a heap
+/// may then keep `bytes` of free memory resident a while longer (its
+/// deferred purges, its free top), since charges that never ask the heaps
+/// for memory back (mappings, glibc's blocks, context chunks) would be
+/// refused meanwhile near the limit.
+#[inline]
+pub(crate) fn far_from_limit(bytes: usize) -> bool {
+    committed().saturating_add(2 * bytes) <= limit()
+}
+
 /// The raw counters: `(limit, committed, peak committed, refusals,
 /// committed by kind)`.
 pub(crate) fn counters() -> (usize, usize, usize, u64, [usize; N_KINDS]) {

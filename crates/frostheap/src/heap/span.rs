@@ -1243,7 +1243,7 @@ impl Locked<'_> {
         if self.spans.shrunk
             && self.spans.grew_since_shrink
             && bytes <= PURGE_RETAIN.max(2 * live_pages * PAGE_SIZE)
-            && process::committed().saturating_add(2 * bytes) <= process::limit()
+            && process::far_from_limit(bytes)
         {
             return false;
         }
@@ -1313,7 +1313,7 @@ impl Locked<'_> {
         if self.spans.took_clean
             && dirty <= 2 * retain
             && now.saturating_sub(self.spans.purged_at) < PURGE_SPACING_NS
-            && process::committed().saturating_add(2 * retain) <= process::limit()
+            && process::far_from_limit(retain)
         {
             return;
         }
