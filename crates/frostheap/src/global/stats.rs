@@ -133,14 +133,13 @@ pub(super) fn out_of_memory_line(requested: usize) {
     if own.is_some_and(|h| h.core.shrinking()) {
         return; // a shrink that keeps its block
     }
-    let (heap, why) = match own {
-        Some(h) if core::ptr::eq(h, super::start::main_inner()) => ("main", h.core.last_refusal()),
-        Some(h) => ("thread", h.core.last_refusal()),
-        None => (
-            "main (shared path)",
-            super::start::main_inner().core.last_refusal(),
-        ),
+    let main = super::start::main_inner();
+    let heap = match own {
+        Some(h) if core::ptr::eq(h, main) => "main",
+        Some(_) => "thread",
+        None => "main (shared path)",
     };
+    let why = own.unwrap_or(main).core.last_refusal();
     out_of_memory_line_of(heap, requested, why);
 }
 
