@@ -77,14 +77,34 @@ pub(super) async fn route<S: Limited>(
     Ok(finish(response, keep_alive, &state, clock))
 }
 
-/// Whether `method` and `path` name an endpoint behind the budget (the
-/// routes of [`Call::new`]). `HEAD` is answered as `GET` (hyper sends the
-/// head alone).
-fn is_endpoint(method: &Method, path: &str) -> bool {
-    matches!(
-        (method, path),
-        (&Method::GET | &Method::HEAD, "/" | "/hold") | (&Method::POST, "/echo" | "/transform")
-    )
+/// The endpoint behind the budget that `method` and `path` name, if any:
+/// the one table of routes ([`Call::new`] takes the transform's `op` from
+/// the query). `HEAD` is answered as `GET` (hyper sends the head alone).
+fn endpoint(method: &Method, path: &str) -> Option<Endpoint> {
+    Some(match (method, path) {
+        (&Method::GET | &Method::HEAD, "/") => Endpoint::Index,
+        (&Method::GET | &Method::HEAD, "/hold") => Endpoint::Hold,
+        (&Method::POST, "/echo") => Endpoint::Echo,
+        (&Method::POST, "/transform") => Endpoint::Transform,
+        _ => return None,
+    })
+}
+
+/// The endpoints behind the budget ([`endpoint`]).
+#[derive(Clone, Copy)]
+enum Endpoint {
+    Index,
+    Hold,
+    Echo,
+    Transform,
+}
+
+/// A request's `Content-Length`, when it has a valid one.
+fn declared_length(headers: &hyper::HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// The answer to a request that is refused from its head alone, before the
@@ -97,12 +117,8 @@ fn refuse_before_budget(
     state: &State,
     req: &Request<Incoming>,
 ) -> Option<Response<Full<hyper::body::Bytes>>> {
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let mut r = if !is_endpoint(req.method(), req.uri().path()) {
+    let declared = declared_length(req.headers());
+    let mut r = if endpoint(req.method(), req.uri().path()).is_none() {
         text(StatusCode::NOT_FOUND, "not found: try GET /")
     } else if declared.is_some_and(|n| n > state.max_body as u64) {
         body_too_large(state.max_body)
@@ -367,20 +383,16 @@ impl Call {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
             .min(MAX_HOLD_MS);
-        let route = match (&head.method, head.uri.path()) {
-            (&Method::GET | &Method::HEAD, "/") => Route::Index,
-            (&Method::GET | &Method::HEAD, "/hold") => Route::Hold,
-            (&Method::POST, "/echo") => Route::Echo,
-            (&Method::POST, "/transform") => {
+        let route = match endpoint(&head.method, head.uri.path()) {
+            Some(Endpoint::Index) => Route::Index,
+            Some(Endpoint::Hold) => Route::Hold,
+            Some(Endpoint::Echo) => Route::Echo,
+            Some(Endpoint::Transform) => {
                 Route::Transform(query(&head.uri, "op").unwrap_or("upper").to_owned())
             }
-            _ => Route::NotFound,
+            None => Route::NotFound,
         };
-        let declared = head
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
+        let declared = declared_length(&head.headers).and_then(|n| usize::try_from(n).ok());
         Call {
             route,
             body,
