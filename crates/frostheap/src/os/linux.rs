@@ -788,6 +788,25 @@ pub fn current_handler(sig: libc::c_int) -> Result<libc::sigaction, OsError> {
     Ok(old)
 }
 
+/// Adds the signals of `mask` (the kernel's 64-bit set: bit `n - 1` for
+/// signal `n`) to the calling thread's blocked set. One system call,
+/// async-signal-safe. (Inside a handler the block lasts until it returns:
+/// `sigreturn` installs the mask saved in the signal frame.)
+pub fn block_signals(mask: u64) {
+    // SAFETY: rt_sigprocmask reads an 8-byte set (the kernel's sigset
+    // size on x86_64) and writes no old set; it cannot fail with these
+    // arguments, and SIGKILL and SIGSTOP are left unblocked by the kernel.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_BLOCK,
+            &mask as *const u64,
+            ptr::null_mut::<u64>(),
+            core::mem::size_of::<u64>(),
+        )
+    };
+}
+
 /// Restores the default action for `sig`. Async-signal-safe.
 pub fn reset_to_default(sig: libc::c_int) {
     // SAFETY: zeroed sigaction with SIG_DFL is valid.

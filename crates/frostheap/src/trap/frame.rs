@@ -1,14 +1,16 @@
 //! The x86_64 Linux signal frame: what the fault handlers read from it
-//! and the two things they change in it.
+//! and the three things they change in it.
 //!
 //! Read: the fault address and `si_code` (siginfo), whether the access was
 //! a write (bit 1 of the page-fault error code the kernel saves as
 //! `REG_ERR`), and the faulting instruction (`REG_RIP`). Changed: the
-//! trap flag (`EFLAGS.TF`, for single-stepping one store) and the PKRU
-//! value saved in the frame's XSAVE area, which the kernel loads into the
-//! register on `sigreturn` — the only way to change the access rights of
-//! the interrupted code from inside a handler, since the handler itself
-//! runs with the kernel's default PKRU.
+//! trap flag (`EFLAGS.TF`, for single-stepping one store), the signal
+//! mask (`uc_sigmask`: the asynchronous signals stay blocked for the
+//! stepped instruction, see `step.rs`) and the PKRU value saved in the
+//! frame's XSAVE area, which the kernel loads into the register on
+//! `sigreturn` — the only way to change the access rights of the
+//! interrupted code from inside a handler, since the handler itself runs
+//! with the kernel's default PKRU.
 //!
 //! Facts this relies on (probed, see docs): the frame's `fpregs` point at
 //! an XSAVE area whose header word `XSTATE_BV` is at +512; the PKRU
@@ -116,6 +118,30 @@ impl Frame {
             gregs[libc::REG_RSP as usize] as usize,
             gregs[libc::REG_RBP as usize] as usize,
         )
+    }
+
+    /// The signal mask the interrupted code resumes with (the kernel's
+    /// 64-bit mask: the first word of the frame's `uc_sigmask`, which is
+    /// all `rt_sigreturn` reads back).
+    pub(crate) fn signal_mask(&self) -> u64 {
+        // SAFETY: by (1) of `new`; `uc_sigmask` is at least 8 bytes and
+        // 8-aligned, and its first word is the kernel's mask.
+        unsafe {
+            core::ptr::addr_of!((*self.uc).uc_sigmask)
+                .cast::<u64>()
+                .read()
+        }
+    }
+
+    /// Sets the signal mask the interrupted code resumes with (`sigreturn`
+    /// installs it; SIGKILL and SIGSTOP are never blocked whatever it says).
+    pub(crate) fn set_signal_mask(&mut self, mask: u64) {
+        // SAFETY: as in `signal_mask`; the handler is the frame's only user.
+        unsafe {
+            core::ptr::addr_of_mut!((*self.uc).uc_sigmask)
+                .cast::<u64>()
+                .write(mask)
+        }
     }
 
     /// Whether the interrupted code runs with the trap flag set.

@@ -21,8 +21,11 @@
 //!   (park, abort, or let the store through with a single step);
 //! - a key fault on a write by any other thread: write access is
 //!   **granted** (main and other threads keep it during phases);
-//! - a write by any other thread during an `mprotect` freeze: it **waits**
-//!   on a futex until the thaw, then the store retries;
+//! - a write by any other thread during an `mprotect` freeze: the store
+//!   is **stepped through** (its page opened for one instruction under the
+//!   step lock), so the thread never waits for a phase that may wait for
+//!   it; no asynchronous signal runs its handler inside a step
+//!   (`step.rs`);
 //! - an `mprotect` fault on a read (past the committed prefix), or a write
 //!   to a sealed heap by a thread that is no worker: a real crash, chained.
 
@@ -145,6 +148,8 @@ fn judge(fault: &Fault, frame: &mut Frame) -> Verdict {
         // thaw could wait forever (a task may be waiting for this thread),
         // so the store is stepped through: its page opened for one
         // instruction under the step lock, which the thaw takes too.
+        // No signal may run its handler inside the step (step.rs).
+        step::hold_now();
         step_lock();
         if entry.is_frozen() {
             let page = fault.addr & !(os::page_size() - 1);
@@ -157,6 +162,7 @@ fn judge(fault: &Fault, frame: &mut Frame) -> Verdict {
                     let (first, _) = c.get();
                     c.set(if first == 0 { (page, 0) } else { (first, page) });
                 });
+                step::hold_signals(frame);
                 frame.set_single_step(true);
                 return Verdict::Retry;
             }
@@ -177,6 +183,8 @@ fn violation(w: &WorkerState, fault: &Fault, frame: &mut Frame) {
     let item = guard::current_item();
     match w.policy() {
         OnViolation::Audit => {
+            // No signal may run its handler inside the step (step.rs).
+            step::hold_now();
             let key = PKEY.load(Ordering::Relaxed);
             if step::open(w, fault.addr, fault.code, key, frame) {
                 record(w, fault, item);
@@ -243,6 +251,9 @@ fn window(addr: usize, pkey: bool) -> (usize, usize) {
 /// task run on. A store that could not be undone (the log is full) is
 /// never let through: the task is cancelled instead.
 fn rollback(w: &WorkerState, fault: &Fault, frame: &mut Frame, item: usize) {
+    // No signal may run its handler between here and the step's trap: its
+    // own store would step over this one's state (step.rs).
+    step::hold_now();
     let pkey = fault.code == SEGV_PKUERR;
     let key = PKEY.load(Ordering::Relaxed);
     if pkey {
@@ -341,6 +352,7 @@ unsafe extern "C" fn on_trap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
                 }
             }
             frame.set_single_step(false);
+            step::release_signals(&mut frame);
             step_unlock();
             return;
         }

@@ -13,12 +13,82 @@
 //! and touch only the worker's own state and the frame. On `mprotect`,
 //! steps that must not overlap (rollback's, and those of threads that are
 //! no workers) hold the [`step_lock`], which the thaw takes too.
+//!
+//! **No signal inside a step.** A step is one per thread: its state (the
+//! open page or key, the rollback window being recorded) lives in the
+//! thread's worker state from the SIGSEGV that opens it to the SIGTRAP
+//! that closes it. An asynchronous signal delivered in between (on the
+//! return from the SIGSEGV handler, before the store) ran the program's
+//! handler with the trap flag saved; a store of that handler into a
+//! guarded heap then opened and closed a step of its own over the first
+//! one's state, and the first one's trap found nothing armed, was passed
+//! on as not ours, and killed the process with SIGTRAP (a user's trial, a
+//! SIGPROF handler on a 1 ms timer storing into a `Box` while two tasks
+//! made violating stores: 10 runs of 10 killed, 3 of them after a phase
+//! whose `Err` left a store not undone). So the paths that step block the
+//! asynchronous signals for the rest of their handler ([`hold_now`]) and
+//! in the frame the stepped instruction resumes with ([`hold_signals`]);
+//! the trap puts the interrupted code's mask back ([`release_signals`]),
+//! and a pending signal is delivered then, one instruction late.
 
+use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use super::frame::{Frame, SEGV_PKUERR};
 use crate::guard::WorkerState;
 use crate::os;
+
+/// Bit of signal `sig` in the kernel's 64-bit signal set.
+const fn sig_bit(sig: libc::c_int) -> u64 {
+    1 << (sig - 1)
+}
+
+/// Signals a step never holds back: the synchronous ones a store raises
+/// (its second fault, when it crosses into the next frozen page; SIGBUS),
+/// the step's own trap, and glibc's two internal signals (32, thread
+/// cancellation, and 33, `setuid` across threads, whose sender waits for
+/// every thread to answer: a worker parked for good inside this handler
+/// must still answer it). Every other signal is held back.
+const HELD: u64 = !(sig_bit(libc::SIGSEGV)
+    | sig_bit(libc::SIGBUS)
+    | sig_bit(libc::SIGILL)
+    | sig_bit(libc::SIGFPE)
+    | sig_bit(libc::SIGTRAP)
+    | sig_bit(32)
+    | sig_bit(33));
+
+thread_local! {
+    /// The signal mask the interrupted code had when this thread's step
+    /// began to hold signals back, restored at the step's trap.
+    static HELD_FROM: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Blocks the asynchronous signals for the rest of the calling handler:
+/// called first by every path that may open a step, before it changes any
+/// step state. (A signal that came before this ran its handler to the end,
+/// any step of its own included, before this handler went on.)
+pub(crate) fn hold_now() {
+    os::block_signals(HELD);
+}
+
+/// Keeps the asynchronous signals blocked in `frame` for the instruction
+/// about to be stepped, remembering the mask to restore at its trap. A
+/// second fault of the same instruction finds it held already.
+pub(crate) fn hold_signals(frame: &mut Frame) {
+    if HELD_FROM.with(|c| c.get()).is_none() {
+        let mask = frame.signal_mask();
+        HELD_FROM.with(|c| c.set(Some(mask)));
+        frame.set_signal_mask(mask | HELD);
+    }
+}
+
+/// At the trap that ends a step: the interrupted code resumes with the
+/// mask it had before the step.
+pub(crate) fn release_signals(frame: &mut Frame) {
+    if let Some(mask) = HELD_FROM.with(|c| c.take()) {
+        frame.set_signal_mask(mask);
+    }
+}
 
 /// Opens write access for the store that faulted at `addr` (with
 /// `si_code` `code`) and arms the trap flag, recording in `w` what
@@ -51,6 +121,7 @@ pub(crate) fn open(w: &WorkerState, addr: usize, code: i32, key: u32, frame: &mu
         ok
     };
     if opened {
+        hold_signals(frame);
         frame.set_single_step(true);
     }
     opened
@@ -78,6 +149,7 @@ pub(crate) fn close(w: &WorkerState, frame: &mut Frame) -> bool {
         frame.set_key_access(key, os::Access::Read);
     }
     frame.set_single_step(false);
+    release_signals(frame);
     true
 }
 

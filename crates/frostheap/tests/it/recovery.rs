@@ -47,6 +47,22 @@ const AUDIT: (&str, &str) = ("FROSTHEAP_ON_VIOLATION", "audit");
 // ---------------------------------------------------------------------------
 // Threads that tasks start (case 4), bystanders.
 
+test!(a_signal_handler_that_stores_into_the_main_heap_during_stepped_violations_mprotect);
+/// Regression (a user's trial on a CPU with protection keys): a signal
+/// whose handler stores into the main heap, delivered inside a violating
+/// store's single step, killed the process with SIGTRAP (both backends).
+/// The fixture's `signals` scenario: a `SIGPROF` handler on a 1 ms CPU
+/// timer, 200 phases and 200 handler runs at least, every phase `Err`
+/// with its stores undone.
+fn a_signal_handler_that_stores_into_the_main_heap_during_stepped_violations_mprotect() {
+    scenario(&["signals", "200"], &[MPROTECT]);
+}
+
+test!(a_signal_handler_that_stores_into_the_main_heap_during_stepped_violations_pkey, needs: [Pkey]);
+fn a_signal_handler_that_stores_into_the_main_heap_during_stepped_violations_pkey() {
+    scenario(&["signals", "200"], &[PKEY]);
+}
+
 test!(thread_spawn_scope_and_a_pool_made_in_a_task_return_mprotect);
 /// Regression (case 4): `thread::spawn(..).join()` inside a task hung for
 /// good on `mprotect`: the new thread's start-up writes std's thread
