@@ -196,6 +196,27 @@ pub(super) fn reserve_arena(max: usize) -> Result<*mut u8, crate::os::OsError> {
     Ok(base)
 }
 
+/// Undoes [`reserve_arena`] when the main heap could not be built in the
+/// arena, for the next start-up to reserve it afresh (the process's
+/// address space may allow more by then). Nothing lies in it: the main
+/// heap's build undid itself, and thread heaps are built only after the
+/// main heap is published.
+///
+/// # Safety
+/// 1. The main heap's start-up failed and has not been tried again since:
+///    slot 0 and every other slot are unbuilt, and nothing refers to the
+///    arena.
+pub(super) unsafe fn unreserve_arena() {
+    // Its length first: nothing routes an address into it from here on.
+    let len = ARENA.len.swap(0, Ordering::Relaxed);
+    let base = ARENA.base.swap(0, Ordering::Relaxed);
+    N_SLOTS.store(0, Ordering::Relaxed);
+    if len != 0 {
+        // SAFETY: reserved by `reserve_arena`, and unused: (1).
+        unsafe { crate::os::unmap(base as *mut u8, len) };
+    }
+}
+
 /// Bytes of one slot of the arena (after [`reserve_arena`]): each heap's
 /// range.
 pub(super) fn slot_len() -> usize {

@@ -7,7 +7,9 @@
 //! `INITIALIZING`, reads the environment (a bad value prints one line and
 //! exits with status 2 before `main` runs), reserves the heap and
 //! publishes it with `READY`. The slot keeps the heap's base and length
-//! beside it, so that routing a free is two compares.
+//! beside it, so that routing a free is two compares. Without `Global`,
+//! the first `Heap::build` or `Runtime::build` starts it ([`start`]), and
+//! a start-up that fails there is that build's error instead.
 
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -158,12 +160,24 @@ pub fn fork_child_adopt() {
 /// (`init` prints it and exits with status 2, for the first allocation,
 /// which cannot return it). Under `Global` the environment was read
 /// before `main`, and this returns what was read then.
+///
+/// So is an arena that cannot be reserved, or a main heap that cannot be
+/// built in it ([`start_error`]): `init` exits there too, and did so
+/// inside these builders, which return a `Result` (`FROSTHEAP_MAX=1000T`,
+/// or `ulimit -v` below the arena, stopped a program without `Global` at
+/// its first `Heap::build` with status 2). What was set up is undone
+/// ([`undo_start`]), so the next call tries again: it returns the same
+/// error while the cause lasts, and starts once the address space allows.
 pub(crate) fn start() -> Result<config::EnvConfig, crate::Error> {
     let cfg = config::from_env_once()?;
     while MAIN.state.load(Ordering::Acquire) != READY {
-        // Returns at once when another thread is starting it: wait for it
-        // (it never waits for us; a failure exits the process).
-        init();
+        // Returns at once when another thread is starting it: wait for it.
+        // It never waits for us; if it fails, it undoes its start and we
+        // try again, to fail ourselves (the same cause) or to start.
+        if let Err(failure) = start_main() {
+            undo_start();
+            return Err(start_error(failure));
+        }
         if MAIN.state.load(Ordering::Acquire) != READY {
             std::thread::yield_now();
         }
@@ -171,24 +185,43 @@ pub(crate) fn start() -> Result<config::EnvConfig, crate::Error> {
     Ok(cfg)
 }
 
+/// Why [`start_main`] did not start the main heap: what `init` prints
+/// before exiting, and what `start` returns.
+enum Failure {
+    /// A bad `FROSTHEAP_*` value.
+    Env(config::EnvError),
+    /// The arena for heaps of `cfg.max` bytes could not be reserved.
+    Unreserved(config::EnvConfig, os::OsError),
+    /// The arena was reserved, but the main heap could not be built in it.
+    Unbuilt(config::EnvConfig, InitError),
+}
+
+/// The main heap's start-up at the global allocator's first allocation
+/// (or the C ABI's first call), which cannot return an error: a failure
+/// prints one line and exits with status 2 ([`exit_failed`]).
 #[cold]
 #[inline(never)]
 pub(super) fn init() {
+    if let Err(failure) = start_main() {
+        exit_failed(failure);
+    }
+}
+
+/// Starts the main heap, unless another thread has won the race to: `Ok`
+/// at once then (ready or not). On `Err` the state stays `INITIALIZING`,
+/// with the process limit set and, for [`Failure::Unbuilt`], the arena
+/// reserved: `init` exits, `start` undoes them ([`undo_start`]).
+#[cold]
+#[inline(never)]
+fn start_main() -> Result<(), Failure> {
     if MAIN
         .state
         .compare_exchange(UNINIT, INITIALIZING, Ordering::Acquire, Ordering::Relaxed)
         .is_err()
     {
-        return; // another thread is initialising or has: we are not main
+        return Ok(()); // another thread is initialising or has: we are not main
     }
-    let cfg = match config::from_env_once() {
-        Ok(c) => c,
-        Err(e) => {
-            let mut buf = [0u8; 512];
-            os::write_stderr(e.render(&mut buf));
-            os::exit_now(2);
-        }
-    };
+    let cfg = config::from_env_once().map_err(Failure::Env)?;
     let core = CoreConfig {
         min: cfg.min,
         max: cfg.max,
@@ -206,10 +239,7 @@ pub(super) fn init() {
     process::set_limit(cfg.max);
     process::set_reclaimer(heaps::reclaim);
     process::set_growth_hook(heaps::release_abandoned_on_growth);
-    let base = match heaps::reserve_arena(cfg.max) {
-        Ok(base) => base,
-        Err(e) => exit_unreserved(&cfg, e),
-    };
+    let base = heaps::reserve_arena(cfg.max).map_err(|e| Failure::Unreserved(cfg, e))?;
     let build = |slot: &mut MaybeUninit<HeapInner>| {
         // SAFETY: slot 0 of the fresh arena is reserved, huge-page
         // aligned and given to the main heap for good.
@@ -221,9 +251,7 @@ pub(super) fn init() {
     };
     // SAFETY: we won the race to INITIALIZING: nobody else writes slot
     // 0, and `build` builds the heap there whole or fails.
-    if let Err(e) = unsafe { heaps::publish_main(build) } {
-        exit_unstarted(&cfg, e);
-    }
+    unsafe { heaps::publish_main(build) }.map_err(|e| Failure::Unbuilt(cfg, e))?;
     MAIN.owner.store(thread_token(), Ordering::Relaxed);
     if cfg.track_allocs {
         crate::track::enable();
@@ -234,6 +262,96 @@ pub(super) fn init() {
         // this allocator. Refused only for want of memory, which leaves a
         // fork as unsafe as without them: nothing else depends on it.
         let _ = os::at_fork(on_fork_prepare, on_fork_parent, on_fork_child);
+    }
+    Ok(())
+}
+
+/// After [`start_main`] failed in `start`: the arena unmapped and the
+/// process limit cleared (nothing was built: no heap, no block, nothing
+/// charged), then the state back to `UNINIT`, last, so that whoever wins
+/// it next starts from nothing. The reclaimer and the growth hook stay:
+/// with no heap built they find nothing, and the next start sets them
+/// again.
+fn undo_start() {
+    // SAFETY: `start_main` failed just now, with the state INITIALIZING:
+    // nothing was built, and no one tries again until it is UNINIT.
+    unsafe { heaps::unreserve_arena() };
+    process::set_limit(usize::MAX);
+    MAIN.state.store(UNINIT, Ordering::Release);
+}
+
+/// The start-up's failure as `start` returns it, in the words of the line
+/// `init` prints: a `FROSTHEAP_MAX` whose arena the address space cannot
+/// hold is an `InvalidConfig` naming it and the most that can be
+/// reserved ([`reservable_max`]); any other refusal an `Os` error naming
+/// the call and its errno, or the `OutOfMemory` of a minimum that does
+/// not fit under the process limit.
+fn start_error(failure: Failure) -> crate::Error {
+    use crate::Error;
+    match failure {
+        Failure::Env(e) => e.into(),
+        Failure::Unreserved(cfg, e) => match config::max_text() {
+            Some(text) if cfg.max_from_env => {
+                let mut buf = [0u8; 512];
+                let expected =
+                    reservable_max(crate::fmt_buf::Buf::new(&mut buf), cfg.max, e).finish();
+                Error::InvalidConfig {
+                    name: "FROSTHEAP_MAX",
+                    value: String::from_utf8_lossy(text).into_owned(),
+                    expected: String::from_utf8_lossy(expected).into_owned(),
+                }
+            }
+            // The default is sized to fit (a quarter of `ulimit -v` at
+            // most): the kernel refused it, for want of address space
+            // the process has used up, or in a sandbox.
+            _ => Error::Os {
+                context: if os::address_space_limit().is_some() {
+                    "starting frostheap: reserving the arena of FROSTHEAP_MAX's default (FROSTHEAP_MAX unset) under the address-space limit (ulimit -v)"
+                } else {
+                    "starting frostheap: reserving the arena of FROSTHEAP_MAX's default (FROSTHEAP_MAX unset)"
+                },
+                source: e,
+            },
+        },
+        Failure::Unbuilt(_, InitError::Os(e)) => Error::Os {
+            context: "starting frostheap: committing the main heap's minimum (FROSTHEAP_MIN)",
+            source: e,
+        },
+        Failure::Unbuilt(_, InitError::Reserve(e)) => Error::Os {
+            context: "starting frostheap: mapping the main heap's page table",
+            source: e,
+        },
+        // The configuration keeps FROSTHEAP_MIN within FROSTHEAP_MAX, and
+        // the main heap is the first thing charged: said all the same.
+        Failure::Unbuilt(
+            _,
+            InitError::Limit {
+                requested,
+                limit,
+                committed,
+            },
+        ) => Error::OutOfMemory {
+            requested,
+            limit,
+            in_use: committed,
+        },
+    }
+}
+
+/// The start-up failed at the first allocation: one line, and status 2.
+// Not #[cold]: cold code goes to .text.unlikely, which the
+// linker lays in the first window of code; layout.ld moves this
+// to .text.rare.
+#[inline(never)]
+fn exit_failed(failure: Failure) -> ! {
+    match failure {
+        Failure::Env(e) => {
+            let mut buf = [0u8; 512];
+            os::write_stderr(e.render(&mut buf));
+            os::exit_now(2)
+        }
+        Failure::Unreserved(cfg, e) => exit_unreserved(&cfg, e),
+        Failure::Unbuilt(cfg, e) => exit_unstarted(&cfg, e),
     }
 }
 
@@ -250,43 +368,59 @@ pub(super) fn init() {
 fn exit_unreserved(cfg: &config::EnvConfig, e: os::OsError) -> ! {
     let mut buf = [0u8; 512];
     let b = crate::fmt_buf::Buf::new(&mut buf);
-    let b = match config::max_text() {
-        Some(text) if cfg.max_from_env => {
-            // Under `ulimit -v`, no more than the default's rule allows
-            // (the largest power of two within a quarter of it: the
-            // program needs the rest), which the line's end names.
-            let quarter = os::address_space_limit().map_or(usize::MAX, |a| {
-                (a / 4).checked_ilog2().map_or(0, |k| 1 << k)
-            });
-            let largest = heaps::largest_reservable(cfg.max).min(quarter);
-            let b = b
-                .str("frostheap: invalid FROSTHEAP_MAX=\"")
+    let line = match config::max_text() {
+        Some(text) if cfg.max_from_env => reservable_max(
+            b.str("frostheap: invalid FROSTHEAP_MAX=\"")
                 .bytes(text)
                 .str("\" (")
                 .dec(cfg.max as u64)
-                .str(" bytes): expected a size this process's address space can reserve");
-            let b = if largest > 0 {
-                size_of_pow2(b.str(", at most "), largest).str(" here")
-            } else {
-                b.str(", and it cannot reserve even 64M now")
-            };
-            b.str(" (")
+                .str(" bytes): expected "),
+            cfg.max,
+            e,
+        ),
+        _ => address_space_hint(
+            b.str("frostheap: cannot reserve the main heap (FROSTHEAP_MAX unset: its default is ")
+                .dec(cfg.max as u64)
+                .str(" bytes): ")
                 .str(e.call)
                 .str(" errno ")
-                .dec(e.errno as u64)
-                .str(")")
-        }
-        _ => b
-            .str("frostheap: cannot reserve the main heap (FROSTHEAP_MAX unset: its default is ")
-            .dec(cfg.max as u64)
-            .str(" bytes): ")
+                .dec(e.errno as u64),
+        ),
+    };
+    os::write_stderr(line.str("\n").finish());
+    os::exit_now(2)
+}
+
+/// What a `FROSTHEAP_MAX` of `max` bytes whose arena was refused (`e`)
+/// should be, after "expected " in both the line of [`exit_unreserved`]
+/// and the error of [`start_error`], which say it in the same words: what
+/// this process's address space can reserve now, and under `ulimit -v` no
+/// more than the default's rule allows (the largest power of two within a
+/// quarter of it: the program needs the rest), which the end names.
+// Not #[cold]: cold code goes to .text.unlikely, which the
+// linker lays in the first window of code; layout.ld moves this
+// to .text.rare.
+#[inline(never)]
+fn reservable_max(
+    b: crate::fmt_buf::Buf<'_>,
+    max: usize,
+    e: os::OsError,
+) -> crate::fmt_buf::Buf<'_> {
+    let quarter = os::address_space_limit().map_or(usize::MAX, |a| {
+        (a / 4).checked_ilog2().map_or(0, |k| 1 << k)
+    });
+    let b = b.str("a size this process's address space can reserve");
+    let b = match heaps::largest_reservable(max).min(quarter) {
+        0 => b.str(", and it cannot reserve even 64M now"),
+        largest => size_of_pow2(b.str(", at most "), largest).str(" here"),
+    };
+    address_space_hint(
+        b.str(" (")
             .str(e.call)
             .str(" errno ")
-            .dec(e.errno as u64),
-    };
-    let line = address_space_hint(b).str("\n").finish();
-    os::write_stderr(line);
-    os::exit_now(2)
+            .dec(e.errno as u64)
+            .str(")"),
+    )
 }
 
 /// The arena was reserved but the main heap could not be built in it (its

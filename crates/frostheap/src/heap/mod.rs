@@ -788,9 +788,14 @@ impl HeapBuilder {
     /// value is refused here as `Runtime::build` refuses it
     /// ([`Error::InvalidConfig`] naming the variable). Starting reserves
     /// the arena's address space for `FROSTHEAP_MAX` (under `ulimit -v`, at
-    /// most half of it) and commits `FROSTHEAP_MIN`; if the arena cannot be
-    /// reserved, the process stops with one line and status 2, as it does
-    /// at `Global`'s first allocation and at the first `Runtime::build`.
+    /// most half of it) and commits `FROSTHEAP_MIN`; an arena that cannot
+    /// be reserved is refused here too, as by `Runtime::build`: a
+    /// `FROSTHEAP_MAX` the address space cannot hold with
+    /// [`Error::InvalidConfig`] naming it and the most it can reserve, a
+    /// refusal of the default with [`Error::Os`]. Nothing is started then,
+    /// and the next build tries again. (At `Global`'s first allocation,
+    /// which cannot return it, the same refusal stops the process with
+    /// one line and status 2.)
     ///
     /// Refused with [`Error::InvalidConfig`] naming `max` when `max` is
     /// less than a page or more than the address space can reserve (the

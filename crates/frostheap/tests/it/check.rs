@@ -132,6 +132,16 @@ pub fn run_example(name: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
 /// time limit of [`output_within`].
 #[track_caller]
 pub fn run_fixture(name: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    output_within(
+        &mut fixture_command(name, args, env),
+        &format!("fixture {name} {}", args.join(" ")),
+    )
+}
+
+/// The command [`run_fixture`] runs, for a test that sets more up in the
+/// child (see [`output_within`] to run it).
+#[track_caller]
+pub fn fixture_command(name: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(fixture(name));
     cmd.args(args);
     for (k, _) in std::env::vars_os() {
@@ -140,7 +150,7 @@ pub fn run_fixture(name: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
         }
     }
     cmd.envs(env.iter().copied());
-    output_within(&mut cmd, &format!("fixture {name} {}", args.join(" ")))
+    cmd
 }
 
 /// How long a child process may run: `FROSTHEAP_TEST_CHILD_TIMEOUT`

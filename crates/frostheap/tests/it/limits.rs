@@ -1,15 +1,18 @@
 //! The hard cap: past `max`, allocations fail with the numbers a caller
 //! needs, nothing aborts, and freed memory fits the same requests again.
 //! Also: configurations the builder must refuse, and the process limit
-//! (`FROSTHEAP_MAX`) over explicit heaps, in fixture programs with and
-//! without `frostheap::Global` (tests/fixtures/explicit_heaps*.rs).
+//! (`FROSTHEAP_MAX`) over explicit heaps, and a start-up whose arena the
+//! address space cannot hold, in fixture programs with and without
+//! `frostheap::Global` (tests/fixtures/explicit_heaps*.rs).
 
 use std::alloc::Layout;
+use std::os::unix::process::CommandExt;
+use std::process::Output;
 use std::ptr::NonNull;
 
 use frostheap::{Error, Heap, HugePages};
 
-use crate::check::{describe, run_fixture, MIB};
+use crate::check::{describe, fixture_command, output_within, run_fixture, MIB};
 use crate::ops::{fill, verify};
 
 const MAX: usize = 64 * MIB;
@@ -546,4 +549,152 @@ fn min_is_committed_up_front() {
     let s = heap.stats();
     assert!(s.committed >= 8 * MIB, "{s:?}");
     assert_eq!((s.in_use, s.reserved >= MAX, s.limit), (0, true, MAX));
+}
+
+/// `fixture` run with `steps` under `env`, and under an address-space
+/// limit (`ulimit -v`, `RLIMIT_AS`) of `bytes` when given, set in the
+/// child before it executes: before `Global`'s first allocation.
+fn run_limited(fixture: &str, steps: &[&str], env: &[(&str, &str)], bytes: Option<u64>) -> Output {
+    let mut cmd = fixture_command(fixture, steps, env);
+    if let Some(bytes) = bytes {
+        // SAFETY: setrlimit is async-signal-safe and touches only the
+        // child.
+        unsafe {
+            cmd.pre_exec(move || {
+                let r = libc::rlimit {
+                    rlim_cur: bytes,
+                    rlim_max: bytes,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &r) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            })
+        };
+    }
+    output_within(&mut cmd, &format!("fixture {fixture} {}", steps.join(" ")))
+}
+
+/// A program without `Global` whose start-up could not reserve the arena
+/// at any of `steps` (builds): each returned an error, the same each time,
+/// whose line (`err <variant> ...`) is returned; the process went on and
+/// exited 0 (it exited with status 2 at the first build), frostheap
+/// printed nothing, and nothing was left started (no process limit).
+fn refused_by_every_build(out: &Output, steps: &[&str]) -> String {
+    assert!(out.status.success(), "{}", describe(out));
+    assert!(out.stderr.is_empty(), "{}", describe(out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let first = step_line(&stdout, steps[0]).to_string();
+    assert!(first.starts_with("err "), "{}", describe(out));
+    for step in steps {
+        assert_eq!(step_line(&stdout, step), first, "{}", describe(out));
+    }
+    assert!(stdout.ends_with(&format!("limit={}\n", usize::MAX)), "{}", describe(out));
+    first
+}
+
+/// The same start-up with `Global`, at the first allocation, which cannot
+/// return an error: status 2 before `main`, and one line, returned.
+fn stopped_at_first_allocation(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(2), "{}", describe(out));
+    assert!(out.stdout.is_empty(), "main ran: {}", describe(out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.ends_with('\n') && stderr.lines().count() == 1, "{}", describe(out));
+    stderr.trim_end().to_string()
+}
+
+test!(a_frostheap_max_the_address_space_cannot_hold_is_an_error_of_every_build_without_global);
+/// `FROSTHEAP_MAX=1000T`, which the address space cannot reserve: without
+/// `Global`, `Heap::build` and `Runtime::build` return it as
+/// `InvalidConfig` naming the variable, its value and the most that can
+/// be reserved, every time, and the program goes on; the first build
+/// printed one line and exited with status 2. With `Global` the first
+/// allocation still does, in the same words.
+fn a_frostheap_max_the_address_space_cannot_hold_is_an_error_of_every_build_without_global() {
+    let env = [("FROSTHEAP_MAX", "1000T")];
+    let steps = ["heap", "runtime", "heap"];
+    let out = run_limited("explicit_heaps", &steps, &env, None);
+    let err = refused_by_every_build(&out, &steps);
+    let expected = "expected a size this process's address space can reserve, at most ";
+    assert!(
+        err.starts_with("err InvalidConfig name=FROSTHEAP_MAX: invalid FROSTHEAP_MAX=\"1000T\": ")
+            && err.contains(expected)
+            && err.ends_with(" here (mmap errno 12)"),
+        "{}",
+        describe(&out)
+    );
+    let line = stopped_at_first_allocation(&run_limited("explicit_heaps_global", &["heap"], &env, None));
+    assert!(
+        line.starts_with("frostheap: invalid FROSTHEAP_MAX=\"1000T\" (")
+            && line.contains(expected)
+            && line.ends_with(" here (mmap errno 12)"),
+        "{line}"
+    );
+}
+
+test!(under_ulimit_v_an_arena_the_limit_cannot_hold_is_an_error_of_every_build_without_global);
+/// Under `ulimit -v` 1 GiB, `FROSTHEAP_MAX=1G`, whose arena the limit
+/// cannot hold: without `Global`, every build returns `InvalidConfig`
+/// naming `FROSTHEAP_MAX` and the address-space limit; the first one
+/// exited with status 2. With `Global`, status 2 and one line, as before.
+fn under_ulimit_v_an_arena_the_limit_cannot_hold_is_an_error_of_every_build_without_global() {
+    let env = [("FROSTHEAP_MAX", "1G")];
+    let limit = Some(1 << 30);
+    let hint = "; the address-space limit (ulimit -v) is 1073741824 bytes, and FROSTHEAP_MAX should be at most a quarter of it";
+    let steps = ["heap", "runtime", "heap"];
+    let out = run_limited("explicit_heaps", &steps, &env, limit);
+    let err = refused_by_every_build(&out, &steps);
+    assert!(
+        err.starts_with("err InvalidConfig name=FROSTHEAP_MAX: invalid FROSTHEAP_MAX=\"1G\": expected a size this process's address space can reserve")
+            && err.contains("(mmap errno 12)")
+            && err.ends_with(hint),
+        "{}",
+        describe(&out)
+    );
+    let line = stopped_at_first_allocation(&run_limited("explicit_heaps_global", &["heap"], &env, limit));
+    assert!(
+        line.starts_with("frostheap: invalid FROSTHEAP_MAX=\"1G\" (1073741824 bytes): expected")
+            && line.ends_with(hint),
+        "{line}"
+    );
+}
+
+test!(a_start_refused_for_want_of_address_space_succeeds_once_the_limit_is_raised);
+/// Without `Global`, a start-up refused under `ulimit -v` leaves nothing
+/// started: builds return the refusal while the limit lasts, and once the
+/// program raises it again the next build starts frostheap and the heap
+/// allocates. With `FROSTHEAP_MAX` set, the refusal is `InvalidConfig`
+/// naming it; unset, its default (a quarter of the limit, less than the
+/// least slot of the arena) is refused by the kernel: `Os`, naming the call
+/// and errno. Both exited with status 2 at the first build.
+fn a_start_refused_for_want_of_address_space_succeeds_once_the_limit_is_raised() {
+    let steps = ["ulimit-v=+256M", "heap", "runtime", "unlimit", "heap", "alloc200"];
+    let out = explicit_heaps("explicit_heaps", &steps, &[("FROSTHEAP_MAX", "1G")]);
+    for step in ["heap", "runtime"] {
+        let line = out.lines().find_map(|l| l.strip_prefix(&format!("{step}: "))).unwrap();
+        assert!(
+            line.starts_with("err InvalidConfig name=FROSTHEAP_MAX: invalid FROSTHEAP_MAX=\"1G\"")
+                && line.contains("the address-space limit (ulimit -v) is"),
+            "{out}"
+        );
+    }
+    let after: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("unlimit: ")).collect();
+    assert_eq!(
+        after,
+        ["unlimit: ok", "heap: ok", "alloc200: ok", &format!("limit={}", 1 << 30)],
+        "{out}"
+    );
+
+    let steps = ["ulimit-v=+16M", "heap", "heap", "unlimit", "heap"];
+    let out = explicit_heaps("explicit_heaps", &steps, &[]);
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("heap: ")).collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].starts_with("heap: err Os: starting frostheap: reserving the arena of FROSTHEAP_MAX's default (FROSTHEAP_MAX unset) under the address-space limit (ulimit -v): mmap failed: errno 12")
+            && lines[1] == lines[0]
+            && lines[2] == "heap: ok",
+        "{out}"
+    );
+    assert!(!out.contains(&format!("limit={}", usize::MAX)), "{out}");
 }
