@@ -67,6 +67,12 @@ pub(super) struct Numbers {
     ready: bool,
     rss: usize,
     peak_rss: usize,
+    /// What the process's heaps have committed (`frostheap::stats()`):
+    /// live blocks and the free memory the heaps keep for reuse; and the
+    /// bytes of live blocks in the main and thread heaps. Their difference
+    /// is free memory the allocator holds, not a leak.
+    heap_committed: usize,
+    heap_in_use: usize,
     /// `256 MiB: 2,048 clients at ≈128 KiB each` (`null` without a budget).
     summary: Option<String>,
 }
@@ -115,6 +121,8 @@ const METRICS: &[(&str, &str, Kind, &str)] = &[
     ("ready", "frostheap_ready", Kind::Gauge, "1 while the server takes new clients, 0 once a shutdown has begun."),
     ("rss", "process_resident_memory_bytes", Kind::Gauge, "Resident set size (VmRSS)."),
     ("peak_rss", "frostheap_peak_resident_memory_bytes", Kind::Gauge, "Peak resident set size (VmHWM)."),
+    ("heap_committed", "frostheap_heap_committed_bytes", Kind::Gauge, "Bytes the process's heaps have committed: live blocks and free memory kept for reuse."),
+    ("heap_in_use", "frostheap_heap_in_use_bytes", Kind::Gauge, "Bytes of live blocks in the main and thread heaps."),
 ];
 
 /// The content type of [`metrics_text`].
@@ -136,6 +144,7 @@ fn rss() -> (usize, usize) {
 
 pub(super) fn numbers(state: &State) -> Numbers {
     let (rss, peak_rss) = rss();
+    let heap = frostheap::stats();
     let requests = state.requests.load(Ordering::Relaxed);
     let mut n = Numbers {
         requests,
@@ -151,6 +160,8 @@ pub(super) fn numbers(state: &State) -> Numbers {
         ready: state.ready.load(Ordering::Relaxed),
         rss,
         peak_rss,
+        heap_committed: heap.committed,
+        heap_in_use: heap.in_use(),
         ..Numbers::default()
     };
     if let Some(g) = &state.gate {
