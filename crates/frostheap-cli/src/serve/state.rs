@@ -66,6 +66,10 @@ pub(super) struct State {
     /// Lingering closes cut short (by their time or byte bound, or because
     /// too many were under way).
     pub(super) linger_cut: AtomicU64,
+    /// Times the heaps' free memory was given back as the server went
+    /// idle, and the bytes given back (see `give_back_when_idle`).
+    pub(super) idle_trims: AtomicU64,
+    pub(super) idle_trimmed: AtomicU64,
     /// Open connections (accepted, not yet closed).
     pub(super) connections: AtomicUsize,
     /// Signalled when `connections` drops to zero.
