@@ -3,9 +3,10 @@
 //! the runtime share about each worker thread.
 //!
 //! One fixed array of [`Entry`]s, one per live heap: the heap's address
-//! range, an opaque pointer to its owner, and its guard state — frozen by
-//! a phase now, sealed for good, the protection key its pages carry, and
-//! how many runtimes guard it. An entry is claimed when its heap is built
+//! range, an opaque pointer to its owner, and its guard state — how many
+//! phases freeze it now (and how many of them with `mprotect`), sealed for
+//! good, the protection key its pages carry, and how many runtimes guard
+//! it. An entry is claimed when its heap is built
 //! and released when the heap is dropped, so guard state lives exactly as
 //! long as its heap: a new heap at a reused address starts from a clean
 //! entry. "Which heap owns this address" is a scan of the entries in use
@@ -53,9 +54,17 @@ pub(crate) struct Entry {
     end: AtomicUsize,
     /// The heap's own pointer, opaque here (see the module comment).
     owner: AtomicPtr<()>,
-    /// Frozen by a phase now: raised before the first page is protected,
-    /// lowered after the last is opened (the freeze protocol, `trap`).
-    frozen: AtomicBool,
+    /// Phases that freeze the heap now (several runtimes may guard one
+    /// heap and run phases at once): raised before the first page is
+    /// protected, lowered after the last is opened (the freeze protocol,
+    /// `trap::freeze`, which changes both counts under its lock).
+    frozen: AtomicU32,
+    /// Of those, the phases whose backend is `mprotect`: the heap's pages
+    /// are protected exactly while this is non-zero. The first such freeze
+    /// protects them and the last thaw opens them; a count, not a flag, so
+    /// that one runtime's thaw never opens pages another's phase still
+    /// has frozen.
+    protected: AtomicU32,
     /// Sealed for good: read-only to everyone, never thawed.
     sealed: AtomicBool,
     /// The protection key the region's pages carry (0: none).
@@ -69,7 +78,8 @@ const FREE: Entry = Entry {
     start: AtomicUsize::new(0),
     end: AtomicUsize::new(0),
     owner: AtomicPtr::new(core::ptr::null_mut()),
-    frozen: AtomicBool::new(false),
+    frozen: AtomicU32::new(0),
+    protected: AtomicU32::new(0),
     sealed: AtomicBool::new(false),
     key: AtomicU32::new(0),
     guards: AtomicU32::new(0),
@@ -91,7 +101,8 @@ pub(crate) fn register(start: usize, end: usize, owner: *const ()) -> Option<&'s
             .is_ok()
         {
             e.owner.store(owner as *mut (), Ordering::Relaxed);
-            e.frozen.store(false, Ordering::Relaxed);
+            e.frozen.store(0, Ordering::Relaxed);
+            e.protected.store(0, Ordering::Relaxed);
             e.sealed.store(false, Ordering::Relaxed);
             e.key.store(0, Ordering::Relaxed);
             e.guards.store(0, Ordering::Relaxed);
@@ -154,14 +165,39 @@ impl Entry {
         self.owner.load(Ordering::Acquire)
     }
 
-    /// Frozen by a phase now.
+    /// Frozen by a phase now (by at least one).
     pub(crate) fn is_frozen(&self) -> bool {
-        self.frozen.load(Ordering::Acquire)
+        self.frozen.load(Ordering::Acquire) > 0
     }
 
-    /// Raises or lowers the frozen flag (the freeze protocol in `trap`).
+    /// Counts one more phase freezing the heap (`true`) or one fewer (the
+    /// freeze protocol in `trap::freeze`, under its lock).
     pub(crate) fn set_frozen(&self, frozen: bool) {
-        self.frozen.store(frozen, Ordering::Release);
+        if frozen {
+            self.frozen.fetch_add(1, Ordering::AcqRel);
+        } else {
+            let before = self.frozen.fetch_sub(1, Ordering::AcqRel);
+            debug_assert!(before > 0, "set_frozen: not frozen");
+        }
+    }
+
+    /// Whether an `mprotect` freeze has the heap's pages protected now.
+    pub(crate) fn is_protected(&self) -> bool {
+        self.protected.load(Ordering::Acquire) > 0
+    }
+
+    /// Counts one more `mprotect` freeze of the heap; true if it is the
+    /// first (the caller protects the pages). Under the freeze lock.
+    pub(crate) fn protect_first(&self) -> bool {
+        self.protected.fetch_add(1, Ordering::AcqRel) == 0
+    }
+
+    /// Counts one `mprotect` freeze fewer; true if it was the last (the
+    /// caller opens the pages). Under the freeze lock.
+    pub(crate) fn protect_last(&self) -> bool {
+        let before = self.protected.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "protect_last: not protected");
+        before == 1
     }
 
     /// Sealed for good.
@@ -217,13 +253,14 @@ mod tests {
         e.set_key(3);
         assert_eq!(e.add_guard(), 1);
         assert_eq!(frozen_in(FAKE + 100, 8), Some(FAKE + 100));
+        assert!(e.protect_first());
         assert_eq!(e.remove_guard(), 0);
         e.sealed.store(false, Ordering::Relaxed);
         unregister(e);
         assert!(entry_of(FAKE + 5).is_none());
         assert_eq!(frozen_in(FAKE + 100, 8), None);
         let again = register(FAKE, FAKE + (1 << 20), 0x2000 as *const ()).expect("an entry");
-        assert!(!again.is_frozen() && !again.is_sealed());
+        assert!(!again.is_frozen() && !again.is_protected() && !again.is_sealed());
         assert_eq!((again.key(), again.add_guard()), (0, 1));
         assert_eq!(again.remove_guard(), 0);
         unregister(again);

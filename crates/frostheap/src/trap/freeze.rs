@@ -7,41 +7,98 @@
 //!   built on main lives in the main heap), so every core is written (its
 //!   region marked frozen, so pages committed meanwhile are committed
 //!   read-only) before the first page is protected; on thaw every heap is
-//!   opened before any mark is cleared.
+//!   opened before any mark is cleared (but see the next point).
 //! - **Guard flags up before the first `mprotect`, down after the last.**
 //!   A thread that is no worker and writes a heap while it is protected
 //!   always finds the heap's entry frozen and [`MPROTECT_FROZEN`] non-zero,
-//!   so it waits on [`THAW_EPOCH`] in the handler; the thaw bumps the epoch
-//!   after the flags are down and wakes it, and its store retries.
-//! - **Nothing here allocates or writes memory a frozen heap holds**:
-//!   everything is read from the runtime's system-memory state, and the
-//!   lengths thawed are kept on the stack.
+//!   so its store is stepped through in the handler.
+//! - **Several runtimes may freeze one heap at once** (two threads each
+//!   driving a runtime that guards the main heap). A heap's entry counts
+//!   the phases that freeze it, and of them the `mprotect` ones: the first
+//!   of those protects its pages (and marks it), the last opens them (and
+//!   clears the mark); the ones between change only the counts. Every
+//!   freeze and thaw of the process runs under [`FREEZES`], so the counts,
+//!   marks and protections change together. Until 2026-12 the flag was one
+//!   bit and every thaw opened its heaps: one runtime's thaw opened the
+//!   main heap and lowered its flag while the other's phase ran, so that
+//!   phase's violating stores landed unseen (`Ok` with the store kept), or
+//!   the other runtime's next freeze protected it again under a lowered
+//!   flag and the next write to it by any thread was taken for a real
+//!   crash (SIGSEGV, 4 runs in 4 of a user's trial).
+//! - **A thaw never writes frozen memory while it holds the step lock**:
+//!   such a store would be stepped through, and the step's trap releases
+//!   the lock. So a heap whose core lives in a heap another phase keeps
+//!   protected has its mark cleared before the lock is taken (a store
+//!   stepped through like any bystander's).
+//! - **Nothing here allocates or writes memory a frozen heap holds** (but
+//!   for those marks): everything is read from the runtime's system-memory
+//!   state, and the lengths thawed are kept on the stack.
 //!
 //! With protection keys the pages keep their key for the runtime's life
 //! ([`super::Guarded`]); the freeze is each worker's PKRU (set by the
-//! worker at the start of its phase) plus the entries' frozen flags, which
+//! worker at the start of its phase) plus the entries' frozen counts, which
 //! tell the handler and the `io` helpers what is frozen now.
 
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use super::{Backend, Guarded};
 use crate::guard;
+use crate::heap::HeapInner;
 use crate::os;
+use crate::sync::{LockGuard, RawLock};
 
 /// Bumped at every thaw; threads waiting in the handler sleep on it.
 pub(super) static THAW_EPOCH: AtomicU32 = AtomicU32::new(0);
-/// Heaps frozen with `mprotect` right now (by any runtime).
+/// Heaps frozen with `mprotect` right now (by any runtime), counted once
+/// per phase that freezes them.
 pub(super) static MPROTECT_FROZEN: AtomicU32 = AtomicU32::new(0);
 
-/// The pages exempted from the current freeze (the result slots): first
-/// address and length, 0 when none. The rollback policy never saves or
-/// undoes bytes there (`handler`).
-pub(super) static EXEMPT_START: AtomicUsize = AtomicUsize::new(0);
-pub(super) static EXEMPT_LEN: AtomicUsize = AtomicUsize::new(0);
+/// Every freeze and thaw of the process, one at a time: the entries'
+/// counts, the regions' marks and the pages' protections they decide
+/// change together. Taken by runtimes' main threads between phases, never
+/// by the handler (whose steps a holder may need: a mark written into a
+/// heap another phase has frozen is stepped through).
+static FREEZES: RawLock = RawLock::new();
 
-/// Whether `addr` lies in the pages exempted from the current freeze.
+/// Phases with result slots exempted from their freeze at once; one more
+/// waits (before freezing) until a phase ends.
+const EXEMPT_SLOTS: usize = 64;
+
+/// The pages exempted from a current freeze (a phase's result slots):
+/// first address and length, length 0 when the slot is free. The rollback
+/// policy never saves or undoes bytes there (`handler`). Written under
+/// [`FREEZES`]; read lock-free by the handler.
+struct ExemptSlot {
+    start: AtomicUsize,
+    len: AtomicUsize,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_EXEMPT: ExemptSlot = ExemptSlot {
+    start: AtomicUsize::new(0),
+    len: AtomicUsize::new(0),
+};
+
+static EXEMPT: [ExemptSlot; EXEMPT_SLOTS] = [NO_EXEMPT; EXEMPT_SLOTS];
+
+/// Whether `addr` lies in the pages exempted from a current freeze.
 pub(super) fn exempt(addr: usize) -> bool {
-    addr.wrapping_sub(EXEMPT_START.load(Ordering::Acquire)) < EXEMPT_LEN.load(Ordering::Acquire)
+    EXEMPT.iter().any(|e| {
+        // Length first: a slot is filled start first and freed length
+        // first, so a non-zero length comes with its own start.
+        let len = e.len.load(Ordering::Acquire);
+        len != 0 && addr.wrapping_sub(e.start.load(Ordering::Acquire)) < len
+    })
+}
+
+/// Whether the core of `heap` (its bookkeeping, which marking writes)
+/// lies in a heap whose pages an `mprotect` freeze keeps protected.
+fn core_protected(heap: &HeapInner) -> bool {
+    let at = &heap.core as *const _ as usize;
+    let end = at + core::mem::size_of_val(&heap.core) - 1;
+    [at, end]
+        .into_iter()
+        .any(|a| guard::entry_of(a).is_some_and(|e| e.is_protected()))
 }
 
 /// The guarded heaps of one runtime, frozen until this value is dropped.
@@ -49,6 +106,8 @@ pub(crate) struct Freeze<'a> {
     guarded: &'a [Guarded],
     backend: Backend,
     window: Option<(usize, usize)>,
+    /// The slot of [`EXEMPT`] that holds `window`.
+    slot: usize,
 }
 
 impl<'a> Freeze<'a> {
@@ -56,9 +115,10 @@ impl<'a> Freeze<'a> {
     /// `window` (address, length), which stay writable for the phase.
     ///
     /// Precondition: the caller is the runtime's main thread, between
-    /// phases; `window` lies inside one block of a guarded heap, on pages
-    /// of its own. Stops the process if the kernel refuses a protection
-    /// change (nothing could be trusted after a half-done freeze).
+    /// phases; `window` lies inside one block of a heap of `guarded`, on
+    /// pages of its own. Stops the process if the kernel refuses a
+    /// protection change (nothing could be trusted after a half-done
+    /// freeze).
     pub(crate) fn new(
         guarded: &'a [Guarded],
         backend: Backend,
@@ -67,9 +127,16 @@ impl<'a> Freeze<'a> {
         if guarded.len() > guard::CAPACITY {
             fatal(b"frostheap: more guarded heaps than the guard table holds\n");
         }
+        let (_freezes, slot) = lock_with_slot(window.is_some());
         let mprotect = backend == Backend::Mprotect;
+        // The heaps this freeze protects: those no other phase has
+        // protected already.
+        let mut first = [false; guard::CAPACITY];
         if mprotect {
-            for g in guarded {
+            for (f, g) in first.iter_mut().zip(guarded) {
+                *f = g.entry().protect_first();
+            }
+            for (_, g) in first.iter().zip(guarded).filter(|(f, _)| **f) {
                 g.heap().inner().core.freeze_mark();
             }
         }
@@ -79,16 +146,16 @@ impl<'a> Freeze<'a> {
                 MPROTECT_FROZEN.fetch_add(1, Ordering::AcqRel);
             }
         }
-        if mprotect {
-            for g in guarded {
-                if g.heap().inner().core.protect_committed(true).is_err() {
-                    fatal(b"frostheap: mprotect failed while freezing a guarded heap\n");
-                }
+        for (_, g) in first.iter().zip(guarded).filter(|(f, _)| **f) {
+            if g.heap().inner().core.protect_committed(true).is_err() {
+                fatal(b"frostheap: mprotect failed while freezing a guarded heap\n");
             }
         }
         if let Some((lo, len)) = window {
             // SAFETY: the window is the result slots' own pages, inside one
-            // block of a guarded heap (the precondition).
+            // block of a guarded heap (the precondition). With `mprotect`
+            // they are opened even when another phase froze the heap first:
+            // its tasks have no business there.
             let r = unsafe {
                 match backend {
                     Backend::Mprotect => os::protect(lo as *mut u8, len, os::Access::ReadWrite),
@@ -99,44 +166,103 @@ impl<'a> Freeze<'a> {
             if r.is_err() {
                 fatal(b"frostheap: cannot exempt the result slots from the freeze\n");
             }
-            EXEMPT_START.store(lo, Ordering::Release);
-            EXEMPT_LEN.store(len, Ordering::Release);
+            EXEMPT[slot].start.store(lo, Ordering::Release);
+            EXEMPT[slot].len.store(len, Ordering::Release);
         }
         Freeze {
             guarded,
             backend,
             window,
+            slot,
         }
     }
 }
 
-impl Drop for Freeze<'_> {
-    /// Thaws, mirroring the freeze: open every heap (no writes), then
-    /// clear the marks, and only then lower the guard flags (a thread that
-    /// faulted while frozen is still waiting; one that faults now cannot,
-    /// the pages are writable) and wake the waiters.
-    fn drop(&mut self) {
-        let mprotect = self.backend == Backend::Mprotect;
-        // No thread may have a page open for a stepped store while the
-        // heaps are opened: its trap would protect the page again after.
-        if mprotect {
-            super::step::step_lock();
+/// Takes [`FREEZES`] and, if `need_slot`, a free slot of [`EXEMPT`]
+/// (`usize::MAX` otherwise), waiting outside the lock while every slot is
+/// taken.
+fn lock_with_slot(need_slot: bool) -> (LockGuard<'static>, usize) {
+    loop {
+        let lock = FREEZES.lock();
+        if !need_slot {
+            return (lock, usize::MAX);
         }
+        if let Some(i) = EXEMPT
+            .iter()
+            .position(|e| e.len.load(Ordering::Acquire) == 0)
+        {
+            return (lock, i);
+        }
+        drop(lock);
+        os::yield_now();
+    }
+}
+
+impl Drop for Freeze<'_> {
+    /// Thaws, mirroring the freeze: open every heap this thaw is the last
+    /// to free (no writes), then clear their marks, and only then lower the
+    /// guard counts (a thread that faulted while frozen is still waiting;
+    /// one that faults now cannot, the pages are writable) and wake the
+    /// waiters. Heaps another phase still freezes stay protected, and so
+    /// does this phase's window in them.
+    fn drop(&mut self) {
+        let _freezes = FREEZES.lock();
+        let mprotect = self.backend == Backend::Mprotect;
+        let mut last = [false; guard::CAPACITY];
+        let mut early = [false; guard::CAPACITY];
         if mprotect {
+            for ((l, e), g) in last.iter_mut().zip(early.iter_mut()).zip(self.guarded) {
+                *l = g.entry().protect_last();
+                *e = *l && core_protected(g.heap().inner());
+            }
+            // A mark that lives in memory another phase keeps protected is
+            // cleared before the step lock is taken (its store is stepped
+            // through). Its heap is still protected, so pages committed
+            // from now on are writable early, which nothing can tell:
+            // this phase's workers are done, and no other phase freezes it.
+            for (_, g) in early.iter().zip(self.guarded).filter(|(e, _)| **e) {
+                // `usize::MAX`: clear the mark, open nothing (the heap is
+                // opened whole below).
+                if g.heap().inner().core.thaw_unmark(usize::MAX).is_err() {
+                    fatal(b"frostheap: mprotect failed while thawing a guarded heap\n");
+                }
+            }
+            // No thread may have a page open for a stepped store while the
+            // heaps are opened: its trap would protect the page again after.
+            super::step::step_lock();
             let mut thawed = [0usize; guard::CAPACITY];
-            for (len, g) in thawed.iter_mut().zip(self.guarded) {
+            for ((len, _), g) in thawed
+                .iter_mut()
+                .zip(last)
+                .zip(self.guarded)
+                .filter(|((_, l), _)| *l)
+            {
                 match g.heap().inner().core.protect_committed(false) {
                     Ok(n) => *len = n,
                     Err(_) => fatal(b"frostheap: mprotect failed while thawing a guarded heap\n"),
                 }
             }
-            for (len, g) in thawed.iter().zip(self.guarded) {
-                if g.heap().inner().core.thaw_unmark(*len).is_err() {
+            for (((len, l), e), g) in thawed.iter().zip(last).zip(early).zip(self.guarded) {
+                if l && !e && g.heap().inner().core.thaw_unmark(*len).is_err() {
                     fatal(b"frostheap: mprotect failed while thawing a guarded heap\n");
                 }
             }
+            if let Some((lo, len)) = self.window {
+                // The result slots' pages in a heap another phase still
+                // freezes are frozen again with it.
+                if guard::entry_of(lo).is_some_and(|e| e.is_protected())
+                    // SAFETY: the result slots' own pages (as when
+                    // exempting), inside a heap that stays protected.
+                    && unsafe { os::protect(lo as *mut u8, len, os::Access::Read) }.is_err()
+                {
+                    fatal(b"frostheap: cannot freeze the result slots again after the phase\n");
+                }
+            }
         }
-        EXEMPT_LEN.store(0, Ordering::Release);
+        if self.window.is_some() {
+            EXEMPT[self.slot].len.store(0, Ordering::Release);
+            EXEMPT[self.slot].start.store(0, Ordering::Release);
+        }
         if let (Some((lo, len)), Backend::Pkey(key)) = (self.window, self.backend) {
             // SAFETY: as when exempting: the result slots' own pages.
             if unsafe { os::pkey_tag(lo as *mut u8, len, key, os::Access::ReadWrite) }.is_err() {

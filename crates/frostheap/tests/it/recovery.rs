@@ -506,6 +506,24 @@ fn global_main_heap_violations_are_rolled_back_pkey() {
 // ---------------------------------------------------------------------------
 // The mprotect backend's single-step window (a known limit).
 
+test!(two_runtimes_guarding_the_main_heap_run_overlapping_phases_exactly_mprotect);
+/// Regression: two runtimes guarding the main heap, driven by two threads,
+/// with phases that overlap (one runtime's whole phase, freeze to thaw,
+/// inside the other's): on `mprotect` the inner thaw opened the main heap
+/// under the outer phase, whose violating store then landed unseen (`Ok`,
+/// the store kept), or crashed the process at the next write (SIGSEGV in 4
+/// of 4 runs of a user's trial). Every violation must be reported and
+/// undone, and the drivers' own stores, made during the other's phase,
+/// kept (`two-runtimes` in tests/fixtures/recovery.rs).
+fn two_runtimes_guarding_the_main_heap_run_overlapping_phases_exactly_mprotect() {
+    scenario(&["two-runtimes", "40"], &[MPROTECT]);
+}
+
+test!(two_runtimes_guarding_the_main_heap_run_overlapping_phases_exactly_pkey, needs: [Pkey]);
+fn two_runtimes_guarding_the_main_heap_run_overlapping_phases_exactly_pkey() {
+    scenario(&["two-runtimes", "40"], &[PKEY]);
+}
+
 test!(mprotect_step_window_undoes_a_bystanders_store_made_inside_it_and_nothing_else);
 /// The known limit of rollback on `mprotect` (docs/rollback.md): to let a
 /// violating store through, the handler opens its page for one
