@@ -21,13 +21,15 @@
 //! taken by anyone in between, extends that entry: a `rep stosb` that the
 //! trap flag steps one byte at a time becomes one entry, not thousands.
 //!
-//! **Replay (main, at the thaw, heaps writable).** [`replay`] merges the
-//! logs of all workers newest stamp first, and for every byte does an
+//! **Replay (main, at the thaw, heaps writable).** [`replay_phase`] merges
+//! the logs of all workers newest stamp first, and for every byte does an
 //! atomic compare-exchange from the new value back to the old one. A byte
 //! a later store changed again is restored by that store's entry first; a
 //! byte a thread that is no worker wrote afterwards no longer holds the new
 //! value, so its store stays. Entries of the same stamp never overlap
-//! (one per window; windows of one step are disjoint).
+//! (one per window; windows of one step are disjoint). Phases of other
+//! runtimes that overlap this one may have stored on top of its stores:
+//! what the replay cannot restore yet is left over for theirs ([`Overlap`]).
 
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
@@ -382,6 +384,106 @@ unsafe fn read_header(h: *const u8) -> (u64, usize, usize, u32) {
     }
 }
 
+/// A byte a replay could not restore because it no longer held the value
+/// the store wrote: kept for the replays of the phases that were running
+/// at the time (their later store to the byte may be on top of it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Leftover {
+    seq: u64,
+    addr: usize,
+    old: u8,
+    new: u8,
+    /// Tickets below this one were handed out before the byte was left
+    /// over: once none of them is in flight, no replay can bring back the
+    /// value `new`, and the leftover is dropped.
+    made_at: u64,
+}
+
+/// The rollback phases of the process (of every runtime) and what their
+/// replays left over. Several runtimes may run phases at once over the
+/// same heap (two threads, each driving one), so a byte may carry a
+/// violating store of one runtime's phase on top of another's; each
+/// runtime replays its own logs at its own thaw, and a replay that comes
+/// first finds the other's value where it expects its own. Such a byte is
+/// kept as a [`Leftover`] and restored by a later replay, in stamp order,
+/// once the store on top of it has been undone. Taken by main threads
+/// only (never by the handler), at the start of a phase and around a
+/// replay.
+struct Overlap {
+    /// The next ticket (0 is never handed out).
+    next: u64,
+    /// Tickets of the phases started and not yet replayed.
+    in_flight: Vec<u64>,
+    /// Bytes left over, oldest stamp first.
+    leftovers: Vec<Leftover>,
+}
+
+static OVERLAP: std::sync::Mutex<Overlap> = std::sync::Mutex::new(Overlap {
+    next: 1,
+    in_flight: Vec::new(),
+    leftovers: Vec::new(),
+});
+
+fn overlap() -> std::sync::MutexGuard<'static, Overlap> {
+    OVERLAP.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A rollback phase in flight, from before its workers can store until
+/// [`replay_phase`] undoes their stores.
+#[must_use = "a ticket is given back by replay_phase"]
+pub(crate) struct Ticket(u64);
+
+impl Drop for Ticket {
+    /// A phase that ends without its replay (a panic on main's way to it)
+    /// is no longer in flight either.
+    fn drop(&mut self) {
+        let t = self.0;
+        overlap().in_flight.retain(|&f| f != t);
+    }
+}
+
+/// Counts a rollback phase in flight; called before its freeze, so that
+/// every store its workers make is made while it is counted.
+pub(crate) fn phase_begins() -> Ticket {
+    let mut o = overlap();
+    let t = o.next;
+    o.next += 1;
+    o.in_flight.push(t);
+    Ticket(t)
+}
+
+/// [`replay`] for the phase of `ticket`, composed with the replays of
+/// other runtimes' phases that overlap it: bytes a still-running phase has
+/// stored on top of this one's are left over and restored by that phase's
+/// replay, after its own store to them; this replay restores the bytes
+/// earlier replays left over for it. Without overlap (the leftover list
+/// empty, no other phase in flight) it is exactly [`replay`].
+///
+/// # Safety
+/// As [`replay`], and 2. bytes earlier replays left over are still
+/// mapped: they lie in guarded heaps of runtimes whose phases are in
+/// flight or were when they were left over (heaps outlive their runtimes'
+/// phases).
+pub(crate) unsafe fn replay_phase<'a>(
+    logs: impl Iterator<Item = &'a UndoLog> + Clone,
+    ticket: Ticket,
+) -> usize {
+    let mut o = overlap();
+    let o = &mut *o;
+    o.in_flight.retain(|&t| t != ticket.0);
+    // Given back here, under the lock already held.
+    core::mem::forget(ticket);
+    let others = !o.in_flight.is_empty();
+    let made_at = o.next;
+    // SAFETY: by (1) and (2).
+    let stores = unsafe { replay_merged(logs, &mut o.leftovers, others.then_some(made_at)) };
+    // A leftover no phase in flight can resolve any more: the value on top
+    // of it is a store that stays (a thread that is no worker made it).
+    let oldest = o.in_flight.iter().copied().min().unwrap_or(u64::MAX);
+    o.leftovers.retain(|l| l.made_at > oldest);
+    stores
+}
+
 /// Undoes every entry of `logs`, newest stamp first, then resets them.
 /// Returns the stores undone (steps recorded). Main thread, after every
 /// worker of the phase has ended it and while no worker can run.
@@ -390,7 +492,25 @@ unsafe fn read_header(h: *const u8) -> (u64, usize, usize, u32) {
 /// 1. Every address an entry names is writable by the caller now (the
 ///    heaps are thawed, or this thread has write access to the key) and
 ///    still mapped.
+#[cfg(test)]
 pub(crate) unsafe fn replay<'a>(logs: impl Iterator<Item = &'a UndoLog> + Clone) -> usize {
+    // SAFETY: by (1); nothing is left over.
+    unsafe { replay_merged(logs, &mut Vec::new(), None) }
+}
+
+/// The replay: the entries of `logs` merged with `leftovers` (oldest stamp
+/// first), newest stamp first; a leftover restored is removed. With
+/// `keep` (a ticket bound: other phases are in flight), a byte of `logs`
+/// that could not be restored is added to `leftovers`.
+///
+/// # Safety
+/// 1. Every address an entry or a leftover names is writable by the
+///    caller now and still mapped.
+unsafe fn replay_merged<'a>(
+    logs: impl Iterator<Item = &'a UndoLog> + Clone,
+    leftovers: &mut Vec<Leftover>,
+    keep: Option<u64>,
+) -> usize {
     let mut stores = 0;
     // A cursor per log: the offset of its next (older) entry. Logs are
     // merged by picking the largest stamp each time; a phase has a few
@@ -408,6 +528,20 @@ pub(crate) unsafe fn replay<'a>(logs: impl Iterator<Item = &'a UndoLog> + Clone)
         n <= MAX,
         "frostheap: more than {MAX} undo logs in one phase"
     );
+    // Leftovers are taken newest first too (from the end), interleaved by
+    // stamp with the entries; those not restored go back, in order.
+    let mut older = core::mem::take(leftovers);
+    let mut kept_leftovers: Vec<Leftover> = Vec::new();
+    let mut made: Vec<Leftover> = Vec::new();
+    // Atomic, so a thread that is no worker writing the same byte now
+    // either wins (its value stays) or loses cleanly.
+    let restore = |addr: usize, old: u8, new: u8| {
+        // SAFETY: every address passed is an entry's or a leftover's,
+        // writable and mapped by (1).
+        let byte = unsafe { AtomicU8::from_ptr(addr as *mut u8) };
+        byte.compare_exchange(new, old, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    };
     loop {
         let mut best: Option<(usize, Entry)> = None;
         for (i, log) in logs.clone().enumerate() {
@@ -417,9 +551,19 @@ pub(crate) unsafe fn replay<'a>(logs: impl Iterator<Item = &'a UndoLog> + Clone)
                 }
             }
         }
+        if let Some(l) = older.last().copied() {
+            if best.as_ref().is_none_or(|(_, b)| l.seq > b.seq) {
+                older.pop();
+                if !restore(l.addr, l.old, l.new) {
+                    kept_leftovers.push(l);
+                }
+                continue;
+            }
+        }
         let Some((
             i,
             Entry {
+                seq,
                 addr,
                 len,
                 pairs,
@@ -432,13 +576,18 @@ pub(crate) unsafe fn replay<'a>(logs: impl Iterator<Item = &'a UndoLog> + Clone)
         };
         cursors[i] = prev;
         for k in 0..len {
-            // SAFETY: pairs of a complete entry; the address is writable by
-            // (1). Atomic, so a thread that is no worker writing the same
-            // byte now either wins (its value stays) or loses cleanly.
-            unsafe {
-                let (old, new) = (pairs.add(2 * k).read(), pairs.add(2 * k + 1).read());
-                let byte = AtomicU8::from_ptr((addr + k) as *mut u8);
-                let _ = byte.compare_exchange(new, old, Ordering::SeqCst, Ordering::SeqCst);
+            // SAFETY: pairs of a complete entry.
+            let (old, new) = unsafe { (pairs.add(2 * k).read(), pairs.add(2 * k + 1).read()) };
+            if !restore(addr + k, old, new) && old != new {
+                if let Some(made_at) = keep {
+                    made.push(Leftover {
+                        seq,
+                        addr: addr + k,
+                        old,
+                        new,
+                        made_at,
+                    });
+                }
             }
         }
     }
@@ -446,6 +595,10 @@ pub(crate) unsafe fn replay<'a>(logs: impl Iterator<Item = &'a UndoLog> + Clone)
         stores += log.stores() as usize;
         log.reset();
     }
+    // Oldest stamp first again: both lists were filled newest first.
+    kept_leftovers.extend(made);
+    kept_leftovers.sort_unstable_by_key(|l| l.seq);
+    *leftovers = kept_leftovers;
     stores
 }
 
@@ -575,6 +728,52 @@ mod tests {
         // SAFETY: the entries name bytes of `mem`.
         assert_eq!(unsafe { replay(core::iter::once(&log)) }, 32);
         assert_eq!(mem, [0u8; 64]);
+    }
+
+    /// Two runtimes' phases store to one byte, the second on top of the
+    /// first; the first phase replays while the second is in flight (its
+    /// compare-exchange fails: the byte is left over), then the second
+    /// replays its own entry and the leftover after it. With no phase in
+    /// flight, nothing is kept.
+    #[test]
+    fn a_byte_stored_on_top_by_a_phase_in_flight_is_left_over_for_its_replay() {
+        let _one = STAMPS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut mem = [1u8; 8];
+        let at = mem.as_mut_ptr() as usize;
+        let (first, second) = (UndoLog::new(), UndoLog::new());
+        first.prepare().unwrap();
+        second.prepare().unwrap();
+        for (log, value) in [(&first, 0xA), (&second, 0xB)] {
+            // SAFETY: inside `mem`.
+            assert_eq!(unsafe { log.begin(at, 1) }, Begin::Saved);
+            mem[0] = value;
+            // SAFETY: inside `mem`.
+            assert_eq!(unsafe { log.finish() }, 1);
+        }
+        let mut leftovers = Vec::new();
+        // SAFETY: the entries name bytes of `mem`.
+        let undone = unsafe { replay_merged(core::iter::once(&first), &mut leftovers, Some(7)) };
+        assert_eq!(undone, 1);
+        assert_eq!((mem[0], leftovers.len()), (0xB, 1), "{leftovers:?}");
+        assert_eq!(
+            (leftovers[0].old, leftovers[0].new, leftovers[0].made_at),
+            (1, 0xA, 7)
+        );
+        // SAFETY: as above; the leftover names `mem[0]`.
+        let undone = unsafe { replay_merged(core::iter::once(&second), &mut leftovers, None) };
+        assert_eq!(undone, 1);
+        assert_eq!((mem[0], leftovers.len()), (1, 0), "{leftovers:?}");
+        // Without a phase in flight, a byte that stays changed (a thread
+        // that is no worker wrote it) is not kept.
+        // SAFETY: inside `mem`.
+        assert_eq!(unsafe { first.begin(at, 1) }, Begin::Saved);
+        mem[0] = 0xA;
+        // SAFETY: inside `mem`.
+        assert_eq!(unsafe { first.finish() }, 1);
+        mem[0] = 0xC;
+        // SAFETY: the entry names `mem[0]`.
+        unsafe { replay_merged(core::iter::once(&first), &mut leftovers, None) };
+        assert_eq!((mem[0], leftovers.len()), (0xC, 0));
     }
 
     #[test]

@@ -17,8 +17,9 @@ use core::sync::atomic::Ordering;
 use super::pool::Runtime;
 use super::worker::{JobRef, WorkerEnv};
 use crate::error::Error;
+use crate::guard;
 use crate::os;
-use crate::trap::{Freeze, Violation};
+use crate::trap::{Freeze, OnViolation, Violation};
 
 /// Outcome of one phase, as the batch engine sees it.
 pub(super) struct PhaseResult {
@@ -74,6 +75,10 @@ impl Runtime {
         // not write frozen memory (it would wait for its own thaw).
         let parked_before = ctl.parked.load(Ordering::Acquire);
         let active = self.lock_workers().len() as u32;
+        // Under rollback the phase is counted in flight before any of its
+        // workers can store, so that other runtimes' replays in the
+        // meantime keep what they cannot restore yet for it (guard::undo).
+        let ticket = (ctl.policy == OnViolation::Rollback).then(guard::undo::phase_begins);
         // The freeze protocol is trap::Freeze's; dropping it thaws.
         let freeze = Freeze::new(&self.guards, ctl.backend, window);
         let job_ref = JobRef(job);
@@ -97,7 +102,7 @@ impl Runtime {
         drop(freeze);
         self.in_phase.store(false, Ordering::Release);
         // Undo, deferred frees, reports: runtime::recovery.
-        let mut result = self.recover(abandoned);
+        let mut result = self.recover(abandoned, ticket);
         result.workers = active as usize;
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         s.phases += 1;

@@ -39,6 +39,7 @@ use super::pool::Runtime;
 use super::worker::Worker;
 use crate::error::Error;
 use crate::fmt_buf::Buf;
+use crate::guard::undo::Ticket;
 use crate::guard::{self, AUDIT_RECORDS};
 use crate::os;
 use crate::trap::{abandon, backtrace, Access, OnViolation, Violation};
@@ -209,17 +210,18 @@ impl Runtime {
     /// undoes the rollback policy's stores, applies the frees the tasks
     /// deferred (except those of workers that violated under rollback),
     /// and turns the workers' records into the phase's result. `abandoned`
-    /// workers were stopped for making no progress after a violation.
-    pub(super) fn recover(&self, abandoned: usize) -> PhaseResult {
+    /// workers were stopped for making no progress after a violation;
+    /// `ticket` counted the phase in flight (rollback, `guard::undo`).
+    pub(super) fn recover(&self, abandoned: usize, ticket: Option<Ticket>) -> PhaseResult {
         let policy = self.control.policy;
-        let undone = if policy == OnViolation::Rollback {
+        let undone = if let Some(ticket) = ticket {
             // Every worker has ended the phase and the heaps are writable
             // for main: undo the violating stores, newest first, before
             // anything else uses the heaps (docs/rollback.md).
             let workers = self.lock_workers();
             // SAFETY: each entry names bytes of a guarded heap this runtime
             // holds, written during the phase and writable now.
-            unsafe { guard::undo::replay(workers.iter().map(|w| &w.slot.undo)) }
+            unsafe { guard::undo::replay_phase(workers.iter().map(|w| &w.slot.undo), ticket) }
         } else {
             0
         };
