@@ -31,7 +31,7 @@
 //! runtimes that overlap this one may have stored on top of its stores:
 //! what the replay cannot restore yet is left over for theirs ([`Overlap`]).
 
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use crate::os::{self, OsError};
 
@@ -51,6 +51,39 @@ const KEEP_RESIDENT: usize = 64 << 10;
 
 /// The process-wide stamp counter (0 is never handed out).
 static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// One pkey rollback step at a time, and no replay of an overlapping
+/// phase during one: 0 when free, 1 while held, by a gated worker from
+/// [`UndoLog::begin`] to [`UndoLog::finish`] (its fault to its trap) or by
+/// a replay around its restores. A step's window is open to its own thread
+/// alone, but the bytes in it are not: another worker's violating store
+/// to them landing between the snapshot and the diff is taken for part
+/// of this step, and so is a replay's restore (a store by a thread that
+/// is no worker). With two runtimes storing into the same words, both
+/// happened (a user's trial: a word left with a store's value at the end
+/// in most runs): a replay then brought back a value another had undone.
+/// The `mprotect` steps need no gate: they hold the step lock, which a
+/// replay's store into a page another phase keeps protected takes too.
+/// A futex word, taken in the fault handler: its holder runs one
+/// instruction and its trap, or a replay's compare-exchanges, before it
+/// lets go.
+static GATE: AtomicU32 = AtomicU32::new(0);
+
+/// Takes the [`GATE`] (async-signal-safe: a futex wait at most).
+fn gate_enter() {
+    while GATE
+        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        os::futex_wait(&GATE, 1, None);
+    }
+}
+
+/// Lets the [`GATE`] go.
+fn gate_leave() {
+    GATE.store(0, Ordering::Release);
+    os::futex_wake(&GATE, 1);
+}
 
 /// One pending window: `len == 0` when the slot is free.
 struct Pending {
@@ -80,6 +113,10 @@ pub(crate) struct UndoLog {
     stores: AtomicU32,
     /// Most bytes ever used, for purging after a replay.
     high: AtomicUsize,
+    /// Whether this worker's steps take the process's [`GATE`] (pkey
+    /// workers: [`UndoLog::set_gated`]), and whether its pending step holds it.
+    gated: AtomicBool,
+    in_gate: AtomicBool,
     pending: [Pending; SLOTS],
 }
 
@@ -110,6 +147,8 @@ impl UndoLog {
             last_seq: AtomicU64::new(0),
             stores: AtomicU32::new(0),
             high: AtomicUsize::new(0),
+            gated: AtomicBool::new(false),
+            in_gate: AtomicBool::new(false),
             pending: [const {
                 Pending {
                     lo: AtomicUsize::new(0),
@@ -127,6 +166,27 @@ impl UndoLog {
             self.base.store(p as usize, Ordering::Release);
         }
         Ok(())
+    }
+
+    /// Makes this worker's steps take the [`GATE`] (a pkey worker).
+    /// Before the worker's first phase.
+    pub(crate) fn set_gated(&self, on: bool) {
+        self.gated.store(on, Ordering::Relaxed);
+    }
+
+    /// Forgets the pending windows of a worker parked inside a step (its
+    /// store was never let through), and lets go of the [`GATE`] it held.
+    /// Main thread, after the phase, before the replay.
+    pub(crate) fn abandon_pending(&self) {
+        for p in &self.pending {
+            let len = p.len.swap(0, Ordering::Relaxed);
+            if len != 0 {
+                self.reserved.fetch_sub(Self::worst(len), Ordering::Relaxed);
+            }
+        }
+        if self.in_gate.swap(false, Ordering::AcqRel) {
+            gate_leave();
+        }
     }
 
     fn staging(&self, slot: usize) -> *mut u8 {
@@ -167,6 +227,12 @@ impl UndoLog {
             return Begin::Full;
         }
         self.reserved.fetch_add(need, Ordering::Relaxed);
+        // Before the snapshot, once per step (a second window of the same
+        // instruction is already inside).
+        if self.gated.load(Ordering::Relaxed) && !self.in_gate.load(Ordering::Relaxed) {
+            gate_enter();
+            self.in_gate.store(true, Ordering::Relaxed);
+        }
         // SAFETY: by (1) the window is readable; the slot is ours and holds
         // SLOT_BYTES >= len.
         unsafe { core::ptr::copy_nonoverlapping(lo as *const u8, self.staging(slot), len) };
@@ -220,6 +286,10 @@ impl UndoLog {
             steps = 1;
         }
         self.stores.fetch_add(steps, Ordering::Relaxed);
+        // After the diff: the step is over.
+        if self.in_gate.swap(false, Ordering::AcqRel) {
+            gate_leave();
+        }
         changed
     }
 
@@ -475,8 +545,15 @@ pub(crate) unsafe fn replay_phase<'a>(
     core::mem::forget(ticket);
     let others = !o.in_flight.is_empty();
     let made_at = o.next;
+    // Only a phase in flight has steps in progress.
+    if others {
+        gate_enter();
+    }
     // SAFETY: by (1) and (2).
     let stores = unsafe { replay_merged(logs, &mut o.leftovers, others.then_some(made_at)) };
+    if others {
+        gate_leave();
+    }
     // A leftover no phase in flight can resolve any more: the value on top
     // of it is a store that stays (a thread that is no worker made it).
     let oldest = o.in_flight.iter().copied().min().unwrap_or(u64::MAX);

@@ -219,6 +219,13 @@ impl Runtime {
             // for main: undo the violating stores, newest first, before
             // anything else uses the heaps (docs/rollback.md).
             let workers = self.lock_workers();
+            // A worker parked inside a step holds the replays' gate
+            // (guard::undo): let it go before replaying, ours or another's.
+            for w in workers.iter() {
+                if w.slot.is_parked.load(Ordering::Acquire) {
+                    w.slot.undo.abandon_pending();
+                }
+            }
             // SAFETY: each entry names bytes of a guarded heap this runtime
             // holds, written during the phase and writable now.
             unsafe { guard::undo::replay_phase(workers.iter().map(|w| &w.slot.undo), ticket) }
