@@ -176,7 +176,9 @@ impl UndoLog {
 
     /// Forgets the pending windows of a worker parked inside a step (its
     /// store was never let through), and lets go of the [`GATE`] it held.
-    /// Main thread, after the phase, before the replay.
+    /// The worker itself in its fault handler, before it parks
+    /// (async-signal-safe: atomics and a futex wake), or main after the
+    /// phase, before the replay (again: it does nothing the second time).
     pub(crate) fn abandon_pending(&self) {
         for p in &self.pending {
             let len = p.len.swap(0, Ordering::Relaxed);

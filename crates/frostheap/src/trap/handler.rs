@@ -285,7 +285,11 @@ fn rollback(w: &WorkerState, fault: &Fault, frame: &mut Frame, item: usize) {
         park(w, fault, item);
     }
     if !step::open(w, fault.addr, fault.code, key, frame) {
-        // Never let through: the park's record is its only one.
+        // Never let through: the park's record is its only one. The window
+        // begun above is dropped now, and with it the pkey steps' gate
+        // (guard::undo), which other workers' steps wait for inside this
+        // handler, where the abandon signal cannot reach them (step.rs).
+        w.undo.abandon_pending();
         step_unlock();
         park(w, fault, item);
     }
