@@ -124,6 +124,12 @@ pub(crate) fn unregister(entry: &'static Entry) {
         0,
         "unregister: a runtime still guards this heap"
     );
+    // Bytes a replay left over in this heap go with it: its memory is
+    // about to be unmapped, or reused by another heap.
+    undo::forget_range(
+        entry.start.load(Ordering::Acquire),
+        entry.end.load(Ordering::Acquire),
+    );
     entry.start.store(0, Ordering::Release);
     entry.owner.store(core::ptr::null_mut(), Ordering::Relaxed);
     entry.end.store(0, Ordering::Release);

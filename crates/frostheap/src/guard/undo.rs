@@ -52,19 +52,22 @@ const KEEP_RESIDENT: usize = 64 << 10;
 /// The process-wide stamp counter (0 is never handed out).
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// One pkey rollback step at a time, and no replay of an overlapping
-/// phase during one: 0 when free, 1 while held, by a gated worker from
-/// [`UndoLog::begin`] to [`UndoLog::finish`] (its fault to its trap) or by
-/// a replay around its restores. A step's window is open to its own thread
+/// One rollback step at a time, and no replay of an overlapping phase
+/// during one: 0 when free, 1 while held, by a worker from
+/// [`UndoLog::enter_gate`] (its fault, before anything else of the step)
+/// to [`UndoLog::finish`] (its trap), or by a replay around its restores. A step's window is open to its own thread
 /// alone, but the bytes in it are not: another worker's violating store
 /// to them landing between the snapshot and the diff is taken for part
 /// of this step, and so is a replay's restore (a store by a thread that
 /// is no worker). With two runtimes storing into the same words, both
 /// happened (a user's trial: a word left with a store's value at the end
 /// in most runs): a replay then brought back a value another had undone.
-/// The `mprotect` steps need no gate: they hold the step lock, which a
-/// replay's store into a page another phase keeps protected takes too.
-/// A futex word, taken in the fault handler: its holder runs one
+/// The `mprotect` steps take it too, before the step lock (which a
+/// replay's store into a page another phase keeps protected takes after
+/// the gate: one order for both), so that a replay's restore into a page a
+/// step has open cannot land inside that step's diff either (a review's
+/// find: the pkey gate alone, taken after the step lock, could also
+/// deadlock with such a replay). A futex word, taken in the fault handler: its holder runs one
 /// instruction and its trap, or a replay's compare-exchanges, before it
 /// lets go.
 static GATE: AtomicU32 = AtomicU32::new(0);
@@ -113,9 +116,7 @@ pub(crate) struct UndoLog {
     stores: AtomicU32,
     /// Most bytes ever used, for purging after a replay.
     high: AtomicUsize,
-    /// Whether this worker's steps take the process's [`GATE`] (pkey
-    /// workers: [`UndoLog::set_gated`]), and whether its pending step holds it.
-    gated: AtomicBool,
+    /// Whether this worker's pending step holds the process's [`GATE`].
     in_gate: AtomicBool,
     pending: [Pending; SLOTS],
 }
@@ -147,7 +148,6 @@ impl UndoLog {
             last_seq: AtomicU64::new(0),
             stores: AtomicU32::new(0),
             high: AtomicUsize::new(0),
-            gated: AtomicBool::new(false),
             in_gate: AtomicBool::new(false),
             pending: [const {
                 Pending {
@@ -168,10 +168,16 @@ impl UndoLog {
         Ok(())
     }
 
-    /// Makes this worker's steps take the [`GATE`] (a pkey worker).
-    /// Before the worker's first phase.
-    pub(crate) fn set_gated(&self, on: bool) {
-        self.gated.store(on, Ordering::Relaxed);
+    /// Takes the [`GATE`] for a step of this worker, unless its pending
+    /// step holds it already (a second fault of the same instruction).
+    /// In the fault handler, first (before the step lock); [`finish`]
+    /// (`Self::finish`) or [`abandon_pending`](Self::abandon_pending) lets
+    /// it go.
+    pub(crate) fn enter_gate(&self) {
+        if !self.in_gate.load(Ordering::Relaxed) {
+            gate_enter();
+            self.in_gate.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Forgets the pending windows of a worker parked inside a step (its
@@ -229,12 +235,6 @@ impl UndoLog {
             return Begin::Full;
         }
         self.reserved.fetch_add(need, Ordering::Relaxed);
-        // Before the snapshot, once per step (a second window of the same
-        // instruction is already inside).
-        if self.gated.load(Ordering::Relaxed) && !self.in_gate.load(Ordering::Relaxed) {
-            gate_enter();
-            self.in_gate.store(true, Ordering::Relaxed);
-        }
         // SAFETY: by (1) the window is readable; the slot is ours and holds
         // SLOT_BYTES >= len.
         unsafe { core::ptr::copy_nonoverlapping(lo as *const u8, self.staging(slot), len) };
@@ -514,6 +514,18 @@ impl Drop for Ticket {
     }
 }
 
+/// Drops the bytes left over in `[start, end)`: a heap's range, as the
+/// heap is dropped (its memory unmapped or given to another heap, where a
+/// later replay's compare-exchange would fault or change another heap's
+/// byte: a review's find). Not in a handler; heaps are dropped by their
+/// users, never inside a replay.
+pub(crate) fn forget_range(start: usize, end: usize) {
+    let mut o = overlap();
+    if !o.leftovers.is_empty() {
+        o.leftovers.retain(|l| !(start..end).contains(&l.addr));
+    }
+}
+
 /// Counts a rollback phase in flight; called before its freeze, so that
 /// every store its workers make is made while it is counted.
 pub(crate) fn phase_begins() -> Ticket {
@@ -534,8 +546,8 @@ pub(crate) fn phase_begins() -> Ticket {
 /// # Safety
 /// As [`replay`], and 2. bytes earlier replays left over are still
 /// mapped: they lie in guarded heaps of runtimes whose phases are in
-/// flight or were when they were left over (heaps outlive their runtimes'
-/// phases).
+/// flight or were when they were left over, and a heap dropped since took
+/// its leftovers with it ([`forget_range`]).
 pub(crate) unsafe fn replay_phase<'a>(
     logs: impl Iterator<Item = &'a UndoLog> + Clone,
     ticket: Ticket,

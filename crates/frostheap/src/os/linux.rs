@@ -789,22 +789,35 @@ pub fn current_handler(sig: libc::c_int) -> Result<libc::sigaction, OsError> {
 }
 
 /// Adds the signals of `mask` (the kernel's 64-bit set: bit `n - 1` for
-/// signal `n`) to the calling thread's blocked set. One system call,
-/// async-signal-safe. (Inside a handler the block lasts until it returns:
-/// `sigreturn` installs the mask saved in the signal frame.)
-pub fn block_signals(mask: u64) {
-    // SAFETY: rt_sigprocmask reads an 8-byte set (the kernel's sigset
-    // size on x86_64) and writes no old set; it cannot fail with these
-    // arguments, and SIGKILL and SIGSTOP are left unblocked by the kernel.
+/// signal `n`) to the calling thread's blocked set; returns the set before.
+/// One system call, async-signal-safe. (Inside a handler the block lasts
+/// until it returns: `sigreturn` installs the mask saved in the signal
+/// frame.)
+pub fn block_signals(mask: u64) -> u64 {
+    sigprocmask(libc::SIG_BLOCK, mask)
+}
+
+/// Sets the calling thread's blocked signals to `mask` (as
+/// [`block_signals`] returned it). Async-signal-safe.
+pub fn set_signal_mask(mask: u64) {
+    sigprocmask(libc::SIG_SETMASK, mask);
+}
+
+fn sigprocmask(how: libc::c_int, mask: u64) -> u64 {
+    let mut old = 0u64;
+    // SAFETY: rt_sigprocmask reads and writes 8-byte sets (the kernel's
+    // sigset size on x86_64); it cannot fail with these arguments, and
+    // SIGKILL and SIGSTOP are left unblocked by the kernel.
     unsafe {
         libc::syscall(
             libc::SYS_rt_sigprocmask,
-            libc::SIG_BLOCK,
+            how,
             &mask as *const u64,
-            ptr::null_mut::<u64>(),
+            &mut old as *mut u64,
             core::mem::size_of::<u64>(),
         )
     };
+    old
 }
 
 /// Restores the default action for `sig`. Async-signal-safe.

@@ -90,7 +90,6 @@ pub(crate) fn spawn(
                 context: "mapping an undo log",
                 source,
             })?;
-        slot.undo.set_gated(matches!(rt.backend, Backend::Pkey(_)));
     }
     slot.stack
         .prepare()

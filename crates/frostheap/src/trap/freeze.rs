@@ -207,6 +207,7 @@ impl Drop for Freeze<'_> {
     /// does this phase's window in them.
     fn drop(&mut self) {
         let _freezes = FREEZES.lock();
+        let mut held = None;
         let mprotect = self.backend == Backend::Mprotect;
         let mut last = [false; guard::CAPACITY];
         let mut early = [false; guard::CAPACITY];
@@ -229,6 +230,12 @@ impl Drop for Freeze<'_> {
             }
             // No thread may have a page open for a stepped store while the
             // heaps are opened: its trap would protect the page again after.
+            // With the asynchronous signals blocked while the lock is
+            // held: a handler's store into a heap still protected, on
+            // this thread, would take the lock again (it is re-entrant)
+            // and its step's trap would let it go in the middle of the
+            // thaw (a review's find).
+            held = Some(super::step::SignalsHeld::new());
             super::step::step_lock();
             let mut thawed = [0usize; guard::CAPACITY];
             for ((len, _), g) in thawed
@@ -278,6 +285,7 @@ impl Drop for Freeze<'_> {
         if mprotect {
             super::step::step_unlock();
         }
+        drop(held);
         THAW_EPOCH.fetch_add(1, Ordering::AcqRel);
         os::futex_wake(&THAW_EPOCH, i32::MAX);
     }

@@ -1,11 +1,16 @@
 //! The fault handlers (SIGSEGV and, for single-stepping a store, SIGTRAP).
 //!
 //! Boring on purpose: they run on an alternate stack, call only
-//! async-signal-safe functions (`write`, `futex`, `mprotect`, `sigaction`),
-//! never allocate, never lock, read only lock-free tables (the guard table
-//! and the worker's `const` thread-local state), and chain to the handler
-//! that was installed before them (std's stack-overflow detector) for
-//! every fault that is not theirs.
+//! async-signal-safe functions (`write`, `futex`, `mprotect`, `sigaction`,
+//! `rt_sigprocmask`), never allocate, read only lock-free tables (the
+//! guard table and the worker's `const` thread-local state), and chain to
+//! the handler that was installed before them (std's stack-overflow
+//! detector) for every fault that is not theirs. The only waits are two
+//! futex words whose holders run one instruction and its trap, or a
+//! thaw's or a replay's few stores, before they let go: the rollback
+//! steps' gate (`guard::undo`), then the `mprotect` step lock (`step.rs`),
+//! always in that order; a stepping path blocks the asynchronous signals
+//! first, so no handler of the program runs inside a step.
 //!
 //! [`judge`] decides, from the fault alone, what a SIGSEGV is:
 //! - not at an address of a guarded heap, or neither `SEGV_ACCERR`
@@ -177,6 +182,15 @@ fn judge(fault: &Fault, frame: &mut Frame) -> Verdict {
     Verdict::NotOurs
 }
 
+/// Whether the heap holding `addr` is still frozen (checked under the
+/// step lock: the thaw lowers its count under that lock, after it opened
+/// the pages; its `mprotect` count goes down before, while they are still
+/// protected) or sealed (no thaw ever opens it, and a store that retried
+/// would fault again for ever).
+fn still_protected(addr: usize) -> bool {
+    guard::entry_of(addr).is_some_and(|e| e.is_frozen() || e.is_sealed())
+}
+
 /// Handles a worker's write to a frozen heap according to its policy.
 fn violation(w: &WorkerState, fault: &Fault, frame: &mut Frame) {
     // The handler runs on the faulting worker: its own current item.
@@ -186,9 +200,21 @@ fn violation(w: &WorkerState, fault: &Fault, frame: &mut Frame) {
             // No signal may run its handler inside the step (step.rs).
             step::hold_now();
             let key = PKEY.load(Ordering::Relaxed);
+            if fault.code != SEGV_PKUERR {
+                // Under the step lock, as every other `mprotect` step: a
+                // thaw must not open the heap while the page is open (the
+                // trap would protect it again after), and one that ran
+                // while this store waited leaves it to retry.
+                step_lock();
+                if !still_protected(fault.addr) {
+                    step_unlock();
+                    return;
+                }
+            }
             if step::open(w, fault.addr, fault.code, key, frame) {
                 record(w, fault, item);
             } else {
+                step_unlock();
                 // The store cannot be let through alone: cancel the task.
                 park(w, fault, item)
             }
@@ -256,6 +282,9 @@ fn rollback(w: &WorkerState, fault: &Fault, frame: &mut Frame, item: usize) {
     step::hold_now();
     let pkey = fault.code == SEGV_PKUERR;
     let key = PKEY.load(Ordering::Relaxed);
+    // One rollback step at a time in the process, the gate before the step
+    // lock (guard::undo).
+    w.undo.enter_gate();
     if pkey {
         // The handler runs with every key but 0 closed: open ours for
         // reading, to copy the window (the interrupted code's PKRU comes
@@ -263,6 +292,16 @@ fn rollback(w: &WorkerState, fault: &Fault, frame: &mut Frame, item: usize) {
         super::set_key_access(key, os::Access::Read);
     } else {
         step_lock();
+        if !w.undo.is_pending() && !still_protected(fault.addr) {
+            // A thaw ran while this store waited (another runtime's phase
+            // froze the heap): nothing is frozen here now, so the store
+            // retries and lands. Stepped, its trap would protect the page
+            // again in a heap no phase freezes, and the next store to it
+            // would be taken for a crash.
+            w.undo.abandon_pending();
+            step_unlock();
+            return;
+        }
     }
     let (ip, (sp, bp)) = (fault.ip, frame.stack_regs());
     // The copy is taken at the worker's first violating store of the
@@ -280,6 +319,9 @@ fn rollback(w: &WorkerState, fault: &Fault, frame: &mut Frame, item: usize) {
     // (frozen pages are read-only; the key is open for reading above), and
     // stays mapped until the thaw (no heap shrinks during a phase).
     if unsafe { w.undo.begin(lo, len) } == crate::guard::undo::Begin::Full {
+        // The gate goes with the step (a second fault of the instruction
+        // finds it held by the first).
+        w.undo.abandon_pending();
         step_unlock();
         os::write_stderr(b"frostheap: the undo log of a worker is full: cancelling its task\n");
         park(w, fault, item);
@@ -371,8 +413,10 @@ unsafe extern "C" fn on_trap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
                 // SAFETY: the windows begun by `rollback` are still mapped
                 // and readable.
                 unsafe { w.undo.finish() };
-                step_unlock();
             }
+            // Rollback's and audit's `mprotect` steps hold the lock (a
+            // no-op for a step that does not).
+            step_unlock();
             return;
         }
     }

@@ -49,13 +49,14 @@ const fn sig_bit(sig: libc::c_int) -> u64 {
 /// cancellation, and 33, `setuid` across threads, whose sender waits for
 /// every thread to answer: a worker parked for good inside this handler
 /// must still answer it). Every other signal is held back.
-const HELD: u64 = !(sig_bit(libc::SIGSEGV)
+const HELD: u64 = !(SYNCHRONOUS | sig_bit(32) | sig_bit(33));
+
+/// The synchronous signals a store or its step raises.
+const SYNCHRONOUS: u64 = sig_bit(libc::SIGSEGV)
     | sig_bit(libc::SIGBUS)
     | sig_bit(libc::SIGILL)
     | sig_bit(libc::SIGFPE)
-    | sig_bit(libc::SIGTRAP)
-    | sig_bit(32)
-    | sig_bit(33));
+    | sig_bit(libc::SIGTRAP);
 
 thread_local! {
     /// The signal mask the interrupted code had when this thread's step
@@ -71,6 +72,24 @@ pub(crate) fn hold_now() {
     os::block_signals(HELD);
 }
 
+/// The asynchronous signals blocked on the calling thread while this
+/// lives (outside the handlers: the thaw, which holds the step lock, a
+/// lock a handler's own store on this thread would take again, re-entrant,
+/// and its step's trap let go in the middle of the thaw).
+pub(crate) struct SignalsHeld(u64);
+
+impl SignalsHeld {
+    pub(crate) fn new() -> SignalsHeld {
+        SignalsHeld(os::block_signals(HELD))
+    }
+}
+
+impl Drop for SignalsHeld {
+    fn drop(&mut self) {
+        os::set_signal_mask(self.0);
+    }
+}
+
 /// Keeps the asynchronous signals blocked in `frame` for the instruction
 /// about to be stepped, remembering the mask to restore at its trap. A
 /// second fault of the same instruction finds it held already.
@@ -78,7 +97,10 @@ pub(crate) fn hold_signals(frame: &mut Frame) {
     if HELD_FROM.with(|c| c.get()).is_none() {
         let mask = frame.signal_mask();
         HELD_FROM.with(|c| c.set(Some(mask)));
-        frame.set_signal_mask(mask | HELD);
+        // The synchronous signals open even if the interrupted code had
+        // them blocked: a step's trap that finds SIGTRAP blocked is sent
+        // to its default action, which kills.
+        frame.set_signal_mask((mask | HELD) & !SYNCHRONOUS);
     }
 }
 
