@@ -6,7 +6,6 @@
 //! `frostheap::Global` (tests/fixtures/explicit_heaps*.rs).
 
 use std::alloc::Layout;
-use std::os::unix::process::CommandExt;
 use std::process::Output;
 use std::ptr::NonNull;
 
@@ -14,6 +13,12 @@ use frostheap::{Error, Heap, HugePages};
 
 use crate::check::{describe, fixture_command, output_within, run_fixture, MIB};
 use crate::ops::{fill, verify};
+
+// `ulimit -v` for a child, the helper the C ABI's and the command's tests
+// share.
+#[path = "../../../frostheap-capi/tests/support/address_space.rs"]
+mod address_space;
+use address_space::with_address_space;
 
 const MAX: usize = 64 * MIB;
 
@@ -557,21 +562,7 @@ fn min_is_committed_up_front() {
 fn run_limited(fixture: &str, steps: &[&str], env: &[(&str, &str)], bytes: Option<u64>) -> Output {
     let mut cmd = fixture_command(fixture, steps, env);
     if let Some(bytes) = bytes {
-        // SAFETY: setrlimit is async-signal-safe and touches only the
-        // child.
-        unsafe {
-            cmd.pre_exec(move || {
-                let r = libc::rlimit {
-                    rlim_cur: bytes,
-                    rlim_max: bytes,
-                };
-                if libc::setrlimit(libc::RLIMIT_AS, &r) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            })
-        };
+        with_address_space(&mut cmd, bytes);
     }
     output_within(&mut cmd, &format!("fixture {fixture} {}", steps.join(" ")))
 }
