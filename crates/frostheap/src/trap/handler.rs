@@ -167,8 +167,7 @@ fn judge(fault: &Fault, frame: &mut Frame) -> Verdict {
                     let (first, _) = c.get();
                     c.set(if first == 0 { (page, 0) } else { (first, page) });
                 });
-                step::hold_signals(frame);
-                frame.set_single_step(true);
+                step::arm(frame);
                 return Verdict::Retry;
             }
         }
@@ -397,8 +396,7 @@ unsafe extern "C" fn on_trap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
                     let _ = unsafe { os::protect(p as *mut u8, os::page_size(), os::Access::Read) };
                 }
             }
-            frame.set_single_step(false);
-            step::release_signals(&mut frame);
+            step::disarm(&mut frame);
             step_unlock();
             return;
         }

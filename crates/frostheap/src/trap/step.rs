@@ -27,8 +27,9 @@
 //! made violating stores: 10 runs of 10 killed, 3 of them after a phase
 //! whose `Err` left a store not undone). So the paths that step block the
 //! asynchronous signals for the rest of their handler ([`hold_now`]) and
-//! in the frame the stepped instruction resumes with ([`hold_signals`]);
-//! the trap puts the interrupted code's mask back ([`release_signals`]),
+//! in the frame the stepped instruction resumes with ([`arm`], which sets
+//! the trap flag too); the trap puts the interrupted code's mask back
+//! ([`disarm`]),
 //! and a pending signal is delivered then, one instruction late.
 
 use core::cell::Cell;
@@ -90,10 +91,12 @@ impl Drop for SignalsHeld {
     }
 }
 
-/// Keeps the asynchronous signals blocked in `frame` for the instruction
-/// about to be stepped, remembering the mask to restore at its trap. A
-/// second fault of the same instruction finds it held already.
-pub(crate) fn hold_signals(frame: &mut Frame) {
+/// Arms the step in `frame`: the trap flag, and the asynchronous signals
+/// blocked for the instruction about to be stepped, remembering the mask
+/// to restore at its trap. A second fault of the same instruction finds
+/// the signals held already.
+pub(crate) fn arm(frame: &mut Frame) {
+    frame.set_single_step(true);
     if HELD_FROM.with(|c| c.get()).is_none() {
         let mask = frame.signal_mask();
         HELD_FROM.with(|c| c.set(Some(mask)));
@@ -104,9 +107,10 @@ pub(crate) fn hold_signals(frame: &mut Frame) {
     }
 }
 
-/// At the trap that ends a step: the interrupted code resumes with the
-/// mask it had before the step.
-pub(crate) fn release_signals(frame: &mut Frame) {
+/// At the trap that ends a step: the interrupted code resumes without the
+/// trap flag and with the mask it had before the step.
+pub(crate) fn disarm(frame: &mut Frame) {
+    frame.set_single_step(false);
     if let Some(mask) = HELD_FROM.with(|c| c.take()) {
         frame.set_signal_mask(mask);
     }
@@ -143,8 +147,7 @@ pub(crate) fn open(w: &WorkerState, addr: usize, code: i32, key: u32, frame: &mu
         ok
     };
     if opened {
-        hold_signals(frame);
-        frame.set_single_step(true);
+        arm(frame);
     }
     opened
 }
@@ -170,8 +173,7 @@ pub(crate) fn close(w: &WorkerState, frame: &mut Frame) -> bool {
     if key != 0 {
         frame.set_key_access(key, os::Access::Read);
     }
-    frame.set_single_step(false);
-    release_signals(frame);
+    disarm(frame);
     true
 }
 
