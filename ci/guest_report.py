@@ -79,9 +79,22 @@ def failures(sec):
             if line.strip() == "failures:" or line.startswith("test result:"):
                 cur = None
                 continue
-            if len(messages[cur]) < FAIL_LINES:
+            if len(messages[cur]) < 400:  # printed: FAIL_LINES, and the gist
                 messages[cur].append(line)
     return names, messages
+
+
+def gist(lines, limit=8):
+    """The lines of a failure message that say the most, for the closing
+    summary: its first two, the exit status, and every panic with the line
+    after it (a fixture's own assertion under the harness's), up to `limit`."""
+    keep = set(range(min(2, len(lines))))
+    for i, l in enumerate(lines):
+        if l.startswith("status:") or "signal:" in l:
+            keep.add(i)
+        if "panicked at" in l:
+            keep.update({i, i + 1})
+    return [lines[i] for i in sorted(keep) if i < len(lines)][:limit]
 
 
 PKEY_LINE = re.compile(
@@ -149,13 +162,17 @@ def main():
     for n in not_run:
         print(f"  not run in the guest: {n}")
 
-    # Failed tests.
+    # Failed tests. Their names and first message lines are repeated in
+    # the closing summary too: a CI record that keeps only the head and the
+    # tail of the job's output still says why a test failed.
+    failed_tests = []
     for s in secs:
         names, messages = failures(s)
         for n in names:
             print(f"\n  FAILED in command {s['i']} ({label(s['cmd'], s['i'])}): {n}")
             for l in messages.get(n, [])[:FAIL_LINES]:
                 print("    | " + l)
+            failed_tests.append((s['i'], n, gist(messages.get(n, []))))
         for l in s["lines"]:
             if "FAILED: still running after" in l:
                 print(f"  TIME LIMIT in command {s['i']}: {l.strip()}")
@@ -247,6 +264,10 @@ def main():
         print("\n=== guest: FAILED")
         for p in problems:
             print("  - " + p)
+        for i, n, lines in failed_tests:
+            print(f"  - test {n} failed in command {i}:")
+            for l in lines:
+                print("      | " + l)
         return 1
     print("\n=== guest: all commands passed; every pkey case ran"
           + (f" ({unmatched} not seen in both `it` runs: see above)" if unmatched else ""))

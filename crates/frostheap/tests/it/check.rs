@@ -194,6 +194,7 @@ pub fn output_within(cmd: &mut Command, what: &str) -> Output {
     let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let limit = child_time_limit();
     let started = Instant::now();
+    let mut stacks = String::new();
     let status = loop {
         if let Some(status) = child
             .try_wait()
@@ -202,6 +203,9 @@ pub fn output_within(cmd: &mut Command, what: &str) -> Output {
             break Some(status);
         }
         if started.elapsed() > limit {
+            // Where every thread of the group stood, before the kill: a
+            // hang that shows once in a hundred CI runs must say where.
+            stacks = stacks_of_group(child.id());
             // SAFETY: kill(2) on the child's own process group (made by
             // process_group(0) above; the child is not reaped yet, so the
             // group id is still its).
@@ -218,12 +222,107 @@ pub fn output_within(cmd: &mut Command, what: &str) -> Output {
     };
     if status.is_none() {
         panic!(
-            "{what} did not finish within {}s (FROSTHEAP_TEST_CHILD_TIMEOUT): killed it and its process group\n{}",
+            "{what} did not finish within {}s (FROSTHEAP_TEST_CHILD_TIMEOUT): killed it and its process group\n{}\n--- where its threads were before the kill\n{stacks}",
             limit.as_secs(),
             describe(&out)
         );
     }
     out
+}
+
+/// Where each thread of the processes of group `pgid` stands: each
+/// process's threads with their state and kernel wait channel (from
+/// /proc), and their user stacks from `gdb`'s `thread apply all bt` where
+/// `gdb` is installed (CI installs it), itself stopped after 60 s.
+fn stacks_of_group(pgid: u32) -> String {
+    let mut out = String::new();
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| proc_stat_field(*pid, None, 5).as_deref() == Some(&pgid.to_string()))
+        .collect();
+    pids.sort_unstable();
+    for pid in pids {
+        out += &format!("process {pid}:\n");
+        let mut tids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .collect();
+        tids.sort_unstable();
+        for tid in tids {
+            let read = |f: &str| {
+                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/{f}"))
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_default()
+            };
+            out += &format!(
+                "  thread {tid} {:?}: state {}, wchan {}\n",
+                read("comm"),
+                proc_stat_field(pid, Some(tid), 3).unwrap_or_default(),
+                read("wchan")
+            );
+        }
+        let gdb = Command::new("gdb")
+            .args(["-nx", "-batch", "-p", &pid.to_string()])
+            .args(["-ex", "set pagination off", "-ex", "thread apply all bt 24"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn();
+        match gdb {
+            Err(e) => out += &format!("  (no user stacks: gdb: {e})\n"),
+            Ok(mut g) => {
+                let reader = g.stdout.take().map(|mut p| {
+                    std::thread::spawn(move || {
+                        let mut s = String::new();
+                        let _ = p.read_to_string(&mut s);
+                        s
+                    })
+                });
+                let t = Instant::now();
+                while g.try_wait().ok().flatten().is_none() {
+                    if t.elapsed() > Duration::from_secs(60) {
+                        let _ = g.kill();
+                        out += "  (gdb stopped after 60 s)\n";
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = g.wait();
+                if let Some(r) = reader {
+                    let text = r.join().unwrap_or_default();
+                    out.extend(
+                        text.lines()
+                            .filter(|l| l.starts_with('#') || l.starts_with("Thread "))
+                            .map(|l| {
+                                // A frame's line, without its long
+                                // argument lists past 200 characters.
+                                let cut = l.char_indices().nth(200).map_or(l.len(), |(i, _)| i);
+                                format!("  {}\n", &l[..cut])
+                            }),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Field `n` (1-based, as proc(5) numbers them) of /proc/PID/stat, or of
+/// /proc/PID/task/TID/stat.
+fn proc_stat_field(pid: u32, tid: Option<u32>, n: usize) -> Option<String> {
+    let path = match tid {
+        Some(t) => format!("/proc/{pid}/task/{t}/stat"),
+        None => format!("/proc/{pid}/stat"),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command (field 2) is in parentheses and may hold spaces.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(n.checked_sub(3)?).map(str::to_string)
 }
 
 /// The child exited 0 and printed `marker` on stdout (its own checks
