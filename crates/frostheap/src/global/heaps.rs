@@ -267,7 +267,7 @@ pub(super) unsafe fn publish_main<E>(
 ///    caller holds a block of it).
 #[inline(always)]
 pub(super) unsafe fn slot_heap(idx: usize) -> &'static HeapInner {
-    debug_assert!(idx < MAX_HEAPS, "slot {idx} out of range");
+    crate::sync::invariant!(idx < MAX_HEAPS, "slot {idx} out of range");
     // SAFETY: (1).
     unsafe { (*SLOTS.get_unchecked(idx).inner.get()).assume_init_ref() }
 }
@@ -841,15 +841,65 @@ pub(super) fn built() -> impl Iterator<Item = (usize, &'static HeapInner, bool)>
     })
 }
 
-/// The heap locks of every built heap, with the abandoned stack's, for
-/// `fork` handlers.
-pub(super) fn for_each_lock(mut f: impl FnMut(&RawLock)) {
-    f(&ABANDONED_STACK.lock);
-    for (_, h, _) in built() {
+/// The slots whose heap locks the `fork` prepare handler took, one bit
+/// each: the parent and child handlers release exactly those. Written and
+/// read only by the forking thread while it holds the abandoned stack's
+/// lock (a second thread's prepare waits for that lock first).
+static FORK_LOCKED: [AtomicU64; MAX_HEAPS / 64] = [const { AtomicU64::new(0) }; MAX_HEAPS / 64];
+/// The [`thread_token`] of the thread that holds the `fork` locks, 0 when
+/// none does: a thread whose prepare found frostheap not started (and took
+/// nothing) must not release what a later fork's prepare took.
+static FORK_HOLDER: AtomicUsize = AtomicUsize::new(0);
+
+/// The `fork` prepare handler's half: takes the abandoned stack's lock,
+/// then the locks of every heap built, in slot order, noting which.
+pub(super) fn lock_for_fork() {
+    ABANDONED_STACK.lock.lock_raw();
+    for w in &FORK_LOCKED {
+        w.store(0, Ordering::Relaxed);
+    }
+    for (idx, h, _) in built() {
         for l in h.core.locks() {
-            f(l);
+            l.lock_raw();
+        }
+        FORK_LOCKED[idx / 64].fetch_or(1 << (idx % 64), Ordering::Relaxed);
+    }
+    FORK_HOLDER.store(thread_token(), Ordering::Relaxed);
+}
+
+/// The `fork` parent and child handlers' half: releases the locks
+/// [`lock_for_fork`] took on the calling thread (nothing if it took none),
+/// and only those. Until 2026-12-06 it released
+/// the locks of every heap built by then, read again: a thread that built
+/// its heap while the fork ran (its slot was not built yet at the prepare)
+/// could hold that heap's span lock, and the parent's handler let it go
+/// under it (a review's find).
+///
+/// # Safety
+/// 1. Called by a `fork` handler of the parent or the child, once per
+///    `fork` (in the child the forking thread's copy has its token).
+pub(super) unsafe fn unlock_after_fork() {
+    if FORK_HOLDER.load(Ordering::Relaxed) != thread_token() {
+        return;
+    }
+    FORK_HOLDER.store(0, Ordering::Relaxed);
+    for (i, w) in FORK_LOCKED.iter().enumerate() {
+        let mut bits = w.load(Ordering::Relaxed);
+        while bits != 0 {
+            let idx = i * 64 + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            // SAFETY: a slot lock_for_fork saw built; slots are never
+            // unbuilt.
+            let h = unsafe { slot_heap(idx) };
+            for l in h.core.locks() {
+                // SAFETY: taken by lock_for_fork on this thread (its
+                // token is FORK_HOLDER's).
+                unsafe { l.unlock_raw() };
+            }
         }
     }
+    // SAFETY: as above, taken first by lock_for_fork.
+    unsafe { ABANDONED_STACK.lock.unlock_raw() };
 }
 
 /// In a `fork` child, whose only thread is the calling one: every heap

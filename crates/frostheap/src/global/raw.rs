@@ -204,7 +204,7 @@ impl Local {
         let Some((heap, offset)) = heaps::heap_of(p) else {
             return false;
         };
-        debug_assert!(!core::ptr::eq(heap, self.0), "free_other of our own block");
+        crate::sync::invariant!(!core::ptr::eq(heap, self.0), "free_other of our own block");
         if aligned && !core::ptr::eq(heap, main_inner()) {
             // SAFETY: (1): this thread owns the heap; p is a live block of
             // `heap`, another thread heap than ours (free_own took ours)

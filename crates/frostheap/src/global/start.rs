@@ -106,18 +106,16 @@ extern "C" fn on_fork_child() {
 /// `pthread_atfork` prepare handler: takes every heap's locks.
 pub fn fork_prepare() {
     if MAIN.state.load(Ordering::Acquire) == READY {
-        heaps::for_each_lock(|l| l.lock_raw());
+        heaps::lock_for_fork();
     }
 }
 
 /// `pthread_atfork` parent and child handler: releases the locks.
 pub fn fork_release() {
-    if MAIN.state.load(Ordering::Acquire) == READY {
-        // SAFETY: fork_prepare took these locks in this thread (the
-        // child's only thread is a copy of it); the order of release does
-        // not matter.
-        heaps::for_each_lock(|l| unsafe { l.unlock_raw() });
-    }
+    // SAFETY: called once per fork by the parent's and the child's
+    // handlers; it releases only what this thread's prepare took (none
+    // if frostheap had not started then).
+    unsafe { heaps::unlock_after_fork() };
 }
 
 /// In a `fork` child: the forking thread is the child's only thread. The

@@ -271,7 +271,7 @@ impl HeapCore {
         if !collect {
             return self.spans.give_back(self.pages, &self.others.external);
         }
-        debug_assert!(self.is_owner(), "a collection by another thread");
+        crate::sync::invariant!(self.is_owner(), "a collection by another thread");
         let before = self.charged();
         // SAFETY: (1).
         unsafe { self.flush_own_cache() };

@@ -447,7 +447,7 @@ impl HeapCore {
     /// 1. The calling thread is the owner and never uses the owner path
     ///    again (without adopting the heap anew).
     pub(crate) unsafe fn abandon(&self, warm: &mut dyn FnMut(usize) -> usize) -> usize {
-        debug_assert!(self.is_owner(), "abandon by another thread");
+        crate::sync::invariant!(self.is_owner(), "abandon by another thread");
         // SAFETY: (1).
         unsafe { self.flush_own_cache() };
         self.collect_pending();
@@ -663,7 +663,7 @@ impl HeapCore {
         kept: bool,
         warm: Option<&mut dyn FnMut(usize) -> usize>,
     ) -> Option<(usize, usize)> {
-        debug_assert_eq!(self.owner_token(), 0, "releasing an owned heap");
+        crate::sync::invariant_eq!(self.owner_token(), 0, "releasing an owned heap");
         let spans = if wait {
             Some(self.lock_spans())
         } else {
@@ -773,7 +773,7 @@ impl HeapCore {
     /// 1. The calling thread is the owner ([`HeapCore::is_owner`]).
     #[inline(always)]
     pub(crate) unsafe fn alloc_as_owner(&self, layout: Layout) -> *mut u8 {
-        debug_assert!(self.is_owner(), "alloc_as_owner called by another thread");
+        crate::sync::invariant!(self.is_owner(), "alloc_as_owner called by another thread");
         if let Some(c) = class_for(layout.size(), layout.align()) {
             return self.alloc_small::<true>(c, layout.align() <= 16);
         }
@@ -790,7 +790,7 @@ impl HeapCore {
     /// 1. The calling thread is the owner ([`HeapCore::is_owner`]).
     #[inline(always)]
     pub(crate) unsafe fn try_alloc_small_as_owner(&self, c: usize) -> Option<NonNull<u8>> {
-        debug_assert!(
+        crate::sync::invariant!(
             self.is_owner(),
             "try_alloc_small_as_owner called by another thread"
         );
@@ -842,7 +842,7 @@ impl HeapCore {
     /// the compiler laid it out with two more instructions per call.
     #[inline(always)]
     pub(crate) unsafe fn alloc_c_as_owner<const ZERO: bool>(&self, size: usize) -> *mut u8 {
-        debug_assert!(self.is_owner(), "alloc_c_as_owner called by another thread");
+        crate::sync::invariant!(self.is_owner(), "alloc_c_as_owner called by another thread");
         if let Some(c) = class_of_lookup(size) {
             // SAFETY: (1).
             if let Some(p) = unsafe { self.try_alloc_small_as_owner(c) } {
@@ -1181,7 +1181,7 @@ impl HeapCore {
     /// 1. As for [`HeapCore::free_at`], and the calling thread is the owner.
     #[inline(always)]
     pub(crate) unsafe fn free_at_as_owner(&self, p: *mut u8, offset: usize) {
-        debug_assert!(self.is_owner(), "free_at_as_owner by another thread");
+        crate::sync::invariant!(self.is_owner(), "free_at_as_owner by another thread");
         let idx = offset >> PAGE_SHIFT;
         let m = self.meta(idx);
         let kind_owner = u16::from_le_bytes([m.kind.get(), m.owner.get()]);
@@ -1228,7 +1228,7 @@ impl HeapCore {
     /// 1. Every block is a live block of this heap, freed once; the caller
     ///    is not the owner and not a runtime worker inside a phase.
     pub(crate) unsafe fn free_remote_sorted(&self, blocks: &[*mut u8]) {
-        debug_assert!(blocks.is_sorted(), "free_remote_sorted of unsorted blocks");
+        crate::sync::invariant!(blocks.is_sorted(), "free_remote_sorted of unsorted blocks");
         // SAFETY: forwarded (1).
         unsafe { self.remote().free_sorted(blocks, |p| self.free(p)) }
     }
@@ -1330,12 +1330,12 @@ impl HeapCore {
     #[cold]
     #[inline(never)]
     unsafe fn flush_own_cache_now(&self) {
-        debug_assert!(self.is_owner(), "flush_own_cache by another thread");
+        crate::sync::invariant!(self.is_owner(), "flush_own_cache by another thread");
         self.own.drain(|p| {
             let (idx, m) = self
                 .pages
                 .head_of((p as usize - self.pages.base) >> PAGE_SHIFT);
-            debug_assert!(
+            crate::sync::invariant!(
                 m.kind() == Kind::Small && m.owner.get() == OWNER_CACHED,
                 "a cached block outside the owner's cached spans"
             );
@@ -1693,7 +1693,7 @@ impl HeapCore {
         // Every bit of a span's pages is collected before the span can be
         // retired (`used` counts uncollected remote frees), so a new span
         // starts with none.
-        debug_assert!(
+        crate::sync::invariant!(
             !self.remote().has_remote(idx, self.meta(idx)),
             "new span with remote frees"
         );
@@ -1746,7 +1746,7 @@ impl HeapCore {
     /// giving back what `how` says ([`Locked::free_small`]).
     pub(super) fn retire_span_in(&self, spans: &mut Locked<'_>, idx: usize, how: Retire) {
         let m = self.meta(idx);
-        debug_assert!(m.used.get() == 0, "retiring a span with live blocks");
+        crate::sync::invariant!(m.used.get() == 0, "retiring a span with live blocks");
         let n_pages = m.span_pages.get() as usize;
         let lazy = m.offset.get() as usize;
         let carved = m.extend.get() as usize * m.block_size.get() as usize;

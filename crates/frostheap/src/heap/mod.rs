@@ -169,7 +169,7 @@ impl HeapInner {
     ///    a live block of `other`, aligned to 16, freed by the caller once.
     #[inline(always)]
     pub(crate) unsafe fn take_remote_free(&self, other: &HeapInner, p: *mut u8) -> bool {
-        debug_assert!(
+        crate::sync::invariant!(
             !::core::ptr::eq(self, other),
             "a remote free of our own block"
         );

@@ -106,7 +106,7 @@ impl OwnCache {
     /// The last block cached for class `c`, taken out of the cache.
     #[inline(always)]
     pub(super) fn pop(&self, c: usize) -> Option<NonNull<u8>> {
-        debug_assert!(c < N_CLASSES, "class out of range");
+        crate::sync::invariant!(c < N_CLASSES, "class out of range");
         // SAFETY: c < N_CLASSES.
         let len = unsafe { self.len.get_unchecked(c) };
         let n = len.get() as usize;
@@ -119,7 +119,7 @@ impl OwnCache {
         // being set allowed (they stay set), only for c < OWN_CLASSES,
         // and n < OWN_CAP.
         let p = unsafe { (*self.slots.get()).get_unchecked(c).get_unchecked(n) }.get();
-        debug_assert!(!p.is_null(), "a null block in the owner's cache");
+        crate::sync::invariant!(!p.is_null(), "a null block in the owner's cache");
         // SAFETY: the slots below len hold blocks (never null).
         Some(unsafe { NonNull::new_unchecked(p) })
     }
@@ -131,7 +131,7 @@ impl OwnCache {
         if c >= self.classes.get() as usize {
             return false;
         }
-        debug_assert!(c < OWN_CLASSES, "a class past the cache's");
+        crate::sync::invariant!(c < OWN_CLASSES, "a class past the cache's");
         // SAFETY: c < OWN_CLASSES <= N_CLASSES.
         let len = unsafe { self.len.get_unchecked(c) };
         let n = len.get() as usize;

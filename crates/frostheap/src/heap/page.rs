@@ -284,7 +284,7 @@ impl PageTable {
     /// The meta of page `idx`.
     #[inline]
     pub fn meta(&self, idx: usize) -> &PageMeta {
-        debug_assert!(idx < self.len >> PAGE_SHIFT, "page {idx} outside the heap");
+        crate::sync::invariant!(idx < self.len >> PAGE_SHIFT, "page {idx} outside the heap");
         // SAFETY: idx is inside the page table, which lives as long as the
         // heap that handed out this copy.
         unsafe { &*self.metas.add(idx) }
@@ -294,7 +294,7 @@ impl PageTable {
     /// [`PageTable::classes`]); `None` for any other page.
     #[inline]
     pub fn small_class(&self, idx: usize) -> Option<usize> {
-        debug_assert!(idx < self.len >> PAGE_SHIFT, "page {idx} outside the heap");
+        crate::sync::invariant!(idx < self.len >> PAGE_SHIFT, "page {idx} outside the heap");
         // SAFETY: idx is inside the class map (which grows down from page
         // 0's byte), and the map lives as long as the heap that handed out
         // this copy.
@@ -307,12 +307,12 @@ impl PageTable {
     /// caller holds what makes the pages' meta writable (the span lock, or
     /// the owner's state for a span it makes or seals).
     pub fn set_small_class(&self, idx: usize, pages: usize, c: Option<usize>) {
-        debug_assert!(
+        crate::sync::invariant!(
             idx + pages <= self.len >> PAGE_SHIFT,
             "pages {idx}+{pages} outside the heap"
         );
         let v = c.map_or(0, |c| {
-            debug_assert!(c < u8::MAX as usize, "class {c} does not fit the map");
+            crate::sync::invariant!(c < u8::MAX as usize, "class {c} does not fit the map");
             c as u8 + 1
         });
         for i in idx..idx + pages {

@@ -327,7 +327,7 @@ pub(crate) fn reclaim_and_charge(kind: Kind, bytes: usize) -> bool {
 /// Releases `bytes` charged for `kind` (decommitted, purged, unmapped).
 pub fn release(kind: Kind, bytes: usize) {
     let prev = BY_KIND[kind as usize].fetch_sub(bytes, Ordering::Relaxed);
-    debug_assert!(
+    crate::sync::invariant!(
         prev >= bytes,
         "released more {} bytes than charged",
         kind.name()

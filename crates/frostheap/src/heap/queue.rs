@@ -121,7 +121,7 @@ impl ClassState {
             return;
         }
         for c in (0..N_CLASSES).filter(|&c| is_fine_only(c)) {
-            debug_assert!(self.head[c].get() == NONE, "a fine-only class with spans");
+            crate::sync::invariant!(self.head[c].get() == NONE, "a fine-only class with spans");
             self.current[c].set(&EMPTY.0);
         }
     }
@@ -132,7 +132,7 @@ impl ClassState {
     /// allocation.
     #[inline(always)]
     pub(super) fn pop_current(&self, c: usize) -> Option<(NonNull<u8>, usize)> {
-        debug_assert!(c < N_CLASSES, "class out of range");
+        crate::sync::invariant!(c < N_CLASSES, "class out of range");
         // SAFETY: `current` always points at a live meta or at EMPTY (whose
         // free list is null); c < N_CLASSES.
         let m = unsafe { &*self.current.get_unchecked(c).get() };
@@ -144,7 +144,7 @@ impl ClassState {
         // A span in class c's queue has block_size == CLASS_SIZE[c] (the
         // next class's for a fine-only class not split yet); reading it
         // from the meta's line saves a table load.
-        debug_assert_eq!(
+        crate::sync::invariant_eq!(
             m.block_size.get(),
             CLASS_SIZE[self.serving(c)],
             "span in the wrong class queue"
@@ -167,7 +167,7 @@ impl ClassState {
     /// paths carry no branch on `kind`.
     #[inline(always)]
     pub(super) fn on_alloc_as<const LOCAL: bool>(&self, size: usize) {
-        debug_assert_eq!(
+        crate::sync::invariant_eq!(
             LOCAL,
             self.kind == OWNER_LOCAL,
             "on_alloc_as with the wrong state"
@@ -204,7 +204,7 @@ impl ClassState {
     #[cold]
     #[inline(never)]
     pub(super) fn raise_peak(&self) {
-        debug_assert_eq!(self.kind, OWNER_LOCAL, "raise_peak on the shared state");
+        crate::sync::invariant_eq!(self.kind, OWNER_LOCAL, "raise_peak on the shared state");
         let c = &self.counters;
         let slack = c.slack.load(Ordering::Relaxed);
         if slack < 0 {
@@ -230,8 +230,9 @@ impl ClassState {
     /// its live bytes are that much lower than its net bytes from now on,
     /// so its slack to the peak grows by the difference.
     pub(super) fn set_foreign_seen(&self, foreign: usize) {
-        debug_assert_eq!(
-            self.kind, OWNER_LOCAL,
+        crate::sync::invariant_eq!(
+            self.kind,
+            OWNER_LOCAL,
             "set_foreign_seen on the shared state"
         );
         let c = &self.counters;
@@ -253,8 +254,9 @@ impl ClassState {
     /// them as its own frees. Called inside an owner update
     /// ([`Counters::owner_update`], by `HeapCore::collect_remote`).
     pub(super) fn count_collected(&self, n: u32, size: usize) {
-        debug_assert_eq!(
-            self.kind, OWNER_LOCAL,
+        crate::sync::invariant_eq!(
+            self.kind,
+            OWNER_LOCAL,
             "count_collected on the shared state"
         );
         let c = &self.counters;
@@ -283,7 +285,7 @@ impl ClassState {
     /// [`ClassState::on_free`] for a caller that knows which state this is.
     #[inline(always)]
     pub(super) fn on_free_as<const LOCAL: bool>(&self, size: usize) {
-        debug_assert_eq!(
+        crate::sync::invariant_eq!(
             LOCAL,
             self.kind == OWNER_LOCAL,
             "on_free_as with the wrong state"
@@ -434,7 +436,7 @@ impl ClassState {
     /// as `extend`.
     pub(super) fn rotate(&self, pages: &PageTable, c: usize, idx: usize) {
         let m = pages.meta(idx);
-        debug_assert!(m.free.get().is_null() && m.next.get() != NONE);
+        crate::sync::invariant!(m.free.get().is_null() && m.next.get() != NONE);
         m.used.set(m.extend.get());
         self.unlink(pages, c, idx);
         self.push_back(pages, c, idx);
@@ -448,7 +450,7 @@ impl ClassState {
         // (`HeapCore::collect_queued`), or moved behind the others with
         // nothing free (`ClassState::rotate`), its `used` count then set
         // exact by the caller (PageMeta::used).
-        debug_assert!(
+        crate::sync::invariant!(
             !ptr::eq(self.current[c].get(), m)
                 || (m.free.get().is_null() && m.used.get() == m.extend.get())
                 || m.used.get() == 0,

@@ -172,7 +172,7 @@ impl OtherThreads {
     pub(super) fn release_external(&self, bytes: usize) {
         process::release(process::Kind::External, bytes);
         let prev = self.external.fetch_sub(bytes, Ordering::Relaxed);
-        debug_assert!(prev >= bytes, "released more external bytes than charged");
+        crate::sync::invariant!(prev >= bytes, "released more external bytes than charged");
     }
 }
 
@@ -190,7 +190,7 @@ impl Remote<'_> {
     /// The remote-free bitmap word `w` (counted from the region's start).
     #[inline]
     pub(super) fn word(&self, w: usize) -> &AtomicU64 {
-        debug_assert!(
+        crate::sync::invariant!(
             w < (self.pages.len >> PAGE_SHIFT) * REMOTE_WORDS,
             "bitmap word {w} outside the heap"
         );
@@ -354,7 +354,7 @@ impl Remote<'_> {
         }
         m.free.set(list);
         if account {
-            debug_assert!(
+            crate::sync::invariant!(
                 m.used.get() >= n,
                 "collected more remote frees than blocks in use"
             );

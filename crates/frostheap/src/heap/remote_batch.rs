@@ -246,7 +246,7 @@ impl RemoteBatch {
     #[cold]
     #[inline(never)]
     unsafe extern "C" fn start_word(&self, heap: &HeapCore, c: usize, key: usize, bit: u64) {
-        debug_assert!(
+        crate::sync::invariant!(
             heap.base().is_multiple_of(1 << KEY_SHIFT),
             "a heap's base is not aligned to a bitmap word's blocks"
         );

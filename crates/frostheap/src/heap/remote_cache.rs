@@ -149,7 +149,7 @@ pub(crate) fn heap_attached() {
 /// A thread heap was given up (its thread exits).
 pub(crate) fn heap_detached() {
     let was = LIVE_HEAPS.fetch_sub(1, Ordering::Relaxed);
-    debug_assert!(was > 0, "more thread heaps given up than attached");
+    crate::sync::invariant!(was > 0, "more thread heaps given up than attached");
     if was == DEEP_FROM_HEAPS {
         EPOCH.fetch_add(1, Ordering::Relaxed);
     }
@@ -289,7 +289,7 @@ impl RemoteCache {
     /// 1. The calling thread owns the cache.
     #[inline(always)]
     pub(crate) unsafe fn pop(&self, c: usize) -> Option<NonNull<u8>> {
-        debug_assert!(c < N_CLASSES, "class out of range");
+        crate::sync::invariant!(c < N_CLASSES, "class out of range");
         // SAFETY: c < N_CLASSES (the caller's class).
         let head = unsafe { self.head.get_unchecked(c) };
         let b = NonNull::new(head.get())?;
@@ -384,7 +384,7 @@ impl RemoteCache {
     ///    (it is the caller's to give up).
     #[inline]
     pub(crate) unsafe fn push(&self, c: usize, p: *mut u8) -> bool {
-        debug_assert!(c < N_CLASSES, "class out of range");
+        crate::sync::invariant!(c < N_CLASSES, "class out of range");
         // SAFETY: (1): c < N_CLASSES.
         let room = unsafe { self.room.get_unchecked(c) };
         if room.get() == 0 {
@@ -449,7 +449,7 @@ impl RemoteCache {
     /// # Safety
     /// 1. The calling thread owns the cache.
     pub(crate) unsafe fn take(&self, c: usize, out: &mut [*mut u8; DEEP_CAP as usize]) -> usize {
-        debug_assert!(self.cap(c) <= DEEP_CAP, "a class holds more than DEEP_CAP");
+        crate::sync::invariant!(self.cap(c) <= DEEP_CAP, "a class holds more than DEEP_CAP");
         let mut n = 0;
         let mut b = self.head[c].replace(ptr::null_mut());
         while !b.is_null() {

@@ -150,7 +150,7 @@ const N_BINS: usize = 44;
 /// The bin for a free span of `n` pages.
 #[inline]
 fn bin_of(n: usize) -> usize {
-    debug_assert!(n > 0, "bin_of(0)");
+    crate::sync::invariant!(n > 0, "bin_of(0)");
     if n <= 16 {
         n - 1
     } else {
@@ -659,7 +659,7 @@ impl Locked<'_> {
         let mut counted = touched * PAGE_SIZE;
         if counted > charged_lazily {
             let top_up = counted - charged_lazily;
-            debug_assert!(top_up < PAGE_SIZE, "topping up {top_up} bytes");
+            crate::sync::invariant!(top_up < PAGE_SIZE, "topping up {top_up} bytes");
             if self.try_charge(top_up) {
                 charged_lazily = counted;
             } else {
@@ -806,7 +806,7 @@ impl Locked<'_> {
         }
         let c = &self.alloc.charged;
         let cur = c.load(Ordering::Relaxed);
-        debug_assert!(cur >= bytes, "released {bytes} of {cur} charged bytes");
+        crate::sync::invariant!(cur >= bytes, "released {bytes} of {cur} charged bytes");
         c.store(cur - bytes, Ordering::Relaxed);
         process::release(self.alloc.kind, bytes);
     }
@@ -1012,7 +1012,7 @@ impl Locked<'_> {
         dirty: bool,
         uncharged: usize,
     ) {
-        debug_assert!(uncharged <= pages, "{uncharged} of {pages} pages uncharged");
+        crate::sync::invariant!(uncharged <= pages, "{uncharged} of {pages} pages uncharged");
         let pt = self.pages;
         let m = pt.meta(idx);
         m.set_kind(Kind::FreeSpan);
@@ -1434,7 +1434,7 @@ impl Locked<'_> {
     fn purge_top_part(&mut self, idx: usize, pages: usize) -> usize {
         let m = self.pages.meta(idx);
         let n = m.span_pages.get() as usize;
-        debug_assert!(pages < n && m.flags.get() & DIRTY != 0);
+        crate::sync::invariant!(pages < n && m.flags.get() & DIRTY != 0);
         let u = uncharged(m);
         let min_pages = self.alloc.region.min_committed() >> PAGE_SHIFT;
         let first = n - pages;

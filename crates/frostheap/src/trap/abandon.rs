@@ -49,7 +49,7 @@ pub(super) fn install() -> Result<(), OsError> {
     // concurrently; it is written once (install runs once per process).
     unsafe { (*PREV.0.get()).write(old) };
     // SAFETY: the handler is async-signal-safe and chains to PREV.
-    unsafe { os::install_handler(SIGNAL, on_signal)? };
+    unsafe { os::install_handler(SIGNAL, on_signal, super::step::HELD)? };
     Ok(())
 }
 

@@ -111,13 +111,24 @@ impl Frame {
     }
 
     /// The stack and frame pointers of the interrupted code (for copying its
-    /// stack).
-    pub(crate) fn stack_regs(&self) -> (usize, usize) {
+    /// stack), or `None` when it ran on the alternate signal stack (a
+    /// signal handler of the program with `SA_ONSTACK`, or one delivered
+    /// inside another handler there): its stack is not the thread's, and
+    /// a copy from its stack pointer up to the thread's stack top would
+    /// read across unrelated mappings and the guard page between them.
+    pub(crate) fn own_stack_regs(&self) -> Option<(usize, usize)> {
+        // SAFETY: by (1) of `new`; the kernel saved the alternate stack's
+        // state in the frame, with SS_ONSTACK when the interrupted stack
+        // pointer lay on it (`__save_altstack`).
+        let flags = unsafe { (*self.uc).uc_stack.ss_flags };
+        if flags & libc::SS_ONSTACK != 0 {
+            return None;
+        }
         let gregs = self.gregs();
-        (
+        Some((
             gregs[libc::REG_RSP as usize] as usize,
             gregs[libc::REG_RBP as usize] as usize,
-        )
+        ))
     }
 
     /// The signal mask the interrupted code resumes with (the kernel's

@@ -63,6 +63,21 @@ fn a_signal_handler_that_stores_into_the_main_heap_during_stepped_violations_pke
     scenario(&["signals", "200"], &[PKEY]);
 }
 
+test!(a_violating_store_of_a_handler_on_the_alternate_signal_stack_is_undone_mprotect);
+/// Regression (CI's emulated guest): a violating store made by a signal
+/// handler running on the alternate stack killed the worker (the report's
+/// stack copy read across the thread stack's guard page). The fixture's
+/// `onstack` scenario: an `SA_ONSTACK` handler raised on the workers, 200
+/// phases, each `Err` with the store undone.
+fn a_violating_store_of_a_handler_on_the_alternate_signal_stack_is_undone_mprotect() {
+    scenario(&["onstack", "200"], &[MPROTECT]);
+}
+
+test!(a_violating_store_of_a_handler_on_the_alternate_signal_stack_is_undone_pkey, needs: [Pkey]);
+fn a_violating_store_of_a_handler_on_the_alternate_signal_stack_is_undone_pkey() {
+    scenario(&["onstack", "200"], &[PKEY]);
+}
+
 test!(thread_spawn_scope_and_a_pool_made_in_a_task_return_mprotect);
 /// Regression (case 4): `thread::spawn(..).join()` inside a task hung for
 /// good on `mprotect`: the new thread's start-up writes std's thread
