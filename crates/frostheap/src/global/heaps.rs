@@ -310,6 +310,14 @@ pub(super) fn attach() -> Option<(usize, &'static HeapInner)> {
         remote_cache::heap_attached();
         return Some((idx, h));
     }
+    // A fresh slot is handed out and built under the abandoned stack's
+    // lock, which a `fork`'s prepare takes first: no heap is half built
+    // while a fork runs. (Until 2026-12-06 one built meanwhile was not
+    // locked by the prepare; the child inherited its span lock held by a
+    // thread that does not exist there, and the first trim or large free
+    // into that heap waited for good: a review's find.) Nothing here waits
+    // for that lock again: the reclaimer and the growth hook only try it.
+    let _building = ABANDONED_STACK.lock.lock();
     let idx = NEXT_FRESH.fetch_add(1, Ordering::Relaxed);
     if idx >= N_SLOTS.load(Ordering::Relaxed) {
         NEXT_FRESH.fetch_sub(1, Ordering::Relaxed);

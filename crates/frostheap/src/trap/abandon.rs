@@ -118,6 +118,8 @@ unsafe extern "C" fn on_signal(
         // SIGURG's default action is to ignore it.
         return;
     }
+    // SAFETY: ctx is the frame the kernel passed to this handler.
+    unsafe { super::step::mask_as_if_alone(prev, sig, ctx) };
     if prev.sa_flags & libc::SA_SIGINFO != 0 {
         // SAFETY: the previous handler expects exactly these arguments.
         let f: os::SigAction = unsafe { core::mem::transmute::<usize, os::SigAction>(h) };

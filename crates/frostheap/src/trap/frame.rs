@@ -117,18 +117,23 @@ impl Frame {
     /// a copy from its stack pointer up to the thread's stack top would
     /// read across unrelated mappings and the guard page between them.
     pub(crate) fn own_stack_regs(&self) -> Option<(usize, usize)> {
-        // SAFETY: by (1) of `new`; the kernel saved the alternate stack's
-        // state in the frame, with SS_ONSTACK when the interrupted stack
-        // pointer lay on it (`__save_altstack`).
-        let flags = unsafe { (*self.uc).uc_stack.ss_flags };
-        if flags & libc::SS_ONSTACK != 0 {
+        // SAFETY: by (1) of `new`; the kernel saved the thread's alternate
+        // stack (its base and size as `sigaltstack` set them) in the frame.
+        // (Not its `ss_flags`: since Linux 4.7 they are the flags given to
+        // `sigaltstack`, never SS_ONSTACK for where the interrupted code
+        // ran, as a review found of this function's first version.)
+        let (alt, alt_len) = unsafe {
+            (
+                (*self.uc).uc_stack.ss_sp as usize,
+                (*self.uc).uc_stack.ss_size,
+            )
+        };
+        let gregs = self.gregs();
+        let sp = gregs[libc::REG_RSP as usize] as usize;
+        if alt_len != 0 && sp.wrapping_sub(alt) < alt_len {
             return None;
         }
-        let gregs = self.gregs();
-        Some((
-            gregs[libc::REG_RSP as usize] as usize,
-            gregs[libc::REG_RBP as usize] as usize,
-        ))
+        Some((sp, gregs[libc::REG_RBP as usize] as usize))
     }
 
     /// The signal mask the interrupted code resumes with (the kernel's

@@ -442,6 +442,8 @@ unsafe fn chain(prev: &Prev, sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
         os::reset_to_default(sig);
         return;
     }
+    // SAFETY: by (1), ctx is this handler's frame.
+    unsafe { step::mask_as_if_alone(prev, sig, ctx) };
     if prev.sa_flags & libc::SA_SIGINFO != 0 {
         // SAFETY: the previous handler expects exactly these arguments.
         let f: os::SigAction = unsafe { core::mem::transmute::<usize, os::SigAction>(h) };

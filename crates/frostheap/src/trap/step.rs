@@ -77,6 +77,38 @@ thread_local! {
     static HELD_FROM: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
+/// Before a handler of ours calls the program's handler it chains to (a
+/// fault or a signal that is not ours): the signal mask that handler
+/// would have run with had it been installed alone — the interrupted
+/// code's, plus its own `sa_mask`, plus `sig` unless `SA_NODEFER` — in
+/// place of [`HELD`], which ours run with. (A program's handler that
+/// leaves with `siglongjmp` would otherwise leave its thread with every
+/// asynchronous signal blocked: a review's find.)
+///
+/// # Safety
+/// 1. `ctx` is the `ucontext_t` the kernel passed to the running handler.
+pub(crate) unsafe fn mask_as_if_alone(
+    prev: &libc::sigaction,
+    sig: libc::c_int,
+    ctx: *mut libc::c_void,
+) {
+    // SAFETY: by (1).
+    let interrupted = unsafe { Frame::new(ctx) }.signal_mask();
+    // SAFETY: a sigset_t's first 8 bytes are the kernel's mask of signals
+    // 1 to 64.
+    let own = unsafe {
+        core::ptr::addr_of!(prev.sa_mask)
+            .cast::<u64>()
+            .read_unaligned()
+    };
+    let this = if prev.sa_flags & libc::SA_NODEFER != 0 {
+        0
+    } else {
+        sig_bit(sig)
+    };
+    os::set_signal_mask(interrupted | own | this);
+}
+
 /// The asynchronous signals blocked on the calling thread while this
 /// lives (outside the handlers: the thaw, which holds the step lock, a
 /// lock a handler's own store on this thread would take again, re-entrant,

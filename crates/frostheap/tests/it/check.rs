@@ -232,9 +232,12 @@ pub fn output_within(cmd: &mut Command, what: &str) -> Output {
 
 /// Where each thread of the processes of group `pgid` stands: each
 /// process's threads with their state and kernel wait channel (from
-/// /proc), and their user stacks from `gdb`'s `thread apply all bt` where
-/// `gdb` is installed (CI installs it), itself stopped after 60 s.
+/// /proc), and, for the first four processes, their user stacks from
+/// `gdb`'s `thread apply all bt` where `gdb` is installed (CI installs
+/// it), all within 90 s (a fork-heavy fixture may leave a dozen children).
 fn stacks_of_group(pgid: u32) -> String {
+    const GDB_PROCESSES: usize = 4;
+    let budget = Instant::now() + Duration::from_secs(90);
     let mut out = String::new();
     let mut pids: Vec<u32> = std::fs::read_dir("/proc")
         .into_iter()
@@ -244,7 +247,7 @@ fn stacks_of_group(pgid: u32) -> String {
         .filter(|pid| proc_stat_field(*pid, None, 5).as_deref() == Some(&pgid.to_string()))
         .collect();
     pids.sort_unstable();
-    for pid in pids {
+    for (n, pid) in pids.into_iter().enumerate() {
         out += &format!("process {pid}:\n");
         let mut tids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
             .into_iter()
@@ -266,35 +269,47 @@ fn stacks_of_group(pgid: u32) -> String {
                 read("wchan")
             );
         }
+        if n >= GDB_PROCESSES || Instant::now() >= budget {
+            out += "  (no user stacks: past the first processes or the time for them)\n";
+            continue;
+        }
         let gdb = Command::new("gdb")
             .args(["-nx", "-batch", "-p", &pid.to_string()])
             .args(["-ex", "set pagination off", "-ex", "thread apply all bt 24"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn();
         match gdb {
             Err(e) => out += &format!("  (no user stacks: gdb: {e})\n"),
             Ok(mut g) => {
-                let reader = g.stdout.take().map(|mut p| {
-                    std::thread::spawn(move || {
-                        let mut s = String::new();
-                        let _ = p.read_to_string(&mut s);
-                        s
+                let read = |p: Option<Box<dyn Read + Send>>| {
+                    p.map(|mut p| {
+                        std::thread::spawn(move || {
+                            let mut s = String::new();
+                            let _ = p.read_to_string(&mut s);
+                            s
+                        })
                     })
-                });
-                let t = Instant::now();
+                };
+                let reader = read(g.stdout.take().map(|p| Box::new(p) as _));
+                let errors = read(g.stderr.take().map(|p| Box::new(p) as _));
                 while g.try_wait().ok().flatten().is_none() {
-                    if t.elapsed() > Duration::from_secs(60) {
+                    if Instant::now() >= budget {
                         let _ = g.kill();
-                        out += "  (gdb stopped after 60 s)\n";
+                        out += "  (gdb stopped: out of time)\n";
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 let _ = g.wait();
+                let errors = errors.and_then(|r| r.join().ok()).unwrap_or_default();
                 if let Some(r) = reader {
                     let text = r.join().unwrap_or_default();
+                    if !text.lines().any(|l| l.starts_with('#')) {
+                        // Why gdb saw no frame (a refused attach, say).
+                        out.extend(errors.lines().take(3).map(|l| format!("  gdb: {l}\n")));
+                    }
                     out.extend(
                         text.lines()
                             .filter(|l| l.starts_with('#') || l.starts_with("Thread "))
