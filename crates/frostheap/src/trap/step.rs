@@ -80,8 +80,9 @@ thread_local! {
 /// Before a handler of ours calls the program's handler it chains to (a
 /// fault or a signal that is not ours): the signal mask that handler
 /// would have run with had it been installed alone — the interrupted
-/// code's, plus its own `sa_mask`, plus `sig` unless `SA_NODEFER` — in
-/// place of [`HELD`], which ours run with. (A program's handler that
+/// code's, plus its own `sa_mask`, plus `sig` unless `SA_NODEFER`, but
+/// never the synchronous signals — in place of [`HELD`], which ours run
+/// with. (A program's handler that
 /// leaves with `siglongjmp` would otherwise leave its thread with every
 /// asynchronous signal blocked: a review's find.)
 ///
@@ -106,7 +107,14 @@ pub(crate) unsafe fn mask_as_if_alone(
     } else {
         sig_bit(sig)
     };
-    os::set_signal_mask(interrupted | own | this);
+    // Never the synchronous ones: that handler's own reads of guarded
+    // memory fault with a key (every handler runs with the kernel's
+    // default PKRU), and only ours, reached again, grants them; with
+    // SIGSEGV blocked such a fault kills. (std's stack-overflow handler
+    // reads its thread map in the main heap: the first version of this
+    // function turned its message and SIGABRT into a bare SIGSEGV, which
+    // the freeze tests caught.)
+    os::set_signal_mask((interrupted | own | this) & !SYNCHRONOUS);
 }
 
 /// The asynchronous signals blocked on the calling thread while this
