@@ -753,8 +753,7 @@ pub fn futex_wake(word: &core::sync::atomic::AtomicU32, n: i32) {
 pub type SigAction = unsafe extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
 
 /// Installs `handler` for `sig` with `SA_SIGINFO | SA_ONSTACK | SA_NODEFER`
-/// (and `SA_RESTART`), the signals of `blocked` (bit `n - 1` for signal
-/// `n`, 1 to 64) blocked while it runs, returning the previous action.
+/// (and `SA_RESTART`), returning the previous action.
 ///
 /// # Safety
 /// 1. `handler` is async-signal-safe and chains to the returned action for
@@ -762,7 +761,6 @@ pub type SigAction = unsafe extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mu
 pub unsafe fn install_handler(
     sig: libc::c_int,
     handler: SigAction,
-    blocked: u64,
 ) -> Result<libc::sigaction, OsError> {
     // SAFETY: sigaction structs are plain data; zeroed is a valid start.
     let mut new: libc::sigaction = unsafe { core::mem::zeroed() };
@@ -770,12 +768,6 @@ pub unsafe fn install_handler(
     new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART | libc::SA_NODEFER;
     // SAFETY: a valid sigset pointer.
     unsafe { libc::sigemptyset(&mut new.sa_mask) };
-    for n in (1..=64).filter(|n| blocked & (1u64 << (n - 1)) != 0) {
-        // SAFETY: as above. (glibc refuses its own 32 and 33 here, and
-        // the kernel never blocks SIGKILL and SIGSTOP: an error or a no-op,
-        // never memory.)
-        unsafe { libc::sigaddset(&mut new.sa_mask, n) };
-    }
     // SAFETY: as above.
     let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
     // SAFETY: both pointers are valid; by (1) the handler is sound.

@@ -49,7 +49,7 @@ pub(super) fn install() -> Result<(), OsError> {
     // concurrently; it is written once (install runs once per process).
     unsafe { (*PREV.0.get()).write(old) };
     // SAFETY: the handler is async-signal-safe and chains to PREV.
-    unsafe { os::install_handler(SIGNAL, on_signal, super::step::HELD)? };
+    unsafe { os::install_handler(SIGNAL, on_signal)? };
     Ok(())
 }
 
@@ -118,8 +118,6 @@ unsafe extern "C" fn on_signal(
         // SIGURG's default action is to ignore it.
         return;
     }
-    // SAFETY: ctx is the frame the kernel passed to this handler.
-    unsafe { super::step::mask_as_if_alone(prev, sig, ctx) };
     if prev.sa_flags & libc::SA_SIGINFO != 0 {
         // SAFETY: the previous handler expects exactly these arguments.
         let f: os::SigAction = unsafe { core::mem::transmute::<usize, os::SigAction>(h) };

@@ -9,9 +9,8 @@
 //! futex words whose holders run one instruction and its trap, or a
 //! thaw's or a replay's few stores, before they let go: the rollback
 //! steps' gate (`guard::undo`), then the `mprotect` step lock (`step.rs`),
-//! always in that order. The handlers run with the asynchronous signals
-//! blocked (their `sa_mask`, `step::HELD`), so no handler of the program
-//! runs inside one of ours or inside a step.
+//! always in that order; a stepping path blocks the asynchronous signals
+//! first, so no handler of the program runs inside a step.
 //!
 //! [`judge`] decides, from the fault alone, what a SIGSEGV is:
 //! - not at an address of a guarded heap, or neither `SEGV_ACCERR`
@@ -72,9 +71,7 @@ pub(crate) fn install() -> Result<(), OsError> {
             // reads `prev` concurrently; it is written once.
             unsafe { (*prev.0.get()).write(old) };
             // SAFETY: the handler is async-signal-safe and chains to `prev`.
-            // The asynchronous signals blocked while it runs (step::HELD):
-            // no handler of the program runs inside ours or a step.
-            unsafe { os::install_handler(sig, handler, step::HELD)? };
+            unsafe { os::install_handler(sig, handler)? };
         }
         super::abandon::install()
     })
@@ -156,6 +153,8 @@ fn judge(fault: &Fault, frame: &mut Frame) -> Verdict {
         // thaw could wait forever (a task may be waiting for this thread),
         // so the store is stepped through: its page opened for one
         // instruction under the step lock, which the thaw takes too.
+        // No signal may run its handler inside the step (step.rs).
+        step::hold_now();
         step_lock();
         if entry.is_frozen() {
             let page = fault.addr & !(os::page_size() - 1);
@@ -197,6 +196,8 @@ fn violation(w: &WorkerState, fault: &Fault, frame: &mut Frame) {
     let item = guard::current_item();
     match w.policy() {
         OnViolation::Audit => {
+            // No signal may run its handler inside the step (step.rs).
+            step::hold_now();
             let key = PKEY.load(Ordering::Relaxed);
             if fault.code != SEGV_PKUERR {
                 // Under the step lock, as every other `mprotect` step: a
@@ -272,6 +273,9 @@ fn window(addr: usize, pkey: bool) -> (usize, usize) {
 /// task run on. A store that could not be undone (the log is full) is
 /// never let through: the task is cancelled instead.
 fn rollback(w: &WorkerState, fault: &Fault, frame: &mut Frame, item: usize) {
+    // No signal may run its handler between here and the step's trap: its
+    // own store would step over this one's state (step.rs).
+    step::hold_now();
     let pkey = fault.code == SEGV_PKUERR;
     let key = PKEY.load(Ordering::Relaxed);
     // One rollback step at a time in the process, the gate before the step
@@ -330,12 +334,14 @@ fn rollback(w: &WorkerState, fault: &Fault, frame: &mut Frame, item: usize) {
 }
 
 /// Copies the worker's stack for the report's backtrace, unless the
-/// faulting store ran on the alternate signal stack (a signal handler of
-/// the program there): the report then has the store's address and
-/// instruction, and no backtrace. Until 2026-12-06 that stack was copied
-/// too, from the alternate stack up to the thread's stack top, and the
-/// copy faulted on the guard page between them (std reported the worker's
-/// stack overflowed, and aborted).
+/// faulting store ran on the alternate signal stack (a handler of the
+/// program there, installed with `SA_ONSTACK` or delivered inside this
+/// handler before it held the signals back): the report then has the
+/// store's address and instruction, and no backtrace. Until 2026-12-06
+/// that stack was copied too, from the alternate stack up to the thread's
+/// stack top, and where the alternate stack lay right under the thread's
+/// stack the copy faulted on the guard page between them: std reported
+/// the worker's stack overflowed, and aborted (CI's emulated guest).
 fn capture_stack(w: &WorkerState, fault: &Fault, frame: &Frame) {
     if let Some((sp, bp)) = frame.own_stack_regs() {
         // SAFETY: this handler runs on the worker whose stack copy this
@@ -442,8 +448,6 @@ unsafe fn chain(prev: &Prev, sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
         os::reset_to_default(sig);
         return;
     }
-    // SAFETY: by (1), ctx is this handler's frame.
-    unsafe { step::mask_as_if_alone(prev, sig, ctx) };
     if prev.sa_flags & libc::SA_SIGINFO != 0 {
         // SAFETY: the previous handler expects exactly these arguments.
         let f: os::SigAction = unsafe { core::mem::transmute::<usize, os::SigAction>(h) };

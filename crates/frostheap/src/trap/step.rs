@@ -25,23 +25,12 @@
 //! on as not ours, and killed the process with SIGTRAP (a user's trial, a
 //! SIGPROF handler on a 1 ms timer storing into a `Box` while two tasks
 //! made violating stores: 10 runs of 10 killed, 3 of them after a phase
-//! whose `Err` left a store not undone). So no asynchronous signal runs its
-//! handler inside ours, nor inside a step:
-//! - the fault handlers are installed with them in their `sa_mask`
-//!   ([`HELD`]), so the kernel blocks them from a handler's first
-//!   instruction to its return;
-//! - the frame the stepped instruction resumes with blocks them too
-//!   ([`arm`], which sets the trap flag as well), and the trap puts the
-//!   interrupted code's mask back ([`disarm`]); a pending signal is
-//!   delivered then, one instruction late.
-//!
-//! Until 2026-12-06 the handler blocked them itself (`rt_sigprocmask`),
-//! once it knew it would step: a signal that came in the instructions
-//! before ran its handler nested, on the alternate stack, and a violating
-//! store of that handler made the rollback copy "its stack" from the
-//! alternate stack up to the thread's stack top, across the guard page
-//! between them: the worker died, reported by std as a stack overflow (1
-//! run in 30 of the `signals` scenario in CI's emulated guest).
+//! whose `Err` left a store not undone). So the paths that step block the
+//! asynchronous signals for the rest of their handler ([`hold_now`]) and
+//! in the frame the stepped instruction resumes with ([`arm`], which sets
+//! the trap flag too); the trap puts the interrupted code's mask back
+//! ([`disarm`]),
+//! and a pending signal is delivered then, one instruction late.
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -55,14 +44,13 @@ const fn sig_bit(sig: libc::c_int) -> u64 {
     1 << (sig - 1)
 }
 
-/// The signals blocked while a fault handler of ours runs, and while a
-/// step runs (the handlers' `sa_mask`, and the step's frame): every one but
-/// the synchronous ones a store raises (its second fault, when it crosses
-/// into the next frozen page; SIGBUS), the step's own trap, and glibc's two
-/// internal signals (32, thread cancellation, and 33, `setuid` across
-/// threads, whose sender waits for every thread to answer: a worker parked
-/// for good inside a handler must still answer it).
-pub(crate) const HELD: u64 = !(SYNCHRONOUS | sig_bit(32) | sig_bit(33));
+/// Signals a step never holds back: the synchronous ones a store raises
+/// (its second fault, when it crosses into the next frozen page; SIGBUS),
+/// the step's own trap, and glibc's two internal signals (32, thread
+/// cancellation, and 33, `setuid` across threads, whose sender waits for
+/// every thread to answer: a worker parked for good inside this handler
+/// must still answer it). Every other signal is held back.
+const HELD: u64 = !(SYNCHRONOUS | sig_bit(32) | sig_bit(33));
 
 /// The synchronous signals a store or its step raises.
 const SYNCHRONOUS: u64 = sig_bit(libc::SIGSEGV)
@@ -77,44 +65,12 @@ thread_local! {
     static HELD_FROM: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
-/// Before a handler of ours calls the program's handler it chains to (a
-/// fault or a signal that is not ours): the signal mask that handler
-/// would have run with had it been installed alone — the interrupted
-/// code's, plus its own `sa_mask`, plus `sig` unless `SA_NODEFER`, but
-/// never the synchronous signals — in place of [`HELD`], which ours run
-/// with. (A program's handler that
-/// leaves with `siglongjmp` would otherwise leave its thread with every
-/// asynchronous signal blocked: a review's find.)
-///
-/// # Safety
-/// 1. `ctx` is the `ucontext_t` the kernel passed to the running handler.
-pub(crate) unsafe fn mask_as_if_alone(
-    prev: &libc::sigaction,
-    sig: libc::c_int,
-    ctx: *mut libc::c_void,
-) {
-    // SAFETY: by (1).
-    let interrupted = unsafe { Frame::new(ctx) }.signal_mask();
-    // SAFETY: a sigset_t's first 8 bytes are the kernel's mask of signals
-    // 1 to 64.
-    let own = unsafe {
-        core::ptr::addr_of!(prev.sa_mask)
-            .cast::<u64>()
-            .read_unaligned()
-    };
-    let this = if prev.sa_flags & libc::SA_NODEFER != 0 {
-        0
-    } else {
-        sig_bit(sig)
-    };
-    // Never the synchronous ones: that handler's own reads of guarded
-    // memory fault with a key (every handler runs with the kernel's
-    // default PKRU), and only ours, reached again, grants them; with
-    // SIGSEGV blocked such a fault kills. (std's stack-overflow handler
-    // reads its thread map in the main heap: the first version of this
-    // function turned its message and SIGABRT into a bare SIGSEGV, which
-    // the freeze tests caught.)
-    os::set_signal_mask((interrupted | own | this) & !SYNCHRONOUS);
+/// Blocks the asynchronous signals for the rest of the calling handler:
+/// called first by every path that may open a step, before it changes any
+/// step state. (A signal that came before this ran its handler to the end,
+/// any step of its own included, before this handler went on.)
+pub(crate) fn hold_now() {
+    os::block_signals(HELD);
 }
 
 /// The asynchronous signals blocked on the calling thread while this
