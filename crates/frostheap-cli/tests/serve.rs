@@ -36,8 +36,15 @@ struct Server {
 
 impl Server {
     fn start(args: &[&str]) -> Server {
+        // Two workers unless the test asks for its own count.
+        let threads: &[&str] = if args.contains(&"--threads") {
+            &[]
+        } else {
+            &["--threads", "2"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_frostheap"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--threads", "2"])
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(threads)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -1272,7 +1279,18 @@ const IDLE_TRIM: Duration = Duration::from_secs(30);
 
 #[test]
 fn an_idle_server_gives_back_the_free_memory_its_requests_left_in_its_heaps() {
-    let server = Server::start(&["--max-memory", "64M", "--max-body", "8M"]);
+    // Four workers on two cores: each worker thread trims its own heap
+    // (its cached blocks, and the spans they pin, only it can give back),
+    // so each must be reached, not only the one that noticed the spell.
+    const WORKERS: u64 = 4;
+    let server = Server::start(&[
+        "--max-memory",
+        "64M",
+        "--max-body",
+        "8M",
+        "--threads",
+        &WORKERS.to_string(),
+    ]);
     // Rounds of large requests at once, as a burst makes them: each holds
     // its 4 MB body and its 4 MB answer. A worker's heap keeps what they
     // freed, for the next burst to reuse (up to 32 MiB of it resident
@@ -1296,5 +1314,15 @@ fn an_idle_server_gives_back_the_free_memory_its_requests_left_in_its_heaps() {
     assert!(
         n(&st, "idle_trims") >= 1 && n(&st, "idle_trimmed") > 0,
         "{st}\n(before: {busy})"
+    );
+    // The committed bound above may be met before every worker has parked
+    // again: wait for the rest.
+    let st = server.wait_within(IDLE_TRIM, "every worker thread to trim its heap", |st| {
+        n(st, "idle_trim_threads") >= WORKERS * n(st, "idle_trims")
+    });
+    assert_eq!(
+        n(&st, "idle_trim_threads"),
+        WORKERS * n(&st, "idle_trims"),
+        "one trim per worker per idle spell: {st}"
     );
 }

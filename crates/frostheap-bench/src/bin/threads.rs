@@ -226,7 +226,10 @@ fn main() {
         .arg(&c_program)
         .arg(&src)
         .status()
-        .expect("cc");
+        .unwrap_or_else(|e| {
+            eprintln!("threads: cannot run `cc` to build {}: {e}", src.display());
+            std::process::exit(2)
+        });
     assert!(status.success(), "cc failed on {}", src.display());
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut skipped = String::new();
@@ -250,7 +253,8 @@ fn main() {
                 } else {
                     "build with `cargo build --release -p frostheap-capi -p frostheap-bench`"
                 };
-                panic!("{} not found: {how}", p.display());
+                eprintln!("threads: {} not found: {how}", p.display());
+                std::process::exit(2);
             }
             // What this build wrote is read from disk, as the installed
             // baselines are (see `read_from_disk_next`): the RSS comparison

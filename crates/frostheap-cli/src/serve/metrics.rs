@@ -73,9 +73,10 @@ pub(super) struct Numbers {
     /// is free memory the allocator holds, not a leak.
     heap_committed: usize,
     heap_in_use: usize,
-    /// Times the heaps' free memory was given back as the server went
-    /// idle, and the bytes given back.
+    /// Times the server went idle and gave its heaps' free memory back,
+    /// the worker threads' trims (each its own heap), and the bytes.
     idle_trims: u64,
+    idle_trim_threads: u64,
     idle_trimmed: u64,
     /// `256 MiB: 2,048 clients at ≈128 KiB each` (`null` without a budget).
     summary: Option<String>,
@@ -128,6 +129,7 @@ const METRICS: &[(&str, &str, Kind, &str)] = &[
     ("heap_committed", "frostheap_heap_committed_bytes", Kind::Gauge, "Bytes the process's heaps have committed: live blocks and free memory kept for reuse."),
     ("heap_in_use", "frostheap_heap_in_use_bytes", Kind::Gauge, "Bytes of live blocks in the main and thread heaps."),
     ("idle_trims", "frostheap_idle_trims", Kind::Counter, "Times the heaps' free memory was given back as the server went idle."),
+    ("idle_trim_threads", "frostheap_idle_trim_threads", Kind::Counter, "Worker threads' trims of their own heaps as the server went idle."),
     ("idle_trimmed", "frostheap_idle_trimmed_bytes", Kind::Counter, "Bytes of free heap memory given back as the server went idle."),
 ];
 
@@ -168,8 +170,9 @@ pub(super) fn numbers(state: &State) -> Numbers {
         peak_rss,
         heap_committed: heap.committed,
         heap_in_use: heap.in_use(),
-        idle_trims: state.idle_trims.load(Ordering::Relaxed),
-        idle_trimmed: state.idle_trimmed.load(Ordering::Relaxed),
+        idle_trims: state.idle.spells.load(Ordering::Relaxed),
+        idle_trim_threads: state.idle.threads.load(Ordering::Relaxed),
+        idle_trimmed: state.idle.bytes.load(Ordering::Relaxed),
         ..Numbers::default()
     };
     if let Some(g) = &state.gate {

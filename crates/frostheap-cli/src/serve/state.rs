@@ -3,7 +3,8 @@
 //! the shutdown signal. The bottom of the serve module: it imports none of
 //! its siblings.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use frostheap_budget::gate::ConnectionGate;
@@ -66,10 +67,9 @@ pub(super) struct State {
     /// Lingering closes cut short (by their time or byte bound, or because
     /// too many were under way).
     pub(super) linger_cut: AtomicU64,
-    /// Times the heaps' free memory was given back as the server went
-    /// idle, and the bytes given back (see `give_back_when_idle`).
-    pub(super) idle_trims: AtomicU64,
-    pub(super) idle_trimmed: AtomicU64,
+    /// The idle spells' trims (see `give_back_when_idle`), shared with the
+    /// worker threads' park hook.
+    pub(super) idle: Arc<IdleTrims>,
     /// Open connections (accepted, not yet closed).
     pub(super) connections: AtomicUsize,
     /// Signalled when `connections` drops to zero.
@@ -78,4 +78,48 @@ pub(super) struct State {
     pub(super) ready: AtomicBool,
     /// Set to true to make every connection finish.
     pub(super) shutdown: watch::Sender<bool>,
+}
+
+/// The trims of idle spells. `frostheap::trim` gives back every heap's
+/// free spans, but a thread's cached blocks (its current span of each size
+/// class, the blocks other threads freed to it), and the spans they pin,
+/// only on that thread: so each worker thread trims its own heap, from
+/// the runtime's park hook, the first time it parks after the idle monitor
+/// asked.
+#[derive(Default)]
+pub(super) struct IdleTrims {
+    /// Bumped by the monitor for each idle spell.
+    pub(super) asked: AtomicU64,
+    /// Idle spells noticed (`idle_trims` in `/stats`).
+    pub(super) spells: AtomicU64,
+    /// Worker threads' trims, and the bytes they gave back.
+    pub(super) threads: AtomicU64,
+    pub(super) bytes: AtomicU64,
+    /// One trim at a time: a trim gives back the other heaps' free spans
+    /// too, and two at once would each count what the other gave back.
+    one_at_a_time: std::sync::Mutex<()>,
+}
+
+thread_local! {
+    /// The last idle spell this worker thread trimmed for.
+    static TRIMMED_FOR: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+impl IdleTrims {
+    /// Run by each worker thread as it parks (no task to run): trims its
+    /// heap once per idle spell. Otherwise one load and a thread-local
+    /// read.
+    pub(super) fn trim_if_asked(&self) {
+        let asked = self.asked.load(Ordering::Acquire);
+        if asked == TRIMMED_FOR.get() {
+            return;
+        }
+        TRIMMED_FOR.set(asked);
+        let bytes = {
+            let _one = self.one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
+            frostheap::trim()
+        };
+        self.threads.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
 }

@@ -64,30 +64,52 @@ static FREEZES: RawLock = RawLock::new();
 /// waits (before freezing) until a phase ends.
 const EXEMPT_SLOTS: usize = 64;
 
-/// The pages exempted from a current freeze (a phase's result slots):
-/// first address and length, length 0 when the slot is free. The rollback
-/// policy never saves or undoes bytes there (`handler`). Written under
-/// [`FREEZES`]; read lock-free by the handler.
-struct ExemptSlot {
-    start: AtomicUsize,
-    len: AtomicUsize,
+/// Bits of an [`EXEMPT`] word that hold the window's page count; the
+/// first page's number lies above them. With 4 KiB pages a window may
+/// reach 1 TiB and lie anywhere under 2^48 (x86_64's user space is under
+/// 2^47 unless a mapping asks for more).
+const EXEMPT_LEN_BITS: u32 = 28;
+
+/// The pages exempted from a current freeze (a phase's result slots), a
+/// word per phase: the first page's number above [`EXEMPT_LEN_BITS`], the
+/// page count below; 0 while the slot is free. The rollback policy never
+/// saves or undoes bytes there (`handler`). Written under [`FREEZES`];
+/// read lock-free by the handler.
+///
+/// One word, not a start and a length: the handler may read a slot while
+/// its phase ends and the next one fills it, and two words could pair one
+/// window's start with the other's length (a window that was never
+/// exempt, or an exempt one missed, whose result slots the handler would
+/// then save and put back over a worker's results).
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_EXEMPT: AtomicUsize = AtomicUsize::new(0);
+
+static EXEMPT: [AtomicUsize; EXEMPT_SLOTS] = [NO_EXEMPT; EXEMPT_SLOTS];
+
+/// The [`EXEMPT`] word of the window `[lo, lo + len)`, or `None` if it is
+/// empty, not whole pages, or beyond what a word encodes.
+fn exempt_word(lo: usize, len: usize) -> Option<usize> {
+    let shift = os::page_size().trailing_zeros();
+    let mask = (1usize << shift) - 1;
+    let (first, pages) = (lo >> shift, len >> shift);
+    let fits =
+        pages != 0 && pages < 1 << EXEMPT_LEN_BITS && first < 1 << (usize::BITS - EXEMPT_LEN_BITS);
+    (lo & mask == 0 && len & mask == 0 && fits).then_some(first << EXEMPT_LEN_BITS | pages)
 }
 
-#[allow(clippy::declare_interior_mutable_const)]
-const NO_EXEMPT: ExemptSlot = ExemptSlot {
-    start: AtomicUsize::new(0),
-    len: AtomicUsize::new(0),
-};
-
-static EXEMPT: [ExemptSlot; EXEMPT_SLOTS] = [NO_EXEMPT; EXEMPT_SLOTS];
+/// The window `(lo, len)` an [`EXEMPT`] word holds (`(0, 0)` for a free
+/// slot).
+fn exempt_window(word: usize) -> (usize, usize) {
+    let shift = os::page_size().trailing_zeros();
+    let pages = word & ((1 << EXEMPT_LEN_BITS) - 1);
+    ((word >> EXEMPT_LEN_BITS) << shift, pages << shift)
+}
 
 /// Whether `addr` lies in the pages exempted from a current freeze.
 pub(super) fn exempt(addr: usize) -> bool {
     EXEMPT.iter().any(|e| {
-        // Length first: a slot is filled start first and freed length
-        // first, so a non-zero length comes with its own start.
-        let len = e.len.load(Ordering::Acquire);
-        len != 0 && addr.wrapping_sub(e.start.load(Ordering::Acquire)) < len
+        let (lo, len) = exempt_window(e.load(Ordering::Acquire));
+        addr.wrapping_sub(lo) < len
     })
 }
 
@@ -152,6 +174,12 @@ impl<'a> Freeze<'a> {
             }
         }
         if let Some((lo, len)) = window {
+            let Some(word) = exempt_word(lo, len) else {
+                fatal(
+                    b"frostheap: the result slots' pages are not whole pages under 2^48 \
+                      spanning at most 1 TiB, which the freeze's table of exempt pages holds\n",
+                )
+            };
             // SAFETY: the window is the result slots' own pages, inside one
             // block of a guarded heap (the precondition). With `mprotect`
             // they are opened even when another phase froze the heap first:
@@ -166,8 +194,7 @@ impl<'a> Freeze<'a> {
             if r.is_err() {
                 fatal(b"frostheap: cannot exempt the result slots from the freeze\n");
             }
-            EXEMPT[slot].start.store(lo, Ordering::Release);
-            EXEMPT[slot].len.store(len, Ordering::Release);
+            EXEMPT[slot].store(word, Ordering::Release);
         }
         Freeze {
             guarded,
@@ -187,10 +214,7 @@ fn lock_with_slot(need_slot: bool) -> (LockGuard<'static>, usize) {
         if !need_slot {
             return (lock, usize::MAX);
         }
-        if let Some(i) = EXEMPT
-            .iter()
-            .position(|e| e.len.load(Ordering::Acquire) == 0)
-        {
+        if let Some(i) = EXEMPT.iter().position(|e| e.load(Ordering::Acquire) == 0) {
             return (lock, i);
         }
         drop(lock);
@@ -267,8 +291,7 @@ impl Drop for Freeze<'_> {
             }
         }
         if self.window.is_some() {
-            EXEMPT[self.slot].len.store(0, Ordering::Release);
-            EXEMPT[self.slot].start.store(0, Ordering::Release);
+            EXEMPT[self.slot].store(0, Ordering::Release);
         }
         if let (Some((lo, len)), Backend::Pkey(key)) = (self.window, self.backend) {
             // SAFETY: as when exempting: the result slots' own pages.
@@ -296,4 +319,46 @@ impl Drop for Freeze<'_> {
 fn fatal(msg: &[u8]) -> ! {
     os::write_stderr(msg);
     std::process::abort()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exempt_word_holds_its_window_whole_and_only_its_window() {
+        let page = os::page_size();
+        let lo = 0x7f12_3456_7000 & !(page - 1);
+        for pages in [1, 2, 513, (1 << EXEMPT_LEN_BITS) - 1] {
+            let len = pages * page;
+            let word = exempt_word(lo, len).expect("a window of whole pages under 2^48");
+            assert_eq!(exempt_window(word), (lo, len), "{pages} pages");
+        }
+        // What one word cannot hold is refused, never cut short.
+        assert_eq!(exempt_word(lo, 0), None, "an empty window");
+        assert_eq!(exempt_word(lo + 8, page), None, "a start inside a page");
+        assert_eq!(
+            exempt_word(lo, page + 8),
+            None,
+            "a length of part of a page"
+        );
+        assert_eq!(exempt_word(lo, page << EXEMPT_LEN_BITS), None, "1 TiB");
+        assert_eq!(exempt_word(1 << 48, page), None, "a window at 2^48");
+        assert_eq!(exempt_window(0), (0, 0), "a free slot");
+    }
+
+    #[test]
+    fn exempt_names_the_pages_of_a_filled_slot_and_no_page_around_them() {
+        let page = os::page_size();
+        let (lo, len) = (0x7e00_0000_0000, 3 * page);
+        let (lock, slot) = lock_with_slot(true);
+        EXEMPT[slot].store(exempt_word(lo, len).unwrap(), Ordering::Release);
+        let inside = [lo, lo + page, lo + len - 1];
+        let outside = [lo - 1, lo + len, 0, usize::MAX];
+        let got: Vec<bool> = inside.iter().chain(&outside).map(|&a| exempt(a)).collect();
+        EXEMPT[slot].store(0, Ordering::Release);
+        drop(lock);
+        assert_eq!(got, [true, true, true, false, false, false, false]);
+        assert!(!exempt(lo), "the slot freed");
+    }
 }

@@ -4,7 +4,10 @@
 //! cargo-fuzz target (`fuzz/fuzz_targets/heap_ops.rs`) runs the same code
 //! on coverage-guided inputs where a nightly toolchain exists.
 
+use std::cell::UnsafeCell;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use crate::check::roomy_heap;
 use crate::ops::{decode, Op, Replayer, MAX_OPS};
@@ -44,20 +47,99 @@ const PER_HEAP: usize = 50;
 /// the seed for a longer local hunt.
 const SEQUENCES: usize = 3000;
 
+/// `var` parsed, `default` if it is unset; a value that does not parse
+/// stops the test with its name (a hunt must not run the default count
+/// while its user thinks it runs theirs).
 fn env_or<T: std::str::FromStr>(var: &str, default: T) -> T {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    match std::env::var(var) {
+        Err(std::env::VarError::NotPresent) => default,
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{var}={v:?}: expected a whole number")),
+        Err(e) => panic!("{var}: {e}"),
+    }
+}
+
+/// The line a `SIGABRT` handler writes while sequences are replayed: in
+/// debug builds a broken allocator invariant aborts the process (it may
+/// hold a heap's lock, where a panic could not unwind), so the panic below
+/// that names the failing input never comes. Formatted before each
+/// sequence, written by the handler without allocating.
+static ABORT_LINE: Mutex<()> = Mutex::new(());
+static ABORT_TEXT: AbortText = AbortText(UnsafeCell::new([0; 160]));
+
+/// The text of [`ABORT_TEXT`]: written by [`AbortNote::set`] (one thread,
+/// under [`ABORT_LINE`]) while [`ABORT_LEN`] is 0, read by the handler
+/// only up to that length.
+struct AbortText(UnsafeCell<[u8; 160]>);
+// SAFETY: see the type's comment: no read overlaps a write.
+unsafe impl Sync for AbortText {}
+static ABORT_LEN: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn name_the_sequence_on_abort(_: libc::c_int) {
+    let len = ABORT_LEN.load(Ordering::Acquire);
+    // SAFETY: the text is written only while ABORT_LEN is 0 (see
+    // `AbortNote::set`); write(2) is async-signal-safe. Returning lets
+    // `abort` go on (its handler reset by SA_RESETHAND).
+    unsafe { libc::write(2, ABORT_TEXT.0.get().cast(), len) };
+}
+
+/// Names the sequence being replayed should the process abort; restores
+/// the previous `SIGABRT` disposition when dropped.
+struct AbortNote {
+    old: libc::sigaction,
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+impl AbortNote {
+    fn new() -> AbortNote {
+        let one = ABORT_LINE.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: a zeroed sigaction is valid; the handler only reads a
+        // static and calls write(2).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = name_the_sequence_on_abort as extern "C" fn(libc::c_int) as usize;
+            sa.sa_flags = libc::SA_RESETHAND;
+            let mut old: libc::sigaction = std::mem::zeroed();
+            assert_eq!(libc::sigaction(libc::SIGABRT, &sa, &mut old), 0);
+            AbortNote { old, _one: one }
+        }
+    }
+
+    fn set(&self, i: usize, seed: u64) {
+        let line = format!(
+            "\nfuzz_replay: the process aborted while it replayed sequence {i} of seed {seed:#x}: \
+             replay it with FROSTHEAP_IT_SEED={seed} FROSTHEAP_IT_SEQUENCES={}\n",
+            i + 1
+        );
+        ABORT_LEN.store(0, Ordering::Release);
+        // SAFETY: ABORT_LEN is 0, so the handler writes nothing of the text
+        // while it changes; only this test writes it (ABORT_LINE).
+        let text = unsafe { &mut *ABORT_TEXT.0.get() };
+        let n = line.len().min(text.len());
+        text[..n].copy_from_slice(&line.as_bytes()[..n]);
+        ABORT_LEN.store(n, Ordering::Release);
+    }
+}
+
+impl Drop for AbortNote {
+    fn drop(&mut self) {
+        ABORT_LEN.store(0, Ordering::Release);
+        // SAFETY: `old` is the disposition `new` replaced.
+        unsafe { libc::sigaction(libc::SIGABRT, &self.old, std::ptr::null_mut()) };
+    }
 }
 
 test!(random_byte_strings_replay_cleanly);
 fn random_byte_strings_replay_cleanly() {
     let sequences = env_or("FROSTHEAP_IT_SEQUENCES", SEQUENCES);
-    let mut rng = SplitMix(env_or("FROSTHEAP_IT_SEED", 0x0f05_7ea9));
+    let seed = env_or("FROSTHEAP_IT_SEED", 0x0f05_7ea9);
+    let mut rng = SplitMix(seed);
     let mut n_ops = 0;
     let mut heap = roomy_heap("fuzz");
+    let note = AbortNote::new();
     for i in 0..sequences {
+        note.set(i, seed);
         // Mostly short strings, some long enough to hit MAX_OPS.
         let len = match rng.next() % 8 {
             0..=5 => (rng.next() % 256) as usize,
