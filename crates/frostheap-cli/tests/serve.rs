@@ -37,7 +37,7 @@ struct Server {
 impl Server {
     fn start(args: &[&str]) -> Server {
         // Two workers unless the test asks for its own count.
-        let threads: &[&str] = if args.contains(&"--threads") {
+        let threads: &[&str] = if args.iter().any(|a| a.starts_with("--threads")) {
             &[]
         } else {
             &["--threads", "2"]

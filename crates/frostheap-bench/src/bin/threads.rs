@@ -230,7 +230,10 @@ fn main() {
             eprintln!("threads: cannot run `cc` to build {}: {e}", src.display());
             std::process::exit(2)
         });
-    assert!(status.success(), "cc failed on {}", src.display());
+    if !status.success() {
+        eprintln!("threads: `cc` failed on {} ({status})", src.display());
+        std::process::exit(2);
+    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut skipped = String::new();
     let cases: Vec<&str> = CASES

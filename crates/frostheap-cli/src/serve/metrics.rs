@@ -73,8 +73,9 @@ pub(super) struct Numbers {
     /// is free memory the allocator holds, not a leak.
     heap_committed: usize,
     heap_in_use: usize,
-    /// Times the server went idle and gave its heaps' free memory back,
-    /// the worker threads' trims (each its own heap), and the bytes.
+    /// Times the server went idle and asked its workers to give their
+    /// heaps' free memory back, the worker threads' trims (each its own
+    /// heap), and the bytes given back.
     idle_trims: u64,
     idle_trim_threads: u64,
     idle_trimmed: u64,
@@ -128,7 +129,7 @@ const METRICS: &[(&str, &str, Kind, &str)] = &[
     ("peak_rss", "frostheap_peak_resident_memory_bytes", Kind::Gauge, "Peak resident set size (VmHWM)."),
     ("heap_committed", "frostheap_heap_committed_bytes", Kind::Gauge, "Bytes the process's heaps have committed: live blocks and free memory kept for reuse."),
     ("heap_in_use", "frostheap_heap_in_use_bytes", Kind::Gauge, "Bytes of live blocks in the main and thread heaps."),
-    ("idle_trims", "frostheap_idle_trims", Kind::Counter, "Times the heaps' free memory was given back as the server went idle."),
+    ("idle_trims", "frostheap_idle_trims", Kind::Counter, "Times the server went idle and asked its worker threads to give their heaps' free memory back."),
     ("idle_trim_threads", "frostheap_idle_trim_threads", Kind::Counter, "Worker threads' trims of their own heaps as the server went idle."),
     ("idle_trimmed", "frostheap_idle_trimmed_bytes", Kind::Counter, "Bytes of free heap memory given back as the server went idle."),
 ];

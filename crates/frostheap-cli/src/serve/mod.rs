@@ -548,7 +548,11 @@ async fn serve<S: Limited>(
 /// then spawns a task per worker that blocks its thread until all of them
 /// run at once ([`occupy_every_worker`]): they can only on as many
 /// distinct workers, which tokio wakes to take them, and which each park
-/// again after.
+/// again after. Tokio wakes workers one after another as they find work,
+/// not all at once, so one may still sleep through: while the server
+/// stays idle, each tick that finds a worker short of its trim does it
+/// again.
+///
 /// Until 2026-12-06 only the monitor's thread trimmed: after the mixed
 /// load above, with 2 workers 43.4 MiB committed before, 11.1 MiB after;
 /// with 8, 65 MiB and 41. Against that build, after bursts of 4 MiB
@@ -570,7 +574,13 @@ async fn give_back_when_idle(state: Arc<State>) {
         } else if !trimmed {
             trimmed = true;
             state.idle.spells.fetch_add(1, Ordering::Relaxed);
-            state.idle.asked.fetch_add(1, Ordering::Release);
+            // Under the trims' lock: a trim of the spell before, still
+            // under way, counts for that spell, not this one.
+            state.idle.ask();
+            occupy_every_worker(workers);
+        } else if state.idle.this_spell.load(Ordering::Acquire) < workers as u64 {
+            // Still idle, and a worker was missed (tokio woke no worker
+            // for its task): once more, a tick later.
             occupy_every_worker(workers);
         }
     }
@@ -589,11 +599,13 @@ const OCCUPY_AT_MOST: Duration = Duration::from_millis(250);
 /// millisecond left one worker of four parked, and untrimmed, for a minute.
 fn occupy_every_worker(workers: usize) {
     let started = Arc::new(AtomicUsize::new(0));
+    // One deadline for all: a worker that runs several of the tasks in
+    // turn (the others slow to wake) waits for it once, not once each.
+    let until = Instant::now() + OCCUPY_AT_MOST;
     for _ in 0..workers {
         let started = started.clone();
         tokio::spawn(async move {
             started.fetch_add(1, Ordering::AcqRel);
-            let until = Instant::now() + OCCUPY_AT_MOST;
             while started.load(Ordering::Acquire) < workers && Instant::now() < until {
                 std::thread::sleep(Duration::from_micros(200));
             }

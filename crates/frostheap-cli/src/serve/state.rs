@@ -90,6 +90,9 @@ pub(super) struct State {
 pub(super) struct IdleTrims {
     /// Bumped by the monitor for each idle spell.
     pub(super) asked: AtomicU64,
+    /// Worker threads that trimmed for the spell `asked` names: the
+    /// monitor wakes the workers again while it is short of all of them.
+    pub(super) this_spell: AtomicU64,
     /// Idle spells noticed (`idle_trims` in `/stats`).
     pub(super) spells: AtomicU64,
     /// Worker threads' trims, and the bytes they gave back.
@@ -106,6 +109,13 @@ thread_local! {
 }
 
 impl IdleTrims {
+    /// Opens a new idle spell: every worker thread trims at its next park.
+    pub(super) fn ask(&self) {
+        let _one = self.one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
+        self.this_spell.store(0, Ordering::Release);
+        self.asked.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Run by each worker thread as it parks (no task to run): trims its
     /// heap once per idle spell. Otherwise one load and a thread-local
     /// read.
@@ -117,7 +127,11 @@ impl IdleTrims {
         TRIMMED_FOR.set(asked);
         let bytes = {
             let _one = self.one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
-            frostheap::trim()
+            let bytes = frostheap::trim();
+            if self.asked.load(Ordering::Acquire) == asked {
+                self.this_spell.fetch_add(1, Ordering::AcqRel);
+            }
+            bytes
         };
         self.threads.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);

@@ -65,9 +65,9 @@ static FREEZES: RawLock = RawLock::new();
 const EXEMPT_SLOTS: usize = 64;
 
 /// Bits of an [`EXEMPT`] word that hold the window's page count; the
-/// first page's number lies above them. With 4 KiB pages a window may
-/// reach 1 TiB and lie anywhere under 2^48 (x86_64's user space is under
-/// 2^47 unless a mapping asks for more).
+/// first page's number lies above them (36 bits). With 4 KiB pages a
+/// window may reach 1 TiB and lie anywhere under 2^48 (x86_64's user space
+/// is under 2^47 unless a mapping asks for more).
 const EXEMPT_LEN_BITS: u32 = 28;
 
 /// The pages exempted from a current freeze (a phase's result slots), a
@@ -149,6 +149,16 @@ impl<'a> Freeze<'a> {
         if guarded.len() > guard::CAPACITY {
             fatal(b"frostheap: more guarded heaps than the guard table holds\n");
         }
+        // Checked before anything is frozen.
+        let word = window.map(|(lo, len)| {
+            exempt_word(lo, len).unwrap_or_else(|| {
+                fatal(
+                    b"frostheap: the result slots' pages lie beyond what the freeze's table \
+                      of exempt pages encodes (whole pages, at most 2^28 of them, starting \
+                      below page number 2^36)\n",
+                )
+            })
+        });
         let (_freezes, slot) = lock_with_slot(window.is_some());
         let mprotect = backend == Backend::Mprotect;
         // The heaps this freeze protects: those no other phase has
@@ -173,13 +183,7 @@ impl<'a> Freeze<'a> {
                 fatal(b"frostheap: mprotect failed while freezing a guarded heap\n");
             }
         }
-        if let Some((lo, len)) = window {
-            let Some(word) = exempt_word(lo, len) else {
-                fatal(
-                    b"frostheap: the result slots' pages are not whole pages under 2^48 \
-                      spanning at most 1 TiB, which the freeze's table of exempt pages holds\n",
-                )
-            };
+        if let (Some((lo, len)), Some(word)) = (window, word) {
             // SAFETY: the window is the result slots' own pages, inside one
             // block of a guarded heap (the precondition). With `mprotect`
             // they are opened even when another phase froze the heap first:
@@ -342,8 +346,13 @@ mod tests {
             None,
             "a length of part of a page"
         );
-        assert_eq!(exempt_word(lo, page << EXEMPT_LEN_BITS), None, "1 TiB");
-        assert_eq!(exempt_word(1 << 48, page), None, "a window at 2^48");
+        assert_eq!(exempt_word(lo, page << EXEMPT_LEN_BITS), None, "2^28 pages");
+        let beyond = (1usize << (usize::BITS - EXEMPT_LEN_BITS)) * page;
+        assert_eq!(exempt_word(beyond, page), None, "a first page past 2^36");
+        assert!(
+            exempt_word(beyond - page, page).is_some(),
+            "the last page encoded"
+        );
         assert_eq!(exempt_window(0), (0, 0), "a free slot");
     }
 

@@ -6,7 +6,7 @@
 
 use std::cell::UnsafeCell;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::check::roomy_heap;
@@ -66,17 +66,24 @@ fn env_or<T: std::str::FromStr>(var: &str, default: T) -> T {
 /// that names the failing input never comes. Formatted before each
 /// sequence, written by the handler without allocating.
 static ABORT_LINE: Mutex<()> = Mutex::new(());
-static ABORT_TEXT: AbortText = AbortText(UnsafeCell::new([0; 160]));
+static ABORT_TEXT: AbortText = AbortText(UnsafeCell::new([0; 512]));
+/// The thread that replays (its kernel id): an abort on another thread,
+/// another test's, is not this test's to explain.
+static ABORT_TID: AtomicI32 = AtomicI32::new(0);
 
-/// The text of [`ABORT_TEXT`]: written by [`AbortNote::set`] (one thread,
-/// under [`ABORT_LINE`]) while [`ABORT_LEN`] is 0, read by the handler
-/// only up to that length.
-struct AbortText(UnsafeCell<[u8; 160]>);
-// SAFETY: see the type's comment: no read overlaps a write.
+/// The text of [`ABORT_TEXT`]: written by [`AbortNote::set`] on the
+/// replaying thread while [`ABORT_LEN`] is 0, read by the handler on that
+/// thread only, up to that length: a read never overlaps a write.
+struct AbortText(UnsafeCell<[u8; 512]>);
+// SAFETY: see the type's comment.
 unsafe impl Sync for AbortText {}
 static ABORT_LEN: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn name_the_sequence_on_abort(_: libc::c_int) {
+    // SAFETY: gettid has no preconditions (and is async-signal-safe).
+    if unsafe { libc::gettid() } != ABORT_TID.load(Ordering::Acquire) {
+        return;
+    }
     let len = ABORT_LEN.load(Ordering::Acquire);
     // SAFETY: the text is written only while ABORT_LEN is 0 (see
     // `AbortNote::set`); write(2) is async-signal-safe. Returning lets
@@ -94,6 +101,8 @@ struct AbortNote {
 impl AbortNote {
     fn new() -> AbortNote {
         let one = ABORT_LINE.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: as in the handler.
+        ABORT_TID.store(unsafe { libc::gettid() }, Ordering::Release);
         // SAFETY: a zeroed sigaction is valid; the handler only reads a
         // static and calls write(2).
         unsafe {
@@ -116,15 +125,18 @@ impl AbortNote {
         // SAFETY: ABORT_LEN is 0, so the handler writes nothing of the text
         // while it changes; only this test writes it (ABORT_LINE).
         let text = unsafe { &mut *ABORT_TEXT.0.get() };
-        let n = line.len().min(text.len());
-        text[..n].copy_from_slice(&line.as_bytes()[..n]);
-        ABORT_LEN.store(n, Ordering::Release);
+        // Never cut: a shortened count would replay a run that stops
+        // before the failing sequence.
+        assert!(line.len() <= text.len(), "the abort note outgrew its buffer: {line}");
+        text[..line.len()].copy_from_slice(line.as_bytes());
+        ABORT_LEN.store(line.len(), Ordering::Release);
     }
 }
 
 impl Drop for AbortNote {
     fn drop(&mut self) {
         ABORT_LEN.store(0, Ordering::Release);
+        ABORT_TID.store(0, Ordering::Release);
         // SAFETY: `old` is the disposition `new` replaced.
         unsafe { libc::sigaction(libc::SIGABRT, &self.old, std::ptr::null_mut()) };
     }
