@@ -217,7 +217,7 @@ fn charged_alloc(size: usize, align: usize, f: impl FnOnce(&Glibc) -> *mut c_voi
         return core::ptr::null_mut();
     };
     if !charge(held) {
-        crate::stats::report_first_refusal(size);
+        crate::stats::report_first_refusal(size, None);
         set_errno(libc::ENOMEM);
         return core::ptr::null_mut();
     }
@@ -308,7 +308,7 @@ pub(crate) unsafe fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
         return core::ptr::null_mut();
     };
     if !charge(held) {
-        crate::stats::report_first_refusal(size);
+        crate::stats::report_first_refusal(size, None);
         set_errno(libc::ENOMEM);
         return core::ptr::null_mut();
     }

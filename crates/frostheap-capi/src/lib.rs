@@ -130,8 +130,8 @@ fn out_of_memory() -> *mut c_void {
 /// on standard error ([`stats::report_first_refusal`]).
 #[cold]
 #[inline(never)]
-fn refused(requested: usize) -> *mut c_void {
-    stats::report_first_refusal(requested);
+fn refused(h: raw::Local, requested: usize) -> *mut c_void {
+    stats::report_first_refusal(requested, Some(h));
     out_of_memory()
 }
 
@@ -241,7 +241,11 @@ unsafe fn alloc_aligned(size: usize, align: usize) -> *mut c_void {
         };
         // SAFETY: h is this thread's heap.
         let p = unsafe { h.alloc(layout) };
-        return if p.is_null() { refused(size) } else { p.cast() };
+        return if p.is_null() {
+            refused(h, size)
+        } else {
+            p.cast()
+        };
     }
     if align <= MALLOC_ALIGN {
         foreign::malloc(size)
@@ -268,7 +272,11 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     if let Some(h) = local_fast() {
         // SAFETY: h is this thread's heap.
         let p = unsafe { h.malloc(size) };
-        return if p.is_null() { refused(size) } else { p.cast() };
+        return if p.is_null() {
+            refused(h, size)
+        } else {
+            p.cast()
+        };
     }
     malloc_elsewhere(size)
 }
@@ -282,7 +290,11 @@ fn malloc_elsewhere(size: usize) -> *mut c_void {
     if let Some(h) = local_slow() {
         // SAFETY: h is this thread's heap.
         let p = unsafe { h.malloc(size) };
-        return if p.is_null() { refused(size) } else { p.cast() };
+        return if p.is_null() {
+            refused(h, size)
+        } else {
+            p.cast()
+        };
     }
     foreign::malloc(size)
 }
@@ -388,7 +400,7 @@ pub unsafe extern "C" fn calloc(nmemb: usize, size: usize) -> *mut c_void {
         // SAFETY: h is this thread's heap.
         let p = unsafe { h.calloc(total) };
         return if p.is_null() {
-            refused(total)
+            refused(h, total)
         } else {
             p.cast()
         };
@@ -404,7 +416,7 @@ fn calloc_elsewhere(nmemb: usize, size: usize, total: usize) -> *mut c_void {
         // SAFETY: h is this thread's heap.
         let p = unsafe { h.calloc(total) };
         return if p.is_null() {
-            refused(total)
+            refused(h, total)
         } else {
             p.cast()
         };
@@ -442,7 +454,11 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
             // SAFETY: (1): a live block of this thread's heap. Its
             // alignment is at least 16, and realloc need not keep more.
             let q = unsafe { h.realloc_c(ptr.cast(), size) };
-            return if q.is_null() { refused(size) } else { q.cast() };
+            return if q.is_null() {
+                refused(h, size)
+            } else {
+                q.cast()
+            };
         }
     }
     // SAFETY: (1), and ptr is not a block of this thread's heap.
@@ -470,7 +486,11 @@ unsafe fn realloc_elsewhere(ptr: *mut c_void, size: usize) -> *mut c_void {
         // The thread's first call since it got its heap word.
         // SAFETY: (1): a live block of this thread's heap.
         let q = unsafe { h.realloc_c(ptr.cast(), size) };
-        return if q.is_null() { refused(size) } else { q.cast() };
+        return if q.is_null() {
+            refused(h, size)
+        } else {
+            q.cast()
+        };
     }
     // Another thread's block moves to this thread's heap.
     // SAFETY: (1): ptr is a live heap block.
@@ -480,7 +500,7 @@ unsafe fn realloc_elsewhere(ptr: *mut c_void, size: usize) -> *mut c_void {
     if q.is_null() {
         // A shrink keeps its block past the limit: the program gives
         // memory back, and the block holds the new size.
-        return if size <= old { ptr } else { refused(size) };
+        return if size <= old { ptr } else { refused(h, size) };
     }
     // SAFETY: (1): ptr is live; its usable size bounds what we copy
     // from it, `size` what fits in q; then ptr is freed once (a remote

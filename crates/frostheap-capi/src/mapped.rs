@@ -170,7 +170,7 @@ fn charge(bytes: usize) -> bool {
     if raw::charge_mapped(bytes) {
         return true;
     }
-    crate::stats::report_first_refusal(bytes);
+    crate::stats::report_first_refusal(bytes, None);
     set_errno(libc::ENOMEM);
     false
 }

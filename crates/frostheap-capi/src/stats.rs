@@ -12,6 +12,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use frostheap::__private::fmt_buf::Buf;
 use frostheap::__private::os;
+use frostheap::__private::raw::{Local, RefusedBy};
 
 #[used]
 #[link_section = ".fini_array"]
@@ -38,17 +39,64 @@ static REPORTED: AtomicBool = AtomicBool::new(false);
 /// why. Later refusals are counted, not printed (`FROSTHEAP_STATS=1`,
 /// `malloc_stats`, `mallinfo2`). Called with no lock held; formats into a
 /// stack buffer.
-pub(crate) fn report_first_refusal(requested: usize) {
+///
+/// `heap`: the calling thread's heap when it is what refused, whose
+/// recorded cause the line gives (its range, or the kernel, rather than the
+/// limit; and under the limit, the span it needed where the request's own
+/// pages would have fit). `None` for a mapping or a block of glibc's,
+/// which only the limit refuses.
+pub(crate) fn report_first_refusal(requested: usize, heap: Option<Local>) {
     if REPORTED.swap(true, Ordering::Relaxed) {
         return;
     }
+    let why = heap.map_or(RefusedBy::Unknown, |h| h.last_refusal());
     let p = frostheap::stats();
-    let mut buf = [0u8; 320];
+    let mut buf = [0u8; 512];
     let b = Buf::new(&mut buf).str("frostheap: refused an allocation of ");
-    let b = human(b, requested as u64).str(": the process limit (FROSTHEAP_MAX) is ");
-    let b = human(b, p.limit as u64).str(", ");
-    let b = human(b, p.committed as u64)
-        .str(" committed; the call fails with ENOMEM (later refusals are counted, not printed)\n");
+    let b = human(b, requested as u64).str(": ");
+    let b = match why {
+        RefusedBy::Range { range } => human(b.str("its heap's range of "), range as u64).str(
+            " has no free run that large (the blocks it holds pin it), though it fits under \
+                 the process limit; ",
+        ),
+        RefusedBy::System => b.str(
+            "the kernel refused to commit memory (see ulimit -v, vm.overcommit_memory, \
+             vm.max_map_count); ",
+        ),
+        RefusedBy::Limit { .. } | RefusedBy::Unknown => b,
+    };
+    let b = human(
+        b.str("the process limit (FROSTHEAP_MAX) is "),
+        p.limit as u64,
+    )
+    .str(", ");
+    let b = human(b, p.committed as u64).str(" committed");
+    // A heap charges whole spans of its pages, against the limit in whole
+    // pages: under a small limit the request's own pages may fit beside
+    // what is committed while the span does not. Said then, when the
+    // numbers alone would not explain the refusal.
+    let page = frostheap::__private::PAGE_SIZE;
+    let heap_limit = p.limit & !(page - 1);
+    let room_for_request = requested
+        .checked_next_multiple_of(page)
+        .and_then(|pages| p.committed.checked_add(pages))
+        .is_some_and(|end| end <= heap_limit);
+    let b = match why {
+        RefusedBy::Limit { need } => {
+            let b = if room_for_request && need > 0 {
+                human(b.str(", and its heap needed "), need as u64).str(" more for it")
+            } else {
+                b
+            };
+            if heap_limit == p.limit {
+                b
+            } else {
+                human(b.str(" (the limit holds "), heap_limit as u64).str(" in whole heap pages)")
+            }
+        }
+        _ => b,
+    };
+    let b = b.str("; the call fails with ENOMEM (later refusals are counted, not printed)\n");
     os::write_stderr(b.finish());
 }
 

@@ -839,6 +839,37 @@ fn refusal_lines(out: &Output) -> Vec<String> {
         .collect()
 }
 
+/// Under a tiny limit a small request is refused with room left beside
+/// what is committed: its heap charges a whole span of pages. The line
+/// says how much the heap needed, which the limit could not hold; it used
+/// to show only the limit and the few KiB committed, as if the refusal
+/// made no sense.
+#[test]
+fn a_refusal_under_a_tiny_limit_says_what_the_heap_needed() {
+    let out = preloaded(
+        Command::new(c_program("tiny_limit")).arg("5000"),
+        // Huge pages off (an environment's `on` makes the first commits
+        // larger, and the stdout buffer the refused block).
+        &[("FROSTHEAP_MAX", "128K"), ("FROSTHEAP_HUGE_PAGES", "off")],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok 10\nrefused 5000",
+        "{}",
+        text(&out)
+    );
+    let refused = refusal_lines(&out);
+    assert_eq!(refused.len(), 1, "{}", text(&out));
+    let line = &refused[0];
+    assert!(
+        line.starts_with("frostheap: refused an allocation of 4.8 KiB: the process limit (FROSTHEAP_MAX) is 128.0 KiB, ")
+            && line.contains(" committed, and its heap needed ")
+            && line.contains(" more for it; the call fails with ENOMEM"),
+        "{line}"
+    );
+}
+
 /// Past the limit CPython raises `MemoryError` and goes on; the library
 /// says once, on standard error, that it refused (with the limit and what
 /// is committed), however many times it refuses.

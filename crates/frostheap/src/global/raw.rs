@@ -334,4 +334,45 @@ pub fn release_mapped(bytes: usize) {
     crate::heap::process::release(crate::heap::process::Kind::Mapped, bytes)
 }
 
+/// What refused a heap's last refused allocation ([`Local::last_refusal`]),
+/// for the C ABI's refusal line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusedBy {
+    /// The process limit.
+    Limit {
+        /// The bytes the heap's charge asked for (a whole span of pages;
+        /// 0 when unknown).
+        need: usize,
+    },
+    /// The heap's range had no free run that large, though it fit under
+    /// the limit: the blocks the heap holds pin it.
+    Range {
+        /// The range's length in bytes.
+        range: usize,
+    },
+    /// The kernel refused to commit pages.
+    System,
+    /// Nothing known (the heap refused nothing, or it is sealed).
+    Unknown,
+}
+
+impl Local {
+    /// What refused this heap's last refused allocation (rare code: laid
+    /// with it in the C ABI's `layout.ld`).
+    #[inline(never)]
+    pub fn last_refusal(self) -> RefusedBy {
+        use crate::heap::Refusal;
+        match self.0.core.last_refusal() {
+            Refusal::Limit => RefusedBy::Limit {
+                need: self.0.core.last_refusal_need(),
+            },
+            Refusal::Range => RefusedBy::Range {
+                range: heaps::slot_len(),
+            },
+            Refusal::System => RefusedBy::System,
+            Refusal::None => RefusedBy::Unknown,
+        }
+    }
+}
+
 pub use super::start::{fork_child_adopt, fork_prepare, fork_release};

@@ -374,7 +374,12 @@ fn context_fallback(layout: Layout, zeroed: bool) -> *mut u8 {
     if p.is_null() {
         // The line a refusal on any other path prints (a task that ran out
         // of memory got std's message alone).
-        super::stats::out_of_memory_line_of("context", layout.size(), h.core.last_refusal());
+        super::stats::out_of_memory_line_of(
+            "context",
+            layout.size(),
+            h.core.last_refusal(),
+            h.core.last_refusal_need(),
+        );
     }
     p
 }

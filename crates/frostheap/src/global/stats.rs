@@ -139,8 +139,13 @@ pub(super) fn out_of_memory_line(requested: usize) {
         Some(_) => "thread",
         None => "main (shared path)",
     };
-    let why = own.unwrap_or(main).core.last_refusal();
-    out_of_memory_line_of(heap, requested, why);
+    let core = &own.unwrap_or(main).core;
+    out_of_memory_line_of(
+        heap,
+        requested,
+        core.last_refusal(),
+        core.last_refusal_need(),
+    );
 }
 
 /// The refusal lines of one kind of heap (main, thread, context, the
@@ -169,11 +174,14 @@ const LINE_INTERVAL_NS: u64 = 1_000_000_000;
 /// worker's own heap) and what refused it, `why`: the limit's numbers, or
 /// the heap's range when no free run of it holds the request though it
 /// fits under the limit (the blocks the heap holds pin its range), or the
-/// kernel. The first refusal of each kind of heap prints its
+/// kernel; with the limit, `need`, the bytes the heap's refused charge
+/// asked for, when the request's own pages would have fit (a whole span:
+/// under a tiny limit the line would otherwise show room the heap could
+/// not use). The first refusal of each kind of heap prints its
 /// line; later ones print at most one line a second, saying how many went
 /// unprinted since the last (all of them are counted in the heaps'
 /// `refused`, and those the process limit refused in [`stats`]'s).
-pub(super) fn out_of_memory_line_of(heap: &str, requested: usize, why: Refusal) {
+pub(super) fn out_of_memory_line_of(heap: &str, requested: usize, why: Refusal, need: usize) {
     let rate = &LINE_RATES[match heap {
         "main" => 0,
         "thread" => 1,
@@ -201,6 +209,15 @@ pub(super) fn out_of_memory_line_of(heap: &str, requested: usize, why: Refusal) 
         .dec(requested as u64)
         .str(" bytes: ");
     let limit = s.limit as u64;
+    // The request's own pages fit beside what is committed, under the
+    // limit in whole heap pages (a heap's cap), yet the limit refused: the
+    // heap needed more (a whole span), and the line says so.
+    let page = crate::region::PAGE_SIZE;
+    let heap_limit = s.limit & !(page - 1);
+    let room_for_request = requested
+        .checked_next_multiple_of(page)
+        .and_then(|pages| s.committed.checked_add(pages))
+        .is_some_and(|end| end <= heap_limit);
     let b = match why {
         Refusal::Range => b
             .str("its range of ")
@@ -212,6 +229,21 @@ pub(super) fn out_of_memory_line_of(heap: &str, requested: usize, why: Refusal) 
             .str("the kernel refused to commit memory (see ulimit -v, vm.overcommit_memory, vm.max_map_count); FROSTHEAP_MAX is ")
             .dec(limit)
             .str(" bytes"),
+        Refusal::Limit if room_for_request && need > 0 => {
+            let b = b
+                .str("FROSTHEAP_MAX is ")
+                .dec(limit)
+                .str(" bytes and the heap needed ")
+                .dec(need as u64)
+                .str(" more for it");
+            if heap_limit == s.limit {
+                b
+            } else {
+                b.str(" (the limit holds ")
+                    .dec(heap_limit as u64)
+                    .str(" in whole heap pages)")
+            }
+        }
         Refusal::Limit | Refusal::None => b.str("FROSTHEAP_MAX is ").dec(limit).str(" bytes"),
     };
     let b = b

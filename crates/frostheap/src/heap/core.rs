@@ -578,6 +578,13 @@ impl HeapCore {
         self.spans.last_refusal()
     }
 
+    /// The bytes the commit that refused the heap's last refused
+    /// allocation asked for (0 when unknown): the charge, for the process
+    /// limit; the run of pages, for the range.
+    pub(crate) fn last_refusal_need(&self) -> usize {
+        self.spans.last_refusal_need()
+    }
+
     /// Past the heap's cap or the process limit, on the owner's path: what
     /// the owner holds that is not in use goes back to the span allocator
     /// before an allocation is refused — the blocks its cache holds to
@@ -1786,7 +1793,9 @@ impl HeapCore {
             // the process limit too when the cap is the limit (a request
             // larger than FROSTHEAP_MAX in global mode).
             if self.spans.cap_is_process_limit() {
-                self.spans.note_refusal(Refusal::Limit);
+                // What it would have needed is not known: the size and
+                // the alignment's slack together pass the reservation.
+                self.spans.note_refusal(Refusal::Limit, 0);
             }
             self.refuse();
             return (ptr::null_mut(), false);

@@ -221,9 +221,15 @@ pub(crate) struct SpanAllocator {
     /// allocation fails in the end (it may go on to give back what its
     /// owner holds, and succeed).
     refused: AtomicU8,
+    /// The bytes the commit `refused` names asked for: the charge the cap
+    /// or the limit refused, the range the reservation had no room for
+    /// (0 when unknown).
+    refused_need: AtomicUsize,
     /// The cause of the heap's last refused allocation
-    /// ([`SpanAllocator::refused_for_good`]), for the line that reports it.
+    /// ([`SpanAllocator::refused_for_good`]), for the line that reports it,
+    /// and the bytes its commit asked for.
     last_refusal: AtomicU8,
+    last_need: AtomicUsize,
 }
 
 /// What refused a heap's commit, least telling first: an allocation that
@@ -295,7 +301,9 @@ impl SpanAllocator {
             // The pre-committed minimum, charged by the caller.
             charged: AtomicUsize::new(region.committed()),
             refused: AtomicU8::new(Refusal::None as u8),
+            refused_need: AtomicUsize::new(0),
             last_refusal: AtomicU8::new(Refusal::None as u8),
+            last_need: AtomicUsize::new(0),
             region,
         }
     }
@@ -319,9 +327,10 @@ impl SpanAllocator {
     // A call, not inlined, laid with the rare code (layout.ld): the
     // growth paths that call it run in every process.
     #[inline(never)]
-    pub(super) fn note_refusal(&self, why: Refusal) {
-        if self.refused.load(Ordering::Relaxed) < why as u8 {
+    pub(super) fn note_refusal(&self, why: Refusal, need: usize) {
+        if self.refused.load(Ordering::Relaxed) <= why as u8 {
             self.refused.store(why as u8, Ordering::Relaxed);
+            self.refused_need.store(need, Ordering::Relaxed);
         }
     }
 
@@ -331,8 +340,11 @@ impl SpanAllocator {
     /// returned.
     #[inline(never)] // laid with the rare code (layout.ld)
     pub(super) fn refused_for_good(&self) -> Refusal {
+        let need = self.refused_need.load(Ordering::Relaxed);
         let why = self.take_refusal();
+        let need = if why == Refusal::None { 0 } else { need };
         self.last_refusal.store(why as u8, Ordering::Relaxed);
+        self.last_need.store(need, Ordering::Relaxed);
         why
     }
 
@@ -340,6 +352,12 @@ impl SpanAllocator {
     /// refused on the way).
     pub(super) fn last_refusal(&self) -> Refusal {
         Refusal::from_u8(self.last_refusal.load(Ordering::Relaxed))
+    }
+
+    /// The bytes the last refused allocation's refused commit asked for
+    /// (see [`SpanAllocator::last_refusal`]; 0 when unknown).
+    pub(super) fn last_refusal_need(&self) -> usize {
+        self.last_need.load(Ordering::Relaxed)
     }
 
     /// Whether the heap's cap is the process limit (to the page): a heap
@@ -777,9 +795,10 @@ impl Locked<'_> {
     /// main heap refused at `FROSTHEAP_MAX` is refused by its own cap, the
     /// limit, before the process's counters are asked; it counted no
     /// process refusal.
-    fn cap_refused(&self) {
+    /// `need`: the bytes the cap refused.
+    fn cap_refused(&self, need: usize) {
         if self.alloc.cap_is_process_limit() {
-            self.alloc.note_refusal(Refusal::Limit);
+            self.alloc.note_refusal(Refusal::Limit, need);
         }
     }
 
@@ -841,7 +860,7 @@ impl Locked<'_> {
             return true;
         }
         if !self.fits(bytes) {
-            self.cap_refused();
+            self.cap_refused(bytes);
             return false; // the heap's own cap: other heaps cannot help
         }
         let kind = self.alloc.kind;
@@ -851,7 +870,7 @@ impl Locked<'_> {
             self.add_charged(bytes);
             return true;
         }
-        self.alloc.note_refusal(Refusal::Limit);
+        self.alloc.note_refusal(Refusal::Limit, bytes);
         false
     }
 
@@ -879,9 +898,9 @@ impl Locked<'_> {
             // The reservation is full; when the request does not fit
             // under the cap either, the cap refused it.
             if self.fits(pages * PAGE_SIZE) {
-                a.note_refusal(Refusal::Range);
+                a.note_refusal(Refusal::Range, pages * PAGE_SIZE);
             } else {
-                self.cap_refused();
+                self.cap_refused(pages * PAGE_SIZE);
             }
             return false;
         }
@@ -913,7 +932,7 @@ impl Locked<'_> {
             };
             if self.open_tables(target >> PAGE_SHIFT).is_err() || region.grow_to(target).is_err() {
                 self.release(target - committed);
-                a.note_refusal(Refusal::System);
+                a.note_refusal(Refusal::System, 0);
                 return false;
             }
             self.note_growth();
@@ -931,13 +950,13 @@ impl Locked<'_> {
         if !self.fits(want - committed) {
             self.release_free();
             if !self.fits(want - committed) {
-                self.cap_refused();
+                self.cap_refused(want - committed);
                 return false;
             }
         }
         let target = target.max(want);
         if self.open_tables(target >> PAGE_SHIFT).is_err() || region.grow_to(target).is_err() {
-            a.note_refusal(Refusal::System);
+            a.note_refusal(Refusal::System, 0);
             return false;
         }
         self.note_growth();

@@ -591,6 +591,45 @@ fn out_of_memory_in_global_mode_names_frostheap_and_the_limit() {
     assert!(ours < std_line, "frostheap's line must come first\n{stderr}");
 }
 
+test!(a_refusal_under_a_tiny_limit_says_what_the_heap_needed);
+/// Under `FROSTHEAP_MAX=256K` a program of a few KiB is refused a small
+/// block: the new size class needs a span of its own, which does not fit
+/// beside what is committed though the block would. The line says how
+/// much the heap needed; it used to give only the limit and the committed
+/// bytes, which did not explain the refusal. (Huge pages off: where they
+/// are on, a heap's first commits are larger, and the limit is met with
+/// everything committed, which the numbers alone explain.)
+fn a_refusal_under_a_tiny_limit_says_what_the_heap_needed() {
+    const LIMIT: u64 = 256 << 10;
+    let out = run_fixture(
+        "global_threads",
+        &["tiny-limit"],
+        &[("FROSTHEAP_MAX", "256K"), ("FROSTHEAP_HUGE_PAGES", "off")],
+    );
+    assert_eq!(out.status.signal(), Some(6), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("frostheap: out of memory: the main heap cannot allocate "))
+        .unwrap_or_else(|| panic!("no frostheap line\n{}", describe(&out)));
+    assert!(
+        line.contains("FROSTHEAP_MAX is 262144 bytes and the heap needed "),
+        "{line}"
+    );
+    // The numbers bear it out: the request fit, the heap's need did not.
+    let number_after = |key: &str| -> u64 {
+        let rest = &line[line.find(key).unwrap_or_else(|| panic!("{key:?} in {line}")) + key.len()..];
+        rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())]
+            .parse()
+            .unwrap_or_else(|e| panic!("{key:?} in {line}: {e}"))
+    };
+    let requested = number_after("cannot allocate ");
+    let needed = number_after("the heap needed ");
+    let committed = number_after("the process has ");
+    assert!(committed + requested <= LIMIT, "{line}");
+    assert!(committed + needed > LIMIT, "{line}");
+}
+
 test!(refusals_a_program_handles_print_one_line_a_second_and_are_all_counted);
 /// A program that asks for memory it can do without (`try_reserve`) got
 /// one line for every refusal: 10,000 refusals now print the first line
