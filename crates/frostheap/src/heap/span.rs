@@ -318,8 +318,10 @@ impl SpanAllocator {
         Refusal::from_u8(self.refused.swap(Refusal::None as u8, Ordering::Relaxed))
     }
 
-    /// Notes what refused a commit, `why`, unless something more telling
-    /// did since the last [`SpanAllocator::take_refusal`]. The span lock's
+    /// Notes what refused a commit, `why`, and the bytes it asked for,
+    /// `need` (0 if unknown), unless something more telling did since the
+    /// last [`SpanAllocator::take_refusal`] (a later commit refused for the
+    /// same cause replaces the earlier one's bytes). The span lock's
     /// holder, or the owner on a path that refuses before taking it (a
     /// request larger than the reservation): a load and a store, not a
     /// read-modify-write, as the two at once can only cost the line its
