@@ -130,8 +130,10 @@ fn out_of_memory() -> *mut c_void {
 /// on standard error ([`stats::report_first_refusal`]).
 #[cold]
 #[inline(never)]
-fn refused(h: raw::Local, requested: usize) -> *mut c_void {
-    stats::report_first_refusal(requested, Some(h));
+fn refused(requested: usize) -> *mut c_void {
+    // The heap the call used is the thread's heap word's (every path that
+    // got a heap set it): read as is, attaching nothing.
+    stats::report_first_refusal(requested, local_fast());
     out_of_memory()
 }
 
@@ -241,11 +243,7 @@ unsafe fn alloc_aligned(size: usize, align: usize) -> *mut c_void {
         };
         // SAFETY: h is this thread's heap.
         let p = unsafe { h.alloc(layout) };
-        return if p.is_null() {
-            refused(h, size)
-        } else {
-            p.cast()
-        };
+        return if p.is_null() { refused(size) } else { p.cast() };
     }
     if align <= MALLOC_ALIGN {
         foreign::malloc(size)
@@ -272,11 +270,7 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     if let Some(h) = local_fast() {
         // SAFETY: h is this thread's heap.
         let p = unsafe { h.malloc(size) };
-        return if p.is_null() {
-            refused(h, size)
-        } else {
-            p.cast()
-        };
+        return if p.is_null() { refused(size) } else { p.cast() };
     }
     malloc_elsewhere(size)
 }
@@ -290,11 +284,7 @@ fn malloc_elsewhere(size: usize) -> *mut c_void {
     if let Some(h) = local_slow() {
         // SAFETY: h is this thread's heap.
         let p = unsafe { h.malloc(size) };
-        return if p.is_null() {
-            refused(h, size)
-        } else {
-            p.cast()
-        };
+        return if p.is_null() { refused(size) } else { p.cast() };
     }
     foreign::malloc(size)
 }
@@ -400,7 +390,7 @@ pub unsafe extern "C" fn calloc(nmemb: usize, size: usize) -> *mut c_void {
         // SAFETY: h is this thread's heap.
         let p = unsafe { h.calloc(total) };
         return if p.is_null() {
-            refused(h, total)
+            refused(total)
         } else {
             p.cast()
         };
@@ -416,7 +406,7 @@ fn calloc_elsewhere(nmemb: usize, size: usize, total: usize) -> *mut c_void {
         // SAFETY: h is this thread's heap.
         let p = unsafe { h.calloc(total) };
         return if p.is_null() {
-            refused(h, total)
+            refused(total)
         } else {
             p.cast()
         };
@@ -454,11 +444,7 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
             // SAFETY: (1): a live block of this thread's heap. Its
             // alignment is at least 16, and realloc need not keep more.
             let q = unsafe { h.realloc_c(ptr.cast(), size) };
-            return if q.is_null() {
-                refused(h, size)
-            } else {
-                q.cast()
-            };
+            return if q.is_null() { refused(size) } else { q.cast() };
         }
     }
     // SAFETY: (1), and ptr is not a block of this thread's heap.
@@ -486,11 +472,7 @@ unsafe fn realloc_elsewhere(ptr: *mut c_void, size: usize) -> *mut c_void {
         // The thread's first call since it got its heap word.
         // SAFETY: (1): a live block of this thread's heap.
         let q = unsafe { h.realloc_c(ptr.cast(), size) };
-        return if q.is_null() {
-            refused(h, size)
-        } else {
-            q.cast()
-        };
+        return if q.is_null() { refused(size) } else { q.cast() };
     }
     // Another thread's block moves to this thread's heap.
     // SAFETY: (1): ptr is a live heap block.
@@ -500,7 +482,7 @@ unsafe fn realloc_elsewhere(ptr: *mut c_void, size: usize) -> *mut c_void {
     if q.is_null() {
         // A shrink keeps its block past the limit: the program gives
         // memory back, and the block holds the new size.
-        return if size <= old { ptr } else { refused(h, size) };
+        return if size <= old { ptr } else { refused(size) };
     }
     // SAFETY: (1): ptr is live; its usable size bounds what we copy
     // from it, `size` what fits in q; then ptr is freed once (a remote
