@@ -12,7 +12,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use frostheap::__private::fmt_buf::Buf;
 use frostheap::__private::os;
-use frostheap::__private::raw::{Local, RefusedBy};
+use frostheap::__private::raw::{refusal_room, Local, RefusedBy};
 
 #[used]
 #[link_section = ".fini_array"]
@@ -75,12 +75,7 @@ pub(crate) fn report_first_refusal(requested: usize, heap: Option<Local>) {
     // pages: under a small limit the request's own pages may fit beside
     // what is committed while the span does not. Said then, when the
     // numbers alone would not explain the refusal.
-    let page = frostheap::__private::PAGE_SIZE;
-    let heap_limit = p.limit & !(page - 1);
-    let room_for_request = requested
-        .checked_next_multiple_of(page)
-        .and_then(|pages| p.committed.checked_add(pages))
-        .is_some_and(|end| end <= heap_limit);
+    let (heap_limit, room_for_request) = refusal_room(requested, &p);
     let b = match why {
         RefusedBy::Limit { need } => {
             let b = if room_for_request && need > 0 {

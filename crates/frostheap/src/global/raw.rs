@@ -334,6 +334,8 @@ pub fn release_mapped(bytes: usize) {
     crate::heap::process::release(crate::heap::process::Kind::Mapped, bytes)
 }
 
+pub use super::stats::refusal_room;
+
 /// What refused a heap's last refused allocation ([`Local::last_refusal`]),
 /// for the C ABI's refusal line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -169,6 +169,21 @@ static LINE_RATES: [LineRate; 4] = [const {
 /// by what it gets) printed a line for every refusal, 13,805 in one run.
 const LINE_INTERVAL_NS: u64 = 1_000_000_000;
 
+/// For a refusal's line: the limit in whole heap pages (what a heap's cap
+/// holds of it), and whether the request's own pages fit beside what is
+/// committed under it. When they do, yet the limit refused, the heap
+/// needed more than the request (a whole span of a new size class, under
+/// a tiny limit), and the line says how much.
+pub fn refusal_room(requested: usize, s: &ProcessStats) -> (usize, bool) {
+    let page = crate::region::PAGE_SIZE;
+    let heap_limit = s.limit & !(page - 1);
+    let fits = requested
+        .checked_next_multiple_of(page)
+        .and_then(|pages| s.committed.checked_add(pages))
+        .is_some_and(|end| end <= heap_limit);
+    (heap_limit, fits)
+}
+
 /// [`out_of_memory_line`] naming the heap that refused (`"context"`: a
 /// runtime task's allocation, refused by its context heap and then by its
 /// worker's own heap) and what refused it, `why`: the limit's numbers, or
@@ -209,15 +224,7 @@ pub(super) fn out_of_memory_line_of(heap: &str, requested: usize, why: Refusal, 
         .dec(requested as u64)
         .str(" bytes: ");
     let limit = s.limit as u64;
-    // The request's own pages fit beside what is committed, under the
-    // limit in whole heap pages (a heap's cap), yet the limit refused: the
-    // heap needed more (a whole span), and the line says so.
-    let page = crate::region::PAGE_SIZE;
-    let heap_limit = s.limit & !(page - 1);
-    let room_for_request = requested
-        .checked_next_multiple_of(page)
-        .and_then(|pages| s.committed.checked_add(pages))
-        .is_some_and(|end| end <= heap_limit);
+    let (heap_limit, room_for_request) = refusal_room(requested, &s);
     let b = match why {
         Refusal::Range => b
             .str("its range of ")
