@@ -553,13 +553,13 @@ async fn serve<S: Limited>(
 /// stays idle, each tick that finds a worker short of its trim does it
 /// again.
 ///
-/// Until 2026-12-06 only the monitor's thread trimmed: after the mixed
-/// load above, with 2 workers 43.4 MiB committed before, 11.1 MiB after;
-/// with 8, 65 MiB and 41. Against that build, after bursts of 4 MiB
-/// transforms and 2,400 requests of 100 B–250 KB on 16 connections (two
-/// runs each, `idle_trim_threads` equal to the workers in each): 2
-/// workers 5.3–5.4 MiB committed once idle, now 5.1; 8 workers 9.1–9.2,
-/// now 7.6–8.3.
+/// Until 2026-12-06 only the monitor's thread trimmed. Against that build
+/// (`crates/frostheap-cli/bench/idle-trim.py`, 8 workers, the two builds
+/// alternating, committed KiB once idle): after `--mixed 1500` (24,000
+/// requests), five pairs, 11,648 before and 10,320 now (medians; lower in
+/// every pair, by 0.5–1.7 MiB); after the default 2,400 requests, no
+/// difference (9,148 and 9,160): the cached blocks a worker keeps grow
+/// with its requests.
 async fn give_back_when_idle(state: Arc<State>) {
     let mut tick = tokio::time::interval(IDLE_TRIM);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
