@@ -171,7 +171,7 @@ pub(super) fn numbers(state: &State) -> Numbers {
         peak_rss,
         heap_committed: heap.committed,
         heap_in_use: heap.in_use(),
-        idle_trims: state.idle.spells.load(Ordering::Relaxed),
+        idle_trims: state.idle.asked.load(Ordering::Relaxed),
         idle_trim_threads: state.idle.threads.load(Ordering::Relaxed),
         idle_trimmed: state.idle.bytes.load(Ordering::Relaxed),
         ..Numbers::default()

@@ -573,7 +573,6 @@ async fn give_back_when_idle(state: Arc<State>) {
             (seen, trimmed) = (requests, false);
         } else if !trimmed {
             trimmed = true;
-            state.idle.spells.fetch_add(1, Ordering::Relaxed);
             // Under the trims' lock: a trim of the spell before, still
             // under way, counts for that spell, not this one.
             state.idle.ask();

@@ -81,20 +81,20 @@ pub(super) struct State {
 }
 
 /// The trims of idle spells. `frostheap::trim` gives back every heap's
-/// free spans, but a thread's cached blocks (its current span of each size
-/// class, the blocks other threads freed to it), and the spans they pin,
-/// only on that thread: so each worker thread trims its own heap, from
+/// free spans, but the blocks a thread keeps for reuse (its own freed
+/// blocks, the other heaps' blocks it holds or has batched for their
+/// owners), and the spans they pin, only on that thread: so each worker
+/// thread trims its own heap, from
 /// the runtime's park hook, the first time it parks after the idle monitor
 /// asked.
 #[derive(Default)]
 pub(super) struct IdleTrims {
-    /// Bumped by the monitor for each idle spell.
+    /// Bumped by the monitor for each idle spell: the spells so far
+    /// (`idle_trims` in `/stats`).
     pub(super) asked: AtomicU64,
     /// Worker threads that trimmed for the spell `asked` names: the
     /// monitor wakes the workers again while it is short of all of them.
     pub(super) this_spell: AtomicU64,
-    /// Idle spells noticed (`idle_trims` in `/stats`).
-    pub(super) spells: AtomicU64,
     /// Worker threads' trims, and the bytes they gave back.
     pub(super) threads: AtomicU64,
     pub(super) bytes: AtomicU64,

@@ -236,13 +236,15 @@ pub(super) fn out_of_memory_line_of(heap: &str, requested: usize, why: Refusal, 
             .str("the kernel refused to commit memory (see ulimit -v, vm.overcommit_memory, vm.max_map_count); FROSTHEAP_MAX is ")
             .dec(limit)
             .str(" bytes"),
-        Refusal::Limit if room_for_request && need > 0 => {
-            let b = b
-                .str("FROSTHEAP_MAX is ")
-                .dec(limit)
-                .str(" bytes and the heap needed ")
-                .dec(need as u64)
-                .str(" more for it");
+        Refusal::Limit => {
+            let b = b.str("FROSTHEAP_MAX is ").dec(limit).str(" bytes");
+            let b = if room_for_request && need > 0 {
+                b.str(" and the heap needed ")
+                    .dec(need as u64)
+                    .str(" more for it")
+            } else {
+                b
+            };
             if heap_limit == s.limit {
                 b
             } else {
@@ -251,7 +253,7 @@ pub(super) fn out_of_memory_line_of(heap: &str, requested: usize, why: Refusal, 
                     .str(" in whole heap pages)")
             }
         }
-        Refusal::Limit | Refusal::None => b.str("FROSTHEAP_MAX is ").dec(limit).str(" bytes"),
+        Refusal::None => b.str("FROSTHEAP_MAX is ").dec(limit).str(" bytes"),
     };
     let b = b
         .str("; the process has ")
