@@ -40,6 +40,9 @@ pub struct Violation {
     pub(crate) policy: OnViolation,
     /// Rollback: the stores the phase undid (this one and every other).
     pub(crate) stores_undone: usize,
+    /// A rollback runtime kept the phase's stores: its tasks had `&mut`
+    /// access to values that own memory (`Runtime::run_phase`'s `keep`).
+    pub(crate) kept: bool,
     /// The other violating stores of the same phase: (address, item).
     pub(crate) others: Vec<(usize, Option<usize>)>,
     /// Violating stores of the same phase counted and not listed in
@@ -252,6 +255,19 @@ impl Violation {
     pub fn stores_undone(&self) -> usize {
         self.stores_undone
     }
+    /// Whether a runtime under the rollback policy kept the phase's
+    /// violating stores instead of undoing them (then [`Violation::policy`]
+    /// is [`OnViolation::Audit`], what was applied). It does so for a
+    /// phase whose tasks get `&mut` access to values that own memory
+    /// (`for_each_mut`, `par(&mut v)`, `par_chunks_mut`, the sorts, over a
+    /// type that needs `Drop`): such a value may own the memory a task
+    /// wrote (a `Vec` pushed to, whose buffer main allocated), and an undo
+    /// would leave it disagreeing with that memory (its length counting an
+    /// element the undo took back), which is unsound to drop. The call
+    /// still returns the violation.
+    pub fn stores_kept(&self) -> bool {
+        self.kept
+    }
     /// The other violating stores of the same phase: (address, item
     /// index). Each worker's first 256 stores of a phase are listed; the
     /// rest are counted in [`Violation::violating_stores`].
@@ -282,6 +298,9 @@ impl Violation {
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let what = match self.policy {
+            OnViolation::Audit if self.kept => {
+                "its stores were kept: the phase lent `&mut` values that own memory, which an undo would leave inconsistent"
+            }
             OnViolation::Cancel => "the task was cancelled and the store did not happen",
             OnViolation::Audit => "audit mode: the store went through",
             OnViolation::Abort => "aborting",
@@ -371,7 +390,7 @@ impl fmt::Display for Violation {
         if self.policy == OnViolation::Rollback {
             let n = self.stores_undone;
             let stores = if n == 1 { "store" } else { "stores" };
-            writeln!(f, "  rollback {n} {stores} undone; every guarded heap is as it was before the phase; its results were dropped")?;
+            writeln!(f, "  rollback {n} {stores} undone; every guarded heap is as it was before the phase; its results were leaked, never dropped (one may rest on a store that was undone)")?;
             if self.cancelled > 0 {
                 writeln!(
                     f,
@@ -402,6 +421,13 @@ impl fmt::Display for Violation {
             write!(
                 f,
                 "  note     the task's thread is parked for good; locks it held stay held"
+            )?;
+        } else if self.kept {
+            write!(
+                f,
+                "  note     the tasks had `&mut` access to values of a type that owns memory; a value built \
+                 outside unguarded(..) owns memory in a guarded heap (a Vec's buffer), which tasks cannot \
+                 write: build such values inside unguarded(..)"
             )?;
         } else {
             write!(f, "  note     guarded data is frozen during parallel phases; write to the task's own allocations, Shared<T>, or memory made inside unguarded(..)")?;

@@ -352,7 +352,8 @@ where
     }
 
     /// After a phase that failed or stopped early: drops the results
-    /// written (after an error, for terminals that write slots) and every
+    /// written (after an error, for terminals that write slots; never
+    /// after stores were undone, see [`Runtime::run_batch`]) and every
     /// item never taken, each exactly once.
     ///
     /// A parked worker never published its chunk: the item it was running
@@ -363,9 +364,9 @@ where
     /// 1. The phase is over; `parked_items` are the items whose tasks were
     ///    running on workers parked in it; after an error, no one else owns
     ///    the written slots.
-    unsafe fn discard(&self, parked_items: &[usize], failed: bool) {
+    unsafe fn discard(&self, parked_items: &[usize], failed: bool, rolled_back: bool) {
         let drop_items = core::mem::needs_drop::<S::Item>();
-        let drop_results = failed && T::SLOTS;
+        let drop_results = failed && !rolled_back && T::SLOTS;
         if !drop_items && !drop_results {
             return;
         }
@@ -413,7 +414,16 @@ fn batch_error(phase: &PhaseResult, panic: Option<(Option<usize>, String)>) -> O
 
 impl Runtime {
     /// Runs items `[base, base + n)` of `src` through `pipe` into `term`
-    /// as one phase. On an error, everything the batch made is dropped.
+    /// as one phase. On an error, everything the batch made is dropped,
+    /// unless the rollback policy undid stores of the phase: then what
+    /// its tasks made is never dropped (a leak, which is safe), and
+    /// `rolled_back` says so, for the caller to have the terminal leak its
+    /// partials of the batch too ([`Terminal::leak_batch`]). A task's value
+    /// may rest on a store that was undone — an `Arc` cloned from guarded
+    /// data, whose count increment the undo took back — and dropping it
+    /// would act on the heap as it was not (that `Arc`'s count would fall
+    /// below its holders, and its value be freed while the guarded data
+    /// still points at it).
     ///
     /// # Safety
     /// 1. The items `[base, base + n)` of `src` were never taken, and this
@@ -431,6 +441,7 @@ impl Runtime {
         pipe: &P,
         term: &T,
         per_item: &mut usize,
+        rolled_back: &mut bool,
     ) -> Result<(), Error>
     where
         S: ParSource,
@@ -468,7 +479,12 @@ impl Runtime {
         let window = term
             .slot_window()
             .and_then(|(ptr, len)| self.results_window(ptr, len));
-        let phase = self.run_phase(&|env: &WorkerEnv<'_>| job.work(env), window);
+        let phase = self.run_phase(
+            &|env: &WorkerEnv<'_>| job.work(env),
+            window,
+            S::LENDS_OWNERS,
+        );
+        *rolled_back = phase.undone > 0;
 
         let panic = core::mem::take(&mut *job.panic.lock().unwrap_or_else(|e| e.into_inner()));
         let mut error = batch_error(&phase, panic);
@@ -486,7 +502,7 @@ impl Runtime {
         if error.is_some() || term.stopped() {
             // SAFETY: the phase is over, its parked items are listed, and
             // after an error the caller does not take the slots.
-            unsafe { job.discard(&phase.parked_items, error.is_some()) };
+            unsafe { job.discard(&phase.parked_items, error.is_some(), *rolled_back) };
         }
         match error {
             None => Ok(()),

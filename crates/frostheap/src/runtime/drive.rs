@@ -74,7 +74,7 @@ impl<S: ParSource> Drive for Indexed<S> {
         let _turn = rt.phase_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut scratch = rt.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let total = src.len();
-        let (mut base, mut per_item) = (0usize, 0usize);
+        let (mut base, mut per_item, mut rolled_back) = (0usize, 0usize, false);
         while base < total {
             let n = rt.next_batch_len(base == 0, per_item).min(total - base);
             rt.record_batch(n);
@@ -83,7 +83,21 @@ impl<S: ParSource> Drive for Indexed<S> {
             // SAFETY: items [base, base + n) were never taken (batches
             // follow each other); `progress` is zeroed, large enough, and
             // ours while the scratch lock is held; prepare_batch was called.
-            let r = unsafe { rt.run_batch(&src, base, n, progress, pipe, term, &mut per_item) };
+            let r = unsafe {
+                rt.run_batch(
+                    &src,
+                    base,
+                    n,
+                    progress,
+                    pipe,
+                    term,
+                    &mut per_item,
+                    &mut rolled_back,
+                )
+            };
+            if rolled_back {
+                term.leak_batch();
+            }
             term.finish_batch(r.is_ok());
             base += n;
             if r.is_err() || term.stopped() {
@@ -116,7 +130,7 @@ where
         let _turn = rt.phase_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut scratch = rt.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let mut iter = self.0;
-        let (mut base, mut per_item) = (0usize, 0usize);
+        let (mut base, mut per_item, mut rolled_back) = (0usize, 0usize, false);
         loop {
             let batch_len = rt.next_batch_len(base == 0, per_item);
             let n = pull(&mut iter, &mut scratch.items, batch_len);
@@ -135,7 +149,21 @@ where
             // SAFETY: the n pulled items are initialised and owned by this
             // batch; `progress` is zeroed, large enough and ours while the
             // scratch lock is held; prepare_batch was called.
-            let r = unsafe { rt.run_batch(&src, base, n, progress, pipe, term, &mut per_item) };
+            let r = unsafe {
+                rt.run_batch(
+                    &src,
+                    base,
+                    n,
+                    progress,
+                    pipe,
+                    term,
+                    &mut per_item,
+                    &mut rolled_back,
+                )
+            };
+            if rolled_back {
+                term.leak_batch();
+            }
             term.finish_batch(r.is_ok());
             base += n;
             if r.is_err() || term.stopped() || batch_len == usize::MAX {

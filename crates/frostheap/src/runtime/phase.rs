@@ -43,15 +43,28 @@ pub(super) struct PhaseResult {
     /// locks were abandoned (`Runtime::wait_for_workers`): an
     /// [`Error::Incomplete`] that says so.
     pub(super) stalled: Option<Error>,
+    /// Violating stores the rollback policy undid. What the tasks made
+    /// from those stores (a result holding an `Arc` whose count increment
+    /// was undone) disagrees with the heaps now, so the batch engine never
+    /// drops it ([`super::terminal::Terminal::leak_batch`]).
+    pub(super) undone: usize,
 }
 
 impl Runtime {
     /// Runs `job` on every worker as one phase; `window` (the result slots'
-    /// pages, when they lie in a guarded heap) stays writable.
+    /// pages, when they lie in a guarded heap) stays writable. With `keep`
+    /// (a rollback runtime's phase whose tasks get `&mut` access to values
+    /// that own memory, [`super::source::ParSource::LENDS_OWNERS`]),
+    /// violating stores are let through and kept, as the audit policy
+    /// keeps them, and reported as the phase's error: undone, they would
+    /// leave such a value disagreeing with the memory it owns (a `Vec`
+    /// whose length counts an element the undo took back), which the
+    /// caller still holds and drops.
     pub(super) fn run_phase(
         &self,
         job: &(dyn Fn(&WorkerEnv<'_>) + Sync),
         window: Option<(usize, usize)>,
+        keep: bool,
     ) -> PhaseResult {
         assert!(
             !self.in_phase.swap(true, Ordering::AcqRel),
@@ -67,9 +80,21 @@ impl Runtime {
                 refused: Some(e),
                 workers: 0,
                 stalled: None,
+                undone: 0,
             };
         }
         let ctl = self.control;
+        // The phase's policy, in every worker's state before the phase
+        // starts (the epoch's release below publishes it).
+        let policy = if keep && ctl.policy == OnViolation::Rollback {
+            OnViolation::Audit
+        } else {
+            ctl.policy
+        };
+        let keep = policy != ctl.policy;
+        for w in self.lock_workers().iter() {
+            w.slot.policy.store(policy as u32, Ordering::Relaxed);
+        }
         // Everything main needs from `self` is read before the freeze: the
         // Runtime value itself may live in a guarded heap, and main must
         // not write frozen memory (it would wait for its own thaw).
@@ -78,7 +103,7 @@ impl Runtime {
         // Under rollback the phase is counted in flight before any of its
         // workers can store, so that other runtimes' replays in the
         // meantime keep what they cannot restore yet for it (guard::undo).
-        let ticket = (ctl.policy == OnViolation::Rollback).then(guard::undo::phase_begins);
+        let ticket = (policy == OnViolation::Rollback).then(guard::undo::phase_begins);
         // The freeze protocol is trap::Freeze's; dropping it thaws.
         let freeze = Freeze::new(&self.guards, ctl.backend, window);
         let job_ref = JobRef(job);
@@ -102,7 +127,7 @@ impl Runtime {
         drop(freeze);
         self.in_phase.store(false, Ordering::Release);
         // Undo, deferred frees, reports: runtime::recovery.
-        let mut result = self.recover(abandoned, ticket);
+        let mut result = self.recover(abandoned, ticket, policy, keep);
         result.workers = active as usize;
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         s.phases += 1;

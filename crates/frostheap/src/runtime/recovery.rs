@@ -211,9 +211,17 @@ impl Runtime {
     /// deferred (except those of workers that violated under rollback),
     /// and turns the workers' records into the phase's result. `abandoned`
     /// workers were stopped for making no progress after a violation;
-    /// `ticket` counted the phase in flight (rollback, `guard::undo`).
-    pub(super) fn recover(&self, abandoned: usize, ticket: Option<Ticket>) -> PhaseResult {
-        let policy = self.control.policy;
+    /// `ticket` counted the phase in flight (rollback, `guard::undo`);
+    /// `policy` is the phase's, and `keep` says it is audit in place of
+    /// the runtime's rollback (`Runtime::run_phase`): its stores stay, and
+    /// are reported as the phase's violations.
+    pub(super) fn recover(
+        &self,
+        abandoned: usize,
+        ticket: Option<Ticket>,
+        policy: OnViolation,
+        keep: bool,
+    ) -> PhaseResult {
         let undone = if let Some(ticket) = ticket {
             // Every worker has ended the phase and the heaps are writable
             // for main: undo the violating stores, newest first, before
@@ -251,7 +259,8 @@ impl Runtime {
                     .drain(|p| unsafe { crate::heap::free_deferred(p) });
             }
         }
-        let mut result = self.collect_violations();
+        let mut result = self.collect_violations(policy, keep);
+        result.undone = undone;
         // The error carries the first violation: it names every other.
         let others: Vec<(usize, Option<usize>)> = result
             .violations
@@ -266,6 +275,7 @@ impl Runtime {
             first.cancelled = result.cancelled;
             first.abandoned = abandoned;
             first.no_progress_timeout = self.no_progress_timeout;
+            first.kept = keep;
         } else if abandoned > 0 {
             // No violation of its own: its tasks waited on locks that the
             // workers parked by earlier phases' violations keep.
@@ -287,9 +297,13 @@ impl Runtime {
     /// records into the audit log, rollback and kernel-write records and
     /// parked workers into the phase's violations. Parked workers are
     /// forgotten (their threads never end) and replaced before the next
-    /// phase ([`Runtime::staff`]).
-    fn collect_violations(&self) -> PhaseResult {
-        let (backend, policy) = (self.control.backend, self.control.policy);
+    /// phase ([`Runtime::staff`]). `policy` is the phase's; with `keep`,
+    /// audit records are the phase's violations too.
+    fn collect_violations(&self, policy: OnViolation, keep: bool) -> PhaseResult {
+        let backend = self.control.backend;
+        // Records that make the phase's error (rollback's, and audit's in
+        // place of rollback) rather than the audit log.
+        let reported = policy == OnViolation::Rollback || keep;
         // One report from one record of worker `w`.
         let report = |w: &Worker, addr: usize, ip: usize, tid: u32, item: usize, access: Access| {
             let name = w
@@ -320,7 +334,7 @@ impl Runtime {
             } else {
                 Vec::new()
             };
-            if policy == OnViolation::Rollback {
+            if reported {
                 unlisted += count.saturating_sub(AUDIT_RECORDS);
             } else {
                 audited += count as u64;
@@ -343,7 +357,7 @@ impl Runtime {
                 if k == 0 {
                     v.frames = frames.clone();
                 }
-                if policy == OnViolation::Rollback {
+                if reported {
                     violations.push(v);
                 } else {
                     self.audit_log
@@ -424,6 +438,7 @@ impl Runtime {
             refused: None,
             workers: 0,
             stalled: None,
+            undone: 0,
         }
     }
 }

@@ -73,6 +73,14 @@ pub unsafe trait ParSource: Sync + Sealed {
         None
     }
 
+    /// Whether tasks get `&mut` access to values that may own memory
+    /// (values of a type that needs `Drop`), which the caller keeps after
+    /// the call. A rollback runtime keeps the violating stores of such a
+    /// phase instead of undoing them (`Runtime::run_phase`): a `Vec` a
+    /// task pushed to, whose buffer lies in a guarded heap, would
+    /// otherwise keep a length that counts an element the undo took back.
+    const LENDS_OWNERS: bool = false;
+
     /// Called once before the first item is taken: from then on the
     /// runtime, not the source's `Drop`, disposes of the items.
     #[doc(hidden)]
@@ -196,6 +204,7 @@ unsafe impl<'a, T: Send> ParSource for SliceMut<'a, T> {
     fn lent_mut(&self) -> Option<(usize, usize)> {
         Some((self.ptr as usize, self.len * core::mem::size_of::<T>()))
     }
+    const LENDS_OWNERS: bool = core::mem::needs_drop::<T>();
 }
 
 impl<'a, T: Send> IntoParSource for &'a mut [T] {
@@ -475,6 +484,7 @@ unsafe impl<'a, T: Send> ParSource for ChunksMut<'a, T> {
     fn lent_mut(&self) -> Option<(usize, usize)> {
         Some((self.ptr as usize, self.elems * core::mem::size_of::<T>()))
     }
+    const LENDS_OWNERS: bool = core::mem::needs_drop::<T>();
 }
 
 /// `slice` as consecutive mutable chunks of `size` elements (the last may

@@ -34,6 +34,15 @@ pub trait Terminal<T>: Sync {
     fn prepare_batch(&mut self, rt: &Runtime, base: usize, n: usize, chunks: usize);
     /// Called on main after the batch; `ok` when every item of it ran.
     fn finish_batch(&mut self, ok: bool);
+    /// Called on main after a batch whose violating stores the rollback
+    /// policy undid, before [`Terminal::finish_batch`]: the partials the
+    /// batch's tasks made are never dropped, as they may rest on a store
+    /// that was undone (see [`Runtime::run_batch`]). Terminals that keep
+    /// nothing the tasks made need not act; slots are never dropped then
+    /// either (the batch engine skips them).
+    ///
+    /// [`Runtime::run_batch`]: super::pool::Runtime
+    fn leak_batch(&mut self) {}
     /// State for a new claim.
     fn begin(&self) -> Self::State;
     /// Consumes the items of one chunk; `first` is the input index of the
@@ -194,6 +203,16 @@ impl<R: Send> Terminal<R> for PieceCollect<R> {
         // on main in system memory, so workers never grow the list.
         let pieces = self.pieces.get_mut().unwrap_or_else(|e| e.into_inner());
         unguarded(|| pieces.reserve(chunks));
+    }
+    fn leak_batch(&mut self) {
+        let batch = self.batch;
+        let pieces = self.pieces.get_mut().unwrap_or_else(|e| e.into_inner());
+        // Kept in input order by `into_vec`, which an error never reaches.
+        for (_, _, piece) in
+            unguarded(|| pieces.extract_if(.., |p| p.0 == batch).collect::<Vec<_>>())
+        {
+            core::mem::forget(piece);
+        }
     }
     fn finish_batch(&mut self, _: bool) {
         self.batch += 1;
@@ -401,6 +420,12 @@ impl<T, C: Combine<T>> Terminal<T> for Reduce<C, T> {
     type State = Option<C::Acc>;
     fn prepare_batch(&mut self, _: &Runtime, _: usize, _: usize, chunks: usize) {
         self.segments.reset(chunks);
+    }
+    fn leak_batch(&mut self) {
+        let t = self.segments.0.get_mut().unwrap_or_else(|e| e.into_inner());
+        for slot in &mut t.by_start {
+            core::mem::forget(slot.take());
+        }
     }
     fn finish_batch(&mut self, ok: bool) {
         if ok {

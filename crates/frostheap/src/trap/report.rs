@@ -51,6 +51,7 @@ impl Violation {
             backend,
             policy,
             stores_undone: 0,
+            kept: false,
             others: Vec::new(),
             unlisted: 0,
             cancelled: 0,
