@@ -96,9 +96,12 @@ impl RuntimeBuilder {
     }
 
     /// Threads the cancel policy may leave parked. Parked workers are
-    /// replaced while the runtime's parked threads are within this cap, so
-    /// its threads never exceed `workers + max_parked`; past it, every
-    /// call returns [`Error::Incomplete`]. Each parked thread also keeps a
+    /// replaced while fewer than this are parked, so the runtime's threads
+    /// never exceed `workers + max_parked`; from then on, every call
+    /// returns [`Error::Incomplete`]. The cap is looked at before each
+    /// phase, and every worker of a phase may park in it (a violator, or a
+    /// task blocked on its lock), so the parked threads alone may pass it
+    /// by up to `workers - 1`, within that same total. Each parked thread also keeps a
     /// context slot (1024 in the process), so `workers + max_parked` may
     /// not exceed 1024: [`RuntimeBuilder::build`] refuses a `max_parked`
     /// set here that does not fit with [`Error::InvalidConfig`] naming

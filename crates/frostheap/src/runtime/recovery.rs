@@ -69,8 +69,8 @@ impl Runtime {
             if parked >= self.max_parked {
                 return Err(Error::Incomplete {
                     reason: format!(
-                        "{parked} worker threads of this runtime are parked after violations {}, which \
-                         reaches max_parked ({}), so it starts no more replacements and runs no phase with \
+                        "{parked} worker threads of this runtime are parked after violations {}, at or past \
+                         max_parked ({}), so it starts no more replacements and runs no phase with \
                          fewer than its {} workers. Fix the tasks that write frozen memory, {}raise \
                          Runtime::builder().max_parked(..), or build a new runtime",
                         if self.control.policy == OnViolation::Rollback {
