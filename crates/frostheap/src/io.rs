@@ -1,8 +1,9 @@
 //! I/O helpers that know about frozen heaps.
 //!
-//! The kernel does not apply protection keys to its own accesses, and a
-//! `read(2)` into an `mprotect`-frozen buffer fails with `EFAULT` instead
-//! of raising a signal — so the fault handler never sees writes the kernel
+//! A `read(2)` into a frozen buffer fails with `EFAULT` instead of raising
+//! a signal (under `mprotect`, and under protection keys, whose denial the
+//! kernel's copies obey on the calling thread; writes through pinned pages
+//! pass the keys) — so the fault handler never sees writes the kernel
 //! makes on a task's behalf. These helpers turn that `EFAULT` (or, for
 //! pkeys, a destination inside a frozen heap, checked before the call)
 //! into a violation: the task gets `Err(Error::Violation(..))` back, and
@@ -22,8 +23,10 @@ pub fn read(fd: &impl AsRawFd, buf: &mut [u8]) -> Result<usize, Error> {
     let (addr, len) = (buf.as_mut_ptr() as usize, buf.len());
     let frozen =
         || guard::frozen_in(addr, len).map(|at| (at, guard::entry_of(at).map_or(0, |e| e.key())));
-    // The kernel ignores protection keys: a worker's read into a frozen
-    // heap that carries a key is refused before the call.
+    // A worker's read into a frozen heap that carries a key is refused
+    // before the call: the kernel's copy would fail with EFAULT after
+    // part of it may have landed (its denial is per page), and paths
+    // through pinned pages ignore the key.
     if in_phase() {
         if let Some((at, key @ 1..)) = frozen() {
             return Err(kernel_violation(at, key));
