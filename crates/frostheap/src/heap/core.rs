@@ -1824,7 +1824,12 @@ impl HeapCore {
         // freeing a neighbouring span must not find them in any state of
         // their free life.
         let mut spans = self.lock_spans();
-        let Some((idx, zeroed)) = spans.alloc(n_pages) else {
+        let taken = if layout.align() > PAGE_SIZE {
+            spans.alloc_aligned(n_pages, layout.align())
+        } else {
+            spans.alloc(n_pages)
+        };
+        let Some((idx, zeroed)) = taken else {
             return (ptr::null_mut(), false);
         };
         chaos();

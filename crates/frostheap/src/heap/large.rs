@@ -10,12 +10,14 @@ use super::page::{Kind, PageMeta, PageTable};
 use super::span::Locked;
 use crate::region::{round_up, PAGE_SIZE};
 
-/// Pages a large block for `layout` takes (room for an alignment above a
-/// page included); `None` when that cannot fit in `reserved` bytes.
+/// Pages a large block for `layout` takes; `None` when it cannot fit in
+/// `reserved` bytes with the room its alignment may need to find an
+/// aligned start (the span allocator takes only the block's pages, at an
+/// aligned page: `Locked::alloc_aligned`).
 pub(super) fn pages_for(layout: Layout, reserved: usize) -> Option<usize> {
     let extra = layout.align().saturating_sub(PAGE_SIZE);
     match layout.size().max(1).checked_add(extra) {
-        Some(b) if b <= reserved => Some(b.div_ceil(PAGE_SIZE)),
+        Some(b) if b <= reserved => Some(layout.size().max(1).div_ceil(PAGE_SIZE)),
         _ => None,
     }
 }

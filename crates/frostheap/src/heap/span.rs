@@ -593,6 +593,103 @@ impl Locked<'_> {
         }
     }
 
+    /// [`Locked::alloc`] of a run of `pages` pages whose first page's
+    /// address is a multiple of `align` (a power of two above a page):
+    /// the run is cut out of a free span that holds it (the parts before
+    /// and after it stay free), so that only its own pages are taken and
+    /// charged. A large block aligned beyond a page used to take `size +
+    /// align - 64 KiB` and hold the slack: `posix_memalign` of 4 KiB at 4
+    /// MiB charged 4 MiB a block (64 of them filled a 256 MiB limit with
+    /// 2 MiB resident), and 2 MiB blocks at 2 MiB took twice their size.
+    pub(super) fn alloc_aligned(&mut self, pages: usize, align: usize) -> Option<(usize, bool)> {
+        let fit = match self.aligned_fit(pages, align) {
+            Some(fit) => fit,
+            None => {
+                // Room for the run wherever the growth's alignment falls.
+                let slack = align / PAGE_SIZE - 1;
+                if !self.grow(pages.checked_add(slack)?) {
+                    return None;
+                }
+                self.aligned_fit(pages, align)?
+            }
+        };
+        let (idx, at) = fit;
+        let need = |l: &Self| {
+            let m = l.pages.meta(idx);
+            // The run takes the span's count first (see the module doc).
+            uncharged(m).min(pages) * PAGE_SIZE
+        };
+        let bytes = need(self);
+        if bytes > 0 && !self.try_charge(bytes) && !self.give_back_and_charge(need) {
+            return None;
+        }
+        // SAFETY: idx heads a free span holding [at, at + pages) (giving
+        // back purges and uncharges spans, it does not move them).
+        Some((at, unsafe { self.take_inside(idx, at, pages) }))
+    }
+
+    /// The first free span, in bin order, holding a run of `pages` pages
+    /// that starts at an address aligned to `align`: its head and the
+    /// run's first page.
+    fn aligned_fit(&self, pages: usize, align: usize) -> Option<(usize, usize)> {
+        let b = bin_of(pages);
+        let mut mask = self.spans.nonempty & !((1u64 << b) - 1);
+        while mask != 0 {
+            let bin = mask.trailing_zeros() as usize;
+            let mut idx = self.spans.bins[bin];
+            while idx != NONE {
+                let i = idx as usize;
+                let m = self.pages.meta(i);
+                let n = m.span_pages.get() as usize;
+                let addr = self.pages.page_addr(i);
+                let at = i + (round_up(addr, align) - addr) / PAGE_SIZE;
+                if at + pages <= i + n {
+                    return Some((i, at));
+                }
+                idx = m.next.get();
+            }
+            mask &= mask - 1;
+        }
+        None
+    }
+
+    /// Takes `[at, at + pages)` out of the free span headed at `idx`, its
+    /// charge already made; the parts before and after it stay free, each
+    /// dirty as the span was. Returns whether the run is known zero.
+    ///
+    /// # Safety
+    /// 1. `idx` heads a free span, in its bin, that holds `[at, at + pages)`.
+    unsafe fn take_inside(&mut self, idx: usize, at: usize, pages: usize) -> bool {
+        let m = self.pages.meta(idx);
+        let n = m.span_pages.get() as usize;
+        let dirty = m.flags.get() & DIRTY != 0;
+        // The run takes the count first, then the part before it, then
+        // the part after it (see the module doc).
+        let mut u = uncharged(m) - uncharged(m).min(pages);
+        let (before, after) = (at - idx, idx + n - at - pages);
+        // SAFETY: (1); the parts before and after the run are free,
+        // committed and out of every bin once the span is removed.
+        unsafe {
+            self.remove(idx);
+            if before > 0 {
+                let ub = u.min(before);
+                u -= ub;
+                self.insert(idx, before, dirty, ub);
+            }
+            if after > 0 {
+                self.insert(at + pages, after, dirty, u.min(after));
+            }
+        }
+        // As in `take`: nothing of the run may read as free once the lock
+        // is released, before its caller lays it out.
+        self.pages.meta(at).set_kind(Kind::Unused);
+        if pages > 1 {
+            self.pages.meta(at + pages - 1).set_kind(Kind::Unused);
+        }
+        self.spans.took_clean |= !dirty;
+        !dirty
+    }
+
     /// Takes a run of `pages` free pages for a small span, committing more
     /// if needed. Taken from a free span whose pages are all uncharged
     /// (the region's growth, a span purged whole), none of them is charged

@@ -1083,7 +1083,7 @@ fn map_slice_over_a_guarded_slice_catches_a_write_through_a_shared_reference() {
     // Under rollback a phase whose stores were undone leaks its results
     // (one may rest on an undone store); under cancel the store never
     // happened, and every result made is dropped.
-    let dropped = if rt.policy() == frostheap::OnViolation::Rollback {
+    let dropped = if rt.on_violation() == frostheap::OnViolation::Rollback {
         0
     } else {
         made.load(Ordering::Relaxed)
