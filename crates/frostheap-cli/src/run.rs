@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use frostheap::__private::{parse_limit_bytes, process_memory, LIMIT_SYNTAX};
-use frostheap::{Bytes, SizeError};
+use frostheap::{Bytes, SizeErrorKind};
 
 /// The library's file name.
 pub const LIB_NAME: &str = "libfrostheap.so";
@@ -60,11 +60,11 @@ pub struct RunArgs {
 /// size, or a percentage of the memory this process (and so the program,
 /// in the same cgroup) may use, resolved here to bytes.
 pub(crate) fn limit_arg(flag: &str, text: &str) -> Result<usize, String> {
-    parse_limit_bytes(text.as_bytes(), process_memory()).map_err(|e| match e {
-        SizeError::TooLarge => {
+    parse_limit_bytes(text.as_bytes(), process_memory()).map_err(|e| match e.kind() {
+        SizeErrorKind::TooLarge => {
             format!("invalid {flag} \"{text}\": expected a size that fits in 64 bits")
         }
-        SizeError::Malformed => format!("invalid {flag} \"{text}\": expected {LIMIT_SYNTAX}"),
+        SizeErrorKind::Malformed => format!("invalid {flag} \"{text}\": expected {LIMIT_SYNTAX}"),
     })
 }
 
@@ -227,7 +227,7 @@ pub fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             let min = limit_arg("--min", text)?;
             if min > max {
                 return Err(format!(
-                    "invalid --min \"{text}\": expected at most --max-memory ({})",
+                    "invalid --min \"{text}\": expected at most --max-memory ({:#})",
                     Bytes(max)
                 )
                 .into());

@@ -20,7 +20,7 @@
 use core::ffi::CStr;
 
 use crate::os;
-use crate::size::{parse_size_bytes, SizeError};
+use crate::size::{parse_size_bytes, SizeError, SizeErrorKind};
 
 /// How guarded heaps are protected during a phase.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -343,7 +343,7 @@ fn memory_of(physical: usize, cgroup_limit: Option<usize>) -> usize {
 
 /// What `FROSTHEAP_MAX` and `FROSTHEAP_MIN` (and `frostheap run
 /// --max-memory`) accept.
-pub const LIMIT_SYNTAX: &str = "a byte size (a number with an optional unit B, K, M, G, T, or KB/KiB, MB/MiB, GB/GiB, TB/TiB, e.g. 64M, 1G, 1.5GiB) or a whole percentage, 1% to 100%, of the memory the process may use (physical memory, or its cgroup's limit if less), e.g. 75%";
+pub const LIMIT_SYNTAX: &str = "a byte size (a number with an optional binary unit B, K, M, G, T, P, E, or KB/KiB, MB/MiB, ..., EB/EiB, any case, e.g. 64M, 1G, 1.5GiB) or a whole percentage, 1% to 100%, of the memory the process may use (physical memory, or its cgroup's limit if less), e.g. 75%";
 
 /// Parses a limit: a byte size ([`parse_size_bytes`]), or `N%` (a whole
 /// `N` from 1 to 100) of `memory` ([`process_memory`]), rounded down to a
@@ -356,13 +356,13 @@ pub fn parse_limit_bytes(text: &[u8], memory: usize) -> Result<usize, SizeError>
     };
     let number = number.trim_ascii_end();
     if number.is_empty() || number.len() > 3 || !number.iter().all(u8::is_ascii_digit) {
-        return Err(SizeError::Malformed);
+        return Err(SizeError::new(SizeErrorKind::Malformed, text));
     }
     let percent = number
         .iter()
         .fold(0usize, |n, &d| n * 10 + usize::from(d - b'0'));
     if !(1..=100).contains(&percent) {
-        return Err(SizeError::Malformed);
+        return Err(SizeError::new(SizeErrorKind::Malformed, text));
     }
     // memory * percent / 100 exactly, without overflow near the top and
     // without a u128 division (the compiler's `__udivti3`, laid far from
@@ -429,10 +429,10 @@ pub fn parse(
     };
     let size = |var: &Var| match get(var) {
         None => Ok(None),
-        Some(value) => match parse_limit_bytes(value, memory) {
+        Some(value) => match parse_limit_bytes(value, memory).map_err(|e| e.kind()) {
             Ok(n) => Ok(Some((n, value))),
-            Err(SizeError::Malformed) => Err(bad(var, value, LIMIT_SYNTAX)),
-            Err(SizeError::TooLarge) => Err(bad(var, value, "a size that fits in 64 bits")),
+            Err(SizeErrorKind::Malformed) => Err(bad(var, value, LIMIT_SYNTAX)),
+            Err(SizeErrorKind::TooLarge) => Err(bad(var, value, "a size that fits in 64 bits")),
         },
     };
     let min = size(&MIN)?;
@@ -668,8 +668,8 @@ mod tests {
         assert_eq!(parse_limit_bytes(b"64M", 4 * gib), Ok(64 << 20));
         for bad in ["0%", "101%", "1000%", "%", "7.5%", "-5%", "50%%", "G%"] {
             assert_eq!(
-                parse_limit_bytes(bad.as_bytes(), 4 * gib),
-                Err(SizeError::Malformed),
+                parse_limit_bytes(bad.as_bytes(), 4 * gib).map_err(|e| e.kind()),
+                Err(SizeErrorKind::Malformed),
                 "{bad}"
             );
         }

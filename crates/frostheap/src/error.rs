@@ -121,7 +121,7 @@ impl fmt::Display for Error {
         match self {
             Error::OutOfMemory { requested, limit, in_use } => write!(
                 f,
-                "out of memory: {} requested, {} in use, limit {}; raise max (FROSTHEAP_MAX) or free memory first",
+                "out of memory: {:#} requested, {:#} in use, limit {:#}; raise max (FROSTHEAP_MAX) or free memory first",
                 crate::size::Bytes(*requested),
                 crate::size::Bytes(*in_use),
                 crate::size::Bytes(*limit),

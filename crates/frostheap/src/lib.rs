@@ -286,7 +286,7 @@ pub use runtime::{
     global_runtime, par, try_global_runtime, Arena, Runtime, RuntimeBuilder, RuntimeStats, Scope,
     TaskContext, DEFAULT_MAX_PARKED, DEFAULT_NO_PROGRESS_TIMEOUT,
 };
-pub use size::{parse_size, Bytes, SizeError};
+pub use size::{parse_size, Bytes, SizeError, SizeErrorKind};
 pub use violation::{Access, Violation};
 
 /// **Not public API.** Internals that the workspace's other crates and the

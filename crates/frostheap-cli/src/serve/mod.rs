@@ -244,7 +244,7 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
             let bytes = crate::run::limit_arg("--max-memory", text)?;
             if bytes > machine {
                 return Err(format!(
-                    "invalid --max-memory \"{text}\": {} is more than the memory this server may use ({}: physical memory, or its cgroup's limit if less), so the budget could not keep it within memory; expected at most that, or a percentage such as 75%",
+                    "invalid --max-memory \"{text}\": {:#} is more than the memory this server may use ({:#}: physical memory, or its cgroup's limit if less), so the budget could not keep it within memory; expected at most that, or a percentage such as 75%",
                     Bytes(bytes),
                     Bytes(machine),
                 )
@@ -308,7 +308,7 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         };
         if max_memory < per_client {
             return Err(format!(
-                "--max-memory {} is smaller than one client ({} per client): raise --max-memory or lower --per-client",
+                "--max-memory {:#} is smaller than one client ({:#} per client): raise --max-memory or lower --per-client",
                 Bytes(max_memory),
                 Bytes(per_client),
             )

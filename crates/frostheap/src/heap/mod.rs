@@ -807,17 +807,22 @@ impl HeapBuilder {
         crate::global::start()?;
         let max = self.max.unwrap_or_else(crate::config::default_max_here);
         if max < PAGE_SIZE {
+            // `{:#}`: a max just below the bound shows its exact bytes
+            // (not "64.0 KiB" beside "at least 64 KiB").
             return Err(Error::invalid(
                 "max",
-                crate::size::Bytes(max),
-                format!("at least {} (one heap page)", crate::size::Bytes(PAGE_SIZE)),
+                format_args!("{:#}", crate::size::Bytes(max)),
+                format!(
+                    "at least {:#} (one heap page)",
+                    crate::size::Bytes(PAGE_SIZE)
+                ),
             ));
         }
         if self.min > max {
             return Err(Error::invalid(
                 "min",
-                crate::size::Bytes(self.min),
-                format!("at most max ({})", crate::size::Bytes(max)),
+                format_args!("{:#}", crate::size::Bytes(self.min)),
+                format!("at most max ({:#})", crate::size::Bytes(max)),
             ));
         }
         let huge_pages = if self.huge_pages.enabled() {
@@ -865,9 +870,9 @@ fn refused_build(e: InitError, min: usize, max: usize, huge: Huge) -> Error {
             requested, limit, ..
         } if requested > limit => Error::invalid(
             "min",
-            crate::size::Bytes(min),
+            format_args!("{:#}", crate::size::Bytes(min)),
             format!(
-                "at most the process limit, {} (FROSTHEAP_MAX, or its default when unset), which every heap's committed memory counts against",
+                "at most the process limit, {:#} (FROSTHEAP_MAX, or its default when unset), which every heap's committed memory counts against",
                 crate::size::Bytes(limit)
             ),
         ),

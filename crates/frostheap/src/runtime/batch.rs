@@ -10,6 +10,21 @@
 //! progress word; the only per-item store is the worker's current item
 //! index, which violation reports need.
 //!
+//! **Budget.** Under a memory budget, in a batch of more than one item
+//! per worker (the first batch has one item per worker and runs whole,
+//! since every worker must run an item to make progress), a worker claims
+//! one chunk at a time,
+//! adds the bytes its items allocated to the batch's sum when the chunk
+//! ends, and no chunk is claimed once that sum has reached the budget: the
+//! batch then ends early, its chunks `[0, cursor)` all run, and the driver
+//! starts the next batch at the first item not run, sized from the new
+//! per-item measure. A batch sized from cheap items that meets dear ones
+//! therefore overshoots the budget by at most the chunks running when the
+//! sum crossed it: one chunk per worker, a chunk being 1/32 of a worker's
+//! share of the batch (and at most [`MAX_CHUNK`] items). Claims of one
+//! chunk cost a budgeted 10 M-item map of a cheap function nothing
+//! measurable beside the per-item measuring it already pays.
+//!
 //! **Items.** A chunk's items reach the pipeline as a std iterator over
 //! `source.take(i)`, and the terminal drives the chain with one internal
 //! iteration ([`run_span`]), so a map, a filter-and-sum or a fold compiles
@@ -120,6 +135,10 @@ struct BatchJob<'a, S, P, T> {
     /// measures every item (two counter reads around each task); other
     /// calls measure per chunk.
     per_item_bytes: bool,
+    /// Claims one chunk at a time and none once `sum_bytes >= budget`: a
+    /// budgeted batch of more than one item per worker (the first batch,
+    /// one item per worker, runs whole: each worker must run an item).
+    stop_at_budget: bool,
     cursor: AtomicUsize,
     cancel: AtomicBool,
     /// The first panic: its item index (if a task's) and message.
@@ -182,15 +201,25 @@ where
         }
     }
 
-    /// Claims the next run of chunks (guided, see the file's notes), or
-    /// `None` when every chunk is taken.
+    /// Claims the next run of chunks (guided; one chunk under a budget, see
+    /// the file's notes), or `None` when every chunk is taken or the
+    /// budgeted batch has used its budget.
     fn claim(&self) -> Option<Range<usize>> {
+        if self.stop_at_budget && self.sum_bytes.load(Ordering::Relaxed) >= self.budget {
+            // The batch has used its budget: it ends with the chunks
+            // claimed so far (see the file's notes).
+            return None;
+        }
         let mut first = self.cursor.load(Ordering::Relaxed);
         loop {
             if first >= self.n_chunks {
                 return None;
             }
-            let k = ((self.n_chunks - first) / (2 * self.workers)).max(1);
+            let k = if self.stop_at_budget {
+                1
+            } else {
+                ((self.n_chunks - first) / (2 * self.workers)).max(1)
+            };
             match self.cursor.compare_exchange_weak(
                 first,
                 first + k,
@@ -340,11 +369,32 @@ where
         self.cancel.store(true, Ordering::Relaxed);
     }
 
-    /// Whether some chunk did not run to its end (nor stop at a panic):
-    /// with no error and no early stop, the phase ended without running
-    /// every task, and the call must not return `Ok`.
+    /// Chunks claimed: those the batch ran (all of them, unless a budgeted
+    /// batch stopped claiming at its budget), once the phase is over.
+    fn claimed_chunks(&self) -> usize {
+        self.cursor.load(Ordering::Relaxed).min(self.n_chunks)
+    }
+
+    /// Items the batch ran when it ended without an error: its claimed
+    /// chunks, a prefix of the batch.
+    fn ran_items(&self) -> usize {
+        (self.claimed_chunks() * self.chunk).min(self.n)
+    }
+
+    /// Whether the phase ended without running what it had to: every chunk
+    /// (or, for a batch that reached its budget, every chunk it claimed)
+    /// to its end or to a panic. With no error and no early stop, the call
+    /// must not return `Ok` then. (A batch stops claiming only once its
+    /// sum reached the budget, which takes a chunk run: a phase no worker
+    /// started is unfinished, never an `Ok` of no items.)
     fn unfinished(&self) -> bool {
-        self.progress.iter().enumerate().any(|(k, p)| {
+        let claimed = self.claimed_chunks();
+        let at_budget =
+            self.stop_at_budget && self.sum_bytes.load(Ordering::Relaxed) >= self.budget;
+        if claimed < self.n_chunks && !at_budget {
+            return true;
+        }
+        self.progress[..claimed].iter().enumerate().any(|(k, p)| {
             let lo = self.base + k * self.chunk;
             let hi = (lo + self.chunk).min(self.base + self.n);
             p.load(Ordering::Acquire) as usize != hi - lo
@@ -414,16 +464,20 @@ fn batch_error(phase: &PhaseResult, panic: Option<(Option<usize>, String)>) -> O
 
 impl Runtime {
     /// Runs items `[base, base + n)` of `src` through `pipe` into `term`
-    /// as one phase. On an error, everything the batch made is dropped,
-    /// unless the rollback policy undid stores of the phase: then what
-    /// its tasks made is never dropped (a leak, which is safe), and
-    /// `rolled_back` says so, for the caller to have the terminal leak its
-    /// partials of the batch too ([`Terminal::leak_batch`]). A task's value
-    /// may rest on a store that was undone — an `Arc` cloned from guarded
-    /// data, whose count increment the undo took back — and dropping it
-    /// would act on the heap as it was not (that `Arc`'s count would fall
-    /// below its holders, and its value be freed while the guarded data
-    /// still points at it).
+    /// as one phase; returns how many it ran, `[base, base + ran)`: all
+    /// `n`, unless a budgeted batch reached its budget first (the items
+    /// after them are untouched, for the next batch). On an error, or
+    /// when the terminal stopped early, everything the batch made and
+    /// every item of it not taken are dropped, unless the rollback policy
+    /// undid stores of the phase: then what its tasks made is never
+    /// dropped (a leak, which is safe), and `rolled_back` says so, for the
+    /// caller to have the terminal leak its partials of the batch too
+    /// ([`Terminal::leak_batch`]). A task's value may rest on a store that
+    /// was undone — an `Arc` cloned from guarded data, whose count
+    /// increment the undo took back — and dropping it would act on the
+    /// heap as it was not (that `Arc`'s count would fall below its
+    /// holders, and its value be freed while the guarded data still
+    /// points at it).
     ///
     /// # Safety
     /// 1. The items `[base, base + n)` of `src` were never taken, and this
@@ -442,7 +496,7 @@ impl Runtime {
         term: &T,
         per_item: &mut usize,
         rolled_back: &mut bool,
-    ) -> Result<(), Error>
+    ) -> Result<usize, Error>
     where
         S: ParSource,
         P: Pipe<S::Item>,
@@ -467,6 +521,7 @@ impl Runtime {
             workers: self.n_workers.max(1),
             budget: self.memory_budget.unwrap_or(usize::MAX),
             per_item_bytes: self.memory_budget.is_some(),
+            stop_at_budget: self.memory_budget.is_some() && n > self.n_workers,
             cursor: AtomicUsize::new(0),
             cancel: AtomicBool::new(false),
             panic: Mutex::new(None),
@@ -498,25 +553,32 @@ impl Runtime {
                 ),
             });
         }
-        self.record_batch_bytes(&job, per_item);
+        let ran = if error.is_none() { job.ran_items() } else { n };
+        self.record_batch_bytes(&job, ran, per_item);
         if error.is_some() || term.stopped() {
             // SAFETY: the phase is over, its parked items are listed, and
             // after an error the caller does not take the slots.
             unsafe { job.discard(&phase.parked_items, error.is_some(), *rolled_back) };
         }
         match error {
-            None => Ok(()),
+            None => Ok(ran),
             Some(e) => Err(e),
         }
     }
 
-    /// Adds a finished batch's item count and measured bytes to the
-    /// statistics, and raises `per_item` (the call's largest item so far).
-    fn record_batch_bytes<S, P, T>(&self, job: &BatchJob<'_, S, P, T>, per_item: &mut usize) {
+    /// Adds a finished batch's item count (`ran`) and measured bytes to
+    /// the statistics, and raises `per_item` (the call's largest item so
+    /// far).
+    fn record_batch_bytes<S, P, T>(
+        &self,
+        job: &BatchJob<'_, S, P, T>,
+        ran: usize,
+        per_item: &mut usize,
+    ) {
         let max_item = job.max_item.load(Ordering::Relaxed);
         let sum = job.sum_bytes.load(Ordering::Relaxed);
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        s.items += job.n as u64;
+        s.items += ran as u64;
         *per_item = (*per_item).max(max_item);
         s.bytes_per_item = s.bytes_per_item.max(max_item);
         let total = self.bytes_total.fetch_add(sum, Ordering::Relaxed) + sum;

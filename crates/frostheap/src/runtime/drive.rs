@@ -4,10 +4,14 @@
 //! that data lent for mutation is writable, and cuts its input into
 //! batches: one batch without a memory budget; with one, the first batch
 //! has one item per worker and later ones `budget / bytes_per_item` items,
-//! from the largest per-item consumption measured so far in this call. An
-//! indexed source is run in place, batch after batch; an arbitrary
-//! iterator ([`Bridge`]) is pulled on main into the runtime's scratch
-//! buffer first, one batch at a time.
+//! from the largest per-item consumption measured so far in this call, but
+//! at most twice the items the batch before ran
+//! ([`Runtime::next_batch_len`]). A budgeted batch may end before its last
+//! item when its items reach the budget (`batch.rs`); the next batch starts
+//! at the first item it did not run. An indexed source is run in place,
+//! batch after batch; an arbitrary iterator ([`Bridge`]) is pulled on main
+//! into the runtime's scratch buffer first, one batch at a time, and the
+//! items a batch left are kept at the buffer's start for the next.
 //!
 //! An empty input runs no phase.
 
@@ -74,15 +78,16 @@ impl<S: ParSource> Drive for Indexed<S> {
         let _turn = rt.phase_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut scratch = rt.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let total = src.len();
-        let (mut base, mut per_item, mut rolled_back) = (0usize, 0usize, false);
+        let (mut base, mut ran, mut per_item) = (0usize, 0usize, 0usize);
+        let mut rolled_back = false;
         while base < total {
-            let n = rt.next_batch_len(base == 0, per_item).min(total - base);
-            rt.record_batch(n);
+            let n = rt.next_batch_len(ran, per_item).min(total - base);
             term.prepare_batch(rt, base, n, n_chunks(n, rt.n_workers));
             let progress = scratch.state.zeroed_bytes(progress_bytes(n, rt.n_workers));
-            // SAFETY: items [base, base + n) were never taken (batches
-            // follow each other); `progress` is zeroed, large enough, and
-            // ours while the scratch lock is held; prepare_batch was called.
+            // SAFETY: items [base, base + n) were never taken (each batch
+            // starts after the items the one before ran); `progress` is
+            // zeroed, large enough, and ours while the scratch lock is
+            // held; prepare_batch was called.
             let r = unsafe {
                 rt.run_batch(
                     &src,
@@ -98,12 +103,19 @@ impl<S: ParSource> Drive for Indexed<S> {
             if rolled_back {
                 term.leak_batch();
             }
-            term.finish_batch(r.is_ok());
-            base += n;
-            if r.is_err() || term.stopped() {
-                // SAFETY: later batches' items were never taken.
-                unsafe { src.drop_untaken(base..total) };
-                return r;
+            term.finish_batch(r.as_ref().ok().copied());
+            rt.record_batch(*r.as_ref().unwrap_or(&n));
+            match r {
+                Ok(k) if !term.stopped() => {
+                    ran = k;
+                    base += k;
+                }
+                r => {
+                    // The batch dropped its own untaken items.
+                    // SAFETY: later batches' items were never taken.
+                    unsafe { src.drop_untaken(base + n..total) };
+                    return r.map(drop);
+                }
             }
         }
         Ok(())
@@ -130,14 +142,23 @@ where
         let _turn = rt.phase_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut scratch = rt.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let mut iter = self.0;
-        let (mut base, mut per_item, mut rolled_back) = (0usize, 0usize, false);
+        let (mut base, mut ran, mut per_item) = (0usize, 0usize, 0usize);
+        let mut rolled_back = false;
+        // Items pulled and not yet run, at the buffer's start (those a
+        // batch that reached its budget left), and whether `iter` ended.
+        let (mut held, mut ended) = (0usize, false);
         loop {
-            let batch_len = rt.next_batch_len(base == 0, per_item);
-            let n = pull(&mut iter, &mut scratch.items, batch_len);
+            let batch_len = rt.next_batch_len(ran, per_item);
+            if held < batch_len && !ended {
+                let want = batch_len - held;
+                let pulled = pull(&mut iter, &mut scratch.items, held, want);
+                ended = pulled < want;
+                held += pulled;
+            }
+            let n = held.min(batch_len);
             if n == 0 {
                 return Ok(());
             }
-            rt.record_batch(n);
             term.prepare_batch(rt, base, n, n_chunks(n, rt.n_workers));
             let progress = scratch.state.zeroed_bytes(progress_bytes(n, rt.n_workers));
             // The batch's items sit at the start of the scratch buffer; the
@@ -164,23 +185,50 @@ where
             if rolled_back {
                 term.leak_batch();
             }
-            term.finish_batch(r.is_ok());
-            base += n;
-            if r.is_err() || term.stopped() || batch_len == usize::MAX {
-                return r;
+            term.finish_batch(r.as_ref().ok().copied());
+            rt.record_batch(*r.as_ref().unwrap_or(&n));
+            let buf = scratch.items.ptr::<I::Item>();
+            match r {
+                Ok(k) if !term.stopped() => {
+                    // SAFETY: items [k, held) of the buffer are initialised
+                    // and not taken; they move to its start, for the next
+                    // batch (`copy`: the ranges may overlap).
+                    unsafe { core::ptr::copy(buf.add(k), buf, held - k) };
+                    (ran, held) = (k, held - k);
+                    base += k;
+                }
+                r => {
+                    // The batch dropped its own untaken items; those pulled
+                    // beyond it are ours to drop.
+                    // SAFETY: items [n, held) of the buffer are initialised,
+                    // never taken, and dropped once, here.
+                    unsafe {
+                        core::ptr::drop_in_place(core::ptr::slice_from_raw_parts_mut(
+                            buf.add(n),
+                            held - n,
+                        ))
+                    };
+                    return r.map(drop);
+                }
             }
         }
     }
 }
 
-/// Pulls up to `max` items of `iter` into `buf` (from its start); returns
-/// how many. Items are produced inside `unguarded`, so memory they own is
-/// not frozen and tasks may write it.
-fn pull<I: Iterator>(iter: &mut I, buf: &mut super::scratch::ScratchBuf, max: usize) -> usize {
+/// Pulls up to `want` items of `iter` into `buf` after the `held` items at
+/// its start (kept); returns how many it pulled. Items are produced inside
+/// `unguarded`, so memory they own is not frozen and tasks may write it.
+fn pull<I: Iterator>(
+    iter: &mut I,
+    buf: &mut super::scratch::ScratchBuf,
+    held: usize,
+    want: usize,
+) -> usize {
     unguarded(|| {
-        let hint = iter.size_hint().0.min(max);
-        let mut cap = buf.reserve::<I::Item>(hint.max(64));
-        let mut n = 0usize;
+        let max = held.saturating_add(want);
+        let hint = iter.size_hint().0.min(want);
+        let mut cap = buf.reserve::<I::Item>(held, (held + hint).max(64));
+        let mut n = held;
         loop {
             // A tight inner loop over the room known to be there (no
             // capacity check per item, so copies of plain items vectorise),
@@ -198,7 +246,7 @@ fn pull<I: Iterator>(iter: &mut I, buf: &mut super::scratch::ScratchBuf, max: us
             });
             n += filled;
             if filled < room || n == max {
-                break n;
+                break n - held;
             }
             cap = buf.grow::<I::Item>(n, n * 2);
         }

@@ -47,7 +47,8 @@ pub struct RuntimeStats {
     pub batch_sizes: Vec<usize>,
     /// The most bytes the items of one phase consumed together.
     pub peak_phase_bytes: usize,
-    /// Items larger than the memory budget (each ran alone).
+    /// Items larger than the memory budget (each ran alone, but those of a
+    /// call's first batch, one per worker, which run together).
     pub oversized_items: u64,
     /// Violations reported: one per violating store a report was made
     /// for, whatever the policy. Under rollback, each store the call's
@@ -204,15 +205,27 @@ impl Runtime {
         }
     }
 
-    /// Items in the next batch of a call (`usize::MAX`: all of them).
-    pub(super) fn next_batch_len(&self, first: bool, per_item: usize) -> usize {
+    /// Items in the next batch of a call (`usize::MAX`: all of them), after
+    /// a batch that ran `prev` items (0: this is the first batch), with
+    /// `per_item` the most one item of the call was measured to allocate.
+    ///
+    /// The first batch has one item per worker; later ones `budget /
+    /// per_item` items, but at most twice as many as the batch before ran
+    /// (as TCP's slow start grows its window). Without that bound, the
+    /// second batch was sized from the first two items alone: with 300
+    /// cheap items (16 B) before 100 of 1 MiB, an 8 MiB budget gave
+    /// batches `[2, 398]` and a 100 MiB phase. Doubling keeps each batch,
+    /// and so its chunks, within twice the one measured before it; what
+    /// stops a batch whose items turn out dearer is the batch itself
+    /// (`batch.rs`: it claims no more chunks past the budget).
+    pub(super) fn next_batch_len(&self, prev: usize, per_item: usize) -> usize {
         let Some(budget) = self.memory_budget else {
             return usize::MAX;
         };
-        if first {
+        if prev == 0 {
             return self.n_workers;
         }
-        (budget / per_item.max(1)).max(1)
+        (budget / per_item.max(1)).clamp(1, prev.saturating_mul(2))
     }
 
     pub(super) fn record_batch(&self, n: usize) {

@@ -34,15 +34,16 @@ impl ScratchBuf {
         self.ptr as *mut T
     }
 
-    /// Makes room for `items` values of `T`; returns the capacity in items.
-    pub(crate) fn reserve<T>(&mut self, items: usize) -> usize {
+    /// Makes room for `items` values of `T`, keeping the first `keep`;
+    /// returns the capacity in items.
+    pub(crate) fn reserve<T>(&mut self, keep: usize, items: usize) -> usize {
         let size = core::mem::size_of::<T>();
         if size == 0 {
             return usize::MAX;
         }
         let need = items.saturating_mul(size);
         if need > self.bytes {
-            self.remap(need, 0);
+            self.remap(need, keep * size);
         }
         self.bytes / size
     }

@@ -32,8 +32,11 @@ pub trait Terminal<T>: Sync {
     /// Called on main before batch `[base, base + n)`, cut into `chunks`
     /// chunks.
     fn prepare_batch(&mut self, rt: &Runtime, base: usize, n: usize, chunks: usize);
-    /// Called on main after the batch; `ok` when every item of it ran.
-    fn finish_batch(&mut self, ok: bool);
+    /// Called on main after the batch: `Some(ran)` when its first `ran`
+    /// items ran (all of them, or the chunks a budgeted batch claimed
+    /// before it reached the budget: a prefix, whose claims all ended),
+    /// `None` after an error.
+    fn finish_batch(&mut self, ran: Option<usize>);
     /// Called on main after a batch whose violating stores the rollback
     /// policy undid, before [`Terminal::finish_batch`]: the partials the
     /// batch's tasks made are never dropped, as they may rest on a store
@@ -130,11 +133,15 @@ impl<R: Send> Terminal<R> for SlotCollect<R> {
         self.base = base;
         self.n = n;
     }
-    fn finish_batch(&mut self, ok: bool) {
-        if ok {
-            // SAFETY: every item of the batch ran, so slots [len, len + n)
-            // are initialised.
-            unsafe { self.out.set_len(self.out.len() + self.n) };
+    fn finish_batch(&mut self, ran: Option<usize>) {
+        if let Some(ran) = ran {
+            debug_assert!(
+                ran <= self.n,
+                "frostheap: a batch ran more items than it had"
+            );
+            // SAFETY: the batch's first `ran` items ran, so slots
+            // [len, len + ran) are initialised.
+            unsafe { self.out.set_len(self.out.len() + ran) };
         }
     }
     fn begin(&self) {}
@@ -214,7 +221,7 @@ impl<R: Send> Terminal<R> for PieceCollect<R> {
             core::mem::forget(piece);
         }
     }
-    fn finish_batch(&mut self, _: bool) {
+    fn finish_batch(&mut self, _: Option<usize>) {
         self.batch += 1;
     }
     fn begin(&self) -> Vec<R> {
@@ -240,7 +247,7 @@ pub(crate) struct ForEach<F>(pub(crate) F);
 impl<T, F: Fn(T) + Sync> Terminal<T> for ForEach<F> {
     type State = ();
     fn prepare_batch(&mut self, _: &Runtime, _: usize, _: usize, _: usize) {}
-    fn finish_batch(&mut self, _: bool) {}
+    fn finish_batch(&mut self, _: Option<usize>) {}
     fn begin(&self) {}
     #[inline]
     fn consume<I: Iterator<Item = T>>(&self, _: &mut (), _: usize, items: I) {
@@ -272,7 +279,7 @@ impl<F> Any<F> {
 impl<T, F: Fn(T) -> bool + Sync> Terminal<T> for Any<F> {
     type State = ();
     fn prepare_batch(&mut self, _: &Runtime, _: usize, _: usize, _: usize) {}
-    fn finish_batch(&mut self, _: bool) {}
+    fn finish_batch(&mut self, _: Option<usize>) {}
     fn begin(&self) {}
     #[inline]
     fn consume<I: Iterator<Item = T>>(&self, _: &mut (), _: usize, mut items: I) {
@@ -427,8 +434,10 @@ impl<T, C: Combine<T>> Terminal<T> for Reduce<C, T> {
             core::mem::forget(slot.take());
         }
     }
-    fn finish_batch(&mut self, ok: bool) {
-        if ok {
+    fn finish_batch(&mut self, ran: Option<usize>) {
+        if ran.is_some() {
+            // The claims of a batch that ran a prefix of its chunks ended,
+            // so the partial at chunk 0 covers exactly that prefix.
             let batch = self.segments.take_whole();
             let acc = self.acc.get_mut().unwrap_or_else(|e| e.into_inner());
             *acc = combine_opt(&self.c, acc.take(), batch);

@@ -356,6 +356,13 @@ fn max_below_one_page_is_an_invalid_config_naming_max() {
             "message: {msg}"
         );
     }
+    // A user's trial: 65,535 bytes read `invalid max="64.0 KiB": expected
+    // at least 64 KiB`; a value just below the bound shows its bytes.
+    let e = Heap::builder().max((64 << 10) - 1).build().unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid max=\"63.9 KiB (65535 bytes)\": expected at least 64 KiB (one heap page)"
+    );
     // One page is enough.
     let heap = Heap::builder()
         .max(64 << 10)
@@ -427,7 +434,7 @@ fn a_max_the_address_space_cannot_reserve_is_an_invalid_config_naming_max() {
         .build()
         .unwrap_err();
     assert!(
-        matches!(&e, Error::InvalidConfig { name: "min", value, .. } if value == "16.0 EiB"),
+        matches!(&e, Error::InvalidConfig { name: "min", value, .. } if value == "15.9 EiB (18446744073709551615 bytes)"),
         "{e:?}"
     );
 }

@@ -650,11 +650,13 @@ fn batches_are_sized_from_the_measured_bytes_per_item() {
     // Exact bump counts: at least K, at most K plus alignment.
     assert!(s.bytes_per_item >= K && s.bytes_per_item <= K + 64, "{s:?}");
     assert!(s.mean_bytes_per_item >= K && s.mean_bytes_per_item <= K + 64);
-    // First batch: one item per worker; then budget / bytes_per_item.
+    // First batch: one item per worker; then budget / bytes_per_item,
+    // reached by doubling (2, 4, 8, then 15).
     assert_eq!(s.batch_sizes[0], WORKERS, "{s:?}");
     let per_batch = budget / s.bytes_per_item;
     assert!((15..=16).contains(&per_batch));
-    let (last, middle) = s.batch_sizes[1..].split_last().unwrap();
+    assert_eq!(s.batch_sizes[1..3], [2 * WORKERS, 4 * WORKERS], "{s:?}");
+    let (last, middle) = s.batch_sizes[3..].split_last().unwrap();
     assert!(middle.iter().all(|&b| b == per_batch), "{s:?}");
     assert!(*last <= per_batch && *last >= 1);
     assert_eq!(s.batch_sizes.iter().sum::<usize>(), n);
@@ -714,7 +716,78 @@ fn an_item_larger_than_the_budget_runs_alone() {
     let s = rt.stats();
     let tail = &s.batch_sizes[5..];
     assert_eq!(tail[0], WORKERS, "{s:?}");
-    assert!(tail[1] >= 98, "batches of the small map: {tail:?}");
+    // Cheap items: each batch twice the one before, up to the end.
+    assert_eq!(tail, [2, 4, 8, 16, 32, 38], "batches of the small map: {tail:?}");
+}
+
+/// Items `0..400`: the first 300 allocate 16 bytes in the context heap,
+/// the last 100 allocate `MIB` each, kept in the result.
+fn cheap_then_dear(ctx: &frostheap::TaskContext<'_>, i: usize) -> usize {
+    let len = if i < 300 { 16 } else { MIB };
+    let mut v = AVec::<u8, _>::with_capacity_in(len, ctx.arena());
+    v.resize(len, i as u8);
+    v.iter().map(|&b| b as usize).sum::<usize>() / len + i
+}
+
+test!(a_rise_in_item_cost_overshoots_the_budget_by_a_chunk_per_worker_at_most);
+/// A user's trial: with `memory_budget(8 MiB)`, 300 items of 16 bytes then
+/// 100 of 1 MiB ran as batches `[2, 398]`, the second sized from the first
+/// two items, and its phase took 100 MiB, 12.5 times the budget. Batches
+/// now grow at most twofold, and a batch claims no more chunks once its
+/// items reached the budget, so the dear items run at most a chunk per
+/// worker past it; the next batches are sized from them. The same through
+/// the bridge, whose batches keep the items a stopped batch left, and
+/// through a reduction, whose partials cover the prefix a batch ran.
+fn a_rise_in_item_cost_overshoots_the_budget_by_a_chunk_per_worker_at_most() {
+    let budget = 8 * MIB;
+    let want: Vec<usize> = (0..400usize).map(|i| (i as u8) as usize + i).collect();
+    let check = |rt: &Runtime, what: &str| {
+        let s = rt.stats();
+        assert_eq!(s.items, 400, "{what}: {s:?}");
+        assert_eq!(s.batch_sizes.iter().sum::<usize>(), 400, "{what}: {s:?}");
+        for pair in s.batch_sizes.windows(2) {
+            assert!(pair[1] <= 2 * pair[0], "{what}: batches grew past twofold: {s:?}");
+        }
+        // The batch that met the dear items: its chunks are at most 1/32
+        // of a worker's share of a batch of at most 256 items (4 items),
+        // one per worker past the budget, each item just over 1 MiB.
+        assert!(
+            s.peak_phase_bytes <= budget + WORKERS * 4 * (MIB + 4096),
+            "{what}: a phase took {} bytes under a budget of {budget}: {s:?}",
+            s.peak_phase_bytes
+        );
+    };
+    let rt = runtime(Some(budget));
+    assert_eq!(rt.map_with(0..400usize, cheap_then_dear).unwrap(), want);
+    check(&rt, "map_with");
+
+    let rt = runtime(Some(budget));
+    let got: Vec<usize> = rt
+        .par_bridge(0..400usize)
+        .map_with_context(cheap_then_dear)
+        .collect()
+        .unwrap();
+    assert_eq!(got, want);
+    check(&rt, "par_bridge");
+
+    let rt = runtime(Some(budget));
+    let sum: usize = rt
+        .par(0..400usize)
+        .map_with_context(cheap_then_dear)
+        .sum()
+        .unwrap();
+    assert_eq!(sum, want.iter().sum::<usize>());
+    check(&rt, "sum");
+
+    let rt = runtime(Some(budget));
+    let odd: Vec<usize> = rt
+        .par(0..400usize)
+        .map_with_context(cheap_then_dear)
+        .filter(|x| x % 2 == 1)
+        .collect()
+        .unwrap();
+    assert_eq!(odd, want.iter().copied().filter(|x| x % 2 == 1).collect::<Vec<_>>());
+    check(&rt, "filter + collect");
 }
 
 test!(context_chunks_are_reused_and_escaping_blocks_stay_valid);
