@@ -18,10 +18,16 @@
 //!   there stops counting, and the new mapping counts as above. That is
 //!   how the JVM commits (read-write `MAP_FIXED` over its reservation) and
 //!   uncommits (`PROT_NONE` `MAP_FIXED`).
-//! - `munmap` ends it; `mremap` moves it with its state and charges a
-//!   growth. File mappings and shared mappings are not counted.
+//! - `munmap` ends it; `mremap` moves it with each page's state, charges a
+//!   growth that extends a counted page and releases the pages a shrink
+//!   cuts.
+//! - A private mapping of `/dev/zero` is anonymous memory to the kernel,
+//!   and counts as such. Other file mappings and shared mappings are not
+//!   counted (see [`is_dev_zero`] for why private writable file mappings,
+//!   which the kernel's commit account charges, are not).
 //! - The program break, when the program moves it itself (`sbrk`, `brk`),
-//!   counts by the growth its calls asked for.
+//!   counts by how far its calls moved it (the break the kernel reports
+//!   after each).
 //!
 //! Growth is charged **before** the call: a refused charge returns
 //! `MAP_FAILED` (or -1 from `mprotect`) with `errno = ENOMEM`, as the
@@ -176,16 +182,52 @@ fn charge(bytes: usize) -> bool {
 }
 
 /// The state a new mapping made with these arguments is recorded in;
-/// `None` if it is not anonymous private memory.
-fn state_of(prot: c_int, flags: c_int) -> Option<State> {
-    let anon_private = libc::MAP_ANONYMOUS | libc::MAP_PRIVATE;
-    if flags & anon_private != anon_private {
+/// `None` if it is not anonymous private memory: `MAP_ANONYMOUS`, or a
+/// private mapping of `/dev/zero` ([`is_dev_zero`]).
+fn state_of(prot: c_int, flags: c_int, fd: c_int) -> Option<State> {
+    // MAP_SHARED_VALIDATE (3) has MAP_PRIVATE's bit (2): the type is the
+    // low bits as a whole.
+    if flags & libc::MAP_TYPE != libc::MAP_PRIVATE
+        || (flags & libc::MAP_ANONYMOUS == 0 && !is_dev_zero(fd))
+    {
         None
     } else if prot & libc::PROT_WRITE != 0 && flags & libc::MAP_NORESERVE == 0 {
         Some(State::Counted)
     } else {
         Some(State::Reserved)
     }
+}
+
+/// Whether `fd` is `/dev/zero` (the character device 1:5), by `fstat`
+/// (the raw system call: nothing interposed, never a cancellation point).
+/// The kernel makes a private mapping of it anonymous memory, the same as
+/// `MAP_ANONYMOUS` (`mmap_zero`, drivers/char/mem.c), which programs
+/// older than `MAP_ANONYMOUS` use; left uncounted, 256 MiB of it were
+/// written under a 64 MiB limit. Costs one system call per private file
+/// mapping, beside the `mmap` itself.
+///
+/// Private writable mappings of other files are not counted, though the
+/// kernel's commit account charges them: their pages are the file's page
+/// cache until the program writes one, and a program maps a file privately
+/// to read it with the freedom to patch a few pages (a large data file,
+/// mapped whole, would be refused under a limit it never comes near). The
+/// dynamic loader maps every library's writable data that way, with its
+/// own system calls (they never reach this function, so the program's
+/// start-up is untouched either way), and those count nowhere here too.
+///
+/// Out of line and cold (laid with the rare code, layout.ld): anonymous
+/// mappings, which most `mmap` calls make, never reach it.
+#[cold]
+#[inline(never)]
+fn is_dev_zero(fd: c_int) -> bool {
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: all zeroes is a valid stat buffer.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: st is writable for a struct stat; a bad fd fails with EBADF.
+    let r = unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) };
+    r == 0 && st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == libc::makedev(1, 5)
 }
 
 /// `mmap(2)`, charged when it makes anonymous private writable memory.
@@ -201,7 +243,11 @@ pub unsafe extern "C" fn mmap(
     fd: c_int,
     offset: libc::off_t,
 ) -> *mut c_void {
-    let state = if len > 0 { state_of(prot, flags) } else { None };
+    let state = if len > 0 {
+        state_of(prot, flags, fd)
+    } else {
+        None
+    };
     // MAP_FIXED replaces the range (MAP_FIXED_NOREPLACE fails instead).
     let replaces = flags & libc::MAP_FIXED != 0 && len > 0;
     let call = || {
@@ -296,14 +342,23 @@ pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
     r
 }
 
-/// `mremap(2)`. A mapping moves with its state; a counted one that grows
-/// is charged for the growth first (`MAP_FAILED`, `ENOMEM` past the
-/// limit), and one that shrinks releases the difference. A mapping only
-/// partly recorded (a table that was full) moves as counted if any of it
-/// counted, charged for what did not, so that no record stays behind at
-/// its old address. Declared with its fifth argument (`new_address`,
-/// variadic in C): on x86_64 a variadic integer argument travels in the
-/// same register as a fixed one.
+/// `mremap(2)`. A mapping moves with the state of each of its pages (a
+/// part made `PROT_NONE` stays uncounted, a shrink releases the pages it
+/// cuts); a growth takes the state of the mapping's last page, charged
+/// first when that counts (`MAP_FAILED`, `ENOMEM` past the limit).
+/// `MREMAP_DONTUNMAP` leaves the old range as it was, still counted: the
+/// new one counts as the old did, charged first.
+///
+/// With a table too full to record the pieces ([`Table::has_room_to_move`]),
+/// the mapping moves whole, as counted if any of it counted, charged for
+/// what did not, so that no record stays behind at its old address (the
+/// limit errs on the safe side). Before each page kept its state, every
+/// move did that: a 40 MiB mapping with 39 MiB made `PROT_NONE`, shrunk
+/// to those 39 MiB, counted 39 MiB instead of nothing.
+///
+/// Declared with its fifth argument (`new_address`, variadic in C): on
+/// x86_64 a variadic integer argument travels in the same register as a
+/// fixed one.
 ///
 /// # Safety
 /// Callable from C at any time, with `mremap`'s contract.
@@ -338,6 +393,9 @@ pub unsafe extern "C" fn mremap(
     started();
     let mut g = lock();
     let t = g.table();
+    let keeps_old = flags & libc::MREMAP_DONTUNMAP != 0;
+    let exact = t.has_room_to_move(old_start, old_b, new_b);
+    // The whole-mapping state of the fallback.
     let counted = t.bytes(old_start, old_end, State::Counted);
     let state = if counted > 0 {
         Some(State::Counted)
@@ -346,13 +404,21 @@ pub unsafe extern "C" fn mremap(
     } else {
         None
     };
-    // MREMAP_DONTUNMAP leaves the old range mapped (emptied), as it was,
-    // still counted: the new one counts whole.
-    let keeps_old = flags & libc::MREMAP_DONTUNMAP != 0;
-    let charged = match state {
-        Some(State::Counted) if keeps_old => new_b,
-        Some(State::Counted) => new_b.saturating_sub(counted),
-        _ => 0,
+    let charged = if exact {
+        let copied = if keeps_old {
+            t.bytes(old_start, old_start + old_b.min(new_b), State::Counted)
+        } else {
+            0
+        };
+        let grows_counted =
+            new_b > old_b && old_b > 0 && t.state_at(old_end - 1) == Some(State::Counted);
+        copied + if grows_counted { new_b - old_b } else { 0 }
+    } else {
+        match state {
+            Some(State::Counted) if keeps_old => new_b,
+            Some(State::Counted) => new_b.saturating_sub(counted),
+            _ => 0,
+        }
     };
     if !charge(charged) {
         return libc::MAP_FAILED;
@@ -365,19 +431,24 @@ pub unsafe extern "C" fn mremap(
     }
     chaos();
     let t = g.table();
-    let mut change = Change::default();
-    if state.is_some() && !keeps_old {
-        if let Some(c) = t.assign(old_start, old_end, None) {
-            change.removed += c.removed;
+    let new_start = p as usize;
+    let change = if exact {
+        t.moved(old_start, old_b, new_start, new_b, keeps_old)
+    } else {
+        let mut change = Change::default();
+        if state.is_some() && !keeps_old {
+            if let Some(c) = t.assign(old_start, old_end, None) {
+                change.removed += c.removed;
+            }
         }
-    }
-    if state.is_some() || flags & libc::MREMAP_FIXED != 0 {
-        let new_start = p as usize;
-        if let Some(c) = t.assign(new_start, new_start + new_b, state) {
-            change.removed += c.removed;
-            change.added += c.added;
+        if state.is_some() || flags & libc::MREMAP_FIXED != 0 {
+            if let Some(c) = t.assign(new_start, new_start + new_b, state) {
+                change.removed += c.removed;
+                change.added += c.added;
+            }
         }
-    }
+        change
+    };
     drop(g);
     settle(charged, change);
     p as *mut c_void
@@ -464,10 +535,25 @@ pub unsafe extern "C" fn sbrk(increment: libc::intptr_t) -> *mut c_void {
         raw::release_mapped(grow);
         return old;
     }
+    if increment == 0 {
+        return old;
+    }
+    // What the kernel did, not what the call asked for: it ignores a break
+    // below the break's start while glibc's `__brk` reports success
+    // (`brk(0)`: 0, the break where it was, and the charge for it was
+    // released, so 60 MiB more were granted under a 64 MiB limit). Bounded
+    // by the request, so that a move of glibc's own (its main arena, for
+    // threads without a heap) between the call and this read is not taken
+    // for the program's.
+    let (before, now) = (old as usize, current_break());
     if grow > 0 {
-        BREAK_CHARGED.fetch_add(grow, Ordering::Relaxed);
-    } else if increment < 0 {
-        let shrink = increment.unsigned_abs();
+        let grown = now.saturating_sub(before).min(grow);
+        if grown < grow {
+            raw::release_mapped(grow - grown);
+        }
+        BREAK_CHARGED.fetch_add(grown, Ordering::Relaxed);
+    } else {
+        let shrink = before.saturating_sub(now).min(increment.unsigned_abs());
         let mut held = BREAK_CHARGED.load(Ordering::Relaxed);
         loop {
             let give = held.min(shrink);
@@ -488,8 +574,18 @@ pub unsafe extern "C" fn sbrk(increment: libc::intptr_t) -> *mut c_void {
     old
 }
 
+/// The program break where the kernel has it now: `brk(2)` with 0, an
+/// address below the break's start, which the kernel ignores and answers
+/// with the break (the raw system call: glibc's `brk` would be ours).
+fn current_break() -> usize {
+    // SAFETY: brk(0) moves nothing; it returns the current break.
+    unsafe { libc::syscall(libc::SYS_brk, 0usize) as usize }
+}
+
 /// `brk(2)`: [`sbrk`] by the difference from the current break; 0, or -1
-/// with `errno` set (`ENOMEM` past the limit).
+/// with `errno` set (`ENOMEM` past the limit). Charged by how far the
+/// break moved: `brk(0)`, which glibc answers with 0 and the kernel
+/// ignores, gives nothing back.
 ///
 /// # Safety
 /// Callable from C at any time, with `brk`'s contract.

@@ -154,6 +154,89 @@ impl Table {
         })
     }
 
+    /// The state recorded at `addr` (`None`: nothing recorded there).
+    pub(crate) fn state_at(&self, addr: usize) -> Option<State> {
+        let i = self.first_after(addr);
+        (i < self.len && self.ranges[i].start <= addr).then(|| self.ranges[i].state)
+    }
+
+    /// Whether [`Table::moved`] of `[old, old + old_len)` to a new length
+    /// `new_len` finds room for every piece it writes: each of its
+    /// `assign`s adds at most two ranges (a split on both sides), one per
+    /// recorded piece of what it copies and three more (what the new
+    /// range replaces, the old range's removal, the growth).
+    pub(crate) fn has_room_to_move(&self, old: usize, old_len: usize, new_len: usize) -> bool {
+        let copy_end = old.saturating_add(old_len.min(new_len));
+        let pieces = self.ranges[self.first_after(old)..self.len]
+            .iter()
+            .take_while(|r| r.start < copy_end)
+            .count();
+        self.len + 2 * (pieces + 3) <= CAP
+    }
+
+    /// Records what `mremap(2)` did: `[old, old + old_len)` became
+    /// `[new, new + new_len)`, each page keeping its own state (a
+    /// `PROT_NONE` part of a mapping stays uncounted wherever the mapping
+    /// goes, and a shrink gives back just the pages it cuts). A growth
+    /// takes the state of the old range's last page: the kernel extends
+    /// the mapping that holds it, with its protection. With `keep_old`
+    /// (`MREMAP_DONTUNMAP`) the old range stays as it was. The new range
+    /// replaces whatever was recorded there (`MREMAP_FIXED`). Ranges that
+    /// overlap only when the kernel moved nothing (`new == old`).
+    ///
+    /// Needs the room [`Table::has_room_to_move`] finds: a piece that
+    /// finds none stays as it was.
+    pub(crate) fn moved(
+        &mut self,
+        old: usize,
+        old_len: usize,
+        new: usize,
+        new_len: usize,
+        keep_old: bool,
+    ) -> Change {
+        let mut total = Change::default();
+        let mut add = |c: Option<Change>| {
+            if let Some(c) = c {
+                total.removed += c.removed;
+                total.added += c.added;
+            }
+        };
+        let tail = if old_len > 0 {
+            self.state_at(old + old_len - 1)
+        } else {
+            None
+        };
+        let copy_end = old + old_len.min(new_len);
+        if new != old {
+            add(self.assign(new, new + new_len, None));
+            // The old range's pieces, one by one, at the same offsets in
+            // the new one (which the kernel never lets overlap the old).
+            let mut at = old;
+            while at < copy_end {
+                let i = self.first_after(at);
+                let Some(r) = self.ranges[i..self.len]
+                    .first()
+                    .filter(|r| r.start < copy_end)
+                    .copied()
+                else {
+                    break;
+                };
+                let (lo, hi) = (r.start.max(at), r.end.min(copy_end));
+                add(self.assign(new + (lo - old), new + (hi - old), Some(r.state)));
+                at = hi;
+            }
+            if !keep_old {
+                add(self.assign(old, old + old_len, None));
+            }
+        } else if new_len < old_len {
+            add(self.assign(old + new_len, old + old_len, None));
+        }
+        if new_len > old_len {
+            add(self.assign(new + old_len, new + new_len, tail));
+        }
+        total
+    }
+
     /// Turns the parts of `[start, end)` recorded as `from` into `to`
     /// (the rest stays as it is).
     pub(crate) fn convert(&mut self, start: usize, end: usize, from: State, to: State) -> Change {
@@ -292,6 +375,75 @@ mod tests {
     }
 
     #[test]
+    fn a_move_keeps_each_pages_state() {
+        use State::{Counted as C, Reserved as R};
+        let mut t = table();
+        // 40 pages of 10: the first 39 made PROT_NONE, the last writable.
+        t.assign(0, 400, Some(C)).unwrap();
+        t.convert(0, 390, C, R);
+        // Shrunk in place to its first 39 pages: the counted page goes,
+        // and nothing that stays becomes counted.
+        let c = t.moved(0, 400, 0, 390, false);
+        assert_eq!(
+            c,
+            Change {
+                removed: 10,
+                added: 0
+            }
+        );
+        assert_eq!(live(&t), [(0, 390, R)]);
+        // A mapping of both states moved and grown: the pieces keep their
+        // offsets, the growth takes the last page's state, the old range
+        // is gone, and what the new one replaced is released.
+        let mut t = table();
+        t.assign(0, 100, Some(R)).unwrap();
+        t.assign(100, 200, Some(C)).unwrap();
+        t.assign(1000, 1100, Some(C)).unwrap();
+        let c = t.moved(0, 200, 1000, 300, false);
+        assert_eq!(
+            c,
+            Change {
+                removed: 200,
+                added: 200
+            }
+        );
+        assert_eq!(live(&t), [(1000, 1100, R), (1100, 1300, C)]);
+        // Moved and shrunk into its reserved part: nothing counts.
+        let c = t.moved(1000, 300, 5000, 50, false);
+        assert_eq!(
+            c,
+            Change {
+                removed: 200,
+                added: 0
+            }
+        );
+        assert_eq!(live(&t), [(5000, 5050, R)]);
+        // Grown in place from a reserved last page: still reserved.
+        assert_eq!(t.moved(5000, 50, 5000, 80, false), Change::default());
+        assert_eq!(live(&t), [(5000, 5080, R)]);
+        // MREMAP_DONTUNMAP: the old range stays, the new one counts as
+        // it did.
+        let mut t = table();
+        t.assign(0, 30, Some(C)).unwrap();
+        t.assign(30, 60, Some(R)).unwrap();
+        let c = t.moved(0, 60, 100, 60, true);
+        assert_eq!(
+            c,
+            Change {
+                removed: 0,
+                added: 30
+            }
+        );
+        assert_eq!(
+            live(&t),
+            [(0, 30, C), (30, 60, R), (100, 130, C), (130, 160, R)]
+        );
+        assert!(t.has_room_to_move(0, 60, 60));
+        assert_eq!(t.state_at(129), Some(C));
+        assert_eq!(t.state_at(160), None);
+    }
+
+    #[test]
     fn a_full_table_refuses_a_split_and_changes_nothing() {
         let mut t = table();
         for i in 0..CAP {
@@ -312,5 +464,7 @@ mod tests {
             t.assign(0, 10, Some(State::Counted)),
             Some(Change::default())
         );
+        // No room to move a range exactly: the caller falls back.
+        assert!(!t.has_room_to_move(0, 10, 20));
     }
 }

@@ -1,6 +1,8 @@
 //! `FROSTHEAP_STATS=1`: the main heap's statistics, then the process's
 //! (every thread heap, mappings, the limit), on standard error when the
-//! process exits.
+//! process exits. `0`, empty or unset: nothing; any other value stops the
+//! process at start-up with one line, as a bad value of any other
+//! `FROSTHEAP_*` variable does (frostheap's `config` reads it with them).
 //!
 //! The printer is a `.fini_array` entry of the library, which ld.so runs
 //! at `exit` after the program's `atexit` handlers and destructors (a
@@ -12,24 +14,28 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use frostheap::__private::fmt_buf::Buf;
 use frostheap::__private::os;
-use frostheap::__private::raw::{refusal_room, Local, RefusedBy};
+use frostheap::__private::raw::{self, refusal_room, Local, RefusedBy};
 
 #[used]
 #[link_section = ".fini_array"]
 static PRINT_AT_EXIT: extern "C" fn() = print_at_exit;
 
+/// Prints when the configuration the process started with says
+/// `FROSTHEAP_STATS=1` (read and checked with the other variables: a bad
+/// value stopped the process at start-up).
 extern "C" fn print_at_exit() {
-    if matches!(
-        os::getenv(c"FROSTHEAP_STATS"),
-        None | Some(b"") | Some(b"0")
-    ) {
-        return;
+    if matches!(frostheap::__private::from_env_once(), Ok(c) if c.stats) {
+        print();
     }
-    print();
 }
 
-/// Whether [`report_first_refusal`] has printed its line.
+/// Whether [`report_first_refusal`] has printed its line for a request
+/// that fits under the limit.
 static REPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether it has printed its line for a request larger than the limit
+/// itself.
+static REPORTED_OVERSIZE: AtomicBool = AtomicBool::new(false);
 
 /// The first allocation the heaps refuse (past the limit, most often), in
 /// one line on standard error, with the limit and what is committed. A C
@@ -40,12 +46,23 @@ static REPORTED: AtomicBool = AtomicBool::new(false);
 /// `malloc_stats`, `mallinfo2`). Called with no lock held; formats into a
 /// stack buffer.
 ///
+/// A request larger than the limit itself (`malloc(SIZE_MAX / 2)`, which
+/// programs make to probe or guard against an overflow, or a single
+/// request the limit could never hold) gets a line of its own, also once,
+/// and does not use up this one: a program that probed first was silent
+/// when the limit later refused it with memory committed, the refusal a
+/// program (or its user, raising the limit) can do something about.
+///
 /// `heap`: the calling thread's heap when it is what refused, whose
 /// recorded cause the line gives (its range, or the kernel, rather than the
 /// limit; and under the limit, the span it needed where the request's own
 /// pages would have fit). `None` for a mapping or a block of glibc's,
 /// which only the limit refuses.
 pub(crate) fn report_first_refusal(requested: usize, heap: Option<Local>) {
+    if requested > raw::limit() {
+        report_oversize(requested);
+        return;
+    }
     if REPORTED.swap(true, Ordering::Relaxed) {
         return;
     }
@@ -95,6 +112,22 @@ pub(crate) fn report_first_refusal(requested: usize, heap: Option<Local>) {
     os::write_stderr(b.finish());
 }
 
+/// [`report_first_refusal`] of a request larger than the limit: its own
+/// line, the first time.
+fn report_oversize(requested: usize) {
+    if REPORTED_OVERSIZE.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let mut buf = [0u8; 320];
+    let b = Buf::new(&mut buf).str("frostheap: refused an allocation of ");
+    let b = human(b, requested as u64).str(": larger than the process limit (FROSTHEAP_MAX) of ");
+    let b = human(b, raw::limit() as u64).str(
+        " itself; the call fails with ENOMEM (later such requests are counted, not printed; \
+         the first refusal of one that fits under the limit has its own line)\n",
+    );
+    os::write_stderr(b.finish());
+}
+
 /// Prints the two lines: the main heap's, then the process's (at exit, and
 /// for `malloc_stats`).
 pub(crate) fn print() {
@@ -140,7 +173,7 @@ pub(crate) fn print() {
 
 /// Appends `n` bytes as `12.3 MiB` (binary units, one decimal).
 fn human(b: Buf<'_>, n: u64) -> Buf<'_> {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     let mut unit = 0;
     let mut scaled = n;
     while scaled >= 1024 * 10 && unit + 1 < UNITS.len() {

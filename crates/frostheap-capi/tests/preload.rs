@@ -830,6 +830,40 @@ fn bad_environment_stops_with_one_line() {
     assert!(err.contains("FROSTHEAP_MAX=\"lots\""), "{err}");
 }
 
+/// `FROSTHEAP_STATS` is checked with the other variables: `1` prints the
+/// statistics at exit, `0` and empty nothing, and any other value stops
+/// the process with one line naming it (it turned the statistics on,
+/// whatever it said).
+#[test]
+fn frostheap_stats_takes_0_or_1() {
+    for bad in ["abc", "2", "yes"] {
+        let out = preloaded(
+            &mut Command::new(c_program("fork")),
+            &[("FROSTHEAP_STATS", bad)],
+        );
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.trim_end(),
+            format!("frostheap: invalid FROSTHEAP_STATS=\"{bad}\": expected 0 or 1"),
+            "{err}"
+        );
+    }
+    for (value, prints) in [("1", true), ("0", false), ("", false)] {
+        let out = preloaded(
+            &mut Command::new(c_program("fork")),
+            &[("FROSTHEAP_STATS", value)],
+        );
+        assert!(out.status.success(), "{value:?}: {}", text(&out));
+        assert_eq!(
+            stats_line(&out).is_empty(),
+            !prints,
+            "{value:?}: {}",
+            text(&out)
+        );
+    }
+}
+
 /// The lines the library prints at the first refused allocation.
 fn refusal_lines(out: &Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stderr)
@@ -870,6 +904,57 @@ fn a_refusal_under_a_tiny_limit_says_what_the_heap_needed() {
     );
 }
 
+/// A request larger than the limit itself (`malloc(SIZE_MAX / 2)`, an
+/// overflow probe, then one of 100 MiB under 64 MiB) has a line of its
+/// own, once, and the first refusal of a request that fits under the limit
+/// still gets its line (`tests/c/firstline.c`): the probe used up the
+/// process's one line, and the refusal at the limit was silent.
+#[test]
+fn a_request_larger_than_the_limit_leaves_the_limits_line_to_the_first_that_fits() {
+    let out = preloaded_limited(
+        &mut Command::new(c_program("firstline")),
+        &[("FROSTHEAP_MAX", "64M")],
+        60,
+    );
+    assert_succeeded_saying(&out, "firstline: ");
+    let refused = refusal_lines(&out);
+    assert_eq!(refused.len(), 2, "{}", text(&out));
+    assert!(
+        refused[0].contains(": larger than the process limit (FROSTHEAP_MAX) of 64.0 MiB itself;"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        refused[1].starts_with(
+            "frostheap: refused an allocation of 1024.0 KiB: the process limit (FROSTHEAP_MAX) is 64.0 MiB, "
+        ),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A thread with a deferred cancel pending that reaches a refused `malloc`
+/// or `mmap` comes back from it: neither is a cancellation point, and the
+/// refusal line is written with the raw system call, not `write(2)`, which
+/// is one (`tests/c/cancel.c`). The thread was cancelled inside `malloc`
+/// holding the program's mutex, or inside `mmap` holding the record of
+/// mappings' lock: main then waited for good. Each mode with a request
+/// under the limit and one larger than it (each has its own line).
+#[test]
+fn a_pending_cancel_is_not_acted_on_inside_malloc_or_mmap() {
+    for mode in ["lock", "refuse", "mmap"] {
+        for mib in ["48", "100"] {
+            let out = preloaded_limited(
+                Command::new(c_program("cancel")).args([mode, mib]),
+                &[("FROSTHEAP_MAX", "64M")],
+                30,
+            );
+            assert_succeeded_saying(&out, &format!("cancel {mode}: ok"));
+            assert_eq!(refusal_lines(&out).len(), 1, "{}", text(&out));
+        }
+    }
+}
+
 /// Past the limit CPython raises `MemoryError` and goes on; the library
 /// says once, on standard error, that it refused (with the limit and what
 /// is committed), however many times it refuses.
@@ -900,9 +985,10 @@ try:\n    y = bytearray(10**9)\nexcept MemoryError:\n    pass\n";
         "one line for two refusals\n{}",
         text(&out)
     );
+    // 953.6 MiB is larger than the limit itself: that line.
     assert!(
         refused[0].starts_with("frostheap: refused an allocation of 953.")
-            && refused[0].contains("the process limit (FROSTHEAP_MAX) is 256.0 MiB"),
+            && refused[0].contains("larger than the process limit (FROSTHEAP_MAX) of 256.0 MiB"),
         "{}",
         refused[0]
     );
@@ -1265,9 +1351,35 @@ fn reservations_committed_with_mprotect_count_against_the_limit() {
 /// A program that grows its break itself (`sbrk`, `brk`: an allocator of
 /// its own) is capped too (`tests/c/brk.c`: 8 MiB steps until `ENOMEM`;
 /// under glibc alone all 8), and a shrink gives the memory back.
+///
+/// `brk(0)`, which glibc answers with 0 while the kernel leaves the break
+/// where it is, gives nothing back: the charge follows the break the
+/// kernel reports (it gave back what the break held, and the program then
+/// had 100 MiB under a 64 MiB limit).
 #[test]
 fn a_program_break_grown_by_the_program_counts_against_the_limit() {
-    capped_program("brk", 10, 11, 32);
+    capped_program("brk", 16, 17, 32);
+}
+
+/// A private mapping of `/dev/zero` is anonymous memory and counts as such
+/// (`tests/c/devzero.c`: 16 MiB steps until `ENOMEM`, a read-only one
+/// charged when made writable); a shared one and a private writable
+/// mapping of a file do not. Before, 256 MiB of private `/dev/zero` were
+/// written under a 64 MiB limit.
+#[test]
+fn private_mappings_of_dev_zero_count_against_the_limit() {
+    capped_program("devzero", 20, 15, 32);
+}
+
+/// `mremap` keeps each page's state (`tests/c/mremap_states.c`): a mapping
+/// whose first 39 of 40 MiB were made `PROT_NONE`, shrunk to them, counts
+/// nothing (it counted 39 MiB: any counted page made the whole mapping
+/// counted); one shrunk across its two parts and moved keeps its
+/// `PROT_NONE` part uncounted; a writable one grown is charged for the
+/// growth, a `PROT_NONE` one not.
+#[test]
+fn mremap_keeps_the_state_of_each_page() {
+    capped_program("mremap_states", 21, 23, 64);
 }
 
 /// Four threads map, commit, uncommit, replace and unmap anonymous memory

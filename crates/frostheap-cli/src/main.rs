@@ -10,6 +10,46 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: frostheap::Global = frostheap::Global;
 
+/// `frostheap run`'s `FROSTHEAP_*` variables are its child's, which the
+/// flags set or replace: the command itself starts as if none were set
+/// (`frostheap::Global` reads them at its first allocation, before `main`
+/// could look at the arguments). It was held to an inherited
+/// `FROSTHEAP_MAX` (a `frostheap run` inside another with a small limit
+/// aborted: "memory allocation of 4800 bytes failed") and stopped at
+/// start-up over a bad one its own `--max-memory` replaces. `serve`,
+/// `tour` and `info` keep the variables: `serve` runs under the limit
+/// they set, and `info` shows it.
+///
+/// A constructor, so that it runs before the first allocation: glibc
+/// passes `.init_array` functions the program's arguments; with a
+/// priority, it runs before those without one, such as frostheap's own
+/// (101 is the first GCC leaves to programs). The subcommand is the first
+/// argument (the command has no options that go before it).
+#[used]
+#[link_section = ".init_array.00101"]
+static RUN_IGNORES_ENVIRONMENT: extern "C" fn(
+    libc::c_int,
+    *const *const libc::c_char,
+    *const *const libc::c_char,
+) = run_ignores_environment;
+
+extern "C" fn run_ignores_environment(
+    argc: libc::c_int,
+    argv: *const *const libc::c_char,
+    _envp: *const *const libc::c_char,
+) {
+    if argc < 2 || argv.is_null() {
+        return;
+    }
+    // SAFETY: glibc calls .init_array functions with the program's argc
+    // and argv, whose first argc entries are NUL-terminated strings.
+    let first = unsafe { *argv.add(1) };
+    // SAFETY: as above (checked for null all the same).
+    if !first.is_null() && unsafe { std::ffi::CStr::from_ptr(first) }.to_bytes() == b"run" {
+        frostheap::__private::ignore_environment();
+    }
+}
+
 mod info;
 mod run;
 mod serve;

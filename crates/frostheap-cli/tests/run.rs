@@ -146,6 +146,39 @@ fn run_capped(args: &[&str]) -> Output {
         .expect("run frostheap")
 }
 
+/// The `FROSTHEAP_*` variables `frostheap run` inherits are its child's:
+/// the command itself is neither held to them nor stopped by a bad one,
+/// and its flags set the child's limit. A 1M `FROSTHEAP_MAX` aborted the
+/// command ("memory allocation of 4800 bytes failed"), so a `frostheap
+/// run` inside another with a small limit failed; `abc` stopped it with
+/// exit 2 though `--max-memory` was given.
+#[test]
+fn the_environment_run_inherits_is_its_childs_not_its_own() {
+    let echo = ["--", "sh", "-c", "echo $FROSTHEAP_MAX"];
+    for inherited in ["1M", "abc"] {
+        let out = Command::new(FROSTHEAP)
+            .args(["run", "--max-memory", "100M"])
+            .args(echo)
+            .env("FROSTHEAP_LIB", built_library())
+            .env("FROSTHEAP_MAX", inherited)
+            .output()
+            .expect("run frostheap");
+        assert!(out.status.success(), "{inherited}: {}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "104857600");
+    }
+    // Nested: the inner command runs under the outer one's 16 MiB limit
+    // (the library preloaded into it), and starts its child with its own.
+    let out = Command::new(FROSTHEAP)
+        .args(["run", "--max-memory", "16M", "--", FROSTHEAP])
+        .args(["run", "--max-memory", "100M"])
+        .args(echo)
+        .env("FROSTHEAP_LIB", built_library())
+        .output()
+        .expect("run frostheap");
+    assert!(out.status.success(), "nested: {}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "104857600");
+}
+
 /// A program the loader never preloads into would run uncapped with no
 /// word of it: a statically linked one (no loader), the same behind a
 /// script's `#!`, and a set-user-ID program of another owner (secure

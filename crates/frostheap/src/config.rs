@@ -4,7 +4,8 @@
 //!
 //! `FROSTHEAP_MIN`, `FROSTHEAP_MAX` (sizes such as `64M`, `1G`, `1.5GiB`),
 //! `FROSTHEAP_HUGE_PAGES=auto|on|off`, `FROSTHEAP_PROTECT=auto|pkey|mprotect|off`,
-//! `FROSTHEAP_ON_VIOLATION=rollback|cancel|abort|audit` and `FROSTHEAP_TRACK_ALLOCS=0|1`.
+//! `FROSTHEAP_ON_VIOLATION=rollback|cancel|abort|audit`, `FROSTHEAP_TRACK_ALLOCS=0|1`
+//! and `FROSTHEAP_STATS=0|1` (the C library's statistics at exit).
 //!
 //! [`parse`] takes the variables from a lookup function, so every rule is
 //! tested in process; [`from_env`] is `parse` over the real environment.
@@ -194,6 +195,11 @@ pub struct EnvConfig {
     pub on_violation: OnViolation,
     /// `FROSTHEAP_TRACK_ALLOCS=1`.
     pub track_allocs: bool,
+    /// `FROSTHEAP_STATS=1`: the C library prints its statistics at exit.
+    /// Read here with the others, so that a bad value stops the process
+    /// at start-up with one line, as theirs do (it turned the statistics
+    /// on, whatever it said: `abc`, `2`).
+    pub stats: bool,
 }
 
 /// A bad environment value.
@@ -266,12 +272,44 @@ const TRACK_ALLOCS: Var = Var {
     name: "FROSTHEAP_TRACK_ALLOCS",
     c_name: c"FROSTHEAP_TRACK_ALLOCS",
 };
+const STATS: Var = Var {
+    name: "FROSTHEAP_STATS",
+    c_name: c"FROSTHEAP_STATS",
+};
 
 /// `FROSTHEAP_MAX` as the environment spells it (`None`: unset), for a
 /// message about a value [`from_env`] accepted but the process could not
 /// use. Never allocates.
 pub fn max_text() -> Option<&'static [u8]> {
-    os::getenv(MAX.c_name)
+    variable(MAX.c_name)
+}
+
+/// Set by [`ignore_environment`].
+static ENVIRONMENT_IGNORED: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
+
+/// Makes this process start frostheap as if no `FROSTHEAP_*` variable
+/// were set: for a program whose environment is meant for a child it
+/// starts. `frostheap run` sets its child's limit from its flags, and was
+/// itself held to the `FROSTHEAP_MAX` it inherited (aborted by a 1M one
+/// before it could start its child: a `frostheap run` inside another) or
+/// stopped at start-up by a bad one that its `--max-memory` replaces.
+/// Takes effect only if called before frostheap first reads the
+/// environment (the process's first allocation): from a constructor.
+pub fn ignore_environment() {
+    ENVIRONMENT_IGNORED.store(true, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// A `FROSTHEAP_*` variable's value, unless [`ignore_environment`] was
+/// called. Never allocates. Out of line: [`parse`] looks up each variable
+/// through it, and start-up code must fit the C library's first window.
+#[inline(never)]
+fn variable(name: &CStr) -> Option<&'static [u8]> {
+    if ENVIRONMENT_IGNORED.load(core::sync::atomic::Ordering::Relaxed) {
+        None
+    } else {
+        os::getenv(name)
+    }
 }
 
 /// The configuration this process runs with: [`from_env`] the first time
@@ -323,7 +361,7 @@ pub fn from_env() -> Result<EnvConfig, EnvError> {
     let physical = os::physical_memory();
     let cgroup = os::cgroup::memory_limit();
     parse(
-        os::getenv,
+        variable,
         default_max(physical, cgroup, os::address_space_limit()),
         memory_of(physical, cgroup),
     )
@@ -462,6 +500,11 @@ pub fn parse(
         Some(b"1") => true,
         Some(value) => return Err(bad(&TRACK_ALLOCS, value, "0 or 1")),
     };
+    let stats = match get(&STATS) {
+        None | Some(b"0") | Some(b"") => false,
+        Some(b"1") => true,
+        Some(value) => return Err(bad(&STATS, value, "0 or 1")),
+    };
     let max_from_env = max.is_some();
     let max_bytes = max.map_or(default_max, |(n, _)| n);
     let min_bytes = min.map_or(0, |(n, _)| n);
@@ -482,6 +525,7 @@ pub fn parse(
         protect,
         on_violation,
         track_allocs,
+        stats,
     })
 }
 
@@ -524,6 +568,7 @@ mod tests {
                 protect: Protect::Auto,
                 on_violation: OnViolation::Rollback,
                 track_allocs: false,
+                stats: false,
             }
         );
     }
@@ -537,6 +582,7 @@ mod tests {
             ("FROSTHEAP_PROTECT", "mprotect"),
             ("FROSTHEAP_ON_VIOLATION", "audit"),
             ("FROSTHEAP_TRACK_ALLOCS", "1"),
+            ("FROSTHEAP_STATS", "1"),
         ])
         .unwrap();
         assert_eq!(c.min, 64 << 20);
@@ -546,6 +592,7 @@ mod tests {
         assert_eq!(c.protect, Protect::Mprotect);
         assert_eq!(c.on_violation, OnViolation::Audit);
         assert!(c.track_allocs);
+        assert!(c.stats);
     }
 
     #[test]
@@ -577,6 +624,8 @@ mod tests {
             let vars: &'static [(&str, &str)] =
                 Box::leak(Box::new([("FROSTHEAP_TRACK_ALLOCS", empty)]));
             assert!(!env(vars).unwrap().track_allocs);
+            let vars: &'static [(&str, &str)] = Box::leak(Box::new([("FROSTHEAP_STATS", empty)]));
+            assert!(!env(vars).unwrap().stats);
         }
     }
 
@@ -590,11 +639,13 @@ mod tests {
 
     #[test]
     fn a_bad_value_names_the_variable_the_value_and_what_is_accepted() {
-        let cases: [BadCase; 11] = [
+        let cases: [BadCase; 13] = [
             (&[("FROSTHEAP_PROTECT", "sometimes")], "FROSTHEAP_PROTECT", "sometimes", "auto, pkey, mprotect or off"),
             (&[("FROSTHEAP_ON_VIOLATION", "explode")], "FROSTHEAP_ON_VIOLATION", "explode", "rollback, cancel, abort or audit"),
             (&[("FROSTHEAP_HUGE_PAGES", "yes")], "FROSTHEAP_HUGE_PAGES", "yes", "auto, on or off"),
             (&[("FROSTHEAP_TRACK_ALLOCS", "true")], "FROSTHEAP_TRACK_ALLOCS", "true", "0 or 1"),
+            (&[("FROSTHEAP_STATS", "abc")], "FROSTHEAP_STATS", "abc", "0 or 1"),
+            (&[("FROSTHEAP_STATS", "2")], "FROSTHEAP_STATS", "2", "0 or 1"),
             (&[("FROSTHEAP_MAX", "lots")], "FROSTHEAP_MAX", "lots", LIMIT_SYNTAX),
             (&[("FROSTHEAP_MAX", "150%")], "FROSTHEAP_MAX", "150%", LIMIT_SYNTAX),
             (&[("FROSTHEAP_MAX", "7.5%")], "FROSTHEAP_MAX", "7.5%", LIMIT_SYNTAX),

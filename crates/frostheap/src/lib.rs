@@ -317,7 +317,9 @@ pub mod __private {
 
     /// frostheap-cli `info`: the environment as the library reads it, and
     /// which bound gave the default limit.
-    pub use crate::config::{default_max, from_env, EnvConfig, EnvError};
+    pub use crate::config::{
+        default_max, from_env, from_env_once, ignore_environment, EnvConfig, EnvError,
+    };
     /// frostheap-cli `run` (`--max-memory`, `--min`) and `serve`
     /// (`--max-memory`): limits read as the variables are.
     pub use crate::config::{parse_limit_bytes, process_memory, LIMIT_SYNTAX};

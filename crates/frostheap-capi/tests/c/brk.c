@@ -2,7 +2,8 @@
  * and brk). Usage: brk glibc|frostheap. Under glibc it grows by 8 MiB steps
  * eight times; under the library with FROSTHEAP_MAX=32M the limit stops it
  * with ENOMEM after at most four; shrinking gives the memory back, so it
- * grows as far again, and brk moves the break both ways.
+ * grows as far again, and brk moves the break both ways; brk(0), which moves
+ * nothing, gives nothing back.
  * Prints "brk: N checks, F failures". */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -64,6 +65,16 @@ int main(int argc, char **argv) {
     CHECK(sbrk(0) == start + STEP);
     start[STEP - 1] = 1;
     CHECK(brk(start) == 0);
+    CHECK(sbrk(0) == start);
+    /* brk(0): glibc says 0, and the kernel leaves the break where it is
+     * (below the break's start, the address is ignored): the step it holds
+     * still counts, so one step fewer fits. */
+    CHECK(sbrk(STEP) == start);
+    CHECK(brk(0) == 0);
+    CHECK(sbrk(0) == start + STEP);
+    int m = grow();
+    CHECK(m == (frostheap ? n - 1 : STEPS));
+    CHECK(sbrk(-(intptr_t)(m + 1) * STEP) != (void *)-1);
     CHECK(sbrk(0) == start);
     printf("brk: %d checks, %d failures\n", checks, failures);
     return failures != 0;

@@ -329,6 +329,12 @@ pub fn charge_mapped(bytes: usize) -> bool {
     crate::heap::process::charge(crate::heap::process::Kind::Mapped, bytes)
 }
 
+/// The process limit in bytes (`FROSTHEAP_MAX`; `usize::MAX` before the
+/// library started): one load.
+pub fn limit() -> usize {
+    crate::heap::process::limit()
+}
+
 /// Releases bytes charged with [`charge_mapped`].
 pub fn release_mapped(bytes: usize) {
     crate::heap::process::release(crate::heap::process::Kind::Mapped, bytes)

@@ -100,23 +100,45 @@ pub fn thp_mode() -> ThpMode {
 }
 
 /// Reads up to `buf.len()` bytes of a small file; 0 if it cannot be read.
+///
+/// With the raw system calls (`syscall(2)`), not glibc's `open`, `read`
+/// and `close`: those are pthread cancellation points, and this runs where
+/// the C library starts frostheap, inside a program's `malloc` or `mmap`,
+/// which POSIX says are not (see [`write_stderr`]). Out of line: its
+/// callers (the cgroup's files, the huge-page setting) run at start-up,
+/// whose code must fit the C library's first 64 KiB window.
+#[inline(never)]
 pub fn read_small_file(path: &CStr, buf: &mut [u8]) -> usize {
     // SAFETY: path is NUL-terminated; flags are valid.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
     if fd < 0 {
         return 0;
     }
     let mut total = 0;
     while total < buf.len() {
         // SAFETY: the destination is the unfilled tail of `buf`.
-        let n = unsafe { libc::read(fd, buf[total..].as_mut_ptr().cast(), buf.len() - total) };
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_read,
+                fd,
+                buf[total..].as_mut_ptr(),
+                buf.len() - total,
+            )
+        };
         if n <= 0 {
             break;
         }
         total += n as usize;
     }
     // SAFETY: fd was opened above and is closed once.
-    unsafe { libc::close(fd) };
+    unsafe { libc::syscall(libc::SYS_close, fd) };
     total
 }
 
@@ -507,11 +529,21 @@ pub fn getenv(name: &CStr) -> Option<&'static [u8]> {
 
 /// Writes all of `bytes` to standard error with `write(2)`.
 /// Async-signal-safe: usable from the fault handler and before `main`.
+///
+/// Through `syscall(SYS_write, …)`, not glibc's `write`: that one is a
+/// pthread cancellation point, and this writes the refusal line from
+/// inside `malloc` and `mmap`, which are not. A thread with a deferred
+/// cancel pending that a refused allocation reached was cancelled in the
+/// middle of `malloc` (holding the program's mutex, or the record of
+/// mappings' lock, for good: the next `munmap` spun forever). glibc's
+/// `syscall` is a plain system call, never a cancellation point; it is
+/// also async-signal-safe, which `pthread_setcancelstate` around `write`
+/// is not listed as, and it costs no extra calls.
 pub fn write_stderr(bytes: &[u8]) {
     let mut rest = bytes;
     while !rest.is_empty() {
         // SAFETY: writing from a valid slice to fd 2.
-        let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
+        let n = unsafe { libc::syscall(libc::SYS_write, 2, rest.as_ptr(), rest.len()) };
         if n <= 0 {
             // EINTR: try again; anything else: give up quietly.
             // SAFETY: errno is thread-local and always readable.
