@@ -23,7 +23,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use frostheap::__private::{parse_limit_bytes, process_memory, LIMIT_SYNTAX};
+use frostheap::__private::{parse_limit_bytes, process_memory, LIMIT_SYNTAX, WHOLE_BYTES};
 use frostheap::{Bytes, SizeErrorKind};
 
 /// The library's file name.
@@ -65,6 +65,7 @@ pub(crate) fn limit_arg(flag: &str, text: &str) -> Result<usize, String> {
             format!("invalid {flag} \"{text}\": expected a size that fits in 64 bits")
         }
         SizeErrorKind::Malformed => format!("invalid {flag} \"{text}\": expected {LIMIT_SYNTAX}"),
+        _ => format!("invalid {flag} \"{text}\": expected {WHOLE_BYTES}"),
     })
 }
 

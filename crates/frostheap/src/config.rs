@@ -471,6 +471,7 @@ pub fn parse(
             Ok(n) => Ok(Some((n, value))),
             Err(SizeErrorKind::Malformed) => Err(bad(var, value, LIMIT_SYNTAX)),
             Err(SizeErrorKind::TooLarge) => Err(bad(var, value, "a size that fits in 64 bits")),
+            Err(_) => Err(bad(var, value, crate::size::WHOLE_BYTES)),
         },
     };
     let min = size(&MIN)?;

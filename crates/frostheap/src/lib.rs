@@ -326,7 +326,7 @@ pub mod __private {
     /// frostheap-cli (`info`, `run`): the heap's page size.
     pub use crate::region::PAGE_SIZE;
     /// frostheap-cli (`run`, `serve`): the size syntax in messages.
-    pub use crate::size::SIZE_SYNTAX;
+    pub use crate::size::{SIZE_SYNTAX, WHOLE_BYTES};
     /// Integration tests and the `global_track` fixture: allocation sites.
     pub use crate::track::allocation_site;
     /// Integration tests (`freeze`): the futex a thread waiting for another

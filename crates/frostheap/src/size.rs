@@ -25,13 +25,20 @@ pub struct SizeError {
 
 /// The ways a size can fail to parse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SizeErrorKind {
-    /// Empty, not a number, an unknown unit, or not a whole number of
-    /// bytes (`1.5B`, `0.1K`).
+    /// Empty, not a number, or an unknown unit.
     Malformed,
     /// The value does not fit in `usize` (`16EiB` and more on 64 bits).
     TooLarge,
+    /// A well-formed size that is not a whole number of bytes (`1.5B`,
+    /// `0.1K`, `1.1G`).
+    Fraction,
 }
+
+/// What to say of a size that is not a whole number of bytes.
+pub const WHOLE_BYTES: &str =
+    "a whole number of bytes: its decimals come to a fraction of a byte (1.1G does; 1.125G, 1126M or 1153433600 do not)";
 
 impl SizeError {
     /// Bytes of the input an error keeps for its message.
@@ -78,6 +85,7 @@ impl fmt::Display for SizeError {
                 usize::MAX,
                 usize::BITS
             ),
+            SizeErrorKind::Fraction => f.write_str(WHOLE_BYTES),
         }
     }
 }
@@ -185,12 +193,12 @@ fn parse_bytes(text: &[u8]) -> Result<usize, SizeErrorKind> {
         n += 1;
     }
     if frac.iter().skip(9).any(|&c| c != b'0') {
-        return Err(SizeErrorKind::Malformed);
+        return Err(SizeErrorKind::Fraction);
     }
     let scaled = u128::from(frac_num / fives) << shift;
     if !frac_num.is_multiple_of(fives) || scaled & ((1u128 << n) - 1) != 0 {
         // Not a whole number of bytes (e.g. "1.5B" or "0.1K").
-        return Err(SizeErrorKind::Malformed);
+        return Err(SizeErrorKind::Fraction);
     }
     let total = scaled_whole + (scaled >> n);
     usize::try_from(total).map_err(|_| SizeErrorKind::TooLarge)
@@ -280,10 +288,13 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_size() {
-        for bad in [
-            "", "M", "12Q", "1.2.3G", "-5M", "1.5B", "0.1K", "abc", "1e9",
-        ] {
+        for bad in ["", "M", "12Q", "1.2.3G", "-5M", "abc", "1e9"] {
             assert_eq!(kind(bad), Err(SizeErrorKind::Malformed), "{bad:?}");
+        }
+        for fraction in ["1.5B", "0.1K", "1.1G"] {
+            assert_eq!(kind(fraction), Err(SizeErrorKind::Fraction), "{fraction:?}");
+            let e = parse_size(fraction).unwrap_err().to_string();
+            assert!(e.contains("a whole number of bytes"), "{e}");
         }
         assert_eq!(kind("99999999999999999999T"), Err(SizeErrorKind::TooLarge));
     }
@@ -301,15 +312,15 @@ mod tests {
                     let want = if scaled % den == 0 {
                         Ok(((3u128 << shift) + scaled / den) as usize)
                     } else {
-                        Err(SizeErrorKind::Malformed)
+                        Err(SizeErrorKind::Fraction)
                     };
                     assert_eq!(kind(&text), want, "{text}");
                 }
             }
         }
         assert_eq!(parse_size("1.000000000G"), Ok(1 << 30));
-        assert_eq!(kind("0.0009765625M"), Err(SizeErrorKind::Malformed));
-        assert_eq!(kind("0.000976562K"), Err(SizeErrorKind::Malformed));
+        assert_eq!(kind("0.0009765625M"), Err(SizeErrorKind::Fraction));
+        assert_eq!(kind("0.000976562K"), Err(SizeErrorKind::Fraction));
     }
 
     #[test]
