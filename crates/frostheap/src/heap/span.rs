@@ -913,7 +913,16 @@ impl Locked<'_> {
         let want = committed + (pages - top_free.min(pages)) * PAGE_SIZE;
         if want > end {
             // The reservation is full; when the request does not fit
-            // under the cap either, the cap refused it.
+            // under the cap either, once the heap's own free memory is
+            // given back, the cap refused it. Given back first: in a
+            // region laid out for huge pages a free span stays charged
+            // until it is purged, and 7 MiB of them, kept after a 91 MiB
+            // block was freed, had a 92 MiB request under
+            // `FROSTHEAP_MAX=100M` that no free run of the range held
+            // reported as the limit's refusal, with 2 MiB in use.
+            if !self.fits(pages * PAGE_SIZE) {
+                self.release_free();
+            }
             if self.fits(pages * PAGE_SIZE) {
                 a.note_refusal(Refusal::Range, pages * PAGE_SIZE);
             } else {

@@ -381,6 +381,35 @@ fn a_request_no_free_run_of_its_heaps_range_holds_is_reported_as_such() {
     }
 }
 
+test!(a_range_refusal_is_named_as_such_with_free_memory_still_charged);
+/// The same blocks of 90, 91, 92 MiB with no trim between them, on the
+/// default huge pages: the heap keeps some 7 MiB of free memory charged
+/// (a region laid out for huge pages charges free spans until they are
+/// purged), and the request no free run of the range holds was reported
+/// as the limit's ("FROSTHEAP_MAX is 104857600 bytes; the process has
+/// 9371648 committed"): the range was checked against the cap before that
+/// free memory went back. It names the range now.
+fn a_range_refusal_is_named_as_such_with_free_memory_still_charged() {
+    let out = run_fixture(
+        "global_threads",
+        &["range-refused-untrimmed"],
+        &[("FROSTHEAP_MAX", "100M")],
+    );
+    assert_succeeded_saying(&out, "global_threads range-refused: ok");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for heap in ["main", "thread"] {
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("frostheap: out of memory: the {heap} heap")))
+            .unwrap_or_else(|| panic!("no refusal line for the {heap} heap\n{}", describe(&out)));
+        assert!(
+            line.contains("has no free run that large")
+                && line.contains("though it fits under FROSTHEAP_MAX (104857600 bytes)"),
+            "{line}"
+        );
+    }
+}
+
 test!(many_threads_are_charged_for_the_pages_their_blocks_reach);
 /// 400 threads at once under `FROSTHEAP_MAX=64M`, each holding a block in
 /// 16 size classes (a thread per connection): none is refused, and the
