@@ -138,7 +138,7 @@ fn max_below_one_page_stops_startup() {
         &[("FROSTHEAP_MAX", "4K")],
         "FROSTHEAP_MAX",
         "4K",
-        "at least 64K",
+        "at least 128K",
     );
 }
 
@@ -408,6 +408,23 @@ fn a_range_refusal_is_named_as_such_with_free_memory_still_charged() {
             "{line}"
         );
     }
+}
+
+test!(max_below_two_heap_pages_stops_startup_and_two_run_a_program);
+/// `FROSTHEAP_MAX=64K`, documented as the minimum, was accepted, and every
+/// program with `Global` aborted before `main` ("memory allocation of 544
+/// bytes failed": each size class takes a 64 KiB page, and Rust's
+/// start-up uses two). It stops start-up now with the line naming the
+/// real minimum, at which a program runs.
+fn max_below_two_heap_pages_stops_startup_and_two_run_a_program() {
+    assert_startup_error(
+        &[("FROSTHEAP_MAX", "64K")],
+        "FROSTHEAP_MAX",
+        "64K",
+        "at least 128K (two heap pages",
+    );
+    let out = run_fixture("global_hello", &[], &[("FROSTHEAP_MAX", "128K")]);
+    assert_succeeded_saying(&out, &format!("hello limit={}", 128 << 10));
 }
 
 test!(many_threads_are_charged_for_the_pages_their_blocks_reach);
