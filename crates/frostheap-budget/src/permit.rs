@@ -296,10 +296,13 @@ impl Future for Acquire {
                 Some(g) if this.bytes <= inner.total => g,
                 _ => {
                     inner.refused.fetch_add(1, Ordering::Relaxed);
+                    let in_use = inner.in_use.load(Ordering::Relaxed);
                     return Poll::Ready(Err(Error::OutOfMemory {
                         requested: this.bytes,
                         limit: inner.total,
-                        in_use: inner.in_use.load(Ordering::Relaxed),
+                        in_use,
+                        committed: in_use,
+                        refused_by: frostheap::RefusedBy::Budget,
                     }));
                 }
             };

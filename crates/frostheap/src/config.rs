@@ -174,9 +174,15 @@ impl HugePages {
     }
 }
 
-/// The smallest accepted `FROSTHEAP_MAX`: one heap page
+/// The smallest accepted `FROSTHEAP_MAX`: two heap pages
 /// (`region::PAGE_SIZE`, which checks at build time that the two agree).
-pub const MIN_MAX: usize = 64 << 10;
+/// Every size class takes a span of its own, at least one 64 KiB page,
+/// and Rust's start-up allocates in two classes before `main` (16 bytes,
+/// then 544): under `FROSTHEAP_MAX=64K`, the documented minimum until
+/// 2026-12-06, which was accepted, a program with `frostheap::Global`
+/// aborted before `main` ("memory allocation of 544 bytes failed"); under
+/// 128K a hello-world runs.
+pub const MIN_MAX: usize = 128 << 10;
 
 /// The configuration the environment asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -483,7 +489,11 @@ pub fn parse(
     };
     if let Some((max, value)) = max {
         if max < MIN_MAX {
-            return Err(bad(&MAX, value, "at least 64K (one heap page)"));
+            return Err(bad(
+                &MAX,
+                value,
+                "at least 128K (two heap pages: each size class a program allocates in takes a 64 KiB page of its own, and Rust's start-up alone uses two)",
+            ));
         }
     }
     let protect = match get(&PROTECT) {
@@ -640,7 +650,7 @@ mod tests {
 
     #[test]
     fn a_bad_value_names_the_variable_the_value_and_what_is_accepted() {
-        let cases: [BadCase; 13] = [
+        let cases: [BadCase; 15] = [
             (&[("FROSTHEAP_PROTECT", "sometimes")], "FROSTHEAP_PROTECT", "sometimes", "auto, pkey, mprotect or off"),
             (&[("FROSTHEAP_ON_VIOLATION", "explode")], "FROSTHEAP_ON_VIOLATION", "explode", "rollback, cancel, abort or audit"),
             (&[("FROSTHEAP_HUGE_PAGES", "yes")], "FROSTHEAP_HUGE_PAGES", "yes", "auto, on or off"),
@@ -652,7 +662,9 @@ mod tests {
             (&[("FROSTHEAP_MAX", "7.5%")], "FROSTHEAP_MAX", "7.5%", LIMIT_SYNTAX),
             (&[("FROSTHEAP_MAX", "0%")], "FROSTHEAP_MAX", "0%", LIMIT_SYNTAX),
             (&[("FROSTHEAP_MAX", "99999999999T")], "FROSTHEAP_MAX", "99999999999T", "a size that fits in 64 bits"),
-            (&[("FROSTHEAP_MAX", "4K")], "FROSTHEAP_MAX", "4K", "at least 64K (one heap page)"),
+            (&[("FROSTHEAP_MAX", "1.1G")], "FROSTHEAP_MAX", "1.1G", crate::size::WHOLE_BYTES),
+            (&[("FROSTHEAP_MAX", "4K")], "FROSTHEAP_MAX", "4K", "at least 128K (two heap pages: each size class a program allocates in takes a 64 KiB page of its own, and Rust's start-up alone uses two)"),
+            (&[("FROSTHEAP_MAX", "64K")], "FROSTHEAP_MAX", "64K", "at least 128K (two heap pages: each size class a program allocates in takes a 64 KiB page of its own, and Rust's start-up alone uses two)"),
             (&[("FROSTHEAP_MIN", "2G"), ("FROSTHEAP_MAX", "1G")], "FROSTHEAP_MIN", "2G", "a size no larger than FROSTHEAP_MAX (or, when it is unset, its default, which frostheap info shows)"),
         ];
         for (vars, var, value, expected) in cases {
@@ -683,7 +695,7 @@ mod tests {
         assert_eq!(default_max(24 * gib, None, None), 24 * gib);
         assert_eq!(default_max(24 * gib, None, Some(4 * gib)), gib);
         assert_eq!(default_max(gib, None, Some(64 * gib)), gib);
-        // A power of two no more than a quarter, and never below a page.
+        // A power of two no more than a quarter, and never below MIN_MAX.
         assert_eq!(default_max(24 * gib, None, Some(4_096_000_000)), 512 << 20);
         assert_eq!(default_max(24 * gib, None, Some(8 * gib + 1)), 2 * gib);
         assert_eq!(default_max(24 * gib, None, Some(4096)), MIN_MAX);
@@ -749,7 +761,8 @@ mod tests {
     }
 
     #[test]
-    fn the_smallest_max_is_one_heap_page() {
-        assert_eq!(env(&[("FROSTHEAP_MAX", "64K")]).unwrap().max, MIN_MAX);
+    fn the_smallest_max_is_two_heap_pages() {
+        assert_eq!(env(&[("FROSTHEAP_MAX", "128K")]).unwrap().max, MIN_MAX);
+        assert!(env(&[("FROSTHEAP_MAX", "131071")]).is_err());
     }
 }

@@ -278,7 +278,7 @@ mod trap;
 mod violation;
 
 pub use config::{Backend, HugePages, OnViolation, Protect};
-pub use error::Error;
+pub use error::{Error, RefusedBy};
 pub use global::{main_heap, stats, trim, unguarded, Global, ProcessStats, Shared};
 pub use heap::process::Kind;
 pub use heap::{Heap, HeapBuilder, Stats};

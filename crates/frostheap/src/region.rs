@@ -19,9 +19,9 @@ pub const PAGE_SHIFT: u32 = 16;
 /// `1 << PAGE_SHIFT`.
 pub const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
 
-// The configuration refuses a `max` below one heap page without importing
-// this layer; the two constants must agree.
-const _: () = assert!(PAGE_SIZE == crate::config::MIN_MAX);
+// The configuration refuses a `FROSTHEAP_MAX` below two heap pages
+// without importing this layer; the two constants must agree.
+const _: () = assert!(2 * PAGE_SIZE == crate::config::MIN_MAX);
 
 /// How a region uses transparent huge pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -378,7 +378,7 @@ impl Local {
                 range: heaps::slot_len(),
             },
             Refusal::System => RefusedBy::System,
-            Refusal::None => RefusedBy::Unknown,
+            Refusal::Cap | Refusal::None => RefusedBy::Unknown,
         }
     }
 }

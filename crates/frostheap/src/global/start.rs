@@ -332,6 +332,8 @@ fn start_error(failure: Failure) -> crate::Error {
             requested,
             limit,
             in_use: committed,
+            committed,
+            refused_by: crate::RefusedBy::ProcessLimit,
         },
     }
 }

@@ -253,7 +253,9 @@ pub(super) fn out_of_memory_line_of(heap: &str, requested: usize, why: Refusal, 
                     .str(" in whole heap pages)")
             }
         }
-        Refusal::None => b.str("FROSTHEAP_MAX is ").dec(limit).str(" bytes"),
+        // A heap of the global allocator whose cap is below the limit (a
+        // range smaller than FROSTHEAP_MAX) is refused as by the limit.
+        Refusal::Cap | Refusal::None => b.str("FROSTHEAP_MAX is ").dec(limit).str(" bytes"),
     };
     let b = b
         .str("; the process has ")

@@ -572,7 +572,7 @@ impl HeapCore {
     }
 
     /// What refused the heap's last refused allocation: the process limit,
-    /// the heap's range, the kernel, or nothing known
+    /// the heap's own cap, the heap's range, the kernel, or nothing known
     /// ([`Refusal::None`]: none refused yet, or the heap is sealed).
     pub(crate) fn last_refusal(&self) -> Refusal {
         self.spans.last_refusal()
@@ -1789,14 +1789,12 @@ impl HeapCore {
         // As in alloc_small_slow: an earlier refusal is not this one's.
         self.spans.take_refusal();
         let Some(n_pages) = large::pages_for(layout, self.pages.len) else {
-            // Larger than the reservation, which is at least the cap: past
-            // the process limit too when the cap is the limit (a request
-            // larger than FROSTHEAP_MAX in global mode).
-            if self.spans.cap_is_process_limit() {
-                // What it would have needed is not known: the size and
-                // the alignment's slack together pass the reservation.
-                self.spans.note_refusal(Refusal::Limit, 0);
-            }
+            // Larger than the reservation, which is at least the cap: the
+            // cap's refusal, the process limit's when the cap is the limit
+            // (a request larger than FROSTHEAP_MAX in global mode). What
+            // it would have needed is not known: the size and the
+            // alignment's slack together pass the reservation.
+            self.spans.cap_refused(0);
             self.refuse();
             return (ptr::null_mut(), false);
         };

@@ -60,7 +60,7 @@ use self::core::{CoreConfig, HeapCore};
 pub(crate) use self::span::Refusal;
 pub use self::stats::Stats;
 use crate::config::HugePages;
-use crate::error::Error;
+use crate::error::{Error, RefusedBy};
 use crate::guard;
 use crate::region::{Huge, PAGE_SIZE};
 
@@ -347,9 +347,10 @@ impl Heap {
         self.core().allocation_containing(addr)
     }
 
-    /// Allocates memory for `layout`, or reports why it cannot.
+    /// Allocates memory for `layout`, or reports why it cannot
+    /// ([`Error::OutOfMemory`], whose `refused_by` says what refused).
     pub fn try_alloc(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
-        let p = NonNull::new(self.core().alloc(layout)).ok_or_else(|| self.oom(layout.size()))?;
+        let p = NonNull::new(self.core().alloc(layout)).ok_or_else(|| self.refused(layout))?;
         if crate::track::enabled() {
             crate::track::record(p.as_ptr() as usize);
         }
@@ -358,8 +359,8 @@ impl Heap {
 
     /// Like [`Heap::try_alloc`], with the memory zeroed.
     pub fn try_alloc_zeroed(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
-        let p = NonNull::new(self.core().alloc_zeroed(layout))
-            .ok_or_else(|| self.oom(layout.size()))?;
+        let p =
+            NonNull::new(self.core().alloc_zeroed(layout)).ok_or_else(|| self.refused(layout))?;
         track_new(p.as_ptr(), ::core::ptr::null_mut());
         Ok(p)
     }
@@ -378,7 +379,9 @@ impl Heap {
     /// sealed with `mseal(2)`, so no thread — and no later `mprotect` — can
     /// make it writable again for the life of the process.
     ///
-    /// Afterwards allocation fails with [`Error::OutOfMemory`], frees are
+    /// Afterwards allocation fails with [`Error::OutOfMemory`] whose
+    /// `refused_by` is [`RefusedBy::Sealed`] (its message says the heap is
+    /// sealed: neither a larger limit nor freeing memory helps), frees are
     /// no-ops (the memory is never reused), and a write by any thread is a
     /// crash (or, by a runtime task, a violation report). Hardening for
     /// data that must never change after start-up.
@@ -462,7 +465,14 @@ impl Heap {
         // SAFETY: forwarded (1).
         let p = unsafe { self.core().realloc(ptr.as_ptr(), old, new_size) };
         track_new(p, ptr.as_ptr());
-        NonNull::new(p).ok_or_else(|| self.oom(new_size))
+        NonNull::new(p).ok_or_else(|| {
+            // The block keeps its alignment; a size that overflows a
+            // layout was refused for its size alone.
+            match Layout::from_size_align(new_size, old.align()) {
+                Ok(new) => self.refused(new),
+                Err(_) => self.oom(new_size, RefusedBy::HeapMax),
+            }
+        })
     }
 
     /// Usable size of a live block (at least the size it was asked with).
@@ -506,10 +516,21 @@ impl Heap {
     /// charges nothing if the bytes do not fit.
     pub fn charge_external(&self, bytes: usize) -> Result<(), Error> {
         if self.core().charge_external(bytes) {
-            Ok(())
-        } else {
-            Err(self.oom(bytes))
+            return Ok(());
         }
+        // Not an allocation: the heap recorded no cause. Its cap refused
+        // when the bytes do not fit beside what it holds; the process
+        // limit otherwise.
+        let s = self.stats();
+        let fits = s.committed.saturating_add(s.external).saturating_add(bytes) <= s.limit;
+        Err(self.oom(
+            bytes,
+            if fits {
+                RefusedBy::ProcessLimit
+            } else {
+                RefusedBy::HeapMax
+            },
+        ))
     }
 
     /// Releases bytes charged with [`Heap::charge_external`].
@@ -573,14 +594,54 @@ impl Heap {
         unsafe { self.core().set_owner() }
     }
 
-    /// The error for a refused allocation: the heap's own limit, or the
-    /// process limit when that is lower.
-    fn oom(&self, requested: usize) -> Error {
+    /// The error for an allocation of `layout` the heap just refused:
+    /// sealed, or what its allocator recorded as the cause
+    /// ([`HeapCore::last_refusal`]), with the bytes the layout needed
+    /// (an alignment above a heap page needs its slack too).
+    #[cold]
+    fn refused(&self, layout: Layout) -> Error {
+        let core = self.core();
+        let by = if core.is_sealed() {
+            RefusedBy::Sealed
+        } else {
+            match core.last_refusal() {
+                Refusal::Limit => RefusedBy::ProcessLimit,
+                Refusal::Range => RefusedBy::Range,
+                Refusal::System => RefusedBy::System,
+                // The heap's cap, or no cause recorded: the heap's
+                // numbers, which its max bounds.
+                Refusal::Cap | Refusal::None => RefusedBy::HeapMax,
+            }
+        };
+        // A block aligned beyond a page takes only its own pages, at an
+        // aligned page (`Locked::alloc_aligned`): its size is what it asked.
+        self.oom(layout.size(), by)
+    }
+
+    /// The error for `requested` bytes refused by `by`: with the process's
+    /// numbers when the process limit refused (the limit, and what every
+    /// heap has committed against it, as [`refused_build`] reports it),
+    /// the heap's otherwise. Until 2026-12-06 the process limit was paired
+    /// with the heap's bytes in use ("50 MiB requested, 0 B in use, limit
+    /// 128 MiB", refused with 100 MiB committed in another heap).
+    fn oom(&self, requested: usize, by: RefusedBy) -> Error {
+        if by == RefusedBy::ProcessLimit {
+            let committed = process::committed();
+            return Error::OutOfMemory {
+                requested,
+                limit: process::limit(),
+                in_use: committed,
+                committed,
+                refused_by: by,
+            };
+        }
         let s = self.stats();
         Error::OutOfMemory {
             requested,
-            limit: s.limit.min(process::limit()),
+            limit: s.limit,
             in_use: s.in_use,
+            committed: s.committed,
+            refused_by: by,
         }
     }
 }
@@ -888,6 +949,8 @@ fn refused_build(e: InitError, min: usize, max: usize, huge: Huge) -> Error {
             requested,
             limit,
             in_use: committed,
+            committed,
+            refused_by: RefusedBy::ProcessLimit,
         },
         InitError::Reserve(source) if source.errno == libc::ENOMEM => {
             let largest = self::core::largest_reservable(max, huge);

@@ -240,23 +240,31 @@ pub(crate) struct SpanAllocator {
 pub(crate) enum Refusal {
     /// Nothing refused (a heap sealed at a `fork`, or none yet).
     None = 0,
+    /// The heap's own cap (`max`), below the process limit: an explicit
+    /// heap built with a smaller `max` (noted, so that `Heap::try_alloc`'s
+    /// error tells it from the process limit's). The least telling cause:
+    /// any other met on the way says more (a cap of the global
+    /// allocator's heaps below the limit, which was noted as nothing,
+    /// still leaves them to name the cause).
+    Cap = 1,
     /// The kernel refused to commit pages of the range (`mprotect` or
     /// `mmap` failed: the overcommit policy, `vm.max_map_count`).
-    System = 1,
+    System = 2,
     /// The heap's range has no free run of the pages asked for, though
     /// they fit under its cap: the blocks it holds pin the range.
-    Range = 2,
+    Range = 3,
     /// The process limit, or a heap cap that is the limit
     /// ([`SpanAllocator::cap_is_process_limit`]).
-    Limit = 3,
+    Limit = 4,
 }
 
 impl Refusal {
     fn from_u8(v: u8) -> Refusal {
         match v {
-            1 => Refusal::System,
-            2 => Refusal::Range,
-            3 => Refusal::Limit,
+            1 => Refusal::Cap,
+            2 => Refusal::System,
+            3 => Refusal::Range,
+            4 => Refusal::Limit,
             _ => Refusal::None,
         }
     }
@@ -371,6 +379,21 @@ impl SpanAllocator {
     pub(super) fn cap_is_process_limit(&self) -> bool {
         let cap = self.limit.min(self.region.reserved()) & !(PAGE_SIZE - 1);
         cap >= process::limit() & !(PAGE_SIZE - 1)
+    }
+
+    /// The heap's cap refused `need` bytes (0 if unknown): noted as the
+    /// process limit's refusal when the cap is the limit
+    /// ([`SpanAllocator::cap_is_process_limit`]), for the heap to count it
+    /// in the process's statistics if the allocation fails in the end; as
+    /// the cap's own otherwise. A main heap refused at `FROSTHEAP_MAX` is
+    /// refused by its own cap, the limit, before the process's counters
+    /// are asked; it counted no process refusal.
+    pub(super) fn cap_refused(&self, need: usize) {
+        if self.cap_is_process_limit() {
+            self.note_refusal(Refusal::Limit, need);
+        } else {
+            self.note_refusal(Refusal::Cap, need);
+        }
     }
 
     /// Opens the owner's cache's stacks at the side table's end (its own
@@ -887,18 +910,10 @@ impl Locked<'_> {
         self.alloc.limit.min(self.alloc.region.reserved()) & !(PAGE_SIZE - 1)
     }
 
-    /// The heap's cap refused a charge: noted as the process limit's
-    /// refusal when the cap is the limit
-    /// ([`SpanAllocator::cap_is_process_limit`]), for the heap to count it
-    /// in the process's statistics if the allocation fails in the end. A
-    /// main heap refused at `FROSTHEAP_MAX` is refused by its own cap, the
-    /// limit, before the process's counters are asked; it counted no
-    /// process refusal.
-    /// `need`: the bytes the cap refused.
+    /// The heap's cap refused a charge of `need` bytes
+    /// ([`SpanAllocator::cap_refused`]).
     fn cap_refused(&self, need: usize) {
-        if self.alloc.cap_is_process_limit() {
-            self.alloc.note_refusal(Refusal::Limit, need);
-        }
+        self.alloc.cap_refused(need);
     }
 
     /// Whether `bytes` more fit under the heap's cap, with its external
@@ -995,7 +1010,16 @@ impl Locked<'_> {
         let want = committed + (pages - top_free.min(pages)) * PAGE_SIZE;
         if want > end {
             // The reservation is full; when the request does not fit
-            // under the cap either, the cap refused it.
+            // under the cap either, once the heap's own free memory is
+            // given back, the cap refused it. Given back first: in a
+            // region laid out for huge pages a free span stays charged
+            // until it is purged, and 7 MiB of them, kept after a 91 MiB
+            // block was freed, had a 92 MiB request under
+            // `FROSTHEAP_MAX=100M` that no free run of the range held
+            // reported as the limit's refusal, with 2 MiB in use.
+            if !self.fits(pages * PAGE_SIZE) {
+                self.release_free();
+            }
             if self.fits(pages * PAGE_SIZE) {
                 a.note_refusal(Refusal::Range, pages * PAGE_SIZE);
             } else {

@@ -64,6 +64,7 @@ fixtures!(
     "freeze_child",
     "freeze_env",
     "global_alloc",
+    "global_hello",
     "global_routing",
     "global_threads",
     "global_track",

@@ -339,9 +339,30 @@ fn sealed_heap_is_readable_refuses_allocation_and_reports_task_writes() {
     heap.seal().expect("mseal works on this kernel");
     assert!(heap.is_sealed());
     assert_eq!(data[17], 289, "sealed data is readable");
+    // Refused as sealed: the message read "48 B requested, ... in use,
+    // limit 16 MiB; raise max (FROSTHEAP_MAX) or free memory first",
+    // neither of which can help.
     for size in [48usize, 4096, 1 << 20] {
         match heap.try_alloc(core::alloc::Layout::from_size_align(size, 8).unwrap()) {
-            Err(Error::OutOfMemory { requested, .. }) => assert_eq!(requested, size),
+            Err(
+                ref e @ Error::OutOfMemory {
+                    requested,
+                    refused_by,
+                    ..
+                },
+            ) => {
+                assert_eq!(
+                    (requested, refused_by),
+                    (size, frostheap::RefusedBy::Sealed)
+                );
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("from a sealed heap")
+                        && msg.contains("allocates nothing more")
+                        && !msg.contains("raise"),
+                    "{msg}"
+                );
+            }
             other => panic!("allocating {size} bytes from a sealed heap: {other:?}"),
         }
     }

@@ -9,7 +9,7 @@ use std::alloc::Layout;
 use std::process::Output;
 use std::ptr::NonNull;
 
-use frostheap::{Error, Heap, HugePages};
+use frostheap::{Error, Heap, HugePages, RefusedBy};
 
 use crate::check::{describe, fixture_command, output_within, run_fixture, MIB};
 use crate::ops::{fill, verify};
@@ -62,6 +62,8 @@ fn free_all(heap: &Heap, blocks: Vec<NonNull<u8>>, len: usize) {
     }
 }
 
+/// `e` is the heap's own refusal (its `max`, or its range), with its
+/// numbers.
 fn assert_refusal(heap: &Heap, e: &Error, requested: usize) {
     let s = heap.stats();
     match *e {
@@ -69,20 +71,31 @@ fn assert_refusal(heap: &Heap, e: &Error, requested: usize) {
             requested: r,
             limit,
             in_use,
+            committed,
+            refused_by,
         } => {
             assert_eq!(r, requested, "requested, in {e}");
             assert_eq!(limit, MAX, "limit, in {e}");
             assert_eq!(in_use, s.in_use, "in_use, in {e}");
+            assert_eq!(committed, s.committed, "committed, in {e}");
+            // Its max, or its range (which is its max) full of pinned
+            // pages though the request fits under the max.
+            assert!(
+                matches!(refused_by, RefusedBy::HeapMax | RefusedBy::Range),
+                "refused_by, in {e}"
+            );
         }
         ref other => panic!("expected OutOfMemory, got {other:?}"),
     }
     assert_eq!(
-        (e.requested(), e.limit(), e.in_use()),
-        (Some(requested), Some(MAX), Some(s.in_use))
+        (e.requested(), e.limit(), e.in_use(), e.committed()),
+        (Some(requested), Some(MAX), Some(s.in_use), Some(s.committed))
     );
+    // The heap refused, not FROSTHEAP_MAX: the message names the heap's
+    // limit, and no longer sends the user to FROSTHEAP_MAX.
     let msg = e.to_string();
     assert!(
-        msg.contains("64 MiB") && msg.contains("FROSTHEAP_MAX"),
+        msg.contains("limit 64 MiB") && !msg.contains("FROSTHEAP_MAX"),
         "message: {msg}"
     );
     assert!(s.committed <= MAX, "committed past the cap: {s:?}");
@@ -130,6 +143,72 @@ fn large_blocks_fill_the_cap_and_fit_again_after_frees() {
 test!(large_blocks_fill_the_cap_and_fit_again_without_huge_pages);
 fn large_blocks_fill_the_cap_and_fit_again_without_huge_pages() {
     large_blocks_fill_the_cap_and_fit_again(HugePages::Off);
+}
+
+test!(a_refusal_says_what_the_heap_has_committed_beside_what_is_in_use);
+/// A 64 MiB heap (huge pages off) filled with blocks of 65,537 bytes
+/// holds 512 of them, each in a span of two 64 KiB pages: 40 MiB in use
+/// (their class's 80 KiB), 64 MiB committed. The refusal read "64.0 KiB
+/// requested, 40 MiB in use, limit 64 MiB", as if 24 MiB were free; it
+/// now says what is committed against the limit.
+fn a_refusal_says_what_the_heap_has_committed_beside_what_is_in_use() {
+    let heap = capped_heap(HugePages::Off);
+    let layout = Layout::from_size_align(65_537, 8).unwrap();
+    let (blocks, e) = fill_until_refused(&heap, layout);
+    assert_refusal(&heap, &e, 65_537);
+    let s = heap.stats();
+    assert_eq!(
+        (blocks.len(), s.in_use, s.committed),
+        (512, 40 * MIB, MAX),
+        "blocks of 65,537 bytes in a 64 MiB heap"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("40 MiB in use in 64 MiB committed, limit 64 MiB"),
+        "message: {msg}"
+    );
+    free_all(&heap, blocks, 65_537);
+}
+
+test!(an_alignment_above_a_heap_page_takes_an_aligned_page_or_is_refused_for_its_size);
+/// 8 bytes aligned to 1 MiB in a 1 MiB heap holding one small block: the
+/// only 1 MiB-aligned page of its range holds that block's span, and the
+/// range cannot grow past the heap's max, so the request is refused — for
+/// its own 8 bytes, which is what it would take (a block aligned beyond a
+/// page takes only its own pages, at an aligned page). Freed, the small
+/// block's span goes, and the same request takes that page.
+fn an_alignment_above_a_heap_page_takes_an_aligned_page_or_is_refused_for_its_size() {
+    let heap = Heap::builder()
+        .name("one MiB")
+        .max(MIB)
+        .build()
+        .expect("a 1 MiB heap");
+    let small = heap
+        .try_alloc(Layout::from_size_align(64, 8).unwrap())
+        .expect("64 bytes in a 1 MiB heap");
+    let aligned = Layout::from_size_align(8, MIB).unwrap();
+    let e = heap
+        .try_alloc(aligned)
+        .expect_err("8 bytes aligned to 1 MiB beside a block at the only aligned page");
+    assert_eq!(e.requested(), Some(8), "{e:?}");
+    assert!(
+        matches!(e.refused_by(), Some(RefusedBy::HeapMax | RefusedBy::Range)),
+        "{e:?}"
+    );
+    assert!(e.to_string().starts_with("out of memory: 8 B requested"), "{e}");
+    // An alignment of at most a heap page adds nothing: the size.
+    let e = heap
+        .try_alloc(Layout::from_size_align(2 * MIB, 4096).unwrap())
+        .expect_err("2 MiB in a 1 MiB heap");
+    assert_eq!(e.requested(), Some(2 * MIB), "{e:?}");
+    // SAFETY: allocated above from this heap, freed once.
+    unsafe { heap.dealloc(small) };
+    heap.trim();
+    let p = heap.try_alloc(aligned).expect("the aligned page, free again");
+    assert_eq!(p.as_ptr() as usize % MIB, 0);
+    assert!(heap.stats().committed <= 64 << 10, "{:?}", heap.stats());
+    // SAFETY: allocated above from this heap, freed once.
+    unsafe { heap.dealloc(p) };
 }
 
 test!(small_blocks_fill_the_cap_and_their_memory_serves_large_ones);
@@ -492,6 +571,49 @@ fn a_min_the_process_limit_cannot_hold_is_refused_naming_min() {
         let line = step_line(&out, "min-over-limit");
         assert!(
             line.starts_with("err InvalidConfig name=min:") && line.contains("process limit"),
+            "{fixture}: {out}"
+        );
+    }
+}
+
+test!(a_heap_the_process_limit_refuses_reports_the_process_numbers);
+/// Under `FROSTHEAP_MAX=256M`, a heap of `max(1 GiB)` holding 200 MiB, and
+/// a second one asking for 200 MiB: the process limit refuses it, and the
+/// error gives the process's numbers, what every heap has committed
+/// against the limit, as a refused `min` does. It paired the limit with
+/// the second heap's bytes in use ("200 MiB requested, 0 B in use, limit
+/// 256 MiB"), which did not add up.
+fn a_heap_the_process_limit_refuses_reports_the_process_numbers() {
+    for fixture in ["explicit_heaps", "explicit_heaps_global"] {
+        let out = explicit_heaps(
+            fixture,
+            &["heap", "alloc200", "heap", "alloc200"],
+            &[("FROSTHEAP_MAX", "256M")],
+        );
+        let line = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("alloc200: "))
+            .nth(1)
+            .unwrap_or_else(|| panic!("{fixture}: no second alloc200 line: {out}"));
+        assert!(
+            line.starts_with("err OutOfMemory: out of memory: 200 MiB requested, the process has ")
+                && line.contains("limit 256 MiB (FROSTHEAP_MAX")
+                && line.contains("[refused_by=ProcessLimit limit=268435456 "),
+            "{fixture}: {out}"
+        );
+        let number = |key: &str| -> usize {
+            let at = line.find(key).unwrap_or_else(|| panic!("no {key} in {line}")) + key.len();
+            line[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no number after {key} in {line}"))
+        };
+        let (in_use, committed) = (number("in_use="), number("committed="));
+        // The first heap's 200 MiB (and the main heap's few pages with
+        // Global): the process's committed bytes, in both fields.
+        assert!(
+            in_use == committed && (200 * MIB..=256 * MIB).contains(&committed),
             "{fixture}: {out}"
         );
     }

@@ -673,12 +673,16 @@ impl<'h> Replayer<'h> {
         );
     }
 
+    /// The `Allocator` API's `AllocError` carries no numbers: the heap's,
+    /// as its own `max` refuses.
     fn oom(&self, layout: Layout) -> frostheap::Error {
         let s = self.heap.stats();
         frostheap::Error::OutOfMemory {
             requested: layout.size(),
             limit: s.limit,
             in_use: s.in_use,
+            committed: s.committed,
+            refused_by: frostheap::RefusedBy::HeapMax,
         }
     }
 }
