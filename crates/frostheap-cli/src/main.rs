@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 static GLOBAL: frostheap::Global = frostheap::Global;
 
 mod info;
+mod out;
 mod run;
 mod serve;
 mod tour;
@@ -44,6 +45,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if info::limit_too_small() {
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Tour) {
         Command::Tour => tour::run(),
@@ -54,7 +58,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("frostheap: {e}");
+            out::errln!("frostheap: {e}");
             ExitCode::from(2)
         }
     }
