@@ -301,11 +301,13 @@ impl fmt::Display for Budget {
     /// `256 MiB: 2,048 clients at ≈128 KiB each`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let per_client = self.per_client();
+        let capacity = self.capacity(per_client);
         write!(
             f,
-            "{}: {} clients at ≈{} each",
+            "{}: {} {} at ≈{} each",
             Bytes(self.total()),
-            Thousands(self.capacity(per_client)),
+            Thousands(capacity),
+            if capacity == 1 { "client" } else { "clients" },
             Bytes(per_client)
         )
     }

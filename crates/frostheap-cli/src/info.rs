@@ -3,11 +3,13 @@
 use frostheap::__private::os;
 use frostheap::Bytes;
 
+use crate::out::outln;
+
 pub fn run() -> Result<(), Box<dyn std::error::Error>> {
     let cfg = frostheap::__private::from_env()?;
-    println!("frostheap {}", env!("CARGO_PKG_VERSION"));
-    println!("page size            {}", Bytes(os::page_size()));
-    println!(
+    outln!("frostheap {}", env!("CARGO_PKG_VERSION"));
+    outln!("page size            {}", Bytes(os::page_size()));
+    outln!(
         "heap page            {}",
         Bytes(frostheap::__private::PAGE_SIZE)
     );
@@ -16,11 +18,11 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
         os::ThpMode::Madvise => "madvise (frostheap advises MADV_HUGEPAGE)",
         os::ThpMode::Never => "never (not available)",
     };
-    println!(
+    outln!(
         "transparent huge     {thp}, {} pages",
         Bytes(os::HUGE_PAGE_SIZE)
     );
-    println!(
+    outln!(
         "huge pages in use    {} (FROSTHEAP_HUGE_PAGES={:?})",
         match cfg.huge_pages {
             _ if !cfg.huge_pages.enabled() => "no",
@@ -35,26 +37,26 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
         Ok(k) => format!("available (key {k} allocated)"),
         Err(e) => format!("not available ({e})"),
     };
-    println!("protection keys      {pkeys}");
+    outln!("protection keys      {pkeys}");
     let backend = frostheap::__private::resolve(cfg.protect)?;
-    println!(
+    outln!(
         "freeze backend       {} (FROSTHEAP_PROTECT={:?}), policy {} (FROSTHEAP_ON_VIOLATION)",
         backend.name(),
         cfg.protect,
         cfg.on_violation.name()
     );
     let physical = os::physical_memory();
-    println!("physical memory      {}", Bytes(physical));
+    outln!("physical memory      {}", Bytes(physical));
     let cgroup = os::cgroup::memory_limit();
     if let Some(limit) = cgroup {
-        println!(
+        outln!(
             "cgroup memory limit  {} (a container's, a unit's)",
             Bytes(limit)
         );
     }
     let address_space = os::address_space_limit();
     if let Some(limit) = address_space {
-        println!("address space        {} (ulimit -v)", Bytes(limit));
+        outln!("address space        {} (ulimit -v)", Bytes(limit));
     }
     // Which bound gave the default: the least of the three
     // (config::default_max), the first named on a tie.
@@ -69,7 +71,30 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         " (within a quarter of the address space; set FROSTHEAP_MAX to change it)"
     };
-    println!("process limit        {}{why}", Bytes(cfg.max));
-    println!("main heap min        {} (FROSTHEAP_MIN)", Bytes(cfg.min));
+    outln!("process limit        {}{why}", Bytes(cfg.max));
+    outln!("main heap min        {} (FROSTHEAP_MIN)", Bytes(cfg.min));
     Ok(())
+}
+
+/// The least process limit the `frostheap` command starts with: it parses
+/// its arguments from 1.8 MiB on (`frostheap serve`, measured with
+/// `FROSTHEAP_MAX`; at 1 MiB even `--version` ran out), with room for
+/// its first steps.
+const LEAST_LIMIT: usize = 4 << 20;
+
+/// Refuses to start under a process limit (`FROSTHEAP_MAX`) too small for
+/// the command itself, with one line: under `FROSTHEAP_MAX=1M` every
+/// command aborted in its argument parser with a backtrace. Called first,
+/// before anything allocates much: it allocates nothing itself.
+pub(crate) fn limit_too_small() -> bool {
+    let limit = frostheap::stats().limit;
+    if limit >= LEAST_LIMIT {
+        return false;
+    }
+    crate::out::errln!(
+        "frostheap: the process limit of {} (FROSTHEAP_MAX) is too small for the frostheap command itself; expected FROSTHEAP_MAX of at least {}",
+        Bytes(limit),
+        Bytes(LEAST_LIMIT),
+    );
+    true
 }

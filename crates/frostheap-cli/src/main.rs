@@ -51,6 +51,7 @@ extern "C" fn run_ignores_environment(
 }
 
 mod info;
+mod out;
 mod run;
 mod serve;
 mod tour;
@@ -84,6 +85,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if info::limit_too_small() {
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Tour) {
         Command::Tour => tour::run(),
@@ -94,7 +98,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("frostheap: {e}");
+            out::errln!("frostheap: {e}");
             ExitCode::from(2)
         }
     }

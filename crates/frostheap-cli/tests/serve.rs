@@ -1326,3 +1326,345 @@ fn an_idle_server_gives_back_the_free_memory_its_requests_left_in_its_heaps() {
         "one trim per worker per idle spell: {st}"
     );
 }
+
+#[test]
+fn sigterm_with_stderr_a_pipe_whose_reader_left_still_finishes_and_exits_0() {
+    // A log shipper that restarted: every line the server writes to stderr
+    // fails with EPIPE. The shutdown line panicked (exit status 101) and
+    // cut the request in flight.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_frostheap"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--threads", "2"])
+        .args(["--max-memory", "16M"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start frostheap serve");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    lines.next().expect("a capacity line").unwrap();
+    let listening = lines.next().expect("a listening line").unwrap();
+    let addr = listening
+        .strip_prefix("listening on http://")
+        .unwrap()
+        .to_owned();
+    drop(child.stderr.take());
+    drop(lines);
+    let in_flight = {
+        let addr = addr.clone();
+        std::thread::spawn(move || request(&addr, "GET", "/hold?ms=1000", b""))
+    };
+    // The request is in flight once it is admitted.
+    let start = Instant::now();
+    while request(&addr, "GET", "/stats", b"")
+        .1
+        .windows(12)
+        .all(|w| w != b"\"clients\":1,")
+    {
+        assert!(start.elapsed() < PATIENCE, "the request never arrived");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let (status, body) = in_flight.join().unwrap();
+    assert_eq!((status, body.as_slice()), (200, &b"held\n"[..]));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < PATIENCE, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0), "exit status");
+}
+
+/// Reads one response on a connection that may stay open: its head, and
+/// its body by `content-length`. The head in lower case.
+fn read_one_response(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).expect("read a response head"), 1);
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a content-length");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    (head, body)
+}
+
+#[test]
+fn http_1_0_keep_alive_connections_hold_their_gate_place() {
+    // hyper keeps an HTTP/1.0 connection open when its request says
+    // `Connection: keep-alive`; the server counted it as closing and gave
+    // its gate place back, so 5,000 idle ones were held past a gate of 64.
+    const GATE: usize = 4;
+    let server = Server::start(&[
+        "--max-memory",
+        "8M",
+        "--max-pending",
+        &GATE.to_string(),
+        "--idle-timeout",
+        "60s",
+    ]);
+    let mut open = Vec::new();
+    for _ in 0..3 * GATE {
+        let mut s = connect(&server.addr);
+        s.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap();
+        let (head, _) = read_one_response(&mut s);
+        if head.contains("connection: keep-alive") {
+            assert!(!head.contains("close"), "{head}");
+            open.push(s);
+        } else {
+            // Closed by the server: the stream ends.
+            assert!(
+                head.contains("connection: close"),
+                "neither kept nor closed: {head}"
+            );
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).unwrap();
+        }
+    }
+    assert!(
+        !open.is_empty() && open.len() <= GATE,
+        "{} connections kept open past a gate of {GATE}",
+        open.len()
+    );
+    let s = server.stats();
+    assert!(n(&s, "pending") as usize <= GATE, "{s}");
+    // The kept ones serve their next request as HTTP/1.1 ones do.
+    let mut first = open.swap_remove(0);
+    first
+        .write_all(b"GET /live HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_one_response(&mut first);
+    assert!(head.starts_with("http/1.0 200"), "{head}");
+    assert_eq!(body, b"live\n");
+}
+
+#[test]
+fn bodies_that_parse_or_transform_into_far_more_than_charged_stay_within_the_budget() {
+    // `[0,0,…]` parses into 32 bytes a value and more; `op=reverse` on
+    // invalid UTF-8 made three bytes of each; `op=words` a hash table far
+    // past the body. Charged body × 4 (echo) or × 2 (transform), they took
+    // a 16 MiB budget to 148 MiB committed (a user's trial).
+    const BUDGET: u64 = 16 << 20;
+    let server = Server::start(&["--max-memory", "16M", "--max-body", "1M"]);
+    let zeros = {
+        let mut b = b"[".to_vec();
+        b.extend(std::iter::repeat_n(&b"0,"[..], 100_000).flatten());
+        b.extend_from_slice(b"0]");
+        b
+    };
+    let objects = {
+        let mut b = b"[".to_vec();
+        b.extend(std::iter::repeat_n(&br#"{"":0},"#[..], 5_000).flatten());
+        b.extend_from_slice(b"0]");
+        b
+    };
+    let invalid = vec![0xffu8; 800_000];
+    let words: Vec<u8> = (0..100_000u32)
+        .flat_map(|i| format!("w{i} ").into_bytes())
+        .collect();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("/echo?hold_ms=300", zeros),
+        ("/echo?hold_ms=300", objects),
+        ("/transform?op=reverse&hold_ms=300", invalid),
+        ("/transform?op=words&hold_ms=300", words),
+    ];
+    let clients: Vec<_> = (0..3)
+        .flat_map(|_| cases.iter().cloned())
+        .map(|(path, body)| {
+            let addr = server.addr.clone();
+            std::thread::spawn(move || (path, request(&addr, "POST", path, &body).0))
+        })
+        .collect();
+    let (mut most, mut most_in_use) = (0, 0);
+    let mut statuses = Vec::new();
+    let mut running = clients;
+    while !running.is_empty() {
+        let s = server.stats();
+        most = most.max(n(&s, "heap_committed"));
+        most_in_use = most_in_use.max(n(&s, "heap_in_use"));
+        let (done, still): (Vec<_>, Vec<_>) = running.into_iter().partition(|c| c.is_finished());
+        statuses.extend(done.into_iter().map(|c| c.join().unwrap()));
+        running = still;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Each is served or refused for want of memory, never the process.
+    for (path, status) in &statuses {
+        assert!(matches!(status, 200 | 503), "{path}: {status}");
+    }
+    assert!(statuses.iter().any(|(_, s)| *s == 200), "{statuses:?}");
+    let s = server.stats();
+    // The bound the server promises: the budget, the waiting connections
+    // (64 + 64 at 24 KiB), and its own (serve/mod.rs's OWN_BYTES, 8 MiB).
+    let bound = BUDGET + 128 * (24 << 10) + (8 << 20);
+    most = most.max(n(&s, "heap_committed"));
+    eprintln!("committed up to {most}, in use up to {most_in_use}, bound {bound}: {s}");
+    assert!(
+        most <= bound && most_in_use <= bound && n(&s, "peak_in_use") <= BUDGET,
+        "committed up to {most} bytes (in use {most_in_use}), past {bound}: {s}"
+    );
+    // And the answers are what they were.
+    let (status, body) = request(&server.addr, "POST", "/transform?op=reverse", b"ab\xffc");
+    assert_eq!((status, body), (200, "c\u{FFFD}ba".as_bytes().to_vec()));
+    let (status, body) = request(
+        &server.addr,
+        "POST",
+        "/echo",
+        br#"{"b":[1,2.5,"\n"],"a":{}}"#,
+    );
+    assert_eq!(
+        (status, body),
+        (200, br#"{"a":{},"b":[1,2.5,"\n"]}"#.to_vec())
+    );
+}
+
+/// [`serve_to_exit`] with `FROSTHEAP_MAX` set to `max`.
+fn serve_to_exit_under(max: &str, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_frostheap"))
+        .arg("serve")
+        .args(args)
+        .env("FROSTHEAP_MAX", max)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (child.wait().unwrap().code(), stderr)
+}
+
+#[test]
+fn a_process_limit_that_cannot_hold_the_budget_is_refused_at_start() {
+    // Under FROSTHEAP_MAX=16M a 256 MiB budget promised 2,048 clients and
+    // aborted under load; under 1M the process aborted at start with a
+    // backtrace.
+    let (code, stderr) =
+        serve_to_exit_under("16M", &["--max-memory", "256M", "--listen", "127.0.0.1:0"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line, got {stderr:?}");
+    for part in [
+        "invalid --max-memory \"256M\"",
+        "FROSTHEAP_MAX=16M",
+        "allocator limit of 16 MiB",
+        "296.0 MiB",
+        "a --max-memory of at most 5 MiB",
+    ] {
+        assert!(stderr.contains(part), "{stderr:?} should say {part:?}");
+    }
+    let (code, stderr) = serve_to_exit_under("1M", &["--listen", "127.0.0.1:0"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line, got {stderr:?}");
+    assert!(
+        stderr.contains("FROSTHEAP_MAX") && stderr.contains("at least 4 MiB"),
+        "{stderr}"
+    );
+    // What fits starts.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_frostheap"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--max-memory", "5M"])
+        .env("FROSTHEAP_MAX", "16M")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let banner = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .next()
+        .expect("a capacity line")
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(banner.contains("5 MiB: 40 clients"), "{banner}");
+}
+
+#[test]
+fn monitoring_endpoints_answer_while_the_gate_is_full() {
+    // Requests waiting for memory hold the gate's places: a fresh
+    // connection is refused (503) — the probes were too, so a balancer
+    // read a busy server as a dead one.
+    let server = Server::start(&[
+        "--max-memory",
+        "8M",
+        "--per-client",
+        "1M",
+        "--fixed-per-client",
+        "--overload",
+        "wait",
+        "--max-pending",
+        "2",
+    ]);
+    let held: Vec<Held> = (0..8).map(|_| hold(&server.addr, BODY)).collect();
+    server.wait_for("capacity clients in flight", |s| n(s, "clients") == 8);
+    let waiters: Vec<Held> = (0..2).map(|_| hold(&server.addr, BODY)).collect();
+    server.wait_for("two waiters holding the gate", |s| {
+        n(s, "waiting") == 2 && n(s, "pending") == 2
+    });
+    let (status, body) = request(&server.addr, "GET", "/", b"");
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("too many connections"));
+    assert_eq!(
+        request(&server.addr, "GET", "/live", b""),
+        (200, b"live\n".to_vec())
+    );
+    assert_eq!(request(&server.addr, "GET", "/ready", b"").0, 200);
+    let s = server.stats();
+    assert_eq!((n(&s, "clients"), n(&s, "pending")), (8, 2), "{s}");
+    let (status, metrics) = request(&server.addr, "GET", "/metrics?x=1", b"");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&metrics).contains("frostheap_clients 8"));
+    let (status, rest) = head_only(&server.addr, "HEAD", "/live", "0");
+    assert_eq!((status, rest.as_str()), (200, ""));
+    for h in held.into_iter().chain(waiters) {
+        assert_eq!(h.finish().0, 200);
+    }
+}
+
+#[test]
+fn query_values_out_of_range_are_refused_with_400_naming_the_parameter() {
+    let server = Server::start(&["--max-memory", "8M", "--per-client", "1M"]);
+    assert!(
+        server.banner.contains("8 MiB: 8 clients"),
+        "{}",
+        server.banner
+    );
+    for (path, named) in [
+        ("/hold?ms=99999999999999999999999", "ms="),
+        ("/hold?ms=10001", "ms="),
+        ("/hold?ms=-1", "ms="),
+        ("/hold?ms=", "ms="),
+        ("/?hold_ms=1.5", "hold_ms="),
+    ] {
+        let (status, body) = request(&server.addr, "GET", path, b"");
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(status, 400, "{path}: {text}");
+        assert!(
+            text.contains(named) && text.contains("0 to 10000"),
+            "{path}: {text}"
+        );
+    }
+    let (status, body) = request(&server.addr, "POST", "/transform?op=sideways", b"abc");
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("op=\"sideways\""), "{text}");
+    assert_eq!(request(&server.addr, "GET", "/hold?ms=5", b"").0, 200);
+    let one = Server::start(&[
+        "--max-memory",
+        "1M",
+        "--per-client",
+        "1M",
+        "--fixed-per-client",
+    ]);
+    assert!(one.banner.contains("1 MiB: 1 client at"), "{}", one.banner);
+}

@@ -154,3 +154,23 @@ fn info_names_the_limits_and_a_bad_environment_value_stops_with_one_line() {
         "{err}"
     );
 }
+
+#[test]
+fn the_tour_ends_normally_when_its_reader_leaves() {
+    // `frostheap tour | head -1`: println! panicked on the closed pipe
+    // (exit status 101).
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_frostheap"))
+        .arg("tour")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the tour");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "frostheap tour");
+    drop(lines);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -48,7 +48,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::clock::{ConnClock, Missed, TimedIo};
-use super::endpoints::{route, Limited};
+use super::endpoints::{is_monitoring, monitoring_answer, route, Limited};
 use super::state::State;
 
 /// The longest request head accepted (hyper's read buffer is capped at
@@ -73,6 +73,10 @@ pub(super) const MAX_LINGERING: usize = 4096;
 /// How long a connection that found the gate full may take to send its
 /// head (a prompt client needs a fraction of a millisecond on a LAN).
 pub(super) const PROBATION: Duration = Duration::from_millis(100);
+
+/// Monitoring requests answered outside a full gate at once, at most
+/// ([`monitoring_outside_gate`]); past it, they get the gate's 503.
+pub(super) const MAX_OUTSIDE_GATE: usize = 64;
 
 /// Connections on probation at once, at most (each costs its task and
 /// socket, no buffers: the task's future is 896 bytes, measured with
@@ -174,7 +178,23 @@ pub(super) async fn connection<S: Limited>(stream: TcpStream, open: Open, limite
                     "431 Request Header Fields Too Large",
                     "request head larger than 16 KiB\n",
                 ),
-                Head::Evicted | Head::Busy => {
+                Head::Busy => match monitoring_outside_gate(&stream, &state) {
+                    Some(answer) => {
+                        let mut stream = stream;
+                        let sent = stream.write_all(&answer.0).await.is_ok();
+                        // Counted while its buffer lives, not while it lingers.
+                        drop(answer);
+                        if sent && stream.shutdown().await.is_ok() {
+                            linger(stream, &state).await;
+                        }
+                        return;
+                    }
+                    None => {
+                        state.shed_connections.fetch_add(1, Ordering::Relaxed);
+                        busy()
+                    }
+                },
+                Head::Evicted => {
                     state.shed_connections.fetch_add(1, Ordering::Relaxed);
                     busy()
                 }
@@ -278,6 +298,76 @@ async fn serve_http<S: Limited>(
     let stream = parts.io.into_inner().into_inner();
     drop((parts.read_buf, parts.service));
     linger(stream, &state).await;
+}
+
+/// The answer to a monitoring request (`GET` or `HEAD` of `/live`,
+/// `/ready`, `/stats` or `/metrics`) whose connection the full gate did
+/// not take, if that is what its head asks for and fewer than
+/// [`MAX_OUTSIDE_GATE`] are being answered so: written by the server
+/// itself, without hyper, then a close (`Connection: close`).
+///
+/// The gate bounds the connections hyper parses for; a full one refused
+/// every newcomer, the probes included, so a balancer read a busy server
+/// as a dead one: with 64 keep-alive clients polling every half second
+/// (the default gate of a 16 MiB budget), or waiters holding every place
+/// in `--overload wait`, `/live` got 503 "too many connections waiting to
+/// send" (a user's trial), where the probes are meant to answer while the
+/// server sheds. These answers cost their task, the peeked head (on the
+/// stack) and the answer (`/metrics`: under 16 KiB) until it is written to
+/// the socket, whose send buffer takes it whole; the close after it is a
+/// lingering close like the others (at most `MAX_LINGERING` at once).
+fn monitoring_outside_gate(stream: &TcpStream, state: &Arc<State>) -> Option<OutsideGate> {
+    let mut buf = [0u8; 512];
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes, and recv
+    // writes at most that many; MSG_PEEK leaves the data in the socket.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    let line = buf.get(..usize::try_from(n).ok()?)?;
+    let line = line.split(|&b| b == b'\n').next()?;
+    let mut words = line.split(|&b| b == b' ');
+    let (method, target) = (words.next()?, words.next()?);
+    let head = match method {
+        b"GET" => false,
+        b"HEAD" => true,
+        _ => return None,
+    };
+    let path = std::str::from_utf8(target).ok()?;
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    if !is_monitoring(path) {
+        return None;
+    }
+    if state.outside_gate.fetch_add(1, Ordering::Relaxed) >= MAX_OUTSIDE_GATE {
+        state.outside_gate.fetch_sub(1, Ordering::Relaxed);
+        return None;
+    }
+    let (status, kind, body) = monitoring_answer(state, path);
+    let mut answer = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: {kind}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes();
+    if !head {
+        answer.extend_from_slice(&body);
+    }
+    Some(OutsideGate(answer, state.clone()))
+}
+
+/// A monitoring answer given outside the gate, counted in
+/// `State::outside_gate` until it is dropped.
+struct OutsideGate(Vec<u8>, Arc<State>);
+
+impl Drop for OutsideGate {
+    fn drop(&mut self) {
+        self.1.outside_gate.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A connection the full gate did not take: served if its head arrives

@@ -8,11 +8,14 @@
 //! buffer, parsed tree, output), which feeds the measured per-client cost.
 //!
 //! A request declares its cost from its head ([`request_cost`]): fixed
-//! overhead plus its body times what the endpoint builds from it (2 for a
-//! transform: body and output; 4 for a JSON echo: body, parsed tree,
-//! output).
+//! overhead plus its body times what the endpoint usually builds from it
+//! (2 for a transform: body and output; 4 for a JSON echo: body, parsed
+//! tree, output). That is the first charge, not a bound: the handlers
+//! grow it before they build more (`charged.rs`), and answer 503 (or 413)
+//! when the budget cannot. A query the endpoint cannot take (`ms` or
+//! `hold_ms` not 0 to 10,000, an unknown `op`) is refused from the head
+//! with 400 naming the parameter.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -30,6 +33,7 @@ use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use tower_service::Service;
 
+use super::charged::{self, Charge, ParseError, Refused};
 use super::clock::ConnClock;
 use super::metrics;
 use super::state::{State, CONNECTION_BYTES, MIN_CHARGE, REQUEST_BYTES};
@@ -46,15 +50,9 @@ pub(super) async fn route<S: Limited>(
     clock: Arc<ConnClock>,
 ) -> Result<Response<ConnBody>, Infallible> {
     clock.request(!req.body().is_end_stream());
-    let keep_alive = req.version() == hyper::Version::HTTP_11
-        && !req
-            .headers()
-            .get(CONNECTION)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let keep_alive = keeps_alive(&req);
     let path = req.uri().path();
-    let response = if matches!(*req.method(), Method::GET | Method::HEAD)
-        && matches!(path, "/stats" | "/metrics" | "/ready" | "/live")
-    {
+    let response = if matches!(*req.method(), Method::GET | Method::HEAD) && is_monitoring(path) {
         // Served at once, uncharged: it leaves the gate like an admitted one.
         clock.admitted();
         wrap(monitoring(&state, path))
@@ -75,6 +73,28 @@ pub(super) async fn route<S: Limited>(
         }
     };
     Ok(finish(response, keep_alive, &state, clock))
+}
+
+/// Whether hyper keeps the connection open after answering `req` (its
+/// own rule): HTTP/1.1 unless `Connection` names `close`, HTTP/1.0 only
+/// when it names `keep-alive`. Until 2026-12-07 anything but HTTP/1.1
+/// counted as closing, so its gate place went back with the response,
+/// while hyper kept HTTP/1.0 `keep-alive` connections open: 5,000 idle
+/// ones were held past a gate of 64 (68.8 MiB resident on a 16 MiB
+/// budget), and with 1,024 descriptors fresh clients were locked out.
+fn keeps_alive<B>(req: &Request<B>) -> bool {
+    let names = |token: &str| {
+        req.headers().get_all(CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    };
+    match req.version() {
+        hyper::Version::HTTP_11 => !names("close"),
+        hyper::Version::HTTP_10 => names("keep-alive") && !names("close"),
+        _ => false,
+    }
 }
 
 /// The endpoint behind the budget that `method` and `path` name, if any:
@@ -108,8 +128,8 @@ fn declared_length(headers: &hyper::HeaderMap) -> Option<u64> {
 }
 
 /// The answer to a request that is refused from its head alone, before the
-/// budget charges it: an unknown endpoint (404), or a body declared past
-/// `--max-body` (413). Charged, they were shed with 503 when the body
+/// budget charges it: an unknown endpoint (404), a query it cannot take
+/// (400), or a body declared past `--max-body` (413). Charged, they were shed with 503 when the body
 /// declared was more than the budget could hold, which retrying can never
 /// change. The body is not read: the connection closes after the answer
 /// (a lingering close, so the client reads it).
@@ -118,8 +138,15 @@ fn refuse_before_budget(
     req: &Request<Incoming>,
 ) -> Option<Response<Full<hyper::body::Bytes>>> {
     let declared = declared_length(req.headers());
-    let mut r = if endpoint(req.method(), req.uri().path()).is_none() {
-        text(StatusCode::NOT_FOUND, "not found: try GET /")
+    let Some(endpoint) = endpoint(req.method(), req.uri().path()) else {
+        let mut r = text(StatusCode::NOT_FOUND, "not found: try GET /");
+        if !req.body().is_end_stream() {
+            close(&mut r);
+        }
+        return Some(r);
+    };
+    let mut r = if let Err(e) = Query::parse(req.uri(), endpoint) {
+        text(StatusCode::BAD_REQUEST, &e)
     } else if declared.is_some_and(|n| n > state.max_body as u64) {
         body_too_large(state.max_body)
     } else {
@@ -139,27 +166,63 @@ fn body_too_large(max_body: usize) -> Response<Full<hyper::body::Bytes>> {
     )
 }
 
+/// The answer to a request whose handler could not build within the
+/// budget (`charged.rs`): 503 when the memory is spent now, 413 when the
+/// request needs more than the whole budget (no retry could fit).
+fn refused(r: Refused) -> Response<Full<hyper::body::Bytes>> {
+    let mut r = match r {
+        Refused::WholeBudget => text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request larger than the whole memory budget",
+        ),
+        Refused::OverBudget => {
+            let mut r = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "over memory budget: retry later",
+            );
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            r
+        }
+    };
+    close(&mut r);
+    r
+}
+
 /// `/stats`, `/metrics`, and the two probes: `/live` answers 200 while the
 /// process serves; `/ready` answers 503 once a shutdown has begun, so that
 /// a balancer stops sending new clients before the listener closes.
 fn monitoring(state: &State, path: &str) -> Response<Full<hyper::body::Bytes>> {
+    let (status, kind, body) = monitoring_answer(state, path);
+    respond(status, kind, body)
+}
+
+/// Whether `path` is a monitoring endpoint's (for `GET` and `HEAD`).
+pub(super) fn is_monitoring(path: &str) -> bool {
+    matches!(path, "/stats" | "/metrics" | "/ready" | "/live")
+}
+
+/// The answer of the monitoring endpoint `path`: status, content type and
+/// body.
+pub(super) fn monitoring_answer(state: &State, path: &str) -> (StatusCode, &'static str, Vec<u8>) {
+    let plain = |status, msg: &str| (status, "text/plain", format!("{msg}\n").into_bytes());
     match path {
-        "/stats" => respond(
+        "/stats" => (
             StatusCode::OK,
             "application/json",
             metrics::stats_json(state).into_bytes(),
         ),
-        "/metrics" => respond(
+        "/metrics" => (
             StatusCode::OK,
             metrics::METRICS_CONTENT_TYPE,
             metrics::metrics_text(state).into_bytes(),
         ),
-        "/ready" if state.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready"),
-        "/ready" => text(
+        "/ready" if state.ready.load(Ordering::Relaxed) => plain(StatusCode::OK, "ready"),
+        "/ready" => plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting down: not taking new clients",
         ),
-        _ => text(StatusCode::OK, "live"),
+        _ => plain(StatusCode::OK, "live"),
     }
 }
 
@@ -169,6 +232,9 @@ fn wrap(response: Response<Full<hyper::body::Bytes>>) -> Response<RespBody> {
 
 /// After a response, the connection waits for its next request at the
 /// gate; a gate full of younger waiters closes it after this response.
+/// Every response after which the connection does not wait at the gate
+/// says `Connection: close`, which hyper obeys: a connection whose place
+/// went back is never kept open, whatever the client asked for.
 fn finish(
     mut response: Response<RespBody>,
     keep_alive: bool,
@@ -186,6 +252,7 @@ fn finish(
         if closing {
             // The place held for this request (one not admitted) goes back.
             clock.leave_gate();
+            close(&mut response);
         } else if !clock.wait_at_gate() {
             close(&mut response);
         }
@@ -256,6 +323,55 @@ impl Body for ConnBody {
 
 /// Longest `/hold` or `hold_ms` accepted.
 const MAX_HOLD_MS: u64 = 10_000;
+
+/// What a request's query asks for: how long to hold (`hold_ms`, or `ms`),
+/// and for a transform its `op`.
+struct Query {
+    hold_ms: u64,
+    op: Op,
+}
+
+/// A transform's operation (`op=`; `upper` when there is none).
+#[derive(Clone, Copy)]
+enum Op {
+    Upper,
+    Reverse,
+    Words,
+}
+
+impl Query {
+    /// The query of `uri`, a request for `endpoint`; an error naming the
+    /// parameter and what it takes. Nothing is changed to fit: `ms` past
+    /// the range of u64 was read as 0 (no hold), and one past
+    /// [`MAX_HOLD_MS`] as that.
+    fn parse(uri: &hyper::Uri, endpoint: Endpoint) -> Result<Query, String> {
+        let hold = query(uri, "hold_ms")
+            .map(|v| ("hold_ms", v))
+            .or_else(|| query(uri, "ms").map(|v| ("ms", v)));
+        let hold_ms = match hold {
+            None => 0,
+            Some((name, v)) => match v.parse::<u64>() {
+                Ok(ms) if ms <= MAX_HOLD_MS => ms,
+                _ => {
+                    return Err(format!(
+                        "invalid {name}={v:?}: expected milliseconds, 0 to {MAX_HOLD_MS}"
+                    ))
+                }
+            },
+        };
+        let op = match (endpoint, query(uri, "op")) {
+            (Endpoint::Transform, Some("reverse")) => Op::Reverse,
+            (Endpoint::Transform, Some("words")) => Op::Words,
+            (Endpoint::Transform, Some(other)) if other != "upper" => {
+                return Err(format!(
+                    "unknown op={other:?}: expected upper, reverse or words"
+                ))
+            }
+            _ => Op::Upper,
+        };
+        Ok(Query { hold_ms, op })
+    }
+}
 
 /// The bytes a request declares from its head: its connection's buffers
 /// and fixed overhead, plus what the endpoint builds from its body (the
@@ -355,7 +471,9 @@ enum Route {
     Index,
     Hold,
     Echo,
-    Transform(String),
+    Transform(Op),
+    /// A query refused (`route` answers it from the head, before this).
+    BadQuery(String),
     NotFound,
 }
 
@@ -378,19 +496,20 @@ impl Call {
         // handle.
         let permit = head.extensions.remove::<Permit>();
         let clock = head.extensions.remove::<Arc<ConnClock>>();
-        let hold_ms = query(&head.uri, "hold_ms")
-            .or_else(|| query(&head.uri, "ms"))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            .min(MAX_HOLD_MS);
-        let route = match endpoint(&head.method, head.uri.path()) {
-            Some(Endpoint::Index) => Route::Index,
-            Some(Endpoint::Hold) => Route::Hold,
-            Some(Endpoint::Echo) => Route::Echo,
-            Some(Endpoint::Transform) => {
-                Route::Transform(query(&head.uri, "op").unwrap_or("upper").to_owned())
-            }
-            None => Route::NotFound,
+        let endpoint = endpoint(&head.method, head.uri.path());
+        let query = endpoint.map(|e| Query::parse(&head.uri, e));
+        let (route, hold_ms) = match (endpoint, query) {
+            (Some(_), Some(Err(e))) => (Route::BadQuery(e), 0),
+            (Some(e), Some(Ok(q))) => (
+                match e {
+                    Endpoint::Index => Route::Index,
+                    Endpoint::Hold => Route::Hold,
+                    Endpoint::Echo => Route::Echo,
+                    Endpoint::Transform => Route::Transform(q.op),
+                },
+                q.hold_ms,
+            ),
+            _ => (Route::NotFound, 0),
         };
         let declared = declared_length(&head.headers).and_then(|n| usize::try_from(n).ok());
         Call {
@@ -422,40 +541,52 @@ pub(super) async fn handle(
         }
         Route::Echo => match read_body(state, call.body, call.declared, call.clock.as_deref(), call.permit.as_ref()).await {
             Err(r) => r,
-            Ok(body) => match serde_json::from_slice::<serde_json::Value>(&body) {
-                Err(e) => text(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
-                Ok(value) => {
-                    let out = serde_json::to_vec(&value).expect("a Value serializes");
-                    // Walking the document costs; only a measuring budget
-                    // uses the figure.
-                    if let Some(p) = call.permit.as_ref().filter(|p| p.measuring()) {
-                        p.record_usage(json_bytes(&value) + out.capacity());
-                    }
-                    hold(call.hold_ms).await;
-                    drop(value);
-                    respond(StatusCode::OK, "application/json", out)
+            Ok(body) => {
+                let charge = Charge::new(call.permit.as_ref());
+                let held = charged::held(body.capacity());
+                match charged::parse_json(&body, held, &charge) {
+                    Err(ParseError::Invalid(e)) => text(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
+                    Err(ParseError::Refused(r)) => refused(r),
+                    Ok(parsed) => match charged::to_json(&parsed.value, held + parsed.bytes, &charge) {
+                        Err(r) => refused(r),
+                        Ok(out) => {
+                            if let Some(p) = &call.permit {
+                                p.record_usage(parsed.bytes + out.capacity());
+                            }
+                            hold(call.hold_ms).await;
+                            drop(parsed);
+                            respond(StatusCode::OK, "application/json", out)
+                        }
+                    },
                 }
-            },
+            }
         },
         Route::Transform(op) => {
             match read_body(state, call.body, call.declared, call.clock.as_deref(), call.permit.as_ref()).await {
                 Err(r) => r,
                 Ok(body) => {
-                    let out = match op.as_str() {
-                        "upper" => body.to_ascii_uppercase(),
-                        "reverse" => String::from_utf8_lossy(&body).chars().rev().collect::<String>().into_bytes(),
-                        "words" => word_counts(&body),
-                        other => return text(StatusCode::BAD_REQUEST, &format!("unknown op {other:?}: expected upper, reverse or words")),
+                    let charge = Charge::new(call.permit.as_ref());
+                    let held = charged::held(body.capacity());
+                    let out = match op {
+                        Op::Upper => charge.cover(held + charged::block(body.len())).map(|()| body.to_ascii_uppercase()),
+                        Op::Reverse => charged::reverse(&body, &charge, held),
+                        Op::Words => charged::word_counts(&body, &charge, held),
                     };
-                    if let Some(p) = &call.permit {
-                        p.record_usage(out.capacity());
+                    match out {
+                        Err(r) => refused(r),
+                        Ok(out) => {
+                            if let Some(p) = &call.permit {
+                                p.record_usage(out.capacity());
+                            }
+                            hold(call.hold_ms).await;
+                            drop(body);
+                            respond(StatusCode::OK, "application/octet-stream", out)
+                        }
                     }
-                    hold(call.hold_ms).await;
-                    drop(body);
-                    respond(StatusCode::OK, "application/octet-stream", out)
                 }
             }
         }
+        Route::BadQuery(e) => text(StatusCode::BAD_REQUEST, &e),
         Route::NotFound => text(StatusCode::NOT_FOUND, "not found: try GET /"),
     };
     if response.status().is_success() {
@@ -491,7 +622,7 @@ async fn read_body(
         return Err(too_large());
     }
     let mut buf = Vec::with_capacity(declared.unwrap_or(0));
-    let mut charged = permit.map_or(0, |p| p.bytes());
+    let charge = Charge::new(permit);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             let mut r = if timed_out(&e) {
@@ -507,32 +638,11 @@ async fn read_body(
                 return Err(too_large());
             }
             buf.extend_from_slice(&data);
-            if let Some(p) = permit {
-                let need = REQUEST_BYTES + buf.capacity();
-                if need > charged {
-                    if need > p.budget().total() {
-                        // Retrying cannot help a body the whole budget
-                        // cannot hold (one without `Content-Length`).
-                        let mut r = text(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "request larger than the whole memory budget",
-                        );
-                        close(&mut r);
-                        return Err(r);
-                    }
-                    if !p.try_grow(need - charged) {
-                        let mut r = text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "over memory budget: retry later",
-                        );
-                        r.headers_mut()
-                            .insert("retry-after", HeaderValue::from_static("1"));
-                        close(&mut r);
-                        return Err(r);
-                    }
-                    charged = need;
-                }
-            }
+            // A body longer than it declared (or declaring nothing) grows
+            // its charge as it arrives.
+            charge
+                .cover(charged::held(buf.capacity()))
+                .map_err(refused)?;
         }
     }
     if let Some(c) = clock {
@@ -558,65 +668,33 @@ fn timed_out(e: &hyper::Error) -> bool {
     false
 }
 
-/// Counts words (a hash table proportional to the body) and answers with
-/// the number of distinct words and the ten most frequent.
-fn word_counts(body: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8_lossy(body);
-    let mut counts: HashMap<&str, u64> = HashMap::new();
-    for w in text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-    {
-        *counts.entry(w).or_insert(0) += 1;
-    }
-    let mut top: Vec<(&str, u64)> = counts.iter().map(|(w, c)| (*w, *c)).collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    top.truncate(10);
-    serde_json::to_vec(&serde_json::json!({ "distinct": counts.len(), "top": top }))
-        .expect("serializes")
-}
-
-/// Heap bytes of a parsed JSON tree: one `Value` per node plus string
-/// and container buffers (capacities are not exposed: lengths are used).
-fn json_bytes(v: &serde_json::Value) -> usize {
-    use serde_json::Value;
-    let node = std::mem::size_of::<Value>();
-    match v {
-        Value::String(s) => node + s.len(),
-        Value::Array(a) => node + a.iter().map(json_bytes).sum::<usize>(),
-        // A map entry: the key string, its node and the map's overhead.
-        Value::Object(m) => {
-            node + m
-                .iter()
-                .map(|(k, v)| k.len() + 3 * std::mem::size_of::<usize>() + json_bytes(v))
-                .sum::<usize>()
-        }
-        _ => node,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use frostheap_budget::Thousands;
 
     #[test]
-    fn words_are_counted() {
-        let out = word_counts(b"a b a, c a b");
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["distinct"], 3);
-        assert_eq!(v["top"][0], serde_json::json!(["a", 3]));
-    }
-
-    #[test]
-    fn json_bytes_grow_with_the_tree() {
-        let small = serde_json::json!({"a": 1});
-        let big = serde_json::json!({"a": 1, "b": [1, 2, 3], "c": "x".repeat(1000)});
-        assert!(json_bytes(&big) > json_bytes(&small) + 1000);
-    }
-
-    #[test]
     fn thousands_in_the_capacity_line() {
         assert_eq!(Thousands(2048).to_string(), "2,048");
+    }
+
+    #[test]
+    fn keep_alive_is_hyper_s_rule() {
+        let req = |version, connection: Option<&str>| {
+            let mut b = Request::builder().version(version);
+            if let Some(c) = connection {
+                b = b.header(CONNECTION, c);
+            }
+            b.body(()).unwrap()
+        };
+        use hyper::Version;
+        assert!(keeps_alive(&req(Version::HTTP_11, None)));
+        assert!(!keeps_alive(&req(Version::HTTP_11, Some("foo, Close"))));
+        assert!(!keeps_alive(&req(Version::HTTP_10, None)));
+        assert!(keeps_alive(&req(Version::HTTP_10, Some("Keep-Alive"))));
+        assert!(!keeps_alive(&req(
+            Version::HTTP_10,
+            Some("keep-alive, close")
+        )));
     }
 }

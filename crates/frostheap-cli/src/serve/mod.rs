@@ -64,7 +64,11 @@
 //! `heap_committed` and `heap_in_use`.
 //!
 //! `/stats`, `/metrics`, `/ready` and `/live` bypass the layer so that a
-//! balancer can read them while the server sheds. `--no-budget` serves the
+//! balancer can read them while the server sheds, and a full connection
+//! gate answers them too (outside it, a few at once: `conn.rs`). HTTP/1.0
+//! connections that ask for `keep-alive` wait at the gate between requests
+//! as HTTP/1.1 ones do; any response after which a connection does not
+//! wait there says `Connection: close`. `--no-budget` serves the
 //! same endpoints with no layer and no gate: plain hyper (with the same
 //! timeouts), the baseline of the load benchmarks.
 //!
@@ -84,6 +88,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Notify};
 use tower_layer::Layer;
 
+use crate::out::errln;
+
+mod charged;
 mod clock;
 mod conn;
 mod endpoints;
@@ -112,6 +119,13 @@ const IDLE_TRIM: Duration = Duration::from_secs(5);
 /// 100,000 asked for a million mappings, past the kernel's default
 /// `vm.max_map_count` of 65,530: the process aborted while spawning them.
 const MAX_THREADS: usize = 1024;
+
+/// What the server uses besides its budget and its waiting connections,
+/// at most: the runtime, its worker threads' heaps, the binary's own data
+/// (4.2 MiB committed at start with two workers, `heap_committed` in
+/// `/stats`; each worker adds about 25 KiB), with room to spare. The
+/// process limit must hold it on top of the rest (`within_process_limit`).
+const OWN_BYTES: usize = 8 << 20;
 
 /// The longest duration a time flag accepts. Deadlines are instants
 /// (`Instant + Duration`), which panicked past the clock's range: with
@@ -318,10 +332,10 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         budget.set_estimate_window(args.estimate_window)?;
         Some(budget)
     };
-    let max_pending = args
-        .max_pending
-        .unwrap_or((max_memory / 16 / CONNECTION_BYTES).max(64));
-    let max_waiting = args.max_waiting.unwrap_or(max_pending);
+    let (max_pending, max_waiting) = waiting_connections(&args, max_memory);
+    if !args.no_budget {
+        within_process_limit(&args, max_memory, per_client)?;
+    }
     let fd_limit = raise_fd_limit();
     let listener =
         listen(&args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -362,6 +376,7 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         timeouts_idle: AtomicU64::new(0),
         timeouts_send: AtomicU64::new(0),
         probation: AtomicUsize::new(0),
+        outside_gate: AtomicUsize::new(0),
         lingering: AtomicUsize::new(0),
         linger_cut: AtomicU64::new(0),
         idle: idle.clone(),
@@ -387,14 +402,16 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
                         Overload::Shed => "503 past capacity",
                         Overload::Wait => "clients wait past capacity",
                     };
-                    writeln!(out, "frostheap serve: {b} ({how}; {past})")?;
+                    let _ = writeln!(out, "frostheap serve: {b} ({how}; {past})");
                 }
-                None => writeln!(
-                    out,
-                    "frostheap serve: no budget (plain hyper, memory grows with load)"
-                )?,
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "frostheap serve: no budget (plain hyper, memory grows with load)"
+                    );
+                }
             }
-            writeln!(out, "listening on http://{addr}")?;
+            let _ = writeln!(out, "listening on http://{addr}");
             let gate = if state.budget.is_some() {
                 format!(
                     "; up to {max_pending} connections waiting without a request ({})",
@@ -403,14 +420,15 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
             } else {
                 String::new()
             };
-            out.flush()?;
             // The two lines above are what scripts read; the rest goes to
-            // stderr (a reader may close stdout after them).
+            // stderr (a reader may close stdout after them). No write stops
+            // the server: a reader gone is no reason not to serve (`out`).
+            let _ = out.flush();
             let rate = match body_min_rate {
                 0 => String::new(),
                 r => format!(" + 1 s per {r} B"),
             };
-            eprintln!(
+            errln!(
                 "frostheap serve: timeouts: head {:?}, body {:?}{rate}, send {:?}, idle {:?}{gate}; descriptors: {fd_limit}",
                 timeouts.header, timeouts.body, timeouts.send, timeouts.idle
             );
@@ -438,6 +456,75 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     })?;
     rt.shutdown_timeout(Duration::from_millis(100));
     Ok(())
+}
+
+/// Refuses a budget that the process's own allocator limit (frostheap's
+/// `FROSTHEAP_MAX`, or its default) cannot hold with the rest of what the
+/// server promises to stay within: `--max-memory` + (`--max-pending` +
+/// `--max-waiting`) × [`CONNECTION_BYTES`] + [`OWN_BYTES`]. Past the limit
+/// an allocation fails, and the process aborts: with `FROSTHEAP_MAX=16M`
+/// and a 256 MiB budget the server promised 2,048 clients and aborted
+/// under load (a user's trial), where it should have shed.
+fn within_process_limit(
+    args: &ServeArgs,
+    max_memory: usize,
+    per_client: usize,
+) -> Result<(), Error> {
+    let limit = frostheap::stats().limit;
+    // What a budget of `bytes` makes the server use at most.
+    let uses = |bytes: usize| {
+        let (pending, waiting) = waiting_connections(args, bytes);
+        bytes
+            .saturating_add((pending + waiting).saturating_mul(CONNECTION_BYTES))
+            .saturating_add(OWN_BYTES)
+    };
+    let needed = uses(max_memory);
+    if needed <= limit {
+        return Ok(());
+    }
+    let (pending, waiting) = waiting_connections(args, max_memory);
+    let given = match &args.max_memory {
+        Some(text) => format!("--max-memory \"{text}\" ({})", Bytes(max_memory)),
+        None => format!("--max-memory {} (the default)", Bytes(max_memory)),
+    };
+    let env = match std::env::var("FROSTHEAP_MAX") {
+        Ok(v) => format!("FROSTHEAP_MAX={v}"),
+        Err(_) => "FROSTHEAP_MAX unset: its default, from this machine's memory".into(),
+    };
+    // The largest budget within the limit (the default connection counts
+    // follow the budget): the least budget is one client.
+    let (mut fits, mut over) = (0, max_memory);
+    while fits + 1 < over {
+        let mid = fits + (over - fits) / 2;
+        if uses(mid) <= limit {
+            fits = mid;
+        } else {
+            over = mid;
+        }
+    }
+    let hint = if fits >= per_client {
+        format!("a --max-memory of at most {} or ", Bytes(fits))
+    } else {
+        String::new()
+    };
+    Err(format!(
+        "invalid {given}: with {pending} + {waiting} connections waiting (--max-pending + --max-waiting, {} each) and {} of the server's own, the server may use {}, more than the process's allocator limit of {} ({env}), at which it would abort instead of shedding; expected {hint}FROSTHEAP_MAX of at least {}",
+        Bytes(CONNECTION_BYTES),
+        Bytes(OWN_BYTES),
+        Bytes(needed),
+        Bytes(limit),
+        Bytes(needed),
+    )
+    .into())
+}
+
+/// `--max-pending` and `--max-waiting`, or their defaults for a budget of
+/// `max_memory`.
+fn waiting_connections(args: &ServeArgs, max_memory: usize) -> (usize, usize) {
+    let pending = args
+        .max_pending
+        .unwrap_or((max_memory / 16 / CONNECTION_BYTES).max(64));
+    (pending, args.max_waiting.unwrap_or(pending))
 }
 
 /// SIGTERM and SIGINT.
@@ -485,7 +572,7 @@ async fn serve<S: Limited>(
     let name = loop {
         tokio::select! {
             stream = listener.accept() => if let Some(e) = accept(stream) {
-                eprintln!("frostheap serve: accept: {e}");
+                errln!("frostheap serve: accept: {e}");
                 tokio::time::sleep(Duration::from_millis(10)).await;
             },
             name = signals.next() => break name,
@@ -493,7 +580,7 @@ async fn serve<S: Limited>(
     };
     let started = Instant::now();
     state.ready.store(false, Ordering::Relaxed);
-    eprintln!(
+    errln!(
         "frostheap serve: {name}: not ready; closing the listener in {delay:?}, then finishing requests in flight for up to {timeout:?}"
     );
     let stop_accepting = tokio::time::sleep(delay);
@@ -502,7 +589,7 @@ async fn serve<S: Limited>(
     loop {
         tokio::select! {
             stream = listener.accept() => if let Some(e) = accept(stream) {
-                eprintln!("frostheap serve: accept: {e}");
+                errln!("frostheap serve: accept: {e}");
                 tokio::time::sleep(Duration::from_millis(10)).await;
             },
             _ = &mut stop_accepting => break,
@@ -528,7 +615,7 @@ async fn serve<S: Limited>(
         }
     }
     let cut = state.connections.load(Ordering::Acquire);
-    eprintln!(
+    errln!(
         "frostheap serve: stopped after {:.1?}: {} requests completed, {cut} connections cut",
         started.elapsed(),
         state.completed.load(Ordering::Relaxed),

@@ -62,6 +62,9 @@ pub(super) struct State {
     pub(super) timeouts_send: AtomicU64,
     /// Connections on probation now (found the gate full).
     pub(super) probation: AtomicUsize,
+    /// Monitoring answers being written outside a full gate now (see
+    /// `conn.rs`, at most `MAX_OUTSIDE_GATE`).
+    pub(super) outside_gate: AtomicUsize,
     /// Lingering closes under way now.
     pub(super) lingering: AtomicUsize,
     /// Lingering closes cut short (by their time or byte bound, or because

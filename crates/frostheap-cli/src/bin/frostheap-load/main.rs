@@ -38,7 +38,13 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+// Lines that outlive their reader (`frostheap-load | head`): the same
+// macros as the `frostheap` command's.
+#[path = "../../out.rs"]
+mod out;
 mod wrk;
+
+use out::outln;
 
 const ROUNDS: usize = 3;
 const ROUND_SECS: u64 = 3;
@@ -358,9 +364,9 @@ fn main() {
         .unwrap();
     let (rounds, secs) = (opts.rounds, opts.secs);
 
-    println!("frostheap-load: loopback only, bounded ({rounds}×{secs} s per server, {OVERLOAD_SECS} s per overload run)\n");
-    println!("1. Below capacity: 16 keep-alive connections, POST /echo (80-byte JSON), server on 1 thread");
-    println!("   load average at start: {}", loadavg());
+    outln!("frostheap-load: loopback only, bounded ({rounds}×{secs} s per server, {OVERLOAD_SECS} s per overload run)\n");
+    outln!("1. Below capacity: 16 keep-alive connections, POST /echo (80-byte JSON), server on 1 thread");
+    outln!("   load average at start: {}", loadavg());
     let budgeted_args = ["--max-memory", "256M", "--threads", "1"];
     let budgeted = Server::start(&budgeted_args);
     let plain = Server::start(&["--no-budget", "--threads", "1"]);
@@ -368,7 +374,7 @@ fn main() {
         .compare
         .as_ref()
         .map(|bin| Server::start_bin(bin, &budgeted_args));
-    println!("   budgeted: {}", budgeted.banner);
+    outln!("   budgeted: {}", budgeted.banner);
     let (mut with, mut without, mut other) = (Vec::new(), Vec::new(), Vec::new());
     // Server CPU microseconds per request, per round: what the layer costs,
     // much less disturbed by other load on the machine than requests/s.
@@ -390,17 +396,17 @@ fn main() {
     // load cancels better than in the ratio of medians.
     let mut paired: Vec<f64> = with.iter().zip(&without).map(|(w, p)| w / p).collect();
     let (m_with, m_without) = (median(&mut with), median(&mut without));
-    println!(
+    outln!(
         "   plain hyper (--no-budget): {m_without:>8.0} req/s (median of {rounds}; range {})",
         spread(&without)
     );
-    println!(
+    outln!(
         "   with the budget layer:     {m_with:>8.0} req/s (median of {rounds}; range {})",
         spread(&with)
     );
     if let Some(bin) = &opts.compare {
         let m_other = median(&mut other);
-        println!(
+        outln!(
             "   budgeted, {}: {m_other:>8.0} req/s (median of {rounds}; range {}; {:.3}× plain)",
             bin.display(),
             spread(&other),
@@ -408,14 +414,14 @@ fn main() {
         );
     }
     let m_paired = median(&mut paired);
-    println!(
+    outln!(
         "   ratio: {:.3}× plain hyper (target ≥ 0.9×); per-round ratios: median {m_paired:.3}, range {:.3}–{:.3}",
         m_with / m_without,
         paired[0],
         paired[paired.len() - 1]
     );
     let (c_with, c_without) = (median(&mut cpu_with), median(&mut cpu_without));
-    println!(
+    outln!(
         "   server CPU per request: plain {c_without:.2} µs (range {:.2}–{:.2}), budgeted {c_with:.2} µs (range {:.2}–{:.2}): {:.3}× plain's requests per CPU-second",
         cpu_without[0],
         cpu_without[cpu_without.len() - 1],
@@ -425,14 +431,14 @@ fn main() {
     );
     if !cpu_other.is_empty() {
         let c_other = median(&mut cpu_other);
-        println!(
+        outln!(
             "   server CPU per request, compared binary: {c_other:.2} µs (range {:.2}–{:.2}): {:.3}× plain's",
             cpu_other[0],
             cpu_other[cpu_other.len() - 1],
             c_without / c_other
         );
     }
-    println!("   load average at end: {}\n", loadavg());
+    outln!("   load average at end: {}\n", loadavg());
     drop((budgeted, plain, compared));
     if opts.throughput_only {
         return;
@@ -473,13 +479,13 @@ fn main() {
     ] {
         let mut server = Server::start(&args);
         let idle = server.rss();
-        println!("2. 10× overload, {name}: {clients} clients, POST /transform 64 KiB sent in 4 pieces over 75 ms, held 200 ms");
-        println!("   {}", server.banner);
+        outln!("2. 10× overload, {name}: {clients} clients, POST /transform 64 KiB sent in 4 pieces over 75 ms, held 200 ms");
+        outln!("   {}", server.banner);
         let mut r = rt.block_on(overload(&server.addr, clients, body_len, OVERLOAD_SECS));
         r.latencies_us.sort_unstable();
         let peak = server.peak_rss();
         let alive = server.alive();
-        println!(
+        outln!(
             "   admitted {} · shed (503) {} · errors {} · p50 {:.1} ms · p99 {:.1} ms (admitted requests)",
             r.ok,
             r.shed,
@@ -488,9 +494,9 @@ fn main() {
             percentile(&r.latencies_us, 0.99)
         );
         if args.contains(&"--no-budget") {
-            println!("   peak RSS {} (idle {}) — no bound", mib(peak), mib(idle));
+            outln!("   peak RSS {} (idle {}) — no bound", mib(peak), mib(idle));
         } else {
-            println!(
+            outln!(
                 "   peak RSS {} = budget {} + {} (idle {}); {}",
                 mib(peak),
                 mib(budget),
@@ -503,10 +509,10 @@ fn main() {
                 }
             );
         }
-        println!("   server {}", if alive { "alive" } else { "CRASHED" });
+        outln!("   server {}", if alive { "alive" } else { "CRASHED" });
         if alive {
-            println!("   /stats {}", stats(&server.addr));
+            outln!("   /stats {}", stats(&server.addr));
         }
-        println!();
+        outln!();
     }
 }

@@ -22,7 +22,7 @@
 
 use std::process::Command;
 
-use super::{loadavg, median, mib, spread, Server};
+use super::{loadavg, median, mib, outln, spread, Server};
 
 /// Seconds per overload run.
 const OVERLOAD_SECS: u64 = 8;
@@ -142,17 +142,17 @@ pub(super) fn run(rounds: usize, secs: u64) {
             .unwrap_or("")
             .to_owned()
     });
-    println!(
+    outln!(
         "frostheap-load --wrk: {}; loopback only, bounded\n",
         version.as_deref().unwrap_or("wrk not found")
     );
-    println!(
+    outln!(
         "1. Below capacity: wrk -t1 -c16 -d{secs}s, POST /echo (80-byte JSON), server on 1 thread"
     );
-    println!("   load average at start: {}", loadavg());
+    outln!("   load average at start: {}", loadavg());
     let budgeted = Server::start(&["--max-memory", "256M", "--threads", "1"]);
     let plain = Server::start(&["--no-budget", "--threads", "1"]);
-    println!("   budgeted: {}", budgeted.banner);
+    outln!("   budgeted: {}", budgeted.banner);
     let duration = format!("{secs}s");
     let (mut with, mut without, mut paired) = (Vec::new(), Vec::new(), Vec::new());
     let (mut cpu_with, mut cpu_without) = (Vec::new(), Vec::new());
@@ -179,25 +179,25 @@ pub(super) fn run(rounds: usize, secs: u64) {
     }
     let (m_with, m_without) = (median(&mut with), median(&mut without));
     let m_paired = median(&mut paired);
-    println!(
+    outln!(
         "   plain hyper (--no-budget): {m_without:>8.0} req/s (median of {rounds}; range {})",
         spread(&without)
     );
-    println!(
+    outln!(
         "   with the budget layer:     {m_with:>8.0} req/s (median of {rounds}; range {})",
         spread(&with)
     );
-    println!(
+    outln!(
         "   ratio per round: median {m_paired:.3}× plain hyper (target ≥ 0.9×), range {:.3}–{:.3}",
         paired[0],
         paired[paired.len() - 1]
     );
     let (c_with, c_without) = (median(&mut cpu_with), median(&mut cpu_without));
-    println!(
+    outln!(
         "   server CPU per request: plain {c_without:.2} µs, budgeted {c_with:.2} µs: {:.3}× plain's requests per CPU-second",
         c_without / c_with
     );
-    println!("   load average at end: {}\n", loadavg());
+    outln!("   load average at end: {}\n", loadavg());
     drop((budgeted, plain));
 
     let budget = 32usize << 20;
@@ -218,8 +218,8 @@ pub(super) fn run(rounds: usize, secs: u64) {
     ] {
         let mut server = Server::start(&args);
         let idle = server.rss();
-        println!("2. 10× overload, {name}: wrk -t2 -c2560 -d{OVERLOAD_SECS}s, POST /transform 64 KiB, held 200 ms");
-        println!("   {}", server.banner);
+        outln!("2. 10× overload, {name}: wrk -t2 -c2560 -d{OVERLOAD_SECS}s, POST /transform 64 KiB, held 200 ms");
+        outln!("   {}", server.banner);
         let r = wrk(
             &[
                 "-t2",
@@ -234,16 +234,16 @@ pub(super) fn run(rounds: usize, secs: u64) {
         );
         let peak = server.peak_rss();
         let [connect, read, write, timeout] = r.socket_errors;
-        println!(
+        outln!(
             "   {} responses: {} 2xx, {} 503 or other; socket errors: connect {connect}, read {read}, write {write}, timeout {timeout}",
             r.requests,
             r.requests - r.non_2xx,
             r.non_2xx
         );
         if name == "no budget" {
-            println!("   peak RSS {} (idle {}) — no bound", mib(peak), mib(idle));
+            outln!("   peak RSS {} (idle {}) — no bound", mib(peak), mib(idle));
         } else {
-            println!(
+            outln!(
                 "   peak RSS {} = budget {} + {} (idle {}); {} budget + {} stated",
                 mib(peak),
                 mib(budget),
@@ -257,11 +257,11 @@ pub(super) fn run(rounds: usize, secs: u64) {
                 mib(STATED_OVERHEAD)
             );
         }
-        println!(
+        outln!(
             "   server {}",
             if server.alive() { "alive" } else { "CRASHED" }
         );
-        println!();
+        outln!();
     }
 }
 
