@@ -25,6 +25,7 @@ static GLOBAL: frostheap::Global = frostheap::Global;
 /// priority, it runs before those without one, such as frostheap's own
 /// (101 is the first GCC leaves to programs). The subcommand is the first
 /// argument (the command has no options that go before it).
+#[cfg(target_env = "gnu")]
 #[used]
 #[link_section = ".init_array.00101"]
 static RUN_IGNORES_ENVIRONMENT: extern "C" fn(
@@ -33,6 +34,8 @@ static RUN_IGNORES_ENVIRONMENT: extern "C" fn(
     *const *const libc::c_char,
 ) = run_ignores_environment;
 
+/// (glibc only: musl calls `.init_array` functions with no arguments.)
+#[cfg(target_env = "gnu")]
 extern "C" fn run_ignores_environment(
     argc: libc::c_int,
     argv: *const *const libc::c_char,

@@ -387,7 +387,7 @@ fn memory_of(physical: usize, cgroup_limit: Option<usize>) -> usize {
 
 /// What `FROSTHEAP_MAX` and `FROSTHEAP_MIN` (and `frostheap run
 /// --max-memory`) accept.
-pub const LIMIT_SYNTAX: &str = "a byte size (a number with an optional binary unit B, K, M, G, T, P, E, or KB/KiB, MB/MiB, ..., EB/EiB, any case, e.g. 64M, 1G, 1.5GiB) or a whole percentage, 1% to 100%, of the memory the process may use (physical memory, or its cgroup's limit if less), e.g. 75%";
+pub const LIMIT_SYNTAX: &str = "a byte size (a number with an optional binary unit B, K, M, G, T, P, E, or KB/KiB, MB/MiB, ..., EB/EiB, any case, at most 9 decimals, e.g. 64M, 1G, 1.5GiB) or a whole percentage, 1% to 100%, of the memory the process may use (physical memory, or its cgroup's limit if less), e.g. 75%";
 
 /// Parses a limit: a byte size ([`parse_size_bytes`]), or `N%` (a whole
 /// `N` from 1 to 100) of `memory` ([`process_memory`]), rounded down to a

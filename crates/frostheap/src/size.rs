@@ -104,7 +104,7 @@ impl std::error::Error for SizeError {}
 
 /// What [`parse_size`] accepts, for error messages.
 pub const SIZE_SYNTAX: &str =
-    "a byte size: a number with an optional binary unit B, K, M, G, T, P, E (or KB/KiB, MB/MiB, ..., EB/EiB; any case), e.g. 64M, 1G, 1.5GiB";
+    "a byte size: a number with an optional binary unit B, K, M, G, T, P, E (or KB/KiB, MB/MiB, ..., EB/EiB; any case; at most 9 decimals), e.g. 64M, 1G, 1.5GiB";
 
 /// Parses a size such as `4096`, `64M`, `1G`, `1.5GiB` or `512 KiB`.
 ///
@@ -193,7 +193,9 @@ fn parse_bytes(text: &[u8]) -> Result<usize, SizeErrorKind> {
         n += 1;
     }
     if frac.iter().skip(9).any(|&c| c != b'0') {
-        return Err(SizeErrorKind::Fraction);
+        // Past the 9 decimals the syntax reads (a size that needs more,
+        // 0.0009765625M, is written 1K).
+        return Err(SizeErrorKind::Malformed);
     }
     let scaled = u128::from(frac_num / fives) << shift;
     if !frac_num.is_multiple_of(fives) || scaled & ((1u128 << n) - 1) != 0 {
@@ -319,7 +321,7 @@ mod tests {
             }
         }
         assert_eq!(parse_size("1.000000000G"), Ok(1 << 30));
-        assert_eq!(kind("0.0009765625M"), Err(SizeErrorKind::Fraction));
+        assert_eq!(kind("0.0009765625M"), Err(SizeErrorKind::Malformed));
         assert_eq!(kind("0.000976562K"), Err(SizeErrorKind::Fraction));
     }
 

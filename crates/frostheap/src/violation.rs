@@ -259,8 +259,8 @@ impl Violation {
     /// violating stores instead of undoing them (then [`Violation::policy`]
     /// is [`OnViolation::Audit`], what was applied). It does so for a
     /// phase whose tasks get `&mut` access to values that own memory
-    /// (`for_each_mut`, `par(&mut v)`, `par_chunks_mut`, the sorts, over a
-    /// type that needs `Drop`): such a value may own the memory a task
+    /// (`for_each_mut`, `par(&mut v)`, `par_chunks_mut`, over a type that
+    /// needs `Drop`): such a value may own the memory a task
     /// wrote (a `Vec` pushed to, whose buffer main allocated), and an undo
     /// would leave it disagreeing with that memory (its length counting an
     /// element the undo took back), which is unsound to drop. The call

@@ -181,7 +181,12 @@ pub(super) async fn connection<S: Limited>(stream: TcpStream, open: Open, limite
                 Head::Busy => match monitoring_outside_gate(&stream, &state) {
                     Some(answer) => {
                         let mut stream = stream;
-                        let sent = stream.write_all(&answer.0).await.is_ok();
+                        // Within the send timeout: a client that takes none
+                        // of the answer must not keep an outside-gate place.
+                        let sent =
+                            tokio::time::timeout(state.timeouts.send, stream.write_all(&answer.0))
+                                .await
+                                .is_ok_and(|r| r.is_ok());
                         // Counted while its buffer lives, not while it lingers.
                         drop(answer);
                         if sent && stream.shutdown().await.is_ok() {

@@ -637,11 +637,16 @@ impl Locked<'_> {
             }
         };
         let (idx, at) = fit;
-        let need = |l: &Self| {
-            let m = l.pages.meta(idx);
-            // The run takes the span's count first (see the module doc).
-            uncharged(m).min(pages) * PAGE_SIZE
-        };
+        // A count says how many pages hold no memory, not which (the
+        // module doc), and a cut out of the middle must know which: a dirty
+        // span with some of its pages uncharged is purged first, so that
+        // every page of it above the minimum holds none.
+        let m = self.pages.meta(idx);
+        let u = uncharged(m);
+        if m.flags.get() & DIRTY != 0 && u > 0 && u < m.span_pages.get() as usize {
+            self.purge_span(idx);
+        }
+        let need = |l: &Self| l.inside_counts(idx, at, pages).1 * PAGE_SIZE;
         let bytes = need(self);
         if bytes > 0 && !self.try_charge(bytes) && !self.give_back_and_charge(need) {
             return None;
@@ -686,21 +691,17 @@ impl Locked<'_> {
         let m = self.pages.meta(idx);
         let n = m.span_pages.get() as usize;
         let dirty = m.flags.get() & DIRTY != 0;
-        // The run takes the count first, then the part before it, then
-        // the part after it (see the module doc).
-        let mut u = uncharged(m) - uncharged(m).min(pages);
+        let (ub, _, ua) = self.inside_counts(idx, at, pages);
         let (before, after) = (at - idx, idx + n - at - pages);
         // SAFETY: (1); the parts before and after the run are free,
         // committed and out of every bin once the span is removed.
         unsafe {
             self.remove(idx);
             if before > 0 {
-                let ub = u.min(before);
-                u -= ub;
                 self.insert(idx, before, dirty, ub);
             }
             if after > 0 {
-                self.insert(at + pages, after, dirty, u.min(after));
+                self.insert(at + pages, after, dirty, ua);
             }
         }
         // As in `take`: nothing of the run may read as free once the lock
@@ -711,6 +712,35 @@ impl Locked<'_> {
         }
         self.spans.took_clean |= !dirty;
         !dirty
+    }
+
+    /// The uncharged pages of the three parts [`Locked::take_inside`] cuts
+    /// the free span headed at `idx` into — before the run at `at`, the
+    /// run, after it — by position: the pages above the region's minimum,
+    /// where the span's count says all of them hold no memory (a clean
+    /// span, whose count is its pages above the minimum, or one uncharged
+    /// whole), none where it says none does. A dirty span with only some
+    /// pages uncharged, which `alloc_aligned` purges first, keeps its
+    /// count in that order: the run, then before, then after (as a cut
+    /// from the front gives it, see the module doc), should its purge have
+    /// failed.
+    fn inside_counts(&self, idx: usize, at: usize, pages: usize) -> (usize, usize, usize) {
+        let m = self.pages.meta(idx);
+        let n = m.span_pages.get() as usize;
+        let u = uncharged(m);
+        let min_pages = self.alloc.region.min_committed() >> PAGE_SHIFT;
+        let above = |from: usize, len: usize| len - min_pages.saturating_sub(from).min(len);
+        let (before, after) = (at - idx, idx + n - at - pages);
+        if u == above(idx, n) {
+            return (
+                above(idx, before),
+                above(at, pages),
+                above(at + pages, after),
+            );
+        }
+        let run = u.min(pages);
+        let ub = (u - run).min(before);
+        (ub, run, (u - run - ub).min(after))
     }
 
     /// Takes a run of `pages` free pages for a small span, committing more

@@ -1891,6 +1891,47 @@ mod charge {
         assert_eq!(core.stats().in_use, 0);
     }
 
+    /// A run cut out of the middle of a free span whose count says some
+    /// of its pages hold no memory, not which (a dirty span merged with a
+    /// purged one): the span is purged first, so that the part left before
+    /// the run is not counted as holding nothing while its pages are
+    /// resident (a review's find: up to the alignment's pages resident and
+    /// uncounted against the limit).
+    #[test]
+    fn an_aligned_run_cut_from_a_partly_charged_span_leaves_no_resident_page_uncharged() {
+        const ALIGN: usize = 1 << 20;
+        let core = heap_of(64 << 20);
+        let per = ALIGN / PAGE_SIZE;
+        let base_page = core.pages.base / PAGE_SIZE;
+        // The first aligned page at least 9 pages into the range: 8 pages
+        // of a dirty block end there, 64 purged ones start there.
+        let a1 = (base_page + 9).div_ceil(per) * per - base_page;
+        let pin0 = block(&core, (a1 - 8) * PAGE_SIZE);
+        let x = block(&core, 8 * PAGE_SIZE);
+        let y = block(&core, 64 * PAGE_SIZE);
+        let _pin1 = block(&core, PAGE_SIZE);
+        assert_eq!(x as usize, core.pages.base + (a1 - 8) * PAGE_SIZE);
+        free(&core, y);
+        core.lock_spans().release_free(); // y purged, uncharged
+        free(&core, x); // dirty, charged, merged with y
+        assert_eq!(free_span_at(&core, x as usize), (72, 64));
+        check_charge(&core);
+        let p = core.alloc(Layout::from_size_align(4096, ALIGN).unwrap());
+        assert_eq!(p as usize, y as usize, "the first aligned page of the span");
+        let m = core.meta(a1 - 8);
+        assert_eq!(m.kind(), Kind::FreeSpan);
+        assert_eq!(m.span_pages.get(), 8);
+        assert!(
+            m.flags.get() & super::super::page::DIRTY == 0 && m.offset.get() == 8,
+            "x's pages purged before they are counted as holding nothing"
+        );
+        check_charge(&core);
+        for q in [p, pin0] {
+            free(&core, q);
+        }
+        check_charge(&core);
+    }
+
     /// A long-lived block on top of 96 MiB that is then freed: the purge
     /// of the free spans below it uncharges them (the heap's charge drops
     /// while its committed range stays), reusing them charges exactly the
