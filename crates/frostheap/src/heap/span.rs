@@ -624,6 +624,7 @@ impl Locked<'_> {
     /// align - 64 KiB` and hold the slack: `posix_memalign` of 4 KiB at 4
     /// MiB charged 4 MiB a block (64 of them filled a 256 MiB limit with
     /// 2 MiB resident), and 2 MiB blocks at 2 MiB took twice their size.
+    #[inline(never)] // laid with the rare code (layout.ld): no process's start runs it
     pub(super) fn alloc_aligned(&mut self, pages: usize, align: usize) -> Option<(usize, bool)> {
         let fit = match self.aligned_fit(pages, align) {
             Some(fit) => fit,
@@ -659,6 +660,7 @@ impl Locked<'_> {
     /// The first free span, in bin order, holding a run of `pages` pages
     /// that starts at an address aligned to `align`: its head and the
     /// run's first page.
+    #[inline(never)]
     fn aligned_fit(&self, pages: usize, align: usize) -> Option<(usize, usize)> {
         let b = bin_of(pages);
         let mut mask = self.spans.nonempty & !((1u64 << b) - 1);
@@ -687,6 +689,7 @@ impl Locked<'_> {
     ///
     /// # Safety
     /// 1. `idx` heads a free span, in its bin, that holds `[at, at + pages)`.
+    #[inline(never)]
     unsafe fn take_inside(&mut self, idx: usize, at: usize, pages: usize) -> bool {
         let m = self.pages.meta(idx);
         let n = m.span_pages.get() as usize;
@@ -724,6 +727,7 @@ impl Locked<'_> {
     /// count in that order: the run, then before, then after (as a cut
     /// from the front gives it, see the module doc), should its purge have
     /// failed.
+    #[inline(never)]
     fn inside_counts(&self, idx: usize, at: usize, pages: usize) -> (usize, usize, usize) {
         let m = self.pages.meta(idx);
         let n = m.span_pages.get() as usize;
