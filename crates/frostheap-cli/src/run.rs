@@ -173,8 +173,8 @@ fn unreachable_reason(file: &Path, depth: u32) -> Option<String> {
     }
     if is_static_elf(head)? {
         return Some(format!(
-            "{} is statically linked (it has no program interpreter): no loader runs to \
-             preload the library",
+            "{} is statically linked (it has no program interpreter, as a static or \
+             static-PIE executable): no loader runs to preload the library",
             file.display()
         ));
     }
@@ -205,11 +205,11 @@ fn is_static_elf(head: &[u8]) -> Option<bool> {
     for i in 0..phnum {
         any_interp |= u32_at(phoff.checked_add(i.checked_mul(phentsize)?)?)? == PT_INTERP;
     }
-    // A shared library (ET_DYN) without an interpreter is no program (or
-    // a static-PIE one: `-static-pie` executables are ET_DYN, with no
-    // interpreter, and a DT_DEBUG; too rare to tell apart here, and
-    // running them fails as plainly either way).
-    Some(!any_interp && kind == ET_EXEC)
+    // A `-static-pie` executable is ET_DYN with no interpreter, as a
+    // shared library is: either way no loader preloads the library (a
+    // static-PIE program ran uncapped, Debian's /sbin/ldconfig among
+    // them; a shared library run on its own fails regardless).
+    Some(!any_interp)
 }
 
 /// Runs `frostheap run`: returns only on error.
@@ -264,5 +264,16 @@ pub fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         cmd.env("FROSTHEAP_STATS", "1");
     }
     let err = cmd.exec();
-    Err(format!("cannot run {}: {err}", Path::new(program).display()).into())
+    // As shells and env(1) say it: 127 for a command not found, 126 for
+    // one found that could not be run (not executable, a bad `#!`
+    // interpreter), so that neither reads as the program's own exit 2.
+    crate::out::errln!(
+        "frostheap: cannot run {}: {err}",
+        Path::new(program).display()
+    );
+    std::process::exit(if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    });
 }

@@ -208,6 +208,9 @@ fn programs_the_library_cannot_reach_are_refused_with_the_reason() {
     };
     let fixed = dir.0.join("static");
     cc(&fixed, &["-static"]);
+    // A static-PIE program is ET_DYN with no interpreter (it ran uncapped).
+    let fixed_pie = dir.0.join("static-pie");
+    cc(&fixed_pie, &["-static-pie"]);
     let dynamic = dir.0.join("dynamic");
     cc(&dynamic, &[]);
     let script = |name: &str, interpreter: &Path| {
@@ -220,6 +223,7 @@ fn programs_the_library_cannot_reach_are_refused_with_the_reason() {
 
     for (program, why) in [
         (fixed.clone(), "is statically linked"),
+        (fixed_pie.clone(), "is statically linked"),
         (script("by-static", &fixed), "is statically linked"),
     ] {
         let out = run_capped(&[program.to_str().unwrap()]);
@@ -236,6 +240,21 @@ fn programs_the_library_cannot_reach_are_refused_with_the_reason() {
         let out = run_capped(&[program.to_str().unwrap()]);
         assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ran");
+    }
+    // A command that cannot be run exits as a shell's would: 127 not
+    // found, 126 found and not runnable (never 2, a program's own code).
+    let not_executable = dir.0.join("not-executable");
+    std::fs::write(&not_executable, "data\n").unwrap();
+    for (program, code) in [
+        (dir.0.join("no-such-program"), 127),
+        (not_executable, 126),
+        (script("by-nothing", &dir.0.join("no-interpreter")), 127),
+    ] {
+        let out = run_capped(&[program.to_str().unwrap()]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{program:?}: {err}");
+        assert!(err.contains("cannot run"), "{err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
     }
 
     // Set-user-ID to another owner: a copy given to `nobody` when we are
