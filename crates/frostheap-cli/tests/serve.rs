@@ -1693,3 +1693,52 @@ fn query_values_out_of_range_are_refused_with_400_naming_the_parameter() {
     ]);
     assert!(one.banner.contains("1 MiB: 1 client at"), "{}", one.banner);
 }
+
+/// Refused clients that keep sending after their 503 are in a lingering
+/// close; a shutdown ends those at once. 150 of them, a byte a second
+/// each, held a user's trial server for the whole 30 s of its shutdown
+/// timeout, with nothing in flight.
+#[test]
+fn sigterm_does_not_wait_for_the_lingering_closes_of_refused_clients() {
+    let server = Server::start(&["--max-memory", "1M"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let senders: Vec<_> = (0..100)
+        .map(|_| {
+            let (addr, stop) = (server.addr.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let Ok(mut s) = TcpStream::connect(&addr) else {
+                    return;
+                };
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if s.write_all(b"X").is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        })
+        .collect();
+    server.wait_for("refused clients lingering", |s| n(s, "lingering") > 0);
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let start = Instant::now();
+    let mut child = server;
+    let status = loop {
+        if let Some(status) = child.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no exit within 5 s of SIGTERM while refused clients linger"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(status.code(), Some(0), "exit status");
+    for t in senders {
+        t.join().unwrap();
+    }
+}
