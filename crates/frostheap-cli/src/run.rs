@@ -39,7 +39,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE")]
     max_memory: String,
     /// Memory the main heap commits up front (FROSTHEAP_MIN): a size or a
-    /// percentage, as for --max-memory.
+    /// percentage, as for --max-memory. It counts against --max-memory
+    /// from the start, and only the main heap uses it: the other threads'
+    /// heaps and the program's mmaps fit in what is left (equal to
+    /// --max-memory, CPython cannot start).
     #[arg(long, value_name = "SIZE")]
     min: Option<String>,
     /// Print the main heap's and the process's statistics at exit
