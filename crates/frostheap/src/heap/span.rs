@@ -662,25 +662,11 @@ impl Locked<'_> {
     /// run's first page.
     #[inline(never)]
     fn aligned_fit(&self, pages: usize, align: usize) -> Option<(usize, usize)> {
-        let b = bin_of(pages);
-        let mut mask = self.spans.nonempty & !((1u64 << b) - 1);
-        while mask != 0 {
-            let bin = mask.trailing_zeros() as usize;
-            let mut idx = self.spans.bins[bin];
-            while idx != NONE {
-                let i = idx as usize;
-                let m = self.pages.meta(i);
-                let n = m.span_pages.get() as usize;
-                let addr = self.pages.page_addr(i);
-                let at = i + (round_up(addr, align) - addr) / PAGE_SIZE;
-                if at + pages <= i + n {
-                    return Some((i, at));
-                }
-                idx = m.next.get();
-            }
-            mask &= mask - 1;
-        }
-        None
+        self.first_span(pages, |i, m| {
+            let addr = self.pages.page_addr(i);
+            let at = i + (round_up(addr, align) - addr) / PAGE_SIZE;
+            (at + pages <= i + m.span_pages.get() as usize).then_some((i, at))
+        })
     }
 
     /// Takes `[at, at + pages)` out of the free span headed at `idx`, its
@@ -863,6 +849,20 @@ impl Locked<'_> {
     /// The first free span of at least `pages` pages, in bin order (with
     /// `charged_only`, the first whose pages are all charged).
     fn first_fit(&self, pages: usize, charged_only: bool) -> Option<usize> {
+        self.first_span(pages, |idx, m| {
+            (m.span_pages.get() as usize >= pages && (!charged_only || uncharged(m) == 0))
+                .then_some(idx)
+        })
+    }
+
+    /// The first `Some` that `take` gives for a free span (its head and
+    /// meta), in bin order from the bin of `pages` up.
+    #[inline(always)]
+    fn first_span<R>(
+        &self,
+        pages: usize,
+        mut take: impl FnMut(usize, &PageMeta) -> Option<R>,
+    ) -> Option<R> {
         let b = bin_of(pages);
         let mut mask = self.spans.nonempty & !((1u64 << b) - 1);
         while mask != 0 {
@@ -870,8 +870,8 @@ impl Locked<'_> {
             let mut idx = self.spans.bins[bin];
             while idx != NONE {
                 let m = self.pages.meta(idx as usize);
-                if m.span_pages.get() as usize >= pages && (!charged_only || uncharged(m) == 0) {
-                    return Some(idx as usize);
+                if let Some(r) = take(idx as usize, m) {
+                    return Some(r);
                 }
                 idx = m.next.get();
             }
