@@ -470,14 +470,14 @@ impl Runtime {
     /// when the terminal stopped early, everything the batch made and
     /// every item of it not taken are dropped, unless the rollback policy
     /// undid stores of the phase: then what its tasks made is never
-    /// dropped (a leak, which is safe), and `rolled_back` says so, for the
-    /// caller to have the terminal leak its partials of the batch too
-    /// ([`Terminal::leak_batch`]). A task's value may rest on a store that
-    /// was undone — an `Arc` cloned from guarded data, whose count
-    /// increment the undo took back — and dropping it would act on the
-    /// heap as it was not (that `Arc`'s count would fall below its
-    /// holders, and its value be freed while the guarded data still
-    /// points at it).
+    /// dropped (a leak, which is safe), the terminal's partials of the
+    /// batch included ([`Terminal::leak_batch`]). A task's value may rest
+    /// on a store that was undone — an `Arc` cloned from guarded data,
+    /// whose count increment the undo took back — and dropping it would
+    /// act on the heap as it was not (that `Arc`'s count would fall below
+    /// its holders, and its value be freed while the guarded data still
+    /// points at it). Then the terminal finishes the batch
+    /// ([`Terminal::finish_batch`]) and the batch's size is recorded.
     ///
     /// # Safety
     /// 1. The items `[base, base + n)` of `src` were never taken, and this
@@ -493,9 +493,8 @@ impl Runtime {
         n: usize,
         progress: *mut u8,
         pipe: &P,
-        term: &T,
+        term: &mut T,
         per_item: &mut usize,
-        rolled_back: &mut bool,
     ) -> Result<usize, Error>
     where
         S: ParSource,
@@ -512,7 +511,7 @@ impl Runtime {
         let job = BatchJob {
             src,
             pipe,
-            term,
+            term: &*term,
             progress,
             base,
             n,
@@ -539,7 +538,7 @@ impl Runtime {
             window,
             S::LENDS_OWNERS,
         );
-        *rolled_back = phase.undone > 0;
+        let rolled_back = phase.undone > 0;
 
         let panic = core::mem::take(&mut *job.panic.lock().unwrap_or_else(|e| e.into_inner()));
         let mut error = batch_error(&phase, panic);
@@ -558,8 +557,14 @@ impl Runtime {
         if error.is_some() || term.stopped() {
             // SAFETY: the phase is over, its parked items are listed, and
             // after an error the caller does not take the slots.
-            unsafe { job.discard(&phase.parked_items, error.is_some(), *rolled_back) };
+            unsafe { job.discard(&phase.parked_items, error.is_some(), rolled_back) };
         }
+        drop(job);
+        if rolled_back {
+            term.leak_batch();
+        }
+        term.finish_batch(error.is_none().then_some(ran));
+        self.record_batch(ran);
         match error {
             None => Ok(ran),
             Some(e) => Err(e),

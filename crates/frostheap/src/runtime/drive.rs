@@ -79,7 +79,6 @@ impl<S: ParSource> Drive for Indexed<S> {
         let mut scratch = rt.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let total = src.len();
         let (mut base, mut ran, mut per_item) = (0usize, 0usize, 0usize);
-        let mut rolled_back = false;
         while base < total {
             let n = rt.next_batch_len(ran, per_item).min(total - base);
             term.prepare_batch(rt, base, n, n_chunks(n, rt.n_workers));
@@ -88,23 +87,7 @@ impl<S: ParSource> Drive for Indexed<S> {
             // starts after the items the one before ran); `progress` is
             // zeroed, large enough, and ours while the scratch lock is
             // held; prepare_batch was called.
-            let r = unsafe {
-                rt.run_batch(
-                    &src,
-                    base,
-                    n,
-                    progress,
-                    pipe,
-                    term,
-                    &mut per_item,
-                    &mut rolled_back,
-                )
-            };
-            if rolled_back {
-                term.leak_batch();
-            }
-            term.finish_batch(r.as_ref().ok().copied());
-            rt.record_batch(*r.as_ref().unwrap_or(&n));
+            let r = unsafe { rt.run_batch(&src, base, n, progress, pipe, term, &mut per_item) };
             match r {
                 Ok(k) if !term.stopped() => {
                     ran = k;
@@ -143,7 +126,6 @@ where
         let mut scratch = rt.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let mut iter = self.0;
         let (mut base, mut ran, mut per_item) = (0usize, 0usize, 0usize);
-        let mut rolled_back = false;
         // Items pulled and not yet run, at the buffer's start (those a
         // batch that reached its budget left), and whether `iter` ended.
         let (mut held, mut ended) = (0usize, false);
@@ -170,23 +152,7 @@ where
             // SAFETY: the n pulled items are initialised and owned by this
             // batch; `progress` is zeroed, large enough and ours while the
             // scratch lock is held; prepare_batch was called.
-            let r = unsafe {
-                rt.run_batch(
-                    &src,
-                    base,
-                    n,
-                    progress,
-                    pipe,
-                    term,
-                    &mut per_item,
-                    &mut rolled_back,
-                )
-            };
-            if rolled_back {
-                term.leak_batch();
-            }
-            term.finish_batch(r.as_ref().ok().copied());
-            rt.record_batch(*r.as_ref().unwrap_or(&n));
+            let r = unsafe { rt.run_batch(&src, base, n, progress, pipe, term, &mut per_item) };
             let buf = scratch.items.ptr::<I::Item>();
             match r {
                 Ok(k) if !term.stopped() => {
