@@ -12,16 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
-static int checks, failures;
-
-#define CHECK(c)                                                                 \
-    do {                                                                         \
-        checks++;                                                                \
-        if (!(c)) {                                                              \
-            if (failures++ < 20)                                                 \
-                fprintf(stderr, "brk.c:%d: CHECK(%s) failed\n", __LINE__, #c);   \
-        }                                                                        \
-    } while (0)
+#include "check.h"
 
 enum { STEPS = 8 };
 #define STEP ((intptr_t)8 << 20)

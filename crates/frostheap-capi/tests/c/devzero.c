@@ -16,16 +16,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-static int checks, failures;
-
-#define CHECK(c)                                                                   \
-    do {                                                                           \
-        checks++;                                                                  \
-        if (!(c)) {                                                                \
-            if (failures++ < 20)                                                   \
-                fprintf(stderr, "devzero.c:%d: CHECK(%s) failed\n", __LINE__, #c); \
-        }                                                                          \
-    } while (0)
+#include "check.h"
 
 enum { STEPS = 8 };
 #define STEP ((size_t)16 << 20)

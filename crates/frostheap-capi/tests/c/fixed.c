@@ -13,16 +13,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-static int checks, failures;
-
-#define CHECK(c)                                                                   \
-    do {                                                                           \
-        checks++;                                                                  \
-        if (!(c)) {                                                                \
-            if (failures++ < 20)                                                   \
-                fprintf(stderr, "fixed.c:%d: CHECK(%s) failed\n", __LINE__, #c);   \
-        }                                                                          \
-    } while (0)
+#include "check.h"
 
 enum { STEPS = 8 };
 #define STEP ((size_t)32 << 20)

@@ -31,16 +31,9 @@ extern void *__libc_valloc(size_t);
 extern void *__libc_pvalloc(size_t);
 extern struct mallinfo __libc_mallinfo(void);
 
-static int checks, failures, frostheap;
+#include "check.h"
 
-#define CHECK(c)                                                                        \
-    do {                                                                                \
-        checks++;                                                                       \
-        if (!(c)) {                                                                     \
-            if (failures++ < 20)                                                        \
-                fprintf(stderr, "libc_names.c:%d: CHECK(%s) failed\n", __LINE__, #c);   \
-        }                                                                               \
-    } while (0)
+static int frostheap;
 
 static int all(const unsigned char *p, size_t n, unsigned char v) {
     for (size_t i = 0; i < n; i++)

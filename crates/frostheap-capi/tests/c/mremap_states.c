@@ -10,16 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-static int checks, failures;
-
-#define CHECK(c)                                                                         \
-    do {                                                                                 \
-        checks++;                                                                        \
-        if (!(c)) {                                                                      \
-            if (failures++ < 20)                                                         \
-                fprintf(stderr, "mremap_states.c:%d: CHECK(%s) failed\n", __LINE__, #c); \
-        }                                                                                \
-    } while (0)
+#include "check.h"
 
 #define M ((size_t)1 << 20)
 

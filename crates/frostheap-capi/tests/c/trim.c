@@ -17,16 +17,9 @@
 #include <string.h>
 #include <unistd.h>
 
-static int checks, failures, frostheap;
+#include "check.h"
 
-#define CHECK(c)                                                                   \
-    do {                                                                           \
-        checks++;                                                                  \
-        if (!(c)) {                                                                \
-            if (failures++ < 20)                                                   \
-                fprintf(stderr, "trim.c:%d: CHECK(%s) failed\n", __LINE__, #c);    \
-        }                                                                          \
-    } while (0)
+static int frostheap;
 
 enum { BLOCKS = 20000, SIZE = 1000 };
 #define BYTES ((size_t)BLOCKS * SIZE)
