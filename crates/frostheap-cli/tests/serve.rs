@@ -106,6 +106,23 @@ impl Drop for Server {
     }
 }
 
+/// Sends SIGTERM to `child`, a server this test started.
+fn sigterm(child: &Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+}
+
+/// Waits for `child` to exit, failing with `what` past `deadline`.
+fn exit_by(child: &mut Child, deadline: Instant, what: &str) -> std::process::ExitStatus {
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn connect(addr: &str) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect to the server");
     s.set_read_timeout(Some(PATIENCE)).unwrap();
@@ -949,11 +966,7 @@ fn sigterm_finishes_requests_in_flight_reports_not_ready_and_exits_0() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(700));
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(
-        unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) },
-        0
-    );
+    sigterm(&server.child);
     let signalled = Instant::now();
     loop {
         let (status, _) = request(&addr, "GET", "/ready", b"");
@@ -987,16 +1000,11 @@ fn sigterm_finishes_requests_in_flight_reports_not_ready_and_exits_0() {
     );
     assert!(results.len() >= 32, "{} requests", results.len());
     let deadline = signalled + Duration::from_secs(1 + 10 + 2);
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no exit within the shutdown deadline"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_by(
+        &mut server.child,
+        deadline,
+        "no exit within the shutdown deadline",
+    );
     assert_eq!(status.code(), Some(0), "exit status");
     assert!(
         TcpStream::connect(&addr).is_err(),
@@ -1021,11 +1029,7 @@ fn sigterm_answers_a_half_sent_head_with_503_and_a_clean_close() {
         .collect();
     // The server has taken them in: a request after them is answered.
     assert_eq!(request(&server.addr, "GET", "/live", b"").0, 200);
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(
-        unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) },
-        0
-    );
+    sigterm(&server.child);
     for c in &mut clients {
         let mut got = Vec::new();
         let r = c.read_to_end(&mut got);
@@ -1171,19 +1175,12 @@ fn a_head_cut_off_by_the_client_closing_frees_its_connection_at_once() {
         .unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     assert_eq!(read_response(s).0, 200);
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(
-        unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) },
-        0
+    sigterm(&server.child);
+    let status = exit_by(
+        &mut server.child,
+        Instant::now() + PATIENCE,
+        "no exit after SIGTERM",
     );
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
     assert_eq!(status.code(), Some(0), "exit status");
 }
 
@@ -1362,18 +1359,14 @@ fn sigterm_with_stderr_a_pipe_whose_reader_left_still_finishes_and_exits_0() {
         assert!(start.elapsed() < PATIENCE, "the request never arrived");
         std::thread::sleep(Duration::from_millis(10));
     }
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    sigterm(&child);
     let (status, body) = in_flight.join().unwrap();
     assert_eq!((status, body.as_slice()), (200, &b"held\n"[..]));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(start.elapsed() < PATIENCE, "no exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = exit_by(
+        &mut child,
+        Instant::now() + PATIENCE,
+        "no exit after SIGTERM",
+    );
     assert_eq!(status.code(), Some(0), "exit status");
 }
 
@@ -1719,23 +1712,13 @@ fn sigterm_does_not_wait_for_the_lingering_closes_of_refused_clients() {
         })
         .collect();
     server.wait_for("refused clients lingering", |s| n(s, "lingering") > 0);
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(
-        unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) },
-        0
+    sigterm(&server.child);
+    let mut server = server;
+    let status = exit_by(
+        &mut server.child,
+        Instant::now() + Duration::from_secs(5),
+        "no exit within 5 s of SIGTERM while refused clients linger",
     );
-    let start = Instant::now();
-    let mut child = server;
-    let status = loop {
-        if let Some(status) = child.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "no exit within 5 s of SIGTERM while refused clients linger"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(status.code(), Some(0), "exit status");
     for t in senders {
