@@ -184,6 +184,8 @@ where
 /// Pulls up to `want` items of `iter` into `buf` after the `held` items at
 /// its start (kept); returns how many it pulled. Items are produced inside
 /// `unguarded`, so memory they own is not frozen and tasks may write it.
+/// If the iterator panics, the buffer's items (those held and those
+/// pulled) are dropped before the panic goes on to main's caller.
 fn pull<I: Iterator>(
     iter: &mut I,
     buf: &mut super::scratch::ScratchBuf,
@@ -194,27 +196,55 @@ fn pull<I: Iterator>(
         let max = held.saturating_add(want);
         let hint = iter.size_hint().0.min(want);
         let mut cap = buf.reserve::<I::Item>(held, (held + hint).max(64));
-        let mut n = held;
+        let mut items = Filled::<I::Item> {
+            buf,
+            len: held,
+            _items: core::marker::PhantomData,
+        };
         loop {
             // A tight inner loop over the room known to be there (no
             // capacity check per item, so copies of plain items vectorise),
             // then grow if the iterator has more.
-            let room = cap.min(max) - n;
-            let dst = buf.ptr::<I::Item>();
+            let (start, room) = (items.len, cap.min(max) - items.len);
+            let dst = items.buf.ptr::<I::Item>();
+            let len = &mut items.len;
             // Internal iteration (`for_each`): adapters and slice
             // iterators drive it with their own tight loops.
-            let mut filled = 0usize;
             iter.by_ref().take(room).for_each(|x| {
-                // SAFETY: n + filled < cap, inside the scratch buffer,
-                // which is aligned for any T of alignment up to a page.
-                unsafe { dst.add(n + filled).write(x) };
-                filled += 1;
+                // SAFETY: *len < cap, inside the scratch buffer, which is
+                // aligned for any T of alignment up to a page.
+                unsafe { dst.add(*len).write(x) };
+                *len += 1;
             });
-            n += filled;
-            if filled < room || n == max {
+            let n = items.len;
+            if n - start < room || n == max {
+                // The items stay in the buffer, now the caller's.
+                core::mem::forget(items);
                 break n - held;
             }
-            cap = buf.grow::<I::Item>(n, n * 2);
+            cap = items.buf.grow::<I::Item>(n, n * 2);
         }
     })
+}
+
+/// The first `len` items of a scratch buffer while [`pull`] fills it:
+/// dropped with it if the iterator panics (a normal return forgets it).
+struct Filled<'a, T> {
+    buf: &'a mut super::scratch::ScratchBuf,
+    len: usize,
+    _items: core::marker::PhantomData<T>,
+}
+
+impl<T> Drop for Filled<'_, T> {
+    fn drop(&mut self) {
+        // SAFETY: items [0, len) of the buffer are initialised (held from
+        // the last batch or written by `pull`) and, as the panic unwinds
+        // out of the drive, owned by nothing else; dropped once, here.
+        unsafe {
+            core::ptr::drop_in_place(core::ptr::slice_from_raw_parts_mut(
+                self.buf.ptr::<T>(),
+                self.len,
+            ))
+        };
+    }
 }

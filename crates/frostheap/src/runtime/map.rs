@@ -48,6 +48,11 @@ impl Runtime {
     /// inside [`unguarded`](crate::global::unguarded), so tasks may change what they own.
     /// Prefer [`Runtime::par`] for anything it accepts.
     ///
+    /// The iterator runs on main, so a panic in it is main's: it unwinds
+    /// out of the call (it is not a task's [`Error::TaskPanicked`]), after
+    /// the items it made and no task took are dropped, once each; the
+    /// runtime stays usable.
+    ///
     /// ```
     /// let rt = frostheap::Runtime::builder().workers(2).build()?;
     /// let lines = "a\nbb\nccc";

@@ -303,6 +303,39 @@ fn a_panicking_item_fails_every_terminal_and_every_item_is_dropped_once() {
     .unwrap();
 }
 
+test!(a_panicking_bridged_iterator_drops_every_item_it_made);
+fn a_panicking_bridged_iterator_drops_every_item_it_made() {
+    // With a budget, a batch whose items allocated it stops early and
+    // leaves the rest of its pulled items held for the next batch: the
+    // iterator's panic comes while they wait in the scratch buffer.
+    let rts = [runtime(None), runtime(Some(16 << 10))];
+    let mut run = runner(24);
+    run.run(&(1usize..3000, any::<prop::sample::Index>(), any::<bool>()), |(n, bad, budget)| {
+        let bad = bad.index(n) as u64;
+        let rt = &rts[usize::from(budget)];
+        let drops = AtomicUsize::new(0);
+        let items = (0..n as u64).map(|value| {
+            if value == bad {
+                panic!("the iterator fails at {value}");
+            }
+            Tracked { value, drops: &drops }
+        });
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rt.par_bridge(items).map(|t| vec![t.value as u8; 1024].len()).collect::<Vec<_>>()
+        }));
+        let message = r.err().and_then(|p| p.downcast_ref::<String>().cloned());
+        prop_assert_eq!(message, Some(format!("the iterator fails at {bad}")));
+        prop_assert_eq!(drops.load(Ordering::Relaxed), bad as usize, "items made before the panic, dropped");
+        // And the runtime goes on.
+        let drops = AtomicUsize::new(0);
+        let lens = rt.par_bridge(tracked(n, &drops)).map(|t| vec![0u8; 1024].len() + t.value as usize);
+        prop_assert_eq!(lens.collect::<Vec<_>>().unwrap().len(), n);
+        prop_assert_eq!(drops.load(Ordering::Relaxed), n);
+        Ok(())
+    })
+    .unwrap();
+}
+
 test!(any_stops_early_and_drops_the_items_it_never_ran);
 fn any_stops_early_and_drops_the_items_it_never_ran() {
     let rt = runtime(None);
