@@ -551,16 +551,30 @@ test!(a_waiting_thread_gives_its_free_memory_back_as_the_process_grows);
 /// has made no allocation for 10 ms, the process's next step of growth
 /// has its heap give its free memory back: 24 MiB stayed committed while
 /// the main thread made 48 MiB. A thread that keeps making and freeing 4
-/// MiB meanwhile keeps its free memory: it faults nothing in again.
+/// MiB meanwhile keeps its free memory: it faults nothing in again
+/// (judged over the rounds that no wait of 9 ms without an allocation
+/// reached: off its CPU that long, it looks to the hook like a thread
+/// that waits).
 fn a_waiting_thread_gives_its_free_memory_back_as_the_process_grows() {
-    let out = run_fixture("global_threads", &["idle-free"], &[]);
-    assert_succeeded_saying(&out, "intact=true");
+    // The busy thread's rounds are judged only where it went less than
+    // 9 ms without an allocation (the fixture's comment): on a machine so
+    // loaded that no round qualifies, the run is repeated, up to 4 times.
+    let mut tries = 0;
+    let (out, busy) = loop {
+        tries += 1;
+        let out = run_fixture("global_threads", &["idle-free"], &[]);
+        assert_succeeded_saying(&out, "intact=true");
+        let busy = (
+            printed_number(&out, "busy_faults="),
+            printed_number(&out, "busy_rounds="),
+            printed_number(&out, "busy_all_rounds="),
+        );
+        if busy.1 > 0 || tries == 4 {
+            break (out, busy);
+        }
+    };
     let freed = printed_number(&out, "freed=") as usize;
     let after = printed_number(&out, "after_growth=") as usize;
-    let busy = (
-        printed_number(&out, "busy_faults="),
-        printed_number(&out, "busy_rounds="),
-    );
     // The busy thread's 4 MiB and its heap's own pages.
     assert!(
         freed >= 16 * MIB && after <= 6 * MIB,
@@ -568,13 +582,20 @@ fn a_waiting_thread_gives_its_free_memory_back_as_the_process_grows() {
          heaps {after} after the main thread grew\n{}",
         describe(&out)
     );
+    assert!(
+        busy.1 > 0,
+        "in {tries} runs, none of the busy thread's rounds ran without a gap of 9 ms or more \
+         (the machine too loaded to judge)\n{}",
+        describe(&out)
+    );
     // A purge of its free memory would fault 1,024 pages in again.
     assert!(
         busy.0 < 512,
-        "the busy thread faulted {} pages in {} rounds of reusing its 4 MiB while the process \
-         grew: its free memory was given back\n{}",
+        "the busy thread faulted {} pages in {} rounds (of {}) of reusing its 4 MiB with no gap \
+         of 9 ms, while the process grew: its free memory was given back\n{}",
         busy.0,
         busy.1,
+        busy.2,
         describe(&out)
     );
 }
