@@ -186,6 +186,29 @@ impl Permit {
         grown
     }
 
+    /// Gives back what this permit holds past `bytes` (nothing if it holds
+    /// no more): the bytes return to the budget at once, to the waiters
+    /// first. For a charge taken ahead of use that turns out not to be
+    /// used yet: a request body declared large that arrives slowly holds
+    /// what has arrived, and grows again with [`Permit::try_grow`].
+    pub fn shrink_to(&self, bytes: usize) {
+        let charged = self.bytes();
+        if bytes >= charged {
+            return;
+        }
+        let inner = &self.shared.budget.inner;
+        // The granules that cover `bytes` (fewer than those held: `bytes`
+        // is less than the charge, itself within the budget).
+        let keep = inner.granules(bytes).map_or(0, |g| g as usize);
+        let held = self.shared.granules.load(Ordering::Relaxed);
+        let give = held.saturating_sub(keep);
+        self.shared
+            .charged
+            .fetch_sub(charged - bytes, Ordering::Relaxed);
+        self.shared.granules.fetch_sub(give, Ordering::Relaxed);
+        inner.release(charged - bytes, give);
+    }
+
     /// Adds `bytes` to the usage this client reports. When the last clone
     /// drops, the total is one measurement of the per-client cost (if the
     /// budget measures it). Record what the client really held: request

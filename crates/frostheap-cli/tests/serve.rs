@@ -682,6 +682,54 @@ fn a_body_no_budget_could_hold_gets_413_in_both_modes_and_an_unknown_path_404() 
 }
 
 #[test]
+fn a_body_still_arriving_is_charged_what_has_arrived_not_what_it_declares() {
+    let server = Server::start(&[
+        "--max-memory",
+        "8M",
+        "--max-body",
+        "4M",
+        "--per-client",
+        "1M",
+        "--fixed-per-client",
+    ]);
+    // Two bodies declared at 1.9 MB, a few bytes of each sent (a slow
+    // sender). Charged from their heads at 2 × their length each (a
+    // transform's body and output), they held 7.7 MB of the 8 MiB for as
+    // long as they trickled in, and every other client got 503. Now the
+    // declared charge goes back a second after the head (the server's
+    // grace for a body to arrive; waited for, not timed, below).
+    const DECLARED: usize = 1_900_000;
+    let slow: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = connect(&server.addr);
+            s.write_all(head("POST", "/transform?op=upper", DECLARED).as_bytes())
+                .unwrap();
+            s.write_all(b"aaa").unwrap();
+            s
+        })
+        .collect();
+    server.wait_for("the two slow requests admitted", |s| n(s, "clients") == 2);
+    // Each keeps its place (1 MiB) and the 3 bytes it sent.
+    server.wait_for("the declared charges given back", |s| {
+        n(s, "in_use") == 2 << 20
+    });
+    // Another client is served meanwhile.
+    let (status, body) = request(&server.addr, "POST", "/transform", BODY);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    // The slow bodies still arrive whole, their charge growing as they
+    // do, one after the other.
+    for mut s in slow {
+        s.write_all(&vec![b'a'; DECLARED - 3]).unwrap();
+        let (status, body) = read_response(s);
+        assert_eq!((status, body.len()), (200, DECLARED));
+        assert!(body.iter().all(|&b| b == b'A'));
+    }
+    let s = server.wait_for("everything released", |s| n(s, "in_use") == 0);
+    assert_eq!((n(&s, "admitted"), n(&s, "shed")), (3, 0), "{s}");
+    assert!(n(&s, "peak_in_use") <= n(&s, "budget"), "{s}");
+}
+
+#[test]
 fn head_is_answered_like_get_without_a_body() {
     let server = Server::start(&["--max-memory", "8M"]);
     for path in ["/", "/ready", "/live", "/stats", "/hold?ms=1"] {

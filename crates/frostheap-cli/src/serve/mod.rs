@@ -8,7 +8,10 @@
 //! REQUEST_BYTES + body × factor)`, where the per-client cost covers the
 //! connection's buffers too and the factor is what the endpoint builds from
 //! the body (see `endpoints.rs`). Past the budget, `shed` answers 503 and
-//! `wait` queues (at most `--max-waiting` requests; past that, 503).
+//! `wait` queues (at most `--max-waiting` requests; past that, 503). A
+//! body still arriving a second after its head (`BODY_GRACE`) keeps only
+//! what it has sent and grows with what comes (503 when the budget cannot,
+//! in either mode): a slow sender cannot hold memory it has not used.
 //! Connections without an admitted request — still sending their head, or
 //! idle between keep-alive requests — hold no client place: they wait at
 //! the [`ConnectionGate`], a separate budget of `--max-pending`
