@@ -1274,7 +1274,7 @@ fn a_response_stays_charged_until_the_client_has_taken_it() {
     // loopback; the rest waits in the server.)
     let s = post_transform(&server, UNREAD_BYTES);
     let held = server.wait_for("the answer to be charged while unread", |st| {
-        n(st, "completed") == 1 && n(st, "in_use") >= 2 * UNREAD_BYTES as u64
+        n(st, "in_use") >= 2 * UNREAD_BYTES as u64
     });
     // Longer than the idle timeout without reading: still charged.
     std::thread::sleep(Duration::from_millis(2500));
@@ -1295,6 +1295,7 @@ fn a_response_stays_charged_until_the_client_has_taken_it() {
     assert!(answer.iter().all(|&b| b == b'A'));
     let st = server.wait_for("the bytes to go back", |st| n(st, "in_use") == 0);
     assert_eq!(n(&st, "timeouts_send"), 0, "{st}");
+    assert_eq!((n(&st, "completed"), n(&st, "undelivered")), (1, 0), "{st}");
 }
 
 #[test]
@@ -1302,11 +1303,40 @@ fn a_client_that_takes_none_of_its_response_is_cut_at_the_send_timeout() {
     let server = send_test_server("--send-timeout");
     let s = post_transform(&server, UNREAD_BYTES);
     // Never read: the connection is closed, counted, and its bytes go back.
+    // The answer was never delivered: not completed (it was, counted as
+    // the handler returned).
     let st = server.wait_within(Duration::from_secs(1), "the send timeout", |st| {
         n(st, "timeouts_send") == 1 && n(st, "in_use") == 0
     });
-    assert_eq!(n(&st, "completed"), 1, "{st}");
+    assert_eq!((n(&st, "completed"), n(&st, "undelivered")), (0, 1), "{st}");
+    let (_, metrics) = request(&server.addr, "GET", "/metrics", b"");
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("\nfrostheap_completed_total 0\n")
+            && metrics.contains("\nfrostheap_undelivered_total 1\n"),
+        "{metrics}"
+    );
     drop(s);
+}
+
+#[test]
+fn an_answer_whose_client_has_gone_is_not_counted_completed() {
+    let server = send_test_server("--send-timeout");
+    // A client that sends its request and leaves at once: its answer is
+    // written into a closed connection (a reset), or not at all.
+    let s = post_transform(&server, UNREAD_BYTES);
+    drop(s);
+    let st = server.wait_within(Duration::from_secs(1), "the answer to end", |st| {
+        n(st, "undelivered") + n(st, "completed") == 1 && n(st, "in_use") == 0
+    });
+    assert_eq!((n(&st, "completed"), n(&st, "undelivered")), (0, 1), "{st}");
+    // One that reads its answer is completed, HEAD answers too.
+    let (status, body) = request(&server.addr, "POST", "/transform", BODY);
+    assert_eq!((status, body), (200, BODY.to_ascii_uppercase()));
+    let (status, _) = head_only(&server.addr, "HEAD", "/", "0");
+    assert_eq!(status, 200);
+    let st = server.wait_for("two answers delivered", |st| n(st, "completed") == 2);
+    assert_eq!(n(&st, "undelivered"), 1, "{st}");
 }
 
 /// The most free memory the heaps of an idle server may keep, in this

@@ -34,7 +34,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -82,12 +82,25 @@ pub(super) struct ConnClock {
     /// one, or more when hyper parsed a pipelined request before the last
     /// write of the answer before it was flushed.
     permits: Mutex<Vec<Permit>>,
+    /// Handlers' 2xx answers whose end hyper has taken and not yet written
+    /// to the socket: `completed` once hyper's next flush completes,
+    /// `undelivered` if the connection ends first.
+    answered: AtomicU32,
+    state: Arc<State>,
+    /// The current request's handler answered 2xx (taken as its response
+    /// is handed to hyper: one request at a time runs on a connection).
+    handler_ok: AtomicBool,
 }
 
 impl ConnClock {
     /// A connection accepted at `accepted`, sending its first head; `evict`
     /// is the `Notify` its gate ticket (if any) was entered with.
-    pub(super) fn new(accepted: Instant, ticket: Option<Ticket>, evict: Arc<Notify>) -> ConnClock {
+    pub(super) fn new(
+        accepted: Instant,
+        ticket: Option<Ticket>,
+        evict: Arc<Notify>,
+        state: Arc<State>,
+    ) -> ConnClock {
         ConnClock {
             phase: AtomicU8::new(HEAD),
             since: AtomicU64::new(0),
@@ -97,6 +110,9 @@ impl ConnClock {
             evict,
             ended: AtomicBool::new(false),
             permits: Mutex::new(Vec::with_capacity(1)),
+            answered: AtomicU32::new(0),
+            state,
+            handler_ok: AtomicBool::new(false),
         }
     }
 
@@ -179,10 +195,49 @@ impl ConnClock {
         }
     }
 
-    /// hyper flushed the socket: if it had taken the response's last
-    /// frame, the response is written, its permit goes back, and the
-    /// connection waits for its next request.
+    /// The handler answered 2xx.
+    pub(super) fn handler_ok(&self) {
+        self.handler_ok.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the handler of the response being handed to hyper answered
+    /// 2xx (a response of the server's own, such as a refusal, did not).
+    pub(super) fn take_handler_ok(&self) -> bool {
+        let ok = self.handler_ok.load(Ordering::Relaxed);
+        if ok {
+            self.handler_ok.store(false, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// hyper has taken the end of a handler's 2xx answer (its last frame,
+    /// or its head alone): it counts as `completed` once written.
+    pub(super) fn answered(&self) {
+        let n = self.answered.load(Ordering::Relaxed);
+        self.answered.store(n + 1, Ordering::Relaxed);
+    }
+
+    /// A handler's 2xx answer of which hyper took a frame but not the
+    /// last: the connection ended under it.
+    pub(super) fn cut(&self) {
+        self.state.undelivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// hyper flushed the socket: every answer whose end it had taken is
+    /// written (counted before its permit goes back, so that `/stats`
+    /// never shows the bytes back and the answer uncounted). If it had
+    /// taken the response's last frame, the response's permit goes back,
+    /// and the connection waits for its next request.
     fn flushed(&self) {
+        // Only this connection's task touches the count: a load and a
+        // store, no locked instruction per flush.
+        let written = self.answered.load(Ordering::Relaxed);
+        if written > 0 {
+            self.answered.store(0, Ordering::Relaxed);
+            self.state
+                .completed
+                .fetch_add(u64::from(written), Ordering::Relaxed);
+        }
         if self.phase.load(Ordering::Relaxed) == SEND && self.ended.load(Ordering::Relaxed) {
             self.idle();
         }
@@ -237,6 +292,19 @@ impl ConnClock {
             IDLE => Some((since + t.idle, Missed::Idle)),
             SEND => Some((since + t.send, Missed::Send)),
             _ => None,
+        }
+    }
+}
+
+impl Drop for ConnClock {
+    /// Answers whose end hyper took but never wrote (the client was gone,
+    /// or its connection cut) are counted as not delivered.
+    fn drop(&mut self) {
+        let lost = *self.answered.get_mut();
+        if lost > 0 {
+            self.state
+                .undelivered
+                .fetch_add(u64::from(lost), Ordering::Relaxed);
         }
     }
 }

@@ -209,7 +209,7 @@ pub(super) async fn connection<S: Limited>(stream: TcpStream, open: Open, limite
             return answer_and_linger(stream, &answer, &state).await;
         }
     }
-    let clock = Arc::new(ConnClock::new(accepted, ticket, evict));
+    let clock = Arc::new(ConnClock::new(accepted, ticket, evict, state.clone()));
 
     // Boxed: the hyper state is most of the future, and a connection that
     // never gets this far (refused, timed out, lingering) should not carry

@@ -260,10 +260,12 @@ fn finish(
             close(&mut response);
         }
     }
+    let answered = clock.take_handler_ok();
     response.map(|body| ConnBody {
         body,
         clock,
         started: false,
+        answered,
     })
 }
 
@@ -283,12 +285,31 @@ pub(super) struct ConnBody {
     body: RespBody,
     clock: Arc<ConnClock>,
     started: bool,
+    /// A handler's 2xx answer whose end hyper has not taken yet.
+    answered: bool,
+}
+
+impl ConnBody {
+    /// hyper took the end of the answer.
+    fn ended(&mut self) {
+        self.clock.last_frame_taken();
+        if std::mem::take(&mut self.answered) {
+            self.clock.answered();
+        }
+    }
 }
 
 impl Drop for ConnBody {
     fn drop(&mut self) {
         if !self.started {
+            // A head alone (`HEAD`, an empty body): written with hyper's
+            // next flush, if any.
+            if std::mem::take(&mut self.answered) {
+                self.clock.answered();
+            }
             self.clock.not_sent();
+        } else if self.answered {
+            self.clock.cut();
         }
     }
 }
@@ -310,7 +331,7 @@ impl Body for ConnBody {
         // hyper asks for no frame past one after which the body says it
         // has ended.
         if matches!(frame, Poll::Ready(None)) || self.body.is_end_stream() {
-            self.clock.last_frame_taken();
+            self.ended();
         }
         frame
     }
@@ -595,8 +616,12 @@ pub(super) async fn handle(
         Route::BadQuery(e) => text(StatusCode::BAD_REQUEST, &e),
         Route::NotFound => text(StatusCode::NOT_FOUND, "not found: try GET /"),
     };
-    if response.status().is_success() {
-        state.completed.fetch_add(1, Ordering::Relaxed);
+    if let (true, Some(clock)) = (response.status().is_success(), &call.clock) {
+        // Counted as completed once written whole (`ConnBody`, `clock.rs`),
+        // as undelivered if the connection ends first. (Counted as the
+        // handler returned until 2026-12-06: an answer whose client had
+        // gone counted as completed.)
+        clock.handler_ok();
     }
     response
 }

@@ -373,6 +373,7 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         timeouts,
         requests: AtomicU64::new(0),
         completed: AtomicU64::new(0),
+        undelivered: AtomicU64::new(0),
         shed_connections: AtomicU64::new(0),
         timeouts_header: AtomicU64::new(0),
         timeouts_body: AtomicU64::new(0),

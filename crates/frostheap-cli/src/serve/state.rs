@@ -52,8 +52,13 @@ pub(super) struct State {
     /// endpoint behind the layer (shed ones included) and those refused
     /// from their head before it (404, 413 past `--max-body`).
     pub(super) requests: AtomicU64,
-    /// Requests answered 2xx by a handler.
+    /// Requests answered 2xx by a handler whose answer was written to the
+    /// socket whole.
     pub(super) completed: AtomicU64,
+    /// Requests answered 2xx by a handler whose answer was not written
+    /// whole: the connection ended first (the client gone, a reset, the
+    /// send timeout).
+    pub(super) undelivered: AtomicU64,
     /// Connections refused by a full gate (answered 503).
     pub(super) shed_connections: AtomicU64,
     pub(super) timeouts_header: AtomicU64,
