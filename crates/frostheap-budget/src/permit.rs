@@ -156,9 +156,11 @@ impl Permit {
         }
     }
 
-    /// Whether the bytes were granted after waiting in the queue.
-    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn waited(&self) -> bool {
+    /// Whether the bytes were granted after waiting in the queue (in
+    /// [`Budget::acquire`], or as a reservation that waited and was then
+    /// admitted: the tower layer's wait mode). A server can check, before
+    /// it runs a request that waited, that its client is still there.
+    pub fn waited(&self) -> bool {
         self.shared.waited
     }
 

@@ -319,6 +319,68 @@ fn wait_mode_queues_past_capacity_and_serves_when_memory_returns() {
 }
 
 #[test]
+fn wait_mode_drops_a_waiting_request_whose_client_has_left() {
+    let server = Server::start(&[
+        "--max-memory",
+        "2M",
+        "--per-client",
+        "1M",
+        "--fixed-per-client",
+        "--overload",
+        "wait",
+    ]);
+    let held: Vec<Held> = (0..2).map(|_| hold(&server.addr, BODY)).collect();
+    server.wait_for("capacity clients in flight", |s| n(s, "clients") == 2);
+    // Two requests wait: one whose client closes its connection, one whose
+    // client shuts its side (taken for gone too, as nginx does). They were
+    // run when their turn came, on memory the clients still there waited
+    // for.
+    let mut gone = Vec::new();
+    for close in [true, false] {
+        let mut s = connect(&server.addr);
+        s.write_all(head("POST", "/transform", BODY.len()).as_bytes())
+            .unwrap();
+        s.write_all(BODY).unwrap();
+        gone.push((s, close));
+    }
+    server.wait_for("two waiters", |s| n(s, "waiting") == 2);
+    for (s, close) in gone {
+        if close {
+            drop(s);
+        } else {
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            // Kept open: read below.
+            let (status, _) = read_response(s);
+            assert_eq!(status, 503, "the half-closed client's answer");
+        }
+    }
+    let s = server.wait_for("both waiters dropped", |s| {
+        n(s, "abandoned") == 2 && n(s, "waiting") == 0
+    });
+    assert_eq!(n(&s, "admitted"), 2, "neither ran: {s}");
+    // A waiter whose client stays is still served.
+    let addr = server.addr.clone();
+    let stays = std::thread::spawn(move || request(&addr, "POST", "/transform", BODY));
+    server.wait_for("a waiter", |s| n(s, "waiting") == 1);
+    for h in held {
+        assert_eq!(h.finish().0, 200);
+    }
+    assert_eq!(stays.join().unwrap().0, 200);
+    let s = server.wait_for("everything released", |s| n(s, "in_use") == 0);
+    assert_eq!(
+        (n(&s, "admitted"), n(&s, "completed"), n(&s, "abandoned")),
+        (3, 3, 2),
+        "{s}"
+    );
+    let (_, metrics) = request(&server.addr, "GET", "/metrics", b"");
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("\nfrostheap_abandoned_total 2\n"),
+        "{metrics}"
+    );
+}
+
+#[test]
 fn endpoints_work_and_measurement_refines_the_per_client_cost() {
     let server = Server::start(&["--max-memory", "64M"]);
     assert!(

@@ -33,6 +33,7 @@
 
 use std::future::Future;
 use std::io;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -87,6 +88,11 @@ pub(super) struct ConnClock {
     /// `undelivered` if the connection ends first.
     answered: AtomicU32,
     state: Arc<State>,
+    /// The socket, for a check that the client is still there (open as
+    /// long as the connection, which owns every holder of this clock).
+    fd: RawFd,
+    /// The current request's handler has begun.
+    running: AtomicBool,
     /// The current request's handler answered 2xx (taken as its response
     /// is handed to hyper: one request at a time runs on a connection).
     handler_ok: AtomicBool,
@@ -100,6 +106,7 @@ impl ConnClock {
         ticket: Option<Ticket>,
         evict: Arc<Notify>,
         state: Arc<State>,
+        fd: RawFd,
     ) -> ConnClock {
         ConnClock {
             phase: AtomicU8::new(HEAD),
@@ -112,6 +119,8 @@ impl ConnClock {
             permits: Mutex::new(Vec::with_capacity(1)),
             answered: AtomicU32::new(0),
             state,
+            fd,
+            running: AtomicBool::new(false),
             handler_ok: AtomicBool::new(false),
         }
     }
@@ -132,12 +141,40 @@ impl ConnClock {
         if let Some(t) = &self.ticket {
             t.set_ready();
         }
+        self.running.store(false, Ordering::Relaxed);
         if has_body {
             self.bytes.store(0, Ordering::Relaxed);
             self.set(BODY, self.now());
         } else {
             self.phase.store(BUSY, Ordering::Relaxed);
         }
+    }
+
+    /// The request's handler begins.
+    pub(super) fn run(&self) {
+        self.running.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the request's handler has begun.
+    pub(super) fn running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// Whether the client has closed the connection or shut its side of
+    /// it (a FIN or a reset has arrived), whatever bytes of it are still
+    /// unread. The two cannot be told apart without writing; a client
+    /// that shut its side waiting for an answer is taken for gone, as
+    /// nginx and Go's net/http take it.
+    pub(super) fn client_left(&self) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.fd,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: `p` is one valid pollfd, and a zero timeout returns at
+        // once; poll reads nothing from the socket.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n == 1 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
     }
 
     /// The request was admitted: the budget charges it from now on, and

@@ -209,7 +209,8 @@ pub(super) async fn connection<S: Limited>(stream: TcpStream, open: Open, limite
             return answer_and_linger(stream, &answer, &state).await;
         }
     }
-    let clock = Arc::new(ConnClock::new(accepted, ticket, evict, state.clone()));
+    let fd = stream.as_raw_fd();
+    let clock = Arc::new(ConnClock::new(accepted, ticket, evict, state.clone(), fd));
 
     // Boxed: the hyper state is most of the future, and a connection that
     // never gets this far (refused, timed out, lingering) should not carry

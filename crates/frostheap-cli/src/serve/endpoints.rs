@@ -68,13 +68,74 @@ pub(super) async fn route<S: Limited>(
         req.extensions_mut().insert(clock.clone());
         match limited {
             Some(mut svc) => {
-                poll_fn(|cx| svc.poll_ready(cx)).await?;
-                svc.call(req).await?
+                let call = async move {
+                    poll_fn(|cx| svc.poll_ready(cx)).await?;
+                    svc.call(req).await
+                };
+                if state.waits {
+                    match unless_client_leaves(call, &clock).await {
+                        Some(r) => r?,
+                        None => {
+                            state.abandoned.fetch_add(1, Ordering::Relaxed);
+                            wrap(client_left())
+                        }
+                    }
+                } else {
+                    call.await?
+                }
             }
             None => wrap(handle(&state, req).await),
         }
     };
     Ok(finish(response, keep_alive, &state, clock))
+}
+
+/// How often a request waiting for memory checks that its client is
+/// still there.
+const LEFT_CHECK: Duration = Duration::from_millis(100);
+
+/// Runs `call`, a request through the layer in `--overload wait`; `None`
+/// if its client leaves while it waits for memory (its place in the
+/// queue goes with the future). Checked every [`LEFT_CHECK`] while it
+/// waits, and once more as its turn comes (`handle`); a request whose
+/// handler has begun runs to its end. Until 2026-12-06 a queued request
+/// whose client had closed was run when its turn came, on memory that
+/// clients still there were waiting for.
+async fn unless_client_leaves<F: Future>(call: F, clock: &ConnClock) -> Option<F::Output> {
+    let mut call = std::pin::pin!(call);
+    // Most requests do not wait: no timer for them.
+    if let Poll::Ready(r) = poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+        return Some(r);
+    }
+    let mut check = tokio::time::interval(LEFT_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if clock.running() {
+            return Some(call.await);
+        }
+        tokio::select! {
+            biased;
+            r = call.as_mut() => return Some(r),
+            _ = check.tick() => {
+                if !clock.running() && clock.client_left() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// The answer to a request dropped because its client left while it
+/// waited (read only by a client that shut its side and still reads).
+fn client_left() -> Response<Full<hyper::body::Bytes>> {
+    let mut r = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "request dropped: the client closed its side of the connection while the request waited for memory",
+    );
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from_static("1"));
+    close(&mut r);
+    r
 }
 
 /// Whether hyper keeps the connection open after answering `req` (its
@@ -556,6 +617,13 @@ pub(super) async fn handle(
 ) -> Response<Full<hyper::body::Bytes>> {
     let call = Call::new(req);
     if let (Some(p), Some(clock)) = (&call.permit, &call.clock) {
+        // A request that waited for memory: its client may have left
+        // since the last check (`unless_client_leaves`).
+        if p.waited() && state.waits && clock.client_left() {
+            state.abandoned.fetch_add(1, Ordering::Relaxed);
+            return client_left();
+        }
+        clock.run();
         clock.admitted();
         // Its share of the connection counts: a client is both.
         p.record_usage(CONNECTION_BYTES + REQUEST_BYTES);
