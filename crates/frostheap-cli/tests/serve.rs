@@ -1294,6 +1294,37 @@ fn a_head_cut_off_by_the_client_closing_frees_its_connection_at_once() {
     assert_eq!(status.code(), Some(0), "exit status");
 }
 
+#[test]
+fn a_second_head_that_misses_the_header_timeout_gets_408() {
+    // An idle timeout far past the header timeout: only the head's
+    // deadline can end the connection in time.
+    let server = Server::start(&[
+        "--max-memory",
+        "8M",
+        "--header-timeout",
+        "1s",
+        "--idle-timeout",
+        "600s",
+    ]);
+    let mut s = connect(&server.addr);
+    s.write_all(b"GET /live HTTP/1.1\r\nhost: first\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_one_response(&mut s);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, b"live\n");
+    // The next head on the kept-alive connection never ends: 408, as for
+    // a first head (the connection was closed without an answer).
+    s.write_all(b"GET /live HTTP/1.1\r\nhost: second\r\n")
+        .unwrap();
+    let (status, body) = read_response(s);
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).as_ref()),
+        (408, "request head not received within the header timeout\n")
+    );
+    let st = server.wait_for("the timeout counted", |st| n(st, "timeouts_header") == 1);
+    assert_eq!(n(&st, "timeouts_idle"), 0, "{st}");
+}
+
 /// The body of the answers the send tests leave unread: more than the
 /// sockets' buffers take on loopback (3–4 MB).
 const UNREAD_BYTES: usize = 6 << 20;

@@ -382,8 +382,8 @@ pub(super) struct TimedIo {
     state: Arc<State>,
     sleep: Pin<Box<Sleep>>,
     armed: Option<Instant>,
-    /// A deadline was missed (and counted).
-    timed_out: bool,
+    /// The deadline that was missed (and counted), if one was.
+    missed: Option<Missed>,
 }
 
 impl TimedIo {
@@ -394,12 +394,17 @@ impl TimedIo {
             state,
             sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
             armed: None,
-            timed_out: false,
+            missed: None,
         }
     }
 
     pub(super) fn into_inner(self) -> TcpStream {
         self.stream
+    }
+
+    /// The deadline the connection missed, if it did.
+    pub(super) fn missed(&self) -> Option<Missed> {
+        self.missed
     }
 }
 
@@ -441,8 +446,8 @@ impl TimedIo {
         if self.sleep.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
-        if !self.timed_out {
-            self.timed_out = true;
+        if self.missed.is_none() {
+            self.missed = Some(missed);
             missed.count(&self.state);
         }
         Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, missed.message()))

@@ -98,6 +98,14 @@ fn canned(status: &str, text: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The answer to a request head that missed `--header-timeout`.
+fn head_timed_out() -> Vec<u8> {
+    canned(
+        "408 Request Timeout",
+        "request head not received within the header timeout\n",
+    )
+}
+
 fn busy() -> Vec<u8> {
     canned(
         "503 Service Unavailable",
@@ -169,10 +177,7 @@ pub(super) async fn connection<S: Limited>(stream: TcpStream, open: Open, limite
             let answer = match outcome {
                 Head::TimedOut => {
                     Missed::Header.count(&state);
-                    canned(
-                        "408 Request Timeout",
-                        "request head not received within the header timeout\n",
-                    )
+                    head_timed_out()
                 }
                 Head::TooLarge => canned(
                     "431 Request Header Fields Too Large",
@@ -292,7 +297,18 @@ async fn serve_http<S: Limited>(
     };
     if result.is_err() {
         // A timeout, a reset or a malformed request: hyper has answered
-        // what it could.
+        // what it could. A head on a kept-alive connection that missed its
+        // deadline hyper sees as a read error only, and answers nothing:
+        // its 408 is the server's own, as for a first head (`connection`).
+        // (Until 2026-12-06 the connection was closed without a word.)
+        let parts = conn.into_parts();
+        let io = parts.io.into_inner();
+        if io.missed() == Some(Missed::Header) {
+            clock.leave_gate();
+            let stream = io.into_inner();
+            drop((parts.read_buf, parts.service));
+            answer_and_linger(stream, &head_timed_out(), &state).await;
+        }
         return;
     }
     // The connection will carry no more requests (hyper also ends here,

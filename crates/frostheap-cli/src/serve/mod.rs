@@ -31,9 +31,10 @@
 //! admit it). `HEAD` is answered as `GET`, without the body.
 //!
 //! **Time.** Every phase of a connection has a deadline (`clock.rs`): the
-//! head (`--header-timeout`), the body (`--body-timeout` plus a minimum
-//! rate), the response (`--send-timeout` without the client taking any of
-//! it), the idle wait between requests (`--idle-timeout`). Timeouts are
+//! head (`--header-timeout`; 408, on a kept-alive connection too), the
+//! body (`--body-timeout` plus a minimum rate), the response
+//! (`--send-timeout` without the client taking any of it), the idle wait
+//! between requests (`--idle-timeout`). Timeouts are
 //! counted in `/stats` and `/metrics`. A request's memory stays charged
 //! until its response is written to the socket, not merely handed to
 //! hyper: a client slow to read holds its bytes, as it holds the memory.
