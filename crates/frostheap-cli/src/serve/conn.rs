@@ -19,7 +19,9 @@
 //!    holds a whole request head, peeking at it without reading, for at
 //!    most `--header-timeout`. Until then it costs a task and a socket,
 //!    not hyper's buffers: 2,000 connections sending a header byte a
-//!    second cost little memory and no client place. Timeout: 408.
+//!    second cost little memory and no client place. Timeout: 408. Part
+//!    of a head and then a half-close (no more will come): 400, and a
+//!    clean close.
 //! 3. **hyper** serves the connection; [`TimedIo`] enforces the body and
 //!    idle deadlines, the request's bytes are charged by the tower layer
 //!    from the head on, and between keep-alive requests the connection
@@ -209,6 +211,7 @@ pub(super) async fn connection<S: Limited>(stream: TcpStream, open: Open, limite
                     busy()
                 }
                 Head::Shutdown => return answer_and_close(stream, &shutting_down()).await,
+                Head::CutOff => return answer_and_close(stream, &cut_off()).await,
                 Head::Closed | Head::Complete => return,
             };
             return answer_and_linger(stream, &answer, &state).await;
@@ -414,7 +417,12 @@ enum Head {
     TimedOut,
     TooLarge,
     Evicted,
+    /// The client closed the connection (or reset it) before sending a
+    /// byte of a head.
     Closed,
+    /// The client shut its side with part of a head sent: no more will
+    /// come.
+    CutOff,
     Shutdown,
 }
 
@@ -443,7 +451,7 @@ async fn head_arrives(stream: &TcpStream, timeout: Duration) -> Head {
             // readable for good, so waiting below would spin, and never
             // reach the deadline: a head cut off by a close kept a
             // runtime thread busy, and two of them stalled the server.)
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && read_closed => return Head::Closed,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && read_closed => return Head::CutOff,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return Head::Closed,
         }
@@ -493,6 +501,18 @@ fn peek(fd: RawFd) -> io::Result<Peek> {
     } else {
         Peek::Incomplete(data.len())
     })
+}
+
+/// The answer to a head cut off by the client shutting its side (it may
+/// still read: a client that half-closes after its request is served,
+/// see `serve_http`). Read and dropped before the answer, the half head
+/// leaves nothing unread, so the close is a FIN: dropped unread, it made
+/// the kernel reset the connection (until 2026-12-06).
+fn cut_off() -> Vec<u8> {
+    canned(
+        "400 Bad Request",
+        "request head cut off: the client closed its side of the connection before the head ended\n",
+    )
 }
 
 /// The answer to a connection whose head the shutdown cut off.
