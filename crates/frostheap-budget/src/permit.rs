@@ -156,9 +156,11 @@ impl Permit {
         }
     }
 
-    /// Whether the bytes were granted after waiting in the queue.
-    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn waited(&self) -> bool {
+    /// Whether the bytes were granted after waiting in the queue (in
+    /// [`Budget::acquire`], or as a reservation that waited and was then
+    /// admitted: the tower layer's wait mode). A server can check, before
+    /// it runs a request that waited, that its client is still there.
+    pub fn waited(&self) -> bool {
         self.shared.waited
     }
 
@@ -184,6 +186,29 @@ impl Permit {
                 .fetch_add(1, Ordering::Relaxed);
         }
         grown
+    }
+
+    /// Gives back what this permit holds past `bytes` (nothing if it holds
+    /// no more): the bytes return to the budget at once, to the waiters
+    /// first. For a charge taken ahead of use that turns out not to be
+    /// used yet: a request body declared large that arrives slowly holds
+    /// what has arrived, and grows again with [`Permit::try_grow`].
+    pub fn shrink_to(&self, bytes: usize) {
+        let charged = self.bytes();
+        if bytes >= charged {
+            return;
+        }
+        let inner = &self.shared.budget.inner;
+        // The granules that cover `bytes` (fewer than those held: `bytes`
+        // is less than the charge, itself within the budget).
+        let keep = inner.granules(bytes).map_or(0, |g| g as usize);
+        let held = self.shared.granules.load(Ordering::Relaxed);
+        let give = held.saturating_sub(keep);
+        self.shared
+            .charged
+            .fetch_sub(charged - bytes, Ordering::Relaxed);
+        self.shared.granules.fetch_sub(give, Ordering::Relaxed);
+        inner.release(charged - bytes, give);
     }
 
     /// Adds `bytes` to the usage this client reports. When the last clone

@@ -43,6 +43,29 @@ mod budget {
     }
 
     #[test]
+    fn a_shrunk_permit_gives_its_bytes_back_to_the_waiters_first() {
+        let b = Budget::new(1000);
+        let p = b.try_acquire(900).unwrap();
+        let wake = Arc::new(CountWake(AtomicUsize::new(0)));
+        let mut waiter = b.acquire(500);
+        assert!(poll_once(&mut waiter, &wake).is_pending());
+        p.shrink_to(1000);
+        assert_eq!(b.stats().in_use, 900, "no more than it holds: nothing");
+        p.shrink_to(300);
+        assert_eq!((p.bytes(), b.stats().in_use), (300, 300));
+        let Poll::Ready(Ok(w)) = poll_once(&mut waiter, &wake) else {
+            panic!("the waiter got the bytes given back")
+        };
+        assert_eq!(b.stats().in_use, 800);
+        assert!(b.try_acquire(201).is_none());
+        // It grows again, and gives back what it holds when dropped.
+        assert!(p.try_grow(200));
+        drop((p, w));
+        let s = b.stats();
+        assert_eq!((s.in_use, b.available()), (0, 1000));
+    }
+
+    #[test]
     fn permits_return_their_bytes_and_refuse_past_the_budget() {
         let b = Budget::new(1000);
         let p1 = b.try_acquire(600).unwrap();

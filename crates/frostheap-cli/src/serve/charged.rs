@@ -76,6 +76,19 @@ impl<'p> Charge<'p> {
     }
 }
 
+impl Charge<'_> {
+    /// Gives back what the charge holds past `held` (a charge taken ahead
+    /// of use: see `read_body`).
+    pub(super) fn shrink_to(&self, held: usize) {
+        if let Some(p) = self.permit {
+            if held < self.charged.get() {
+                p.shrink_to(held);
+                self.charged.set(held);
+            }
+        }
+    }
+}
+
 /// The bytes of the block the allocator gives for `n` bytes, at most:
 /// frostheap's size classes waste under a quarter of a block, in steps of
 /// 16 bytes (heap/class.rs); large blocks take whole pages.

@@ -33,8 +33,9 @@
 
 use std::future::Future;
 use std::io;
+use std::os::fd::RawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -82,12 +83,31 @@ pub(super) struct ConnClock {
     /// one, or more when hyper parsed a pipelined request before the last
     /// write of the answer before it was flushed.
     permits: Mutex<Vec<Permit>>,
+    /// Handlers' 2xx answers whose end hyper has taken and not yet written
+    /// to the socket: `completed` once hyper's next flush completes,
+    /// `undelivered` if the connection ends first.
+    answered: AtomicU32,
+    state: Arc<State>,
+    /// The socket, for a check that the client is still there (open as
+    /// long as the connection, which owns every holder of this clock).
+    fd: RawFd,
+    /// The current request's handler has begun.
+    running: AtomicBool,
+    /// The current request's handler answered 2xx (taken as its response
+    /// is handed to hyper: one request at a time runs on a connection).
+    handler_ok: AtomicBool,
 }
 
 impl ConnClock {
     /// A connection accepted at `accepted`, sending its first head; `evict`
     /// is the `Notify` its gate ticket (if any) was entered with.
-    pub(super) fn new(accepted: Instant, ticket: Option<Ticket>, evict: Arc<Notify>) -> ConnClock {
+    pub(super) fn new(
+        accepted: Instant,
+        ticket: Option<Ticket>,
+        evict: Arc<Notify>,
+        state: Arc<State>,
+        fd: RawFd,
+    ) -> ConnClock {
         ConnClock {
             phase: AtomicU8::new(HEAD),
             since: AtomicU64::new(0),
@@ -97,6 +117,11 @@ impl ConnClock {
             evict,
             ended: AtomicBool::new(false),
             permits: Mutex::new(Vec::with_capacity(1)),
+            answered: AtomicU32::new(0),
+            state,
+            fd,
+            running: AtomicBool::new(false),
+            handler_ok: AtomicBool::new(false),
         }
     }
 
@@ -116,12 +141,40 @@ impl ConnClock {
         if let Some(t) = &self.ticket {
             t.set_ready();
         }
+        self.running.store(false, Ordering::Relaxed);
         if has_body {
             self.bytes.store(0, Ordering::Relaxed);
             self.set(BODY, self.now());
         } else {
             self.phase.store(BUSY, Ordering::Relaxed);
         }
+    }
+
+    /// The request's handler begins.
+    pub(super) fn run(&self) {
+        self.running.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the request's handler has begun.
+    pub(super) fn running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// Whether the client has closed the connection or shut its side of
+    /// it (a FIN or a reset has arrived), whatever bytes of it are still
+    /// unread. The two cannot be told apart without writing; a client
+    /// that shut its side waiting for an answer is taken for gone, as
+    /// nginx and Go's net/http take it.
+    pub(super) fn client_left(&self) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.fd,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: `p` is one valid pollfd, and a zero timeout returns at
+        // once; poll reads nothing from the socket.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n == 1 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
     }
 
     /// The request was admitted: the budget charges it from now on, and
@@ -179,10 +232,49 @@ impl ConnClock {
         }
     }
 
-    /// hyper flushed the socket: if it had taken the response's last
-    /// frame, the response is written, its permit goes back, and the
-    /// connection waits for its next request.
+    /// The handler answered 2xx.
+    pub(super) fn handler_ok(&self) {
+        self.handler_ok.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the handler of the response being handed to hyper answered
+    /// 2xx (a response of the server's own, such as a refusal, did not).
+    pub(super) fn take_handler_ok(&self) -> bool {
+        let ok = self.handler_ok.load(Ordering::Relaxed);
+        if ok {
+            self.handler_ok.store(false, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// hyper has taken the end of a handler's 2xx answer (its last frame,
+    /// or its head alone): it counts as `completed` once written.
+    pub(super) fn answered(&self) {
+        let n = self.answered.load(Ordering::Relaxed);
+        self.answered.store(n + 1, Ordering::Relaxed);
+    }
+
+    /// A handler's 2xx answer of which hyper took a frame but not the
+    /// last: the connection ended under it.
+    pub(super) fn cut(&self) {
+        self.state.undelivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// hyper flushed the socket: every answer whose end it had taken is
+    /// written (counted before its permit goes back, so that `/stats`
+    /// never shows the bytes back and the answer uncounted). If it had
+    /// taken the response's last frame, the response's permit goes back,
+    /// and the connection waits for its next request.
     fn flushed(&self) {
+        // Only this connection's task touches the count: a load and a
+        // store, no locked instruction per flush.
+        let written = self.answered.load(Ordering::Relaxed);
+        if written > 0 {
+            self.answered.store(0, Ordering::Relaxed);
+            self.state
+                .completed
+                .fetch_add(u64::from(written), Ordering::Relaxed);
+        }
         if self.phase.load(Ordering::Relaxed) == SEND && self.ended.load(Ordering::Relaxed) {
             self.idle();
         }
@@ -241,6 +333,19 @@ impl ConnClock {
     }
 }
 
+impl Drop for ConnClock {
+    /// Answers whose end hyper took but never wrote (the client was gone,
+    /// or its connection cut) are counted as not delivered.
+    fn drop(&mut self) {
+        let lost = *self.answered.get_mut();
+        if lost > 0 {
+            self.state
+                .undelivered
+                .fetch_add(u64::from(lost), Ordering::Relaxed);
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Missed {
     Header,
@@ -277,8 +382,8 @@ pub(super) struct TimedIo {
     state: Arc<State>,
     sleep: Pin<Box<Sleep>>,
     armed: Option<Instant>,
-    /// A deadline was missed (and counted).
-    timed_out: bool,
+    /// The deadline that was missed (and counted), if one was.
+    missed: Option<Missed>,
 }
 
 impl TimedIo {
@@ -289,12 +394,17 @@ impl TimedIo {
             state,
             sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
             armed: None,
-            timed_out: false,
+            missed: None,
         }
     }
 
     pub(super) fn into_inner(self) -> TcpStream {
         self.stream
+    }
+
+    /// The deadline the connection missed, if it did.
+    pub(super) fn missed(&self) -> Option<Missed> {
+        self.missed
     }
 }
 
@@ -336,8 +446,8 @@ impl TimedIo {
         if self.sleep.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
-        if !self.timed_out {
-            self.timed_out = true;
+        if self.missed.is_none() {
+            self.missed = Some(missed);
             missed.count(&self.state);
         }
         Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, missed.message()))

@@ -19,7 +19,9 @@
 //!    holds a whole request head, peeking at it without reading, for at
 //!    most `--header-timeout`. Until then it costs a task and a socket,
 //!    not hyper's buffers: 2,000 connections sending a header byte a
-//!    second cost little memory and no client place. Timeout: 408.
+//!    second cost little memory and no client place. Timeout: 408. Part
+//!    of a head and then a half-close (no more will come): 400, and a
+//!    clean close.
 //! 3. **hyper** serves the connection; [`TimedIo`] enforces the body and
 //!    idle deadlines, the request's bytes are charged by the tower layer
 //!    from the head on, and between keep-alive requests the connection
@@ -98,6 +100,14 @@ fn canned(status: &str, text: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The answer to a request head that missed `--header-timeout`.
+fn head_timed_out() -> Vec<u8> {
+    canned(
+        "408 Request Timeout",
+        "request head not received within the header timeout\n",
+    )
+}
+
 fn busy() -> Vec<u8> {
     canned(
         "503 Service Unavailable",
@@ -169,10 +179,7 @@ pub(super) async fn connection<S: Limited>(stream: TcpStream, open: Open, limite
             let answer = match outcome {
                 Head::TimedOut => {
                     Missed::Header.count(&state);
-                    canned(
-                        "408 Request Timeout",
-                        "request head not received within the header timeout\n",
-                    )
+                    head_timed_out()
                 }
                 Head::TooLarge => canned(
                     "431 Request Header Fields Too Large",
@@ -204,12 +211,14 @@ pub(super) async fn connection<S: Limited>(stream: TcpStream, open: Open, limite
                     busy()
                 }
                 Head::Shutdown => return answer_and_close(stream, &shutting_down()).await,
+                Head::CutOff => return answer_and_close(stream, &cut_off()).await,
                 Head::Closed | Head::Complete => return,
             };
             return answer_and_linger(stream, &answer, &state).await;
         }
     }
-    let clock = Arc::new(ConnClock::new(accepted, ticket, evict));
+    let fd = stream.as_raw_fd();
+    let clock = Arc::new(ConnClock::new(accepted, ticket, evict, state.clone(), fd));
 
     // Boxed: the hyper state is most of the future, and a connection that
     // never gets this far (refused, timed out, lingering) should not carry
@@ -291,7 +300,18 @@ async fn serve_http<S: Limited>(
     };
     if result.is_err() {
         // A timeout, a reset or a malformed request: hyper has answered
-        // what it could.
+        // what it could. A head on a kept-alive connection that missed its
+        // deadline hyper sees as a read error only, and answers nothing:
+        // its 408 is the server's own, as for a first head (`connection`).
+        // (Until 2026-12-06 the connection was closed without a word.)
+        let parts = conn.into_parts();
+        let io = parts.io.into_inner();
+        if io.missed() == Some(Missed::Header) {
+            clock.leave_gate();
+            let stream = io.into_inner();
+            drop((parts.read_buf, parts.service));
+            answer_and_linger(stream, &head_timed_out(), &state).await;
+        }
         return;
     }
     // The connection will carry no more requests (hyper also ends here,
@@ -397,7 +417,12 @@ enum Head {
     TimedOut,
     TooLarge,
     Evicted,
+    /// The client closed the connection (or reset it) before sending a
+    /// byte of a head.
     Closed,
+    /// The client shut its side with part of a head sent: no more will
+    /// come.
+    CutOff,
     Shutdown,
 }
 
@@ -426,7 +451,7 @@ async fn head_arrives(stream: &TcpStream, timeout: Duration) -> Head {
             // readable for good, so waiting below would spin, and never
             // reach the deadline: a head cut off by a close kept a
             // runtime thread busy, and two of them stalled the server.)
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && read_closed => return Head::Closed,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && read_closed => return Head::CutOff,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return Head::Closed,
         }
@@ -476,6 +501,18 @@ fn peek(fd: RawFd) -> io::Result<Peek> {
     } else {
         Peek::Incomplete(data.len())
     })
+}
+
+/// The answer to a head cut off by the client shutting its side (it may
+/// still read: a client that half-closes after its request is served,
+/// see `serve_http`). Read and dropped before the answer, the half head
+/// leaves nothing unread, so the close is a FIN: dropped unread, it made
+/// the kernel reset the connection (until 2026-12-06).
+fn cut_off() -> Vec<u8> {
+    canned(
+        "400 Bad Request",
+        "request head cut off: the client closed its side of the connection before the head ended\n",
+    )
 }
 
 /// The answer to a connection whose head the shutdown cut off.

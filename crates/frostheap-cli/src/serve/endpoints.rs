@@ -12,9 +12,11 @@
 //! (2 for a transform: body and output; 4 for a JSON echo: body, parsed
 //! tree, output). That is the first charge, not a bound: the handlers
 //! grow it before they build more (`charged.rs`), and answer 503 (or 413)
-//! when the budget cannot. A query the endpoint cannot take (`ms` or
-//! `hold_ms` not 0 to 10,000, an unknown `op`) is refused from the head
-//! with 400 naming the parameter.
+//! when the budget cannot. Nor is it held for a body that is slow to
+//! come: one still arriving [`BODY_GRACE`] after its head keeps what it
+//! has sent, and grows with what comes ([`read_body`]). A query the
+//! endpoint cannot take (`ms` or `hold_ms` not 0 to 10,000, an unknown
+//! `op`) is refused from the head with 400 naming the parameter.
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -66,13 +68,74 @@ pub(super) async fn route<S: Limited>(
         req.extensions_mut().insert(clock.clone());
         match limited {
             Some(mut svc) => {
-                poll_fn(|cx| svc.poll_ready(cx)).await?;
-                svc.call(req).await?
+                let call = async move {
+                    poll_fn(|cx| svc.poll_ready(cx)).await?;
+                    svc.call(req).await
+                };
+                if state.waits {
+                    match unless_client_leaves(call, &clock).await {
+                        Some(r) => r?,
+                        None => {
+                            state.abandoned.fetch_add(1, Ordering::Relaxed);
+                            wrap(client_left())
+                        }
+                    }
+                } else {
+                    call.await?
+                }
             }
             None => wrap(handle(&state, req).await),
         }
     };
     Ok(finish(response, keep_alive, &state, clock))
+}
+
+/// How often a request waiting for memory checks that its client is
+/// still there.
+const LEFT_CHECK: Duration = Duration::from_millis(100);
+
+/// Runs `call`, a request through the layer in `--overload wait`; `None`
+/// if its client leaves while it waits for memory (its place in the
+/// queue goes with the future). Checked every [`LEFT_CHECK`] while it
+/// waits, and once more as its turn comes (`handle`); a request whose
+/// handler has begun runs to its end. Until 2026-12-06 a queued request
+/// whose client had closed was run when its turn came, on memory that
+/// clients still there were waiting for.
+async fn unless_client_leaves<F: Future>(call: F, clock: &ConnClock) -> Option<F::Output> {
+    let mut call = std::pin::pin!(call);
+    // Most requests do not wait: no timer for them.
+    if let Poll::Ready(r) = poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+        return Some(r);
+    }
+    let mut check = tokio::time::interval(LEFT_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if clock.running() {
+            return Some(call.await);
+        }
+        tokio::select! {
+            biased;
+            r = call.as_mut() => return Some(r),
+            _ = check.tick() => {
+                if !clock.running() && clock.client_left() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// The answer to a request dropped because its client left while it
+/// waited (read only by a client that shut its side and still reads).
+fn client_left() -> Response<Full<hyper::body::Bytes>> {
+    let mut r = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "request dropped: the client closed its side of the connection while the request waited for memory",
+    );
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from_static("1"));
+    close(&mut r);
+    r
 }
 
 /// Whether hyper keeps the connection open after answering `req` (its
@@ -129,10 +192,11 @@ fn declared_length(headers: &hyper::HeaderMap) -> Option<u64> {
 
 /// The answer to a request that is refused from its head alone, before the
 /// budget charges it: an unknown endpoint (404), a query it cannot take
-/// (400), or a body declared past `--max-body` (413). Charged, they were shed with 503 when the body
-/// declared was more than the budget could hold, which retrying can never
-/// change. The body is not read: the connection closes after the answer
-/// (a lingering close, so the client reads it).
+/// (400), or a body declared past `--max-body` (413). Charged, they were
+/// shed with 503 when the body declared was more than the budget could
+/// hold, which retrying can never change. The body is not read: the
+/// connection closes after the answer (a lingering close, so the client
+/// reads it).
 fn refuse_before_budget(
     state: &State,
     req: &Request<Incoming>,
@@ -257,10 +321,12 @@ fn finish(
             close(&mut response);
         }
     }
+    let answered = clock.take_handler_ok();
     response.map(|body| ConnBody {
         body,
         clock,
         started: false,
+        answered,
     })
 }
 
@@ -280,12 +346,31 @@ pub(super) struct ConnBody {
     body: RespBody,
     clock: Arc<ConnClock>,
     started: bool,
+    /// A handler's 2xx answer whose end hyper has not taken yet.
+    answered: bool,
+}
+
+impl ConnBody {
+    /// hyper took the end of the answer.
+    fn ended(&mut self) {
+        self.clock.last_frame_taken();
+        if std::mem::take(&mut self.answered) {
+            self.clock.answered();
+        }
+    }
 }
 
 impl Drop for ConnBody {
     fn drop(&mut self) {
         if !self.started {
+            // A head alone (`HEAD`, an empty body): written with hyper's
+            // next flush, if any.
+            if std::mem::take(&mut self.answered) {
+                self.clock.answered();
+            }
             self.clock.not_sent();
+        } else if self.answered {
+            self.clock.cut();
         }
     }
 }
@@ -307,7 +392,7 @@ impl Body for ConnBody {
         // hyper asks for no frame past one after which the body says it
         // has ended.
         if matches!(frame, Poll::Ready(None)) || self.body.is_end_stream() {
-            self.clock.last_frame_taken();
+            self.ended();
         }
         frame
     }
@@ -374,8 +459,11 @@ impl Query {
 }
 
 /// The bytes a request declares from its head: its connection's buffers
-/// and fixed overhead, plus what the endpoint builds from its body (the
-/// charge is at least the per-client cost).
+/// and fixed overhead, plus what the endpoint builds from its body (2 for
+/// a transform: body and output; 4 for a JSON echo: body, parsed tree,
+/// output; the charge is at least the per-client cost). Held while the
+/// body arrives only for [`BODY_GRACE`]: a body still arriving after it
+/// keeps what it has sent (`read_body`).
 pub(super) fn request_cost(parts: &hyper::http::request::Parts) -> usize {
     let body = frostheap_budget::tower::content_length(parts);
     let factor = match parts.uri.path() {
@@ -529,6 +617,13 @@ pub(super) async fn handle(
 ) -> Response<Full<hyper::body::Bytes>> {
     let call = Call::new(req);
     if let (Some(p), Some(clock)) = (&call.permit, &call.clock) {
+        // A request that waited for memory: its client may have left
+        // since the last check (`unless_client_leaves`).
+        if p.waited() && state.waits && clock.client_left() {
+            state.abandoned.fetch_add(1, Ordering::Relaxed);
+            return client_left();
+        }
+        clock.run();
         clock.admitted();
         // Its share of the connection counts: a client is both.
         p.record_usage(CONNECTION_BYTES + REQUEST_BYTES);
@@ -589,8 +684,12 @@ pub(super) async fn handle(
         Route::BadQuery(e) => text(StatusCode::BAD_REQUEST, &e),
         Route::NotFound => text(StatusCode::NOT_FOUND, "not found: try GET /"),
     };
-    if response.status().is_success() {
-        state.completed.fetch_add(1, Ordering::Relaxed);
+    if let (true, Some(clock)) = (response.status().is_success(), &call.clock) {
+        // Counted as completed once written whole (`ConnBody`, `clock.rs`),
+        // as undelivered if the connection ends first. (Counted as the
+        // handler returned until 2026-12-06: an answer whose client had
+        // gone counted as completed.)
+        clock.handler_ok();
     }
     response
 }
@@ -601,9 +700,35 @@ async fn hold(ms: u64) {
     }
 }
 
+/// The first step of a body's buffer (a body declared shorter gets its
+/// exact length): a body of a few KiB, most of them, is read with one
+/// allocation.
+const BODY_STEP: usize = 16 << 10;
+
+/// How long a request body may take to arrive holding the charge its head
+/// declared (its `Content-Length`, times what the endpoint builds from
+/// it): far above what a prompt client needs (1 MB at 10 Mbit/s: 0.8 s).
+/// A body still arriving past it keeps what it has sent and grows with
+/// what comes ([`read_body`]).
+pub(super) const BODY_GRACE: Duration = Duration::from_secs(1);
+
 /// Reads the whole body (its `Content-Length` is `declared`) into one
-/// buffer, refusing past `--max-body` (413) and growing the permit when a
-/// body without `Content-Length` outgrows it (503 when the budget cannot).
+/// buffer, refusing past `--max-body` (413). The buffer grows as the body
+/// arrives: doubling from [`BODY_STEP`] up to the declared length.
+///
+/// The charge: a body that arrives within [`BODY_GRACE`] holds what its
+/// head declared, as it was admitted (so under load a request is shed
+/// from its head, before its body is sent, rather than half way through
+/// it). Past the grace the charge drops to what the request holds (its
+/// place, at least the per-client cost, and the buffer so far), and from
+/// then on grows before each new buffer (counting the old one it is
+/// copied from) is allocated: 503 when the budget cannot, in
+/// `--overload wait` too (waiting for more while holding part of the
+/// budget could deadlock requests that each hold some). Until 2026-12-06
+/// the declared charge was held until the body ended: five connections
+/// trickling bodies at 3 KB/s in all held a 16 MiB budget, and every
+/// other client got 503 (a user's trial). A body slower than the body
+/// timeout and its minimum rate is 408 (`clock.rs`).
 async fn read_body(
     state: &State,
     mut body: Incoming,
@@ -621,9 +746,29 @@ async fn read_body(
     if declared.is_some_and(|n| n > state.max_body) {
         return Err(too_large());
     }
-    let mut buf = Vec::with_capacity(declared.unwrap_or(0));
+    let mut buf = Vec::new();
     let charge = Charge::new(permit);
-    while let Some(frame) = body.frame().await {
+    // Armed only if a frame is not there at once (`biased`): a body that
+    // came with its head costs no timer.
+    let grace = tokio::time::sleep(BODY_GRACE);
+    tokio::pin!(grace);
+    let mut graced = permit.is_none();
+    loop {
+        let frame = if graced {
+            body.frame().await
+        } else {
+            tokio::select! {
+                biased;
+                frame = body.frame() => frame,
+                () = &mut grace => {
+                    graced = true;
+                    let place = permit.map_or(0, |p| p.budget().per_client());
+                    charge.shrink_to(charged::held(buf.capacity()).max(place));
+                    continue;
+                }
+            }
+        };
+        let Some(frame) = frame else { break };
         let frame = frame.map_err(|e| {
             let mut r = if timed_out(&e) {
                 text(StatusCode::REQUEST_TIMEOUT, "request body too slow")
@@ -634,15 +779,18 @@ async fn read_body(
             r
         })?;
         if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > state.max_body {
+            let need = buf.len() + data.len();
+            if need > state.max_body {
                 return Err(too_large());
             }
+            if need > buf.capacity() {
+                let cap = body_step(buf.capacity(), need, declared, state.max_body);
+                // Both buffers exist while the old one is copied.
+                let both = charged::held(cap) + charged::block(buf.capacity());
+                charge.cover(both).map_err(refused)?;
+                buf.reserve_exact(cap - buf.len());
+            }
             buf.extend_from_slice(&data);
-            // A body longer than it declared (or declaring nothing) grows
-            // its charge as it arrives.
-            charge
-                .cover(charged::held(buf.capacity()))
-                .map_err(refused)?;
         }
     }
     if let Some(c) = clock {
@@ -652,6 +800,14 @@ async fn read_body(
         p.record_usage(buf.capacity());
     }
     Ok(buf)
+}
+
+/// The next capacity of a body's buffer that holds `capacity` bytes and
+/// needs `need`: twice as much (at least [`BODY_STEP`]), but no more than
+/// the declared length, when that holds `need`, or `max_body`.
+fn body_step(capacity: usize, need: usize, declared: Option<usize>, max_body: usize) -> usize {
+    let end = declared.filter(|&d| d >= need).unwrap_or(max_body);
+    capacity.saturating_mul(2).max(BODY_STEP).min(end).max(need)
 }
 
 /// Whether a body error is the body deadline (`TimedIo`'s `TimedOut`).
@@ -676,6 +832,31 @@ mod tests {
     #[test]
     fn thousands_in_the_capacity_line() {
         assert_eq!(Thousands(2048).to_string(), "2,048");
+    }
+
+    #[test]
+    fn a_body_buffer_doubles_from_a_step_up_to_its_declared_length() {
+        let max = 1 << 20;
+        // A small body: its exact length, at once.
+        assert_eq!(body_step(0, 10, Some(300), max), 300);
+        // A large one: a step, then doubling, then the declared length.
+        assert_eq!(body_step(0, 10, Some(100_000), max), BODY_STEP);
+        assert_eq!(
+            body_step(BODY_STEP, BODY_STEP + 1, Some(100_000), max),
+            2 * BODY_STEP
+        );
+        assert_eq!(
+            body_step(64 << 10, (64 << 10) + 1, Some(100_000), max),
+            100_000
+        );
+        // No length declared: doubling up to --max-body.
+        assert_eq!(body_step(0, 10, None, max), BODY_STEP);
+        assert_eq!(body_step(max / 2 + 1, max / 2 + 2, None, max), max);
+        // A frame past what is doubled to is taken whole.
+        assert_eq!(
+            body_step(BODY_STEP, 5 * BODY_STEP, None, max),
+            5 * BODY_STEP
+        );
     }
 
     #[test]

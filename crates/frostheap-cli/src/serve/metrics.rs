@@ -34,6 +34,8 @@ pub(super) struct Numbers {
     shed_connections: u64,
     waited: u64,
     waiting: usize,
+    /// Requests that waited for memory and were dropped, their client gone.
+    abandoned: u64,
     per_client: usize,
     #[serde(rename = "per_client_measured")]
     measured: bool,
@@ -47,7 +49,10 @@ pub(super) struct Numbers {
     per_client_window_samples: u64,
     per_client_window_max: usize,
     requests: u64,
+    /// Handlers' 2xx answers written to the socket whole, and those whose
+    /// connection ended first.
     completed: u64,
+    undelivered: u64,
     /// Open connections, and those of them waiting at the gate (no
     /// admitted request) with the gate's capacity and peak.
     connections: usize,
@@ -111,8 +116,10 @@ const METRICS: &[(&str, &str, Kind, &str)] = &[
     ("shed_connections", "frostheap_shed_connections", Kind::Counter, "Connections answered 503 at accept because the gate was full."),
     ("waited", "frostheap_waited", Kind::Counter, "Requests admitted after waiting for memory."),
     ("waiting", "frostheap_waiting", Kind::Gauge, "Requests waiting for memory now."),
+    ("abandoned", "frostheap_abandoned", Kind::Counter, "Requests that waited for memory and were dropped, while waiting or at their turn, because their client had closed the connection."),
     ("requests", "frostheap_requests", Kind::Counter, "Requests other than the monitoring endpoints': admitted, shed, or refused from their head (404, 413)."),
-    ("completed", "frostheap_completed", Kind::Counter, "Requests answered with a 2xx status."),
+    ("completed", "frostheap_completed", Kind::Counter, "Requests answered with a 2xx status, the answer written to the socket whole."),
+    ("undelivered", "frostheap_undelivered", Kind::Counter, "Requests answered with a 2xx status whose answer was not written whole: the connection ended first."),
     ("connections", "frostheap_connections", Kind::Gauge, "Open connections."),
     ("pending", "frostheap_pending_connections", Kind::Gauge, "Connections without an admitted request (sending their head, idle), held at the gate."),
     ("pending_capacity", "frostheap_pending_capacity_connections", Kind::Gauge, "How many connections the gate holds at most."),
@@ -158,6 +165,8 @@ pub(super) fn numbers(state: &State) -> Numbers {
     let mut n = Numbers {
         requests,
         completed: state.completed.load(Ordering::Relaxed),
+        undelivered: state.undelivered.load(Ordering::Relaxed),
+        abandoned: state.abandoned.load(Ordering::Relaxed),
         shed_connections: state.shed_connections.load(Ordering::Relaxed),
         connections: state.connections.load(Ordering::Relaxed),
         timeouts_header: state.timeouts_header.load(Ordering::Relaxed),

@@ -8,7 +8,14 @@
 //! REQUEST_BYTES + body × factor)`, where the per-client cost covers the
 //! connection's buffers too and the factor is what the endpoint builds from
 //! the body (see `endpoints.rs`). Past the budget, `shed` answers 503 and
-//! `wait` queues (at most `--max-waiting` requests; past that, 503).
+//! `wait` queues (at most `--max-waiting` requests; past that, 503). A
+//! body still arriving a second after its head (`BODY_GRACE`) keeps only
+//! what it has sent and grows with what comes (503 when the budget cannot,
+//! in either mode): a slow sender cannot hold memory it has not used. A
+//! request whose client closes its connection (or shuts its side: the
+//! server takes it for gone, as nginx and Go's net/http do) while it
+//! waits for memory is dropped, and counted in `abandoned`, instead of
+//! being run when its turn comes.
 //! Connections without an admitted request — still sending their head, or
 //! idle between keep-alive requests — hold no client place: they wait at
 //! the [`ConnectionGate`], a separate budget of `--max-pending`
@@ -24,9 +31,10 @@
 //! admit it). `HEAD` is answered as `GET`, without the body.
 //!
 //! **Time.** Every phase of a connection has a deadline (`clock.rs`): the
-//! head (`--header-timeout`), the body (`--body-timeout` plus a minimum
-//! rate), the response (`--send-timeout` without the client taking any of
-//! it), the idle wait between requests (`--idle-timeout`). Timeouts are
+//! head (`--header-timeout`; 408, on a kept-alive connection too), the
+//! body (`--body-timeout` plus a minimum rate), the response
+//! (`--send-timeout` without the client taking any of it), the idle wait
+//! between requests (`--idle-timeout`). Timeouts are
 //! counted in `/stats` and `/metrics`. A request's memory stays charged
 //! until its response is written to the socket, not merely handed to
 //! hyper: a client slow to read holds its bytes, as it holds the memory.
@@ -367,9 +375,12 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
             .map(|_| ConnectionGate::new(max_pending, GATE_GRACE)),
         budget,
         max_body,
+        waits: matches!(overload, Overload::Wait) && !args.no_budget,
         timeouts,
         requests: AtomicU64::new(0),
         completed: AtomicU64::new(0),
+        undelivered: AtomicU64::new(0),
+        abandoned: AtomicU64::new(0),
         shed_connections: AtomicU64::new(0),
         timeouts_header: AtomicU64::new(0),
         timeouts_body: AtomicU64::new(0),

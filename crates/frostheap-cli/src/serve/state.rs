@@ -47,13 +47,23 @@ pub(super) struct State {
     /// Connections without an admitted request (with a budget).
     pub(super) gate: Option<ConnectionGate>,
     pub(super) max_body: usize,
+    /// `--overload wait`: requests wait for memory (with a budget).
+    pub(super) waits: bool,
     pub(super) timeouts: Timeouts,
     /// Requests other than the monitoring endpoints': those routed to an
     /// endpoint behind the layer (shed ones included) and those refused
     /// from their head before it (404, 413 past `--max-body`).
     pub(super) requests: AtomicU64,
-    /// Requests answered 2xx by a handler.
+    /// Requests answered 2xx by a handler whose answer was written to the
+    /// socket whole.
     pub(super) completed: AtomicU64,
+    /// Requests answered 2xx by a handler whose answer was not written
+    /// whole: the connection ended first (the client gone, a reset, the
+    /// send timeout).
+    pub(super) undelivered: AtomicU64,
+    /// Requests that waited for memory and were dropped, while waiting or
+    /// at their turn, because their client had closed the connection.
+    pub(super) abandoned: AtomicU64,
     /// Connections refused by a full gate (answered 503).
     pub(super) shed_connections: AtomicU64,
     pub(super) timeouts_header: AtomicU64,
