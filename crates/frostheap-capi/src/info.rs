@@ -136,5 +136,5 @@ pub extern "C" fn __libc_mallinfo() -> Mallinfo {
 /// main heap's figures, then the process's), on standard error, now.
 #[no_mangle]
 pub extern "C" fn malloc_stats() {
-    crate::stats::print();
+    crate::stats::print(2);
 }

@@ -102,6 +102,7 @@ static SERVING_C: extern "C" fn() = serving_c;
 
 extern "C" fn serving_c() {
     raw::serving_c();
+    stats::keep_stderr();
     // glibc's allocator, for threads without a heap, found while the
     // process has one thread (see `foreign`).
     foreign::resolve();

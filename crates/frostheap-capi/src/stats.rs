@@ -10,7 +10,7 @@
 //! formats into a stack buffer and writes with `write(2)`: no allocation,
 //! so it works while libc is being torn down.
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 use frostheap::__private::fmt_buf::Buf;
 use frostheap::__private::os;
@@ -22,10 +22,67 @@ static PRINT_AT_EXIT: extern "C" fn() = print_at_exit;
 
 /// Prints when the configuration the process started with says
 /// `FROSTHEAP_STATS=1` (read and checked with the other variables: a bad
-/// value stopped the process at start-up).
+/// value stopped the process at start-up), to standard error as the
+/// process started ([`keep_stderr`]).
 extern "C" fn print_at_exit() {
     if matches!(frostheap::__private::from_env_once(), Ok(c) if c.stats) {
-        print();
+        print(kept_stderr());
+    }
+}
+
+/// A copy of standard error made at start-up under `FROSTHEAP_STATS=1`,
+/// and the file it was (device and inode), or -1.
+static KEPT_STDERR: AtomicI32 = AtomicI32::new(-1);
+static KEPT_FILE: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// The lowest descriptor the copy may take: above those a program opens
+/// itself (its next `open` still gets the lowest free one, 3 most often).
+const KEPT_FD_FROM: i32 = 200;
+
+/// Under `FROSTHEAP_STATS=1`, copies standard error to a descriptor of
+/// its own (close-on-exec) for the statistics at exit. Programs close
+/// standard error before they exit — coreutils' `close_stdout` does, to
+/// report a failed write — and `frostheap run --stats -- ls` printed
+/// nothing (the line's `write` failed with `EBADF`). Called from the
+/// library's first constructor; raw system calls, as everywhere here.
+pub(crate) fn keep_stderr() {
+    if !matches!(frostheap::__private::from_env_once(), Ok(c) if c.stats) {
+        return;
+    }
+    // SAFETY: F_DUPFD_CLOEXEC takes a descriptor and a lowest number.
+    let fd = unsafe { libc::syscall(libc::SYS_fcntl, 2, libc::F_DUPFD_CLOEXEC, KEPT_FD_FROM) };
+    let Ok(fd) = i32::try_from(fd) else {
+        return; // no standard error, or no descriptor that high: fd 2 it is
+    };
+    if let Some((dev, ino)) = file_of(fd) {
+        KEPT_FILE[0].store(dev, Ordering::Relaxed);
+        KEPT_FILE[1].store(ino, Ordering::Relaxed);
+        KEPT_STDERR.store(fd, Ordering::Relaxed);
+    }
+}
+
+/// The device and inode of what `fd` is open on.
+fn file_of(fd: i32) -> Option<(u64, u64)> {
+    // SAFETY: fstat writes the struct it is given; a zeroed stat is valid.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: a valid pointer to that struct.
+    let r = unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) };
+    (r == 0).then_some((st.st_dev, st.st_ino))
+}
+
+/// The kept copy of standard error when it is still the file standard
+/// error was at start-up (a program may have closed it, and the number
+/// been given to another of its files), else 2.
+fn kept_stderr() -> i32 {
+    let fd = KEPT_STDERR.load(Ordering::Relaxed);
+    let kept = (
+        KEPT_FILE[0].load(Ordering::Relaxed),
+        KEPT_FILE[1].load(Ordering::Relaxed),
+    );
+    if fd >= 0 && file_of(fd) == Some(kept) {
+        fd
+    } else {
+        2
     }
 }
 
@@ -128,13 +185,23 @@ fn report_oversize(requested: usize) {
     os::write_stderr(b.finish());
 }
 
-/// Prints the two lines: the main heap's, then the process's (at exit, and
-/// for `malloc_stats`).
-pub(crate) fn print() {
-    let Some(heap) = frostheap::main_heap() else {
-        return;
-    };
-    let s = heap.stats();
+/// Prints the two lines to `fd`: the main heap's, then the process's (at
+/// exit, and for `malloc_stats` on standard error).
+pub(crate) fn print(fd: i32) {
+    match frostheap::main_heap() {
+        Some(heap) => print_main(fd, heap.stats()),
+        // A program that never called `malloc` (`/bin/true`): the lines
+        // asked for say so, where they were missing.
+        None => os::write_fd(
+            fd,
+            b"frostheap: main heap: none (the program made no allocation)\n",
+        ),
+    }
+    print_process(fd);
+}
+
+/// The main heap's line.
+fn print_main(fd: i32, s: frostheap::Stats) {
     let mut buf = [0u8; 512];
     let b = Buf::new(&mut buf).str("frostheap: main heap: in use ");
     let b = human(b, s.in_use as u64).str(", peak ");
@@ -149,7 +216,11 @@ pub(crate) fn print() {
         .str(" in total, ")
         .dec(s.refused)
         .str(" refused\n");
-    os::write_stderr(b.finish());
+    os::write_fd(fd, b.finish());
+}
+
+/// The process's line: every heap, the mappings, the limit.
+fn print_process(fd: i32) {
     let p = frostheap::stats();
     let mut buf = [0u8; 512];
     let b = Buf::new(&mut buf).str("frostheap: process: committed ");
@@ -158,7 +229,12 @@ pub(crate) fn print() {
     let b = human(b, p.threads_in_use as u64).str(", mapped ");
     let kind = frostheap::Kind::Mapped;
     let b = human(b, p.committed_for(kind) as u64).str(", limit ");
-    let b = human(b, p.limit as u64)
+    // Before any heap, the limit is not yet set: the configured one.
+    let limit = match frostheap::__private::from_env_once() {
+        Ok(c) if p.limit == usize::MAX => c.max,
+        _ => p.limit,
+    };
+    let b = human(b, limit as u64)
         .str("; ")
         .dec(p.thread_heaps as u64)
         .str(" thread heaps (")
@@ -168,7 +244,7 @@ pub(crate) fn print() {
         .str(" for them), ")
         .dec(p.refused)
         .str(" refused\n");
-    os::write_stderr(b.finish());
+    os::write_fd(fd, b.finish());
 }
 
 /// Appends `n` bytes as `12.3 MiB` (binary units, one decimal).

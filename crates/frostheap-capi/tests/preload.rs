@@ -657,6 +657,41 @@ fn threads_allocate_when_the_process_has_no_pthread_key_left() {
     );
 }
 
+#[test]
+fn statistics_at_exit_reach_the_standard_error_the_program_closed() {
+    // coreutils close standard error before they exit, and a file opened
+    // next takes its number: `frostheap run --stats -- ls` printed nothing
+    // (the line's write failed with EBADF). The library keeps a copy.
+    let out = preloaded(
+        &mut Command::new(c_program("stderr_closed")),
+        &[("FROSTHEAP_STATS", "1"), ("FROSTHEAP_MAX", "64M")],
+    );
+    assert_succeeded_saying(&out, "stderr_closed: closed");
+    assert!(!stats_line(&out).is_empty(), "{}", text(&out));
+    assert!(
+        process_stats_line(&out).contains(", limit 64.0 MiB;"),
+        "{}",
+        text(&out)
+    );
+    // A program that never allocates still gets its lines.
+    let out = preloaded(
+        Command::new(c_program("stderr_closed")).arg("none"),
+        &[("FROSTHEAP_STATS", "1"), ("FROSTHEAP_MAX", "64M")],
+    );
+    assert_succeeded_saying(&out, "stderr_closed: no allocation");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("frostheap: main heap: none (the program made no allocation)\n"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        process_stats_line(&out).contains(", limit 64.0 MiB;"),
+        "{}",
+        text(&out)
+    );
+}
+
 #[path = "support/address_space.rs"]
 mod address_space;
 use address_space::with_address_space;

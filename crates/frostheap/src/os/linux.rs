@@ -540,10 +540,17 @@ pub fn getenv(name: &CStr) -> Option<&'static [u8]> {
 /// also async-signal-safe, which `pthread_setcancelstate` around `write`
 /// is not listed as, and it costs no extra calls.
 pub fn write_stderr(bytes: &[u8]) {
+    write_fd(2, bytes)
+}
+
+/// [`write_stderr`] to the file descriptor `fd`; nothing is written when
+/// it is not open for writing.
+pub fn write_fd(fd: i32, bytes: &[u8]) {
     let mut rest = bytes;
     while !rest.is_empty() {
-        // SAFETY: writing from a valid slice to fd 2.
-        let n = unsafe { libc::syscall(libc::SYS_write, 2, rest.as_ptr(), rest.len()) };
+        // SAFETY: writing from a valid slice to a descriptor; a bad one
+        // fails with EBADF.
+        let n = unsafe { libc::syscall(libc::SYS_write, fd, rest.as_ptr(), rest.len()) };
         if n <= 0 {
             // EINTR: try again; anything else: give up quietly.
             // SAFETY: errno is thread-local and always readable.
