@@ -61,6 +61,13 @@ use crate::region::{
 };
 use crate::sync::{chaos, thread_token, RawLock};
 
+/// The smallest large block whose growth moves its pages rather than
+/// copying them ([`HeapCore::move_large`]): 1 MiB. Below it a copy costs
+/// little and needs little room beside the block, and each move is a
+/// system call that may leave the range's mapping split where the block
+/// was and where it went.
+pub(super) const MOVE_FROM: usize = 1 << 20;
+
 /// Blocks a class carves in its current span before it may take free
 /// blocks of the next classes ([`HeapCore::borrow`]).
 const BORROW_AFTER: u32 = 8;
@@ -1898,7 +1905,15 @@ impl HeapCore {
             self.spans.take_refusal();
             return false;
         };
-        if m.owner.get() == OWNER_SHARED {
+        self.count_large_resize(m.owner.get(), old, new);
+        true
+    }
+
+    /// Counts a large block allocated by the state `owner` whose usable
+    /// size went from `old` to `new` bytes, in place or moved.
+    #[inline]
+    fn count_large_resize(&self, owner: u8, old: usize, new: usize) {
+        if owner == OWNER_SHARED {
             self.shared.on_resize(old, new);
         } else if self.is_owner() {
             self.local.on_resize(old, new);
@@ -1911,6 +1926,50 @@ impl HeapCore {
             // shared so the owner's plain counters stay untouched.
             self.shared.on_resize(0, new - old);
         }
-        true
+    }
+
+    /// Grows the large block whose span `m` heads (page `idx`), which
+    /// cannot grow where it is, to `new_size` bytes by moving its pages
+    /// to a free run of the heap's range ([`Locked::move_run`]) instead
+    /// of copying them into a new block: the growth alone is charged, so a
+    /// block of 60% of the limit grows to 70% (copied, it needed 130%),
+    /// and its pages are not copied. Returns the block's new address
+    /// (its contents up to its old size kept, its usable size counted as
+    /// a resize), or null when it must be copied: a block of less than
+    /// [`MOVE_FROM`] bytes, aligned past a heap page, in a heap a phase
+    /// froze, or one that [`Locked::move_run`] does not move.
+    ///
+    /// # Safety
+    /// 1. The block is live and the caller's: no other thread reads or
+    ///    writes it meanwhile.
+    #[cold]
+    #[inline(never)] // laid with the rare code (layout.ld)
+    pub(super) unsafe fn move_large(&self, m: &PageMeta, idx: usize, new_size: usize) -> *mut u8 {
+        let n = m.span_pages.get() as usize;
+        let new_n = new_size.div_ceil(PAGE_SIZE);
+        // A phase's freeze (by either backend) marks the heap's guard
+        // entry before its workers run; a move would write the frozen
+        // memory past the fault that makes a write a violation.
+        if n * PAGE_SIZE < MOVE_FROM
+            || m.offset.get() != 0
+            || new_n <= n
+            || crate::guard::entry_of(self.pages.base).is_some_and(|e| e.is_frozen())
+        {
+            return ptr::null_mut();
+        }
+        let owner = m.owner.get();
+        let mut spans = self.lock_spans();
+        // SAFETY: (1): the block's span, with no offset, is the caller's.
+        let Some(dest) = (unsafe { spans.move_run(idx, n, new_n) }) else {
+            // Not a refused allocation: the block is copied instead, and
+            // that allocation counts itself.
+            self.spans.take_refusal();
+            return ptr::null_mut();
+        };
+        // Laid out before the lock is released, as a new block is.
+        let (addr, _) = large::place(&self.pages, dest, new_n, PAGE_SIZE, owner);
+        drop(spans);
+        self.count_large_resize(owner, n * PAGE_SIZE, new_n * PAGE_SIZE);
+        addr as *mut u8
     }
 }

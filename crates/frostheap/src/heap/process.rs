@@ -286,7 +286,8 @@ pub(crate) fn kept_for_adoption(bytes: usize) {
 /// whole (`span::Locked::free_small`), when the limit refuses it and the
 /// kernel refuses to purge that page: less than a span page, on a free,
 /// which is never refused; released when that free span is purged or
-/// decommitted.
+/// decommitted; and the pages a large block moving by its growth could
+/// not purge once copied (`span::Locked::move_run`).
 pub(crate) fn charge_over(kind: Kind, bytes: usize) {
     let next = COMMITTED.fetch_add(bytes, Ordering::Relaxed) + bytes;
     BY_KIND[kind as usize].fetch_add(bytes, Ordering::Relaxed);

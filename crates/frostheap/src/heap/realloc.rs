@@ -1,6 +1,8 @@
 //! Reallocation: a block stays where it is whenever it still fits (a small
 //! block not wasting more than half, a large one whose following pages are
-//! free or can be committed), and moves otherwise.
+//! free or can be committed), and moves otherwise: a large block of 1 MiB
+//! or more that grows moves its pages, charging its growth alone
+//! ([`HeapCore::move_large`]); any other block is copied into a new one.
 
 use core::alloc::Layout;
 use core::ptr;
@@ -29,10 +31,15 @@ impl HeapCore {
             (Kind::Small, Some(_)) if large::small_fits(m.block_size.get() as usize, new_size) => {
                 return p;
             }
-            (Kind::Large, None)
-                if align <= PAGE_SIZE && self.resize_large_in_place(m, head, new_size) =>
-            {
-                return p;
+            (Kind::Large, None) if align <= PAGE_SIZE => {
+                if self.resize_large_in_place(m, head, new_size) {
+                    return p;
+                }
+                // SAFETY: (1): the block is live, and the caller's.
+                let q = unsafe { self.move_large(m, head, new_size) };
+                if !q.is_null() {
+                    return q;
+                }
             }
             _ => {}
         }
@@ -77,8 +84,15 @@ impl HeapCore {
                 cur
             }
             Kind::Large => {
-                if class_of(new_size).is_none() && self.resize_large_in_place(m, head, new_size) {
-                    return p;
+                if class_of(new_size).is_none() {
+                    if self.resize_large_in_place(m, head, new_size) {
+                        return p;
+                    }
+                    // SAFETY: (1): the block is live, and the caller's.
+                    let q = unsafe { self.move_large(m, head, new_size) };
+                    if !q.is_null() {
+                        return q;
+                    }
                 }
                 large_usable(m)
             }

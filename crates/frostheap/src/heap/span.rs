@@ -1023,7 +1023,16 @@ impl Locked<'_> {
     }
 
     /// Commits enough to hold a span of `pages` at the top of the region.
+    #[inline(always)]
     fn grow(&mut self, pages: usize) -> bool {
+        self.grow_for(pages, 0)
+    }
+
+    /// [`Locked::grow`] for a caller that gives back `credit` charged
+    /// bytes once it has the span (a large block moving,
+    /// [`Locked::move_run`]): what the range's growth must fit under the
+    /// heap's cap is the span less that.
+    fn grow_for(&mut self, pages: usize, credit: usize) -> bool {
         let (pt, a) = (self.pages, self.alloc);
         let region = &a.region;
         let committed = region.committed();
@@ -1051,13 +1060,14 @@ impl Locked<'_> {
             // block was freed, had a 92 MiB request under
             // `FROSTHEAP_MAX=100M` that no free run of the range held
             // reported as the limit's refusal, with 2 MiB in use.
-            if !self.fits(pages * PAGE_SIZE) {
+            let charge = (pages * PAGE_SIZE).saturating_sub(credit);
+            if !self.fits(charge) {
                 self.release_free();
             }
-            if self.fits(pages * PAGE_SIZE) {
+            if self.fits(charge) {
                 a.note_refusal(Refusal::Range, pages * PAGE_SIZE);
             } else {
-                self.cap_refused(pages * PAGE_SIZE);
+                self.cap_refused(charge);
             }
             return false;
         }
@@ -1104,10 +1114,11 @@ impl Locked<'_> {
         // the heap's own free memory given back if need be, before
         // anything is committed for it; the process limit is met at the
         // take.
-        if !self.fits(want - committed) {
+        let asked = (want - committed).saturating_sub(credit);
+        if !self.fits(asked) {
             self.release_free();
-            if !self.fits(want - committed) {
-                self.cap_refused(want - committed);
+            if !self.fits(asked) {
+                self.cap_refused(asked);
                 return false;
             }
         }
@@ -1708,5 +1719,115 @@ impl Locked<'_> {
         // bin; its charge is made.
         unsafe { self.take(idx, need) };
         true
+    }
+
+    /// Moves the `n` pages of the large block at `src` (a block with no
+    /// offset into its span) to the start of a free run of `new_n > n`
+    /// pages, found in the bins or at the top of the range, whose last
+    /// `new_n - n` pages are its growth: the pages themselves move
+    /// ([`os::move_pages`]), nothing is copied, and `src`'s pages go back
+    /// as a free span that holds no memory. Returns the run's first page,
+    /// taken and charged, for the caller to lay the block out in before
+    /// it releases the lock; `None` when the block must be copied instead
+    /// (a region laid out for huge pages, or marked frozen; no run; the
+    /// charge refused; the kernel refused the first part of the move).
+    ///
+    /// What is charged is the difference alone, before the move: the
+    /// run's uncharged pages (as [`Locked::take`] counts them) less the
+    /// block's pages that will hold no memory (those above the region's
+    /// minimum), so a block that grows needs its growth under the limit,
+    /// not its old size and its new one together. A difference below zero
+    /// is released after the move.
+    ///
+    /// Only in a region laid out for base pages: in one laid out for huge
+    /// pages, the range's growth is charged whole as it is committed (one
+    /// touch may make 2 MiB resident), which for a block at the top would
+    /// still need both sizes, and the kernel moves a huge page whole only
+    /// when both ends are 2 MiB-aligned: it splits it otherwise, undoing
+    /// what a freeze on huge pages relies on. Never in a frozen region: a
+    /// move writes its memory without a fault.
+    ///
+    /// Should the kernel refuse a later part of the move (a mapping split
+    /// by the program's own `mprotect` within the block), the rest is
+    /// copied a heap page at a time, each page of the source purged once
+    /// copied: at most one page more is resident than is charged, for the
+    /// time of one copy.
+    ///
+    /// # Safety
+    /// 1. `[src, src + n)` is a live large block's span, with no offset,
+    ///    whose contents the caller owns (no other thread reads or writes
+    ///    it meanwhile).
+    #[inline(never)] // laid with the rare code (layout.ld)
+    pub(super) unsafe fn move_run(&mut self, src: usize, n: usize, new_n: usize) -> Option<usize> {
+        let (pt, a) = (self.pages, self.alloc);
+        let region = &a.region;
+        if region.huge_layout() || region.is_marked_frozen() || new_n <= n {
+            return None;
+        }
+        // The block's pages that stop holding memory, and stop being
+        // charged: those above the region's minimum, which is always
+        // charged.
+        let min_pages = region.min_committed() >> PAGE_SHIFT;
+        let freed = n - min_pages.saturating_sub(src).min(n);
+        let credit = freed * PAGE_SIZE;
+        let dest = match self.first_fit(new_n, false) {
+            Some(dest) => dest,
+            None if self.grow_for(new_n, credit) => self.first_fit(new_n, false)?,
+            None => return None,
+        };
+        let need = |l: &Self| l.charge_to_take(dest, new_n).saturating_sub(credit);
+        let charged = need(self);
+        if charged > 0 && !self.try_charge(charged) && !self.give_back_and_charge(need) {
+            return None;
+        }
+        // What the charge (or the give-back that preceded it) left to
+        // release: the run's uncharged pages may be fewer than the block's.
+        let run_uncharged = self.charge_to_take(dest, new_n);
+        let charged = run_uncharged.saturating_sub(credit);
+        let (from, to) = (pt.page_addr(src) as *mut u8, pt.page_addr(dest) as *mut u8);
+        let len = n * PAGE_SIZE;
+        let (mut unpurged, mut dirty) = (0, false);
+        // SAFETY: by (1) the source is the block's, owned by the caller;
+        // the destination is the start of a free span (nothing lives
+        // there), disjoint from the live block; both are heap pages of
+        // the committed range, one private anonymous mapping's.
+        let moving = unsafe { os::move_pages(from, len, to, PAGE_SIZE) };
+        if let Err((moved, _)) = moving {
+            if moved == 0 {
+                self.release(charged);
+                return None;
+            }
+            for at in (moved..len).step_by(PAGE_SIZE) {
+                // SAFETY: a heap page of the block not moved and the same
+                // page of the run: distinct, committed, the first the
+                // caller's, the second free; the source page is copied
+                // and then holds nothing live.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(from.add(at), to.add(at), PAGE_SIZE);
+                    if os::purge(from.add(at), PAGE_SIZE).is_err() {
+                        dirty = true;
+                        unpurged += usize::from(src + at / PAGE_SIZE >= min_pages);
+                    }
+                }
+            }
+        }
+        // SAFETY: dest heads a free span of at least new_n pages, in its
+        // bin (giving back purges and uncharges spans, it does not move
+        // them); its charge is made.
+        unsafe { self.take(dest, new_n) };
+        // Pages whose purge failed hold memory: charged (a move is never
+        // undone past its first part), and counted so.
+        let uncounted = freed - unpurged;
+        if unpurged > 0 {
+            self.add_charged(unpurged * PAGE_SIZE);
+            process::charge_over(a.kind, unpurged * PAGE_SIZE);
+        }
+        self.release(credit.saturating_sub(run_uncharged));
+        // SAFETY: the block's old span is in no span now and holds no live
+        // block; its pages hold no memory but those whose purge failed
+        // (clean unless some do), and `uncounted` of the others lie above
+        // the minimum.
+        unsafe { self.free_with(src, n, dirty, true, uncounted) };
+        Some(dest)
     }
 }

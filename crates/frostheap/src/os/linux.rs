@@ -369,6 +369,71 @@ pub unsafe fn purge(addr: *mut u8, len: usize) -> Result<(), OsError> {
     }
 }
 
+/// Moves the pages of `[from, from + len)` to `[to, to + len)` without
+/// copying them: `mremap(from, n, n, MREMAP_MAYMOVE | MREMAP_FIXED |
+/// MREMAP_DONTUNMAP, to)` (Linux 5.7), as a system call, not through the C
+/// library's `mremap` (see [`sys_mmap`]: under `libfrostheap.so` that name
+/// is the library's own, which records a program's mappings). What was
+/// mapped at `to` is replaced by the moved mapping, which keeps the
+/// source's flags — protection, `MAP_NORESERVE`, huge-page advice,
+/// protection key — and `[from, from + len)` stays mapped with those
+/// flags, holding no page: it reads as zero. No address of either range is
+/// ever unmapped, so no other thread's `mmap` can land in it meanwhile.
+///
+/// A move covers one mapping (VMA) of the source at a time, and a source
+/// that earlier moves or protections split spans several: where the
+/// kernel says so (`EFAULT`), the move goes on in parts, halved down to
+/// `unit` bytes, each part the largest that lies in one mapping (the
+/// parts of one source mapping merge again at the destination). Returns
+/// the error of the first part that could not move, with the bytes moved
+/// before it (from the start): `EINVAL` on a kernel before 5.7, `ENOMEM`
+/// past `vm.max_map_count`.
+///
+/// # Safety
+/// 1. Both ranges are `unit`-aligned (a multiple of the page size),
+///    non-empty, disjoint, inside private anonymous mappings of this
+///    module; nothing lives at `to` and nothing refers to the source's
+///    contents at their old addresses any more.
+pub unsafe fn move_pages(
+    from: *mut u8,
+    len: usize,
+    to: *mut u8,
+    unit: usize,
+) -> Result<(), (usize, OsError)> {
+    let flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED | MREMAP_DONTUNMAP;
+    let mut moved = 0;
+    let mut part = len;
+    while moved < len {
+        part = part.min(len - moved);
+        // SAFETY: by (1), the part's source and destination are ours, and
+        // what the destination held is free.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mremap,
+                from.add(moved),
+                part,
+                part,
+                flags,
+                to.add(moved),
+            )
+        };
+        if r as *mut libc::c_void != libc::MAP_FAILED {
+            moved += part;
+            part = len - moved;
+            continue;
+        }
+        let e = last_error("mremap");
+        if e.errno != libc::EFAULT || part <= unit {
+            return Err((moved, e));
+        }
+        part = (part / 2).max(unit) & !(unit - 1);
+    }
+    Ok(())
+}
+
+/// `MREMAP_DONTUNMAP` (Linux 5.7), which the libc crate may lack.
+const MREMAP_DONTUNMAP: libc::c_int = 4;
+
 /// Advises the kernel to back `[addr, addr + len)` with huge pages.
 /// A refusal is harmless and is reported for diagnostics only.
 ///

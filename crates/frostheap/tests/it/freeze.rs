@@ -316,6 +316,80 @@ fn kernel_write_pkey() {
 }
 
 // ---------------------------------------------------------------------------
+// A large block moved by its growth.
+
+/// A guarded heap's large block that grew by moving its pages (the pages
+/// after it taken: `realloc` moves them with `mremap` to a free run of
+/// the heap's range) is frozen where it went, the part it grew by too: a
+/// task's write to either is a violation, undone at the thaw, and the
+/// block holds what it held. The moved mapping keeps its own protection
+/// and protection key; this checks that they are the heap's (a move
+/// that left the heap's pages unguarded would let the writes through).
+/// The room the block left is guarded too.
+fn a_moved_block_stays_guarded(protect: Protect) {
+    let heap = Heap::builder()
+        .name("moved")
+        .max(64 << 20)
+        .huge_pages(frostheap::HugePages::Off)
+        .build()
+        .expect("a 64 MiB heap on base pages");
+    let rt = runtime(&heap, protect, OnViolation::Rollback);
+    let mib = 1 << 20;
+    let old = std::alloc::Layout::from_size_align(2 * mib, 16).unwrap();
+    let p = heap.try_alloc(old).unwrap();
+    let pin = heap.try_alloc(std::alloc::Layout::from_size_align(mib, 16).unwrap()).unwrap();
+    // SAFETY: p holds 2 MiB.
+    unsafe { p.as_ptr().write_bytes(0x5A, 2 * mib) };
+    // SAFETY: p is live, allocated with `old`.
+    let q = unsafe { heap.try_realloc(p, old, 3 * mib) }.expect("the growth");
+    assert_ne!(q, p, "the pin keeps the block from growing in place: it moved");
+    // SAFETY: q holds 3 MiB.
+    unsafe { q.as_ptr().add(2 * mib).write_bytes(0x5A, mib) };
+    let (q_addr, p_addr) = (q.as_ptr() as usize, p.as_ptr() as usize);
+    // The room the block left, taken again.
+    let again = heap.try_alloc(std::alloc::Layout::from_size_align(mib, 16).unwrap()).unwrap();
+    assert!(
+        (p_addr..p_addr + 2 * mib).contains(&(again.as_ptr() as usize)),
+        "the next block takes the room the moved one left"
+    );
+    // SAFETY: `again` holds 1 MiB.
+    unsafe { again.as_ptr().write_bytes(0x5A, mib) };
+    let again_addr = again.as_ptr() as usize;
+    let targets = [q_addr, q_addr + 3 * mib / 2, q_addr + 3 * mib - 64, again_addr];
+    let err = rt
+        .for_each(0..targets.len(), |i| {
+            // SAFETY: each target is a byte of a live block; the write
+            // is the violation under test.
+            unsafe { core::ptr::write_volatile(targets[i] as *mut u8, 0xEE) };
+        })
+        .expect_err("every write to the frozen heap is a violation");
+    let v = err.violation().expect("Error::Violation");
+    assert_eq!(v.stores_undone(), targets.len(), "{v}");
+    // SAFETY: the blocks are live and thawed.
+    unsafe {
+        let all = |at: usize, len: usize| {
+            core::slice::from_raw_parts(at as *const u8, len).iter().all(|&b| b == 0x5A)
+        };
+        assert!(all(q_addr, 3 * mib), "the moved block holds what it held");
+        assert!(all(again_addr, mib));
+        heap.dealloc(again);
+        heap.dealloc(q);
+        heap.dealloc(pin);
+    }
+    assert_eq!(heap.stats().in_use, 0);
+}
+
+test!(a_moved_block_stays_guarded_mprotect);
+fn a_moved_block_stays_guarded_mprotect() {
+    a_moved_block_stays_guarded(Protect::Mprotect);
+}
+
+test!(a_moved_block_stays_guarded_pkey, needs: [Pkey]);
+fn a_moved_block_stays_guarded_pkey() {
+    a_moved_block_stays_guarded(Protect::Pkey);
+}
+
+// ---------------------------------------------------------------------------
 // Sealed heaps.
 
 test!(sealed_heap_is_readable_refuses_allocation_and_reports_task_writes, needs: [Mseal]);

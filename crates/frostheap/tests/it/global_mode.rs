@@ -62,6 +62,36 @@ fn limits_come_from_the_environment() {
     );
 }
 
+test!(a_vec_of_60_percent_of_the_limit_grows_to_70_on_the_main_heap_and_a_thread_heap);
+/// `Vec::reserve_exact` of a vector of 60% of `FROSTHEAP_MAX` to 70%, a
+/// second vector made after it, on the main heap (on base pages:
+/// `FROSTHEAP_HUGE_PAGES=off`; laid out for huge pages it is copied,
+/// docs/limit.md) and on a thread's heap (always on base pages): the
+/// vector's pages move and only its growth is charged, where copying it
+/// needed 130% of the limit and aborted. What is committed is what is in
+/// use, within a few MiB of start-up's own.
+fn a_vec_of_60_percent_of_the_limit_grows_to_70_on_the_main_heap_and_a_thread_heap() {
+    for (thread, huge) in [("main", "off"), ("thread", "auto")] {
+        let out = run_fixture(
+            "global_alloc",
+            &["grow", "153M", "179M", thread],
+            &[("FROSTHEAP_MAX", "256M"), ("FROSTHEAP_HUGE_PAGES", huge)],
+        );
+        assert!(out.status.success(), "{thread}: {}", describe(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("moved=true"), "{thread}: {}", describe(&out));
+        let (committed, in_use) = (
+            printed_number(&out, "committed="),
+            printed_number(&out, "in_use="),
+        );
+        assert!(
+            in_use >= 179 * MIB as u64 && committed < in_use + 4 * MIB as u64,
+            "{thread}: {}",
+            describe(&out)
+        );
+    }
+}
+
 /// A bad value stops start-up: status 2, one stderr line naming the
 /// variable, the value and what is accepted, and `main` never runs.
 fn assert_startup_error(env: &[(&str, &str)], var: &str, value: &str, accepted: &str) {
