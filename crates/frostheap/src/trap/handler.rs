@@ -247,7 +247,7 @@ fn violation(w: &WorkerState, fault: &Fault, frame: &mut Frame) {
 /// step catches any store that went through it); with a key, the 128 bytes
 /// around the address (x86 stores write at most 64 bytes from their start,
 /// and the opening is for this thread alone), within its page and the next
-/// one unless that is exempt or outside the heap.
+/// one unless that is exempt, outside the heap or above its committed range.
 fn window(addr: usize, pkey: bool) -> (usize, usize) {
     let page = os::page_size();
     let page_lo = addr & !(page - 1);
@@ -258,10 +258,22 @@ fn window(addr: usize, pkey: bool) -> (usize, usize) {
     let mut hi = addr + 64;
     let next = page_lo + page;
     if hi > next {
+        let entry = guard::entry_of(addr);
         let same_heap = guard::entry_of(next)
-            .zip(guard::entry_of(addr))
+            .zip(entry)
             .is_some_and(|(a, b)| core::ptr::eq(a, b));
-        if !same_heap || super::freeze::exempt(next) {
+        // The next page may lie above the heap's committed range
+        // (`PROT_NONE`): a store to a block's last bytes at the range's end
+        // had the copy read it, and the process died of SIGSEGV here.
+        // SAFETY: a worker's store faulted in this heap during its phase,
+        // so a runtime guards it: it lives until the phase ends.
+        let committed = entry
+            .and_then(|e| unsafe { crate::heap::HeapInner::of_entry(e) })
+            .is_some_and(|h| {
+                let region = h.core.region();
+                next < region.base() as usize + region.committed()
+            });
+        if !same_heap || !committed || super::freeze::exempt(next) {
             hi = next;
         }
     }

@@ -389,6 +389,53 @@ fn a_moved_block_stays_guarded_pkey() {
     a_moved_block_stays_guarded(Protect::Pkey);
 }
 
+/// A store to the last bytes of a heap's committed range: with a key the
+/// handler saves the 64 bytes on either side of it, and read past the
+/// range into the page above, uncommitted (`PROT_NONE`), inside the
+/// handler: the process died of SIGSEGV.
+fn a_store_at_the_end_of_the_committed_range_is_undone(protect: Protect) {
+    let heap = Heap::builder()
+        .name("end")
+        .max(64 << 20)
+        .huge_pages(frostheap::HugePages::Off)
+        .build()
+        .expect("a 64 MiB heap on base pages");
+    let rt = runtime(&heap, protect, OnViolation::Rollback);
+    let mib = 1 << 20;
+    let layout = std::alloc::Layout::from_size_align(mib, 16).unwrap();
+    let p = heap.try_alloc(layout).unwrap();
+    // The premise: the block is the heap's whole first growth, so its
+    // last byte is the committed range's.
+    assert_eq!(heap.stats().committed, mib, "{:?}", heap.stats());
+    // SAFETY: p holds 1 MiB.
+    unsafe { p.as_ptr().write_bytes(0x5A, mib) };
+    let last = p.as_ptr() as usize + mib - 1;
+    for _ in 0..3 {
+        let err = rt
+            .for_each(0..1, |_| {
+                // SAFETY: the block's last byte; the write is the violation.
+                unsafe { core::ptr::write_volatile(last as *mut u8, 0xEE) };
+            })
+            .expect_err("the write to the frozen heap is a violation");
+        let v = err.violation().expect("Error::Violation");
+        assert_eq!((v.address(), v.stores_undone()), (last, 1), "{v}");
+        // SAFETY: p is live and thawed.
+        assert_eq!(unsafe { *(last as *const u8) }, 0x5A, "the store was undone");
+    }
+    // SAFETY: p is live, allocated with `layout`.
+    unsafe { heap.dealloc(p) };
+}
+
+test!(a_store_at_the_end_of_the_committed_range_is_undone_mprotect);
+fn a_store_at_the_end_of_the_committed_range_is_undone_mprotect() {
+    a_store_at_the_end_of_the_committed_range_is_undone(Protect::Mprotect);
+}
+
+test!(a_store_at_the_end_of_the_committed_range_is_undone_pkey, needs: [Pkey]);
+fn a_store_at_the_end_of_the_committed_range_is_undone_pkey() {
+    a_store_at_the_end_of_the_committed_range_is_undone(Protect::Pkey);
+}
+
 // ---------------------------------------------------------------------------
 // Sealed heaps.
 
