@@ -184,6 +184,10 @@ impl HugePages {
 /// 128K a hello-world runs.
 pub const MIN_MAX: usize = 128 << 10;
 
+/// What a `FROSTHEAP_MAX` below [`MIN_MAX`] is told is expected (and
+/// `frostheap run --max-memory`, in the same words).
+pub const MIN_MAX_EXPECTED: &str = "at least 128K (two heap pages: each size class a program allocates in takes a 64 KiB page of its own, and Rust's start-up alone uses two)";
+
 /// The configuration the environment asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EnvConfig {
@@ -489,11 +493,7 @@ pub fn parse(
     };
     if let Some((max, value)) = max {
         if max < MIN_MAX {
-            return Err(bad(
-                &MAX,
-                value,
-                "at least 128K (two heap pages: each size class a program allocates in takes a 64 KiB page of its own, and Rust's start-up alone uses two)",
-            ));
+            return Err(bad(&MAX, value, MIN_MAX_EXPECTED));
         }
     }
     let protect = match get(&PROTECT) {

@@ -322,7 +322,12 @@ pub mod __private {
     };
     /// frostheap-cli `run` (`--max-memory`, `--min`) and `serve`
     /// (`--max-memory`): limits read as the variables are.
-    pub use crate::config::{parse_limit_bytes, process_memory, LIMIT_SYNTAX};
+    pub use crate::config::{
+        parse_limit_bytes, process_memory, LIMIT_SYNTAX, MIN_MAX, MIN_MAX_EXPECTED,
+    };
+    /// frostheap-cli `run` (`--max-memory`): whether the program's
+    /// start-up can reserve the arena of its limit.
+    pub use crate::global::probe_reservation;
     /// frostheap-cli (`info`, `run`): the heap's page size.
     pub use crate::region::PAGE_SIZE;
     /// frostheap-cli (`run`, `serve`): the size syntax in messages.
