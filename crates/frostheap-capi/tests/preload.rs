@@ -1348,6 +1348,20 @@ fn reservations_committed_with_mprotect_count_against_the_limit() {
     assert_eq!(refusal_lines(&out).len(), 1, "{}", text(&out));
 }
 
+/// A change of protection that fails at a hole in its range changed the
+/// mappings before the hole (Linux applies it in address order and stops
+/// with `ENOMEM` there), and the record follows (`tests/c/protect_hole.c`
+/// under 64 MiB): a reservation made writable up to the hole counts (it
+/// was left uncounted, and a third 16 MiB mapping was granted beside it),
+/// a writable mapping made `PROT_NONE` up to the hole stops counting (it
+/// stayed counted, and one 16 MiB mapping fitted beside it instead of
+/// two), and a range that starts in a hole changes nothing.
+#[test]
+fn a_change_of_protection_stopped_by_a_hole_is_recorded_up_to_the_hole() {
+    let out = capped_program("protect_hole", 50, 28, 64);
+    assert_eq!(refusal_lines(&out).len(), 1, "{}", text(&out));
+}
+
 /// A program that grows its break itself (`sbrk`, `brk`: an allocator of
 /// its own) is capped too (`tests/c/brk.c`: 8 MiB steps until `ENOMEM`;
 /// under glibc alone all 8), and a shrink gives the memory back.
