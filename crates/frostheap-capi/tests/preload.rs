@@ -1348,6 +1348,33 @@ fn reservations_committed_with_mprotect_count_against_the_limit() {
     assert_eq!(refusal_lines(&out).len(), 1, "{}", text(&out));
 }
 
+/// `FROSTHEAP_MIN` equal to `FROSTHEAP_MAX` (as `-Xms` equal to `-Xmx`
+/// for a JVM) leaves room for the other threads' heaps and the program's
+/// mappings (`tests/c/min_max.c` under 64 MiB: a thread's 1 MiB block, a
+/// 4 MiB mapping, then the main heap grows past its pre-commit to 48 MiB
+/// or more): the pre-commit stops an eighth of the limit short of it.
+/// When it committed the whole limit to the main heap, the thread's block
+/// and the mapping were refused, and CPython could not start.
+#[test]
+fn a_min_equal_to_the_limit_leaves_room_for_threads_and_mappings() {
+    let out = preloaded_limited(
+        &mut Command::new(c_program("min_max")),
+        &[
+            ("FROSTHEAP_MAX", "64M"),
+            ("FROSTHEAP_MIN", "64M"),
+            ("FROSTHEAP_STATS", "1"),
+        ],
+        120,
+    );
+    assert_succeeded_saying(&out, "min_max: 7 checks, 0 failures");
+    let out = preloaded_limited(
+        Command::new(python()).args(["-c", "import threading; t = threading.Thread(target=lambda: bytearray(1 << 20)); t.start(); t.join(); print('ran')"]),
+        &[("FROSTHEAP_MAX", "64M"), ("FROSTHEAP_MIN", "64M")],
+        120,
+    );
+    assert_succeeded_saying(&out, "ran");
+}
+
 /// A change of protection that fails at a hole in its range changed the
 /// mappings before the hole (Linux applies it in address order and stops
 /// with `ENOMEM` there), and the record follows (`tests/c/protect_hole.c`

@@ -41,10 +41,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE")]
     max_memory: String,
     /// Memory the main heap commits up front (FROSTHEAP_MIN): a size or a
-    /// percentage, as for --max-memory. It counts against --max-memory
-    /// from the start, and only the main heap uses it: the other threads'
-    /// heaps and the program's mmaps fit in what is left (equal to
-    /// --max-memory, CPython cannot start).
+    /// percentage, as for --max-memory, at most --max-memory. It counts
+    /// against --max-memory from the start, and only the main heap uses
+    /// it, so the commit stops an eighth of --max-memory (8 MiB at least)
+    /// short of it, for the other threads' heaps and the program's mmaps:
+    /// equal to --max-memory (as -Xms equal to -Xmx for a JVM), seven
+    /// eighths are committed up front, and the main heap grows into the
+    /// rest on demand.
     #[arg(long, value_name = "SIZE")]
     min: Option<String>,
     /// Print the main heap's and the process's statistics at exit

@@ -315,6 +315,8 @@ pub mod __private {
         pub use crate::fmt_buf::*;
     }
 
+    /// frostheap-cli `info`: what `FROSTHEAP_MIN` commits up front.
+    pub use crate::config::main_precommit;
     /// frostheap-cli `info`: the environment as the library reads it, and
     /// which bound gave the default limit.
     pub use crate::config::{
