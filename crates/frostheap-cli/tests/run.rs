@@ -400,3 +400,37 @@ fn a_max_memory_the_programs_start_up_would_refuse_is_refused_as_the_flag() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ran");
 }
+
+/// `--min` is checked as `--max-memory` is, and named as the flag: a
+/// size it cannot read, or one above `--max-memory`, stops the command
+/// with one line and nothing runs; equal to `--max-memory` (as `-Xms`
+/// equal to `-Xmx`) it runs, with the program's `FROSTHEAP_MIN` in bytes.
+#[test]
+fn min_is_checked_as_the_flag_and_may_equal_max_memory() {
+    for (min, expected) in [
+        ("lots", "expected a byte size"),
+        ("128M", "expected at most --max-memory (64 MiB)"),
+        ("1.1G", "a whole number of bytes"),
+    ] {
+        let out = run_echo(&["--max-memory", "64M", "--min", min], None);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{min}: {err}");
+        assert!(out.stdout.is_empty(), "{min}: the program ran: {err}");
+        assert_eq!(err.lines().count(), 1, "{min}: {err}");
+        assert!(
+            err.contains(&format!("invalid --min \"{min}\"")) && err.contains(expected),
+            "{min}: {err}"
+        );
+    }
+    let out = Command::new(FROSTHEAP)
+        .args(["run", "--max-memory", "64M", "--min", "64M", "--"])
+        .args(["sh", "-c", "echo $FROSTHEAP_MIN"])
+        .env("FROSTHEAP_LIB", built_library())
+        .output()
+        .expect("run frostheap");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        (64 << 20).to_string()
+    );
+}
