@@ -484,8 +484,7 @@ pub unsafe extern "C" fn mprotect(addr: *mut c_void, len: usize, prot: c_int) ->
     }
     let r = call();
     if r != 0 {
-        drop(g);
-        raw::release_mapped(charged);
+        partly_protected(g, start, end, writable, charged);
         return r;
     }
     chaos();
@@ -499,6 +498,79 @@ pub unsafe extern "C" fn mprotect(addr: *mut c_void, len: usize, prot: c_int) ->
     drop(g);
     settle(charged, change);
     0
+}
+
+/// After a failed `mprotect` of `[start, end)` (under the record's lock,
+/// `g`, with `charged` bytes charged for it): records what the kernel
+/// changed all the same, and settles the charge. Linux applies a change
+/// of protection to the range's mappings one by one, in address order,
+/// and stops with `ENOMEM` at the first hole: the mappings before the
+/// hole keep their new protection (a range that starts in a hole changes
+/// nothing). The record took the failure for no change: the pages before
+/// a hole that the call made writable were uncounted for good, and those
+/// it made `PROT_NONE` counted until unmapped. The hole is found by
+/// bisection with `msync(MS_ASYNC)` (a system call that walks the same
+/// mappings, changes nothing and fails with `ENOMEM` on a range with a
+/// hole: about 20 calls for a 4 GiB range), never by reading
+/// `/proc/self/maps`, which allocates nothing here but is neither
+/// async-signal-safe in its parsing nor cheap. A failure without a hole
+/// (`EACCES` on a shared file mapping, a refusal of the kernel's own
+/// commit account) leaves the record as it was: where the kernel stopped
+/// then is not known.
+///
+/// Out of line, laid with the rare code (layout.ld); keeps `errno`.
+#[inline(never)]
+fn partly_protected(mut g: Guard, start: usize, end: usize, writable: bool, charged: usize) {
+    // SAFETY: __errno_location returns the calling thread's errno slot.
+    let errno = unsafe { *libc::__errno_location() };
+    let hole = if errno == libc::ENOMEM {
+        first_hole(start, end)
+    } else {
+        None
+    };
+    let change = match hole {
+        Some(hole) if hole > start => {
+            chaos();
+            if writable {
+                g.table()
+                    .convert(start, hole, State::Reserved, State::Counted)
+            } else {
+                g.table()
+                    .convert(start, hole, State::Counted, State::Reserved)
+            }
+        }
+        _ => Change::default(),
+    };
+    drop(g);
+    settle(charged, change);
+    set_errno(errno);
+}
+
+/// The first page of `[start, end)` (page-aligned) that no mapping
+/// holds, by bisection with `msync(MS_ASYNC)`, which fails on a range
+/// with a hole and changes nothing (the raw system call: never a
+/// cancellation point); `None` when the whole range is mapped.
+fn first_hole(start: usize, end: usize) -> Option<usize> {
+    let page = crate::os_page();
+    let mapped = |to: usize| {
+        // SAFETY: MS_ASYNC on a page-aligned range only walks its
+        // mappings (since Linux 2.6.19 it starts no write-back).
+        unsafe { libc::syscall(libc::SYS_msync, start, to - start, libc::MS_ASYNC) == 0 }
+    };
+    if !start.is_multiple_of(page) || end <= start || mapped(end) {
+        return None;
+    }
+    // [start, lo) is mapped; [start, hi) is not.
+    let (mut lo, mut hi) = (start, end);
+    while hi - lo > page {
+        let mid = lo + (((hi - lo) / 2) & !(page - 1));
+        if mapped(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(lo)
 }
 
 // ---------------------------------------------------------------------------

@@ -1420,6 +1420,47 @@ fn reservations_committed_with_mprotect_count_against_the_limit() {
     assert_eq!(refusal_lines(&out).len(), 1, "{}", text(&out));
 }
 
+/// `FROSTHEAP_MIN` equal to `FROSTHEAP_MAX` (as `-Xms` equal to `-Xmx`
+/// for a JVM) leaves room for the other threads' heaps and the program's
+/// mappings (`tests/c/min_max.c` under 64 MiB: a thread's 1 MiB block, a
+/// 4 MiB mapping, then the main heap grows past its pre-commit to 48 MiB
+/// or more): the pre-commit stops an eighth of the limit short of it.
+/// When it committed the whole limit to the main heap, the thread's block
+/// and the mapping were refused, and CPython could not start.
+#[test]
+fn a_min_equal_to_the_limit_leaves_room_for_threads_and_mappings() {
+    let out = preloaded_limited(
+        &mut Command::new(c_program("min_max")),
+        &[
+            ("FROSTHEAP_MAX", "64M"),
+            ("FROSTHEAP_MIN", "64M"),
+            ("FROSTHEAP_STATS", "1"),
+        ],
+        120,
+    );
+    assert_succeeded_saying(&out, "min_max: 7 checks, 0 failures");
+    let out = preloaded_limited(
+        Command::new(python()).args(["-c", "import threading; t = threading.Thread(target=lambda: bytearray(1 << 20)); t.start(); t.join(); print('ran')"]),
+        &[("FROSTHEAP_MAX", "64M"), ("FROSTHEAP_MIN", "64M")],
+        120,
+    );
+    assert_succeeded_saying(&out, "ran");
+}
+
+/// A change of protection that fails at a hole in its range changed the
+/// mappings before the hole (Linux applies it in address order and stops
+/// with `ENOMEM` there), and the record follows (`tests/c/protect_hole.c`
+/// under 64 MiB): a reservation made writable up to the hole counts (it
+/// was left uncounted, and a third 16 MiB mapping was granted beside it),
+/// a writable mapping made `PROT_NONE` up to the hole stops counting (it
+/// stayed counted, and one 16 MiB mapping fitted beside it instead of
+/// two), and a range that starts in a hole changes nothing.
+#[test]
+fn a_change_of_protection_stopped_by_a_hole_is_recorded_up_to_the_hole() {
+    let out = capped_program("protect_hole", 50, 28, 64);
+    assert_eq!(refusal_lines(&out).len(), 1, "{}", text(&out));
+}
+
 /// A program that grows its break itself (`sbrk`, `brk`: an allocator of
 /// its own) is capped too (`tests/c/brk.c`: 8 MiB steps until `ENOMEM`;
 /// under glibc alone all 8), and a shrink gives the memory back.

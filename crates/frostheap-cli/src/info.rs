@@ -72,7 +72,17 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
         " (within a quarter of the address space; set FROSTHEAP_MAX to change it)"
     };
     outln!("process limit        {}{why}", Bytes(cfg.max));
-    outln!("main heap min        {} (FROSTHEAP_MIN)", Bytes(cfg.min));
+    let precommit = frostheap::__private::main_precommit(cfg.min, cfg.max);
+    if precommit < cfg.min {
+        outln!(
+            "main heap min        {} (FROSTHEAP_MIN), {} of it committed up front: the limit less {} kept for other threads and mappings",
+            Bytes(cfg.min),
+            Bytes(precommit),
+            Bytes(cfg.max - precommit)
+        );
+    } else {
+        outln!("main heap min        {} (FROSTHEAP_MIN)", Bytes(cfg.min));
+    }
     Ok(())
 }
 

@@ -34,15 +34,20 @@ pub const LIB_NAME: &str = "libfrostheap.so";
 pub struct RunArgs {
     /// Hard cap on the memory the program allocates, every thread and its
     /// anonymous mmaps included (FROSTHEAP_MAX), e.g. 512M, 1G, 1.5GiB, or
-    /// 75% (of physical memory, or of the cgroup's limit if less). Per
-    /// process: each child the program starts gets its own.
+    /// 75% (of physical memory, or of the cgroup's limit if less); at
+    /// least 128K, and at most what the address space can reserve (checked
+    /// before the program runs). Per process: each child the program
+    /// starts gets its own.
     #[arg(long, value_name = "SIZE")]
     max_memory: String,
     /// Memory the main heap commits up front (FROSTHEAP_MIN): a size or a
-    /// percentage, as for --max-memory. It counts against --max-memory
-    /// from the start, and only the main heap uses it: the other threads'
-    /// heaps and the program's mmaps fit in what is left (equal to
-    /// --max-memory, CPython cannot start).
+    /// percentage, as for --max-memory, at most --max-memory. It counts
+    /// against --max-memory from the start, and only the main heap uses
+    /// it, so the commit stops an eighth of --max-memory (8 MiB at least)
+    /// short of it, for the other threads' heaps and the program's mmaps:
+    /// equal to --max-memory (as -Xms equal to -Xmx for a JVM), seven
+    /// eighths are committed up front, and the main heap grows into the
+    /// rest on demand.
     #[arg(long, value_name = "SIZE")]
     min: Option<String>,
     /// Print the main heap's and the process's statistics at exit
@@ -70,6 +75,51 @@ pub(crate) fn limit_arg(flag: &str, text: &str) -> Result<usize, String> {
         SizeErrorKind::Malformed => format!("invalid {flag} \"{text}\": expected {LIMIT_SYNTAX}"),
         _ => format!("invalid {flag} \"{text}\": expected {WHOLE_BYTES}"),
     })
+}
+
+/// `run --max-memory`: [`limit_arg`], then every bound the program's
+/// start-up holds `FROSTHEAP_MAX` to, checked here so that a value it
+/// would refuse is named as the flag, with what is expected, before the
+/// program runs (`--max-memory 1000T` was the program's start-up line
+/// "invalid FROSTHEAP_MAX=\"1099511627776000\"", a variable the user never
+/// wrote, and `--max-memory 100K` passed here, checked against one heap
+/// page, to be refused there against two): at least [`MIN_MAX`], and an
+/// arena the address space can reserve ([`probe_reservation`]).
+///
+/// [`MIN_MAX`]: frostheap::__private::MIN_MAX
+/// [`probe_reservation`]: frostheap::__private::probe_reservation
+pub(crate) fn max_memory_arg(text: &str) -> Result<usize, String> {
+    use frostheap::__private::{probe_reservation, MIN_MAX, MIN_MAX_EXPECTED};
+    let max = limit_arg("--max-memory", text)?;
+    if max < MIN_MAX {
+        return Err(format!(
+            "invalid --max-memory \"{text}\" ({:#}): expected {MIN_MAX_EXPECTED}",
+            Bytes(max)
+        ));
+    }
+    if let Err((slot, largest)) = probe_reservation(max) {
+        let slot = match slot {
+            Some(slot) => format!("{}", Bytes(slot)),
+            None => "past 2^63 bytes".to_string(),
+        };
+        let most = match largest {
+            0 => "and this process cannot reserve even 64M now".to_string(),
+            n => format!("and at most {} can be reserved here", Bytes(n)),
+        };
+        let ulimit = match frostheap::__private::os::address_space_limit() {
+            Some(limit) => format!(
+                " (under the address-space limit, ulimit -v, of {}: --max-memory should be at most a quarter of it)",
+                Bytes(limit)
+            ),
+            None => String::new(),
+        };
+        return Err(format!(
+            "invalid --max-memory \"{text}\" ({:#}): expected a size the address space can reserve: \
+             the program reserves its limit rounded up to a power of two ({slot}), {most}{ulimit}",
+            Bytes(max)
+        ));
+    }
+    Ok(max)
 }
 
 /// The environment variable that names the library explicitly.
@@ -217,15 +267,7 @@ fn is_static_elf(head: &[u8]) -> Option<bool> {
 
 /// Runs `frostheap run`: returns only on error.
 pub fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let max = limit_arg("--max-memory", &args.max_memory)?;
-    if max < frostheap::__private::PAGE_SIZE {
-        return Err(format!(
-            "invalid --max-memory \"{}\": expected at least {} (one heap page)",
-            args.max_memory,
-            Bytes(frostheap::__private::PAGE_SIZE)
-        )
-        .into());
-    }
+    let max = max_memory_arg(&args.max_memory)?;
     let min = match &args.min {
         Some(text) => {
             let min = limit_arg("--min", text)?;

@@ -333,3 +333,104 @@ fn max_memory_as_a_percentage_of_the_memory_the_process_may_use() {
         );
     }
 }
+
+/// Runs `frostheap run ARGS -- sh -c "echo ran"` with the built library,
+/// under `sh`'s `ulimit -v KIB` when given.
+fn run_echo(args: &[&str], ulimit_kib: Option<u64>) -> Output {
+    let mut cmd = match ulimit_kib {
+        Some(kib) => {
+            let mut c = Command::new("sh");
+            c.args([
+                "-c",
+                &format!("ulimit -v {kib} && exec \"$0\" \"$@\""),
+                FROSTHEAP,
+            ]);
+            c
+        }
+        None => Command::new(FROSTHEAP),
+    };
+    cmd.arg("run")
+        .args(args)
+        .args(["--", "sh", "-c", "echo ran"])
+        .env("FROSTHEAP_LIB", built_library())
+        .output()
+        .expect("run frostheap")
+}
+
+/// A `--max-memory` the program's start-up would refuse is refused by the
+/// command, naming the flag, the value and what is expected, and nothing
+/// runs: a user's trial of `--max-memory 1000T` got the program's own
+/// start-up line, "invalid FROSTHEAP_MAX=\"1099511627776000\"", about a
+/// variable they never wrote; `100K` passed the command's check (one heap
+/// page) and was refused by the start-up's (two); `8G` under `ulimit -v`
+/// of 4 GiB, whose arena no process under that limit can reserve.
+#[test]
+fn a_max_memory_the_programs_start_up_would_refuse_is_refused_as_the_flag() {
+    for (value, ulimit, expected) in [
+        (
+            "1000T",
+            None,
+            "expected a size the address space can reserve",
+        ),
+        ("100K", None, "expected at least 128K"),
+        ("127K", None, "expected at least 128K"),
+        (
+            "8G",
+            Some(4 << 20),
+            "expected a size the address space can reserve",
+        ),
+    ] {
+        let out = run_echo(&["--max-memory", value], ulimit);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{value}: {err}");
+        assert!(out.stdout.is_empty(), "{value}: the program ran: {err}");
+        assert_eq!(err.lines().count(), 1, "{value}: {err}");
+        assert!(
+            err.contains(&format!("invalid --max-memory \"{value}\"")) && err.contains(expected),
+            "{value}: {err}"
+        );
+        assert!(!err.contains("FROSTHEAP_MAX"), "{value}: {err}");
+    }
+    // The least accepted reaches the program (too little for `sh`, which
+    // is then refused memory: the library's line, not the command's), and
+    // a limit within `ulimit -v` runs.
+    let out = run_echo(&["--max-memory", "128K"], None);
+    assert!(!stderr(&out).contains("invalid"), "{}", stderr(&out));
+    let out = run_echo(&["--max-memory", "1G"], Some(8 << 20));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ran");
+}
+
+/// `--min` is checked as `--max-memory` is, and named as the flag: a
+/// size it cannot read, or one above `--max-memory`, stops the command
+/// with one line and nothing runs; equal to `--max-memory` (as `-Xms`
+/// equal to `-Xmx`) it runs, with the program's `FROSTHEAP_MIN` in bytes.
+#[test]
+fn min_is_checked_as_the_flag_and_may_equal_max_memory() {
+    for (min, expected) in [
+        ("lots", "expected a byte size"),
+        ("128M", "expected at most --max-memory (64 MiB)"),
+        ("1.1G", "a whole number of bytes"),
+    ] {
+        let out = run_echo(&["--max-memory", "64M", "--min", min], None);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{min}: {err}");
+        assert!(out.stdout.is_empty(), "{min}: the program ran: {err}");
+        assert_eq!(err.lines().count(), 1, "{min}: {err}");
+        assert!(
+            err.contains(&format!("invalid --min \"{min}\"")) && err.contains(expected),
+            "{min}: {err}"
+        );
+    }
+    let out = Command::new(FROSTHEAP)
+        .args(["run", "--max-memory", "64M", "--min", "64M", "--"])
+        .args(["sh", "-c", "echo $FROSTHEAP_MIN"])
+        .env("FROSTHEAP_LIB", built_library())
+        .output()
+        .expect("run frostheap");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        (64 << 20).to_string()
+    );
+}

@@ -184,6 +184,43 @@ impl HugePages {
 /// 128K a hello-world runs.
 pub const MIN_MAX: usize = 128 << 10;
 
+/// What the main heap's pre-commit (`FROSTHEAP_MIN`) leaves of a limit of
+/// `max` bytes to everything else: an eighth of it, 8 MiB at least (all of
+/// it, below 8 MiB). See [`main_precommit`].
+pub const fn min_headroom(max: usize) -> usize {
+    let eighth = max / 8;
+    if eighth > 8 << 20 {
+        eighth
+    } else {
+        8 << 20
+    }
+}
+
+/// The bytes the main heap commits up front for `FROSTHEAP_MIN=min` under
+/// `FROSTHEAP_MAX=max`: `min`, but no more than `max` less
+/// [`min_headroom`] (rounded down to 64 KiB, a heap page), so that the
+/// other threads' heaps and the program's mappings, which the limit counts
+/// too, always have room. `FROSTHEAP_MIN` equal to `FROSTHEAP_MAX`, as
+/// `-Xms` equal to `-Xmx` is common for a JVM, is accepted and commits
+/// seven eighths of the limit up front; the main heap grows into the rest
+/// on demand, as far as the limit allows. Until 2026-12-06 it committed
+/// the whole limit to the main heap, and every other thread's allocation
+/// and every counted `mmap` was refused: CPython could not start. The
+/// JVM's `-Xmx` bounds its heap alone, and its threads and native memory
+/// come on top; here one limit counts them all.
+pub const fn main_precommit(min: usize, max: usize) -> usize {
+    let cap = max.saturating_sub(min_headroom(max)) & !0xffff;
+    if min < cap {
+        min
+    } else {
+        cap
+    }
+}
+
+/// What a `FROSTHEAP_MAX` below [`MIN_MAX`] is told is expected (and
+/// `frostheap run --max-memory`, in the same words).
+pub const MIN_MAX_EXPECTED: &str = "at least 128K (two heap pages: each size class a program allocates in takes a 64 KiB page of its own, and Rust's start-up alone uses two)";
+
 /// The configuration the environment asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EnvConfig {
@@ -489,11 +526,7 @@ pub fn parse(
     };
     if let Some((max, value)) = max {
         if max < MIN_MAX {
-            return Err(bad(
-                &MAX,
-                value,
-                "at least 128K (two heap pages: each size class a program allocates in takes a 64 KiB page of its own, and Rust's start-up alone uses two)",
-            ));
+            return Err(bad(&MAX, value, MIN_MAX_EXPECTED));
         }
     }
     let protect = match get(&PROTECT) {
@@ -758,6 +791,22 @@ mod tests {
             1536 << 20
         );
         assert_eq!(default_max(24 * gib, Some(0), None), MIN_MAX);
+    }
+
+    /// `FROSTHEAP_MIN` up to `FROSTHEAP_MAX` is accepted; the main heap's
+    /// pre-commit stops an eighth of the limit (8 MiB at least) short of it.
+    #[test]
+    fn the_precommit_leaves_an_eighth_of_the_limit_to_the_rest() {
+        let mib = 1usize << 20;
+        assert_eq!(main_precommit(64 * mib, 64 * mib), 56 * mib);
+        assert_eq!(main_precommit(32 * mib, 64 * mib), 32 * mib);
+        assert_eq!(main_precommit(1 << 30, 1 << 30), 896 * mib);
+        assert_eq!(main_precommit(8 * mib, 8 * mib), 0);
+        assert_eq!(main_precommit(0, 1 << 30), 0);
+        // Rounded down to a heap page.
+        assert_eq!(main_precommit(100 * mib, 100 * mib + 1), 0x5780000);
+        let c = env(&[("FROSTHEAP_MIN", "1G"), ("FROSTHEAP_MAX", "1G")]).unwrap();
+        assert_eq!((c.min, c.max), (1 << 30, 1 << 30));
     }
 
     #[test]

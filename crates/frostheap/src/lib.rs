@@ -315,6 +315,8 @@ pub mod __private {
         pub use crate::fmt_buf::*;
     }
 
+    /// frostheap-cli `info`: what `FROSTHEAP_MIN` commits up front.
+    pub use crate::config::main_precommit;
     /// frostheap-cli `info`: the environment as the library reads it, and
     /// which bound gave the default limit.
     pub use crate::config::{
@@ -322,7 +324,12 @@ pub mod __private {
     };
     /// frostheap-cli `run` (`--max-memory`, `--min`) and `serve`
     /// (`--max-memory`): limits read as the variables are.
-    pub use crate::config::{parse_limit_bytes, process_memory, LIMIT_SYNTAX};
+    pub use crate::config::{
+        parse_limit_bytes, process_memory, LIMIT_SYNTAX, MIN_MAX, MIN_MAX_EXPECTED,
+    };
+    /// frostheap-cli `run` (`--max-memory`): whether the program's
+    /// start-up can reserve the arena of its limit.
+    pub use crate::global::probe_reservation;
     /// frostheap-cli (`info`, `run`): the heap's page size.
     pub use crate::region::PAGE_SIZE;
     /// frostheap-cli (`run`, `serve`): the size syntax in messages.

@@ -244,6 +244,51 @@ pub(super) fn largest_reservable(max: usize) -> usize {
     })
 }
 
+/// For a command that starts a program under `FROSTHEAP_MAX=max`
+/// (`frostheap run --max-memory`): whether the program's start-up can
+/// reserve its arena, checked here, before the program runs, so that the
+/// command names its own flag instead of the program's start-up naming
+/// the variable. The start-up needs one slot at least (it takes fewer
+/// slots where address space is short, down to one): the power of two at
+/// or above `max`, 64 MiB at least. `Ok` when that slot is reserved and
+/// unmapped here at once; else `Err((slot, largest))`, the slot's size
+/// (`None`: past the largest power of two) and the largest limit the
+/// start-up would take, as its own line says it ([`largest_reservable`],
+/// and under `ulimit -v` no more than the largest power of two within a
+/// quarter of it; 0 when none).
+///
+/// Under `ulimit -v` the probe is not made: this process's own arena
+/// takes up to half of that limit, which the program does not have, so a
+/// slot refused here may be granted there. Only a slot larger than the
+/// limit itself, which no process under it can reserve, is refused then.
+pub fn probe_reservation(max: usize) -> Result<(), (Option<usize>, usize)> {
+    let slot = max.max(1 << MIN_SLOT_SHIFT).checked_next_power_of_two();
+    let limit = crate::os::address_space_limit();
+    let quarter = limit.map_or(usize::MAX, |a| {
+        (a / 4).checked_ilog2().map_or(0, |k| 1 << k)
+    });
+    let granted = match (slot, limit) {
+        (None, _) => false,
+        (Some(slot), Some(limit)) => slot <= limit,
+        (Some(slot), None) => match crate::os::reserve(slot, crate::os::HUGE_PAGE_SIZE) {
+            Ok(base) => {
+                // SAFETY: reserved just above, and nothing refers to it.
+                unsafe { crate::os::unmap(base, slot) };
+                true
+            }
+            Err(_) => false,
+        },
+    };
+    if granted {
+        return Ok(());
+    }
+    let largest = match limit {
+        Some(_) => quarter,
+        None => largest_reservable(max),
+    };
+    Err((slot, largest.min(quarter)))
+}
+
 /// Builds the main heap in slot 0 (`init` builds it there) and publishes
 /// it, unless `init` fails.
 ///

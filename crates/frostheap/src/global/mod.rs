@@ -35,6 +35,7 @@ mod route;
 mod start;
 mod stats;
 
+pub use heaps::probe_reservation;
 use route::{context_alloc, own_heap, owner_of, route, Owner, Route, CONTEXT, FAST_HEAP, ROUTE};
 pub(crate) use route::{on_main_route, set_context};
 pub use route::{unguarded, Shared};

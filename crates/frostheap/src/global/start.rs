@@ -221,7 +221,7 @@ fn start_main() -> Result<(), Failure> {
     }
     let cfg = config::from_env_once().map_err(Failure::Env)?;
     let core = CoreConfig {
-        min: cfg.min,
+        min: config::main_precommit(cfg.min, cfg.max),
         max: cfg.max,
         huge_pages: match cfg.huge_pages {
             config::HugePages::Auto
