@@ -50,14 +50,18 @@ case "$budget" in
     ;;
 esac
 
-export RUSTFLAGS="--cfg frostheap_chaos -C debug-assertions" CARGO_TARGET_DIR=target/chaos
+# target/chaos, or chaos/ under CARGO_TARGET_DIR when it is set (CI leaves
+# it unset): a build of its own either way, apart from the normal one.
+chaos=${CARGO_TARGET_DIR:-target}/chaos
+case "$chaos" in /*) ;; *) chaos=$PWD/$chaos ;; esac
+export RUSTFLAGS="--cfg frostheap_chaos -C debug-assertions" CARGO_TARGET_DIR=$chaos
 # The library's own tests first (the heap's unit tests, the `it` binary:
 # remote frees by the million, the model tests, thread heaps in the
 # global-mode fixtures), on the same kind of build.
 cargo test --release -p frostheap
 cargo build --release -p frostheap-capi
-lib=$PWD/target/chaos/release/libfrostheap.so
-bin=target/chaos/c
+lib=$chaos/release/libfrostheap.so
+bin=$chaos/c
 mkdir -p "$bin"
 for prog in threads mixer thread_churn consumer mapstress maprace own_cache idle_stress interior_free; do
     cc -O1 -fno-builtin -Wall -Wno-use-after-free -pthread \

@@ -371,16 +371,25 @@ fn generations(
 /// The child's main: `<case> <threads> <ops>`; prints `sample <ns>` for
 /// each of `runs` runs (the first discarded as warm-up by the parent).
 pub fn child_main() {
+    const USAGE: &str = "usage: threads_<allocator> local|working-set|larson|prodcons|prodcons-1cpu|prodcons-2cpu|spawn|spawn-large|none THREADS OPS RUNS\n(a child of the `threads` benchmark: prints `sample <ns>` per run)";
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if matches!(args.as_slice(), [h] if h == "--help" || h == "-h") {
+        println!("{USAGE}");
+        std::process::exit(0);
+    }
     let [case, threads, ops, runs] = args.as_slice() else {
-        eprintln!(
-            "usage: threads_<allocator> local|working-set|larson|prodcons|prodcons-1cpu|prodcons-2cpu|spawn|spawn-large|none THREADS OPS RUNS"
-        );
+        eprintln!("{USAGE}");
         std::process::exit(2);
     };
-    let threads: usize = threads.parse().expect("THREADS");
-    let ops: usize = ops.parse().expect("OPS");
-    let runs: usize = runs.parse().expect("RUNS");
+    let number = |name: &str, v: &str| -> usize {
+        v.parse().unwrap_or_else(|_| {
+            eprintln!("{name} must be a whole number, not {v:?}\n{USAGE}");
+            std::process::exit(2)
+        })
+    };
+    let threads = number("THREADS", threads);
+    let ops = number("OPS", ops);
+    let runs = number("RUNS", runs);
     for _ in 0..runs {
         let ns = match case.as_str() {
             "local" => local(threads, ops),

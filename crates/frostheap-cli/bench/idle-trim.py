@@ -10,7 +10,8 @@ only; about 15 s a run with the defaults, 40 s with `--mixed 1500`.
 
     cargo build --release -p frostheap-cli
     python3 crates/frostheap-cli/bench/idle-trim.py [--threads N] [--runs R] \
-        [--mixed M] [BINARY ...]    # default: target/release/frostheap
+        [--mixed M] [BINARY ...]    # default: $CARGO_TARGET_DIR/release/frostheap
+                                    # (target/release/frostheap without it)
 
 Prints one line a run: the binary, the workers, committed KiB under load
 and once idle, the bytes in use, and `idle_trim_threads` (the workers that
@@ -19,6 +20,7 @@ trimmed their own heap; absent from builds before 2026-12-06).
 
 import argparse
 import json
+import os
 import random
 import socket
 import subprocess
@@ -91,7 +93,8 @@ def main():
     p.add_argument("--runs", type=int, default=2, help="runs of each binary (2)")
     p.add_argument("--mixed", type=int, default=150,
                    help="mixed requests per connection, 16 connections (150)")
-    p.add_argument("binaries", nargs="*", default=["target/release/frostheap"])
+    default = os.path.join(os.environ.get("CARGO_TARGET_DIR") or "target", "release", "frostheap")
+    p.add_argument("binaries", nargs="*", default=[default])
     o = p.parse_args()
     for r in range(o.runs):
         for b in o.binaries:

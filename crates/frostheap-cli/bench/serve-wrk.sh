@@ -4,7 +4,8 @@
 # round, median and range), and peak RSS at 10x overload against the
 # budget. Installs wrk from Debian's packages if it is missing, builds the
 # release binaries, and runs `frostheap-load --wrk` (loopback only,
-# bounded: about a minute with the defaults).
+# bounded: about a minute with the defaults). Honours CARGO_TARGET_DIR
+# (relative to the repository's root), as cargo does.
 #
 #   crates/frostheap-cli/bench/serve-wrk.sh [--rounds N] [--secs S]
 set -euo pipefail
@@ -18,4 +19,4 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 
 cargo build --release -p frostheap-cli --bins
-exec target/release/frostheap-load --wrk "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/frostheap-load" --wrk "$@"

@@ -23,7 +23,7 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
         Bytes(os::HUGE_PAGE_SIZE)
     );
     outln!(
-        "huge pages in use    {} (FROSTHEAP_HUGE_PAGES={:?})",
+        "huge pages in use    {} (FROSTHEAP_HUGE_PAGES={})",
         match cfg.huge_pages {
             _ if !cfg.huge_pages.enabled() => "no",
             frostheap::HugePages::Auto => {
@@ -40,7 +40,7 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
     outln!("protection keys      {pkeys}");
     let backend = frostheap::__private::resolve(cfg.protect)?;
     outln!(
-        "freeze backend       {} (FROSTHEAP_PROTECT={:?}), policy {} (FROSTHEAP_ON_VIOLATION)",
+        "freeze backend       {} (FROSTHEAP_PROTECT={}), policy {} (FROSTHEAP_ON_VIOLATION)",
         backend.name(),
         cfg.protect,
         cfg.on_violation.name()

@@ -141,6 +141,13 @@ fn info_names_the_limits_and_a_bad_environment_value_stops_with_one_line() {
     ] {
         assert!(stdout.contains(line), "`info` reports {line}:\n{stdout}");
     }
+    // The defaults are printed as the words the variables accept.
+    for setting in ["(FROSTHEAP_HUGE_PAGES=auto)", "(FROSTHEAP_PROTECT=auto)"] {
+        assert!(
+            stdout.contains(setting),
+            "`info` prints {setting}:\n{stdout}"
+        );
+    }
     let bad = Command::new(env!("CARGO_BIN_EXE_frostheap"))
         .arg("info")
         .env("FROSTHEAP_MAX", "lots")

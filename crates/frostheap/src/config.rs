@@ -43,6 +43,17 @@ impl Protect {
         Self::parse_bytes(s.as_bytes())
     }
 
+    /// The word `FROSTHEAP_PROTECT` accepts for this backend (what
+    /// [`Protect::parse`] reads back; also its `Display`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Protect::Auto => "auto",
+            Protect::Pkey => "pkey",
+            Protect::Mprotect => "mprotect",
+            Protect::Off => "off",
+        }
+    }
+
     fn parse_bytes(s: &[u8]) -> Option<Protect> {
         match s {
             b"auto" => Some(Protect::Auto),
@@ -154,7 +165,23 @@ pub enum HugePages {
     Off,
 }
 
+impl core::fmt::Display for Protect {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl HugePages {
+    /// The word `FROSTHEAP_HUGE_PAGES` accepts for this policy (`auto`,
+    /// `on`, `off`; also its `Display`).
+    pub fn name(self) -> &'static str {
+        match self {
+            HugePages::Auto => "auto",
+            HugePages::On => "on",
+            HugePages::Off => "off",
+        }
+    }
+
     /// Resolves `Auto` against the running kernel.
     pub fn enabled(self) -> bool {
         match self {
@@ -171,6 +198,12 @@ impl HugePages {
             b"off" => Some(HugePages::Off),
             _ => None,
         }
+    }
+}
+
+impl core::fmt::Display for HugePages {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -637,6 +670,27 @@ mod tests {
         assert_eq!(c.on_violation, OnViolation::Audit);
         assert!(c.track_allocs);
         assert!(c.stats);
+    }
+
+    #[test]
+    fn the_printed_names_are_the_words_the_variables_accept() {
+        for p in [
+            Protect::Auto,
+            Protect::Pkey,
+            Protect::Mprotect,
+            Protect::Off,
+        ] {
+            assert_eq!(Protect::parse(&p.to_string()), Some(p), "{p}");
+        }
+        for h in [HugePages::Auto, HugePages::On, HugePages::Off] {
+            assert_eq!(
+                HugePages::parse_bytes(h.to_string().as_bytes()),
+                Some(h),
+                "{h}"
+            );
+        }
+        assert_eq!(Protect::Auto.to_string(), "auto");
+        assert_eq!(HugePages::Auto.to_string(), "auto");
     }
 
     #[test]

@@ -66,7 +66,25 @@ fn median(mut runs: Vec<f64>) -> f64 {
     runs[runs.len() / 2]
 }
 
+/// What `--help` prints.
+const USAGE: &str = "usage: global_path\n\nfrostheap::Global through #[global_allocator]: the median of 7 runs, in ns per\noperation, of pairN (a Vec<u8> of capacity N made and dropped; N = 16, 256, 4096),\nchurn (100 live Vecs of 16-1,024 bytes, one replaced at random per step) and\nchurn0 (the same, zero-filled), on one line. Takes no arguments.";
+
+/// The benchmark takes no arguments: `--help` (or `-h`) prints [`USAGE`]
+/// and exits 0, anything else is refused with status 2, so that neither
+/// runs the benchmark by surprise.
+fn check_args() {
+    if let Some(arg) = std::env::args().nth(1) {
+        if arg == "--help" || arg == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        eprintln!("global_path: unexpected argument {arg:?}: it takes none (--help for usage)");
+        std::process::exit(2);
+    }
+}
+
 fn main() {
+    check_args();
     let mut line = String::new();
     for size in [16usize, 256, 4096] {
         let ns = median((0..7).map(|_| pairs(size, 2_000_000)).collect());

@@ -290,6 +290,12 @@ pub struct Heap {
 
 impl Heap {
     /// Starts building a heap.
+    ///
+    /// At most 255 explicit heaps may be alive at once: every heap holds
+    /// an entry of the process's guard table, which has 256, and the main
+    /// heap holds one of them. [`HeapBuilder::build`] refuses the next
+    /// with [`Error::InvalidConfig`] naming `heap`; dropping a heap (its
+    /// last clone) frees its entry.
     pub fn builder() -> HeapBuilder {
         HeapBuilder::default()
     }
@@ -908,7 +914,8 @@ impl HeapBuilder {
                 "heap",
                 arc.name.as_ref(),
                 format!(
-                    "room in the guard table: at most {} heaps may be alive at once",
+                    "room in the guard table: at most {} explicit heaps may be alive at once (its {} entries, one of which the main heap holds)",
+                    guard::CAPACITY - 1,
                     guard::CAPACITY
                 ),
             ));

@@ -170,7 +170,7 @@ impl RuntimeBuilder {
     /// the workers leave if less. A count that does not fit is an error
     /// naming the count the caller set (a worker count past the slots was
     /// reported as a bad `max_parked` of 64, which nobody had set).
-    fn counts(&self, parallelism: usize) -> Result<(usize, usize), Error> {
+    pub(super) fn counts(&self, parallelism: usize) -> Result<(usize, usize), Error> {
         let slots = crate::context::N_SLOTS;
         let workers = match self.workers {
             Some(n) if !(1..=slots).contains(&n) => {
@@ -207,11 +207,7 @@ impl RuntimeBuilder {
         // Reads the environment, if nothing has, sets the process limit
         // and starts the main heap (as the first `Heap::build` would).
         let env = crate::global::start()?;
-        let (workers, max_parked) = self.counts(
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-        )?;
+        let (workers, max_parked) = self.counts(available_parallelism())?;
         if self.no_progress_timeout.is_zero() {
             return Err(Error::invalid(
                 "no_progress_timeout",
@@ -300,6 +296,14 @@ impl Runtime {
     pub fn builder() -> RuntimeBuilder {
         RuntimeBuilder::default()
     }
+}
+
+/// The workers a runtime gets when none are given: the machine's
+/// parallelism, 1 if unknown.
+pub(super) fn available_parallelism() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 #[cfg(test)]

@@ -95,6 +95,17 @@ pub(crate) fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Runtim
             )
         })?;
         b = b.max_parked(n);
+        // A count that does not fit beside the workers is refused by
+        // `build` as the builder's `max_parked`; the line names the
+        // variable the value came from instead.
+        if let Err(Error::InvalidConfig {
+            name: "max_parked",
+            expected,
+            ..
+        }) = b.counts(super::builder::available_parallelism())
+        {
+            return Err(Error::invalid("FROSTHEAP_MAX_PARKED", &v, expected));
+        }
     }
     Ok(b)
 }
@@ -141,6 +152,26 @@ mod tests {
         let line = err_line(&[("FROSTHEAP_MAX_PARKED", "-1")]);
         assert!(line.contains("FROSTHEAP_MAX_PARKED"), "{line}");
         assert!(!line.contains('\n'), "one line: {line}");
+    }
+
+    #[test]
+    fn a_max_parked_that_does_not_fit_beside_the_workers_names_the_variable() {
+        let line = err_line(&[
+            ("FROSTHEAP_WORKERS", "100"),
+            ("FROSTHEAP_MAX_PARKED", "1000"),
+        ]);
+        assert!(
+            line.contains("FROSTHEAP_MAX_PARKED=\"1000\"")
+                && line.contains("at most 924 with 100 workers"),
+            "{line}"
+        );
+        assert!(!line.contains("invalid max_parked"), "{line}");
+        // What fits is accepted.
+        from_env(env(&[
+            ("FROSTHEAP_WORKERS", "100"),
+            ("FROSTHEAP_MAX_PARKED", "924"),
+        ]))
+        .expect("924 fits beside 100 workers");
     }
 
     #[test]

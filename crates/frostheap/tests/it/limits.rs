@@ -576,6 +576,24 @@ fn a_min_the_process_limit_cannot_hold_is_refused_naming_min() {
     }
 }
 
+test!(the_guard_table_holds_255_explicit_heaps_beside_the_main_heap);
+/// The guard table has 256 entries and the main heap holds one, so 255
+/// explicit heaps can be alive at once, with or without `Global`; the
+/// 256th build is refused saying so. The refusal said "at most 256 heaps
+/// may be alive at once" after 255.
+fn the_guard_table_holds_255_explicit_heaps_beside_the_main_heap() {
+    for fixture in ["explicit_heaps", "explicit_heaps_global"] {
+        let out = explicit_heaps(fixture, &["fill"], &[]);
+        let line = step_line(&out, "fill");
+        assert!(
+            line.starts_with("built=255 err InvalidConfig name=heap:")
+                && line.contains("at most 255 explicit heaps")
+                && line.contains("main heap"),
+            "{fixture}: {out}"
+        );
+    }
+}
+
 test!(a_heap_the_process_limit_refuses_reports_the_process_numbers);
 /// Under `FROSTHEAP_MAX=256M`, a heap of `max(1 GiB)` holding 200 MiB, and
 /// a second one asking for 200 MiB: the process limit refuses it, and the
