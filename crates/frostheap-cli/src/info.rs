@@ -26,6 +26,9 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
         "huge pages in use    {} (FROSTHEAP_HUGE_PAGES={})",
         match cfg.huge_pages {
             _ if !cfg.huge_pages.enabled() => "no",
+            frostheap::HugePages::Auto if !cfg.huge_pages.enabled_for(cfg.max) => {
+                "no for the main heap (FROSTHEAP_MAX under 64 MiB); explicit heaps of 64 MiB or more"
+            }
             frostheap::HugePages::Auto => {
                 "yes; a Rust program's main heap from its first mprotect-backend guard"
             }

@@ -151,11 +151,12 @@ impl Backend {
 /// Whether a region uses transparent huge pages.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum HugePages {
-    /// On where the kernel offers THP (`always` or `madvise` mode): a heap
-    /// built with it from its first byte; the main heap of a Rust program
-    /// (`Global`) from the first time a runtime guards it with the
-    /// `mprotect` backend (it starts on base pages); the C ABI's main heap
-    /// never.
+    /// On where the kernel offers THP (`always` or `madvise` mode) and the
+    /// heap's `max` (the main heap's: `FROSTHEAP_MAX`) is at least
+    /// [`HugePages::AUTO_FROM`]: a heap built with it from its first byte;
+    /// the main heap of a Rust program (`Global`) from the first time a
+    /// runtime guards it with the `mprotect` backend (it starts on base
+    /// pages); the C ABI's main heap never.
     #[default]
     Auto,
     /// Align to 2 MiB and advise `MADV_HUGEPAGE`.
@@ -182,12 +183,32 @@ impl HugePages {
         }
     }
 
+    /// The smallest `max` for which `Auto` lays a heap out for huge pages
+    /// (64 MiB). Such a heap commits and charges in 2 MiB steps and
+    /// charges each small span's whole 64 KiB page (a touch may make 2
+    /// MiB resident): under a small limit that is most of it. A `Global`
+    /// program under `FROSTHEAP_MAX=128K` (the least accepted) had its
+    /// main heap charge the whole limit at its first growth and hold a
+    /// page for each of its first two size classes; the third, a 24-byte
+    /// `String`, was refused and the program aborted. Under 512K, its
+    /// first growth took the whole limit from every other thread.
+    pub const AUTO_FROM: usize = 64 << 20;
+
     /// Resolves `Auto` against the running kernel.
     pub fn enabled(self) -> bool {
         match self {
             HugePages::On => true,
             HugePages::Off => false,
             HugePages::Auto => os::thp_mode() != os::ThpMode::Never,
+        }
+    }
+
+    /// Resolves `Auto` against the running kernel for a heap whose cap is
+    /// `max` ([`HugePages::AUTO_FROM`]).
+    pub fn enabled_for(self, max: usize) -> bool {
+        match self {
+            HugePages::Auto => max >= HugePages::AUTO_FROM && self.enabled(),
+            _ => self.enabled(),
         }
     }
 

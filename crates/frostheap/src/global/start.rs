@@ -225,7 +225,8 @@ fn start_main() -> Result<(), Failure> {
         max: cfg.max,
         huge_pages: match cfg.huge_pages {
             config::HugePages::Auto
-                if AUTO_HUGE_PAGES.load(Ordering::Relaxed) && cfg.huge_pages.enabled() =>
+                if AUTO_HUGE_PAGES.load(Ordering::Relaxed)
+                    && cfg.huge_pages.enabled_for(cfg.max) =>
             {
                 Huge::Later
             }

@@ -892,7 +892,7 @@ impl HeapBuilder {
                 format!("at most max ({:#})", crate::size::Bytes(max)),
             ));
         }
-        let huge_pages = if self.huge_pages.enabled() {
+        let huge_pages = if self.huge_pages.enabled_for(max) {
             Huge::On
         } else {
             Huge::Off

@@ -1420,8 +1420,8 @@ impl Locked<'_> {
     /// give back. A program that makes a block of 8 MiB, touches it and
     /// frees it, round after round, had the top decommitted and faulted in
     /// again every round: 769,000 faults and 1.0–1.7 s for 250 rounds,
-    /// against glibc's 8,300 faults and 0.01–0.03 s (a user's trial,
-    /// `bigcycle malloc 8192 250 1`; glibc raises its own trim threshold
+    /// against glibc's 8,300 faults and 0.01–0.03 s (a user's trial
+    /// program under the C ABI; glibc raises its own trim threshold
     /// the same way once a large block is freed). The first large top
     /// freed still goes at once. Laid with the rare code (layout.ld).
     #[inline(never)]

@@ -443,6 +443,20 @@ fn max_below_two_heap_pages_stops_startup_and_two_run_a_program() {
     assert_succeeded_saying(&out, &format!("hello limit={}", 128 << 10));
 }
 
+test!(a_small_limit_lays_the_main_heap_out_on_base_pages);
+/// Under a limit below 64 MiB the main heap is laid out on base pages
+/// whatever `FROSTHEAP_HUGE_PAGES=auto` finds: laid out for huge pages it
+/// charged the whole of a small limit at its first growth, a 64 KiB page
+/// to each size class. Under 128K a program that used a third class
+/// aborted (a 24-byte `String` refused, 656 bytes in use); under 512K a
+/// thread's first 64 KiB was refused.
+fn a_small_limit_lays_the_main_heap_out_on_base_pages() {
+    let out = run_fixture("global_hello", &["classes"], &[("FROSTHEAP_MAX", "128K")]);
+    assert_succeeded_saying(&out, "classes ok: 10 blocks");
+    let out = run_fixture("global_hello", &["thread"], &[("FROSTHEAP_MAX", "512K")]);
+    assert_succeeded_saying(&out, "thread ok: true");
+}
+
 test!(many_threads_are_charged_for_the_pages_their_blocks_reach);
 /// 400 threads at once under `FROSTHEAP_MAX=64M`, each holding a block in
 /// 16 size classes (a thread per connection): none is refused, and the

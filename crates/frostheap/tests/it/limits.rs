@@ -176,11 +176,14 @@ test!(an_alignment_above_a_heap_page_takes_an_aligned_page_or_is_refused_for_its
 /// range cannot grow past the heap's max, so the request is refused — for
 /// its own 8 bytes, which is what it would take (a block aligned beyond a
 /// page takes only its own pages, at an aligned page). Freed, the small
-/// block's span goes, and the same request takes that page.
+/// block's span goes, and the same request takes that page. (Laid out for
+/// huge pages, the range starts at a 2 MiB boundary, so its only 1 MiB-
+/// aligned page is its first, where the small block's span lies.)
 fn an_alignment_above_a_heap_page_takes_an_aligned_page_or_is_refused_for_its_size() {
     let heap = Heap::builder()
         .name("one MiB")
         .max(MIB)
+        .huge_pages(frostheap::HugePages::On)
         .build()
         .expect("a 1 MiB heap");
     let small = heap
