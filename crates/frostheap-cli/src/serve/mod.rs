@@ -5,9 +5,10 @@
 //!
 //! **Memory.** A client is charged when its request head has arrived,
 //! through the tower layer [`MemoryLimitLayer`]: `max(per-client cost,
-//! REQUEST_BYTES + body × factor)`, where the per-client cost covers the
-//! connection's buffers too and the factor is what the endpoint builds from
-//! the body (see `endpoints.rs`). Past the budget, `shed` answers 503 and
+//! what the request builds)`, where the per-client cost covers the
+//! connection's buffers too and what a request builds is its buffers and
+//! what the endpoint builds from an ordinary body of its length (see
+//! `endpoints.rs`). Past the budget, `shed` answers 503 and
 //! `wait` queues (at most `--max-waiting` requests; past that, 503). A
 //! body still arriving a second after its head (`BODY_GRACE`) keeps only
 //! what it has sent and grows with what comes (503 when the budget cannot,
