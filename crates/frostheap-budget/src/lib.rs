@@ -76,7 +76,6 @@
     not(feature = "tower"),
     doc = "<!-- the links to the tower module -->\n[`cost`]: #crate-features\n[`tower`]: #crate-features"
 )]
-
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 

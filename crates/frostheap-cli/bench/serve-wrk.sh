@@ -18,4 +18,4 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 
 cargo build --release -p frostheap-cli --bins
-exec target/release/frostheap-load --wrk "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/frostheap-load" --wrk "$@"
