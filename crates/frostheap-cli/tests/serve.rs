@@ -1969,3 +1969,43 @@ fn a_busy_server_gives_back_the_free_memory_its_heaps_keep_past_8_mib() {
         "{st}"
     );
 }
+
+#[test]
+fn a_body_that_keeps_the_minimum_rate_still_ends_at_the_body_max_time() {
+    // A sender keeping the minimum rate held its client place until its
+    // body was whole: 1 MB at 500 B/s, 35 minutes, and 128 such senders
+    // held a 16 MiB server's capacity. Here a byte every 20 ms keeps far
+    // above the 1 B/s asked, and the 100,000-byte body would take half an
+    // hour: it gets 408 at --body-max-time.
+    let server = Server::start(&[
+        "--max-memory",
+        "8M",
+        "--body-timeout",
+        "1s",
+        "--body-min-rate",
+        "1",
+        "--body-max-time",
+        "2s",
+    ]);
+    let mut s = connect(&server.addr);
+    s.write_all(head("POST", "/transform", 100_000).as_bytes())
+        .unwrap();
+    let start = Instant::now();
+    let mut answered = false;
+    while start.elapsed() < 2 * Duration::from_secs(2) + PATIENCE {
+        if s.write_all(b"a").is_err() {
+            answered = true;
+            break;
+        }
+        if server.stats()["timeouts_body"].as_u64() == Some(1) {
+            answered = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(answered, "the trickle was never cut: {}", server.stats());
+    let (status, body) = read_response(s);
+    assert_eq!(status, 408, "{}", String::from_utf8_lossy(&body));
+    let st = server.wait_for("the body timeout counted", |st| n(st, "timeouts_body") == 1);
+    assert_eq!(n(&st, "clients"), 0, "{st}");
+}

@@ -34,7 +34,8 @@
 //!
 //! **Time.** Every phase of a connection has a deadline (`clock.rs`): the
 //! head (`--header-timeout`; 408, on a kept-alive connection too), the
-//! body (`--body-timeout` plus a minimum rate), the response
+//! body (`--body-timeout` plus a minimum rate, `--body-max-time` in all),
+//! the response
 //! (`--send-timeout` without the client taking any of it), the idle wait
 //! between requests (`--idle-timeout`). Timeouts are
 //! counted in `/stats` and `/metrics`. A request's memory stays charged
@@ -216,6 +217,12 @@ pub struct ServeArgs {
     /// whole body within `--body-timeout`).
     #[arg(long, default_value = "500", allow_hyphen_values = true)]
     body_min_rate: String,
+    /// Time for a whole request body to arrive, however fast it keeps
+    /// coming (408 past it; never less than --body-timeout): a body that
+    /// keeps --body-min-rate holds its client place at most this long (a
+    /// 1 MB body at 500 B/s took 35 minutes).
+    #[arg(long, default_value = "60s", value_parser = positive_duration, allow_hyphen_values = true)]
+    body_max_time: Duration,
     /// Time a kept-alive connection may wait for its next request.
     #[arg(long, default_value = "5s", value_parser = positive_duration, allow_hyphen_values = true)]
     idle_timeout: Duration,
@@ -389,6 +396,7 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         header: args.header_timeout,
         body: args.body_timeout,
         body_min_rate,
+        body_max: args.body_max_time.max(args.body_timeout),
         idle: args.idle_timeout,
         send: args.send_timeout,
     };
@@ -461,7 +469,7 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
             let _ = out.flush();
             let rate = match body_min_rate {
                 0 => String::new(),
-                r => format!(" + 1 s per {r} B"),
+                r => format!(" + 1 s per {r} B, {:?} at most", timeouts.body_max),
             };
             errln!(
                 "frostheap serve: timeouts: head {:?}, body {:?}{rate}, send {:?}, idle {:?}{gate}; descriptors: {fd_limit}",

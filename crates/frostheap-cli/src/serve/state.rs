@@ -36,6 +36,9 @@ pub(super) struct Timeouts {
     pub(super) body: Duration,
     /// Bytes per second a body must keep up after `body`; 0: none.
     pub(super) body_min_rate: u64,
+    /// The longest a whole body may take, however fast it keeps coming
+    /// (at least `body`).
+    pub(super) body_max: Duration,
     pub(super) idle: Duration,
     /// How long a response may wait for the client to take any of it.
     pub(super) send: Duration,
