@@ -22,9 +22,9 @@
 //! the [`ConnectionGate`], a separate budget of `--max-pending`
 //! connections (default: a sixteenth of the budget at [`CONNECTION_BYTES`]
 //! each). The memory bound ([`memory_bound`], `memory_bound` in `/stats`,
-//! the README's one statement of it) is `--max-memory` + (`--max-pending`
-//! + `--max-waiting`) × `CONNECTION_BYTES` + [`OWN_BYTES`] +
-//! [`LOAD_BYTES`].
+//! the README's one statement of it) is `--max-memory` plus
+//! (`--max-pending` + `--max-waiting`) × `CONNECTION_BYTES` plus
+//! [`OWN_BYTES`] and [`LOAD_BYTES`].
 //!
 //! A request for an unknown endpoint (404), or whose `Content-Length` is
 //! past `--max-body` (413), is answered from its head before the layer:
