@@ -44,7 +44,7 @@
 //!
 //! `examples/axum.rs` is a whole server doing this (its test runs it). The
 //! layer charges each request `max(per-client cost, Content-Length)` (or
-//! a [`cost`](tower::MemoryLimitLayer::cost) function of the head) from
+//! a [`cost`] function of the head) from
 //! the head on, until its response body has been sent; see [`tower`] for
 //! waiting instead of shedding. What the layer cannot do alone is make
 //! the 503 readable by a client still sending its body: the server must
@@ -59,11 +59,23 @@
 //!
 //! The default build has no optional features.
 //!
-//! - `tower`: [`tower`](crate::tower), a tower middleware that admits HTTP
+//! - `tower`: [`tower`], a tower middleware that admits HTTP
 //!   requests by memory from a [`Budget`] — waiting for a permit through
 //!   `poll_ready`, or shedding with 503. Adds tower-service, tower-layer,
 //!   http, http-body and pin-project-lite.
-
+#![cfg_attr(
+    feature = "tower",
+    doc = "<!-- the links to the tower module -->\n[`cost`]: tower::MemoryLimitLayer::cost\n[`tower`]: mod@crate::tower"
+)]
+// Without the feature there is no `tower` module to link to: its links
+// lead to the features above. (Intra-doc links to it were broken in that
+// build, and `cargo doc` with `-D warnings` failed in both.) The comment
+// opening each fragment keeps the definitions out of the list before
+// (rustdoc drops a fragment's leading blank line).
+#![cfg_attr(
+    not(feature = "tower"),
+    doc = "<!-- the links to the tower module -->\n[`cost`]: #crate-features\n[`tower`]: #crate-features"
+)]
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 

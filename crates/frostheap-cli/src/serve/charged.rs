@@ -1,8 +1,8 @@
 //! What the handlers build from a body, charged before it is built.
 //!
-//! A request is charged from its head: `body × factor` (`request_cost`),
-//! a fair guess for ordinary bodies and far short for some: a JSON array
-//! of zeros (`[0,0,0,…]`) parses into 32 bytes per two of body, more as
+//! A request is charged from its head: what the endpoint builds from an
+//! ordinary body of that length (`request_cost`), a fair guess for
+//! ordinary bodies and far short for some: a JSON array of zeros (`[0,0,0,…]`) parses into 32 bytes per two of body, more as
 //! its buffer doubles, and one-entry objects into a B-tree node of 632
 //! bytes per eight; `op=reverse` turned each invalid byte into a three-byte
 //! U+FFFD twice over; `op=words` held a hash table of 50 bytes or more per
@@ -89,14 +89,32 @@ impl Charge<'_> {
     }
 }
 
-/// The bytes of the block the allocator gives for `n` bytes, at most:
-/// frostheap's size classes waste under a quarter of a block, in steps of
-/// 16 bytes (heap/class.rs); large blocks take whole pages.
+/// The bytes of the block the allocator gives for `n` bytes: frostheap's
+/// own figure ([`frostheap::Heap::block_size`]: the size class, or whole
+/// 64 KiB pages past 128 KiB), except that the classes between 1 KiB and 4 KiB
+/// that only heaps past 8 MiB have (1152, 1408, ..., 3840) are counted as
+/// the next class, which a smaller heap serves them from. (A request of
+/// 1 KiB to 128 KiB may also be given a free block of one of the next two
+/// classes when its own has none: not counted.) Until 2026-12-06 this was
+/// an estimate of its own, `n + n/4` rounded to 16 (4 KiB pages past
+/// 128 KiB), which counted a 64 KiB buffer as 80 KiB and a 1 MB one as
+/// 1,003,520 bytes where it takes 1 MiB: every 64 KiB transform grew its charge past
+/// its head's, and under `--overload wait` at 10× load 83% of the
+/// admitted requests ended in 503 at that point.
 pub(super) fn block(n: usize) -> usize {
-    match n {
-        0 => 0,
-        n if n > 128 << 10 => n.next_multiple_of(4 << 10),
-        n => (n + n / 4).next_multiple_of(16),
+    if n == 0 {
+        return 0;
+    }
+    let Ok(layout) = std::alloc::Layout::from_size_align(n, 1) else {
+        // Past what any allocation may ask for.
+        return n;
+    };
+    let b = frostheap::Heap::block_size(layout);
+    if b > 1 << 10 && b < 4 << 10 {
+        // The four-way split's step between 2^k and 2^(k+1) is 2^k / 4.
+        b.next_multiple_of((1 << b.ilog2()) / 4)
+    } else {
+        b
     }
 }
 
@@ -445,12 +463,61 @@ pub(super) fn word_counts(
 /// What a request whose body is `body` bytes holds before its handler
 /// builds anything: its least charge and its body's buffer.
 pub(super) fn held(body: usize) -> usize {
-    MIN_CHARGE + block(body)
+    MIN_CHARGE.saturating_add(block(body))
+}
+
+/// What a transform of a `body`-byte body builds besides [`held`], in the
+/// common case: `upper` and `reverse` one buffer the body's length (valid
+/// UTF-8); `words` a list of one slice (16 bytes) per word, for text of
+/// five bytes a word or more (English prose: about six), and its answer.
+pub(super) fn transform_builds(body: usize, words: bool) -> usize {
+    if words {
+        block(body.div_ceil(5).saturating_mul(size_of::<&str>())).saturating_add(block(1 << 10))
+    } else {
+        block(body)
+    }
+}
+
+/// What an echo of a `body`-byte JSON document builds besides [`held`],
+/// in the common case: its parsed tree, counted as twice the body (an
+/// ordinary document; a small one is charged the per-client cost, which
+/// covers its tree), and its output as [`to_json`] grows it: doubling
+/// from 1 KiB to the body's length, the last two buffers both held while
+/// the last is filled.
+pub(super) fn echo_builds(body: usize) -> usize {
+    let last = body
+        .max(1 << 10)
+        .checked_next_power_of_two()
+        .unwrap_or(usize::MAX);
+    let output = if last == 1 << 10 {
+        block(last)
+    } else {
+        block(last).saturating_add(block(last / 2))
+    };
+    block(body).saturating_mul(2).saturating_add(output)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocks_are_the_allocator_s_sizes() {
+        // A 64 KiB buffer is a 64 KiB block (it was counted as 80 KiB).
+        assert_eq!(block(64 << 10), 64 << 10);
+        assert_eq!(block(65_540), 80 << 10);
+        assert_eq!(block(0), 0);
+        assert_eq!(block(1), 16);
+        assert_eq!(block(100), 112);
+        // A fine class is counted as the four-way class serving it.
+        assert_eq!(block(1100), 1280);
+        assert_eq!(block(1280), 1280);
+        assert_eq!(block(2100), 2560);
+        assert_eq!(block(4096), 4096);
+        // Past 128 KiB: whole 64 KiB pages (counted as 4 KiB pages).
+        assert_eq!(block((128 << 10) + 1), 192 << 10);
+        assert_eq!(block(1_000_000), 1 << 20);
+    }
 
     #[test]
     fn reverse_matches_the_lossy_reversal() {

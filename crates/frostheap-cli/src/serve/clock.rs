@@ -7,7 +7,7 @@
 //! | phase | from | deadline |
 //! |---|---|---|
 //! | `Head` | accept, or the first byte after an idle wait | `--header-timeout` (default 10 s, HAProxy's usual `timeout http-request`; nginx allows 60 s) |
-//! | `Body` | the request head | `--body-timeout` + bytes received ÷ `--body-min-rate` (default 20 s + 1 s per 500 bytes: Apache's `RequestReadTimeout body=20,MinRate=500`) |
+//! | `Body` | the request head | `--body-timeout` + bytes received ÷ `--body-min-rate` (default 20 s + 1 s per 500 bytes: Apache's `RequestReadTimeout body=20,MinRate=500`), `--body-max-time` at most (default 60 s, nginx's `client_body_timeout`, there between two reads, here for the whole body) |
 //! | `Busy` | the end of the body | none: the server is working |
 //! | `Send` | the response's first frame taken by hyper, and each write of it that the client made room for | `--send-timeout` (default 30 s; nginx's `send_timeout` is 60 s) |
 //! | `Idle` | the response written to the socket (the last write flushed) | `--idle-timeout` (default 5 s, Apache's and Node's keep-alive timeout; nginx allows 75 s) |
@@ -16,6 +16,14 @@
 //! the deadline fails with `TimedOut` instead, hyper ends the connection,
 //! and the timeout is counted by phase; a write that waits for room past
 //! the `Send` deadline fails the same way.
+//!
+//! A body still arriving holds its request's client place (at least the
+//! per-client cost, `endpoints.rs`'s `read_body`), so the body's deadline
+//! is also how long a slow sender keeps a place: without
+//! `--body-max-time`, a 1 MB body sent at the minimum rate kept it for 35
+//! minutes, and 128 such senders held a 16 MiB server's whole capacity
+//! for as long. With it, a place comes back within a minute, whatever
+//! the sender does (a client on a 2G link, 30 KB/s, sends 1 MB in 35 s).
 //!
 //! A response's permit (its admitted bytes) is held here from its first
 //! frame until it is written to the socket ([`ConnClock::flushed`]): the
@@ -324,7 +332,7 @@ impl ConnClock {
                 } else {
                     Duration::from_secs_f64(bytes as f64 / t.body_min_rate as f64)
                 };
-                Some((since + t.body + allowance, Missed::Body))
+                Some((since + (t.body + allowance).min(t.body_max), Missed::Body))
             }
             IDLE => Some((since + t.idle, Missed::Idle)),
             SEND => Some((since + t.send, Missed::Send)),
@@ -368,7 +376,7 @@ impl Missed {
     fn message(self) -> &'static str {
         match self {
             Missed::Header => "request head not received within the header timeout",
-            Missed::Body => "request body slower than the body timeout and minimum rate",
+            Missed::Body => "request body slower than the body timeout and minimum rate, or past the body's time in all",
             Missed::Idle => "idle keep-alive connection timed out",
             Missed::Send => "the client took none of its response within the send timeout",
         }

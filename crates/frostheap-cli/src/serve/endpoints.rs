@@ -8,9 +8,10 @@
 //! buffer, parsed tree, output), which feeds the measured per-client cost.
 //!
 //! A request declares its cost from its head ([`request_cost`]): fixed
-//! overhead plus its body times what the endpoint usually builds from it
-//! (2 for a transform: body and output; 4 for a JSON echo: body, parsed
-//! tree, output). That is the first charge, not a bound: the handlers
+//! overhead, its body's buffer and what the endpoint builds from it in the
+//! common case (a transform: its output; a JSON echo: its parsed tree and
+//! output), as the allocator's blocks. That is the first charge, not a
+//! bound: the handlers
 //! grow it before they build more (`charged.rs`), and answer 503 (or 413)
 //! when the budget cannot. Nor is it held for a body that is slow to
 //! come: one still arriving [`BODY_GRACE`] after its head keeps what it
@@ -38,7 +39,7 @@ use tower_service::Service;
 use super::charged::{self, Charge, ParseError, Refused};
 use super::clock::ConnClock;
 use super::metrics;
-use super::state::{State, CONNECTION_BYTES, MIN_CHARGE, REQUEST_BYTES};
+use super::state::{State, CONNECTION_BYTES, REQUEST_BYTES};
 
 type RespBody = BudgetBody<Full<hyper::body::Bytes>>;
 
@@ -459,19 +460,23 @@ impl Query {
 }
 
 /// The bytes a request declares from its head: its connection's buffers
-/// and fixed overhead, plus what the endpoint builds from its body (2 for
-/// a transform: body and output; 4 for a JSON echo: body, parsed tree,
-/// output; the charge is at least the per-client cost). Held while the
+/// and fixed overhead, its body's buffer, and what the endpoint builds
+/// from the body in the common case, each buffer as the allocator's block
+/// (`charged::block`): for a transform, its output (`op=words`: its list
+/// of words); for a JSON echo, its parsed tree and output. So an admitted
+/// request of the common kind never grows its charge (a 64 KiB transform
+/// grew from 156 to 188 KiB until 2026-12-06, and got 503 when the
+/// budget could not); the charge is at least the per-client cost. Held while the
 /// body arrives only for [`BODY_GRACE`]: a body still arriving after it
 /// keeps what it has sent (`read_body`).
 pub(super) fn request_cost(parts: &hyper::http::request::Parts) -> usize {
     let body = frostheap_budget::tower::content_length(parts);
-    let factor = match parts.uri.path() {
-        "/echo" => 4,
-        "/transform" => 2,
-        _ => 1,
+    let builds = match parts.uri.path() {
+        "/echo" => charged::echo_builds(body),
+        "/transform" => charged::transform_builds(body, query(&parts.uri, "op") == Some("words")),
+        _ => 0,
     };
-    MIN_CHARGE.saturating_add(body.saturating_mul(factor))
+    charged::held(body).saturating_add(builds)
 }
 
 /// The endpoints as a tower service for the layer: `Endpoints(|req| ..)`

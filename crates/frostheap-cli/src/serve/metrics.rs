@@ -84,6 +84,9 @@ pub(super) struct Numbers {
     idle_trims: u64,
     idle_trim_threads: u64,
     idle_trimmed: u64,
+    load_trims: u64,
+    load_trimmed: u64,
+    memory_bound: usize,
     /// `256 MiB: 2,048 clients at ≈128 KiB each` (`null` without a budget).
     summary: Option<String>,
 }
@@ -139,6 +142,9 @@ const METRICS: &[(&str, &str, Kind, &str)] = &[
     ("idle_trims", "frostheap_idle_trims", Kind::Counter, "Times the server went idle and asked its worker threads to give their heaps' free memory back."),
     ("idle_trim_threads", "frostheap_idle_trim_threads", Kind::Counter, "Worker threads' trims of their own heaps as the server went idle."),
     ("idle_trimmed", "frostheap_idle_trimmed_bytes", Kind::Counter, "Bytes of free heap memory given back as the server went idle."),
+    ("load_trims", "frostheap_load_trims", Kind::Counter, "Times the heaps kept more free memory than the server allows under load (8 MiB) and gave it back."),
+    ("load_trimmed", "frostheap_load_trimmed_bytes", Kind::Counter, "Bytes of free heap memory given back under load."),
+    ("memory_bound", "frostheap_memory_bound_bytes", Kind::Gauge, "The memory the server stays within: the budget, its waiting connections, its own and its load's (0 without a budget)."),
 ];
 
 /// The content type of [`metrics_text`].
@@ -183,6 +189,9 @@ pub(super) fn numbers(state: &State) -> Numbers {
         idle_trims: state.idle.asked.load(Ordering::Relaxed),
         idle_trim_threads: state.idle.threads.load(Ordering::Relaxed),
         idle_trimmed: state.idle.bytes.load(Ordering::Relaxed),
+        load_trims: state.idle.load_trims.load(Ordering::Relaxed),
+        load_trimmed: state.idle.load_trimmed.load(Ordering::Relaxed),
+        memory_bound: state.memory_bound.unwrap_or(0),
         ..Numbers::default()
     };
     if let Some(g) = &state.gate {

@@ -5,9 +5,10 @@
 //!
 //! **Memory.** A client is charged when its request head has arrived,
 //! through the tower layer [`MemoryLimitLayer`]: `max(per-client cost,
-//! REQUEST_BYTES + body × factor)`, where the per-client cost covers the
-//! connection's buffers too and the factor is what the endpoint builds from
-//! the body (see `endpoints.rs`). Past the budget, `shed` answers 503 and
+//! what the request builds)`, where the per-client cost covers the
+//! connection's buffers too and what a request builds is its buffers and
+//! what the endpoint builds from an ordinary body of its length (see
+//! `endpoints.rs`). Past the budget, `shed` answers 503 and
 //! `wait` queues (at most `--max-waiting` requests; past that, 503). A
 //! body still arriving a second after its head (`BODY_GRACE`) keeps only
 //! what it has sent and grows with what comes (503 when the budget cannot,
@@ -20,9 +21,10 @@
 //! idle between keep-alive requests — hold no client place: they wait at
 //! the [`ConnectionGate`], a separate budget of `--max-pending`
 //! connections (default: a sixteenth of the budget at [`CONNECTION_BYTES`]
-//! each). So the memory bound is `--max-memory` + (`--max-pending` +
-//! `--max-waiting`) × `CONNECTION_BYTES` + the process's own (runtime,
-//! binary: a few MiB).
+//! each). The memory bound ([`memory_bound`], `memory_bound` in `/stats`,
+//! the README's one statement of it) is `--max-memory` plus
+//! (`--max-pending` + `--max-waiting`) × `CONNECTION_BYTES` plus
+//! [`OWN_BYTES`] and [`LOAD_BYTES`].
 //!
 //! A request for an unknown endpoint (404), or whose `Content-Length` is
 //! past `--max-body` (413), is answered from its head before the layer:
@@ -32,7 +34,8 @@
 //!
 //! **Time.** Every phase of a connection has a deadline (`clock.rs`): the
 //! head (`--header-timeout`; 408, on a kept-alive connection too), the
-//! body (`--body-timeout` plus a minimum rate), the response
+//! body (`--body-timeout` plus a minimum rate, `--body-max-time` in all),
+//! the response
 //! (`--send-timeout` without the client taking any of it), the idle wait
 //! between requests (`--idle-timeout`). Timeouts are
 //! counted in `/stats` and `/metrics`. A request's memory stays charged
@@ -135,6 +138,27 @@ const MAX_THREADS: usize = 1024;
 /// process limit must hold it on top of the rest (`within_process_limit`).
 const OWN_BYTES: usize = 8 << 20;
 
+/// What the server uses under load besides its budget, its waiting
+/// connections and its own: the free memory its heaps keep (at most
+/// [`FREE_KEPT`] in free spans, given back every [`LOAD_CHECK`] past it;
+/// more inside spans that still hold a live block, which no trim gives
+/// back: each size class keeps the most blocks it had live at once), and
+/// the connections the gate turns away or that are answered 503 and
+/// closed, which hold a few KiB each while they are. Measured at the
+/// peak of wrk's 10× overload (`crates/frostheap-cli/bench/serve-wrk.sh`:
+/// 2,560 clients on a 32 MiB budget; 2026-12-06, load 3-14,
+/// `/proc/PID/smaps_rollup` and `/stats` sampled every 50 ms): 64.6 MiB
+/// resident (VmHWM) = the budget + 32.6 MiB, of which 2.1 MB file pages
+/// (the code of the binary and libc: the 21 MB binary is mostly debug
+/// information, never mapped in), the rest anonymous: the heaps had 42.0
+/// MB in use (33.5 MB charged to requests, the rest the 2,762 open
+/// connections', most being turned away) and 70.7 MB committed; two
+/// threads' stacks touch a few KiB. The same run peaked at 75.4-78.4 MiB
+/// before the heaps were trimmed under load (`give_back_under_load`): a
+/// heap purges on its own only past max(32 MiB, twice what is live)
+/// free. The kernel's socket buffers are not in the process's memory.
+const LOAD_BYTES: usize = 28 << 20;
+
 /// The longest duration a time flag accepts. Deadlines are instants
 /// (`Instant + Duration`), which panicked past the clock's range: with
 /// `--idle-timeout 500000000000y` every kept-alive connection panicked its
@@ -193,6 +217,12 @@ pub struct ServeArgs {
     /// whole body within `--body-timeout`).
     #[arg(long, default_value = "500", allow_hyphen_values = true)]
     body_min_rate: String,
+    /// Time for a whole request body to arrive, however fast it keeps
+    /// coming (408 past it; never less than --body-timeout): a body that
+    /// keeps --body-min-rate holds its client place at most this long (a
+    /// 1 MB body at 500 B/s took 35 minutes).
+    #[arg(long, default_value = "60s", value_parser = positive_duration, allow_hyphen_values = true)]
+    body_max_time: Duration,
     /// Time a kept-alive connection may wait for its next request.
     #[arg(long, default_value = "5s", value_parser = positive_duration, allow_hyphen_values = true)]
     idle_timeout: Duration,
@@ -366,10 +396,12 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         header: args.header_timeout,
         body: args.body_timeout,
         body_min_rate,
+        body_max: args.body_max_time.max(args.body_timeout),
         idle: args.idle_timeout,
         send: args.send_timeout,
     };
     let state = Arc::new(State {
+        memory_bound: (!args.no_budget).then(|| memory_bound(&args, max_memory)),
         gate: budget
             .as_ref()
             .map(|_| ConnectionGate::new(max_pending, GATE_GRACE)),
@@ -437,7 +469,7 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
             let _ = out.flush();
             let rate = match body_min_rate {
                 0 => String::new(),
-                r => format!(" + 1 s per {r} B"),
+                r => format!(" + 1 s per {r} B, {:?} at most", timeouts.body_max),
             };
             errln!(
                 "frostheap serve: timeouts: head {:?}, body {:?}{rate}, send {:?}, idle {:?}{gate}; descriptors: {fd_limit}",
@@ -469,10 +501,24 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// The memory the server stays within with a budget of `max_memory`:
+/// the budget, + (`--max-pending` + `--max-waiting`) ×
+/// [`CONNECTION_BYTES`] + [`OWN_BYTES`] + [`LOAD_BYTES`]. Its only
+/// statement: the README's, the bench's check and the process-limit check
+/// at start all follow it.
+pub(super) fn memory_bound(args: &ServeArgs, max_memory: usize) -> usize {
+    let (pending, waiting) = waiting_connections(args, max_memory);
+    max_memory
+        .saturating_add((pending + waiting).saturating_mul(CONNECTION_BYTES))
+        .saturating_add(OWN_BYTES)
+        .saturating_add(LOAD_BYTES)
+}
+
 /// Refuses a budget that the process's own allocator limit (frostheap's
 /// `FROSTHEAP_MAX`, or its default) cannot hold with the rest of what the
-/// server promises to stay within: `--max-memory` + (`--max-pending` +
-/// `--max-waiting`) × [`CONNECTION_BYTES`] + [`OWN_BYTES`]. Past the limit
+/// server promises to stay within ([`memory_bound`]). Until 2026-12-06 the
+/// load's share ([`LOAD_BYTES`]) was left out: under `FROSTHEAP_MAX=44M`, a
+/// 32 MiB budget started and aborted at 10× load. Past the limit
 /// an allocation fails, and the process aborts: with `FROSTHEAP_MAX=16M`
 /// and a 256 MiB budget the server promised 2,048 clients and aborted
 /// under load (a user's trial), where it should have shed.
@@ -483,12 +529,7 @@ fn within_process_limit(
 ) -> Result<(), Error> {
     let limit = frostheap::stats().limit;
     // What a budget of `bytes` makes the server use at most.
-    let uses = |bytes: usize| {
-        let (pending, waiting) = waiting_connections(args, bytes);
-        bytes
-            .saturating_add((pending + waiting).saturating_mul(CONNECTION_BYTES))
-            .saturating_add(OWN_BYTES)
-    };
+    let uses = |bytes: usize| memory_bound(args, bytes);
     let needed = uses(max_memory);
     if needed <= limit {
         return Ok(());
@@ -519,9 +560,10 @@ fn within_process_limit(
         String::new()
     };
     Err(format!(
-        "invalid {given}: with {pending} + {waiting} connections waiting (--max-pending + --max-waiting, {} each) and {} of the server's own, the server may use {}, more than the process's allocator limit of {} ({env}), at which it would abort instead of shedding; expected {hint}FROSTHEAP_MAX of at least {}",
+        "invalid {given}: with {pending} + {waiting} connections waiting (--max-pending + --max-waiting, {} each), {} of the server's own and {} more under load, the server may use {}, more than the process's allocator limit of {} ({env}), at which it would abort instead of shedding; expected {hint}FROSTHEAP_MAX of at least {}",
         Bytes(CONNECTION_BYTES),
         Bytes(OWN_BYTES),
+        Bytes(LOAD_BYTES),
         Bytes(needed),
         Bytes(limit),
         Bytes(needed),
@@ -580,6 +622,7 @@ async fn serve<S: Limited>(
         Err(e) => Some(e),
     };
     tokio::spawn(give_back_when_idle(state.clone()));
+    tokio::spawn(give_back_under_load(state.clone()));
     let name = loop {
         tokio::select! {
             stream = listener.accept() => if let Some(e) = accept(stream) {
@@ -679,6 +722,30 @@ async fn give_back_when_idle(state: Arc<State>) {
             // Still idle, and a worker was missed (tokio woke no worker
             // for its task): once more, a tick later.
             occupy_every_worker(workers);
+        }
+    }
+}
+
+/// The free memory the heaps may keep under load, past what is live.
+pub(super) const FREE_KEPT: usize = 8 << 20;
+
+/// How often [`give_back_under_load`] looks.
+const LOAD_CHECK: Duration = Duration::from_millis(100);
+
+/// Gives the heaps' free memory back whenever they keep more than
+/// [`FREE_KEPT`] past what is live, looking every [`LOAD_CHECK`]. A heap
+/// purges on its own only once its free memory passes max(32 MiB, twice
+/// what is live): at 10× overload of a 32 MiB budget the heaps held up to
+/// 56 MiB free beside 29 MiB live, and the server's peak RSS was the
+/// budget + 44–46 MiB.
+async fn give_back_under_load(state: Arc<State>) {
+    let mut tick = tokio::time::interval(LOAD_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let s = frostheap::stats();
+        if s.committed > s.in_use().saturating_add(FREE_KEPT) {
+            state.idle.trim_under_load();
         }
     }
 }

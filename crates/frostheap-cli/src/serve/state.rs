@@ -36,6 +36,9 @@ pub(super) struct Timeouts {
     pub(super) body: Duration,
     /// Bytes per second a body must keep up after `body`; 0: none.
     pub(super) body_min_rate: u64,
+    /// The longest a whole body may take, however fast it keeps coming
+    /// (at least `body`).
+    pub(super) body_max: Duration,
     pub(super) idle: Duration,
     /// How long a response may wait for the client to take any of it.
     pub(super) send: Duration,
@@ -44,6 +47,9 @@ pub(super) struct Timeouts {
 /// Everything the connections and handlers share.
 pub(super) struct State {
     pub(super) budget: Option<Budget>,
+    /// The memory the server stays within (`memory_bound` in mod.rs; none
+    /// without a budget).
+    pub(super) memory_bound: Option<usize>,
     /// Connections without an admitted request (with a budget).
     pub(super) gate: Option<ConnectionGate>,
     pub(super) max_body: usize,
@@ -111,6 +117,10 @@ pub(super) struct IdleTrims {
     /// Worker threads' trims, and the bytes they gave back.
     pub(super) threads: AtomicU64,
     pub(super) bytes: AtomicU64,
+    /// Trims under load (the heaps kept more than `FREE_KEPT` free), and
+    /// the bytes they gave back.
+    pub(super) load_trims: AtomicU64,
+    pub(super) load_trimmed: AtomicU64,
     /// One trim at a time: a trim gives back the other heaps' free spans
     /// too, and two at once would each count what the other gave back.
     one_at_a_time: std::sync::Mutex<()>,
@@ -127,6 +137,18 @@ impl IdleTrims {
         let _one = self.one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
         self.this_spell.store(0, Ordering::Release);
         self.asked.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Trims now, from the monitor's task (under load: `give_back_under_load`
+    /// in mod.rs): every heap's free spans, and the blocks this worker
+    /// thread keeps.
+    pub(super) fn trim_under_load(&self) {
+        let bytes = {
+            let _one = self.one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
+            frostheap::trim()
+        };
+        self.load_trims.fetch_add(1, Ordering::Relaxed);
+        self.load_trimmed.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// Run by each worker thread as it parks (no task to run): trims its
