@@ -247,25 +247,8 @@ fn print_process(fd: i32) {
     os::write_fd(fd, b.finish());
 }
 
-/// Appends `n` bytes as `12.3 MiB` (binary units, one decimal).
+/// Appends `n` bytes as frostheap's Rust side shows sizes (`64 MiB`,
+/// `12.3 MiB`: [`Buf::size`]).
 fn human(b: Buf<'_>, n: u64) -> Buf<'_> {
-    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    let mut unit = 0;
-    let mut scaled = n;
-    while scaled >= 1024 * 10 && unit + 1 < UNITS.len() {
-        scaled >>= 10;
-        unit += 1;
-    }
-    if unit == 0 && n < 1024 {
-        return b.dec(n).str(" B");
-    }
-    // Recompute with one decimal from the exact value.
-    let unit = if unit == 0 { 1 } else { unit };
-    let div = 1u64 << (10 * unit);
-    let tenths = (n as u128 * 10 / div as u128) as u64;
-    b.dec(tenths / 10)
-        .str(".")
-        .dec(tenths % 10)
-        .str(" ")
-        .str(UNITS[unit])
+    b.size(n as usize)
 }

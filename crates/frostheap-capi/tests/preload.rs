@@ -384,7 +384,7 @@ fn api_program_passes_on_frostheap() {
     assert_succeeded_saying(&out, ", 0 failures");
     // The main thread's blocks really came from the main heap.
     let stats = stats_line(&out);
-    assert!(stats.contains("limit 1024.0 MiB"), "{stats}");
+    assert!(stats.contains("limit 1 GiB"), "{stats}");
     assert!(!stats.contains(" 0 in total"), "{stats}");
 }
 
@@ -706,7 +706,7 @@ fn statistics_at_exit_reach_the_standard_error_the_program_closed() {
     assert_succeeded_saying(&out, "stderr_closed: closed");
     assert!(!stats_line(&out).is_empty(), "{}", text(&out));
     assert!(
-        process_stats_line(&out).contains(", limit 64.0 MiB;"),
+        process_stats_line(&out).contains(", limit 64 MiB;"),
         "{}",
         text(&out)
     );
@@ -723,7 +723,7 @@ fn statistics_at_exit_reach_the_standard_error_the_program_closed() {
         text(&out)
     );
     assert!(
-        process_stats_line(&out).contains(", limit 64.0 MiB;"),
+        process_stats_line(&out).contains(", limit 64 MiB;"),
         "{}",
         text(&out)
     );
@@ -746,7 +746,7 @@ fn a_process_under_an_address_space_limit_starts_with_a_limit_that_fits() {
     );
     assert_succeeded_saying(&out, "small stack: 8 threads ok");
     let process = process_stats_line(&out);
-    assert!(process.contains("limit 1024.0 MiB;"), "{process}");
+    assert!(process.contains("limit 1 GiB;"), "{process}");
     // A limit set above what fits stops start-up with one line that names
     // the variable, its value, what fits (a quarter of the address space,
     // as a power of two) and the address-space limit.
@@ -969,7 +969,7 @@ fn a_refusal_under_a_tiny_limit_says_what_the_heap_needed() {
     assert_eq!(refused.len(), 1, "{}", text(&out));
     let line = &refused[0];
     assert!(
-        line.starts_with("frostheap: refused an allocation of 4.8 KiB: the process limit (FROSTHEAP_MAX) is 128.0 KiB, ")
+        line.starts_with("frostheap: refused an allocation of 4.8 KiB: the process limit (FROSTHEAP_MAX) is 128 KiB, ")
             && line.contains(" committed, and its heap needed ")
             && line.contains(" more for it; the call fails with ENOMEM"),
         "{line}"
@@ -992,13 +992,13 @@ fn a_request_larger_than_the_limit_leaves_the_limits_line_to_the_first_that_fits
     let refused = refusal_lines(&out);
     assert_eq!(refused.len(), 2, "{}", text(&out));
     assert!(
-        refused[0].contains(": larger than the process limit (FROSTHEAP_MAX) of 64.0 MiB itself;"),
+        refused[0].contains(": larger than the process limit (FROSTHEAP_MAX) of 64 MiB itself;"),
         "{}",
         text(&out)
     );
     assert!(
         refused[1].starts_with(
-            "frostheap: refused an allocation of 1024.0 KiB: the process limit (FROSTHEAP_MAX) is 64.0 MiB, "
+            "frostheap: refused an allocation of 1 MiB: the process limit (FROSTHEAP_MAX) is 64 MiB, "
         ),
         "{}",
         text(&out)
@@ -1047,7 +1047,7 @@ try:\n    y = bytearray(10**9)\nexcept MemoryError:\n    pass\n";
     );
     let stats = stats_line(&out);
     assert!(
-        stats.contains("limit 256.0 MiB") && !stats.contains(" 0 refused"),
+        stats.contains("limit 256 MiB") && !stats.contains(" 0 refused"),
         "{stats}"
     );
     let refused = refusal_lines(&out);
@@ -1060,7 +1060,7 @@ try:\n    y = bytearray(10**9)\nexcept MemoryError:\n    pass\n";
     // 953.6 MiB is larger than the limit itself: that line.
     assert!(
         refused[0].starts_with("frostheap: refused an allocation of 953.")
-            && refused[0].contains("larger than the process limit (FROSTHEAP_MAX) of 256.0 MiB"),
+            && refused[0].contains("larger than the process limit (FROSTHEAP_MAX) of 256 MiB"),
         "{}",
         refused[0]
     );
@@ -1385,7 +1385,7 @@ m = mmap.mmap(-1, 16 << 20, flags=mmap.MAP_PRIVATE)\nm[-1:] = b'x'\nprint('small
     assert!(stdout.contains("small ok"), "{}", text(&out));
     let refused = refusal_lines(&out);
     assert!(
-        refused.len() == 1 && refused[0].contains("of 512.0 MiB:"),
+        refused.len() == 1 && refused[0].contains("of 512 MiB:"),
         "{}",
         text(&out)
     );

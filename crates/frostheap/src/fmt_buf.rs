@@ -59,6 +59,18 @@ impl<'a> Buf<'a> {
         self.bytes(&digits[i..])
     }
 
+    /// Appends a byte count as [`crate::size::Bytes`] shows it (`64 MiB`,
+    /// `63.9 KiB`, `1023 B`).
+    pub fn size(self, n: usize) -> Self {
+        let (whole, tenths, unit, _) = crate::size::shown(n);
+        let b = self.dec(whole as u64);
+        let b = match tenths {
+            Some(t) => b.str(".").dec(t as u64),
+            None => b,
+        };
+        b.str(" ").str(unit)
+    }
+
     /// The bytes written so far.
     pub fn finish(self) -> &'a [u8] {
         let Buf { buf, len } = self;
@@ -86,5 +98,26 @@ mod tests {
         assert_eq!(Buf::new(&mut small).str("abcdef").finish(), b"abcd");
         let mut z = [0u8; 8];
         assert_eq!(Buf::new(&mut z).dec(0).hex(0).finish(), b"00");
+    }
+
+    #[test]
+    fn sizes_read_as_bytes_displays_them() {
+        // The C library's lines said `1024.0 KiB` and `64.0 MiB` where the
+        // Rust side said `1 MiB` and `64 MiB`.
+        for n in [
+            0,
+            1023,
+            1024,
+            65_535,
+            1 << 20,
+            5_000,
+            64 << 20,
+            (3 << 29) + 1,
+            usize::MAX,
+        ] {
+            let mut b = [0u8; 32];
+            let shown = Buf::new(&mut b).size(n).finish();
+            assert_eq!(shown, crate::size::Bytes(n).to_string().as_bytes(), "{n}");
+        }
     }
 }

@@ -242,29 +242,41 @@ fn trim(mut s: &[u8]) -> &[u8] {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bytes(pub usize);
 
+/// How [`Bytes`] shows `n`: whole units, the tenths rounded down when
+/// the count is not a whole number of units, the unit, and whether those
+/// tenths are exact. Shared with [`crate::fmt_buf::Buf::size`], which
+/// shows sizes where nothing may allocate (the C library's lines).
+pub(crate) fn shown(n: usize) -> (usize, Option<usize>, &'static str, bool) {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut unit = 0;
+    while unit + 1 < UNITS.len() && n >= 1usize << (10 * (unit + 1)) {
+        unit += 1;
+    }
+    let shift = 10 * unit as u32;
+    let whole = n >> shift;
+    let rest = n & ((1usize << shift) - 1);
+    if rest == 0 {
+        return (whole, None, UNITS[unit], true);
+    }
+    // Tenths of the unit, rounded down, in integers (no f64 rounding
+    // up): rest < 2^shift, so rest * 10 < 2^(shift + 4) fits in u128.
+    let tenths = ((rest as u128 * 10) >> shift) as usize;
+    let exact = (rest as u128 * 10) & ((1u128 << shift) - 1) == 0;
+    (whole, Some(tenths), UNITS[unit], exact)
+}
+
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-        let n = self.0;
-        let mut unit = 0;
-        while unit + 1 < UNITS.len() && n >= 1usize << (10 * (unit + 1)) {
-            unit += 1;
+        match shown(self.0) {
+            (whole, None, unit, _) => write!(f, "{whole} {unit}"),
+            (whole, Some(tenths), unit, exact) => {
+                write!(f, "{whole}.{tenths} {unit}")?;
+                if f.alternate() && !exact {
+                    write!(f, " ({} bytes)", self.0)?;
+                }
+                Ok(())
+            }
         }
-        let shift = 10 * unit as u32;
-        let whole = n >> shift;
-        let rest = n & ((1usize << shift) - 1);
-        if rest == 0 {
-            return write!(f, "{whole} {}", UNITS[unit]);
-        }
-        // Tenths of the unit, rounded down, in integers (no f64 rounding
-        // up): rest < 2^shift, so rest * 10 < 2^(shift + 4) fits in u128.
-        let tenths = (rest as u128 * 10) >> shift;
-        write!(f, "{whole}.{tenths} {}", UNITS[unit])?;
-        let exact = (rest as u128 * 10) & ((1u128 << shift) - 1) == 0;
-        if f.alternate() && !exact {
-            write!(f, " ({n} bytes)")?;
-        }
-        Ok(())
     }
 }
 
