@@ -66,6 +66,9 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
+// A cdylib: its Rust items are all private, and the crate page is read
+// as a map of them (`cargo doc --document-private-items`), so it links them.
+#![allow(rustdoc::private_intra_doc_links)]
 
 // GCC's unwinder, linked into the library in place of libgcc_s (see the
 // crate). Declared with `extern crate`, rustc puts its archive behind

@@ -259,7 +259,7 @@ pub const fn min_headroom(max: usize) -> usize {
 
 /// The bytes the main heap commits up front for `FROSTHEAP_MIN=min` under
 /// `FROSTHEAP_MAX=max`: `min`, but no more than `max` less
-/// [`min_headroom`] (rounded down to 64 KiB, a heap page), so that the
+/// `min_headroom` (rounded down to 64 KiB, a heap page), so that the
 /// other threads' heaps and the program's mappings, which the limit counts
 /// too, always have room. `FROSTHEAP_MIN` equal to `FROSTHEAP_MAX`, as
 /// `-Xms` equal to `-Xmx` is common for a JVM, is accepted and commits
@@ -487,7 +487,7 @@ fn memory_of(physical: usize, cgroup_limit: Option<usize>) -> usize {
 /// --max-memory`) accept.
 pub const LIMIT_SYNTAX: &str = "a byte size (a number with an optional binary unit B, K, M, G, T, P, E, or KB/KiB, MB/MiB, ..., EB/EiB, any case, at most 9 decimals, e.g. 64M, 1G, 1.5GiB) or a whole percentage, 1% to 100%, of the memory the process may use (physical memory, or its cgroup's limit if less), e.g. 75%";
 
-/// Parses a limit: a byte size ([`parse_size_bytes`]), or `N%` (a whole
+/// Parses a limit: a byte size (`parse_size_bytes`), or `N%` (a whole
 /// `N` from 1 to 100) of `memory` ([`process_memory`]), rounded down to a
 /// byte, as a JVM's `-XX:MaxRAMPercentage` is of the same memory. Never
 /// allocates.

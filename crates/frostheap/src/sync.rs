@@ -85,7 +85,7 @@ pub(crate) fn invariant_broken(file: &str, line: u32, msg: core::fmt::Arguments<
 /// class state). Contention is rare by design: owner threads take the fast
 /// path without it.
 ///
-/// Debug builds remember the holder's [`thread_token`], and a thread that
+/// Debug builds remember the holder's `thread_token`, and a thread that
 /// waits for a lock it holds itself stops the process with a message: an
 /// allocation from inside the allocator (a panic under a heap's lock
 /// allocates) spun for good, silently, before.

@@ -480,7 +480,7 @@ pub(super) fn request_cost(parts: &hyper::http::request::Parts) -> usize {
 }
 
 /// The endpoints as a tower service for the layer: `Endpoints(|req| ..)`
-/// (see [`app`]). Generic over the closure so that its future is
+/// (see where `serve` in mod.rs builds it). Generic over the closure so that its future is
 /// `handle`'s own, not boxed: an async fn's future has no name to put in
 /// `Service::Future`, but a type parameter can stand for it. (A boxed
 /// future cost an allocation and a copy of the whole handler state into

@@ -253,7 +253,7 @@ pub(super) fn largest_reservable(max: usize) -> usize {
 /// or above `max`, 64 MiB at least. `Ok` when that slot is reserved and
 /// unmapped here at once; else `Err((slot, largest))`, the slot's size
 /// (`None`: past the largest power of two) and the largest limit the
-/// start-up would take, as its own line says it ([`largest_reservable`],
+/// start-up would take, as its own line says it (`largest_reservable`,
 /// and under `ulimit -v` no more than the largest power of two within a
 /// quarter of it; 0 when none).
 ///

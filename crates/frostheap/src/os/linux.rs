@@ -372,7 +372,7 @@ pub unsafe fn purge(addr: *mut u8, len: usize) -> Result<(), OsError> {
 /// Moves the pages of `[from, from + len)` to `[to, to + len)` without
 /// copying them: `mremap(from, n, n, MREMAP_MAYMOVE | MREMAP_FIXED |
 /// MREMAP_DONTUNMAP, to)` (Linux 5.7), as a system call, not through the C
-/// library's `mremap` (see [`sys_mmap`]: under `libfrostheap.so` that name
+/// library's `mremap` (see `sys_mmap`: under `libfrostheap.so` that name
 /// is the library's own, which records a program's mappings). What was
 /// mapped at `to` is replaced by the moved mapping, which keeps the
 /// source's flags — protection, `MAP_NORESERVE`, huge-page advice,
