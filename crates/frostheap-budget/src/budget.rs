@@ -63,7 +63,8 @@ pub struct BudgetStats {
     pub in_use: usize,
     /// The highest `in_use` seen.
     pub peak_in_use: usize,
-    /// Live client permits (from `try_acquire` / `acquire`).
+    /// Live client permits (from `try_acquire` / `acquire`), but those
+    /// suspended ([`Permit::suspend`](crate::Permit::suspend)).
     pub clients: usize,
     /// The most client permits alive at once.
     pub peak_clients: usize,

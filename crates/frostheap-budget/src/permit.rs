@@ -10,7 +10,10 @@
 //! Waiting never holds bytes while waiting for more: a permit that wants to
 //! grow past what is free either fails ([`Permit::try_grow`]) or is given
 //! back and the whole amount waited for in one piece, so waiters cannot
-//! deadlock each other.
+//! deadlock each other. A client that stops needing its place for a while
+//! gives all of it back ([`Permit::suspend`]) and takes it again later
+//! ([`Permit::try_resume`], or [`Permit::resume`], which waits holding
+//! nothing).
 
 use std::fmt;
 use std::future::Future;
@@ -93,6 +96,11 @@ struct PermitShared {
     /// Granted after waiting in the queue: a reservation that waited
     /// counts in `waited` when it is admitted.
     waited: bool,
+    /// Suspended ([`Permit::suspend`]): it holds no bytes (until a resume
+    /// takes them) and, a client, is not counted in `clients`. Written by
+    /// `suspend` and the resumes, which the permit's one user calls in
+    /// turn.
+    suspended: AtomicBool,
 }
 
 impl Permit {
@@ -120,6 +128,7 @@ impl Permit {
                 used: AtomicUsize::new(0),
                 client: AtomicBool::new(client),
                 waited,
+                suspended: AtomicBool::new(false),
             }),
         }
     }
@@ -135,6 +144,101 @@ impl Permit {
             if self.shared.waited {
                 i.waited.fetch_add(1, Ordering::Relaxed);
             }
+            // A suspended permit is counted in `clients` when it resumes.
+            if !self.is_suspended() {
+                let now = i.clients.fetch_add(1, Ordering::Relaxed) + 1;
+                raise_peak(&i.peak_clients, now);
+            }
+        }
+    }
+
+    /// Gives back every byte this permit holds, at once (to the waiters
+    /// first), and, for a client permit, leaves `clients` until it
+    /// resumes: for a client that has stopped needing its place for a
+    /// while and must not keep it from others (`frostheap serve`'s
+    /// request whose body arrives slowly, which keeps what it has sent in
+    /// memory counted apart). Returns the bytes it held (0, and nothing
+    /// done, if it is suspended already). The permit stays valid; its
+    /// bytes come back with [`Permit::try_resume`] or [`Permit::resume`].
+    /// A permit that drops suspended feeds no measurement: its client did
+    /// not run to its end.
+    ///
+    /// ```
+    /// use frostheap_budget::Budget;
+    /// let budget = Budget::new(1 << 20);
+    /// let permit = budget.try_acquire(600 << 10).expect("fits");
+    /// assert_eq!(permit.suspend(), 600 << 10);
+    /// assert_eq!((budget.stats().in_use, budget.stats().clients), (0, 0));
+    /// let other = budget.try_acquire(600 << 10).expect("its place is free");
+    /// assert!(!permit.try_resume(600 << 10), "taken meanwhile");
+    /// drop(other);
+    /// assert!(permit.try_resume(600 << 10));
+    /// assert_eq!((budget.stats().in_use, budget.stats().clients), (600 << 10, 1));
+    /// assert_eq!(budget.stats().admitted, 2, "a resume is no new admission");
+    /// ```
+    pub fn suspend(&self) -> usize {
+        if self.shared.suspended.swap(true, Ordering::Relaxed) {
+            return 0;
+        }
+        let held = self.bytes();
+        self.shrink_to(0);
+        if self.shared.client.load(Ordering::Relaxed) {
+            let i = &self.shared.budget.inner;
+            i.clients.fetch_sub(1, Ordering::Relaxed);
+        }
+        held
+    }
+
+    /// Whether the permit is suspended ([`Permit::suspend`]).
+    pub fn is_suspended(&self) -> bool {
+        self.shared.suspended.load(Ordering::Relaxed)
+    }
+
+    /// Takes the permit up to `bytes` again if they are free now (no
+    /// waiting, no overtaking a waiter) and ends its suspension: a client
+    /// counts in `clients` again (not in `admitted`: it was admitted
+    /// once). False, a refusal counted and the permit still suspended, if
+    /// they are not free. On a permit that is not suspended, the same as
+    /// [`Permit::try_grow`] by what it holds less than `bytes`.
+    pub fn try_resume(&self, bytes: usize) -> bool {
+        let extra = bytes.saturating_sub(self.bytes());
+        if extra > 0 && !self.try_grow(extra) {
+            return false;
+        }
+        self.unsuspend();
+        true
+    }
+
+    /// Like [`Permit::try_resume`], waiting (in FIFO order, counted in
+    /// `waiting`) until the bytes fit. It waits holding nothing (what a
+    /// suspended permit holds), so waiters cannot deadlock each other.
+    /// Fails with [`Error::OutOfMemory`] at once if `bytes` exceeds the
+    /// whole budget. Dropping the future gives up its place in the queue;
+    /// the permit stays suspended.
+    pub async fn resume(&self, bytes: usize) -> Result<(), Error> {
+        let extra = bytes.saturating_sub(self.bytes());
+        if extra > 0 {
+            let more = self.shared.budget.reserve(extra).await?;
+            // `more` is fresh and alone: its bytes become this permit's,
+            // and it drops holding none.
+            let s = &more.shared;
+            let (charged, granules) = (
+                s.charged.swap(0, Ordering::Relaxed),
+                s.granules.swap(0, Ordering::Relaxed),
+            );
+            self.shared.charged.fetch_add(charged, Ordering::Relaxed);
+            self.shared.granules.fetch_add(granules, Ordering::Relaxed);
+        }
+        self.unsuspend();
+        Ok(())
+    }
+
+    /// Ends a suspension (if any): a client counts in `clients` again.
+    fn unsuspend(&self) {
+        if self.shared.suspended.swap(false, Ordering::Relaxed)
+            && self.shared.client.load(Ordering::Relaxed)
+        {
+            let i = &self.shared.budget.inner;
             let now = i.clients.fetch_add(1, Ordering::Relaxed) + 1;
             raise_peak(&i.peak_clients, now);
         }
@@ -245,7 +349,7 @@ impl fmt::Debug for Permit {
 impl Drop for PermitShared {
     fn drop(&mut self) {
         let inner = &self.budget.inner;
-        if *self.client.get_mut() {
+        if *self.client.get_mut() && !*self.suspended.get_mut() {
             inner.clients.fetch_sub(1, Ordering::Relaxed);
             let used = *self.used.get_mut();
             if used > 0 && inner.measured.load(Ordering::Relaxed) {

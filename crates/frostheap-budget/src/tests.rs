@@ -66,6 +66,40 @@ mod budget {
     }
 
     #[test]
+    fn a_suspended_permit_holds_nothing_and_resumes_by_waiting_in_line() {
+        let b = Budget::new(1000);
+        let p = b.try_acquire(600).unwrap();
+        assert_eq!(p.suspend(), 600);
+        assert_eq!(p.suspend(), 0, "suspended already");
+        let s = b.stats();
+        assert_eq!((s.in_use, s.clients, s.admitted), (0, 0, 1));
+        let other = b.try_acquire(700).expect("the place it left is free");
+        assert!(!p.try_resume(600));
+        assert!(p.is_suspended());
+        let waker = Waker::from(Arc::new(CountWake(AtomicUsize::new(0))));
+        let mut cx = Context::from_waker(&waker);
+        let mut resume = Box::pin(p.resume(600));
+        assert!(resume.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(b.stats().waiting, 1);
+        drop(other);
+        assert!(matches!(resume.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
+        drop(resume);
+        let s = b.stats();
+        assert_eq!(
+            (s.in_use, s.clients, s.admitted, s.waiting, s.refused),
+            (600, 1, 2, 0, 1)
+        );
+        assert_eq!((p.bytes(), p.is_suspended()), (600, false));
+        drop(p);
+        assert_eq!((b.stats().in_use, b.stats().clients), (0, 0));
+        // Dropped while suspended: counted out of `clients` once.
+        let q = b.try_acquire(100).unwrap();
+        q.suspend();
+        drop(q);
+        assert_eq!((b.stats().in_use, b.stats().clients), (0, 0));
+    }
+
+    #[test]
     fn permits_return_their_bytes_and_refuse_past_the_budget() {
         let b = Budget::new(1000);
         let p1 = b.try_acquire(600).unwrap();

@@ -159,6 +159,9 @@ fn request(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) 
 }
 
 /// A request whose body is half sent: the server holds it until `finish`.
+/// It holds its client place only for `--body-grace` (1 s; past it, a body
+/// still arriving leaves its place for the slow-body pool): a test that
+/// holds places with it gives the server [`HOLDING`].
 struct Held {
     stream: TcpStream,
     rest: Vec<u8>,
@@ -185,6 +188,11 @@ impl Held {
     }
 }
 
+/// The flags of a server whose held requests ([`hold`]) keep their client
+/// places while the test runs: a body grace longer than any test (a held
+/// body still meets `--body-timeout`, 20 s, as before).
+const HOLDING: [&str; 2] = ["--body-grace", "1h"];
+
 fn n(v: &Value, key: &str) -> u64 {
     v[key]
         .as_u64()
@@ -203,6 +211,8 @@ fn shed_mode_admits_up_to_capacity_and_sheds_the_rest_with_503() {
         "--fixed-per-client",
         "--overload",
         "shed",
+        HOLDING[0],
+        HOLDING[1],
     ]);
     assert!(
         server.banner.contains("8 MiB: 8 clients at ≈1 MiB each"),
@@ -268,6 +278,8 @@ fn wait_mode_queues_past_capacity_and_serves_when_memory_returns() {
         "--fixed-per-client",
         "--overload",
         "wait",
+        HOLDING[0],
+        HOLDING[1],
     ]);
     let capacity = n(&server.stats(), "capacity");
     assert_eq!(capacity, 4);
@@ -328,6 +340,8 @@ fn wait_mode_drops_a_waiting_request_whose_client_has_left() {
         "--fixed-per-client",
         "--overload",
         "wait",
+        HOLDING[0],
+        HOLDING[1],
     ]);
     let held: Vec<Held> = (0..2).map(|_| hold(&server.addr, BODY)).collect();
     server.wait_for("capacity clients in flight", |s| n(s, "clients") == 2);
@@ -545,6 +559,15 @@ fn bad_configuration_gives_one_line_and_exit_status_2() {
         &["--threads", "0", "--listen", "127.0.0.1:0"],
         "invalid --threads 0: expected 1 to 1024",
     );
+    // The slow-body pool must hold one slow request's connection and head.
+    bad_config(
+        &["--slow-memory", "20K", "--listen", "127.0.0.1:0"],
+        "invalid --slow-memory \"20K\": below the 28 KiB one slow request holds",
+    );
+    bad_config(
+        &["--slow-memory", "1000T", "--listen", "127.0.0.1:0"],
+        "more than the memory this server may use",
+    );
     bad_config(
         &[
             "--max-memory",
@@ -673,6 +696,8 @@ fn a_per_client_cost_below_a_requests_least_charge_is_refused_and_capacity_is_wh
         "--per-client",
         "28K",
         "--fixed-per-client",
+        HOLDING[0],
+        HOLDING[1],
     ]);
     assert!(
         server.banner.contains("1 MiB: 36 clients at ≈28 KiB each"),
@@ -770,11 +795,15 @@ fn a_body_still_arriving_is_charged_what_has_arrived_not_what_it_declares() {
             s
         })
         .collect();
-    server.wait_for("the two slow requests admitted", |s| n(s, "clients") == 2);
-    // Each keeps its place (1 MiB) and the 3 bytes it sent.
-    server.wait_for("the declared charges given back", |s| {
-        n(s, "in_use") == 2 << 20
+    server.wait_for("the two slow requests admitted", |s| n(s, "admitted") == 2);
+    // Each keeps the 3 bytes it sent (a 16 KiB buffer) and its connection
+    // and head (28 KiB), in the slow-body pool, and no client place. (Each
+    // kept its place, 1 MiB, in the budget until 2026-12-06.)
+    let st = server.wait_for("the declared charges given back", |s| {
+        n(s, "slow_bodies") == 2 && n(s, "in_use") == 0
     });
+    assert_eq!(n(&st, "clients"), 0, "{st}");
+    assert_eq!(n(&st, "slow_in_use"), 2 * (44 << 10), "{st}");
     // Another client is served meanwhile.
     let (status, body) = request(&server.addr, "POST", "/transform", BODY);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
@@ -786,9 +815,12 @@ fn a_body_still_arriving_is_charged_what_has_arrived_not_what_it_declares() {
         assert_eq!((status, body.len()), (200, DECLARED));
         assert!(body.iter().all(|&b| b == b'A'));
     }
-    let s = server.wait_for("everything released", |s| n(s, "in_use") == 0);
+    let s = server.wait_for("everything released", |s| {
+        n(s, "in_use") == 0 && n(s, "slow_in_use") == 0
+    });
     assert_eq!((n(&s, "admitted"), n(&s, "shed")), (3, 0), "{s}");
     assert!(n(&s, "peak_in_use") <= n(&s, "budget"), "{s}");
+    assert_eq!((n(&s, "slow_entered"), n(&s, "slow_bodies")), (2, 0), "{s}");
 }
 
 #[test]
@@ -1674,10 +1706,15 @@ fn bodies_that_parse_or_transform_into_far_more_than_charged_stay_within_the_bud
     assert!(statuses.iter().any(|(_, s)| *s == 200), "{statuses:?}");
     let s = server.stats();
     // The bound the server promises (`memory_bound`: the budget, the
+    // slow-body pool, twice the 1 MiB `--max-body` and 28 KiB, the
     // waiting connections, 64 + 64 at 24 KiB, its own 8 MiB and its
     // load's 28 MiB).
     let bound = n(&s, "memory_bound");
-    assert_eq!(bound, BUDGET + 128 * (24 << 10) + (36 << 20), "{s}");
+    assert_eq!(
+        bound,
+        BUDGET + (2 << 20) + (28 << 10) + 128 * (24 << 10) + (36 << 20),
+        "{s}"
+    );
     most = most.max(n(&s, "heap_committed"));
     eprintln!("committed up to {most}, in use up to {most_in_use}, bound {bound}: {s}");
     assert!(
@@ -1735,8 +1772,9 @@ fn a_process_limit_that_cannot_hold_the_budget_is_refused_at_start() {
         "FROSTHEAP_MAX=44M",
         "allocator limit of 44 MiB",
         "28 MiB more under load",
-        "323.9 MiB",
-        "a --max-memory of at most 5 MiB",
+        "16 MiB for slow request bodies",
+        "339.9 MiB",
+        "a --max-memory of at most 2.9 MiB",
     ] {
         assert!(stderr.contains(part), "{stderr:?} should say {part:?}");
     }
@@ -1747,9 +1785,10 @@ fn a_process_limit_that_cannot_hold_the_budget_is_refused_at_start() {
         stderr.contains("FROSTHEAP_MAX") && stderr.contains("at least 4 MiB"),
         "{stderr}"
     );
-    // What fits starts.
+    // What fits starts (5 MiB did, until the slow-body pool's 2 MiB
+    // joined the bound on 2026-12-06).
     let mut child = Command::new(env!("CARGO_BIN_EXE_frostheap"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--max-memory", "5M"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--max-memory", "2M"])
         .env("FROSTHEAP_MAX", "44M")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -1762,7 +1801,7 @@ fn a_process_limit_that_cannot_hold_the_budget_is_refused_at_start() {
         .unwrap();
     let _ = child.kill();
     let _ = child.wait();
-    assert!(banner.contains("5 MiB: 40 clients"), "{banner}");
+    assert!(banner.contains("2 MiB: 16 clients"), "{banner}");
 }
 
 #[test]
@@ -1780,6 +1819,8 @@ fn monitoring_endpoints_answer_while_the_gate_is_full() {
         "wait",
         "--max-pending",
         "2",
+        HOLDING[0],
+        HOLDING[1],
     ]);
     let held: Vec<Held> = (0..8).map(|_| hold(&server.addr, BODY)).collect();
     server.wait_for("capacity clients in flight", |s| n(s, "clients") == 8);
@@ -1925,6 +1966,8 @@ fn an_admitted_64_kib_transform_needs_no_more_than_its_head_charge() {
         "--fixed-per-client",
         "--overload",
         "wait",
+        HOLDING[0],
+        HOLDING[1],
     ]);
     let held: Vec<Held> = (0..27).map(|_| hold(&server.addr, BODY)).collect();
     let s = server.wait_for("27 held requests", |s| n(s, "clients") == 27);
@@ -1967,9 +2010,12 @@ fn a_busy_server_gives_back_the_free_memory_its_heaps_keep_past_8_mib() {
         "{st}"
     );
     assert_eq!(n(&st, "idle_trims"), 0, "{st}");
+    // The slow-body pool's default for 8 MiB bodies: twice that and a
+    // connection and head (more than a sixteenth of the budget).
+    assert_eq!(n(&st, "slow_memory"), (16 << 20) + (28 << 10), "{st}");
     assert_eq!(
         n(&st, "memory_bound"),
-        (64 << 20) + 2 * 170 * (24 << 10) + (36 << 20),
+        (64 << 20) + n(&st, "slow_memory") + 2 * 170 * (24 << 10) + (36 << 20),
         "{st}"
     );
 }
@@ -2012,4 +2058,193 @@ fn a_body_that_keeps_the_minimum_rate_still_ends_at_the_body_max_time() {
     assert_eq!(status, 408, "{}", String::from_utf8_lossy(&body));
     let st = server.wait_for("the body timeout counted", |st| n(st, "timeouts_body") == 1);
     assert_eq!(n(&st, "clients"), 0, "{st}");
+}
+
+/// Slow senders, twice as many as the server's client places, trickle
+/// their bodies (a byte every 100 ms each) while a prompt client makes
+/// [`PROMPT`] requests one after the other; `overload` is the server's
+/// mode. Every prompt request is served, and every slow sender, once it
+/// sends the rest of its body, gets its whole answer. Until 2026-12-06 a
+/// body still arriving past the grace kept its client place until it
+/// ended (up to `--body-max-time`): the first eight slow senders held all
+/// eight places, and all 200 prompt requests got 503 (in `--overload
+/// wait`, they waited for as long).
+fn slow_senders_leave_their_places_to_prompt_clients(overload: &str) {
+    const PLACES: usize = 8;
+    const SLOW: usize = 2 * PLACES;
+    const PROMPT: usize = 200;
+    const DECLARED: usize = 20_000;
+    let server = Server::start(&[
+        "--max-memory",
+        "8M",
+        "--per-client",
+        "1M",
+        "--fixed-per-client",
+        "--overload",
+        overload,
+        // No slow sender is cut while the test runs, however slow the
+        // machine: the body deadlines are past the test's patience.
+        "--body-timeout",
+        "10m",
+        "--body-max-time",
+        "10m",
+    ]);
+    assert_eq!(n(&server.stats(), "capacity"), PLACES as u64);
+    // Each slow sender's stream and the body bytes it has sent.
+    let slow = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(TcpStream, usize)>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle = {
+        let (slow, stop) = (slow.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (s, sent) in slow.lock().unwrap().iter_mut() {
+                    // A write error is an answer (a refusal): seen below.
+                    if *sent < DECLARED - 1 && s.write_all(b"a").is_ok() {
+                        *sent += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    // In waves of as many as there are places: before its body is late
+    // the server cannot tell a slow sender from a prompt one, and a wave
+    // larger than the places free would be shed from its heads.
+    for wave in 1..=SLOW / PLACES {
+        for _ in 0..PLACES {
+            let mut s = connect(&server.addr);
+            s.write_all(head("POST", "/transform?op=upper", DECLARED).as_bytes())
+                .unwrap();
+            s.write_all(b"a").unwrap();
+            slow.lock().unwrap().push((s, 1));
+        }
+        server.wait_for("the slow senders to leave their client places", |s| {
+            n(s, "admitted") == (wave * PLACES) as u64 && n(s, "clients") == 0
+        });
+    }
+    let during = server.stats();
+    assert_eq!(n(&during, "slow_bodies"), SLOW as u64, "{during}");
+    assert_eq!(n(&during, "in_use"), 0, "{during}");
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for _ in 0..PROMPT {
+        let (status, _) = request(&server.addr, "POST", "/transform", BODY);
+        *statuses.entry(status).or_default() += 1;
+    }
+    let st = server.stats();
+    assert_eq!(
+        statuses.get(&200),
+        Some(&PROMPT),
+        "prompt requests by status while {SLOW} slow senders trickled: {statuses:?}: {st}"
+    );
+    assert_eq!(n(&st, "slow_bodies"), SLOW as u64, "still trickling: {st}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    trickle.join().unwrap();
+    // The slow senders end their bodies one after the other: each takes a
+    // client place again, and its answer is whole.
+    let slow = std::mem::take(&mut *slow.lock().unwrap());
+    for (mut s, sent) in slow {
+        s.write_all(&vec![b'a'; DECLARED - sent]).unwrap();
+        let (status, body) = read_response(s);
+        assert_eq!((status, body.len()), (200, DECLARED), "{}", server.stats());
+        assert!(body.iter().all(|&b| b == b'A'));
+    }
+    let s = server.wait_for("everything released", |s| {
+        n(s, "in_use") == 0
+            && n(s, "slow_in_use") == 0
+            && n(s, "completed") == (SLOW + PROMPT) as u64
+    });
+    assert_eq!(
+        (n(&s, "admitted"), n(&s, "shed"), n(&s, "slow_shed")),
+        ((SLOW + PROMPT) as u64, 0, 0),
+        "{s}"
+    );
+    assert_eq!(
+        (
+            n(&s, "slow_entered"),
+            n(&s, "peak_slow_bodies"),
+            n(&s, "slow_bodies")
+        ),
+        (SLOW as u64, SLOW as u64, 0),
+        "{s}"
+    );
+    assert!(n(&s, "peak_in_use") <= n(&s, "budget"), "{s}");
+    // What the slow bodies held is bounded, and counted in the bound.
+    assert!(
+        n(&s, "memory_bound") >= n(&s, "budget") + n(&s, "slow_memory"),
+        "{s}"
+    );
+}
+
+#[test]
+fn slow_senders_leave_their_client_places_to_prompt_clients() {
+    slow_senders_leave_their_places_to_prompt_clients("shed");
+}
+
+#[test]
+fn slow_senders_leave_their_client_places_to_prompt_clients_in_wait_mode() {
+    slow_senders_leave_their_places_to_prompt_clients("wait");
+}
+
+#[test]
+fn a_slow_body_past_the_slow_memory_gets_503_and_the_others_are_served() {
+    // Room for two slow requests of 44 KiB each (a 16 KiB buffer, and the
+    // connection and head), not three; and for one of two to grow to its
+    // whole body (a 20 KiB buffer, and the 16 KiB one it is copied from:
+    // 64 KiB) beside the other.
+    let server = Server::start(&[
+        "--max-memory",
+        "8M",
+        "--per-client",
+        "1M",
+        "--fixed-per-client",
+        "--slow-memory",
+        "120K",
+        "--body-timeout",
+        "10m",
+    ]);
+    const DECLARED: usize = 20_000;
+    let slow: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = connect(&server.addr);
+            s.write_all(head("POST", "/transform?op=upper", DECLARED).as_bytes())
+                .unwrap();
+            s.write_all(b"a").unwrap();
+            s
+        })
+        .collect();
+    let st = server.wait_for("two slow bodies in the pool, one refused", |s| {
+        n(s, "slow_bodies") == 2 && n(s, "slow_shed") == 1
+    });
+    assert_eq!(
+        (n(&st, "slow_in_use"), n(&st, "slow_memory")),
+        (2 * (44 << 10), 120 << 10),
+        "{st}"
+    );
+    assert_eq!((n(&st, "clients"), n(&st, "in_use")), (0, 0), "{st}");
+    assert_eq!(
+        n(&st, "memory_bound"),
+        (8 << 20) + (120 << 10) + 2 * 64 * (24 << 10) + (36 << 20),
+        "{st}"
+    );
+    // A prompt client is served meanwhile.
+    assert_eq!(request(&server.addr, "POST", "/transform", BODY).0, 200);
+    let mut statuses = Vec::new();
+    for mut s in slow {
+        // The refused one's write may meet its closed connection.
+        let _ = s.write_all(&vec![b'a'; DECLARED - 1]);
+        let (status, body) = read_response(s);
+        if status == 503 {
+            let text = String::from_utf8_lossy(&body);
+            assert!(text.contains("arriving slowly"), "{text}");
+        } else {
+            assert_eq!((status, body.len()), (200, DECLARED));
+        }
+        statuses.push(status);
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 503]);
+    let s = server.wait_for("everything released", |s| {
+        n(s, "in_use") == 0 && n(s, "slow_in_use") == 0 && n(s, "slow_bodies") == 0
+    });
+    assert_eq!((n(&s, "admitted"), n(&s, "slow_entered")), (4, 2), "{s}");
 }

@@ -76,19 +76,6 @@ impl<'p> Charge<'p> {
     }
 }
 
-impl Charge<'_> {
-    /// Gives back what the charge holds past `held` (a charge taken ahead
-    /// of use: see `read_body`).
-    pub(super) fn shrink_to(&self, held: usize) {
-        if let Some(p) = self.permit {
-            if held < self.charged.get() {
-                p.shrink_to(held);
-                self.charged.set(held);
-            }
-        }
-    }
-}
-
 /// The bytes of the block the allocator gives for `n` bytes: frostheap's
 /// own figure ([`frostheap::Heap::block_size`]: the size class, or whole
 /// 64 KiB pages past 128 KiB), except that the classes between 1 KiB and 4 KiB

@@ -17,13 +17,15 @@
 //! and the timeout is counted by phase; a write that waits for room past
 //! the `Send` deadline fails the same way.
 //!
-//! A body still arriving holds its request's client place (at least the
-//! per-client cost, `endpoints.rs`'s `read_body`), so the body's deadline
-//! is also how long a slow sender keeps a place: without
-//! `--body-max-time`, a 1 MB body sent at the minimum rate kept it for 35
-//! minutes, and 128 such senders held a 16 MiB server's whole capacity
-//! for as long. With it, a place comes back within a minute, whatever
-//! the sender does (a client on a 2G link, 30 KB/s, sends 1 MB in 35 s).
+//! A body still arriving holds its request's client place for
+//! `--body-grace` (1 s), then only what it has sent, in the slow-body pool
+//! (`slow.rs`, `endpoints.rs`'s `read_body`), so the body's deadline is
+//! how long a slow sender keeps that memory: without `--body-max-time`, a
+//! 1 MB body sent at the minimum rate kept it for 35 minutes (and, before
+//! the pool, its client place: 128 such senders held a 16 MiB server's
+//! whole capacity for as long). With it, the memory comes back within a
+//! minute, whatever the sender does (a client on a 2G link, 30 KB/s,
+//! sends 1 MB in 35 s).
 //!
 //! A response's permit (its admitted bytes) is held here from its first
 //! frame until it is written to the socket ([`ConnClock::flushed`]): the

@@ -14,8 +14,10 @@
 //! bound: the handlers
 //! grow it before they build more (`charged.rs`), and answer 503 (or 413)
 //! when the budget cannot. Nor is it held for a body that is slow to
-//! come: one still arriving [`BODY_GRACE`] after its head keeps what it
-//! has sent, and grows with what comes ([`read_body`]). A query the
+//! come: one still arriving `--body-grace` (1 s) after its head gives its
+//! client place back, keeps what it has sent in the slow-body pool
+//! (`slow.rs`), growing with what comes, and takes a place again once
+//! whole ([`read_body`]). A query the
 //! endpoint cannot take (`ms` or `hold_ms` not 0 to 10,000, an unknown
 //! `op`) is refused from the head with 400 naming the parameter.
 
@@ -467,8 +469,9 @@ impl Query {
 /// request of the common kind never grows its charge (a 64 KiB transform
 /// grew from 156 to 188 KiB until 2026-12-06, and got 503 when the
 /// budget could not); the charge is at least the per-client cost. Held while the
-/// body arrives only for [`BODY_GRACE`]: a body still arriving after it
-/// keeps what it has sent (`read_body`).
+/// body arrives only for `--body-grace`: a body still arriving after it
+/// keeps what it has sent in the slow-body pool, and this charge again
+/// once whole (`read_body`).
 pub(super) fn request_cost(parts: &hyper::http::request::Parts) -> usize {
     let body = frostheap_budget::tower::content_length(parts);
     let builds = match parts.uri.path() {
@@ -710,30 +713,30 @@ async fn hold(ms: u64) {
 /// allocation.
 const BODY_STEP: usize = 16 << 10;
 
-/// How long a request body may take to arrive holding the charge its head
-/// declared (its `Content-Length`, times what the endpoint builds from
-/// it): far above what a prompt client needs (1 MB at 10 Mbit/s: 0.8 s).
-/// A body still arriving past it keeps what it has sent and grows with
-/// what comes ([`read_body`]).
-pub(super) const BODY_GRACE: Duration = Duration::from_secs(1);
-
 /// Reads the whole body (its `Content-Length` is `declared`) into one
 /// buffer, refusing past `--max-body` (413). The buffer grows as the body
 /// arrives: doubling from [`BODY_STEP`] up to the declared length.
 ///
-/// The charge: a body that arrives within [`BODY_GRACE`] holds what its
-/// head declared, as it was admitted (so under load a request is shed
+/// The charge: a body that arrives within `--body-grace` (1 s: far above
+/// what a prompt client needs, 1 MB at 10 Mbit/s taking 0.8 s) holds what
+/// its head declared, as it was admitted (so under load a request is shed
 /// from its head, before its body is sent, rather than half way through
-/// it). Past the grace the charge drops to what the request holds (its
-/// place, at least the per-client cost, and the buffer so far), and from
-/// then on grows before each new buffer (counting the old one it is
-/// copied from) is allocated: 503 when the budget cannot, in
-/// `--overload wait` too (waiting for more while holding part of the
-/// budget could deadlock requests that each hold some). Until 2026-12-06
-/// the declared charge was held until the body ended: five connections
-/// trickling bodies at 3 KB/s in all held a 16 MiB budget, and every
-/// other client got 503 (a user's trial). A body slower than the body
-/// timeout and its minimum rate is 408 (`clock.rs`).
+/// it). Past the grace a body still arriving gives its client place back
+/// and keeps only what it holds (its least charge and the buffer so far)
+/// in the slow-body pool (`slow.rs`), growing there before each new
+/// buffer (counting the old one it is copied from) is allocated: 503 when
+/// the pool cannot, in `--overload wait` too (waiting for more while
+/// holding part of the pool could deadlock requests that each hold some).
+/// Once whole, it takes its place back before the handler runs: the bytes
+/// it was admitted with, or its buffer's if more ([`take_place_back`]).
+///
+/// Until 2026-12-06 the declared charge was held until the body ended:
+/// five connections trickling bodies at 3 KB/s in all held a 16 MiB
+/// budget, and every other client got 503 (a user's trial). Then, until
+/// the pool, a body past the grace kept its client place (the per-client
+/// cost) until it ended, up to `--body-max-time`: 16 senders trickling a
+/// byte every 100 ms into 8 places held all of them. A body slower than
+/// the body timeout and its minimum rate is 408 (`clock.rs`).
 async fn read_body(
     state: &State,
     mut body: Incoming,
@@ -755,9 +758,12 @@ async fn read_body(
     let charge = Charge::new(permit);
     // Armed only if a frame is not there at once (`biased`): a body that
     // came with its head costs no timer.
-    let grace = tokio::time::sleep(BODY_GRACE);
+    let grace = tokio::time::sleep(state.timeouts.body_grace);
     tokio::pin!(grace);
     let mut graced = permit.is_none();
+    // Once the body is slow: its place in the pool, and the bytes its
+    // permit held when it gave its client place back.
+    let mut slow = None;
     loop {
         let frame = if graced {
             body.frame().await
@@ -767,8 +773,12 @@ async fn read_body(
                 frame = body.frame() => frame,
                 () = &mut grace => {
                     graced = true;
-                    let place = permit.map_or(0, |p| p.budget().per_client());
-                    charge.shrink_to(charged::held(buf.capacity()).max(place));
+                    if let (Some(p), Some(pool)) = (permit, &state.slow) {
+                        match pool.enter(charged::held(buf.capacity())) {
+                            Some(place) => slow = Some((place, p.suspend())),
+                            None => return Err(too_many_slow_bodies()),
+                        }
+                    }
                     continue;
                 }
             }
@@ -792,7 +802,11 @@ async fn read_body(
                 let cap = body_step(buf.capacity(), need, declared, state.max_body);
                 // Both buffers exist while the old one is copied.
                 let both = charged::held(cap) + charged::block(buf.capacity());
-                charge.cover(both).map_err(refused)?;
+                match &slow {
+                    Some((place, _)) if !place.cover(both) => return Err(too_many_slow_bodies()),
+                    Some(_) => {}
+                    None => charge.cover(both).map_err(refused)?,
+                }
                 buf.reserve_exact(cap - buf.len());
             }
             buf.extend_from_slice(&data);
@@ -801,10 +815,66 @@ async fn read_body(
     if let Some(c) = clock {
         c.body_done();
     }
+    if let (Some((place, admitted)), Some(p)) = (slow, permit) {
+        let bytes = admitted.max(charged::held(buf.capacity()));
+        take_place_back(state, p, bytes, clock).await?;
+        // The body moves from the pool to the place.
+        drop(place);
+    }
     if let Some(p) = permit {
         p.record_usage(buf.capacity());
     }
     Ok(buf)
+}
+
+/// A request whose body arrived slowly, now whole, takes a client place
+/// again: `bytes` on its permit, at once or 503 in `--overload shed`, in
+/// the queue in `--overload wait` (holding no place meanwhile: its body
+/// stays charged to the slow-body pool) unless its client leaves.
+async fn take_place_back(
+    state: &State,
+    permit: &Permit,
+    bytes: usize,
+    clock: Option<&ConnClock>,
+) -> Result<(), Response<Full<hyper::body::Bytes>>> {
+    if !state.waits {
+        return if permit.try_resume(bytes) {
+            Ok(())
+        } else {
+            Err(refused(Refused::OverBudget))
+        };
+    }
+    let resume = permit.resume(bytes);
+    tokio::pin!(resume);
+    let mut check = tokio::time::interval(LEFT_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut resume => {
+                return r.map_err(|_| refused(Refused::WholeBudget));
+            }
+            _ = check.tick() => {
+                if clock.is_some_and(ConnClock::client_left) {
+                    state.abandoned.fetch_add(1, Ordering::Relaxed);
+                    return Err(client_left());
+                }
+            }
+        }
+    }
+}
+
+/// 503 for a body the slow-body pool cannot hold (`slow.rs`); the
+/// connection closes after it, the rest of the body unread.
+fn too_many_slow_bodies() -> Response<Full<hyper::body::Bytes>> {
+    let mut r = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server busy: too many request bodies arriving slowly (--slow-memory), retry later",
+    );
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from_static("1"));
+    close(&mut r);
+    r
 }
 
 /// The next capacity of a body's buffer that holds `capacity` bytes and

@@ -61,6 +61,16 @@ pub(super) struct Numbers {
     peak_pending: usize,
     /// Waiting connections closed (503) to make room for a newcomer.
     evicted: u64,
+    /// The slow-body pool (`slow.rs`): requests whose body is still
+    /// arriving past the grace, holding no client place, now and at most
+    /// at once; those that entered it, and those answered 503 because it
+    /// could not hold them; its bytes in use and its size.
+    slow_bodies: usize,
+    peak_slow_bodies: usize,
+    slow_entered: u64,
+    slow_shed: u64,
+    slow_in_use: usize,
+    slow_memory: usize,
     timeouts_header: u64,
     timeouts_body: u64,
     timeouts_idle: u64,
@@ -102,9 +112,9 @@ enum Kind {
 #[rustfmt::skip]
 const METRICS: &[(&str, &str, Kind, &str)] = &[
     ("budget", "frostheap_budget_bytes", Kind::Gauge, "Memory budget for clients, in bytes."),
-    ("in_use", "frostheap_in_use_bytes", Kind::Gauge, "Bytes held by admitted requests."),
+    ("in_use", "frostheap_in_use_bytes", Kind::Gauge, "Bytes held by admitted requests (not those whose body arrives slowly: slow_in_use)."),
     ("peak_in_use", "frostheap_peak_in_use_bytes", Kind::Gauge, "Highest in-use bytes seen."),
-    ("clients", "frostheap_clients", Kind::Gauge, "Requests admitted and not yet finished."),
+    ("clients", "frostheap_clients", Kind::Gauge, "Requests admitted and not yet finished that hold a client place (not those whose body arrives slowly: slow_bodies)."),
     ("peak_clients", "frostheap_peak_clients", Kind::Gauge, "Most requests admitted at once."),
     ("capacity", "frostheap_capacity_clients", Kind::Gauge, "How many clients fit: budget / per-client bytes."),
     ("per_client", "frostheap_per_client_bytes", Kind::Gauge, "Per-client cost in force (declared or measured estimate)."),
@@ -128,6 +138,12 @@ const METRICS: &[(&str, &str, Kind, &str)] = &[
     ("pending_capacity", "frostheap_pending_capacity_connections", Kind::Gauge, "How many connections the gate holds at most."),
     ("peak_pending", "frostheap_peak_pending_connections", Kind::Gauge, "Most connections held at the gate at once."),
     ("evicted", "frostheap_evicted_connections", Kind::Counter, "Waiting connections closed (503) to make room for a newcomer."),
+    ("slow_bodies", "frostheap_slow_bodies", Kind::Gauge, "Requests whose body is still arriving past the grace, held apart from the clients: no client place, only what they have sent."),
+    ("peak_slow_bodies", "frostheap_peak_slow_bodies", Kind::Gauge, "Most requests with a slow body at once."),
+    ("slow_entered", "frostheap_slow_entered", Kind::Counter, "Requests whose body was still arriving past the grace."),
+    ("slow_shed", "frostheap_slow_shed", Kind::Counter, "Requests with a slow body answered 503 because the slow-body memory could not hold them."),
+    ("slow_in_use", "frostheap_slow_in_use_bytes", Kind::Gauge, "Bytes held by requests with a slow body (connection, head and body so far)."),
+    ("slow_memory", "frostheap_slow_memory_bytes", Kind::Gauge, "Memory for requests with a slow body, apart from the budget."),
     ("timeouts_header", "frostheap_timeouts_header", Kind::Counter, "Connections closed because a request head was not received in time."),
     ("timeouts_body", "frostheap_timeouts_body", Kind::Counter, "Requests whose body was slower than the body timeout and minimum rate."),
     ("timeouts_idle", "frostheap_timeouts_idle", Kind::Counter, "Kept-alive connections closed after waiting too long for a request."),
@@ -144,7 +160,7 @@ const METRICS: &[(&str, &str, Kind, &str)] = &[
     ("idle_trimmed", "frostheap_idle_trimmed_bytes", Kind::Counter, "Bytes of free heap memory given back as the server went idle."),
     ("load_trims", "frostheap_load_trims", Kind::Counter, "Times the heaps kept more free memory than the server allows under load (8 MiB) and gave it back."),
     ("load_trimmed", "frostheap_load_trimmed_bytes", Kind::Counter, "Bytes of free heap memory given back under load."),
-    ("memory_bound", "frostheap_memory_bound_bytes", Kind::Gauge, "The memory the server stays within: the budget, its waiting connections, its own and its load's (0 without a budget)."),
+    ("memory_bound", "frostheap_memory_bound_bytes", Kind::Gauge, "The memory the server stays within: the budget, the slow-body memory, its waiting connections, its own and its load's (0 without a budget)."),
 ];
 
 /// The content type of [`metrics_text`].
@@ -200,6 +216,15 @@ pub(super) fn numbers(state: &State) -> Numbers {
         n.pending_capacity = g.capacity;
         n.peak_pending = g.peak;
         n.evicted = g.evicted;
+    }
+    if let Some(slow) = &state.slow {
+        let s = slow.stats();
+        n.slow_bodies = s.bodies;
+        n.peak_slow_bodies = s.peak_bodies;
+        n.slow_entered = s.entered;
+        n.slow_shed = s.shed;
+        n.slow_in_use = s.in_use;
+        n.slow_memory = s.memory;
     }
     match &state.budget {
         Some(b) => {

@@ -10,9 +10,12 @@
 //! what the endpoint builds from an ordinary body of its length (see
 //! `endpoints.rs`). Past the budget, `shed` answers 503 and
 //! `wait` queues (at most `--max-waiting` requests; past that, 503). A
-//! body still arriving a second after its head (`BODY_GRACE`) keeps only
-//! what it has sent and grows with what comes (503 when the budget cannot,
-//! in either mode): a slow sender cannot hold memory it has not used. A
+//! body still arriving a second after its head (`--body-grace`) gives its
+//! client place back and keeps only what it has sent, in a pool of its own
+//! (`--slow-memory`, `slow.rs`), growing with what comes (503 when the
+//! pool cannot, in either mode); once whole it takes a place again before
+//! its handler runs: a slow sender cannot hold memory it has not used, nor
+//! a client place while it trickles. A
 //! request whose client closes its connection (or shuts its side: the
 //! server takes it for gone, as nginx and Go's net/http do) while it
 //! waits for memory is dropped, and counted in `abandoned`, instead of
@@ -22,8 +25,8 @@
 //! the [`ConnectionGate`], a separate budget of `--max-pending`
 //! connections (default: a sixteenth of the budget at [`CONNECTION_BYTES`]
 //! each). The memory bound ([`memory_bound`], `memory_bound` in `/stats`,
-//! the README's one statement of it) is `--max-memory` plus
-//! (`--max-pending` + `--max-waiting`) × `CONNECTION_BYTES` plus
+//! the README's one statement of it) is `--max-memory` plus the slow-body
+//! pool plus (`--max-pending` + `--max-waiting`) × `CONNECTION_BYTES` plus
 //! [`OWN_BYTES`] and [`LOAD_BYTES`].
 //!
 //! A request for an unknown endpoint (404), or whose `Content-Length` is
@@ -106,9 +109,11 @@ mod clock;
 mod conn;
 mod endpoints;
 mod metrics;
+mod slow;
 mod state;
 
 use endpoints::{request_cost, serve_request, Endpoints, Limited};
+use slow::SlowBodies;
 use state::{IdleTrims, State, Timeouts, CONNECTION_BYTES, MIN_CHARGE};
 
 /// How long a connection waits at a full gate before a newcomer may take
@@ -219,10 +224,23 @@ pub struct ServeArgs {
     body_min_rate: String,
     /// Time for a whole request body to arrive, however fast it keeps
     /// coming (408 past it; never less than --body-timeout): a body that
-    /// keeps --body-min-rate holds its client place at most this long (a
-    /// 1 MB body at 500 B/s took 35 minutes).
+    /// keeps --body-min-rate holds its memory in the slow-body pool at
+    /// most this long (a 1 MB body at 500 B/s took 35 minutes).
     #[arg(long, default_value = "60s", value_parser = positive_duration, allow_hyphen_values = true)]
     body_max_time: Duration,
+    /// Time a request body may take to arrive holding its client place;
+    /// a body still arriving past it gives the place back and keeps only
+    /// what it has sent, in the slow-body pool (--slow-memory), until it
+    /// is whole and takes a place again.
+    #[arg(long, default_value = "1s", value_parser = positive_duration, allow_hyphen_values = true)]
+    body_grace: Duration,
+    /// Memory for request bodies still arriving --body-grace after their
+    /// head (slow senders), apart from --max-memory: each holds its
+    /// connection and head (28 KiB) and its body so far, and holds no
+    /// client place; past it, 503 to the slow sender. Default: a
+    /// sixteenth of --max-memory, at least twice --max-body + 28K.
+    #[arg(long, allow_hyphen_values = true)]
+    slow_memory: Option<String>,
     /// Time a kept-alive connection may wait for its next request.
     #[arg(long, default_value = "5s", value_parser = positive_duration, allow_hyphen_values = true)]
     idle_timeout: Duration,
@@ -317,6 +335,25 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         )
         .into());
     }
+    if let Some(text) = &args.slow_memory {
+        let bytes = size_arg("--slow-memory", text)?;
+        if bytes < MIN_CHARGE {
+            return Err(format!(
+                "invalid --slow-memory \"{text}\": below the {} one slow request holds with no body yet (its connection's buffers and its head); expected at least {}K",
+                Bytes(MIN_CHARGE),
+                MIN_CHARGE >> 10,
+            )
+            .into());
+        }
+        if bytes > machine {
+            return Err(format!(
+                "invalid --slow-memory \"{text}\": {:#} is more than the memory this server may use ({:#}: physical memory, or its cgroup's limit if less); expected at most that",
+                Bytes(bytes),
+                Bytes(machine),
+            )
+            .into());
+        }
+    }
     if let Some(n) = args.threads.filter(|n| !(1..=MAX_THREADS).contains(n)) {
         return Err(format!(
             "invalid --threads {n}: expected 1 to {MAX_THREADS} (or leave it out for one per core)"
@@ -395,6 +432,7 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     let timeouts = Timeouts {
         header: args.header_timeout,
         body: args.body_timeout,
+        body_grace: args.body_grace,
         body_min_rate,
         body_max: args.body_max_time.max(args.body_timeout),
         idle: args.idle_timeout,
@@ -405,6 +443,9 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         gate: budget
             .as_ref()
             .map(|_| ConnectionGate::new(max_pending, GATE_GRACE)),
+        slow: budget
+            .as_ref()
+            .map(|_| SlowBodies::new(slow_memory(&args, max_memory), MIN_CHARGE)),
         budget,
         max_body,
         waits: matches!(overload, Overload::Wait) && !args.no_budget,
@@ -455,10 +496,12 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
                 }
             }
             let _ = writeln!(out, "listening on http://{addr}");
-            let gate = if state.budget.is_some() {
+            let gate = if let Some(slow) = &state.slow {
                 format!(
-                    "; up to {max_pending} connections waiting without a request ({})",
-                    Bytes(max_pending * CONNECTION_BYTES)
+                    "; up to {max_pending} connections waiting without a request ({}); {} for bodies still arriving {:?} after their head",
+                    Bytes(max_pending * CONNECTION_BYTES),
+                    Bytes(slow.stats().memory),
+                    timeouts.body_grace,
                 )
             } else {
                 String::new()
@@ -502,13 +545,14 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
 }
 
 /// The memory the server stays within with a budget of `max_memory`:
-/// the budget, + (`--max-pending` + `--max-waiting`) ×
-/// [`CONNECTION_BYTES`] + [`OWN_BYTES`] + [`LOAD_BYTES`]. Its only
-/// statement: the README's, the bench's check and the process-limit check
-/// at start all follow it.
+/// the budget, + the slow-body pool ([`slow_memory`]), +
+/// (`--max-pending` + `--max-waiting`) × [`CONNECTION_BYTES`], +
+/// [`OWN_BYTES`] + [`LOAD_BYTES`]. Its only statement: the README's, the
+/// bench's check and the process-limit check at start all follow it.
 pub(super) fn memory_bound(args: &ServeArgs, max_memory: usize) -> usize {
     let (pending, waiting) = waiting_connections(args, max_memory);
     max_memory
+        .saturating_add(slow_memory(args, max_memory))
         .saturating_add((pending + waiting).saturating_mul(CONNECTION_BYTES))
         .saturating_add(OWN_BYTES)
         .saturating_add(LOAD_BYTES)
@@ -560,7 +604,8 @@ fn within_process_limit(
         String::new()
     };
     Err(format!(
-        "invalid {given}: with {pending} + {waiting} connections waiting (--max-pending + --max-waiting, {} each), {} of the server's own and {} more under load, the server may use {}, more than the process's allocator limit of {} ({env}), at which it would abort instead of shedding; expected {hint}FROSTHEAP_MAX of at least {}",
+        "invalid {given}: with {} for slow request bodies (--slow-memory), {pending} + {waiting} connections waiting (--max-pending + --max-waiting, {} each), {} of the server's own and {} more under load, the server may use {}, more than the process's allocator limit of {} ({env}), at which it would abort instead of shedding; expected {hint}FROSTHEAP_MAX of at least {}",
+        Bytes(slow_memory(args, max_memory)),
         Bytes(CONNECTION_BYTES),
         Bytes(OWN_BYTES),
         Bytes(LOAD_BYTES),
@@ -569,6 +614,19 @@ fn within_process_limit(
         Bytes(needed),
     )
     .into())
+}
+
+/// The slow-body pool's memory (`slow.rs`): `--slow-memory`, or by
+/// default a sixteenth of `max_memory`, at least twice `--max-body` +
+/// [`MIN_CHARGE`] (a body of `--max-body` holds its buffer and the half
+/// as large one it is copied from, as it doubles). Both flags are checked
+/// at start, before this is used.
+fn slow_memory(args: &ServeArgs, max_memory: usize) -> usize {
+    if let Some(bytes) = args.slow_memory.as_deref().and_then(|t| parse_size(t).ok()) {
+        return bytes;
+    }
+    let max_body = parse_size(&args.max_body).unwrap_or(0);
+    (max_memory / 16).max(max_body.saturating_mul(2).saturating_add(MIN_CHARGE))
 }
 
 /// `--max-pending` and `--max-waiting`, or their defaults for a budget of

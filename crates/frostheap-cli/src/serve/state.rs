@@ -1,7 +1,7 @@
 //! What every connection and handler of `frostheap serve` shares: the
 //! budget and the gate, the timeouts, the counters `/stats` reports, and
 //! the shutdown signal. The bottom of the serve module: it imports none of
-//! its siblings.
+//! its siblings but `slow.rs` (the slow-body pool), which imports none.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,6 +10,8 @@ use std::time::Duration;
 use frostheap_budget::gate::ConnectionGate;
 use frostheap_budget::Budget;
 use tokio::sync::{watch, Notify};
+
+use super::slow::SlowBodies;
 
 /// What one connection costs without a request: hyper's read buffer
 /// (capped at 16 KiB), its write buffer and headers, the connection task
@@ -34,6 +36,10 @@ pub(super) const MIN_CHARGE: usize = CONNECTION_BYTES + REQUEST_BYTES;
 pub(super) struct Timeouts {
     pub(super) header: Duration,
     pub(super) body: Duration,
+    /// How long a body may take to arrive holding its client place (the
+    /// charge its head declared); past it, a body still arriving leaves
+    /// the place for the slow-body pool (`slow.rs`).
+    pub(super) body_grace: Duration,
     /// Bytes per second a body must keep up after `body`; 0: none.
     pub(super) body_min_rate: u64,
     /// The longest a whole body may take, however fast it keeps coming
@@ -52,6 +58,9 @@ pub(super) struct State {
     pub(super) memory_bound: Option<usize>,
     /// Connections without an admitted request (with a budget).
     pub(super) gate: Option<ConnectionGate>,
+    /// Requests whose body is still arriving past the grace, apart from
+    /// the budget's clients (with a budget).
+    pub(super) slow: Option<SlowBodies>,
     pub(super) max_body: usize,
     /// `--overload wait`: requests wait for memory (with a budget).
     pub(super) waits: bool,
