@@ -13,7 +13,11 @@ one after the other, each a small `POST /transform`. Then each slow
 sender sends the rest of its body, one after the other, and reads its
 answer. Prints the statuses of each group and the server's /stats.
 
-    slow-senders.py [BINARY] [SLOW] [PROMPT]
+With RECONNECT, slow senders instead keep coming: RECONNECT new ones a
+second (each trickling as above, replaced when the server closes it),
+and the prompt requests are made 10 ms apart once they have come for 3 s.
+
+    slow-senders.py [BINARY] [SLOW] [PROMPT] [RECONNECT]
 
 BINARY defaults to target/release/frostheap (CARGO_TARGET_DIR if set).
 """
@@ -76,6 +80,7 @@ def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else f"{target}/release/frostheap"
     slow_n = int(sys.argv[2]) if len(sys.argv) > 2 else 16
     prompt_n = int(sys.argv[3]) if len(sys.argv) > 3 else 200
+    reconnect = int(sys.argv[4]) if len(sys.argv) > 4 else 0
     server = subprocess.Popen(
         [binary, "serve", "--listen", "127.0.0.1:0", "--threads", "2",
          "--max-memory", "8M", "--per-client", "1M", "--fixed-per-client",
@@ -87,6 +92,8 @@ def main():
         host, port = listening.removeprefix("listening on http://").rsplit(":", 1)
         addr = (host, int(port))
 
+        if reconnect:
+            return keep_coming(addr, binary, reconnect, prompt_n)
         slow, sent, lock, stop = [], [], threading.Lock(), threading.Event()
 
         def trickle():
@@ -137,6 +144,41 @@ def main():
     finally:
         server.kill()
         server.wait()
+
+
+def keep_coming(addr, binary, rate, prompt_n):
+    stop, conns = threading.Event(), []
+
+    def attacker():
+        while not stop.is_set():
+            for _ in range(max(1, rate // 10)):
+                try:
+                    s = socket.create_connection(addr)
+                    s.setblocking(False)
+                    s.sendall(head("/transform?op=upper", DECLARED) + b"a")
+                    conns.append(s)
+                except OSError:
+                    pass
+            for s in list(conns):
+                try:
+                    s.send(b"a")
+                except OSError:  # answered (503, 408) and closed
+                    conns.remove(s)
+                    s.close()
+            time.sleep(0.1)
+
+    threading.Thread(target=attacker, daemon=True).start()
+    time.sleep(3)
+    prompt = Counter()
+    for _ in range(prompt_n):
+        prompt[request(addr, "/transform", BODY)] += 1
+        time.sleep(0.01)
+    during = stats(addr)
+    stop.set()
+    print(f"{binary}: {rate} new slow senders a second, {prompt_n} prompt requests 10 ms apart")
+    print(f"  prompt requests: {dict(prompt)}")
+    keys = ["clients", "shed", "slow_bodies", "slow_entered", "slow_shed"]
+    print("  /stats after the prompt requests:", {k: during[k] for k in keys if k in during})
 
 
 if __name__ == "__main__":

@@ -189,8 +189,9 @@ impl Held {
 }
 
 /// The flags of a server whose held requests ([`hold`]) keep their client
-/// places while the test runs: a body grace longer than any test (a held
-/// body still meets `--body-timeout`, 20 s, as before).
+/// places while the test runs: a body grace longer than any test, even
+/// cut to a tenth while requests find no place (6 minutes; a held body
+/// still meets `--body-timeout`, 20 s, as before).
 const HOLDING: [&str; 2] = ["--body-grace", "1h"];
 
 fn n(v: &Value, key: &str) -> u64 {
@@ -2247,4 +2248,79 @@ fn a_slow_body_past_the_slow_memory_gets_503_and_the_others_are_served() {
         n(s, "in_use") == 0 && n(s, "slow_in_use") == 0 && n(s, "slow_bodies") == 0
     });
     assert_eq!((n(&s, "admitted"), n(&s, "slow_entered")), (4, 2), "{s}");
+}
+
+/// Eight bodies still arriving hold the eight client places within a
+/// grace of 30 s (as long as the test's patience: the prompt request comes
+/// well within it); a prompt request finds no place, and being refused
+/// (`shed`) or queued (`wait`) cuts the grace of the bodies still arriving
+/// to a tenth, 3 s: they move to the slow-body pool, and prompt requests
+/// are served. Without it, slow senders that reconnect as fast as their grace
+/// lets them held the places: 16 new ones a second took 193 of 200 prompt
+/// requests' places (bench/slow-senders.py's server, 2026-12-06); 3 with
+/// it.
+fn a_request_without_a_place_cuts_the_grace_of_bodies_still_arriving(overload: &str) {
+    let server = Server::start(&[
+        "--max-memory",
+        "8M",
+        "--per-client",
+        "1M",
+        "--fixed-per-client",
+        "--overload",
+        overload,
+        "--body-grace",
+        "30s",
+        "--body-timeout",
+        "10m",
+    ]);
+    const DECLARED: usize = 20_000;
+    let slow: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = connect(&server.addr);
+            s.write_all(head("POST", "/transform?op=upper", DECLARED).as_bytes())
+                .unwrap();
+            s.write_all(b"a").unwrap();
+            s
+        })
+        .collect();
+    server.wait_for("eight bodies arriving, holding every place", |s| {
+        n(s, "clients") == 8
+    });
+    let (status, body) = request(&server.addr, "POST", "/transform", BODY);
+    match overload {
+        // Refused: the places were all taken when it came.
+        "shed" => assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body)),
+        // Queued, then given a place one of them left.
+        _ => assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body)),
+    }
+    let st = server.wait_within(
+        Duration::from_secs(3),
+        "the bodies still arriving to leave their places",
+        |s| n(s, "slow_bodies") == 8 && n(s, "clients") == 0,
+    );
+    assert_eq!(n(&st, "in_use"), 0, "{st}");
+    for _ in 0..20 {
+        assert_eq!(request(&server.addr, "POST", "/transform", BODY).0, 200);
+    }
+    for mut s in slow {
+        s.write_all(&vec![b'a'; DECLARED - 1]).unwrap();
+        let (status, body) = read_response(s);
+        assert_eq!((status, body.len()), (200, DECLARED));
+    }
+    let s = server.wait_for("everything released", |s| {
+        n(s, "in_use") == 0 && n(s, "slow_in_use") == 0
+    });
+    assert_eq!((n(&s, "slow_entered"), n(&s, "slow_shed")), (8, 0), "{s}");
+    let shed = u64::from(overload == "shed");
+    assert_eq!((n(&s, "admitted"), n(&s, "shed")), (29 - shed, shed), "{s}");
+}
+
+#[test]
+fn a_request_refused_for_want_of_a_place_cuts_the_grace_of_bodies_still_arriving() {
+    a_request_without_a_place_cuts_the_grace_of_bodies_still_arriving("shed");
+}
+
+#[test]
+fn a_request_queued_for_want_of_a_place_cuts_the_grace_of_bodies_still_arriving() {
+    a_request_without_a_place_cuts_the_grace_of_bodies_still_arriving("wait");
 }

@@ -75,8 +75,8 @@ pub(super) async fn route<S: Limited>(
                     poll_fn(|cx| svc.poll_ready(cx)).await?;
                     svc.call(req).await
                 };
-                if state.waits {
-                    match unless_client_leaves(call, &clock).await {
+                let response = if state.waits {
+                    match unless_client_leaves(call, &clock, &state).await {
                         Some(r) => r?,
                         None => {
                             state.abandoned.fetch_add(1, Ordering::Relaxed);
@@ -85,7 +85,16 @@ pub(super) async fn route<S: Limited>(
                     }
                 } else {
                     call.await?
+                };
+                // Shed by the layer for want of a client place (its 503
+                // holds no permit): the bodies still arriving have their
+                // grace cut short (`read_body`).
+                if response.status() == StatusCode::SERVICE_UNAVAILABLE
+                    && response.body().permit().is_none()
+                {
+                    state.pressure.notify_waiters();
                 }
+                response
             }
             None => wrap(handle(&state, req).await),
         }
@@ -104,11 +113,20 @@ const LEFT_CHECK: Duration = Duration::from_millis(100);
 /// handler has begun runs to its end. Until 2026-12-06 a queued request
 /// whose client had closed was run when its turn came, on memory that
 /// clients still there were waiting for.
-async fn unless_client_leaves<F: Future>(call: F, clock: &ConnClock) -> Option<F::Output> {
+async fn unless_client_leaves<F: Future>(
+    call: F,
+    clock: &ConnClock,
+    state: &State,
+) -> Option<F::Output> {
     let mut call = std::pin::pin!(call);
     // Most requests do not wait: no timer for them.
     if let Poll::Ready(r) = poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
         return Some(r);
+    }
+    if !clock.running() {
+        // Waiting for a client place: the bodies still arriving have
+        // their grace cut short (`read_body`).
+        state.pressure.notify_waiters();
     }
     let mut check = tokio::time::interval(LEFT_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -713,6 +731,13 @@ async fn hold(ms: u64) {
 /// allocation.
 const BODY_STEP: usize = 16 << 10;
 
+/// While the server refuses (or queues) requests for want of a client
+/// place, the bodies still arriving hold theirs for this part of
+/// `--body-grace` at most: 100 ms by default. A client on a LAN sends a
+/// small body within a millisecond of its head; one sending 1 MB at 100
+/// Mbit/s takes 80 ms.
+const PRESSED_GRACE_DIVISOR: u32 = 10;
+
 /// Reads the whole body (its `Content-Length` is `declared`) into one
 /// buffer, refusing past `--max-body` (413). The buffer grows as the body
 /// arrives: doubling from [`BODY_STEP`] up to the declared length.
@@ -729,6 +754,8 @@ const BODY_STEP: usize = 16 << 10;
 /// holding part of the pool could deadlock requests that each hold some).
 /// Once whole, it takes its place back before the handler runs: the bytes
 /// it was admitted with, or its buffer's if more ([`take_place_back`]).
+/// While requests are refused or queued for want of a client place, the
+/// grace is a tenth as long ([`PRESSED_GRACE_DIVISOR`], `slow.rs`).
 ///
 /// Until 2026-12-06 the declared charge was held until the body ended:
 /// five connections trickling bodies at 3 KB/s in all held a 16 MiB
@@ -760,6 +787,14 @@ async fn read_body(
     // came with its head costs no timer.
     let grace = tokio::time::sleep(state.timeouts.body_grace);
     tokio::pin!(grace);
+    // A request refused or queued for want of a client place cuts the
+    // grace to a tenth ([`PRESSED_GRACE_DIVISOR`]; the notification is
+    // registered as it is made, polled only if the body is not there at
+    // once).
+    let pressed = grace.deadline() - state.timeouts.body_grace
+        + state.timeouts.body_grace / PRESSED_GRACE_DIVISOR;
+    let pressure = state.pressure.notified();
+    tokio::pin!(pressure);
     let mut graced = permit.is_none();
     // Once the body is slow: its place in the pool, and the bytes its
     // permit held when it gave its client place back.
@@ -778,6 +813,13 @@ async fn read_body(
                             Some(place) => slow = Some((place, p.suspend())),
                             None => return Err(too_many_slow_bodies()),
                         }
+                    }
+                    continue;
+                }
+                () = &mut pressure => {
+                    pressure.set(state.pressure.notified());
+                    if pressed < grace.deadline() {
+                        grace.as_mut().reset(pressed);
                     }
                     continue;
                 }

@@ -15,7 +15,8 @@
 //! (`--slow-memory`, `slow.rs`), growing with what comes (503 when the
 //! pool cannot, in either mode); once whole it takes a place again before
 //! its handler runs: a slow sender cannot hold memory it has not used, nor
-//! a client place while it trickles. A
+//! a client place while it trickles. While requests are refused or queued
+//! for want of a place, the grace is a tenth as long. A
 //! request whose client closes its connection (or shuts its side: the
 //! server takes it for gone, as nginx and Go's net/http do) while it
 //! waits for memory is dropped, and counted in `abandoned`, instead of
@@ -228,10 +229,11 @@ pub struct ServeArgs {
     /// most this long (a 1 MB body at 500 B/s took 35 minutes).
     #[arg(long, default_value = "60s", value_parser = positive_duration, allow_hyphen_values = true)]
     body_max_time: Duration,
-    /// Time a request body may take to arrive holding its client place;
-    /// a body still arriving past it gives the place back and keeps only
-    /// what it has sent, in the slow-body pool (--slow-memory), until it
-    /// is whole and takes a place again.
+    /// Time a request body may take to arrive holding its client place
+    /// (a tenth of it while requests are refused or queued for want of
+    /// one); a body still arriving past it gives the place back and keeps
+    /// only what it has sent, in the slow-body pool (--slow-memory), until
+    /// it is whole and takes a place again.
     #[arg(long, default_value = "1s", value_parser = positive_duration, allow_hyphen_values = true)]
     body_grace: Duration,
     /// Memory for request bodies still arriving --body-grace after their
@@ -466,6 +468,7 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         idle: idle.clone(),
         connections: AtomicUsize::new(0),
         all_closed: Notify::new(),
+        pressure: Notify::new(),
         ready: AtomicBool::new(true),
         shutdown: watch::channel(false).0,
     });

@@ -29,6 +29,18 @@
 //! the budget, and at least what one body of `--max-body` needs while its
 //! buffer doubles (twice `--max-body`, and its connection).
 //!
+//! **Under pressure.** A slow sender holds a place for the grace before it
+//! moves here, so slow senders that keep coming — a new one as another is
+//! refused — could still hold every place: 16 new ones a second took the
+//! places of 196 of 200 prompt requests made 10 ms apart. So while the
+//! server refuses (`shed`) or queues (`wait`) a request for want of a
+//! place, the bodies still arriving have their grace cut to a tenth (100
+//! ms by default; `endpoints.rs`'s `PRESSED_GRACE_DIVISOR`): then 3 of the
+//! 200 got 503. Senders that come faster still (80 a second: 118 of 200)
+//! need what the gate needs against an attacker who reconnects as fast as
+//! he is dropped: per-source limits in front of the server
+//! (`bench/slow-senders.py` for all these figures, 2026-12-06).
+//!
 //! The gate (`conn.rs`) bounds connections by count, at 24 KiB each, and
 //! makes room by evicting its oldest waiters; a slow body holds up to
 //! `--max-body`, so the pool is bounded by bytes, and it evicts no one: a

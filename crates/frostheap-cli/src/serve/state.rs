@@ -61,6 +61,10 @@ pub(super) struct State {
     /// Requests whose body is still arriving past the grace, apart from
     /// the budget's clients (with a budget).
     pub(super) slow: Option<SlowBodies>,
+    /// Signalled when a request is refused or queued for want of a client
+    /// place: the bodies still arriving have their grace cut short
+    /// (`endpoints.rs`'s `read_body`).
+    pub(super) pressure: Notify,
     pub(super) max_body: usize,
     /// `--overload wait`: requests wait for memory (with a budget).
     pub(super) waits: bool,
