@@ -38,7 +38,7 @@
 //! ms by default; `endpoints.rs`'s `PRESSED_GRACE_DIVISOR`): then 3 of the
 //! 200 got 503. Senders that come faster still (80 a second: 118 of 200)
 //! need what the gate needs against an attacker who reconnects as fast as
-//! he is dropped: per-source limits in front of the server
+//! they are dropped: per-source limits in front of the server
 //! (`bench/slow-senders.py` for all these figures, 2026-12-06).
 //!
 //! The gate (`conn.rs`) bounds connections by count, at 24 KiB each, and
@@ -46,7 +46,6 @@
 //! `--max-body`, so the pool is bounded by bytes, and it evicts no one: a
 //! body that has kept the minimum rate keeps arriving, and a newcomer
 //! that finds the pool full is the one refused.
-
 //!
 //! The bottom of the serve module with `state.rs`, which holds the pool:
 //! it imports none of its siblings.
