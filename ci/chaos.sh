@@ -31,6 +31,10 @@
 #   idle_stress   producers that pause while consumers free their blocks,
 #                 a thread trimming in a loop (spans freed whole retired
 #                 for their running owners), with and without a limit
+#   realloc_cross 4 threads grow and shrink large blocks through shared
+#                 slots, each growth of another heap's block a move of its
+#                 pages into the grower's heap (both span locks), owners
+#                 exiting and adopted meanwhile
 # First, interior_free checks that the build's debug checks fire (an
 # address inside another thread's block, freed, stops the program).
 # Every program checks every block it takes; a failure, a debug check's
@@ -63,7 +67,8 @@ cargo build --release -p frostheap-capi
 lib=$chaos/release/libfrostheap.so
 bin=$chaos/c
 mkdir -p "$bin"
-for prog in threads mixer thread_churn consumer mapstress maprace own_cache idle_stress interior_free; do
+for prog in threads mixer thread_churn consumer mapstress maprace own_cache idle_stress realloc_cross \
+    interior_free; do
     cc -O1 -fno-builtin -Wall -Wno-use-after-free -pthread \
         -o "$bin/$prog" "crates/frostheap-capi/tests/c/$prog.c"
 done
@@ -128,7 +133,8 @@ while :; do
     run "$bin/own_cache" 2 100000
     run "$bin/idle_stress" 2
     run env FROSTHEAP_MAX=48M "$bin/idle_stress" 2
+    run env FROSTHEAP_MAX=256M "$bin/realloc_cross" stress 0 4 2000
     rounds=$((rounds + 1))
     [ $(($(date +%s) - start)) -lt "$budget" ] || break
 done
-echo "ci/chaos.sh: $rounds rounds of threads, mixer (with and without trims), thread_churn, consumer, mapstress, maprace, own_cache and idle_stress passed in $(($(date +%s) - start)) s"
+echo "ci/chaos.sh: $rounds rounds of threads, mixer (with and without trims), thread_churn, consumer, mapstress, maprace, own_cache, idle_stress and realloc_cross passed in $(($(date +%s) - start)) s"

@@ -8,7 +8,10 @@
 //! is waiting (see `frostheap::global`). One limit, `FROSTHEAP_MAX`, bounds
 //! them all, counted where memory is committed. Frees and reallocs are
 //! routed by address ([`raw::owns`]: one compare), whoever makes them: a
-//! block freed by another thread goes back to its heap as a remote free.
+//! block freed by another thread goes back to its heap as a remote free,
+//! and one another thread reallocates moves to that thread's heap (a large
+//! block that grows by moving its pages, charged its growth alone:
+//! [`raw::Local::realloc_moved_in`]).
 //! The rare allocation of a thread that has no heap (while its heap is
 //! being attached, after it exited, or with every slot taken) goes to
 //! glibc's own allocator (reached through `dlsym`), charged against the
@@ -478,7 +481,15 @@ unsafe fn realloc_elsewhere(ptr: *mut c_void, size: usize) -> *mut c_void {
         let q = unsafe { h.realloc_c(ptr.cast(), size) };
         return if q.is_null() { refused(size) } else { q.cast() };
     }
-    // Another thread's block moves to this thread's heap.
+    // Another thread's block moves to this thread's heap: a large one that
+    // grows by moving its pages, charged its growth alone; any other by a
+    // copy.
+    // SAFETY: h is this thread's heap; (1): ptr is a live heap block, not
+    // of h.
+    let q = unsafe { h.realloc_moved_in(ptr.cast(), size) };
+    if !q.is_null() {
+        return q.cast();
+    }
     // SAFETY: (1): ptr is a live heap block.
     let old = unsafe { raw::usable_size(ptr.cast()) };
     // SAFETY: h is this thread's heap.

@@ -193,6 +193,55 @@ fn large_blocks_growing_thousands_of_times_stay_under_the_limit_with_exact_count
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// Another thread's block of 60% of `FROSTHEAP_MAX` grows to 70% (a
+/// producer's buffer a consumer grows), its maker running, or exited, or
+/// the main thread growing it: its pages move into the grower's heap and
+/// only the growth is charged, where a copy needed 130% of the limit and
+/// was refused; its contents follow, and `mallinfo2`'s in use and
+/// committed grow by the new block alone. Grown by the main thread and
+/// left live, the statistics at exit count it in the main heap alone: the
+/// thread heaps hold nothing.
+#[test]
+fn another_threads_block_of_60_percent_of_the_limit_grows_to_70() {
+    for mode in ["grow", "exited", "main"] {
+        let out = preloaded_limited(
+            Command::new(c_program("realloc_cross")).args([mode, "256"]),
+            &[("FROSTHEAP_MAX", "256M"), ("FROSTHEAP_STATS", "1")],
+            120,
+        );
+        assert_succeeded_saying(&out, "realloc_cross: 5 checks, 0 failures");
+        if mode == "main" {
+            let line = process_stats_line(&out);
+            assert!(line.contains("thread heaps in use 0 B"), "{}", text(&out));
+            assert!(
+                stats_line(&out).contains("main heap: in use 179.2 MiB"),
+                "{}",
+                text(&out)
+            );
+        }
+    }
+}
+
+/// Blocks of 1-16 MiB handed from thread to thread 4,000 times, each
+/// handoff a `realloc` that grows or shrinks the block (growths by another
+/// thread than its heap's move its pages into the grower's heap), while
+/// the owners allocate blocks of their own and exit after 100-300
+/// handoffs, new threads adopting their heaps: contents follow every call,
+/// no growth is refused under 256 MiB, and once the blocks are freed and
+/// the heaps trimmed, in use and committed are back at their baseline.
+#[test]
+fn blocks_handed_between_threads_thousands_of_times_keep_contents_and_counts() {
+    let out = preloaded_limited(
+        Command::new(c_program("realloc_cross")).args(["stress", "0", "4", "4000"]),
+        &[("FROSTHEAP_MAX", "256M")],
+        120,
+    );
+    assert_succeeded_saying(&out, " 0 failures");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(printed_value(&stdout, "refused="), 0, "{}", text(&out));
+    assert_eq!(printed_value(&stdout, "handoffs="), 4000, "{}", text(&out));
+}
+
 /// Blocks that threads left behind, freed by the main thread after the
 /// threads exited, go back as they are freed (every 64 spans the frees
 /// bring back) beyond what the heaps keep for the next threads (32 MiB of

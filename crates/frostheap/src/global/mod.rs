@@ -285,6 +285,16 @@ impl Global {
         layout: Layout,
         new_size: usize,
     ) -> *mut u8 {
+        if let Owner::Heap { heap, .. } = owner {
+            if new_size > layout.size() && layout.align() <= crate::region::PAGE_SIZE {
+                // SAFETY: forwarded (1): a block of another heap than the
+                // thread's own.
+                let q = unsafe { move_in(heap, ptr, new_size) };
+                if !q.is_null() {
+                    return after_heap_alloc(q, new_size);
+                }
+            }
+        }
         // SAFETY: new_size with layout's align is a valid layout (the
         // GlobalAlloc::realloc contract).
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
@@ -404,6 +414,32 @@ impl Global {
             _ => return unsafe { System.alloc(layout) },
         };
         after_heap_alloc(p, layout.size())
+    }
+}
+
+/// Grows `ptr`, a large block of `heap`, another heap than the calling
+/// thread's own (another thread's, or the main heap), by moving its pages
+/// into the thread's heap (`HeapCore::move_large_in`): the growth alone is
+/// charged against the limit, and the block changes heap. Only on the
+/// heap route (never for a runtime worker, whose allocations go to its
+/// context); null when the block must be copied instead.
+///
+/// # Safety
+/// 1. The `GlobalAlloc::realloc` contract, and `ptr` is a live block of
+///    `heap`, not of the calling thread's own heap.
+#[cold]
+unsafe fn move_in(heap: &'static HeapInner, ptr: *mut u8, new_size: usize) -> *mut u8 {
+    if route() != Route::Heap {
+        return core::ptr::null_mut();
+    }
+    match own_heap() {
+        // SAFETY: h is the calling thread's heap, on the heap route (no
+        // worker inside a phase); by (1) ptr is a live block of `heap`,
+        // the caller's.
+        Some(h) if !core::ptr::eq(h, heap) => unsafe {
+            h.core.move_large_in(&heap.core, ptr, new_size)
+        },
+        _ => core::ptr::null_mut(),
     }
 }
 

@@ -234,6 +234,30 @@ impl Local {
         self.0.core.owns(p as usize)
     }
 
+    /// C `realloc` of `p`, a block of another heap of the arena (another
+    /// thread's, running or exited, or the main heap), to `new_size` bytes
+    /// by moving its pages into this heap, when it is a large block of 1
+    /// MiB or more that grows past its pages: the growth alone is charged
+    /// against the limit, nothing is copied, and the block is this heap's
+    /// from then on (`HeapCore::move_large_in`). Null, with nothing done,
+    /// when the block must be copied instead (any other block, or a case
+    /// `docs/limit.md` lists).
+    ///
+    /// # Safety
+    /// 1. As [`Local::malloc`], and `p` is a live block of the arena, not
+    ///    of this heap, that no other thread uses meanwhile.
+    #[inline(never)]
+    pub unsafe fn realloc_moved_in(self, p: *mut u8, new_size: usize) -> *mut u8 {
+        match heaps::heap_of(p) {
+            // SAFETY: (1): this thread owns the heap (the C ABI runs no
+            // phases); p is a live block of `heap`, the caller's.
+            Some((heap, _)) if !core::ptr::eq(heap, self.0) => unsafe {
+                self.0.core.move_large_in(&heap.core, p, new_size)
+            },
+            _ => core::ptr::null_mut(),
+        }
+    }
+
     /// C `realloc` of a block of this heap to `new_size > 0` bytes aligned
     /// to [`MALLOC_ALIGN`]; null (and `p` untouched) past the limit.
     ///

@@ -1972,4 +1972,94 @@ impl HeapCore {
         self.count_large_resize(owner, n * PAGE_SIZE, new_n * PAGE_SIZE);
         addr as *mut u8
     }
+
+    /// Grows `p`, a large block of `from`, another heap of the same
+    /// reservation (another thread's heap of the arena, running, exited
+    /// or adopted since), to `new_size` bytes by moving its pages into
+    /// this heap, the calling thread's own ([`Locked::move_in`]), instead
+    /// of copying them into a new block and freeing it remotely: the
+    /// growth alone is charged, and the block changes heap. `from` counts
+    /// it freed by another thread (as a large block's remote free) and
+    /// this heap allocated by its owner, so both heaps' statistics stay
+    /// exact. Returns the block's new address (its contents up to its old
+    /// size kept), or null when it must be copied: a block of less than
+    /// [`MOVE_FROM`] bytes, aligned past a heap page, or not growing past
+    /// its pages; either heap sealed, frozen by a phase, tagged with a
+    /// protection key (a moved mapping keeps its key), laid out for huge
+    /// pages; or one that [`Locked::move_in`] does not move.
+    ///
+    /// Both span locks are held for the move, taken in address order
+    /// (the order `fork`'s handler takes them in, slot by slot), so that
+    /// neither heap's freeze or key tagging, which take its span lock,
+    /// starts meanwhile; `from`'s is the lock a remote free of a large
+    /// block takes ([`HeapCore::free_large`]).
+    ///
+    /// # Safety
+    /// 1. The calling thread is this heap's owner, and not a runtime worker
+    ///    inside a phase.
+    /// 2. `p` is a live block of `from`, the caller's: no other thread
+    ///    reads, writes or frees it meanwhile.
+    #[cold]
+    #[inline(never)] // laid with the rare code (layout.ld)
+    pub(crate) unsafe fn move_large_in(
+        &self,
+        from: &HeapCore,
+        p: *mut u8,
+        new_size: usize,
+    ) -> *mut u8 {
+        crate::sync::invariant!(self.is_owner(), "move_large_in by another thread");
+        if ptr::eq(self, from) || self.is_sealed() || from.is_sealed() {
+            return ptr::null_mut();
+        }
+        let (idx, m) = from
+            .pages
+            .head_of((p as usize - from.pages.base) >> PAGE_SHIFT);
+        let n = m.span_pages.get() as usize;
+        let new_n = new_size.div_ceil(PAGE_SIZE);
+        if m.kind() != Kind::Large || n * PAGE_SIZE < MOVE_FROM || m.offset.get() != 0 || new_n <= n
+        {
+            return ptr::null_mut();
+        }
+        let unguarded = |base: usize| {
+            crate::guard::entry_of(base).is_none_or(|e| !e.is_frozen() && e.key() == 0)
+        };
+        let (mut mine, mut theirs) = if self.pages.base < from.pages.base {
+            let mine = self.lock_spans();
+            (mine, from.lock_spans())
+        } else {
+            let theirs = from.lock_spans();
+            (self.lock_spans(), theirs)
+        };
+        // Under both span locks: a runtime's key tagging and a freeze's
+        // mark take them.
+        if !unguarded(self.pages.base) || !unguarded(from.pages.base) {
+            return ptr::null_mut();
+        }
+        let owner = m.owner.get();
+        // SAFETY: (2): the block's span, with no offset, is the caller's,
+        // in another heap of the arena.
+        let Some(dest) = (unsafe { mine.move_in(&mut theirs, idx, n, new_n) }) else {
+            drop((mine, theirs));
+            // Not a refused allocation: the block is copied instead, and
+            // that allocation counts itself.
+            self.spans.take_refusal();
+            return ptr::null_mut();
+        };
+        // Laid out before the lock is released, as a new block is.
+        let (addr, usable) = large::place(&self.pages, dest, new_n, PAGE_SIZE, OWNER_LOCAL);
+        drop((mine, theirs));
+        // (1): the owner counts its own allocation.
+        self.local.on_alloc(usable);
+        if owner == OWNER_SHARED {
+            from.shared.on_free(n * PAGE_SIZE);
+        } else {
+            from.others
+                .foreign_freed_bytes
+                .fetch_add(n * PAGE_SIZE, Ordering::Relaxed);
+            from.others
+                .foreign_freed_count
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        addr as *mut u8
+    }
 }

@@ -287,11 +287,22 @@ pub(crate) fn kept_for_adoption(bytes: usize) {
 /// kernel refuses to purge that page: less than a span page, on a free,
 /// which is never refused; released when that free span is purged or
 /// decommitted; and the pages a large block moving by its growth could
-/// not purge once copied (`span::Locked::move_run`).
+/// not purge once copied (`span::Locked::move_run`, `move_in`).
 pub(crate) fn charge_over(kind: Kind, bytes: usize) {
     let next = COMMITTED.fetch_add(bytes, Ordering::Relaxed) + bytes;
     BY_KIND[kind as usize].fetch_add(bytes, Ordering::Relaxed);
     PEAK.fetch_max(next, Ordering::Relaxed);
+}
+
+/// Moves `bytes` already charged for `from` to `to`'s count, the process's
+/// total unchanged: the pages of a large block that changed heap
+/// (`span::Locked::move_in`), charged as the old heap's kind and now held
+/// by the new heap's.
+pub(crate) fn transfer(from: Kind, to: Kind, bytes: usize) {
+    if from != to && bytes > 0 {
+        BY_KIND[from as usize].fetch_sub(bytes, Ordering::Relaxed);
+        BY_KIND[to as usize].fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 
 /// Counts a commit the process limit refused, after every way around it

@@ -1785,32 +1785,15 @@ impl Locked<'_> {
         let run_uncharged = self.charge_to_take(dest, new_n);
         let charged = run_uncharged.saturating_sub(credit);
         let (from, to) = (pt.page_addr(src) as *mut u8, pt.page_addr(dest) as *mut u8);
-        let len = n * PAGE_SIZE;
-        let (mut unpurged, mut dirty) = (0, false);
         // SAFETY: by (1) the source is the block's, owned by the caller;
         // the destination is the start of a free span (nothing lives
         // there), disjoint from the live block; both are heap pages of
         // the committed range, one private anonymous mapping's.
-        let moving = unsafe { os::move_pages(from, len, to, PAGE_SIZE) };
-        if let Err((moved, _)) = moving {
-            if moved == 0 {
-                self.release(charged);
-                return None;
-            }
-            for at in (moved..len).step_by(PAGE_SIZE) {
-                // SAFETY: a heap page of the block not moved and the same
-                // page of the run: distinct, committed, the first the
-                // caller's, the second free; the source page is copied
-                // and then holds nothing live.
-                unsafe {
-                    core::ptr::copy_nonoverlapping(from.add(at), to.add(at), PAGE_SIZE);
-                    if os::purge(from.add(at), PAGE_SIZE).is_err() {
-                        dirty = true;
-                        unpurged += usize::from(src + at / PAGE_SIZE >= min_pages);
-                    }
-                }
-            }
-        }
+        let moved = unsafe { move_or_copy(from, to, n, min_pages.saturating_sub(src)) };
+        let Some((unpurged, dirty)) = moved else {
+            self.release(charged);
+            return None;
+        };
         // SAFETY: dest heads a free span of at least new_n pages, in its
         // bin (giving back purges and uncharges spans, it does not move
         // them); its charge is made.
@@ -1830,4 +1813,165 @@ impl Locked<'_> {
         unsafe { self.free_with(src, n, dirty, true, uncounted) };
         Some(dest)
     }
+
+    /// [`Locked::move_run`] across heaps: moves the `n` pages of the large
+    /// block at `src` of the heap `from` (locked too) to the start of a
+    /// free run of `new_n > n` pages of this heap, found in the bins or at
+    /// the top of the range, whose last `new_n - n` pages are its growth.
+    /// The block changes heap: its pages move ([`os::move_pages`]), its
+    /// old span goes back to `from` as a free span that holds no memory,
+    /// uncharged there, and the run is taken and charged here. Returns the
+    /// run's first page, for the caller to lay the block out in before it
+    /// releases the locks; `None` when the block must be copied instead
+    /// (either region laid out for huge pages or marked frozen, no run,
+    /// the charge refused, the kernel refused the first part of the move).
+    ///
+    /// What the process is charged is the difference alone, before the
+    /// move, as in [`Locked::move_run`]: the run's uncharged pages less the
+    /// block's pages that will hold no memory in `from` (those above its
+    /// minimum). Each heap's own charge ends exact: this one's rises by
+    /// the run's uncharged pages, `from`'s falls by the block's pages that
+    /// stop holding memory, and the part of one that offsets the other
+    /// passes from `from`'s kind to this heap's in the process's counts
+    /// ([`process::transfer`]) without being charged twice.
+    ///
+    /// # Safety
+    /// 1. `[src, src + n)` is a live large block's span of `from`'s heap,
+    ///    with no offset, whose contents the caller owns (no other thread
+    ///    reads or writes it meanwhile); `from` is another heap's span
+    ///    allocator than this one, both of the same reservation (one
+    ///    private anonymous mapping).
+    #[inline(never)] // laid with the rare code (layout.ld)
+    pub(super) unsafe fn move_in(
+        &mut self,
+        from: &mut Locked<'_>,
+        src: usize,
+        n: usize,
+        new_n: usize,
+    ) -> Option<usize> {
+        let (pt, a) = (self.pages, self.alloc);
+        let (from_region, region) = (&from.alloc.region, &a.region);
+        if new_n <= n
+            || region.huge_layout()
+            || from_region.huge_layout()
+            || region.is_marked_frozen()
+            || from_region.is_marked_frozen()
+        {
+            return None;
+        }
+        // The block's pages that stop holding memory in `from`: those
+        // above its minimum, which is always charged.
+        let min_pages = from_region.min_committed() >> PAGE_SHIFT;
+        let kept = min_pages.saturating_sub(src).min(n);
+        let credit = (n - kept) * PAGE_SIZE;
+        let dest = match self.first_fit(new_n, false) {
+            Some(dest) => dest,
+            None if self.grow_for(new_n, credit) => self.first_fit(new_n, false)?,
+            None => return None,
+        };
+        let need = |l: &Self| l.charge_to_take(dest, new_n).saturating_sub(credit);
+        let charged = need(self);
+        if charged > 0 && !self.try_charge(charged) && !self.give_back_and_charge(need) {
+            return None;
+        }
+        let run_uncharged = self.charge_to_take(dest, new_n);
+        let charged = run_uncharged.saturating_sub(credit);
+        let (src_at, to) = (
+            from.pages.page_addr(src) as *mut u8,
+            pt.page_addr(dest) as *mut u8,
+        );
+        // SAFETY: by (1) the source is the block's, owned by the caller;
+        // the destination is the start of a free span of this heap
+        // (nothing lives there), in another heap's range than the block;
+        // both are heap pages of committed ranges of one reservation.
+        let moved = unsafe { move_or_copy(src_at, to, n, kept) };
+        let Some((unpurged, dirty)) = moved else {
+            self.release(charged);
+            return None;
+        };
+        // SAFETY: dest heads a free span of at least new_n pages, in its
+        // bin (giving back purges and uncharges spans, it does not move
+        // them); its charge is made.
+        unsafe { self.take(dest, new_n) };
+        // The part of the run's charge that the block's old pages cover:
+        // this heap's now, charged to the process once already (as
+        // `from`'s).
+        let covered = run_uncharged - charged;
+        self.add_charged(covered);
+        process::transfer(from.alloc.kind, a.kind, covered);
+        // `from` stops counting the pages that hold no memory; of those,
+        // what the run did not take over goes back to the process. Pages
+        // whose purge failed hold memory: `from` keeps them charged.
+        let uncounted = n - kept - unpurged;
+        from.hand_over(credit);
+        if credit > covered {
+            process::release(from.alloc.kind, credit - covered);
+        }
+        if unpurged > 0 {
+            from.add_charged(unpurged * PAGE_SIZE);
+            process::charge_over(from.alloc.kind, unpurged * PAGE_SIZE);
+        }
+        // SAFETY: the block's old span is in no span now and holds no live
+        // block; its pages hold no memory but those whose purge failed
+        // (clean unless some do), and `uncounted` of the others lie above
+        // `from`'s minimum.
+        unsafe { from.free_with(src, n, dirty, true, uncounted) };
+        Some(dest)
+    }
+
+    /// Takes `bytes` off this heap's charge without releasing them from
+    /// the process: another heap has taken them over
+    /// ([`Locked::move_in`]).
+    fn hand_over(&mut self, bytes: usize) {
+        let c = &self.alloc.charged;
+        let cur = c.load(Ordering::Relaxed);
+        crate::sync::invariant!(cur >= bytes, "handed over {bytes} of {cur} charged bytes");
+        c.store(cur - bytes, Ordering::Relaxed);
+    }
+}
+
+/// Moves the `n` heap pages at `from` to `to` ([`os::move_pages`]), for a
+/// large block's move ([`Locked::move_run`], [`Locked::move_in`]). Should
+/// the kernel refuse a part after the first (a mapping split by the
+/// program's own `mprotect` within the block), the rest is copied a heap
+/// page at a time, each page of the source purged once copied: at most
+/// one page more is resident than is charged, for the time of one copy.
+/// Returns `None` when nothing moved (nothing written), else how many of
+/// the source's pages from page `counted_from` on hold memory still (their
+/// purge failed), and whether any page does.
+///
+/// # Safety
+/// 1. `[from, from + n pages)` is a live block's, owned by the caller, and
+///    nothing refers to its contents at those addresses once this returns
+///    `Some`; `[to, to + n pages)` is the start of a free span (nothing
+///    lives there), disjoint from it; both are heap pages of committed
+///    ranges of one private anonymous mapping.
+unsafe fn move_or_copy(
+    from: *mut u8,
+    to: *mut u8,
+    n: usize,
+    counted_from: usize,
+) -> Option<(usize, bool)> {
+    let len = n * PAGE_SIZE;
+    let (mut unpurged, mut dirty) = (0, false);
+    // SAFETY: (1).
+    if let Err((moved, _)) = unsafe { os::move_pages(from, len, to, PAGE_SIZE) } {
+        if moved == 0 {
+            return None;
+        }
+        for at in (moved..len).step_by(PAGE_SIZE) {
+            // SAFETY: a heap page of the block not moved and the same page
+            // of the run: distinct, committed, the first the caller's, the
+            // second free (1); the source page is copied and then holds
+            // nothing live.
+            unsafe {
+                core::ptr::copy_nonoverlapping(from.add(at), to.add(at), PAGE_SIZE);
+                if os::purge(from.add(at), PAGE_SIZE).is_err() {
+                    dirty = true;
+                    unpurged += usize::from(at / PAGE_SIZE >= counted_from);
+                }
+            }
+        }
+    }
+    Some((unpurged, dirty))
 }

@@ -92,6 +92,48 @@ fn a_vec_of_60_percent_of_the_limit_grows_to_70_on_the_main_heap_and_a_thread_he
     }
 }
 
+test!(a_vec_of_60_percent_of_the_limit_another_thread_made_grows_to_70);
+/// `Vec::reserve_exact` of a vector of 60% of `FROSTHEAP_MAX` to 70% by
+/// another thread than the one that made it: by the main thread after its
+/// maker exited (the main heap on base pages, `FROSTHEAP_HUGE_PAGES=off`),
+/// and by a thread while its maker runs. The vector's pages move into the
+/// grower's heap and only its growth is charged, where a copy into that
+/// heap needed 130% of the limit and aborted; the bytes in use are in the
+/// grower's heap alone, the maker's holding none of them.
+fn a_vec_of_60_percent_of_the_limit_another_thread_made_grows_to_70() {
+    for (grower, maker) in [("main", "exited"), ("thread", "running")] {
+        let out = run_fixture(
+            "global_alloc",
+            &["cross", "153M", "179M", grower, maker],
+            &[("FROSTHEAP_MAX", "256M"), ("FROSTHEAP_HUGE_PAGES", "off")],
+        );
+        assert!(out.status.success(), "{grower}, {maker}: {}", describe(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("moved=true"), "{grower}, {maker}: {}", describe(&out));
+        let (committed, main, threads) = (
+            printed_number(&out, "committed="),
+            printed_number(&out, "main_in_use="),
+            printed_number(&out, "threads_in_use="),
+        );
+        let (held, other) = if grower == "main" {
+            (main, threads)
+        } else {
+            (threads, main)
+        };
+        let mib = MIB as u64;
+        assert!(
+            held >= 179 * mib && held < 180 * mib && other < mib,
+            "{grower}, {maker}: {}",
+            describe(&out)
+        );
+        assert!(
+            committed < main + threads + 4 * mib,
+            "{grower}, {maker}: {}",
+            describe(&out)
+        );
+    }
+}
+
 /// A bad value stops start-up: status 2, one stderr line naming the
 /// variable, the value and what is accepted, and `main` never runs.
 fn assert_startup_error(env: &[(&str, &str)], var: &str, value: &str, accepted: &str) {
