@@ -15,8 +15,8 @@
 //! [`BudgetStats`] reports.
 //!
 //! The budget is bookkeeping: it allocates nothing itself. Code that holds
-//! a [`Permit`] promises to keep its allocations within the permit's bytes
-//! (or to grow it with [`Permit::try_grow`]).
+//! a [`Permit`](crate::Permit) promises to keep its allocations within the permit's bytes
+//! (or to grow it with [`Permit::try_grow`](crate::Permit::try_grow)).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -119,7 +119,7 @@ pub(crate) struct Inner {
     pub(crate) total: usize,
     /// Bytes per semaphore permit: ⌈total / u32::MAX⌉, at least 1.
     granule: usize,
-    /// Free granules. `total / granule` permits in all; a live [`Permit`]
+    /// Free granules. `total / granule` permits in all; a live [`Permit`](crate::Permit)
     /// holds `granules(bytes)` of them (forgotten from the semaphore, given
     /// back with `add_permits` when it drops).
     pub(crate) semaphore: Arc<Semaphore>,

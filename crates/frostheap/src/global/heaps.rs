@@ -671,7 +671,7 @@ fn give_back_retiring(h: &HeapInner, live: bool, wait: bool) -> usize {
 /// heaps of exited threads hold free — blocks other threads freed into
 /// them since — given back ([`release_abandoned`]), skipping every lock
 /// found busy; the empty current spans kept for their next thread stay
-/// (see [`HeapCore::release_kept`]). With `keep_warm` (run by frees that
+/// (see [`HeapCore::release_kept`](crate::heap::core::HeapCore::release_kept)). With `keep_warm` (run by frees that
 /// brought spans of those heaps back), only the heaps frees brought spans
 /// back into since are visited, and they keep, within the budget, what
 /// [`abandon_warm`] would let them keep. Runs on a thread that is charging
@@ -965,7 +965,7 @@ pub(super) unsafe fn unlock_after_fork() {
 /// runs of a user's program.) The main heap is among them unless
 /// `forked_by_main`.
 ///
-/// [`HeapCore::orphan_after_fork`]: crate::heap::HeapCore::orphan_after_fork
+/// [`HeapCore::orphan_after_fork`]: crate::heap::core::HeapCore::orphan_after_fork
 ///
 /// # Safety
 /// 1. The calling thread is the only thread of the process, inside the

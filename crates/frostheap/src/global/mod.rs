@@ -16,9 +16,9 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`start`] | the main heap's start-up |
+//! | [`start`](mod@start) | the main heap's start-up |
 //! | [`heaps`] | the arena, thread heaps, adoption after a thread exits |
-//! | [`route`] | each thread's route, each block's owner, `unguarded`, [`Shared`] |
+//! | [`route`](mod@route) | each thread's route, each block's owner, `unguarded`, [`Shared`] |
 //! | [`raw`] | the main heap with C semantics, for the C ABI (`frostheap-capi`) |
 //! | this file | [`Global`]: one `match` over route × owner per call |
 

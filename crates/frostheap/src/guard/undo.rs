@@ -170,8 +170,8 @@ impl UndoLog {
 
     /// Takes the [`GATE`] for a step of this worker, unless its pending
     /// step holds it already (a second fault of the same instruction).
-    /// In the fault handler, first (before the step lock); [`finish`]
-    /// (`Self::finish`) or [`abandon_pending`](Self::abandon_pending) lets
+    /// In the fault handler, first (before the step lock); [`finish`](Self::finish)
+    /// or [`abandon_pending`](Self::abandon_pending) lets
     /// it go.
     pub(crate) fn enter_gate(&self) {
         if !self.in_gate.load(Ordering::Relaxed) {
@@ -536,15 +536,15 @@ pub(crate) fn phase_begins() -> Ticket {
     Ticket(t)
 }
 
-/// [`replay`] for the phase of `ticket`, composed with the replays of
+/// `replay` (a phase's replay alone) for the phase of `ticket`, composed with the replays of
 /// other runtimes' phases that overlap it: bytes a still-running phase has
 /// stored on top of this one's are left over and restored by that phase's
 /// replay, after its own store to them; this replay restores the bytes
 /// earlier replays left over for it. Without overlap (the leftover list
-/// empty, no other phase in flight) it is exactly [`replay`].
+/// empty, no other phase in flight) it is exactly `replay`.
 ///
 /// # Safety
-/// As [`replay`], and 2. bytes earlier replays left over are still
+/// As `replay`, and 2. bytes earlier replays left over are still
 /// mapped: they lie in guarded heaps of runtimes whose phases are in
 /// flight or were when they were left over, and a heap dropped since took
 /// its leftovers with it ([`forget_range`]).

@@ -137,7 +137,7 @@ impl RuntimeBuilder {
     /// not exceed 1024: [`RuntimeBuilder::build`] refuses a `max_parked`
     /// set here that does not fit with [`Error::InvalidConfig`] naming
     /// `max_parked`, the workers and the most that fits. The default is
-    /// [`DEFAULT_MAX_PARKED`](super::DEFAULT_MAX_PARKED), or the room the
+    /// [`DEFAULT_MAX_PARKED`], or the room the
     /// workers leave if that is less (`1024 - workers`: 24 with 1,000
     /// workers, 0 with 1,024).
     pub fn max_parked(mut self, n: usize) -> Self {
@@ -156,7 +156,7 @@ impl RuntimeBuilder {
     /// in a `futex` wait (a lock, a condition variable, a channel) when the
     /// time runs out are abandoned, and the call returns
     /// `Err(Incomplete)` saying why. Default
-    /// [`DEFAULT_NO_PROGRESS_TIMEOUT`](super::DEFAULT_NO_PROGRESS_TIMEOUT)
+    /// [`DEFAULT_NO_PROGRESS_TIMEOUT`]
     /// (3 s).
     pub fn no_progress_timeout(mut self, timeout: core::time::Duration) -> Self {
         self.no_progress_timeout = timeout;

@@ -45,7 +45,7 @@ impl Runtime {
     /// into a buffer of the runtime's before the workers start on them (a
     /// serial step, cheap next to real work but visible on millions of tiny
     /// items), one batch at a time under a memory budget. Items are made
-    /// inside [`unguarded`](crate::global::unguarded), so tasks may change what they own.
+    /// inside [`unguarded`], so tasks may change what they own.
     /// Prefer [`Runtime::par`] for anything it accepts.
     ///
     /// The iterator runs on main, so a panic in it is main's: it unwinds
@@ -149,7 +149,7 @@ impl Runtime {
     /// `par_iter_mut().for_each(f)`).
     ///
     /// Tasks can change only memory that is not frozen, so `data` must not
-    /// live in a guarded heap: build it inside [`unguarded`](crate::global::unguarded) (and
+    /// live in a guarded heap: build it inside [`unguarded`] (and
     /// grow it there too: a `Vec` that main grows outside it moves into
     /// the main heap), hold it in a
     /// [`Shared`](crate::global::Shared), or allocate it from a `Heap` not passed to
