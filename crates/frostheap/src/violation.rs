@@ -43,13 +43,15 @@ pub struct Violation {
     /// A rollback runtime kept the phase's stores: its tasks had `&mut`
     /// access to values that own memory (`Runtime::run_phase`'s `keep`).
     pub(crate) kept: bool,
+    /// Why it kept them: a worker's undo log filled (with `kept`).
+    pub(crate) log_filled: bool,
     /// The other violating stores of the same phase: (address, item).
     pub(crate) others: Vec<(usize, Option<usize>)>,
     /// Violating stores of the same phase counted and not listed in
     /// `others` (past each worker's first 256).
     pub(crate) unlisted: usize,
-    /// Rollback: tasks of the phase cancelled instead, because their undo
-    /// log filled (their threads are parked).
+    /// Rollback: tasks of the phase cancelled instead, because a store
+    /// could not be stepped (their threads are parked).
     pub(crate) cancelled: usize,
     /// Workers abandoned because the phase made no progress for
     /// `no_progress_timeout` after this violation parked a worker.
@@ -263,8 +265,11 @@ impl Violation {
     /// needs `Drop`): such a value may own the memory a task
     /// wrote (a `Vec` pushed to, whose buffer main allocated), and an undo
     /// would leave it disagreeing with that memory (its length counting an
-    /// element the undo took back), which is unsound to drop. The call
-    /// still returns the violation.
+    /// element the undo took back), which is unsound to drop. It does so
+    /// too for a phase in which a worker's undo log (1 MiB: 26,000 to
+    /// 32,000 scattered stores, as each changes 8 bytes or fewer) filled: the stores past it could not be
+    /// undone, and undoing only those before would leave what the tasks
+    /// built half as it was. The call still returns the violation.
     pub fn stores_kept(&self) -> bool {
         self.kept
     }
@@ -280,10 +285,12 @@ impl Violation {
         1 + self.others.len() + self.unlisted
     }
     /// Under rollback: tasks of the phase that were cancelled instead of
-    /// running to their end, because their undo log (1 MiB a worker)
-    /// filled: the store that filled it was not made, and the thread is
-    /// parked for good, as under the cancel policy (counted in
-    /// `RuntimeStats::parked_workers`).
+    /// running to their end, because a store could not be stepped through
+    /// alone (access to it could not be opened): that store was not made,
+    /// and the thread is parked for good, as under the cancel policy
+    /// (counted in `RuntimeStats::parked_workers`). A full undo log no
+    /// longer cancels a task: the phase keeps its stores instead
+    /// ([`Violation::stores_kept`]).
     pub fn tasks_cancelled(&self) -> usize {
         self.cancelled
     }
@@ -298,6 +305,9 @@ impl Violation {
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let what = match self.policy {
+            OnViolation::Audit if self.kept && self.log_filled => {
+                "its stores were kept: a worker's undo log filled, and a phase undone in part would leave what its tasks built inconsistent"
+            }
             OnViolation::Audit if self.kept => {
                 "its stores were kept: the phase lent `&mut` values that own memory, which an undo would leave inconsistent"
             }
@@ -394,10 +404,9 @@ impl fmt::Display for Violation {
             if self.cancelled > 0 {
                 writeln!(
                     f,
-                    "  cancelled {} task(s): the undo log of its worker (1 MiB) filled, or a store could \
-                     not be stepped, so that store was not made and the task did not run to its end; \
-                     its thread is parked for good, keeping any lock it held \
-                     (RuntimeStats::parked_workers)",
+                    "  cancelled {} task(s): a store could not be stepped, so that store was not made \
+                     and the task did not run to its end; its thread is parked for good, keeping any \
+                     lock it held (RuntimeStats::parked_workers)",
                     self.cancelled
                 )?;
             }
@@ -422,6 +431,13 @@ impl fmt::Display for Violation {
                 f,
                 "  note     the task's thread is parked for good; locks it held stay held"
             )?;
+        } else if self.log_filled {
+            write!(
+                f,
+                "  note     a task made more violating stores than its worker's undo log holds (1 MiB: 26,000 \
+                 to 32,000 scattered stores), so the phase kept them all, as the audit policy does; \
+                 its tasks ran to their end and released their locks"
+            )?;
         } else if self.kept {
             write!(
                 f,
@@ -430,7 +446,12 @@ impl fmt::Display for Violation {
                  write: build such values inside unguarded(..)"
             )?;
         } else {
-            write!(f, "  note     guarded data is frozen during parallel phases; write to the task's own allocations, Shared<T>, or memory made inside unguarded(..)")?;
+            write!(
+                f,
+                "  note     guarded data is frozen during parallel phases; tasks may write their own allocations \
+                 and memory made inside unguarded(..): a Shared<T> holds T there, but what T owns (a Vec's \
+                 buffer, a map's table) must be built and grown inside unguarded(..) too"
+            )?;
         }
         Ok(())
     }

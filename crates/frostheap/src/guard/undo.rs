@@ -118,6 +118,10 @@ pub(crate) struct UndoLog {
     high: AtomicUsize,
     /// Whether this worker's pending step holds the process's [`GATE`].
     in_gate: AtomicBool,
+    /// Set at the first store that found no room ([`UndoLog::overflow`]):
+    /// the phase keeps its stores, and this log records no more until
+    /// its reset.
+    overflowed: AtomicBool,
     pending: [Pending; SLOTS],
 }
 
@@ -149,6 +153,7 @@ impl UndoLog {
             stores: AtomicU32::new(0),
             high: AtomicUsize::new(0),
             in_gate: AtomicBool::new(false),
+            overflowed: AtomicBool::new(false),
             pending: [const {
                 Pending {
                     lo: AtomicUsize::new(0),
@@ -219,7 +224,7 @@ impl UndoLog {
     ///    matching [`UndoLog::finish`] and the replay.
     pub(crate) unsafe fn begin(&self, lo: usize, len: usize) -> Begin {
         debug_assert!(len > 0 && len <= SLOT_BYTES, "a window fits a slot");
-        if self.base.load(Ordering::Relaxed) == 0 {
+        if self.base.load(Ordering::Relaxed) == 0 || self.overflowed.load(Ordering::Relaxed) {
             return Begin::Full;
         }
         let Some(slot) = self
@@ -246,6 +251,19 @@ impl UndoLog {
         p.seq.store(seq, Ordering::Relaxed);
         p.len.store(len, Ordering::Relaxed);
         Begin::Saved
+    }
+
+    /// Marks the log overflowed: a store found no room in it, and the
+    /// phase will keep its stores instead of undoing them (the runtime
+    /// sees it after the phase, [`UndoLog::overflowed`]). True the first
+    /// time since the last reset. Async-signal-safe.
+    pub(crate) fn overflow(&self) -> bool {
+        !self.overflowed.swap(true, Ordering::Relaxed)
+    }
+
+    /// Whether a store of the phase found no room ([`UndoLog::overflow`]).
+    pub(crate) fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire)
     }
 
     /// Whether a window is pending (between a fault and its trap).
@@ -377,6 +395,7 @@ impl UndoLog {
         self.used.store(0, Ordering::Relaxed);
         self.last.store(NO_ENTRY, Ordering::Relaxed);
         self.stores.store(0, Ordering::Release);
+        self.overflowed.store(false, Ordering::Relaxed);
         let high = self.high.swap(0, Ordering::Relaxed);
         if high > KEEP_RESIDENT {
             let page = os::page_size();

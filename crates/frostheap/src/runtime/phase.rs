@@ -28,8 +28,8 @@ pub(super) struct PhaseResult {
     /// [`AUDIT_RECORDS`](crate::guard::AUDIT_RECORDS) under rollback,
     /// counted and not listed in `violations`.
     pub(super) unlisted: usize,
-    /// Tasks the rollback policy cancelled because their undo log filled
-    /// (their workers parked).
+    /// Tasks the rollback policy cancelled because a store could not be
+    /// stepped through alone (their workers parked).
     pub(super) cancelled: usize,
     /// Items whose tasks were running on workers parked in this phase.
     pub(super) parked_items: Vec<usize>,

@@ -74,16 +74,16 @@ impl Runtime {
                          fewer than its {} workers. Fix the tasks that write frozen memory, {}raise \
                          Runtime::builder().max_parked(..), or build a new runtime",
                         if self.control.policy == OnViolation::Rollback {
-                            "whose tasks filled their undo log (the rollback policy cancels such a task)"
+                            "whose stores could not be stepped through (the rollback policy cancels such a task)"
                         } else {
                             "under the cancel policy"
                         },
                         self.max_parked,
                         self.n_workers,
                         if self.control.policy == OnViolation::Rollback {
-                            "make fewer stores to frozen memory in one task, "
+                            "stop the tasks' stores to frozen memory, "
                         } else {
-                            "use the rollback policy (which parks a thread only when a task's undo log fills), "
+                            "use the rollback policy (which parks no thread but for a store it cannot step), "
                         }
                     ),
                 });
@@ -222,6 +222,10 @@ impl Runtime {
         policy: OnViolation,
         keep: bool,
     ) -> PhaseResult {
+        // A store a worker's undo log had no room for was let through: the
+        // phase keeps every store, as under audit, and undoes none (a part
+        // undone would leave what the tasks built half as it was).
+        let mut overflowed = false;
         let undone = if let Some(ticket) = ticket {
             // Every worker has ended the phase and the heaps are writable
             // for main: undo the violating stores, newest first, before
@@ -234,8 +238,15 @@ impl Runtime {
                     w.slot.undo.abandon_pending();
                 }
             }
+            overflowed = workers.iter().any(|w| w.slot.undo.overflowed());
+            if overflowed {
+                for w in workers.iter() {
+                    w.slot.undo.reset();
+                }
+            }
             // SAFETY: each entry names bytes of a guarded heap this runtime
-            // holds, written during the phase and writable now.
+            // holds, written during the phase and writable now. (The
+            // replay of emptied logs still ends the phase's ticket.)
             unsafe { guard::undo::replay_phase(workers.iter().map(|w| &w.slot.undo), ticket) }
         } else {
             0
@@ -261,6 +272,12 @@ impl Runtime {
         }
         let mut result = self.collect_violations(policy, keep);
         result.undone = undone;
+        if overflowed {
+            // What was applied: the audit policy's outcome.
+            for v in &mut result.violations {
+                v.policy = OnViolation::Audit;
+            }
+        }
         // The error carries the first violation: it names every other.
         let others: Vec<(usize, Option<usize>)> = result
             .violations
@@ -275,7 +292,8 @@ impl Runtime {
             first.cancelled = result.cancelled;
             first.abandoned = abandoned;
             first.no_progress_timeout = self.no_progress_timeout;
-            first.kept = keep;
+            first.kept = keep || overflowed;
+            first.log_filled = overflowed;
         } else if abandoned > 0 {
             // No violation of its own: its tasks waited on locks that the
             // workers parked by earlier phases' violations keep.
@@ -285,7 +303,7 @@ impl Runtime {
                      earlier violations parked under the cancel policy keep every lock their tasks held: \
                      they were cancelled, as most likely blocked on such a lock, and the phase's results \
                      are discarded. Those locks stay held for good: use new ones (or a new runtime), or \
-                     the rollback policy, which parks a thread only when a task's undo log fills",
+                     the rollback policy, which parks no thread (but for a store it cannot step)",
                     self.no_progress_timeout.as_millis()
                 ),
             });
@@ -399,8 +417,8 @@ impl Runtime {
                 let mut v = report(w, addr, ip, tid, item, Access::Write);
                 v.frames = backtrace::frames_of(&w.slot.stack).unwrap_or_default();
                 if policy == OnViolation::Rollback {
-                    // Its undo log filled (or the store could not be
-                    // stepped): the task was cancelled instead.
+                    // Its store could not be stepped (never let through
+                    // alone): the task was cancelled instead.
                     cancelled += 1;
                 }
                 violations.push(v);

@@ -282,8 +282,13 @@ fn window(addr: usize, pkey: bool) -> (usize, usize) {
 
 /// The rollback policy: save what the store may overwrite, let it through
 /// for one instruction (the trap then records what changed), and let the
-/// task run on. A store that could not be undone (the log is full) is
-/// never let through: the task is cancelled instead.
+/// task run on. A store the worker's log has no room for is let through
+/// all the same, and the log marked overflowed: the runtime then keeps
+/// every store of the phase, as under audit, rather than undo part of
+/// them. Until 2026-12-06 such a task was cancelled, its thread parked
+/// holding its locks: a task that filled its log under a `Mutex` left
+/// main blocked on that lock for good (a user's trial), and two threads a
+/// phase were lost until the runtime had none left.
 fn rollback(w: &WorkerState, fault: &Fault, frame: &mut Frame, item: usize) {
     // No signal may run its handler between here and the step's trap: its
     // own store would step over this one's state (step.rs).
@@ -324,12 +329,16 @@ fn rollback(w: &WorkerState, fault: &Fault, frame: &mut Frame, item: usize) {
     // (frozen pages are read-only; the key is open for reading above), and
     // stays mapped until the thaw (no heap shrinks during a phase).
     if unsafe { w.undo.begin(lo, len) } == crate::guard::undo::Begin::Full {
-        // The gate goes with the step (a second fault of the instruction
-        // finds it held by the first).
+        // Nothing of this instruction is saved (a window its first fault
+        // began is dropped) and the step needs no gate: the phase keeps
+        // its stores. The step lock, under `mprotect`, goes with the step
+        // as the audit policy's does.
         w.undo.abandon_pending();
-        step_unlock();
-        os::write_stderr(b"frostheap: the undo log of a worker is full: cancelling its task\n");
-        park(w, fault, item);
+        if w.undo.overflow() {
+            os::write_stderr(
+                b"frostheap: the undo log of a worker is full: the phase keeps its violating stores (as under audit)\n",
+            );
+        }
     }
     if !step::open(w, fault.addr, fault.code, key, frame) {
         // Never let through: the park's record is its only one. The window

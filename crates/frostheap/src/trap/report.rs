@@ -52,6 +52,7 @@ impl Violation {
             policy,
             stores_undone: 0,
             kept: false,
+            log_filled: false,
             others: Vec::new(),
             unlisted: 0,
             cancelled: 0,
