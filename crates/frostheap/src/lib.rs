@@ -336,6 +336,10 @@ pub mod __private {
     pub use crate::size::{SIZE_SYNTAX, WHOLE_BYTES};
     /// Integration tests and the `global_track` fixture: allocation sites.
     pub use crate::track::allocation_site;
+    /// Tests and the trial fixture: turn off (and on again) the
+    /// `mprotect` backend's performed stores, to show the step they
+    /// replace.
+    pub use crate::trap::set_store_emulation;
     /// Integration tests (`freeze`): the futex a thread waiting for another
     /// thread's step under the `mprotect` backend sleeps on.
     pub use crate::trap::step_lock_address;

@@ -191,14 +191,22 @@ impl UndoLog {
     /// (async-signal-safe: atomics and a futex wake), or main after the
     /// phase, before the replay (again: it does nothing the second time).
     pub(crate) fn abandon_pending(&self) {
+        self.drop_pending();
+        if self.in_gate.swap(false, Ordering::AcqRel) {
+            gate_leave();
+        }
+    }
+
+    /// Forgets the pending windows and keeps the [`GATE`]: a store the
+    /// handler meant to perform itself and could not (the kernel refused
+    /// the write: nothing changed) goes on to be stepped, under the same
+    /// gate. Async-signal-safe.
+    pub(crate) fn drop_pending(&self) {
         for p in &self.pending {
             let len = p.len.swap(0, Ordering::Relaxed);
             if len != 0 {
                 self.reserved.fetch_sub(Self::worst(len), Ordering::Relaxed);
             }
-        }
-        if self.in_gate.swap(false, Ordering::AcqRel) {
-            gate_leave();
         }
     }
 

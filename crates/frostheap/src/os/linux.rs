@@ -1097,6 +1097,72 @@ pub fn xsave_pkru_offset() -> Option<usize> {
     (r.eax != 0 && r.ebx != 0).then_some(r.ebx as usize)
 }
 
+// ---------------------------------------------------------------------------
+// The process's own memory as a file (`/proc/self/mem`).
+
+/// Opens `/proc/self/mem` for reading and writing (`O_RDWR | O_CLOEXEC`),
+/// with the raw system call. Its descriptor reads and writes this
+/// process's memory at the file offset equal to the address; a write goes
+/// through the kernel's `FOLL_FORCE` path, which writes a private page
+/// mapped read-only (unless the administrator set
+/// `proc_mem.force_override=never`, or `ptrace` without a tracer: then it
+/// fails with `EIO` or `EPERM`, which a caller probes for). After `fork`
+/// the descriptor still refers to the parent's memory.
+pub fn open_self_mem() -> Result<i32, OsError> {
+    // SAFETY: the path is NUL-terminated; flags are valid.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            c"/proc/self/mem".as_ptr(),
+            libc::O_RDWR | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        Err(last_error("open /proc/self/mem"))
+    } else {
+        Ok(fd as i32)
+    }
+}
+
+/// Closes `fd` (`close(2)`, the raw call); errors are ignored.
+pub fn close(fd: i32) {
+    // SAFETY: closing a descriptor the caller owns and no longer uses.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
+}
+
+/// `pread(2)` of `buf.len()` bytes at offset `at` of `fd`, the raw
+/// system call (no cancellation point; async-signal-safe): the bytes
+/// read, or the call's errno. On a [`open_self_mem`] descriptor, `at` is
+/// an address, and an unmapped one fails with `EIO` instead of faulting.
+pub fn pread_at(fd: i32, buf: &mut [u8], at: usize) -> Result<usize, OsError> {
+    // SAFETY: buf is valid for writes of buf.len() bytes.
+    let n = unsafe { libc::syscall(libc::SYS_pread64, fd, buf.as_mut_ptr(), buf.len(), at) };
+    if n < 0 {
+        Err(last_error("pread"))
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `pwrite(2)` of `bytes` at offset `at` of `fd`, the raw system call
+/// (async-signal-safe): the bytes written, or the call's errno.
+///
+/// # Safety
+/// 1. If `fd` is an [`open_self_mem`] descriptor of this process, `at` is
+///    an address, and the write changes memory there that no Rust
+///    reference must see changed: the caller owns the bytes (the fault
+///    handler, performing a store the interrupted code was making).
+pub unsafe fn pwrite_at(fd: i32, bytes: &[u8], at: usize) -> Result<usize, OsError> {
+    // SAFETY: bytes is valid for reads; what is written is the caller's by (1).
+    let n = unsafe { libc::syscall(libc::SYS_pwrite64, fd, bytes.as_ptr(), bytes.len(), at) };
+    if n < 0 {
+        Err(last_error("pwrite"))
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// `read(2)` into `buf`: the byte count, or the call's errno.
 pub fn read(fd: libc::c_int, buf: &mut [u8]) -> Result<usize, OsError> {
     // SAFETY: buf is a valid, writable slice of buf.len() bytes.

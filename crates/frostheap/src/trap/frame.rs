@@ -54,6 +54,16 @@ const XSTATE_PKRU: u64 = 1 << 9;
 /// 512-byte legacy area).
 const XSTATE_BV_OFFSET: usize = 512;
 
+/// Bit of `XSTATE_BV` for the SSE component (the XMM registers).
+const XSTATE_SSE: u64 = 1 << 1;
+/// Offset of XMM0 in the legacy FXSAVE area.
+const XMM_OFFSET: usize = 160;
+/// Offset of the software-reserved bytes of the FXSAVE area, where the
+/// kernel writes `FP_XSTATE_MAGIC1` when the frame holds an XSAVE area.
+const FP_SW_OFFSET: usize = 464;
+/// The kernel's `FP_XSTATE_MAGIC1`.
+const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+
 /// A fault as the SIGSEGV handler sees it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Fault {
@@ -174,6 +184,69 @@ impl Frame {
         } else {
             *efl &= !EFLAGS_TF;
         }
+    }
+
+    /// General register `n` of the interrupted code, in the encoding's
+    /// numbering (0 = rax, 1 = rcx, 2 = rdx, 3 = rbx, 4 = rsp, 5 = rbp,
+    /// 6 = rsi, 7 = rdi, 8..=15 = r8..r15).
+    pub(crate) fn gpr(&self, n: u8) -> u64 {
+        const BY_NUMBER: [libc::c_int; 16] = [
+            libc::REG_RAX,
+            libc::REG_RCX,
+            libc::REG_RDX,
+            libc::REG_RBX,
+            libc::REG_RSP,
+            libc::REG_RBP,
+            libc::REG_RSI,
+            libc::REG_RDI,
+            libc::REG_R8,
+            libc::REG_R9,
+            libc::REG_R10,
+            libc::REG_R11,
+            libc::REG_R12,
+            libc::REG_R13,
+            libc::REG_R14,
+            libc::REG_R15,
+        ];
+        self.gregs()[BY_NUMBER[usize::from(n & 15)] as usize] as u64
+    }
+
+    /// XMM register `n` (0..=15) of the interrupted code, from the frame's
+    /// FXSAVE/XSAVE area, or `None` if the frame has none. In an XSAVE
+    /// area (its software-reserved bytes at +464 carry `FP_XSTATE_MAGIC1`)
+    /// a clear SSE bit (1) of `XSTATE_BV` means the registers are in their
+    /// initial state, zero, and the bytes there are not their value.
+    pub(crate) fn xmm(&self, n: u8) -> Option<[u8; 16]> {
+        // SAFETY: by (1) of `new`.
+        let fp = unsafe { (*self.uc).uc_mcontext.fpregs } as *const u8;
+        if fp.is_null() || n >= 16 {
+            return None;
+        }
+        // SAFETY: the legacy FXSAVE area is 512 bytes: XMM0..15 at 160 +
+        // 16 n, the software-reserved words at 464; an XSAVE area's header
+        // follows it at 512.
+        unsafe {
+            let magic = (fp.add(FP_SW_OFFSET) as *const u32).read_unaligned();
+            if magic == FP_XSTATE_MAGIC1 {
+                let bv = (fp.add(XSTATE_BV_OFFSET) as *const u64).read_unaligned();
+                if bv & XSTATE_SSE == 0 {
+                    return Some([0; 16]);
+                }
+            }
+            Some((fp.add(XMM_OFFSET + 16 * usize::from(n)) as *const [u8; 16]).read_unaligned())
+        }
+    }
+
+    /// The interrupted code's instruction pointer.
+    pub(crate) fn ip(&self) -> u64 {
+        self.gregs()[libc::REG_RIP as usize] as u64
+    }
+
+    /// Moves the interrupted code past the instruction at its instruction
+    /// pointer, `len` bytes long (a store the handler performed for it).
+    pub(crate) fn skip_instruction(&mut self, len: usize) {
+        let rip = &mut self.gregs_mut()[libc::REG_RIP as usize];
+        *rip = rip.wrapping_add(len as i64);
     }
 
     /// Sets the interrupted code's rights on protection key `key` to

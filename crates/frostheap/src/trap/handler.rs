@@ -2,7 +2,8 @@
 //!
 //! Boring on purpose: they run on an alternate stack, call only
 //! async-signal-safe functions (`write`, `futex`, `mprotect`, `sigaction`,
-//! `rt_sigprocmask`), never allocate, read only lock-free tables (the
+//! `rt_sigprocmask`; `getpid`, `pread` and `pwrite` to perform a store),
+//! never allocate, read only lock-free tables (the
 //! guard table and the worker's `const` thread-local state), and chain to
 //! the handler that was installed before them (std's stack-overflow
 //! detector) for every fault that is not theirs. The only waits are two
@@ -23,14 +24,18 @@
 //! - a write by a worker inside a phase to a frozen or sealed heap (or any
 //!   key fault on a write, since every guarded heap carries the key the
 //!   worker's PKRU denies): a **violation**, which the policy handles
-//!   (park, abort, or let the store through with a single step);
+//!   (park, abort, or let the store through: on `mprotect` performed by
+//!   the handler when it decodes it, `emulate.rs`, else with a single
+//!   step);
 //! - a key fault on a write by any other thread: write access is
 //!   **granted** (main and other threads keep it during phases);
 //! - a write by any other thread during an `mprotect` freeze: the store
-//!   is **stepped through** (its page opened for one instruction under the
-//!   step lock), so the thread never waits for a phase that may wait for
-//!   it; no asynchronous signal runs its handler inside a step
-//!   (`step.rs`);
+//!   is **performed** under the step lock when it is a plain move the
+//!   handler decodes (`emulate.rs`: no page is opened, so no worker's
+//!   violating store slips through one), else **stepped through** (its
+//!   page opened for one instruction under the step lock), so the thread
+//!   never waits for a phase that may wait for it; no asynchronous signal
+//!   runs its handler inside a step (`step.rs`);
 //! - an `mprotect` fault on a read (past the committed prefix), or a write
 //!   to a sealed heap by a thread that is no worker: a real crash, chained.
 
@@ -43,7 +48,7 @@ use super::abandon::park_forever;
 use super::frame::{is_step_trap, Fault, Frame, SEGV_ACCERR, SEGV_PKUERR};
 use super::freeze::{MPROTECT_FROZEN, THAW_EPOCH};
 use super::step::{step_lock, step_unlock};
-use super::{report, step, OnViolation, PKEY};
+use super::{emulate, report, step, OnViolation, PKEY};
 use crate::guard::{self, WorkerState};
 use crate::os::{self, OsError};
 
@@ -89,7 +94,8 @@ thread_local! {
 /// What a SIGSEGV is (see the module comment).
 enum Verdict {
     /// Return: the faulting instruction runs again (access was granted,
-    /// or the heap has been thawed).
+    /// or the heap has been thawed), or the one after it (the handler
+    /// performed the store and moved the frame past it).
     Retry,
     /// A worker's write to a frozen heap.
     Violation(&'static WorkerState),
@@ -157,6 +163,19 @@ fn judge(fault: &Fault, frame: &mut Frame) -> Verdict {
         step::hold_now();
         step_lock();
         if entry.is_frozen() {
+            // A store decoded here is performed for the thread, its page
+            // never opened (emulate.rs): no worker's store can slip
+            // through an open page meanwhile. Not inside this thread's own
+            // step (a second fault of a stepped instruction).
+            if BYSTANDER_STEP.with(|c| c.get()) == (0, 0) {
+                if let Some(store) = emulate::plan(fault.addr, frame) {
+                    if store.perform(frame) {
+                        step_unlock();
+                        // Past the instruction: it does not run again.
+                        return Verdict::Retry;
+                    }
+                }
+            }
             let page = fault.addr & !(os::page_size() - 1);
             // SAFETY: the page is inside a committed, frozen guarded heap;
             // it is protected again at the trap, under the same lock.
@@ -208,6 +227,16 @@ fn violation(w: &WorkerState, fault: &Fault, frame: &mut Frame) {
                 if !still_protected(fault.addr) {
                     step_unlock();
                     return;
+                }
+                // Performed without opening the page (emulate.rs).
+                if !w.undo.is_pending() && w.step_page.load(Ordering::Relaxed) == 0 {
+                    if let Some(store) = emulate::plan(fault.addr, frame) {
+                        if store.perform(frame) {
+                            step_unlock();
+                            record(w, fault, item);
+                            return;
+                        }
+                    }
                 }
             }
             if step::open(w, fault.addr, fault.code, key, frame) {
@@ -324,6 +353,35 @@ fn rollback(w: &WorkerState, fault: &Fault, frame: &mut Frame, item: usize) {
     // A second fault of the instruction being stepped (its store crosses
     // into the next frozen page) is the same store: one record.
     let nested = w.undo.is_pending();
+    if !pkey && !nested && w.step_page.load(Ordering::Relaxed) == 0 {
+        // Performed without opening the page (emulate.rs): the window is
+        // exactly the bytes the store writes, saved before it, recorded
+        // after it, as a step's diff would be; no other thread's store
+        // can land inside it (the page stays read-only, and the bytes
+        // change under the step lock and the gate only).
+        if let Some(store) = emulate::plan(fault.addr, frame) {
+            // SAFETY: the store's bytes lie in the faulting page, inside a
+            // committed guarded heap, readable now (frozen pages are
+            // read-only) and mapped until the thaw.
+            if unsafe { w.undo.begin(store.addr, store.width) } == crate::guard::undo::Begin::Full {
+                w.undo.abandon_pending();
+                step_unlock();
+                os::write_stderr(
+                    b"frostheap: the undo log of a worker is full: cancelling its task\n",
+                );
+                park(w, fault, item);
+            }
+            if store.perform(frame) {
+                // SAFETY: as for `begin` above.
+                unsafe { w.undo.finish() };
+                step_unlock();
+                record(w, fault, item);
+                return;
+            }
+            // Refused: nothing written. Stepped below, under the same gate.
+            w.undo.drop_pending();
+        }
+    }
     let (lo, len) = window(fault.addr, pkey);
     // SAFETY: the window lies in a committed guarded heap, readable now
     // (frozen pages are read-only; the key is open for reading above), and

@@ -16,6 +16,8 @@
 //! | `abandon` | stopping a worker whose task can never finish (cancel: blocked on a lock a parked task holds) |
 //! | `backtrace` | the violating thread's stack, copied in the handler and unwound after the phase |
 //! | `step` | letting one faulting store through (audit, rollback) |
+//! | `decode` | the x86_64 stores the `mprotect` backend performs itself |
+//! | `emulate` | performing such a store through `/proc/self/mem`, its page never opened |
 //! | `frame` | the x86_64 signal frame the handlers read and edit |
 //! | `report` | from the handler's numbers to a `Violation` (the type itself is `crate::violation`'s) |
 //!
@@ -28,6 +30,8 @@
 
 pub(crate) mod abandon;
 pub(crate) mod backtrace;
+mod decode;
+mod emulate;
 mod frame;
 mod freeze;
 mod handler;
@@ -39,6 +43,7 @@ use std::sync::{Mutex, Once};
 
 pub use crate::config::{Backend, OnViolation, Protect};
 pub use crate::violation::{Access, Violation};
+pub use emulate::set_enabled as set_store_emulation;
 pub(crate) use freeze::Freeze;
 pub use step::step_lock_address;
 
@@ -169,6 +174,11 @@ pub(crate) fn guard(heap: &Heap, backend: Backend) -> Result<Guarded, Error> {
             })?;
             entry.set_key(key);
         }
+    }
+    if backend == Backend::Mprotect {
+        // The handler performs decodable stores into frozen pages through
+        // it, instead of opening the page (emulate.rs).
+        emulate::prepare();
     }
     if backend == Backend::Mprotect && !entry.is_sealed() {
         // An `mprotect` freeze rewrites one page-table entry per page: a

@@ -1,0 +1,195 @@
+//! Performing a store for the interrupted code, on the `mprotect`
+//! backend, without opening its page: the handler decodes the faulting
+//! instruction (`decode.rs`), computes its address and value from the
+//! saved registers, writes the bytes through a `/proc/self/mem`
+//! descriptor and moves the interrupted code past the instruction.
+//!
+//! Why: a stepped store opens its 4 KiB page to *every* thread for one
+//! instruction (`step.rs`). In that instant a worker's violating store to
+//! the page lands without a fault, and inside a bystander's step (no
+//! diff) survives the phase unreported; a bystander's store inside a
+//! worker's step is undone with the diff (docs/rollback.md, "Known
+//! limits"). A performed store opens nothing: the page stays read-only to
+//! every other thread. A user's trial (a plain thread incrementing a word
+//! of a page while each phase's task stored to another word of it) had
+//! 900 to 1,499 phases of 3,000 return `Ok` with the violating store kept.
+//!
+//! The write goes through the kernel's `FOLL_FORCE` path, which writes a
+//! private page mapped read-only (as a debugger's breakpoint does). It is
+//! probed when the backend is set up ([`prepare`]): where the kernel
+//! refuses it (`proc_mem.force_override=never`, or `ptrace` with no
+//! tracer) every store is stepped as before. The descriptor belongs to
+//! the process that opened it: after `fork` it still writes the parent's
+//! memory, so the handler uses it only where `getpid` is the opener's,
+//! and a runtime set up in the child opens its own.
+//!
+//! What is not decoded is stepped as before: see `decode.rs` for the
+//! list, and so is a store whose bytes leave the faulting page, one made
+//! while a step is armed on the thread (its second fault), and a
+//! misaligned aligned-move (the step reproduces its #GP).
+//!
+//! The descriptor is trusted to stay ours: a program that closes
+//! descriptors it did not open and reuses the number for a file of its
+//! own would have the handler read the instruction from that file at
+//! the instruction's address as offset, which finds nothing there (a
+//! short read or an error, so the store is stepped) unless the file
+//! reaches that far (tens of terabytes).
+//!
+//! Async-signal-safe: atomics, `getpid`, `pread` and `pwrite`, no
+//! allocation, no lock.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::decode::{decode, Source, MAX_LEN};
+use super::frame::Frame;
+use crate::{guard, os};
+
+/// The `/proc/self/mem` descriptor: the opener's pid in the high half,
+/// the descriptor plus one in the low half (0: the kernel refused the
+/// probe for that pid, or none was opened). Written by [`prepare`] only,
+/// outside the handler; one word, so the handler never pairs one
+/// process's descriptor with another's pid.
+static SELF_MEM: AtomicU64 = AtomicU64::new(0);
+
+/// Whether stores are performed at all (tests turn it off to show the
+/// step they replace).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns performing stores on or off for the process (on by default);
+/// off, every store on `mprotect` is stepped as before. For tests that
+/// measure or show the step.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Release);
+}
+
+/// Opens and probes the descriptor for this process, once per process
+/// (again in a child after `fork`). Called when a runtime sets up the
+/// `mprotect` backend, outside any phase of its own; callers are
+/// serialised (the guard's tagging lock).
+pub(crate) fn prepare() {
+    let pid = os::getpid() as u32;
+    let word = SELF_MEM.load(Ordering::Acquire);
+    if word != 0 && (word >> 32) as u32 == pid {
+        return;
+    }
+    let fd = match os::open_self_mem() {
+        Ok(fd) if probe(fd) => Some(fd),
+        Ok(fd) => {
+            os::close(fd);
+            None
+        }
+        Err(_) => None,
+    };
+    let new = u64::from(pid) << 32 | fd.map_or(0, |fd| fd as u64 + 1);
+    let old = SELF_MEM.swap(new, Ordering::AcqRel);
+    // The parent's descriptor, inherited: no handler here uses it (its pid
+    // is not ours), so closing it cannot close a descriptor in use.
+    if old != 0 && (old >> 32) as u32 != pid && old as u32 != 0 {
+        os::close((old as u32 - 1) as i32);
+    }
+}
+
+/// Whether a write through `fd` lands in a private page mapped read-only.
+fn probe(fd: i32) -> bool {
+    let page = os::page_size();
+    let Ok(p) = os::map_table(page) else {
+        return false;
+    };
+    // SAFETY: `p` is a fresh page of ours, written, protected, written
+    // through `fd` and read, then unmapped; nothing else knows it.
+    unsafe {
+        p.write_volatile(1);
+        let ok = os::protect(p, page, os::Access::Read).is_ok()
+            && os::pwrite_at(fd, &[2], p as usize) == Ok(1)
+            && p.read_volatile() == 2;
+        os::unmap(p, page);
+        ok
+    }
+}
+
+/// A store decoded at the faulting instruction, ready to be performed.
+pub(crate) struct Planned {
+    fd: i32,
+    /// The first byte written.
+    pub addr: usize,
+    /// Bytes written.
+    pub width: usize,
+    bytes: [u8; 16],
+    /// The instruction's length.
+    len: usize,
+}
+
+/// The store that faulted at `fault_addr`, if it can be performed here:
+/// decoded, its bytes all in the faulting page, the descriptor this
+/// process's own, no step armed on the thread, and the heap not sealed
+/// (`FOLL_FORCE` may write a sealed page too, and a store into one must
+/// never land: the rollback's replay could not put it back).
+pub(crate) fn plan(fault_addr: usize, frame: &Frame) -> Option<Planned> {
+    if !ENABLED.load(Ordering::Acquire)
+        || frame.single_step()
+        || guard::entry_of(fault_addr).is_none_or(|e| e.is_sealed())
+    {
+        return None;
+    }
+    let word = SELF_MEM.load(Ordering::Acquire);
+    if word as u32 == 0 || (word >> 32) as u32 != os::getpid() as u32 {
+        return None;
+    }
+    let fd = (word as u32 - 1) as i32;
+    let ip = frame.ip();
+    // Read through the descriptor, not the pointer: a page of code may be
+    // execute-only, and the next page may be unmapped (a short read).
+    let mut code = [0u8; MAX_LEN];
+    let n = os::pread_at(fd, &mut code, ip as usize).ok()?;
+    let store = decode(&code[..n])?;
+    let addr = store.address(ip, |r| frame.gpr(r)) as usize;
+    let width = store.width;
+    let page = !(os::page_size() - 1);
+    let inside = fault_addr.wrapping_sub(addr) < width
+        && addr & page == fault_addr & page
+        && addr.wrapping_add(width - 1) & page == fault_addr & page;
+    if !inside || !addr.is_multiple_of(store.align) {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    match store.src {
+        Source::Gpr { reg, high8 } => {
+            let v = frame.gpr(reg) >> if high8 { 8 } else { 0 };
+            bytes[..8].copy_from_slice(&v.to_le_bytes());
+        }
+        Source::Imm(v) => bytes[..8].copy_from_slice(&v.to_le_bytes()),
+        Source::Xmm { reg, offset } => {
+            let x = frame.xmm(reg)?;
+            let o = usize::from(offset);
+            bytes[..width].copy_from_slice(&x[o..o + width]);
+        }
+    }
+    Some(Planned {
+        fd,
+        addr,
+        width,
+        bytes,
+        len: store.len,
+    })
+}
+
+impl Planned {
+    /// Writes the store's bytes (all or none: they lie in one page) and,
+    /// if they landed, moves `frame` past the instruction. False if the
+    /// kernel refused: nothing was written, and the store is to be
+    /// stepped.
+    ///
+    /// Precondition: the caller holds what keeps the page frozen and
+    /// mapped (the step lock) and, under rollback, has saved the bytes.
+    pub(crate) fn perform(&self, frame: &mut Frame) -> bool {
+        // SAFETY: the bytes are the ones the interrupted instruction was
+        // storing there (decoded from it and its registers): the handler
+        // performs that store for it.
+        let ok = unsafe { os::pwrite_at(self.fd, &self.bytes[..self.width], self.addr) }
+            == Ok(self.width);
+        if ok {
+            frame.skip_instruction(self.len);
+        }
+        ok
+    }
+}
