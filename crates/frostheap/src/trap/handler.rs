@@ -363,23 +363,26 @@ fn rollback(w: &WorkerState, fault: &Fault, frame: &mut Frame, item: usize) {
             // SAFETY: the store's bytes lie in the faulting page, inside a
             // committed guarded heap, readable now (frozen pages are
             // read-only) and mapped until the thaw.
-            if unsafe { w.undo.begin(store.addr, store.width) } == crate::guard::undo::Begin::Full {
-                w.undo.abandon_pending();
-                step_unlock();
-                os::write_stderr(
-                    b"frostheap: the undo log of a worker is full: cancelling its task\n",
-                );
-                park(w, fault, item);
+            let saved = unsafe { w.undo.begin(store.addr, store.width) }
+                == crate::guard::undo::Begin::Saved;
+            if !saved {
+                // No room: performed all the same, and the phase keeps
+                // its stores (below).
+                log_full(w);
             }
             if store.perform(frame) {
-                // SAFETY: as for `begin` above.
-                unsafe { w.undo.finish() };
+                if saved {
+                    // SAFETY: as for `begin` above.
+                    unsafe { w.undo.finish() };
+                }
                 step_unlock();
                 record(w, fault, item);
                 return;
             }
             // Refused: nothing written. Stepped below, under the same gate.
-            w.undo.drop_pending();
+            if saved {
+                w.undo.drop_pending();
+            }
         }
     }
     let (lo, len) = window(fault.addr, pkey);
@@ -387,16 +390,9 @@ fn rollback(w: &WorkerState, fault: &Fault, frame: &mut Frame, item: usize) {
     // (frozen pages are read-only; the key is open for reading above), and
     // stays mapped until the thaw (no heap shrinks during a phase).
     if unsafe { w.undo.begin(lo, len) } == crate::guard::undo::Begin::Full {
-        // Nothing of this instruction is saved (a window its first fault
-        // began is dropped) and the step needs no gate: the phase keeps
-        // its stores. The step lock, under `mprotect`, goes with the step
-        // as the audit policy's does.
-        w.undo.abandon_pending();
-        if w.undo.overflow() {
-            os::write_stderr(
-                b"frostheap: the undo log of a worker is full: the phase keeps its violating stores (as under audit)\n",
-            );
-        }
+        // The step lock, under `mprotect`, goes with the step as the
+        // audit policy's does.
+        log_full(w);
     }
     if !step::open(w, fault.addr, fault.code, key, frame) {
         // Never let through: the park's record is its only one. The window
@@ -409,6 +405,20 @@ fn rollback(w: &WorkerState, fault: &Fault, frame: &mut Frame, item: usize) {
     }
     if !nested {
         record(w, fault, item);
+    }
+}
+
+/// A store of `w` found no room in its undo log: nothing of its
+/// instruction is saved (a window its first fault began is dropped), the
+/// gate goes (the store needs none: the phase keeps its stores, as under
+/// audit), and the log is marked overflowed, said on stderr the first time
+/// in the phase.
+fn log_full(w: &WorkerState) {
+    w.undo.abandon_pending();
+    if w.undo.overflow() {
+        os::write_stderr(
+            b"frostheap: the undo log of a worker is full: the phase keeps its violating stores (as under audit)\n",
+        );
     }
 }
 
