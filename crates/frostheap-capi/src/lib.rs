@@ -23,9 +23,11 @@
 //! `realloc(p, 0)` frees `p` and returns `NULL`, `calloc` and
 //! `reallocarray` check their multiplication, `posix_memalign` returns
 //! `EINVAL` for an alignment that is not a power of two multiple of
-//! `sizeof(void *)`, `aligned_alloc` sets `EINVAL` for one that is not a
-//! power of two (glibc 2.38's rule), and `memalign` rounds a non-power of
-//! two up, as glibc does.
+//! `sizeof(void *)`, and `memalign` rounds a non-power of two up, as glibc
+//! does. One difference: `aligned_alloc` returns `NULL` and sets `EINVAL`
+//! for an alignment that is not a power of two (C17's rule, which glibc
+//! follows from 2.38 and jemalloc follows; mimalloc returns `NULL`), where
+//! glibc 2.36 rounds it up as `memalign` does and returns a block.
 //!
 //! **No recursion.** Nothing on these paths allocates: the main heap is
 //! built without the allocator, and statistics are formatted into a stack
@@ -553,7 +555,8 @@ pub unsafe extern "C" fn posix_memalign(
     0
 }
 
-/// `aligned_alloc(3)`: `EINVAL` unless `alignment` is a power of two.
+/// `aligned_alloc(3)`: `NULL` and `EINVAL` unless `alignment` is a power
+/// of two (C17, glibc from 2.38; glibc 2.36 rounds it up).
 ///
 /// # Safety
 /// Callable from C at any time, from any thread.

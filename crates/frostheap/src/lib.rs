@@ -66,7 +66,9 @@
 //! ```
 //!
 //! State that tasks are meant to write lives outside guarded heaps:
-//! [`Shared<T>`] values and anything built inside [`unguarded`].
+//! anything built inside [`unguarded`], and [`Shared<T>`] values (the `T`,
+//! not what it owns: a `Vec`'s buffer or a channel's state made in main
+//! stays in the main heap).
 //!
 //! The model, the vocabulary and what each policy and backend guarantees
 //! are in `docs/design.md`; the code map and the layers in
@@ -111,7 +113,8 @@
 //! ```
 //!
 //! - [`unguarded`] runs a closure whose allocations go to system memory,
-//!   never frozen; [`Shared<T>`] is a value put there, for tasks to write.
+//!   never frozen; [`Shared<T>`] is a value put there, for tasks to write
+//!   (what the value owns stays where it was made).
 //!
 //! ```
 //! use std::sync::atomic::{AtomicU64, Ordering};

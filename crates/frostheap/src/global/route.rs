@@ -283,7 +283,14 @@ pub fn unguarded<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// A value in system memory, outside guarded heaps: parallel tasks may
-/// write it (atomics, locks, channels) while the main heap is frozen.
+/// write it (atomics, locks) while the main heap is frozen.
+///
+/// Only the `T` itself is moved there, not what it owns: a `Vec` made
+/// (or grown) in main keeps its buffer in the main heap, and a channel
+/// made in main keeps its state there, so tasks that push to the one or
+/// send on the other write frozen memory. Build such values inside
+/// [`unguarded`] (`Shared::new(Mutex::new(unguarded(|| Vec::with_capacity(n))))`,
+/// `unguarded(std::sync::mpsc::channel)`).
 ///
 /// ```
 /// use std::sync::atomic::{AtomicUsize, Ordering};

@@ -151,10 +151,14 @@ impl Runtime {
     /// Tasks can change only memory that is not frozen, so `data` must not
     /// live in a guarded heap: build it inside [`unguarded`] (and
     /// grow it there too: a `Vec` that main grows outside it moves into
-    /// the main heap), hold it in a
-    /// [`Shared`](crate::global::Shared), or allocate it from a `Heap` not passed to
-    /// `guard`. This is checked before the phase starts, in O(1): data in
-    /// a guarded heap fails with [`Error::NotWritable`], naming the heap,
+    /// the main heap), or allocate it from a `Heap` not passed to `guard`
+    /// (a [`Shared`](crate::global::Shared) holds a value outside, an
+    /// array say, but not what it owns: a `Vec`'s buffer stays where it
+    /// was made). A `Vec` collected from a call in global mode lies in the
+    /// main heap when it is large, or made through `filter` and the like
+    /// (`docs/coming-from-rayon.md`); make the call inside `unguarded` for
+    /// a result tasks may change. This is checked before the phase starts,
+    /// in O(1): data in a guarded heap fails with [`Error::NotWritable`], naming the heap,
     /// and nothing is changed. (Without `frostheap::Global`, a `Vec` lives
     /// in system memory and is writable as it is.)
     ///
@@ -174,6 +178,11 @@ impl Runtime {
     }
 
     /// Runs heterogeneous tasks in one phase: `scope.spawn(task)` for each.
+    ///
+    /// `build` runs first, on main, and only collects the tasks; they run
+    /// after it returns, so it must not wait for them (a `recv` on a
+    /// channel a task sends on blocks for good). A task takes no scope: it
+    /// cannot spawn tasks, nor make any parallel call (phases do not nest).
     ///
     /// ```
     /// use std::sync::atomic::{AtomicU64, Ordering};
@@ -198,7 +207,9 @@ impl Runtime {
         self.for_each(tasks, |task| task())
     }
 
-    /// Runs two closures in parallel and returns both results.
+    /// Runs two closures in parallel and returns both results. Like every
+    /// parallel call, not from inside a task: a recursive `join` fails
+    /// with [`Error::TaskPanicked`].
     pub fn join<A, B, RA, RB>(&self, a: A, b: B) -> Result<(RA, RB), Error>
     where
         A: FnOnce() -> RA + Send,
