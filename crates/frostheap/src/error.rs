@@ -243,7 +243,7 @@ impl fmt::Display for Error {
                 f,
                 "the {} at {address:#x} was passed for tasks to change, but it lives in the guarded heap {heap:?}, \
                  which is frozen while tasks run; build it where tasks may write: inside frostheap::unguarded(|| ..) \
-                 (and grow it there too), in a frostheap::Shared, or in a Heap not passed to guard()",
+                 (and grow it there too: a frostheap::Shared holds a value there, not what the value owns), or in a Heap not passed to guard()",
                 DataLen(*bytes),
             ),
             Error::Os { context, source } => write!(f, "{context}: {source}"),
