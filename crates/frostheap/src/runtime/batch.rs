@@ -32,7 +32,9 @@
 //! it when the claim ends (`terminal.rs`).
 //!
 //! **Recovery.** When the phase ends with an error (the first violation,
-//! else the first panic), or a terminal stopped early (`any`),
+//! else the first panic), or a terminal stopped early (`any`, `find_any`,
+//! `try_for_each`: a worker checks [`Terminal::stopped_at`] before each
+//! chunk, and the terminal checks each item),
 //! [`BatchJob::discard`] rebuilds from the progress words and the items of
 //! parked workers which results were written (dropped after an error) and
 //! which items were never taken (dropped), so every item and every result
@@ -163,8 +165,17 @@ where
     P: Pipe<S::Item>,
     T: Terminal<P::Out>,
 {
+    /// Whether no further chunk need be claimed: the batch was cancelled,
+    /// or the terminal's outcome is decided. (A terminal that stops at an
+    /// item, `try_for_each`, still needs the items before it; they all lie
+    /// in chunks already claimed, since the cursor only moves forward.)
     fn halted(&self) -> bool {
         self.cancel.load(Ordering::Relaxed) || self.term.stopped()
+    }
+
+    /// Whether the items from input index `first` on need not run.
+    fn halted_at(&self, first: usize) -> bool {
+        self.cancel.load(Ordering::Relaxed) || self.term.stopped_at(first)
     }
 
     /// The claim loop of one worker: claim a run of chunks, run them, end
@@ -182,7 +193,7 @@ where
             let mut term_state = self.term.begin();
             let mut whole = true;
             for unit in claim.clone() {
-                if self.halted()
+                if self.halted_at(self.base + unit * self.chunk)
                     || !self.run_unit(unit, env, &mut pipe_state, &mut term_state, &mut tally)
                 {
                     whole = false;
@@ -328,7 +339,7 @@ where
             let used = env.ctx.allocated() - before;
             max_item = max_item.max(used);
             oversized += usize::from(used > self.budget);
-            if stopped || self.halted() {
+            if stopped || self.halted_at(next) {
                 break;
             }
         }

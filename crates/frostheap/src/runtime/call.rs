@@ -28,7 +28,8 @@ use super::pipe::{
 use super::pool::Runtime;
 use super::task::TaskContext;
 use super::terminal::{
-    Any, CountOp, Extreme, ForEach, PieceCollect, ProductOp, Reduce, ReduceOp, SlotCollect, SumOp,
+    Any, CountOp, Extreme, FindAny, ForEach, PieceCollect, ProductOp, Reduce, ReduceOp,
+    SlotCollect, SumOp, TryForEach,
 };
 use crate::error::Error;
 
@@ -148,6 +149,45 @@ where
         F: Fn(P::Out) + Sync,
     {
         self.run(&mut ForEach(f))
+    }
+
+    /// Runs `f` on every item until one returns `Err`; the call returns
+    /// `Ok(Err(e))` with the error of the **first failing item in input
+    /// order** — what a serial `try_for_each` over the items returns —
+    /// and `Ok(Ok(()))` when every item succeeded.
+    ///
+    /// It stops early: once an item has failed, no item after it runs
+    /// (the items after it that were running end at their next item, the
+    /// chunks after it are never started, and their items are dropped,
+    /// never run); the items before it still run, since one of them may
+    /// fail too and come first. rayon's `try_for_each` returns the error
+    /// of whichever failing item it meets, which varies from run to run;
+    /// this one is always the same. Of the items that `filter` or
+    /// `flat_map_iter` make from one input item, the first failing one
+    /// counts; the partials of `fold` come in input order too.
+    ///
+    /// The outer `Result` is the runtime's own, as for every terminal: a
+    /// task that panics or writes frozen memory ends the call with
+    /// `Err(Error::TaskPanicked { .. })` or `Err(Error::Violation(..))`,
+    /// even when another item failed before it in input order.
+    ///
+    /// ```
+    /// let rt = frostheap::Runtime::builder().workers(2).build()?;
+    /// let lines = ["1", "2", "x", "4", "y"];
+    /// let parsed = rt.par(&lines).try_for_each(|s| s.parse::<u32>().map(drop))?;
+    /// // The first error in input order: "x", never "y".
+    /// assert_eq!(parsed, Err("x".parse::<u32>().unwrap_err()));
+    /// assert_eq!(rt.par(0..1000u32).try_for_each(|x| if x < 1000 { Ok(()) } else { Err(x) })?, Ok(()));
+    /// # Ok::<(), frostheap::Error>(())
+    /// ```
+    pub fn try_for_each<F, E>(self, f: F) -> Result<Result<(), E>, Error>
+    where
+        F: Fn(P::Out) -> Result<(), E> + Sync,
+        E: Send,
+    {
+        let mut term = TryForEach::new(f);
+        self.run(&mut term)?;
+        Ok(term.into_result())
     }
 
     /// The items, in input order, in a collection: `Vec<T>` (written
@@ -308,6 +348,29 @@ where
         let mut term = Any::new(predicate);
         self.run(&mut term)?;
         Ok(term.found())
+    }
+
+    /// Some item for which `predicate` holds, or `None`; stops soon after
+    /// the first one found (items not yet run are dropped, never run), as
+    /// [`any`](Par::any) does. Which item it returns when several match
+    /// depends on scheduling, as in rayon: the one found first in time,
+    /// not the first in input order.
+    ///
+    /// ```
+    /// let rt = frostheap::Runtime::builder().workers(2).build()?;
+    /// let hit = rt.par(0..1_000_000u64).map(|x| x * x).find_any(|sq| sq % 1000 == 1);
+    /// assert_eq!(hit?.map(|sq| sq % 1000), Some(1));
+    /// assert_eq!(rt.par(0..1000u64).find_any(|x| *x > 5000)?, None);
+    /// # Ok::<(), frostheap::Error>(())
+    /// ```
+    pub fn find_any<F>(self, predicate: F) -> Result<Option<P::Out>, Error>
+    where
+        F: Fn(&P::Out) -> bool + Sync,
+        P::Out: Send,
+    {
+        let mut term = FindAny::new(predicate);
+        self.run(&mut term)?;
+        Ok(term.into_item())
     }
 
     /// Whether `predicate` holds for every item; stops soon after the

@@ -25,7 +25,7 @@
 //! (the process-wide runtime), `map` (the entry points main calls), `call`
 //! (a parallel call: adapters and terminal operations), `source` (inputs
 //! the workers index), `pipe` (adapters), `terminal` (collect, reduce,
-//! any), `sort`, `drive` (batch after batch), `batch` (one batch as one
+//! any, find_any, try_for_each), `sort`, `drive` (batch after batch), `batch` (one batch as one
 //! phase: the claim loop and the recovery after an error), `phase` (freeze,
 //! run, thaw), `recovery` (staffing, waiting, undo, deferred frees,
 //! violation records), `pool` (the `Runtime` and its helpers), `scratch`
@@ -64,9 +64,10 @@ mod worker;
 ///
 /// Adapters ([`par::Par`]'s methods): `map`, `map_with_context`, `filter`,
 /// `filter_map`, `flat_map_iter`, `inspect`, `fold`. Terminal operations:
-/// `for_each`, `collect` (into `Vec`, in input order), `count`, `sum`,
-/// `product`, `reduce`, `reduce_with`, `min`/`max`(`_by`, `_by_key`),
-/// `any`, `all`. Sorts: [`Runtime::sort_unstable`] and
+/// `for_each`, `try_for_each` (the first error in input order),
+/// `collect` (into `Vec`, in input order), `count`, `sum`, `product`,
+/// `reduce`, `reduce_with`, `min`/`max`(`_by`, `_by_key`), `any`, `all`,
+/// `find_any`. Sorts: [`Runtime::sort_unstable`] and
 /// [`Runtime::sort`] with their `_by` and `_by_key` forms.
 pub mod par {
     pub use super::call::{FromPar, Par};

@@ -1,6 +1,6 @@
 //! Terminal operations: what a parallel call does with its pipeline's
 //! items — write them into result slots, gather them in order, fold them
-//! into one value, or look for one.
+//! into one value, or look for one (`any`, `find_any`, `try_for_each`).
 //!
 //! A [`Terminal`] consumes each chunk's items on the worker that claimed
 //! the chunk, keeping per-claim state (a claim is a run of consecutive
@@ -15,12 +15,13 @@
 //! comes from the worker's context heap, like any task allocation in
 //! global mode.
 
-use core::ops::Range;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::ops::{ControlFlow, Range};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::pool::Runtime;
 use crate::global::unguarded;
+use crate::guard;
 
 /// What a parallel call does with its items of type `T`.
 pub trait Terminal<T>: Sync {
@@ -53,9 +54,20 @@ pub trait Terminal<T>: Sync {
     fn consume<I: Iterator<Item = T>>(&self, state: &mut Self::State, first: usize, items: I);
     /// Publishes the partial of the claim of chunks `claim`.
     fn end_claim(&self, claim: Range<usize>, state: Self::State);
-    /// Whether the outcome is decided and no further item need run.
+    /// Whether the outcome is decided and no further chunk need be
+    /// claimed. Once true it stays true, and the items still needed (see
+    /// [`Terminal::stopped_at`]) lie in chunks claimed before it became
+    /// true; the call then ends after this batch.
     fn stopped(&self) -> bool {
         false
+    }
+    /// Whether the items from input index `first` on need not run (checked
+    /// before each chunk). The items before the one that decided the
+    /// outcome may still be needed: `try_for_each` keeps running them, as
+    /// one of them may fail first. Defaults to [`Terminal::stopped`].
+    fn stopped_at(&self, first: usize) -> bool {
+        let _ = first;
+        self.stopped()
     }
     /// The result slots the workers write this batch, `(address, bytes)`,
     /// for terminals that write slots.
@@ -291,6 +303,180 @@ impl<T, F: Fn(T) -> bool + Sync> Terminal<T> for Any<F> {
     fn end_claim(&self, _: Range<usize>, _: ()) {}
     fn stopped(&self) -> bool {
         self.found()
+    }
+}
+
+// ---------------------------------------------------------------- try_for_each
+
+/// `try_for_each(f)`: runs `f` on every item until one returns `Err`, and
+/// keeps the error of the first failing item in input order.
+///
+/// An item's place in input order is its input index (items that `filter`
+/// or `flat_map_iter` made from one input item run in order on one worker,
+/// which stops at the first of them that fails). `fold` emits its partials
+/// when a claim ends, outside any item: a partial's place is its claim's
+/// last chunk (claims are disjoint runs of chunks), kept in the claim's
+/// state. Once an item has failed, items after it are skipped: the chunks
+/// after it at their start ([`Terminal::stopped_at`]), the items of a
+/// running chunk one by one; the items before it still run, since one of
+/// them may fail too and come first. Every chunk not yet claimed lies after
+/// the failing item (the cursor only moves forward), so no new chunk is
+/// claimed ([`Terminal::stopped`]).
+pub(crate) struct TryForEach<F, E> {
+    f: F,
+    /// The place of the first failing item found so far (`usize::MAX`:
+    /// none); only decreases, and equals `error`'s place.
+    first_err: AtomicUsize,
+    /// That item's error.
+    error: Mutex<Option<(usize, E)>>,
+}
+
+impl<F, E> TryForEach<F, E> {
+    pub(crate) fn new(f: F) -> Self {
+        TryForEach {
+            f,
+            first_err: AtomicUsize::new(usize::MAX),
+            error: Mutex::new(None),
+        }
+    }
+
+    /// The error of the first failing item, if any.
+    pub(crate) fn into_result(self) -> Result<(), E> {
+        match self.error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Keeps `e` if its item, at `place`, comes before every failing item
+    /// found so far.
+    #[cold]
+    fn record(&self, place: usize, e: E) {
+        let mut error = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        if error.as_ref().is_none_or(|&(p, _)| place < p) {
+            // A later item's error, if any, is dropped here, on the worker
+            // (made in a context heap, it is freed to it as main would).
+            *error = Some((place, e));
+            self.first_err.store(place, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<T, F, E> Terminal<T> for TryForEach<F, E>
+where
+    F: Fn(T) -> Result<(), E> + Sync,
+    E: Send,
+{
+    /// The input index of the claim's latest chunk: the place of what
+    /// `fold` emits when the claim ends.
+    type State = usize;
+    fn prepare_batch(&mut self, _: &Runtime, _: usize, _: usize, _: usize) {}
+    fn leak_batch(&mut self) {
+        // The error may rest on a store the rollback undid.
+        let error = self.error.get_mut().unwrap_or_else(|e| e.into_inner());
+        core::mem::forget(error.take());
+    }
+    fn finish_batch(&mut self, _: Option<usize>) {}
+    fn begin(&self) -> usize {
+        0
+    }
+    #[inline]
+    fn consume<I: Iterator<Item = T>>(&self, latest: &mut usize, first: usize, mut items: I) {
+        if first != usize::MAX {
+            *latest = first;
+        }
+        let latest = *latest;
+        let _ = items.try_for_each(|x| {
+            let place = match guard::current_item() {
+                usize::MAX => latest,
+                i => i,
+            };
+            if self.first_err.load(Ordering::Relaxed) < place {
+                return ControlFlow::Break(());
+            }
+            match (self.f)(x) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(e) => {
+                    self.record(place, e);
+                    ControlFlow::Break(())
+                }
+            }
+        });
+    }
+    fn end_claim(&self, _: Range<usize>, _: usize) {}
+    fn stopped(&self) -> bool {
+        self.first_err.load(Ordering::Relaxed) != usize::MAX
+    }
+    fn stopped_at(&self, first: usize) -> bool {
+        self.first_err.load(Ordering::Relaxed) < first
+    }
+}
+
+// ---------------------------------------------------------------- find_any
+
+/// `find_any(p)`: some item for which `p` holds; stops as soon as one is
+/// found, as [`Any`] does, and keeps the first one stored.
+pub(crate) struct FindAny<F, T> {
+    p: F,
+    found: AtomicBool,
+    item: Mutex<Option<T>>,
+}
+
+impl<F, T> FindAny<F, T> {
+    pub(crate) fn new(p: F) -> Self {
+        FindAny {
+            p,
+            found: AtomicBool::new(false),
+            item: Mutex::new(None),
+        }
+    }
+
+    /// The item found, if any.
+    pub(crate) fn into_item(self) -> Option<T> {
+        self.item.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<T: Send, F: Fn(&T) -> bool + Sync> Terminal<T> for FindAny<F, T> {
+    type State = ();
+    fn prepare_batch(&mut self, _: &Runtime, _: usize, _: usize, _: usize) {}
+    fn leak_batch(&mut self) {
+        // The item may rest on a store the rollback undid.
+        let item = self.item.get_mut().unwrap_or_else(|e| e.into_inner());
+        core::mem::forget(item.take());
+    }
+    fn finish_batch(&mut self, _: Option<usize>) {}
+    fn begin(&self) {}
+    #[inline]
+    fn consume<I: Iterator<Item = T>>(&self, _: &mut (), _: usize, mut items: I) {
+        // Another worker's find ends this chunk at its next item.
+        let _ = items.try_for_each(|x| {
+            if self.found.load(Ordering::Relaxed) {
+                return ControlFlow::Break(());
+            }
+            if (self.p)(&x) {
+                self.keep(x);
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        });
+    }
+    fn end_claim(&self, _: Range<usize>, _: ()) {}
+    fn stopped(&self) -> bool {
+        self.found.load(Ordering::Relaxed)
+    }
+}
+
+impl<F, T> FindAny<F, T> {
+    /// Keeps `x` unless another item was kept first (then `x` is dropped
+    /// here, on the worker).
+    #[cold]
+    fn keep(&self, x: T) {
+        let mut item = self.item.lock().unwrap_or_else(|e| e.into_inner());
+        if item.is_none() {
+            *item = Some(x);
+            self.found.store(true, Ordering::Relaxed);
+        }
     }
 }
 

@@ -172,6 +172,46 @@ fn check_all(rt: &Runtime, input: &[u64]) -> Result<(), TestCaseError> {
         prop_assert_eq!(rt.par(v.clone()).all(|x| x % m != 1).unwrap(), v.iter().all(|x| x % m != 1));
     }
 
+    // try_for_each: the error of the first failing item in input order,
+    // through one-to-one, filtering, expanding and folding pipelines, on
+    // every kind of input.
+    for m in [2u64, 97, 100_003] {
+        let check = |x: u64| if x % m == 1 { Err(x) } else { Ok(()) };
+        let want = v.iter().try_for_each(|x| check(*x));
+        prop_assert_eq!(rt.par(&v).try_for_each(|x| check(*x)).unwrap(), want);
+        prop_assert_eq!(rt.par(v.clone()).try_for_each(check).unwrap(), want);
+        prop_assert_eq!(rt.par_bridge(v.iter().copied()).try_for_each(check).unwrap(), want);
+        prop_assert_eq!(rt.par(0..n).map(|i| v[i]).try_for_each(check).unwrap(), want);
+        prop_assert_eq!(
+            rt.par(&v).filter(|x| odd(x)).try_for_each(|x| check(*x)).unwrap(),
+            v.iter().filter(|x| odd(x)).try_for_each(|x| check(*x))
+        );
+        let expand = |x: &u64| [x / 2, *x, x.wrapping_add(1)];
+        prop_assert_eq!(
+            rt.par(&v).flat_map_iter(expand).try_for_each(check).unwrap(),
+            v.iter().flat_map(expand).try_for_each(check)
+        );
+        // Partials fail in input order: the first failing partial holds
+        // the first failing item.
+        let first_bad = |part: Vec<u64>| part.into_iter().try_for_each(check);
+        let folded = rt.par(&v).fold(Vec::new, |mut acc, x| {
+            acc.push(*x);
+            acc
+        });
+        prop_assert_eq!(folded.try_for_each(first_bad).unwrap(), want);
+    }
+    prop_assert_eq!(rt.par(&v).try_for_each(|_| Ok::<(), ()>(())).unwrap(), Ok(()));
+
+    // find_any: an item that matches, exactly when one exists.
+    for m in [2u64, 97, 100_003] {
+        let found = rt.par(&v).map(|x| mix(*x)).find_any(|h| h % m == 1).unwrap();
+        prop_assert_eq!(found.is_some(), v.iter().any(|x| mix(*x) % m == 1));
+        prop_assert!(found.is_none_or(|h| h % m == 1 && v.iter().any(|x| mix(*x) == h)));
+        let found = rt.par_bridge(v.iter().copied()).filter(|x| odd(x)).find_any(|x| x % m == 1).unwrap();
+        prop_assert_eq!(found.is_some(), v.iter().any(|x| odd(x) && x % m == 1));
+        prop_assert!(found.is_none_or(|x| odd(&x) && x % m == 1 && v.contains(&x)));
+    }
+
     // for_each visits every item once.
     let visits = Shared::new((0..n).map(|_| AtomicUsize::new(0)).collect::<Vec<_>>());
     rt.for_each(0..n, |i| {
@@ -251,7 +291,7 @@ fn tracked(n: usize, drops: &AtomicUsize) -> Vec<Tracked<'_>> {
 /// item it reaches.
 type Consume = fn(&Runtime, Vec<Tracked<'_>>, &(dyn Fn(u64) -> u64 + Sync)) -> Result<(), Error>;
 
-const CONSUMERS: [(&str, Consume); 9] = [
+const CONSUMERS: [(&str, Consume); 11] = [
     ("map.collect", |rt, v, f| rt.par(v).map(|t| f(t.value)).collect::<Vec<_>>().map(drop)),
     ("filter.collect", |rt, v, f| {
         rt.par(v).filter(|t| f(t.value) % 2 == 0).collect::<Vec<_>>().map(drop)
@@ -269,6 +309,10 @@ const CONSUMERS: [(&str, Consume); 9] = [
     ("count", |rt, v, f| rt.par(v).filter(|t| f(t.value) > 0).count().map(drop)),
     ("max_by_key", |rt, v, f| rt.par(v).max_by_key(|t| f(t.value)).map(drop)),
     ("any", |rt, v, f| rt.par(v).any(|t| f(t.value) == u64::MAX).map(drop)),
+    ("try_for_each", |rt, v, f| {
+        rt.par(v).try_for_each(|t| if f(t.value) == u64::MAX { Err(t) } else { Ok(()) }).map(drop)
+    }),
+    ("find_any", |rt, v, f| rt.par(v).find_any(|t| f(t.value) == u64::MAX).map(drop)),
 ];
 
 test!(a_panicking_item_fails_every_terminal_and_every_item_is_dropped_once);
@@ -376,6 +420,143 @@ fn any_stops_early_and_drops_the_items_it_never_ran() {
     assert_eq!(drops.load(Ordering::Relaxed), 10);
 }
 
+test!(try_for_each_stops_after_the_first_error_and_drops_the_items_it_never_ran);
+fn try_for_each_stops_after_the_first_error_and_drops_the_items_it_never_ran() {
+    for budget in [None, Some(64 << 10)] {
+        let rt = runtime(budget);
+        let n = 200_000;
+        let drops = AtomicUsize::new(0);
+        // Items whose function began after the first error returned (as in
+        // any_stops_early_and_drops_the_items_it_never_ran: counting all
+        // items would measure scheduling). Items 10 and 150,000 fail.
+        let failed = Shared::new(AtomicBool::new(false));
+        let after = Shared::new(AtomicUsize::new(0));
+        let r = rt
+            .par(tracked(n, &drops))
+            .try_for_each(|t| {
+                if failed.load(Ordering::SeqCst) {
+                    after.fetch_add(1, Ordering::Relaxed);
+                }
+                if t.value == 10 || t.value == 150_000 {
+                    failed.store(true, Ordering::SeqCst);
+                    return Err(t.value);
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(r, Err(10), "the first error in input order, budget {budget:?}");
+        assert_eq!(drops.load(Ordering::Relaxed), n, "every item dropped once, budget {budget:?}");
+        // After it, the items before item 10 and a worker's next item run,
+        // and no chunk is claimed: a handful, where not stopping (collect
+        // into Result<Vec<()>, _>) runs about n / 2.
+        assert!(
+            after.load(Ordering::Relaxed) < n / 10,
+            "try_for_each ran {} of {n} items after the first error, budget {budget:?}",
+            after.load(Ordering::Relaxed)
+        );
+        // find_any stops the same way.
+        let drops = AtomicUsize::new(0);
+        let (matched, after) = (Shared::new(AtomicBool::new(false)), Shared::new(AtomicUsize::new(0)));
+        let found = rt
+            .par(tracked(n, &drops))
+            .find_any(|t| {
+                if matched.load(Ordering::SeqCst) {
+                    after.fetch_add(1, Ordering::Relaxed);
+                }
+                let hit = t.value == 10;
+                if hit {
+                    matched.store(true, Ordering::SeqCst);
+                }
+                hit
+            })
+            .unwrap();
+        assert_eq!(found.as_ref().map(|t| t.value), Some(10));
+        drop(found);
+        assert_eq!(drops.load(Ordering::Relaxed), n, "every item dropped once, budget {budget:?}");
+        assert!(
+            after.load(Ordering::Relaxed) < n / 10,
+            "find_any ran {} of {n} items after the match, budget {budget:?}",
+            after.load(Ordering::Relaxed)
+        );
+    }
+}
+
+test!(try_for_each_runs_every_item_before_the_first_error);
+fn try_for_each_runs_every_item_before_the_first_error() {
+    // Item 0 waits until the last item has failed (on the other worker,
+    // which claims every chunk after the first worker's first claim), so
+    // a failure after the first one in input order is known while items
+    // before the first one have still to run: they must run, and the first
+    // one is reported. Stopping at any failure, as rayon does, reports the
+    // last item (checked: that change fails here).
+    let rt = runtime(None);
+    let n: usize = 20_000;
+    for early in [1, 7, 300, n / 10] {
+        let late_failed = Shared::new(AtomicBool::new(false));
+        let ran = Shared::new((0..n).map(|_| AtomicUsize::new(0)).collect::<Vec<_>>());
+        let r = rt
+            .par(0..n)
+            .try_for_each(|i| {
+                ran[i].fetch_add(1, Ordering::Relaxed);
+                if i == 0 {
+                    let start = std::time::Instant::now();
+                    while !late_failed.load(Ordering::SeqCst) && start.elapsed().as_secs() < 10 {
+                        std::thread::yield_now();
+                    }
+                }
+                if i == early {
+                    return Err(i);
+                }
+                if i == n - 1 {
+                    late_failed.store(true, Ordering::SeqCst);
+                    return Err(i);
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert!(late_failed.load(Ordering::SeqCst), "the last item failed first (early {early})");
+        assert_eq!(r, Err(early));
+        assert!(ran[..=early].iter().all(|c| c.load(Ordering::Relaxed) == 1), "every item up to the first error ran once");
+        assert!(ran.iter().all(|c| c.load(Ordering::Relaxed) <= 1));
+    }
+}
+
+test!(try_for_each_reports_a_panic_before_the_first_error_and_drops_every_item);
+fn try_for_each_reports_a_panic_before_the_first_error_and_drops_every_item() {
+    // A panic at an item before the first failing one always ends the call
+    // with TaskPanicked (that item must run); one after it may not run, and
+    // then the error is the answer. Either way every item and the error
+    // itself are dropped once.
+    let rts = [runtime(None), runtime(Some(4096))];
+    let mut run = runner(32);
+    run.run(&(2usize..5000, any::<prop::sample::Index>(), any::<prop::sample::Index>(), any::<bool>()), |(n, p, e, budget)| {
+        let (bad, err) = (p.index(n), e.index(n));
+        prop_assume!(bad != err);
+        let rt = &rts[usize::from(budget)];
+        let drops = AtomicUsize::new(0);
+        let r = rt.par(tracked(n, &drops)).try_for_each(|t| {
+            if t.value == bad as u64 {
+                panic!("item {bad} is bad");
+            }
+            if t.value == err as u64 {
+                return Err(t);
+            }
+            Ok(())
+        });
+        match r.map(|e| e.map_err(|t| t.value)) {
+            Err(Error::TaskPanicked { item_index, message }) => {
+                prop_assert_eq!(item_index, Some(bad));
+                prop_assert_eq!(message, format!("item {bad} is bad"));
+            }
+            Ok(Err(value)) if bad > err => prop_assert_eq!(value, err as u64),
+            other => return Err(TestCaseError::fail(format!("panic at {bad}, error at {err}: got {other:?}"))),
+        }
+        prop_assert_eq!(drops.load(Ordering::Relaxed), n, "items dropped");
+        Ok(())
+    })
+    .unwrap();
+}
+
 test!(a_panic_in_a_fold_identity_or_a_combine_is_reported_without_an_index);
 fn a_panic_in_a_fold_identity_or_a_combine_is_reported_without_an_index() {
     let rt = runtime(None);
@@ -410,11 +591,13 @@ fn a_violating_item_fails_every_terminal_and_the_data_stays_intact() {
         x
     };
     type Call<'a> = Box<dyn Fn() -> Result<(), Error> + 'a>;
-    let calls: [(&str, Call); 6] = [
+    let calls: [(&str, Call); 8] = [
         ("map.collect", Box::new(|| rt.par(0..5000u64).map(f).collect::<Vec<_>>().map(drop))),
         ("filter_map.sum", Box::new(|| rt.par(0..5000u64).filter_map(|x| Some(f(x))).sum::<u64>().map(drop))),
         ("fold.reduce", Box::new(|| rt.par(0..5000u64).fold(|| 0, |a, x| a + f(x)).reduce(|| 0, |a, b| a + b).map(drop))),
         ("any", Box::new(|| rt.par(0..5000u64).any(|x| f(x) == u64::MAX).map(drop))),
+        ("try_for_each", Box::new(|| rt.par(0..5000u64).try_for_each(|x| if f(x) == u64::MAX { Err(x) } else { Ok(()) }).map(drop))),
+        ("find_any", Box::new(|| rt.par(0..5000u64).find_any(|x| f(*x) == u64::MAX).map(drop))),
         ("for_each_mut", Box::new(|| {
             let mut v: Vec<u64> = (0..5000).collect();
             rt.for_each_mut(&mut v, |x| *x = f(*x))
