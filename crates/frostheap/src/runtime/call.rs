@@ -23,7 +23,8 @@ use core::marker::PhantomData;
 
 use super::drive::{Call, Drive};
 use super::pipe::{
-    Filter, FilterMap, FlatMapIter, Fold, Identity, Inspect, Map, MapWithContext, Pipe,
+    Enumerate, Filter, FilterMap, FlatMapIter, Fold, Identity, Inspect, Map, MapWithContext,
+    OneToOne, Pipe,
 };
 use super::pool::Runtime;
 use super::task::TaskContext;
@@ -119,6 +120,39 @@ where
         F: Fn(&P::Out) + Sync,
     {
         self.with(|p| Inspect::new(p, f))
+    }
+
+    /// Each item paired with its index: its position among the items,
+    /// which is its index in the input (a slice's, a `Vec`'s, a range's
+    /// or chunked view's, or the iterator's for
+    /// [`par_bridge`](super::Runtime::par_bridge)), since the adapters
+    /// before it keep one item per input item ([`OneToOne`]: `map`,
+    /// `map_with_context`, `inspect`). After `filter`, `filter_map`,
+    /// `flat_map_iter` or `fold` an item's position is known only once
+    /// the items before it ran, so there, as in rayon, it does not compile:
+    /// enumerate first.
+    ///
+    /// ```
+    /// let rt = frostheap::Runtime::builder().workers(2).build()?;
+    /// let v = vec![10u64, 11, 12, 13];
+    /// let odd: Vec<(usize, u64)> = rt.par(&v).map(|x| x + 1).enumerate().filter(|(_, x)| x % 2 == 1).collect()?;
+    /// assert_eq!(odd, [(0, 11), (2, 13)]);
+    /// # Ok::<(), frostheap::Error>(())
+    /// ```
+    ///
+    /// ```compile_fail
+    /// let rt = frostheap::Runtime::builder().workers(2).build().unwrap();
+    /// // error: `enumerate` and `position_any` need a pipeline that keeps
+    /// // one item per input item, in order
+    /// let _ = rt.par(0..10u32).filter(|x| x % 2 == 0).enumerate();
+    /// ```
+    pub fn enumerate(self) -> Par<'rt, D, Enumerate<P>>
+    where
+        P: OneToOne<D::Item>,
+    {
+        // The marker and the constant say the same of a pipeline.
+        const { assert!(P::ONE_TO_ONE, "a OneToOne pipeline is ONE_TO_ONE") };
+        self.with(Enumerate::new)
     }
 
     /// Folds runs of consecutive items into partial values: each worker
@@ -371,6 +405,31 @@ where
         let mut term = FindAny::new(predicate);
         self.run(&mut term)?;
         Ok(term.into_item())
+    }
+
+    /// The index of some item for which `predicate` holds, or `None`;
+    /// stops soon after the first one found, as
+    /// [`find_any`](Par::find_any) does (which one, when several match,
+    /// depends on scheduling). The index is the item's position, as
+    /// [`enumerate`](Par::enumerate) gives it, so the adapters before it
+    /// must be [`OneToOne`].
+    ///
+    /// ```
+    /// let rt = frostheap::Runtime::builder().workers(2).build()?;
+    /// let v: Vec<u64> = (0..100_000).map(|x| x * 7 % 100_003).collect();
+    /// let i = rt.par(&v).position_any(|x| *x == 7 * 500)?;
+    /// assert_eq!(i, Some(500));
+    /// assert_eq!(rt.par(&v).position_any(|x| *x > 200_000)?, None);
+    /// # Ok::<(), frostheap::Error>(())
+    /// ```
+    pub fn position_any<F>(self, predicate: F) -> Result<Option<usize>, Error>
+    where
+        P: OneToOne<D::Item>,
+        F: Fn(P::Out) -> bool + Sync,
+    {
+        self.enumerate()
+            .filter_map(move |(i, x)| predicate(x).then_some(i))
+            .find_any(|_| true)
     }
 
     /// Whether `predicate` holds for every item; stops soon after the

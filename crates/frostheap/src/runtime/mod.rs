@@ -63,17 +63,19 @@ mod worker;
 /// | [`Runtime::par_bridge`]`(any iterator)` | its items, pulled on main first |
 ///
 /// Adapters ([`par::Par`]'s methods): `map`, `map_with_context`, `filter`,
-/// `filter_map`, `flat_map_iter`, `inspect`, `fold`. Terminal operations:
+/// `filter_map`, `flat_map_iter`, `inspect`, `fold`, `enumerate` (before
+/// any filtering adapter). Terminal operations:
 /// `for_each`, `try_for_each` (the first error in input order),
 /// `collect` (into `Vec`, in input order), `count`, `sum`, `product`,
 /// `reduce`, `reduce_with`, `min`/`max`(`_by`, `_by_key`), `any`, `all`,
-/// `find_any`. Sorts: [`Runtime::sort_unstable`] and
+/// `find_any`, `position_any`. Sorts: [`Runtime::sort_unstable`] and
 /// [`Runtime::sort`] with their `_by` and `_by_key` forms.
 pub mod par {
     pub use super::call::{FromPar, Par};
     pub use super::drive::{Bridge, Drive, Indexed};
     pub use super::pipe::{
-        Filter, FilterMap, FlatMapIter, Fold, Identity, Inspect, Map, MapWithContext, Pipe,
+        Enumerate, Filter, FilterMap, FlatMapIter, Fold, Identity, Inspect, Map, MapWithContext,
+        OneToOne, Pipe,
     };
     pub use super::source::{
         chunks, chunks_mut, ChunksMut, ChunksRef, IntoParSource, ParSource, RangeItems, SliceMut,

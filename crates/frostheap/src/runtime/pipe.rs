@@ -50,6 +50,42 @@ pub trait Pipe<In>: Sync + Sealed {
     fn finish(&self, env: &WorkerEnv<'_>, state: Self::State) -> impl Iterator<Item = Self::Out>;
 }
 
+/// A pipeline that emits exactly one item per input item, in input order,
+/// each as its input item is taken (`map`, `map_with_context`, `inspect`,
+/// `enumerate`, and none at all): an item's position is its input index.
+/// What [`Par::enumerate`](super::par::Par::enumerate) and
+/// [`Par::position_any`](super::par::Par::position_any) need, as rayon's
+/// need an indexed iterator. Sealed, as [`Pipe`] is.
+#[diagnostic::on_unimplemented(
+    message = "`enumerate` and `position_any` need a pipeline that keeps one item per input item, in order",
+    label = "after `filter`, `filter_map`, `flat_map_iter` or `fold`, an item's position is no longer its input index",
+    note = "call `enumerate()` before those adapters (rayon too requires an indexed iterator here); `map_with_context(|task, x| (task.item_index(), x))` gives any item the input index it came from"
+)]
+pub trait OneToOne<In>: Pipe<In> {}
+
+impl<T> OneToOne<T> for Identity<T> {}
+
+impl<In, P, F, R> OneToOne<In> for Map<P, F>
+where
+    P: OneToOne<In>,
+    F: Fn(P::Out) -> R + Sync,
+{
+}
+
+impl<In, P, F, R> OneToOne<In> for MapWithContext<P, F>
+where
+    P: OneToOne<In>,
+    F: Fn(&TaskContext<'_>, P::Out) -> R + Sync,
+{
+}
+
+impl<In, P, F> OneToOne<In> for Inspect<P, F>
+where
+    P: OneToOne<In>,
+    F: Fn(&P::Out) + Sync,
+{
+}
+
 /// The pipeline with no stage: the source's items as they are.
 pub struct Identity<T>(core::marker::PhantomData<fn(T) -> T>);
 
@@ -190,6 +226,60 @@ stateless_stage!(
     where { F: Fn(&P::Out) },
     |self, env, it| it.inspect(move |x| (self.f)(x))
 );
+
+/// `enumerate()`: each item paired with its input index, which is its
+/// position, as the pipeline before it is [`OneToOne`]. The index is the
+/// worker's current item, which the batch engine sets as it takes each
+/// input item (one-to-one stages take no item ahead), so it costs a
+/// thread-local load per item and no state.
+pub struct Enumerate<P> {
+    inner: P,
+}
+
+impl<P> Enumerate<P> {
+    pub(crate) fn new(inner: P) -> Self {
+        Enumerate { inner }
+    }
+}
+
+impl<P> Sealed for Enumerate<P> {}
+
+impl<In, P: OneToOne<In>> Pipe<In> for Enumerate<P> {
+    type Out = (usize, P::Out);
+    type State = P::State;
+    const ONE_TO_ONE: bool = true;
+    #[inline]
+    fn begin(&self) -> P::State {
+        self.inner.begin()
+    }
+    #[inline]
+    fn apply<I: Iterator<Item = In>>(
+        &self,
+        env: &WorkerEnv<'_>,
+        state: &mut P::State,
+        items: I,
+    ) -> impl Iterator<Item = (usize, P::Out)> {
+        self.inner.apply(env, state, items).map(|x| {
+            let i = crate::guard::current_item();
+            debug_assert!(
+                i != usize::MAX,
+                "frostheap: enumerate saw an item outside any task"
+            );
+            (i, x)
+        })
+    }
+    #[inline]
+    fn finish(
+        &self,
+        env: &WorkerEnv<'_>,
+        state: P::State,
+    ) -> impl Iterator<Item = (usize, P::Out)> {
+        // A one-to-one pipeline emits nothing when a claim ends.
+        self.inner.finish(env, state).map(|x| (usize::MAX, x))
+    }
+}
+
+impl<In, P: OneToOne<In>> OneToOne<In> for Enumerate<P> {}
 
 /// `fold(identity, f)`: the items of each claim folded into one value,
 /// emitted when the claim ends.

@@ -212,6 +212,41 @@ fn check_all(rt: &Runtime, input: &[u64]) -> Result<(), TestCaseError> {
         prop_assert!(found.is_none_or(|x| odd(&x) && x % m == 1 && v.contains(&x)));
     }
 
+    // enumerate: the input index, on every kind of input, through the
+    // one-to-one adapters before it and any adapter after it.
+    let want: Vec<(usize, u64)> = v.iter().map(|x| mix(*x)).enumerate().collect();
+    prop_assert_eq!(&rt.par(&v).map(|x| mix(*x)).enumerate().collect::<Vec<_>>().unwrap(), &want);
+    prop_assert_eq!(&rt.par(v.clone()).enumerate().map(|(i, x)| (i, mix(x))).collect::<Vec<_>>().unwrap(), &want);
+    prop_assert_eq!(&rt.par_bridge(v.iter().copied()).inspect(|_| ()).enumerate().map(|(i, x)| (i, mix(x))).collect::<Vec<_>>().unwrap(), &want);
+    prop_assert_eq!(
+        rt.par(0..n).map_with_context(|t, i| (t.item_index(), i)).enumerate().collect::<Vec<_>>().unwrap(),
+        (0..n).map(|i| (Some(i), i)).enumerate().collect::<Vec<_>>()
+    );
+    prop_assert_eq!(
+        rt.par(v.chunks(3)).enumerate().enumerate().map(|(i, (j, c))| (i, j, c.len())).collect::<Vec<_>>().unwrap(),
+        v.chunks(3).enumerate().enumerate().map(|(i, (j, c))| (i, j, c.len())).collect::<Vec<_>>()
+    );
+    prop_assert_eq!(
+        rt.par(&v).enumerate().filter(|(_, x)| odd(x)).map(|(i, _)| i).collect::<Vec<_>>().unwrap(),
+        v.iter().enumerate().filter(|(_, x)| odd(x)).map(|(i, _)| i).collect::<Vec<_>>()
+    );
+    let weighted = |(i, x): (usize, &u64)| (i as u64).wrapping_mul(*x);
+    prop_assert_eq!(
+        rt.par(&v).enumerate().map(weighted).fold(|| 0u64, u64::wrapping_add).reduce(|| 0, u64::wrapping_add).unwrap(),
+        v.iter().enumerate().map(weighted).fold(0, u64::wrapping_add)
+    );
+
+    // position_any: the index of an item that matches, exactly when one
+    // exists.
+    for m in [2u64, 97, 100_003] {
+        let at = rt.par(&v).map(|x| mix(*x)).position_any(|h| h % m == 1).unwrap();
+        prop_assert_eq!(at.is_some(), v.iter().any(|x| mix(*x) % m == 1));
+        prop_assert!(at.is_none_or(|i| mix(v[i]) % m == 1));
+        let at = rt.par_bridge(v.iter().copied()).position_any(|x| x % m == 1).unwrap();
+        prop_assert!(at.is_none_or(|i| v[i] % m == 1));
+        prop_assert_eq!(at.is_some(), v.iter().any(|x| x % m == 1));
+    }
+
     // for_each visits every item once.
     let visits = Shared::new((0..n).map(|_| AtomicUsize::new(0)).collect::<Vec<_>>());
     rt.for_each(0..n, |i| {
@@ -291,7 +326,7 @@ fn tracked(n: usize, drops: &AtomicUsize) -> Vec<Tracked<'_>> {
 /// item it reaches.
 type Consume = fn(&Runtime, Vec<Tracked<'_>>, &(dyn Fn(u64) -> u64 + Sync)) -> Result<(), Error>;
 
-const CONSUMERS: [(&str, Consume); 11] = [
+const CONSUMERS: [(&str, Consume); 13] = [
     ("map.collect", |rt, v, f| rt.par(v).map(|t| f(t.value)).collect::<Vec<_>>().map(drop)),
     ("filter.collect", |rt, v, f| {
         rt.par(v).filter(|t| f(t.value) % 2 == 0).collect::<Vec<_>>().map(drop)
@@ -313,6 +348,10 @@ const CONSUMERS: [(&str, Consume); 11] = [
         rt.par(v).try_for_each(|t| if f(t.value) == u64::MAX { Err(t) } else { Ok(()) }).map(drop)
     }),
     ("find_any", |rt, v, f| rt.par(v).find_any(|t| f(t.value) == u64::MAX).map(drop)),
+    ("position_any", |rt, v, f| rt.par(v).position_any(|t| f(t.value) == u64::MAX).map(drop)),
+    ("enumerate.filter.collect", |rt, v, f| {
+        rt.par(v).enumerate().filter(|(i, t)| f(t.value) as usize == *i + 1).collect::<Vec<_>>().map(drop)
+    }),
 ];
 
 test!(a_panicking_item_fails_every_terminal_and_every_item_is_dropped_once);
@@ -420,8 +459,8 @@ fn any_stops_early_and_drops_the_items_it_never_ran() {
     assert_eq!(drops.load(Ordering::Relaxed), 10);
 }
 
-test!(try_for_each_stops_after_the_first_error_and_drops_the_items_it_never_ran);
-fn try_for_each_stops_after_the_first_error_and_drops_the_items_it_never_ran() {
+test!(try_for_each_find_any_and_position_any_stop_early_and_drop_the_items_they_never_ran);
+fn try_for_each_find_any_and_position_any_stop_early_and_drop_the_items_they_never_ran() {
     for budget in [None, Some(64 << 10)] {
         let rt = runtime(budget);
         let n = 200_000;
@@ -476,6 +515,29 @@ fn try_for_each_stops_after_the_first_error_and_drops_the_items_it_never_ran() {
         assert!(
             after.load(Ordering::Relaxed) < n / 10,
             "find_any ran {} of {n} items after the match, budget {budget:?}",
+            after.load(Ordering::Relaxed)
+        );
+        // And position_any.
+        let drops = AtomicUsize::new(0);
+        let (matched, after) = (Shared::new(AtomicBool::new(false)), Shared::new(AtomicUsize::new(0)));
+        let at = rt
+            .par(tracked(n, &drops))
+            .position_any(|t| {
+                if matched.load(Ordering::SeqCst) {
+                    after.fetch_add(1, Ordering::Relaxed);
+                }
+                let hit = t.value == 10;
+                if hit {
+                    matched.store(true, Ordering::SeqCst);
+                }
+                hit
+            })
+            .unwrap();
+        assert_eq!(at, Some(10));
+        assert_eq!(drops.load(Ordering::Relaxed), n, "every item dropped once, budget {budget:?}");
+        assert!(
+            after.load(Ordering::Relaxed) < n / 10,
+            "position_any ran {} of {n} items after the match, budget {budget:?}",
             after.load(Ordering::Relaxed)
         );
     }
@@ -591,13 +653,15 @@ fn a_violating_item_fails_every_terminal_and_the_data_stays_intact() {
         x
     };
     type Call<'a> = Box<dyn Fn() -> Result<(), Error> + 'a>;
-    let calls: [(&str, Call); 8] = [
+    let calls: [(&str, Call); 10] = [
         ("map.collect", Box::new(|| rt.par(0..5000u64).map(f).collect::<Vec<_>>().map(drop))),
         ("filter_map.sum", Box::new(|| rt.par(0..5000u64).filter_map(|x| Some(f(x))).sum::<u64>().map(drop))),
         ("fold.reduce", Box::new(|| rt.par(0..5000u64).fold(|| 0, |a, x| a + f(x)).reduce(|| 0, |a, b| a + b).map(drop))),
         ("any", Box::new(|| rt.par(0..5000u64).any(|x| f(x) == u64::MAX).map(drop))),
         ("try_for_each", Box::new(|| rt.par(0..5000u64).try_for_each(|x| if f(x) == u64::MAX { Err(x) } else { Ok(()) }).map(drop))),
         ("find_any", Box::new(|| rt.par(0..5000u64).find_any(|x| f(*x) == u64::MAX).map(drop))),
+        ("position_any", Box::new(|| rt.par(0..5000u64).position_any(|x| f(x) == u64::MAX).map(drop))),
+        ("enumerate.collect", Box::new(|| rt.par(0..5000u64).enumerate().map(|(i, x)| f(x) + i as u64).collect::<Vec<_>>().map(drop))),
         ("for_each_mut", Box::new(|| {
             let mut v: Vec<u64> = (0..5000).collect();
             rt.for_each_mut(&mut v, |x| *x = f(*x))
