@@ -432,6 +432,48 @@ where
             .find_any(|_| true)
     }
 
+    /// The first item in input order for which `predicate` holds, or
+    /// `None`, as a serial `find` gives it; stops early as
+    /// [`try_for_each`](Par::try_for_each) does (the items after a match
+    /// do not run, the items before it do). rayon's `find_first`.
+    ///
+    /// ```
+    /// let rt = frostheap::Runtime::builder().workers(2).build()?;
+    /// let first = rt.par(0..1_000_000u64).map(|x| x * x).find_first(|sq| sq % 1000 == 1);
+    /// assert_eq!(first?, Some(1));
+    /// # Ok::<(), frostheap::Error>(())
+    /// ```
+    pub fn find_first<F>(self, predicate: F) -> Result<Option<P::Out>, Error>
+    where
+        F: Fn(&P::Out) -> bool + Sync,
+        P::Out: Send,
+    {
+        let found = self.try_for_each(move |x| if predicate(&x) { Err(x) } else { Ok(()) })?;
+        Ok(found.err())
+    }
+
+    /// The index of the first item for which `predicate` holds, or `None`,
+    /// as a serial `position` gives it; stops early as
+    /// [`find_first`](Par::find_first) does. The adapters before it must
+    /// be [`OneToOne`], as for [`position_any`](Par::position_any).
+    ///
+    /// ```
+    /// let rt = frostheap::Runtime::builder().workers(2).build()?;
+    /// let v: Vec<u64> = (0..100_000).map(|x| x % 1000).collect();
+    /// assert_eq!(rt.par(&v).position_first(|x| *x == 999)?, Some(999));
+    /// # Ok::<(), frostheap::Error>(())
+    /// ```
+    pub fn position_first<F>(self, predicate: F) -> Result<Option<usize>, Error>
+    where
+        P: OneToOne<D::Item>,
+        F: Fn(P::Out) -> bool + Sync,
+    {
+        let found = self
+            .enumerate()
+            .try_for_each(move |(i, x)| if predicate(x) { Err(i) } else { Ok(()) })?;
+        Ok(found.err())
+    }
+
     /// Whether `predicate` holds for every item; stops soon after the
     /// first one for which it does not.
     pub fn all<F>(self, predicate: F) -> Result<bool, Error>

@@ -68,7 +68,7 @@ mod worker;
 /// `for_each`, `try_for_each` (the first error in input order),
 /// `collect` (into `Vec`, in input order), `count`, `sum`, `product`,
 /// `reduce`, `reduce_with`, `min`/`max`(`_by`, `_by_key`), `any`, `all`,
-/// `find_any`, `position_any`. Sorts: [`Runtime::sort_unstable`] and
+/// `find_any`, `position_any`, `find_first`, `position_first`. Sorts: [`Runtime::sort_unstable`] and
 /// [`Runtime::sort`] with their `_by` and `_by_key` forms.
 pub mod par {
     pub use super::call::{FromPar, Par};

@@ -247,6 +247,20 @@ fn check_all(rt: &Runtime, input: &[u64]) -> Result<(), TestCaseError> {
         prop_assert_eq!(at.is_some(), v.iter().any(|x| x % m == 1));
     }
 
+    // find_first / position_first: the first match in input order.
+    for m in [2u64, 97, 100_003] {
+        prop_assert_eq!(rt.par(&v).find_first(|x| *x % m == 1).unwrap(), v.iter().find(|x| *x % m == 1));
+        prop_assert_eq!(
+            rt.par_bridge(v.iter().copied()).filter(|x| odd(x)).map(mix).find_first(|h| h % m == 1).unwrap(),
+            v.iter().copied().filter(odd).map(mix).find(|h| h % m == 1)
+        );
+        prop_assert_eq!(rt.par(v.clone()).position_first(|x| x % m == 1).unwrap(), v.iter().position(|x| x % m == 1));
+        prop_assert_eq!(
+            rt.par(&v).map(|x| mix(*x)).position_first(|h| h % m == 1).unwrap(),
+            v.iter().map(|x| mix(*x)).position(|h| h % m == 1)
+        );
+    }
+
     // for_each visits every item once.
     let visits = Shared::new((0..n).map(|_| AtomicUsize::new(0)).collect::<Vec<_>>());
     rt.for_each(0..n, |i| {
@@ -326,7 +340,7 @@ fn tracked(n: usize, drops: &AtomicUsize) -> Vec<Tracked<'_>> {
 /// item it reaches.
 type Consume = fn(&Runtime, Vec<Tracked<'_>>, &(dyn Fn(u64) -> u64 + Sync)) -> Result<(), Error>;
 
-const CONSUMERS: [(&str, Consume); 13] = [
+const CONSUMERS: [(&str, Consume); 14] = [
     ("map.collect", |rt, v, f| rt.par(v).map(|t| f(t.value)).collect::<Vec<_>>().map(drop)),
     ("filter.collect", |rt, v, f| {
         rt.par(v).filter(|t| f(t.value) % 2 == 0).collect::<Vec<_>>().map(drop)
@@ -349,6 +363,7 @@ const CONSUMERS: [(&str, Consume); 13] = [
     }),
     ("find_any", |rt, v, f| rt.par(v).find_any(|t| f(t.value) == u64::MAX).map(drop)),
     ("position_any", |rt, v, f| rt.par(v).position_any(|t| f(t.value) == u64::MAX).map(drop)),
+    ("find_first", |rt, v, f| rt.par(v).find_first(|t| f(t.value) == u64::MAX).map(drop)),
     ("enumerate.filter.collect", |rt, v, f| {
         rt.par(v).enumerate().filter(|(i, t)| f(t.value) as usize == *i + 1).collect::<Vec<_>>().map(drop)
     }),
