@@ -2,8 +2,14 @@
 //!
 //! All context heaps live in one reservation (the *context space*) cut into
 //! 1 GiB slots, one per worker, so "is this a context address, and whose"
-//! is a subtraction and a shift. A slot is cut into 4 MiB *chunks*,
-//! committed when first used.
+//! is a subtraction and a shift. A slot is cut into *chunks*, committed
+//! when first used: 4 MiB each ([`CHUNK_SIZE`]) under a process limit of
+//! 256 MiB or more, and under a smaller one the power of two at or below
+//! a 64th of it, 64 KiB at least ([`chunk_shift_for`]; fixed for the
+//! process when the context space is reserved). With 4 MiB chunks, the
+//! current one and two kept free per worker, two workers held 16 MiB of
+//! a 20 MiB limit (a user's trial: it aborted with 7 MB in use); with
+//! 256 KiB chunks they hold 1.5 MiB at most.
 //!
 //! Allocation bumps a cursor through the current chunk and counts the
 //! allocation in the chunk (a plain store: only the owning worker
@@ -24,12 +30,16 @@
 //! allocator then falls back to other memory.
 //!
 //! **Memory goes back to the OS when results no longer use it.** At most
-//! [`KEEP_RESIDENT`] free chunks (8 MiB) of a heap stay resident for
+//! [`KEEP_RESIDENT`] free chunks (8 MiB of 4 MiB chunks) of a heap stay resident for
 //! reuse; the rest are purged (`MADV_DONTNEED`) by whoever frees their last
 //! block, so two 100 MB results dropped by main cost 8 MiB afterwards, not
 //! 200 MB, and no phase has to run for it. (The main heap's rule is the
 //! same idea with a larger allowance; here chunks are reused task after
-//! task, and the allowance covers that churn.)
+//! task, and the allowance covers that churn.) A chunk the limit refuses
+//! is tried again after the heap has purged the free chunks it keeps, and
+//! then after the global allocator's reclaimer has given back the other
+//! heaps' free memory (`process::reclaim_and_charge`), as a heap's refused
+//! charge is: only then is the allocation refused.
 //!
 //! **A slot comes back when its heap is retired and empty.** A worker
 //! retires its heap when it exits. Blocks its tasks returned may still be
@@ -56,11 +66,15 @@ use crate::sync::thread_token;
 pub const SLOT_SHIFT: u32 = 30;
 /// Number of slots in the context space.
 pub const N_SLOTS: usize = 1024;
-/// Bytes per chunk.
+/// The largest chunk's shift: 4 MiB chunks, under a limit of 256 MiB or
+/// more.
 pub const CHUNK_SHIFT: u32 = 22;
-/// `1 << CHUNK_SHIFT`.
+/// `1 << CHUNK_SHIFT`: the largest chunk.
 pub const CHUNK_SIZE: usize = 1 << CHUNK_SHIFT;
-const CHUNKS_PER_SLOT: usize = 1 << (SLOT_SHIFT - CHUNK_SHIFT);
+/// The smallest chunk's shift (64 KiB chunks, under a limit below 4 MiB).
+pub const MIN_CHUNK_SHIFT: u32 = 16;
+/// Chunks in a slot of the smallest chunks (the bookkeeping's size).
+const CHUNKS_PER_SLOT: usize = 1 << (SLOT_SHIFT - MIN_CHUNK_SHIFT);
 /// Free chunks a heap keeps resident for reuse; more are purged.
 pub const KEEP_RESIDENT: u32 = 2;
 const NONE: u32 = u32::MAX;
@@ -94,6 +108,25 @@ pub fn owns(addr: usize) -> bool {
 /// reservation of them all was refused (set once, with the space).
 static SPACE_SLOTS: AtomicUsize = AtomicUsize::new(0);
 
+/// The chunks' shift for the process (set once, with the space).
+static SPACE_CHUNK_SHIFT: AtomicU32 = AtomicU32::new(CHUNK_SHIFT);
+
+/// The chunk shift for a process limit of `limit` bytes: the largest
+/// chunk no more than a 64th of the limit, between 64 KiB and 4 MiB. A
+/// worker holds its current chunk and keeps two free ones (`KEEP_RESIDENT`),
+/// so at most 3/64 of the limit (under 5%) stays committed per worker
+/// with no block in it; 4 MiB from a limit of 256 MiB up, as before.
+pub fn chunk_shift_for(limit: usize) -> u32 {
+    let sixty_fourth = (limit / 64).max(1);
+    (usize::BITS - 1 - sixty_fourth.leading_zeros()).clamp(MIN_CHUNK_SHIFT, CHUNK_SHIFT)
+}
+
+/// Bytes per chunk in this process (4 MiB until the context space is
+/// reserved).
+pub fn chunk_size() -> usize {
+    1 << SPACE_CHUNK_SHIFT.load(Ordering::Relaxed)
+}
+
 /// Reserves the context space: [`N_SLOTS`] slots (1 TiB) or, under an
 /// address-space limit (`ulimit -v`), as many as a quarter of it holds
 /// (one at least), then half as many each time the kernel refuses, down
@@ -109,6 +142,10 @@ fn reserve_space() -> Result<(), os::OsError> {
         loop {
             match os::reserve(slots << SLOT_SHIFT, CHUNK_SIZE) {
                 Ok(p) => {
+                    SPACE_CHUNK_SHIFT.store(
+                        chunk_shift_for(crate::heap::process::limit()),
+                        Ordering::Relaxed,
+                    );
                     SPACE_BASE.store(p as usize, Ordering::Relaxed);
                     SPACE_SLOTS.store(slots, Ordering::Relaxed);
                     SPACE_LEN.store(slots << SLOT_SHIFT, Ordering::Release);
@@ -175,6 +212,9 @@ impl ChunkMeta {
 pub struct ContextHeap {
     slot: usize,
     base: usize,
+    /// log2 of the chunk size, the process's (set with `base`, never
+    /// changed): `chunk index == (addr - base) >> shift`.
+    shift: u32,
     /// The owning worker's [`thread_token`] (0 until it starts).
     owner: AtomicUsize,
     // Owner-only state.
@@ -276,6 +316,7 @@ impl ContextHeap {
             core::ptr::addr_of_mut!((*p).slot).write(slot);
             core::ptr::addr_of_mut!((*p).base)
                 .write(SPACE_BASE.load(Ordering::Relaxed) + (slot << SLOT_SHIFT));
+            core::ptr::addr_of_mut!((*p).shift).write(SPACE_CHUNK_SHIFT.load(Ordering::Relaxed));
             SLOT_HEAP[slot].store(p, Ordering::Release);
             Ok(&*p)
         }
@@ -285,13 +326,17 @@ impl ContextHeap {
     /// has just taken the slot; its previous heap was released, so no
     /// block lives in it and its memory is decommitted).
     fn reset(&self) {
+        // Chunks past the last heap's frontier were never touched since
+        // the slot's bookkeeping was made or last reset (a slot of 64 KiB
+        // chunks has 16,384 of them: 384 KiB of bookkeeping not faulted in).
+        let used = self.frontier.get() as usize;
         self.owner.store(0, Ordering::Relaxed);
         self.cursor.set(0);
         self.limit.set(0);
         self.current.set(NONE);
         self.frontier.set(0);
         self.limit_refused.set(false);
-        for c in &self.chunks {
+        for c in &self.chunks[..used] {
             c.restart(1, 0, ACTIVE);
             c.resident.store(false, Ordering::Relaxed);
         }
@@ -322,7 +367,18 @@ impl ContextHeap {
     /// Bytes of chunks committed and resident now: in use, or free and
     /// kept for reuse (at most [`KEEP_RESIDENT`] chunks).
     pub fn committed(&self) -> usize {
-        self.committed_chunks.load(Ordering::Relaxed) * CHUNK_SIZE
+        self.committed_chunks.load(Ordering::Relaxed) << self.shift
+    }
+
+    /// Bytes per chunk of this heap.
+    #[inline]
+    fn chunk(&self) -> usize {
+        1 << self.shift
+    }
+
+    /// Chunks in the slot.
+    fn n_chunks(&self) -> usize {
+        1 << (SLOT_SHIFT - self.shift)
     }
 
     /// Whether the process limit refused a chunk since the last call;
@@ -373,17 +429,17 @@ impl ContextHeap {
         // A refusal noted by an earlier allocation that then succeeded
         // (a free chunk refused, a fresh one taken) is not this one's.
         self.limit_refused.set(false);
-        if size > CHUNK_SIZE / 2 || align > CHUNK_SIZE / 2 {
+        if size > self.chunk() / 2 || align > self.chunk() / 2 {
             return self.alloc_run(size, align);
         }
         self.seal_current();
         let Some(idx) = self.take_chunk() else {
             return core::ptr::null_mut();
         };
-        let start = self.base + ((idx as usize) << CHUNK_SHIFT);
+        let start = self.base + ((idx as usize) << self.shift);
         self.current.set(idx);
         self.cursor.set(start);
-        self.limit.set(start + CHUNK_SIZE);
+        self.limit.set(start + self.chunk());
         // SAFETY: forwarded (1); the new chunk fits any request up to half
         // a chunk with alignment up to half a chunk.
         unsafe { self.alloc(size, align) }
@@ -394,21 +450,21 @@ impl ContextHeap {
         // Runs start chunk-aligned; a block aligned beyond a chunk could
         // start past the run's first chunk, where a free would not find the
         // run's counts. Such rare requests go to other memory.
-        if align > CHUNK_SIZE {
+        if align > self.chunk() {
             return core::ptr::null_mut();
         }
         let Some(bytes) = size.checked_add(align.saturating_sub(1)) else {
             return core::ptr::null_mut();
         };
-        let k = bytes.div_ceil(CHUNK_SIZE).max(1);
+        let k = bytes.div_ceil(self.chunk()).max(1);
         let Some(first) = self.take_free(k).or_else(|| self.take_fresh(k)) else {
             return core::ptr::null_mut();
         };
-        let start = self.base + (first << CHUNK_SHIFT);
+        let start = self.base + (first << self.shift);
         // One allocation, sealed at once: its free empties the run.
         self.chunks[first].restart(k as u32, 1, SEALED);
         self.allocated.store(
-            self.allocated.load(Ordering::Relaxed) + k * CHUNK_SIZE,
+            self.allocated.load(Ordering::Relaxed) + k * self.chunk(),
             Ordering::Relaxed,
         );
         round_up(start, align) as *mut u8
@@ -461,18 +517,31 @@ impl ContextHeap {
         };
         // Purged chunks were uncharged (make_reusable): their pages come
         // back as they are touched, so they are charged again first.
-        let purged = self.chunks[first..first + k]
-            .iter()
-            .filter(|c| !c.resident.load(Ordering::Relaxed))
-            .count();
+        let purged_in_run = || {
+            self.chunks[first..first + k]
+                .iter()
+                .filter(|c| !c.resident.load(Ordering::Relaxed))
+                .count()
+        };
+        let purged = purged_in_run();
         if purged > 0
             && !crate::heap::process::charge_quiet(
                 crate::heap::process::Kind::Context,
-                purged * CHUNK_SIZE,
+                purged * self.chunk(),
             )
         {
-            self.limit_refused.set(true);
-            return None;
+            // Refused: the free chunks kept resident go back first (the
+            // run's own among them, so its count is taken again), then
+            // the other heaps' free memory.
+            let purged = if self.purge_kept() > 0 {
+                purged_in_run()
+            } else {
+                purged
+            };
+            if !self.charge_after_giving_back(purged * self.chunk(), false) {
+                self.limit_refused.set(true);
+                return None;
+            }
         }
         for i in first..first + k {
             self.free[i / 64].fetch_and(!(1 << (i % 64)), Ordering::AcqRel);
@@ -491,26 +560,29 @@ impl ContextHeap {
     /// first, marked resident. `None` when the slot is full.
     fn take_fresh(&self, k: usize) -> Option<usize> {
         let first = self.frontier.get() as usize;
-        if first + k > CHUNKS_PER_SLOT {
+        if first + k > self.n_chunks() {
             // A run larger than the process limit is the limit's refusal
             // whatever the slot holds.
-            if k.saturating_mul(CHUNK_SIZE) > crate::heap::process::limit() {
+            if k.saturating_mul(self.chunk()) > crate::heap::process::limit() {
                 self.limit_refused.set(true);
             }
             return None;
         }
-        let start = self.base + (first << CHUNK_SHIFT);
+        let start = self.base + (first << self.shift);
         // Committed chunks count against the process limit (FROSTHEAP_MAX);
         // a refusal is counted once by the caller of the refused
         // allocation (`take_limit_refused`), not per chunk tried.
-        if !crate::heap::process::charge_quiet(crate::heap::process::Kind::Context, k * CHUNK_SIZE)
+        if !crate::heap::process::charge_quiet(
+            crate::heap::process::Kind::Context,
+            k * self.chunk(),
+        ) && !self.charge_after_giving_back(k * self.chunk(), true)
         {
             self.limit_refused.set(true);
             return None;
         }
         // SAFETY: the chunks lie in our slot of the context space, unused.
-        if unsafe { os::commit(start as *mut u8, k * CHUNK_SIZE) }.is_err() {
-            crate::heap::process::release(crate::heap::process::Kind::Context, k * CHUNK_SIZE);
+        if unsafe { os::commit(start as *mut u8, k * self.chunk()) }.is_err() {
+            crate::heap::process::release(crate::heap::process::Kind::Context, k * self.chunk());
             return None;
         }
         self.frontier.set((first + k) as u32);
@@ -519,6 +591,53 @@ impl ContextHeap {
             c.resident.store(true, Ordering::Relaxed);
         }
         Some(first)
+    }
+
+    /// After the limit refused a charge of `bytes`: charges it again once
+    /// the free chunks this heap keeps resident are purged (`purge_own`;
+    /// [`ContextHeap::take_free`] has purged them itself), then once the
+    /// reclaimer has given back the other heaps' free memory. False when
+    /// both are refused (nothing charged, no refusal counted).
+    fn charge_after_giving_back(&self, bytes: usize, purge_own: bool) -> bool {
+        use crate::heap::process::{charge_quiet, reclaim_and_charge, Kind};
+        (purge_own && self.purge_kept() > 0 && charge_quiet(Kind::Context, bytes))
+            || reclaim_and_charge(Kind::Context, bytes)
+    }
+
+    /// Purges the free chunks the heap keeps resident for reuse and
+    /// uncharges them; returns how many. Owner only, on the way to a
+    /// refusal: only the owner clears bits of the free map, so a chunk
+    /// seen free stays free meanwhile, and a run another thread is making
+    /// reusable is not in the map yet (its own purge is `make_reusable`'s).
+    fn purge_kept(&self) -> usize {
+        if self.resident_free.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        let mut purged = 0;
+        for i in 0..self.frontier.get() as usize {
+            let c = &self.chunks[i];
+            if self.free[i / 64].load(Ordering::Acquire) & (1 << (i % 64)) == 0
+                || !c.resident.load(Ordering::Relaxed)
+            {
+                continue;
+            }
+            let start = self.base + (i << self.shift);
+            // SAFETY: the chunk is free (in the free map, which only this
+            // owner takes chunks from): no live block lies in it.
+            if unsafe { os::purge(start as *mut u8, self.chunk()) }.is_ok() {
+                c.resident.store(false, Ordering::Relaxed);
+                self.resident_free.fetch_sub(1, Ordering::AcqRel);
+                self.committed_chunks.fetch_sub(1, Ordering::Relaxed);
+                purged += 1;
+            }
+        }
+        if purged > 0 {
+            crate::heap::process::release(
+                crate::heap::process::Kind::Context,
+                purged * self.chunk(),
+            );
+        }
+        purged
     }
 
     /// The run starting at chunk `idx` is empty: puts its chunks in the free
@@ -545,8 +664,8 @@ impl ContextHeap {
             })
             .map_or(0, |r| (KEEP_RESIDENT - r).min(run as u32) as usize);
         if keep < run {
-            let start = self.base + ((first + keep) << CHUNK_SHIFT);
-            let len = (run - keep) * CHUNK_SIZE;
+            let start = self.base + ((first + keep) << self.shift);
+            let len = (run - keep) * self.chunk();
             // SAFETY: the run is empty: no live allocation lies in it, and
             // it is not in the free map yet, so nobody takes it meanwhile.
             let purged = unsafe { os::purge(start as *mut u8, len) }.is_ok();
@@ -554,7 +673,7 @@ impl ContextHeap {
             for c in &self.chunks[first + keep..first + run] {
                 if purged && c.resident.swap(false, Ordering::Relaxed) {
                     self.committed_chunks.fetch_sub(1, Ordering::Relaxed);
-                    uncharged += CHUNK_SIZE;
+                    uncharged += self.chunk();
                 }
             }
             // A purged chunk no longer counts against the process limit
@@ -586,7 +705,7 @@ impl ContextHeap {
     /// 1. `p` was allocated by this heap and not freed since.
     #[inline]
     pub unsafe fn free(&self, p: *mut u8) {
-        let idx = ((p as usize - self.base) >> CHUNK_SHIFT) as u32;
+        let idx = ((p as usize - self.base) >> self.shift) as u32;
         let c = &self.chunks[idx as usize];
         // The owner freeing into its current chunk: a plain count (only the
         // owner seals a chunk, so it is still unsealed after this store).
@@ -604,7 +723,7 @@ impl ContextHeap {
                 c.frees.store(0, Ordering::Relaxed);
                 c.owner_frees.store(0, Ordering::Relaxed);
                 c.allocs.store(0, Ordering::Relaxed);
-                self.cursor.set(self.base + ((idx as usize) << CHUNK_SHIFT));
+                self.cursor.set(self.base + ((idx as usize) << self.shift));
             } else {
                 c.owner_frees.store(owner_frees, Ordering::Relaxed);
             }
@@ -629,7 +748,7 @@ impl ContextHeap {
         // Only the latest block of the current chunk may grow, and only
         // within that chunk (its counts cover exactly the chunk).
         // (Wrapping: `p` may belong to another worker's slot.)
-        let in_current = cur != NONE && p.wrapping_sub(self.base) >> CHUNK_SHIFT == cur as usize;
+        let in_current = cur != NONE && p.wrapping_sub(self.base) >> self.shift == cur as usize;
         if in_current && p + old == self.cursor.get() && p + new <= self.limit.get() && new >= old {
             self.cursor.set(p + new);
             self.allocated.store(
@@ -690,10 +809,10 @@ impl ContextHeap {
         {
             return;
         }
-        let len = ((state - 1) as usize) << CHUNK_SHIFT;
+        let len = ((state - 1) as usize) << self.shift;
         // What is still charged: the chunks not purged (each purge, done
         // before its chunks were counted free, released its own).
-        let charged = self.committed_chunks.swap(0, Ordering::Relaxed) * CHUNK_SIZE;
+        let charged = self.committed_chunks.swap(0, Ordering::Relaxed) * self.chunk();
         if len > 0 {
             // SAFETY: every chunk of the slot is free: nothing lives in it.
             let _ = unsafe { os::decommit(self.base as *mut u8, len) };

@@ -352,6 +352,6 @@ pub mod __private {
 
     /// Integration tests and the `runtime_global` fixture: context heaps.
     pub mod context {
-        pub use crate::context::{free, owns, CHUNK_SIZE};
+        pub use crate::context::{chunk_shift_for, chunk_size, free, owns, CHUNK_SIZE};
     }
 }

@@ -42,6 +42,7 @@ pub use route::{unguarded, Shared};
 pub use start::main_heap;
 use start::main_inner;
 pub(crate) use start::start;
+pub(crate) use stats::arena_refusal_line;
 pub use stats::{stats, ProcessStats};
 
 /// Gives the free memory of every heap of the arena (the main heap and

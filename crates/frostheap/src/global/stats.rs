@@ -148,6 +148,24 @@ pub(super) fn out_of_memory_line(requested: usize) {
     );
 }
 
+/// The line for a refusal by a task's [`crate::Arena`] (its worker's
+/// context heap alone: an arena has no other heap to try), which printed
+/// nothing: a task's `Vec` in its arena that the limit refused got std's
+/// "memory allocation of N bytes failed" alone, and the line that then
+/// came was for an allocation std made while printing a backtrace.
+/// `by_limit`: the process limit refused a chunk (else the slot was
+/// exhausted, or the alignment is beyond a chunk). Allocates nothing.
+#[cold]
+#[inline(never)]
+pub(crate) fn arena_refusal_line(requested: usize, by_limit: bool) {
+    let why = if by_limit {
+        Refusal::Limit
+    } else {
+        Refusal::None
+    };
+    out_of_memory_line_of("context", requested, why, 0);
+}
+
 /// The refusal lines of one kind of heap (main, thread, context, the
 /// main heap's shared path): when the last was printed, in nanoseconds of
 /// `CLOCK_MONOTONIC` (0 before the first), and how many refusals went

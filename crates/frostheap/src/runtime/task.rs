@@ -49,10 +49,17 @@ unsafe impl Allocator for Arena<'_> {
         // SAFETY: an Arena is handed only to tasks running on the owning
         // worker, and it is not Send.
         let p = unsafe { self.ctx.alloc(layout.size(), layout.align()) };
-        // SAFETY: as above (the owning worker).
-        if p.is_null() && unsafe { self.ctx.take_limit_refused() } {
-            // Nothing else serves it: one refusal by the process limit.
-            crate::heap::process::count_refusal();
+        if p.is_null() {
+            // SAFETY: as above (the owning worker).
+            let by_limit = unsafe { self.ctx.take_limit_refused() };
+            if by_limit {
+                // Nothing else serves it: one refusal by the process limit.
+                crate::heap::process::count_refusal();
+            }
+            // The line every other refusal prints, before std's "memory
+            // allocation of N bytes failed" should the caller not handle
+            // it (it printed none: the first line was a later one's).
+            crate::global::arena_refusal_line(layout.size(), by_limit);
         }
         let p = core::ptr::NonNull::new(p).ok_or(AllocError)?;
         Ok(core::ptr::NonNull::slice_from_raw_parts(p, layout.size()))

@@ -11,6 +11,7 @@
 
 use std::alloc::Layout;
 use std::collections::HashSet;
+use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -967,6 +968,68 @@ fn global_scenario_with(name: &str, env: &[(&str, &str)]) {
 test!(global_context_memory_a_task_freed_is_not_charged_after_it);
 fn global_context_memory_a_task_freed_is_not_charged_after_it() {
     global_scenario_with("context-charge", &[("FROSTHEAP_MAX", "64M")]);
+}
+
+test!(a_global_program_under_a_20m_limit_runs_hundreds_of_phases_with_context_arenas);
+/// A user's trial under `FROSTHEAP_MAX=20M`: 300 rounds of `collect`,
+/// `map_with_context` with arena vectors, `sort_unstable`, `join` and a
+/// thread, with some 3 MB live. With 4 MiB context chunks the two workers'
+/// chunks took 16 MiB of the limit and the program aborted in a context
+/// heap (6 runs of 6 before); chunks are now a 64th of the limit or less
+/// (256 KiB here).
+fn a_global_program_under_a_20m_limit_runs_hundreds_of_phases_with_context_arenas() {
+    let out = run_fixture("runtime_global", &["small-limit"], &[("FROSTHEAP_MAX", "20M")]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("runtime_global small-limit: ok"), "{}", describe(&out));
+    assert!(stdout.contains(" refused=0"), "{}", describe(&out));
+    assert!(stdout.contains(&format!("chunk={} ", 256 << 10)), "{}", describe(&out));
+    assert_eq!(frostheap::__private::context::chunk_shift_for(20 << 20), 18);
+    assert_eq!(frostheap::__private::context::chunk_shift_for(256 << 20), 22);
+    assert_eq!(frostheap::__private::context::chunk_shift_for(usize::MAX), 22);
+    assert_eq!(frostheap::__private::context::chunk_shift_for(1 << 20), 16);
+}
+
+test!(a_task_arena_gets_the_free_memory_main_keeps_under_a_small_limit);
+/// Under `FROSTHEAP_MAX=20M`, with 12 MB of main's blocks freed (and kept
+/// charged, below main's purge threshold), a task's 10 MiB arena vector,
+/// 20 times: the context heap's refused chunks now have the reclaimer
+/// give main's free spans back first (they were refused at once, and the
+/// task aborted).
+fn a_task_arena_gets_the_free_memory_main_keeps_under_a_small_limit() {
+    global_scenario_with("arena-after-free", &[("FROSTHEAP_MAX", "20M")]);
+}
+
+test!(a_refusal_on_every_path_prints_frostheaps_line_before_stds);
+/// A refusal past `FROSTHEAP_MAX` in the main heap, a spawned thread's
+/// heap, a task's allocation (its context heap, then its worker's heap)
+/// and a task's `Arena` (its context heap alone): each prints frostheap's
+/// line naming the heap before std's "memory allocation of N bytes
+/// failed". The arena printed none (the line that came was for an
+/// allocation made while std printed a backtrace).
+fn a_refusal_on_every_path_prints_frostheaps_line_before_stds() {
+    let n = (20 << 20) + (1 << 20);
+    for (scenario, heap) in [
+        ("oom-main", "main"),
+        ("oom-thread", "thread"),
+        ("oom-task", "context"),
+        ("oom-arena", "context"),
+    ] {
+        let out = run_fixture("runtime_global", &[scenario], &[("FROSTHEAP_MAX", "20M")]);
+        assert_eq!(out.status.signal(), Some(6), "{scenario}: {}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let ours = stderr
+            .lines()
+            .position(|l| {
+                l.starts_with(&format!("frostheap: out of memory: the {heap} heap cannot allocate {n} bytes"))
+            })
+            .unwrap_or_else(|| panic!("{scenario}: no frostheap line\n{}", describe(&out)));
+        let std_line = stderr
+            .lines()
+            .position(|l| l.contains(&format!("memory allocation of {n} bytes failed")))
+            .unwrap_or_else(|| panic!("{scenario}: no line from std\n{}", describe(&out)));
+        assert!(ours < std_line, "{scenario}: frostheap's line must come first\n{stderr}");
+    }
 }
 
 test!(global_tasks_print_name_threads_send_on_channels_and_count_shared);
