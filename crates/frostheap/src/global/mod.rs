@@ -36,8 +36,10 @@ mod start;
 mod stats;
 
 pub use heaps::probe_reservation;
-use route::{context_alloc, own_heap, owner_of, route, Owner, Route, CONTEXT, FAST_HEAP, ROUTE};
-pub(crate) use route::{on_main_route, set_context};
+use route::{
+    context_alloc, count_system, own_heap, owner_of, route, Owner, Route, CONTEXT, FAST_HEAP, ROUTE,
+};
+pub(crate) use route::{on_main_route, set_context, system_bytes};
 pub use route::{unguarded, Shared};
 pub use start::main_heap;
 use start::main_inner;
@@ -150,8 +152,11 @@ unsafe impl GlobalAlloc for Global {
             },
             Route::Shared => main_inner().core.alloc_zeroed(layout),
             Route::Context => return context_alloc(layout, true),
-            // SAFETY: GlobalAlloc contract, forwarded.
-            _ => return unsafe { System.alloc_zeroed(layout) },
+            _ => {
+                count_system(layout.size());
+                // SAFETY: GlobalAlloc contract, forwarded.
+                return unsafe { System.alloc_zeroed(layout) };
+            }
         };
         after_heap_alloc(p, layout.size())
     }
@@ -214,10 +219,11 @@ unsafe impl GlobalAlloc for Global {
                 // context block and new_size > layout.size().
                 unsafe { self.realloc_in_context(ptr, layout, new_size) }
             }
-            // SAFETY: a System block resized by a System-routed thread.
-            (Route::System | Route::Unknown, Owner::System) => unsafe {
-                System.realloc(ptr, layout, new_size)
-            },
+            (Route::System | Route::Unknown, Owner::System) => {
+                count_system(new_size.saturating_sub(layout.size()));
+                // SAFETY: a System block resized by a System-routed thread.
+                unsafe { System.realloc(ptr, layout, new_size) }
+            }
             // SAFETY: forwarded (GlobalAlloc contract).
             _ => unsafe { self.move_block(ptr, owner, layout, new_size) },
         }
@@ -411,8 +417,11 @@ impl Global {
             },
             Route::Shared => main_inner().core.alloc(layout),
             Route::Context => return context_alloc(layout, false),
-            // SAFETY: GlobalAlloc contract, forwarded.
-            _ => return unsafe { System.alloc(layout) },
+            _ => {
+                count_system(layout.size());
+                // SAFETY: GlobalAlloc contract, forwarded.
+                return unsafe { System.alloc(layout) };
+            }
         };
         after_heap_alloc(p, layout.size())
     }

@@ -38,6 +38,13 @@ pub(crate) enum Route {
 
 thread_local! {
     pub(super) static ROUTE: Cell<Route> = const { Cell::new(Route::Unknown) };
+    /// Bytes the thread took from system memory through `Global` (its
+    /// route `System`: inside [`unguarded`], or before start-up), counted
+    /// up only (frees do not count down) and wrapping: what `par_bridge`'s
+    /// pull (runtime/drive.rs) compares before and after making items to
+    /// bound what they own, since items made inside `unguarded` go to the
+    /// system allocator, which the process's committed count does not see.
+    static SYSTEM_BYTES: Cell<usize> = const { Cell::new(0) };
     /// The thread's heap while its route is `Heap` and allocation tracking
     /// is off (null otherwise): the one word `Global::alloc`'s inlined fast
     /// path reads.
@@ -265,6 +272,21 @@ pub(crate) fn set_context(ctx: *const ContextHeap) {
     } else {
         Route::Context
     });
+}
+
+/// Counts `bytes` the calling thread takes from system memory (see
+/// `SYSTEM_BYTES`).
+#[inline]
+pub(super) fn count_system(bytes: usize) {
+    // `try_with`: a thread's last frees and allocations may run after its
+    // thread-locals are gone; those go uncounted.
+    let _ = SYSTEM_BYTES.try_with(|c| c.set(c.get().wrapping_add(bytes)));
+}
+
+/// Bytes the calling thread took from system memory through `Global` so
+/// far (wrapping; compare two readings with `wrapping_sub`).
+pub(crate) fn system_bytes() -> usize {
+    SYSTEM_BYTES.try_with(Cell::get).unwrap_or(0)
 }
 
 /// Runs `f` with the calling thread's allocations going to system memory:

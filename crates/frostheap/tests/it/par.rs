@@ -939,6 +939,60 @@ fn global_growth_inside_a_phase_leaves_the_frozen_main_heap_alone() {
     global_scenario("growth", &[]);
 }
 
+test!(global_par_bridge_over_100_mb_of_lines_streams_without_a_budget);
+/// `par_bridge` over an iterator of 100 MB of lines (2.5 M `String`s),
+/// each mapped to a number through a `Vec` of its own and summed, with no
+/// memory budget and two workers (the fixture's `bridge-lines`): the sum
+/// equals the sequential one, and the process peaks and stays under 48
+/// MiB resident, the runtime still alive. Main pulled the whole iterator
+/// into one batch: 241 MiB at the peak (246,396–246,628 KiB) and 188 MiB
+/// resident after the call (rayon's `par_bridge`: 3 MiB); now a batch
+/// holds at most 4,096 items per worker (`BRIDGE_ITEMS_PER_WORKER`): 7.8
+/// MiB both.
+fn global_par_bridge_over_100_mb_of_lines_streams_without_a_budget() {
+    let out = global_scenario("bridge-lines", &[]);
+    let number = |key: &str| {
+        out.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {key}N in\n{out}"))
+    };
+    let (hwm, rss) = (number("hwm_kib="), number("rss_after_kib="));
+    assert!(number("lines=") > 2_000_000, "{out}");
+    assert!(
+        hwm < 48 * 1024,
+        "par_bridge without a budget peaked at {hwm} KiB resident over 100 MB of lines: it \
+         did not stream\n{out}"
+    );
+    assert!(
+        rss < 48 * 1024,
+        "{rss} KiB stayed resident after par_bridge over 100 MB of lines\n{out}"
+    );
+}
+
+test!(global_par_bridge_over_chunks_of_a_mib_streams_without_a_budget);
+/// `par_bridge` over 256 items that own 1 MiB each (the fixture's
+/// `bridge-chunks`), no budget: the sum equals the sequential one, and
+/// the process peaks under 96 MiB resident. Main pulled all 256 MiB
+/// first (262 MiB at the peak, and so did a bound on items alone); a batch
+/// now stops pulling once main's items took 16 MiB (`pull`'s `owned`,
+/// counted as main allocates in system memory): 38 MiB.
+fn global_par_bridge_over_chunks_of_a_mib_streams_without_a_budget() {
+    let out = global_scenario("bridge-chunks", &[]);
+    let number = |key: &str| {
+        out.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {key}N in\n{out}"))
+    };
+    let hwm = number("hwm_kib=");
+    assert!(
+        hwm < 96 * 1024,
+        "par_bridge over 256 chunks of 1 MiB peaked at {hwm} KiB resident: it pulled them \
+         all\n{out}"
+    );
+}
+
 test!(global_runtime_is_configured_from_the_environment);
 fn global_runtime_is_configured_from_the_environment() {
     let stdout = global_scenario("global-runtime", &[("FROSTHEAP_WORKERS", "3")]);
