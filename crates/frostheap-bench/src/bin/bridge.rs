@@ -71,10 +71,13 @@ fn main() {
     let lines = || BufReader::new(File::open(path).expect("open")).lines();
     // Built before the clock starts and kept until the figures are read, as
     // a program that goes on using its runtime would.
-    let rt = frostheap::Runtime::builder()
-        .workers(2)
-        .build()
-        .expect("runtime");
+    // FROSTHEAP_BENCH_BUDGET=64M: the same call under a memory budget.
+    let mut b = frostheap::Runtime::builder().workers(2);
+    if let Ok(v) = std::env::var("FROSTHEAP_BENCH_BUDGET") {
+        let mib: usize = v.trim_end_matches('M').parse().expect("budget in M");
+        b = b.memory_budget(mib << 20);
+    }
+    let rt = b.build().expect("runtime");
     let t = Instant::now();
     let sum: u64 = match mode {
         "frostheap" => rt

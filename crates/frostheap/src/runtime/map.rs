@@ -46,10 +46,10 @@ impl Runtime {
     /// serial step, cheap next to real work but visible on millions of tiny
     /// items), one batch at a time. It streams, as rayon's `par_bridge`
     /// does: under a memory budget batches are sized from it; without
-    /// one a batch holds at most 4,096 items per worker and stops being
-    /// pulled once its items took 16 MiB (1/1024 of the process limit
-    /// below 16 GiB), so memory is bounded by the items in flight, not by
-    /// the input's size. Items are made inside [`unguarded`], so tasks may
+    /// one a batch holds at most 4,096 items per worker; and either way it
+    /// stops being pulled once its items took 16 MiB (1/1024 of the
+    /// process limit below 16 GiB, or the budget if less), so memory is
+    /// bounded by the items in flight, not by the input's size. Items are made inside [`unguarded`], so tasks may
     /// change what they own.
     /// Prefer [`Runtime::par`] for anything it accepts.
     ///

@@ -978,7 +978,20 @@ test!(global_par_bridge_over_chunks_of_a_mib_streams_without_a_budget);
 /// now stops pulling once main's items took 16 MiB (`pull`'s `owned`,
 /// counted as main allocates in system memory): 38 MiB.
 fn global_par_bridge_over_chunks_of_a_mib_streams_without_a_budget() {
-    let out = global_scenario("bridge-chunks", &[]);
+    bridge_chunks_peak_under_96_mib("bridge-chunks");
+}
+
+test!(global_par_bridge_over_chunks_of_a_mib_streams_under_a_budget);
+/// The same under a 64 MiB budget (`bridge-chunks-budget`): the budget
+/// measures what tasks allocate (nothing here), so its batches doubled to
+/// 128 items, 128 MiB pulled at once; the chunks' own bytes now stop a
+/// batch at 16 MiB (or the budget, if less).
+fn global_par_bridge_over_chunks_of_a_mib_streams_under_a_budget() {
+    bridge_chunks_peak_under_96_mib("bridge-chunks-budget");
+}
+
+fn bridge_chunks_peak_under_96_mib(scenario: &str) {
+    let out = global_scenario(scenario, &[]);
     let number = |key: &str| {
         out.split_whitespace()
             .find_map(|w| w.strip_prefix(key))
@@ -988,8 +1001,8 @@ fn global_par_bridge_over_chunks_of_a_mib_streams_without_a_budget() {
     let hwm = number("hwm_kib=");
     assert!(
         hwm < 96 * 1024,
-        "par_bridge over 256 chunks of 1 MiB peaked at {hwm} KiB resident: it pulled them \
-         all\n{out}"
+        "par_bridge over 256 chunks of 1 MiB peaked at {hwm} KiB resident ({scenario}): it \
+         did not stream\n{out}"
     );
 }
 
