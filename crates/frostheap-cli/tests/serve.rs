@@ -1070,8 +1070,11 @@ fn shed_clients_with_large_bodies_all_read_their_503() {
         &other[..other.len().min(10)]
     );
     assert!(served > 0 && shed > 0, "{served} served, {shed} shed: {s}");
+    // A body still arriving when a request is refused has its grace cut,
+    // moves to the slow-body pool, and gets its 503 there when the pool is
+    // full (`slow_shed`): a debug build in CI read 44 of its 581.
     assert_eq!(
-        n(&s, "shed") + n(&s, "shed_connections"),
+        n(&s, "shed") + n(&s, "shed_connections") + n(&s, "slow_shed"),
         shed as u64,
         "every 503 the clients read is counted: {s}"
     );
