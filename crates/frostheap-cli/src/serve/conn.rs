@@ -138,6 +138,10 @@ impl Drop for Open {
 /// Serves one accepted connection to its end.
 pub(super) async fn connection<S: Limited>(stream: TcpStream, open: Open, limited: Option<S>) {
     let state = open.0.clone();
+    // Waited on with `wait_for`, never `changed`: a connection the accept
+    // loop counted just before a shutdown may subscribe after it, and
+    // `changed` would then wait for a change that never comes (the
+    // connection kept until its header timeout, and the exit with it).
     let mut shutdown = state.shutdown.subscribe();
     let accepted = Instant::now();
     let evict = Arc::new(Notify::new());
@@ -153,7 +157,7 @@ pub(super) async fn connection<S: Limited>(stream: TcpStream, open: Open, limite
                 let outcome = tokio::select! {
                     o = head_arrives(&stream, state.timeouts.header) => o,
                     _ = ticket.evicted() => Head::Evicted,
-                    _ = shutdown.changed() => Head::Shutdown,
+                    _ = shutdown.wait_for(|&s| s) => Head::Shutdown,
                 };
                 (outcome, Some(ticket))
             }
@@ -290,7 +294,7 @@ async fn serve_http<S: Limited>(
                     std::pin::Pin::new(&mut conn).graceful_shutdown();
                 }
             }
-            _ = shutdown.changed(), if !draining => {
+            _ = shutdown.wait_for(|&s| s), if !draining => {
                 // Finish the request in flight (answered with `Connection:
                 // close`), or close now if there is none.
                 draining = true;
