@@ -148,20 +148,18 @@ where
         // Items pulled and not yet run, at the buffer's start (those a
         // batch that reached its budget left), and whether `iter` ended.
         let (mut held, mut ended) = (0usize, false);
+        // The items may also take no more than the scratch bound (or the
+        // budget, if less) of new memory as they are made (what they own:
+        // a line's bytes, a read's buffer), which the budget's per-item
+        // measure, of what tasks allocate, does not see.
+        let owned = rt
+            .memory_budget
+            .map_or(bridge_buffer_bytes(), |b| b.min(bridge_buffer_bytes()));
         loop {
             let batch_len =
                 rt.next_bridge_batch_len(ran, per_item, core::mem::size_of::<I::Item>());
             if held < batch_len && !ended {
                 let want = batch_len - held;
-                // The items may also take no more than the scratch bound
-                // (or the budget, if less) of new memory as they are made
-                // (what they own: a line's bytes, a read's buffer), which
-                // the budget's per-item measure, of what tasks allocate,
-                // does not see.
-                let owned = Some(
-                    rt.memory_budget
-                        .map_or(bridge_buffer_bytes(), |b| b.min(bridge_buffer_bytes())),
-                );
                 let pulled;
                 (pulled, ended) = pull(&mut iter, &mut scratch.items, held, want, owned);
                 held += pulled;
@@ -217,7 +215,7 @@ const OWNED_CHECK: usize = 256;
 /// Pulls up to `want` items of `iter` into `buf` after the `held` items at
 /// its start (kept); returns how many it pulled and whether `iter` ended.
 ///
-/// With `owned`, it stops early once the process committed, or main took
+/// It stops early once the process committed, or main took
 /// from the system allocator, more than `owned` bytes since it began,
 /// looked at after 1, 2, 4, … and then every [`OWNED_CHECK`] items (so it
 /// overshoots by at most as many items again as it had made, or
@@ -237,7 +235,7 @@ fn pull<I: Iterator>(
     buf: &mut super::scratch::ScratchBuf,
     held: usize,
     want: usize,
-    owned: Option<usize>,
+    owned: usize,
 ) -> (usize, bool) {
     unguarded(|| {
         let max = held.saturating_add(want);
@@ -249,7 +247,7 @@ fn pull<I: Iterator>(
         // Looks at the count after 1, 2, 4, … items, then every
         // OWNED_CHECK: a few large items stop the batch early, and a
         // million small ones pay one load every OWNED_CHECK.
-        let mut step = if owned.is_some() { 1 } else { usize::MAX };
+        let mut step = 1;
         let hint = iter.size_hint().0.min(want);
         let mut cap = buf.reserve::<I::Item>(held, (held + hint).max(64));
         let mut items = Filled::<I::Item> {
@@ -274,13 +272,13 @@ fn pull<I: Iterator>(
             });
             let n = items.len;
             let ended = n - start < room;
-            let full = owned.is_some_and(|bytes| owned_now().wrapping_sub(at_start) > bytes);
+            let full = owned_now().wrapping_sub(at_start) > owned;
             if ended || n == max || full {
                 // The items stay in the buffer, now the caller's.
                 core::mem::forget(items);
                 break (n - held, ended);
             }
-            step = step.saturating_mul(2).min(OWNED_CHECK.max(step));
+            step = (step * 2).min(OWNED_CHECK);
             if n == cap {
                 cap = items.buf.grow::<I::Item>(n, n * 2);
             }
