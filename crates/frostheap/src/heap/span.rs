@@ -1770,20 +1770,7 @@ impl Locked<'_> {
         let min_pages = region.min_committed() >> PAGE_SHIFT;
         let freed = n - min_pages.saturating_sub(src).min(n);
         let credit = freed * PAGE_SIZE;
-        let dest = match self.first_fit(new_n, false) {
-            Some(dest) => dest,
-            None if self.grow_for(new_n, credit) => self.first_fit(new_n, false)?,
-            None => return None,
-        };
-        let need = |l: &Self| l.charge_to_take(dest, new_n).saturating_sub(credit);
-        let charged = need(self);
-        if charged > 0 && !self.try_charge(charged) && !self.give_back_and_charge(need) {
-            return None;
-        }
-        // What the charge (or the give-back that preceded it) left to
-        // release: the run's uncharged pages may be fewer than the block's.
-        let run_uncharged = self.charge_to_take(dest, new_n);
-        let charged = run_uncharged.saturating_sub(credit);
+        let (dest, run_uncharged, charged) = self.move_target(new_n, credit)?;
         let (from, to) = (pt.page_addr(src) as *mut u8, pt.page_addr(dest) as *mut u8);
         // SAFETY: by (1) the source is the block's, owned by the caller;
         // the destination is the start of a free span (nothing lives
@@ -1812,6 +1799,35 @@ impl Locked<'_> {
         // the minimum.
         unsafe { self.free_with(src, n, dirty, true, uncounted) };
         Some(dest)
+    }
+
+    /// The destination of a large block's move ([`Locked::move_run`],
+    /// [`Locked::move_in`]): the first free run of `new_n` pages, found in
+    /// the bins or made at the top of the range, charged with what it
+    /// needs beyond `credit` (the bytes of the block's old pages that stop
+    /// holding memory), giving back free memory first if the limit asks.
+    /// Returns the run's first page, the run's uncharged bytes (as
+    /// [`Locked::take`] counts them, after any give-back: they may be
+    /// fewer than the block's) and what was charged, which the caller
+    /// releases if the move fails; `None` when there is no run or the
+    /// charge is refused (nothing charged).
+    ///
+    /// Inlined into both (laid with the rare code, layout.ld): a function
+    /// of its own would land with the code every process runs.
+    #[inline(always)]
+    fn move_target(&mut self, new_n: usize, credit: usize) -> Option<(usize, usize, usize)> {
+        let dest = match self.first_fit(new_n, false) {
+            Some(dest) => dest,
+            None if self.grow_for(new_n, credit) => self.first_fit(new_n, false)?,
+            None => return None,
+        };
+        let need = |l: &Self| l.charge_to_take(dest, new_n).saturating_sub(credit);
+        let charged = need(self);
+        if charged > 0 && !self.try_charge(charged) && !self.give_back_and_charge(need) {
+            return None;
+        }
+        let run_uncharged = self.charge_to_take(dest, new_n);
+        Some((dest, run_uncharged, run_uncharged.saturating_sub(credit)))
     }
 
     /// [`Locked::move_run`] across heaps: moves the `n` pages of the large
@@ -1864,18 +1880,7 @@ impl Locked<'_> {
         let min_pages = from_region.min_committed() >> PAGE_SHIFT;
         let kept = min_pages.saturating_sub(src).min(n);
         let credit = (n - kept) * PAGE_SIZE;
-        let dest = match self.first_fit(new_n, false) {
-            Some(dest) => dest,
-            None if self.grow_for(new_n, credit) => self.first_fit(new_n, false)?,
-            None => return None,
-        };
-        let need = |l: &Self| l.charge_to_take(dest, new_n).saturating_sub(credit);
-        let charged = need(self);
-        if charged > 0 && !self.try_charge(charged) && !self.give_back_and_charge(need) {
-            return None;
-        }
-        let run_uncharged = self.charge_to_take(dest, new_n);
-        let charged = run_uncharged.saturating_sub(credit);
+        let (dest, run_uncharged, charged) = self.move_target(new_n, credit)?;
         let (src_at, to) = (
             from.pages.page_addr(src) as *mut u8,
             pt.page_addr(dest) as *mut u8,
