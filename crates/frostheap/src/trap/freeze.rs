@@ -309,11 +309,14 @@ impl Drop for Freeze<'_> {
                 MPROTECT_FROZEN.fetch_sub(1, Ordering::AcqRel);
             }
         }
+        // Bumped with the marks cleared, under the step lock: the handler
+        // reads both under it to tell a store that faulted before this
+        // thaw from a real crash (handler.rs, `judge`).
+        THAW_EPOCH.fetch_add(1, Ordering::AcqRel);
         if mprotect {
             super::step::step_unlock();
         }
         drop(held);
-        THAW_EPOCH.fetch_add(1, Ordering::AcqRel);
         os::futex_wake(&THAW_EPOCH, i32::MAX);
     }
 }

@@ -153,7 +153,6 @@ fn judge(fault: &Fault, frame: &mut Frame) -> Verdict {
     if sealed {
         return Verdict::NotOurs;
     }
-    let epoch = THAW_EPOCH.load(Ordering::Acquire);
     if frozen && MPROTECT_FROZEN.load(Ordering::Acquire) > 0 {
         // Not a worker of a phase: its store is legal. Waiting for the
         // thaw could wait forever (a task may be waiting for this thread),
@@ -193,7 +192,30 @@ fn judge(fault: &Fault, frame: &mut Frame) -> Verdict {
         step_unlock();
         return Verdict::Retry;
     }
-    // Thawed between the fault and now: retry once per epoch.
+    // Not frozen now: a thaw opened the page since the fault (retry), or
+    // the page is protected for a reason of the program's own (a real
+    // crash). Told apart by the thaw epoch, read with the marks under the
+    // step lock, which an `mprotect` thaw holds while it opens its heaps,
+    // clears their marks and bumps the epoch: a second fault at the same
+    // address in the same epoch, the heap still not frozen, cannot be a
+    // phase's (a freeze that protected the page since would have marked
+    // the heap first, and only a thaw, which bumps the epoch, unmarks
+    // it). Until 2026-12-06 the epoch was read without the lock, after
+    // the marks, and bumped after the lock was let go: a bystander's
+    // store that retried after one phase's thaw read the marks cleared by
+    // the next phase's thaw and the epoch not yet bumped, was taken for a
+    // crash, and SIGSEGV's default action killed the process at the next
+    // fault of any thread (3 runs in 70 of `recovery counter 3000` on
+    // mprotect under load).
+    let (frozen_now, epoch) = step::under_step_lock(|| {
+        let frozen = guard::entry_of(fault.addr).is_some_and(|e| e.is_frozen())
+            && MPROTECT_FROZEN.load(Ordering::Acquire) > 0;
+        (frozen, THAW_EPOCH.load(Ordering::Acquire))
+    });
+    if frozen_now {
+        // Frozen again since: the store faults again and is judged so.
+        return Verdict::Retry;
+    }
     if LAST_RETRY.with(|c| c.replace((fault.addr, epoch))) != (fault.addr, epoch) {
         return Verdict::Retry;
     }

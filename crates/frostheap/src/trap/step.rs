@@ -207,6 +207,21 @@ pub fn step_lock_address() -> usize {
     &STEP_LOCK as *const AtomicU32 as usize
 }
 
+/// Runs `f` holding the step lock, with the asynchronous signals held
+/// (a handler's store on this thread would take the lock again), and lets
+/// the lock go after unless the calling thread held it already (inside
+/// its own step).
+pub(crate) fn under_step_lock<R>(f: impl FnOnce() -> R) -> R {
+    let held_before = STEP_LOCK.load(Ordering::Relaxed) == os::gettid();
+    let _signals = SignalsHeld::new();
+    step_lock();
+    let r = f();
+    if !held_before {
+        step_unlock();
+    }
+    r
+}
+
 /// Lets the step lock go if the calling thread holds it.
 pub(crate) fn step_unlock() {
     if STEP_LOCK

@@ -638,6 +638,23 @@ fn a_bystanders_stores_on_mprotect_open_no_page_for_a_violating_store_to_slip_th
     print!("{}", String::from_utf8_lossy(&out.stdout));
 }
 
+test!(a_bystander_storing_across_thousands_of_mprotect_phases_is_never_taken_for_a_crash);
+/// Regression: a bystander's store that faulted in one phase and was
+/// judged after its thaw retried (its heap no longer frozen); faulting
+/// again in the next phase and judged while that phase's thaw had cleared
+/// the heap's mark but not yet bumped the thaw epoch, it was taken for a
+/// real crash: the handler restored SIGSEGV's default action, and the
+/// next fault of any thread killed the process (3 of 70 runs of `counter
+/// 3000` on a loaded machine). The epoch is now bumped, and read with the
+/// marks, under the step lock. The fixture's `counter` scenario with two
+/// threads that spin beside it, so that the bystander is preempted
+/// anywhere (inside the handler too), for 1,500 phases: the child ends
+/// with every phase `Err`, its store undone, no increment lost.
+fn a_bystander_storing_across_thousands_of_mprotect_phases_is_never_taken_for_a_crash() {
+    let out = scenario(&["counter", "1500", "hogs"], &[MPROTECT]);
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+}
+
 test!(a_child_after_fork_performs_stores_in_its_own_memory_mprotect);
 /// The handler performs stores on `mprotect` through a `/proc/self/mem`
 /// descriptor, which a child after `fork` inherits and which there still
