@@ -1163,6 +1163,28 @@ pub unsafe fn pwrite_at(fd: i32, bytes: &[u8], at: usize) -> Result<usize, OsErr
     }
 }
 
+/// [`pwrite_at`] of `len` bytes read from `src`, which may be unreadable:
+/// the kernel reads them itself, and an unreadable source is an error
+/// (`EFAULT`) or a short count, never a fault in the caller.
+///
+/// # Safety
+/// 1. As [`pwrite_at`]'s (1).
+pub unsafe fn pwrite_from(
+    fd: i32,
+    src: *const u8,
+    len: usize,
+    at: usize,
+) -> Result<usize, OsError> {
+    // SAFETY: the kernel validates `src`; what is written is the caller's
+    // by (1).
+    let n = unsafe { libc::syscall(libc::SYS_pwrite64, fd, src, len, at) };
+    if n < 0 {
+        Err(last_error("pwrite"))
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// `read(2)` into `buf`: the byte count, or the call's errno.
 pub fn read(fd: libc::c_int, buf: &mut [u8]) -> Result<usize, OsError> {
     // SAFETY: buf is a valid, writable slice of buf.len() bytes.

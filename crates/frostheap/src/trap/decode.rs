@@ -27,7 +27,7 @@
 //! read-modify-write: they read what they write, and an atomic one must
 //! stay atomic), segment overrides (`fs`/`gs` bases are not in the
 //! frame; the others are rare enough to step), the address-size prefix,
-//! `rep` string instructions (`movs`, `stos`), `push`/`call`, `mov moffs`
+//! string instructions (`movs`, `stos`: `string.rs` performs those), `push`/`call`, `mov moffs`
 //! (`A2`/`A3`), MMX stores, VEX and EVEX (AVX, AVX-512) encodings, and a
 //! `66`, `F2` or `F3` where the table has none.
 

@@ -23,8 +23,11 @@
 //! memory, so the handler uses it only where `getpid` is the opener's,
 //! and a runtime set up in the child opens its own.
 //!
-//! What is not decoded is stepped as before: see `decode.rs` for the
-//! list, and so is a store whose bytes leave the faulting page, one made
+//! String stores (`rep movs`, `rep stos`: glibc's `memcpy` and
+//! `memset` from a few KiB up) are performed a page at a time
+//! (`string.rs`). What is not decoded is stepped as before: see
+//! `decode.rs` for the list, and so is a store whose bytes leave the
+//! faulting page, one made
 //! while a step is armed on the thread (its second fault), and a
 //! misaligned aligned-move (the step reproduces its #GP).
 //!
@@ -42,6 +45,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::decode::{decode, Source, MAX_LEN};
 use super::frame::Frame;
+use super::string;
 use crate::{guard, os};
 
 /// The `/proc/self/mem` descriptor: the opener's pid in the high half,
@@ -117,6 +121,9 @@ pub(crate) struct Planned {
     bytes: [u8; 16],
     /// The instruction's length.
     len: usize,
+    /// A string store (`movs`, `stos`): its part in the faulting page,
+    /// written from its source instead of `bytes` (string.rs).
+    string: Option<string::Part>,
 }
 
 /// The store that faulted at `fault_addr`, if it can be performed here:
@@ -141,7 +148,17 @@ pub(crate) fn plan(fault_addr: usize, frame: &Frame) -> Option<Planned> {
     // execute-only, and the next page may be unmapped (a short read).
     let mut code = [0u8; MAX_LEN];
     let n = os::pread_at(fd, &mut code, ip as usize).ok()?;
-    let store = decode(&code[..n])?;
+    let Some(store) = decode(&code[..n]) else {
+        let part = string::plan(&code[..n], fault_addr, os::page_size(), frame)?;
+        return Some(Planned {
+            fd,
+            addr: part.dst,
+            width: part.bytes(),
+            bytes: [0; 16],
+            len: part.len(),
+            string: Some(part),
+        });
+    };
     let addr = store.address(ip, |r| frame.gpr(r)) as usize;
     let width = store.width;
     let page = !(os::page_size() - 1);
@@ -170,6 +187,7 @@ pub(crate) fn plan(fault_addr: usize, frame: &Frame) -> Option<Planned> {
         width,
         bytes,
         len: store.len,
+        string: None,
     })
 }
 
@@ -182,6 +200,9 @@ impl Planned {
     /// Precondition: the caller holds what keeps the page frozen and
     /// mapped (the step lock) and, under rollback, has saved the bytes.
     pub(crate) fn perform(&self, frame: &mut Frame) -> bool {
+        if let Some(part) = &self.string {
+            return part.perform(self.fd, frame);
+        }
         // SAFETY: the bytes are the ones the interrupted instruction was
         // storing there (decoded from it and its registers): the handler
         // performs that store for it.

@@ -48,6 +48,28 @@ pub(crate) fn is_step_trap(code: i32, frame: &Frame) -> bool {
     code == TRAP_TRACE || (code > 0 && frame.single_step())
 }
 const EFLAGS_TF: i64 = 0x100;
+const EFLAGS_DF: i64 = 0x400;
+
+/// The frame's index of each general register, in the encoding's
+/// numbering (0 = rax .. 15 = r15).
+const GPR_BY_NUMBER: [libc::c_int; 16] = [
+    libc::REG_RAX,
+    libc::REG_RCX,
+    libc::REG_RDX,
+    libc::REG_RBX,
+    libc::REG_RSP,
+    libc::REG_RBP,
+    libc::REG_RSI,
+    libc::REG_RDI,
+    libc::REG_R8,
+    libc::REG_R9,
+    libc::REG_R10,
+    libc::REG_R11,
+    libc::REG_R12,
+    libc::REG_R13,
+    libc::REG_R14,
+    libc::REG_R15,
+];
 /// Bit of `XSTATE_BV` for the PKRU component.
 const XSTATE_PKRU: u64 = 1 << 9;
 /// Offset of `XSTATE_BV` in the XSAVE area (the header follows the
@@ -190,25 +212,19 @@ impl Frame {
     /// numbering (0 = rax, 1 = rcx, 2 = rdx, 3 = rbx, 4 = rsp, 5 = rbp,
     /// 6 = rsi, 7 = rdi, 8..=15 = r8..r15).
     pub(crate) fn gpr(&self, n: u8) -> u64 {
-        const BY_NUMBER: [libc::c_int; 16] = [
-            libc::REG_RAX,
-            libc::REG_RCX,
-            libc::REG_RDX,
-            libc::REG_RBX,
-            libc::REG_RSP,
-            libc::REG_RBP,
-            libc::REG_RSI,
-            libc::REG_RDI,
-            libc::REG_R8,
-            libc::REG_R9,
-            libc::REG_R10,
-            libc::REG_R11,
-            libc::REG_R12,
-            libc::REG_R13,
-            libc::REG_R14,
-            libc::REG_R15,
-        ];
-        self.gregs()[BY_NUMBER[usize::from(n & 15)] as usize] as u64
+        self.gregs()[GPR_BY_NUMBER[usize::from(n & 15)] as usize] as u64
+    }
+
+    /// Sets general register `n` (numbered as [`Frame::gpr`]) for the
+    /// interrupted code to resume with.
+    pub(crate) fn set_gpr(&mut self, n: u8, value: u64) {
+        self.gregs_mut()[GPR_BY_NUMBER[usize::from(n & 15)] as usize] = value as i64;
+    }
+
+    /// Whether the interrupted code runs with the direction flag set
+    /// (string instructions step downwards).
+    pub(crate) fn direction_flag(&self) -> bool {
+        self.gregs()[libc::REG_EFL as usize] & EFLAGS_DF != 0
     }
 
     /// XMM register `n` (0..=15) of the interrupted code, from the frame's

@@ -37,6 +37,7 @@ mod freeze;
 mod handler;
 mod report;
 mod step;
+mod string;
 
 use core::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, Once};

@@ -841,6 +841,115 @@ fn mprotect_stores_a_bystander_makes_land_exactly_as_the_instructions_write_them
     assert!(rest.iter().all(|&b| b == 0x5A), "a byte past the stores changed");
 }
 
+test!(mprotect_string_stores_of_a_bystander_and_a_violator_land_page_by_page_exactly);
+/// String stores (`rep movs`, `rep stos`: glibc's `memcpy` and `memset`
+/// from a few KiB up) into a frozen page are performed by the handler a
+/// page at a time (trap/string.rs). Stepped, they trapped after every
+/// iteration, a fault per byte: a bystander's copy of 100 KiB into a
+/// frozen heap took seconds. A bystander copies 12,345 bytes across four
+/// pages with `rep movsb`, fills two pages and a word with `rep stosq`
+/// and one word with a plain `movsq`, from an unaligned start; every byte
+/// after the phase is the one the instructions wrote, and no other
+/// changed. Then a worker's `rep stosb` across two pages of the same heap,
+/// a violation under rollback: `Err`, and every byte back.
+fn mprotect_string_stores_of_a_bystander_and_a_violator_land_page_by_page_exactly() {
+    const LEN: usize = 8 * 4096;
+    let heap = Heap::builder().name("strings").max(16 << 20).build().unwrap();
+    let base = heap
+        .try_alloc(std::alloc::Layout::from_size_align(LEN, 4096).unwrap())
+        .unwrap()
+        .as_ptr() as usize;
+    let original = |i: usize| (i * 7 + 3) as u8;
+    // SAFETY: the live block of LEN bytes; no phase runs.
+    let block = unsafe { std::slice::from_raw_parts_mut(base as *mut u8, LEN) };
+    for (i, b) in block.iter_mut().enumerate() {
+        *b = original(i);
+    }
+    let rt = Runtime::builder()
+        .workers(2)
+        .guard(&heap)
+        .guard_main_heap(false)
+        .protect(frostheap::Protect::Mprotect)
+        .build()
+        .unwrap();
+    let src: Vec<u8> = (0..12_345usize).map(|i| (i % 251) as u8 ^ 0xC3).collect();
+    let (copy_at, fill_at, one_at) = (base + 3, base + 5 * 4096 - 8, base + 7 * 4096 + 64);
+    let fill = 0x1122_3344_5566_7788u64;
+    let r = rt.map(0..2usize, |i| {
+        if i == 0 {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    // SAFETY: every destination lies inside the live block
+                    // (copy: [3, 12,348); fill: two pages and a word from
+                    // 5 pages less 8 bytes; one word at 7 pages + 64), the
+                    // source inside `src` and the block's last word; legal
+                    // stores by no worker, the direction flag clear (the
+                    // ABI's state at any call).
+                    unsafe {
+                        core::arch::asm!(
+                            "rep movsb",
+                            inout("rdi") copy_at => _,
+                            inout("rsi") src.as_ptr() => _,
+                            inout("rcx") src.len() => _,
+                            options(nostack, preserves_flags),
+                        );
+                        core::arch::asm!(
+                            "rep stosq",
+                            inout("rdi") fill_at => _,
+                            inout("rcx") 2 * 512 + 1 => _,
+                            in("rax") fill,
+                            options(nostack, preserves_flags),
+                        );
+                        core::arch::asm!(
+                            "movsq",
+                            inout("rdi") one_at => _,
+                            inout("rsi") &fill as *const u64 => _,
+                            options(nostack, preserves_flags),
+                        );
+                    }
+                });
+            });
+        }
+        i
+    });
+    assert_eq!(r.expect("a bystander's stores are no violation"), [0, 1]);
+    let mut want: Vec<u8> = (0..LEN).map(original).collect();
+    want[3..3 + src.len()].copy_from_slice(&src);
+    let f = fill_at - base;
+    for k in 0..(2 * 512 + 1) {
+        want[f + 8 * k..f + 8 * k + 8].copy_from_slice(&fill.to_le_bytes());
+    }
+    let o = one_at - base;
+    want[o..o + 8].copy_from_slice(&fill.to_le_bytes());
+    // SAFETY: reading the live block, thawed.
+    let got = unsafe { std::slice::from_raw_parts(base as *const u8, LEN) };
+    let first_wrong = got.iter().zip(&want).position(|(g, w)| g != w);
+    assert_eq!(first_wrong, None, "the block differs from the stores");
+    // A worker's string store across two pages: a violation, undone.
+    let before = got.to_vec();
+    let r = rt.map(0..2usize, |i| {
+        if i == 0 {
+            // SAFETY: [base + 4000, base + 4000 + 6000) lies in the live
+            // block; the violation under test.
+            unsafe {
+                core::arch::asm!(
+                    "rep stosb",
+                    inout("rdi") base + 4000 => _,
+                    inout("rcx") 6000usize => _,
+                    in("al") 0xEEu8,
+                    options(nostack, preserves_flags),
+                );
+            }
+        }
+        i
+    });
+    let e = r.expect_err("a worker's string store is a violation");
+    assert!(e.violation().is_some_and(|v| v.stores_undone() >= 1), "{e}");
+    // SAFETY: reading the live block, thawed and restored.
+    let after = unsafe { std::slice::from_raw_parts(base as *const u8, LEN) };
+    assert!(after == &before[..], "the violating string store was not undone whole");
+}
+
 test!(mprotect_step_window_undoes_a_bystanders_store_made_inside_it_and_nothing_else);
 /// The known limit of rollback on `mprotect` that remains
 /// (docs/rollback.md): a violating store the handler cannot perform itself
