@@ -339,6 +339,9 @@ pub mod __private {
     pub use crate::size::{SIZE_SYNTAX, WHOLE_BYTES};
     /// Integration tests and the `global_track` fixture: allocation sites.
     pub use crate::track::allocation_site;
+    /// Tests and the `atomics` trial fixture: turn off (and on again) the
+    /// read-modify-writes among them alone (plain moves still performed).
+    pub use crate::trap::set_rmw_emulation;
     /// Tests and the trial fixture: turn off (and on again) the
     /// `mprotect` backend's performed stores, to show the step they
     /// replace.

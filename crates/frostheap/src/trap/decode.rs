@@ -1,11 +1,13 @@
 //! A decoder for the x86_64 stores the `mprotect` backend performs itself
 //! instead of opening a page (`emulate.rs`): the plain moves to memory a
-//! compiler emits for a store, and nothing else.
+//! compiler emits for a store, and the read-modify-writes of atomics,
+//! locks and counters.
 //!
 //! Pure: bytes in, a [`Store`] (its length, the width written, the memory
-//! operand and where the value comes from) or `None` out; the handler
-//! reads the registers. `None` is always safe: the store is then stepped
-//! through as before. Decoded (64-bit mode, 64-bit addressing):
+//! operand, the other operand and what it does: [`Op`]) or `None` out;
+//! the handler reads the registers. `None` is always safe: the store is
+//! then stepped through as before. Decoded (64-bit mode, 64-bit
+//! addressing), plain moves:
 //!
 //! | bytes | instruction | width |
 //! |---|---|---|
@@ -22,14 +24,32 @@
 //! | `66 0F 7E` | `movd m32`, `movq m64, xmm` (`REX.W`) | 4, 8 |
 //! | `0F 13`, `66 0F 13`, `0F 17`, `66 0F 17` | `movlps`, `movlpd`, `movhps`, `movhpd m64, xmm` | 8 |
 //!
-//! Everything else is `None`: a register destination (`mod == 3`), any
-//! `lock` prefix (`xchg`, `cmpxchg`, `add` to memory and every other
-//! read-modify-write: they read what they write, and an atomic one must
-//! stay atomic), segment overrides (`fs`/`gs` bases are not in the
-//! frame; the others are rare enough to step), the address-size prefix,
-//! string instructions (`movs`, `stos`: `string.rs` performs those), `push`/`call`, `mov moffs`
-//! (`A2`/`A3`), MMX stores, VEX and EVEX (AVX, AVX-512) encodings, and a
-//! `66`, `F2` or `F3` where the table has none.
+//! Read-modify-writes, with or without `lock` (the handler performs every
+//! one under its step lock, which makes it atomic: `rmw.rs` computes it),
+//! 16/32/64 bits by `66` and `REX.W` where the width column says "wide":
+//!
+//! | bytes | instruction | width |
+//! |---|---|---|
+//! | `00`, `08`, `10`, `18`, `20`, `28`, `30` `/r` | `add`, `or`, `adc`, `sbb`, `and`, `sub`, `xor r/m8, r8` | 1 |
+//! | `01`, `09`, `11`, `19`, `21`, `29`, `31` `/r` | the same, `r/m, r` | wide |
+//! | `80 /0..6 ib`, `81 /0..6 iw/id`, `83 /0..6 ib` | the same from an immediate (`83`: sign-extended) | 1, wide, wide |
+//! | `FE /0 /1`, `FF /0 /1` | `inc`, `dec` | 1, wide |
+//! | `F6 /2 /3`, `F7 /2 /3` | `not`, `neg` | 1, wide |
+//! | `86 /r`, `87 /r` | `xchg r/m, r` (locked without the prefix) | 1, wide |
+//! | `0F C0 /r`, `0F C1 /r` | `xadd r/m, r` | 1, wide |
+//! | `0F B0 /r`, `0F B1 /r` | `cmpxchg r/m, r` (accumulator implied) | 1, wide |
+//! | `REX.W 0F C7 /1` | `cmpxchg16b m128` (16-aligned) | 16 |
+//! | `0F AB`, `0F B3`, `0F BB` `/r`; `0F BA /5 /6 /7 ib` | `bts`, `btr`, `btc` from a register (signed bit offset, [`Store::bit_address`]) or an immediate | wide |
+//!
+//! Everything else is `None`: a register destination (`mod == 3`), `lock`
+//! on a plain move (#UD, the step's to raise), what only reads its
+//! operand (`cmp`, `test`, `bt`), other read-modify-writes (shifts and
+//! rotates, `cmpxchg8b`), segment overrides (`fs`/`gs` bases are not in
+//! the frame; the others are rare enough to step), the address-size
+//! prefix, string instructions (`movs`, `stos`: `string.rs` performs those), `push`/`call`,
+//! `mov moffs` (`A2`/`A3`), MMX stores, VEX and EVEX (AVX, AVX-512)
+//! encodings, and a `66`, `F2` or `F3` where the tables have none (so
+//! `xacquire`/`xrelease` on a read-modify-write).
 
 /// Where the value of a store comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +62,79 @@ pub(crate) enum Source {
     Imm(u64),
     /// Bytes `offset..offset + width` of an XMM register (0..=15).
     Xmm { reg: u8, offset: u8 },
+    /// No operand but the memory one (`inc`, `dec`, `not`, `neg`) or only
+    /// implicit registers (`cmpxchg16b`: rdx:rax and rcx:rbx).
+    None,
+}
+
+/// The ALU group's operations that write their memory operand, in the
+/// encoding's numbering (the `/digit` of `80`/`81`/`83`, bits 3..6 of
+/// the `00`..`3F` opcodes); 7, `cmp`, only reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Alu {
+    Add,
+    Or,
+    Adc,
+    Sbb,
+    And,
+    Sub,
+    Xor,
+}
+
+impl Alu {
+    /// The operation numbered `n` (0..=6), or `None` for `cmp` (7).
+    fn of(n: u8) -> Option<Alu> {
+        Some(match n {
+            0 => Alu::Add,
+            1 => Alu::Or,
+            2 => Alu::Adc,
+            3 => Alu::Sbb,
+            4 => Alu::And,
+            5 => Alu::Sub,
+            6 => Alu::Xor,
+            _ => return None,
+        })
+    }
+}
+
+/// What the instruction does to its memory operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// Stores `src` there (`mov`, `movnti`, the SSE moves): nothing read.
+    Move,
+    /// `mem = mem OP src`, flags set (`add`, `or`, `adc`, `sbb`, `and`,
+    /// `sub`, `xor`, from a register or an immediate).
+    Alu(Alu),
+    /// `inc`, `dec` (flags but CF), `not` (no flags), `neg`.
+    Inc,
+    Dec,
+    Not,
+    Neg,
+    /// `xadd`: `mem += src`, the register gets the old value, flags as `add`.
+    Xadd,
+    /// `xchg`: the register and memory swap, no flags.
+    Xchg,
+    /// `cmpxchg`: the accumulator (al/ax/eax/rax) compared with memory;
+    /// equal, `mem = src`; else the accumulator gets memory. Flags as `cmp`.
+    Cmpxchg,
+    /// `cmpxchg16b`: rdx:rax compared with the 16 bytes; equal, they get
+    /// rcx:rbx, else rdx:rax gets them. ZF only.
+    Cmpxchg16b,
+    /// `bts`, `btr`, `btc`: bit `src` set, cleared or flipped, CF the old
+    /// bit. With a register, the bit offset is signed and selects the word
+    /// too ([`Store::bit_address`]); with an immediate, it is taken modulo
+    /// the width.
+    Bts,
+    Btr,
+    Btc,
+}
+
+impl Op {
+    /// Whether the instruction reads its memory operand before it writes
+    /// it (everything but a plain move).
+    pub(crate) fn reads(self) -> bool {
+        self != Op::Move
+    }
 }
 
 /// A memory operand: `base + index * scale + disp`, or
@@ -63,16 +156,19 @@ pub(crate) struct Store {
     /// Bytes written: 1, 2, 4, 8 or 16.
     pub width: usize,
     /// The alignment the instruction demands of its address (16 for the
-    /// aligned SSE moves, else 1): a misaligned one raises #GP, which the
-    /// step then reproduces.
+    /// aligned SSE moves and `cmpxchg16b`, else 1): a misaligned one
+    /// raises #GP, which the step then reproduces.
     pub align: usize,
     pub mem: Mem,
     pub src: Source,
+    /// What it does with the memory operand.
+    pub op: Op,
 }
 
 impl Store {
     /// The address written, from the instruction's address and a
-    /// register file (`gpr(n)` for n = 0 (rax) .. 15 (r15)).
+    /// register file (`gpr(n)` for n = 0 (rax) .. 15 (r15)). For `bts`,
+    /// `btr`, `btc` with a register offset, see [`Store::bit_address`].
     pub(crate) fn address(&self, rip: u64, gpr: impl Fn(u8) -> u64) -> u64 {
         let m = &self.mem;
         let mut a = m.disp as u64;
@@ -87,6 +183,29 @@ impl Store {
         }
         a
     }
+
+    /// For `bts`/`btr`/`btc`: the address of the word holding the bit and
+    /// the bit's number in it (below `8 * width`), from the operand's
+    /// address and the offset (`src`'s value). A register offset is a
+    /// signed number of bits from the operand's address, which may lie in
+    /// another word (the SDM's bit base: `addr + width * (offset SAR
+    /// log2(8 * width))`); an immediate is taken modulo the width.
+    pub(crate) fn bit_address(&self, addr: u64, offset: u64) -> (u64, u32) {
+        let bits = 8 * self.width as u32;
+        match self.src {
+            Source::Gpr { .. } => {
+                // The register at the operand's width, sign-extended.
+                let shift = 64 - bits;
+                let off = ((offset << shift) as i64) >> shift;
+                let word = off >> bits.trailing_zeros();
+                (
+                    addr.wrapping_add((word as u64).wrapping_mul(self.width as u64)),
+                    (off as u64 & u64::from(bits - 1)) as u32,
+                )
+            }
+            _ => (addr, (offset & u64::from(bits - 1)) as u32),
+        }
+    }
 }
 
 /// The longest x86 instruction.
@@ -100,19 +219,21 @@ pub(crate) fn decode(code: &[u8]) -> Option<Store> {
     let mut i = 0;
     let mut opsize16 = false;
     let mut rep: Option<u8> = None;
+    let mut lock = false;
     let mut rex = 0u8;
     loop {
         let b = *code.get(i)?;
         match b {
             0x66 => opsize16 = true,
+            0xF0 => lock = true,
             0xF2 | 0xF3 => {
                 if rep.is_some_and(|r| r != b) {
                     return None;
                 }
                 rep = Some(b);
             }
-            // lock, segment overrides, address size.
-            0xF0 | 0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x67 => return None,
+            // Segment overrides, address size.
+            0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x67 => return None,
             0x40..=0x4F => {
                 rex = b;
                 i += 1;
@@ -125,35 +246,61 @@ pub(crate) fn decode(code: &[u8]) -> Option<Store> {
     let (w, r, x, bx) = (rex & 8 != 0, (rex >> 2) & 1, (rex >> 1) & 1, rex & 1);
     let op = *code.get(i)?;
     i += 1;
-    // (width, align, source kind, immediate bytes)
+    // Where the operand other than memory comes from.
     enum Kind {
         Gpr,
+        /// An immediate of n bytes, zero-extended (a byte store's, whose
+        /// width is 1, or a 16-bit one) or sign-extended to 64 bits (4).
         Imm(usize),
+        /// An 8-bit immediate sign-extended to 64 bits (`83`).
+        Imm8Sx,
         Xmm(u8),
+        None,
     }
+    // The operand size of the 16/32/64-bit forms.
+    let wide = if w {
+        8
+    } else if opsize16 {
+        2
+    } else {
+        4
+    };
+    // An immediate as wide as the operand: imm16 with 66, else imm32
+    // (sign-extended with REX.W).
+    let imm_wide = if opsize16 && !w { 2 } else { 4 };
     let plain = !opsize16 && rep.is_none();
-    let (width, align, kind) = match op {
-        0x88 if plain => (1, 1, Kind::Gpr),
-        0x89 if rep.is_none() => (
-            if w {
-                8
-            } else if opsize16 {
-                2
+    // The ModRM reg field, which the group opcodes use as the operation.
+    let reg_field = (*code.get(i + usize::from(op == 0x0F))? >> 3) & 7;
+    let (width, align, kind, what) = match op {
+        0x88 if plain => (1, 1, Kind::Gpr, Op::Move),
+        0x89 if rep.is_none() => (wide, 1, Kind::Gpr, Op::Move),
+        0xC6 if plain => (1, 1, Kind::Imm(1), Op::Move),
+        0xC7 if rep.is_none() => (wide, 1, Kind::Imm(imm_wide), Op::Move),
+        // The ALU group to memory: add, or, adc, sbb, and, sub, xor (not
+        // cmp, which only reads); even opcodes bytes, odd ones wide.
+        0x00..=0x3F if op & 7 < 2 && rep.is_none() => {
+            let alu = Op::Alu(Alu::of(op >> 3)?);
+            if op & 1 == 0 {
+                (1, 1, Kind::Gpr, alu)
             } else {
-                4
-            },
-            1,
-            Kind::Gpr,
-        ),
-        0xC6 if plain => (1, 1, Kind::Imm(1)),
-        0xC7 if rep.is_none() => {
-            if w {
-                (8, 1, Kind::Imm(4))
-            } else if opsize16 {
-                (2, 1, Kind::Imm(2))
-            } else {
-                (4, 1, Kind::Imm(4))
+                (wide, 1, Kind::Gpr, alu)
             }
+        }
+        0x80 if rep.is_none() => (1, 1, Kind::Imm(1), Op::Alu(Alu::of(reg_field)?)),
+        0x81 if rep.is_none() => (wide, 1, Kind::Imm(imm_wide), Op::Alu(Alu::of(reg_field)?)),
+        0x83 if rep.is_none() => (wide, 1, Kind::Imm8Sx, Op::Alu(Alu::of(reg_field)?)),
+        0x86 if rep.is_none() => (1, 1, Kind::Gpr, Op::Xchg),
+        0x87 if rep.is_none() => (wide, 1, Kind::Gpr, Op::Xchg),
+        0xF6 | 0xF7 | 0xFE | 0xFF if rep.is_none() => {
+            let what = match (op, reg_field) {
+                (0xF6 | 0xF7, 2) => Op::Not,
+                (0xF6 | 0xF7, 3) => Op::Neg,
+                (0xFE | 0xFF, 0) => Op::Inc,
+                (0xFE | 0xFF, 1) => Op::Dec,
+                // test, mul, div; call, jmp, push: no store to decode.
+                _ => return None,
+            };
+            (if op & 1 == 0 { 1 } else { wide }, 1, Kind::None, what)
         }
         0x0F => {
             let op2 = *code.get(i)?;
@@ -163,23 +310,46 @@ pub(crate) fn decode(code: &[u8]) -> Option<Store> {
             }
             let p66 = opsize16;
             match (op2, rep) {
-                (0xC3, None) if !p66 => (if w { 8 } else { 4 }, 1, Kind::Gpr),
-                (0x11, None) => (16, 1, Kind::Xmm(0)),
-                (0x11, Some(0xF3)) => (4, 1, Kind::Xmm(0)),
-                (0x11, Some(0xF2)) => (8, 1, Kind::Xmm(0)),
-                (0x29 | 0x2B, None) => (16, 16, Kind::Xmm(0)),
-                (0xE7, None) if p66 => (16, 16, Kind::Xmm(0)),
-                (0x7F, None) if p66 => (16, 16, Kind::Xmm(0)),
-                (0x7F, Some(0xF3)) => (16, 1, Kind::Xmm(0)),
-                (0xD6, None) if p66 => (8, 1, Kind::Xmm(0)),
-                (0x7E, None) if p66 => (if w { 8 } else { 4 }, 1, Kind::Xmm(0)),
-                (0x13, None) => (8, 1, Kind::Xmm(0)),
-                (0x17, None) => (8, 1, Kind::Xmm(8)),
+                (0xC3, None) if !p66 => (if w { 8 } else { 4 }, 1, Kind::Gpr, Op::Move),
+                (0x11, None) => (16, 1, Kind::Xmm(0), Op::Move),
+                (0x11, Some(0xF3)) => (4, 1, Kind::Xmm(0), Op::Move),
+                (0x11, Some(0xF2)) => (8, 1, Kind::Xmm(0), Op::Move),
+                (0x29 | 0x2B, None) => (16, 16, Kind::Xmm(0), Op::Move),
+                (0xE7, None) if p66 => (16, 16, Kind::Xmm(0), Op::Move),
+                (0x7F, None) if p66 => (16, 16, Kind::Xmm(0), Op::Move),
+                (0x7F, Some(0xF3)) => (16, 1, Kind::Xmm(0), Op::Move),
+                (0xD6, None) if p66 => (8, 1, Kind::Xmm(0), Op::Move),
+                (0x7E, None) if p66 => (if w { 8 } else { 4 }, 1, Kind::Xmm(0), Op::Move),
+                (0x13, None) => (8, 1, Kind::Xmm(0), Op::Move),
+                (0x17, None) => (8, 1, Kind::Xmm(8), Op::Move),
+                (0xB0, None) => (1, 1, Kind::Gpr, Op::Cmpxchg),
+                (0xB1, None) => (wide, 1, Kind::Gpr, Op::Cmpxchg),
+                (0xC0, None) => (1, 1, Kind::Gpr, Op::Xadd),
+                (0xC1, None) => (wide, 1, Kind::Gpr, Op::Xadd),
+                (0xAB, None) => (wide, 1, Kind::Gpr, Op::Bts),
+                (0xB3, None) => (wide, 1, Kind::Gpr, Op::Btr),
+                (0xBB, None) => (wide, 1, Kind::Gpr, Op::Btc),
+                (0xBA, None) => {
+                    let what = match reg_field {
+                        5 => Op::Bts,
+                        6 => Op::Btr,
+                        7 => Op::Btc,
+                        // bt (4) only reads.
+                        _ => return None,
+                    };
+                    (wide, 1, Kind::Imm(1), what)
+                }
+                // cmpxchg16b (REX.W; without it cmpxchg8b, not decoded).
+                (0xC7, None) if w && !p66 && reg_field == 1 => (16, 16, Kind::None, Op::Cmpxchg16b),
                 _ => return None,
             }
         }
         _ => return None,
     };
+    // `lock` on a plain move raises #UD, which the step reproduces.
+    if lock && !what.reads() {
+        return None;
+    }
     let modrm = *code.get(i)?;
     i += 1;
     let md = modrm >> 6;
@@ -188,7 +358,7 @@ pub(crate) fn decode(code: &[u8]) -> Option<Store> {
     if md == 3 {
         return None;
     }
-    if matches!(kind, Kind::Imm(_)) && reg != 0 {
+    if what == Op::Move && matches!(kind, Kind::Imm(_)) && reg != 0 {
         return None;
     }
     let mut mem = Mem {
@@ -248,10 +418,16 @@ pub(crate) fn decode(code: &[u8]) -> Option<Store> {
             };
             Source::Imm(v)
         }
+        Kind::Imm8Sx => {
+            let b = *code.get(i)?;
+            i += 1;
+            Source::Imm(b as i8 as i64 as u64)
+        }
         Kind::Xmm(offset) => Source::Xmm {
             reg: reg_full,
             offset,
         },
+        Kind::None => Source::None,
     };
     Some(Store {
         len: i,
@@ -259,6 +435,7 @@ pub(crate) fn decode(code: &[u8]) -> Option<Store> {
         align,
         mem,
         src,
+        op: what,
     })
 }
 
@@ -301,7 +478,8 @@ mod tests {
                 width,
                 align: s.align,
                 mem,
-                src
+                src,
+                op: Op::Move,
             },
             "{code:02x?}"
         );
@@ -468,11 +646,6 @@ mod tests {
     fn everything_else_falls_back_to_the_step() {
         for (code, what) in [
             (&[0x89, 0xC8][..], "mov eax, ecx (register destination)"),
-            (&[0xF0, 0x48, 0x0F, 0xB1, 0x0F], "lock cmpxchg [rdi], rcx"),
-            (&[0xF0, 0x48, 0x0F, 0xC1, 0x07], "lock xadd [rdi], rax"),
-            (&[0x48, 0x87, 0x07], "xchg [rdi], rax"),
-            (&[0x48, 0x01, 0x07], "add [rdi], rax"),
-            (&[0xF0, 0x48, 0xFF, 0x07], "lock inc qword [rdi]"),
             (&[0xF3, 0xA4], "rep movsb"),
             (&[0xF3, 0x48, 0xAB], "rep stosq"),
             (&[0xAA], "stosb"),
@@ -505,11 +678,253 @@ mod tests {
             (&[0x66, 0xF3, 0x0F, 0x7F, 0x07], "66 and F3 together"),
             (&[0xF2, 0xF3, 0x0F, 0x11, 0x07], "F2 and F3 together"),
             (&[0x0F, 0x38, 0xF1, 0x07], "movbe [rdi], eax"),
-            (&[0x48, 0x0F, 0xAB, 0x07], "bts [rdi], rax"),
             (&[0x0F, 0x11, 0xC1], "movups xmm1, xmm0 (register)"),
+            (
+                &[0xF0, 0x48, 0x89, 0x07],
+                "lock mov (#UD, the step's to raise)",
+            ),
+            (&[0xF0, 0x0F, 0x11, 0x07], "lock movups (#UD)"),
+            (&[0x48, 0x39, 0x07], "cmp [rdi], rax (reads only)"),
+            (&[0x48, 0x83, 0x3F, 0x01], "cmp qword [rdi], 1 (83 /7)"),
+            (&[0x80, 0x3F, 0x01], "cmp byte [rdi], 1 (80 /7)"),
+            (&[0x48, 0x85, 0x07], "test [rdi], rax"),
+            (&[0xF6, 0x07, 0x01], "test byte [rdi], 1 (F6 /0)"),
+            (&[0x48, 0xF7, 0x27], "mul qword [rdi] (F7 /4)"),
+            (&[0x48, 0xFF, 0x17], "call [rdi] (FF /2)"),
+            (&[0xFF, 0x37], "push [rdi] (FF /6)"),
+            (&[0x48, 0x0F, 0xA3, 0x07], "bt [rdi], rax (reads only)"),
+            (
+                &[0x48, 0x0F, 0xBA, 0x27, 0x05],
+                "bt qword [rdi], 5 (0F BA /4)",
+            ),
+            (&[0x0F, 0xC7, 0x0F], "cmpxchg8b [rdi]"),
+            (&[0x66, 0x48, 0x0F, 0xC7, 0x0F], "66 on cmpxchg16b"),
+            (&[0x48, 0xD1, 0x27], "shl qword [rdi], 1"),
+            (&[0x48, 0x01, 0xC7], "add rdi, rax (register destination)"),
+            (&[0xF0, 0x48, 0x01, 0xC7], "lock add rdi, rax (#UD)"),
+            (&[0xF2, 0xF0, 0x48, 0x0F, 0xC1, 0x07], "xacquire lock xadd"),
+            (&[0xF3, 0x48, 0x87, 0x07], "xrelease xchg"),
+            (&[0x64, 0xF0, 0x48, 0xFF, 0x07], "lock inc fs:[rdi]"),
+            (&[0x48, 0x13, 0x07], "adc rax, [rdi] (a load)"),
         ] {
             assert_eq!(decode(code), None, "{what}: {code:02x?}");
         }
+    }
+
+    #[track_caller]
+    fn rmw(code: &[u8], op: Op, width: usize, mem: Mem, src: Source) {
+        let s = decode(code).unwrap_or_else(|| panic!("{code:02x?} not decoded"));
+        assert_eq!(
+            (s.len, s.op, s.width, s.mem, s.src),
+            (code.len(), op, width, mem, src),
+            "{code:02x?}"
+        );
+        let mut longer = code.to_vec();
+        longer.extend_from_slice(&[0x90; 8]);
+        assert_eq!(decode(&longer), Some(s), "{code:02x?} followed by nops");
+        // A lock prefix changes nothing (the handler's lock makes any of
+        // them atomic), before or after 66.
+        let mut locked = vec![0xF0];
+        locked.extend_from_slice(code);
+        let l = decode(&locked).unwrap_or_else(|| panic!("lock {code:02x?} not decoded"));
+        assert_eq!(
+            (l.len, l.op, l.width, l.mem, l.src),
+            (code.len() + 1, op, width, mem, src)
+        );
+    }
+
+    #[test]
+    fn read_modify_writes_decode_with_their_operation_width_and_operands() {
+        let at_rdi = mem(Some(7), None, 1, 0);
+        // lock xadd [rdi], rax / eax / ax / cl
+        rmw(&[0x48, 0x0F, 0xC1, 0x07], Op::Xadd, 8, at_rdi, gpr(RAX));
+        rmw(&[0x0F, 0xC1, 0x07], Op::Xadd, 4, at_rdi, gpr(RAX));
+        rmw(&[0x66, 0x0F, 0xC1, 0x07], Op::Xadd, 2, at_rdi, gpr(RAX));
+        rmw(&[0x0F, 0xC0, 0x0F], Op::Xadd, 1, at_rdi, gpr(RCX));
+        // xadd [rdi], ah (no REX: bits 8..16 of rax); with REX, spl
+        rmw(
+            &[0x0F, 0xC0, 0x27],
+            Op::Xadd,
+            1,
+            at_rdi,
+            Source::Gpr {
+                reg: RAX,
+                high8: true,
+            },
+        );
+        rmw(&[0x40, 0x0F, 0xC0, 0x27], Op::Xadd, 1, at_rdi, gpr(RSP));
+        // xadd [r12+rcx*8+0x10], r15 (REX.WRXB... R and B)
+        rmw(
+            &[0x4D, 0x0F, 0xC1, 0x7C, 0xCC, 0x10],
+            Op::Xadd,
+            8,
+            mem(Some(R12), Some(RCX), 8, 0x10),
+            gpr(R15),
+        );
+        // The ALU group from registers: add, or, adc, sbb, and, sub, xor
+        for (n, alu) in [
+            Alu::Add,
+            Alu::Or,
+            Alu::Adc,
+            Alu::Sbb,
+            Alu::And,
+            Alu::Sub,
+            Alu::Xor,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let op = 8 * n as u8;
+            rmw(&[op, 0x0F], Op::Alu(alu), 1, at_rdi, gpr(RCX));
+            rmw(&[0x48, op + 1, 0x0F], Op::Alu(alu), 8, at_rdi, gpr(RCX));
+            rmw(&[0x66, op + 1, 0x0F], Op::Alu(alu), 2, at_rdi, gpr(RCX));
+            // 80 /n ib, 81 /n id (sign-extended under REX.W) and iw, 83 /n ib
+            let modrm = 0x07 | ((n as u8) << 3);
+            rmw(
+                &[0x80, modrm, 0xF0],
+                Op::Alu(alu),
+                1,
+                at_rdi,
+                Source::Imm(0xF0),
+            );
+            rmw(
+                &[0x48, 0x81, modrm, 0, 0, 0, 0x80],
+                Op::Alu(alu),
+                8,
+                at_rdi,
+                Source::Imm(0xFFFF_FFFF_8000_0000),
+            );
+            rmw(
+                &[0x66, 0x81, modrm, 0x34, 0x12],
+                Op::Alu(alu),
+                2,
+                at_rdi,
+                Source::Imm(0x1234),
+            );
+            rmw(
+                &[0x83, modrm, 0xFF],
+                Op::Alu(alu),
+                4,
+                at_rdi,
+                Source::Imm(u64::MAX),
+            );
+        }
+        // inc, dec, not, neg: FE/FF /0 /1, F6/F7 /2 /3
+        rmw(&[0x48, 0xFF, 0x07], Op::Inc, 8, at_rdi, Source::None);
+        rmw(&[0xFF, 0x0F], Op::Dec, 4, at_rdi, Source::None);
+        rmw(&[0xFE, 0x07], Op::Inc, 1, at_rdi, Source::None);
+        rmw(&[0x66, 0xFF, 0x0F], Op::Dec, 2, at_rdi, Source::None);
+        rmw(&[0xF6, 0x17], Op::Not, 1, at_rdi, Source::None);
+        rmw(&[0x48, 0xF7, 0x1F], Op::Neg, 8, at_rdi, Source::None);
+        // xchg [rdi], rax; xchg [rdi], dl
+        rmw(&[0x48, 0x87, 0x07], Op::Xchg, 8, at_rdi, gpr(RAX));
+        rmw(&[0x86, 0x17], Op::Xchg, 1, at_rdi, gpr(RDX));
+        // lock cmpxchg [rdi], rcx / cl; cmpxchg16b [rdi] (16-aligned)
+        rmw(&[0x48, 0x0F, 0xB1, 0x0F], Op::Cmpxchg, 8, at_rdi, gpr(RCX));
+        rmw(&[0x0F, 0xB0, 0x0F], Op::Cmpxchg, 1, at_rdi, gpr(RCX));
+        rmw(
+            &[0x48, 0x0F, 0xC7, 0x0F],
+            Op::Cmpxchg16b,
+            16,
+            at_rdi,
+            Source::None,
+        );
+        assert_eq!(decode(&[0x48, 0x0F, 0xC7, 0x0F]).unwrap().align, 16);
+        // bts/btr/btc from a register and an immediate
+        rmw(&[0x48, 0x0F, 0xAB, 0x07], Op::Bts, 8, at_rdi, gpr(RAX));
+        rmw(&[0x0F, 0xB3, 0x07], Op::Btr, 4, at_rdi, gpr(RAX));
+        rmw(&[0x66, 0x0F, 0xBB, 0x07], Op::Btc, 2, at_rdi, gpr(RAX));
+        rmw(
+            &[0x48, 0x0F, 0xBA, 0x2F, 0x3F],
+            Op::Bts,
+            8,
+            at_rdi,
+            Source::Imm(0x3F),
+        );
+        rmw(
+            &[0x0F, 0xBA, 0x37, 0x05],
+            Op::Btr,
+            4,
+            at_rdi,
+            Source::Imm(5),
+        );
+        rmw(
+            &[0x0F, 0xBA, 0x3F, 0x05],
+            Op::Btc,
+            4,
+            at_rdi,
+            Source::Imm(5),
+        );
+    }
+
+    #[test]
+    fn read_modify_writes_take_every_addressing_form() {
+        // lock add qword [rip+0x100], 1 (83 /0 ib): the immediate follows
+        // the displacement, the address counts from after it.
+        let code = [0xF0, 0x48, 0x83, 0x05, 0x00, 0x01, 0, 0, 0x01];
+        let s = decode(&code).unwrap();
+        assert_eq!((s.op, s.len, s.src), (Op::Alu(Alu::Add), 9, Source::Imm(1)));
+        assert_eq!(s.address(0x1000, |_| unreachable!()), 0x1000 + 9 + 0x100);
+        // lock inc dword [rip-4]
+        let s = decode(&[0xF0, 0xFF, 0x05, 0xFC, 0xFF, 0xFF, 0xFF]).unwrap();
+        assert_eq!((s.op, s.width), (Op::Inc, 4));
+        assert_eq!(s.address(0x2000, |_| 0), 0x2000 + 7 - 4);
+        // lock or dword [rsp+disp8], 0 (the full fence compilers emit)
+        rmw(
+            &[0x83, 0x4C, 0x24, 0xF0, 0x00],
+            Op::Alu(Alu::Or),
+            4,
+            mem(Some(RSP), None, 1, -16),
+            Source::Imm(0),
+        );
+        // add [r13+0], rax (mod 1 base 5: r13, not RIP); sub [rbx+disp32], r8
+        rmw(
+            &[0x49, 0x01, 0x45, 0x00],
+            Op::Alu(Alu::Add),
+            8,
+            mem(Some(R13), None, 1, 0),
+            gpr(RAX),
+        );
+        rmw(
+            &[0x4C, 0x29, 0x83, 0x78, 0x56, 0x34, 0x12],
+            Op::Alu(Alu::Sub),
+            8,
+            mem(Some(RBX), None, 1, 0x1234_5678),
+            gpr(R8),
+        );
+        // xor byte [rax*2+0x40], 7 (no base)
+        rmw(
+            &[0x80, 0x34, 0x45, 0x40, 0, 0, 0, 0x07],
+            Op::Alu(Alu::Xor),
+            1,
+            mem(None, Some(RAX), 2, 0x40),
+            Source::Imm(7),
+        );
+        // The 66 prefix after lock, as compilers order them.
+        let s = decode(&[0xF0, 0x66, 0x0F, 0xC1, 0x07]).unwrap();
+        assert_eq!((s.op, s.width, s.len), (Op::Xadd, 2, 5));
+        // A cut-off read-modify-write never decodes.
+        let full = [
+            0xF0, 0x48, 0x81, 0x84, 0xC8, 0x78, 0x56, 0x34, 0x12, 1, 0, 0, 0,
+        ];
+        assert!(decode(&full).is_some());
+        for n in 0..full.len() {
+            assert_eq!(decode(&full[..n]), None, "{n} bytes");
+        }
+    }
+
+    #[test]
+    fn a_bit_offset_in_a_register_selects_the_word_and_an_immediate_wraps() {
+        let s = decode(&[0x48, 0x0F, 0xAB, 0x07]).unwrap(); // bts [rdi], rax
+        assert_eq!(s.bit_address(0x1000, 5), (0x1000, 5));
+        assert_eq!(s.bit_address(0x1000, 64 + 3), (0x1008, 3));
+        assert_eq!(s.bit_address(0x1000, (-1i64) as u64), (0xFF8, 63));
+        let s = decode(&[0x66, 0x0F, 0xAB, 0x07]).unwrap(); // bts [rdi], ax
+                                                            // The register at the operand's width: 0xFFFF is -1 for a word.
+        assert_eq!(s.bit_address(0x1000, 0x1_FFFF), (0xFFE, 15));
+        assert_eq!(s.bit_address(0x1000, 33), (0x1004, 1));
+        let s = decode(&[0x0F, 0xBA, 0x2F, 0x25]).unwrap(); // bts dword [rdi], 37
+        assert_eq!(s.bit_address(0x1000, 37), (0x1000, 5));
     }
 
     #[test]

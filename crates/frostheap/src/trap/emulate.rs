@@ -1,8 +1,13 @@
 //! Performing a store for the interrupted code, on the `mprotect`
 //! backend, without opening its page: the handler decodes the faulting
 //! instruction (`decode.rs`), computes its address and value from the
-//! saved registers, writes the bytes through a `/proc/self/mem`
-//! descriptor and moves the interrupted code past the instruction.
+//! saved registers (for a read-modify-write, from the operand read
+//! through the descriptor too, and with the registers and flags the
+//! instruction leaves: `rmw.rs`), writes the bytes through a
+//! `/proc/self/mem` descriptor and moves the interrupted code past the
+//! instruction. Every caller holds the step lock from [`plan`] to
+//! [`Planned::perform`], and every store to a frozen page faults into a
+//! path that takes it: so a read-modify-write is atomic.
 //!
 //! Why: a stepped store opens its 4 KiB page to *every* thread for one
 //! instruction (`step.rs`). In that instant a worker's violating store to
@@ -39,12 +44,13 @@
 //! reaches that far (tens of terabytes).
 //!
 //! Async-signal-safe: atomics, `getpid`, `pread` and `pwrite`, no
-//! allocation, no lock.
+//! allocation, no lock of its own (the caller's step lock).
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::decode::{decode, Source, MAX_LEN};
+use super::decode::{decode, Op, Source, MAX_LEN};
 use super::frame::Frame;
+use super::rmw::{self, Operands, ARITH_FLAGS};
 use super::string;
 use crate::{guard, os};
 
@@ -59,11 +65,22 @@ static SELF_MEM: AtomicU64 = AtomicU64::new(0);
 /// step they replace).
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
+/// Whether read-modify-writes are performed too (tests turn it off to
+/// show the step they replace, plain moves still performed).
+static RMW_ENABLED: AtomicBool = AtomicBool::new(true);
+
 /// Turns performing stores on or off for the process (on by default);
 /// off, every store on `mprotect` is stepped as before. For tests that
 /// measure or show the step.
 pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Release);
+}
+
+/// Turns performing read-modify-writes on or off for the process (on by
+/// default); off, they are stepped as before and plain moves are still
+/// performed. For tests that measure or show the step.
+pub fn set_rmw_enabled(on: bool) {
+    RMW_ENABLED.store(on, Ordering::Release);
 }
 
 /// Opens and probes the descriptor for this process, once per process
@@ -119,6 +136,15 @@ pub(crate) struct Planned {
     /// Bytes written.
     pub width: usize,
     bytes: [u8; 16],
+    /// Whether the bytes are to be written: a read-modify-write that
+    /// leaves them as they are (a failed `cmpxchg`, `or` with 0) writes
+    /// nothing; its locked write of the same value is invisible.
+    write: bool,
+    /// Registers the instruction writes (number, whole 64-bit value).
+    regs: [Option<(u8, u64)>; 2],
+    /// The flags it leaves: the bits of RFLAGS it may change, and their
+    /// values (0, 0 for a plain move).
+    flags: (u64, u64),
     /// The instruction's length.
     len: usize,
     /// A string store (`movs`, `stos`): its part in the faulting page,
@@ -131,6 +157,12 @@ pub(crate) struct Planned {
 /// process's own, no step armed on the thread, and the heap not sealed
 /// (`FOLL_FORCE` may write a sealed page too, and a store into one must
 /// never land: the rollback's replay could not put it back).
+///
+/// A read-modify-write reads its operand here, and computes what the
+/// instruction writes there, in its registers and in the flags (`rmw.rs`):
+/// the caller holds the step lock from this call to [`Planned::perform`],
+/// which every other store to a frozen page takes too, so the operand
+/// cannot change in between (docs/rollback.md, "Known limits").
 pub(crate) fn plan(fault_addr: usize, frame: &Frame) -> Option<Planned> {
     if !ENABLED.load(Ordering::Acquire)
         || frame.single_step()
@@ -155,11 +187,29 @@ pub(crate) fn plan(fault_addr: usize, frame: &Frame) -> Option<Planned> {
             addr: part.dst,
             width: part.bytes(),
             bytes: [0; 16],
+            write: true,
+            regs: [None; 2],
+            flags: (0, 0),
             len: part.len(),
             string: Some(part),
         });
     };
-    let addr = store.address(ip, |r| frame.gpr(r)) as usize;
+    if store.op.reads() && !RMW_ENABLED.load(Ordering::Acquire) {
+        return None;
+    }
+    let mut addr = store.address(ip, |r| frame.gpr(r)) as usize;
+    // The register operand's value, or the immediate's.
+    let src = match store.src {
+        Source::Gpr { reg, high8 } => frame.gpr(reg) >> if high8 { 8 } else { 0 },
+        Source::Imm(v) => v,
+        Source::Xmm { .. } | Source::None => 0,
+    };
+    let mut bit = 0;
+    if matches!(store.op, Op::Bts | Op::Btr | Op::Btc) {
+        let (word_addr, b) = store.bit_address(addr as u64, src);
+        addr = word_addr as usize;
+        bit = u64::from(b);
+    }
     let width = store.width;
     let page = !(os::page_size() - 1);
     let inside = fault_addr.wrapping_sub(addr) < width
@@ -168,49 +218,100 @@ pub(crate) fn plan(fault_addr: usize, frame: &Frame) -> Option<Planned> {
     if !inside || !addr.is_multiple_of(store.align) {
         return None;
     }
-    let mut bytes = [0u8; 16];
-    match store.src {
-        Source::Gpr { reg, high8 } => {
-            let v = frame.gpr(reg) >> if high8 { 8 } else { 0 };
-            bytes[..8].copy_from_slice(&v.to_le_bytes());
-        }
-        Source::Imm(v) => bytes[..8].copy_from_slice(&v.to_le_bytes()),
-        Source::Xmm { reg, offset } => {
-            let x = frame.xmm(reg)?;
-            let o = usize::from(offset);
-            bytes[..width].copy_from_slice(&x[o..o + width]);
-        }
-    }
-    Some(Planned {
+    let mut planned = Planned {
         fd,
         addr,
         width,
-        bytes,
+        bytes: [0u8; 16],
+        write: true,
+        regs: [None; 2],
+        flags: (0, 0),
         len: store.len,
         string: None,
-    })
+    };
+    match store.src {
+        Source::Xmm { reg, offset } if store.op == Op::Move => {
+            let x = frame.xmm(reg)?;
+            let o = usize::from(offset);
+            planned.bytes[..width].copy_from_slice(&x[o..o + width]);
+            return Some(planned);
+        }
+        _ if store.op == Op::Move => {
+            planned.bytes[..8].copy_from_slice(&src.to_le_bytes());
+            return Some(planned);
+        }
+        _ => {}
+    }
+    // A read-modify-write: the operand as it is now (through the
+    // descriptor too: no fault of this handler's own, whatever the page).
+    let mut old = [0u8; 16];
+    if os::pread_at(fd, &mut old[..width], addr) != Ok(width) {
+        return None;
+    }
+    let word = |k: usize| u64::from_le_bytes(old[8 * k..8 * k + 8].try_into().unwrap_or([0; 8]));
+    let before = Operands {
+        mem: [word(0), word(1)],
+        src: if matches!(store.op, Op::Bts | Op::Btr | Op::Btc) {
+            bit
+        } else {
+            src
+        },
+        rax: frame.gpr(0),
+        rcx: frame.gpr(1),
+        rdx: frame.gpr(2),
+        rbx: frame.gpr(3),
+        flags: frame.flags(),
+    };
+    let after = rmw::run(store.op, width, before);
+    planned.bytes[..8].copy_from_slice(&after.mem[0].to_le_bytes());
+    planned.bytes[8..].copy_from_slice(&after.mem[1].to_le_bytes());
+    planned.write = planned.bytes[..width] != old[..width];
+    planned.flags = (ARITH_FLAGS, after.flags);
+    planned.regs = match (store.op, store.src) {
+        (Op::Xadd | Op::Xchg, Source::Gpr { reg, high8: true }) => {
+            let whole = frame.gpr(reg);
+            [
+                Some((reg, (whole & !0xFF00) | ((after.src & 0xFF) << 8))),
+                None,
+            ]
+        }
+        (Op::Xadd | Op::Xchg, Source::Gpr { reg, .. }) => [Some((reg, after.src)), None],
+        (Op::Cmpxchg, _) => [Some((0, after.rax)), None],
+        (Op::Cmpxchg16b, _) => [Some((0, after.rax)), Some((2, after.rdx))],
+        _ => [None; 2],
+    };
+    Some(planned)
 }
 
 impl Planned {
     /// Writes the store's bytes (all or none: they lie in one page) and,
-    /// if they landed, moves `frame` past the instruction. False if the
-    /// kernel refused: nothing was written, and the store is to be
-    /// stepped.
+    /// if they landed, sets the registers and flags the instruction
+    /// writes and moves `frame` past it. False if the kernel refused:
+    /// nothing was written or set, and the store is to be stepped.
     ///
     /// Precondition: the caller holds what keeps the page frozen and
-    /// mapped (the step lock) and, under rollback, has saved the bytes.
+    /// mapped (the step lock) and has held it since [`plan`] (a
+    /// read-modify-write's operand was read there), and, under rollback,
+    /// has saved the bytes.
     pub(crate) fn perform(&self, frame: &mut Frame) -> bool {
         if let Some(part) = &self.string {
             return part.perform(self.fd, frame);
         }
-        // SAFETY: the bytes are the ones the interrupted instruction was
-        // storing there (decoded from it and its registers): the handler
-        // performs that store for it.
-        let ok = unsafe { os::pwrite_at(self.fd, &self.bytes[..self.width], self.addr) }
-            == Ok(self.width);
-        if ok {
-            frame.skip_instruction(self.len);
+        if self.write {
+            // SAFETY: the bytes are the ones the interrupted instruction
+            // was storing there (decoded from it, its registers and, for a
+            // read-modify-write, the operand read under the same lock): the
+            // handler performs that store for it.
+            let written = unsafe { os::pwrite_at(self.fd, &self.bytes[..self.width], self.addr) };
+            if written != Ok(self.width) {
+                return false;
+            }
         }
-        ok
+        for &(reg, value) in self.regs.iter().flatten() {
+            frame.set_gpr(reg, value);
+        }
+        frame.set_flags(self.flags.0, self.flags.1);
+        frame.skip_instruction(self.len);
+        true
     }
 }

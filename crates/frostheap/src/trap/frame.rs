@@ -50,8 +50,25 @@ pub(crate) fn is_step_trap(code: i32, frame: &Frame) -> bool {
 const EFLAGS_TF: i64 = 0x100;
 const EFLAGS_DF: i64 = 0x400;
 
-/// The frame's index of each general register, in the encoding's
-/// numbering (0 = rax .. 15 = r15).
+/// Bit of `XSTATE_BV` for the PKRU component.
+const XSTATE_PKRU: u64 = 1 << 9;
+/// Offset of `XSTATE_BV` in the XSAVE area (the header follows the
+/// 512-byte legacy area).
+const XSTATE_BV_OFFSET: usize = 512;
+
+/// Bit of `XSTATE_BV` for the SSE component (the XMM registers).
+const XSTATE_SSE: u64 = 1 << 1;
+/// Offset of XMM0 in the legacy FXSAVE area.
+const XMM_OFFSET: usize = 160;
+/// Offset of the software-reserved bytes of the FXSAVE area, where the
+/// kernel writes `FP_XSTATE_MAGIC1` when the frame holds an XSAVE area.
+const FP_SW_OFFSET: usize = 464;
+/// The kernel's `FP_XSTATE_MAGIC1`.
+const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+
+/// The frame's `gregs` index of each general register, in the encoding's
+/// numbering (0 = rax, 1 = rcx, 2 = rdx, 3 = rbx, 4 = rsp, 5 = rbp,
+/// 6 = rsi, 7 = rdi, 8..=15 = r8..r15).
 const GPR_BY_NUMBER: [libc::c_int; 16] = [
     libc::REG_RAX,
     libc::REG_RCX,
@@ -70,21 +87,6 @@ const GPR_BY_NUMBER: [libc::c_int; 16] = [
     libc::REG_R14,
     libc::REG_R15,
 ];
-/// Bit of `XSTATE_BV` for the PKRU component.
-const XSTATE_PKRU: u64 = 1 << 9;
-/// Offset of `XSTATE_BV` in the XSAVE area (the header follows the
-/// 512-byte legacy area).
-const XSTATE_BV_OFFSET: usize = 512;
-
-/// Bit of `XSTATE_BV` for the SSE component (the XMM registers).
-const XSTATE_SSE: u64 = 1 << 1;
-/// Offset of XMM0 in the legacy FXSAVE area.
-const XMM_OFFSET: usize = 160;
-/// Offset of the software-reserved bytes of the FXSAVE area, where the
-/// kernel writes `FP_XSTATE_MAGIC1` when the frame holds an XSAVE area.
-const FP_SW_OFFSET: usize = 464;
-/// The kernel's `FP_XSTATE_MAGIC1`.
-const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
 
 /// A fault as the SIGSEGV handler sees it.
 #[derive(Clone, Copy, Debug)]
@@ -215,8 +217,9 @@ impl Frame {
         self.gregs()[GPR_BY_NUMBER[usize::from(n & 15)] as usize] as u64
     }
 
-    /// Sets general register `n` (numbered as [`Frame::gpr`]) for the
-    /// interrupted code to resume with.
+    /// Sets general register `n` (numbered as in [`Frame::gpr`]) of the
+    /// interrupted code, which it resumes with (a read-modify-write the
+    /// handler performed for it wrote that register).
     pub(crate) fn set_gpr(&mut self, n: u8, value: u64) {
         self.gregs_mut()[GPR_BY_NUMBER[usize::from(n & 15)] as usize] = value as i64;
     }
@@ -225,6 +228,19 @@ impl Frame {
     /// (string instructions step downwards).
     pub(crate) fn direction_flag(&self) -> bool {
         self.gregs()[libc::REG_EFL as usize] & EFLAGS_DF != 0
+    }
+
+    /// The interrupted code's RFLAGS.
+    pub(crate) fn flags(&self) -> u64 {
+        self.gregs()[libc::REG_EFL as usize] as u64
+    }
+
+    /// Replaces the bits `mask` of the interrupted code's RFLAGS with
+    /// those of `flags` (the arithmetic flags of an instruction the
+    /// handler performed for it).
+    pub(crate) fn set_flags(&mut self, mask: u64, flags: u64) {
+        let efl = &mut self.gregs_mut()[libc::REG_EFL as usize];
+        *efl = ((*efl as u64 & !mask) | (flags & mask)) as i64;
     }
 
     /// XMM register `n` (0..=15) of the interrupted code, from the frame's

@@ -30,9 +30,10 @@
 //! - a key fault on a write by any other thread: write access is
 //!   **granted** (main and other threads keep it during phases);
 //! - a write by any other thread during an `mprotect` freeze: the store
-//!   is **performed** under the step lock when it is a plain move the
-//!   handler decodes (`emulate.rs`: no page is opened, so no worker's
-//!   violating store slips through one), else **stepped through** (its
+//!   is **performed** under the step lock when it is a plain move or a
+//!   read-modify-write the handler decodes (`emulate.rs`: no page is
+//!   opened, so no worker's violating store slips through one; the lock
+//!   makes a read-modify-write atomic), else **stepped through** (its
 //!   page opened for one instruction under the step lock), so the thread
 //!   never waits for a phase that may wait for it; no asynchronous signal
 //!   runs its handler inside a step (`step.rs`);

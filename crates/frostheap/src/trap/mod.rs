@@ -36,6 +36,7 @@ mod frame;
 mod freeze;
 mod handler;
 mod report;
+mod rmw;
 mod step;
 mod string;
 
@@ -45,6 +46,7 @@ use std::sync::{Mutex, Once};
 pub use crate::config::{Backend, OnViolation, Protect};
 pub use crate::violation::{Access, Violation};
 pub use emulate::set_enabled as set_store_emulation;
+pub use emulate::set_rmw_enabled as set_rmw_emulation;
 pub(crate) use freeze::Freeze;
 pub use step::step_lock_address;
 

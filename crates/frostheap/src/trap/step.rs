@@ -8,8 +8,8 @@
 //! thread alone. With `mprotect` it is the page itself, open to every
 //! thread for that one instruction: another worker's store to the same
 //! page in that window lands unseen (a documented limit), which is why a
-//! store the handler can decode is performed instead (`emulate.rs`) and
-//! only the others come here.
+//! store the handler can decode (a plain move or a read-modify-write) is
+//! performed instead (`emulate.rs`) and only the others come here.
 //!
 //! Both halves run inside signal handlers (SIGSEGV opens, SIGTRAP closes)
 //! and touch only the worker's own state and the frame. On `mprotect`,
