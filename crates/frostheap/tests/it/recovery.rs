@@ -973,6 +973,8 @@ fn mprotect_string_stores_of_a_bystander_and_a_violator_land_page_by_page_exactl
     // SAFETY: reading the live block, thawed and restored.
     let after = unsafe { std::slice::from_raw_parts(base as *const u8, LEN) };
     assert!(after == &before[..], "the violating string store was not undone whole");
+}
+
 /// The read-modify-writes of [`rmw_forms`], one per line: each runs with
 /// its flags preset (all six arithmetic flags set or clear), and after it
 /// the flags and rax, rcx, rdx, r8..r11 are saved in `out`'s next 8 words.
