@@ -357,4 +357,14 @@ pub mod __private {
     pub mod context {
         pub use crate::context::{chunk_shift_for, chunk_size, free, owns, CHUNK_SIZE};
     }
+
+    /// Integration tests (`runtime`): the runtime's test hooks.
+    pub mod runtime {
+        /// Worker `worker` of `rt` starts no phase until `None` releases
+        /// it, as a worker the scheduler does not run: its phases go on
+        /// without it once the other workers have claimed every chunk.
+        pub fn hold_worker_start(rt: &crate::Runtime, worker: Option<usize>) {
+            rt.hold_worker_start(worker);
+        }
+    }
 }

@@ -816,25 +816,23 @@ pub fn yield_now() {
     unsafe { libc::sched_yield() };
 }
 
-/// Waits while `*word == expected`: first spinning briefly (yielding the
-/// CPU between checks, so a thread that has work gets it), then sleeping
-/// in the kernel. Returns once the word has changed. For waits that are
-/// usually short (a phase ending, the next phase starting): a futex wake
-/// of an idle virtual CPU costs tens of microseconds, a short spin none.
+/// Waits while `*word == expected`, asleep in the kernel; returns once
+/// the word has changed. For the runtime's waits (a phase ending, the next
+/// phase starting).
+///
+/// It neither spins nor yields first. Under EEVDF (Linux 6.6 on), each
+/// `sched_yield` hands the rest of the thread's slice away and moves its
+/// virtual deadline a slice ahead, so a thread that yielded while it
+/// waited is runnable but last in line when the word changes: with two
+/// `yes` hogs on two CPUs, the 48 yields this wait made after 16 short
+/// spins held a phase for 4 to 11 ms (88 to 252 small calls a second,
+/// against 24,000 to 44,000 with a plain sleep, which a wake-up runs at
+/// once). A spin of 64 to 1,024 `pause`s before the sleep was no faster
+/// on a quiet machine and slower with the hogs: on two CPUs a spinning
+/// main or worker takes the CPU the worker with work needs
+/// (`frostheap-bench`'s `phases`).
 pub fn wait_while_eq(word: &core::sync::atomic::AtomicU32, expected: u32) {
     use core::sync::atomic::Ordering;
-    for round in 0..64u32 {
-        if word.load(Ordering::Acquire) != expected {
-            return;
-        }
-        if round < 16 {
-            for _ in 0..64 {
-                core::hint::spin_loop();
-            }
-        } else {
-            yield_now();
-        }
-    }
     while word.load(Ordering::Acquire) == expected {
         futex_wait(word, expected, None);
     }

@@ -544,8 +544,13 @@ impl Runtime {
         let window = term
             .slot_window()
             .and_then(|(ptr, len)| self.results_window(ptr, len));
+        // The claim loop is dynamic: once a worker has left it, every chunk
+        // is claimed (or the batch is cancelled, decided, or at its
+        // budget, which only move forward), so a worker that has not
+        // started by then may skip the phase.
         let phase = self.run_phase(
             &|env: &WorkerEnv<'_>| job.work(env),
+            true,
             window,
             S::LENDS_OWNERS,
         );

@@ -8,7 +8,7 @@
 //! list, the threads) is made inside [`unguarded`], so tasks never find it
 //! frozen.
 
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
 use std::sync::Mutex;
 
 use super::pool::{Runtime, RuntimeStats, DEFAULT_MAX_PARKED};
@@ -256,6 +256,9 @@ impl RuntimeBuilder {
                 epoch: AtomicU32::new(0),
                 job: AtomicPtr::new(core::ptr::null_mut()),
                 remaining: AtomicU32::new(0),
+                gate: AtomicU64::new(0),
+                skipped: AtomicU64::new(0),
+                held: AtomicU32::new(0),
                 events: AtomicU32::new(0),
                 parked: AtomicU32::new(0),
                 shutdown: AtomicBool::new(false),

@@ -51,7 +51,7 @@ pub(super) struct PhaseResult {
 }
 
 impl Runtime {
-    /// Runs `job` on every worker as one phase; `window` (the result slots'
+    /// Runs `job` on the workers as one phase; `window` (the result slots'
     /// pages, when they lie in a guarded heap) stays writable. With `keep`
     /// (a rollback runtime's phase whose tasks get `&mut` access to values
     /// that own memory, [`super::source::ParSource::LENDS_OWNERS`]),
@@ -59,10 +59,13 @@ impl Runtime {
     /// keeps them, and reported as the phase's error: undone, they would
     /// leave such a value disagreeing with the memory it owns (a `Vec`
     /// whose length counts an element the undo took back), which the
-    /// caller still holds and drops.
+    /// caller still holds and drops. With `skippable` (the job's work is
+    /// claimed dynamically, [`JobRef::skippable`]), workers that have not
+    /// started the job when one has finished it skip the phase.
     pub(super) fn run_phase(
         &self,
         job: &(dyn Fn(&WorkerEnv<'_>) + Sync),
+        skippable: bool,
         window: Option<(usize, usize)>,
         keep: bool,
     ) -> PhaseResult {
@@ -106,10 +109,16 @@ impl Runtime {
         let ticket = (policy == OnViolation::Rollback).then(guard::undo::phase_begins);
         // The freeze protocol is trap::Freeze's; dropping it thaws.
         let freeze = Freeze::new(&self.guards, ctl.backend, window);
-        let job_ref = JobRef(job);
+        let job_ref = JobRef {
+            run: job,
+            skippable,
+        };
         ctl.remaining.store(active, Ordering::Release);
+        // Every worker waits at the gate of the phase the epoch moves to.
+        ctl.open_gate(ctl.epoch.load(Ordering::Relaxed).wrapping_add(1), active);
         // SAFETY (lifetime): job_ref outlives the phase: we wait below
-        // until every worker has finished or been parked.
+        // until every worker has finished, been skipped (never to read it)
+        // or been parked.
         ctl.job.store(
             &job_ref as *const JobRef<'_> as *mut JobRef<'static>,
             Ordering::Release,

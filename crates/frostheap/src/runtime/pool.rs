@@ -83,6 +83,11 @@ pub struct RuntimeStats {
     pub violations: u64,
     /// Worker threads parked by the cancel policy (replaced).
     pub parked_workers: u64,
+    /// Times a worker skipped a phase: it had not started the phase when
+    /// another worker had run out of chunks to claim, so the phase ended
+    /// without waiting for it (the scheduler had not run it yet; see
+    /// docs/design.md, "The phase protocol").
+    pub skipped_workers: u64,
     /// The memory budget, if any.
     pub memory_budget: Option<usize>,
     /// Worker threads.
@@ -142,6 +147,7 @@ impl Runtime {
             .sum();
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
         s.context_committed = context_committed;
+        s.skipped_workers = self.control.skipped.load(Ordering::Relaxed);
         s
     }
 
@@ -194,6 +200,12 @@ impl Runtime {
         let w = unguarded(|| worker::spawn(self.control, id, format!("frostheap-worker-{id}")))?;
         unguarded(|| self.lock_workers().push(w));
         Ok(())
+    }
+
+    /// Test hook (`__private::runtime::hold_worker_start`): worker `index`
+    /// of this runtime starts no phase until `None` releases it.
+    pub(crate) fn hold_worker_start(&self, index: Option<usize>) {
+        worker::hold_worker_start(self.control, index);
     }
 
     /// Refuses calls from inside a task: phases do not nest.
@@ -337,6 +349,7 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         let ctl = self.control;
         ctl.shutdown.store(true, Ordering::Release);
+        os::futex_wake(&ctl.held, i32::MAX);
         ctl.epoch.fetch_add(1, Ordering::AcqRel);
         os::futex_wake(&ctl.epoch, i32::MAX);
         let workers = core::mem::take(&mut *self.lock_workers());

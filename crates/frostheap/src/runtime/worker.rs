@@ -6,8 +6,22 @@
 //! handler reads, and a context heap. It sleeps on the runtime's phase
 //! epoch (a futex), runs the published job when the epoch moves, and
 //! reports completion through the runtime's event word.
+//!
+//! **The start gate.** A worker enters a phase through the phase's gate
+//! word ([`ControlBlock::gate`]): the phase's epoch, a closed bit, and the
+//! count of its workers that have not started it. A worker takes one off
+//! the count before it touches anything of the phase (the job, its
+//! protection-key access, its phase marks); a worker that has run a job
+//! whose claims are dynamic ([`JobRef::skippable`]) closes the gate when
+//! it is done, and counts every worker still waiting as finished in
+//! `remaining`: any of them would have found no chunk left to claim. A
+//! worker that finds the gate closed (or a later phase's gate) skips the
+//! phase. So a phase no longer waits for a worker the scheduler has not
+//! run yet once the others have drained it: under CPU oversubscription
+//! (two `yes` hogs on two CPUs) a worker woken but not yet run held every
+//! phase for a time slice of the hogs' (`frostheap-bench`'s `phases`).
 
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use crate::context::ContextHeap;
@@ -16,7 +30,23 @@ use crate::trap::{self, Backend, OnViolation};
 use crate::{global, os};
 
 /// A job as workers see it.
-pub(crate) struct JobRef<'a>(pub(crate) &'a (dyn Fn(&WorkerEnv<'_>) + Sync));
+pub(crate) struct JobRef<'a> {
+    pub(crate) run: &'a (dyn Fn(&WorkerEnv<'_>) + Sync),
+    /// The job's work is claimed dynamically: once one worker has returned
+    /// from `run`, a worker that calls it afterwards finds nothing to do
+    /// and returns at once, touching nothing (the batch engine's claim
+    /// loop: its cursor, budget sum and cancel flag only move forward).
+    /// Workers that have not started such a job when one worker finished
+    /// it are skipped (see the file's notes). A job that must run on
+    /// every worker is not skippable, and its phase waits for all.
+    pub(crate) skippable: bool,
+}
+
+/// In [`ControlBlock::gate`]: the phase's gate is closed; the workers
+/// still waiting were counted as finished and skip the phase.
+const GATE_CLOSED: u64 = 1 << 31;
+/// In [`ControlBlock::gate`]: the workers that have not started the phase.
+const GATE_WAITING: u64 = GATE_CLOSED - 1;
 
 /// The runtime's control block: what main and the workers share (system
 /// memory, never moves, leaked so workers may hold it for `'static`).
@@ -30,10 +60,86 @@ pub(crate) struct ControlBlock {
     pub policy: OnViolation,
     pub epoch: AtomicU32,
     pub job: AtomicPtr<JobRef<'static>>,
+    /// Workers of the phase that have neither finished nor been skipped
+    /// (parked ones never finish; main counts them apart).
     pub remaining: AtomicU32,
+    /// The phase's start gate: `epoch << 32 | GATE_CLOSED? | waiting`,
+    /// `waiting` the workers that have not started the phase. Written by
+    /// main before the epoch moves ([`ControlBlock::open_gate`]); a worker
+    /// takes one off `waiting` to start ([`ControlBlock::enter`]); a worker
+    /// that finished a skippable job closes it ([`ControlBlock::close`]).
+    /// A worker starts a phase only through it, so `remaining` counts each
+    /// worker exactly once: as finished by itself, or as skipped by the
+    /// worker that closed the gate.
+    pub gate: AtomicU64,
+    /// Worker starts skipped, over every phase (the closers add them up).
+    pub skipped: AtomicU64,
+    /// A test hook ([`hold_worker_start`]): worker index + 1 of a worker
+    /// that must not start phases (0: none).
+    pub held: AtomicU32,
     pub events: AtomicU32,
     pub parked: AtomicU32,
     pub shutdown: AtomicBool,
+}
+
+impl ControlBlock {
+    /// Main, before the epoch moves to `epoch`: the phase's `workers` are
+    /// waiting to start it.
+    pub(crate) fn open_gate(&self, epoch: u32, workers: u32) {
+        debug_assert!(
+            u64::from(workers) <= GATE_WAITING,
+            "a phase's workers fit the gate's count"
+        );
+        self.gate.store(
+            u64::from(epoch) << 32 | u64::from(workers),
+            Ordering::Release,
+        );
+    }
+
+    /// A worker that saw the phase epoch `seen` starts that phase: `Some`
+    /// of the workers still waiting after it, or `None` when the phase is
+    /// not `seen`'s any more or its gate was closed (the worker was
+    /// counted as finished and must not touch the phase).
+    fn enter(&self, seen: u32) -> Option<u32> {
+        let mut g = self.gate.load(Ordering::Acquire);
+        loop {
+            if (g >> 32) as u32 != seen || g & GATE_CLOSED != 0 {
+                return None;
+            }
+            debug_assert!(
+                g & GATE_WAITING > 0,
+                "an open gate counts every worker that has not started its phase"
+            );
+            match self
+                .gate
+                .compare_exchange_weak(g, g - 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some((g & GATE_WAITING) as u32 - 1),
+                Err(now) => g = now,
+            }
+        }
+    }
+
+    /// A worker that has run phase `seen`'s skippable job to its end
+    /// closes the gate: returns how many workers were still waiting, now
+    /// skipped (0 if none, or if another worker closed it first).
+    fn close(&self, seen: u32) -> u32 {
+        let mut g = self.gate.load(Ordering::Acquire);
+        loop {
+            if (g >> 32) as u32 != seen || g & GATE_CLOSED != 0 || g & GATE_WAITING == 0 {
+                return 0;
+            }
+            match self.gate.compare_exchange_weak(
+                g,
+                (g & !GATE_WAITING) | GATE_CLOSED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return (g & GATE_WAITING) as u32,
+                Err(now) => g = now,
+            }
+        }
+    }
 }
 
 /// What the runtime keeps of a worker.
@@ -132,6 +238,31 @@ pub(crate) fn spawn(
     })
 }
 
+/// Test hook: worker `index` of the runtime whose control block is `rt`
+/// stops starting phases until released (`None`), as a worker the
+/// scheduler does not run would (`__private::runtime`). A worker held
+/// when the epoch moves passes its wake-up on, so that the phase does not
+/// wait for it, then waits for the release; released, it goes through the
+/// gate of the phase it woke for (if still open), or of the next.
+pub(crate) fn hold_worker_start(rt: &ControlBlock, index: Option<usize>) {
+    rt.held
+        .store(index.map_or(0, |i| i as u32 + 1), Ordering::Release);
+    if index.is_none() {
+        os::futex_wake(&rt.held, i32::MAX);
+    }
+}
+
+/// Worker `index`, held by [`hold_worker_start`]: hands its wake-up to
+/// another worker and waits for the release (or the runtime's shutdown).
+#[cold]
+fn hold(rt: &ControlBlock, index: usize) {
+    os::futex_wake(&rt.epoch, 1);
+    let me = index as u32 + 1;
+    while rt.held.load(Ordering::Acquire) == me && !rt.shutdown.load(Ordering::Acquire) {
+        os::futex_wait(&rt.held, me, Some(10_000_000));
+    }
+}
+
 fn run(
     rt: &'static ControlBlock,
     index: usize,
@@ -159,11 +290,22 @@ fn run(
         if rt.shutdown.load(Ordering::Acquire) {
             break;
         }
+        if rt.held.load(Ordering::Relaxed) == index as u32 + 1 {
+            hold(rt, index);
+        }
+        // Through the gate, or not at all: a skipped worker was counted as
+        // finished, and the phase (its job, main's stack) may be gone.
+        let Some(waiting) = rt.enter(seen) else {
+            continue;
+        };
         let job = rt.job.load(Ordering::Acquire);
+        let mut skipped = 0;
         if !job.is_null() {
-            // Pass the wake-up on: each worker that starts wakes two more (see
-            // Runtime::run_phase).
-            os::futex_wake(&rt.epoch, 2);
+            // Pass the wake-up on: each worker that starts wakes two more
+            // (see Runtime::run_phase), while any are still waiting.
+            if waiting > 0 {
+                os::futex_wake(&rt.epoch, 2);
+            }
             slot.begin_job();
             slot.in_phase.store(true, Ordering::Release);
             if let Backend::Pkey(key) = rt.backend {
@@ -180,9 +322,11 @@ fn run(
             }
             global::set_context(ctx);
             // SAFETY: main keeps the job alive until every worker has
-            // reported the end of this phase (see Runtime::run_phase).
+            // reported the end of this phase or been skipped (see
+            // Runtime::run_phase); this one started it, so it counts in
+            // `remaining` until the decrement below.
             let job: &JobRef = unsafe { &*job };
-            (job.0)(&WorkerEnv { index, ctx });
+            (job.run)(&WorkerEnv { index, ctx });
             global::set_context(core::ptr::null());
             if let Backend::Pkey(key) = rt.backend {
                 trap::set_key_access(key, os::Access::ReadWrite);
@@ -193,8 +337,16 @@ fn run(
                 // runtime::recovery) and counts this worker as parked.
                 trap::abandon::park_abandoned(slot);
             }
+            if job.skippable {
+                // Every chunk is claimed: the workers that have not
+                // started would find none. They skip the phase.
+                skipped = rt.close(seen);
+                if skipped > 0 {
+                    rt.skipped.fetch_add(u64::from(skipped), Ordering::Relaxed);
+                }
+            }
         }
-        rt.remaining.fetch_sub(1, Ordering::AcqRel);
+        rt.remaining.fetch_sub(1 + skipped, Ordering::AcqRel);
         rt.events.fetch_add(1, Ordering::AcqRel);
         os::futex_wake(&rt.events, i32::MAX);
     }
