@@ -41,6 +41,21 @@
 //! heaps' free memory (`process::reclaim_and_charge`), as a heap's refused
 //! charge is: only then is the allocation refused.
 //!
+//! **Values a rolled-back phase keeps are pinned, not the whole chunk.**
+//! After a phase whose stores the rollback policy undid, the runtime never
+//! drops the values its tasks made (one may rest on an undone store), and
+//! their blocks are never freed. Such a block in a worker's current chunk
+//! kept the chunk from ever emptying: the cursor never started over,
+//! later tasks walked through the rest of it, and the whole chunk was
+//! kept. The worker now pins its current chunk below the cursor before
+//! its next task ([`ContextHeap::pin_current`]): the bytes below the
+//! *floor* are left as they are (their frees are not counted), and the
+//! chunk is reused above it, the cursor starting over at the floor
+//! whenever every block above it is freed. A pinned chunk, once sealed,
+//! is never made free. Before each job the worker also starts its current
+//! chunk over when every block in it has been freed, by main as well
+//! ([`ContextHeap::reuse_current_if_freed`]).
+//!
 //! **A slot comes back when its heap is retired and empty.** A worker
 //! retires its heap when it exits. Blocks its tasks returned may still be
 //! alive in main's data: then the heap stays until the last of them is
@@ -170,7 +185,8 @@ fn reserve_space() -> Result<(), os::OsError> {
 }
 
 /// Per-chunk counters. `allocs` is written by the owner only (plain
-/// store); `frees` by anyone (atomic add); `owner_frees` by the owner
+/// store); `frees` by anyone (a compare-exchange: see [`ChunkMeta::floor`]);
+/// `owner_frees` by the owner
 /// only, and only while the chunk is its current one (plain store: most
 /// frees are a task's own temporaries, and a locked add per free cost more
 /// than the rest of the free). Empty iff sealed and
@@ -179,8 +195,21 @@ fn reserve_space() -> Result<(), os::OsError> {
 /// SEALED), so whoever sees SEALED sees its last value.
 struct ChunkMeta {
     allocs: AtomicU32,
-    frees: AtomicU32,
+    /// Frees counted by other threads in the low half; in the high half
+    /// an epoch, advanced when the chunk is pinned, so that a free that
+    /// read the floor before the pin is never counted after it.
+    frees: AtomicU64,
     owner_frees: AtomicU32,
+    /// 0, or the chunk is *pinned* below this address: it was its worker's
+    /// current chunk when a phase the rollback policy undid kept values
+    /// (`ContextHeap::pin_current`). The blocks below it may be kept for
+    /// the life of the process, so that part is never reused, and their
+    /// frees are not counted: the counts cover the blocks from the floor
+    /// up, and while the chunk is current the cursor starts over at the
+    /// floor whenever they are all freed. A pinned chunk, once sealed, is
+    /// never made free (its blocks below the floor may still be in use).
+    /// Set by the owner only, raised only, cleared only with the slot.
+    floor: AtomicUsize,
     state: AtomicU32,
     /// Chunks in this run (on the run's first chunk).
     run: AtomicU32,
@@ -193,6 +222,11 @@ impl ChunkMeta {
     /// `allocs` allocations made, none freed, in `state`. The state is
     /// stored last (SeqCst) so a freer that sees it sees the counts.
     fn restart(&self, run: u32, allocs: u32, state: u32) {
+        debug_assert_eq!(
+            self.floor.load(Ordering::Relaxed),
+            0,
+            "frostheap: a pinned context chunk was taken again"
+        );
         self.run.store(run, Ordering::Relaxed);
         self.allocs.store(allocs, Ordering::Relaxed);
         self.frees.store(0, Ordering::Relaxed);
@@ -202,7 +236,24 @@ impl ChunkMeta {
 
     /// Frees counted so far, by anyone.
     fn freed(&self) -> u32 {
-        self.frees.load(Ordering::SeqCst) + self.owner_frees.load(Ordering::Relaxed)
+        self.frees.load(Ordering::SeqCst) as u32 + self.owner_frees.load(Ordering::Relaxed)
+    }
+
+    /// Whether every block counted here (from the floor up) is freed, and
+    /// the count may start over: owner only, on its current chunk.
+    fn counted_all_freed(&self) -> bool {
+        self.frees.load(Ordering::Acquire) as u32 + self.owner_frees.load(Ordering::Relaxed)
+            == self.allocs.load(Ordering::Relaxed)
+    }
+
+    /// Starts the counts over with no block counted (owner only, on its
+    /// current chunk, when no counted block is live: no other thread can
+    /// be counting a free of one). Keeps the epoch.
+    fn recount(&self) {
+        let epoch = self.frees.load(Ordering::Relaxed) & !(u32::MAX as u64);
+        self.frees.store(epoch, Ordering::Relaxed);
+        self.owner_frees.store(0, Ordering::Relaxed);
+        self.allocs.store(0, Ordering::Relaxed);
     }
 }
 
@@ -239,6 +290,10 @@ pub struct ContextHeap {
     allocated: AtomicUsize,
     /// Chunks committed and resident now (in use, or free and kept).
     committed_chunks: AtomicUsize,
+    /// Chunks pinned ([`ChunkMeta::floor`]), and the bytes below their
+    /// floors when they were pinned (owner writes, anyone reads).
+    pinned: AtomicU32,
+    pinned_bytes: AtomicUsize,
     /// The heap's life: a generation in the high half (one per heap that
     /// took the slot) and, in the low half, [`LIFE_ACTIVE`], the frontier
     /// plus one once retired, or [`LIFE_RELEASED`].
@@ -337,9 +392,11 @@ impl ContextHeap {
         self.frontier.set(0);
         self.limit_refused.set(false);
         for c in &self.chunks[..used] {
+            c.floor.store(0, Ordering::Relaxed);
             c.restart(1, 0, ACTIVE);
             c.resident.store(false, Ordering::Relaxed);
         }
+        self.pinned.store(0, Ordering::Relaxed);
         for w in &self.free {
             w.store(0, Ordering::Relaxed);
         }
@@ -356,6 +413,88 @@ impl ContextHeap {
     /// its own thread, before its first task.
     pub fn set_owner(&self) {
         self.owner.store(thread_token(), Ordering::Relaxed);
+    }
+
+    /// Where the cursor starts over in chunk `idx`: its floor, if pinned,
+    /// else its first byte.
+    fn start_of(&self, idx: u32) -> usize {
+        let floor = self.chunks[idx as usize].floor.load(Ordering::Relaxed);
+        floor.max(self.base + ((idx as usize) << self.shift))
+    }
+
+    /// Pins the current chunk below the cursor (see [`ChunkMeta::floor`]):
+    /// after a phase the rollback policy undid kept values its tasks made,
+    /// which may own blocks here, before the worker's next task. Without
+    /// it, such a block kept the chunk from ever being empty: the cursor
+    /// never started over, every later task's temporaries walked through
+    /// the rest of the chunk, and the whole chunk (4 MiB) was kept. Now
+    /// what is kept is the chunk below the cursor, and the rest is reused
+    /// as before. (The chunks the phase filled and sealed are kept whole,
+    /// as they are full.)
+    ///
+    /// # Safety
+    /// 1. Called by the owning worker thread only.
+    pub unsafe fn pin_current(&self) {
+        let cur = self.current.get();
+        if cur == NONE {
+            return;
+        }
+        let c = &self.chunks[cur as usize];
+        let floor = self.cursor.get();
+        let below = floor - self.start_of(cur);
+        if below == 0 {
+            return;
+        }
+        if c.floor.load(Ordering::Relaxed) == 0 {
+            self.pinned.fetch_add(1, Ordering::Relaxed);
+        }
+        self.pinned_bytes.fetch_add(below, Ordering::Relaxed);
+        // The floor first, then a new epoch with nothing counted: every
+        // block counted so far lies below the floor (it is the cursor), and
+        // no free of one is counted from here on (see `free`).
+        c.floor.store(floor, Ordering::SeqCst);
+        let mut word = c.frees.load(Ordering::SeqCst);
+        while let Err(now) = c.frees.compare_exchange_weak(
+            word,
+            ((word >> 32) + 1) << 32,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            word = now;
+        }
+        c.owner_frees.store(0, Ordering::Relaxed);
+        c.allocs.store(0, Ordering::Relaxed);
+    }
+
+    /// Starts the current chunk over (at its floor, if pinned) when every
+    /// block counted in it has been freed, by this thread or others: the
+    /// worker calls it before a job, so that results main dropped since
+    /// the last one (frees by another thread, which cannot move the
+    /// cursor) leave their bytes to the next tasks instead of the cursor
+    /// walking on.
+    ///
+    /// # Safety
+    /// 1. Called by the owning worker thread only.
+    pub unsafe fn reuse_current_if_freed(&self) {
+        let cur = self.current.get();
+        if cur == NONE {
+            return;
+        }
+        let c = &self.chunks[cur as usize];
+        if c.allocs.load(Ordering::Relaxed) != 0 && c.counted_all_freed() {
+            c.recount();
+            self.cursor.set(self.start_of(cur));
+        }
+    }
+
+    /// Chunks pinned by [`ContextHeap::pin_current`], and the bytes below
+    /// their floors: what values kept by rolled-back phases hold, with
+    /// the holes between them.
+    pub fn pinned(&self) -> (usize, usize) {
+        (
+            self.pinned.load(Ordering::Relaxed) as usize,
+            self.pinned_bytes.load(Ordering::Relaxed),
+        )
     }
 
     /// Bytes handed out since creation (the bump counter).
@@ -646,6 +785,12 @@ impl ContextHeap {
     /// change. The last chunk freed of a retired heap hands its slot back.
     fn make_reusable(&self, idx: u32) {
         let head = &self.chunks[idx as usize];
+        // A pinned chunk is never free: its blocks below the floor may be
+        // in use for the life of the process (the floor was stored by the
+        // owner before the SeqCst store of SEALED that the caller saw).
+        if head.floor.load(Ordering::SeqCst) != 0 {
+            return;
+        }
         if head
             .state
             .compare_exchange(SEALED, REUSABLE, Ordering::AcqRel, Ordering::Acquire)
@@ -712,24 +857,46 @@ impl ContextHeap {
         // `current` is read only once the owner check passed (it is the
         // owner's Cell).
         if self.owner.load(Ordering::Relaxed) == thread_token() && self.current.get() == idx {
+            // A block below the floor is not counted (the owner set it).
+            if (p as usize) < c.floor.load(Ordering::Relaxed) {
+                return;
+            }
             let owner_frees = c.owner_frees.load(Ordering::Relaxed) + 1;
             // Every block of the current chunk freed (a task that dropped
             // its temporaries): start the chunk over, so the next task
             // reuses the same, cache-hot bytes instead of walking through
-            // the whole chunk. No live block is left, so no other thread
-            // can still count a free here (a stale `frees` read only
-            // misses a reset).
-            if owner_frees + c.frees.load(Ordering::Relaxed) == c.allocs.load(Ordering::Relaxed) {
-                c.frees.store(0, Ordering::Relaxed);
-                c.owner_frees.store(0, Ordering::Relaxed);
-                c.allocs.store(0, Ordering::Relaxed);
-                self.cursor.set(self.base + ((idx as usize) << self.shift));
+            // the whole chunk. No live block is left (from the floor up),
+            // so no other thread can still count a free here (a stale
+            // `frees` read only misses a reset).
+            if owner_frees + c.frees.load(Ordering::Relaxed) as u32
+                == c.allocs.load(Ordering::Relaxed)
+            {
+                c.recount();
+                self.cursor.set(self.start_of(idx));
             } else {
                 c.owner_frees.store(owner_frees, Ordering::Relaxed);
             }
             return;
         }
-        let frees = c.frees.fetch_add(1, Ordering::SeqCst) + 1;
+        // Counted unless the block lies below the floor. The floor is read
+        // after the count word and before the count is stored, and a pin
+        // stores the floor before it moves the epoch: a free counted in
+        // the new epoch has read the new floor, and one counted in the old
+        // epoch is wiped by the pin (ChunkMeta::floor).
+        let mut word = c.frees.load(Ordering::SeqCst);
+        loop {
+            if (p as usize) < c.floor.load(Ordering::SeqCst) {
+                return;
+            }
+            match c
+                .frees
+                .compare_exchange_weak(word, word + 1, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => break,
+                Err(now) => word = now,
+            }
+        }
+        let frees = word as u32 + 1;
         if c.state.load(Ordering::SeqCst) == SEALED
             && frees + c.owner_frees.load(Ordering::Relaxed) == c.allocs.load(Ordering::Acquire)
         {
@@ -771,7 +938,8 @@ impl ContextHeap {
         let sealed_free = self.free_count.load(Ordering::Acquire) as usize
             + usize::from(cur != NONE)
             == self.frontier.get() as usize;
-        current_empty && sealed_free
+        // A pinned chunk's blocks below its floor are never counted freed.
+        current_empty && sealed_free && self.pinned.load(Ordering::Relaxed) == 0
     }
 
     /// Ends the heap's use by its worker (on the worker's thread, as it
@@ -823,6 +991,24 @@ impl ContextHeap {
         // Last: from here on the slot may be taken (and reset) again.
         SLOT_USED[self.slot].store(false, Ordering::Release);
     }
+}
+
+/// Bytes of the free chunks the context heaps keep resident for reuse
+/// (at most [`KEEP_RESIDENT`] a heap): committed and charged, holding no
+/// block. The rest of what the context heaps have committed are chunks
+/// that hold a live block, or a worker's current chunk; a bump arena
+/// reuses a chunk only once it is empty, so each counts whole as in use
+/// (`frostheap::stats()`, the out-of-memory line). Reads atomics only, of
+/// every slot ever used: it allocates nothing (the out-of-memory line
+/// calls it inside the allocator), and a slot being handed back may be
+/// read a moment stale.
+pub fn kept_free_bytes() -> usize {
+    let slots = SPACE_SLOTS.load(Ordering::Acquire);
+    (0..slots)
+        .filter_map(ContextHeap::of_slot)
+        .filter(|h| h.life.load(Ordering::Relaxed) & u32::MAX as u64 != LIFE_RELEASED)
+        .map(|h| (h.resident_free.load(Ordering::Relaxed) as usize) << h.shift)
+        .sum()
 }
 
 /// Frees a block anywhere in the context space, from any thread.

@@ -40,6 +40,10 @@ pub struct Violation {
     pub(crate) policy: OnViolation,
     /// Rollback: the stores the phase undid (this one and every other).
     pub(crate) stores_undone: usize,
+    /// Rollback: values the phase's tasks made that need drop, kept
+    /// undropped because the phase's stores were undone (set by the batch
+    /// engine once it has freed what held them).
+    pub(crate) values_kept: usize,
     /// A rollback runtime kept the phase's stores: its tasks had `&mut`
     /// access to values that own memory (`Runtime::run_phase`'s `keep`).
     pub(crate) kept: bool,
@@ -257,6 +261,16 @@ impl Violation {
     pub fn stores_undone(&self) -> usize {
         self.stores_undone
     }
+    /// Under rollback, when stores were undone: how many values the
+    /// phase's tasks made (results, partials, a kept error or item) were
+    /// kept, never dropped, because their type needs drop and one may
+    /// rest on a store that was undone; what they own stays allocated for
+    /// the life of the process (`RuntimeStats::values_kept` sums them).
+    /// Values that need no drop own nothing: they and what held them are
+    /// freed, and they are not counted.
+    pub fn values_kept(&self) -> usize {
+        self.values_kept
+    }
     /// Whether a runtime under the rollback policy kept the phase's
     /// violating stores instead of undoing them (then [`Violation::policy`]
     /// is [`OnViolation::Audit`], what was applied). It does so for a
@@ -400,7 +414,11 @@ impl fmt::Display for Violation {
         if self.policy == OnViolation::Rollback {
             let n = self.stores_undone;
             let stores = if n == 1 { "store" } else { "stores" };
-            writeln!(f, "  rollback {n} {stores} undone; every guarded heap is as it was before the phase; its results were leaked, never dropped (one may rest on a store that was undone)")?;
+            write!(f, "  rollback {n} {stores} undone; every guarded heap is as it was before the phase; ")?;
+            match self.values_kept {
+                0 => writeln!(f, "no value its tasks made is kept (none needs drop, so none owns memory)")?,
+                k => writeln!(f, "{k} value(s) its tasks made are kept, never dropped, with what they own (one may rest on a store that was undone: RuntimeStats::values_kept)")?,
+            }
             if self.cancelled > 0 {
                 writeln!(
                     f,

@@ -5,7 +5,10 @@
 //! ([`crate::heap::process`], updated at commits); the bytes in use are the
 //! sum of every arena heap's own exact statistics, read one heap at a
 //! time, so with threads running they are a sum of snapshots, not one
-//! snapshot.
+//! snapshot, and of the context heaps' chunks that hold a live block
+//! (their committed bytes less the free chunks they keep: a bump arena
+//! reuses a chunk only once it is empty, so such a chunk is in use
+//! whole).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -44,6 +47,14 @@ pub struct ProcessStats {
     pub main_in_use: usize,
     /// Usable bytes of live allocations in all thread heaps.
     pub threads_in_use: usize,
+    /// Bytes of the runtime workers' context heaps in use: the chunks that
+    /// hold a live block, and each worker's current chunk, whole (a bump
+    /// arena reuses a chunk only once every block in it is freed); what
+    /// they have committed less the free chunks they keep for reuse. The
+    /// results a task returns live there until main drops them, and so do
+    /// the values a rolled-back phase keeps (`RuntimeStats::values_kept`)
+    /// with the chunks they hold.
+    pub context_in_use: usize,
     /// Thread heaps built (each serves one thread at a time).
     pub thread_heaps: usize,
     /// Thread heaps whose thread exited, waiting for adoption.
@@ -75,16 +86,21 @@ impl ProcessStats {
         self.committed_by_kind[kind as usize]
     }
 
-    /// Usable bytes of live allocations in the main heap and thread heaps.
+    /// Bytes in use: live allocations in the main heap and thread heaps,
+    /// and the context heaps' chunks that hold live blocks
+    /// ([`ProcessStats::context_in_use`]). Until 2026-12-06 the context
+    /// heaps were left out, and an out-of-memory line whose memory was
+    /// held there (the values of rolled-back phases) said "656144 in use"
+    /// beside 67051520 committed under a 64 MiB limit.
     pub fn in_use(&self) -> usize {
-        self.main_in_use + self.threads_in_use
+        self.main_in_use + self.threads_in_use + self.context_in_use
     }
 }
 
 /// The process's memory: the limit, committed bytes in total and per kind
 /// (main heap, thread heaps, context heaps, explicit heaps, the C ABI's
 /// mappings, external charges) and the bytes in use in the main and
-/// thread heaps. Each heap keeps its own statistics as well
+/// thread heaps and the context heaps' chunks. Each heap keeps its own statistics as well
 /// ([`crate::Heap::stats`]).
 ///
 /// ```
@@ -116,6 +132,8 @@ pub fn stats() -> ProcessStats {
         }
     }
     s.threads_in_use = s.threads_in_use.saturating_sub(cached);
+    s.context_in_use = s.committed_by_kind[Kind::Context as usize]
+        .saturating_sub(crate::context::kept_free_bytes());
     (s.thread_heaps, s.abandoned_heaps, s.orphaned_heaps) = heaps::counts();
     s.kept_for_next_threads = heaps::kept_for_next_threads();
     s
@@ -234,7 +252,7 @@ pub(super) fn out_of_memory_line_of(heap: &str, requested: usize, why: Refusal, 
     }
     let unprinted = rate.unprinted.swap(0, Ordering::Relaxed);
     let s = stats();
-    let mut buf = [0u8; 448];
+    let mut buf = [0u8; 512];
     let b = crate::fmt_buf::Buf::new(&mut buf)
         .str("frostheap: out of memory: the ")
         .str(heap)
@@ -281,6 +299,15 @@ pub(super) fn out_of_memory_line_of(heap: &str, requested: usize, why: Refusal, 
         .str(" committed, ")
         .dec(s.in_use() as u64)
         .str(" in use");
+    // Where the runtime's results (and the values rolled-back phases keep)
+    // live: said apart, so the line points at them.
+    let b = if s.context_in_use > 0 {
+        b.str(" (")
+            .dec(s.context_in_use as u64)
+            .str(" of it in context heaps' chunks)")
+    } else {
+        b
+    };
     let b = if unprinted > 0 {
         b.str(" (")
             .dec(unprinted)

@@ -415,7 +415,10 @@ where
     /// After a phase that failed or stopped early: drops the results
     /// written (after an error, for terminals that write slots; never
     /// after stores were undone, see [`Runtime::run_batch`]) and every
-    /// item never taken, each exactly once.
+    /// item never taken, each exactly once. Returns how many written
+    /// results it kept undropped after stores were undone, counting only
+    /// values that need drop (the slots' memory is the caller's, freed
+    /// with it).
     ///
     /// A parked worker never published its chunk: the item it was running
     /// lives on that parked thread's stack now (never dropped twice), and
@@ -425,11 +428,13 @@ where
     /// 1. The phase is over; `parked_items` are the items whose tasks were
     ///    running on workers parked in it; after an error, no one else owns
     ///    the written slots.
-    unsafe fn discard(&self, parked_items: &[usize], failed: bool, rolled_back: bool) {
+    unsafe fn discard(&self, parked_items: &[usize], failed: bool, rolled_back: bool) -> usize {
         let drop_items = core::mem::needs_drop::<S::Item>();
         let drop_results = failed && !rolled_back && T::SLOTS;
-        if !drop_items && !drop_results {
-            return;
+        let count_kept = failed && rolled_back && T::SLOTS && T::SLOT_VALUES_NEED_DROP;
+        let mut kept = 0;
+        if !drop_items && !drop_results && !count_kept {
+            return kept;
         }
         for (k, p) in self.progress.iter().enumerate() {
             let lo = self.base + k * self.chunk;
@@ -447,12 +452,16 @@ where
                 // were written and, by (1), nothing else owns them.
                 unsafe { self.term.drop_results(first..first + done) };
             }
+            if count_kept {
+                kept += done;
+            }
             if drop_items {
                 // SAFETY: these items were never taken: their chunk was
                 // not claimed, or its worker stopped before them.
                 unsafe { self.src.drop_untaken(lo + done + usize::from(consumed)..hi) };
             }
         }
+        kept
     }
 }
 
@@ -480,14 +489,21 @@ impl Runtime {
     /// after them are untouched, for the next batch). On an error, or
     /// when the terminal stopped early, everything the batch made and
     /// every item of it not taken are dropped, unless the rollback policy
-    /// undid stores of the phase: then what its tasks made is never
-    /// dropped (a leak, which is safe), the terminal's partials of the
-    /// batch included ([`Terminal::leak_batch`]). A task's value may rest
-    /// on a store that was undone — an `Arc` cloned from guarded data,
-    /// whose count increment the undo took back — and dropping it would
-    /// act on the heap as it was not (that `Arc`'s count would fall below
-    /// its holders, and its value be freed while the guarded data still
-    /// points at it). Then the terminal finishes the batch
+    /// undid stores of the phase: then the values its tasks made are
+    /// never dropped (a leak, which is safe), the terminal's partials of
+    /// the batch included ([`Terminal::leak_batch`]). A task's value may
+    /// rest on a store that was undone — an `Arc` cloned from guarded
+    /// data, whose count increment the undo took back; a `String` moved
+    /// out of guarded data with `mem::take`, whose take the undo took
+    /// back, so the guarded data owns its buffer again — and dropping it
+    /// would act on the heap as it was not (that `Arc`'s count would fall
+    /// below its holders, and its value be freed while the guarded data
+    /// still points at it). What holds the values is freed all the same:
+    /// the slots (the caller's `Vec`) and the terminal's buffers, whose
+    /// bytes are forgotten in place, never read again; a value that needs
+    /// no drop owns nothing, so nothing of it is kept. Those that need
+    /// drop are counted (`RuntimeStats::values_kept`, the violation's
+    /// `values_kept`). Then the terminal finishes the batch
     /// ([`Terminal::finish_batch`]) and the batch's size is recorded.
     ///
     /// # Safety
@@ -570,14 +586,24 @@ impl Runtime {
         }
         let ran = if error.is_none() { job.ran_items() } else { n };
         self.record_batch_bytes(&job, ran, per_item);
+        let mut kept = 0;
         if error.is_some() || term.stopped() {
             // SAFETY: the phase is over, its parked items are listed, and
             // after an error the caller does not take the slots.
-            unsafe { job.discard(&phase.parked_items, error.is_some(), rolled_back) };
+            kept += unsafe { job.discard(&phase.parked_items, error.is_some(), rolled_back) };
         }
         drop(job);
         if rolled_back {
-            term.leak_batch();
+            kept += term.leak_batch();
+            if kept > 0 {
+                // The kept values may own blocks in the workers' current
+                // chunks: each pins its own before its next job.
+                self.control.pin_epoch.fetch_add(1, Ordering::Release);
+            }
+            self.record_kept(kept);
+            if let Some(Error::Violation(v)) = &mut error {
+                v.values_kept = kept;
+            }
         }
         term.finish_batch(error.is_none().then_some(ran));
         self.record_batch(ran);
@@ -585,6 +611,13 @@ impl Runtime {
             None => Ok(ran),
             Some(e) => Err(e),
         }
+    }
+
+    /// Counts a rolled-back batch and the values of it kept undropped.
+    fn record_kept(&self, kept: usize) {
+        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        s.rolled_back_phases += 1;
+        s.values_kept += kept as u64;
     }
 
     /// Adds a finished batch's item count (`ran`) and measured bytes to

@@ -262,6 +262,7 @@ impl RuntimeBuilder {
                 events: AtomicU32::new(0),
                 parked: AtomicU32::new(0),
                 shutdown: AtomicBool::new(false),
+                pin_epoch: AtomicU32::new(0),
             }));
             let rt = Runtime {
                 control,

@@ -97,6 +97,27 @@ pub struct RuntimeStats {
     /// Bytes committed now by the context heaps of the current workers
     /// (read when the snapshot is taken).
     pub context_committed: usize,
+    /// Phases whose violating stores the rollback policy undid. The values
+    /// such a phase's tasks made are never dropped, as one may rest on a
+    /// store that was undone (docs/rollback.md, "Known limits"); what held
+    /// them (result slots, the buffers of `collect`'s pieces) is freed.
+    pub rolled_back_phases: u64,
+    /// Values of those phases kept, never dropped, because their type
+    /// needs drop (results, partials of reductions, a kept error or found
+    /// item): exactly one per value, whatever it owns. What each owns (a
+    /// `String`'s buffer, most often in its worker's context heap, where
+    /// it keeps its chunk from being reused) stays allocated for the life
+    /// of the process. Values that need no drop own nothing and are not
+    /// counted: nothing of them is kept.
+    pub values_kept: u64,
+    /// Bytes of the current workers' context heaps kept below the floors
+    /// of pinned chunks (read when the snapshot is taken): after a phase
+    /// that kept values, each worker leaves the bytes its chunk had used
+    /// where they are (the values may own blocks among them) and reuses
+    /// the rest of the chunk. The kept values' blocks with the holes
+    /// between them; chunks such a phase filled are kept whole besides,
+    /// counted in `context_committed` only.
+    pub context_pinned: usize,
 }
 
 /// A pool of workers that run parallel phases over frozen heaps.
@@ -135,19 +156,19 @@ pub struct Runtime {
 impl Runtime {
     /// A snapshot of the statistics.
     pub fn stats(&self) -> RuntimeStats {
-        let context_committed = self
-            .lock_workers()
-            .iter()
-            .map(|w| {
-                // SAFETY: a listed worker's context heap lives until its
-                // thread exits, which happens only in `Runtime::drop` (see
-                // `Worker::ctx_addr`); `committed` reads an atomic.
-                unsafe { (*(w.ctx_addr as *const ContextHeap)).committed() }
-            })
-            .sum();
+        let (mut context_committed, mut context_pinned) = (0, 0);
+        for w in self.lock_workers().iter() {
+            // SAFETY: a listed worker's context heap lives until its
+            // thread exits, which happens only in `Runtime::drop` (see
+            // `Worker::ctx_addr`); `committed` and `pinned` read atomics.
+            let ctx = unsafe { &*(w.ctx_addr as *const ContextHeap) };
+            context_committed += ctx.committed();
+            context_pinned += ctx.pinned().1;
+        }
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
         s.context_committed = context_committed;
         s.skipped_workers = self.control.skipped.load(Ordering::Relaxed);
+        s.context_pinned = context_pinned;
         s
     }
 

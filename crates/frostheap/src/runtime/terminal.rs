@@ -38,15 +38,23 @@ pub trait Terminal<T>: Sync {
     /// before it reached the budget: a prefix, whose claims all ended),
     /// `None` after an error.
     fn finish_batch(&mut self, ran: Option<usize>);
+    /// Whether the values written to slots need drop (for `SLOTS`): the
+    /// batch engine counts those it keeps after a rollback.
+    const SLOT_VALUES_NEED_DROP: bool = false;
     /// Called on main after a batch whose violating stores the rollback
-    /// policy undid, before [`Terminal::finish_batch`]: the partials the
+    /// policy undid, before [`Terminal::finish_batch`]: the values the
     /// batch's tasks made are never dropped, as they may rest on a store
-    /// that was undone (see [`Runtime::run_batch`]). Terminals that keep
-    /// nothing the tasks made need not act; slots are never dropped then
-    /// either (the batch engine skips them).
+    /// that was undone (see [`Runtime::run_batch`]), but the terminal's
+    /// own containers of them (a piece's buffer) are freed, the values'
+    /// bytes forgotten in place. Returns how many values it kept that need
+    /// drop (a value that needs none owns nothing, and nothing of it is
+    /// kept). Terminals that keep nothing the tasks made need not act;
+    /// slots are never dropped then either (the batch engine skips them).
     ///
     /// [`Runtime::run_batch`]: super::pool::Runtime
-    fn leak_batch(&mut self) {}
+    fn leak_batch(&mut self) -> usize {
+        0
+    }
     /// State for a new claim.
     fn begin(&self) -> Self::State;
     /// Consumes the items of one chunk; `first` is the input index of the
@@ -137,6 +145,7 @@ unsafe impl<R: Send> Sync for SlotCollect<R> {}
 impl<R: Send> Terminal<R> for SlotCollect<R> {
     type State = ();
     const SLOTS: bool = true;
+    const SLOT_VALUES_NEED_DROP: bool = core::mem::needs_drop::<R>();
     fn prepare_batch(&mut self, rt: &Runtime, base: usize, n: usize, _: usize) {
         rt.reserve_results(&mut self.out, n);
         // SAFETY: `len + n <= capacity` after the reserve, so the slots lie
@@ -223,15 +232,25 @@ impl<R: Send> Terminal<R> for PieceCollect<R> {
         let pieces = self.pieces.get_mut().unwrap_or_else(|e| e.into_inner());
         unguarded(|| pieces.reserve(chunks));
     }
-    fn leak_batch(&mut self) {
+    fn leak_batch(&mut self) -> usize {
         let batch = self.batch;
         let pieces = self.pieces.get_mut().unwrap_or_else(|e| e.into_inner());
+        let mut kept = 0;
         // Kept in input order by `into_vec`, which an error never reaches.
-        for (_, _, piece) in
+        for (_, _, mut piece) in
             unguarded(|| pieces.extract_if(.., |p| p.0 == batch).collect::<Vec<_>>())
         {
-            core::mem::forget(piece);
+            if core::mem::needs_drop::<R>() {
+                kept += piece.len();
+            }
+            // SAFETY: length 0 is within the capacity, and the values are
+            // forgotten in place: their bytes are never read again, and
+            // what they own is never freed. The buffer is the terminal's
+            // own (made by the worker's `consume`, never lent to a task),
+            // so nothing can point into it, and it is freed below.
+            unsafe { piece.set_len(0) };
         }
+        kept
     }
     fn finish_batch(&mut self, _: Option<usize>) {
         self.batch += 1;
@@ -371,10 +390,13 @@ where
     /// `fold` emits when the claim ends.
     type State = usize;
     fn prepare_batch(&mut self, _: &Runtime, _: usize, _: usize, _: usize) {}
-    fn leak_batch(&mut self) {
+    fn leak_batch(&mut self) -> usize {
         // The error may rest on a store the rollback undid.
         let error = self.error.get_mut().unwrap_or_else(|e| e.into_inner());
-        core::mem::forget(error.take());
+        error.take().map_or(0, |e| {
+            core::mem::forget(e);
+            usize::from(core::mem::needs_drop::<E>())
+        })
     }
     fn finish_batch(&mut self, _: Option<usize>) {}
     fn begin(&self) -> usize {
@@ -440,10 +462,13 @@ impl<F, T> FindAny<F, T> {
 impl<T: Send, F: Fn(&T) -> bool + Sync> Terminal<T> for FindAny<F, T> {
     type State = ();
     fn prepare_batch(&mut self, _: &Runtime, _: usize, _: usize, _: usize) {}
-    fn leak_batch(&mut self) {
+    fn leak_batch(&mut self) -> usize {
         // The item may rest on a store the rollback undid.
         let item = self.item.get_mut().unwrap_or_else(|e| e.into_inner());
-        core::mem::forget(item.take());
+        item.take().map_or(0, |x| {
+            core::mem::forget(x);
+            usize::from(core::mem::needs_drop::<T>())
+        })
     }
     fn finish_batch(&mut self, _: Option<usize>) {}
     fn begin(&self) {}
@@ -614,11 +639,16 @@ impl<T, C: Combine<T>> Terminal<T> for Reduce<C, T> {
     fn prepare_batch(&mut self, _: &Runtime, _: usize, _: usize, chunks: usize) {
         self.segments.reset(chunks);
     }
-    fn leak_batch(&mut self) {
+    fn leak_batch(&mut self) -> usize {
         let t = self.segments.0.get_mut().unwrap_or_else(|e| e.into_inner());
+        let mut kept = 0;
         for slot in &mut t.by_start {
-            core::mem::forget(slot.take());
+            if let Some((_, Some(acc))) = slot.take() {
+                core::mem::forget(acc);
+                kept += usize::from(core::mem::needs_drop::<C::Acc>());
+            }
         }
+        kept
     }
     fn finish_batch(&mut self, ran: Option<usize>) {
         if ran.is_some() {

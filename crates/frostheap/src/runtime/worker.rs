@@ -80,6 +80,11 @@ pub(crate) struct ControlBlock {
     pub events: AtomicU32,
     pub parked: AtomicU32,
     pub shutdown: AtomicBool,
+    /// Advanced by main after a phase whose stores the rollback policy
+    /// undid kept values its tasks made: each worker pins its current
+    /// context chunk below its cursor before its next job
+    /// (`ContextHeap::pin_current`), where those values may own blocks.
+    pub pin_epoch: AtomicU32,
 }
 
 impl ControlBlock {
@@ -284,6 +289,7 @@ fn run(
     global::set_context(core::ptr::null());
     slot.started.store(1, Ordering::Release);
     os::futex_wake(&slot.started, 1);
+    let mut pins_seen = rt.pin_epoch.load(Ordering::Acquire);
     loop {
         os::wait_while_eq(&rt.epoch, seen);
         seen = rt.epoch.load(Ordering::Acquire);
@@ -319,6 +325,18 @@ fn run(
                     os::Access::ReadWrite
                 };
                 trap::set_key_access(key, during);
+            }
+            // Before the job's first allocation: the values a rolled-back
+            // phase kept stay where they are, and the current chunk starts
+            // over if main freed every block in it since the last job.
+            let pins = rt.pin_epoch.load(Ordering::Acquire);
+            // SAFETY: this thread owns `ctx` (set_owner above).
+            unsafe {
+                if pins != pins_seen {
+                    pins_seen = pins;
+                    ctx.pin_current();
+                }
+                ctx.reuse_current_if_freed();
             }
             global::set_context(ctx);
             // SAFETY: main keeps the job alive until every worker has

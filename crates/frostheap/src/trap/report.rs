@@ -51,6 +51,7 @@ impl Violation {
             backend,
             policy,
             stores_undone: 0,
+            values_kept: 0,
             kept: false,
             log_filled: false,
             others: Vec::new(),

@@ -553,6 +553,175 @@ fn arc_results_of_a_rolled_back_phase_are_leaked_not_dropped_pkey() {
     scenario(&["arc-results"], &[PKEY]);
 }
 
+test!(rolled_back_phases_of_plain_results_keep_no_memory_mprotect);
+/// Regression (a user's port of rayon programs, 0.93 GB after 1,000
+/// phases): every rolled-back phase leaked what its tasks made, the
+/// runtime's own buffers included, and the context chunks those lay in
+/// were never reused. The fixture's `rolled-back-plain`: 1,000 phases
+/// collecting 10,000 `u64`s through `filter`, every other one violating
+/// the main heap; committed, context and resident memory flat after the
+/// first 100 (main: 104 MiB more committed, 90 MiB more resident).
+fn rolled_back_phases_of_plain_results_keep_no_memory_mprotect() {
+    scenario(&["rolled-back-plain", "1000"], &[MPROTECT]);
+}
+
+test!(rolled_back_phases_of_plain_results_keep_no_memory_pkey, needs: [Pkey]);
+fn rolled_back_phases_of_plain_results_keep_no_memory_pkey() {
+    scenario(&["rolled-back-plain", "1000"], &[PKEY]);
+}
+
+test!(rolled_back_phases_count_exactly_the_values_they_keep_mprotect);
+/// Results that need drop are still kept after a rollback (one may rest
+/// on a store that was undone), and now counted: the fixture's
+/// `rolled-back-strings`, `String` results through `map` (slots) and
+/// `filter_map` (pieces), every other phase violating; `values_kept`
+/// is exactly their number, in the runtime's statistics and in each
+/// violation, and `frostheap::stats()` counts their context memory in
+/// use.
+fn rolled_back_phases_count_exactly_the_values_they_keep_mprotect() {
+    scenario(&["rolled-back-strings", "400"], &[MPROTECT]);
+}
+
+test!(rolled_back_phases_count_exactly_the_values_they_keep_pkey, needs: [Pkey]);
+fn rolled_back_phases_count_exactly_the_values_they_keep_pkey() {
+    scenario(&["rolled-back-strings", "400"], &[PKEY]);
+}
+
+test!(the_out_of_memory_line_counts_what_rolled_back_phases_keep_in_use);
+/// Regression: the out-of-memory line's "in use" summed the main and
+/// thread heaps only, so a process whose memory the values of rolled-back
+/// phases held in context heaps said "67051520 committed, 656144 in
+/// use" under a 64 MiB limit (it fails on main: no context part, and
+/// requested + in use falls 64 MiB short). The fixture's `oom-after-rollbacks` under a 64 MiB limit:
+/// the line says how much of what is in use lies in context heaps' chunks,
+/// and the figures add up: what was asked plus what is in use reaches
+/// the limit, but for the free chunks the context heaps keep (two of
+/// 1 MiB per worker) and the free memory of the main heap.
+fn the_out_of_memory_line_counts_what_rolled_back_phases_keep_in_use() {
+    let limit: u64 = 64 << 20;
+    let out = run(&["oom-after-rollbacks"], &[("FROSTHEAP_MAX", "64M")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("frostheap: out of memory:"))
+        .unwrap_or_else(|| panic!("no out-of-memory line\n{}", describe(&out)));
+    // "... cannot allocate N bytes: FROSTHEAP_MAX is L bytes...; the
+    // process has C committed, U in use (K of it in context heaps' chunks)"
+    let number_after = |text: &str| -> u64 {
+        let at = line
+            .find(text)
+            .unwrap_or_else(|| panic!("{text:?} not in {line}"))
+            + text.len();
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no number after {text:?} in {line}"))
+    };
+    let requested = number_after("cannot allocate ");
+    assert_eq!(number_after("FROSTHEAP_MAX is "), limit, "{line}");
+    let committed = number_after("the process has ");
+    let in_use = number_after("committed, ");
+    let in_context = number_after(" in use (");
+    println!("{line}");
+    assert!(
+        line.ends_with(" of it in context heaps' chunks)"),
+        "{line}"
+    );
+    assert!(in_context <= in_use && in_use <= committed && committed <= limit, "{line}");
+    assert!(
+        in_context >= limit / 2,
+        "the kept results lie in context heaps: {line}"
+    );
+    let slack = 4 << 20;
+    assert!(
+        requested + in_use + slack >= limit,
+        "requested {requested} + in use {in_use} falls {} short of the limit {limit}: {line}",
+        limit - requested - in_use
+    );
+}
+
+test!(rolled_back_values_are_counted_by_every_terminal_that_keeps_them);
+/// Each terminal's kept values after a rollback, counted when their type
+/// needs drop: a reduction's partials, the item `find_any` kept, the
+/// error `try_for_each` kept, `collect`'s pieces; none for plain values
+/// (they own nothing, and what held them is freed).
+fn rolled_back_values_are_counted_by_every_terminal_that_keeps_them() {
+    let heap = Heap::builder().name("kept").max(16 << 20).build().unwrap();
+    let mut data: HeapVec<AtomicU64, Heap> = HeapVec::new_in(heap.clone());
+    data.extend((0..8).map(AtomicU64::new));
+    let rt = Runtime::builder().workers(2).guard(&heap).build().unwrap();
+    let violate = |i: u64| {
+        if i == 7 {
+            data[1].fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    let kept = |r: Error| r.violation().expect("a violation").values_kept();
+    let before = rt.stats().values_kept;
+    let partials = rt
+        .par(0..1000u64)
+        .map(|i| {
+            violate(i);
+            i.to_string()
+        })
+        .reduce(String::new, |a, b| a + &b)
+        .unwrap_err();
+    let partials = kept(partials);
+    assert!(partials >= 1, "at least the whole batch's partial");
+    let found = rt
+        .par(0..1000u64)
+        .map(|i| {
+            violate(i);
+            i.to_string()
+        })
+        .find_any(|s| s == "7")
+        .unwrap_err();
+    assert_eq!(kept(found), 1, "the item found");
+    let failed = rt
+        .par(0..1000u64)
+        .try_for_each(|i| {
+            violate(i);
+            if i == 7 {
+                Err(i.to_string())
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+    assert_eq!(kept(failed), 1, "the error of item 7");
+    let pieces = rt
+        .par(0..1000u64)
+        .filter_map(|i| {
+            violate(i);
+            (i % 10 == 0).then(|| i.to_string())
+        })
+        .collect::<Vec<String>>()
+        .unwrap_err();
+    assert_eq!(kept(pieces), 100, "every item the pieces hold");
+    let plain = rt
+        .par(0..1000u64)
+        .filter(|&i| {
+            violate(i);
+            i % 10 == 0
+        })
+        .collect::<Vec<u64>>()
+        .unwrap_err();
+    assert_eq!(kept(plain), 0, "plain items keep nothing");
+    let plain_sum = rt
+        .par(0..1000u64)
+        .map(|i| {
+            violate(i);
+            i
+        })
+        .sum::<u64>()
+        .unwrap_err();
+    assert_eq!(kept(plain_sum), 0);
+    let s = rt.stats();
+    assert_eq!(s.rolled_back_phases, 6, "{s:?}");
+    assert!(s.values_kept - before >= (partials + 1 + 100) as u64, "{s:?}");
+    assert_eq!(data[1].load(Ordering::Relaxed), 1, "undone");
+}
+
 test!(for_each_mut_over_values_that_own_memory_keeps_the_stores);
 /// Regression (a user's trial, safe code): `for_each_mut` over `Vec`s
 /// whose buffers main allocated, each task pushing a `Box`: the element's
