@@ -128,8 +128,10 @@
 //!
 //! - [`Runtime`], built with [`Runtime::builder`] ([`RuntimeBuilder`]):
 //!   workers, guarded heaps, the violation policy, a memory budget.
-//!   [`Runtime::par`] starts a parallel call with rayon's adapters (the
-//!   types are in [`par`]); `map`, `map_with`, `for_each`,
+//!   [`Runtime::par`] starts a parallel call with rayon's adapters
+//!   (`zip`, `map`, `map_init`, `filter`, `fold`, `enumerate`, ...) and
+//!   terminals (`collect`, `sum`, `for_each_with`, `try_for_each`, ...;
+//!   the types are in [`par`]); `map`, `map_with`, `for_each`,
 //!   `for_each_mut`, `scope` ([`Scope`]), `join`, the sorts and
 //!   [`Runtime::par_bridge`] / `map_iter` (for arbitrary iterators) are the
 //!   other entry points. [`RuntimeStats`] counts phases, items and bytes.
@@ -140,6 +142,8 @@
 //! let rt = frostheap::Runtime::builder().workers(2).memory_budget(64 << 20).build()?;
 //! let v: Vec<u64> = (1..=100).collect();
 //! assert_eq!(rt.par(&v).map(|x| x * 2).sum::<u64>()?, 10_100);
+//! let w: Vec<u64> = (0..100).rev().collect();
+//! assert_eq!(rt.par(&v).zip(&w).map(|(x, y)| x + y).min()?, Some(100));
 //! let mut w = vec![3, 1, 2];
 //! rt.sort_unstable(&mut w)?;
 //! let (a, b) = rt.join(|| w[0], || w[2])?;

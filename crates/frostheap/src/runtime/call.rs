@@ -21,12 +21,13 @@
 use core::cmp::Ordering;
 use core::marker::PhantomData;
 
-use super::drive::{Call, Drive};
+use super::drive::{Call, Drive, Indexed};
 use super::pipe::{
-    Enumerate, Filter, FilterMap, FlatMapIter, Fold, Identity, Inspect, Map, MapWithContext,
-    OneToOne, Pipe,
+    CloneOf, Enumerate, Filter, FilterMap, FlatMapIter, Fold, Identity, InitFn, Inspect, Map,
+    MapInit, MapWith, MapWithContext, OneToOne, Pipe,
 };
 use super::pool::Runtime;
+use super::source::{IntoParSource, ParSource, Zip};
 use super::task::TaskContext;
 use super::terminal::{
     Any, CountOp, Extreme, FindAny, ForEach, PieceCollect, ProductOp, Reduce, ReduceOp,
@@ -52,6 +53,62 @@ impl<'rt, D: Drive> Par<'rt, D, Identity<D::Item>> {
             input,
             pipe: Identity::new(),
         }
+    }
+}
+
+impl<'rt, S: ParSource> Par<'rt, Indexed<S>, Identity<S::Item>> {
+    /// Pairs the items with those of `other` item by item: item `i` is
+    /// `(item i, other's item i)`, and there are as many as the shorter
+    /// input has — rayon's `IndexedParallelIterator::zip`
+    /// (`a.par_iter().zip(b.par_iter_mut())` is `rt.par(&a).zip(&mut
+    /// b)`). `other` is anything [`Runtime::par`] indexes directly
+    /// (slices, `&mut` slices, `Vec`s by value, ranges, chunked views, or
+    /// another zip): both sides are indexed inputs, so `zip` comes before
+    /// the other adapters (`map` the pairs after it) and is not there
+    /// after [`par_bridge`](super::Runtime::par_bridge).
+    ///
+    /// The longer input's items past the shorter one's length are never
+    /// run: owned ones (a `Vec`'s) are dropped when the call starts, on
+    /// the calling thread, as rayon drops them. A `&mut` side must be
+    /// writable, as for [`Runtime::for_each_mut`](super::Runtime::for_each_mut):
+    /// both sides are checked before the phase, and the call fails with
+    /// [`Error::NotWritable`] naming the heap otherwise. The pairs are
+    /// one item per input item, so [`enumerate`](Par::enumerate) and
+    /// [`position_any`](Par::position_any) work after `zip`, and `collect`
+    /// writes into place.
+    ///
+    /// ```
+    /// let rt = frostheap::Runtime::builder().workers(2).build()?;
+    /// let (a, b) = (vec![1u64, 2, 3, 4], vec![10u64, 20, 30]);
+    /// let dot: u64 = rt.par(&a).zip(&b).map(|(x, y)| x * y).sum()?;
+    /// assert_eq!(dot, 10 + 40 + 90);
+    /// let mut c = vec![0u64; 4];
+    /// rt.par(&a).zip(&mut c).for_each(|(x, out)| *out = x * x)?;
+    /// assert_eq!(c, [1, 4, 9, 16]);
+    /// // One item per input item: enumerate after zip, as in rayon.
+    /// let e: Vec<(usize, (u64, &u64))> = rt.par(0..3u64).zip(&b).enumerate().collect()?;
+    /// assert_eq!(e, [(0, (0, &10)), (1, (1, &20)), (2, (2, &30))]);
+    /// # Ok::<(), frostheap::Error>(())
+    /// ```
+    ///
+    /// After an adapter there is no `zip`: zip the inputs first.
+    ///
+    /// ```compile_fail
+    /// let rt = frostheap::Runtime::builder().workers(2).build().unwrap();
+    /// let b = vec![1u32; 10];
+    /// let _ = rt.par(0..10u32).map(|x| x + 1).zip(&b);
+    /// ```
+    // The type spells what the call is (the two sources zipped, no stage
+    // yet), as every adapter's does; an alias would hide it in the docs.
+    #[allow(clippy::type_complexity)]
+    pub fn zip<B: IntoParSource>(
+        self,
+        other: B,
+    ) -> Par<'rt, Indexed<Zip<S, B::Source>>, Identity<(S::Item, B::Item)>> {
+        Par::new(
+            self.rt,
+            Indexed(Zip::new(self.input.0, other.into_par_source())),
+        )
     }
 }
 
@@ -86,6 +143,100 @@ where
         F: Fn(&TaskContext<'_>, P::Out) -> R + Sync,
     {
         self.with(|p| MapWithContext::new(p, f))
+    }
+
+    /// Each item becomes `f(&mut state, item)`, where `state` is
+    /// `init()`: rayon's `map_init`, for a scratch buffer, a random number
+    /// generator or a connection that items reuse instead of making one
+    /// each.
+    ///
+    /// **How often `init` runs**: once per claim — a run of consecutive
+    /// chunks one worker took from the call's input (a few dozen per
+    /// phase, as many as `fold`'s partials), lazily at the claim's first
+    /// item, so at most once per chunk and never for a claim that ran no
+    /// item. Under a memory budget a claim is one chunk and each batch is
+    /// a phase, so it runs more often (still at most once per chunk);
+    /// rayon's runs once per split, also a number that depends on
+    /// scheduling. Never rely on a count, only on a state being used by
+    /// one item at a time.
+    ///
+    /// **Where the state lives**: `init` runs on the worker, inside the
+    /// task, so what it allocates comes from the worker's context heap
+    /// (a bump allocation, with `frostheap::Global`); the state is dropped
+    /// on the worker when the claim ends (or when the call fails). State
+    /// that `init` merely borrows from the caller lives where it was
+    /// made: in the main heap it is frozen during the phase, so `init`
+    /// and `f` may read it but a write is a violation (the call's
+    /// `Err(Error::Violation(..))`). What `init` allocates counts, under a
+    /// budget, towards the first item that needed it.
+    ///
+    /// A panic in `init` or `f` ends the call with
+    /// [`Error::TaskPanicked`], whose `item_index` is the item being run
+    /// (for `init`, the claim's first item).
+    ///
+    /// ```
+    /// let rt = frostheap::Runtime::builder().workers(2).build()?;
+    /// let words = ["frozen", "heap", "phase"];
+    /// // One buffer per claim, reused by its items.
+    /// let upper: Vec<String> = rt
+    ///     .par(&words)
+    ///     .map_init(String::new, |buf, w| {
+    ///         buf.clear();
+    ///         buf.extend(w.chars().map(|c| c.to_ascii_uppercase()));
+    ///         buf.clone()
+    ///     })
+    ///     .collect()?;
+    /// assert_eq!(upper, ["FROZEN", "HEAP", "PHASE"]);
+    /// # Ok::<(), frostheap::Error>(())
+    /// ```
+    pub fn map_init<INIT, T, F, R>(
+        self,
+        init: INIT,
+        f: F,
+    ) -> Par<'rt, D, MapInit<P, InitFn<INIT>, F>>
+    where
+        INIT: Fn() -> T + Sync,
+        F: Fn(&mut T, P::Out) -> R + Sync,
+    {
+        self.with(|p| MapInit::new(p, InitFn::new(init), f))
+    }
+
+    /// Each item becomes `f(&mut state, item)`, where `state` is a clone
+    /// of `value`: rayon's `map_with`. [`map_init`](Par::map_init) with
+    /// `value.clone()` as its `init`, cloned as often (once per claim) and
+    /// on the worker, so the clone's allocations come from the worker's
+    /// context heap and are dropped when the claim ends. `value` itself
+    /// is never passed to `f`; it is dropped on the calling thread when
+    /// the call ends.
+    ///
+    /// A clone that writes memory it shares with `value` writes it on the
+    /// worker: a `Sender` or an `Arc` made in the main heap (with
+    /// `frostheap::Global`) has its count there, frozen during the phase,
+    /// and its clone is a violation. Make such a value inside
+    /// [`unguarded`](crate::unguarded) (a channel made there sends
+    /// freely: docs/coming-from-rayon.md), or pass a reference.
+    ///
+    /// (Not the shorthand [`Runtime::map_with`](super::Runtime::map_with),
+    /// which passes a [`TaskContext`]: [`map_with_context`](Par::map_with_context).)
+    ///
+    /// ```
+    /// let rt = frostheap::Runtime::builder().workers(2).build()?;
+    /// let out: Vec<usize> = rt
+    ///     .par(0..100usize)
+    ///     .map_with(Vec::<usize>::new(), |seen, x| {
+    ///         seen.push(x);
+    ///         x * 2
+    ///     })
+    ///     .collect()?;
+    /// assert_eq!(out[99], 198);
+    /// # Ok::<(), frostheap::Error>(())
+    /// ```
+    pub fn map_with<T, F, R>(self, value: T, f: F) -> Par<'rt, D, MapWith<P, T, F>>
+    where
+        T: Send + Clone,
+        F: Fn(&mut T, P::Out) -> R + Sync,
+    {
+        self.with(|p| MapInit::new(p, CloneOf::new(value), f))
     }
 
     /// The items for which `predicate` is true.
@@ -127,7 +278,7 @@ where
     /// or chunked view's, or the iterator's for
     /// [`par_bridge`](super::Runtime::par_bridge)), since the adapters
     /// before it keep one item per input item ([`OneToOne`]: `map`,
-    /// `map_with_context`, `inspect`). After `filter`, `filter_map`,
+    /// `map_with_context`, `map_init`, `map_with`, `inspect`, `zip`). After `filter`, `filter_map`,
     /// `flat_map_iter` or `fold` an item's position is known only once
     /// the items before it ran, so there, as in rayon, it does not compile:
     /// enumerate first.
@@ -183,6 +334,31 @@ where
         F: Fn(P::Out) + Sync,
     {
         self.run(&mut ForEach(f))
+    }
+
+    /// Runs `f(&mut state, item)` on every item, where `state` is a clone
+    /// of `value` made once per claim on the worker: rayon's
+    /// `for_each_with`, here [`map_with`](Par::map_with)`(value,
+    /// f).for_each(..)` (see there for how often it clones, where the
+    /// clones live, and a `Sender` made in the main heap). `value` itself
+    /// is dropped on the calling thread when the call ends.
+    ///
+    /// ```
+    /// let rt = frostheap::Runtime::builder().workers(2).build()?;
+    /// // A channel made inside `unguarded`, so tasks may send on it.
+    /// let (tx, rx) = frostheap::unguarded(std::sync::mpsc::channel);
+    /// rt.par(0..100u64).for_each_with(tx, |tx, x| tx.send(x * x).unwrap())?;
+    /// let mut got: Vec<u64> = rx.iter().collect();
+    /// got.sort_unstable();
+    /// assert_eq!(got, (0..100u64).map(|x| x * x).collect::<Vec<_>>());
+    /// # Ok::<(), frostheap::Error>(())
+    /// ```
+    pub fn for_each_with<T, F>(self, value: T, f: F) -> Result<(), Error>
+    where
+        T: Send + Clone,
+        F: Fn(&mut T, P::Out) + Sync,
+    {
+        self.map_with(value, f).for_each(|()| ())
     }
 
     /// Runs `f` on every item until one returns `Err`; the call returns

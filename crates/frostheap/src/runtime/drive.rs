@@ -89,9 +89,13 @@ impl<S: ParSource> Drive for Indexed<S> {
         let (pipe, term) = job.parts();
         rt.enter_call();
         let mut src = self.0;
-        if let Some((address, bytes)) = src.lent_mut() {
-            rt.check_writable(address, bytes)?;
-        }
+        let mut writable = Ok(());
+        src.lent_mut(&mut |address, bytes| {
+            if writable.is_ok() {
+                writable = rt.check_writable(address, bytes);
+            }
+        });
+        writable?;
         src.hand_over();
         let _turn = rt.phase_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut scratch = rt.scratch.lock().unwrap_or_else(|e| e.into_inner());

@@ -60,12 +60,14 @@ mod worker;
 /// | `a..b`, `a..=b` over the integer types | the integers |
 /// | `slice.chunks(k)`, `slice.chunks_exact(k)`, [`par::chunks`] | `&[T]` |
 /// | [`par::chunks_mut`]`(slice, k)` | `&mut [T]` |
+/// | `par(a).zip(b)` ([`par::Zip`]), `a` and `b` any of the above | `(a's item, b's item)`, as many as the shorter has |
 /// | [`Runtime::par_bridge`]`(any iterator)` | its items, pulled on main first |
 ///
-/// Adapters ([`par::Par`]'s methods): `map`, `map_with_context`, `filter`,
+/// Adapters ([`par::Par`]'s methods): `zip` (first, on an indexed input),
+/// `map`, `map_with_context`, `map_init`, `map_with`, `filter`,
 /// `filter_map`, `flat_map_iter`, `inspect`, `fold`, `enumerate` (before
 /// any filtering adapter). Terminal operations:
-/// `for_each`, `try_for_each` (the first error in input order),
+/// `for_each`, `for_each_with`, `try_for_each` (the first error in input order),
 /// `collect` (into `Vec`, in input order), `count`, `sum`, `product`,
 /// `reduce`, `reduce_with`, `min`/`max`(`_by`, `_by_key`), `any`, `all`,
 /// `find_any`, `position_any`, `find_first`, `position_first`. Sorts: [`Runtime::sort_unstable`] and
@@ -74,12 +76,12 @@ pub mod par {
     pub use super::call::{FromPar, Par};
     pub use super::drive::{Bridge, Drive, Indexed};
     pub use super::pipe::{
-        Enumerate, Filter, FilterMap, FlatMapIter, Fold, Identity, Inspect, Map, MapWithContext,
-        OneToOne, Pipe,
+        CloneOf, Enumerate, Filter, FilterMap, FlatMapIter, Fold, Identity, InitFn, Inspect,
+        MakeState, Map, MapInit, MapWith, MapWithContext, OneToOne, Pipe,
     };
     pub use super::source::{
         chunks, chunks_mut, ChunksMut, ChunksRef, IntoParSource, ParSource, RangeItems, SliceMut,
-        SliceRef, StdChunks, VecItems,
+        SliceRef, StdChunks, VecItems, Zip,
     };
 }
 

@@ -51,8 +51,8 @@ pub trait Pipe<In>: Sync + Sealed {
 }
 
 /// A pipeline that emits exactly one item per input item, in input order,
-/// each as its input item is taken (`map`, `map_with_context`, `inspect`,
-/// `enumerate`, and none at all): an item's position is its input index.
+/// each as its input item is taken (`map`, `map_with_context`, `map_init`,
+/// `map_with`, `inspect`, `enumerate`, and none at all): an item's position is its input index.
 /// What [`Par::enumerate`](super::par::Par::enumerate) and
 /// [`Par::position_any`](super::par::Par::position_any) need, as rayon's
 /// need an indexed iterator. Sealed, as [`Pipe`] is.
@@ -280,6 +280,127 @@ impl<In, P: OneToOne<In>> Pipe<In> for Enumerate<P> {
 }
 
 impl<In, P: OneToOne<In>> OneToOne<In> for Enumerate<P> {}
+
+/// What [`MapInit`] makes a claim's state from: a function
+/// ([`InitFn`], `map_init`'s `init`) or a value to clone ([`CloneOf`],
+/// `map_with`'s and `for_each_with`'s). Sealed.
+pub trait MakeState: Sync + Sealed {
+    /// The state `f` receives `&mut`.
+    type State;
+    /// A new state, on the worker that needs it.
+    #[doc(hidden)]
+    fn make(&self) -> Self::State;
+}
+
+/// `map_init`'s `init`: a claim's state is `init()`.
+pub struct InitFn<F>(F);
+
+impl<F> InitFn<F> {
+    pub(crate) fn new(init: F) -> Self {
+        InitFn(init)
+    }
+}
+
+impl<F> Sealed for InitFn<F> {}
+
+impl<F, T> MakeState for InitFn<F>
+where
+    F: Fn() -> T + Sync,
+{
+    type State = T;
+    #[inline]
+    fn make(&self) -> T {
+        (self.0)()
+    }
+}
+
+/// `map_with`'s and `for_each_with`'s value: a claim's state is a clone
+/// of it, made on the worker. The value itself stays where the call was
+/// made and is dropped there when the call ends. A `Mutex` lets workers
+/// clone a value that is `Send` but not `Sync`, as rayon's bounds allow
+/// (one lock per claim: a few dozen per phase).
+pub struct CloneOf<T>(std::sync::Mutex<T>);
+
+impl<T> CloneOf<T> {
+    pub(crate) fn new(value: T) -> Self {
+        CloneOf(std::sync::Mutex::new(value))
+    }
+}
+
+impl<T> Sealed for CloneOf<T> {}
+
+impl<T: Clone + Send> MakeState for CloneOf<T> {
+    type State = T;
+    fn make(&self) -> T {
+        // A clone that panicked leaves the value as it was (`clone` takes
+        // `&T`): the poison is ignored.
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// `map_init(init, f)` (with [`InitFn`]) and `map_with(value, f)` (with
+/// [`CloneOf`], the type [`MapWith`]): each item becomes `f(&mut state,
+/// item)`, where `state` is made once per claim (a run of consecutive
+/// chunks one worker took), at its first item, kept over the claim's
+/// chunks, and dropped on the worker when the claim ends.
+pub struct MapInit<P, M, F> {
+    inner: P,
+    make: M,
+    f: F,
+}
+
+/// `map_with(value, f)`: [`MapInit`] whose state is a clone of `value`.
+pub type MapWith<P, T, F> = MapInit<P, CloneOf<T>, F>;
+
+impl<P, M, F> MapInit<P, M, F> {
+    pub(crate) fn new(inner: P, make: M, f: F) -> Self {
+        MapInit { inner, make, f }
+    }
+}
+
+impl<P, M, F> Sealed for MapInit<P, M, F> {}
+
+impl<In, P, M, F, R> Pipe<In> for MapInit<P, M, F>
+where
+    P: Pipe<In>,
+    M: MakeState,
+    F: Fn(&mut M::State, P::Out) -> R + Sync,
+{
+    type Out = R;
+    /// The inner state and the claim's state (`None` until the claim's
+    /// first item).
+    type State = (P::State, Option<M::State>);
+    const ONE_TO_ONE: bool = P::ONE_TO_ONE;
+    fn begin(&self) -> Self::State {
+        (self.inner.begin(), None)
+    }
+    #[inline]
+    fn apply<I: Iterator<Item = In>>(
+        &self,
+        env: &WorkerEnv<'_>,
+        state: &mut Self::State,
+        items: I,
+    ) -> impl Iterator<Item = R> {
+        let (inner, made) = state;
+        self.inner
+            .apply(env, inner, items)
+            .map(move |x| (self.f)(made.get_or_insert_with(|| self.make.make()), x))
+    }
+    fn finish(&self, env: &WorkerEnv<'_>, state: Self::State) -> impl Iterator<Item = R> {
+        let (inner, mut made) = state;
+        self.inner
+            .finish(env, inner)
+            .map(move |x| (self.f)(made.get_or_insert_with(|| self.make.make()), x))
+    }
+}
+
+impl<In, P, M, F, R> OneToOne<In> for MapInit<P, M, F>
+where
+    P: OneToOne<In>,
+    M: MakeState,
+    F: Fn(&mut M::State, P::Out) -> R + Sync,
+{
+}
 
 /// `fold(identity, f)`: the items of each claim folded into one value,
 /// emitted when the claim ends.

@@ -12,6 +12,7 @@
 //! | `a..b`, `a..=b` over the integer types | the integers |
 //! | `slice.chunks(k)`, `slice.chunks_exact(k)` | `&[T]` |
 //! | [`chunks_mut`]`(slice, k)` | `&mut [T]` |
+//! | `par(a).zip(b)` ([`Zip`]) | `(a's item, b's item)`, as many as the shorter has |
 //!
 //! Anything else that iterates goes through
 //! [`Runtime::par_bridge`](super::Runtime::par_bridge), which collects the
@@ -67,10 +68,11 @@ pub unsafe trait ParSource: Sync + Sealed {
         let _ = range;
     }
 
-    /// The address range `(address, bytes)` that tasks may write through
-    /// the items, for sources that lend them mutably.
-    fn lent_mut(&self) -> Option<(usize, usize)> {
-        None
+    /// Calls `lent(address, bytes)` for each address range that tasks may
+    /// write through the items, for sources that lend them mutably (one
+    /// range per mutable slice: a [`Zip`] of two `&mut` slices lends two).
+    fn lent_mut(&self, lent: &mut dyn FnMut(usize, usize)) {
+        let _ = lent;
     }
 
     /// Whether tasks get `&mut` access to values that may own memory
@@ -201,8 +203,8 @@ unsafe impl<'a, T: Send> ParSource for SliceMut<'a, T> {
         // SAFETY: by (1), i < len and element i is handed out once.
         unsafe { &mut *self.ptr.add(i) }
     }
-    fn lent_mut(&self) -> Option<(usize, usize)> {
-        Some((self.ptr as usize, self.len * core::mem::size_of::<T>()))
+    fn lent_mut(&self, lent: &mut dyn FnMut(usize, usize)) {
+        lent(self.ptr as usize, self.len * core::mem::size_of::<T>());
     }
     const LENDS_OWNERS: bool = core::mem::needs_drop::<T>();
 }
@@ -481,8 +483,8 @@ unsafe impl<'a, T: Send> ParSource for ChunksMut<'a, T> {
         // handed out once.
         unsafe { core::slice::from_raw_parts_mut(self.ptr.add(start), end - start) }
     }
-    fn lent_mut(&self) -> Option<(usize, usize)> {
-        Some((self.ptr as usize, self.elems * core::mem::size_of::<T>()))
+    fn lent_mut(&self, lent: &mut dyn FnMut(usize, usize)) {
+        lent(self.ptr as usize, self.elems * core::mem::size_of::<T>());
     }
     const LENDS_OWNERS: bool = core::mem::needs_drop::<T>();
 }
@@ -518,6 +520,78 @@ pub fn chunks_mut<T: Send>(slice: &mut [T], size: usize) -> ChunksMut<'_, T> {
 /// If `size` is 0.
 pub fn chunks<T: Sync>(slice: &[T], size: usize) -> ChunksRef<'_, T> {
     ChunksRef::new(slice, size)
+}
+
+// ---------------------------------------------------------------- zip
+
+/// Two sources paired item by item: item `i` is `(a's item i, b's item
+/// i)`, and there are as many items as the shorter source has, as with
+/// rayon's `IndexedParallelIterator::zip`. Made by
+/// [`Par::zip`](super::par::Par::zip).
+///
+/// The longer source's items past the shorter one's length are never
+/// taken: when the call starts (on main, before the phase) they are
+/// dropped, as rayon drops them; a call built and never run drops them
+/// with the sources. What either source lends mutably is checked against
+/// the guarded heaps ([`ParSource::lent_mut`]: both ranges), and the pair
+/// lends owners when either side does ([`ParSource::LENDS_OWNERS`]).
+pub struct Zip<A, B> {
+    a: A,
+    b: B,
+    /// `min(a.len(), b.len())`.
+    len: usize,
+}
+
+impl<A: ParSource, B: ParSource> Zip<A, B> {
+    pub(crate) fn new(a: A, b: B) -> Self {
+        let len = a.len().min(b.len());
+        Zip { a, b, len }
+    }
+}
+
+impl<A, B> Sealed for Zip<A, B> {}
+
+// SAFETY: item i takes item i of each side once (the caller's contract
+// for i < len <= both lengths); distinct indices give each side's
+// distinct, hence disjoint, items; drop_untaken forwards the same range
+// to both sides, and hand_over drops each side's items past `len`, which
+// no index reaches, once.
+unsafe impl<A: ParSource, B: ParSource> ParSource for Zip<A, B> {
+    type Item = (A::Item, B::Item);
+    #[inline]
+    fn len(&self) -> usize {
+        self.len
+    }
+    #[inline]
+    unsafe fn take(&self, i: usize) -> Self::Item {
+        // SAFETY: by (1), i < len, which is at most either side's length,
+        // and item i is taken once: so is each side's item i.
+        unsafe { (self.a.take(i), self.b.take(i)) }
+    }
+    unsafe fn drop_untaken(&self, range: Range<usize>) {
+        // SAFETY: by (1), for each side (its items `range` exist, as
+        // `range.end <= len`, and were never taken).
+        unsafe {
+            self.a.drop_untaken(range.clone());
+            self.b.drop_untaken(range);
+        }
+    }
+    fn lent_mut(&self, lent: &mut dyn FnMut(usize, usize)) {
+        self.a.lent_mut(lent);
+        self.b.lent_mut(lent);
+    }
+    const LENDS_OWNERS: bool = A::LENDS_OWNERS || B::LENDS_OWNERS;
+    fn hand_over(&mut self) {
+        self.a.hand_over();
+        self.b.hand_over();
+        // SAFETY: the items past `len` of each side are never taken (no
+        // index reaches them) and, handed over, no longer the side's own
+        // to drop: they are dropped here, once.
+        unsafe {
+            self.a.drop_untaken(self.len..self.a.len());
+            self.b.drop_untaken(self.len..self.b.len());
+        }
+    }
 }
 
 // ---------------------------------------------------------------- bridged

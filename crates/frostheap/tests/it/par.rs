@@ -1,6 +1,8 @@
 //! The parallel API (`rt.par(..)`, issue 15): every adapter and terminal
 //! operation against its serial equivalent on random inputs (empty, one
-//! item, thousands), over every kind of input; panicking and violating
+//! item, thousands), over every kind of input; `zip` over inputs of
+//! unequal lengths, `map_init`'s and `for_each_with`'s state (how often
+//! it is made, under 1 to 3 workers, with and without a budget); panicking and violating
 //! items; the order of `collect`; `for_each_mut` on writable data and its
 //! up-front refusal of guarded data; the sorts; the default runtime.
 //!
@@ -340,7 +342,7 @@ fn tracked(n: usize, drops: &AtomicUsize) -> Vec<Tracked<'_>> {
 /// item it reaches.
 type Consume = fn(&Runtime, Vec<Tracked<'_>>, &(dyn Fn(u64) -> u64 + Sync)) -> Result<(), Error>;
 
-const CONSUMERS: [(&str, Consume); 14] = [
+const CONSUMERS: [(&str, Consume); 17] = [
     ("map.collect", |rt, v, f| rt.par(v).map(|t| f(t.value)).collect::<Vec<_>>().map(drop)),
     ("filter.collect", |rt, v, f| {
         rt.par(v).filter(|t| f(t.value) % 2 == 0).collect::<Vec<_>>().map(drop)
@@ -367,6 +369,19 @@ const CONSUMERS: [(&str, Consume); 14] = [
     ("enumerate.filter.collect", |rt, v, f| {
         rt.par(v).enumerate().filter(|(i, t)| f(t.value) as usize == *i + 1).collect::<Vec<_>>().map(drop)
     }),
+    ("zip.map.collect", |rt, v, f| {
+        rt.par(0..v.len() as u64 + 9).zip(v).map(|(i, t)| f(t.value) ^ i).collect::<Vec<_>>().map(drop)
+    }),
+    ("map_init.collect", |rt, v, f| {
+        rt.par(v)
+            .map_init(Vec::new, |seen: &mut Vec<u64>, t| {
+                seen.push(t.value);
+                f(t.value)
+            })
+            .collect::<Vec<_>>()
+            .map(drop)
+    }),
+    ("for_each_with", |rt, v, f| rt.par(v).for_each_with(vec![0u64], |acc, t| acc[0] ^= f(t.value))),
 ];
 
 test!(a_panicking_item_fails_every_terminal_and_every_item_is_dropped_once);
@@ -668,7 +683,7 @@ fn a_violating_item_fails_every_terminal_and_the_data_stays_intact() {
         x
     };
     type Call<'a> = Box<dyn Fn() -> Result<(), Error> + 'a>;
-    let calls: [(&str, Call); 10] = [
+    let calls: [(&str, Call); 13] = [
         ("map.collect", Box::new(|| rt.par(0..5000u64).map(f).collect::<Vec<_>>().map(drop))),
         ("filter_map.sum", Box::new(|| rt.par(0..5000u64).filter_map(|x| Some(f(x))).sum::<u64>().map(drop))),
         ("fold.reduce", Box::new(|| rt.par(0..5000u64).fold(|| 0, |a, x| a + f(x)).reduce(|| 0, |a, b| a + b).map(drop))),
@@ -682,6 +697,17 @@ fn a_violating_item_fails_every_terminal_and_the_data_stays_intact() {
             rt.for_each_mut(&mut v, |x| *x = f(*x))
         })),
         ("min_by_key", Box::new(|| rt.par(0..5000u64).min_by_key(|x| f(*x)).map(drop))),
+        ("zip.map.collect", Box::new(|| rt.par(0..5000u64).zip(0..6000u64).map(|(x, y)| f(x) ^ y).collect::<Vec<_>>().map(drop))),
+        ("map_init.collect", Box::new(|| {
+            rt.par(0..5000u64)
+                .map_init(Vec::new, |seen: &mut Vec<u64>, x| {
+                    seen.push(x);
+                    f(x)
+                })
+                .collect::<Vec<_>>()
+                .map(drop)
+        })),
+        ("for_each_with", Box::new(|| rt.par(0..5000u64).for_each_with(Vec::new(), |seen, x| seen.push(f(x))))),
     ];
     for (name, call) in &calls {
         match call() {
@@ -694,6 +720,17 @@ fn a_violating_item_fails_every_terminal_and_the_data_stays_intact() {
         assert_eq!(data[5].load(Ordering::Relaxed), 5, "{name}: the store must not happen");
         assert_eq!(rt.par(0..100u64).sum::<u64>().unwrap(), 4950, "{name}: the runtime goes on");
     }
+    // A map_init whose init writes frozen memory: reported at the first
+    // item of a claim that needed a state.
+    let r = rt.par(0..5000u64).map_init(|| data[5].store(99, Ordering::Relaxed), |_, x| x).sum::<u64>();
+    match r {
+        Err(Error::Violation(v)) => {
+            assert_eq!(v.heap_name(), "par-guarded");
+            assert!(v.item_index().is_some_and(|i| i < 5000), "{:?}", v.item_index());
+        }
+        other => panic!("map_init's init: expected a violation, got {other:?}"),
+    }
+    assert_eq!(data[5].load(Ordering::Relaxed), 5, "init's store must not happen");
 }
 
 // ---------------------------------------------------------------- collect order
@@ -782,6 +819,12 @@ fn for_each_mut_on_guarded_data_fails_before_the_phase_naming_the_heap() {
     check(rt.par(chunks_mut(&mut data[100..200], 7)).for_each(|c| c[0] = 0), "chunks_mut");
     check(rt.sort_unstable(&mut data[..]), "sort_unstable");
     check(rt.sort_by_key(&mut data[..], |x| u64::MAX - x), "sort_by_key");
+    // Either side of a zip: both ranges a zip lends are checked.
+    let mut spare: Vec<u64> = vec![0; 100];
+    check(rt.par(&spare).zip(&mut data[..]).for_each(|(_, x)| *x += 1), "par(&).zip(&mut guarded)");
+    check(rt.par(&mut data[..]).zip(&spare).for_each(|(x, _)| *x += 1), "par(&mut guarded).zip(&)");
+    check(rt.par(&mut spare).zip(chunks_mut(&mut data[..], 3)).for_each(|(s, c)| *s = c[0]), "par(&mut).zip(chunks_mut guarded)");
+    assert!(spare.iter().all(|&x| x == 0), "a refused zip changed its writable side");
     assert_eq!(rt.stats().phases, phases, "a refused call ran a phase");
     assert!(data.iter().copied().eq(0..10_000), "refused calls changed nothing");
     // Reading the same data is fine, and writable data next to it works.
@@ -802,6 +845,281 @@ fn for_each_mut_on_guarded_data_fails_before_the_phase_naming_the_heap() {
         .unwrap();
     open.for_each_mut(&mut data[..], |x| *x += 1).unwrap();
     assert_eq!(data[0], 1);
+}
+
+// ---------------------------------------------------------------- zip, map_init, map_with, for_each_with
+
+/// Counts its clones and drops.
+struct Counted<'a> {
+    clones: &'a AtomicUsize,
+    drops: &'a AtomicUsize,
+}
+
+impl Clone for Counted<'_> {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, Ordering::Relaxed);
+        Counted { clones: self.clones, drops: self.drops }
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.drops.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The most chunks one phase of `workers` workers cuts a batch into
+/// (batch.rs: `n.div_ceil(chunk)` with a chunk of `n / (32 × workers)`
+/// items, at least 1, is below 64 × workers while a chunk is under its
+/// 4,096-item cap, as it is for the inputs here). `init` and clones run
+/// at most once per chunk.
+fn max_chunks(workers: usize) -> usize {
+    64 * workers
+}
+
+/// zip, map_init, map_with and for_each_with over `a` and `b` (of any
+/// lengths) on `rt`, against std's iterators; the counts of `init` calls
+/// and clones: more than none for a non-empty input, at most one per
+/// chunk.
+fn check_zip_and_state(rt: &Runtime, workers: usize, a: &[u64], b: &[u64]) -> Result<(), TestCaseError> {
+    let n = a.len().min(b.len());
+
+    // zip: slices, Vecs by value, ranges, a zip of a zip; then map,
+    // reduce, enumerate, filter and position_first.
+    let want: Vec<(u64, u64)> = a.iter().copied().zip(b.iter().copied()).collect();
+    prop_assert_eq!(&rt.par(a).zip(b).map(|(x, y)| (*x, *y)).collect::<Vec<_>>().unwrap(), &want);
+    prop_assert_eq!(&rt.par(a.to_vec()).zip(b.to_vec()).collect::<Vec<_>>().unwrap(), &want);
+    prop_assert_eq!(&rt.par(0..a.len()).zip(b.to_vec()).map(|(i, y)| (a[i], y)).collect::<Vec<_>>().unwrap(), &want);
+    prop_assert_eq!(&rt.par(a.iter()).zip(0..b.len() as u64).map(|(x, i)| (*x, b[i as usize])).collect::<Vec<_>>().unwrap(), &want);
+    let dot = |x: &u64, y: &u64| x.wrapping_mul(*y);
+    prop_assert_eq!(
+        rt.par(a).zip(b.to_vec()).map(|(x, y)| dot(x, &y)).reduce(|| 0, u64::wrapping_add).unwrap(),
+        a.iter().zip(b).map(|(x, y)| dot(x, y)).fold(0, u64::wrapping_add)
+    );
+    prop_assert_eq!(
+        rt.par(a).zip(b).zip(1..=n as u64 + 3).map(|((x, y), z)| x ^ y ^ z).collect::<Vec<_>>().unwrap(),
+        a.iter().zip(b).zip(1..).map(|((x, y), z)| x ^ y ^ z).collect::<Vec<_>>()
+    );
+    prop_assert_eq!(
+        rt.par(a).zip(b).enumerate().filter(|(_, (x, y))| x > y).map(|(i, _)| i).collect::<Vec<_>>().unwrap(),
+        a.iter().zip(b).enumerate().filter(|(_, (x, y))| x > y).map(|(i, _)| i).collect::<Vec<_>>()
+    );
+    prop_assert_eq!(
+        rt.par(a).zip(b).position_first(|(x, y)| x % 7 == y % 7).unwrap(),
+        a.iter().zip(b).position(|(x, y)| x % 7 == y % 7)
+    );
+    // Writing through the `&mut` side: elements, iter_mut, chunks.
+    let mut c = b.to_vec();
+    rt.par(&mut c).zip(a).for_each(|(o, x)| *o ^= mix(*x)).unwrap();
+    let mut w = b.to_vec();
+    w.iter_mut().zip(a).for_each(|(o, x)| *o ^= mix(*x));
+    prop_assert_eq!(&c, &w);
+    rt.par(a).zip(c.iter_mut()).for_each(|(x, o)| *o = o.wrapping_add(*x)).unwrap();
+    a.iter().zip(w.iter_mut()).for_each(|(x, o)| *o = o.wrapping_add(*x));
+    prop_assert_eq!(&c, &w);
+    for k in [1usize, 3, 64] {
+        let copy = |(x, out): (&[u64], &mut [u64])| out.iter_mut().zip(x).for_each(|(o, v)| *o = mix(*v));
+        let mut c = vec![0u64; b.len()];
+        rt.par(a.chunks(k)).zip(chunks_mut(&mut c, k)).for_each(copy).unwrap();
+        let mut w = vec![0u64; b.len()];
+        a.chunks(k).zip(w.chunks_mut(k)).for_each(copy);
+        prop_assert_eq!(&c, &w, "chunks of {}", k);
+    }
+
+    // map_init: the state is used by one item at a time, made once per
+    // claim, kept over the claim's items.
+    let inits = AtomicUsize::new(0);
+    let phases = rt.stats().phases;
+    let out: Vec<(u64, usize)> = rt
+        .par(a)
+        .map_init(
+            || {
+                inits.fetch_add(1, Ordering::Relaxed);
+                (Vec::<u64>::with_capacity(4), 0usize)
+            },
+            |(buf, k), x| {
+                buf.clear();
+                buf.push(*x);
+                *k += 1;
+                (mix(buf[0]), *k)
+            },
+        )
+        .collect()
+        .unwrap();
+    let phases = (rt.stats().phases - phases) as usize;
+    let inits = inits.load(Ordering::Relaxed);
+    prop_assert!(out.iter().map(|p| p.0).eq(a.iter().map(|x| mix(*x))));
+    prop_assert_eq!(inits > 0, !a.is_empty(), "init ran {} times for {} items", inits, a.len());
+    prop_assert!(inits <= a.len() && inits <= phases * max_chunks(workers), "init ran {} times for {} items in {} phases", inits, a.len(), phases);
+    // Each state's first item counts 1, so the 1s are the states made.
+    prop_assert_eq!(out.iter().filter(|p| p.1 == 1).count(), inits);
+    // After zip and before enumerate, which it keeps one-to-one.
+    prop_assert_eq!(
+        rt.par(a).zip(b).map_init(|| 3u64, |s, (x, y)| x.wrapping_mul(*s) ^ y).enumerate().collect::<Vec<_>>().unwrap(),
+        a.iter().zip(b).map(|(x, y)| x.wrapping_mul(3) ^ y).enumerate().collect::<Vec<_>>()
+    );
+    // After filter and fold (whose partials map_init maps when a claim
+    // ends).
+    prop_assert_eq!(
+        rt.par(a).filter(|x| *x % 2 == 1).map_init(Vec::<u64>::new, |v, x| { v.push(*x); mix(*x) }).collect::<Vec<_>>().unwrap(),
+        a.iter().filter(|x| *x % 2 == 1).map(|x| mix(*x)).collect::<Vec<_>>()
+    );
+    prop_assert_eq!(
+        rt.par(a).fold(|| 0u64, |s, x| s.wrapping_add(*x)).map_init(|| 1u64, |one, s| s.wrapping_mul(*one)).reduce(|| 0, u64::wrapping_add).unwrap(),
+        wrapping_sum(a)
+    );
+
+    // map_with and for_each_with: a clone per claim, every clone and the
+    // value dropped once.
+    let (clones, drops) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let value = Counted { clones: &clones, drops: &drops };
+    let phases = rt.stats().phases;
+    let out: Vec<u64> = rt.par(a).map_with(value, |_, x| mix(*x)).collect().unwrap();
+    prop_assert!(out.iter().copied().eq(a.iter().map(|x| mix(*x))));
+    let phases = (rt.stats().phases - phases) as usize;
+    let (made, dropped) = (clones.load(Ordering::Relaxed), drops.load(Ordering::Relaxed));
+    prop_assert_eq!(made > 0, !a.is_empty(), "{} clones for {} items", made, a.len());
+    prop_assert!(made <= a.len() && made <= phases * max_chunks(workers), "{} clones for {} items in {} phases", made, a.len(), phases);
+    prop_assert_eq!(dropped, made + 1, "every clone and the value dropped once");
+
+    let (clones, drops) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let total = AtomicU64::new(0);
+    let value = (Counted { clones: &clones, drops: &drops }, 0u64);
+    let phases = rt.stats().phases;
+    let mut c = vec![0u64; b.len()];
+    rt.par(a)
+        .zip(&mut c)
+        .for_each_with(value, |(_, items), (x, o)| {
+            *items += 1;
+            *o = mix(*x);
+            total.fetch_add(*x % 1000, Ordering::Relaxed);
+        })
+        .unwrap();
+    let phases = (rt.stats().phases - phases) as usize;
+    prop_assert_eq!(total.load(Ordering::Relaxed), a[..n].iter().map(|x| x % 1000).sum::<u64>());
+    prop_assert!(c[..n].iter().zip(a).all(|(o, x)| *o == mix(*x)) && c[n..].iter().all(|o| *o == 0));
+    let (made, dropped) = (clones.load(Ordering::Relaxed), drops.load(Ordering::Relaxed));
+    prop_assert_eq!(made > 0, n > 0, "{} clones for {} items", made, n);
+    prop_assert!(made <= n && made <= phases * max_chunks(workers), "{} clones for {} items in {} phases", made, n, phases);
+    prop_assert_eq!(dropped, made + 1, "every clone and the value dropped once");
+    Ok(())
+}
+
+test!(zip_map_init_map_with_and_for_each_with_equal_their_serial_equivalents);
+fn zip_map_init_map_with_and_for_each_with_equal_their_serial_equivalents() {
+    // 1, 2 and 3 workers, each without a budget (one batch) and with a
+    // small one (many batches, one chunk per claim).
+    let workers = [1usize, 2, 3];
+    let rts: Vec<(usize, Runtime)> = workers
+        .iter()
+        .flat_map(|&w| {
+            [None, Some(512)].map(|budget| {
+                let mut b = Runtime::builder().workers(w);
+                if let Some(bytes) = budget {
+                    b = b.memory_budget(bytes);
+                }
+                (w, b.build().expect("a runtime starts"))
+            })
+        })
+        .collect();
+    for (w, rt) in &rts {
+        for (a, b) in [(&[][..], &[][..]), (&[7][..], &[][..]), (&[1, 2][..], &[3][..]), (&[5][..], &[6, 7, 8][..])] {
+            check_zip_and_state(rt, *w, a, b).unwrap();
+        }
+    }
+    let mut run = runner(48);
+    let input = proptest::collection::vec(any::<u64>(), 0..6000);
+    run.run(&(input.clone(), input, 0..rts.len()), |(a, b, which)| {
+        let (w, rt) = &rts[which];
+        check_zip_and_state(rt, *w, &a, &b)
+    })
+    .unwrap();
+}
+
+test!(zip_drops_every_item_of_both_inputs_once_past_the_shorter_one_too);
+fn zip_drops_every_item_of_both_inputs_once_past_the_shorter_one_too() {
+    let rts = [runtime(None), runtime(Some(1024))];
+    let mut run = runner(24);
+    run.run(&(1usize..3000, 1usize..3000, any::<prop::sample::Index>(), any::<bool>()), |(n, m, bad, budget)| {
+        let rt = &rts[usize::from(budget)];
+        let (da, db) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        // Run to the end: the pairs, then each input's longer part.
+        let sums: Vec<u64> = rt.par(tracked(n, &da)).zip(tracked(m, &db)).map(|(x, y)| x.value + y.value).collect().unwrap();
+        prop_assert_eq!(sums.len(), n.min(m));
+        prop_assert_eq!((da.load(Ordering::Relaxed), db.load(Ordering::Relaxed)), (n, m));
+        // Built and never run.
+        let (da, db) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        drop(rt.par(tracked(n, &da)).zip(tracked(m, &db)).map(|(x, y)| x.value + y.value));
+        prop_assert_eq!((da.load(Ordering::Relaxed), db.load(Ordering::Relaxed)), (n, m));
+        // A panicking pair.
+        let bad = bad.index(n.min(m)) as u64;
+        let (da, db) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let r = rt.par(tracked(n, &da)).zip(tracked(m, &db)).for_each(|(x, _)| if x.value == bad { panic!("pair {bad} is bad") });
+        match r {
+            Err(Error::TaskPanicked { item_index, message }) => {
+                prop_assert_eq!(item_index, Some(bad as usize));
+                prop_assert_eq!(message, format!("pair {bad} is bad"));
+            }
+            other => return Err(TestCaseError::fail(format!("expected a panic, got {other:?}"))),
+        }
+        prop_assert_eq!((da.load(Ordering::Relaxed), db.load(Ordering::Relaxed)), (n, m));
+        // Stopped early.
+        let (da, db) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let hit = rt.par(tracked(n, &da)).zip(tracked(m, &db)).any(|(x, _)| x.value == bad).unwrap();
+        prop_assert!(hit);
+        prop_assert_eq!((da.load(Ordering::Relaxed), db.load(Ordering::Relaxed)), (n, m));
+        Ok(())
+    })
+    .unwrap();
+}
+
+test!(a_panic_in_init_or_a_clone_is_reported_at_an_item_and_everything_is_dropped_once);
+fn a_panic_in_init_or_a_clone_is_reported_at_an_item_and_everything_is_dropped_once() {
+    for budget in [None, Some(4096)] {
+        let rt = runtime(budget);
+        let n = 10_000;
+        let drops = AtomicUsize::new(0);
+        let r = rt
+            .par(tracked(n, &drops))
+            .map_init(|| -> u64 { panic!("no state") }, |s, t| *s + t.value)
+            .collect::<Vec<_>>();
+        match r {
+            Err(Error::TaskPanicked { item_index: Some(i), message }) => {
+                assert_eq!(message, "no state");
+                assert!(i < n, "{i}");
+            }
+            other => panic!("map_init: expected a panic at an item, got {other:?}"),
+        }
+        assert_eq!(drops.load(Ordering::Relaxed), n, "items dropped, budget {budget:?}");
+
+        /// A value whose clone panics.
+        struct NoClone<'a>(&'a AtomicUsize);
+        impl Clone for NoClone<'_> {
+            fn clone(&self) -> Self {
+                panic!("no clone")
+            }
+        }
+        impl Drop for NoClone<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let (drops, value_drops) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let r = rt.par(tracked(n, &drops)).for_each_with(NoClone(&value_drops), |_, t| {
+            std::hint::black_box(t.value);
+        });
+        match r {
+            Err(Error::TaskPanicked { item_index: Some(i), message }) => {
+                assert_eq!(message, "no clone");
+                assert!(i < n, "{i}");
+            }
+            other => panic!("for_each_with: expected a panic at an item, got {other:?}"),
+        }
+        assert_eq!(drops.load(Ordering::Relaxed), n, "items dropped, budget {budget:?}");
+        assert_eq!(value_drops.load(Ordering::Relaxed), 1, "the value dropped once");
+        // And the runtime goes on.
+        assert_eq!(rt.par(0..100u64).map_init(|| 1u64, |one, x| x * *one).sum::<u64>().unwrap(), 4950);
+    }
 }
 
 // ---------------------------------------------------------------- sorts
