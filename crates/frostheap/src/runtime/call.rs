@@ -27,7 +27,7 @@ use super::pipe::{
     MapInit, MapWith, MapWithContext, OneToOne, Pipe,
 };
 use super::pool::Runtime;
-use super::source::{IntoParSource, ParSource, Zip};
+use super::source::{IntoParSource, ParSource, Skip, Take, Zip};
 use super::task::TaskContext;
 use super::terminal::{
     Any, CountOp, Extreme, FindAny, ForEach, PieceCollect, ProductOp, Reduce, ReduceOp,
@@ -109,6 +109,41 @@ impl<'rt, S: ParSource> Par<'rt, Indexed<S>, Identity<S::Item>> {
             self.rt,
             Indexed(Zip::new(self.input.0, other.into_par_source())),
         )
+    }
+
+    /// The first `n` items (all of them if there are fewer): rayon's
+    /// `take`. The items after them are never run: owned ones are dropped
+    /// when the call starts, on the calling thread. As [`zip`](Par::zip),
+    /// it comes before the other adapters; the items keep their places,
+    /// so `enumerate` after it counts from 0.
+    ///
+    /// ```
+    /// let rt = frostheap::Runtime::builder().workers(2).build()?;
+    /// let v: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+    /// let head: Vec<String> = rt.par(v).skip(2).take(3).collect()?;
+    /// assert_eq!(head, ["2", "3", "4"]);
+    /// # Ok::<(), frostheap::Error>(())
+    /// ```
+    pub fn take(self, n: usize) -> Par<'rt, Indexed<Take<S>>, Identity<S::Item>> {
+        Par::new(self.rt, Indexed(Take::new(self.input.0, n)))
+    }
+
+    /// All items but the first `n` (none if there are no more): rayon's
+    /// `skip`. The skipped items are never run: owned ones are dropped
+    /// when the call starts, on the calling thread. As [`zip`](Par::zip),
+    /// it comes before the other adapters; item `i` is the input's item
+    /// `n + i`, so `enumerate` after it counts from 0, as rayon's does,
+    /// and so do the item indices of a panic or a violation
+    /// ([`Error::TaskPanicked`]'s `item_index`).
+    ///
+    /// ```
+    /// let rt = frostheap::Runtime::builder().workers(2).build()?;
+    /// let tail: Vec<(usize, u32)> = rt.par(10..15u32).skip(3).enumerate().collect()?;
+    /// assert_eq!(tail, [(0, 13), (1, 14)]);
+    /// # Ok::<(), frostheap::Error>(())
+    /// ```
+    pub fn skip(self, n: usize) -> Par<'rt, Indexed<Skip<S>>, Identity<S::Item>> {
+        Par::new(self.rt, Indexed(Skip::new(self.input.0, n)))
     }
 }
 
@@ -278,7 +313,8 @@ where
     /// or chunked view's, or the iterator's for
     /// [`par_bridge`](super::Runtime::par_bridge)), since the adapters
     /// before it keep one item per input item ([`OneToOne`]: `map`,
-    /// `map_with_context`, `map_init`, `map_with`, `inspect`, `zip`). After `filter`, `filter_map`,
+    /// `map_with_context`, `map_init`, `map_with`, `inspect`; and `zip`,
+    /// `skip` and `take` before them). After `filter`, `filter_map`,
     /// `flat_map_iter` or `fold` an item's position is known only once
     /// the items before it ran, so there, as in rayon, it does not compile:
     /// enumerate first.

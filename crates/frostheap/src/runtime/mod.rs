@@ -61,9 +61,11 @@ mod worker;
 /// | `slice.chunks(k)`, `slice.chunks_exact(k)`, [`par::chunks`] | `&[T]` |
 /// | [`par::chunks_mut`]`(slice, k)` | `&mut [T]` |
 /// | `par(a).zip(b)` ([`par::Zip`]), `a` and `b` any of the above | `(a's item, b's item)`, as many as the shorter has |
+/// | `par(a).skip(k)`, `par(a).take(n)` ([`par::Skip`], [`par::Take`]) | `a`'s items from the `k`th, the first `n` |
 /// | [`Runtime::par_bridge`]`(any iterator)` | its items, pulled on main first |
 ///
-/// Adapters ([`par::Par`]'s methods): `zip` (first, on an indexed input),
+/// Adapters ([`par::Par`]'s methods): `zip`, `skip`, `take` (first, on an
+/// indexed input),
 /// `map`, `map_with_context`, `map_init`, `map_with`, `filter`,
 /// `filter_map`, `flat_map_iter`, `inspect`, `fold`, `enumerate` (before
 /// any filtering adapter). Terminal operations:
@@ -80,8 +82,8 @@ pub mod par {
         MakeState, Map, MapInit, MapWith, MapWithContext, OneToOne, Pipe,
     };
     pub use super::source::{
-        chunks, chunks_mut, ChunksMut, ChunksRef, IntoParSource, ParSource, RangeItems, SliceMut,
-        SliceRef, StdChunks, VecItems, Zip,
+        chunks, chunks_mut, ChunksMut, ChunksRef, IntoParSource, ParSource, RangeItems, Skip,
+        SliceMut, SliceRef, StdChunks, Take, VecItems, Zip,
     };
 }
 

@@ -13,6 +13,7 @@
 //! | `slice.chunks(k)`, `slice.chunks_exact(k)` | `&[T]` |
 //! | [`chunks_mut`]`(slice, k)` | `&mut [T]` |
 //! | `par(a).zip(b)` ([`Zip`]) | `(a's item, b's item)`, as many as the shorter has |
+//! | `par(a).skip(k)`, `par(a).take(n)` ([`Skip`], [`Take`]) | `a`'s items from the `k`th, the first `n` |
 //!
 //! Anything else that iterates goes through
 //! [`Runtime::par_bridge`](super::Runtime::par_bridge), which collects the
@@ -591,6 +592,110 @@ unsafe impl<A: ParSource, B: ParSource> ParSource for Zip<A, B> {
             self.a.drop_untaken(self.len..self.a.len());
             self.b.drop_untaken(self.len..self.b.len());
         }
+    }
+}
+
+// ---------------------------------------------------------------- take, skip
+
+/// The first `len` items of a source: rayon's `take`. Made by
+/// [`Par::take`](super::par::Par::take). The items after them are
+/// dropped when the call starts, on the calling thread (a call built and
+/// never run drops them with the source).
+pub struct Take<S> {
+    src: S,
+    /// `min(n, src.len())`.
+    len: usize,
+}
+
+impl<S: ParSource> Take<S> {
+    pub(crate) fn new(src: S, n: usize) -> Self {
+        let len = n.min(src.len());
+        Take { src, len }
+    }
+}
+
+impl<S> Sealed for Take<S> {}
+
+// SAFETY: item i is the source's item i, i < len <= src.len(), so the
+// source's contract holds index for index; hand_over drops the items
+// past `len`, which no index reaches, once.
+unsafe impl<S: ParSource> ParSource for Take<S> {
+    type Item = S::Item;
+    #[inline]
+    fn len(&self) -> usize {
+        self.len
+    }
+    #[inline]
+    unsafe fn take(&self, i: usize) -> S::Item {
+        // SAFETY: by (1), for the same index of the source.
+        unsafe { self.src.take(i) }
+    }
+    unsafe fn drop_untaken(&self, range: Range<usize>) {
+        // SAFETY: by (1), for the same range of the source.
+        unsafe { self.src.drop_untaken(range) }
+    }
+    fn lent_mut(&self, lent: &mut dyn FnMut(usize, usize)) {
+        self.src.lent_mut(lent);
+    }
+    const LENDS_OWNERS: bool = S::LENDS_OWNERS;
+    fn hand_over(&mut self) {
+        self.src.hand_over();
+        // SAFETY: the items past `len` are never taken and, handed over,
+        // no longer the source's own to drop: dropped here, once.
+        unsafe { self.src.drop_untaken(self.len..self.src.len()) };
+    }
+}
+
+/// A source without its first `skip` items: rayon's `skip`; item `i` is
+/// the source's item `skip + i`. Made by [`Par::skip`](super::par::Par::skip).
+/// The skipped items are dropped when the call starts, on the calling
+/// thread (a call built and never run drops them with the source).
+pub struct Skip<S> {
+    src: S,
+    /// `min(n, src.len())`.
+    skip: usize,
+}
+
+impl<S: ParSource> Skip<S> {
+    pub(crate) fn new(src: S, n: usize) -> Self {
+        let skip = n.min(src.len());
+        Skip { src, skip }
+    }
+}
+
+impl<S> Sealed for Skip<S> {}
+
+// SAFETY: item i is the source's item skip + i, and i < len means
+// skip + i < src.len(): distinct indices map to distinct indices of the
+// source, each taken or dropped once as the caller's contract says;
+// hand_over drops the skipped items, which no index reaches, once.
+unsafe impl<S: ParSource> ParSource for Skip<S> {
+    type Item = S::Item;
+    #[inline]
+    fn len(&self) -> usize {
+        self.src.len() - self.skip
+    }
+    #[inline]
+    unsafe fn take(&self, i: usize) -> S::Item {
+        // SAFETY: by (1), for the source's index skip + i.
+        unsafe { self.src.take(self.skip + i) }
+    }
+    unsafe fn drop_untaken(&self, range: Range<usize>) {
+        // SAFETY: by (1), for the source's range shifted by skip.
+        unsafe {
+            self.src
+                .drop_untaken(self.skip + range.start..self.skip + range.end)
+        }
+    }
+    fn lent_mut(&self, lent: &mut dyn FnMut(usize, usize)) {
+        self.src.lent_mut(lent);
+    }
+    const LENDS_OWNERS: bool = S::LENDS_OWNERS;
+    fn hand_over(&mut self) {
+        self.src.hand_over();
+        // SAFETY: the first `skip` items are never taken and, handed over,
+        // no longer the source's own to drop: dropped here, once.
+        unsafe { self.src.drop_untaken(0..self.skip) };
     }
 }
 

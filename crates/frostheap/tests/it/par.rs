@@ -926,6 +926,27 @@ fn check_zip_and_state(rt: &Runtime, workers: usize, a: &[u64], b: &[u64]) -> Re
         prop_assert_eq!(&c, &w, "chunks of {}", k);
     }
 
+    // skip and take, of owned items and of &mut ones, then enumerate and
+    // zip.
+    let (k, m) = (b.len() % 97, b.len() % 1000);
+    prop_assert_eq!(
+        rt.par(a.to_vec()).skip(k).take(m).collect::<Vec<_>>().unwrap(),
+        a.iter().copied().skip(k).take(m).collect::<Vec<_>>()
+    );
+    prop_assert_eq!(
+        rt.par(a).take(m).skip(k).enumerate().map(|(i, x)| (i, *x)).collect::<Vec<_>>().unwrap(),
+        a.iter().copied().take(m).skip(k).enumerate().collect::<Vec<_>>()
+    );
+    prop_assert_eq!(
+        rt.par(a).skip(k).zip(b).map(|(x, y)| x ^ y).collect::<Vec<_>>().unwrap(),
+        a.iter().skip(k).zip(b).map(|(x, y)| x ^ y).collect::<Vec<_>>()
+    );
+    let mut c = a.to_vec();
+    rt.par(&mut c).skip(k).take(m).for_each(|x| *x = mix(*x)).unwrap();
+    let mut w = a.to_vec();
+    w.iter_mut().skip(k).take(m).for_each(|x| *x = mix(*x));
+    prop_assert_eq!(&c, &w);
+
     // map_init: the state is used by one item at a time, made once per
     // claim, kept over the claim's items.
     let inits = AtomicUsize::new(0);
@@ -1036,8 +1057,8 @@ fn zip_map_init_map_with_and_for_each_with_equal_their_serial_equivalents() {
     .unwrap();
 }
 
-test!(zip_drops_every_item_of_both_inputs_once_past_the_shorter_one_too);
-fn zip_drops_every_item_of_both_inputs_once_past_the_shorter_one_too() {
+test!(zip_skip_and_take_drop_every_item_once_the_ones_they_leave_out_too);
+fn zip_skip_and_take_drop_every_item_once_the_ones_they_leave_out_too() {
     let rts = [runtime(None), runtime(Some(1024))];
     let mut run = runner(24);
     run.run(&(1usize..3000, 1usize..3000, any::<prop::sample::Index>(), any::<bool>()), |(n, m, bad, budget)| {
@@ -1063,6 +1084,14 @@ fn zip_drops_every_item_of_both_inputs_once_past_the_shorter_one_too() {
             other => return Err(TestCaseError::fail(format!("expected a panic, got {other:?}"))),
         }
         prop_assert_eq!((da.load(Ordering::Relaxed), db.load(Ordering::Relaxed)), (n, m));
+        // skip and take: run, and never run.
+        let d = AtomicUsize::new(0);
+        let kept: Vec<u64> = rt.par(tracked(n, &d)).skip(m / 2).take(m).map(|t| t.value).collect().unwrap();
+        prop_assert!(kept.iter().copied().eq((0..n as u64).skip(m / 2).take(m)));
+        prop_assert_eq!(d.load(Ordering::Relaxed), n);
+        let d = AtomicUsize::new(0);
+        drop(rt.par(tracked(n, &d)).skip(m / 2).take(m).map(|t| t.value));
+        prop_assert_eq!(d.load(Ordering::Relaxed), n);
         // Stopped early.
         let (da, db) = (AtomicUsize::new(0), AtomicUsize::new(0));
         let hit = rt.par(tracked(n, &da)).zip(tracked(m, &db)).any(|(x, _)| x.value == bad).unwrap();
