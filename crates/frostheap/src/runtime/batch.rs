@@ -578,7 +578,7 @@ impl Runtime {
             // A phase returns Ok only when every task ran to its end.
             error = Some(Error::Incomplete {
                 reason: format!(
-                    "the phase ended before every task ran ({} of {} workers started it); \
+                    "the phase ended before every task ran (it had {} of the runtime's {} workers); \
                      its results are discarded",
                     phase.workers, self.n_workers
                 ),
