@@ -1161,6 +1161,23 @@ pub unsafe fn pwrite_at(fd: i32, bytes: &[u8], at: usize) -> Result<usize, OsErr
     }
 }
 
+/// `pwritev(2)` of the pieces `iov` at offset `at` of `fd`, the raw system
+/// call (async-signal-safe): the bytes written, or the call's errno.
+///
+/// # Safety
+/// 1. As [`pwrite_at`]'s (1); every piece points to `iov_len` readable
+///    bytes.
+pub unsafe fn pwritev_at(fd: i32, iov: &[libc::iovec], at: usize) -> Result<usize, OsError> {
+    // SAFETY: by (1). The offset goes in the low word whole: a 64-bit
+    // kernel shifts the high word out (pos_from_hilo).
+    let n = unsafe { libc::syscall(libc::SYS_pwritev, fd, iov.as_ptr(), iov.len(), at, 0usize) };
+    if n < 0 {
+        Err(last_error("pwritev"))
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// [`pwrite_at`] of `len` bytes read from `src`, which may be unreadable:
 /// the kernel reads them itself, and an unreadable source is an error
 /// (`EFAULT`) or a short count, never a fault in the caller.

@@ -554,6 +554,12 @@ unsafe fn chain(prev: &Prev, sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
     // SAFETY: written during install, before our handler could run.
     let prev = unsafe { (*prev.0.get()).assume_init_ref() };
     let h = prev.sa_sigaction;
+    // The kernel runs a handler with every protection key but 0 closed:
+    // the previous handler (std's, which reads its threads' guard pages
+    // from a map the main heap holds) would fault on our key's pages
+    // inside itself. Open ours, as the thread has it outside phases; the
+    // interrupted code's own rights come back from the frame on return.
+    super::set_key_access(super::PKEY.load(Ordering::Relaxed), os::Access::ReadWrite);
     if h == libc::SIG_DFL || h == libc::SIG_IGN {
         // Restore the default and return: the fault repeats and the
         // default action (terminate, core dump) takes place.

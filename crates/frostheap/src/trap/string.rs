@@ -33,6 +33,11 @@
 use super::frame::Frame;
 use crate::os;
 
+/// A `stos` fill's pattern, in bytes (a multiple of every element
+/// width), and the most pieces of it one `pwritev` writes: a 4 KiB page.
+const FILL_UNIT: usize = 256;
+const FILL_PIECES: usize = 16;
+
 /// The register numbers the string instructions use.
 const RCX: u8 = 1;
 const RSI: u8 = 6;
@@ -175,18 +180,36 @@ impl Part {
             // cannot read is an error (EFAULT), not a fault here.
             Some(src) => unsafe { os::pwrite_from(fd, src as *const u8, bytes, self.dst) },
             None => {
-                // A page at most (the part lies in one).
-                let mut fill = [0u8; 4096];
-                let Some(fill) = fill.get_mut(..bytes) else {
-                    return false;
-                };
+                // The fill from one small pattern, repeated by the kernel
+                // (`pwritev`): the handler may run on a small alternate
+                // stack (std's, in a thread that is no worker), under a
+                // signal frame that can take most of it (AMX state: 8
+                // KiB), and a page-sized buffer there overflowed it (a
+                // QEMU guest, 2026-12-06).
+                let mut unit = [0u8; FILL_UNIT];
                 let value = self.value.to_le_bytes();
-                for (i, b) in fill.iter_mut().enumerate() {
+                for (i, b) in unit.iter_mut().enumerate() {
                     *b = value[i % self.op.elem];
                 }
+                let empty = libc::iovec {
+                    iov_base: core::ptr::null_mut(),
+                    iov_len: 0,
+                };
+                let mut iov = [empty; FILL_PIECES];
+                let mut k = 0;
+                let mut left = bytes.min(FILL_UNIT * FILL_PIECES);
+                while left > 0 {
+                    let len = left.min(FILL_UNIT);
+                    iov[k] = libc::iovec {
+                        iov_base: unit.as_mut_ptr().cast(),
+                        iov_len: len,
+                    };
+                    left -= len;
+                    k += 1;
+                }
                 // SAFETY: the bytes the interrupted instruction was
-                // filling there.
-                unsafe { os::pwrite_at(fd, fill, self.dst) }
+                // filling there; every piece points into `unit`.
+                unsafe { os::pwritev_at(fd, &iov[..k], self.dst) }
             }
         };
         let done = written.map_or(0, |w| w.min(bytes) / self.op.elem);
