@@ -10,7 +10,7 @@
 //! reuses a chunk only once it is empty, so such a chunk is in use
 //! whole).
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::heaps;
 use crate::heap::process::{self, Kind, N_KINDS};
@@ -191,12 +191,15 @@ pub(crate) fn arena_refusal_line(requested: usize, by_limit: bool) {
 struct LineRate {
     last_ns: AtomicU64,
     unprinted: AtomicU64,
+    /// A line of this kind is being written now.
+    writing: AtomicBool,
 }
 
 static LINE_RATES: [LineRate; 4] = [const {
     LineRate {
         last_ns: AtomicU64::new(0),
         unprinted: AtomicU64::new(0),
+        writing: AtomicBool::new(false),
     }
 }; 4];
 
@@ -248,8 +251,19 @@ pub(super) fn out_of_memory_line_of(heap: &str, requested: usize, why: Refusal, 
             .is_err()
     {
         rate.unprinted.fetch_add(1, Ordering::Relaxed);
+        // A line another thread is writing is let finish first: this
+        // refusal may end the process (std's abort), and two workers
+        // refused at once lost the line that way (CI, 2026-12-06: std's
+        // "memory allocation of 65536 bytes failed" alone). Bounded: a
+        // line is one write(2).
+        let mut spins = 0u32;
+        while rate.writing.load(Ordering::Acquire) && spins < 100_000 {
+            crate::os::yield_now();
+            spins += 1;
+        }
         return;
     }
+    rate.writing.store(true, Ordering::Release);
     let unprinted = rate.unprinted.swap(0, Ordering::Relaxed);
     let s = stats();
     let mut buf = [0u8; 512];
@@ -316,4 +330,5 @@ pub(super) fn out_of_memory_line_of(heap: &str, requested: usize, why: Refusal, 
         b
     };
     crate::os::write_stderr(b.str("\n").finish());
+    rate.writing.store(false, Ordering::Release);
 }

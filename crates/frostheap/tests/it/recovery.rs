@@ -601,9 +601,11 @@ fn the_out_of_memory_line_counts_what_rolled_back_phases_keep_in_use() {
     let limit: u64 = 64 << 20;
     let out = run(&["oom-after-rollbacks"], &[("FROSTHEAP_MAX", "64M")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // Two workers may be refused at once: the line can follow another
+    // thread's unfinished "memory allocation of " on the same line.
     let line = stderr
         .lines()
-        .find(|l| l.starts_with("frostheap: out of memory:"))
+        .find_map(|l| l.find("frostheap: out of memory:").map(|at| &l[at..]))
         .unwrap_or_else(|| panic!("no out-of-memory line\n{}", describe(&out)));
     // "... cannot allocate N bytes: FROSTHEAP_MAX is L bytes...; the
     // process has C committed, U in use (K of it in context heaps' chunks)"
