@@ -1153,12 +1153,7 @@ pub fn pread_at(fd: i32, buf: &mut [u8], at: usize) -> Result<usize, OsError> {
 ///    handler, performing a store the interrupted code was making).
 pub unsafe fn pwrite_at(fd: i32, bytes: &[u8], at: usize) -> Result<usize, OsError> {
     // SAFETY: bytes is valid for reads; what is written is the caller's by (1).
-    let n = unsafe { libc::syscall(libc::SYS_pwrite64, fd, bytes.as_ptr(), bytes.len(), at) };
-    if n < 0 {
-        Err(last_error("pwrite"))
-    } else {
-        Ok(n as usize)
-    }
+    unsafe { pwrite_from(fd, bytes.as_ptr(), bytes.len(), at) }
 }
 
 /// `pwritev(2)` of the pieces `iov` at offset `at` of `fd`, the raw system

@@ -227,7 +227,7 @@ impl Frame {
     /// Whether the interrupted code runs with the direction flag set
     /// (string instructions step downwards).
     pub(crate) fn direction_flag(&self) -> bool {
-        self.gregs()[libc::REG_EFL as usize] & EFLAGS_DF != 0
+        self.flags() & EFLAGS_DF as u64 != 0
     }
 
     /// The interrupted code's RFLAGS.
