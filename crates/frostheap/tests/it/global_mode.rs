@@ -599,10 +599,10 @@ test!(a_waiting_workers_results_freed_by_the_main_thread_serve_it_under_the_limi
 /// worker's next allocation made: the main thread was refused at 16 MiB in
 /// use. The limit's reclaimer now retires them for the worker, and a trim
 /// while the worker waits gives them back. With no limit, the process
-/// grows by little more than one 40 MiB (it held both: 84 MiB): the main
-/// thread pauses 20 ms halfway through its 40 MiB, and the worker, which
-/// has then made no allocation for more than 10 ms, gives them back as
-/// the process grows.
+/// grows by little more than one 40 MiB (it held both: 84 MiB): each
+/// thread pauses 20 ms halfway through its 40 MiB, and the other, which
+/// has then made no allocation for more than 10 ms, gives its free memory
+/// back as the process grows (the fixture's comment says why both pause).
 fn a_waiting_workers_results_freed_by_the_main_thread_serve_it_under_the_limit() {
     let out = run_fixture("global_threads", &["idle-worker"], &[]);
     assert_succeeded_saying(&out, "intact=true");
