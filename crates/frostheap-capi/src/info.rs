@@ -1,5 +1,6 @@
 //! glibc's malloc introspection, answered by frostheap: `malloc_trim`,
-//! `mallinfo2`, `mallinfo` (and `__libc_mallinfo`) and `malloc_stats`.
+//! `mallinfo2`, `mallinfo` (and `__libc_mallinfo`), `malloc_stats` and
+//! `malloc_info`.
 //!
 //! Without these a program under the library would reach glibc's, which
 //! know only glibc's arenas: `mallinfo2` would report next to nothing in
@@ -8,11 +9,12 @@
 //! memory use) and to give memory back after a large release.
 //!
 //! None of them allocates: the figures are the heaps' own counters
-//! ([`frostheap::stats`]), and `malloc_stats` formats into a stack
-//! buffer.
+//! ([`frostheap::stats`]), and `malloc_stats` and `malloc_info` format
+//! into a stack buffer (`malloc_info`'s stream may allocate as it writes).
 
 use core::ffi::c_int;
 
+use frostheap::__private::fmt_buf::Buf;
 use frostheap::__private::raw;
 use frostheap::Kind;
 
@@ -137,4 +139,86 @@ pub extern "C" fn __libc_mallinfo() -> Mallinfo {
 #[no_mangle]
 pub extern "C" fn malloc_stats() {
     crate::stats::print(2);
+}
+
+/// `malloc_info(3)`: glibc's XML report, written to `stream`, with the
+/// heaps' figures: `<heap nr="0">` is the main heap, `<heap nr="1">` all
+/// thread heaps together (one per thread that allocates; glibc's arenas
+/// are shared by threads), each with its committed bytes as `system
+/// current` and `aspace`, and its committed bytes not in live blocks as
+/// the free `rest`; the totals add the blocks of threads without a heap,
+/// which glibc holds (see `foreign`), and `system max` is the process's
+/// peak of committed bytes, all kinds together (`FROSTHEAP_STATS`'
+/// peak). Large blocks live in the heaps, so `mmap` counts none; there are
+/// no fast bins and no size histogram (`<sizes>` is empty). Left to
+/// glibc, the report saw glibc's arenas alone: next to nothing.
+///
+/// `options` other than 0 return `EINVAL`, as glibc's does (which sets no
+/// `errno`; this sets it too). Returns 0, or -1 if the stream took fewer
+/// bytes than written (`errno` as `fwrite` left it).
+///
+/// # Safety
+/// 1. `stream` is a `FILE` open for writing, as for glibc's.
+#[no_mangle]
+pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut libc::FILE) -> c_int {
+    if options != 0 {
+        // SAFETY: errno is the calling thread's.
+        unsafe { *libc::__errno_location() = libc::EINVAL };
+        return libc::EINVAL;
+    }
+    let s = frostheap::stats();
+    let main = s.committed_for(Kind::Main);
+    let threads = s.committed_for(Kind::Thread);
+    let external = s.committed_for(Kind::External);
+    let mut buf = [0u8; 2048];
+    let b = Buf::new(&mut buf).str("<malloc version=\"1\">\n");
+    let b = heap(b, 0, main, s.main_in_use);
+    let b = heap(b, 1, threads, s.threads_in_use);
+    let arena = main + threads + external;
+    let b = totals(
+        b,
+        arena,
+        s.main_in_use + s.threads_in_use + external,
+        s.peak_committed.max(arena),
+        true,
+    );
+    let out = b.str("</malloc>\n").finish();
+    // SAFETY: (1); `out` is `out.len()` readable bytes.
+    let written = unsafe { libc::fwrite(out.as_ptr().cast(), 1, out.len(), stream) };
+    if written == out.len() {
+        0
+    } else {
+        -1
+    }
+}
+
+/// `malloc_info`'s `<heap>` element for heap `nr`.
+fn heap(b: Buf<'_>, nr: u64, committed: usize, in_use: usize) -> Buf<'_> {
+    let b = b.str("<heap nr=\"").dec(nr).str("\">\n<sizes>\n</sizes>\n");
+    totals(b, committed, in_use, committed, false).str("</heap>\n")
+}
+
+/// The end of one of `malloc_info`'s elements: ` size="N"/>`.
+fn size(b: Buf<'_>, n: usize) -> Buf<'_> {
+    b.str("\" size=\"").dec(n as u64).str("\"/>\n")
+}
+
+/// `malloc_info`'s figures of one heap, or of all (`max`: the most it has
+/// had committed, as far as is known; `all`: the totals, which have an
+/// `mmap` line too, as glibc's).
+fn totals(b: Buf<'_>, committed: usize, in_use: usize, max: usize, all: bool) -> Buf<'_> {
+    let b = b.str("<total type=\"fast\" count=\"0\" size=\"0\"/>\n");
+    let b = size(
+        b.str("<total type=\"rest\" count=\"0"),
+        committed.saturating_sub(in_use),
+    );
+    let b = if all {
+        b.str("<total type=\"mmap\" count=\"0\" size=\"0\"/>\n")
+    } else {
+        b
+    };
+    let b = size(b.str("<system type=\"current"), committed);
+    let b = size(b.str("<system type=\"max"), max);
+    let b = size(b.str("<aspace type=\"total"), committed);
+    size(b.str("<aspace type=\"mprotect"), committed)
 }

@@ -63,8 +63,8 @@
 //! is safe.
 //!
 //! **Introspection.** `malloc_trim`, `mallinfo2`, `mallinfo` (also as
-//! `__libc_mallinfo`) and `malloc_stats` answer for the heaps, not for
-//! glibc's arenas (see [`info`]).
+//! `__libc_mallinfo`), `malloc_stats` and `malloc_info` answer for the
+//! heaps, not for glibc's arenas (see [`info`]).
 //!
 //! `FROSTHEAP_STATS=1` prints the main heap's statistics when the library
 //! is unloaded at exit (a `.fini_array` entry, so `_exit` prints nothing).

@@ -1,5 +1,5 @@
-/* malloc_trim, mallinfo2, mallinfo and malloc_stats, on the main thread and
- * on a second thread whose blocks the main thread frees.
+/* malloc_trim, mallinfo2, mallinfo, malloc_info and malloc_stats, on the
+ * main thread and on a second thread whose blocks the main thread frees.
  * Usage: trim glibc|frostheap. The checks common to both hold under glibc
  * too (the program validates itself against the system allocator): the
  * blocks show in `uordblks`, and once they are freed and the heap trimmed
@@ -35,6 +35,26 @@ static long resident_bytes(void) {
     return resident * sysconf(_SC_PAGESIZE);
 }
 
+/* `malloc_info`'s report (to a memory stream): its last `system current`
+ * (the totals'), or -1 if the report fails or has none. */
+static long info_current(void) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f) {
+        perror("open_memstream");
+        exit(2);
+    }
+    int r = malloc_info(0, f);
+    fclose(f);
+    long current = -1;
+    const char *key = "<system type=\"current\" size=\"";
+    for (char *at = text; r == 0 && (at = strstr(at, key)); at += strlen(key))
+        current = atol(at + strlen(key));
+    free(text);
+    return current;
+}
+
 static void **fill(void) {
     void **b = malloc(BLOCKS * sizeof *b);
     for (int i = 0; i < BLOCKS; i++) {
@@ -62,6 +82,11 @@ static void main_thread(void) {
 #pragma GCC diagnostic pop
     CHECK((size_t)small.uordblks == full.uordblks);
     CHECK((size_t)small.arena == full.arena);
+    /* malloc_info's totals hold the blocks; options other than 0 fail. */
+    long current = info_current();
+    if (current < (long)BYTES) fprintf(stderr, "malloc_info: system current %ld\n", current);
+    CHECK(current >= (long)BYTES);
+    CHECK(malloc_info(1, stderr) != 0);
     long full_rss = resident_bytes();
     for (int i = 0; i < BLOCKS; i++) free(b[i]);
     free(b);
