@@ -1,9 +1,9 @@
 /* A worker thread makes results and waits, alive, for the next job while
  * the main thread uses and frees them: the blocks go back into the heap of
  * a thread that does not allocate. Each of ROUNDS rounds, the worker makes
- * 40 MiB of 1000-byte blocks, filled; the main thread checks and frees
- * them, then makes 40 MiB of its own (pausing 20 ms halfway) and frees
- * them. Under a 64 MiB limit nothing may be refused: the memory the
+ * 40 MiB of 1000-byte blocks, filled (pausing 20 ms halfway); the main
+ * thread checks and frees them, then makes 40 MiB of its own (pausing 20
+ * ms halfway too) and frees them. Under a 64 MiB limit nothing may be refused: the memory the
  * worker's blocks held must serve the main thread.
  *
  *   idle_owner limit   prints "idle_owner: refused=R most=M corrupt=C", M
@@ -39,6 +39,8 @@ static void *worker(void *arg) {
         if (quit) break;
         pthread_mutex_unlock(&mu);
         for (int i = 0; i < BLOCKS; i++) {
+            /* A pause halfway, as the main thread's below (see there). */
+            if (i == BLOCKS / 2) usleep(20000);
             made[i] = malloc(SIZE);
             if (made[i]) memset(made[i], (unsigned char)(job + 1), SIZE);
             else worker_refused++;
@@ -86,7 +88,17 @@ int main(int argc, char **argv) {
         if (trim) break;
         for (int i = 0; i < BLOCKS; i++) {
             /* Halfway, a pause of 20 ms, as between two requests: the
-             * worker has then made no allocation for more than 10 ms. */
+             * worker has then made no allocation for more than 10 ms.
+             * The growth hook looks only as the process grows, and judges
+             * a heap idle over two looks 10 ms apart; so the worker pauses
+             * halfway too, for the main heap's free memory to go back
+             * while it grows. Without that, a worker that made its 40 MiB
+             * in under 10 ms left the main heap's free memory in place,
+             * the main thread made its 40 MiB from it without growing (no
+             * look, the worker's freed 40 MiB kept), and the worker made
+             * its next from those without growing either: both heaps kept
+             * 40 MiB from then on (84-87 MB; pinned to one CPU, 27 runs in
+             * 30). */
             if (i == BLOCKS / 2) usleep(20000);
             mine[i] = malloc(SIZE);
             if (mine[i]) memset(mine[i], 0x5a, SIZE);
