@@ -698,6 +698,20 @@ pub(super) fn release_abandoned_on_growth(keep_warm: bool) -> usize {
     idle + release_abandoned(false, false, keep_warm)
 }
 
+/// The process's reuse hook ([`process::set_reuse_hook`]): as the growth
+/// hook, the live heaps of threads that have made no allocation for 10 ms
+/// give back their free memory and the spans other threads freed whole in
+/// them ([`release_idle_heaps`]), when a heap took 4 MiB of its own free
+/// memory back into use rather than when the process grew
+/// ([`process::reused`] says why). The heaps of exited threads are left to
+/// the growth hook.
+#[inline(never)] // laid with the rare code (layout.ld)
+pub(super) fn release_idle_on_reuse() {
+    if idle_heaps_to_visit() {
+        release_idle_heaps();
+    }
+}
+
 /// How long the thread of a heap must have made no allocation for the
 /// growth hook to give its heap's free memory back
 /// ([`idle_heaps_to_visit`]).

@@ -147,6 +147,10 @@ pub(super) enum Retire {
 /// Number of free-span bins.
 const N_BINS: usize = 44;
 
+/// How much free memory a heap takes back into use, in pages, between two
+/// runs of the reuse hook ([`process::reused`]): 4 MiB, a step of growth.
+const REUSE_STEP_PAGES: usize = (4 << 20) / PAGE_SIZE;
+
 /// The bin for a free span of `n` pages.
 #[inline]
 fn bin_of(n: usize) -> usize {
@@ -174,6 +178,9 @@ struct Spans {
     /// Whether a span of clean pages (purged, or never touched) was taken
     /// since that purge.
     took_clean: bool,
+    /// Dirty pages (free memory the heap kept resident) taken since the
+    /// reuse hook last ran ([`process::reused`]).
+    reused_pages: usize,
     /// Whether the free top was ever decommitted as the thresholds say
     /// ([`Locked::top_shrink_due`]) ...
     shrunk: bool,
@@ -295,6 +302,7 @@ impl SpanAllocator {
                 free_pages: 0,
                 purged_at: 0,
                 took_clean: false,
+                reused_pages: 0,
                 shrunk: false,
                 grew_since_shrink: false,
             }),
@@ -914,6 +922,13 @@ impl Locked<'_> {
             self.pages.meta(idx + pages - 1).set_kind(Kind::Unused);
         }
         self.spans.took_clean |= !dirty;
+        if dirty {
+            self.spans.reused_pages += pages;
+            if self.spans.reused_pages >= REUSE_STEP_PAGES {
+                self.spans.reused_pages = 0;
+                process::reused();
+            }
+        }
         !dirty
     }
 
