@@ -192,16 +192,24 @@ where
             let mut pipe_state = self.pipe.begin();
             let mut term_state = self.term.begin();
             let mut whole = true;
+            let mut halted = false;
             for unit in claim.clone() {
-                if self.halted_at(self.base + unit * self.chunk)
-                    || !self.run_unit(unit, env, &mut pipe_state, &mut term_state, &mut tally)
-                {
+                if self.halted_at(self.base + unit * self.chunk) {
+                    (whole, halted) = (false, true);
+                    break;
+                }
+                if !self.run_unit(unit, env, &mut pipe_state, &mut term_state, &mut tally) {
                     whole = false;
                     break;
                 }
             }
             guard::set_current_item(usize::MAX);
-            if whole {
+            // A terminal that stopped may need the partial of a claim it
+            // cut short (`try_reduce`: the first failure may be in it); a
+            // cancelled batch's results are discarded.
+            let ends_halted =
+                T::ENDS_HALTED_CLAIMS && halted && !self.cancel.load(Ordering::Relaxed);
+            if whole || ends_halted {
                 self.end_claim(claim, env, pipe_state, term_state);
             }
             self.max_item.fetch_max(tally.max_item, Ordering::Relaxed);
@@ -346,8 +354,10 @@ where
         (next, max_item, oversized)
     }
 
-    /// Ends a claim whose chunks all ran: stages that hold state over the
-    /// claim (`fold`) emit it, and the terminal publishes its partial
+    /// Ends a claim whose chunks all ran (or that the terminal stopped,
+    /// for one that asks, [`Terminal::ENDS_HALTED_CLAIMS`]): stages that
+    /// hold state over the claim (`fold`) emit it, and the terminal
+    /// publishes its partial
     /// (reductions combine with their neighbours here, on the worker).
     fn end_claim(
         &self,

@@ -31,7 +31,7 @@ use super::source::{IntoParSource, ParSource, Skip, Take, Zip};
 use super::task::TaskContext;
 use super::terminal::{
     Any, CountOp, Extreme, FindAny, ForEach, PieceCollect, ProductOp, Reduce, ReduceOp,
-    SlotCollect, SumOp, TryForEach,
+    SlotCollect, SumOp, TryForEach, TryReduce,
 };
 use crate::error::Error;
 
@@ -513,6 +513,66 @@ where
         P::Out: Send,
     {
         let mut term = Reduce::new(ReduceOp(op));
+        self.run(&mut term)?;
+        Ok(term.into_result())
+    }
+
+    /// The `Ok` values of items `Result<T, E>` combined with the
+    /// associative `op`, which may fail too: `Ok(Ok(v))` when every item and
+    /// every combination succeeded (`Ok(Ok(identity()))` for no item), or
+    /// `Ok(Err(e))` with the error of the first failure in input order —
+    /// rayon's `try_reduce` for `Result`, whose error is whichever failure
+    /// it met, varying from run to run; this one is that of the first
+    /// failing item, as [`try_for_each`](Par::try_for_each) gives it.
+    ///
+    /// It stops early as `try_for_each` does: once an item (or the
+    /// combination of an item into the partial of its worker's run) has
+    /// failed, no item after it runs, and the items before it still run,
+    /// as one of them may fail first. `op` also combines the partials of
+    /// the workers' runs: an error there ends the call with it (then the
+    /// first failure of those two partials' items, if any, comes first)
+    /// but does not stop the other runs.
+    ///
+    /// ```
+    /// let rt = frostheap::Runtime::builder().workers(2).build()?;
+    /// let sum = rt.par(1..=100u64).map(Ok::<u64, String>).try_reduce(|| 0, |a, b| Ok(a + b))?;
+    /// assert_eq!(sum, Ok(5050));
+    /// let lines = ["1", "2", "x", "4", "y"];
+    /// let total = rt
+    ///     .par(&lines)
+    ///     .map(|s| s.parse::<u32>())
+    ///     .try_reduce(|| 0, |a, b| Ok(a + b))?;
+    /// // The first error in input order: "x", never "y".
+    /// assert_eq!(total, Err("x".parse::<u32>().unwrap_err()));
+    /// // `op` fails too: a checked sum that overflows.
+    /// let overflow = rt
+    ///     .par(0..100u8)
+    ///     .map(Ok::<u8, &str>)
+    ///     .try_reduce(|| 0, |a, b| a.checked_add(b).ok_or("overflow"))?;
+    /// assert_eq!(overflow, Err("overflow"));
+    /// # Ok::<(), frostheap::Error>(())
+    /// ```
+    pub fn try_reduce<T, E, ID, OP>(self, identity: ID, op: OP) -> Result<Result<T, E>, Error>
+    where
+        P: Pipe<D::Item, Out = Result<T, E>>,
+        ID: Fn() -> T + Sync,
+        OP: Fn(T, T) -> Result<T, E> + Sync,
+        T: Send,
+        E: Send,
+    {
+        Ok(self.try_reduce_with(op)?.unwrap_or_else(|| Ok(identity())))
+    }
+
+    /// [`try_reduce`](Par::try_reduce) with no identity: `Ok(None)` for
+    /// no item.
+    pub fn try_reduce_with<T, E, OP>(self, op: OP) -> Result<Option<Result<T, E>>, Error>
+    where
+        P: Pipe<D::Item, Out = Result<T, E>>,
+        OP: Fn(T, T) -> Result<T, E> + Sync,
+        T: Send,
+        E: Send,
+    {
+        let mut term = TryReduce::new(op);
         self.run(&mut term)?;
         Ok(term.into_result())
     }

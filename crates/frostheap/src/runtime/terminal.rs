@@ -30,6 +30,12 @@ pub trait Terminal<T>: Sync {
     /// Results go straight into slots, one per input item, in order (the
     /// engine then drops the written ones after an error).
     const SLOTS: bool = false;
+    /// A claim whose chunks stopped running because the terminal stopped
+    /// ([`Terminal::stopped_at`]) still ends ([`Terminal::end_claim`],
+    /// after `fold`'s partial), so that its partial is published: for a
+    /// reduction that stops, whose result must cover every claim. Without
+    /// it such a claim's state is dropped.
+    const ENDS_HALTED_CLAIMS: bool = false;
     /// Called on main before batch `[base, base + n)`, cut into `chunks`
     /// chunks.
     fn prepare_batch(&mut self, rt: &Runtime, base: usize, n: usize, chunks: usize);
@@ -426,6 +432,152 @@ where
         });
     }
     fn end_claim(&self, _: Range<usize>, _: usize) {}
+    fn stopped(&self) -> bool {
+        self.first_err.load(Ordering::Relaxed) != usize::MAX
+    }
+    fn stopped_at(&self, first: usize) -> bool {
+        self.first_err.load(Ordering::Relaxed) < first
+    }
+}
+
+// ---------------------------------------------------------------- try_reduce
+
+/// `try_reduce(identity, op)` and `try_reduce_with(op)` over items
+/// `Result<T, E>`: the `Ok` values combined with `op`, which may fail too,
+/// until an item or a combination fails.
+///
+/// A partial is `Err` from its first failure on, and partials combine in
+/// input order (see [`Segments`]) with an `Err` on the left kept, so the
+/// call returns the first failure in input order among what ran. What
+/// runs is decided as in [`TryForEach`]: once an item, or the combination
+/// of an item into its run's partial, has failed, the items after it are
+/// skipped (the chunks after it at their start, the items of a running
+/// chunk one by one) and those before it still run, so the error of a
+/// failing item is always the first failing item's. A combination of two
+/// finished partials has no place of its own: its error ends the call too,
+/// but skips nothing.
+pub(crate) struct TryReduce<OP, T, E>
+where
+    OP: Fn(T, T) -> Result<T, E> + Sync,
+    T: Send,
+    E: Send,
+{
+    reduce: Reduce<TryOp<OP>, Result<T, E>>,
+    /// The place of the first failure found so far (`usize::MAX`: none);
+    /// only decreases.
+    first_err: AtomicUsize,
+}
+
+/// [`TryReduce`]'s combination: `op` of two `Ok` values, else the first
+/// `Err`.
+pub(crate) struct TryOp<OP>(OP);
+
+impl<T: Send, E: Send, OP: Fn(T, T) -> Result<T, E> + Sync> Combine<Result<T, E>> for TryOp<OP> {
+    type Acc = Result<T, E>;
+    fn fold<I: Iterator<Item = Result<T, E>>>(
+        &self,
+        acc: Option<Result<T, E>>,
+        mut items: I,
+    ) -> Option<Result<T, E>> {
+        let mut acc = match acc {
+            Some(a) => a,
+            None => items.next()?,
+        };
+        for x in items {
+            if acc.is_err() {
+                break;
+            }
+            acc = self.combine(acc, x);
+        }
+        Some(acc)
+    }
+    fn combine(&self, a: Result<T, E>, b: Result<T, E>) -> Result<T, E> {
+        (self.0)(a?, b?)
+    }
+}
+
+impl<OP, T, E> TryReduce<OP, T, E>
+where
+    OP: Fn(T, T) -> Result<T, E> + Sync,
+    T: Send,
+    E: Send,
+{
+    pub(crate) fn new(op: OP) -> Self {
+        TryReduce {
+            reduce: Reduce::new(TryOp(op)),
+            first_err: AtomicUsize::new(usize::MAX),
+        }
+    }
+
+    /// The reduction (`None` when no item ran).
+    pub(crate) fn into_result(self) -> Option<Result<T, E>> {
+        self.reduce.into_result()
+    }
+}
+
+impl<OP, T, E> Terminal<Result<T, E>> for TryReduce<OP, T, E>
+where
+    OP: Fn(T, T) -> Result<T, E> + Sync,
+    T: Send,
+    E: Send,
+{
+    /// The claim's partial, and the input index of its latest chunk (the
+    /// place of what `fold` emits when the claim ends, as in
+    /// [`TryForEach`]).
+    type State = (Option<Result<T, E>>, usize);
+    // The partial of a claim cut short holds the items before the stop,
+    // and may hold the first failure.
+    const ENDS_HALTED_CLAIMS: bool = true;
+    fn prepare_batch(&mut self, rt: &Runtime, base: usize, n: usize, chunks: usize) {
+        self.reduce.prepare_batch(rt, base, n, chunks);
+    }
+    fn leak_batch(&mut self) -> usize {
+        self.reduce.leak_batch()
+    }
+    fn finish_batch(&mut self, ran: Option<usize>) {
+        self.reduce.finish_batch(ran);
+    }
+    fn begin(&self) -> Self::State {
+        (None, 0)
+    }
+    #[inline]
+    fn consume<I: Iterator<Item = Result<T, E>>>(
+        &self,
+        state: &mut Self::State,
+        first: usize,
+        items: I,
+    ) {
+        if first != usize::MAX {
+            state.1 = first;
+        }
+        let latest = state.1;
+        let mut acc = state.0.take();
+        if !matches!(acc, Some(Err(_))) {
+            for x in items {
+                let place = match guard::current_item() {
+                    usize::MAX => latest,
+                    i => i,
+                };
+                if self.first_err.load(Ordering::Relaxed) < place {
+                    break;
+                }
+                let next = match acc {
+                    Some(a) => self.reduce.c.combine(a, x),
+                    None => x,
+                };
+                let failed = next.is_err();
+                acc = Some(next);
+                if failed {
+                    self.first_err.fetch_min(place, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        state.0 = acc;
+    }
+    fn end_claim(&self, claim: Range<usize>, state: Self::State) {
+        self.reduce.end_claim(claim, state.0);
+    }
     fn stopped(&self) -> bool {
         self.first_err.load(Ordering::Relaxed) != usize::MAX
     }

@@ -204,6 +204,41 @@ fn check_all(rt: &Runtime, input: &[u64]) -> Result<(), TestCaseError> {
     }
     prop_assert_eq!(rt.par(&v).try_for_each(|_| Ok::<(), ()>(())).unwrap(), Ok(()));
 
+    // try_reduce: the Ok values combined in input order (concatenation,
+    // not commutative), or the error of the first failing item in input
+    // order, through one-to-one, filtering and bridged pipelines.
+    let concat = |a: Vec<u64>, b: Vec<u64>| Ok(cat(a, b));
+    for m in [2u64, 97, 100_003] {
+        let item = |x: u64| if x % m == 1 { Err(x) } else { Ok(vec![x]) };
+        let serial = |items: &mut dyn Iterator<Item = u64>| -> Result<Vec<u64>, u64> {
+            items.map(item).collect::<Result<Vec<_>, _>>().map(|vs| vs.concat())
+        };
+        let want = serial(&mut v.iter().copied());
+        prop_assert_eq!(&rt.par(&v).map(|x| item(*x)).try_reduce(Vec::new, concat).unwrap(), &want);
+        prop_assert_eq!(&rt.par(v.clone()).map(item).try_reduce(Vec::new, concat).unwrap(), &want);
+        prop_assert_eq!(
+            &rt.par_bridge(v.iter().copied()).map(item).try_reduce(Vec::new, concat).unwrap(),
+            &want
+        );
+        prop_assert_eq!(
+            rt.par(&v).filter(|x| odd(x)).map(|x| item(*x)).try_reduce_with(concat).unwrap(),
+            (v.iter().any(odd)).then(|| serial(&mut v.iter().copied().filter(odd)))
+        );
+    }
+    // `op` failing: a checked sum fails exactly when the total overflows
+    // (every partial sum is at most the total).
+    let total: u64 = v.iter().map(|x| x % 1000).sum();
+    let sum16 = rt
+        .par(&v)
+        .map(|x| Ok::<u16, &str>((x % 1000) as u16))
+        .try_reduce(|| 0, |a, b| a.checked_add(b).ok_or("overflow"))
+        .unwrap();
+    prop_assert_eq!(sum16, u16::try_from(total).map_err(|_| "overflow"));
+    prop_assert_eq!(
+        rt.par(0..0u64).map(Ok::<u64, ()>).try_reduce_with(|a, b| Ok(a + b)).unwrap(),
+        None
+    );
+
     // find_any: an item that matches, exactly when one exists.
     for m in [2u64, 97, 100_003] {
         let found = rt.par(&v).map(|x| mix(*x)).find_any(|h| h % m == 1).unwrap();
@@ -342,7 +377,7 @@ fn tracked(n: usize, drops: &AtomicUsize) -> Vec<Tracked<'_>> {
 /// item it reaches.
 type Consume = fn(&Runtime, Vec<Tracked<'_>>, &(dyn Fn(u64) -> u64 + Sync)) -> Result<(), Error>;
 
-const CONSUMERS: [(&str, Consume); 17] = [
+const CONSUMERS: [(&str, Consume); 18] = [
     ("map.collect", |rt, v, f| rt.par(v).map(|t| f(t.value)).collect::<Vec<_>>().map(drop)),
     ("filter.collect", |rt, v, f| {
         rt.par(v).filter(|t| f(t.value) % 2 == 0).collect::<Vec<_>>().map(drop)
@@ -362,6 +397,12 @@ const CONSUMERS: [(&str, Consume); 17] = [
     ("any", |rt, v, f| rt.par(v).any(|t| f(t.value) == u64::MAX).map(drop)),
     ("try_for_each", |rt, v, f| {
         rt.par(v).try_for_each(|t| if f(t.value) == u64::MAX { Err(t) } else { Ok(()) }).map(drop)
+    }),
+    ("try_reduce", |rt, v, f| {
+        rt.par(v)
+            .map(|t| if f(t.value) == u64::MAX { Err(t) } else { Ok(f(t.value)) })
+            .try_reduce(|| 0, |a, b| Ok(a ^ b))
+            .map(drop)
     }),
     ("find_any", |rt, v, f| rt.par(v).find_any(|t| f(t.value) == u64::MAX).map(drop)),
     ("position_any", |rt, v, f| rt.par(v).position_any(|t| f(t.value) == u64::MAX).map(drop)),
@@ -571,6 +612,66 @@ fn try_for_each_find_any_and_position_any_stop_early_and_drop_the_items_they_nev
             after.load(Ordering::Relaxed)
         );
     }
+}
+
+test!(try_reduce_stops_at_the_first_error_in_input_order_and_drops_every_item_once);
+/// `try_reduce` stops as `try_for_each` does: items 10 and 150,000 fail,
+/// the call returns item 10's error, every item is dropped once, and few
+/// items run after the first failure; and an item before the first
+/// failure that is still running when a later item fails still counts
+/// (item 0 waits for the last item's failure: its own error comes first).
+fn try_reduce_stops_at_the_first_error_in_input_order_and_drops_every_item_once() {
+    for budget in [None, Some(64 << 10)] {
+        let rt = runtime(budget);
+        let n = 200_000;
+        let drops = AtomicUsize::new(0);
+        let failed = Shared::new(AtomicBool::new(false));
+        let after = Shared::new(AtomicUsize::new(0));
+        let r = rt
+            .par(tracked(n, &drops))
+            .map(|t| {
+                if failed.load(Ordering::SeqCst) {
+                    after.fetch_add(1, Ordering::Relaxed);
+                }
+                if t.value == 10 || t.value == 150_000 {
+                    failed.store(true, Ordering::SeqCst);
+                    return Err(t.value);
+                }
+                Ok(t.value)
+            })
+            .try_reduce(|| 0, |a, b| Ok(a + b))
+            .unwrap();
+        assert_eq!(r, Err(10), "the first error in input order, budget {budget:?}");
+        assert_eq!(drops.load(Ordering::Relaxed), n, "every item dropped once, budget {budget:?}");
+        assert!(
+            after.load(Ordering::Relaxed) < n / 10,
+            "try_reduce ran {} of {n} items after the first error, budget {budget:?}",
+            after.load(Ordering::Relaxed)
+        );
+    }
+    let rt = runtime(None);
+    let n: usize = 20_000;
+    let late_failed = Shared::new(AtomicBool::new(false));
+    let r = rt
+        .par(0..n)
+        .map(|i| {
+            if i == 0 {
+                let start = std::time::Instant::now();
+                while !late_failed.load(Ordering::SeqCst) && start.elapsed().as_secs() < 10 {
+                    std::thread::yield_now();
+                }
+                return Err(i);
+            }
+            if i == n - 1 {
+                late_failed.store(true, Ordering::SeqCst);
+                return Err(i);
+            }
+            Ok(i)
+        })
+        .try_reduce(|| 0, |a, b| Ok(a + b))
+        .unwrap();
+    assert!(late_failed.load(Ordering::SeqCst), "the last item failed first");
+    assert_eq!(r, Err(0));
 }
 
 test!(try_for_each_runs_every_item_before_the_first_error);
