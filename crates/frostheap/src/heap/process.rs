@@ -260,8 +260,10 @@ pub(crate) fn set_reuse_hook(f: fn()) {
 /// 40 MiB of its own) could each make their next 40 MiB from memory their
 /// heap kept, the worker's from its results freed whole, so nothing grew,
 /// no look came, and both heaps kept 40 MiB for good (84 MB where glibc
-/// holds 42; 27 of 30 runs of `idle_owner` pinned to one CPU, twice in
-/// CI). Only the waiting heaps' part runs here: what the heaps of exited
+/// holds 42; 30 of 30 runs of `idle_owner` pinned to one CPU, twice in
+/// CI; none of 30 with this look, whose round still peaks at 85 MB
+/// resident: it finds the worker idle only once it has waited 10 ms).
+/// Only the waiting heaps' part runs here: what the heaps of exited
 /// threads keep for the next ones stays (the growth hook gives it back as
 /// the process grows). Runs on the thread that took the memory, holding
 /// its heap's span lock: the growth hook's conditions.
