@@ -530,40 +530,48 @@ fn any_stops_early_and_drops_the_items_it_never_ran() {
     assert_eq!(drops.load(Ordering::Relaxed), 10);
 }
 
-test!(try_for_each_find_any_and_position_any_stop_early_and_drop_the_items_they_never_ran);
-fn try_for_each_find_any_and_position_any_stop_early_and_drop_the_items_they_never_ran() {
+/// The item function of the early-stop tests: items 10 and 150,000 fail;
+/// `after` counts the items whose function began after a failure returned
+/// (as in any_stops_early_and_drops_the_items_it_never_ran: counting all
+/// items would measure scheduling).
+fn fail_at_10_and_150_000(failed: &AtomicBool, after: &AtomicUsize, value: u64) -> Result<u64, u64> {
+    if failed.load(Ordering::SeqCst) {
+        after.fetch_add(1, Ordering::Relaxed);
+    }
+    if value == 10 || value == 150_000 {
+        failed.store(true, Ordering::SeqCst);
+        return Err(value);
+    }
+    Ok(value)
+}
+
+test!(try_for_each_try_reduce_find_any_and_position_any_stop_early_and_drop_the_items_they_never_ran);
+fn try_for_each_try_reduce_find_any_and_position_any_stop_early_and_drop_the_items_they_never_ran() {
     for budget in [None, Some(64 << 10)] {
         let rt = runtime(budget);
         let n = 200_000;
-        let drops = AtomicUsize::new(0);
-        // Items whose function began after the first error returned (as in
-        // any_stops_early_and_drops_the_items_it_never_ran: counting all
-        // items would measure scheduling). Items 10 and 150,000 fail.
-        let failed = Shared::new(AtomicBool::new(false));
-        let after = Shared::new(AtomicUsize::new(0));
-        let r = rt
-            .par(tracked(n, &drops))
-            .try_for_each(|t| {
-                if failed.load(Ordering::SeqCst) {
-                    after.fetch_add(1, Ordering::Relaxed);
-                }
-                if t.value == 10 || t.value == 150_000 {
-                    failed.store(true, Ordering::SeqCst);
-                    return Err(t.value);
-                }
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(r, Err(10), "the first error in input order, budget {budget:?}");
-        assert_eq!(drops.load(Ordering::Relaxed), n, "every item dropped once, budget {budget:?}");
-        // After it, the items before item 10 and a worker's next item run,
-        // and no chunk is claimed: a handful, where not stopping (collect
-        // into Result<Vec<()>, _>) runs about n / 2.
-        assert!(
-            after.load(Ordering::Relaxed) < n / 10,
-            "try_for_each ran {} of {n} items after the first error, budget {budget:?}",
-            after.load(Ordering::Relaxed)
-        );
+        // try_for_each and try_reduce (which stops as try_for_each does).
+        for name in ["try_for_each", "try_reduce"] {
+            let drops = AtomicUsize::new(0);
+            let failed = Shared::new(AtomicBool::new(false));
+            let after = Shared::new(AtomicUsize::new(0));
+            let items = rt.par(tracked(n, &drops));
+            let item = |t: Tracked<'_>| fail_at_10_and_150_000(&failed, &after, t.value);
+            let r = match name {
+                "try_for_each" => items.try_for_each(|t| item(t).map(drop)).unwrap().map(|()| 0),
+                _ => items.map(item).try_reduce(|| 0, |a, b| Ok(a + b)).unwrap(),
+            };
+            assert_eq!(r.map(drop), Err(10), "{name}: the first error in input order, budget {budget:?}");
+            assert_eq!(drops.load(Ordering::Relaxed), n, "{name}: every item dropped once, budget {budget:?}");
+            // After it, the items before item 10 and a worker's next item
+            // run, and no chunk is claimed: a handful, where not stopping
+            // (collect into Result<Vec<()>, _>) runs about n / 2.
+            assert!(
+                after.load(Ordering::Relaxed) < n / 10,
+                "{name} ran {} of {n} items after the first error, budget {budget:?}",
+                after.load(Ordering::Relaxed)
+            );
+        }
         // find_any stops the same way.
         let drops = AtomicUsize::new(0);
         let (matched, after) = (Shared::new(AtomicBool::new(false)), Shared::new(AtomicUsize::new(0)));
@@ -614,82 +622,23 @@ fn try_for_each_find_any_and_position_any_stop_early_and_drop_the_items_they_nev
     }
 }
 
-test!(try_reduce_stops_at_the_first_error_in_input_order_and_drops_every_item_once);
-/// `try_reduce` stops as `try_for_each` does: items 10 and 150,000 fail,
-/// the call returns item 10's error, every item is dropped once, and few
-/// items run after the first failure; and an item before the first
-/// failure that is still running when a later item fails still counts
-/// (item 0 waits for the last item's failure: its own error comes first).
-fn try_reduce_stops_at_the_first_error_in_input_order_and_drops_every_item_once() {
-    for budget in [None, Some(64 << 10)] {
-        let rt = runtime(budget);
-        let n = 200_000;
-        let drops = AtomicUsize::new(0);
-        let failed = Shared::new(AtomicBool::new(false));
-        let after = Shared::new(AtomicUsize::new(0));
-        let r = rt
-            .par(tracked(n, &drops))
-            .map(|t| {
-                if failed.load(Ordering::SeqCst) {
-                    after.fetch_add(1, Ordering::Relaxed);
-                }
-                if t.value == 10 || t.value == 150_000 {
-                    failed.store(true, Ordering::SeqCst);
-                    return Err(t.value);
-                }
-                Ok(t.value)
-            })
-            .try_reduce(|| 0, |a, b| Ok(a + b))
-            .unwrap();
-        assert_eq!(r, Err(10), "the first error in input order, budget {budget:?}");
-        assert_eq!(drops.load(Ordering::Relaxed), n, "every item dropped once, budget {budget:?}");
-        assert!(
-            after.load(Ordering::Relaxed) < n / 10,
-            "try_reduce ran {} of {n} items after the first error, budget {budget:?}",
-            after.load(Ordering::Relaxed)
-        );
-    }
-    let rt = runtime(None);
-    let n: usize = 20_000;
-    let late_failed = Shared::new(AtomicBool::new(false));
-    let r = rt
-        .par(0..n)
-        .map(|i| {
-            if i == 0 {
-                let start = std::time::Instant::now();
-                while !late_failed.load(Ordering::SeqCst) && start.elapsed().as_secs() < 10 {
-                    std::thread::yield_now();
-                }
-                return Err(i);
-            }
-            if i == n - 1 {
-                late_failed.store(true, Ordering::SeqCst);
-                return Err(i);
-            }
-            Ok(i)
-        })
-        .try_reduce(|| 0, |a, b| Ok(a + b))
-        .unwrap();
-    assert!(late_failed.load(Ordering::SeqCst), "the last item failed first");
-    assert_eq!(r, Err(0));
-}
-
-test!(try_for_each_runs_every_item_before_the_first_error);
-fn try_for_each_runs_every_item_before_the_first_error() {
+test!(try_for_each_and_try_reduce_run_every_item_before_the_first_error);
+fn try_for_each_and_try_reduce_run_every_item_before_the_first_error() {
     // Item 0 waits until the last item has failed (on the other worker,
     // which claims every chunk after the first worker's first claim), so
     // a failure after the first one in input order is known while items
     // before the first one have still to run: they must run, and the first
     // one is reported. Stopping at any failure, as rayon does, reports the
-    // last item (checked: that change fails here).
+    // last item (checked: that change fails here). try_reduce must also
+    // publish the partial of the claim its failure cut short (without
+    // `ENDS_HALTED_CLAIMS` it returned Ok).
     let rt = runtime(None);
     let n: usize = 20_000;
-    for early in [1, 7, 300, n / 10] {
-        let late_failed = Shared::new(AtomicBool::new(false));
-        let ran = Shared::new((0..n).map(|_| AtomicUsize::new(0)).collect::<Vec<_>>());
-        let r = rt
-            .par(0..n)
-            .try_for_each(|i| {
+    for early in [0, 1, 7, 300, n / 10] {
+        for name in ["try_for_each", "try_reduce"] {
+            let late_failed = Shared::new(AtomicBool::new(false));
+            let ran = Shared::new((0..n).map(|_| AtomicUsize::new(0)).collect::<Vec<_>>());
+            let item = |i: usize| {
                 ran[i].fetch_add(1, Ordering::Relaxed);
                 if i == 0 {
                     let start = std::time::Instant::now();
@@ -704,13 +653,20 @@ fn try_for_each_runs_every_item_before_the_first_error() {
                     late_failed.store(true, Ordering::SeqCst);
                     return Err(i);
                 }
-                Ok(())
-            })
-            .unwrap();
-        assert!(late_failed.load(Ordering::SeqCst), "the last item failed first (early {early})");
-        assert_eq!(r, Err(early));
-        assert!(ran[..=early].iter().all(|c| c.load(Ordering::Relaxed) == 1), "every item up to the first error ran once");
-        assert!(ran.iter().all(|c| c.load(Ordering::Relaxed) <= 1));
+                Ok(i)
+            };
+            let r = match name {
+                "try_for_each" => rt.par(0..n).try_for_each(|i| item(i).map(drop)).unwrap().map(|()| 0),
+                _ => rt.par(0..n).map(item).try_reduce(|| 0, |a, b| Ok(a + b)).unwrap(),
+            };
+            assert!(late_failed.load(Ordering::SeqCst), "{name}: the last item failed first (early {early})");
+            assert_eq!(r.map(drop), Err(early), "{name}");
+            assert!(
+                ran[..=early].iter().all(|c| c.load(Ordering::Relaxed) == 1),
+                "{name}: every item up to the first error ran once"
+            );
+            assert!(ran.iter().all(|c| c.load(Ordering::Relaxed) <= 1), "{name}");
+        }
     }
 }
 
