@@ -941,6 +941,53 @@ pub fn min_signal_stack() -> usize {
     v.max(libc::SIGSTKSZ)
 }
 
+/// Makes `new` the calling thread's alternate signal stack and returns the
+/// one it had. Fails (EPERM) while the thread runs on its alternate stack.
+/// Async-signal-safe.
+pub fn swap_alt_stack(new: &libc::stack_t) -> Result<libc::stack_t, OsError> {
+    // SAFETY: a zeroed stack_t is valid to be written by the kernel.
+    let mut old: libc::stack_t = unsafe { core::mem::zeroed() };
+    // SAFETY: both pointers are valid stack_t; the caller owns the memory
+    // `new` describes for as long as it stays installed.
+    if unsafe { libc::sigaltstack(new, &mut old) } != 0 {
+        return Err(last_error("sigaltstack"));
+    }
+    Ok(old)
+}
+
+/// Runs `f(arg)` with the stack pointer at `top`, and returns to the
+/// caller's stack. Async-signal-safe (no system call).
+///
+/// # Safety
+/// 1. `top` is 16-byte aligned and ends writable memory that nothing else
+///    uses while `f` runs, enough for `f`.
+/// 2. `f` does not unwind, and is safe to call with `arg`.
+#[inline(never)]
+pub unsafe fn call_on_stack(
+    top: *mut u8,
+    f: unsafe extern "C" fn(*mut libc::c_void),
+    arg: *mut libc::c_void,
+) {
+    // SAFETY: by (1) the new stack is ours and aligned for a call (the
+    // return address makes it 8 mod 16 in `f`, as the ABI wants); r12 is
+    // callee-saved, so it holds the old stack pointer across the call,
+    // and every other register the call may change is declared clobbered.
+    // The old stack's red zone is not touched: nothing is pushed on it.
+    unsafe {
+        core::arch::asm!(
+            "mov r12, rsp",
+            "mov rsp, {top}",
+            "call {f}",
+            "mov rsp, r12",
+            top = in(reg) top,
+            f = in(reg) f,
+            in("rdi") arg,
+            out("r12") _,
+            clobber_abi("C"),
+        );
+    }
+}
+
 /// An alternate signal stack mapped for the calling thread.
 pub struct AltStack {
     base: *mut u8,

@@ -1,6 +1,7 @@
 //! The fault handlers (SIGSEGV and, for single-stepping a store, SIGTRAP).
 //!
-//! Boring on purpose: they run on an alternate stack, call only
+//! Boring on purpose: they run on an alternate stack (or, where it leaves
+//! them too little room, on a spare: `spare.rs`), call only
 //! async-signal-safe functions (`write`, `futex`, `mprotect`, `sigaction`,
 //! `rt_sigprocmask`; `getpid`, `pread` and `pwrite` to perform a store),
 //! never allocate, read only lock-free tables (the
@@ -49,7 +50,7 @@ use super::abandon::park_forever;
 use super::frame::{is_step_trap, Fault, Frame, SEGV_ACCERR, SEGV_PKUERR};
 use super::freeze::{MPROTECT_FROZEN, THAW_EPOCH};
 use super::step::{step_lock, step_unlock};
-use super::{emulate, report, step, OnViolation, PKEY};
+use super::{emulate, report, spare, step, OnViolation, PKEY};
 use crate::guard::{self, WorkerState};
 use crate::os::{self, OsError};
 
@@ -68,6 +69,7 @@ static INSTALL: OnceLock<Result<(), OsError>> = OnceLock::new();
 /// fault in another thread at any moment finds a valid action to chain to.
 pub(crate) fn install() -> Result<(), OsError> {
     *INSTALL.get_or_init(|| {
+        spare::reserve()?;
         for (sig, prev, handler) in [
             (libc::SIGSEGV, &PREV_SEGV, on_segv as os::SigAction),
             (libc::SIGTRAP, &PREV_TRAP, on_trap as os::SigAction),
@@ -105,6 +107,19 @@ enum Verdict {
 }
 
 unsafe extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel's arguments; `segv` does not unwind.
+    if !unsafe { spare::run_if_short(segv, sig, info, ctx) } {
+        // SAFETY: the kernel's arguments.
+        unsafe { segv(sig, info, ctx) }
+    }
+}
+
+/// The SIGSEGV handler's body, on the alternate stack or a spare
+/// (`spare.rs`).
+///
+/// # Safety
+/// 1. The kernel's arguments for a SIGSEGV.
+unsafe extern "C" fn segv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: ctx is the ucontext the kernel passed to this handler.
     let mut frame = unsafe { Frame::new(ctx) };
     // SAFETY: info is the kernel's siginfo for this SIGSEGV.
@@ -505,6 +520,19 @@ fn park(w: &WorkerState, fault: &Fault, item: usize) -> ! {
 }
 
 unsafe extern "C" fn on_trap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel's arguments; `trap` does not unwind.
+    if !unsafe { spare::run_if_short(trap, sig, info, ctx) } {
+        // SAFETY: the kernel's arguments.
+        unsafe { trap(sig, info, ctx) }
+    }
+}
+
+/// The SIGTRAP handler's body, on the alternate stack or a spare
+/// (`spare.rs`).
+///
+/// # Safety
+/// 1. The kernel's arguments for a SIGTRAP.
+unsafe extern "C" fn trap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo.
     let code = unsafe { (*info).si_code };
     // SAFETY: ctx is the ucontext the kernel passed to this handler.

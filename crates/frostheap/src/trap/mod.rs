@@ -13,6 +13,7 @@
 //! | here | resolving the backend, the key, `Guarded` (a runtime's hold on a heap: the key tagging) |
 //! | `freeze` | `Freeze`: the freeze protocol, whose `Drop` thaws |
 //! | `handler` | the SIGSEGV and SIGTRAP handlers |
+//! | `spare` | spare stacks for a handler whose thread's alternate stack is too small |
 //! | `abandon` | stopping a worker whose task can never finish (cancel: blocked on a lock a parked task holds) |
 //! | `backtrace` | the violating thread's stack, copied in the handler and unwound after the phase |
 //! | `step` | letting one faulting store through (audit, rollback) |
@@ -37,6 +38,7 @@ mod freeze;
 mod handler;
 mod report;
 mod rmw;
+mod spare;
 mod step;
 mod string;
 

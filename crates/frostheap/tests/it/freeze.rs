@@ -514,6 +514,20 @@ fn sealed_heap_is_readable_refuses_allocation_and_reports_task_writes() {
     assert_eq!(rt.map(0..2u8, |x| x).expect("next phase"), vec![0, 1]);
 }
 
+test!(a_bystander_with_a_small_signal_stack_stores_into_a_frozen_heap);
+/// A thread whose alternate signal stack holds the kernel's frame and 1.5
+/// KiB more stores into the frozen main heap during an `mprotect` phase:
+/// a move the handler performs and a shift it steps through. Both land,
+/// and the process lives: the handlers move to a spare stack when theirs
+/// is short (a debug build's overflowed std's 8 KiB stack on a CPU with
+/// AVX-512, and the `it` binary died of SIGSEGV).
+fn a_bystander_with_a_small_signal_stack_stores_into_a_frozen_heap() {
+    let out = run_fixture("freeze_child", &["bystander-small-stack"], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("stored 0xb0b0 0x30"), "{}", describe(&out));
+}
+
 test!(sealed_heap_write_from_main_kills_the_process, needs: [Mseal]);
 fn sealed_heap_write_from_main_kills_the_process() {
     let out = run_fixture("freeze_child", &["seal-write"], &[]);
