@@ -17,8 +17,9 @@
 //! count. A chunk the owner has moved past is *sealed*; when a sealed
 //! chunk's frees equal its allocations it is empty, and whoever sees that
 //! first (the last freer, or the owner at sealing) marks it free in the
-//! slot's *free map* (one bit per chunk, set by anyone, cleared only by the
-//! owner, which takes free chunks from it). Results that escape a task
+//! slot's *free map* (one bit per chunk, set by anyone, cleared by the
+//! owner as it takes free chunks from it, and by a reclaimer for as long
+//! as it purges one: a chunk is taken by claiming its bit). Results that escape a task
 //! keep their chunk non-empty, so nothing is copied and nothing dangles;
 //! the chunk is free once main drops them.
 //!
@@ -37,9 +38,12 @@
 //! same idea with a larger allowance; here chunks are reused task after
 //! task, and the allowance covers that churn.) A chunk the limit refuses
 //! is tried again after the heap has purged the free chunks it keeps, and
-//! then after the global allocator's reclaimer has given back the other
-//! heaps' free memory (`process::reclaim_and_charge`), as a heap's refused
-//! charge is: only then is the allocation refused.
+//! then after the reclaimers have given back the other heaps' free memory
+//! (`process::reclaim_and_charge`), as a heap's refused charge is: only
+//! then is the allocation refused. The kept chunks of every live context
+//! heap are among that memory ([`reclaim_kept`], which `frostheap::trim`
+//! runs too), whichever heap's charge was refused: a worker's kept chunks
+//! no longer count against the limit while another heap is refused.
 //!
 //! **Values a rolled-back phase keeps are pinned, not the whole chunk.**
 //! After a phase whose stores the rollback policy undid, the runtime never
@@ -164,6 +168,10 @@ fn reserve_space() -> Result<(), os::OsError> {
                     SPACE_BASE.store(p as usize, Ordering::Relaxed);
                     SPACE_SLOTS.store(slots, Ordering::Relaxed);
                     SPACE_LEN.store(slots << SLOT_SHIFT, Ordering::Release);
+                    crate::heap::process::set_reclaimer(
+                        crate::heap::process::Reclaimer::Context,
+                        reclaim_kept,
+                    );
                     return;
                 }
                 Err(_) if slots > 1 => slots /= 2,
@@ -266,6 +274,11 @@ pub struct ContextHeap {
     /// log2 of the chunk size, the process's (set with `base`, never
     /// changed): `chunk index == (addr - base) >> shift`.
     shift: u32,
+    /// The kernel thread id of a reclaimer purging this heap's kept chunks
+    /// ([`ContextHeap::hold`]), or of its worker retiring it; 0 when none.
+    /// Never reset with the slot: nobody holds a slot's heap as it is
+    /// handed back.
+    held_by: AtomicU32,
     /// The owning worker's [`thread_token`] (0 until it starts).
     owner: AtomicUsize,
     // Owner-only state.
@@ -638,53 +651,58 @@ impl ContextHeap {
         if (self.free_count.load(Ordering::Acquire) as usize) < k {
             return None;
         }
-        // Other threads only set bits, so a bit seen set stays set until
-        // this owner clears it.
+        // Other threads set bits, and only a reclaimer purging the kept
+        // chunks ([`reclaim_kept`]) clears one besides this owner, for as
+        // long as its purge takes: a run is taken by claiming its bits.
         let is_free = |i: usize| self.free[i / 64].load(Ordering::Acquire) & (1 << (i % 64)) != 0;
         let frontier = self.frontier.get() as usize;
-        let first = if k == 1 {
-            let resident = (0..frontier)
-                .find(|&i| is_free(i) && self.chunks[i].resident.load(Ordering::Relaxed));
-            resident.or_else(|| (0..frontier).find(|&i| is_free(i)))?
-        } else {
-            let mut run = 0;
-            (0..frontier).find(|&i| {
-                run = if is_free(i) { run + 1 } else { 0 };
-                run == k
-            })? + 1
-                - k
-        };
-        // Purged chunks were uncharged (make_reusable): their pages come
-        // back as they are touched, so they are charged again first.
-        let purged_in_run = || {
-            self.chunks[first..first + k]
-                .iter()
-                .filter(|c| !c.resident.load(Ordering::Relaxed))
-                .count()
-        };
-        let purged = purged_in_run();
-        if purged > 0
-            && !crate::heap::process::charge_quiet(
-                crate::heap::process::Kind::Context,
-                purged * self.chunk(),
-            )
-        {
-            // Refused: the free chunks kept resident go back first (the
-            // run's own among them, so its count is taken again), then
-            // the other heaps' free memory.
-            let purged = if self.purge_kept() > 0 {
-                purged_in_run()
+        let mut tries = 0;
+        let first = loop {
+            let first = if k == 1 {
+                let resident = (0..frontier)
+                    .find(|&i| is_free(i) && self.chunks[i].resident.load(Ordering::Relaxed));
+                resident.or_else(|| (0..frontier).find(|&i| is_free(i)))?
             } else {
-                purged
+                let mut run = 0;
+                (0..frontier).find(|&i| {
+                    run = if is_free(i) { run + 1 } else { 0 };
+                    run == k
+                })? + 1
+                    - k
             };
-            if !self.charge_after_giving_back(purged * self.chunk(), false) {
-                self.limit_refused.set(true);
+            crate::sync::chaos();
+            if self.claim_run(first, k) {
+                break first;
+            }
+            // A reclaimer holds one of its chunks for a moment; another
+            // run, or a fresh one after a few tries.
+            tries += 1;
+            if tries == 4 {
                 return None;
             }
+        };
+        // Purged chunks were uncharged (make_reusable, purge_kept): their
+        // pages come back as they are touched, so they are charged again
+        // first.
+        let purged_in_run = self.chunks[first..first + k]
+            .iter()
+            .filter(|c| !c.resident.load(Ordering::Relaxed))
+            .count();
+        if purged_in_run > 0
+            && !crate::heap::process::charge_quiet(
+                crate::heap::process::Kind::Context,
+                purged_in_run * self.chunk(),
+            )
+            // Refused: the free chunks this heap keeps resident go back
+            // first, then the other heaps' free memory (the context heaps'
+            // kept chunks among it).
+            && !self.charge_after_giving_back(purged_in_run * self.chunk())
+        {
+            self.unclaim_run(first, k);
+            self.limit_refused.set(true);
+            return None;
         }
-        for i in first..first + k {
-            self.free[i / 64].fetch_and(!(1 << (i % 64)), Ordering::AcqRel);
-            let c = &self.chunks[i];
+        for c in &self.chunks[first..first + k] {
             if c.resident.swap(true, Ordering::Relaxed) {
                 self.resident_free.fetch_sub(1, Ordering::Relaxed);
             } else {
@@ -693,6 +711,27 @@ impl ContextHeap {
         }
         self.free_count.fetch_sub(k as u32, Ordering::AcqRel);
         Some(first)
+    }
+
+    /// Takes chunks `first..first + k` out of the free map, all or none:
+    /// false if one of them is not there (a reclaimer holds it).
+    fn claim_run(&self, first: usize, k: usize) -> bool {
+        for i in first..first + k {
+            let bit = 1 << (i % 64);
+            if self.free[i / 64].fetch_and(!bit, Ordering::AcqRel) & bit == 0 {
+                self.unclaim_run(first, i - first);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Puts chunks `first..first + k`, claimed by [`ContextHeap::claim_run`],
+    /// back into the free map.
+    fn unclaim_run(&self, first: usize, k: usize) {
+        for i in first..first + k {
+            self.free[i / 64].fetch_or(1 << (i % 64), Ordering::AcqRel);
+        }
     }
 
     /// Commits the next `k` never-used chunks of the slot; returns the
@@ -714,7 +753,7 @@ impl ContextHeap {
         if !crate::heap::process::charge_quiet(
             crate::heap::process::Kind::Context,
             k * self.chunk(),
-        ) && !self.charge_after_giving_back(k * self.chunk(), true)
+        ) && !self.charge_after_giving_back(k * self.chunk())
         {
             self.limit_refused.set(true);
             return None;
@@ -733,41 +772,55 @@ impl ContextHeap {
     }
 
     /// After the limit refused a charge of `bytes`: charges it again once
-    /// the free chunks this heap keeps resident are purged (`purge_own`;
-    /// [`ContextHeap::take_free`] has purged them itself), then once the
-    /// reclaimer has given back the other heaps' free memory. False when
+    /// the free chunks this heap keeps resident are purged, then once the
+    /// reclaimers have given back the other heaps' free memory (the other
+    /// context heaps' kept chunks among it: [`reclaim_kept`]). False when
     /// both are refused (nothing charged, no refusal counted).
-    fn charge_after_giving_back(&self, bytes: usize, purge_own: bool) -> bool {
+    fn charge_after_giving_back(&self, bytes: usize) -> bool {
         use crate::heap::process::{charge_quiet, reclaim_and_charge, Kind};
-        (purge_own && self.purge_kept() > 0 && charge_quiet(Kind::Context, bytes))
+        (self.purge_kept() > 0 && charge_quiet(Kind::Context, bytes))
             || reclaim_and_charge(Kind::Context, bytes)
     }
 
     /// Purges the free chunks the heap keeps resident for reuse and
-    /// uncharges them; returns how many. Owner only, on the way to a
-    /// refusal: only the owner clears bits of the free map, so a chunk
-    /// seen free stays free meanwhile, and a run another thread is making
+    /// uncharges them; returns how many. The owner, or a reclaimer that
+    /// holds the heap ([`ContextHeap::hold`]) while it is live: each chunk
+    /// is claimed out of the free map while it is purged (the owner takes
+    /// no chunk it cannot claim), and a run another thread is making
     /// reusable is not in the map yet (its own purge is `make_reusable`'s).
+    /// The free map is read from its words, not up to the owner's
+    /// frontier (the owner's alone): past the frontier no bit is set.
     fn purge_kept(&self) -> usize {
         if self.resident_free.load(Ordering::Acquire) == 0 {
             return 0;
         }
         let mut purged = 0;
-        for i in 0..self.frontier.get() as usize {
-            let c = &self.chunks[i];
-            if self.free[i / 64].load(Ordering::Acquire) & (1 << (i % 64)) == 0
-                || !c.resident.load(Ordering::Relaxed)
-            {
-                continue;
-            }
-            let start = self.base + (i << self.shift);
-            // SAFETY: the chunk is free (in the free map, which only this
-            // owner takes chunks from): no live block lies in it.
-            if unsafe { os::purge(start as *mut u8, self.chunk()) }.is_ok() {
-                c.resident.store(false, Ordering::Relaxed);
-                self.resident_free.fetch_sub(1, Ordering::AcqRel);
-                self.committed_chunks.fetch_sub(1, Ordering::Relaxed);
-                purged += 1;
+        for (w, word) in self.free[..self.n_chunks().div_ceil(64)].iter().enumerate() {
+            let mut bits = word.load(Ordering::Acquire);
+            while bits != 0 {
+                let i = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let c = &self.chunks[i];
+                if !c.resident.load(Ordering::Relaxed) {
+                    continue;
+                }
+                crate::sync::chaos();
+                if !self.claim_run(i, 1) {
+                    continue; // taken, or another reclaimer's
+                }
+                // Read again once claimed: nobody else changes it now.
+                if c.resident.load(Ordering::Relaxed) {
+                    let start = self.base + (i << self.shift);
+                    // SAFETY: the chunk is free and claimed: no live block
+                    // lies in it, and nobody takes it until it is put back.
+                    if unsafe { os::purge(start as *mut u8, self.chunk()) }.is_ok() {
+                        c.resident.store(false, Ordering::Relaxed);
+                        self.resident_free.fetch_sub(1, Ordering::AcqRel);
+                        self.committed_chunks.fetch_sub(1, Ordering::Relaxed);
+                        purged += 1;
+                    }
+                }
+                self.unclaim_run(i, 1);
             }
         }
         if purged > 0 {
@@ -777,6 +830,54 @@ impl ContextHeap {
             );
         }
         purged
+    }
+
+    /// Holds the heap for a reclaimer ([`reclaim_kept`]): while held, its
+    /// worker cannot retire it, so a live heap stays live (and its slot
+    /// is not handed back and reset) until [`ContextHeap::unhold`]. None
+    /// if another reclaimer holds it; nothing here waits.
+    fn hold(&self) -> Option<()> {
+        let me = os::gettid();
+        self.held_by
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(drop)
+    }
+
+    /// Ends a reclaimer's [`ContextHeap::hold`].
+    fn unhold(&self) {
+        self.held_by.store(0, Ordering::Release);
+    }
+
+    /// Holds the heap for its retirement, waiting for a reclaimer that
+    /// holds it: its purge of a few chunks waits for nothing. A holder
+    /// that is not a thread of this process (it held the heap as another
+    /// thread forked, and this is the child) has its hold taken over.
+    fn hold_to_retire(&self) {
+        let me = os::gettid();
+        let mut spins = 0u32;
+        loop {
+            match self
+                .held_by
+                .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(holder) => {
+                    spins += 1;
+                    if spins.is_multiple_of(64) && os::tgkill(holder, 0).is_err() {
+                        // Gone: the hold is stale (see above). Taken over
+                        // only if it is still the same one.
+                        let _ = self.held_by.compare_exchange(
+                            holder,
+                            0,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        );
+                    }
+                    os::yield_now();
+                }
+            }
+        }
     }
 
     /// The run starting at chunk `idx` is empty: puts its chunks in the free
@@ -950,10 +1051,14 @@ impl ContextHeap {
         self.seal_current();
         let life = self.life.load(Ordering::Relaxed);
         let frontier = self.frontier.get();
+        // Not while a reclaimer purges its kept chunks: it may do so only
+        // while the heap is live (reclaim_kept).
+        self.hold_to_retire();
         self.life.store(
             (life & !(u32::MAX as u64)) | (frontier as u64 + 1),
             Ordering::SeqCst,
         );
+        self.unhold();
         // Either this load sees every chunk free, or the freer that frees
         // the last one sees the retirement (both sides SeqCst).
         self.release_if_retired(self.free_count.load(Ordering::SeqCst));
@@ -1009,6 +1114,35 @@ pub fn kept_free_bytes() -> usize {
         .filter(|h| h.life.load(Ordering::Relaxed) & u32::MAX as u64 != LIFE_RELEASED)
         .map(|h| (h.resident_free.load(Ordering::Relaxed) as usize) << h.shift)
         .sum()
+}
+
+/// The process limit's reclaimer for the context heaps
+/// (`process::Reclaimer::Context`, registered with the context space), and
+/// part of [`crate::trim`]: purges and uncharges the free chunks every
+/// live context heap keeps resident for reuse (at most [`KEEP_RESIDENT`]
+/// a heap), skipping a heap another reclaimer holds. Without it a
+/// worker's kept chunks counted against `FROSTHEAP_MAX` until that worker
+/// itself was refused: other heaps were refused with up to two chunks a
+/// worker committed and holding nothing (16 MiB with two workers, 512 MiB
+/// with 64). Waits for nothing and allocates nothing (it runs inside the
+/// allocator, from a refused charge); the heaps of exited workers, kept
+/// for their escaped blocks, are left to the free that empties them.
+/// Returns the bytes uncharged.
+pub fn reclaim_kept() -> usize {
+    let slots = SPACE_SLOTS.load(Ordering::Acquire);
+    let mut bytes = 0;
+    for h in (0..slots).filter_map(ContextHeap::of_slot) {
+        if h.resident_free.load(Ordering::Acquire) == 0 || h.hold().is_none() {
+            continue;
+        }
+        // Held: a heap live now stays live (its worker retires it only
+        // once it holds it) until unhold.
+        if h.life.load(Ordering::SeqCst) & u32::MAX as u64 == LIFE_ACTIVE {
+            bytes += h.purge_kept() << h.shift;
+        }
+        h.unhold();
+    }
+    bytes
 }
 
 /// Frees a block anywhere in the context space, from any thread.

@@ -64,7 +64,9 @@ pub use stats::{stats, ProcessStats};
 /// blocks it keeps for reuse, and brings back those of its own spans
 /// that filled up and were then freed by other threads; such blocks of
 /// another thread's heap go back when that thread next allocates or
-/// exits. An explicit heap is trimmed with [`crate::Heap::trim`].
+/// exits. The free chunks each runtime worker keeps for its next tasks
+/// (two at most) are purged too. An explicit heap is trimmed with
+/// [`crate::Heap::trim`].
 ///
 /// Safe anywhere: a heap that a phase has frozen now is left as it is
 /// (trim after the phase). It takes each heap's span lock in turn,
@@ -79,7 +81,8 @@ pub use stats::{stats, ProcessStats};
 pub fn trim() -> usize {
     // SAFETY: the calling thread's own heap, only while it allocates from
     // it.
-    unsafe { heaps::trim(route::heap_on_owner_path()) }
+    let heaps = unsafe { heaps::trim(route::heap_on_owner_path()) };
+    heaps + crate::context::reclaim_kept()
 }
 
 /// The global allocator. Install it with

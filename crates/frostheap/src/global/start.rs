@@ -236,7 +236,7 @@ fn start_main() -> Result<(), Failure> {
         kind: process::Kind::Main,
     };
     process::set_limit(cfg.max);
-    process::set_reclaimer(heaps::reclaim);
+    process::set_reclaimer(process::Reclaimer::Heaps, heaps::reclaim);
     process::set_growth_hook(heaps::release_abandoned_on_growth);
     process::set_reuse_hook(heaps::release_idle_on_reuse);
     let base = heaps::reserve_arena(cfg.max).map_err(|e| Failure::Unreserved(cfg, e))?;

@@ -26,8 +26,9 @@
 //! gives back its own free memory, then asks the *reclaimer* — registered
 //! by the global allocator, which knows every thread's heap — to give back
 //! the free memory of the other heaps whose span locks are free (free tops
-//! decommitted, free spans below them purged and uncharged), then tries
-//! once more.
+//! decommitted, free spans below them purged and uncharged), and the
+//! context heaps' reclaimer to purge the free chunks each worker keeps for
+//! reuse, then tries once more.
 
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -348,28 +349,48 @@ pub(crate) fn count_refusal() {
     REFUSED.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The reclaimer: gives back free committed memory of heaps other than the
-/// caller's, returns the bytes released. Stored as a `fn` address (0:
-/// none).
-static RECLAIMER: AtomicUsize = AtomicUsize::new(0);
+/// Who registers a reclaimer: a function that gives back free committed
+/// memory of heaps other than the caller's and returns the bytes
+/// released.
+#[derive(Clone, Copy)]
+pub(crate) enum Reclaimer {
+    /// The global allocator, which knows every thread's heap (at
+    /// start-up).
+    Heaps = 0,
+    /// The context heaps, whose free chunks kept for reuse go back (with
+    /// the context space, as the first runtime starts).
+    Context = 1,
+}
 
-/// Registers the reclaimer (the global allocator, at start-up).
-pub(crate) fn set_reclaimer(f: fn() -> usize) {
-    RECLAIMER.store(f as usize, Ordering::Release);
+/// The reclaimers, as `fn` addresses (0: none), by [`Reclaimer`].
+static RECLAIMERS: [AtomicUsize; 2] = [const { AtomicUsize::new(0) }; 2];
+
+/// Registers a reclaimer.
+pub(crate) fn set_reclaimer(who: Reclaimer, f: fn() -> usize) {
+    RECLAIMERS[who as usize].store(f as usize, Ordering::Release);
+}
+
+/// Runs every reclaimer registered; returns the bytes they released.
+pub(crate) fn reclaim() -> usize {
+    RECLAIMERS
+        .iter()
+        .map(|r| match r.load(Ordering::Acquire) {
+            0 => 0,
+            f => {
+                // SAFETY: a reclaimer slot holds 0 or the address of a
+                // `fn() -> usize` stored by set_reclaimer.
+                let reclaim = unsafe { core::mem::transmute::<usize, fn() -> usize>(f) };
+                reclaim()
+            }
+        })
+        .sum()
 }
 
 /// After a refused [`charge_quiet`]: reclaims free memory from other heaps
 /// and charges once more; false (nothing charged, no refusal counted) when
-/// there is no reclaimer, it gave nothing back, or the charge is refused
+/// there is no reclaimer, they gave nothing back, or the charge is refused
 /// again.
 pub(crate) fn reclaim_and_charge(kind: Kind, bytes: usize) -> bool {
-    let f = RECLAIMER.load(Ordering::Acquire);
-    if f == 0 {
-        return false;
-    }
-    // SAFETY: RECLAIMER holds 0 or the address of a `fn() -> usize` stored
-    // by set_reclaimer.
-    let reclaim: fn() -> usize = unsafe { core::mem::transmute::<usize, fn() -> usize>(f) };
     reclaim() > 0 && charge_quiet(kind, bytes)
 }
 

@@ -1056,6 +1056,24 @@ fn global_context_memory_a_task_freed_is_not_charged_after_it() {
     global_scenario_with("context-charge", &[("FROSTHEAP_MAX", "64M")]);
 }
 
+test!(the_free_chunks_workers_keep_go_back_before_the_limit_refuses);
+/// Under `FROSTHEAP_MAX=64M`, eight workers that each keep two free
+/// context chunks (1 MiB) for their next tasks: main gets all the limit
+/// leaves counting them free, and `trim` purges them (the fixture's
+/// `kept-chunks`).
+fn the_free_chunks_workers_keep_go_back_before_the_limit_refuses() {
+    global_scenario_with("kept-chunks", &[("FROSTHEAP_MAX", "64M")]);
+}
+
+test!(purging_kept_chunks_beside_tasks_and_retiring_workers_loses_no_byte);
+/// A thread trims in a loop beside 400 phases of tasks that fill and check
+/// blocks of a chunk or more, through ten runtimes whose workers retire
+/// their heaps as the purge may hold them (the fixture's
+/// `kept-chunks-race`).
+fn purging_kept_chunks_beside_tasks_and_retiring_workers_loses_no_byte() {
+    global_scenario_with("kept-chunks-race", &[("FROSTHEAP_MAX", "16M")]);
+}
+
 test!(a_global_program_under_a_20m_limit_runs_hundreds_of_phases_with_context_arenas);
 /// A user's trial under `FROSTHEAP_MAX=20M`: 300 rounds of `collect`,
 /// `map_with_context` with arena vectors, `sort_unstable`, `join` and a
