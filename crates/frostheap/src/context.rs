@@ -19,9 +19,9 @@
 //! first (the last freer, or the owner at sealing) marks it free in the
 //! slot's *free map* (one bit per chunk, set by anyone, cleared by the
 //! owner as it takes free chunks from it, and by a reclaimer for as long
-//! as it purges one: a chunk is taken by claiming its bit). Results that escape a task
-//! keep their chunk non-empty, so nothing is copied and nothing dangles;
-//! the chunk is free once main drops them.
+//! as it purges one: a chunk is taken by claiming its bit). Results that
+//! escape a task keep their chunk non-empty, so nothing is copied and
+//! nothing dangles; the chunk is free once main drops them.
 //!
 //! Requests of more than half a chunk take a *run* of chunks: the first
 //! run of free chunks in the map that is long enough, else fresh ones. A

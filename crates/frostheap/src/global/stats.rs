@@ -236,6 +236,16 @@ pub fn refusal_room(requested: usize, s: &ProcessStats) -> (usize, bool) {
 /// unprinted since the last (all of them are counted in the heaps'
 /// `refused`, and those the process limit refused in [`stats`]'s).
 pub(super) fn out_of_memory_line_of(heap: &str, requested: usize, why: Refusal, need: usize) {
+    // A refusal inside a panic: std's report of it waits for the backtrace
+    // lock, which std's panic report holds while it prints (and while it
+    // reads the debug information, which allocates: the refusal's usual
+    // cause here). With RUST_BACKTRACE=1 a program that panicked near
+    // FROSTHEAP_MAX hung for good. std would abort after its report; the
+    // line says so and the process aborts now.
+    if std::thread::panicking() {
+        line(heap, requested, why, need, 0, true);
+        std::process::abort();
+    }
     let rate = &LINE_RATES[match heap {
         "main" => 0,
         "thread" => 1,
@@ -265,8 +275,16 @@ pub(super) fn out_of_memory_line_of(heap: &str, requested: usize, why: Refusal, 
     }
     rate.writing.store(true, Ordering::Release);
     let unprinted = rate.unprinted.swap(0, Ordering::Relaxed);
+    line(heap, requested, why, need, unprinted, false);
+    rate.writing.store(false, Ordering::Release);
+}
+
+/// Writes the refusal line of [`out_of_memory_line_of`]; `unprinted`
+/// refusals went unprinted since the last; `panicking`: the thread is
+/// panicking and the process aborts next.
+fn line(heap: &str, requested: usize, why: Refusal, need: usize, unprinted: u64, panicking: bool) {
     let s = stats();
-    let mut buf = [0u8; 512];
+    let mut buf = [0u8; 768];
     let b = crate::fmt_buf::Buf::new(&mut buf)
         .str("frostheap: out of memory: the ")
         .str(heap)
@@ -329,6 +347,10 @@ pub(super) fn out_of_memory_line_of(heap: &str, requested: usize, why: Refusal, 
     } else {
         b
     };
+    let b = if panicking {
+        b.str("; the thread is panicking, so the process aborts now (std's report of the refusal would wait for ever on the backtrace lock its panic report holds)")
+    } else {
+        b
+    };
     crate::os::write_stderr(b.str("\n").finish());
-    rate.writing.store(false, Ordering::Release);
 }

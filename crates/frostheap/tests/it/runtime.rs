@@ -1066,7 +1066,7 @@ fn the_free_chunks_workers_keep_go_back_before_the_limit_refuses() {
 }
 
 test!(purging_kept_chunks_beside_tasks_and_retiring_workers_loses_no_byte);
-/// A thread trims in a loop beside 400 phases of tasks that fill and check
+/// A thread trims in a loop beside 200 phases of tasks that fill and check
 /// blocks of a chunk or more, through ten runtimes whose workers retire
 /// their heaps as the purge may hold them (the fixture's
 /// `kept-chunks-race`).
@@ -1134,6 +1134,29 @@ fn a_refusal_on_every_path_prints_frostheaps_line_before_stds() {
             .unwrap_or_else(|| panic!("{scenario}: no line from std\n{}", describe(&out)));
         assert!(ours < std_line, "{scenario}: frostheap's line must come first\n{stderr}");
     }
+}
+
+test!(a_panic_whose_backtrace_the_limit_refuses_aborts_instead_of_hanging);
+/// A panic at `FROSTHEAP_MAX` with `RUST_BACKTRACE=1`: std's report reads
+/// the debug information, the limit refuses it, and std's report of the
+/// refusal waited for ever on the backtrace lock its panic report holds.
+/// Now frostheap's line says the thread is panicking and the process
+/// aborts (SIGABRT), with the panic's message printed before.
+fn a_panic_whose_backtrace_the_limit_refuses_aborts_instead_of_hanging() {
+    let out = run_fixture(
+        "runtime_global",
+        &["panic-at-limit"],
+        &[("FROSTHEAP_MAX", "24M"), ("RUST_BACKTRACE", "1")],
+    );
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let message = stderr
+        .find("the limit reached")
+        .unwrap_or_else(|| panic!("no panic message\n{}", describe(&out)));
+    let ours = stderr
+        .find("the thread is panicking, so the process aborts now")
+        .unwrap_or_else(|| panic!("no line from frostheap\n{}", describe(&out)));
+    assert!(message < ours, "{}", describe(&out));
 }
 
 test!(global_tasks_print_name_threads_send_on_channels_and_count_shared);
