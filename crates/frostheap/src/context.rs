@@ -64,11 +64,13 @@
 //! retires its heap when it exits. Blocks its tasks returned may still be
 //! alive in main's data: then the heap stays until the last of them is
 //! freed, and that free (whichever thread makes it) decommits the slot and
-//! hands it back. The bookkeeping of a slot (its [`ContextHeap`]) is made
-//! once per slot, in a mapping of its own, and lives as long as the
-//! process, so a thread still finishing a free into a heap that has just
-//! been handed back reads valid (if stale) counters; a generation number
-//! keeps such a thread from releasing the slot's next heap.
+//! hands it back. Meanwhile the heap keeps no free chunk resident: no
+//! task takes one from it again. The bookkeeping of a slot (its
+//! [`ContextHeap`]) is made once per slot, in a mapping of its own, and
+//! lives as long as the process, so a thread still finishing a free into
+//! a heap that has just been handed back reads valid (if stale) counters;
+//! a generation number keeps such a thread from releasing the slot's next
+//! heap.
 //!
 //! A parked worker never retires its heap: its slot stays taken, which is
 //! why `max_parked` and `workers` together must fit in [`N_SLOTS`].
@@ -275,9 +277,9 @@ pub struct ContextHeap {
     /// changed): `chunk index == (addr - base) >> shift`.
     shift: u32,
     /// The kernel thread id of a reclaimer purging this heap's kept chunks
-    /// ([`ContextHeap::hold`]), or of its worker retiring it; 0 when none.
-    /// Never reset with the slot: nobody holds a slot's heap as it is
-    /// handed back.
+    /// ([`ContextHeap::hold`]), of its worker retiring it, or of a thread
+    /// handing its slot back; 0 when none. Never reset with the slot: the
+    /// thread that hands a slot back lets it go first.
     held_by: AtomicU32,
     /// The owning worker's [`thread_token`] (0 until it starts).
     owner: AtomicUsize,
@@ -784,7 +786,8 @@ impl ContextHeap {
 
     /// Purges the free chunks the heap keeps resident for reuse and
     /// uncharges them; returns how many. The owner, or a reclaimer that
-    /// holds the heap ([`ContextHeap::hold`]) while it is live: each chunk
+    /// holds the heap ([`ContextHeap::hold`]), which keeps its slot from
+    /// being handed back: each chunk
     /// is claimed out of the free map while it is purged (the owner takes
     /// no chunk it cannot claim), and a run another thread is making
     /// reusable is not in the map yet (its own purge is `make_reusable`'s).
@@ -796,7 +799,7 @@ impl ContextHeap {
         }
         let mut purged = 0;
         for (w, word) in self.free[..self.n_chunks().div_ceil(64)].iter().enumerate() {
-            let mut bits = word.load(Ordering::Acquire);
+            let mut bits = word.load(Ordering::SeqCst);
             while bits != 0 {
                 let i = w * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
@@ -832,51 +835,46 @@ impl ContextHeap {
         purged
     }
 
-    /// Holds the heap for a reclaimer ([`reclaim_kept`]): while held, its
-    /// worker cannot retire it, so a live heap stays live (and its slot
-    /// is not handed back and reset) until [`ContextHeap::unhold`]. None
-    /// if another reclaimer holds it; nothing here waits.
-    fn hold(&self) -> Option<()> {
+    /// Holds the heap: while held, its worker cannot retire it and its
+    /// slot is not handed back ([`ContextHeap::release_if_retired`] holds
+    /// it to do so), so a reclaimer may purge its kept chunks
+    /// ([`reclaim_kept`]) until [`ContextHeap::unhold_and_look`]. False if
+    /// another thread holds it; nothing here waits. A holder that is no
+    /// thread of this process any more (it held the heap as another thread
+    /// forked, and this is the child) has its hold taken over.
+    fn hold(&self) -> bool {
         let me = os::gettid();
-        self.held_by
-            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-            .ok()
-            .map(drop)
+        // SeqCst, as the unhold: a free that finds the heap held leaves
+        // the release to the holder, which counts the free chunks again
+        // after it lets go (`release_if_retired`).
+        match self
+            .held_by
+            .compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => true,
+            Err(holder) => {
+                os::tgkill(holder, 0).is_err()
+                    && self
+                        .held_by
+                        .compare_exchange(holder, me, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+            }
+        }
     }
 
-    /// Ends a reclaimer's [`ContextHeap::hold`].
-    fn unhold(&self) {
-        self.held_by.store(0, Ordering::Release);
+    /// Ends a [`ContextHeap::hold`], then hands the slot back if the heap
+    /// is retired and empty: a free that emptied its last chunk while the
+    /// heap was held left that to the holder.
+    fn unhold_and_look(&self) {
+        self.held_by.store(0, Ordering::SeqCst);
+        self.release_if_retired();
     }
 
     /// Holds the heap for its retirement, waiting for a reclaimer that
-    /// holds it: its purge of a few chunks waits for nothing. A holder
-    /// that is not a thread of this process (it held the heap as another
-    /// thread forked, and this is the child) has its hold taken over.
+    /// holds it: its purge of a few chunks waits for nothing.
     fn hold_to_retire(&self) {
-        let me = os::gettid();
-        let mut spins = 0u32;
-        loop {
-            match self
-                .held_by
-                .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-            {
-                Ok(_) => return,
-                Err(holder) => {
-                    spins += 1;
-                    if spins.is_multiple_of(64) && os::tgkill(holder, 0).is_err() {
-                        // Gone: the hold is stale (see above). Taken over
-                        // only if it is still the same one.
-                        let _ = self.held_by.compare_exchange(
-                            holder,
-                            0,
-                            Ordering::Relaxed,
-                            Ordering::Relaxed,
-                        );
-                    }
-                    os::yield_now();
-                }
-            }
+        while !self.hold() {
+            os::yield_now();
         }
     }
 
@@ -902,13 +900,18 @@ impl ContextHeap {
         let first = idx as usize;
         let run = head.run.load(Ordering::Relaxed) as usize;
         // Claim resident places within the allowance for the run's first
-        // chunks; purge the rest.
-        let keep = self
-            .resident_free
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
-                (r < KEEP_RESIDENT).then(|| (r + run as u32).min(KEEP_RESIDENT))
-            })
-            .map_or(0, |r| (KEEP_RESIDENT - r).min(run as u32) as usize);
+        // chunks; purge the rest (all of them, in a retired heap: no task
+        // takes a chunk from it again).
+        let retired = self.life.load(Ordering::Acquire) & u32::MAX as u64 != LIFE_ACTIVE;
+        let keep = if retired {
+            0
+        } else {
+            self.resident_free
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                    (r < KEEP_RESIDENT).then(|| (r + run as u32).min(KEEP_RESIDENT))
+                })
+                .map_or(0, |r| (KEEP_RESIDENT - r).min(run as u32) as usize)
+        };
         if keep < run {
             let start = self.base + ((first + keep) << self.shift);
             let len = (run - keep) * self.chunk();
@@ -939,10 +942,10 @@ impl ContextHeap {
             c.run.store(1, Ordering::Relaxed);
             c.state.store(REUSABLE, Ordering::Relaxed);
             let i = first + i;
-            self.free[i / 64].fetch_or(1 << (i % 64), Ordering::AcqRel);
+            self.free[i / 64].fetch_or(1 << (i % 64), Ordering::SeqCst);
         }
-        let free = self.free_count.fetch_add(run as u32, Ordering::SeqCst) + run as u32;
-        self.release_if_retired(free);
+        self.free_count.fetch_add(run as u32, Ordering::SeqCst);
+        self.release_if_retired();
     }
 
     /// Frees a context block, from any thread.
@@ -1058,28 +1061,63 @@ impl ContextHeap {
             (life & !(u32::MAX as u64)) | (frontier as u64 + 1),
             Ordering::SeqCst,
         );
-        self.unhold();
-        // Either this load sees every chunk free, or the freer that frees
-        // the last one sees the retirement (both sides SeqCst).
-        self.release_if_retired(self.free_count.load(Ordering::SeqCst));
+        // Either the look after the unhold sees every chunk free, or the
+        // freer that frees the last one sees the retirement (both sides
+        // SeqCst). The look also purges the free chunks the heap kept for
+        // its next tasks: there are none now.
+        self.unhold_and_look();
     }
 
-    /// Hands the slot back if the heap is retired and `free` (the free
-    /// chunks just counted) covers every chunk it ever committed.
-    fn release_if_retired(&self, free: u32) {
-        let life = self.life.load(Ordering::SeqCst);
-        let state = life & u32::MAX as u64;
-        if state == LIFE_ACTIVE || state == LIFE_RELEASED || free as u64 + 1 != state {
-            return;
+    /// Of a retired heap (a worker exited while blocks its tasks returned
+    /// live on): purges the free chunks it keeps resident, which no task
+    /// will take again, and hands the slot back once every chunk it ever
+    /// committed is free. Any thread, holding the heap meanwhile: a
+    /// thread that cannot (another holds it) leaves both to the holder,
+    /// which looks again as it lets go ([`ContextHeap::unhold_and_look`]).
+    ///
+    /// Until 2026-12-07 a retired heap kept up to [`KEEP_RESIDENT`] free
+    /// chunks resident and charged for as long as one of its blocks
+    /// lived, and the process limit's reclaimer skipped it: a runtime of
+    /// eight workers dropped with results alive in main kept 4 MiB of
+    /// `FROSTHEAP_MAX=64M` (two 1 MiB chunks in each heap that held
+    /// results), and frees that emptied more chunks kept as many again.
+    fn release_if_retired(&self) {
+        loop {
+            let life = self.life.load(Ordering::SeqCst);
+            let state = life & u32::MAX as u64;
+            if state == LIFE_ACTIVE || state == LIFE_RELEASED || !self.hold() {
+                return;
+            }
+            // Held: the slot is not handed back under this purge, and
+            // the heap, retired, stays so (only a release, which holds
+            // it, changes its life).
+            self.purge_kept();
+            let free = self.free_count.load(Ordering::SeqCst);
+            if free as u64 + 1 == state {
+                self.release(life, state);
+                return;
+            }
+            self.held_by.store(0, Ordering::SeqCst);
+            // A free counted while the heap was held found it held and
+            // left the look to this thread.
+            if self.free_count.load(Ordering::SeqCst) == free {
+                return;
+            }
         }
-        // One caller wins, and only in this generation: a thread finishing
-        // a free late never releases the slot's next heap.
+    }
+
+    /// Hands the slot back: the heap is retired with every chunk free, and
+    /// the caller holds it (and lets it go here).
+    fn release(&self, life: u64, state: u64) {
+        // One generation only: a thread finishing a free late never
+        // releases the slot's next heap.
         let released = (life & !(u32::MAX as u64)) | LIFE_RELEASED;
         if self
             .life
             .compare_exchange(life, released, Ordering::AcqRel, Ordering::Relaxed)
             .is_err()
         {
+            self.held_by.store(0, Ordering::SeqCst);
             return;
         }
         let len = ((state - 1) as usize) << self.shift;
@@ -1093,6 +1131,8 @@ impl ContextHeap {
         if charged > 0 {
             crate::heap::process::release(crate::heap::process::Kind::Context, charged);
         }
+        // Released: whoever holds the heap next finds it so and leaves it.
+        self.held_by.store(0, Ordering::SeqCst);
         // Last: from here on the slot may be taken (and reset) again.
         SLOT_USED[self.slot].store(false, Ordering::Release);
     }
@@ -1125,22 +1165,24 @@ pub fn kept_free_bytes() -> usize {
 /// itself was refused: other heaps were refused with up to two chunks a
 /// worker committed and holding nothing (16 MiB with two workers, 512 MiB
 /// with 64). Waits for nothing and allocates nothing (it runs inside the
-/// allocator, from a refused charge); the heaps of exited workers, kept
-/// for their escaped blocks, are left to the free that empties them.
-/// Returns the bytes uncharged.
+/// allocator, from a refused charge). The heaps of exited workers, kept
+/// for their escaped blocks, keep no free chunk once they are retired
+/// ([`ContextHeap::release_if_retired`]); one made free in the instant of
+/// the retirement is purged here too. Returns the bytes uncharged.
 pub fn reclaim_kept() -> usize {
     let slots = SPACE_SLOTS.load(Ordering::Acquire);
     let mut bytes = 0;
     for h in (0..slots).filter_map(ContextHeap::of_slot) {
-        if h.resident_free.load(Ordering::Acquire) == 0 || h.hold().is_none() {
+        if h.resident_free.load(Ordering::Acquire) == 0 || !h.hold() {
             continue;
         }
-        // Held: a heap live now stays live (its worker retires it only
-        // once it holds it) until unhold.
-        if h.life.load(Ordering::SeqCst) & u32::MAX as u64 == LIFE_ACTIVE {
+        // Held: a live heap stays live (its worker retires it only once
+        // it holds it), a retired one keeps its slot (handed back only
+        // by a thread that holds it), until the unhold.
+        if h.life.load(Ordering::SeqCst) & u32::MAX as u64 != LIFE_RELEASED {
             bytes += h.purge_kept() << h.shift;
         }
-        h.unhold();
+        h.unhold_and_look();
     }
     bytes
 }

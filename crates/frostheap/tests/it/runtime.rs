@@ -1068,10 +1068,25 @@ fn the_free_chunks_workers_keep_go_back_before_the_limit_refuses() {
 test!(purging_kept_chunks_beside_tasks_and_retiring_workers_loses_no_byte);
 /// A thread trims in a loop beside 200 phases of tasks that fill and check
 /// blocks of a chunk or more, through ten runtimes whose workers retire
-/// their heaps as the purge may hold them (the fixture's
+/// their heaps as the purge may hold them, each runtime's last results
+/// freed from main during the next one's phases (the fixture's
 /// `kept-chunks-race`).
 fn purging_kept_chunks_beside_tasks_and_retiring_workers_loses_no_byte() {
     global_scenario_with("kept-chunks-race", &[("FROSTHEAP_MAX", "16M")]);
+}
+
+test!(the_heaps_of_exited_workers_keep_no_free_chunk_while_their_results_live);
+/// Regression: a worker that exited with its tasks' results alive in main
+/// left a retired context heap that kept up to two free chunks resident
+/// and charged until the last result was freed, and the limit's
+/// reclaimer skipped it: under `FROSTHEAP_MAX=64M` a runtime of eight
+/// workers dropped with 64 results of 200 KiB alive kept 4 MiB of the
+/// limit (two chunks in each heap that held results), and freeing 56 of
+/// the results kept 4 MiB more. Now a retired heap purges them, and the
+/// chunks freeing results empties, and hands its slot back with the last
+/// result (the fixture's `kept-chunks-retired`).
+fn the_heaps_of_exited_workers_keep_no_free_chunk_while_their_results_live() {
+    global_scenario_with("kept-chunks-retired", &[("FROSTHEAP_MAX", "64M")]);
 }
 
 test!(a_global_program_under_a_20m_limit_runs_hundreds_of_phases_with_context_arenas);
