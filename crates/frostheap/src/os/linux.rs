@@ -377,17 +377,28 @@ pub unsafe fn purge(addr: *mut u8, len: usize) -> Result<(), OsError> {
 /// mapped at `to` is replaced by the moved mapping, which keeps the
 /// source's flags — protection, `MAP_NORESERVE`, huge-page advice,
 /// protection key — and `[from, from + len)` stays mapped with those
-/// flags, holding no page: it reads as zero. No address of either range is
-/// ever unmapped, so no other thread's `mmap` can land in it meanwhile.
+/// flags, holding no page: it reads as zero.
 ///
-/// A move covers one mapping (VMA) of the source at a time, and a source
-/// that earlier moves or protections split spans several: where the
-/// kernel says so (`EFAULT`), the move goes on in parts, halved down to
-/// `unit` bytes, each part the largest that lies in one mapping (the
-/// parts of one source mapping merge again at the destination). Returns
-/// the error of the first part that could not move, with the bytes moved
-/// before it (from the start): `EINVAL` on a kernel before 5.7, `ENOMEM`
-/// past `vm.max_map_count`.
+/// **Each part moved lies in one mapping (VMA) of the source**, checked
+/// first ([`in_one_mapping`], which changes nothing): older kernels move
+/// one mapping at a time (the host's 6.18 moves across mappings), and
+/// Linux 6.1 (Debian 12's) unmaps the destination *before* it finds the
+/// source spanning two and fails, so the range at `to` was left unmapped.
+/// Another thread's `mmap` could land in that hole before the next
+/// part's move or the copy that followed the failure (`heap/span.rs`,
+/// `move_or_copy`) replaced it: a new thread's stack and TLS, zeroed
+/// under it (its first TLS read found NULL and the process died of
+/// SIGSEGV), or the copy stored into a page no longer mapped. CI's QEMU
+/// guest (6.1) lost its shuffled `it` run so once; two of its tests side
+/// by side (a large block grown thousands of times beside a runtime
+/// starting its workers) died in 8 runs of 30, and in none of 40 since.
+/// A source that earlier moves or protections split spans several
+/// mappings: the part is halved, down to `unit` bytes, until it lies in one (the parts
+/// of one source mapping merge again at the destination), and a `unit`
+/// that still spans two is not moved. Returns the error of the first part
+/// that could not move, with the bytes moved before it (from the start):
+/// `EFAULT` for a `unit` across two mappings, `EINVAL` on a kernel before
+/// 5.7, `ENOMEM` past `vm.max_map_count`.
 ///
 /// # Safety
 /// 1. Both ranges are `unit`-aligned (a multiple of the page size),
@@ -405,6 +416,19 @@ pub unsafe fn move_pages(
     let mut part = len;
     while moved < len {
         part = part.min(len - moved);
+        // SAFETY: by (1), the source is ours and mapped.
+        while !unsafe { in_one_mapping(from.add(moved), part) } {
+            if part <= unit {
+                return Err((
+                    moved,
+                    OsError {
+                        call: "mremap",
+                        errno: libc::EFAULT,
+                    },
+                ));
+            }
+            part = (part / 2).max(unit) & !(unit - 1);
+        }
         // SAFETY: by (1), the part's source and destination are ours, and
         // what the destination held is free.
         let r = unsafe {
@@ -417,18 +441,40 @@ pub unsafe fn move_pages(
                 to.add(moved),
             )
         };
-        if r as *mut libc::c_void != libc::MAP_FAILED {
-            moved += part;
-            part = len - moved;
-            continue;
+        if r as *mut libc::c_void == libc::MAP_FAILED {
+            return Err((moved, last_error("mremap")));
         }
-        let e = last_error("mremap");
-        if e.errno != libc::EFAULT || part <= unit {
-            return Err((moved, e));
-        }
-        part = (part / 2).max(unit) & !(unit - 1);
+        moved += part;
+        part = len - moved;
     }
     Ok(())
+}
+
+/// Whether `[p, p + len)` lies in one mapping (VMA), asked of the kernel
+/// without changing anything that stays: `mremap(p, len, len + page, 0)`,
+/// a growth in place that may not move, fails with `EFAULT` exactly when
+/// the range reaches past the mapping that holds `p` (checked before
+/// anything else), and otherwise with `ENOMEM` (the range ends inside its
+/// mapping, or the addresses after it are taken). Should the page after
+/// the range be free and the range end its mapping, the kernel grows the
+/// mapping by that page, which is given back at once.
+///
+/// # Safety
+/// 1. `p` is page-aligned and mapped by this module; `len` is a non-zero
+///    multiple of the page size.
+unsafe fn in_one_mapping(p: *mut u8, len: usize) -> bool {
+    let page = page_size();
+    // SAFETY: no flag: the mapping at `p` grows in place or nothing
+    // happens; by (1) it is ours.
+    let r = unsafe { libc::syscall(libc::SYS_mremap, p, len, len + page, 0, 0usize) };
+    if r as *mut libc::c_void != libc::MAP_FAILED {
+        // Grown into the free page after it: shrunk back (that page was
+        // nobody's, and is nobody's again).
+        // SAFETY: the page just added to our mapping.
+        unsafe { libc::syscall(libc::SYS_mremap, p, len + page, len, 0, 0usize) };
+        return true;
+    }
+    last_error("mremap").errno != libc::EFAULT
 }
 
 /// `MREMAP_DONTUNMAP` (Linux 5.7), which the libc crate may lack.
@@ -1324,5 +1370,74 @@ mod tests {
                 assert_eq!((e.call, e.errno), ("mseal", libc::ENOSYS));
             }
         }
+    }
+
+    /// Whether every page of `[p, p + len)` is mapped (by anyone).
+    fn all_mapped(p: *mut u8, len: usize) -> bool {
+        let mut v = vec![0u8; len / page_size()];
+        // SAFETY: `v` has a byte per page of the range.
+        unsafe { libc::mincore(p.cast(), len, v.as_mut_ptr()) == 0 }
+    }
+
+    /// Regression (Linux 6.1, CI's pkey guest): a move whose source spans
+    /// two mappings failed there after the kernel had unmapped the
+    /// destination, and the hole was another thread's to take. The move
+    /// now goes in parts, each in one mapping: the destination is mapped
+    /// after it and holds the source's pages, whatever the kernel; a
+    /// `unit` that spans two mappings is refused before anything moves,
+    /// the destination as it was.
+    #[test]
+    fn a_move_across_two_mappings_goes_in_parts_and_never_unmaps_the_destination() {
+        let page = page_size();
+        let pages = 16;
+        let len = pages * page;
+        // SAFETY: a fresh private anonymous mapping, unmapped below.
+        let base = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                4 * len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        } as *mut u8;
+        assert_ne!(base.cast(), libc::MAP_FAILED);
+        let (src, dst) = (base, base.wrapping_add(2 * len));
+        let fill = |p: *mut u8, tag: u8| {
+            for i in 0..pages {
+                // SAFETY: a page of the mapping, writable.
+                unsafe { p.add(i * page).write_bytes(tag + i as u8, page) };
+            }
+        };
+        fill(src, 1);
+        fill(dst, 100);
+        // Pages 4..8 read-only: the source is three mappings.
+        // SAFETY: pages of the mapping.
+        let r = unsafe { libc::mprotect(src.add(4 * page).cast(), 4 * page, libc::PROT_READ) };
+        assert_eq!(r, 0);
+        // A unit of eight pages spans the first two: refused, nothing moved.
+        // SAFETY: both ranges lie in the mapping, disjoint; nothing uses them.
+        let e =
+            unsafe { move_pages(src, len, dst, 8 * page) }.expect_err("a unit across two mappings");
+        assert_eq!((e.0, e.1.errno), (0, libc::EFAULT));
+        assert!(all_mapped(dst, len), "the destination stays mapped");
+        // SAFETY: the destination, mapped and readable.
+        assert_eq!(unsafe { dst.add(5 * page).read() }, 105, "and as it was");
+        // Pages as the unit: moved in three parts.
+        // SAFETY: as above.
+        unsafe { move_pages(src, len, dst, page) }.expect("a move in parts");
+        assert!(all_mapped(dst, len), "the destination is mapped");
+        for i in 0..pages {
+            // SAFETY: pages of the mapping, readable (source and destination).
+            let (d, s) = unsafe { (dst.add(i * page + 7).read(), src.add(i * page).read()) };
+            assert_eq!(
+                (d, s),
+                (1 + i as u8, 0),
+                "page {i}: moved, the source left empty"
+            );
+        }
+        // SAFETY: the mapping made above.
+        unsafe { libc::munmap(base.cast(), 4 * len) };
     }
 }
