@@ -380,7 +380,7 @@ pub unsafe fn purge(addr: *mut u8, len: usize) -> Result<(), OsError> {
 /// flags, holding no page: it reads as zero.
 ///
 /// **Each part moved lies in one mapping (VMA) of the source**, checked
-/// first ([`in_one_mapping`], which changes nothing): older kernels move
+/// first (`in_one_mapping`, which changes nothing): older kernels move
 /// one mapping at a time (the host's 6.18 moves across mappings), and
 /// Linux 6.1 (Debian 12's) unmaps the destination *before* it finds the
 /// source spanning two and fails, so the range at `to` was left unmapped.
