@@ -393,9 +393,9 @@ pub unsafe fn purge(addr: *mut u8, len: usize) -> Result<(), OsError> {
 /// by side (a large block grown thousands of times beside a runtime
 /// starting its workers) died in 8 runs of 30, and in none of 40 since.
 /// A source that earlier moves or protections split spans several
-/// mappings: the part is halved, down to `unit` bytes, until it lies in one (the parts
-/// of one source mapping merge again at the destination), and a `unit`
-/// that still spans two is not moved. Returns the error of the first part
+/// mappings: the part is halved, down to `unit` bytes, until it lies in
+/// one (the parts of one source mapping merge again at the destination),
+/// and a `unit` that still spans two is not moved. Returns the error of the first part
 /// that could not move, with the bytes moved before it (from the start):
 /// `EFAULT` for a `unit` across two mappings, `EINVAL` on a kernel before
 /// 5.7, `ENOMEM` past `vm.max_map_count`.
