@@ -28,6 +28,10 @@
 # The console shows, for each command, `=== PKEY-VM: BEGIN <i>: <cmd>` and
 # `=== PKEY-VM: END <i> rc=<rc> wall=<s>s` (rc=124 after the time limit),
 # and `=== PKEY-VM: DONE uptime=<s>s` after the last.
+# After a command that failed, the kernel's messages during it (the last
+# 80 lines): fatal signals are logged there with the faulting address and
+# registers (`print-fatal-signals`), which is how a crash in the guest
+# was found to be another thread's stack unmapped under it (2026-12-07).
 #
 # Exit status: 0 if every command exited 0; 1 if one failed or the guest
 # did not finish; 3 if the guest has no pku/ospke; 124 if the VM ran out of
@@ -165,6 +169,10 @@ exec </dev/console >/dev/console 2>&1
 echo "=== PKEY-VM: kernel \$(uname -r), \$(nproc) vCPUs, \$(awk '/MemTotal/ {print \$2 " kB"}' /proc/meminfo)"
 echo "=== PKEY-VM: cpu flags: \$(grep -o -w 'pku\|ospke' /proc/cpuinfo | sort -u | tr '\n' ' ')"
 echo "=== PKEY-VM: thp: \$(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)"
+# The kernel logs every fatal signal (with the registers) to its ring
+# buffer, not the console (\`quiet\`): printed after a command that failed,
+# so that a crash says where it was, never interleaved with test output.
+echo 1 > /proc/sys/kernel/print-fatal-signals 2>/dev/null
 . /etc/pkey-vm-env
 mkdir -p "$CWD"; cd "$CWD"
 i=1
@@ -172,8 +180,13 @@ while [ \$i -le $NCMDS ]; do
     cmd=\$(cat /etc/pkey-vm-cmd.\$i)
     echo "=== PKEY-VM: BEGIN \$i: \$cmd"
     t0=\$(cut -d' ' -f1 /proc/uptime)
+    dmesg -c >/dev/null 2>&1
     timeout -s KILL $CMD_TIMEOUT sh -c "\$cmd"
     rc=\$?
+    if [ \$rc != 0 ]; then
+        echo "=== PKEY-VM: the kernel's messages during command \$i (its last 80 lines):"
+        dmesg | tail -n 80
+    fi
     # busybox timeout: 128+9 when the limit killed the command.
     [ \$rc = 137 ] && { echo "=== PKEY-VM: command \$i ran out of its ${CMD_TIMEOUT}s"; rc=124; }
     t1=\$(cut -d' ' -f1 /proc/uptime)
