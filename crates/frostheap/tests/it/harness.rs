@@ -34,12 +34,17 @@
 //!   libtest); one over `FROSTHEAP_TEST_TIMEOUT` seconds (default 900)
 //!   stops the binary with a failure naming it, because a thread cannot be
 //!   killed and a hung CI job is worse than a lost run. Child processes
-//!   have their own, shorter limit (`check::output_within`). The closing
+//!   have their own, shorter limit (`check::output_within`), which leaves
+//!   out a stretch in which the whole machine stood still. The closing
 //!   lines name the ten slowest tests.
 //!
 //! Output is not captured (libtest-mimic cannot): a test's prints and a
 //! panic's message appear as they happen, and a failed test's panic message
-//! and location are repeated in the failure list at the end.
+//! and location are repeated in the failure list at the end. The skipped
+//! cases are listed by module, and the very last lines digest each
+//! failure: its first lines and, for a child process killed at its time
+//! limit, each thread's state and innermost frames — what a CI log shows
+//! when only its end is read.
 //!
 //! [libtest-mimic]: libtest_mimic
 
@@ -268,6 +273,9 @@ static SKIPS: Mutex<Vec<Skip>> = Mutex::new(Vec::new());
 /// How long each test that ran took, for the closing list of the slowest.
 static TIMES: Mutex<Vec<(String, Duration)>> = Mutex::new(Vec::new());
 
+/// Each failed test and its message, for the closing digest.
+static FAILURES: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
 // ---------------------------------------------------------------------------
 // Time limit.
 
@@ -356,7 +364,9 @@ fn run_one(test: &Test) -> Result<(), Failed> {
         let at = PANIC_AT
             .with(|p| p.borrow_mut().take())
             .unwrap_or_else(|| "an unknown place".into());
-        format!("panicked at {at}:\n{msg}").into()
+        let message = format!("panicked at {at}:\n{msg}");
+        lock(&FAILURES).push((test.full_name(), message.clone()));
+        message.into()
     })
 }
 
@@ -497,6 +507,7 @@ fn run() -> Result<ExitCode, String> {
     if plain {
         print_skips();
         print_slowest();
+        print_failure_digest();
     }
     Ok(conclusion.exit_code())
 }
@@ -516,14 +527,124 @@ fn print_skips() {
         "SKIPPED {} tests: this machine lacks what they need (FROSTHEAP_TEST_REQUIRE=<need> makes that a failure):",
         skips.len()
     );
-    for ((need, why), mut names) in by_reason {
-        names.sort_unstable();
+    for ((need, why), names) in by_reason {
         println!("  {} need {need:?} ({}): {why}", names.len(), need.key());
-        for n in names {
-            println!("    {n}");
+        for line in grouped_names(&names, 100) {
+            println!("    {line}");
         }
     }
     println!();
+}
+
+/// `names` (`module::case`) by module, one line per module
+/// (`module: case_a, case_b`), wrapped past `width` characters: a
+/// summary that keeps a CI log's last lines for the failures.
+fn grouped_names(names: &[&str], width: usize) -> Vec<String> {
+    let mut by_module: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for n in names {
+        let (module, case) = n.rsplit_once("::").unwrap_or(("", n));
+        by_module.entry(module).or_default().push(case);
+    }
+    let mut lines = Vec::new();
+    for (module, mut cases) in by_module {
+        cases.sort_unstable();
+        let mut line = format!("{module}:");
+        for (i, case) in cases.iter().enumerate() {
+            let sep = if i == 0 { " " } else { ", " };
+            if line.len() + sep.len() + case.len() > width && i > 0 {
+                lines.push(format!("{line},"));
+                line = format!("  {case}");
+            } else {
+                line += sep;
+                line += case;
+            }
+        }
+        lines.push(line);
+    }
+    lines
+}
+
+/// The last lines of the run: each failed test, the first line of its
+/// message and, for a child process killed at its time limit, one line
+/// per thread with the innermost frames gdb found. The full messages are
+/// in libtest's failure list above, but a CI log is often read from its
+/// end (a hang's report, with the stacks of every thread, is hundreds of
+/// lines, and a run with expected panics prints thousands before it).
+fn print_failure_digest() {
+    const MOST: usize = 4;
+    let failures = lock(&FAILURES);
+    if failures.is_empty() {
+        return;
+    }
+    println!(
+        "FAILED {} tests, in short (each full message is in the failure list above):",
+        failures.len()
+    );
+    for (name, message) in failures.iter().take(MOST) {
+        for line in digest(name, message) {
+            println!("{line}");
+        }
+    }
+    if failures.len() > MOST {
+        println!("  and {} more", failures.len() - MOST);
+    }
+}
+
+/// The lines [`print_failure_digest`] gives one failure: its name, the
+/// message's first two lines, and each thread of a killed child
+/// (`check::output_within`'s report) as `tid "comm" state: frame0 <
+/// frame1 < ...`, innermost first, with function names only.
+fn digest(name: &str, message: &str) -> Vec<String> {
+    const FRAMES: usize = 6;
+    const THREADS: usize = 12;
+    let cut = |l: &str, n: usize| l.chars().take(n).collect::<String>();
+    let mut out = vec![format!("  {name}")];
+    out.extend(message.lines().take(2).map(|l| format!("    {}", cut(l, 300))));
+    let Some((_, stacks)) = message.split_once("--- where its threads were before the kill") else {
+        return out;
+    };
+    // "  thread TID "comm": state S, wchan W" lines, then gdb's
+    // "  Thread N (Thread 0x.. (LWP TID) "comm"):" with its "  #k" frames.
+    let mut threads: Vec<(String, String, Vec<String>)> = Vec::new();
+    let mut current: Option<usize> = None;
+    for line in stacks.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("thread ") {
+            let tid = rest.split_whitespace().next().unwrap_or("").to_string();
+            threads.push((tid, rest.to_string(), Vec::new()));
+        } else if line.starts_with("Thread ") {
+            current = line
+                .split_once("(LWP ")
+                .and_then(|(_, r)| r.split(')').next())
+                .and_then(|tid| threads.iter().position(|t| t.0 == tid));
+        } else if let (Some(i), Some(frame)) = (current, line.strip_prefix('#')) {
+            if threads[i].2.len() < FRAMES {
+                threads[i].2.push(frame_function(frame));
+            }
+        }
+    }
+    for (_, about, frames) in threads.iter().take(THREADS) {
+        let frames = if frames.is_empty() {
+            "(no frames)".to_string()
+        } else {
+            frames.join(" < ")
+        };
+        out.push(format!("    {}: {}", cut(about, 80), cut(&frames, 400)));
+    }
+    if threads.len() > THREADS {
+        out.push(format!("    and {} more threads", threads.len() - THREADS));
+    }
+    out
+}
+
+/// The function of one of gdb's frame lines (`3  0x55.. in f (a=1) at
+/// x.rs:9`, or `0  f (a=1) at x.rs:9`, `#` taken off).
+fn frame_function(frame: &str) -> String {
+    let rest = frame.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start();
+    let rest = match rest.split_once(" in ") {
+        Some((addr, f)) if addr.starts_with("0x") => f,
+        _ => rest,
+    };
+    rest.split(" (").next().unwrap_or(rest).to_string()
 }
 
 /// The ten slowest tests of the run (CI's emulated guest is slow; this
@@ -659,4 +780,40 @@ fn every_fixture_program_is_declared() {
         undeclared.is_empty(),
         "fixture programs without a [[bin]] in Cargo.toml and an entry in `fixtures!` (tests/it/check.rs): {undeclared:?}"
     );
+}
+
+crate::test!(a_hangs_digest_gives_each_thread_its_state_and_innermost_frames);
+/// The closing digest of a fixture killed at its time limit, from a
+/// report laid out as `check::output_within` writes it: one line per
+/// thread, joining `/proc`'s state with gdb's frames by thread id,
+/// function names only; the skipped list grouped by module and wrapped.
+fn a_hangs_digest_gives_each_thread_its_state_and_innermost_frames() {
+    let message = "panicked at tests/it/check.rs:99:\n\
+        fixture global_threads idle-worker did not finish within 120s\n\
+        status: signal 9\n\
+        --- where its threads were before the kill\n\
+        process 70:\n  \
+        thread 70 \"global_threads\": state S, wchan futex_wait_queue\n  \
+        thread 71 \"worker\": state R, wchan 0\n  \
+        Thread 2 (Thread 0x7f01 (LWP 71) \"worker\"):\n  \
+        #0  frostheap::heap::span::Spans::lock (self=0x1) at src/heap/span.rs:10\n  \
+        #1  0x0000555 in <frostheap::global::Global as core::alloc::GlobalAlloc>::alloc (x=2) at src/global/mod.rs:5\n  \
+        Thread 1 (Thread 0x7f00 (LWP 70) \"global_threads\"):\n  \
+        #0  0x00007f in __GI___futex_abstimed_wait (a=1) at futex.c:57\n  \
+        #1  0x00008f in std::sync::mpmc::list::Channel<T>::recv ()\n";
+    let lines = digest("global_mode::a_test", message);
+    assert_eq!(
+        lines,
+        [
+            "  global_mode::a_test",
+            "    panicked at tests/it/check.rs:99:",
+            "    fixture global_threads idle-worker did not finish within 120s",
+            "    70 \"global_threads\": state S, wchan futex_wait_queue: __GI___futex_abstimed_wait < std::sync::mpmc::list::Channel<T>::recv",
+            "    71 \"worker\": state R, wchan 0: frostheap::heap::span::Spans::lock < <frostheap::global::Global as core::alloc::GlobalAlloc>::alloc",
+        ]
+    );
+    // A failure that is no hang: its name and first lines only.
+    assert_eq!(digest("m::t", "panicked at a.rs:1:\nleft != right\nmore").len(), 3);
+    let grouped = grouped_names(&["v::pkey::b", "v::pkey::a", "w::c", "v::pkey::ccccccccccc"], 20);
+    assert_eq!(grouped, ["v::pkey: a, b,", "  ccccccccccc", "w: c"]);
 }
