@@ -247,11 +247,12 @@ pub fn output_within(cmd: &mut Command, what: &str) -> Output {
 /// waits for the child polls every [`POLL`](Self::POLL); a poll that comes
 /// over [`STILL`](Self::STILL) late means that nothing ran here — a
 /// virtual machine its host stopped, a suspended CI runner — and that
-/// stretch is the child's no more than ours. (A CI run failed the only
-/// two tests running, each at its 120 s limit at the same moment, two
-/// fixtures that never hung here in repeated runs: a machine that stood
-/// still, or two hangs that the next failure's stacks will show.) A child
-/// that hangs does not stop the polls, so its time keeps counting.
+/// stretch is the child's no more than ours. (A CI run failed two tests,
+/// each at its 120 s limit, on fixtures that never hung in 99 runs here:
+/// a machine that stood still, or hangs that the next failure's stacks
+/// will show; its log could not tell whether the two limits ran out
+/// together.) A child that hangs does not stop the polls, so its time
+/// keeps counting.
 struct RunningClock {
     started: Instant,
     last_poll: Instant,
