@@ -184,8 +184,8 @@ pub fn address_space_limit() -> Option<usize> {
     Some(usize::try_from(r.rlim_cur).unwrap_or(usize::MAX))
 }
 
-/// `mmap(2)`, `munmap(2)` and `mprotect(2)` as system calls, not through
-/// the C library's functions of those names: in a process under
+/// `mmap(2)`, `munmap(2)`, `mremap(2)` and `mprotect(2)` as system calls,
+/// not through the C library's functions of those names: in a process under
 /// `libfrostheap.so` those names are the library's own, which count a
 /// program's anonymous memory against the limit, and the heaps' own
 /// mappings are counted where they are committed (they must not count
@@ -215,6 +215,23 @@ unsafe fn sys_mmap(
 unsafe fn sys_munmap(addr: *mut libc::c_void, len: usize) -> libc::c_int {
     // SAFETY: forwarded.
     unsafe { libc::syscall(libc::SYS_munmap, addr, len) as libc::c_int }
+}
+
+/// See [`sys_mmap`]; `MAP_FAILED` with `errno` set on failure.
+///
+/// # Safety
+/// As `mremap(2)`'s.
+unsafe fn sys_mremap(
+    old: *mut u8,
+    old_len: usize,
+    new_len: usize,
+    flags: libc::c_int,
+    new_addr: *mut u8,
+) -> *mut libc::c_void {
+    // SAFETY: forwarded.
+    unsafe {
+        libc::syscall(libc::SYS_mremap, old, old_len, new_len, flags, new_addr) as *mut libc::c_void
+    }
 }
 
 /// See [`sys_mmap`].
@@ -395,8 +412,9 @@ pub unsafe fn purge(addr: *mut u8, len: usize) -> Result<(), OsError> {
 /// A source that earlier moves or protections split spans several
 /// mappings: the part is halved, down to `unit` bytes, until it lies in
 /// one (the parts of one source mapping merge again at the destination),
-/// and a `unit` that still spans two is not moved. Returns the error of the first part
-/// that could not move, with the bytes moved before it (from the start):
+/// and a `unit` that still spans two is not moved. Returns the error of
+/// the first part that could not move, with the bytes moved before it
+/// (from the start):
 /// `EFAULT` for a `unit` across two mappings, `EINVAL` on a kernel before
 /// 5.7, `ENOMEM` past `vm.max_map_count`.
 ///
@@ -431,17 +449,8 @@ pub unsafe fn move_pages(
         }
         // SAFETY: by (1), the part's source and destination are ours, and
         // what the destination held is free.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_mremap,
-                from.add(moved),
-                part,
-                part,
-                flags,
-                to.add(moved),
-            )
-        };
-        if r as *mut libc::c_void == libc::MAP_FAILED {
+        let r = unsafe { sys_mremap(from.add(moved), part, part, flags, to.add(moved)) };
+        if r == libc::MAP_FAILED {
             return Err((moved, last_error("mremap")));
         }
         moved += part;
@@ -466,12 +475,12 @@ unsafe fn in_one_mapping(p: *mut u8, len: usize) -> bool {
     let page = page_size();
     // SAFETY: no flag: the mapping at `p` grows in place or nothing
     // happens; by (1) it is ours.
-    let r = unsafe { libc::syscall(libc::SYS_mremap, p, len, len + page, 0, 0usize) };
-    if r as *mut libc::c_void != libc::MAP_FAILED {
+    let r = unsafe { sys_mremap(p, len, len + page, 0, ptr::null_mut()) };
+    if r != libc::MAP_FAILED {
         // Grown into the free page after it: shrunk back (that page was
         // nobody's, and is nobody's again).
         // SAFETY: the page just added to our mapping.
-        unsafe { libc::syscall(libc::SYS_mremap, p, len + page, len, 0, 0usize) };
+        unsafe { sys_mremap(p, len + page, len, 0, ptr::null_mut()) };
         return true;
     }
     last_error("mremap").errno != libc::EFAULT
