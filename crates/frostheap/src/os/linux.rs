@@ -1189,6 +1189,16 @@ pub unsafe fn wrpkru(pkru: u32) {
     }
 }
 
+/// Offset and size of XSAVE component `component` in the standard
+/// (non-compacted) XSAVE area, the format of a signal frame (CPUID 0xD,
+/// sub-leaf `component`, EBX and EAX), or `None` if the CPU has none.
+/// Async-signal-safe (an instruction).
+#[cfg(target_arch = "x86_64")]
+pub fn xsave_component(component: u32) -> Option<(usize, usize)> {
+    let r = core::arch::x86_64::__cpuid_count(0xD, component);
+    (r.eax != 0 && r.ebx != 0).then_some((r.ebx as usize, r.eax as usize))
+}
+
 /// Offset of the PKRU component in the XSAVE area (CPUID 0xD, sub-leaf 9,
 /// EBX), or `None` without pkeys.
 #[cfg(target_arch = "x86_64")]

@@ -24,6 +24,10 @@
 //! | `66 0F 7E` | `movd m32`, `movq m64, xmm` (`REX.W`) | 4, 8 |
 //! | `0F 13`, `66 0F 13`, `0F 17`, `66 0F 17` | `movlps`, `movlpd`, `movhps`, `movhpd m64, xmm` | 8 |
 //!
+//! and the same moves VEX- and EVEX-encoded (AVX, AVX2, AVX-512: 16, 32
+//! or 64 bytes, EVEX under an opmask too), which glibc's `memcpy` and
+//! `memset` use on CPUs that have them: see [`decode_vector`].
+//!
 //! Read-modify-writes, with or without `lock` (the handler performs every
 //! one under its step lock, which makes it atomic: `rmw.rs` computes it),
 //! 16/32/64 bits by `66` and `REX.W` where the width column says "wide":
@@ -47,8 +51,8 @@
 //! rotates, `cmpxchg8b`), segment overrides (`fs`/`gs` bases are not in
 //! the frame; the others are rare enough to step), the address-size
 //! prefix, string instructions (`movs`, `stos`: `string.rs` performs those), `push`/`call`,
-//! `mov moffs` (`A2`/`A3`), MMX stores, VEX and EVEX (AVX, AVX-512)
-//! encodings, and a `66`, `F2` or `F3` where the tables have none (so
+//! `mov moffs` (`A2`/`A3`), MMX stores, the VEX and EVEX forms
+//! [`decode_vector`] refuses, and a `66`, `F2` or `F3` where the tables have none (so
 //! `xacquire`/`xrelease` on a read-modify-write).
 
 /// Where the value of a store comes from.
@@ -60,7 +64,9 @@ pub(crate) enum Source {
     /// An immediate, already sign-extended to 64 bits where the
     /// instruction does.
     Imm(u64),
-    /// Bytes `offset..offset + width` of an XMM register (0..=15).
+    /// Bytes `offset..offset + width` of a vector register (0..=15 for
+    /// the SSE and VEX forms, 0..=31 for EVEX; XMM, YMM or ZMM by the
+    /// width).
     Xmm { reg: u8, offset: u8 },
     /// No operand but the memory one (`inc`, `dec`, `not`, `neg`) or only
     /// implicit registers (`cmpxchg16b`: rdx:rax and rcx:rbx).
@@ -153,16 +159,43 @@ pub(crate) struct Mem {
 pub(crate) struct Store {
     /// The instruction's length in bytes (what RIP advances by).
     pub len: usize,
-    /// Bytes written: 1, 2, 4, 8 or 16.
+    /// Bytes written: 1, 2, 4, 8, 16, 32 or 64 (all of them, or those the
+    /// mask selects).
     pub width: usize,
-    /// The alignment the instruction demands of its address (16 for the
-    /// aligned SSE moves and `cmpxchg16b`, else 1): a misaligned one
-    /// raises #GP, which the step then reproduces.
+    /// The alignment the instruction demands of its address (the width
+    /// for the aligned vector moves, 16 for `cmpxchg16b`, else 1): a
+    /// misaligned one raises #GP, which the step then reproduces.
     pub align: usize,
     pub mem: Mem,
     pub src: Source,
     /// What it does with the memory operand.
     pub op: Op,
+    /// An AVX-512 store under an opmask (`{k1}`..`{k7}`): only the
+    /// elements whose bit is set are written (and only they may fault).
+    pub mask: Option<Mask>,
+}
+
+/// The opmask of an EVEX store: register `k` (1..=7), one bit per
+/// element of `elem` bytes, element 0 at the lowest address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mask {
+    pub k: u8,
+    pub elem: u8,
+}
+
+impl Mask {
+    /// The bytes of a `width`-byte store that opmask value `bits` selects,
+    /// a bit a byte (byte 0 lowest).
+    pub(crate) fn bytes(self, bits: u64, width: usize) -> u64 {
+        let elem = usize::from(self.elem);
+        let mut out = 0u64;
+        for e in 0..width / elem {
+            if bits >> e & 1 != 0 {
+                out |= (u64::MAX >> (64 - elem)) << (e * elem);
+            }
+        }
+        out
+    }
 }
 
 impl Store {
@@ -216,6 +249,11 @@ pub(crate) const MAX_LEN: usize = 15;
 /// not one of the module's table.
 pub(crate) fn decode(code: &[u8]) -> Option<Store> {
     let code = &code[..code.len().min(MAX_LEN)];
+    // In 64-bit mode C4, C5 and 62 always begin a VEX or EVEX prefix; a
+    // legacy prefix or REX in front of one is #UD (the step's to raise).
+    if let Some(0xC4 | 0xC5 | 0x62) = code.first() {
+        return decode_vector(code);
+    }
     let mut i = 0;
     let mut opsize16 = false;
     let mut rep: Option<u8> = None;
@@ -352,53 +390,15 @@ pub(crate) fn decode(code: &[u8]) -> Option<Store> {
     }
     let modrm = *code.get(i)?;
     i += 1;
-    let md = modrm >> 6;
     let reg = (modrm >> 3) & 7;
-    let rm = modrm & 7;
-    if md == 3 {
+    if modrm >> 6 == 3 {
         return None;
     }
     if what == Op::Move && matches!(kind, Kind::Imm(_)) && reg != 0 {
         return None;
     }
-    let mut mem = Mem {
-        base: None,
-        index: None,
-        scale: 1,
-        disp: 0,
-        rip_relative: false,
-    };
-    let mut disp_bytes = match md {
-        1 => 1,
-        2 => 4,
-        _ => 0,
-    };
-    if rm == 4 {
-        let sib = *code.get(i)?;
-        i += 1;
-        mem.scale = 1 << (sib >> 6);
-        let index = ((sib >> 3) & 7) | x << 3;
-        if index != 4 {
-            mem.index = Some(index);
-        }
-        let base = sib & 7;
-        if base == 5 && md == 0 {
-            disp_bytes = 4;
-        } else {
-            mem.base = Some(base | bx << 3);
-        }
-    } else if rm == 5 && md == 0 {
-        mem.rip_relative = true;
-        disp_bytes = 4;
-    } else {
-        mem.base = Some(rm | bx << 3);
-    }
-    mem.disp = match disp_bytes {
-        1 => i64::from(*code.get(i)? as i8),
-        4 => i64::from(i32::from_le_bytes(code.get(i..i + 4)?.try_into().ok()?)),
-        _ => 0,
-    };
-    i += disp_bytes;
+    let (mem, next) = memory_operand(code, i, modrm, x, bx, 1)?;
+    i = next;
     let reg_full = reg | r << 3;
     let src = match kind {
         Kind::Gpr => {
@@ -436,6 +436,188 @@ pub(crate) fn decode(code: &[u8]) -> Option<Store> {
         mem,
         src,
         op: what,
+        mask: None,
+    })
+}
+
+/// The memory operand whose ModRM byte `modrm` was read just before
+/// `code[i]` (where a SIB byte and the displacement follow), with REX's
+/// (or VEX's, EVEX's) X and B bits; an 8-bit displacement is scaled by
+/// `disp8_scale` (EVEX's compressed displacement; 1 elsewhere). Returns it
+/// and the index past it; `mod == 3` (a register) is for the caller to
+/// refuse.
+fn memory_operand(
+    code: &[u8],
+    mut i: usize,
+    modrm: u8,
+    x: u8,
+    bx: u8,
+    disp8_scale: i64,
+) -> Option<(Mem, usize)> {
+    let md = modrm >> 6;
+    let rm = modrm & 7;
+    let mut mem = Mem {
+        base: None,
+        index: None,
+        scale: 1,
+        disp: 0,
+        rip_relative: false,
+    };
+    let mut disp_bytes = match md {
+        1 => 1,
+        2 => 4,
+        _ => 0,
+    };
+    if rm == 4 {
+        let sib = *code.get(i)?;
+        i += 1;
+        mem.scale = 1 << (sib >> 6);
+        let index = ((sib >> 3) & 7) | x << 3;
+        if index != 4 {
+            mem.index = Some(index);
+        }
+        let base = sib & 7;
+        if base == 5 && md == 0 {
+            disp_bytes = 4;
+        } else {
+            mem.base = Some(base | bx << 3);
+        }
+    } else if rm == 5 && md == 0 {
+        mem.rip_relative = true;
+        disp_bytes = 4;
+    } else {
+        mem.base = Some(rm | bx << 3);
+    }
+    mem.disp = match disp_bytes {
+        1 => i64::from(*code.get(i)? as i8) * disp8_scale,
+        4 => i64::from(i32::from_le_bytes(code.get(i..i + 4)?.try_into().ok()?)),
+        _ => 0,
+    };
+    Some((mem, i + disp_bytes))
+}
+
+/// A VEX (`C4`, `C5`: AVX, AVX2) or EVEX (`62`: AVX-512) vector move to
+/// memory in map `0F`, or `None`. The same moves as the SSE table, 16, 32
+/// or 64 bytes wide by VEX.L or EVEX.L'L, of XMM/YMM/ZMM 0..15 (VEX) or
+/// 0..31 (EVEX):
+///
+/// | opcode (map 0F) | VEX | EVEX |
+/// |---|---|---|
+/// | `11` | `vmovups`, `vmovupd`; `vmovss`, `vmovsd` (F3, F2; L 0) | the same; masked by element (4 or 8 bytes) |
+/// | `29` | `vmovaps`, `vmovapd` (aligned to the width) | the same; masked |
+/// | `2B`, `66 E7` | `vmovntps`, `vmovntpd`, `vmovntdq` (aligned) | the same, unmasked |
+/// | `66 7F`, `F3 7F` | `vmovdqa` (aligned), `vmovdqu` | `vmovdqa32`/`64`, `vmovdqu32`/`64` (by W), masked |
+/// | `F2 7F` | — | `vmovdqu8`, `vmovdqu16` (by W), masked by byte or word |
+/// | `66 D6`, `66 7E` | `vmovq m64`; `vmovd m32`, `vmovq m64` (W) (L 0) | the same, unmasked |
+/// | `13`, `17` | `vmovlps`, `vmovlpd`, `vmovhps`, `vmovhpd m64` (L 0) | the same, unmasked |
+///
+/// EVEX's 8-bit displacement counts in units of the bytes the operand
+/// spans (disp8 × N, N the width for these forms). Refused, for the step
+/// to execute (or raise #UD as the CPU would): a register destination, a
+/// `vvvv` other than 1111 (and EVEX's V'), EVEX broadcast or zeroing on a
+/// store, L'L = 11, an opmask on a form that takes none, EVEX.W against
+/// the form's element size, reserved EVEX bits set, another map
+/// (`0F38`: `vmaskmov`, `vpmaskmov`, scatters; `0F3A`: `vextract*`),
+/// and a scalar form with L set.
+fn decode_vector(code: &[u8]) -> Option<Store> {
+    let evex = code[0] == 0x62;
+    // (R, X, B, R') as bits, map, W, vvvv (inverted), L (bytes), pp, aaa.
+    let (r, x, bx, r2, map, w, vvvv_ok, vl, pp, aaa, mut i);
+    if code[0] == 0xC5 {
+        let p = *code.get(1)?;
+        (r, x, bx, r2, map, w) = (!p >> 7 & 1, 0, 0, 0, 1, false);
+        vvvv_ok = (p >> 3) & 0xF == 0xF;
+        vl = if p & 4 != 0 { 32 } else { 16 };
+        (pp, aaa, i) = (p & 3, 0, 2);
+    } else if code[0] == 0xC4 {
+        let (p0, p1) = (*code.get(1)?, *code.get(2)?);
+        (r, x, bx, r2, map, w) = (
+            !p0 >> 7 & 1,
+            !p0 >> 6 & 1,
+            !p0 >> 5 & 1,
+            0,
+            p0 & 0x1F,
+            p1 & 0x80 != 0,
+        );
+        vvvv_ok = (p1 >> 3) & 0xF == 0xF;
+        vl = if p1 & 4 != 0 { 32 } else { 16 };
+        (pp, aaa, i) = (p1 & 3, 0, 3);
+    } else {
+        let (p0, p1, p2) = (*code.get(1)?, *code.get(2)?, *code.get(3)?);
+        // P0: R X B R' 0 0 m m; P1: W vvvv 1 pp; P2: z L'L b V' aaa.
+        if p0 & 0x0C != 0 || p1 & 4 == 0 || p2 & 0x80 != 0 || p2 & 0x10 != 0 {
+            return None;
+        }
+        (r, x, bx, r2, map, w) = (
+            !p0 >> 7 & 1,
+            !p0 >> 6 & 1,
+            !p0 >> 5 & 1,
+            !p0 >> 4 & 1,
+            p0 & 3,
+            p1 & 0x80 != 0,
+        );
+        vvvv_ok = (p1 >> 3) & 0xF == 0xF && p2 & 8 != 0;
+        vl = match (p2 >> 5) & 3 {
+            0 => 16,
+            1 => 32,
+            2 => 64,
+            _ => return None,
+        };
+        (pp, aaa, i) = (p1 & 3, p2 & 7, 4);
+    }
+    if map != 1 || !vvvv_ok {
+        return None;
+    }
+    let op = *code.get(i)?;
+    i += 1;
+    // (width, alignment, element size for a mask (0: the form takes
+    // none), offset in the register).
+    let scalar = |width: usize| (vl == 16).then_some((width, 1, 0, 0));
+    let (width, align, elem, offset) = match (op, pp) {
+        (0x11, 0) if !evex || !w => (vl, 1, 4, 0),
+        (0x11, 1) if !evex || w => (vl, 1, 8, 0),
+        (0x11, 2) if !evex || !w => (scalar(4)?.0, 1, 4, 0),
+        (0x11, 3) if !evex || w => (scalar(8)?.0, 1, 8, 0),
+        (0x29, 0) if !evex || !w => (vl, vl, 4, 0),
+        (0x29, 1) if !evex || w => (vl, vl, 8, 0),
+        (0x2B, 0) if !evex || !w => (vl, vl, 0, 0),
+        (0x2B, 1) if !evex || w => (vl, vl, 0, 0),
+        (0xE7, 1) if !evex || !w => (vl, vl, 0, 0),
+        (0x7F, 1) => (vl, vl, if w { 8 } else { 4 }, 0),
+        (0x7F, 2) => (vl, 1, if w { 8 } else { 4 }, 0),
+        (0x7F, 3) if evex => (vl, 1, if w { 2 } else { 1 }, 0),
+        (0xD6, 1) if !evex || w => scalar(8)?,
+        (0x7E, 1) => scalar(if w { 8 } else { 4 })?,
+        (0x13, 0) if !evex || !w => scalar(8)?,
+        (0x13, 1) if !evex || w => scalar(8)?,
+        (0x17, 0) if !evex || !w => (scalar(8)?.0, 1, 0, 8),
+        (0x17, 1) if !evex || w => (scalar(8)?.0, 1, 0, 8),
+        _ => return None,
+    };
+    // VEX forms take no mask; EVEX's aaa names one (0: none).
+    let mask = match (evex, aaa) {
+        (_, 0) => None,
+        (true, k) if elem != 0 => Some(Mask { k, elem }),
+        _ => return None,
+    };
+    let modrm = *code.get(i)?;
+    i += 1;
+    if modrm >> 6 == 3 {
+        return None;
+    }
+    let scale = if evex { width as i64 } else { 1 };
+    let (mem, next) = memory_operand(code, i, modrm, x, bx, scale)?;
+    Some(Store {
+        len: next,
+        width,
+        align,
+        mem,
+        src: Source::Xmm {
+            reg: (modrm >> 3) & 7 | r << 3 | r2 << 4,
+            offset,
+        },
+        op: Op::Move,
+        mask,
     })
 }
 
@@ -449,6 +631,7 @@ mod tests {
     const RBX: u8 = 3;
     const RSP: u8 = 4;
     const RBP: u8 = 5;
+    const RDI: u8 = 7;
     const R8: u8 = 8;
     const R12: u8 = 12;
     const R13: u8 = 13;
@@ -480,6 +663,7 @@ mod tests {
                 mem,
                 src,
                 op: Op::Move,
+                mask: s.mask,
             },
             "{code:02x?}"
         );
@@ -643,6 +827,207 @@ mod tests {
     }
 
     #[test]
+    fn vex_and_evex_moves_decode_with_width_register_mask_and_scaled_displacement() {
+        let xmm = |reg, offset| Source::Xmm { reg, offset };
+        let rdi = |disp| mem(Some(7), None, 1, disp);
+        // Bytes as GNU as encodes them (Intel syntax in the comments).
+        // vmovups [rdi], xmm1; vmovups [rdi+0x40], ymm9 (VEX.R);
+        // vmovupd [rax+rcx*8-0x10], ymm3
+        store(&[0xC5, 0xF8, 0x11, 0x0F], 16, rdi(0), xmm(1, 0));
+        store(&[0xC5, 0x7C, 0x11, 0x4F, 0x40], 32, rdi(0x40), xmm(9, 0));
+        store(
+            &[0xC5, 0xFD, 0x11, 0x5C, 0xC8, 0xF0],
+            32,
+            mem(Some(RAX), Some(RCX), 8, -0x10),
+            xmm(3, 0),
+        );
+        // vmovss [rdi+4], xmm2; vmovsd [rip+0x100], xmm12
+        store(&[0xC5, 0xFA, 0x11, 0x57, 0x04], 4, rdi(4), xmm(2, 0));
+        let rip = Mem {
+            rip_relative: true,
+            ..mem(None, None, 1, 0x100)
+        };
+        store(
+            &[0xC5, 0x7B, 0x11, 0x25, 0x00, 0x01, 0x00, 0x00],
+            8,
+            rip,
+            xmm(12, 0),
+        );
+        // vmovdqu [r13+0], ymm7 (three-byte VEX, VEX.B); vmovq [rdi], xmm3;
+        // vmovd [rdi+8], xmm4; vmovhps [rdi], xmm6 (its upper half)
+        store(
+            &[0xC4, 0xC1, 0x7E, 0x7F, 0x7D, 0x00],
+            32,
+            mem(Some(R13), None, 1, 0),
+            xmm(7, 0),
+        );
+        store(&[0xC5, 0xF9, 0xD6, 0x1F], 8, rdi(0), xmm(3, 0));
+        store(&[0xC5, 0xF9, 0x7E, 0x67, 0x08], 4, rdi(8), xmm(4, 0));
+        store(&[0xC5, 0xF8, 0x17, 0x37], 8, rdi(0), xmm(6, 8));
+        // EVEX: disp8 counts in units of the operand's bytes.
+        // vmovdqu64 [rdi+0x40], zmm16; [rdi-0x40], ymm16; vmovups
+        // [rdi+0x10], xmm20; vmovq [rdi+8], xmm18; vmovdqa64
+        // [r12+0x100], zmm25 (disp32: 0x100 is no multiple of 64 in 8 bits)
+        store(
+            &[0x62, 0xE1, 0xFE, 0x48, 0x7F, 0x47, 0x01],
+            64,
+            rdi(0x40),
+            xmm(16, 0),
+        );
+        store(
+            &[0x62, 0xE1, 0xFE, 0x28, 0x7F, 0x47, 0xFE],
+            32,
+            rdi(-0x40),
+            xmm(16, 0),
+        );
+        store(
+            &[0x62, 0xE1, 0x7C, 0x08, 0x11, 0x67, 0x01],
+            16,
+            rdi(0x10),
+            xmm(20, 0),
+        );
+        store(
+            &[0x62, 0xE1, 0xFD, 0x08, 0x7E, 0x57, 0x01],
+            8,
+            rdi(8),
+            xmm(18, 0),
+        );
+        store(
+            &[0x62, 0x41, 0xFD, 0x48, 0x7F, 0x4C, 0x24, 0x04],
+            64,
+            mem(Some(R12), None, 1, 0x100),
+            xmm(25, 0),
+        );
+        // Masked: the opmask and the element size it counts in.
+        for (code, width, (base, disp), reg, k, elem) in [
+            // vmovdqu8 [rax]{k1}, zmm16
+            (
+                &[0x62, 0xE1, 0x7F, 0x49, 0x7F, 0x00][..],
+                64,
+                (RAX, 0),
+                16,
+                1,
+                1,
+            ),
+            // vmovdqu16 [rax+0x20]{k2}, ymm17
+            (
+                &[0x62, 0xE1, 0xFF, 0x2A, 0x7F, 0x48, 0x01],
+                32,
+                (RAX, 0x20),
+                17,
+                2,
+                2,
+            ),
+            // vmovdqu32 [rdi+0x80]{k3}, zmm31
+            (
+                &[0x62, 0x61, 0x7E, 0x4B, 0x7F, 0x7F, 0x02],
+                64,
+                (RDI, 0x80),
+                31,
+                3,
+                4,
+            ),
+            // vmovaps [rdi+0x40]{k7}, zmm2 (aligned)
+            (
+                &[0x62, 0xF1, 0x7C, 0x4F, 0x29, 0x57, 0x01],
+                64,
+                (RDI, 0x40),
+                2,
+                7,
+                4,
+            ),
+            // vmovss [rdi+8]{k1}, xmm19
+            (
+                &[0x62, 0xE1, 0x7E, 0x09, 0x11, 0x5F, 0x02],
+                4,
+                (RDI, 8),
+                19,
+                1,
+                4,
+            ),
+        ] {
+            store(code, width, mem(Some(base), None, 1, disp), xmm(reg, 0));
+            assert_eq!(
+                decode(code).unwrap().mask,
+                Some(Mask { k, elem }),
+                "{code:02x?}"
+            );
+        }
+        // Aligned to their width: vmovaps ymm, vmovntdq ymm, vmovdqa xmm
+        // (VEX); vmovntdq zmm (EVEX). vmovups is not.
+        for (code, align) in [
+            (&[0xC5, 0xFC, 0x29, 0x07][..], 32),
+            (&[0xC5, 0xFD, 0xE7, 0x2E], 32),
+            (&[0xC5, 0x79, 0x7F, 0x7F, 0x20], 16),
+            (&[0x62, 0xF1, 0x7D, 0x48, 0xE7, 0x4F, 0x01], 64),
+            (&[0xC5, 0x7C, 0x11, 0x4F, 0x40], 1),
+        ] {
+            assert_eq!(decode(code).map(|s| s.align), Some(align), "{code:02x?}");
+        }
+        // An opmask selects whole elements, element 0 lowest.
+        let m = Mask { k: 1, elem: 4 };
+        assert_eq!(m.bytes(0b101, 16), 0x0F0F);
+        assert_eq!(Mask { k: 1, elem: 1 }.bytes(u64::MAX, 64), u64::MAX);
+        assert_eq!(Mask { k: 1, elem: 8 }.bytes(0b1000_0000, 64), 0xFF << 56);
+        assert_eq!(Mask { k: 1, elem: 2 }.bytes(0xFFFF_0000, 32), 0);
+    }
+
+    #[test]
+    fn vector_forms_the_cpu_would_refuse_or_that_do_more_are_stepped() {
+        for (code, what) in [
+            (
+                &[0xC5, 0xF8, 0x11, 0xC1][..],
+                "vmovups xmm1, xmm0 (register)",
+            ),
+            (&[0xC5, 0xF0, 0x11, 0x07], "vmovups with vvvv != 1111 (#UD)"),
+            (&[0x66, 0xC5, 0xF8, 0x11, 0x07], "66 before VEX (#UD)"),
+            (&[0x48, 0xC5, 0xF8, 0x11, 0x07], "REX before VEX (#UD)"),
+            (&[0xC5, 0xF8, 0x10, 0x07], "vmovups xmm0, [rdi] (a load)"),
+            (&[0xC5, 0xFE, 0x11, 0x07], "vmovss with L = 1"),
+            (&[0xC5, 0xFD, 0xD6, 0x07], "vmovq with L = 1 (#UD)"),
+            (&[0xC5, 0xFF, 0x7F, 0x07], "VEX F2 7F (no such move)"),
+            (&[0xC4, 0xE2, 0x79, 0x2E, 0x07], "vmaskmovps (map 0F38)"),
+            (
+                &[0xC4, 0xE3, 0x7D, 0x39, 0x07, 0x01],
+                "vextracti128 (map 0F3A)",
+            ),
+            (
+                &[0x62, 0xF1, 0xFE, 0xC8, 0x7F, 0x07],
+                "EVEX zeroing on a store (#UD)",
+            ),
+            (
+                &[0x62, 0xF1, 0xFE, 0x58, 0x7F, 0x07],
+                "EVEX broadcast on a store",
+            ),
+            (&[0x62, 0xF1, 0xFE, 0x68, 0x7F, 0x07], "EVEX L'L = 11 (#UD)"),
+            (&[0x62, 0xF1, 0xFE, 0x40, 0x7F, 0x07], "EVEX V' = 0 (#UD)"),
+            (&[0x62, 0xF5, 0xFE, 0x48, 0x7F, 0x07], "EVEX map 5"),
+            (
+                &[0x62, 0xF9, 0xFE, 0x48, 0x7F, 0x07],
+                "EVEX reserved bit set",
+            ),
+            (
+                &[0x62, 0xF1, 0xFE, 0x4A, 0xE7, 0x07],
+                "vmovntdq with a mask (#UD)",
+            ),
+            (
+                &[0x62, 0xF1, 0xFC, 0x48, 0x11, 0x07],
+                "vmovups with W1 (#UD)",
+            ),
+            (
+                &[0x62, 0xF1, 0x7D, 0x48, 0x11, 0x07],
+                "vmovupd with W0 (#UD)",
+            ),
+            (
+                &[0x62, 0xF2, 0x7D, 0x49, 0xA0, 0x04, 0x07],
+                "vpscatterdd (map 0F38)",
+            ),
+        ] {
+            assert_eq!(decode(code), None, "{what}: {code:02x?}");
+        }
+    }
+
+    #[test]
     fn everything_else_falls_back_to_the_step() {
         for (code, what) in [
             (&[0x89, 0xC8][..], "mov eax, ecx (register destination)"),
@@ -656,12 +1041,6 @@ mod tests {
             (&[0x65, 0x89, 0x07], "mov gs:[rdi], eax"),
             (&[0x2E, 0x89, 0x07], "cs override"),
             (&[0x67, 0x89, 0x07], "mov [edi], eax (address size)"),
-            (&[0xC5, 0xFE, 0x7F, 0x07], "vmovdqu [rdi], ymm0 (VEX)"),
-            (&[0xC5, 0xF8, 0x11, 0x07], "vmovups [rdi], xmm0 (VEX)"),
-            (
-                &[0x62, 0xF1, 0xFE, 0x48, 0x7F, 0x07],
-                "vmovdqu32 [rdi], zmm0 (EVEX)",
-            ),
             (&[0x0F, 0x7F, 0x07], "movq [rdi], mm0 (MMX)"),
             (&[0x0F, 0xE7, 0x07], "movntq [rdi], mm0 (MMX)"),
             (&[0x0F, 0x7E, 0x07], "movd [rdi], mm0 (MMX)"),

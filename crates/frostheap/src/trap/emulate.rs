@@ -28,6 +28,13 @@
 //! memory, so the handler uses it only where `getpid` is the opener's,
 //! and a runtime set up in the child opens its own.
 //!
+//! Vector moves (SSE, and AVX and AVX-512 by their VEX and EVEX
+//! encodings: glibc's `memcpy` and `memset` below a few KiB on CPUs that
+//! have them) take the register's bytes from the frame's XSAVE area
+//! ([`Frame::vector`]); under an AVX-512 opmask only the bytes it selects
+//! are written, from the first to the last, those between them that it
+//! leaves written back as they were (read under the step lock).
+//!
 //! String stores (`rep movs`, `rep stos`: glibc's `memcpy` and
 //! `memset` from a few KiB up) are performed a page at a time
 //! (`string.rs`). What is not decoded is stepped as before: see
@@ -135,7 +142,7 @@ pub(crate) struct Planned {
     pub addr: usize,
     /// Bytes written.
     pub width: usize,
-    bytes: [u8; 16],
+    bytes: [u8; 64],
     /// Whether the bytes are to be written: a read-modify-write that
     /// leaves them as they are (a failed `cmpxchg`, `or` with 0) writes
     /// nothing; its locked write of the same value is invisible.
@@ -186,7 +193,7 @@ pub(crate) fn plan(fault_addr: usize, frame: &Frame) -> Option<Planned> {
             fd,
             addr: part.dst,
             width: part.bytes(),
-            bytes: [0; 16],
+            bytes: [0; 64],
             write: true,
             regs: [None; 2],
             flags: (0, 0),
@@ -210,19 +217,36 @@ pub(crate) fn plan(fault_addr: usize, frame: &Frame) -> Option<Planned> {
         addr = word_addr as usize;
         bit = u64::from(b);
     }
-    let width = store.width;
+    if !addr.is_multiple_of(store.align) {
+        return None;
+    }
+    let mut width = store.width;
+    // An opmask narrows an AVX-512 store to the bytes it selects, from the
+    // first to the last (the others neither change nor fault); `selected`
+    // has a bit for each of them, from `addr` on.
+    let (mut first, mut selected) = (0, u64::MAX);
+    if let Some(mask) = store.mask {
+        let bits = mask.bytes(frame.opmask(mask.k)?, width);
+        if bits == 0 {
+            return None;
+        }
+        first = bits.trailing_zeros() as usize;
+        width = 64 - bits.leading_zeros() as usize - first;
+        selected = bits >> first;
+        addr += first;
+    }
     let page = !(os::page_size() - 1);
     let inside = fault_addr.wrapping_sub(addr) < width
         && addr & page == fault_addr & page
         && addr.wrapping_add(width - 1) & page == fault_addr & page;
-    if !inside || !addr.is_multiple_of(store.align) {
+    if !inside {
         return None;
     }
     let mut planned = Planned {
         fd,
         addr,
         width,
-        bytes: [0u8; 16],
+        bytes: [0u8; 64],
         write: true,
         regs: [None; 2],
         flags: (0, 0),
@@ -231,9 +255,25 @@ pub(crate) fn plan(fault_addr: usize, frame: &Frame) -> Option<Planned> {
     };
     match store.src {
         Source::Xmm { reg, offset } if store.op == Op::Move => {
-            let x = frame.xmm(reg)?;
-            let o = usize::from(offset);
-            planned.bytes[..width].copy_from_slice(&x[o..o + width]);
+            // XMM, YMM or ZMM: 16, 32 or 64 bytes of the register.
+            let v = frame.vector(reg, (usize::from(offset) + store.width).max(16))?;
+            let o = usize::from(offset) + first;
+            planned.bytes[..width].copy_from_slice(&v[o..o + width]);
+            let all = u64::MAX >> (64 - width);
+            if selected & all != all {
+                // Bytes the mask leaves, between those it writes: as they
+                // are (read under the step lock, which every store to a
+                // frozen page takes, so none changes them before the write).
+                let mut old = [0u8; 64];
+                if os::pread_at(fd, &mut old[..width], addr) != Ok(width) {
+                    return None;
+                }
+                for (b, byte) in planned.bytes[..width].iter_mut().enumerate() {
+                    if selected >> b & 1 == 0 {
+                        *byte = old[b];
+                    }
+                }
+            }
             return Some(planned);
         }
         _ if store.op == Op::Move => {
@@ -264,7 +304,7 @@ pub(crate) fn plan(fault_addr: usize, frame: &Frame) -> Option<Planned> {
     };
     let after = rmw::run(store.op, width, before);
     planned.bytes[..8].copy_from_slice(&after.mem[0].to_le_bytes());
-    planned.bytes[8..].copy_from_slice(&after.mem[1].to_le_bytes());
+    planned.bytes[8..16].copy_from_slice(&after.mem[1].to_le_bytes());
     planned.write = planned.bytes[..width] != old[..width];
     planned.flags = (ARITH_FLAGS, after.flags);
     planned.regs = match (store.op, store.src) {

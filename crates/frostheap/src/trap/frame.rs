@@ -58,6 +58,13 @@ const XSTATE_BV_OFFSET: usize = 512;
 
 /// Bit of `XSTATE_BV` for the SSE component (the XMM registers).
 const XSTATE_SSE: u64 = 1 << 1;
+/// The XSAVE components of the AVX and AVX-512 registers: the upper
+/// halves of YMM0..15, the opmask registers, the upper halves of
+/// ZMM0..15, and ZMM16..31.
+const XSTATE_AVX: u32 = 2;
+const XSTATE_OPMASK: u32 = 5;
+const XSTATE_ZMM_HI256: u32 = 6;
+const XSTATE_HI16_ZMM: u32 = 7;
 /// Offset of XMM0 in the legacy FXSAVE area.
 const XMM_OFFSET: usize = 160;
 /// Offset of the software-reserved bytes of the FXSAVE area, where the
@@ -267,6 +274,81 @@ impl Frame {
             }
             Some((fp.add(XMM_OFFSET + 16 * usize::from(n)) as *const [u8; 16]).read_unaligned())
         }
+    }
+
+    /// The low `bytes` (16, 32 or 64) of vector register `n` (0..=31:
+    /// XMM, YMM or ZMM) of the interrupted code, or `None` if the frame
+    /// holds no XSAVE area with every component those bytes lie in. In
+    /// the standard XSAVE format (the kernel's signal frame): bytes 0..16
+    /// of registers 0..15 in the legacy area, 16..32 in the AVX component
+    /// (2), 32..64 in `ZMM_Hi256` (6); registers 16..31 whole in
+    /// `Hi16_ZMM` (7). A component whose `XSTATE_BV` bit is clear is in its
+    /// initial state: zero.
+    pub(crate) fn vector(&self, n: u8, bytes: usize) -> Option<[u8; 64]> {
+        let mut v = [0u8; 64];
+        if n >= 32 || !matches!(bytes, 16 | 32 | 64) {
+            return None;
+        }
+        let n = usize::from(n);
+        if n < 16 {
+            v[..16].copy_from_slice(&self.xmm(n as u8)?);
+            if bytes > 16 {
+                v[16..32].copy_from_slice(&self.xstate(XSTATE_AVX, 16 * n, 16)?[..16]);
+            }
+            if bytes > 32 {
+                v[32..].copy_from_slice(&self.xstate(XSTATE_ZMM_HI256, 32 * n, 32)?[..32]);
+            }
+        } else {
+            v[..bytes].copy_from_slice(&self.xstate(XSTATE_HI16_ZMM, 64 * (n - 16), 64)?[..bytes]);
+        }
+        Some(v)
+    }
+
+    /// Opmask register `k` (0..=7) of the interrupted code (AVX-512), or
+    /// `None` if the frame holds no XSAVE area with the opmask component.
+    pub(crate) fn opmask(&self, k: u8) -> Option<u64> {
+        if k >= 8 {
+            return None;
+        }
+        let b = self.xstate(XSTATE_OPMASK, 8 * usize::from(k), 8)?;
+        Some(u64::from_le_bytes(b[..8].try_into().ok()?))
+    }
+
+    /// `len` (at most 64) bytes at `at` of XSAVE component `component` in
+    /// the frame: zero if the component is in its initial state, `None` if
+    /// the frame has no XSAVE area, the kernel did not save the component
+    /// there, or the bytes lie past the area the kernel says it wrote.
+    fn xstate(&self, component: u32, at: usize, len: usize) -> Option<[u8; 64]> {
+        let (offset, size) = os::xsave_component(component)?;
+        if at + len > size || len > 64 {
+            return None;
+        }
+        // SAFETY: by (1) of `new`.
+        let fp = unsafe { (*self.uc).uc_mcontext.fpregs } as *const u8;
+        if fp.is_null() {
+            return None;
+        }
+        let mut out = [0u8; 64];
+        // SAFETY: the legacy area's software-reserved words (at +464: the
+        // magic, the extended size, the features saved, the XSAVE area's
+        // size) and the header's XSTATE_BV lie inside every frame's area;
+        // the component's bytes are read only when the kernel says the
+        // area it wrote reaches past them.
+        unsafe {
+            if (fp.add(FP_SW_OFFSET) as *const u32).read_unaligned() != FP_XSTATE_MAGIC1 {
+                return None;
+            }
+            let saved = (fp.add(FP_SW_OFFSET + 8) as *const u64).read_unaligned();
+            let area = (fp.add(FP_SW_OFFSET + 16) as *const u32).read_unaligned() as usize;
+            if saved & (1 << component) == 0 || offset + at + len > area {
+                return None;
+            }
+            let bv = (fp.add(XSTATE_BV_OFFSET) as *const u64).read_unaligned();
+            if bv & (1 << component) != 0 {
+                core::ptr::copy_nonoverlapping(fp.add(offset + at), out.as_mut_ptr(), len);
+            }
+        }
+        Some(out)
     }
 
     /// The interrupted code's instruction pointer.

@@ -105,6 +105,9 @@ pub enum Need {
     Avx2,
     /// AVX-512F instructions.
     Avx512f,
+    /// AVX-512F with BW and VL (byte and word masks, EVEX on XMM and YMM:
+    /// what glibc's `memcpy` and `memset` use where the CPU has them).
+    Avx512bw,
     /// The crate's sources at the path they were built from (absent when
     /// the binary runs elsewhere, as in CI's guest).
     SourceTree,
@@ -114,12 +117,13 @@ pub enum Need {
 }
 
 impl Need {
-    const ALL: [Need; 7] = [
+    const ALL: [Need; 8] = [
         Need::Pkey,
         Need::Mseal,
         Need::Thp,
         Need::Avx2,
         Need::Avx512f,
+        Need::Avx512bw,
         Need::SourceTree,
         Need::MemoryCgroup,
     ];
@@ -132,6 +136,7 @@ impl Need {
             Need::Thp => "thp",
             Need::Avx2 => "avx2",
             Need::Avx512f => "avx512f",
+            Need::Avx512bw => "avx512bw",
             Need::SourceTree => "sources",
             Need::MemoryCgroup => "cgroup",
         }
@@ -139,7 +144,7 @@ impl Need {
 
     /// `None` if this machine has it, else why not (probed once).
     pub fn missing(self) -> Option<&'static str> {
-        static PROBED: [OnceLock<Option<String>>; 7] = [const { OnceLock::new() }; 7];
+        static PROBED: [OnceLock<Option<String>>; 8] = [const { OnceLock::new() }; 8];
         PROBED[self as usize]
             .get_or_init(|| self.probe())
             .as_deref()
@@ -161,6 +166,10 @@ impl Need {
                 .then(|| "the CPU has no AVX2".to_string()),
             Need::Avx512f => (!std::is_x86_feature_detected!("avx512f"))
                 .then(|| "the CPU has no AVX-512F".to_string()),
+            Need::Avx512bw => (!(std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vl")))
+            .then(|| "the CPU has no AVX-512F with BW and VL".to_string()),
             Need::SourceTree => {
                 let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it");
                 (!dir.is_dir()).then(|| format!("{} is not on this machine", dir.display()))

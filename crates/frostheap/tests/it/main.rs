@@ -43,7 +43,7 @@
 //!
 //! `needs: [..]` lists [`harness::Need`]s: `Pkey` (protection keys),
 //! `Mseal` (the `mseal` call, Linux ≥ 6.10), `Thp` (transparent huge
-//! pages), `Avx2`, `Avx512f`, `SourceTree`, `MemoryCgroup` (a memory
+//! pages), `Avx2`, `Avx512f`, `Avx512bw`, `SourceTree`, `MemoryCgroup` (a memory
 //! cgroup this process may make, with a limit). Each is probed once at run time; where one is missing the
 //! test is reported `ignored (needs pkey: <why>)` — never `ok` — and listed
 //! in the `SKIPPED` summary after the result line. Declare the need rather

@@ -968,6 +968,19 @@ fn step_window(
     (windows, survived, phases)
 }
 
+/// [`step_window`] with `violate` as the worker's store, for a store the
+/// handler performs: in 150 phases no bystander store is undone and no
+/// violating store survives.
+fn no_step_window_in_150_phases(violate: fn(*mut u64)) {
+    let (windows, survived, phases) = step_window(violate, |_, p| p >= 150);
+    println!("{phases} phases: {windows} bystander store(s) undone, {survived} violating survived");
+    assert_eq!(
+        (windows, survived),
+        (0, 0),
+        "bystander stores undone and violating stores kept in {phases} phases"
+    );
+}
+
 test!(mprotect_stores_a_bystander_makes_land_exactly_as_the_instructions_write_them);
 /// The stores the handler performs on `mprotect` (trap/decode.rs,
 /// trap/emulate.rs) write what the instruction would: a thread started by
@@ -1409,10 +1422,10 @@ fn mprotect_read_modify_writes_land_exactly_as_the_instructions_compute_them() {
     }
 }
 
-test!(mprotect_step_window_undoes_a_bystanders_store_made_inside_it_and_nothing_else, needs: [Avx2]);
+test!(mprotect_step_window_undoes_a_bystanders_store_made_inside_it_and_nothing_else);
 /// The known limit of rollback on `mprotect` that remains
 /// (docs/rollback.md): a violating store the handler cannot perform itself
-/// (here `vmovq`, an AVX store: VEX encodings are not decoded) is let through by
+/// (here an MMX `movq`: MMX stores are not decoded) is let through by
 /// opening its page for one instruction, to every thread. A thread that
 /// is no worker and stores to that page in that instant does not fault;
 /// its store lands inside the step's window, is taken for part of the
@@ -1430,23 +1443,26 @@ test!(mprotect_step_window_undoes_a_bystanders_store_made_inside_it_and_nothing_
 /// store gets through one of their steps (until 2026-12-06 the window's
 /// other side, seen under QEMU/TCG). Until read-modify-writes and string
 /// stores were performed too, the violating store here was an `xchg`
-/// (`AtomicU64::swap`), then a `rep stosq`; neither opens the page now.
+/// (`AtomicU64::swap`), then a `rep stosq`, then an AVX `vmovq`; none
+/// opens the page now.
 fn mprotect_step_window_undoes_a_bystanders_store_made_inside_it_and_nothing_else() {
-    fn vex_store(p: *mut u64) {
+    fn mmx_store(p: *mut u64) {
         // SAFETY: `p` is a word of the live block: one 8-byte store there,
-        // from xmm0 (the test runs where the CPU has AVX).
+        // from mm0 (every x86_64 CPU has MMX); `emms` leaves the x87 state
+        // as the ABI wants it.
         unsafe {
             core::arch::asm!(
-                "vmovq xmm0, rax",
-                "vmovq qword ptr [rdi], xmm0",
+                "movq mm0, rax",
+                "movq qword ptr [rdi], mm0",
+                "emms",
                 in("rdi") p,
                 in("rax") u64::MAX,
-                out("xmm0") _,
+                out("mm0") _,
                 options(nostack),
             );
         }
     }
-    let (windows, survived, phases) = step_window(vex_store, |w, p| w > 0 || p >= 400);
+    let (windows, survived, phases) = step_window(mmx_store, |w, p| w > 0 || p >= 400);
     println!(
         "the step window undid {windows} bystander store(s) in {phases} phase(s); \
          {survived} violating store(s) survived"
@@ -1470,13 +1486,255 @@ fn mprotect_plain_stores_of_a_bystander_and_a_violator_on_one_page_are_exact() {
         // SAFETY: `p` is a word of the live block.
         unsafe { p.write_volatile(u64::MAX) };
     }
-    let (windows, survived, phases) = step_window(store, |_, p| p >= 150);
-    println!("{phases} phases: {windows} bystander store(s) undone, {survived} violating survived");
-    assert_eq!(
-        (windows, survived),
-        (0, 0),
-        "bystander stores undone and violating stores kept in {phases} phases"
-    );
+    no_step_window_in_150_phases(store);
+}
+
+test!(mprotect_avx_stores_of_a_bystander_and_a_violator_on_one_page_are_exact, needs: [Avx2]);
+/// Regression (docs/rollback.md, the `mprotect` step window): the step
+/// window's test with an AVX store (`vmovq` from xmm0, VEX-encoded) as the
+/// violation, which the handler now performs without opening the page: in
+/// 150 phases no bystander store is undone and no violating store
+/// survives. Until 2026-12-07 VEX stores were stepped, and this was the
+/// window test's violation (some bystander store undone within 400
+/// phases).
+fn mprotect_avx_stores_of_a_bystander_and_a_violator_on_one_page_are_exact() {
+    fn vex_store(p: *mut u64) {
+        // SAFETY: `p` is a word of the live block: one 8-byte store there,
+        // from xmm0 (the test runs where the CPU has AVX).
+        unsafe {
+            core::arch::asm!(
+                "vmovq xmm0, rax",
+                "vmovq qword ptr [rdi], xmm0",
+                in("rdi") p,
+                in("rax") u64::MAX,
+                out("xmm0") _,
+                options(nostack),
+            );
+        }
+    }
+    no_step_window_in_150_phases(vex_store);
+}
+
+test!(mprotect_avx512_masked_stores_of_a_bystander_and_a_violator_on_one_page_are_exact, needs: [Avx512bw]);
+/// The same with an AVX-512 store under an opmask as the violation
+/// (`vmovdqu8 [rdi]{k1}, zmm16` with the mask selecting 8 of its 64
+/// bytes, as glibc's `memset` ends a buffer on such CPUs): performed, so
+/// no window in 150 phases; a mask ignored would write the next seven
+/// words too, the bystander's half among them.
+fn mprotect_avx512_masked_stores_of_a_bystander_and_a_violator_on_one_page_are_exact() {
+    fn evex_store(p: *mut u64) {
+        // SAFETY: `p` is a word of the live block, and the mask selects
+        // its 8 bytes alone (the rest neither written nor read); the test
+        // runs where the CPU has AVX-512F, BW and VL. The registers used
+        // are caller-saved, which `clobber_abi` declares.
+        unsafe {
+            core::arch::asm!(
+                "vpternlogd zmm16, zmm16, zmm16, 0xFF",
+                "mov eax, 0xFF",
+                "kmovq k1, rax",
+                "vmovdqu8 zmmword ptr [rdi]{{k1}}, zmm16",
+                in("rdi") p,
+                clobber_abi("C"),
+                options(nostack),
+            );
+        }
+    }
+    no_step_window_in_150_phases(evex_store);
+}
+
+/// Runs `forms` (vector stores into the 4096-byte page it is given, from
+/// the 128 bytes of `VECTOR_SOURCE`) on an ordinary page and on a frozen
+/// page of a guarded heap on `mprotect`: by a thread a task starts (a
+/// bystander: they land), by a worker under audit (they land) and by one
+/// under rollback (undone, the phase `Err`). Every byte of the frozen page
+/// must equal the ordinary page's (rollback: the page as it was).
+fn vector_forms_land_exactly(forms: unsafe fn(*mut u8, *const u8)) {
+    #[repr(C, align(4096))]
+    struct Page([u8; 4096]);
+    const VECTOR_SOURCE: [u8; 128] = {
+        let mut b = [0u8; 128];
+        let mut i = 0;
+        while i < 128 {
+            b[i] = (i as u8).wrapping_mul(37).wrapping_add(11);
+            i += 1;
+        }
+        b
+    };
+    let mut reference = Box::new(Page([0x5A; 4096]));
+    // SAFETY: a 4096-aligned page of ours and 128 readable bytes.
+    unsafe { forms(reference.0.as_mut_ptr(), VECTOR_SOURCE.as_ptr()) };
+    let changed = reference.0.iter().filter(|&&b| b != 0x5A).count();
+    assert!(changed > 200, "the forms change the page ({changed} bytes)");
+
+    let heap = Heap::builder().name("vectors").max(16 << 20).build().unwrap();
+    let page = heap
+        .try_alloc(std::alloc::Layout::from_size_align(4096, 4096).unwrap())
+        .unwrap()
+        .as_ptr() as usize;
+    for (who, policy) in [
+        ("a bystander", frostheap::OnViolation::Rollback),
+        ("a worker under audit", frostheap::OnViolation::Audit),
+        ("a worker under rollback", frostheap::OnViolation::Rollback),
+    ] {
+        // SAFETY: the live 4096-byte block; no phase runs.
+        unsafe { std::ptr::write_bytes(page as *mut u8, 0x5A, 4096) };
+        let rt = Runtime::builder()
+            .workers(2)
+            .guard(&heap)
+            .guard_main_heap(false)
+            .protect(frostheap::Protect::Mprotect)
+            .on_violation(policy)
+            .build()
+            .unwrap();
+        let bystander = who == "a bystander";
+        let r = rt.map(0..2usize, |i| {
+            if i == 0 {
+                // SAFETY: the live, 4096-aligned block and the source.
+                let run = || unsafe { forms(page as *mut u8, VECTOR_SOURCE.as_ptr()) };
+                if bystander {
+                    std::thread::scope(|s| {
+                        s.spawn(run);
+                    });
+                } else {
+                    run();
+                }
+            }
+            i
+        });
+        // SAFETY: reading the live block, thawed.
+        let got = unsafe { std::slice::from_raw_parts(page as *const u8, 4096) };
+        let want: &[u8] = match policy {
+            frostheap::OnViolation::Rollback if !bystander => {
+                let e = r.expect_err("the worker's stores are violations");
+                assert!(e.violation().is_some_and(|v| v.stores_undone() >= 1), "{e}");
+                &[0x5A; 4096]
+            }
+            _ => {
+                assert_eq!(r.expect("no violation, or audit's Ok"), [0, 1]);
+                &reference.0
+            }
+        };
+        let wrong: Vec<usize> = (0..4096).filter(|&b| got[b] != want[b]).collect();
+        assert!(
+            wrong.is_empty(),
+            "{who}: {} byte(s) differ from the instructions' (first at {:?}: {:#04x}, want {:#04x})",
+            wrong.len(),
+            wrong.first(),
+            wrong.first().map_or(0, |&b| got[b]),
+            wrong.first().map_or(0, |&b| want[b]),
+        );
+    }
+}
+
+/// AVX stores of every VEX form the handler performs (trap/decode.rs):
+/// 16 and 32 bytes, aligned and not, scalar and half-register ones, a
+/// three-byte VEX (base r8), a scaled index, and 32 bytes ending the page.
+///
+/// # Safety
+/// `page` is a writable 4096-byte page aligned to 4096, `src` has 128
+/// readable bytes, and the CPU has AVX.
+unsafe fn vex_forms(page: *mut u8, src: *const u8) {
+    // SAFETY: every store lies inside the page (the last ends at 4096);
+    // the aligned ones are aligned; the registers are caller-saved
+    // (`clobber_abi`).
+    unsafe {
+        core::arch::asm!(
+            "vmovdqu ymm0, ymmword ptr [rsi]",
+            "vmovdqu ymm9, ymmword ptr [rsi + 32]",
+            "vmovups xmmword ptr [rdi], xmm0",
+            "vmovups ymmword ptr [rdi + 16], ymm9",
+            "vmovupd ymmword ptr [rdi + rcx * 8 + 48], ymm0",
+            "vmovss dword ptr [rdi + 96], xmm9",
+            "vmovsd qword ptr [rdi + 100], xmm0",
+            "vmovaps ymmword ptr [rdi + 128], ymm9",
+            "vmovntdq ymmword ptr [rdi + 160], ymm0",
+            "vmovdqa xmmword ptr [rdi + 192], xmm9",
+            "vmovdqu ymmword ptr [rdi + 209], ymm9",
+            "vmovq qword ptr [rdi + 241], xmm0",
+            "vmovd dword ptr [rdi + 249], xmm9",
+            "vmovhps qword ptr [rdi + 253], xmm0",
+            "vmovlpd qword ptr [rdi + 261], xmm9",
+            "vmovdqu ymmword ptr [r8 + 300], ymm0",
+            "vmovdqu ymmword ptr [rdi + 4064], ymm9",
+            "sfence",
+            "vzeroupper",
+            in("rdi") page,
+            in("rsi") src,
+            in("rcx") 1u64,
+            in("r8") page,
+            clobber_abi("C"),
+            options(nostack),
+        );
+    }
+}
+
+/// AVX-512 stores of the EVEX forms the handler performs: ZMM, YMM and
+/// XMM 16..31, the compressed displacement, opmasks by byte, word, dword
+/// and qword (one of them empty: no store, no fault), masked scalars, a
+/// non-temporal store, and a masked store whose unmasked bytes would run
+/// past the page's end.
+///
+/// # Safety
+/// `page` is a writable 4096-byte page aligned to 4096, `src` has 128
+/// readable bytes, and the CPU has AVX-512F, BW and VL.
+unsafe fn evex_forms(page: *mut u8, src: *const u8) {
+    // SAFETY: every store's selected bytes lie inside the page (the last
+    // one's mask keeps the 16 bytes before its end); the aligned ones are
+    // aligned; the registers are caller-saved (`clobber_abi`).
+    unsafe {
+        core::arch::asm!(
+            "vmovdqu64 zmm16, zmmword ptr [rsi]",
+            "vmovdqu64 zmm31, zmmword ptr [rsi + 64]",
+            "mov rax, 0x00FF0F0FF0F0AA55",
+            "kmovq k1, rax",
+            "mov eax, 0xA5C3",
+            "kmovd k2, eax",
+            "mov eax, 0x8001",
+            "kmovw k3, eax",
+            "mov eax, 0x5A",
+            "kmovw k4, eax",
+            "kxorw k5, k5, k5",
+            "mov eax, 0xFFFF",
+            "kmovq k6, rax",
+            "vmovdqu64 zmmword ptr [rdi], zmm16",
+            "vmovdqu64 ymmword ptr [rdi + 64], ymm31",
+            "vmovups xmmword ptr [rdi + 96], xmm16",
+            "vmovdqu8 zmmword ptr [rdi + 128]{{k1}}, zmm31",
+            "vmovdqu16 ymmword ptr [rdi + 192]{{k2}}, ymm16",
+            "vmovdqu32 zmmword ptr [rdi + 256]{{k3}}, zmm31",
+            "vmovapd zmmword ptr [rdi + 320]{{k4}}, zmm16",
+            "vmovss dword ptr [rdi + 400]{{k1}}, xmm16",
+            "vmovsd qword ptr [rdi + 408]{{k5}}, xmm31",
+            "vmovq qword ptr [rdi + 420], xmm16",
+            "vmovntdq zmmword ptr [rdi + 448], zmm31",
+            "vmovdqu64 zmmword ptr [r8 + 512], zmm16",
+            "vmovdqu8 zmmword ptr [rdi + 4080]{{k6}}, zmm31",
+            "sfence",
+            "vzeroupper",
+            in("rdi") page,
+            in("rsi") src,
+            in("r8") page,
+            clobber_abi("C"),
+            options(nostack),
+        );
+    }
+}
+
+test!(mprotect_avx_stores_land_exactly_as_the_instructions_write_them, needs: [Avx2]);
+/// The VEX stores the handler performs on `mprotect` (trap/decode.rs,
+/// trap/emulate.rs) write what the instructions would, for a bystander,
+/// a worker under audit and one under rollback ([`vex_forms`],
+/// [`vector_forms_land_exactly`]).
+fn mprotect_avx_stores_land_exactly_as_the_instructions_write_them() {
+    vector_forms_land_exactly(vex_forms);
+}
+
+test!(mprotect_avx512_stores_land_exactly_as_the_instructions_write_them, needs: [Avx512bw]);
+/// The same for the EVEX stores ([`evex_forms`]): masked bytes keep what
+/// they held, and a mask that keeps a store inside the page makes it one
+/// the handler performs.
+fn mprotect_avx512_stores_land_exactly_as_the_instructions_write_them() {
+    vector_forms_land_exactly(evex_forms);
 }
 
 // ---------------------------------------------------------------------------
