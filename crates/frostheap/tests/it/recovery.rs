@@ -857,6 +857,18 @@ fn a_bystanders_atomics_on_mprotect_open_no_page_for_a_violating_read_modify_wri
     print!("{}", String::from_utf8_lossy(&out.stdout));
 }
 
+test!(a_bystanders_copies_on_mprotect_open_no_page_for_a_violating_copy);
+/// Regression (docs/rollback.md, "Known limits"): the `counter` trial with
+/// libc's `memcpy` on both sides (the fixture's `copies`, 300 phases):
+/// glibc copies with AVX or AVX-512 moves below its `rep movsb` threshold
+/// where the CPU has them, which the handler stepped until 2026-12-07,
+/// opening the page to every thread. Every phase `Err` with the task's
+/// copy undone, and no copy of the bystander found changed.
+fn a_bystanders_copies_on_mprotect_open_no_page_for_a_violating_copy() {
+    let out = scenario(&["copies", "300"], &[MPROTECT]);
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+}
+
 test!(a_bystanders_atomics_on_pkey_let_no_violating_store_through, needs: [Pkey]);
 fn a_bystanders_atomics_on_pkey_let_no_violating_store_through() {
     scenario(&["atomics", "400"], &[PKEY]);
