@@ -18,8 +18,11 @@
 //! | [`threads`] | the multi-threaded allocation workloads of `threads` (per-thread loops, larson, producer/consumer, thread churn) |
 //!
 //! The binaries: `frostheap-bench` (`src/main.rs`, the allocators),
-//! `freeze` (freezing guarded heaps), `parmap` (against rayon) and
-//! `preload` (unmodified programs under `LD_PRELOAD`).
+//! `freeze` (freezing guarded heaps), `rollback` (a violation's cost),
+//! `bystander` (a store into a frozen heap on `mprotect`, performed against
+//! stepped), `parmap` (against rayon), `threads` (every thread's heap) and
+//! `preload` (unmodified programs under `LD_PRELOAD`), among others in
+//! `src/bin/`.
 //!
 //! # How to add a benchmark
 //!

@@ -68,3 +68,23 @@ fn a_threads_child_refuses_a_count_that_is_not_a_number() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn bystander_measures_every_kind_the_cpu_has_in_a_brief_run() {
+    let out = run(
+        env!("CARGO_BIN_EXE_bystander"),
+        &["--rounds", "1", "--stores", "20"],
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    // `mov`, `lock xadd` and `memcpy` on every x86_64 CPU; the AVX rows
+    // where the CPU has them, else named as not measured.
+    let rows = stdout
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.contains(" µs"))
+        .count();
+    let skipped = stdout.lines().any(|l| l.starts_with("Not measured"));
+    assert!(rows == 6 || (rows >= 3 && skipped), "{stdout}");
+    let out = run(env!("CARGO_BIN_EXE_bystander"), &["--rounds", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}

@@ -346,9 +346,9 @@ pub mod __private {
     /// Tests and the `atomics` trial fixture: turn off (and on again) the
     /// read-modify-writes among them alone (plain moves still performed).
     pub use crate::trap::set_rmw_emulation;
-    /// Tests and the trial fixture: turn off (and on again) the
-    /// `mprotect` backend's performed stores, to show the step they
-    /// replace.
+    /// Tests, the trial fixture and frostheap-bench `bystander`: turn off
+    /// (and on again) the `mprotect` backend's performed stores, to show
+    /// the step they replace.
     pub use crate::trap::set_store_emulation;
     /// Integration tests (`freeze`): the futex a thread waiting for another
     /// thread's step under the `mprotect` backend sleeps on.

@@ -23,10 +23,14 @@
 //! | `66 0F D6` | `movq m64, xmm` | 8 |
 //! | `66 0F 7E` | `movd m32`, `movq m64, xmm` (`REX.W`) | 4, 8 |
 //! | `0F 13`, `66 0F 13`, `0F 17`, `66 0F 17` | `movlps`, `movlpd`, `movhps`, `movhpd m64, xmm` | 8 |
+//! | `66 0F 3A 14`, `15`, `16`, `17` `/r ib` | `pextrb`, `pextrw`, `pextrd`/`pextrq` (`REX.W`), `extractps m, xmm, imm8`: element `imm8` | 1, 2, 4/8, 4 |
 //!
 //! and the same moves VEX- and EVEX-encoded (AVX, AVX2, AVX-512: 16, 32
 //! or 64 bytes, EVEX under an opmask too), which glibc's `memcpy` and
-//! `memset` use on CPUs that have them: see [`decode_vector`].
+//! `memset` use on CPUs that have them: see [`decode_vector`]; the
+//! element and lane extracts to memory (`pextrb`/`w`/`d`/`q`,
+//! `extractps`, `vextract*`), the part their immediate chooses: see
+//! [`decode_extract`] (`66 0F 3A 14`..`17` without VEX in this table).
 //!
 //! Read-modify-writes, with or without `lock` (the handler performs every
 //! one under its step lock, which makes it atomic: `rmw.rs` computes it),
@@ -293,6 +297,9 @@ pub(crate) fn decode(code: &[u8]) -> Option<Store> {
         /// An 8-bit immediate sign-extended to 64 bits (`83`).
         Imm8Sx,
         Xmm(u8),
+        /// Element `imm8` of an XMM register (the immediate after the
+        /// memory operand), as wide as the store.
+        XmmElement,
         None,
     }
     // The operand size of the 16/32/64-bit forms.
@@ -358,6 +365,20 @@ pub(crate) fn decode(code: &[u8]) -> Option<Store> {
                 (0x7F, Some(0xF3)) => (16, 1, Kind::Xmm(0), Op::Move),
                 (0xD6, None) if p66 => (8, 1, Kind::Xmm(0), Op::Move),
                 (0x7E, None) if p66 => (if w { 8 } else { 4 }, 1, Kind::Xmm(0), Op::Move),
+                // pextrb, pextrw, pextrd/q (REX.W), extractps to memory:
+                // the element the immediate after the operand chooses.
+                (0x3A, None) if p66 => {
+                    let op3 = *code.get(i)?;
+                    i += 1;
+                    let width = match op3 {
+                        0x14 => 1,
+                        0x15 => 2,
+                        0x16 if w => 8,
+                        0x16 | 0x17 => 4,
+                        _ => return None,
+                    };
+                    (width, 1, Kind::XmmElement, Op::Move)
+                }
                 (0x13, None) => (8, 1, Kind::Xmm(0), Op::Move),
                 (0x17, None) => (8, 1, Kind::Xmm(8), Op::Move),
                 (0xB0, None) => (1, 1, Kind::Gpr, Op::Cmpxchg),
@@ -427,6 +448,14 @@ pub(crate) fn decode(code: &[u8]) -> Option<Store> {
             reg: reg_full,
             offset,
         },
+        Kind::XmmElement => {
+            let imm = *code.get(i)?;
+            i += 1;
+            Source::Xmm {
+                reg: reg_full,
+                offset: imm.wrapping_mul(width as u8) % 16,
+            }
+        }
         Kind::None => Source::None,
     };
     Some(Store {
@@ -565,11 +594,17 @@ fn decode_vector(code: &[u8]) -> Option<Store> {
         };
         (pp, aaa, i) = (p1 & 3, p2 & 7, 4);
     }
-    if map != 1 || !vvvv_ok {
+    if !vvvv_ok {
         return None;
     }
     let op = *code.get(i)?;
     i += 1;
+    if map == 3 {
+        return decode_extract(code, i, op, (evex, w, vl, pp, aaa), (r, x, bx, r2));
+    }
+    if map != 1 {
+        return None;
+    }
     // (width, alignment, element size for a mask (0: the form takes
     // none), offset in the register).
     let scalar = |width: usize| (vl == 16).then_some((width, 1, 0, 0));
@@ -615,6 +650,70 @@ fn decode_vector(code: &[u8]) -> Option<Store> {
         src: Source::Xmm {
             reg: (modrm >> 3) & 7 | r << 3 | r2 << 4,
             offset,
+        },
+        op: Op::Move,
+        mask,
+    })
+}
+
+/// The lane and element extracts to memory in map `0F3A` (the ModRM byte
+/// at `code[i]`, an 8-bit immediate choosing the part after the memory
+/// operand), VEX- or EVEX-encoded (`prefix`: EVEX or not, W, the vector
+/// length in bytes, pp, aaa; `regs`: R, X, B, R'), or `None`:
+///
+/// | opcode (66 0F3A) | instruction | width | part |
+/// |---|---|---|---|
+/// | `14`, `15` | `vpextrb`, `vpextrw m` (L 0) | 1, 2 | element `imm` of the XMM |
+/// | `16` | `vpextrd`, `vpextrq m` (by W; L 0) | 4, 8 | the same |
+/// | `17` | `vextractps m32` (L 0) | 4 | the same |
+/// | `19`, `39` | VEX: `vextractf128`, `vextracti128` (L 1, W 0); EVEX: `vextractf32x4`/`64x2`, `vextracti32x4`/`64x2` (256 or 512 bits; masked) | 16 | 16-byte lane `imm` |
+/// | `1B`, `3B` | EVEX: `vextractf32x8`/`64x4`, `vextracti32x8`/`64x4` (512 bits; masked) | 32 | 32-byte half `imm` |
+///
+/// (The SSE4.1 forms without VEX, `66 0F 3A 14`..`17`, go through
+/// [`decode`]'s table.)
+fn decode_extract(
+    code: &[u8],
+    mut i: usize,
+    op: u8,
+    (evex, w, vl, pp, aaa): (bool, bool, usize, u8, u8),
+    (r, x, bx, r2): (u8, u8, u8, u8),
+) -> Option<Store> {
+    if pp != 1 {
+        return None;
+    }
+    // (width, element size for a mask (0: none), the register's bytes the
+    // immediate chooses a part of).
+    let (width, elem, reg_bytes) = match op {
+        0x14 if vl == 16 => (1, 0, 16),
+        0x15 if vl == 16 => (2, 0, 16),
+        0x16 if vl == 16 => (if w { 8 } else { 4 }, 0, 16),
+        0x17 if vl == 16 => (4, 0, 16),
+        0x19 | 0x39 if !evex && vl == 32 && !w => (16, 0, 32),
+        0x19 | 0x39 if evex && vl >= 32 => (16, if w { 8 } else { 4 }, vl),
+        0x1B | 0x3B if evex && vl == 64 => (32, if w { 8 } else { 4 }, 64),
+        _ => return None,
+    };
+    let mask = match aaa {
+        0 => None,
+        k if evex && elem != 0 => Some(Mask { k, elem }),
+        _ => return None,
+    };
+    let modrm = *code.get(i)?;
+    i += 1;
+    if modrm >> 6 == 3 {
+        return None;
+    }
+    let scale = if evex { width as i64 } else { 1 };
+    let (mem, next) = memory_operand(code, i, modrm, x, bx, scale)?;
+    let imm = usize::from(*code.get(next)?);
+    Some(Store {
+        len: next + 1,
+        width,
+        align: 1,
+        mem,
+        src: Source::Xmm {
+            reg: (modrm >> 3) & 7 | r << 3 | r2 << 4,
+            offset: (imm * width % reg_bytes) as u8,
         },
         op: Op::Move,
         mask,
@@ -973,6 +1072,82 @@ mod tests {
     }
 
     #[test]
+    fn extracts_take_the_element_or_lane_their_immediate_chooses() {
+        let xmm = |reg, offset| Source::Xmm { reg, offset };
+        let rdi = |disp| mem(Some(RDI), None, 1, disp);
+        // SSE4.1: pextrb [rdi+5], xmm1, 13; pextrw [rdi], xmm2, 3; pextrd
+        // [rdi], xmm3, 2; pextrq [rdi], xmm9, 1 (REX.W, REX.R);
+        // extractps [rdi], xmm4, 3
+        store(
+            &[0x66, 0x0F, 0x3A, 0x14, 0x4F, 0x05, 0x0D],
+            1,
+            rdi(5),
+            xmm(1, 13),
+        );
+        store(&[0x66, 0x0F, 0x3A, 0x15, 0x17, 0x03], 2, rdi(0), xmm(2, 6));
+        store(&[0x66, 0x0F, 0x3A, 0x16, 0x1F, 0x02], 4, rdi(0), xmm(3, 8));
+        store(
+            &[0x66, 0x4C, 0x0F, 0x3A, 0x16, 0x0F, 0x01],
+            8,
+            rdi(0),
+            xmm(9, 8),
+        );
+        store(&[0x66, 0x0F, 0x3A, 0x17, 0x27, 0x03], 4, rdi(0), xmm(4, 12));
+        // VEX: vextractf128 [rdi+0x10], ymm9, 1; vextracti128 [rdi], ymm0,
+        // 0; vpextrb [rdi], xmm1, 7; vpextrq [rdi], xmm1, 1
+        store(
+            &[0xC4, 0x63, 0x7D, 0x19, 0x4F, 0x10, 0x01],
+            16,
+            rdi(0x10),
+            xmm(9, 16),
+        );
+        store(&[0xC4, 0xE3, 0x7D, 0x39, 0x07, 0x00], 16, rdi(0), xmm(0, 0));
+        store(&[0xC4, 0xE3, 0x79, 0x14, 0x0F, 0x07], 1, rdi(0), xmm(1, 7));
+        store(&[0xC4, 0xE3, 0xF9, 0x16, 0x0F, 0x01], 8, rdi(0), xmm(1, 8));
+        // EVEX: vextractf32x4 [rdi+0x20]{k1}, zmm16, 3 (disp8 x 16);
+        // vextracti64x4 [rdi+0x40], zmm31, 1 (x 32); vpextrq [rdi+8],
+        // xmm20, 1 (x 8)
+        store(
+            &[0x62, 0xE3, 0x7D, 0x49, 0x19, 0x47, 0x02, 0x03],
+            16,
+            rdi(0x20),
+            xmm(16, 48),
+        );
+        assert_eq!(
+            decode(&[0x62, 0xE3, 0x7D, 0x49, 0x19, 0x47, 0x02, 0x03])
+                .unwrap()
+                .mask,
+            Some(Mask { k: 1, elem: 4 })
+        );
+        store(
+            &[0x62, 0x63, 0xFD, 0x48, 0x3B, 0x7F, 0x02, 0x01],
+            32,
+            rdi(0x40),
+            xmm(31, 32),
+        );
+        store(
+            &[0x62, 0xE3, 0xFD, 0x08, 0x16, 0x67, 0x01, 0x01],
+            8,
+            rdi(8),
+            xmm(20, 8),
+        );
+        // The immediate wraps within the register: pextrb's 0x1D is 13,
+        // vextractf128's 3 is lane 1.
+        store(
+            &[0x66, 0x0F, 0x3A, 0x14, 0x4F, 0x05, 0x1D],
+            1,
+            rdi(5),
+            xmm(1, 13),
+        );
+        store(
+            &[0xC4, 0xE3, 0x7D, 0x19, 0x0F, 0x03],
+            16,
+            rdi(0),
+            xmm(1, 16),
+        );
+    }
+
+    #[test]
     fn vector_forms_the_cpu_would_refuse_or_that_do_more_are_stepped() {
         for (code, what) in [
             (
@@ -987,10 +1162,6 @@ mod tests {
             (&[0xC5, 0xFD, 0xD6, 0x07], "vmovq with L = 1 (#UD)"),
             (&[0xC5, 0xFF, 0x7F, 0x07], "VEX F2 7F (no such move)"),
             (&[0xC4, 0xE2, 0x79, 0x2E, 0x07], "vmaskmovps (map 0F38)"),
-            (
-                &[0xC4, 0xE3, 0x7D, 0x39, 0x07, 0x01],
-                "vextracti128 (map 0F3A)",
-            ),
             (
                 &[0x62, 0xF1, 0xFE, 0xC8, 0x7F, 0x07],
                 "EVEX zeroing on a store (#UD)",
@@ -1021,6 +1192,32 @@ mod tests {
             (
                 &[0x62, 0xF2, 0x7D, 0x49, 0xA0, 0x04, 0x07],
                 "vpscatterdd (map 0F38)",
+            ),
+            (
+                &[0xC4, 0xE3, 0x7D, 0x14, 0x0F, 0x07],
+                "vpextrb with L = 1 (#UD)",
+            ),
+            (
+                &[0xC4, 0xE3, 0x79, 0x19, 0x0F, 0x01],
+                "vextractf128 with L = 0 (#UD)",
+            ),
+            (
+                &[0xC4, 0xE3, 0x7C, 0x19, 0x0F, 0x01],
+                "vextractf128 without 66",
+            ),
+            (
+                &[0x66, 0x0F, 0x3A, 0x14, 0xC8, 0x01],
+                "pextrb eax, xmm1, 1 (register)",
+            ),
+            (&[0x66, 0x0F, 0x3A, 0x20, 0x07, 0x01], "pinsrb (a load)"),
+            (&[0x0F, 0x3A, 0x14, 0x07, 0x01], "0F 3A 14 without 66"),
+            (
+                &[0x62, 0xE3, 0x7D, 0x09, 0x14, 0x07, 0x01],
+                "vpextrb with a mask (#UD)",
+            ),
+            (
+                &[0x62, 0x63, 0xFD, 0x28, 0x3B, 0x3F, 0x01],
+                "vextracti64x4 of 256 bits (#UD)",
             ),
         ] {
             assert_eq!(decode(code), None, "{what}: {code:02x?}");

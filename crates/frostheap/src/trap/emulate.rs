@@ -256,7 +256,12 @@ pub(crate) fn plan(fault_addr: usize, frame: &Frame) -> Option<Planned> {
     match store.src {
         Source::Xmm { reg, offset } if store.op == Op::Move => {
             // XMM, YMM or ZMM: 16, 32 or 64 bytes of the register.
-            let v = frame.vector(reg, (usize::from(offset) + store.width).max(16))?;
+            let v = frame.vector(
+                reg,
+                (usize::from(offset) + store.width)
+                    .next_power_of_two()
+                    .max(16),
+            )?;
             let o = usize::from(offset) + first;
             planned.bytes[..width].copy_from_slice(&v[o..o + width]);
             let all = u64::MAX >> (64 - width);

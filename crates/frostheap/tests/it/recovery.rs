@@ -1527,6 +1527,29 @@ fn mprotect_avx_stores_of_a_bystander_and_a_violator_on_one_page_are_exact() {
     no_step_window_in_150_phases(vex_store);
 }
 
+test!(mprotect_extracts_of_a_bystander_and_a_violator_on_one_page_are_exact, needs: [Avx2]);
+/// The same with an element extract as the violation (`pextrq [rdi],
+/// xmm0, 1`, SSE4.1: the upper quadword of xmm0), which the handler
+/// performs too: no window in 150 phases.
+fn mprotect_extracts_of_a_bystander_and_a_violator_on_one_page_are_exact() {
+    fn extract(p: *mut u64) {
+        // SAFETY: `p` is a word of the live block: one 8-byte store there,
+        // from xmm0's upper half (the test runs where the CPU has AVX2,
+        // and so SSE4.1).
+        unsafe {
+            core::arch::asm!(
+                "pinsrq xmm0, rax, 1",
+                "pextrq qword ptr [rdi], xmm0, 1",
+                in("rdi") p,
+                in("rax") u64::MAX,
+                out("xmm0") _,
+                options(nostack),
+            );
+        }
+    }
+    no_step_window_in_150_phases(extract);
+}
+
 test!(mprotect_avx512_masked_stores_of_a_bystander_and_a_violator_on_one_page_are_exact, needs: [Avx512bw]);
 /// The same with an AVX-512 store under an opmask as the violation
 /// (`vmovdqu8 [rdi]{k1}, zmm16` with the mask selecting 8 of its 64
@@ -1640,7 +1663,8 @@ fn vector_forms_land_exactly(forms: unsafe fn(*mut u8, *const u8)) {
 
 /// AVX stores of every VEX form the handler performs (trap/decode.rs):
 /// 16 and 32 bytes, aligned and not, scalar and half-register ones, a
-/// three-byte VEX (base r8), a scaled index, and 32 bytes ending the page.
+/// three-byte VEX (base r8), a scaled index, element and lane extracts
+/// (SSE4.1 and VEX), and 32 bytes ending the page.
 ///
 /// # Safety
 /// `page` is a writable 4096-byte page aligned to 4096, `src` has 128
@@ -1667,6 +1691,15 @@ unsafe fn vex_forms(page: *mut u8, src: *const u8) {
             "vmovhps qword ptr [rdi + 253], xmm0",
             "vmovlpd qword ptr [rdi + 261], xmm9",
             "vmovdqu ymmword ptr [r8 + 300], ymm0",
+            "pextrb byte ptr [rdi + 340], xmm9, 13",
+            "pextrw word ptr [rdi + 342], xmm0, 5",
+            "pextrd dword ptr [rdi + 345], xmm9, 2",
+            "pextrq qword ptr [rdi + 350], xmm0, 1",
+            "extractps dword ptr [rdi + 360], xmm9, 3",
+            "vextractf128 xmmword ptr [rdi + 370], ymm9, 1",
+            "vextracti128 xmmword ptr [rdi + 390], ymm0, 1",
+            "vpextrb byte ptr [rdi + 410], xmm0, 9",
+            "vpextrq qword ptr [rdi + 412], xmm9, 1",
             "vmovdqu ymmword ptr [rdi + 4064], ymm9",
             "sfence",
             "vzeroupper",
@@ -1683,8 +1716,8 @@ unsafe fn vex_forms(page: *mut u8, src: *const u8) {
 /// AVX-512 stores of the EVEX forms the handler performs: ZMM, YMM and
 /// XMM 16..31, the compressed displacement, opmasks by byte, word, dword
 /// and qword (one of them empty: no store, no fault), masked scalars, a
-/// non-temporal store, and a masked store whose unmasked bytes would run
-/// past the page's end.
+/// non-temporal store, lane and element extracts (masked too), and a
+/// masked store whose unmasked bytes would run past the page's end.
 ///
 /// # Safety
 /// `page` is a writable 4096-byte page aligned to 4096, `src` has 128
@@ -1720,6 +1753,11 @@ unsafe fn evex_forms(page: *mut u8, src: *const u8) {
             "vmovq qword ptr [rdi + 420], xmm16",
             "vmovntdq zmmword ptr [rdi + 448], zmm31",
             "vmovdqu64 zmmword ptr [r8 + 512], zmm16",
+            "vextractf32x4 xmmword ptr [rdi + 576]{{k1}}, zmm16, 3",
+            "vextracti64x4 ymmword ptr [rdi + 640], zmm31, 1",
+            "vextracti32x4 xmmword ptr [rdi + 704]{{k3}}, ymm31, 1",
+            "vpextrq qword ptr [rdi + 730], xmm16, 1",
+            "vpextrb byte ptr [rdi + 740], xmm31, 15",
             "vmovdqu8 zmmword ptr [rdi + 4080]{{k6}}, zmm31",
             "sfence",
             "vzeroupper",
