@@ -10,7 +10,7 @@
 //! Which heap owns an address is answered by the guard table (`guard`),
 //! where every heap registers its region.
 
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicUsize, Ordering};
 
 use crate::os::{self, OsError};
 
@@ -81,6 +81,10 @@ pub struct Region {
     /// Written only by the region's owner under its heap's span lock;
     /// read by anyone (stats, freeze).
     committed: AtomicUsize,
+    /// Where the committed end (`base + committed`) is published besides
+    /// (the guard table's entry of the region's heap, which the fault
+    /// handler reads: [`Region::mirror_committed`]); null for none.
+    mirror: AtomicPtr<AtomicUsize>,
     /// Protected read-only by an mprotect freeze: pages committed while it
     /// is set are committed read-only too. Written under the span lock.
     frozen: AtomicBool,
@@ -147,6 +151,7 @@ impl Region {
             huge_now: AtomicBool::new(config.huge_pages == Huge::On),
             collapse_errno: AtomicI32::new(0),
             committed: AtomicUsize::new(0),
+            mirror: AtomicPtr::new(core::ptr::null_mut()),
             frozen: AtomicBool::new(false),
             owned,
         };
@@ -290,6 +295,7 @@ impl Region {
             unsafe { os::protect(self.base.add(old), new_committed - old, os::Access::Read)? };
         }
         self.committed.store(new_committed, Ordering::Release);
+        self.publish(new_committed);
         Ok(())
     }
 
@@ -346,6 +352,28 @@ impl Region {
         Ok(())
     }
 
+    /// Publishes the committed end into `cell` from now on (and at once),
+    /// or, with `None`, stops publishing it.
+    ///
+    /// Precondition: the caller holds the heap's span lock, so the prefix
+    /// cannot change between the pointer's store and the first
+    /// publication.
+    pub(crate) fn mirror_committed(&self, cell: Option<&'static AtomicUsize>) {
+        let p = cell.map_or(core::ptr::null_mut(), |c| {
+            c as *const AtomicUsize as *mut AtomicUsize
+        });
+        self.mirror.store(p, Ordering::Release);
+        self.publish(self.committed.load(Ordering::Acquire));
+    }
+
+    /// Stores `base + committed` where [`Region::mirror_committed`] said.
+    fn publish(&self, committed: usize) {
+        // SAFETY: the pointer is null or a `&'static AtomicUsize`.
+        if let Some(cell) = unsafe { self.mirror.load(Ordering::Acquire).as_ref() } {
+            cell.store(self.base as usize + committed, Ordering::Release);
+        }
+    }
+
     /// Decommits the tail above `new_committed` (never below the minimum).
     ///
     /// # Safety
@@ -360,6 +388,7 @@ impl Region {
         // Publish the smaller size first so a concurrent freeze never
         // protects pages that are being decommitted.
         self.committed.store(new_committed, Ordering::Release);
+        self.publish(new_committed);
         // SAFETY: by (1) the tail is free; it is page-aligned and ours.
         unsafe { os::decommit(self.base.add(new_committed), old - new_committed) }
     }

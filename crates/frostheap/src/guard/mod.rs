@@ -52,6 +52,11 @@ pub(crate) struct Entry {
     /// One past the last address; 0 while free. Claiming an entry moves
     /// it from 0 to the region's end (compare-exchange).
     end: AtomicUsize,
+    /// One past the last committed byte: `start` plus the heap's committed
+    /// prefix, published by its region as the prefix grows or shrinks
+    /// (`Region::mirror_committed`). The rest of the range is reserved
+    /// (`PROT_NONE`): a fault there is the program's, frozen or not.
+    committed_end: AtomicUsize,
     /// The heap's own pointer, opaque here (see the module comment).
     owner: AtomicPtr<()>,
     /// Phases that freeze the heap now (several runtimes may guard one
@@ -77,6 +82,7 @@ pub(crate) struct Entry {
 const FREE: Entry = Entry {
     start: AtomicUsize::new(0),
     end: AtomicUsize::new(0),
+    committed_end: AtomicUsize::new(0),
     owner: AtomicPtr::new(core::ptr::null_mut()),
     frozen: AtomicU32::new(0),
     protected: AtomicU32::new(0),
@@ -89,9 +95,16 @@ static TABLE: [Entry; CAPACITY] = [FREE; CAPACITY];
 /// One past the highest entry ever used: lookups scan `[0, HIGH)`.
 static HIGH: AtomicUsize = AtomicUsize::new(0);
 
-/// Registers the region `[start, end)` of the heap `owner`, with clean
-/// guard state; `None` when the table is full.
-pub(crate) fn register(start: usize, end: usize, owner: *const ()) -> Option<&'static Entry> {
+/// Registers the region `[start, end)` of the heap `owner`, its first
+/// `committed` bytes committed, with clean guard state; `None` when the
+/// table is full. The caller keeps [`Entry::committed_cell`] up to date
+/// from then on.
+pub(crate) fn register(
+    start: usize,
+    end: usize,
+    committed: usize,
+    owner: *const (),
+) -> Option<&'static Entry> {
     debug_assert!(start != 0 && start < end, "register: empty range");
     for (i, e) in TABLE.iter().enumerate() {
         // Claim a free entry by moving `end` from 0 to ours; `start` stays
@@ -101,6 +114,7 @@ pub(crate) fn register(start: usize, end: usize, owner: *const ()) -> Option<&'s
             .is_ok()
         {
             e.owner.store(owner as *mut (), Ordering::Relaxed);
+            e.committed_end.store(start + committed, Ordering::Relaxed);
             e.frozen.store(0, Ordering::Relaxed);
             e.protected.store(0, Ordering::Relaxed);
             e.sealed.store(false, Ordering::Relaxed);
@@ -132,6 +146,7 @@ pub(crate) fn unregister(entry: &'static Entry) {
     );
     entry.start.store(0, Ordering::Release);
     entry.owner.store(core::ptr::null_mut(), Ordering::Relaxed);
+    entry.committed_end.store(0, Ordering::Relaxed);
     entry.end.store(0, Ordering::Release);
 }
 
@@ -163,6 +178,19 @@ impl Entry {
     /// First address of the region.
     pub(crate) fn start(&self) -> usize {
         self.start.load(Ordering::Acquire)
+    }
+
+    /// Whether `addr`, inside the region, lies in its committed prefix.
+    /// Lock-free and async-signal-safe; exact for any address the program
+    /// got from the heap (the prefix is published grown before a block in
+    /// the new part is handed out, and shrunk before it is decommitted).
+    pub(crate) fn is_committed(&self, addr: usize) -> bool {
+        addr < self.committed_end.load(Ordering::Acquire)
+    }
+
+    /// Where the heap's region publishes its committed end (an address).
+    pub(crate) fn committed_cell(&'static self) -> &'static AtomicUsize {
+        &self.committed_end
     }
 
     /// The owner registered with the region, as an opaque pointer (null
@@ -251,9 +279,12 @@ mod tests {
     #[test]
     fn a_released_entry_comes_back_clean_for_the_next_region_at_that_address() {
         let owner = 0x1000 as *const ();
-        let e = register(FAKE, FAKE + (1 << 20), owner).expect("a free entry");
+        let e = register(FAKE, FAKE + (1 << 20), 8192, owner).expect("a free entry");
         assert!(core::ptr::eq(entry_of(FAKE + 5).unwrap(), e));
         assert_eq!(e.owner(), owner);
+        assert!(e.is_committed(FAKE + 8191) && !e.is_committed(FAKE + 8192));
+        e.committed_cell().store(FAKE + 16384, Ordering::Release);
+        assert!(e.is_committed(FAKE + 16383) && !e.is_committed(FAKE + 16384));
         e.set_frozen(true);
         e.mark_sealed();
         e.set_key(3);
@@ -265,8 +296,12 @@ mod tests {
         unregister(e);
         assert!(entry_of(FAKE + 5).is_none());
         assert_eq!(frozen_in(FAKE + 100, 8), None);
-        let again = register(FAKE, FAKE + (1 << 20), 0x2000 as *const ()).expect("an entry");
+        let again = register(FAKE, FAKE + (1 << 20), 0, 0x2000 as *const ()).expect("an entry");
         assert!(!again.is_frozen() && !again.is_protected() && !again.is_sealed());
+        assert!(
+            !again.is_committed(FAKE),
+            "nothing committed: the last heap's prefix is gone"
+        );
         assert_eq!((again.key(), again.add_guard()), (0, 1));
         assert_eq!(again.remove_guard(), 0);
         unregister(again);
@@ -275,8 +310,8 @@ mod tests {
     #[test]
     fn lookups_find_the_right_entry_and_nothing_outside() {
         let base = FAKE + (1 << 32);
-        let a = register(base, base + 4096, 0xa0 as *const ()).unwrap();
-        let b = register(base + 8192, base + 12288, 0xb0 as *const ()).unwrap();
+        let a = register(base, base + 4096, 4096, 0xa0 as *const ()).unwrap();
+        let b = register(base + 8192, base + 12288, 4096, 0xb0 as *const ()).unwrap();
         assert!(core::ptr::eq(entry_of(base).unwrap(), a));
         assert!(core::ptr::eq(entry_of(base + 4095).unwrap(), a));
         assert!(entry_of(base + 4096).is_none());

@@ -213,13 +213,17 @@ impl HeapInner {
     /// Registers the heap's region in the guard table; false if the table
     /// is full. Call once the inner value is at its final address.
     pub(crate) fn register(&mut self) -> bool {
-        let r = self.core.region();
-        let start = r.base() as usize;
-        self.entry = guard::register(
-            start,
-            start + r.reserved(),
-            self as *const HeapInner as *const (),
-        );
+        let owner = self as *const HeapInner as *const ();
+        let core = &self.core;
+        // Under the span lock: the committed prefix the entry starts with
+        // is the one the region goes on publishing from.
+        self.entry = core.commit_lock_and(|committed| {
+            let r = core.region();
+            let start = r.base() as usize;
+            let entry = guard::register(start, start + r.reserved(), committed, owner)?;
+            r.mirror_committed(Some(entry.committed_cell()));
+            Some(entry)
+        });
         self.entry.is_some()
     }
 
@@ -265,6 +269,7 @@ impl Drop for HeapInner {
         // Before the region is unmapped (a field, dropped after this), so
         // no lookup finds the entry of a heap that is gone.
         if let Some(entry) = self.entry.take() {
+            self.core.region().mirror_committed(None);
             guard::unregister(entry);
         }
     }

@@ -39,7 +39,8 @@
 //! `memset` from a few KiB up) are performed a page at a time
 //! (`string.rs`). What is not decoded is stepped as before: see
 //! `decode.rs` for the list, and so is a store whose bytes leave the
-//! faulting page, one made
+//! faulting page (unless it is a plain move whose bytes all lie in the
+//! committed part of the same heap: performed across the two pages), one made
 //! while a step is armed on the thread (its second fault), and a
 //! misaligned aligned-move (the step reproduces its #GP).
 //!
@@ -160,7 +161,8 @@ pub(crate) struct Planned {
 }
 
 /// The store that faulted at `fault_addr`, if it can be performed here:
-/// decoded, its bytes all in the faulting page, the descriptor this
+/// decoded, its bytes all in the faulting page (a plain move: in the
+/// committed part of its heap, across two pages), the descriptor this
 /// process's own, no step armed on the thread, and the heap not sealed
 /// (`FOLL_FORCE` may write a sealed page too, and a store into one must
 /// never land: the rollback's replay could not put it back).
@@ -235,11 +237,10 @@ pub(crate) fn plan(fault_addr: usize, frame: &Frame) -> Option<Planned> {
         selected = bits >> first;
         addr += first;
     }
-    let page = !(os::page_size() - 1);
-    let inside = fault_addr.wrapping_sub(addr) < width
-        && addr & page == fault_addr & page
-        && addr.wrapping_add(width - 1) & page == fault_addr & page;
-    if !inside {
+    if fault_addr.wrapping_sub(addr) >= width
+        || !(in_fault_page(fault_addr, addr, width)
+            || store.op == Op::Move && in_committed_heap(fault_addr, addr, width))
+    {
         return None;
     }
     let mut planned = Planned {
@@ -328,8 +329,43 @@ pub(crate) fn plan(fault_addr: usize, frame: &Frame) -> Option<Planned> {
     Some(planned)
 }
 
+/// Whether `[addr, addr + width)` lies in the page of `fault_addr`.
+fn in_fault_page(fault_addr: usize, addr: usize, width: usize) -> bool {
+    let page = !(os::page_size() - 1);
+    addr & page == fault_addr & page && addr.wrapping_add(width - 1) & page == fault_addr & page
+}
+
+/// Whether `[addr, addr + width)` (a store of at most 64 bytes, across
+/// two pages) lies in the committed part of the heap `fault_addr` is in.
+/// That heap is frozen by `mprotect` (its whole committed part read-only)
+/// and not sealed (the caller checked both), so the CPU faults on either
+/// page: the store is one write of both parts, as it would be one store,
+/// where stepping it opened both pages to every thread. A plain move only:
+/// the kernel writes page by page, and if it wrote the first part and
+/// refused the second the store is stepped, which writes the same bytes
+/// again (a read-modify-write would apply its operation twice). Neither
+/// end may lie in a phase's exempt result slots.
+fn in_committed_heap(fault_addr: usize, addr: usize, width: usize) -> bool {
+    let last = addr.wrapping_add(width - 1);
+    let Some(entry) = guard::entry_of(fault_addr) else {
+        return false;
+    };
+    last > addr
+        && guard::entry_of(addr).is_some_and(|e| core::ptr::eq(e, entry))
+        && guard::entry_of(last).is_some_and(|e| core::ptr::eq(e, entry))
+        && entry.is_committed(last)
+        // A phase's result slots are exempt from the freeze: their bytes
+        // are never saved or undone, so a violating store's part there
+        // must not go into the undo window with the rest (stepped, the
+        // window is the faulting page alone: `handler::window`).
+        && !super::freeze::exempt(addr)
+        && !super::freeze::exempt(last)
+}
+
 impl Planned {
-    /// Writes the store's bytes (all or none: they lie in one page) and,
+    /// Writes the store's bytes (all or none where they lie in one page;
+    /// a plain move across two may land in the first only, and is then
+    /// stepped, which writes them again) and,
     /// if they landed, sets the registers and flags the instruction
     /// writes and moves `frame` past it. False if the kernel refused:
     /// nothing was written or set, and the store is to be stepped.

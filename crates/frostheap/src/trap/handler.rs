@@ -141,6 +141,17 @@ fn judge(fault: &Fault, frame: &mut Frame) -> Verdict {
     let Some(entry) = guard::entry_of(fault.addr) else {
         return Verdict::NotOurs;
     };
+    if !entry.is_committed(fault.addr) {
+        // Above the heap's committed prefix: the reserved rest of its
+        // range (`PROT_NONE`), no memory of the heap. A store there is the
+        // program's fault, frozen or not, as it is outside a phase; until
+        // 2026-12-07 a bystander's was performed (the kernel's forced write
+        // through /proc/self/mem lands in a `PROT_NONE` page too) or
+        // stepped (its page opened), and a worker's judged a violation:
+        // the store landed in a page nobody had committed or charged,
+        // which the heap takes for zeroes when it commits it.
+        return Verdict::NotOurs;
+    }
     let worker = guard::current_worker().filter(|w| w.in_phase.load(Ordering::Acquire));
     if fault.code == SEGV_PKUERR {
         let key = PKEY.load(Ordering::Relaxed);
@@ -332,14 +343,7 @@ fn window(addr: usize, pkey: bool) -> (usize, usize) {
         // The next page may lie above the heap's committed range
         // (`PROT_NONE`): a store to a block's last bytes at the range's end
         // had the copy read it, and the process died of SIGSEGV here.
-        // SAFETY: a worker's store faulted in this heap during its phase,
-        // so a runtime guards it: it lives until the phase ends.
-        let committed = entry
-            .and_then(|e| unsafe { crate::heap::HeapInner::of_entry(e) })
-            .is_some_and(|h| {
-                let region = h.core.region();
-                next < region.base() as usize + region.committed()
-            });
+        let committed = entry.is_some_and(|e| e.is_committed(next));
         if !same_heap || !committed || super::freeze::exempt(next) {
             hi = next;
         }
@@ -398,8 +402,9 @@ fn rollback(w: &WorkerState, fault: &Fault, frame: &mut Frame, item: usize) {
         // can land inside it (the page stays read-only, and the bytes
         // change under the step lock and the gate only).
         if let Some(store) = emulate::plan(fault.addr, frame) {
-            // SAFETY: the store's bytes lie in the faulting page, inside a
-            // committed guarded heap, readable now (frozen pages are
+            // SAFETY: the store's bytes lie in the committed part of the
+            // faulting guarded heap (`emulate::plan`: in the faulting page,
+            // or a plain move across two), readable now (frozen pages are
             // read-only) and mapped until the thaw.
             let saved = unsafe { w.undo.begin(store.addr, store.width) }
                 == crate::guard::undo::Begin::Saved;

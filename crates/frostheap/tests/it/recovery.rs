@@ -904,15 +904,48 @@ fn step_window(
     violate: fn(*mut u64),
     stop: impl Fn(usize, usize) -> bool,
 ) -> (usize, usize, usize) {
-    const WORDS: usize = 512;
-    const HALF: usize = WORDS / 2;
+    step_window_in(&ONE_PAGE, violate, stop)
+}
+
+/// Where [`step_window_in`] has each thread store, in words of a block of
+/// `pages` pages: the worker calls `violate` with each word of `at` in
+/// turn, and its stores reach the words of `reach`; the bystander writes
+/// each word of `bystander` outside `reach` once.
+struct WindowLayout {
+    pages: usize,
+    at: core::ops::Range<usize>,
+    reach: core::ops::Range<usize>,
+    bystander: core::ops::Range<usize>,
+}
+
+/// The step window's test: one page, the worker in its first half.
+const ONE_PAGE: WindowLayout = WindowLayout {
+    pages: 1,
+    at: 0..256,
+    reach: 0..256,
+    bystander: 0..512,
+};
+
+/// [`step_window`] on the block `layout` describes.
+fn step_window_in(
+    layout: &WindowLayout,
+    violate: fn(*mut u64),
+    stop: impl Fn(usize, usize) -> bool,
+) -> (usize, usize, usize) {
+    let words = layout.pages * 512;
     let heap = Heap::builder().name("window").max(16 << 20).build().unwrap();
     let page = heap
-        .try_alloc(std::alloc::Layout::from_size_align(4096, 4096).unwrap())
+        .try_alloc(std::alloc::Layout::from_size_align(4096 * layout.pages, 4096).unwrap())
         .unwrap()
         .as_ptr() as usize;
     let word = |k: usize| page + 8 * k;
     let original = |k: usize| 0x5EED_0000_0000 + k as u64;
+    let bystanders = || {
+        layout
+            .bystander
+            .clone()
+            .filter(|k| !layout.reach.contains(k))
+    };
     let rt = Runtime::builder()
         .workers(2)
         .guard(&heap)
@@ -926,8 +959,8 @@ fn step_window(
     let mut phases = 0usize;
     while !stop(windows, phases) {
         phases += 1;
-        for k in 0..WORDS {
-            // SAFETY: `page` is a live 4096-byte block; no phase runs.
+        for k in 0..words {
+            // SAFETY: `page` is a live block of `words` words; no phase runs.
             unsafe { (word(k) as *mut u64).write(original(k)) };
         }
         let go = AtomicUsize::new(0);
@@ -937,7 +970,7 @@ fn step_window(
                 while go.load(Ordering::Acquire) == 0 {
                     std::hint::spin_loop();
                 }
-                for k in HALF..WORDS {
+                for k in bystanders() {
                     // SAFETY: inside the live block; a legal store.
                     unsafe { (word(k) as *mut u64).write_volatile(!original(k)) };
                 }
@@ -949,7 +982,7 @@ fn step_window(
                     let mut j = 0;
                     while go.load(Ordering::Acquire) != 2 {
                         // The violation under test.
-                        violate(word(j % HALF) as *mut u64);
+                        violate(word(layout.at.start + j % layout.at.len()) as *mut u64);
                         j += 1;
                     }
                 }
@@ -958,7 +991,7 @@ fn step_window(
         });
         let e = r.expect_err("the worker's stores are violations");
         assert!(e.violation().is_some_and(|v| v.stores_undone() >= 1), "{e}");
-        for k in 0..HALF {
+        for k in layout.reach.clone() {
             // SAFETY: reading the live block.
             let v = unsafe { (word(k) as *const u64).read() };
             assert!(
@@ -967,7 +1000,7 @@ fn step_window(
             );
             survived += usize::from(v == u64::MAX);
         }
-        for k in HALF..WORDS {
+        for k in bystanders() {
             // SAFETY: reading the live block.
             let v = unsafe { (word(k) as *const u64).read() };
             assert!(
@@ -984,7 +1017,12 @@ fn step_window(
 /// handler performs: in 150 phases no bystander store is undone and no
 /// violating store survives.
 fn no_step_window_in_150_phases(violate: fn(*mut u64)) {
-    let (windows, survived, phases) = step_window(violate, |_, p| p >= 150);
+    no_step_window_in_150_phases_in(&ONE_PAGE, violate);
+}
+
+/// [`no_step_window_in_150_phases`] on the block `layout` describes.
+fn no_step_window_in_150_phases_in(layout: &WindowLayout, violate: fn(*mut u64)) {
+    let (windows, survived, phases) = step_window_in(layout, violate, |_, p| p >= 150);
     println!("{phases} phases: {windows} bystander store(s) undone, {survived} violating survived");
     assert_eq!(
         (windows, survived),
@@ -1550,6 +1588,41 @@ fn mprotect_extracts_of_a_bystander_and_a_violator_on_one_page_are_exact() {
     no_step_window_in_150_phases(extract);
 }
 
+test!(mprotect_a_store_across_two_frozen_pages_opens_no_window);
+/// The step window's test on two pages, with a 16-byte `movups` across
+/// their boundary as the violation (the last word of the first page and
+/// the first of the second), the bystander writing the 254 words around
+/// them in both: the handler performs a plain move across two pages of one
+/// frozen heap as one write, so in 150 phases no bystander store is
+/// undone and no violating store survives. Until 2026-12-07 such a store
+/// was stepped, opening both pages to every thread (a bystander's store
+/// to the first page inside the step undone with the violation's diff):
+/// glibc's `memcpy` and `memset` make such stores at a buffer's unaligned
+/// head and tail.
+fn mprotect_a_store_across_two_frozen_pages_opens_no_window() {
+    fn across(p: *mut u64) {
+        // SAFETY: `p` is the last word of the block's first page and the
+        // word after it is the first of its second: one 16-byte store
+        // across the two, of all ones.
+        unsafe {
+            core::arch::asm!(
+                "pcmpeqd xmm0, xmm0",
+                "movups xmmword ptr [rdi], xmm0",
+                in("rdi") p,
+                out("xmm0") _,
+                options(nostack),
+            );
+        }
+    }
+    const ACROSS: WindowLayout = WindowLayout {
+        pages: 2,
+        at: 511..512,
+        reach: 511..513,
+        bystander: 384..640,
+    };
+    no_step_window_in_150_phases_in(&ACROSS, across);
+}
+
 test!(mprotect_avx512_masked_stores_of_a_bystander_and_a_violator_on_one_page_are_exact, needs: [Avx512bw]);
 /// The same with an AVX-512 store under an opmask as the violation
 /// (`vmovdqu8 [rdi]{k1}, zmm16` with the mask selecting 8 of its 64
@@ -1577,15 +1650,17 @@ fn mprotect_avx512_masked_stores_of_a_bystander_and_a_violator_on_one_page_are_e
     no_step_window_in_150_phases(evex_store);
 }
 
-/// Runs `forms` (vector stores into the 4096-byte page it is given, from
-/// the 128 bytes of `VECTOR_SOURCE`) on an ordinary page and on a frozen
-/// page of a guarded heap on `mprotect`: by a thread a task starts (a
-/// bystander: they land), by a worker under audit (they land) and by one
-/// under rollback (undone, the phase `Err`). Every byte of the frozen page
-/// must equal the ordinary page's (rollback: the page as it was).
-fn vector_forms_land_exactly(forms: unsafe fn(*mut u8, *const u8)) {
+/// Runs `forms` (stores into the two 4096-byte pages it is given, from the
+/// 128 bytes of `VECTOR_SOURCE`) on ordinary pages and on frozen pages of
+/// a guarded heap on `mprotect`: by a thread a task starts (a bystander:
+/// they land), by a worker under audit (they land) and by one under
+/// rollback (undone, the phase `Err`). Every byte of the frozen pages must
+/// equal the ordinary pages' (rollback: the pages as they were); the forms
+/// must change more than `min_changed` bytes.
+fn forms_land_exactly(min_changed: usize, forms: unsafe fn(*mut u8, *const u8)) {
+    const LEN: usize = 8192;
     #[repr(C, align(4096))]
-    struct Page([u8; 4096]);
+    struct Pages([u8; LEN]);
     const VECTOR_SOURCE: [u8; 128] = {
         let mut b = [0u8; 128];
         let mut i = 0;
@@ -1595,15 +1670,15 @@ fn vector_forms_land_exactly(forms: unsafe fn(*mut u8, *const u8)) {
         }
         b
     };
-    let mut reference = Box::new(Page([0x5A; 4096]));
-    // SAFETY: a 4096-aligned page of ours and 128 readable bytes.
+    let mut reference = Box::new(Pages([0x5A; LEN]));
+    // SAFETY: two 4096-aligned pages of ours and 128 readable bytes.
     unsafe { forms(reference.0.as_mut_ptr(), VECTOR_SOURCE.as_ptr()) };
     let changed = reference.0.iter().filter(|&&b| b != 0x5A).count();
-    assert!(changed > 200, "the forms change the page ({changed} bytes)");
+    assert!(changed > min_changed, "the forms change the pages ({changed} bytes)");
 
     let heap = Heap::builder().name("vectors").max(16 << 20).build().unwrap();
     let page = heap
-        .try_alloc(std::alloc::Layout::from_size_align(4096, 4096).unwrap())
+        .try_alloc(std::alloc::Layout::from_size_align(LEN, 4096).unwrap())
         .unwrap()
         .as_ptr() as usize;
     for (who, policy) in [
@@ -1611,8 +1686,8 @@ fn vector_forms_land_exactly(forms: unsafe fn(*mut u8, *const u8)) {
         ("a worker under audit", frostheap::OnViolation::Audit),
         ("a worker under rollback", frostheap::OnViolation::Rollback),
     ] {
-        // SAFETY: the live 4096-byte block; no phase runs.
-        unsafe { std::ptr::write_bytes(page as *mut u8, 0x5A, 4096) };
+        // SAFETY: the live block of two pages; no phase runs.
+        unsafe { std::ptr::write_bytes(page as *mut u8, 0x5A, LEN) };
         let rt = Runtime::builder()
             .workers(2)
             .guard(&heap)
@@ -1637,19 +1712,19 @@ fn vector_forms_land_exactly(forms: unsafe fn(*mut u8, *const u8)) {
             i
         });
         // SAFETY: reading the live block, thawed.
-        let got = unsafe { std::slice::from_raw_parts(page as *const u8, 4096) };
+        let got = unsafe { std::slice::from_raw_parts(page as *const u8, LEN) };
         let want: &[u8] = match policy {
             frostheap::OnViolation::Rollback if !bystander => {
                 let e = r.expect_err("the worker's stores are violations");
                 assert!(e.violation().is_some_and(|v| v.stores_undone() >= 1), "{e}");
-                &[0x5A; 4096]
+                &[0x5A; LEN]
             }
             _ => {
                 assert_eq!(r.expect("no violation, or audit's Ok"), [0, 1]);
                 &reference.0
             }
         };
-        let wrong: Vec<usize> = (0..4096).filter(|&b| got[b] != want[b]).collect();
+        let wrong: Vec<usize> = (0..LEN).filter(|&b| got[b] != want[b]).collect();
         assert!(
             wrong.is_empty(),
             "{who}: {} byte(s) differ from the instructions' (first at {:?}: {:#04x}, want {:#04x})",
@@ -1661,18 +1736,64 @@ fn vector_forms_land_exactly(forms: unsafe fn(*mut u8, *const u8)) {
     }
 }
 
+/// [`forms_land_exactly`] for the vector forms, which write the first page.
+fn vector_forms_land_exactly(forms: unsafe fn(*mut u8, *const u8)) {
+    forms_land_exactly(200, forms);
+}
+
+test!(mprotect_stores_across_two_frozen_pages_land_exactly);
+/// Stores across the boundary of two frozen pages of one heap, by a
+/// bystander and by workers under audit and rollback ([`forms_land_exactly`]):
+/// the plain moves the handler performs as one write of both parts
+/// (`mov` of 2, 4 and 8 bytes, `movups`, `movdqu`, `movnti`, at several
+/// offsets across the boundary) and a read-modify-write it steps (`add`:
+/// a split one, which the kernel could write in part), each byte as the
+/// instructions write it.
+fn mprotect_stores_across_two_frozen_pages_land_exactly() {
+    forms_land_exactly(30, across_forms);
+}
+
+/// The forms of [`mprotect_stores_across_two_frozen_pages_land_exactly`].
+///
+/// # Safety
+/// `pages` is 8192 writable bytes aligned to 4096, `src` has 128 readable
+/// bytes.
+unsafe fn across_forms(pages: *mut u8, src: *const u8) {
+    // SAFETY: every store lies in the two pages, across their boundary
+    // at 4096; the registers are caller-saved (`clobber_abi`).
+    unsafe {
+        core::arch::asm!(
+            "movups xmm0, xmmword ptr [rsi]",
+            "movups xmm1, xmmword ptr [rsi + 16]",
+            "mov rax, qword ptr [rsi + 32]",
+            "movups xmmword ptr [rdi + 4083], xmm0",
+            "movdqu xmmword ptr [rdi + 4090], xmm1",
+            "mov qword ptr [rdi + 4093], rax",
+            "mov dword ptr [rdi + 4094], 0x7BCDEF01",
+            "mov word ptr [rdi + 4095], ax",
+            "movnti qword ptr [rdi + 4091], rax",
+            "add qword ptr [rdi + 4092], rax",
+            "movups xmmword ptr [rdi + 4100], xmm0",
+            in("rdi") pages,
+            in("rsi") src,
+            clobber_abi("C"),
+            options(nostack),
+        );
+    }
+}
+
 /// AVX stores of every VEX form the handler performs (trap/decode.rs):
 /// 16 and 32 bytes, aligned and not, scalar and half-register ones, a
 /// three-byte VEX (base r8), a scaled index, element and lane extracts
-/// (SSE4.1 and VEX), and 32 bytes ending the page.
+/// (SSE4.1 and VEX), 32 bytes ending the first page and 32 across the
+/// boundary of the two.
 ///
 /// # Safety
-/// `page` is a writable 4096-byte page aligned to 4096, `src` has 128
-/// readable bytes, and the CPU has AVX.
+/// `page` is 8192 writable bytes aligned to 4096, `src` has 128 readable
+/// bytes, and the CPU has AVX.
 unsafe fn vex_forms(page: *mut u8, src: *const u8) {
-    // SAFETY: every store lies inside the page (the last ends at 4096);
-    // the aligned ones are aligned; the registers are caller-saved
-    // (`clobber_abi`).
+    // SAFETY: every store lies inside the two pages; the aligned ones are
+    // aligned; the registers are caller-saved (`clobber_abi`).
     unsafe {
         core::arch::asm!(
             "vmovdqu ymm0, ymmword ptr [rsi]",
@@ -1701,6 +1822,7 @@ unsafe fn vex_forms(page: *mut u8, src: *const u8) {
             "vpextrb byte ptr [rdi + 410], xmm0, 9",
             "vpextrq qword ptr [rdi + 412], xmm9, 1",
             "vmovdqu ymmword ptr [rdi + 4064], ymm9",
+            "vmovdqu ymmword ptr [rdi + 4085], ymm0",
             "sfence",
             "vzeroupper",
             in("rdi") page,
@@ -1716,15 +1838,15 @@ unsafe fn vex_forms(page: *mut u8, src: *const u8) {
 /// AVX-512 stores of the EVEX forms the handler performs: ZMM, YMM and
 /// XMM 16..31, the compressed displacement, opmasks by byte, word, dword
 /// and qword (one of them empty: no store, no fault), masked scalars, a
-/// non-temporal store, lane and element extracts (masked too), and a
-/// masked store whose unmasked bytes would run past the page's end.
+/// non-temporal store, lane and element extracts (masked too), a masked
+/// store whose unmasked bytes would run past the first page's end, and
+/// stores across the boundary of the two pages (masked and not).
 ///
 /// # Safety
-/// `page` is a writable 4096-byte page aligned to 4096, `src` has 128
-/// readable bytes, and the CPU has AVX-512F, BW and VL.
+/// `page` is 8192 writable bytes aligned to 4096, `src` has 128 readable
+/// bytes, and the CPU has AVX-512F, BW and VL.
 unsafe fn evex_forms(page: *mut u8, src: *const u8) {
-    // SAFETY: every store's selected bytes lie inside the page (the last
-    // one's mask keeps the 16 bytes before its end); the aligned ones are
+    // SAFETY: every store lies inside the two pages; the aligned ones are
     // aligned; the registers are caller-saved (`clobber_abi`).
     unsafe {
         core::arch::asm!(
@@ -1759,6 +1881,8 @@ unsafe fn evex_forms(page: *mut u8, src: *const u8) {
             "vpextrq qword ptr [rdi + 730], xmm16, 1",
             "vpextrb byte ptr [rdi + 740], xmm31, 15",
             "vmovdqu8 zmmword ptr [rdi + 4080]{{k6}}, zmm31",
+            "vmovdqu64 zmmword ptr [rdi + 4060], zmm16",
+            "vmovdqu8 zmmword ptr [rdi + 4070]{{k1}}, zmm31",
             "sfence",
             "vzeroupper",
             in("rdi") page,
