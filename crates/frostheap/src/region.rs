@@ -355,9 +355,10 @@ impl Region {
     /// Publishes the committed end into `cell` from now on (and at once),
     /// or, with `None`, stops publishing it.
     ///
-    /// Precondition: the caller holds the heap's span lock, so the prefix
-    /// cannot change between the pointer's store and the first
-    /// publication.
+    /// Precondition, with `Some`: the caller holds the heap's span lock, so
+    /// the prefix cannot change between the pointer's store and the first
+    /// publication (with `None`, as the heap is dropped, nothing can grow
+    /// it).
     pub(crate) fn mirror_committed(&self, cell: Option<&'static AtomicUsize>) {
         let p = cell.map_or(core::ptr::null_mut(), |c| {
             c as *const AtomicUsize as *mut AtomicUsize
