@@ -173,12 +173,10 @@ pub(crate) struct Planned {
 /// which every other store to a frozen page takes too, so the operand
 /// cannot change in between (docs/rollback.md, "Known limits").
 pub(crate) fn plan(fault_addr: usize, frame: &Frame) -> Option<Planned> {
-    if !ENABLED.load(Ordering::Acquire)
-        || frame.single_step()
-        || guard::entry_of(fault_addr).is_none_or(|e| e.is_sealed())
-    {
+    if !ENABLED.load(Ordering::Acquire) || frame.single_step() {
         return None;
     }
+    let entry = guard::entry_of(fault_addr).filter(|e| !e.is_sealed())?;
     let word = SELF_MEM.load(Ordering::Acquire);
     if word as u32 == 0 || (word >> 32) as u32 != os::getpid() as u32 {
         return None;
@@ -239,7 +237,7 @@ pub(crate) fn plan(fault_addr: usize, frame: &Frame) -> Option<Planned> {
     }
     if fault_addr.wrapping_sub(addr) >= width
         || !(in_fault_page(fault_addr, addr, width)
-            || store.op == Op::Move && in_committed_heap(fault_addr, addr, width))
+            || store.op == Op::Move && in_committed_heap(entry, addr, width))
     {
         return None;
     }
@@ -336,8 +334,9 @@ fn in_fault_page(fault_addr: usize, addr: usize, width: usize) -> bool {
 }
 
 /// Whether `[addr, addr + width)` (a store of at most 64 bytes, across
-/// two pages) lies in the committed part of the heap `fault_addr` is in.
-/// That heap is frozen by `mprotect` (its whole committed part read-only)
+/// two pages, around the fault) lies in the committed part of the heap of
+/// `entry`, where the store faulted (whose committed end lies within its
+/// range: a region commits at most what it reserved). That heap is frozen by `mprotect` (its whole committed part read-only)
 /// and not sealed (the caller checked both), so the CPU faults on either
 /// page: the store is one write of both parts, as it would be one store,
 /// where stepping it opened both pages to every thread. A plain move only:
@@ -345,14 +344,10 @@ fn in_fault_page(fault_addr: usize, addr: usize, width: usize) -> bool {
 /// refused the second the store is stepped, which writes the same bytes
 /// again (a read-modify-write would apply its operation twice). Neither
 /// end may lie in a phase's exempt result slots.
-fn in_committed_heap(fault_addr: usize, addr: usize, width: usize) -> bool {
+fn in_committed_heap(entry: &guard::Entry, addr: usize, width: usize) -> bool {
     let last = addr.wrapping_add(width - 1);
-    let Some(entry) = guard::entry_of(fault_addr) else {
-        return false;
-    };
     last > addr
-        && guard::entry_of(addr).is_some_and(|e| core::ptr::eq(e, entry))
-        && guard::entry_of(last).is_some_and(|e| core::ptr::eq(e, entry))
+        && addr >= entry.start()
         && entry.is_committed(last)
         // A phase's result slots are exempt from the freeze: their bytes
         // are never saved or undone, so a violating store's part there

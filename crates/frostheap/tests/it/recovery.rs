@@ -894,6 +894,39 @@ fn a_bystanders_stores_on_pkey_let_no_violating_store_through() {
     scenario(&["counter", "400"], &[PKEY]);
 }
 
+/// A heap named `name` and the address of a live block of `len` bytes in
+/// it, aligned to a page: the frozen pages of the `mprotect` store tests.
+fn heap_with_block(name: &'static str, len: usize) -> (Heap, usize) {
+    let heap = Heap::builder().name(name).max(16 << 20).build().unwrap();
+    let block = heap
+        .try_alloc(std::alloc::Layout::from_size_align(len, 4096).unwrap())
+        .unwrap()
+        .as_ptr() as usize;
+    (heap, block)
+}
+
+/// A runtime of two workers guarding `heap` alone, on `mprotect`; the
+/// caller sets a policy if it needs one and builds it.
+fn on_mprotect(heap: &Heap) -> frostheap::RuntimeBuilder {
+    Runtime::builder()
+        .workers(2)
+        .guard(heap)
+        .guard_main_heap(false)
+        .protect(frostheap::Protect::Mprotect)
+}
+
+/// Runs `run` on the calling worker or, as a bystander, on a thread it
+/// starts (no worker: its stores into frozen heaps are legal) and joins.
+fn as_worker_or_bystander(bystander: bool, run: impl FnOnce() + Send) {
+    if bystander {
+        std::thread::scope(|s| {
+            s.spawn(run);
+        });
+    } else {
+        run();
+    }
+}
+
 /// Phases of the step window's test: a worker violates the first half of
 /// a page with `violate` again and again while a bystander thread writes
 /// each word of the second half once, until `stop(windows, phases)`.
@@ -933,11 +966,7 @@ fn step_window_in(
     stop: impl Fn(usize, usize) -> bool,
 ) -> (usize, usize, usize) {
     let words = layout.pages * 512;
-    let heap = Heap::builder().name("window").max(16 << 20).build().unwrap();
-    let page = heap
-        .try_alloc(std::alloc::Layout::from_size_align(4096 * layout.pages, 4096).unwrap())
-        .unwrap()
-        .as_ptr() as usize;
+    let (heap, page) = heap_with_block("window", 4096 * layout.pages);
     let word = |k: usize| page + 8 * k;
     let original = |k: usize| 0x5EED_0000_0000 + k as u64;
     let bystanders = || {
@@ -946,11 +975,7 @@ fn step_window_in(
             .clone()
             .filter(|k| !layout.reach.contains(k))
     };
-    let rt = Runtime::builder()
-        .workers(2)
-        .guard(&heap)
-        .guard_main_heap(false)
-        .protect(frostheap::Protect::Mprotect)
+    let rt = on_mprotect(&heap)
         .on_violation(frostheap::OnViolation::Rollback)
         .build()
         .unwrap();
@@ -1043,20 +1068,10 @@ test!(mprotect_stores_a_bystander_makes_land_exactly_as_the_instructions_write_t
 /// other changed.
 fn mprotect_stores_a_bystander_makes_land_exactly_as_the_instructions_write_them() {
     use core::arch::x86_64::__m128i;
-    let heap = Heap::builder().name("moves").max(16 << 20).build().unwrap();
-    let page = heap
-        .try_alloc(std::alloc::Layout::from_size_align(4096, 4096).unwrap())
-        .unwrap()
-        .as_ptr() as usize;
+    let (heap, page) = heap_with_block("moves", 4096);
     // SAFETY: the live 4096-byte block; no phase runs.
     unsafe { std::ptr::write_bytes(page as *mut u8, 0x5A, 4096) };
-    let rt = Runtime::builder()
-        .workers(2)
-        .guard(&heap)
-        .guard_main_heap(false)
-        .protect(frostheap::Protect::Mprotect)
-        .build()
-        .unwrap();
+    let rt = on_mprotect(&heap).build().unwrap();
     let x: [u8; 16] = core::array::from_fn(|i| 0xA0 + i as u8);
     let r = rt.map(0..2usize, |i| {
         if i == 0 {
@@ -1124,24 +1139,14 @@ test!(mprotect_string_stores_of_a_bystander_and_a_violator_land_page_by_page_exa
 /// a violation under rollback: `Err`, and every byte back.
 fn mprotect_string_stores_of_a_bystander_and_a_violator_land_page_by_page_exactly() {
     const LEN: usize = 8 * 4096;
-    let heap = Heap::builder().name("strings").max(16 << 20).build().unwrap();
-    let base = heap
-        .try_alloc(std::alloc::Layout::from_size_align(LEN, 4096).unwrap())
-        .unwrap()
-        .as_ptr() as usize;
+    let (heap, base) = heap_with_block("strings", LEN);
     let original = |i: usize| (i * 7 + 3) as u8;
     // SAFETY: the live block of LEN bytes; no phase runs.
     let block = unsafe { std::slice::from_raw_parts_mut(base as *mut u8, LEN) };
     for (i, b) in block.iter_mut().enumerate() {
         *b = original(i);
     }
-    let rt = Runtime::builder()
-        .workers(2)
-        .guard(&heap)
-        .guard_main_heap(false)
-        .protect(frostheap::Protect::Mprotect)
-        .build()
-        .unwrap();
+    let rt = on_mprotect(&heap).build().unwrap();
     let src: Vec<u8> = (0..12_345usize).map(|i| (i % 251) as u8 ^ 0xC3).collect();
     let (copy_at, fill_at, one_at) = (base + 3, base + 5 * 4096 - 8, base + 7 * 4096 + 64);
     let fill = 0x1122_3344_5566_7788u64;
@@ -1402,11 +1407,7 @@ fn mprotect_read_modify_writes_land_exactly_as_the_instructions_compute_them() {
     let want = rmw_results(&want_out);
     assert_ne!(reference.0[..40], start, "the forms change the page");
 
-    let heap = Heap::builder().name("rmw").max(16 << 20).build().unwrap();
-    let page = heap
-        .try_alloc(std::alloc::Layout::from_size_align(4096, 4096).unwrap())
-        .unwrap()
-        .as_ptr() as usize;
+    let (heap, page) = heap_with_block("rmw", 4096);
     for (who, policy) in [
         ("a bystander", frostheap::OnViolation::Rollback),
         ("a worker under audit", frostheap::OnViolation::Audit),
@@ -1416,14 +1417,7 @@ fn mprotect_read_modify_writes_land_exactly_as_the_instructions_compute_them() {
         let words = unsafe { std::slice::from_raw_parts_mut(page as *mut u64, 512) };
         words.fill(0x5A5A_5A5A_5A5A_5A5A);
         words[..40].copy_from_slice(&start);
-        let rt = Runtime::builder()
-            .workers(2)
-            .guard(&heap)
-            .guard_main_heap(false)
-            .protect(frostheap::Protect::Mprotect)
-            .on_violation(policy)
-            .build()
-            .unwrap();
+        let rt = on_mprotect(&heap).on_violation(policy).build().unwrap();
         let bystander = who == "a bystander";
         let got_out = std::sync::Mutex::new(vec![0u64; 8 * RMW_FORMS]);
         let r = rt.map(0..2usize, |i| {
@@ -1434,13 +1428,7 @@ fn mprotect_read_modify_writes_land_exactly_as_the_instructions_compute_them() {
                     unsafe { rmw_forms(page as *mut u8, out.as_mut_ptr()) };
                     got_out.lock().unwrap().copy_from_slice(&out);
                 };
-                if bystander {
-                    std::thread::scope(|s| {
-                        s.spawn(run);
-                    });
-                } else {
-                    run();
-                }
+                as_worker_or_bystander(bystander, run);
             }
             i
         });
@@ -1676,11 +1664,7 @@ fn forms_land_exactly(min_changed: usize, forms: unsafe fn(*mut u8, *const u8)) 
     let changed = reference.0.iter().filter(|&&b| b != 0x5A).count();
     assert!(changed > min_changed, "the forms change the pages ({changed} bytes)");
 
-    let heap = Heap::builder().name("vectors").max(16 << 20).build().unwrap();
-    let page = heap
-        .try_alloc(std::alloc::Layout::from_size_align(LEN, 4096).unwrap())
-        .unwrap()
-        .as_ptr() as usize;
+    let (heap, page) = heap_with_block("vectors", LEN);
     for (who, policy) in [
         ("a bystander", frostheap::OnViolation::Rollback),
         ("a worker under audit", frostheap::OnViolation::Audit),
@@ -1688,26 +1672,13 @@ fn forms_land_exactly(min_changed: usize, forms: unsafe fn(*mut u8, *const u8)) 
     ] {
         // SAFETY: the live block of two pages; no phase runs.
         unsafe { std::ptr::write_bytes(page as *mut u8, 0x5A, LEN) };
-        let rt = Runtime::builder()
-            .workers(2)
-            .guard(&heap)
-            .guard_main_heap(false)
-            .protect(frostheap::Protect::Mprotect)
-            .on_violation(policy)
-            .build()
-            .unwrap();
+        let rt = on_mprotect(&heap).on_violation(policy).build().unwrap();
         let bystander = who == "a bystander";
         let r = rt.map(0..2usize, |i| {
             if i == 0 {
                 // SAFETY: the live, 4096-aligned block and the source.
                 let run = || unsafe { forms(page as *mut u8, VECTOR_SOURCE.as_ptr()) };
-                if bystander {
-                    std::thread::scope(|s| {
-                        s.spawn(run);
-                    });
-                } else {
-                    run();
-                }
+                as_worker_or_bystander(bystander, run);
             }
             i
         });
