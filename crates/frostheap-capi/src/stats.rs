@@ -129,7 +129,12 @@ pub(crate) fn report_first_refusal(requested: usize, heap: Option<Local>) {
     let b = Buf::new(&mut buf).str("frostheap: refused an allocation of ");
     let b = human(b, requested as u64).str(": ");
     let b = match why {
-        RefusedBy::Range { range } => human(b.str("its heap's range of "), range as u64).str(
+        RefusedBy::Range { range, need } if need > range => {
+            let b = human(b.str("its heap's range of "), range as u64)
+                .str(" cannot hold it with the slack its alignment needs (");
+            human(b, need as u64).str(" in all), whatever the limit; ")
+        }
+        RefusedBy::Range { range, .. } => human(b.str("its heap's range of "), range as u64).str(
             " has no free run that large (the blocks it holds pin it), though it fits under \
                  the process limit; ",
         ),

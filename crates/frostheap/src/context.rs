@@ -110,6 +110,18 @@ const LIFE_ACTIVE: u64 = 0;
 /// The low half of `life` once the slot is handed back.
 const LIFE_RELEASED: u64 = u32::MAX as u64;
 
+/// The low half of a [`ContextHeap::life`] value: the heap's state
+/// ([`LIFE_ACTIVE`], the frontier plus one, or [`LIFE_RELEASED`]).
+fn life_state(life: u64) -> u64 {
+    life & LIFE_RELEASED
+}
+
+/// A [`ContextHeap::life`] value with its generation kept and `state` in
+/// its low half.
+fn life_with_state(life: u64, state: u64) -> u64 {
+    (life & !LIFE_RELEASED) | state
+}
+
 static SPACE_ONCE: Once = Once::new();
 static SPACE_BASE: AtomicUsize = AtomicUsize::new(0);
 static SPACE_LEN: AtomicUsize = AtomicUsize::new(0);
@@ -902,7 +914,7 @@ impl ContextHeap {
         // Claim resident places within the allowance for the run's first
         // chunks; purge the rest (all of them, in a retired heap: no task
         // takes a chunk from it again).
-        let retired = self.life.load(Ordering::Acquire) & u32::MAX as u64 != LIFE_ACTIVE;
+        let retired = life_state(self.life.load(Ordering::Acquire)) != LIFE_ACTIVE;
         let keep = if retired {
             0
         } else {
@@ -1057,10 +1069,8 @@ impl ContextHeap {
         // Not while a reclaimer purges its kept chunks: it may do so only
         // while the heap is live (reclaim_kept).
         self.hold_to_retire();
-        self.life.store(
-            (life & !(u32::MAX as u64)) | (frontier as u64 + 1),
-            Ordering::SeqCst,
-        );
+        self.life
+            .store(life_with_state(life, frontier as u64 + 1), Ordering::SeqCst);
         // Either the look after the unhold sees every chunk free, or the
         // freer that frees the last one sees the retirement (both sides
         // SeqCst). The look also purges the free chunks the heap kept for
@@ -1084,7 +1094,7 @@ impl ContextHeap {
     fn release_if_retired(&self) {
         loop {
             let life = self.life.load(Ordering::SeqCst);
-            let state = life & u32::MAX as u64;
+            let state = life_state(life);
             if state == LIFE_ACTIVE || state == LIFE_RELEASED || !self.hold() {
                 return;
             }
@@ -1111,7 +1121,7 @@ impl ContextHeap {
     fn release(&self, life: u64, state: u64) {
         // One generation only: a thread finishing a free late never
         // releases the slot's next heap.
-        let released = (life & !(u32::MAX as u64)) | LIFE_RELEASED;
+        let released = life_with_state(life, LIFE_RELEASED);
         if self
             .life
             .compare_exchange(life, released, Ordering::AcqRel, Ordering::Relaxed)
@@ -1151,7 +1161,7 @@ pub fn kept_free_bytes() -> usize {
     let slots = SPACE_SLOTS.load(Ordering::Acquire);
     (0..slots)
         .filter_map(ContextHeap::of_slot)
-        .filter(|h| h.life.load(Ordering::Relaxed) & u32::MAX as u64 != LIFE_RELEASED)
+        .filter(|h| life_state(h.life.load(Ordering::Relaxed)) != LIFE_RELEASED)
         .map(|h| (h.resident_free.load(Ordering::Relaxed) as usize) << h.shift)
         .sum()
 }
@@ -1179,7 +1189,7 @@ pub fn reclaim_kept() -> usize {
         // Held: a live heap stays live (its worker retires it only once
         // it holds it), a retired one keeps its slot (handed back only
         // by a thread that holds it), until the unhold.
-        if h.life.load(Ordering::SeqCst) & u32::MAX as u64 != LIFE_RELEASED {
+        if life_state(h.life.load(Ordering::SeqCst)) != LIFE_RELEASED {
             bytes += h.purge_kept() << h.shift;
         }
         h.unhold_and_look();

@@ -1,6 +1,6 @@
 /* realloc of another thread's large block (a producer builds a buffer, a
  * consumer grows it), under FROSTHEAP_MAX.
- * Usage: realloc_cross grow|exited|main|stress|time [MiB] [...].
+ * Usage: realloc_cross grow|exited|shrunk|main|stress|time [MiB] [...].
  *   grow    thread A makes a block of 60% of the limit (FROSTHEAP_MAX,
  *           given in MiB as the argument) and writes it, hands it to
  *           thread B and waits, running; B grows it to 70%: it must
@@ -10,6 +10,11 @@
  *           by the new block's bytes alone, the old block counted nowhere.
  *   exited  the same, A having exited before B's realloc (its heap waits
  *           for a thread to adopt it).
+ *   shrunk  as grow, but A makes a block of 80% of the limit, writes it
+ *           whole and shrinks it to 40% (the part given up stays free in
+ *           A's heap), and B grows it to 65%: A's free memory must go
+ *           back for it (refused before 2026-12-07: the move found A's
+ *           heap locked, the reclaimer skipped it).
  *   main    the same, the main thread in B's place, A exited; the block is
  *           left live for the statistics at exit (FROSTHEAP_STATS=1: the
  *           main heap holds it, the thread heaps hold nothing).
@@ -64,7 +69,7 @@ static size_t committed(void) {
 
 /* --- grow, exited, main ------------------------------------------------ */
 
-static size_t old_len, new_len;
+static size_t old_len, new_len, made_len;
 static char *handed;
 static pthread_barrier_t start, made, go, done;
 static size_t before_use, before_committed;
@@ -72,7 +77,14 @@ static size_t before_use, before_committed;
 static void *producer(void *stay) {
     if (stay)
         pthread_barrier_wait(&start);
-    handed = malloc(old_len);
+    handed = malloc(made_len);
+    if (handed && made_len > old_len) {
+        memset(handed, 1, made_len);
+        char *q = realloc(handed, old_len);
+        CHECK(q != NULL);
+        if (q)
+            handed = q;
+    }
     if (handed)
         stamp(handed, old_len, 0x5eed);
     if (stay) {
@@ -120,14 +132,16 @@ static void *consumer(void *arg) {
 /* The figures before A's block are taken once both threads have started
  * (what starting a thread allocates is counted before them). */
 static void handoff(size_t limit, const char *mode) {
-    old_len = limit * 6 / 10;
-    new_len = limit * 7 / 10;
+    int shrunk = !strcmp(mode, "shrunk");
+    old_len = shrunk ? limit * 4 / 10 : limit * 6 / 10;
+    new_len = shrunk ? limit * 65 / 100 : limit * 7 / 10;
+    made_len = shrunk ? limit * 8 / 10 : old_len;
     pthread_barrier_init(&start, NULL, 2);
     pthread_barrier_init(&made, NULL, 2);
     pthread_barrier_init(&go, NULL, 2);
     pthread_barrier_init(&done, NULL, 2);
     pthread_t a, b;
-    if (!strcmp(mode, "grow")) {
+    if (!strcmp(mode, "grow") || shrunk) {
         pthread_create(&b, NULL, consumer, (void *)1);
         pthread_create(&a, NULL, producer, (void *)1);
         before_use = in_use();
@@ -384,7 +398,8 @@ int main(int argc, char **argv) {
     /* stdout's buffer first, so that no block comes between the figures. */
     printf("realloc_cross %s\n", mode);
     fflush(stdout);
-    if (!strcmp(mode, "grow") || !strcmp(mode, "exited") || !strcmp(mode, "main"))
+    if (!strcmp(mode, "grow") || !strcmp(mode, "exited") || !strcmp(mode, "shrunk") ||
+        !strcmp(mode, "main"))
         handoff((mib ? mib : 256) * MIB, mode);
     else if (!strcmp(mode, "stress"))
         stress(argc > 3 ? atoi(argv[3]) : 3, argc > 4 ? atol(argv[4]) : 3000);
@@ -392,7 +407,7 @@ int main(int argc, char **argv) {
         timed(mib ? mib : 64, argc > 3 ? atoi(argv[3]) : 15);
         return 0;
     } else {
-        fprintf(stderr, "usage: realloc_cross grow|exited|main|stress|time [MiB] [...]\n");
+        fprintf(stderr, "usage: realloc_cross grow|exited|shrunk|main|stress|time [MiB] [...]\n");
         return 2;
     }
     printf("realloc_cross: %d checks, %d failures\n", checks, failures);

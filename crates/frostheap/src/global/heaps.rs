@@ -527,6 +527,23 @@ unsafe fn hand_back_held_blocks(h: &HeapInner) {
     }
 }
 
+/// The process's hand-back hook ([`process::set_hand_back_hook`]), run
+/// before a heap's owner is refused: the other heaps' blocks the calling
+/// thread holds go back to them ([`hand_back_held_blocks`]), unless it is
+/// a runtime worker inside a phase. Returns whether it held any.
+pub(super) fn hand_back_before_refusal() -> bool {
+    let Some(h) = super::route::heap_outside_phase() else {
+        return false;
+    };
+    if h.remote_cache.bytes() + h.remote_batch.bytes() == 0 {
+        return false;
+    }
+    // SAFETY: h is the calling thread's own heap, and the thread is no
+    // runtime worker inside a phase.
+    unsafe { hand_back_held_blocks(h) };
+    true
+}
+
 /// Frees `blocks`, live blocks of arena heaps the calling thread does not
 /// own, to their heaps: sorted by address, each heap's run in one call, so
 /// blocks that share a word of their heap's remote-free bitmap are

@@ -23,7 +23,6 @@
 //! | this file | [`Global`]: one `match` over route × owner per call |
 
 use core::alloc::{GlobalAlloc, Layout};
-use std::alloc::System;
 
 use crate::context;
 use crate::heap::class::class_for;
@@ -37,9 +36,10 @@ mod stats;
 
 pub use heaps::probe_reservation;
 use route::{
-    context_alloc, count_system, own_heap, owner_of, route, Owner, Route, CONTEXT, FAST_HEAP, ROUTE,
+    context_alloc, own_heap, owner_of, route, system_alloc, system_dealloc, system_realloc, Owner,
+    Route, CONTEXT, FAST_HEAP, ROUTE,
 };
-pub(crate) use route::{on_main_route, set_context, system_bytes};
+pub(crate) use route::{on_main_route, set_context};
 pub use route::{unguarded, Shared};
 pub use start::main_heap;
 use start::main_inner;
@@ -151,15 +151,12 @@ unsafe impl GlobalAlloc for Global {
             Route::Heap => match own_heap() {
                 Some(h) => h.core.alloc_zeroed(layout),
                 // SAFETY: GlobalAlloc contract, forwarded.
-                None => unsafe { System.alloc_zeroed(layout) },
+                None => return unsafe { system_alloc(layout, true) },
             },
             Route::Shared => main_inner().core.alloc_zeroed(layout),
             Route::Context => return context_alloc(layout, true),
-            _ => {
-                count_system(layout.size());
-                // SAFETY: GlobalAlloc contract, forwarded.
-                return unsafe { System.alloc_zeroed(layout) };
-            }
+            // SAFETY: GlobalAlloc contract, forwarded.
+            _ => return unsafe { system_alloc(layout, true) },
         };
         after_heap_alloc(p, layout.size())
     }
@@ -222,11 +219,11 @@ unsafe impl GlobalAlloc for Global {
                 // context block and new_size > layout.size().
                 unsafe { self.realloc_in_context(ptr, layout, new_size) }
             }
-            (Route::System | Route::Unknown, Owner::System) => {
-                count_system(new_size.saturating_sub(layout.size()));
-                // SAFETY: a System block resized by a System-routed thread.
-                unsafe { System.realloc(ptr, layout, new_size) }
-            }
+            // SAFETY: a System block (made by `Global`, charged) resized
+            // by a System-routed thread.
+            (Route::System | Route::Unknown, Owner::System) => unsafe {
+                system_realloc(ptr, layout, new_size)
+            },
             // SAFETY: forwarded (GlobalAlloc contract).
             _ => unsafe { self.move_block(ptr, owner, layout, new_size) },
         }
@@ -416,15 +413,12 @@ impl Global {
                 // SAFETY: own_heap is the calling thread's: it owns it.
                 Some(h) => unsafe { h.core.alloc_as_owner(layout) },
                 // SAFETY: GlobalAlloc contract, forwarded.
-                None => return unsafe { System.alloc(layout) },
+                None => return unsafe { system_alloc(layout, false) },
             },
             Route::Shared => main_inner().core.alloc(layout),
             Route::Context => return context_alloc(layout, false),
-            _ => {
-                count_system(layout.size());
-                // SAFETY: GlobalAlloc contract, forwarded.
-                return unsafe { System.alloc(layout) };
-            }
+            // SAFETY: GlobalAlloc contract, forwarded.
+            _ => return unsafe { system_alloc(layout, false) },
         };
         after_heap_alloc(p, layout.size())
     }
@@ -469,7 +463,8 @@ unsafe fn free_by_owner(ptr: *mut u8, owner: Owner, layout: Layout) {
         Owner::Heap { heap, offset } => unsafe { heap.core.free_at(ptr, offset) },
         // SAFETY: (1): a live context block.
         Owner::Context => unsafe { context::free(ptr) },
-        // SAFETY: (1): not ours, so System made it.
-        Owner::System => unsafe { System.dealloc(ptr, layout) },
+        // SAFETY: (1): not ours, so `Global` made it on the system
+        // allocator, charged.
+        Owner::System => unsafe { system_dealloc(ptr, layout) },
     }
 }

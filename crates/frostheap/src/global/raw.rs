@@ -348,9 +348,18 @@ pub unsafe fn trim(local: Option<Local>) -> usize {
 }
 
 /// Charges `bytes` of memory the program maps itself (anonymous `mmap`)
-/// against the process limit; false when that would pass it.
+/// against the process limit; false when that would pass it even after
+/// the heaps gave back the free memory they hold (the reclaimer, as a
+/// heap's own charge does before it is refused). Until 2026-12-07 a
+/// mapping was refused while the heaps kept freed memory committed: a
+/// program that made and freed a 16 MiB block three times under a 64 MiB
+/// limit could map 48 MiB where `malloc` got 64.
 pub fn charge_mapped(bytes: usize) -> bool {
-    crate::heap::process::charge(crate::heap::process::Kind::Mapped, bytes)
+    use crate::heap::process::{charge_quiet, count_refusal, reclaim_and_charge, Kind};
+    charge_quiet(Kind::Mapped, bytes) || reclaim_and_charge(Kind::Mapped, bytes) || {
+        count_refusal();
+        false
+    }
 }
 
 /// The process limit in bytes (`FROSTHEAP_MAX`; `usize::MAX` before the
@@ -377,10 +386,15 @@ pub enum RefusedBy {
         need: usize,
     },
     /// The heap's range had no free run that large, though it fit under
-    /// the limit: the blocks the heap holds pin it.
+    /// the limit: the blocks the heap holds pin it; or, when `need` is
+    /// more than `range`, the range cannot hold the request with the slack
+    /// its alignment needs, whatever the limit.
     Range {
         /// The range's length in bytes.
         range: usize,
+        /// The run the request needed, in bytes (its alignment's slack
+        /// included; 0 when unknown).
+        need: usize,
     },
     /// The kernel refused to commit pages.
     System,
@@ -400,6 +414,7 @@ impl Local {
             },
             Refusal::Range => RefusedBy::Range {
                 range: heaps::slot_len(),
+                need: self.0.core.last_refusal_need(),
             },
             Refusal::System => RefusedBy::System,
             Refusal::Cap | Refusal::None => RefusedBy::Unknown,

@@ -38,13 +38,6 @@ pub(crate) enum Route {
 
 thread_local! {
     pub(super) static ROUTE: Cell<Route> = const { Cell::new(Route::Unknown) };
-    /// Bytes the thread took from system memory through `Global` (its
-    /// route `System`: inside [`unguarded`], or before start-up), counted
-    /// up only (frees do not count down) and wrapping: what `par_bridge`'s
-    /// pull (runtime/drive.rs) compares before and after making items to
-    /// bound what they own, since items made inside `unguarded` go to the
-    /// system allocator, which the process's committed count does not see.
-    static SYSTEM_BYTES: Cell<usize> = const { Cell::new(0) };
     /// The thread's heap while its route is `Heap` and allocation tracking
     /// is off (null otherwise): the one word `Global::alloc`'s inlined fast
     /// path reads.
@@ -125,6 +118,18 @@ pub(super) fn set_exit_hook(hook: fn()) {
 /// one.
 pub(super) fn heap_on_owner_path() -> Option<&'static HeapInner> {
     if ROUTE.with(|r| r.get()) != Route::Heap {
+        return None;
+    }
+    // SAFETY: MINE holds null or a heap in static storage.
+    unsafe { MINE.with(|h| h.get()).as_ref() }
+}
+
+/// The calling thread's heap unless the thread is a runtime worker inside
+/// a phase (its route the context): a thread that may give the other
+/// heaps' blocks it holds back to them (a worker's would write frozen
+/// heaps).
+pub(super) fn heap_outside_phase() -> Option<&'static HeapInner> {
+    if ROUTE.with(|r| r.get()) == Route::Context {
         return None;
     }
     // SAFETY: MINE holds null or a heap in static storage.
@@ -274,19 +279,90 @@ pub(crate) fn set_context(ctx: *const ContextHeap) {
     });
 }
 
-/// Counts `bytes` the calling thread takes from system memory (see
-/// `SYSTEM_BYTES`).
-#[inline]
-pub(super) fn count_system(bytes: usize) {
-    // `try_with`: a thread's last frees and allocations may run after its
-    // thread-locals are gone; those go uncounted.
-    let _ = SYSTEM_BYTES.try_with(|c| c.set(c.get().wrapping_add(bytes)));
+/// Charges `bytes` that `Global` takes from the system allocator (a
+/// thread inside [`unguarded`], a [`Shared`] value, a thread whose heap is
+/// being attached or was given up at its exit, or with no heap to be had,
+/// and any allocation before start-up) against the process limit, as
+/// external memory (`Kind::External`, where the C ABI charges the glibc
+/// blocks of threads without a heap), the heaps' free memory given back
+/// first if it is refused; false (a refusal counted, its line printed)
+/// when it still is. Until 2026-12-07 these bytes were counted nowhere:
+/// 512 MiB made inside `unguarded` under `FROSTHEAP_MAX=64M` were granted,
+/// and `frostheap::stats()` showed 2 MiB committed (a user's trial). The
+/// bytes are the request's, without the system allocator's own overhead.
+fn charge_system(bytes: usize) -> bool {
+    use crate::heap::process::{charge_quiet, count_refusal, reclaim_and_charge, Kind};
+    if charge_quiet(Kind::External, bytes) || reclaim_and_charge(Kind::External, bytes) {
+        return true;
+    }
+    count_refusal();
+    super::stats::out_of_memory_line_of("system", bytes, crate::heap::Refusal::Limit, 0);
+    false
 }
 
-/// Bytes the calling thread took from system memory through `Global` so
-/// far (wrapping; compare two readings with `wrapping_sub`).
-pub(crate) fn system_bytes() -> usize {
-    SYSTEM_BYTES.try_with(Cell::get).unwrap_or(0)
+/// Releases bytes charged with [`charge_system`].
+fn release_system(bytes: usize) {
+    crate::heap::process::release(crate::heap::process::Kind::External, bytes);
+}
+
+/// A block of the system allocator for `Global`, charged
+/// ([`charge_system`]); null past the limit.
+///
+/// # Safety
+/// 1. The `GlobalAlloc::alloc` contract.
+#[cold]
+#[inline(never)]
+pub(super) unsafe fn system_alloc(layout: Layout, zeroed: bool) -> *mut u8 {
+    if !charge_system(layout.size()) {
+        return core::ptr::null_mut();
+    }
+    // SAFETY: forwarded (1).
+    let p = unsafe {
+        if zeroed {
+            System.alloc_zeroed(layout)
+        } else {
+            System.alloc(layout)
+        }
+    };
+    if p.is_null() {
+        release_system(layout.size());
+    }
+    p
+}
+
+/// Frees a block [`system_alloc`] made, releasing its charge.
+///
+/// # Safety
+/// 1. The `GlobalAlloc::dealloc` contract, for a block of the system
+///    allocator (made by `Global`, charged).
+pub(super) unsafe fn system_dealloc(ptr: *mut u8, layout: Layout) {
+    // SAFETY: forwarded (1).
+    unsafe { System.dealloc(ptr, layout) };
+    release_system(layout.size());
+}
+
+/// Resizes a block [`system_alloc`] made where the system allocator
+/// resizes it, its charge following: a growth charged first (null and
+/// the block untouched past the limit), a shrink released once made.
+///
+/// # Safety
+/// 1. The `GlobalAlloc::realloc` contract, for a block of the system
+///    allocator (made by `Global`, charged).
+pub(super) unsafe fn system_realloc(ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+    let old = layout.size();
+    if new_size > old && !charge_system(new_size - old) {
+        return core::ptr::null_mut();
+    }
+    // SAFETY: forwarded (1).
+    let q = unsafe { System.realloc(ptr, layout, new_size) };
+    if q.is_null() {
+        if new_size > old {
+            release_system(new_size - old);
+        }
+    } else if new_size < old {
+        release_system(old - new_size);
+    }
+    q
 }
 
 /// Runs `f` with the calling thread's allocations going to system memory:
@@ -387,13 +463,7 @@ pub(super) fn context_alloc(layout: Layout, zeroed: bool) -> *mut u8 {
 fn context_fallback(layout: Layout, zeroed: bool) -> *mut u8 {
     let Some(h) = own_heap() else {
         // SAFETY: GlobalAlloc contract, forwarded (no heap to be had).
-        return unsafe {
-            if zeroed {
-                System.alloc_zeroed(layout)
-            } else {
-                System.alloc(layout)
-            }
-        };
+        return unsafe { system_alloc(layout, zeroed) };
     };
     let p = if zeroed {
         h.core.alloc_zeroed(layout)

@@ -239,6 +239,7 @@ fn start_main() -> Result<(), Failure> {
     process::set_reclaimer(process::Reclaimer::Heaps, heaps::reclaim);
     process::set_growth_hook(heaps::release_abandoned_on_growth);
     process::set_reuse_hook(heaps::release_idle_on_reuse);
+    process::set_hand_back_hook(heaps::hand_back_before_refusal);
     let base = heaps::reserve_arena(cfg.max).map_err(|e| Failure::Unreserved(cfg, e))?;
     let build = |slot: &mut MaybeUninit<HeapInner>| {
         // SAFETY: slot 0 of the fresh arena is reserved, huge-page

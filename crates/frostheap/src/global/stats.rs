@@ -294,6 +294,14 @@ fn line(heap: &str, requested: usize, why: Refusal, need: usize, unprinted: u64,
     let limit = s.limit as u64;
     let (heap_limit, room_for_request) = refusal_room(requested, &s);
     let b = match why {
+        Refusal::Range if need > heaps::slot_len() => b
+            .str("its range of ")
+            .dec(heaps::slot_len() as u64)
+            .str(" bytes cannot hold it with the slack its alignment needs (")
+            .dec(need as u64)
+            .str(" bytes in all), whatever FROSTHEAP_MAX (")
+            .dec(limit)
+            .str(" bytes)"),
         Refusal::Range => b
             .str("its range of ")
             .dec(heaps::slot_len() as u64)

@@ -595,7 +595,9 @@ impl HeapCore {
     /// Past the heap's cap or the process limit, on the owner's path: what
     /// the owner holds that is not in use goes back to the span allocator
     /// before an allocation is refused — the blocks its cache holds to
-    /// their spans, the remote frees its spans received collected, and
+    /// their spans, the other heaps' blocks the thread holds to those heaps
+    /// ([`process::hand_back_held`]), the remote frees its spans received
+    /// collected, and
     /// every span that leaves empty retired, the current ones too, which a
     /// thread keeps for its next blocks and a heap it adopted kept for it
     /// ([`HeapCore::abandon`]). Returns whether anything went back (a
@@ -620,6 +622,10 @@ impl HeapCore {
             // SAFETY: (1).
             unsafe { self.flush_own_cache() };
         }
+        // The other heaps' blocks the thread holds, back to them: the spans
+        // they empty there go back at the charge's next try (the
+        // reclaimer), as at a trim.
+        let handed = process::hand_back_held();
         let mut retired = 0usize;
         let mut retire = |idx| {
             retired += 1;
@@ -637,7 +643,7 @@ impl HeapCore {
         };
         self.collect_taken_with(top, &mut retire);
         self.collect_queued_with(true, &mut retire);
-        flushed || retired > 0
+        flushed || handed || retired > 0
     }
 
     /// Gives back what an abandoned heap keeps for the thread that adopts
@@ -1796,12 +1802,23 @@ impl HeapCore {
         // As in alloc_small_slow: an earlier refusal is not this one's.
         self.spans.take_refusal();
         let Some(n_pages) = large::pages_for(layout, self.pages.len) else {
-            // Larger than the reservation, which is at least the cap: the
-            // cap's refusal, the process limit's when the cap is the limit
-            // (a request larger than FROSTHEAP_MAX in global mode). What
-            // it would have needed is not known: the size and the
-            // alignment's slack together pass the reservation.
-            self.spans.cap_refused(0);
+            if layout.size() <= self.pages.len {
+                // The size fits the reservation, its alignment's slack does
+                // not: the heap's range refuses it, whatever the limit (a
+                // 16-byte block aligned to 1 GiB under a 64 MiB limit, whose
+                // heaps' ranges are 128 MiB, was reported as the limit's
+                // with nothing committed). `need`: the size and the slack.
+                let need = layout
+                    .size()
+                    .saturating_add(layout.align().saturating_sub(PAGE_SIZE));
+                self.spans.note_refusal(Refusal::Range, need);
+            } else {
+                // Larger than the reservation, which is at least the cap:
+                // the cap's refusal, the process limit's when the cap is
+                // the limit (a request larger than FROSTHEAP_MAX in global
+                // mode).
+                self.spans.cap_refused(0);
+            }
             self.refuse();
             return (ptr::null_mut(), false);
         };

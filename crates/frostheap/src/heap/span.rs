@@ -1785,7 +1785,7 @@ impl Locked<'_> {
         let min_pages = region.min_committed() >> PAGE_SHIFT;
         let freed = n - min_pages.saturating_sub(src).min(n);
         let credit = freed * PAGE_SIZE;
-        let (dest, run_uncharged, charged) = self.move_target(new_n, credit)?;
+        let (dest, run_uncharged, charged) = self.move_target(new_n, credit, None)?;
         let (from, to) = (pt.page_addr(src) as *mut u8, pt.page_addr(dest) as *mut u8);
         // SAFETY: by (1) the source is the block's, owned by the caller;
         // the destination is the start of a free span (nothing lives
@@ -1827,10 +1827,24 @@ impl Locked<'_> {
     /// releases if the move fails; `None` when there is no run or the
     /// charge is refused (nothing charged).
     ///
+    /// `from` is the block's heap when it is another's (locked by the
+    /// caller, so the reclaimer, which skips a busy heap, would leave its
+    /// free memory alone): its free spans are purged before the charge is
+    /// refused. A block shrunk in its heap and grown by another thread
+    /// left the part it gave up free in its own heap, and the move was
+    /// refused for want of just those bytes (a 200 MiB block shrunk to 100
+    /// and grown to 160 by another thread under a 256 MiB limit: `NULL`,
+    /// where the same growth by its own thread went through).
+    ///
     /// Inlined into both (laid with the rare code, layout.ld): a function
     /// of its own would land with the code every process runs.
     #[inline(always)]
-    fn move_target(&mut self, new_n: usize, credit: usize) -> Option<(usize, usize, usize)> {
+    fn move_target(
+        &mut self,
+        new_n: usize,
+        credit: usize,
+        from: Option<&mut Locked<'_>>,
+    ) -> Option<(usize, usize, usize)> {
         let dest = match self.first_fit(new_n, false) {
             Some(dest) => dest,
             None if self.grow_for(new_n, credit) => self.first_fit(new_n, false)?,
@@ -1838,8 +1852,12 @@ impl Locked<'_> {
         };
         let need = |l: &Self| l.charge_to_take(dest, new_n).saturating_sub(credit);
         let charged = need(self);
-        if charged > 0 && !self.try_charge(charged) && !self.give_back_and_charge(need) {
-            return None;
+        if charged > 0 && !self.try_charge(charged) {
+            let theirs = from.map_or(0, |f| f.release_free());
+            let charged = theirs > 0 && self.try_charge(need(self));
+            if !charged && !self.give_back_and_charge(need) {
+                return None;
+            }
         }
         let run_uncharged = self.charge_to_take(dest, new_n);
         Some((dest, run_uncharged, run_uncharged.saturating_sub(credit)))
@@ -1895,7 +1913,7 @@ impl Locked<'_> {
         let min_pages = from_region.min_committed() >> PAGE_SHIFT;
         let kept = min_pages.saturating_sub(src).min(n);
         let credit = (n - kept) * PAGE_SIZE;
-        let (dest, run_uncharged, charged) = self.move_target(new_n, credit)?;
+        let (dest, run_uncharged, charged) = self.move_target(new_n, credit, Some(&mut *from))?;
         let (src_at, to) = (
             from.pages.page_addr(src) as *mut u8,
             pt.page_addr(dest) as *mut u8,

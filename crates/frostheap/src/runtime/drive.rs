@@ -243,10 +243,10 @@ fn pull<I: Iterator>(
 ) -> (usize, bool) {
     unguarded(|| {
         let max = held.saturating_add(want);
-        // What the items own: the heaps' committed bytes and what the
-        // thread took from the system allocator (`unguarded` routes there).
-        let owned_now =
-            || crate::heap::process::committed().wrapping_add(crate::global::system_bytes());
+        // What the items own: the process's committed bytes, which count
+        // what the thread takes from the system allocator (`unguarded`
+        // routes there) too.
+        let owned_now = crate::heap::process::committed;
         let at_start = owned_now();
         // Looks at the count after 1, 2, 4, … items, then every
         // OWNED_CHECK: a few large items stop the batch early, and a

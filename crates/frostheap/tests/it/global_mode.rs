@@ -410,6 +410,61 @@ fn every_allocation_the_limit_refuses_counts_once_whichever_heap_refused_it() {
     assert_succeeded_saying(&out, "global_threads refusals-counted: ok");
 }
 
+test!(a_refused_alignment_is_named_as_the_cause);
+/// 16 bytes aligned to 1 GiB under `FROSTHEAP_MAX=64M`, on the main thread
+/// and a spawned one: the heaps' ranges cannot hold the alignment's slack,
+/// and each refusal line says so (it said "FROSTHEAP_MAX is 67108864
+/// bytes", blaming the limit for 16 bytes with nothing committed).
+fn a_refused_alignment_is_named_as_the_cause() {
+    let out = run_fixture("global_threads", &["big-align"], &[("FROSTHEAP_MAX", "64M")]);
+    assert_succeeded_saying(&out, "global_threads big-align: ok");
+    for heap in ["main", "thread"] {
+        let line = refusal_line(&out, heap);
+        assert!(
+            line.contains("cannot hold it with the slack its alignment needs"),
+            "{line}"
+        );
+    }
+}
+
+/// The first refusal line of the `heap` kind of heap in `out`'s stderr.
+fn refusal_line(out: &std::process::Output, heap: &str) -> String {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find(|l| l.starts_with(&format!("frostheap: out of memory: the {heap} heap")))
+        .unwrap_or_else(|| panic!("no refusal line for the {heap} heap\n{}", describe(out)))
+        .to_string()
+}
+
+test!(a_refused_charge_hands_the_threads_held_blocks_back_first);
+/// After 16 threads freed and grew each other's blocks at the limit and
+/// exited, and the main thread freed what was left, the largest block the
+/// main thread is granted is within 2 MiB of what it is granted after a
+/// trim: blocks of the exited threads' heaps held in its remote cache,
+/// which kept their spans committed, are handed back before a charge is
+/// refused (47–52 MiB before, 53–58 after a trim).
+fn a_refused_charge_hands_the_threads_held_blocks_back_first() {
+    let out = run_fixture("global_threads", &["hand-back"], &[("FROSTHEAP_MAX", "64M")]);
+    assert_succeeded_saying(&out, "global_threads hand-back: ok");
+}
+
+test!(system_memory_that_global_takes_counts_against_the_limit);
+/// What `Global` takes from the system allocator — inside `unguarded`, for
+/// `Shared` values — counts against `FROSTHEAP_MAX` as external memory,
+/// charged as it is made, grown and shrunk, and released as it is freed:
+/// 512 MiB inside `unguarded` were granted under a 64 MiB limit, and
+/// 8,192 `Shared` values of 64 KiB too (a user's trial, 2026-12-07).
+fn system_memory_that_global_takes_counts_against_the_limit() {
+    let out = run_fixture("global_threads", &["system"], &[("FROSTHEAP_MAX", "64M")]);
+    assert_succeeded_saying(&out, "global_threads system: ok");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("frostheap: out of memory: the system heap cannot allocate 536870912 bytes"),
+        "{}",
+        describe(&out)
+    );
+}
+
 test!(a_block_that_fits_under_the_limit_is_granted_above_a_block_that_pins_the_range);
 /// A heap's range is twice its cap: 30 MiB made, a small block kept after
 /// them, the 30 MiB freed, then 100 MiB under `FROSTHEAP_MAX=128M`, on the
@@ -425,7 +480,7 @@ fn a_block_that_fits_under_the_limit_is_granted_above_a_block_that_pins_the_rang
 }
 
 test!(a_request_no_free_run_of_its_heaps_range_holds_is_reported_as_such);
-/// Under `FROSTHEAP_MAX=100M`, blocks of 90, 91, 92 MiB each freed after
+/// Under `FROSTHEAP_MAX=110M`, blocks of 90, 91, 92 MiB each freed after
 /// a block kept above it, on the main thread and on a spawned one: the
 /// heap's range has no free run for the next one though the process has
 /// a few MiB committed. The refusal line names the range as the cause
@@ -448,21 +503,21 @@ fn a_range_refusal_is_named_as_such_with_free_memory_still_charged() {
     assert_range_refusals("range-refused-untrimmed");
 }
 
-/// Runs `global_threads MODE` under `FROSTHEAP_MAX=100M` and checks that
+/// Runs `global_threads MODE` under `FROSTHEAP_MAX=110M` and checks that
 /// the main heap's and a thread heap's refusal lines name the range, not
-/// the limit, as the cause.
+/// the limit, as the cause. (Under 100M, the main thread's round ran with
+/// its heap charged to the limit's last page, and since the program's
+/// first kilobyte from the system allocator counts too (2026-12-07) its
+/// small blocks went into the 90 MiB the first block left free, and the
+/// range held a free run for every block until the limit refused one.)
 fn assert_range_refusals(mode: &str) {
-    let out = run_fixture("global_threads", &[mode], &[("FROSTHEAP_MAX", "100M")]);
+    let out = run_fixture("global_threads", &[mode], &[("FROSTHEAP_MAX", "110M")]);
     assert_succeeded_saying(&out, "global_threads range-refused: ok");
-    let stderr = String::from_utf8_lossy(&out.stderr);
     for heap in ["main", "thread"] {
-        let line = stderr
-            .lines()
-            .find(|l| l.starts_with(&format!("frostheap: out of memory: the {heap} heap")))
-            .unwrap_or_else(|| panic!("no refusal line for the {heap} heap\n{}", describe(&out)));
+        let line = refusal_line(&out, heap);
         assert!(
             line.contains("has no free run that large")
-                && line.contains("though it fits under FROSTHEAP_MAX (104857600 bytes)"),
+                && line.contains("though it fits under FROSTHEAP_MAX (115343360 bytes)"),
             "{line}"
         );
     }
