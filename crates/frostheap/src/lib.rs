@@ -113,7 +113,8 @@
 //! ```
 //!
 //! - [`unguarded`] runs a closure whose allocations go to system memory,
-//!   never frozen; [`Shared<T>`] is a value put there, for tasks to write
+//!   never frozen (and counted against `FROSTHEAP_MAX` as external
+//!   memory); [`Shared<T>`] is a value put there, for tasks to write
 //!   (what the value owns stays where it was made).
 //!
 //! ```

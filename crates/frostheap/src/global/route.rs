@@ -369,6 +369,8 @@ pub(super) unsafe fn system_realloc(ptr: *mut u8, layout: Layout, new_size: usiz
 /// outside every guarded heap, so parallel tasks may write them. The
 /// runtime builds its queues and result slots this way; use it for state
 /// you mean to share with tasks (channels, buffers), or use [`Shared`].
+/// What they take counts against `FROSTHEAP_MAX` as external memory, and
+/// past it an allocation fails as any other does.
 pub fn unguarded<R>(f: impl FnOnce() -> R) -> R {
     struct Restore(Route);
     impl Drop for Restore {

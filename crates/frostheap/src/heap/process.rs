@@ -47,7 +47,11 @@ pub enum Kind {
     /// Anonymous private mappings a program under the C ABI made itself
     /// with `mmap` (CPython's arenas).
     Mapped = 4,
-    /// Bytes charged with [`crate::Heap::charge_external`].
+    /// Memory outside the heaps: bytes charged with
+    /// [`crate::Heap::charge_external`], what `Global` takes from the
+    /// system allocator (inside [`crate::unguarded`], for [`crate::Shared`]
+    /// values, for a thread without a heap) and, under the C ABI, the glibc
+    /// blocks of threads without a heap.
     External = 5,
 }
 
