@@ -213,22 +213,23 @@ where
 }
 
 /// The most items [`pull`] makes between two looks at what they own (a
-/// relaxed load and a thread-local read).
+/// relaxed load).
 const OWNED_CHECK: usize = 256;
 
 /// Pulls up to `want` items of `iter` into `buf` after the `held` items at
 /// its start (kept); returns how many it pulled and whether `iter` ended.
 ///
-/// It stops early once the process committed, or main took
-/// from the system allocator, more than `owned` bytes since it began,
-/// looked at after 1, 2, 4, … and then every [`OWNED_CHECK`] items (so it
-/// overshoots by at most as many items again as it had made, or
-/// `OWNED_CHECK`): items that own large buffers (a file's chunks) then
-/// make small batches, which a count of items alone would not bound.
-/// Committed bytes are the process's, so memory another thread commits
-/// meanwhile can only make the batch smaller; system bytes are counted as
-/// main takes them and never counted down, so the batch's own allocations
-/// count even where they reuse what earlier items freed.
+/// It stops early once the process committed more than `owned` bytes
+/// since it began — the items' own allocations, made inside `unguarded`,
+/// are charged there as system memory, byte for byte — looked at after 1,
+/// 2, 4, … and then every [`OWNED_CHECK`] items (so it overshoots by at
+/// most as many items again as it had made, or `OWNED_CHECK`): items that
+/// own large buffers (a file's chunks) then make small batches, which a
+/// count of items alone would not bound. Committed bytes are the
+/// process's, so memory another thread commits or gives back meanwhile
+/// can only make the batch smaller (a fall wraps past `owned`). (Until
+/// 2026-12-07 system memory was not charged, and main's was counted here
+/// apart, by a thread-local count that never went down.)
 ///
 /// Items are produced inside `unguarded`, so memory they own is not frozen
 /// and tasks may write it. If the iterator panics, the buffer's items
