@@ -349,17 +349,10 @@ pub unsafe fn trim(local: Option<Local>) -> usize {
 
 /// Charges `bytes` of memory the program maps itself (anonymous `mmap`)
 /// against the process limit; false when that would pass it even after
-/// the heaps gave back the free memory they hold (the reclaimer, as a
-/// heap's own charge does before it is refused). Until 2026-12-07 a
-/// mapping was refused while the heaps kept freed memory committed: a
-/// program that made and freed a 16 MiB block three times under a 64 MiB
-/// limit could map 48 MiB where `malloc` got 64.
+/// the heaps gave back the free memory they hold
+/// (`heap::process::charge`).
 pub fn charge_mapped(bytes: usize) -> bool {
-    use crate::heap::process::{charge_quiet, count_refusal, reclaim_and_charge, Kind};
-    charge_quiet(Kind::Mapped, bytes) || reclaim_and_charge(Kind::Mapped, bytes) || {
-        count_refusal();
-        false
-    }
+    crate::heap::process::charge(crate::heap::process::Kind::Mapped, bytes)
 }
 
 /// The process limit in bytes (`FROSTHEAP_MAX`; `usize::MAX` before the

@@ -285,17 +285,16 @@ pub(crate) fn set_context(ctx: *const ContextHeap) {
 /// and any allocation before start-up) against the process limit, as
 /// external memory (`Kind::External`, where the C ABI charges the glibc
 /// blocks of threads without a heap), the heaps' free memory given back
-/// first if it is refused; false (a refusal counted, its line printed)
-/// when it still is. Until 2026-12-07 these bytes were counted nowhere:
-/// 512 MiB made inside `unguarded` under `FROSTHEAP_MAX=64M` were granted,
-/// and `frostheap::stats()` showed 2 MiB committed (a user's trial). The
-/// bytes are the request's, without the system allocator's own overhead.
+/// first if it is refused ([`process::charge`](crate::heap::process::charge));
+/// false (a refusal counted, its line printed) when it still is. Until
+/// 2026-12-07 these bytes were counted nowhere: 512 MiB made inside
+/// `unguarded` under `FROSTHEAP_MAX=64M` were granted, and
+/// `frostheap::stats()` showed 2 MiB committed (a user's trial). The bytes
+/// are the request's, without the system allocator's own overhead.
 fn charge_system(bytes: usize) -> bool {
-    use crate::heap::process::{charge_quiet, count_refusal, reclaim_and_charge, Kind};
-    if charge_quiet(Kind::External, bytes) || reclaim_and_charge(Kind::External, bytes) {
+    if crate::heap::process::charge(crate::heap::process::Kind::External, bytes) {
         return true;
     }
-    count_refusal();
     super::stats::out_of_memory_line_of("system", bytes, crate::heap::Refusal::Limit, 0);
     false
 }

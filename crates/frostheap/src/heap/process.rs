@@ -100,11 +100,17 @@ pub fn limit() -> usize {
     LIMIT.load(Ordering::Relaxed)
 }
 
-/// Charges `bytes` about to be committed for `kind`; false (nothing
-/// charged, one refusal counted) when that would take the process past its
-/// limit.
+/// Charges `bytes` about to be committed for `kind`, the heaps' free
+/// memory given back first if the limit refuses them (the reclaimer, as
+/// before a heap's own charge is refused); false (nothing charged, one
+/// refusal counted) when that would still take the process past its
+/// limit. For the charges that come from outside a heap's span allocator:
+/// a mapping of the C ABI, system memory of `Global`, glibc's blocks of
+/// threads without a heap, `Heap::charge_external`, a heap's minimum.
+/// (Until 2026-12-07 it never reclaimed, and a mapping was refused while
+/// the heaps kept freed memory committed: `tests/c/map_room.c`.)
 pub fn charge(kind: Kind, bytes: usize) -> bool {
-    charge_quiet(kind, bytes) || {
+    charge_quiet(kind, bytes) || reclaim_and_charge(kind, bytes) || {
         count_refusal();
         false
     }

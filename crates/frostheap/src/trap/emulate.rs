@@ -336,14 +336,15 @@ fn in_fault_page(fault_addr: usize, addr: usize, width: usize) -> bool {
 /// Whether `[addr, addr + width)` (a store of at most 64 bytes, across
 /// two pages, around the fault) lies in the committed part of the heap of
 /// `entry`, where the store faulted (whose committed end lies within its
-/// range: a region commits at most what it reserved). That heap is frozen by `mprotect` (its whole committed part read-only)
-/// and not sealed (the caller checked both), so the CPU faults on either
-/// page: the store is one write of both parts, as it would be one store,
-/// where stepping it opened both pages to every thread. A plain move only:
-/// the kernel writes page by page, and if it wrote the first part and
-/// refused the second the store is stepped, which writes the same bytes
-/// again (a read-modify-write would apply its operation twice). Neither
-/// end may lie in a phase's exempt result slots.
+/// range: a region commits at most what it reserved). That heap is frozen
+/// by `mprotect` (its whole committed part read-only) and not sealed (the
+/// caller checked both), so the CPU faults on either page: the store is
+/// one write of both parts, as it would be one store, where stepping it
+/// opened both pages to every thread. A plain move only: the kernel writes
+/// page by page, and if it wrote the first part and refused the second the
+/// store is stepped, which writes the same bytes again (a read-modify-write
+/// would apply its operation twice). Neither end may lie in a phase's
+/// exempt result slots.
 fn in_committed_heap(entry: &guard::Entry, addr: usize, width: usize) -> bool {
     let last = addr.wrapping_add(width - 1);
     last > addr
