@@ -18,8 +18,9 @@
 //! limit for its usable size ([`foreign`]).
 //!
 //! **Semantics** are glibc 2.36's: `errno = ENOMEM` and `NULL` past the
-//! limit (so CPython raises `MemoryError` instead of being killed),
-//! `free(NULL)` does nothing, `realloc(NULL, n)` is `malloc(n)`,
+//! limit (so CPython raises `MemoryError` instead of being killed), a
+//! call that succeeds leaves `errno` as it was (the library's own probes
+//! and fallbacks restore it), `free(NULL)` does nothing, `realloc(NULL, n)` is `malloc(n)`,
 //! `realloc(p, 0)` frees `p` and returns `NULL`, `calloc` and
 //! `reallocarray` check their multiplication, `posix_memalign` returns
 //! `EINVAL` for an alignment that is not a power of two multiple of

@@ -1466,6 +1466,29 @@ fn a_refused_alignment_is_named_as_the_cause() {
     );
 }
 
+/// A call that succeeds leaves `errno` as the program had it, as glibc's
+/// allocator does (`tests/c/errno_kept.c`: every allocation and mapping
+/// call, with no limit and under 256M, where a `malloc` is served by a
+/// waiting thread's free memory and a refusal comes before a success).
+/// Before, a thread that grew another thread's block of 100 MiB found
+/// `ENOMEM` in `errno` after its `realloc` succeeded: the library's probe
+/// of the block's mapping (an `mremap` that fails either way) left it. The
+/// program passes on glibc alone first, so its checks are right.
+#[test]
+fn a_call_that_succeeds_leaves_errno_as_it_was() {
+    let program = c_program("errno_kept");
+    let out = limited(&mut Command::new(&program), 60);
+    assert_succeeded_saying(&out, "errno_kept: 80275 checks, 0 failures");
+    let out = preloaded_limited(&mut Command::new(&program), &[], 60);
+    assert_succeeded_saying(&out, "errno_kept: 80275 checks, 0 failures");
+    let out = preloaded_limited(
+        &mut Command::new(&program),
+        &[("FROSTHEAP_MAX", "256M")],
+        60,
+    );
+    assert_succeeded_saying(&out, "errno_kept: 80280 checks, 0 failures");
+}
+
 /// The free memory the heaps hold serves the program's own mappings under
 /// the limit, as it serves `malloc`: with 16 MiB freed and kept by the
 /// main thread's heap and 16 MiB by a waiting thread's, `mmap` and

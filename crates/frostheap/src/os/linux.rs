@@ -36,10 +36,23 @@ impl core::fmt::Display for OsError {
 }
 
 fn last_error(call: &'static str) -> OsError {
+    OsError {
+        call,
+        errno: errno(),
+    }
+}
+
+/// The calling thread's `errno`.
+fn errno() -> libc::c_int {
     // SAFETY: __errno_location always returns a valid pointer to this
     // thread's errno.
-    let errno = unsafe { *libc::__errno_location() };
-    OsError { call, errno }
+    unsafe { *libc::__errno_location() }
+}
+
+/// Sets the calling thread's `errno` (back to what a call found there).
+fn set_errno(e: libc::c_int) {
+    // SAFETY: as in `errno`.
+    unsafe { *libc::__errno_location() = e };
 }
 
 /// The result of a pthreads call, which returns its error number instead
@@ -416,7 +429,10 @@ pub unsafe fn purge(addr: *mut u8, len: usize) -> Result<(), OsError> {
 /// the first part that could not move, with the bytes moved before it
 /// (from the start):
 /// `EFAULT` for a `unit` across two mappings, `EINVAL` on a kernel before
-/// 5.7, `ENOMEM` past `vm.max_map_count`.
+/// 5.7, `ENOMEM` past `vm.max_map_count`. `errno` is left as the caller
+/// had it, failure or not: a move that fails is copied instead, and the
+/// C function that asked for it (another thread's block grown by
+/// `realloc`) succeeds, which must not change `errno` (glibc's does not).
 ///
 /// # Safety
 /// 1. Both ranges are `unit`-aligned (a multiple of the page size),
@@ -424,6 +440,23 @@ pub unsafe fn purge(addr: *mut u8, len: usize) -> Result<(), OsError> {
 ///    module; nothing lives at `to` and nothing refers to the source's
 ///    contents at their old addresses any more.
 pub unsafe fn move_pages(
+    from: *mut u8,
+    len: usize,
+    to: *mut u8,
+    unit: usize,
+) -> Result<(), (usize, OsError)> {
+    let saved = errno();
+    // SAFETY: (1).
+    let r = unsafe { move_pages_in_parts(from, len, to, unit) };
+    set_errno(saved);
+    r
+}
+
+/// [`move_pages`], `errno` left as its calls set it.
+///
+/// # Safety
+/// 1. As for [`move_pages`].
+unsafe fn move_pages_in_parts(
     from: *mut u8,
     len: usize,
     to: *mut u8,
@@ -466,13 +499,15 @@ pub unsafe fn move_pages(
 /// anything else), and otherwise with `ENOMEM` (the range ends inside its
 /// mapping, or the addresses after it are taken). Should the page after
 /// the range be free and the range end its mapping, the kernel grows the
-/// mapping by that page, which is given back at once.
+/// mapping by that page, which is given back at once. `errno` is left as
+/// it was (the probe's failure is its answer, not an error).
 ///
 /// # Safety
 /// 1. `p` is page-aligned and mapped by this module; `len` is a non-zero
 ///    multiple of the page size.
 unsafe fn in_one_mapping(p: *mut u8, len: usize) -> bool {
     let page = page_size();
+    let saved = errno();
     // SAFETY: no flag: the mapping at `p` grows in place or nothing
     // happens; by (1) it is ours.
     let r = unsafe { sys_mremap(p, len, len + page, 0, ptr::null_mut()) };
@@ -483,7 +518,9 @@ unsafe fn in_one_mapping(p: *mut u8, len: usize) -> bool {
         unsafe { sys_mremap(p, len + page, len, 0, ptr::null_mut()) };
         return true;
     }
-    last_error("mremap").errno != libc::EFAULT
+    let one = errno() != libc::EFAULT;
+    set_errno(saved);
+    one
 }
 
 /// `MREMAP_DONTUNMAP` (Linux 5.7), which the libc crate may lack.
