@@ -906,10 +906,10 @@ impl HeapCore {
             }
             return p;
         }
-        let (p, zeroed) = self.alloc_large(layout);
-        if !p.is_null() && !zeroed {
-            // SAFETY: as above.
-            unsafe { ptr::write_bytes(p, 0, layout.size()) };
+        let (p, dirty) = self.alloc_large(layout);
+        if !p.is_null() {
+            // SAFETY: as above; `dirty` is at most the block's bytes.
+            unsafe { ptr::write_bytes(p, 0, dirty.min(layout.size())) };
         }
         p
     }
@@ -1794,10 +1794,11 @@ impl HeapCore {
         }
     }
 
-    /// Allocates a large block; returns it and whether it is known zeroed.
-    pub(super) fn alloc_large(&self, layout: Layout) -> (*mut u8, bool) {
+    /// Allocates a large block; returns it and how many of its first bytes
+    /// may hold anything but zeros (the rest is known zero).
+    pub(super) fn alloc_large(&self, layout: Layout) -> (*mut u8, usize) {
         if self.is_sealed() {
-            return (ptr::null_mut(), false);
+            return (ptr::null_mut(), 0);
         }
         // As in alloc_small_slow: an earlier refusal is not this one's.
         self.spans.take_refusal();
@@ -1820,7 +1821,7 @@ impl HeapCore {
                 self.spans.cap_refused(0);
             }
             self.refuse();
-            return (ptr::null_mut(), false);
+            return (ptr::null_mut(), 0);
         };
         let owner = self.is_owner();
         let mut r = self.alloc_large_pages(layout, n_pages, owner);
@@ -1839,7 +1840,7 @@ impl HeapCore {
 
     /// [`HeapCore::alloc_large`] of `n_pages`, once; null past a limit,
     /// not counted.
-    fn alloc_large_pages(&self, layout: Layout, n_pages: usize, owner: bool) -> (*mut u8, bool) {
+    fn alloc_large_pages(&self, layout: Layout, n_pages: usize, owner: bool) -> (*mut u8, usize) {
         let state = if owner { OWNER_LOCAL } else { OWNER_SHARED };
         // The block is laid out under the span lock, as a small span is
         // (`new_small_span`): until its metas say Large and Cont, a thread
@@ -1847,12 +1848,14 @@ impl HeapCore {
         // their free life.
         let mut spans = self.lock_spans();
         let taken = if layout.align() > PAGE_SIZE {
-            spans.alloc_aligned(n_pages, layout.align())
+            spans
+                .alloc_aligned(n_pages, layout.align())
+                .map(|(idx, zero)| (idx, if zero { 0 } else { n_pages }))
         } else {
             spans.alloc(n_pages)
         };
-        let Some((idx, zeroed)) = taken else {
-            return (ptr::null_mut(), false);
+        let Some((idx, dirty_pages)) = taken else {
+            return (ptr::null_mut(), 0);
         };
         chaos();
         let (addr, usable) = large::place(&self.pages, idx, n_pages, layout.align(), state);
@@ -1862,7 +1865,9 @@ impl HeapCore {
         } else {
             self.shared.on_alloc(usable);
         }
-        (addr as *mut u8, zeroed)
+        // The dirty pages' end, less the block's offset into its run.
+        let dirty_end = self.pages.page_addr(idx) + dirty_pages * PAGE_SIZE;
+        (addr as *mut u8, dirty_end.saturating_sub(addr))
     }
 
     /// Frees the large block whose span `m` heads (page `idx`).

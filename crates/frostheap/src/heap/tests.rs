@@ -2040,6 +2040,45 @@ mod charge {
         check_charge(&core);
     }
 
+    /// A zeroed block whose run extends the dirty free span at the top is
+    /// written with zeros over that span's pages alone: the pages the
+    /// growth commits read as zero (never touched, or decommitted). Before,
+    /// the whole block was written, each of its pages faulted in: `calloc`
+    /// of 256 MiB after a free of the same (its top decommitted down to a
+    /// dirty first 2 MiB) took 150 ms a call and made it all resident,
+    /// where glibc's fresh mapping takes nothing. Every byte reads zero,
+    /// those the free span's old block wrote included.
+    #[test]
+    fn a_zeroed_block_that_extends_the_top_writes_only_the_dirty_free_span() {
+        let core = heap_of(1 << 30);
+        let live = block(&core, 4096);
+        // As in the test above: the second free of 8 MiB keeps its top,
+        // dirty (written with 0xa5 by `block`).
+        let first = block(&core, 8 * MIB);
+        free(&core, first);
+        let dirty = block(&core, 8 * MIB);
+        free(&core, dirty);
+        let before = resident(&core);
+        let len = 96 * MIB;
+        let z = core.alloc_zeroed(Layout::from_size_align(len, 8).unwrap());
+        assert_eq!(z, dirty, "not the free top extended");
+        let grown = resident(&core).saturating_sub(before);
+        assert!(
+            grown < 2 * MIB,
+            "{} KiB of the 88 MiB committed for the block made resident",
+            grown >> 10
+        );
+        // SAFETY: z holds `len` readable bytes.
+        let words = unsafe { core::slice::from_raw_parts(z.cast::<u64>(), len / 8) };
+        assert!(
+            words.iter().all(|&w| w == 0),
+            "a byte of the block is not zero"
+        );
+        free(&core, z);
+        free(&core, live);
+        check_charge(&core);
+    }
+
     /// A purged span merged with a dirty neighbour keeps its count; a part
     /// cut from the front is charged for as many pages as it takes, and
     /// what is left keeps the rest of the count.
