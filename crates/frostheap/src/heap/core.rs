@@ -244,6 +244,70 @@ unsafe impl Sync for HeapCore {}
 // SAFETY: as above; the raw pointers point into mappings the core owns.
 unsafe impl Send for HeapCore {}
 
+/// Zeroes the first `dirty` bytes of a zeroed large block (past them it is
+/// known zero). Up to [`ZERO_BY_PURGE`] bytes they are written; past that,
+/// their whole OS pages are looked at 4 MiB at a time (`mincore`): where
+/// most are resident they are written (no fault: a block taken again from
+/// the free memory its heap kept, and used whole, as a program that
+/// `calloc`s and fills a 16 MiB buffer round after round does), and where
+/// most are not they are purged (`MADV_DONTNEED`), which zeroes the few
+/// that are and leaves the rest unfaulted. A block of 256 MiB taken again
+/// from a free top its heap kept, which the program had touched in two
+/// pages, was written whole at every `calloc`, all of it faulted in (150
+/// ms a call, or 12 ms once resident, where glibc's fresh mapping takes
+/// none; mimalloc still does it), and purging all of it instead made the
+/// 16 MiB buffers fault in again every round (12 times glibc's time, as
+/// jemalloc takes).
+///
+/// Laid with the rare code (layout.ld): no process's start runs it.
+///
+/// # Safety
+/// 1. `[p, p + dirty)` lies in a block of a heap's private anonymous
+///    mapping, writable, with nothing live in it.
+#[inline(never)]
+pub(super) unsafe fn zero_large(p: *mut u8, dirty: usize) {
+    if dirty < ZERO_BY_PURGE {
+        // SAFETY: (1).
+        unsafe { ptr::write_bytes(p, 0, dirty) };
+        return;
+    }
+    let page = os::page_size();
+    let start = (p as usize).next_multiple_of(page);
+    let end = (p as usize + dirty) & !(page - 1);
+    // SAFETY: (1): the parts before and after the block's whole pages.
+    unsafe {
+        ptr::write_bytes(p, 0, start - p as usize);
+        ptr::write_bytes(end as *mut u8, 0, p as usize + dirty - end);
+    }
+    let mut vec = [0u8; ZERO_LOOK_PAGES];
+    let mut at = start;
+    while at < end {
+        let len = (end - at).min(ZERO_LOOK_PAGES * page);
+        let pages = len / page;
+        let chunk = at as *mut u8;
+        // SAFETY: (1): whole pages of the block, mapped; `vec` has a byte
+        // for each.
+        let resident = unsafe { os::resident_pages(chunk, len, &mut vec[..pages]) };
+        // SAFETY: (1): nothing live in them.
+        let purged =
+            matches!(resident, Ok(n) if 2 * n < pages) && unsafe { os::purge(chunk, len) }.is_ok();
+        if !purged {
+            // SAFETY: (1).
+            unsafe { ptr::write_bytes(chunk, 0, len) };
+        }
+        at += len;
+    }
+}
+
+/// Bytes of a zeroed large block's dirty part from which [`zero_large`]
+/// looks at which of its pages are resident (jemalloc's threshold for the
+/// blocks it gives back at once).
+const ZERO_BY_PURGE: usize = 8 << 20;
+
+/// Pages [`zero_large`] looks at with one `mincore` (4 MiB of 4 KiB
+/// pages: its answer lies on the allocating thread's stack).
+const ZERO_LOOK_PAGES: usize = 1024;
+
 impl HeapCore {
     /// Reserves the region and page table. The calling thread becomes the
     /// owner.
@@ -908,8 +972,9 @@ impl HeapCore {
         }
         let (p, dirty) = self.alloc_large(layout);
         if !p.is_null() {
-            // SAFETY: as above; `dirty` is at most the block's bytes.
-            unsafe { ptr::write_bytes(p, 0, dirty.min(layout.size())) };
+            // SAFETY: p holds layout.size() writable bytes, nothing live
+            // in them yet; `dirty` is cut to them.
+            unsafe { zero_large(p, dirty.min(layout.size())) };
         }
         p
     }

@@ -399,6 +399,26 @@ pub unsafe fn purge(addr: *mut u8, len: usize) -> Result<(), OsError> {
     }
 }
 
+/// How many of the pages of `[addr, addr + len)` are resident in memory
+/// (`mincore(2)`), with `vec` for its answer: a byte per page. `errno` is
+/// left as it was.
+///
+/// # Safety
+/// 1. The range is page-aligned and mapped; `vec` has a byte for each of
+///    its pages.
+pub unsafe fn resident_pages(addr: *mut u8, len: usize, vec: &mut [u8]) -> Result<usize, OsError> {
+    let saved = errno();
+    // SAFETY: by (1); mincore writes a byte per page into `vec`.
+    let r = unsafe { libc::mincore(addr.cast(), len, vec.as_mut_ptr()) };
+    let out = if r == 0 {
+        Ok(vec.iter().filter(|&&b| b & 1 != 0).count())
+    } else {
+        Err(last_error("mincore"))
+    };
+    set_errno(saved);
+    out
+}
+
 /// Moves the pages of `[from, from + len)` to `[to, to + len)` without
 /// copying them: `mremap(from, n, n, MREMAP_MAYMOVE | MREMAP_FIXED |
 /// MREMAP_DONTUNMAP, to)` (Linux 5.7), as a system call, not through the C
