@@ -124,8 +124,13 @@ const PURGE_SPACING_NS: u64 = 100_000_000;
 /// heap's next check (its next span freed). A program whose live memory
 /// falls to nothing and comes back, again and again, faults its memory in
 /// once a second at most; one that stops doing so gets its free memory
-/// back a second later.
-const WASTE_WINDOW_NS: u64 = 1_000_000_000;
+/// back a second later. (Half a minute in the unit tests, whose rounds
+/// run for seconds in an emulated guest.)
+pub(super) const WASTE_WINDOW_NS: u64 = if cfg!(test) {
+    30_000_000_000
+} else {
+    1_000_000_000
+};
 
 /// A heap whose thread exits with less free memory resident than this
 /// purges it all ([`Locked::give_back_but_warm`]): a few spans, a few
@@ -172,6 +177,11 @@ fn bin_of(n: usize) -> usize {
     }
 }
 
+/// A count of pages as the [`Spans`] keep it: saturating at `u16::MAX`.
+fn pages16(pages: usize) -> u16 {
+    pages.min(u16::MAX as usize) as u16
+}
+
 /// The free-span bins.
 struct Spans {
     /// Head page of each bin's list.
@@ -182,28 +192,24 @@ struct Spans {
     dirty_pages: usize,
     /// Pages of all free spans.
     free_pages: usize,
-    /// When the last purge of [`Locked::maybe_purge`] ran (monotonic ns).
-    purged_at: u64,
-    /// Whether a span of clean pages (purged, or never touched) was taken
-    /// since that purge, and how many such pages were ...
-    took_clean: bool,
-    clean_taken_pages: u32,
-    /// ... and how many pages that purge purged.
-    purged_pages: u32,
+    /// When the heap last gave free memory back by its thresholds: the
+    /// last purge of [`Locked::maybe_purge`], or decommit of the free top
+    /// ([`Locked::top_shrink_due`]) (monotonic ns).
+    gave_back_at: u64,
     /// Dirty pages (free memory the heap kept resident) taken since the
     /// reuse hook last ran ([`process::reused`]).
     reused_pages: usize,
-    /// Whether the free top was ever decommitted as the thresholds say
-    /// ([`Locked::top_shrink_due`]), and how many pages the last such
-    /// decommit gave back ...
-    shrunk: bool,
-    shrunk_pages: u32,
-    /// When that decommit was (monotonic ns).
-    shrunk_at: u64,
-    /// ... and how many pages the region grew by since (page counts as
-    /// `u32`, saturating: a heap's slot holds fewer pages, and the heap's
-    /// whole state lies in a static slot, which its size bounds).
-    regrown_pages: u32,
+    /// Pages of clean spans (purged, or never touched) taken since that
+    /// purge (at least 1 once the region grew: some were), and pages that
+    /// purge purged ...
+    clean_taken_pages: u16,
+    purged_pages: u16,
+    /// ... pages that decommit of the free top gave back (0: none yet),
+    /// and pages the region grew by since. (Page counts of 64 KiB,
+    /// saturating at 4 GiB: the heap's whole state lies in a static slot,
+    /// which its size bounds.)
+    shrunk_pages: u16,
+    regrown_pages: u16,
 }
 
 /// The span allocator of one heap: the span lock and what it protects —
@@ -318,14 +324,11 @@ impl SpanAllocator {
                 nonempty: 0,
                 dirty_pages: 0,
                 free_pages: 0,
-                purged_at: 0,
-                took_clean: false,
+                gave_back_at: 0,
                 clean_taken_pages: 0,
                 purged_pages: 0,
                 reused_pages: 0,
-                shrunk: false,
                 shrunk_pages: 0,
-                shrunk_at: 0,
                 regrown_pages: 0,
             }),
             tables_open: Cell::new(0),
@@ -998,9 +1001,8 @@ impl Locked<'_> {
     #[inline]
     fn took(&mut self, dirty: bool, pages: usize) {
         if !dirty {
-            self.spans.took_clean = true;
             self.spans.clean_taken_pages =
-                self.spans.clean_taken_pages.saturating_add(pages as u32);
+                self.spans.clean_taken_pages.saturating_add(pages16(pages));
         }
     }
 
@@ -1473,7 +1475,7 @@ impl Locked<'_> {
                 // SAFETY: we hold the span lock; [start, top) is the free
                 // span just taken out of the bins, nothing live is there.
                 (n, u) = unsafe { self.shrink_top(start, keep_end, u) };
-                self.spans.shrunk_pages = (top - keep_end) as u32;
+                self.spans.shrunk_pages = pages16(top - keep_end).max(1);
             }
         }
         if n > 0 {
@@ -1494,8 +1496,8 @@ impl Locked<'_> {
     /// taken as one dirty span, which `take` does not count as clean.
     #[inline]
     fn note_growth(&mut self, pages: usize) {
-        self.spans.regrown_pages = self.spans.regrown_pages.saturating_add(pages as u32);
-        self.spans.took_clean = true;
+        self.spans.regrown_pages = self.spans.regrown_pages.saturating_add(pages16(pages));
+        self.spans.clean_taken_pages = self.spans.clean_taken_pages.max(1);
     }
 
     /// Whether a free top of `pages` pages past the thresholds, with
@@ -1528,12 +1530,12 @@ impl Locked<'_> {
     fn top_shrink_due(&mut self, pages: usize, live_pages: usize) -> bool {
         let bytes = pages * PAGE_SIZE;
         let now = os::monotonic_ns();
-        let regrown = if now.saturating_sub(self.spans.shrunk_at) < WASTE_WINDOW_NS {
+        let regrown = if now.saturating_sub(self.spans.gave_back_at) < WASTE_WINDOW_NS {
             self.spans.regrown_pages.min(self.spans.shrunk_pages) as usize * PAGE_SIZE
         } else {
             0
         };
-        if self.spans.shrunk
+        if self.spans.shrunk_pages != 0
             && self.spans.regrown_pages > 0
             && bytes
                 <= PURGE_RETAIN
@@ -1543,8 +1545,7 @@ impl Locked<'_> {
         {
             return false;
         }
-        self.spans.shrunk = true;
-        self.spans.shrunk_at = now;
+        self.spans.gave_back_at = now;
         self.spans.regrown_pages = 0;
         true
     }
@@ -1606,9 +1607,9 @@ impl Locked<'_> {
         // Near the process limit, at once: charges that never ask the
         // heaps for memory back (mappings, glibc's blocks, context chunks)
         // would be refused meanwhile.
-        if self.spans.took_clean
+        if self.spans.clean_taken_pages > 0
             && dirty <= 2 * retain
-            && now.saturating_sub(self.spans.purged_at) < PURGE_SPACING_NS
+            && now.saturating_sub(self.spans.gave_back_at) < PURGE_SPACING_NS
             && process::far_from_limit(retain)
         {
             return;
@@ -1621,17 +1622,16 @@ impl Locked<'_> {
         // MiB purged 800 times for 40,000 blocks and took them again.
         let wasted = self.spans.clean_taken_pages.min(self.spans.purged_pages) as usize * PAGE_SIZE;
         if dirty <= 2 * wasted
-            && now.saturating_sub(self.spans.purged_at) < WASTE_WINDOW_NS
+            && now.saturating_sub(self.spans.gave_back_at) < WASTE_WINDOW_NS
             && process::far_from_limit(dirty)
         {
             return;
         }
-        self.spans.purged_at = now;
-        self.spans.took_clean = false;
+        self.spans.gave_back_at = now;
         self.spans.clean_taken_pages = 0;
         let before = self.spans.dirty_pages;
         self.purge_down_to(retain / 2);
-        self.spans.purged_pages = (before - self.spans.dirty_pages) as u32;
+        self.spans.purged_pages = pages16(before - self.spans.dirty_pages);
     }
 
     /// Purges free spans, largest first, until at most `target` bytes of
