@@ -673,18 +673,21 @@ impl Locked<'_> {
     /// large block's growth of the range.
     #[inline(never)]
     fn dirty_top_span(&self) -> Option<(usize, usize)> {
-        let top = self.alloc.region.committed() >> PAGE_SHIFT;
-        if top == 0 {
-            return None;
-        }
-        let last = self.pages.meta(top - 1);
-        let head = match last.kind() {
-            Kind::FreeTail => last.head.get() as usize,
-            Kind::FreeSpan => top - 1,
-            _ => return None,
-        };
+        let head = self.top_free_head(self.alloc.region.committed() >> PAGE_SHIFT)?;
         let m = self.pages.meta(head);
         (m.flags.get() & DIRTY != 0).then(|| (head, m.span_pages.get() as usize))
+    }
+
+    /// The head page of the free span whose last page is the last of the
+    /// `top` pages committed, if there is one.
+    #[inline]
+    fn top_free_head(&self, top: usize) -> Option<usize> {
+        let last = self.pages.meta(top.checked_sub(1)?);
+        match last.kind() {
+            Kind::FreeTail => Some(last.head.get() as usize),
+            Kind::FreeSpan => Some(top - 1),
+            _ => None,
+        }
     }
 
     /// [`Locked::alloc`] of a run of `pages` pages whose first page's
@@ -1127,15 +1130,9 @@ impl Locked<'_> {
         let committed = region.committed();
         let top = committed >> PAGE_SHIFT;
         // A free span touching the top counts towards the request.
-        let mut top_free = 0;
-        if top > 0 {
-            let last = pt.meta(top - 1);
-            top_free = match last.kind() {
-                Kind::FreeTail => pt.meta(last.head.get() as usize).span_pages.get() as usize,
-                Kind::FreeSpan => last.span_pages.get() as usize,
-                _ => 0,
-            };
-        }
+        let top_free = self
+            .top_free_head(top)
+            .map_or(0, |head| pt.meta(head).span_pages.get() as usize);
         // The reservation bounds the committed range; the heap's cap bounds
         // what is charged (purged pages inside the range are not).
         let end = region.reserved() & !(PAGE_SIZE - 1);
@@ -1787,14 +1784,8 @@ impl Locked<'_> {
         let (pt, a) = (self.pages, self.alloc);
         let region = &a.region;
         let top = region.committed() >> PAGE_SHIFT;
-        if top == 0 {
+        let Some(head) = self.top_free_head(top) else {
             return;
-        }
-        let last = pt.meta(top - 1);
-        let head = match last.kind() {
-            Kind::FreeTail => last.head.get() as usize,
-            Kind::FreeSpan => top - 1,
-            _ => return,
         };
         let hm = pt.meta(head);
         let keep_end = head.max(region.min_committed() >> PAGE_SHIFT);

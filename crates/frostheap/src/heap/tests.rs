@@ -44,20 +44,15 @@ fn small_span_charge(m: &PageMeta) -> usize {
 
 /// Bytes of the heap's committed range that are resident (`mincore`).
 fn resident(core: &HeapCore) -> usize {
-    let ps = crate::os::page_size();
-    let len = core.region().committed();
-    let mut pages = vec![0u8; len.div_ceil(ps)];
-    // SAFETY: [base, base + len) is the heap's committed mapping; `pages`
-    // holds a byte per OS page of it.
-    let r = unsafe {
-        libc::mincore(
-            core.pages.base as *mut libc::c_void,
-            len,
-            pages.as_mut_ptr(),
-        )
-    };
-    assert_eq!(r, 0, "mincore: {}", std::io::Error::last_os_error());
-    pages.iter().filter(|&&b| b & 1 != 0).count() * ps
+    resident_in(core.pages.base as *mut u8, core.region().committed()) * crate::os::page_size()
+}
+
+/// Resident pages of the mapped range `[p, p + len)`, `len` a multiple
+/// of the OS page (`mincore`).
+fn resident_in(p: *mut u8, len: usize) -> usize {
+    let mut v = vec![0u8; len / crate::os::page_size()];
+    // SAFETY: a mapped range of `len` bytes; a byte per page.
+    unsafe { crate::os::resident_pages(p, len, &mut v) }.expect("mincore")
 }
 
 /// Checks the charge bookkeeping of the span allocator (see span.rs's
@@ -2155,14 +2150,6 @@ mod charge {
             unsafe { p.cast::<u8>().add(i * ps + 7).write(0xa5) };
         }
         p.cast()
-    }
-
-    /// Resident pages of `[p, p + len)` (`mincore`).
-    fn resident_in(p: *mut u8, len: usize) -> usize {
-        let ps = crate::os::page_size();
-        let mut v = vec![0u8; len / ps];
-        // SAFETY: a mapping of `len` bytes; a byte per page.
-        unsafe { crate::os::resident_pages(p, len, &mut v) }.expect("mincore")
     }
 
     /// A large block's dirty pages are zeroed by what costs least

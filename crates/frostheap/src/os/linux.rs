@@ -49,10 +49,15 @@ fn errno() -> libc::c_int {
     unsafe { *libc::__errno_location() }
 }
 
-/// Sets the calling thread's `errno` (back to what a call found there).
-fn set_errno(e: libc::c_int) {
+/// Runs `f`, then sets the calling thread's `errno` back to what it was
+/// before: for calls whose failure is an answer (a probe) or is reported
+/// in what they return, inside C functions that succeed.
+fn keeping_errno<T>(f: impl FnOnce() -> T) -> T {
+    let saved = errno();
+    let r = f();
     // SAFETY: as in `errno`.
-    unsafe { *libc::__errno_location() = e };
+    unsafe { *libc::__errno_location() = saved };
+    r
 }
 
 /// The result of a pthreads call, which returns its error number instead
@@ -407,16 +412,14 @@ pub unsafe fn purge(addr: *mut u8, len: usize) -> Result<(), OsError> {
 /// 1. The range is page-aligned and mapped; `vec` has a byte for each of
 ///    its pages.
 pub unsafe fn resident_pages(addr: *mut u8, len: usize, vec: &mut [u8]) -> Result<usize, OsError> {
-    let saved = errno();
-    // SAFETY: by (1); mincore writes a byte per page into `vec`.
-    let r = unsafe { libc::mincore(addr.cast(), len, vec.as_mut_ptr()) };
-    let out = if r == 0 {
-        Ok(vec.iter().filter(|&&b| b & 1 != 0).count())
-    } else {
-        Err(last_error("mincore"))
-    };
-    set_errno(saved);
-    out
+    keeping_errno(|| {
+        // SAFETY: by (1); mincore writes a byte per page into `vec`.
+        if unsafe { libc::mincore(addr.cast(), len, vec.as_mut_ptr()) } == 0 {
+            Ok(vec.iter().filter(|&&b| b & 1 != 0).count())
+        } else {
+            Err(last_error("mincore"))
+        }
+    })
 }
 
 /// Moves the pages of `[from, from + len)` to `[to, to + len)` without
@@ -465,11 +468,8 @@ pub unsafe fn move_pages(
     to: *mut u8,
     unit: usize,
 ) -> Result<(), (usize, OsError)> {
-    let saved = errno();
     // SAFETY: (1).
-    let r = unsafe { move_pages_in_parts(from, len, to, unit) };
-    set_errno(saved);
-    r
+    keeping_errno(|| unsafe { move_pages_in_parts(from, len, to, unit) })
 }
 
 /// [`move_pages`], `errno` left as its calls set it.
@@ -527,20 +527,19 @@ unsafe fn move_pages_in_parts(
 ///    multiple of the page size.
 unsafe fn in_one_mapping(p: *mut u8, len: usize) -> bool {
     let page = page_size();
-    let saved = errno();
-    // SAFETY: no flag: the mapping at `p` grows in place or nothing
-    // happens; by (1) it is ours.
-    let r = unsafe { sys_mremap(p, len, len + page, 0, ptr::null_mut()) };
-    if r != libc::MAP_FAILED {
-        // Grown into the free page after it: shrunk back (that page was
-        // nobody's, and is nobody's again).
-        // SAFETY: the page just added to our mapping.
-        unsafe { sys_mremap(p, len + page, len, 0, ptr::null_mut()) };
-        return true;
-    }
-    let one = errno() != libc::EFAULT;
-    set_errno(saved);
-    one
+    keeping_errno(|| {
+        // SAFETY: no flag: the mapping at `p` grows in place or nothing
+        // happens; by (1) it is ours.
+        let r = unsafe { sys_mremap(p, len, len + page, 0, ptr::null_mut()) };
+        if r != libc::MAP_FAILED {
+            // Grown into the free page after it: shrunk back (that page
+            // was nobody's, and is nobody's again).
+            // SAFETY: the page just added to our mapping.
+            unsafe { sys_mremap(p, len + page, len, 0, ptr::null_mut()) };
+            return true;
+        }
+        errno() != libc::EFAULT
+    })
 }
 
 /// `MREMAP_DONTUNMAP` (Linux 5.7), which the libc crate may lack.
