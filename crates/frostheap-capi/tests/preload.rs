@@ -173,6 +173,21 @@ fn a_large_block_grows_from_60_to_70_percent_of_the_limit() {
     assert_succeeded_saying(&out, "realloc_move: 8 checks, 0 failures");
 }
 
+/// A buffer reallocated past 32 KiB is made of whole pages, as a large
+/// block is: 2 MiB shrunk to 40,000 bytes stays where it is, grows back to
+/// 1 MiB and shrinks to 100,000 bytes where it is (each a copy before, into
+/// and out of a class), and moves into a class at 32 KiB; contents,
+/// `malloc_usable_size` and `mallinfo2`'s in use follow each step.
+#[test]
+fn a_buffer_past_32_kib_grows_and_shrinks_where_it_is() {
+    let out = preloaded_limited(
+        Command::new(c_program("realloc_move")).arg("buffer"),
+        &[],
+        60,
+    );
+    assert_succeeded_saying(&out, "realloc_move: 22 checks, 0 failures");
+}
+
 /// Three large blocks grown from 4 to 18 MiB and made again, 3,000 times,
 /// under `FROSTHEAP_MAX=64M`: some 700 growths move, none is refused (a
 /// copy needed the old block and the new one together: refused at the

@@ -1,6 +1,6 @@
 /* realloc of large blocks that cannot grow where they are (the block after
  * them pins them), under FROSTHEAP_MAX.
- * Usage: realloc_move grow|loop|time [MiB] [rounds].
+ * Usage: realloc_move grow|loop|buffer|time [MiB] [rounds].
  *   grow  a block of 60% of the limit (FROSTHEAP_MAX, given in MiB as the
  *         argument) grows to 70%: it must succeed (glibc moves such a
  *         block with mremap; the library moves its pages, charging the
@@ -15,6 +15,12 @@
  *         it went: some 100 more after these 700 moves, 135 after 7,000),
  *         and once the blocks are freed
  *         and the heap trimmed, what is committed is back where it was.
+ *   buffer  a buffer reallocated past 32 KiB is made of whole pages: one
+ *         of 2 MiB shrunk to 40,000 bytes stays where it is (its tail
+ *         given back), grows back to 1 MiB where it is, shrinks to
+ *         100,000 bytes where it is, and moves into a class only at 32 KiB
+ *         or less; contents follow, malloc_usable_size is its pages, and
+ *         mallinfo2's in use follows it exactly.
  *   time  prints the median time of a realloc of a block of MiB (64) to
  *         twice that, its pages all written, over `rounds` (15) rounds.
  * Prints "realloc_move: N checks, F failures" (grow, loop). */
@@ -198,6 +204,45 @@ static void timed(size_t mib, int rounds) {
            mib, 2 * mib, t[rounds / 2] / 1e3, t[0] / 1e3, t[rounds - 1] / 1e3, rounds);
 }
 
+static void buffer(void) {
+    size_t base = mallinfo2().uordblks;
+    size_t size = 2 * MIB;
+    char *p = malloc(size);
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    stamp(p, size, 0xb0f);
+    static const struct {
+        size_t size;
+        int stays;
+        size_t usable;
+    } steps[] = {
+        {40000, 1, 64 << 10},
+        {1 << 20, 1, 1 << 20},
+        {100000, 1, 128 << 10},
+        {32 << 10, 0, 32 << 10},
+    };
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        size_t new = steps[i].size, kept = size < new ? size : new;
+        char *q = realloc(p, new);
+        CHECK(q != NULL);
+        if (!q)
+            return;
+        CHECK(stamped(q, kept & ~(size_t)7, 0xb0f));
+        CHECK((q == p) == steps[i].stays);
+        CHECK(malloc_usable_size(q) == steps[i].usable);
+        CHECK(mallinfo2().uordblks - base == steps[i].usable);
+        if ((q == p) != steps[i].stays || malloc_usable_size(q) != steps[i].usable)
+            fprintf(stderr, "%zu -> %zu: %s, %zu usable\n", size, new,
+                    q == p ? "stayed" : "moved", malloc_usable_size(q));
+        stamp(q, new, 0xb0f);
+        p = q;
+        size = new;
+    }
+    free(p);
+    CHECK(mallinfo2().uordblks == base);
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "grow";
     size_t mib = argc > 2 ? strtoul(argv[2], NULL, 10) : 0;
@@ -208,11 +253,13 @@ int main(int argc, char **argv) {
         grow((mib ? mib : 256) * MIB);
     else if (!strcmp(mode, "loop"))
         loop();
+    else if (!strcmp(mode, "buffer"))
+        buffer();
     else if (!strcmp(mode, "time")) {
         timed(mib ? mib : 64, argc > 3 ? atoi(argv[3]) : 15);
         return 0;
     } else {
-        fprintf(stderr, "usage: realloc_move grow|loop|time [MiB] [rounds]\n");
+        fprintf(stderr, "usage: realloc_move grow|loop|buffer|time [MiB] [rounds]\n");
         return 2;
     }
     printf("realloc_move: %d checks, %d failures\n", checks, failures);

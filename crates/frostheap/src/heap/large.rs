@@ -45,6 +45,20 @@ pub(super) fn place(
     (aligned, n_pages * PAGE_SIZE - offset)
 }
 
+/// The largest size a reallocation gives a small block of: the largest
+/// class whose span holds two blocks or more (32 KiB; a test checks it
+/// against `class::span_pages`). Above it, each class block has a span of
+/// its own, as a large block of the same size has.
+pub(super) const PAGES_FROM: usize = 32 << 10;
+
+/// Whether a reallocation to `size` bytes aligned to `align` gives (or
+/// keeps) a large block, though a class may hold the size (see the
+/// `realloc` module).
+#[inline]
+pub(super) fn realloc_in_pages(size: usize, align: usize) -> bool {
+    size > PAGES_FROM && align <= PAGE_SIZE
+}
+
 /// Whether a small block of `cur` usable bytes keeps a reallocation to
 /// `new_size` where it is (it fits, and does not waste more than half).
 #[inline]

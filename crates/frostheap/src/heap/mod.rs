@@ -506,7 +506,9 @@ impl Heap {
     /// this size. In a heap that has committed less than 8 MiB, a request
     /// of one of the eight classes between 1 KiB and 4 KiB that only larger
     /// heaps have (1152, 1408, ..., 3840 bytes) gets a block of the next
-    /// class, at most an eighth larger.
+    /// class, at most an eighth larger. A reallocation to more than 32 KiB
+    /// (aligned to at most 64 KiB) gives whole 64 KiB pages instead: a block
+    /// that can grow and shrink where it is.
     pub fn block_size(layout: Layout) -> usize {
         match class::class_for(layout.size(), layout.align()) {
             Some(c) => class::CLASS_SIZE[c] as usize,

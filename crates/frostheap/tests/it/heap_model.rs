@@ -84,6 +84,73 @@ fn realloc_across_small_and_large_keeps_contents_and_stats() {
     r.finish();
 }
 
+test!(a_buffer_past_32_kib_grows_and_shrinks_in_its_pages);
+/// A buffer reallocated to more than 32 KiB is made of whole pages, so
+/// that it grows into the pages after it and shrinks by giving its tail
+/// back, without a copy: grown by doubling from 4 KiB to 4 MiB it moves
+/// four times (4 → 8 → 16 → 32 KiB within the classes, and once into its
+/// pages at 64 KiB; before, twice more, at 128 and 256 KiB), shrunk to
+/// 40,000 bytes it stays (it was copied into a class), grows back in
+/// place, and moves only when shrunk to a class's size of 32 KiB or less.
+/// Contents follow every step and in use counts the pages exactly.
+fn a_buffer_past_32_kib_grows_and_shrinks_in_its_pages() {
+    let heap = roomy_heap("buffer");
+    let page = 64 << 10;
+    let layout = |size: usize| Layout::from_size_align(size, 8).unwrap();
+    let fill = |p: std::ptr::NonNull<u8>, from: usize, to: usize| {
+        for i in from..to {
+            // SAFETY: the block holds `to` bytes.
+            unsafe { p.as_ptr().add(i).write((i % 251) as u8) };
+        }
+    };
+    let check = |p: std::ptr::NonNull<u8>, len: usize, what: &str| {
+        for i in 0..len {
+            // SAFETY: the block holds `len` bytes.
+            let b = unsafe { p.as_ptr().add(i).read() };
+            assert_eq!(b, (i % 251) as u8, "{what}: byte {i}");
+        }
+    };
+    let mut size = 4096;
+    let mut p = heap.try_alloc(layout(size)).unwrap();
+    fill(p, 0, size);
+    let mut moves = Vec::new();
+    while size < 4 << 20 {
+        let new = size * 2;
+        // SAFETY: p is live, allocated with layout(size).
+        let q = unsafe { heap.try_realloc(p, layout(size), new) }.unwrap();
+        check(q, size, &format!("grown to {new}"));
+        fill(q, size, new);
+        if q != p {
+            moves.push(new);
+        }
+        (p, size) = (q, new);
+    }
+    assert_eq!(moves, [8192, 16384, 32768, 65536], "the growths that moved");
+    // SAFETY: p is live.
+    assert_eq!(unsafe { heap.usable_size(p) }, 4 << 20);
+    assert_eq!(heap.stats().in_use, 4 << 20);
+    for (new, stays, usable) in [
+        (40_000, true, page),
+        (1 << 20, true, 1 << 20),
+        (100_000, true, 2 * page),
+        (32 << 10, false, 32 << 10),
+        (33 << 10, false, page),
+    ] {
+        // SAFETY: p is live, allocated with layout(size).
+        let q = unsafe { heap.try_realloc(p, layout(size), new) }.unwrap();
+        check(q, size.min(new), &format!("resized to {new}"));
+        fill(q, 0, new);
+        assert_eq!(q == p, stays, "{size} -> {new}: stayed {}", q == p);
+        // SAFETY: q is live.
+        assert_eq!(unsafe { heap.usable_size(q) }, usable, "{size} -> {new}");
+        assert_eq!(heap.stats().in_use, usable, "{size} -> {new}");
+        (p, size) = (q, new);
+    }
+    // SAFETY: p is live.
+    unsafe { heap.dealloc(p) };
+    assert_eq!(heap.stats().in_use, 0);
+}
+
 test!(zero_size_allocations_are_distinct_blocks);
 /// Zero-size requests get a real, distinct, aligned block.
 fn zero_size_allocations_are_distinct_blocks() {

@@ -39,6 +39,17 @@ pub const MAX_ALIGN_SHIFT: u32 = 12;
 pub const MAX_OPS: usize = 256;
 /// Largest small block (a size class); anything larger is a large block.
 const MAX_SMALL: usize = 128 << 10;
+/// A reallocation to more than this many bytes gives a large block (whole
+/// heap pages), though a class would hold the size.
+const REALLOC_PAGES_FROM: usize = 32 << 10;
+/// A heap page: the unit of a large block.
+const HEAP_PAGE: usize = 64 << 10;
+
+/// The usable size of a large block of `size` bytes (alignments up to a
+/// heap page: the block starts at its first page).
+fn pages_usable(size: usize) -> usize {
+    size.max(1).div_ceil(HEAP_PAGE) * HEAP_PAGE
+}
 
 /// Which interface an op goes through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,6 +329,10 @@ struct Block {
     layout: Layout,
     /// Usable bytes the heap counts in `in_use` for it.
     usable: usize,
+    /// Whether it is a large block (whole pages, resized in place by its
+    /// page count), as an allocation of more than `MAX_SMALL` or a
+    /// reallocation of more than `REALLOC_PAGES_FROM` bytes gives.
+    large: bool,
     /// Its pattern's seed.
     seed: u8,
 }
@@ -470,6 +485,7 @@ impl<'h> Replayer<'h> {
             ptr,
             layout,
             usable,
+            large: usable > MAX_SMALL,
             seed: self.next_seed(),
         };
         self.check_block(&b, align, None);
@@ -538,10 +554,25 @@ impl<'h> Replayer<'h> {
             };
         }
         let moved = ptr != old.ptr;
-        let usable = if moved {
+        // A reallocation proper (not an `Allocator` growth to a larger
+        // alignment, which allocates anew) to more than 32 KiB gives a
+        // large block.
+        let in_pages = effective == old.layout.align() && size > REALLOC_PAGES_FROM;
+        let (usable, large) = if moved && in_pages {
+            // SAFETY: the new block is live.
+            let usable = unsafe { self.heap.usable_size(ptr) };
+            assert_eq!(
+                usable,
+                pages_usable(size),
+                "op {}: a block reallocated to {size} bytes",
+                self.n_ops
+            );
+            (usable, true)
+        } else if moved {
             let layout = Layout::from_size_align(size, effective).expect("valid layout");
-            usable_of(self.heap, ptr, layout, &format!("op {}", self.n_ops))
-        } else if old.usable <= MAX_SMALL {
+            let usable = usable_of(self.heap, ptr, layout, &format!("op {}", self.n_ops));
+            (usable, usable > MAX_SMALL)
+        } else if !old.large {
             // A small block resized in place keeps its class.
             assert!(
                 size <= old.usable,
@@ -549,14 +580,16 @@ impl<'h> Replayer<'h> {
                 self.n_ops,
                 old.usable
             );
-            old.usable
+            (old.usable, false)
         } else {
-            Heap::block_size(Layout::from_size_align(size, effective).expect("valid layout"))
+            // A large block resized in place: its pages.
+            (pages_usable(size), true)
         };
         let b = Block {
             ptr,
             layout: new_layout,
             usable,
+            large,
             seed: self.next_seed(),
         };
         self.check_block(&b, new_layout.align(), Some(i));
