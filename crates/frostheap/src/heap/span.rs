@@ -106,7 +106,7 @@ const SHRINK_AT: usize = 8 << 20;
 /// ... keeping max(this, live / 2) committed above the last live span.
 const KEEP_ON_TOP: usize = 2 << 20;
 /// Purge free spans once free resident memory passes max(this, 2 × live).
-const PURGE_RETAIN: usize = 32 << 20;
+pub(super) const PURGE_RETAIN: usize = 32 << 20;
 /// ... but, once the heap has taken clean pages again since the last purge
 /// (faulting memory in, a sign that purge was wasted), no sooner than this
 /// after it, unless it passes twice that or the process is within twice
@@ -127,6 +127,18 @@ const PURGE_SPACING_NS: u64 = 100_000_000;
 /// back a second later. (Half a minute in the unit tests, whose rounds
 /// run for seconds in an emulated guest.)
 pub(super) const WASTE_WINDOW_NS: u64 = if cfg!(test) {
+    30_000_000_000
+} else {
+    1_000_000_000
+};
+
+/// Free memory above [`PURGE_RETAIN`] that stayed free this long — no
+/// allocation took it, however much is live — is purged at the heap's
+/// next span freed after that ([`Locked::maybe_decay`]): the thresholds
+/// above keep up to twice what is live resident and free, for as long as
+/// the program runs. (Half a minute in the unit tests, as
+/// [`WASTE_WINDOW_NS`].)
+pub(super) const DECAY_NS: u64 = if cfg!(test) {
     30_000_000_000
 } else {
     1_000_000_000
@@ -210,6 +222,13 @@ struct Spans {
     /// which its size bounds.)
     shrunk_pages: u16,
     regrown_pages: u16,
+    /// When the current decay window began (monotonic ms, wrapping after
+    /// 49 days; 0: none, what is free and resident is within
+    /// [`PURGE_RETAIN`]), and the fewest dirty pages free since: what of
+    /// them is above the retained part stayed free the whole window
+    /// ([`Locked::maybe_decay`]). (32 bits each: as the counts above.)
+    decay_from: u32,
+    decay_low: u32,
 }
 
 /// The span allocator of one heap: the span lock and what it protects —
@@ -330,6 +349,8 @@ impl SpanAllocator {
                 reused_pages: 0,
                 shrunk_pages: 0,
                 regrown_pages: 0,
+                decay_from: 0,
+                decay_low: 0,
             }),
             tables_open: Cell::new(0),
             table,
@@ -644,6 +665,17 @@ impl Locked<'_> {
     /// by `calloc` was zeroed whole, every page faulted in to be written
     /// with zeros: 150 ms a call where glibc's fresh mapping takes none.
     pub(super) fn alloc(&mut self, pages: usize) -> Option<(usize, usize)> {
+        let run = self.alloc_run(pages);
+        if run.is_some() {
+            // A program that frees no span for a while still allocates.
+            self.maybe_decay();
+        }
+        run
+    }
+
+    /// [`Locked::alloc`] but for the decay's check.
+    #[inline(always)]
+    fn alloc_run(&mut self, pages: usize) -> Option<(usize, usize)> {
         match self.find(pages) {
             Fit::Taken(idx, zero) => return Some((idx, if zero { 0 } else { pages })),
             Fit::Refused => return None,
@@ -1006,6 +1038,9 @@ impl Locked<'_> {
         if !dirty {
             self.spans.clean_taken_pages =
                 self.spans.clean_taken_pages.saturating_add(pages16(pages));
+        } else {
+            let left = u32::try_from(self.spans.dirty_pages).unwrap_or(u32::MAX);
+            self.spans.decay_low = self.spans.decay_low.min(left);
         }
     }
 
@@ -1483,6 +1518,7 @@ impl Locked<'_> {
         }
         if give_back {
             self.maybe_purge();
+            self.maybe_decay();
         }
     }
 
@@ -1593,6 +1629,89 @@ impl Locked<'_> {
         let dirty = self.spans.dirty_pages * PAGE_SIZE;
         if dirty > retain {
             self.purge_excess(dirty, retain);
+        }
+    }
+
+    /// Purges what of the free memory above [`PURGE_RETAIN`] stayed free
+    /// for [`DECAY_NS`]: the fewest dirty pages free at any time in the
+    /// window, less the retained part, largest spans first. A window
+    /// starts once more than [`PURGE_RETAIN`] is free and resident, and
+    /// again after each purge; it ends when that falls back within it.
+    #[inline]
+    fn maybe_decay(&mut self) {
+        if self.spans.dirty_pages * PAGE_SIZE <= PURGE_RETAIN {
+            self.spans.decay_from = 0;
+        } else {
+            self.decay(os::monotonic_ns());
+        }
+    }
+
+    /// Bytes of free spans that may be resident (not purged).
+    #[cfg(test)]
+    pub(super) fn dirty_bytes(&self) -> usize {
+        self.spans.dirty_pages * PAGE_SIZE
+    }
+
+    /// [`Locked::maybe_decay`] with more than [`PURGE_RETAIN`] free and
+    /// resident, at `now` (laid with the rare code: layout.ld).
+    #[inline(never)]
+    pub(super) fn decay(&mut self, now: u64) {
+        let dirty = self.spans.dirty_pages;
+        let low = (self.spans.decay_low as usize).min(dirty);
+        // Milliseconds, never 0 (none).
+        let now_ms = ((now / 1_000_000) as u32).max(1);
+        if self.spans.decay_from == 0 {
+            self.spans.decay_from = now_ms;
+            self.spans.decay_low = u32::try_from(dirty).unwrap_or(u32::MAX);
+            return;
+        }
+        if u64::from(now_ms.wrapping_sub(self.spans.decay_from)) * 1_000_000 < DECAY_NS {
+            return;
+        }
+        let unused = low.saturating_sub(PURGE_RETAIN >> PAGE_SHIFT);
+        if unused > 0 {
+            // As a purge by the thresholds: a program that takes it again
+            // within the waste window keeps what it frees next.
+            self.spans.gave_back_at = now;
+            self.spans.clean_taken_pages = 0;
+            self.purge_unused(unused);
+            self.spans.purged_pages = pages16(dirty - self.spans.dirty_pages);
+        }
+        self.spans.decay_from = now_ms;
+        self.spans.decay_low = u32::try_from(self.spans.dirty_pages).unwrap_or(u32::MAX);
+    }
+
+    /// Purges `pages` dirty free pages, from the largest free spans first;
+    /// of the last span, only its end ([`Locked::purge_top_part`]): a span
+    /// purges whole, and a free span of 64 MiB of which 1 MiB stayed
+    /// unused must keep the rest (its pages were taken and freed again in
+    /// the window; taking them again would fault them in).
+    fn purge_unused(&mut self, pages: usize) {
+        let pt = self.pages;
+        let mut left = pages;
+        for bin in (0..N_BINS).rev() {
+            let mut idx = self.spans.bins[bin];
+            while idx != NONE {
+                let m = pt.meta(idx as usize);
+                let next = m.next.get();
+                let n = m.span_pages.get() as usize;
+                if m.flags.get() & DIRTY != 0 {
+                    if n > left {
+                        // The span is cut in two (the lists change): done.
+                        self.purge_top_part(idx as usize, left);
+                        return;
+                    }
+                    self.purge_span(idx as usize);
+                    // (Still dirty: the kernel refused the purge.)
+                    if m.flags.get() & DIRTY == 0 {
+                        left -= n;
+                        if left == 0 {
+                            return;
+                        }
+                    }
+                }
+                idx = next;
+            }
         }
     }
 

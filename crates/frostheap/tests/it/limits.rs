@@ -326,6 +326,60 @@ fn free_spans_purged_below_a_pinned_top_stop_counting_against_max() {
     assert_eq!(heap.stats().in_use, 0);
 }
 
+test!(free_memory_unused_for_two_seconds_stops_counting);
+/// 64 MiB freed with 40 MiB live (within the thresholds: up to twice what
+/// is live may stay free and resident) while the program goes on taking
+/// and freeing a block of 1 MiB: within two seconds of the decay (a
+/// window of a second, then the next) all of it but the 32 MiB a heap
+/// keeps is purged and stops counting against `max` (`committed` falls
+/// by as much as `purged` grows), without a call from the program. Before
+/// the decay it stayed committed for as long as the program ran.
+fn free_memory_unused_for_two_seconds_stops_counting() {
+    let heap = heap_with_room(1 << 30, 1 << 30);
+    let layout = Layout::from_size_align(MIB, 8).unwrap();
+    let alloc = |i: usize| {
+        let p = heap.try_alloc(layout).expect("room for the block");
+        // SAFETY: p holds 1 MiB.
+        unsafe { fill(p, MIB, i as u8) };
+        p
+    };
+    let spike: Vec<NonNull<u8>> = (0..64).map(alloc).collect();
+    let live: Vec<NonNull<u8>> = (0..40).map(alloc).collect();
+    free_all(&heap, spike, MIB);
+    let freed = heap.stats();
+    let start = std::time::Instant::now();
+    let mut now = freed;
+    // Ten seconds: the decay needs two (a slow or loaded machine's rounds
+    // only delay the checks that run it).
+    while start.elapsed() < std::time::Duration::from_secs(10) {
+        let p = alloc(0);
+        // SAFETY: live, from this heap.
+        unsafe { heap.dealloc(p) };
+        now = heap.stats();
+        if now.committed + 30 * MIB <= freed.committed {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(
+        now.committed + 30 * MIB <= freed.committed,
+        "after {:?}: {freed:?} -> {now:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        now.committed + now.purged,
+        freed.committed + freed.purged,
+        "{freed:?} -> {now:?}"
+    );
+    assert!(
+        start.elapsed() >= std::time::Duration::from_millis(900),
+        "purged {:?} after the frees: by the thresholds, not the decay",
+        start.elapsed()
+    );
+    free_all(&heap, live, MIB);
+    assert_eq!(heap.stats().in_use, 0);
+}
+
 test!(purged_pages_of_the_minimum_stay_charged);
 /// `min` is committed up front and stays charged: spans freed inside it
 /// are purged like any other, but still count.
