@@ -134,9 +134,9 @@ pub(super) const WASTE_WINDOW_NS: u64 = if cfg!(test) {
 
 /// Free memory above [`PURGE_RETAIN`] that stayed free this long — no
 /// allocation took it, however much is live — is purged at the heap's
-/// next span freed after that ([`Locked::maybe_decay`]): the thresholds
-/// above keep up to twice what is live resident and free, for as long as
-/// the program runs. (Half a minute in the unit tests, as
+/// next span freed or taken after that ([`Locked::maybe_decay`]): the
+/// thresholds above keep up to twice what is live resident and free, for
+/// as long as the program runs. (Half a minute in the unit tests, as
 /// [`WASTE_WINDOW_NS`].)
 pub(super) const DECAY_NS: u64 = if cfg!(test) {
     30_000_000_000
@@ -1634,9 +1634,10 @@ impl Locked<'_> {
 
     /// Purges what of the free memory above [`PURGE_RETAIN`] stayed free
     /// for [`DECAY_NS`]: the fewest dirty pages free at any time in the
-    /// window, less the retained part, largest spans first. A window
+    /// window, less the retained part ([`Locked::purge_unused`]). A window
     /// starts once more than [`PURGE_RETAIN`] is free and resident, and
-    /// again after each purge; it ends when that falls back within it.
+    /// again after each check past its end; it ends early when that falls
+    /// back within it. Called after a span is freed or taken.
     #[inline]
     fn maybe_decay(&mut self) {
         if self.spans.dirty_pages * PAGE_SIZE <= PURGE_RETAIN {
