@@ -188,6 +188,18 @@ fn a_buffer_past_32_kib_grows_and_shrinks_where_it_is() {
     assert_succeeded_saying(&out, "realloc_move: 22 checks, 0 failures");
 }
 
+/// What the heaps of exited threads keep for the next threads (up to 32
+/// MiB) goes back once no thread exited for a second and the program
+/// allocates on (`tests/c/warm_decay.c`): four threads of 16 MiB made and
+/// freed, then the main thread alone; what the library has committed
+/// (`mallinfo2`) falls by 8 MiB or more, not before 0.9 s. Before, it
+/// stayed until a thread adopted a heap or the process grew.
+#[test]
+fn what_exited_threads_keep_goes_back_a_second_after_the_last_exit() {
+    let out = preloaded_limited(&mut Command::new(c_program("warm_decay")), &[], 60);
+    assert_succeeded_saying(&out, "warm_decay: 6 checks, 0 failures");
+}
+
 /// Three large blocks grown from 4 to 18 MiB and made again, 3,000 times,
 /// under `FROSTHEAP_MAX=64M`: some 700 growths move, none is refused (a
 /// copy needed the old block and the new one together: refused at the

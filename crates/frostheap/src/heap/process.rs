@@ -30,7 +30,7 @@
 //! context heaps' reclaimer to purge the free chunks each worker keeps for
 //! reuse, then tries once more.
 
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// What a charge is for (the per-kind lines of [`crate::ProcessStats`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -359,6 +359,53 @@ pub(crate) fn kept_for_adoption(bytes: usize) {
     }
     let now = COMMITTED.load(Ordering::Relaxed);
     GROWTH_MARK.fetch_min(now + bytes.max(1), Ordering::Relaxed);
+    KEPT_AT.store(now_ms(crate::os::monotonic_ns()), Ordering::Relaxed);
+}
+
+/// When the heaps of exited threads last kept free memory for the next
+/// threads (monotonic ms, wrapping, never 0; 0: nothing kept since the
+/// last give-back [`unadopted_check`] ran).
+static KEPT_AT: AtomicU32 = AtomicU32::new(0);
+
+/// Monotonic milliseconds as [`KEPT_AT`] keeps them: wrapping, never 0.
+fn now_ms(ns: u64) -> u32 {
+    ((ns / 1_000_000) as u32).max(1)
+}
+
+/// What the heaps of exited threads keep for the next threads decays as a
+/// heap's free memory does (`span::DECAY_NS`): a heap's span freed or
+/// taken a second or more after the last thread exited keeping some runs
+/// the growth hook (`hook(false)`), which gives all of it back. A pool
+/// whose threads exited kept up to 32 MiB (an eighth of what is
+/// committed, if more) resident until a thread adopted a heap or the
+/// process grew: for good, in a program that goes on with its main
+/// thread alone. Threads that keep starting and exiting (the `threads`
+/// benchmark's `spawn-large`) keep it, each exit moving the time on.
+/// Called holding a span lock, as the reuse hook is (the growth hook skips
+/// every lock it finds busy); one relaxed load while nothing is kept.
+#[inline]
+pub(crate) fn unadopted_check() {
+    let at = KEPT_AT.load(Ordering::Relaxed);
+    if at != 0 {
+        unadopted_decay(at);
+    }
+}
+
+/// [`unadopted_check`] with something kept since `at` (laid with the rare
+/// code: layout.ld).
+#[cold]
+#[inline(never)]
+fn unadopted_decay(at: u32) {
+    let now = now_ms(crate::os::monotonic_ns());
+    if u64::from(now.wrapping_sub(at)) * 1_000_000 < super::span::DECAY_NS {
+        return;
+    }
+    if KEPT_AT
+        .compare_exchange(at, 0, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+    {
+        run_growth_hook(false);
+    }
 }
 
 /// Charges `bytes` for `kind` whatever the limit: the rest of the last OS

@@ -1640,6 +1640,7 @@ impl Locked<'_> {
     /// back within it. Called after a span is freed or taken.
     #[inline]
     fn maybe_decay(&mut self) {
+        process::unadopted_check();
         if self.spans.dirty_pages * PAGE_SIZE <= PURGE_RETAIN {
             self.spans.decay_from = 0;
         } else {
