@@ -345,9 +345,12 @@ fn free_memory_unused_for_two_seconds_stops_counting() {
     };
     let spike: Vec<NonNull<u8>> = (0..64).map(alloc).collect();
     let live: Vec<NonNull<u8>> = (0..40).map(alloc).collect();
+    // The decay's window begins at a free below: timed from before them,
+    // so that a thread preempted between the frees and the clock cannot
+    // make a decay on time look early.
+    let start = std::time::Instant::now();
     free_all(&heap, spike, MIB);
     let freed = heap.stats();
-    let start = std::time::Instant::now();
     let mut now = freed;
     // Ten seconds: the decay needs two (a slow or loaded machine's rounds
     // only delay the checks that run it).
