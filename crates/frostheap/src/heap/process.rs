@@ -359,18 +359,16 @@ pub(crate) fn kept_for_adoption(bytes: usize) {
     }
     let now = COMMITTED.load(Ordering::Relaxed);
     GROWTH_MARK.fetch_min(now + bytes.max(1), Ordering::Relaxed);
-    KEPT_AT.store(now_ms(crate::os::monotonic_ns()), Ordering::Relaxed);
+    KEPT_AT.store(
+        super::span::decay_clock(crate::os::monotonic_ns()),
+        Ordering::Relaxed,
+    );
 }
 
 /// When the heaps of exited threads last kept free memory for the next
-/// threads (monotonic ms, wrapping, never 0; 0: nothing kept since the
-/// last give-back [`unadopted_check`] ran).
+/// threads (`span::decay_clock`; 0: nothing kept since the last give-back
+/// [`unadopted_check`] ran).
 static KEPT_AT: AtomicU32 = AtomicU32::new(0);
-
-/// Monotonic milliseconds as [`KEPT_AT`] keeps them: wrapping, never 0.
-fn now_ms(ns: u64) -> u32 {
-    ((ns / 1_000_000) as u32).max(1)
-}
 
 /// What the heaps of exited threads keep for the next threads decays as a
 /// heap's free memory does (`span::DECAY_NS`): a heap's span freed or
@@ -396,8 +394,8 @@ pub(crate) fn unadopted_check() {
 #[cold]
 #[inline(never)]
 fn unadopted_decay(at: u32) {
-    let now = now_ms(crate::os::monotonic_ns());
-    if u64::from(now.wrapping_sub(at)) * 1_000_000 < super::span::DECAY_NS {
+    let now = super::span::decay_clock(crate::os::monotonic_ns());
+    if !super::span::decay_window_ended(at, now) {
         return;
     }
     if KEPT_AT

@@ -144,6 +144,21 @@ pub(super) const DECAY_NS: u64 = if cfg!(test) {
     1_000_000_000
 };
 
+/// Monotonic nanoseconds as the decay's clocks keep them (a heap's window,
+/// `process`'s time of the last exit that kept memory): milliseconds,
+/// wrapping after 49 days, never 0 (0: none), so that each fits 32 bits.
+#[inline]
+pub(super) fn decay_clock(ns: u64) -> u32 {
+    ((ns / 1_000_000) as u32).max(1)
+}
+
+/// Whether [`DECAY_NS`] has passed from `from` to `now` (both
+/// [`decay_clock`] readings).
+#[inline]
+pub(super) fn decay_window_ended(from: u32, now: u32) -> bool {
+    u64::from(now.wrapping_sub(from)) * 1_000_000 >= DECAY_NS
+}
+
 /// A heap whose thread exits with less free memory resident than this
 /// purges it all ([`Locked::give_back_but_warm`]): a few spans, a few
 /// calls, and what the next thread faults in again is little. Kept, it
@@ -1660,14 +1675,13 @@ impl Locked<'_> {
     pub(super) fn decay(&mut self, now: u64) {
         let dirty = self.spans.dirty_pages;
         let low = (self.spans.decay_low as usize).min(dirty);
-        // Milliseconds, never 0 (none).
-        let now_ms = ((now / 1_000_000) as u32).max(1);
+        let now_ms = decay_clock(now);
         if self.spans.decay_from == 0 {
             self.spans.decay_from = now_ms;
             self.spans.decay_low = u32::try_from(dirty).unwrap_or(u32::MAX);
             return;
         }
-        if u64::from(now_ms.wrapping_sub(self.spans.decay_from)) * 1_000_000 < DECAY_NS {
+        if !decay_window_ended(self.spans.decay_from, now_ms) {
             return;
         }
         let unused = low.saturating_sub(PURGE_RETAIN >> PAGE_SHIFT);
